@@ -1,0 +1,1 @@
+"""glmkb app package."""

@@ -1,0 +1,1 @@
+"""glmkb chains package."""

@@ -1,0 +1,281 @@
+"""glmkb settings: one pydantic model, loaded as defaults < YAML < environment < CLI flags.
+
+The defaults live in ``configs/default.yaml`` (shipped with the package) and mirror
+the field defaults below; a user YAML file given by ``--config`` or ``GLMKB_CONFIG``
+overrides them, then ``GLMKB_*`` environment variables (nested keys joined with
+``__``, e.g. ``GLMKB_LLM__DEVICE=cuda:1``), then explicit keyword overrides (CLI flags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_YAML = Path(__file__).with_name("default.yaml")
+CONFIG_ENV = "GLMKB_CONFIG"
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class SettingsError(ValueError):
+    """A configuration value or file is invalid; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerationSettings(_Section):
+    """Sampling defaults for the chat model; per-call arguments override them."""
+
+    max_new_tokens: int = Field(1024, ge=1, description="Most tokens generated per answer.")
+    temperature: float = Field(
+        0.8, ge=0.0, description="Sampling temperature; 0 means greedy decoding."
+    )
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="Penalty >1 discourages repeating tokens; 1 disables it."
+    )
+
+
+class LLMSettings(_Section):
+    """Which chat model to load and where to run it."""
+
+    model_path: str | None = Field(
+        None,
+        description=(
+            "Local model folder (ChatGLM2/3-6B, glm-4-9b-chat-hf, GLM-4-*-0414, any causal LM "
+            "with a chat template). Empty means no LLM: the UI still serves retrieval."
+        ),
+    )
+    device: str = Field(
+        "auto", description="auto (CUDA if present), cpu, cuda, cuda:N or mps."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
+    )
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes weight quantization (CUDA only)."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Let transformers run the model folder's own Python code. Off: glmkb loads ChatGLM natively.",
+    )
+    system_prompt: str | None = Field(None, description="Optional system prompt for every chat.")
+    max_input_tokens: int = Field(
+        6144, ge=64, description="Prompt budget in model tokens; retrieved passages and history are cut to fit."
+    )
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError("allowed values are auto, cpu, mps, cuda or cuda:N (e.g. cuda:1)")
+        return value
+
+
+class EmbeddingSettings(_Section):
+    """The sentence embedding model used to build and query knowledge bases."""
+
+    model: str = Field(
+        "GanymedeNil/text2vec-large-chinese",
+        description="Hugging Face name or local folder of a sentence-transformers model; 'none' builds keyword-only (BM25) knowledge bases.",
+    )
+    device: str = Field("auto", description="auto, cpu, mps, cuda or cuda:N; GPUs use fp16.")
+    batch_size: int = Field(64, ge=1, description="Chunks embedded per forward pass.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError("allowed values are auto, cpu, mps, cuda or cuda:N (e.g. cuda:1)")
+        return value
+
+
+class ChunkingSettings(_Section):
+    """How documents are cut into retrievable chunks (characters, not tokens)."""
+
+    chunk_size: int = Field(250, ge=20, description="Target chunk length in characters.")
+    chunk_overlap: int = Field(50, ge=0, description="Characters shared by neighbouring chunks.")
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: Any) -> int:
+        size = info.data.get("chunk_size")
+        if size is not None and value >= size:
+            raise ValueError(f"must be smaller than chunk_size ({size})")
+        return value
+
+
+class RetrievalSettings(_Section):
+    """How questions are matched against a knowledge base."""
+
+    mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid", description="dense vectors, bm25 keywords (jieba), or both fused by reciprocal rank."
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Passages returned per question.")
+    score_threshold: float | None = Field(
+        None,
+        description="Drop passages scoring below this (dense: cosine similarity; bm25: raw score). Empty keeps all.",
+    )
+    reranker: str | None = Field(
+        None, description="Optional cross-encoder model (name or local folder) that reorders hits."
+    )
+
+
+class UISettings(_Section):
+    """The Gradio web UI."""
+
+    host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires auth.")
+    port: int = Field(7860, ge=1, le=65535, description="TCP port.")
+    auth_user: str | None = Field(None, description="Basic-auth user name.")
+    auth_password: str | None = Field(None, description="Basic-auth password (prefer GLMKB_UI__AUTH_PASSWORD).")
+    allow_no_auth: bool = Field(
+        False, description="Explicitly allow binding a non-loopback address without auth."
+    )
+    concurrency: int = Field(4, ge=1, description="Requests the Gradio queue runs at once.")
+    max_upload_mb: int = Field(50, ge=1, description="Largest accepted upload in MiB.")
+    allowed_types: list[str] = Field(
+        default_factory=lambda: [".txt", ".md"], description="Upload file extensions accepted."
+    )
+
+
+class Settings(BaseSettings):
+    """All of glmkb's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GLMKB_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    kb_root: Path = Field(
+        Path("~/.glmkb/kb"), description="Folder holding the named knowledge bases."
+    )
+    kb_name: str = Field("default", description="Knowledge base used when none is named.")
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    ui: UISettings = Field(default_factory=UISettings)
+
+    @field_validator("kb_root")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(os.path.expanduser(str(value)))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() merges every layer itself (YAML files, env, flags) in one
+        # documented order, so construction only ever sees explicit values.
+        return (init_settings,)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise SettingsError(f"config file not found: {path} (check --config / {CONFIG_ENV})") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise SettingsError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``GLMKB_LLM__DEVICE=cpu`` -> ``{"llm": {"device": "cpu"}}``; JSON values (lists) are parsed."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("GLMKB_") or name == CONFIG_ENV:
+            continue
+        path = name[len("GLMKB_") :].lower().split("__")
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                pass
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"environment variable {name} conflicts with another GLMKB_ variable")
+        node[path[-1]] = value
+    return out
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One readable line per bad key: ``llm.device: allowed values are ...``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; see configs/default.yaml for every key)"
+        elif "input" in item and not isinstance(item["input"], dict):
+            msg = f"{msg} (got {item['input']!r})"
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: default.yaml < ``config`` (or $GLMKB_CONFIG) < GLMKB_* env < ``overrides``.
+
+    ``overrides`` are nested dicts as CLI flags produce them, e.g. ``llm={"device": "cpu"}``;
+    ``None`` values are dropped so unset flags never mask lower layers.
+    """
+    data = _read_yaml(DEFAULT_YAML)
+    config = config or os.environ.get(CONFIG_ENV) or None
+    if config:
+        data = _deep_merge(data, _read_yaml(Path(config).expanduser()))
+    data = _deep_merge(data, env_overrides())
+    data = _deep_merge(data, _drop_none(overrides))
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise SettingsError(format_validation_error(e)) from e
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

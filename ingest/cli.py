@@ -1,0 +1,77 @@
+"""The ``ingest`` command line: build, query and evaluate knowledge bases, summarize, convert.
+
+Each subcommand lives in its own module ``ingest/cmd_<name>.py`` exposing
+``add_parser(subparsers)`` (which sets ``func=run`` on its parser) and
+``run(args, settings) -> int``. Errors become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from configs import Settings, SettingsError, load_settings
+
+COMMANDS = ("build", "list", "remove", "drop", "query", "eval", "summarize", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand module that is installed."""
+    parser = argparse.ArgumentParser(
+        prog="ingest", description="Build and use glmkb knowledge bases from Chinese documents."
+    )
+    parser.add_argument("--config", help="YAML settings file (default: $GLMKB_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ingest.cmd_{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"ingest.cmd_{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: object) -> Settings:
+    """Load settings with the shared flags (``--config``, ``--kb-root``, ``--kb``) applied."""
+    top = {
+        "kb_root": getattr(args, "kb_root", None),
+        "kb_name": getattr(args, "kb", None),
+    }
+    return load_settings(args.config, **top, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; never lets a traceback reach the user unless ``--verbose``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("ingest: interrupted", file=sys.stderr)
+        return 130
+    except (SettingsError, ValueError, OSError, RuntimeError, ImportError) as e:
+        if args.verbose:
+            raise
+        print(f"ingest: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
+        text = f"{text}: {error.filename}"
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

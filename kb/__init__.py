@@ -1,0 +1,1 @@
+"""glmkb kb package."""
