@@ -7,7 +7,9 @@ Shared by every loader (native transformers checkpoints here, original ChatGLM2/
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,3 +72,202 @@ def special_loader(model_type: str) -> Callable[..., Any] | None:
         return None
     module_name, _, func_name = target.partition(":")
     return getattr(importlib.import_module(module_name), func_name)
+
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model_and_tokenizer(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantization: str = "none",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load a local chat model folder and place it; returns ``(model, tokenizer)``.
+
+    Dispatches on ``config.json``'s ``model_type``: special types (original ChatGLM) go to their
+    loader in ``MODEL_TYPE_LOADERS`` with the same keyword arguments; everything else must be a
+    causal LM that transformers knows natively (or ``trust_remote_code`` was opted into).
+    """
+    folder = find_model_folder(path)
+    config = read_model_config(folder)
+    check_weights_present(folder)
+    model_type = str(config.get("model_type", ""))
+    loader = special_loader(model_type)
+    if loader is not None:
+        return loader(
+            folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
+        )
+    check_causal_lm_type(folder, config, trust_remote_code=trust_remote_code)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    if quantization != "none":
+        quantization_options(quantization, device=target, dtype=torch_dtype)  # fail before loading
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(
+        folder, device=target, dtype=torch_dtype, quantization=quantization, trust_remote_code=trust_remote_code
+    )
+    return model, tokenizer
+
+
+def find_model_folder(path: str | Path) -> Path:
+    """The local folder for ``path``; a hub id ("org/name") is looked up in the local HF cache only."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    text = str(path)
+    if _HUB_ID_RE.match(text) and not folder.exists():
+        cached = _cached_snapshot(text)
+        if cached is not None:
+            return cached
+        raise ModelLoadError(
+            f"model {text!r} is neither a local folder nor in the local Hugging Face cache "
+            "(glmkb never downloads models). Download it on a networked machine, e.g. "
+            f"`hf download {text} --local-dir DIR`, copy DIR here and set llm.model_path to DIR"
+        )
+    raise ModelLoadError(
+        f"model folder {folder} does not exist; set llm.model_path (or --model-path / "
+        "GLMKB_LLM__MODEL_PATH) to a local folder holding config.json, the weights and the tokenizer"
+    )
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of ``repo_id`` in the local HF cache, or None; never touches the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (or a malformed cache): the caller explains what to do
+        return None
+
+
+def check_weights_present(folder: Path) -> None:
+    """Fail early and clearly when a folder has a config but no weight files."""
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ModelLoadError(
+            f"no model weights in {folder}: looked for *.safetensors and *.bin files. The download "
+            "is probably incomplete (weights are large files, e.g. git-lfs pointers not pulled); "
+            "download the whole model again, e.g. `hf download ORG/NAME --local-dir DIR`"
+        )
+
+
+def check_causal_lm_type(folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> None:
+    """Accept model types transformers maps to a causal LM, or remote code when opted in."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return
+    has_remote_code = "AutoModelForCausalLM" in (config.get("auto_map") or {})
+    if trust_remote_code and has_remote_code:
+        return
+    known = ", ".join(["chatglm (original ChatGLM2/3)", "glm", "glm4", "llama", "qwen2", "..."])
+    hint = (
+        "its folder ships its own code (auto_map); set llm.trust_remote_code: true only if you trust it"
+        if has_remote_code
+        else "use a model that transformers supports natively or update transformers"
+    )
+    raise ModelLoadError(
+        f"unknown model type {model_type!r} in {folder / 'config.json'}: not a causal language model "
+        f"that transformers {_transformers_version()} knows and no glmkb loader for it "
+        f"(supported e.g.: {known}); {hint}"
+    )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def load_tokenizer(folder: Path, *, trust_remote_code: bool) -> Any:
+    """The folder's tokenizer; chat models must carry a chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"could not load the tokenizer from {folder} ({e}); the folder needs tokenizer.json "
+            "or the tokenizer files of the model"
+        ) from e
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(
+            f"the tokenizer in {folder} has no chat template, so it is not a chat model; "
+            "use the chat/instruct variant of the model (e.g. glm-4-9b-chat-hf, not glm-4-9b)"
+        )
+    return tokenizer
+
+
+def load_causal_lm(
+    folder: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: str = "none",
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load weights and place them: one device, several GPUs (accelerate), or bitsandbytes on CUDA."""
+    from transformers import AutoModelForCausalLM
+
+    options: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if quantization != "none":
+        options.update(quantization_options(quantization, device=device, dtype=dtype))
+    elif spread_over_gpus(folder, device):
+        require_package("accelerate", "spreading a model over several GPUs")
+        options["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **options)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"could not load the model weights from {folder}: {e}") from e
+    if "device_map" not in options:
+        # Loaded on the CPU first, then moved: one copy of the weights on the GPU, no more.
+        model = model.to(device)
+    return model.eval()
+
+
+def quantization_options(quantization: str, *, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` options for bitsandbytes 8-bit / 4-bit weights (CUDA only)."""
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(f"llm.quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
+    if device.type != "cuda":
+        raise ModelLoadError(
+            f"llm.quantization {quantization} needs a CUDA GPU (bitsandbytes), but the model would run "
+            f"on {device}; set llm.quantization: none to run unquantized on the CPU, or use a CUDA device"
+        )
+    require_package("bitsandbytes", f"llm.quantization {quantization}")
+    require_package("accelerate", f"llm.quantization {quantization}")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    return {"quantization_config": config, "device_map": {"": device.index or 0}}
+
+
+def spread_over_gpus(folder: Path, device: torch.device) -> bool:
+    """Shard over all GPUs only when several are visible, no index was pinned, and one is too small."""
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return False
+    free, _total = torch.cuda.mem_get_info(0)
+    weights = sum(f.stat().st_size for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern))
+    return weights > 0.85 * free
+
+
+def require_package(name: str, purpose: str) -> None:
+    """Raise a clear error when an optional GPU package is missing."""
+    if importlib.util.find_spec(name) is None:
+        raise ModelLoadError(
+            f"{purpose} needs the {name} package, which is not installed; "
+            "install the GPU extras: pip install 'glmkb[gpu]'"
+        )

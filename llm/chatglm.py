@@ -1,0 +1,342 @@
+"""``ChatGLM``: a LangChain LLM over a local chat model (GLM family or any causal LM with a chat template).
+
+Generation runs through ``model.generate`` on a worker thread and streams real tokens
+(``llm.streaming``). ``_stream`` is the one code path: ``_call``/``invoke`` join it, ``astream``
+drives it from a thread, and only batches of several prompts take a batched ``generate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models.llms import LLM
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict, Field
+
+from configs.settings import GenerationSettings, LLMSettings
+from llm.errors import ModelLoadError
+from llm.loading import load_model_and_tokenizer
+from llm.streaming import (
+    BatchStopStringCriteria,
+    IncrementalDetokenizer,
+    StopSequenceFilter,
+    cut_at_stop,
+    model_lock,
+    stream_token_ids,
+)
+
+History = Sequence[tuple[str, str]]
+GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
+_DEFAULTS = GenerationSettings()
+_DONE = object()
+# Threads that pull chunks for astream; generous so that streams waiting for a busy model
+# never starve the one that is generating.
+_ASYNC_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="glmkb-astream")
+
+
+class ChatGLM(LLM):
+    """Local chat model with real token streaming, chat template, history and system prompt.
+
+    Per-call keyword arguments (``llm.invoke(q, history=[...], temperature=0)``): ``history``
+    (list of ``(user, assistant)`` pairs), ``system_prompt``, the generation fields below, and
+    any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: Any = Field(exclude=True, repr=False, description="A loaded transformers causal LM.")
+    tokenizer: Any = Field(exclude=True, repr=False, description="Its tokenizer, with a chat template.")
+    model_path: str | None = Field(None, description="Folder the model was loaded from (for display).")
+    system_prompt: str | None = Field(None, description="System prompt of every chat unless given per call.")
+    max_new_tokens: int = Field(_DEFAULTS.max_new_tokens, ge=1)
+    temperature: float = Field(_DEFAULTS.temperature, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0)
+
+    # ----- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_model_path(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quantization: str = "none",
+        trust_remote_code: bool = False,
+        **fields: Any,
+    ) -> ChatGLM:
+        """Load a local model folder (see ``llm.loading.load_model_and_tokenizer``) and wrap it."""
+        model, tokenizer = load_model_and_tokenizer(
+            path, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
+        )
+        return cls(model=model, tokenizer=tokenizer, model_path=str(path), **fields)
+
+    @classmethod
+    def from_settings(cls, settings: LLMSettings, **fields: Any) -> ChatGLM:
+        """Load the model named by the ``llm`` settings section, with its generation defaults."""
+        if not settings.model_path:
+            raise ModelLoadError(
+                "no chat model configured: set llm.model_path (YAML, GLMKB_LLM__MODEL_PATH or "
+                "--model-path) to a local model folder such as chatglm3-6b or glm-4-9b-chat-hf"
+            )
+        defaults = {
+            "system_prompt": settings.system_prompt,
+            **settings.generation.model_dump(),
+        }
+        return cls.from_model_path(
+            settings.model_path,
+            device=settings.device,
+            dtype=settings.dtype,
+            quantization=settings.quantization,
+            trust_remote_code=settings.trust_remote_code,
+            **{**defaults, **fields},
+        )
+
+    # ----- LangChain identity -------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "chatglm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "model_class": type(self.model).__name__,
+            "device": str(getattr(self.model, "device", "")),
+            "dtype": str(getattr(self.model, "dtype", "")),
+            "system_prompt": self.system_prompt,
+            **{name: getattr(self, name) for name in GENERATION_FIELDS},
+        }
+
+    # ----- prompts and tokens -------------------------------------------------------------
+
+    def chat_messages(
+        self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
+    ) -> list[dict[str, str]]:
+        """The chat as role/content messages: optional system prompt, history pairs, the prompt."""
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        for user, assistant in history or []:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    def render_prompt(
+        self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
+    ) -> str:
+        """The exact model input text: the chat rendered through the tokenizer's chat template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template; ChatGLM needs a chat model")
+        messages = self.chat_messages(prompt, history=history, system_prompt=system_prompt)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def get_num_tokens(self, text: str) -> int:
+        """Number of model tokens in ``text`` (the real tokenizer, no special tokens)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def get_token_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    # ----- generation keyword arguments (the one place) -----------------------------------
+
+    def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Everything ``model.generate`` gets for ``prompts``; pops the kwargs it consumes.
+
+        Renders each prompt with ``history``/``system_prompt``, encodes (left-padded when
+        several), resolves sampling from fields and per-call overrides, and passes any other
+        per-call keyword straight to ``generate``.
+        """
+        history = kwargs.pop("history", None)
+        system_prompt = kwargs.pop("system_prompt", self.system_prompt)
+        texts = [self.render_prompt(p, history=history, system_prompt=system_prompt) for p in prompts]
+        params = {name: kwargs.pop(name, getattr(self, name)) for name in GENERATION_FIELDS}
+        if params["max_new_tokens"] is None:
+            params["max_new_tokens"] = self.max_new_tokens
+        encoded = self.tokenizer(
+            texts, add_special_tokens=False, padding=len(texts) > 1, padding_side="left", return_tensors="pt"
+        ).to(self.model.device)
+        out: dict[str, Any] = {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "max_new_tokens": int(params["max_new_tokens"]),
+            "repetition_penalty": float(params["repetition_penalty"]),
+            **self._special_token_ids(),
+        }
+        if params["temperature"] and params["temperature"] > 0:
+            out.update(do_sample=True, temperature=float(params["temperature"]), top_p=float(params["top_p"]))
+        else:
+            # Greedy; clear the checkpoint's sampling defaults so generate does not warn.
+            out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        out.update(kwargs)
+        return out
+
+    def _special_token_ids(self) -> dict[str, Any]:
+        """eos ids (GLM has several) and a pad id, from generation_config with tokenizer fallback."""
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        pad = getattr(config, "pad_token_id", None)
+        if pad is None:
+            pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = eos[0] if isinstance(eos, list) else eos
+        return {"eos_token_id": eos, "pad_token_id": pad}
+
+    # ----- streaming: the one code path ---------------------------------------------------
+
+    def _iter_text(
+        self, prompt: str, stop: list[str] | None, *, cancel: threading.Event, **kwargs: Any
+    ) -> Iterator[str]:
+        """Text pieces as tokens are generated; closing this generator stops generation."""
+        generate_kwargs = self._generate_kwargs([prompt], kwargs)
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stops = StopSequenceFilter(stop)
+        answer_started = False
+        emitted = False
+
+        def clean(text: str) -> str:
+            nonlocal answer_started
+            if not answer_started:
+                # GLM-4 answers start with "\n" after <|assistant|>; drop it.
+                text = text.lstrip("\n")
+                answer_started = bool(text)
+            return stops.feed(text)
+
+        token_ids = stream_token_ids(self.model, generate_kwargs, cancel)
+        try:
+            for token_id in token_ids:
+                piece = clean(detokenizer.add(token_id))
+                if piece:
+                    emitted = True
+                    yield piece
+                if stops.stopped:
+                    return
+            tail = clean(detokenizer.flush()) + stops.flush()
+            if tail or not emitted:
+                yield tail  # an empty answer still yields one (empty) chunk
+        finally:
+            token_ids.close()
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        pieces = self._iter_text(prompt, stop, cancel=threading.Event(), **kwargs)
+        try:
+            for text in pieces:
+                chunk = GenerationChunk(text=text)
+                if run_manager:
+                    run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        finally:
+            pieces.close()
+
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return "".join(chunk.text for chunk in self._stream(prompt, stop, run_manager, **kwargs))
+
+    # ----- async --------------------------------------------------------------------------
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Drives ``_iter_text`` from a thread; closing or cancelling this stops generation."""
+        cancel = threading.Event()
+        pieces = self._iter_text(prompt, stop, cancel=cancel, **kwargs)
+        pending: concurrent.futures.Future[Any] | None = None
+        try:
+            while True:
+                pending = _ASYNC_EXECUTOR.submit(next, pieces, _DONE)
+                text = await asyncio.wrap_future(pending)
+                if text is _DONE:
+                    return
+                chunk = GenerationChunk(text=text)
+                if run_manager:
+                    await run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        finally:
+            cancel.set()
+            closing = _ASYNC_EXECUTOR.submit(_close_when_idle, pieces, pending)
+            try:
+                await asyncio.shield(asyncio.wrap_future(closing))
+            except asyncio.CancelledError:
+                pass  # cancelled again while cleaning up: the closer still finishes on its thread
+
+    async def _acall(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return "".join([chunk.text async for chunk in self._astream(prompt, stop, run_manager, **kwargs)])
+
+    # ----- batches ------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        """One prompt streams; several run as one left-padded ``generate`` batch."""
+        if len(prompts) == 1:
+            return super()._generate(prompts, stop, run_manager, **kwargs)
+        texts = self._generate_batch(prompts, stop, **kwargs)
+        return LLMResult(generations=[[Generation(text=text)] for text in texts])
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        if len(prompts) == 1:
+            return await super()._agenerate(prompts, stop, run_manager, **kwargs)
+        loop = asyncio.get_running_loop()
+        texts = await loop.run_in_executor(_ASYNC_EXECUTOR, lambda: self._generate_batch(prompts, stop, **kwargs))
+        return LLMResult(generations=[[Generation(text=text)] for text in texts])
+
+    def _generate_batch(self, prompts: list[str], stop: list[str] | None, **kwargs: Any) -> list[str]:
+        """Answers to several prompts from one batched ``generate`` call (same cleaning as streams)."""
+        generate_kwargs = self._generate_kwargs(prompts, kwargs)
+        prompt_length = generate_kwargs["input_ids"].shape[1]
+        if stop:
+            criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
+            criteria.append(BatchStopStringCriteria(self.tokenizer, stop, prompt_length))
+            generate_kwargs["stopping_criteria"] = criteria
+        with model_lock(self.model), torch.inference_mode():
+            output = self.model.generate(**generate_kwargs)
+        new_ids = output[:, prompt_length:].tolist()
+        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        return [cut_at_stop(text.lstrip("\n"), stop) for text in texts]
+
+
+def _close_when_idle(pieces: Iterator[str], pending: concurrent.futures.Future[Any] | None) -> None:
+    """Close a text generator once no thread is inside it (a ``next`` may still be running)."""
+    if pending is not None:
+        concurrent.futures.wait([pending])
+    pieces.close()  # type: ignore[attr-defined]

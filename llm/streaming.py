@@ -1,0 +1,229 @@
+"""Token streaming machinery behind ``ChatGLM._stream``.
+
+``model.generate`` runs on a worker thread; a ``QueueStreamer`` hands each new token id to
+the consuming thread, which turns ids into text with ``IncrementalDetokenizer`` (never
+emitting half of a multi-byte character) and cuts stop sequences with ``StopSequenceFilter``.
+A ``CancelCriteria`` lets the consumer stop ``generate`` within a token, and
+``model_lock(model)`` makes sure one model object runs one generation at a time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+WORKER_THREAD_NAME = "glmkb-generate"
+_END = object()
+
+
+class QueueStreamer(BaseStreamer):
+    """Receives token ids from ``generate`` and puts them on a queue (the prompt is skipped)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True  # generate() first pushes the whole prompt
+            return
+        for token_id in value.reshape(-1).tolist():
+            self.queue.put(token_id)
+
+    def end(self) -> None:
+        self.queue.put(_END)
+
+    def fail(self, error: BaseException) -> None:
+        """Hand an exception raised by ``generate`` to the consumer."""
+        self.queue.put(error)
+
+
+class CancelCriteria(StoppingCriteria):
+    """Stops ``generate`` as soon as ``event`` is set (consumer gone, stop sequence seen)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class BatchStopStringCriteria(StoppingCriteria):
+    """Per-row stop for batched generation: a row is done once its new text holds a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = list(stop)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        new_ids = input_ids[:, self.prompt_length :].tolist()
+        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        done = [any(s in text.lstrip("\n") for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text pieces without splitting characters.
+
+    Byte-level tokenizers can end a token in the middle of a UTF-8 character; decoding then
+    yields U+FFFD. We decode a short window (``prefix`` ids already emitted plus the new ones),
+    and hold back the new text while it ends in U+FFFD, i.e. until the character completes.
+    """
+
+    def __init__(self, tokenizer: Any, *, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def add(self, token_id: int) -> str:
+        """Add one token id; return the text that is now complete (may be empty)."""
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            piece = new_text[len(prefix_text) :]
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return piece
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back at the end of generation (decoded as is)."""
+        prefix_text = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        rest = self._decode(self.ids[self.prefix_offset :])[len(prefix_text) :]
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return rest
+
+
+class StopSequenceFilter:
+    """Passes text through until a stop sequence appears, never emitting part of one.
+
+    Text that could be the start of a stop sequence is held back until it is decided;
+    ``stopped`` becomes True once a stop sequence was seen (the caller then ends generation).
+    """
+
+    def __init__(self, stop: Sequence[str] | None) -> None:
+        self.stop = [s for s in (stop or []) if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.pending += text
+        if not self.stop:
+            out, self.pending = self.pending, ""
+            return out
+        cut = min((i for i in (self.pending.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out
+        hold = self._partial_match_length()
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out
+
+    def _partial_match_length(self) -> int:
+        """Length of the longest tail of ``pending`` that is a proper prefix of a stop sequence."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        out, self.pending = self.pending, ""
+        return out
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` up to the first occurrence of any stop sequence."""
+    cuts = [i for i in (text.find(s) for s in (stop or []) if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.Lock:
+    """The lock that serialises generations of one model object (shared by every ChatGLM using it).
+
+    Held from the start to the end of one ``generate`` call; other callers of the same model
+    wait. Keyed weakly so that dropping the model frees its lock too.
+    """
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
+
+
+def model_is_busy(model: Any) -> bool:
+    """True while some generation holds ``model``'s lock (used by tests and the UI)."""
+    return model_lock(model).locked()
+
+
+def stream_token_ids(model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event) -> Iterator[int]:
+    """Run ``model.generate(**generate_kwargs)`` on a worker thread and yield new token ids.
+
+    The model lock is held from start to end of generation (taken here, released by the worker). When the consumer stops iterating
+    (generator closed), ``cancel`` is set, ``generate`` stops at the next token, and the worker
+    is joined before the lock is released.
+    """
+    streamer = QueueStreamer()
+    criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
+    criteria.append(CancelCriteria(cancel))
+    kwargs = {**generate_kwargs, "streamer": streamer, "stopping_criteria": criteria}
+
+    lock = model_lock(model)
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as e:  # handed to the consumer, who re-raises it
+            streamer.fail(e)
+        else:
+            streamer.end()
+        finally:
+            # Released by the worker, not the consumer: a consumer that is slow (or never
+            # resumed) cannot keep other callers waiting once generation is over.
+            lock.release()
+
+    lock.acquire()
+    worker = threading.Thread(target=work, name=WORKER_THREAD_NAME, daemon=True)
+    try:
+        worker.start()
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        while True:
+            item = streamer.queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        worker.join()
