@@ -97,7 +97,13 @@ def load_model_and_tokenizer(
     config = read_model_config(folder)
     check_weights_present(folder)
     model_type = str(config.get("model_type", ""))
-    loader = special_loader(model_type)
+    try:
+        loader = special_loader(model_type)
+    except ImportError as e:
+        raise ModelLoadError(
+            f"{folder} is a {model_type!r} model, whose loader ({MODEL_TYPE_LOADERS[model_type]}) "
+            f"could not be imported: {e}; reinstall glmkb (pip install -e .)"
+        ) from e
     if loader is not None:
         return loader(
             folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
