@@ -1,0 +1,144 @@
+"""Events yielded by the chains' generator APIs, for UIs and command lines.
+
+Knowledge-base QA (``KnowledgeBaseQAChain.stream_answer``) yields
+``Sources`` once, then ``Token`` pieces, then one ``Answer``. The summarizer
+(``StreamMapReduceChain.stream_summary``) yields ``Progress`` while it maps and
+collapses, then ``Token`` pieces of the final summary, then one ``Summary``.
+Each event class has a ``kind`` string ("sources", "token", ...) for code that
+prefers to dispatch on strings, and ``to_dict()`` for JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from langchain_core.documents import Document
+
+__all__ = ["Answer", "Event", "Progress", "Source", "Sources", "Summary", "Token"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One retrieved passage, with what a citation needs.
+
+    ``start``/``end`` are character offsets into the decoded source text
+    (``text_of_source[start:end] == text``); ``end`` is moved in when the passage was cut to
+    fit the prompt budget, so the equality still holds for what the model actually read.
+    """
+
+    text: str
+    source: str | None = None
+    doc_id: str | None = None
+    chapter: int | None = None
+    chapter_title: str | None = None
+    start: int | None = None
+    end: int | None = None
+    score: float | None = None
+    chunk_id: str | None = None
+    truncated: bool = False
+    """The passage was cut to fit the prompt budget (``end`` marks where)."""
+
+    @classmethod
+    def from_document(cls, doc: Document) -> Source:
+        """Read the KB chunk metadata contract (docs/ARCHITECTURE.md) off a Document."""
+        meta = doc.metadata
+        score = meta.get("score")
+        return cls(
+            text=doc.page_content,
+            source=meta.get("source"),
+            doc_id=meta.get("doc_id"),
+            chapter=meta.get("chapter"),
+            chapter_title=meta.get("chapter_title"),
+            start=meta.get("start"),
+            end=meta.get("end"),
+            score=float(score) if score is not None else None,
+            chunk_id=None if meta.get("chunk_id") is None else str(meta.get("chunk_id")),
+            truncated=bool(meta.get("truncated", False)),
+        )
+
+    def label(self) -> str:
+        """A short citation line, e.g. ``sanguo.txt · 第1回 宴桃园豪杰三结义 · 120–370``."""
+        parts: list[str] = []
+        if self.source:
+            parts.append(self.source.replace("\\", "/").rsplit("/", 1)[-1])
+        if self.chapter is not None or self.chapter_title:
+            chapter = f"第{self.chapter}回" if self.chapter is not None else ""
+            parts.append(" ".join(p for p in (chapter, self.chapter_title or "") if p))
+        if self.start is not None and self.end is not None:
+            parts.append(f"{self.start}–{self.end}")
+        return " · ".join(parts) or "(unknown source)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A piece of streamed text (answer or final summary); append it to what is shown."""
+
+    kind: ClassVar[str] = "token"
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The passages the answer will be based on (first QA event), and the question searched."""
+
+    kind: ClassVar[str] = "sources"
+    sources: tuple[Source, ...]
+    question: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The final QA event: the full answer and its sources.
+
+    ``refused``: nothing relevant was retrieved, ``text`` is the refusal sentence and no LLM
+    was called. ``llm_used`` False: no LLM is configured, ``text`` says so and ``sources``
+    holds the retrieved passages. ``question`` is the standalone question used for retrieval.
+    """
+
+    kind: ClassVar[str] = "answer"
+    text: str
+    sources: tuple[Source, ...]
+    question: str
+    refused: bool = False
+    llm_used: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Summarizer progress: ``done`` of ``total`` units of ``stage`` ("map" or "collapse")."""
+
+    kind: ClassVar[str] = "progress"
+    stage: str
+    done: int
+    total: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The final summarizer event: the full summary and the per-part (map) summaries."""
+
+    kind: ClassVar[str] = "summary"
+    text: str
+    intermediate: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+Event = Sources | Token | Answer | Progress | Summary

@@ -1,0 +1,317 @@
+"""``StreamLLMChain``: an ``LLMChain`` whose every single-prompt call streams.
+
+LangChain's ``LLMChain`` answers with one blocking ``generate`` call, so callback handlers see
+no tokens until the whole answer exists. This subclass routes single-prompt calls through the
+model's ``stream`` instead: ``predict``/``invoke``/``run``/``__call__`` (and chains that embed
+it, such as the combine step of a map-reduce) fire ``on_llm_new_token`` for every chunk, and
+``stream_predict`` hands the same chunks to a UI as a generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_classic.chains.llm import LLMChain, _get_language_model
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForChainRun,
+    CallbackManager,
+    CallbackManagerForChainRun,
+    Callbacks,
+)
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel, BaseLLM
+from langchain_core.load import dumpd
+from langchain_core.messages import BaseMessage, BaseMessageChunk
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    Generation,
+    GenerationChunk,
+    LLMResult,
+)
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable
+from typing_extensions import override
+
+__all__ = ["StreamLLMChain", "piece_text", "reports_tokens", "result_from_batch"]
+
+
+def piece_text(piece: Any) -> str:
+    """The text of one streamed piece: a ``str`` (LLMs) or a message chunk (chat models)."""
+    if isinstance(piece, str):
+        return piece
+    if isinstance(piece, BaseMessage):
+        return piece.text
+    return str(piece)
+
+
+def reports_tokens(llm: Any) -> bool:
+    """Whether ``llm.stream`` itself fires ``on_llm_new_token`` for each chunk.
+
+    Chat models do so in ``BaseChatModel.stream`` when they implement ``_stream``; LLMs do so
+    from their ``_stream`` (the LangChain convention). Models that override ``stream`` (e.g.
+    ``FakeStreamingListLLM``) or cannot stream do not, and the chain reports for them.
+    """
+    try:
+        model = _get_language_model(llm)
+    except ValueError:
+        return True  # an arbitrary Runnable: its inner models report their own tokens
+    kind = type(model)
+    if isinstance(model, BaseChatModel):
+        return (
+            kind.stream is BaseChatModel.stream
+            and kind._stream is not BaseChatModel._stream
+            and getattr(model, "disable_streaming", False) is not True
+        )
+    if isinstance(model, BaseLLM):
+        return kind.stream is BaseLLM.stream and kind._stream is not BaseLLM._stream
+    return True
+
+
+def _serialized(llm: Any) -> dict[str, Any]:
+    try:
+        return dumpd(llm)
+    except Exception:  # noqa: BLE001 - a name is enough for handlers that look at it
+        return {"name": type(llm).__name__}
+
+
+def _as_chunk(piece: Any) -> GenerationChunk | ChatGenerationChunk:
+    if isinstance(piece, BaseMessageChunk):
+        return ChatGenerationChunk(message=piece)
+    return GenerationChunk(text=piece_text(piece))
+
+
+def _result_from_pieces(pieces: list[Any]) -> LLMResult:
+    """One ``LLMResult`` from the streamed pieces, as ``generate`` would have returned it."""
+    if pieces and all(isinstance(p, BaseMessageChunk) for p in pieces):
+        message = pieces[0]
+        for p in pieces[1:]:
+            message = message + p
+        return LLMResult(generations=[[ChatGeneration(message=message)]])
+    return LLMResult(generations=[[Generation(text="".join(piece_text(p) for p in pieces))]])
+
+
+def result_from_batch(results: list[Any]) -> LLMResult:
+    generations: list[list[Generation]] = []
+    for res in results:
+        if isinstance(res, BaseMessage):
+            generations.append([ChatGeneration(message=res)])
+        else:
+            generations.append([Generation(text=piece_text(res))])
+    return LLMResult(generations=generations)
+
+
+def _llm_callbacks(
+    run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun | None,
+    tags: list[str] | None,
+) -> Any:
+    """Callbacks for the model run: the run's children plus the chain's own handlers and tags.
+
+    LangChain passes a chain's constructor callbacks and tags to the chain's run only, not to
+    its children; they are added here so the chain's handlers see the tokens, and handlers
+    can tell streams apart by the chain's tags (e.g. the final reduce of a summary).
+    """
+    if run_manager is None:
+        return None
+    child = run_manager.get_child()
+    for handler in run_manager.handlers:
+        if handler not in child.handlers:
+            child.add_handler(handler, inherit=False)
+    if tags:
+        child.add_tags(tags, inherit=False)
+    return child
+
+
+class StreamLLMChain(LLMChain):
+    """An ``LLMChain`` that streams: callbacks get every token, UIs get a generator.
+
+    Every single-prompt entry point (``predict``, ``invoke``, ``run``, ``__call__`` and their
+    async twins, and chains that call them, like ``StuffDocumentsChain``) goes through the
+    model's ``stream``; ``on_llm_new_token`` reaches the chain's callbacks and those passed at
+    call time for each chunk, in order, and the full text is returned as before. Works with
+    any LangChain LLM (``llm.ChatGLM``, ``FakeStreamingListLLM``) or chat model (the pieces
+    are ``AIMessageChunk.content``). A list of prompts (``apply``/``generate`` with several
+    inputs) runs as one ``llm.batch`` instead, which is what batching is for.
+
+    Example:
+        ```python
+        from langchain_core.callbacks import StreamingStdOutCallbackHandler
+        from langchain_core.prompts import PromptTemplate
+        from chains import StreamLLMChain
+
+        chain = StreamLLMChain(llm=llm, prompt=PromptTemplate.from_template("用一句话介绍{name}。"))
+        text = chain.predict(name="诸葛亮", callbacks=[StreamingStdOutCallbackHandler()])
+        for piece in chain.stream_predict(name="曹操"):  # e.g. a Gradio generator
+            print(piece, end="", flush=True)
+        ```
+    """
+
+    def _model(self, stop: list[str] | None) -> Runnable:
+        """The model with ``stop`` and ``llm_kwargs`` bound, as ``LLMChain`` calls it."""
+        if stop is None and not self.llm_kwargs:
+            return self.llm
+        return self.llm.bind(stop=stop, **self.llm_kwargs)
+
+    # ------------------------------------------------------------------ sync
+    def _stream_pieces(
+        self,
+        prompt: PromptValue,
+        stop: list[str] | None,
+        run_manager: CallbackManagerForChainRun | None,
+    ) -> Iterator[Any]:
+        """The model's raw pieces for one prompt, with ``on_llm_new_token`` fired for each."""
+        callbacks = _llm_callbacks(run_manager, self.tags)
+        stream = self._model(stop).stream(prompt, config={"callbacks": callbacks})
+        if reports_tokens(self.llm) or callbacks is None or not callbacks.handlers:
+            yield from stream
+            return
+        # The model will not report its chunks: report them in an LLM run of our own so
+        # handlers that track runs (start/new_token/end) see a well-formed sequence.
+        (llm_run,) = callbacks.on_llm_start(
+            _serialized(self.llm), [prompt.to_string()], name=type(self.llm).__name__
+        )
+        pieces: list[Any] = []
+        try:
+            for piece in stream:
+                llm_run.on_llm_new_token(piece_text(piece), chunk=_as_chunk(piece))
+                pieces.append(piece)
+                yield piece
+        except BaseException as e:
+            llm_run.on_llm_error(e)
+            raise
+        llm_run.on_llm_end(_result_from_pieces(pieces))
+
+    def _stream_inputs(
+        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None
+    ) -> Iterator[Any]:
+        prompts, stop = self.prep_prompts([inputs], run_manager=run_manager)
+        yield from self._stream_pieces(prompts[0], stop, run_manager)
+
+    @override
+    def generate(
+        self,
+        input_list: list[dict[str, Any]],
+        run_manager: CallbackManagerForChainRun | None = None,
+    ) -> LLMResult:
+        """Stream a single prompt; run several as one ``llm.batch``."""
+        if len(input_list) == 1:
+            return _result_from_pieces(list(self._stream_inputs(input_list[0], run_manager)))
+        prompts, stop = self.prep_prompts(input_list, run_manager=run_manager)
+        if not prompts:
+            return LLMResult(generations=[])
+        callbacks = run_manager.get_child() if run_manager else None
+        results = self._model(stop).batch(prompts, {"callbacks": callbacks})
+        return result_from_batch(results)
+
+    def stream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> Iterator[str]:
+        """Yield the answer's text pieces as the model produces them (empty pieces skipped).
+
+        Runs as one chain run, like ``predict``: callbacks get the chain start/end and every
+        token; memory (if any) is updated once the generator is exhausted.
+        """
+        inputs = self.prep_inputs(kwargs)
+        run_manager = self._sync_manager(callbacks).on_chain_start(
+            None, inputs, name=self.get_name()
+        )
+        pieces: list[Any] = []
+        try:
+            self._validate_inputs(inputs)
+            for piece in self._stream_inputs(inputs, run_manager):
+                pieces.append(piece)
+                text = piece_text(piece)
+                if text:
+                    yield text
+            outputs = self.create_outputs(_result_from_pieces(pieces))[0]
+            self.prep_outputs(inputs, outputs)
+        except BaseException as e:
+            run_manager.on_chain_error(e)
+            raise
+        run_manager.on_chain_end(outputs)
+
+    def _sync_manager(self, callbacks: Callbacks) -> CallbackManager:
+        return CallbackManager.configure(
+            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        )
+
+    # ----------------------------------------------------------------- async
+    async def _astream_pieces(
+        self,
+        prompt: PromptValue,
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForChainRun | None,
+    ) -> AsyncIterator[Any]:
+        callbacks = _llm_callbacks(run_manager, self.tags)
+        stream = self._model(stop).astream(prompt, config={"callbacks": callbacks})
+        if reports_tokens(self.llm) or callbacks is None or not callbacks.handlers:
+            async for piece in stream:
+                yield piece
+            return
+        (llm_run,) = await callbacks.on_llm_start(
+            _serialized(self.llm), [prompt.to_string()], name=type(self.llm).__name__
+        )
+        pieces: list[Any] = []
+        try:
+            async for piece in stream:
+                await llm_run.on_llm_new_token(piece_text(piece), chunk=_as_chunk(piece))
+                pieces.append(piece)
+                yield piece
+        except BaseException as e:
+            await llm_run.on_llm_error(e)
+            raise
+        await llm_run.on_llm_end(_result_from_pieces(pieces))
+
+    async def _astream_inputs(
+        self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None
+    ) -> AsyncIterator[Any]:
+        prompts, stop = await self.aprep_prompts([inputs], run_manager=run_manager)
+        async for piece in self._astream_pieces(prompts[0], stop, run_manager):
+            yield piece
+
+    @override
+    async def agenerate(
+        self,
+        input_list: list[dict[str, Any]],
+        run_manager: AsyncCallbackManagerForChainRun | None = None,
+    ) -> LLMResult:
+        """Async twin of ``generate``: stream one prompt, ``abatch`` several."""
+        if len(input_list) == 1:
+            pieces = [p async for p in self._astream_inputs(input_list[0], run_manager)]
+            return _result_from_pieces(pieces)
+        prompts, stop = await self.aprep_prompts(input_list, run_manager=run_manager)
+        if not prompts:
+            return LLMResult(generations=[])
+        callbacks = run_manager.get_child() if run_manager else None
+        results = await self._model(stop).abatch(prompts, {"callbacks": callbacks})
+        return result_from_batch(results)
+
+    async def astream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> AsyncIterator[str]:
+        """Async twin of ``stream_predict``."""
+        inputs = await self.aprep_inputs(kwargs)
+        manager = AsyncCallbackManager.configure(
+            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        )
+        run_manager = await manager.on_chain_start(None, inputs, name=self.get_name())
+        pieces: list[Any] = []
+        try:
+            self._validate_inputs(inputs)
+            async for piece in self._astream_inputs(inputs, run_manager):
+                pieces.append(piece)
+                text = piece_text(piece)
+                if text:
+                    yield text
+            outputs = self.create_outputs(_result_from_pieces(pieces))[0]
+            await self.aprep_outputs(inputs, outputs)
+        except BaseException as e:
+            await run_manager.on_chain_error(e)
+            raise
+        await run_manager.on_chain_end(outputs)
+
+    # ``predict``/``apredict`` are inherited: they call ``__call__``/``acall`` -> ``_call`` ->
+    # ``generate`` above, so they stream and return the joined text.
+
+    @property
+    def language_model(self) -> BaseLanguageModel:
+        """The underlying language model (unwrapping bindings and fallbacks)."""
+        return _get_language_model(self.llm)
+
