@@ -1,0 +1,28 @@
+"""``ingest drop --kb NAME``: delete a whole knowledge base."""
+
+from __future__ import annotations
+
+import argparse
+
+from ingest.cli import settings_from_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "drop",
+        help="delete a knowledge base",
+        description="Delete a knowledge base and all its files (the source documents are not touched).",
+    )
+    parser.add_argument("--kb", metavar="NAME", required=True, help="knowledge base to delete")
+    parser.add_argument("--kb-root", metavar="DIR", help="folder holding knowledge bases (default: kb_root setting)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kb import KnowledgeBase
+
+    settings = settings_from_args(args)
+    kb = KnowledgeBase(settings.kb_root, settings.kb_name)
+    kb.drop()
+    print(f"dropped knowledge base {kb.name!r} ({kb.path})")
+    return 0

@@ -1,0 +1,41 @@
+"""``ingest eval QA.jsonl --kb NAME``: retrieval recall@1/3/5/10 and MRR on question/evidence pairs.
+
+Each line of QA.jsonl is ``{"q": question, "evidence": verbatim answer text, "source": optional
+file name}``; a retrieved chunk is a hit when it overlaps the evidence in its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ingest.cmd_build import add_kb_arguments
+from ingest.cmd_query import add_retrieval_arguments, open_kb
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure retrieval recall and MRR on a QA file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("qa_file", metavar="QA.jsonl", help="JSON Lines with q, evidence[, source]")
+    add_kb_arguments(parser)
+    add_retrieval_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kb import evaluate, load_qa
+
+    items = load_qa(args.qa_file)
+    kb = open_kb(args, score_threshold=None)
+    result = evaluate(kb, items, mode=args.mode, k=args.k or 10)
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+        return 0
+    recalls = "  ".join(f"recall@{c} {v:.3f}" for c, v in result.recall.items())
+    print(f"{kb.name} ({result.mode}, {result.questions} questions): {recalls}  MRR@{result.k} {result.mrr:.3f}")
+    return 0

@@ -1,0 +1,226 @@
+"""The chunk and document store of one knowledge-base version: a single SQLite file.
+
+SQLite (not pickle) so that opening a knowledge base can never run code from its files.
+Readers open it read-only and immutable (no journal files appear in a published version).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kb.errors import KnowledgeBaseError
+from kb.splitting import Chapter, Chunk
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    encoding TEXT NOT NULL,
+    chars INTEGER NOT NULL,
+    added_at TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chapters (
+    doc_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    number INTEGER,
+    title TEXT,
+    heading TEXT,
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    PRIMARY KEY (doc_id, ordinal)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    chapter INTEGER,
+    chapter_title TEXT,
+    char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    tokens TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, ordinal);
+"""
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One source document in a knowledge base."""
+
+    doc_id: str
+    source: str
+    sha256: str  # of the decoded text (UTF-8)
+    encoding: str  # encoding the file was decoded from
+    chars: int
+    chunks: int
+    chapters: int  # numbered chapters (the preamble is not counted)
+    added_at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk row with its document's source."""
+
+    chunk_id: int
+    doc_id: str
+    source: str
+    chapter: int | None
+    chapter_title: str | None
+    start: int
+    end: int
+    text: str
+
+
+class Docstore:
+    """Typed access to a docstore file; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.path = path
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Docstore:
+        """Open a published docstore without ever writing to it."""
+        uri = path.resolve().as_uri() + "?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            conn.execute("SELECT count(*) FROM documents").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise KnowledgeBaseError(f"docstore {path} is unreadable ({e}); rebuild the knowledge base") from e
+        return cls(conn, path)
+
+    @classmethod
+    def open_writable(cls, path: Path) -> Docstore:
+        """Open (creating if needed) a docstore in a version that is being written."""
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.executescript(SCHEMA)
+        conn.execute("BEGIN")
+        return cls(conn, path)
+
+    def commit_and_close(self) -> None:
+        """Commit a writable docstore and close it, leaving one self-contained file."""
+        with self._lock:
+            self._conn.execute("COMMIT")
+            self._conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise KnowledgeBaseError(f"docstore {self.path} is unreadable ({e}); rebuild the knowledge base") from e
+
+    # --- writing -------------------------------------------------------------------------
+
+    def add_document(
+        self,
+        *,
+        doc_id: str,
+        source: str,
+        sha256: str,
+        encoding: str,
+        text: str,
+        added_at: str,
+        chapters: Sequence[Chapter],
+        chunks: Sequence[Chunk],
+        chunk_ids: Sequence[int],
+        chunk_tokens: Sequence[list[str]],
+    ) -> None:
+        """Insert a document with its chapters and chunks."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, source, sha256, encoding, len(text), added_at, text),
+            )
+            self._conn.executemany(
+                "INSERT INTO chapters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(doc_id, i, c.number, c.title, c.heading, c.start, c.end) for i, c in enumerate(chapters)],
+            )
+            self._conn.executemany(
+                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (cid, doc_id, i, c.chapter, c.chapter_title, c.start, c.end, c.text, " ".join(tokens))
+                    for i, (cid, c, tokens) in enumerate(zip(chunk_ids, chunks, chunk_tokens, strict=True))
+                ],
+            )
+
+    def delete_document(self, doc_id: str) -> list[int]:
+        """Remove a document and return the ids of its chunks."""
+        ids = [row[0] for row in self._query("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
+        with self._lock:
+            for table in ("chunks", "chapters", "documents"):
+                self._conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
+        return ids
+
+    # --- reading -------------------------------------------------------------------------
+
+    def documents(self) -> list[DocumentInfo]:
+        """Every document, in the order they were added."""
+        rows = self._query(
+            "SELECT d.doc_id, d.source, d.sha256, d.encoding, d.chars, "
+            "(SELECT count(*) FROM chunks c WHERE c.doc_id = d.doc_id), "
+            "(SELECT count(*) FROM chapters h WHERE h.doc_id = d.doc_id AND h.number IS NOT NULL), "
+            "d.added_at FROM documents d ORDER BY d.added_at, d.source"
+        )
+        return [DocumentInfo(*row) for row in rows]
+
+    def document_text(self, doc_id: str) -> str | None:
+        rows = self._query("SELECT text FROM documents WHERE doc_id = ?", (doc_id,))
+        return rows[0][0] if rows else None
+
+    def chapters(self, doc_id: str) -> list[Chapter]:
+        rows = self._query(
+            "SELECT number, title, heading, char_start, char_end FROM chapters WHERE doc_id = ? ORDER BY ordinal",
+            (doc_id,),
+        )
+        return [Chapter(*row) for row in rows]
+
+    def chunk_ids(self) -> list[int]:
+        """All chunk ids, ascending (the row order of the BM25 index)."""
+        return [row[0] for row in self._query("SELECT id FROM chunks ORDER BY id")]
+
+    def chunk_tokens(self) -> Iterator[list[str]]:
+        """BM25 tokens of every chunk, in :meth:`chunk_ids` order."""
+        for (tokens,) in self._query("SELECT tokens FROM chunks ORDER BY id"):
+            yield tokens.split(" ") if tokens else []
+
+    def max_chunk_id(self) -> int:
+        rows = self._query("SELECT max(id) FROM chunks")
+        return rows[0][0] if rows and rows[0][0] is not None else -1
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, StoredChunk]:
+        """The chunks with these ids (missing ids are left out)."""
+        ids = list(ids)
+        out: dict[int, StoredChunk] = {}
+        for i in range(0, len(ids), 500):
+            batch = ids[i : i + 500]
+            marks = ",".join("?" * len(batch))
+            for row in self._query(
+                "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text "
+                f"FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.id IN ({marks})",
+                batch,
+            ):
+                out[row[0]] = StoredChunk(*row)
+        return out
+
+    def chunks_of(self, doc_id: str) -> list[StoredChunk]:
+        """A document's chunks in reading order."""
+        rows = self._query(
+            "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text "
+            "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.doc_id = ? ORDER BY c.ordinal",
+            (doc_id,),
+        )
+        return [StoredChunk(*row) for row in rows]

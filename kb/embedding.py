@@ -1,0 +1,118 @@
+"""Load sentence-transformers models (embeddings, cross-encoders) strictly from local files.
+
+The Hugging Face hub is often unreachable where glmkb runs; instead of hanging on download
+retries we look for the model as a local folder or in the local HF cache, and fail at once
+with a message naming what was looked for and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kb.errors import EmbeddingModelError
+
+KEYWORD_ONLY = "none"
+
+
+def is_keyword_only(model: str | None) -> bool:
+    """True for ``none`` (and empty): the knowledge base has no dense vectors, only BM25."""
+    return model is None or model.strip().lower() in ("", KEYWORD_ONLY)
+
+
+def model_identity(model: str) -> str:
+    """How a model is recorded in a manifest: an absolute path for local folders, else its hub name."""
+    if is_keyword_only(model):
+        return KEYWORD_ONLY
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model.strip()
+
+
+def same_model(recorded: str, requested: str) -> bool:
+    """Whether ``requested`` names the model a knowledge base was built with.
+
+    A local copy of a hub model counts as the same model when its folder is named like the
+    repository (``/models/text2vec-large-chinese`` for ``GanymedeNil/text2vec-large-chinese``).
+    """
+    a, b = model_identity(recorded), model_identity(requested)
+    if a == b:
+        return True
+    if KEYWORD_ONLY in (a, b):
+        return False
+    return Path(a).name.lower() == Path(b).name.lower()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` if a GPU is visible, then ``mps``, else ``cpu``."""
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EmbeddingModelError(
+                f"embedding.device is {device!r} but torch sees no CUDA GPU; set it to auto or cpu"
+            )
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def locate_model(model: str, *, what: str = "embedding model", flag: str = "--embedding") -> str:
+    """The local folder holding ``model``: the path itself, or its snapshot in the HF cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    fix = f"download it elsewhere and pass its local folder with {flag} PATH"
+    if what == "embedding model":
+        fix += " (or embedding.model in the config), or build a keyword-only knowledge base with --embedding none"
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except HFValidationError as e:
+        raise EmbeddingModelError(f"{what} folder not found: {model}; {fix}") from e
+    except (OSError, ValueError) as e:
+        raise EmbeddingModelError(
+            f"{what} {model!r} is not a local folder and not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}), and glmkb never downloads models; {fix}"
+        ) from e
+
+
+def load_embeddings(model: str, *, device: str = "auto", batch_size: int = 64) -> Any:
+    """A ``langchain_huggingface.HuggingFaceEmbeddings`` giving normalized vectors (fp16 on GPU)."""
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    location = locate_model(model)
+    resolved = resolve_device(device)
+    model_kwargs: dict[str, Any] = {"device": resolved, "local_files_only": True}
+    if resolved.startswith("cuda"):
+        model_kwargs["model_kwargs"] = {"dtype": torch.float16}
+    encode_kwargs = {"normalize_embeddings": True, "batch_size": batch_size}
+    try:
+        return HuggingFaceEmbeddings(
+            model_name=location,
+            model_kwargs=model_kwargs,
+            encode_kwargs=encode_kwargs,
+            query_encode_kwargs=encode_kwargs,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise EmbeddingModelError(
+            f"cannot load embedding model {model!r} from {location}: {' '.join(str(e).split())}; "
+            "point --embedding at a sentence-transformers or BERT-style model folder"
+        ) from e
+
+
+def load_cross_encoder(model: str, *, device: str = "auto") -> Any:
+    """A sentence-transformers ``CrossEncoder`` for reranking, loaded from local files only."""
+    from sentence_transformers import CrossEncoder
+
+    location = locate_model(model, what="reranker model", flag="retrieval.reranker")
+    try:
+        return CrossEncoder(location, device=resolve_device(device), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise EmbeddingModelError(
+            f"cannot load reranker {model!r} from {location}: {' '.join(str(e).split())}"
+        ) from e

@@ -1,0 +1,749 @@
+"""A named knowledge base under ``kb_root``: build incrementally, search three ways, read back.
+
+Dense vectors live in a FAISS inner-product index (normalized embeddings, so scores are
+cosine similarities), keywords in a persisted BM25 index over jieba tokens, and chunk text,
+metadata and full document text in an SQLite docstore. Nothing is pickled. See
+``kb/storage.py`` for the crash-safe version layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import faiss
+import numpy as np
+from langchain_core.documents import Document
+from tqdm.auto import tqdm
+
+from kb import storage
+from kb.bm25_index import BM25Index
+from kb.docstore import Docstore, DocumentInfo, StoredChunk
+from kb.embedding import (
+    KEYWORD_ONLY,
+    is_keyword_only,
+    load_cross_encoder,
+    load_embeddings,
+    model_identity,
+    same_model,
+)
+from kb.errors import EmbeddingModelError, KnowledgeBaseError
+from kb.fusion import reciprocal_rank_fusion
+from kb.loading import load_text_with_encoding
+from kb.names import validate_kb_name
+from kb.splitting import Chapter, Chunk, split_chapters, split_document
+from kb.tokenizing import tokenize
+
+if TYPE_CHECKING:
+    from configs import Settings
+    from kb.knowledge_base_retriever import KnowledgeBaseRetriever
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["dense", "bm25", "hybrid"]
+MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
+DOCSTORE_FILE = "docstore.sqlite"
+FAISS_FILE = "index.faiss"
+BM25_DIR = "bm25"
+SPLITTER_VERSION = "chapters-sentences-v1"
+# How many candidates each retriever contributes to fusion / reranking.
+CANDIDATE_DEPTH = 50
+
+
+@dataclass
+class BuildReport:
+    """What an add or remove did to a knowledge base."""
+
+    files: int = 0
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    chunks_added: int = 0
+    chunks_skipped: int = 0
+    chunks_removed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        return (
+            f"files: {self.files} ({len(self.added)} added, {len(self.replaced)} replaced, "
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed); "
+            f"chunks: {self.chunks_added} added, {self.chunks_skipped} skipped, "
+            f"{self.chunks_removed} removed; {self.seconds:.1f} s"
+        )
+
+
+@dataclass
+class _Version:
+    """One loaded, verified version of the knowledge base."""
+
+    name: str
+    manifest: dict[str, Any]
+    docstore: Docstore
+    faiss_index: Any | None
+    bm25: BM25Index
+
+
+@dataclass
+class _Incoming:
+    """A decoded source document waiting to be added."""
+
+    source: str
+    text: str
+    encoding: str
+
+    @property
+    def doc_id(self) -> str:
+        return doc_id_for(self.source)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def doc_id_for(source: str) -> str:
+    """Stable id of a source within a knowledge base (same path -> same id across rebuilds)."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def source_for_path(path: str | os.PathLike[str]) -> str:
+    """How a file is recorded as ``source``: its absolute path."""
+    return str(Path(path).expanduser().resolve())
+
+
+class KnowledgeBase:
+    """A named knowledge base in ``root/name``.
+
+    Open an existing one with ``KnowledgeBase(root, name)`` or :meth:`from_settings`; pass
+    ``create=True`` to start a new one (nothing is written until the first documents are
+    added). ``embedding_model``/``chunk_size``/``chunk_overlap`` left as None mean "what the
+    knowledge base was built with"; given explicitly they must match it.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        name: str,
+        *,
+        create: bool = False,
+        embedding_model: str | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        mode: Mode = "hybrid",
+        top_k: int = 5,
+        score_threshold: float | None = None,
+        reranker: str | None = None,
+    ) -> None:
+        self.name = validate_kb_name(name)
+        self.root = Path(root).expanduser()
+        self.path = self.root / name
+        self.device = device
+        self.batch_size = batch_size
+        self.mode = _check_mode(mode)
+        self.top_k = top_k
+        self.score_threshold = score_threshold
+        self.reranker = reranker
+        self._lock = threading.RLock()
+        self._version: _Version | None = None
+        self._embeddings: Any | None = None
+        self._cross_encoder: Any | None = None
+        if storage.is_knowledge_base(self.path):
+            self._load_version(storage.read_pointer(self.path))
+            self._check_requested(embedding_model, chunk_size, chunk_overlap)
+        elif not create:
+            raise KnowledgeBaseError(_no_such_kb(self.root, name))
+        else:
+            from configs import ChunkingSettings, EmbeddingSettings
+
+            chunking = ChunkingSettings(
+                chunk_size=chunk_size or ChunkingSettings.model_fields["chunk_size"].default,
+                chunk_overlap=(
+                    chunk_overlap if chunk_overlap is not None else ChunkingSettings.model_fields["chunk_overlap"].default
+                ),
+            )
+            model = embedding_model or EmbeddingSettings.model_fields["model"].default
+            self._pending = {
+                "embedding": {"model": model_identity(model), "dimension": None},
+                "chunking": {
+                    "chunk_size": chunking.chunk_size,
+                    "chunk_overlap": chunking.chunk_overlap,
+                    "splitter": SPLITTER_VERSION,
+                },
+            }
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        create: bool = False,
+        embedding_model: str | None = None,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+    ) -> KnowledgeBase:
+        """Open ``name`` (default ``settings.kb_name``) under ``settings.kb_root``.
+
+        An existing knowledge base is queried with the embedding model it was built with
+        (``settings.embedding.model`` only seeds new ones), on ``settings.embedding.device``.
+        """
+        exists = storage.is_knowledge_base(Path(settings.kb_root).expanduser() / (name or settings.kb_name))
+        if create and not exists:
+            embedding_model = embedding_model or settings.embedding.model
+            chunk_size = chunk_size or settings.chunking.chunk_size
+            chunk_overlap = chunk_overlap if chunk_overlap is not None else settings.chunking.chunk_overlap
+        return cls(
+            settings.kb_root,
+            name or settings.kb_name,
+            create=create,
+            embedding_model=embedding_model,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            device=settings.embedding.device,
+            batch_size=settings.embedding.batch_size,
+            mode=settings.retrieval.mode,
+            top_k=settings.retrieval.top_k,
+            score_threshold=settings.retrieval.score_threshold,
+            reranker=settings.retrieval.reranker,
+        )
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        """Whether a version has been committed (a created KB exists after its first add)."""
+        return self._version is not None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The live manifest (a copy), or the settings a new knowledge base will be created with."""
+        import copy
+
+        return copy.deepcopy(self._version.manifest if self._version else self._pending)
+
+    @property
+    def embedding_model(self) -> str:
+        """The embedding model of this knowledge base (``none`` for keyword-only)."""
+        return self.manifest["embedding"]["model"]
+
+    @property
+    def keyword_only(self) -> bool:
+        return is_keyword_only(self.embedding_model)
+
+    @property
+    def dimension(self) -> int | None:
+        return self.manifest["embedding"]["dimension"]
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.manifest["chunking"]["chunk_size"])
+
+    @property
+    def chunk_overlap(self) -> int:
+        return int(self.manifest["chunking"]["chunk_overlap"])
+
+    @property
+    def version(self) -> str | None:
+        """Name of the loaded version folder (changes after every build)."""
+        return self._version.name if self._version else None
+
+    def __repr__(self) -> str:
+        return f"KnowledgeBase(name={self.name!r}, root={str(self.root)!r}, version={self.version!r})"
+
+    # --- listing and reading -----------------------------------------------------------------
+
+    @staticmethod
+    def list_names(root: str | os.PathLike[str]) -> list[str]:
+        """Names of the knowledge bases under ``root``."""
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and storage.is_knowledge_base(p))
+
+    def list_documents(self) -> list[DocumentInfo]:
+        """Every document in the knowledge base, oldest first."""
+        version = self._current()
+        return version.docstore.documents() if version else []
+
+    def get_document(self, ref: str) -> DocumentInfo:
+        """A document by doc_id, source, file path or (unique) file name."""
+        documents = self.list_documents()
+        for match in (
+            lambda d: d.doc_id == ref or d.source == ref,
+            lambda d: d.source == _maybe_resolve(ref),
+        ):
+            found = [d for d in documents if match(d)]
+            if found:
+                return found[0]
+        by_name = [d for d in documents if Path(d.source).name == ref]
+        if len(by_name) == 1:
+            return by_name[0]
+        hint = "several documents are named like that; give the full path" if by_name else "it is not in it"
+        raise KnowledgeBaseError(
+            f"no document {ref!r} in knowledge base {self.name!r} ({hint}); "
+            f"`ingest list --kb {self.name}` shows its documents"
+        )
+
+    def get_document_text(self, ref: str) -> str:
+        """The full decoded text of a document (chunk offsets index into it)."""
+        info = self.get_document(ref)
+        text = self._require_version().docstore.document_text(info.doc_id)
+        assert text is not None
+        return text
+
+    def get_chapters(self, ref: str) -> list[Chapter]:
+        """A document's sections with offsets: the preamble (``number=None``) if any, then its
+        chapters in order; ``[]`` for documents without chapter headings."""
+        return self._require_version().docstore.chapters(self.get_document(ref).doc_id)
+
+    def get_chunks(self, ref: str) -> list[Document]:
+        """A document's chunks in reading order, as Documents (``score`` is 0.0)."""
+        chunks = self._require_version().docstore.chunks_of(self.get_document(ref).doc_id)
+        return [_to_document(c, 0.0) for c in chunks]
+
+    # --- building -------------------------------------------------------------------------------
+
+    def add_files(self, paths: Iterable[str | os.PathLike[str]], *, show_progress: bool = False) -> BuildReport:
+        """Add or update text files. Unchanged files are skipped, changed ones replace their old
+        chunks. All files are read and checked before anything is written."""
+        started = time.perf_counter()
+        paths = list(paths)
+        incoming: list[_Incoming] = []
+        for path in tqdm(paths, desc="reading", unit="file", disable=not show_progress, leave=False):
+            text, encoding = load_text_with_encoding(path)
+            incoming.append(_Incoming(source_for_path(path), text, encoding))
+        return self._apply(incoming, [], show_progress=show_progress, started=started)
+
+    def add_texts(self, texts: Mapping[str, str], *, show_progress: bool = False) -> BuildReport:
+        """Add or update documents given as ``{source label: text}`` (e.g. web uploads)."""
+        started = time.perf_counter()
+        incoming = []
+        for source, text in texts.items():
+            if not text.strip():
+                raise KnowledgeBaseError(f"{source} is empty; there is no text to add")
+            incoming.append(_Incoming(source, text.removeprefix("\ufeff"), "text"))
+        return self._apply(incoming, [], show_progress=show_progress, started=started)
+
+    def remove(self, refs: Iterable[str]) -> BuildReport:
+        """Remove documents (by doc_id, source, path or unique file name)."""
+        started = time.perf_counter()
+        doc_ids = [self.get_document(ref).doc_id for ref in refs]
+        return self._apply([], doc_ids, show_progress=False, started=started)
+
+    def drop(self) -> None:
+        """Delete the whole knowledge base folder (atomically renamed away first)."""
+        if not self.path.exists():
+            raise KnowledgeBaseError(_no_such_kb(self.root, self.name))
+        with storage.write_lock(self.path):
+            trash = self.root / f".trash-{self.name}-{os.getpid()}-{time.time_ns()}"
+            os.replace(self.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        self.close()
+
+    def close(self) -> None:
+        """Release the docstore connection (the object is unusable afterwards)."""
+        with self._lock:
+            if self._version is not None:
+                self._version.docstore.close()
+                self._version = None
+
+    def _apply(
+        self, incoming: list[_Incoming], remove_ids: list[str], *, show_progress: bool, started: float
+    ) -> BuildReport:
+        report = BuildReport(files=len(incoming) + len(remove_ids))
+        _check_unique_sources(incoming)
+        with storage.write_lock(self.path), self._lock:
+            self.refresh()
+            base = self._version
+            known = {d.doc_id: d for d in (base.docstore.documents() if base else [])}
+            to_add: list[_Incoming] = []
+            for doc in incoming:
+                old = known.get(doc.doc_id)
+                if old is not None and old.sha256 == doc.sha256:
+                    report.unchanged.append(doc.source)
+                    report.chunks_skipped += old.chunks
+                else:
+                    to_add.append(doc)
+                    (report.replaced if old is not None else report.added).append(doc.source)
+            to_delete = [d for d in remove_ids if d in known] + [d.doc_id for d in to_add if d.doc_id in known]
+            report.removed = [known[d].source for d in remove_ids if d in known]
+            if to_add or to_delete:
+                self._write_version(base, to_add, to_delete, report, show_progress=show_progress)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _write_version(
+        self,
+        base: _Version | None,
+        to_add: list[_Incoming],
+        to_delete: list[str],
+        report: BuildReport,
+        *,
+        show_progress: bool,
+    ) -> None:
+        manifest = self.manifest
+        chunk_size, chunk_overlap = self.chunk_size, self.chunk_overlap
+        split = [
+            (doc, split_chapters(doc.text), split_document(doc.text, chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+            for doc in to_add
+        ]
+        new_chunks = [chunk for _, _, chunks in split for chunk in chunks]
+        if not self.keyword_only:
+            self._get_embeddings()  # fail fast (model missing offline) before the slow steps
+        tokens = [tokenize(c.text) for c in tqdm(new_chunks, desc="tokenizing", unit="chunk", disable=not show_progress, leave=False)]
+        vectors = self._embed_chunks([c.text for c in new_chunks], show_progress=show_progress)
+        if vectors is not None:
+            manifest["embedding"]["dimension"] = int(vectors.shape[1])
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        staging = storage.new_staging_dir(self.path)
+        try:
+            docstore_path = staging / DOCSTORE_FILE
+            if base is not None:
+                shutil.copyfile(base.docstore.path, docstore_path)
+            store = Docstore.open_writable(docstore_path)
+            removed_ids: list[int] = []
+            for doc_id in to_delete:
+                removed_ids.extend(store.delete_document(doc_id))
+            report.chunks_removed = len(removed_ids)
+            next_id = max(int(manifest.get("next_chunk_id", 0)), store.max_chunk_id() + 1)
+            new_ids: list[int] = []
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            offset = 0
+            for doc, chapters, chunks in split:
+                ids = list(range(next_id, next_id + len(chunks)))
+                store.add_document(
+                    doc_id=doc.doc_id,
+                    source=doc.source,
+                    sha256=doc.sha256,
+                    encoding=doc.encoding,
+                    text=doc.text,
+                    added_at=now,
+                    chapters=chapters,
+                    chunks=chunks,
+                    chunk_ids=ids,
+                    chunk_tokens=tokens[offset : offset + len(chunks)],
+                )
+                offset += len(chunks)
+                next_id += len(chunks)
+                new_ids.extend(ids)
+            report.chunks_added = len(new_ids)
+            all_ids = np.asarray(store.chunk_ids(), dtype=np.int64)
+            bm25 = BM25Index.build(list(store.chunk_tokens()), all_ids)
+            store.commit_and_close()
+            bm25.save(staging / BM25_DIR)
+            if not self.keyword_only:
+                index = self._updated_faiss(base, removed_ids, new_ids, vectors, manifest)
+                faiss.write_index(index, str(staging / FAISS_FILE))
+            manifest.update(
+                next_chunk_id=next_id,
+                name=self.name,
+                updated_at=now,
+                documents={
+                    d.doc_id: {"source": d.source, "sha256": d.sha256, "chars": d.chars, "chunks": d.chunks}
+                    for d in _documents_after(base, to_delete, split, now)
+                },
+                counts={"documents": None, "chunks": int(len(all_ids))},
+                bm25={"tokenizer": "jieba.cut_for_search", "k1": 1.5, "b": 0.75, "method": "lucene"},
+            )
+            manifest["counts"]["documents"] = len(manifest["documents"])
+            manifest.setdefault("created_at", now)
+            version = storage.publish(self.path, staging, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        storage.collect_garbage(self.path, keep={version} | ({base.name} if base else set()))
+        self._load_version(version)
+
+    def _embed_chunks(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray | None:
+        if self.keyword_only:
+            return None
+        embeddings = self._get_embeddings()
+        if not texts:
+            dim = self.dimension or len(embeddings.embed_query("维度"))
+            return np.zeros((0, dim), dtype=np.float32)
+        parts = []
+        with tqdm(total=len(texts), desc="embedding", unit="chunk", disable=not show_progress, leave=False) as bar:
+            for i in range(0, len(texts), self.batch_size):
+                batch = list(texts[i : i + self.batch_size])
+                parts.append(np.asarray(embeddings.embed_documents(batch), dtype=np.float32))
+                bar.update(len(batch))
+        vectors = np.ascontiguousarray(np.concatenate(parts))
+        if self.dimension is not None and vectors.shape[1] != self.dimension:
+            raise EmbeddingModelError(
+                f"embedding model gives {vectors.shape[1]}-dimensional vectors but knowledge base "
+                f"{self.name!r} holds {self.dimension}-dimensional ones; use the model it was built with"
+            )
+        return vectors
+
+    def _updated_faiss(
+        self,
+        base: _Version | None,
+        removed_ids: list[int],
+        new_ids: list[int],
+        vectors: np.ndarray | None,
+        manifest: dict[str, Any],
+    ) -> Any:
+        dim = manifest["embedding"]["dimension"]
+        if base is not None and base.faiss_index is not None:
+            index = faiss.clone_index(base.faiss_index)
+        else:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        if removed_ids:
+            index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
+        if new_ids:
+            assert vectors is not None
+            index.add_with_ids(vectors, np.asarray(new_ids, dtype=np.int64))
+        return index
+
+    # --- loading --------------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Load the newest committed version if another process built one; True if it changed."""
+        with self._lock:
+            if not storage.is_knowledge_base(self.path):
+                return False
+            current = storage.read_pointer(self.path)
+            if self._version is not None and self._version.name == current:
+                return False
+            self._load_version(current)
+            return True
+
+    def _load_version(self, name: str | None) -> None:
+        if name is None:
+            raise KnowledgeBaseError(_no_such_kb(self.root, self.name))
+        version_dir = self.path / name
+        manifest = storage.read_manifest(version_dir)
+        docstore = Docstore.open_readonly(version_dir / DOCSTORE_FILE)
+        try:
+            ids = np.asarray(docstore.chunk_ids(), dtype=np.int64)
+            bm25 = BM25Index.load(version_dir / BM25_DIR, ids)
+            faiss_index = None
+            if not is_keyword_only(manifest["embedding"]["model"]) and (version_dir / FAISS_FILE).exists():
+                faiss_index = faiss.read_index(str(version_dir / FAISS_FILE))
+                if faiss_index.ntotal != len(ids):
+                    raise KnowledgeBaseError(
+                        f"FAISS index of {self.name!r} does not match its docstore; rebuild the knowledge base"
+                    )
+        except BaseException:
+            docstore.close()
+            raise
+        old, self._version = self._version, _Version(name, manifest, docstore, faiss_index, bm25)
+        if old is not None:
+            old.docstore.close()
+
+    def _current(self) -> _Version | None:
+        self.refresh()
+        return self._version
+
+    def _require_version(self) -> _Version:
+        version = self._current()
+        if version is None:
+            raise KnowledgeBaseError(_no_such_kb(self.root, self.name))
+        return version
+
+    def _check_requested(self, embedding_model: str | None, chunk_size: int | None, chunk_overlap: int | None) -> None:
+        recorded = self.embedding_model
+        if embedding_model is not None and not same_model(recorded, embedding_model):
+            raise EmbeddingModelError(
+                f"knowledge base {self.name!r} was built with embedding model {recorded!r}, not "
+                f"{model_identity(embedding_model)!r}; query it with its own model (leave --embedding out) "
+                "or build a new knowledge base with --kb OTHER_NAME"
+            )
+        for key, wanted in (("chunk_size", chunk_size), ("chunk_overlap", chunk_overlap)):
+            have = self.manifest["chunking"][key]
+            if wanted is not None and wanted != have:
+                raise KnowledgeBaseError(
+                    f"knowledge base {self.name!r} was built with {key} {have}, not {wanted}; leave "
+                    f"--{key.replace('_', '-')} out, or use a new --kb name (or `ingest drop --kb {self.name}` first)"
+                )
+
+    def _get_embeddings(self) -> Any:
+        with self._lock:
+            if self._embeddings is None:
+                self._embeddings = load_embeddings(self.embedding_model, device=self.device, batch_size=self.batch_size)
+            return self._embeddings
+
+    def set_embeddings(self, embeddings: Any) -> None:
+        """Use an already-loaded LangChain ``Embeddings`` object (e.g. shared across knowledge bases)."""
+        self._embeddings = embeddings
+
+    # --- searching ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        *,
+        mode: Mode | None = None,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        rerank: bool | None = None,
+    ) -> list[Document]:
+        """The ``k`` best chunks for ``query`` as Documents (metadata: source, doc_id, chapter,
+        chapter_title, start, end, score, chunk_id).
+
+        ``score`` is the cosine similarity (dense), the BM25 score (bm25) or the reciprocal-rank
+        fusion score (hybrid); ``score_threshold`` drops hits scoring below it. With a reranker
+        configured (or ``rerank=True``) the candidates are reordered by the cross-encoder and
+        ``score`` becomes its score.
+        """
+        mode = _check_mode(mode or self.mode)
+        k = self.top_k if k is None else k
+        if k < 1:
+            raise KnowledgeBaseError(f"k must be at least 1 (got {k})")
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        use_reranker = bool(self.reranker) if rerank is None else rerank
+        version = self._current()
+        if version is None or not query.strip():
+            return []
+        if self.keyword_only:
+            if mode == "dense":
+                raise KnowledgeBaseError(
+                    f"knowledge base {self.name!r} is keyword-only (built with --embedding none); "
+                    "use --mode bm25, or rebuild it with an embedding model"
+                )
+            mode = "bm25"
+        depth = max(CANDIDATE_DEPTH, 4 * k) if (mode == "hybrid" or use_reranker) else k
+        extra: dict[int, dict[str, float]] = {}
+        if mode == "dense":
+            hits = self._dense_hits(version, query, depth)
+        elif mode == "bm25":
+            hits = version.bm25.search(tokenize(query), depth)
+        else:
+            dense = self._dense_hits(version, query, depth)
+            sparse = version.bm25.search(tokenize(query), depth)
+            for key, ranked in (("dense_score", dense), ("bm25_score", sparse)):
+                for chunk_id, score in ranked:
+                    extra.setdefault(chunk_id, {})[key] = score
+            hits = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in sparse]])
+        if threshold is not None:
+            hits = [(i, s) for i, s in hits if s >= threshold]
+        hits = hits[: max(depth, k)] if use_reranker else hits[:k]
+        chunks = version.docstore.chunks(i for i, _ in hits)
+        docs = [_to_document(chunks[i], s, mode=mode, **extra.get(i, {})) for i, s in hits if i in chunks]
+        if use_reranker:
+            docs = self._rerank(query, docs)[:k]
+        return docs
+
+    def _dense_hits(self, version: _Version, query: str, depth: int) -> list[tuple[int, float]]:
+        if version.faiss_index is None or version.faiss_index.ntotal == 0:
+            return []
+        vector = np.asarray([self._get_embeddings().embed_query(query)], dtype=np.float32)
+        if vector.shape[1] != version.faiss_index.d:
+            raise EmbeddingModelError(
+                f"the embedding model gives {vector.shape[1]}-dimensional vectors but knowledge base "
+                f"{self.name!r} holds {version.faiss_index.d}-dimensional ones; use the model it was built with"
+            )
+        scores, ids = version.faiss_index.search(vector, min(depth, version.faiss_index.ntotal))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def _rerank(self, query: str, docs: list[Document]) -> list[Document]:
+        if not docs:
+            return docs
+        if not self.reranker:
+            raise KnowledgeBaseError("rerank=True but no reranker is configured (retrieval.reranker)")
+        with self._lock:
+            if self._cross_encoder is None:
+                self._cross_encoder = load_cross_encoder(self.reranker, device=self.device)
+        scores = self._cross_encoder.predict([(query, d.page_content) for d in docs], show_progress_bar=False)
+        for doc, score in zip(docs, scores, strict=True):
+            doc.metadata["retrieval_score"] = doc.metadata["score"]
+            doc.metadata["score"] = float(score)
+        return sorted(docs, key=lambda d: -d.metadata["score"])
+
+    def as_retriever(
+        self,
+        *,
+        mode: Mode | None = None,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        rerank: bool | None = None,
+    ) -> KnowledgeBaseRetriever:
+        """A LangChain retriever over this knowledge base (None = the knowledge base's defaults)."""
+        from kb.knowledge_base_retriever import KnowledgeBaseRetriever
+
+        return KnowledgeBaseRetriever(
+            knowledge_base=self, mode=mode, k=k, score_threshold=score_threshold, rerank=rerank
+        )
+
+
+def _to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
+    return Document(
+        page_content=chunk.text,
+        metadata={
+            "source": chunk.source,
+            "doc_id": chunk.doc_id,
+            "chapter": chunk.chapter,
+            "chapter_title": chunk.chapter_title,
+            "start": chunk.start,
+            "end": chunk.end,
+            "score": float(score),
+            "chunk_id": chunk.chunk_id,
+            **extra,
+        },
+    )
+
+
+def _documents_after(
+    base: _Version | None, deleted: list[str], split: list[tuple[_Incoming, list[Chapter], list[Chunk]]], now: str
+) -> list[DocumentInfo]:
+    kept = [d for d in (base.docstore.documents() if base else []) if d.doc_id not in set(deleted)]
+    added = [
+        DocumentInfo(
+            doc.doc_id,
+            doc.source,
+            doc.sha256,
+            doc.encoding,
+            len(doc.text),
+            len(chunks),
+            sum(c.number is not None for c in chapters),
+            now,
+        )
+        for doc, chapters, chunks in split
+    ]
+    return kept + added
+
+
+def _check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise KnowledgeBaseError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def _check_unique_sources(incoming: list[_Incoming]) -> None:
+    seen: set[str] = set()
+    for doc in incoming:
+        if doc.source in seen:
+            raise KnowledgeBaseError(f"{doc.source} is given twice")
+        seen.add(doc.source)
+
+
+def _maybe_resolve(ref: str) -> str:
+    try:
+        return source_for_path(ref)
+    except (OSError, ValueError):
+        return ref
+
+
+def _no_such_kb(root: Path, name: str) -> str:
+    names = KnowledgeBase.list_names(root)
+    have = f"existing: {', '.join(names)}" if names else "there are none yet"
+    return (
+        f"no knowledge base named {name!r} in {root} ({have}); "
+        f"create it with `ingest build FILE... --kb {name}`"
+    )
+
+
+__all__ = ["KEYWORD_ONLY", "BuildReport", "KnowledgeBase", "doc_id_for", "source_for_path"]

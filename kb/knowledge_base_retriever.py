@@ -1,0 +1,31 @@
+"""LangChain retriever over a glmkb knowledge base (dense, BM25 or hybrid)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict
+
+
+class KnowledgeBaseRetriever(BaseRetriever):
+    """Returns a knowledge base's best chunks for a query; None options use the knowledge
+    base's defaults (from settings' ``retrieval`` section)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    knowledge_base: Any
+    """The ``kb.KnowledgeBase`` to search."""
+    mode: Literal["dense", "bm25", "hybrid"] | None = None
+    k: int | None = None
+    score_threshold: float | None = None
+    rerank: bool | None = None
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return self.knowledge_base.search(
+            query, mode=self.mode, k=self.k, score_threshold=self.score_threshold, rerank=self.rerank
+        )

@@ -1,0 +1,41 @@
+"""Knowledge base names: safe as one folder name under ``kb_root`` on every platform."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from kb.errors import KnowledgeBaseError
+
+MAX_NAME_CHARS = 64
+_FORBIDDEN = set('/\\:*?"<>|')
+
+
+def validate_kb_name(name: str) -> str:
+    """Return ``name`` if it can be a knowledge base folder, else raise KnowledgeBaseError.
+
+    Allowed: 1-64 characters of letters (any script, e.g. 三国), digits, ``-``, ``_``, ``.``
+    and spaces inside; no path separators, no ``..``, no leading dot or dash, no control chars.
+    """
+    problem = _name_problem(name)
+    if problem:
+        raise KnowledgeBaseError(
+            f"invalid knowledge base name {name!r}: {problem}; use letters, digits, '-', '_' "
+            f"(e.g. sanguo or 三国), at most {MAX_NAME_CHARS} characters"
+        )
+    return name
+
+
+def _name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8")) > 200:
+        return "it is too long"
+    if "\x00" in name or any(unicodedata.category(c).startswith("C") for c in name):
+        return "it contains control characters"
+    if any(c in _FORBIDDEN for c in name):
+        return "it contains a path separator or a character not allowed in file names"
+    if ".." in name:
+        return "it contains '..'"
+    if name[0] in ".-" or name != name.strip():
+        return "it starts with '.' or '-' or has surrounding spaces"
+    return None

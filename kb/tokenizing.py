@@ -1,0 +1,37 @@
+"""Chinese word tokenization for BM25 (jieba), shared by indexing and querying."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+import jieba
+
+jieba.setLogLevel(logging.WARNING)
+_INIT_LOCK = threading.Lock()
+_WORDLIKE = re.compile(r"\w", re.UNICODE)
+# Question words and particles: frequent in questions, useless for matching narrative text.
+STOPWORDS: frozenset[str] = frozenset(
+    "的 了 是 在 和 与 及 也 都 而 之 于 把 被 让 给 对 向 从 为 就 又 还 吗 呢 吧 啊 呀 么 "
+    "谁 什么 哪 哪里 哪儿 哪个 哪些 怎么 怎样 怎么样 如何 为何 为什么 几 多少 是否 有没有 "
+    "请问 一下 是不是 这个 那个 这 那 其 他 她 它 他们 我 你 我们 你们 说 问 书中 书里 小说 中".split()
+)
+
+
+def tokenize(text: str) -> list[str]:
+    """Search-mode jieba tokens of ``text`` (words plus their sub-words), lowercased,
+    without punctuation, whitespace or stopwords."""
+    _ensure_initialized()
+    return [
+        token
+        for token in (t.strip().lower() for t in jieba.cut_for_search(text))
+        if token and token not in STOPWORDS and _WORDLIKE.search(token)
+    ]
+
+
+def _ensure_initialized() -> None:
+    # jieba's lazy initialisation is not thread-safe; the web UI queries from several threads.
+    if not jieba.dt.initialized:
+        with _INIT_LOCK:
+            jieba.initialize()
