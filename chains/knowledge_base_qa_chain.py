@@ -1,0 +1,371 @@
+"""``KnowledgeBaseQAChain``: retrieve passages, answer from them only, stream, cite.
+
+One question runs as: (with history) condense the follow-up into a standalone question →
+retrieve → drop passages under the score threshold → fit passages into the prompt budget
+(real tokenizer) → stream the answer. Nothing relevant → the refusal sentence, without
+calling the LLM. No LLM → the passages with a message saying why there is no answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_classic.chains.base import Chain
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForChainRun,
+    CallbackManager,
+    CallbackManagerForChainRun,
+    Callbacks,
+)
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.prompts import BasePromptTemplate
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from chains.events import Answer, Event, Source, Sources, Token
+from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
+from chains.stream_llm_chain import StreamLLMChain, piece_text
+from chains.token_budget import (
+    Turn,
+    fit_documents,
+    format_history,
+    normalize_history,
+    trim_history,
+)
+
+__all__ = ["CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
+
+CONDENSE_TAG = "condense_question"
+"""Tag on the condense LLM run, so callback handlers can leave its tokens out of the chat."""
+
+_CONDENSE_PREFIX = re.compile(r"^\s*(独立问题|改写后的问题|问题)\s*[:：]\s*")
+
+
+def format_passages(docs: Sequence[Document]) -> str:
+    """Number the passages ``[1] ...`` (with chapter titles when known) for the prompt."""
+    blocks = []
+    for i, doc in enumerate(docs, 1):
+        title = doc.metadata.get("chapter_title")
+        head = f"[{i}]（{title}）" if title else f"[{i}]"
+        blocks.append(f"{head}{doc.page_content}")
+    return "\n\n".join(blocks)
+
+
+@dataclass
+class _Plan:
+    """What retrieval decided: the sources, and either a fixed reply or the prompt inputs."""
+
+    question: str
+    docs: list[Document]
+    reply: str | None = None
+    refused: bool = False
+    llm_used: bool = True
+
+
+class KnowledgeBaseQAChain(Chain):
+    """Answer questions from a knowledge base, streaming tokens and returning sources.
+
+    Inputs: ``question`` and optional ``chat_history`` (``[(question, answer), ...]`` or
+    Gradio ``{"role", "content"}`` messages). Outputs: ``answer``, ``source_documents``
+    (the passages given to the model, metadata per docs/ARCHITECTURE.md; a passage cut to fit
+    has its ``end`` moved in and ``truncated=True``), ``standalone_question``, ``refused``.
+
+    For UIs use ``stream_answer`` (or ``astream_answer``), which yields ``Sources`` first,
+    then ``Token`` pieces, then one ``Answer``::
+
+        chain = KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings)
+        for event in chain.stream_answer("刘备的两个结义兄弟是谁？", history=chat):
+            match event:
+                case Sources(sources=sources): show_citations(sources)
+                case Token(text=text): reply += text
+                case Answer(text=text, sources=sources): finish(text, sources)
+    """
+
+    retriever: BaseRetriever
+    llm: BaseLanguageModel | None = None
+    """``None``: no model; the retrieved passages are returned with ``no_llm_message``."""
+    prompt: BasePromptTemplate = QA_PROMPT
+    """Answer prompt with ``context`` and ``question`` variables."""
+    condense_prompt: BasePromptTemplate = CONDENSE_QUESTION_PROMPT
+    """Standalone-question prompt with ``chat_history`` and ``question`` variables."""
+    max_input_tokens: int = Field(6144, ge=16)
+    """Budget for each prompt in tokens of the model's tokenizer (``llm.get_num_tokens``)."""
+    score_threshold: float | None = None
+    """Passages scoring below this (metadata ``score``) are dropped before answering."""
+    refusal: str = REFUSAL
+    no_llm_message: str = NO_LLM_MESSAGE
+    min_passage_tokens: int = Field(16, ge=1)
+    """A passage is cut to fit only if at least this many tokens of it fit; else dropped."""
+    input_key: str = "question"
+    history_key: str = "chat_history"
+    output_key: str = "answer"
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    @classmethod
+    def from_settings(
+        cls, retriever: BaseRetriever, llm: BaseLanguageModel | None, settings: Any, **fields: Any
+    ) -> KnowledgeBaseQAChain:
+        """Build from ``configs.Settings`` (``llm.max_input_tokens``, ``retrieval.score_threshold``)."""
+        values: dict[str, Any] = {
+            "max_input_tokens": settings.llm.max_input_tokens,
+            "score_threshold": settings.retrieval.score_threshold,
+        }
+        return cls(retriever=retriever, llm=llm, **{**values, **fields})
+
+    @property
+    def input_keys(self) -> list[str]:
+        return [self.input_key]
+
+    @property
+    def output_keys(self) -> list[str]:
+        return [self.output_key, "source_documents", "standalone_question", "refused"]
+
+    @property
+    def _chain_type(self) -> str:
+        return "knowledge_base_qa_chain"
+
+    # ------------------------------------------------------------ small steps
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for the configured model."""
+        if self.llm is None:
+            return 0
+        return self.llm.get_num_tokens(text)
+
+    def trim_history(self, turns: Sequence[Turn], question: str) -> list[Turn]:
+        """The newest turns for which the condense prompt fits ``max_input_tokens``."""
+        return trim_history(
+            turns,
+            render=lambda kept: self.condense_prompt.format(
+                chat_history=format_history(kept), question=question
+            ),
+            max_tokens=self.max_input_tokens,
+            count_tokens=self.count_tokens,
+        )
+
+    def condense_inputs(self, question: str, turns: Sequence[Turn]) -> dict[str, str] | None:
+        """Inputs of the condense prompt, or None when there is nothing to condense."""
+        if self.llm is None or not turns:
+            return None
+        kept = self.trim_history(turns, question)
+        if not kept:
+            return None
+        return {"chat_history": format_history(kept), "question": question}
+
+    def filter_by_score(self, docs: Sequence[Document]) -> list[Document]:
+        """Drop passages under ``score_threshold`` (passages without a score are kept)."""
+        if self.score_threshold is None:
+            return list(docs)
+        return [
+            d
+            for d in docs
+            if d.metadata.get("score") is None or float(d.metadata["score"]) >= self.score_threshold
+        ]
+
+    def render_prompt(self, docs: Sequence[Document], question: str) -> str:
+        """The answer prompt exactly as the model will get it."""
+        return self.prompt.format(context=format_passages(docs), question=question)
+
+    def fit_passages(self, docs: Sequence[Document], question: str) -> list[Document]:
+        """The best passages that fit the answer prompt into ``max_input_tokens``."""
+        empty = self.count_tokens(self.render_prompt([], question))
+        if empty > self.max_input_tokens:
+            msg = (
+                f"the question alone makes a {empty}-token prompt, over the budget of "
+                f"{self.max_input_tokens} tokens (llm.max_input_tokens); ask a shorter question "
+                "or raise llm.max_input_tokens"
+            )
+            raise ValueError(msg)
+        return fit_documents(
+            docs,
+            render=lambda kept: self.render_prompt(kept, question),
+            max_tokens=self.max_input_tokens,
+            count_tokens=self.count_tokens,
+            min_tokens=self.min_passage_tokens,
+        )
+
+    def plan(self, question: str, docs: Sequence[Document]) -> _Plan:
+        """Decide from the retrieved passages: refuse, list passages (no LLM), or answer."""
+        docs = self.filter_by_score(docs)
+        if not docs:
+            return _Plan(question, [], reply=self.refusal, refused=True)
+        if self.llm is None:
+            return _Plan(question, list(docs), reply=self.no_llm_message, llm_used=False)
+        return _Plan(question, self.fit_passages(docs, question))
+
+    def _answer_chain(self) -> StreamLLMChain:
+        return StreamLLMChain(llm=self.llm, prompt=self.prompt)
+
+    # ---------------------------------------------------------------- sync run
+    def _condense(
+        self, question: str, turns: Sequence[Turn], run_manager: CallbackManagerForChainRun
+    ) -> str:
+        inputs = self.condense_inputs(question, turns)
+        if inputs is None:
+            return question
+        prompt = self.condense_prompt.format(**inputs)
+        config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
+        return _clean_condensed(piece_text(self.llm.invoke(prompt, config=config)), question)
+
+    def _events(
+        self, question: str, history: Sequence[object] | None, run_manager: CallbackManagerForChainRun
+    ) -> Iterator[Event]:
+        question = _check_question(question)
+        standalone = self._condense(question, normalize_history(history), run_manager)
+        docs = self.retriever.invoke(standalone, config={"callbacks": run_manager.get_child()})
+        plan = self.plan(standalone, docs)
+        sources = tuple(Source.from_document(d) for d in plan.docs)
+        yield Sources(sources, standalone)
+        if plan.reply is not None:
+            yield Token(plan.reply)
+            yield Answer(plan.reply, sources, standalone, plan.refused, plan.llm_used)
+            return
+        pieces: list[str] = []
+        for text in self._answer_chain().stream_predict(
+            callbacks=run_manager.get_child(),
+            context=format_passages(plan.docs),
+            question=standalone,
+        ):
+            pieces.append(text)
+            yield Token(text)
+        yield Answer("".join(pieces), sources, standalone)
+
+    def _call(
+        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None
+    ) -> dict[str, Any]:
+        run_manager = run_manager or CallbackManagerForChainRun.get_noop_manager()
+        events = self._events(inputs[self.input_key], inputs.get(self.history_key), run_manager)
+        return self._outputs(list(events))
+
+    def _outputs(self, events: Sequence[Event]) -> dict[str, Any]:
+        answer = events[-1]
+        assert isinstance(answer, Answer)
+        return {
+            self.output_key: answer.text,
+            "source_documents": [_source_document(s) for s in answer.sources],
+            "standalone_question": answer.question,
+            "refused": answer.refused,
+        }
+
+    def stream_answer(
+        self,
+        question: str,
+        *,
+        history: Sequence[object] | None = None,
+        callbacks: Callbacks = None,
+    ) -> Iterator[Event]:
+        """Yield ``Sources``, then ``Token`` pieces, then one ``Answer`` (see ``chains.events``).
+
+        The refusal and the no-LLM message also arrive as one ``Token`` before the ``Answer``,
+        so a UI that appends tokens shows them without special cases.
+        """
+        manager = CallbackManager.configure(
+            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        )
+        inputs = {self.input_key: question, self.history_key: history}
+        run_manager = manager.on_chain_start(None, inputs, name=self.get_name())
+        events: list[Event] = []
+        try:
+            for event in self._events(question, history, run_manager):
+                events.append(event)
+                yield event
+        except BaseException as e:
+            run_manager.on_chain_error(e)
+            raise
+        run_manager.on_chain_end(self._outputs(events))
+
+    # --------------------------------------------------------------- async run
+    async def _acondense(
+        self, question: str, turns: Sequence[Turn], run_manager: AsyncCallbackManagerForChainRun
+    ) -> str:
+        inputs = await asyncio.to_thread(self.condense_inputs, question, turns)
+        if inputs is None:
+            return question
+        prompt = self.condense_prompt.format(**inputs)
+        config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
+        return _clean_condensed(piece_text(await self.llm.ainvoke(prompt, config=config)), question)
+
+    async def _aevents(
+        self,
+        question: str,
+        history: Sequence[object] | None,
+        run_manager: AsyncCallbackManagerForChainRun,
+    ) -> AsyncIterator[Event]:
+        question = _check_question(question)
+        standalone = await self._acondense(question, normalize_history(history), run_manager)
+        docs = await self.retriever.ainvoke(standalone, config={"callbacks": run_manager.get_child()})
+        plan = await asyncio.to_thread(self.plan, standalone, docs)
+        sources = tuple(Source.from_document(d) for d in plan.docs)
+        yield Sources(sources, standalone)
+        if plan.reply is not None:
+            yield Token(plan.reply)
+            yield Answer(plan.reply, sources, standalone, plan.refused, plan.llm_used)
+            return
+        pieces: list[str] = []
+        async for text in self._answer_chain().astream_predict(
+            callbacks=run_manager.get_child(),
+            context=format_passages(plan.docs),
+            question=standalone,
+        ):
+            pieces.append(text)
+            yield Token(text)
+        yield Answer("".join(pieces), sources, standalone)
+
+    async def _acall(
+        self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None = None
+    ) -> dict[str, Any]:
+        run_manager = run_manager or AsyncCallbackManagerForChainRun.get_noop_manager()
+        events = [
+            e async for e in self._aevents(inputs[self.input_key], inputs.get(self.history_key), run_manager)
+        ]
+        return self._outputs(events)
+
+    async def astream_answer(
+        self,
+        question: str,
+        *,
+        history: Sequence[object] | None = None,
+        callbacks: Callbacks = None,
+    ) -> AsyncIterator[Event]:
+        """Async twin of ``stream_answer``."""
+        manager = AsyncCallbackManager.configure(
+            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        )
+        inputs = {self.input_key: question, self.history_key: history}
+        run_manager = await manager.on_chain_start(None, inputs, name=self.get_name())
+        events: list[Event] = []
+        try:
+            async for event in self._aevents(question, history, run_manager):
+                events.append(event)
+                yield event
+        except BaseException as e:
+            await run_manager.on_chain_error(e)
+            raise
+        await run_manager.on_chain_end(self._outputs(events))
+
+
+def _check_question(question: object) -> str:
+    if not isinstance(question, str) or not question.strip():
+        msg = f"the question must be non-empty text, got {question!r}"
+        raise ValueError(msg)
+    return question.strip()
+
+
+def _clean_condensed(text: str, fallback: str) -> str:
+    """The first non-empty line of the model's reply, without a ``独立问题：`` prefix."""
+    for line in text.splitlines():
+        line = _CONDENSE_PREFIX.sub("", line).strip().strip("\"'“”「」")
+        if line:
+            return line
+    return fallback
+
+
+def _source_document(source: Source) -> Document:
+    meta = {k: v for k, v in source.to_dict().items() if k != "text"}
+    return Document(page_content=source.text, metadata=meta)
