@@ -49,7 +49,7 @@ _SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "…", "，", "、", " 
 
 def parse_chapter_range(spec: str) -> ChapterRange:
     """``"第1-10回"``, ``"1-10"``, ``"第一至十回"``, ``"5"`` -> ``(first, last)``, inclusive."""
-    from kb.splitting import chinese_number
+    from kb import chinese_number
 
     match = _CHAPTER_RANGE.match(spec or "")
     if not match:
@@ -63,18 +63,22 @@ def parse_chapter_range(spec: str) -> ChapterRange:
     return first, last
 
 
-def chapter_documents(text: str, *, source: str, doc_id: str | None = None) -> list[Document]:
+def chapter_documents(
+    text: str, *, source: str, doc_id: str | None = None, chapters: Sequence[Any] | None = None
+) -> list[Document]:
     """One Document per chapter (and the preamble, ``chapter=None``), with KB-style metadata.
 
-    A text without chapter headings is one Document. ``start``/``end`` are offsets into
-    ``text`` (``text[start:end] == page_content``).
+    ``chapters`` are ``kb.Chapter``s (``number``, ``title``, ``start``, ``end``), found with
+    ``kb.split_chapters`` when not given. A text without chapter headings is one Document.
+    ``start``/``end`` are offsets into ``text`` (``text[start:end] == page_content``).
     """
-    from kb.splitting import split_chapters
+    from kb import split_chapters
 
     base = {"source": source, "doc_id": doc_id}
-    chapters = split_chapters(text)
+    chapters = split_chapters(text) if chapters is None else chapters
     if not chapters:
-        return [Document(page_content=text, metadata={**base, "chapter": None, "chapter_title": None, "start": 0, "end": len(text)})]
+        meta = {**base, "chapter": None, "chapter_title": None, "start": 0, "end": len(text)}
+        return [Document(page_content=text, metadata=meta)]
     docs = []
     for ch in chapters:
         body = text[ch.start : ch.end]
@@ -102,34 +106,38 @@ def select_chapters(docs: Sequence[Document], chapters: str | ChapterRange | Non
 
 
 def documents_from_text(
-    text: str, *, source: str, doc_id: str | None = None, chapters: str | ChapterRange | None = None
+    text: str,
+    *,
+    source: str,
+    doc_id: str | None = None,
+    chapters: str | ChapterRange | None = None,
+    sections: Sequence[Any] | None = None,
 ) -> list[Document]:
-    """Chapter documents of ``text``, narrowed to ``chapters``."""
+    """Chapter documents of ``text`` (``sections``: known ``kb.Chapter``s), narrowed to ``chapters``."""
     if not text.strip():
         msg = f"{source} is empty: nothing to summarize"
         raise ValueError(msg)
-    return select_chapters(chapter_documents(text, source=source, doc_id=doc_id), chapters)
+    docs = chapter_documents(text, source=source, doc_id=doc_id, chapters=sections)
+    return select_chapters(docs, chapters)
 
 
 def documents_from_file(path: str | Path, *, chapters: str | ChapterRange | None = None) -> list[Document]:
     """Chapter documents of a text file (any Chinese encoding), narrowed to ``chapters``."""
-    from kb.loading import load_text
+    from kb import load_text
 
     return documents_from_text(load_text(path), source=str(path), chapters=chapters)
 
 
-def documents_from_kb(kb: Any, doc_id: str, *, chapters: str | ChapterRange | None = None) -> list[Document]:
-    """Chapter documents of a document stored in a knowledge base (``kb.get_document_text``)."""
-    text = kb.get_document_text(doc_id)
-    source = _kb_source(kb, doc_id)
-    return documents_from_text(text, source=source, doc_id=doc_id, chapters=chapters)
-
-
-def _kb_source(kb: Any, doc_id: str) -> str:
-    for info in getattr(kb, "list_documents", lambda: [])():
-        if getattr(info, "doc_id", None) == doc_id:
-            return str(info.source)
-    return doc_id
+def documents_from_kb(kb: Any, ref: str, *, chapters: str | ChapterRange | None = None) -> list[Document]:
+    """Chapter documents of a ``kb.KnowledgeBase`` document (doc_id, source, path or file name)."""
+    info = kb.get_document(ref)
+    return documents_from_text(
+        kb.get_document_text(info.doc_id),
+        source=info.source,
+        doc_id=info.doc_id,
+        chapters=chapters,
+        sections=kb.get_chapters(info.doc_id),
+    )
 
 
 def split_to_budget(

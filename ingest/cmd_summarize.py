@@ -1,0 +1,147 @@
+"""``ingest summarize FILE_OR_DOC [--kb NAME] [--chapters 1-10]``: stream a summary to stdout.
+
+Summarizes a text file, or a document of a knowledge base, chapter by chapter (map), then
+merges the chapter summaries (reduce), printing the final summary as it is generated. A
+progress bar goes to stderr, so ``ingest summarize novel.txt > summary.txt`` keeps the file clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from ingest.cli import settings_from_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "summarize",
+        help="summarize a file or knowledge-base document, streaming the result",
+        description=(
+            "Summarize a text file or a knowledge-base document chapter by chapter, then merge the "
+            "chapter summaries, printing the final summary as it is generated. Progress goes to "
+            "stderr, so `ingest summarize novel.txt > summary.txt` keeps the file clean."
+        ),
+    )
+    parser.add_argument(
+        "target",
+        metavar="FILE_OR_DOC",
+        help="a text file, or a document of the knowledge base (doc_id, path or file name)",
+    )
+    parser.add_argument("--kb", metavar="NAME", help="take FILE_OR_DOC from this knowledge base")
+    parser.add_argument("--kb-root", metavar="DIR", help="folder holding knowledge bases (default: kb_root setting)")
+    parser.add_argument("--chapters", metavar="RANGE", help="only these chapters, e.g. 1-10 or 第1-10回")
+    parser.add_argument("--model-path", metavar="DIR", help="local chat model folder (default: llm.model_path)")
+    parser.add_argument("--device", help="model device: auto, cpu, cuda, cuda:N, mps (default: llm.device)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, metavar="N", help="chapter pieces summarized per batch (default: 4)"
+    )
+    parser.add_argument(
+        "--token-max",
+        type=int,
+        metavar="N",
+        help="collapse chapter summaries while the final prompt exceeds N tokens (default: llm.max_input_tokens)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def load_documents(args: argparse.Namespace, settings: Any) -> list[Any]:
+    """The chapter documents to summarize: from ``--kb``, else the file, else the default KB."""
+    from chains import documents_from_file, documents_from_kb
+    from kb import KnowledgeBase, KnowledgeBaseError
+
+    if args.kb is None and Path(args.target).is_file():
+        return documents_from_file(args.target, chapters=args.chapters)
+    try:
+        kb = KnowledgeBase.from_settings(settings)
+        return documents_from_kb(kb, args.target, chapters=args.chapters)
+    except KnowledgeBaseError as e:
+        if args.kb is None:
+            msg = f"no file {args.target!r}, and not in the default knowledge base either: {e}"
+            raise ValueError(msg) from e
+        raise
+
+
+def load_llm(settings: Any, *, quiet: bool = False) -> Any:
+    """The chat model from ``settings.llm`` (a one-line error says how to set one)."""
+    from llm import ChatGLM
+
+    if not quiet:
+        return ChatGLM.from_settings(settings.llm)
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar
+    try:
+        return ChatGLM.from_settings(settings.llm)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def describe(docs: list[Any]) -> str:
+    """``sanguo.txt, chapters 1-10`` for the progress header."""
+    source = Path(str(docs[0].metadata.get("source") or "?")).name
+    numbers = [d.metadata["chapter"] for d in docs if d.metadata.get("chapter") is not None]
+    if not numbers:
+        return source
+    return f"{source}, chapters {min(numbers)}-{max(numbers)} ({len(numbers)})"
+
+
+def print_events(events: Any, *, out: TextIO, err: TextIO, quiet: bool) -> str:
+    """Tokens to ``out`` as they come; progress as a tqdm bar on ``err``. Returns the summary."""
+    from tqdm import tqdm
+
+    from chains import Progress, Summary, Token
+
+    bar: tqdm | None = None
+    stage: str | None = None
+    text = ""
+    try:
+        for event in events:
+            if isinstance(event, Progress):
+                if bar is None or stage != event.stage or bar.total != event.total:
+                    if bar is not None:
+                        bar.close()
+                    label = "summarizing chapters" if event.stage == "map" else "merging summaries"
+                    bar = tqdm(total=event.total, desc=label, unit="part", file=err, disable=quiet, leave=False)
+                    stage = event.stage
+                bar.update(event.done - bar.n)
+            elif isinstance(event, Token):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                out.write(event.text)
+                out.flush()
+            elif isinstance(event, Summary):
+                text = event.text
+    finally:
+        if bar is not None:
+            bar.close()
+    out.write("\n")
+    out.flush()
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from chains import stream_summary
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device})
+    docs = load_documents(args, settings)  # before the (slow) model load: bad input fails fast
+    llm = load_llm(settings, quiet=args.quiet)
+    if not args.quiet:
+        print(f"summarizing {describe(docs)}", file=sys.stderr)
+    events = stream_summary(
+        docs,
+        llm=llm,
+        max_input_tokens=settings.llm.max_input_tokens,
+        batch_size=args.batch_size,
+        token_max=args.token_max,
+    )
+    print_events(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet)
+    return 0
