@@ -106,8 +106,8 @@ class EmbeddingSettings(_Section):
 class ChunkingSettings(_Section):
     """How documents are cut into retrievable chunks (characters, not tokens)."""
 
-    chunk_size: int = Field(250, ge=20, description="Target chunk length in characters.")
-    chunk_overlap: int = Field(50, ge=0, description="Characters shared by neighbouring chunks.")
+    chunk_size: int = Field(400, ge=20, description="Target chunk length in characters.")
+    chunk_overlap: int = Field(80, ge=0, description="Characters shared by neighbouring chunks.")
 
     @field_validator("chunk_overlap")
     @classmethod

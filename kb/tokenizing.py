@@ -17,17 +17,27 @@ STOPWORDS: frozenset[str] = frozenset(
     "谁 什么 哪 哪里 哪儿 哪个 哪些 怎么 怎样 怎么样 如何 为何 为什么 几 多少 是否 有没有 "
     "请问 一下 是不是 这个 那个 这 那 其 他 她 它 他们 我 你 我们 你们 说 问 书中 书里 小说 中".split()
 )
+# Single characters left out of the character layer: particles and question words.
+CHAR_STOPWORDS: frozenset[str] = frozenset("的了是在和与及也都而之于把被让给对向从为就又还吗呢吧啊呀么谁什哪怎几其他她它我你这那个些样时")
 
 
 def tokenize(text: str) -> list[str]:
-    """Search-mode jieba tokens of ``text`` (words plus their sub-words), lowercased,
-    without punctuation, whitespace or stopwords."""
+    """BM25 tokens of ``text``: jieba search-mode words (words plus their sub-words), then
+    every single character, lowercased, without punctuation, whitespace or stopwords.
+
+    The character layer matters for classical and literary Chinese, where jieba's modern
+    dictionary often segments differently in the question and in the text (measured in
+    docs/KB.md: recall@5 0.50 -> 0.73 on the sanguo QA set).
+    """
     _ensure_initialized()
-    return [
+    lowered = text.lower()
+    words = [
         token
-        for token in (t.strip().lower() for t in jieba.cut_for_search(text))
+        for token in (t.strip() for t in jieba.cut_for_search(lowered))
         if token and token not in STOPWORDS and _WORDLIKE.search(token)
     ]
+    chars = [c for c in lowered if c not in CHAR_STOPWORDS and _WORDLIKE.match(c) and not c.isascii()]
+    return words + chars
 
 
 def _ensure_initialized() -> None:
