@@ -91,6 +91,7 @@ def test_constructor_callbacks_see_tokens_too() -> None:
     assert recorder.tokens == list(ANSWER)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # run and __call__ are deprecated, still used
 @pytest.mark.parametrize("entry", ["predict", "invoke", "run", "call"])
 def test_every_entry_point_streams(entry: str) -> None:
     recorder = Recorder()
@@ -164,6 +165,7 @@ def test_apply_of_several_inputs_uses_one_batch(monkeypatch: pytest.MonkeyPatch)
     assert calls == [3]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # StuffDocumentsChain
 def test_embedded_in_stuff_documents_chain_streams() -> None:
     recorder = Recorder()
     chain = StuffDocumentsChain(
@@ -281,3 +283,25 @@ def test_chatglm_apply_batches(tiny_chatglm: Any, monkeypatch: pytest.MonkeyPatc
     chain = StreamLLMChain(llm=tiny_chatglm, prompt=PROMPT)
     out = chain.apply([{"name": "刘备"}, {"name": "关羽"}])
     assert sizes == [2] and len(out) == 2
+
+
+def test_closing_stream_predict_stops_the_model(tiny_chatglm: Any) -> None:
+    """Guards against a UI 'stop' that leaves the model generating into the void."""
+    from llm.streaming import model_is_busy
+
+    llm = tiny_chatglm.model_copy(update={"max_new_tokens": 2000})
+    text = "天下大势" * 500
+    processor = ForcedTokens(
+        llm.tokenizer.encode(text, add_special_tokens=False),
+        eos_id=llm.tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    chain = StreamLLMChain(llm=llm, prompt=PROMPT, llm_kwargs={"logits_processor": [processor]})
+    recorder = Recorder()
+    generator = chain.stream_predict(name="三国", callbacks=[recorder])
+    next(generator)
+    generator.close()
+    deadline = time.monotonic() + 10
+    while model_is_busy(llm.model) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not model_is_busy(llm.model)
+    assert processor.steps < 500  # stopped long before the 2000 tokens it was asked for
