@@ -1,0 +1,662 @@
+"""Original ChatGLM2-6B / ChatGLM3-6B folders on transformers' native GLM model, no remote code.
+
+THUDM's folders (``model_type: chatglm``, ``pytorch_model-0000N-of-0000M.bin`` or safetensors
+shards, sentencepiece ``tokenizer.model``) need their own Python code, which no longer runs on
+current transformers. Their architecture is exactly what ``GlmForCausalLM`` implements, so we
+map the config onto ``GlmConfig`` and the weights onto its parameter names at load time:
+
+- ``query_key_value`` is split into ``q_proj``/``k_proj``/``v_proj`` (weight and bias): with
+  multi-query attention the rows are [all query heads | key groups | value groups], without it
+  they are interleaved per head ([q_h, k_h, v_h] for each head h);
+- ``dense`` -> ``o_proj``; ``dense_h_to_4h`` -> ``gate_up_proj`` unchanged (ChatGLM's
+  ``silu(x[0]) * x[1]`` over ``chunk(2)`` is GLM's ``up * silu(gate)``, gate first);
+  ``dense_4h_to_h`` -> ``down_proj``; the RMSNorms and embeddings keep their roles; the untied
+  ``output_layer`` -> ``lm_head``; the ``rotary_pos_emb.inv_freq`` buffer is dropped;
+- rotary: both rotate the first half of each head in interleaved pairs (x[2i], x[2i+1]) with
+  theta_i = base^(-2i / (head_dim/2)), i.e. GLM's ``partial_rotary_factor`` 0.5, so q/k rows need
+  no permutation. ``rope_ratio`` is base scaling (base = 10000 * rope_ratio) in ChatGLM3's code
+  and position interpolation (positions / rope_ratio) in ChatGLM2-6B-32k's; we read which one the
+  folder's ``modeling_chatglm.py`` does (as text, never run), defaulting by model generation.
+
+Config values the native model cannot express (LayerNorm instead of RMSNorm, post-layernorm
+residuals, biases on dense/MLP layers, p-tuning prefixes, pre-quantized int4/int8 weights...)
+are refused with an error instead of loading a model that would silently compute something else.
+
+Shards are streamed one tensor at a time (``torch.load(weights_only=True, mmap=True)`` for
+``.bin``, ``safe_open`` for safetensors) into a model built on the meta device, so host memory
+stays near one shard. ``convert_checkpoint`` writes the same conversion as a native folder
+(safetensors shards, tokenizer.json with the chat template, generation_config.json) that plain
+``AutoModelForCausalLM`` / ``AutoTokenizer`` load, e.g. to use bitsandbytes quantization.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, GlmConfig, GlmForCausalLM, PreTrainedTokenizerFast
+
+from llm.chatglm_tokenizer import Variant, detect_variant, load_chatglm_tokenizer, stop_token_ids
+from llm.errors import ModelLoadError
+from llm.loading import read_model_config, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+REMOTE_MODEL_CODE = "modeling_chatglm.py"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+# ChatGLMConfig's defaults (configuration_chatglm.py) for fields a config.json may leave out.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "kv_channels": 128,
+    "seq_length": 2048,
+    "layernorm_epsilon": 1e-5,
+    "rope_ratio": 1,
+    "rmsnorm": True,
+    "apply_residual_connection_post_layernorm": False,
+    "post_layer_norm": True,
+    "add_bias_linear": False,
+    "add_qkv_bias": False,
+    "multi_query_attention": False,
+    "multi_query_group_num": 1,
+    "fp32_residual_connection": False,
+    "quantization_bit": 0,
+    "pre_seq_len": None,
+    "prefix_projection": False,
+    "tie_word_embeddings": False,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+REQUIRED_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "padded_vocab_size")
+# Fields that change what the network computes, and the only value(s) the native model can express.
+UNSUPPORTED_VALUES: dict[str, tuple[Any, str]] = {
+    "rmsnorm": (True, "the layers use LayerNorm instead of RMSNorm"),
+    "apply_residual_connection_post_layernorm": (False, "residual connections are taken after the layernorm"),
+    "post_layer_norm": (True, "there is no final layernorm"),
+    "add_bias_linear": (False, "the dense and MLP layers have biases"),
+    "fp32_residual_connection": (False, "the residual stream is kept in float32"),
+    "pre_seq_len": (None, "it is a P-tuning v2 checkpoint with a prefix encoder; merge or drop the prefix first"),
+    "prefix_projection": (False, "it is a P-tuning v2 checkpoint with a prefix projection"),
+    "quantization_bit": (0, "its weights are pre-quantized by ChatGLM's own int4/int8 code; use the fp16 release"),
+}
+# Fields that only matter for training, bookkeeping or the remote code's own kernels.
+IGNORED_FIELDS = frozenset(
+    {
+        "_name_or_path", "name_or_path", "architectures", "auto_map", "model_type", "transformers_version",
+        "_commit_hash", "torch_dtype", "dtype", "use_cache", "bos_token_id", "sep_token_id",
+        "decoder_start_token_id", "hidden_dropout", "attention_dropout", "classifier_dropout",
+        "bias_dropout_fusion", "apply_query_key_layer_scaling", "attention_softmax_in_fp32", "original_rope",
+        "vocab_size", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+        "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+        "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+        "begin_suppress_tokens", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
+        "use_bfloat16", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder",
+        "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
+        "finetuning_task", "id2label", "label2id", "tokenizer_class", "prefix", "task_specific_params",
+        "problem_type", "num_labels", "_attn_implementation_autoset", "interleaved_qkv",
+    }
+)
+ARCHITECTURE_FIELDS = frozenset(REQUIRED_FIELDS) | frozenset(CONFIG_DEFAULTS) | {"num_hidden_layers"}
+FIRST_GENERATION_FIELDS = ("position_encoding_2d", "inner_hidden_size", "max_sequence_length")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes of the original checkpoint, derived from its config."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_hidden_size: int
+    vocab_size: int
+    multi_query: bool
+    qkv_bias: bool
+
+    @property
+    def qkv_rows(self) -> int:
+        return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+
+
+@dataclass(frozen=True)
+class LegacyCheckpoint:
+    """Everything known about an original folder before any weight is read."""
+
+    path: Path
+    variant: Variant
+    config: GlmConfig
+    layout: Layout
+    weight_files: tuple[Path, ...]
+    index_file: Path | None
+
+
+# ----- public entry points ------------------------------------------------------------------
+
+
+def load_chatglm_legacy(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantization: str = "none",
+    trust_remote_code: bool = False,
+) -> tuple[GlmForCausalLM, PreTrainedTokenizerFast]:
+    """Load an original ChatGLM2/3 folder as ``(GlmForCausalLM, PreTrainedTokenizerFast)`` on ``device``.
+
+    ``trust_remote_code`` is accepted for the shared loader signature but never used: the
+    folder's own code is not run.
+    """
+    folder = Path(path).expanduser()
+    if quantization != "none":
+        raise ModelLoadError(
+            f"llm.quantization {quantization} is not available for original ChatGLM folders ({folder}); "
+            f"convert it once to a native checkpoint with `ingest convert {folder} DST`, point "
+            "llm.model_path at DST, and quantization works there (bitsandbytes, CUDA)"
+        )
+    if trust_remote_code:
+        logger.info("%s: loading natively; the folder's remote code is not used", folder)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    checkpoint = inspect_checkpoint(folder)
+    tokenizer = load_chatglm_tokenizer(folder, variant=checkpoint.variant)
+    model = build_empty_model(checkpoint.config)
+    for _file, tensors in iter_converted_shards(checkpoint, progress=None, desc="loading ChatGLM weights"):
+        for name, tensor in tensors:
+            set_parameter(model, name, tensor.to(device=target, dtype=torch_dtype))
+    finish_model(model, checkpoint, tokenizer, device=target)
+    return model, tokenizer
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, *, progress: bool = True) -> Path:
+    """Write an original ChatGLM2/3 folder as a native transformers folder at ``dst``; returns ``dst``.
+
+    Streams shard by shard (one output safetensors shard per input shard, dtype kept). Written
+    to a hidden sibling folder first and renamed at the end, so a failure leaves nothing behind.
+    """
+    source = Path(src).expanduser().resolve()
+    target = Path(dst).expanduser().resolve()
+    check_destination(source, target)
+    checkpoint = inspect_checkpoint(source)
+    tokenizer = load_chatglm_tokenizer(source, variant=checkpoint.variant)
+    work = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        source_dtype = write_shards(checkpoint, work, progress=progress)
+        config = checkpoint.config
+        config.architectures = ["GlmForCausalLM"]
+        config.dtype = source_dtype
+        config.save_pretrained(work)
+        native_generation_config(tokenizer, checkpoint).save_pretrained(work)
+        tokenizer.save_pretrained(work, save_jinja_files=False)
+        if target.exists():
+            target.rmdir()  # check_destination made sure it is empty
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
+
+
+# ----- reading the folder -------------------------------------------------------------------
+
+
+def inspect_checkpoint(path: Path) -> LegacyCheckpoint:
+    """Validate config and weight files of an original folder; reads no tensors."""
+    raw = read_model_config(path)
+    check_config_fields(raw, path / "config.json")
+    variant = detect_variant(path, raw)
+    values = {**CONFIG_DEFAULTS, **raw}
+    layout = layout_from_config(values, path / "config.json")
+    config = native_config(values, layout, rope=rope_parameters(values, path, variant))
+    files, index = find_weight_files(path)
+    return LegacyCheckpoint(path, variant, config, layout, tuple(files), index)
+
+
+def check_config_fields(raw: dict[str, Any], config_file: Path) -> None:
+    """Refuse configs we cannot reproduce exactly: other architectures, unsupported or unknown fields."""
+    if raw.get("model_type") != "chatglm":
+        raise ModelLoadError(
+            f"{config_file}: model_type is {raw.get('model_type')!r}, not 'chatglm'; this is not an "
+            "original ChatGLM2/3 folder (a native folder needs no conversion)"
+        )
+    if any(field in raw for field in FIRST_GENERATION_FIELDS):
+        raise ModelLoadError(
+            f"{config_file} is a first-generation ChatGLM-6B config (2-D positions, GELU, post-LN); "
+            "transformers has no native model for it and glmkb does not support it. Use ChatGLM2-6B, "
+            "ChatGLM3-6B or a GLM-4 -hf model"
+        )
+    missing = [field for field in REQUIRED_FIELDS if field not in raw]
+    if missing:
+        raise ModelLoadError(
+            f"{config_file} lacks {', '.join(missing)}; it is not a complete ChatGLM2/3 config. "
+            "Copy config.json from the model's download again"
+        )
+    if "quantization_config" in raw:
+        raise ModelLoadError(
+            f"{config_file} describes pre-quantized weights (quantization_config); load the fp16/bf16 "
+            "release instead and set llm.quantization after `ingest convert`"
+        )
+    unknown = sorted(set(raw) - ARCHITECTURE_FIELDS - IGNORED_FIELDS)
+    if unknown:
+        raise ModelLoadError(
+            f"{config_file} has field(s) {', '.join(unknown)} that glmkb does not know for ChatGLM2/3; "
+            "refusing to guess how the original code uses them (the result could be silently wrong). "
+            "If they are harmless, remove them from config.json"
+        )
+    for field, (allowed, meaning) in UNSUPPORTED_VALUES.items():
+        value = raw.get(field, CONFIG_DEFAULTS[field])
+        if value != allowed:
+            raise ModelLoadError(
+                f"{config_file}: {field} = {value!r} means {meaning}; transformers' native GLM model "
+                f"cannot compute that (it needs {field} = {allowed!r}), so this checkpoint is not supported"
+            )
+
+
+def layout_from_config(values: dict[str, Any], config_file: Path) -> Layout:
+    """Checked shapes: positive sizes, heads divisible into key/value groups, rotary pairs."""
+    try:
+        sizes = {
+            name: int(values[name])
+            for name in (*REQUIRED_FIELDS, "kv_channels", "seq_length", "multi_query_group_num")
+        }
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{config_file}: a size field is not an integer ({e})") from e
+    bad = [name for name, value in sizes.items() if value <= 0]
+    if bad:
+        raise ModelLoadError(f"{config_file}: {', '.join(bad)} must be positive")
+    if "num_hidden_layers" in values and int(values["num_hidden_layers"]) != sizes["num_layers"]:
+        raise ModelLoadError(f"{config_file}: num_hidden_layers and num_layers disagree")
+    heads = sizes["num_attention_heads"]
+    multi_query = bool(values["multi_query_attention"])
+    kv_heads = sizes["multi_query_group_num"] if multi_query else heads
+    if heads % kv_heads:
+        raise ModelLoadError(
+            f"{config_file}: num_attention_heads {heads} is not a multiple of multi_query_group_num {kv_heads}"
+        )
+    head_dim = sizes["kv_channels"]
+    if head_dim % 4:
+        raise ModelLoadError(f"{config_file}: kv_channels {head_dim} must be a multiple of 4 (rotary pairs on half a head)")
+    return Layout(
+        num_layers=sizes["num_layers"],
+        hidden_size=sizes["hidden_size"],
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        ffn_hidden_size=sizes["ffn_hidden_size"],
+        vocab_size=sizes["padded_vocab_size"],
+        multi_query=multi_query,
+        qkv_bias=bool(values["add_qkv_bias"]),
+    )
+
+
+def rope_parameters(values: dict[str, Any], path: Path, variant: Variant) -> dict[str, Any]:
+    """GLM rope parameters: half of each head, base 10000, and what ``rope_ratio`` means here."""
+    try:
+        ratio = float(values["rope_ratio"])
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path / 'config.json'}: rope_ratio {values['rope_ratio']!r} is not a number") from e
+    if ratio <= 0:
+        raise ModelLoadError(f"{path / 'config.json'}: rope_ratio must be positive")
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    if ratio == 1:
+        return params
+    if rope_ratio_style(path, variant) == "base":
+        params["rope_theta"] = 10000.0 * ratio
+    else:
+        params.update(rope_type="linear", factor=ratio)
+    return params
+
+
+def rope_ratio_style(path: Path, variant: Variant) -> str:
+    """``base`` (ChatGLM3: base *= rope_ratio) or ``positions`` (ChatGLM2-32k: positions /= rope_ratio)."""
+    code = path / REMOTE_MODEL_CODE
+    if code.is_file():
+        text = code.read_text(encoding="utf-8", errors="replace")
+        if re.search(r"base\s*=\s*base\s*\*\s*self\.rope_ratio", text):
+            return "base"
+        if re.search(r"/\s*self\.rope_ratio", text):
+            return "positions"
+    style = "base" if variant == "chatglm3" else "positions"
+    logger.warning(
+        "%s: cannot tell from %s how rope_ratio is applied; using the %s default (%s scaling)",
+        path,
+        REMOTE_MODEL_CODE,
+        variant,
+        style,
+    )
+    return style
+
+
+def native_config(values: dict[str, Any], layout: Layout, *, rope: dict[str, Any]) -> GlmConfig:
+    """The ``GlmConfig`` computing the same network as the original config."""
+    return GlmConfig(
+        vocab_size=layout.vocab_size,
+        hidden_size=layout.hidden_size,
+        intermediate_size=layout.ffn_hidden_size,
+        num_hidden_layers=layout.num_layers,
+        num_attention_heads=layout.num_heads,
+        num_key_value_heads=layout.num_kv_heads,
+        head_dim=layout.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=int(values["seq_length"]),
+        rms_norm_eps=float(values["layernorm_epsilon"]),
+        attention_bias=layout.qkv_bias,
+        attention_dropout=0.0,
+        rope_parameters=rope,
+        tie_word_embeddings=False,  # the original always uses its own output_layer
+        pad_token_id=values["pad_token_id"],
+        eos_token_id=values["eos_token_id"],
+        bos_token_id=None,
+    )
+
+
+def find_weight_files(path: Path) -> tuple[list[Path], Path | None]:
+    """Weight files in load order: from the index (safetensors preferred), else the single file."""
+    for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
+        index = path / index_name
+        if index.is_file():
+            return files_from_index(index), index
+    for name in SINGLE_FILES:
+        if (path / name).is_file():
+            return [path / name], None
+    found = sorted(p.name for p in [*path.glob("*.safetensors"), *path.glob("*.bin")])
+    raise ModelLoadError(
+        f"no weight index ({SAFETENSORS_INDEX} or {BIN_INDEX}) and no single weight file "
+        f"({' or '.join(SINGLE_FILES)}) in {path}"
+        + (f"; found {', '.join(found)} but nothing says which tensors they hold" if found else "")
+        + ". Download the model folder again"
+    )
+
+
+def files_from_index(index: Path) -> list[Path]:
+    """Shard files named by an index json, each checked to exist."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{index} is not a valid weight index (needs a weight_map): {e}") from e
+    files = [index.parent / name for name in names]
+    missing = [file for file in files if not file.is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"shard {missing[0]} named in {index} is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; the download is incomplete, download the missing files again"
+        )
+    return files
+
+
+# ----- reading and converting tensors -------------------------------------------------------
+
+
+def iter_shard(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` pairs of one shard, read lazily (mmap / safe_open) and never unpickled."""
+    if file.suffix == ".safetensors":
+        yield from _iter_safetensors(file)
+    else:
+        yield from _iter_torch_bin(file)
+
+
+def _iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+    except SafetensorError as e:
+        raise ModelLoadError(f"{file} is not a readable safetensors file ({e}); download it again") from e
+
+
+def _iter_torch_bin(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)  # old (non-zip) format
+    except pickle.UnpicklingError as e:
+        raise ModelLoadError(
+            f"{file} holds more than plain tensors; refusing to unpickle it (it could run code): {e}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{file} is not a readable PyTorch weight file ({e}); download it again") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{file} is not a state dict of tensors")
+    try:
+        while state:
+            name = next(iter(state))
+            yield name, state.pop(name)
+    finally:
+        del state
+
+
+_ORIGINAL_KEY = re.compile(
+    r"^(?:transformer\.)?(?:"
+    r"(?P<embed>embedding\.word_embeddings\.weight)"
+    r"|encoder\.layers\.(?P<layer>\d+)\.(?P<part>"
+    r"input_layernorm\.weight|post_attention_layernorm\.weight"
+    r"|self_attention\.query_key_value\.weight|self_attention\.query_key_value\.bias"
+    r"|self_attention\.dense\.weight|mlp\.dense_h_to_4h\.weight|mlp\.dense_4h_to_h\.weight)"
+    r"|(?P<final>encoder\.final_layernorm\.weight)"
+    r"|(?P<head>output_layer\.weight)"
+    r"|(?P<rotary>rotary_pos_emb\.inv_freq)"
+    r")$"
+)
+_LAYER_PARTS = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "post_attention_layernorm.weight": "post_attention_layernorm.weight",
+    "self_attention.dense.weight": "self_attn.o_proj.weight",
+    "mlp.dense_h_to_4h.weight": "mlp.gate_up_proj.weight",
+    "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+}
+
+
+def expected_shapes(layout: Layout) -> dict[str, tuple[int, ...]]:
+    """Original tensor name (without ``transformer.``) -> shape, for every tensor that must be present."""
+    h, attn = layout.hidden_size, layout.num_heads * layout.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "embedding.word_embeddings.weight": (layout.vocab_size, h),
+        "encoder.final_layernorm.weight": (h,),
+        "output_layer.weight": (layout.vocab_size, h),
+    }
+    for i in range(layout.num_layers):
+        prefix = f"encoder.layers.{i}."
+        shapes[prefix + "input_layernorm.weight"] = (h,)
+        shapes[prefix + "post_attention_layernorm.weight"] = (h,)
+        shapes[prefix + "self_attention.query_key_value.weight"] = (layout.qkv_rows, h)
+        if layout.qkv_bias:
+            shapes[prefix + "self_attention.query_key_value.bias"] = (layout.qkv_rows,)
+        shapes[prefix + "self_attention.dense.weight"] = (h, attn)
+        shapes[prefix + "mlp.dense_h_to_4h.weight"] = (2 * layout.ffn_hidden_size, h)
+        shapes[prefix + "mlp.dense_4h_to_h.weight"] = (h, layout.ffn_hidden_size)
+    return shapes
+
+
+def convert_tensor(
+    name: str, tensor: torch.Tensor, layout: Layout, shapes: dict[str, tuple[int, ...]], file: Path
+) -> list[tuple[str, torch.Tensor]]:
+    """Native ``(name, tensor)`` pairs for one original tensor (none for the rotary buffer)."""
+    match = _ORIGINAL_KEY.match(name)
+    if match is None:
+        raise ModelLoadError(
+            f"{file} holds tensor {name!r}, which is not part of a ChatGLM2/3 model (adapter or "
+            "p-tuning weights, or another architecture?); remove it or use the original release"
+        )
+    if match["rotary"]:
+        return []
+    short = name.removeprefix("transformer.")
+    if short not in shapes:
+        raise ModelLoadError(
+            f"{file} holds {name!r}, which config.json does not call for "
+            f"(num_layers {layout.num_layers}, add_qkv_bias {layout.qkv_bias}); config and weights do not match"
+        )
+    if tuple(tensor.shape) != shapes[short]:
+        raise ModelLoadError(
+            f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
+            f"{shapes[short]}; config and weights do not match (wrong or corrupt file?)"
+        )
+    if match["embed"]:
+        return [("model.embed_tokens.weight", tensor)]
+    if match["final"]:
+        return [("model.norm.weight", tensor)]
+    if match["head"]:
+        return [("lm_head.weight", tensor)]
+    prefix = f"model.layers.{match['layer']}."
+    part = match["part"]
+    if part.startswith("self_attention.query_key_value."):
+        kind = part.rsplit(".", 1)[1]
+        q, k, v = split_qkv(tensor, layout)
+        return [(f"{prefix}self_attn.{proj}.{kind}", t) for proj, t in (("q_proj", q), ("k_proj", k), ("v_proj", v))]
+    return [(prefix + _LAYER_PARTS[part], tensor)]
+
+
+def split_qkv(fused: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value rows of ``query_key_value`` (weight or bias), in GLM's head order."""
+    d = layout.head_dim
+    if layout.multi_query:
+        q_rows, kv_rows = layout.num_heads * d, layout.num_kv_heads * d
+        q, k, v = fused.split([q_rows, kv_rows, kv_rows], dim=0)
+        return q, k, v
+    # Without multi-query attention the original views the output as [heads, 3 * head_dim].
+    per_head = fused.reshape(layout.num_heads, 3, d, *fused.shape[1:])
+    q, k, v = (per_head[:, i].reshape(layout.num_heads * d, *fused.shape[1:]) for i in range(3))
+    return q, k, v
+
+
+def iter_converted_shards(
+    checkpoint: LegacyCheckpoint, *, progress: bool | None, desc: str
+) -> Iterator[tuple[Path, Iterator[tuple[str, torch.Tensor]]]]:
+    """Per shard: its file and its native tensors (consume them before the next shard).
+
+    After the last shard, checks that the checkpoint held every tensor exactly once.
+    ``progress=None`` shows a bar only on a terminal.
+    """
+    from tqdm.auto import tqdm
+
+    shapes = expected_shapes(checkpoint.layout)
+    seen: dict[str, Path] = {}
+    disable = None if progress is None else not progress
+    for file in tqdm(checkpoint.weight_files, desc=desc, unit="shard", disable=disable):
+        yield file, convert_shard(file, checkpoint.layout, shapes, seen)
+    missing = [name for name in shapes if name not in seen]
+    if missing:
+        where = checkpoint.index_file or checkpoint.weight_files[0]
+        raise ModelLoadError(
+            f"{len(missing)} tensor(s) missing from the weights of {checkpoint.path} (per {where.name}), "
+            f"e.g. transformer.{missing[0]}; the shards are incomplete or from another model"
+        )
+
+
+def convert_shard(
+    file: Path, layout: Layout, shapes: dict[str, tuple[int, ...]], seen: dict[str, Path]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Native tensors of one shard, recording each original name in ``seen``."""
+    for name, tensor in iter_shard(file):
+        short = name.removeprefix("transformer.")
+        if short in seen:
+            raise ModelLoadError(f"tensor {name!r} appears twice: in {seen[short]} and {file}")
+        seen[short] = file
+        yield from convert_tensor(name, tensor, layout, shapes, file)
+
+
+# ----- building the native model -----------------------------------------------------------
+
+
+def build_empty_model(config: GlmConfig) -> GlmForCausalLM:
+    """``GlmForCausalLM`` with every parameter on the meta device (no memory until loaded)."""
+    with torch.device("meta"):
+        return GlmForCausalLM(config)
+
+
+def set_parameter(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put one loaded tensor in place of the meta parameter ``name``."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    current = getattr(module, attr)
+    if current.shape != tensor.shape:  # convert_tensor checked the original; this guards the mapping
+        raise ModelLoadError(f"internal: {name} has shape {tuple(tensor.shape)}, model wants {tuple(current.shape)}")
+    setattr(module, attr, torch.nn.Parameter(tensor.contiguous(), requires_grad=False))
+
+
+def finish_model(
+    model: GlmForCausalLM, checkpoint: LegacyCheckpoint, tokenizer: PreTrainedTokenizerFast, *, device: torch.device
+) -> None:
+    """Rotary buffers on ``device``, eval mode, ChatGLM's stop tokens; nothing left on meta."""
+    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+
+    model.model.rotary_emb = GlmRotaryEmbedding(config=model.config).to(device)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise ModelLoadError(f"internal: {left[0]} was not loaded from {checkpoint.path}")
+    generation = native_generation_config(tokenizer, checkpoint)
+    model.generation_config = generation
+    model.config.eos_token_id = generation.eos_token_id
+    model.config.pad_token_id = generation.pad_token_id
+    model.eval()
+
+
+def native_generation_config(tokenizer: PreTrainedTokenizerFast, checkpoint: LegacyCheckpoint) -> GenerationConfig:
+    """Stop on ``</s>`` (and ``<|user|>``/``<|observation|>`` for ChatGLM3); pad with the unk id."""
+    return GenerationConfig(
+        eos_token_id=stop_token_ids(tokenizer, checkpoint.variant),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+# ----- converting to a native folder --------------------------------------------------------
+
+
+def check_destination(source: Path, target: Path) -> None:
+    """The output folder must be new (or empty) and outside the source folder."""
+    if target == source or source in target.parents:
+        raise ValueError(f"destination {target} must be outside the source folder {source}")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"destination {target} already exists and is not an empty folder; choose a new folder")
+    if not source.is_dir():
+        raise ModelLoadError(f"source folder {source} does not exist")
+
+
+def write_shards(checkpoint: LegacyCheckpoint, work: Path, *, progress: bool) -> torch.dtype:
+    """One safetensors shard per source shard (plus the index); returns the weights' main dtype."""
+    from safetensors.torch import save_file
+
+    count = len(checkpoint.weight_files)
+    names = (
+        ["model.safetensors"]
+        if count == 1
+        else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    )
+    weight_map: dict[str, str] = {}
+    bytes_by_dtype: dict[torch.dtype, int] = {}
+    shards = iter_converted_shards(checkpoint, progress=progress, desc="converting ChatGLM shards")
+    for name, (_file, tensors) in zip(names, shards, strict=False):
+        # Clone: q/k/v are views of one fused tensor, and safetensors stores no shared memory.
+        shard = {key: tensor.contiguous().clone() for key, tensor in tensors}
+        save_file(shard, str(work / name), metadata={"format": "pt"})
+        for key, tensor in shard.items():
+            weight_map[key] = name
+            size = tensor.numel() * tensor.element_size()
+            bytes_by_dtype[tensor.dtype] = bytes_by_dtype.get(tensor.dtype, 0) + size
+        del shard
+    for _rest in shards:  # runs the completeness check after the last shard
+        pass
+    if count > 1:
+        index = {"metadata": {"total_size": sum(bytes_by_dtype.values())}, "weight_map": dict(sorted(weight_map.items()))}
+        (work / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return max(bytes_by_dtype, key=bytes_by_dtype.__getitem__)
