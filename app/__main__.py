@@ -1,0 +1,10 @@
+"""``python -m app``: the glmkb web UI (same as the ``glmkb-web`` console script)."""
+
+import sys
+
+from app.cli import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

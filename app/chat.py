@@ -1,0 +1,126 @@
+"""知识库问答 tab handlers: stream an answer into the chat, then its cited passages.
+
+A session's conversation is a list of turn dicts kept in ``gr.State`` (per browser session);
+the Chatbot is only a view rendered from it, so what the chain sees as history (plain
+question/answer pairs) and what the page shows (answers plus source boxes) never mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import gradio as gr
+
+from app import render
+from app.errors import user_errors, warn
+from chains.events import Answer, Source, Sources, Token
+from app.state import AppState
+
+Turn = dict[str, Any]
+STOPPED_MARK = "（已停止 / stopped）"
+THINKING = "…"
+
+
+def render_chat(turns: list[Turn]) -> list[dict[str, Any]]:
+    """Chatbot messages for ``turns``: question, answer, then a collapsible sources box."""
+    messages: list[dict[str, Any]] = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn["question"]})
+        answer = turn["answer"] or (THINKING if turn["status"] == "streaming" else "")
+        if turn["status"] == "stopped":
+            answer = f"{answer} {STOPPED_MARK}".strip()
+        if answer:
+            messages.append({"role": "assistant", "content": answer})
+        if turn.get("sources_message") is not None:
+            messages.append(turn["sources_message"])
+    return messages
+
+
+def history_pairs(turns: list[Turn]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of earlier turns the model answered, for multi-turn QA."""
+    return [
+        (t["question"], t["answer"])
+        for t in turns
+        if t.get("answered") and t["answer"] and t["status"] in ("done", "stopped")
+    ]
+
+
+class ChatHandlers:
+    """The chat tab's event handlers, bound to the shared ``AppState``."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    @user_errors
+    def ask(
+        self,
+        question: str,
+        turns: list[Turn] | None,
+        kb_name: str | None,
+        mode: str,
+        top_k: float,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Stream one answer. Yields (question box, chat, turns, banner) after every piece."""
+        turns = list(turns or [])
+        question = (question or "").strip()
+        if not question:
+            warn("请输入问题", "type a question first")
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        kb_name = self.state.check_kb_name(kb_name)
+        turn: Turn = {"question": question, "answer": "", "status": "streaming", "answered": False}
+        turns.append(turn)
+        yield "", render_chat(turns), turns, gr.skip()
+
+        mode, warning = self.state.usable_mode(kb_name, mode)
+        if warning:
+            warn(*warning)
+        stream = self.state.ask(
+            kb_name, question, history=history_pairs(turns[:-1]), mode=mode, top_k=int(top_k)
+        )
+        try:
+            for event in stream:
+                if isinstance(event, Token):
+                    turn["answer"] += event.text
+                    turn["answered"] = True
+                elif isinstance(event, Sources):
+                    show_sources(turn, event.sources)
+                elif isinstance(event, Answer):
+                    finish_answer(turn, event)
+                yield gr.skip(), render_chat(turns), turns, gr.skip()
+        finally:
+            stream.close()  # Stop pressed: closing ends the model's generation too
+        turn["status"] = "done"
+        banner = self.state.banner_markdown()
+        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner))
+
+    @staticmethod
+    def stop(turns: list[Turn] | None) -> tuple[Any, ...]:
+        """Mark an answer cut short by Stop (the running stream itself is cancelled by Gradio)."""
+        turns = list(turns or [])
+        if turns and turns[-1]["status"] == "streaming":
+            turns[-1] = {**turns[-1], "status": "stopped"}
+        return render_chat(turns), turns
+
+    @staticmethod
+    def clear() -> tuple[Any, ...]:
+        """Forget this session's conversation."""
+        return [], []
+
+
+def show_sources(turn: Turn, sources: Sequence[Source]) -> None:
+    """The collapsible box of cited passages under the answer."""
+    turn["sources_message"] = render.sources_message(sources)
+
+
+def finish_answer(turn: Turn, answer: Answer) -> None:
+    """Settle the turn from the chain's final event; without an LLM the passages are the answer."""
+    if not answer.llm_used:
+        turn["answer"] = render.passages_answer(answer.sources)
+        turn.pop("sources_message", None)
+        turn["answered"] = False
+        return
+    turn["answer"] = answer.text
+    turn["answered"] = not answer.refused
+    show_sources(turn, answer.sources)

@@ -1,0 +1,103 @@
+"""``glmkb-web`` / ``python -m app``: load settings from flags, check the bind policy, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from app.errors import one_line
+from configs import Settings, SettingsError, load_settings
+
+PROG = "glmkb-web"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags mirror the settings keys; anything not given falls back to YAML/env/defaults."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="glmkb web UI: knowledge-base chat with streamed answers and sources, "
+        "long-text summaries, knowledge-base management.",
+    )
+    p.add_argument("--config", help="YAML settings file (default: $GLMKB_CONFIG)")
+    p.add_argument("--host", help="bind address (ui.host, default 127.0.0.1; others need a login)")
+    p.add_argument("--port", type=int, help="TCP port (ui.port, default 7860)")
+    p.add_argument("--auth-user", help="basic-auth user (ui.auth_user); the password comes from "
+                   "ui.auth_password in YAML or GLMKB_UI__AUTH_PASSWORD, never from a flag")
+    p.add_argument("--allow-no-auth", action="store_true", default=None,
+                   help="allow a non-loopback --host without a login (ui.allow_no_auth)")
+    p.add_argument("--concurrency", type=int, help="requests served at once (ui.concurrency)")
+    p.add_argument("--model-path", help="local chat model folder (llm.model_path)")
+    p.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
+    p.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
+    p.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
+    p.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
+    p.add_argument("--kb", help="knowledge base selected on start (kb_name)")
+    p.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
+    p.add_argument("--embedding-device", help="embedding device (embedding.device)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """``configs.load_settings`` with the flags as the top layer (unset flags are None)."""
+    overrides: dict[str, Any] = {
+        "kb_root": args.kb_root,
+        "kb_name": args.kb,
+        "llm": {
+            "model_path": args.model_path,
+            "device": args.device,
+            "dtype": args.dtype,
+            "quantization": args.quantization,
+        },
+        "embedding": {"model": args.embedding, "device": args.embedding_device},
+        "ui": {
+            "host": args.host,
+            "port": args.port,
+            "auth_user": args.auth_user,
+            "allow_no_auth": args.allow_no_auth,
+            "concurrency": args.concurrency,
+        },
+    }
+    return load_settings(args.config, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted; configuration errors are one line on stderr and exit 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return serve(settings_from_args(args))
+    except KeyboardInterrupt:
+        return 130
+    except (SettingsError, ValueError, OSError, RuntimeError, ImportError) as e:
+        if args.verbose:
+            raise
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def serve(settings: Settings) -> int:
+    """Check the auth policy before loading anything, then build, launch and block."""
+    from app.server import launch, resolve_auth
+    from app.state import AppState
+    from app.ui import build_ui
+
+    resolve_auth(settings.ui)
+    state = AppState.from_settings(settings)
+    demo = build_ui(state)
+    launch(demo, settings, prevent_thread_lock=True)
+    # Load the model in the background so the first question does not wait for it; the
+    # lock in AppState makes a question asked meanwhile wait for this same load.
+    threading.Thread(target=state.warm_up, name="glmkb-warm-up", daemon=True).start()
+    try:
+        demo.block_thread()
+    finally:
+        demo.close()
+    return 0
