@@ -35,7 +35,7 @@ class Source:
     start: int | None = None
     end: int | None = None
     score: float | None = None
-    chunk_id: str | None = None
+    chunk_id: int | str | None = None
     truncated: bool = False
     """The passage was cut to fit the prompt budget (``end`` marks where)."""
 
@@ -53,7 +53,7 @@ class Source:
             start=meta.get("start"),
             end=meta.get("end"),
             score=float(score) if score is not None else None,
-            chunk_id=None if meta.get("chunk_id") is None else str(meta.get("chunk_id")),
+            chunk_id=meta.get("chunk_id"),
             truncated=bool(meta.get("truncated", False)),
         )
 

@@ -112,12 +112,13 @@ class KnowledgeBaseQAChain(Chain):
     def from_settings(
         cls, retriever: BaseRetriever, llm: BaseLanguageModel | None, settings: Any, **fields: Any
     ) -> KnowledgeBaseQAChain:
-        """Build from ``configs.Settings`` (``llm.max_input_tokens``, ``retrieval.score_threshold``)."""
-        values: dict[str, Any] = {
-            "max_input_tokens": settings.llm.max_input_tokens,
-            "score_threshold": settings.retrieval.score_threshold,
-        }
-        return cls(retriever=retriever, llm=llm, **{**values, **fields})
+        """Build with ``configs.Settings``: the prompt budget is ``settings.llm.max_input_tokens``.
+
+        ``retrieval.score_threshold`` is not repeated here: the knowledge base's retriever
+        applies it to the retrieval score, before any reranker rescales ``score``.
+        """
+        fields.setdefault("max_input_tokens", settings.llm.max_input_tokens)
+        return cls(retriever=retriever, llm=llm, **fields)
 
     @property
     def input_keys(self) -> list[str]:

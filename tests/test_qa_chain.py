@@ -321,3 +321,12 @@ def test_chatglm_prompt_fits_max_input_tokens_in_real_tokens(tiny_chatglm: Any, 
     assert answer.sources and answer.text == "".join(e.text for e in events if isinstance(e, Token))
     for source in answer.sources:
         assert text[source.start : source.end] == source.text
+
+
+def test_from_settings_takes_the_prompt_budget_not_the_retrieval_threshold() -> None:
+    """Guards against filtering reranker scores with the retrieval threshold (the KB applies it)."""
+    from configs import load_settings
+
+    settings = load_settings(llm={"max_input_tokens": 777}, retrieval={"score_threshold": 0.5})
+    chain = KnowledgeBaseQAChain.from_settings(OverlapRetriever(chunks=[], queries=[]), None, settings)
+    assert chain.max_input_tokens == 777 and chain.score_threshold is None
