@@ -532,7 +532,12 @@ class KnowledgeBase:
             bm25 = BM25Index.load(version_dir / BM25_DIR, ids)
             faiss_index = None
             if not is_keyword_only(manifest["embedding"]["model"]) and (version_dir / FAISS_FILE).exists():
-                faiss_index = faiss.read_index(str(version_dir / FAISS_FILE))
+                try:
+                    faiss_index = faiss.read_index(str(version_dir / FAISS_FILE))
+                except RuntimeError as e:
+                    raise KnowledgeBaseError(
+                        f"FAISS index of {self.name!r} is unreadable; rebuild the knowledge base"
+                    ) from e
                 if faiss_index.ntotal != len(ids):
                     raise KnowledgeBaseError(
                         f"FAISS index of {self.name!r} does not match its docstore; rebuild the knowledge base"

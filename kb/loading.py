@@ -39,6 +39,7 @@ _BINARY_MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 # Legacy encodings a Chinese text file may be in, besides UTF-8 (GB18030 is a superset of GBK/GB2312).
 LEGACY_ENCODINGS: tuple[str, ...] = ("gb18030", "big5")
+_COMMON_PUNCTUATION = frozenset("，。、；：？！“”‘’（）《》〈〉【】「」『』…—·～　")
 _FIX = "save it as UTF-8 text (.txt or .md) and try again"
 
 
@@ -96,13 +97,53 @@ def _decode_without_bom(data: bytes, *, name: str) -> tuple[str, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    best = charset_normalizer.from_bytes(data, cp_isolation=list(LEGACY_ENCODINGS)).best()
-    if best is None:
+    decodings = {enc: text for enc in LEGACY_ENCODINGS if (text := _strict_decode(data, enc)) is not None}
+    if not decodings:
         raise DocumentLoadError(
             f"cannot decode {name}: it is not UTF-8, UTF-16 (with BOM), GB18030/GBK or Big5 text; {_FIX}"
         )
-    encoding = codecs.lookup(best.encoding).name
-    return data.decode(encoding), encoding
+    if len(decodings) == 1:
+        [(encoding, text)] = decodings.items()
+        return text, encoding
+    # Both decoders accept the bytes. Simplified Chinese read as GBK consists of GB2312's
+    # common characters only, which Big5 bytes almost never produce: decisive even for a
+    # few characters, where charset-normalizer has too little text to judge.
+    if _is_common_simplified(decodings["gb18030"]):
+        return decodings["gb18030"], "gb18030"
+    encoding = _charset_normalizer_choice(data) or "gb18030"
+    return decodings[encoding], encoding
+
+
+def _strict_decode(data: bytes, encoding: str) -> str | None:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_common_simplified(text: str) -> bool:
+    """Every non-ASCII character is a GB2312 ideograph or common CJK punctuation."""
+    for char in text:
+        if char.isascii() or char in _COMMON_PUNCTUATION:
+            continue
+        if not ("\u4e00" <= char <= "\u9fff"):
+            return False
+        try:
+            char.encode("gb2312")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def _charset_normalizer_choice(data: bytes) -> str | None:
+    """charset-normalizer's pick among the legacy encodings (retrying leniently for short,
+    punctuation-heavy texts it would otherwise give up on)."""
+    for threshold in (0.2, 0.6):
+        best = charset_normalizer.from_bytes(data, cp_isolation=list(LEGACY_ENCODINGS), threshold=threshold).best()
+        if best is not None:
+            name = codecs.lookup(best.encoding).name
+            return name if name in LEGACY_ENCODINGS else None
+    return None
 
 
 def _refuse_binary(data: bytes, *, name: str) -> None:

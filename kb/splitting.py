@@ -165,13 +165,13 @@ def split_plain(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk
     chunks: list[Chunk] = []
     search_from = 0
     for piece in splitter.split_text(text):
+        # Pieces come in order and share at most chunk_overlap characters with the previous
+        # one, so searching from there finds the right copy of repeated passages.
         start = text.find(piece, search_from)
-        if start < 0:  # the splitter never rewrites text, but never trust an offset blindly
-            start = text.find(piece)
         if start < 0:
             raise AssertionError("text splitter returned text that is not in the document")
         chunks.append(Chunk(piece, start, start + len(piece), None, None))
-        search_from = start + 1
+        search_from = max(start + 1, start + len(piece) - chunk_overlap)
     return chunks
 
 

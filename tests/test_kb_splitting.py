@@ -1,0 +1,145 @@
+"""kb.splitting: chapter detection on both novels, exact offsets, no chunk across chapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kb import chinese_number, split_chapters, split_document
+from kb.splitting import pack_sentences, split_plain
+
+
+@pytest.mark.parametrize(
+    ("numeral", "value"),
+    [("一", 1), ("十", 10), ("十二", 12), ("二十", 20), ("九十九", 99), ("一百", 100), ("一百三", 103),
+     ("一百零三", 103), ("一百十八", 118), ("一百二十", 120), ("两百", 200), ("一千零一", 1001), ("12", 12), ("１２", 12)],
+)
+def test_chinese_numerals(numeral: str, value: int) -> None:
+    assert chinese_number(numeral) == value
+
+
+@pytest.mark.parametrize(("fixture", "count"), [("sanguo_path", 120), ("xiyouji_path", 100)])
+def test_novel_chapters_are_found_in_order(fixture: str, count: int, request: pytest.FixtureRequest) -> None:
+    text = Path(request.getfixturevalue(fixture)).read_text(encoding="utf-8")
+    sections = split_chapters(text)
+    preamble, chapters = sections[0], sections[1:]
+    assert preamble.number is None and preamble.start == 0 and preamble.end == chapters[0].start
+    assert [c.number for c in chapters] == list(range(1, count + 1))
+    for ch, nxt in zip(chapters, chapters[1:]):
+        assert ch.end == nxt.start
+        assert text[ch.start : ch.end].startswith(ch.heading)
+        assert text[ch.start - 1] == "\n"  # a heading starts its own line
+    assert chapters[-1].end == len(text)
+
+
+def test_sanguo_late_chapter_numbers_and_titles(sanguo_path: Path) -> None:
+    """第一百三回 is chapter 103 (not 130) and 第一百十八回 is 118, as the corpus numbers them."""
+    text = sanguo_path.read_text(encoding="utf-8")
+    chapters = {c.number: c for c in split_chapters(text) if c.number}
+    assert chapters[103].heading == "第一百三回"
+    assert chapters[103].title == "上方谷司马受困 五丈原诸葛禳星"
+    assert chapters[118].heading == "第一百十八回"
+    assert chapters[1].title == "宴桃园豪杰三结义 斩黄巾英雄首立功"
+    assert "五丈原" in text[chapters[104].start : chapters[104].end]
+
+
+@pytest.mark.parametrize("fixture", ["sanguo_path", "xiyouji_path"])
+def test_chunks_have_exact_offsets_and_never_straddle_chapters(fixture: str, request: pytest.FixtureRequest) -> None:
+    text = Path(request.getfixturevalue(fixture)).read_text(encoding="utf-8")
+    sections = split_chapters(text)
+    chunks = split_document(text, chunk_size=400, chunk_overlap=80)
+    assert len(chunks) > 1000
+    for chunk in chunks:
+        assert text[chunk.start : chunk.end] == chunk.text
+        assert chunk.text == chunk.text.strip()
+        owner = [s for s in sections if s.start <= chunk.start and chunk.end <= s.end]
+        assert len(owner) == 1, f"chunk {chunk.start}-{chunk.end} crosses a chapter boundary"
+        assert owner[0].number == chunk.chapter and owner[0].title == chunk.chapter_title
+    # Every chapter is covered from its heading to its last sentence.
+    firsts = {c.chapter: c for c in reversed(chunks)}
+    for section in sections:
+        assert text[firsts[section.number].start :].startswith(text[section.start : section.end].strip()[:10])
+    assert max(len(c.text) for c in chunks) <= 400
+
+
+def test_preamble_is_chapter_none(sanguo_path: Path) -> None:
+    text = sanguo_path.read_text(encoding="utf-8")
+    first = split_document(text, chunk_size=400, chunk_overlap=80)[0]
+    assert first.chapter is None and first.chapter_title is None
+    assert first.text.startswith("三国演义") and "临江仙" in first.text
+
+
+def test_headings_of_other_shapes() -> None:
+    text = (
+        "序言在此。\n"
+        "第12章 风起\n正文一。\n"
+        "## 第十三章：云涌\n正文二。\n"
+        "　第二卷\n正文三。\n"
+        "第三节\t尾声\n正文四。\n"
+        "第二回合，张飞又战。这一行不是标题。\n"
+    )
+    sections = split_chapters(text)
+    assert [(s.number, s.title) for s in sections] == [
+        (None, None), (12, "风起"), (13, "云涌"), (2, "第二卷"), (3, "尾声")
+    ]
+    for chunk in split_document(text, chunk_size=50, chunk_overlap=10):
+        assert text[chunk.start : chunk.end] == chunk.text
+
+
+def test_sentences_keep_their_closing_quotes() -> None:
+    text = "第一回 测试\n" + "玄德曰：“此人何也？”云长曰：“吾弟也。”飞大笑曰：“好！好！”" * 4
+    spans = pack_sentences(text, 0, len(text), chunk_size=40, chunk_overlap=0)
+    for start, end in spans:
+        assert text[end - 1] in "”\n测" or end == len(text)
+        assert text[start] not in "”。！？"
+
+
+def test_overlap_repeats_the_last_sentences() -> None:
+    sentences = [f"第{i}句话在这里。" for i in range(1, 30)]
+    text = "".join(sentences)
+    spans = pack_sentences(text, 0, len(text), chunk_size=40, chunk_overlap=16)
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+        assert s1 < s2 <= e1, "neighbouring chunks share their boundary sentence"
+        assert e1 - s2 <= 16
+        assert e1 - s1 <= 40
+
+
+def test_over_long_sentence_is_cut_at_commas() -> None:
+    text = "，".join(["一二三四五六七八九"] * 30) + "。"
+    chunks = split_plain(text, chunk_size=50, chunk_overlap=0)
+    pieces = pack_sentences(text, 0, len(text), chunk_size=50, chunk_overlap=0)
+    assert all(e - s <= 50 for s, e in pieces)
+    assert all(text[e - 1] in "，。" for s, e in pieces)
+    assert all(text[c.start : c.end] == c.text for c in chunks)
+
+
+def test_plain_documents_fall_back_to_recursive_splitter() -> None:
+    text = "人工智能是计算机科学的一个分支。它企图了解智能的实质。\n\n" * 40
+    chunks = split_document(text, chunk_size=80, chunk_overlap=20)
+    assert len(chunks) > 10
+    assert all(c.chapter is None for c in chunks)
+    assert all(text[c.start : c.end] == c.text and len(c.text) <= 80 for c in chunks)
+    assert chunks[0].start == 0 and chunks[-1].end == len(text.rstrip())
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        split_document("第一回\n文字。", chunk_size=10, chunk_overlap=10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("天下大势分久必合。！？；…”」\n 第一二回章十")), min_size=1, max_size=400),
+    size=st.integers(min_value=5, max_value=60),
+    overlap_ratio=st.floats(min_value=0, max_value=0.9),
+)
+def test_offsets_are_exact_for_any_text(text: str, size: int, overlap_ratio: float) -> None:
+    overlap = int(size * overlap_ratio)
+    chunks = split_document(text, chunk_size=size, chunk_overlap=overlap)
+    for chunk in chunks:
+        assert text[chunk.start : chunk.end] == chunk.text and chunk.text.strip()
+    covered = "".join(c.text for c in chunks)
+    assert set(covered) >= {c for c in text if not c.isspace()}, "no text is dropped"
