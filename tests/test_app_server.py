@@ -1,0 +1,196 @@
+"""Serving policy of the web UI: bind address and login, CLI flags, lazy shared model, no internet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import build_parser, settings_from_args
+from app.server import AuthConfigError, is_loopback, launch, resolve_auth
+from app.state import AppState
+from app.ui import build_ui
+from configs import Settings, UISettings, load_settings
+from tests.test_app import free_port
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
+]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ------------------------------------------------------------------------------ bind policy
+
+
+def test_non_loopback_host_without_login_refuses_to_start(tmp_path: Path) -> None:
+    """The real entry point prints one clear line and exits 2; nothing is loaded or bound."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env.update(GLMKB_KB_ROOT=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--host", "0.0.0.0", "--port", str(port), "--model-path", "/no/such/model"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("glmkb-web: error: refusing to serve on 0.0.0.0 without a login")
+    assert "GLMKB_UI__AUTH_PASSWORD" in lines[0] and "--allow-no-auth" in lines[0]
+    assert "Traceback" not in proc.stderr and not port_is_open(port)
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
+def test_loopback_hosts_need_no_login(host: str) -> None:
+    assert is_loopback(host)
+    assert resolve_auth(UISettings(host=host)) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com", "my-server"])
+def test_other_hosts_need_a_login_or_an_explicit_opt_out(host: str) -> None:
+    assert not is_loopback(host)
+    with pytest.raises(AuthConfigError, match=f"refusing to serve on {host} without a login"):
+        resolve_auth(UISettings(host=host))
+    assert resolve_auth(UISettings(host=host, allow_no_auth=True)) is None
+    assert resolve_auth(UISettings(host=host, auth_user="u", auth_password="p")) == ("u", "p")
+
+
+@pytest.mark.parametrize("given", [{"auth_user": "u"}, {"auth_password": "p"}])
+def test_half_configured_login_is_an_error(given: dict[str, str]) -> None:
+    with pytest.raises(AuthConfigError, match="half configured"):
+        resolve_auth(UISettings(**given))
+
+
+def test_login_is_required_and_the_password_never_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from gradio_client import Client
+
+    secret = "s3cret-Pa55-纸"
+    monkeypatch.setenv("GLMKB_UI__AUTH_PASSWORD", secret)
+    caplog.set_level(logging.DEBUG)
+    settings = load_settings(
+        kb_root=str(tmp_path), embedding={"model": "none"}, ui={"port": free_port(), "auth_user": "reader"}
+    )
+    demo = build_ui(AppState.from_settings(settings))
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{settings.ui.port}/"
+        with pytest.raises(Exception):  # noqa: B017 - the client's error type for 401 varies
+            Client(url, verbose=False).predict(api_name="/banner")
+        with pytest.raises(Exception):  # noqa: B017
+            Client(url, verbose=False, auth=("reader", "wrong")).predict(api_name="/banner")
+        update = Client(url, verbose=False, auth=("reader", secret)).predict(api_name="/banner")
+        assert "--model-path" in update["value"]
+    finally:
+        demo.close()
+    out, err = capfd.readouterr()
+    assert secret not in caplog.text and secret not in out and secret not in err
+
+
+def test_launch_reaches_nothing_but_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No telemetry, version check or share tunnel: every name looked up is the loopback server."""
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(host: Any, *args: Any, **kwargs: Any) -> Any:
+        looked_up.append(str(host))
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, ui={"port": free_port()})
+    demo = build_ui(AppState(settings))
+    assert demo.analytics_enabled is False
+    started = time.monotonic()
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        assert time.monotonic() - started < 30
+        time.sleep(1.0)  # give any background check a chance to show itself
+    finally:
+        demo.close()
+    assert looked_up and {h for h in looked_up if not is_loopback(h)} == set(), looked_up
+    assert demo.share is False
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+def test_cli_flags_are_the_top_settings_layer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GLMKB_UI__PORT", "9001")
+    monkeypatch.setenv("GLMKB_LLM__DEVICE", "cpu")
+    config = tmp_path / "my.yaml"
+    config.write_text("ui:\n  concurrency: 7\nllm:\n  model_path: /from/yaml\n", encoding="utf-8")
+    args = build_parser().parse_args(
+        ["--config", str(config), "--host", "0.0.0.0", "--model-path", "/models/glm", "--kb-root", str(tmp_path),
+         "--kb", "三国", "--embedding", "none", "--auth-user", "reader", "--allow-no-auth"]
+    )
+    s = settings_from_args(args)
+    assert (s.ui.host, s.ui.port, s.ui.concurrency) == ("0.0.0.0", 9001, 7)  # flag, env, YAML
+    assert (s.llm.model_path, s.llm.device) == ("/models/glm", "cpu")
+    assert (s.kb_root, s.kb_name, s.embedding.model) == (tmp_path, "三国", "none")
+    assert (s.ui.auth_user, s.ui.allow_no_auth) == ("reader", True)
+    unset = settings_from_args(build_parser().parse_args([]))
+    assert unset.ui.allow_no_auth is False and unset.ui.port == 9001
+
+
+def test_there_is_no_password_flag() -> None:
+    """Passwords on a command line leak through ``ps``; only YAML or the environment set them."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--auth-password", "x"])
+
+
+# ------------------------------------------------------------------------------ shared model
+
+
+def test_the_model_is_loaded_once_however_many_users_ask_at_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def factory() -> Any:
+        calls.append(1)
+        time.sleep(0.3)  # a slow load: every other caller must wait for this one
+        return object()
+
+    state = AppState(Settings(kb_root=tmp_path), llm_factory=factory)
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(state.get_llm())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 8 and len({id(g) for g in got}) == 1
+
+
+def test_a_model_that_fails_to_load_leaves_a_banner_not_a_crash(tmp_path: Path) -> None:
+    settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"model_path": str(tmp_path / "nope")})
+    state = AppState.from_settings(settings)
+    assert state.llm_problem() is None  # not tried yet: it loads lazily
+    assert state.get_llm() is None and state.get_llm() is None
+    banner = state.banner_markdown()
+    assert "加载失败 / failed to load" in banner and str(tmp_path / "nope") in banner
+    assert "--model-path" in banner
+
+
+def test_no_model_configured_is_explained(tmp_path: Path) -> None:
+    state = AppState.from_settings(Settings(kb_root=tmp_path, embedding={"model": "none"}))
+    assert state.get_llm() is None
+    assert "llm.model_path is not set" in state.banner_markdown()
