@@ -284,3 +284,24 @@ def test_chatglm_collapse_uses_the_real_tokenizer(tiny_chatglm: Any) -> None:
     assert combine_tokens([Document(page_content=s) for s in events[-1].intermediate]) > 120
     assert recorder.prompts_tagged(COLLAPSE_TAG)
     assert llm.get_num_tokens(recorder.prompts_tagged(REDUCE_TAG)[0]) <= 120
+
+
+def test_whole_novel_pipeline_at_scale(tiny_chatglm: Any, sanguo_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All 120 chapters through split, batched map, repeated collapse and reduce, measured in
+    real tokens (the model's tokenizer); the generations come from a fake so this stays fast."""
+    summary_text = "本回讲述刘备、关羽、张飞等人的事迹，群雄并起，天下大乱，曹操挟天子以令诸侯。" * 2
+    llm = FakeStreamingListLLM(responses=[summary_text], custom_get_token_ids=tiny_chatglm.get_token_ids)
+    sizes = spy_batch(monkeypatch, llm)
+    recorder = Recorder()
+    docs = documents_from_file(sanguo_path)
+    assert [d.metadata["chapter"] for d in docs if d.metadata["chapter"]] == list(range(1, 121))
+    events = list(stream_summary(docs, llm=llm, max_input_tokens=2000, batch_size=16, callbacks=[recorder]))
+    map_prompts = recorder.prompts_tagged(MAP_TAG)
+    assert len(map_prompts) > len(docs)  # long chapters were split
+    assert max(tiny_chatglm.get_num_tokens(p) for p in map_prompts) <= 2000
+    assert sum(sizes) == len(map_prompts) and max(sizes) == 16
+    collapse_rounds = [e for e in events if isinstance(e, Progress) and e.stage == "collapse" and e.done == 0]
+    assert collapse_rounds and collapse_rounds[0].total > 1  # hundreds of summaries, merged in groups
+    assert all(tiny_chatglm.get_num_tokens(p) <= 2000 for p in recorder.prompts_tagged(COLLAPSE_TAG))
+    assert tiny_chatglm.get_num_tokens(recorder.prompts_tagged(REDUCE_TAG)[0]) <= 2000
+    assert events[-1].text == summary_text
