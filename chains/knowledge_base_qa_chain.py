@@ -245,8 +245,7 @@ class KnowledgeBaseQAChain(Chain):
         return self._outputs(list(events))
 
     def _outputs(self, events: Sequence[Event]) -> dict[str, Any]:
-        answer = events[-1]
-        assert isinstance(answer, Answer)
+        answer = next(e for e in reversed(events) if isinstance(e, Answer))
         return {
             self.output_key: answer.text,
             "source_documents": [_source_document(s) for s in answer.sources],
