@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module ``ingest/cmd_<name>.py`` exposing
 ``add_parser(subparsers)`` (which sets ``func=run`` on its parser) and
-``run(args, settings) -> int``. Errors become one line on stderr and exit status 2.
+``run(args) -> int`` (settings come from ``settings_from_args(args)``). Errors become one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
