@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
@@ -28,7 +27,7 @@ from llm.streaming import (
     IncrementalDetokenizer,
     StopSequenceFilter,
     cut_at_stop,
-    model_lock,
+    run_generate,
     stream_token_ids,
 )
 
@@ -254,34 +253,16 @@ class ChatGLM(LLM):
 
     # ----- async --------------------------------------------------------------------------
 
-    async def _astream(
+    def _astream(  # type: ignore[override]
         self,
         prompt: str,
         stop: list[str] | None = None,
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        """Drives ``_iter_text`` from a thread; closing or cancelling this stops generation."""
+        """Drives ``_iter_text`` from a thread; closing, cancelling or dropping it stops generation."""
         cancel = threading.Event()
-        pieces = self._iter_text(prompt, stop, cancel=cancel, **kwargs)
-        pending: concurrent.futures.Future[Any] | None = None
-        try:
-            while True:
-                pending = _ASYNC_EXECUTOR.submit(next, pieces, _DONE)
-                text = await asyncio.wrap_future(pending)
-                if text is _DONE:
-                    return
-                chunk = GenerationChunk(text=text)
-                if run_manager:
-                    await run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-        finally:
-            cancel.set()
-            closing = _ASYNC_EXECUTOR.submit(_close_when_idle, pieces, pending)
-            try:
-                await asyncio.shield(asyncio.wrap_future(closing))
-            except asyncio.CancelledError:
-                pass  # cancelled again while cleaning up: the closer still finishes on its thread
+        return _AsyncChunkStream(self._iter_text(prompt, stop, cancel=cancel, **kwargs), cancel, run_manager)
 
     async def _acall(
         self,
@@ -328,11 +309,63 @@ class ChatGLM(LLM):
             criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
             criteria.append(BatchStopStringCriteria(self.tokenizer, stop, prompt_length))
             generate_kwargs["stopping_criteria"] = criteria
-        with model_lock(self.model), torch.inference_mode():
-            output = self.model.generate(**generate_kwargs)
+        output = run_generate(self.model, generate_kwargs)
         new_ids = output[:, prompt_length:].tolist()
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         return [cut_at_stop(text.lstrip("\n"), stop) for text in texts]
+
+
+class _AsyncChunkStream:
+    """Async iterator over a text generator whose ``next`` runs on a thread.
+
+    Not an ``async def`` generator on purpose: LangChain's ``astream`` does not close the
+    inner stream when its caller stops early, so dropping this object (``__del__``) must stop
+    generation by itself; an explicit ``aclose`` or task cancellation also waits until the
+    model is free.
+    """
+
+    def __init__(
+        self, pieces: Iterator[str], cancel: threading.Event, run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> None:
+        self._pieces = pieces
+        self._cancel = cancel
+        self._run_manager = run_manager
+        self._pending: concurrent.futures.Future[Any] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> _AsyncChunkStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        if self._closed:
+            raise StopAsyncIteration
+        self._pending = _ASYNC_EXECUTOR.submit(next, self._pieces, _DONE)
+        try:
+            text = await asyncio.wrap_future(self._pending)
+        except BaseException:  # generation failed, or this task was cancelled
+            await self.aclose()
+            raise
+        if text is _DONE:
+            await self.aclose()
+            raise StopAsyncIteration
+        chunk = GenerationChunk(text=text)
+        if self._run_manager:
+            await self._run_manager.on_llm_new_token(text, chunk=chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel.set()
+        closing = _ASYNC_EXECUTOR.submit(_close_when_idle, self._pieces, self._pending)
+        try:
+            await asyncio.shield(asyncio.wrap_future(closing))
+        except asyncio.CancelledError:
+            pass  # cancelled again while cleaning up: the closer still finishes on its thread
+
+    def __del__(self) -> None:
+        self._cancel.set()
 
 
 def _close_when_idle(pieces: Iterator[str], pending: concurrent.futures.Future[Any] | None) -> None:
