@@ -155,7 +155,8 @@ class KnowledgeBase:
         self.top_k = top_k
         self.score_threshold = score_threshold
         self.reranker = reranker
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards swapping the loaded version and lazy models
+        self._write_mutex = threading.Lock()  # one build at a time per object (flock covers processes)
         self._version: _Version | None = None
         self._embeddings: Any | None = None
         self._cross_encoder: Any | None = None
@@ -364,7 +365,8 @@ class KnowledgeBase:
     ) -> BuildReport:
         report = BuildReport(files=len(incoming) + len(remove_ids))
         _check_unique_sources(incoming)
-        with storage.write_lock(self.path), self._lock:
+        # Searches keep running on the current version while a build is written.
+        with self._write_mutex, storage.write_lock(self.path):
             self.refresh()
             base = self._version
             known = {d.doc_id: d for d in (base.docstore.documents() if base else [])}
@@ -545,9 +547,10 @@ class KnowledgeBase:
         except BaseException:
             docstore.close()
             raise
-        old, self._version = self._version, _Version(name, manifest, docstore, faiss_index, bm25)
-        if old is not None:
-            old.docstore.close()
+        # The previous version's docstore is left to garbage collection, not closed here:
+        # a search in another thread may still be reading it.
+        with self._lock:
+            self._version = _Version(name, manifest, docstore, faiss_index, bm25)
 
     def _current(self) -> _Version | None:
         self.refresh()

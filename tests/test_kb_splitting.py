@@ -143,3 +143,13 @@ def test_offsets_are_exact_for_any_text(text: str, size: int, overlap_ratio: flo
         assert text[chunk.start : chunk.end] == chunk.text and chunk.text.strip()
     covered = "".join(c.text for c in chunks)
     assert set(covered) >= {c for c in text if not c.isspace()}, "no text is dropped"
+
+
+def test_repeated_passages_get_their_own_offsets() -> None:
+    """Regression: the recursive fallback located each piece with str.find from the previous
+    start, so identical repeated paragraphs all pointed at an early copy of the text."""
+    text = "同一段落的文字在这里。它会重复出现。\n\n" * 30
+    chunks = split_document(text, chunk_size=40, chunk_overlap=10)
+    starts = [c.start for c in chunks]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert chunks[-1].end == len(text.rstrip())
