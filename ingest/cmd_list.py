@@ -19,13 +19,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kb import KnowledgeBase
+    from kb import KnowledgeBase, KnowledgeBaseError
 
     settings = settings_from_args(args)
     if args.kb is None:
         rows = []
         for name in KnowledgeBase.list_names(settings.kb_root):
-            manifest = KnowledgeBase(settings.kb_root, name).manifest
+            try:
+                manifest = KnowledgeBase(settings.kb_root, name).manifest
+            except KnowledgeBaseError as e:  # one damaged KB must not hide the others
+                rows.append({"name": name, "error": str(e)})
+                continue
             rows.append(
                 {
                     "name": name,
@@ -43,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"no knowledge bases in {settings.kb_root}; create one with `ingest build FILE --kb NAME`")
         else:
             for r in rows:
+                if "error" in r:
+                    print(f"{r['name']}\tdamaged: {r['error']}")
+                    continue
                 print(f"{r['name']}\t{r['documents']} documents\t{r['chunks']} chunks\tembedding {r['embedding']}")
         return 0
     kb = KnowledgeBase(settings.kb_root, args.kb)

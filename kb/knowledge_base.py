@@ -160,6 +160,7 @@ class KnowledgeBase:
         self._version: _Version | None = None
         self._embeddings: Any | None = None
         self._cross_encoder: Any | None = None
+        self._pending: dict[str, Any] | None = None
         if storage.is_knowledge_base(self.path):
             self._load_version(storage.read_pointer(self.path))
             self._check_requested(embedding_model, chunk_size, chunk_overlap)
@@ -232,6 +233,8 @@ class KnowledgeBase:
         """The live manifest (a copy), or the settings a new knowledge base will be created with."""
         import copy
 
+        if self._version is None and self._pending is None:
+            raise KnowledgeBaseError(_no_such_kb(self.root, self.name))
         return copy.deepcopy(self._version.manifest if self._version else self._pending)
 
     @property

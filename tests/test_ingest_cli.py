@@ -152,3 +152,11 @@ def test_errors_in_a_real_process_have_no_traceback(tmp_path: Path) -> None:
     )
     assert child.returncode == 2 and child.stdout == ""
     assert_one_line_error(child.returncode, child.stderr, "no knowledge base named 'nope'")
+
+
+def test_list_survives_a_damaged_kb(capsys: pytest.CaptureFixture[str], built: str, tmp_path: Path) -> None:
+    root = tmp_path / "kb_root"
+    (root / "broken").mkdir()
+    (root / "broken" / "CURRENT").write_text("v-missing\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "broken\tdamaged:" in out and "cli\t2 documents" in out
