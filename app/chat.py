@@ -19,6 +19,7 @@ from app.state import AppState
 
 Turn = dict[str, Any]
 STOPPED_MARK = "（已停止 / stopped）"
+FAILED_MARK = "（出错 / failed）"
 THINKING = "…"
 
 
@@ -30,11 +31,18 @@ def render_chat(turns: list[Turn]) -> list[dict[str, Any]]:
         answer = turn["answer"] or (THINKING if turn["status"] == "streaming" else "")
         if turn["status"] == "stopped":
             answer = f"{answer} {STOPPED_MARK}".strip()
+        elif turn["status"] == "failed":
+            answer = f"{answer} {FAILED_MARK}".strip()
         if answer:
             messages.append({"role": "assistant", "content": answer})
         if turn.get("sources_message") is not None:
             messages.append(turn["sources_message"])
     return messages
+
+
+def settled(turn: Turn) -> Turn:
+    """A turn whose stream has ended: one still marked streaming was stopped."""
+    return {**turn, "status": "stopped"} if turn["status"] == "streaming" else turn
 
 
 def history_pairs(turns: list[Turn]) -> list[tuple[str, str]]:
@@ -61,23 +69,38 @@ class ChatHandlers:
         mode: str,
         top_k: float,
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream one answer. Yields (question box, chat, turns, banner) after every piece."""
-        turns = list(turns or [])
+        """Stream one answer. Yields (question box, chat, turns, banner, clear button) per piece.
+
+        Clear is disabled while the answer streams (``settle`` enables it again): a conversation
+        cleared mid-stream would be brought back by the stream's next update.
+        """
+        turns = [settled(t) for t in turns or []]
         question = (question or "").strip()
         if not question:
             warn("请输入问题", "type a question first")
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         kb_name = self.state.check_kb_name(kb_name)
         turn: Turn = {"question": question, "answer": "", "status": "streaming", "answered": False}
         turns.append(turn)
-        yield "", render_chat(turns), turns, gr.skip()
+        yield "", render_chat(turns), turns, gr.skip(), gr.Button(interactive=False)
+        try:
+            yield from self._stream_answer(turn, turns, kb_name, mode, int(top_k))
+        except Exception:
+            turn["status"] = "failed"  # the same dict the session state holds
+            raise
+        turn["status"] = "done"
+        banner = self.state.banner_markdown()
+        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), gr.skip()
 
+    def _stream_answer(
+        self, turn: Turn, turns: list[Turn], kb_name: str, mode: str, top_k: int
+    ) -> Iterator[tuple[Any, ...]]:
         mode, warning = self.state.usable_mode(kb_name, mode)
         if warning:
             warn(*warning)
         stream = self.state.ask(
-            kb_name, question, history=history_pairs(turns[:-1]), mode=mode, top_k=int(top_k)
+            kb_name, turn["question"], history=history_pairs(turns[:-1]), mode=mode, top_k=top_k
         )
         try:
             for event in stream:
@@ -88,20 +111,19 @@ class ChatHandlers:
                     show_sources(turn, event.sources)
                 elif isinstance(event, Answer):
                     finish_answer(turn, event)
-                yield gr.skip(), render_chat(turns), turns, gr.skip()
+                yield gr.skip(), render_chat(turns), turns, gr.skip(), gr.skip()
         finally:
-            stream.close()  # Stop pressed: closing ends the model's generation too
-        turn["status"] = "done"
-        banner = self.state.banner_markdown()
-        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner))
+            stream.close()  # Stop pressed (generator closed): this ends the model's generation
 
     @staticmethod
-    def stop(turns: list[Turn] | None) -> tuple[Any, ...]:
-        """Mark an answer cut short by Stop (the running stream itself is cancelled by Gradio)."""
-        turns = list(turns or [])
-        if turns and turns[-1]["status"] == "streaming":
-            turns[-1] = {**turns[-1], "status": "stopped"}
-        return render_chat(turns), turns
+    def settle(turns: list[Turn] | None) -> tuple[Any, ...]:
+        """After an answer ends, fails or is stopped: mark a cut-off answer, enable Clear.
+
+        Chained with ``.then`` on the ask event, which Gradio runs only once a cancelled
+        stream is really closed, so no late update of the stream can overwrite this one.
+        """
+        turns = [settled(t) for t in turns or []]
+        return render_chat(turns), turns, gr.Button(interactive=True)
 
     @staticmethod
     def clear() -> tuple[Any, ...]:

@@ -88,6 +88,8 @@ def user_errors(fn: F) -> F:
 def _log(fn: Callable[..., Any], error: Exception) -> None:
     if isinstance(error, (gr.Error, UserError)):
         log.info("%s: %s", fn.__qualname__, error)
+    elif isinstance(error, (ValueError, OSError)):  # bad input or missing file: no traceback
+        log.warning("%s: %s", fn.__qualname__, one_line(error))
     else:
         log.exception("%s failed", fn.__qualname__)
 

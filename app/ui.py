@@ -127,17 +127,23 @@ def build_ui(state: AppState) -> gr.Blocks:
         with gr.Tab("知识库管理 / Manage", id="manage"):
             with gr.Row():
                 new_name = gr.Textbox(
-                    label="新建知识库 / new knowledge base", placeholder="例如 sanguo 或 三国", scale=3
+                    label="新建知识库 / new knowledge base",
+                    placeholder="例如 sanguo 或 三国",
+                    scale=3,
+                    elem_id="new-kb",
                 )
-                create_btn = gr.Button("创建 / create", scale=1)
+                create_btn = gr.Button("创建 / create", scale=1, elem_id="create-btn")
             man_kb = kb_picker(state, elem_id="manage-kb")
             files = gr.File(
                 label=f"上传文件 / upload files ({allowed}, ≤ {settings.ui.max_upload_mb} MB each)",
                 file_count="multiple",
+                elem_id="upload-files",
             )
-            build_btn = gr.Button("加入知识库并构建 / add and build", variant="primary")
+            build_btn = gr.Button("加入知识库并构建 / add and build", variant="primary", elem_id="build-btn")
             man_status = gr.Markdown(elem_id="manage-status")
-            docs_table = gr.Dataframe(headers=DOC_COLUMNS, interactive=False, label="文档 / documents")
+            docs_table = gr.Dataframe(
+                headers=DOC_COLUMNS, interactive=False, label="文档 / documents", elem_id="docs-table"
+            )
             with gr.Row():
                 doc_pick = gr.Dropdown(
                     label="删除文档 / delete a document", choices=[], scale=3, allow_custom_value=True
@@ -154,12 +160,14 @@ def build_ui(state: AppState) -> gr.Blocks:
             [question.submit, send_btn.click],
             chat.ask,
             inputs=[question, turns, chat_kb, mode, top_k],
-            outputs=[question, chatbot, turns, banner],
+            outputs=[question, chatbot, turns, banner, clear_btn],
             api_name="ask",
             show_progress="hidden",
         )
-        stop_btn.click(chat.stop, inputs=[turns], outputs=[chatbot, turns], cancels=[ask], api_name="stop")
-        clear_btn.click(chat.clear, outputs=[chatbot, turns], cancels=[ask], api_name="clear")
+        # Runs after the answer ends, and after a Stop once the stream is really closed.
+        ask.then(chat.settle, inputs=[turns], outputs=[chatbot, turns, clear_btn], api_name=False)
+        stop_btn.click(None, cancels=[ask], api_name=False)
+        clear_btn.click(chat.clear, outputs=[chatbot, turns], api_name="clear")
 
         # -- summary ------------------------------------------------------------------
         origin.change(

@@ -91,12 +91,36 @@ def test_closing_the_handler_closes_the_chain_stream(tmp_path: Path) -> None:
     assert state.closed == 1
 
 
-def test_stop_marks_the_unfinished_answer(tmp_path: Path) -> None:
+def test_settling_marks_a_stopped_answer_and_keeps_it_in_history() -> None:
     turns = [{"question": "q", "answer": "半个回", "status": "streaming", "answered": True}]
-    messages, new_turns = ChatHandlers.stop(turns)
+    messages, new_turns, clear_btn = ChatHandlers.settle(turns)
     assert new_turns[0]["status"] == "stopped" and turns[0]["status"] == "streaming"
     assert messages[1]["content"].endswith("（已停止 / stopped）")
     assert history_pairs(new_turns) == [("q", "半个回")]
+    assert clear_btn.interactive is True
+
+
+def test_a_stream_cancelled_through_the_api_counts_as_stopped_next_time(tmp_path: Path) -> None:
+    """API clients get no ``settle`` call after a cancel; the next question settles the old turn."""
+    state = ScriptedState(tmp_path, ["一"] * 10)
+    gen = ChatHandlers(state).ask("第一问", [], "sanguo", "bm25", 3)
+    for _ in range(4):
+        turns = next(gen)[2]
+    gen.close()
+    run(ChatHandlers(state).ask("第二问", turns, "sanguo", "bm25", 3))
+    assert state.calls[1]["history"] == [("第一问", "一一")]
+
+
+def test_a_failed_answer_is_marked_and_left_out_of_history(tmp_path: Path) -> None:
+    state = ScriptedState(tmp_path, ["一"])
+    state.usable_mode = lambda kb, mode: (_ for _ in ()).throw(ValueError("索引坏了"))  # type: ignore[method-assign]
+    gen = ChatHandlers(state).ask("问题", [], "sanguo", "bm25", 3)
+    turns = next(gen)[2]
+    with pytest.raises(gr.Error, match="索引坏了"):
+        next(gen)
+    messages, settled_turns, _ = ChatHandlers.settle(turns)
+    assert settled_turns[0]["status"] == "failed" and messages[-1]["content"] == "（出错 / failed）"
+    assert history_pairs(settled_turns) == []
 
 
 def test_an_empty_question_is_a_warning_not_an_error(tmp_path: Path) -> None:

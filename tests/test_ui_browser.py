@@ -1,0 +1,152 @@
+"""The web UI in a real browser (Debian's chromium driven by Playwright; no browser download).
+
+The end-to-end test streams from the real ChatGLM path (tiny random-weight GLM, 3000 new
+tokens so the answer grows for many seconds) and presses Stop mid-answer. The README
+screenshot uses a scripted LLM only for a readable answer; retrieval and the page are real.
+Set UPDATE_README_SCREENSHOT=1 to write it to docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.state import AppState
+from tests.test_app import KB, generating, make_settings, serve, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
+]
+
+# JS: texts of the answer bubbles (bot messages that are not the titled sources box).
+ANSWERS_JS = """() => Array.from(document.querySelectorAll('#chatbot [data-testid="bot"]'))
+    .map(e => e.innerText).filter(t => !t.includes('引用来源'))"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def open_page(browser: Any, url: str) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(url)
+    page.wait_for_selector("#question textarea", timeout=60_000)
+    return page
+
+
+def answer_length(page: Any) -> int:
+    texts = page.evaluate(ANSWERS_JS)
+    return len(texts[-1]) if texts else 0
+
+
+def ask(page: Any, question: str) -> None:
+    page.fill("#question textarea", question)
+    page.press("#question textarea", "Enter")
+
+
+def test_answer_streams_shows_sources_and_stops(browser: Any, kb_root: Path, slow_llm: Any) -> None:
+    state = AppState(make_settings(kb_root), llm=slow_llm)
+    with serve(state) as url:
+        page = open_page(browser, url)
+        assert page.input_value("#chat-kb input") == KB
+        ask(page, "刘备和谁结义？")
+        assert wait_until(lambda: answer_length(page) > 0, timeout=60)
+        # the answer grows while we watch
+        lengths = []
+        for _ in range(6):
+            time.sleep(0.3)
+            lengths.append(answer_length(page))
+        assert lengths == sorted(lengths) and len(set(lengths)) >= 4, lengths
+        # the cited passages are there, collapsed under a titled box; open it
+        page.get_by_text("引用来源 / Sources (3)").click()
+        page.wait_for_selector("#chatbot .glmkb-src", timeout=10_000)
+        sources = page.inner_text("#chatbot")
+        assert "sanguo.txt" in sources and "score" in sources
+        assert generating(slow_llm)
+
+        page.click("#stop-btn")
+        assert wait_until(lambda: not generating(slow_llm), timeout=10), "the model kept generating after Stop"
+        assert wait_until(lambda: "已停止" in page.inner_text("#chatbot"), timeout=10)
+        stopped_at = answer_length(page)
+        time.sleep(1.5)
+        assert answer_length(page) == stopped_at, "the answer kept growing after Stop"
+        assert 0 < stopped_at < 3000
+        page.close()
+
+
+def test_upload_and_build_from_the_browser(browser: Any, kb_root: Path, qa_llm: Any, tmp_path: Path, sanguo_text: str) -> None:
+    state = AppState(make_settings(kb_root, max_upload_mb=1), llm=qa_llm)
+    good = tmp_path / "第二部分.txt"
+    good.write_text(sanguo_text[20_000:30_000], encoding="utf-8")
+    bad = tmp_path / "scan.pdf"
+    bad.write_bytes(b"%PDF-1.4")
+    with serve(state) as url:
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="知识库管理 / Manage").click()
+        page.fill("#new-kb textarea, #new-kb input", "浏览器库")
+        page.click("#create-btn")
+        page.wait_for_selector("text=已创建知识库 浏览器库", timeout=20_000)
+        page.set_input_files("#upload-files input[type=file]", [str(good), str(bad)])
+        page.wait_for_selector("text=不支持的文件类型：scan.pdf", timeout=20_000)
+        page.click("#build-btn")
+        page.wait_for_selector("text=新增 1", timeout=60_000)
+        table = page.inner_text("#docs-table")
+        assert "第二部分.txt" in table and "scan.pdf" not in table
+        page.close()
+
+
+def test_screenshot_for_the_readme(browser: Any, kb_root: Path, tmp_path: Path) -> None:
+    """The page as a user sees it: streamed answer, sources opened, Chinese text rendered."""
+    from langchain_core.language_models.fake import FakeStreamingListLLM
+
+    answer = "刘备与关羽、张飞在桃园结义，三人誓同生死，共图大事。[1][3]"
+    llm = FakeStreamingListLLM(
+        responses=[answer] * 10, sleep=0.02, custom_get_token_ids=lambda text: list(range(len(text)))
+    )
+    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+        page = open_page(browser, url)
+        ask(page, "刘备和谁结义？")
+        page.wait_for_function(
+            "(a) => document.querySelector('#chatbot').innerText.includes(a)", arg=answer, timeout=30_000
+        )
+        page.get_by_text("引用来源 / Sources (3)").click()
+        page.wait_for_selector("#chatbot .glmkb-src", timeout=10_000)
+        time.sleep(0.5)
+        shot = tmp_path / "screenshot.png"
+        page.screenshot(path=str(shot))
+        page.close()
+    assert 20_000 < shot.stat().st_size < 500_000
+    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "screenshot.png")
+
+
+# fixtures shared with the gradio_client tests
+from tests.test_app import kb_root, qa_llm, sanguo_text, slow_llm  # noqa: E402,F401
