@@ -51,6 +51,18 @@ class GenerationSettings(_Section):
 class LLMSettings(_Section):
     """Which chat model to load and where to run it."""
 
+    backend: Literal["local", "openai"] = Field(
+        "local",
+        description="local: load model_path in this process; openai: an OpenAI-compatible server (vLLM, SGLang, Xinference, glmkb's own API).",
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint for backend openai, e.g. http://127.0.0.1:8000/v1."
+    )
+    model: str | None = Field(None, description="Model name the OpenAI-compatible server serves (backend openai).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key for backend openai (never put the key in YAML)."
+    )
+    request_timeout: float = Field(120.0, gt=0, description="Seconds before a request to the server times out (backend openai).")
     model_path: str | None = Field(
         None,
         description=(
@@ -134,6 +146,35 @@ class RetrievalSettings(_Section):
     )
 
 
+class KBSettings(_Section):
+    """Where knowledge-base vectors live (documents, BM25 and manifests stay under kb_root)."""
+
+    store: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss: index files under kb_root; milvus: a Milvus collection per knowledge base."
+    )
+    milvus_uri: str = Field(
+        "~/.glmkb/milvus.db",
+        description="Milvus URI: a local .db file means embedded Milvus Lite; http(s)://host:19530 a Milvus server or cluster.",
+    )
+    milvus_token_env: str = Field(
+        "MILVUS_TOKEN", description="Environment variable holding the Milvus token (user:password), if the server needs one."
+    )
+
+
+class APISettings(_Section):
+    """The OpenAI-compatible HTTP API server."""
+
+    host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires an API key.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    api_key_env: str = Field(
+        "GLMKB_API_KEY", description="Environment variable holding the key clients must send as a Bearer token."
+    )
+    allow_no_auth: bool = Field(
+        False, description="Explicitly allow binding a non-loopback address without an API key."
+    )
+    served_model_name: str = Field("glmkb", description="Model id reported by /v1/models and accepted in requests.")
+
+
 class UISettings(_Section):
     """The Gradio web UI."""
 
@@ -169,7 +210,9 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    kb: KBSettings = Field(default_factory=KBSettings)
     ui: UISettings = Field(default_factory=UISettings)
+    api: APISettings = Field(default_factory=APISettings)
 
     @field_validator("kb_root")
     @classmethod
