@@ -105,7 +105,7 @@ IGNORED_FIELDS = frozenset(
         "use_bfloat16", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder",
         "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
         "finetuning_task", "id2label", "label2id", "tokenizer_class", "prefix", "task_specific_params",
-        "problem_type", "num_labels", "_attn_implementation_autoset", "interleaved_qkv",
+        "problem_type", "num_labels", "_attn_implementation_autoset",
     }
 )
 ARCHITECTURE_FIELDS = frozenset(REQUIRED_FIELDS) | frozenset(CONFIG_DEFAULTS) | {"num_hidden_layers"}
@@ -171,7 +171,7 @@ def load_chatglm_legacy(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     checkpoint = inspect_checkpoint(folder)
-    tokenizer = load_chatglm_tokenizer(folder, variant=checkpoint.variant)
+    tokenizer = load_tokenizer(checkpoint)
     model = build_empty_model(checkpoint.config)
     for _file, tensors in iter_converted_shards(checkpoint, progress=None, desc="loading ChatGLM weights"):
         for name, tensor in tensors:
@@ -190,17 +190,20 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, progress: bool = Tru
     target = Path(dst).expanduser().resolve()
     check_destination(source, target)
     checkpoint = inspect_checkpoint(source)
-    tokenizer = load_chatglm_tokenizer(source, variant=checkpoint.variant)
+    tokenizer = load_tokenizer(checkpoint)
     work = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         source_dtype = write_shards(checkpoint, work, progress=progress)
+        generation = native_generation_config(tokenizer, checkpoint)
         config = checkpoint.config
         config.architectures = ["GlmForCausalLM"]
         config.dtype = source_dtype
+        config.eos_token_id = generation.eos_token_id
+        config.pad_token_id = generation.pad_token_id
         config.save_pretrained(work)
-        native_generation_config(tokenizer, checkpoint).save_pretrained(work)
+        generation.save_pretrained(work)
         tokenizer.save_pretrained(work, save_jinja_files=False)
         if target.exists():
             target.rmdir()  # check_destination made sure it is empty
@@ -212,6 +215,13 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, progress: bool = Tru
 
 
 # ----- reading the folder -------------------------------------------------------------------
+
+
+def load_tokenizer(checkpoint: LegacyCheckpoint) -> PreTrainedTokenizerFast:
+    """The folder's tokenizer, knowing the model's context length."""
+    tokenizer = load_chatglm_tokenizer(checkpoint.path, variant=checkpoint.variant)
+    tokenizer.model_max_length = checkpoint.config.max_position_embeddings
+    return tokenizer
 
 
 def inspect_checkpoint(path: Path) -> LegacyCheckpoint:

@@ -193,6 +193,20 @@ def test_safetensors_shards_load_the_same_model(
         assert torch.equal(tensor, other[name]), name
 
 
+def test_old_non_zip_bin_shards_still_load(make_chatglm_legacy: Callable[..., Path], tmp_path: Path) -> None:
+    """Checkpoints saved in torch's pre-1.6 format cannot be memory-mapped; they load without mmap."""
+    folder = make_chatglm_legacy(variant="chatglm3", seed=6)
+    for shard in folder.glob("pytorch_model-*.bin"):
+        state = torch.load(shard, weights_only=True)
+        torch.save(state, shard, _use_new_zipfile_serialization=False)
+    model, _ = load_chatglm_legacy(folder, device="cpu", dtype="float32")
+    state, config = load_original_state(folder), read_config(folder)
+    ids = random_ids(config, 9, seed=1)
+    expected, _ = reference_forward(state, config, ids)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_chatglm2_interleaved_qkv_without_multi_query(chatglm2_legacy_path: Path) -> None:
     """multi_query_attention false: the fused QKV is per head [q_h, k_h, v_h], not [Q | K | V]."""
     model, tokenizer = load_chatglm_legacy(chatglm2_legacy_path, device="cpu", dtype="float32")
