@@ -92,20 +92,74 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, str]] = {
 # Fields that only matter for training, bookkeeping or the remote code's own kernels.
 IGNORED_FIELDS = frozenset(
     {
-        "_name_or_path", "name_or_path", "architectures", "auto_map", "model_type", "transformers_version",
-        "_commit_hash", "torch_dtype", "dtype", "use_cache", "bos_token_id", "sep_token_id",
-        "decoder_start_token_id", "hidden_dropout", "attention_dropout", "classifier_dropout",
-        "bias_dropout_fusion", "apply_query_key_layer_scaling", "attention_softmax_in_fp32", "original_rope",
-        "vocab_size", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
-        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
-        "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
-        "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
-        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
-        "begin_suppress_tokens", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
-        "use_bfloat16", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder",
-        "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
-        "finetuning_task", "id2label", "label2id", "tokenizer_class", "prefix", "task_specific_params",
-        "problem_type", "num_labels", "_attn_implementation_autoset",
+        "_name_or_path",
+        "name_or_path",
+        "architectures",
+        "auto_map",
+        "model_type",
+        "transformers_version",
+        "_commit_hash",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "bos_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "hidden_dropout",
+        "attention_dropout",
+        "classifier_dropout",
+        "bias_dropout_fusion",
+        "apply_query_key_layer_scaling",
+        "attention_softmax_in_fp32",
+        "original_rope",
+        "vocab_size",
+        "max_length",
+        "min_length",
+        "do_sample",
+        "early_stopping",
+        "num_beams",
+        "num_beam_groups",
+        "diversity_penalty",
+        "temperature",
+        "top_k",
+        "top_p",
+        "typical_p",
+        "repetition_penalty",
+        "length_penalty",
+        "no_repeat_ngram_size",
+        "encoder_no_repeat_ngram_size",
+        "bad_words_ids",
+        "num_return_sequences",
+        "output_scores",
+        "return_dict_in_generate",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "remove_invalid_values",
+        "exponential_decay_length_penalty",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "return_dict",
+        "output_hidden_states",
+        "output_attentions",
+        "torchscript",
+        "use_bfloat16",
+        "tf_legacy_loss",
+        "pruned_heads",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "is_decoder",
+        "cross_attention_hidden_size",
+        "add_cross_attention",
+        "tie_encoder_decoder",
+        "finetuning_task",
+        "id2label",
+        "label2id",
+        "tokenizer_class",
+        "prefix",
+        "task_specific_params",
+        "problem_type",
+        "num_labels",
+        "_attn_implementation_autoset",
     }
 )
 ARCHITECTURE_FIELDS = frozenset(REQUIRED_FIELDS) | frozenset(CONFIG_DEFAULTS) | {"num_hidden_layers"}
@@ -280,8 +334,7 @@ def layout_from_config(values: dict[str, Any], config_file: Path) -> Layout:
     """Checked shapes: positive sizes, heads divisible into key/value groups, rotary pairs."""
     try:
         sizes = {
-            name: int(values[name])
-            for name in (*REQUIRED_FIELDS, "kv_channels", "seq_length", "multi_query_group_num")
+            name: int(values[name]) for name in (*REQUIRED_FIELDS, "kv_channels", "seq_length", "multi_query_group_num")
         }
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{config_file}: a size field is not an integer ({e})") from e
@@ -299,7 +352,9 @@ def layout_from_config(values: dict[str, Any], config_file: Path) -> Layout:
         )
     head_dim = sizes["kv_channels"]
     if head_dim % 4:
-        raise ModelLoadError(f"{config_file}: kv_channels {head_dim} must be a multiple of 4 (rotary pairs on half a head)")
+        raise ModelLoadError(
+            f"{config_file}: kv_channels {head_dim} must be a multiple of 4 (rotary pairs on half a head)"
+        )
     return Layout(
         num_layers=sizes["num_layers"],
         hidden_size=sizes["hidden_size"],
@@ -426,7 +481,7 @@ def _iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
     try:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                 yield name, handle.get_tensor(name)
     except SafetensorError as e:
         raise ModelLoadError(f"{file} is not a readable safetensors file ({e}); download it again") from e
@@ -667,6 +722,9 @@ def write_shards(checkpoint: LegacyCheckpoint, work: Path, *, progress: bool) ->
     for _rest in shards:  # runs the completeness check after the last shard
         pass
     if count > 1:
-        index = {"metadata": {"total_size": sum(bytes_by_dtype.values())}, "weight_map": dict(sorted(weight_map.items()))}
+        index = {
+            "metadata": {"total_size": sum(bytes_by_dtype.values())},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         (work / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2), encoding="utf-8")
     return max(bytes_by_dtype, key=bytes_by_dtype.__getitem__)

@@ -208,7 +208,7 @@ def sentencepiece_normalizer(spec: Any) -> normalizers.Normalizer:
 
 
 def sentencepiece_decoder(spec: Any, *, byte_fallback: bool) -> decoders.Decoder:
-    """"▁" back to spaces, bytes back to characters, the dummy prefix space dropped."""
+    """ "▁" back to spaces, bytes back to characters, the dummy prefix space dropped."""
     steps: list[decoders.Decoder] = [decoders.Replace("▁", " ")]
     if byte_fallback:
         steps.append(decoders.ByteFallback())

@@ -209,7 +209,7 @@ def test_old_non_zip_bin_shards_still_load(make_chatglm_legacy: Callable[..., Pa
 
 def test_chatglm2_interleaved_qkv_without_multi_query(chatglm2_legacy_path: Path) -> None:
     """multi_query_attention false: the fused QKV is per head [q_h, k_h, v_h], not [Q | K | V]."""
-    model, tokenizer = load_chatglm_legacy(chatglm2_legacy_path, device="cpu", dtype="float32")
+    model, _ = load_chatglm_legacy(chatglm2_legacy_path, device="cpu", dtype="float32")
     state, config = load_original_state(chatglm2_legacy_path), read_config(chatglm2_legacy_path)
     assert not config["multi_query_attention"]
     assert model.config.num_key_value_heads == config["num_attention_heads"]

@@ -28,7 +28,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def converted3(chatglm3_legacy_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_checkpoint(chatglm3_legacy_path, tmp_path_factory.mktemp("converted") / "chatglm3-native", progress=False)
+    return convert_checkpoint(
+        chatglm3_legacy_path, tmp_path_factory.mktemp("converted") / "chatglm3-native", progress=False
+    )
 
 
 def test_convert_writes_a_native_folder(converted3: Path) -> None:
@@ -46,7 +48,9 @@ def test_convert_writes_a_native_folder(converted3: Path) -> None:
     assert config["model_type"] == "glm"
     assert config["architectures"] == ["GlmForCausalLM"]
     assert "auto_map" not in config
-    assert "[gMASK]sop" in json.loads((converted3 / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+    assert (
+        "[gMASK]sop" in json.loads((converted3 / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"]
+    )
     generation = json.loads((converted3 / "generation_config.json").read_text(encoding="utf-8"))
     assert generation["eos_token_id"][0] == 2 and len(generation["eos_token_id"]) == 3
     index = json.loads((converted3 / "model.safetensors.index.json").read_text(encoding="utf-8"))
@@ -94,7 +98,9 @@ def test_ingest_convert_cli(chatglm3_legacy_path: Path, tmp_path: Path, capsys: 
     assert err.startswith("ingest: error:") and "already exists" in err and len(err.strip().splitlines()) == 1
 
 
-def test_ingest_convert_rejects_native_and_nested_folders(converted3: Path, chatglm3_legacy_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_convert_rejects_native_and_nested_folders(
+    converted3: Path, chatglm3_legacy_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert ingest_main(["convert", str(converted3), str(tmp_path / "again")]) == 2
     assert "not 'chatglm'" in capsys.readouterr().err
     assert ingest_main(["convert", str(chatglm3_legacy_path), str(chatglm3_legacy_path / "inside")]) == 2

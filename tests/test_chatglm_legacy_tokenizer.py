@@ -130,7 +130,10 @@ CHATGLM3_CASES = [
         ],
         "晚上睡不着应该怎么办",
     ),
-    ([{"role": "user", "content": "  leading spaces"}, {"role": "assistant", "content": "\n换行开头"}], "tab\tand  two spaces "),
+    (
+        [{"role": "user", "content": "  leading spaces"}, {"role": "assistant", "content": "\n换行开头"}],
+        "tab\tand  two spaces ",
+    ),
     ([{"role": "user", "content": ""}, {"role": "assistant", "content": ""}], ""),
     (
         [
@@ -188,7 +191,10 @@ def test_chatglm3_answer_decodes_like_the_original(tokenizer3: Any, original3: O
 
 @pytest.mark.parametrize(
     ("history", "query"),
-    [([], "你好"), ([("你好", "你好👋！我是人工智能助手 ChatGLM2-6B。"), ("第二问", "第二答")], "晚上睡不着应该怎么办")],
+    [
+        ([], "你好"),
+        ([("你好", "你好👋！我是人工智能助手 ChatGLM2-6B。"), ("第二问", "第二答")], "晚上睡不着应该怎么办"),
+    ],
 )
 def test_chatglm2_chat_template_matches_build_prompt(
     tokenizer2: Any, chatglm_sp_model: Path, history: list[tuple[str, str]], query: str
