@@ -1,0 +1,255 @@
+"""``OpenAICompatibleChat``: LangChain's ``ChatOpenAI`` for OpenAI-compatible model servers.
+
+For ``llm.backend: openai``: vLLM, SGLang, Xinference or glmkb's own API server. Three things
+differ from plain ``ChatOpenAI``:
+
+- Token counting works offline. ``ChatOpenAI`` counts with tiktoken, which downloads its BPE
+  files on first use (and counts GPT tokens, not GLM ones). The chains budget prompts with
+  ``get_num_tokens``, so this class counts with a local tokenizer when one is given (the
+  factory loads it from ``llm.model_path`` when that points at the served model's folder),
+  and otherwise with ``estimate_tokens``: one token per CJK character, one per three other
+  characters. Real GLM-4/ChatGLM3 tokenizers need about 0.6-0.8 tokens per Chinese character
+  and ~4 characters per English token, so the estimate errs high: prompts are cut a little
+  shorter than necessary, never longer than the server accepts.
+- Server failures become one-line ``LLMServerError``s that name ``base_url`` and the setting
+  to fix (connection refused, 401, 404, timeouts), instead of the SDK's bare "Connection error.".
+- ``system_prompt`` (``llm.system_prompt``) is sent as a system message when a call has none,
+  like the local backend does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_openai import ChatOpenAI
+from pydantic import Field
+
+from configs.settings import LLMSettings
+from llm.errors import ModelLoadError
+
+__all__ = ["NO_KEY_PLACEHOLDER", "LLMServerError", "OpenAICompatibleChat", "estimate_tokens"]
+
+NO_KEY_PLACEHOLDER = "EMPTY"
+"""Sent as the API key when ``llm.api_key_env`` is unset (servers without auth ignore it)."""
+
+# CJK ideographs and punctuation, kana, hangul, full-width forms: about one token each.
+_WIDE = re.compile(
+    "[\u2e80-\u2fff\u3000-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003ffff]"
+)
+
+
+class LLMServerError(OSError):
+    """The OpenAI-compatible model server could not be used; the message says why and what to fix."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in ``text`` without a tokenizer: 1 per CJK character + 1 per 3 other characters.
+
+    Errs high for GLM-family tokenizers (see the module docstring) and grows with every
+    character added, so binary searches over prefixes (``truncate_to_tokens``) stay valid.
+    """
+    wide = len(_WIDE.findall(text))
+    return wide + math.ceil((len(text) - wide) / 3)
+
+
+class OpenAICompatibleChat(ChatOpenAI):
+    """``ChatOpenAI`` that counts tokens offline and explains server failures in one line.
+
+    Build it from settings with ``OpenAICompatibleChat.from_settings(settings.llm)`` (or
+    ``llm.factory.load_llm(settings)``); it streams token by token (``streaming=True``) and asks
+    for the token usage at the end of each stream (``stream_usage=True``).
+    """
+
+    tokenizer: Any = Field(default=None, exclude=True, repr=False)
+    """Optional local tokenizer of the served model (``encode(text, add_special_tokens=False)``)."""
+    system_prompt: str | None = None
+    """Sent as the first message when a call brings no system message of its own."""
+    api_key_env: str | None = None
+    """Name of the environment variable the key came from (for error messages only)."""
+
+    @classmethod
+    def from_settings(
+        cls, settings: LLMSettings, *, tokenizer: Any = None, **fields: Any
+    ) -> OpenAICompatibleChat:
+        """The client for ``llm.base_url``/``llm.model``, key from ``$llm.api_key_env``."""
+        if not settings.base_url:
+            raise ModelLoadError(
+                "llm.backend is openai but llm.base_url is not set: set it to the server's "
+                "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (YAML or GLMKB_LLM__BASE_URL)"
+            )
+        if not settings.model:
+            raise ModelLoadError(
+                f"llm.backend is openai but llm.model is not set: set it to a model name that "
+                f"{settings.base_url.rstrip('/')}/models lists (e.g. the vLLM --served-model-name)"
+            )
+        generation = settings.generation
+        defaults: dict[str, Any] = {
+            "model": settings.model,
+            "base_url": settings.base_url,
+            "api_key": os.environ.get(settings.api_key_env) or NO_KEY_PLACEHOLDER,
+            "api_key_env": settings.api_key_env,
+            "timeout": settings.request_timeout,
+            "stream_chunk_timeout": settings.request_timeout,
+            "max_retries": 1,
+            "streaming": True,
+            "stream_usage": True,
+            "temperature": generation.temperature,
+            "top_p": generation.top_p,
+            "max_tokens": generation.max_new_tokens,
+            "system_prompt": settings.system_prompt,
+            "tokenizer": tokenizer,
+        }
+        if generation.repetition_penalty != 1.0:
+            # Not an OpenAI parameter; vLLM, SGLang and glmkb's server accept it.
+            defaults["extra_body"] = {"repetition_penalty": generation.repetition_penalty}
+        return cls(**{**defaults, **fields})
+
+    # ----- token counting (offline) ---------------------------------------------------------
+
+    def get_token_ids(self, text: str) -> list[int]:
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        if self.tokenizer is None:
+            raise NotImplementedError(
+                "token ids need a local tokenizer: set llm.model_path to the served model's folder"
+            )
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text``: the local tokenizer if given, else ``estimate_tokens``."""
+        if self.tokenizer is None and self.custom_get_token_ids is None:
+            return estimate_tokens(text)
+        return len(self.get_token_ids(text))
+
+    def get_num_tokens_from_messages(self, messages: Sequence[BaseMessage], *args: Any, **kwargs: Any) -> int:
+        """Tokens of the messages' text plus 4 per message for the chat template's role markers."""
+        return sum(self.get_num_tokens(m.text) + 4 for m in messages)
+
+    # ----- system prompt and errors around every request ---------------------------------------
+
+    def _with_system(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        if not self.system_prompt or any(isinstance(m, SystemMessage) for m in messages):
+            return messages
+        return [SystemMessage(self.system_prompt), *messages]
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        with self._server_errors():
+            yield from super()._stream(self._with_system(messages), stop, run_manager, **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with self._server_errors():
+            return super()._generate(self._with_system(messages), stop, run_manager, **kwargs)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        with self._server_errors():
+            async for chunk in super()._astream(self._with_system(messages), stop, run_manager, **kwargs):
+                yield chunk
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with self._server_errors():
+            return await super()._agenerate(self._with_system(messages), stop, run_manager, **kwargs)
+
+    @contextlib.contextmanager
+    def _server_errors(self) -> Iterator[None]:
+        """Re-raise the SDK's errors as ``LLMServerError`` with a message that says what to fix."""
+        try:
+            yield
+        except openai.OpenAIError as e:
+            raise LLMServerError(self.describe_error(e)) from e
+        except asyncio.TimeoutError as e:  # langchain-openai's stream_chunk_timeout (async streams)
+            raise LLMServerError(self._timeout_message()) from e
+
+    def describe_error(self, error: BaseException) -> str:
+        """One line for a failed request: what happened at which server, and what to change."""
+        url = self._url()
+        if isinstance(error, openai.APITimeoutError):
+            return self._timeout_message()
+        if isinstance(error, openai.APIConnectionError):
+            cause = _one_line(_root_cause(error))
+            return (
+                f"cannot reach the model server at {url} ({cause}); start it (e.g. vllm serve ... "
+                "or glmkb-api) or fix llm.base_url"
+            )
+        if isinstance(error, openai.APIStatusError):
+            detail = _server_message(error)
+            status = error.status_code
+            if status == 401:
+                return (
+                    f"the model server at {url} rejected the API key (HTTP 401: {detail}); put the "
+                    f"server's key in the environment variable {self.api_key_env or 'OPENAI_API_KEY'} "
+                    "(llm.api_key_env)"
+                )
+            if status == 404:
+                return (
+                    f"the model server at {url} answered HTTP 404 ({detail}); check that llm.model "
+                    f"({self.model_name!r}) is a name listed by {url}/models"
+                )
+            return f"the model server at {url} answered HTTP {status}: {detail}"
+        return f"request to the model server at {url} failed: {_one_line(error)}"
+
+    def _timeout_message(self) -> str:
+        return (
+            f"the model server at {self._url()} did not answer within {self.request_timeout} s "
+            "(llm.request_timeout); it may be overloaded or still loading the model: raise "
+            "llm.request_timeout or check the server"
+        )
+
+    def _url(self) -> str:
+        return (self.openai_api_base or "https://api.openai.com/v1").rstrip("/")
+
+
+def _server_message(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return _one_line(inner["message"])
+    return _one_line(error.message)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception (e.g. ``ConnectionRefusedError``) behind the SDK's wrappers."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return error
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split()) or type(value).__name__
