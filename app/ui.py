@@ -108,7 +108,9 @@ def build_ui(state: AppState) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=260):
                     origin = gr.Radio([FROM_KB, FROM_UPLOAD], value=FROM_KB, label="文本来源 / text from")
                     sum_kb = kb_picker(state, elem_id="summary-kb")
-                    sum_doc = gr.Dropdown(label="文档 / document", choices=[], allow_custom_value=True)
+                    sum_doc = gr.Dropdown(
+                        label="文档 / document", choices=[], allow_custom_value=True, elem_id="summary-tab-doc"
+                    )
                     sum_file = gr.File(
                         label=f"上传文本 / upload ({allowed}, ≤ {settings.ui.max_upload_mb} MB)",
                         visible=False,
@@ -116,13 +118,16 @@ def build_ui(state: AppState) -> gr.Blocks:
                     chapters = gr.Textbox(
                         label="章节范围（可选）/ chapters (optional)",
                         placeholder="例如 第1-10回 / e.g. 1-10",
+                        elem_id="summary-chapters",
                     )
                     with gr.Row():
                         sum_btn = gr.Button("开始总结 / summarize", variant="primary", elem_id="summarize-btn")
                         sum_stop = gr.Button("停止 / stop", variant="stop")
                 with gr.Column(scale=3):
                     sum_status = gr.Markdown(elem_id="summary-status")
-                    sum_out = gr.Markdown(label="总结 / summary", elem_id="summary-output", min_height=300)
+                    sum_out = gr.Markdown(
+                        label="总结 / summary", elem_id="summary-output", min_height=300, container=True
+                    )
 
         with gr.Tab("知识库管理 / Manage", id="manage"):
             with gr.Row():
@@ -182,6 +187,7 @@ def build_ui(state: AppState) -> gr.Blocks:
             inputs=[origin, sum_kb, sum_doc, sum_file, chapters],
             outputs=[sum_status, sum_out],
             api_name="summarize",
+            show_progress_on=[sum_out],  # keep the status line readable above the bar
         )
         sum_stop.click(None, cancels=[summarize], api_name=False)
 
@@ -209,6 +215,8 @@ def build_ui(state: AppState) -> gr.Blocks:
             manage.drop, inputs=[man_kb, confirm], outputs=[*pickers, confirm, man_status], api_name="drop_kb"
         )
 
-        demo.load(manage.refresh, outputs=pickers, api_name=False)
+        demo.load(manage.refresh, outputs=pickers, api_name=False).then(
+            summary.documents, inputs=[sum_kb], outputs=[sum_doc], api_name=False
+        ).then(manage.show, inputs=[man_kb], outputs=[docs_table, doc_pick], api_name=False)
         demo.load(lambda: banner_update(state), outputs=[banner], api_name="banner")
     return demo

@@ -194,3 +194,52 @@ def test_no_model_configured_is_explained(tmp_path: Path) -> None:
     state = AppState.from_settings(Settings(kb_root=tmp_path, embedding={"model": "none"}))
     assert state.get_llm() is None
     assert "llm.model_path is not set" in state.banner_markdown()
+
+
+# ------------------------------------------------------------------------------ the real command
+
+
+def test_glmkb_web_serves_a_model_folder_end_to_end(tmp_path: Path, tiny_glm_dir: Path, sanguo_path: Path) -> None:
+    """``glmkb-web --config ... --model-path DIR``: loads the folder, serves, streams answers."""
+    from gradio_client import Client
+
+    from kb import KnowledgeBase
+    from tests.test_app import QUESTION, answers, make_settings, sources_boxes
+
+    root = tmp_path / "kb"
+    KnowledgeBase.from_settings(make_settings(root), name="sanguo", create=True).add_texts(
+        {"sanguo.txt": sanguo_path.read_text(encoding="utf-8")[:20_000]}
+    )
+    config = tmp_path / "web.yaml"
+    config.write_text(
+        "llm:\n  max_input_tokens: 2048\n  generation: {max_new_tokens: 16, temperature: 0}\n"
+        "retrieval: {mode: bm25, top_k: 2}\n",
+        encoding="utf-8",
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("glmkb-web")), "--config", str(config), "--port", str(port),
+         "--kb-root", str(root), "--kb", "sanguo", "--model-path", str(tiny_glm_dir), "--device", "cpu",
+         "--embedding", "none"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not port_is_open(port):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "glmkb-web did not start listening"
+            time.sleep(0.2)
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        job = c.submit(QUESTION, "sanguo", "bm25", 2, api_name="/ask")
+        chat = job.result(timeout=120)[1]
+        assert answers(chat)[-1] and sources_boxes(chat)
+        assert len(job.outputs()) >= 4  # streamed
+        assert c.predict(api_name="/banner")["visible"] is False  # the model loaded: nothing to warn about
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -30,6 +30,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
 ]
 
+# JS: the status line shows the map stage with at least one piece done ("map ▰▱▱ 4/16").
+MAP_STARTED_JS = r"""() => {
+    const m = document.querySelector('#summary-status').innerText.match(/map .* (\d+)\/(\d+)/);
+    return m !== null && Number(m[1]) >= 1;
+}"""
 # JS: texts of the answer bubbles (bot messages that are not the titled sources box).
 ANSWERS_JS = """() => Array.from(document.querySelectorAll('#chatbot [data-testid="bot"]'))
     .map(e => e.innerText).filter(t => !t.includes('引用来源'))"""
@@ -80,9 +85,10 @@ def test_answer_streams_shows_sources_and_stops(browser: Any, kb_root: Path, slo
         ask(page, "刘备和谁结义？")
         assert wait_until(lambda: answer_length(page) > 0, timeout=60)
         # the answer grows while we watch
-        lengths = []
-        for _ in range(6):
-            time.sleep(0.3)
+        lengths = [answer_length(page)]
+        deadline = time.monotonic() + 20
+        while len(set(lengths)) < 4 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
             lengths.append(answer_length(page))
         assert lengths == sorted(lengths) and len(set(lengths)) >= 4, lengths
         # the cited passages are there, collapsed under a titled box; open it
@@ -96,7 +102,7 @@ def test_answer_streams_shows_sources_and_stops(browser: Any, kb_root: Path, slo
         assert wait_until(lambda: not generating(slow_llm), timeout=10), "the model kept generating after Stop"
         assert wait_until(lambda: "已停止" in page.inner_text("#chatbot"), timeout=10)
         stopped_at = answer_length(page)
-        time.sleep(1.5)
+        page.wait_for_timeout(1500)
         assert answer_length(page) == stopped_at, "the answer kept growing after Stop"
         assert 0 < stopped_at < 3000
         page.close()
@@ -120,6 +126,31 @@ def test_upload_and_build_from_the_browser(browser: Any, kb_root: Path, qa_llm: 
         page.wait_for_selector("text=新增 1", timeout=60_000)
         table = page.inner_text("#docs-table")
         assert "第二部分.txt" in table and "scan.pdf" not in table
+        page.close()
+
+
+def test_summary_shows_map_progress_then_streams(browser: Any, kb_root: Path, tiny_chatglm: Any) -> None:
+    llm = tiny_chatglm.model_copy(update={"max_new_tokens": 200})
+    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="长文总结 / Summary").click()
+        assert wait_until(lambda: page.input_value("#summary-kb input") == KB, timeout=20)
+        page.wait_for_function(
+            "() => document.querySelector('#summary-tab-doc input')?.value === 'sanguo.txt'", timeout=20_000
+        )
+        page.fill("#summary-chapters textarea", "第1-3回")
+        page.click("#summarize-btn")
+        # the map stage: Gradio's progress bar over the output, and our status line
+        page.wait_for_selector("#summary-output .progress-level", timeout=60_000)
+        page.wait_for_function(MAP_STARTED_JS, timeout=60_000)
+        # then the summary itself grows, piece by piece
+        page.wait_for_function("() => document.querySelector('#summary-output').innerText.length > 0", timeout=120_000)
+        lengths = []
+        while "完成" not in page.inner_text("#summary-status") and len(lengths) < 600:
+            lengths.append(len(page.inner_text("#summary-output")))
+            page.wait_for_timeout(50)
+        assert "完成 / done" in page.inner_text("#summary-status")
+        assert len(set(lengths)) >= 3, lengths
         page.close()
 
 
