@@ -398,7 +398,8 @@ def test_concurrent_streams_do_not_block_the_server_and_each_get_their_answer(
     assert results == {"第一": ANSWER, "第二": ANSWER}
 
 
-def test_client_disconnect_stops_generation(settings: Settings, tiny_chatglm: ChatGLM) -> None:
+@pytest.mark.parametrize("path", ["/v1/chat/completions", f"/v1/kb/{KB}/chat/completions"])
+def test_client_disconnect_stops_generation(settings: Settings, tiny_chatglm: ChatGLM, path: str) -> None:
     """Regression guard: a client that goes away mid-stream must not leave the model generating
     (3000 forced tokens would hold it for many seconds)."""
     long_answer = scripted(tiny_chatglm, answer="刘备关羽张飞" * 1500, max_new_tokens=3000)
@@ -406,7 +407,7 @@ def test_client_disconnect_stops_generation(settings: Settings, tiny_chatglm: Ch
     long_answer.processor = processor
     with running(APIService(settings, llm=long_answer)) as base:
         with httpx.Client(base_url=base, timeout=60) as c:
-            with c.stream("POST", "/v1/chat/completions", json={"messages": user("讲个长故事"), "stream": True}) as r:
+            with c.stream("POST", path, json={"messages": user("桃园结义讲个长故事"), "stream": True}) as r:
                 events = sse_events(r)
                 for _ in range(5):
                     next(events)
@@ -669,3 +670,31 @@ def test_kb_chat_errors(client: httpx.Client) -> None:
     assert_openai_error(
         client.post(f"/v1/kb/{KB}/chat/completions", json={"model": "gpt-4o", "messages": user("x")}), 404, "gpt-4o"
     )
+
+
+# ------------------------------------------------------------------------------ the official SDK
+
+
+def test_the_openai_sdk_works_against_the_server(auth_url: str, tiny_embedding_path: Path) -> None:
+    """The ``openai`` package parses our responses: streaming chunks, usage, embeddings (which
+    it requests base64-encoded by default), models, and raises its own errors for ours."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{auth_url}/v1", api_key=KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=user("刘备字什么？"), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    reply = client.chat.completions.create(model=MODEL, messages=user("刘备字什么？"), stop="，")
+    assert reply.choices[0].message.content == ANSWER.split("，")[0] and reply.usage.total_tokens > 0
+    vectors = client.embeddings.create(model=str(tiny_embedding_path), input=["刘备", "曹操"])
+    assert [len(d.embedding) for d in vectors.data] == [32, 32]
+    assert [m.id for m in client.models.list()][0] == MODEL
+    with pytest.raises(openai.NotFoundError, match="gpt-4o"):
+        client.chat.completions.create(model="gpt-4o", messages=user("hi"))
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model=MODEL, messages=user("hi"), temperature=5)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{auth_url}/v1", api_key="nope", max_retries=0).models.list()
