@@ -483,6 +483,66 @@ def test_refusing_to_start_is_one_clear_line(tmp_path: Path) -> None:
     assert "GLMKB_API_KEY" in lines[0] and "--allow-no-auth" in lines[0]
 
 
+def test_the_model_is_loaded_once_for_concurrent_first_requests(settings: Settings, tiny_chatglm: ChatGLM) -> None:
+    calls: list[float] = []
+
+    def factory() -> ScriptedChatGLM:
+        calls.append(time.monotonic())
+        time.sleep(0.5)  # a slow load: the other requests arrive meanwhile
+        return scripted(tiny_chatglm)
+
+    with running(APIService(settings, llm_factory=factory)) as base:
+
+        def ask() -> int:
+            with httpx.Client(base_url=base, timeout=60) as c:
+                return c.post("/v1/chat/completions", json={"messages": user("你好")}).status_code
+
+        threads = [threading.Thread(target=lambda: statuses.append(ask())) for _ in range(3)]
+        statuses: list[int] = []
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert statuses == [200, 200, 200] and len(calls) == 1
+
+
+@pytest.mark.slow
+def test_the_command_line_entry_point_serves_and_stops_cleanly(tiny_glm_dir: Path, tmp_path: Path) -> None:
+    """``python -m app.api`` with flags: loads the model, answers, exits 0 on Ctrl-C."""
+    import signal
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.api", "--port", str(port), "--model-path", str(tiny_glm_dir), "--device", "cpu",
+         "--kb-root", str(tmp_path), "--embedding", "none", "--served-model-name", "tiny"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(up, timeout=90), proc.stderr.read() if proc.poll() is not None else "not up"
+        body = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "tiny", "messages": user("你好"), "max_tokens": 4, "temperature": 0},
+            timeout=60,
+        ).json()
+        assert body["usage"]["completion_tokens"] <= 4 and body["choices"][0]["finish_reason"] in ("stop", "length")
+        assert httpx.get(f"{base}/v1/kb", timeout=10).json() == {"object": "list", "data": []}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"glmkb-api: serving http://127.0.0.1:{port}/v1 (model 'tiny', API key off)" in err
+    assert "Traceback" not in err
+
+
 def test_cli_flags_override_settings(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         ["--host", "0.0.0.0", "--port", "9001", "--model-path", "/m", "--kb-root", str(tmp_path),
