@@ -63,7 +63,7 @@ from app.api_service import APIError, APIService, AuthConfigError, resolve_api_k
 from chains import KnowledgeBaseQAChain
 from configs import Settings, SettingsError, load_settings
 from kb import EmbeddingModelError, KnowledgeBaseError
-from llm import ChatGLM
+from llm import ChatGLM, LLMServerError
 
 __all__ = ["PROG", "build_parser", "create_app", "main", "serve", "settings_from_args"]
 
@@ -126,7 +126,12 @@ def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     parts: list[str] = []
     first_param: str | None = None
     for item in error.errors():
+        if item.get("type") == "json_invalid":
+            reason = (item.get("ctx") or {}).get("error", "")
+            return f"the request body is not valid JSON ({reason})".replace(" ()", ""), None
         loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+        if not loc and item.get("type") in ("model_attributes_type", "dict_type", "missing"):
+            return "the request body must be a JSON object", None
         param = ".".join(loc) or None
         first_param = first_param or param
         msg = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -169,6 +174,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmbeddingModelError)
     async def _embedding(request: Request, exc: EmbeddingModelError) -> JSONResponse:
         return error_response(503, " ".join(str(exc).split()), type="server_error", code="embedding_unavailable")
+
+    @app.exception_handler(LLMServerError)
+    async def _upstream(request: Request, exc: LLMServerError) -> JSONResponse:
+        return error_response(502, str(exc), type="server_error", code="upstream_error")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -345,8 +345,10 @@ def sse(data: dict[str, Any]) -> str:
 
 def error_event(error: BaseException) -> str:
     """The in-stream error event OpenAI clients raise on (the HTTP status is already 200)."""
-    if isinstance(error, (ValueError, OSError)):
-        message, kind = " ".join(str(error).split()), "invalid_request_error" if isinstance(error, ValueError) else "server_error"
+    if isinstance(error, ValueError):  # e.g. a question the chain cannot take
+        message, kind = " ".join(str(error).split()), "invalid_request_error"
+    elif isinstance(error, OSError):  # e.g. an upstream model server that is down
+        message, kind = " ".join(str(error).split()), "server_error"
     else:
         message, kind = "internal server error; see the server log", "server_error"
     return sse({"error": {"message": message, "type": kind, "param": None, "code": None}})

@@ -336,9 +336,13 @@ def test_bad_requests_get_a_400_in_openai_error_shape(client: httpx.Client, body
     assert error["type"] == "invalid_request_error"
 
 
-def test_malformed_json_is_a_400(client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
-    assert_openai_error(response, 400, "JSON")
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(b"{not json", "the request body is not valid JSON"), (b"[]", "must be a JSON object"), (b"", "must be a JSON object")],
+)
+def test_malformed_bodies_are_a_400(client: httpx.Client, content: bytes, fragment: str) -> None:
+    response = client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert assert_openai_error(response, 400, fragment)["param"] is None
 
 
 def test_unknown_model_is_a_404(client: httpx.Client) -> None:

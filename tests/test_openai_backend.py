@@ -368,3 +368,15 @@ def test_an_unknown_model_and_a_rejected_request_say_why(base_url: str, key_env:
     with pytest.raises(LLMServerError) as info:
         chat.invoke("你好", stop=[str(i) for i in range(20)])
     assert_one_line(info.value, "HTTP 400", "at most 16 stop sequences")
+
+
+def test_glmkb_api_in_front_of_a_server_that_is_down_says_so(key_env: None, kb_root: Path) -> None:
+    upstream = f"http://127.0.0.1:{free_port()}/v1"
+    front = APIService(make_settings(kb_root), llm=load_llm(client_settings(upstream)))
+    with running(front) as url, httpx.Client(base_url=url, timeout=60) as c:
+        response = c.post("/v1/chat/completions", json={"messages": user("你好")})
+        assert response.status_code == 502
+        assert f"cannot reach the model server at {upstream}" in response.json()["error"]["message"]
+        events = collect_stream(c, "/v1/chat/completions", {"messages": user("你好")})
+        assert events[-1] == "[DONE]" and "error" in events[-2]
+        assert f"cannot reach the model server at {upstream}" in events[-2]["error"]["message"]
