@@ -175,16 +175,17 @@ class APIService:
         except KnowledgeBaseError as e:
             raise APIError(400, str(e), param="name", code="invalid_kb_name") from e
         with self._kb_lock:
+            if name not in self.kb_names():  # also when dropped since it was opened here
+                self._kbs.pop(name, None)
+                raise APIError(
+                    404,
+                    f"knowledge base {name!r} does not exist under {self.settings.kb_root}; "
+                    "GET /v1/kb lists them, `ingest build` creates one",
+                    param="name",
+                    code="kb_not_found",
+                )
             kb = self._kbs.get(name)
             if kb is None:
-                if name not in self.kb_names():
-                    raise APIError(
-                        404,
-                        f"knowledge base {name!r} does not exist under {self.settings.kb_root}; "
-                        "GET /v1/kb lists them, `ingest build` creates one",
-                        param="name",
-                        code="kb_not_found",
-                    )
                 kb = KnowledgeBase.from_settings(self.settings, name=name)
                 if not kb.keyword_only:
                     kb.set_embeddings(SharedEmbeddings(self, kb.embedding_model))

@@ -762,3 +762,17 @@ def test_the_openai_sdk_works_against_the_server(auth_url: str, tiny_embedding_p
         client.chat.completions.create(model=MODEL, messages=user("hi"), temperature=5)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{auth_url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_knowledge_bases_built_or_dropped_while_serving(tmp_path: Path, sanguo_text: str) -> None:
+    settings = make_settings(tmp_path / "kb_root")
+    with running(APIService(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get("/v1/kb").json()["data"] == []
+        assert_openai_error(c.post("/v1/kb/late/query", json={"query": "刘备"}), 404, "does not exist")
+        late = KnowledgeBase.from_settings(settings, name="late", create=True)
+        late.add_texts({"sanguo.txt": sanguo_text[:5000]})
+        assert [kb["name"] for kb in c.get("/v1/kb").json()["data"]] == ["late"]
+        assert c.post("/v1/kb/late/query", json={"query": "刘备"}).json()["data"]
+        late.drop()
+        assert_openai_error(c.post("/v1/kb/late/query", json={"query": "刘备"}), 404, "does not exist")
+        assert c.get("/v1/kb").json()["data"] == []
