@@ -194,6 +194,12 @@ class AppState:
         """The shared ``KnowledgeBase`` object for ``name`` (opened once; it reloads new builds)."""
         name = self.check_kb_name(name)
         with self._kb_lock:
+            if name not in self.list_kbs():
+                self._kbs.pop(name, None)
+                raise UserError(
+                    f"没有名为 {name} 的知识库，请先在“知识库管理”中创建",
+                    f"no knowledge base named {name!r}: create it in the Manage tab first",
+                )
             kb = self._kbs.get(name)
             if kb is None or not (kb.exists or name in self._pending):
                 kb = KnowledgeBase.from_settings(self.settings, name=name, create=name in self._pending)

@@ -334,3 +334,13 @@ def test_without_a_model_summaries_are_refused_clearly(no_llm_url: str, kb_root:
     doc_id = KnowledgeBase.from_settings(make_settings(kb_root), name=KB).list_documents()[0].doc_id
     with pytest.raises(AppError, match="--model-path"):
         client(no_llm_url).predict(FROM_KB, KB, doc_id, None, "", api_name="/summarize")
+
+
+def test_using_a_knowledge_base_that_does_not_exist_says_to_create_it(app_url: str, tmp_path: Path) -> None:
+    doc = tmp_path / "a.txt"
+    doc.write_text("桃园结义", encoding="utf-8")
+    c = client(app_url)
+    with pytest.raises(AppError, match="create it in the Manage tab first"):
+        c.predict("没有这个库", [handle_file(str(doc))], api_name="/build")
+    with pytest.raises(AppError, match="没有名为 没有这个库 的知识库"):
+        c.predict(QUESTION, "没有这个库", "bm25", 3, api_name="/ask")
