@@ -776,3 +776,8 @@ def test_knowledge_bases_built_or_dropped_while_serving(tmp_path: Path, sanguo_t
         late.drop()
         assert_openai_error(c.post("/v1/kb/late/query", json={"query": "刘备"}), 404, "does not exist")
         assert c.get("/v1/kb").json()["data"] == []
+
+
+def test_kb_chat_honours_max_tokens(client: httpx.Client, llm: ScriptedChatGLM) -> None:
+    body = client.post(f"/v1/kb/{KB}/chat/completions", json={"messages": user("桃园结义"), "max_tokens": 3}).json()
+    assert body["choices"][0]["message"]["content"] == llm.tokenizer.decode(llm.answer_ids()[:3])
