@@ -152,9 +152,13 @@ class KBSettings(_Section):
     store: Literal["faiss", "milvus"] = Field(
         "faiss", description="faiss: index files under kb_root; milvus: a Milvus collection per knowledge base."
     )
-    milvus_uri: str = Field(
-        "~/.glmkb/milvus.db",
-        description="Milvus URI: a local .db file means embedded Milvus Lite; http(s)://host:19530 a Milvus server or cluster.",
+    milvus_uri: str | None = Field(
+        None,
+        description=(
+            "Milvus URI: a path ending in .db means embedded Milvus Lite (relative paths are under kb_root); "
+            "http(s)://host:19530 a Milvus server or cluster. Empty: milvus.db under kb_root for new "
+            "knowledge bases, and the URI each existing one was built with."
+        ),
     )
     milvus_token_env: str = Field(
         "MILVUS_TOKEN", description="Environment variable holding the Milvus token (user:password), if the server needs one."

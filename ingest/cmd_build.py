@@ -25,6 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="embedding model (local folder or cached hub name); 'none' builds a keyword-only (BM25) "
         "knowledge base (default: the knowledge base's own model, else embedding.model)",
     )
+    parser.add_argument(
+        "--store",
+        choices=("faiss", "milvus"),
+        help="where a new knowledge base keeps its vectors: faiss files or a Milvus collection at "
+        "kb.milvus_uri (default: the knowledge base's own store, else kb.store)",
+    )
     parser.add_argument("--device", help="embedding device: auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--chunk-size", type=int, metavar="N", help="chunk length in characters (new knowledge bases)")
     parser.add_argument("--chunk-overlap", type=int, metavar="N", help="characters shared by neighbouring chunks")
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         args,
         embedding={"model": args.embedding, "device": args.device},
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap},
+        kb={"store": args.store},
     )
     kb = KnowledgeBase.from_settings(
         settings,
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         embedding_model=args.embedding,
         chunk_size=args.chunk_size,
         chunk_overlap=args.chunk_overlap,
+        store=args.store,
     )
     report = kb.add_files(args.files, show_progress=not args.quiet)
     print(f"{kb.name}: {report.summary()}")

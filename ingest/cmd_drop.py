@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from kb import KnowledgeBase
 
     settings = settings_from_args(args)
-    kb = KnowledgeBase(settings.kb_root, settings.kb_name)
+    kb = KnowledgeBase.from_settings(settings)
     kb.drop()
     print(f"dropped knowledge base {kb.name!r} ({kb.path})")
     return 0

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from kb import KnowledgeBase
 
     settings = settings_from_args(args)
-    kb = KnowledgeBase(settings.kb_root, settings.kb_name)
+    kb = KnowledgeBase.from_settings(settings)
     report = kb.remove(args.files)
     print(f"{kb.name}: {report.summary()}")
     return 0

@@ -1,13 +1,16 @@
 """A named knowledge base under ``kb_root``: build incrementally, search three ways, read back.
 
-Dense vectors live in a FAISS inner-product index (normalized embeddings, so scores are
-cosine similarities), keywords in a persisted BM25 index over jieba tokens, and chunk text,
+Dense vectors live in a :class:`kb.dense_store.DenseStore` (a FAISS inner-product index
+in each version folder, or a Milvus collection; normalized embeddings, so scores are cosine
+similarities), keywords in a persisted BM25 index over jieba tokens, and chunk text,
 metadata and full document text in an SQLite docstore. Nothing is pickled. See
-``kb/storage.py`` for the crash-safe version layout.
+``kb/storage.py`` for the crash-safe version layout and ``kb/milvus_store.py`` for how
+Milvus rows follow it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,13 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import faiss
 import numpy as np
 from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
 from kb import storage
 from kb.bm25_index import BM25Index
+from kb.dense_store import DEFAULT_STORE, STORES, DenseIndex, DenseStore, VectorChange, store_kind
 from kb.docstore import Docstore, DocumentInfo, StoredChunk
 from kb.embedding import (
     KEYWORD_ONLY,
@@ -37,6 +40,7 @@ from kb.embedding import (
     same_model,
 )
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
+from kb.faiss_store import FaissStore
 from kb.fusion import reciprocal_rank_fusion
 from kb.loading import load_text_with_encoding
 from kb.names import validate_kb_name
@@ -52,7 +56,6 @@ logger = logging.getLogger(__name__)
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 DOCSTORE_FILE = "docstore.sqlite"
-FAISS_FILE = "index.faiss"
 BM25_DIR = "bm25"
 SPLITTER_VERSION = "chapters-sentences-v1"
 # How many candidates each retriever contributes to fusion / reranking.
@@ -90,8 +93,13 @@ class _Version:
     name: str
     manifest: dict[str, Any]
     docstore: Docstore
-    faiss_index: Any | None
+    dense: DenseIndex | None
     bm25: BM25Index
+
+    @property
+    def faiss_index(self) -> Any | None:
+        """The raw ``faiss`` index of a FAISS-backed version (None otherwise)."""
+        return getattr(self.dense, "index", None)
 
 
 @dataclass
@@ -126,8 +134,14 @@ class KnowledgeBase:
 
     Open an existing one with ``KnowledgeBase(root, name)`` or :meth:`from_settings`; pass
     ``create=True`` to start a new one (nothing is written until the first documents are
-    added). ``embedding_model``/``chunk_size``/``chunk_overlap`` left as None mean "what the
-    knowledge base was built with"; given explicitly they must match it.
+    added). ``embedding_model``/``chunk_size``/``chunk_overlap``/``store`` left as None mean
+    "what the knowledge base was built with"; given explicitly they must match it.
+
+    ``store`` is where a new knowledge base keeps its vectors: ``faiss`` (files in each
+    version folder, the default) or ``milvus`` (a collection at ``milvus_uri``: a ``.db``
+    path, relative to ``root``, for embedded Milvus Lite, or ``http://host:19530``; None =
+    the URI the knowledge base was built with, else ``root/milvus.db``). The Milvus token is
+    read from the environment variable ``milvus_token_env``.
     """
 
     def __init__(
@@ -145,6 +159,9 @@ class KnowledgeBase:
         top_k: int = 5,
         score_threshold: float | None = None,
         reranker: str | None = None,
+        store: str | None = None,
+        milvus_uri: str | None = None,
+        milvus_token_env: str = "MILVUS_TOKEN",
     ) -> None:
         self.name = validate_kb_name(name)
         self.root = Path(root).expanduser()
@@ -155,6 +172,11 @@ class KnowledgeBase:
         self.top_k = top_k
         self.score_threshold = score_threshold
         self.reranker = reranker
+        self.milvus_uri = milvus_uri
+        self.milvus_token_env = milvus_token_env
+        if store is not None and store not in STORES:
+            raise KnowledgeBaseError(f"unknown vector store {store!r}; use one of {', '.join(STORES)}")
+        self._dense_store: DenseStore | None = None
         self._lock = threading.RLock()  # guards swapping the loaded version and lazy models
         self._write_mutex = threading.Lock()  # one build at a time per object (flock covers processes)
         self._version: _Version | None = None
@@ -163,7 +185,7 @@ class KnowledgeBase:
         self._pending: dict[str, Any] | None = None
         if storage.is_knowledge_base(self.path):
             self._load_version(storage.read_pointer(self.path))
-            self._check_requested(embedding_model, chunk_size, chunk_overlap)
+            self._check_requested(embedding_model, chunk_size, chunk_overlap, store)
         elif not create:
             raise KnowledgeBaseError(_no_such_kb(self.root, name))
         else:
@@ -184,6 +206,8 @@ class KnowledgeBase:
                     "splitter": SPLITTER_VERSION,
                 },
             }
+            if not is_keyword_only(model):
+                self._pending["vectors"] = {"store": store or DEFAULT_STORE}
 
     @classmethod
     def from_settings(
@@ -195,17 +219,21 @@ class KnowledgeBase:
         embedding_model: str | None = None,
         chunk_size: int | None = None,
         chunk_overlap: int | None = None,
+        store: str | None = None,
     ) -> KnowledgeBase:
         """Open ``name`` (default ``settings.kb_name``) under ``settings.kb_root``.
 
-        An existing knowledge base is queried with the embedding model it was built with
-        (``settings.embedding.model`` only seeds new ones), on ``settings.embedding.device``.
+        An existing knowledge base is queried with the embedding model it was built with and
+        keeps its vector store (``settings.embedding.model`` and ``settings.kb.store`` only
+        seed new ones), on ``settings.embedding.device``. Arguments given explicitly must
+        match an existing knowledge base.
         """
         exists = storage.is_knowledge_base(Path(settings.kb_root).expanduser() / (name or settings.kb_name))
         if create and not exists:
             embedding_model = embedding_model or settings.embedding.model
             chunk_size = chunk_size or settings.chunking.chunk_size
             chunk_overlap = chunk_overlap if chunk_overlap is not None else settings.chunking.chunk_overlap
+            store = store or settings.kb.store
         return cls(
             settings.kb_root,
             name or settings.kb_name,
@@ -219,6 +247,9 @@ class KnowledgeBase:
             top_k=settings.retrieval.top_k,
             score_threshold=settings.retrieval.score_threshold,
             reranker=settings.retrieval.reranker,
+            store=store,
+            milvus_uri=settings.kb.milvus_uri,
+            milvus_token_env=settings.kb.milvus_token_env,
         )
 
     # --- properties ------------------------------------------------------------------------
@@ -257,6 +288,13 @@ class KnowledgeBase:
     @property
     def chunk_overlap(self) -> int:
         return int(self.manifest["chunking"]["chunk_overlap"])
+
+    @property
+    def store(self) -> str | None:
+        """Where the vectors live: ``faiss`` or ``milvus`` (None for keyword-only knowledge bases)."""
+        if self.keyword_only:
+            return None
+        return store_kind(self.manifest)
 
     @property
     def version(self) -> str | None:
@@ -347,21 +385,28 @@ class KnowledgeBase:
         return self._apply([], doc_ids, show_progress=False, started=started)
 
     def drop(self) -> None:
-        """Delete the whole knowledge base folder (atomically renamed away first)."""
+        """Delete the whole knowledge base: its vectors outside the folder (a Milvus collection)
+        first, then the folder (atomically renamed away first). If Milvus cannot be reached,
+        nothing is deleted."""
         if not self.path.exists():
             raise KnowledgeBaseError(_no_such_kb(self.root, self.name))
-        with storage.write_lock(self.path):
+        with self._write_mutex, storage.write_lock(self.path):
+            with contextlib.suppress(KnowledgeBaseError):  # a damaged version must not block its drop
+                self.refresh()
+            self._store_for_drop().drop()
             trash = self.root / f".trash-{self.name}-{os.getpid()}-{time.time_ns()}"
             os.replace(self.path, trash)
         shutil.rmtree(trash, ignore_errors=True)
         self.close()
 
     def close(self) -> None:
-        """Release the docstore connection (the object is unusable afterwards)."""
+        """Release the docstore and vector-store connections (the object is unusable afterwards)."""
         with self._lock:
             if self._version is not None:
                 self._version.docstore.close()
                 self._version = None
+            if self._dense_store is not None:
+                self._dense_store.close()
 
     def _apply(
         self, incoming: list[_Incoming], remove_ids: list[str], *, show_progress: bool, started: float
@@ -406,7 +451,9 @@ class KnowledgeBase:
         ]
         new_chunks = [chunk for _, _, chunks in split for chunk in chunks]
         if not self.keyword_only:
-            self._get_embeddings()  # fail fast (model missing offline) before the slow steps
+            # Fail fast (no Milvus, model missing offline) before the slow steps.
+            self._vector_store().check_writable()
+            self._get_embeddings()
         tokens = [tokenize(c.text) for c in tqdm(new_chunks, desc="tokenizing", unit="chunk", disable=not show_progress, leave=False)]
         vectors = self._embed_chunks([c.text for c in new_chunks], show_progress=show_progress)
         if vectors is not None:
@@ -450,8 +497,20 @@ class KnowledgeBase:
             store.commit_and_close()
             bm25.save(staging / BM25_DIR)
             if not self.keyword_only:
-                index = self._updated_faiss(base, removed_ids, new_ids, vectors, manifest)
-                faiss.write_index(index, str(staging / FAISS_FILE))
+                assert vectors is not None
+                manifest["vectors"] = self._vector_store().write_version(
+                    VectorChange(
+                        base=base.dense if base else None,
+                        staging=staging,
+                        removed_ids=removed_ids,
+                        new_ids=new_ids,
+                        vectors=vectors,
+                        dimension=int(manifest["embedding"]["dimension"]),
+                        next_chunk_id=next_id,
+                        live_ids=all_ids,
+                        show_progress=show_progress,
+                    )
+                )
             manifest.update(
                 next_chunk_id=next_id,
                 name=self.name,
@@ -493,25 +552,47 @@ class KnowledgeBase:
             )
         return vectors
 
-    def _updated_faiss(
-        self,
-        base: _Version | None,
-        removed_ids: list[int],
-        new_ids: list[int],
-        vectors: np.ndarray | None,
-        manifest: dict[str, Any],
-    ) -> Any:
-        dim = manifest["embedding"]["dimension"]
-        if base is not None and base.faiss_index is not None:
-            index = faiss.clone_index(base.faiss_index)
-        else:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        if removed_ids:
-            index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
-        if new_ids:
-            assert vectors is not None
-            index.add_with_ids(vectors, np.asarray(new_ids, dtype=np.int64))
-        return index
+    def _vector_store(self) -> DenseStore:
+        """The store holding this knowledge base's vectors (made once per object)."""
+        with self._lock:
+            if self._dense_store is None:
+                self._dense_store = self._make_store(self.manifest)
+            return self._dense_store
+
+    def _make_store(self, manifest: dict[str, Any]) -> DenseStore:
+        kind = store_kind(manifest)
+        if kind == "faiss":
+            return FaissStore(self.name)
+        if kind == "milvus":
+            from kb.milvus_store import MilvusStore, resolve_uri
+
+            vectors = manifest.get("vectors", {})
+            uri, recorded = resolve_uri(self.milvus_uri or vectors.get("uri"), self.root)
+            return MilvusStore(
+                kb_dir=self.path,
+                kb_name=self.name,
+                uri=uri,
+                recorded_uri=recorded,
+                token_env=self.milvus_token_env,
+                collection=vectors.get("collection"),
+                built_uri=vectors.get("uri"),
+            )
+        raise KnowledgeBaseError(
+            f"knowledge base {self.name!r} keeps its vectors in an unknown store {kind!r}; "
+            "upgrade glmkb or rebuild the knowledge base"
+        )
+
+    def _store_for_drop(self) -> DenseStore:
+        """The store to empty on drop; a Milvus collection is also found through the name its
+        first build recorded, when no version (or a keyword-only one) says it."""
+        from kb.milvus_store import COLLECTION_FILE
+
+        if self._version is not None and not self.keyword_only:
+            return self._vector_store()
+        if (self.path / COLLECTION_FILE).exists():
+            vectors = self._version.manifest.get("vectors", {}) if self._version else {}
+            return self._make_store({"vectors": {**vectors, "store": "milvus"}})
+        return FaissStore(self.name)
 
     # --- loading --------------------------------------------------------------------------------
 
@@ -535,25 +616,23 @@ class KnowledgeBase:
         try:
             ids = np.asarray(docstore.chunk_ids(), dtype=np.int64)
             bm25 = BM25Index.load(version_dir / BM25_DIR, ids)
-            faiss_index = None
-            if not is_keyword_only(manifest["embedding"]["model"]) and (version_dir / FAISS_FILE).exists():
-                try:
-                    faiss_index = faiss.read_index(str(version_dir / FAISS_FILE))
-                except RuntimeError as e:
-                    raise KnowledgeBaseError(
-                        f"FAISS index of {self.name!r} is unreadable; rebuild the knowledge base"
-                    ) from e
-                if faiss_index.ntotal != len(ids):
-                    raise KnowledgeBaseError(
-                        f"FAISS index of {self.name!r} does not match its docstore; rebuild the knowledge base"
-                    )
+            dense = None
+            if not is_keyword_only(manifest["embedding"]["model"]):
+                with self._lock:
+                    if self._dense_store is None:
+                        self._dense_store = self._make_store(manifest)
+                    elif self._dense_store.kind != store_kind(manifest):
+                        raise KnowledgeBaseError(
+                            f"knowledge base {self.name!r} changed vector store while open; open it again"
+                        )
+                dense = self._dense_store.open_index(version_dir, manifest, chunk_count=len(ids))
         except BaseException:
             docstore.close()
             raise
         # The previous version's docstore is left to garbage collection, not closed here:
         # a search in another thread may still be reading it.
         with self._lock:
-            self._version = _Version(name, manifest, docstore, faiss_index, bm25)
+            self._version = _Version(name, manifest, docstore, dense, bm25)
 
     def _current(self) -> _Version | None:
         self.refresh()
@@ -565,7 +644,9 @@ class KnowledgeBase:
             raise KnowledgeBaseError(_no_such_kb(self.root, self.name))
         return version
 
-    def _check_requested(self, embedding_model: str | None, chunk_size: int | None, chunk_overlap: int | None) -> None:
+    def _check_requested(
+        self, embedding_model: str | None, chunk_size: int | None, chunk_overlap: int | None, store: str | None
+    ) -> None:
         recorded = self.embedding_model
         if embedding_model is not None and not same_model(recorded, embedding_model):
             raise EmbeddingModelError(
@@ -580,6 +661,11 @@ class KnowledgeBase:
                     f"knowledge base {self.name!r} was built with {key} {have}, not {wanted}; leave "
                     f"--{key.replace('_', '-')} out, or use a new --kb name (or `ingest drop --kb {self.name}` first)"
                 )
+        if store is not None and self.store is not None and store != self.store:
+            raise KnowledgeBaseError(
+                f"knowledge base {self.name!r} keeps its vectors in {self.store}, not {store}; leave --store "
+                "out (kb.store only applies to new knowledge bases), or use a new --kb name"
+            )
 
     def _get_embeddings(self) -> Any:
         with self._lock:
@@ -649,16 +735,15 @@ class KnowledgeBase:
         return docs
 
     def _dense_hits(self, version: _Version, query: str, depth: int) -> list[tuple[int, float]]:
-        if version.faiss_index is None or version.faiss_index.ntotal == 0:
+        if version.dense is None or len(version.dense) == 0:
             return []
-        vector = np.asarray([self._get_embeddings().embed_query(query)], dtype=np.float32)
-        if vector.shape[1] != version.faiss_index.d:
+        vector = np.asarray(self._get_embeddings().embed_query(query), dtype=np.float32)
+        if vector.shape[0] != version.dense.dimension:
             raise EmbeddingModelError(
-                f"the embedding model gives {vector.shape[1]}-dimensional vectors but knowledge base "
-                f"{self.name!r} holds {version.faiss_index.d}-dimensional ones; use the model it was built with"
+                f"the embedding model gives {vector.shape[0]}-dimensional vectors but knowledge base "
+                f"{self.name!r} holds {version.dense.dimension}-dimensional ones; use the model it was built with"
             )
-        scores, ids = version.faiss_index.search(vector, min(depth, version.faiss_index.ntotal))
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        return version.dense.search(vector, min(depth, len(version.dense)))
 
     def _rerank(self, query: str, docs: list[Document]) -> list[Document]:
         if not docs:

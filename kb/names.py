@@ -14,7 +14,8 @@ def validate_kb_name(name: str) -> str:
     """Return ``name`` if it can be a knowledge base folder, else raise KnowledgeBaseError.
 
     Allowed: 1-64 characters of letters (any script, e.g. 三国), digits, ``-``, ``_``, ``.``
-    and spaces inside; no path separators, no ``..``, no leading dot or dash, no control chars.
+    and spaces inside; no path separators, no ``..``, no leading dot or dash, no control chars,
+    and no ``.db`` ending (``kb_root/milvus.db`` is the default Milvus Lite database).
     """
     problem = _name_problem(name)
     if problem:
@@ -38,4 +39,6 @@ def _name_problem(name: object) -> str | None:
         return "it contains '..'"
     if name[0] in ".-" or name != name.strip():
         return "it starts with '.' or '-' or has surrounding spaces"
+    if name.lower().endswith(".db"):
+        return "names ending in '.db' are kept for Milvus Lite databases under kb_root"
     return None
