@@ -1,9 +1,11 @@
 """glmkb configuration: the settings model and its loader."""
 
 from configs.settings import (
+    APISettings,
     ChunkingSettings,
     EmbeddingSettings,
     GenerationSettings,
+    KBSettings,
     LLMSettings,
     RetrievalSettings,
     Settings,
@@ -13,9 +15,11 @@ from configs.settings import (
 )
 
 __all__ = [
+    "APISettings",
     "ChunkingSettings",
     "EmbeddingSettings",
     "GenerationSettings",
+    "KBSettings",
     "LLMSettings",
     "RetrievalSettings",
     "Settings",

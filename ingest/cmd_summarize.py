@@ -66,17 +66,17 @@ def load_documents(args: argparse.Namespace, settings: Any) -> list[Any]:
 
 
 def load_llm(settings: Any, *, quiet: bool = False) -> Any:
-    """The chat model from ``settings.llm`` (a one-line error says how to set one)."""
-    from llm import ChatGLM
+    """The chat model from ``settings.llm``, local or an OpenAI-compatible server (a one-line error says how to set one)."""
+    from llm.factory import load_llm as load_configured_llm
 
     if not quiet:
-        return ChatGLM.from_settings(settings.llm)
+        return load_configured_llm(settings)
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the "Loading weights" bar
     try:
-        return ChatGLM.from_settings(settings.llm)
+        return load_configured_llm(settings)
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
