@@ -19,6 +19,7 @@ from langchain_core.language_models import BaseLanguageModel
 
 from app import render
 from app.errors import UserError, one_line
+from app.shared_embeddings import SharedEmbeddings
 from chains import KnowledgeBaseQAChain
 from chains.events import Event
 from chains.summarize import documents_from_file, documents_from_kb, stream_summary
@@ -317,21 +318,3 @@ class AppState:
 def doc_label(info: DocumentInfo) -> str:
     """A document's name for pickers and tables: the file name it was uploaded or built from."""
     return Path(info.source.replace("\\", "/")).name or info.doc_id
-
-
-class SharedEmbeddings(Embeddings):
-    """Hands a knowledge base the ``AppState``'s shared embedding model, loading it on first use.
-
-    Opening a knowledge base (to list its documents, or to search it by keywords) therefore
-    never loads a model, and all knowledge bases built with one model share one copy.
-    """
-
-    def __init__(self, *, state: AppState, model: str) -> None:
-        self.state = state
-        self.model = model
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.state.embeddings_for(self.model).embed_documents(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.state.embeddings_for(self.model).embed_query(text)

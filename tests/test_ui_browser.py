@@ -61,7 +61,10 @@ def browser() -> Iterator[Any]:
 
 
 def open_page(browser: Any, url: str) -> Any:
+    """A new tab on ``url``; ``page.outside`` collects every request to another host."""
     page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.outside = []
+    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else page.outside.append(r.url))
     page.goto(url)
     page.wait_for_selector("#question textarea", timeout=60_000)
     return page
@@ -105,6 +108,7 @@ def test_answer_streams_shows_sources_and_stops(browser: Any, kb_root: Path, slo
         page.wait_for_timeout(1500)
         assert answer_length(page) == stopped_at, "the answer kept growing after Stop"
         assert 0 < stopped_at < 3000
+        assert page.outside == [], "the page tried to reach other hosts (fonts, CDNs, telemetry)"
         page.close()
 
 
