@@ -705,6 +705,18 @@ class KnowledgeBase:
         version = self._current()
         if version is None or not query.strip():
             return []
+        try:
+            return self._search_version(version, query, mode, k, threshold, use_reranker)
+        except KnowledgeBaseError:
+            # Milvus rows of a version stay until two builds later; a search that fell that far
+            # behind retries once on the newest version instead of reporting lost vectors.
+            if not self.refresh() or self._version is None:
+                raise
+            return self._search_version(self._version, query, mode, k, threshold, use_reranker)
+
+    def _search_version(
+        self, version: _Version, query: str, mode: Mode, k: int, threshold: float | None, use_reranker: bool
+    ) -> list[Document]:
         if self.keyword_only:
             if mode == "dense":
                 raise KnowledgeBaseError(
