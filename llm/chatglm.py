@@ -3,12 +3,15 @@
 Generation runs through ``model.generate`` on a worker thread and streams real tokens
 (``llm.streaming``). ``_stream`` is the one code path: ``_call``/``invoke`` join it, ``astream``
 drives it from a thread, and only batches of several prompts take a batched ``generate``.
+On CUDA both take the fast decode path of ``llm.fast_decode`` (static KV cache, compiled
+decode step) unless ``fast_decode=False``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +24,7 @@ from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
 from llm.errors import ModelLoadError
+from llm.fast_decode import fast_decode_state, unsupported_reason
 from llm.loading import load_model_and_tokenizer
 from llm.streaming import (
     BatchStopStringCriteria,
@@ -30,6 +34,8 @@ from llm.streaming import (
     run_generate,
     stream_token_ids,
 )
+
+logger = logging.getLogger(__name__)
 
 History = Sequence[tuple[str, str]]
 GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
@@ -58,6 +64,13 @@ class ChatGLM(LLM):
     temperature: float = Field(_DEFAULTS.temperature, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
     repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0)
+    fast_decode: bool | None = Field(
+        None,
+        description=(
+            "Static KV cache + torch.compile'd decode step (CUDA graphs). None = on where supported "
+            "(CUDA, not quantized); False = plain generate; True = on, with a warning where unsupported."
+        ),
+    )
 
     # ----- construction -------------------------------------------------------------------
 
@@ -190,6 +203,20 @@ class ChatGLM(LLM):
             pad = eos[0] if isinstance(eos, list) else eos
         return {"eos_token_id": eos, "pad_token_id": pad}
 
+    # ----- fast decode ----------------------------------------------------------------------
+
+    @property
+    def fast_decode_active(self) -> bool:
+        """Whether generations take the fast path (``fast_decode`` setting, model support, no failure)."""
+        if self.fast_decode is False:
+            return False
+        reason = unsupported_reason(self.model) or fast_decode_state(self.model).disabled_reason
+        if reason is not None:
+            if self.fast_decode:
+                _warn_once(self.model, f"fast_decode=True but it is off for this model: {reason}")
+            return False
+        return True
+
     # ----- streaming: the one code path ---------------------------------------------------
 
     def _iter_text(
@@ -205,12 +232,12 @@ class ChatGLM(LLM):
         def clean(text: str) -> str:
             nonlocal answer_started
             if not answer_started:
-                # GLM-4 answers start with "\n" after <|assistant|>; drop it.
-                text = text.lstrip("\n")
+                # GLM-4 answers start with "\n", ChatGLM3 with " \n" after <|assistant|>; drop both (as the originals do).
+                text = text.lstrip()
                 answer_started = bool(text)
             return stops.feed(text)
 
-        token_ids = stream_token_ids(self.model, generate_kwargs, cancel)
+        token_ids = stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=self.fast_decode_active)
         try:
             for token_id in token_ids:
                 piece = clean(detokenizer.add(token_id))
@@ -309,10 +336,20 @@ class ChatGLM(LLM):
             criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
             criteria.append(BatchStopStringCriteria(self.tokenizer, stop, prompt_length))
             generate_kwargs["stopping_criteria"] = criteria
-        output = run_generate(self.model, generate_kwargs)
+        output = run_generate(self.model, generate_kwargs, fast_decode=self.fast_decode_active)
         new_ids = output[:, prompt_length:].tolist()
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        return [cut_at_stop(text.lstrip("\n"), stop) for text in texts]
+        return [cut_at_stop(text.lstrip(), stop) for text in texts]
+
+
+_WARNED: set[tuple[int, str]] = set()
+
+
+def _warn_once(model: Any, message: str) -> None:
+    key = (id(model), message)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
 
 
 class _AsyncChunkStream:

@@ -20,6 +20,8 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
+from llm.fast_decode import fast_generate
+
 WORKER_THREAD_NAME = "glmkb-generate"
 _END = object()
 
@@ -67,7 +69,7 @@ class BatchStopStringCriteria(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         new_ids = input_ids[:, self.prompt_length :].tolist()
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        done = [any(s in text.lstrip("\n") for s in self.stop) for text in texts]
+        done = [any(s in text.lstrip() for s in self.stop) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -224,14 +226,24 @@ def model_is_busy(model: Any) -> bool:
     return model_worker(model).lock.locked()
 
 
-def run_generate(model: Any, generate_kwargs: dict[str, Any]) -> Any:
-    """``model.generate(**generate_kwargs)`` on the model's worker, waiting for the result."""
+def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bool) -> Any:
+    """``model.generate(**generate_kwargs)``, or its fast equivalent (``llm.fast_decode.fast_generate``)."""
+    if fast_decode:
+        return fast_generate(model, generate_kwargs, cancel_types=(CancelCriteria,))
+    return model.generate(**generate_kwargs)
+
+
+def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bool = False) -> Any:
+    """``model.generate(**generate_kwargs)`` on the model's worker, waiting for the result.
+
+    ``fast_decode``: take the static-cache compiled path (``llm.fast_decode``) when the call allows it.
+    """
     result: list[Any] = []
 
     def work() -> None:
         try:
             with torch.inference_mode():
-                result.append(model.generate(**generate_kwargs))
+                result.append(generate_on_worker(model, generate_kwargs, fast_decode=fast_decode))
         except BaseException as e:
             result.append(e)
 
@@ -241,10 +253,13 @@ def run_generate(model: Any, generate_kwargs: dict[str, Any]) -> Any:
     return result[0]
 
 
-def stream_token_ids(model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event) -> Iterator[int]:
+def stream_token_ids(
+    model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event, *, fast_decode: bool = False
+) -> Iterator[int]:
     """Run ``model.generate(**generate_kwargs)`` on the model's worker and yield new token ids.
 
-    Waits while another generation of the same model runs. When the consumer stops iterating
+    Waits while another generation of the same model runs. ``fast_decode`` as in ``run_generate``
+    (a first call of a new shape waits for its compile). When the consumer stops iterating
     (generator closed), ``cancel`` is set, ``generate`` stops at the next token, and this
     waits for it to end, so the model is free when ``close()`` returns.
     """
@@ -256,7 +271,7 @@ def stream_token_ids(model: Any, generate_kwargs: dict[str, Any], cancel: thread
     def work() -> None:
         try:
             with torch.inference_mode():
-                model.generate(**kwargs)
+                generate_on_worker(model, kwargs, fast_decode=fast_decode)
         except BaseException as e:  # handed to the consumer, who re-raises it
             streamer.fail(e)
         else:

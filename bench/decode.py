@@ -1,0 +1,259 @@
+"""Decode speed, streaming overhead and the batched map stage of a ChatGLM-shaped model.
+
+    python -m bench.decode --shape chatglm3-6b --map     # on the GPU machine
+    python -m bench.decode --tiny --map --fast-on-cpu    # check the script here (CPU, tiny)
+
+Measures, for one random-initialised model of the real shape (bf16 on CUDA):
+
+- plain ``model.generate`` (DynamicCache, eager) on the calling thread: the baseline;
+- ``ChatGLM.stream`` with ``fast_decode=False`` and with the default fast path (static cache +
+  compiled decode step), plus raw ``generate`` with exactly the same keyword arguments on the
+  same worker thread (``llm.streaming.run_generate``): the streaming overhead in tokens/s and
+  time to first token;
+- the first fast call of a shape (compile + CUDA graph capture), separately;
+- with ``--map``: 16 prompts of 512 tokens, 128 new tokens each, through ``ChatGLM.batch``
+  (one batched generate) against 16 one-by-one ``ChatGLM.invoke`` calls.
+
+Every timed generation produces exactly ``--new-tokens`` tokens (``min_new_tokens``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from bench.common import (
+    parser,
+    print_table,
+    sanguo_chunks,
+    sync,
+    timed,
+    weight_bytes,
+    write_result,
+)
+
+NOMINAL_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+QUESTION = "话说天下大势，分久必合，合久必分。请用三句话介绍曹操、刘备和孙权三人之间的关系。"
+
+
+def measured_bandwidth() -> float | None:
+    """Device-to-device copy rate (bytes read + written per second), median of 10 copies of 2 GiB."""
+    if not torch.cuda.is_available():
+        return None
+    x = torch.empty(2**30, dtype=torch.bfloat16, device="cuda").normal_()
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    times = [timed(lambda: y.copy_(x))[0] for _ in range(10)]
+    del x, y
+    return 2 * 2**31 / statistics.median(times)
+
+
+def nominal_bandwidth() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((bw for key, bw in NOMINAL_BANDWIDTH.items() if key in name), None)
+
+
+def stream_once(llm: Any, prompt: str, **kwargs: Any) -> dict[str, float]:
+    """Time to the first chunk and to the end of one ``llm.stream`` call."""
+    sync()
+    start = time.perf_counter()
+    first = None
+    chunks = 0
+    for _chunk in llm.stream(prompt, **kwargs):
+        if first is None:
+            first = time.perf_counter() - start
+        chunks += 1
+    total = time.perf_counter() - start
+    return {"ttft_s": first or total, "total_s": total, "chunks": chunks}
+
+
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) -> dict[str, Any]:
+    from llm import ChatGLM
+    from llm.fast_decode import fast_decode_state, graph_states
+    from llm.streaming import run_generate
+
+    eager = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens, fast_decode=False)
+    fast = eager.model_copy(update={"fast_decode": None})
+    force = {"min_new_tokens": new_tokens}
+    kwargs = eager._generate_kwargs([QUESTION], dict(force))
+    prompt_tokens = int(kwargs["input_ids"].shape[1])
+    first_kwargs = {**kwargs, "max_new_tokens": 1, "min_new_tokens": 1}
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeat": repeat}
+
+    def generate_tok_s(fn: Any) -> tuple[float, list[float]]:
+        fn()  # warm-up
+        times = [timed(fn)[0] for _ in range(repeat)]
+        return new_tokens / statistics.median(times), times
+
+    # Baseline: what a user of plain transformers gets (DynamicCache, eager, this thread).
+    with torch.inference_mode():
+        out["plain_generate_tok_s"], out["plain_generate_times"] = generate_tok_s(lambda: model.generate(**kwargs))
+
+    # Eager path (fast_decode=False): raw generate on the worker vs ChatGLM.stream.
+    out["eager_raw_tok_s"], _ = generate_tok_s(lambda: run_generate(model, kwargs))
+    out["eager_raw_ttft_s"] = statistics.median(timed(lambda: run_generate(model, first_kwargs))[0] for _ in range(repeat))
+    stream_once(eager, QUESTION, **force)
+    runs = [stream_once(eager, QUESTION, **force) for _ in range(repeat)]
+    out["eager_stream_tok_s"] = new_tokens / median_of(runs, "total_s")
+    out["eager_stream_ttft_s"] = median_of(runs, "ttft_s")
+
+    # Fast path: the first call of the shape compiles; then raw and streamed, same kwargs.
+    out["fast_decode_active"] = fast.fast_decode_active
+    out["fast_first_call_s"], _ = timed(lambda: fast.invoke(QUESTION, **force))
+    state = fast_decode_state(model)
+    graphs = graph_states(model)
+    out["fast_warmups_s"] = {**{f"generate {b}x{n}": s for (b, n), s in state.warmups.items()},
+                             **{f"graph {k}": s for k, s in graphs.capture_times.items()}}
+    out["fast_disabled_reason"] = state.disabled_reason
+    out["graph_disabled_reason"] = graphs.disabled_reason
+    out["fast_raw_tok_s"], out["fast_raw_times"] = generate_tok_s(lambda: run_generate(model, kwargs, fast_decode=fast.fast_decode_active))
+    run_generate(model, first_kwargs, fast_decode=fast.fast_decode_active)
+    out["fast_raw_ttft_s"] = statistics.median(
+        timed(lambda: run_generate(model, first_kwargs, fast_decode=fast.fast_decode_active))[0] for _ in range(repeat)
+    )
+    stream_once(fast, QUESTION, **force)
+    runs = [stream_once(fast, QUESTION, **force) for _ in range(repeat)]
+    out["fast_stream_runs"] = runs
+    out["fast_stream_tok_s"] = new_tokens / median_of(runs, "total_s")
+    out["fast_stream_ttft_s"] = median_of(runs, "ttft_s")
+    out["fast_stream_decode_tok_s"] = (new_tokens - 1) / (median_of(runs, "total_s") - median_of(runs, "ttft_s"))
+
+    out["stream_over_raw_eager"] = out["eager_stream_tok_s"] / out["eager_raw_tok_s"]
+    out["stream_over_raw_fast"] = out["fast_stream_tok_s"] / out["fast_raw_tok_s"]
+    out["ttft_overhead_eager_ms"] = 1e3 * (out["eager_stream_ttft_s"] - out["eager_raw_ttft_s"])
+    out["ttft_overhead_fast_ms"] = 1e3 * (out["fast_stream_ttft_s"] - out["fast_raw_ttft_s"])
+    out["fast_stream_over_plain_generate"] = out["fast_stream_tok_s"] / out["plain_generate_tok_s"]
+    return out
+
+
+def map_prompts(tokenizer: Any, *, count: int, tokens: int) -> list[str]:
+    """``count`` summarize prompts whose chat-rendered input is ``tokens`` tokens (distinct passages)."""
+    head = "请用两三句话概括下面这段《三国演义》原文的主要内容：\n"
+    text = "".join(sanguo_chunks()).replace("\n", "")
+
+    def length(prompt: str) -> int:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return len(tokenizer.encode(rendered, add_special_tokens=False))
+
+    body = max(1, tokens - length(head))
+    prompts = []
+    for i in range(count):
+        start = (i * 7919 * body) % max(1, len(text) - body)
+        prompts.append(head + text[start : start + body])
+    return prompts
+
+
+def bench_map(model: Any, tokenizer: Any, *, batch: int, prompt_tokens: int, new_tokens: int, repeat: int) -> dict[str, Any]:
+    from llm import ChatGLM
+    from llm.fast_decode import fast_decode_state, graph_states
+
+    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens)
+    prompts = map_prompts(tokenizer, count=batch, tokens=prompt_tokens)
+    lengths = sorted({len(llm._generate_kwargs([p], {})["input_ids"][0]) for p in prompts})
+    force = {"min_new_tokens": new_tokens}
+    out: dict[str, Any] = {"batch": batch, "prompt_tokens": lengths, "new_tokens": new_tokens,
+                           "fast_decode_active": llm.fast_decode_active}
+
+    llm.invoke(prompts[0], **force)  # warm (batch 1 shape)
+    one_by_one, per_call = timed(lambda: [timed(lambda p=p: llm.invoke(p, **force))[0] for p in prompts])
+    out["one_by_one_s"] = one_by_one
+    out["one_by_one_call_median_s"] = statistics.median(per_call)
+    out["one_by_one_tok_s"] = batch * new_tokens / one_by_one
+
+    out["batch_first_call_s"], texts = timed(lambda: llm.batch(prompts, **force))
+    out["fast_warmups_s"] = {**{f"generate {b}x{n}": s for (b, n), s in fast_decode_state(model).warmups.items()},
+                             **{f"graph {k}": s for k, s in graph_states(model).capture_times.items()}}
+    out["graph_disabled_reason"] = graph_states(model).disabled_reason
+    times = [timed(lambda: llm.batch(prompts, **force))[0] for _ in range(repeat)]
+    out["batch_times"] = times
+    out["batch_s"] = statistics.median(times)
+    out["batch_tok_s"] = batch * new_tokens / out["batch_s"]
+    out["batch_over_one_by_one"] = out["batch_tok_s"] / out["one_by_one_tok_s"]
+    out["answers_nonempty"] = sum(bool(t) for t in texts)
+
+    eager = llm.model_copy(update={"fast_decode": False})
+    eager.batch(prompts[:2], **force)
+    out["eager_batch_s"] = timed(lambda: eager.batch(prompts, **force))[0]
+    out["eager_batch_tok_s"] = batch * new_tokens / out["eager_batch_s"]
+    return out
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--shape", default="chatglm3-6b")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--map", action="store_true", help="also the batched map stage (16 x 512 tokens)")
+    p.add_argument("--map-batch", type=int, default=16)
+    p.add_argument("--map-prompt-tokens", type=int, default=512)
+    p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the static-cache path on CPU, uncompiled")
+    args = p.parse_args()
+
+    from bench.common import char_tokenizer, glm_model
+
+    shape = "tiny" if args.tiny else args.shape
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    if args.fast_on_cpu:
+        import llm.chatglm
+        import llm.fast_decode
+
+        llm.chatglm.unsupported_reason = lambda model: None
+    torch.manual_seed(0)
+    from bench.common import SHAPES
+
+    tokenizer = char_tokenizer(SHAPES[shape]["vocab_size"])
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    built, model = timed(lambda: glm_model(shape, device=device, dtype=dtype, tokenizer=tokenizer))
+    per_token = weight_bytes(model) - model.model.embed_tokens.weight.numel() * 2  # one embedding row is read
+    result: dict[str, Any] = {"shape": shape, "device": device, "build_s": built,
+                              "weight_bytes": weight_bytes(model), "bytes_read_per_token": per_token}
+    bw_measured, bw_nominal = measured_bandwidth(), nominal_bandwidth()
+    result.update(bandwidth_measured=bw_measured, bandwidth_nominal=bw_nominal)
+    decode = bench_decode(model, tokenizer, new_tokens=args.new_tokens, repeat=args.repeat)
+    for label, bw in (("nominal", bw_nominal), ("measured", bw_measured)):
+        if bw:
+            decode[f"limit_tok_s_{label}"] = bw / per_token
+            decode[f"share_of_limit_{label}"] = decode["fast_stream_tok_s"] / (bw / per_token)
+    result["decode"] = decode
+    if torch.cuda.is_available():
+        result["peak_gpu_gib_after_decode"] = torch.cuda.max_memory_allocated() / 2**30
+    name = f"decode_{shape}"
+    write_result(args.out, name, result)
+    rows = [
+        ("plain generate (baseline)", decode["plain_generate_tok_s"], "", ""),
+        ("eager raw generate (worker)", decode["eager_raw_tok_s"], decode["eager_raw_ttft_s"] * 1e3, ""),
+        ("eager ChatGLM.stream", decode["eager_stream_tok_s"], decode["eager_stream_ttft_s"] * 1e3, decode["stream_over_raw_eager"]),
+        ("fast raw generate (worker)", decode["fast_raw_tok_s"], decode["fast_raw_ttft_s"] * 1e3, ""),
+        ("fast ChatGLM.stream", decode["fast_stream_tok_s"], decode["fast_stream_ttft_s"] * 1e3, decode["stream_over_raw_fast"]),
+    ]
+    print_table(f"decode {shape} on {device} ({args.new_tokens} new tokens, prompt {decode['prompt_tokens']})",
+                rows, ("path", "tok/s", "TTFT ms", "stream/raw"))
+    print(f"fast first call {decode['fast_first_call_s']:.1f} s; warm-ups {decode['fast_warmups_s']}; "
+          f"fast stream / plain generate = {decode['fast_stream_over_plain_generate']:.2f}x; "
+          f"share of limit {decode.get('share_of_limit_nominal')} (nominal) {decode.get('share_of_limit_measured')} (measured)",
+          flush=True)
+    if args.map:
+        result["map"] = bench_map(model, tokenizer, batch=args.map_batch, prompt_tokens=args.map_prompt_tokens,
+                                  new_tokens=args.new_tokens, repeat=max(1, min(args.repeat, 3)))
+        write_result(args.out, name, result)
+        m = result["map"]
+        print_table(f"map stage {shape}: {m['batch']} x {m['prompt_tokens']} tokens, {m['new_tokens']} new",
+                    [("one-by-one invoke", m["one_by_one_tok_s"], m["one_by_one_s"]),
+                     ("ChatGLM.batch (fast)", m["batch_tok_s"], m["batch_s"]),
+                     ("ChatGLM.batch (eager)", m["eager_batch_tok_s"], m["eager_batch_s"])],
+                    ("path", "tok/s", "seconds"))
+        print(f"batch / one-by-one = {m['batch_over_one_by_one']:.2f}x; batch first call {m['batch_first_call_s']:.1f} s",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one command (the GPU machine starts bare: one call, one script).
+#
+#   bash bench/run_all.sh                       # all sections
+#   bash bench/run_all.sh ingest decode6b       # some of them
+#
+# Sections: gputest (tests/test_perf_fast_decode.py, CUDA test included), decode6b (ChatGLM3-6B shape: decode, streaming overhead, batched map stage),
+# decode9b (GLM-4-9B shape: decode), ingest (text2vec-large shape embedding of 三国演义),
+# memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading).
+# JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
+# bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
+# are missing, their wheels in .whl/ (see docs/PERFORMANCE.md). CPU-only benchmarks
+# (retrieval, ingest --cpu) run where the KB dependencies are: python -m bench.retrieval.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+export OUT PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=${PYTHON:-python3}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log"; }
+START=$(date +%s)
+BUDGET=${BUDGET:-100000}  # seconds for the whole script; a section gets at most what is left
+run() {  # run SECONDS NAME CMD...
+  local limit=$1 name=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) - 5 ))
+  if [ "$left" -lt 60 ]; then log "skip $name: ${left}s left of BUDGET=$BUDGET"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  log "start $name (limit ${limit}s)"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/log"
+  log "end $name rc=${PIPESTATUS[0]}"
+}
+sections=${*:-ingest decode6b decode9b memory}
+log "sections: $sections"
+"$PY" -c "import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')" 2>&1 | tee -a "$OUT/log"
+for s in $sections; do
+  case $s in
+    gputest)  run ${T_GPUTEST:-150} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py -q -x -p no:cacheprovider ;;
+    ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
+    decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
+    decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
+    memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
+    *) log "unknown section $s" ;;
+  esac
+done
+log "done"

@@ -1,0 +1,550 @@
+"""Fast decode path: a reused static KV cache and a ``torch.compile``d decode step (CUDA graphs).
+
+Plain ``generate`` with its growing ``DynamicCache`` launches hundreds of small kernels per
+token from Python, so a 6B model on one GPU runs far below the memory-bandwidth limit. With a
+``StaticCache`` transformers compiles the one-token decode forward (``mode="reduce-overhead"``:
+Inductor kernels replayed as a CUDA graph); the prompt (prefill) still runs eagerly.
+
+What this module adds around that:
+
+- one ``StaticCache`` per model and shape key ``(batch, cache length)``, reset and reused by
+  every call, so the CUDA graphs see the same addresses (a fresh cache per call would make
+  them re-record, and after 128 re-records torch silently stops using graphs);
+- cache lengths bucketed to powers of two (at least ``MIN_CACHE_LENGTH``), so prompts of any
+  length share a handful of compiled shapes;
+- a short warm-up ``generate`` the first time a shape key is seen (compiling and recording
+  the graph; its time is kept in ``FastDecodeState.warmups``), and if that fails, one logged
+  warning and plain eager generation for that model from then on.
+
+Everything here runs on the model's worker thread (``llm.streaming.model_worker``), one
+generation at a time, which is also what CUDA graph trees need (they are per thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MIN_CACHE_LENGTH = 1024
+MAX_CACHES_PER_MODEL = 4
+WARMUP_NEW_TOKENS = 4  # prefill + 3 decode steps: compile, record the CUDA graph, replay it
+# Per-call generate options that the fast path cannot honour (they bring their own cache or
+# change the batch shape); a call using one of them runs eagerly.
+EAGER_ONLY_OPTIONS = ("past_key_values", "cache_implementation", "assistant_model", "prompt_lookup_num_tokens")
+
+
+def cache_length_bucket(length: int, *, minimum: int = MIN_CACHE_LENGTH, limit: int | None = None) -> int:
+    """The static cache length for ``length`` tokens: the next power of two, at least ``minimum``.
+
+    ``limit`` (the model's context length) caps the bucket, but never below ``length`` itself.
+    """
+    if length < 1:
+        raise ValueError(f"cache length must be positive (got {length})")
+    bucket = max(minimum, 1 << (length - 1).bit_length())
+    if limit is not None and bucket > limit:
+        bucket = max(limit, length)
+    return bucket
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` cannot take the fast path (None = it can): device, quantization, class, offload."""
+    device = getattr(model, "device", None)
+    if device is None or torch.device(device).type != "cuda":
+        return f"the model runs on {device}, not a CUDA GPU"
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        return "the model is quantized (bitsandbytes kernels are not compiled)"
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"{type(model).__name__} does not support a compiled static cache"
+    devices = set(getattr(model, "hf_device_map", {}).values())
+    if len(devices) > 1:
+        return "the model is spread over several devices or offloaded"
+    return None
+
+
+def call_supports_fast_decode(generate_kwargs: dict[str, Any]) -> bool:
+    """Whether one call's generate options allow the fast path (no own cache, no beams)."""
+    if any(generate_kwargs.get(name) is not None for name in EAGER_ONLY_OPTIONS):
+        return False
+    return int(generate_kwargs.get("num_beams") or 1) == 1 and int(generate_kwargs.get("num_return_sequences") or 1) == 1
+
+
+@dataclass
+class FastDecodeState:
+    """Per-model fast-path state: caches by shape key, warm-up times, and whether it was given up."""
+
+    caches: OrderedDict[tuple[int, int], Any] = field(default_factory=OrderedDict)
+    warmups: dict[tuple[int, int], float] = field(default_factory=dict)
+    disabled_reason: str | None = None
+
+
+_STATES: weakref.WeakKeyDictionary[Any, FastDecodeState] = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
+
+
+def fast_decode_state(model: Any) -> FastDecodeState:
+    """The fast-path state of one model object (created on first use)."""
+    with _STATES_LOCK:
+        state = _STATES.get(model)
+        if state is None:
+            state = _STATES[model] = FastDecodeState()
+        return state
+
+
+def compile_config() -> Any:
+    """The compile settings of the decode step (transformers' defaults: Inductor, CUDA graphs)."""
+    from transformers import CompileConfig
+
+    return CompileConfig(mode="reduce-overhead", fullgraph=False)
+
+
+def shape_key(model: Any, generate_kwargs: dict[str, Any]) -> tuple[int, int]:
+    """``(batch, bucketed cache length)`` of a call: prompt plus every token it may generate."""
+    input_ids = generate_kwargs["input_ids"]
+    max_new = int(generate_kwargs.get("max_new_tokens") or getattr(model.generation_config, "max_new_tokens", None) or 20)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return int(input_ids.shape[0]), cache_length_bucket(int(input_ids.shape[1]) + max_new, limit=limit)
+
+
+def static_cache(model: Any, state: FastDecodeState, key: tuple[int, int]) -> Any:
+    """The reusable cache of ``key``, emptied; the least recently used one beyond the limit is freed."""
+    from transformers import StaticCache
+
+    cache = state.caches.pop(key, None)
+    if cache is None:
+        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=key[1])
+    else:
+        cache.reset()
+    state.caches[key] = cache
+    while len(state.caches) > MAX_CACHES_PER_MODEL:
+        old_key, _ = state.caches.popitem(last=False)
+        state.warmups.pop(old_key, None)
+    return cache
+
+
+def with_fast_decode(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``generate_kwargs`` for the fast path (warming the shape up first), or unchanged if it is off.
+
+    Call on the model's worker thread, right before ``model.generate``. A failed warm-up turns
+    the fast path off for this model, with one warning, and the call runs eagerly.
+    """
+    state = fast_decode_state(model)
+    if state.disabled_reason is not None or not call_supports_fast_decode(generate_kwargs):
+        return generate_kwargs
+    key = shape_key(model, generate_kwargs)
+    if key not in state.warmups:
+        try:
+            state.warmups[key] = warm_up(model, state, key, generate_kwargs)
+        except Exception as e:  # compile / CUDA graph failure: fall back once, for good
+            state.disabled_reason = f"{type(e).__name__}: {e}"
+            state.caches.clear()
+            logger.warning(
+                "fast decode (static cache + torch.compile) failed for %s, using plain generate from now on: %s",
+                type(model).__name__,
+                state.disabled_reason,
+            )
+            return generate_kwargs
+    return {**generate_kwargs, "past_key_values": static_cache(model, state, key), "compile_config": compile_config()}
+
+
+def warm_up(model: Any, state: FastDecodeState, key: tuple[int, int], generate_kwargs: dict[str, Any]) -> float:
+    """Compile and record the decode step for ``key`` with a few greedy tokens; returns seconds."""
+    input_ids = generate_kwargs["input_ids"][:, -8:]
+    attention_mask = generate_kwargs.get("attention_mask")
+    started = time.perf_counter()
+    model.generate(
+        input_ids=input_ids,
+        attention_mask=None if attention_mask is None else attention_mask[:, -8:],
+        past_key_values=static_cache(model, state, key),
+        compile_config=compile_config(),
+        max_new_tokens=WARMUP_NEW_TOKENS,
+        min_new_tokens=WARMUP_NEW_TOKENS,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=generate_kwargs.get("eos_token_id"),
+        pad_token_id=generate_kwargs.get("pad_token_id"),
+    )
+    if input_ids.device.type == "cuda":
+        torch.cuda.synchronize(input_ids.device)
+    seconds = time.perf_counter() - started
+    logger.info("fast decode ready for batch %d, cache length %d (warm-up %.1f s)", key[0], key[1], seconds)
+    return seconds
+
+
+# ----- the decode loop: one CUDA graph per step -----------------------------------------------
+#
+# ``generate`` spends several milliseconds of Python per token (input preparation, masks,
+# processors, criteria) and waits for the GPU at every step, so the GPU idles in between.
+# ``graph_generate`` runs the prompt eagerly, then replays one captured CUDA graph per token
+# (the compiled forward, the next-token choice and every state update on the GPU), and reads
+# each token back one step late, while the next step already runs.
+
+MAX_EOS_IDS = 8  # the graph's eos buffer; ids are repeated to fill it
+GRAPH_OPTIONS = frozenset(
+    {"input_ids", "attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p",
+     "top_k", "repetition_penalty", "eos_token_id", "pad_token_id", "streamer", "stopping_criteria",
+     "logits_processor"}
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: the part of a call that shapes the decode graph."""
+
+    do_sample: bool
+    top_k: int | None
+    penalty: bool
+
+
+@dataclass
+class DecodeGraph:
+    """Static buffers of one shape key and the CUDA graph that advances them by one token."""
+
+    cache: Any
+    token: torch.Tensor  # (B, 1) the last chosen token, input of the next step
+    cur: torch.Tensor  # (1,) cache position of the next token
+    pads: torch.Tensor  # (B, 1) left padding of each row
+    mask: torch.Tensor  # (B, 1, 1, L) positions each row may attend to
+    eos: torch.Tensor  # (E,) eos ids
+    allow_eos: torch.Tensor  # () False while min_new_tokens is not reached
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    penalty: torch.Tensor
+    seen: torch.Tensor | None  # (B, V) tokens seen, for the repetition penalty
+    forward: Any
+    sampling: Sampling
+    graph: Any = None
+    capture_s: float = 0.0
+
+
+def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
+    """Whether ``generate`` keyword arguments are all ones the graph loop implements."""
+    if set(kwargs) - GRAPH_OPTIONS or kwargs.get("logits_processor"):
+        return False
+    eos = kwargs.get("eos_token_id")
+    if isinstance(eos, list) and len(eos) > MAX_EOS_IDS:
+        return False
+    criteria = kwargs.get("stopping_criteria") or []
+    return all(isinstance(c, stopping_types) for c in criteria)
+
+
+def resolve_sampling(model: Any, kwargs: dict[str, Any]) -> tuple[Sampling, dict[str, float]]:
+    """The sampling settings of a call, with ``generation_config`` filling what the call leaves out."""
+    config = model.generation_config
+
+    def value(name: str, default: Any) -> Any:
+        given = kwargs.get(name, None)
+        if given is None:
+            given = getattr(config, name, None)
+        return default if given is None else given
+
+    do_sample = bool(value("do_sample", False))
+    top_k = int(value("top_k", 0)) if do_sample else 0
+    penalty = float(value("repetition_penalty", 1.0))
+    scalars = {"temperature": float(value("temperature", 1.0)) or 1.0, "top_p": float(value("top_p", 1.0)),
+               "penalty": penalty}
+    return Sampling(do_sample, top_k or None, penalty != 1.0), scalars
+
+
+def choose_tokens(logits: torch.Tensor, g: DecodeGraph) -> torch.Tensor:
+    """Next token per row from ``(B, V)`` float logits: penalty, eos suppression, then argmax or
+    temperature / top-k / top-p sampling (the order of transformers' processors)."""
+    if g.seen is not None:
+        penalised = torch.where(logits > 0, logits / g.penalty, logits * g.penalty)
+        logits = torch.where(g.seen, penalised, logits)
+    eos_logits = logits.index_select(1, g.eos)
+    logits = logits.index_copy(1, g.eos, torch.where(g.allow_eos, eos_logits, torch.full_like(eos_logits, -torch.inf)))
+    if not g.sampling.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits / g.temperature
+    if g.sampling.top_k:
+        kth = torch.topk(logits, min(g.sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - g.top_p)
+    remove[:, -1] = False  # keep at least the best token
+    logits = logits.masked_fill(remove.scatter(1, order, remove), -torch.inf)
+    probs = logits.softmax(dim=-1)
+    # Exponential-race sampling (argmax of p / E, E ~ Exp(1)) needs no host sync, unlike multinomial.
+    noise = torch.empty_like(probs).exponential_().clamp_(min=1e-10)
+    return (probs / noise).argmax(dim=-1)
+
+
+def decode_step(g: DecodeGraph) -> None:
+    """Advance every buffer by one token (this is what the CUDA graph holds)."""
+    g.mask.index_fill_(3, g.cur, True)
+    logits = g.forward(g.token, g.cur - g.pads, g.mask)
+    chosen = choose_tokens(logits, g)
+    g.token.copy_(chosen.unsqueeze(1))
+    if g.seen is not None:
+        g.seen.scatter_(1, g.token, True)
+    g.cur.add_(1)
+
+
+def make_forward(model: Any, cache: Any) -> Any:
+    """The model's one-token forward on ``cache``, returning float logits of the last position."""
+
+    def forward(token: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=token, position_ids=position_ids, attention_mask=mask, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
+
+    return forward
+
+
+def build_decode_graph(model: Any, key: tuple[int, int], sampling: Sampling, *, capture: bool) -> DecodeGraph:
+    """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
+    step (compile errors fall back to the eager forward; capture errors propagate)."""
+    from transformers import StaticCache
+
+    batch, length = key
+    device = model.device
+    cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    g = DecodeGraph(
+        cache=cache,
+        token=torch.zeros((batch, 1), dtype=torch.long, device=device),
+        cur=torch.zeros(1, dtype=torch.long, device=device),
+        pads=torch.zeros((batch, 1), dtype=torch.long, device=device),
+        mask=torch.zeros((batch, 1, 1, length), dtype=torch.bool, device=device),
+        eos=torch.zeros(MAX_EOS_IDS, dtype=torch.long, device=device),
+        allow_eos=torch.ones((), dtype=torch.bool, device=device),
+        temperature=torch.ones((), dtype=torch.float32, device=device),
+        top_p=torch.ones((), dtype=torch.float32, device=device),
+        penalty=torch.ones((), dtype=torch.float32, device=device),
+        seen=torch.zeros((batch, vocab), dtype=torch.bool, device=device) if sampling.penalty else None,
+        forward=make_forward(model, cache),
+        sampling=sampling,
+    )
+    if not capture:
+        return g
+    # Prefill the cache once so the forward sees its real (lazily allocated) tensors.
+    started = time.perf_counter()
+    dummy = torch.zeros((batch, 1), dtype=torch.long, device=device)
+    model(input_ids=dummy, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    g.cur.fill_(1)
+    try:
+        compiled = torch.compile(g.forward, dynamic=False)
+        g.forward = compiled
+        _warm_steps(g)
+    except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
+        logger.warning("torch.compile of the decode step failed, capturing it uncompiled: %s", e)
+        g.forward = make_forward(model, cache)
+        _reset_graph_state(g, cur=1)
+        _warm_steps(g)
+    _reset_graph_state(g, cur=1)
+    try:
+        g.graph = _capture(g)
+    except Exception as e:  # e.g. a host sync inside the compiled code: capture the eager forward
+        logger.warning("capturing the compiled decode step failed, capturing it uncompiled: %s", e)
+        g.forward = make_forward(model, cache)
+        _reset_graph_state(g, cur=1)
+        _warm_steps(g)
+        _reset_graph_state(g, cur=1)
+        g.graph = _capture(g)
+    g.capture_s = time.perf_counter() - started
+    return g
+
+
+def _capture(g: DecodeGraph) -> Any:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_step(g)
+    torch.cuda.synchronize()
+    return graph
+
+
+def _warm_steps(g: DecodeGraph) -> None:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            decode_step(g)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+
+
+def _reset_graph_state(g: DecodeGraph, *, cur: int) -> None:
+    g.cur.fill_(cur)
+    g.mask.zero_()
+    for layer in g.cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.cumulative_length.fill_(cur)
+
+
+class GraphUnavailable(RuntimeError):
+    """Building or capturing the decode graph failed; ``generate`` must do this call."""
+
+
+class _GraphStates:
+    """Per-model decode graphs by (batch, length, sampling), least recently used first."""
+
+    def __init__(self) -> None:
+        self.graphs: OrderedDict[tuple[Any, ...], DecodeGraph] = OrderedDict()
+        self.disabled_reason: str | None = None
+        self.capture_times: dict[str, float] = {}
+
+
+_GRAPH_STATES: weakref.WeakKeyDictionary[Any, _GraphStates] = weakref.WeakKeyDictionary()
+
+
+def graph_states(model: Any) -> _GraphStates:
+    with _STATES_LOCK:
+        states = _GRAPH_STATES.get(model)
+        if states is None:
+            states = _GRAPH_STATES[model] = _GraphStates()
+        return states
+
+
+def decode_graph(model: Any, key: tuple[int, int], sampling: Sampling) -> DecodeGraph:
+    """The decode graph of a shape and sampling kind, built (and on CUDA captured) on first use."""
+    states = graph_states(model)
+    full_key = (*key, sampling)
+    g = states.graphs.pop(full_key, None)
+    if g is None:
+        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda")
+        if g.graph is not None:
+            states.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
+            logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)
+    states.graphs[full_key] = g
+    while len(states.graphs) > MAX_CACHES_PER_MODEL:
+        states.graphs.popitem(last=False)
+    return g
+
+
+def graph_generate(model: Any, kwargs: dict[str, Any], *, cancel_events: list[threading.Event]) -> torch.Tensor:
+    """What ``model.generate(**kwargs)`` returns (prompt + new ids, pad after eos), through the
+    decode graph. ``kwargs["streamer"]`` (if any) gets each new token as generate would give it;
+    generation stops early once every row produced an eos id or any ``cancel_events`` is set."""
+    input_ids = kwargs["input_ids"]
+    attention_mask = kwargs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    batch, prompt = input_ids.shape
+    max_new = int(kwargs.get("max_new_tokens") or 20)
+    min_new = int(kwargs.get("min_new_tokens") or 0)
+    eos = kwargs.get("eos_token_id")
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    pad = kwargs.get("pad_token_id")
+    pad = eos_ids[0] if pad is None and eos_ids else (pad or 0)
+    streamer = kwargs.get("streamer")
+    sampling, scalars = resolve_sampling(model, kwargs)
+    key = shape_key(model, kwargs)
+    try:
+        g = decode_graph(model, key, sampling)
+    except Exception as e:  # compile/capture failed: the caller falls back to generate
+        raise GraphUnavailable(f"{type(e).__name__}: {e}") from e
+
+    # Prefill (eager), then set every buffer the graph reads.
+    g.cache.reset()
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=g.cache, use_cache=True, logits_to_keep=1)
+    g.mask.zero_()
+    g.mask[:, 0, 0, :prompt] = attention_mask.bool()
+    g.pads.copy_((prompt - attention_mask.long().sum(-1, keepdim=True)))
+    g.cur.fill_(prompt)
+    listed = (eos_ids or [pad]) * MAX_EOS_IDS
+    g.eos.copy_(torch.tensor(listed[:MAX_EOS_IDS], dtype=torch.long))
+    g.allow_eos.fill_(min_new <= 0 or not eos_ids)
+    g.temperature.fill_(scalars["temperature"])
+    g.top_p.fill_(scalars["top_p"])
+    g.penalty.fill_(scalars["penalty"])
+    if g.seen is not None:
+        g.seen.zero_()
+        g.seen.scatter_(1, input_ids, True)
+    first = choose_tokens(out.logits[:, -1, :].float(), g)
+    g.token.copy_(first.unsqueeze(1))
+    if g.seen is not None:
+        g.seen.scatter_(1, g.token, True)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    return _decode_loop(g, input_ids, batch=batch, max_new=max_new, min_new=min_new, eos_ids=set(eos_ids), pad=pad,
+                        streamer=streamer, cancel_events=cancel_events)
+
+
+def _decode_loop(
+    g: DecodeGraph, input_ids: torch.Tensor, *, batch: int, max_new: int, min_new: int, eos_ids: set[int], pad: int,
+    streamer: Any, cancel_events: list[threading.Event],
+) -> torch.Tensor:
+    cuda = g.graph is not None
+    slots = [torch.empty((batch, 1), dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+    events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+    new_ids: list[list[int]] = []
+    finished = [False] * batch
+
+    def fetch(step: int) -> None:
+        slot = step % 2
+        slots[slot].copy_(g.token, non_blocking=cuda)
+        if cuda:
+            events[slot].record()
+
+    def take(step: int) -> bool:
+        """Hand token ``step`` on; True when generation should stop after it."""
+        slot = step % 2
+        if cuda:
+            events[slot].synchronize()
+        row_ids = slots[slot].view(-1).tolist()
+        row_ids = [pad if done else t for t, done in zip(row_ids, finished, strict=True)]
+        new_ids.append(row_ids)
+        if streamer is not None:
+            streamer.put(torch.tensor(row_ids))
+        for i, t in enumerate(row_ids):
+            if t in eos_ids:
+                finished[i] = True
+        return all(finished) or any(e.is_set() for e in cancel_events)
+
+    fetch(0)
+    launched = 1
+    taken = 0
+    while True:
+        if launched < max_new and not any(e.is_set() for e in cancel_events):
+            if launched == min_new:
+                g.allow_eos.fill_(True)
+            if cuda:
+                g.graph.replay()
+            else:
+                decode_step(g)
+            fetch(launched)
+            launched += 1
+        stop = take(taken)
+        taken += 1
+        if stop or taken >= launched:
+            break
+    if streamer is not None:
+        streamer.end()
+    new = torch.tensor(new_ids, dtype=torch.long, device=input_ids.device).T.reshape(batch, -1)
+    return torch.cat([input_ids, new], dim=1)
+
+
+def fast_generate(model: Any, kwargs: dict[str, Any], *, cancel_types: tuple[type, ...]) -> Any:
+    """``model.generate(**kwargs)`` on the fastest path the call allows: the decode graph for plain
+    greedy/sampled calls, else generate with the reused static cache and compiled step
+    (``with_fast_decode``). A graph that cannot be built turns the graph loop off for this model,
+    with one warning. Run on the model's worker thread, under ``torch.inference_mode``."""
+    states = graph_states(model)
+    if (
+        states.disabled_reason is None
+        and call_supports_fast_decode(kwargs)
+        and graph_call_supported(kwargs, cancel_types)
+    ):
+        events = [c.event for c in kwargs.get("stopping_criteria") or []]
+        try:
+            return graph_generate(model, kwargs, cancel_events=events)
+        except GraphUnavailable as e:
+            states.disabled_reason = str(e)
+            states.graphs.clear()
+            logger.warning("decode graph unavailable for %s, using generate with a static cache: %s",
+                           type(model).__name__, e)
+    return model.generate(**with_fast_decode(model, kwargs))
