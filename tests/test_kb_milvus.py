@@ -529,3 +529,64 @@ def test_dense_searches_keep_working_while_the_same_object_builds(
     assert errors == [] and searches > 3
     assert {Path(d.source).name for d in kb.list_documents()} == {"sanguo_a.txt", "sanguo_c.txt"}
     kb.close()
+
+
+@pytest.fixture()
+def milvus_server(tmp_path: Path) -> str:
+    """A Milvus gRPC server in its own process (Milvus Lite's standalone server mode)."""
+    import socket
+
+    from pymilvus import MilvusClient, MilvusException
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "server-data"), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            MilvusClient(uri=uri, timeout=2).close()
+            break
+        except MilvusException:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the Milvus server did not start")
+            time.sleep(0.3)
+    yield uri
+    server.kill()
+    server.wait(timeout=30)
+
+
+def test_server_uri_lets_two_processes_share_a_knowledge_base(
+    tmp_path: Path, milvus_server: str, tiny_embedding_path: Path, tiny_embeddings: Any,
+    sanguo_excerpts: dict[str, Path],
+) -> None:
+    """With a server (unlike Milvus Lite) an ingest run adds files while the web UI keeps the
+    knowledge base open; the recorded URI carries no credentials."""
+    root = tmp_path / "root"
+    port = milvus_server.rsplit(":", 1)[1]
+    kb = make_kb(root, "m", tiny_embedding_path, tiny_embeddings, milvus_uri=f"http://root:Milvus@127.0.0.1:{port}")
+    kb.add_files([sanguo_excerpts["a"]])
+    vectors = kb.manifest["vectors"]
+    assert vectors["uri"] == milvus_server and vectors["index"] == "AUTOINDEX"
+    assert not (root / "milvus.db").exists()
+    assert {Path(h.metadata["source"]).name for h in kb.search("董卓", mode="dense", k=5)} == {"sanguo_a.txt"}
+    env = {**os.environ, "GLMKB_KB_ROOT": str(root), "GLMKB_EMBEDDING__DEVICE": "cpu"}
+    child = subprocess.run(
+        [sys.executable, "-m", "ingest", "build", str(sanguo_excerpts["b"]), "--kb", "m", "-q"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == 0, child.stderr
+    sources = {Path(h.metadata["source"]).name for h in kb.search("董卓", mode="dense", k=500)}
+    assert sources == {"sanguo_a.txt", "sanguo_b.txt"}, "the open knowledge base picks up the other process's build"
+    assert len(kb.search("董卓", mode="dense", k=500)) == kb.manifest["counts"]["chunks"]
+    kb.drop()
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=milvus_server)
+    assert client.list_collections() == []
+    client.close()
