@@ -1,10 +1,28 @@
 """glmkb web UI (Gradio): knowledge-base chat with streamed answers and cited sources,
-streamed long-text summaries, knowledge-base management. Run it with ``glmkb-web``."""
+streamed long-text summaries, knowledge-base management. Run it with ``glmkb-web``.
 
-from app.cli import main
-from app.server import AuthConfigError, launch, resolve_auth
-from app.shared_embeddings import SharedEmbeddings
-from app.state import AppState
-from app.ui import build_ui
+Exports load lazily so that ``python -m app.api`` does not import gradio.
+"""
 
-__all__ = ["AppState", "AuthConfigError", "SharedEmbeddings", "build_ui", "launch", "main", "resolve_auth"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "main": "app.cli",
+    "AuthConfigError": "app.server",
+    "launch": "app.server",
+    "resolve_auth": "app.server",
+    "SharedEmbeddings": "app.shared_embeddings",
+    "AppState": "app.state",
+    "build_ui": "app.ui",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'app' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

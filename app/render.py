@@ -16,7 +16,8 @@ SNIPPET_CHARS = 240
 
 MODEL_HOWTO = (
     "配置方法 / how to configure: `glmkb-web --model-path DIR`, "
-    "or `GLMKB_LLM__MODEL_PATH=DIR`, or `llm: {model_path: DIR}` in your YAML (`--config FILE`)."
+    "or `GLMKB_LLM__MODEL_PATH=DIR`, or `llm: {model_path: DIR}` in your YAML (`--config FILE`); "
+    "or an OpenAI-compatible server (vLLM): `llm: {backend: openai, base_url: URL, model: NAME}`."
 )
 EMBEDDING_HOWTO = (
     "配置方法 / how to configure: `glmkb-web --embedding NAME_OR_DIR`, or "

@@ -18,6 +18,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseLanguageModel
 
 from app import render
+
+NO_LLM_REASON = "llm.model_path is not set (nor llm.backend: openai with llm.base_url)."
 from app.errors import UserError, one_line
 from app.shared_embeddings import SharedEmbeddings
 from chains import KnowledgeBaseQAChain
@@ -67,12 +69,12 @@ class AppState:
     @classmethod
     def from_settings(cls, settings: Settings) -> AppState:
         """The production state: the chat model comes from ``settings.llm`` on first use."""
-        factory = None
-        if settings.llm.model_path:
-            def factory() -> BaseLanguageModel:
-                from llm import ChatGLM
+        from llm.factory import llm_configured, load_llm
 
-                return ChatGLM.from_settings(settings.llm)
+        factory = None
+        if llm_configured(settings):
+            def factory() -> BaseLanguageModel:
+                return load_llm(settings)
 
         state = cls(settings, llm_factory=factory)
         state.check_embedding_setting()
@@ -91,7 +93,7 @@ class AppState:
 
     def _load_llm(self) -> None:
         if self._llm_factory is None:
-            self._llm_error = "llm.model_path is not set."
+            self._llm_error = NO_LLM_REASON
             return
         self._llm_loading = True
         try:
@@ -114,9 +116,10 @@ class AppState:
         if self._llm_error is not None:
             return render.llm_problem(self._llm_error)
         if self._llm_factory is None:
-            return render.llm_problem("llm.model_path is not set.")
+            return render.llm_problem(NO_LLM_REASON)
         if self._llm_loading:
-            return render.llm_problem(str(self.settings.llm.model_path), loading=True)
+            target = self.settings.llm.model_path or self.settings.llm.base_url or ""
+            return render.llm_problem(str(target), loading=True)
         return None
 
     def banner_markdown(self) -> str:
