@@ -35,6 +35,9 @@ class DenseIndex(ABC):
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The ``k`` nearest ``(chunk_id, score)`` pairs to a normalized query ``vector``, best first."""
 
+    def check(self) -> None:
+        """Raise now if searching would fail (e.g. Milvus unreachable), before a query is embedded."""
+
 
 @dataclass
 class VectorChange:

@@ -749,6 +749,7 @@ class KnowledgeBase:
     def _dense_hits(self, version: _Version, query: str, depth: int) -> list[tuple[int, float]]:
         if version.dense is None or len(version.dense) == 0:
             return []
+        version.dense.check()
         vector = np.asarray(self._get_embeddings().embed_query(query), dtype=np.float32)
         if vector.shape[0] != version.dense.dimension:
             raise EmbeddingModelError(

@@ -319,6 +319,10 @@ class MilvusIndex(DenseIndex):
     def __len__(self) -> int:
         return self.count
 
+    def check(self) -> None:
+        if self.count:
+            self.verify()
+
     def verify(self) -> None:
         """Check once that the collection holds exactly this version's vectors."""
         with self._lock:
