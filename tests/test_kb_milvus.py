@@ -590,3 +590,13 @@ def test_server_uri_lets_two_processes_share_a_knowledge_base(
     client = MilvusClient(uri=milvus_server)
     assert client.list_collections() == []
     client.close()
+
+
+def test_missing_pymilvus_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_embedding_path: Path, tiny_embeddings: Any,
+    sanguo_excerpts: dict[str, Path],
+) -> None:
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # import pymilvus -> ImportError
+    kb = make_kb(tmp_path / "root", "m", tiny_embedding_path, tiny_embeddings)
+    with pytest.raises(KnowledgeBaseError, match=r"pip install 'glmkb\[milvus\]'"):
+        kb.add_files([sanguo_excerpts["a"]])
