@@ -111,6 +111,9 @@ class ChatHandlers:
                     show_sources(turn, event.sources)
                 elif isinstance(event, Answer):
                     finish_answer(turn, event)
+                else:  # e.g. Progress while a follow-up is condensed: nothing new to show
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    continue
                 yield gr.skip(), render_chat(turns), turns, gr.skip(), gr.skip()
         finally:
             stream.close()  # Stop pressed (generator closed): this ends the model's generation

@@ -5,7 +5,7 @@ Every chain streams: callback handlers get ``on_llm_new_token`` live from ``invo
 """
 
 from chains.events import Answer, Event, Progress, Source, Sources, Summary, Token
-from chains.knowledge_base_qa_chain import CONDENSE_TAG, KnowledgeBaseQAChain, format_passages
+from chains.knowledge_base_qa_chain import CONDENSE_STAGE, CONDENSE_TAG, KnowledgeBaseQAChain, format_passages
 from chains.progress_callback_handler import ProgressCallbackHandler
 from chains.prompts import (
     COLLAPSE_PROMPT,
@@ -44,6 +44,7 @@ __all__ = [
     "COLLAPSE_TAG",
     "COMBINE_PROMPT",
     "CONDENSE_QUESTION_PROMPT",
+    "CONDENSE_STAGE",
     "CONDENSE_TAG",
     "MAP_PROMPT",
     "MAP_TAG",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,10 @@ from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field
 
-from chains.events import Answer, Event, Source, Sources, Token
+from chains.events import Answer, Event, Progress, Source, Sources, Token
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
 from chains.stream_llm_chain import StreamLLMChain, piece_text
 from chains.token_budget import (
@@ -42,6 +43,8 @@ from chains.token_budget import (
 __all__ = ["CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
 
 CONDENSE_TAG = "condense_question"
+CONDENSE_STAGE = "condense"
+"""``Progress.stage`` of the events yielded while the follow-up question is being condensed."""
 """Tag on the condense LLM run, so callback handlers can leave its tokens out of the chat."""
 
 _CONDENSE_PREFIX = re.compile(r"^\s*(独立问题|改写后的问题|问题)\s*[:：]\s*")
@@ -100,6 +103,8 @@ class KnowledgeBaseQAChain(Chain):
     """Passages scoring below this (metadata ``score``) are dropped before answering."""
     refusal: str = REFUSAL
     no_llm_message: str = NO_LLM_MESSAGE
+    condense_max_tokens: int = Field(128, ge=8)
+    """Most tokens the model may spend rewriting a follow-up into a standalone question."""
     min_passage_tokens: int = Field(16, ge=1)
     """A passage is cut to fit only if at least this many tokens of it fit; else dropped."""
     input_key: str = "question"
@@ -204,21 +209,44 @@ class KnowledgeBaseQAChain(Chain):
         return StreamLLMChain(llm=self.llm, prompt=self.prompt)
 
     # ---------------------------------------------------------------- sync run
+    def _condense_model(self) -> Runnable:
+        """The model with its answer length capped at ``condense_max_tokens`` where it has such a knob."""
+        fields = getattr(type(self.llm), "model_fields", {})
+        for knob in ("max_new_tokens", "max_tokens"):
+            if knob in fields:
+                current = getattr(self.llm, knob, None)
+                limit = self.condense_max_tokens if current is None else min(current, self.condense_max_tokens)
+                return self.llm.bind(**{knob: limit})
+        return self.llm
+
     def _condense(
         self, question: str, turns: Sequence[Turn], run_manager: CallbackManagerForChainRun
-    ) -> str:
+    ) -> Generator[Event, None, str]:
+        """Stream the standalone question, yielding ``Progress("condense", ...)`` per piece.
+
+        Streaming (not one blocking call) lets a consumer that stops iterating, e.g. a UI
+        Stop button, end the model's generation within a token; returns the question.
+        """
         inputs = self.condense_inputs(question, turns)
         if inputs is None:
             return question
         prompt = self.condense_prompt.format(**inputs)
         config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
-        return _clean_condensed(piece_text(self.llm.invoke(prompt, config=config)), question)
+        pieces: list[str] = []
+        stream = self._condense_model().stream(prompt, config=config)
+        try:
+            for piece in stream:
+                pieces.append(piece_text(piece))
+                yield Progress(CONDENSE_STAGE, len(pieces), self.condense_max_tokens)
+        finally:
+            stream.close()
+        return _clean_condensed("".join(pieces), question)
 
     def _events(
         self, question: str, history: Sequence[object] | None, run_manager: CallbackManagerForChainRun
     ) -> Iterator[Event]:
         question = _check_question(question)
-        standalone = self._condense(question, normalize_history(history), run_manager)
+        standalone = yield from self._condense(question, normalize_history(history), run_manager)
         docs = self.retriever.invoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = self.plan(standalone, docs)
         sources = tuple(Source.from_document(d) for d in plan.docs)
@@ -262,6 +290,10 @@ class KnowledgeBaseQAChain(Chain):
     ) -> Iterator[Event]:
         """Yield ``Sources``, then ``Token`` pieces, then one ``Answer`` (see ``chains.events``).
 
+        With history, ``Progress("condense", n, max)`` events come first while the follow-up
+        is rewritten into a standalone question; a UI can ignore them (they exist so that
+        closing the stream stops that step too).
+
         The refusal and the no-LLM message also arrive as one ``Token`` before the ``Answer``,
         so a UI that appends tokens shows them without special cases.
         """
@@ -283,13 +315,19 @@ class KnowledgeBaseQAChain(Chain):
     # --------------------------------------------------------------- async run
     async def _acondense(
         self, question: str, turns: Sequence[Turn], run_manager: AsyncCallbackManagerForChainRun
-    ) -> str:
+    ) -> AsyncIterator[Event | str]:
+        """Async twin of ``_condense``: ``Progress`` events, then the standalone question (a str)."""
         inputs = await asyncio.to_thread(self.condense_inputs, question, turns)
         if inputs is None:
-            return question
+            yield question
+            return
         prompt = self.condense_prompt.format(**inputs)
         config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
-        return _clean_condensed(piece_text(await self.llm.ainvoke(prompt, config=config)), question)
+        pieces: list[str] = []
+        async for piece in self._condense_model().astream(prompt, config=config):
+            pieces.append(piece_text(piece))
+            yield Progress(CONDENSE_STAGE, len(pieces), self.condense_max_tokens)
+        yield _clean_condensed("".join(pieces), question)
 
     async def _aevents(
         self,
@@ -298,7 +336,12 @@ class KnowledgeBaseQAChain(Chain):
         run_manager: AsyncCallbackManagerForChainRun,
     ) -> AsyncIterator[Event]:
         question = _check_question(question)
-        standalone = await self._acondense(question, normalize_history(history), run_manager)
+        standalone = question
+        async for item in self._acondense(question, normalize_history(history), run_manager):
+            if isinstance(item, str):
+                standalone = item
+            else:
+                yield item
         docs = await self.retriever.ainvoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = await asyncio.to_thread(self.plan, standalone, docs)
         sources = tuple(Source.from_document(d) for d in plan.docs)

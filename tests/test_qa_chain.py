@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ from langchain_core.messages import AIMessage
 from langchain_core.retrievers import BaseRetriever
 
 from chains import (
+    CONDENSE_STAGE,
     CONDENSE_TAG,
     NO_LLM_MESSAGE,
     REFUSAL,
     Answer,
     KnowledgeBaseQAChain,
+    Progress,
     Source,
     Sources,
     Token,
@@ -199,10 +202,50 @@ def test_history_is_condensed_before_retrieval() -> None:
     assert CONDENSE_TAG in condense_tags
     assert "张飞是谁？" in condense_prompt and "他为什么打人？" in condense_prompt
     assert chain.retriever.queries == ["张飞为什么鞭打督邮？"]
-    assert events[0].question == "张飞为什么鞭打督邮？"
+    condensing = [e for e in events if isinstance(e, Progress)]
+    assert condensing and all(e.stage == CONDENSE_STAGE for e in condensing)
+    assert events[len(condensing)].question == "张飞为什么鞭打督邮？"  # Sources right after
     tokens = "".join(e.text for e in events if isinstance(e, Token))
     assert tokens == "因为督邮欺压刘备。"  # the condensed question never reaches the user
     assert any("督邮" in s.text for s in events[-1].sources)
+
+
+def test_condense_is_capped_and_stops_when_the_stream_is_closed(tiny_chatglm: Any) -> None:
+    """Bug: the condense step was one blocking ``invoke`` with the model's full
+    max_new_tokens, so a UI Stop pressed during it waited for the whole rewrite."""
+    from llm import ChatGLM
+    from llm.streaming import model_is_busy
+    from tests.fixtures.models import ForcedTokens
+
+    class ForcedChatGLM(ChatGLM):
+        forced: Any = None
+
+        def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+            kwargs.setdefault("logits_processor", [self.forced])
+            return super()._generate_kwargs(prompts, kwargs)
+
+    tok = tiny_chatglm.tokenizer
+    cao = tok.encode("曹操", add_special_tokens=False) * 100
+    forced = ForcedTokens(cao, eos_id=tok.eos_token_id, pause_at=3)
+    llm = ForcedChatGLM(model=tiny_chatglm.model, tokenizer=tok, temperature=0, max_new_tokens=40, forced=forced)
+    chain = make_chain(llm, condense_max_tokens=16)
+    assert chain._condense_model().kwargs == {"max_new_tokens": 16}
+
+    stream = chain.stream_answer("他为什么打人？", history=[("张飞是谁？", "刘备的结义兄弟。")])
+    first = next(stream)
+    assert isinstance(first, Progress) and first.stage == CONDENSE_STAGE
+    forced.resume.set()
+    stream.close()
+    deadline = time.monotonic() + 5
+    while model_is_busy(llm.model) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not model_is_busy(llm.model)
+    assert forced.steps <= 6  # stopped within a few tokens of the close, far below 16
+
+    llm.forced = ForcedTokens(cao, eos_id=tok.eos_token_id)
+    events = list(chain.stream_answer("他为什么打人？", history=[("张飞是谁？", "刘备的结义兄弟。")]))
+    sources = next(e for e in events if isinstance(e, Sources))
+    assert sources.question == tok.decode(cao[:16]).strip()  # cut at condense_max_tokens, not 40
 
 
 def test_gradio_message_history_is_accepted() -> None:

@@ -49,7 +49,7 @@ class PromptRecorder(BaseCallbackHandler):
 def test_sources_carry_exact_offsets_chapters_and_titles(sanguo_kb: Any, sanguo_text: str, tiny_chatglm: Any) -> None:
     chain = KnowledgeBaseQAChain(retriever=sanguo_kb.as_retriever(mode="bm25"), llm=tiny_chatglm)
     events = list(chain.stream_answer("刘备、关羽、张飞在桃园结义"))
-    sources = events[0]
+    sources = next(e for e in events if isinstance(e, Sources))
     assert isinstance(sources, Sources) and sources.sources
     answer = events[-1]
     assert isinstance(answer, Answer) and answer.sources == sources.sources
