@@ -1,12 +1,13 @@
-"""Load sentence-transformers models (embeddings, cross-encoders) strictly from local files.
+"""Load sentence-transformers models (embeddings, cross-encoders) from local files first.
 
-The Hugging Face hub is often unreachable where glmkb runs; instead of hanging on download
-retries we look for the model as a local folder or in the local HF cache, and fail at once
-with a message naming what was looked for and the fix.
+A model is looked up as a local folder, then in the local HF cache, and only then downloaded
+(unless ``HF_HUB_OFFLINE`` is set). The hub is often unreachable where glmkb runs, so every
+failure is immediate and names what was looked for and the fix.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from kb.errors import EmbeddingModelError
 
 KEYWORD_ONLY = "none"
+log = logging.getLogger(__name__)
 
 
 def is_keyword_only(model: str | None) -> bool:
@@ -60,7 +62,11 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def locate_model(model: str, *, what: str = "embedding model", flag: str = "--embedding") -> str:
-    """The local folder holding ``model``: the path itself, or its snapshot in the HF cache."""
+    """The local folder holding ``model``: the path itself, its snapshot in the HF cache, or a download.
+
+    Downloads happen only for hub ids missing from the cache and only when the hub is allowed
+    (``HF_HUB_OFFLINE`` unset); an unreachable hub fails at once with the fix.
+    """
     path = Path(model).expanduser()
     if path.is_dir():
         return str(path.resolve())
@@ -75,9 +81,20 @@ def locate_model(model: str, *, what: str = "embedding model", flag: str = "--em
     except HFValidationError as e:
         raise EmbeddingModelError(f"{what} folder not found: {model}; {fix}") from e
     except (OSError, ValueError) as e:
+        cached_error = e
+    if constants.HF_HUB_OFFLINE:
         raise EmbeddingModelError(
             f"{what} {model!r} is not a local folder and not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}), and glmkb never downloads models; {fix}"
+            f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE forbids downloading it; {fix}"
+        ) from cached_error
+    log.warning("downloading %s %s into the Hugging Face cache (first use)", what, model)
+    try:
+        return snapshot_download(model)
+    except Exception as e:  # noqa: BLE001 - network, auth or missing repo: one clear message
+        raise EmbeddingModelError(
+            f"{what} {model!r} is not a local folder, not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}), and could not be downloaded ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}); {fix}"
         ) from e
 
 
