@@ -163,15 +163,20 @@ def split_plain(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk
         strip_whitespace=True,
     )
     chunks: list[Chunk] = []
-    search_from = 0
+    search_from = previous_start = 0
     for piece in splitter.split_text(text):
         # Pieces come in order and share at most chunk_overlap characters with the previous
-        # one, so searching from there finds the right copy of repeated passages.
+        # one, so searching from there finds the right copy of repeated passages. A piece can
+        # also start where the previous one started (it repeats all of a short one and
+        # extends it), so that is where the search falls back to.
         start = text.find(piece, search_from)
+        if start < 0:
+            start = text.find(piece, previous_start)
         if start < 0:
             raise AssertionError("text splitter returned text that is not in the document")
         chunks.append(Chunk(piece, start, start + len(piece), None, None))
         search_from = max(start + 1, start + len(piece) - chunk_overlap)
+        previous_start = start
     return chunks
 
 

@@ -145,6 +145,16 @@ def test_offsets_are_exact_for_any_text(text: str, size: int, overlap_ratio: flo
     assert set(covered) >= {c for c in text if not c.isspace()}, "no text is dropped"
 
 
+def test_a_piece_may_start_where_the_previous_one_started() -> None:
+    """Regression (found by hypothesis): with overlap the splitter returned '””' and then
+    '”” ””' from the same offset, and locating the second piece after the first one's start
+    raised "text splitter returned text that is not in the document"."""
+    text = " ”” ””"
+    chunks = split_document(text, chunk_size=5, chunk_overlap=3)
+    assert [(c.text, c.start) for c in chunks] == [("””", 1), ("”” ””", 1)]
+    assert all(text[c.start : c.end] == c.text for c in chunks)
+
+
 def test_repeated_passages_get_their_own_offsets() -> None:
     """Regression: the recursive fallback located each piece with str.find from the previous
     start, so identical repeated paragraphs all pointed at an early copy of the text."""
