@@ -446,6 +446,8 @@ def graph_generate(model: Any, kwargs: dict[str, Any], *, cancel_events: list[th
     except Exception as e:  # compile/capture failed: the caller falls back to generate
         raise GraphUnavailable(f"{type(e).__name__}: {e}") from e
 
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     # Prefill (eager), then set every buffer the graph reads.
     g.cache.reset()
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -468,8 +470,6 @@ def graph_generate(model: Any, kwargs: dict[str, Any], *, cancel_events: list[th
     g.token.copy_(first.unsqueeze(1))
     if g.seen is not None:
         g.seen.scatter_(1, g.token, True)
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
     return _decode_loop(g, input_ids, batch=batch, max_new=max_new, min_new=min_new, eos_ids=set(eos_ids), pad=pad,
                         streamer=streamer, cancel_events=cancel_events)
 
@@ -500,15 +500,19 @@ def _decode_loop(
         new_ids.append(row_ids)
         if streamer is not None:
             streamer.put(torch.tensor(row_ids))
+            time.sleep(0)  # let the consumer thread take the GIL now, not after the switch interval
         for i, t in enumerate(row_ids):
             if t in eos_ids:
                 finished[i] = True
         return all(finished) or any(e.is_set() for e in cancel_events)
 
     fetch(0)
-    launched = 1
-    taken = 0
-    while True:
+    launched, taken, stop = 1, 0, False
+    if streamer is not None:
+        # Hand the first token on before queueing the next step: time to first token.
+        stop = take(0)
+        taken = 1
+    while not stop:
         if launched < max_new and not any(e.is_set() for e in cancel_events):
             if launched == min_new:
                 g.allow_eos.fill_(True)
@@ -518,10 +522,10 @@ def _decode_loop(
                 decode_step(g)
             fetch(launched)
             launched += 1
+        if taken >= launched:
+            break
         stop = take(taken)
         taken += 1
-        if stop or taken >= launched:
-            break
     if streamer is not None:
         streamer.end()
     new = torch.tensor(new_ids, dtype=torch.long, device=input_ids.device).T.reshape(batch, -1)

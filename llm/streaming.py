@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,6 +40,9 @@ class QueueStreamer(BaseStreamer):
             return
         for token_id in value.reshape(-1).tolist():
             self.queue.put(token_id)
+        # generate() runs Python on this thread; hand the GIL to the consumer now rather than
+        # after the interpreter's 5 ms switch interval (measured: time to first token, tokens/s).
+        time.sleep(0)
 
     def end(self) -> None:
         self.queue.put(_END)
