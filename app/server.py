@@ -44,7 +44,8 @@ def resolve_auth(ui: UISettings) -> tuple[str, str] | None:
     Refuses (AuthConfigError) a half-configured login, and a non-loopback bind address without
     a login unless ``ui.allow_no_auth`` says the exposure is intended.
     """
-    user, password = ui.auth_user, ui.auth_password
+    user = ui.auth_user
+    password = ui.auth_password.get_secret_value() if ui.auth_password is not None else None
     if bool(user) != bool(password):
         missing = "ui.auth_password (GLMKB_UI__AUTH_PASSWORD)" if user else "ui.auth_user (--auth-user)"
         raise AuthConfigError(f"basic auth is half configured: set {missing} too, or neither")

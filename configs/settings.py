@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,8 @@ from pydantic_settings import (
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "GLMKB_CONFIG"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Settings whose values never appear in messages (validation errors echo bad inputs otherwise).
+SECRET_KEYS = frozenset({"auth_password"})
 
 
 class SettingsError(ValueError):
@@ -185,7 +187,16 @@ class UISettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires auth.")
     port: int = Field(7860, ge=1, le=65535, description="TCP port.")
     auth_user: str | None = Field(None, description="Basic-auth user name.")
-    auth_password: str | None = Field(None, description="Basic-auth password (prefer GLMKB_UI__AUTH_PASSWORD).")
+    auth_password: SecretStr | None = Field(
+        None,
+        description="Basic-auth password (prefer GLMKB_UI__AUTH_PASSWORD); shown as '**********' in reprs and dumps.",
+    )
+
+    @field_validator("auth_password", mode="before")
+    @classmethod
+    def _password_as_text(cls, value: Any) -> Any:
+        # YAML reads `auth_password: 123456` as a number; it is still the password.
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     allow_no_auth: bool = Field(
         False, description="Explicitly allow binding a non-loopback address without auth."
     )
@@ -204,6 +215,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_assignment=True,
+        # Tracebacks (-v) print pydantic's own message; it must not quote a bad password.
+        # format_validation_error still quotes the inputs of non-secret keys.
+        hide_input_in_errors=True,
     )
 
     kb_root: Path = Field(
@@ -261,12 +275,20 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """``GLMKB_LLM__DEVICE=cpu`` -> ``{"llm": {"device": "cpu"}}``; JSON values (lists) are parsed."""
+# Settings that name an environment variable holding a secret (never a setting itself).
+KEY_ENV_SETTINGS: tuple[tuple[str, str], ...] = (("api", "api_key_env"), ("llm", "api_key_env"), ("kb", "milvus_token_env"))
+
+
+def env_overrides(environ: dict[str, str] | None = None, *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``GLMKB_LLM__DEVICE=cpu`` -> ``{"llm": {"device": "cpu"}}``; JSON values (lists) are parsed.
+
+    ``skip``: variable names that hold secrets rather than settings (e.g. ``GLMKB_API_KEY``,
+    the default ``api.api_key_env``), left out so they are not read as a setting ``api_key``.
+    """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith("GLMKB_") or name == CONFIG_ENV:
+        if not name.startswith("GLMKB_") or name == CONFIG_ENV or name in skip:
             continue
         path = name[len("GLMKB_") :].lower().split("__")
         value: Any = raw
@@ -292,7 +314,7 @@ def format_validation_error(error: ValidationError) -> str:
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown setting (check the spelling; see configs/default.yaml for every key)"
-        elif "input" in item and not isinstance(item["input"], dict):
+        elif "input" in item and not isinstance(item["input"], dict) and not SECRET_KEYS & set(map(str, item["loc"])):
             msg = f"{msg} (got {item['input']!r})"
         lines.append(f"{key}: {msg}")
     return "invalid configuration: " + "; ".join(lines)
@@ -308,12 +330,26 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     config = config or os.environ.get(CONFIG_ENV) or None
     if config:
         data = _deep_merge(data, _read_yaml(Path(config).expanduser()))
-    data = _deep_merge(data, env_overrides())
-    data = _deep_merge(data, _drop_none(overrides))
+    flags = _drop_none(overrides)
+    # Variables that hold keys (named by the files, the flags or a GLMKB_* variable) are not settings.
+    skip = _key_env_names(_deep_merge(data, flags))
+    skip |= _key_env_names(env_overrides(skip=skip))
+    data = _deep_merge(data, env_overrides(skip=skip))
+    data = _deep_merge(data, flags)
     try:
         return Settings(**data)
     except ValidationError as e:
         raise SettingsError(format_validation_error(e)) from e
+
+
+def _key_env_names(data: dict[str, Any]) -> frozenset[str]:
+    """Names of the environment variables that ``data`` says hold API keys or tokens."""
+    names = set()
+    for section, key in KEY_ENV_SETTINGS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str):
+            names.add(value)
+    return frozenset(names)
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
