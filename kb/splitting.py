@@ -27,6 +27,7 @@ CHAPTER_HEADING = re.compile(
 MAX_TITLE_CHARS = 60
 # Sentence ends, with closing quotes/brackets that belong to the sentence; a line break also ends one.
 SENTENCE_END = re.compile(r"(?:[。！？；!?;]|…+|\.{3,})+[”’」』\"'）)》]*|\n+")
+_NON_SPACE = re.compile(r"\S")
 # Where an over-long sentence may be cut, best first.
 _SOFT_BREAKS = re.compile(r"[，、：,:]+[”’」』\"'）)]*")
 CHINESE_SEPARATORS: list[str] = ["\n\n", "\n", "。", "！", "？", "；", "…", "，", "、", " ", ""]
@@ -163,21 +164,36 @@ def split_plain(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk
         strip_whitespace=True,
     )
     chunks: list[Chunk] = []
-    search_from = previous_start = 0
+    search_from = previous_start = previous_end = 0
     for piece in splitter.split_text(text):
-        # Pieces come in order and share at most chunk_overlap characters with the previous
-        # one, so searching from there finds the right copy of repeated passages. A piece can
-        # also start where the previous one started (it repeats all of a short one and
-        # extends it), so that is where the search falls back to.
-        start = text.find(piece, search_from)
+        if not piece.strip():
+            continue  # only below the smallest chunk size settings allow: nothing to retrieve
+        # Pieces come in order, each made of the splitter's consecutive splits: it starts inside
+        # the previous piece (the overlap, at most chunk_overlap characters back, or where the
+        # previous one started when it repeats all of a short one and extends it) or after it
+        # with only whitespace between. The last copy of the piece in that window is the one
+        # the splitter cut: an earlier copy (repeated or periodic text) would leave the text
+        # between it and the window's end in no chunk.
+        following = _NON_SPACE.search(text, previous_end)
+        latest = following.start() if following else len(text)
+        start = _find_last(text, piece, search_from, latest)
+        if start < 0:
+            start = _find_last(text, piece, previous_start, latest)
+        if start < 0:
+            start = text.find(piece, search_from)
         if start < 0:
             start = text.find(piece, previous_start)
         if start < 0:
             raise AssertionError("text splitter returned text that is not in the document")
         chunks.append(Chunk(piece, start, start + len(piece), None, None))
         search_from = max(start + 1, start + len(piece) - chunk_overlap)
-        previous_start = start
+        previous_start, previous_end = start, start + len(piece)
     return chunks
+
+
+def _find_last(text: str, piece: str, lowest: int, latest: int) -> int:
+    """Where the last copy of ``piece`` starting in ``[lowest, latest]`` starts, or -1."""
+    return text.rfind(piece, lowest, latest + len(piece))
 
 
 def _strip_span(text: str, start: int, end: int) -> list[tuple[int, int]]:
