@@ -26,6 +26,7 @@ from configs.settings import GenerationSettings, LLMSettings
 from llm.errors import ModelLoadError
 from llm.fast_decode import fast_decode_state, unsupported_reason
 from llm.loading import load_model_and_tokenizer
+from llm.special_tokens import neutralize_special_tokens
 from llm.streaming import (
     BatchStopStringCriteria,
     IncrementalDetokenizer,
@@ -134,11 +135,18 @@ class ChatGLM(LLM):
     def chat_messages(
         self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
     ) -> list[dict[str, str]]:
-        """The chat as role/content messages: optional system prompt, history pairs, the prompt."""
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        """The chat as role/content messages: optional system prompt, history pairs, the prompt.
+
+        Contents are plain text: special-token strings in them (``<|system|>`` in a document,
+        say) are neutralised so they cannot forge turns once the template is tokenized.
+        """
+        def text(content: str) -> str:
+            return neutralize_special_tokens(content, self.tokenizer)
+
+        messages = [{"role": "system", "content": text(system_prompt)}] if system_prompt else []
         for user, assistant in history or []:
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-        messages.append({"role": "user", "content": prompt})
+            messages += [{"role": "user", "content": text(user)}, {"role": "assistant", "content": text(assistant)}]
+        messages.append({"role": "user", "content": text(prompt)})
         return messages
 
     def render_prompt(
