@@ -4,7 +4,8 @@
 #   bash bench/run_all.sh                       # all sections
 #   bash bench/run_all.sh ingest decode6b       # some of them
 #
-# Sections: gputest (tests/test_perf_fast_decode.py, CUDA test included), decode6b (ChatGLM3-6B shape: decode, streaming overhead, batched map stage),
+# Sections: gputest (tests/test_perf_fast_decode.py, CUDA test included), decode6b (ChatGLM3-6B shape: decode, streaming overhead, batched map stage), stream6b (the same
+# without the map stage),
 # decode9b (GLM-4-9B shape: decode), ingest (text2vec-large shape embedding of 三国演义),
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
@@ -41,6 +42,7 @@ for s in $sections; do
     gputest)  run ${T_GPUTEST:-150} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py -q -x -p no:cacheprovider ;;
     ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
+    stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
     decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
     *) log "unknown section $s" ;;

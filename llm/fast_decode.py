@@ -500,7 +500,6 @@ def _decode_loop(
         new_ids.append(row_ids)
         if streamer is not None:
             streamer.put(torch.tensor(row_ids))
-            time.sleep(0)  # let the consumer thread take the GIL now, not after the switch interval
         for i, t in enumerate(row_ids):
             if t in eos_ids:
                 finished[i] = True
@@ -512,6 +511,8 @@ def _decode_loop(
         # Hand the first token on before queueing the next step: time to first token.
         stop = take(0)
         taken = 1
+        if hasattr(streamer, "yield_gil"):
+            streamer.yield_gil = False  # from here on take() waits on CUDA events, releasing the GIL
     while not stop:
         if launched < max_new and not any(e.is_set() for e in cancel_events):
             if launched == min_new:

@@ -33,6 +33,12 @@ class QueueStreamer(BaseStreamer):
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._prompt_seen = False
+        # generate() runs Python on the producing thread between tokens; yielding the GIL after
+        # each put lets the consumer run now rather than after the interpreter's 5 ms switch
+        # interval (measured on H100: stream/raw tokens/s 0.89 -> 0.97, TTFT overhead 7.5 -> 1.6 ms).
+        # The decode-graph loop turns it off after the first token: it waits on CUDA events,
+        # which release the GIL anyway, and the extra yield cost it ~3% tokens/s.
+        self.yield_gil = True
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
@@ -40,9 +46,8 @@ class QueueStreamer(BaseStreamer):
             return
         for token_id in value.reshape(-1).tolist():
             self.queue.put(token_id)
-        # generate() runs Python on this thread; hand the GIL to the consumer now rather than
-        # after the interpreter's 5 ms switch interval (measured: time to first token, tokens/s).
-        time.sleep(0)
+        if self.yield_gil:
+            time.sleep(0)
 
     def end(self) -> None:
         self.queue.put(_END)
