@@ -61,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
         chunk_overlap=args.chunk_overlap,
         store=args.store,
     )
+    if args.quiet:
+        quiet_model_loading()
     report = kb.add_files(args.files, show_progress=not args.quiet)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0
+
+
+def quiet_model_loading() -> None:
+    """``-q``: no "Loading weights" bar from transformers when the embedding model loads."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

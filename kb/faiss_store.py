@@ -7,6 +7,8 @@ embeddings the inner product is the cosine similarity. The file is written with
 
 from __future__ import annotations
 
+import errno
+
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,11 @@ class FaissStore(DenseStore):
             index.add_with_ids(
                 np.ascontiguousarray(change.vectors, dtype=np.float32), np.asarray(change.new_ids, dtype=np.int64)
             )
-        faiss.write_index(index, str(change.staging / FAISS_FILE))
+        path = change.staging / FAISS_FILE
+        try:
+            faiss.write_index(index, str(path))
+        except RuntimeError as e:  # faiss reports a short write (a full disk) as a RuntimeError
+            raise OSError(errno.EIO, f"cannot write {path}: {' '.join(str(e).split())}") from e
         return {"store": self.kind, "file": FAISS_FILE}
 
     def describe(self) -> str:

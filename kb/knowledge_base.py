@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -525,11 +526,30 @@ class KnowledgeBase:
             manifest["counts"]["documents"] = len(manifest["documents"])
             manifest.setdefault("created_at", now)
             version = storage.publish(self.path, staging, manifest)
-        except BaseException:
+        except BaseException as e:
+            # A full disk, a read-only folder...: said before the staging folder frees its space.
+            failure = self._write_failed(e) if isinstance(e, (OSError, sqlite3.Error)) else None
             shutil.rmtree(staging, ignore_errors=True)
+            if failure is not None:
+                raise failure from e
             raise
         storage.collect_garbage(self.path, keep={version} | ({base.name} if base else set()))
         self._load_version(version)
+
+    def _write_failed(self, error: BaseException) -> KnowledgeBaseError:
+        """One line for a build that could not write its new version (the old one is untouched)."""
+        cause = " ".join(str(error).split()) or type(error).__name__
+        filename = getattr(error, "filename", None)
+        if filename and str(filename) not in cause:
+            cause = f"{cause}: {filename}"
+        with contextlib.suppress(OSError):  # short writes (numpy, faiss) do not always say why
+            free = shutil.disk_usage(self.path).free
+            if free < 1 << 20:
+                cause = f"{cause}; only {free // 1024} KiB free on that disk"
+        return KnowledgeBaseError(
+            f"could not write a new version of knowledge base {self.name!r} in {self.path} ({cause}); "
+            "the knowledge base is unchanged: free disk space there (or fix the folder's permissions) and build again"
+        )
 
     def _embed_chunks(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray | None:
         if self.keyword_only:

@@ -1,0 +1,418 @@
+"""Faults: builds killed with SIGKILL, full disks, and models or servers that are missing.
+
+- ``kill -9`` of ``ingest build`` at seeded random moments, many times, for a keyword-only and a
+  dense (tiny embedding model) knowledge base: afterwards the knowledge base loads and equals
+  exactly the state before the build or exactly the state after it (document hashes, chunk
+  ids, offsets and texts, BM25 and dense search results), never a mix. tests/test_kb_crash.py
+  kills at each named step of a publish and four times during a real whole-novel build; this
+  file adds many random moments of small builds. To fit many trials in little time, the builds
+  run in children forked from a "zygote" process that has already imported glmkb (Python's
+  start-up and the torch import take seconds on the CI machine and would swallow most kills):
+  each child runs exactly ``ingest.cli.main(["build", ...])``, the code of ``python -m ingest
+  build``. The seed and every delay and outcome are printed (``pytest -s`` shows them).
+- A full disk (a real 8 MiB tmpfs where the machine allows a mount, else skipped; plus
+  ENOSPC/"database or disk is full" injected at every write step, which always runs): the
+  build fails with one clear line and the old knowledge base is intact.
+- A chat model that fails to load, an embedding model that is missing, an OpenAI-compatible
+  server that is down: clear messages, and the UI and the API keep serving everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kb import KnowledgeBase, KnowledgeBaseError, storage
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = int(os.environ.get("GLMKB_TEST_SEED", "20261121"))
+QUERIES = ["玄德 关公 桃园结义", "董卓 吕布", "曹操 献刀", "张角 黄巾"]
+KB = "k"
+
+# A process that imports glmkb once, then forks one child per trial; the child runs
+# ``ingest build`` exactly as the command line does and the parent SIGKILLs it after the
+# trial's delay (measured from the fork), reporting whether the kill landed before the exit.
+ZYGOTE = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    import ingest.cli, ingest.cmd_build, kb, kb.tokenizing
+    from kb.tokenizing import tokenize
+    tokenize("预热")  # jieba's dictionary, loaded before forking
+    if sys.argv[1] == "dense":
+        import sentence_transformers, langchain_huggingface  # imported only; torch runs in the child
+    print("ready", flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            sys.stdout = open(os.devnull, "w")
+            sys.stderr = open(os.devnull, "w")
+            os._exit(ingest.cli.main(job["argv"]))
+        killed = False
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if job["delay"] is not None and time.monotonic() - started >= job["delay"]:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                killed = True
+                break
+            time.sleep(0.001)
+        elapsed = time.monotonic() - started
+        print(json.dumps({"killed": killed, "status": status, "elapsed": elapsed}), flush=True)
+    """
+)
+
+
+class Zygote:
+    """The forking build server (see ``ZYGOTE``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE, kind],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def build(self, argv: list[str], delay: float | None) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"argv": argv, "delay": delay}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def kb_state(root: Path, *, embeddings: Any = None) -> tuple:
+    """Everything a reader can observe, minus the version's random name and timestamps."""
+    kb = KnowledgeBase(root, KB)  # verifies every file against the manifest's hashes
+    if embeddings is not None:
+        kb.set_embeddings(embeddings)
+    try:
+        docs = tuple(sorted((d.doc_id, d.source, d.sha256, d.chars, d.chunks, d.chapters) for d in kb.list_documents()))
+        chunks = tuple(
+            (c.metadata["chunk_id"], c.metadata["start"], c.metadata["end"], c.metadata["chapter"], c.page_content)
+            for d in kb.list_documents()
+            for c in kb.get_chunks(d.doc_id)
+        )
+        modes = ["bm25"] if kb.keyword_only else ["bm25", "dense", "hybrid"]
+        hits = tuple(
+            (mode, q, tuple((h.metadata["chunk_id"], round(h.metadata["score"], 4)) for h in kb.search(q, mode=mode, k=5)))
+            for mode in modes
+            for q in QUERIES
+        )
+        return docs, chunks, hits
+    finally:
+        kb.close()
+
+
+@contextlib.contextmanager
+def watch_staging(kb_dir: Path) -> Iterator[list[float]]:
+    """Seconds from now until a build first creates a staging folder in ``kb_dir`` (polled)."""
+    import threading
+
+    seen: list[float] = []
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def poll() -> None:
+        while not stop.is_set() and not seen:
+            if any(p.name.startswith(storage.TMP_PREFIX) and p.is_dir() for p in kb_dir.iterdir()):
+                seen.append(time.monotonic() - started)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / KB).iterdir() if p.name.startswith(storage.TMP_PREFIX))
+
+
+def variant(base: str, trial: int, rng: random.Random) -> str:
+    """The source file's text for one trial: changed (so every build replaces it), sometimes longer."""
+    words = "".join(rng.choice("天下大势分久必合合久必分周末七国分争并入于秦") for _ in range(rng.randint(5, 60)))
+    extra = f"\n第{trial}次修订：{words}。" * rng.randint(1, 30)
+    return base + extra
+
+
+def expected_after(root: Path, source: Path, scratch: Path, *, embeddings: Any) -> tuple:
+    """What a completed build of ``source`` gives: the same build, in this process, on a copy."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(root, scratch)
+    kb = KnowledgeBase(scratch, KB)
+    if embeddings is not None:
+        kb.set_embeddings(embeddings)
+    kb.add_files([source])
+    kb.close()
+    return kb_state(scratch, embeddings=embeddings)
+
+
+@pytest.fixture(scope="module")
+def source_text(sanguo_path: Path) -> str:
+    from tests.fixtures.kb import chapter_excerpt
+
+    return chapter_excerpt(sanguo_path.read_text(encoding="utf-8"), 1, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_embeddings(tiny_embedding_path: Path) -> Any:
+    from kb.embedding import load_embeddings
+
+    return load_embeddings(str(tiny_embedding_path), device="cpu")
+
+
+def run_kill_trials(
+    tmp_path: Path, source_text: str, *, kind: str, trials: int, embedding: str, embeddings: Any
+) -> list[dict[str, Any]]:
+    root, scratch, source = tmp_path / "root", tmp_path / "scratch", tmp_path / "novel.txt"
+    source.write_text(source_text, encoding="utf-8")
+    first = KnowledgeBase(root, KB, create=True, embedding_model=embedding, chunk_size=200, chunk_overlap=40)
+    if embeddings is not None:
+        first.set_embeddings(embeddings)
+    first.add_files([source])
+    first.close()
+    rng = random.Random(SEED)
+    argv = ["build", str(source), "--kb", KB, "--kb-root", str(root), "-q"]
+    zygote = Zygote(kind)
+    log: list[dict[str, Any]] = []
+    try:
+        # Calibrate (on a copy, not counted as a trial): how long a whole build takes here, and
+        # when it starts writing its staging folder.
+        source.write_text(variant(source_text, 0, rng), encoding="utf-8")
+        shutil.copytree(root, scratch)
+        with watch_staging(scratch / KB) as staged:
+            calibration = zygote.build(["build", str(source), "--kb", KB, "--kb-root", str(scratch), "-q"], None)
+        assert os.WIFEXITED(calibration["status"]) and os.WEXITSTATUS(calibration["status"]) == 0, calibration
+        end = calibration["elapsed"]
+        writing = min(staged or [end / 2], default=end / 2)
+        # Stratified: half the kills at random moments of the i-th slice of the whole build and a
+        # little past it (loading, splitting, embedding, writing, publishing), half in the i-th
+        # slice of the writing phase alone, where a kill could leave a half-written version.
+        half = trials // 2
+        delays = [1.2 * end * (i + rng.random()) / half for i in range(half)]
+        delays += [writing * 0.9 + (end * 1.1 - writing * 0.9) * (i + rng.random()) / (trials - half)
+                   for i in range(trials - half)]
+        rng.shuffle(delays)
+        print(f"\n[{kind}] seed {SEED}; calibrated build {end:.3f} s, writing from {writing:.3f} s; {trials} kills")
+        for trial, delay in enumerate(delays, start=1):
+            before = kb_state(root, embeddings=embeddings)
+            source.write_text(variant(source_text, trial, rng), encoding="utf-8")
+            after = expected_after(root, source, scratch, embeddings=embeddings)
+            assert after != before
+            result = zygote.build(argv, delay)
+            stray = leftovers(root)
+            now = kb_state(root, embeddings=embeddings)
+            outcome = "old" if now == before else "new" if now == after else "MIXED"
+            if not result["killed"]:
+                assert os.WIFEXITED(result["status"]) and os.WEXITSTATUS(result["status"]) == 0, result
+            entry = {"trial": trial, "delay": round(delay, 4), "killed": result["killed"],
+                     "elapsed": round(result["elapsed"], 4), "outcome": outcome, "leftovers": len(stray)}
+            print(f"[{kind}] {entry}")
+            log.append(entry)
+            assert outcome != "MIXED", f"trial {trial} (seed {SEED}, delay {delay:.4f} s) left a mixed state"
+            if not result["killed"]:
+                assert outcome == "new", entry
+    finally:
+        zygote.close()
+    # The kills landed all over the build: some before the swap, some after it.
+    outcomes = [e["outcome"] for e in log if e["killed"]]
+    assert "old" in outcomes, log
+    assert "new" in [e["outcome"] for e in log], log
+    # The next build cleans up whatever the killed ones left behind.
+    final = KnowledgeBase(root, KB)
+    if embeddings is not None:
+        final.set_embeddings(embeddings)
+    source.write_text(source_text, encoding="utf-8")
+    final.add_files([source])
+    final.close()
+    assert leftovers(root) == [] and len(storage.versions(root / KB)) <= 2
+    return log
+
+
+def test_kill_9_at_random_moments_keyword_only(tmp_path: Path, source_text: str) -> None:
+    log = run_kill_trials(tmp_path, source_text, kind="keyword", trials=40, embedding="none", embeddings=None)
+    assert len(log) == 40
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_dense(tmp_path: Path, source_text: str, tiny_embedding_path: Path,
+                                        tiny_embeddings: Any) -> None:
+    log = run_kill_trials(tmp_path, source_text, kind="dense", trials=20, embedding=str(tiny_embedding_path),
+                          embeddings=tiny_embeddings)
+    assert len(log) == 20
+
+
+# ------------------------------------------------------------------------------ full disks
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB tmpfs (needs root and a mount-capable sandbox; skipped cleanly otherwise)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"cannot mount a tmpfs here ({e})")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
+
+
+def fill(disk: Path, *, leave: int) -> Path:
+    """Fill ``disk`` with a filler file until ``leave`` bytes are free."""
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    free = shutil.disk_usage(disk).free
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def disk_full_line(err: str) -> str:
+    """The CLI's one error line, checked for being one clear line about the full disk."""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("ingest: error: "), err
+    assert any(reason in err for reason in ("No space left on device", "disk is full", "KiB free on that disk")), err
+    assert "unchanged" in err, err
+    return err
+
+
+@pytest.mark.parametrize("embedding", ["none", "tiny"])
+def test_a_full_disk_fails_the_build_cleanly_and_keeps_the_old_knowledge_base(
+    tiny_disk: Path, sanguo_path: Path, tiny_embedding_path: Path, tiny_embeddings: Any,
+    capsys: pytest.CaptureFixture[str], embedding: str,
+) -> None:
+    """Free space from none to almost enough: every attempt fails at some write step (copying
+    the docstore, SQLite inserts, BM25 or FAISS files, the manifest, the pointer); each fails
+    with one line naming the full disk, leaves no staging folder, and the knowledge base still
+    loads and equals what it was. With space freed, the same build succeeds."""
+    from ingest.cli import main as ingest
+
+    model = "none" if embedding == "none" else str(tiny_embedding_path)
+    embeddings = None if embedding == "none" else tiny_embeddings
+    root = tiny_disk / "root"
+    small, large = tiny_disk.parent / "small.txt", tiny_disk.parent / "large.txt"
+    text = sanguo_path.read_text(encoding="utf-8")
+    small.write_text(text[:20_000], encoding="utf-8")
+    large.write_text(text[:150_000], encoding="utf-8")
+    assert ingest(["build", str(small), "--kb", KB, "--kb-root", str(root), "--embedding", model, "-q"]) == 0
+    before = kb_state(root, embeddings=embeddings)
+    capsys.readouterr()
+    failures = []
+    for leave in (0, 16 << 10, 256 << 10, 1 << 20, 2 << 20, 3 << 20):
+        filler = fill(tiny_disk, leave=leave)
+        code = ingest(["build", str(large), "--kb", KB, "--kb-root", str(root), "-q"])
+        out, err = capsys.readouterr()
+        if code == 0:  # enough room after all: the build is complete
+            break
+        assert code == 2
+        failures.append(disk_full_line(err))
+        assert leftovers(root) == [] and kb_state(root, embeddings=embeddings) == before
+        filler.unlink()
+    assert len(failures) >= 3, failures
+    (tiny_disk / "filler").unlink(missing_ok=True)
+    assert ingest(["build", str(large), "--kb", KB, "--kb-root", str(root), "-q"]) == 0
+    docs = KnowledgeBase(root, KB).list_documents()
+    assert sorted(Path(d.source).name for d in docs) == ["large.txt", "small.txt"]
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["copy-docstore", "sqlite-insert", "sqlite-commit", "bm25-save", "faiss-write", "manifest", "pointer"],
+)
+def test_a_failed_write_at_any_step_is_a_clear_error_and_changes_nothing(
+    tmp_path: Path, sanguo_excerpts: dict[str, Path], tiny_embedding_path: Path, tiny_embeddings: Any,
+    monkeypatch: pytest.MonkeyPatch, step: str,
+) -> None:
+    """Disk-full errors injected at each write of a build (no mount needed): the error names
+    the problem and says the knowledge base is unchanged; readers see the old version."""
+    import faiss
+
+    from kb import bm25_index, docstore, faiss_store
+
+    root = tmp_path / "root"
+    kb = KnowledgeBase(root, KB, create=True, embedding_model=str(tiny_embedding_path), chunk_size=200, chunk_overlap=40)
+    kb.set_embeddings(tiny_embeddings)
+    kb.add_files([sanguo_excerpts["a"]])
+    before = kb_state(root, embeddings=tiny_embeddings)
+
+    def enospc(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def sqlite_full(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    if step == "copy-docstore":
+        monkeypatch.setattr("kb.knowledge_base.shutil.copyfile", enospc)
+    elif step == "sqlite-insert":
+        monkeypatch.setattr(docstore.Docstore, "add_document", sqlite_full)
+    elif step == "sqlite-commit":
+        monkeypatch.setattr(docstore.Docstore, "commit_and_close", sqlite_full)
+    elif step == "bm25-save":
+        monkeypatch.setattr(bm25_index.BM25Index, "save", enospc)
+    elif step == "faiss-write":
+        def write_index(*args: Any) -> None:  # what faiss raises on a short write
+            raise RuntimeError("Error in faiss::FileIOWriter::operator() ... ret == (n) failed: write error")
+        monkeypatch.setattr(faiss_store.faiss, "write_index", write_index)
+    elif step == "manifest":
+        real = Path.write_text
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: enospc() if self.name == storage.MANIFEST
+                            else real(self, *a, **k))
+    else:
+        real_open = Path.open
+        monkeypatch.setattr(Path, "open", lambda self, *a, **k: enospc() if self.name.startswith(".tmp-CURRENT")
+                            else real_open(self, *a, **k))
+    with pytest.raises(KnowledgeBaseError) as info:
+        kb.add_files([sanguo_excerpts["b"]])
+    message = str(info.value)
+    assert "\n" not in message and repr(KB) in message and "unchanged" in message, message
+    assert ("No space left" in message or "disk is full" in message or "write error" in message), message
+    monkeypatch.undo()
+    assert faiss.write_index is not None
+    assert leftovers(root) == [] and kb_state(root, embeddings=tiny_embeddings) == before
+    kb.add_files([sanguo_excerpts["b"]])  # the same object builds fine afterwards
+    assert len(kb.list_documents()) == 2
+
+
+def test_quiet_dense_builds_print_nothing(tmp_path: Path, sanguo_excerpts: dict[str, Path], tiny_embedding_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: ``ingest build -q`` with an embedding model still printed transformers'
+    "Loading weights" progress bar on stderr, so its errors were not one clean line."""
+    from ingest.cli import main as ingest
+
+    argv = ["build", str(sanguo_excerpts["a"]), "--kb", KB, "--kb-root", str(tmp_path), "-q"]
+    assert ingest([*argv, "--embedding", str(tiny_embedding_path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith(f"{KB}: files: 1 (1 added")
