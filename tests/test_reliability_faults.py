@@ -39,6 +39,11 @@ import pytest
 
 from kb import KnowledgeBase, KnowledgeBaseError, storage
 
+# Gradio's queue statistics trip pandas 3 deprecations; not ours to fix.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
+]
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("GLMKB_TEST_SEED", "20261121"))
 QUERIES = ["玄德 关公 桃园结义", "董卓 吕布", "曹操 献刀", "张角 黄巾"]
@@ -416,3 +421,158 @@ def test_quiet_dense_builds_print_nothing(tmp_path: Path, sanguo_excerpts: dict[
     assert ingest([*argv, "--embedding", str(tiny_embedding_path)]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.startswith(f"{KB}: files: 1 (1 added")
+
+
+# ------------------------------------------------------------------------------ missing models and servers
+
+UPSTREAM_KEY_ENV = "GLMKB_TEST_UPSTREAM_KEY"  # not a GLMKB_ settings variable (conftest clears those)
+
+
+@pytest.fixture(scope="module")
+def fault_root(tmp_path_factory: pytest.TempPathFactory, sanguo_path: Path, tiny_embedding_path: Path) -> Path:
+    """A keyword-only KB ``sanguo`` and a dense KB ``orphan`` whose embedding model was deleted."""
+    from configs import Settings
+
+    root = tmp_path_factory.mktemp("fault_root")
+    text = sanguo_path.read_text(encoding="utf-8")[:20_000]
+    KnowledgeBase(root, "sanguo", create=True, embedding_model="none").add_texts({"sanguo.txt": text})
+    gone = root.parent / "embedding-deleted-later"
+    shutil.copytree(tiny_embedding_path, gone)
+    orphan = KnowledgeBase.from_settings(Settings(kb_root=root, embedding={"model": str(gone), "device": "cpu"}),
+                                         name="orphan", create=True)
+    orphan.add_texts({"orphan.txt": text})
+    orphan.close()
+    shutil.rmtree(gone)
+    return root
+
+
+def broken_model_folder(folder: Path) -> Path:
+    """A model folder whose config.json is not JSON (a half-copied checkpoint)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "glm", ', encoding="utf-8")
+    return folder
+
+
+def fault_settings(root: Path, **llm: Any) -> Any:
+    from configs import Settings
+    from tests.test_app import free_port
+
+    return Settings(kb_root=root, kb_name="sanguo", embedding={"model": "none"}, retrieval={"mode": "hybrid", "top_k": 3},
+                    llm={"max_input_tokens": 2048, **llm}, ui={"port": free_port()})
+
+
+@contextlib.contextmanager
+def api_on(service: Any, port: int) -> Iterator[str]:
+    """glmkb's API on a given loopback port (an upstream that comes back where it was)."""
+    import threading
+
+    import uvicorn
+
+    from app.api import create_app
+    from tests.test_api import wait_until
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+                                          lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_the_ui_keeps_serving_when_the_model_fails_to_load(fault_root: Path, tmp_path: Path) -> None:
+    """A broken chat model and a deleted embedding model: the banner says why, questions are
+    answered with the passages (keywords instead of vectors), management keeps working."""
+    from app.state import AppState
+    from tests.test_app import answers, client, serve
+
+    settings = fault_settings(fault_root, model_path=str(broken_model_folder(tmp_path / "broken-model")))
+    state = AppState.from_settings(settings)
+    state.warm_up()  # what glmkb-web does in the background at start
+    with serve(state) as url:
+        c = client(url)
+        banner = c.predict(api_name="/banner")["value"]
+        assert "加载失败 / failed to load" in banner and "broken-model" in banner
+        for kb, mode in (("sanguo", "hybrid"), ("orphan", "hybrid"), ("orphan", "dense")):
+            answer = answers(c.predict("刘备和谁结义？", kb, mode, 3, api_name="/ask")[1])[-1]
+            assert 'class="glmkb-src"' in answer and f"{kb}.txt" in answer
+        assert "向量模型不可用" in c.predict(api_name="/banner")["value"]
+        table = c.predict("orphan", api_name="/documents")[0]
+        assert [row[0] for row in table["data"]] == ["orphan.txt"]
+        assert "已创建" in c.predict("新库", api_name="/create_kb")[-1]
+
+
+def test_the_ui_survives_an_openai_server_that_is_down_and_recovers_when_it_returns(
+    fault_root: Path, tiny_chatglm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llm.backend openai with the server down: each question fails with one line naming the
+    URL, the rest of the page keeps working, and once the server is up the same UI answers."""
+    from gradio_client.exceptions import AppError
+
+    from app.api_service import APIService
+    from app.state import AppState
+    from tests.test_api import ANSWER, MODEL, make_settings, scripted
+    from tests.test_app import answers, client, free_port, serve
+
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, "k")
+    settings = fault_settings(fault_root, backend="openai", base_url=base_url, model=MODEL, api_key_env=UPSTREAM_KEY_ENV,
+                              request_timeout=10)
+    with serve(AppState.from_settings(settings)) as url:
+        c = client(url)
+        for _ in range(2):
+            with pytest.raises(AppError, match=f"cannot reach the model server at {base_url}"):
+                c.predict("刘备和谁结义？", "sanguo", "bm25", 3, api_name="/ask")
+            assert c.predict("sanguo", api_name="/documents")[0]["data"]
+            assert c.predict(api_name="/banner") is not None
+        upstream = APIService(make_settings(fault_root), llm=scripted(tiny_chatglm), api_key="k")
+        with api_on(upstream, port):
+            chat = c.predict("刘备和谁结义？", "sanguo", "bm25", 3, api_name="/ask")[1]
+        assert answers(chat)[-1] == ANSWER
+
+
+def test_the_api_keeps_serving_without_its_models_and_recovers_its_upstream(
+    fault_root: Path, tmp_path: Path, tiny_chatglm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from app.api_service import APIService
+    from llm import load_llm
+    from tests.test_api import ANSWER, MODEL, make_settings, running, scripted, user
+    from tests.test_app import free_port
+
+    def error(response: httpx.Response, status: int, *fragments: str) -> None:
+        assert response.status_code == status, response.text
+        message = response.json()["error"]["message"]
+        assert "\n" not in message and all(f in message for f in fragments), message
+
+    # a chat model that fails to load and an embedding model that is gone
+    settings = fault_settings(fault_root, model_path=str(broken_model_folder(tmp_path / "broken-model")))
+    with running(APIService.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        for _ in range(2):
+            error(c.post("/v1/chat/completions", json={"messages": user("你好")}), 503, "failed to load", "broken-model")
+            error(c.post("/v1/kb/sanguo/chat/completions", json={"messages": user("你好")}), 503, "failed to load")
+            error(c.post("/v1/kb/orphan/query", json={"query": "刘备", "mode": "dense"}), 503, "embedding-deleted-later")
+            assert c.post("/v1/kb/orphan/query", json={"query": "刘备", "mode": "bm25"}).json()["data"]
+            assert c.post("/v1/kb/sanguo/query", json={"query": "刘备"}).json()["data"]
+            assert c.get("/health").json() == {"status": "ok"} and len(c.get("/v1/kb").json()["data"]) == 2
+
+    # an upstream OpenAI-compatible server that is down, then back
+    port = free_port()
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, "k")
+    front_settings = fault_settings(fault_root, backend="openai", base_url=f"http://127.0.0.1:{port}/v1", model=MODEL,
+                                    api_key_env=UPSTREAM_KEY_ENV, request_timeout=10)
+    front = APIService(front_settings, llm=load_llm(front_settings))
+    with running(front) as base, httpx.Client(base_url=base, timeout=60) as c:
+        error(c.post("/v1/chat/completions", json={"messages": user("你好")}), 502, f"127.0.0.1:{port}")
+        error(c.post("/v1/kb/sanguo/chat/completions", json={"messages": user("刘备")}), 502, "cannot reach")
+        assert c.post("/v1/kb/sanguo/query", json={"query": "刘备"}).json()["data"]
+        upstream = APIService(make_settings(fault_root), llm=scripted(tiny_chatglm), api_key="k")
+        with api_on(upstream, port):
+            reply = c.post("/v1/chat/completions", json={"messages": user("你好")}).json()
+            assert reply["choices"][0]["message"]["content"] == ANSWER
+        error(c.post("/v1/chat/completions", json={"messages": user("你好")}), 502, "cannot reach")
