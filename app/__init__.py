@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "main": "app.cli",
-    "AuthConfigError": "app.server",
+    "AuthConfigError": "app.common",
     "launch": "app.server",
     "resolve_auth": "app.server",
     "SharedEmbeddings": "app.shared_embeddings",

@@ -59,7 +59,8 @@ from app.api_schemas import (
     KBChatRequest,
     KBQueryRequest,
 )
-from app.api_service import APIError, APIService, AuthConfigError, resolve_api_key
+from app.api_service import APIError, APIService, resolve_api_key
+from app.common import AuthConfigError, add_model_flags, model_overrides
 from chains import KnowledgeBaseQAChain
 from configs import Settings, SettingsError, load_settings
 from kb import EmbeddingModelError, KnowledgeBaseError
@@ -377,13 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-no-auth", action="store_true", default=None,
                    help="allow a non-loopback --host without an API key (api.allow_no_auth)")
     p.add_argument("--served-model-name", help="model id clients use (api.served_model_name, default glmkb)")
-    p.add_argument("--model-path", help="local chat model folder (llm.model_path)")
-    p.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
-    p.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
-    p.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
-    p.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
-    p.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
-    p.add_argument("--embedding-device", help="embedding device (embedding.device)")
+    add_model_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     return p
 
@@ -391,14 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """``configs.load_settings`` with the flags as the top layer (unset flags are None)."""
     overrides: dict[str, Any] = {
-        "kb_root": args.kb_root,
-        "llm": {
-            "model_path": args.model_path,
-            "device": args.device,
-            "dtype": args.dtype,
-            "quantization": args.quantization,
-        },
-        "embedding": {"model": args.embedding, "device": args.embedding_device},
+        **model_overrides(args),
         "api": {
             "host": args.host,
             "port": args.port,

@@ -7,7 +7,6 @@ are ``APIError``s carrying the HTTP status and OpenAI's error fields.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseLanguageModel
 
+from app.common import AuthConfigError, is_loopback
 from configs import Settings
 from configs.settings import APISettings
 from kb import EmbeddingModelError, KnowledgeBase, KnowledgeBaseError, validate_kb_name
@@ -28,7 +28,6 @@ __all__ = ["APIError", "APIService", "AuthConfigError", "is_loopback", "resolve_
 log = logging.getLogger(__name__)
 
 LLMFactory = Callable[[], BaseLanguageModel]
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 NO_LLM_HOWTO = (
     "no chat model is configured: start glmkb-api with --model-path DIR (or GLMKB_LLM__MODEL_PATH, or "
     "llm.model_path in the --config YAML), or set llm.backend: openai with llm.base_url and llm.model "
@@ -61,21 +60,6 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-class AuthConfigError(ValueError):
-    """The bind address needs an API key and none is configured."""
-
-
-def is_loopback(host: str) -> bool:
-    """True only for addresses that cannot be reached from another machine."""
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # any other name may resolve to a public interface
 
 
 def resolve_api_key(api: APISettings, environ: Mapping[str, str] | None = None) -> str | None:

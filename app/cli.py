@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from app.common import add_model_flags, model_overrides
 from app.errors import one_line
 from configs import Settings, SettingsError, load_settings
 
@@ -30,14 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-no-auth", action="store_true", default=None,
                    help="allow a non-loopback --host without a login (ui.allow_no_auth)")
     p.add_argument("--concurrency", type=int, help="requests served at once (ui.concurrency)")
-    p.add_argument("--model-path", help="local chat model folder (llm.model_path)")
-    p.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
-    p.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
-    p.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
-    p.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
+    add_model_flags(p)
     p.add_argument("--kb", help="knowledge base selected on start (kb_name)")
-    p.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
-    p.add_argument("--embedding-device", help="embedding device (embedding.device)")
     p.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     return p
 
@@ -45,15 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """``configs.load_settings`` with the flags as the top layer (unset flags are None)."""
     overrides: dict[str, Any] = {
-        "kb_root": args.kb_root,
+        **model_overrides(args),
         "kb_name": args.kb,
-        "llm": {
-            "model_path": args.model_path,
-            "device": args.device,
-            "dtype": args.dtype,
-            "quantization": args.quantization,
-        },
-        "embedding": {"model": args.embedding, "device": args.embedding_device},
         "ui": {
             "host": args.host,
             "port": args.port,

@@ -6,7 +6,6 @@ public share link, no telemetry) are checked before anything is loaded or bound.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 
@@ -15,27 +14,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from app.common import AuthConfigError, is_loopback  # noqa: E402
 from app.ui import CSS, THEME  # noqa: E402
 from configs import Settings, UISettings  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
-
-
-class AuthConfigError(ValueError):
-    """The bind address and auth settings together are unsafe or incomplete."""
-
-
-def is_loopback(host: str) -> bool:
-    """True only for addresses that cannot be reached from another machine."""
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # any other host name may resolve to a public interface
 
 
 def resolve_auth(ui: UISettings) -> tuple[str, str] | None:

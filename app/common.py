@@ -1,0 +1,50 @@
+"""What the web UI and the API server share without importing each other (no gradio here):
+the bind-address policy and the command-line flags that map onto settings."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from typing import Any
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+class AuthConfigError(ValueError):
+    """The bind address and auth settings together are unsafe or incomplete."""
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses that cannot be reached from another machine."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve to a public interface
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for the chat model, knowledge bases and embeddings (the same in every server)."""
+    parser.add_argument("--model-path", help="local chat model folder (llm.model_path)")
+    parser.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
+    parser.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
+    parser.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
+    parser.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
+    parser.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
+    parser.add_argument("--embedding-device", help="embedding device (embedding.device)")
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings overrides from ``add_model_flags``' flags (unset flags are None and dropped)."""
+    return {
+        "kb_root": args.kb_root,
+        "llm": {
+            "model_path": args.model_path,
+            "device": args.device,
+            "dtype": args.dtype,
+            "quantization": args.quantization,
+        },
+        "embedding": {"model": args.embedding, "device": args.embedding_device},
+    }
