@@ -57,6 +57,31 @@ def clustered(n: int, seed: int, centres: np.ndarray) -> np.ndarray:
     return x
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class Graded:
+    """Vectors with graded neighbourhoods, like chunks of books: topic (1 per 1000 vectors) ->
+    passage group (1 per 10, cosine ~0.7 to its topic) -> vector (cosine ~0.8 to its group)."""
+
+    def __init__(self, n: int) -> None:
+        rng = np.random.default_rng(2024)
+        topics = unit(rng.standard_normal((max(1, n // 1000), DIM), dtype=np.float32))
+        groups = max(1, n // 10)
+        pick = rng.integers(0, len(topics), size=groups)
+        self.groups = unit(topics[pick] + rng.standard_normal((groups, DIM), dtype=np.float32) * (1.02 / math.sqrt(DIM)))
+
+    def draw(self, count: int, seed: int, *, first: int | None = None) -> np.ndarray:
+        """``count`` vectors; with ``first`` vector i belongs to group (first + i) // 10, else groups are random."""
+        rng = np.random.default_rng(seed)
+        if first is None:
+            index = rng.integers(0, len(self.groups), size=count)
+        else:
+            index = (np.arange(first, first + count) // 10) % len(self.groups)
+        return unit(self.groups[index] + rng.standard_normal((count, DIM), dtype=np.float32) * (0.75 / math.sqrt(DIM)))
+
+
 def make_centres(n: int) -> np.ndarray:
     c = np.random.default_rng(12345).standard_normal((max(1, n // 100), DIM), dtype=np.float32)
     return c / np.linalg.norm(c, axis=1, keepdims=True)
@@ -79,43 +104,72 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
-def bench_size(n: int, *, queries: int, flat_queries: int) -> dict[str, Any]:
-    centres = make_centres(n)
-    q = clustered(queries, 999, centres)
-    out: dict[str, Any] = {"n": n}
+def bench_size(n: int, *, queries: int, flat_queries: int, data: str = "clusters", hnsw: bool = False) -> dict[str, Any]:
+    if data == "graded":
+        model = Graded(n)
+
+        def draw(count: int, seed: int, first: int | None = None) -> np.ndarray:
+            return model.draw(count, seed, first=first)
+    else:
+        centres = make_centres(n)
+
+        def draw(count: int, seed: int, first: int | None = None) -> np.ndarray:
+            return clustered(count, seed, centres)
+
+    q = draw(queries, 999)
+    out: dict[str, Any] = {"n": n, "data": data}
     # Flat: the kb's current index.
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
     start = time.perf_counter()
     for i, (a, b) in enumerate(chunks_of(n)):
-        flat.add_with_ids(clustered(b - a, i, centres), np.arange(a, b, dtype=np.int64))
+        flat.add_with_ids(draw(b - a, i, a), np.arange(a, b, dtype=np.int64))
     out["flat_build_s"] = time.perf_counter() - start
     times = latencies(lambda x: flat.search(x, K), q[:flat_queries])
     out["flat_p50_ms"], out["flat_p99_ms"] = 1e3 * percentile(times, 50), 1e3 * percentile(times, 99)
     out["flat_queries"] = len(times)
     _, truth = flat.search(q, K)
     del flat
+    if hnsw:
+        out["hnsw"] = bench_hnsw(n, draw, q, truth)
     index, params = choose_index(n, DIM)
     out["auto_index"] = params["kind"]
     if params["kind"] == "flat":
         return out
     out["nlist"] = params["nlist"]
     start = time.perf_counter()
-    train = clustered(min(n, 50 * params["nlist"]), 10_000, centres)
+    train = draw(min(n, 50 * params["nlist"]), 10_000)
     index.train(train)
     del train
     out["ivf_train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     for i, (a, b) in enumerate(chunks_of(n)):
-        index.add_with_ids(clustered(b - a, i, centres), np.arange(a, b, dtype=np.int64))
+        index.add_with_ids(draw(b - a, i, a), np.arange(a, b, dtype=np.int64))
     out["ivf_add_s"] = time.perf_counter() - start
     table = []
-    for nprobe in (8, 16, 32, 64, 128):
+    for nprobe in (8, 16, 32, 64, 128, 256):
         index.nprobe = nprobe
         _, found = index.search(q, K)
         times = latencies(lambda x: index.search(x, K), q)
         table.append({"nprobe": nprobe, "recall_at_10": recall_at_k(found, truth),
                       "p50_ms": 1e3 * percentile(times, 50), "p99_ms": 1e3 * percentile(times, 99)})
     out["ivf"] = table
+    return out
+
+
+def bench_hnsw(n: int, draw: Any, q: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """HNSW (M=32) for comparison: build time, and recall / latency per efSearch."""
+    index = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 64
+    start = time.perf_counter()
+    for i, (a, b) in enumerate(chunks_of(n)):
+        index.add(draw(b - a, i, a))
+    out: dict[str, Any] = {"M": 32, "efConstruction": 64, "build_s": time.perf_counter() - start, "table": []}
+    for ef in (32, 64, 128, 256):
+        index.hnsw.efSearch = ef
+        _, found = index.search(q, K)
+        times = latencies(lambda x: index.search(x, K), q)
+        out["table"].append({"efSearch": ef, "recall_at_10": recall_at_k(found, truth),
+                             "p50_ms": 1e3 * percentile(times, 50), "p99_ms": 1e3 * percentile(times, 99)})
     return out
 
 
@@ -176,6 +230,10 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--flat-queries-1m", type=int, default=30)
     p.add_argument("--hybrid-n", type=int, default=100_000)
+    p.add_argument("--data", choices=("clusters", "graded"), default="clusters",
+                   help="clusters: 100 near-equidistant vectors per centre; graded: topic > group > vector")
+    p.add_argument("--hnsw-max", type=int, default=0, help="also build HNSW for sizes up to this")
+    p.add_argument("--skip-hybrid", action="store_true")
     args = p.parse_args()
     sizes = [2000, 20000] if args.tiny else [int(s) for s in args.sizes.split(",")]
     if args.tiny:
@@ -185,16 +243,22 @@ def main() -> None:
                               "faiss_threads": faiss.omp_get_max_threads(), "sizes": []}
     rows = []
     for n in sizes:
-        r = bench_size(n, queries=args.queries, flat_queries=args.queries if n < 1_000_000 else args.flat_queries_1m)
+        r = bench_size(n, queries=args.queries, flat_queries=args.queries if n < 1_000_000 else args.flat_queries_1m,
+                       data=args.data, hnsw=n <= args.hnsw_max)
         result["sizes"].append(r)
         rows.append((n, "flat", "", r["flat_p50_ms"], r["flat_p99_ms"], 1.0))
         for row in r.get("ivf", []):
             rows.append((n, f"ivf nlist={r['nlist']}", row["nprobe"], row["p50_ms"], row["p99_ms"], row["recall_at_10"]))
-        write_result(args.out, "retrieval", result)
-    print_table("dense search, one query per call (CPU)", rows, ("n", "index", "nprobe", "p50 ms", "p99 ms", "recall@10"))
+        for row in r.get("hnsw", {}).get("table", []):
+            rows.append((n, "hnsw M=32", f"ef={row['efSearch']}", row["p50_ms"], row["p99_ms"], row["recall_at_10"]))
+        write_result(args.out, f"retrieval_{args.data}", result)
+    print_table(f"dense search, one query per call (CPU, {args.data} vectors)", rows,
+                ("n", "index", "nprobe", "p50 ms", "p99 ms", "recall@10"))
+    if args.skip_hybrid:
+        return
     h = bench_hybrid(2000 if args.tiny else args.hybrid_n, queries=50 if args.tiny else args.queries)
     result["hybrid"] = h
-    write_result(args.out, "retrieval", result)
+    write_result(args.out, f"retrieval_{args.data}", result)
     print(f"hybrid at {h['n']}: p50 {h['hybrid_p50_ms']:.1f} ms, p99 {h['hybrid_p99_ms']:.1f} ms "
           f"(BM25 alone p50 {h['bm25_p50_ms']:.1f} ms)", flush=True)
 

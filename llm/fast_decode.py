@@ -1,23 +1,26 @@
-"""Fast decode path: a reused static KV cache and a ``torch.compile``d decode step (CUDA graphs).
+"""Fast decode path on CUDA: a reused static KV cache and one captured CUDA graph per token.
 
 Plain ``generate`` with its growing ``DynamicCache`` launches hundreds of small kernels per
-token from Python, so a 6B model on one GPU runs far below the memory-bandwidth limit. With a
-``StaticCache`` transformers compiles the one-token decode forward (``mode="reduce-overhead"``:
-Inductor kernels replayed as a CUDA graph); the prompt (prefill) still runs eagerly.
+token from Python and waits for the GPU between steps, so a 6B model on one H100 runs at about a
+tenth of the memory-bandwidth limit (measurements: docs/PERFORMANCE.md). Two faster paths:
 
-What this module adds around that:
+- ``graph_generate`` (plain greedy or sampled calls, one prompt or a batch): the prompt runs
+  eagerly into a ``StaticCache``; then each token is one replay of a CUDA graph holding the
+  ``torch.compile``d one-token forward, the next-token choice and every buffer update, and the
+  host reads tokens one step late while the next step already runs;
+- ``with_fast_decode`` (calls with their own logits processors or stopping criteria):
+  ``generate`` on a reused ``StaticCache``, which transformers compiles itself
+  (``mode="reduce-overhead"``).
 
-- one ``StaticCache`` per model and shape key ``(batch, cache length)``, reset and reused by
-  every call, so the CUDA graphs see the same addresses (a fresh cache per call would make
-  them re-record, and after 128 re-records torch silently stops using graphs);
-- cache lengths bucketed to powers of two (at least ``MIN_CACHE_LENGTH``), so prompts of any
-  length share a handful of compiled shapes;
-- a short warm-up ``generate`` the first time a shape key is seen (compiling and recording
-  the graph; its time is kept in ``FastDecodeState.warmups``), and if that fails, one logged
-  warning and plain eager generation for that model from then on.
+Both reuse one cache per model and shape key ``(batch, cache length)``, the length bucketed to a
+power of two (at least ``MIN_CACHE_LENGTH``): CUDA graphs see stable addresses (a fresh cache per
+call would make them re-record, and after 128 re-records torch silently stops using graphs) and
+prompts of any length share a handful of compiled shapes. The first call of a shape compiles and
+captures it (tens of seconds for a 6B model); if that fails, the path is turned off for that
+model with one logged warning and the call runs on the next slower path.
 
 Everything here runs on the model's worker thread (``llm.streaming.model_worker``), one
-generation at a time, which is also what CUDA graph trees need (they are per thread).
+generation at a time, under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -334,6 +337,7 @@ def build_decode_graph(model: Any, key: tuple[int, int], sampling: Sampling, *, 
     dummy = torch.zeros((batch, 1), dtype=torch.long, device=device)
     model(input_ids=dummy, past_key_values=cache, use_cache=True, logits_to_keep=1)
     g.cur.fill_(1)
+    _raise_recompile_limit()
     try:
         compiled = torch.compile(g.forward, dynamic=False)
         g.forward = compiled
@@ -363,6 +367,14 @@ def _capture(g: DecodeGraph) -> Any:
         decode_step(g)
     torch.cuda.synchronize()
     return graph
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Every decode graph compiles the same forward code for another shape; past torch's default
+    of 8 compiles per code object, new shapes would silently run the forward uncompiled."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def _warm_steps(g: DecodeGraph) -> None:
