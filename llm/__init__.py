@@ -1,19 +1,32 @@
 """glmkb llm package: a LangChain LLM over local ChatGLM-family (and other chat) models, and a
-client for OpenAI-compatible model servers (``llm.backend: openai``)."""
+client for OpenAI-compatible model servers (``llm.backend: openai``).
 
-from llm.chatglm import ChatGLM
-from llm.errors import ModelLoadError
-from llm.factory import llm_configured, load_llm
-from llm.loading import load_model_and_tokenizer
-from llm.openai_compatible_chat import LLMServerError, OpenAICompatibleChat, estimate_tokens
+Exports load lazily: ``from llm import ChatGLM`` does not import the OpenAI client (or torch
+for ``from llm import OpenAICompatibleChat``).
+"""
 
-__all__ = [
-    "ChatGLM",
-    "LLMServerError",
-    "ModelLoadError",
-    "OpenAICompatibleChat",
-    "estimate_tokens",
-    "llm_configured",
-    "load_llm",
-    "load_model_and_tokenizer",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ChatGLM": "llm.chatglm",
+    "ModelLoadError": "llm.errors",
+    "llm_configured": "llm.factory",
+    "load_llm": "llm.factory",
+    "load_model_and_tokenizer": "llm.loading",
+    "LLMServerError": "llm.openai_compatible_chat",
+    "OpenAICompatibleChat": "llm.openai_compatible_chat",
+    "estimate_tokens": "llm.openai_compatible_chat",
+    "load_chatglm_legacy": "llm.chatglm_legacy",
+    "convert_checkpoint": "llm.chatglm_legacy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llm' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
