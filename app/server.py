@@ -70,6 +70,7 @@ def launch(
         inbrowser=False,
         show_error=False,
         max_file_size=f"{ui.max_upload_mb}mb",
+        state_session_capacity=ui.max_sessions,
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         ssr_mode=False,

@@ -201,6 +201,14 @@ class UISettings(_Section):
         False, description="Explicitly allow binding a non-loopback address without auth."
     )
     concurrency: int = Field(4, ge=1, description="Requests the Gradio queue runs at once.")
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Browser sessions whose state (the conversation) is kept in memory, about 160 KiB each; "
+            "beyond this the least recently used session is forgotten (its next question starts a new conversation)."
+        ),
+    )
     max_upload_mb: int = Field(50, ge=1, description="Largest accepted upload in MiB.")
     allowed_types: list[str] = Field(
         default_factory=lambda: [".txt", ".md"], description="Upload file extensions accepted."
