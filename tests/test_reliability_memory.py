@@ -1,0 +1,88 @@
+"""Memory: ingesting a 100 MB text file must not need memory proportional to many times its size.
+
+Measured (docs/RELIABILITY.md): ``ingest build`` of a 100 MB UTF-8 Chinese file with
+``--embedding none`` peaked at 11.3 GiB RSS (10 MB: 1.5 GiB, 30 MB: 3.7 GiB, about 115 MiB per
+MB of text), because the file is read and decoded whole, and every chunk's BM25 tokens are held
+as Python strings (~80 bytes each) for the whole file before the index is built. The test runs
+the real command in a child process under a watchdog that kills it as soon as its RSS passes
+the bound, so today it fails in well under a minute instead of taking 11 GiB.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FILE_MB = 100
+BOUND_MIB = 2048  # start-up (~0.4 GiB with torch imported) plus ~16 bytes per byte of text
+
+# ``ingest build`` in this process, then its own peak RSS (ru_maxrss) on the last line.
+CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    from ingest.cli import main
+    code = main(sys.argv[1:])
+    print("maxrss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+    sys.exit(code)
+    """
+)
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0.0
+
+
+@pytest.fixture
+def big_file(tmp_path: Path, sanguo_path: Path) -> Path:
+    """About 100 MB of real Chinese text (三国演义 repeated), UTF-8, with its chapter headings."""
+    unit = sanguo_path.read_bytes()
+    path = tmp_path / "big.txt"
+    with path.open("wb") as f:
+        for _ in range(FILE_MB * 2**20 // len(unit) + 1):
+            f.write(unit)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to watch the child's memory")
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN GAP, fix due in kb/ (being edited by the Milvus helper): a build reads and decodes "
+    "the whole file (kb/loading.py read_bytes) and keeps every chunk's BM25 tokens as Python strings "
+    "until BM25Index.build (kb/knowledge_base.py _write_version): ~115 MiB per MB of text, 11.3 GiB "
+    "for 100 MB. See docs/RELIABILITY.md for the fix.",
+)
+def test_a_100_mb_file_is_ingested_with_bounded_memory(big_file: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    command = [sys.executable, "-c", CHILD, "build", str(big_file), "--kb", "big", "--kb-root",
+               str(tmp_path / "kb"), "--embedding", "none", "-q"]
+    started = time.monotonic()
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while child.poll() is None:
+        peak = max(peak, rss_mib(child.pid))
+        if peak > BOUND_MIB:
+            child.kill()
+            child.wait()
+            break
+        time.sleep(0.05)
+    out, err = child.communicate()
+    elapsed = time.monotonic() - started
+    assert peak <= BOUND_MIB, f"ingest build of {FILE_MB} MB passed {BOUND_MIB} MiB RSS after {elapsed:.0f} s (killed)"
+    assert child.returncode == 0, err[-2000:]
+    maxrss = int(out.split("maxrss_kib")[-1].split()[0]) / 1024
+    assert maxrss <= BOUND_MIB, f"peak RSS {maxrss:.0f} MiB for a {FILE_MB} MB file"
