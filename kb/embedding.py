@@ -8,6 +8,7 @@ failure is immediate and names what was looked for and the fix.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ def load_embeddings(model: str, *, device: str = "auto", batch_size: int = 64) -
             encode_kwargs=encode_kwargs,
             query_encode_kwargs=encode_kwargs,
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # a pickled .bin is refused
         raise EmbeddingModelError(
             f"cannot load embedding model {model!r} from {location}: {' '.join(str(e).split())}; "
             "point --embedding at a sentence-transformers or BERT-style model folder"
@@ -129,7 +130,7 @@ def load_cross_encoder(model: str, *, device: str = "auto") -> Any:
     location = locate_model(model, what="reranker model", flag="retrieval.reranker")
     try:
         return CrossEncoder(location, device=resolve_device(device), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as e:  # a pickled .bin is refused
         raise EmbeddingModelError(
             f"cannot load reranker {model!r} from {location}: {' '.join(str(e).split())}"
         ) from e

@@ -50,7 +50,9 @@ def read_pointer(kb_dir: Path) -> str | None:
         name = (kb_dir / POINTER).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    if not name.startswith(VERSION_PREFIX) or "/" in name or "\\" in name or ".." in name:
+    except UnicodeDecodeError:
+        name = "(not text)"
+    if not name.startswith(VERSION_PREFIX) or "/" in name or "\\" in name or ".." in name or not name.isprintable():
         raise KnowledgeBaseError(f"{kb_dir / POINTER} is corrupted ({name!r}); rebuild the knowledge base")
     return name
 
