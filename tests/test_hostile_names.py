@@ -242,3 +242,28 @@ def test_the_http_api_refuses_bad_names(kb_root: Path) -> None:
                 assert status in (400, 404, 503), (path, status, text)
                 assert json.loads(text)["error"]["message"] and "刘备" not in text and "Traceback" not in text
     assert outside(kb_root) == before
+
+
+def test_uploads_of_the_wrong_type_or_size_are_refused_on_both_tabs(kb_root: Path, tmp_path: Path) -> None:
+    """tests/test_app.py checks the build button; the summary tab takes uploads too, and a file
+    whose name says .txt but whose bytes are a PDF or a ZIP is refused by its content."""
+    pdf = tmp_path / "novel.pdf"
+    pdf.write_bytes(b"%PDF-1.4 not really")
+    disguised = {name: tmp_path / name for name in ("novel_pdf.txt", "book_docx.md")}
+    disguised["novel_pdf.txt"].write_bytes(b"%PDF-1.7\n" + b"\x00" * 100)
+    disguised["book_docx.md"].write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    big = tmp_path / "big.txt"
+    big.write_text("话" * (1024 * 1024 // 3 + 10), encoding="utf-8")  # just over 1 MB
+    with ui(kb_root, max_upload_mb=1) as url:
+        c = Client(url, verbose=False, download_files=False)
+        c.predict("mine", api_name="/create_kb")
+        with pytest.raises(AppError, match=r"file type not allowed: novel\.pdf"):
+            c.predict(FROM_UPLOAD, None, None, handle_file(str(pdf)), "", api_name="/summarize")
+        with pytest.raises((AppError, ValueError), match="maximum file size|file too large"):
+            c.predict(FROM_UPLOAD, None, None, handle_file(str(big)), "", api_name="/summarize")
+        for path, kind in ((disguised["novel_pdf.txt"], "a PDF"), (disguised["book_docx.md"], "a ZIP archive")):
+            with pytest.raises(AppError, match=f"{kind}.*not a text file"):
+                c.predict("mine", [handle_file(str(path))], api_name="/build")
+            with pytest.raises(AppError, match=f"{kind}.*not a text file"):
+                c.predict(FROM_UPLOAD, None, None, handle_file(str(path)), "", api_name="/summarize")
+    assert KnowledgeBase.list_names(kb_root) == []  # nothing was built
