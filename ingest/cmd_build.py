@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_overlap=args.chunk_overlap,
         store=args.store,
     )
-    if args.quiet:
-        quiet_model_loading()
+    if args.quiet and not kb.keyword_only:
+        quiet_model_loading()  # imports transformers: only when an embedding model will load
     report = kb.add_files(args.files, show_progress=not args.quiet)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()

@@ -210,20 +210,25 @@ def run_kill_trials(
     try:
         # Calibrate (on a copy, not counted as a trial): how long a whole build takes here, and
         # when it starts writing its staging folder.
-        source.write_text(variant(source_text, 0, rng), encoding="utf-8")
-        shutil.copytree(root, scratch)
-        with watch_staging(scratch / KB) as staged:
-            calibration = zygote.build(["build", str(source), "--kb", KB, "--kb-root", str(scratch), "-q"], None)
-        assert os.WIFEXITED(calibration["status"]) and os.WEXITSTATUS(calibration["status"]) == 0, calibration
-        end = calibration["elapsed"]
-        writing = min(staged or [end / 2], default=end / 2)
+        # The median of three builds: the first one in a fresh process can be much slower.
+        ends, writes = [], []
+        for attempt in range(3):
+            source.write_text(variant(source_text, -attempt, rng), encoding="utf-8")
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copytree(root, scratch)
+            with watch_staging(scratch / KB) as staged:
+                calibration = zygote.build(["build", str(source), "--kb", KB, "--kb-root", str(scratch), "-q"], None)
+            assert os.WIFEXITED(calibration["status"]) and os.WEXITSTATUS(calibration["status"]) == 0, calibration
+            ends.append(calibration["elapsed"])
+            writes.append(staged[0] if staged else calibration["elapsed"] / 2)
+        end, writing = sorted(ends)[1], sorted(writes)[1]
         # Stratified: half the kills at random moments of the i-th slice of the whole build and a
         # little past it (loading, splitting, embedding, writing, publishing), half in the i-th
         # slice of the writing phase alone, where a kill could leave a half-written version.
         half = trials // 2
         delays = [1.2 * end * (i + rng.random()) / half for i in range(half)]
-        delays += [writing * 0.9 + (end * 1.1 - writing * 0.9) * (i + rng.random()) / (trials - half)
-                   for i in range(trials - half)]
+        low, high = max(0.0, writing - 0.005), end + 0.2 * (end - writing)
+        delays += [low + (high - low) * (i + rng.random()) / (trials - half) for i in range(trials - half)]
         rng.shuffle(delays)
         print(f"\n[{kind}] seed {SEED}; calibrated build {end:.3f} s, writing from {writing:.3f} s; {trials} kills")
         for trial, delay in enumerate(delays, start=1):

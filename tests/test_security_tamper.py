@@ -21,6 +21,7 @@ import pytest
 from kb import KnowledgeBase, KnowledgeBaseError, storage
 from kb.errors import EmbeddingModelError
 
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 TEXT = "第一回 宴桃园豪杰三结义\n刘备、关羽、张飞三人在桃园结义，誓同生死。\n" * 20
 
 
