@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import bm25s
@@ -15,6 +15,22 @@ from kb.errors import KnowledgeBaseError
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
+class _TokenIdLists(Sequence[list[int]]):
+    """Chunks' token ids kept as int32 arrays; bm25s gets each chunk as a short-lived list."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: int) -> list[int]:  # type: ignore[override]
+        return self.arrays[index].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (a.tolist() for a in self.arrays)
+
+
 class BM25Index:
     """BM25 scores of chunks; row ``i`` of the index is chunk ``ids[i]``."""
 
@@ -23,13 +39,19 @@ class BM25Index:
         self.ids = ids
 
     @classmethod
-    def build(cls, token_lists: Sequence[list[str]], ids: Sequence[int]) -> BM25Index:
-        """Index pre-tokenized chunks (see ``kb.tokenizing.tokenize``)."""
+    def build(cls, token_lists: Iterable[Sequence[str]], ids: Sequence[int]) -> BM25Index:
+        """Index pre-tokenized chunks (see ``kb.tokenizing.tokenize``), read one chunk at a time.
+
+        Tokens become int32 ids through one vocabulary as they arrive, so a build holds about
+        4 bytes per token instead of a Python string (~80 bytes) per token.
+        """
         ids_array = np.asarray(ids, dtype=np.int64)
         if len(ids_array) == 0:
             return cls(None, ids_array)
+        vocab: dict[str, int] = {}
+        arrays = [np.fromiter((vocab.setdefault(t, len(vocab)) for t in tokens), dtype=np.int32) for tokens in token_lists]
         model = bm25s.BM25()
-        model.index([list(tokens) for tokens in token_lists], show_progress=False)
+        model.index(bm25s.tokenization.Tokenized(ids=_TokenIdLists(arrays), vocab=vocab), show_progress=False)
         return cls(model, ids_array)
 
     def save(self, folder: Path) -> None:

@@ -78,6 +78,14 @@ class StoredChunk:
     text: str
 
 
+TOKEN_BATCH = 2000
+"""Chunks whose BM25 tokens are read from SQLite at a time while an index is built."""
+
+
+def _joined(tokens: str | list[str]) -> str:
+    return tokens if isinstance(tokens, str) else " ".join(tokens)
+
+
 class Docstore:
     """Typed access to a docstore file; thread-safe (one connection behind a lock)."""
 
@@ -137,9 +145,9 @@ class Docstore:
         chapters: Sequence[Chapter],
         chunks: Sequence[Chunk],
         chunk_ids: Sequence[int],
-        chunk_tokens: Sequence[list[str]],
+        chunk_tokens: Sequence[str | list[str]],
     ) -> None:
-        """Insert a document with its chapters and chunks."""
+        """Insert a document with its chapters and chunks (tokens as lists or space-joined)."""
         with self._lock:
             self._conn.execute(
                 "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -152,7 +160,7 @@ class Docstore:
             self._conn.executemany(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (cid, doc_id, i, c.chapter, c.chapter_title, c.start, c.end, c.text, " ".join(tokens))
+                    (cid, doc_id, i, c.chapter, c.chapter_title, c.start, c.end, c.text, _joined(tokens))
                     for i, (cid, c, tokens) in enumerate(zip(chunk_ids, chunks, chunk_tokens, strict=True))
                 ],
             )
@@ -193,9 +201,15 @@ class Docstore:
         return [row[0] for row in self._query("SELECT id FROM chunks ORDER BY id")]
 
     def chunk_tokens(self) -> Iterator[list[str]]:
-        """BM25 tokens of every chunk, in :meth:`chunk_ids` order."""
-        for (tokens,) in self._query("SELECT tokens FROM chunks ORDER BY id"):
-            yield tokens.split(" ") if tokens else []
+        """BM25 tokens of every chunk, in :meth:`chunk_ids` order, read in batches (bounded memory)."""
+        last = -1
+        while True:
+            rows = self._query("SELECT id, tokens FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, TOKEN_BATCH))
+            for _, tokens in rows:
+                yield tokens.split(" ") if tokens else []
+            if len(rows) < TOKEN_BATCH:
+                return
+            last = rows[-1][0]
 
     def max_chunk_id(self) -> int:
         rows = self._query("SELECT max(id) FROM chunks")

@@ -455,7 +455,11 @@ class KnowledgeBase:
             # Fail fast (no Milvus, model missing offline) before the slow steps.
             self._vector_store().check_writable()
             self._get_embeddings()
-        tokens = [tokenize(c.text) for c in tqdm(new_chunks, desc="tokenizing", unit="chunk", disable=not show_progress, leave=False)]
+        # Space-joined: one string per chunk, not one Python object per token (memory of big files).
+        tokens = [
+            " ".join(tokenize(c.text))
+            for c in tqdm(new_chunks, desc="tokenizing", unit="chunk", disable=not show_progress, leave=False)
+        ]
         vectors = self._embed_chunks([c.text for c in new_chunks], show_progress=show_progress)
         if vectors is not None:
             manifest["embedding"]["dimension"] = int(vectors.shape[1])
@@ -494,7 +498,8 @@ class KnowledgeBase:
                 new_ids.extend(ids)
             report.chunks_added = len(new_ids)
             all_ids = np.asarray(store.chunk_ids(), dtype=np.int64)
-            bm25 = BM25Index.build(list(store.chunk_tokens()), all_ids)
+            del tokens
+            bm25 = BM25Index.build(store.chunk_tokens(), all_ids)
             store.commit_and_close()
             bm25.save(staging / BM25_DIR)
             if not self.keyword_only:
