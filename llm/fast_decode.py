@@ -28,12 +28,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from llm.per_model import PerModel
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +90,8 @@ class FastDecodeState:
     disabled_reason: str | None = None
 
 
-_STATES: weakref.WeakKeyDictionary[Any, FastDecodeState] = weakref.WeakKeyDictionary()
-_STATES_LOCK = threading.Lock()
-
-
-def fast_decode_state(model: Any) -> FastDecodeState:
-    """The fast-path state of one model object (created on first use)."""
-    with _STATES_LOCK:
-        state = _STATES.get(model)
-        if state is None:
-            state = _STATES[model] = FastDecodeState()
-        return state
+fast_decode_state: PerModel[FastDecodeState] = PerModel(FastDecodeState)
+"""The fast-path state of one model object (created on first use)."""
 
 
 def compile_config() -> Any:
@@ -408,15 +400,7 @@ class _GraphStates:
         self.capture_times: dict[str, float] = {}
 
 
-_GRAPH_STATES: weakref.WeakKeyDictionary[Any, _GraphStates] = weakref.WeakKeyDictionary()
-
-
-def graph_states(model: Any) -> _GraphStates:
-    with _STATES_LOCK:
-        states = _GRAPH_STATES.get(model)
-        if states is None:
-            states = _GRAPH_STATES[model] = _GraphStates()
-        return states
+graph_states: PerModel[_GraphStates] = PerModel(_GraphStates)
 
 
 def decode_graph(model: Any, key: tuple[int, int], sampling: Sampling) -> DecodeGraph:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from llm.fast_decode import fast_generate
+from llm.per_model import PerModel
 
 WORKER_THREAD_NAME = "glmkb-generate"
 _END = object()
@@ -217,17 +217,8 @@ def _run_tasks(tasks: queue.SimpleQueue[Any]) -> None:
         del task  # drop references (model, tensors) while idle
 
 
-_WORKERS: weakref.WeakKeyDictionary[Any, ModelWorker] = weakref.WeakKeyDictionary()
-_WORKERS_LOCK = threading.Lock()
-
-
-def model_worker(model: Any) -> ModelWorker:
-    """The worker (thread + lock) of one model object, shared by every ChatGLM using it."""
-    with _WORKERS_LOCK:
-        worker = _WORKERS.get(model)
-        if worker is None:
-            worker = _WORKERS[model] = ModelWorker()
-        return worker
+model_worker: PerModel[ModelWorker] = PerModel(ModelWorker)
+"""The worker (thread + lock) of one model object, shared by every ChatGLM using it."""
 
 
 def model_is_busy(model: Any) -> bool:
