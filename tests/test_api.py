@@ -385,7 +385,9 @@ def test_concurrent_streams_do_not_block_the_server_and_each_get_their_answer(
 
         first = threading.Thread(target=ask, args=("第一",))
         first.start()
-        assert wait_until(lambda: processor.steps >= 2)  # paused at step 2, holding the model
+        # Wait until it is parked at step 2, holding the model (``steps`` reaches 2 one step
+        # earlier: clearing pause_at then let the first generation run through, a flaky race).
+        assert processor.parked.wait(30)
         processor.pause_at = None  # only the first generation pauses
         second = threading.Thread(target=ask, args=("第二",))
         second.start()
