@@ -6,11 +6,15 @@ from whole sentences (ending in 。！？；… plus any closing quotes). Text b
 heading is the preamble, a section with ``chapter=None``. Documents without headings fall
 back to langchain's RecursiveCharacterTextSplitter with Chinese separators. Every chunk keeps
 ``start``/``end`` offsets with ``text[start:end] == chunk.text``.
+
+Big files are split as a stream of text blocks (:class:`ChapterScanner`, :func:`iter_chunks`):
+memory follows the longest section, capped at ``SECTION_LIMIT`` characters, not the file.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -25,6 +29,12 @@ CHAPTER_HEADING = re.compile(
 )
 # A heading line longer than this is prose that happens to start with 第N回.
 MAX_TITLE_CHARS = 60
+# A line longer than this is never a heading (however many spaces lead it): a streamed scan
+# never has to hold more than this much of a line.
+MAX_HEADING_LINE = 4096
+# A chapter (or a document without chapters) longer than this is chunked in sections of at
+# most this many characters, cut at a line or sentence end: the memory a split needs.
+SECTION_LIMIT = 200_000
 # Sentence ends, with closing quotes/brackets that belong to the sentence; a line break also ends one.
 SENTENCE_END = re.compile(r"(?:[。！？；!?;]|…+|\.{3,})+[”’」』\"'）)》]*|\n+")
 _NON_SPACE = re.compile(r"\S")
@@ -75,47 +85,192 @@ def chinese_number(numeral: str) -> int:
     return total + section + digit
 
 
+class ChapterScanner:
+    """Finds chapter headings in text fed block by block; :meth:`finish` gives the sections.
+
+    Feeding a text in any blocks gives the same sections as feeding it whole. Only the current
+    incomplete line is held (at most ``MAX_HEADING_LINE`` characters of it).
+    """
+
+    def __init__(self) -> None:
+        self._line = ""  # the incomplete last line, while it may still be a heading
+        self._line_start = 0  # offset of ``_line`` (or of the over-long line being skipped)
+        self._skipping = False  # inside a line longer than MAX_HEADING_LINE
+        self._length = 0
+        self._text_before_first = False  # non-space text before the first heading
+        self._headings: list[tuple[int, Chapter]] = []  # (line start, chapter without its end)
+
+    def feed(self, block: str) -> None:
+        """Scan the next piece of the text."""
+        self._length += len(block)
+        newline = block.rfind("\n")
+        if newline < 0:
+            self._extend_line(block)
+            return
+        if self._skipping:
+            complete, base = block[: newline + 1], self._length - len(block)
+            self._note_text(complete[: complete.find("\n")])
+            first = complete.find("\n") + 1
+            self._scan(complete[first:], base + first)
+        else:
+            self._scan(self._line + block[: newline + 1], self._line_start)
+        self._line, self._skipping = "", False
+        self._line_start = self._length - (len(block) - newline - 1)
+        self._extend_line(block[newline + 1 :])
+
+    def finish(self) -> list[Chapter]:
+        """The sections of everything fed: an optional preamble then one per heading (``[]``
+        when there is no heading at all)."""
+        if not self._skipping:
+            self._scan(self._line, self._line_start)
+        self._line = ""
+        if not self._headings:
+            return []
+        sections: list[Chapter] = []
+        if self._text_before_first:
+            sections.append(Chapter(number=None, title=None, heading=None, start=0, end=self._headings[0][0]))
+        for i, (_, chapter) in enumerate(self._headings):
+            end = self._headings[i + 1][0] if i + 1 < len(self._headings) else self._length
+            sections.append(Chapter(chapter.number, chapter.title, chapter.heading, chapter.start, end))
+        return sections
+
+    def _extend_line(self, piece: str) -> None:
+        if self._skipping:
+            self._note_text(piece)
+            return
+        self._line += piece
+        if len(self._line) > MAX_HEADING_LINE:
+            self._note_text(self._line)
+            self._line, self._skipping = "", True
+
+    def _note_text(self, text: str) -> None:
+        if not self._headings and not self._text_before_first and _NON_SPACE.search(text):
+            self._text_before_first = True
+
+    def _scan(self, lines: str, offset: int) -> None:
+        pos = 0
+        for match in CHAPTER_HEADING.finditer(lines):
+            if len(match.group("title") or "") > MAX_TITLE_CHARS or match.end() - match.start() > MAX_HEADING_LINE:
+                continue
+            self._note_text(lines[pos : match.start()])
+            pos = match.end()
+            heading = re.sub(rf"{_SPACE}+", "", match.group("heading"))
+            title = " ".join((match.group("title") or "").split()) or heading
+            chapter = Chapter(chinese_number(match.group("num")), title, heading, offset + match.start("heading"), -1)
+            self._headings.append((offset + match.start(), chapter))
+        self._note_text(lines[pos:])
+
+
 def split_chapters(text: str) -> list[Chapter]:
     """The sections of ``text``: an optional preamble (``number=None``) then one per heading.
 
     Returns ``[]`` when the text has no chapter headings at all.
     """
-    headings = [m for m in CHAPTER_HEADING.finditer(text) if len(m.group("title") or "") <= MAX_TITLE_CHARS]
-    if not headings:
-        return []
-    sections: list[Chapter] = []
-    first = headings[0].start()
-    if text[:first].strip():
-        sections.append(Chapter(number=None, title=None, heading=None, start=0, end=first))
-    for i, match in enumerate(headings):
-        end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
-        heading = re.sub(rf"{_SPACE}+", "", match.group("heading"))
-        title = " ".join((match.group("title") or "").split()) or heading
-        sections.append(
-            Chapter(
-                number=chinese_number(match.group("num")),
-                title=title,
-                heading=heading,
-                start=match.start("heading"),
-                end=end,
-            )
-        )
-    return sections
+    scanner = ChapterScanner()
+    scanner.feed(text)
+    return scanner.finish()
 
 
 def split_document(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk]:
     """Chunks of a whole document: per chapter if it has headings, else the recursive fallback."""
+    return list(iter_chunks([text], split_chapters(text), chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+
+
+def iter_chunks(
+    blocks: Iterable[str], chapters: list[Chapter], *, chunk_size: int, chunk_overlap: int
+) -> Iterator[Chunk]:
+    """Chunks of a document given as text blocks, in reading order, holding one section at a time.
+
+    ``chapters`` are the document's sections (:class:`ChapterScanner` over the same text, e.g.
+    in an earlier pass); ``[]`` means the recursive fallback. Every block is consumed, even
+    past the last chunk, so a caller hashing the blocks sees the whole text.
+    """
     _check_sizes(chunk_size, chunk_overlap)
-    chapters = split_chapters(text)
-    if not chapters:
-        return split_plain(text, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-    chunks: list[Chunk] = []
-    for chapter in chapters:
-        for start, end in pack_sentences(
-            text, chapter.start, chapter.end, chunk_size=chunk_size, chunk_overlap=chunk_overlap
-        ):
-            chunks.append(Chunk(text[start:end], start, end, chapter.number, chapter.title))
-    return chunks
+    window = _TextWindow(blocks)
+    if chapters:
+        for chapter in chapters:
+            for start, end in _sections(window, chapter.start, chapter.end, breaks=_LINE_BREAKS):
+                for s, e in pack_sentences(
+                    window.text, start - window.base, end - window.base, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+                ):
+                    yield Chunk(window.text[s:e], window.base + s, window.base + e, chapter.number, chapter.title)
+    else:
+        for start, end in _sections(window, 0, None, breaks=_PARAGRAPH_BREAKS):
+            segment = window.text[start - window.base : end - window.base]
+            for chunk in split_plain(segment, chunk_size=chunk_size, chunk_overlap=chunk_overlap):
+                yield Chunk(chunk.text, start + chunk.start, start + chunk.end, None, None)
+    window.read_to(None)
+
+
+class _TextWindow:
+    """The part of a streamed text still needed: ``text`` starts at offset ``base``."""
+
+    def __init__(self, blocks: Iterable[str]) -> None:
+        self._blocks = iter(blocks)
+        self.text = ""
+        self.base = 0
+        self.eof = False
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.text)
+
+    def read_to(self, offset: int | None) -> None:
+        """Read blocks until the window reaches ``offset`` (None: the end of the text)."""
+        pieces = [self.text]
+        end = self.end
+        while not self.eof and (offset is None or end < offset):
+            block = next(self._blocks, None)
+            if block is None:
+                self.eof = True
+            else:
+                pieces.append(block)
+                end += len(block)
+        if len(pieces) > 1:
+            self.text = "".join(pieces)
+
+    def drop_before(self, offset: int) -> None:
+        """Forget text before ``offset`` (lazily: copying is paid only when it frees half)."""
+        cut = offset - self.base
+        if cut > 0 and cut * 2 >= len(self.text):
+            self.text = self.text[cut:]
+            self.base = offset
+
+
+_LINE_BREAKS = (re.compile(r"\n"), SENTENCE_END)
+_PARAGRAPH_BREAKS = (re.compile(r"\n\s*\n"), re.compile(r"\n"), SENTENCE_END)
+
+
+def _sections(
+    window: _TextWindow, start: int, end: int | None, *, breaks: tuple[re.Pattern[str], ...]
+) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` (None: to the end of the text) in pieces of at most ``SECTION_LIMIT``
+    characters, each cut after the last match of the first pattern in ``breaks`` that occurs in
+    its second half (else at the limit). The window holds each piece while it is yielded."""
+    while True:
+        window.read_to(start + SECTION_LIMIT + 1 if end is None else min(end, start + SECTION_LIMIT + 1))
+        stop = window.end if end is None else min(end, window.end)
+        if stop - start <= SECTION_LIMIT:
+            if stop > start:
+                yield start, stop
+            window.drop_before(stop)
+            return
+        cut = _last_break(window, start + SECTION_LIMIT // 2, start + SECTION_LIMIT, breaks)
+        yield start, cut
+        window.drop_before(cut)
+        start = cut
+
+
+def _last_break(window: _TextWindow, low: int, high: int, breaks: tuple[re.Pattern[str], ...]) -> int:
+    """The offset after the last break in ``[low, high)``, by the first pattern that has one."""
+    text, base = window.text, window.base
+    for pattern in breaks:
+        last = None
+        for last in pattern.finditer(text, low - base, high - base):
+            pass
+        if last is not None and last.end() > low - base:
+            return base + last.end()
+    return high
 
 
 def sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
@@ -171,14 +326,14 @@ def split_plain(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk
         # Pieces come in order, each made of the splitter's consecutive splits: it starts inside
         # the previous piece (the overlap, at most chunk_overlap characters back, or where the
         # previous one started when it repeats all of a short one and extends it) or after it
-        # with only whitespace between. The last copy of the piece in that window is the one
-        # the splitter cut: an earlier copy (repeated or periodic text) would leave the text
-        # between it and the window's end in no chunk.
+        # with only whitespace between. The splitter keeps the longest overlap that fits, so in
+        # repeated or periodic text the first copy in that window is the one it cut (the last
+        # copy drifted later piece by piece until a piece was "not in the document").
         following = _NON_SPACE.search(text, previous_end)
         latest = following.start() if following else len(text)
-        start = _find_last(text, piece, search_from, latest)
+        start = text.find(piece, search_from, latest + len(piece))
         if start < 0:
-            start = _find_last(text, piece, previous_start, latest)
+            start = text.find(piece, previous_start, latest + len(piece))
         if start < 0:
             start = text.find(piece, search_from)
         if start < 0:
@@ -189,11 +344,6 @@ def split_plain(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk
         search_from = max(start + 1, start + len(piece) - chunk_overlap)
         previous_start, previous_end = start, start + len(piece)
     return chunks
-
-
-def _find_last(text: str, piece: str, lowest: int, latest: int) -> int:
-    """Where the last copy of ``piece`` starting in ``[lowest, latest]`` starts, or -1."""
-    return text.rfind(piece, lowest, latest + len(piece))
 
 
 def _strip_span(text: str, start: int, end: int) -> list[tuple[int, int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kb import chinese_number, split_chapters, split_document
-from kb.splitting import pack_sentences, split_plain
+from kb import splitting
+from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks, pack_sentences, split_plain
 
 
 @pytest.mark.parametrize(
@@ -163,3 +166,89 @@ def test_repeated_passages_get_their_own_offsets() -> None:
     starts = [c.start for c in chunks]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
     assert chunks[-1].end == len(text.rstrip())
+
+
+# --- streaming: the same chapters and chunks from text fed in blocks ------------------------
+
+
+def in_blocks(text: str, cuts: list[int]) -> list[str]:
+    """``text`` cut at the given offsets (sorted, deduplicated, inside the text)."""
+    points = [0, *sorted({c for c in cuts if 0 < c < len(text)}), len(text)]
+    return [text[a:b] for a, b in zip(points, points[1:])]
+
+
+def streamed(blocks: list[str], *, chunk_size: int, chunk_overlap: int) -> tuple[list[Chapter], list[Chunk]]:
+    scanner = ChapterScanner()
+    for block in blocks:
+        scanner.feed(block)
+    chapters = scanner.finish()
+    return chapters, list(iter_chunks(iter(blocks), chapters, chunk_size=chunk_size, chunk_overlap=chunk_overlap))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("天下大势分久必合。！？；…”」\n\r \u3000#：第一二回章十12")), max_size=500),
+    cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=12),
+    size=st.integers(min_value=5, max_value=60),
+)
+def test_blocks_give_the_same_chapters_and_chunks_as_the_whole_text(text: str, cuts: list[int], size: int) -> None:
+    chapters, chunks = streamed(in_blocks(text, cuts), chunk_size=size, chunk_overlap=size // 4)
+    assert chapters == split_chapters(text)
+    assert chunks == split_document(text, chunk_size=size, chunk_overlap=size // 4)
+
+
+def test_a_novel_streamed_in_blocks_splits_as_a_whole(sanguo_path: Path) -> None:
+    text = sanguo_path.read_text(encoding="utf-8")
+    cuts = list(range(0, len(text), 4099)) + [text.index("第二回") + 1, text.index("第三回") + 3]
+    assert streamed(in_blocks(text, cuts), chunk_size=400, chunk_overlap=80) == (
+        split_chapters(text),
+        split_document(text, chunk_size=400, chunk_overlap=80),
+    )
+
+
+def test_an_over_long_line_is_never_a_heading() -> None:
+    """A streamed scan holds at most MAX_HEADING_LINE characters of a line, so the whole-text
+    split must ignore longer heading-shaped lines too, or the two would disagree."""
+    long_line = " " * splitting.MAX_HEADING_LINE + "第二回 标题"
+    text = f"第一回 开始\n正文。\n{long_line}\n更多正文。"
+    assert [c.number for c in split_chapters(text)] == [1]
+    assert streamed(in_blocks(text, list(range(0, len(text), 97))), chunk_size=50, chunk_overlap=10)[0] == split_chapters(text)
+
+
+@pytest.mark.parametrize("headings", [True, False])
+def test_sections_longer_than_the_limit_are_cut_at_line_ends(headings: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(splitting, "SECTION_LIMIT", 2000)
+    body = "".join(f"第{i}句话说的是这件事。" + ("\n" if i % 7 == 0 else "") for i in range(1500))
+    text = ("第一回 长章\n" if headings else "") + body
+    chapters, chunks = streamed(in_blocks(text, list(range(0, len(text), 333))), chunk_size=100, chunk_overlap=20)
+    assert chunks == split_document(text, chunk_size=100, chunk_overlap=20)
+    assert all(text[c.start : c.end] == c.text and len(c.text) <= 100 for c in chunks)
+    starts = [c.start for c in chunks]
+    assert starts == sorted(starts) and chunks[-1].end == len(text.rstrip())
+    # Chunks never straddle a section cut: some chunk ends right before a line break deep in the text.
+    assert any(c.end > 2000 and text[c.end] == "\n" for c in chunks[:-1])
+
+
+def test_a_long_line_without_punctuation_is_split_in_bounded_memory() -> None:
+    """Memory of a streamed split follows SECTION_LIMIT, not the document (issue 9); also a
+    regression guard: periodic text without separators made split_plain place each piece at the
+    last copy in its window, drifting until "text splitter returned text that is not in the
+    document"."""
+    block = "天下大势分久必合合久必分" * 1000
+    total = 1_200_000  # six sections
+
+    def blocks() -> Iterator[str]:
+        for _ in range(total // len(block)):
+            yield block
+
+    tracemalloc.start()
+    try:
+        count = end = 0
+        for chunk in iter_chunks(blocks(), [], chunk_size=400, chunk_overlap=80):
+            count += 1
+            end = chunk.end
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert end == total and count >= total // 400
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {total:,}-character line"
