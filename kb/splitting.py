@@ -318,32 +318,64 @@ def split_plain(text: str, *, chunk_size: int, chunk_overlap: int) -> list[Chunk
         keep_separator="end",
         strip_whitespace=True,
     )
-    chunks: list[Chunk] = []
-    search_from = previous_start = previous_end = 0
-    for piece in splitter.split_text(text):
-        if not piece.strip():
-            continue  # only below the smallest chunk size settings allow: nothing to retrieve
-        # Pieces come in order, each made of the splitter's consecutive splits: it starts inside
-        # the previous piece (the overlap, at most chunk_overlap characters back, or where the
-        # previous one started when it repeats all of a short one and extends it) or after it
-        # with only whitespace between. The splitter keeps the longest overlap that fits, so in
-        # repeated or periodic text the first copy in that window is the one it cut (the last
-        # copy drifted later piece by piece until a piece was "not in the document").
-        following = _NON_SPACE.search(text, previous_end)
-        latest = following.start() if following else len(text)
-        start = text.find(piece, search_from, latest + len(piece))
-        if start < 0:
-            start = text.find(piece, previous_start, latest + len(piece))
-        if start < 0:
-            start = text.find(piece, search_from)
-        if start < 0:
-            start = text.find(piece, previous_start)
-        if start < 0:
-            raise AssertionError("text splitter returned text that is not in the document")
-        chunks.append(Chunk(piece, start, start + len(piece), None, None))
-        search_from = max(start + 1, start + len(piece) - chunk_overlap)
-        previous_start, previous_end = start, start + len(piece)
-    return chunks
+    pieces = [piece for piece in splitter.split_text(text) if piece.strip()]
+    starts = _locate_pieces(text, pieces, chunk_overlap=chunk_overlap)
+    return [Chunk(piece, start, start + len(piece), None, None) for piece, start in zip(pieces, starts)]
+
+
+def _locate_pieces(text: str, pieces: list[str], *, chunk_overlap: int) -> list[int]:
+    """Where each of the splitter's pieces starts in ``text``.
+
+    Pieces come in order, each made of the splitter's consecutive splits: a piece starts inside
+    the previous one (the overlap, at most ``chunk_overlap`` characters back, or where the
+    previous one started when it repeats all of a short one and extends it) or after it with
+    only whitespace between. Repeated or periodic text has several copies of a piece in that
+    window; neither the first copy (a short repeated line inside the overlap) nor the last one
+    (periodic text drifts) is always right. So this is a depth-first search over the copies,
+    first copy first, for placements that leave no text outside every piece; remembering the
+    placements that failed keeps it linear in practice.
+    """
+    failed: set[tuple[int, int]] = set()
+    starts: list[int] = []
+    stack = [_candidate_starts(text, pieces[0], 0, 0, 0)] if pieces else []
+    while stack:
+        index = len(starts)
+        start = next((s for s in stack[-1] if (index, s) not in failed), None)
+        if start is None:
+            stack.pop()
+            if starts:
+                failed.add((index - 1, starts.pop()))
+            continue
+        starts.append(start)
+        end = start + len(pieces[index])
+        if index + 1 == len(pieces):
+            if _NON_SPACE.search(text, end) is None:
+                return starts
+            failed.add((index, starts.pop()))
+            continue
+        search_from = max(start + 1, end - chunk_overlap)
+        stack.append(_candidate_starts(text, pieces[index + 1], search_from, start, end))
+    if pieces:
+        raise AssertionError("text splitter returned text that is not in the document")
+    return starts
+
+
+def _candidate_starts(text: str, piece: str, search_from: int, previous_start: int, previous_end: int) -> Iterator[int]:
+    """Offsets where ``piece`` may start after a piece at ``[previous_start, previous_end)``:
+    copies from ``search_from`` up to the next non-space character, then earlier ones back
+    to ``previous_start``."""
+    following = _NON_SPACE.search(text, previous_end)
+    latest = following.start() if following else len(text)
+    yield from _copies(text, piece, search_from, latest)
+    yield from _copies(text, piece, previous_start, min(search_from - 1, latest))
+
+
+def _copies(text: str, piece: str, low: int, high: int) -> Iterator[int]:
+    """Offsets in ``[low, high]`` where ``text`` has a copy of ``piece``, ascending."""
+    position = text.find(piece, low, high + len(piece))
+    while position >= 0:
+        yield position
+        position = text.find(piece, position + 1, high + len(piece))
 
 
 def _strip_span(text: str, start: int, end: int) -> list[tuple[int, int]]:
