@@ -47,7 +47,15 @@ CREATE TABLE IF NOT EXISTS chunks (
     tokens TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, ordinal);
+CREATE TABLE IF NOT EXISTS document_blocks (
+    doc_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (doc_id, ordinal)
+);
 """
+# A document's text is written block by block into ``document_blocks`` as it streams in;
+# ``documents.text`` stays empty for those (it held the whole text in docstores written before).
 
 
 @dataclass(frozen=True)
@@ -140,27 +148,42 @@ class Docstore:
         source: str,
         sha256: str,
         encoding: str,
-        text: str,
+        chars: int,
         added_at: str,
         chapters: Sequence[Chapter],
-        chunks: Sequence[Chunk],
-        chunk_ids: Sequence[int],
-        chunk_tokens: Sequence[str | list[str]],
     ) -> None:
-        """Insert a document with its chapters and chunks (tokens as lists or space-joined)."""
+        """Record a document whose text blocks and chunks were added (:meth:`add_text_block`,
+        :meth:`add_chunks`)."""
         with self._lock:
             self._conn.execute(
                 "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, source, sha256, encoding, len(text), added_at, text),
+                (doc_id, source, sha256, encoding, chars, added_at, ""),
             )
             self._conn.executemany(
                 "INSERT INTO chapters VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(doc_id, i, c.number, c.title, c.heading, c.start, c.end) for i, c in enumerate(chapters)],
             )
+
+    def add_text_block(self, doc_id: str, ordinal: int, text: str) -> None:
+        """Store the next block of a document's text (blocks join to the whole text)."""
+        with self._lock:
+            self._conn.execute("INSERT INTO document_blocks VALUES (?, ?, ?)", (doc_id, ordinal, text))
+
+    def add_chunks(
+        self,
+        doc_id: str,
+        *,
+        first_ordinal: int,
+        chunk_ids: Sequence[int],
+        chunks: Sequence[Chunk],
+        chunk_tokens: Sequence[str | list[str]],
+    ) -> None:
+        """Store the next chunks of a document, in reading order (tokens as lists or space-joined)."""
+        with self._lock:
             self._conn.executemany(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (cid, doc_id, i, c.chapter, c.chapter_title, c.start, c.end, c.text, _joined(tokens))
+                    (cid, doc_id, first_ordinal + i, c.chapter, c.chapter_title, c.start, c.end, c.text, _joined(tokens))
                     for i, (cid, c, tokens) in enumerate(zip(chunk_ids, chunks, chunk_tokens, strict=True))
                 ],
             )
@@ -169,7 +192,7 @@ class Docstore:
         """Remove a document and return the ids of its chunks."""
         ids = [row[0] for row in self._query("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
         with self._lock:
-            for table in ("chunks", "chapters", "documents"):
+            for table in ("chunks", "chapters", "document_blocks", "documents"):
                 self._conn.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
         return ids
 
@@ -186,8 +209,17 @@ class Docstore:
         return [DocumentInfo(*row) for row in rows]
 
     def document_text(self, doc_id: str) -> str | None:
+        """A document's whole text (None if there is no such document)."""
         rows = self._query("SELECT text FROM documents WHERE doc_id = ?", (doc_id,))
-        return rows[0][0] if rows else None
+        if not rows:
+            return None
+        if rows[0][0] or not self._has_table("document_blocks"):
+            return rows[0][0]
+        blocks = self._query("SELECT text FROM document_blocks WHERE doc_id = ? ORDER BY ordinal", (doc_id,))
+        return "".join(block for (block,) in blocks)
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def chapters(self, doc_id: str) -> list[Chapter]:
         rows = self._query(

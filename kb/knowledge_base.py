@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,9 +44,9 @@ from kb.embedding import (
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.faiss_store import FaissStore
 from kb.fusion import reciprocal_rank_fusion
-from kb.loading import load_text_with_encoding
+from kb.loading import open_text_file
 from kb.names import validate_kb_name
-from kb.splitting import Chapter, Chunk, split_chapters, split_document
+from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks
 from kb.tokenizing import tokenize
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ BM25_DIR = "bm25"
 SPLITTER_VERSION = "chapters-sentences-v1"
 # How many candidates each retriever contributes to fusion / reranking.
 CANDIDATE_DEPTH = 50
+# Chunks tokenized, embedded and written at a time while a document streams in.
+CHUNK_BATCH = 1024
 
 
 @dataclass
@@ -105,19 +108,29 @@ class _Version:
 
 @dataclass
 class _Incoming:
-    """A decoded source document waiting to be added."""
+    """A source document checked and scanned, waiting to be added; its text is re-read from
+    ``blocks`` when it is written, so a build holds one block of it at a time."""
 
     source: str
-    text: str
     encoding: str
+    sha256: str  # of the decoded text as UTF-8
+    chars: int
+    chapters: list[Chapter]
+    blocks: Callable[[], Iterable[str]]
 
     @property
     def doc_id(self) -> str:
         return doc_id_for(self.source)
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+    @classmethod
+    def scan(cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]]) -> _Incoming:
+        """Read the text once for its hash, length and chapters."""
+        hasher, scanner, chars = hashlib.sha256(), ChapterScanner(), 0
+        for block in blocks():
+            hasher.update(block.encode("utf-8"))
+            scanner.feed(block)
+            chars += len(block)
+        return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish(), blocks)
 
 
 def doc_id_for(source: str) -> str:
@@ -360,13 +373,14 @@ class KnowledgeBase:
 
     def add_files(self, paths: Iterable[str | os.PathLike[str]], *, show_progress: bool = False) -> BuildReport:
         """Add or update text files. Unchanged files are skipped, changed ones replace their old
-        chunks. All files are read and checked before anything is written."""
+        chunks. All files are read and checked before anything is written; files are read in
+        blocks, so memory does not grow with their size."""
         started = time.perf_counter()
         paths = list(paths)
         incoming: list[_Incoming] = []
         for path in tqdm(paths, desc="reading", unit="file", disable=not show_progress, leave=False):
-            text, encoding = load_text_with_encoding(path)
-            incoming.append(_Incoming(source_for_path(path), text, encoding))
+            text_file = open_text_file(path)
+            incoming.append(_Incoming.scan(source_for_path(path), text_file.encoding, text_file.blocks))
         return self._apply(incoming, [], show_progress=show_progress, started=started)
 
     def add_texts(self, texts: Mapping[str, str], *, show_progress: bool = False) -> BuildReport:
@@ -376,7 +390,8 @@ class KnowledgeBase:
         for source, text in texts.items():
             if not text.strip():
                 raise KnowledgeBaseError(f"{source} is empty; there is no text to add")
-            incoming.append(_Incoming(source, text.removeprefix("\ufeff"), "text"))
+            blocks = [text.removeprefix("\ufeff")]
+            incoming.append(_Incoming.scan(source, "text", lambda blocks=blocks: blocks))
         return self._apply(incoming, [], show_progress=show_progress, started=started)
 
     def remove(self, refs: Iterable[str]) -> BuildReport:
@@ -445,24 +460,10 @@ class KnowledgeBase:
         show_progress: bool,
     ) -> None:
         manifest = self.manifest
-        chunk_size, chunk_overlap = self.chunk_size, self.chunk_overlap
-        split = [
-            (doc, split_chapters(doc.text), split_document(doc.text, chunk_size=chunk_size, chunk_overlap=chunk_overlap))
-            for doc in to_add
-        ]
-        new_chunks = [chunk for _, _, chunks in split for chunk in chunks]
         if not self.keyword_only:
             # Fail fast (no Milvus, model missing offline) before the slow steps.
             self._vector_store().check_writable()
             self._get_embeddings()
-        # Space-joined: one string per chunk, not one Python object per token (memory of big files).
-        tokens = [
-            " ".join(tokenize(c.text))
-            for c in tqdm(new_chunks, desc="tokenizing", unit="chunk", disable=not show_progress, leave=False)
-        ]
-        vectors = self._embed_chunks([c.text for c in new_chunks], show_progress=show_progress)
-        if vectors is not None:
-            manifest["embedding"]["dimension"] = int(vectors.shape[1])
 
         self.path.mkdir(parents=True, exist_ok=True)
         staging = storage.new_staging_dir(self.path)
@@ -477,29 +478,45 @@ class KnowledgeBase:
             report.chunks_removed = len(removed_ids)
             next_id = max(int(manifest.get("next_chunk_id", 0)), store.max_chunk_id() + 1)
             new_ids: list[int] = []
+            vector_parts: list[np.ndarray] = []
+            added: list[DocumentInfo] = []
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            offset = 0
-            for doc, chapters, chunks in split:
-                ids = list(range(next_id, next_id + len(chunks)))
-                store.add_document(
-                    doc_id=doc.doc_id,
-                    source=doc.source,
-                    sha256=doc.sha256,
-                    encoding=doc.encoding,
-                    text=doc.text,
-                    added_at=now,
-                    chapters=chapters,
-                    chunks=chunks,
-                    chunk_ids=ids,
-                    chunk_tokens=tokens[offset : offset + len(chunks)],
-                )
-                offset += len(chunks)
-                next_id += len(chunks)
-                new_ids.extend(ids)
+            with tqdm(
+                total=sum(doc.chars for doc in to_add),
+                desc="tokenizing" if self.keyword_only else "tokenizing+embedding",
+                unit="char",
+                unit_scale=True,
+                disable=not show_progress,
+                leave=False,
+            ) as bar:
+                for doc in to_add:
+                    count = self._write_document(store, doc, first_id=next_id, vectors=vector_parts, bar=bar)
+                    store.add_document(
+                        doc_id=doc.doc_id,
+                        source=doc.source,
+                        sha256=doc.sha256,
+                        encoding=doc.encoding,
+                        chars=doc.chars,
+                        added_at=now,
+                        chapters=doc.chapters,
+                    )
+                    added.append(
+                        DocumentInfo(
+                            doc.doc_id, doc.source, doc.sha256, doc.encoding, doc.chars, count,
+                            sum(c.number is not None for c in doc.chapters), now,
+                        )
+                    )
+                    new_ids.extend(range(next_id, next_id + count))
+                    next_id += count
+            vectors = None
+            if not self.keyword_only:
+                vectors = np.concatenate(vector_parts) if vector_parts else self._embed_chunks([], show_progress=False)
+                del vector_parts
+                assert vectors is not None
+                manifest["embedding"]["dimension"] = int(vectors.shape[1])
             report.chunks_added = len(new_ids)
             all_ids = np.asarray(store.chunk_ids(), dtype=np.int64)
-            del tokens
-            bm25 = BM25Index.build(store.chunk_tokens(), all_ids)
+            bm25 = BM25Index.build(store.chunk_tokens, all_ids, show_progress=show_progress)
             store.commit_and_close()
             bm25.save(staging / BM25_DIR)
             if not self.keyword_only:
@@ -523,7 +540,7 @@ class KnowledgeBase:
                 updated_at=now,
                 documents={
                     d.doc_id: {"source": d.source, "sha256": d.sha256, "chars": d.chars, "chunks": d.chunks}
-                    for d in _documents_after(base, to_delete, split, now)
+                    for d in _documents_after(base, to_delete, added)
                 },
                 counts={"documents": None, "chunks": int(len(all_ids))},
                 bm25={"tokenizer": "jieba.cut_for_search", "k1": 1.5, "b": 0.75, "method": "lucene"},
@@ -540,6 +557,42 @@ class KnowledgeBase:
             raise
         storage.collect_garbage(self.path, keep={version} | ({base.name} if base else set()))
         self._load_version(version)
+
+    def _write_document(
+        self, store: Docstore, doc: _Incoming, *, first_id: int, vectors: list[np.ndarray], bar: tqdm
+    ) -> int:
+        """Stream one document into the staging docstore: its text blocks, then its chunks with
+        their BM25 tokens (and vectors, appended to ``vectors``) a batch at a time. Returns the
+        number of chunks. Refuses a document whose text changed since it was scanned."""
+        hasher = hashlib.sha256()
+        chars = 0
+
+        def recorded() -> Iterator[str]:
+            nonlocal chars
+            for ordinal, block in enumerate(doc.blocks()):
+                hasher.update(block.encode("utf-8"))
+                chars += len(block)
+                store.add_text_block(doc.doc_id, ordinal, block)
+                yield block
+
+        chunks = iter_chunks(recorded(), doc.chapters, chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
+        count = done = 0
+        for batch in _batches(chunks, CHUNK_BATCH):
+            # Space-joined: one string per chunk, not one Python object per token.
+            tokens = [" ".join(tokenize(c.text)) for c in batch]
+            if not self.keyword_only:
+                embedded = self._embed_chunks([c.text for c in batch], show_progress=False)
+                assert embedded is not None
+                vectors.append(embedded)
+            ids = range(first_id + count, first_id + count + len(batch))
+            store.add_chunks(doc.doc_id, first_ordinal=count, chunk_ids=ids, chunks=batch, chunk_tokens=tokens)
+            count += len(batch)
+            bar.update(batch[-1].end - done)
+            done = batch[-1].end
+        bar.update(doc.chars - done)
+        if hasher.hexdigest() != doc.sha256 or chars != doc.chars:
+            raise KnowledgeBaseError(f"{doc.source} changed while it was being added; add it again")
+        return count
 
     def _write_failed(self, error: BaseException) -> KnowledgeBaseError:
         """One line for a build that could not write its new version (the old one is untouched)."""
@@ -830,24 +883,16 @@ def _to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
     )
 
 
-def _documents_after(
-    base: _Version | None, deleted: list[str], split: list[tuple[_Incoming, list[Chapter], list[Chunk]]], now: str
-) -> list[DocumentInfo]:
+def _documents_after(base: _Version | None, deleted: list[str], added: list[DocumentInfo]) -> list[DocumentInfo]:
     kept = [d for d in (base.docstore.documents() if base else []) if d.doc_id not in set(deleted)]
-    added = [
-        DocumentInfo(
-            doc.doc_id,
-            doc.source,
-            doc.sha256,
-            doc.encoding,
-            len(doc.text),
-            len(chunks),
-            sum(c.number is not None for c in chapters),
-            now,
-        )
-        for doc, chapters, chunks in split
-    ]
     return kept + added
+
+
+def _batches(items: Iterable[Chunk], size: int) -> Iterator[list[Chunk]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def _check_mode(mode: str) -> Mode:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kb import KnowledgeBase, KnowledgeBaseError, reciprocal_rank_fusion, validate_kb_name
-from kb import bm25_index, storage
+from kb import bm25_index, knowledge_base, storage
 
 
 def keyword_kb(root: Path, name: str = "t") -> KnowledgeBase:
@@ -260,3 +263,46 @@ def test_searches_keep_working_while_the_same_object_builds(tmp_path: Path, sang
         worker.join()
     assert errors == []
     assert {Path(d.source).name for d in kb.list_documents()} == {"sanguo_a.txt", "sanguo_c.txt"}
+
+
+@pytest.mark.parametrize("same_size", [False, True])
+def test_a_file_changed_while_it_is_added_is_refused_and_nothing_is_written(
+    tmp_path: Path, sanguo_excerpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch, same_size: bool
+) -> None:
+    """Files are read twice (checked and hashed, then streamed into the docstore), so an edit
+    in between must not store text that does not match the recorded hash: a different size or
+    mtime is caught by the loader, a same-size edit with the old mtime by the hash."""
+    source = tmp_path / "book.txt"
+    shutil.copy(sanguo_excerpts["a"], source)
+    kb = keyword_kb(tmp_path)
+    kb.add_files([sanguo_excerpts["b"]])
+    before = snapshot(kb)
+    real_scan = knowledge_base._Incoming.scan
+
+    def scan_then_edit(source_label: str, encoding: str, blocks: Any) -> knowledge_base._Incoming:
+        doc = real_scan(source_label, encoding, blocks)
+        data = source.read_bytes()
+        stat = source.stat()
+        source.write_bytes(data.replace("玄德".encode(), "曹操".encode()) if same_size else data + "新的一段。".encode())
+        if same_size:
+            os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return doc
+
+    monkeypatch.setattr(knowledge_base._Incoming, "scan", scan_then_edit)
+    with pytest.raises(KnowledgeBaseError, match="changed while it was being"):
+        kb.add_files([source])
+    assert snapshot(KnowledgeBase(tmp_path, "t")) == before
+    assert [p.name for p in (tmp_path / "t").iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_document_text_streams_into_the_docstore_in_blocks(tmp_path: Path, sanguo_path: Path) -> None:
+    """A whole novel is stored as several text blocks (not one value holding the file) and
+    reads back exactly."""
+    kb = keyword_kb(tmp_path)
+    kb.add_files([sanguo_path])
+    text = sanguo_path.read_text(encoding="utf-8")
+    assert kb.get_document_text("sanguo.txt") == text
+    with sqlite3.connect(kb.path / kb.version / knowledge_base.DOCSTORE_FILE) as conn:
+        blocks = conn.execute("SELECT count(*), max(length(text)) FROM document_blocks").fetchone()
+        assert conn.execute("SELECT text FROM documents").fetchone() == ("",)
+    assert blocks[0] > 1 and blocks[1] < len(text)
