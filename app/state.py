@@ -32,7 +32,6 @@ from kb import (
     EmbeddingModelError,
     KnowledgeBase,
     KnowledgeBaseError,
-    load_text,
     validate_kb_name,
 )
 from kb.embedding import is_keyword_only, load_embeddings, locate_model, model_identity
@@ -222,11 +221,8 @@ class AppState:
         Progress goes through tqdm (``show_progress``), which ``gr.Progress(track_tqdm=True)``
         turns into the page's progress bar.
         """
-        texts: dict[str, str] = {}
-        for path in paths:
-            texts[path.name] = load_text(path)
         kb = self.open_kb(name)
-        report = kb.add_texts(texts, show_progress=True)
+        report = kb.add_files(paths, sources=[path.name for path in paths], show_progress=True)
         with self._kb_lock:
             self._pending.discard(kb.name)
         return report

@@ -10,15 +10,24 @@ from kb.faiss_store import FaissStore
 from kb.fusion import reciprocal_rank_fusion
 from kb.knowledge_base import BuildReport, KnowledgeBase
 from kb.knowledge_base_retriever import KnowledgeBaseRetriever
-from kb.loading import decode_bytes, load_text
+from kb.loading import TextFile, decode_bytes, load_text, open_text_file
 from kb.milvus_store import MilvusStore
 from kb.names import validate_kb_name
-from kb.splitting import Chapter, Chunk, chinese_number, split_chapters, split_document
+from kb.splitting import (
+    Chapter,
+    ChapterScanner,
+    Chunk,
+    chinese_number,
+    iter_chunks,
+    split_chapters,
+    split_document,
+)
 from kb.tokenizing import tokenize
 
 __all__ = [
     "BuildReport",
     "Chapter",
+    "ChapterScanner",
     "Chunk",
     "DenseIndex",
     "DenseStore",
@@ -32,11 +41,14 @@ __all__ = [
     "KnowledgeBaseRetriever",
     "MilvusStore",
     "QAItem",
+    "TextFile",
     "chinese_number",
     "decode_bytes",
     "evaluate",
+    "iter_chunks",
     "load_qa",
     "load_text",
+    "open_text_file",
     "reciprocal_rank_fusion",
     "split_chapters",
     "split_document",

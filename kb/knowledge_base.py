@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 
 from kb import storage
 from kb.bm25_index import BM25Index
-from kb.dense_store import DEFAULT_STORE, STORES, DenseIndex, DenseStore, VectorChange, store_kind
+from kb.dense_store import (
+    DEFAULT_STORE,
+    STORES,
+    DenseIndex,
+    DenseStore,
+    VectorChange,
+    store_kind,
+)
 from kb.docstore import Docstore, DocumentInfo, StoredChunk
 from kb.embedding import (
     KEYWORD_ONLY,
@@ -371,16 +378,31 @@ class KnowledgeBase:
 
     # --- building -------------------------------------------------------------------------------
 
-    def add_files(self, paths: Iterable[str | os.PathLike[str]], *, show_progress: bool = False) -> BuildReport:
+    def add_files(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        sources: Sequence[str] | None = None,
+        show_progress: bool = False,
+    ) -> BuildReport:
         """Add or update text files. Unchanged files are skipped, changed ones replace their old
         chunks. All files are read and checked before anything is written; files are read in
-        blocks, so memory does not grow with their size."""
+        blocks, so memory does not grow with their size.
+
+        ``sources`` are the labels to record instead of the files' absolute paths (e.g. the
+        names of uploaded files, whose temporary paths mean nothing later).
+        """
         started = time.perf_counter()
         paths = list(paths)
+        labels = [source_for_path(path) for path in paths] if sources is None else list(sources)
+        if len(labels) != len(paths):
+            raise ValueError(f"got {len(labels)} sources for {len(paths)} files; give one source per file")
         incoming: list[_Incoming] = []
-        for path in tqdm(paths, desc="reading", unit="file", disable=not show_progress, leave=False):
+        for path, label in tqdm(
+            list(zip(paths, labels)), desc="reading", unit="file", disable=not show_progress, leave=False
+        ):
             text_file = open_text_file(path)
-            incoming.append(_Incoming.scan(source_for_path(path), text_file.encoding, text_file.blocks))
+            incoming.append(_Incoming.scan(label, text_file.encoding, text_file.blocks))
         return self._apply(incoming, [], show_progress=show_progress, started=started)
 
     def add_texts(self, texts: Mapping[str, str], *, show_progress: bool = False) -> BuildReport:
@@ -519,6 +541,7 @@ class KnowledgeBase:
             bm25 = BM25Index.build(store.chunk_tokens, all_ids, show_progress=show_progress)
             store.commit_and_close()
             bm25.save(staging / BM25_DIR)
+            del bm25  # the published version loads its own copy: never hold both
             if not self.keyword_only:
                 assert vectors is not None
                 manifest["vectors"] = self._vector_store().write_version(
@@ -534,6 +557,7 @@ class KnowledgeBase:
                         show_progress=show_progress,
                     )
                 )
+            vectors = None  # written; the published version loads its own index
             manifest.update(
                 next_chunk_id=next_id,
                 name=self.name,
@@ -542,7 +566,7 @@ class KnowledgeBase:
                     d.doc_id: {"source": d.source, "sha256": d.sha256, "chars": d.chars, "chunks": d.chunks}
                     for d in _documents_after(base, to_delete, added)
                 },
-                counts={"documents": None, "chunks": int(len(all_ids))},
+                counts={"documents": None, "chunks": len(all_ids)},
                 bm25={"tokenizer": "jieba.cut_for_search", "k1": 1.5, "b": 0.75, "method": "lucene"},
             )
             manifest["counts"]["documents"] = len(manifest["documents"])

@@ -262,6 +262,8 @@ def test_create_upload_build_list_delete_drop(app_url: str, kb_root: Path, sangu
     on_disk = KnowledgeBase.from_settings(make_settings(kb_root), name=name)
     assert {d.source for d in on_disk.list_documents()} == {"第一部分.txt", "part2.md"}
     assert on_disk.get_document_text("part2.md") == sanguo_text[6000:12000]  # GB18030 decoded
+    # Uploads stream from their temporary files like `ingest build` and record what they were.
+    assert {d.source: d.encoding for d in on_disk.list_documents()} == {"第一部分.txt": "utf-8", "part2.md": "gb18030"}
 
     status, table, _ = c.predict(name, rows["part2.md"][3], api_name="/delete_document")
     assert "part2.md" in status and [r[0] for r in table["data"]] == ["第一部分.txt"]

@@ -10,9 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kb import chinese_number, split_chapters, split_document
-from kb import splitting
-from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks, pack_sentences, split_plain
+from kb import chinese_number, split_chapters, split_document, splitting
+from kb.splitting import (
+    Chapter,
+    ChapterScanner,
+    Chunk,
+    iter_chunks,
+    pack_sentences,
+    split_plain,
+)
 
 
 @pytest.mark.parametrize(

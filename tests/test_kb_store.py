@@ -12,8 +12,15 @@ from typing import Any
 
 import pytest
 
-from kb import KnowledgeBase, KnowledgeBaseError, reciprocal_rank_fusion, validate_kb_name
-from kb import bm25_index, knowledge_base, storage
+from kb import (
+    KnowledgeBase,
+    KnowledgeBaseError,
+    bm25_index,
+    knowledge_base,
+    reciprocal_rank_fusion,
+    storage,
+    validate_kb_name,
+)
 
 
 def keyword_kb(root: Path, name: str = "t") -> KnowledgeBase:
@@ -306,3 +313,11 @@ def test_document_text_streams_into_the_docstore_in_blocks(tmp_path: Path, sangu
         blocks = conn.execute("SELECT count(*), max(length(text)) FROM document_blocks").fetchone()
         assert conn.execute("SELECT text FROM documents").fetchone() == ("",)
     assert blocks[0] > 1 and blocks[1] < len(text)
+
+
+def test_files_can_be_recorded_under_labels(tmp_path: Path, sanguo_excerpts: dict[str, Path]) -> None:
+    kb = keyword_kb(tmp_path)
+    report = kb.add_files([sanguo_excerpts["a"]], sources=["上传的书.txt"])
+    assert report.added == ["上传的书.txt"] and kb.get_document("上传的书.txt").encoding == "utf-8"
+    with pytest.raises(ValueError, match="one source per file"):
+        kb.add_files([sanguo_excerpts["a"], sanguo_excerpts["b"]], sources=["only-one.txt"])
