@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import gradio as gr
 from app.errors import UserError, one_line, user_errors, warn
 from app.state import AppState, doc_label
 from chains.events import Progress, Summary, Token
+from llm.cancellation import cancel_scope
 
 FROM_KB = "知识库中的文档 / document in a knowledge base"
 FROM_UPLOAD = "上传文件 / uploaded file"
@@ -30,6 +32,8 @@ class SummaryHandlers:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._stops: dict[str, threading.Event] = {}  # browser session -> its running summary's Stop
+        self._lock = threading.Lock()
 
     @user_errors
     def summarize(
@@ -39,6 +43,7 @@ class SummaryHandlers:
         doc_id: str | None,
         upload: str | None,
         chapters: str | None,
+        request: gr.Request = None,  # type: ignore[assignment] - injected by Gradio
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's injection idiom
     ) -> Iterator[tuple[Any, Any]]:
         """Yield (status line, summary so far): progress while mapping, then streamed text."""
@@ -53,9 +58,19 @@ class SummaryHandlers:
                 raise UserError("请先选择一个文档", "choose a document first")
             stream = self.state.summarize_document(kb_name, doc_id, chapters=chapters)
         yield "准备中 / preparing…", ""
+        stop = self._new_stop(request)
         summary = ""
         try:
-            for event in stream:
+            while True:
+                # Gradio closes this generator only when it yields; inside a map batch the
+                # model is reached through the scope instead (see ``stop``).
+                with cancel_scope(stop):
+                    event = next(stream, None)
+                if stop.is_set():
+                    yield "已停止 / stopped", summary
+                    return
+                if event is None:
+                    break
                 if isinstance(event, Progress):
                     progress((event.done, event.total), desc=STAGES.get(event.stage, event.stage))
                     yield progress_line(event), gr.skip()
@@ -66,11 +81,35 @@ class SummaryHandlers:
                     summary = event.text
         finally:
             stream.close()
+            self._forget_stop(request, stop)
         yield "完成 / done", summary
+
+    def stop(self, request: gr.Request) -> None:
+        """The Stop button: end this session's summary within a token, even in a map batch."""
+        with self._lock:
+            event = self._stops.get(_session(request))
+        if event is not None:
+            event.set()
+
+    def _new_stop(self, request: gr.Request | None) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._stops[_session(request)] = event
+        return event
+
+    def _forget_stop(self, request: gr.Request | None, event: threading.Event) -> None:
+        with self._lock:
+            if self._stops.get(_session(request)) is event:
+                del self._stops[_session(request)]
 
     def documents(self, kb_name: str | None) -> Any:
         """The document picker's choices for ``kb_name`` (empty when none is chosen)."""
         return document_dropdown(self.state, kb_name)
+
+
+def _session(request: gr.Request | None) -> str:
+    """The browser session a request belongs to (one key for direct calls without a request)."""
+    return str(getattr(request, "session_hash", None) or "")
 
 
 def document_dropdown(state: AppState, kb_name: str | None) -> Any:

@@ -122,7 +122,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                     )
                     with gr.Row():
                         sum_btn = gr.Button("开始总结 / summarize", variant="primary", elem_id="summarize-btn")
-                        sum_stop = gr.Button("停止 / stop", variant="stop")
+                        sum_stop = gr.Button("停止 / stop", variant="stop", elem_id="summary-stop-btn")
                 with gr.Column(scale=3):
                     sum_status = gr.Markdown(elem_id="summary-status")
                     sum_out = gr.Markdown(
@@ -182,14 +182,17 @@ def build_ui(state: AppState) -> gr.Blocks:
             api_name=False,
         )
         sum_kb.change(summary.documents, inputs=[sum_kb], outputs=[sum_doc], api_name=False)
-        summarize = sum_btn.click(
+        sum_btn.click(
             summary.summarize,
             inputs=[origin, sum_kb, sum_doc, sum_file, chapters],
             outputs=[sum_status, sum_out],
             api_name="summarize",
             show_progress_on=[sum_out],  # keep the status line readable above the bar
         )
-        sum_stop.click(None, cancels=[summarize], api_name=False)
+        # No ``cancels=[...]`` here: a Gradio cancel lands only when the handler yields (never
+        # inside a map batch) and would race its own "stopped" line; ``summary.stop`` reaches
+        # the model at once (llm.cancel_scope) and the handler ends by itself.
+        sum_stop.click(summary.stop, api_name="stop_summary", queue=False)
 
         # -- management ---------------------------------------------------------------
         create_btn.click(

@@ -12,6 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "ChatGLM": "llm.chatglm",
+    "cancel_scope": "llm.cancellation",
     "ModelLoadError": "llm.errors",
     "llm_configured": "llm.factory",
     "load_llm": "llm.factory",

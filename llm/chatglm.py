@@ -23,12 +23,14 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
+from llm.cancellation import current_cancel_event
 from llm.errors import ModelLoadError
 from llm.fast_decode import fast_decode_state, unsupported_reason
 from llm.loading import load_model_and_tokenizer
 from llm.special_tokens import neutralize_special_tokens
 from llm.streaming import (
     BatchStopStringCriteria,
+    CancelCriteria,
     IncrementalDetokenizer,
     StopSequenceFilter,
     cut_at_stop,
@@ -196,6 +198,9 @@ class ChatGLM(LLM):
             # Greedy; clear the checkpoint's sampling defaults so generate does not warn.
             out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         out.update(kwargs)
+        scope = current_cancel_event()
+        if scope is not None:  # e.g. the UI's Stop during a summary's batched map step
+            out["stopping_criteria"] = [*(out.get("stopping_criteria") or []), CancelCriteria(scope)]
         return out
 
     def _special_token_ids(self) -> dict[str, Any]:

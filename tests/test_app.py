@@ -226,6 +226,51 @@ def test_summary_of_a_chapter_range_streams_with_progress(app_url: str, kb_root:
     assert status == "完成 / done" and summary == texts[-1]
 
 
+def long_answers(tiny_chatglm: Any) -> Any:
+    """The tiny model forced to write 3,000 tokens for every prompt, batched or not
+    (``.forced.steps`` counts the steps of the first generation)."""
+    from llm import ChatGLM
+    from tests.fixtures.models import ForcedTokens
+
+    class ForcedChatGLM(ChatGLM):
+        forced: Any = None
+
+        def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+            kwargs.setdefault("logits_processor", [self.forced])
+            return super()._generate_kwargs(prompts, kwargs)
+
+    tok = tiny_chatglm.tokenizer
+    forced = ForcedTokens(tok.encode("曹操", add_special_tokens=False) * 3000, eos_id=tok.eos_token_id)
+    return ForcedChatGLM(model=tiny_chatglm.model, tokenizer=tok, temperature=0, max_new_tokens=3000, forced=forced)
+
+
+def test_stop_ends_a_summary_inside_its_map_batch(kb_root: Path, tiny_chatglm: Any) -> None:
+    """Bug: Stop on the summary tab only cancelled the Gradio event, which takes effect when the
+    handler next yields; a batched map step yields nothing until the whole batch is generated,
+    so the model kept generating (minutes on a CPU) after Stop."""
+    llm = long_answers(tiny_chatglm)
+    forced = llm.forced
+    doc_id = KnowledgeBase.from_settings(make_settings(kb_root), name=KB).list_documents()[0].doc_id
+    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+        c = client(url)
+        job = c.submit(FROM_KB, KB, doc_id, None, "第1-3回", api_name="/summarize")
+        assert wait_until(lambda: forced.steps > 20, timeout=120), "the map batch did not start"
+        c.predict(api_name="/stop_summary")
+        started = time.monotonic()
+        assert wait_until(lambda: not generating(llm), timeout=10), "the map batch kept generating after Stop"
+        took, steps = time.monotonic() - started, forced.steps
+        status, _ = job.result(timeout=30)
+        assert status == "已停止 / stopped"
+        assert steps < 1500, f"{steps} of 3000 tokens generated"
+        time.sleep(1)
+        assert not generating(llm) and forced.steps == steps, "a next batch started after Stop"
+        assert took < 10
+        # The same session summarizes normally afterwards (the Stop was for that run only).
+        llm.max_new_tokens = 8
+        status, summary = c.predict(FROM_KB, KB, doc_id, None, "第1回", api_name="/summarize")
+        assert status == "完成 / done" and summary
+
+
 def test_summary_of_an_uploaded_file(app_url: str, tmp_path: Path, sanguo_text: str) -> None:
     path = tmp_path / "chapter1.txt"
     path.write_text(sanguo_text[:3000], encoding="utf-8")

@@ -320,3 +320,30 @@ def test_cancelling_an_astream_task_stops_generation(tiny_chatglm: ChatGLM) -> N
 
     asyncio.run(main())
     assert processor.steps <= 7
+
+
+def test_a_cancel_scope_stops_a_batched_generate_within_a_token(tiny_chatglm: ChatGLM) -> None:
+    """A batched generate (the summarizer's map step) has no stream a caller could close; the
+    web UI's Stop reaches it through ``cancel_scope``. Outside the scope nothing changes."""
+    from llm import cancel_scope
+
+    text = "话说天下大势，分久必合，合久必分。" * 20
+    processor = forced(tiny_chatglm, text, pause_at=5)
+    event = threading.Event()
+
+    def stop_when_parked() -> None:
+        processor.parked.wait(30)
+        event.set()
+        processor.resume.set()
+
+    stopper = threading.Thread(target=stop_when_parked)
+    stopper.start()
+    with cancel_scope(event):
+        texts = tiny_chatglm.batch([QUESTION, "刘备是谁？"], max_new_tokens=400, logits_processor=[processor])
+    stopper.join(30)
+    assert processor.steps <= 7, "generation ran on after the scope's event was set"
+    assert len(texts) == 2 and all(text.startswith(t) and len(t) < 20 for t in texts)
+    assert not model_is_busy(tiny_chatglm.model)
+    # The scope is over: the same call runs to the end.
+    full = tiny_chatglm.batch([QUESTION, "刘备是谁？"], max_new_tokens=400, logits_processor=[forced(tiny_chatglm, text)])
+    assert full == [text, text]

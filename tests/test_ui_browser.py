@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from app.state import AppState
-from tests.test_app import KB, generating, make_settings, serve, wait_until
+from tests.test_app import KB, generating, long_answers, make_settings, serve, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parent.parent
@@ -156,6 +156,25 @@ def test_summary_shows_map_progress_then_streams(browser: Any, kb_root: Path, ti
             page.wait_for_timeout(50)
         assert "完成 / done" in page.inner_text("#summary-status")
         assert len(set(lengths)) >= 3, lengths
+        page.close()
+
+
+def test_summary_stop_ends_the_map_batch(browser: Any, kb_root: Path, tiny_chatglm: Any) -> None:
+    """The summary tab's Stop frees the model within a token even inside a batched map step."""
+    llm = long_answers(tiny_chatglm)
+    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="长文总结 / Summary").click()
+        page.wait_for_function(
+            "() => document.querySelector('#summary-tab-doc input')?.value === 'sanguo.txt'", timeout=20_000
+        )
+        page.fill("#summary-chapters textarea", "第1-2回")
+        page.click("#summarize-btn")
+        assert wait_until(lambda: llm.forced.steps > 20, timeout=60), "the map batch did not start"
+        page.click("#summary-stop-btn")
+        assert wait_until(lambda: not generating(llm), timeout=10), "the model kept generating after Stop"
+        assert llm.forced.steps < 1500
+        page.wait_for_function("() => document.querySelector('#summary-status').innerText.includes('已停止')", timeout=10_000)
         page.close()
 
 
