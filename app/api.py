@@ -60,9 +60,10 @@ from app.api_schemas import (
     KBQueryRequest,
 )
 from app.api_service import APIError, APIService, resolve_api_key
-from app.common import AuthConfigError, add_model_flags, model_overrides
+from app.common import add_model_flags, model_overrides
 from chains import KnowledgeBaseQAChain
-from configs import Settings, SettingsError, load_settings
+from configs import Settings, load_settings
+from configs.cli import run_command
 from kb import EmbeddingModelError, KnowledgeBaseError
 from llm import ChatGLM, LLMServerError
 
@@ -400,19 +401,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until interrupted; configuration errors are one line on stderr and exit 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return serve(settings_from_args(args), verbose=args.verbose)
-    except KeyboardInterrupt:
-        return 130
-    except (SettingsError, AuthConfigError, ValueError, OSError, ImportError) as e:
-        if args.verbose:
-            raise
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    verbose = args.verbose
+    return run_command(PROG, lambda: serve(settings_from_args(args), verbose=verbose), verbose=verbose)
 
 
 def serve(settings: Settings, *, verbose: bool = False) -> int:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from app.common import add_model_flags, model_overrides
-from app.errors import one_line
-from configs import Settings, SettingsError, load_settings
+from configs import Settings, load_settings
+from configs.cli import run_command
 
 PROG = "glmkb-web"
 
@@ -56,19 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until interrupted; configuration errors are one line on stderr and exit 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return serve(settings_from_args(args))
-    except KeyboardInterrupt:
-        return 130
-    except (SettingsError, ValueError, OSError, RuntimeError, ImportError) as e:
-        if args.verbose:
-            raise
-        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+    return run_command(PROG, lambda: serve(settings_from_args(args)), verbose=args.verbose)
 
 
 def serve(settings: Settings) -> int:

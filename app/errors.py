@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from app.render import user_message
+from configs.cli import one_line
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,3 @@ def _log(fn: Callable[..., Any], error: Exception) -> None:
         log.exception("%s failed", fn.__qualname__)
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (file name added for OSErrors that lack it)."""
-    text = str(error) or type(error).__name__
-    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
-        text = f"{text}: {error.filename}"
-    return " ".join(text.split())

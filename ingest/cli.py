@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
-from configs import Settings, SettingsError, load_settings
+from configs import Settings, load_settings
+from configs.cli import run_command
 
 COMMANDS = ("build", "list", "remove", "drop", "query", "eval", "summarize", "convert")
 
@@ -48,29 +48,8 @@ def settings_from_args(args: argparse.Namespace, **overrides: object) -> Setting
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; never lets a traceback reach the user unless ``--verbose``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("ingest: interrupted", file=sys.stderr)
-        return 130
-    except (SettingsError, ValueError, OSError, RuntimeError, ImportError) as e:
-        if args.verbose:
-            raise
-        print(f"ingest: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
-        text = f"{text}: {error.filename}"
-    return " ".join(text.split())
+    args = build_parser().parse_args(argv)
+    return run_command("ingest", lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover
