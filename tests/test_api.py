@@ -10,13 +10,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from kb import KnowledgeBase
 from llm import ChatGLM
 from llm.streaming import model_is_busy
 from tests.fixtures.models import ForcedTokens
+from tests.helpers import clean_env, free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_CHARS = 40_000  # chapters 1-5 of 三国演义
@@ -74,12 +73,6 @@ class ScriptedChatGLM(ChatGLM):
 def scripted(tiny_chatglm: ChatGLM, **fields: Any) -> ScriptedChatGLM:
     fields.setdefault("max_new_tokens", 64)
     return ScriptedChatGLM(model=tiny_chatglm.model, tokenizer=tiny_chatglm.tokenizer, temperature=0.0, **fields)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -143,15 +136,6 @@ def chat_text(events: list[Any]) -> str:
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def assert_openai_error(response: httpx.Response, status: int, *fragments: str) -> dict[str, Any]:
@@ -472,7 +456,7 @@ def test_other_hosts_need_a_key_or_an_explicit_opt_out(host: str) -> None:
 
 def test_refusing_to_start_is_one_clear_line(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     env["GLMKB_KB_ROOT"] = str(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "app.api", "--host", "0.0.0.0", "--port", str(port), "--model-path", "/no/such/model"],
@@ -518,7 +502,7 @@ def test_the_command_line_entry_point_serves_and_stops_cleanly(tiny_glm_dir: Pat
     import signal
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.api", "--port", str(port), "--model-path", str(tiny_glm_dir), "--device", "cpu",
          "--kb-root", str(tmp_path), "--embedding", "none", "--served-model-name", "tiny"],

@@ -8,7 +8,6 @@ knowledge base built from the first chapters of 三国演义, with the real ``Ap
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from tests.helpers import free_port, wait_until
+
 # Gradio's queue statistics trip pandas 3 deprecations; not ours to fix.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
@@ -41,12 +42,6 @@ CORPUS_CHARS = 40_000  # the first five chapters: enough for chapters and retrie
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_settings(kb_root: Path, **ui: Any) -> Settings:
@@ -96,15 +91,6 @@ def sources_boxes(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def generating(llm: Any) -> bool:
     """Whether ``llm``'s model is running (or has queued) a generation right now."""
     return model_is_busy(llm.model)
-
-
-def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -229,19 +215,11 @@ def test_summary_of_a_chapter_range_streams_with_progress(app_url: str, kb_root:
 def long_answers(tiny_chatglm: Any) -> Any:
     """The tiny model forced to write 3,000 tokens for every prompt, batched or not
     (``.forced.steps`` counts the steps of the first generation)."""
-    from llm import ChatGLM
-    from tests.fixtures.models import ForcedTokens
-
-    class ForcedChatGLM(ChatGLM):
-        forced: Any = None
-
-        def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
-            kwargs.setdefault("logits_processor", [self.forced])
-            return super()._generate_kwargs(prompts, kwargs)
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
 
     tok = tiny_chatglm.tokenizer
     forced = ForcedTokens(tok.encode("曹操", add_special_tokens=False) * 3000, eos_id=tok.eos_token_id)
-    return ForcedChatGLM(model=tiny_chatglm.model, tokenizer=tok, temperature=0, max_new_tokens=3000, forced=forced)
+    return forced_chatglm(tiny_chatglm, forced, max_new_tokens=3000)
 
 
 def test_stop_ends_a_summary_inside_its_map_batch(kb_root: Path, tiny_chatglm: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from app.server import AuthConfigError, is_loopback, launch, resolve_auth
 from app.state import AppState
 from app.ui import build_ui
 from configs import Settings, UISettings, load_settings
+from tests.helpers import clean_env
 from tests.test_app import free_port
 
 pytestmark = [
@@ -40,7 +40,7 @@ def port_is_open(port: int) -> bool:
 def test_non_loopback_host_without_login_refuses_to_start(tmp_path: Path) -> None:
     """The real entry point prints one clear line and exits 2; nothing is loaded or bound."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     env.update(GLMKB_KB_ROOT=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False")
     started = time.monotonic()
     proc = subprocess.run(
@@ -217,7 +217,7 @@ def test_glmkb_web_serves_a_model_folder_end_to_end(tmp_path: Path, tiny_glm_dir
         encoding="utf-8",
     )
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("glmkb-web")), "--config", str(config), "--port", str(port),
          "--kb-root", str(root), "--kb", "sanguo", "--model-path", str(tiny_glm_dir), "--device", "cpu",

@@ -15,6 +15,7 @@ from configs.settings import LLMSettings
 from llm import ChatGLM
 from llm.streaming import model_is_busy
 from tests.fixtures.models import ForcedTokens
+from tests.helpers import wait_until
 
 QUESTION = "曹操是谁？"
 # Rare characters that the small trained vocabulary splits into single bytes.
@@ -25,15 +26,6 @@ def forced(llm: ChatGLM, text: str, **options: Any) -> ForcedTokens:
     """A processor making the model answer exactly ``text`` (then GLM's <|endoftext|>)."""
     ids = llm.tokenizer.encode(text, add_special_tokens=False)
     return ForcedTokens(ids, eos_id=llm.tokenizer.convert_tokens_to_ids("<|endoftext|>"), **options)
-
-
-def wait_until(condition: Any, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class TokenRecorder(BaseCallbackHandler):
@@ -296,7 +288,7 @@ def test_closing_astream_stops_generation(tiny_chatglm: ChatGLM) -> None:
         return first
 
     assert asyncio.run(first_then_close())
-    assert wait_until(lambda: not model_is_busy(tiny_chatglm.model))
+    assert wait_until(lambda: not model_is_busy(tiny_chatglm.model), timeout=2.0)
     assert processor.steps < 50
 
 

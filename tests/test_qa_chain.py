@@ -213,21 +213,13 @@ def test_history_is_condensed_before_retrieval() -> None:
 def test_condense_is_capped_and_stops_when_the_stream_is_closed(tiny_chatglm: Any) -> None:
     """Bug: the condense step was one blocking ``invoke`` with the model's full
     max_new_tokens, so a UI Stop pressed during it waited for the whole rewrite."""
-    from llm import ChatGLM
     from llm.streaming import model_is_busy
-    from tests.fixtures.models import ForcedTokens
-
-    class ForcedChatGLM(ChatGLM):
-        forced: Any = None
-
-        def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
-            kwargs.setdefault("logits_processor", [self.forced])
-            return super()._generate_kwargs(prompts, kwargs)
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
 
     tok = tiny_chatglm.tokenizer
     cao = tok.encode("曹操", add_special_tokens=False) * 100
     forced = ForcedTokens(cao, eos_id=tok.eos_token_id, pause_at=3)
-    llm = ForcedChatGLM(model=tiny_chatglm.model, tokenizer=tok, temperature=0, max_new_tokens=40, forced=forced)
+    llm = forced_chatglm(tiny_chatglm, forced, max_new_tokens=40)
     chain = make_chain(llm, condense_max_tokens=16)
     assert chain._condense_model().kwargs == {"max_new_tokens": 16}
 

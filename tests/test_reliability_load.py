@@ -25,7 +25,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ from app.chat import THINKING
 from llm import ChatGLM
 from llm.streaming import model_is_busy
 from tests.fixtures.models import ForcedTokens
+from tests.helpers import clean_env
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:DeprecationWarning"),
@@ -146,7 +146,7 @@ def server_process(tiny_glm_dir: Path, kb_root: Path) -> Iterator[tuple[int, str
     from tests.test_app import free_port
 
     ui_port, api_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(tiny_glm_dir), str(kb_root), str(ui_port), str(api_port)],
         cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

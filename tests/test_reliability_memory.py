@@ -11,7 +11,6 @@ RSS passes the bound.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 FILE_MB = 100
@@ -65,7 +66,7 @@ def big_file(tmp_path: Path, sanguo_path: Path) -> Path:
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to watch the child's memory")
 def test_a_100_mb_file_is_ingested_with_bounded_memory(big_file: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     command = [sys.executable, "-c", CHILD, "build", str(big_file), "--kb", "big", "--kb-root",
                str(tmp_path / "kb"), "--embedding", "none", "-q"]
     started = time.monotonic()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -28,7 +27,16 @@ from app.server import resolve_auth
 from configs import Settings, SettingsError, load_settings
 from configs.settings import DEFAULT_YAML
 from llm import LLMServerError, load_llm
-from tests.test_api import KEY, MODEL, free_port, make_settings, scripted, user, wait_until
+from tests.helpers import clean_env
+from tests.test_api import (
+    KEY,
+    MODEL,
+    free_port,
+    make_settings,
+    scripted,
+    user,
+    wait_until,
+)
 
 PASSWORD = "pw-Ω-7f3a9c-口令"
 API_KEY = "sk-glmkb-0d9e7c55a1-e41b8f"
@@ -112,7 +120,7 @@ def test_the_documented_api_key_variable_is_not_read_as_a_setting(monkeypatch: p
 
 def test_glmkb_web_refusal_never_prints_the_password(tmp_path: Path) -> None:
     """A half-configured login (password without user) is refused in one line without the secret."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     env.update(GLMKB_KB_ROOT=str(tmp_path), GLMKB_UI__AUTH_PASSWORD=PASSWORD, GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.run(
         [sys.executable, "-m", "app", "--port", str(free_port()), "-v"],
@@ -177,7 +185,7 @@ def test_glmkb_api_process_with_a_key_never_prints_it(tmp_path: Path) -> None:
     """The real ``glmkb-api -v`` (INFO logs) with ``GLMKB_API_KEY`` set: its start-up line says a
     key is required, and neither its output nor a 401 shows the key."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    env = clean_env()
     env.update(GLMKB_API_KEY=API_KEY, GLMKB_KB_ROOT=str(tmp_path), GLMKB_EMBEDDING__MODEL="none")
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.api", "--port", str(port), "-v"],
