@@ -213,13 +213,10 @@ class Docstore:
         rows = self._query("SELECT text FROM documents WHERE doc_id = ?", (doc_id,))
         if not rows:
             return None
-        if rows[0][0] or not self._has_table("document_blocks"):
+        if rows[0][0]:  # written before text went into blocks (empty documents are never stored)
             return rows[0][0]
         blocks = self._query("SELECT text FROM document_blocks WHERE doc_id = ? ORDER BY ordinal", (doc_id,))
         return "".join(block for (block,) in blocks)
-
-    def _has_table(self, name: str) -> bool:
-        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     def chapters(self, doc_id: str) -> list[Chapter]:
         rows = self._query(
