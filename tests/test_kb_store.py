@@ -321,3 +321,27 @@ def test_files_can_be_recorded_under_labels(tmp_path: Path, sanguo_excerpts: dic
     assert report.added == ["上传的书.txt"] and kb.get_document("上传的书.txt").encoding == "utf-8"
     with pytest.raises(ValueError, match="one source per file"):
         kb.add_files([sanguo_excerpts["a"], sanguo_excerpts["b"]], sources=["only-one.txt"])
+
+
+def test_docstores_written_before_text_blocks_still_read(tmp_path: Path) -> None:
+    """Docstores from before streamed builds hold a document's whole text in documents.text and
+    have no document_blocks table."""
+    from kb.docstore import Docstore
+
+    path = tmp_path / "docstore.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_BEFORE_BLOCKS)
+        conn.execute("INSERT INTO documents VALUES ('d1', 'a.txt', 'x', 'utf-8', 4, 'now', '桃园结义')")
+    conn.close()
+    store = Docstore.open_readonly(path)
+    try:
+        assert store.document_text("d1") == "桃园结义"
+        assert store.document_text("nope") is None
+    finally:
+        store.close()
+
+
+SCHEMA_BEFORE_BLOCKS = """
+CREATE TABLE documents (doc_id TEXT PRIMARY KEY, source TEXT NOT NULL UNIQUE, sha256 TEXT NOT NULL,
+    encoding TEXT NOT NULL, chars INTEGER NOT NULL, added_at TEXT NOT NULL, text TEXT NOT NULL);
+"""
