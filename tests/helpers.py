@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
@@ -31,3 +34,37 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def api_server(service: Any, *, port: int | None = None, **options: Any) -> Iterator[str]:
+    """glmkb's API for ``service`` served by uvicorn in a thread on 127.0.0.1 (``port``, else a
+    free one); yields the base URL. ``options`` go to ``uvicorn.Config`` (e.g. log_level)."""
+    import uvicorn
+
+    from app.api import create_app
+
+    port = port or free_port()
+    config = uvicorn.Config(
+        create_app(service), host="127.0.0.1", port=port, **{"log_level": "warning", "lifespan": "off", **options}
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    if not wait_until(lambda: server.started or not thread.is_alive(), timeout=30) or not server.started:
+        raise RuntimeError("uvicorn did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second (a server that is up)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -8,7 +8,6 @@ tests can check text, chunks, stop sequences, token counts and prompts exactly.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import subprocess
 import sys
@@ -21,10 +20,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from pydantic import Field
 
-from app.api import build_parser, create_app, settings_from_args
+from app.api import build_parser, settings_from_args
 from app.api_service import APIService, AuthConfigError, resolve_api_key
 from configs import Settings
 from configs.settings import APISettings
@@ -32,7 +30,7 @@ from kb import KnowledgeBase
 from llm import ChatGLM
 from llm.streaming import model_is_busy
 from tests.fixtures.models import ForcedTokens
-from tests.helpers import clean_env, free_port, wait_until
+from tests.helpers import api_server, clean_env, free_port, http_ok, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS_CHARS = 40_000  # chapters 1-5 of 三国演义
@@ -75,24 +73,7 @@ def scripted(tiny_chatglm: ChatGLM, **fields: Any) -> ScriptedChatGLM:
     return ScriptedChatGLM(model=tiny_chatglm.model, tokenizer=tiny_chatglm.tokenizer, temperature=0.0, **fields)
 
 
-@contextlib.contextmanager
-def running(service: APIService) -> Iterator[str]:
-    """Serve ``service`` with uvicorn on a free loopback port in a thread; yields the base URL."""
-    port = free_port()
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+running = api_server  # serve an APIService on a free loopback port; yields the base URL
 
 
 def make_settings(kb_root: Path, **sections: Any) -> Settings:
@@ -510,14 +491,7 @@ def test_the_command_line_entry_point_serves_and_stops_cleanly(tiny_glm_dir: Pat
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(up, timeout=90), proc.stderr.read() if proc.poll() is not None else "not up"
+        assert wait_until(lambda: http_ok(f"{base}/health"), timeout=90), proc.stderr.read() if proc.poll() is not None else "not up"
         body = httpx.post(
             f"{base}/v1/chat/completions",
             json={"model": "tiny", "messages": user("你好"), "max_tokens": 4, "temperature": 0},

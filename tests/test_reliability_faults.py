@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -466,26 +465,11 @@ def fault_settings(root: Path, **llm: Any) -> Any:
                     llm={"max_input_tokens": 2048, **llm}, ui={"port": free_port()})
 
 
-@contextlib.contextmanager
-def api_on(service: Any, port: int) -> Iterator[str]:
+def api_on(service: Any, port: int) -> contextlib.AbstractContextManager[str]:
     """glmkb's API on a given loopback port (an upstream that comes back where it was)."""
-    import threading
+    from tests.helpers import api_server
 
-    import uvicorn
-
-    from app.api import create_app
-    from tests.test_api import wait_until
-
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
-                                          lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started, timeout=30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    return api_server(service, port=port)
 
 
 def test_the_ui_keeps_serving_when_the_model_fails_to_load(fault_root: Path, tmp_path: Path) -> None:

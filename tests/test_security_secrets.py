@@ -12,22 +12,18 @@ import contextlib
 import logging
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
-from app.api import create_app
 from app.api_service import APIService
 from app.server import resolve_auth
 from configs import Settings, SettingsError, load_settings
 from configs.settings import DEFAULT_YAML
 from llm import LLMServerError, load_llm
-from tests.helpers import clean_env
+from tests.helpers import api_server, clean_env, http_ok
 from tests.test_api import (
     KEY,
     MODEL,
@@ -133,21 +129,9 @@ def test_glmkb_web_refusal_never_prints_the_password(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ the API key
 
 
-@contextlib.contextmanager
-def debug_server(service: APIService) -> Iterator[str]:
+def debug_server(service: APIService) -> contextlib.AbstractContextManager[str]:
     """uvicorn at log level debug with its access log on, in a thread on 127.0.0.1."""
-    port = free_port()
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="debug", access_log=True,
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started, timeout=30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    return api_server(service, log_level="debug", access_log=True)
 
 
 @pytest.fixture
@@ -193,14 +177,7 @@ def test_glmkb_api_process_with_a_key_never_prints_it(tmp_path: Path) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(up, timeout=90)
+        assert wait_until(lambda: http_ok(f"{base}/health"), timeout=90)
         assert httpx.get(f"{base}/v1/kb", timeout=10).status_code == 401
         assert httpx.get(f"{base}/v1/kb", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).status_code == 200
     finally:
