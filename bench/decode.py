@@ -136,6 +136,37 @@ def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) ->
     return out
 
 
+ABLATION = {  # variant: (PACK_GQA, FUSE_QKV)
+    "neither": (False, False),
+    "packed_attention": (True, False),
+    "fused_qkv": (False, True),
+    "both": (True, True),
+}
+
+
+def bench_ablation(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) -> dict[str, Any]:
+    """``ChatGLM.stream`` tokens/s with the decode step's packed attention and fused q/k/v each
+    off and on, same run, same model: every variant rebuilds (compiles, captures) its graph."""
+    from llm import ChatGLM
+    from llm import fast_decode as fd
+
+    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens)
+    force = {"min_new_tokens": new_tokens}
+    out: dict[str, Any] = {}
+    for name, (packed, fused) in ABLATION.items():
+        fd.PACK_GQA, fd.FUSE_QKV = packed, fused
+        fd.graph_states(model).graphs.clear()
+        try:
+            stream_once(llm, QUESTION, **force)  # build + warm
+            runs = [stream_once(llm, QUESTION, **force) for _ in range(repeat)]
+        finally:
+            fd.PACK_GQA, fd.FUSE_QKV = True, True
+        out[f"{name}_tok_s"] = new_tokens / median_of(runs, "total_s")
+    for name in ABLATION:
+        out[f"{name}_over_neither"] = out[f"{name}_tok_s"] / out["neither_tok_s"]
+    return out
+
+
 def map_prompts(tokenizer: Any, *, count: int, tokens: int) -> list[str]:
     """``count`` summarize prompts whose chat-rendered input is ``tokens`` tokens (distinct passages)."""
     head = "请用两三句话概括下面这段《三国演义》原文的主要内容：\n"
@@ -195,6 +226,7 @@ def main() -> None:
     p.add_argument("--map", action="store_true", help="also the batched map stage (16 x 512 tokens)")
     p.add_argument("--map-batch", type=int, default=16)
     p.add_argument("--map-prompt-tokens", type=int, default=512)
+    p.add_argument("--ablate", action="store_true", help="also each decode-step optimisation off vs on")
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the static-cache path on CPU, uncompiled")
     args = p.parse_args()
 
@@ -241,6 +273,10 @@ def main() -> None:
           f"fast stream / plain generate = {decode['fast_stream_over_plain_generate']:.2f}x; "
           f"share of limit {decode.get('share_of_limit_nominal')} (nominal) {decode.get('share_of_limit_measured')} (measured)",
           flush=True)
+    if args.ablate:
+        result["ablation"] = bench_ablation(model, tokenizer, new_tokens=args.new_tokens, repeat=args.repeat)
+        write_result(args.out, name, result)
+        print(f"ablation (ChatGLM.stream tok/s): {result['ablation']}", flush=True)
     if args.map:
         result["map"] = bench_map(model, tokenizer, batch=args.map_batch, prompt_tokens=args.map_prompt_tokens,
                                   new_tokens=args.new_tokens, repeat=max(1, min(args.repeat, 3)))

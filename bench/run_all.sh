@@ -6,7 +6,8 @@
 #
 # Sections: gputest (tests/test_perf_fast_decode.py, CUDA test included), decode6b (ChatGLM3-6B shape: decode, streaming overhead, batched map stage), stream6b (the same
 # without the map stage),
-# decode9b (GLM-4-9B shape: decode), ingest (text2vec-large shape embedding of 三国演义),
+# ablate6b (stream6b plus each decode-step optimisation off vs on), kernels (per-layer kernel
+# groups of one decode step, variants side by side), decode9b (GLM-4-9B shape: decode), ingest (text2vec-large shape embedding of 三国演义),
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
 # bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
@@ -43,6 +44,8 @@ for s in $sections; do
     ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
+    ablate6b) run ${T_ABLATE6B:-420} ablate6b "$PY" -m bench.decode --shape chatglm3-6b --ablate --repeat ${REPEAT:-5} ;;
+    kernels)  run ${T_KERNELS:-120} kernels "$PY" -m bench.kernels ;;
     decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
     *) log "unknown section $s" ;;

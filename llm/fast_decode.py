@@ -29,10 +29,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from llm.per_model import PerModel
 
@@ -218,6 +221,8 @@ class DecodeGraph:
     seen: torch.Tensor | None  # (B, V) tokens seen, for the repetition penalty
     forward: Any
     sampling: Sampling
+    config: Any = None  # the model's config: decode_step switches its attention implementation
+    fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
     graph: Any = None
     capture_s: float = 0.0
 
@@ -276,10 +281,183 @@ def choose_tokens(logits: torch.Tensor, g: DecodeGraph) -> torch.Tensor:
     return (probs / noise).argmax(dim=-1)
 
 
+# ----- the decode step's forward: packed attention, one q/k/v GEMV ------------------------------
+#
+# Two costs of the model's own forward, measured per layer of a ChatGLM3-6B-shaped model on an
+# H100 (``python -m bench.kernels``, docs/PERFORMANCE.md), that the decode step avoids:
+#
+# - Attention of one new token. ChatGLM3-6B has 32 query heads sharing 2 K/V heads; compiled,
+#   transformers repeats K/V per query head and runs SDPA with a mask over the whole static cache.
+#   Here the query heads of a token are packed onto their K/V head, ``(B, H, 1, D)`` ->
+#   ``(B, KV, H/KV, D)``, and attention is two small batched matmuls around a masked float32
+#   softmax, which Inductor compiles into a few kernels: K/V are read once, never copied.
+# - q/k/v projections. Three GEMVs over the same input, two of them tiny (256 rows), cost nearly
+#   twice one GEMV over the concatenated weights. ``fuse_qkv_weights`` lays the three weights out
+#   as row blocks of one tensor, in place (same values, no extra memory); during the decode step the
+#   attention module's q_proj computes all three at once and k_proj / v_proj hand on their parts.
+
+DECODE_ATTENTION = "glmkb_packed_attention"
+PACK_GQA = True  # bench.decode --ablate switches these off to measure what each gains
+FUSE_QKV = True
+_registered = threading.Lock()
+
+
+def packed_gqa_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except for one query token per row: then the query heads
+    attend packed onto their K/V head, ``(B, KV, H/KV, D)`` against K/V as they are (same result)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    batch, heads, q_length, dim = query.shape
+    packable = (
+        q_length == 1
+        and key.shape[1] * groups == heads
+        and dropout == 0.0
+        and (attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1))
+        and all(kwargs.get(name) is None for name in ("position_bias", "softcap", "sliding_window", "s_aux"))
+    )
+    if not packable:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scale = dim**-0.5 if scaling is None else scaling
+    packed = query.reshape(batch, key.shape[1], groups, dim)
+    scores = torch.matmul(packed, key.transpose(-1, -2)).float() * scale  # (B, KV, H/KV, L)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[2]]
+        scores = scores.masked_fill(~mask, -torch.inf) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)  # (B, KV, H/KV, D)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _register_decode_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    with _registered:
+        if DECODE_ATTENTION not in AttentionInterface._global_mapping:
+            AttentionInterface.register(DECODE_ATTENTION, packed_gqa_attention)
+            AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+class FusedQKV:
+    """One attention module's q/k/v weights as row blocks of one tensor, and the three stand-in
+    projections that compute them with one GEMV during the decode step."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.originals = (module.q_proj, module.k_proj, module.v_proj)
+        self.sizes = [p.out_features for p in self.originals]
+        with torch.inference_mode(False), torch.no_grad():
+            self.weight = torch.cat([p.weight for p in self.originals])
+            self.bias = None if self.originals[0].bias is None else torch.cat([p.bias for p in self.originals])
+            for p, part in zip(self.originals, self.weight.split(self.sizes), strict=True):
+                p.weight.data = part
+            if self.bias is not None:
+                for p, part in zip(self.originals, self.bias.split(self.sizes), strict=True):
+                    p.bias.data = part
+        self.pending: list[torch.Tensor] = []
+        self.stand_ins = tuple(_ProjectionPart(self, i) for i in range(3))
+
+    def swap(self, *, fused: bool) -> None:
+        """Put the stand-ins (``fused=True``) or the original projections on the module."""
+        if fused and not self.intact():
+            raise RuntimeError("fused q/k/v: the model's q/k/v weights were replaced after they were fused")
+        for name, proj in zip(("q_proj", "k_proj", "v_proj"), self.stand_ins if fused else self.originals,
+                              strict=True):
+            setattr(self.module, name, proj)
+        self.pending.clear()
+
+
+    def intact(self) -> bool:
+        """Whether the projections still read the fused tensor (``model.to(...)`` replaces them)."""
+        offsets = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
+        stride = self.weight.stride(0) * self.weight.element_size()
+        return all(
+            p.weight.data_ptr() == self.weight.data_ptr() + offset * stride
+            and (self.bias is None or p.bias.data_ptr() == self.bias.data_ptr() + offset * self.bias.element_size())
+            for p, offset in zip(self.originals, offsets, strict=True)
+        )
+
+
+class _ProjectionPart(torch.nn.Module):
+    """Stands in for q_proj (``index`` 0: computes q, k and v at once), k_proj or v_proj (1, 2:
+    hand on what q_proj computed from the same input). Any other call order raises, so a model
+    whose attention calls them differently falls back instead of computing something else."""
+
+    def __init__(self, fused: FusedQKV, index: int) -> None:
+        super().__init__()
+        self.fused = fused
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused
+        if self.index == 0:
+            q, k, v = F.linear(x, fused.weight, fused.bias).split(fused.sizes, dim=-1)
+            fused.pending[:] = [x, k, v]
+            return q
+        if len(fused.pending) != 4 - self.index or fused.pending[0] is not x:
+            raise RuntimeError("fused q/k/v: the attention did not call q_proj, k_proj, v_proj in order on one input")
+        part = fused.pending.pop(1)
+        if self.index == 2:
+            fused.pending.clear()
+        return part
+
+
+def fusable_qkv(module: torch.nn.Module) -> bool:
+    """Whether ``module`` has plain Linear q/k/v projections of one input, dtype and device."""
+    projections = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+    if not all(type(p) is torch.nn.Linear for p in projections):
+        return False
+    first = projections[0]
+    return all(
+        p.in_features == first.in_features
+        and p.weight.dtype == first.weight.dtype
+        and p.weight.device == first.weight.device
+        and (p.bias is None) == (first.bias is None)
+        and not torch.nn.utils.parametrize.is_parametrized(p)
+        for p in projections
+    )
+
+
+def fuse_qkv_weights(model: torch.nn.Module) -> list[FusedQKV]:
+    """Fuse the q/k/v weights of every attention module that allows it (in place, same values)."""
+    return [FusedQKV(m) for m in model.modules() if fusable_qkv(m)]
+
+
+@contextmanager
+def decode_forward(config: Any, fused: list[FusedQKV]) -> Iterator[None]:
+    """Run the block with packed attention where the model uses "sdpa" and with the fused q/k/v
+    stand-ins in place; everything is put back after. Python-only: a CUDA graph keeps the
+    kernels it captured inside the block."""
+    pack = PACK_GQA and getattr(config, "_attn_implementation", None) == "sdpa"
+    if pack:
+        _register_decode_attention()
+        config._attn_implementation = DECODE_ATTENTION
+    for f in fused:
+        f.swap(fused=True)
+    try:
+        yield
+    finally:
+        for f in fused:
+            f.swap(fused=False)
+        if pack:
+            config._attn_implementation = "sdpa"
+
+
 def decode_step(g: DecodeGraph) -> None:
     """Advance every buffer by one token (this is what the CUDA graph holds)."""
     g.mask.index_fill_(3, g.cur, True)
-    logits = g.forward(g.token, g.cur - g.pads, g.mask)
+    with decode_forward(g.config, g.fused):
+        logits = g.forward(g.token, g.cur - g.pads, g.mask)
     chosen = choose_tokens(logits, g)
     g.token.copy_(chosen.unsqueeze(1))
     if g.seen is not None:
@@ -298,7 +476,9 @@ def make_forward(model: Any, cache: Any) -> Any:
     return forward
 
 
-def build_decode_graph(model: Any, key: tuple[int, int], sampling: Sampling, *, capture: bool) -> DecodeGraph:
+def build_decode_graph(
+    model: Any, key: tuple[int, int], sampling: Sampling, *, capture: bool, fused: list[FusedQKV] | None = None
+) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
     from transformers import StaticCache
@@ -321,6 +501,8 @@ def build_decode_graph(model: Any, key: tuple[int, int], sampling: Sampling, *, 
         seen=torch.zeros((batch, vocab), dtype=torch.bool, device=device) if sampling.penalty else None,
         forward=make_forward(model, cache),
         sampling=sampling,
+        config=model.config,
+        fused=list(fused or []),
     )
     if not capture:
         return g
@@ -398,6 +580,7 @@ class _GraphStates:
         self.graphs: OrderedDict[tuple[Any, ...], DecodeGraph] = OrderedDict()
         self.disabled_reason: str | None = None
         self.capture_times: dict[str, float] = {}
+        self.fused: list[FusedQKV] | None = None  # set on the first fast call (before anything compiles)
 
 
 graph_states: PerModel[_GraphStates] = PerModel(_GraphStates)
@@ -409,7 +592,8 @@ def decode_graph(model: Any, key: tuple[int, int], sampling: Sampling) -> Decode
     full_key = (*key, sampling)
     g = states.graphs.pop(full_key, None)
     if g is None:
-        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda")
+        fused = states.fused if FUSE_QKV else []
+        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused)
         if g.graph is not None:
             states.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)
@@ -529,12 +713,27 @@ def _decode_loop(
     return torch.cat([input_ids, new], dim=1)
 
 
+def fuse_once(model: Any) -> list[FusedQKV]:
+    """Fuse the model's q/k/v weights (before any compiled code has seen its parameters); on
+    failure, e.g. no GPU memory for one layer's fused copy, the decode step keeps three GEMVs."""
+    if not FUSE_QKV:
+        return []
+    try:
+        return fuse_qkv_weights(model)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+        logger.warning("could not fuse the q/k/v weights of %s, decoding with three projections: %s",
+                       type(model).__name__, e)
+        return []
+
+
 def fast_generate(model: Any, kwargs: dict[str, Any], *, cancel_types: tuple[type, ...]) -> Any:
     """``model.generate(**kwargs)`` on the fastest path the call allows: the decode graph for plain
     greedy/sampled calls, else generate with the reused static cache and compiled step
     (``with_fast_decode``). A graph that cannot be built turns the graph loop off for this model,
     with one warning. Run on the model's worker thread, under ``torch.inference_mode``."""
     states = graph_states(model)
+    if states.fused is None:
+        states.fused = fuse_once(model)
     if (
         states.disabled_reason is None
         and call_supports_fast_decode(kwargs)

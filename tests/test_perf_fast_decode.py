@@ -111,6 +111,161 @@ def test_graph_loop_matches_generate(fresh_llm: ChatGLM, prompts: list[str], opt
     assert fd.graph_states(fresh_llm.model).graphs, "the call must have taken the graph loop"
 
 
+def _repeated_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                           scale: float) -> torch.Tensor:
+    """Grouped-query attention written out with K/V repeated per query head: (B, q_len, H, D)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    return (scores.softmax(-1) @ v.double()).transpose(1, 2).to(q.dtype)
+
+
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "length"), [(1, 32, 2, 64), (3, 4, 2, 17), (2, 8, 8, 9)])
+def test_packed_gqa_attention_equals_attention_with_repeated_kv(batch: int, heads: int, kv_heads: int,
+                                                                length: int) -> None:
+    """The decode step's attention reads each K/V head once; the result must not change."""
+    torch.manual_seed(0)
+    dim = 16
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    q = torch.randn(batch, heads, 1, dim)
+    k, v = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    mask = torch.rand(batch, 1, 1, length) < 0.7
+    mask[..., -1] = True  # every row sees its own new token
+    for m in (mask, None):
+        out, weights = fd.packed_gqa_attention(module, q, k, v, m, scaling=dim**-0.5)
+        assert weights is None and out.shape == (batch, 1, heads, dim)
+        torch.testing.assert_close(out, _repeated_kv_attention(q, k, v, m, dim**-0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_gqa_attention_leaves_prompts_to_sdpa() -> None:
+    """Several query tokens (the prompt) take transformers' own SDPA path unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(1)
+    module = types.SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    ours, _ = fd.packed_gqa_attention(module, q, k, v, None, scaling=0.3)
+    theirs, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.3)
+    assert torch.equal(ours, theirs)
+
+
+def test_decode_steps_use_packed_attention_and_restore_the_config(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph loop's one-token steps run ``packed_gqa_attention``; the prompt and every call
+    after it see the model's own "sdpa" again."""
+    calls: list[tuple[int, ...]] = []
+    real = fd.packed_gqa_attention
+
+    def spy(module: Any, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(query.shape))
+        return real(module, query, *args, **kwargs)
+
+    fd._register_decode_attention()
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, fd.DECODE_ATTENTION, spy)
+    config = fresh_llm.model.config
+    assert config._attn_implementation == "sdpa"
+    eager, fast = fast_and_eager(fresh_llm, [QUESTION, "刘备"], min_new_tokens=24)
+    assert torch.equal(eager, fast)
+    layers = config.num_hidden_layers
+    assert len(calls) == 23 * layers and {shape[2] for shape in calls} == {1}  # 24 tokens: 23 one-token steps
+    assert config._attn_implementation == "sdpa"
+
+
+def test_fused_qkv_weights_are_views_of_one_tensor_and_decode_takes_one_projection(
+    fresh_llm: ChatGLM, tmp_path: Path
+) -> None:
+    """The q/k/v weights become row blocks of one tensor (same values, no copy kept), decode
+    steps compute them with one GEMV, and the model still saves and reloads unchanged."""
+    model = fresh_llm.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eager, fast = fast_and_eager(fresh_llm, [QUESTION, "刘备"], min_new_tokens=24)
+    assert torch.equal(eager, fast)
+    fused = fd.graph_states(model).fused
+    assert fused is not None and len(fused) == model.config.num_hidden_layers
+    for f in fused:
+        assert f.intact() and f.module.q_proj is f.originals[0]  # the stand-ins are put back after each step
+        assert f.originals[1].weight.untyped_storage().data_ptr() == f.weight.untyped_storage().data_ptr()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    calls = {"fused": 0}
+    real_linear = torch.nn.functional.linear
+
+    def counting_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        calls["fused"] += any(weight is f.weight for f in fused)
+        return real_linear(x, weight, bias)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fd.F, "linear", counting_linear)
+        run_generate(model, fresh_llm._generate_kwargs([QUESTION], {"min_new_tokens": 24}), fast_decode=True)
+    assert calls["fused"] == 23 * model.config.num_hidden_layers  # one per layer per one-token step
+
+    model.save_pretrained(tmp_path / "saved")
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert all(torch.equal(before[k], v) for k, v in reloaded.state_dict().items())
+
+
+def test_fused_qkv_refuses_other_call_orders_and_replaced_weights(fresh_llm: ChatGLM) -> None:
+    """A model whose attention calls k_proj first, or whose weights were replaced after fusing
+    (``model.to``), must fail loudly (and so fall back), never compute with stale parts."""
+    attention = fresh_llm.model.model.layers[0].self_attn
+    f = fd.FusedQKV(attention)
+    x = torch.randn(1, 1, fresh_llm.model.config.hidden_size)
+    f.swap(fused=True)
+    with pytest.raises(RuntimeError, match="in order"):
+        attention.k_proj(x)
+    q = attention.q_proj(x)
+    with pytest.raises(RuntimeError, match="in order"):
+        attention.k_proj(x.clone())  # another input
+    f.swap(fused=False)
+    torch.testing.assert_close(q, attention.q_proj(x))
+    attention.to(torch.float64)
+    assert not f.intact()
+    with pytest.raises(RuntimeError, match="replaced"):
+        f.swap(fused=True)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_has_one_qkv_gemv_per_layer_and_no_repeated_kv(fresh_llm: ChatGLM) -> None:
+    """What makes the GPU decode step fast, checked on the code Inductor generates (on CPU): one
+    addmm for q/k/v per layer, attention as two batched matmuls (no SDPA over repeated K/V), no
+    graph breaks, and the logits of the model's own forward."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = fresh_llm.model
+    layers = model.config.num_hidden_layers
+    fused = fd.fuse_qkv_weights(model)
+    sampling = fd.Sampling(do_sample=False, top_k=None, penalty=False)
+    logits = {}
+    with torch.inference_mode():
+        for name in ("eager", "compiled"):
+            g = fd.build_decode_graph(model, (1, 64), sampling, capture=False, fused=fused)
+            model(input_ids=torch.tensor([[5, 6, 7, 8]]), past_key_values=g.cache, use_cache=True, logits_to_keep=1)
+            g.mask[:, 0, 0, :4] = True
+            g.cur.fill_(4)
+            g.token.fill_(9)
+            if name == "eager":
+                logits[name] = g.forward(g.token, g.cur - g.pads, g.mask)  # the model's own modules
+                continue
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            with fd.decode_forward(g.config, g.fused):
+                logits[name], codes = run_and_get_code(torch.compile(g.forward, dynamic=False), g.token,
+                                                       g.cur - g.pads, g.mask)
+    code = "\n".join(codes)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert code.count("extern_kernels.addmm(") == layers  # q/k/v: the only biased projections
+    assert code.count("extern_kernels.bmm(") == 2 * layers
+    assert "scaled_dot_product" not in code
+    torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-4, rtol=1e-4)
+
+
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(fresh_llm: ChatGLM) -> None:
     greedy, _ = fast_and_eager(fresh_llm, [QUESTION])
     for options in ({"top_k": 1}, {"top_p": 1e-9}):
