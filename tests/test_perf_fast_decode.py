@@ -367,3 +367,38 @@ def test_captured_decode_graph_matches_generate_on_cuda(tiny_glm_dir: Path) -> N
     assert len(states.capture_times) == 2
     chunks = list(llm_.stream(QUESTION))
     assert len(chunks) > 1 and len(states.capture_times) == 2  # the stream reused the batch-1 graph
+
+
+# ----- the prompt pass in buckets ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompts", "options"),
+    [
+        ([QUESTION], {}),
+        ([QUESTION, "话说天下大势，分久必合，合久必分。"], {}),  # left padding: padding rows attend only themselves
+        ([QUESTION, "刘备"], {"repetition_penalty": 1.3, "min_new_tokens": 24}),
+        ([QUESTION], {"max_new_tokens": 1}),
+    ],
+)
+def test_bucketed_prompt_pass_matches_generate(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, prompts: list[str], options: dict[str, Any]
+) -> None:
+    """The captured prompt pass's arithmetic, run eagerly: right padding to the bucket, the 4D
+    mask, positions, the logits at the last real position and the cache's write position."""
+    monkeypatch.setattr(fd, "PREFILL_GRAPHS_ON_CPU", True)
+    eager, fast = fast_and_eager(fresh_llm, prompts, **options)
+    assert torch.equal(eager, fast)
+    (g,) = fd.graph_states(fresh_llm.model).graphs.values()
+    assert list(g.prefills) == [fd.MIN_PREFILL_BUCKET]
+    eager, fast = fast_and_eager(fresh_llm, [p * 30 for p in prompts], **options)  # a longer bucket, same graph
+    assert torch.equal(eager, fast)
+    assert len(g.prefills) == 2 and fd.graph_states(fresh_llm.model).prefill_disabled_reason is None
+
+
+def test_prefill_buckets() -> None:
+    assert fd.prefill_bucket(1, 45, 1024) == fd.MIN_PREFILL_BUCKET
+    assert fd.prefill_bucket(1, 65, 1024) == 128
+    assert fd.prefill_bucket(2, 1000, 1024) == 1024
+    assert fd.prefill_bucket(16, 512, 1024) is None  # 8192 tokens: compute-bound, eager
+    assert fd.prefill_bucket(1, 1000, 1000) is None  # the bucket would not fit the cache
