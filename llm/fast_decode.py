@@ -5,9 +5,10 @@ token from Python and waits for the GPU between steps, so a 6B model on one H100
 tenth of the memory-bandwidth limit (measurements: docs/PERFORMANCE.md). Two faster paths:
 
 - ``graph_generate`` (plain greedy or sampled calls, one prompt or a batch): the prompt runs
-  eagerly into a ``StaticCache``; then each token is one replay of a CUDA graph holding the
-  ``torch.compile``d one-token forward, the next-token choice and every buffer update, and the
-  host reads tokens one step late while the next step already runs;
+  into a ``StaticCache`` as one replay of a graph captured per prompt-length bucket; then each
+  token is one replay of a CUDA graph holding the ``torch.compile``d one-token forward (with
+  packed grouped-query attention and one q/k/v GEMV), the next-token choice and every buffer
+  update, and the host reads tokens one step late while the next step already runs;
 - ``with_fast_decode`` (calls with their own logits processors or stopping criteria):
   ``generate`` on a reused ``StaticCache``, which transformers compiles itself
   (``mode="reduce-overhead"``).
