@@ -25,19 +25,13 @@ import torch.nn.functional as F
 
 from bench.common import SHAPES, parser, print_table, write_result
 from bench.decode import measured_bandwidth
-from llm.fast_decode import packed_gqa_attention
+from llm.fast_decode import capture_graph, packed_gqa_attention, warm_up_on_side_stream
 
 
 def graph_time(fn: Callable[[], Any], *, replays: int = 20) -> float:
     """Median seconds of one replay of a CUDA graph holding ``fn``."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    warm_up_on_side_stream(fn)
+    graph = capture_graph(fn)
     times = []
     for _ in range(replays + 3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -378,7 +378,6 @@ class FusedQKV:
             setattr(self.module, name, proj)
         self.pending.clear()
 
-
     def intact(self) -> bool:
         """Whether the projections still read the fused tensor (``model.to(...)`` replaces them)."""
         offsets = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
@@ -537,12 +536,29 @@ def build_decode_graph(
     return g
 
 
-def _capture(g: DecodeGraph) -> Any:
+def warm_up_on_side_stream(fn: Any, *, times: int = 1) -> None:
+    """Run ``fn`` ``times`` times on a side stream, as code must run before CUDA graph capture
+    (lazy allocations, cuBLAS workspaces, compilation, autotuning)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(times):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+
+
+def capture_graph(fn: Any, *, pool: Any = None) -> Any:
+    """A CUDA graph holding what ``fn`` launches (``pool``: a memory pool shared with other graphs)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode_step(g)
+    with torch.cuda.graph(graph, pool=pool):
+        fn()
     torch.cuda.synchronize()
     return graph
+
+
+def _capture(g: DecodeGraph) -> Any:
+    return capture_graph(lambda: decode_step(g))
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
@@ -554,13 +570,7 @@ def _raise_recompile_limit(limit: int = 64) -> None:
 
 
 def _warm_steps(g: DecodeGraph) -> None:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            decode_step(g)
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
+    warm_up_on_side_stream(lambda: decode_step(g), times=3)
 
 
 def _reset_graph_state(g: DecodeGraph, *, cur: int) -> None:
@@ -638,6 +648,11 @@ class PrefillGraph:
     graph: Any = None
 
 
+def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded prompt: 0 at each row's first real token (padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def prefill_bucket(batch: int, prompt: int, cache_length: int) -> int | None:
     """The padded length of a captured prompt pass, or None: eager (too long for a graph)."""
     bucket = max(MIN_PREFILL_BUCKET, 1 << (prompt - 1).bit_length())
@@ -677,7 +692,7 @@ def _fill_prefill(p: PrefillGraph, input_ids: torch.Tensor, attention_mask: torc
     bucket = p.ids.shape[1]
     p.ids.zero_()
     p.ids[:, :prompt] = input_ids
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = prompt_positions(attention_mask)
     p.positions[:, :prompt] = positions
     p.positions[:, prompt:] = positions[:, -1:] + torch.arange(1, bucket - prompt + 1, device=p.ids.device)
     visible = torch.ones((batch, p.mask.shape[-1]), dtype=torch.bool, device=p.ids.device)
@@ -720,24 +735,16 @@ def prefill(model: Any, g: DecodeGraph, input_ids: torch.Tensor, attention_mask:
                            type(model).__name__, states.prefill_disabled_reason)
             g.prefills.clear()
             g.cache.reset()
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=prompt_positions(attention_mask),
                 past_key_values=g.cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :].float()
 
 
 def _capture_prefill(model: Any, g: DecodeGraph, p: PrefillGraph, states: Any) -> Any:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        _prefill_body(model, g, p)  # warm-up outside the capture (lazy allocations, kernel choice)
-    torch.cuda.current_stream().wait_stream(stream)
+    warm_up_on_side_stream(lambda: _prefill_body(model, g, p))
     if states.prefill_pool is None:
         states.prefill_pool = torch.cuda.graph_pool_handle()  # one pool: prompt passes never overlap
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=states.prefill_pool):
-        _prefill_body(model, g, p)
-    return graph
+    return capture_graph(lambda: _prefill_body(model, g, p), pool=states.prefill_pool)
 
 
 def graph_generate(model: Any, kwargs: dict[str, Any], *, cancel_events: list[threading.Event]) -> torch.Tensor:
