@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ingest.cli import settings_from_args
-from ingest.cmd_build import add_kb_arguments
+from ingest.cli import ingest_command, settings_from_args
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "list", help="list knowledge bases, or the documents of one (--kb)", description=__doc__
-    )
-    add_kb_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,4 +57,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "run"]
+__all__ = ["command", "run"]
+
+
+command = ingest_command(
+    "list", run, help="list knowledge bases, or the documents of one (--kb)", description=__doc__, flags=("kb", "kb_root", "json")
+)
