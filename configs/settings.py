@@ -25,6 +25,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from configs.errors import BadInput
+
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "GLMKB_CONFIG"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -32,7 +34,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SECRET_KEYS = frozenset({"auth_password"})
 
 
-class SettingsError(ValueError):
+class SettingsError(BadInput):
     """A configuration value or file is invalid; the message names the key and the fix."""
 
 
