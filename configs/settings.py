@@ -83,8 +83,15 @@ class LLMSettings(_Section):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
     )
-    quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="bitsandbytes weight quantization (CUDA only)."
+    quantization: Literal["none", "int8", "int4", "8bit", "4bit"] = Field(
+        "none",
+        description=(
+            "Weight quantization: int8 / int4 are glmkb's weight-only layers (any device, fast path on "
+            "CUDA, original ChatGLM folders too); 8bit / 4bit are bitsandbytes (CUDA only)."
+        ),
+    )
+    quantization_group_size: Literal[32, 64, 128] = Field(
+        128, description="Input columns sharing one INT4 scale (int4 only); smaller is more accurate and larger."
     )
     trust_remote_code: bool = Field(
         False,
