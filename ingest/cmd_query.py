@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ingest.cli import settings_from_args
 from ingest.cmd_build import add_kb_arguments
+from kb.types import RETRIEVAL_MODES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     """``-k``, ``--mode``, ``--embedding`` and ``--rerank``, shared with ``ingest eval``."""
     parser.add_argument("-k", "--top-k", dest="k", type=int, metavar="N", help="hits to return (default: retrieval.top_k)")
-    parser.add_argument("--mode", choices=("dense", "bm25", "hybrid"), help="default: retrieval.mode")
+    parser.add_argument("--mode", choices=RETRIEVAL_MODES, help="default: retrieval.mode")
     parser.add_argument(
         "--embedding", metavar="MODEL", help="embedding model (must be the one the knowledge base was built with)"
     )
