@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from configs.settings import Settings, load_settings
+from kb.types import RETRIEVAL_MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,8 +79,7 @@ FLAGS: dict[str, Flag] = {
                              metavar="DEVICE"),
     # Retrieval.
     "k": Flag(("-k", "--top-k"), "passages to return", key="retrieval.top_k", type=int, metavar="N"),
-    "mode": Flag(("--mode",), "retrieval mode", key="retrieval.mode",
-                 type=click.Choice(["dense", "bm25", "hybrid"])),
+    "mode": Flag(("--mode",), "retrieval mode", key="retrieval.mode", type=click.Choice(list(RETRIEVAL_MODES))),
     "threshold": Flag(("--threshold",), "drop hits scoring below SCORE", key="retrieval.score_threshold",
                       type=float, metavar="SCORE"),
     "reranker": Flag(("--reranker",), "cross-encoder that reorders hits", key="retrieval.reranker", metavar="MODEL"),

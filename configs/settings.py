@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from configs.errors import BadInput
+from kb.types import RetrievalMode
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "GLMKB_CONFIG"
@@ -120,6 +121,11 @@ class EmbeddingSettings(_Section):
     )
     device: str = Field("auto", description="auto, cpu, mps, cuda or cuda:N; GPUs use fp16.")
     batch_size: int = Field(64, ge=1, description="Chunks embedded per forward pass.")
+    if_unavailable: Literal["keyword_only", "error"] = Field(
+        "keyword_only",
+        description="A NEW knowledge base whose default model is neither a local folder, cached nor downloadable: "
+        "keyword_only builds BM25 only with one warning (add vectors later with ingest build --embedding), error refuses.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -147,7 +153,7 @@ class ChunkingSettings(_Section):
 class RetrievalSettings(_Section):
     """How questions are matched against a knowledge base."""
 
-    mode: Literal["dense", "bm25", "hybrid"] = Field(
+    mode: RetrievalMode = Field(
         "hybrid", description="dense vectors, bm25 keywords (jieba), or both fused by reciprocal rank."
     )
     top_k: int = Field(5, ge=1, le=100, description="Passages returned per question.")

@@ -15,7 +15,7 @@ from ingest.cli import ingest_command, settings_from_args
 
 
 def run(args: argparse.Namespace) -> int:
-    from kb import KnowledgeBase
+    from kb import DamagedKnowledgeBaseError, KnowledgeBase
 
     settings = settings_from_args(
         args,
@@ -23,20 +23,43 @@ def run(args: argparse.Namespace) -> int:
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap},
         kb={"store": args.store},
     )
-    kb = KnowledgeBase.from_settings(
-        settings,
-        create=True,
-        embedding_model=args.embedding,
-        chunk_size=args.chunk_size,
-        chunk_overlap=args.chunk_overlap,
-        store=args.store,
-    )
+
+    def open_kb() -> KnowledgeBase:
+        return KnowledgeBase.from_settings(
+            settings,
+            create=True,
+            embedding_model=args.embedding,
+            chunk_size=args.chunk_size,
+            chunk_overlap=args.chunk_overlap,
+            store=args.store,
+        )
+
+    try:
+        kb = open_kb()
+    except DamagedKnowledgeBaseError as e:  # a build never refuses because of damage (glmkb #20)
+        recover_damaged(settings, str(e), quiet=args.quiet)
+        kb = open_kb()
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
     report = kb.add_files(args.files, show_progress=not args.quiet)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0
+
+
+def recover_damaged(settings: object, damage: str, *, quiet: bool) -> None:
+    """Repair a damaged knowledge base before building into it (``ingest doctor --repair``), or,
+    when nothing in it can be saved, drop it so the build starts it afresh; says which on stderr."""
+    from ingest.cmd_doctor import repair
+    from kb import DamagedKnowledgeBaseError, KnowledgeBase
+
+    name = settings.kb_name  # type: ignore[attr-defined]
+    print(f"warning: {damage}", file=sys.stderr)
+    try:
+        print(f"warning: {repair(settings, name, show_progress=not quiet)}", file=sys.stderr)
+    except DamagedKnowledgeBaseError as e:
+        KnowledgeBase.drop_from_settings(settings, name=name)  # type: ignore[arg-type]
+        print(f"warning: {e}; it was dropped and is built afresh from the given files", file=sys.stderr)
 
 
 def quiet_model_loading() -> None:

@@ -11,10 +11,6 @@ import click
 from ingest.cli import ingest_command, settings_from_args
 
 
-
-
-
-
 def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
     from kb import KnowledgeBase
 

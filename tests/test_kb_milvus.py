@@ -90,9 +90,10 @@ def ranking(kb: KnowledgeBase, query: str, *, mode: str = "dense", k: int | None
 
 def raw_dense_ids(kb: KnowledgeBase, query: str) -> list[int]:
     """What the vector store itself returns for a query (before the docstore lookup)."""
-    version = kb._current()
+    kb.refresh()
+    version = kb._live.version
     assert version is not None and version.dense is not None
-    vector = np.asarray(kb._get_embeddings().embed_query(query), dtype=np.float32)
+    vector = np.asarray(kb._embed_query(query), dtype=np.float32)
     return sorted(i for i, _ in version.dense.search(vector, 10_000))
 
 
