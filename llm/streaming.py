@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -164,6 +165,49 @@ class StopSequenceFilter:
             return ""
         out, self.pending = self.pending, ""
         return out
+
+
+@dataclass
+class GenerationStats:
+    """Token counts and the finish reason of one streamed generation (usage reporting).
+
+    ``finish_reason`` is ``"length"`` when ``max_new_tokens`` tokens were generated without an
+    eos id or a stop sequence, else ``"stop"`` (OpenAI's vocabulary).
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    max_new_tokens: int | None = None
+    eos_ids: frozenset[int] = frozenset()
+    last_token: int | None = None
+    stopped_by_sequence: bool = False
+
+    def start(self, generate_kwargs: dict[str, Any]) -> None:
+        """Record the prompt length, token limit and eos ids of the call about to run."""
+        self.input_tokens = int(generate_kwargs["input_ids"].shape[1])
+        self.max_new_tokens = generate_kwargs.get("max_new_tokens")
+        eos = generate_kwargs.get("eos_token_id")
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    def add(self, token_id: int) -> None:
+        """Count one generated token (an eos id ends the answer and is not counted)."""
+        self.last_token = token_id
+        if token_id not in self.eos_ids:
+            self.output_tokens += 1
+
+    def stop_sequence_seen(self) -> None:
+        self.stopped_by_sequence = True
+
+    @property
+    def finish_reason(self) -> str:
+        hit_limit = self.max_new_tokens is not None and self.output_tokens >= self.max_new_tokens
+        if hit_limit and not self.stopped_by_sequence and self.last_token not in self.eos_ids:
+            return "length"
+        return "stop"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
