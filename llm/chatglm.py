@@ -25,7 +25,13 @@ from configs.settings import GenerationSettings, LLMSettings
 from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
 from llm.cancellation import current_cancel_event
 from llm.errors import ModelLoadError
-from llm.fast_decode import fast_decode_state, unsupported_reason
+from llm.fast_decode import (
+    STATIC_CACHE,
+    FastDecodeOptions,
+    fast_decode_report,
+    fast_decode_state,
+    unsupported_reason,
+)
 from llm.loading import load_model_and_tokenizer
 from llm.special_tokens import neutralize_special_tokens
 from llm.streaming import (
@@ -72,6 +78,10 @@ class ChatGLM(LLM):
             "Static KV cache + torch.compile'd decode step (CUDA graphs). None = on where supported "
             "(CUDA, not quantized); False = plain generate; True = on, with a warning where unsupported."
         ),
+    )
+    fast_decode_options: FastDecodeOptions = Field(
+        default_factory=FastDecodeOptions,
+        description="Which parts of the fast path to use (packed attention, fused q/k/v, captured prompt pass).",
     )
 
     # ----- construction -------------------------------------------------------------------
@@ -229,12 +239,24 @@ class ChatGLM(LLM):
         """Whether generations take the fast path (``fast_decode`` setting, model support, no failure)."""
         if self.fast_decode is False:
             return False
-        reason = unsupported_reason(self.model) or fast_decode_state(self.model).disabled_reason
+        reason = unsupported_reason(self.model, self.fast_decode_options)
+        reason = reason or fast_decode_state(self.model).off.get(STATIC_CACHE)
         if reason is not None:
             if self.fast_decode:
                 _warn_once(self.model, f"fast_decode=True but it is off for this model: {reason}")
             return False
         return True
+
+    @property
+    def fast_decode_report(self) -> dict[str, str | None]:
+        """Each fast-path part (``llm.fast_decode.PATHS``) -> None where it runs, else why it is off."""
+        if self.fast_decode is False:
+            return {path: "fast_decode=False" for path in fast_decode_report(self.model, self.fast_decode_options)}
+        return fast_decode_report(self.model, self.fast_decode_options)
+
+    def _fast_decode(self) -> FastDecodeOptions | None:
+        """The options generations run the fast path with, None for plain ``generate``."""
+        return self.fast_decode_options if self.fast_decode_active else None
 
     # ----- streaming: the one code path ---------------------------------------------------
 
@@ -268,7 +290,7 @@ class ChatGLM(LLM):
                 answer_started = bool(text)
             return stops.feed(text)
 
-        token_ids = stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=self.fast_decode_active)
+        token_ids = stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=self._fast_decode())
         try:
             for token_id in token_ids:
                 stats.add(token_id)
@@ -375,7 +397,7 @@ class ChatGLM(LLM):
             criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
             criteria.append(BatchStopStringCriteria(self.tokenizer, stop, prompt_length))
             generate_kwargs["stopping_criteria"] = criteria
-        output = run_generate(self.model, generate_kwargs, fast_decode=self.fast_decode_active)
+        output = run_generate(self.model, generate_kwargs, fast_decode=self._fast_decode())
         new_ids = output[:, prompt_length:].tolist()
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         return [cut_at_stop(text.lstrip(), stop) for text in texts]

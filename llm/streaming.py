@@ -21,7 +21,7 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from llm.fast_decode import fast_generate
+from llm.fast_decode import FastDecodeOptions, fast_generate
 from llm.per_model import PerModel
 
 WORKER_THREAD_NAME = "glmkb-generate"
@@ -270,17 +270,30 @@ def model_is_busy(model: Any) -> bool:
     return model_worker(model).lock.locked()
 
 
-def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bool) -> Any:
+FastDecode = FastDecodeOptions | bool | None
+"""How a call may take the fast path: ``None``/``False`` = plain ``generate``; options (or
+``True``: the default options) = ``llm.fast_decode.fast_generate``."""
+
+
+def fast_options(fast_decode: FastDecode) -> FastDecodeOptions | None:
+    """The options of a ``fast_decode`` argument, None when it asks for plain generate."""
+    if fast_decode is None or fast_decode is False:
+        return None
+    return FastDecodeOptions() if fast_decode is True else fast_decode
+
+
+def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: FastDecode) -> Any:
     """``model.generate(**generate_kwargs)``, or its fast equivalent (``llm.fast_decode.fast_generate``)."""
-    if fast_decode:
-        return fast_generate(model, generate_kwargs, cancel_types=(CancelCriteria,))
+    options = fast_options(fast_decode)
+    if options is not None:
+        return fast_generate(model, generate_kwargs, cancel_types=(CancelCriteria,), options=options)
     return model.generate(**generate_kwargs)
 
 
-def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bool = False) -> Any:
+def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: FastDecode = None) -> Any:
     """``model.generate(**generate_kwargs)`` on the model's worker, waiting for the result.
 
-    ``fast_decode``: take the static-cache compiled path (``llm.fast_decode``) when the call allows it.
+    ``fast_decode``: take the fast path (``llm.fast_decode``) with these options where the call allows it.
     """
     result: list[Any] = []
 
@@ -298,7 +311,7 @@ def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bo
 
 
 def stream_token_ids(
-    model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event, *, fast_decode: bool = False
+    model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event, *, fast_decode: FastDecode = None
 ) -> Iterator[int]:
     """Run ``model.generate(**generate_kwargs)`` on the model's worker and yield new token ids.
 
