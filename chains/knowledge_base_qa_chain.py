@@ -25,6 +25,7 @@ from langchain_core.callbacks import (
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage
+from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
@@ -174,8 +175,17 @@ class KnowledgeBaseQAChain(Chain):
         ]
 
     def render_prompt(self, docs: Sequence[Document], question: str) -> str:
-        """The answer prompt exactly as the model will get it."""
-        return self.prompt.format(context=format_passages(docs), question=question)
+        """The answer prompt as the model will get it (what the token budget measures).
+
+        A chat prompt given to a model that renders chats itself (``ChatGLMChat.render``: the
+        chat template, system slot included) is measured as that exact text, not as LangChain's
+        ``System: ... Human: ...`` string.
+        """
+        value = self.prompt.format_prompt(context=format_passages(docs), question=question)
+        render = getattr(self.llm, "render", None)
+        if isinstance(value, ChatPromptValue) and callable(render):
+            return render(value.to_messages())
+        return value.to_string()
 
     def fit_passages(self, docs: Sequence[Document], question: str) -> list[Document]:
         """The best passages that fit the answer prompt into ``max_input_tokens``."""

@@ -309,6 +309,8 @@ def test_chat_model_with_a_system_prompt_gets_it_in_the_system_slot(tiny_chatglm
     assert events[-1].text == answer and len([e for e in events if isinstance(e, Token)]) > 1
     assert seen[-1].startswith("[gMASK]<sop><|system|>\n你只依据已知信息回答。<|user|>\n已知信息：")
     assert "System:" not in seen[-1]
+    # The token budget measures exactly that input (chat template included).
+    assert chain.render_prompt([_doc(s) for s in events[-1].sources], events[-1].question) == seen[-1]
 
 
 def test_history_is_trimmed_oldest_first_to_fit() -> None:
