@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -27,7 +28,9 @@ class AsyncChunkStream(Generic[T]):
     inner stream when its caller stops early, so dropping this object (``__del__``) must stop
     generation by itself (``cancel`` is the generation's cancel event); an explicit ``aclose``
     or task cancellation also waits until the model is free. ``on_item`` (e.g. a callback
-    manager's ``on_llm_new_token``) is awaited for each item before it is handed on.
+    manager's ``on_llm_new_token``) is awaited for each item before it is handed on. Each
+    ``next`` runs in the context this stream was made in, so an ``llm.cancel_scope`` around an
+    ``astream`` reaches the generation.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class AsyncChunkStream(Generic[T]):
         self._on_item = on_item
         self._pending: concurrent.futures.Future[Any] | None = None
         self._closed = False
+        self._context = contextvars.copy_context()
 
     def __aiter__(self) -> AsyncChunkStream[T]:
         return self
@@ -48,7 +52,7 @@ class AsyncChunkStream(Generic[T]):
     async def __anext__(self) -> T:
         if self._closed:
             raise StopAsyncIteration
-        self._pending = ASYNC_EXECUTOR.submit(next, self._items, _DONE)
+        self._pending = ASYNC_EXECUTOR.submit(self._context.run, next, self._items, _DONE)
         try:
             item = await asyncio.wrap_future(self._pending)
         except BaseException:  # generation failed, or this task was cancelled

@@ -98,9 +98,24 @@ class ChatGLMChat(BaseChatModel):
     # ----- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_model_path(cls, path: str | Path, *, llm_fields: dict[str, Any] | None = None, **fields: Any) -> ChatGLMChat:
-        """Load a local model folder (``ChatGLM.from_model_path`` with ``llm_fields``) and wrap it."""
-        return cls(llm=ChatGLM.from_model_path(path, **(llm_fields or {})), **fields)
+    def from_model_path(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quantization: str = "none",
+        trust_remote_code: bool = False,
+        **fields: Any,
+    ) -> ChatGLMChat:
+        """Load a local model folder (``ChatGLM.from_model_path``) and wrap it; ``fields`` of this
+        class (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``model_name``) go here, the
+        rest (``system_prompt``, ``max_new_tokens``, ``fast_decode``, ...) to the ``ChatGLM``."""
+        own = {name: fields.pop(name) for name in list(fields) if name in cls.model_fields and name != "llm"}
+        llm = ChatGLM.from_model_path(
+            path, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code, **fields
+        )
+        return cls(llm=llm, **own)
 
     @classmethod
     def from_settings(cls, settings: LLMSettings, **fields: Any) -> ChatGLMChat:

@@ -175,6 +175,29 @@ def test_cancel_scope_stops_invoke(chat: ChatGLMChat) -> None:
     assert processor.steps <= 7 and len(message.content) < 20
 
 
+def test_cancel_scope_reaches_an_astream(chat: ChatGLMChat) -> None:
+    """Bug: astream stepped its generator on executor threads without the caller's context, so
+    an ``llm.cancel_scope`` (a context variable) around an ``astream`` never stopped it."""
+    processor = forced(chat.llm, TEXT * 20, pause_at=5)
+    event = threading.Event()
+
+    async def main() -> str:
+        with cancel_scope(event):
+            return "".join([c.text async for c in chat.astream(QUESTION, max_tokens=400, logits_processor=[processor])])
+
+    releaser = threading.Thread(target=lambda: (processor.parked.wait(30), event.set(), processor.resume.set()))
+    releaser.start()
+    text = asyncio.run(main())
+    releaser.join(30)
+    assert processor.steps <= 7 and len(text) < 20
+
+
+def test_from_model_path_splits_fields(tiny_glm_dir: Any) -> None:
+    chat = ChatGLMChat.from_model_path(tiny_glm_dir, device="cpu", max_tokens=5, system_prompt="系统", max_new_tokens=9)
+    assert chat.max_tokens == 5 and chat.llm.system_prompt == "系统" and chat.llm.max_new_tokens == 9
+    assert chat.resolved_model_name == tiny_glm_dir.name
+
+
 def test_tools_and_non_text_inputs_are_unsupported(chat: ChatGLMChat) -> None:
     with pytest.raises(NotImplementedError):
         chat.bind_tools([])
