@@ -18,11 +18,13 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
 from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
+from llm.chat_messages import chat_template_messages
 from llm.cancellation import current_cancel_event
 from llm.errors import ModelLoadError
 from llm.fast_decode import (
@@ -47,7 +49,7 @@ from llm.streaming import (
 
 logger = logging.getLogger(__name__)
 
-History = Sequence[tuple[str, str]]
+History = Sequence[tuple[str, str] | BaseMessage]
 GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
 _DEFAULTS = GenerationSettings()
 
@@ -146,16 +148,21 @@ class ChatGLM(LLM):
     def chat_messages(
         self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
     ) -> list[dict[str, str]]:
-        """The chat as role/content messages: optional system prompt, history pairs, the prompt.
+        """The chat as role/content messages: optional system prompt, history, the prompt.
 
-        Contents are plain text: special-token strings in them (``<|system|>`` in a document,
-        say) are neutralised so they cannot forge turns once the template is tokenized.
+        ``history`` holds ``(user, assistant)`` pairs or LangChain messages. Contents are plain
+        text: special-token strings in them (``<|system|>`` in a document, say) are neutralised
+        so they cannot forge turns once the template is tokenized.
         """
         def text(content: str) -> str:
             return neutralize_special_tokens(content, self.tokenizer)
 
         messages = [{"role": "system", "content": text(system_prompt)}] if system_prompt else []
-        for user, assistant in history or []:
+        for item in history or []:
+            if isinstance(item, BaseMessage):
+                messages += chat_template_messages([item], self.tokenizer)
+                continue
+            user, assistant = item
             messages += [{"role": "user", "content": text(user)}, {"role": "assistant", "content": text(assistant)}]
         messages.append({"role": "user", "content": text(prompt)})
         return messages

@@ -19,12 +19,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    ChatMessage,
-)
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
@@ -32,35 +27,15 @@ from pydantic import AliasChoices, ConfigDict, Field
 
 from configs.settings import LLMSettings
 from llm.async_stream import AsyncChunkStream
+from llm.chat_messages import chat_template_messages
 from llm.chatglm import ChatGLM
 from llm.special_tokens import neutralize_special_tokens
 from llm.streaming import GenerationStats
 
-__all__ = ["ChatGLMChat", "chat_template_messages"]
+__all__ = ["ChatGLMChat"]
 
-_ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant"}
 # Per-call LangChain options with another name in ChatGLM's generation core.
 _ALIASES = {"max_tokens": "max_new_tokens"}
-
-
-def chat_template_messages(messages: Sequence[BaseMessage], tokenizer: Any) -> list[dict[str, str]]:
-    """LangChain messages as the role/content dicts a chat template takes.
-
-    System, human and AI messages map to ``system``/``user``/``assistant``; contents are plain
-    text with special-token strings neutralised (a document saying ``<|system|>`` cannot forge a
-    turn). Tool messages and non-text content blocks raise ``NotImplementedError``.
-    """
-    out: list[dict[str, str]] = []
-    for message in messages:
-        role = message.role if isinstance(message, ChatMessage) else message.type
-        if role not in _ROLES:
-            raise NotImplementedError(f"ChatGLMChat does not support {type(message).__name__} ({role!r}) messages")
-        if isinstance(message.content, list) and any(
-            isinstance(b, dict) and b.get("type") not in ("text", None) for b in message.content
-        ):
-            raise NotImplementedError("ChatGLMChat takes text only (no image, audio or file content blocks)")
-        out.append({"role": _ROLES[role], "content": neutralize_special_tokens(message.text, tokenizer)})
-    return out
 
 
 class ChatGLMChat(BaseChatModel):
@@ -190,16 +165,14 @@ class ChatGLMChat(BaseChatModel):
         """The chat for the template; ``llm.system_prompt`` fills the system slot if no message does."""
         chat = chat_template_messages(messages, self.llm.tokenizer)
         if self.llm.system_prompt and not any(m["role"] == "system" for m in chat):
-            chat.insert(0, {"role": "system", "content": neutralize_special_tokens(self.llm.system_prompt, self.llm.tokenizer)})
+            system = neutralize_special_tokens(self.llm.system_prompt, self.llm.tokenizer)
+            chat.insert(0, {"role": "system", "content": system})
         return chat
 
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Generation options of a call for ChatGLM: fields set here, then per-call overrides."""
-        options = {
-            name: value
-            for name, value in (("max_new_tokens", self.max_tokens), ("temperature", self.temperature), ("top_p", self.top_p))
-            if value is not None
-        }
+        fields = {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        options = {name: value for name, value in fields.items() if value is not None}
         for name, value in kwargs.items():
             if name == "model":  # a trace-only override (there is one local model)
                 continue

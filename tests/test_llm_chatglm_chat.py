@@ -32,9 +32,8 @@ def chat(tiny_chatglm: ChatGLM) -> ChatGLMChat:
 
 def test_system_message_fills_the_system_slot_and_history_becomes_turns(chat: ChatGLMChat) -> None:
     """Guards against a SystemMessage reaching ChatGLM as "System: ..." user text."""
-    rendered = chat.render(
-        [SystemMessage("你是三国专家。"), HumanMessage("刘备是谁？"), AIMessage("蜀汉昭烈帝。"), HumanMessage(QUESTION)]
-    )
+    chat_history = [SystemMessage("你是三国专家。"), HumanMessage("刘备是谁？"), AIMessage("蜀汉昭烈帝。")]
+    rendered = chat.render([*chat_history, HumanMessage(QUESTION)])
     assert rendered == (
         "[gMASK]<sop><|system|>\n你是三国专家。<|user|>\n刘备是谁？<|assistant|>\n蜀汉昭烈帝。"
         f"<|user|>\n{QUESTION}<|assistant|>"
