@@ -35,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chapters", metavar="RANGE", help="only these chapters, e.g. 1-10 or 第1-10回")
     parser.add_argument("--model-path", metavar="DIR", help="local chat model folder (default: llm.model_path)")
     parser.add_argument("--device", help="model device: auto, cpu, cuda, cuda:N, mps (default: llm.device)")
+    parser.add_argument("--adapter", metavar="DIR", help="fine-tuned adapter folder, P-tuning v2 or LoRA (default: llm.adapter)")
     parser.add_argument(
         "--batch-size", type=int, default=4, metavar="N", help="chapter pieces summarized per batch (default: 4)"
     )
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device})
+    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device, "adapter": args.adapter})
     docs = load_documents(args, settings)  # before the (slow) model load: bad input fails fast
     llm = load_llm(settings, quiet=args.quiet)
     if not args.quiet:

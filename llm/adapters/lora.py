@@ -138,8 +138,10 @@ def split_fused_rows(fused: torch.Tensor, config: Any) -> tuple[torch.Tensor, to
 
 def load_lora(model: Any, folder: Path, *, merge: bool = False) -> Any:
     """``model`` with the LoRA adapter in ``folder`` applied by peft (merged into the weights when ``merge``)."""
-    from peft import LoraConfig, PeftModel
-
+    try:
+        from peft import LoraConfig, PeftModel
+    except ImportError as e:
+        raise AdapterError(f"LoRA adapter {folder} needs the peft package: pip install 'glmkb[finetune]'") from e
     config = read_lora_config(folder)
     state, modules = native_lora_state(read_lora_weights(folder), model, folder)
     if not state:
