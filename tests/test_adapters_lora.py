@@ -93,3 +93,42 @@ def test_merged_equals_unmerged(chatglm3_legacy_path: Path, lora_pair: tuple[Any
     ids = ids_for(config, 9, seed=2)
     with torch.inference_mode():
         assert rel_err(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits) < 1e-5
+
+
+@pytest.mark.parametrize("fixture", ["chatglm3_legacy_path", "chatglm2_legacy_path"], ids=["multi-query", "interleaved"])
+def test_split_lora_equals_the_fused_weight_update(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Folding scale * B @ A into the ORIGINAL fused query_key_value and loading that folder == the split adapter.
+
+    Covers ChatGLM2's per-head interleaved q/k/v (no multi-query attention), where B's rows must be
+    cut like the weight's."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    base: Path = request.getfixturevalue(fixture)
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    gen = torch.Generator().manual_seed(3)
+    rows = next(v.shape[0] for k, v in load_original_state(base).items() if k.endswith("0.self_attention.query_key_value.weight"))
+    a, b = torch.randn(4, config["hidden_size"], generator=gen) * 0.3, torch.randn(rows, 4, generator=gen) * 0.3
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["query_key_value"],
+                    "layers_to_transform": None}), encoding="utf-8"
+    )
+    key = "base_model.model.transformer.encoder.layers.{}.self_attention.query_key_value.lora_{}.weight"
+    save_file({key.format(i, p): t.clone() for i in range(config["num_layers"]) for p, t in (("A", a), ("B", b))},
+              str(adapter / "adapter_model.safetensors"))
+    folded = tmp_path / "folded"
+    shutil.copytree(base, folded)
+    for shard in folded.glob("pytorch_model*.bin"):
+        state = torch.load(shard, weights_only=True)
+        for name in state:
+            if name.endswith("self_attention.query_key_value.weight"):
+                state[name] = state[name] + 2.0 * (b @ a)  # scale = lora_alpha / r
+        torch.save(state, shard)
+    expected, _ = load_model_and_tokenizer(folded, device="cpu", dtype="float32")
+    got, _ = load_model_and_tokenizer(base, device="cpu", dtype="float32", adapter=adapter)
+    ids = ids_for(config, 8, seed=4)
+    with torch.inference_mode():
+        assert rel_err(got(input_ids=ids).logits, expected(input_ids=ids).logits) < 1e-5

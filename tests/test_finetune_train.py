@@ -99,6 +99,11 @@ def test_cli_runs_and_reports_bad_data_in_one_line(
                  "--max-steps", "2", "--pack", "--max-length", "128", "-q"])
     assert code == 0 and (out / "checkpoint-2" / "adapter_config.json").is_file()
     assert "--adapter" in capsys.readouterr().out
+    code = main([str(toy_data), "--model-path", str(chatglm3_legacy_path), "--output", str(out), "--device", "cpu",
+                 "--max-steps", "3", "--pack", "--max-length", "128", "-q", "--resume"])
+    assert code == 0 and (out / "checkpoint-3").is_file() is False and (out / "checkpoint-3" / "trainer_state.pt").is_file()
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))["step"] == 3
+    capsys.readouterr()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"conversations": [{"role": "user", "content": "?"}]}) + "\n", encoding="utf-8")
     code = main([str(bad), "--model-path", str(chatglm3_legacy_path), "--output", str(out), "--device", "cpu", "-q"])
