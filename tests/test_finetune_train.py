@@ -109,3 +109,19 @@ def test_cli_runs_and_reports_bad_data_in_one_line(
     code = main([str(bad), "--model-path", str(chatglm3_legacy_path), "--output", str(out), "--device", "cpu", "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "line 1: no assistant turn" in err
+
+
+def test_packed_rows_keep_conversations_apart(chatglm3_legacy_path: Path, toy_data: Path) -> None:
+    """--pack: each conversation in a packed row gets exactly the logits it gets alone (no attention across)."""
+    from llm.finetune.batching import pack
+
+    model, tokenizer = load_model_and_tokenizer(chatglm3_legacy_path, device="cpu", dtype="float32")
+    examples = load_examples(toy_data, tokenizer, stop_ids=stop_token_ids(model, tokenizer), last_turn_only=False, max_length=256)
+    batch = pack([examples[:3]], pad_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        at = 0
+        for example in examples[:3]:
+            alone = model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0]
+            torch.testing.assert_close(packed[at : at + len(example.input_ids)], alone, atol=1e-4, rtol=1e-4)
+            at += len(example.input_ids)
