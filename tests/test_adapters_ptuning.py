@@ -163,3 +163,15 @@ def test_safetensors_checkpoint_loads_the_same(chatglm2_mqa_legacy_path: Path, t
     a, _ = load_model_and_tokenizer(chatglm2_mqa_legacy_path, device="cpu", dtype="float32", adapter=bin_dir)
     b, _ = load_model_and_tokenizer(chatglm2_mqa_legacy_path, device="cpu", dtype="float32", adapter=st_dir)
     assert torch.equal(a.prefix_encoder.embedding.weight, b.prefix_encoder.embedding.weight)
+
+
+def test_prefix_cache_entries_follow_get_prompt(ptuned: tuple[Any, Any, ReferenceChatGLM, dict[str, Any]]) -> None:
+    """The seam for a static cache: layer i's (key, value) [batch, groups, P, d] == get_prompt's pair, transposed."""
+    model, _tok, reference, config = ptuned
+    entries = ptuning.prefix_cache_entries(model, 2)
+    with torch.inference_mode():
+        prompt = reference.prompt(2)
+    assert len(entries) == config["num_layers"] == len(prompt)
+    for (key, value), (ref_key, ref_value) in zip(entries, prompt, strict=True):
+        torch.testing.assert_close(key, ref_key.permute(1, 2, 0, 3), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(value, ref_value.permute(1, 2, 0, 3), rtol=1e-6, atol=1e-6)
