@@ -54,3 +54,29 @@ def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path
     with torch.inference_mode():
         got, want = merged(input_ids=ids).logits, expected(input_ids=ids).logits
     assert float((got - want).norm() / want.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("fixture", ["tiny_glm_dir", "tiny_glm4_dir"], ids=["glm", "glm4"])
+def test_native_models_train_reload_and_merge(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """GLM-4 -hf style folders: glmkb-finetune's native-layout LoRA and prefix reload exactly; convert --adapter merges."""
+    from ingest.cli import main
+    from llm.finetune.train import FinetuneConfig, run_finetune
+    from tests.test_finetune_train import TOY
+
+    base: Path = request.getfixturevalue(fixture)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"conversations": c}, ensure_ascii=False) for c in TOY), encoding="utf-8")
+    ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(1))
+    for method in ("lora", "ptuning"):
+        cfg = FinetuneConfig(data=str(data), model_path=str(base), output=str(tmp_path / method), method=method,
+                             device="cpu", dtype="float32", max_steps=2, lr=1e-2, pre_seq_len=4, progress=False)
+        result = run_finetune(cfg)
+        reloaded, _ = load_model_and_tokenizer(base, device="cpu", dtype="float32", adapter=result.checkpoint)
+        with torch.inference_mode():
+            torch.testing.assert_close(reloaded(input_ids=ids).logits, result.model(input_ids=ids).logits, rtol=0, atol=1e-5)
+    out = tmp_path / "merged"
+    assert main(["convert", str(base), str(out), "--adapter", str(tmp_path / "lora" / "checkpoint-2")]) == 0
+    merged, _ = load_model_and_tokenizer(out, device="cpu", dtype="float32")
+    adapted, _ = load_model_and_tokenizer(base, device="cpu", dtype="float32", adapter=tmp_path / "lora" / "checkpoint-2")
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
