@@ -14,6 +14,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
     parser.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
     parser.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
+    parser.add_argument("--adapter", help="fine-tuned adapter folder: P-tuning v2 or LoRA (llm.adapter)")
+    parser.add_argument("--merge-adapter", action="store_true", default=None, help="fold a LoRA adapter into the weights (llm.merge_adapter)")
     parser.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
     parser.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
     parser.add_argument("--embedding-device", help="embedding device (embedding.device)")
@@ -28,6 +30,8 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "device": args.device,
             "dtype": args.dtype,
             "quantization": args.quantization,
+            "adapter": args.adapter,
+            "merge_adapter": args.merge_adapter,
         },
         "embedding": {"model": args.embedding, "device": args.embedding_device},
     }

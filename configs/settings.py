@@ -98,6 +98,10 @@ class LLMSettings(_Section):
         False,
         description="Let transformers run the model folder's own Python code. Off: glmkb loads ChatGLM natively.",
     )
+    adapter: str | None = Field(
+        None, description="Fine-tuned adapter folder applied to model_path: P-tuning v2 (THUDM ptuning/) or LoRA (peft)."
+    )
+    merge_adapter: bool = Field(False, description="Fold a LoRA adapter into the weights (the CUDA fast path needs it).")
     system_prompt: str | None = Field(None, description="Optional system prompt for every chat.")
     max_input_tokens: int = Field(
         6144, ge=64, description="Prompt budget in model tokens; retrieved passages and history are cut to fit."
