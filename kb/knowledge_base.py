@@ -11,6 +11,7 @@ Milvus rows follow it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -51,7 +52,8 @@ from kb.embedding import (
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.faiss_store import FaissStore
 from kb.fusion import reciprocal_rank_fusion
-from kb.loading import open_text_file
+from kb.loaders import LoadedDocument, Place, open_document
+from kb.loaders.document import SectionIndex
 from kb.names import validate_kb_name
 from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks
 from kb.tokenizing import tokenize
@@ -124,20 +126,32 @@ class _Incoming:
     chars: int
     chapters: list[Chapter]
     blocks: Callable[[], Iterable[str]]
+    document: LoadedDocument | None = None  # a file's pages and headings (None for add_texts)
 
     @property
     def doc_id(self) -> str:
         return doc_id_for(self.source)
 
     @classmethod
-    def scan(cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]]) -> _Incoming:
-        """Read the text once for its hash, length and chapters."""
+    def scan(
+        cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]], *, document: LoadedDocument | None = None
+    ) -> _Incoming:
+        """Read the text once for its hash, length and chapters (a document's own headings
+        where it has them, else its 第N回/章 lines)."""
         hasher, scanner, chars = hashlib.sha256(), ChapterScanner(), 0
         for block in blocks():
             hasher.update(block.encode("utf-8"))
             scanner.feed(block)
             chars += len(block)
-        return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish(), blocks)
+        chapters = document.chapters(length=chars) if document is not None else None
+        return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish() if chapters is None else chapters, blocks, document)
+
+    def locator(self) -> Callable[[int, int], Place]:
+        """``place(start, end)`` of this document's chunks: pages and heading path."""
+        if self.document is not None:
+            return self.document.locator(self.chapters)
+        sections = SectionIndex((), self.chapters)
+        return lambda start, end: Place(section=sections.at(start))
 
 
 def doc_id_for(source: str) -> str:
@@ -384,8 +398,10 @@ class KnowledgeBase:
         *,
         sources: Sequence[str] | None = None,
         show_progress: bool = False,
+        ocr: str = "auto",
     ) -> BuildReport:
-        """Add or update text files. Unchanged files are skipped, changed ones replace their old
+        """Add or update documents (text, Markdown, PDF, DOCX, EPUB, HTML, images: see
+        :mod:`kb.loaders`; ``ocr`` off/auto/force for scanned pages). Unchanged files are skipped, changed ones replace their old
         chunks. All files are read and checked before anything is written; files are read in
         blocks, so memory does not grow with their size.
 
@@ -401,8 +417,8 @@ class KnowledgeBase:
         for path, label in tqdm(
             list(zip(paths, labels)), desc="reading", unit="file", disable=not show_progress, leave=False
         ):
-            text_file = open_text_file(path)
-            incoming.append(_Incoming.scan(label, text_file.encoding, text_file.blocks))
+            document = open_document(path, ocr=ocr)
+            incoming.append(_Incoming.scan(label, document.encoding, document.blocks, document=document))
         return self._apply(incoming, [], show_progress=show_progress, started=started)
 
     def add_texts(self, texts: Mapping[str, str], *, show_progress: bool = False) -> BuildReport:
@@ -599,7 +615,11 @@ class KnowledgeBase:
                 store.add_text_block(doc.doc_id, ordinal, block)
                 yield block
 
-        chunks = iter_chunks(recorded(), doc.chapters, chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
+        place = doc.locator()
+        chunks = (
+            dataclasses.replace(c, **dataclasses.asdict(place(c.start, c.end)))
+            for c in iter_chunks(recorded(), doc.chapters, chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
+        )
         count = done = 0
         for batch in _batches(chunks, CHUNK_BATCH):
             # Space-joined: one string per chunk, not one Python object per token.
@@ -898,6 +918,9 @@ def _to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
             "doc_id": chunk.doc_id,
             "chapter": chunk.chapter,
             "chapter_title": chunk.chapter_title,
+            "page": chunk.page,
+            "page_end": chunk.page_end,
+            "section": chunk.section,
             "start": chunk.start,
             "end": chunk.end,
             "score": float(score),
