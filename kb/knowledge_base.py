@@ -146,6 +146,10 @@ class _Incoming:
         chapters = document.chapters(length=chars) if document is not None else None
         return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish() if chapters is None else chapters, blocks, document)
 
+    def sections(self) -> list[Chapter]:
+        """Where chunks are cut: the chapters, and inside them any lower heading (DOCX/PDF/EPUB/...)."""
+        return self.document.sections(self.chapters) if self.document is not None else self.chapters
+
     def locator(self) -> Callable[[int, int], Place]:
         """``place(start, end)`` of this document's chunks: pages and heading path."""
         if self.document is not None:
@@ -618,7 +622,7 @@ class KnowledgeBase:
         place = doc.locator()
         chunks = (
             dataclasses.replace(c, **dataclasses.asdict(place(c.start, c.end)))
-            for c in iter_chunks(recorded(), doc.chapters, chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
+            for c in iter_chunks(recorded(), doc.sections(), chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap)
         )
         count = done = 0
         for batch in _batches(chunks, CHUNK_BATCH):

@@ -72,6 +72,23 @@ class LoadedDocument:
         where the text's own 第N回 lines decide."""
         return chapters_from_headings(self.headings, length=length) if self.headings else None
 
+    def sections(self, chapters: list[Chapter]) -> list[Chapter]:
+        """``chapters`` cut again at every lower heading (each piece keeps its chapter's number and
+        title): chunks never run across a section heading, so each cites one section."""
+        cuts = [h for h in self.headings if h.level != chapter_level(self.headings)]
+        if not cuts:
+            return chapters
+        pieces: list[Chapter] = []
+        for chapter in chapters:
+            start = chapter.start
+            for heading in cuts:
+                if chapter.start < heading.start < chapter.end:
+                    line = heading.start if heading.line_start is None else heading.line_start
+                    pieces.append(Chapter(chapter.number, chapter.title, chapter.heading, start, max(start, line)))
+                    start = heading.start
+            pieces.append(Chapter(chapter.number, chapter.title, chapter.heading, start, chapter.end))
+        return pieces
+
     def locator(self, chapters: list[Chapter]) -> Callable[[int, int], Place]:
         """``place(start, end)`` for the chunks of this document split into ``chapters``."""
         sections = SectionIndex(self.headings, chapters)

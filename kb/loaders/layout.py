@@ -54,9 +54,16 @@ def _edge_key(line: str) -> str:
 
 
 def join_pages(pages: list[list[str]]) -> tuple[list[str], list[int]]:
-    """The running text of ``pages`` (lines each, blank lines already dropped) as one piece per
-    page, and the offset where each page's text starts (an empty page starts where the next
-    text does)."""
+    """The running text of ``pages`` (lines each, right-stripped, blank lines dropped) as one
+    piece per page, and the offset where each page's text starts (an empty page starts where
+    the next text does).
+
+    A line that ran to the margin continues on the next line, unless that one starts a
+    paragraph: indented, where the document indents any line (Chinese typesetting indents
+    each paragraph by two spaces), else after a sentence end (OCR keeps no indentation).
+    """
+    indented = any(line[:1].isspace() for lines in pages for line in lines)
+    pages = [[line.strip() for line in lines] for lines in _indent_marks(pages, indented)]
     pieces: list[str] = []
     starts: list[int] = []
     offset = 0
@@ -67,7 +74,9 @@ def join_pages(pages: list[list[str]]) -> tuple[list[str], list[int]]:
         parts: list[str] = []
         page_start: int | None = None
         for line in lines:
-            separator = "" if previous is None else _separator(previous, line, previous_full)
+            starts_paragraph = line.startswith(_INDENT)
+            line = line.removeprefix(_INDENT)
+            separator = "" if previous is None else _separator(previous, line, previous_full, starts_paragraph, indented)
             if separator == "-":  # a Latin word split over two lines: its hyphen goes
                 _drop_last_char(parts if parts else pieces)
                 offset -= 1
@@ -91,10 +100,21 @@ def _drop_last_char(parts: list[str]) -> None:
     parts[index] = parts[index][:-1]
 
 
-def _separator(previous: str, line: str, previous_full: bool) -> str:
+_INDENT = "\u0001"  # marks an indented line between _indent_marks and join_pages
+
+
+def _indent_marks(pages: list[list[str]], indented: bool) -> list[list[str]]:
+    if not indented:
+        return pages
+    return [[_INDENT + line.lstrip() if line[:1].isspace() else line for line in lines] for lines in pages]
+
+
+def _separator(previous: str, line: str, previous_full: bool, starts_paragraph: bool, indented: bool) -> str:
     """What goes between two lines: a line break, nothing (Chinese), a space, or "-" (drop
     the previous line's hyphen)."""
-    if not previous_full or _SENTENCE_END.search(previous) or CHAPTER_HEADING.match(line):
+    if not previous_full or CHAPTER_HEADING.match(line) or starts_paragraph:
+        return "\n"
+    if not indented and _SENTENCE_END.search(previous):
         return "\n"
     if _CJK.match(previous[-1]) or _CJK.match(line[0]):
         return ""

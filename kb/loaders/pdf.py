@@ -8,6 +8,7 @@ that has no text at all and warns about the pages it skips.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _read_pages(pdf, *, path: Path, ocr: str) -> tuple[list[list[str]], list[int
                     if bar is None:
                         bar = tqdm(total=len(pdf), initial=index, desc=f"OCR {path.name}", unit="page", leave=False, disable=None)
                     text = "\n".join(ocr_lines(page.render(scale=OCR_DPI / 72).to_pil()))
-            pages.append([line.strip() for line in text.splitlines() if line.strip()])
+            pages.append([line.rstrip() for line in text.splitlines() if line.strip()])
         finally:
             page.close()
         if bar is not None:
@@ -98,9 +99,11 @@ def _outline(pdf) -> list[tuple[int, str, int]]:  # type: ignore[no-untyped-def]
     entries = []
     try:
         for item in pdf.get_toc(max_depth=3):
-            title = " ".join((item.title or "").split())
-            if title and item.page_index is not None and item.level < 3:
-                entries.append((item.level + 1, title, item.page_index))
+            title = " ".join((item.get_title() or "").split())
+            dest = item.get_dest()
+            page_index = dest.get_index() if dest is not None else None
+            if title and page_index is not None and item.level < 3:
+                entries.append((item.level + 1, title, page_index))
     except Exception as e:  # a broken outline is no reason to refuse the text
         logger.warning("ignoring a damaged PDF outline: %s", e)
     return entries
@@ -109,13 +112,13 @@ def _outline(pdf) -> list[tuple[int, str, int]]:  # type: ignore[no-untyped-def]
 def _place_outline(outline: list[tuple[int, str, int]], pieces: list[str], starts: list[int]) -> tuple[Heading, ...]:
     """Each bookmark at the line of its page that holds its title (else the page's start)."""
     headings: list[Heading] = []
+    bases = list(itertools.accumulate((len(piece) for piece in pieces), initial=0))
     for level, title, page in outline:
         if not 0 <= page < len(pieces):
             continue
-        piece, start = pieces[page], starts[page]
-        compact = "".join(title.split())
-        found = _find_compact(piece, compact)
-        offset = start + (piece.rfind("\n", 0, found) + 1 if found >= 0 else 0)
+        piece = pieces[page]
+        found = _find_compact(piece, "".join(title.split()))
+        offset = bases[page] + piece.rfind("\n", 0, found) + 1 if found >= 0 else starts[page]
         if headings and offset < headings[-1].start:
             continue
         headings.append(Heading(offset, level, title))
