@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from configs.errors import BadInput
+
 
 class KnowledgeBaseError(ValueError):
     """A knowledge base could not be opened, built or queried."""
 
 
-class DocumentLoadError(KnowledgeBaseError):
-    """A source file is missing, empty, binary or in an encoding we cannot decode."""
+class DocumentLoadError(KnowledgeBaseError, BadInput):
+    """A source file is missing, empty, binary, damaged, encrypted, hostile or in a format or
+    encoding we cannot read (the user's input: exit 2 / HTTP 400)."""
 
 
 class EmbeddingModelError(KnowledgeBaseError):
