@@ -11,13 +11,14 @@ from ingest.cli import settings_from_args
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "build",
-        help="add or update .txt/.md files in a knowledge base",
+        help="add or update documents (txt/md, PDF, DOCX, EPUB, HTML, images) in a knowledge base",
         description=(
-            "Add text files (UTF-8, GBK/GB18030, Big5, UTF-16) to a knowledge base, creating it if "
-            "needed. Unchanged files are skipped; changed files replace their old chunks."
+            "Add documents to a knowledge base, creating it if needed: text (UTF-8, GBK/GB18030, Big5, "
+            "UTF-16) and Markdown, PDF (scanned pages by OCR), DOCX, EPUB, HTML and images; the format "
+            "is read from the file's content. Unchanged files are skipped; changed files replace their old chunks."
         ),
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="text files to add")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="documents to add")
     add_kb_arguments(parser)
     parser.add_argument(
         "--embedding",
@@ -34,6 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="embedding device: auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--chunk-size", type=int, metavar="N", help="chunk length in characters (new knowledge bases)")
     parser.add_argument("--chunk-overlap", type=int, metavar="N", help="characters shared by neighbouring chunks")
+    parser.add_argument(
+        "--ocr",
+        choices=("off", "auto", "force"),
+        help="OCR for scanned PDF pages and images: auto = pages without a text layer, force = every page, "
+        "off = never (default: kb.ocr)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args,
         embedding={"model": args.embedding, "device": args.device},
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap},
-        kb={"store": args.store},
+        kb={"store": args.store, "ocr": args.ocr},
     )
     kb = KnowledgeBase.from_settings(
         settings,
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
-    report = kb.add_files(args.files, show_progress=not args.quiet)
+    report = kb.add_files(args.files, show_progress=not args.quiet, ocr=settings.kb.ocr)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0

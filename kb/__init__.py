@@ -10,6 +10,8 @@ from kb.faiss_store import FaissStore
 from kb.fusion import reciprocal_rank_fusion
 from kb.knowledge_base import BuildReport, KnowledgeBase
 from kb.knowledge_base_retriever import KnowledgeBaseRetriever
+from kb.citation import source_label
+from kb.loaders import SUPPORTED_SUFFIXES, LoadedDocument, open_document
 from kb.loading import TextFile, decode_bytes, load_text, open_text_file
 from kb.milvus_store import MilvusStore
 from kb.names import validate_kb_name
@@ -39,8 +41,10 @@ __all__ = [
     "KnowledgeBase",
     "KnowledgeBaseError",
     "KnowledgeBaseRetriever",
+    "LoadedDocument",
     "MilvusStore",
     "QAItem",
+    "SUPPORTED_SUFFIXES",
     "TextFile",
     "chinese_number",
     "decode_bytes",
@@ -48,8 +52,10 @@ __all__ = [
     "iter_chunks",
     "load_qa",
     "load_text",
+    "open_document",
     "open_text_file",
     "reciprocal_rank_fusion",
+    "source_label",
     "split_chapters",
     "split_document",
     "tokenize",

@@ -214,3 +214,20 @@ def test_unsupported_content_is_refused_in_one_line(tmp_path: Path) -> None:
     legacy.write_bytes(b"\xd0\xcf\x11\xe0" + b"\x00" * 100)
     with pytest.raises(DocumentLoadError, match="save it as .docx"):
         open_document(legacy)
+
+
+def test_ingest_build_takes_every_format_and_query_cites_pages(
+    documents: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest.cli import main
+
+    files = [str(documents[kind]) for kind in ("pdf", "epub", "docx", "html")]
+    root = str(tmp_path / "kbs")
+    assert main(["build", *files, "--kb", "books", "--kb-root", root, "--embedding", "none", "--ocr", "off", "-q"]) == 0
+    assert "4 added" in capsys.readouterr().out
+    assert main(["query", "桃园 结义", "--kb", "books", "--kb-root", root, "--mode", "bm25", "-k", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "sanguo.pdf · p." in out and "sanguo.epub · 第一回 宴桃园豪杰三结义 斩黄巾英雄首立功" in out
+    assert main(["query", "桃园", "--kb", "books", "--kb-root", root, "--mode", "bm25", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert any(hit["page"] for hit in hits) and all(hit["section"] for hit in hits)
