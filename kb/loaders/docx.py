@@ -29,14 +29,14 @@ def load_docx(path: Path) -> LoadedDocument:
 
     try:
         with zipfile.ZipFile(path) as archive:
-            check_archive(archive, name=path.name)
+            check_archive(archive, name=str(path))
         document = docx.Document(str(path))
     except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as e:
         if isinstance(e, DocumentLoadError):
             raise
-        raise DocumentLoadError(f"{path.name} is a damaged Word document ({e}); save it again as .docx") from e
+        raise DocumentLoadError(f"{path} is a damaged Word document ({e}); save it again as .docx") from e
     except Exception as e:  # lxml.etree.XMLSyntaxError and friends from a malformed part
-        raise DocumentLoadError(f"{path.name} is a damaged Word document ({type(e).__name__}: {e}); save it again") from e
+        raise DocumentLoadError(f"{path} is a damaged Word document ({type(e).__name__}: {e}); save it again") from e
     parts: list[str] = []
     headings: list[Heading] = []
     length = 0
@@ -62,7 +62,7 @@ def load_docx(path: Path) -> LoadedDocument:
             for row in Table(child, document).rows:
                 add_line(" | ".join(_row_cells(row)))
     if not length:
-        raise DocumentLoadError(f"{path.name} has no text; there is nothing to add")
+        raise DocumentLoadError(f"{path} has no text; there is nothing to add")
     return LoadedDocument(path, "docx", "docx", text_blocks(parts), headings=tuple(headings))
 
 

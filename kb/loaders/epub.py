@@ -40,7 +40,7 @@ def _xml(data: bytes, *, name: str, part: str) -> lxml.etree._Element:
 
 def load_epub(path: Path) -> LoadedDocument:
     """An EPUB book's text in spine order, its table of contents as headings."""
-    name = path.name
+    name = str(path)
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=name)

@@ -167,8 +167,8 @@ def load_html(path: Path) -> LoadedDocument:
     """An HTML page (a saved web page): its main text, ``<h1>``-``<h3>`` as headings."""
     size = path.stat().st_size
     if size > MAX_HTML_BYTES:
-        raise DocumentLoadError(f"{path.name} is {size >> 20} MiB of HTML (limit {MAX_HTML_BYTES >> 20} MiB); split it")
-    builder = extract_html(parse_html(path.read_bytes(), name=path.name), name=path.name)
+        raise DocumentLoadError(f"{path} is {size >> 20} MiB of HTML (limit {MAX_HTML_BYTES >> 20} MiB); split it")
+    builder = extract_html(parse_html(path.read_bytes(), name=str(path)), name=str(path))
     if not builder.length:
-        raise DocumentLoadError(f"{path.name} has no text outside scripts, styles and navigation; there is nothing to add")
+        raise DocumentLoadError(f"{path} has no text outside scripts, styles and navigation; there is nothing to add")
     return LoadedDocument(path, "html", "html", text_blocks(builder.parts), headings=tuple(builder.headings))

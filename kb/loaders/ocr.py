@@ -74,7 +74,7 @@ def load_image(path: Path, *, ocr: str) -> LoadedDocument:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     if check_ocr_mode(ocr) == "off":
-        raise DocumentLoadError(f"{path.name} is an image and OCR is off; run with --ocr auto to read it")
+        raise DocumentLoadError(f"{path} is an image and OCR is off; run with --ocr auto to read it")
     pages: list[list[str]] = []
     try:
         with Image.open(path) as image:
@@ -82,9 +82,19 @@ def load_image(path: Path, *, ocr: str) -> LoadedDocument:
             for number, frame in enumerate(frames, 1):
                 logger.info("OCR %s: page %d/%d", path.name, number, len(frames))
                 pages.append(ocr_lines(frame))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
-        raise DocumentLoadError(f"{path.name} is not a readable image ({e})") from e
+    except Image.DecompressionBombError as e:
+        raise DocumentLoadError(f"{path} has too many pixels to be a page ({e}); scale it down") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DocumentLoadError(f"{path} is a damaged {_image_kind(path)} image; save it again") from e
     pieces, starts = join_pages(remove_headers_and_footers(pages))
     if not "".join(pieces).strip():
-        raise DocumentLoadError(f"{path.name}: OCR found no text in the image; there is nothing to add")
+        raise DocumentLoadError(f"{path}: OCR found no text in the image; there is nothing to add")
     return LoadedDocument(path, "image", "ocr", text_blocks(pieces), page_starts=tuple(starts))
+
+
+def _image_kind(path: Path) -> str:
+    """PNG, JPEG, TIFF... by the file's first bytes (for messages)."""
+    with path.open("rb") as stream:
+        head = stream.read(12)
+    kinds = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP", b"GIF8": "GIF"}
+    return next((kind for magic, kind in kinds.items() if head.startswith(magic)), "WebP" if head[8:12] == b"WEBP" else "")

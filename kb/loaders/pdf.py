@@ -35,23 +35,23 @@ def load_pdf(path: Path, *, ocr: str) -> LoadedDocument:
         pdf = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as e:
         if "password" in str(e).lower():
-            raise DocumentLoadError(f"{path.name} is password-protected; decrypt it first (e.g. qpdf --decrypt)") from e
-        raise DocumentLoadError(f"{path.name} is a damaged PDF ({e}); save or print it to PDF again") from e
+            raise DocumentLoadError(f"{path} is password-protected; decrypt it first (e.g. qpdf --decrypt)") from e
+        raise DocumentLoadError(f"{path} is a damaged PDF ({e}); save or print it to PDF again") from e
     try:
         count = len(pdf)
         if count > MAX_PAGES:
-            raise DocumentLoadError(f"{path.name} has {count} pages (limit {MAX_PAGES}); split it")
+            raise DocumentLoadError(f"{path} has {count} pages (limit {MAX_PAGES}); split it")
         pages, scanned = _read_pages(pdf, path=path, ocr=ocr)
         outline = _outline(pdf)
     finally:
         pdf.close()
     if scanned and ocr == "off":
         if len(scanned) == count:
-            raise DocumentLoadError(f"{path.name} has only scanned pages (no text layer); run with --ocr auto to read them")
+            raise DocumentLoadError(f"{path} has only scanned pages (no text layer); run with --ocr auto to read them")
         logger.warning("%s: %d scanned page(s) skipped because OCR is off (first: p.%d)", path.name, len(scanned), scanned[0])
     pieces, starts = join_pages(remove_headers_and_footers(pages))
     if not any(piece.strip() for piece in pieces):
-        raise DocumentLoadError(f"{path.name} has no text on any page; there is nothing to add")
+        raise DocumentLoadError(f"{path} has no text on any page; there is nothing to add")
     warnings = [f"{len(scanned)} scanned pages skipped (OCR off)"] if scanned and ocr == "off" else []
     headings = _place_outline(outline, pieces, starts)
     return LoadedDocument(
@@ -74,7 +74,7 @@ def _read_pages(pdf, *, path: Path, ocr: str) -> tuple[list[list[str]], list[int
                 scanned.append(index + 1)
                 if ocr != "off":
                     if bar is None:
-                        bar = tqdm(total=len(pdf), initial=index, desc=f"OCR {path.name}", unit="page", leave=False, disable=None)
+                        bar = tqdm(total=len(pdf), initial=index, desc=f"OCR {path}", unit="page", leave=False, disable=None)
                     text = "\n".join(ocr_lines(page.render(scale=OCR_DPI / 72).to_pil()))
             pages.append([line.rstrip() for line in text.splitlines() if line.strip()])
         finally:

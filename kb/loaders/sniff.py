@@ -49,7 +49,7 @@ def detect_format(path: Path) -> str:
         return "image"
     for magic, kind in _REFUSED_MAGIC:
         if head.startswith(magic):
-            raise DocumentLoadError(f"{path.name} is {kind}")
+            raise DocumentLoadError(f"{path} is {kind}")
     if _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")):
         return "html"
     return "text"
@@ -59,15 +59,15 @@ def _zip_format(path: Path) -> str:
     """``docx`` or ``epub`` for a ZIP archive that is one (checked against zip bombs)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            check_archive(archive, name=path.name)
+            check_archive(archive, name=str(path))
             names = set(archive.namelist())
             if "word/document.xml" in names:
                 return "docx"
             if "META-INF/container.xml" in names:
                 return "epub"
     except zipfile.BadZipFile as e:
-        raise DocumentLoadError(f"{path.name} is a damaged ZIP archive ({e}); save the document again") from e
-    raise DocumentLoadError(f"{path.name} is a ZIP archive but not a DOCX or EPUB document; {FIX}")
+        raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
+    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX or EPUB document; {FIX}")
 
 
 def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
