@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,8 @@ def child(step: str, pdf: Path, workdir: Path) -> dict:
 
     import kb.loaders.pdf  # noqa: F401  (imports are not what is timed)
 
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
     started = time.perf_counter()
     if step == "extract":
         document = open_document(pdf, ocr="off")
@@ -83,7 +86,12 @@ def child(step: str, pdf: Path, workdir: Path) -> dict:
         result = {"pages": len(document.page_starts), "chars": len(text), "text": text}
     else:
         raise SystemExit(f"unknown step {step}")
-    result.update(seconds=time.perf_counter() - started, peak_rss_mib=peak_rss_mib())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(
+        seconds=time.perf_counter() - started,
+        cpu_seconds=usage.ru_utime + usage.ru_stime - cpu_before,
+        peak_rss_mib=peak_rss_mib(),
+    )
     return result
 
 
@@ -119,11 +127,15 @@ def main() -> None:
 
     ocr["cer"] = character_error_rate(ocr.pop("text"), source)
     rows = [
-        ("text PDF extract", pages, f"{extract['seconds']:.2f}", f"{pages / extract['seconds']:.1f}", f"{extract['peak_rss_mib']:.0f}"),
-        ("text PDF ingest (keyword-only)", pages, f"{ingest['seconds']:.2f}", f"{pages / ingest['seconds']:.1f}", f"{ingest['peak_rss_mib']:.0f}"),
-        ("OCR (scanned pages)", ocr["pages"], f"{ocr['seconds']:.2f}", f"{ocr['pages'] / ocr['seconds']:.3f}", f"{ocr['peak_rss_mib']:.0f}"),
+        (name, n, f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.2f}", f"{n / r['seconds']:.3g}", f"{n / r['cpu_seconds']:.3g}",
+         f"{r['peak_rss_mib']:.0f}")
+        for name, n, r in (
+            ("text PDF extract", pages, extract),
+            ("text PDF ingest (keyword-only)", pages, ingest),
+            ("OCR (scanned pages)", ocr["pages"], ocr),
+        )
     ]
-    print_table("formats", rows, ("step", "pages", "seconds", "pages/s", "peak RSS MiB"))
+    print_table("formats", rows, ("step", "pages", "wall s", "CPU s", "pages/s", "pages/CPU-s", "peak RSS MiB"))
     print(f"text PDF: {extract['chars']} characters, {extract['headings']} outline headings; OCR CER {ocr['cer']:.2%}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     write_result(args.out, "formats", {"pages": pages, "extract": extract, "ingest": ingest, "ocr": ocr,

@@ -70,7 +70,7 @@ def _read_pages(pdf, *, path: Path, ocr: str) -> tuple[list[list[str]], list[int
         page = pdf[index]
         try:
             text = "" if ocr == "force" else _text_layer(page)
-            if ocr == "force" or sum(not c.isspace() for c in text) < MIN_TEXT_CHARS:
+            if ocr == "force" or len("".join(text.split())) < MIN_TEXT_CHARS:
                 scanned.append(index + 1)
                 if ocr != "off":
                     if bar is None:
