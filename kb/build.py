@@ -89,20 +89,20 @@ class Incoming:
         return doc_id_for(self.source)
 
     @classmethod
-    def scan(
-        cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]], *, document: LoadedDocument | None = None
-    ) -> Incoming:
-        """Read the text once for its hash, length and chapters (a document's own headings
-        where it has them, else its 第N回/章 lines)."""
+    def scan(cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]]) -> Incoming:
+        """Read the text once for its hash, length and chapters (its 第N回/章 lines)."""
         hasher, scanner, chars = hashlib.sha256(), ChapterScanner(), 0
         for block in blocks():
             hasher.update(block.encode("utf-8"))
             scanner.feed(block)
             chars += len(block)
-        chapters = document.chapters(length=chars) if document is not None else None
-        return cls(
-            source, encoding, hasher.hexdigest(), chars, scanner.finish() if chapters is None else chapters, blocks, document
-        )
+        return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish(), blocks)
+
+    def with_document(self, document: LoadedDocument) -> Incoming:
+        """This scan of ``document``'s text with its pages, and its own headings (PDF outline,
+        DOCX/HTML/Markdown headings, EPUB contents) as chapters where it has them."""
+        chapters = document.chapters(length=self.chars)
+        return dataclasses.replace(self, chapters=self.chapters if chapters is None else chapters, document=document)
 
     def sections(self) -> list[Chapter]:
         """Where chunks are cut: the chapters, and inside them any lower heading (DOCX/PDF/EPUB/...)."""
@@ -120,7 +120,7 @@ def read_file(path: str | os.PathLike[str], source: str, *, ocr: str = "auto") -
     """A file checked and scanned for a build: the one place a build gets a file's text
     (any format :func:`kb.loaders.open_document` reads; ``ocr`` off/auto/force)."""
     document = open_document(path, ocr=ocr)
-    return Incoming.scan(source, document.encoding, document.blocks, document=document)
+    return Incoming.scan(source, document.encoding, document.blocks).with_document(document)
 
 
 def read_text(source: str, text: str) -> Incoming:

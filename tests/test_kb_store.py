@@ -286,8 +286,8 @@ def test_a_file_changed_while_it_is_added_is_refused_and_nothing_is_written(
     before = snapshot(kb)
     real_scan = build.Incoming.scan
 
-    def scan_then_edit(source_label: str, encoding: str, blocks: Any, **kwargs: Any) -> build.Incoming:
-        doc = real_scan(source_label, encoding, blocks, **kwargs)
+    def scan_then_edit(source_label: str, encoding: str, blocks: Any) -> build.Incoming:
+        doc = real_scan(source_label, encoding, blocks)
         data = source.read_bytes()
         stat = source.stat()
         source.write_bytes(data.replace("玄德".encode(), "曹操".encode()) if same_size else data + "新的一段。".encode())
