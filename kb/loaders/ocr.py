@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ _SAME_ROW = 0.5
 # An image larger than this many pixels on a side is scaled down first (OCR time grows with
 # pixels; the models read text lines of ~32-48 px height).
 MAX_SIDE = 4000
+OCR_THREADS = 1
 
 
 def check_ocr_mode(ocr: str) -> str:
@@ -42,8 +42,9 @@ def ocr_engine() -> Any:
         raise DocumentLoadError(
             "reading scanned pages needs the OCR engine: pip install rapidocr-onnxruntime (or glmkb[ocr])"
         ) from e
-    threads = max(1, min(4, os.cpu_count() or 1))
-    return RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1, print_verbose=False)
+    # One onnxruntime thread: on the shared 2-core machine a page took 8.6 s (8.3 CPU-s) with one
+    # and 52 s (16.8 CPU-s) with two, whose spinning threads fight the other processes.
+    return RapidOCR(intra_op_num_threads=OCR_THREADS, inter_op_num_threads=1, print_verbose=False)
 
 
 def ocr_lines(image: Any) -> list[str]:
