@@ -64,6 +64,12 @@ FLAGS: dict[str, Flag] = {
         key="kb.store",
         type=click.Choice(["faiss", "milvus"]),
     ),
+    "ocr": Flag(
+        ("--ocr",),
+        "OCR for scanned PDF pages and images: auto = pages without a text layer, force = every page, off = never",
+        key="kb.ocr",
+        type=click.Choice(["off", "auto", "force"]),
+    ),
     "chunk_size": Flag(("--chunk-size",), "chunk length in characters (new knowledge bases)",
                        key="chunking.chunk_size", type=int, metavar="N"),
     "chunk_overlap": Flag(("--chunk-overlap",), "characters shared by neighbouring chunks",

@@ -187,6 +187,10 @@ class KBSettings(_Section):
     milvus_token_env: str = Field(
         "MILVUS_TOKEN", description="Environment variable holding the Milvus token (user:password), if the server needs one."
     )
+    ocr: Literal["off", "auto", "force"] = Field(
+        "auto",
+        description="OCR for scanned PDF pages and images: auto = pages without a text layer; force = every page; off = never.",
+    )
 
 
 class APISettings(_Section):

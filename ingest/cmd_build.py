@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         kb = open_kb()
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
-    report = kb.add_files(args.files, show_progress=not args.quiet)
+    report = kb.add_files(args.files, show_progress=not args.quiet, ocr=settings.kb.ocr)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0
@@ -74,9 +74,10 @@ command = ingest_command(
     run,
     help="add or update documents in a knowledge base",
     description=(
-        "Add text files (UTF-8, GBK/GB18030, Big5, UTF-16) to a knowledge base, creating it if "
-        "needed. Unchanged files are skipped; changed files replace their old chunks."
+        "Add documents to a knowledge base, creating it if needed: text (UTF-8, GBK/GB18030, Big5, "
+        "UTF-16) and Markdown, PDF (scanned pages by OCR), DOCX, EPUB, HTML and images, recognised "
+        "by content. Unchanged files are skipped; changed files replace their old chunks."
     ),
     arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE...")],
-    flags=("kb", "kb_root", "embedding", "store", "embedding_device", "chunk_size", "chunk_overlap", "quiet"),
+    flags=("kb", "kb_root", "embedding", "store", "embedding_device", "chunk_size", "chunk_overlap", "ocr", "quiet"),
 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import click
 
 from ingest.cli import ingest_command, settings_from_args
+from kb.citation import source_label
 
 
 def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
             "source": d.metadata["source"],
             "chapter": d.metadata["chapter"],
             "chapter_title": d.metadata["chapter_title"],
+            "page": d.metadata.get("page"),
+            "page_end": d.metadata.get("page_end"),
+            "section": d.metadata.get("section"),
             "start": d.metadata["start"],
             "end": d.metadata["end"],
             "score": d.metadata["score"],
@@ -43,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if not hits:
         print("no passages found")
     for rank, hit in enumerate(hits, start=1):
-        where = Path(hit["source"]).name
+        where = source_label(hit)  # e.g. "manual.pdf · p.12 · 3.2 安装", "sanguo.txt · 第3回 ..."
         if hit["chapter"] is not None:
-            where += f"  ch.{hit['chapter']} {hit['chapter_title']}"
+            where += f"  ch.{hit['chapter']}"
         print(f"[{rank}] {hit['score']:.4f}  {where}  [{hit['start']}:{hit['end']}]")
         print("    " + hit["text"].replace("\n", "\n    "))
     return 0

@@ -30,10 +30,12 @@ _EXPORTS: dict[str, str] = {
     "KnowledgeBaseNotFound": "kb.errors",
     "KnowledgeBaseRetriever": "kb.knowledge_base_retriever",
     "KBSummary": "kb.lifecycle",
+    "LoadedDocument": "kb.loaders",
     "MilvusStore": "kb.milvus_store",
     "QAItem": "kb.evaluation",
     "RETRIEVAL_MODES": "kb.types",
     "RetrievalMode": "kb.types",
+    "SUPPORTED_SUFFIXES": "kb.loaders",
     "TextFile": "kb.loading",
     "chinese_number": "kb.splitting",
     "chunk_metadata": "kb.types",
@@ -42,9 +44,11 @@ _EXPORTS: dict[str, str] = {
     "iter_chunks": "kb.splitting",
     "load_qa": "kb.evaluation",
     "load_text": "kb.loading",
+    "open_document": "kb.loaders",
     "open_text_file": "kb.loading",
     "parse_chunk_metadata": "kb.types",
     "reciprocal_rank_fusion": "kb.fusion",
+    "source_label": "kb.citation",
     "split_chapters": "kb.splitting",
     "split_document": "kb.splitting",
     "tokenize": "kb.tokenizing",
@@ -83,7 +87,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from kb.fusion import reciprocal_rank_fusion
     from kb.knowledge_base import KnowledgeBase
     from kb.knowledge_base_retriever import KnowledgeBaseRetriever
+    from kb.citation import source_label
     from kb.lifecycle import KBSummary
+    from kb.loaders import SUPPORTED_SUFFIXES, LoadedDocument, open_document
     from kb.loading import TextFile, decode_bytes, load_text, open_text_file
     from kb.milvus_store import MilvusStore
     from kb.names import validate_kb_name

@@ -11,6 +11,7 @@ file formats and the build.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -31,7 +32,8 @@ from kb.dense_store import DenseStore, VectorChange
 from kb.docstore import Docstore, DocumentInfo, find_document
 from kb.embedding import is_keyword_only
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
-from kb.loading import open_text_file
+from kb.loaders import LoadedDocument, Place, open_document
+from kb.loaders.document import SectionIndex
 from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks
 from kb.tokenizing import tokenize
 from kb.version import BM25_DIR, DOCSTORE_FILE, LoadedVersion
@@ -80,6 +82,7 @@ class Incoming:
     chars: int
     chapters: list[Chapter]
     blocks: Callable[[], Iterable[str]]
+    document: LoadedDocument | None = None  # a file's pages and headings (None for add_texts)
 
     @property
     def doc_id(self) -> str:
@@ -87,7 +90,7 @@ class Incoming:
 
     @classmethod
     def scan(cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]]) -> Incoming:
-        """Read the text once for its hash, length and chapters."""
+        """Read the text once for its hash, length and chapters (its 第N回/章 lines)."""
         hasher, scanner, chars = hashlib.sha256(), ChapterScanner(), 0
         for block in blocks():
             hasher.update(block.encode("utf-8"))
@@ -95,11 +98,29 @@ class Incoming:
             chars += len(block)
         return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish(), blocks)
 
+    def with_document(self, document: LoadedDocument) -> Incoming:
+        """This scan of ``document``'s text with its pages, and its own headings (PDF outline,
+        DOCX/HTML/Markdown headings, EPUB contents) as chapters where it has them."""
+        chapters = document.chapters(length=self.chars)
+        return dataclasses.replace(self, chapters=self.chapters if chapters is None else chapters, document=document)
 
-def read_file(path: str | os.PathLike[str], source: str) -> Incoming:
-    """A file checked and scanned for a build: the one place a build gets a file's text."""
-    text_file = open_text_file(path)
-    return Incoming.scan(source, text_file.encoding, text_file.blocks)
+    def sections(self) -> list[Chapter]:
+        """Where chunks are cut: the chapters, and inside them any lower heading (DOCX/PDF/EPUB/...)."""
+        return self.document.sections(self.chapters) if self.document is not None else self.chapters
+
+    def locator(self) -> Callable[[int, int], Place]:
+        """``place(start, end)`` of this document's chunks: pages and heading path."""
+        if self.document is not None:
+            return self.document.locator(self.chapters)
+        sections = SectionIndex((), self.chapters)
+        return lambda start, end: Place(section=sections.at(start))
+
+
+def read_file(path: str | os.PathLike[str], source: str, *, ocr: str = "auto") -> Incoming:
+    """A file checked and scanned for a build: the one place a build gets a file's text
+    (any format :func:`kb.loaders.open_document` reads; ``ocr`` off/auto/force)."""
+    document = open_document(path, ocr=ocr)
+    return Incoming.scan(source, document.encoding, document.blocks).with_document(document)
 
 
 def read_text(source: str, text: str) -> Incoming:
@@ -337,8 +358,12 @@ class VersionWriter:
                 docstore.add_text_block(doc.doc_id, ordinal, block)
                 yield block
 
-        chunks = iter_chunks(
-            recorded(), doc.chapters, chunk_size=self.chunking["chunk_size"], chunk_overlap=self.chunking["chunk_overlap"]
+        place = doc.locator()
+        chunks = (
+            dataclasses.replace(c, **dataclasses.asdict(place(c.start, c.end)))
+            for c in iter_chunks(
+                recorded(), doc.sections(), chunk_size=self.chunking["chunk_size"], chunk_overlap=self.chunking["chunk_overlap"]
+            )
         )
         count = done = 0
         for batch in _batches(chunks, CHUNK_BATCH):

@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     char_start INTEGER NOT NULL,
     char_end INTEGER NOT NULL,
     text TEXT NOT NULL,
-    tokens TEXT NOT NULL
+    tokens TEXT NOT NULL,
+    page INTEGER,
+    page_end INTEGER,
+    section TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, ordinal);
 CREATE TABLE IF NOT EXISTS document_blocks (
@@ -55,6 +58,9 @@ CREATE TABLE IF NOT EXISTS document_blocks (
     PRIMARY KEY (doc_id, ordinal)
 );
 """
+# Where a chunk lies (page, page_end, section): columns added after the first docstores, which
+# get them when a new version is written from them and read as NULL until then.
+_PLACE_COLUMNS = (("page", "INTEGER"), ("page_end", "INTEGER"), ("section", "TEXT"))
 # A document's text is written block by block into ``document_blocks`` as it streams in;
 # ``documents.text`` stays empty for those (it held the whole text in docstores written before).
 
@@ -85,6 +91,9 @@ class StoredChunk:
     start: int
     end: int
     text: str
+    page: int | None = None
+    page_end: int | None = None
+    section: str | None = None
 
 
 def _kb_name(path: Path) -> str:
@@ -129,6 +138,8 @@ class Docstore:
         self._conn = conn
         self._lock = threading.Lock()
         self.path = path
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)").fetchall()}
+        self._place = "c.page, c.page_end, c.section" if "section" in columns else "NULL, NULL, NULL"
 
     @classmethod
     def open_readonly(cls, path: Path) -> Docstore:
@@ -147,6 +158,10 @@ class Docstore:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)").fetchall()}
+        for column, kind in _PLACE_COLUMNS:
+            if column not in columns:  # a docstore copied from a version written before pages/sections
+                conn.execute(f"ALTER TABLE chunks ADD COLUMN {column} {kind}")
         conn.execute("BEGIN")
         return cls(conn, path)
 
@@ -209,9 +224,13 @@ class Docstore:
         """Store the next chunks of a document, in reading order (tokens as lists or space-joined)."""
         with self._lock:
             self._conn.executemany(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (id, doc_id, ordinal, chapter, chapter_title, char_start, char_end, text, tokens, "
+                "page, page_end, section) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (cid, doc_id, first_ordinal + i, c.chapter, c.chapter_title, c.start, c.end, c.text, _joined(tokens))
+                    (
+                        cid, doc_id, first_ordinal + i, c.chapter, c.chapter_title, c.start, c.end, c.text,
+                        _joined(tokens), c.page, c.page_end, c.section,
+                    )
                     for i, (cid, c, tokens) in enumerate(zip(chunk_ids, chunks, chunk_tokens, strict=True))
                 ],
             )
@@ -302,8 +321,8 @@ class Docstore:
             batch = ids[i : i + 500]
             marks = ",".join("?" * len(batch))
             for row in self._query(
-                "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text "
-                f"FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.id IN ({marks})",
+                "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text, "
+                f"{self._place} FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.id IN ({marks})",
                 batch,
             ):
                 out[row[0]] = StoredChunk(*row)
@@ -312,8 +331,8 @@ class Docstore:
     def chunks_of(self, doc_id: str) -> list[StoredChunk]:
         """A document's chunks in reading order."""
         rows = self._query(
-            "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text "
-            "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.doc_id = ? ORDER BY c.ordinal",
+            "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text, "
+            f"{self._place} FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.doc_id = ? ORDER BY c.ordinal",
             (doc_id,),
         )
         return [StoredChunk(*row) for row in rows]

@@ -151,15 +151,16 @@ class KnowledgeBase:
 
     # --- building ---
     def add_files(self, paths: Iterable[str | os.PathLike[str]], *, sources: Sequence[str] | None = None,
-                  show_progress: bool = False) -> BuildReport:
+                  show_progress: bool = False, ocr: str = "auto") -> BuildReport:
         """Add or update files (all read and checked before anything is written; unchanged ones skipped);
-        ``sources``: labels to record instead of the absolute paths (uploads)."""
+        ``sources``: labels to record instead of the absolute paths (uploads); ``ocr``: off/auto/force
+        for scanned PDF pages and images (kb.loaders)."""
         started, paths = time.perf_counter(), list(paths)
         labels = [source_for_path(p) for p in paths] if sources is None else list(sources)
         if len(labels) != len(paths):
             raise ValueError(f"got {len(labels)} sources for {len(paths)} files; give one source per file")
         pairs = tqdm(list(zip(paths, labels)), desc="reading", unit="file", disable=not show_progress, leave=False)
-        return self._write([read_file(path, label) for path, label in pairs], [], show_progress, started)
+        return self._write([read_file(path, label, ocr=ocr) for path, label in pairs], [], show_progress, started)
 
     def add_texts(self, texts: Mapping[str, str], *, show_progress: bool = False) -> BuildReport:
         """Add or update documents given as ``{source label: text}`` (e.g. web uploads)."""

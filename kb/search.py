@@ -140,6 +140,9 @@ def to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
                 end=chunk.end,
                 chunk_id=chunk.chunk_id,
                 score=score,
+                page=chunk.page,
+                page_end=chunk.page_end,
+                section=chunk.section,
                 **extra,
             )
         ),

@@ -63,7 +63,7 @@ def test_query_json(capsys: pytest.CaptureFixture[str], built: str) -> None:
     code, out, _ = run_cli(capsys, "query", "吕布 赤兔马", "--kb", built, "-k", "3", "--mode", "bm25", "--json")
     hits = json.loads(out)
     assert code == 0 and len(hits) == 3 and out.count("\n") == 1
-    assert set(hits[0]) == {"text", "source", "chapter", "chapter_title", "start", "end", "score"}
+    assert set(hits[0]) == {"text", "source", "chapter", "chapter_title", "page", "page_end", "section", "start", "end", "score"}
     assert "赤兔" in hits[0]["text"] and hits[0]["chapter"] == 3
     assert "\\u" not in out, "ensure_ascii=False"
     code, out, _ = run_cli(capsys, "query", "吕布 赤兔马", "--kb", built, "-k", "2")
