@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from configs import Settings, load_settings
 from configs.cli import run_command
 
-COMMANDS = ("build", "list", "remove", "drop", "query", "eval", "summarize", "convert")
+COMMANDS = ("build", "list", "remove", "drop", "query", "eval", "summarize", "convert", "characters", "ask")
 
 
 def build_parser() -> argparse.ArgumentParser:

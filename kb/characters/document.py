@@ -19,7 +19,7 @@ from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name,
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -184,7 +184,8 @@ def extract_document(
     part = DocumentCharacters(doc_id=doc_id, source=source, sha256=sha256, surnames=sorted(surnames))
     part.facts = [[f.kind, f.name, f.alias] for f in facts]
     part.extended = extended
-    count_windows(part, text, names, chapters=chapters, chunks=chunks, min_count=min_count)
+    stated = {f.name for f in facts if f.kind != "title"}  # 姓刘名备: kept even if rarely written
+    count_windows(part, text, names, chapters=chapters, chunks=chunks, min_count=min_count, stated=stated)
     return part
 
 
@@ -196,6 +197,7 @@ def count_windows(
     chapters: Sequence[Any],
     chunks: Sequence[Any],
     min_count: int,
+    stated: set[str] = frozenset(),
 ) -> None:
     """Fill ``part.names``/``first``/``pairs`` by scanning each window for names."""
     chapter_starts = [c.start for c in chapters]
@@ -232,7 +234,7 @@ def count_windows(
             pair["chapters"][chapter] += 1
             if len(pair["evidence"]) < MAX_EVIDENCE:
                 pair["evidence"].append([chunk_at(start), chapter, start, end])
-    keep = {n for n, chs in mentions.items() if sum(chs.values()) >= min_count}
+    keep = {n for n, chs in mentions.items() if sum(chs.values()) >= min_count or n in stated}
     part.names = {n: dict(mentions[n]) for n in sorted(keep)}
     part.first = {n: first[n] for n in sorted(keep)}
     part.pairs = {
