@@ -142,3 +142,17 @@ def test_parts_are_cached_per_document_and_updated_incrementally(tmp_path: Path)
     assert computed == [] and graph.person("刘备") is None
     assert prune(kb) == 1
     assert character_graph(kb, source="b.txt").person("悟空").name == "孙悟空"
+
+
+def test_llm_labels_the_strongest_relations() -> None:
+    from langchain_core.language_models import FakeListLLM
+
+    from kb.characters.labelling import label_relations, parse_label
+
+    graph = build_graph([extract_document(TEXT_A, source="a.txt")])
+    assert all(r.label is None for r in graph.relations)  # complete without a model
+    llm = FakeListLLM(responses=["他们是结义兄弟。", "说不清", "君臣"])
+    seen: list[dict[str, Any]] = []
+    n = label_relations(graph, llm, passage_text=lambda e: seen.append(e) or TEXT_A[e["start"] : e["end"]], top=3)
+    assert [r.label for r in graph.relations[:3]] == ["结义兄弟", None, "君臣"] and n == 2
+    assert seen and parse_label("敌对，也是同僚") == "敌对"
