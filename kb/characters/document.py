@@ -19,7 +19,7 @@ from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name,
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
-EXTRACTOR_VERSION = 2
+EXTRACTOR_VERSION = 3
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -184,7 +184,7 @@ def extract_document(
     part = DocumentCharacters(doc_id=doc_id, source=source, sha256=sha256, surnames=sorted(surnames))
     part.facts = [[f.kind, f.name, f.alias] for f in facts]
     part.extended = extended
-    stated = {f.name for f in facts if f.kind != "title"}  # 姓刘名备: kept even if rarely written
+    stated = {f.name for f in facts if f.kind == "full"}  # 姓刘名备: kept even if rarely written
     count_windows(part, text, names, chapters=chapters, chunks=chunks, min_count=min_count, stated=stated)
     return part
 

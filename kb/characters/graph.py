@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kb.characters.document import DocumentCharacters
+from kb.characters.names import COMMON_SURNAMES
 
 __all__ = ["CharacterGraph", "Person", "Relation", "build_graph", "load_aliases", "resolve_aliases"]
 
@@ -151,7 +152,7 @@ def _merge_honorifics(uf: _UnionFind, mentions: Counter[str], surnames: set[str]
     for name, n in mentions.items():
         totals[uf.find(name)] += n
     for name in list(mentions):
-        if len(name) != 2 or name[1] != "公" or name[0] not in surnames:
+        if len(name) != 2 or name[1] != "公" or name[0] not in surnames | COMMON_SURNAMES:
             continue
         rivals = Counter()
         for root, n in totals.items():
@@ -253,8 +254,10 @@ def build_graph(
     ]
     kept = {p.name for p in persons}
     relations = _relations(parts, canonical, kept, chapters, min_weight)
-    for person_passages in passages.values():
+    for name, person_passages in passages.items():
         person_passages.sort(key=lambda p: (p["source"], p["chapter"] or 0, p["start"]))
+        seen: set[tuple[Any, Any]] = set()  # one passage per chapter (玄德's and 刘备's first windows)
+        passages[name] = [p for p in person_passages if not ((p["doc_id"], p["chapter"]) in seen or seen.add((p["doc_id"], p["chapter"])))]
     return CharacterGraph(persons, relations, canonical, {n: passages[n] for n in kept})
 
 

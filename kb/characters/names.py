@@ -144,7 +144,7 @@ def naming_facts(text: str) -> Iterator[NamingFact]:
                 yield NamingFact("courtesy", full, m["surname"] + courtesy, m.start())
     for m in _COURTESY.finditer(text):
         name = m["name"]
-        if text[max(0, m.start() - 1) : m.start()] in ("名",) or len(name) < 2:
+        if len(name) < 2 or name[0] in "名字号姓":
             continue  # 姓X名Y，字Z is handled above; 亮，字孔明 has no surname here
         yield NamingFact("courtesy", name, m["courtesy"], m.start())
     for m in _TITLE.finditer(text):
