@@ -140,3 +140,64 @@ def test_citation_filter_holds_back_split_markers() -> None:
 def test_empty_question_is_a_clear_error(kb: Any, graph: Any) -> None:
     with pytest.raises(ValueError, match="question is empty"):
         list(make_chain(kb, graph, []).stream_answer("  "))
+
+
+# ----- the real ChatGLM path (tiny random-weight GLM, outputs forced) ---------------------------
+
+
+class ForcedPerCall:
+    """``ForcedTokens`` restarted at every generation (map batches, then the reduce stream)."""
+
+    def __init__(self, forced: Any) -> None:
+        self.forced = forced
+        self.last: int | None = None
+        self.generations = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        length = input_ids.shape[1]
+        if self.last is None or length != self.last + 1:
+            self.forced.prompt_length = length
+            self.generations += 1
+        self.last = length
+        return self.forced(input_ids, scores)
+
+
+def test_chatglm_batches_the_map_and_streams_a_cited_answer(kb: Any, graph: Any, tiny_chatglm: Any) -> None:
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
+
+    tok = tiny_chatglm.tokenizer
+    ids = tok.encode("孔明出山[1][77]。", add_special_tokens=False)
+    forced = ForcedPerCall(ForcedTokens(ids, eos_id=tok.eos_token_id))
+    llm = forced_chatglm(tiny_chatglm, forced, max_new_tokens=40)
+    chain = BookQAChain(kb=kb, llm=llm, graph=graph, max_input_tokens=1500, batch_size=2, max_chapters=3)
+    events = list(chain.stream_answer("孔明做了哪些事？"))
+    picked = events[0]
+    assert picked.stage == SELECT_STAGE and picked.total >= 2
+    maps = [e for e in events if isinstance(e, Progress) and e.stage == "map"]
+    assert maps[-1].done == maps[-1].total == picked.total
+    assert forced.generations == -(-picked.total // 2) + 1  # ceil(chapters / batch) map calls + 1 reduce
+    answer = events[-1]
+    said = tok.decode(ids).strip()
+    assert isinstance(answer, Answer) and answer.text == said.replace("[77]", "")
+    assert answer.sources[0].label().startswith("sanguo.txt · 第")
+
+
+def test_stop_ends_a_batched_chatglm_map_within_a_token(kb: Any, graph: Any, tiny_chatglm: Any) -> None:
+    """Bug guarded: a Stop during the map step waited for the whole batch (no stream to close)."""
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
+
+    tok = tiny_chatglm.tokenizer
+    forced = ForcedTokens(tok.encode("曹操", add_special_tokens=False) * 100, eos_id=tok.eos_token_id, pause_at=3)
+    llm = forced_chatglm(tiny_chatglm, forced, max_new_tokens=120)
+    chain = BookQAChain(kb=kb, llm=llm, graph=graph, max_input_tokens=1500, batch_size=4)
+    stop = threading.Event()
+    events: list[Any] = []
+    worker = threading.Thread(target=lambda: events.extend(chain.stream_answer("孔明做了哪些事？", cancel=stop)))
+    worker.start()
+    assert forced.parked.wait(30)
+    stop.set()
+    forced.resume.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert forced.steps <= 6  # stopped within a few tokens, far below 120
+    assert not any(isinstance(e, (Token, Answer)) for e in events)
