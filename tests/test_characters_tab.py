@@ -92,3 +92,22 @@ def test_click_a_person_in_the_browser(state: Any, tmp_path: Path) -> None:
 
     if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
         shutil.copyfile(shot, REPO / "docs" / "characters.png")
+
+
+def test_ask_book_streams_through_the_shared_state(state: Any) -> None:
+    from langchain_core.language_models import FakeStreamingListLLM
+
+    from app.errors import UserError
+    from app.web.book_scope import ask_book
+    from chains.events import Answer
+
+    with pytest.raises(UserError, match="need the chat model"):
+        list(ask_book(state, "novels", "刘备做了什么？"))
+    state._llm = FakeStreamingListLLM(responses=["刘备结义[1]。"] * 20, custom_get_token_ids=lambda t: list(range(len(t))))
+    try:
+        events = list(ask_book(state, "novels", "玄德做了什么？", chapters="第1-3回"))
+    finally:
+        state._llm = None
+    answer = events[-1]
+    assert isinstance(answer, Answer) and answer.text == "刘备结义[1]。"
+    assert all(s.chapter in (1, 2, 3) for s in answer.sources)
