@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kb.types import RetrievalMode as Mode
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
@@ -22,7 +24,6 @@ __all__ = [
 ]
 
 MAX_STOP_SEQUENCES = 16
-Mode = Literal["dense", "bm25", "hybrid"]
 
 
 class _Body(BaseModel):

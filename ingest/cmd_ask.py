@@ -13,24 +13,9 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from ingest.cli import settings_from_args
-from ingest.cmd_build import add_kb_arguments
+import click
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ask", help="answer a question from a knowledge base", description=__doc__)
-    parser.add_argument("question", help="the question, e.g. 诸葛亮一生做了哪些事？")
-    add_kb_arguments(parser)
-    parser.add_argument("--scope", choices=("chunk", "book"), default="chunk", help="chunk: best passages; book: whole book")
-    parser.add_argument("--chapters", metavar="RANGE", help="book scope: only these chapters, e.g. 第40-60回")
-    parser.add_argument("--source", metavar="FILE", help="book scope: only this document")
-    parser.add_argument("--aliases", metavar="YAML", help="book scope: alias file for the character graph")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="chapters mapped per batch (default: 4)")
-    parser.add_argument("--max-chapters", type=int, default=12, metavar="N", help="chapters read at most (default: 12)")
-    parser.add_argument("--model-path", metavar="DIR", help="local chat model folder (default: llm.model_path)")
-    parser.add_argument("--device", help="model device: auto, cpu, cuda, cuda:N, mps (default: llm.device)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    parser.set_defaults(func=run)
+from ingest.cli import ingest_command, settings_from_args
 
 
 def book_chain(kb: Any, llm: Any, settings: Any, args: argparse.Namespace) -> Any:
@@ -84,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --max-chapters must be at least 1")
     if args.scope == "chunk" and (args.chapters or args.source):
         raise ValueError("--chapters and --source need --scope book")
-    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device})
+    settings = settings_from_args(args)
     kb = KnowledgeBase.from_settings(settings)
     if args.source:
         kb.get_document(args.source)  # a wrong name fails before the model loads
@@ -97,3 +82,24 @@ def run(args: argparse.Namespace) -> int:
         events = KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings).stream_answer(args.question)
     print_answer(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet)
     return 0
+
+
+command = ingest_command(
+    "ask",
+    run,
+    help="answer a question from a knowledge base (passages, or the whole book)",
+    description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
+    arguments=[
+        click.argument("question"),
+        click.option("--scope", type=click.Choice(["chunk", "book"]), default="chunk", show_default=True,
+                     help="chunk: best passages; book: whole book, chapter by chapter"),
+        click.option("--chapters", metavar="RANGE", help="book scope: only these chapters, e.g. 第40-60回"),
+        click.option("--source", metavar="FILE", help="book scope: only this document"),
+        click.option("--aliases", metavar="YAML", help="book scope: alias file for the character graph"),
+        click.option("--batch-size", type=int, default=4, show_default=True, metavar="N",
+                     help="chapters mapped per batch"),
+        click.option("--max-chapters", type=int, default=12, show_default=True, metavar="N",
+                     help="chapters read at most"),
+    ],
+    flags=("kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "quiet"),
+)

@@ -13,23 +13,9 @@ import json
 import sys
 from typing import Any
 
-from ingest.cli import settings_from_args
-from ingest.cmd_build import add_kb_arguments
+import click
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("characters", help="persons and relations of the novels in a knowledge base", description=__doc__)
-    add_kb_arguments(parser)
-    parser.add_argument("--source", metavar="FILE", help="only this document (doc_id, path or file name)")
-    parser.add_argument("--chapters", metavar="RANGE", help="only these chapters, e.g. 40-60 or 第40-60回")
-    parser.add_argument("--aliases", metavar="YAML", help="alias file: 'canonical: [alias, ...]' per line")
-    parser.add_argument("--json", action="store_true", help="print the whole graph as JSON")
-    parser.add_argument("--png", metavar="FILE", help="also draw the top persons to this PNG file")
-    parser.add_argument("--font", metavar="FILE", help="CJK font file for --png (default: search the system)")
-    parser.add_argument("--top", type=int, default=30, metavar="N", help="persons shown/drawn (default: 30)")
-    parser.add_argument("--llm", action="store_true", help="label the strongest relations with the chat model")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
-    parser.set_defaults(func=run)
+from ingest.cli import ingest_command, settings_from_args
 
 
 def build(args: argparse.Namespace, kb: Any) -> Any:
@@ -102,3 +88,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_table(graph, top=args.top)
     return 0
+
+
+command = ingest_command(
+    "characters",
+    run,
+    help="persons and relations of the novels in a knowledge base",
+    description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
+    arguments=[
+        click.option("--source", metavar="FILE", help="only this document (doc_id, path or file name)"),
+        click.option("--chapters", metavar="RANGE", help="only these chapters, e.g. 40-60 or 第40-60回"),
+        click.option("--aliases", metavar="YAML", help="alias file: 'canonical: [alias, ...]' per line"),
+        click.option("--png", metavar="FILE", help="also draw the top persons to this PNG file"),
+        click.option("--font", metavar="FILE", help="CJK font file for --png (default: search the system)"),
+        click.option("--top", type=int, default=30, show_default=True, metavar="N", help="persons shown/drawn"),
+        click.option("--llm", is_flag=True, help="label the strongest relations with the chat model"),
+    ],
+    flags=("kb", "kb_root", "json", "model_path", "device", "dtype", "quantization", "quiet"),
+)

@@ -12,18 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import click
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an original ChatGLM2/3-6B folder to a native transformers folder",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("src", metavar="SRC", help="original model folder (config.json with model_type chatglm)")
-    parser.add_argument("dst", metavar="DST", help="new output folder (must not exist, or be empty)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+from ingest.cli import ingest_command
+
+
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,4 +28,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "run"]
+command = ingest_command(
+    "convert",
+    run,
+    help="convert an original ChatGLM2/3-6B folder to a native transformers folder",
+    description=__doc__,
+    arguments=[click.argument("src", metavar="SRC"), click.argument("dst", metavar="DST")],
+    flags=("quiet",),
+)

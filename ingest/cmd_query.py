@@ -6,29 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ingest.cli import settings_from_args
-from ingest.cmd_build import add_kb_arguments
+import click
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("query", help="retrieve passages for a question", description=__doc__)
-    parser.add_argument("question", help="the question, e.g. 刘备在哪里与关羽张飞结义")
-    add_kb_arguments(parser)
-    add_retrieval_arguments(parser)
-    parser.add_argument("--threshold", type=float, metavar="SCORE", help="drop hits scoring below SCORE")
-    parser.add_argument("--json", action="store_true", help="print one JSON array of hits")
-    parser.set_defaults(func=run)
-
-
-def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
-    """``-k``, ``--mode``, ``--embedding`` and ``--rerank``, shared with ``ingest eval``."""
-    parser.add_argument("-k", "--top-k", dest="k", type=int, metavar="N", help="hits to return (default: retrieval.top_k)")
-    parser.add_argument("--mode", choices=("dense", "bm25", "hybrid"), help="default: retrieval.mode")
-    parser.add_argument(
-        "--embedding", metavar="MODEL", help="embedding model (must be the one the knowledge base was built with)"
-    )
-    parser.add_argument("--device", help="embedding device: auto, cpu, cuda, cuda:N, mps")
-    parser.add_argument("--reranker", metavar="MODEL", help="cross-encoder that reorders hits (default: retrieval.reranker)")
+from ingest.cli import ingest_command, settings_from_args
 
 
 def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
@@ -36,7 +16,7 @@ def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
 
     settings = settings_from_args(
         args,
-        embedding={"device": args.device},
+        embedding={"device": args.embedding_device},
         retrieval={"mode": args.mode, "top_k": args.k, "reranker": args.reranker, **retrieval},
     )
     return KnowledgeBase.from_settings(settings, embedding_model=args.embedding)
@@ -69,3 +49,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{rank}] {hit['score']:.4f}  {where}  [{hit['start']}:{hit['end']}]")
         print("    " + hit["text"].replace("\n", "\n    "))
     return 0
+
+
+RETRIEVAL_FLAGS = ("kb", "kb_root", "k", "mode", "embedding", "embedding_device", "reranker")
+
+command = ingest_command(
+    "query",
+    run,
+    help="retrieve passages for a question",
+    description=__doc__,
+    arguments=[click.argument("question")],
+    flags=(*RETRIEVAL_FLAGS, "threshold", "json"),
+)

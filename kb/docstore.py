@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kb.errors import KnowledgeBaseError
+from kb.manifest import damaged
 from kb.splitting import Chapter, Chunk
 
 SCHEMA = """
@@ -86,6 +87,33 @@ class StoredChunk:
     text: str
 
 
+def _kb_name(path: Path) -> str:
+    """The knowledge base a docstore belongs to (``kb_root/<name>/<version>/docstore.sqlite``)."""
+    return path.parent.parent.name
+
+
+def find_document(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) -> DocumentInfo:
+    """A document by doc_id, source, file path or (unique) file name; KnowledgeBaseNotFound otherwise."""
+    from kb.build import source_for_path
+    from kb.errors import KnowledgeBaseNotFound
+
+    try:
+        resolved = source_for_path(ref)
+    except (OSError, ValueError):
+        resolved = ref
+    for match in (lambda d: d.doc_id == ref or d.source == ref, lambda d: d.source == resolved):
+        found = [d for d in documents if match(d)]
+        if found:
+            return found[0]
+    by_name = [d for d in documents if Path(d.source).name == ref]
+    if len(by_name) == 1:
+        return by_name[0]
+    hint = "several documents are named like that; give the full path" if by_name else "it is not in it"
+    raise KnowledgeBaseNotFound(
+        f"no document {ref!r} in knowledge base {kb_name!r} ({hint}); `ingest list --kb {kb_name}` shows its documents"
+    )
+
+
 TOKEN_BATCH = 2000
 """Chunks whose BM25 tokens are read from SQLite at a time while an index is built."""
 
@@ -110,7 +138,7 @@ class Docstore:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             conn.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.DatabaseError as e:
-            raise KnowledgeBaseError(f"docstore {path} is unreadable ({e}); rebuild the knowledge base") from e
+            raise damaged(_kb_name(path), f"its docstore {path} is unreadable ({e})") from e
         return cls(conn, path)
 
     @classmethod
@@ -137,7 +165,7 @@ class Docstore:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as e:
-                raise KnowledgeBaseError(f"docstore {self.path} is unreadable ({e}); rebuild the knowledge base") from e
+                raise damaged(_kb_name(self.path), f"its docstore {self.path} is unreadable ({e})") from e
 
     # --- writing -------------------------------------------------------------------------
 
@@ -237,6 +265,28 @@ class Docstore:
             for _, tokens in rows:
                 yield tokens.split(" ") if tokens else []
             if len(rows) < TOKEN_BATCH:
+                return
+            last = rows[-1][0]
+
+    def chunk_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM chunks")[0][0])
+
+    def integrity_problem(self) -> str | None:
+        """None if SQLite's quick check passes, else its first complaint (for ``ingest doctor``)."""
+        try:
+            rows = self._query("PRAGMA quick_check")
+        except KnowledgeBaseError as e:
+            return str(e)
+        return None if rows and rows[0][0] == "ok" else str(rows[0][0] if rows else "no answer")
+
+    def chunk_texts(self, batch: int = TOKEN_BATCH) -> Iterator[list[tuple[int, str]]]:
+        """``(chunk id, text)`` of every chunk in id order, ``batch`` at a time (for re-embedding)."""
+        last = -1
+        while True:
+            rows = self._query("SELECT id, text FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            if rows:
+                yield [(int(i), t) for i, t in rows]
+            if len(rows) < batch:
                 return
             last = rows[-1][0]
 

@@ -136,10 +136,10 @@ def test_dense_build_and_query_through_the_cli(
 ) -> None:
     code, out, err = run_cli(
         capsys, "build", str(sanguo_excerpts["b"]), "--kb", "dense", "--embedding", str(tiny_embedding_path),
-        "--device", "cpu", "--chunk-size", "200", "--chunk-overlap", "40",
+        "--embedding-device", "cpu", "--chunk-size", "200", "--chunk-overlap", "40",
     )
     assert code == 0 and "embedding" in err, err
-    code, out, _ = run_cli(capsys, "query", "吕布", "--kb", "dense", "--mode", "hybrid", "--json", "--device", "cpu")
+    code, out, _ = run_cli(capsys, "query", "吕布", "--kb", "dense", "--mode", "hybrid", "--json", "--embedding-device", "cpu")
     assert code == 0 and len(json.loads(out)) == 5
     code, _, err = run_cli(capsys, "query", "吕布", "--kb", "dense", "--embedding", str(other_embedding_path))
     assert_one_line_error(code, err, "was built with embedding model")

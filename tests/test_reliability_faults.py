@@ -384,7 +384,7 @@ def test_a_failed_write_at_any_step_is_a_clear_error_and_changes_nothing(
         raise sqlite3.OperationalError("database or disk is full")
 
     if step == "copy-docstore":
-        monkeypatch.setattr("kb.knowledge_base.shutil.copyfile", enospc)
+        monkeypatch.setattr("kb.build.shutil.copyfile", enospc)
     elif step == "sqlite-insert":
         monkeypatch.setattr(docstore.Docstore, "add_document", sqlite_full)
     elif step == "sqlite-commit":
