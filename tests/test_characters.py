@@ -140,7 +140,10 @@ def test_parts_are_cached_per_document_and_updated_incrementally(tmp_path: Path)
     computed.clear()
     graph = character_graph(kb, on_compute=lambda info: computed.append(info.source))
     assert computed == [] and graph.person("刘备") is None
-    assert prune(kb) == 1
+    assert prune(kb) == 1  # a.txt's part; computing a new part prunes on its own
+    kb.add_texts({"c.txt": TEXT_A.replace("刘", "孙")})
+    character_graph(kb)
+    assert len(list((kb.path / "characters").glob("*.json"))) == 2
     assert character_graph(kb, source="b.txt").person("悟空").name == "孙悟空"
 
 

@@ -68,6 +68,7 @@ def document_parts(
     """The parts of the KB's documents (or of ``source`` only), computing missing ones."""
     infos = [kb.get_document(source)] if source else kb.list_documents()
     parts = []
+    computed = False
     for info in infos:
         path = _cache_file(kb, info.sha256)
         part = _read_part(path)
@@ -76,7 +77,10 @@ def document_parts(
                 on_compute(info)
             part = compute_part(kb, info)
             _write_atomic(path, part.to_dict())
+            computed = True
         parts.append(part)
+    if computed and source is None:
+        prune(kb)  # parts of removed files and of older extractor versions
     return parts
 
 
