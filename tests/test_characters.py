@@ -69,14 +69,18 @@ def test_xiyouji_main_characters_aliases_and_neighbours(xiyouji_part: Any) -> No
     graph = build_graph([xiyouji_part])
     top = [p.name for p in graph.persons[:10]]
     assert {"孙悟空", "猪八戒", "沙僧", "唐僧"} <= set(top), top
-    assert "悟空" in graph.person("孙悟空").aliases
-    assert "八戒" in graph.person("猪八戒").aliases
+    for alias, name in {"悟空": "孙悟空", "行者": "孙悟空", "孙行者": "孙悟空", "八戒": "猪八戒", "三藏": "唐僧", "玄奘": "唐僧"}.items():
+        assert alias in graph.person(name).aliases, (alias, name)
+    assert "唐僧" in [n for n, _ in graph.neighbours("孙悟空", 3)]
+    assert "孙悟空" in [n for n, _ in graph.neighbours("唐僧", 3)]
     precision, recall = alias_scores(graph, GOLD["xiyouji"])
     print(f"xiyouji alias precision (text only) {precision:.2f} recall {recall:.2f}")
-    assert precision >= 0.9
+    assert precision >= 0.9 and recall >= 0.3
 
     merged = build_graph([xiyouji_part], aliases=load_aliases(XIYOUJI_ALIASES))
     assert [p.name for p in merged.persons[:4]] == ["孙悟空", "唐僧", "猪八戒", "沙僧"]
+    precision, recall = alias_scores(merged, GOLD["xiyouji"])
+    print(f"xiyouji alias precision (with the alias file) {precision:.2f} recall {recall:.2f}")
     assert "唐僧" in [n for n, _ in merged.neighbours("孙悟空", 3)]
     assert "孙悟空" in [n for n, _ in merged.neighbours("唐僧", 3)]
     assert merged.person("行者").name == "孙悟空"
@@ -159,3 +163,18 @@ def test_llm_labels_the_strongest_relations() -> None:
     n = label_relations(graph, llm, passage_text=lambda e: seen.append(e) or TEXT_A[e["start"] : e["end"]], top=3)
     assert [r.label for r in graph.relations[:3]] == ["结义兄弟", None, "君臣"] and n == 2
     assert seen and parse_label("敌对，也是同僚") == "敌对"
+
+
+def test_self_naming_needs_the_speaker_to_name_himself() -> None:
+    """Bug guarded: 八戒道：“我还有个大师兄，叫做孙行者” made 孙行者 an alias of 八戒, and
+    三藏道：“……贫僧又将悟空叫做行者” made 行者 an alias of 三藏."""
+    from kb.characters.names import naming_facts
+
+    text = (
+        "八戒道：“我还有个大师兄，叫做孙行者。”\n"
+        "三藏道：“贫僧又将悟空叫做行者。”\n"
+        "唐僧合掌道：“贫僧俗家姓陈，法名玄奘。”\n"
+        "猴王道：“我原有个法名，叫做孙悟空。”\n"
+    )
+    selves = {(f.name, f.alias) for f in naming_facts(text) if f.kind == "self"}
+    assert selves == {("悟空", "行者"), ("唐僧", "玄奘"), ("猴王", "孙悟空")}

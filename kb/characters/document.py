@@ -19,7 +19,7 @@ from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name,
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
-EXTRACTOR_VERSION = 4
+EXTRACTOR_VERSION = 5
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -51,6 +51,8 @@ class DocumentCharacters:
     facts: list[list[str]] = field(default_factory=list)
     extended: list[list[str]] = field(default_factory=list)
     surnames: list[str] = field(default_factory=list)
+    tagged: list[str] = field(default_factory=list)
+    """Names jieba tags as person names (``nr``): preferred as a person's canonical name."""
     version: int = EXTRACTOR_VERSION
 
     def mentions(self, name: str) -> int:
@@ -71,6 +73,7 @@ class DocumentCharacters:
             "facts": self.facts,
             "extended": self.extended,
             "surnames": self.surnames,
+            "tagged": self.tagged,
         }
 
     @classmethod
@@ -88,6 +91,7 @@ class DocumentCharacters:
             facts=[list(f) for f in data["facts"]],
             extended=[list(e) for e in data["extended"]],
             surnames=list(data["surnames"]),
+            tagged=list(data.get("tagged", [])),
             version=int(data.get("version", 0)),
         )
 
@@ -184,6 +188,7 @@ def extract_document(
     part = DocumentCharacters(doc_id=doc_id, source=source, sha256=sha256, surnames=sorted(surnames))
     part.facts = [[f.kind, f.name, f.alias] for f in facts]
     part.extended = extended
+    part.tagged = sorted(candidates)
     stated = {f.name for f in facts if f.kind == "full"}  # 姓刘名备: kept even if rarely written
     count_windows(part, text, names, chapters=chapters, chunks=chunks, min_count=min_count, stated=stated)
     return part

@@ -110,6 +110,9 @@ def resolve_aliases(
                 full_names.add(name)
             elif kind == "courtesy" and name in mentions and alias in mentions:
                 claims[alias].add(name)
+            elif kind == "self" and name in mentions and alias in mentions:
+                uf.union(alias, name)  # 唐僧道：“贫僧……法名玄奘”: he says so himself
+                alias_side.add(alias)
     for alias, names in claims.items():
         if len(names) == 1:  # 字公明 is 徐晃's and 管辂's: an ambiguous courtesy name joins nobody
             uf.union(alias, next(iter(names)))
@@ -126,21 +129,26 @@ def resolve_aliases(
             alias_side.add(alias)
         forced[uf.find(canonical)] = canonical
     surnames = {s for part in parts for s in part.surnames}
+    tagged = {n for part in parts for n in part.tagged}
     _merge_honorifics(uf, mentions, surnames, alias_side)
     clusters: dict[str, list[str]] = defaultdict(list)
     for name in set(mentions) | set(uf.parent):
         clusters[uf.find(name)].append(name)
     resolved: dict[str, str] = {}
     for root, members in clusters.items():
-        canonical = forced.get(root) or _canonical(members, mentions, full_names, alias_side)
+        canonical = forced.get(root) or _canonical(members, mentions, full_names, alias_side, tagged)
         for name in members:
             resolved[name] = canonical
     return resolved
 
 
-def _canonical(members: list[str], mentions: Counter[str], full_names: set[str], alias_side: set[str]) -> str:
-    """A stated full name (姓X名Y), else a name that is nobody's alias, most mentioned first."""
-    for pool in ([m for m in members if m in full_names], [m for m in members if m not in alias_side], members):
+def _canonical(
+    members: list[str], mentions: Counter[str], full_names: set[str], alias_side: set[str], tagged: set[str]
+) -> str:
+    """A stated full name (姓X名Y), else a name that is nobody's alias (one jieba knows as a
+    person name first: 唐僧 over 三藏), most mentioned first."""
+    free = [m for m in members if m not in alias_side]
+    for pool in ([m for m in members if m in full_names], [m for m in free if m in tagged], free, members):
         if pool:
             return max(pool, key=lambda m: (mentions[m], len(m), m))
     raise AssertionError("empty cluster")

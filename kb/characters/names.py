@@ -111,8 +111,9 @@ def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
 class NamingFact:
     """One naming pattern found in the text: ``alias`` names the same person as ``name``.
 
-    ``kind``: ``"full"`` (姓X名Y -> name X+Y, no alias), ``"courtesy"`` (字), ``"title"``
-    (号/法名/混名...: a name whose owner the sentence does not say; ``name`` is ``""``).
+    ``kind``: ``"full"`` (姓X名Y -> name X+Y, no alias), ``"courtesy"`` (字), ``"self"``
+    (号/法名... said by ``name`` of himself), ``"title"`` (号/法名/混名...: a name whose owner
+    the sentence does not say; ``name`` is ``""``).
     """
 
     kind: str
@@ -128,9 +129,32 @@ _FULL = re.compile(
 )
 _COURTESY = re.compile(rf"(?<![{_HAN}])(?P<name>[{_HAN}]{{1,3}})[，,]?字(?P<courtesy>[{_HAN}]{{2}})(?=[，,。；！？”])")
 _TITLE = re.compile(
-    rf"(?:法名|混名|别名|道号|号|唤为|唤做|叫做)[，,：:]?(?:个|做|叫做|唤做|称为)?"
+    rf"(?P<verb>又称为|又称|又名|法名|混名|别名|道号|号|唤为|唤做|叫做)[，,：:]?(?:个|做|叫做|唤做|称为)?"
     rf"(?P<title>[{_HAN}]{{2,3}})(?=[。，！？”；])"
 )
+# ``唐僧合掌道：“贫僧俗家姓陈，法名玄奘……贱号三藏。”``: the speaker names himself.
+_SPEAKER = re.compile(rf"(?P<speaker>[{_HAN}]{{2,3}})(?:合掌|笑|欢喜|答|回)?(?:道|曰)：“(?P<said>[^”]*)$")
+_FIRST_PERSON = re.compile(r"(?:我|贫僧|老孙|俺|小僧|弟子|在下)(?P<span>[^你汝他尔]{0,12})$")
+_CALLED = re.compile(rf"[将把](?P<name>[{_HAN}]{{2,3}})$")
+_NOUN_VERBS = ("法名", "混名", "别名", "道号", "号")
+_SPEAKER_SPAN = 120
+
+
+def speaker_of(text: str, start: int, verb: str) -> str | None:
+    """Who a naming phrase at ``start`` names: the speaker naming himself (``我原有个法名，叫做
+    孙悟空``), or for ``又称为`` the speaker of the sentence just before (``悟空道：“好！”自此时又称为孙行者``)."""
+    before = text[max(0, start - _SPEAKER_SPAN) : start]
+    called = _CALLED.search(before)
+    if called is not None:  # 贫僧又将悟空叫做行者
+        return called["name"]
+    if verb.startswith("又"):
+        found = list(re.finditer(rf"([{_HAN}]{{2,3}})(?:道|曰)：“[^”]*”[^“”]{{0,8}}$", before))
+        return found[-1].group(1) if found else None
+    m = _SPEAKER.search(before)
+    me = _FIRST_PERSON.search(m["said"]) if m is not None else None
+    if me is None or (verb not in _NOUN_VERBS and not re.search("[名号]", me["span"])):
+        return None  # 我还有个大师兄，叫做孙行者: someone else's name
+    return m["speaker"]
 _COURTESY_BOUNDARY = re.compile(rf"[^{_HAN}]|[乃是曰即]")
 
 
@@ -150,7 +174,11 @@ def naming_facts(text: str) -> Iterator[NamingFact]:
         yield NamingFact("courtesy", name, m["courtesy"], m.start())
     for m in _TITLE.finditer(text):
         if is_plausible_name(m["title"]):
-            yield NamingFact("title", "", m["title"], m.start())
+            speaker = speaker_of(text, m.start(), m["verb"])
+            if speaker and is_plausible_name(speaker) and speaker != m["title"]:
+                yield NamingFact("self", speaker, m["title"], m.start())
+            else:
+                yield NamingFact("title", "", m["title"], m.start())
 
 
 class NameMatcher:
