@@ -111,3 +111,11 @@ def test_ask_book_streams_through_the_shared_state(state: Any) -> None:
     answer = events[-1]
     assert isinstance(answer, Answer) and answer.text == "刘备结义[1]。"
     assert all(s.chapter in (1, 2, 3) for s in answer.sources)
+
+
+def test_chapter_sliders_end_at_the_kb_last_chapter(state: Any) -> None:
+    from app.web.characters_tab import _documents
+
+    docs, first, last = _documents(state, "novels")
+    assert "sanguo.txt" in str(docs.choices)
+    assert last.maximum == 10 and last.value == 10 and first.value == 1

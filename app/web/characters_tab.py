@@ -104,12 +104,19 @@ def person_markdown(state: Any, kb_name: str | None, graph: Any, name: str, *, m
     return "\n".join(lines)
 
 
-def _documents(state: Any, kb_name: str | None) -> gr.Dropdown:
+def _documents(state: Any, kb_name: str | None) -> tuple[gr.Dropdown, gr.Slider, gr.Slider]:
+    """The KB's documents, and chapter sliders that end at its longest document's last chapter."""
     try:
-        names = [d.source.replace("\\", "/").rsplit("/", 1)[-1] for d in state.list_documents(kb_name)]
+        infos = state.list_documents(kb_name)
     except Exception:  # noqa: BLE001 - an unusable KB shows its error when drawing
-        names = []
-    return gr.Dropdown(choices=[ALL_DOCS, *names], value=ALL_DOCS)
+        infos = []
+    names = [d.source.replace("\\", "/").rsplit("/", 1)[-1] for d in infos]
+    last = max([d.chapters for d in infos if d.chapters] or [MAX_CHAPTER])
+    return (
+        gr.Dropdown(choices=[ALL_DOCS, *names], value=ALL_DOCS),
+        gr.Slider(minimum=1, maximum=last, value=1),
+        gr.Slider(minimum=1, maximum=last, value=last),
+    )
 
 
 def build_characters_tab(state: Any) -> gr.Tab:
@@ -151,7 +158,8 @@ def build_characters_tab(state: Any) -> gr.Tab:
 
         inputs = [kb_name, source, first, last, top]
         outputs = [graph_state, picture, status]
-        kb_name.change(lambda kb: _documents(state, kb), inputs=kb_name, outputs=source)
+        kb_name.change(lambda kb: _documents(state, kb), inputs=kb_name, outputs=[source, first, last])
+        tab.select(lambda kb: _documents(state, kb), inputs=kb_name, outputs=[source, first, last])
         draw.click(redraw, inputs=inputs, outputs=outputs)
         first.release(redraw, inputs=inputs, outputs=outputs)
         last.release(redraw, inputs=inputs, outputs=outputs)
