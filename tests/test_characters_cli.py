@@ -71,5 +71,10 @@ def test_ask_book_scope_with_the_tiny_model(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "chapters selected: 3/3" in err and "chapters read: 3/3" in err
+    assert out.rstrip().splitlines()[-1].startswith("[") and "sanguo.txt · 第" in out
+    code = main(["ask", "玄德和谁结为兄弟？", "--kb", "novels", "--kb-root", str(novels_root), "-q",
+                 "--model-path", str(tiny_glm_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "" and "[1] sanguo.txt · 第" in out
     assert main(["ask", "问题", "--kb", "novels", "--kb-root", str(novels_root), "--chapters", "1-2"]) == 2
     assert "need --scope book" in capsys.readouterr().err
