@@ -18,7 +18,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def state(sanguo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from app.state import AppState
+    from app.services import Services
     from configs import Settings
     from kb import KnowledgeBase, load_text
     from tests.helpers import free_port
@@ -29,7 +29,7 @@ def state(sanguo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     kb.add_texts({"sanguo.txt": text[: text.index("第十一回")]})
     kb.close()
     settings = Settings(kb_root=root, kb_name="novels", embedding={"model": "none"}, ui={"port": free_port()})
-    return AppState(settings)
+    return Services(settings)
 
 
 def test_svg_has_a_clickable_node_per_person_and_no_remote_assets(state: Any) -> None:
@@ -97,11 +97,11 @@ def test_click_a_person_in_the_browser(state: Any, tmp_path: Path) -> None:
 def test_ask_book_streams_through_the_shared_state(state: Any) -> None:
     from langchain_core.language_models import FakeStreamingListLLM
 
-    from app.errors import UserError
+    from app.errors import NotReady
     from app.web.book_scope import ask_book
     from chains.events import Answer
 
-    with pytest.raises(UserError, match="need the chat model"):
+    with pytest.raises(NotReady):
         list(ask_book(state, "novels", "刘备做了什么？"))
     state._llm = FakeStreamingListLLM(responses=["刘备结义[1]。"] * 20, custom_get_token_ids=lambda t: list(range(len(t))))
     try:

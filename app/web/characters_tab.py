@@ -1,7 +1,7 @@
 """The 人物关系 (characters) tab: the KB's person graph as inline SVG, a chapter range, a person panel.
 
 Self-contained: ``build_characters_tab(state)`` adds the tab inside an open ``gr.Blocks`` and
-wires its own events; ``state`` is the app's ``AppState`` (``list_kbs``, ``open_kb``). The
+wires its own events; ``state`` is the app's ``app.services.Services`` (``list_kbs``, ``kb``, ``list_documents``). The
 graph is drawn server-side as SVG (positions from ``kb.characters.layout``) with a few lines of
 vanilla JS in ``js_on_load`` that report which person was clicked: no CDN, no external asset,
 so the page works offline. Moving the chapter sliders redraws the graph for that range;
@@ -15,6 +15,8 @@ import math
 from typing import Any
 
 import gradio as gr
+
+from app.web.errors import user_errors
 
 __all__ = ["build_characters_tab", "graph_svg", "load_graph", "person_markdown"]
 
@@ -36,7 +38,7 @@ def load_graph(state: Any, kb_name: str | None, source: str | None, first: int, 
     """The KB's character graph for chapters ``first``..``last`` (whole KB unless ``source``)."""
     from kb.characters import character_graph
 
-    kb = state.open_kb(kb_name)
+    kb = state.kb(kb_name)
     chapters = (int(min(first, last)), int(max(first, last)))
     return character_graph(kb, source=None if source in (None, "", ALL_DOCS) else source, chapters=chapters)
 
@@ -84,7 +86,7 @@ def person_markdown(state: Any, kb_name: str | None, graph: Any, name: str, *, m
     person = graph.person(name) if graph is not None else None
     if person is None:
         return f"没有找到人物“{name}”。"
-    kb = state.open_kb(kb_name)
+    kb = state.kb(kb_name)
     near = "、".join(f"{n}（{w}）" for n, w in graph.neighbours(person.name, 6))
     lines = [
         f"### {person.name}",
@@ -146,13 +148,15 @@ def build_characters_tab(state: Any) -> gr.Tab:
         def redraw(kb: str | None, doc: str | None, a: float, b: float, n: float) -> tuple[Any, str, str]:
             try:
                 graph = load_graph(state, kb, doc, int(a), int(b)).top(persons=int(n))
-            except Exception as e:  # noqa: BLE001 - shown to the user in one line
-                from app.errors import one_line
+            except Exception as e:  # noqa: BLE001 - shown to the user in one line, Chinese first
+                from app.errors import bilingual_text
 
-                return None, "", f"⚠️ {one_line(e)}"
+                zh, en = bilingual_text(e)
+                return None, "", f"⚠️ {zh} / {en}" if zh else f"⚠️ {en}"
             shown = f"{len(graph.persons)} 人，{len(graph.relations)} 条关系（第{int(min(a, b))}-{int(max(a, b))}回）"
             return graph, graph_svg(graph), shown
 
+        @user_errors
         def clicked(kb: str | None, graph: Any, evt: gr.EventData) -> str:
             return person_markdown(state, kb, graph, getattr(evt, "person", "") or "")
 
