@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from app.services import Services  # noqa: E402
+from app.web.characters_tab import build_characters_tab  # noqa: E402
 from app.web.chat import MODES, ChatTab  # noqa: E402
 from app.web.manage import ManageTab  # noqa: E402
 from app.web.summary import SummaryTab, document_dropdown  # noqa: E402
@@ -59,6 +60,7 @@ def build_ui(services: Services) -> gr.Blocks:
             summary.layout()
         with gr.Tab("知识库管理 / Manage", id="manage"):
             manage.layout()
+        build_characters_tab(services)
 
         pickers = [chat.kb, summary.kb, manage.kb]
         chat.wire(banner=banner)
