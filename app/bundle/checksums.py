@@ -36,13 +36,11 @@ def check_sums(root: Path, *, name: str = SUMS) -> list[str]:
     if not sums.is_file():
         return [f"{name} is missing: not a complete glmkb bundle"]
     problems = []
-    listed = set()
     for line in sums.read_text(encoding="utf-8").splitlines():
         digest, _, rel = line.partition("  ")
         if not rel or ".." in Path(rel).parts or rel.startswith("/"):
             problems.append(f"{name} has a bad line: {line[:80]!r}")
             continue
-        listed.add(rel)
         path = root / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
