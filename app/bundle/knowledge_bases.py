@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from app.bundle.errors import BundleError
+from configs.errors import one_line
 from kb import storage
 from kb.errors import KnowledgeBaseError
 from kb.names import validate_kb_name
@@ -35,10 +36,11 @@ def copy_knowledge_base(root: Path, name: str, dest_root: Path) -> str:
         assert version is not None
         try:
             return copy_version(kb_dir, version, dest_root / name)
-        except (FileNotFoundError, KnowledgeBaseError) as e:
+        except (OSError, KnowledgeBaseError) as e:  # shutil.Error (an OSError) lists vanished files
             # The version was garbage-collected mid-copy by two newer builds: take the new one.
             if storage.read_pointer(kb_dir) == version:
-                raise BundleError(f"knowledge base {name!r} is damaged ({e}); rebuild it before bundling") from e
+                detail = one_line(e)[:300]
+                raise BundleError(f"knowledge base {name!r} is damaged or unreadable ({detail}); rebuild it before bundling") from e
             log.info("knowledge base %s moved on from %s while copying; copying again", name, version)
     raise BundleError(f"knowledge base {name!r} changed {ATTEMPTS} times while being copied; stop its builds and retry")
 
@@ -48,7 +50,7 @@ def copy_version(kb_dir: Path, version: str, dest: Path) -> str:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copytree(kb_dir / version, dest / version)
+    shutil.copytree(kb_dir / version, dest / version, copy_function=copy_file)
     manifest = storage.read_manifest(dest / version)  # every copied file against its hash
     store = (manifest.get("vectors") or {}).get("store", "faiss")
     if store != "faiss" and manifest.get("embedding", {}).get("model") != "none":
@@ -56,6 +58,11 @@ def copy_version(kb_dir: Path, version: str, dest: Path) -> str:
                           "keyword-only knowledge bases travel in a bundle (rebuild it with kb.store: faiss)")
     (dest / storage.POINTER).write_text(version + "\n", encoding="utf-8")
     return version
+
+
+def copy_file(source: str, dest: str) -> str:
+    """How each file of a version is copied (a seam for the tests that build mid-copy)."""
+    return shutil.copy2(source, dest)
 
 
 def embedding_of(kb_root: Path, name: str) -> str:
