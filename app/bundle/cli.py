@@ -109,3 +109,7 @@ def verify(folder: Path) -> None:
 def main() -> None:
     """Console script ``glmkb-bundle`` (until the umbrella ``glmkb`` command registers ``bundle``)."""
     bundle(prog_name="glmkb-bundle")
+
+
+if __name__ == "__main__":
+    main()
