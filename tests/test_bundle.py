@@ -117,6 +117,8 @@ def test_models_are_copied_under_their_folder_names_with_card_licences(
     chat = tmp_path / "src" / "chatglm3-6b"
     chat.mkdir(parents=True)
     (chat / "config.json").write_text("{}")
+    (chat / "model-00001-of-00001.safetensors").write_bytes(b"w")
+    (chat / "pytorch_model-00001-of-00001.bin").write_bytes(b"w")  # the same weights again
     (chat / "README.md").write_text("---\nlicense: other\nlicense_name: chatglm3-6b-license\n---\n# ChatGLM3\n")
     embed = tmp_path / "src" / "text2vec"
     embed.mkdir()
@@ -125,6 +127,7 @@ def test_models_are_copied_under_their_folder_names_with_card_licences(
     (embed / "link.bin").symlink_to(embed / "model.safetensors")
     out = make_bundle(tmp_path / "b", wheelhouse, fake_glmkb, model_path=str(chat), embedding=str(embed))
     assert (out / "models/chatglm3-6b/config.json").is_file()
+    assert sorted(p.name for p in (out / "models/chatglm3-6b").glob("*model*")) == ["model-00001-of-00001.safetensors"]
     assert not (out / "models/text2vec/link.bin").is_symlink()  # real files, not links into this machine
     config = (out / "config.yaml").read_text()
     assert "model_path: models/chatglm3-6b" in config and "model: models/text2vec" in config

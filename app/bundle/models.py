@@ -44,9 +44,24 @@ def copy_model(ref: str, dest: Path) -> Path:
     source = resolve_model(ref)
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(source, dest, symlinks=False, ignore=SKIP)
+    shutil.copytree(source, dest, symlinks=False, ignore=skip_for(source))
     log.info("copied %s to %s", source, dest)
     return dest
+
+
+def skip_for(source: Path):  # noqa: ANN201 - shutil's ignore callable
+    """What not to copy from ``source``: hub/git clutter, and the ``.bin`` copy of the weights
+    when safetensors are there too (THUDM/chatglm3-6b ships both: 2 x 12.5 GB; glmkb's
+    loaders read the safetensors first)."""
+    has_safetensors = any(source.glob("model*.safetensors"))
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(SKIP(folder, names))
+        if has_safetensors and Path(folder) == source:
+            skipped |= {n for n in names if n.startswith("pytorch_model") and (n.endswith(".bin") or n.endswith(".bin.index.json"))}
+        return skipped
+
+    return ignore
 
 
 def model_card_licence(folder: Path) -> str:
