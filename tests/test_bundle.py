@@ -249,3 +249,24 @@ def test_out_must_be_new_or_a_bundle(tmp_path: Path, wheelhouse: Path, fake_glmk
     with pytest.raises(BundleError, match="not a glmkb bundle"):
         make_bundle(out, wheelhouse, fake_glmkb)
     assert (out / "precious.txt").exists()
+
+
+def test_cli_bundles_several_knowledge_bases_after_one_kb_flag(tmp_path: Path, wheelhouse: Path, fake_glmkb: Path) -> None:
+    from kb import KnowledgeBase
+
+    root = tmp_path / "kbs"
+    for name, text in {"三国": "桃园三结义", "xiyou": "大闹天宫"}.items():
+        kb = KnowledgeBase(root, name, create=True, embedding_model="none")
+        kb.add_texts({f"{name}.txt": text})
+        kb.close()
+    out = tmp_path / "b"
+    args = [str(out), "--no-index", "--find-links", str(wheelhouse), "--glmkb-wheel", str(fake_glmkb),
+            "--torch", "default", "--kb-root", str(root), "--split", "64K", "--kb", "三国", "xiyou"]
+    result = CliRunner().invoke(bundle_cli, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "kb").iterdir()) == ["xiyou", "三国"]
+    assert "kb_name: 三国" in (out / "config.yaml").read_text(encoding="utf-8")
+    assert json.loads((out / "bundle.json").read_text())["knowledge_bases"].keys() == {"三国", "xiyou"}
+    assert (tmp_path / "b-volumes" / "join.sh").is_file()
+    result = CliRunner().invoke(bundle_cli, [*args[:-2], "missing"])
+    assert result.exit_code == 2 and "no knowledge base 'missing'" in result.output

@@ -147,13 +147,14 @@ echo "install_seconds: $install_s"
 ./run.sh --check > check.txt 2>&1 || true
 ./run.sh api --port "$PORT" > server.log 2>&1 &
 server=$!
-for i in $(seq 900); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.2; done
+for i in $(seq 900); do curl --noproxy "*" -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.2; done
 echo "server_up_after: $(( SECONDS - install_s ))"
-curl -s --max-time 300 -X POST "http://127.0.0.1:$PORT/v1/kb/$KB/query" -H 'content-type: application/json' \
+curl --noproxy "*" -s --max-time 300 -X POST "http://127.0.0.1:$PORT/v1/kb/$KB/query" -H 'content-type: application/json' \
   -d '{"query": "桃园结义的是谁", "k": 2, "mode": "bm25"}' > answer.json || true
-curl -s --max-time 300 -X POST "http://127.0.0.1:$PORT/v1/kb/$KB/query" -H 'content-type: application/json' \
+curl --noproxy "*" -s --max-time 300 -X POST "http://127.0.0.1:$PORT/v1/kb/$KB/query" -H 'content-type: application/json' \
   -d '{"query": "赤壁", "k": 2, "mode": "hybrid"}' > hybrid.json || true
-curl -s "https://pypi.org/simple/" -o /dev/null --max-time 5 && echo "outside: reachable" || echo "outside: unreachable"
+curl --noproxy "*" -s "https://pypi.org/simple/" -o /dev/null --max-time 5 && echo "outside: reachable" || echo "outside: unreachable"
+echo "venv_mib: $(du -sm .venv | cut -f1) wheels_mib: $(du -sm wheels | cut -f1)"
 kill $server; wait $server || true
 """
 
@@ -193,7 +194,7 @@ def test_bundle_installs_and_answers_offline(
         assert "interfaces: lo " in proc.stdout  # nothing but loopback existed
     assert "outside: unreachable" in proc.stdout
     answer = json.loads((out / "answer.json").read_text(encoding="utf-8") or '{"error": "no answer"}')
-    assert answer.get("data"), f"{answer} {(out / 'server.log').read_text()[-3000:]}"
+    assert answer.get("data"), f"{answer} {(out / 'server.log').read_text()[-3000:]} {(out / 'check.txt').read_text()}"
     assert "桃园" in answer["data"][0]["text"] and answer["data"][0]["source"] == "taoyuan.txt"
     hybrid = json.loads((out / "hybrid.json").read_text(encoding="utf-8") or "{}")
     assert hybrid.get("mode") == "hybrid" and len(hybrid["data"]) == 2  # the bundled embedding model ran

@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 MARKER = "bundle.json"
 SCRIPTS = ("install.sh", "run.sh")
-# Installed size over the wheels' uncompressed size: .pyc files, pip's own copy, the venv
-# (about +10% measured for the CPU set in tests/test_bundle_e2e.py); 20% keeps a margin.
-INSTALL_MARGIN = 1.2
+# Installed size over the wheels' uncompressed size: .pyc files, pip and the venv itself.
+# Measured 1.39 for the CPU set (tests/test_bundle_e2e.py: a 1875 MiB venv from 1353 MiB of
+# uncompressed wheels); 1.5 keeps a margin.
+INSTALL_MARGIN = 1.5
 BASE_IMAGES = {
     "cpu": "python:{python}-slim-bookworm",
     "cu121": "pytorch/pytorch:2.5.1-cuda12.1-cudnn9-runtime",

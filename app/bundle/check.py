@@ -37,13 +37,17 @@ def check_model(settings: object) -> bool:
         return line("model", f"served by {llm_settings.base_url} (backend openai); not loaded here")
     if not llm_settings.model_path:
         return line("model", "none configured: answers show the retrieved passages only")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one screen: no "Loading weights" bars
     start = time.perf_counter()
     llm = ChatGLM.from_settings(llm_settings)
     seconds = time.perf_counter() - start
     model = llm.model
-    params = sum(p.numel() for p in model.parameters()) / 1e9
+    params = sum(p.numel() for p in model.parameters())
+    size = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
     device = next(model.parameters()).device
-    return line("model", f"{llm_settings.model_path}: {params:.2f}B parameters on {device}, loaded in {seconds:.1f} s")
+    return line("model", f"{llm_settings.model_path}: {size} parameters on {device}, loaded in {seconds:.1f} s")
 
 
 def check_kbs(settings: object) -> bool:
@@ -58,7 +62,8 @@ def check_kbs(settings: object) -> bool:
         kb = KnowledgeBase.from_settings(settings, name=name)
         try:
             docs = kb.list_documents()
-            mode = "keyword-only" if kb.keyword_only else f"embedding {kb.embedding_model}"
+            # The configured model, not the build machine's path the manifest recorded.
+            mode = "keyword-only" if kb.keyword_only else f"embedding {settings.embedding.model}"  # type: ignore[attr-defined]
             line("kb", f"{name}: {len(docs)} documents, {sum(d.chunks for d in docs)} chunks, {mode}, {kb.version}")
         except Exception as e:  # noqa: BLE001 - one line per damaged KB, then the others
             ok = line("kb", f"{name}: {one_line(e)}", ok=False)
