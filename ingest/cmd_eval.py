@@ -10,7 +10,7 @@ import argparse
 import json
 
 from ingest.cmd_build import add_kb_arguments
-from ingest.cmd_query import add_retrieval_arguments, open_kb
+from ingest.cmd_query import add_retrieval_arguments, note_keyword_only_fallback, open_kb
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     items = load_qa(args.qa_file)
     kb = open_kb(args, score_threshold=None)
+    note_keyword_only_fallback(kb, args)
     result = evaluate(kb, items, mode=args.mode, k=args.k or 10)
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))

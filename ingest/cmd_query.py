@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest.cli import settings_from_args
 from ingest.cmd_build import add_kb_arguments
+
+if TYPE_CHECKING:
+    from kb import KnowledgeBase
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +36,7 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reranker", metavar="MODEL", help="cross-encoder that reorders hits (default: retrieval.reranker)")
 
 
-def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
+def open_kb(args: argparse.Namespace, **retrieval: object) -> KnowledgeBase:
     from kb import KnowledgeBase
 
     settings = settings_from_args(
@@ -42,8 +47,20 @@ def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
     return KnowledgeBase.from_settings(settings, embedding_model=args.embedding)
 
 
+def note_keyword_only_fallback(kb: KnowledgeBase, args: argparse.Namespace) -> None:
+    """Say on stderr that ``--mode hybrid`` runs bm25 alone on a keyword-only knowledge base
+    (the search falls back silently, so the asked-for mode would otherwise look honoured)."""
+    if args.mode == "hybrid" and kb.keyword_only:
+        print(
+            f"note: knowledge base {kb.name!r} is keyword-only (no vectors), so --mode hybrid searched "
+            f"with bm25 alone; add vectors with: ingest build --embedding MODEL --kb {kb.name}",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     kb = open_kb(args, score_threshold=args.threshold)
+    note_keyword_only_fallback(kb, args)
     docs = kb.search(args.question)
     hits = [
         {

@@ -216,7 +216,8 @@ def test_keyword_only_kb_modes(tmp_path: Path, sanguo_excerpts: dict[str, Path])
         kb.search("张飞", mode="dense")
 
 
-def test_summarizer_reads_documents_and_chapters(tmp_path: Path, sanguo_path: Path) -> None:
+def test_summarizer_reads_documents_and_chapters(tmp_path: Path, sanguo_novel_path: Path) -> None:
+    sanguo_path = sanguo_novel_path
     kb = keyword_kb(tmp_path)
     kb.add_files([sanguo_path])
     info = kb.get_document("sanguo.txt")
