@@ -243,3 +243,6 @@ def test_glmkb_web_serves_a_model_folder_end_to_end(tmp_path: Path, tiny_glm_dir
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    printed = proc.stdout.read() if proc.stdout else ""
+    assert f"glmkb web UI: http://127.0.0.1:{port}/" in printed
+    assert "share=True" not in printed, "Gradio's share-link hint is not for glmkb users"
