@@ -1,28 +1,11 @@
-"""What the web UI and the API server share without importing each other (no gradio here):
-the bind-address policy and the command-line flags that map onto settings."""
+"""Command-line flags shared by ``glmkb-web`` and ``glmkb-api`` (argparse) that map onto settings."""
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 from typing import Any
 
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
-
-
-class AuthConfigError(ValueError):
-    """The bind address and auth settings together are unsafe or incomplete."""
-
-
-def is_loopback(host: str) -> bool:
-    """True only for addresses that cannot be reached from another machine."""
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # any other host name may resolve to a public interface
+__all__ = ["add_model_flags", "model_overrides"]
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
