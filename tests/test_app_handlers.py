@@ -93,8 +93,9 @@ def test_closing_the_handler_closes_the_chain_stream(tmp_path: Path) -> None:
 
 def test_settling_marks_a_stopped_answer_and_keeps_it_in_history() -> None:
     turns = [{"question": "q", "answer": "半个回", "status": "streaming", "answered": True}]
-    messages, new_turns, clear_btn = ChatHandlers.settle(turns)
+    messages, new_turns, clear_btn, send_btn, status = ChatHandlers.settle(turns)
     assert new_turns[0]["status"] == "stopped" and turns[0]["status"] == "streaming"
+    assert send_btn.interactive is True and "已停止" in status
     assert messages[1]["content"].endswith("（已停止 / stopped）")
     assert history_pairs(new_turns) == [("q", "半个回")]
     assert clear_btn.interactive is True
@@ -115,10 +116,14 @@ def test_a_failed_answer_is_marked_and_left_out_of_history(tmp_path: Path) -> No
     state = ScriptedState(tmp_path, ["一"])
     state.usable_mode = lambda kb, mode: (_ for _ in ()).throw(ValueError("索引坏了"))  # type: ignore[method-assign]
     gen = ChatHandlers(state).ask("问题", [], "sanguo", "bm25", 3)
-    turns = next(gen)[2]
+    first = next(gen)
+    turns = first[2]
+    assert first[5].interactive is False and "正在回答" in first[6]  # send disabled, with a hint
+    failed = next(gen)  # the reason goes to the status line first; the other outputs keep their values
+    assert "索引坏了" in failed[6] and all(isinstance(u, type(gr.skip())) for u in failed[:6])
     with pytest.raises(gr.Error, match="索引坏了"):
         next(gen)
-    messages, settled_turns, _ = ChatHandlers.settle(turns)
+    messages, settled_turns, *_ = ChatHandlers.settle(turns)
     assert settled_turns[0]["status"] == "failed" and messages[-1]["content"] == "（出错 / failed）"
     assert history_pairs(settled_turns) == []
 
@@ -148,8 +153,29 @@ def test_handler_errors_become_one_line_bilingual_toasts() -> None:
     assert e.value.message == "中文说明 / English explanation"
     with pytest.raises(gr.Error) as e:
         list(broken("other"))
-    assert e.value.message.startswith("内部错误，详情见服务器日志 / KeyError:")
-    assert "Traceback" not in e.value.message
+    assert e.value.message.startswith("内部错误，请稍后重试或联系管理员 / KeyError")
+    assert "Traceback" not in e.value.message and "internal" not in e.value.message  # no raw library text
+    assert e.value.title == "错误"  # toast titles in Chinese
+
+
+def test_a_failing_handler_writes_its_status_line_first_and_keeps_other_outputs() -> None:
+    """Bug: errors showed as red overlays over every output, blocking the controls under them;
+    now the reason goes to the tab's status line, the other outputs keep their values, and the
+    toast (and API clients) still get the error."""
+
+    @user_errors(status=1, outputs=3)
+    def build(ok: bool) -> tuple[str, str, str]:
+        if not ok:
+            raise UserError("请先选择要上传的文件", "choose files to upload first")
+        return "table", "done", "box"
+
+    assert list(build(True)) == [("table", "done", "box")]
+    failing = build(False)
+    update = next(failing)
+    assert update[1] == "⚠️ 请先选择要上传的文件 / choose files to upload first"
+    assert all(isinstance(u, type(gr.skip())) for u in (update[0], update[2]))
+    with pytest.raises(gr.Error, match="请先选择要上传的文件"):
+        next(failing)
 
 
 def test_source_cards_escape_the_passage_text() -> None:
