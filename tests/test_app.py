@@ -343,8 +343,11 @@ def test_without_a_model_the_banner_says_how_to_configure_it(no_llm_url: str) ->
     update = client(no_llm_url).predict(api_name="/banner")
     banner = update["value"]
     assert update["visible"] is True
-    assert "--model-path" in banner and "GLMKB_LLM__MODEL_PATH" in banner and "llm" in banner
+    assert "llm.model_path" in banner and "embedding.model" in banner
     assert "向量模型不可用" in banner and "no-such-embedding-model" in banner
+    # Bug: the page showed CLI flags and a half-page banner; now settings keys, one line, details folded
+    assert " --" not in banner and "GLMKB_" not in banner
+    assert banner.startswith("<details><summary>⚠️ ") and banner.count("</summary>") == 1
 
 
 def test_without_a_model_questions_show_the_passages(no_llm_url: str, sanguo_text: str) -> None:

@@ -195,6 +195,27 @@ def test_chapter_labels(chapter: int | None, title: str | None, label: str) -> N
     assert render.chapter_label(Source(text="x", chapter=chapter, chapter_title=title)) == label
 
 
+@pytest.mark.parametrize(
+    ("chapter", "title", "heading", "label"),
+    [(2, "休假", "第二章", "第二章 休假"), (3, "尾声", "第三节", "第三节 尾声"), (2, "第二卷", "第二卷", "第二卷"),
+     (1, "宴桃园豪杰三结义", "第一回", "第一回 宴桃园豪杰三结义"), (4, "序曲", None, "第4回 序曲")],
+)
+def test_chapter_labels_keep_the_documents_own_unit(chapter: int, title: str, heading: str | None, label: str) -> None:
+    """Bug: ``## 第二章 休假`` was labelled "第2回 休假"; the label keeps the heading's unit."""
+    source = Source(text="x", doc_id="d", chapter=chapter, chapter_title=title)
+    assert render.chapter_label(source, heading) == label
+    assert label in render.source_card(1, source, {("d", chapter): heading} if heading else None)
+
+
+def test_banner_is_one_line_with_details_folded_and_no_server_paths() -> None:
+    """Bug: a half-page bilingual banner with CLI flags and the server's folders."""
+    text = render.banner([render.llm_problem("the chat model failed to load: /srv/models/glm3 has no config.json")])
+    summary, details = text.split("</summary>")
+    assert summary.startswith("<details><summary>⚠️ 未加载大模型") and "\n" not in summary
+    assert "…/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
+    assert render.banner([]) == ""
+
+
 def test_long_passages_are_cut_to_a_snippet() -> None:
     text = "话说天下大势，\n分久必合。" * 100
     cut = render.snippet(text)

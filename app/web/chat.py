@@ -120,15 +120,27 @@ class ChatHandlers:
                     turn["answer"] += event.text
                     turn["answered"] = True
                 elif isinstance(event, Sources):
-                    show_sources(turn, event.sources)
+                    headings = self.headings(kb_name, event.sources)
+                    show_sources(turn, event.sources, headings)
                 elif isinstance(event, Answer):
-                    finish_answer(turn, event)
+                    finish_answer(turn, event, self.headings(kb_name, event.sources))
                 else:  # e.g. Progress while a follow-up is condensed: nothing new to show
                     yield skips(ASK_OUTPUTS)
                     continue
                 yield gr.skip(), render_chat(turns), turns, *skips(ASK_OUTPUTS - 3)
         finally:
             stream.close()  # Stop pressed (generator closed): this ends the model's generation
+
+    def headings(self, kb_name: str, sources: Sequence[Source]) -> render.Headings:
+        """Each cited chapter's own heading (第二章, 第三节, 第一回), so labels keep its unit."""
+        found: dict[tuple[str | None, int | None], str] = {}
+        for doc_id in {s.doc_id for s in sources if s.doc_id and s.chapter is not None}:
+            try:
+                chapters = self.services.kb(kb_name).get_chapters(doc_id)
+            except Exception:  # noqa: BLE001 - a label is not worth failing the answer for
+                continue
+            found.update({(doc_id, c.number): c.heading for c in chapters if c.number is not None and c.heading})
+        return found
 
     @staticmethod
     def settle(turns: list[Turn] | None) -> tuple[Any, ...]:
@@ -154,21 +166,21 @@ def skips(n: int) -> tuple[Any, ...]:
     return tuple(gr.skip() for _ in range(n))
 
 
-def show_sources(turn: Turn, sources: Sequence[Source]) -> None:
+def show_sources(turn: Turn, sources: Sequence[Source], headings: render.Headings | None = None) -> None:
     """The collapsible box of cited passages under the answer."""
-    turn["sources_message"] = render.sources_message(sources)
+    turn["sources_message"] = render.sources_message(sources, headings)
 
 
-def finish_answer(turn: Turn, answer: Answer) -> None:
+def finish_answer(turn: Turn, answer: Answer, headings: render.Headings | None = None) -> None:
     """Settle the turn from the chain's final event; without an LLM the passages are the answer."""
     if not answer.llm_used:
-        turn["answer"] = render.passages_answer(answer.sources)
+        turn["answer"] = render.passages_answer(answer.sources, headings)
         turn.pop("sources_message", None)
         turn["answered"] = False
         return
     turn["answer"] = answer.text
     turn["answered"] = not answer.refused
-    show_sources(turn, answer.sources)
+    show_sources(turn, answer.sources, headings)
 
 
 MODES = [("混合 hybrid", "hybrid"), ("向量 dense", "dense"), ("关键词 bm25", "bm25")]

@@ -43,6 +43,10 @@ CSS = """
 .glmkb-src:first-child { border-top: none; }
 .glmkb-src-head { color: #0f766e; margin-bottom: 0.15em; }
 .glmkb-src-text { color: #374151; }
+#glmkb-banner summary { cursor: pointer; }
+/* No red "Error" box over any component after a failed event: the toast and the tab's
+   status line say what went wrong, and the control underneath stays usable. */
+.wrap:has(> .error) { display: none !important; }
 """
 
 
@@ -73,4 +77,13 @@ def build_ui(services: Services) -> gr.Blocks:
             summary.handlers.documents, inputs=[summary.kb], outputs=[summary.doc], api_name=False
         ).then(manage.handlers.show, inputs=[manage.kb], outputs=[manage.docs_table, manage.doc_pick], api_name=False)
         demo.load(lambda: banner_update(services), outputs=[banner], api_name="banner")
+        # While the chat model loads, look again every 2 s so "加载中" does not outlive the load.
+        poll = gr.Timer(2.0, active=False)
+        demo.load(lambda: gr.Timer(active=services.llm_status().loading), outputs=[poll], api_name=False)
+        poll.tick(
+            lambda: (banner_update(services), gr.Timer(active=services.llm_status().loading)),
+            outputs=[banner, poll],
+            api_name=False,
+            show_progress="hidden",
+        )
     return demo
