@@ -17,6 +17,7 @@ import functools
 import html
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,6 +39,9 @@ WARNING_TITLE = "注意"
 # Event options for handlers that may fail: no per-component status box (it would cover the
 # control after an error); progress, where there is any, is shown in the tab's status line.
 QUIET: dict[str, Any] = {"show_progress": "hidden"}
+
+# An English reason naming a command, a flag or an endpoint is not for the page.
+CLI_OR_API_HINT = re.compile(r"`|(?<![\w-])--[a-z]|\b(?:GET|POST|DELETE) /")
 
 # The Chinese line for errors that bring none, by kind (most specific first).
 KIND_ZH: tuple[tuple[type[BaseException], str], ...] = (
@@ -67,6 +71,8 @@ def error_line(error: Exception) -> str:
     if zh is None:
         zh = "内部错误，请稍后重试或联系管理员"
         en = f"{type(error).__name__} (details in the server log)"
+    if zh and CLI_OR_API_HINT.search(en):
+        return zh  # the English line is for CLI and API users (commands, flags, endpoints)
     return user_message(zh, en)
 
 

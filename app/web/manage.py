@@ -195,9 +195,11 @@ class ManageTab:
                 label="删除文档 / delete a document", choices=[], scale=3, allow_custom_value=True
             )
             self.del_doc_btn = gr.Button("删除文档 / delete document", variant="stop", scale=1)
-        with gr.Accordion("删除整个知识库 / delete the whole knowledge base", open=False):
-            self.confirm = gr.Checkbox(label="确认删除（不可恢复）/ yes, delete it (cannot be undone)")
-            self.drop_btn = gr.Button("删除知识库 / delete knowledge base", variant="stop")
+        with gr.Accordion("删除整个知识库 / delete the whole knowledge base", open=False, elem_id="drop-box"):
+            self.confirm = gr.Checkbox(
+                label="确认删除（不可恢复）/ yes, delete it (cannot be undone)", elem_id="drop-confirm"
+            )
+            self.drop_btn = gr.Button("删除知识库 / delete knowledge base", variant="stop", elem_id="drop-btn")
 
     def wire(self, *, pickers: list[gr.Dropdown], summary_file: gr.File, after_build: Any) -> None:
         """Events of this tab; ``pickers`` are the three KB pickers (chat, summary, manage),

@@ -47,6 +47,14 @@ CSS = """
 /* No red "Error" box over any component after a failed event: the toast and the tab's
    status line say what went wrong, and the control underneath stays usable. */
 .wrap:has(> .error) { display: none !important; }
+/* Gradio titles toasts with their type in English ("Error", "Warning"); say it in Chinese. */
+.toast-title.error, .toast-title.warning, .toast-title.info, .toast-title.success { font-size: 0 !important; }
+.toast-title::before { font-size: var(--text-md); }
+.toast-title .toast-count { font-size: var(--text-sm); }
+.toast-title.error::before { content: "错误"; }
+.toast-title.warning::before { content: "注意"; }
+.toast-title.info::before { content: "提示"; }
+.toast-title.success::before { content: "完成"; }
 """
 
 
