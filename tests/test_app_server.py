@@ -102,7 +102,7 @@ def test_login_is_required_and_the_password_never_logged(
         with pytest.raises(Exception):  # noqa: B017
             Client(url, verbose=False, auth=("reader", "wrong")).predict(api_name="/banner")
         update = Client(url, verbose=False, auth=("reader", secret)).predict(api_name="/banner")
-        assert "--model-path" in update["value"]
+        assert "llm.model_path" in update["value"] and "--model-path" not in update["value"]
     finally:
         demo.close()
     out, err = capfd.readouterr()

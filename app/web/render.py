@@ -97,6 +97,14 @@ def passages_answer(docs: Sequence[Source], headings: Headings | None = None) ->
     )
 
 
+def page_reason(text: str) -> str:
+    """A model error's reason as the page shows it: server folders cut to their last part,
+    and the parts that name command-line flags or environment variables left to the CLI."""
+    text = re.sub(r"\s*\([^()]*(?:--[a-z]|GLMKB_)[^()]*\)", "", hide_paths(text))
+    parts = re.split(r"(?<=[;；.])\s+|,\s+(?=or\b)", text)
+    return " ".join(p for p in parts if not re.search(r"(?<![\w-])--[a-z]|GLMKB_", p)).strip()
+
+
 def hide_paths(text: str) -> str:
     """``text`` with each absolute path cut to ``…/last-part`` (no server folders in the page)."""
     return _PATH.sub(lambda m: "…/" + re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], text)
@@ -116,10 +124,10 @@ def banner(problems: Iterable[tuple[str, str]]) -> str:
 def llm_problem(reason: str, *, loading: bool = False) -> tuple[str, str]:
     """(headline, details) for a chat model that is missing, loading or failed to load."""
     if loading:
-        return "大模型加载中，稍候即可问答 / loading the chat model…", html.escape(hide_paths(reason))
+        return "大模型加载中，稍候即可问答 / loading the chat model…", html.escape(page_reason(reason))
     return (
         "未加载大模型：问答只显示检索到的段落 / no chat model: questions show the passages",
-        f"{html.escape(hide_paths(reason))} {MODEL_HOWTO}",
+        f"{html.escape(page_reason(reason))} {MODEL_HOWTO}",
     )
 
 
@@ -127,7 +135,7 @@ def embedding_problem(reason: str) -> tuple[str, str]:
     """(headline, details) for an embedding model that cannot be used (keywords still work)."""
     return (
         "向量模型不可用：只能关键词检索 / no embedding model: keyword search only",
-        f"{html.escape(hide_paths(reason))} {EMBEDDING_HOWTO}",
+        f"{html.escape(page_reason(reason))} {EMBEDDING_HOWTO}",
     )
 
 
