@@ -81,7 +81,8 @@ def browser() -> Iterator[Any]:
 
 def open_page(browser: Any, url: str) -> Any:
     """A new tab on ``url``; ``page.outside`` collects every request to another host."""
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    # A Chinese-speaking user's browser: Gradio's own words (the upload box) follow its locale.
+    page = browser.new_page(viewport={"width": 1280, "height": 860}, locale="zh-CN")
     page.outside = []
     page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else page.outside.append(r.url))
     page.goto(url)
@@ -103,10 +104,13 @@ def assert_chinese_page(page: Any) -> None:
     assert all(t in ('"错误"', '"注意"', '"提示"') for t in titles), titles
 
 
-def save_screenshot(page: Any, name: str, tmp_path: Path) -> Path:
-    """A screenshot of the page; copied to docs/ when UPDATE_SCREENSHOTS=1."""
+def save_screenshot(page: Any, name: str, tmp_path: Path, *, full_page: bool = False) -> Path:
+    """A screenshot of the page (toasts closed); copied to docs/ when UPDATE_SCREENSHOTS=1."""
+    for close in page.locator(".toast-close").all():
+        close.click()
+    page.wait_for_timeout(300)
     shot = tmp_path / name
-    page.screenshot(path=str(shot))
+    page.screenshot(path=str(shot), full_page=full_page)
     assert 20_000 < shot.stat().st_size < 1_000_000
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(shot, REPO / "docs" / name)
@@ -252,9 +256,9 @@ def test_create_upload_refuse_build_ask_and_delete_from_the_browser(
         page.get_by_role("tab", name="知识库管理 / Manage").click()
         page.fill("#manage-kb input", "浏览器库")
         page.press("#manage-kb input", "Enter")
-        if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-            page.wait_for_timeout(1000)
-            save_screenshot(page, "screenshot-manage.png", tmp_path)
+        page.wait_for_function("() => document.querySelector('#docs-table').innerText.includes('第二部分.md')",
+                               timeout=20_000)
+        save_screenshot(page, "screenshot-manage.png", tmp_path, full_page=True)
         page.click("#drop-box button:has-text('删除整个知识库')")
         page.locator("#drop-confirm input").check()
         page.click("#drop-btn")
@@ -299,7 +303,6 @@ def test_summary_shows_map_progress_then_streams(browser: Any, kb_root: Path, ti
         assert "完成 / done" in page.inner_text("#summary-status")
         assert len(set(lengths)) >= 3, lengths
         assert_chinese_page(page)
-        save_screenshot(page, "screenshot-summary.png", tmp_path)
         page.close()
 
 
@@ -337,8 +340,12 @@ def test_screenshot_for_the_readme(browser: Any, kb_root: Path, tmp_path: Path) 
     from langchain_core.language_models.fake import FakeStreamingListLLM
 
     answer = "刘备与关羽、张飞在桃园结义，三人誓同生死，共图大事。[1][3]"
+    summary = (
+        "第一回写天下大乱、黄巾起事，刘备、关羽、张飞在桃园结义，起兵破贼；第二回写张飞怒鞭督邮，"
+        "何进谋诛宦官不成，反被十常侍所害，董卓趁乱入京。"
+    )
     llm = FakeStreamingListLLM(
-        responses=[answer] * 10, sleep=0.02, custom_get_token_ids=lambda text: list(range(len(text)))
+        responses=[answer] + [summary] * 30, sleep=0.02, custom_get_token_ids=lambda text: list(range(len(text)))
     )
     with serve(Services(make_settings(kb_root), llm=llm)) as url:
         page = open_page(browser, url)
@@ -352,6 +359,16 @@ def test_screenshot_for_the_readme(browser: Any, kb_root: Path, tmp_path: Path) 
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot))
         save_screenshot(page, "screenshot-chat.png", tmp_path)
+        # the summary tab, with the same scripted text for every piece
+        page.get_by_role("tab", name="长文总结 / Summary").click()
+        page.wait_for_function(
+            "() => document.querySelector('#summary-tab-doc input')?.value === 'sanguo.txt'", timeout=20_000
+        )
+        page.fill("#summary-chapters textarea", "第1-2回")
+        page.click("#summarize-btn")
+        page.wait_for_function("() => document.querySelector('#summary-status').innerText.includes('完成')",
+                               timeout=60_000)
+        save_screenshot(page, "screenshot-summary.png", tmp_path)
         page.close()
     assert 20_000 < shot.stat().st_size < 500_000
     if os.environ.get("UPDATE_README_SCREENSHOT") == "1":

@@ -175,7 +175,7 @@ class ManageTab:
                 label="向量模型 / embedding model",
                 info=None if models else "没有可用的向量模型，只能建关键词库 / no embedding model available",
                 interactive=bool(models),
-                visible=kind == VECTORS or not models,
+                visible=kind == VECTORS,
                 scale=2,
                 elem_id="new-kb-model",
             )
