@@ -100,6 +100,7 @@ class Services:
         self._llm_lock = threading.Lock()
         self._kbs: dict[str, KnowledgeBase] = {}
         self._pending: set[str] = set()
+        self._pending_models: dict[str, str | None] = {}  # the embedding model chosen at creation
         self._kb_lock = threading.RLock()
         self._embeddings: dict[str, Embeddings] = {}
         self._embedding_errors: dict[str, str] = {}
@@ -280,13 +281,15 @@ class Services:
             self._pending -= built
             return sorted(built | self._pending)
 
-    def create_kb(self, name: str | None) -> str:
-        """Reserve a new knowledge-base name; it is written to disk with its first documents."""
+    def create_kb(self, name: str | None, *, embedding_model: str | None = None) -> str:
+        """Reserve a new knowledge-base name, built with ``embedding_model`` ("none" = keyword-only;
+        None = ``embedding.model``); it is written to disk with its first documents."""
         name = self.check_kb_name(name)
         with self._kb_lock:
             if name in KnowledgeBase.list_names(self.settings.kb_root) or name in self._pending:
                 raise UserError(f"知识库 {name} 已存在", f"knowledge base {name!r} already exists")
             self._pending.add(name)
+            self._pending_models[name] = embedding_model
         return name
 
     def kb(self, name: str | None) -> KnowledgeBase:
@@ -308,7 +311,9 @@ class Services:
                 )
             kb = self._kbs.get(name)
             if kb is None or not (kb.exists or name in self._pending):
-                kb = KnowledgeBase.from_settings(self.settings, name=name, create=name in self._pending)
+                pending = name in self._pending
+                model = self._pending_models.get(name) if pending else None
+                kb = KnowledgeBase.from_settings(self.settings, name=name, create=pending, embedding_model=model)
                 kb.set_embeddings(SharedEmbeddings(self, lambda kb=kb: kb.embedding_model))
                 self._kbs[name] = kb
             return kb

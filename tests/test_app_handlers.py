@@ -93,8 +93,9 @@ def test_closing_the_handler_closes_the_chain_stream(tmp_path: Path) -> None:
 
 def test_settling_marks_a_stopped_answer_and_keeps_it_in_history() -> None:
     turns = [{"question": "q", "answer": "半个回", "status": "streaming", "answered": True}]
-    messages, new_turns, clear_btn = ChatHandlers.settle(turns)
+    messages, new_turns, clear_btn, send_btn, status = ChatHandlers.settle(turns)
     assert new_turns[0]["status"] == "stopped" and turns[0]["status"] == "streaming"
+    assert send_btn.interactive is True and "已停止" in status
     assert messages[1]["content"].endswith("（已停止 / stopped）")
     assert history_pairs(new_turns) == [("q", "半个回")]
     assert clear_btn.interactive is True
@@ -115,10 +116,14 @@ def test_a_failed_answer_is_marked_and_left_out_of_history(tmp_path: Path) -> No
     state = ScriptedState(tmp_path, ["一"])
     state.usable_mode = lambda kb, mode: (_ for _ in ()).throw(ValueError("索引坏了"))  # type: ignore[method-assign]
     gen = ChatHandlers(state).ask("问题", [], "sanguo", "bm25", 3)
-    turns = next(gen)[2]
+    first = next(gen)
+    turns = first[2]
+    assert first[5].interactive is False and "正在回答" in first[6]  # send disabled, with a hint
+    failed = next(gen)  # the reason goes to the status line first; the other outputs keep their values
+    assert "索引坏了" in failed[6] and all(isinstance(u, type(gr.skip())) for u in failed[:6])
     with pytest.raises(gr.Error, match="索引坏了"):
         next(gen)
-    messages, settled_turns, _ = ChatHandlers.settle(turns)
+    messages, settled_turns, *_ = ChatHandlers.settle(turns)
     assert settled_turns[0]["status"] == "failed" and messages[-1]["content"] == "（出错 / failed）"
     assert history_pairs(settled_turns) == []
 
@@ -148,8 +153,29 @@ def test_handler_errors_become_one_line_bilingual_toasts() -> None:
     assert e.value.message == "中文说明 / English explanation"
     with pytest.raises(gr.Error) as e:
         list(broken("other"))
-    assert e.value.message.startswith("内部错误，详情见服务器日志 / KeyError:")
-    assert "Traceback" not in e.value.message
+    assert e.value.message.startswith("内部错误，请稍后重试或联系管理员 / KeyError")
+    assert "Traceback" not in e.value.message and "internal" not in e.value.message  # no raw library text
+    assert e.value.title == "错误"  # toast titles in Chinese
+
+
+def test_a_failing_handler_writes_its_status_line_first_and_keeps_other_outputs() -> None:
+    """Bug: errors showed as red overlays over every output, blocking the controls under them;
+    now the reason goes to the tab's status line, the other outputs keep their values, and the
+    toast (and API clients) still get the error."""
+
+    @user_errors(status=1, outputs=3)
+    def build(ok: bool) -> tuple[str, str, str]:
+        if not ok:
+            raise UserError("请先选择要上传的文件", "choose files to upload first")
+        return "table", "done", "box"
+
+    assert list(build(True)) == [("table", "done", "box")]
+    failing = build(False)
+    update = next(failing)
+    assert update[1] == "⚠️ 请先选择要上传的文件 / choose files to upload first"
+    assert all(isinstance(u, type(gr.skip())) for u in (update[0], update[2]))
+    with pytest.raises(gr.Error, match="请先选择要上传的文件"):
+        next(failing)
 
 
 def test_source_cards_escape_the_passage_text() -> None:
@@ -167,6 +193,27 @@ def test_source_cards_escape_the_passage_text() -> None:
 )
 def test_chapter_labels(chapter: int | None, title: str | None, label: str) -> None:
     assert render.chapter_label(Source(text="x", chapter=chapter, chapter_title=title)) == label
+
+
+@pytest.mark.parametrize(
+    ("chapter", "title", "heading", "label"),
+    [(2, "休假", "第二章", "第二章 休假"), (3, "尾声", "第三节", "第三节 尾声"), (2, "第二卷", "第二卷", "第二卷"),
+     (1, "宴桃园豪杰三结义", "第一回", "第一回 宴桃园豪杰三结义"), (4, "序曲", None, "第4回 序曲")],
+)
+def test_chapter_labels_keep_the_documents_own_unit(chapter: int, title: str, heading: str | None, label: str) -> None:
+    """Bug: ``## 第二章 休假`` was labelled "第2回 休假"; the label keeps the heading's unit."""
+    source = Source(text="x", doc_id="d", chapter=chapter, chapter_title=title)
+    assert render.chapter_label(source, heading) == label
+    assert label in render.source_card(1, source, {("d", chapter): heading} if heading else None)
+
+
+def test_banner_is_one_line_with_details_folded_and_no_server_paths() -> None:
+    """Bug: a half-page bilingual banner with CLI flags and the server's folders."""
+    text = render.banner([render.llm_problem("the chat model failed to load: /srv/models/glm3 has no config.json")])
+    summary, details = text.split("</summary>")
+    assert summary.startswith("<details><summary>⚠️ 未加载大模型") and "\n" not in summary
+    assert "…/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
+    assert render.banner([]) == ""
 
 
 def test_long_passages_are_cut_to_a_snippet() -> None:

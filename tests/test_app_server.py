@@ -102,7 +102,7 @@ def test_login_is_required_and_the_password_never_logged(
         with pytest.raises(Exception):  # noqa: B017
             Client(url, verbose=False, auth=("reader", "wrong")).predict(api_name="/banner")
         update = Client(url, verbose=False, auth=("reader", secret)).predict(api_name="/banner")
-        assert "--model-path" in update["value"]
+        assert "llm.model_path" in update["value"] and "--model-path" not in update["value"]
     finally:
         demo.close()
     out, err = capfd.readouterr()
@@ -187,8 +187,9 @@ def test_a_model_that_fails_to_load_leaves_a_banner_not_a_crash(tmp_path: Path) 
     assert llm_problem(state) is None  # not tried yet: it loads lazily
     assert state.get_llm() is None and state.get_llm() is None
     banner = banner_markdown(state)
-    assert "加载失败 / failed to load" in banner and str(tmp_path / "nope") in banner
-    assert "--model-path" in banner
+    assert "加载失败 / failed to load" in banner and "…/nope" in banner
+    assert str(tmp_path) not in banner, "no server paths in the page"
+    assert "llm.model_path" in banner and "--model-path" not in banner
 
 
 def test_no_model_configured_is_explained(tmp_path: Path) -> None:
@@ -244,3 +245,6 @@ def test_glmkb_web_serves_a_model_folder_end_to_end(tmp_path: Path, tiny_glm_dir
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    printed = proc.stdout.read() if proc.stdout else ""
+    assert f"glmkb web UI: http://127.0.0.1:{port}/" in printed
+    assert "share=True" not in printed, "Gradio's share-link hint is not for glmkb users"

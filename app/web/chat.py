@@ -15,12 +15,18 @@ import gradio as gr
 
 from app.services import Services
 from app.web import render
-from app.web.errors import user_errors, warn
+from app.web.errors import QUIET, user_errors, warn
 from app.web.widgets import banner_markdown, kb_picker
 from chains.events import Answer, Source, Sources, Token
 
 Turn = dict[str, Any]
 STOPPED_MARK = "（已停止 / stopped）"
+SEND = "发送 / send"
+# While an answer streams the send button says so; Enter is ignored by Gradio meanwhile and
+# whatever is typed stays in the box (nothing is dropped) until the answer ends.
+BUSY = "回答中… / answering"
+BUSY_HINT = "正在回答。可以先输入下一个问题，回答结束后按回车或点“发送”；点“停止”可中断。"
+ASK_OUTPUTS = 7  # question, chat, turns, banner, clear, send, status
 FAILED_MARK = "（出错 / failed）"
 THINKING = "…"
 
@@ -62,7 +68,7 @@ class ChatHandlers:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    @user_errors
+    @user_errors(status=6, outputs=ASK_OUTPUTS)
     def ask(
         self,
         question: str,
@@ -71,21 +77,24 @@ class ChatHandlers:
         mode: str,
         top_k: float,
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream one answer. Yields (question box, chat, turns, banner, clear button) per piece.
+        """Stream one answer. Yields (question box, chat, turns, banner, clear button, send
+        button, status line) per piece.
 
-        Clear is disabled while the answer streams (``settle`` enables it again): a conversation
-        cleared mid-stream would be brought back by the stream's next update.
+        Clear and send are disabled while the answer streams (``settle`` enables them again): a
+        conversation cleared mid-stream would be brought back by the stream's next update, and
+        a second question would be dropped; the status line says to type it and send it after.
         """
         turns = [settled(t) for t in turns or []]
         question = (question or "").strip()
         if not question:
             warn("请输入问题", "type a question first")
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield (*skips(ASK_OUTPUTS - 1), "请先输入问题 / type a question first")
             return
         kb_name = self.services.check_kb_name(kb_name)
         turn: Turn = {"question": question, "answer": "", "status": "streaming", "answered": False}
         turns.append(turn)
-        yield "", render_chat(turns), turns, gr.skip(), gr.Button(interactive=False)
+        busy = gr.Button(value=BUSY, interactive=False)
+        yield "", render_chat(turns), turns, gr.skip(), gr.Button(interactive=False), busy, BUSY_HINT
         try:
             yield from self._stream_answer(turn, turns, kb_name, mode, int(top_k))
         except Exception:
@@ -93,7 +102,7 @@ class ChatHandlers:
             raise
         turn["status"] = "done"
         banner = banner_markdown(self.services)
-        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), gr.skip()
+        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), *skips(2), ""
 
     def _stream_answer(
         self, turn: Turn, turns: list[Turn], kb_name: str, mode: str, top_k: int
@@ -101,6 +110,7 @@ class ChatHandlers:
         mode, note = self.services.usable_mode(kb_name, mode)
         if note:
             warn(note.zh, note.en)
+            yield (*skips(ASK_OUTPUTS - 1), f"{note.zh} / {note.en}")
         stream = self.services.ask(
             kb_name, turn["question"], history=history_pairs(turns[:-1]), mode=mode, top_k=top_k
         )
@@ -110,25 +120,40 @@ class ChatHandlers:
                     turn["answer"] += event.text
                     turn["answered"] = True
                 elif isinstance(event, Sources):
-                    show_sources(turn, event.sources)
+                    headings = self.headings(kb_name, event.sources)
+                    show_sources(turn, event.sources, headings)
                 elif isinstance(event, Answer):
-                    finish_answer(turn, event)
+                    finish_answer(turn, event, self.headings(kb_name, event.sources))
                 else:  # e.g. Progress while a follow-up is condensed: nothing new to show
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    yield skips(ASK_OUTPUTS)
                     continue
-                yield gr.skip(), render_chat(turns), turns, gr.skip(), gr.skip()
+                yield gr.skip(), render_chat(turns), turns, *skips(ASK_OUTPUTS - 3)
         finally:
             stream.close()  # Stop pressed (generator closed): this ends the model's generation
 
+    def headings(self, kb_name: str, sources: Sequence[Source]) -> render.Headings:
+        """Each cited chapter's own heading (第二章, 第三节, 第一回), so labels keep its unit."""
+        found: dict[tuple[str | None, int | None], str] = {}
+        for doc_id in {s.doc_id for s in sources if s.doc_id and s.chapter is not None}:
+            try:
+                chapters = self.services.kb(kb_name).get_chapters(doc_id)
+            except Exception:  # noqa: BLE001 - a label is not worth failing the answer for
+                continue
+            found.update({(doc_id, c.number): c.heading for c in chapters if c.number is not None and c.heading})
+        return found
+
     @staticmethod
     def settle(turns: list[Turn] | None) -> tuple[Any, ...]:
-        """After an answer ends, fails or is stopped: mark a cut-off answer, enable Clear.
+        """After an answer ends, fails or is stopped: mark a cut-off answer, enable Clear and
+        send (returns chat, turns, clear, send, status).
 
         Chained with ``.then`` on the ask event, which Gradio runs only once a cancelled
         stream is really closed, so no late update of the stream can overwrite this one.
         """
+        stopped = any(t["status"] == "streaming" for t in turns or [])
         turns = [settled(t) for t in turns or []]
-        return render_chat(turns), turns, gr.Button(interactive=True)
+        status = "已停止 / stopped" if stopped else gr.skip()
+        return render_chat(turns), turns, gr.Button(interactive=True), gr.Button(value=SEND, interactive=True), status
 
     @staticmethod
     def clear() -> tuple[Any, ...]:
@@ -136,21 +161,26 @@ class ChatHandlers:
         return [], []
 
 
-def show_sources(turn: Turn, sources: Sequence[Source]) -> None:
+def skips(n: int) -> tuple[Any, ...]:
+    """``n`` "leave this output as it is" updates."""
+    return tuple(gr.skip() for _ in range(n))
+
+
+def show_sources(turn: Turn, sources: Sequence[Source], headings: render.Headings | None = None) -> None:
     """The collapsible box of cited passages under the answer."""
-    turn["sources_message"] = render.sources_message(sources)
+    turn["sources_message"] = render.sources_message(sources, headings)
 
 
-def finish_answer(turn: Turn, answer: Answer) -> None:
+def finish_answer(turn: Turn, answer: Answer, headings: render.Headings | None = None) -> None:
     """Settle the turn from the chain's final event; without an LLM the passages are the answer."""
     if not answer.llm_used:
-        turn["answer"] = render.passages_answer(answer.sources)
+        turn["answer"] = render.passages_answer(answer.sources, headings)
         turn.pop("sources_message", None)
         turn["answered"] = False
         return
     turn["answer"] = answer.text
     turn["answered"] = not answer.refused
-    show_sources(turn, answer.sources)
+    show_sources(turn, answer.sources, headings)
 
 
 MODES = [("混合 hybrid", "hybrid"), ("向量 dense", "dense"), ("关键词 bm25", "bm25")]
@@ -174,8 +204,11 @@ class ChatTab:
                 self.top_k = gr.Slider(1, 20, value=settings.retrieval.top_k, step=1, label="段落数 / top_k")
                 self.clear_btn = gr.Button("清空对话 / clear", elem_id="clear-btn")
             with gr.Column(scale=4):
+                # No label: Gradio's floating label overlapped the messages when scrolled,
+                # and the tab's name already says what this is.
                 self.chatbot = gr.Chatbot(
                     label="对话 / conversation",
+                    show_label=False,
                     height=520,
                     elem_id="chatbot",
                     buttons=["copy"],
@@ -189,8 +222,9 @@ class ChatTab:
                         scale=6,
                         elem_id="question",
                     )
-                    self.send_btn = gr.Button("发送 / send", variant="primary", scale=1, elem_id="send-btn")
+                    self.send_btn = gr.Button(SEND, variant="primary", scale=1, elem_id="send-btn")
                     self.stop_btn = gr.Button("停止 / stop", variant="stop", scale=1, elem_id="stop-btn")
+                self.status = gr.Markdown(elem_id="chat-status")
 
     def wire(self, *, banner: gr.Markdown) -> None:
         """Send/Enter streams an answer; Stop cancels it; ``settle`` runs after either."""
@@ -199,12 +233,17 @@ class ChatTab:
             [self.question.submit, self.send_btn.click],
             handlers.ask,
             inputs=[self.question, self.turns, self.kb, self.mode, self.top_k],
-            outputs=[self.question, self.chatbot, self.turns, banner, self.clear_btn],
+            outputs=[self.question, self.chatbot, self.turns, banner, self.clear_btn, self.send_btn, self.status],
             api_name="ask",
-            show_progress="hidden",
+            **QUIET,
         )
         # Runs after the answer ends, and after a Stop once the stream is really closed.
-        ask.then(handlers.settle, inputs=[self.turns], outputs=[self.chatbot, self.turns, self.clear_btn],
-                 api_name=False)
+        ask.then(
+            handlers.settle,
+            inputs=[self.turns],
+            outputs=[self.chatbot, self.turns, self.clear_btn, self.send_btn, self.status],
+            api_name=False,
+            **QUIET,
+        )
         self.stop_btn.click(None, cancels=[ask], api_name=False)
-        self.clear_btn.click(handlers.clear, outputs=[self.chatbot, self.turns], api_name="clear")
+        self.clear_btn.click(handlers.clear, outputs=[self.chatbot, self.turns], api_name="clear", **QUIET)

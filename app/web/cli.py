@@ -67,7 +67,10 @@ def serve(settings: Settings) -> int:
     resolve_auth(settings.ui)
     services = Services.from_settings(settings)
     demo = build_ui(services)
-    launch(demo, settings, prevent_thread_lock=True)
+    # quiet: Gradio's own banner tells CLI users to "set `share=True` in `launch()`", which
+    # glmkb never allows; one line with the address replaces it.
+    _, local_url, _ = launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    print(f"glmkb web UI: {local_url} (Ctrl+C stops it)", flush=True)
     # Load the model in the background so the first question does not wait for it; the
     # lock in Services makes a question asked meanwhile wait for this same load.
     threading.Thread(target=services.warm_up, name="glmkb-warm-up", daemon=True).start()

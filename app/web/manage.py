@@ -4,16 +4,37 @@ documents, drop."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from app.errors import UserError
+from app.errors import UserError, one_line
 from app.services import Services, doc_label
-from app.web.errors import user_errors, warn
+from app.web.errors import QUIET, user_errors, warn
 from app.web.widgets import kb_picker
+from kb import DocumentLoadError, open_text_file
 
 DOC_COLUMNS = ["文档 / document", "块数 / chunks", "章节 / chapters", "doc_id"]
+KEYWORDS, VECTORS = "none", "vectors"
+KINDS = [("关键词（无需模型）/ keywords", KEYWORDS), ("向量 + 关键词 / vectors + keywords", VECTORS)]
+
+
+def check_text_content(path: Path) -> Path:
+    """Refuse an upload whose bytes are not text (a PNG renamed .txt), right at upload."""
+    try:
+        open_text_file(path)
+    except DocumentLoadError as e:
+        raise UserError(
+            f"不是可读的文本文件：{path.name}。请上传 UTF-8 或 GBK 编码的 .txt / .md 文件",
+            one_line(e).replace(str(path), path.name),  # never the server's temp path
+        ) from e
+    return path
+
+
+def model_label(model: str) -> str:
+    """A model's name for the picker: its last path part (never the server's folder)."""
+    return model.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or model
 
 
 class ManageHandlers:
@@ -34,11 +55,23 @@ class ManageHandlers:
         """On page load: the KB pickers (all three)."""
         return self.kb_choices(selected)
 
-    @user_errors
-    def create(self, name: str) -> tuple[Any, ...]:
-        """Create an empty knowledge base and select it everywhere."""
-        name = self.services.create_kb(name)
-        status = f"已创建知识库 {name} / created knowledge base {name}"
+    def default_kind(self) -> str:
+        """Vectors when the configured embedding model can be used, else keywords (``auto``)."""
+        return VECTORS if self.services.embedding_model_names() else KEYWORDS
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """The embedding models a new knowledge base may use (the configured one, if usable)."""
+        names = self.services.embedding_model_names()
+        return [(model_label(names[0]), self.services.settings.embedding.model)] if names else []
+
+    @user_errors(status=4, outputs=5)
+    def create(self, name: str, kind: str | None = None, model: str | None = None) -> tuple[Any, ...]:
+        """Create an empty knowledge base, keyword-only or with the chosen embedding model,
+        and select it everywhere."""
+        embedding = KEYWORDS if kind == KEYWORDS else (model or None)
+        name = self.services.create_kb(name, embedding_model=embedding)
+        how = "关键词检索 / keywords" if embedding == KEYWORDS else "向量 + 关键词 / vectors + keywords"
+        status = f"已创建知识库 {name}（{how}），请上传文件并构建 / created knowledge base {name}"
         return (*self.kb_choices(name), "", status)
 
     def screen_uploads(self, files: Sequence[str] | str | None) -> Any:
@@ -47,14 +80,14 @@ class ManageHandlers:
         kept = []
         for path in [files] if single else list(files or []):
             try:
-                kept.append(str(self.services.check_upload(path)))
+                kept.append(str(check_text_content(self.services.check_upload(path))))
             except UserError as e:
                 warn(e.zh, e.en)
         if single:
             return kept[0] if kept else None
         return kept
 
-    @user_errors
+    @user_errors(status=0, outputs=3)
     def build(
         self,
         kb_name: str | None,
@@ -70,7 +103,7 @@ class ManageHandlers:
         paths = [files] if isinstance(files, str) else list(files or [])
         if not paths:
             raise UserError("请先选择要上传的文件", "choose files to upload first")
-        checked = [self.services.check_upload(p) for p in paths]
+        checked = [check_text_content(self.services.check_upload(p)) for p in paths]
         progress(0, desc="读取文件 / reading files")
         report = self.services.add_files(kb_name, checked)
         status = (
@@ -95,7 +128,7 @@ class ManageHandlers:
         choices = [(row[0], row[3]) for row in table]
         return table, gr.Dropdown(choices=choices, value=None)
 
-    @user_errors
+    @user_errors(status=0, outputs=3)
     def delete_document(self, kb_name: str | None, doc_id: str | None) -> tuple[Any, ...]:
         """Remove one document (its chunks and vectors) from the knowledge base."""
         kb_name = self.services.check_kb_name(kb_name)
@@ -105,7 +138,7 @@ class ManageHandlers:
         table, picker = self.show(kb_name)
         return f"已删除文档 {label} / deleted {label}", table, picker
 
-    @user_errors
+    @user_errors(status=4, outputs=5)
     def drop(self, kb_name: str | None, confirmed: bool) -> tuple[Any, ...]:
         """Delete a whole knowledge base, only once the confirmation box is ticked."""
         kb_name = self.services.check_kb_name(kb_name)
@@ -132,6 +165,20 @@ class ManageTab:
                 label="新建知识库 / new knowledge base", placeholder="例如 sanguo 或 三国", scale=3, elem_id="new-kb"
             )
             self.create_btn = gr.Button("创建 / create", scale=1, elem_id="create-btn")
+        with gr.Row():
+            kind = self.handlers.default_kind()
+            models = self.handlers.model_choices()
+            self.kind = gr.Radio(KINDS, value=kind, label="检索方式 / index", scale=3, elem_id="new-kb-kind")
+            self.model = gr.Dropdown(
+                choices=models,
+                value=models[0][1] if models else None,
+                label="向量模型 / embedding model",
+                info=None if models else "没有可用的向量模型，只能建关键词库 / no embedding model available",
+                interactive=bool(models),
+                visible=kind == VECTORS,
+                scale=2,
+                elem_id="new-kb-model",
+            )
         self.kb = kb_picker(self.services, elem_id="manage-kb")
         self.files = gr.File(
             label=f"上传文件 / upload files ({', '.join(ui.allowed_types)}, ≤ {ui.max_upload_mb} MB each)",
@@ -139,7 +186,7 @@ class ManageTab:
             elem_id="upload-files",
         )
         self.build_btn = gr.Button("加入知识库并构建 / add and build", variant="primary", elem_id="build-btn")
-        self.status = gr.Markdown(elem_id="manage-status")
+        self.status = gr.Markdown(elem_id="manage-status", min_height=40)
         self.docs_table = gr.Dataframe(
             headers=DOC_COLUMNS, interactive=False, label="文档 / documents", elem_id="docs-table"
         )
@@ -148,36 +195,53 @@ class ManageTab:
                 label="删除文档 / delete a document", choices=[], scale=3, allow_custom_value=True
             )
             self.del_doc_btn = gr.Button("删除文档 / delete document", variant="stop", scale=1)
-        with gr.Accordion("删除整个知识库 / delete the whole knowledge base", open=False):
-            self.confirm = gr.Checkbox(label="确认删除（不可恢复）/ yes, delete it (cannot be undone)")
-            self.drop_btn = gr.Button("删除知识库 / delete knowledge base", variant="stop")
+        with gr.Accordion("删除整个知识库 / delete the whole knowledge base", open=False, elem_id="drop-box"):
+            self.confirm = gr.Checkbox(
+                label="确认删除（不可恢复）/ yes, delete it (cannot be undone)", elem_id="drop-confirm"
+            )
+            self.drop_btn = gr.Button("删除知识库 / delete knowledge base", variant="stop", elem_id="drop-btn")
 
     def wire(self, *, pickers: list[gr.Dropdown], summary_file: gr.File, after_build: Any) -> None:
         """Events of this tab; ``pickers`` are the three KB pickers (chat, summary, manage),
         ``after_build`` the summary tab's document refresh (a callable and its in/outputs)."""
         handlers = self.handlers
-        self.create_btn.click(
-            handlers.create, inputs=[self.new_name], outputs=[*pickers, self.new_name, self.status], api_name="create_kb"
+        self.kind.change(
+            lambda k: gr.Dropdown(visible=k == VECTORS), inputs=[self.kind], outputs=[self.model], api_name=False, **QUIET
         )
-        self.kb.change(handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name="documents")
+        self.create_btn.click(
+            handlers.create,
+            inputs=[self.new_name, self.kind, self.model],
+            outputs=[*pickers, self.new_name, self.status],
+            api_name="create_kb",
+            **QUIET,
+        )
+        self.kb.change(
+            handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name="documents", **QUIET
+        )
         # No file_types on the File boxes: Gradio would refuse other types with its own
         # English-only error; ours says what is allowed in both languages.
-        self.files.upload(handlers.screen_uploads, inputs=[self.files], outputs=[self.files], api_name=False)
-        summary_file.upload(handlers.screen_uploads, inputs=[summary_file], outputs=[summary_file], api_name=False)
+        self.files.upload(handlers.screen_uploads, inputs=[self.files], outputs=[self.files], api_name=False, **QUIET)
+        summary_file.upload(
+            handlers.screen_uploads, inputs=[summary_file], outputs=[summary_file], api_name=False, **QUIET
+        )
         fn, inputs, outputs = after_build
+        # The build's progress bar sits on the status line only (not over the upload box or
+        # the table); an error there is hidden by ui.CSS and written into the line instead.
         self.build_btn.click(
             handlers.build, inputs=[self.kb, self.files], outputs=[self.status, self.docs_table, self.files],
-            api_name="build",
-        ).then(handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name=False).then(
-            fn, inputs=inputs, outputs=outputs, api_name=False
-        )
+            api_name="build", show_progress_on=[self.status],
+        ).then(
+            handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name=False, **QUIET
+        ).then(fn, inputs=inputs, outputs=outputs, api_name=False, **QUIET)
         self.del_doc_btn.click(
             handlers.delete_document,
             inputs=[self.kb, self.doc_pick],
             outputs=[self.status, self.docs_table, self.doc_pick],
             api_name="delete_document",
+            **QUIET,
         )
         self.drop_btn.click(
             handlers.drop, inputs=[self.kb, self.confirm], outputs=[*pickers, self.confirm, self.status],
             api_name="drop_kb",
+            **QUIET,
         )

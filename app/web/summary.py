@@ -4,14 +4,17 @@ with the map stage's progress."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import gradio as gr
 
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
-from app.web.errors import user_errors, warn
+from app.web.errors import QUIET, user_errors, warn
 from app.web.widgets import kb_picker
 from chains.events import Progress, Summary, Token
 from llm.cancellation import cancel_scope
@@ -22,14 +25,45 @@ STAGES = {"map": "分段概括 / map", "collapse": "合并概要 / collapse"}
 BAR_CELLS = 20
 # A chapter range is a few characters ("第1-10回"); the box refuses more before any parsing.
 CHAPTERS_MAX_CHARS = 64
+# How often the status line is redrawn while a batched map step runs (it emits no event until
+# the whole batch is done: minutes on a CPU).
+TICK_SECONDS = 1.0
 
 
-def progress_line(event: Progress) -> str:
-    """``分段概括 / map ▰▰▰▱▱▱ 3/12`` for the status line."""
+class StepCountingStop(threading.Event):
+    """The summary's Stop event, which also counts the model's decoding steps.
+
+    Local generation inside ``llm.cancel_scope(event)`` asks ``event.is_set()`` once per
+    generated token (``llm.streaming.CancelCriteria``), so the count is the tokens generated so
+    far by the running batch: the status line moves during a map step that would otherwise
+    show nothing for minutes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def is_set(self) -> bool:
+        self.steps += 1
+        return super().is_set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether Stop was pressed (without counting a step)."""
+        return super().is_set()
+
+
+def progress_line(event: Progress, *, tokens: int = 0, seconds: float = 0.0) -> str:
+    """``分段概括 / map ▰▰▰▱▱▱ 3/12 · 已生成 120 个词元 · 8 秒`` for the status line."""
     stage = STAGES.get(event.stage, event.stage)
     filled = round(BAR_CELLS * event.done / event.total) if event.total else 0
     bar = "▰" * filled + "▱" * (BAR_CELLS - filled)
-    return f"{stage} {bar} {event.done}/{event.total}"
+    line = f"{stage} {bar} {event.done}/{event.total}"
+    if tokens:
+        line += f" · 已生成 {tokens} 个词元 / {tokens} tokens"
+    if seconds >= 1:
+        line += f" · {seconds:.0f} 秒"
+    return line
 
 
 class SummaryHandlers:
@@ -40,7 +74,7 @@ class SummaryHandlers:
         self._stops: dict[str, threading.Event] = {}  # browser session -> its running summary's Stop
         self._lock = threading.Lock()
 
-    @user_errors
+    @user_errors(status=0, outputs=2)
     def summarize(
         self,
         origin: str,
@@ -49,9 +83,10 @@ class SummaryHandlers:
         upload: str | None,
         chapters: str | None,
         request: gr.Request = None,  # type: ignore[assignment] - injected by Gradio
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's injection idiom
     ) -> Iterator[tuple[Any, Any]]:
-        """Yield (status line, summary so far): progress while mapping, then streamed text."""
+        """Yield (status line, summary so far): progress while mapping (redrawn every second
+        with the tokens generated so far), then streamed text. The status line is the only
+        progress display; it is reset at the start of every run."""
         if chapters and len(chapters) > CHAPTERS_MAX_CHARS:  # refused before any parsing
             raise UserError(
                 f"章节范围太长（最多 {CHAPTERS_MAX_CHARS} 个字符），例如 第1-10回",
@@ -70,26 +105,44 @@ class SummaryHandlers:
         yield "准备中 / preparing…", ""
         stop = self._new_stop(request)
         summary = ""
+        last: Progress | None = None
+        started = time.monotonic()
+        worker = ThreadPoolExecutor(1, thread_name_prefix="glmkb-summary")
+        pending: Future[Any] | None = None
         try:
             while True:
-                # Gradio closes this generator only when it yields; inside a map batch the
-                # model is reached through the scope instead (see ``stop``).
-                with cancel_scope(stop):
-                    event = next(stream, None)
-                if stop.is_set():
+                # The next event is computed on a worker so the status line can tick during a
+                # map batch; Stop reaches the model through the scope (see ``stop``).
+                pending = worker.submit(_next_in_scope, stream, stop)
+                counted = stop.steps
+                while True:
+                    try:
+                        event = pending.result(timeout=TICK_SECONDS)
+                        break
+                    except FutureTimeout:
+                        if stop.stopped or last is None:
+                            continue
+                        tokens = stop.steps - counted
+                        yield progress_line(last, tokens=tokens, seconds=time.monotonic() - started), gr.skip()
+                pending = None
+                if stop.stopped:
                     yield "已停止 / stopped", summary
                     return
                 if event is None:
                     break
                 if isinstance(event, Progress):
-                    progress((event.done, event.total), desc=STAGES.get(event.stage, event.stage))
-                    yield progress_line(event), gr.skip()
+                    last = event
+                    yield progress_line(event, seconds=time.monotonic() - started), gr.skip()
                 elif isinstance(event, Token):
                     summary += event.text
                     yield "生成总结 / writing the summary…", summary
                 elif isinstance(event, Summary):
                     summary = event.text
         finally:
+            if pending is not None:  # closed (Stop, page gone) mid-step: end the step, then the stream
+                stop.set()
+                pending.exception()
+            worker.shutdown(wait=True)
             stream.close()
             self._forget_stop(request, stop)
         yield "完成 / done", summary
@@ -101,8 +154,8 @@ class SummaryHandlers:
         if event is not None:
             event.set()
 
-    def _new_stop(self, request: gr.Request | None) -> threading.Event:
-        event = threading.Event()
+    def _new_stop(self, request: gr.Request | None) -> StepCountingStop:
+        event = StepCountingStop()
         with self._lock:
             self._stops[_session(request)] = event
         return event
@@ -115,6 +168,12 @@ class SummaryHandlers:
     def documents(self, kb_name: str | None) -> Any:
         """The document picker's choices for ``kb_name`` (empty when none is chosen)."""
         return document_dropdown(self.services, kb_name)
+
+
+def _next_in_scope(stream: Iterator[Any], stop: threading.Event) -> Any:
+    """The stream's next event (None at its end), computed with Stop in scope."""
+    with cancel_scope(stop):
+        return next(stream, None)
 
 
 def _session(request: gr.Request | None) -> str:
@@ -179,14 +238,16 @@ class SummaryTab:
             inputs=[self.origin],
             outputs=[self.kb, self.doc, self.file],
             api_name=False,
+            **QUIET,
         )
-        self.kb.change(handlers.documents, inputs=[self.kb], outputs=[self.doc], api_name=False)
+        self.kb.change(handlers.documents, inputs=[self.kb], outputs=[self.doc], api_name=False, **QUIET)
+        # One progress display: the status line (Gradio's own bar would be a second one).
         self.start_btn.click(
             handlers.summarize,
             inputs=[self.origin, self.kb, self.doc, self.file, self.chapters],
             outputs=[self.status, self.out],
             api_name="summarize",
-            show_progress_on=[self.out],  # keep the status line readable above the bar
+            **QUIET,
         )
         # No ``cancels=[...]`` here: a Gradio cancel lands only when the handler yields (never
         # inside a map batch) and would race its own "stopped" line; ``stop`` reaches the model

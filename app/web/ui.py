@@ -44,6 +44,18 @@ CSS = """
 .glmkb-src:first-child { border-top: none; }
 .glmkb-src-head { color: #0f766e; margin-bottom: 0.15em; }
 .glmkb-src-text { color: #374151; }
+#glmkb-banner summary { cursor: pointer; }
+/* No red "Error" box over any component after a failed event: the toast and the tab's
+   status line say what went wrong, and the control underneath stays usable. */
+.wrap:has(> .error) { display: none !important; }
+/* Gradio titles toasts with their type in English ("Error", "Warning"); say it in Chinese. */
+.toast-title.error, .toast-title.warning, .toast-title.info, .toast-title.success { font-size: 0 !important; }
+.toast-title::before { font-size: var(--text-md); }
+.toast-title .toast-count { font-size: var(--text-sm); }
+.toast-title.error::before { content: "错误"; }
+.toast-title.warning::before { content: "注意"; }
+.toast-title.info::before { content: "提示"; }
+.toast-title.success::before { content: "完成"; }
 """
 
 
@@ -75,4 +87,13 @@ def build_ui(services: Services) -> gr.Blocks:
             summary.handlers.documents, inputs=[summary.kb], outputs=[summary.doc], api_name=False
         ).then(manage.handlers.show, inputs=[manage.kb], outputs=[manage.docs_table, manage.doc_pick], api_name=False)
         demo.load(lambda: banner_update(services), outputs=[banner], api_name="banner")
+        # While the chat model loads, look again every 2 s so "加载中" does not outlive the load.
+        poll = gr.Timer(2.0, active=False)
+        demo.load(lambda: gr.Timer(active=services.llm_status().loading), outputs=[poll], api_name=False)
+        poll.tick(
+            lambda: (banner_update(services), gr.Timer(active=services.llm_status().loading)),
+            outputs=[banner, poll],
+            api_name=False,
+            show_progress="hidden",
+        )
     return demo

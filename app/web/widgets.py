@@ -10,8 +10,9 @@ from app.web import render
 __all__ = ["banner_markdown", "banner_update", "kb_picker", "llm_problem"]
 
 
-def llm_problem(services: Services) -> str | None:
-    """Banner text about the chat model, or None when it is loaded (or will load on demand)."""
+def llm_problem(services: Services) -> tuple[str, str] | None:
+    """Banner (headline, details) about the chat model, or None when it is loaded (or will
+    load on demand)."""
     status = services.llm_status()
     if status.loaded:
         return None
