@@ -29,7 +29,7 @@ def test_factory_loads_the_configured_adapter(chatglm2_mqa_legacy_path: Path, tm
 
 
 def test_server_flags_map_onto_settings() -> None:
-    from app.common import add_model_flags, model_overrides
+    from app.flags import add_model_flags, model_overrides
 
     parser = argparse.ArgumentParser()
     add_model_flags(parser)
