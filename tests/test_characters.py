@@ -52,6 +52,7 @@ def alias_scores(graph: CharacterGraph, gold: dict[str, list[str]]) -> tuple[flo
     return hits / max(predicted, 1), hits / max(expected, 1)
 
 
+@pytest.mark.slow
 def test_sanguo_main_characters_aliases_and_neighbours(sanguo_part: Any) -> None:
     graph = build_graph([sanguo_part])
     top = [p.name for p in graph.persons[:8]]
@@ -65,6 +66,7 @@ def test_sanguo_main_characters_aliases_and_neighbours(sanguo_part: Any) -> None
     assert precision >= 0.9 and recall >= 0.4
 
 
+@pytest.mark.slow
 def test_xiyouji_main_characters_aliases_and_neighbours(xiyouji_part: Any) -> None:
     graph = build_graph([xiyouji_part])
     top = [p.name for p in graph.persons[:10]]
@@ -86,6 +88,7 @@ def test_xiyouji_main_characters_aliases_and_neighbours(xiyouji_part: Any) -> No
     assert merged.person("行者").name == "孙悟空"
 
 
+@pytest.mark.slow
 def test_json_shape_and_chapter_range(sanguo_part: Any) -> None:
     graph = build_graph([sanguo_part])
     data = json.loads(json.dumps(graph.to_dict(), ensure_ascii=False))
