@@ -270,3 +270,86 @@ def test_cli_bundles_several_knowledge_bases_after_one_kb_flag(tmp_path: Path, w
     assert (tmp_path / "b-volumes" / "join.sh").is_file()
     result = CliRunner().invoke(bundle_cli, [*args[:-2], "missing"])
     assert result.exit_code == 2 and "no knowledge base 'missing'" in result.output
+
+
+def test_wheels_for_another_target_python_and_glibc(tmp_path: Path, fake_glmkb: Path) -> None:
+    """--python 3.10 --platform manylinux_2_28_x86_64 takes the cp310 manylinux2014 wheel (an
+    older glibc tag runs there), not this machine's cp311 one; install.sh then needs glibc 2.17."""
+    house = tmp_path / "house"
+    fake_wheel(house, "fakeleaf", "1.5")
+    for tag in ("cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64", "cp311-cp311-manylinux_2_17_x86_64",
+                "cp310-cp310-manylinux_2_34_x86_64", "cp310-cp310-musllinux_1_2_x86_64"):
+        fake_wheel(house / tag, "fakedep", "2.0", requires=("fakeleaf",), tag=tag)
+    target = make_target(python="3.10", platform="manylinux_2_28_x86_64", torch=None)
+    out = tmp_path / "b"
+    build_bundle(out, target=target, kb_root=tmp_path, find_links=[house, *house.iterdir()], no_index=True,
+                 project_wheel=fake_glmkb)
+    assert [p.name for p in (out / "wheels").glob("fakedep-*")] == [
+        "fakedep-2.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    ]
+    install = (out / "install.sh").read_text()
+    assert 'NEED_PYTHON="3.10"' in install and 'NEED_GLIBC="2.17"' in install and 'NEED_ARCH="x86_64"' in install
+    assert "FROM ${BASE_IMAGE}" in (out / "Dockerfile").read_text()
+
+
+def fake_sdist(folder: Path, name: str, version: str) -> Path:
+    """A pure-Python setuptools sdist (like jieba, which PyPI has only as source)."""
+    import tarfile
+
+    root = tmp = folder / f"{name}-{version}"
+    (tmp / name).mkdir(parents=True)
+    (tmp / name / "__init__.py").write_text("SOURCE_BUILT = True\n")
+    (tmp / "pyproject.toml").write_text(
+        f'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n'
+    )
+    (tmp / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    path = folder / f"{name}-{version}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return path
+
+
+def test_a_source_only_dependency_is_built_into_a_pure_wheel(tmp_path: Path) -> None:
+    import importlib.metadata as md
+
+    from tests.test_bundle_e2e import repack
+
+    house = tmp_path / "house"
+    house.mkdir()
+    fake_sdist(house, "srconly", "0.4")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    repack(md.distribution("setuptools"), tools)  # the isolated build's backend, offline
+    own = fake_wheel(tmp_path / "own", "glmkb", "0.1.0", requires=("srconly>=0.4",))
+    out = tmp_path / "b"
+    build_bundle(out, target=Target(), kb_root=tmp_path, find_links=[house, tools], no_index=True, project_wheel=own)
+    assert sorted(p.name for p in (out / "wheels").iterdir()) == ["glmkb-0.1.0-py3-none-any.whl", "srconly-0.4-py3-none-any.whl"]
+
+
+def test_run_sh_passes_host_and_port_and_reminds_of_the_firewall(tmp_path: Path) -> None:
+    """run.sh with a stub venv: offline variables, host/port as settings, serve preferred."""
+    from app.bundle.templates import install_template
+
+    run = tmp_path / "run.sh"
+    run.write_text(install_template("run.sh"))
+    run.chmod(0o755)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    stub = '#!/bin/sh\n[ "$1 $2" = "serve --help" ] && exit 0\necho "$(basename $0) $* host=$GLMKB_UI__HOST port=$GLMKB_UI__PORT api=$GLMKB_API__HOST:$GLMKB_API__PORT offline=$HF_HUB_OFFLINE$TRANSFORMERS_OFFLINE cfg=$GLMKB_CONFIG"\n'
+    for name in ("python", "glmkb", "glmkb-web", "glmkb-api"):
+        (bin_dir / name).write_text(stub)
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    proc = subprocess.run([str(run), "--host", "0.0.0.0", "--port", "9000", "--kb", "x"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("glmkb serve --kb x host=0.0.0.0 port=9000 api=0.0.0.0:9000 offline=11")
+    assert f"cfg={tmp_path}/config.yaml" in proc.stdout
+    assert "Open TCP port 9000 in the firewall" in proc.stderr and "GLMKB_API_KEY" in proc.stderr
+    proc = subprocess.run([str(run), "api"], env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("glmkb-api  host=127.0.0.1 port=8000") and "this machine only" in proc.stderr
+    (bin_dir / "glmkb").unlink()  # no umbrella CLI yet: the web UI
+    proc = subprocess.run([str(run)], env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("glmkb-web  host=127.0.0.1 port=7860")
+    proc = subprocess.run([str(run), "--check"], env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("python -m app.bundle.check")
