@@ -353,3 +353,20 @@ def test_run_sh_passes_host_and_port_and_reminds_of_the_firewall(tmp_path: Path)
     assert proc.stdout.startswith("glmkb-web  host=127.0.0.1 port=7860")
     proc = subprocess.run([str(run), "--check"], env=env, capture_output=True, text=True)
     assert proc.stdout.startswith("python -m app.bundle.check")
+
+
+@pytest.mark.parametrize(
+    ("platform", "message"),
+    [("manylinux_2_28_aarch64", "the wheels are for aarch64"), ("manylinux_2_99_x86_64", "need glibc >= 2.99")],
+)
+def test_install_refuses_another_cpu_or_a_newer_glibc(
+    tmp_path: Path, fake_glmkb: Path, platform: str, message: str
+) -> None:
+    house = tmp_path / "house"
+    fake_wheel(house, "fakeleaf", "1.5")
+    fake_wheel(house, "fakedep", "2.0", requires=("fakeleaf",), tag=f"cp311-cp311-{platform}")
+    target = make_target(python="3.11", platform=platform, torch=None)
+    out = tmp_path / "b"
+    build_bundle(out, target=target, kb_root=tmp_path, find_links=[house], no_index=True, project_wheel=fake_glmkb)
+    proc = run_install(out)
+    assert proc.returncode == 1 and message in proc.stderr and not (out / ".venv").exists()
