@@ -147,6 +147,11 @@ def test_target_flags_and_platform_tags() -> None:
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
     assert "manylinux_2_29_x86_64" not in tags
     assert wheel_glibc("manylinux2014_x86_64") == (2, 17) and wheel_glibc("any") is None
+    from app.bundle.build import needed_glibc
+    from app.bundle.wheels import WheelInfo
+
+    multi = WheelInfo("x.whl", "x", "1", "MIT", ("manylinux1_x86_64", "manylinux_2_28_x86_64", "manylinux_2_5_x86_64"))
+    assert needed_glibc(multi) == (2, 5)  # any one of its tags will do
     target = make_target(python="3.11", platform="manylinux_2_28_x86_64", torch="cu124")
     args = target.pip_args()
     assert args[:4] == ["--python-version", "3.11", "--implementation", "cp"] and args[-2:] == ["--only-binary", ":all:"]

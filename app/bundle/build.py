@@ -183,7 +183,7 @@ def check_kb_embeddings(kb_dir: Path, kbs: dict[str, str], *, embedding: str | N
 
 def write_scripts(out: Path, *, target: Target, wheels: list[WheelInfo], wheel_dir: Path, requirement: str) -> None:
     """install.sh, run.sh, Dockerfile and .dockerignore, filled in for this bundle."""
-    glibc = max((g for w in wheels for tag in w.platform_tags if (g := wheel_glibc(tag))), default=None)
+    glibc = max((g for w in wheels if (g := needed_glibc(w))), default=None)
     glibc_text = f"{glibc[0]}.{glibc[1]}" if glibc else ""
     need_mb = int(installed_size(wheel_dir) * INSTALL_MARGIN / 2**20) + 50
     values = {
@@ -203,6 +203,13 @@ def write_scripts(out: Path, *, target: Target, wheels: list[WheelInfo], wheel_d
         encoding="utf-8",
     )
     (out / ".dockerignore").write_text(".venv\n", encoding="utf-8")
+
+
+def needed_glibc(wheel: WheelInfo) -> tuple[int, int] | None:
+    """The oldest glibc a wheel runs on: the lowest of its tags (``manylinux1...manylinux_2_28``
+    runs on 2.5), None for pure wheels."""
+    versions = [g for tag in wheel.platform_tags if (g := wheel_glibc(tag))]
+    return min(versions) if versions else None
 
 
 def installed_size(wheel_dir: Path) -> int:
