@@ -375,3 +375,16 @@ def test_install_refuses_another_cpu_or_a_newer_glibc(
     build_bundle(out, target=target, kb_root=tmp_path, find_links=[house], no_index=True, project_wheel=fake_glmkb)
     proc = run_install(out)
     assert proc.returncode == 1 and message in proc.stderr and not (out / ".venv").exists()
+
+
+def test_glmkb_wheel_built_from_source_carries_every_package_and_the_templates(tmp_path: Path) -> None:
+    from app.bundle.wheels import build_project_wheel, find_source_root
+
+    root = find_source_root()
+    if root is None:
+        pytest.skip("glmkb is installed, not a source checkout")
+    wheel = build_project_wheel(tmp_path, source_root=root)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"app/bundle/templates/install.sh", "app/bundle/templates/Dockerfile", "app/bundle/check.py",
+            "configs/default.yaml", "kb/storage.py", "llm/__init__.py"} <= names
+    assert not any("__pycache__" in n for n in names)
