@@ -4,13 +4,15 @@ The defaults live in ``configs/default.yaml`` (shipped with the package) and mir
 the field defaults below; a user YAML file given by ``--config`` or ``GLMKB_CONFIG``
 overrides them, then ``GLMKB_*`` environment variables (nested keys joined with
 ``__``, e.g. ``GLMKB_LLM__DEVICE=cuda:1``), then explicit keyword overrides (CLI flags).
+The layers are pydantic-settings' own sources (YAML, environment, init), deep-merged by it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +22,11 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    YamlConfigSettingsSource,
 )
+
+from configs.errors import BadInput
+from kb.types import RetrievalMode
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "GLMKB_CONFIG"
@@ -29,7 +35,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SECRET_KEYS = frozenset({"auth_password"})
 
 
-class SettingsError(ValueError):
+class SettingsError(BadInput):
     """A configuration value or file is invalid; the message names the key and the fix."""
 
 
@@ -78,13 +84,24 @@ class LLMSettings(_Section):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
     )
-    quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="bitsandbytes weight quantization (CUDA only)."
+    quantization: Literal["none", "int8", "int4", "8bit", "4bit"] = Field(
+        "none",
+        description=(
+            "Weight quantization: int8 / int4 are glmkb's weight-only layers (any device, fast path on "
+            "CUDA, original ChatGLM folders too); 8bit / 4bit are bitsandbytes (CUDA only)."
+        ),
+    )
+    quantization_group_size: Literal[32, 64, 128] = Field(
+        128, description="Input columns sharing one INT4 scale (int4 only); smaller is more accurate and larger."
     )
     trust_remote_code: bool = Field(
         False,
         description="Let transformers run the model folder's own Python code. Off: glmkb loads ChatGLM natively.",
     )
+    adapter: str | None = Field(
+        None, description="Fine-tuned adapter folder applied to model_path: P-tuning v2 (THUDM ptuning/) or LoRA (peft)."
+    )
+    merge_adapter: bool = Field(False, description="Fold a LoRA adapter into the weights (the CUDA fast path needs it).")
     system_prompt: str | None = Field(None, description="Optional system prompt for every chat.")
     max_input_tokens: int = Field(
         6144, ge=64, description="Prompt budget in model tokens; retrieved passages and history are cut to fit."
@@ -108,6 +125,11 @@ class EmbeddingSettings(_Section):
     )
     device: str = Field("auto", description="auto, cpu, mps, cuda or cuda:N; GPUs use fp16.")
     batch_size: int = Field(64, ge=1, description="Chunks embedded per forward pass.")
+    if_unavailable: Literal["keyword_only", "error"] = Field(
+        "keyword_only",
+        description="A NEW knowledge base whose default model is neither a local folder, cached nor downloadable: "
+        "keyword_only builds BM25 only with one warning (add vectors later with ingest build --embedding), error refuses.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -135,7 +157,7 @@ class ChunkingSettings(_Section):
 class RetrievalSettings(_Section):
     """How questions are matched against a knowledge base."""
 
-    mode: Literal["dense", "bm25", "hybrid"] = Field(
+    mode: RetrievalMode = Field(
         "hybrid", description="dense vectors, bm25 keywords (jieba), or both fused by reciprocal rank."
     )
     top_k: int = Field(5, ge=1, le=100, description="Passages returned per question.")
@@ -165,6 +187,10 @@ class KBSettings(_Section):
     milvus_token_env: str = Field(
         "MILVUS_TOKEN", description="Environment variable holding the Milvus token (user:password), if the server needs one."
     )
+    ocr: Literal["off", "auto", "force"] = Field(
+        "auto",
+        description="OCR for scanned PDF pages and images: auto = pages without a text layer; force = every page; off = never.",
+    )
 
 
 class APISettings(_Section):
@@ -179,6 +205,15 @@ class APISettings(_Section):
         False, description="Explicitly allow binding a non-loopback address without an API key."
     )
     served_model_name: str = Field("glmkb", description="Model id reported by /v1/models and accepted in requests.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond it), checked before parsing."
+    )
+    kb_workers: int = Field(
+        4, ge=1, description="Knowledge-base requests (list, query, KB chat set-up) served at once, in their own pool."
+    )
+    timeout_keep_alive: int = Field(
+        5, ge=1, description="Seconds an idle or slow client connection is kept open (uvicorn timeout_keep_alive)."
+    )
 
 
 class UISettings(_Section):
@@ -210,6 +245,10 @@ class UISettings(_Section):
         ),
     )
     max_upload_mb: int = Field(50, ge=1, description="Largest accepted upload in MiB.")
+    max_upload_files: int = Field(20, ge=1, description="Files accepted in one upload.")
+    max_queue: int = Field(
+        64, ge=1, description="Events waiting in the Gradio queue (all users); more are refused as 'queue full'."
+    )
     allowed_types: list[str] = Field(
         default_factory=lambda: [".txt", ".md"], description="Upload file extensions accepted."
     )
@@ -254,64 +293,35 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings() merges every layer itself (YAML files, env, flags) in one
-        # documented order, so construction only ever sees explicit values.
-        return (init_settings,)
+        # Highest first: explicit values (CLI flags) > GLMKB_* environment > the user's YAML
+        # file (load_settings' `config`) > configs/default.yaml. pydantic-settings deep-merges
+        # them, so a nested key set in one layer leaves its siblings from lower layers alone.
+        files = [DEFAULT_YAML, *_USER_CONFIG.get()]
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=files, deep_merge=True))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+# The user's YAML file for the Settings being built by load_settings (a context variable, so
+# concurrent loads in threads do not see each other's file).
+_USER_CONFIG: ContextVar[tuple[Path, ...]] = ContextVar("glmkb_user_config", default=())
+
+
+def _checked_yaml_file(path: Path) -> Path:
+    """``path`` if it is a readable YAML mapping; else a SettingsError naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise SettingsError(f"config file not found: {path} (check --config / {CONFIG_ENV})") from e
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SettingsError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise SettingsError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
-    return data
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return path
 
 
 # Settings that name an environment variable holding a secret (never a setting itself).
 KEY_ENV_SETTINGS: tuple[tuple[str, str], ...] = (("api", "api_key_env"), ("llm", "api_key_env"), ("kb", "milvus_token_env"))
-
-
-def env_overrides(environ: dict[str, str] | None = None, *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """``GLMKB_LLM__DEVICE=cpu`` -> ``{"llm": {"device": "cpu"}}``; JSON values (lists) are parsed.
-
-    ``skip``: variable names that hold secrets rather than settings (e.g. ``GLMKB_API_KEY``,
-    the default ``api.api_key_env``), left out so they are not read as a setting ``api_key``.
-    """
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith("GLMKB_") or name == CONFIG_ENV or name in skip:
-            continue
-        path = name[len("GLMKB_") :].lower().split("__")
-        value: Any = raw
-        if raw[:1] in "[{":
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                pass
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SettingsError(f"environment variable {name} conflicts with another GLMKB_ variable")
-        node[path[-1]] = value
-    return out
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -334,30 +344,36 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     ``overrides`` are nested dicts as CLI flags produce them, e.g. ``llm={"device": "cpu"}``;
     ``None`` values are dropped so unset flags never mask lower layers.
     """
-    data = _read_yaml(DEFAULT_YAML)
     config = config or os.environ.get(CONFIG_ENV) or None
-    if config:
-        data = _deep_merge(data, _read_yaml(Path(config).expanduser()))
-    flags = _drop_none(overrides)
-    # Variables that hold keys (named by the files, the flags or a GLMKB_* variable) are not settings.
-    skip = _key_env_names(_deep_merge(data, flags))
-    skip |= _key_env_names(env_overrides(skip=skip))
-    data = _deep_merge(data, env_overrides(skip=skip))
-    data = _deep_merge(data, flags)
+    files = (_checked_yaml_file(Path(config).expanduser()),) if config else ()
+    token = _USER_CONFIG.set(files)
     try:
-        return Settings(**data)
+        settings = Settings(**_drop_none(overrides))
     except ValidationError as e:
         raise SettingsError(format_validation_error(e)) from e
+    finally:
+        _USER_CONFIG.reset(token)
+    _check_env_names(settings)
+    return settings
 
 
-def _key_env_names(data: dict[str, Any]) -> frozenset[str]:
-    """Names of the environment variables that ``data`` says hold API keys or tokens."""
-    names = set()
-    for section, key in KEY_ENV_SETTINGS:
-        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
-        if isinstance(value, str):
-            names.add(value)
-    return frozenset(names)
+def _check_env_names(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """Report a misspelt ``GLMKB_*`` variable (pydantic-settings skips names that match no
+    field), except the variables the settings name as holding keys (``GLMKB_API_KEY``)."""
+    environ = os.environ if environ is None else environ
+    key_vars = {getattr(getattr(settings, section), key) for section, key in KEY_ENV_SETTINGS}
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("GLMKB_") or upper == CONFIG_ENV or name in key_vars:
+            continue
+        field = upper[len("GLMKB_") :].split("__")[0].lower()
+        if field not in Settings.model_fields:
+            unknown.append(f"{field}: unknown setting (environment variable {name})")
+    if unknown:
+        raise SettingsError(
+            "invalid configuration: " + "; ".join(unknown) + " (see configs/default.yaml for every key)"
+        )
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The ``ingest`` command line for glmkb knowledge bases."""
 
-from ingest.cli import build_parser, main
+from ingest.cli import cli, main
 
-__all__ = ["build_parser", "main"]
+__all__ = ["cli", "main"]

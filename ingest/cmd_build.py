@@ -5,68 +5,61 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ingest.cli import settings_from_args
+import click
+
+from ingest.cli import ingest_command, settings_from_args
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "build",
-        help="add or update .txt/.md files in a knowledge base",
-        description=(
-            "Add text files (UTF-8, GBK/GB18030, Big5, UTF-16) to a knowledge base, creating it if "
-            "needed. Unchanged files are skipped; changed files replace their old chunks."
-        ),
-    )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="text files to add")
-    add_kb_arguments(parser)
-    parser.add_argument(
-        "--embedding",
-        metavar="MODEL|none",
-        help="embedding model (local folder or cached hub name); 'none' builds a keyword-only (BM25) "
-        "knowledge base (default: the knowledge base's own model, else embedding.model)",
-    )
-    parser.add_argument(
-        "--store",
-        choices=("faiss", "milvus"),
-        help="where a new knowledge base keeps its vectors: faiss files or a Milvus collection at "
-        "kb.milvus_uri (default: the knowledge base's own store, else kb.store)",
-    )
-    parser.add_argument("--device", help="embedding device: auto, cpu, cuda, cuda:N, mps")
-    parser.add_argument("--chunk-size", type=int, metavar="N", help="chunk length in characters (new knowledge bases)")
-    parser.add_argument("--chunk-overlap", type=int, metavar="N", help="characters shared by neighbouring chunks")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
 
 
-def add_kb_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--kb`` and ``--kb-root``, shared by the knowledge-base subcommands."""
-    parser.add_argument("--kb", metavar="NAME", help="knowledge base name (default: kb_name setting)")
-    parser.add_argument("--kb-root", metavar="DIR", help="folder holding knowledge bases (default: kb_root setting)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from kb import KnowledgeBase
+    from kb import DamagedKnowledgeBaseError, KnowledgeBase
 
     settings = settings_from_args(
         args,
-        embedding={"model": args.embedding, "device": args.device},
+        embedding={"model": args.embedding, "device": args.embedding_device},
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap},
         kb={"store": args.store},
     )
-    kb = KnowledgeBase.from_settings(
-        settings,
-        create=True,
-        embedding_model=args.embedding,
-        chunk_size=args.chunk_size,
-        chunk_overlap=args.chunk_overlap,
-        store=args.store,
-    )
+
+    def open_kb() -> KnowledgeBase:
+        return KnowledgeBase.from_settings(
+            settings,
+            create=True,
+            embedding_model=args.embedding,
+            chunk_size=args.chunk_size,
+            chunk_overlap=args.chunk_overlap,
+            store=args.store,
+        )
+
+    try:
+        kb = open_kb()
+    except DamagedKnowledgeBaseError as e:  # a build never refuses because of damage (glmkb #20)
+        recover_damaged(settings, str(e), quiet=args.quiet)
+        kb = open_kb()
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
-    report = kb.add_files(args.files, show_progress=not args.quiet)
+    report = kb.add_files(args.files, show_progress=not args.quiet, ocr=settings.kb.ocr)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0
+
+
+def recover_damaged(settings: object, damage: str, *, quiet: bool) -> None:
+    """Repair a damaged knowledge base before building into it (``ingest doctor --repair``), or,
+    when nothing in it can be saved, drop it so the build starts it afresh; says which on stderr."""
+    from ingest.cmd_doctor import repair
+    from kb import DamagedKnowledgeBaseError, KnowledgeBase
+
+    name = settings.kb_name  # type: ignore[attr-defined]
+    print(f"warning: {damage}", file=sys.stderr)
+    try:
+        print(f"warning: {repair(settings, name, show_progress=not quiet)}", file=sys.stderr)
+    except DamagedKnowledgeBaseError as e:
+        KnowledgeBase.drop_from_settings(settings, name=name)  # type: ignore[arg-type]
+        print(f"warning: {e}; it was dropped and is built afresh from the given files", file=sys.stderr)
 
 
 def quiet_model_loading() -> None:
@@ -74,3 +67,17 @@ def quiet_model_loading() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+command = ingest_command(
+    "build",
+    run,
+    help="add or update documents in a knowledge base",
+    description=(
+        "Add documents to a knowledge base, creating it if needed: text (UTF-8, GBK/GB18030, Big5, "
+        "UTF-16) and Markdown, PDF (scanned pages by OCR), DOCX, EPUB, HTML and images, recognised "
+        "by content. Unchanged files are skipped; changed files replace their old chunks."
+    ),
+    arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE...")],
+    flags=("kb", "kb_root", "embedding", "store", "embedding_device", "chunk_size", "chunk_overlap", "ocr", "quiet"),
+)

@@ -9,22 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ingest.cmd_build import add_kb_arguments
-from ingest.cmd_query import add_retrieval_arguments, open_kb
+import click
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="measure retrieval recall and MRR on a QA file",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("qa_file", metavar="QA.jsonl", help="JSON Lines with q, evidence[, source]")
-    add_kb_arguments(parser)
-    add_retrieval_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    parser.set_defaults(func=run)
+from ingest.cli import ingest_command
+from ingest.cmd_query import RETRIEVAL_FLAGS, note_keyword_only_fallback, open_kb
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     items = load_qa(args.qa_file)
     kb = open_kb(args, score_threshold=None)
+    note_keyword_only_fallback(kb, args)
     result = evaluate(kb, items, mode=args.mode, k=args.k or 10)
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))
@@ -39,3 +28,13 @@ def run(args: argparse.Namespace) -> int:
     recalls = "  ".join(f"recall@{c} {v:.3f}" for c, v in result.recall.items())
     print(f"{kb.name} ({result.mode}, {result.questions} questions): {recalls}  MRR@{result.k} {result.mrr:.3f}")
     return 0
+
+
+command = ingest_command(
+    "eval",
+    run,
+    help="measure retrieval recall and MRR on a QA file",
+    description=__doc__,
+    arguments=[click.argument("qa_file", metavar="QA.jsonl")],
+    flags=(*RETRIEVAL_FLAGS, "json"),
+)

@@ -5,42 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from ingest.cli import settings_from_args
-from ingest.cmd_build import add_kb_arguments
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "list", help="list knowledge bases, or the documents of one (--kb)", description=__doc__
-    )
-    add_kb_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(func=run)
+from ingest.cli import ingest_command, settings_from_args
 
 
 def run(args: argparse.Namespace) -> int:
-    from kb import KnowledgeBase, KnowledgeBaseError
+    from kb import KnowledgeBase
+    from kb.lifecycle import list_summaries
 
     settings = settings_from_args(args)
     if args.kb is None:
-        rows = []
-        for name in KnowledgeBase.list_names(settings.kb_root):
-            try:
-                manifest = KnowledgeBase(settings.kb_root, name).manifest
-            except KnowledgeBaseError as e:  # one damaged KB must not hide the others
-                rows.append({"name": name, "error": str(e)})
-                continue
-            rows.append(
-                {
-                    "name": name,
-                    "documents": manifest["counts"]["documents"],
-                    "chunks": manifest["counts"]["chunks"],
-                    "embedding": manifest["embedding"]["model"],
-                    "chunk_size": manifest["chunking"]["chunk_size"],
-                    "chunk_overlap": manifest["chunking"]["chunk_overlap"],
-                    "updated_at": manifest.get("updated_at"),
-                }
-            )
+        # Counts come from each manifest alone; a damaged knowledge base is marked, never hides the others.
+        rows = [_row(summary) for summary in list_summaries(settings.kb_root)]
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=1))
         elif not rows:
@@ -48,9 +23,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             for r in rows:
                 if "error" in r:
-                    print(f"{r['name']}\tdamaged: {r['error']}")
+                    print(f"{_cell(r['name'])}\tdamaged: {_cell(r['error'])}")
                     continue
-                print(f"{r['name']}\t{r['documents']} documents\t{r['chunks']} chunks\tembedding {r['embedding']}")
+                print(f"{_cell(r['name'])}\t{r['documents']} documents\t{r['chunks']} chunks\tembedding {_cell(r['embedding'])}")
         return 0
     kb = KnowledgeBase(settings.kb_root, args.kb)
     docs = kb.list_documents()
@@ -59,10 +34,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for d in docs:
         chapters = f"{d.chapters} chapters" if d.chapters else "no chapters"
-        print(f"{d.source}\t{d.chars} chars\t{chapters}\t{d.chunks} chunks\t{d.encoding}\tid {d.doc_id}")
+        print(f"{_cell(d.source)}\t{d.chars} chars\t{chapters}\t{d.chunks} chunks\t{d.encoding}\tid {d.doc_id}")
     if not docs:
         print(f"knowledge base {kb.name!r} is empty")
     return 0
 
 
-__all__ = ["add_parser", "run"]
+def _row(summary: object) -> dict[str, object]:
+    fields = vars(summary)
+    if fields["error"] is not None:
+        return {"name": fields["name"], "error": fields["error"]}
+    return {k: v for k, v in fields.items() if k != "error"}
+
+
+def _cell(value: object) -> str:
+    """A value on one line of one column: tabs and newlines in names would break both (glmkb #20)."""
+    return " ".join(str(value).split())
+
+
+__all__ = ["command", "run"]
+
+
+command = ingest_command(
+    "list", run, help="list knowledge bases, or the documents of one (--kb)", description=__doc__, flags=("kb", "kb_root", "json")
+)

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ingest.cli import settings_from_args
-from ingest.cmd_build import add_kb_arguments
+import click
+
+from ingest.cli import ingest_command, settings_from_args
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "remove",
-        help="remove documents from a knowledge base",
-        description="Remove documents, named by path, file name (if unique) or doc id (see `ingest list --kb NAME`).",
-    )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="document path, file name or doc id")
-    add_kb_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,3 +19,13 @@ def run(args: argparse.Namespace) -> int:
     report = kb.remove(args.files)
     print(f"{kb.name}: {report.summary()}")
     return 0
+
+
+command = ingest_command(
+    "remove",
+    run,
+    help="remove documents from a knowledge base",
+    description="Remove documents, named by path, file name (if unique) or doc id (see `ingest list --kb NAME`).",
+    arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE...")],
+    flags=("kb", "kb_root"),
+)

@@ -12,40 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ingest.cli import settings_from_args
+import click
 
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "summarize",
-        help="summarize a file or knowledge-base document, streaming the result",
-        description=(
-            "Summarize a text file or a knowledge-base document chapter by chapter, then merge the "
-            "chapter summaries, printing the final summary as it is generated. Progress goes to "
-            "stderr, so `ingest summarize novel.txt > summary.txt` keeps the file clean."
-        ),
-    )
-    parser.add_argument(
-        "target",
-        metavar="FILE_OR_DOC",
-        help="a text file, or a document of the knowledge base (doc_id, path or file name)",
-    )
-    parser.add_argument("--kb", metavar="NAME", help="take FILE_OR_DOC from this knowledge base")
-    parser.add_argument("--kb-root", metavar="DIR", help="folder holding knowledge bases (default: kb_root setting)")
-    parser.add_argument("--chapters", metavar="RANGE", help="only these chapters, e.g. 1-10 or 第1-10回")
-    parser.add_argument("--model-path", metavar="DIR", help="local chat model folder (default: llm.model_path)")
-    parser.add_argument("--device", help="model device: auto, cpu, cuda, cuda:N, mps (default: llm.device)")
-    parser.add_argument(
-        "--batch-size", type=int, default=4, metavar="N", help="chapter pieces summarized per batch (default: 4)"
-    )
-    parser.add_argument(
-        "--token-max",
-        type=int,
-        metavar="N",
-        help="collapse chapter summaries while the final prompt exceeds N tokens (default: llm.max_input_tokens)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+from ingest.cli import ingest_command, settings_from_args
 
 
 def load_documents(args: argparse.Namespace, settings: Any) -> list[Any]:
@@ -131,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device})
+    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device, "adapter": args.adapter})
     docs = load_documents(args, settings)  # before the (slow) model load: bad input fails fast
     llm = load_llm(settings, quiet=args.quiet)
     if not args.quiet:
@@ -145,3 +114,24 @@ def run(args: argparse.Namespace) -> int:
     )
     print_events(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet)
     return 0
+
+
+command = ingest_command(
+    "summarize",
+    run,
+    help="summarize a file or knowledge-base document, streaming the result",
+    description=(
+        "Summarize a text file or a knowledge-base document chapter by chapter, then merge the "
+        "chapter summaries, printing the final summary as it is generated. Progress goes to "
+        "stderr, so `ingest summarize novel.txt > summary.txt` keeps the file clean."
+    ),
+    arguments=[
+        click.argument("target", metavar="FILE_OR_DOC"),
+        click.option("--chapters", metavar="RANGE", help="only these chapters, e.g. 1-10 or 第1-10回"),
+        click.option("--batch-size", type=int, default=4, show_default=True, metavar="N",
+                     help="chapter pieces summarized per batch"),
+        click.option("--token-max", type=int, metavar="N",
+                     help="collapse chapter summaries while the final prompt exceeds N tokens (default: llm.max_input_tokens)"),
+    ],
+    flags=("kb", "kb_root", "model_path", "device", "dtype", "quantization", "adapter", "merge_adapter", "quiet"),
+)

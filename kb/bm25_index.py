@@ -13,7 +13,7 @@ import numpy as np
 from bm25s.scoring import _build_idf_array, _select_idf_scorer, _select_tfc_scorer
 from tqdm.auto import tqdm
 
-from kb.errors import KnowledgeBaseError
+from kb.manifest import damaged
 
 # bm25s sets its own logger to DEBUG on import, which leaks "Building index" lines to stderr.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -78,9 +78,9 @@ class BM25Index:
         try:
             model = bm25s.BM25.load(str(folder), allow_pickle=False, mmap=False, show_progress=False)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise KnowledgeBaseError(f"BM25 index in {folder} is unreadable ({e}); rebuild the knowledge base") from e
+            raise damaged(folder.parent.parent.name, f"its BM25 index in {folder} is unreadable ({e})") from e
         if int(model.scores["num_docs"]) != len(ids):
-            raise KnowledgeBaseError(f"BM25 index in {folder} does not match the docstore; rebuild the knowledge base")
+            raise damaged(folder.parent.parent.name, f"its BM25 index in {folder} does not match the docstore")
         return cls(model, ids)
 
     def search(self, query_tokens: list[str], k: int) -> list[tuple[int, float]]:

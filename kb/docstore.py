@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kb.errors import KnowledgeBaseError
+from kb.manifest import damaged
 from kb.splitting import Chapter, Chunk
 
 SCHEMA = """
@@ -44,7 +45,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     char_start INTEGER NOT NULL,
     char_end INTEGER NOT NULL,
     text TEXT NOT NULL,
-    tokens TEXT NOT NULL
+    tokens TEXT NOT NULL,
+    page INTEGER,
+    page_end INTEGER,
+    section TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, ordinal);
 CREATE TABLE IF NOT EXISTS document_blocks (
@@ -54,6 +58,9 @@ CREATE TABLE IF NOT EXISTS document_blocks (
     PRIMARY KEY (doc_id, ordinal)
 );
 """
+# Where a chunk lies (page, page_end, section): columns added after the first docstores, which
+# get them when a new version is written from them and read as NULL until then.
+_PLACE_COLUMNS = (("page", "INTEGER"), ("page_end", "INTEGER"), ("section", "TEXT"))
 # A document's text is written block by block into ``document_blocks`` as it streams in;
 # ``documents.text`` stays empty for those (it held the whole text in docstores written before).
 
@@ -84,6 +91,36 @@ class StoredChunk:
     start: int
     end: int
     text: str
+    page: int | None = None
+    page_end: int | None = None
+    section: str | None = None
+
+
+def _kb_name(path: Path) -> str:
+    """The knowledge base a docstore belongs to (``kb_root/<name>/<version>/docstore.sqlite``)."""
+    return path.parent.parent.name
+
+
+def find_document(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) -> DocumentInfo:
+    """A document by doc_id, source, file path or (unique) file name; KnowledgeBaseNotFound otherwise."""
+    from kb.build import source_for_path
+    from kb.errors import KnowledgeBaseNotFound
+
+    try:
+        resolved = source_for_path(ref)
+    except (OSError, ValueError):
+        resolved = ref
+    for match in (lambda d: d.doc_id == ref or d.source == ref, lambda d: d.source == resolved):
+        found = [d for d in documents if match(d)]
+        if found:
+            return found[0]
+    by_name = [d for d in documents if Path(d.source).name == ref]
+    if len(by_name) == 1:
+        return by_name[0]
+    hint = "several documents are named like that; give the full path" if by_name else "it is not in it"
+    raise KnowledgeBaseNotFound(
+        f"no document {ref!r} in knowledge base {kb_name!r} ({hint}); `ingest list --kb {kb_name}` shows its documents"
+    )
 
 
 TOKEN_BATCH = 2000
@@ -101,6 +138,8 @@ class Docstore:
         self._conn = conn
         self._lock = threading.Lock()
         self.path = path
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)").fetchall()}
+        self._place = "c.page, c.page_end, c.section" if "section" in columns else "NULL, NULL, NULL"
 
     @classmethod
     def open_readonly(cls, path: Path) -> Docstore:
@@ -110,7 +149,7 @@ class Docstore:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             conn.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.DatabaseError as e:
-            raise KnowledgeBaseError(f"docstore {path} is unreadable ({e}); rebuild the knowledge base") from e
+            raise damaged(_kb_name(path), f"its docstore {path} is unreadable ({e})") from e
         return cls(conn, path)
 
     @classmethod
@@ -119,6 +158,10 @@ class Docstore:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)").fetchall()}
+        for column, kind in _PLACE_COLUMNS:
+            if column not in columns:  # a docstore copied from a version written before pages/sections
+                conn.execute(f"ALTER TABLE chunks ADD COLUMN {column} {kind}")
         conn.execute("BEGIN")
         return cls(conn, path)
 
@@ -137,7 +180,7 @@ class Docstore:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.DatabaseError as e:
-                raise KnowledgeBaseError(f"docstore {self.path} is unreadable ({e}); rebuild the knowledge base") from e
+                raise damaged(_kb_name(self.path), f"its docstore {self.path} is unreadable ({e})") from e
 
     # --- writing -------------------------------------------------------------------------
 
@@ -181,9 +224,13 @@ class Docstore:
         """Store the next chunks of a document, in reading order (tokens as lists or space-joined)."""
         with self._lock:
             self._conn.executemany(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (id, doc_id, ordinal, chapter, chapter_title, char_start, char_end, text, tokens, "
+                "page, page_end, section) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (cid, doc_id, first_ordinal + i, c.chapter, c.chapter_title, c.start, c.end, c.text, _joined(tokens))
+                    (
+                        cid, doc_id, first_ordinal + i, c.chapter, c.chapter_title, c.start, c.end, c.text,
+                        _joined(tokens), c.page, c.page_end, c.section,
+                    )
                     for i, (cid, c, tokens) in enumerate(zip(chunk_ids, chunks, chunk_tokens, strict=True))
                 ],
             )
@@ -240,6 +287,28 @@ class Docstore:
                 return
             last = rows[-1][0]
 
+    def chunk_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM chunks")[0][0])
+
+    def integrity_problem(self) -> str | None:
+        """None if SQLite's quick check passes, else its first complaint (for ``ingest doctor``)."""
+        try:
+            rows = self._query("PRAGMA quick_check")
+        except KnowledgeBaseError as e:
+            return str(e)
+        return None if rows and rows[0][0] == "ok" else str(rows[0][0] if rows else "no answer")
+
+    def chunk_texts(self, batch: int = TOKEN_BATCH) -> Iterator[list[tuple[int, str]]]:
+        """``(chunk id, text)`` of every chunk in id order, ``batch`` at a time (for re-embedding)."""
+        last = -1
+        while True:
+            rows = self._query("SELECT id, text FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            if rows:
+                yield [(int(i), t) for i, t in rows]
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
     def max_chunk_id(self) -> int:
         rows = self._query("SELECT max(id) FROM chunks")
         return rows[0][0] if rows and rows[0][0] is not None else -1
@@ -252,8 +321,8 @@ class Docstore:
             batch = ids[i : i + 500]
             marks = ",".join("?" * len(batch))
             for row in self._query(
-                "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text "
-                f"FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.id IN ({marks})",
+                "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text, "
+                f"{self._place} FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.id IN ({marks})",
                 batch,
             ):
                 out[row[0]] = StoredChunk(*row)
@@ -262,8 +331,8 @@ class Docstore:
     def chunks_of(self, doc_id: str) -> list[StoredChunk]:
         """A document's chunks in reading order."""
         rows = self._query(
-            "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text "
-            "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.doc_id = ? ORDER BY c.ordinal",
+            "SELECT c.id, c.doc_id, d.source, c.chapter, c.chapter_title, c.char_start, c.char_end, c.text, "
+            f"{self._place} FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.doc_id = ? ORDER BY c.ordinal",
             (doc_id,),
         )
         return [StoredChunk(*row) for row in rows]

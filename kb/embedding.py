@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,34 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def locate_model(model: str, *, what: str = "embedding model", flag: str = "--embedding") -> str:
+def resolve_embedding(model: str, *, fallback: bool = True) -> str:
+    """The embedding model a new knowledge base gets under the ``auto`` rule (glmkb #18).
+
+    ``model`` (as recorded in a manifest) when it is a local folder, in the Hugging Face cache, or
+    downloadable now; otherwise, with ``fallback``, ``none`` (keyword-only BM25) and ONE warning
+    saying how to add vectors later. Without ``fallback`` the EmbeddingModelError is raised.
+    """
+    if is_keyword_only(model):
+        return KEYWORD_ONLY
+    try:
+        locate_model(model, announce=False)
+    except EmbeddingModelError as e:
+        if not fallback:
+            raise
+        log.warning(
+            "embedding model %s is not available (%s); building a keyword-only (BM25) knowledge base. "
+            "Add vectors later with `ingest build FILE --kb NAME --embedding MODEL_FOLDER` "
+            "(or pick 向量 with a model in the web UI)",
+            model,
+            str(e).split(";")[0],
+        )
+        return KEYWORD_ONLY
+    return model_identity(model)
+
+
+def locate_model(
+    model: str, *, what: str = "embedding model", flag: str = "--embedding", announce: bool = True
+) -> str:
     """The local folder holding ``model``: the path itself, its snapshot in the HF cache, or a download.
 
     Downloads happen only for hub ids missing from the cache and only when the hub is allowed
@@ -88,7 +116,7 @@ def locate_model(model: str, *, what: str = "embedding model", flag: str = "--em
             f"{what} {model!r} is not a local folder and not in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE forbids downloading it; {fix}"
         ) from cached_error
-    log.warning("downloading %s %s into the Hugging Face cache (first use)", what, model)
+    log.log(logging.WARNING if announce else logging.INFO, "downloading %s %s into the Hugging Face cache (first use)", what, model)
     try:
         return snapshot_download(model)
     except Exception as e:  # noqa: BLE001 - network, auth or missing repo: one clear message
@@ -134,3 +162,31 @@ def load_cross_encoder(model: str, *, device: str = "auto") -> Any:
         raise EmbeddingModelError(
             f"cannot load reranker {model!r} from {location}: {' '.join(str(e).split())}"
         ) from e
+
+
+class LazyModels:
+    """A knowledge base's query embedder and reranker, each loaded on first use (thread-safe)."""
+
+    def __init__(self, *, device: str, batch_size: int, reranker: str | None) -> None:
+        self.device, self.batch_size, self.reranker = device, batch_size, reranker
+        self._lock = threading.Lock()
+        self._embeddings: Any | None = None
+        self._cross_encoder: Any | None = None
+
+    def embeddings(self, model: str) -> Any:
+        """The embedding model (``set_embeddings``'s shared one if given)."""
+        with self._lock:
+            if self._embeddings is None:
+                self._embeddings = load_embeddings(model, device=self.device, batch_size=self.batch_size)
+            return self._embeddings
+
+    def set_embeddings(self, embeddings: Any) -> None:
+        self._embeddings = embeddings
+
+    def cross_encoder(self) -> Any:
+        if not self.reranker:
+            raise EmbeddingModelError("rerank=True but no reranker is configured (retrieval.reranker)")
+        with self._lock:
+            if self._cross_encoder is None:
+                self._cross_encoder = load_cross_encoder(self.reranker, device=self.device)
+            return self._cross_encoder

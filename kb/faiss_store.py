@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from kb.dense_store import DenseIndex, DenseStore, VectorChange
-from kb.errors import KnowledgeBaseError
+from kb.manifest import damaged
 
 FAISS_FILE = "index.faiss"
 FLAT_LIMIT = 200_000
@@ -94,13 +94,9 @@ class FaissStore(DenseStore):
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
-            raise KnowledgeBaseError(
-                f"FAISS index of {self.kb_name!r} is unreadable; rebuild the knowledge base"
-            ) from e
+            raise damaged(self.kb_name, f"its FAISS index {path} is unreadable") from e
         if index.ntotal != chunk_count:
-            raise KnowledgeBaseError(
-                f"FAISS index of {self.kb_name!r} does not match its docstore; rebuild the knowledge base"
-            )
+            raise damaged(self.kb_name, f"its FAISS index {path} does not match its docstore")
         if isinstance(index, faiss.IndexIVF):  # read_index returns the concrete class
             index.nprobe = int((manifest.get("vectors") or {}).get("nprobe", NPROBE))
         return FaissIndex(index)

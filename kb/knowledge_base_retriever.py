@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
+
+from kb.types import RetrievalMode
 
 
 class KnowledgeBaseRetriever(BaseRetriever):
@@ -18,7 +20,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
 
     knowledge_base: Any
     """The ``kb.KnowledgeBase`` to search."""
-    mode: Literal["dense", "bm25", "hybrid"] | None = None
+    mode: RetrievalMode | None = None
     k: int | None = None
     score_threshold: float | None = None
     rerank: bool | None = None

@@ -5,6 +5,11 @@ byte-order marks first, then strict UTF-8, then let charset-normalizer choose be
 legacy Chinese code pages (it scores decoded text by character frequency, which tells GBK
 from Big5 even on a sentence or two). Binary files and anything else are refused.
 
+A UTF-8 file that is almost right (its last character cut off by a truncated download or a
+split by size, or a handful of bad bytes among plenty of valid UTF-8 Chinese) is read with
+the bad bytes replaced by U+FFFD and a warning naming how many and where: such bytes read as
+GB18030 give gibberish, and refusing the file helps nobody.
+
 Files are never read whole: :func:`open_text_file` checks the encoding in passes over blocks
 of the file (strict incremental decoders, so a multi-byte character split between two reads is
 fine), and :meth:`TextFile.blocks` then yields the decoded text block by block. In-memory
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +76,13 @@ _POSSIBLE_TRAIL_BYTES = bytes(range(0x30, 0x100))
 LEGACY_ENCODINGS: tuple[str, ...] = ("gb18030", "big5")
 _COMMON_PUNCTUATION = frozenset("，。、；：？！“”‘’（）《》〈〉【】「」『』…—·～　")
 _FIX = "save it as UTF-8 text (.txt or .md) and try again"
+# "Almost right" UTF-8: at most this many bad byte sequences, and at least this many valid
+# multi-byte characters per bad one (GBK read as UTF-8 fails on nearly every character, so real
+# legacy files are far past both limits).
+MAX_REPLACED = 16
+_VALID_PER_BAD = 50
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class TextFile:
     encoding: str  # "utf-8", "utf-8-sig", "utf-16", "utf-32", "gb18030" or "big5"
     # (size, mtime_ns) of the file that was checked; blocks() refuses a file that no longer matches.
     stamp: tuple[int, int] | None = field(default=None, compare=False, repr=False)
+    # (file offset, length) of each bad byte sequence of an almost-right UTF-8 file (read as U+FFFD).
+    replaced: tuple[tuple[int, int], ...] = ()
 
     def blocks(self, *, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
         """The decoded text in pieces of about ``block_bytes`` bytes each, never ``""``; joined,
@@ -88,7 +104,7 @@ class TextFile:
         try:
             with self.path.open("rb") as stream:
                 self._check_unchanged(stream)
-                plan = _plan_for(self.encoding, stream.read(4))
+                plan = _plan_for(self.encoding, stream.read(4), lenient=bool(self.replaced))
                 if plan is None:
                     raise self._changed(f"it no longer starts with a {self.encoding} byte-order mark")
                 yield from _decode(stream, plan, block_bytes=block_bytes)
@@ -116,12 +132,24 @@ def open_text_file(path: str | os.PathLike[str], *, block_bytes: int = BLOCK_BYT
     try:
         with file.open("rb") as stream:
             stamp = _stamp(stream)
-            encoding = _detect_encoding(stream, name=str(path), block_bytes=block_bytes)
+            encoding, replaced = _detect_encoding(stream, name=str(path), block_bytes=block_bytes)
             if _stamp(stream) != stamp:
                 raise DocumentLoadError(f"{file} changed while it was being read; try again")
     except OSError as e:
         raise DocumentLoadError(f"cannot read {file}: {e.strerror or e}") from e
-    return TextFile(file, encoding, stamp)
+    if replaced:
+        logger.warning(replaced_warning(file.name, replaced))
+    return TextFile(file, encoding, stamp, replaced)
+
+
+def replaced_warning(name: str, replaced: tuple[tuple[int, int], ...]) -> str:
+    """One line for an almost-right UTF-8 file: how many bad bytes were replaced, and where."""
+    where = ", ".join(str(offset) for offset, _ in replaced[:5]) + (", ..." if len(replaced) > 5 else "")
+    count = sum(length for _, length in replaced)
+    return (
+        f"{name} is not quite valid UTF-8: {count} bad byte{'s' if count > 1 else ''} replaced with U+FFFD "
+        f"(at byte offset{'s' if len(replaced) > 1 else ''} {where}); the rest is read as UTF-8"
+    )
 
 
 def load_text(path: str | os.PathLike[str]) -> str:
@@ -148,8 +176,10 @@ def read_bytes(path: Path) -> bytes:
 def decode_bytes(data: bytes, *, name: str = "<input>") -> tuple[str, str]:
     """Detect the encoding of ``data`` and decode it: ``(text, encoding)`` (the same code as files)."""
     stream = io.BytesIO(data)
-    encoding = _detect_encoding(stream, name=name, block_bytes=BLOCK_BYTES)
-    plan = _plan_for(encoding, data[:4])
+    encoding, replaced = _detect_encoding(stream, name=name, block_bytes=BLOCK_BYTES)
+    if replaced:
+        logger.warning(replaced_warning(name, replaced))
+    plan = _plan_for(encoding, data[:4], lenient=bool(replaced))
     assert plan is not None  # the bytes cannot have changed since their encoding was detected
     return "".join(_decode(stream, plan, block_bytes=BLOCK_BYTES)), encoding
 
@@ -163,6 +193,7 @@ class _Plan:
 
     codec: str
     skip: int = 0
+    errors: str = "strict"
 
 
 @dataclass
@@ -181,17 +212,20 @@ class _InvalidBytes(Exception):
         self.position = position
 
 
-def _detect_encoding(stream: BinaryIO, *, name: str, block_bytes: int) -> str:
-    """The encoding of the whole stream, checked strictly in passes of ``block_bytes`` blocks."""
+def _detect_encoding(stream: BinaryIO, *, name: str, block_bytes: int) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """The encoding of the whole stream, checked strictly in passes of ``block_bytes`` blocks,
+    and the offsets of the bad bytes replaced in an almost-right UTF-8 stream."""
     head = stream.read(_SNIFF_BYTES)
     for bom, encoding in _BOMS:
         if head.startswith(bom):
             _check_bom_text(stream, bom, encoding, name=name, block_bytes=block_bytes)
-            return encoding
+            return encoding, ()
     _refuse_binary(head, name=name)
     if (utf8 := _strict_scan(stream, _Plan("utf-8"), block_bytes=block_bytes)) is not None:
         _refuse_blank(utf8, name=name)
-        return "utf-8"
+        return "utf-8", ()
+    if replaced := _almost_utf8(stream, block_bytes=block_bytes):
+        return "utf-8", replaced
     scans = {
         encoding: scan
         for encoding in LEGACY_ENCODINGS
@@ -212,7 +246,55 @@ def _detect_encoding(stream: BinaryIO, *, name: str, block_bytes: int) -> str:
     else:
         encoding = _charset_normalizer_choice(_charset_sample(stream)) or "gb18030"
     _refuse_blank(scans[encoding], name=name)
-    return encoding
+    return encoding, ()
+
+
+_damage = threading.local()
+
+
+class _TooDamaged(Exception):
+    """More bad bytes than an almost-right UTF-8 file has."""
+
+
+def _record_bad_bytes(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler for :func:`_almost_utf8`: notes where each bad sequence starts."""
+    assert isinstance(error, UnicodeDecodeError)
+    _damage.found.append((_damage.base + error.start, error.end - error.start))
+    if len(_damage.found) > MAX_REPLACED:
+        raise _TooDamaged  # stop at once: a legacy file read as UTF-8 fails on every character
+    return "\ufffd", error.end
+
+
+codecs.register_error("glmkb-record", _record_bad_bytes)
+
+
+def _almost_utf8(stream: BinaryIO, *, block_bytes: int) -> tuple[tuple[int, int], ...]:
+    """``(file offset, length)`` of the bad sequences of a stream that is UTF-8 but for a few of them
+    (see MAX_REPLACED); ``()`` where it is not almost-right UTF-8."""
+    stream.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")("glmkb-record")
+    offsets: list[tuple[int, int]] = []
+    multibyte = 0
+    offset = 0
+    final = False
+    _damage.found = []
+    try:
+        while not final:
+            block = stream.read(block_bytes)
+            final = not block
+            _damage.base = offset - len(decoder.getstate()[0])
+            _damage.found = offsets
+            try:
+                piece = decoder.decode(block, final)
+            except _TooDamaged:
+                return ()
+            multibyte += len(piece) - len(piece.encode("ascii", "ignore")) - piece.count("\ufffd")
+            offset += len(block)
+    finally:
+        _damage.found = []
+    if not offsets or multibyte < _VALID_PER_BAD * len(offsets):
+        return ()
+    return tuple(offsets)
 
 
 def _check_bom_text(stream: BinaryIO, bom: bytes, encoding: str, *, name: str, block_bytes: int) -> None:
@@ -257,7 +339,7 @@ def _decode(stream: BinaryIO, plan: _Plan, *, block_bytes: int) -> Iterator[str]
     """The stream's text from ``plan.skip`` on, decoded strictly block by block; a BOM-marked text
     also loses one leading U+FEFF. Raises _InvalidBytes at the first byte that does not decode."""
     stream.seek(plan.skip)
-    decoder = codecs.getincrementaldecoder(plan.codec)("strict")
+    decoder = codecs.getincrementaldecoder(plan.codec)(plan.errors)
     offset = plan.skip  # file offset of the next block
     drop_bom_char = plan.skip > 0
     final = False
@@ -276,9 +358,12 @@ def _decode(stream: BinaryIO, plan: _Plan, *, block_bytes: int) -> Iterator[str]
             yield piece
 
 
-def _plan_for(encoding: str, head: bytes) -> _Plan | None:
+def _plan_for(encoding: str, head: bytes, *, lenient: bool = False) -> _Plan | None:
     """How to decode a stream in ``encoding`` that starts with ``head`` (at least 4 bytes where it
-    has them); None where a BOM encoding's stream does not start with its BOM."""
+    has them); None where a BOM encoding's stream does not start with its BOM. ``lenient``: an
+    almost-right UTF-8 stream, its bad bytes read as U+FFFD."""
+    if encoding == "utf-8" and lenient:
+        return _Plan(encoding, errors="replace")
     if encoding == "utf-8" or encoding in LEGACY_ENCODINGS:
         return _Plan(encoding)
     if encoding not in {bom_encoding for _, bom_encoding in _BOMS}:

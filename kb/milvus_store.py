@@ -41,7 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kb.dense_store import DenseIndex, DenseStore, VectorChange
-from kb.errors import KnowledgeBaseError
+from kb.errors import KnowledgeBaseError, StaleVersionError
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -330,7 +330,7 @@ class MilvusIndex(DenseIndex):
                 return
             have = self.store.count(self.filter, dimension=self.dimension)
             if have != self.count:
-                raise KnowledgeBaseError(
+                raise StaleVersionError(
                     f"Milvus collection {self.store.collection} at {display_uri(self.store.uri)} holds {have} "
                     f"vectors for knowledge base {self.store.kb_name!r}, whose manifest lists {self.count} "
                     "chunks (vectors were lost or changed outside glmkb); drop the knowledge base and build it again"

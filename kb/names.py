@@ -32,6 +32,11 @@ def validate_kb_name(name: str) -> str:
     return name
 
 
+def is_valid_kb_name(name: str) -> bool:
+    """Whether ``name`` could be a knowledge base (hidden ``.trash-*``/``.locks`` folders cannot)."""
+    return _name_problem(name) is None
+
+
 def _name_problem(name: object) -> str | None:
     if not isinstance(name, str) or not name:
         return "it is empty"

@@ -66,6 +66,10 @@ class Chunk:
     end: int
     chapter: int | None
     chapter_title: str | None
+    # Where it lies (kb.loaders.Place): 1-based pages of paged formats, the heading path.
+    page: int | None = None
+    page_end: int | None = None  # the last page where the chunk spans pages, else None
+    section: str | None = None  # e.g. "第三章 > 3.2 安装", or the chapter's label "第2章 休假"
 
 
 def chinese_number(numeral: str) -> int:

@@ -5,14 +5,18 @@ naming the live one. A build writes a complete new version into a ``.tmp-*`` fol
 FAISS index, BM25 index, then ``manifest.json`` with the SHA-256 of every other file), fsyncs
 it, renames it to ``v-*`` and finally swaps ``CURRENT`` with ``os.replace``. A build killed at
 any moment therefore leaves ``CURRENT`` on the old, untouched version, and a reader only ever
-sees one complete version. Writers serialise on an exclusive lock file.
+sees one complete version.
+
+Writers serialise on an exclusive lock file ``kb_root/.locks/<name>.lock``: beside the
+knowledge base's folder, not inside it, so a writer waiting while ``drop`` renames the folder
+away (to ``kb_root/.trash-*``, deleted right after) locks the same file as a writer started
+after the drop (glmkb #20: the lock inside the folder let two writers in at once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -21,14 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kb.errors import KnowledgeBaseError
+from kb.manifest import FORMAT, MANIFEST, Manifest, damaged, write_manifest
+from kb.manifest import read_manifest as _read_manifest
 
 POINTER = "CURRENT"
-MANIFEST = "manifest.json"
-LOCK = ".lock"
+LOCK = ".lock"  # inside kb folders written before the lock moved to LOCK_DIR (ignored now)
+LOCK_DIR = ".locks"
 VERSION_PREFIX = "v-"
 TMP_PREFIX = ".tmp-"
-FORMAT = 1
+TRASH_PREFIX = ".trash-"
 
 try:  # POSIX
     import fcntl
@@ -52,8 +57,10 @@ def read_pointer(kb_dir: Path) -> str | None:
         return None
     except UnicodeDecodeError:
         name = "(not text)"
+    except OSError as e:
+        raise damaged(kb_dir.name, f"{kb_dir / POINTER} cannot be read ({e.strerror})") from None
     if not name.startswith(VERSION_PREFIX) or "/" in name or "\\" in name or ".." in name or not name.isprintable():
-        raise KnowledgeBaseError(f"{kb_dir / POINTER} is corrupted ({name!r}); rebuild the knowledge base")
+        raise damaged(kb_dir.name, f"{kb_dir / POINTER} is corrupted ({name!r})")
     return name
 
 
@@ -61,11 +68,22 @@ def is_knowledge_base(kb_dir: Path) -> bool:
     return (kb_dir / POINTER).is_file()
 
 
+def lock_path(kb_dir: Path) -> Path:
+    """The writer lock of the knowledge base in ``kb_dir``: ``kb_root/.locks/<name>.lock``."""
+    return kb_dir.parent / LOCK_DIR / f"{kb_dir.name}.lock"
+
+
 @contextlib.contextmanager
 def write_lock(kb_dir: Path) -> Iterator[None]:
-    """Hold the knowledge base's writer lock (other writers wait; readers never do)."""
-    kb_dir.mkdir(parents=True, exist_ok=True)
-    with (kb_dir / LOCK).open("a") as handle:
+    """Hold the knowledge base's writer lock (other writers wait; readers never do).
+
+    The lock file is never deleted (a writer may be waiting on it) and lives outside
+    ``kb_dir``, which may not exist yet or may be renamed away by ``drop`` meanwhile: whoever
+    gets the lock re-reads the folder before writing.
+    """
+    path = lock_path(kb_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
         if fcntl is not None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -81,34 +99,32 @@ def new_staging_dir(kb_dir: Path) -> Path:
     return path
 
 
-def read_manifest(version_dir: Path, *, verify: bool = True) -> dict[str, Any]:
-    """The manifest of a version, after checking every file against its recorded SHA-256."""
-    path = version_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise KnowledgeBaseError(f"{path} is missing; the knowledge base is damaged, rebuild it") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KnowledgeBaseError(f"{path} is not valid JSON; the knowledge base is damaged, rebuild it") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise KnowledgeBaseError(f"{path} is not a glmkb manifest (format {FORMAT}); rebuild the knowledge base")
+def read_manifest(version_dir: Path, *, kb_name: str | None = None, verify: bool = True) -> Manifest:
+    """The checked manifest of a version, after checking every file against its recorded SHA-256."""
+    name = kb_name or version_dir.parent.name
+    manifest = _read_manifest(version_dir, kb_name=name)
     if verify:
-        verify_files(version_dir, manifest["files"])
+        verify_files(version_dir, manifest.files, kb_name=name)
     return manifest
 
 
-def verify_files(version_dir: Path, files: dict[str, str]) -> None:
+def verify_files(version_dir: Path, files: dict[str, str], *, kb_name: str | None = None) -> None:
+    """Every file a manifest lists exists inside ``version_dir`` with its recorded SHA-256."""
+    name = kb_name or version_dir.parent.name
+    if not files:
+        raise damaged(name, f"the manifest of {version_dir} lists no files")
     for rel, expected in files.items():
         target = (version_dir / rel).resolve()
         if version_dir.resolve() not in target.parents:
-            raise KnowledgeBaseError(f"manifest of {version_dir} names a file outside it ({rel!r}); rebuild the knowledge base")
+            raise damaged(name, f"the manifest of {version_dir} names a file outside it ({rel!r})")
         if not target.is_file():
-            raise KnowledgeBaseError(f"{target} is missing; the knowledge base is damaged, rebuild it")
-        if file_sha256(target) != expected:
-            raise KnowledgeBaseError(
-                f"{target} does not match the hash in its manifest (modified or damaged); "
-                "the knowledge base will not be loaded: rebuild it (ingest drop, then ingest build)"
-            )
+            raise damaged(name, f"{target} is missing")
+        try:
+            actual = file_sha256(target)
+        except OSError as e:
+            raise damaged(name, f"{target} cannot be read ({e.strerror})") from None
+        if actual != expected:
+            raise damaged(name, f"{target} does not match the hash in its manifest (modified or damaged)")
 
 
 def hash_files(version_dir: Path) -> dict[str, str]:
@@ -123,12 +139,17 @@ def hash_files(version_dir: Path) -> dict[str, str]:
 def publish(kb_dir: Path, staging: Path, manifest: dict[str, Any]) -> str:
     """Seal ``staging`` (manifest last, everything fsynced), rename it to a version folder and
     atomically point ``CURRENT`` at it. Returns the version name."""
-    manifest = {**manifest, "format": FORMAT, "files": hash_files(staging)}
-    (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_manifest(staging, {**manifest, "format": FORMAT, "files": hash_files(staging)})
     _fsync_tree(staging)
     version = f"{VERSION_PREFIX}{time.time_ns():020d}-{secrets.token_hex(3)}"
     os.replace(staging, kb_dir / version)
     _fsync_dir(kb_dir)
+    point_at(kb_dir, version)
+    return version
+
+
+def point_at(kb_dir: Path, version: str) -> None:
+    """Atomically make ``version`` the live one (``CURRENT`` replaced, fsynced)."""
     tmp_pointer = kb_dir / f"{TMP_PREFIX}{POINTER}-{secrets.token_hex(3)}"
     with tmp_pointer.open("w", encoding="utf-8") as f:
         f.write(version + "\n")
@@ -136,7 +157,6 @@ def publish(kb_dir: Path, staging: Path, manifest: dict[str, Any]) -> str:
         os.fsync(f.fileno())
     os.replace(tmp_pointer, kb_dir / POINTER)
     _fsync_dir(kb_dir)
-    return version
 
 
 def collect_garbage(kb_dir: Path, *, keep: set[str]) -> None:
@@ -158,6 +178,34 @@ def collect_garbage(kb_dir: Path, *, keep: set[str]) -> None:
 def versions(kb_dir: Path) -> list[str]:
     """Committed version folders, oldest first."""
     return sorted(p.name for p in kb_dir.iterdir() if p.is_dir() and p.name.startswith(VERSION_PREFIX))
+
+
+def kb_folders(root: Path) -> list[Path]:
+    """Folders under ``root`` that are knowledge bases: a valid name (never ``.trash-*``,
+    ``.locks`` or another hidden folder) holding a ``CURRENT`` file (possibly damaged)."""
+    from kb.names import is_valid_kb_name
+
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if is_valid_kb_name(p.name) and p.is_dir() and is_knowledge_base(p))
+
+
+def move_to_trash(kb_dir: Path) -> Path:
+    """Rename a knowledge base's folder away atomically (call with its writer lock held)."""
+    trash = kb_dir.parent / f"{TRASH_PREFIX}{kb_dir.name}-{os.getpid()}-{time.time_ns()}"
+    os.replace(kb_dir, trash)
+    _fsync_dir(kb_dir.parent)
+    return trash
+
+
+def clean_trash(root: Path) -> None:
+    """Delete ``.trash-*`` folders left by drops killed before they finished (glmkb #20: a
+    ``kill -9`` mid-drop left one that every listing showed as a knowledge base)."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name.startswith(TRASH_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:

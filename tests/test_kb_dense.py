@@ -87,7 +87,7 @@ def test_changed_file_updates_the_vector_index(
 ) -> None:
     dense_kb.remove(["sanguo_a.txt"])
     dense_kb.add_files([sanguo_excerpts["c"]])
-    version = dense_kb._version
+    version = dense_kb._live.version
     assert version is not None and version.faiss_index.ntotal == dense_kb.manifest["counts"]["chunks"]
     target = dense_kb.get_chunks("sanguo_c.txt")[2]
     best = [h.metadata["chunk_id"] for h in dense_kb.search(target.page_content, mode="dense", k=5)
@@ -127,7 +127,7 @@ def test_pickle_payload_as_faiss_index_never_runs(dense_kb: KnowledgeBase, tmp_p
     if rehash:
         manifest = json.loads((version_dir / storage.MANIFEST).read_text(encoding="utf-8"))
         manifest["files"] = storage.hash_files(version_dir)
-        (version_dir / storage.MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+        storage.write_manifest(version_dir, manifest)
     with pytest.raises(KnowledgeBaseError, match="rebuild"):
         KnowledgeBase(dense_kb.root, "dense")
     assert not marker.exists()

@@ -90,9 +90,10 @@ def ranking(kb: KnowledgeBase, query: str, *, mode: str = "dense", k: int | None
 
 def raw_dense_ids(kb: KnowledgeBase, query: str) -> list[int]:
     """What the vector store itself returns for a query (before the docstore lookup)."""
-    version = kb._current()
+    kb.refresh()
+    version = kb._live.version
     assert version is not None and version.dense is not None
-    vector = np.asarray(kb._get_embeddings().embed_query(query), dtype=np.float32)
+    vector = np.asarray(kb._embed_query(query), dtype=np.float32)
     return sorted(i for i, _ in version.dense.search(vector, 10_000))
 
 
@@ -296,7 +297,7 @@ def test_cli_errors_for_an_unavailable_milvus_are_one_line(
 ) -> None:
     monkeypatch.setenv("GLMKB_KB__MILVUS_URI", "http://127.0.0.1:1")
     code = main(["build", str(sanguo_excerpts["a"]), "--kb", "m", "--store", "milvus",
-                 "--embedding", str(tiny_embedding_path), "--device", "cpu", "-q"])
+                 "--embedding", str(tiny_embedding_path), "--embedding-device", "cpu", "-q"])
     _, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
@@ -311,7 +312,7 @@ def test_cli_build_query_list_drop_with_kb_store_milvus(
     root = tmp_path / "kb_root"
     monkeypatch.setenv("GLMKB_KB_ROOT", str(root))
     monkeypatch.setenv("GLMKB_KB__STORE", "milvus")
-    base = ["--kb", "m", "--embedding", str(tiny_embedding_path), "--device", "cpu"]
+    base = ["--kb", "m", "--embedding", str(tiny_embedding_path), "--embedding-device", "cpu"]
     assert main(["build", str(sanguo_excerpts["a"]), *base, "--chunk-size", "200", "--chunk-overlap", "40", "-q"]) == 0
     assert main(["query", "董卓废少帝", *base, "--mode", "dense", "-k", "3", "--json"]) == 0
     out, _ = capsys.readouterr()

@@ -16,7 +16,7 @@ from kb import (
     KnowledgeBase,
     KnowledgeBaseError,
     bm25_index,
-    knowledge_base,
+    build,
     reciprocal_rank_fusion,
     storage,
     validate_kb_name,
@@ -163,7 +163,7 @@ def test_pickle_payload_in_store_files_never_runs(
         manifest_path = version_dir / storage.MANIFEST
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         manifest["files"] = storage.hash_files(version_dir)
-        manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+        storage.write_manifest(version_dir, manifest)
     with pytest.raises(KnowledgeBaseError, match="rebuild"):
         kb = KnowledgeBase(root, "t")
         kb.search("玄德", mode="bm25")
@@ -216,7 +216,8 @@ def test_keyword_only_kb_modes(tmp_path: Path, sanguo_excerpts: dict[str, Path])
         kb.search("张飞", mode="dense")
 
 
-def test_summarizer_reads_documents_and_chapters(tmp_path: Path, sanguo_path: Path) -> None:
+def test_summarizer_reads_documents_and_chapters(tmp_path: Path, sanguo_novel_path: Path) -> None:
+    sanguo_path = sanguo_novel_path
     kb = keyword_kb(tmp_path)
     kb.add_files([sanguo_path])
     info = kb.get_document("sanguo.txt")
@@ -284,9 +285,9 @@ def test_a_file_changed_while_it_is_added_is_refused_and_nothing_is_written(
     kb = keyword_kb(tmp_path)
     kb.add_files([sanguo_excerpts["b"]])
     before = snapshot(kb)
-    real_scan = knowledge_base._Incoming.scan
+    real_scan = build.Incoming.scan
 
-    def scan_then_edit(source_label: str, encoding: str, blocks: Any) -> knowledge_base._Incoming:
+    def scan_then_edit(source_label: str, encoding: str, blocks: Any) -> build.Incoming:
         doc = real_scan(source_label, encoding, blocks)
         data = source.read_bytes()
         stat = source.stat()
@@ -295,7 +296,7 @@ def test_a_file_changed_while_it_is_added_is_refused_and_nothing_is_written(
             os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         return doc
 
-    monkeypatch.setattr(knowledge_base._Incoming, "scan", scan_then_edit)
+    monkeypatch.setattr(build.Incoming, "scan", scan_then_edit)
     with pytest.raises(KnowledgeBaseError, match="changed while it was being"):
         kb.add_files([source])
     assert snapshot(KnowledgeBase(tmp_path, "t")) == before
@@ -305,11 +306,15 @@ def test_a_file_changed_while_it_is_added_is_refused_and_nothing_is_written(
 def test_document_text_streams_into_the_docstore_in_blocks(tmp_path: Path, sanguo_path: Path) -> None:
     """A whole novel is stored as several text blocks (not one value holding the file) and
     reads back exactly."""
+    data = sanguo_path.read_bytes()
+    source = tmp_path / "src" / "sanguo.txt"  # 1.5 MiB or more: over one 1 MiB block
+    source.parent.mkdir()
+    source.write_bytes(data * max(1, -(-(3 << 19) // len(data))))  # the excerpt repeated, the novel once
     kb = keyword_kb(tmp_path)
-    kb.add_files([sanguo_path])
-    text = sanguo_path.read_text(encoding="utf-8")
+    kb.add_files([source])
+    text = source.read_text(encoding="utf-8")
     assert kb.get_document_text("sanguo.txt") == text
-    with sqlite3.connect(kb.path / kb.version / knowledge_base.DOCSTORE_FILE) as conn:
+    with sqlite3.connect(kb.path / kb.version / "docstore.sqlite") as conn:
         blocks = conn.execute("SELECT count(*), max(length(text)) FROM document_blocks").fetchone()
         assert conn.execute("SELECT text FROM documents").fetchone() == ("",)
     assert blocks[0] > 1 and blocks[1] < len(text)

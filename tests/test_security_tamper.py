@@ -40,11 +40,16 @@ def keyword_kb(root: Path) -> Path:
     return root / "t" / storage.read_pointer(root / "t")
 
 
-def write_manifest(version_dir: Path, change: Any) -> None:
+def write_manifest(version_dir: Path, change: Any, *, seal: bool = True) -> None:
+    """Edit a manifest as an attacker who can write the folder would: with its checksum
+    recomputed (``seal``; it is not a secret), so the deeper checks are what refuses it."""
     path = version_dir / storage.MANIFEST
     manifest = json.loads(path.read_text(encoding="utf-8"))
     change(manifest)
-    path.write_text(json.dumps(manifest), encoding="utf-8")
+    if seal:
+        storage.write_manifest(version_dir, manifest)
+    else:
+        path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
 @pytest.mark.parametrize("pointer", [b"../../victim", b"/etc", b"v-1/../../x", b"v-..", b"CURRENT", b"", b"v-\x00",
@@ -87,7 +92,7 @@ def test_damaged_versions_are_refused_with_rebuild(tmp_path: Path, damage: str) 
     elif damage == "garbage-manifest":
         (version / storage.MANIFEST).write_bytes(b"\xff\xfe not json")
     elif damage == "wrong-format":
-        write_manifest(version, lambda m: m.__setitem__("format", 99))
+        write_manifest(version, lambda m: m.__setitem__("format", 99), seal=False)
     else:
         data = (version / "docstore.sqlite").read_bytes()
         (version / "docstore.sqlite").write_bytes(data[: len(data) // 2])
@@ -126,7 +131,7 @@ def test_a_manifest_pointing_at_a_hostile_embedding_model_runs_no_code(
     evil = evil_model_folder(tmp_path / "evil-model", marker, tiny_embedding_path)
     version = root / "t" / storage.read_pointer(root / "t")
     write_manifest(version, lambda m: m["embedding"].__setitem__("model", str(evil)))
-    opened = KnowledgeBase(root, "t")  # the manifest itself is not hashed: it opens
+    opened = KnowledgeBase(root, "t")  # its checksum was recomputed (no secret): it opens
     assert opened.embedding_model == str(evil)
     with pytest.raises(EmbeddingModelError, match="cannot load embedding model") as info:
         opened.search("刘备", mode="dense")

@@ -64,3 +64,18 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
     bad.write_text("- just\n- a list\n")
     with pytest.raises(SettingsError, match="mapping"):
         load_settings(bad)
+
+
+def test_layers_are_pydantic_settings_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers are pydantic-settings' own sources, so ``Settings()`` built directly (as
+    libraries do) sees default.yaml and GLMKB_* too, and nested keys merge across layers."""
+    monkeypatch.setenv("GLMKB_LLM__GENERATION__TOP_P", "0.3")
+    s = Settings(llm={"device": "cpu"})
+    assert (s.llm.device, s.llm.generation.top_p, s.llm.generation.max_new_tokens) == ("cpu", 0.3, 1024)
+
+
+def test_misspelt_environment_variable_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings skips GLMKB_ names that match no field; a typo must still be one error."""
+    monkeypatch.setenv("GLMKB_RETRIEVEL__TOP_K", "3")
+    with pytest.raises(SettingsError, match="retrievel: unknown setting"):
+        load_settings()

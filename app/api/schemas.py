@@ -1,0 +1,180 @@
+"""Request bodies of glmkb's OpenAI-compatible API, validated by pydantic.
+
+Unknown fields are ignored (OpenAI clients send many optional ones, e.g. ``presence_penalty``
+or ``user``); fields whose meaning we cannot honour (``n`` > 1, ``tools``, image content,
+JSON response formats) are refused with a 400 that says so rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kb.types import RetrievalMode as Mode
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "EmbeddingRequest",
+    "KBChatRequest",
+    "KBQueryRequest",
+    "MAX_STOP_SEQUENCES",
+    "StreamOptions",
+]
+
+MAX_STOP_SEQUENCES = 16
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ChatMessage(_Body):
+    """One chat message; ``developer`` is OpenAI's newer name for ``system``."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(value, list):
+            for part in value:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError(
+                        f"only text content parts are supported (got a part of type {part.get('type')!r})"
+                    )
+        return value
+
+    def text(self) -> str:
+        """The message's text (content parts joined)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part["text"] for part in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Body):
+    """``POST /v1/chat/completions``."""
+
+    model: str | None = Field(None, description="Served model id (GET /v1/models); empty = the served model.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0.0, description="vLLM-style extension.")
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed (got {len(stops)})")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError(f"only n=1 is supported (got {value}); send several requests instead")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool calling is not supported by this server")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type", "text") != "text":
+            raise ValueError(f"only the text response format is supported (got {value.get('type')!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _ends_with_user(self) -> ChatCompletionRequest:
+        turns = [m for m in self.messages if m.role not in ("system", "developer")]
+        if not turns or turns[-1].role != "user":
+            raise ValueError("the last message (after any system messages) must have role 'user'")
+        return self
+
+    def stop_list(self) -> list[str] | None:
+        if self.stop is None:
+            return None
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class KBChatRequest(ChatCompletionRequest):
+    """``POST /v1/kb/{name}/chat/completions``: a chat request plus retrieval options."""
+
+    k: int | None = Field(None, ge=1, le=100, description="Passages retrieved (default retrieval.top_k).")
+    mode: Mode | None = Field(None, description="dense, bm25 or hybrid (default retrieval.mode).")
+
+    @field_validator("stop")
+    @classmethod
+    def _no_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value:
+            raise ValueError("stop sequences are not supported for knowledge-base chat")
+        return value
+
+
+class KBQueryRequest(_Body):
+    """``POST /v1/kb/{name}/query``."""
+
+    query: str = Field(min_length=1)
+    k: int | None = Field(None, ge=1, le=100)
+    mode: Mode | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the query must contain text")
+        return value
+
+
+class EmbeddingRequest(_Body):
+    """``POST /v1/embeddings``."""
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must not be empty")
+            if any(not isinstance(v, str) for v in value):
+                raise ValueError("input must be a string or a list of strings (token arrays are not supported)")
+        elif not isinstance(value, str):
+            raise ValueError("input must be a string or a list of strings (token arrays are not supported)")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -1,0 +1,138 @@
+"""The one flag table of every glmkb command line (``ingest``, ``glmkb``, ``glmkb-web``, ``glmkb-api``).
+
+Each flag has one meaning everywhere: ``--device`` is always the chat model's device and
+``--embedding-device`` the embedder's (the old ``ingest build --device`` meant the embedder
+while ``ingest summarize --device`` meant the chat model). A flag that sets a setting names
+its dotted key here, so commands never map flags to settings by hand:
+``settings_from_params(params)`` turns a click command's parameters into ``load_settings``
+overrides (unset flags are None and never mask YAML or the environment).
+
+A command picks its flags by parameter name: ``@flag_options("kb", "kb_root", "embedding")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from configs.settings import Settings, load_settings
+from kb.types import RETRIEVAL_MODES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line option: its spellings, help, and the setting it sets (if any)."""
+
+    decls: tuple[str, ...]
+    help: str
+    key: str | None = None
+    type: Any = None
+    is_flag: bool = False
+    metavar: str | None = None
+    multiple: bool = False
+
+    def option(self, name: str) -> Callable[[F], F]:
+        """The click option for this flag, with ``name`` as its parameter name."""
+        extra: dict[str, Any] = {"help": self.help + (f" ({self.key})" if self.key else "")}
+        if self.is_flag:
+            # A flag that sets a setting stays None when not given, so it never masks YAML/env.
+            extra.update(is_flag=True, default=None if self.key else False)
+        else:
+            extra.update(type=self.type, metavar=self.metavar, multiple=self.multiple)
+        return click.option(*self.decls, name, **extra)
+
+
+FLAGS: dict[str, Flag] = {
+    # Every command.
+    "config": Flag(("--config",), "YAML settings file (default: $GLMKB_CONFIG)", metavar="FILE"),
+    "verbose": Flag(("-v", "--verbose"), "log details and show tracebacks", is_flag=True),
+    "quiet": Flag(("-q", "--quiet"), "no progress bars", is_flag=True),
+    "json": Flag(("--json",), "print JSON", is_flag=True),
+    # Knowledge bases.
+    "kb": Flag(("--kb",), "knowledge base name", key="kb_name", metavar="NAME"),
+    "kb_root": Flag(("--kb-root",), "folder holding the knowledge bases", key="kb_root", metavar="DIR"),
+    "store": Flag(
+        ("--store",),
+        "where a new knowledge base keeps its vectors: faiss files or a Milvus collection",
+        key="kb.store",
+        type=click.Choice(["faiss", "milvus"]),
+    ),
+    "ocr": Flag(
+        ("--ocr",),
+        "OCR for scanned PDF pages and images: auto = pages without a text layer, force = every page, off = never",
+        key="kb.ocr",
+        type=click.Choice(["off", "auto", "force"]),
+    ),
+    "chunk_size": Flag(("--chunk-size",), "chunk length in characters (new knowledge bases)",
+                       key="chunking.chunk_size", type=int, metavar="N"),
+    "chunk_overlap": Flag(("--chunk-overlap",), "characters shared by neighbouring chunks",
+                          key="chunking.chunk_overlap", type=int, metavar="N"),
+    # Embeddings.
+    "embedding": Flag(
+        ("--embedding",),
+        "embedding model (local folder or hub name), or 'none' for a keyword-only (BM25) knowledge base",
+        key="embedding.model",
+        metavar="MODEL|none",
+    ),
+    "embedding_device": Flag(("--embedding-device",), f"embedding device: {DEVICES}", key="embedding.device",
+                             metavar="DEVICE"),
+    # Retrieval.
+    "k": Flag(("-k", "--top-k"), "passages to return", key="retrieval.top_k", type=int, metavar="N"),
+    "mode": Flag(("--mode",), "retrieval mode", key="retrieval.mode", type=click.Choice(list(RETRIEVAL_MODES))),
+    "threshold": Flag(("--threshold",), "drop hits scoring below SCORE", key="retrieval.score_threshold",
+                      type=float, metavar="SCORE"),
+    "reranker": Flag(("--reranker",), "cross-encoder that reorders hits", key="retrieval.reranker", metavar="MODEL"),
+    # The chat model.
+    "model_path": Flag(("--model-path",), "chat model folder or hub id", key="llm.model_path", metavar="PATH"),
+    "device": Flag(("--device",), f"chat model device: {DEVICES}", key="llm.device", metavar="DEVICE"),
+    "dtype": Flag(("--dtype",), "chat model dtype", key="llm.dtype",
+                  type=click.Choice(["auto", "bfloat16", "float16", "float32"])),
+    "adapter": Flag(("--adapter",), "fine-tuned adapter folder: P-tuning v2 or LoRA", key="llm.adapter", metavar="DIR"),
+    "merge_adapter": Flag(("--merge-adapter",), "fold a LoRA adapter into the weights", key="llm.merge_adapter", is_flag=True),
+    "quantization": Flag(("--quantization",), "weight quantization of the chat model", key="llm.quantization",
+                         metavar="KIND"),
+}
+
+
+def flag_options(*names: str) -> Callable[[F], F]:
+    """Decorate a click command with the flags ``names`` (in that order in ``--help``)."""
+
+    def decorate(fn: F) -> F:
+        for name in reversed(names):
+            fn = FLAGS[name].option(name)(fn)
+        return fn
+
+    return decorate
+
+
+def settings_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"kb": "novels", "device": "cpu"}`` -> ``{"kb_name": "novels", "llm": {"device": "cpu"}}``."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        flag = FLAGS.get(name)
+        if flag is None or flag.key is None or value is None:
+            continue
+        *sections, key = flag.key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return out
+
+
+def settings_from_params(params: Mapping[str, Any], **overrides: Any) -> Settings:
+    """Load settings with ``params``' flags as the top layer (``--config`` picks the YAML file)."""
+    merged = settings_overrides(params)
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**value, **{k: v for k, v in merged[section].items() if v is not None}}
+        elif merged.get(section) is None:
+            merged[section] = value
+    return load_settings(params.get("config"), **merged)

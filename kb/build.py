@@ -1,0 +1,498 @@
+"""Writing a new version of a knowledge base: each step of a build is a method of :class:`VersionWriter`.
+
+A build copies the current docstore into a staging folder, deletes replaced and removed
+documents, streams new documents in (text blocks, chunks, BM25 tokens and vectors a batch at a
+time), builds the BM25 index from the docstore in two passes, writes the vectors through the
+knowledge base's :class:`~kb.dense_store.DenseStore` and publishes the folder (``kb/storage.py``).
+The caller holds the writer lock. Files are read through :func:`read_file`, the one seam between
+file formats and the build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kb import storage
+from kb.bm25_index import BM25Index
+from kb.dense_store import DenseStore, VectorChange
+from kb.docstore import Docstore, DocumentInfo, find_document
+from kb.embedding import is_keyword_only
+from kb.errors import EmbeddingModelError, KnowledgeBaseError
+from kb.loaders import LoadedDocument, Place, open_document
+from kb.loaders.document import SectionIndex
+from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks
+from kb.tokenizing import tokenize
+from kb.version import BM25_DIR, DOCSTORE_FILE, LoadedVersion
+
+CHUNK_BATCH = 1024
+"""Chunks tokenized, embedded and written at a time while a document streams in."""
+BM25_SETTINGS = {"tokenizer": "jieba.cut_for_search", "k1": 1.5, "b": 0.75, "method": "lucene"}
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass
+class BuildReport:
+    """What an add or remove did to a knowledge base."""
+
+    files: int = 0
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    chunks_added: int = 0
+    chunks_skipped: int = 0
+    chunks_removed: int = 0
+    chunks_embedded: int = 0
+    """Existing chunks given vectors (a keyword-only knowledge base gaining an embedding model)."""
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        line = (
+            f"files: {self.files} ({len(self.added)} added, {len(self.replaced)} replaced, "
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed); "
+            f"chunks: {self.chunks_added} added, {self.chunks_skipped} skipped, "
+            f"{self.chunks_removed} removed; {self.seconds:.1f} s"
+        )
+        return f"{line}; vectors added to {self.chunks_embedded} existing chunks" if self.chunks_embedded else line
+
+
+@dataclass
+class Incoming:
+    """A source document checked and scanned, waiting to be added; its text is re-read from
+    ``blocks`` when it is written, so a build holds one block of it at a time."""
+
+    source: str
+    encoding: str
+    sha256: str  # of the decoded text as UTF-8
+    chars: int
+    chapters: list[Chapter]
+    blocks: Callable[[], Iterable[str]]
+    document: LoadedDocument | None = None  # a file's pages and headings (None for add_texts)
+
+    @property
+    def doc_id(self) -> str:
+        return doc_id_for(self.source)
+
+    @classmethod
+    def scan(cls, source: str, encoding: str, blocks: Callable[[], Iterable[str]]) -> Incoming:
+        """Read the text once for its hash, length and chapters (its 第N回/章 lines)."""
+        hasher, scanner, chars = hashlib.sha256(), ChapterScanner(), 0
+        for block in blocks():
+            hasher.update(block.encode("utf-8"))
+            scanner.feed(block)
+            chars += len(block)
+        return cls(source, encoding, hasher.hexdigest(), chars, scanner.finish(), blocks)
+
+    def with_document(self, document: LoadedDocument) -> Incoming:
+        """This scan of ``document``'s text with its pages, and its own headings (PDF outline,
+        DOCX/HTML/Markdown headings, EPUB contents) as chapters where it has them."""
+        chapters = document.chapters(length=self.chars)
+        return dataclasses.replace(self, chapters=self.chapters if chapters is None else chapters, document=document)
+
+    def sections(self) -> list[Chapter]:
+        """Where chunks are cut: the chapters, and inside them any lower heading (DOCX/PDF/EPUB/...)."""
+        return self.document.sections(self.chapters) if self.document is not None else self.chapters
+
+    def locator(self) -> Callable[[int, int], Place]:
+        """``place(start, end)`` of this document's chunks: pages and heading path."""
+        if self.document is not None:
+            return self.document.locator(self.chapters)
+        sections = SectionIndex((), self.chapters)
+        return lambda start, end: Place(section=sections.at(start))
+
+
+def read_file(path: str | os.PathLike[str], source: str, *, ocr: str = "auto") -> Incoming:
+    """A file checked and scanned for a build: the one place a build gets a file's text
+    (any format :func:`kb.loaders.open_document` reads; ``ocr`` off/auto/force)."""
+    document = open_document(path, ocr=ocr)
+    return Incoming.scan(source, document.encoding, document.blocks).with_document(document)
+
+
+def read_text(source: str, text: str) -> Incoming:
+    """A document given as text (``add_texts``)."""
+    if not text.strip():
+        raise KnowledgeBaseError(f"{source} is empty; there is no text to add")
+    blocks = [text.removeprefix("\ufeff")]
+    return Incoming.scan(source, "text", lambda: blocks)
+
+
+def doc_id_for(source: str) -> str:
+    """Stable id of a source within a knowledge base (same path -> same id across rebuilds)."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def source_for_path(path: str | os.PathLike[str]) -> str:
+    """How a file is recorded as ``source``: its absolute path."""
+    return str(Path(path).expanduser().resolve())
+
+
+def check_unique_sources(incoming: Sequence[Incoming]) -> None:
+    seen: set[str] = set()
+    for doc in incoming:
+        if doc.source in seen:
+            raise KnowledgeBaseError(f"{doc.source} is given twice")
+        seen.add(doc.source)
+
+
+def plan(
+    known: Sequence[DocumentInfo], incoming: Sequence[Incoming], refs: Sequence[str], report: BuildReport, *, kb_name: str
+) -> tuple[list[Incoming], list[str]]:
+    """What a build does to the current documents ``known``: the documents to add (new or
+    changed) and the doc ids to delete (``refs`` removed, changed ones replaced). Unchanged
+    files are skipped; a ref that names no document raises KnowledgeBaseNotFound."""
+    by_id = {d.doc_id: d for d in known}
+    to_delete = [find_document(known, ref, kb_name=kb_name).doc_id for ref in refs]
+    report.removed = [by_id[d].source for d in to_delete]
+    to_add: list[Incoming] = []
+    for doc in incoming:
+        old = by_id.get(doc.doc_id)
+        if old is not None and old.sha256 == doc.sha256:
+            report.unchanged.append(doc.source)
+            report.chunks_skipped += old.chunks
+            continue
+        to_add.append(doc)
+        (report.replaced if old is not None else report.added).append(doc.source)
+        if old is not None:
+            to_delete.append(doc.doc_id)
+    return to_add, to_delete
+
+
+def embedder(embeddings: Any, *, batch_size: int, dimension: int | None, kb_name: str) -> Embed:
+    """Texts -> normalized float32 vectors through a LangChain ``Embeddings``, ``batch_size`` at a time."""
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            dim = dimension or len(embeddings.embed_query("维度"))
+            return np.zeros((0, dim), dtype=np.float32)
+        parts = [
+            np.asarray(embeddings.embed_documents(list(texts[i : i + batch_size])), dtype=np.float32)
+            for i in range(0, len(texts), batch_size)
+        ]
+        vectors = np.ascontiguousarray(np.concatenate(parts))
+        if dimension is not None and vectors.shape[1] != dimension:
+            raise EmbeddingModelError(
+                f"embedding model gives {vectors.shape[1]}-dimensional vectors but knowledge base "
+                f"{kb_name!r} holds {dimension}-dimensional ones; use the model it was built with"
+            )
+        return vectors
+
+    return embed
+
+
+class VersionWriter:
+    """Writes one new version of knowledge base ``kb_name`` in ``kb_dir`` (writer lock held).
+
+    ``manifest`` is the current version's manifest as a dict (or a new knowledge base's
+    settings); ``embed`` is None for keyword-only knowledge bases, else ``store`` takes the vectors.
+    """
+
+    def __init__(
+        self,
+        *,
+        kb_dir: Path,
+        kb_name: str,
+        manifest: dict[str, Any],
+        base: LoadedVersion | None,
+        store: DenseStore | None,
+        embed: Embed | None,
+        show_progress: bool = False,
+    ) -> None:
+        self.kb_dir = kb_dir
+        self.kb_name = kb_name
+        self.manifest = manifest
+        self.base = base
+        self.store = store
+        self.embed = embed
+        self.show_progress = show_progress
+        self.now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._documents: list[DocumentInfo] = []  # the new version's, read before its docstore closes
+
+    @classmethod
+    def prepare(
+        cls, *, kb_dir: Path, kb_name: str, manifest: dict[str, Any], base: LoadedVersion | None,
+        store: Callable[[], DenseStore], embeddings: Callable[[], Any], batch_size: int, show_progress: bool,
+    ) -> VersionWriter:
+        """A writer for ``manifest``'s knowledge base; for one with vectors, the store is checked and the
+        embedding model loaded first, so a missing server or model fails before the slow steps."""
+        if is_keyword_only(manifest["embedding"]["model"]):
+            return cls(kb_dir=kb_dir, kb_name=kb_name, manifest=manifest, base=base, store=None, embed=None,
+                       show_progress=show_progress)
+        vector_store = store()
+        vector_store.check_writable()
+        embed = embedder(embeddings(), batch_size=batch_size, dimension=manifest["embedding"]["dimension"], kb_name=kb_name)
+        return cls(kb_dir=kb_dir, kb_name=kb_name, manifest=manifest, base=base, store=vector_store, embed=embed,
+                   show_progress=show_progress)
+
+    @property
+    def chunking(self) -> dict[str, Any]:
+        return self.manifest["chunking"]
+
+    # --- the two kinds of build ------------------------------------------------------------
+
+    def write(self, to_add: Sequence[Incoming], to_delete: Sequence[str], report: BuildReport) -> str:
+        """Add ``to_add`` and delete the documents ``to_delete`` (doc ids); returns the new version."""
+        with self._staging() as staging:
+            docstore = self._copy_docstore(staging, self.base.docstore.path if self.base else None)
+            removed_ids = self._delete(docstore, to_delete)
+            report.chunks_removed = len(removed_ids)
+            next_id = max(int(self.manifest.get("next_chunk_id", 0)), docstore.max_chunk_id() + 1)
+            new_ids, vectors = self._add(docstore, to_add, first_id=next_id)
+            report.chunks_added = len(new_ids)
+            next_id += len(new_ids)
+            all_ids = self._build_bm25(docstore, staging)
+            self._write_vectors(
+                staging,
+                base=self.base.dense if self.base else None,
+                removed_ids=removed_ids,
+                new_ids=new_ids,
+                vectors=vectors,
+                next_id=next_id,
+                all_ids=all_ids,
+            )
+            return self._publish(staging, next_id=next_id, chunks=len(all_ids))
+
+    def reindex(self, source_docstore: Path, report: BuildReport) -> str:
+        """A new version with the same documents and chunks as ``source_docstore``: BM25 rebuilt
+        and every chunk embedded afresh (a keyword-only knowledge base gaining vectors, or a
+        repair from the stored text)."""
+        with self._staging() as staging:
+            docstore = self._copy_docstore(staging, source_docstore)
+            next_id = max(int(self.manifest.get("next_chunk_id", 0)), docstore.max_chunk_id() + 1)
+            ids, vectors = self._embed_stored(docstore)
+            report.chunks_embedded = len(ids) if self.embed is not None else 0
+            all_ids = self._build_bm25(docstore, staging)
+            self._write_vectors(
+                staging, base=None, removed_ids=[], new_ids=ids, vectors=vectors, next_id=next_id, all_ids=all_ids
+            )
+            return self._publish(staging, next_id=next_id, chunks=len(all_ids))
+
+    # --- steps ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _staging(self) -> Iterator[Path]:
+        """A fresh staging folder, removed (with a one-line error) if the build fails."""
+        first = not storage.is_knowledge_base(self.kb_dir)
+        self.kb_dir.mkdir(parents=True, exist_ok=True)
+        staging = storage.new_staging_dir(self.kb_dir)
+        try:
+            yield staging
+        except BaseException as e:
+            # A full disk, a read-only folder...: said before the staging folder frees its space.
+            failure = self._failed(e) if isinstance(e, (OSError, sqlite3.Error)) else None
+            shutil.rmtree(staging, ignore_errors=True)
+            if first:  # a failed first build leaves no folder behind (nothing lists an empty one)
+                with contextlib.suppress(OSError):
+                    self.kb_dir.rmdir()
+            if failure is not None:
+                raise failure from e
+            raise
+
+    def _copy_docstore(self, staging: Path, source: Path | None) -> Docstore:
+        path = staging / DOCSTORE_FILE
+        if source is not None:
+            shutil.copyfile(source, path)
+        return Docstore.open_writable(path)
+
+    def _delete(self, docstore: Docstore, doc_ids: Sequence[str]) -> list[int]:
+        removed: list[int] = []
+        for doc_id in doc_ids:
+            removed.extend(docstore.delete_document(doc_id))
+        return removed
+
+    def _add(self, docstore: Docstore, docs: Sequence[Incoming], *, first_id: int) -> tuple[list[int], np.ndarray | None]:
+        """Stream each document in; returns the new chunk ids and their vectors (None if keyword-only)."""
+        new_ids: list[int] = []
+        parts: list[np.ndarray] = []
+        with tqdm(
+            total=sum(doc.chars for doc in docs),
+            desc="tokenizing" if self.embed is None else "tokenizing+embedding",
+            unit="char",
+            unit_scale=True,
+            disable=not self.show_progress,
+            leave=False,
+        ) as bar:
+            for doc in docs:
+                first = first_id + len(new_ids)
+                count = self._write_document(docstore, doc, first_id=first, vectors=parts, bar=bar)
+                docstore.add_document(
+                    doc_id=doc.doc_id,
+                    source=doc.source,
+                    sha256=doc.sha256,
+                    encoding=doc.encoding,
+                    chars=doc.chars,
+                    added_at=self.now,
+                    chapters=doc.chapters,
+                )
+                new_ids.extend(range(first, first + count))
+        return new_ids, self._joined(parts)
+
+    def _write_document(
+        self, docstore: Docstore, doc: Incoming, *, first_id: int, vectors: list[np.ndarray], bar: tqdm
+    ) -> int:
+        """Stream one document into the staging docstore: its text blocks, then its chunks with
+        their BM25 tokens (and vectors, appended to ``vectors``) a batch at a time. Returns the
+        number of chunks. Refuses a document whose text changed since it was scanned."""
+        hasher = hashlib.sha256()
+        chars = 0
+
+        def recorded() -> Iterator[str]:
+            nonlocal chars
+            for ordinal, block in enumerate(doc.blocks()):
+                hasher.update(block.encode("utf-8"))
+                chars += len(block)
+                docstore.add_text_block(doc.doc_id, ordinal, block)
+                yield block
+
+        place = doc.locator()
+        chunks = (
+            dataclasses.replace(c, **dataclasses.asdict(place(c.start, c.end)))
+            for c in iter_chunks(
+                recorded(), doc.sections(), chunk_size=self.chunking["chunk_size"], chunk_overlap=self.chunking["chunk_overlap"]
+            )
+        )
+        count = done = 0
+        for batch in _batches(chunks, CHUNK_BATCH):
+            # Space-joined: one string per chunk, not one Python object per token.
+            tokens = [" ".join(tokenize(c.text)) for c in batch]
+            if self.embed is not None:
+                vectors.append(self.embed([c.text for c in batch]))
+            ids = range(first_id + count, first_id + count + len(batch))
+            docstore.add_chunks(doc.doc_id, first_ordinal=count, chunk_ids=ids, chunks=batch, chunk_tokens=tokens)
+            count += len(batch)
+            bar.update(batch[-1].end - done)
+            done = batch[-1].end
+        bar.update(doc.chars - done)
+        if hasher.hexdigest() != doc.sha256 or chars != doc.chars:
+            raise KnowledgeBaseError(f"{doc.source} changed while it was being added; add it again")
+        return count
+
+    def _embed_stored(self, docstore: Docstore) -> tuple[list[int], np.ndarray | None]:
+        """Every stored chunk's id, and its vector when the knowledge base has an embedding model."""
+        ids: list[int] = []
+        parts: list[np.ndarray] = []
+        total = docstore.chunk_count()
+        quiet = not self.show_progress or self.embed is None
+        with tqdm(total=total, desc="embedding", unit="chunk", disable=quiet, leave=False) as bar:
+            for batch in docstore.chunk_texts(CHUNK_BATCH):
+                ids.extend(i for i, _ in batch)
+                if self.embed is not None:
+                    parts.append(self.embed([text for _, text in batch]))
+                bar.update(len(batch))
+        return ids, self._joined(parts)
+
+    def _joined(self, parts: list[np.ndarray]) -> np.ndarray | None:
+        if self.embed is None:
+            return None
+        return np.concatenate(parts) if parts else self.embed([])
+
+    def _build_bm25(self, docstore: Docstore, staging: Path) -> np.ndarray:
+        """Commit the docstore and build its BM25 index into the staging folder; returns every chunk id."""
+        all_ids = np.asarray(docstore.chunk_ids(), dtype=np.int64)
+        self._documents = docstore.documents()
+        if self.base is not None:
+            self.base.release_bm25()  # glmkb #20: never hold the base's and the new BM25 at once
+        bm25 = BM25Index.build(docstore.chunk_tokens, all_ids, show_progress=self.show_progress)
+        docstore.commit_and_close()
+        bm25.save(staging / BM25_DIR)
+        return all_ids
+
+    def _write_vectors(
+        self,
+        staging: Path,
+        *,
+        base: Any,
+        removed_ids: Sequence[int],
+        new_ids: Sequence[int],
+        vectors: np.ndarray | None,
+        next_id: int,
+        all_ids: np.ndarray,
+    ) -> None:
+        if self.embed is None or self.store is None:
+            return
+        assert vectors is not None
+        dimension = int(vectors.shape[1])
+        self.manifest["embedding"] = {**self.manifest["embedding"], "dimension": dimension}
+        self.manifest["vectors"] = self.store.write_version(
+            VectorChange(
+                base=base,
+                staging=staging,
+                removed_ids=removed_ids,
+                new_ids=new_ids,
+                vectors=vectors,
+                dimension=dimension,
+                next_chunk_id=next_id,
+                live_ids=all_ids,
+                show_progress=self.show_progress,
+            )
+        )
+
+    def _publish(self, staging: Path, *, next_id: int, chunks: int) -> str:
+        documents = {
+            d.doc_id: {"source": d.source, "sha256": d.sha256, "chars": d.chars, "chunks": d.chunks}
+            for d in self._documents
+        }
+        manifest = {
+            **self.manifest,
+            "next_chunk_id": next_id,
+            "name": self.kb_name,
+            "updated_at": self.now,
+            "documents": documents,
+            "counts": {"documents": len(documents), "chunks": chunks},
+            "bm25": BM25_SETTINGS,
+        }
+        manifest["created_at"] = manifest.get("created_at") or self.now
+        version = storage.publish(self.kb_dir, staging, manifest)
+        storage.collect_garbage(self.kb_dir, keep={version} | ({self.base.name} if self.base else set()))
+        return version
+
+    def _failed(self, error: BaseException) -> KnowledgeBaseError:
+        """One line for a build that could not write its new version (the old one is untouched)."""
+        cause = " ".join(str(error).split()) or type(error).__name__
+        filename = getattr(error, "filename", None)
+        if filename and str(filename) not in cause:
+            cause = f"{cause}: {filename}"
+        with contextlib.suppress(OSError):  # short writes (numpy, faiss) do not always say why
+            free = shutil.disk_usage(self.kb_dir.parent).free
+            if free < 1 << 20:
+                cause = f"{cause}; only {free // 1024} KiB free on that disk"
+        return KnowledgeBaseError(
+            f"could not write a new version of knowledge base {self.kb_name!r} in {self.kb_dir} ({cause}); "
+            "the knowledge base is unchanged: free disk space there (or fix the folder's permissions) and build again"
+        )
+
+
+def _batches(items: Iterable[Chunk], size: int) -> Iterator[list[Chunk]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+__all__ = [
+    "CHUNK_BATCH",
+    "BuildReport",
+    "Incoming",
+    "VersionWriter",
+    "check_unique_sources",
+    "doc_id_for",
+    "embedder",
+    "plan",
+    "read_file",
+    "read_text",
+    "source_for_path",
+]

@@ -1,0 +1,66 @@
+"""Every document a knowledge base reads, behind one call: :func:`open_document`.
+
+The format is chosen by the file's bytes (:func:`detect_format`), never by its name; each
+format has its own module (text/Markdown, PDF, images by OCR, DOCX, EPUB, HTML) and all of
+them return a :class:`LoadedDocument`: the text in blocks plus headings and pages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kb.errors import DocumentLoadError
+from kb.loaders.document import Heading, LoadedDocument, Place
+from kb.loaders.ocr import OCR_MODES, check_ocr_mode
+from kb.loaders.sniff import FORMATS, SUPPORTED_SUFFIXES, detect_format
+
+__all__ = [
+    "FORMATS",
+    "OCR_MODES",
+    "SUPPORTED_SUFFIXES",
+    "Heading",
+    "LoadedDocument",
+    "Place",
+    "detect_format",
+    "open_document",
+]
+
+
+def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedDocument:
+    """Read ``path`` in whatever supported format its bytes are; ``ocr`` (off/auto/force) says
+    whether scanned pages and images are read by OCR. DocumentLoadError (one line) for files
+    that are missing, empty, damaged, encrypted, hostile or of no supported format."""
+    check_ocr_mode(ocr)
+    file = Path(path)
+    if not file.exists():
+        raise DocumentLoadError(f"file not found: {file}")
+    if file.is_dir():
+        raise DocumentLoadError(f"{file} is a folder; give the documents inside it (e.g. {file}/*.pdf)")
+    try:
+        kind = detect_format(file)
+    except OSError as e:
+        raise DocumentLoadError(f"cannot read {file}: {e.strerror or e}") from e
+    if kind == "pdf":
+        from kb.loaders.pdf import load_pdf
+
+        return load_pdf(file, ocr=ocr)
+    if kind == "image":
+        from kb.loaders.ocr import load_image
+
+        return load_image(file, ocr=ocr)
+    if kind == "docx":
+        from kb.loaders.docx import load_docx
+
+        return load_docx(file)
+    if kind == "epub":
+        from kb.loaders.epub import load_epub
+
+        return load_epub(file)
+    if kind == "html":
+        from kb.loaders.html import load_html
+
+        return load_html(file)
+    from kb.loaders.text import load_text_document
+
+    return load_text_document(file)

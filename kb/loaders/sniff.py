@@ -1,0 +1,100 @@
+"""Which loader reads a file, decided by its bytes, never by its name (a ``.pdf`` that is a ZIP
+is refused), and the limits that keep hostile archives from filling memory."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+from kb.errors import DocumentLoadError
+
+# What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
+SUPPORTED_SUFFIXES: tuple[str, ...] = (
+    ".txt", ".md", ".markdown", ".pdf", ".docx", ".epub", ".html", ".htm", ".xhtml",
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp",
+)  # fmt: skip
+FORMATS: tuple[str, ...] = ("text", "markdown", "pdf", "image", "docx", "epub", "html")
+
+# DOCX/EPUB: refuse archives that would unpack past these (zip bombs): total bytes, members,
+# and the compression ratio of any member over 1 MiB (text compresses ~5-10x, not 100x).
+MAX_UNPACKED_BYTES = 512 << 20
+MAX_MEMBERS = 20_000
+MAX_RATIO = 100
+_RATIO_FLOOR = 1 << 20
+
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+_HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
+_REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xd0\xcf\x11\xe0", "a legacy Office file (.doc/.xls); save it as .docx"),
+    (b"\x1f\x8b", "a gzip archive; unpack it first"),
+    (b"Rar!", "a RAR archive; unpack it first"),
+    (b"7z\xbc\xaf", "a 7z archive; unpack it first"),
+    (b"\x7fELF", "an executable, not a document"),
+    (b"SQLite format 3", "an SQLite database, not a document"),
+)
+FIX = "supported: text (.txt/.md), PDF, DOCX, EPUB, HTML and images (.png/.jpg/.tif)"
+
+
+def detect_format(path: Path) -> str:
+    """One of FORMATS for the file at ``path`` (``"text"`` covers Markdown: the text loader tells
+    them apart); DocumentLoadError for anything else."""
+    with path.open("rb") as stream:
+        head = stream.read(4096)
+    if b"%PDF-" in head[:1024]:
+        return "pdf"
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_format(path)
+    if any(head.startswith(magic) for magic in _IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    for magic, kind in _REFUSED_MAGIC:
+        if head.startswith(magic):
+            raise DocumentLoadError(f"{path} is {kind}")
+    if _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")):
+        return "html"
+    return "text"
+
+
+def _zip_format(path: Path) -> str:
+    """``docx`` or ``epub`` for a ZIP archive that is one (checked against zip bombs)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            check_archive(archive, name=str(path))
+            names = set(archive.namelist())
+            if "word/document.xml" in names:
+                return "docx"
+            if "META-INF/container.xml" in names:
+                return "epub"
+    except zipfile.BadZipFile as e:
+        raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
+    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX or EPUB document; {FIX}")
+
+
+def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
+    """Refuse a zip bomb before anything is unpacked: too many members, too many bytes in all,
+    or a member compressed far better than text is. (zipfile never reads a member past its
+    declared size, so declared sizes bound what is unpacked.)"""
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise DocumentLoadError(f"{name} holds {len(infos)} files (limit {MAX_MEMBERS}); refused as a possible zip bomb")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_UNPACKED_BYTES:
+        raise DocumentLoadError(
+            f"{name} would unpack to {total >> 20} MiB (limit {MAX_UNPACKED_BYTES >> 20} MiB); refused as a possible zip bomb"
+        )
+    for info in infos:
+        if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise DocumentLoadError(
+                f"{name}: {info.filename} is compressed {info.file_size // max(info.compress_size, 1)}:1 "
+                f"(limit {MAX_RATIO}:1); refused as a possible zip bomb"
+            )
+
+
+def read_member(archive: zipfile.ZipFile, member: str, *, name: str) -> bytes:
+    """The bytes of one archive member (after :func:`check_archive`); one line when missing."""
+    try:
+        return archive.read(member)
+    except KeyError as e:
+        raise DocumentLoadError(f"{name} is damaged: it names {member}, which is not in it") from e
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+        raise DocumentLoadError(f"{name} is damaged ({member}: {e}); save the document again") from e

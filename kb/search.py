@@ -1,0 +1,152 @@
+"""Searching one loaded version: dense, BM25, their reciprocal-rank fusion, and reranking.
+
+Stateless functions over a :class:`kb.version.LoadedVersion`; the knowledge base supplies the
+query embedder and the cross-encoder (both loaded lazily, shared across versions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from langchain_core.documents import Document
+
+from kb.docstore import StoredChunk
+from kb.errors import EmbeddingModelError, KnowledgeBaseError
+from kb.fusion import reciprocal_rank_fusion
+from kb.tokenizing import tokenize
+from kb.types import RetrievalMode, chunk_metadata
+from kb.version import LoadedVersion
+
+CANDIDATE_DEPTH = 50
+"""How many candidates each retriever contributes to fusion / reranking."""
+
+Hits = list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search: the text and the options (already defaulted by the knowledge base)."""
+
+    text: str
+    mode: RetrievalMode
+    k: int
+    threshold: float | None
+    rerank: bool
+
+    @property
+    def depth(self) -> int:
+        """Candidates to fetch per retriever: more when fusing or reranking."""
+        return max(CANDIDATE_DEPTH, 4 * self.k) if (self.mode == "hybrid" or self.rerank) else self.k
+
+
+def search_version(
+    version: LoadedVersion,
+    query: Query,
+    *,
+    kb_name: str,
+    embed_query: Callable[[str], Any],
+    cross_encoder: Callable[[], Any],
+) -> list[Document]:
+    """The ``query.k`` best chunks of ``version`` as Documents (metadata per ``kb.types.ChunkMetadata``)."""
+    mode = effective_mode(query.mode, keyword_only=version.manifest.keyword_only, kb_name=kb_name)
+    extra: dict[int, dict[str, float]] = {}
+    if mode == "dense":
+        hits = dense_hits(version, query.text, query.depth, embed_query=embed_query, kb_name=kb_name)
+    elif mode == "bm25":
+        hits = bm25_hits(version, query.text, query.depth)
+    else:
+        dense = dense_hits(version, query.text, query.depth, embed_query=embed_query, kb_name=kb_name)
+        sparse = bm25_hits(version, query.text, query.depth)
+        hits, extra = fuse(dense, sparse)
+    if query.threshold is not None:
+        hits = [(i, s) for i, s in hits if s >= query.threshold]
+    hits = hits[: max(query.depth, query.k)] if query.rerank else hits[: query.k]
+    chunks = version.docstore.chunks(i for i, _ in hits)
+    docs = [to_document(chunks[i], s, mode=mode, **extra.get(i, {})) for i, s in hits if i in chunks]
+    if query.rerank:
+        docs = rerank(query.text, docs, cross_encoder())[: query.k]
+    return docs
+
+
+def effective_mode(mode: RetrievalMode, *, keyword_only: bool, kb_name: str) -> RetrievalMode:
+    """``mode``, except that a keyword-only knowledge base answers hybrid with bm25 and refuses dense."""
+    if not keyword_only:
+        return mode
+    if mode == "dense":
+        raise KnowledgeBaseError(
+            f"knowledge base {kb_name!r} is keyword-only (built with --embedding none); "
+            "use --mode bm25, or add vectors with `ingest build --embedding MODEL`"
+        )
+    return "bm25"
+
+
+def dense_hits(
+    version: LoadedVersion, text: str, depth: int, *, embed_query: Callable[[str], Any], kb_name: str
+) -> Hits:
+    """Nearest chunks by cosine similarity of the embedded query."""
+    index = version.dense
+    if index is None or len(index) == 0:
+        return []
+    index.check()
+    vector = np.asarray(embed_query(text), dtype=np.float32)
+    if vector.shape[0] != index.dimension:
+        raise EmbeddingModelError(
+            f"the embedding model gives {vector.shape[0]}-dimensional vectors but knowledge base "
+            f"{kb_name!r} holds {index.dimension}-dimensional ones; use the model it was built with"
+        )
+    return index.search(vector, min(depth, len(index)))
+
+
+def bm25_hits(version: LoadedVersion, text: str, depth: int) -> Hits:
+    """Best chunks by BM25 over jieba tokens."""
+    return version.bm25.search(tokenize(text), depth)
+
+
+def fuse(dense: Hits, sparse: Hits) -> tuple[Hits, dict[int, dict[str, float]]]:
+    """Reciprocal-rank fusion of the two rankings, and each hit's own scores."""
+    extra: dict[int, dict[str, float]] = {}
+    for key, ranked in (("dense_score", dense), ("bm25_score", sparse)):
+        for chunk_id, score in ranked:
+            extra.setdefault(chunk_id, {})[key] = score
+    return reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in sparse]]), extra
+
+
+def rerank(text: str, docs: list[Document], cross_encoder: Any) -> list[Document]:
+    """``docs`` reordered by the cross-encoder; its score replaces ``score`` (the old one is kept
+    as ``retrieval_score``)."""
+    if not docs:
+        return docs
+    scores = cross_encoder.predict([(text, d.page_content) for d in docs], show_progress_bar=False)
+    for doc, score in zip(docs, scores, strict=True):
+        doc.metadata["retrieval_score"] = doc.metadata["score"]
+        doc.metadata["score"] = float(score)
+    return sorted(docs, key=lambda d: -d.metadata["score"])
+
+
+def to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
+    """A stored chunk as a LangChain Document with the chunk-metadata contract."""
+    return Document(
+        page_content=chunk.text,
+        metadata=dict(
+            chunk_metadata(
+                source=chunk.source,
+                doc_id=chunk.doc_id,
+                chapter=chunk.chapter,
+                chapter_title=chunk.chapter_title,
+                start=chunk.start,
+                end=chunk.end,
+                chunk_id=chunk.chunk_id,
+                score=score,
+                page=chunk.page,
+                page_end=chunk.page_end,
+                section=chunk.section,
+                **extra,
+            )
+        ),
+    )
+
+
+__all__ = ["CANDIDATE_DEPTH", "Query", "bm25_hits", "dense_hits", "fuse", "rerank", "search_version", "to_document"]

@@ -1,0 +1,145 @@
+"""Weight-only INT8 and INT4 linear layers in pure PyTorch (the gpt-fast approach).
+
+Decoding one token at batch 1 reads every weight once and does almost no arithmetic per byte,
+so its speed is set by the bytes read: INT8 weights halve them and INT4 quarter them against
+bf16. The activations stay in the compute dtype (W8A16 / W4A16): each layer dequantizes its
+weight in ``forward``, which ``torch.compile`` (the fast decode path) fuses into the matrix-
+vector product, so the full-precision weight is never written to memory there. Eager runs
+(CPU, ``fast_decode=False``) pay a dequantization per call and are correct but not faster.
+
+- INT8: symmetric, one scale per output channel (``w ≈ q * scale``, q in [-127, 127]).
+- INT4: asymmetric, one scale and zero point per group of ``group_size`` input columns
+  (``w ≈ (q - zero) * scale``, q in [0, 15]), two values packed per byte.
+
+``quantize_model_(model, "int8" | "int4")`` swaps every ``nn.Linear`` except the LM head (its
+error shows directly in the logits, and it is read once per token like any other layer) for
+the quantized layer, in place, one layer at a time so the host peak grows by one layer only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from configs.errors import BadInput
+
+WEIGHT_ONLY = ("int8", "int4")
+DEFAULT_GROUP_SIZE = 128
+
+
+class WeightOnlyInt8Linear(nn.Module):
+    """``y = x @ (q * scale).T + b`` with int8 ``q`` and a per-output-channel ``scale``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        q, scale = quantize_int8(weight)
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scale.to(weight.dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Scaling the output rather than the weight: one multiply per output, not per weight.
+        y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class WeightOnlyInt4Linear(nn.Module):
+    """``y = x @ ((q - zero) * scale).T + b`` with int4 ``q`` packed two per byte, grouped along inputs."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = DEFAULT_GROUP_SIZE) -> None:
+        super().__init__()
+        out_features, in_features = weight.shape
+        if in_features % group_size or group_size % 2:
+            raise BadInput(
+                f"INT4 needs in_features ({in_features}) to be a multiple of the group size ({group_size}); "
+                "choose llm.quantization_group_size among 32, 64, 128 dividing it"
+            )
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        q, scale, zero = quantize_int4(weight, group_size=group_size)
+        self.register_buffer("weight", pack_int4(q))
+        self.register_buffer("scales", scale.to(weight.dtype))
+        self.register_buffer("zeros", zero.to(weight.dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The full-precision weight these buffers stand for (fused away under ``torch.compile``)."""
+        q = unpack_int4(self.weight).to(dtype).view(self.out_features, -1, self.group_size)
+        w = (q - self.zeros.to(dtype).unsqueeze(-1)) * self.scales.to(dtype).unsqueeze(-1)
+        return w.reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}"
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row INT8: ``(q, scale)`` with ``weight ≈ q * scale[:, None]``."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_int4(weight: torch.Tensor, *, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise INT4: ``(q, scale, zero)``, q in [0, 15] as uint8, one scale/zero per group."""
+    out_features, in_features = weight.shape
+    w = weight.detach().float().view(out_features, in_features // group_size, group_size)
+    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    scale = ((high - low) / 15.0).clamp(min=1e-8)
+    zero = torch.round(-low / scale).clamp(0, 15)
+    q = torch.round(w / scale.unsqueeze(-1) + zero.unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
+    return q.view(out_features, in_features), scale, zero
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit values per byte along the last axis (even column in the low nibble)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``pack_int4``."""
+    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2)
+
+
+def quantize_model_(
+    model: nn.Module,
+    kind: str,
+    *,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    skip: Iterable[str] = ("lm_head",),
+) -> nn.Module:
+    """Replace ``model``'s linear layers by weight-only ``kind`` ("int8"/"int4") layers, in place."""
+    if kind not in WEIGHT_ONLY:
+        raise BadInput(f"weight-only quantization must be one of {', '.join(WEIGHT_ONLY)}, not {kind!r}")
+    skipped = tuple(skip)
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(name == s or name.endswith("." + s) for s in skipped)
+    ]
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if kind == "int8":
+            layer: nn.Module = WeightOnlyInt8Linear(linear.weight, linear.bias)
+        else:
+            layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=group_size)
+        setattr(parent, child, layer.to(linear.weight.device))
+        del linear  # the full-precision weight goes as soon as its replacement exists
+    model.config.glmkb_weight_only = {"kind": kind, "group_size": group_size if kind == "int4" else None}
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers: what decoding one token reads, roughly."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
