@@ -166,7 +166,7 @@ def test_a_dependency_missing_from_the_wheelhouse_is_named(tmp_path: Path, fake_
 
     house = tmp_path / "empty-house"
     house.mkdir()
-    with pytest.raises(DownloadError, match="no wheel of fakedep"):
+    with pytest.raises(DownloadError, match="pip found no fakedep"):
         make_bundle(tmp_path / "b", house, fake_glmkb)
 
 

@@ -173,6 +173,9 @@ def build_pure_wheel(dest: Path, requirement: str, *, find_links: Sequence[Path]
         )
         built = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not built:
+            if _NO_MATCH.search(proc.stderr or ""):
+                raise DownloadError(f"pip found no {requirement} (neither a wheel for the target nor its source) "
+                                    "in the index or --find-links folders")
             raise DownloadError(f"no wheel of {requirement} for the target, and building it failed: {_last_error(proc)}")
         wheel = built[0]
         if not wheel.name.endswith("-none-any.whl"):
