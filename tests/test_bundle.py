@@ -125,12 +125,16 @@ def test_models_are_copied_under_their_folder_names_with_card_licences(
     (embed / "LICENSE").write_text("Apache License\nVersion 2.0\n")
     (embed / "model.safetensors").write_bytes(b"x" * 10)
     (embed / "link.bin").symlink_to(embed / "model.safetensors")
-    out = make_bundle(tmp_path / "b", wheelhouse, fake_glmkb, model_path=str(chat), embedding=str(embed))
+    lora = tmp_path / "src" / "sanguo-lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    out = make_bundle(tmp_path / "b", wheelhouse, fake_glmkb, model_path=str(chat), embedding=str(embed), adapters=[str(lora)])
     assert (out / "models/chatglm3-6b/config.json").is_file()
     assert sorted(p.name for p in (out / "models/chatglm3-6b").glob("*model*")) == ["model-00001-of-00001.safetensors"]
     assert not (out / "models/text2vec/link.bin").is_symlink()  # real files, not links into this machine
     config = (out / "config.yaml").read_text()
     assert "model_path: models/chatglm3-6b" in config and "model: models/text2vec" in config
+    assert "adapter: adapters/sanguo-lora" in config and (out / "adapters/sanguo-lora/adapter_config.json").is_file()
     readme = (out / "README.md").read_text()
     assert "other (chatglm3-6b-license)" in readme and "Apache License (file LICENSE)" in readme
 

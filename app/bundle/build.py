@@ -97,6 +97,7 @@ def build_bundle(
             out,
             model=next((m.folder for m in models if m.role == "chat model"), None),
             embedding=next((m.folder for m in models if m.role == "embedding model"), None),
+            adapter=next((m.folder for m in models if m.role == "adapter"), None),
             kb_names=list(kbs),
         )
         write_scripts(out, target=target, wheels=wheels, wheel_dir=out / "wheels", requirement=requirement)
