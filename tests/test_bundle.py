@@ -392,3 +392,11 @@ def test_glmkb_wheel_built_from_source_carries_every_package_and_the_templates(t
     assert {"app/bundle/templates/install.sh", "app/bundle/templates/Dockerfile", "app/bundle/check.py",
             "configs/default.yaml", "kb/storage.py", "llm/__init__.py"} <= names
     assert not any("__pycache__" in n for n in names)
+
+
+def test_the_umbrella_cli_runs_bundle(tmp_path: Path) -> None:
+    """``glmkb bundle ...`` through the umbrella CLI, once it is merged (h/app)."""
+    glmkb_cli = pytest.importorskip("app.glmkb_cli", reason="the umbrella glmkb CLI is not merged on this branch yet")
+    assert "bundle" in glmkb_cli.SUBCOMMANDS, 'register it: "bundle": "app.bundle.cli:bundle" in SUBCOMMANDS'
+    assert glmkb_cli.main(["bundle", "verify", str(tmp_path)]) == 2
+    assert glmkb_cli.main(["bundle", "--help"]) == 0
