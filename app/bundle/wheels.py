@@ -101,13 +101,16 @@ def build_project_wheel(dest: Path, *, source_root: Path) -> Path:
 
 def source_packages(source_root: Path) -> list[str]:
     """Top-level package folders pyproject.toml ships (``app.bundle`` -> ``app``)."""
-    import tomllib
-
-    config = tomllib.loads((source_root / "pyproject.toml").read_text(encoding="utf-8"))
-    packages = config.get("tool", {}).get("setuptools", {}).get("packages")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        packages = None
+    else:
+        config = tomllib.loads((source_root / "pyproject.toml").read_text(encoding="utf-8"))
+        packages = config.get("tool", {}).get("setuptools", {}).get("packages")
     if isinstance(packages, list):
         return sorted({name.split(".")[0] for name in packages})
-    # setuptools' find directive: every top-level package but the tests and benchmarks.
+    # setuptools' find directive (or no tomllib): every top-level package but tests and benchmarks.
     return sorted(p.parent.name for p in source_root.glob("*/__init__.py") if p.parent.name not in ("tests", "bench"))
 
 
