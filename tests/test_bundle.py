@@ -125,12 +125,16 @@ def test_models_are_copied_under_their_folder_names_with_card_licences(
     (embed / "LICENSE").write_text("Apache License\nVersion 2.0\n")
     (embed / "model.safetensors").write_bytes(b"x" * 10)
     (embed / "link.bin").symlink_to(embed / "model.safetensors")
-    out = make_bundle(tmp_path / "b", wheelhouse, fake_glmkb, model_path=str(chat), embedding=str(embed))
+    lora = tmp_path / "src" / "sanguo-lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    out = make_bundle(tmp_path / "b", wheelhouse, fake_glmkb, model_path=str(chat), embedding=str(embed), adapters=[str(lora)])
     assert (out / "models/chatglm3-6b/config.json").is_file()
     assert sorted(p.name for p in (out / "models/chatglm3-6b").glob("*model*")) == ["model-00001-of-00001.safetensors"]
     assert not (out / "models/text2vec/link.bin").is_symlink()  # real files, not links into this machine
     config = (out / "config.yaml").read_text()
     assert "model_path: models/chatglm3-6b" in config and "model: models/text2vec" in config
+    assert "adapter: adapters/sanguo-lora" in config and (out / "adapters/sanguo-lora/adapter_config.json").is_file()
     readme = (out / "README.md").read_text()
     assert "other (chatglm3-6b-license)" in readme and "Apache License (file LICENSE)" in readme
 
@@ -147,6 +151,11 @@ def test_target_flags_and_platform_tags() -> None:
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
     assert "manylinux_2_29_x86_64" not in tags
     assert wheel_glibc("manylinux2014_x86_64") == (2, 17) and wheel_glibc("any") is None
+    from app.bundle.build import needed_glibc
+    from app.bundle.wheels import WheelInfo
+
+    multi = WheelInfo("x.whl", "x", "1", "MIT", ("manylinux1_x86_64", "manylinux_2_28_x86_64", "manylinux_2_5_x86_64"))
+    assert needed_glibc(multi) == (2, 5)  # any one of its tags will do
     target = make_target(python="3.11", platform="manylinux_2_28_x86_64", torch="cu124")
     args = target.pip_args()
     assert args[:4] == ["--python-version", "3.11", "--implementation", "cp"] and args[-2:] == ["--only-binary", ":all:"]
@@ -161,7 +170,7 @@ def test_a_dependency_missing_from_the_wheelhouse_is_named(tmp_path: Path, fake_
 
     house = tmp_path / "empty-house"
     house.mkdir()
-    with pytest.raises(DownloadError, match="no wheel of fakedep"):
+    with pytest.raises(DownloadError, match="pip found no fakedep"):
         make_bundle(tmp_path / "b", house, fake_glmkb)
 
 
@@ -270,3 +279,124 @@ def test_cli_bundles_several_knowledge_bases_after_one_kb_flag(tmp_path: Path, w
     assert (tmp_path / "b-volumes" / "join.sh").is_file()
     result = CliRunner().invoke(bundle_cli, [*args[:-2], "missing"])
     assert result.exit_code == 2 and "no knowledge base 'missing'" in result.output
+
+
+def test_wheels_for_another_target_python_and_glibc(tmp_path: Path, fake_glmkb: Path) -> None:
+    """--python 3.10 --platform manylinux_2_28_x86_64 takes the cp310 manylinux2014 wheel (an
+    older glibc tag runs there), not this machine's cp311 one; install.sh then needs glibc 2.17."""
+    house = tmp_path / "house"
+    fake_wheel(house, "fakeleaf", "1.5")
+    for tag in ("cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64", "cp311-cp311-manylinux_2_17_x86_64",
+                "cp310-cp310-manylinux_2_34_x86_64", "cp310-cp310-musllinux_1_2_x86_64"):
+        fake_wheel(house / tag, "fakedep", "2.0", requires=("fakeleaf",), tag=tag)
+    target = make_target(python="3.10", platform="manylinux_2_28_x86_64", torch=None)
+    out = tmp_path / "b"
+    build_bundle(out, target=target, kb_root=tmp_path, find_links=[house, *house.iterdir()], no_index=True,
+                 project_wheel=fake_glmkb)
+    assert [p.name for p in (out / "wheels").glob("fakedep-*")] == [
+        "fakedep-2.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    ]
+    install = (out / "install.sh").read_text()
+    assert 'NEED_PYTHON="3.10"' in install and 'NEED_GLIBC="2.17"' in install and 'NEED_ARCH="x86_64"' in install
+    assert "FROM ${BASE_IMAGE}" in (out / "Dockerfile").read_text()
+
+
+def fake_sdist(folder: Path, name: str, version: str) -> Path:
+    """A pure-Python setuptools sdist (like jieba, which PyPI has only as source)."""
+    import tarfile
+
+    root = tmp = folder / f"{name}-{version}"
+    (tmp / name).mkdir(parents=True)
+    (tmp / name / "__init__.py").write_text("SOURCE_BUILT = True\n")
+    (tmp / "pyproject.toml").write_text(
+        f'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\n'
+    )
+    (tmp / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    path = folder / f"{name}-{version}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return path
+
+
+def test_a_source_only_dependency_is_built_into_a_pure_wheel(tmp_path: Path) -> None:
+    import importlib.metadata as md
+
+    from tests.test_bundle_e2e import repack
+
+    house = tmp_path / "house"
+    house.mkdir()
+    fake_sdist(house, "srconly", "0.4")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    repack(md.distribution("setuptools"), tools)  # the isolated build's backend, offline
+    own = fake_wheel(tmp_path / "own", "glmkb", "0.1.0", requires=("srconly>=0.4",))
+    out = tmp_path / "b"
+    build_bundle(out, target=Target(), kb_root=tmp_path, find_links=[house, tools], no_index=True, project_wheel=own)
+    assert sorted(p.name for p in (out / "wheels").iterdir()) == ["glmkb-0.1.0-py3-none-any.whl", "srconly-0.4-py3-none-any.whl"]
+
+
+def test_run_sh_passes_host_and_port_and_reminds_of_the_firewall(tmp_path: Path) -> None:
+    """run.sh with a stub venv: offline variables, host/port as settings, serve preferred."""
+    from app.bundle.templates import install_template
+
+    run = tmp_path / "run.sh"
+    run.write_text(install_template("run.sh"))
+    run.chmod(0o755)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    stub = '#!/bin/sh\n[ "$1 $2" = "serve --help" ] && exit 0\necho "$(basename $0) $* host=$GLMKB_UI__HOST port=$GLMKB_UI__PORT api=$GLMKB_API__HOST:$GLMKB_API__PORT offline=$HF_HUB_OFFLINE$TRANSFORMERS_OFFLINE cfg=$GLMKB_CONFIG"\n'
+    for name in ("python", "glmkb", "glmkb-web", "glmkb-api"):
+        (bin_dir / name).write_text(stub)
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMKB_")}
+    proc = subprocess.run([str(run), "--host", "0.0.0.0", "--port", "9000", "--kb", "x"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("glmkb serve --kb x host=0.0.0.0 port=9000 api=0.0.0.0:9000 offline=11")
+    assert f"cfg={tmp_path}/config.yaml" in proc.stdout
+    assert "Open TCP port 9000 in the firewall" in proc.stderr and "GLMKB_API_KEY" in proc.stderr
+    proc = subprocess.run([str(run), "api"], env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("glmkb-api  host=127.0.0.1 port=8000") and "this machine only" in proc.stderr
+    (bin_dir / "glmkb").unlink()  # no umbrella CLI yet: the web UI
+    proc = subprocess.run([str(run)], env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("glmkb-web  host=127.0.0.1 port=7860")
+    proc = subprocess.run([str(run), "--check"], env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("python -m app.bundle.check")
+
+
+@pytest.mark.parametrize(
+    ("platform", "message"),
+    [("manylinux_2_28_aarch64", "the wheels are for aarch64"), ("manylinux_2_99_x86_64", "need glibc >= 2.99")],
+)
+def test_install_refuses_another_cpu_or_a_newer_glibc(
+    tmp_path: Path, fake_glmkb: Path, platform: str, message: str
+) -> None:
+    house = tmp_path / "house"
+    fake_wheel(house, "fakeleaf", "1.5")
+    fake_wheel(house, "fakedep", "2.0", requires=("fakeleaf",), tag=f"cp311-cp311-{platform}")
+    target = make_target(python="3.11", platform=platform, torch=None)
+    out = tmp_path / "b"
+    build_bundle(out, target=target, kb_root=tmp_path, find_links=[house], no_index=True, project_wheel=fake_glmkb)
+    proc = run_install(out)
+    assert proc.returncode == 1 and message in proc.stderr and not (out / ".venv").exists()
+
+
+def test_glmkb_wheel_built_from_source_carries_every_package_and_the_templates(tmp_path: Path) -> None:
+    from app.bundle.wheels import build_project_wheel, find_source_root
+
+    root = find_source_root()
+    if root is None:
+        pytest.skip("glmkb is installed, not a source checkout")
+    wheel = build_project_wheel(tmp_path, source_root=root)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"app/bundle/templates/install.sh", "app/bundle/templates/Dockerfile", "app/bundle/check.py",
+            "configs/default.yaml", "kb/storage.py", "llm/__init__.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_the_umbrella_cli_runs_bundle(tmp_path: Path) -> None:
+    """``glmkb bundle ...`` through the umbrella CLI, once it is merged (h/app)."""
+    glmkb_cli = pytest.importorskip("app.glmkb_cli", reason="the umbrella glmkb CLI is not merged on this branch yet")
+    assert "bundle" in glmkb_cli.SUBCOMMANDS, 'register it: "bundle": "app.bundle.cli:bundle" in SUBCOMMANDS'
+    assert glmkb_cli.main(["bundle", "verify", str(tmp_path)]) == 2
+    assert glmkb_cli.main(["bundle", "--help"]) == 0

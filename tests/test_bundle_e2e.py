@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -99,6 +98,7 @@ def repack(dist: md.Distribution, dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def wheelhouse() -> Path:
     """Local wheels of glmkb's whole dependency closure, from this venv (cached)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     default = Path.home() / ".cache" / "glmkb-tests" / f"wheelhouse-py{sys.version_info.major}{sys.version_info.minor}"
     dest = Path(os.environ.get("GLMKB_TEST_WHEELHOUSE", default))

@@ -102,7 +102,7 @@ def test_copies_taken_while_a_writer_keeps_building_are_each_whole(tmp_path: Pat
             dest = tmp_path / f"copy{n}"
             version = copy_knowledge_base(tmp_path / "root", "三国", dest)
             manifest = storage.read_manifest(dest / "三国" / version)
-            assert set(TEXTS) <= sources(dest) and manifest["files"]
+            assert set(TEXTS) <= sources(dest) and manifest.files
     finally:
         stop.set()
         writer.join()

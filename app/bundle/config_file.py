@@ -21,12 +21,14 @@ def write_config(
     model: str | None,
     embedding: str | None,
     kb_names: list[str],
+    adapter: str | None = None,
 ) -> Path:
-    """Write ``bundle/config.yaml``; ``model``/``embedding`` are paths relative to ``bundle``."""
+    """Write ``bundle/config.yaml``; ``model``/``embedding``/``adapter`` are paths relative to
+    ``bundle`` (the first bundled adapter is the one applied; others are there to switch to)."""
     data = {
         "kb_root": "kb",
         "kb_name": kb_names[0] if kb_names else "default",
-        "llm": {"backend": "local", "model_path": model, "device": "auto"},
+        "llm": {"backend": "local", "model_path": model, "adapter": adapter, "device": "auto"},
         # No embedding model bundled: keyword-only (BM25) knowledge bases; the default hub
         # model could not be downloaded offline.
         "embedding": {"model": embedding or "none", "device": "auto"},

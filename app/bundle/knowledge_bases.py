@@ -51,10 +51,9 @@ def copy_version(kb_dir: Path, version: str, dest: Path) -> str:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copytree(kb_dir / version, dest / version, copy_function=copy_file)
-    manifest = storage.read_manifest(dest / version)  # every copied file against its hash
-    store = (manifest.get("vectors") or {}).get("store", "faiss")
-    if store != "faiss" and manifest.get("embedding", {}).get("model") != "none":
-        raise BundleError(f"knowledge base {kb_dir.name!r} keeps its vectors in {store}; only faiss and "
+    manifest = storage.read_manifest(dest / version, kb_name=kb_dir.name)  # every copied file against its hash
+    if manifest.store != "faiss" and not manifest.keyword_only:
+        raise BundleError(f"knowledge base {kb_dir.name!r} keeps its vectors in {manifest.store}; only faiss and "
                           "keyword-only knowledge bases travel in a bundle (rebuild it with kb.store: faiss)")
     (dest / storage.POINTER).write_text(version + "\n", encoding="utf-8")
     return version
@@ -68,5 +67,5 @@ def copy_file(source: str, dest: str) -> str:
 def embedding_of(kb_root: Path, name: str) -> str:
     """The embedding model a bundled KB was built with (``none`` for keyword-only)."""
     kb_dir = kb_root / name
-    manifest = storage.read_manifest(kb_dir / str(storage.read_pointer(kb_dir)), verify=False)
-    return str(manifest.get("embedding", {}).get("model", "none"))
+    manifest = storage.read_manifest(kb_dir / str(storage.read_pointer(kb_dir)), kb_name=name, verify=False)
+    return str(manifest.embedding.model)

@@ -26,7 +26,6 @@ from app.bundle.target import Target
 log = logging.getLogger(__name__)
 
 PROJECT = "glmkb"
-SOURCE_PACKAGES = ("app", "kb", "llm", "chains", "ingest", "configs")
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 # Rounds of "build the sdist-only dependency pip reported, then resolve again"; glmkb's tree
 # has one such package (jieba), so more than a handful means something else is wrong.
@@ -86,7 +85,7 @@ def build_project_wheel(dest: Path, *, source_root: Path) -> Path:
             if (source_root / name).is_file():
                 shutil.copy2(source_root / name, work / name)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for package in SOURCE_PACKAGES:
+        for package in source_packages(source_root):
             shutil.copytree(source_root / package, work / package, ignore=ignore)
         # This venv's setuptools when it has one: no index needed to build glmkb itself.
         no_isolation = ["--no-build-isolation"] if _has_setuptools() else []
@@ -98,6 +97,21 @@ def build_project_wheel(dest: Path, *, source_root: Path) -> Path:
             raise BundleError(f"could not build glmkb's wheel from {source_root}: {_last_error(proc)}")
     wheels = sorted(dest.glob(f"{PROJECT}-*.whl"), key=lambda p: p.stat().st_mtime)
     return wheels[-1]
+
+
+def source_packages(source_root: Path) -> list[str]:
+    """Top-level package folders pyproject.toml ships (``app.bundle`` -> ``app``)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        packages = None
+    else:
+        config = tomllib.loads((source_root / "pyproject.toml").read_text(encoding="utf-8"))
+        packages = config.get("tool", {}).get("setuptools", {}).get("packages")
+    if isinstance(packages, list):
+        return sorted({name.split(".")[0] for name in packages})
+    # setuptools' find directive (or no tomllib): every top-level package but tests and benchmarks.
+    return sorted(p.parent.name for p in source_root.glob("*/__init__.py") if p.parent.name not in ("tests", "bench"))
 
 
 def download_wheels(
@@ -162,6 +176,9 @@ def build_pure_wheel(dest: Path, requirement: str, *, find_links: Sequence[Path]
         )
         built = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not built:
+            if _NO_MATCH.search(proc.stderr or ""):
+                raise DownloadError(f"pip found no {requirement} (neither a wheel for the target nor its source) "
+                                    "in the index or --find-links folders")
             raise DownloadError(f"no wheel of {requirement} for the target, and building it failed: {_last_error(proc)}")
         wheel = built[0]
         if not wheel.name.endswith("-none-any.whl"):
