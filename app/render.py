@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from chains.events import Source
+from kb.citation import page_label, section_label
 
 SNIPPET_CHARS = 240
 
@@ -26,7 +27,10 @@ EMBEDDING_HOWTO = (
 
 
 def chapter_label(source: Source) -> str:
-    """``第12回 标题`` for a passage; empty when it lies outside any chapter."""
+    """``第12回 标题`` for a passage (``p.3 · 3.2 安装`` for a PDF section, the document's own unit:
+    ``第2章 休假``); empty when it lies outside any chapter."""
+    if source.section or source.page is not None:
+        return " · ".join(p for p in (page_label(source.page, source.page_end), section_label(source.section)) if p)
     number, title = source.chapter, (source.chapter_title or "").strip()
     if title.startswith("第"):
         return title  # the title already carries its own 第N回 heading

@@ -231,3 +231,19 @@ def test_ingest_build_takes_every_format_and_query_cites_pages(
     assert main(["query", "桃园", "--kb", "books", "--kb-root", root, "--mode", "bm25", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert any(hit["page"] for hit in hits) and all(hit["section"] for hit in hits)
+
+
+def test_qa_sources_and_ui_cards_cite_page_and_section() -> None:
+    """The QA chain's sources (API, UI) use the same label: page and innermost heading, the
+    document's own unit (issue 18 item 10), old chunks without a section as before."""
+    from app.render import chapter_label as card_label
+    from chains.events import Source
+
+    pdf = Source(text="x", source="/srv/manual.pdf", chapter=3, chapter_title="安装", page=12,
+                 section="第三章 安装 > 3.2 下载", start=5, end=9)
+    assert pdf.label() == "manual.pdf · p.12 · 3.2 下载 · 5–9"
+    assert card_label(pdf) == "p.12 · 3.2 下载"
+    novel = Source(text="x", source="novel.md", chapter=2, chapter_title="休假", section="第2章 休假")
+    assert novel.label() == "novel.md · 第2章 休假" and card_label(novel) == "第2章 休假"
+    old = Source(text="x", source="sanguo.txt", chapter=1, chapter_title="宴桃园豪杰三结义", start=5, end=6)
+    assert old.label() == "sanguo.txt · 第1回 宴桃园豪杰三结义 · 5–6"
