@@ -101,7 +101,7 @@ class TimedEmbeddings:
 
 
 def embed_like_kb(embeddings: Any, texts: list[str], batch_size: int) -> float:
-    """Seconds to embed ``texts`` as ``KnowledgeBase._embed_chunks`` does (one call per batch)."""
+    """Seconds to embed ``texts`` as ``kb.build.embedder`` does (one call per batch)."""
     sync()
     start = time.perf_counter()
     for i in range(0, len(texts), batch_size):

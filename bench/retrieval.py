@@ -185,7 +185,7 @@ def corpus_chunks() -> list[str]:
 def bench_hybrid(n: int, *, queries: int) -> dict[str, Any]:
     from kb import load_qa, reciprocal_rank_fusion, tokenize
     from kb.bm25_index import BM25Index
-    from kb.knowledge_base import CANDIDATE_DEPTH
+    from kb.search import CANDIDATE_DEPTH
 
     start = time.perf_counter()
     unique = corpus_chunks()

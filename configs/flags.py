@@ -94,6 +94,8 @@ FLAGS: dict[str, Flag] = {
     "device": Flag(("--device",), f"chat model device: {DEVICES}", key="llm.device", metavar="DEVICE"),
     "dtype": Flag(("--dtype",), "chat model dtype", key="llm.dtype",
                   type=click.Choice(["auto", "bfloat16", "float16", "float32"])),
+    "adapter": Flag(("--adapter",), "fine-tuned adapter folder: P-tuning v2 or LoRA", key="llm.adapter", metavar="DIR"),
+    "merge_adapter": Flag(("--merge-adapter",), "fold a LoRA adapter into the weights", key="llm.merge_adapter", is_flag=True),
     "quantization": Flag(("--quantization",), "weight quantization of the chat model", key="llm.quantization",
                          metavar="KIND"),
 }

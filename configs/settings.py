@@ -98,6 +98,10 @@ class LLMSettings(_Section):
         False,
         description="Let transformers run the model folder's own Python code. Off: glmkb loads ChatGLM natively.",
     )
+    adapter: str | None = Field(
+        None, description="Fine-tuned adapter folder applied to model_path: P-tuning v2 (THUDM ptuning/) or LoRA (peft)."
+    )
+    merge_adapter: bool = Field(False, description="Fold a LoRA adapter into the weights (the CUDA fast path needs it).")
     system_prompt: str | None = Field(None, description="Optional system prompt for every chat.")
     max_input_tokens: int = Field(
         6144, ge=64, description="Prompt budget in model tokens; retrieved passages and history are cut to fit."
@@ -201,6 +205,15 @@ class APISettings(_Section):
         False, description="Explicitly allow binding a non-loopback address without an API key."
     )
     served_model_name: str = Field("glmkb", description="Model id reported by /v1/models and accepted in requests.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond it), checked before parsing."
+    )
+    kb_workers: int = Field(
+        4, ge=1, description="Knowledge-base requests (list, query, KB chat set-up) served at once, in their own pool."
+    )
+    timeout_keep_alive: int = Field(
+        5, ge=1, description="Seconds an idle or slow client connection is kept open (uvicorn timeout_keep_alive)."
+    )
 
 
 class UISettings(_Section):
@@ -232,6 +245,10 @@ class UISettings(_Section):
         ),
     )
     max_upload_mb: int = Field(50, ge=1, description="Largest accepted upload in MiB.")
+    max_upload_files: int = Field(20, ge=1, description="Files accepted in one upload.")
+    max_queue: int = Field(
+        64, ge=1, description="Events waiting in the Gradio queue (all users); more are refused as 'queue full'."
+    )
     allowed_types: list[str] = Field(
         default_factory=lambda: [".txt", ".md"], description="Upload file extensions accepted."
     )

@@ -21,7 +21,7 @@ from configs import Settings
 from configs.cli import invoke_click, run_command, wants_verbose
 from configs.flags import flag_options, settings_from_params
 
-COMMANDS = ("build", "list", "remove", "drop", "doctor", "query", "eval", "summarize", "convert")
+COMMANDS = ("build", "list", "remove", "drop", "doctor", "query", "eval", "summarize", "convert", "characters", "ask")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 

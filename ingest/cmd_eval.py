@@ -12,9 +12,7 @@ import json
 import click
 
 from ingest.cli import ingest_command
-from ingest.cmd_query import RETRIEVAL_FLAGS, open_kb
-
-
+from ingest.cmd_query import RETRIEVAL_FLAGS, note_keyword_only_fallback, open_kb
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     items = load_qa(args.qa_file)
     kb = open_kb(args, score_threshold=None)
+    note_keyword_only_fallback(kb, args)
     result = evaluate(kb, items, mode=args.mode, k=args.k or 10)
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ingest.cli import ingest_command, settings_from_args
 from kb.citation import source_label
 
+if TYPE_CHECKING:
+    from kb import KnowledgeBase
 
-def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
+
+def open_kb(args: argparse.Namespace, **retrieval: object) -> KnowledgeBase:
     from kb import KnowledgeBase
 
     settings = settings_from_args(
@@ -22,8 +27,20 @@ def open_kb(args: argparse.Namespace, **retrieval: object) -> object:
     return KnowledgeBase.from_settings(settings, embedding_model=args.embedding)
 
 
+def note_keyword_only_fallback(kb: KnowledgeBase, args: argparse.Namespace) -> None:
+    """Say on stderr that ``--mode hybrid`` runs bm25 alone on a keyword-only knowledge base
+    (the search falls back silently, so the asked-for mode would otherwise look honoured)."""
+    if args.mode == "hybrid" and kb.keyword_only:
+        print(
+            f"note: knowledge base {kb.name!r} is keyword-only (no vectors), so --mode hybrid searched "
+            f"with bm25 alone; add vectors with: ingest build --embedding MODEL --kb {kb.name}",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     kb = open_kb(args, score_threshold=args.threshold)
+    note_keyword_only_fallback(kb, args)
     docs = kb.search(args.question)
     hits = [
         {

@@ -17,8 +17,6 @@ import click
 from ingest.cli import ingest_command, settings_from_args
 
 
-
-
 def load_documents(args: argparse.Namespace, settings: Any) -> list[Any]:
     """The chapter documents to summarize: from ``--kb``, else the file, else the default KB."""
     from chains import documents_from_file, documents_from_kb
@@ -102,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device})
+    settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device, "adapter": args.adapter})
     docs = load_documents(args, settings)  # before the (slow) model load: bad input fails fast
     llm = load_llm(settings, quiet=args.quiet)
     if not args.quiet:
@@ -135,5 +133,5 @@ command = ingest_command(
         click.option("--token-max", type=int, metavar="N",
                      help="collapse chapter summaries while the final prompt exceeds N tokens (default: llm.max_input_tokens)"),
     ],
-    flags=("kb", "kb_root", "model_path", "device", "dtype", "quantization", "quiet"),
+    flags=("kb", "kb_root", "model_path", "device", "dtype", "quantization", "adapter", "merge_adapter", "quiet"),
 )

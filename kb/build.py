@@ -220,6 +220,7 @@ class VersionWriter:
         self.embed = embed
         self.show_progress = show_progress
         self.now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._documents: list[DocumentInfo] = []  # the new version's, read before its docstore closes
 
     @classmethod
     def prepare(
@@ -385,7 +386,8 @@ class VersionWriter:
         ids: list[int] = []
         parts: list[np.ndarray] = []
         total = docstore.chunk_count()
-        with tqdm(total=total, desc="embedding", unit="chunk", disable=not self.show_progress, leave=False) as bar:
+        quiet = not self.show_progress or self.embed is None
+        with tqdm(total=total, desc="embedding", unit="chunk", disable=quiet, leave=False) as bar:
             for batch in docstore.chunk_texts(CHUNK_BATCH):
                 ids.extend(i for i, _ in batch)
                 if self.embed is not None:
@@ -453,9 +455,7 @@ class VersionWriter:
             "counts": {"documents": len(documents), "chunks": chunks},
             "bm25": BM25_SETTINGS,
         }
-        manifest.setdefault("created_at", self.now)
-        if manifest.get("created_at") is None:
-            manifest["created_at"] = self.now
+        manifest["created_at"] = manifest.get("created_at") or self.now
         version = storage.publish(self.kb_dir, staging, manifest)
         storage.collect_garbage(self.kb_dir, keep={version} | ({self.base.name} if self.base else set()))
         return version

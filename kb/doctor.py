@@ -23,7 +23,7 @@ from kb import storage
 from kb.build import BuildReport, VersionWriter
 from kb.dense_store import DenseStore
 from kb.docstore import Docstore
-from kb.errors import DamagedKnowledgeBaseError, KnowledgeBaseError, KnowledgeBaseNotFound
+from kb.errors import DamagedKnowledgeBaseError, EmbeddingModelError, KnowledgeBaseError, KnowledgeBaseNotFound
 from kb.lifecycle import no_such_kb
 from kb.manifest import SPLITTER_VERSION, Manifest
 from kb.version import DOCSTORE_FILE
@@ -132,10 +132,14 @@ def repair(
         source = live if live is not None and live.text_intact else None
         if source is None and found.current is None:  # no pointer: rebuild from the newest intact text
             source = next((c for c in found.versions if c.text_intact), None)
-        if source is not None:
-            version = _rebuild(kb_dir, source, found, store_for, embeddings_for, batch_size, show_progress)
-            return f"{name}: rebuilt version {version} from the stored text of {source.name} (search indexes made afresh)"
         older = next((c for c in found.versions if c.healthy), None)
+        if source is not None:
+            try:
+                version = _rebuild(kb_dir, source, found, store_for, embeddings_for, batch_size, show_progress)
+                return f"{name}: rebuilt version {version} from the stored text of {source.name} (search indexes made afresh)"
+            except EmbeddingModelError:
+                if older is None:  # the vectors cannot be made again here: say so (the model's message)
+                    raise
         if older is not None:
             storage.point_at(kb_dir, older.name)
             return f"{name}: rolled back to the kept previous version {older.name} (the last build's changes are lost)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from kb.errors import KnowledgeBaseError
 
 if TYPE_CHECKING:
+    from kb.docstore import DocumentInfo
     from kb.knowledge_base import KnowledgeBase
 
 CUTOFFS: tuple[int, ...] = (1, 3, 5, 10)
@@ -82,12 +84,31 @@ def load_qa(path: str | os.PathLike[str]) -> list[QAItem]:
     return items
 
 
+def names_source(doc: DocumentInfo, source: str) -> bool:
+    """True when a QA row's ``source`` (path, file name or doc id) names ``doc``."""
+    return source in (doc.source, doc.doc_id) or Path(doc.source).name == Path(source).name
+
+
+def check_sources(kb: KnowledgeBase, items: Sequence[QAItem]) -> None:
+    """Refuse a QA file whose ``source`` names match no file in the knowledge base, naming them
+    (otherwise every such question fails as "evidence does not occur", blaming the evidence)."""
+    docs = kb.list_documents()
+    missing = Counter(item.source for item in items if item.source and not any(names_source(d, item.source) for d in docs))
+    if not missing:
+        return
+    named = ", ".join(f"{source!r} ({count} question{'s' if count > 1 else ''})" for source, count in missing.items())
+    files = ", ".join(sorted(Path(d.source).name for d in docs)) or "none"
+    raise KnowledgeBaseError(
+        f"QA source names not in knowledge base {kb.name!r}: {named}; its files are: {files}. "
+        'Fix each line\'s "source" or build the knowledge base from those files'
+    )
+
+
 def locate_evidence(kb: KnowledgeBase, item: QAItem) -> list[tuple[str, int, int]]:
     """Every ``(doc_id, start, end)`` where the evidence occurs (in ``item.source`` if given)."""
     docs = kb.list_documents()
     if item.source:
-        wanted = [d for d in docs if item.source in (d.source, d.doc_id) or Path(d.source).name == Path(item.source).name]
-        docs = wanted
+        docs = [d for d in docs if names_source(d, item.source)]
     places = []
     for doc in docs:
         text = kb.get_document_text(doc.doc_id)
@@ -103,12 +124,14 @@ def evaluate(
 ) -> EvalResult:
     """Retrieve ``max(k, cutoffs)`` chunks per question and score them against the evidence."""
     depth = max(k, *cutoffs)
+    check_sources(kb, items)
     ranks: list[int | None] = []
     for number, item in enumerate(items, start=1):
         places = locate_evidence(kb, item)
         if not places:
+            where = f"{item.source!r} in " if item.source else ""
             raise KnowledgeBaseError(
-                f"question {number} ({item.q!r}): its evidence does not occur in knowledge base {kb.name!r}"
+                f"question {number} ({item.q!r}): its evidence does not occur in {where}knowledge base {kb.name!r}"
             )
         hits = kb.search(item.q, mode=mode, k=depth, score_threshold=None)
         ranks.append(first_hit_rank(hits, places))

@@ -93,8 +93,7 @@ class KnowledgeBase:
             milvus_uri=settings.kb.milvus_uri, milvus_token_env=settings.kb.milvus_token_env, new_defaults=defaults,
         )
 
-    # --- properties (from the manifest parsed once per version) ------------------------------
-
+    # --- properties (from the manifest parsed once per version) ---
     @property
     def _manifest(self) -> Manifest:
         version, pending = self._live.version, self._pending
@@ -115,8 +114,7 @@ class KnowledgeBase:
     def __repr__(self) -> str:
         return f"KnowledgeBase(name={self.name!r}, root={str(self.root)!r}, version={self.version!r})"
 
-    # --- listing and reading -----------------------------------------------------------------
-
+    # --- listing and reading ---
     @staticmethod
     def list_names(root: str | os.PathLike[str]) -> list[str]:
         """Names of the knowledge bases under ``root`` (``kb.lifecycle.list_summaries`` for counts)."""
@@ -151,8 +149,7 @@ class KnowledgeBase:
         with self._reading(required=True) as version:
             yield version.docstore, find_document(version.docstore.documents(), ref, kb_name=self.name).doc_id
 
-    # --- building -------------------------------------------------------------------------------
-
+    # --- building ---
     def add_files(self, paths: Iterable[str | os.PathLike[str]], *, sources: Sequence[str] | None = None,
                   show_progress: bool = False, ocr: str = "auto") -> BuildReport:
         """Add or update files (all read and checked before anything is written; unchanged ones skipped);
@@ -261,8 +258,7 @@ class KnowledgeBase:
         """Use an already-loaded LangChain ``Embeddings`` object (e.g. shared across knowledge bases)."""
         self._models.set_embeddings(embeddings)
 
-    # --- searching ------------------------------------------------------------------------------
-
+    # --- searching ---
     def search(self, query: str, *, mode: RetrievalMode | None = None, k: int | None = None,
                score_threshold: float | None = None, rerank: bool | None = None) -> list[Document]:
         """The ``k`` best chunks for ``query`` (metadata: ``kb.types.ChunkMetadata``); None = the

@@ -83,8 +83,8 @@ class Manifest(BaseModel):
         return str((self.vectors or {}).get("store", "faiss"))
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain JSON-able dict (a fresh copy; callers may change it)."""
-        return self.model_dump(mode="json", exclude_none=False)
+        """A plain JSON-able dict (a fresh copy; callers may change it); absent sections stay absent."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
 
 
 @dataclass(frozen=True)

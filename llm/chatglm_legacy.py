@@ -18,9 +18,13 @@ map the config onto ``GlmConfig`` and the weights onto its parameter names at lo
   and position interpolation (positions / rope_ratio) in ChatGLM2-6B-32k's; we read which one the
   folder's ``modeling_chatglm.py`` does (as text, never run), defaulting by model generation.
 
+A P-tuning v2 prefix inside a full checkpoint (``pre_seq_len`` in config.json and
+``transformer.prefix_encoder.*`` among the weights) is loaded onto the model by
+``llm.adapters.ptuning``; ``convert_checkpoint`` refuses it (a prefix is not a weight of the
+native model: convert the base and pass the prefix with ``--adapter``).
+
 Config values the native model cannot express (LayerNorm instead of RMSNorm, post-layernorm
-residuals, biases on dense/MLP layers, p-tuning prefixes, pre-quantized int4/int8 weights...)
-are refused with an error instead of loading a model that would silently compute something else.
+residuals, biases on dense/MLP layers, pre-quantized int4/int8 weights...) are refused with an error instead of loading a model that would silently compute something else.
 
 Shards are streamed one tensor at a time (``torch.load(weights_only=True, mmap=True)`` for
 ``.bin``, ``safe_open`` for safetensors) into a model built on the meta device, so host memory
@@ -45,6 +49,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, GlmConfig, GlmForCausalLM, PreTrainedTokenizerFast
 
+from llm.adapters.ptuning import PrefixShape, attach_prefix, build_prefix_encoder
 from llm.chatglm_tokenizer import Variant, detect_variant, load_chatglm_tokenizer, stop_token_ids
 from llm.errors import ModelLoadError
 from llm.loading import read_model_config, resolve_device, resolve_dtype
@@ -55,6 +60,7 @@ REMOTE_MODEL_CODE = "modeling_chatglm.py"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+PREFIX_NAME = "prefix_encoder."
 
 # ChatGLMConfig's defaults (configuration_chatglm.py) for fields a config.json may leave out.
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -85,8 +91,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, str]] = {
     "post_layer_norm": (True, "there is no final layernorm"),
     "add_bias_linear": (False, "the dense and MLP layers have biases"),
     "fp32_residual_connection": (False, "the residual stream is kept in float32"),
-    "pre_seq_len": (None, "it is a P-tuning v2 checkpoint with a prefix encoder; merge or drop the prefix first"),
-    "prefix_projection": (False, "it is a P-tuning v2 checkpoint with a prefix projection"),
     "quantization_bit": (0, "its weights are pre-quantized by ChatGLM's own int4/int8 code; use the fp16 release"),
 }
 # Fields that only matter for training, bookkeeping or the remote code's own kernels.
@@ -195,6 +199,7 @@ class LegacyCheckpoint:
     layout: Layout
     weight_files: tuple[Path, ...]
     index_file: Path | None
+    prefix: PrefixShape | None = None  # a P-tuning v2 prefix the config asks for (pre_seq_len)
 
 
 # ----- public entry points ------------------------------------------------------------------
@@ -227,11 +232,36 @@ def load_chatglm_legacy(
     checkpoint = inspect_checkpoint(folder)
     tokenizer = load_tokenizer(checkpoint)
     model = build_empty_model(checkpoint.config)
+    prefix: dict[str, torch.Tensor] = {}
     for _file, tensors in iter_converted_shards(checkpoint, progress=None, desc="loading ChatGLM weights"):
         for name, tensor in tensors:
-            set_parameter(model, name, tensor.to(device=target, dtype=torch_dtype))
+            if name.startswith(PREFIX_NAME):
+                prefix[name.removeprefix(PREFIX_NAME)] = tensor
+            else:
+                set_parameter(model, name, tensor.to(device=target, dtype=torch_dtype))
     finish_model(model, checkpoint, tokenizer, device=target)
+    attach_checkpoint_prefix(model, checkpoint, prefix, device=target)
     return model, tokenizer
+
+
+def attach_checkpoint_prefix(
+    model: GlmForCausalLM, checkpoint: LegacyCheckpoint, tensors: dict[str, torch.Tensor], *, device: torch.device
+) -> None:
+    """The folder's own P-tuning prefix on ``model``; a config asking for one without its weights loads the base."""
+    if checkpoint.prefix is None:
+        return
+    if not tensors:
+        logger.warning(
+            "%s: config.json sets pre_seq_len %d but the weights hold no transformer.prefix_encoder; loading the "
+            "base model without a prefix (pass the P-tuning checkpoint folder with --adapter)",
+            checkpoint.path,
+            checkpoint.prefix.pre_seq_len,
+        )
+        return
+    missing = sorted(set(checkpoint.prefix.tensor_shapes()) - set(tensors))
+    if missing:
+        raise ModelLoadError(f"{checkpoint.path}: transformer.prefix_encoder.{missing[0]} is missing; the checkpoint is incomplete")
+    attach_prefix(model, build_prefix_encoder(checkpoint.prefix, tensors, device=device))
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, progress: bool = True) -> Path:
@@ -287,7 +317,35 @@ def inspect_checkpoint(path: Path) -> LegacyCheckpoint:
     layout = layout_from_config(values, path / "config.json")
     config = native_config(values, layout, rope=rope_parameters(values, path, variant))
     files, index = find_weight_files(path)
-    return LegacyCheckpoint(path, variant, config, layout, tuple(files), index)
+    prefix = prefix_from_config(values, layout, path / "config.json")
+    return LegacyCheckpoint(path, variant, config, layout, tuple(files), index, prefix)
+
+
+def prefix_from_config(values: dict[str, Any], layout: Layout, config_file: Path) -> PrefixShape | None:
+    """The P-tuning v2 prefix shape ChatGLM2/3's PrefixEncoder builds for this config, if ``pre_seq_len`` is set."""
+    if values.get("pre_seq_len") is None:
+        if values.get("prefix_projection"):
+            raise ModelLoadError(f"{config_file}: prefix_projection is true but pre_seq_len is missing; set pre_seq_len")
+        return None
+    if not layout.multi_query:
+        raise ModelLoadError(
+            f"{config_file}: a P-tuning prefix (pre_seq_len) needs multi_query_attention, as in ChatGLM2/3-6B "
+            "(the original PrefixEncoder sizes it by multi_query_group_num)"
+        )
+    try:
+        pre_seq_len = int(values["pre_seq_len"])
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{config_file}: pre_seq_len must be an integer ({e})") from e
+    if pre_seq_len <= 0:
+        raise ModelLoadError(f"{config_file}: pre_seq_len must be positive (got {pre_seq_len})")
+    return PrefixShape(
+        pre_seq_len=pre_seq_len,
+        projection=bool(values.get("prefix_projection")),
+        num_layers=layout.num_layers,
+        num_kv_heads=layout.num_kv_heads,
+        head_dim=layout.head_dim,
+        hidden_size=layout.hidden_size,
+    )
 
 
 def check_config_fields(raw: dict[str, Any], config_file: Path) -> None:
@@ -521,6 +579,7 @@ _ORIGINAL_KEY = re.compile(
     r"|(?P<final>encoder\.final_layernorm\.weight)"
     r"|(?P<head>output_layer\.weight)"
     r"|(?P<rotary>rotary_pos_emb\.inv_freq)"
+    r"|(?P<prefix>prefix_encoder\.(?:embedding\.weight|trans\.[02]\.(?:weight|bias)))"
     r")$"
 )
 _LAYER_PARTS = {
@@ -566,6 +625,11 @@ def convert_tensor(
     if match["rotary"]:
         return []
     short = name.removeprefix("transformer.")
+    if match["prefix"] and short not in shapes:
+        raise ModelLoadError(
+            f"{file} holds the P-tuning prefix tensor {name!r}, but config.json has no pre_seq_len (or "
+            "prefix_projection disagrees); copy config.json from the P-tuning training output"
+        )
     if short not in shapes:
         raise ModelLoadError(
             f"{file} holds {name!r}, which config.json does not call for "
@@ -576,6 +640,8 @@ def convert_tensor(
             f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
             f"{shapes[short]}; config and weights do not match (wrong or corrupt file?)"
         )
+    if match["prefix"]:
+        return [(short, tensor)]  # "prefix_encoder.…": kept apart by the loader
     if match["embed"]:
         return [("model.embed_tokens.weight", tensor)]
     if match["final"]:
@@ -615,11 +681,13 @@ def iter_converted_shards(
     from tqdm.auto import tqdm
 
     shapes = expected_shapes(checkpoint.layout)
+    if checkpoint.prefix is not None:
+        shapes.update({PREFIX_NAME + name: size for name, size in checkpoint.prefix.tensor_shapes().items()})
     seen: dict[str, Path] = {}
     disable = None if progress is None else not progress
     for file in tqdm(checkpoint.weight_files, desc=desc, unit="shard", disable=disable):
         yield file, convert_shard(file, checkpoint.layout, shapes, seen)
-    missing = [name for name in shapes if name not in seen]
+    missing = [name for name in shapes if name not in seen and not name.startswith(PREFIX_NAME)]
     if missing:
         where = checkpoint.index_file or checkpoint.weight_files[0]
         raise ModelLoadError(
@@ -713,6 +781,11 @@ def write_shards(checkpoint: LegacyCheckpoint, work: Path, *, progress: bool) ->
     for name, (_file, tensors) in zip(names, shards, strict=False):
         # Clone: q/k/v are views of one fused tensor, and safetensors stores no shared memory.
         shard = {key: tensor.contiguous().clone() for key, tensor in tensors}
+        if any(key.startswith(PREFIX_NAME) for key in shard):
+            raise ModelLoadError(
+                f"{checkpoint.path} holds a P-tuning v2 prefix, which is not a weight of the native model; "
+                "convert the base model without it and pass the prefix folder with --adapter"
+            )
         save_file(shard, str(work / name), metadata={"format": "pt"})
         for key, tensor in shard.items():
             weight_map[key] = name

@@ -86,13 +86,31 @@ def load_model_and_tokenizer(
     dtype: str = "auto",
     quantization: str = "none",
     trust_remote_code: bool = False,
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
 ) -> tuple[Any, Any]:
     """Load a local chat model folder and place it; returns ``(model, tokenizer)``.
 
     Dispatches on ``config.json``'s ``model_type``: special types (original ChatGLM) go to their
     loader in ``MODEL_TYPE_LOADERS`` with the same keyword arguments; everything else must be a
     causal LM that transformers knows natively (or ``trust_remote_code`` was opted into).
+    ``adapter`` (a P-tuning v2 or LoRA folder, ``llm.adapters``) is applied to the loaded model;
+    ``merge_adapter`` folds a LoRA adapter into the weights.
     """
+    model, tokenizer = _load_base(
+        path, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
+    )
+    if adapter:
+        from llm.adapters import apply_adapter
+
+        model = apply_adapter(model, adapter, merge=merge_adapter)
+    return model, tokenizer
+
+
+def _load_base(
+    path: str | Path, *, device: str, dtype: str, quantization: str, trust_remote_code: bool
+) -> tuple[Any, Any]:
+    """The model folder without adapters (see ``load_model_and_tokenizer``)."""
     folder = find_model_folder(path)
     config = read_model_config(folder)
     check_weights_present(folder)

@@ -9,10 +9,10 @@ from typing import Any
 import gradio as gr
 import pytest
 
-from app import render
-from app.chat import ChatHandlers, history_pairs
-from app.errors import UserError, user_errors
-from app.state import AppState
+from app.web import render
+from app.web.chat import ChatHandlers, history_pairs
+from app.web.errors import UserError, user_errors
+from app.services import Services
 from chains.events import Answer, Source, Sources, Token
 from configs import Settings
 
@@ -28,8 +28,8 @@ SRC = Source(
 )
 
 
-class ScriptedState(AppState):
-    """An AppState whose QA stream is scripted, recording what the chat handler passes in."""
+class ScriptedState(Services):
+    """An Services whose QA stream is scripted, recording what the chat handler passes in."""
 
     def __init__(self, tmp_path: Path, pieces: list[str]) -> None:
         super().__init__(Settings(kb_root=tmp_path, embedding={"model": "none"}))
@@ -93,8 +93,9 @@ def test_closing_the_handler_closes_the_chain_stream(tmp_path: Path) -> None:
 
 def test_settling_marks_a_stopped_answer_and_keeps_it_in_history() -> None:
     turns = [{"question": "q", "answer": "半个回", "status": "streaming", "answered": True}]
-    messages, new_turns, clear_btn = ChatHandlers.settle(turns)
+    messages, new_turns, clear_btn, send_btn, status = ChatHandlers.settle(turns)
     assert new_turns[0]["status"] == "stopped" and turns[0]["status"] == "streaming"
+    assert send_btn.interactive is True and "已停止" in status
     assert messages[1]["content"].endswith("（已停止 / stopped）")
     assert history_pairs(new_turns) == [("q", "半个回")]
     assert clear_btn.interactive is True
@@ -115,10 +116,14 @@ def test_a_failed_answer_is_marked_and_left_out_of_history(tmp_path: Path) -> No
     state = ScriptedState(tmp_path, ["一"])
     state.usable_mode = lambda kb, mode: (_ for _ in ()).throw(ValueError("索引坏了"))  # type: ignore[method-assign]
     gen = ChatHandlers(state).ask("问题", [], "sanguo", "bm25", 3)
-    turns = next(gen)[2]
+    first = next(gen)
+    turns = first[2]
+    assert first[5].interactive is False and "正在回答" in first[6]  # send disabled, with a hint
+    failed = next(gen)  # the reason goes to the status line first; the other outputs keep their values
+    assert "索引坏了" in failed[6] and all(isinstance(u, type(gr.skip())) for u in failed[:6])
     with pytest.raises(gr.Error, match="索引坏了"):
         next(gen)
-    messages, settled_turns, _ = ChatHandlers.settle(turns)
+    messages, settled_turns, *_ = ChatHandlers.settle(turns)
     assert settled_turns[0]["status"] == "failed" and messages[-1]["content"] == "（出错 / failed）"
     assert history_pairs(settled_turns) == []
 
@@ -148,8 +153,29 @@ def test_handler_errors_become_one_line_bilingual_toasts() -> None:
     assert e.value.message == "中文说明 / English explanation"
     with pytest.raises(gr.Error) as e:
         list(broken("other"))
-    assert e.value.message.startswith("内部错误，详情见服务器日志 / KeyError:")
-    assert "Traceback" not in e.value.message
+    assert e.value.message.startswith("内部错误，请稍后重试或联系管理员 / KeyError")
+    assert "Traceback" not in e.value.message and "internal" not in e.value.message  # no raw library text
+    assert e.value.title == "错误"  # toast titles in Chinese
+
+
+def test_a_failing_handler_writes_its_status_line_first_and_keeps_other_outputs() -> None:
+    """Bug: errors showed as red overlays over every output, blocking the controls under them;
+    now the reason goes to the tab's status line, the other outputs keep their values, and the
+    toast (and API clients) still get the error."""
+
+    @user_errors(status=1, outputs=3)
+    def build(ok: bool) -> tuple[str, str, str]:
+        if not ok:
+            raise UserError("请先选择要上传的文件", "choose files to upload first")
+        return "table", "done", "box"
+
+    assert list(build(True)) == [("table", "done", "box")]
+    failing = build(False)
+    update = next(failing)
+    assert update[1] == "⚠️ 请先选择要上传的文件 / choose files to upload first"
+    assert all(isinstance(u, type(gr.skip())) for u in (update[0], update[2]))
+    with pytest.raises(gr.Error, match="请先选择要上传的文件"):
+        next(failing)
 
 
 def test_source_cards_escape_the_passage_text() -> None:
@@ -169,6 +195,27 @@ def test_chapter_labels(chapter: int | None, title: str | None, label: str) -> N
     assert render.chapter_label(Source(text="x", chapter=chapter, chapter_title=title)) == label
 
 
+@pytest.mark.parametrize(
+    ("chapter", "title", "heading", "label"),
+    [(2, "休假", "第二章", "第二章 休假"), (3, "尾声", "第三节", "第三节 尾声"), (2, "第二卷", "第二卷", "第二卷"),
+     (1, "宴桃园豪杰三结义", "第一回", "第一回 宴桃园豪杰三结义"), (4, "序曲", None, "第4回 序曲")],
+)
+def test_chapter_labels_keep_the_documents_own_unit(chapter: int, title: str, heading: str | None, label: str) -> None:
+    """Bug: ``## 第二章 休假`` was labelled "第2回 休假"; the label keeps the heading's unit."""
+    source = Source(text="x", doc_id="d", chapter=chapter, chapter_title=title)
+    assert render.chapter_label(source, heading) == label
+    assert label in render.source_card(1, source, {("d", chapter): heading} if heading else None)
+
+
+def test_banner_is_one_line_with_details_folded_and_no_server_paths() -> None:
+    """Bug: a half-page bilingual banner with CLI flags and the server's folders."""
+    text = render.banner([render.llm_problem("the chat model failed to load: /srv/models/glm3 has no config.json")])
+    summary, details = text.split("</summary>")
+    assert summary.startswith("<details><summary>⚠️ 未加载大模型") and "\n" not in summary
+    assert "…/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
+    assert render.banner([]) == ""
+
+
 def test_long_passages_are_cut_to_a_snippet() -> None:
     text = "话说天下大势，\n分久必合。" * 100
     cut = render.snippet(text)
@@ -176,7 +223,7 @@ def test_long_passages_are_cut_to_a_snippet() -> None:
 
 
 def test_uploads_are_checked_for_type_and_size(tmp_path: Path) -> None:
-    state = AppState(Settings(kb_root=tmp_path, ui={"max_upload_mb": 1, "allowed_types": [".txt", "md"]}))
+    state = Services(Settings(kb_root=tmp_path, ui={"max_upload_mb": 1, "allowed_types": [".txt", "md"]}))
     exact = tmp_path / "exact.TXT"
     exact.write_bytes(b"a" * 1024 * 1024)
     assert state.check_upload(exact) == exact
@@ -195,8 +242,8 @@ def test_uploads_are_checked_for_type_and_size(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".x", "-x", "a..b", "", "  "])
 def test_bad_knowledge_base_names_are_refused(name: str) -> None:
     with pytest.raises(UserError):
-        AppState.check_kb_name(name)
+        Services.check_kb_name(name)
 
 
 def test_chinese_knowledge_base_names_are_fine() -> None:
-    assert AppState.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"
+    assert Services.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"

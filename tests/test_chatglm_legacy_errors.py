@@ -79,7 +79,8 @@ def test_unexpected_tensor(broken: Path) -> None:
     state = torch.load(broken / SHARD2, weights_only=True)
     state["transformer.prefix_encoder.embedding.weight"] = torch.zeros(4, 8)
     torch.save(state, broken / SHARD2)
-    with pytest.raises(ModelLoadError, match=f"{SHARD2} holds tensor 'transformer.prefix_encoder.embedding.weight'"):
+    match = f"{SHARD2} holds the P-tuning prefix tensor 'transformer.prefix_encoder.embedding.weight'.*no pre_seq_len"
+    with pytest.raises(ModelLoadError, match=match):
         load(broken)
 
 
@@ -124,7 +125,6 @@ def test_missing_required_config_field(broken: Path) -> None:
         ("add_bias_linear", True, "dense and MLP layers have biases"),
         ("post_layer_norm", False, "no final layernorm"),
         ("fp32_residual_connection", True, "float32"),
-        ("pre_seq_len", 128, "P-tuning v2"),
         ("quantization_bit", 4, "pre-quantized"),
     ],
 )
@@ -155,3 +155,11 @@ def test_no_index_and_no_single_file(broken: Path) -> None:
     (broken / "pytorch_model.bin.index.json").unlink()
     with pytest.raises(ModelLoadError, match="no weight index.*found pytorch_model-00001-of-00002.bin"):
         load(broken)
+
+
+def test_pre_seq_len_without_prefix_weights_loads_the_base(broken: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A base config.json with pre_seq_len (copied from a P-tuning run) but no prefix weights: the base, and a warning."""
+    edit_config(broken, pre_seq_len=128)
+    model, _ = load(broken)
+    assert getattr(model, "prefix_encoder", None) is None
+    assert "pre_seq_len 128 but the weights hold no transformer.prefix_encoder" in caplog.text

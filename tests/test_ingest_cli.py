@@ -85,6 +85,29 @@ def test_eval(capsys: pytest.CaptureFixture[str], built: str, tmp_path: Path) ->
     assert code == 0 and "recall@5" in out and "MRR@10" in out
 
 
+
+def test_hybrid_on_a_keyword_only_kb_says_it_ran_bm25(capsys: pytest.CaptureFixture[str], built: str) -> None:
+    """Bug: ``--mode hybrid`` on a keyword-only knowledge base silently searched with bm25."""
+    code, out, err = run_cli(capsys, "query", "吕布 赤兔马", "--kb", built, "-k", "2", "--mode", "hybrid", "--json")
+    assert code == 0 and len(json.loads(out)) == 2  # stdout stays one JSON array
+    assert "keyword-only" in err and "bm25" in err and f"ingest build --embedding MODEL --kb {built}" in err
+    code, _, err = run_cli(capsys, "query", "吕布 赤兔马", "--kb", built, "-k", "2", "--mode", "bm25")
+    assert code == 0 and "keyword-only" not in err
+
+
+def test_eval_names_the_qa_sources_the_kb_lacks(capsys: pytest.CaptureFixture[str], built: str, tmp_path: Path) -> None:
+    """Bug: a QA file whose ``source`` names another file failed as "evidence does not occur"."""
+    rows = [
+        {"q": "刘关张三人在哪里结拜", "evidence": "于桃园中，备下乌牛白马祭礼等项", "source": "sanguo.txt"},
+        {"q": "董卓送给吕布什么马", "evidence": "赤兔马亦董公所赠也", "source": "sanguo.txt"},
+        {"q": "吕布的马", "evidence": "赤兔马亦董公所赠也", "source": "sanguo_b.txt"},
+    ]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    code, _, err = run_cli(capsys, "eval", str(qa), "--kb", built, "--mode", "bm25")
+    assert_one_line_error(code, err, "'sanguo.txt' (2 questions)", "sanguo_a.txt, sanguo_b.txt", '"source"')
+    assert "does not occur" not in err
+
 def test_remove_and_drop(capsys: pytest.CaptureFixture[str], built: str) -> None:
     code, out, _ = run_cli(capsys, "remove", "sanguo_a.txt", "--kb", built)
     assert code == 0 and "1 removed" in out

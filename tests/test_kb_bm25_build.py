@@ -53,14 +53,14 @@ def sanguo_tokens(sanguo_path: Path) -> list[list[str]]:
 def test_streaming_build_is_bit_identical_to_bm25s_index(sanguo_tokens: list[list[str]]) -> None:
     built = BM25Index.build(lambda: iter(sanguo_tokens), list(range(len(sanguo_tokens))))
     assert built.model is not None
-    assert len(sanguo_tokens) > 500
+    assert len(sanguo_tokens) > 100  # 140 chunks from the excerpt, 900+ from the whole novel
     assert_identical(built.model, reference_model(sanguo_tokens))
 
 
 def test_plain_list_and_callable_sources_give_the_same_index(sanguo_tokens: list[list[str]]) -> None:
     chunks = sanguo_tokens[:200]
-    from_list = BM25Index.build(chunks, range(200)).model
-    from_callable = BM25Index.build(lambda: (list(t) for t in chunks), range(200)).model
+    from_list = BM25Index.build(chunks, range(len(chunks))).model
+    from_callable = BM25Index.build(lambda: (list(t) for t in chunks), range(len(chunks))).model
     assert from_list is not None and from_callable is not None
     assert_identical(from_list, from_callable)
 

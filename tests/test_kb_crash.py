@@ -101,11 +101,11 @@ def test_kill_right_after_the_swap_gives_the_complete_new_version(
 
 
 @pytest.mark.slow
-def test_ingest_build_killed_at_random_moments(built: Path, sanguo_path: Path, xiyouji_path: Path) -> None:
+def test_ingest_build_killed_at_random_moments(built: Path, sanguo_novel_path: Path, xiyouji_novel_path: Path) -> None:
     """``kill -9`` of a real ``python -m ingest build`` of two whole novels, at several moments."""
     before = state(built)
     env = {**os.environ, "GLMKB_KB_ROOT": str(built)}
-    command = [sys.executable, "-m", "ingest", "build", str(sanguo_path), str(xiyouji_path), "--kb", "k", "-q"]
+    command = [sys.executable, "-m", "ingest", "build", str(sanguo_novel_path), str(xiyouji_novel_path), "--kb", "k", "-q"]
     outcomes = []
     for delay in (1.0, 2.5, 4.5, 7.0):
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

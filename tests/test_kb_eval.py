@@ -15,8 +15,8 @@ from kb.evaluation import first_hit_rank
 QA_FILE = Path(__file__).parent / "data" / "sanguo_qa.jsonl"
 
 
-def test_qa_file_is_well_formed(sanguo_path: Path) -> None:
-    text = sanguo_path.read_text(encoding="utf-8")
+def test_qa_file_is_well_formed(sanguo_novel_path: Path) -> None:
+    text = sanguo_novel_path.read_text(encoding="utf-8")
     rows = [json.loads(line) for line in QA_FILE.read_text(encoding="utf-8").splitlines()]
     assert len(rows) >= 40
     assert len({r["q"] for r in rows}) == len(rows), "no duplicate questions"
@@ -67,12 +67,12 @@ def test_evaluate_on_a_small_kb(tmp_path: Path, sanguo_excerpts: dict[str, Path]
         evaluate(kb, load_qa(qa), mode="bm25")
 
 
-def test_bm25_recall_on_the_whole_novel(tmp_path: Path, sanguo_path: Path) -> None:
+def test_bm25_recall_on_the_whole_novel(tmp_path: Path, sanguo_novel_path: Path) -> None:
     """Quality guard (docs/KB.md): chapter-aware 400/80 chunks + jieba words and characters
     reach recall@5 0.73 on the shipped questions, where naive 400-char chunks with plain
     jieba BM25 reach 0.50."""
     kb = KnowledgeBase(tmp_path, "sanguo", create=True, embedding_model="none", chunk_size=400, chunk_overlap=80)
-    kb.add_files([sanguo_path])
+    kb.add_files([sanguo_novel_path])
     result = evaluate(kb, load_qa(QA_FILE), mode="bm25", k=10)
     assert result.recall[5] >= 0.70
     assert result.recall[10] >= 0.80

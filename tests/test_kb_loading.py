@@ -38,7 +38,7 @@ def corpus_paragraphs(path: Path) -> list[str]:
     """Realistic paragraphs of several lengths (a short line, a sentence, a paragraph, a chapter head)."""
     text = path.read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if len(line) > 30]
-    return [lines[10][:24], lines[50][:80], lines[200], text[:3000]]
+    return [lines[10][:24], lines[50][:80], lines[min(200, len(lines) - 1)], text[:3000]]  # the excerpt has ~140 such lines
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "gbk", "utf-16", "utf-16-le-bom", "utf-16-be-bom"])

@@ -30,7 +30,7 @@ def test_chinese_numerals(numeral: str, value: int) -> None:
     assert chinese_number(numeral) == value
 
 
-@pytest.mark.parametrize(("fixture", "count"), [("sanguo_path", 120), ("xiyouji_path", 100)])
+@pytest.mark.parametrize(("fixture", "count"), [("sanguo_novel_path", 120), ("xiyouji_novel_path", 100)])
 def test_novel_chapters_are_found_in_order(fixture: str, count: int, request: pytest.FixtureRequest) -> None:
     text = Path(request.getfixturevalue(fixture)).read_text(encoding="utf-8")
     sections = split_chapters(text)
@@ -44,9 +44,9 @@ def test_novel_chapters_are_found_in_order(fixture: str, count: int, request: py
     assert chapters[-1].end == len(text)
 
 
-def test_sanguo_late_chapter_numbers_and_titles(sanguo_path: Path) -> None:
+def test_sanguo_late_chapter_numbers_and_titles(sanguo_novel_path: Path) -> None:
     """第一百三回 is chapter 103 (not 130) and 第一百十八回 is 118, as the corpus numbers them."""
-    text = sanguo_path.read_text(encoding="utf-8")
+    text = sanguo_novel_path.read_text(encoding="utf-8")
     chapters = {c.number: c for c in split_chapters(text) if c.number}
     assert chapters[103].heading == "第一百三回"
     assert chapters[103].title == "上方谷司马受困 五丈原诸葛禳星"
@@ -60,7 +60,7 @@ def test_chunks_have_exact_offsets_and_never_straddle_chapters(fixture: str, req
     text = Path(request.getfixturevalue(fixture)).read_text(encoding="utf-8")
     sections = split_chapters(text)
     chunks = split_document(text, chunk_size=400, chunk_overlap=80)
-    assert len(chunks) > 1000
+    assert len(chunks) > len(text) // 400  # 1,700+ on the whole novel, 130+ on the excerpt
     for chunk in chunks:
         assert text[chunk.start : chunk.end] == chunk.text
         assert chunk.text == chunk.text.strip()

@@ -216,7 +216,8 @@ def test_keyword_only_kb_modes(tmp_path: Path, sanguo_excerpts: dict[str, Path])
         kb.search("张飞", mode="dense")
 
 
-def test_summarizer_reads_documents_and_chapters(tmp_path: Path, sanguo_path: Path) -> None:
+def test_summarizer_reads_documents_and_chapters(tmp_path: Path, sanguo_novel_path: Path) -> None:
+    sanguo_path = sanguo_novel_path
     kb = keyword_kb(tmp_path)
     kb.add_files([sanguo_path])
     info = kb.get_document("sanguo.txt")
@@ -305,9 +306,13 @@ def test_a_file_changed_while_it_is_added_is_refused_and_nothing_is_written(
 def test_document_text_streams_into_the_docstore_in_blocks(tmp_path: Path, sanguo_path: Path) -> None:
     """A whole novel is stored as several text blocks (not one value holding the file) and
     reads back exactly."""
+    data = sanguo_path.read_bytes()
+    source = tmp_path / "src" / "sanguo.txt"  # 1.5 MiB or more: over one 1 MiB block
+    source.parent.mkdir()
+    source.write_bytes(data * max(1, -(-(3 << 19) // len(data))))  # the excerpt repeated, the novel once
     kb = keyword_kb(tmp_path)
-    kb.add_files([sanguo_path])
-    text = sanguo_path.read_text(encoding="utf-8")
+    kb.add_files([source])
+    text = source.read_text(encoding="utf-8")
     assert kb.get_document_text("sanguo.txt") == text
     with sqlite3.connect(kb.path / kb.version / "docstore.sqlite") as conn:
         blocks = conn.execute("SELECT count(*), max(length(text)) FROM document_blocks").fetchone()

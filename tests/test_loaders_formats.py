@@ -233,7 +233,7 @@ def test_ingest_build_takes_every_format_and_query_cites_pages(
 def test_qa_sources_and_ui_cards_cite_page_and_section() -> None:
     """The QA chain's sources (API, UI) use the same label: page and innermost heading, the
     document's own unit (issue 18 item 10), old chunks without a section as before."""
-    from app.render import chapter_label as card_label
+    from app.web.render import chapter_label as card_label
     from chains.events import Source
 
     pdf = Source(text="x", source="/srv/manual.pdf", chapter=3, chapter_title="安装", page=12,

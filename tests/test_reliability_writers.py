@@ -216,6 +216,23 @@ def test_every_command_answers_a_damaged_kb_in_one_line_and_drop_and_doctor_reco
     assert KnowledgeBase.list_names(tmp_path) == ["ok"]
 
 
+def test_doctor_rebuilds_the_vectors_of_a_damaged_dense_kb(
+    tmp_path: Path, tiny_embedding_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (#20.2): a truncated FAISS index left a dense knowledge base unrecoverable
+    without rm -rf; ``ingest doctor --repair`` re-embeds its stored chunks into a new version."""
+    kb = KnowledgeBase(tmp_path, "d", create=True, embedding_model=str(tiny_embedding_path), device="cpu")
+    kb.add_texts({"h.txt": TEXTS["h.txt"], "a.txt": TEXTS["a.txt"]})
+    kb.close()
+    damage(tmp_path / "d", "index.faiss", "truncate")
+    with pytest.raises(DamagedKnowledgeBaseError, match="index.faiss"):
+        KnowledgeBase(tmp_path, "d")
+    code, out, err = run_cli(capsys, "doctor", "--kb", "d", "--kb-root", str(tmp_path), "--repair", "-q")
+    assert code == 0 and "rebuilt version" in out, err
+    repaired = KnowledgeBase(tmp_path, "d", device="cpu")
+    assert {h.metadata["source"] for h in repaired.search(TEXTS["h.txt"][:30], mode="dense", k=50)} == {"h.txt", "a.txt"}
+
+
 def write(folder: Path, name: str) -> Path:
     path = folder / name
     path.write_text(TEXTS[name], encoding="utf-8")

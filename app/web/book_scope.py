@@ -1,0 +1,50 @@
+"""Whole-book answers (scope ``book``) for the QA tab's 全书问答 switch and the API's KB chat.
+
+``ask_book(services, kb_name, question, ...)`` is the one entry both front ends call: it opens the
+KB, takes its character graph (cached per document), and streams ``BookQAChain`` events
+(``Progress``, ``Sources``, ``Token``..., ``Answer``; see ``chains.book_qa_chain``). Pass
+``cancel`` (the session's Stop event) so a Stop during the batched map ends within a token.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from chains.book_qa_chain import BookQAChain
+from chains.events import Event
+
+__all__ = ["SCOPES", "ask_book", "book_chain"]
+
+SCOPES = ("chunk", "book")
+"""``scope`` values: ``chunk`` = today's passage QA, ``book`` = whole-book map-reduce."""
+
+
+def book_chain(services: Any, kb_name: str | None, *, source: str | None = None) -> BookQAChain:
+    """A ``BookQAChain`` over the named KB with the shared model and the KB's character graph;
+    ``NotReady`` (HTTP 503) when no chat model is configured."""
+    from kb.characters import character_graph
+
+    llm = services.require_llm()
+    kb = services.kb(kb_name)
+    return BookQAChain(
+        kb=kb,
+        llm=llm,
+        graph=character_graph(kb, source=source),
+        max_input_tokens=services.settings.llm.max_input_tokens,
+    )
+
+
+def ask_book(
+    services: Any,
+    kb_name: str | None,
+    question: str,
+    *,
+    chapters: str | None = None,
+    source: str | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[Event]:
+    """Stream a whole-book answer (``chapters`` like "第40-60回", ``source`` a file name)."""
+    chain = book_chain(services, kb_name, source=source)
+    return chain.stream_answer(question, chapters=chapters or None, source=source or None, cancel=cancel)

@@ -1,0 +1,74 @@
+"""Serve the Gradio UI: the bind-address/auth policy and the one place that calls ``launch``.
+
+Kept apart from the UI layout so the safety rules (auth on non-loopback addresses, never a
+public share link, no telemetry) are checked before anything is loaded or bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# Gradio reads this when it is imported; a private knowledge base never phones home.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from app.auth import AuthConfigError, is_loopback, resolve_auth  # noqa: E402
+from app.web.ui import CSS, THEME  # noqa: E402
+from configs import Settings, UISettings  # noqa: E402
+
+__all__ = ["AuthConfigError", "is_loopback", "launch", "queue", "resolve_auth", "upload_limits"]
+
+log = logging.getLogger(__name__)
+
+
+def queue(demo: gr.Blocks, ui: UISettings) -> gr.Blocks:
+    """Bound the work one page can queue: ``ui.concurrency`` events at once, ``ui.max_queue``
+    waiting (issue 20 #7: one client queuing 100 questions blocked everyone for over 90 s;
+    further events are refused with "queue full")."""
+    return demo.queue(default_concurrency_limit=ui.concurrency, max_size=ui.max_queue)
+
+
+def upload_limits(ui: UISettings) -> dict[str, str]:
+    """``max_file_size`` for ``launch``/``mount_gradio_app`` (Gradio refuses larger uploads)."""
+    return {"max_file_size": f"{ui.max_upload_mb}mb"}
+
+
+def launch(
+    demo: gr.Blocks,
+    settings: Settings,
+    *,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> tuple[object, str, str]:
+    """Queue and start ``demo`` with the UI settings; share links are always off."""
+    ui = settings.ui
+    auth = resolve_auth(ui)
+    queue(demo, ui)
+    log.info(
+        "serving on http://%s:%d (login %s, concurrency %d)",
+        ui.host,
+        ui.port,
+        "on" if auth else "off",
+        ui.concurrency,
+    )
+    return demo.launch(
+        server_name=ui.host,
+        server_port=ui.port,
+        auth=auth,
+        auth_message="glmkb 知识库 — 请登录 / please log in" if auth else None,
+        share=False,
+        inbrowser=False,
+        show_error=False,
+        **upload_limits(ui),
+        state_session_capacity=ui.max_sessions,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        footer_links=["settings"],
+        theme=THEME,
+        css=CSS,
+    )

@@ -1,0 +1,126 @@
+"""Pick the chapters a whole-book question needs, and their relevant passages.
+
+Two signals, fused per chapter by reciprocal rank (like hybrid retrieval):
+
+- retrieval: the KB's own search for the question (and for each named person's full name
+  list), hits summed per (document, chapter);
+- the character graph: chapters whose chunks mention a person the question names, under any
+  of the person's names (a question about 孔明 finds chapters that only say 诸葛亮).
+
+A chapter range and a source restrict both. Each picked chapter keeps its best passages: the
+search hits inside it first, then chunks that name the persons, in text order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.documents import Document
+
+__all__ = ["ChapterPick", "name_terms", "pick_chapters"]
+
+ChapterKey = tuple[str, int | None]
+_RRF_K = 60
+
+
+@dataclass
+class ChapterPick:
+    """One chapter chosen for the map step, with its passages in text order."""
+
+    doc_id: str
+    chapter: int | None
+    title: str | None
+    score: float
+    passages: list[Document] = field(default_factory=list)
+
+
+def name_terms(question: str, graph: Any | None) -> tuple[list[str], list[list[str]]]:
+    """Persons the question names: their canonical names, and every name of each person."""
+    if graph is None:
+        return [], []
+    persons = graph.names_in(question)
+    return [p.name for p in persons], [[p.name, *p.aliases] for p in persons]
+
+
+def _in_scope(meta: dict[str, Any], doc_ids: set[str] | None, chapters: tuple[int, int] | None) -> bool:
+    if doc_ids is not None and meta.get("doc_id") not in doc_ids:
+        return False
+    if chapters is None:
+        return True
+    number = meta.get("chapter")
+    return number is not None and chapters[0] <= number <= chapters[1]
+
+
+def pick_chapters(
+    kb: Any,
+    question: str,
+    *,
+    graph: Any | None = None,
+    source: str | None = None,
+    chapters: tuple[int, int] | None = None,
+    max_chapters: int = 12,
+    passages_per_chapter: int = 4,
+    search_k: int = 60,
+) -> list[ChapterPick]:
+    """The ``max_chapters`` best chapters for ``question``, in book order (see module doc)."""
+    doc_ids = {kb.get_document(source).doc_id} if source else None
+    scores: Counter[ChapterKey] = Counter()
+    hits: dict[ChapterKey, list[Document]] = defaultdict(list)
+    seen: set[Any] = set()
+    _, groups = name_terms(question, graph)
+    queries = [question, *(" ".join(names) for names in groups)]
+    for query in queries:
+        for rank, doc in enumerate(kb.search(query, k=search_k)):
+            meta = doc.metadata
+            if not _in_scope(meta, doc_ids, chapters):
+                continue
+            key = (meta["doc_id"], meta.get("chapter"))
+            scores[key] += 1.0 / (_RRF_K + rank)
+            if meta.get("chunk_id") not in seen:
+                seen.add(meta.get("chunk_id"))
+                hits[key].append(doc)
+    named = _chapters_naming(kb, groups, doc_ids=doc_ids, chapters=chapters)
+    for rank, (key, _) in enumerate(Counter({k: len(v) for k, v in named.items()}).most_common()):
+        scores[key] += 1.0 / (_RRF_K + rank)
+    best = [key for key, _ in scores.most_common(max_chapters)]
+    picks = []
+    for key in sorted(best, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        passages = _chapter_passages(hits.get(key, []), named.get(key, []), passages_per_chapter)
+        title = passages[0].metadata.get("chapter_title") if passages else None
+        picks.append(ChapterPick(key[0], key[1], title, scores[key], passages))
+    return picks
+
+
+def _chapters_naming(
+    kb: Any, groups: Sequence[Sequence[str]], *, doc_ids: set[str] | None, chapters: tuple[int, int] | None
+) -> dict[ChapterKey, list[Document]]:
+    """Chunks per chapter that name one of the question's persons (any of their names)."""
+    found: dict[ChapterKey, list[Document]] = defaultdict(list)
+    if not groups:
+        return found
+    names = [n for group in groups for n in group]
+    infos = kb.list_documents() if doc_ids is None else [kb.get_document(d) for d in doc_ids]
+    for info in infos:
+        for chunk in kb.get_chunks(info.doc_id):
+            meta = chunk.metadata
+            if _in_scope(meta, None, chapters) and any(n in chunk.page_content for n in names):
+                found[(info.doc_id, meta.get("chapter"))].append(chunk)
+    return found
+
+
+def _chapter_passages(hits: list[Document], named: list[Document], limit: int) -> list[Document]:
+    """Search hits first, then naming chunks, without repeats; returned in text order."""
+    chosen: list[Document] = []
+    ids: set[Any] = set()
+    for doc in [*hits, *named]:
+        chunk_id = doc.metadata.get("chunk_id")
+        if chunk_id in ids:
+            continue
+        ids.add(chunk_id)
+        chosen.append(doc)
+        if len(chosen) >= limit:
+            break
+    return sorted(chosen, key=lambda d: d.metadata.get("start") or 0)

@@ -1,0 +1,299 @@
+"""``BookQAChain``: whole-book questions ("诸葛亮一生做了哪些事？") by map-reduce over chapters.
+
+One question runs as: pick chapters (``chains.book_chapters``: search hits per chapter, the
+character graph's names and aliases, the chapter range) → number their passages ``[1]..[N]``
+→ **map** each chapter's passages with ``llm.batch`` into short findings that keep the
+numbers → **collapse** the findings while the final prompt exceeds the token budget → **reduce**
+into one streamed answer. Markers that do not resolve to a passage the map step read are
+dropped from findings and from the streamed answer (``chains.citations``).
+
+The stages are the summarizer's (``map_summaries``, ``collapse_summaries``,
+``reduce_summaries`` of ``chains.stream_map_reduce_chain``) with the book prompts.
+``stream_answer`` yields ``Progress("select"|"map"|"collapse", done, total)``, one ``Sources``
+(passage ``n`` is ``sources[n-1]``), ``Token`` pieces, then one ``Answer``; nothing relevant
+→ the refusal sentence. Stop: close the generator, or pass ``cancel=event`` and set it —
+every generation (also the batched map) then ends within a token (``llm.cancel_scope``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
+
+from langchain_classic.chains.base import Chain
+from langchain_core.callbacks import CallbackManager, CallbackManagerForChainRun, Callbacks
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseLanguageModel
+from pydantic import ConfigDict, Field
+
+from chains.book_chapters import ChapterPick, pick_chapters
+from chains.book_prompts import BOOK_COLLAPSE_PROMPT, BOOK_MAP_PROMPT, BOOK_REDUCE_PROMPT, IRRELEVANT
+from chains.citations import CitationFilter, clean_citations
+from chains.events import Answer, Event, Progress, Source, Sources, Token
+from chains.prompts import REFUSAL
+from chains.stream_map_reduce_chain import (
+    collapse_summaries,
+    load_stream_summarize_chain,
+    map_summaries,
+    reduce_summaries,
+)
+from chains.token_budget import fit_documents
+
+__all__ = ["SELECT_STAGE", "BookQAChain", "format_numbered"]
+
+SELECT_STAGE = "select"
+"""``Progress.stage`` once the chapters are chosen (``done == total`` == chapters picked)."""
+_JOINT_MARGIN = 8
+
+
+def format_numbered(docs: Sequence[Document], first: int) -> str:
+    """Passages as ``[n]（title）text`` blocks numbered from ``first``."""
+    blocks = []
+    for i, doc in enumerate(docs, first):
+        title = doc.metadata.get("chapter_title")
+        blocks.append(f"[{i}]（{title}）{doc.page_content}" if title else f"[{i}]{doc.page_content}")
+    return "\n\n".join(blocks)
+
+
+def _scoped(stage: Generator[Event, None, Any], cancel: threading.Event | None) -> Generator[Event, None, Any]:
+    """Run ``stage`` with every step inside ``llm.cancel_scope(cancel)``; stop once it is set."""
+    from llm.cancellation import cancel_scope
+
+    while True:
+        if cancel is not None and cancel.is_set():
+            stage.close()
+            raise _Cancelled
+        try:
+            if cancel is None:
+                event = next(stage)
+            else:
+                with cancel_scope(cancel):
+                    event = next(stage)
+        except StopIteration as stop:
+            return stop.value
+        yield event
+
+
+class _Cancelled(Exception):
+    """The Stop event was set: end the stream quietly."""
+
+
+class BookQAChain(Chain):
+    """Answer questions about a whole book (or a chapter range) with cited map-reduce.
+
+    Inputs: ``question`` (plus optional ``chapters`` "第40-60回" and ``source``). Outputs:
+    ``answer``, ``source_documents`` (the numbered passages), ``refused``.
+    """
+
+    kb: Any
+    """A ``kb.KnowledgeBase`` (``search``, ``get_chunks``, ``list_documents``, ``get_document``)."""
+    llm: BaseLanguageModel
+    graph: Any | None = None
+    """A ``kb.characters.CharacterGraph``: names in the question also find their aliases."""
+    max_input_tokens: int = Field(6144, ge=64)
+    token_max: int | None = None
+    """Collapse findings while the answer prompt exceeds this (default ``max_input_tokens``)."""
+    batch_size: int = Field(4, ge=1)
+    max_chapters: int = Field(12, ge=1)
+    passages_per_chapter: int = Field(4, ge=1)
+    search_k: int = Field(60, ge=1)
+    refusal: str = REFUSAL
+    input_key: str = "question"
+    output_key: str = "answer"
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    @property
+    def input_keys(self) -> list[str]:
+        return [self.input_key]
+
+    @property
+    def output_keys(self) -> list[str]:
+        return [self.output_key, "source_documents", "refused"]
+
+    @property
+    def _chain_type(self) -> str:
+        return "book_qa_chain"
+
+    # ------------------------------------------------------------ small steps
+    def select(self, question: str, *, chapters: tuple[int, int] | None, source: str | None) -> list[ChapterPick]:
+        """The chapters to read, each with its passages (``chains.book_chapters``)."""
+        picks = pick_chapters(
+            self.kb,
+            question,
+            graph=self.graph,
+            source=source,
+            chapters=chapters,
+            max_chapters=self.max_chapters,
+            passages_per_chapter=self.passages_per_chapter,
+            search_k=self.search_k,
+        )
+        return [p for p in picks if p.passages]
+
+    def map_documents(self, picks: Sequence[ChapterPick], question: str) -> tuple[list[Document], list[Document]]:
+        """One map Document per chapter (its passages numbered and fitted to the prompt budget),
+        and the numbered passages in order (passage ``n`` is the ``n-1``-th)."""
+        count = self.llm.get_num_tokens
+        budget = self.max_input_tokens - _JOINT_MARGIN
+        numbered: list[Document] = []
+        mapped: list[Document] = []
+        for pick in picks:
+            first = len(numbered) + 1
+            kept = fit_documents(
+                pick.passages,
+                render=lambda docs, first=first: BOOK_MAP_PROMPT.format(
+                    context=format_numbered(docs, first), question=question
+                ),
+                max_tokens=budget,
+                count_tokens=count,
+            )
+            if not kept:
+                continue
+            numbered.extend(kept)
+            numbers = list(range(first, first + len(kept)))
+            meta = {"doc_id": pick.doc_id, "chapter": pick.chapter, "chapter_title": pick.title, "numbers": numbers}
+            mapped.append(Document(page_content=format_numbered(kept, first), metadata=meta))
+        return mapped, numbered
+
+    def findings(self, mapped: Sequence[Document]) -> list[Document]:
+        """Map outputs that say something, with only their own chapter's markers, headed by chapter."""
+        out = []
+        for doc in mapped:
+            text = clean_citations(doc.page_content, doc.metadata["numbers"]).strip()
+            if not text or text.startswith(IRRELEVANT) or self.refusal in text:
+                continue
+            chapter = doc.metadata.get("chapter")
+            head = f"第{chapter}回" if chapter is not None else ""
+            title = doc.metadata.get("chapter_title") or ""
+            label = " ".join(p for p in (head, title) if p)
+            out.append(Document(page_content=f"{label}：{text}" if label else text, metadata=dict(doc.metadata)))
+        return out
+
+    # ---------------------------------------------------------------- the run
+    def _events(
+        self,
+        question: str,
+        *,
+        chapters: str | tuple[int, int] | None,
+        source: str | None,
+        cancel: threading.Event | None,
+        callbacks: Callbacks,
+    ) -> Iterator[Event]:
+        from chains.summarize import parse_chapter_range
+
+        question = (question or "").strip()
+        if not question:
+            msg = "the question is empty; ask something about the book, e.g. 诸葛亮一生做了哪些事？"
+            raise ValueError(msg)
+        span = parse_chapter_range(chapters) if isinstance(chapters, str) else chapters
+        picks = self.select(question, chapters=span, source=source)
+        yield Progress(SELECT_STAGE, len(picks), len(picks))
+        mapped_in, numbered = self.map_documents(picks, question)
+        sources = tuple(Source.from_document(d) for d in numbered)
+        yield Sources(sources, question)
+        if not mapped_in:
+            yield from self._refuse(question, sources)
+            return
+        pipeline = load_stream_summarize_chain(
+            self.llm,
+            map_prompt=BOOK_MAP_PROMPT,
+            combine_prompt=BOOK_REDUCE_PROMPT,
+            collapse_prompt=BOOK_COLLAPSE_PROMPT,
+            combine_document_variable_name="findings",
+            map_reduce_document_variable_name="context",
+            token_max=self.token_max or self.max_input_tokens,
+            batch_size=self.batch_size,
+        )
+        try:
+            mapped = yield from _scoped(
+                map_summaries(
+                    pipeline.llm_chain, mapped_in, document_variable_name="context",
+                    batch_size=self.batch_size, callbacks=callbacks, question=question,
+                ),
+                cancel,
+            )
+            found = self.findings(mapped)
+            if not found:
+                yield from self._refuse(question, sources)
+                return
+            reduce_chain = pipeline.reduce_documents_chain
+            collapsed = yield from _scoped(
+                collapse_summaries(reduce_chain, found, callbacks=callbacks, question=question), cancel
+            )
+            answer = yield from self._stream_reduce(
+                reduce_chain.combine_documents_chain, collapsed, question, len(numbered), cancel, callbacks
+            )
+        except _Cancelled:
+            return
+        yield Answer(answer.strip(), sources, question)
+
+    def _stream_reduce(
+        self,
+        combine_chain: Any,
+        docs: Sequence[Document],
+        question: str,
+        total: int,
+        cancel: threading.Event | None,
+        callbacks: Callbacks,
+    ) -> Generator[Event, None, str]:
+        """Stream the answer with unresolvable citation markers removed on the fly."""
+        keep = CitationFilter(range(1, total + 1))
+        pieces: list[str] = []
+        stage = reduce_summaries(combine_chain, docs, callbacks=callbacks, question=question)
+        for event in _scoped(stage, cancel):
+            if isinstance(event, Token) and (text := keep.feed(event.text)):
+                pieces.append(text)
+                yield Token(text)
+        if tail := keep.flush():
+            pieces.append(tail)
+            yield Token(tail)
+        return re.sub(r"[ \t]+\n", "\n", "".join(pieces))
+
+    def _refuse(self, question: str, sources: tuple[Source, ...]) -> Iterator[Event]:
+        yield Token(self.refusal)
+        yield Answer(self.refusal, sources, question, refused=True)
+
+    def stream_answer(
+        self,
+        question: str,
+        *,
+        chapters: str | tuple[int, int] | None = None,
+        source: str | None = None,
+        cancel: threading.Event | None = None,
+        callbacks: Callbacks = None,
+    ) -> Iterator[Event]:
+        """Yield ``Progress``, ``Sources``, ``Token`` pieces, then one ``Answer`` (module doc)."""
+        manager = CallbackManager.configure(callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata)
+        run_manager = manager.on_chain_start(None, {self.input_key: question}, name=self.get_name())
+        answer: Answer | None = None
+        try:
+            for event in self._events(
+                question, chapters=chapters, source=source, cancel=cancel, callbacks=run_manager.get_child()
+            ):
+                if isinstance(event, Answer):
+                    answer = event
+                yield event
+        except BaseException as e:
+            run_manager.on_chain_error(e)
+            raise
+        run_manager.on_chain_end(self._outputs(answer))
+
+    def _outputs(self, answer: Answer | None) -> dict[str, Any]:
+        if answer is None:
+            return {self.output_key: "", "source_documents": [], "refused": False}
+        docs = [Document(page_content=s.text, metadata={k: v for k, v in s.to_dict().items() if k != "text"})
+                for s in answer.sources]
+        return {self.output_key: answer.text, "source_documents": docs, "refused": answer.refused}
+
+    def _call(self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None) -> dict[str, Any]:
+        run_manager = run_manager or CallbackManagerForChainRun.get_noop_manager()
+        answer = None
+        for event in self._events(
+            inputs[self.input_key], chapters=inputs.get("chapters"), source=inputs.get("source"),
+            cancel=None, callbacks=run_manager.get_child(),
+        ):
+            if isinstance(event, Answer):
+                answer = event
+        return self._outputs(answer)

@@ -1,0 +1,213 @@
+"""Person names in a Chinese novel, without an LLM: candidates, naming patterns, mention scans.
+
+Candidates come from two places:
+
+- jieba's part-of-speech tags: words tagged ``nr`` (person name), 2-4 characters, seen at least
+  ``min_count`` times and not ending in a speech/army/verb suffix (``孔明曰``, ``魏兵``).
+  ``HMM=False``: with the HMM jieba needs 35 s for 三国演义 on this CPU and invents fused words
+  (``孔明曰``); without it 1.8 s, and unknown names are caught by the patterns below instead.
+- the books' own naming patterns: ``姓刘名备，字玄德`` / ``复姓诸葛，名亮，字孔明``,
+  ``诸葛亮字孔明``, ``号三藏`` / ``法名悟空`` / ``唤为八戒`` (``naming_patterns``).
+
+Mentions are counted by a leftmost-longest dictionary scan (``NameMatcher``), not by jieba's
+segmentation, which splits the same name differently by context (``玄德曰`` vs ``玄德``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "NameMatcher",
+    "COMMON_SURNAMES",
+    "NamingFact",
+    "is_surname_led",
+    "is_plausible_name",
+    "jieba_person_candidates",
+    "naming_facts",
+]
+
+_HAN = "\u4e00-\u9fff"
+# A name never ends in these: speech verbs, troops, titles of groups, common verb tails.
+_BAD_LAST = set("曰道云笑问答言闻见听兵军将士卒等众们之乃亦也大怒喜自府州郡城国县门殿宫山河处时寺庙观洞阁关江")
+_BAD_FIRST = set("汝吾尔我你他她其此彼那这众被令使请与和及同向对")
+_NOT_NAMES = {
+    "文武", "伏兵", "大将军", "诸侯", "太后", "老夫", "闻言", "言语", "马匹", "钱粮", "士卒",
+    "寻思", "印绶", "白旗", "红旗", "安民", "侍中", "都尉", "山后", "玉玺", "施礼", "车驾",
+    "托孤", "黄巾", "和尚", "宝贝", "师兄", "童子", "明白", "化斋", "谢恩", "冷笑", "呼唤",
+    "饶命", "殷勤", "何干", "苏醒", "侍奉", "帝王", "光辉", "宫殿", "高峰", "老虎", "宝剑",
+    "宝殿", "金光", "宝塔", "金丹", "荆棘", "元帅", "郎君", "小姐", "王子", "童儿", "高僧",
+    "童男", "小可", "孤拐", "那壁厢", "那话儿", "古人云", "二人", "一声", "不好", "汉中", "夏侯",
+    "金箍", "西天", "大惊", "诸公", "传旨", "真经", "洛阳", "长安", "许昌", "成都", "建业", "西川", "东吴",
+    "江东", "荆襄", "南阳", "襄阳", "汉朝", "天下", "自引", "爷爷", "奶奶", "老孙", "老猪", "灵霄", "南蛮", "西凉",
+}
+# Common single-character surnames (百家姓, the ~200 most used): a 3-character name must start
+# with one of these or with a surname the book states (姓猪, 姓沙).
+COMMON_SURNAMES = set(
+    "赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜戚谢邹喻柏水窦章云苏潘葛"
+    "奚范彭郎鲁韦昌马苗凤花方俞任袁柳酆鲍史唐费廉岑薛雷贺倪汤滕殷罗毕郝邬安常乐于时傅皮卞齐康"
+    "伍余元卜顾孟平黄和穆萧尹姚邵湛汪祁毛禹狄米贝明臧计伏成戴谈宋茅庞熊纪舒屈项祝董梁杜阮蓝闵"
+    "席季麻强贾路娄危江童颜郭梅盛林刁钟徐邱骆高夏蔡田樊胡凌霍虞万支柯昝管卢莫经房裘缪干解应宗"
+    "丁宣邓郁单杭洪包诸左石崔吉钮龚程嵇邢滑裴陆荣翁荀羊於惠甄曲家封芮羿储靳汲邴糜松井段富巫乌"
+    "焦巴弓牧隗山谷车侯宓蓬全郗班仰秋仲伊宫宁仇栾暴甘厉戎祖武符刘景詹束龙叶幸司韶郜黎蓟薄印宿"
+    "白怀蒲邰从鄂索咸籍赖卓蔺屠蒙池乔阴胥能苍双闻莘党翟谭贡劳逄姬申扶堵冉宰郦雍却璩桑桂濮牛寿"
+    "通边扈燕冀郏浦尚农温别庄晏柴瞿阎充慕连茹习宦艾鱼容向古易慎戈廖庾终暨居衡步都耿满弘匡国文"
+    "寇广禄阙东欧殳沃利蔚越夔隆师巩厍聂晁勾敖融冷訾辛阚那简饶空曾毋沙乜养鞠须丰巢关蒯相查后荆红"
+)
+COMPOUND_SURNAMES = {"诸葛", "司马", "夏侯", "公孙", "欧阳", "太史", "皇甫", "上官", "东方", "尉迟", "长孙", "令狐", "慕容"}
+# Titles that name a role, not one person (孙夫人 -> 夫人, 唐长老 -> 长老): never an alias.
+_GENERIC_TITLES = {
+    "夫人", "长老", "将军", "丞相", "先生", "太守", "老儿", "大王", "公主", "皇帝", "天子", "娘娘",
+    "和尚", "道士", "菩萨", "国王", "太子", "小姐", "老爷", "大人", "主公", "陛下", "兄弟", "师父",
+    "徒弟", "妖精", "妖怪", "行僧", "大仙", "元帅", "星官", "使君", "皇叔", "都督", "军师", "天王",
+}
+
+
+def is_plausible_name(word: str) -> bool:
+    """2-4 Han characters, not a known non-name, no pronoun/verb head or speech/army tail."""
+    if not 2 <= len(word) <= 4 or not re.fullmatch(f"[{_HAN}]+", word):
+        return False
+    if word in _NOT_NAMES or word in _GENERIC_TITLES or word[0] in _BAD_FIRST or word[-1] in _BAD_LAST:
+        return False
+    return not (len(word) == 3 and (word[1:] in _NOT_NAMES or word[1:] in _GENERIC_TITLES))
+
+
+def is_surname_led(word: str, surnames: set[str] | frozenset[str] = frozenset()) -> bool:
+    """A 3-4 character word starting with a surname (common, compound, or one the book states)."""
+    return word[:2] in COMPOUND_SURNAMES or word[0] in COMMON_SURNAMES or word[0] in surnames
+
+
+def tail_is_name_like(word: str) -> bool:
+    """jieba reads the part after the surname as a noun (孟获), not a verb/adverb (操大惊, 操自引)."""
+    import jieba.posseg as pseg
+
+    first = next(iter(pseg.cut(word[1:], HMM=False)), None)
+    return first is not None and first.flag.startswith(("n", "z")) or word[:2] in COMPOUND_SURNAMES
+
+
+def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
+    """Words jieba tags ``nr`` (HMM off), plausible as names, with their token counts."""
+    import jieba
+    import jieba.posseg as pseg
+
+    jieba.setLogLevel(60)
+    counts: Counter[str] = Counter()
+    for word, flag in pseg.cut(text, HMM=False):
+        if flag == "nr" and is_plausible_name(word):
+            counts[word] += 1
+    return Counter(
+        {
+            w: c
+            for w, c in counts.items()
+            if c >= min_count and (len(w) == 2 or (is_surname_led(w) and tail_is_name_like(w)))
+        }
+    )
+
+
+@dataclass(frozen=True)
+class NamingFact:
+    """One naming pattern found in the text: ``alias`` names the same person as ``name``.
+
+    ``kind``: ``"full"`` (姓X名Y -> name X+Y, no alias), ``"courtesy"`` (字), ``"self"``
+    (号/法名... said by ``name`` of himself), ``"title"`` (号/法名/混名...: a name whose owner
+    the sentence does not say; ``name`` is ``""``).
+    """
+
+    kind: str
+    name: str
+    alias: str
+    start: int
+
+
+_FULL = re.compile(
+    rf"(?:复|覆)?姓(?P<surname>[{_HAN}]{{1,2}})[，,]?名(?P<given>[{_HAN}]{{1,2}})"
+    rf"(?:[，,]?字(?P<courtesy>[{_HAN}]{{2}})(?:[，,][^。]{{0,6}}?改(?P<changed>[{_HAN}]{{2}}))?)?"
+    rf"(?=[，,。；！？”])"
+)
+_COURTESY = re.compile(rf"(?<![{_HAN}])(?P<name>[{_HAN}]{{1,3}})[，,]?字(?P<courtesy>[{_HAN}]{{2}})(?=[，,。；！？”])")
+_TITLE = re.compile(
+    rf"(?P<verb>又称为|又称|又名|法名|混名|别名|道号|号|唤为|唤做|叫做)[，,：:]?(?:个|做|叫做|唤做|称为)?"
+    rf"(?P<title>[{_HAN}]{{2,3}})(?=[。，！？”；])"
+)
+# ``唐僧合掌道：“贫僧俗家姓陈，法名玄奘……贱号三藏。”``: the speaker names himself.
+_SPEAKER = re.compile(rf"(?P<speaker>[{_HAN}]{{2,3}})(?:合掌|笑|欢喜|答|回)?(?:道|曰)：“(?P<said>[^”]*)$")
+_FIRST_PERSON = re.compile(r"(?:我|贫僧|老孙|俺|小僧|弟子|在下)(?P<span>[^你汝他尔]{0,12})$")
+_CALLED = re.compile(rf"[将把](?P<name>[{_HAN}]{{2,3}})$")
+_NOUN_VERBS = ("法名", "混名", "别名", "道号", "号")
+_SPEAKER_SPAN = 120
+
+
+def speaker_of(text: str, start: int, verb: str) -> str | None:
+    """Who a naming phrase at ``start`` names: the speaker naming himself (``我原有个法名，叫做
+    孙悟空``), or for ``又称为`` the speaker of the sentence just before (``悟空道：“好！”自此时又称为孙行者``)."""
+    before = text[max(0, start - _SPEAKER_SPAN) : start]
+    called = _CALLED.search(before)
+    if called is not None:  # 贫僧又将悟空叫做行者
+        return called["name"]
+    if verb.startswith("又"):
+        found = list(re.finditer(rf"([{_HAN}]{{2,3}})(?:道|曰)：“[^”]*”[^“”]{{0,8}}$", before))
+        return found[-1].group(1) if found else None
+    m = _SPEAKER.search(before)
+    me = _FIRST_PERSON.search(m["said"]) if m is not None else None
+    if me is None or (verb not in _NOUN_VERBS and not re.search("[名号]", me["span"])):
+        return None  # 我还有个大师兄，叫做孙行者: someone else's name
+    return m["speaker"]
+_COURTESY_BOUNDARY = re.compile(rf"[^{_HAN}]|[乃是曰即]")
+
+
+def naming_facts(text: str) -> Iterator[NamingFact]:
+    """The naming patterns of ``text`` in order (see ``NamingFact``)."""
+    for m in _FULL.finditer(text):
+        full = m["surname"] + m["given"]
+        yield NamingFact("full", full, "", m.start())
+        for courtesy in (m["courtesy"], m["changed"]):
+            if courtesy:
+                yield NamingFact("courtesy", full, courtesy, m.start())
+                yield NamingFact("courtesy", full, m["surname"] + courtesy, m.start())
+    for m in _COURTESY.finditer(text):
+        name = m["name"]
+        if len(name) < 2 or name[0] in "名字号姓":
+            continue  # 姓X名Y，字Z is handled above; 亮，字孔明 has no surname here
+        yield NamingFact("courtesy", name, m["courtesy"], m.start())
+    for m in _TITLE.finditer(text):
+        if is_plausible_name(m["title"]):
+            speaker = speaker_of(text, m.start(), m["verb"])
+            if speaker and is_plausible_name(speaker) and speaker != m["title"]:
+                yield NamingFact("self", speaker, m["title"], m.start())
+            else:
+                yield NamingFact("title", "", m["title"], m.start())
+
+
+class NameMatcher:
+    """Find known names in text, leftmost-longest (``诸葛亮`` before ``诸葛``), in one pass.
+
+    A dict from first character to the names starting with it, longest first: 0.4 s for the
+    ~600k characters of 三国演义 with ~600 names, about 20x faster than one big regex alternation.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        by_first: dict[str, list[str]] = {}
+        for name in set(names):
+            if name:
+                by_first.setdefault(name[0], []).append(name)
+        self._by_first = {c: sorted(ns, key=len, reverse=True) for c, ns in by_first.items()}
+
+    def finditer(self, text: str, offset: int = 0) -> Iterator[tuple[str, int]]:
+        """``(name, start)`` for each mention; ``start`` is shifted by ``offset``."""
+        by_first = self._by_first
+        i, n = 0, len(text)
+        while i < n:
+            names = by_first.get(text[i])
+            if names is not None:
+                for name in names:
+                    if text.startswith(name, i):
+                        yield name, i + offset
+                        i += len(name)
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1

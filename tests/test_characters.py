@@ -1,0 +1,180 @@
+"""The character graph (kb.characters) on the shared novels, and its per-document cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kb.characters import (
+    CharacterGraph,
+    build_graph,
+    character_graph,
+    extract_document,
+    load_aliases,
+    prune,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+GOLD = yaml.safe_load((REPO / "tests/data/character_aliases.yaml").read_text(encoding="utf-8"))
+XIYOUJI_ALIASES = REPO / "docs/examples/xiyouji_aliases.yaml"
+
+
+def novel_part(path: Path) -> Any:
+    from kb import split_chapters
+
+    text = path.read_text(encoding="utf-8")
+    return extract_document(text, source=path.name, chapters=split_chapters(text))
+
+
+@pytest.fixture(scope="module")
+def sanguo_part(sanguo_path: Path) -> Any:
+    return novel_part(sanguo_path)
+
+
+@pytest.fixture(scope="module")
+def xiyouji_part(xiyouji_path: Path) -> Any:
+    return novel_part(xiyouji_path)
+
+
+def alias_scores(graph: CharacterGraph, gold: dict[str, list[str]]) -> tuple[float, float]:
+    """Precision and recall of the graph's aliases of the gold persons against the gold list."""
+    hits = predicted = expected = 0
+    for name, aliases in gold.items():
+        person = graph.person(name)
+        found = set(person.aliases) if person is not None and person.name == name else set()
+        hits += len(found & set(aliases))
+        predicted += len(found)
+        expected += len(aliases)
+    return hits / max(predicted, 1), hits / max(expected, 1)
+
+
+def test_sanguo_main_characters_aliases_and_neighbours(sanguo_part: Any) -> None:
+    graph = build_graph([sanguo_part])
+    top = [p.name for p in graph.persons[:8]]
+    assert {"刘备", "曹操", "诸葛亮", "关羽", "张飞"} <= set(top), top
+    for alias, name in {"孔明": "诸葛亮", "玄德": "刘备", "云长": "关羽", "关公": "关羽", "翼德": "张飞", "孟德": "曹操"}.items():
+        assert alias in graph.person(name).aliases, (alias, name)
+    assert "关羽" in [n for n, _ in graph.neighbours("刘备", 3)]
+    assert "刘备" in [n for n, _ in graph.neighbours("关羽", 3)]
+    precision, recall = alias_scores(graph, GOLD["sanguo"])
+    print(f"sanguo alias precision {precision:.2f} recall {recall:.2f}")
+    assert precision >= 0.9 and recall >= 0.4
+
+
+def test_xiyouji_main_characters_aliases_and_neighbours(xiyouji_part: Any) -> None:
+    graph = build_graph([xiyouji_part])
+    top = [p.name for p in graph.persons[:10]]
+    assert {"孙悟空", "猪八戒", "沙僧", "唐僧"} <= set(top), top
+    for alias, name in {"悟空": "孙悟空", "行者": "孙悟空", "孙行者": "孙悟空", "八戒": "猪八戒", "三藏": "唐僧", "玄奘": "唐僧"}.items():
+        assert alias in graph.person(name).aliases, (alias, name)
+    assert "唐僧" in [n for n, _ in graph.neighbours("孙悟空", 3)]
+    assert "孙悟空" in [n for n, _ in graph.neighbours("唐僧", 3)]
+    precision, recall = alias_scores(graph, GOLD["xiyouji"])
+    print(f"xiyouji alias precision (text only) {precision:.2f} recall {recall:.2f}")
+    assert precision >= 0.9 and recall >= 0.3
+
+    merged = build_graph([xiyouji_part], aliases=load_aliases(XIYOUJI_ALIASES))
+    assert [p.name for p in merged.persons[:4]] == ["孙悟空", "唐僧", "猪八戒", "沙僧"]
+    precision, recall = alias_scores(merged, GOLD["xiyouji"])
+    print(f"xiyouji alias precision (with the alias file) {precision:.2f} recall {recall:.2f}")
+    assert "唐僧" in [n for n, _ in merged.neighbours("孙悟空", 3)]
+    assert "孙悟空" in [n for n, _ in merged.neighbours("唐僧", 3)]
+    assert merged.person("行者").name == "孙悟空"
+
+
+def test_json_shape_and_chapter_range(sanguo_part: Any) -> None:
+    graph = build_graph([sanguo_part])
+    data = json.loads(json.dumps(graph.to_dict(), ensure_ascii=False))
+    assert set(data) == {"persons", "relations"}
+    assert set(data["persons"][0]) == {"name", "aliases", "mentions", "chapters"}
+    relation = data["relations"][0]
+    assert set(relation) == {"a", "b", "weight", "chapters", "label", "evidence"}
+    assert set(relation["evidence"][0]) == {"chunk_id", "chapter", "start", "end"}
+    first = build_graph([sanguo_part], chapters=(1, 1))
+    liu = first.person("刘备")
+    assert liu.chapters == [1] and liu.mentions < graph.person("刘备").mentions
+    assert all(set(r.chapters) <= {1} for r in first.relations)
+
+
+def test_user_alias_file_errors_are_one_line(tmp_path: Path) -> None:
+    from configs.errors import BadInput
+
+    bad = tmp_path / "a.yaml"
+    bad.write_text("- 孔明\n- 诸葛亮\n", encoding="utf-8")
+    with pytest.raises(BadInput, match="must map each canonical name"):
+        load_aliases(bad)
+    with pytest.raises(BadInput, match="cannot read alias file"):
+        load_aliases(tmp_path / "missing.yaml")
+
+
+TEXT_A = (
+    "第一回 桃园结义\n"
+    + "那人姓刘名备，字玄德。玄德与关羽、张飞结为兄弟。\n" * 6
+    + "第二回 怒鞭督邮\n"
+    + "张飞大怒，玄德劝之。关羽亦至，刘备遂行。\n" * 6
+)
+TEXT_B = "第一回 西行\n" + "唐僧与孙悟空同行，悟空在前，唐僧在后。孙悟空说话。\n" * 8
+
+
+def test_parts_are_cached_per_document_and_updated_incrementally(tmp_path: Path) -> None:
+    from kb import KnowledgeBase
+
+    kb = KnowledgeBase(tmp_path, "novels", create=True, embedding_model="none")
+    kb.add_texts({"a.txt": TEXT_A})
+    computed: list[str] = []
+    graph = character_graph(kb, on_compute=lambda info: computed.append(info.source))
+    assert computed == ["a.txt"]
+    assert graph.person("玄德").name == "刘备"
+    evidence = graph.relations[0].evidence[0]
+    chunk_ids = {d.metadata["chunk_id"] for d in kb.get_chunks("a.txt")}
+    assert evidence["chunk_id"] in chunk_ids and evidence["chapter"] in (1, 2)
+    assert list((kb.path / "characters").glob("*.json"))
+
+    kb.add_texts({"b.txt": TEXT_B})
+    computed.clear()
+    graph = character_graph(kb, on_compute=lambda info: computed.append(info.source))
+    assert computed == ["b.txt"]  # a.txt's part came from the cache
+    assert graph.person("孙悟空") is not None and graph.person("刘备") is not None
+
+    kb.remove(["a.txt"])
+    computed.clear()
+    graph = character_graph(kb, on_compute=lambda info: computed.append(info.source))
+    assert computed == [] and graph.person("刘备") is None
+    assert prune(kb) == 1  # a.txt's part; computing a new part prunes on its own
+    kb.add_texts({"c.txt": TEXT_A.replace("刘", "孙")})
+    character_graph(kb)
+    assert len(list((kb.path / "characters").glob("*.json"))) == 2
+    assert character_graph(kb, source="b.txt").person("悟空").name == "孙悟空"
+
+
+def test_llm_labels_the_strongest_relations() -> None:
+    from langchain_core.language_models import FakeListLLM
+
+    from kb.characters.labelling import label_relations, parse_label
+
+    graph = build_graph([extract_document(TEXT_A, source="a.txt")])
+    assert all(r.label is None for r in graph.relations)  # complete without a model
+    llm = FakeListLLM(responses=["他们是结义兄弟。", "说不清", "君臣"])
+    seen: list[dict[str, Any]] = []
+    n = label_relations(graph, llm, passage_text=lambda e: seen.append(e) or TEXT_A[e["start"] : e["end"]], top=3)
+    assert [r.label for r in graph.relations[:3]] == ["结义兄弟", None, "君臣"] and n == 2
+    assert seen and parse_label("敌对，也是同僚") == "敌对"
+
+
+def test_self_naming_needs_the_speaker_to_name_himself() -> None:
+    """Bug guarded: 八戒道：“我还有个大师兄，叫做孙行者” made 孙行者 an alias of 八戒, and
+    三藏道：“……贫僧又将悟空叫做行者” made 行者 an alias of 三藏."""
+    from kb.characters.names import naming_facts
+
+    text = (
+        "八戒道：“我还有个大师兄，叫做孙行者。”\n"
+        "三藏道：“贫僧又将悟空叫做行者。”\n"
+        "唐僧合掌道：“贫僧俗家姓陈，法名玄奘。”\n"
+        "猴王道：“我原有个法名，叫做孙悟空。”\n"
+    )
+    selves = {(f.name, f.alias) for f in naming_facts(text) if f.kind == "self"}
+    assert selves == {("悟空", "行者"), ("唐僧", "玄奘"), ("猴王", "孙悟空")}

@@ -1,0 +1,80 @@
+"""``ingest characters`` and ``ingest ask --scope book`` on a small knowledge base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ingest.cli import main
+
+
+@pytest.fixture
+def novels_root(sanguo_path: Path, tmp_path: Path) -> Path:
+    """A keyword-only KB ``novels`` holding chapters 1-6 of 三国演义."""
+    from kb import KnowledgeBase, load_text
+
+    text = load_text(sanguo_path)
+    kb = KnowledgeBase(tmp_path / "kbs", "novels", create=True, embedding_model="none")
+    kb.add_texts({"sanguo.txt": text[: text.index("第七回")]})
+    kb.close()
+    return tmp_path / "kbs"
+
+
+def test_json_png_and_table(novels_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = ["--kb", "novels", "--kb-root", str(novels_root)]
+    assert main(["characters", *root, "--json", "-q"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = [p["name"] for p in data["persons"][:12]]
+    assert {"刘备", "关羽", "张飞", "曹操"} <= set(names), names
+    assert set(data["relations"][0]) == {"a", "b", "weight", "chapters", "label", "evidence"}
+
+    png = tmp_path / "graph.png"
+    assert main(["characters", *root, "--png", str(png), "--top", "10", "--chapters", "1-3"]) == 0
+    out, err = capsys.readouterr()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.splitlines()[0].startswith("刘备\t")
+
+
+def test_png_without_a_cjk_font_numbers_nodes_and_says_so(
+    novels_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kb.characters.render as render
+
+    monkeypatch.setattr(render, "FONT_CANDIDATES", ())
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    png = tmp_path / "g.png"
+    assert main(["characters", "--kb", "novels", "--kb-root", str(novels_root), "--png", str(png), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "no CJK font found" in err and "1=刘备" in err and png.is_file()
+
+
+def test_bad_alias_file_is_one_line(novels_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "a.yaml"
+    bad.write_text("[1, 2]\n", encoding="utf-8")
+    assert main(["characters", "--kb", "novels", "--kb-root", str(novels_root), "--aliases", str(bad)]) == 2
+    assert "must map each canonical name" in capsys.readouterr().err
+
+
+def test_ask_book_scope_with_the_tiny_model(
+    novels_root: Path, tiny_glm_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLMKB_LLM__GENERATION__MAX_NEW_TOKENS", "8")
+    monkeypatch.setenv("GLMKB_LLM__GENERATION__TEMPERATURE", "0")
+    monkeypatch.setenv("GLMKB_LLM__MAX_INPUT_TOKENS", "1200")
+    monkeypatch.setenv("GLMKB_LLM__DEVICE", "cpu")
+    code = main(
+        ["ask", "玄德和谁结为兄弟？", "--kb", "novels", "--kb-root", str(novels_root), "--scope", "book",
+         "--chapters", "第1-3回", "--max-chapters", "3", "--model-path", str(tiny_glm_dir)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "chapters selected: 3/3" in err and "chapters read: 3/3" in err
+    assert out.rstrip().splitlines()[-1].startswith("[") and "sanguo.txt · 第" in out
+    code = main(["ask", "玄德和谁结为兄弟？", "--kb", "novels", "--kb-root", str(novels_root), "-q",
+                 "--model-path", str(tiny_glm_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "" and "[1] sanguo.txt · 第" in out
+    assert main(["ask", "问题", "--kb", "novels", "--kb-root", str(novels_root), "--chapters", "1-2"]) == 2
+    assert "need --scope book" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""The 人物关系 tab: SVG drawing, chapter range, person panel, and (with chromium) a real click."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+
+from app.web.characters_tab import build_characters_tab, graph_svg, load_graph, person_markdown
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def state(sanguo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from app.services import Services
+    from configs import Settings
+    from kb import KnowledgeBase, load_text
+    from tests.helpers import free_port
+
+    root = tmp_path_factory.mktemp("kbs")
+    text = load_text(sanguo_path)
+    kb = KnowledgeBase(root, "novels", create=True, embedding_model="none")
+    kb.add_texts({"sanguo.txt": text[: text.index("第十一回")]})
+    kb.close()
+    settings = Settings(kb_root=root, kb_name="novels", embedding={"model": "none"}, ui={"port": free_port()})
+    return Services(settings)
+
+
+def test_svg_has_a_clickable_node_per_person_and_no_remote_assets(state: Any) -> None:
+    graph = load_graph(state, "novels", None, 1, 10).top(persons=20)
+    svg = graph_svg(graph)
+    assert svg.startswith("<svg") and 'data-person="刘备"' in svg
+    assert len(re.findall(r"data-person=", svg)) == len(graph.persons) == 20
+    assert "http" not in svg.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_chapter_range_redraws_a_smaller_graph(state: Any) -> None:
+    whole = load_graph(state, "novels", None, 1, 10)
+    first = load_graph(state, "novels", "sanguo.txt", 1, 1)
+    assert first.person("刘备").chapters == [1]
+    assert first.person("刘备").mentions < whole.person("刘备").mentions
+
+
+def test_person_panel_lists_chapters_and_passages(state: Any) -> None:
+    graph = load_graph(state, "novels", None, 1, 10)
+    text = person_markdown(state, "novels", graph, "玄德")
+    assert text.startswith("### 刘备") and "玄德" in text and "出现的回目：1、" in text
+    assert "- **第1回**" in text
+
+
+def test_tab_builds_inside_blocks(state: Any) -> None:
+    with gr.Blocks() as demo:
+        tab = build_characters_tab(state)
+    assert isinstance(tab, gr.Tab) and demo is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_click_a_person_in_the_browser(state: Any, tmp_path: Path) -> None:
+    """Draw, move the chapter range, click 刘备's node: the panel shows his chapters; screenshot."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with gr.Blocks() as demo:
+        build_characters_tab(state)
+    demo.launch(server_port=state.settings.ui.port, prevent_thread_lock=True, quiet=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{state.settings.ui.port}/")
+            page.click("#characters-draw")
+            page.wait_for_selector('#characters-graph [data-person="刘备"]', timeout=60_000)
+            page.click('#characters-graph [data-person="刘备"] circle')
+            page.wait_for_function(
+                "() => document.querySelector('#characters-person').innerText.includes('出现的回目')", timeout=30_000
+            )
+            assert "刘备" in page.inner_text("#characters-person")
+            time.sleep(0.5)
+            shot = tmp_path / "characters.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    assert shot.stat().st_size > 20_000
+    import os
+    import shutil
+
+    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "characters.png")
+
+
+def test_ask_book_streams_through_the_shared_state(state: Any) -> None:
+    from langchain_core.language_models import FakeStreamingListLLM
+
+    from app.errors import NotReady
+    from app.web.book_scope import ask_book
+    from chains.events import Answer
+
+    with pytest.raises(NotReady):
+        list(ask_book(state, "novels", "刘备做了什么？"))
+    state._llm = FakeStreamingListLLM(responses=["刘备结义[1]。"] * 20, custom_get_token_ids=lambda t: list(range(len(t))))
+    try:
+        events = list(ask_book(state, "novels", "玄德做了什么？", chapters="第1-3回"))
+    finally:
+        state._llm = None
+    answer = events[-1]
+    assert isinstance(answer, Answer) and answer.text == "刘备结义[1]。"
+    assert all(s.chapter in (1, 2, 3) for s in answer.sources)
+
+
+def test_chapter_sliders_end_at_the_kb_last_chapter(state: Any) -> None:
+    from app.web.characters_tab import _documents
+
+    docs, first, last = _documents(state, "novels")
+    assert "sanguo.txt" in str(docs.choices)
+    assert last.maximum == 10 and last.value == 10 and first.value == 1
