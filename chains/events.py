@@ -36,6 +36,9 @@ class Source:
     end: int | None = None
     score: float | None = None
     chunk_id: int | str | None = None
+    page: int | None = None  # 1-based, paged formats (PDF, images)
+    page_end: int | None = None  # the last page where the passage spans pages
+    section: str | None = None  # heading path, e.g. "第三章 > 3.2 安装" or "第2章 休假"
     truncated: bool = False
     """The passage was cut to fit the prompt budget (``end`` marks where)."""
 
@@ -54,17 +57,20 @@ class Source:
             end=meta.get("end"),
             score=float(score) if score is not None else None,
             chunk_id=meta.get("chunk_id"),
+            page=meta.get("page"),
+            page_end=meta.get("page_end"),
+            section=meta.get("section"),
             truncated=bool(meta.get("truncated", False)),
         )
 
     def label(self) -> str:
-        """A short citation line, e.g. ``sanguo.txt · 第1回 宴桃园豪杰三结义 · 120–370``."""
-        parts: list[str] = []
-        if self.source:
-            parts.append(self.source.replace("\\", "/").rsplit("/", 1)[-1])
-        if self.chapter is not None or self.chapter_title:
-            chapter = f"第{self.chapter}回" if self.chapter is not None else ""
-            parts.append(" ".join(p for p in (chapter, self.chapter_title or "") if p))
+        """A short citation line, e.g. ``sanguo.txt · 第1回 宴桃园豪杰三结义 · 120–370`` or
+        ``manual.pdf · p.12 · 3.2 安装 · 120–370`` (kb.citation.source_label, then the offsets)."""
+        from kb.citation import source_label
+
+        parts = [label] if (label := source_label(asdict(self))) else []
+        if self.chapter is None and self.chapter_title and not self.section:
+            parts.append(self.chapter_title)
         if self.start is not None and self.end is not None:
             parts.append(f"{self.start}–{self.end}")
         return " · ".join(parts) or "(unknown source)"

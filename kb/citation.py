@@ -39,9 +39,11 @@ def section_label(section: str | None) -> str:
 def source_label(metadata: Mapping[str, Any]) -> str:
     """``manual.pdf · p.12 · 3.2 安装`` for a chunk's metadata (keys ``source``, ``page``,
     ``page_end``, ``section``; ``chapter``/``chapter_title`` where there is no section)."""
-    name = PurePath(str(metadata.get("source") or "")).name
+    name = PurePath(str(metadata.get("source") or "").replace("\\", "/")).name
     where = section_label(metadata.get("section"))
     if not where and metadata.get("chapter") is not None:
-        where = metadata.get("chapter_title") or ""
+        # Chunks stored before sections existed know no unit: they came from 第N回 novels.
+        title = metadata.get("chapter_title") or ""
+        where = title if title.startswith("第") else f"第{metadata['chapter']}回 {title}".strip()
     parts = [name, page_label(metadata.get("page"), metadata.get("page_end")), where]
     return SEPARATOR.join(part for part in parts if part)

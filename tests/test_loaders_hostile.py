@@ -169,3 +169,20 @@ def test_a_bad_file_leaves_the_knowledge_base_as_it_was(tmp_path: Path) -> None:
     assert kb.version == before
     assert [d.source for d in kb.list_documents()] == [str(good.resolve())]
     kb.close()
+
+
+def test_damaged_docx_and_epub_are_refused(tmp_path: Path) -> None:
+    docx_path = write_docx(tmp_path / "broken.docx", CHAPTERS)
+    with zipfile.ZipFile(docx_path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    files["word/document.xml"] = files["word/document.xml"][:200]  # cut inside the XML
+    with zipfile.ZipFile(docx_path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    refused(docx_path, "damaged Word document")
+    epub_path = tmp_path / "broken.epub"
+    with zipfile.ZipFile(epub_path, "w") as archive:
+        archive.writestr("mimetype", "application/epub+zip")
+        archive.writestr("META-INF/container.xml", '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container">'
+                         '<rootfiles><rootfile full-path="OEBPS/missing.opf"/></rootfiles></container>')
+    refused(epub_path, "damaged: it names OEBPS/missing.opf")

@@ -1,7 +1,8 @@
 """OCR of scanned pages (rapidocr-onnxruntime, models in its wheel): character error rate <= 5 %
 against the source text, only pages without a text layer are OCRed, pages are cited.
 
-Slow: one rendered page takes ~10 s on a 2-core CPU (more when the machine is shared).
+Not marked slow: both tests take ~9 s together on the shared 2-core machine (one rendered page
+of 6 lines, one small image; the engine loads once per process).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from kb.loaders import open_document
 from tests.fixtures.documents import SourceChapter, render_page_images, wrap, write_pdf
 
 pytest.importorskip("rapidocr_onnxruntime")
-pytestmark = pytest.mark.slow
 
 TEXT_PAGE = SourceChapter("第一回 宴桃园豪杰三结义", ["话说天下大势，分久必合，合久必分。周末七国分争，并入于秦。"])
 SCANNED = (

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from chains.events import Source
+from kb.citation import page_label, section_label
 
 SNIPPET_CHARS = 240
 # (doc_id, chapter number) -> the document's own heading, e.g. "第二章" (not always 回).
@@ -34,7 +35,10 @@ _PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?(?:[\\/][^\s'\"`,;:()\\/]+){2,}[\\
 
 def chapter_label(source: Source, heading: str | None = None) -> str:
     """``第二章 休假`` for a passage, in the document's own unit (回/章/节/卷) when its
-    ``heading`` is known (``第12回`` otherwise); empty when it lies outside any chapter."""
+    ``heading`` is known (``第12回`` otherwise); ``p.3 · 3.2 安装`` where the chunk knows its page
+    and section (kb.citation); empty when it lies outside any chapter."""
+    if source.section or source.page is not None:
+        return " · ".join(p for p in (page_label(source.page, source.page_end), section_label(source.section)) if p)
     number, title = source.chapter, (source.chapter_title or "").strip()
     heading = (heading or getattr(source, "chapter_heading", None) or "").strip()
     if title.startswith("第") or (title and title == heading):
