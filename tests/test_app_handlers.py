@@ -212,7 +212,7 @@ def test_banner_is_one_line_with_details_folded_and_no_server_paths() -> None:
     text = render.banner([render.llm_problem("the chat model failed to load: /srv/models/glm3 has no config.json")])
     summary, details = text.split("</summary>")
     assert summary.startswith("<details><summary>⚠️ 未加载大模型") and "\n" not in summary
-    assert "…/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
+    assert "…/models/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
     assert render.banner([]) == ""
 
 

@@ -187,7 +187,7 @@ def test_a_model_that_fails_to_load_leaves_a_banner_not_a_crash(tmp_path: Path) 
     assert llm_problem(state) is None  # not tried yet: it loads lazily
     assert state.get_llm() is None and state.get_llm() is None
     banner = banner_markdown(state)
-    assert "加载失败 / failed to load" in banner and "…/nope" in banner
+    assert "加载失败 / failed to load" in banner and f"…/{tmp_path.name}/nope" in banner
     assert str(tmp_path) not in banner, "no server paths in the page"
     assert "llm.model_path" in banner and "--model-path" not in banner
 
