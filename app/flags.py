@@ -1,33 +1,56 @@
-"""Command-line flags shared by ``glmkb-web`` and ``glmkb-api`` (argparse) that map onto settings."""
+"""One table of the command-line flags the servers share, and how they map onto settings.
+
+``glmkb-web`` and ``glmkb-api`` (argparse) and ``glmkb serve`` (click) are built from the
+same ``MODEL_FLAGS`` rows, so a flag means one thing in every command.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_model_flags", "model_overrides"]
+import click
+
+__all__ = ["MODEL_FLAGS", "add_model_flags", "click_model_options", "model_overrides"]
+
+# (flag, settings key it sets, help)
+MODEL_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--model-path", "llm.model_path", "local chat model folder (llm.model_path)"),
+    ("--device", "llm.device", "chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)"),
+    ("--dtype", "llm.dtype", "chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)"),
+    ("--quantization", "llm.quantization", "none, 8bit or 4bit (llm.quantization, CUDA only)"),
+    ("--kb-root", "kb_root", "folder holding the knowledge bases (kb_root)"),
+    ("--embedding", "embedding.model", "embedding model name/folder, or 'none' (embedding.model)"),
+    ("--embedding-device", "embedding.device", "embedding device (embedding.device)"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags for the chat model, knowledge bases and embeddings (the same in every server)."""
-    parser.add_argument("--model-path", help="local chat model folder (llm.model_path)")
-    parser.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
-    parser.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
-    parser.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
-    parser.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
-    parser.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
-    parser.add_argument("--embedding-device", help="embedding device (embedding.device)")
+    """``MODEL_FLAGS`` on an argparse parser."""
+    for flag, _, help_text in MODEL_FLAGS:
+        parser.add_argument(flag, help=help_text)
 
 
-def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings overrides from ``add_model_flags``' flags (unset flags are None and dropped)."""
-    return {
-        "kb_root": args.kb_root,
-        "llm": {
-            "model_path": args.model_path,
-            "device": args.device,
-            "dtype": args.dtype,
-            "quantization": args.quantization,
-        },
-        "embedding": {"model": args.embedding, "device": args.embedding_device},
-    }
+def click_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``MODEL_FLAGS`` as click options (a decorator)."""
+    for flag, _, help_text in reversed(MODEL_FLAGS):
+        command = click.option(flag, _dest(flag), default=None, help=help_text)(command)
+    return command
+
+
+def model_overrides(args: argparse.Namespace | dict[str, Any]) -> dict[str, Any]:
+    """Settings overrides from ``MODEL_FLAGS``' values (unset flags are None and dropped later)."""
+    values = args if isinstance(args, dict) else vars(args)
+    overrides: dict[str, Any] = {}
+    for flag, key, _ in MODEL_FLAGS:
+        *sections, name = key.split(".")
+        target = overrides
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = values.get(_dest(flag))
+    return overrides
