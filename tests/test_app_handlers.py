@@ -15,6 +15,7 @@ from app.web.errors import UserError, user_errors
 from app.services import Services
 from chains.events import Answer, Source, Sources, Token
 from configs import Settings
+from tests.helpers import wait_until
 
 SRC = Source(
     text="玄德曰：“此关羽、张飞，备结义兄弟也。”",
@@ -247,3 +248,27 @@ def test_bad_knowledge_base_names_are_refused(name: str) -> None:
 
 def test_chinese_knowledge_base_names_are_fine() -> None:
     assert Services.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"
+
+
+def test_the_loading_banner_is_replaced_when_the_load_ends(tmp_path: Path) -> None:
+    """Bug: "大模型加载中" stayed on the page after the model had loaded (or failed)."""
+    import threading
+
+    from app.web.widgets import banner_poll
+
+    release = threading.Event()
+
+    def slow_load() -> Any:
+        release.wait(10)
+        raise ValueError("no weights here")
+
+    services = Services(Settings(kb_root=tmp_path, embedding={"model": "none"}), llm_factory=slow_load)
+    loader = threading.Thread(target=services.warm_up)
+    loader.start()
+    assert wait_until(lambda: services.llm_status().loading, timeout=5)
+    banner, timer = banner_poll(services)
+    assert "加载中" in banner.value and timer.active is True
+    release.set()
+    loader.join(10)
+    banner, timer = banner_poll(services)
+    assert "加载中" not in banner.value and "加载失败" in banner.value and timer.active is False
