@@ -200,3 +200,26 @@ def test_bad_knowledge_base_names_are_refused(name: str) -> None:
 
 def test_chinese_knowledge_base_names_are_fine() -> None:
     assert Services.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"
+
+
+@pytest.mark.parametrize("spec", ["1" + " " * 30_000 + "-", "第" + " " * 30_000 + "1回-", "1" * 50_000])
+def test_hostile_chapter_ranges_are_refused_at_once(spec: str) -> None:
+    """Issue 20 #4: ``parse_chapter_range`` backtracked quadratically on "1" + N spaces + "-"
+    (30k characters: 28 s), freezing the whole web UI for every user."""
+    import time
+
+    from chains.summarize import parse_chapter_range
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="not understood"):
+        parse_chapter_range(spec)
+    assert time.monotonic() - started < 0.5
+
+
+def test_the_summary_tab_refuses_a_long_chapter_range_before_parsing(tmp_path: Path) -> None:
+    """Issue 20 #4: the chapter box took 50 KB; the handler now refuses more than a short range."""
+    from app.web.summary import FROM_KB, SummaryHandlers
+
+    handlers = SummaryHandlers(Services(Settings(kb_root=tmp_path, embedding={"model": "none"})))
+    with pytest.raises(gr.Error, match="章节范围太长"):
+        list(handlers.summarize(FROM_KB, "sanguo", "d1", None, "1" + " " * 50_000 + "-"))

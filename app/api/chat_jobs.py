@@ -84,6 +84,10 @@ class Conversation:
             out += [HumanMessage(user), AIMessage(assistant)]
         return [*out, HumanMessage(self.prompt)]
 
+    def chars(self) -> int:
+        """Characters of every message (a bound checked before anything is tokenized)."""
+        return len(self.system or "") + len(self.prompt) + sum(len(u) + len(a) for u, a in self.history)
+
     def history_messages(self) -> list[dict[str, str]]:
         """Earlier turns as role/content dicts (what ``KnowledgeBaseQAChain`` takes as history)."""
         out: list[dict[str, str]] = []
@@ -144,6 +148,9 @@ class LocalChat:
     outcome: ChatOutcome = field(default_factory=ChatOutcome)
 
     def __post_init__(self) -> None:
+        from app.api.kb_chat import check_prompt_chars
+
+        check_prompt_chars(self.conversation.chars(), context_length(self.llm))
         self.outcome.prompt_tokens = self.count_prompt_tokens()
         self.max_new_tokens = self.fit_new_tokens()
 

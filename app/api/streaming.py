@@ -48,3 +48,27 @@ def event_stream(items: Iterator[str], limiter: anyio.CapacityLimiter) -> Closin
     return ClosingStreamingResponse(
         iterate_in_thread(items, limiter), media_type="text/event-stream", headers=SSE_HEADERS
     )
+
+
+async def collect_unless_disconnected(
+    items: Iterator[Any], limiter: anyio.CapacityLimiter, is_disconnected: Any, *, poll_s: float = 0.25
+) -> list[Any] | None:
+    """All of ``items`` (stepped on worker threads), or None once the client has hung up: its
+    generator is then closed on the thread, which stops the model within a token (issue 20 #8:
+    a non-streaming KB chat whose client left kept the model busy; the next request waited 359 s)."""
+    collected: list[Any] = []
+    gone = False
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            nonlocal gone
+            while not await is_disconnected():
+                await anyio.sleep(poll_s)
+            gone = True
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        async for item in iterate_in_thread(items, limiter):
+            collected.append(item)
+        group.cancel_scope.cancel()
+    return None if gone else collected
