@@ -88,11 +88,11 @@ class Conversation:
         """Characters of every message (a bound checked before anything is tokenized)."""
         return len(self.system or "") + len(self.prompt) + sum(len(u) + len(a) for u, a in self.history)
 
-    def history_messages(self) -> list[dict[str, str]]:
-        """Earlier turns as role/content dicts (what ``KnowledgeBaseQAChain`` takes as history)."""
-        out: list[dict[str, str]] = []
+    def history_messages(self) -> list[BaseMessage]:
+        """Earlier turns as LangChain messages (``KnowledgeBaseQAChain``'s history, ``chains.history``)."""
+        out: list[BaseMessage] = []
         for user, assistant in self.history:
-            out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+            out += [HumanMessage(user), AIMessage(assistant)]
         return out
 
 
