@@ -894,3 +894,24 @@ def test_an_api_key_with_surrounding_whitespace_is_stripped(caplog: pytest.LogCa
     with caplog.at_level("WARNING"):
         assert resolve_api_key(APISettings(), environ={"GLMKB_API_KEY": " k3y\n"}) == "k3y"
     assert "whitespace" in caplog.text and "k3y" not in caplog.text
+
+
+def test_slow_clients_are_disconnected_when_their_headers_do_not_arrive(settings: Settings, llm: ScriptedChatGLM) -> None:
+    """Issue 20 #16: no timeout for slow clients (300 trickling connections held for 60 s).
+    A connection whose request headers are incomplete after the deadline is closed."""
+    import socket
+
+    from app.api.cli import uvicorn_options
+    from app.slow_clients import HeaderTimeoutH11Protocol, protocol_with_timeout
+
+    assert issubclass(uvicorn_options(settings, verbose=False)["http"], HeaderTimeoutH11Protocol)
+    with running(Services(settings, llm=llm), http=protocol_with_timeout(1.0)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for payload in (b"", b"GET /health HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(payload)
+                conn.settimeout(10)
+                started = time.monotonic()
+                assert conn.recv(100) == b""  # closed by the server
+                assert time.monotonic() - started < 5
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200

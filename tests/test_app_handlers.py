@@ -223,3 +223,41 @@ def test_the_summary_tab_refuses_a_long_chapter_range_before_parsing(tmp_path: P
     handlers = SummaryHandlers(Services(Settings(kb_root=tmp_path, embedding={"model": "none"})))
     with pytest.raises(gr.Error, match="章节范围太长"):
         list(handlers.summarize(FROM_KB, "sanguo", "d1", None, "1" + " " * 50_000 + "-"))
+
+
+def uploaded(name: str, text: str) -> Path:
+    """A file where Gradio keeps uploads (its upload folder), as an upload would leave it."""
+    import uuid
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()) / f"glmkb-test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_uploads_are_deleted_after_the_build_and_when_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 #11: uploads were never deleted from Gradio's upload folder, and one request
+    could carry any number of files."""
+    from app.web.manage import ManageHandlers
+
+    services = Services(Settings(kb_root=tmp_path, embedding={"model": "none"}, ui={"max_upload_files": 2}))
+    handlers = ManageHandlers(services)
+    monkeypatch.setattr("app.web.manage.warn", lambda zh, en: None)
+    files = [uploaded(f"part{i}.txt", "刘备与关羽、张飞桃园结义。" * 20) for i in range(3)]
+    wrong = uploaded("notes.pdf", "%PDF")
+    kept = handlers.screen_uploads([str(p) for p in [*files, wrong]])
+    assert kept == [str(files[0]), str(files[1])]
+    assert not files[2].exists() and not files[2].parent.exists() and not wrong.exists()
+    services.create_kb("up")
+    status = handlers.build("up", kept)[0]
+    assert "新增 2" in status
+    assert not files[0].exists() and not files[1].exists()
+    outside = tmp_path / "mine.txt"
+    outside.write_text("刘备", encoding="utf-8")
+    handlers.build("up", [str(outside)])
+    assert outside.exists()  # only Gradio's own copies are ever deleted
+    with pytest.raises(gr.Error, match="一次最多上传 2 个文件"):
+        handlers.build("up", [str(outside)] * 3)
