@@ -77,12 +77,14 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) -> dict[str, Any]:
+def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, options: Any = None) -> dict[str, Any]:
     from llm import ChatGLM
-    from llm.fast_decode import fast_decode_state, graph_states
+    from llm.fast_decode import DECODE_GRAPH, STATIC_CACHE, FastDecodeOptions, fast_decode_state
     from llm.streaming import run_generate
 
-    eager = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens, fast_decode=False)
+    options = options or FastDecodeOptions()
+    eager = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens, fast_decode=False,
+                    fast_decode_options=options)
     fast = eager.model_copy(update={"fast_decode": None})
     force = {"min_new_tokens": new_tokens}
     kwargs = eager._generate_kwargs([QUESTION], dict(force))
@@ -111,15 +113,16 @@ def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) ->
     out["fast_decode_active"] = fast.fast_decode_active
     out["fast_first_call_s"], _ = timed(lambda: fast.invoke(QUESTION, **force))
     state = fast_decode_state(model)
-    graphs = graph_states(model)
     out["fast_warmups_s"] = {**{f"generate {b}x{n}": s for (b, n), s in state.warmups.items()},
-                             **{f"graph {k}": s for k, s in graphs.capture_times.items()}}
-    out["fast_disabled_reason"] = state.disabled_reason
-    out["graph_disabled_reason"] = graphs.disabled_reason
-    out["fast_raw_tok_s"], out["fast_raw_times"] = generate_tok_s(lambda: run_generate(model, kwargs, fast_decode=fast.fast_decode_active))
-    run_generate(model, first_kwargs, fast_decode=fast.fast_decode_active)
+                             **{f"graph {k}": s for k, s in state.capture_times.items()}}
+    out["fast_disabled_reason"] = state.off.get(STATIC_CACHE)
+    out["graph_disabled_reason"] = state.off.get(DECODE_GRAPH)
+    out["fast_decode_report"] = fast.fast_decode_report
+    fast_options = fast._fast_decode()
+    out["fast_raw_tok_s"], out["fast_raw_times"] = generate_tok_s(lambda: run_generate(model, kwargs, fast_decode=fast_options))
+    run_generate(model, first_kwargs, fast_decode=fast_options)
     out["fast_raw_ttft_s"] = statistics.median(
-        timed(lambda: run_generate(model, first_kwargs, fast_decode=fast.fast_decode_active))[0] for _ in range(repeat)
+        timed(lambda: run_generate(model, first_kwargs, fast_decode=fast_options))[0] for _ in range(repeat)
     )
     stream_once(fast, QUESTION, **force)
     runs = [stream_once(fast, QUESTION, **force) for _ in range(repeat)]
@@ -136,7 +139,7 @@ def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) ->
     return out
 
 
-ABLATION = {  # variant: (PACK_GQA, FUSE_QKV)
+ABLATION = {  # variant: (packed_attention, fused_qkv) of FastDecodeOptions
     "neither": (False, False),
     "packed_attention": (True, False),
     "fused_qkv": (False, True),
@@ -144,23 +147,22 @@ ABLATION = {  # variant: (PACK_GQA, FUSE_QKV)
 }
 
 
-def bench_ablation(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int) -> dict[str, Any]:
+def bench_ablation(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, options: Any = None) -> dict[str, Any]:
     """``ChatGLM.stream`` tokens/s with the decode step's packed attention and fused q/k/v each
-    off and on, same run, same model: every variant rebuilds (compiles, captures) its graph."""
+    off and on, same run, same model: every variant builds (compiles, captures) its own graph."""
     from llm import ChatGLM
-    from llm import fast_decode as fd
+    from llm.fast_decode import FastDecodeOptions, fast_decode_state
 
-    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens)
+    base = options or FastDecodeOptions()
     force = {"min_new_tokens": new_tokens}
     out: dict[str, Any] = {}
     for name, (packed, fused) in ABLATION.items():
-        fd.PACK_GQA, fd.FUSE_QKV = packed, fused
-        fd.graph_states(model).graphs.clear()
-        try:
-            stream_once(llm, QUESTION, **force)  # build + warm
-            runs = [stream_once(llm, QUESTION, **force) for _ in range(repeat)]
-        finally:
-            fd.PACK_GQA, fd.FUSE_QKV = True, True
+        variant = base.model_copy(update={"packed_attention": packed, "fused_qkv": fused})
+        llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens,
+                      fast_decode_options=variant)
+        fast_decode_state(model).graphs.clear()  # one variant's graphs at a time in GPU memory
+        stream_once(llm, QUESTION, **force)  # build + warm
+        runs = [stream_once(llm, QUESTION, **force) for _ in range(repeat)]
         out[f"{name}_tok_s"] = new_tokens / median_of(runs, "total_s")
     for name in ABLATION:
         out[f"{name}_over_neither"] = out[f"{name}_tok_s"] / out["neither_tok_s"]
@@ -184,11 +186,14 @@ def map_prompts(tokenizer: Any, *, count: int, tokens: int) -> list[str]:
     return prompts
 
 
-def bench_map(model: Any, tokenizer: Any, *, batch: int, prompt_tokens: int, new_tokens: int, repeat: int) -> dict[str, Any]:
+def bench_map(
+    model: Any, tokenizer: Any, *, batch: int, prompt_tokens: int, new_tokens: int, repeat: int, options: Any = None
+) -> dict[str, Any]:
     from llm import ChatGLM
-    from llm.fast_decode import fast_decode_state, graph_states
+    from llm.fast_decode import DECODE_GRAPH, FastDecodeOptions, fast_decode_state
 
-    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens)
+    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens,
+                  fast_decode_options=options or FastDecodeOptions())
     prompts = map_prompts(tokenizer, count=batch, tokens=prompt_tokens)
     lengths = sorted({len(llm._generate_kwargs([p], {})["input_ids"][0]) for p in prompts})
     force = {"min_new_tokens": new_tokens}
@@ -202,9 +207,10 @@ def bench_map(model: Any, tokenizer: Any, *, batch: int, prompt_tokens: int, new
     out["one_by_one_tok_s"] = batch * new_tokens / one_by_one
 
     out["batch_first_call_s"], texts = timed(lambda: llm.batch(prompts, **force))
-    out["fast_warmups_s"] = {**{f"generate {b}x{n}": s for (b, n), s in fast_decode_state(model).warmups.items()},
-                             **{f"graph {k}": s for k, s in graph_states(model).capture_times.items()}}
-    out["graph_disabled_reason"] = graph_states(model).disabled_reason
+    state = fast_decode_state(model)
+    out["fast_warmups_s"] = {**{f"generate {b}x{n}": s for (b, n), s in state.warmups.items()},
+                             **{f"graph {k}": s for k, s in state.capture_times.items()}}
+    out["graph_disabled_reason"] = state.off.get(DECODE_GRAPH)
     times = [timed(lambda: llm.batch(prompts, **force))[0] for _ in range(repeat)]
     out["batch_times"] = times
     out["batch_s"] = statistics.median(times)
@@ -234,11 +240,9 @@ def main() -> None:
 
     shape = "tiny" if args.tiny else args.shape
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    if args.fast_on_cpu:
-        import llm.chatglm
-        import llm.fast_decode
+    from llm.fast_decode import FastDecodeOptions
 
-        llm.chatglm.unsupported_reason = lambda model: None
+    options = FastDecodeOptions(on_cpu=args.fast_on_cpu)
     torch.manual_seed(0)
     from bench.common import SHAPES
 
@@ -250,7 +254,7 @@ def main() -> None:
                               "weight_bytes": weight_bytes(model), "bytes_read_per_token": per_token}
     bw_measured, bw_nominal = measured_bandwidth(), nominal_bandwidth()
     result.update(bandwidth_measured=bw_measured, bandwidth_nominal=bw_nominal)
-    decode = bench_decode(model, tokenizer, new_tokens=args.new_tokens, repeat=args.repeat)
+    decode = bench_decode(model, tokenizer, new_tokens=args.new_tokens, repeat=args.repeat, options=options)
     for label, bw in (("nominal", bw_nominal), ("measured", bw_measured)):
         if bw:
             decode[f"limit_tok_s_{label}"] = bw / per_token
@@ -274,12 +278,13 @@ def main() -> None:
           f"share of limit {decode.get('share_of_limit_nominal')} (nominal) {decode.get('share_of_limit_measured')} (measured)",
           flush=True)
     if args.ablate:
-        result["ablation"] = bench_ablation(model, tokenizer, new_tokens=args.new_tokens, repeat=args.repeat)
+        result["ablation"] = bench_ablation(model, tokenizer, new_tokens=args.new_tokens, repeat=args.repeat,
+                                            options=options)
         write_result(args.out, name, result)
         print(f"ablation (ChatGLM.stream tok/s): {result['ablation']}", flush=True)
     if args.map:
         result["map"] = bench_map(model, tokenizer, batch=args.map_batch, prompt_tokens=args.map_prompt_tokens,
-                                  new_tokens=args.new_tokens, repeat=max(1, min(args.repeat, 3)))
+                                  new_tokens=args.new_tokens, repeat=max(1, min(args.repeat, 3)), options=options)
         write_result(args.out, name, result)
         m = result["map"]
         print_table(f"map stage {shape}: {m['batch']} x {m['prompt_tokens']} tokens, {m['new_tokens']} new",

@@ -5,6 +5,7 @@ Every chain streams: callback handlers get ``on_llm_new_token`` live from ``invo
 """
 
 from chains.events import Answer, Event, Progress, Source, Sources, Summary, Token
+from chains.history import History, format_history, normalize_history, to_messages
 from chains.knowledge_base_qa_chain import CONDENSE_STAGE, CONDENSE_TAG, KnowledgeBaseQAChain, format_passages
 from chains.progress_callback_handler import ProgressCallbackHandler
 from chains.prompts import (
@@ -55,6 +56,7 @@ __all__ = [
     "REFUSAL",
     "Answer",
     "Event",
+    "History",
     "KnowledgeBaseQAChain",
     "Progress",
     "ProgressCallbackHandler",
@@ -69,12 +71,15 @@ __all__ = [
     "documents_from_file",
     "documents_from_kb",
     "documents_from_text",
+    "format_history",
     "format_passages",
     "load_stream_summarize_chain",
     "map_summaries",
+    "normalize_history",
     "parse_chapter_range",
     "reduce_summaries",
     "select_chapters",
     "split_to_budget",
     "stream_summary",
+    "to_messages",
 ]

@@ -24,6 +24,8 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
+from langchain_core.messages import BaseMessage
+from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
@@ -32,13 +34,8 @@ from pydantic import ConfigDict, Field
 from chains.events import Answer, Event, Progress, Source, Sources, Token
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
 from chains.stream_llm_chain import StreamLLMChain, piece_text
-from chains.token_budget import (
-    Turn,
-    fit_documents,
-    format_history,
-    normalize_history,
-    trim_history,
-)
+from chains.history import History, format_history, to_messages
+from chains.token_budget import fit_documents, trim_history
 
 __all__ = ["CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
 
@@ -74,8 +71,9 @@ class _Plan:
 class KnowledgeBaseQAChain(Chain):
     """Answer questions from a knowledge base, streaming tokens and returning sources.
 
-    Inputs: ``question`` and optional ``chat_history`` (``[(question, answer), ...]`` or
-    Gradio ``{"role", "content"}`` messages). Outputs: ``answer``, ``source_documents``
+    Inputs: ``question`` and optional ``chat_history`` (``list[BaseMessage]``; ``[(question,
+    answer), ...]`` pairs and ``{"role", "content"}`` dicts are converted by
+    ``chains.history.to_messages``). Outputs: ``answer``, ``source_documents``
     (the passages given to the model, metadata per docs/ARCHITECTURE.md; a passage cut to fit
     has its ``end`` moved in and ``truncated=True``), ``standalone_question``, ``refused``.
 
@@ -94,7 +92,9 @@ class KnowledgeBaseQAChain(Chain):
     llm: BaseLanguageModel | None = None
     """``None``: no model; the retrieved passages are returned with ``no_llm_message``."""
     prompt: BasePromptTemplate = QA_PROMPT
-    """Answer prompt with ``context`` and ``question`` variables."""
+    """Answer prompt with ``context`` and ``question`` variables: a ``PromptTemplate`` or a
+    ``ChatPromptTemplate`` (with a chat model such as ``llm.ChatGLMChat`` its system message
+    fills the model's system slot)."""
     condense_prompt: BasePromptTemplate = CONDENSE_QUESTION_PROMPT
     """Standalone-question prompt with ``chat_history`` and ``question`` variables."""
     max_input_tokens: int = Field(6144, ge=16)
@@ -144,10 +144,10 @@ class KnowledgeBaseQAChain(Chain):
             return 0
         return self.llm.get_num_tokens(text)
 
-    def trim_history(self, turns: Sequence[Turn], question: str) -> list[Turn]:
-        """The newest turns for which the condense prompt fits ``max_input_tokens``."""
+    def trim_history(self, messages: Sequence[BaseMessage], question: str) -> list[BaseMessage]:
+        """The newest messages for which the condense prompt fits ``max_input_tokens``."""
         return trim_history(
-            turns,
+            messages,
             render=lambda kept: self.condense_prompt.format(
                 chat_history=format_history(kept), question=question
             ),
@@ -155,11 +155,11 @@ class KnowledgeBaseQAChain(Chain):
             count_tokens=self.count_tokens,
         )
 
-    def condense_inputs(self, question: str, turns: Sequence[Turn]) -> dict[str, str] | None:
+    def condense_inputs(self, question: str, messages: Sequence[BaseMessage]) -> dict[str, str] | None:
         """Inputs of the condense prompt, or None when there is nothing to condense."""
-        if self.llm is None or not turns:
+        if self.llm is None or not any(m.type in ("human", "ai") for m in messages):
             return None
-        kept = self.trim_history(turns, question)
+        kept = self.trim_history(messages, question)
         if not kept:
             return None
         return {"chat_history": format_history(kept), "question": question}
@@ -175,8 +175,17 @@ class KnowledgeBaseQAChain(Chain):
         ]
 
     def render_prompt(self, docs: Sequence[Document], question: str) -> str:
-        """The answer prompt exactly as the model will get it."""
-        return self.prompt.format(context=format_passages(docs), question=question)
+        """The answer prompt as the model will get it (what the token budget measures).
+
+        A chat prompt given to a model that renders chats itself (``ChatGLMChat.render``: the
+        chat template, system slot included) is measured as that exact text, not as LangChain's
+        ``System: ... Human: ...`` string.
+        """
+        value = self.prompt.format_prompt(context=format_passages(docs), question=question)
+        render = getattr(self.llm, "render", None)
+        if isinstance(value, ChatPromptValue) and callable(render):
+            return render(value.to_messages())
+        return value.to_string()
 
     def fit_passages(self, docs: Sequence[Document], question: str) -> list[Document]:
         """The best passages that fit the answer prompt into ``max_input_tokens``."""
@@ -220,14 +229,14 @@ class KnowledgeBaseQAChain(Chain):
         return self.llm
 
     def _condense(
-        self, question: str, turns: Sequence[Turn], run_manager: CallbackManagerForChainRun
+        self, question: str, messages: Sequence[BaseMessage], run_manager: CallbackManagerForChainRun
     ) -> Generator[Event, None, str]:
         """Stream the standalone question, yielding ``Progress("condense", ...)`` per piece.
 
         Streaming (not one blocking call) lets a consumer that stops iterating, e.g. a UI
         Stop button, end the model's generation within a token; returns the question.
         """
-        inputs = self.condense_inputs(question, turns)
+        inputs = self.condense_inputs(question, messages)
         if inputs is None:
             return question
         prompt = self.condense_prompt.format(**inputs)
@@ -243,10 +252,10 @@ class KnowledgeBaseQAChain(Chain):
         return _clean_condensed("".join(pieces), question)
 
     def _events(
-        self, question: str, history: Sequence[object] | None, run_manager: CallbackManagerForChainRun
+        self, question: str, history: History | None, run_manager: CallbackManagerForChainRun
     ) -> Iterator[Event]:
         question = _check_question(question)
-        standalone = yield from self._condense(question, normalize_history(history), run_manager)
+        standalone = yield from self._condense(question, to_messages(history), run_manager)
         docs = self.retriever.invoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = self.plan(standalone, docs)
         sources = tuple(Source.from_document(d) for d in plan.docs)
@@ -285,7 +294,7 @@ class KnowledgeBaseQAChain(Chain):
         self,
         question: str,
         *,
-        history: Sequence[object] | None = None,
+        history: History | None = None,
         callbacks: Callbacks = None,
     ) -> Iterator[Event]:
         """Yield ``Sources``, then ``Token`` pieces, then one ``Answer`` (see ``chains.events``).
@@ -314,10 +323,10 @@ class KnowledgeBaseQAChain(Chain):
 
     # --------------------------------------------------------------- async run
     async def _acondense(
-        self, question: str, turns: Sequence[Turn], run_manager: AsyncCallbackManagerForChainRun
+        self, question: str, messages: Sequence[BaseMessage], run_manager: AsyncCallbackManagerForChainRun
     ) -> AsyncIterator[Event | str]:
         """Async twin of ``_condense``: ``Progress`` events, then the standalone question (a str)."""
-        inputs = await asyncio.to_thread(self.condense_inputs, question, turns)
+        inputs = await asyncio.to_thread(self.condense_inputs, question, messages)
         if inputs is None:
             yield question
             return
@@ -332,12 +341,12 @@ class KnowledgeBaseQAChain(Chain):
     async def _aevents(
         self,
         question: str,
-        history: Sequence[object] | None,
+        history: History | None,
         run_manager: AsyncCallbackManagerForChainRun,
     ) -> AsyncIterator[Event]:
         question = _check_question(question)
         standalone = question
-        async for item in self._acondense(question, normalize_history(history), run_manager):
+        async for item in self._acondense(question, to_messages(history), run_manager):
             if isinstance(item, str):
                 standalone = item
             else:
@@ -373,7 +382,7 @@ class KnowledgeBaseQAChain(Chain):
         self,
         question: str,
         *,
-        history: Sequence[object] | None = None,
+        history: History | None = None,
         callbacks: Callbacks = None,
     ) -> AsyncIterator[Event]:
         """Async twin of ``stream_answer``."""

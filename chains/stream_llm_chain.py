@@ -9,7 +9,7 @@ it, such as the combine step of a map-reduce) fire ``on_llm_new_token`` for ever
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 from langchain_classic.chains.llm import LLMChain, _get_language_model
@@ -30,8 +30,10 @@ from langchain_core.outputs import (
     GenerationChunk,
     LLMResult,
 )
+from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.runnables.utils import AddableDict
 from typing_extensions import override
 
 __all__ = ["StreamLLMChain", "piece_text", "reports_tokens", "result_from_batch"]
@@ -204,6 +206,19 @@ class StreamLLMChain(LLMChain):
         results = self._model(stop).batch(prompts, {"callbacks": callbacks})
         return result_from_batch(results)
 
+    def _run_pieces(
+        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun
+    ) -> Generator[str, None, dict[str, Any]]:
+        """The answer's non-empty text pieces for prepared ``inputs``; returns the chain's outputs."""
+        self._validate_inputs(inputs)
+        pieces: list[Any] = []
+        for piece in self._stream_inputs(inputs, run_manager):
+            pieces.append(piece)
+            text = piece_text(piece)
+            if text:
+                yield text
+        return self.create_outputs(_result_from_pieces(pieces))[0]
+
     def stream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> Iterator[str]:
         """Yield the answer's text pieces as the model produces them (empty pieces skipped).
 
@@ -211,27 +226,49 @@ class StreamLLMChain(LLMChain):
         token; memory (if any) is updated once the generator is exhausted.
         """
         inputs = self.prep_inputs(kwargs)
-        run_manager = self._sync_manager(callbacks).on_chain_start(
-            None, inputs, name=self.get_name()
-        )
-        pieces: list[Any] = []
+        run_manager = self._sync_manager(callbacks).on_chain_start(None, inputs, name=self.get_name())
         try:
-            self._validate_inputs(inputs)
-            for piece in self._stream_inputs(inputs, run_manager):
-                pieces.append(piece)
-                text = piece_text(piece)
-                if text:
-                    yield text
-            outputs = self.create_outputs(_result_from_pieces(pieces))[0]
+            outputs = yield from self._run_pieces(inputs, run_manager)
             self.prep_outputs(inputs, outputs)
         except BaseException as e:
             run_manager.on_chain_error(e)
             raise
         run_manager.on_chain_end(outputs)
 
-    def _sync_manager(self, callbacks: Callbacks) -> CallbackManager:
+    @override
+    def stream(
+        self, input: dict[str, Any] | Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Yield output chunks as tokens arrive; the chunks add up (``+``) to ``invoke``'s result.
+
+        First the inputs (left out with ``return_only_outputs=True``), then ``{output_key: piece}``
+        per text piece, then any other outputs (``full_generation``). With an output parser
+        other than the plain string one, the parsed output comes as one chunk at the end.
+        """
+        config = ensure_config(config)
+        return_only_outputs = kwargs.get("return_only_outputs", False)
+        inputs = self.prep_inputs(input)
+        run_manager = self._sync_manager(
+            config.get("callbacks"), tags=config.get("tags"), metadata=config.get("metadata")
+        ).on_chain_start(None, inputs, config.get("run_id"), name=config.get("run_name") or self.get_name())
+        streamed = isinstance(self.output_parser, StrOutputParser)
+        try:
+            if not return_only_outputs:
+                yield AddableDict(inputs)
+            run = self._run_pieces(inputs, run_manager)
+            outputs = (yield from _text_chunks(run, self.output_key)) if streamed else _drain(run)
+            self.prep_outputs(inputs, outputs)
+        except BaseException as e:
+            run_manager.on_chain_error(e)
+            raise
+        run_manager.on_chain_end(outputs)
+        yield from _rest_of_outputs(outputs, self.output_key, streamed=streamed)
+
+    def _sync_manager(
+        self, callbacks: Callbacks, *, tags: list[str] | None = None, metadata: dict[str, Any] | None = None
+    ) -> CallbackManager:
         return CallbackManager.configure(
-            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+            callbacks, self.callbacks, self.verbose, tags, self.tags, metadata, self.metadata
         )
 
     # ----------------------------------------------------------------- async
@@ -285,27 +322,73 @@ class StreamLLMChain(LLMChain):
         results = await self._model(stop).abatch(prompts, {"callbacks": callbacks})
         return result_from_batch(results)
 
+    async def _arun_pieces(
+        self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun
+    ) -> AsyncIterator[str | dict[str, Any]]:
+        """Async twin of ``_run_pieces``: the non-empty text pieces, then the outputs (a dict)."""
+        self._validate_inputs(inputs)
+        pieces: list[Any] = []
+        async for piece in self._astream_inputs(inputs, run_manager):
+            pieces.append(piece)
+            text = piece_text(piece)
+            if text:
+                yield text
+        yield self.create_outputs(_result_from_pieces(pieces))[0]
+
+    async def _astart(
+        self, inputs: dict[str, Any], config: RunnableConfig
+    ) -> AsyncCallbackManagerForChainRun:
+        manager = AsyncCallbackManager.configure(
+            config.get("callbacks"), self.callbacks, self.verbose, config.get("tags"), self.tags,
+            config.get("metadata"), self.metadata,
+        )
+        return await manager.on_chain_start(
+            None, inputs, config.get("run_id"), name=config.get("run_name") or self.get_name()
+        )
+
     async def astream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> AsyncIterator[str]:
         """Async twin of ``stream_predict``."""
         inputs = await self.aprep_inputs(kwargs)
-        manager = AsyncCallbackManager.configure(
-            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
-        )
-        run_manager = await manager.on_chain_start(None, inputs, name=self.get_name())
-        pieces: list[Any] = []
+        run_manager = await self._astart(inputs, {"callbacks": callbacks})
+        outputs: dict[str, Any] = {}
         try:
-            self._validate_inputs(inputs)
-            async for piece in self._astream_inputs(inputs, run_manager):
-                pieces.append(piece)
-                text = piece_text(piece)
-                if text:
-                    yield text
-            outputs = self.create_outputs(_result_from_pieces(pieces))[0]
+            async for item in self._arun_pieces(inputs, run_manager):
+                if isinstance(item, str):
+                    yield item
+                else:
+                    outputs = item
             await self.aprep_outputs(inputs, outputs)
         except BaseException as e:
             await run_manager.on_chain_error(e)
             raise
         await run_manager.on_chain_end(outputs)
+
+    @override
+    async def astream(
+        self, input: dict[str, Any] | Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Async twin of ``stream``: output chunks as tokens arrive, adding up to ``ainvoke``'s result."""
+        config = ensure_config(config)
+        return_only_outputs = kwargs.get("return_only_outputs", False)
+        inputs = await self.aprep_inputs(input)
+        run_manager = await self._astart(inputs, config)
+        streamed = isinstance(self.output_parser, StrOutputParser)
+        outputs: dict[str, Any] = {}
+        try:
+            if not return_only_outputs:
+                yield AddableDict(inputs)
+            async for item in self._arun_pieces(inputs, run_manager):
+                if not isinstance(item, str):
+                    outputs = item
+                elif streamed:
+                    yield AddableDict({self.output_key: item})
+            await self.aprep_outputs(inputs, outputs)
+        except BaseException as e:
+            await run_manager.on_chain_error(e)
+            raise
+        await run_manager.on_chain_end(outputs)
+        for chunk in _rest_of_outputs(outputs, self.output_key, streamed=streamed):
+            yield chunk
 
     # ``predict``/``apredict`` are inherited: they call ``__call__``/``acall`` -> ``_call`` ->
     # ``generate`` above, so they stream and return the joined text.
@@ -315,3 +398,37 @@ class StreamLLMChain(LLMChain):
         """The underlying language model (unwrapping bindings and fallbacks)."""
         return _get_language_model(self.llm)
 
+
+
+def _text_chunks(
+    run: Generator[str, None, dict[str, Any]], key: str
+) -> Generator[AddableDict, None, dict[str, Any]]:
+    """``{key: piece}`` for each text piece of ``run``; returns ``run``'s outputs."""
+    try:
+        while True:
+            try:
+                text = next(run)
+            except StopIteration as stop:
+                return stop.value
+            yield AddableDict({key: text})
+    finally:
+        run.close()
+
+
+def _drain(run: Generator[str, None, dict[str, Any]]) -> dict[str, Any]:
+    """Run ``run`` to its end (its pieces unused); returns its outputs."""
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _rest_of_outputs(outputs: dict[str, Any], output_key: str, *, streamed: bool) -> Iterator[AddableDict]:
+    """The output chunk that follows the streamed text: every other key (all of them when the
+    text was not streamed); an empty streamed answer still yields its (empty) text key."""
+    rest = {k: v for k, v in outputs.items() if k != output_key or not streamed}
+    if streamed and not outputs.get(output_key):
+        rest[output_key] = outputs.get(output_key, "")
+    if rest:
+        yield AddableDict(rest)

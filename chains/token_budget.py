@@ -8,8 +8,11 @@ of a token to several), so every budget here is checked with ``count_tokens``, n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from langchain_core.documents import Document
+
+from chains.history import format_history, normalize_history  # re-exported: they moved to chains.history
 
 __all__ = [
     "TokenCounter",
@@ -21,7 +24,7 @@ __all__ = [
 ]
 
 TokenCounter = Callable[[str], int]
-Turn = tuple[str, str]
+T = TypeVar("T")
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count_tokens: TokenCounter) -> str:
@@ -80,65 +83,14 @@ def fit_documents(
     return kept
 
 
-def normalize_history(history: Sequence[object] | None) -> list[Turn]:
-    """``[(user, assistant), ...]`` from pairs or Gradio/OpenAI-style message dicts.
-
-    Accepts ``[("问", "答"), ...]``, ``[["问", "答"], ...]`` and
-    ``[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]``;
-    a trailing unanswered user message is dropped (it is the current question).
-    """
-    if not history:
-        return []
-    turns: list[Turn] = []
-    pending_user: str | None = None
-    for item in history:
-        if isinstance(item, dict):
-            role, content = item.get("role"), _content_text(item.get("content"))
-            if role == "user":
-                pending_user = content
-            elif role == "assistant" and pending_user is not None:
-                turns.append((pending_user, content))
-                pending_user = None
-            continue
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            user, assistant = item
-            if user is None:
-                continue
-            turns.append((_content_text(user), _content_text(assistant)))
-            continue
-        msg = (
-            "history must be a list of (question, answer) pairs or of "
-            f"{{'role': ..., 'content': ...}} messages, got an item of type {type(item).__name__}"
-        )
-        raise ValueError(msg)
-    return turns
-
-
-def _content_text(content: object) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content blocks
-        return "".join(
-            b.get("text", "") if isinstance(b, dict) else str(b) for b in content
-        )
-    return str(content)
-
-
-def format_history(turns: Sequence[Turn]) -> str:
-    """Turns as ``用户：... / 助手：...`` lines for the condense prompt."""
-    return "\n".join(f"用户：{user}\n助手：{assistant}" for user, assistant in turns)
-
-
 def trim_history(
-    turns: Sequence[Turn],
+    turns: Sequence[T],
     *,
-    render: Callable[[Sequence[Turn]], str],
+    render: Callable[[Sequence[T]], str],
     max_tokens: int,
     count_tokens: TokenCounter,
-) -> list[Turn]:
-    """The most recent turns whose ``render`` fits ``max_tokens``; the oldest go first."""
+) -> list[T]:
+    """The most recent turns (or messages) whose ``render`` fits ``max_tokens``; the oldest go first."""
     kept = list(turns)
     while kept and count_tokens(render(kept)) > max_tokens:
         kept.pop(0)

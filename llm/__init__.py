@@ -12,6 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "ChatGLM": "llm.chatglm",
+    "ChatGLMChat": "llm.chatglm_chat",
     "cancel_scope": "llm.cancellation",
     "ModelLoadError": "llm.errors",
     "llm_configured": "llm.factory",

@@ -10,7 +10,6 @@ decode step) unless ``fast_decode=False``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -19,18 +18,28 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
+from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
+from llm.chat_messages import chat_template_messages
 from llm.cancellation import current_cancel_event
 from llm.errors import ModelLoadError
-from llm.fast_decode import fast_decode_state, unsupported_reason
+from llm.fast_decode import (
+    STATIC_CACHE,
+    FastDecodeOptions,
+    fast_decode_report,
+    fast_decode_state,
+    unsupported_reason,
+)
 from llm.loading import load_model_and_tokenizer
 from llm.special_tokens import neutralize_special_tokens
 from llm.streaming import (
     BatchStopStringCriteria,
     CancelCriteria,
+    GenerationStats,
     IncrementalDetokenizer,
     StopSequenceFilter,
     cut_at_stop,
@@ -40,13 +49,9 @@ from llm.streaming import (
 
 logger = logging.getLogger(__name__)
 
-History = Sequence[tuple[str, str]]
+History = Sequence[tuple[str, str] | BaseMessage]
 GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
 _DEFAULTS = GenerationSettings()
-_DONE = object()
-# Threads that pull chunks for astream; generous so that streams waiting for a busy model
-# never starve the one that is generating.
-_ASYNC_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="glmkb-astream")
 
 
 class ChatGLM(LLM):
@@ -54,7 +59,9 @@ class ChatGLM(LLM):
 
     Per-call keyword arguments (``llm.invoke(q, history=[...], temperature=0)``): ``history``
     (list of ``(user, assistant)`` pairs), ``system_prompt``, the generation fields below, and
-    any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``).
+    any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``). ``messages``
+    (the whole chat as role/content dicts, already neutralised) replaces prompt, history and
+    system prompt: that is how ``llm.chatglm_chat.ChatGLMChat`` shares this generation core.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -73,6 +80,10 @@ class ChatGLM(LLM):
             "Static KV cache + torch.compile'd decode step (CUDA graphs). None = on where supported "
             "(CUDA, not quantized); False = plain generate; True = on, with a warning where unsupported."
         ),
+    )
+    fast_decode_options: FastDecodeOptions = Field(
+        default_factory=FastDecodeOptions,
+        description="Which parts of the fast path to use (packed attention, fused q/k/v, captured prompt pass).",
     )
 
     # ----- construction -------------------------------------------------------------------
@@ -137,16 +148,21 @@ class ChatGLM(LLM):
     def chat_messages(
         self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
     ) -> list[dict[str, str]]:
-        """The chat as role/content messages: optional system prompt, history pairs, the prompt.
+        """The chat as role/content messages: optional system prompt, history, the prompt.
 
-        Contents are plain text: special-token strings in them (``<|system|>`` in a document,
-        say) are neutralised so they cannot forge turns once the template is tokenized.
+        ``history`` holds ``(user, assistant)`` pairs or LangChain messages. Contents are plain
+        text: special-token strings in them (``<|system|>`` in a document, say) are neutralised
+        so they cannot forge turns once the template is tokenized.
         """
         def text(content: str) -> str:
             return neutralize_special_tokens(content, self.tokenizer)
 
         messages = [{"role": "system", "content": text(system_prompt)}] if system_prompt else []
-        for user, assistant in history or []:
+        for item in history or []:
+            if isinstance(item, BaseMessage):
+                messages += chat_template_messages([item], self.tokenizer)
+                continue
+            user, assistant = item
             messages += [{"role": "user", "content": text(user)}, {"role": "assistant", "content": text(assistant)}]
         messages.append({"role": "user", "content": text(prompt)})
         return messages
@@ -155,9 +171,12 @@ class ChatGLM(LLM):
         self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
     ) -> str:
         """The exact model input text: the chat rendered through the tokenizer's chat template."""
+        return self.render_messages(self.chat_messages(prompt, history=history, system_prompt=system_prompt))
+
+    def render_messages(self, messages: list[dict[str, str]]) -> str:
+        """Role/content messages through the chat template, ending in the assistant's turn."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; ChatGLM needs a chat model")
-        messages = self.chat_messages(prompt, history=history, system_prompt=system_prompt)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def get_num_tokens(self, text: str) -> int:
@@ -178,7 +197,11 @@ class ChatGLM(LLM):
         """
         history = kwargs.pop("history", None)
         system_prompt = kwargs.pop("system_prompt", self.system_prompt)
-        texts = [self.render_prompt(p, history=history, system_prompt=system_prompt) for p in prompts]
+        messages = kwargs.pop("messages", None)
+        if messages is not None:
+            texts = [self.render_messages(messages)]
+        else:
+            texts = [self.render_prompt(p, history=history, system_prompt=system_prompt) for p in prompts]
         params = {name: kwargs.pop(name, getattr(self, name)) for name in GENERATION_FIELDS}
         if params["max_new_tokens"] is None:
             params["max_new_tokens"] = self.max_new_tokens
@@ -223,20 +246,44 @@ class ChatGLM(LLM):
         """Whether generations take the fast path (``fast_decode`` setting, model support, no failure)."""
         if self.fast_decode is False:
             return False
-        reason = unsupported_reason(self.model) or fast_decode_state(self.model).disabled_reason
+        reason = unsupported_reason(self.model, self.fast_decode_options)
+        reason = reason or fast_decode_state(self.model).off.get(STATIC_CACHE)
         if reason is not None:
             if self.fast_decode:
                 _warn_once(self.model, f"fast_decode=True but it is off for this model: {reason}")
             return False
         return True
 
+    @property
+    def fast_decode_report(self) -> dict[str, str | None]:
+        """Each fast-path part (``llm.fast_decode.PATHS``) -> None where it runs, else why it is off."""
+        if self.fast_decode is False:
+            return {path: "fast_decode=False" for path in fast_decode_report(self.model, self.fast_decode_options)}
+        return fast_decode_report(self.model, self.fast_decode_options)
+
+    def _fast_decode(self) -> FastDecodeOptions | None:
+        """The options generations run the fast path with, None for plain ``generate``."""
+        return self.fast_decode_options if self.fast_decode_active else None
+
     # ----- streaming: the one code path ---------------------------------------------------
 
     def _iter_text(
-        self, prompt: str, stop: list[str] | None, *, cancel: threading.Event, **kwargs: Any
+        self,
+        prompt: str,
+        stop: list[str] | None,
+        *,
+        cancel: threading.Event,
+        stats: GenerationStats | None = None,
+        **kwargs: Any,
     ) -> Iterator[str]:
-        """Text pieces as tokens are generated; closing this generator stops generation."""
+        """Text pieces as tokens are generated; closing this generator stops generation.
+
+        ``stats`` (if given) is filled in as generation runs: prompt and generated token
+        counts, and once the generator ends, why it stopped.
+        """
         generate_kwargs = self._generate_kwargs([prompt], kwargs)
+        stats = stats if stats is not None else GenerationStats()
+        stats.start(generate_kwargs)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         stops = StopSequenceFilter(stop)
         answer_started = False
@@ -250,14 +297,16 @@ class ChatGLM(LLM):
                 answer_started = bool(text)
             return stops.feed(text)
 
-        token_ids = stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=self.fast_decode_active)
+        token_ids = stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=self._fast_decode())
         try:
             for token_id in token_ids:
+                stats.add(token_id)
                 piece = clean(detokenizer.add(token_id))
                 if piece:
                     emitted = True
                     yield piece
                 if stops.stopped:
+                    stats.stop_sequence_seen()
                     return
             tail = clean(detokenizer.flush()) + stops.flush()
             if tail or not emitted:
@@ -302,7 +351,13 @@ class ChatGLM(LLM):
     ) -> AsyncIterator[GenerationChunk]:
         """Drives ``_iter_text`` from a thread; closing, cancelling or dropping it stops generation."""
         cancel = threading.Event()
-        return _AsyncChunkStream(self._iter_text(prompt, stop, cancel=cancel, **kwargs), cancel, run_manager)
+        chunks = _generation_chunks(self._iter_text(prompt, stop, cancel=cancel, **kwargs))
+
+        async def report(chunk: GenerationChunk) -> None:
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+
+        return AsyncChunkStream(chunks, cancel, report)
 
     async def _acall(
         self,
@@ -338,7 +393,7 @@ class ChatGLM(LLM):
         if len(prompts) == 1:
             return await super()._agenerate(prompts, stop, run_manager, **kwargs)
         loop = asyncio.get_running_loop()
-        texts = await loop.run_in_executor(_ASYNC_EXECUTOR, lambda: self._generate_batch(prompts, stop, **kwargs))
+        texts = await loop.run_in_executor(ASYNC_EXECUTOR, lambda: self._generate_batch(prompts, stop, **kwargs))
         return LLMResult(generations=[[Generation(text=text)] for text in texts])
 
     def _generate_batch(self, prompts: list[str], stop: list[str] | None, **kwargs: Any) -> list[str]:
@@ -349,7 +404,7 @@ class ChatGLM(LLM):
             criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
             criteria.append(BatchStopStringCriteria(self.tokenizer, stop, prompt_length))
             generate_kwargs["stopping_criteria"] = criteria
-        output = run_generate(self.model, generate_kwargs, fast_decode=self.fast_decode_active)
+        output = run_generate(self.model, generate_kwargs, fast_decode=self._fast_decode())
         new_ids = output[:, prompt_length:].tolist()
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
         return [cut_at_stop(text.lstrip(), stop) for text in texts]
@@ -365,61 +420,10 @@ def _warn_once(model: Any, message: str) -> None:
         logger.warning(message)
 
 
-class _AsyncChunkStream:
-    """Async iterator over a text generator whose ``next`` runs on a thread.
-
-    Not an ``async def`` generator on purpose: LangChain's ``astream`` does not close the
-    inner stream when its caller stops early, so dropping this object (``__del__``) must stop
-    generation by itself; an explicit ``aclose`` or task cancellation also waits until the
-    model is free.
-    """
-
-    def __init__(
-        self, pieces: Iterator[str], cancel: threading.Event, run_manager: AsyncCallbackManagerForLLMRun | None
-    ) -> None:
-        self._pieces = pieces
-        self._cancel = cancel
-        self._run_manager = run_manager
-        self._pending: concurrent.futures.Future[Any] | None = None
-        self._closed = False
-
-    def __aiter__(self) -> _AsyncChunkStream:
-        return self
-
-    async def __anext__(self) -> GenerationChunk:
-        if self._closed:
-            raise StopAsyncIteration
-        self._pending = _ASYNC_EXECUTOR.submit(next, self._pieces, _DONE)
-        try:
-            text = await asyncio.wrap_future(self._pending)
-        except BaseException:  # generation failed, or this task was cancelled
-            await self.aclose()
-            raise
-        if text is _DONE:
-            await self.aclose()
-            raise StopAsyncIteration
-        chunk = GenerationChunk(text=text)
-        if self._run_manager:
-            await self._run_manager.on_llm_new_token(text, chunk=chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._cancel.set()
-        closing = _ASYNC_EXECUTOR.submit(_close_when_idle, self._pieces, self._pending)
-        try:
-            await asyncio.shield(asyncio.wrap_future(closing))
-        except asyncio.CancelledError:
-            pass  # cancelled again while cleaning up: the closer still finishes on its thread
-
-    def __del__(self) -> None:
-        self._cancel.set()
-
-
-def _close_when_idle(pieces: Iterator[str], pending: concurrent.futures.Future[Any] | None) -> None:
-    """Close a text generator once no thread is inside it (a ``next`` may still be running)."""
-    if pending is not None:
-        concurrent.futures.wait([pending])
-    pieces.close()  # type: ignore[attr-defined]
+def _generation_chunks(pieces: Iterator[str]) -> Iterator[GenerationChunk]:
+    """Text pieces as ``GenerationChunk``s; closing this closes ``pieces`` (stops generation)."""
+    try:
+        for text in pieces:
+            yield GenerationChunk(text=text)
+    finally:
+        pieces.close()  # type: ignore[attr-defined]

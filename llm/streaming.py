@@ -14,13 +14,14 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from llm.fast_decode import fast_generate
+from llm.fast_decode import FastDecodeOptions, fast_generate
 from llm.per_model import PerModel
 
 WORKER_THREAD_NAME = "glmkb-generate"
@@ -166,6 +167,49 @@ class StopSequenceFilter:
         return out
 
 
+@dataclass
+class GenerationStats:
+    """Token counts and the finish reason of one streamed generation (usage reporting).
+
+    ``finish_reason`` is ``"length"`` when ``max_new_tokens`` tokens were generated without an
+    eos id or a stop sequence, else ``"stop"`` (OpenAI's vocabulary).
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    max_new_tokens: int | None = None
+    eos_ids: frozenset[int] = frozenset()
+    last_token: int | None = None
+    stopped_by_sequence: bool = False
+
+    def start(self, generate_kwargs: dict[str, Any]) -> None:
+        """Record the prompt length, token limit and eos ids of the call about to run."""
+        self.input_tokens = int(generate_kwargs["input_ids"].shape[1])
+        self.max_new_tokens = generate_kwargs.get("max_new_tokens")
+        eos = generate_kwargs.get("eos_token_id")
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    def add(self, token_id: int) -> None:
+        """Count one generated token (an eos id ends the answer and is not counted)."""
+        self.last_token = token_id
+        if token_id not in self.eos_ids:
+            self.output_tokens += 1
+
+    def stop_sequence_seen(self) -> None:
+        self.stopped_by_sequence = True
+
+    @property
+    def finish_reason(self) -> str:
+        hit_limit = self.max_new_tokens is not None and self.output_tokens >= self.max_new_tokens
+        if hit_limit and not self.stopped_by_sequence and self.last_token not in self.eos_ids:
+            return "length"
+        return "stop"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
     """``text`` up to the first occurrence of any stop sequence."""
     cuts = [i for i in (text.find(s) for s in (stop or []) if s) if i >= 0]
@@ -226,17 +270,30 @@ def model_is_busy(model: Any) -> bool:
     return model_worker(model).lock.locked()
 
 
-def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bool) -> Any:
+FastDecode = FastDecodeOptions | bool | None
+"""How a call may take the fast path: ``None``/``False`` = plain ``generate``; options (or
+``True``: the default options) = ``llm.fast_decode.fast_generate``."""
+
+
+def fast_options(fast_decode: FastDecode) -> FastDecodeOptions | None:
+    """The options of a ``fast_decode`` argument, None when it asks for plain generate."""
+    if fast_decode is None or fast_decode is False:
+        return None
+    return FastDecodeOptions() if fast_decode is True else fast_decode
+
+
+def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: FastDecode) -> Any:
     """``model.generate(**generate_kwargs)``, or its fast equivalent (``llm.fast_decode.fast_generate``)."""
-    if fast_decode:
-        return fast_generate(model, generate_kwargs, cancel_types=(CancelCriteria,))
+    options = fast_options(fast_decode)
+    if options is not None:
+        return fast_generate(model, generate_kwargs, cancel_types=(CancelCriteria,), options=options)
     return model.generate(**generate_kwargs)
 
 
-def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bool = False) -> Any:
+def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: FastDecode = None) -> Any:
     """``model.generate(**generate_kwargs)`` on the model's worker, waiting for the result.
 
-    ``fast_decode``: take the static-cache compiled path (``llm.fast_decode``) when the call allows it.
+    ``fast_decode``: take the fast path (``llm.fast_decode``) with these options where the call allows it.
     """
     result: list[Any] = []
 
@@ -254,7 +311,7 @@ def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: bo
 
 
 def stream_token_ids(
-    model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event, *, fast_decode: bool = False
+    model: Any, generate_kwargs: dict[str, Any], cancel: threading.Event, *, fast_decode: FastDecode = None
 ) -> Iterator[int]:
     """Run ``model.generate(**generate_kwargs)`` on the model's worker and yield new token ids.
 

@@ -305,3 +305,83 @@ def test_closing_stream_predict_stops_the_model(tiny_chatglm: Any) -> None:
         time.sleep(0.01)
     assert not model_is_busy(llm.model)
     assert processor.steps < 500  # stopped long before the 2000 tokens it was asked for
+
+
+# ----- Runnable stream / astream -----------------------------------------------------------
+
+
+def add_up(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    return total
+
+
+def test_stream_yields_output_chunks_as_tokens_arrive_and_they_add_up_to_invoke() -> None:
+    """Guards against ``.stream({...})`` yielding one dict at the end (Chain's default)."""
+    chain = StreamLLMChain(llm=fake_llm(ANSWER, ANSWER), prompt=PROMPT)
+    recorder = Recorder()
+    chunks = list(chain.stream({"name": "刘备"}, config={"callbacks": [recorder]}))
+    text_chunks = [c for c in chunks if "text" in c]
+    assert len(text_chunks) > 3 and all(set(c) == {"text"} for c in text_chunks)
+    assert add_up(chunks) == chain.invoke({"name": "刘备"}) == {"name": "刘备", "text": ANSWER}
+    assert [t for t in recorder.tokens if t] == [c["text"] for c in text_chunks]
+    only = list(chain.stream({"name": "刘备"}, return_only_outputs=True))
+    assert add_up(only) == {"text": ANSWER} and "name" not in only[0]
+
+
+def test_stream_first_chunk_comes_while_the_model_still_generates(tiny_chatglm: Any) -> None:
+    text = "话说天下大势，分久必合，合久必分。"
+    chain = StreamLLMChain(llm=tiny_chatglm, prompt=PROMPT, llm_kwargs={"logits_processor": [forced(tiny_chatglm, text)]})
+    recorder = Recorder()
+    stream = chain.stream({"name": "三国"}, config={"callbacks": [recorder]})
+    assert next(stream) == {"name": "三国"}
+    first = next(stream)
+    assert first["text"] and "llm_end" not in recorder.names()
+    assert add_up([first, *stream])["text"] == text
+
+
+def test_astream_chunks_add_up_to_ainvoke() -> None:
+    chain = StreamLLMChain(llm=fake_llm(ANSWER, ANSWER), prompt=PROMPT)
+
+    async def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        chunks = [c async for c in chain.astream({"name": "关羽"})]
+        return chunks, await chain.ainvoke({"name": "关羽"})
+
+    chunks, full = asyncio.run(run())
+    assert len([c for c in chunks if "text" in c]) > 3
+    assert add_up(chunks) == full
+
+
+def test_stream_with_a_parser_gives_the_parsed_output_at_the_end() -> None:
+    from langchain_classic.output_parsers import CommaSeparatedListOutputParser
+
+    chain = StreamLLMChain(llm=fake_llm("刘备,关羽,张飞"), prompt=PROMPT, output_parser=CommaSeparatedListOutputParser())
+    chunks = list(chain.stream({"name": "三兄弟"}, return_only_outputs=True))
+    assert chunks == [{"text": ["刘备", "关羽", "张飞"]}]
+
+
+def test_chat_model_with_a_system_message_fills_the_system_slot(tiny_chatglm: Any) -> None:
+    """Guards against a ChatPromptTemplate's system text reaching ChatGLM as "System: ..." text."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from llm import ChatGLMChat
+    from tests.fixtures.models import forced_chatglm
+
+    llm = forced_chatglm(tiny_chatglm, forced(tiny_chatglm, ANSWER))
+    inputs: list[str] = []
+    original = llm._generate_kwargs
+
+    def spy(prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+        out = original(prompts, kwargs)
+        inputs.append(llm.tokenizer.decode(out["input_ids"][0]))
+        return out
+
+    object.__setattr__(llm, "_generate_kwargs", spy)
+    prompt = ChatPromptTemplate.from_messages([("system", "你是三国专家。"), ("human", "请介绍{name}。")])
+    chain = StreamLLMChain(llm=ChatGLMChat(llm=llm), prompt=prompt)
+    pieces = list(chain.stream_predict(name="刘备"))
+    assert "".join(pieces) == ANSWER and len(pieces) > 1
+    assert inputs[-1] == "[gMASK]<sop><|system|>\n你是三国专家。<|user|>\n请介绍刘备。<|assistant|>"
+    llm.forced = forced(tiny_chatglm, ANSWER)
+    assert add_up(list(chain.stream({"name": "刘备"})))["text"] == ANSWER

@@ -93,6 +93,14 @@ def test_chat_template_places_system_history_and_question(tiny_chatglm: ChatGLM)
     assert tiny_chatglm.render_prompt("你好") == "[gMASK]<sop><|user|>\n你好<|assistant|>"
 
 
+def test_history_as_langchain_messages_renders_like_pairs(tiny_chatglm: ChatGLM) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    pairs = tiny_chatglm.render_prompt(QUESTION, history=[("刘备是谁？", "蜀汉昭烈帝。")])
+    messages = tiny_chatglm.render_prompt(QUESTION, history=[HumanMessage("刘备是谁？"), AIMessage("蜀汉昭烈帝。")])
+    assert messages == pairs
+
+
 def test_system_prompt_field_and_per_call_override_reach_the_model(tiny_chatglm: ChatGLM) -> None:
     """history/system_prompt per call must change the model input, not only render_prompt."""
     llm = tiny_chatglm.model_copy(update={"system_prompt": "你是三国历史专家", "max_new_tokens": 12})

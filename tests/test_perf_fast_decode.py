@@ -2,7 +2,7 @@
 
 On CPU the decode-graph loop runs its step eagerly (no capture), which checks everything but
 the capture itself: the same masks, positions, token choice and stopping as ``generate``.
-Tests force the path on CPU by patching ``llm.chatglm.unsupported_reason``.
+Tests force the path on CPU with ``FastDecodeOptions(on_cpu=True)`` (a ChatGLM field).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-import llm.chatglm
 import llm.fast_decode as fd
+import llm.fast_decode.decode_graph
+import llm.fast_decode.static_cache
 from llm import ChatGLM
+from llm.fast_decode import FastDecodeOptions
 from llm.streaming import model_is_busy, run_generate, stream_token_ids
 from tests.fixtures.models import ForcedTokens
 
@@ -31,16 +33,21 @@ def fresh_llm(tiny_glm_dir: Path) -> ChatGLM:
     return ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=24)
 
 
+ON_CPU = FastDecodeOptions(on_cpu=True)
+
+
 @pytest.fixture
-def force_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the fast path run on CPU (it is off there by default)."""
-    monkeypatch.setattr(llm.chatglm, "unsupported_reason", lambda model: None)
+def fast_llm(fresh_llm: ChatGLM) -> ChatGLM:
+    """``fresh_llm`` with the fast path allowed on CPU (it is off there by default)."""
+    return fresh_llm.model_copy(update={"fast_decode_options": ON_CPU})
 
 
-def fast_and_eager(llm_: ChatGLM, prompts: list[str], **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def fast_and_eager(
+    llm_: ChatGLM, prompts: list[str], *, options: FastDecodeOptions = ON_CPU, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     generate_kwargs = llm_._generate_kwargs(prompts, dict(kwargs))
     eager = run_generate(llm_.model, dict(generate_kwargs))
-    fast = run_generate(llm_.model, dict(generate_kwargs), fast_decode=True)
+    fast = run_generate(llm_.model, dict(generate_kwargs), fast_decode=options)
     return eager, fast
 
 
@@ -93,6 +100,45 @@ def test_fast_decode_true_where_unsupported_warns_once_and_answers(
     assert len(warnings) == 1 and "cpu" in warnings[0].getMessage()
 
 
+def test_per_model_state_reports_why_each_path_is_off(fresh_llm: ChatGLM) -> None:
+    """One per-model state says, for every path, whether it runs or why not (CPU: the device;
+    an option switched off; a path a failure turned off), so a silent drop to plain generate
+    shows in ``ChatGLM.fast_decode_report``."""
+    report = fresh_llm.fast_decode_report
+    assert set(report) == set(fd.PATHS) and all("cpu" in reason for reason in report.values())
+    off = fresh_llm.model_copy(update={"fast_decode": False}).fast_decode_report
+    assert set(off.values()) == {"fast_decode=False"}
+
+    llm_ = fresh_llm.model_copy(update={"fast_decode_options": FastDecodeOptions(on_cpu=True, fused_qkv=False)})
+    assert llm_.invoke(QUESTION)
+    report = llm_.fast_decode_report
+    assert report[fd.STATIC_CACHE] is None and report[fd.DECODE_GRAPH] is None and report[fd.PACKED_ATTENTION] is None
+    assert report[fd.FUSED_QKV] == "off by option (fused_qkv=False)"
+    assert "only on CUDA" in report[fd.PREFILL_GRAPH]
+    fd.fast_decode_state(llm_.model).off[fd.STATIC_CACHE] = "RuntimeError: inductor missing"
+    assert not llm_.fast_decode_active and "inductor" in llm_.fast_decode_report[fd.STATIC_CACHE]
+
+
+def test_fast_path_passes_the_kv_cache_by_the_keyword_this_transformers_takes(fresh_llm: ChatGLM) -> None:
+    """Guards against the fast path calling the model with ``past_key_values``, which
+    transformers 5.24 deprecates ("will be removed in version 5.40.0 for GlmForCausalLM.forward"):
+    after such an upgrade every fast path would turn itself off and decoding drop to ~30 tok/s."""
+    import inspect
+    import warnings
+
+    takes_cache = "cache" in inspect.signature(type(fresh_llm.model).forward).parameters
+    assert fd.cache_kwarg(fresh_llm.model) == ("cache" if takes_cache else "past_key_values")
+    eos = fresh_llm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    processor = ForcedTokens(fresh_llm.tokenizer.encode("话说天下", add_special_tokens=False), eos_id=eos)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast_and_eager(fresh_llm, [QUESTION, "刘备"])  # decode graph and its prompt pass
+        run_generate(fresh_llm.model, fresh_llm._generate_kwargs([QUESTION], {"logits_processor": [processor]}),
+                     fast_decode=ON_CPU)  # generate on a static cache
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert not fd.fast_decode_state(fresh_llm.model).off
+
+
 # ----- the decode-graph loop computes what generate computes ---------------------------------
 
 
@@ -108,7 +154,7 @@ def test_fast_decode_true_where_unsupported_warns_once_and_answers(
 def test_graph_loop_matches_generate(fresh_llm: ChatGLM, prompts: list[str], options: dict[str, Any]) -> None:
     eager, fast = fast_and_eager(fresh_llm, prompts, **options)
     assert torch.equal(eager, fast)
-    assert fd.graph_states(fresh_llm.model).graphs, "the call must have taken the graph loop"
+    assert fd.fast_decode_state(fresh_llm.model).graphs, "the call must have taken the graph loop"
 
 
 def _repeated_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -163,7 +209,7 @@ def test_decode_steps_use_packed_attention_and_restore_the_config(
         calls.append(tuple(query.shape))
         return real(module, query, *args, **kwargs)
 
-    fd._register_decode_attention()
+    fd.register_decode_attention()
     from transformers import AttentionInterface
 
     monkeypatch.setitem(AttentionInterface._global_mapping, fd.DECODE_ATTENTION, spy)
@@ -185,7 +231,7 @@ def test_fused_qkv_weights_are_views_of_one_tensor_and_decode_takes_one_projecti
     before = {k: v.clone() for k, v in model.state_dict().items()}
     eager, fast = fast_and_eager(fresh_llm, [QUESTION, "刘备"], min_new_tokens=24)
     assert torch.equal(eager, fast)
-    fused = fd.graph_states(model).fused
+    fused = fd.fast_decode_state(model).fused
     assert fused is not None and len(fused) == model.config.num_hidden_layers
     for f in fused:
         assert f.intact() and f.module.q_proj is f.originals[0]  # the stand-ins are put back after each step
@@ -200,7 +246,7 @@ def test_fused_qkv_weights_are_views_of_one_tensor_and_decode_takes_one_projecti
         return real_linear(x, weight, bias)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fd.F, "linear", counting_linear)
+        mp.setattr(torch.nn.functional, "linear", counting_linear)
         run_generate(model, fresh_llm._generate_kwargs([QUESTION], {"min_new_tokens": 24}), fast_decode=True)
     assert calls["fused"] == 23 * model.config.num_hidden_layers  # one per layer per one-token step
 
@@ -246,7 +292,8 @@ def test_compiled_decode_step_has_one_qkv_gemv_per_layer_and_no_repeated_kv(fres
     with torch.inference_mode():
         for name in ("eager", "compiled"):
             g = fd.build_decode_graph(model, (1, 64), sampling, capture=False, fused=fused)
-            model(input_ids=torch.tensor([[5, 6, 7, 8]]), past_key_values=g.cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=torch.tensor([[5, 6, 7, 8]]), **{fd.cache_kwarg(model): g.cache}, use_cache=True,
+                  logits_to_keep=1)
             g.mask[:, 0, 0, :4] = True
             g.cur.fill_(4)
             g.token.fill_(9)
@@ -283,15 +330,15 @@ def test_sampling_in_graph_loop_varies_and_stays_in_vocabulary(fresh_llm: ChatGL
     assert all(0 <= t < vocab for out in outs for t in out)
 
 
-def test_fast_stream_is_the_same_text_and_batch_the_same_answers(fresh_llm: ChatGLM, force_fast: None) -> None:
-    fast = fresh_llm.model_copy(update={"fast_decode": None})
+def test_fast_stream_is_the_same_text_and_batch_the_same_answers(fresh_llm: ChatGLM, fast_llm: ChatGLM) -> None:
+    fast = fast_llm
     eager = fresh_llm.model_copy(update={"fast_decode": False})
     assert fast.fast_decode_active
     chunks = list(fast.stream(QUESTION))
     assert len(chunks) > 1 and "".join(chunks) == eager.invoke(QUESTION)
     prompts = [QUESTION, "刘备是谁？诸葛亮呢？"]
     assert fast.batch(prompts) == eager.batch(prompts)
-    assert fd.graph_states(fresh_llm.model).graphs
+    assert fd.fast_decode_state(fresh_llm.model).graphs
 
 
 def test_closing_a_fast_stream_stops_generation(fresh_llm: ChatGLM) -> None:
@@ -302,37 +349,41 @@ def test_closing_a_fast_stream_stops_generation(fresh_llm: ChatGLM) -> None:
     first = [next(ids), next(ids)]
     ids.close()
     assert len(first) == 2 and cancel.is_set() and not model_is_busy(fresh_llm.model)
-    (graph,) = fd.graph_states(fresh_llm.model).graphs.values()
+    (graph,) = fd.fast_decode_state(fresh_llm.model).graphs.values()
     # The cache position tells how many tokens were decoded: far fewer than the 500 asked for.
     assert int(graph.cur) < prompt + 50
 
 
-def test_calls_with_logits_processors_take_generate_with_static_cache(fresh_llm: ChatGLM, force_fast: None) -> None:
+def test_calls_with_logits_processors_take_generate_with_static_cache(fast_llm: ChatGLM) -> None:
     text = "话说天下大势"
-    eos = fresh_llm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    processor = ForcedTokens(fresh_llm.tokenizer.encode(text, add_special_tokens=False), eos_id=eos)
-    assert fresh_llm.invoke(QUESTION, logits_processor=[processor]) == text
-    assert not fd.graph_states(fresh_llm.model).graphs
-    state = fd.fast_decode_state(fresh_llm.model)
-    assert len(state.caches) == 1 and state.disabled_reason is None
+    eos = fast_llm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    processor = ForcedTokens(fast_llm.tokenizer.encode(text, add_special_tokens=False), eos_id=eos)
+    assert fast_llm.invoke(QUESTION, logits_processor=[processor]) == text
+    state = fd.fast_decode_state(fast_llm.model)
+    assert not state.graphs
+    assert len(state.caches) == 1 and not state.off
 
 
 def test_graph_build_failure_falls_back_once_with_a_warning(
-    fresh_llm: ChatGLM, force_fast: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    fast_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A compile/capture failure must not fail the call: warn once, then use generate for good."""
-    expected = fresh_llm.model_copy(update={"fast_decode": False}).invoke(QUESTION)
+    """A compile/capture failure must not fail the call: warn once, then use generate for good,
+    and the model's state says why the decode graph is off."""
+    expected = fast_llm.model_copy(update={"fast_decode": False}).invoke(QUESTION)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("capture not permitted")
 
-    monkeypatch.setattr(fd, "build_decode_graph", broken)
+    monkeypatch.setattr(llm.fast_decode.decode_graph, "build_decode_graph", broken)
     with caplog.at_level(logging.WARNING, logger="llm.fast_decode"):
-        answers = [fresh_llm.invoke(QUESTION), fresh_llm.invoke(QUESTION)]
+        answers = [fast_llm.invoke(QUESTION), fast_llm.invoke(QUESTION)]
     assert answers == [expected, expected]
     warnings = [r for r in caplog.records if "decode graph unavailable" in r.getMessage()]
     assert len(warnings) == 1 and "capture not permitted" in warnings[0].getMessage()
-    assert "capture not permitted" in fd.graph_states(fresh_llm.model).disabled_reason
+    assert "capture not permitted" in fd.fast_decode_state(fast_llm.model).off[fd.DECODE_GRAPH]
+    report = fast_llm.fast_decode_report
+    assert "capture not permitted" in report[fd.DECODE_GRAPH] and report[fd.STATIC_CACHE] is None
+    assert "decode graph is off" in report[fd.PACKED_ATTENTION]
 
 
 def test_compiled_generate_warm_up_failure_falls_back_to_eager(
@@ -341,7 +392,7 @@ def test_compiled_generate_warm_up_failure_falls_back_to_eager(
     def broken(*args: Any, **kwargs: Any) -> float:
         raise RuntimeError("inductor missing a compiler")
 
-    monkeypatch.setattr(fd, "warm_up", broken)
+    monkeypatch.setattr(llm.fast_decode.static_cache, "warm_up", broken)
     kwargs = fresh_llm._generate_kwargs([QUESTION], {})
     with caplog.at_level(logging.WARNING, logger="llm.fast_decode"):
         assert fd.with_fast_decode(fresh_llm.model, kwargs) is kwargs
@@ -358,15 +409,33 @@ def test_captured_decode_graph_matches_generate_on_cuda(tiny_glm_dir: Path) -> N
     llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="float32", temperature=0.0, max_new_tokens=24)
     assert llm_.fast_decode_active
     for prompts in ([QUESTION], [QUESTION, "话说天下大势，分久必合，合久必分。"]):
-        eager, fast = fast_and_eager(llm_, prompts)
+        eager, fast = fast_and_eager(llm_, prompts, options=FastDecodeOptions())
         assert torch.equal(eager[:, :-20], fast[:, :-20])  # the prompt, then the first new tokens
         agree = (eager[:, -24:] == fast[:, -24:]).float().mean().item()
         assert agree > 0.9  # compiled kernels may round differently late in a random model's output
-    states = fd.graph_states(llm_.model)
-    assert states.disabled_reason is None and all(g.graph is not None for g in states.graphs.values())
+    states = fd.fast_decode_state(llm_.model)
+    assert not states.off and all(g.graph is not None for g in states.graphs.values())
     assert len(states.capture_times) == 2
     chunks = list(llm_.stream(QUESTION))
     assert len(chunks) > 1 and len(states.capture_times) == 2  # the stream reused the batch-1 graph
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_fast_path_is_on_on_cuda(tiny_glm_dir: Path) -> None:
+    """Fails when any part of the fast path is off on a CUDA GPU (e.g. after a transformers
+    upgrade changed the model's forward): the report names the part and the reason."""
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="float32", temperature=0.0, max_new_tokens=8)
+    assert llm_.fast_decode_active
+    assert llm_.invoke(QUESTION, min_new_tokens=8) is not None  # builds and captures every path
+    eos = llm_.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    processor = ForcedTokens(llm_.tokenizer.encode("话说天下", add_special_tokens=False), eos_id=eos)
+    assert llm_.invoke(QUESTION, logits_processor=[processor]) == "话说天下"  # the static-cache generate path
+    report = llm_.fast_decode_report
+    assert report == dict.fromkeys(fd.PATHS), report
+    state = fd.fast_decode_state(llm_.model)
+    assert state.graphs and all(g.graph is not None for g in state.graphs.values())
+    assert all(g.prefills for g in state.graphs.values()) and state.warmups
 
 
 # ----- the prompt pass in buckets ----------------------------------------------------------
@@ -381,19 +450,17 @@ def test_captured_decode_graph_matches_generate_on_cuda(tiny_glm_dir: Path) -> N
         ([QUESTION], {"max_new_tokens": 1}),
     ],
 )
-def test_bucketed_prompt_pass_matches_generate(
-    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, prompts: list[str], options: dict[str, Any]
-) -> None:
+def test_bucketed_prompt_pass_matches_generate(fresh_llm: ChatGLM, prompts: list[str], options: dict[str, Any]) -> None:
     """The captured prompt pass's arithmetic, run eagerly: right padding to the bucket, the 4D
     mask, positions, the logits at the last real position and the cache's write position."""
-    monkeypatch.setattr(fd, "PREFILL_GRAPHS_ON_CPU", True)
-    eager, fast = fast_and_eager(fresh_llm, prompts, **options)
+    bucketed = FastDecodeOptions(on_cpu=True, bucketed_prefill_on_cpu=True)
+    eager, fast = fast_and_eager(fresh_llm, prompts, options=bucketed, **options)
     assert torch.equal(eager, fast)
-    (g,) = fd.graph_states(fresh_llm.model).graphs.values()
+    (g,) = fd.fast_decode_state(fresh_llm.model).graphs.values()
     assert list(g.prefills) == [fd.MIN_PREFILL_BUCKET]
-    eager, fast = fast_and_eager(fresh_llm, [p * 30 for p in prompts], **options)  # a longer bucket, same graph
+    eager, fast = fast_and_eager(fresh_llm, [p * 30 for p in prompts], options=bucketed, **options)  # longer bucket
     assert torch.equal(eager, fast)
-    assert len(g.prefills) == 2 and fd.graph_states(fresh_llm.model).prefill_disabled_reason is None
+    assert len(g.prefills) == 2 and fd.PREFILL_GRAPH not in fd.fast_decode_state(fresh_llm.model).off
 
 
 def test_prefill_buckets() -> None:

@@ -11,7 +11,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.language_models import FakeStreamingListLLM, GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.retrievers import BaseRetriever
 
 from chains import (
@@ -26,7 +26,8 @@ from chains import (
     Sources,
     Token,
 )
-from chains.token_budget import normalize_history, truncate_to_tokens
+from chains.history import normalize_history, to_messages
+from chains.token_budget import truncate_to_tokens
 
 
 def char_tokens(text: str) -> list[int]:
@@ -249,6 +250,67 @@ def test_gradio_message_history_is_accepted() -> None:
     assert normalize_history(history) == [("张飞是谁？", "刘备的结义兄弟。")]
     with pytest.raises(ValueError, match="history must be"):
         normalize_history([42])
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [("张飞是谁？", "刘备的结义兄弟。")],
+        [HumanMessage("张飞是谁？"), AIMessage("刘备的结义兄弟。")],
+        [{"role": "user", "content": "张飞是谁？"}, {"role": "assistant", "content": "刘备的结义兄弟。"}],
+    ],
+    ids=["pairs", "messages", "dicts"],
+)
+def test_every_history_format_condenses_the_same(history: list[Any]) -> None:
+    """Guards against ``normalize_history`` rejecting LangChain's own HumanMessage/AIMessage."""
+    recorder = PromptRecorder()
+    llm = FakeStreamingListLLM(responses=["张飞为什么鞭打督邮？", "答"], custom_get_token_ids=char_tokens)
+    list(make_chain(llm).stream_answer("他为什么打人？", history=history, callbacks=[recorder]))
+    assert "用户：张飞是谁？\n助手：刘备的结义兄弟。" in recorder.prompts[0][0]
+
+
+def test_to_messages_converts_every_format_in_one_place() -> None:
+    expected = [HumanMessage("问"), AIMessage("答")]
+    assert to_messages([("问", "答")]) == expected
+    assert to_messages([["问", "答"], ("当前问题", None)]) == expected  # unanswered question dropped
+    assert to_messages([{"role": "user", "content": [{"type": "text", "text": "问"}]},
+                        {"role": "assistant", "content": "答"}]) == expected
+    assert to_messages([SystemMessage("系统"), *expected]) == [SystemMessage("系统"), *expected]
+    assert to_messages(None) == []
+    assert normalize_history([SystemMessage("系统"), *expected]) == [("问", "答")]
+
+
+def test_chat_model_with_a_system_prompt_gets_it_in_the_system_slot(tiny_chatglm: Any) -> None:
+    """KnowledgeBaseQAChain with ChatGLMChat and a ChatPromptTemplate: the system text reaches
+    the template's <|system|> slot (not "System: ..." user text), history as messages."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from llm import ChatGLMChat
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
+
+    tok = tiny_chatglm.tokenizer
+    answer = "刘备、关羽、张飞。"
+    llm = forced_chatglm(tiny_chatglm, ForcedTokens(tok.encode(answer, add_special_tokens=False),
+                                                    eos_id=tok.eos_token_id))
+    seen: list[str] = []
+    original = llm._generate_kwargs
+
+    def spy(prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
+        out = original(prompts, kwargs)
+        seen.append(tok.decode(out["input_ids"][0]))
+        return out
+
+    object.__setattr__(llm, "_generate_kwargs", spy)
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "你只依据已知信息回答。"), ("human", "已知信息：\n{context}\n\n问题：{question}")]
+    )
+    chain = make_chain(ChatGLMChat(llm=llm), prompt=prompt)
+    events = list(chain.stream_answer("桃园结义的三兄弟是谁？"))
+    assert events[-1].text == answer and len([e for e in events if isinstance(e, Token)]) > 1
+    assert seen[-1].startswith("[gMASK]<sop><|system|>\n你只依据已知信息回答。<|user|>\n已知信息：")
+    assert "System:" not in seen[-1]
+    # The token budget measures exactly that input (chat template included).
+    assert chain.render_prompt([_doc(s) for s in events[-1].sources], events[-1].question) == seen[-1]
 
 
 def test_history_is_trimmed_oldest_first_to_fit() -> None:

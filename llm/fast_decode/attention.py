@@ -1,0 +1,198 @@
+"""Attention kernels of the decode step: packed grouped-query attention and fused q/k/v.
+
+Two costs of the model's own forward, measured per layer of a ChatGLM3-6B-shaped model on an
+H100 (``python -m bench.kernels``, docs/PERFORMANCE.md), that the decode step avoids:
+
+- Attention of one new token. ChatGLM3-6B has 32 query heads sharing 2 K/V heads; compiled,
+  transformers repeats K/V per query head and runs SDPA with a mask over the whole static cache.
+  Here the query heads of a token are packed onto their K/V head, ``(B, H, 1, D)`` ->
+  ``(B, KV, H/KV, D)``, and attention is two small batched matmuls around a masked float32
+  softmax, which Inductor compiles into a few kernels: K/V are read once, never copied.
+- q/k/v projections. Three GEMVs over the same input, two of them tiny (256 rows), cost nearly
+  twice one GEMV over the concatenated weights. ``fuse_qkv_weights`` lays the three weights out
+  as row blocks of one tensor, in place (same values, no extra memory); during the decode step the
+  attention module's q_proj computes all three at once and k_proj / v_proj hand on their parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llm.fast_decode.state import FUSED_QKV, FastDecodeState
+
+logger = logging.getLogger(__name__)
+
+DECODE_ATTENTION = "glmkb_packed_attention"
+_registered = threading.Lock()
+
+
+def packed_gqa_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except for one query token per row: then the query heads
+    attend packed onto their K/V head, ``(B, KV, H/KV, D)`` against K/V as they are (same result)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    batch, heads, q_length, dim = query.shape
+    packable = (
+        q_length == 1
+        and key.shape[1] * groups == heads
+        and dropout == 0.0
+        and (attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1))
+        and all(kwargs.get(name) is None for name in ("position_bias", "softcap", "sliding_window", "s_aux"))
+    )
+    if not packable:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scale = dim**-0.5 if scaling is None else scaling
+    packed = query.reshape(batch, key.shape[1], groups, dim)
+    scores = torch.matmul(packed, key.transpose(-1, -2)).float() * scale  # (B, KV, H/KV, L)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[2]]
+        scores = scores.masked_fill(~mask, -torch.inf) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)  # (B, KV, H/KV, D)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def register_decode_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    with _registered:
+        if DECODE_ATTENTION not in AttentionInterface._global_mapping:
+            AttentionInterface.register(DECODE_ATTENTION, packed_gqa_attention)
+            AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+class FusedQKV:
+    """One attention module's q/k/v weights as row blocks of one tensor, and the three stand-in
+    projections that compute them with one GEMV during the decode step."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.originals = (module.q_proj, module.k_proj, module.v_proj)
+        self.sizes = [p.out_features for p in self.originals]
+        with torch.inference_mode(False), torch.no_grad():
+            self.weight = torch.cat([p.weight for p in self.originals])
+            self.bias = None if self.originals[0].bias is None else torch.cat([p.bias for p in self.originals])
+            for p, part in zip(self.originals, self.weight.split(self.sizes), strict=True):
+                p.weight.data = part
+            if self.bias is not None:
+                for p, part in zip(self.originals, self.bias.split(self.sizes), strict=True):
+                    p.bias.data = part
+        self.pending: list[torch.Tensor] = []
+        self.stand_ins = tuple(_ProjectionPart(self, i) for i in range(3))
+
+    def swap(self, *, fused: bool) -> None:
+        """Put the stand-ins (``fused=True``) or the original projections on the module."""
+        if fused and not self.intact():
+            raise RuntimeError("fused q/k/v: the model's q/k/v weights were replaced after they were fused")
+        for name, proj in zip(("q_proj", "k_proj", "v_proj"), self.stand_ins if fused else self.originals,
+                              strict=True):
+            setattr(self.module, name, proj)
+        self.pending.clear()
+
+    def intact(self) -> bool:
+        """Whether the projections still read the fused tensor (``model.to(...)`` replaces them)."""
+        offsets = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
+        stride = self.weight.stride(0) * self.weight.element_size()
+        return all(
+            p.weight.data_ptr() == self.weight.data_ptr() + offset * stride
+            and (self.bias is None or p.bias.data_ptr() == self.bias.data_ptr() + offset * self.bias.element_size())
+            for p, offset in zip(self.originals, offsets, strict=True)
+        )
+
+
+class _ProjectionPart(torch.nn.Module):
+    """Stands in for q_proj (``index`` 0: computes q, k and v at once), k_proj or v_proj (1, 2:
+    hand on what q_proj computed from the same input). Any other call order raises, so a model
+    whose attention calls them differently falls back instead of computing something else."""
+
+    def __init__(self, fused: FusedQKV, index: int) -> None:
+        super().__init__()
+        self.fused = fused
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused
+        if self.index == 0:
+            q, k, v = F.linear(x, fused.weight, fused.bias).split(fused.sizes, dim=-1)
+            fused.pending[:] = [x, k, v]
+            return q
+        if len(fused.pending) != 4 - self.index or fused.pending[0] is not x:
+            raise RuntimeError("fused q/k/v: the attention did not call q_proj, k_proj, v_proj in order on one input")
+        part = fused.pending.pop(1)
+        if self.index == 2:
+            fused.pending.clear()
+        return part
+
+
+def fusable_qkv(module: torch.nn.Module) -> bool:
+    """Whether ``module`` has plain Linear q/k/v projections of one input, dtype and device."""
+    projections = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+    if not all(type(p) is torch.nn.Linear for p in projections):
+        return False
+    first = projections[0]
+    return all(
+        p.in_features == first.in_features
+        and p.weight.dtype == first.weight.dtype
+        and p.weight.device == first.weight.device
+        and (p.bias is None) == (first.bias is None)
+        and not torch.nn.utils.parametrize.is_parametrized(p)
+        for p in projections
+    )
+
+
+def fuse_qkv_weights(model: torch.nn.Module) -> list[FusedQKV]:
+    """Fuse the q/k/v weights of every attention module that allows it (in place, same values)."""
+    return [FusedQKV(m) for m in model.modules() if fusable_qkv(m)]
+
+
+@contextmanager
+def decode_forward(config: Any, fused: list[FusedQKV], *, packed: bool = True) -> Iterator[None]:
+    """Run the block with packed attention (``packed`` and the model uses "sdpa") and with the
+    fused q/k/v stand-ins in place; everything is put back after. Python-only: a CUDA graph
+    keeps the kernels it captured inside the block."""
+    pack = packed and getattr(config, "_attn_implementation", None) == "sdpa"
+    if pack:
+        register_decode_attention()
+        config._attn_implementation = DECODE_ATTENTION
+    for f in fused:
+        f.swap(fused=True)
+    try:
+        yield
+    finally:
+        for f in fused:
+            f.swap(fused=False)
+        if pack:
+            config._attn_implementation = "sdpa"
+
+
+def fuse_once(model: Any, state: FastDecodeState) -> list[FusedQKV]:
+    """The model's fused q/k/v (fused on the first call, before any compiled code has seen its
+    parameters); on failure, e.g. no GPU memory for one layer's fused copy, the decode step
+    keeps three GEMVs and ``state.off`` says why."""
+    if state.fused is None:
+        try:
+            state.fused = fuse_qkv_weights(model)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            state.fused = []
+            state.off[FUSED_QKV] = f"{type(e).__name__}: {e}"
+            logger.warning("could not fuse the q/k/v weights of %s, decoding with three projections: %s",
+                           type(model).__name__, e)
+    return state.fused

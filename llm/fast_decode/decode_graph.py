@@ -1,0 +1,364 @@
+"""The decode graph: one captured CUDA graph per token.
+
+``generate`` spends several milliseconds of Python per token (input preparation, masks,
+processors, criteria) and waits for the GPU at every step, so the GPU idles in between.
+``graph_generate`` runs the prompt eagerly, then replays one captured CUDA graph per token
+(the compiled forward, the next-token choice and every state update on the GPU), and reads
+each token back one step late, while the next step already runs.
+
+Each graph is built per shape key ``(batch, bucketed cache length)``, sampling kind and
+options (packed attention, fused q/k/v), kept in the model's ``FastDecodeState`` (least
+recently used beyond ``MAX_CACHES_PER_MODEL`` freed). On CPU the same step runs uncaptured.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
+from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
+from llm.fast_decode.prefill import prefill
+from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
+from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
+
+logger = logging.getLogger(__name__)
+
+MAX_EOS_IDS = 8  # the graph's eos buffer; ids are repeated to fill it
+GRAPH_OPTIONS = frozenset(
+    {"input_ids", "attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p",
+     "top_k", "repetition_penalty", "eos_token_id", "pad_token_id", "streamer", "stopping_criteria",
+     "logits_processor"}
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: the part of a call that shapes the decode graph."""
+
+    do_sample: bool
+    top_k: int | None
+    penalty: bool
+
+
+@dataclass
+class DecodeGraph:
+    """Static buffers of one shape key and the CUDA graph that advances them by one token."""
+
+    cache: Any
+    token: torch.Tensor  # (B, 1) the last chosen token, input of the next step
+    cur: torch.Tensor  # (1,) cache position of the next token
+    pads: torch.Tensor  # (B, 1) left padding of each row
+    mask: torch.Tensor  # (B, 1, 1, L) positions each row may attend to
+    eos: torch.Tensor  # (E,) eos ids
+    allow_eos: torch.Tensor  # () False while min_new_tokens is not reached
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    penalty: torch.Tensor
+    seen: torch.Tensor | None  # (B, V) tokens seen, for the repetition penalty
+    forward: Any
+    sampling: Sampling
+    config: Any = None  # the model's config: decode_step switches its attention implementation
+    packed: bool = True  # decode steps use packed GQA attention (where the model uses "sdpa")
+    fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
+    prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
+    graph: Any = None
+    capture_s: float = 0.0
+
+
+def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
+    """Whether ``generate`` keyword arguments are all ones the graph loop implements."""
+    if set(kwargs) - GRAPH_OPTIONS or kwargs.get("logits_processor"):
+        return False
+    eos = kwargs.get("eos_token_id")
+    if isinstance(eos, list) and len(eos) > MAX_EOS_IDS:
+        return False
+    criteria = kwargs.get("stopping_criteria") or []
+    return all(isinstance(c, stopping_types) for c in criteria)
+
+
+def resolve_sampling(model: Any, kwargs: dict[str, Any]) -> tuple[Sampling, dict[str, float]]:
+    """The sampling settings of a call, with ``generation_config`` filling what the call leaves out."""
+    config = model.generation_config
+
+    def value(name: str, default: Any) -> Any:
+        given = kwargs.get(name, None)
+        if given is None:
+            given = getattr(config, name, None)
+        return default if given is None else given
+
+    do_sample = bool(value("do_sample", False))
+    top_k = int(value("top_k", 0)) if do_sample else 0
+    penalty = float(value("repetition_penalty", 1.0))
+    scalars = {"temperature": float(value("temperature", 1.0)) or 1.0, "top_p": float(value("top_p", 1.0)),
+               "penalty": penalty}
+    return Sampling(do_sample, top_k or None, penalty != 1.0), scalars
+
+
+def choose_tokens(logits: torch.Tensor, g: DecodeGraph) -> torch.Tensor:
+    """Next token per row from ``(B, V)`` float logits: penalty, eos suppression, then argmax or
+    temperature / top-k / top-p sampling (the order of transformers' processors)."""
+    if g.seen is not None:
+        penalised = torch.where(logits > 0, logits / g.penalty, logits * g.penalty)
+        logits = torch.where(g.seen, penalised, logits)
+    eos_logits = logits.index_select(1, g.eos)
+    logits = logits.index_copy(1, g.eos, torch.where(g.allow_eos, eos_logits, torch.full_like(eos_logits, -torch.inf)))
+    if not g.sampling.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits / g.temperature
+    if g.sampling.top_k:
+        kth = torch.topk(logits, min(g.sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - g.top_p)
+    remove[:, -1] = False  # keep at least the best token
+    logits = logits.masked_fill(remove.scatter(1, order, remove), -torch.inf)
+    probs = logits.softmax(dim=-1)
+    # Exponential-race sampling (argmax of p / E, E ~ Exp(1)) needs no host sync, unlike multinomial.
+    noise = torch.empty_like(probs).exponential_().clamp_(min=1e-10)
+    return (probs / noise).argmax(dim=-1)
+
+
+def decode_step(g: DecodeGraph) -> None:
+    """Advance every buffer by one token (this is what the CUDA graph holds)."""
+    g.mask.index_fill_(3, g.cur, True)
+    with decode_forward(g.config, g.fused, packed=g.packed):
+        logits = g.forward(g.token, g.cur - g.pads, g.mask)
+    chosen = choose_tokens(logits, g)
+    g.token.copy_(chosen.unsqueeze(1))
+    if g.seen is not None:
+        g.seen.scatter_(1, g.token, True)
+    g.cur.add_(1)
+
+
+def make_forward(model: Any, cache: Any) -> Any:
+    """The model's one-token forward on ``cache``, returning float logits of the last position."""
+    name = cache_kwarg(model)
+
+    def forward(token: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=token, position_ids=position_ids, attention_mask=mask, **{name: cache},
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
+
+    return forward
+
+
+def build_decode_graph(
+    model: Any,
+    key: tuple[int, int],
+    sampling: Sampling,
+    *,
+    capture: bool,
+    fused: list[FusedQKV] | None = None,
+    packed: bool = True,
+) -> DecodeGraph:
+    """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
+    step (compile errors fall back to the eager forward; capture errors propagate)."""
+    from transformers import StaticCache
+
+    batch, length = key
+    device = model.device
+    cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    g = DecodeGraph(
+        cache=cache,
+        token=torch.zeros((batch, 1), dtype=torch.long, device=device),
+        cur=torch.zeros(1, dtype=torch.long, device=device),
+        pads=torch.zeros((batch, 1), dtype=torch.long, device=device),
+        mask=torch.zeros((batch, 1, 1, length), dtype=torch.bool, device=device),
+        eos=torch.zeros(MAX_EOS_IDS, dtype=torch.long, device=device),
+        allow_eos=torch.ones((), dtype=torch.bool, device=device),
+        temperature=torch.ones((), dtype=torch.float32, device=device),
+        top_p=torch.ones((), dtype=torch.float32, device=device),
+        penalty=torch.ones((), dtype=torch.float32, device=device),
+        seen=torch.zeros((batch, vocab), dtype=torch.bool, device=device) if sampling.penalty else None,
+        forward=make_forward(model, cache),
+        sampling=sampling,
+        config=model.config,
+        fused=list(fused or []),
+        packed=packed,
+    )
+    if not capture:
+        return g
+    # Prefill the cache once so the forward sees its real (lazily allocated) tensors.
+    started = time.perf_counter()
+    dummy = torch.zeros((batch, 1), dtype=torch.long, device=device)
+    model(input_ids=dummy, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)
+    g.cur.fill_(1)
+    raise_recompile_limit()
+    try:
+        compiled = torch.compile(g.forward, dynamic=False)
+        g.forward = compiled
+        _warm_steps(g)
+    except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
+        logger.warning("torch.compile of the decode step failed, capturing it uncompiled: %s", e)
+        g.forward = make_forward(model, cache)
+        _reset_graph_state(g, cur=1)
+        _warm_steps(g)
+    _reset_graph_state(g, cur=1)
+    try:
+        g.graph = _capture(g)
+    except Exception as e:  # e.g. a host sync inside the compiled code: capture the eager forward
+        logger.warning("capturing the compiled decode step failed, capturing it uncompiled: %s", e)
+        g.forward = make_forward(model, cache)
+        _reset_graph_state(g, cur=1)
+        _warm_steps(g)
+        _reset_graph_state(g, cur=1)
+        g.graph = _capture(g)
+    g.capture_s = time.perf_counter() - started
+    return g
+
+
+def _capture(g: DecodeGraph) -> Any:
+    return capture_graph(lambda: decode_step(g))
+
+
+def _warm_steps(g: DecodeGraph) -> None:
+    warm_up_on_side_stream(lambda: decode_step(g), times=3)
+
+
+def _reset_graph_state(g: DecodeGraph, *, cur: int) -> None:
+    g.cur.fill_(cur)
+    g.mask.zero_()
+    for layer in g.cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.cumulative_length.fill_(cur)
+
+
+class GraphUnavailable(RuntimeError):
+    """Building or capturing the decode graph failed; ``generate`` must do this call."""
+
+
+def cached_decode_graph(
+    model: Any, key: tuple[int, int], sampling: Sampling, options: FastDecodeOptions
+) -> DecodeGraph:
+    """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
+    state = fast_decode_state(model)
+    fused = fuse_once(model, state) if options.fused_qkv else []
+    full_key = (*key, sampling, options.packed_attention, bool(fused))
+    g = state.graphs.pop(full_key, None)
+    if g is None:
+        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
+                               packed=options.packed_attention)
+        if g.graph is not None:
+            state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
+            logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)
+    state.graphs[full_key] = g
+    while len(state.graphs) > MAX_CACHES_PER_MODEL:
+        state.graphs.popitem(last=False)
+    return g
+
+
+def graph_generate(
+    model: Any, kwargs: dict[str, Any], *, cancel_events: list[threading.Event], options: FastDecodeOptions
+) -> torch.Tensor:
+    """What ``model.generate(**kwargs)`` returns (prompt + new ids, pad after eos), through the
+    decode graph. ``kwargs["streamer"]`` (if any) gets each new token as generate would give it;
+    generation stops early once every row produced an eos id or any ``cancel_events`` is set."""
+    input_ids = kwargs["input_ids"]
+    attention_mask = kwargs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    batch, prompt = input_ids.shape
+    max_new = int(kwargs.get("max_new_tokens") or 20)
+    min_new = int(kwargs.get("min_new_tokens") or 0)
+    eos = kwargs.get("eos_token_id")
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    pad = kwargs.get("pad_token_id")
+    pad = eos_ids[0] if pad is None and eos_ids else (pad or 0)
+    streamer = kwargs.get("streamer")
+    sampling, scalars = resolve_sampling(model, kwargs)
+    key = shape_key(model, kwargs)
+    try:
+        g = cached_decode_graph(model, key, sampling, options)
+    except Exception as e:  # compile/capture failed: the caller falls back to generate
+        raise GraphUnavailable(f"{type(e).__name__}: {e}") from e
+
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    # The prompt pass, then every buffer the decode graph reads.
+    logits = prefill(model, g, input_ids, attention_mask, options=options)
+    g.mask.zero_()
+    g.mask[:, 0, 0, :prompt] = attention_mask.bool()
+    g.pads.copy_((prompt - attention_mask.long().sum(-1, keepdim=True)))
+    g.cur.fill_(prompt)
+    listed = (eos_ids or [pad]) * MAX_EOS_IDS
+    g.eos.copy_(torch.tensor(listed[:MAX_EOS_IDS], dtype=torch.long))
+    g.allow_eos.fill_(min_new <= 0 or not eos_ids)
+    g.temperature.fill_(scalars["temperature"])
+    g.top_p.fill_(scalars["top_p"])
+    g.penalty.fill_(scalars["penalty"])
+    if g.seen is not None:
+        g.seen.zero_()
+        g.seen.scatter_(1, input_ids, True)
+    first = choose_tokens(logits, g)
+    g.token.copy_(first.unsqueeze(1))
+    if g.seen is not None:
+        g.seen.scatter_(1, g.token, True)
+    return _decode_loop(g, input_ids, batch=batch, max_new=max_new, min_new=min_new, eos_ids=set(eos_ids), pad=pad,
+                        streamer=streamer, cancel_events=cancel_events)
+
+
+def _decode_loop(
+    g: DecodeGraph, input_ids: torch.Tensor, *, batch: int, max_new: int, min_new: int, eos_ids: set[int], pad: int,
+    streamer: Any, cancel_events: list[threading.Event],
+) -> torch.Tensor:
+    cuda = g.graph is not None
+    slots = [torch.empty((batch, 1), dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+    events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+    new_ids: list[list[int]] = []
+    finished = [False] * batch
+
+    def fetch(step: int) -> None:
+        slot = step % 2
+        slots[slot].copy_(g.token, non_blocking=cuda)
+        if cuda:
+            events[slot].record()
+
+    def take(step: int) -> bool:
+        """Hand token ``step`` on; True when generation should stop after it."""
+        slot = step % 2
+        if cuda:
+            events[slot].synchronize()
+        row_ids = slots[slot].view(-1).tolist()
+        row_ids = [pad if done else t for t, done in zip(row_ids, finished, strict=True)]
+        new_ids.append(row_ids)
+        if streamer is not None:
+            streamer.put(torch.tensor(row_ids))
+        for i, t in enumerate(row_ids):
+            if t in eos_ids:
+                finished[i] = True
+        return all(finished) or any(e.is_set() for e in cancel_events)
+
+    fetch(0)
+    launched, taken, stop = 1, 0, False
+    if streamer is not None:
+        # Hand the first token on before queueing the next step: time to first token.
+        stop = take(0)
+        taken = 1
+        if hasattr(streamer, "yield_gil"):
+            streamer.yield_gil = False  # from here on take() waits on CUDA events, releasing the GIL
+    while not stop:
+        if launched < max_new and not any(e.is_set() for e in cancel_events):
+            if launched == min_new:
+                g.allow_eos.fill_(True)
+            if cuda:
+                g.graph.replay()
+            else:
+                decode_step(g)
+            fetch(launched)
+            launched += 1
+        if taken >= launched:
+            break
+        stop = take(taken)
+        taken += 1
+    if streamer is not None:
+        streamer.end()
+    new = torch.tensor(new_ids, dtype=torch.long, device=input_ids.device).T.reshape(batch, -1)
+    return torch.cat([input_ids, new], dim=1)

@@ -1,0 +1,134 @@
+"""The fast path's options, its one per-model state, and why each of its paths is off.
+
+``FastDecodeOptions`` are fields of ``llm.ChatGLM`` (``fast_decode_options``), handed down to
+every call: nothing in ``llm.fast_decode`` is switched by module globals. ``FastDecodeState``
+(one per model object, ``fast_decode_state(model)``) holds the reused caches and graphs and,
+in ``off``, the reason each path was turned off after a failure; ``fast_decode_report`` says
+for every path whether it runs and, if not, why.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from llm.per_model import PerModel
+
+STATIC_CACHE = "static_cache"  # generate on a reused StaticCache, compiled by transformers
+DECODE_GRAPH = "decode_graph"  # one captured CUDA graph per token
+PREFILL_GRAPH = "prefill_graph"  # the prompt pass captured per length bucket
+PACKED_ATTENTION = "packed_attention"  # decode step: query heads packed onto their K/V head
+FUSED_QKV = "fused_qkv"  # decode step: one q/k/v GEMV
+PATHS = (STATIC_CACHE, DECODE_GRAPH, PREFILL_GRAPH, PACKED_ATTENTION, FUSED_QKV)
+
+
+class FastDecodeOptions(BaseModel):
+    """What the fast path may use (all on by default; bench and tests switch parts off)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    packed_attention: bool = True
+    """Decode step: attention with the query heads packed onto their K/V head (GQA)."""
+    fused_qkv: bool = True
+    """Decode step: the q/k/v projections as one GEMV over weights fused in place."""
+    prefill_graphs: bool = True
+    """Capture the prompt pass per prompt-length bucket (CUDA)."""
+    on_cpu: bool = False
+    """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
+    bucketed_prefill_on_cpu: bool = False
+    """On CPU, run the bucketed prompt pass eagerly (what a captured one computes; tests)."""
+
+
+DEFAULT_OPTIONS = FastDecodeOptions()
+
+
+@dataclass
+class FastDecodeState:
+    """Everything the fast path keeps for one model object, and what it turned off and why."""
+
+    off: dict[str, str] = field(default_factory=dict)
+    """Path (``STATIC_CACHE``, ``DECODE_GRAPH``, ``PREFILL_GRAPH``, ``FUSED_QKV``) -> why a
+    failure turned it off for this model for good."""
+    caches: OrderedDict[tuple[int, int], Any] = field(default_factory=OrderedDict)
+    """Static caches of ``generate`` calls by (batch, cache length), least recently used first."""
+    warmups: dict[tuple[int, int], float] = field(default_factory=dict)
+    """Seconds each static-cache shape took to compile."""
+    graphs: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
+    """Decode graphs by (batch, cache length, sampling, packed, fused), least recently used first."""
+    capture_times: dict[str, float] = field(default_factory=dict)
+    """Seconds each decode graph took to build and capture."""
+    fused: list[Any] | None = None
+    """The fused q/k/v of the model's attention modules (set on the first fast call)."""
+    prefill_pool: Any = None
+    """The CUDA graph memory pool all captured prompt passes share (they never overlap)."""
+
+
+fast_decode_state: PerModel[FastDecodeState] = PerModel(FastDecodeState)
+"""The fast-path state of one model object (created on first use)."""
+
+
+def unsupported_reason(model: Any, options: FastDecodeOptions = DEFAULT_OPTIONS) -> str | None:
+    """Why ``model`` cannot take the fast path (None = it can): device, quantization, class, offload."""
+    device = getattr(model, "device", None)
+    if device is None or (torch.device(device).type != "cuda" and not options.on_cpu):
+        return f"the model runs on {device}, not a CUDA GPU"
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        return "the model is quantized (bitsandbytes kernels are not compiled)"
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"{type(model).__name__} does not support a compiled static cache"
+    devices = set(getattr(model, "hf_device_map", {}).values())
+    if len(devices) > 1:
+        return "the model is spread over several devices or offloaded"
+    return None
+
+
+def fast_decode_report(model: Any, options: FastDecodeOptions = DEFAULT_OPTIONS) -> dict[str, str | None]:
+    """Every path of the fast path -> None where it runs, else why it is off for ``model``.
+
+    The paths past ``STATIC_CACHE`` (decode graph, captured prompt pass, packed attention,
+    fused q/k/v) are what a plain greedy or sampled call takes; the static-cache ``generate``
+    serves calls with their own logits processors.
+    """
+    reason = unsupported_reason(model, options)
+    if reason is not None:
+        return dict.fromkeys(PATHS, reason)
+    state = fast_decode_state(model)
+    report: dict[str, str | None] = {path: state.off.get(path) for path in PATHS}
+    cuda = torch.device(model.device).type == "cuda"
+    if not options.prefill_graphs:
+        report[PREFILL_GRAPH] = "off by option (prefill_graphs=False)"
+    elif not cuda and not options.bucketed_prefill_on_cpu:
+        report[PREFILL_GRAPH] = "captured only on CUDA (the CPU runs the prompt eagerly)"
+    if not options.packed_attention:
+        report[PACKED_ATTENTION] = "off by option (packed_attention=False)"
+    elif getattr(model.config, "_attn_implementation", None) != "sdpa":
+        report[PACKED_ATTENTION] = f"the model uses {model.config._attn_implementation!r} attention, not 'sdpa'"
+    if not options.fused_qkv:
+        report[FUSED_QKV] = "off by option (fused_qkv=False)"
+    elif state.fused is not None and not state.fused and FUSED_QKV not in state.off:
+        report[FUSED_QKV] = "no attention module with fusable q/k/v projections"
+    if report[DECODE_GRAPH] is not None:  # the decode step is what packs and fuses
+        for path in (PREFILL_GRAPH, PACKED_ATTENTION, FUSED_QKV):
+            report[path] = report[path] or f"the decode graph is off: {report[DECODE_GRAPH]}"
+    return report
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword the model's ``forward`` (and ``generate``) take the KV cache by.
+
+    ``cache`` where the forward has it (transformers 5.2x: ``past_key_values`` still works
+    there but warns, and GLM's forward drops it in 5.40); ``past_key_values`` before (5.17).
+    """
+    return _cache_kwarg_of(type(model))
+
+
+@functools.cache
+def _cache_kwarg_of(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
