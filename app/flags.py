@@ -1,37 +1,45 @@
-"""Command-line flags shared by ``glmkb-web`` and ``glmkb-api`` (argparse) that map onto settings."""
+"""The flags every server command shares (``glmkb serve``, ``glmkb-web``, ``glmkb-api``),
+taken by name from the one flag table ``configs.flags.FLAGS``.
+
+``glmkb serve`` is a click command and uses ``click_model_options``; ``glmkb-web`` and
+``glmkb-api`` keep their argparse parsers (their flags are unchanged for existing users) and
+use ``add_model_flags``, which builds the same spellings, help and settings keys from the same
+rows, so a flag means one thing in every command.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_model_flags", "model_overrides"]
+from configs.flags import FLAGS, flag_options, settings_overrides
+
+__all__ = ["MODEL_FLAGS", "add_model_flags", "click_model_options", "model_overrides"]
+
+MODEL_FLAGS: tuple[str, ...] = (
+    "model_path", "device", "dtype", "quantization", "adapter", "merge_adapter",
+    "kb_root", "embedding", "embedding_device",
+)
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags for the chat model, knowledge bases and embeddings (the same in every server)."""
-    parser.add_argument("--model-path", help="local chat model folder (llm.model_path)")
-    parser.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
-    parser.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
-    parser.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
-    parser.add_argument("--adapter", help="fine-tuned adapter folder: P-tuning v2 or LoRA (llm.adapter)")
-    parser.add_argument("--merge-adapter", action="store_true", default=None, help="fold a LoRA adapter into the weights (llm.merge_adapter)")
-    parser.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")
-    parser.add_argument("--embedding", help="embedding model name/folder, or 'none' (embedding.model)")
-    parser.add_argument("--embedding-device", help="embedding device (embedding.device)")
+    """``MODEL_FLAGS`` on an argparse parser (unset flags stay None, so YAML/env decide)."""
+    for name in MODEL_FLAGS:
+        flag = FLAGS[name]
+        help_text = flag.help + (f" ({flag.key})" if flag.key else "")
+        if flag.is_flag:
+            parser.add_argument(*flag.decls, dest=name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(*flag.decls, dest=name, metavar=flag.metavar, help=help_text)
 
 
-def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings overrides from ``add_model_flags``' flags (unset flags are None and dropped)."""
-    return {
-        "kb_root": args.kb_root,
-        "llm": {
-            "model_path": args.model_path,
-            "device": args.device,
-            "dtype": args.dtype,
-            "quantization": args.quantization,
-            "adapter": args.adapter,
-            "merge_adapter": args.merge_adapter,
-        },
-        "embedding": {"model": args.embedding, "device": args.embedding_device},
-    }
+def click_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``MODEL_FLAGS`` as click options (a decorator)."""
+    return flag_options(*MODEL_FLAGS)(command)
+
+
+def model_overrides(args: argparse.Namespace | dict[str, Any]) -> dict[str, Any]:
+    """Settings overrides from ``MODEL_FLAGS``' values (unset flags are None and dropped later)."""
+    values = args if isinstance(args, dict) else vars(args)
+    return settings_overrides({name: values.get(name) for name in MODEL_FLAGS})

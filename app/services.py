@@ -382,6 +382,7 @@ class Services:
         mode: str,
         top_k: int | None,
         llm: BaseLanguageModel | None = None,
+        callbacks: Any = None,
         **chain_fields: Any,
     ) -> Iterator[Event]:
         """Stream one answer: ``Sources``, ``Token`` pieces, ``Answer`` (passages if no LLM).
@@ -394,7 +395,7 @@ class Services:
         chain = KnowledgeBaseQAChain.from_settings(
             retriever, llm if llm is not None else self.get_llm(), self.settings, **chain_fields
         )
-        return chain.stream_answer(question, history=list(history))
+        return chain.stream_answer(question, history=list(history), callbacks=callbacks)
 
     def summarize_document(self, kb_name: str, doc_id: str, *, chapters: str | None) -> Iterator[Event]:
         """Stream a summary of a knowledge-base document (optionally a chapter range)."""

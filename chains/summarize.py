@@ -38,10 +38,13 @@ __all__ = [
 
 ChapterRange = tuple[int, int]
 _NUM = r"[0-9０-９]+|[零〇一二两三四五六七八九十百千万]+"
+# Matched against the spec with all whitespace removed: adjacent optional ``\s*`` runs made
+# the old pattern backtrack quadratically ("1" + 30k spaces + "-" took 28 s and froze the UI,
+# issue 20 #4); without whitespace every position has one way to match.
 _CHAPTER_RANGE = re.compile(
-    rf"^\s*第?\s*(?P<first>{_NUM})\s*[回章节]?\s*"
-    rf"(?:(?:-|~|～|—+|–|－|至|到)\s*第?\s*(?P<last>{_NUM})\s*[回章节]?\s*)?$"
+    rf"第?(?P<first>{_NUM})[回章节]?(?:(?:-|~|～|—+|–|－|至|到)第?(?P<last>{_NUM})[回章节]?)?"
 )
+_MAX_SPEC_CHARS = 64
 # Map pieces leave this many tokens spare: tokens can merge differently where text meets template.
 _JOINT_MARGIN = 8
 _SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "…", "，", "、", " ", ""]
@@ -51,7 +54,8 @@ def parse_chapter_range(spec: str) -> ChapterRange:
     """``"第1-10回"``, ``"1-10"``, ``"第一至十回"``, ``"5"`` -> ``(first, last)``, inclusive."""
     from kb import chinese_number
 
-    match = _CHAPTER_RANGE.match(spec or "")
+    compact = "".join((spec or "").split())
+    match = _CHAPTER_RANGE.fullmatch(compact) if len(compact) <= _MAX_SPEC_CHARS else None
     if not match:
         msg = f"chapter range {spec!r} not understood; write it like 1-10, 第1-10回 or 第五回"
         raise ValueError(msg)

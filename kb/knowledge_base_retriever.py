@@ -14,7 +14,8 @@ from kb.types import RetrievalMode
 
 class KnowledgeBaseRetriever(BaseRetriever):
     """Returns a knowledge base's best chunks for a query; None options use the knowledge
-    base's defaults (from settings' ``retrieval`` section)."""
+    base's defaults (from settings' ``retrieval`` section). ``invoke(q, k=1, mode="bm25")``
+    overrides ``k``/``mode`` for one call (LangChain's ``test_invoke_with_k_kwarg``)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -26,8 +27,17 @@ class KnowledgeBaseRetriever(BaseRetriever):
     rerank: bool | None = None
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        mode: Mode | None = None,
     ) -> list[Document]:
         return self.knowledge_base.search(
-            query, mode=self.mode, k=self.k, score_threshold=self.score_threshold, rerank=self.rerank
+            query,
+            mode=mode or self.mode,
+            k=self.k if k is None else k,
+            score_threshold=self.score_threshold,
+            rerank=self.rerank,
         )

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -742,3 +743,175 @@ def test_knowledge_bases_built_or_dropped_while_serving(tmp_path: Path, sanguo_t
 def test_kb_chat_honours_max_tokens(client: httpx.Client, llm: ScriptedChatGLM) -> None:
     body = client.post(f"/v1/kb/{KB}/chat/completions", json={"messages": user("桃园结义"), "max_tokens": 3}).json()
     assert body["choices"][0]["message"]["content"] == llm.tokenizer.decode(llm.answer_ids()[:3])
+
+
+# ------------------------------------------------------------------------------ issue 20 / 17 regressions
+
+
+def test_unauthenticated_requests_are_refused_on_their_headers(auth_url: str) -> None:
+    """Issue 20 #5: the body was read and parsed before the key was checked (invalid JSON
+    without a key got 400, 100 MB bodies were read whole). Now: 401 from the headers alone."""
+    with httpx.Client(base_url=auth_url, timeout=30) as c:
+        response = c.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert assert_openai_error(response, 401, "API key")["code"] == "invalid_api_key"
+
+        def endless() -> Iterator[bytes]:  # a chunked body the server must never read to the end
+            for _ in range(200):
+                yield b"x" * 65536
+
+        started = time.monotonic()
+        response = c.post("/v1/chat/completions", content=endless(), headers={"content-type": "application/json"})
+        assert response.status_code == 401 and time.monotonic() - started < 10
+
+
+def test_bodies_over_the_limit_are_a_413_before_parsing(settings: Settings, llm: ScriptedChatGLM) -> None:
+    """Issue 20 #5: no body size limit. A declared or streamed body over api.max_body_bytes is 413."""
+    small = settings.model_copy(update={"api": settings.api.model_copy(update={"max_body_bytes": 4096})})
+    with running(Services(small, llm=llm)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        big = {"messages": user("刘" * 5000)}
+        assert assert_openai_error(c.post("/v1/chat/completions", json=big), 413, "api.max_body_bytes")["code"] == "request_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams in
+            yield b'{"messages": [{"role": "user", "content": "'
+            for _ in range(10):
+                yield b"a" * 1024
+            yield b'"}]}'
+
+        response = c.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+        assert_openai_error(response, 413, "api.max_body_bytes")
+        assert c.post("/v1/chat/completions", json={"messages": user("你好"), "max_tokens": 2}).status_code == 200
+
+
+def test_huge_messages_are_refused_by_length_before_tokenizing(client: httpx.Client) -> None:
+    """Issue 20 #6: a 30 MB message was tokenized whole (54 s of CPU, +3.6 GiB) before the
+    context check. Text longer than context x 8 characters is refused at once."""
+    text = "刘备" * 20_000  # 40k characters > 4096 x 8
+    for path in ("/v1/chat/completions", f"/v1/kb/{KB}/chat/completions"):
+        started = time.monotonic()
+        error = assert_openai_error(client.post(path, json={"messages": user(text)}), 400, "characters")
+        assert error["code"] == "context_length_exceeded" and time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"messages": user("你好"), "repetition_penalty": 1e-300}, "repetition_penalty"),
+        ({"messages": user("你好\ud800")}, "surrogate"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]}, "surrogate"),
+        ({"messages": user("你好"), "logprobs": True}, "logprobs"),
+        ({"messages": user("你好"), "top_logprobs": 2}, "top_logprobs"),
+    ],
+)
+def test_inputs_that_used_to_crash_are_a_400(client: httpx.Client, body: dict[str, Any], fragment: str) -> None:
+    """Issue 20 #16: ``repetition_penalty: 1e-300`` and a lone surrogate gave 500s; issue 17:
+    ``logprobs: true`` was silently dropped."""
+    content = json.dumps(body).encode()  # json.dumps escapes the surrogate as \ud800
+    for path in ("/v1/chat/completions", f"/v1/kb/{KB}/chat/completions"):
+        response = client.post(path, content=content, headers={"content-type": "application/json"})
+        assert_openai_error(response, 400, fragment)
+    if "surrogate" in fragment:
+        query = json.dumps({"query": "刘备\ud800"}).encode()
+        response = client.post(f"/v1/kb/{KB}/query", content=query, headers={"content-type": "application/json"})
+        assert_openai_error(response, 400)  # pydantic refuses it as a string already
+
+
+def test_kb_chat_reports_usage_and_length_and_bounds_max_tokens(client: httpx.Client) -> None:
+    """Issue 17 (API conformance) and issue 20 #8: KB chat had no ``usage``, ignored
+    ``stream_options.include_usage``, said "stop" when max_tokens cut the answer, and let
+    max_tokens run past the context."""
+    path = f"/v1/kb/{KB}/chat/completions"
+    body = client.post(path, json={"messages": user("刘备是谁？"), "max_tokens": 3}).json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 3 and usage["prompt_tokens"] > 50
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    full = client.post(path, json={"messages": user("刘备是谁？")}).json()
+    assert full["choices"][0]["finish_reason"] == "stop" and full["choices"][0]["message"]["content"] == ANSWER
+    events = collect_stream(client, path, {"messages": user("刘备是谁？"), "stream_options": {"include_usage": True}})
+    chunks = events[:-1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert all(c["usage"] is None for c in chunks[:-1])
+    error = assert_openai_error(client.post(path, json={"messages": user("x"), "max_tokens": 5000}), 400, "max_tokens")
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_kb_chat_sources_name_files_not_server_paths(tmp_path: Path, llm: ScriptedChatGLM, sanguo_text: str) -> None:
+    """Issue 18 #12: KB chat returned absolute server paths in ``sources``."""
+    settings = make_settings(tmp_path)
+    source = tmp_path / "books" / "sanguo.txt"
+    source.parent.mkdir()
+    source.write_text(sanguo_text[:6000], encoding="utf-8")
+    KnowledgeBase.from_settings(settings, name="paths", create=True).add_files([source])
+    with running(Services(settings, llm=llm)) as base, httpx.Client(base_url=base, timeout=60) as c:
+        body = c.post("/v1/kb/paths/chat/completions", json={"messages": user("刘备")}).json()
+        hits = c.post("/v1/kb/paths/query", json={"query": "刘备"}).json()["data"]
+    assert body["sources"] and all(s["source"] == "sanguo.txt" for s in body["sources"])
+    assert hits and all(h["source"] == "sanguo.txt" for h in hits)
+    assert str(tmp_path) not in json.dumps(body) + json.dumps(hits)
+
+
+class SlowQueries(Services):
+    """Services whose KB searches take ``delay`` seconds (a 2 MB query's cost, simulated)."""
+
+    delay = 2.0
+
+    def search_mode(self, kb: Any, mode: Any, *, fallback: bool) -> Any:
+        time.sleep(self.delay)
+        return super().search_mode(kb, mode, fallback=fallback)
+
+
+def test_listing_knowledge_bases_never_waits_behind_queries(settings: Settings, llm: ScriptedChatGLM) -> None:
+    """Issue 20 #7: six slow KB queries filled the default thread pool and ``GET /v1/kb`` waited
+    71 s. Queries have their own bounded pool; listing and models answer at once."""
+    slow = settings.model_copy(update={"api": settings.api.model_copy(update={"kb_workers": 2})})
+    with running(SlowQueries(slow, llm=llm)) as base, ThreadPoolExecutor(6) as pool:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            queries = [pool.submit(c.post, f"/v1/kb/{KB}/query", json={"query": "刘备"}) for _ in range(6)]
+            time.sleep(0.5)
+            started = time.monotonic()
+            assert c.get("/v1/kb").status_code == 200 and c.get("/v1/models").status_code == 200
+            assert time.monotonic() - started < 1.5
+            assert all(q.result().status_code == 200 for q in queries)
+
+
+def test_non_streaming_kb_chat_stops_when_the_client_hangs_up(settings: Settings, tiny_chatglm: ChatGLM) -> None:
+    """Issue 20 #8: a non-streaming KB chat whose client left kept the model busy (the next
+    request waited 359 s). Generation now stops soon after the disconnect."""
+    long_answer = scripted(tiny_chatglm, answer="刘备关羽张飞" * 1500, max_new_tokens=3000)
+    processor = long_answer.forced()
+    long_answer.processor = processor
+    with running(Services(settings, llm=long_answer)) as base:
+        with httpx.Client(base_url=base, timeout=1.5) as c, pytest.raises(httpx.ReadTimeout):
+            c.post(f"/v1/kb/{KB}/chat/completions", json={"messages": user("讲个长故事")})
+        assert wait_until(lambda: not model_is_busy(long_answer.model), timeout=10)
+        steps = processor.steps
+        time.sleep(0.3)
+        assert processor.steps == steps < 2000
+
+
+def test_an_api_key_with_surrounding_whitespace_is_stripped(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 20 #16: a key pasted with a newline made authentication impossible, with no hint."""
+    with caplog.at_level("WARNING"):
+        assert resolve_api_key(APISettings(), environ={"GLMKB_API_KEY": " k3y\n"}) == "k3y"
+    assert "whitespace" in caplog.text and "k3y" not in caplog.text
+
+
+def test_slow_clients_are_disconnected_when_their_headers_do_not_arrive(settings: Settings, llm: ScriptedChatGLM) -> None:
+    """Issue 20 #16: no timeout for slow clients (300 trickling connections held for 60 s).
+    A connection whose request headers are incomplete after the deadline is closed."""
+    import socket
+
+    from app.api.cli import uvicorn_options
+    from app.slow_clients import HeaderTimeoutH11Protocol, protocol_with_timeout
+
+    assert issubclass(uvicorn_options(settings, verbose=False)["http"], HeaderTimeoutH11Protocol)
+    with running(Services(settings, llm=llm), http=protocol_with_timeout(1.0)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for payload in (b"", b"GET /health HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(payload)
+                conn.settimeout(10)
+                started = time.monotonic()
+                assert conn.recv(100) == b""  # closed by the server
+                assert time.monotonic() - started < 5
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200

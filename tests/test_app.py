@@ -370,7 +370,7 @@ def test_using_a_knowledge_base_that_does_not_exist_says_to_create_it(app_url: s
     doc = tmp_path / "a.txt"
     doc.write_text("桃园结义", encoding="utf-8")
     c = client(app_url)
-    with pytest.raises(AppError, match="create it in the Manage tab first"):
+    with pytest.raises(AppError, match="请先在“知识库管理”中创建"):  # no CLI hint in the page
         c.predict("没有这个库", [handle_file(str(doc))], api_name="/build")
     with pytest.raises(AppError, match="没有名为 没有这个库 的知识库"):
         c.predict(QUESTION, "没有这个库", "bm25", 3, api_name="/ask")

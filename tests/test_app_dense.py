@@ -95,3 +95,26 @@ def test_a_knowledge_base_created_in_the_ui_uses_the_configured_embedding(
     assert "新增 1" in status
     kb = KnowledgeBase.from_settings(dense_settings(dense_root, tiny_embedding_path), name="新向量库")
     assert not kb.keyword_only and kb.search("刘备", mode="dense", k=1)
+
+
+def test_the_keyword_choice_at_creation_builds_a_keyword_only_kb(
+    dense_app: tuple[str, Services], dense_root: Path, tmp_path: Path, tiny_embedding_path: Path
+) -> None:
+    """Bug: the management tab had no keyword-only choice, so a KB could not be built there
+    without an embedding model. The 关键词 choice builds one even with a model configured."""
+    from gradio_client import handle_file
+
+    from app.web.manage import KEYWORDS, VECTORS
+
+    url, state = dense_app
+    c = client(url)
+    assert "关键词" in c.predict("关键词库", KEYWORDS, None, api_name="/create_kb")[-1]
+    doc = tmp_path / "notes.txt"
+    doc.write_text("桃园结义：刘备、关羽、张飞三人结为兄弟。" * 20, encoding="utf-8")
+    assert "新增 1" in c.predict("关键词库", [handle_file(str(doc))], api_name="/build")[0]
+    settings = dense_settings(dense_root, tiny_embedding_path)
+    assert KnowledgeBase.from_settings(settings, name="关键词库").keyword_only
+    # the vector choice with the configured model (the picker's value)
+    c.predict("向量选择库", VECTORS, str(tiny_embedding_path), api_name="/create_kb")
+    c.predict("向量选择库", [handle_file(str(doc))], api_name="/build")
+    assert not KnowledgeBase.from_settings(settings, name="向量选择库").keyword_only

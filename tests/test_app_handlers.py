@@ -15,6 +15,7 @@ from app.web.errors import UserError, user_errors
 from app.services import Services
 from chains.events import Answer, Source, Sources, Token
 from configs import Settings
+from tests.helpers import wait_until
 
 SRC = Source(
     text="玄德曰：“此关羽、张飞，备结义兄弟也。”",
@@ -212,7 +213,7 @@ def test_banner_is_one_line_with_details_folded_and_no_server_paths() -> None:
     text = render.banner([render.llm_problem("the chat model failed to load: /srv/models/glm3 has no config.json")])
     summary, details = text.split("</summary>")
     assert summary.startswith("<details><summary>⚠️ 未加载大模型") and "\n" not in summary
-    assert "…/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
+    assert "…/models/glm3" in details and "/srv/models" not in text and " --" not in text and "llm.model_path" in details
     assert render.banner([]) == ""
 
 
@@ -247,3 +248,88 @@ def test_bad_knowledge_base_names_are_refused(name: str) -> None:
 
 def test_chinese_knowledge_base_names_are_fine() -> None:
     assert Services.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"
+
+
+def test_the_loading_banner_is_replaced_when_the_load_ends(tmp_path: Path) -> None:
+    """Bug: "大模型加载中" stayed on the page after the model had loaded (or failed)."""
+    import threading
+
+    from app.web.widgets import banner_poll
+
+    release = threading.Event()
+
+    def slow_load() -> Any:
+        release.wait(10)
+        raise ValueError("no weights here")
+
+    services = Services(Settings(kb_root=tmp_path, embedding={"model": "none"}), llm_factory=slow_load)
+    loader = threading.Thread(target=services.warm_up)
+    loader.start()
+    assert wait_until(lambda: services.llm_status().loading, timeout=5)
+    banner, timer = banner_poll(services)
+    assert "加载中" in banner.value and timer.active is True
+    release.set()
+    loader.join(10)
+    banner, timer = banner_poll(services)
+    assert "加载中" not in banner.value and "加载失败" in banner.value and timer.active is False
+
+
+@pytest.mark.parametrize("spec", ["1" + " " * 30_000 + "-", "第" + " " * 30_000 + "1回-", "1" * 50_000])
+def test_hostile_chapter_ranges_are_refused_at_once(spec: str) -> None:
+    """Issue 20 #4: ``parse_chapter_range`` backtracked quadratically on "1" + N spaces + "-"
+    (30k characters: 28 s), freezing the whole web UI for every user."""
+    import time
+
+    from chains.summarize import parse_chapter_range
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="not understood"):
+        parse_chapter_range(spec)
+    assert time.monotonic() - started < 0.5
+
+
+def test_the_summary_tab_refuses_a_long_chapter_range_before_parsing(tmp_path: Path) -> None:
+    """Issue 20 #4: the chapter box took 50 KB; the handler now refuses more than a short range."""
+    from app.web.summary import FROM_KB, SummaryHandlers
+
+    handlers = SummaryHandlers(Services(Settings(kb_root=tmp_path, embedding={"model": "none"})))
+    with pytest.raises(gr.Error, match="章节范围太长"):
+        list(handlers.summarize(FROM_KB, "sanguo", "d1", None, "1" + " " * 50_000 + "-"))
+
+
+def uploaded(name: str, text: str) -> Path:
+    """A file where Gradio keeps uploads (its upload folder), as an upload would leave it."""
+    import uuid
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()) / f"glmkb-test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_uploads_are_deleted_after_the_build_and_when_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 #11: uploads were never deleted from Gradio's upload folder, and one request
+    could carry any number of files."""
+    from app.web.manage import ManageHandlers
+
+    services = Services(Settings(kb_root=tmp_path, embedding={"model": "none"}, ui={"max_upload_files": 2}))
+    handlers = ManageHandlers(services)
+    monkeypatch.setattr("app.web.manage.warn", lambda zh, en: None)
+    files = [uploaded(f"part{i}.txt", "刘备与关羽、张飞桃园结义。" * 20) for i in range(3)]
+    wrong = uploaded("notes.pdf", "%PDF")
+    kept = handlers.screen_uploads([str(p) for p in [*files, wrong]])
+    assert kept == [str(files[0]), str(files[1])]
+    assert not files[2].exists() and not files[2].parent.exists() and not wrong.exists()
+    services.create_kb("up")
+    status = list(handlers.build("up", kept))[-1][0]  # a generator: the status line first on failure
+    assert "新增 2" in status
+    assert not files[0].exists() and not files[1].exists()
+    outside = tmp_path / "mine.txt"
+    outside.write_text("刘备", encoding="utf-8")
+    list(handlers.build("up", [str(outside)]))
+    assert outside.exists()  # only Gradio's own copies are ever deleted
+    with pytest.raises(gr.Error, match="一次最多上传 2 个文件"):
+        list(handlers.build("up", [str(outside)] * 3))

@@ -187,7 +187,7 @@ def test_a_model_that_fails_to_load_leaves_a_banner_not_a_crash(tmp_path: Path) 
     assert llm_problem(state) is None  # not tried yet: it loads lazily
     assert state.get_llm() is None and state.get_llm() is None
     banner = banner_markdown(state)
-    assert "加载失败 / failed to load" in banner and "…/nope" in banner
+    assert "加载失败 / failed to load" in banner and f"…/{tmp_path.name}/nope" in banner
     assert str(tmp_path) not in banner, "no server paths in the page"
     assert "llm.model_path" in banner and "--model-path" not in banner
 
@@ -248,3 +248,14 @@ def test_glmkb_web_serves_a_model_folder_end_to_end(tmp_path: Path, tiny_glm_dir
     printed = proc.stdout.read() if proc.stdout else ""
     assert f"glmkb web UI: http://127.0.0.1:{port}/" in printed
     assert "share=True" not in printed, "Gradio's share-link hint is not for glmkb users"
+
+
+def test_one_client_cannot_queue_unbounded_work(tmp_path: Path) -> None:
+    """Issue 20 #7: one web client queuing 100 questions blocked other users for over 90 s.
+    The queue is bounded (ui.max_queue; more events are refused) and runs ui.concurrency at once."""
+    from app.web.server import queue
+
+    settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, ui={"max_queue": 5, "concurrency": 2})
+    demo = queue(build_ui(Services(settings)), settings.ui)
+    assert demo._queue.max_size == 5  # noqa: SLF001 - Gradio keeps it there
+    assert demo._queue.default_concurrency_limit == 2  # noqa: SLF001

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Any
-
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from app.api.errors import APIError, install_error_handlers
+from app.api.errors import install_error_handlers
+from app.api.guard import RequestGuard
 from app.api.routes import Pools, add_routes
 from app.services import Services
 
@@ -24,23 +22,18 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="glmkb API", version="1", docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
-    pools = Pools(streams=anyio.CapacityLimiter(STREAM_THREADS), kb=anyio.CapacityLimiter(services.settings.api.kb_workers))
+    pools = Pools(
+        streams=anyio.CapacityLimiter(STREAM_THREADS),
+        kb=anyio.CapacityLimiter(services.settings.api.kb_workers),
+        listing=anyio.CapacityLimiter(2),
+    )
 
-    async def require_key(request: Request) -> None:
-        expected = services.api_key
-        if expected is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-            raise APIError(
-                401,
-                "missing or invalid API key: send 'Authorization: Bearer KEY' with the key the "
-                f"server reads from ${services.settings.api.api_key_env}",
-                code="invalid_api_key",
-            )
-
-    add_routes(app, services, pools, dependencies=[require_key])
+    # Outermost: refused requests cost their headers only (no body read, no parsing).
+    app.add_middleware(
+        RequestGuard,
+        api_key=lambda: services.api_key,
+        key_env=services.settings.api.api_key_env,
+        max_body_bytes=services.settings.api.max_body_bytes,
+    )
+    add_routes(app, services, pools)
     return app
-
-

@@ -84,11 +84,15 @@ class Conversation:
             out += [HumanMessage(user), AIMessage(assistant)]
         return [*out, HumanMessage(self.prompt)]
 
-    def history_messages(self) -> list[dict[str, str]]:
-        """Earlier turns as role/content dicts (what ``KnowledgeBaseQAChain`` takes as history)."""
-        out: list[dict[str, str]] = []
+    def chars(self) -> int:
+        """Characters of every message (a bound checked before anything is tokenized)."""
+        return len(self.system or "") + len(self.prompt) + sum(len(u) + len(a) for u, a in self.history)
+
+    def history_messages(self) -> list[BaseMessage]:
+        """Earlier turns as LangChain messages (``KnowledgeBaseQAChain``'s history, ``chains.history``)."""
+        out: list[BaseMessage] = []
         for user, assistant in self.history:
-            out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+            out += [HumanMessage(user), AIMessage(assistant)]
         return out
 
 
@@ -144,6 +148,9 @@ class LocalChat:
     outcome: ChatOutcome = field(default_factory=ChatOutcome)
 
     def __post_init__(self) -> None:
+        from app.api.kb_chat import check_prompt_chars
+
+        check_prompt_chars(self.conversation.chars(), context_length(self.llm))
         self.outcome.prompt_tokens = self.count_prompt_tokens()
         self.max_new_tokens = self.fit_new_tokens()
 

@@ -57,10 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def uvicorn_options(settings: Settings, *, verbose: bool) -> dict[str, Any]:
-    """uvicorn's limits for a server facing untrusted clients: slow or idle connections are
-    closed after ``api.timeout_keep_alive`` seconds (issue 20 #16: 300 trickling connections
-    were held for 60 s), and headers are bounded by h11's limit."""
+    """uvicorn's limits for a server facing untrusted clients: idle connections are closed
+    after ``api.timeout_keep_alive`` seconds, headers must arrive within
+    ``app.slow_clients.HEADER_TIMEOUT_S`` (issue 20 #16: 300 trickling connections were held
+    for 60 s), and are bounded by h11's size limit."""
+    from app.slow_clients import HeaderTimeoutH11Protocol
+
     return {
+        "http": HeaderTimeoutH11Protocol,
         "log_level": "info" if verbose else "warning",
         "timeout_graceful_shutdown": 5,
         "timeout_keep_alive": settings.api.timeout_keep_alive,

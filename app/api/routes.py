@@ -14,14 +14,16 @@ from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.responses import Response
 from langchain_core.language_models import BaseChatModel
 
-from app.api.chat_jobs import Conversation, LocalChat, RemoteChat
+from app.api.chat_jobs import Conversation, LocalChat, RemoteChat, context_length
 from app.api.errors import APIError
+from app.api.kb_chat import UsageCounter, check_prompt_chars, prompt_budget
 from app.api.schemas import ChatCompletionRequest, EmbeddingRequest, KBChatRequest, KBQueryRequest
-from app.api.streaming import event_stream
-from app.api.wire import chat_completion_body, chat_sse, kb_answer_sse, kb_completion_body
+from app.api.streaming import collect_unless_disconnected, event_stream
+from app.api.wire import chat_completion_body, chat_sse, kb_answer_sse, kb_completion_body, source_name
 from app.services import Services
 from llm import ChatGLM
 
@@ -30,10 +32,13 @@ __all__ = ["Pools", "add_routes"]
 
 @dataclass(frozen=True)
 class Pools:
-    """Worker-thread pools: ``streams`` steps generation, ``kb`` serves knowledge-base requests."""
+    """Worker-thread pools: ``streams`` steps generation, ``kb`` serves knowledge-base queries,
+    KB chat set-up and embeddings (bounded: ``api.kb_workers``), ``listing`` serves
+    ``GET /v1/kb`` so it never waits behind them."""
 
     streams: anyio.CapacityLimiter
     kb: anyio.CapacityLimiter
+    listing: anyio.CapacityLimiter
 
     def stream(self, fn: Any, *args: Any) -> Any:
         return anyio.to_thread.run_sync(fn, *args, limiter=self.streams)
@@ -69,14 +74,20 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "glmkb"})
         return {"object": "list", "data": data}
 
+    async def until_disconnect(request: Request, items: Iterator[Any]) -> list[Any] | None:
+        return await collect_unless_disconnected(items, pools.streams, request.is_disconnected)
+
     @v1.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
         llm = await pools.stream(services.require_llm)
         job = await pools.stream(chat_job, llm, body)
         if body.stream:
             return event_stream(chat_sse(job, model=services.model_id, include_usage=body.include_usage()), pools.streams)
-        return await pools.stream(lambda: chat_completion_body(job, model=services.model_id))
+        pieces = await until_disconnect(request, job.pieces())
+        if pieces is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return chat_completion_body(job, "".join(pieces), model=services.model_id)
 
     @v1.post("/embeddings")
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
@@ -101,7 +112,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         def summaries() -> list[dict[str, Any]]:
             return [{"object": "knowledge_base", **services.kb_summary(name)} for name in services.list_kbs()]
 
-        return {"object": "list", "data": await pools.kb_call(summaries)}
+        return {"object": "list", "data": await anyio.to_thread.run_sync(summaries, limiter=pools.listing)}
 
     @v1.post("/kb/{name}/query")
     async def query_kb(name: str, body: KBQueryRequest) -> dict[str, Any]:
@@ -114,21 +125,31 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         return await pools.kb_call(search)
 
     @v1.post("/kb/{name}/chat/completions")
-    async def kb_chat(name: str, body: KBChatRequest) -> Any:
+    async def kb_chat(name: str, body: KBChatRequest, request: Request) -> Any:
         check_model(body.model)
 
-        def prepare() -> Iterator[Any]:
+        def prepare() -> tuple[Iterator[Any], UsageCounter]:
             mode, _ = services.search_mode(services.kb(name), body.mode, fallback=False)
-            llm = with_generation(services.require_llm(), body)
+            shared = services.require_llm()
             conversation = Conversation.from_messages(body.messages)
-            return services.ask(
-                name, conversation.prompt, history=conversation.history_messages(), mode=mode, top_k=body.k, llm=llm
+            check_prompt_chars(conversation.chars(), context_length(shared) if isinstance(shared, ChatGLM) else None)
+            budget = prompt_budget(shared, max_input_tokens=services.settings.llm.max_input_tokens, asked=body.new_tokens())
+            llm = with_generation(shared, body, max_tokens=budget.max_new_tokens)
+            usage = UsageCounter(llm, max_new_tokens=budget.max_new_tokens)
+            events = services.ask(
+                name, conversation.prompt, history=conversation.history_messages(), mode=mode, top_k=body.k, llm=llm,
+                max_input_tokens=budget.max_input_tokens, callbacks=[usage],
             )
+            return events, usage
 
-        events = await pools.kb_call(prepare)
+        events, usage = await pools.kb_call(prepare)
         if body.stream:
-            return event_stream(kb_answer_sse(events, model=services.model_id), pools.streams)
-        return await pools.stream(lambda: kb_completion_body(events, model=services.model_id))
+            sse = kb_answer_sse(events, model=services.model_id, usage=usage, include_usage=body.include_usage())
+            return event_stream(sse, pools.streams)
+        collected = await until_disconnect(request, events)
+        if collected is None:
+            return Response(status_code=499)  # the client is gone; generation was stopped
+        return kb_completion_body(collected, model=services.model_id, usage=usage)
 
     app.include_router(v1)
 
@@ -142,11 +163,16 @@ def chat_job(llm: Any, body: ChatCompletionRequest) -> LocalChat | RemoteChat:
     raise APIError(501, f"chat completions are not supported for a {type(llm).__name__} model")
 
 
-def with_generation(llm: Any, body: ChatCompletionRequest) -> Any:
+def with_generation(llm: Any, body: ChatCompletionRequest, *, max_tokens: int | None = None) -> Any:
     """A shallow copy of ``llm`` with the request's sampling options (the weights are shared)."""
-    names = {"temperature": "temperature", "top_p": "top_p"}
+    names = {"temperature": "temperature", "top_p": "top_p", "repetition_penalty": "repetition_penalty"}
     names["max_tokens"] = "max_new_tokens" if isinstance(llm, ChatGLM) else "max_tokens"
-    values = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.new_tokens()}
+    values = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "repetition_penalty": body.repetition_penalty,
+        "max_tokens": max_tokens or body.new_tokens(),
+    }
     update = {names[k]: v for k, v in values.items() if v is not None and names[k] in type(llm).model_fields}
     return llm.model_copy(update=update) if update else llm
 
@@ -156,7 +182,7 @@ def hit_of(doc: Any) -> dict[str, Any]:
     meta = doc.metadata
     hit = {
         "text": doc.page_content,
-        "source": meta.get("source"),
+        "source": source_name(meta.get("source")),
         "doc_id": meta.get("doc_id"),
         "chapter": meta.get("chapter"),
         "chapter_title": meta.get("chapter_title"),

@@ -7,6 +7,7 @@ JSON response formats) are refused with a 400 that says so rather than silently 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +25,15 @@ __all__ = [
 ]
 
 MAX_STOP_SEQUENCES = 16
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def no_lone_surrogates(text: str) -> str:
+    """Refuse text holding UTF-16 surrogates (JSON ``"\\ud800"`` decodes to one): no tokenizer
+    or UTF-8 encoder takes them (issue 20 #16: a 500 from chat completions)."""
+    if _SURROGATE.search(text):
+        raise ValueError("the text contains a lone UTF-16 surrogate (e.g. \\ud800); send valid Unicode")
+    return text
 
 
 class _Body(BaseModel):
@@ -45,6 +55,9 @@ class ChatMessage(_Body):
                     raise ValueError(
                         f"only text content parts are supported (got a part of type {part.get('type')!r})"
                     )
+                no_lone_surrogates(part["text"])
+        elif isinstance(value, str):
+            no_lone_surrogates(value)
         return value
 
     def text(self) -> str:
@@ -73,7 +86,10 @@ class ChatCompletionRequest(_Body):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1)
-    repetition_penalty: float | None = Field(None, gt=0.0, description="vLLM-style extension.")
+    # 1e-300 divided logits into inf/nan and crashed sampling (issue 20 #16: a 500).
+    repetition_penalty: float | None = Field(None, ge=0.05, le=20.0, description="vLLM-style extension.")
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -99,6 +115,20 @@ class ChatCompletionRequest(_Body):
     def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
             raise ValueError("tool calling is not supported by this server")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported by this server; omit logprobs or send false")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: int | None) -> int | None:
+        if value:
+            raise ValueError("top_logprobs is not supported by this server (no logprobs)")
         return value
 
     @field_validator("response_format")
@@ -153,7 +183,7 @@ class KBQueryRequest(_Body):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the query must contain text")
-        return value
+        return no_lone_surrogates(value)
 
 
 class EmbeddingRequest(_Body):

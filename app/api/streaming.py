@@ -48,3 +48,45 @@ def event_stream(items: Iterator[str], limiter: anyio.CapacityLimiter) -> Closin
     return ClosingStreamingResponse(
         iterate_in_thread(items, limiter), media_type="text/event-stream", headers=SSE_HEADERS
     )
+
+
+async def collect_unless_disconnected(
+    items: Iterator[Any], limiter: anyio.CapacityLimiter, is_disconnected: Any, *, poll_s: float = 0.25
+) -> list[Any] | None:
+    """All of ``items`` (stepped on worker threads), or None once the client has hung up: its
+    generator is then closed on the thread, which stops the model within a token (issue 20 #8:
+    a non-streaming KB chat whose client left kept the model busy; the next request waited 359 s)."""
+    collected: list[Any] = []
+    try:
+        await _collect(items, limiter, is_disconnected, poll_s, collected)
+    except BaseException as e:  # anyio wraps errors of a task group: pass on the one that happened
+        inner = getattr(e, "exceptions", None)
+        if inner and len(inner) == 1 and isinstance(inner[0], Exception):
+            if isinstance(inner[0], _Gone):
+                return None
+            raise inner[0] from None
+        if isinstance(e, _Gone):
+            return None
+        raise
+    return collected
+
+
+class _Gone(Exception):
+    """The client hung up (internal to ``collect_unless_disconnected``)."""
+
+
+
+async def _collect(
+    items: Iterator[Any], limiter: anyio.CapacityLimiter, is_disconnected: Any, poll_s: float, collected: list[Any]
+) -> None:
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while not await is_disconnected():
+                await anyio.sleep(poll_s)
+            raise _Gone  # cancels the collecting below, which closes the generator on its thread
+
+        group.start_soon(watch)
+        async for item in iterate_in_thread(items, limiter):
+            collected.append(item)
+        group.cancel_scope.cancel()

@@ -15,7 +15,7 @@ from app.api.chat_jobs import LocalChat, RemoteChat
 from app.api.errors import error_event as error_payload
 from chains.events import Answer, Sources, Token
 
-__all__ = ["CompletionIds", "chat_completion_body", "chat_sse", "kb_answer_sse", "kb_completion_body"]
+__all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "kb_answer_sse", "kb_completion_body"]
 
 log = logging.getLogger(__name__)
 
@@ -92,30 +92,33 @@ def chat_sse(job: LocalChat | RemoteChat, *, model: str, include_usage: bool) ->
     yield DONE_EVENT
 
 
-def chat_completion_body(job: LocalChat | RemoteChat, *, model: str) -> dict[str, Any]:
-    """The whole ``chat.completion`` of ``job`` (runs the model to the end)."""
-    ids = CompletionIds(model)
-    text = "".join(job.pieces())
-    return ids.completion(text, job.outcome.finish_reason, usage=job.outcome.usage())
+def chat_completion_body(job: LocalChat | RemoteChat, text: str, *, model: str) -> dict[str, Any]:
+    """The whole ``chat.completion`` of ``job`` once its ``pieces`` (``text``) are exhausted."""
+    return CompletionIds(model).completion(text, job.outcome.finish_reason, usage=job.outcome.usage())
 
 
-def kb_answer_sse(events: Iterator[Any], *, model: str) -> Iterator[str]:
+def kb_answer_sse(events: Iterator[Any], *, model: str, usage: Any = None, include_usage: bool = False) -> Iterator[str]:
     """A knowledge-base answer as ``chat.completion.chunk`` events.
 
-    Text pieces arrive as ``delta.content``; the final chunk (``finish_reason: "stop"``)
+    Text pieces arrive as ``delta.content``; the final chunk (the one with ``finish_reason``)
     carries ``sources`` (the passages the answer is based on), ``refused`` and
-    ``standalone_question`` at its top level; then ``data: [DONE]``.
+    ``standalone_question`` at its top level; with ``include_usage`` one more chunk carries
+    ``usage`` (``usage``: an ``app.api.kb_chat.UsageCounter``); then ``data: [DONE]``.
     """
     ids = CompletionIds(model)
+    extra = {"usage": None} if include_usage else {}
     try:
-        yield sse(ids.chunk({"role": "assistant", "content": ""}))
+        yield sse(ids.chunk({"role": "assistant", "content": ""}, **extra))
         for event in events:
             if isinstance(event, Token) and event.text:
-                yield sse(ids.chunk({"content": event.text}))
+                yield sse(ids.chunk({"content": event.text}, **extra))
             elif isinstance(event, Answer):
-                yield sse(ids.chunk({}, "stop", **answer_fields(event)))
+                reason = usage.finish_reason if usage is not None else "stop"
+                yield sse(ids.chunk({}, reason, **extra, **answer_fields(event)))
             elif not isinstance(event, (Sources, Token)):
                 log.debug("ignoring event %r", event)
+        if include_usage and usage is not None:
+            yield sse({**ids.chunk({}), "choices": [], "usage": usage.usage()})
     except Exception as e:  # noqa: BLE001
         log.exception("knowledge-base answer failed mid-stream")
         yield error_event(e)
@@ -126,15 +129,33 @@ def kb_answer_sse(events: Iterator[Any], *, model: str) -> Iterator[str]:
     yield DONE_EVENT
 
 
-def kb_completion_body(events: Iterator[Any], *, model: str) -> dict[str, Any]:
-    """A knowledge-base answer as one ``chat.completion`` with top-level ``sources``."""
-    answer = next(e for e in list(events) if isinstance(e, Answer))
-    return CompletionIds(model).completion(answer.text, "stop", **answer_fields(answer))
+def kb_completion_body(events: list[Any], *, model: str, usage: Any = None) -> dict[str, Any]:
+    """A knowledge-base answer (its collected events) as one ``chat.completion`` with
+    top-level ``sources`` and, with ``usage``, the token counts and ``finish_reason``."""
+    answer = next(e for e in events if isinstance(e, Answer))
+    reason = usage.finish_reason if usage is not None else "stop"
+    extra = {"usage": usage.usage()} if usage is not None else {}
+    return CompletionIds(model).completion(answer.text, reason, **extra, **answer_fields(answer))
+
+
+def source_name(source: str | None) -> str | None:
+    """The file name of a passage's source, never a server path (issue 18 #12: KB chat returned
+    absolute paths); ``doc_id`` identifies the document within the knowledge base."""
+    if not source:
+        return source
+    return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def source_fields(source: Any) -> dict[str, Any]:
+    """One cited passage for clients, its ``source`` reduced to the file name."""
+    fields = source.to_dict()
+    fields["source"] = source_name(fields.get("source"))
+    return fields
 
 
 def answer_fields(answer: Answer) -> dict[str, Any]:
     return {
-        "sources": [source.to_dict() for source in answer.sources],
+        "sources": [source_fields(source) for source in answer.sources],
         "refused": answer.refused,
         "standalone_question": answer.question,
     }

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from app.errors import Bilingual, UserError, bilingual_text, one_line
-from app.web.render import user_message
+from app.web.render import hide_paths, user_message
 from configs.errors import BadInput, GlmkbError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,20 @@ def error_line(error: Exception) -> str:
     if zh is None:
         zh = "内部错误，请稍后重试或联系管理员"
         en = f"{type(error).__name__} (details in the server log)"
-    if zh and CLI_OR_API_HINT.search(en):
-        return zh  # the English line is for CLI and API users (commands, flags, endpoints)
-    return user_message(zh, en)
+    return page_message(zh, en)
+
+
+def page_message(zh: str, en: str) -> str:
+    """``zh / en`` for the page: no server folders, and no English line naming a command, a
+    flag or an endpoint (that one is for CLI and API users)."""
+    if CLI_OR_API_HINT.search(en):
+        return zh
+    return user_message(zh, hide_paths(en))
 
 
 def warn(zh: str, en: str) -> None:
     """Show a one-line Chinese + English warning toast (the handler carries on)."""
-    gr.Warning(html.escape(user_message(zh, en)), title=WARNING_TITLE)
+    gr.Warning(html.escape(page_message(zh, en)), title=WARNING_TITLE)
 
 
 def _toast(message: str) -> gr.Error:

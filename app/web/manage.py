@@ -3,11 +3,13 @@ documents, drop."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
@@ -75,14 +77,23 @@ class ManageHandlers:
         return (*self.kb_choices(name), "", status)
 
     def screen_uploads(self, files: Sequence[str] | str | None) -> Any:
-        """Right after an upload: drop files of a wrong type or size, with a warning for each."""
+        """Right after an upload: drop files of a wrong type or size, and those beyond
+        ``ui.max_upload_files``, with a warning for each; dropped files are deleted at once."""
         single = isinstance(files, str)
+        paths = [files] if single else list(files or [])
+        limit = self.services.settings.ui.max_upload_files
+        if len(paths) > limit:
+            warn(f"一次最多上传 {limit} 个文件，多出的 {len(paths) - limit} 个已忽略",
+                 f"at most {limit} files per upload (ui.max_upload_files); {len(paths) - limit} were dropped")
+            discard_uploads(paths[limit:])
+            paths = paths[:limit]
         kept = []
-        for path in [files] if single else list(files or []):
+        for path in paths:
             try:
                 kept.append(str(check_text_content(self.services.check_upload(path))))
             except UserError as e:
                 warn(e.zh, e.en)
+                discard_uploads([path])
         if single:
             return kept[0] if kept else None
         return kept
@@ -103,9 +114,13 @@ class ManageHandlers:
         paths = [files] if isinstance(files, str) else list(files or [])
         if not paths:
             raise UserError("请先选择要上传的文件", "choose files to upload first")
+        limit = self.services.settings.ui.max_upload_files
+        if len(paths) > limit:
+            raise UserError(f"一次最多上传 {limit} 个文件", f"at most {limit} files per upload (ui.max_upload_files)")
         checked = [check_text_content(self.services.check_upload(p)) for p in paths]
         progress(0, desc="读取文件 / reading files")
         report = self.services.add_files(kb_name, checked)
+        discard_uploads(checked)  # the KB keeps the text; Gradio's copies are not needed any more
         status = (
             f"知识库 {kb_name}：新增 {len(report.added)}，更新 {len(report.replaced)}，"
             f"未变 {len(report.unchanged)} 个文件，共 {report.chunks_added} 个新块 / "
@@ -148,6 +163,20 @@ class ManageHandlers:
             )
         self.services.drop_kb(kb_name)
         return (*self.kb_choices(None), False, f"已删除知识库 {kb_name} / deleted knowledge base {kb_name}")
+
+
+def discard_uploads(paths: Sequence[str | Path]) -> None:
+    """Delete Gradio's copies of uploaded files (and their emptied folders), never anything
+    outside Gradio's upload folder (issue 20 #11: uploads were never deleted)."""
+    root = Path(get_upload_folder()).resolve()
+    for path in paths:
+        file = Path(path).resolve()
+        if root not in file.parents:
+            continue
+        file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the per-upload folder, once empty
+            if file.parent != root:
+                file.parent.rmdir()
 
 
 class ManageTab:

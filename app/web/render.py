@@ -110,8 +110,9 @@ def page_reason(text: str) -> str:
 
 
 def hide_paths(text: str) -> str:
-    """``text`` with each absolute path cut to ``…/last-part`` (no server folders in the page)."""
-    return _PATH.sub(lambda m: "…/" + re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1], text)
+    """``text`` with each absolute path cut to its last two parts (``…/model/config.json``):
+    enough to recognise the file, without the server's folders."""
+    return _PATH.sub(lambda m: "…/" + "/".join(re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-2:]), text)
 
 
 def banner(problems: Iterable[tuple[str, str]]) -> str:

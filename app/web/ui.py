@@ -20,7 +20,7 @@ from app.web.characters_tab import build_characters_tab  # noqa: E402
 from app.web.chat import MODES, ChatTab  # noqa: E402
 from app.web.manage import ManageTab  # noqa: E402
 from app.web.summary import SummaryTab, document_dropdown  # noqa: E402
-from app.web.widgets import banner_update, kb_picker  # noqa: E402
+from app.web.widgets import banner_poll, banner_update, kb_picker  # noqa: E402
 
 __all__ = ["CSS", "MODES", "THEME", "TITLE", "banner_update", "build_ui", "kb_picker"]
 
@@ -91,7 +91,7 @@ def build_ui(services: Services) -> gr.Blocks:
         poll = gr.Timer(2.0, active=False)
         demo.load(lambda: gr.Timer(active=services.llm_status().loading), outputs=[poll], api_name=False)
         poll.tick(
-            lambda: (banner_update(services), gr.Timer(active=services.llm_status().loading)),
+            lambda: banner_poll(services),
             outputs=[banner, poll],
             api_name=False,
             show_progress="hidden",

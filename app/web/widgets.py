@@ -7,7 +7,7 @@ import gradio as gr
 from app.services import Services
 from app.web import render
 
-__all__ = ["banner_markdown", "banner_update", "kb_picker", "llm_problem"]
+__all__ = ["banner_markdown", "banner_poll", "banner_update", "kb_picker", "llm_problem"]
 
 
 def llm_problem(services: Services) -> tuple[str, str] | None:
@@ -37,6 +37,12 @@ def banner_update(services: Services) -> gr.Markdown:
     """The warning banner: shown with what is missing and how to fix it, hidden when all is well."""
     text = banner_markdown(services)
     return gr.Markdown(value=text, visible=bool(text))
+
+
+def banner_poll(services: Services) -> tuple[gr.Markdown, gr.Timer]:
+    """The banner again, and whether to keep polling: while the chat model loads, so that
+    "大模型加载中" is replaced as soon as the load ends (well or not)."""
+    return banner_update(services), gr.Timer(active=services.llm_status().loading)
 
 
 def kb_picker(services: Services, *, elem_id: str) -> gr.Dropdown:
