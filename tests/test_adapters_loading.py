@@ -36,7 +36,7 @@ def test_server_flags_map_onto_settings() -> None:
     args = parser.parse_args(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
     llm = model_overrides(args)["llm"]
     assert llm["adapter"] == "./output/checkpoint-3000" and llm["merge_adapter"] is True
-    assert model_overrides(parser.parse_args([]))["llm"]["merge_adapter"] is None  # unset: the YAML decides
+    assert model_overrides(parser.parse_args([])).get("llm", {}).get("merge_adapter") is None  # unset: the YAML decides
 
 
 def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path: Path, tmp_path: Path) -> None:
