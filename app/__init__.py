@@ -1,5 +1,9 @@
-"""glmkb web UI (Gradio): knowledge-base chat with streamed answers and cited sources,
-streamed long-text summaries, knowledge-base management. Run it with ``glmkb-web``.
+"""glmkb's front ends over one shared service layer.
+
+- ``app.services``: ``Services`` (the chat model, knowledge bases, embedding models), shared
+  by every front end; it raises ``app.errors`` kinds that each front end maps at its edge.
+- ``app.web``: the Gradio UI (``glmkb-web``); ``app.api``: the OpenAI-compatible API
+  (``glmkb-api``); ``app.serve``: both in one process (``glmkb serve``, ``app.glmkb_cli``).
 
 Exports load lazily so that ``python -m app.api`` does not import gradio.
 """
@@ -10,13 +14,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "main": "app.cli",
-    "AuthConfigError": "app.common",
-    "launch": "app.server",
-    "resolve_auth": "app.server",
-    "SharedEmbeddings": "app.shared_embeddings",
-    "AppState": "app.state",
-    "build_ui": "app.ui",
+    "main": "app.web.cli",
+    "AuthConfigError": "app.auth",
+    "launch": "app.web.server",
+    "resolve_auth": "app.auth",
+    "SharedEmbeddings": "app.services",
+    "Services": "app.services",
+    "build_ui": "app.web.ui",
 }
 
 __all__ = sorted(_EXPORTS)

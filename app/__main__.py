@@ -2,7 +2,7 @@
 
 import sys
 
-from app.cli import main
+from app.web.cli import main
 
 __all__ = ["main"]
 

@@ -183,6 +183,15 @@ class APISettings(_Section):
         False, description="Explicitly allow binding a non-loopback address without an API key."
     )
     served_model_name: str = Field("glmkb", description="Model id reported by /v1/models and accepted in requests.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond it), checked before parsing."
+    )
+    kb_workers: int = Field(
+        4, ge=1, description="Knowledge-base requests (list, query, KB chat set-up) served at once, in their own pool."
+    )
+    timeout_keep_alive: int = Field(
+        5, ge=1, description="Seconds an idle or slow client connection is kept open (uvicorn timeout_keep_alive)."
+    )
 
 
 class UISettings(_Section):
@@ -214,6 +223,10 @@ class UISettings(_Section):
         ),
     )
     max_upload_mb: int = Field(50, ge=1, description="Largest accepted upload in MiB.")
+    max_upload_files: int = Field(20, ge=1, description="Files accepted in one upload.")
+    max_queue: int = Field(
+        64, ge=1, description="Events waiting in the Gradio queue (all users); more are refused as 'queue full'."
+    )
     allowed_types: list[str] = Field(
         default_factory=lambda: [".txt", ".md"], description="Upload file extensions accepted."
     )

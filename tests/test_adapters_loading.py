@@ -29,14 +29,13 @@ def test_factory_loads_the_configured_adapter(chatglm2_mqa_legacy_path: Path, tm
 
 
 def test_server_flags_map_onto_settings() -> None:
-    from app.common import add_model_flags, model_overrides
+    from app.flags import add_model_flags, model_overrides
 
     parser = argparse.ArgumentParser()
     add_model_flags(parser)
-    args = parser.parse_args(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
-    llm = model_overrides(args)["llm"]
-    assert llm["adapter"] == "./output/checkpoint-3000" and llm["merge_adapter"] is True
-    assert model_overrides(parser.parse_args([]))["llm"]["merge_adapter"] is None  # unset: the YAML decides
+    args = parser.parse_args(["--adapter", "./output/checkpoint-3000"])
+    assert model_overrides(args)["llm"]["adapter"] == "./output/checkpoint-3000"
+    assert model_overrides(parser.parse_args([]))["llm"]["adapter"] is None  # unset: the YAML decides
 
 
 def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path: Path, tmp_path: Path) -> None:
@@ -58,7 +57,7 @@ def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path
 
 @pytest.mark.parametrize("fixture", ["tiny_glm_dir", "tiny_glm4_dir"], ids=["glm", "glm4"])
 def test_native_models_train_reload_and_merge(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """GLM-4 -hf style folders: glmkb-finetune's native-layout LoRA and prefix reload exactly; convert --adapter merges."""
+    """GLM-4 -hf style folders: glmkb finetune's native-layout LoRA and prefix reload exactly; convert --adapter merges."""
     from ingest.cli import main
     from llm.finetune.train import FinetuneConfig, run_finetune
     from tests.test_finetune_train import TOY

@@ -23,7 +23,8 @@ import pytest
 from pydantic import Field
 
 from app.api import build_parser, settings_from_args
-from app.api_service import APIService, AuthConfigError, resolve_api_key
+from app.auth import AuthConfigError, resolve_api_key
+from app.services import Services
 from configs import Settings
 from configs.settings import APISettings
 from kb import KnowledgeBase
@@ -73,7 +74,7 @@ def scripted(tiny_chatglm: ChatGLM, **fields: Any) -> ScriptedChatGLM:
     return ScriptedChatGLM(model=tiny_chatglm.model, tokenizer=tiny_chatglm.tokenizer, temperature=0.0, **fields)
 
 
-running = api_server  # serve an APIService on a free loopback port; yields the base URL
+running = api_server  # serve an Services on a free loopback port; yields the base URL
 
 
 def make_settings(kb_root: Path, **sections: Any) -> Settings:
@@ -161,7 +162,7 @@ def settings(kb_root: Path, tiny_embedding_path: Path) -> Settings:
 
 @pytest.fixture(scope="module")
 def url(settings: Settings, llm: ScriptedChatGLM) -> Iterator[str]:
-    with running(APIService(settings, llm=llm)) as base:
+    with running(Services(settings, llm=llm)) as base:
         yield base
 
 
@@ -342,7 +343,7 @@ def test_concurrent_streams_do_not_block_the_server_and_each_get_their_answer(
     paused.processor = processor
     results: dict[str, str] = {}
 
-    with running(APIService(settings, llm=paused)) as base:
+    with running(Services(settings, llm=paused)) as base:
 
         def ask(name: str) -> None:
             with httpx.Client(base_url=base, timeout=60) as c:
@@ -376,7 +377,7 @@ def test_client_disconnect_stops_generation(settings: Settings, tiny_chatglm: Ch
     long_answer = scripted(tiny_chatglm, answer="刘备关羽张飞" * 1500, max_new_tokens=3000)
     processor = long_answer.forced()
     long_answer.processor = processor
-    with running(APIService(settings, llm=long_answer)) as base:
+    with running(Services(settings, llm=long_answer)) as base:
         with httpx.Client(base_url=base, timeout=60) as c:
             with c.stream("POST", path, json={"messages": user("桃园结义讲个长故事"), "stream": True}) as r:
                 events = sse_events(r)
@@ -394,7 +395,7 @@ def test_client_disconnect_stops_generation(settings: Settings, tiny_chatglm: Ch
 
 @pytest.fixture(scope="module")
 def auth_url(settings: Settings, llm: ScriptedChatGLM) -> Iterator[str]:
-    with running(APIService(settings, llm=llm, api_key=KEY)) as base:
+    with running(Services(settings, llm=llm, api_key=KEY)) as base:
         yield base
 
 
@@ -462,7 +463,7 @@ def test_the_model_is_loaded_once_for_concurrent_first_requests(settings: Settin
         time.sleep(0.5)  # a slow load: the other requests arrive meanwhile
         return scripted(tiny_chatglm)
 
-    with running(APIService(settings, llm_factory=factory)) as base:
+    with running(Services(settings, llm_factory=factory)) as base:
 
         def ask() -> int:
             with httpx.Client(base_url=base, timeout=60) as c:
@@ -524,7 +525,7 @@ def test_cli_flags_override_settings(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def no_llm_url(kb_root: Path) -> Iterator[str]:
-    with running(APIService(make_settings(kb_root))) as base:
+    with running(Services(make_settings(kb_root))) as base:
         yield base
 
 
@@ -551,7 +552,7 @@ def test_without_an_embedding_model_embeddings_are_503(no_llm_url: str) -> None:
 
 def test_a_model_that_fails_to_load_answers_503_with_the_reason(kb_root: Path) -> None:
     settings = make_settings(kb_root, llm={"model_path": str(kb_root / "no-such-model")})
-    with running(APIService.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
+    with running(Services.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
         for _ in range(2):  # the failure is remembered, not retried on every request
             response = c.post("/v1/chat/completions", json={"messages": user("hi")})
             assert_openai_error(response, 503, "failed to load", "no-such-model")
@@ -726,7 +727,7 @@ def test_the_openai_sdk_works_against_the_server(auth_url: str, tiny_embedding_p
 
 def test_knowledge_bases_built_or_dropped_while_serving(tmp_path: Path, sanguo_text: str) -> None:
     settings = make_settings(tmp_path / "kb_root")
-    with running(APIService(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
+    with running(Services(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
         assert c.get("/v1/kb").json()["data"] == []
         assert_openai_error(c.post("/v1/kb/late/query", json={"query": "刘备"}), 404, "does not exist")
         late = KnowledgeBase.from_settings(settings, name="late", create=True)

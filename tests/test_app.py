@@ -1,7 +1,7 @@
 """The web UI served for real: gradio_client against a launched server with the tiny ChatGLM.
 
 Every server here runs in this process on 127.0.0.1 and a free port, over a keyword-only
-knowledge base built from the first chapters of 三国演义, with the real ``AppState`` →
+knowledge base built from the first chapters of 三国演义, with the real ``Services`` →
 ``KnowledgeBaseQAChain`` / summarizer → ``ChatGLM`` path (tiny random weights, greedy).
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from app.server import launch
-from app.state import AppState
-from app.summary import FROM_KB, FROM_UPLOAD
-from app.ui import build_ui
+from app.web.server import launch
+from app.services import Services
+from app.web.summary import FROM_KB, FROM_UPLOAD
+from app.web.ui import build_ui
 from chains import KnowledgeBaseQAChain
 from configs import Settings
 from kb import KnowledgeBase
@@ -57,7 +57,7 @@ def make_settings(kb_root: Path, **ui: Any) -> Settings:
 
 
 @contextlib.contextmanager
-def serve(state: AppState) -> Iterator[str]:
+def serve(state: Services) -> Iterator[str]:
     """Launch the real UI for ``state`` without blocking; close it afterwards."""
     demo = build_ui(state)
     launch(demo, state.settings, prevent_thread_lock=True, quiet=True)
@@ -119,7 +119,7 @@ def qa_llm(tiny_chatglm: Any) -> Any:
 @pytest.fixture(scope="module")
 def app_url(kb_root: Path, qa_llm: Any) -> Iterator[str]:
     """The full UI with the tiny ChatGLM; uploads limited to 1 MB."""
-    state = AppState(make_settings(kb_root, max_upload_mb=1), llm=qa_llm)
+    state = Services(make_settings(kb_root, max_upload_mb=1), llm=qa_llm)
     with serve(state) as url:
         yield url
 
@@ -175,7 +175,7 @@ def test_sessions_do_not_see_each_others_streams(app_url: str) -> None:
 
 def test_stop_closes_the_stream_and_ends_generation(kb_root: Path, slow_llm: Any) -> None:
     """Regression: a cancelled answer must stop the model's worker thread, not run to the end."""
-    state = AppState(make_settings(kb_root), llm=slow_llm)
+    state = Services(make_settings(kb_root), llm=slow_llm)
     with serve(state) as url:
         c = client(url)
         job = c.submit(QUESTION, KB, "bm25", 3, api_name="/ask")
@@ -229,7 +229,7 @@ def test_stop_ends_a_summary_inside_its_map_batch(kb_root: Path, tiny_chatglm: A
     llm = long_answers(tiny_chatglm)
     forced = llm.forced
     doc_id = KnowledgeBase.from_settings(make_settings(kb_root), name=KB).list_documents()[0].doc_id
-    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+    with serve(Services(make_settings(kb_root), llm=llm)) as url:
         c = client(url)
         job = c.submit(FROM_KB, KB, doc_id, None, "第1-3回", api_name="/summarize")
         assert wait_until(lambda: forced.steps > 20, timeout=120), "the map batch did not start"
@@ -335,7 +335,7 @@ def no_llm_url(kb_root: Path) -> Iterator[str]:
     """The UI as started without llm.model_path and with an embedding model that is missing."""
     settings = make_settings(kb_root)
     settings.embedding.model = str(kb_root / "no-such-embedding-model")
-    with serve(AppState.from_settings(settings)) as url:
+    with serve(Services.from_settings(settings)) as url:
         yield url
 
 
@@ -357,7 +357,7 @@ def test_without_a_model_questions_show_the_passages(no_llm_url: str, sanguo_tex
 
 def test_without_a_model_summaries_are_refused_clearly(no_llm_url: str, kb_root: Path) -> None:
     doc_id = KnowledgeBase.from_settings(make_settings(kb_root), name=KB).list_documents()[0].doc_id
-    with pytest.raises(AppError, match="--model-path"):
+    with pytest.raises(AppError, match="总结需要大模型.*llm.model_path"):
         client(no_llm_url).predict(FROM_KB, KB, doc_id, None, "", api_name="/summarize")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.state import AppState
+from app.services import Services
 from kb import KnowledgeBase
 from tests.test_app import answers, client, free_port, message_text, serve, sources_boxes
 
@@ -51,20 +51,20 @@ def dense_root(tmp_path_factory: pytest.TempPathFactory, tiny_embedding_path: Pa
 
 
 @pytest.fixture(scope="module")
-def dense_app(dense_root: Path, tiny_embedding_path: Path, tiny_chatglm: Any) -> Iterator[tuple[str, AppState]]:
-    state = AppState(dense_settings(dense_root, tiny_embedding_path), llm=tiny_chatglm)
+def dense_app(dense_root: Path, tiny_embedding_path: Path, tiny_chatglm: Any) -> Iterator[tuple[str, Services]]:
+    state = Services(dense_settings(dense_root, tiny_embedding_path), llm=tiny_chatglm)
     with serve(state) as url:
         yield url, state
 
 
 @pytest.mark.parametrize("mode", ["dense", "hybrid", "bm25"])
-def test_every_retrieval_mode_answers_with_sources(dense_app: tuple[str, AppState], mode: str) -> None:
+def test_every_retrieval_mode_answers_with_sources(dense_app: tuple[str, Services], mode: str) -> None:
     url, _ = dense_app
     chat = client(url).predict(QUESTION, "dense", mode, 3, api_name="/ask")[1]
     assert answers(chat)[-1] and "(3)" in sources_boxes(chat)[0]["metadata"]["title"]
 
 
-def test_knowledge_bases_share_one_embedding_model(dense_app: tuple[str, AppState]) -> None:
+def test_knowledge_bases_share_one_embedding_model(dense_app: tuple[str, Services]) -> None:
     url, state = dense_app
     c = client(url)
     for kb in ("dense", "dense2"):
@@ -72,7 +72,7 @@ def test_knowledge_bases_share_one_embedding_model(dense_app: tuple[str, AppStat
     assert len(state._embeddings) == 1  # noqa: SLF001 - the shared cache is what is tested
 
 
-def test_a_missing_embedding_model_falls_back_to_keywords(dense_app: tuple[str, AppState]) -> None:
+def test_a_missing_embedding_model_falls_back_to_keywords(dense_app: tuple[str, Services]) -> None:
     url, _ = dense_app
     c = client(url)
     chat = c.predict(QUESTION, "orphan", "hybrid", 3, api_name="/ask")[1]
@@ -82,7 +82,7 @@ def test_a_missing_embedding_model_falls_back_to_keywords(dense_app: tuple[str, 
 
 
 def test_a_knowledge_base_created_in_the_ui_uses_the_configured_embedding(
-    dense_app: tuple[str, AppState], dense_root: Path, tmp_path: Path, tiny_embedding_path: Path
+    dense_app: tuple[str, Services], dense_root: Path, tmp_path: Path, tiny_embedding_path: Path
 ) -> None:
     from gradio_client import handle_file
 

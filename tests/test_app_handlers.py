@@ -9,10 +9,10 @@ from typing import Any
 import gradio as gr
 import pytest
 
-from app import render
-from app.chat import ChatHandlers, history_pairs
-from app.errors import UserError, user_errors
-from app.state import AppState
+from app.web import render
+from app.web.chat import ChatHandlers, history_pairs
+from app.web.errors import UserError, user_errors
+from app.services import Services
 from chains.events import Answer, Source, Sources, Token
 from configs import Settings
 
@@ -28,8 +28,8 @@ SRC = Source(
 )
 
 
-class ScriptedState(AppState):
-    """An AppState whose QA stream is scripted, recording what the chat handler passes in."""
+class ScriptedState(Services):
+    """An Services whose QA stream is scripted, recording what the chat handler passes in."""
 
     def __init__(self, tmp_path: Path, pieces: list[str]) -> None:
         super().__init__(Settings(kb_root=tmp_path, embedding={"model": "none"}))
@@ -176,7 +176,7 @@ def test_long_passages_are_cut_to_a_snippet() -> None:
 
 
 def test_uploads_are_checked_for_type_and_size(tmp_path: Path) -> None:
-    state = AppState(Settings(kb_root=tmp_path, ui={"max_upload_mb": 1, "allowed_types": [".txt", "md"]}))
+    state = Services(Settings(kb_root=tmp_path, ui={"max_upload_mb": 1, "allowed_types": [".txt", "md"]}))
     exact = tmp_path / "exact.TXT"
     exact.write_bytes(b"a" * 1024 * 1024)
     assert state.check_upload(exact) == exact
@@ -195,8 +195,8 @@ def test_uploads_are_checked_for_type_and_size(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".x", "-x", "a..b", "", "  "])
 def test_bad_knowledge_base_names_are_refused(name: str) -> None:
     with pytest.raises(UserError):
-        AppState.check_kb_name(name)
+        Services.check_kb_name(name)
 
 
 def test_chinese_knowledge_base_names_are_fine() -> None:
-    assert AppState.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"
+    assert Services.check_kb_name(" 三国演义_v2 ") == "三国演义_v2"

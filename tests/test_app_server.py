@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from app.cli import build_parser, settings_from_args
-from app.server import AuthConfigError, is_loopback, launch, resolve_auth
-from app.state import AppState
-from app.ui import build_ui
+from app.web.cli import build_parser, settings_from_args
+from app.web.server import AuthConfigError, is_loopback, launch, resolve_auth
+from app.services import Services
+from app.web.ui import build_ui
+from app.web.widgets import banner_markdown, llm_problem
 from configs import Settings, UISettings, load_settings
 from tests.helpers import clean_env
 from tests.test_app import free_port
@@ -92,7 +93,7 @@ def test_login_is_required_and_the_password_never_logged(
     settings = load_settings(
         kb_root=str(tmp_path), embedding={"model": "none"}, ui={"port": free_port(), "auth_user": "reader"}
     )
-    demo = build_ui(AppState.from_settings(settings))
+    demo = build_ui(Services.from_settings(settings))
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
         url = f"http://127.0.0.1:{settings.ui.port}/"
@@ -119,7 +120,7 @@ def test_launch_reaches_nothing_but_itself(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(socket, "getaddrinfo", recording)
     settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, ui={"port": free_port()})
-    demo = build_ui(AppState(settings))
+    demo = build_ui(Services(settings))
     assert demo.analytics_enabled is False
     started = time.monotonic()
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
@@ -170,7 +171,7 @@ def test_the_model_is_loaded_once_however_many_users_ask_at_once(tmp_path: Path)
         time.sleep(0.3)  # a slow load: every other caller must wait for this one
         return object()
 
-    state = AppState(Settings(kb_root=tmp_path), llm_factory=factory)
+    state = Services(Settings(kb_root=tmp_path), llm_factory=factory)
     got: list[Any] = []
     threads = [threading.Thread(target=lambda: got.append(state.get_llm())) for _ in range(8)]
     for t in threads:
@@ -182,18 +183,18 @@ def test_the_model_is_loaded_once_however_many_users_ask_at_once(tmp_path: Path)
 
 def test_a_model_that_fails_to_load_leaves_a_banner_not_a_crash(tmp_path: Path) -> None:
     settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"model_path": str(tmp_path / "nope")})
-    state = AppState.from_settings(settings)
-    assert state.llm_problem() is None  # not tried yet: it loads lazily
+    state = Services.from_settings(settings)
+    assert llm_problem(state) is None  # not tried yet: it loads lazily
     assert state.get_llm() is None and state.get_llm() is None
-    banner = state.banner_markdown()
+    banner = banner_markdown(state)
     assert "加载失败 / failed to load" in banner and str(tmp_path / "nope") in banner
     assert "--model-path" in banner
 
 
 def test_no_model_configured_is_explained(tmp_path: Path) -> None:
-    state = AppState.from_settings(Settings(kb_root=tmp_path, embedding={"model": "none"}))
+    state = Services.from_settings(Settings(kb_root=tmp_path, embedding={"model": "none"}))
     assert state.get_llm() is None
-    assert "llm.model_path is not set" in state.banner_markdown()
+    assert "llm.model_path is not set" in banner_markdown(state)
 
 
 # ------------------------------------------------------------------------------ the real command

@@ -19,11 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.api_service import APIService
-from app.server import launch
-from app.state import AppState
-from app.summary import FROM_KB, FROM_UPLOAD
-from app.ui import build_ui
+from app.services import Services
+from app.web.server import launch
+from app.web.summary import FROM_KB, FROM_UPLOAD
+from app.web.ui import build_ui
 from configs import Settings
 from ingest.cli import main as ingest_main
 from kb import KnowledgeBase, KnowledgeBaseError, validate_kb_name
@@ -144,7 +143,7 @@ def ui(kb_root: Path, **ui_settings: Any) -> Iterator[str]:
 
     settings = Settings(kb_root=kb_root, embedding={"model": "none"}, retrieval={"mode": "bm25"},
                         ui={"port": free_port(), **ui_settings})
-    demo = build_ui(AppState(settings))
+    demo = build_ui(Services(settings))
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{settings.ui.port}/"
@@ -233,7 +232,7 @@ def test_the_http_api_refuses_bad_names(kb_root: Path) -> None:
     before = outside(kb_root)
     encoded = ["..", "%2e%2e", "%2E%2E", "..%2Fvictim", "%2e%2e%2fvictim", "..%5Cvictim", "%2Fetc", "a%00b", "%00",
                "x" * 65, "CON", ".hidden", "a%0Ab", "%E2%80%AEevil", "v%69ctim%2F..%2F..%2Fvictim"]
-    with running(APIService(settings)) as base:
+    with running(Services(settings)) as base:
         assert raw_post(base, "/v1/kb/mine/query", {"query": "曹操"})[0] == 200
         for name in encoded:
             for path in (f"/v1/kb/{name}/query", f"/v1/kb/{name}/chat/completions", f"/v1/kb/../{name}/query"):

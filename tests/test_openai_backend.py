@@ -20,7 +20,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.prompts import PromptTemplate
 
-from app.api_service import APIService
+from app.services import Services
 from chains import Answer, KnowledgeBaseQAChain, Sources, StreamLLMChain, Summary, Token
 from chains.summarize import documents_from_text, stream_summary
 from configs import Settings
@@ -104,7 +104,7 @@ def server_llm(tiny_chatglm: ChatGLM) -> ScriptedChatGLM:
 @pytest.fixture(scope="module")
 def base_url(kb_root: Path, server_llm: ScriptedChatGLM) -> Iterator[str]:
     """glmkb's API with the scripted tiny model, requiring the key ``KEY``."""
-    with running(APIService(make_settings(kb_root), llm=server_llm, api_key=KEY)) as url:
+    with running(Services(make_settings(kb_root), llm=server_llm, api_key=KEY)) as url:
         yield f"{url}/v1"
 
 
@@ -293,7 +293,7 @@ def test_summarizer_over_the_openai_backend(chat: OpenAICompatibleChat, sanguo_t
 
 def test_glmkb_api_can_front_another_openai_compatible_server(base_url: str, key_env: None, kb_root: Path) -> None:
     """glmkb-api with llm.backend openai: chat completions pass through a LangChain chat model."""
-    front = APIService(make_settings(kb_root), llm=load_llm(client_settings(base_url)))
+    front = Services(make_settings(kb_root), llm=load_llm(client_settings(base_url)))
     with running(front) as url, httpx.Client(base_url=url, timeout=60) as c:
         events = collect_stream(c, "/v1/chat/completions", {"messages": user("刘备字什么？"), "stop": "汉景帝"})
         assert chat_text(events) == ANSWER.split("汉景帝")[0]
@@ -372,7 +372,7 @@ def test_an_unknown_model_and_a_rejected_request_say_why(base_url: str, key_env:
 
 def test_glmkb_api_in_front_of_a_server_that_is_down_says_so(key_env: None, kb_root: Path) -> None:
     upstream = f"http://127.0.0.1:{free_port()}/v1"
-    front = APIService(make_settings(kb_root), llm=load_llm(client_settings(upstream)))
+    front = Services(make_settings(kb_root), llm=load_llm(client_settings(upstream)))
     with running(front) as url, httpx.Client(base_url=url, timeout=60) as c:
         response = c.post("/v1/chat/completions", json={"messages": user("你好")})
         assert response.status_code == 502

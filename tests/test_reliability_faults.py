@@ -475,11 +475,11 @@ def api_on(service: Any, port: int) -> contextlib.AbstractContextManager[str]:
 def test_the_ui_keeps_serving_when_the_model_fails_to_load(fault_root: Path, tmp_path: Path) -> None:
     """A broken chat model and a deleted embedding model: the banner says why, questions are
     answered with the passages (keywords instead of vectors), management keeps working."""
-    from app.state import AppState
+    from app.services import Services
     from tests.test_app import answers, client, serve
 
     settings = fault_settings(fault_root, model_path=str(broken_model_folder(tmp_path / "broken-model")))
-    state = AppState.from_settings(settings)
+    state = Services.from_settings(settings)
     state.warm_up()  # what glmkb-web does in the background at start
     with serve(state) as url:
         c = client(url)
@@ -501,8 +501,7 @@ def test_the_ui_survives_an_openai_server_that_is_down_and_recovers_when_it_retu
     URL, the rest of the page keeps working, and once the server is up the same UI answers."""
     from gradio_client.exceptions import AppError
 
-    from app.api_service import APIService
-    from app.state import AppState
+    from app.services import Services
     from tests.test_api import ANSWER, MODEL, make_settings, scripted
     from tests.test_app import answers, client, free_port, serve
 
@@ -511,14 +510,14 @@ def test_the_ui_survives_an_openai_server_that_is_down_and_recovers_when_it_retu
     monkeypatch.setenv(UPSTREAM_KEY_ENV, "k")
     settings = fault_settings(fault_root, backend="openai", base_url=base_url, model=MODEL, api_key_env=UPSTREAM_KEY_ENV,
                               request_timeout=10)
-    with serve(AppState.from_settings(settings)) as url:
+    with serve(Services.from_settings(settings)) as url:
         c = client(url)
         for _ in range(2):
             with pytest.raises(AppError, match=f"cannot reach the model server at {base_url}"):
                 c.predict("刘备和谁结义？", "sanguo", "bm25", 3, api_name="/ask")
             assert c.predict("sanguo", api_name="/documents")[0]["data"]
             assert c.predict(api_name="/banner") is not None
-        upstream = APIService(make_settings(fault_root), llm=scripted(tiny_chatglm), api_key="k")
+        upstream = Services(make_settings(fault_root), llm=scripted(tiny_chatglm), api_key="k")
         with api_on(upstream, port):
             chat = c.predict("刘备和谁结义？", "sanguo", "bm25", 3, api_name="/ask")[1]
         assert answers(chat)[-1] == ANSWER
@@ -529,7 +528,7 @@ def test_the_api_keeps_serving_without_its_models_and_recovers_its_upstream(
 ) -> None:
     import httpx
 
-    from app.api_service import APIService
+    from app.services import Services
     from llm import load_llm
     from tests.test_api import ANSWER, MODEL, make_settings, running, scripted, user
     from tests.test_app import free_port
@@ -541,7 +540,7 @@ def test_the_api_keeps_serving_without_its_models_and_recovers_its_upstream(
 
     # a chat model that fails to load and an embedding model that is gone
     settings = fault_settings(fault_root, model_path=str(broken_model_folder(tmp_path / "broken-model")))
-    with running(APIService.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=60) as c:
+    with running(Services.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=60) as c:
         for _ in range(2):
             error(c.post("/v1/chat/completions", json={"messages": user("你好")}), 503, "failed to load", "broken-model")
             error(c.post("/v1/kb/sanguo/chat/completions", json={"messages": user("你好")}), 503, "failed to load")
@@ -555,12 +554,12 @@ def test_the_api_keeps_serving_without_its_models_and_recovers_its_upstream(
     monkeypatch.setenv(UPSTREAM_KEY_ENV, "k")
     front_settings = fault_settings(fault_root, backend="openai", base_url=f"http://127.0.0.1:{port}/v1", model=MODEL,
                                     api_key_env=UPSTREAM_KEY_ENV, request_timeout=10)
-    front = APIService(front_settings, llm=load_llm(front_settings))
+    front = Services(front_settings, llm=load_llm(front_settings))
     with running(front) as base, httpx.Client(base_url=base, timeout=60) as c:
         error(c.post("/v1/chat/completions", json={"messages": user("你好")}), 502, f"127.0.0.1:{port}")
         error(c.post("/v1/kb/sanguo/chat/completions", json={"messages": user("刘备")}), 502, "cannot reach")
         assert c.post("/v1/kb/sanguo/query", json={"query": "刘备"}).json()["data"]
-        upstream = APIService(make_settings(fault_root), llm=scripted(tiny_chatglm), api_key="k")
+        upstream = Services(make_settings(fault_root), llm=scripted(tiny_chatglm), api_key="k")
         with api_on(upstream, port):
             reply = c.post("/v1/chat/completions", json={"messages": user("你好")}).json()
             assert reply["choices"][0]["message"]["content"] == ANSWER

@@ -35,7 +35,7 @@ import httpx
 import pytest
 from pydantic import Field
 
-from app.chat import THINKING
+from app.web.chat import THINKING
 from llm import ChatGLM
 from llm.streaming import model_is_busy
 from tests.fixtures.models import ForcedTokens
@@ -94,10 +94,9 @@ SERVER = textwrap.dedent(
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import uvicorn
     from app.api import create_app
-    from app.api_service import APIService
-    from app.server import launch
-    from app.state import AppState
-    from app.ui import build_ui
+    from app.services import Services
+    from app.web.server import launch
+    from app.web.ui import build_ui
     from configs import Settings
     from tests.test_reliability_load import PerQuestionChatGLM
 
@@ -106,9 +105,9 @@ SERVER = textwrap.dedent(
     settings = Settings(kb_root=kb_root, kb_name="sanguo", embedding={"model": "none"},
                         retrieval={"mode": "bm25", "top_k": 3}, llm={"max_input_tokens": 2048},
                         ui={"port": ui_port, "concurrency": 4}, api={"port": api_port})
-    demo = build_ui(AppState(settings, llm=llm))
+    demo = build_ui(Services(settings, llm=llm))
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
-    api = uvicorn.Server(uvicorn.Config(create_app(APIService(settings, llm=llm)), host="127.0.0.1",
+    api = uvicorn.Server(uvicorn.Config(create_app(Services(settings, llm=llm)), host="127.0.0.1",
                                         port=api_port, log_level="warning", lifespan="off"))
     threading.Thread(target=api.run, daemon=True).start()
     while not api.started:
@@ -262,7 +261,7 @@ def test_disconnecting_clients_stop_their_generations_while_others_wait(tiny_cha
     """Six API streams at once: three ask for a 3,600-token answer and hang up after a few
     events, three ask normal questions. The long generations stop within a few tokens of the
     hang-up, the others get exactly their answers, the model ends idle, the next request works."""
-    from app.api_service import APIService
+    from app.services import Services
     from configs import Settings
     from tests.test_api import running, sse_events
 
@@ -279,7 +278,7 @@ def test_disconnecting_clients_stop_their_generations_while_others_wait(tiny_cha
                 next(events)
         return i
 
-    with running(APIService(settings, llm=llm)) as base, ThreadPoolExecutor(6) as pool:
+    with running(Services(settings, llm=llm)) as base, ThreadPoolExecutor(6) as pool:
         quitters = [pool.submit(hang_up, base, i) for i in (1, 3, 5)]
         stayers = [(i, pool.submit(api_stream, base, i, kb=i == 2)) for i in (0, 2, 4)]
         for future in quitters:
@@ -300,7 +299,7 @@ def test_disconnecting_clients_stop_their_generations_while_others_wait(tiny_cha
 def test_stop_in_the_ui_while_others_wait(tiny_chatglm: ChatGLM, kb_root: Path) -> None:
     """Four web-UI sessions: two long answers are stopped (Stop button = cancel) mid-stream,
     two others queued behind them get their own answers; the model ends idle."""
-    from app.state import AppState
+    from app.services import Services
     from configs import Settings
     from tests.test_api import wait_until
     from tests.test_app import client, free_port, serve
@@ -310,7 +309,7 @@ def test_stop_in_the_ui_while_others_wait(tiny_chatglm: ChatGLM, kb_root: Path) 
     settings = Settings(kb_root=kb_root, kb_name="sanguo", embedding={"model": "none"},
                         retrieval={"mode": "bm25", "top_k": 3}, llm={"max_input_tokens": 2048},
                         ui={"port": free_port(), "concurrency": 4})
-    with serve(AppState(settings, llm=llm)) as url:
+    with serve(Services(settings, llm=llm)) as url:
         long_jobs = [client(url).submit(question(i), "sanguo", "bm25", 3, api_name="/ask") for i in (1, 3)]
         with ThreadPoolExecutor(2) as pool:
             short = [(i, pool.submit(ui_stream, url, i)) for i in (0, 2)]
@@ -340,9 +339,9 @@ def test_browser_sessions_kept_in_memory_are_bounded(tiny_chatglm: ChatGLM, kb_r
     bounds it; a session pushed out answers its next question as a new conversation."""
     from gradio_client import Client
 
-    from app.server import launch
-    from app.state import AppState
-    from app.ui import build_ui
+    from app.web.server import launch
+    from app.services import Services
+    from app.web.ui import build_ui
     from configs import Settings
     from tests.test_app import answers, free_port
 
@@ -352,7 +351,7 @@ def test_browser_sessions_kept_in_memory_are_bounded(tiny_chatglm: ChatGLM, kb_r
                         retrieval={"mode": "bm25", "top_k": 2}, llm={"max_input_tokens": 2048},
                         ui={"port": free_port(), "max_sessions": 4})
     assert Settings().ui.max_sessions == 1000
-    demo = build_ui(AppState(settings, llm=llm))
+    demo = build_ui(Services(settings, llm=llm))
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
         url = f"http://127.0.0.1:{settings.ui.port}/"

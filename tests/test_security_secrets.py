@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from app.api_service import APIService
-from app.server import resolve_auth
+from app.services import Services
+from app.web.server import resolve_auth
 from configs import Settings, SettingsError, load_settings
 from configs.settings import DEFAULT_YAML
 from llm import LLMServerError, load_llm
@@ -129,7 +129,7 @@ def test_glmkb_web_refusal_never_prints_the_password(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ the API key
 
 
-def debug_server(service: APIService) -> contextlib.AbstractContextManager[str]:
+def debug_server(service: Services) -> contextlib.AbstractContextManager[str]:
     """uvicorn at log level debug with its access log on, in a thread on 127.0.0.1."""
     return api_server(service, log_level="debug", access_log=True)
 
@@ -147,7 +147,7 @@ def test_the_api_key_never_reaches_the_logs(
 ) -> None:
     """Right, wrong and missing keys, streamed and not, at DEBUG level: the key is in no log
     line, no response and no error message."""
-    service = APIService(make_settings(tmp_path), llm=scripted(tiny_chatglm, max_new_tokens=8), api_key=API_KEY)
+    service = Services(make_settings(tmp_path), llm=scripted(tiny_chatglm, max_new_tokens=8), api_key=API_KEY)
     bodies: list[str] = []
     with debug_server(service) as base, httpx.Client(base_url=base, timeout=60) as c:
         good = {"Authorization": f"Bearer {API_KEY}"}
@@ -197,7 +197,7 @@ def test_the_upstream_key_of_the_openai_backend_never_reaches_the_logs(
     """``llm.backend: openai`` with the key in ``$llm.api_key_env``: the openai SDK and httpx log
     requests at DEBUG; the key must not be among what they log, nor in the client's repr or in
     the one-line error of a rejected key."""
-    service = APIService(make_settings(tmp_path), llm=scripted(tiny_chatglm, max_new_tokens=8), api_key=API_KEY)
+    service = Services(make_settings(tmp_path), llm=scripted(tiny_chatglm, max_new_tokens=8), api_key=API_KEY)
     with debug_server(service) as base:
         monkeypatch.setenv(UPSTREAM_KEY_ENV, API_KEY)
         settings = Settings(
@@ -219,7 +219,7 @@ def test_the_upstream_key_of_the_openai_backend_never_reaches_the_logs(
 
 def test_a_key_sent_with_a_wrong_scheme_is_not_echoed(tmp_path: Path, tiny_chatglm: object) -> None:
     """The 401 message names the variable the server reads, never what the client sent or the key."""
-    service = APIService(make_settings(tmp_path), llm=scripted(tiny_chatglm), api_key=KEY)
+    service = Services(make_settings(tmp_path), llm=scripted(tiny_chatglm), api_key=KEY)
     with debug_server(service) as base:
         r = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Basic {API_KEY}"}, timeout=10)
     assert r.status_code == 401 and "GLMKB_API_KEY" in r.text

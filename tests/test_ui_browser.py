@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from app.state import AppState
+from app.services import Services
 from tests.test_app import KB, generating, long_answers, make_settings, serve, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -81,7 +81,7 @@ def ask(page: Any, question: str) -> None:
 
 
 def test_answer_streams_shows_sources_and_stops(browser: Any, kb_root: Path, slow_llm: Any) -> None:
-    state = AppState(make_settings(kb_root), llm=slow_llm)
+    state = Services(make_settings(kb_root), llm=slow_llm)
     with serve(state) as url:
         page = open_page(browser, url)
         assert page.input_value("#chat-kb input") == KB
@@ -113,7 +113,7 @@ def test_answer_streams_shows_sources_and_stops(browser: Any, kb_root: Path, slo
 
 
 def test_upload_and_build_from_the_browser(browser: Any, kb_root: Path, qa_llm: Any, tmp_path: Path, sanguo_text: str) -> None:
-    state = AppState(make_settings(kb_root, max_upload_mb=1), llm=qa_llm)
+    state = Services(make_settings(kb_root, max_upload_mb=1), llm=qa_llm)
     good = tmp_path / "第二部分.txt"
     good.write_text(sanguo_text[20_000:30_000], encoding="utf-8")
     bad = tmp_path / "scan.pdf"
@@ -135,7 +135,7 @@ def test_upload_and_build_from_the_browser(browser: Any, kb_root: Path, qa_llm: 
 
 def test_summary_shows_map_progress_then_streams(browser: Any, kb_root: Path, tiny_chatglm: Any) -> None:
     llm = tiny_chatglm.model_copy(update={"max_new_tokens": 200})
-    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+    with serve(Services(make_settings(kb_root), llm=llm)) as url:
         page = open_page(browser, url)
         page.get_by_role("tab", name="长文总结 / Summary").click()
         assert wait_until(lambda: page.input_value("#summary-kb input") == KB, timeout=20)
@@ -162,7 +162,7 @@ def test_summary_shows_map_progress_then_streams(browser: Any, kb_root: Path, ti
 def test_summary_stop_ends_the_map_batch(browser: Any, kb_root: Path, tiny_chatglm: Any) -> None:
     """The summary tab's Stop frees the model within a token even inside a batched map step."""
     llm = long_answers(tiny_chatglm)
-    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+    with serve(Services(make_settings(kb_root), llm=llm)) as url:
         page = open_page(browser, url)
         page.get_by_role("tab", name="长文总结 / Summary").click()
         page.wait_for_function(
@@ -186,7 +186,7 @@ def test_screenshot_for_the_readme(browser: Any, kb_root: Path, tmp_path: Path) 
     llm = FakeStreamingListLLM(
         responses=[answer] * 10, sleep=0.02, custom_get_token_ids=lambda text: list(range(len(text)))
     )
-    with serve(AppState(make_settings(kb_root), llm=llm)) as url:
+    with serve(Services(make_settings(kb_root), llm=llm)) as url:
         page = open_page(browser, url)
         ask(page, "刘备和谁结义？")
         page.wait_for_function(

@@ -14,33 +14,25 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from app.common import AuthConfigError, is_loopback  # noqa: E402
-from app.ui import CSS, THEME  # noqa: E402
+from app.auth import AuthConfigError, is_loopback, resolve_auth  # noqa: E402
+from app.web.ui import CSS, THEME  # noqa: E402
 from configs import Settings, UISettings  # noqa: E402
+
+__all__ = ["AuthConfigError", "is_loopback", "launch", "queue", "resolve_auth", "upload_limits"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve_auth(ui: UISettings) -> tuple[str, str] | None:
-    """The ``(user, password)`` pair for Gradio's login page, or None for no login.
+def queue(demo: gr.Blocks, ui: UISettings) -> gr.Blocks:
+    """Bound the work one page can queue: ``ui.concurrency`` events at once, ``ui.max_queue``
+    waiting (issue 20 #7: one client queuing 100 questions blocked everyone for over 90 s;
+    further events are refused with "queue full")."""
+    return demo.queue(default_concurrency_limit=ui.concurrency, max_size=ui.max_queue)
 
-    Refuses (AuthConfigError) a half-configured login, and a non-loopback bind address without
-    a login unless ``ui.allow_no_auth`` says the exposure is intended.
-    """
-    user = ui.auth_user
-    password = ui.auth_password.get_secret_value() if ui.auth_password is not None else None
-    if bool(user) != bool(password):
-        missing = "ui.auth_password (GLMKB_UI__AUTH_PASSWORD)" if user else "ui.auth_user (--auth-user)"
-        raise AuthConfigError(f"basic auth is half configured: set {missing} too, or neither")
-    if user and password:
-        return (user, password)
-    if not is_loopback(ui.host) and not ui.allow_no_auth:
-        raise AuthConfigError(
-            f"refusing to serve on {ui.host} without a login: set ui.auth_user (--auth-user) and "
-            "ui.auth_password (GLMKB_UI__AUTH_PASSWORD), or ui.allow_no_auth: true "
-            "(--allow-no-auth) if anyone on the network may use it, or bind 127.0.0.1"
-        )
-    return None
+
+def upload_limits(ui: UISettings) -> dict[str, str]:
+    """``max_file_size`` for ``launch``/``mount_gradio_app`` (Gradio refuses larger uploads)."""
+    return {"max_file_size": f"{ui.max_upload_mb}mb"}
 
 
 def launch(
@@ -53,7 +45,7 @@ def launch(
     """Queue and start ``demo`` with the UI settings; share links are always off."""
     ui = settings.ui
     auth = resolve_auth(ui)
-    demo.queue(default_concurrency_limit=ui.concurrency)
+    queue(demo, ui)
     log.info(
         "serving on http://%s:%d (login %s, concurrency %d)",
         ui.host,
@@ -69,7 +61,7 @@ def launch(
         share=False,
         inbrowser=False,
         show_error=False,
-        max_file_size=f"{ui.max_upload_mb}mb",
+        **upload_limits(ui),
         state_session_capacity=ui.max_sessions,
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,

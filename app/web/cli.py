@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from app.common import add_model_flags, model_overrides
+from app.flags import add_model_flags, model_overrides
 from configs import Settings, load_settings
 from configs.cli import run_command
 
@@ -59,17 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(settings: Settings) -> int:
     """Check the auth policy before loading anything, then build, launch and block."""
-    from app.server import launch, resolve_auth
-    from app.state import AppState
-    from app.ui import build_ui
+    from app.auth import resolve_auth
+    from app.services import Services
+    from app.web.server import launch
+    from app.web.ui import build_ui
 
     resolve_auth(settings.ui)
-    state = AppState.from_settings(settings)
-    demo = build_ui(state)
+    services = Services.from_settings(settings)
+    demo = build_ui(services)
     launch(demo, settings, prevent_thread_lock=True)
     # Load the model in the background so the first question does not wait for it; the
-    # lock in AppState makes a question asked meanwhile wait for this same load.
-    threading.Thread(target=state.warm_up, name="glmkb-warm-up", daemon=True).start()
+    # lock in Services makes a question asked meanwhile wait for this same load.
+    threading.Thread(target=services.warm_up, name="glmkb-warm-up", daemon=True).start()
     try:
         demo.block_thread()
     finally:

@@ -1,4 +1,5 @@
-"""知识库问答 tab handlers: stream an answer into the chat, then its cited passages.
+"""知识库问答 tab: its layout (``ChatTab.layout``), wiring (``ChatTab.wire``) and handlers, which
+stream an answer into the chat, then its cited passages.
 
 A session's conversation is a list of turn dicts kept in ``gr.State`` (per browser session);
 the Chatbot is only a view rendered from it, so what the chain sees as history (plain
@@ -12,10 +13,11 @@ from typing import Any
 
 import gradio as gr
 
-from app import render
-from app.errors import user_errors, warn
+from app.services import Services
+from app.web import render
+from app.web.errors import user_errors, warn
+from app.web.widgets import banner_markdown, kb_picker
 from chains.events import Answer, Source, Sources, Token
-from app.state import AppState
 
 Turn = dict[str, Any]
 STOPPED_MARK = "（已停止 / stopped）"
@@ -55,10 +57,10 @@ def history_pairs(turns: list[Turn]) -> list[tuple[str, str]]:
 
 
 class ChatHandlers:
-    """The chat tab's event handlers, bound to the shared ``AppState``."""
+    """The chat tab's event handlers, bound to the shared ``Services``."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
+    def __init__(self, services: Services) -> None:
+        self.services = services
 
     @user_errors
     def ask(
@@ -80,7 +82,7 @@ class ChatHandlers:
             warn("请输入问题", "type a question first")
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        kb_name = self.state.check_kb_name(kb_name)
+        kb_name = self.services.check_kb_name(kb_name)
         turn: Turn = {"question": question, "answer": "", "status": "streaming", "answered": False}
         turns.append(turn)
         yield "", render_chat(turns), turns, gr.skip(), gr.Button(interactive=False)
@@ -90,16 +92,16 @@ class ChatHandlers:
             turn["status"] = "failed"  # the same dict the session state holds
             raise
         turn["status"] = "done"
-        banner = self.state.banner_markdown()
+        banner = banner_markdown(self.services)
         yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), gr.skip()
 
     def _stream_answer(
         self, turn: Turn, turns: list[Turn], kb_name: str, mode: str, top_k: int
     ) -> Iterator[tuple[Any, ...]]:
-        mode, warning = self.state.usable_mode(kb_name, mode)
-        if warning:
-            warn(*warning)
-        stream = self.state.ask(
+        mode, note = self.services.usable_mode(kb_name, mode)
+        if note:
+            warn(note.zh, note.en)
+        stream = self.services.ask(
             kb_name, turn["question"], history=history_pairs(turns[:-1]), mode=mode, top_k=top_k
         )
         try:
@@ -149,3 +151,60 @@ def finish_answer(turn: Turn, answer: Answer) -> None:
     turn["answer"] = answer.text
     turn["answered"] = not answer.refused
     show_sources(turn, answer.sources)
+
+
+MODES = [("混合 hybrid", "hybrid"), ("向量 dense", "dense"), ("关键词 bm25", "bm25")]
+
+
+class ChatTab:
+    """The 知识库问答 tab: ``layout`` inside a ``gr.Tab``, then ``wire`` once the page exists."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.handlers = ChatHandlers(services)
+
+    def layout(self) -> None:
+        """KB picker, retrieval options and Clear on the left; the conversation on the right."""
+        settings = self.services.settings
+        self.turns = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1, min_width=220):
+                self.kb = kb_picker(self.services, elem_id="chat-kb")
+                self.mode = gr.Radio(MODES, value=settings.retrieval.mode, label="检索方式 / retrieval")
+                self.top_k = gr.Slider(1, 20, value=settings.retrieval.top_k, step=1, label="段落数 / top_k")
+                self.clear_btn = gr.Button("清空对话 / clear", elem_id="clear-btn")
+            with gr.Column(scale=4):
+                self.chatbot = gr.Chatbot(
+                    label="对话 / conversation",
+                    height=520,
+                    elem_id="chatbot",
+                    buttons=["copy"],
+                    feedback_options=None,
+                    placeholder="选择知识库，然后提问。/ Pick a knowledge base and ask.",
+                )
+                with gr.Row():
+                    self.question = gr.Textbox(
+                        show_label=False,
+                        placeholder="输入问题，回车发送 / ask a question, Enter to send",
+                        scale=6,
+                        elem_id="question",
+                    )
+                    self.send_btn = gr.Button("发送 / send", variant="primary", scale=1, elem_id="send-btn")
+                    self.stop_btn = gr.Button("停止 / stop", variant="stop", scale=1, elem_id="stop-btn")
+
+    def wire(self, *, banner: gr.Markdown) -> None:
+        """Send/Enter streams an answer; Stop cancels it; ``settle`` runs after either."""
+        handlers = self.handlers
+        ask = gr.on(
+            [self.question.submit, self.send_btn.click],
+            handlers.ask,
+            inputs=[self.question, self.turns, self.kb, self.mode, self.top_k],
+            outputs=[self.question, self.chatbot, self.turns, banner, self.clear_btn],
+            api_name="ask",
+            show_progress="hidden",
+        )
+        # Runs after the answer ends, and after a Stop once the stream is really closed.
+        ask.then(handlers.settle, inputs=[self.turns], outputs=[self.chatbot, self.turns, self.clear_btn],
+                 api_name=False)
+        self.stop_btn.click(None, cancels=[ask], api_name=False)
+        self.clear_btn.click(handlers.clear, outputs=[self.chatbot, self.turns], api_name="clear")

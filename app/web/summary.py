@@ -1,4 +1,5 @@
-"""长文总结 tab handlers: summarize a KB document or an uploaded file, map stage with progress."""
+"""长文总结 tab: layout, wiring and handlers that summarize a KB document or an uploaded file,
+with the map stage's progress."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 import gradio as gr
 
-from app.errors import UserError, one_line, user_errors, warn
-from app.state import AppState, doc_label
+from app.errors import UserError, one_line
+from app.services import Services, doc_label
+from app.web.errors import user_errors, warn
+from app.web.widgets import kb_picker
 from chains.events import Progress, Summary, Token
 from llm.cancellation import cancel_scope
 
@@ -17,6 +20,8 @@ FROM_KB = "知识库中的文档 / document in a knowledge base"
 FROM_UPLOAD = "上传文件 / uploaded file"
 STAGES = {"map": "分段概括 / map", "collapse": "合并概要 / collapse"}
 BAR_CELLS = 20
+# A chapter range is a few characters ("第1-10回"); the box refuses more before any parsing.
+CHAPTERS_MAX_CHARS = 64
 
 
 def progress_line(event: Progress) -> str:
@@ -28,10 +33,10 @@ def progress_line(event: Progress) -> str:
 
 
 class SummaryHandlers:
-    """The summary tab's event handlers, bound to the shared ``AppState``."""
+    """The summary tab's event handlers, bound to the shared ``Services``."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
+    def __init__(self, services: Services) -> None:
+        self.services = services
         self._stops: dict[str, threading.Event] = {}  # browser session -> its running summary's Stop
         self._lock = threading.Lock()
 
@@ -47,16 +52,21 @@ class SummaryHandlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's injection idiom
     ) -> Iterator[tuple[Any, Any]]:
         """Yield (status line, summary so far): progress while mapping, then streamed text."""
+        if chapters and len(chapters) > CHAPTERS_MAX_CHARS:  # refused before any parsing
+            raise UserError(
+                f"章节范围太长（最多 {CHAPTERS_MAX_CHARS} 个字符），例如 第1-10回",
+                f"the chapter range is too long (at most {CHAPTERS_MAX_CHARS} characters), e.g. 1-10",
+            )
         chapters = (chapters or "").strip() or None
         if origin == FROM_UPLOAD:
             if not upload:
                 raise UserError("请先上传一个文本文件", "upload a text file first")
-            stream = self.state.summarize_file(self.state.check_upload(upload), chapters=chapters)
+            stream = self.services.summarize_file(self.services.check_upload(upload), chapters=chapters)
         else:
-            kb_name = self.state.check_kb_name(kb_name)
+            kb_name = self.services.check_kb_name(kb_name)
             if not doc_id:
                 raise UserError("请先选择一个文档", "choose a document first")
-            stream = self.state.summarize_document(kb_name, doc_id, chapters=chapters)
+            stream = self.services.summarize_document(kb_name, doc_id, chapters=chapters)
         yield "准备中 / preparing…", ""
         stop = self._new_stop(request)
         summary = ""
@@ -104,7 +114,7 @@ class SummaryHandlers:
 
     def documents(self, kb_name: str | None) -> Any:
         """The document picker's choices for ``kb_name`` (empty when none is chosen)."""
-        return document_dropdown(self.state, kb_name)
+        return document_dropdown(self.services, kb_name)
 
 
 def _session(request: gr.Request | None) -> str:
@@ -112,14 +122,73 @@ def _session(request: gr.Request | None) -> str:
     return str(getattr(request, "session_hash", None) or "")
 
 
-def document_dropdown(state: AppState, kb_name: str | None) -> Any:
+def document_dropdown(services: Services, kb_name: str | None) -> Any:
     """A Dropdown update listing ``kb_name``'s documents as (file name, doc_id) choices."""
     if not kb_name:
         return gr.Dropdown(choices=[], value=None)
     try:
-        docs = state.list_documents(kb_name)
+        docs = services.list_documents(kb_name)
     except Exception as e:  # a broken KB must not break the page; say why
         warn("无法读取知识库", f"cannot read knowledge base: {one_line(e)}")
         return gr.Dropdown(choices=[], value=None)
     choices = [(doc_label(d), d.doc_id) for d in docs]
     return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+
+
+class SummaryTab:
+    """The 长文总结 tab: ``layout`` inside a ``gr.Tab``, then ``wire``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.handlers = SummaryHandlers(services)
+
+    def layout(self) -> None:
+        """Source (KB document or upload) and chapter range on the left; status and summary right."""
+        ui = self.services.settings.ui
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                self.origin = gr.Radio([FROM_KB, FROM_UPLOAD], value=FROM_KB, label="文本来源 / text from")
+                self.kb = kb_picker(self.services, elem_id="summary-kb")
+                self.doc = gr.Dropdown(
+                    label="文档 / document", choices=[], allow_custom_value=True, elem_id="summary-tab-doc"
+                )
+                self.file = gr.File(
+                    label=f"上传文本 / upload ({', '.join(ui.allowed_types)}, ≤ {ui.max_upload_mb} MB)",
+                    visible=False,
+                )
+                self.chapters = gr.Textbox(
+                    label="章节范围（可选）/ chapters (optional)",
+                    placeholder="例如 第1-10回 / e.g. 1-10",
+                    max_length=CHAPTERS_MAX_CHARS,
+                    elem_id="summary-chapters",
+                )
+                with gr.Row():
+                    self.start_btn = gr.Button("开始总结 / summarize", variant="primary", elem_id="summarize-btn")
+                    self.stop_btn = gr.Button("停止 / stop", variant="stop", elem_id="summary-stop-btn")
+            with gr.Column(scale=3):
+                self.status = gr.Markdown(elem_id="summary-status")
+                self.out = gr.Markdown(
+                    label="总结 / summary", elem_id="summary-output", min_height=300, container=True
+                )
+
+    def wire(self) -> None:
+        """Origin toggles the inputs; the KB picker lists its documents; start and stop."""
+        handlers = self.handlers
+        self.origin.change(
+            lambda o: (gr.update(visible=o == FROM_KB),) * 2 + (gr.update(visible=o == FROM_UPLOAD),),
+            inputs=[self.origin],
+            outputs=[self.kb, self.doc, self.file],
+            api_name=False,
+        )
+        self.kb.change(handlers.documents, inputs=[self.kb], outputs=[self.doc], api_name=False)
+        self.start_btn.click(
+            handlers.summarize,
+            inputs=[self.origin, self.kb, self.doc, self.file, self.chapters],
+            outputs=[self.status, self.out],
+            api_name="summarize",
+            show_progress_on=[self.out],  # keep the status line readable above the bar
+        )
+        # No ``cancels=[...]`` here: a Gradio cancel lands only when the handler yields (never
+        # inside a map batch) and would race its own "stopped" line; ``stop`` reaches the model
+        # at once (llm.cancel_scope) and the handler ends by itself.
+        self.stop_btn.click(handlers.stop, api_name="stop_summary", queue=False)

@@ -1,0 +1,186 @@
+"""The API's endpoints over one shared ``Services`` (see ``app.api`` for the list).
+
+Blocking work runs on worker threads, never on the event loop: generation streams in their
+own pool (``streams``), knowledge-base requests in another (``kb_pool``), so a burst of
+expensive KB queries never delays ``GET /v1/kb`` or a chat stream behind them.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI
+from langchain_core.language_models import BaseChatModel
+
+from app.api.chat_jobs import Conversation, LocalChat, RemoteChat
+from app.api.errors import APIError
+from app.api.schemas import ChatCompletionRequest, EmbeddingRequest, KBChatRequest, KBQueryRequest
+from app.api.streaming import event_stream
+from app.api.wire import chat_completion_body, chat_sse, kb_answer_sse, kb_completion_body
+from app.services import Services
+from llm import ChatGLM
+
+__all__ = ["Pools", "add_routes"]
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Worker-thread pools: ``streams`` steps generation, ``kb`` serves knowledge-base requests."""
+
+    streams: anyio.CapacityLimiter
+    kb: anyio.CapacityLimiter
+
+    def stream(self, fn: Any, *args: Any) -> Any:
+        return anyio.to_thread.run_sync(fn, *args, limiter=self.streams)
+
+    def kb_call(self, fn: Any, *args: Any) -> Any:
+        return anyio.to_thread.run_sync(fn, *args, limiter=self.kb)
+
+
+def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: Sequence[Any] = ()) -> None:
+    """``GET /health`` and every ``/v1`` endpoint of ``services``."""
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(d) for d in dependencies])
+
+    def check_model(requested: str | None) -> None:
+        if requested and requested != services.model_id:
+            raise APIError(
+                404,
+                f"model {requested!r} does not exist here; this server serves {services.model_id!r} "
+                "(GET /v1/models)",
+                param="model",
+                code="model_not_found",
+            )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @v1.get("/models")
+    async def models() -> dict[str, Any]:
+        data = []
+        if services.has_llm:
+            data.append({"id": services.model_id, "object": "model", "created": 0, "owned_by": "glmkb"})
+        for name in services.embedding_model_names()[:1]:
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "glmkb"})
+        return {"object": "list", "data": data}
+
+    @v1.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest) -> Any:
+        check_model(body.model)
+        llm = await pools.stream(services.require_llm)
+        job = await pools.stream(chat_job, llm, body)
+        if body.stream:
+            return event_stream(chat_sse(job, model=services.model_id, include_usage=body.include_usage()), pools.streams)
+        return await pools.stream(lambda: chat_completion_body(job, model=services.model_id))
+
+    @v1.post("/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        model, embedder = await pools.kb_call(services.configured_embeddings, body.model)
+        vectors = await pools.kb_call(embedder.embed_documents, body.texts())
+        if body.dimensions is not None and vectors and body.dimensions != len(vectors[0]):
+            raise APIError(
+                400,
+                f"this embedding model gives {len(vectors[0])}-dimensional vectors; omit dimensions or "
+                f"send {len(vectors[0])}",
+                param="dimensions",
+            )
+        tokens = sum(count_embedding_tokens(embedder, text) for text in body.texts())
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @v1.get("/kb")
+    async def list_kbs() -> dict[str, Any]:
+        def summaries() -> list[dict[str, Any]]:
+            return [{"object": "knowledge_base", **services.kb_summary(name)} for name in services.list_kbs()]
+
+        return {"object": "list", "data": await pools.kb_call(summaries)}
+
+    @v1.post("/kb/{name}/query")
+    async def query_kb(name: str, body: KBQueryRequest) -> dict[str, Any]:
+        def search() -> dict[str, Any]:
+            kb = services.kb(name)
+            mode, _ = services.search_mode(kb, body.mode, fallback=False)
+            docs = kb.search(body.query, mode=mode, k=body.k)
+            return {"object": "list", "query": body.query, "mode": mode, "data": [hit_of(doc) for doc in docs]}
+
+        return await pools.kb_call(search)
+
+    @v1.post("/kb/{name}/chat/completions")
+    async def kb_chat(name: str, body: KBChatRequest) -> Any:
+        check_model(body.model)
+
+        def prepare() -> Iterator[Any]:
+            mode, _ = services.search_mode(services.kb(name), body.mode, fallback=False)
+            llm = with_generation(services.require_llm(), body)
+            conversation = Conversation.from_messages(body.messages)
+            return services.ask(
+                name, conversation.prompt, history=conversation.history_messages(), mode=mode, top_k=body.k, llm=llm
+            )
+
+        events = await pools.kb_call(prepare)
+        if body.stream:
+            return event_stream(kb_answer_sse(events, model=services.model_id), pools.streams)
+        return await pools.stream(lambda: kb_completion_body(events, model=services.model_id))
+
+    app.include_router(v1)
+
+
+def chat_job(llm: Any, body: ChatCompletionRequest) -> LocalChat | RemoteChat:
+    """The completion job for the configured model: local ChatGLM or a LangChain chat model."""
+    if isinstance(llm, ChatGLM):
+        return LocalChat.from_request(llm, body)
+    if isinstance(llm, BaseChatModel):
+        return RemoteChat.from_request(llm, body)
+    raise APIError(501, f"chat completions are not supported for a {type(llm).__name__} model")
+
+
+def with_generation(llm: Any, body: ChatCompletionRequest) -> Any:
+    """A shallow copy of ``llm`` with the request's sampling options (the weights are shared)."""
+    names = {"temperature": "temperature", "top_p": "top_p"}
+    names["max_tokens"] = "max_new_tokens" if isinstance(llm, ChatGLM) else "max_tokens"
+    values = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.new_tokens()}
+    update = {names[k]: v for k, v in values.items() if v is not None and names[k] in type(llm).model_fields}
+    return llm.model_copy(update=update) if update else llm
+
+
+def hit_of(doc: Any) -> dict[str, Any]:
+    """One search hit: the passage and its source metadata (docs/ARCHITECTURE.md)."""
+    meta = doc.metadata
+    hit = {
+        "text": doc.page_content,
+        "source": meta.get("source"),
+        "doc_id": meta.get("doc_id"),
+        "chapter": meta.get("chapter"),
+        "chapter_title": meta.get("chapter_title"),
+        "start": meta.get("start"),
+        "end": meta.get("end"),
+        "score": float(meta["score"]) if meta.get("score") is not None else None,
+        "chunk_id": meta.get("chunk_id"),
+    }
+    for extra in ("dense_score", "bm25_score"):
+        if meta.get(extra) is not None:
+            hit[extra] = float(meta[extra])
+    return hit
+
+
+def encode_vector(vector: Sequence[float], encoding_format: str) -> list[float] | str:
+    """OpenAI's encodings: a list of floats, or base64 of little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+def count_embedding_tokens(embedder: Any, text: str) -> int:
+    """Tokens of ``text`` for the embedding model's own tokenizer (characters if it has none)."""
+    tokenizer = getattr(getattr(embedder, "_client", None), "tokenizer", None)
+    if tokenizer is None:
+        return len(text)
+    return len(tokenizer.encode(text, add_special_tokens=False))

@@ -1,0 +1,183 @@
+"""知识库管理 tab: layout, wiring and handlers to create, upload and build, list, delete
+documents, drop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+
+from app.errors import UserError
+from app.services import Services, doc_label
+from app.web.errors import user_errors, warn
+from app.web.widgets import kb_picker
+
+DOC_COLUMNS = ["文档 / document", "块数 / chunks", "章节 / chapters", "doc_id"]
+
+
+class ManageHandlers:
+    """The management tab's event handlers, bound to the shared ``Services``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def kb_choices(self, selected: str | None = None) -> tuple[Any, Any, Any]:
+        """The same knowledge-base list for the three pickers (chat, summary, manage)."""
+        names = self.services.list_kbs()
+        if selected not in names:
+            default = self.services.settings.kb_name
+            selected = default if default in names else (names[0] if names else None)
+        return tuple(gr.Dropdown(choices=names, value=selected) for _ in range(3))  # type: ignore[return-value]
+
+    def refresh(self, selected: str | None = None) -> tuple[Any, ...]:
+        """On page load: the KB pickers (all three)."""
+        return self.kb_choices(selected)
+
+    @user_errors
+    def create(self, name: str) -> tuple[Any, ...]:
+        """Create an empty knowledge base and select it everywhere."""
+        name = self.services.create_kb(name)
+        status = f"已创建知识库 {name} / created knowledge base {name}"
+        return (*self.kb_choices(name), "", status)
+
+    def screen_uploads(self, files: Sequence[str] | str | None) -> Any:
+        """Right after an upload: drop files of a wrong type or size, with a warning for each."""
+        single = isinstance(files, str)
+        kept = []
+        for path in [files] if single else list(files or []):
+            try:
+                kept.append(str(self.services.check_upload(path)))
+            except UserError as e:
+                warn(e.zh, e.en)
+        if single:
+            return kept[0] if kept else None
+        return kept
+
+    @user_errors
+    def build(
+        self,
+        kb_name: str | None,
+        files: Sequence[str] | str | None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
+    ) -> tuple[Any, ...]:
+        """Check every upload first (nothing is added if one is refused), then add and build.
+
+        The knowledge base's tqdm bars (reading, tokenizing, embedding) drive the progress bar.
+        Returns (status line, documents table, emptied file box).
+        """
+        kb_name = self.services.check_kb_name(kb_name)
+        paths = [files] if isinstance(files, str) else list(files or [])
+        if not paths:
+            raise UserError("请先选择要上传的文件", "choose files to upload first")
+        checked = [self.services.check_upload(p) for p in paths]
+        progress(0, desc="读取文件 / reading files")
+        report = self.services.add_files(kb_name, checked)
+        status = (
+            f"知识库 {kb_name}：新增 {len(report.added)}，更新 {len(report.replaced)}，"
+            f"未变 {len(report.unchanged)} 个文件，共 {report.chunks_added} 个新块 / "
+            f"{kb_name}: {report.summary()}"
+        )
+        return status, self.documents_table(kb_name), None
+
+    def documents_table(self, kb_name: str | None) -> list[list[Any]]:
+        """Rows for the documents table: file, chunk count, chapter count, doc_id."""
+        if not kb_name:
+            return []
+        return [
+            [doc_label(d), d.chunks, d.chapters, d.doc_id] for d in self.services.list_documents(kb_name)
+        ]
+
+    @user_errors
+    def show(self, kb_name: str | None) -> tuple[Any, Any]:
+        """The documents table and delete picker for the chosen knowledge base."""
+        table = self.documents_table(kb_name)
+        choices = [(row[0], row[3]) for row in table]
+        return table, gr.Dropdown(choices=choices, value=None)
+
+    @user_errors
+    def delete_document(self, kb_name: str | None, doc_id: str | None) -> tuple[Any, ...]:
+        """Remove one document (its chunks and vectors) from the knowledge base."""
+        kb_name = self.services.check_kb_name(kb_name)
+        if not doc_id:
+            raise UserError("请先选择要删除的文档", "choose the document to delete first")
+        label = self.services.remove_document(kb_name, doc_id)
+        table, picker = self.show(kb_name)
+        return f"已删除文档 {label} / deleted {label}", table, picker
+
+    @user_errors
+    def drop(self, kb_name: str | None, confirmed: bool) -> tuple[Any, ...]:
+        """Delete a whole knowledge base, only once the confirmation box is ticked."""
+        kb_name = self.services.check_kb_name(kb_name)
+        if not confirmed:
+            raise UserError(
+                "请先勾选“确认删除”", "tick the confirmation box to delete the whole knowledge base"
+            )
+        self.services.drop_kb(kb_name)
+        return (*self.kb_choices(None), False, f"已删除知识库 {kb_name} / deleted knowledge base {kb_name}")
+
+
+class ManageTab:
+    """The 知识库管理 tab: ``layout`` inside a ``gr.Tab``, then ``wire``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.handlers = ManageHandlers(services)
+
+    def layout(self) -> None:
+        """Create, pick, upload and build, the documents table, delete a document or the KB."""
+        ui = self.services.settings.ui
+        with gr.Row():
+            self.new_name = gr.Textbox(
+                label="新建知识库 / new knowledge base", placeholder="例如 sanguo 或 三国", scale=3, elem_id="new-kb"
+            )
+            self.create_btn = gr.Button("创建 / create", scale=1, elem_id="create-btn")
+        self.kb = kb_picker(self.services, elem_id="manage-kb")
+        self.files = gr.File(
+            label=f"上传文件 / upload files ({', '.join(ui.allowed_types)}, ≤ {ui.max_upload_mb} MB each)",
+            file_count="multiple",
+            elem_id="upload-files",
+        )
+        self.build_btn = gr.Button("加入知识库并构建 / add and build", variant="primary", elem_id="build-btn")
+        self.status = gr.Markdown(elem_id="manage-status")
+        self.docs_table = gr.Dataframe(
+            headers=DOC_COLUMNS, interactive=False, label="文档 / documents", elem_id="docs-table"
+        )
+        with gr.Row():
+            self.doc_pick = gr.Dropdown(
+                label="删除文档 / delete a document", choices=[], scale=3, allow_custom_value=True
+            )
+            self.del_doc_btn = gr.Button("删除文档 / delete document", variant="stop", scale=1)
+        with gr.Accordion("删除整个知识库 / delete the whole knowledge base", open=False):
+            self.confirm = gr.Checkbox(label="确认删除（不可恢复）/ yes, delete it (cannot be undone)")
+            self.drop_btn = gr.Button("删除知识库 / delete knowledge base", variant="stop")
+
+    def wire(self, *, pickers: list[gr.Dropdown], summary_file: gr.File, after_build: Any) -> None:
+        """Events of this tab; ``pickers`` are the three KB pickers (chat, summary, manage),
+        ``after_build`` the summary tab's document refresh (a callable and its in/outputs)."""
+        handlers = self.handlers
+        self.create_btn.click(
+            handlers.create, inputs=[self.new_name], outputs=[*pickers, self.new_name, self.status], api_name="create_kb"
+        )
+        self.kb.change(handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name="documents")
+        # No file_types on the File boxes: Gradio would refuse other types with its own
+        # English-only error; ours says what is allowed in both languages.
+        self.files.upload(handlers.screen_uploads, inputs=[self.files], outputs=[self.files], api_name=False)
+        summary_file.upload(handlers.screen_uploads, inputs=[summary_file], outputs=[summary_file], api_name=False)
+        fn, inputs, outputs = after_build
+        self.build_btn.click(
+            handlers.build, inputs=[self.kb, self.files], outputs=[self.status, self.docs_table, self.files],
+            api_name="build",
+        ).then(handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name=False).then(
+            fn, inputs=inputs, outputs=outputs, api_name=False
+        )
+        self.del_doc_btn.click(
+            handlers.delete_document,
+            inputs=[self.kb, self.doc_pick],
+            outputs=[self.status, self.docs_table, self.doc_pick],
+            api_name="delete_document",
+        )
+        self.drop_btn.click(
+            handlers.drop, inputs=[self.kb, self.confirm], outputs=[*pickers, self.confirm, self.status],
+            api_name="drop_kb",
+        )

@@ -1,0 +1,104 @@
+"""``glmkb serve``: the web UI and the API in one process over one ``Services`` (one model load),
+and the ``glmkb`` command's subcommands."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.glmkb_cli import SUBCOMMANDS, main
+from app.serve import create_server_app, served_settings
+from app.services import Services
+from configs import Settings
+from kb import KnowledgeBase
+from tests.helpers import clean_env, free_port, wait_until
+
+pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT = "第一回 宴桃园豪杰三结义\n刘备、关羽、张飞在桃园结为兄弟，誓同生死。\n" * 20
+
+
+@contextlib.contextmanager
+def running(app: Any, port: int) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on 127.0.0.1:``port``; yields the base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started or not thread.is_alive(), timeout=30) and server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(
+        kb_root=tmp_path,
+        embedding={"model": "none"},
+        retrieval={"mode": "bm25", "top_k": 2},
+        llm={"max_input_tokens": 1024},
+        ui={"port": free_port()},
+    )
+    KnowledgeBase.from_settings(settings, name="t", create=True).add_texts({"t.txt": TEXT})
+    return served_settings(settings)
+
+
+def test_serve_answers_the_page_and_the_api_from_one_model_load(settings: Settings, tiny_chatglm: Any) -> None:
+    """One process, one ``Services``: a question in the page and a KB chat over the API both
+    use the model loaded once (glmkb-web + glmkb-api used to load two copies)."""
+    loads: list[int] = []
+
+    def factory() -> Any:
+        loads.append(1)
+        return tiny_chatglm.model_copy(update={"max_new_tokens": 8})
+
+    services = Services(settings, llm_factory=factory)
+    with running(create_server_app(services), settings.ui.port) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        assert "<html" in c.get("/").text.lower()
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["glmkb"]
+        body = {"messages": [{"role": "user", "content": "谁结义？"}], "max_tokens": 4}
+        answer = c.post("/v1/kb/t/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        page = Client(f"{base}/", verbose=False)
+        chat = page.predict("谁结义？", "t", "bm25", 2, api_name="/ask")[1]
+        assert any(m["role"] == "assistant" for m in chat)
+        assert [kb["name"] for kb in c.get("/v1/kb").json()["data"]] == ["t"]
+        assert c.get("/v1/nothing").status_code == 404
+    assert loads == [1]
+
+
+def test_serve_refuses_a_public_address_without_login_and_key(tmp_path: Path) -> None:
+    """``glmkb serve --host 0.0.0.0`` without a login: one line, exit 2, nothing loaded."""
+    env = clean_env(GLMKB_KB_ROOT=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.glmkb_cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glmkb serve: error: refusing to serve on 0.0.0.0"), proc.stderr
+
+
+def test_glmkb_lists_its_subcommands_and_passes_flags_through(capsys: pytest.CaptureFixture[str]) -> None:
+    assert {"serve", "web", "api"} <= set(SUBCOMMANDS)
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("serve", "web", "api"))
+    assert main(["api", "--help"]) == 0  # argparse's own --help, through the group
+    assert "--served-model-name" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
