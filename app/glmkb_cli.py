@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "app.serve_command:serve_command",
     "web": "app.web.cli:main",
     "api": "app.api.cli:main",
+    "finetune": "llm.finetune.cli:main",
+    "bundle": "app.bundle.cli:bundle",
 }
 
 

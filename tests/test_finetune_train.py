@@ -92,10 +92,11 @@ def test_resume_continues_from_the_saved_step(chatglm3_legacy_path: Path, toy_da
 def test_cli_runs_and_reports_bad_data_in_one_line(
     chatglm3_legacy_path: Path, toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from app.glmkb_cli import main as glmkb
     from llm.finetune.cli import main
 
     out = tmp_path / "out"
-    code = main([str(toy_data), "--model-path", str(chatglm3_legacy_path), "--output", str(out), "--device", "cpu",
+    code = glmkb(["finetune", str(toy_data), "--model-path", str(chatglm3_legacy_path), "--output", str(out), "--device", "cpu",
                  "--max-steps", "2", "--pack", "--max-length", "128", "-q"])
     assert code == 0 and (out / "checkpoint-2" / "adapter_config.json").is_file()
     assert "--adapter" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from llm.adapters.errors import AdapterError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-FAST_DECODE_REASON = "an unmerged LoRA adapter is attached (load it with merge_adapter / --merge-adapter for the fast path)"
+FAST_DECODE_REASON = "an unmerged LoRA adapter is attached (set llm.merge_adapter: true for the fast path)"
 ORIGINAL_TO_NATIVE = {
     "query_key_value": ("q_proj", "k_proj", "v_proj"),
     "dense": ("o_proj",),

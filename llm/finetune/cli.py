@@ -18,7 +18,7 @@ EXAMPLE = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The finetune flags (shared by the ``glmkb finetune`` subcommand and ``glmkb-finetune``)."""
+    """The finetune flags."""
     parser.add_argument("data", metavar="DATA.jsonl", help='one {"conversations": [{"role", "content"}, ...]} per line')
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for checkpoint-N adapter folders")
     parser.add_argument("--model-path", metavar="DIR", help="base model folder (default: llm.model_path)")
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(prog: str = "glmkb-finetune") -> argparse.ArgumentParser:
+def build_parser(prog: str = "glmkb finetune") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -82,7 +82,7 @@ def build_parser(prog: str = "glmkb-finetune") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``glmkb-finetune``: one line and exit 2 for bad input, never a traceback unless ``--verbose``."""
+    """``glmkb finetune`` (registered in ``app.glmkb_cli``): one line and exit 2 for bad input, never a traceback unless ``--verbose``."""
     from configs.cli import run_command
 
     args = build_parser().parse_args(argv)
