@@ -12,7 +12,7 @@ from kb.types import RETRIEVAL_MODES, RetrievalMode, check_mode, chunk_metadata,
 
 def test_every_retrieval_mode_declaration_is_the_one_literal() -> None:
     """Regression (glmkb #17.9): the retrieval-mode literal was declared six times (kb, app, configs, ingest)."""
-    from app.api_schemas import Mode
+    from app.api.schemas import Mode
     from configs.settings import RetrievalSettings
     from kb.knowledge_base_retriever import KnowledgeBaseRetriever
 
