@@ -24,7 +24,7 @@ __all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "
 
 log = logging.getLogger(__name__)
 
-DONE_EVENT = "data: [DONE]\n\n"
+DONE_EVENT = "[DONE]"
 
 
 @dataclass
@@ -74,8 +74,9 @@ def _dump(response: Any) -> dict[str, Any]:
 
 
 def sse(data: dict[str, Any]) -> str:
-    """One server-sent event carrying ``data`` as JSON (non-ASCII kept as is)."""
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent event's ``data``: the payload as JSON (non-ASCII kept as is);
+    ``sse-starlette`` frames it (``app.api.streaming.event_stream``)."""
+    return json.dumps(data, ensure_ascii=False)
 
 
 def error_event(error: BaseException) -> str:
