@@ -13,7 +13,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", help="local chat model folder (llm.model_path)")
     parser.add_argument("--device", help="chat model device: auto, cpu, cuda, cuda:N, mps (llm.device)")
     parser.add_argument("--dtype", help="chat model dtype: auto, bfloat16, float16, float32 (llm.dtype)")
-    parser.add_argument("--quantization", help="none, 8bit or 4bit (llm.quantization, CUDA only)")
+    parser.add_argument("--quantization", help="none, int8, int4 (weight-only, any device) or 8bit, 4bit (bitsandbytes, CUDA) (llm.quantization)")
     parser.add_argument("--adapter", help="fine-tuned adapter folder: P-tuning v2 or LoRA (llm.adapter)")
     parser.add_argument("--merge-adapter", action="store_true", default=None, help="fold a LoRA adapter into the weights (llm.merge_adapter)")
     parser.add_argument("--kb-root", help="folder holding the knowledge bases (kb_root)")

@@ -97,11 +97,17 @@ class ChatGLM(LLM):
         dtype: str = "auto",
         quantization: str = "none",
         trust_remote_code: bool = False,
+        quantization_group_size: int = 128,
         **fields: Any,
     ) -> ChatGLM:
-        """Load a local model folder (see ``llm.loading.load_model_and_tokenizer``) and wrap it."""
+        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``) and wrap it."""
         model, tokenizer = load_model_and_tokenizer(
-            path, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
+            path,
+            device=device,
+            dtype=dtype,
+            quantization=quantization,
+            trust_remote_code=trust_remote_code,
+            quantization_group_size=quantization_group_size,
         )
         return cls(model=model, tokenizer=tokenizer, model_path=str(path), **fields)
 
@@ -122,6 +128,7 @@ class ChatGLM(LLM):
             device=settings.device,
             dtype=settings.dtype,
             quantization=settings.quantization,
+            quantization_group_size=settings.quantization_group_size,
             trust_remote_code=settings.trust_remote_code,
             **{**defaults, **fields},
         )

@@ -139,6 +139,21 @@ def quantize_model_(
     return model
 
 
+def quantize_loaded_(model: nn.Module, kind: str, *, group_size: int = DEFAULT_GROUP_SIZE) -> nn.Module:
+    """``quantize_model_`` on the linear layers whose weights are loaded (not on the meta device).
+
+    Called after each shard of a streamed load, so a layer is quantized as soon as it is complete
+    and the host never holds more than one shard in full precision.
+    """
+    pending = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(t is not None and t.device.type == "meta" for t in (module.weight, module.bias))
+    ]
+    return quantize_model_(model, kind, group_size=group_size, skip=("lm_head", *pending))
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes held by parameters and buffers: what decoding one token reads, roughly."""
     tensors = [*model.parameters(), *model.buffers()]

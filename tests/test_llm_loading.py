@@ -96,9 +96,12 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 
 def test_hub_id_not_in_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline (tests set HF_HUB_OFFLINE), an uncached hub id is unavailable (exit 3 / HTTP 503), not a bad path."""
+    from llm.hub import HubModelUnavailable
+
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelLoadError) as err:
+    with pytest.raises(HubModelUnavailable) as err:
         load_model_and_tokenizer("THUDM/glm-4-9b-chat-hf", device="cpu")
     message = str(err.value)
     assert "'THUDM/glm-4-9b-chat-hf'" in message and "local Hugging Face cache" in message
