@@ -63,6 +63,8 @@ def load_adapted_chatglm(llm: Any) -> BaseLanguageModel:
         tokenizer=tokenizer,
         model_path=str(llm.model_path),
         system_prompt=llm.system_prompt,
+        max_concurrent_batch=llm.max_concurrent_batch,
+        max_queue=llm.max_queue,
         **llm.generation.model_dump(),
     )
 

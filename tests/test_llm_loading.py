@@ -189,3 +189,23 @@ def test_missing_cuda_device(tiny_glm_dir: Path) -> None:
         pytest.skip("a GPU is visible")
     with pytest.raises(ModelLoadError, match="no CUDA GPU"):
         load_model_and_tokenizer(tiny_glm_dir, device="cuda")
+
+
+def test_hub_id_downloads_on_first_use_when_the_hub_is_reachable(
+    tiny_glm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id not in the cache goes to llm.hub's download (replaced here: no network in tests)."""
+    from llm import hub
+
+    asked: list[str] = []
+
+    def download(repo_id: str, *, revision: str | None = None) -> Path:
+        asked.append(repo_id)
+        return tiny_glm_dir
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "download_snapshot", download)
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_model_and_tokenizer("THUDM/tiny-glm", device="cpu")
+    assert asked == ["THUDM/tiny-glm"] and type(model).__name__ == "GlmForCausalLM"

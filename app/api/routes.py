@@ -73,6 +73,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
     async def chat_completions(body: ChatCompletionRequest) -> Any:
         check_model(body.model)
         llm = await pools.stream(services.require_llm)
+        check_capacity(llm)
         job = await pools.stream(chat_job, llm, body)
         if body.stream:
             return event_stream(chat_sse(job, model=services.model_id, include_usage=body.include_usage()), pools.streams)
@@ -120,6 +121,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         def prepare() -> Iterator[Any]:
             mode, _ = services.search_mode(services.kb(name), body.mode, fallback=False)
             llm = with_generation(services.require_llm(), body)
+            check_capacity(llm)
             conversation = Conversation.from_messages(body.messages)
             return services.ask(
                 name, conversation.prompt, history=conversation.history_messages(), mode=mode, top_k=body.k, llm=llm
@@ -131,6 +133,14 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         return await pools.stream(lambda: kb_completion_body(events, model=services.model_id))
 
     app.include_router(v1)
+
+
+def check_capacity(llm: Any) -> None:
+    """503 "busy, retry" (``llm.batching.Busy``) now, while the status can still say so: a streamed
+    response has sent 200 before the model's queue is reached."""
+    check = getattr(llm, "check_capacity", None)
+    if check is not None:
+        check()
 
 
 def chat_job(llm: Any, body: ChatCompletionRequest) -> LocalChat | RemoteChat:
