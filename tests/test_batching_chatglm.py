@@ -19,7 +19,6 @@ from app.services import Services
 from configs import Settings
 from llm import ChatGLM
 from llm.batching import Busy, batch_scheduler
-from llm.fast_decode import FastDecodeOptions
 from llm.streaming import model_worker
 from tests.helpers import api_server, wait_until
 from tests.test_api import chat_text, collect_stream, make_settings, sse_events, user
@@ -134,32 +133,6 @@ def test_cancelled_stream_stops_within_a_few_tokens_while_others_finish(scripted
     assert out["b"] == ANSWERS[1]
     short = len(scripted_llm.tokenizer.encode(ANSWERS[1], add_special_tokens=False)) + 1
     assert forced.steps <= short + 3  # not the ~60 steps of the long answer
-
-
-def test_greedy_batched_equals_solo_on_the_fast_path(tiny_glm_dir: Path) -> None:
-    """Three rows run as a batch of four (a filler row) through the decode graph (on CPU)."""
-    llm = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=12,
-                                  fast_decode_options=FastDecodeOptions(on_cpu=True))
-    assert llm.fast_decode_active
-    questions = QUESTIONS[:3]
-    solo = {q: "".join(llm.stream(q)) for q in questions}
-    release = hold_worker(llm.model)
-    out: dict[str, str] = {}
-    threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, "".join(llm.stream(q)))) for q in questions]
-    for t in threads:
-        t.start()
-    wait_pending(llm.model, len(questions))
-    release.set()
-    for t in threads:
-        t.join(60)
-    assert out == solo
-    assert any(key[0] == 4 for key in _graph_keys(llm.model))  # 3 rows + 1 filler
-
-
-def _graph_keys(model: Any) -> list[tuple[Any, ...]]:
-    from llm.fast_decode import fast_decode_state
-
-    return list(fast_decode_state(model).graphs)
 
 
 def test_full_queue_is_busy_at_once(scripted_llm: PerPromptChatGLM) -> None:
