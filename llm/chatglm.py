@@ -79,7 +79,7 @@ class ChatGLM(LLM):
         None,
         description=(
             "Static KV cache + torch.compile'd decode step (CUDA graphs). None = on where supported "
-            "(CUDA, not quantized); False = plain generate; True = on, with a warning where unsupported."
+            "(CUDA; int8/int4 included, not bitsandbytes); False = plain generate; True = on, with a warning where unsupported."
         ),
     )
     fast_decode_options: FastDecodeOptions = Field(
