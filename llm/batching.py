@@ -257,6 +257,36 @@ class BatchScheduler:
         generate_on_worker(self.model, kwargs, fast_decode=rows[0].fast_decode)
 
 
+class SoloStream:
+    """The token ids of a request admitted to run alone (``BatchScheduler.admit_solo``), telling
+    the scheduler once it is over (ended or closed, even before its first token)."""
+
+    def __init__(self, token_ids: Iterator[int], scheduler: BatchScheduler) -> None:
+        self.token_ids = token_ids
+        self.scheduler: BatchScheduler | None = scheduler
+
+    def __iter__(self) -> SoloStream:
+        return self
+
+    def __next__(self) -> int:
+        try:
+            return next(self.token_ids)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.token_ids.close()  # type: ignore[attr-defined]
+        finally:
+            if self.scheduler is not None:
+                self.scheduler, scheduler = None, self.scheduler
+                scheduler.solo_done()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def batch_bucket(size: int) -> int:
     """The batch size a fast-path batch of ``size`` rows runs at: the next power of two."""
     return 1 << (size - 1).bit_length()

@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
 from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
-from llm.batching import BatchScheduler, batch_scheduler
+from llm.batching import BatchScheduler, SoloStream, batch_scheduler
 from llm.chat_messages import chat_template_messages
 from llm.cancellation import current_cancel_event
 from llm.errors import ModelLoadError
@@ -79,7 +79,8 @@ class ChatGLM(LLM):
         None,
         description=(
             "Static KV cache + torch.compile'd decode step (CUDA graphs). None = on where supported "
-            "(CUDA; int8/int4 included, not bitsandbytes); False = plain generate; True = on, with a warning where unsupported."
+            "(CUDA; int8/int4 included, not bitsandbytes); False = plain generate; True = on, with a "
+            "warning where unsupported."
         ),
     )
     fast_decode_options: FastDecodeOptions = Field(
@@ -349,7 +350,7 @@ class ChatGLM(LLM):
             return stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast)
         scheduler = self._scheduler()
         if scheduler.admit_solo():
-            return _solo(stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast), scheduler)
+            return SoloStream(stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast), scheduler)
         return scheduler.stream(generate_kwargs, cancel, fast_decode=fast)
 
     def _scheduler(self) -> BatchScheduler:
@@ -467,36 +468,6 @@ def _warn_once(model: Any, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         logger.warning(message)
-
-
-class _solo:  # noqa: N801 - used like the generator it wraps
-    """``token_ids``, telling ``scheduler`` once this lone generation is over (ended or closed,
-    even before its first token)."""
-
-    def __init__(self, token_ids: Iterator[int], scheduler: BatchScheduler) -> None:
-        self.token_ids = token_ids
-        self.scheduler: BatchScheduler | None = scheduler
-
-    def __iter__(self) -> _solo:
-        return self
-
-    def __next__(self) -> int:
-        try:
-            return next(self.token_ids)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        try:
-            self.token_ids.close()  # type: ignore[attr-defined]
-        finally:
-            if self.scheduler is not None:
-                self.scheduler, scheduler = None, self.scheduler
-                scheduler.solo_done()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _generation_chunks(pieces: Iterator[str]) -> Iterator[GenerationChunk]:
