@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from llm.per_model import PerModel
 from llm.streaming import CancelCriteria, FastDecode, generate_on_worker, model_is_busy, model_worker
 
 _END = object()
+GATHER_S = 0.05  # longest a batch waits for requests still being tokenized (only while there are some)
 # Arguments that differ per row; every other generate argument must match to share a batch.
 ROW_ARGS = frozenset({"input_ids", "attention_mask", "max_new_tokens", "stopping_criteria", "streamer"})
 
@@ -124,6 +126,7 @@ class BatchScheduler:
         self._lock = threading.Lock()
         self._scheduled = False
         self._solo = 0
+        self._arriving = 0
 
     @property
     def model(self) -> Any:
@@ -132,12 +135,28 @@ class BatchScheduler:
             raise RuntimeError("BatchScheduler: its model was freed")
         return model
 
-    def admit_solo(self) -> bool:
-        """True when the model is free and nobody waits: the caller runs its request alone now
-        (and calls ``solo_done`` after); False: it should queue (``stream``) to join the next batch."""
+    def arrive(self) -> None:
+        """A request is being prepared (prompt rendered and tokenized): a batch about to start
+        waits for it (at most ``GATHER_S``), so requests that arrive together start together."""
         with self._lock:
-            if self._solo or self._scheduled or self._pending or model_is_busy(self.model):
-                return False
+            self._arriving += 1
+
+    def leave(self) -> None:
+        """The ``arrive``d request will not be queued (it failed, or runs outside the scheduler)."""
+        with self._lock:
+            self._arriving = max(0, self._arriving - 1)
+
+    def admit_solo(self, *, arrived: bool = False) -> bool:
+        """True when the model is free and nobody waits or is arriving: the caller runs its request
+        alone now (and calls ``solo_done`` after); False: it should queue (``stream``) to join the
+        next batch. ``arrived``: the caller had called ``arrive`` (consumed here when admitted, else
+        by ``stream``)."""
+        with self._lock:
+            others_arriving = self._arriving - (1 if arrived else 0)
+            if self._solo or self._scheduled or self._pending or others_arriving > 0 or model_is_busy(self.model):
+                return False  # the caller's arrival still counts until it is queued
+            if arrived:
+                self._arriving -= 1
             self._solo += 1
             return True
 
@@ -152,15 +171,24 @@ class BatchScheduler:
                 raise Busy(f"the model is busy ({self.max_queue} requests waiting); retry in a moment")
 
     def stream(
-        self, generate_kwargs: dict[str, Any], cancel: threading.Event, *, fast_decode: FastDecode = None
+        self,
+        generate_kwargs: dict[str, Any],
+        cancel: threading.Event,
+        *,
+        fast_decode: FastDecode = None,
+        arrived: bool = False,
     ) -> Iterator[int]:
-        """Queue one generation (``input_ids`` of one row) and yield its new token ids as they come.
+        """Queue one generation (``input_ids`` of one row) now (``Busy`` when the queue is full) and
+        return an iterator of its new token ids as they come.
 
         ``fast_decode``: the options a batch of such rows runs the fast path with (rows with other
         options run in other batches). Closing the iterator cancels the row (it stops within a
-        token; other rows go on).
+        token; other rows go on). ``arrived``: the caller had called ``arrive``.
         """
-        row = self._enqueue(generate_kwargs, cancel, fast_decode)
+        return self._row_tokens(self._enqueue(generate_kwargs, cancel, fast_decode, arrived=arrived))
+
+    def _row_tokens(self, row: Row) -> Iterator[int]:
+        """The queued ``row``'s token ids as they come; closing this cancels the row."""
         try:
             while True:
                 item = row.out.get()
@@ -170,14 +198,16 @@ class BatchScheduler:
                     raise item
                 yield item
         finally:
-            cancel.set()
+            row.cancel.set()
             with self._lock:
                 if row in self._pending:  # never started: leave the queue now
                     self._pending.remove(row)
                     row.close()
             row.finished.wait()
 
-    def _enqueue(self, generate_kwargs: dict[str, Any], cancel: threading.Event, fast_decode: FastDecode) -> Row:
+    def _enqueue(
+        self, generate_kwargs: dict[str, Any], cancel: threading.Event, fast_decode: FastDecode, *, arrived: bool
+    ) -> Row:
         ids = generate_kwargs["input_ids"]
         if ids.shape[0] != 1:
             raise ValueError("BatchScheduler.stream takes one prompt at a time")
@@ -186,6 +216,8 @@ class BatchScheduler:
         shared = {k: v for k, v in generate_kwargs.items() if k not in ROW_ARGS}
         row = Row(prompt, int(generate_kwargs.get("max_new_tokens") or 256), cancel, shared, fast_decode or None)
         with self._lock:
+            if arrived:
+                self._arriving = max(0, self._arriving - 1)
             if len(self._pending) >= self.max_queue:
                 raise Busy(f"the model is busy ({self.max_queue} requests waiting); retry in a moment")
             self._pending.append(row)
@@ -202,6 +234,7 @@ class BatchScheduler:
     def _run_batches(self) -> None:
         """On the worker thread: run batches until no row waits."""
         while True:
+            self._gather()
             with self._lock:
                 batch = self._take_batch()
                 if not batch:
@@ -216,6 +249,20 @@ class BatchScheduler:
             finally:
                 for row in batch:
                     row.close()
+
+    def _gather(self) -> None:
+        """Wait (at most ``GATHER_S``) while requests are still being prepared and the batch has room.
+
+        Why: requests sent together (a burst of users, a benchmark's start line) would otherwise
+        split into a first batch of the one tokenized first and a second batch of all the others,
+        which waits for the whole first answer (one answer's time, ~1 s at 256 tokens on 6B).
+        """
+        deadline = time.monotonic() + GATHER_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._arriving or len(self._pending) >= self.max_batch:
+                    return
+            time.sleep(0.0005)
 
     def _take_batch(self) -> list[Row]:
         """The first waiting row and up to ``max_batch - 1`` later rows with its settings."""

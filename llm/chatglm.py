@@ -303,7 +303,15 @@ class ChatGLM(LLM):
         ``stats`` (if given) is filled in as generation runs: prompt and generated token
         counts, and once the generator ends, why it stopped.
         """
-        generate_kwargs = self._generate_kwargs([prompt], kwargs)
+        scheduler = self._scheduler() if self.batch_concurrent else None
+        if scheduler is not None:
+            scheduler.arrive()  # a batch about to start waits for this request's tokenization
+        try:
+            generate_kwargs = self._generate_kwargs([prompt], kwargs)
+        except BaseException:
+            if scheduler is not None:
+                scheduler.leave()
+            raise
         stats = stats if stats is not None else GenerationStats()
         stats.start(generate_kwargs)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
@@ -319,7 +327,7 @@ class ChatGLM(LLM):
                 answer_started = bool(text)
             return stops.feed(text)
 
-        token_ids = self._token_ids(generate_kwargs, cancel)
+        token_ids = self._token_ids(generate_kwargs, cancel, scheduler)
         try:
             for token_id in token_ids:
                 stats.add(token_id)
@@ -336,9 +344,12 @@ class ChatGLM(LLM):
         finally:
             token_ids.close()
 
-    def _token_ids(self, generate_kwargs: dict[str, Any], cancel: threading.Event) -> Iterator[int]:
+    def _token_ids(
+        self, generate_kwargs: dict[str, Any], cancel: threading.Event, scheduler: BatchScheduler | None
+    ) -> Iterator[int]:
         """New token ids of one streamed generation: alone on the model's worker when the model is
-        free, else queued in the model's ``BatchScheduler`` to start with the others waiting.
+        free, else queued in the model's ``BatchScheduler`` (which the caller ``arrive``d at) to
+        start with the others waiting.
 
         Why not every request through the scheduler: a lone request then pays a thread hand-off
         and the per-row dispatcher for nothing; here it runs exactly the single-row fast path it
@@ -346,12 +357,13 @@ class ChatGLM(LLM):
         Requests with their own stopping criteria (the summary's cancel scope) never batch.
         """
         fast = self._fast_decode()
-        if not self.batch_concurrent or generate_kwargs.get("stopping_criteria"):
+        if scheduler is None or generate_kwargs.get("stopping_criteria"):
+            if scheduler is not None:
+                scheduler.leave()
             return stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast)
-        scheduler = self._scheduler()
-        if scheduler.admit_solo():
+        if scheduler.admit_solo(arrived=True):
             return SoloStream(stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast), scheduler)
-        return scheduler.stream(generate_kwargs, cancel, fast_decode=fast)
+        return scheduler.stream(generate_kwargs, cancel, fast_decode=fast, arrived=True)
 
     def _scheduler(self) -> BatchScheduler:
         scheduler = batch_scheduler(self.model)

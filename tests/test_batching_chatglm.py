@@ -98,6 +98,30 @@ def test_concurrent_streams_each_get_their_own_answer_in_one_batch(scripted_llm:
     assert forced.batch_sizes == [len(QUESTIONS)]
 
 
+def test_requests_arriving_together_start_together(
+    scripted_llm: PerPromptChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that finds the model free while another is still being tokenized does not run
+    alone: the batch waits (briefly) for the arriving one, so a burst is one batch, not 1 + rest."""
+    monkeypatch.setattr("llm.batching.GATHER_S", 30.0)  # the test decides when arriving ends
+    pair = {QUESTIONS[0]: ANSWERS[0], QUESTIONS[2]: ANSWERS[2]}
+    forced = script(scripted_llm, pair)
+    scheduler = batch_scheduler(scripted_llm.model)
+    scheduler.arrive()  # stands for the second request, still rendering its prompt
+    out: dict[str, str] = {}
+    first = threading.Thread(target=lambda: out.__setitem__(QUESTIONS[0], "".join(scripted_llm.stream(QUESTIONS[0]))))
+    first.start()
+    wait_pending(scripted_llm.model, 1)  # queued, not run alone
+    second = threading.Thread(target=lambda: out.__setitem__(QUESTIONS[2], "".join(scripted_llm.stream(QUESTIONS[2]))))
+    second.start()
+    wait_pending(scripted_llm.model, 2)
+    scheduler.leave()  # the stand-in is done arriving: the batch starts
+    first.join(60)
+    second.join(60)
+    assert out == pair and forced.batch_sizes == [2]
+    assert scheduler._arriving == 0
+
+
 def test_lone_request_runs_alone_and_equals_invoke(scripted_llm: PerPromptChatGLM) -> None:
     script(scripted_llm, {QUESTIONS[0]: ANSWERS[0]})
     assert "".join(scripted_llm.stream(QUESTIONS[0])) == scripted_llm.invoke(QUESTIONS[0]) == ANSWERS[0]
