@@ -126,7 +126,9 @@ def quantize_model_(
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not any(name == s or name.endswith("." + s) for s in skipped)
     ]
-    for name, linear in targets:
+    targets.reverse()
+    while targets:  # popped one by one: a replaced layer is referenced by nothing and freed at once
+        name, linear = targets.pop()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if kind == "int8":
