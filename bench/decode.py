@@ -15,6 +15,11 @@ Measures, for one random-initialised model of the real shape (bf16 on CUDA):
   (one batched generate) against 16 one-by-one ``ChatGLM.invoke`` calls.
 
 Every timed generation produces exactly ``--new-tokens`` tokens (``min_new_tokens``).
+
+``--quantization none int8 int4`` measures instead, per kind, the same random model (same seed)
+with glmkb's weight-only layers (``llm.quantization``): ``ChatGLM.stream`` tokens/s and TTFT on the
+fast path, weight GiB on the GPU, and against the bf16 model the logits' relative error and
+greedy top-1 agreement over a teacher-forced sequence (``quant_<shape>.json``).
 """
 
 from __future__ import annotations
@@ -169,6 +174,95 @@ def bench_ablation(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, 
     return out
 
 
+def build_model(shape: str, *, device: str, dtype: torch.dtype, tokenizer: Any, kind: str, group_size: int) -> Any:
+    """The random model of ``shape`` (seed 0: the same weights for every kind), quantized when asked."""
+    from bench.common import glm_model
+    from llm.quantization import quantize_model_
+
+    torch.manual_seed(0)
+    model = glm_model(shape, device=device, dtype=dtype, tokenizer=tokenizer)
+    if kind != "none":
+        quantize_model_(model, kind, group_size=group_size)
+    return model
+
+
+def free_model() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def bench_quantization(
+    shape: str, kinds: list[str], *, device: str, dtype: torch.dtype, tokenizer: Any, new_tokens: int, repeat: int,
+    options: Any, group_size: int, quality_tokens: int = 256,
+) -> dict[str, Any]:
+    """One row per kind: speed through ``ChatGLM.stream`` (fast path), weight memory, and quality
+    against the full-precision model on ``quality_tokens`` teacher-forced positions."""
+    from llm import ChatGLM
+    from llm.fast_decode import fast_decode_state
+    from llm.quantization import weight_bytes as stored_bytes
+
+    vocab = len(tokenizer)
+    ids = torch.randint(len(tokenizer.all_special_ids) + 1, vocab, (1, quality_tokens),
+                        generator=torch.Generator().manual_seed(1)).to(device)
+    force = {"min_new_tokens": new_tokens}
+    rows: dict[str, Any] = {}
+    reference: torch.Tensor | None = None
+    for kind in ["none", *[k for k in kinds if k != "none"]]:
+        free_model()
+        built, model = timed(lambda k=kind: build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=k,
+                                                        group_size=group_size))
+        free_model()
+        row: dict[str, Any] = {"build_s": built, "weight_gib": stored_bytes(model) / 2**30}
+        if torch.cuda.is_available():
+            row["gpu_allocated_gib"] = torch.cuda.memory_allocated() / 2**30
+        with torch.inference_mode():
+            logits = model(ids).logits.float()
+        if reference is None:
+            reference = logits
+        row["logits_rel_error"] = float((logits - reference).norm() / reference.norm())
+        row["top1_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).float().mean())
+        del logits
+        if kind not in kinds:  # the reference only
+            del model
+            continue
+        llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens,
+                      fast_decode_options=options)
+        row["fast_decode_active"] = llm.fast_decode_active
+        row["first_call_s"], _ = timed(lambda: llm.invoke(QUESTION, **force))
+        row["fast_decode_report"] = llm.fast_decode_report
+        row["capture_times_s"] = dict(fast_decode_state(model).capture_times)
+        stream_once(llm, QUESTION, **force)
+        runs = [stream_once(llm, QUESTION, **force) for _ in range(repeat)]
+        row["stream_tok_s"] = new_tokens / median_of(runs, "total_s")
+        row["stream_ttft_s"] = median_of(runs, "ttft_s")
+        rows[kind] = row
+        del llm, model
+    base = rows.get("none", {}).get("stream_tok_s")
+    for row in rows.values():
+        row["tok_s_over_bf16"] = row["stream_tok_s"] / base if base else None
+    return {"group_size": group_size, "quality_tokens": quality_tokens, "new_tokens": new_tokens, "rows": rows}
+
+
+def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, tokenizer: Any, options: Any) -> None:
+    """``--quantization``: the INT8/INT4/bf16 table (``quant_<shape>.json``)."""
+    result = {"shape": shape, "device": device, "dtype": str(dtype)}
+    result["quantization"] = bench_quantization(
+        shape, args.quantization, device=device, dtype=dtype, tokenizer=tokenizer, new_tokens=args.new_tokens,
+        repeat=args.repeat, options=options, group_size=args.group_size,
+    )
+    write_result(args.out, f"quant_{shape}", result)
+    rows = [
+        (kind, r["weight_gib"], r["stream_tok_s"], r["tok_s_over_bf16"], r["stream_ttft_s"] * 1e3,
+         r["logits_rel_error"], r["top1_agreement"], r["fast_decode_active"])
+        for kind, r in result["quantization"]["rows"].items()
+    ]
+    print_table(f"weight-only quantization, {shape} on {device} ({args.new_tokens} new tokens, ChatGLM.stream)", rows,
+                ("kind", "weight GiB", "tok/s", "x bf16", "TTFT ms", "logits rel err", "top-1 agree", "fast path"))
+
+
 def map_prompts(tokenizer: Any, *, count: int, tokens: int) -> list[str]:
     """``count`` summarize prompts whose chat-rendered input is ``tokens`` tokens (distinct passages)."""
     head = "请用两三句话概括下面这段《三国演义》原文的主要内容：\n"
@@ -234,6 +328,9 @@ def main() -> None:
     p.add_argument("--map-prompt-tokens", type=int, default=512)
     p.add_argument("--ablate", action="store_true", help="also each decode-step optimisation off vs on")
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the static-cache path on CPU, uncompiled")
+    p.add_argument("--quantization", nargs="+", choices=("none", "int8", "int4"),
+                   help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
+    p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
     args = p.parse_args()
 
     from bench.common import char_tokenizer, glm_model
@@ -248,6 +345,9 @@ def main() -> None:
 
     tokenizer = char_tokenizer(SHAPES[shape]["vocab_size"])
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if args.quantization:
+        run_quantization(args, shape=shape, device=device, dtype=dtype, tokenizer=tokenizer, options=options)
+        return
     built, model = timed(lambda: glm_model(shape, device=device, dtype=dtype, tokenizer=tokenizer))
     per_token = weight_bytes(model) - model.model.embed_tokens.weight.numel() * 2  # one embedding row is read
     result: dict[str, Any] = {"shape": shape, "device": device, "build_s": built,

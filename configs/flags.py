@@ -96,8 +96,12 @@ FLAGS: dict[str, Flag] = {
                   type=click.Choice(["auto", "bfloat16", "float16", "float32"])),
     "adapter": Flag(("--adapter",), "fine-tuned adapter folder: P-tuning v2 or LoRA", key="llm.adapter", metavar="DIR"),
     "merge_adapter": Flag(("--merge-adapter",), "fold a LoRA adapter into the weights", key="llm.merge_adapter", is_flag=True),
-    "quantization": Flag(("--quantization",), "weight quantization of the chat model", key="llm.quantization",
-                         metavar="KIND"),
+    "quantization": Flag(
+        ("--quantization",),
+        "weight quantization: int8 or int4 (weight-only, fast path on CUDA), 8bit or 4bit (bitsandbytes), none",
+        key="llm.quantization",
+        type=click.Choice(["none", "int8", "int4", "8bit", "4bit"]),
+    ),
 }
 
 

@@ -94,6 +94,12 @@ class LLMSettings(_Section):
     quantization_group_size: Literal[32, 64, 128] = Field(
         128, description="Input columns sharing one INT4 scale (int4 only); smaller is more accurate and larger."
     )
+    max_concurrent_batch: int = Field(
+        16, ge=1, description="Local model: most concurrent streamed requests that start together as one batch."
+    )
+    max_queue: int = Field(
+        64, ge=1, description="Local model: most requests waiting for it; past it a request gets 503 'busy, retry'."
+    )
     trust_remote_code: bool = Field(
         False,
         description="Let transformers run the model folder's own Python code. Off: glmkb loads ChatGLM natively.",

@@ -53,6 +53,7 @@ from llm.adapters.ptuning import PrefixShape, attach_prefix, build_prefix_encode
 from llm.chatglm_tokenizer import Variant, detect_variant, load_chatglm_tokenizer, stop_token_ids
 from llm.errors import ModelLoadError
 from llm.loading import read_model_config, resolve_device, resolve_dtype
+from llm.quantization import DEFAULT_GROUP_SIZE, WEIGHT_ONLY, quantize_loaded_
 
 logger = logging.getLogger(__name__)
 
@@ -212,23 +213,29 @@ def load_chatglm_legacy(
     dtype: str = "auto",
     quantization: str = "none",
     trust_remote_code: bool = False,
+    quantization_group_size: int = DEFAULT_GROUP_SIZE,
 ) -> tuple[GlmForCausalLM, PreTrainedTokenizerFast]:
     """Load an original ChatGLM2/3 folder as ``(GlmForCausalLM, PreTrainedTokenizerFast)`` on ``device``.
 
+    ``quantization`` int8/int4 (``llm.quantization``): each shard is loaded on the CPU and every
+    linear layer it completes is quantized before the next shard is read, so the host holds the
+    quantized model plus one shard, and only the quantized model is moved to ``device``.
     ``trust_remote_code`` is accepted for the shared loader signature but never used: the
     folder's own code is not run.
     """
     folder = Path(path).expanduser()
-    if quantization != "none":
+    if quantization not in ("none", *WEIGHT_ONLY):
         raise ModelLoadError(
-            f"llm.quantization {quantization} is not available for original ChatGLM folders ({folder}); "
-            f"convert it once to a native checkpoint with `ingest convert {folder} DST`, point "
-            "llm.model_path at DST, and quantization works there (bitsandbytes, CUDA)"
+            f"llm.quantization {quantization} (bitsandbytes) is not available for original ChatGLM folders ({folder}); "
+            "use int8 or int4 (glmkb's weight-only layers, loaded from this folder directly), or convert it once "
+            f"with `ingest convert {folder} DST` and point llm.model_path at DST"
         )
     if trust_remote_code:
         logger.info("%s: loading natively; the folder's remote code is not used", folder)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    weight_only = quantization in WEIGHT_ONLY
+    load_on = torch.device("cpu") if weight_only else target
     checkpoint = inspect_checkpoint(folder)
     tokenizer = load_tokenizer(checkpoint)
     model = build_empty_model(checkpoint.config)
@@ -238,9 +245,13 @@ def load_chatglm_legacy(
             if name.startswith(PREFIX_NAME):
                 prefix[name.removeprefix(PREFIX_NAME)] = tensor
             else:
-                set_parameter(model, name, tensor.to(device=target, dtype=torch_dtype))
-    finish_model(model, checkpoint, tokenizer, device=target)
-    attach_checkpoint_prefix(model, checkpoint, prefix, device=target)
+                set_parameter(model, name, tensor.to(device=load_on, dtype=torch_dtype))
+        if weight_only:
+            quantize_loaded_(model, quantization, group_size=quantization_group_size)
+    finish_model(model, checkpoint, tokenizer, device=load_on)
+    attach_checkpoint_prefix(model, checkpoint, prefix, device=load_on)
+    if weight_only:
+        model = model.to(target)
     return model, tokenizer
 
 

@@ -53,6 +53,7 @@ def load_adapted_chatglm(llm: Any) -> BaseLanguageModel:
         device=llm.device,
         dtype=llm.dtype,
         quantization=llm.quantization,
+        quantization_group_size=llm.quantization_group_size,
         trust_remote_code=llm.trust_remote_code,
         adapter=llm.adapter,
         merge_adapter=llm.merge_adapter,
@@ -62,6 +63,8 @@ def load_adapted_chatglm(llm: Any) -> BaseLanguageModel:
         tokenizer=tokenizer,
         model_path=str(llm.model_path),
         system_prompt=llm.system_prompt,
+        max_concurrent_batch=llm.max_concurrent_batch,
+        max_queue=llm.max_queue,
         **llm.generation.model_dump(),
     )
 
@@ -70,7 +73,7 @@ def load_counting_tokenizer(path: str | Path, *, trust_remote_code: bool = False
     """The tokenizer of a model folder, without its weights (original ChatGLM2/3 folders included)."""
     from llm.loading import find_model_folder
 
-    folder = find_model_folder(path)
+    folder = find_model_folder(path, download=False)  # a tokenizer alone never downloads a whole model
     config = _read_config(folder)
     try:
         if config.get("model_type") == "chatglm":

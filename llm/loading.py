@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 
 from llm.errors import ModelLoadError
+from llm.hub import is_hub_id, resolve_model
+from llm.quantization import DEFAULT_GROUP_SIZE, WEIGHT_ONLY, quantize_model_
 
 # model_type -> "module:function" with the signature of load_model_and_tokenizer().
 MODEL_TYPE_LOADERS: dict[str, str] = {
@@ -74,9 +75,8 @@ def special_loader(model_type: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(module_name), func_name)
 
 
-QUANTIZATIONS = ("none", "8bit", "4bit")
+QUANTIZATIONS = ("none", "8bit", "4bit")  # bitsandbytes; WEIGHT_ONLY (int8, int4) are glmkb's own layers
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_model_and_tokenizer(
@@ -88,6 +88,7 @@ def load_model_and_tokenizer(
     trust_remote_code: bool = False,
     adapter: str | Path | None = None,
     merge_adapter: bool = False,
+    quantization_group_size: int = DEFAULT_GROUP_SIZE,
 ) -> tuple[Any, Any]:
     """Load a local chat model folder and place it; returns ``(model, tokenizer)``.
 
@@ -95,10 +96,17 @@ def load_model_and_tokenizer(
     loader in ``MODEL_TYPE_LOADERS`` with the same keyword arguments; everything else must be a
     causal LM that transformers knows natively (or ``trust_remote_code`` was opted into).
     ``adapter`` (a P-tuning v2 or LoRA folder, ``llm.adapters``) is applied to the loaded model;
-    ``merge_adapter`` folds a LoRA adapter into the weights.
+    ``merge_adapter`` folds a LoRA adapter into the weights. ``quantization`` int8/int4 are
+    glmkb's weight-only layers (``llm.quantization``, ``quantization_group_size`` for int4): the
+    model is quantized on the CPU and only then moved to ``device``.
     """
     model, tokenizer = _load_base(
-        path, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
+        path,
+        device=device,
+        dtype=dtype,
+        quantization=quantization,
+        trust_remote_code=trust_remote_code,
+        group_size=quantization_group_size,
     )
     if adapter:
         from llm.adapters import apply_adapter
@@ -108,7 +116,7 @@ def load_model_and_tokenizer(
 
 
 def _load_base(
-    path: str | Path, *, device: str, dtype: str, quantization: str, trust_remote_code: bool
+    path: str | Path, *, device: str, dtype: str, quantization: str, trust_remote_code: bool, group_size: int
 ) -> tuple[Any, Any]:
     """The model folder without adapters (see ``load_model_and_tokenizer``)."""
     folder = find_model_folder(path)
@@ -123,12 +131,16 @@ def _load_base(
             f"could not be imported: {e}; reinstall glmkb (pip install -e .)"
         ) from e
     if loader is not None:
+        extra = {"quantization_group_size": group_size} if quantization in WEIGHT_ONLY else {}
         return loader(
-            folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code
+            folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code, **extra
         )
     check_causal_lm_type(folder, config, trust_remote_code=trust_remote_code)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    if quantization in WEIGHT_ONLY:
+        return load_weight_only(folder, kind=quantization, group_size=group_size, device=target, dtype=torch_dtype,
+                                trust_remote_code=trust_remote_code)
     if quantization != "none":
         quantization_options(quantization, device=target, dtype=torch_dtype)  # fail before loading
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
@@ -138,35 +150,36 @@ def _load_base(
     return model, tokenizer
 
 
-def find_model_folder(path: str | Path) -> Path:
-    """The local folder for ``path``; a hub id ("org/name") is looked up in the local HF cache only."""
+def load_weight_only(
+    folder: Path, *, kind: str, group_size: int, device: torch.device, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[Any, Any]:
+    """A native folder with glmkb's INT8/INT4 weight-only layers (``llm.quantization``).
+
+    Loaded in full precision on the CPU, quantized there layer by layer (``quantize_model_``),
+    then moved: the GPU only ever holds the quantized model. The host peak is one full-precision
+    copy (``from_pretrained`` loads the whole model before the layers are swapped); original
+    ChatGLM folders (``llm.chatglm_legacy``) quantize per shard instead.
+    """
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(folder, device=torch.device("cpu"), dtype=dtype, trust_remote_code=trust_remote_code)
+    quantize_model_(model, kind, group_size=group_size)
+    return model.to(device).eval(), tokenizer
+
+
+def find_model_folder(path: str | Path, *, download: bool = True) -> Path:
+    """The local folder for ``path``; a hub id ("org/name", not a local path) comes from the local
+    Hugging Face cache, else is downloaded when the hub is reachable (``llm.hub.resolve_model``;
+    offline: ``HubModelUnavailable``, one line naming the id and how to pass a folder)."""
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder
     text = str(path)
-    if _HUB_ID_RE.match(text) and not folder.exists():
-        cached = _cached_snapshot(text)
-        if cached is not None:
-            return cached
-        raise ModelLoadError(
-            f"model {text!r} is neither a local folder nor in the local Hugging Face cache "
-            "(glmkb never downloads models). Download it on a networked machine, e.g. "
-            f"`hf download {text} --local-dir DIR`, copy DIR here and set llm.model_path to DIR"
-        )
+    if is_hub_id(text):
+        return resolve_model(text, download=download)
     raise ModelLoadError(
         f"model folder {folder} does not exist; set llm.model_path (or --model-path / "
         "GLMKB_LLM__MODEL_PATH) to a local folder holding config.json, the weights and the tokenizer"
     )
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The folder of ``repo_id`` in the local HF cache, or None; never touches the network."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not cached (or a malformed cache): the caller explains what to do
-        return None
 
 
 def check_weights_present(folder: Path) -> None:

@@ -126,7 +126,9 @@ def quantize_model_(
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not any(name == s or name.endswith("." + s) for s in skipped)
     ]
-    for name, linear in targets:
+    targets.reverse()
+    while targets:  # popped one by one: a replaced layer is referenced by nothing and freed at once
+        name, linear = targets.pop()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if kind == "int8":
@@ -137,6 +139,21 @@ def quantize_model_(
         del linear  # the full-precision weight goes as soon as its replacement exists
     model.config.glmkb_weight_only = {"kind": kind, "group_size": group_size if kind == "int4" else None}
     return model
+
+
+def quantize_loaded_(model: nn.Module, kind: str, *, group_size: int = DEFAULT_GROUP_SIZE) -> nn.Module:
+    """``quantize_model_`` on the linear layers whose weights are loaded (not on the meta device).
+
+    Called after each shard of a streamed load, so a layer is quantized as soon as it is complete
+    and the host never holds more than one shard in full precision.
+    """
+    pending = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and any(t is not None and t.device.type == "meta" for t in (module.weight, module.bias))
+    ]
+    return quantize_model_(model, kind, group_size=group_size, skip=("lm_head", *pending))
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -96,9 +96,12 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 
 def test_hub_id_not_in_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline (tests set HF_HUB_OFFLINE), an uncached hub id is unavailable (exit 3 / HTTP 503), not a bad path."""
+    from llm.hub import HubModelUnavailable
+
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelLoadError) as err:
+    with pytest.raises(HubModelUnavailable) as err:
         load_model_and_tokenizer("THUDM/glm-4-9b-chat-hf", device="cpu")
     message = str(err.value)
     assert "'THUDM/glm-4-9b-chat-hf'" in message and "local Hugging Face cache" in message
@@ -186,3 +189,23 @@ def test_missing_cuda_device(tiny_glm_dir: Path) -> None:
         pytest.skip("a GPU is visible")
     with pytest.raises(ModelLoadError, match="no CUDA GPU"):
         load_model_and_tokenizer(tiny_glm_dir, device="cuda")
+
+
+def test_hub_id_downloads_on_first_use_when_the_hub_is_reachable(
+    tiny_glm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id not in the cache goes to llm.hub's download (replaced here: no network in tests)."""
+    from llm import hub
+
+    asked: list[str] = []
+
+    def download(repo_id: str, *, revision: str | None = None) -> Path:
+        asked.append(repo_id)
+        return tiny_glm_dir
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "download_snapshot", download)
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_model_and_tokenizer("THUDM/tiny-glm", device="cpu")
+    assert asked == ["THUDM/tiny-glm"] and type(model).__name__ == "GlmForCausalLM"

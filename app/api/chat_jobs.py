@@ -14,13 +14,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from transformers import StoppingCriteria
 
 from app.api.schemas import ChatCompletionRequest, ChatMessage
 from llm import ChatGLM
+from llm.streaming import GenerationStats
 
 __all__ = [
     "ChatOutcome",
@@ -115,23 +114,23 @@ class ChatOutcome:
 # --------------------------------------------------------------------------- local model
 
 
-class GenerationCounter(StoppingCriteria):
-    """Never stops anything; remembers the sequence so far, to count and inspect what was generated."""
+class GenerationCounter(GenerationStats):
+    """The ids a streamed generation produced (eos included), to count and inspect them.
+
+    A ``GenerationStats`` (``ChatGLM``'s ``stats``), not a stopping criterion: a call with its own
+    stopping criteria could take neither the decode graph nor a batch with other requests.
+    """
 
     def __init__(self) -> None:
-        self.prompt_length: int | None = None
-        self.last_ids: torch.Tensor | None = None
+        super().__init__()
+        self.ids: list[int] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        if self.prompt_length is None:
-            self.prompt_length = input_ids.shape[1] - 1  # called after each new token
-        self.last_ids = input_ids[0]
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    def add(self, token_id: int) -> None:
+        super().add(token_id)
+        self.ids.append(token_id)
 
     def generated(self) -> list[int]:
-        if self.last_ids is None or self.prompt_length is None:
-            return []
-        return self.last_ids[self.prompt_length :].tolist()
+        return list(self.ids)
 
 
 @dataclass
@@ -198,7 +197,7 @@ class LocalChat:
             "history": self.conversation.history,
             "system_prompt": self._system_prompt(),
             "max_new_tokens": self.max_new_tokens,
-            "stopping_criteria": [counter],
+            "stats": counter,
         }
         for name in ("temperature", "top_p", "repetition_penalty"):
             if getattr(self, name) is not None:

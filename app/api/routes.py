@@ -81,6 +81,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
         llm = await pools.stream(services.require_llm)
+        check_capacity(llm)
         job = await pools.stream(chat_job, llm, body)
         if body.stream:
             return event_stream(chat_sse(job, model=services.model_id, include_usage=body.include_usage()), pools.streams)
@@ -131,6 +132,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         def prepare() -> tuple[Iterator[Any], UsageCounter]:
             mode, _ = services.search_mode(services.kb(name), body.mode, fallback=False)
             shared = services.require_llm()
+            check_capacity(shared)
             conversation = Conversation.from_messages(body.messages)
             check_prompt_chars(conversation.chars(), context_length(shared) if isinstance(shared, ChatGLM) else None)
             budget = prompt_budget(shared, max_input_tokens=services.settings.llm.max_input_tokens, asked=body.new_tokens())
@@ -152,6 +154,14 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         return kb_completion_body(collected, model=services.model_id, usage=usage)
 
     app.include_router(v1)
+
+
+def check_capacity(llm: Any) -> None:
+    """503 "busy, retry" (``llm.batching.Busy``) now, while the status can still say so: a streamed
+    response has sent 200 before the model's queue is reached."""
+    check = getattr(llm, "check_capacity", None)
+    if check is not None:
+        check()
 
 
 def chat_job(llm: Any, body: ChatCompletionRequest) -> LocalChat | RemoteChat:

@@ -16,6 +16,7 @@ H100 (``python -m bench.kernels``, docs/PERFORMANCE.md), that the decode step av
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Iterator
@@ -79,24 +80,52 @@ def register_decode_attention() -> None:
             AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
+FUSED_TENSORS = ("weight", "bias", "scales", "zeros")  # row-major along the output features in every layer kind
+
+
 class FusedQKV:
     """One attention module's q/k/v weights as row blocks of one tensor, and the three stand-in
-    projections that compute them with one GEMV during the decode step."""
+    projections that compute them with one GEMV during the decode step.
+
+    Works for ``nn.Linear`` and for glmkb's weight-only INT8/INT4 layers (``llm.quantization``):
+    their int weights, scales and zero points are all laid out by output row, so they fuse the
+    same way, and the fused projection is one quantized layer over the concatenated buffers.
+    """
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
         self.originals = (module.q_proj, module.k_proj, module.v_proj)
         self.sizes = [p.out_features for p in self.originals]
+        self.tensors: dict[str, torch.Tensor] = {}
         with torch.inference_mode(False), torch.no_grad():
-            self.weight = torch.cat([p.weight for p in self.originals])
-            self.bias = None if self.originals[0].bias is None else torch.cat([p.bias for p in self.originals])
-            for p, part in zip(self.originals, self.weight.split(self.sizes), strict=True):
-                p.weight.data = part
-            if self.bias is not None:
-                for p, part in zip(self.originals, self.bias.split(self.sizes), strict=True):
-                    p.bias.data = part
+            for name in FUSED_TENSORS:
+                parts = [getattr(p, name, None) for p in self.originals]
+                if parts[0] is None:
+                    continue
+                fused = torch.cat(parts)
+                for p, part in zip(self.originals, fused.split(self.sizes), strict=True):
+                    _set_tensor(p, name, part)
+                self.tensors[name] = fused
+        self.weight = self.tensors["weight"]
+        self.bias = self.tensors.get("bias")
+        self.projection = None if type(self.originals[0]) is torch.nn.Linear else self._quantized_projection()
         self.pending: list[torch.Tensor] = []
         self.stand_ins = tuple(_ProjectionPart(self, i) for i in range(3))
+
+    def _quantized_projection(self) -> torch.nn.Module:
+        """A layer of q_proj's kind whose buffers are the fused tensors (no copy)."""
+        proj = copy.copy(self.originals[0])
+        proj._buffers = {**proj._buffers, **self.tensors}
+        proj._parameters = dict(proj._parameters)
+        proj._modules = dict(proj._modules)
+        proj.out_features = sum(self.sizes)
+        return proj
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v of ``x`` concatenated along the last axis."""
+        if self.projection is None:
+            return F.linear(x, self.weight, self.bias)
+        return self.projection(x)
 
     def swap(self, *, fused: bool) -> None:
         """Put the stand-ins (``fused=True``) or the original projections on the module."""
@@ -108,14 +137,21 @@ class FusedQKV:
         self.pending.clear()
 
     def intact(self) -> bool:
-        """Whether the projections still read the fused tensor (``model.to(...)`` replaces them)."""
+        """Whether the projections still read the fused tensors (``model.to(...)`` replaces them)."""
         offsets = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
-        stride = self.weight.stride(0) * self.weight.element_size()
         return all(
-            p.weight.data_ptr() == self.weight.data_ptr() + offset * stride
-            and (self.bias is None or p.bias.data_ptr() == self.bias.data_ptr() + offset * self.bias.element_size())
+            getattr(p, name).data_ptr() == fused.data_ptr() + offset * fused.stride(0) * fused.element_size()
+            for name, fused in self.tensors.items()
             for p, offset in zip(self.originals, offsets, strict=True)
         )
+
+
+def _set_tensor(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Point a parameter (its ``.data``) or a buffer of ``module`` at ``value``."""
+    if name in module._parameters:
+        module._parameters[name].data = value
+    else:
+        module._buffers[name] = value
 
 
 class _ProjectionPart(torch.nn.Module):
@@ -131,7 +167,7 @@ class _ProjectionPart(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self.fused
         if self.index == 0:
-            q, k, v = F.linear(x, fused.weight, fused.bias).split(fused.sizes, dim=-1)
+            q, k, v = fused.project(x).split(fused.sizes, dim=-1)
             fused.pending[:] = [x, k, v]
             return q
         if len(fused.pending) != 4 - self.index or fused.pending[0] is not x:
@@ -143,19 +179,28 @@ class _ProjectionPart(torch.nn.Module):
 
 
 def fusable_qkv(module: torch.nn.Module) -> bool:
-    """Whether ``module`` has plain Linear q/k/v projections of one input, dtype and device."""
+    """Whether ``module`` has q/k/v projections of one kind (plain Linear, or one weight-only
+    quantized kind and group size) over one input, dtype and device."""
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
     projections = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
-    if not all(type(p) is torch.nn.Linear for p in projections):
-        return False
     first = projections[0]
+    if type(first) not in (torch.nn.Linear, WeightOnlyInt8Linear, WeightOnlyInt4Linear):
+        return False
     return all(
-        p.in_features == first.in_features
-        and p.weight.dtype == first.weight.dtype
-        and p.weight.device == first.weight.device
-        and (p.bias is None) == (first.bias is None)
+        type(p) is type(first)
+        and p.in_features == first.in_features
+        and getattr(p, "group_size", None) == getattr(first, "group_size", None)
+        and all(_same_kind(getattr(p, name, None), getattr(first, name, None)) for name in FUSED_TENSORS)
         and not torch.nn.utils.parametrize.is_parametrized(p)
         for p in projections
     )
+
+
+def _same_kind(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.device == b.device and a.shape[1:] == b.shape[1:]
 
 
 def fuse_qkv_weights(model: torch.nn.Module) -> list[FusedQKV]:

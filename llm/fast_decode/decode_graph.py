@@ -193,7 +193,7 @@ def build_decode_graph(
     g.cur.fill_(1)
     raise_recompile_limit()
     try:
-        compiled = torch.compile(g.forward, dynamic=False)
+        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model))
         g.forward = compiled
         _warm_steps(g)
     except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
@@ -213,6 +213,20 @@ def build_decode_graph(
         g.graph = _capture(g)
     g.capture_s = time.perf_counter() - started
     return g
+
+
+def compile_options(model: Any) -> dict[str, Any] | None:
+    """Inductor options of the decode step's compile.
+
+    Weight-only INT8/INT4 models (``llm.quantization``): coordinate-descent tuning, with which
+    Inductor lowers a one-row matmul to a reduction and fuses the layer's dequantization into it
+    (``mm`` in torch/_inductor/decomposition.py; gpt-fast's setting). Without it the int weights
+    would be dequantized to a full bf16 tensor every step, more bytes than bf16 itself. bf16
+    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md).
+    """
+    if getattr(model.config, "glmkb_weight_only", None):
+        return {"coordinate_descent_tuning": True}
+    return None
 
 
 def _capture(g: DecodeGraph) -> Any:
