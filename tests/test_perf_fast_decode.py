@@ -469,3 +469,13 @@ def test_prefill_buckets() -> None:
     assert fd.prefill_bucket(2, 1000, 1024) == 1024
     assert fd.prefill_bucket(16, 512, 1024) is None  # 8192 tokens: compute-bound, eager
     assert fd.prefill_bucket(1, 1000, 1000) is None  # the bucket would not fit the cache
+
+
+def test_an_attached_adapter_is_the_reason_the_fast_path_is_off() -> None:
+    """Regression: a model carrying a P-tuning prefix was refused as "GlmForCausalLM does not
+    support a compiled static cache", which sent users looking at the wrong thing."""
+    from llm.adapters.ptuning import FAST_DECODE_REASON
+    from llm.fast_decode.state import unsupported_reason
+
+    model = types.SimpleNamespace(fast_decode_unsupported=FAST_DECODE_REASON, device=torch.device("cuda"))
+    assert unsupported_reason(model) == FAST_DECODE_REASON

@@ -75,6 +75,9 @@ fast_decode_state: PerModel[FastDecodeState] = PerModel(FastDecodeState)
 
 def unsupported_reason(model: Any, options: FastDecodeOptions = DEFAULT_OPTIONS) -> str | None:
     """Why ``model`` cannot take the fast path (None = it can): device, quantization, class, offload."""
+    adapter_reason = getattr(model, "fast_decode_unsupported", None)  # set by llm.adapters (P-tuning, unmerged LoRA)
+    if adapter_reason:
+        return adapter_reason
     device = getattr(model, "device", None)
     if device is None or (torch.device(device).type != "cuda" and not options.on_cpu):
         return f"the model runs on {device}, not a CUDA GPU"
