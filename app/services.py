@@ -282,14 +282,25 @@ class Services:
             return sorted(built | self._pending)
 
     def create_kb(self, name: str | None, *, embedding_model: str | None = None) -> str:
-        """Reserve a new knowledge-base name, built with ``embedding_model`` ("none" = keyword-only;
-        None = ``embedding.model``); it is written to disk with its first documents."""
+        """Create knowledge base ``name`` on disk now, empty, built later with ``embedding_model``
+        ("none" = keyword-only; None = ``embedding.model``): ``ingest list``, ``GET /v1/kb`` and
+        every other process see it at once (issue 18 #7: it used to live in memory until built)."""
         name = self.check_kb_name(name)
         with self._kb_lock:
             if name in KnowledgeBase.list_names(self.settings.kb_root) or name in self._pending:
                 raise UserError(f"知识库 {name} 已存在", f"knowledge base {name!r} already exists")
-            self._pending.add(name)
+            self._pending.add(name)  # reserved while it is written
             self._pending_models[name] = embedding_model
+        try:
+            kb = KnowledgeBase.from_settings(self.settings, name=name, create=True, embedding_model=embedding_model)
+            kb.create()
+            kb.set_embeddings(SharedEmbeddings(self, lambda kb=kb: kb.embedding_model))
+            with self._kb_lock:
+                self._kbs[name] = kb
+        finally:
+            with self._kb_lock:
+                self._pending.discard(name)
+                self._pending_models.pop(name, None)
         return name
 
     def kb(self, name: str | None) -> KnowledgeBase:
@@ -362,14 +373,14 @@ class Services:
         return label
 
     def drop_kb(self, name: str | None) -> None:
-        """Delete a knowledge base from disk (or forget one that was never built)."""
+        """Delete a knowledge base and its folder, damaged or not (it is never opened for this)."""
         name = self.check_kb_name(name)
         with self._kb_lock:
             kb = self._kbs.pop(name, None)
-            if name in self._pending:
-                self._pending.discard(name)
-                return
-        (kb or KnowledgeBase.from_settings(self.settings, name=name)).drop()
+            self._pending.discard(name)
+        if kb is not None:
+            kb.close()
+        KnowledgeBase.drop_from_settings(self.settings, name=name)
 
     # -- chains ---------------------------------------------------------------------------
 

@@ -374,3 +374,18 @@ def test_using_a_knowledge_base_that_does_not_exist_says_to_create_it(app_url: s
         c.predict("没有这个库", [handle_file(str(doc))], api_name="/build")
     with pytest.raises(AppError, match="没有名为 没有这个库 的知识库"):
         c.predict(QUESTION, "没有这个库", "bm25", 3, api_name="/ask")
+
+
+def test_a_created_knowledge_base_is_on_disk_at_once_and_deleting_removes_its_folder(tmp_path: Path) -> None:
+    """Regression (issue 18 #7): a KB created in the page lived only in the server's memory until
+    its first build (`ingest list` and other processes could not see it), and a deleted one left
+    a folder behind."""
+    from kb import KnowledgeBase
+
+    services = Services(make_settings(tmp_path / "kbs"))
+    services.create_kb("fresh", embedding_model="none")
+    assert "fresh" in KnowledgeBase.list_names(tmp_path / "kbs")  # what `ingest list` reads
+    assert services.kb("fresh").keyword_only and services.list_documents("fresh") == []
+    services.drop_kb("fresh")
+    assert not (tmp_path / "kbs" / "fresh").exists()
+    assert "fresh" not in KnowledgeBase.list_names(tmp_path / "kbs")
