@@ -240,6 +240,55 @@ def test_uploads_are_checked_for_type_and_size(tmp_path: Path) -> None:
             state.check_upload(tmp_path / name)
 
 
+def test_upload_types_are_the_loaders_types_unless_restricted(tmp_path: Path) -> None:
+    from kb.loaders import SUPPORTED_SUFFIXES
+
+    state = Services(Settings(kb_root=tmp_path))
+    assert state.upload_types() == list(SUPPORTED_SUFFIXES)
+    assert state.upload_types(text_only=True) == [".txt", ".md", ".markdown"]  # the summary reads text
+    (tmp_path / "book.pdf").write_bytes(b"%PDF-1.7")
+    assert state.check_upload(tmp_path / "book.pdf")
+    with pytest.raises(UserError, match="file type not allowed"):
+        state.check_upload(tmp_path / "book.pdf", text_only=True)
+    restricted = Services(Settings(kb_root=tmp_path, ui={"allowed_types": ["PDF", ".txt", ".csv"]}))
+    assert restricted.upload_types() == [".txt", ".pdf"]  # a type no loader reads stays refused
+
+
+def test_a_pdf_uploads_and_builds_and_content_that_contradicts_its_name_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: uploads accept PDF/DOCX/EPUB/HTML/images by content; issue 18 #9: a PNG
+    renamed .txt is still refused at upload."""
+    import zipfile
+
+    from app.web.manage import ManageHandlers
+    from tests.fixtures.documents import SourceChapter, write_docx, write_pdf
+
+    services = Services(Settings(kb_root=tmp_path / "kbs", embedding={"model": "none"}))
+    handlers = ManageHandlers(services)
+    warnings: list[str] = []
+    monkeypatch.setattr("app.web.manage.warn", lambda zh, en: warnings.append(zh))
+    chapters = [SourceChapter("第一回 宴桃园豪杰三结义", ["刘备与关羽、张飞在桃园结为兄弟。" * 4])]
+    pdf = uploaded("sanguo.pdf", "")
+    write_pdf(pdf, chapters)
+    docx = uploaded("sanguo.docx", "")
+    write_docx(docx, chapters)
+    png = uploaded("photo.txt", "")
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    fake_pdf = uploaded("fake.pdf", "")
+    with zipfile.ZipFile(fake_pdf, "w") as archive:
+        archive.writestr("word/document.xml", "<w:document/>")
+    kept = handlers.screen_uploads([str(p) for p in (pdf, docx, png, fake_pdf)])
+    assert kept == [str(pdf), str(docx)]
+    assert warnings[0].startswith("不是可读的文本文件：photo.txt") and "fake.pdf" in warnings[1]
+    services.create_kb("books")
+    status = list(handlers.build("books", kept))[-1][0]
+    assert "新增 2" in status, status
+    docs = services.list_documents("books")
+    assert sorted(Path(d.source).name for d in docs) == ["sanguo.docx", "sanguo.pdf"]
+    assert all(d.chapters == 1 for d in docs)
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".x", "-x", "a..b", "", "  "])
 def test_bad_knowledge_base_names_are_refused(name: str) -> None:
     with pytest.raises(UserError):

@@ -15,7 +15,7 @@ import gradio as gr
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
 from app.web.errors import QUIET, user_errors, warn
-from app.web.widgets import kb_picker
+from app.web.widgets import kb_picker, upload_label
 from chains.events import Progress, Summary, Token
 from llm.cancellation import cancel_scope
 
@@ -96,7 +96,9 @@ class SummaryHandlers:
         if origin == FROM_UPLOAD:
             if not upload:
                 raise UserError("请先上传一个文本文件", "upload a text file first")
-            stream = self.services.summarize_file(self.services.check_upload(upload), chapters=chapters)
+            stream = self.services.summarize_file(
+                self.services.check_upload(upload, text_only=True), chapters=chapters
+            )
         else:
             kb_name = self.services.check_kb_name(kb_name)
             if not doc_id:
@@ -212,7 +214,8 @@ class SummaryTab:
                     label="文档 / document", choices=[], allow_custom_value=True, elem_id="summary-tab-doc"
                 )
                 self.file = gr.File(
-                    label=f"上传文本 / upload ({', '.join(ui.allowed_types)}, ≤ {ui.max_upload_mb} MB)",
+                    label="上传文本 / upload "
+                    + upload_label(self.services.upload_types(text_only=True), ui.max_upload_mb, each=False),
                     visible=False,
                 )
                 self.chapters = gr.Textbox(
