@@ -194,6 +194,22 @@ def test_stop_closes_the_stream_and_ends_generation(kb_root: Path, slow_llm: Any
         assert wait_until(lambda: not generating(slow_llm), timeout=10)
 
 
+def test_the_book_switch_answers_from_the_whole_book_through_the_page(app_url: str) -> None:
+    """全书问答 on: the status line reports the chapters chosen and the map, the answer comes
+    with its cited passages; the same page's chunk QA is untouched (tests above)."""
+    job = client(app_url).submit("刘备做了哪些事？", KB, "bm25", 3, True, "第1-3回", api_name="/ask")
+    final = job.result(timeout=300)
+    statuses = [out[-1] for out in job.outputs() if isinstance(out[-1], str)]
+    assert any(s.endswith("chapters selected") for s in statuses), statuses
+    assert any(s.startswith("分段概括 / map") for s in statuses), statuses
+    chat = final[1]
+    assert [message_text(m) for m in chat if m["role"] == "user"] == ["刘备做了哪些事？"]
+    assert answers(chat)[-1]
+    boxes = sources_boxes(chat)
+    assert len(boxes) == 1 and "sanguo.txt" in message_text(boxes[0])
+    assert "第4回" not in message_text(boxes[0]) and "第5回" not in message_text(boxes[0])  # the range holds
+
+
 # ------------------------------------------------------------------------------ summary
 
 
