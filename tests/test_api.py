@@ -915,3 +915,11 @@ def test_slow_clients_are_disconnected_when_their_headers_do_not_arrive(settings
                 assert conn.recv(100) == b""  # closed by the server
                 assert time.monotonic() - started < 5
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+
+
+def test_models_lists_only_an_embedding_model_that_loads(tmp_path: Path, llm: ScriptedChatGLM) -> None:
+    """Issue 18 #12: ``/v1/models`` listed an embedding model that could not load."""
+    settings = make_settings(tmp_path, embedding={"model": str(tmp_path / "no-such-embedder")})
+    with running(Services.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get("/v1/models").json()["data"] == []  # no chat model configured either
+        assert_openai_error(c.post("/v1/embeddings", json={"input": "刘备"}), 503)

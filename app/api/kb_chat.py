@@ -55,16 +55,23 @@ class KBBudget:
         self.max_input_tokens = max_input_tokens
         if context is None:
             return
-        room = context - template_tokens(llm) - MIN_PROMPT_TOKENS
-        if asked is not None and asked > room:
-            raise RequestError(
-                f"max_tokens is {asked}, but the model's context holds {context} tokens with the prompt; "
-                f"lower max_tokens (at most {max(room, 0)})",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        self.max_new_tokens = min(self.max_new_tokens, room)
-        self.max_input_tokens = max(MIN_PROMPT_TOKENS, min(max_input_tokens, context - template_tokens(llm) - self.max_new_tokens))
+        template = template_tokens(llm)
+        room = context - template - MIN_PROMPT_TOKENS
+        if asked is not None:
+            if asked > room:
+                raise RequestError(
+                    f"max_tokens is {asked}, but the model's context holds {context} tokens with the prompt; "
+                    f"lower max_tokens (at most {max(room, 0)})",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+            self.max_input_tokens = max(MIN_PROMPT_TOKENS, min(max_input_tokens, context - template - asked))
+            return
+        # No max_tokens asked: the prompt keeps its budget, leaving at least a quarter of the
+        # context (or the model's default, if smaller) to the answer, which gets what is left.
+        answer_floor = min(self.max_new_tokens, context // 4)
+        self.max_input_tokens = max(MIN_PROMPT_TOKENS, min(max_input_tokens, context - template - answer_floor))
+        self.max_new_tokens = max(1, min(self.max_new_tokens, context - template - self.max_input_tokens))
 
 
 class UsageCounter(BaseCallbackHandler):

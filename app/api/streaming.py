@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
-from starlette.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
 __all__ = ["ClosingStreamingResponse", "SSE_HEADERS", "event_stream", "iterate_in_thread"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PING_NEVER_S = 24 * 3600
 _DONE = object()
 
 
@@ -31,9 +32,10 @@ async def iterate_in_thread(items: Iterator[Any], limiter: anyio.CapacityLimiter
             await anyio.to_thread.run_sync(items.close, limiter=limiter)  # type: ignore[attr-defined]
 
 
-class ClosingStreamingResponse(StreamingResponse):
-    """A ``StreamingResponse`` that always closes its body iterator, however the response ends
-    (finished, client gone, server shutting down), so generation never outlives its client."""
+class ClosingStreamingResponse(EventSourceResponse):
+    """sse-starlette's ``EventSourceResponse`` (each item one ``data:`` event, ``\n\n``-framed)
+    that always closes its body iterator, however the response ends (finished, client gone,
+    server shutting down), so generation never outlives its client."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -45,8 +47,13 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 def event_stream(items: Iterator[str], limiter: anyio.CapacityLimiter) -> ClosingStreamingResponse:
+    """Server-sent events of ``items`` (each an event's ``data``), stepped on worker threads.
+
+    No keep-alive pings: OpenAI clients expect only ``data:`` events, and a stream's first
+    event (the assistant role) goes out before the model starts.
+    """
     return ClosingStreamingResponse(
-        iterate_in_thread(items, limiter), media_type="text/event-stream", headers=SSE_HEADERS
+        iterate_in_thread(items, limiter), headers=SSE_HEADERS, sep="\n", ping=PING_NEVER_S
     )
 
 

@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+
 from app.api.chat_jobs import LocalChat, RemoteChat
 from app.api.errors import error_event as error_payload
 from chains.events import Answer, Sources, Token
@@ -19,7 +24,7 @@ __all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "
 
 log = logging.getLogger(__name__)
 
-DONE_EVENT = "data: [DONE]\n\n"
+DONE_EVENT = "[DONE]"
 
 
 @dataclass
@@ -31,36 +36,47 @@ class CompletionIds:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        """A ``chat.completion.chunk``, validated as the ``openai`` package's ``ChatCompletionChunk``;
+        ``extra`` are top-level fields (``usage``, glmkb's ``sources``...)."""
+        chunk = ChatCompletionChunk(
+            id=self.id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model,
+            choices=[ChunkChoice(index=0, delta=ChoiceDelta(**delta), finish_reason=finish_reason, logprobs=None)],
             **extra,
-        }
+        )
+        return _dump(chunk)
 
     def completion(self, text: str, finish_reason: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish_reason,
-                    "logprobs": None,
-                }
+        """A ``chat.completion``, validated as the ``openai`` package's ``ChatCompletion``."""
+        completion = ChatCompletion(
+            id=self.id,
+            object="chat.completion",
+            created=self.created,
+            model=self.model,
+            choices=[
+                Choice(
+                    index=0,
+                    message=ChatCompletionMessage(role="assistant", content=text),
+                    finish_reason=finish_reason,  # type: ignore[arg-type]
+                    logprobs=None,
+                )
             ],
             **extra,
-        }
+        )
+        return _dump(completion)
+
+
+def _dump(response: Any) -> dict[str, Any]:
+    """The response as JSON-ready data: fields that were set (``None`` included), no defaults."""
+    return response.model_dump(mode="json", exclude_unset=True)
 
 
 def sse(data: dict[str, Any]) -> str:
-    """One server-sent event carrying ``data`` as JSON (non-ASCII kept as is)."""
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent event's ``data``: the payload as JSON (non-ASCII kept as is);
+    ``sse-starlette`` frames it (``app.api.streaming.event_stream``)."""
+    return json.dumps(data, ensure_ascii=False)
 
 
 def error_event(error: BaseException) -> str:
