@@ -267,6 +267,26 @@ def test_stop_ends_a_summary_inside_its_map_batch(kb_root: Path, tiny_chatglm: A
         assert status == "完成 / done" and summary
 
 
+def test_stop_ends_a_book_answer_inside_its_map_batch_in_the_page(kb_root: Path, tiny_chatglm: Any) -> None:
+    """Bug guarded: the chat's Stop only cancelled the Gradio event, which lands when the
+    handler next yields: never inside a whole-book answer's batched map step."""
+    llm = long_answers(tiny_chatglm)
+    forced = llm.forced
+    with serve(Services(make_settings(kb_root), llm=llm)) as url:
+        c = client(url)
+        job = c.submit("刘备做了哪些事？", KB, "bm25", 3, True, "第1-3回", api_name="/ask")
+        assert wait_until(lambda: forced.steps > 20, timeout=120), "the map batch did not start"
+        c.predict(api_name="/stop_answer")
+        started = time.monotonic()
+        assert wait_until(lambda: not generating(llm), timeout=10), "the map batch kept generating after Stop"
+        steps = forced.steps
+        final = job.result(timeout=30)
+        assert final[-1] == "已停止 / stopped"
+        assert steps < 1500 and time.monotonic() - started < 10
+        time.sleep(1)
+        assert not generating(llm) and forced.steps == steps, "a next batch started after Stop"
+
+
 def test_summary_of_an_uploaded_file(app_url: str, tmp_path: Path, sanguo_text: str) -> None:
     path = tmp_path / "chapter1.txt"
     path.write_text(sanguo_text[:3000], encoding="utf-8")
