@@ -13,7 +13,6 @@ question/answer pairs) and what the page shows (answers plus source boxes) never
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from app.services import Services
 from app.web import render
 from app.web.book_scope import ask_book
 from app.web.errors import QUIET, UserError, user_errors, warn
+from app.web.session_stops import SessionStops
 from app.web.widgets import banner_markdown, kb_picker
 from app.web.summary import CHAPTERS_MAX_CHARS, progress_line
 from chains.book_qa_chain import SELECT_STAGE
@@ -78,8 +78,7 @@ class ChatHandlers:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._stops: dict[str, threading.Event] = {}  # browser session -> its book answer's Stop
-        self._lock = threading.Lock()
+        self._stops = SessionStops()  # browser session -> its whole-book answer's Stop
 
     @user_errors(status=6, outputs=ASK_OUTPUTS)
     def ask(
@@ -93,8 +92,8 @@ class ChatHandlers:
         chapters: str | None = None,
         request: gr.Request = None,  # type: ignore[assignment] - injected by Gradio
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream one answer (whole-book when ``book``, optionally within ``chapters``). Yields (question box, chat, turns, banner, clear button, send
-        button, status line) per piece.
+        """Stream one answer (whole-book when ``book``, optionally within ``chapters``). Yields
+        (question box, chat, turns, banner, clear button, send button, status line) per piece.
 
         Clear and send are disabled while the answer streams (``settle`` enables them again): a
         conversation cleared mid-stream would be brought back by the stream's next update, and
@@ -161,7 +160,7 @@ class ChatHandlers:
         Stop sets ``stop`` (``self.stop``), which ends even a batched map step within a token;
         the chain then returns without an ``Answer`` and the turn is marked stopped.
         """
-        stop = self._new_stop(request)
+        stop = self._stops.new(request)
         stream = ask_book(self.services, kb_name, turn["question"], chapters=chapters, cancel=stop)
         try:
             for event in stream:
@@ -178,27 +177,13 @@ class ChatHandlers:
                 yield gr.skip(), render_chat(turns), turns, *skips(ASK_OUTPUTS - 4), "生成回答 / writing the answer…"
         finally:
             stream.close()
-            self._forget_stop(request, stop)
+            self._stops.forget(request, stop)
         if stop.is_set() and turn["status"] == "streaming":
             turn["status"] = "stopped"
 
     def stop(self, request: gr.Request = None) -> None:  # type: ignore[assignment] - injected by Gradio
         """The Stop button: end this session's whole-book answer within a token, even mid-batch."""
-        with self._lock:
-            event = self._stops.get(_session(request))
-        if event is not None:
-            event.set()
-
-    def _new_stop(self, request: gr.Request | None) -> threading.Event:
-        event = threading.Event()
-        with self._lock:
-            self._stops[_session(request)] = event
-        return event
-
-    def _forget_stop(self, request: gr.Request | None, event: threading.Event) -> None:
-        with self._lock:
-            if self._stops.get(_session(request)) is event:
-                del self._stops[_session(request)]
+        self._stops.set(request)
 
     def headings(self, kb_name: str, sources: Sequence[Source]) -> render.Headings:
         """Each cited chapter's own heading (第二章, 第三节, 第一回), so labels keep its unit."""
@@ -233,11 +218,6 @@ class ChatHandlers:
 def skips(n: int) -> tuple[Any, ...]:
     """``n`` "leave this output as it is" updates."""
     return tuple(gr.skip() for _ in range(n))
-
-
-def _session(request: gr.Request | None) -> str:
-    """The browser session a request belongs to (one key for direct calls without a request)."""
-    return str(getattr(request, "session_hash", None) or "")
 
 
 def check_chapters(chapters: str | None) -> str | None:
