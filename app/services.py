@@ -440,11 +440,23 @@ class Services:
         except KnowledgeBaseError as e:
             raise UserError(f"知识库名称无效：{name}", one_line(e), param="name", code="invalid_kb_name") from e
 
-    def check_upload(self, path: str | Path) -> Path:
+    def upload_types(self, *, text_only: bool = False) -> list[str]:
+        """The upload suffixes the page accepts: every type ``kb.loaders`` reads, narrowed by
+        ``ui.allowed_types`` when set; ``text_only`` for the summary's upload (plain text)."""
+        from kb.loaders import SUPPORTED_SUFFIXES, TEXT_SUFFIXES
+
+        supported = list(TEXT_SUFFIXES if text_only else SUPPORTED_SUFFIXES)
+        wanted = self.settings.ui.allowed_types
+        if wanted is None:
+            return supported
+        chosen = {t.lower() if t.startswith(".") else f".{t.lower()}" for t in wanted}
+        return [s for s in supported if s in chosen]
+
+    def check_upload(self, path: str | Path, *, text_only: bool = False) -> Path:
         """An uploaded file of an allowed type and size, or a UserError naming the limit."""
         path = Path(path)
         ui = self.settings.ui
-        allowed = [t.lower() if t.startswith(".") else f".{t.lower()}" for t in ui.allowed_types]
+        allowed = self.upload_types(text_only=text_only)
         if path.suffix.lower() not in allowed:
             raise UserError(
                 f"不支持的文件类型：{path.name}（允许 {', '.join(allowed)}）",

@@ -35,6 +35,16 @@ class ChapterPick:
     title: str | None
     score: float
     passages: list[Document] = field(default_factory=list)
+    heading: str | None = None
+    """The chapter's own heading (``第二章``), so labels keep the document's unit."""
+
+    def label(self) -> str:
+        """``第2章 休假`` (``kb.citation.chapter_label``); ``第2回`` where the heading is unknown."""
+        from kb.citation import chapter_label
+
+        if self.chapter is None:
+            return self.title or ""
+        return chapter_label(self.chapter, self.title, self.heading or f"第{self.chapter}回")
 
 
 def name_terms(question: str, graph: Any | None) -> tuple[list[str], list[list[str]]]:
@@ -87,11 +97,24 @@ def pick_chapters(
         scores[key] += 1.0 / (_RRF_K + rank)
     best = [key for key, _ in scores.most_common(max_chapters)]
     picks = []
+    headings = _headings(kb, {key[0] for key in best})
     for key in sorted(best, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
         passages = _chapter_passages(hits.get(key, []), named.get(key, []), passages_per_chapter)
         title = passages[0].metadata.get("chapter_title") if passages else None
-        picks.append(ChapterPick(key[0], key[1], title, scores[key], passages))
+        picks.append(ChapterPick(key[0], key[1], title, scores[key], passages, headings.get(key)))
     return picks
+
+
+def _headings(kb: Any, doc_ids: set[str]) -> dict[ChapterKey, str]:
+    """Each chapter's own heading (``第二章``) by (document, number), where the KB knows it."""
+    found: dict[ChapterKey, str] = {}
+    for doc_id in doc_ids:
+        try:
+            chapters = kb.get_chapters(doc_id)
+        except Exception:  # noqa: BLE001 - a label is not worth failing the answer for
+            continue
+        found.update({(doc_id, c.number): c.heading for c in chapters if c.number is not None and c.heading})
+    return found
 
 
 def _chapters_naming(

@@ -153,7 +153,10 @@ class BookQAChain(Chain):
                 continue
             numbered.extend(kept)
             numbers = list(range(first, first + len(kept)))
-            meta = {"doc_id": pick.doc_id, "chapter": pick.chapter, "chapter_title": pick.title, "numbers": numbers}
+            meta = {
+                "doc_id": pick.doc_id, "chapter": pick.chapter, "chapter_title": pick.title,
+                "chapter_label": pick.label(), "numbers": numbers,
+            }  # fmt: skip
             mapped.append(Document(page_content=format_numbered(kept, first), metadata=meta))
         return mapped, numbered
 
@@ -164,10 +167,7 @@ class BookQAChain(Chain):
             text = clean_citations(doc.page_content, doc.metadata["numbers"]).strip()
             if not text or text.startswith(IRRELEVANT) or self.refusal in text:
                 continue
-            chapter = doc.metadata.get("chapter")
-            head = f"第{chapter}回" if chapter is not None else ""
-            title = doc.metadata.get("chapter_title") or ""
-            label = " ".join(p for p in (head, title) if p)
+            label = doc.metadata.get("chapter_label") or ""
             out.append(Document(page_content=f"{label}：{text}" if label else text, metadata=dict(doc.metadata)))
         return out
 

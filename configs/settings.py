@@ -255,8 +255,9 @@ class UISettings(_Section):
     max_queue: int = Field(
         64, ge=1, description="Events waiting in the Gradio queue (all users); more are refused as 'queue full'."
     )
-    allowed_types: list[str] = Field(
-        default_factory=lambda: [".txt", ".md"], description="Upload file extensions accepted."
+    allowed_types: list[str] | None = Field(
+        None,
+        description="Upload file extensions accepted; None = every type the loaders read (kb.loaders.SUPPORTED_SUFFIXES).",
     )
 
 

@@ -6,7 +6,8 @@ heading; a novel's chapter keeps the document's own unit (``第2章 休假``, no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -22,6 +23,19 @@ def chapter_label(number: int | None, title: str | None, heading: str | None) ->
         label = f"第{number}{heading[-1]}"
         return label if not title or title == heading else f"{label} {title}"
     return title or ""
+
+
+def chapter_unit(headings: Iterable[str | None]) -> str:
+    """The unit the headings number chapters in (回, 章, 节, 卷…), the most common one; ""
+    when none is a ``第N…`` heading. For labels of chapter numbers and ranges (``第40-60回``)."""
+    units = Counter(h[-1] for h in (h.strip() for h in headings if h) if h.startswith("第") and len(h) > 1)
+    return units.most_common(1)[0][0] if units else ""
+
+
+def chapter_span_label(first: int, last: int, unit: str) -> str:
+    """``第40-60回`` (``第5章`` for one chapter) in the documents' own unit; ``40-60`` without one."""
+    span = str(first) if first == last else f"{first}-{last}"
+    return f"第{span}{unit}" if unit else span
 
 
 def page_label(page: int | None, page_end: int | None = None) -> str:

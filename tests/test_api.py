@@ -923,3 +923,63 @@ def test_models_lists_only_an_embedding_model_that_loads(tmp_path: Path, llm: Sc
     with running(Services.from_settings(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
         assert c.get("/v1/models").json()["data"] == []  # no chat model configured either
         assert_openai_error(c.post("/v1/embeddings", json={"input": "刘备"}), 503)
+
+
+# ------------------------------------------------------------------------------ scope "book"
+
+
+def test_book_scope_streams_progress_then_the_answer_with_its_sources(
+    client: httpx.Client, llm: ScriptedChatGLM, sanguo_text: str
+) -> None:
+    """``scope: "book"``: progress chunks (``glmkb_progress``, empty delta), the answer as
+    ``delta.content``, sources in the final chunk, all in the OpenAI chunk format."""
+    path = f"/v1/kb/{KB}/chat/completions"
+    body = {"messages": user("刘备做了哪些事？"), "scope": "book", "chapters": "第1-3回", "stream_options": {"include_usage": True}}
+    events = collect_stream(client, path, body)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    progress = [c["glmkb_progress"] for c in chunks if "glmkb_progress" in c]
+    assert progress[0]["stage"] == "select" and 1 <= progress[0]["total"] <= 3
+    assert [p["stage"] for p in progress].count("map") >= 2 and progress[-1]["done"] == progress[-1]["total"]
+    assert all(c["choices"][0]["delta"] == {} for c in chunks if "glmkb_progress" in c)
+    assert chat_text(chunks) == ANSWER  # the scripted model's answer (it cites no passage)
+    final = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    assert final["choices"][0]["finish_reason"] == "stop" and final["refused"] is False
+    assert final["sources"] and all(s["source"] == "sanguo.txt" and 1 <= s["chapter"] <= 3 for s in final["sources"])
+    assert all(sanguo_text[s["start"] : s["end"]] == s["text"] for s in final["sources"])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_book_scope_without_streaming_and_its_bad_requests(client: httpx.Client) -> None:
+    path = f"/v1/kb/{KB}/chat/completions"
+    body = client.post(path, json={"messages": user("刘备做了哪些事？"), "scope": "book", "source": "sanguo.txt"}).json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == ANSWER
+    assert body["sources"] and body["refused"] is False and body["usage"]["total_tokens"] > 0
+    assert_openai_error(client.post(path, json={"messages": user("x"), "chapters": "1-3"}), 400, 'scope "book"')
+    assert_openai_error(client.post(path, json={"messages": user("x"), "scope": "all"}), 400, "scope")
+    assert_openai_error(
+        client.post(path, json={"messages": user("x"), "scope": "book", "chapters": "第三到第一回"}), 400, "chapter range"
+    )
+    assert_openai_error(
+        client.post(path, json={"messages": user("x"), "scope": "book", "source": "nope.txt"}), 404, "nope.txt"
+    )
+
+
+def test_book_scope_stops_inside_its_map_batch_when_the_client_hangs_up(settings: Settings, tiny_chatglm: ChatGLM) -> None:
+    """Bug guarded: closing the stream only lands between events, so a whole-book answer whose
+    client left kept generating its whole batched map step (3000 forced tokens here)."""
+    long_answer = scripted(tiny_chatglm, answer="刘备关羽张飞" * 1500, max_new_tokens=3000)
+    processor = long_answer.forced()
+    long_answer.processor = processor
+    body = {"messages": user("刘备做了哪些事？"), "scope": "book", "stream": True}
+    with running(Services(settings, llm=long_answer)) as base:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            with c.stream("POST", f"/v1/kb/{KB}/chat/completions", json=body) as r:
+                events = sse_events(r)
+                stages = [json.loads(next(events)).get("glmkb_progress") for _ in range(3)]
+                assert stages[2] == {"stage": "map", "done": 0, "total": stages[1]["total"]}
+                assert wait_until(lambda: processor.steps > 5, timeout=30)
+        assert wait_until(lambda: not model_is_busy(long_answer.model), timeout=10)
+        steps = processor.steps
+        time.sleep(0.3)
+        assert processor.steps == steps < 500

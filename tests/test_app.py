@@ -194,6 +194,22 @@ def test_stop_closes_the_stream_and_ends_generation(kb_root: Path, slow_llm: Any
         assert wait_until(lambda: not generating(slow_llm), timeout=10)
 
 
+def test_the_book_switch_answers_from_the_whole_book_through_the_page(app_url: str) -> None:
+    """全书问答 on: the status line reports the chapters chosen and the map, the answer comes
+    with its cited passages; the same page's chunk QA is untouched (tests above)."""
+    job = client(app_url).submit("刘备做了哪些事？", KB, "bm25", 3, True, "第1-3回", api_name="/ask")
+    final = job.result(timeout=300)
+    statuses = [out[-1] for out in job.outputs() if isinstance(out[-1], str)]
+    assert any(s.endswith("chapters selected") for s in statuses), statuses
+    assert any(s.startswith("分段概括 / map") for s in statuses), statuses
+    chat = final[1]
+    assert [message_text(m) for m in chat if m["role"] == "user"] == ["刘备做了哪些事？"]
+    assert answers(chat)[-1]
+    boxes = sources_boxes(chat)
+    assert len(boxes) == 1 and "sanguo.txt" in message_text(boxes[0])
+    assert "第4回" not in message_text(boxes[0]) and "第5回" not in message_text(boxes[0])  # the range holds
+
+
 # ------------------------------------------------------------------------------ summary
 
 
@@ -251,6 +267,26 @@ def test_stop_ends_a_summary_inside_its_map_batch(kb_root: Path, tiny_chatglm: A
         assert status == "完成 / done" and summary
 
 
+def test_stop_ends_a_book_answer_inside_its_map_batch_in_the_page(kb_root: Path, tiny_chatglm: Any) -> None:
+    """Bug guarded: the chat's Stop only cancelled the Gradio event, which lands when the
+    handler next yields: never inside a whole-book answer's batched map step."""
+    llm = long_answers(tiny_chatglm)
+    forced = llm.forced
+    with serve(Services(make_settings(kb_root), llm=llm)) as url:
+        c = client(url)
+        job = c.submit("刘备做了哪些事？", KB, "bm25", 3, True, "第1-3回", api_name="/ask")
+        assert wait_until(lambda: forced.steps > 20, timeout=120), "the map batch did not start"
+        c.predict(api_name="/stop_answer")
+        started = time.monotonic()
+        assert wait_until(lambda: not generating(llm), timeout=10), "the map batch kept generating after Stop"
+        steps = forced.steps
+        final = job.result(timeout=30)
+        assert final[-1] == "已停止 / stopped"
+        assert steps < 1500 and time.monotonic() - started < 10
+        time.sleep(1)
+        assert not generating(llm) and forced.steps == steps, "a next batch started after Stop"
+
+
 def test_summary_of_an_uploaded_file(app_url: str, tmp_path: Path, sanguo_text: str) -> None:
     path = tmp_path / "chapter1.txt"
     path.write_text(sanguo_text[:3000], encoding="utf-8")
@@ -301,10 +337,10 @@ def test_create_upload_build_list_delete_drop(app_url: str, kb_root: Path, sangu
 
 
 def test_upload_of_a_disallowed_type_is_refused(app_url: str, tmp_path: Path) -> None:
-    pdf = tmp_path / "novel.pdf"
-    pdf.write_bytes(b"%PDF-1.4 not really")
-    with pytest.raises(AppError, match=r"不支持的文件类型.*file type not allowed: novel\.pdf"):
-        client(app_url).predict(KB, [handle_file(str(pdf))], api_name="/build")
+    table = tmp_path / "novel.csv"
+    table.write_text("回,标题\n1,宴桃园豪杰三结义\n", encoding="utf-8")
+    with pytest.raises(AppError, match=r"不支持的文件类型.*file type not allowed: novel\.csv"):
+        client(app_url).predict(KB, [handle_file(str(table))], api_name="/build")
 
 
 def test_upload_over_the_size_limit_is_refused(app_url: str, kb_root: Path, tmp_path: Path) -> None:

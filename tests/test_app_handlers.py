@@ -240,6 +240,55 @@ def test_uploads_are_checked_for_type_and_size(tmp_path: Path) -> None:
             state.check_upload(tmp_path / name)
 
 
+def test_upload_types_are_the_loaders_types_unless_restricted(tmp_path: Path) -> None:
+    from kb.loaders import SUPPORTED_SUFFIXES
+
+    state = Services(Settings(kb_root=tmp_path))
+    assert state.upload_types() == list(SUPPORTED_SUFFIXES)
+    assert state.upload_types(text_only=True) == [".txt", ".md", ".markdown"]  # the summary reads text
+    (tmp_path / "book.pdf").write_bytes(b"%PDF-1.7")
+    assert state.check_upload(tmp_path / "book.pdf")
+    with pytest.raises(UserError, match="file type not allowed"):
+        state.check_upload(tmp_path / "book.pdf", text_only=True)
+    restricted = Services(Settings(kb_root=tmp_path, ui={"allowed_types": ["PDF", ".txt", ".csv"]}))
+    assert restricted.upload_types() == [".txt", ".pdf"]  # a type no loader reads stays refused
+
+
+def test_a_pdf_uploads_and_builds_and_content_that_contradicts_its_name_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: uploads accept PDF/DOCX/EPUB/HTML/images by content; issue 18 #9: a PNG
+    renamed .txt is still refused at upload."""
+    import zipfile
+
+    from app.web.manage import ManageHandlers
+    from tests.fixtures.documents import SourceChapter, write_docx, write_pdf
+
+    services = Services(Settings(kb_root=tmp_path / "kbs", embedding={"model": "none"}))
+    handlers = ManageHandlers(services)
+    warnings: list[str] = []
+    monkeypatch.setattr("app.web.manage.warn", lambda zh, en: warnings.append(zh))
+    chapters = [SourceChapter("第一回 宴桃园豪杰三结义", ["刘备与关羽、张飞在桃园结为兄弟。" * 4])]
+    pdf = uploaded("sanguo.pdf", "")
+    write_pdf(pdf, chapters)
+    docx = uploaded("sanguo.docx", "")
+    write_docx(docx, chapters)
+    png = uploaded("photo.txt", "")
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    fake_pdf = uploaded("fake.pdf", "")
+    with zipfile.ZipFile(fake_pdf, "w") as archive:
+        archive.writestr("word/document.xml", "<w:document/>")
+    kept = handlers.screen_uploads([str(p) for p in (pdf, docx, png, fake_pdf)])
+    assert kept == [str(pdf), str(docx)]
+    assert warnings[0].startswith("不是可读的文本文件：photo.txt") and "fake.pdf" in warnings[1]
+    services.create_kb("books")
+    status = list(handlers.build("books", kept))[-1][0]
+    assert "新增 2" in status, status
+    docs = services.list_documents("books")
+    assert sorted(Path(d.source).name for d in docs) == ["sanguo.docx", "sanguo.pdf"]
+    assert all(d.chapters == 1 for d in docs)
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".x", "-x", "a..b", "", "  "])
 def test_bad_knowledge_base_names_are_refused(name: str) -> None:
     with pytest.raises(UserError):
@@ -333,3 +382,96 @@ def test_uploads_are_deleted_after_the_build_and_when_refused(tmp_path: Path, mo
     assert outside.exists()  # only Gradio's own copies are ever deleted
     with pytest.raises(gr.Error, match="一次最多上传 2 个文件"):
         list(handlers.build("up", [str(outside)] * 3))
+
+
+# ----- the 全书问答 switch: whole-book answers through app.web.book_scope (tiny forced ChatGLM) -----
+
+NOVEL = (
+    "第一回 宴桃园豪杰三结义\n"
+    "那人姓刘名备，字玄德。玄德与关羽、张飞在桃园结为兄弟。\n" * 3
+    + "第二回 刘玄德三顾草庐\n"
+    "复姓诸葛，名亮，字孔明。刘备三顾茅庐，请诸葛亮出山。\n"
+    + "诸葛亮为刘备定下三分天下之计。\n" * 5
+    + "第三回 孔明借东风\n"
+    "孔明在南屏山借得东风，周瑜大惊。孔明乘船而去。\n" * 3
+)
+
+
+class RestartPerCall:
+    """``ForcedTokens`` restarted at every generation (map batches, then the reduce stream)."""
+
+    def __init__(self, forced: Any) -> None:
+        self.forced = forced
+        self.last: int | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        length = input_ids.shape[1]
+        if self.last is None or length != self.last + 1:
+            self.forced.prompt_length = length
+        self.last = length
+        return self.forced(input_ids, scores)
+
+
+def book_services(tmp_path: Path, tiny_chatglm: Any, text: str, **forced_options: Any) -> tuple[Services, Any]:
+    """Services over a small novel KB with the tiny ChatGLM forced to write ``text`` each call."""
+    from kb import KnowledgeBase
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
+
+    KnowledgeBase(tmp_path, "novels", create=True, embedding_model="none", chunk_size=60, chunk_overlap=0).add_texts(
+        {"sanguo.txt": NOVEL}
+    )
+    tok = tiny_chatglm.tokenizer
+    forced = ForcedTokens(tok.encode(text, add_special_tokens=False), eos_id=tok.eos_token_id, **forced_options)
+    llm = forced_chatglm(tiny_chatglm, RestartPerCall(forced), max_new_tokens=120)
+    services = Services(Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"max_input_tokens": 1500}), llm=llm)
+    services.ask = lambda *a, **k: pytest.fail("the book switch must not run chunk QA")  # type: ignore[method-assign]
+    return services, forced
+
+
+def test_the_book_switch_streams_a_whole_book_answer_with_progress_and_sources(
+    tmp_path: Path, tiny_chatglm: Any
+) -> None:
+    services, _ = book_services(tmp_path, tiny_chatglm, "孔明出山[1][77]。")
+    updates = run(ChatHandlers(services).ask("孔明做了哪些事？", [], "novels", "bm25", 3, book=True))
+    statuses = [u[6] for u in updates if isinstance(u[6], str)]
+    assert any(s.endswith("chapters selected") for s in statuses), statuses
+    assert any(s.startswith("分段概括 / map") for s in statuses), statuses
+    assert statuses[-1] == ""
+    turn = updates[-1][2][-1]
+    said = tiny_chatglm.tokenizer.decode(tiny_chatglm.tokenizer.encode("孔明出山[1]。", add_special_tokens=False))
+    assert turn["status"] == "done" and turn["answer"] == said.strip()  # [77] resolves to nothing: dropped
+    box = render_text(turn["sources_message"])
+    assert "sanguo.txt" in box and "第2回" in box
+
+
+def test_the_book_switch_refuses_when_nothing_is_found(tmp_path: Path, tiny_chatglm: Any) -> None:
+    from chains.prompts import REFUSAL
+
+    from chains.book_prompts import IRRELEVANT
+
+    services, _ = book_services(tmp_path, tiny_chatglm, IRRELEVANT)  # every chapter: nothing relevant
+    updates = run(ChatHandlers(services).ask("孔明做了哪些事？", [], "novels", "bm25", 3, book=True))
+    turn = updates[-1][2][-1]
+    assert turn["answer"] == REFUSAL and not turn["answered"] and turn["status"] == "done"
+
+
+def test_stop_ends_a_book_answer_inside_its_map_batch(tmp_path: Path, tiny_chatglm: Any) -> None:
+    """Bug guarded: the chat's Stop only cancelled the Gradio event, which lands between
+    yields, so a whole-book answer kept generating for the whole map batch."""
+    import threading
+
+    services, forced = book_services(tmp_path, tiny_chatglm, "曹操" * 60, pause_at=3)
+    chat = ChatHandlers(services)
+    updates: list[Any] = []
+    worker = threading.Thread(target=lambda: updates.extend(chat.ask("孔明做了哪些事？", [], "novels", "bm25", 3, book=True)))
+    worker.start()
+    assert forced.parked.wait(30)
+    chat.stop(None)
+    forced.resume.set()
+    worker.join(30)
+    assert not worker.is_alive() and forced.steps <= 6
+    assert updates[-1][6] == "已停止 / stopped" and updates[-1][2][-1]["status"] == "stopped"
+
+
+def render_text(message: dict[str, Any]) -> str:
+    return str(message.get("content", ""))

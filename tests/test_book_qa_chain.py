@@ -111,6 +111,25 @@ class PromptRecorder(BaseCallbackHandler):
         self.prompts.extend(prompts)
 
 
+def test_findings_are_headed_in_the_books_own_unit(tmp_path: Path) -> None:
+    """Bug guarded: findings were headed 第N回 whatever the book's unit (第2章 here)."""
+    import re
+
+    from kb import KnowledgeBase
+    from kb.characters import character_graph
+
+    base = KnowledgeBase(tmp_path, "zhang", create=True, embedding_model="none", chunk_size=60, chunk_overlap=0)
+    base.add_texts({"zhang.txt": NOVEL.replace("回 ", "章 ")})
+    graph = character_graph(base)
+    picks = make_chain(base, graph, []).select("孔明做了哪些事？", chapters=None, source=None)
+    assert {p.label() for p in picks} >= {"第2章 刘玄德三顾草庐", "第3章 孔明借东风"}
+    chain = make_chain(base, graph, ["孔明出山[1]。"] * 12 + ["答"])
+    recorder = PromptRecorder()
+    list(chain.stream_answer("孔明做了哪些事？", callbacks=[recorder]))
+    reduce_prompt = recorder.prompts[-1]
+    assert "第2章 刘玄德三顾草庐：" in reduce_prompt and not re.search(r"第\d+回", reduce_prompt)
+
+
 def test_nothing_relevant_is_refused(kb: Any, graph: Any) -> None:
     chain = make_chain(kb, graph, ["无关"] * 12)
     events = list(chain.stream_answer("火星上有什么？"))

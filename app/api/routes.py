@@ -8,7 +8,8 @@ expensive KB queries never delays ``GET /v1/kb`` or a chat stream behind them.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +19,14 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 from langchain_core.language_models import BaseChatModel
 
-from app.api.chat_jobs import Conversation, LocalChat, RemoteChat, context_length
+from app.api.chat_jobs import Conversation, LocalChat, RemoteChat, RequestError, context_length
 from app.api.errors import APIError
 from app.api.kb_chat import UsageCounter, check_prompt_chars, prompt_budget
 from app.api.schemas import ChatCompletionRequest, EmbeddingRequest, KBChatRequest, KBQueryRequest
 from app.api.streaming import collect_unless_disconnected, event_stream
 from app.api.wire import chat_completion_body, chat_sse, kb_answer_sse, kb_completion_body, source_name
 from app.services import Services
+from app.web.book_scope import ask_book
 from llm import ChatGLM
 
 __all__ = ["Pools", "add_routes"]
@@ -74,8 +76,10 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "glmkb"})
         return {"object": "list", "data": data}
 
-    async def until_disconnect(request: Request, items: Iterator[Any]) -> list[Any] | None:
-        return await collect_unless_disconnected(items, pools.streams, request.is_disconnected)
+    async def until_disconnect(
+        request: Request, items: Iterator[Any], on_gone: Callable[[], None] | None = None
+    ) -> list[Any] | None:
+        return await collect_unless_disconnected(items, pools.streams, request.is_disconnected, on_gone=on_gone)
 
     @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -129,6 +133,8 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
     async def kb_chat(name: str, body: KBChatRequest, request: Request) -> Any:
         check_model(body.model)
 
+        stop = threading.Event()  # scope "book": set when the client hangs up (ends a map batch)
+
         def prepare() -> tuple[Iterator[Any], UsageCounter]:
             mode, _ = services.search_mode(services.kb(name), body.mode, fallback=False)
             shared = services.require_llm()
@@ -138,6 +144,13 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
             budget = prompt_budget(shared, max_input_tokens=services.settings.llm.max_input_tokens, asked=body.new_tokens())
             llm = with_generation(shared, body, max_tokens=budget.max_new_tokens)
             usage = UsageCounter(llm, max_new_tokens=budget.max_new_tokens)
+            if body.scope == "book":
+                check_chapter_range(body.chapters)
+                events = ask_book(
+                    services, name, conversation.prompt, chapters=body.chapters, source=body.source, cancel=stop,
+                    llm=llm, max_input_tokens=budget.max_input_tokens, callbacks=[usage],
+                )
+                return events, usage
             events = services.ask(
                 name, conversation.prompt, history=conversation.history_messages(), mode=mode, top_k=body.k, llm=llm,
                 max_input_tokens=budget.max_input_tokens, callbacks=[usage],
@@ -147,8 +160,8 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         events, usage = await pools.kb_call(prepare)
         if body.stream:
             sse = kb_answer_sse(events, model=services.model_id, usage=usage, include_usage=body.include_usage())
-            return event_stream(sse, pools.streams)
-        collected = await until_disconnect(request, events)
+            return event_stream(sse, pools.streams, on_gone=stop.set)
+        collected = await until_disconnect(request, events, on_gone=stop.set)
         if collected is None:
             return Response(status_code=499)  # the client is gone; generation was stopped
         return kb_completion_body(collected, model=services.model_id, usage=usage)
@@ -162,6 +175,18 @@ def check_capacity(llm: Any) -> None:
     check = getattr(llm, "check_capacity", None)
     if check is not None:
         check()
+
+
+def check_chapter_range(chapters: str | None) -> None:
+    """A ``chapters`` range the book scope understands (``第40-60回``, ``40-60``), else a 400."""
+    if not chapters:
+        return
+    from chains.summarize import parse_chapter_range
+
+    try:
+        parse_chapter_range(chapters)
+    except ValueError as e:
+        raise RequestError(str(e), param="chapters") from e
 
 
 def chat_job(llm: Any, body: ChatCompletionRequest) -> LocalChat | RemoteChat:

@@ -162,6 +162,19 @@ class KBChatRequest(ChatCompletionRequest):
 
     k: int | None = Field(None, ge=1, le=100, description="Passages retrieved (default retrieval.top_k).")
     mode: Mode | None = Field(None, description="dense, bm25 or hybrid (default retrieval.mode).")
+    scope: Literal["chunk", "book"] = Field(
+        "chunk",
+        description="chunk: answer from the retrieved passages; book: whole-book map-reduce over the "
+        "chapters that matter (the last user message is the question; earlier turns are not used).",
+    )
+    chapters: str | None = Field(None, max_length=64, description='scope "book": a chapter range, e.g. 第40-60回.')
+    source: str | None = Field(None, max_length=1024, description='scope "book": one document (file name or doc_id).')
+
+    @model_validator(mode="after")
+    def _book_options(self) -> KBChatRequest:
+        if self.scope != "book" and (self.chapters or self.source):
+            raise ValueError('chapters and source apply to scope "book" only; send "scope": "book"')
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -3,7 +3,7 @@ them on the thread when the client goes away, so generation never outlives its c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -46,26 +46,41 @@ class ClosingStreamingResponse(EventSourceResponse):
                 await aclose()
 
 
-def event_stream(items: Iterator[str], limiter: anyio.CapacityLimiter) -> ClosingStreamingResponse:
+def event_stream(
+    items: Iterator[str], limiter: anyio.CapacityLimiter, *, on_gone: Callable[[], None] | None = None
+) -> ClosingStreamingResponse:
     """Server-sent events of ``items`` (each an event's ``data``), stepped on worker threads.
 
     No keep-alive pings: OpenAI clients expect only ``data:`` events, and a stream's first
-    event (the assistant role) goes out before the model starts.
+    event (the assistant role) goes out before the model starts. ``on_gone`` runs as soon as
+    the client hangs up, before the running step ends (a whole-book answer's Stop event: its
+    batched map step would otherwise run to its end before the stream is closed).
     """
+
+    async def gone(_message: Any) -> None:
+        if on_gone is not None:
+            on_gone()
+
     return ClosingStreamingResponse(
-        iterate_in_thread(items, limiter), headers=SSE_HEADERS, sep="\n", ping=PING_NEVER_S
+        iterate_in_thread(items, limiter), headers=SSE_HEADERS, sep="\n", ping=PING_NEVER_S,
+        client_close_handler_callable=gone,
     )
 
 
 async def collect_unless_disconnected(
-    items: Iterator[Any], limiter: anyio.CapacityLimiter, is_disconnected: Any, *, poll_s: float = 0.25
+    items: Iterator[Any],
+    limiter: anyio.CapacityLimiter,
+    is_disconnected: Any,
+    *,
+    poll_s: float = 0.25,
+    on_gone: Callable[[], None] | None = None,
 ) -> list[Any] | None:
     """All of ``items`` (stepped on worker threads), or None once the client has hung up: its
     generator is then closed on the thread, which stops the model within a token (issue 20 #8:
     a non-streaming KB chat whose client left kept the model busy; the next request waited 359 s)."""
     collected: list[Any] = []
     try:
-        await _collect(items, limiter, is_disconnected, poll_s, collected)
+        await _collect(items, limiter, is_disconnected, poll_s, collected, on_gone)
     except BaseException as e:  # anyio wraps errors of a task group: pass on the one that happened
         inner = getattr(e, "exceptions", None)
         if inner and len(inner) == 1 and isinstance(inner[0], Exception):
@@ -84,13 +99,20 @@ class _Gone(Exception):
 
 
 async def _collect(
-    items: Iterator[Any], limiter: anyio.CapacityLimiter, is_disconnected: Any, poll_s: float, collected: list[Any]
+    items: Iterator[Any],
+    limiter: anyio.CapacityLimiter,
+    is_disconnected: Any,
+    poll_s: float,
+    collected: list[Any],
+    on_gone: Callable[[], None] | None,
 ) -> None:
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
             while not await is_disconnected():
                 await anyio.sleep(poll_s)
+            if on_gone is not None:
+                on_gone()  # ends a step that would not stop by being closed (a batched map)
             raise _Gone  # cancels the collecting below, which closes the generator on its thread
 
         group.start_soon(watch)

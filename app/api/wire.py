@@ -18,7 +18,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
 from app.api.chat_jobs import LocalChat, RemoteChat
 from app.api.errors import error_event as error_payload
-from chains.events import Answer, Sources, Token
+from chains.events import Answer, Progress, Sources, Token
 
 __all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "kb_answer_sse", "kb_completion_body"]
 
@@ -120,6 +120,9 @@ def kb_answer_sse(events: Iterator[Any], *, model: str, usage: Any = None, inclu
     carries ``sources`` (the passages the answer is based on), ``refused`` and
     ``standalone_question`` at its top level; with ``include_usage`` one more chunk carries
     ``usage`` (``usage``: an ``app.api.kb_chat.UsageCounter``); then ``data: [DONE]``.
+    Progress of a whole-book answer (``scope: "book"``: chapters selected, map i/n) comes as
+    chunks with an empty ``delta`` and a top-level ``glmkb_progress`` {stage, done, total}
+    (``chunk.model_extra["glmkb_progress"]`` in the openai SDK; other clients skip them).
     """
     ids = CompletionIds(model)
     extra = {"usage": None} if include_usage else {}
@@ -131,6 +134,9 @@ def kb_answer_sse(events: Iterator[Any], *, model: str, usage: Any = None, inclu
             elif isinstance(event, Answer):
                 reason = usage.finish_reason if usage is not None else "stop"
                 yield sse(ids.chunk({}, reason, **extra, **answer_fields(event)))
+            elif isinstance(event, Progress):
+                progress = {"stage": event.stage, "done": event.done, "total": event.total}
+                yield sse(ids.chunk({}, **extra, glmkb_progress=progress))
             elif not isinstance(event, (Sources, Token)):
                 log.debug("ignoring event %r", event)
         if include_usage and usage is not None:

@@ -12,6 +12,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from langchain_core.callbacks import Callbacks
+from langchain_core.language_models import BaseLanguageModel
+
 from chains.book_qa_chain import BookQAChain
 from chains.events import Event
 
@@ -21,18 +24,25 @@ SCOPES = ("chunk", "book")
 """``scope`` values: ``chunk`` = today's passage QA, ``book`` = whole-book map-reduce."""
 
 
-def book_chain(services: Any, kb_name: str | None, *, source: str | None = None) -> BookQAChain:
-    """A ``BookQAChain`` over the named KB with the shared model and the KB's character graph;
-    ``NotReady`` (HTTP 503) when no chat model is configured."""
+def book_chain(
+    services: Any,
+    kb_name: str | None,
+    *,
+    source: str | None = None,
+    llm: BaseLanguageModel | None = None,
+    max_input_tokens: int | None = None,
+) -> BookQAChain:
+    """A ``BookQAChain`` over the named KB with the shared model (or ``llm``, e.g. the API's
+    per-request copy) and the KB's character graph; ``NotReady`` (HTTP 503) without a model."""
     from kb.characters import character_graph
 
-    llm = services.require_llm()
+    llm = llm if llm is not None else services.require_llm()
     kb = services.kb(kb_name)
     return BookQAChain(
         kb=kb,
         llm=llm,
         graph=character_graph(kb, source=source),
-        max_input_tokens=services.settings.llm.max_input_tokens,
+        max_input_tokens=max_input_tokens or services.settings.llm.max_input_tokens,
     )
 
 
@@ -44,7 +54,14 @@ def ask_book(
     chapters: str | None = None,
     source: str | None = None,
     cancel: threading.Event | None = None,
+    llm: BaseLanguageModel | None = None,
+    max_input_tokens: int | None = None,
+    callbacks: Callbacks = None,
 ) -> Iterator[Event]:
-    """Stream a whole-book answer (``chapters`` like "第40-60回", ``source`` a file name)."""
-    chain = book_chain(services, kb_name, source=source)
-    return chain.stream_answer(question, chapters=chapters or None, source=source or None, cancel=cancel)
+    """Stream a whole-book answer (``chapters`` like "第40-60回", ``source`` a file name).
+
+    The chain is built before the first event, so a missing KB or model is raised here."""
+    chain = book_chain(services, kb_name, source=source, llm=llm, max_input_tokens=max_input_tokens)
+    return chain.stream_answer(
+        question, chapters=chapters or None, source=source or None, cancel=cancel, callbacks=callbacks
+    )

@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from app.web.errors import user_errors
+from kb.citation import chapter_label, chapter_span_label, chapter_unit
 
 __all__ = ["build_characters_tab", "graph_svg", "load_graph", "person_markdown"]
 
@@ -87,11 +88,13 @@ def person_markdown(state: Any, kb_name: str | None, graph: Any, name: str, *, m
     if person is None:
         return f"没有找到人物“{name}”。"
     kb = state.kb(kb_name)
+    headings = chapter_headings(kb)
+    unit = chapter_unit(h for doc in headings.values() for h in doc.values())
     near = "、".join(f"{n}（{w}）" for n, w in graph.neighbours(person.name, 6))
     lines = [
         f"### {person.name}",
         f"别名：{'、'.join(person.aliases) or '无'}　提及 {person.mentions} 次",
-        f"出现的回目：{'、'.join(str(c) for c in person.chapters) or '无'}",
+        f"出现的章节：{'、'.join(chapter_span_label(c, c, unit) for c in person.chapters) or '无'}",
         f"关系最近：{near or '无'}",
         "",
     ]
@@ -101,9 +104,24 @@ def person_markdown(state: Any, kb_name: str | None, graph: Any, name: str, *, m
         if doc_id not in texts:
             texts[doc_id] = kb.get_document_text(doc_id)
         snippet = texts[doc_id][passage["start"] : passage["end"]].strip()[:160]
-        chapter = f"第{passage['chapter']}回" if passage["chapter"] is not None else ""
+        number = passage["chapter"]
+        heading = headings.get(doc_id, {}).get(number)
+        chapter = chapter_label(number, None, heading) or (chapter_span_label(number, number, unit) if number else "")
         lines.append(f"- **{chapter}** {html.escape(snippet)}")
     return "\n".join(lines)
+
+
+def chapter_headings(kb: Any, doc_ids: Any = None) -> dict[str, dict[int, str]]:
+    """Each document's chapter headings by number (``第二章``), for labels in its own unit."""
+    ids = doc_ids if doc_ids is not None else [d.doc_id for d in kb.list_documents()]
+    found: dict[str, dict[int, str]] = {}
+    for doc_id in ids:
+        try:
+            chapters = kb.get_chapters(doc_id)
+        except Exception:  # noqa: BLE001 - a label is not worth failing the panel for
+            continue
+        found[doc_id] = {c.number: c.heading for c in chapters if c.number is not None and c.heading}
+    return found
 
 
 def _documents(state: Any, kb_name: str | None) -> tuple[gr.Dropdown, gr.Slider, gr.Slider]:
@@ -133,8 +151,8 @@ def build_characters_tab(state: Any) -> gr.Tab:
                     allow_custom_value=True, elem_id="characters-kb",
                 )
                 source = gr.Dropdown(label="文档 / document", choices=[ALL_DOCS], value=ALL_DOCS, elem_id="characters-doc")
-                first = gr.Slider(1, MAX_CHAPTER, value=1, step=1, label="起始回 / from chapter", elem_id="characters-from")
-                last = gr.Slider(1, MAX_CHAPTER, value=MAX_CHAPTER, step=1, label="结束回 / to chapter", elem_id="characters-to")
+                first = gr.Slider(1, MAX_CHAPTER, value=1, step=1, label="起始章节 / from chapter", elem_id="characters-from")
+                last = gr.Slider(1, MAX_CHAPTER, value=MAX_CHAPTER, step=1, label="结束章节 / to chapter", elem_id="characters-to")
                 top = gr.Slider(5, 80, value=30, step=1, label="人物数 / persons shown")
                 draw = gr.Button("绘制 / draw", variant="primary", elem_id="characters-draw")
                 status = gr.Markdown(elem_id="characters-status")
@@ -153,7 +171,9 @@ def build_characters_tab(state: Any) -> gr.Tab:
 
                 zh, en = bilingual_text(e)
                 return None, "", f"⚠️ {zh} / {en}" if zh else f"⚠️ {en}"
-            shown = f"{len(graph.persons)} 人，{len(graph.relations)} 条关系（第{int(min(a, b))}-{int(max(a, b))}回）"
+            unit = chapter_unit(h for doc in chapter_headings(state.kb(kb)).values() for h in doc.values())
+            span = chapter_span_label(int(min(a, b)), int(max(a, b)), unit)
+            shown = f"{len(graph.persons)} 人，{len(graph.relations)} 条关系（{span}）"
             return graph, graph_svg(graph), shown
 
         @user_errors

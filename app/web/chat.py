@@ -1,6 +1,11 @@
 """知识库问答 tab: its layout (``ChatTab.layout``), wiring (``ChatTab.wire``) and handlers, which
 stream an answer into the chat, then its cited passages.
 
+With the 全书问答 switch on, a question goes to ``app.web.book_scope.ask_book`` (whole-book
+map-reduce) instead: the status line shows its progress (chapters chosen, map i/n), the answer
+and its sources are drawn like chunk QA's, and Stop also sets the chain's cancel event so a
+batched map step ends within a token.
+
 A session's conversation is a list of turn dicts kept in ``gr.State`` (per browser session);
 the Chatbot is only a view rendered from it, so what the chain sees as history (plain
 question/answer pairs) and what the page shows (answers plus source boxes) never mix.
@@ -15,9 +20,13 @@ import gradio as gr
 
 from app.services import Services
 from app.web import render
-from app.web.errors import QUIET, user_errors, warn
+from app.web.book_scope import ask_book
+from app.web.errors import QUIET, UserError, user_errors, warn
+from app.web.session_stops import SessionStops
 from app.web.widgets import banner_markdown, kb_picker
-from chains.events import Answer, Source, Sources, Token
+from app.web.summary import CHAPTERS_MAX_CHARS, progress_line
+from chains.book_qa_chain import SELECT_STAGE
+from chains.events import Answer, Progress, Source, Sources, Token
 
 Turn = dict[str, Any]
 STOPPED_MARK = "（已停止 / stopped）"
@@ -29,6 +38,8 @@ BUSY_HINT = "正在回答。可以先输入下一个问题，回答结束后按�
 ASK_OUTPUTS = 7  # question, chat, turns, banner, clear, send, status
 FAILED_MARK = "（出错 / failed）"
 THINKING = "…"
+BOOK = "全书问答 / whole book"
+BOOK_INFO = "按章节通读后回答（较慢），例如：诸葛亮一生做了哪些事？"
 
 
 def render_chat(turns: list[Turn]) -> list[dict[str, Any]]:
@@ -67,6 +78,7 @@ class ChatHandlers:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._stops = SessionStops()  # browser session -> its whole-book answer's Stop
 
     @user_errors(status=6, outputs=ASK_OUTPUTS)
     def ask(
@@ -76,9 +88,12 @@ class ChatHandlers:
         kb_name: str | None,
         mode: str,
         top_k: float,
+        book: bool = False,
+        chapters: str | None = None,
+        request: gr.Request = None,  # type: ignore[assignment] - injected by Gradio
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream one answer. Yields (question box, chat, turns, banner, clear button, send
-        button, status line) per piece.
+        """Stream one answer (whole-book when ``book``, optionally within ``chapters``). Yields
+        (question box, chat, turns, banner, clear button, send button, status line) per piece.
 
         Clear and send are disabled while the answer streams (``settle`` enables them again): a
         conversation cleared mid-stream would be brought back by the stream's next update, and
@@ -91,18 +106,24 @@ class ChatHandlers:
             yield (*skips(ASK_OUTPUTS - 1), "请先输入问题 / type a question first")
             return
         kb_name = self.services.check_kb_name(kb_name)
+        chapters = check_chapters(chapters) if book else None
         turn: Turn = {"question": question, "answer": "", "status": "streaming", "answered": False}
         turns.append(turn)
         busy = gr.Button(value=BUSY, interactive=False)
         yield "", render_chat(turns), turns, gr.skip(), gr.Button(interactive=False), busy, BUSY_HINT
         try:
-            yield from self._stream_answer(turn, turns, kb_name, mode, int(top_k))
+            if book:
+                yield from self._stream_book(turn, turns, kb_name, chapters, request)
+            else:
+                yield from self._stream_answer(turn, turns, kb_name, mode, int(top_k))
         except Exception:
             turn["status"] = "failed"  # the same dict the session state holds
             raise
-        turn["status"] = "done"
+        status = "已停止 / stopped" if turn["status"] == "stopped" else ""
+        if turn["status"] == "streaming":
+            turn["status"] = "done"
         banner = banner_markdown(self.services)
-        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), *skips(2), ""
+        yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), *skips(2), status
 
     def _stream_answer(
         self, turn: Turn, turns: list[Turn], kb_name: str, mode: str, top_k: int
@@ -130,6 +151,39 @@ class ChatHandlers:
                 yield gr.skip(), render_chat(turns), turns, *skips(ASK_OUTPUTS - 3)
         finally:
             stream.close()  # Stop pressed (generator closed): this ends the model's generation
+
+    def _stream_book(
+        self, turn: Turn, turns: list[Turn], kb_name: str, chapters: str | None, request: gr.Request | None
+    ) -> Iterator[tuple[Any, ...]]:
+        """The whole-book answer: progress in the status line, then tokens, sources, answer.
+
+        Stop sets ``stop`` (``self.stop``), which ends even a batched map step within a token;
+        the chain then returns without an ``Answer`` and the turn is marked stopped.
+        """
+        stop = self._stops.new(request)
+        stream = ask_book(self.services, kb_name, turn["question"], chapters=chapters, cancel=stop)
+        try:
+            for event in stream:
+                if isinstance(event, Progress):
+                    yield (*skips(ASK_OUTPUTS - 1), book_progress_line(event))
+                    continue
+                if isinstance(event, Token):
+                    turn["answer"] += event.text
+                    turn["answered"] = True
+                elif isinstance(event, Sources):
+                    show_sources(turn, event.sources, self.headings(kb_name, event.sources))
+                elif isinstance(event, Answer):
+                    finish_answer(turn, event, self.headings(kb_name, event.sources))
+                yield gr.skip(), render_chat(turns), turns, *skips(ASK_OUTPUTS - 4), "生成回答 / writing the answer…"
+        finally:
+            stream.close()
+            self._stops.forget(request, stop)
+        if stop.is_set() and turn["status"] == "streaming":
+            turn["status"] = "stopped"
+
+    def stop(self, request: gr.Request = None) -> None:  # type: ignore[assignment] - injected by Gradio
+        """The Stop button: end this session's whole-book answer within a token, even mid-batch."""
+        self._stops.set(request)
 
     def headings(self, kb_name: str, sources: Sequence[Source]) -> render.Headings:
         """Each cited chapter's own heading (第二章, 第三节, 第一回), so labels keep its unit."""
@@ -164,6 +218,23 @@ class ChatHandlers:
 def skips(n: int) -> tuple[Any, ...]:
     """``n`` "leave this output as it is" updates."""
     return tuple(gr.skip() for _ in range(n))
+
+
+def check_chapters(chapters: str | None) -> str | None:
+    """The optional chapter range of a whole-book question; a long one is refused before parsing."""
+    if chapters and len(chapters) > CHAPTERS_MAX_CHARS:
+        raise UserError(
+            f"章节范围太长（最多 {CHAPTERS_MAX_CHARS} 个字符），例如 第40-60回",
+            f"the chapter range is too long (at most {CHAPTERS_MAX_CHARS} characters), e.g. 40-60",
+        )
+    return (chapters or "").strip() or None
+
+
+def book_progress_line(event: Progress) -> str:
+    """The status line of a whole-book answer: chapters chosen, then map/collapse i/n."""
+    if event.stage == SELECT_STAGE:
+        return f"已选出 {event.total} 个章节 / {event.total} chapters selected"
+    return progress_line(event)
 
 
 def show_sources(turn: Turn, sources: Sequence[Source], headings: render.Headings | None = None) -> None:
@@ -202,6 +273,14 @@ class ChatTab:
                 self.kb = kb_picker(self.services, elem_id="chat-kb")
                 self.mode = gr.Radio(MODES, value=settings.retrieval.mode, label="检索方式 / retrieval")
                 self.top_k = gr.Slider(1, 20, value=settings.retrieval.top_k, step=1, label="段落数 / top_k")
+                self.book = gr.Checkbox(value=False, label=BOOK, info=BOOK_INFO, elem_id="chat-book")
+                self.chapters = gr.Textbox(
+                    label="章节范围（可选）/ chapters (optional)",
+                    placeholder="例如 第40-60回 / e.g. 40-60",
+                    max_length=CHAPTERS_MAX_CHARS,
+                    visible=False,
+                    elem_id="chat-chapters",
+                )
                 self.clear_btn = gr.Button("清空对话 / clear", elem_id="clear-btn")
             with gr.Column(scale=4):
                 # No label: Gradio's floating label overlapped the messages when scrolled,
@@ -232,7 +311,7 @@ class ChatTab:
         ask = gr.on(
             [self.question.submit, self.send_btn.click],
             handlers.ask,
-            inputs=[self.question, self.turns, self.kb, self.mode, self.top_k],
+            inputs=[self.question, self.turns, self.kb, self.mode, self.top_k, self.book, self.chapters],
             outputs=[self.question, self.chatbot, self.turns, banner, self.clear_btn, self.send_btn, self.status],
             api_name="ask",
             **QUIET,
@@ -246,4 +325,10 @@ class ChatTab:
             **QUIET,
         )
         self.stop_btn.click(None, cancels=[ask], api_name=False)
+        # A Gradio cancel lands only when the handler yields, never inside a whole-book map
+        # batch; this reaches the model at once (llm.cancel_scope) and the handler ends itself.
+        self.stop_btn.click(handlers.stop, api_name="stop_answer", queue=False)
+        self.book.change(
+            lambda on: gr.update(visible=bool(on)), inputs=[self.book], outputs=[self.chapters], api_name=False, **QUIET
+        )
         self.clear_btn.click(handlers.clear, outputs=[self.chatbot, self.turns], api_name="clear", **QUIET)

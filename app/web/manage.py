@@ -14,7 +14,7 @@ from gradio.utils import get_upload_folder
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
 from app.web.errors import QUIET, user_errors, warn
-from app.web.widgets import kb_picker
+from app.web.widgets import kb_picker, upload_label
 from kb import DocumentLoadError, open_text_file
 
 DOC_COLUMNS = ["文档 / document", "块数 / chunks", "章节 / chapters", "doc_id"]
@@ -22,15 +22,28 @@ KEYWORDS, VECTORS = "none", "vectors"
 KINDS = [("关键词（无需模型）/ keywords", KEYWORDS), ("向量 + 关键词 / vectors + keywords", VECTORS)]
 
 
-def check_text_content(path: Path) -> Path:
-    """Refuse an upload whose bytes are not text (a PNG renamed .txt), right at upload."""
+def check_content(path: Path) -> Path:
+    """Refuse an upload whose bytes contradict its name (a PNG renamed .txt) or, for a text
+    name, are not decodable text, right at upload. PDF/DOCX/EPUB/HTML/images are told by
+    their bytes (``kb.loaders.detect_format``, which also refuses zip bombs); the full read
+    happens at build."""
+    from kb.loaders import SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format
+
+    text_name = path.suffix.lower() in TEXT_SUFFIXES
     try:
-        open_text_file(path)
+        kind = detect_format(path)
+        if kind not in SUFFIX_FORMATS.get(path.suffix.lower(), frozenset()):
+            raise DocumentLoadError(f"{path.name} is {kind}, not what its name says ({path.suffix})")
+        if kind == "text":
+            open_text_file(path)
     except DocumentLoadError as e:
-        raise UserError(
-            f"不是可读的文本文件：{path.name}。请上传 UTF-8 或 GBK 编码的 .txt / .md 文件",
-            one_line(e).replace(str(path), path.name),  # never the server's temp path
-        ) from e
+        reason = one_line(e).replace(str(path), path.name)  # never the server's temp path
+        if text_name:
+            raise UserError(
+                f"不是可读的文本文件：{path.name}。请上传 UTF-8 或 GBK 编码的文本，或使用与内容相符的扩展名",
+                reason,
+            ) from e
+        raise UserError(f"文件内容与类型不符或已损坏：{path.name}", reason) from e
     return path
 
 
@@ -90,7 +103,7 @@ class ManageHandlers:
         kept = []
         for path in paths:
             try:
-                kept.append(str(check_text_content(self.services.check_upload(path))))
+                kept.append(str(check_content(self.services.check_upload(path))))
             except UserError as e:
                 warn(e.zh, e.en)
                 discard_uploads([path])
@@ -117,7 +130,7 @@ class ManageHandlers:
         limit = self.services.settings.ui.max_upload_files
         if len(paths) > limit:
             raise UserError(f"一次最多上传 {limit} 个文件", f"at most {limit} files per upload (ui.max_upload_files)")
-        checked = [check_text_content(self.services.check_upload(p)) for p in paths]
+        checked = [check_content(self.services.check_upload(p)) for p in paths]
         progress(0, desc="读取文件 / reading files")
         report = self.services.add_files(kb_name, checked)
         discard_uploads(checked)  # the KB keeps the text; Gradio's copies are not needed any more
@@ -210,7 +223,7 @@ class ManageTab:
             )
         self.kb = kb_picker(self.services, elem_id="manage-kb")
         self.files = gr.File(
-            label=f"上传文件 / upload files ({', '.join(ui.allowed_types)}, ≤ {ui.max_upload_mb} MB each)",
+            label="上传文件 / upload files " + upload_label(self.services.upload_types(), ui.max_upload_mb, each=True),
             file_count="multiple",
             elem_id="upload-files",
         )

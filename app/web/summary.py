@@ -15,7 +15,8 @@ import gradio as gr
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
 from app.web.errors import QUIET, user_errors, warn
-from app.web.widgets import kb_picker
+from app.web.session_stops import SessionStops
+from app.web.widgets import kb_picker, upload_label
 from chains.events import Progress, Summary, Token
 from llm.cancellation import cancel_scope
 
@@ -71,8 +72,7 @@ class SummaryHandlers:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._stops: dict[str, threading.Event] = {}  # browser session -> its running summary's Stop
-        self._lock = threading.Lock()
+        self._stops = SessionStops()  # browser session -> its running summary's Stop
 
     @user_errors(status=0, outputs=2)
     def summarize(
@@ -96,14 +96,16 @@ class SummaryHandlers:
         if origin == FROM_UPLOAD:
             if not upload:
                 raise UserError("请先上传一个文本文件", "upload a text file first")
-            stream = self.services.summarize_file(self.services.check_upload(upload), chapters=chapters)
+            stream = self.services.summarize_file(
+                self.services.check_upload(upload, text_only=True), chapters=chapters
+            )
         else:
             kb_name = self.services.check_kb_name(kb_name)
             if not doc_id:
                 raise UserError("请先选择一个文档", "choose a document first")
             stream = self.services.summarize_document(kb_name, doc_id, chapters=chapters)
         yield "准备中 / preparing…", ""
-        stop = self._new_stop(request)
+        stop = self._stops.new(request, StepCountingStop)
         summary = ""
         last: Progress | None = None
         started = time.monotonic()
@@ -144,26 +146,12 @@ class SummaryHandlers:
                 pending.exception()
             worker.shutdown(wait=True)
             stream.close()
-            self._forget_stop(request, stop)
+            self._stops.forget(request, stop)
         yield "完成 / done", summary
 
     def stop(self, request: gr.Request) -> None:
         """The Stop button: end this session's summary within a token, even in a map batch."""
-        with self._lock:
-            event = self._stops.get(_session(request))
-        if event is not None:
-            event.set()
-
-    def _new_stop(self, request: gr.Request | None) -> StepCountingStop:
-        event = StepCountingStop()
-        with self._lock:
-            self._stops[_session(request)] = event
-        return event
-
-    def _forget_stop(self, request: gr.Request | None, event: threading.Event) -> None:
-        with self._lock:
-            if self._stops.get(_session(request)) is event:
-                del self._stops[_session(request)]
+        self._stops.set(request)
 
     def documents(self, kb_name: str | None) -> Any:
         """The document picker's choices for ``kb_name`` (empty when none is chosen)."""
@@ -174,11 +162,6 @@ def _next_in_scope(stream: Iterator[Any], stop: threading.Event) -> Any:
     """The stream's next event (None at its end), computed with Stop in scope."""
     with cancel_scope(stop):
         return next(stream, None)
-
-
-def _session(request: gr.Request | None) -> str:
-    """The browser session a request belongs to (one key for direct calls without a request)."""
-    return str(getattr(request, "session_hash", None) or "")
 
 
 def document_dropdown(services: Services, kb_name: str | None) -> Any:
@@ -212,7 +195,8 @@ class SummaryTab:
                     label="文档 / document", choices=[], allow_custom_value=True, elem_id="summary-tab-doc"
                 )
                 self.file = gr.File(
-                    label=f"上传文本 / upload ({', '.join(ui.allowed_types)}, ≤ {ui.max_upload_mb} MB)",
+                    label="上传文本 / upload "
+                    + upload_label(self.services.upload_types(text_only=True), ui.max_upload_mb, each=False),
                     visible=False,
                 )
                 self.chapters = gr.Textbox(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gradio as gr
 
 from app.services import Services
 from app.web import render
 
-__all__ = ["banner_markdown", "banner_poll", "banner_update", "kb_picker", "llm_problem"]
+__all__ = ["banner_markdown", "banner_poll", "banner_update", "kb_picker", "llm_problem", "upload_label"]
 
 
 def llm_problem(services: Services) -> tuple[str, str] | None:
@@ -57,3 +59,9 @@ def kb_picker(services: Services, *, elem_id: str) -> gr.Dropdown:
         allow_custom_value=True,
         elem_id=elem_id,
     )
+
+
+def upload_label(types: Sequence[str], max_mb: int, *, each: bool) -> str:
+    """``(txt md pdf …, ≤ 50 MB each)``: the types and size limit an upload box lists."""
+    listed = " ".join(t.lstrip(".") for t in types)
+    return f"({listed}, ≤ {max_mb} MB{' each' if each else ''})"

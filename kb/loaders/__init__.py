@@ -13,12 +13,14 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, Place
 from kb.loaders.ocr import OCR_MODES, check_ocr_mode
-from kb.loaders.sniff import FORMATS, SUPPORTED_SUFFIXES, detect_format
+from kb.loaders.sniff import FORMATS, SUFFIX_FORMATS, SUPPORTED_SUFFIXES, TEXT_SUFFIXES, detect_format
 
 __all__ = [
     "FORMATS",
     "OCR_MODES",
+    "SUFFIX_FORMATS",
     "SUPPORTED_SUFFIXES",
+    "TEXT_SUFFIXES",
     "Heading",
     "LoadedDocument",
     "Place",

@@ -9,11 +9,20 @@ from pathlib import Path
 
 from kb.errors import DocumentLoadError
 
+# Each supported suffix and the formats (``detect_format``) its bytes may be: uploads whose
+# content contradicts their name (a PNG renamed .txt) are refused by the web UI.
+TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".markdown")
+"""Plain text and Markdown: what ``kb.load_text`` reads (the summary of an uploaded file)."""
+SUFFIX_FORMATS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(TEXT_SUFFIXES, frozenset({"text", "html"})),
+    ".pdf": frozenset({"pdf"}),
+    ".docx": frozenset({"docx"}),
+    ".epub": frozenset({"epub"}),
+    **dict.fromkeys((".html", ".htm", ".xhtml"), frozenset({"html", "text"})),
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"), frozenset({"image"})),
+}
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
-SUPPORTED_SUFFIXES: tuple[str, ...] = (
-    ".txt", ".md", ".markdown", ".pdf", ".docx", ".epub", ".html", ".htm", ".xhtml",
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp",
-)  # fmt: skip
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
 FORMATS: tuple[str, ...] = ("text", "markdown", "pdf", "image", "docx", "epub", "html")
 
 # DOCX/EPUB: refuse archives that would unpack past these (zip bombs): total bytes, members,
