@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from llm.fast_decode.cuda_graphs import adopt_cudagraph_trees_on_this_thread
 from llm.fast_decode.state import STATIC_CACHE, FastDecodeState, cache_kwarg, fast_decode_state
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ def with_fast_decode(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, A
     state = fast_decode_state(model)
     if STATIC_CACHE in state.off or not call_supports_fast_decode(generate_kwargs):
         return generate_kwargs
+    if torch.device(model.device).type == "cuda":
+        adopt_cudagraph_trees_on_this_thread()
     key = shape_key(model, generate_kwargs)
     if key not in state.warmups:
         try:
