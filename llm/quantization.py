@@ -145,7 +145,7 @@ class WeightOnlyInt4Linear(nn.Module):
         """``.to()``, ``.cuda()``, ``.float()``...: leave tinygemm's form only when the move needs it."""
         if self.kernel == "tinygemm":
             probe = fn(torch.empty(0, dtype=torch.bfloat16, device=self.weight.device))
-            if probe.device.type != "cuda" or probe.dtype != torch.bfloat16:
+            if probe.dtype != torch.bfloat16 or not tinygemm.tinygemm_available(probe.device):
                 self._use_dequant()
         result = super()._apply(fn, recurse)
         self._use_tinygemm_if_fits()

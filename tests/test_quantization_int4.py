@@ -212,3 +212,19 @@ def test_bf16_int4_model_takes_tinygemm_on_the_fast_path(tiny_glm_dir: Path) -> 
     fast = run_generate(llm_.model, dict(kwargs), fast_decode=FastDecodeOptions())
     assert torch.equal(eager[:, :-14], fast[:, :-14])  # the prompt and the first new tokens
     assert (eager[:, -16:] == fast[:, -16:]).float().mean().item() > 0.5
+
+
+def test_decode_compile_tunes_only_models_that_dequantize(cpu_tinygemm: None) -> None:
+    """Coordinate-descent tuning (fusing dequantization into a one-row matmul) is for layers that
+    dequantize; a model whose INT4 layers all run tinygemm keeps bf16's measured default."""
+    from types import SimpleNamespace
+
+    from llm.fast_decode.decode_graph import compile_options
+
+    def model(dtype: torch.dtype) -> nn.Module:
+        m = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8)).to(dtype)
+        m.config = SimpleNamespace()
+        return quantize_model_(m, "int4", group_size=GROUP, skip=("1",))
+
+    assert compile_options(model(torch.float32)) == {"coordinate_descent_tuning": True}
+    assert compile_options(model(torch.bfloat16)) is None

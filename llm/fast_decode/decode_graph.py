@@ -222,11 +222,21 @@ def compile_options(model: Any) -> dict[str, Any] | None:
     Inductor lowers a one-row matmul to a reduction and fuses the layer's dequantization into it
     (``mm`` in torch/_inductor/decomposition.py; gpt-fast's setting). Without it the int weights
     would be dequantized to a full bf16 tensor every step, more bytes than bf16 itself. bf16
-    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md).
+    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md), and so do models whose
+    weight-only layers all run a kernel of their own (INT4 on tinygemm: ``kernel`` != "dequant"),
+    where the only full-precision GEMV left is the bf16 LM head.
     """
-    if getattr(model.config, "glmkb_weight_only", None):
+    if getattr(model.config, "glmkb_weight_only", None) and any(
+        getattr(m, "kernel", "dequant") == "dequant" for m in model.modules() if _weight_only_layer(m)
+    ):
         return {"coordinate_descent_tuning": True}
     return None
+
+
+def _weight_only_layer(module: Any) -> bool:
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    return isinstance(module, (WeightOnlyInt4Linear, WeightOnlyInt8Linear))
 
 
 def _capture(g: DecodeGraph) -> Any:
