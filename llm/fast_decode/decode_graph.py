@@ -222,11 +222,20 @@ def compile_options(model: Any) -> dict[str, Any] | None:
     Inductor lowers a one-row matmul to a reduction and fuses the layer's dequantization into it
     (``mm`` in torch/_inductor/decomposition.py; gpt-fast's setting). Without it the int weights
     would be dequantized to a full bf16 tensor every step, more bytes than bf16 itself. bf16
-    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md).
+    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md), and so do INT4 models
+    whose layers all run torch's tinygemm kernel (``llm.int4_tinygemm``), where the only
+    full-precision GEMV left is the bf16 LM head.
     """
-    if getattr(model.config, "glmkb_weight_only", None):
+    if getattr(model.config, "glmkb_weight_only", None) and not _all_int4_on_tinygemm(model):
         return {"coordinate_descent_tuning": True}
     return None
+
+
+def _all_int4_on_tinygemm(model: Any) -> bool:
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    layers = [m for m in model.modules() if isinstance(m, (WeightOnlyInt4Linear, WeightOnlyInt8Linear))]
+    return bool(layers) and all(isinstance(m, WeightOnlyInt4Linear) and m.kernel == "tinygemm" for m in layers)
 
 
 def _capture(g: DecodeGraph) -> Any:
