@@ -138,6 +138,18 @@ def test_stream_on_the_fast_path_equals_eager(ptuned: tuple[ChatGLM, ReferenceCh
     assert text == "".join(eager.stream("你好", min_new_tokens=NEW_TOKENS))
 
 
+def test_concurrent_streams_batch_with_the_prefix(ptuned: tuple[ChatGLM, ReferenceChatGLM]) -> None:
+    """llm.batching: three waiting requests run as one left-padded batch of four (a filler row)
+    through the decode graph with the prefix, each row's text the same as its solo stream."""
+    from tests.test_batching_fast_decode import check_batched_equals_solo
+
+    llm_, _reference = ptuned
+    fast = llm_.model_copy(update={"fast_decode_options": BUCKETED_PROMPT})
+    fd.fast_decode_state(llm_.model).graphs.clear()
+    check_batched_equals_solo(fast)
+    assert all(g.prefix == PRE_SEQ_LEN for g in fd.fast_decode_state(llm_.model).graphs.values())
+
+
 def test_fast_decode_report_names_no_prefix_reason_for_the_decode_graph(ptuned: tuple[ChatGLM, ReferenceChatGLM]) -> None:
     """Regression: a P-tuned model was refused by the whole fast path (~30 tok/s instead of ~240
     on a GPU). Now only the static-cache ``generate`` (calls with their own logits processors)

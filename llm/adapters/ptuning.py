@@ -268,15 +268,15 @@ class _PrefixHook:
         self._model_ref = [model]  # a list, so nn.Module bookkeeping never sees a module cycle
 
     def __call__(self, decoder: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        model = self._model_ref[0]
-        encoder: PrefixEncoder = model.prefix_encoder
-        prefix = encoder.shape.pre_seq_len
         if args:  # called positionally: decoder(input_ids, attention_mask, ...)
             names = ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds")
             kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
             args = ()
         if getattr(kwargs.get("cache", kwargs.get("past_key_values")), CLAIMED_CACHE, False):
             return args, kwargs  # the fast path's own cache: the prefix is already in place
+        model = self._model_ref[0]
+        encoder: PrefixEncoder = model.prefix_encoder
+        prefix = encoder.shape.pre_seq_len
         tokens = kwargs.get("input_ids")
         reference = tokens if tokens is not None else kwargs["inputs_embeds"]
         batch, length = reference.shape[0], reference.shape[1]
