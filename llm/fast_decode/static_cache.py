@@ -88,8 +88,9 @@ def with_fast_decode(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, A
 
     Call on the model's worker thread, right before ``model.generate``. A failed warm-up turns
     the fast path off for this model, with one warning, and the call runs eagerly. A model with
-    a P-tuning prefix runs such calls eagerly too (``prefix.STATIC_CACHE_REASON``): ``generate``
-    numbers the cache from its own input, which would not count the prefix.
+    a P-tuning prefix runs such calls eagerly too (``prefix.STATIC_CACHE_REASON``): tried on CPU,
+    ``generate`` on a static cache holding the prefix matched the eager logits for one prompt but
+    not for left-padded rows (relative error ~1), as its masks do not know the prefix slots.
     """
     state = fast_decode_state(model)
     if STATIC_CACHE in state.off or prefix_slots(model) or not call_supports_fast_decode(generate_kwargs):
