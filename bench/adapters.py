@@ -84,6 +84,16 @@ def graph_prefixes(model: Any) -> list[int]:
     return [g.prefix for g in fast_decode_state(model).graphs.values()]
 
 
+def release(model: Any) -> None:
+    """Drop the model's decode graphs and caches (their closures hold the model: GPU memory)."""
+    from llm.fast_decode import fast_decode_state
+
+    state = fast_decode_state(model)
+    state.graphs.clear()
+    state.caches.clear()
+    state.fused = None
+
+
 def bench_decode(shape: str, *, device: str, dtype: torch.dtype, options: Any, new_tokens: int, eager_tokens: int,
                  repeat: int, pre_seq_len: int) -> dict[str, Any]:
     """Base vs P-tuning prefix on the fast path, and the prefix on the eager path."""
@@ -104,6 +114,7 @@ def bench_decode(shape: str, *, device: str, dtype: torch.dtype, options: Any, n
     out["eager_tokens"] = eager_tokens
     out["prefix_eager_tok_s"] = stream_tok_s(eager, new_tokens=eager_tokens, repeat=2, warmup=1)
     out["prefix_fast_over_eager"] = out["prefix_tok_s"] / out["prefix_eager_tok_s"]
+    release(model)
     return out
 
 
@@ -116,6 +127,7 @@ def bench_lora_merged(shape: str, *, device: str, dtype: torch.dtype, options: A
     out: dict[str, Any] = {"fast_path_active": lora.fast_decode_active}
     out["tok_s"] = stream_tok_s(lora, new_tokens=new_tokens, repeat=repeat)
     out["fast_decode_report"] = lora.fast_decode_report
+    release(merged)
     return out
 
 
@@ -196,6 +208,9 @@ def report(result: dict[str, Any], *, shape: str, device: str) -> None:
     if "tok_s" in m and base:
         rows.append(("LoRA merged, fast path", m["tok_s"], m["tok_s"] / base))
     print_table(f"decode {shape} on {device}", rows, ("model", "tok/s", "x base fast"))
+    if "prefix_within_target" in d:
+        print(f"prefix within {100 * (1 - TARGET_RATIO):.0f} % of base: {d['prefix_within_target']}; "
+              f"decode graphs built with prefixes {d['prefix_graph_prefixes']}")
     if "tokens_per_s" in t:
         print_table(f"LoRA training {shape} seq {t['seq']} batch {t['batch']}", [
             ("tokens/s", t["tokens_per_s"]), ("s/step", t["step_s"]), ("peak GiB", t.get("peak_gpu_gib", "n/a")),
