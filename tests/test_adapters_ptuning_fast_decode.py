@@ -171,6 +171,14 @@ def test_calls_with_logits_processors_run_eagerly_with_the_prefix(ptuned: tuple[
     assert fd.with_fast_decode(llm_.model, kwargs) is kwargs
 
 
+def test_from_model_path_applies_the_adapter(chatglm2_mqa_legacy_path: Path, tmp_path: Path) -> None:
+    """Regression: ``ChatGLM.from_model_path(..., adapter=...)`` dropped ``adapter`` silently (an
+    unknown pydantic field) and served the base model."""
+    folder = write_ptuning_checkpoint(tmp_path / "checkpoint-3000", chatglm2_mqa_legacy_path, pre_seq_len=4)
+    llm_ = ChatGLM.from_model_path(chatglm2_mqa_legacy_path, device="cpu", dtype="float32", adapter=folder)
+    assert llm_.model.prefix_encoder.shape.pre_seq_len == 4
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_captured_decode_graph_with_a_prefix_matches_eager_on_cuda(
@@ -179,8 +187,8 @@ def test_captured_decode_graph_with_a_prefix_matches_eager_on_cuda(
     """On CUDA: the captured prompt pass and decode graph hold the prefix; greedy output matches eager."""
     folder = write_ptuning_checkpoint(tmp_path / "checkpoint-3000", chatglm2_mqa_legacy_path, pre_seq_len=PRE_SEQ_LEN,
                                       projection=True)
-    model, tokenizer = load_model_and_tokenizer(chatglm2_mqa_legacy_path, device="cuda", dtype="float32", adapter=folder)
-    llm_ = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=NEW_TOKENS)
+    llm_ = ChatGLM.from_model_path(chatglm2_mqa_legacy_path, device="cuda", dtype="float32", adapter=folder,
+                                   temperature=0.0, max_new_tokens=NEW_TOKENS)
     assert llm_.fast_decode_active
     for prompts in PROMPTS.values():
         kwargs = generate_kwargs(llm_, prompts)
