@@ -141,10 +141,11 @@ def bench_training(shape: str, *, device: str, dtype: torch.dtype, seq: int, bat
     except torch.cuda.OutOfMemoryError as e:
         if gradient_checkpointing:
             raise
-        free_memory()
-        out = training_run(shape, device=device, dtype=dtype, seq=seq, batch=batch, steps=steps,
-                           gradient_checkpointing=True)
-        return {**out, "without_checkpointing": f"out of memory: {str(e).splitlines()[0]}"}
+        reason = f"out of memory: {str(e).splitlines()[0]}"
+    free_memory()  # outside the except block: the failed run's frames (its model) are gone
+    out = training_run(shape, device=device, dtype=dtype, seq=seq, batch=batch, steps=steps,
+                       gradient_checkpointing=True)
+    return {**out, "without_checkpointing": reason}
 
 
 def training_run(shape: str, *, device: str, dtype: torch.dtype, seq: int, batch: int, steps: int,
