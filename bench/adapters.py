@@ -200,15 +200,16 @@ def run_part(result: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]
 
 def report(result: dict[str, Any], *, shape: str, device: str) -> None:
     d, m, t = result.get("decode", {}), result.get("lora_merged", {}), result.get("train", {})
-    base = d.get("base_fast_tok_s")
-    rows = [("base, fast path", base, 1.0)]
+    base = d.get("base_fast_tok_s") or m.get("tok_s")
+    rows = [("base, fast path", d["base_fast_tok_s"], 1.0)] if "base_fast_tok_s" in d else []
     if "prefix_tok_s" in d:
         rows += [(f"P-tuning prefix {d['pre_seq_len']}, fast path", d["prefix_tok_s"], d["prefix_over_base_fast"]),
                  (f"P-tuning prefix {d['pre_seq_len']}, eager", d["prefix_eager_tok_s"],
                   d["prefix_eager_tok_s"] / base)]
     if "tok_s" in m and base:
         rows.append(("LoRA merged, fast path", m["tok_s"], m["tok_s"] / base))
-    print_table(f"decode {shape} on {device}", rows, ("model", "tok/s", "x base fast"))
+    if rows:
+        print_table(f"decode {shape} on {device}", rows, ("model", "tok/s", "x base fast"))
     if "prefix_within_target" in d:
         print(f"prefix within {100 * (1 - TARGET_RATIO):.0f} % of base: {d['prefix_within_target']}; "
               f"decode graphs built with prefixes {d['prefix_graph_prefixes']}")
