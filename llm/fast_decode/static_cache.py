@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from llm.fast_decode.prefix import prefix_slots
 from llm.fast_decode.state import STATIC_CACHE, FastDecodeState, cache_kwarg, fast_decode_state
 
 logger = logging.getLogger(__name__)
@@ -60,6 +59,8 @@ def compile_config() -> Any:
 
 def shape_key(model: Any, generate_kwargs: dict[str, Any]) -> tuple[int, int]:
     """``(batch, bucketed cache length)`` of a call: P-tuning prefix, prompt and every token it may generate."""
+    from llm.fast_decode.prefix import prefix_slots  # here, not at the top: prefix imports llm.adapters
+
     input_ids = generate_kwargs["input_ids"]
     max_new = int(generate_kwargs.get("max_new_tokens") or getattr(model.generation_config, "max_new_tokens", None) or 20)
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -92,8 +93,12 @@ def with_fast_decode(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, A
     ``generate`` on a static cache holding the prefix matched the eager logits for one prompt but
     not for left-padded rows (relative error ~1), as its masks do not know the prefix slots.
     """
+    from llm.fast_decode.prefix import prefix_slots
+
+    if prefix_slots(model):
+        return generate_kwargs
     state = fast_decode_state(model)
-    if STATIC_CACHE in state.off or prefix_slots(model) or not call_supports_fast_decode(generate_kwargs):
+    if STATIC_CACHE in state.off or not call_supports_fast_decode(generate_kwargs):
         return generate_kwargs
     key = shape_key(model, generate_kwargs)
     if key not in state.warmups:
