@@ -11,10 +11,7 @@
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading),
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
-# 256 new tokens: aggregate tok/s, p50/p95 TTFT), adapters6b (the CUDA test of a P-tuning prefix on
-# the decode graph, then ChatGLM3-6B shape: decode with a 128-token P-tuning prefix vs without on the
-# fast path, LoRA merged vs base, LoRA training tok/s + peak memory at seq 1024 batch 4; ~3-4 min).
-# gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
+# 256 new tokens: aggregate tok/s, p50/p95 TTFT). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
 # bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
 # are missing, their wheels in .whl/ (see docs/PERFORMANCE.md). CPU-only benchmarks
@@ -56,7 +53,8 @@ for s in $sections; do
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
     quant6b)  run ${T_QUANT6B:-240} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
-    adapters6b)
+    adapters6b)  # the CUDA test of a P-tuning prefix on the decode graph, then ChatGLM3-6B shape: decode with a 128-token
+      # prefix vs without on the fast path, LoRA merged vs base, LoRA training tok/s + peak memory at seq 1024 batch 4 (~3-4 min)
       run ${T_ADAPTERSTEST:-120} adapterstest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_adapters_ptuning_fast_decode.py -q -x -p no:cacheprovider -k cuda
       run ${T_ADAPTERS6B:-240} adapters6b "$PY" -m bench.adapters --shape chatglm3-6b --repeat ${REPEAT:-3} ;;
     *) log "unknown section $s" ;;
