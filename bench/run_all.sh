@@ -55,6 +55,10 @@ for s in $sections; do
     quant6b)  run ${T_QUANT6B:-240} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
+    adapters6b)  # the CUDA test of a P-tuning prefix on the decode graph, then ChatGLM3-6B shape: decode with a 128-token
+      # prefix vs without on the fast path, LoRA merged vs base, LoRA training tok/s + peak memory at seq 1024 batch 4 (~3-4 min)
+      run ${T_ADAPTERSTEST:-120} adapterstest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_adapters_ptuning_fast_decode.py -q -x -p no:cacheprovider -k cuda
+      run ${T_ADAPTERS6B:-240} adapters6b "$PY" -m bench.adapters --shape chatglm3-6b --repeat ${REPEAT:-3} ;;
     *) log "unknown section $s" ;;
   esac
 done

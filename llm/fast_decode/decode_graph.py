@@ -9,6 +9,8 @@ each token back one step late, while the next step already runs.
 Each graph is built per shape key ``(batch, bucketed cache length)``, sampling kind and
 options (packed attention, fused q/k/v), kept in the model's ``FastDecodeState`` (least
 recently used beyond ``MAX_CACHES_PER_MODEL`` freed). On CPU the same step runs uncaptured.
+A P-tuning prefix takes the cache's first slots (``llm.fast_decode.prefix``): ``cur`` counts
+them, ``pads`` too, so a token's rotary position ``cur - pads`` counts only the row's real tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
 from llm.fast_decode.prefill import prefill
+from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
 
@@ -52,9 +55,9 @@ class DecodeGraph:
 
     cache: Any
     token: torch.Tensor  # (B, 1) the last chosen token, input of the next step
-    cur: torch.Tensor  # (1,) cache position of the next token
-    pads: torch.Tensor  # (B, 1) left padding of each row
-    mask: torch.Tensor  # (B, 1, 1, L) positions each row may attend to
+    cur: torch.Tensor  # (1,) cache slot of the next token
+    pads: torch.Tensor  # (B, 1) slots before each row's first real token: the prefix, then its left padding
+    mask: torch.Tensor  # (B, 1, 1, L) slots each row may attend to
     eos: torch.Tensor  # (E,) eos ids
     allow_eos: torch.Tensor  # () False while min_new_tokens is not reached
     temperature: torch.Tensor
@@ -69,6 +72,7 @@ class DecodeGraph:
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
     graph: Any = None
     capture_s: float = 0.0
+    prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
 
 
 def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
@@ -164,7 +168,7 @@ def build_decode_graph(
 
     batch, length = key
     device = model.device
-    cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+    cache = claim_cache(StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length))
     vocab = model.get_output_embeddings().weight.shape[0]
     g = DecodeGraph(
         cache=cache,
@@ -183,6 +187,7 @@ def build_decode_graph(
         config=model.config,
         fused=list(fused or []),
         packed=packed,
+        prefix=prefix_slots(model),
     )
     if not capture:
         return g
@@ -264,7 +269,7 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused))
+    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model))
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
@@ -307,10 +312,12 @@ def graph_generate(
         streamer.put(input_ids.cpu())
     # The prompt pass, then every buffer the decode graph reads.
     logits = prefill(model, g, input_ids, attention_mask, options=options)
+    start = g.prefix  # the prompt follows the prefix's slots
     g.mask.zero_()
-    g.mask[:, 0, 0, :prompt] = attention_mask.bool()
-    g.pads.copy_((prompt - attention_mask.long().sum(-1, keepdim=True)))
-    g.cur.fill_(prompt)
+    g.mask[:, 0, 0, :start] = True
+    g.mask[:, 0, 0, start : start + prompt] = attention_mask.bool()
+    g.pads.copy_(start + prompt - attention_mask.long().sum(-1, keepdim=True))
+    g.cur.fill_(start + prompt)
     listed = (eos_ids or [pad]) * MAX_EOS_IDS
     g.eos.copy_(torch.tensor(listed[:MAX_EOS_IDS], dtype=torch.long))
     g.allow_eos.fill_(min_new <= 0 or not eos_ids)
