@@ -111,9 +111,16 @@ class ChatGLM(LLM):
         quantization: str = "none",
         trust_remote_code: bool = False,
         quantization_group_size: int = 128,
+        adapter: str | Path | None = None,
+        merge_adapter: bool = False,
         **fields: Any,
     ) -> ChatGLM:
-        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``) and wrap it."""
+        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``) and wrap it.
+
+        The one place that maps loading options onto the loader: ``from_settings`` and
+        ``ChatGLMChat.from_model_path`` come through here. ``adapter`` is a P-tuning v2 or LoRA
+        folder applied to the model (folded into the weights with ``merge_adapter``).
+        """
         model, tokenizer = load_model_and_tokenizer(
             path,
             device=device,
@@ -121,12 +128,14 @@ class ChatGLM(LLM):
             quantization=quantization,
             trust_remote_code=trust_remote_code,
             quantization_group_size=quantization_group_size,
+            adapter=adapter,
+            merge_adapter=merge_adapter,
         )
         return cls(model=model, tokenizer=tokenizer, model_path=str(path), **fields)
 
     @classmethod
     def from_settings(cls, settings: LLMSettings, **fields: Any) -> ChatGLM:
-        """Load the model named by the ``llm`` settings section, with its generation defaults."""
+        """Load the model named by the ``llm`` settings section (with ``llm.adapter``), with its generation defaults."""
         if not settings.model_path:
             raise ModelLoadError(
                 "no chat model configured: set llm.model_path (YAML, GLMKB_LLM__MODEL_PATH or "
@@ -145,6 +154,8 @@ class ChatGLM(LLM):
             quantization=settings.quantization,
             quantization_group_size=settings.quantization_group_size,
             trust_remote_code=settings.trust_remote_code,
+            adapter=settings.adapter,
+            merge_adapter=settings.merge_adapter,
             **{**defaults, **fields},
         )
 
