@@ -68,3 +68,32 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def spy_batch(monkeypatch: Any, llm: Any) -> list[int]:
+    """Record the size of every ``batch`` call on ``llm``'s class (the list fills as calls come)."""
+    sizes: list[int] = []
+    original = type(llm).batch
+
+    def spy(self: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(inputs))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(llm), "batch", spy)
+    return sizes
+
+
+def hold_worker(model: Any) -> threading.Event:
+    """Keep the model's worker busy until the returned event is set: requests pile up meanwhile."""
+    from llm.streaming import model_worker
+
+    release = threading.Event()
+    model_worker(model).submit(lambda: release.wait(30))
+    return release
+
+
+def wait_pending(model: Any, n: int) -> None:
+    """Wait until ``n`` requests queue in the model's batch scheduler."""
+    from llm.batching import batch_scheduler
+
+    assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)

@@ -19,8 +19,7 @@ from app.services import Services
 from configs import Settings
 from llm import ChatGLM
 from llm.batching import Busy, batch_scheduler
-from llm.streaming import model_worker
-from tests.helpers import api_server, wait_until
+from tests.helpers import api_server, hold_worker, wait_pending, wait_until
 from tests.test_api import chat_text, collect_stream, make_settings, sse_events, user
 from tests.test_batching import ForcedPerPrompt
 
@@ -70,17 +69,6 @@ def script(llm: PerPromptChatGLM, answers: dict[str, str], cls: type = ForcedPer
     )
     llm.processor = forced
     return forced
-
-
-def hold_worker(model: Any) -> threading.Event:
-    """Keep the model's worker busy until the returned event is set: requests pile up meanwhile."""
-    release = threading.Event()
-    model_worker(model).submit(lambda: release.wait(30))
-    return release
-
-
-def wait_pending(model: Any, n: int) -> None:
-    assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)
 
 
 def test_concurrent_streams_each_get_their_own_answer_in_one_batch(scripted_llm: PerPromptChatGLM) -> None:

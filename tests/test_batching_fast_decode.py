@@ -11,23 +11,10 @@ from typing import Any
 import pytest
 
 from llm import ChatGLM
-from llm.batching import batch_scheduler
 from llm.fast_decode import FastDecodeOptions, fast_decode_state
-from llm.streaming import model_worker
-from tests.helpers import wait_until
+from tests.helpers import hold_worker, wait_pending
 
 QUESTIONS = ["刘备是谁？", "关羽是谁？", "张飞是谁？"]
-
-
-def hold_worker(model: Any) -> threading.Event:
-    """Keep the model's worker busy until the returned event is set: requests pile up meanwhile."""
-    release = threading.Event()
-    model_worker(model).submit(lambda: release.wait(30))
-    return release
-
-
-def wait_pending(model: Any, n: int) -> None:
-    assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)
 
 
 def test_greedy_batched_equals_solo_on_the_fast_path(tiny_glm_dir: Path) -> None:
