@@ -97,3 +97,18 @@ def wait_pending(model: Any, n: int) -> None:
     from llm.batching import batch_scheduler
 
     assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)
+
+
+def stream_together(llm: Any, questions: list[str]) -> dict[str, str]:
+    """Each question streamed on its own thread while the model's worker is held, so all of them
+    queue and start as one batch; returns each question's joined answer."""
+    release = hold_worker(llm.model)
+    out: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, "".join(llm.stream(q)))) for q in questions]
+    for t in threads:
+        t.start()
+    wait_pending(llm.model, len(questions))
+    release.set()
+    for t in threads:
+        t.join(60)
+    return out

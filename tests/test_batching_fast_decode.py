@@ -4,7 +4,6 @@ No server imports here: the CUDA test runs in bench/run_all.sh's gputest section
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions, fast_decode_state
-from tests.helpers import hold_worker, wait_pending
+from tests.helpers import stream_together
 
 QUESTIONS = ["刘备是谁？", "关羽是谁？", "张飞是谁？"]
 
@@ -40,16 +39,7 @@ def check_batched_equals_solo(llm: ChatGLM) -> None:
     assert llm.fast_decode_active
     questions = QUESTIONS
     solo = {q: "".join(llm.stream(q)) for q in questions}
-    release = hold_worker(llm.model)
-    out: dict[str, str] = {}
-    threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, "".join(llm.stream(q)))) for q in questions]
-    for t in threads:
-        t.start()
-    wait_pending(llm.model, len(questions))
-    release.set()
-    for t in threads:
-        t.join(60)
-    assert out == solo
+    assert stream_together(llm, questions) == solo
     assert any(key[0] == 4 for key in _graph_keys(llm.model))  # 3 rows + 1 filler
 
 
