@@ -115,12 +115,8 @@ class ChatGLM(LLM):
         merge_adapter: bool = False,
         **fields: Any,
     ) -> ChatGLM:
-        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``) and wrap it.
-
-        The one place that maps loading options onto the loader: ``from_settings`` and
-        ``ChatGLMChat.from_model_path`` come through here. ``adapter`` is a P-tuning v2 or LoRA
-        folder applied to the model (folded into the weights with ``merge_adapter``).
-        """
+        """Load a local model folder or hub id (``llm.loading.load_model_and_tokenizer``) and wrap it: the one
+        place loading options (``adapter``: a P-tuning v2 or LoRA folder) reach the loader."""
         model, tokenizer = load_model_and_tokenizer(
             path,
             device=device,

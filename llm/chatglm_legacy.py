@@ -45,7 +45,13 @@ import torch
 from transformers import GlmConfig, GlmForCausalLM, PreTrainedTokenizerFast
 
 from llm.adapters.ptuning import attach_prefix, build_prefix_encoder
-from llm.chatglm_legacy_config import Layout, LegacyCheckpoint, inspect_checkpoint, load_tokenizer, native_generation_config
+from llm.chatglm_legacy_config import (
+    Layout,
+    LegacyCheckpoint,
+    inspect_checkpoint,
+    load_tokenizer,
+    native_generation_config,
+)
 from llm.chatglm_legacy_convert import convert_checkpoint
 from llm.chatglm_legacy_weights import PREFIX_NAME, find_weight_files, iter_converted_shards, iter_shard, split_qkv
 from llm.errors import ModelLoadError
