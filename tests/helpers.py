@@ -112,3 +112,35 @@ def stream_together(llm: Any, questions: list[str]) -> dict[str, str]:
     for t in threads:
         t.join(60)
     return out
+
+
+def searches_during_builds(kb: Any, search: Callable[[], object], excerpts: dict[str, Any]) -> int:
+    """Run ``search`` in a loop on another thread while the same ``kb`` object adds excerpt b,
+    removes it and adds c (excerpt a is in it already); re-raise the first failed search, else
+    return how many searches ran."""
+    errors: list[BaseException] = []
+    searches = 0
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        nonlocal searches
+        while not stop.is_set():
+            try:
+                search()
+                searches += 1
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+                return
+
+    worker = threading.Thread(target=search_loop)
+    worker.start()
+    try:
+        kb.add_files([excerpts["b"]])
+        kb.remove(["sanguo_b.txt"])
+        kb.add_files([excerpts["c"]])
+    finally:
+        stop.set()
+        worker.join()
+    if errors:
+        raise errors[0]
+    return searches
