@@ -7,8 +7,7 @@ for ``from llm import OpenAICompatibleChat``).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from configs.lazy import lazy_exports
 
 _EXPORTS = {
     "ChatGLM": "llm.chatglm",
@@ -26,9 +25,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'llm' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

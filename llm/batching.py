@@ -37,9 +37,16 @@ from transformers.generation.streamers import BaseStreamer
 
 from configs.errors import Unavailable
 from llm.per_model import PerModel
-from llm.streaming import CancelCriteria, FastDecode, generate_on_worker, model_is_busy, model_worker
+from llm.streaming import (
+    END,
+    CancelCriteria,
+    FastDecode,
+    generate_on_worker,
+    model_is_busy,
+    model_worker,
+    queued_items,
+)
 
-_END = object()
 GATHER_S = 0.05  # longest a batch waits for requests still being tokenized (only while there are some)
 # Arguments that differ per row; every other generate argument must match to share a batch.
 ROW_ARGS = frozenset({"input_ids", "attention_mask", "max_new_tokens", "stopping_criteria", "streamer"})
@@ -67,7 +74,7 @@ class Row:
         """Rows with equal keys can share a generate call (same sampling settings, processors and path)."""
         return (*sorted((k, _hashable(v)) for k, v in self.shared.items()), ("fast_decode", self.fast_decode))
 
-    def close(self, item: Any = _END) -> None:
+    def close(self, item: Any = END) -> None:
         if not self.done:
             self.done = True
             self.out.put(item)
@@ -190,13 +197,7 @@ class BatchScheduler:
     def _row_tokens(self, row: Row) -> Iterator[int]:
         """The queued ``row``'s token ids as they come; closing this cancels the row."""
         try:
-            while True:
-                item = row.out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from queued_items(row.out)
         finally:
             row.cancel.set()
             with self._lock:

@@ -115,8 +115,8 @@ class ChatGLM(LLM):
         merge_adapter: bool = False,
         **fields: Any,
     ) -> ChatGLM:
-        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``, which
-        also applies ``adapter``: a P-tuning v2 or LoRA folder) and wrap it."""
+        """Load a local model folder or hub id (``llm.loading.load_model_and_tokenizer``) and wrap it: the one
+        place loading options (``adapter``: a P-tuning v2 or LoRA folder) reach the loader."""
         model, tokenizer = load_model_and_tokenizer(
             path,
             device=device,
@@ -131,7 +131,7 @@ class ChatGLM(LLM):
 
     @classmethod
     def from_settings(cls, settings: LLMSettings, **fields: Any) -> ChatGLM:
-        """Load the model named by the ``llm`` settings section, with its generation defaults."""
+        """Load the model named by the ``llm`` settings section (with ``llm.adapter``), with its generation defaults."""
         if not settings.model_path:
             raise ModelLoadError(
                 "no chat model configured: set llm.model_path (YAML, GLMKB_LLM__MODEL_PATH or "
@@ -150,6 +150,8 @@ class ChatGLM(LLM):
             quantization=settings.quantization,
             quantization_group_size=settings.quantization_group_size,
             trust_remote_code=settings.trust_remote_code,
+            adapter=settings.adapter,
+            merge_adapter=settings.merge_adapter,
             **{**defaults, **fields},
         )
 

@@ -73,24 +73,13 @@ class ChatGLMChat(BaseChatModel):
     # ----- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_model_path(
-        cls,
-        path: str | Path,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        quantization: str = "none",
-        trust_remote_code: bool = False,
-        **fields: Any,
-    ) -> ChatGLMChat:
-        """Load a local model folder (``ChatGLM.from_model_path``) and wrap it; ``fields`` of this
-        class (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``model_name``) go here, the
-        rest (``system_prompt``, ``max_new_tokens``, ``fast_decode``, ...) to the ``ChatGLM``."""
+    def from_model_path(cls, path: str | Path, **fields: Any) -> ChatGLMChat:
+        """Load a local model folder with ``ChatGLM.from_model_path`` and wrap it: ``fields`` of this
+        class (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``model_name``) go here, the rest
+        to ``ChatGLM.from_model_path``: its loading options (``device``, ``dtype``, ``quantization``,
+        ``adapter``, ...) and ``ChatGLM`` fields (``system_prompt``, ``max_new_tokens``, ``fast_decode``, ...)."""
         own = {name: fields.pop(name) for name in list(fields) if name in cls.model_fields and name != "llm"}
-        llm = ChatGLM.from_model_path(
-            path, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code, **fields
-        )
-        return cls(llm=llm, **own)
+        return cls(llm=ChatGLM.from_model_path(path, **fields), **own)
 
     @classmethod
     def from_settings(cls, settings: LLMSettings, **fields: Any) -> ChatGLMChat:

@@ -3,8 +3,8 @@
 Shards are read lazily and never unpickled beyond plain tensors (``iter_shard``); each original
 tensor is checked against the shape its layout implies and renamed, and the fused
 ``query_key_value`` split into q/k/v, for transformers' native ``GlmForCausalLM``
-(``convert_tensor``, ``iter_converted_shards``). Split from ``llm.chatglm_legacy`` (the config
-mapping and the loader), which re-exports these names.
+(``convert_tensor``, ``iter_converted_shards``). The config mapping is
+``llm.chatglm_legacy_config``, the loader ``llm.chatglm_legacy``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from llm.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from llm.chatglm_legacy import Layout, LegacyCheckpoint
+    from llm.chatglm_legacy_config import Layout, LegacyCheckpoint
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -248,6 +248,3 @@ def convert_shard(
             raise ModelLoadError(f"tensor {name!r} appears twice: in {seen[short]} and {file}")
         seen[short] = file
         yield from convert_tensor(name, tensor, layout, shapes, file)
-
-
-# ----- building the native model -----------------------------------------------------------

@@ -35,38 +35,7 @@ def load_llm(settings: Settings) -> BaseLanguageModel:
         return OpenAICompatibleChat.from_settings(llm, tokenizer=tokenizer)
     from llm.chatglm import ChatGLM
 
-    if llm.adapter and llm.model_path:
-        return load_adapted_chatglm(llm)
     return ChatGLM.from_settings(llm)
-
-
-def load_adapted_chatglm(llm: Any) -> BaseLanguageModel:
-    """``ChatGLM`` over ``llm.model_path`` with ``llm.adapter`` applied (merged when ``llm.merge_adapter``).
-
-    Same fields as ``ChatGLM.from_settings``; the seam until ``from_model_path`` passes the adapter on itself.
-    """
-    from llm.chatglm import ChatGLM
-    from llm.loading import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(
-        llm.model_path,
-        device=llm.device,
-        dtype=llm.dtype,
-        quantization=llm.quantization,
-        quantization_group_size=llm.quantization_group_size,
-        trust_remote_code=llm.trust_remote_code,
-        adapter=llm.adapter,
-        merge_adapter=llm.merge_adapter,
-    )
-    return ChatGLM(
-        model=model,
-        tokenizer=tokenizer,
-        model_path=str(llm.model_path),
-        system_prompt=llm.system_prompt,
-        max_concurrent_batch=llm.max_concurrent_batch,
-        max_queue=llm.max_queue,
-        **llm.generation.model_dump(),
-    )
 
 
 def load_counting_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:

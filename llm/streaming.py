@@ -25,7 +25,19 @@ from llm.fast_decode import FastDecodeOptions, fast_generate
 from llm.per_model import PerModel
 
 WORKER_THREAD_NAME = "glmkb-generate"
-_END = object()
+END = object()  # the last item a producer puts on a consumer's queue
+
+
+def queued_items(items: queue.SimpleQueue[Any]) -> Iterator[Any]:
+    """What a producer puts on ``items`` until its end marker (``END``); an exception it puts
+    there is raised here, in the consumer's thread."""
+    while True:
+        item = items.get()
+        if item is END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 class QueueStreamer(BaseStreamer):
@@ -51,7 +63,7 @@ class QueueStreamer(BaseStreamer):
             time.sleep(0)
 
     def end(self) -> None:
-        self.queue.put(_END)
+        self.queue.put(END)
 
     def fail(self, error: BaseException) -> None:
         """Hand an exception raised by ``generate`` to the consumer."""
@@ -336,13 +348,7 @@ def stream_token_ids(
 
     done = model_worker(model).submit(work)
     try:
-        while True:
-            item = streamer.queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        yield from queued_items(streamer.queue)
     finally:
         cancel.set()
         done.wait()

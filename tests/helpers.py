@@ -68,3 +68,79 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def spy_batch(monkeypatch: Any, llm: Any) -> list[int]:
+    """Record the size of every ``batch`` call on ``llm``'s class (the list fills as calls come)."""
+    sizes: list[int] = []
+    original = type(llm).batch
+
+    def spy(self: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(inputs))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(type(llm), "batch", spy)
+    return sizes
+
+
+def hold_worker(model: Any) -> threading.Event:
+    """Keep the model's worker busy until the returned event is set: requests pile up meanwhile."""
+    from llm.streaming import model_worker
+
+    release = threading.Event()
+    model_worker(model).submit(lambda: release.wait(30))
+    return release
+
+
+def wait_pending(model: Any, n: int) -> None:
+    """Wait until ``n`` requests queue in the model's batch scheduler."""
+    from llm.batching import batch_scheduler
+
+    assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)
+
+
+def stream_together(llm: Any, questions: list[str]) -> dict[str, str]:
+    """Each question streamed on its own thread while the model's worker is held, so all of them
+    queue and start as one batch; returns each question's joined answer."""
+    release = hold_worker(llm.model)
+    out: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, "".join(llm.stream(q)))) for q in questions]
+    for t in threads:
+        t.start()
+    wait_pending(llm.model, len(questions))
+    release.set()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def searches_during_builds(kb: Any, search: Callable[[], object], excerpts: dict[str, Any]) -> int:
+    """Run ``search`` in a loop on another thread while the same ``kb`` object adds excerpt b,
+    removes it and adds c (excerpt a is in it already); re-raise the first failed search, else
+    return how many searches ran."""
+    errors: list[BaseException] = []
+    searches = 0
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        nonlocal searches
+        while not stop.is_set():
+            try:
+                search()
+                searches += 1
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+                return
+
+    worker = threading.Thread(target=search_loop)
+    worker.start()
+    try:
+        kb.add_files([excerpts["b"]])
+        kb.remove(["sanguo_b.txt"])
+        kb.add_files([excerpts["c"]])
+    finally:
+        stop.set()
+        worker.join()
+    if errors:
+        raise errors[0]
+    return searches

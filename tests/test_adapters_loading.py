@@ -28,6 +28,21 @@ def test_factory_loads_the_configured_adapter(chatglm2_mqa_legacy_path: Path, tm
     assert llm.max_new_tokens == settings.llm.generation.max_new_tokens
 
 
+def test_every_chatglm_constructor_applies_the_adapter(chatglm2_mqa_legacy_path: Path, tmp_path: Path) -> None:
+    """Regression: ``ChatGLM.from_settings`` (used by ``glmkb bundle``'s check) ignored ``llm.adapter``
+    and ``ChatGLMChat.from_model_path`` kept its own list of loading options without it; all now go
+    through ``ChatGLM.from_model_path`` (issue 17)."""
+    from llm import ChatGLM, ChatGLMChat
+
+    folder = write_ptuning_checkpoint(tmp_path / "checkpoint-3000", chatglm2_mqa_legacy_path, pre_seq_len=4)
+    settings = load_settings(
+        None, llm={"model_path": str(chatglm2_mqa_legacy_path), "device": "cpu", "adapter": str(folder)}
+    )
+    assert ChatGLM.from_settings(settings.llm).model.prefix_encoder.shape.pre_seq_len == 4
+    chat = ChatGLMChat.from_model_path(chatglm2_mqa_legacy_path, device="cpu", adapter=folder, max_tokens=3)
+    assert chat.llm.model.prefix_encoder.shape.pre_seq_len == 4 and chat.max_tokens == 3
+
+
 def test_server_flags_map_onto_settings() -> None:
     from app.flags import add_model_flags, model_overrides
 

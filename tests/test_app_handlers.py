@@ -386,16 +386,6 @@ def test_uploads_are_deleted_after_the_build_and_when_refused(tmp_path: Path, mo
 
 # ----- the 全书问答 switch: whole-book answers through app.web.book_scope (tiny forced ChatGLM) -----
 
-NOVEL = (
-    "第一回 宴桃园豪杰三结义\n"
-    "那人姓刘名备，字玄德。玄德与关羽、张飞在桃园结为兄弟。\n" * 3
-    + "第二回 刘玄德三顾草庐\n"
-    "复姓诸葛，名亮，字孔明。刘备三顾茅庐，请诸葛亮出山。\n"
-    + "诸葛亮为刘备定下三分天下之计。\n" * 5
-    + "第三回 孔明借东风\n"
-    "孔明在南屏山借得东风，周瑜大惊。孔明乘船而去。\n" * 3
-)
-
 
 class RestartPerCall:
     """``ForcedTokens`` restarted at every generation (map batches, then the reduce stream)."""
@@ -415,10 +405,11 @@ class RestartPerCall:
 def book_services(tmp_path: Path, tiny_chatglm: Any, text: str, **forced_options: Any) -> tuple[Services, Any]:
     """Services over a small novel KB with the tiny ChatGLM forced to write ``text`` each call."""
     from kb import KnowledgeBase
+    from tests.fixtures.corpus import mini_novel
     from tests.fixtures.models import ForcedTokens, forced_chatglm
 
     KnowledgeBase(tmp_path, "novels", create=True, embedding_model="none", chunk_size=60, chunk_overlap=0).add_texts(
-        {"sanguo.txt": NOVEL}
+        {"sanguo.txt": mini_novel(chapters=3)}
     )
     tok = tiny_chatglm.tokenizer
     forced = ForcedTokens(tok.encode(text, add_special_tokens=False), eos_id=tok.eos_token_id, **forced_options)

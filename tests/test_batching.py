@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llm.batching import BatchScheduler, Busy
-from llm.streaming import model_worker
+from tests.helpers import hold_worker
 
 
 class ForcedPerPrompt:
@@ -53,13 +53,6 @@ def _collect(scheduler: BatchScheduler, kwargs: dict[str, Any], out: dict[int, l
     out[key] = list(scheduler.stream(kwargs, threading.Event()))
 
 
-def _hold_worker(model: Any) -> threading.Event:
-    """Keep the model's worker busy until the returned event is set (requests pile up meanwhile)."""
-    release = threading.Event()
-    model_worker(model).submit(lambda: release.wait(10))
-    return release
-
-
 def test_concurrent_rows_each_get_their_own_answer(model: Any) -> None:
     eos = model.generation_config.eos_token_id[0]
     pad = model.generation_config.pad_token_id
@@ -67,7 +60,7 @@ def test_concurrent_rows_each_get_their_own_answer(model: Any) -> None:
     answers = {tuple(p): [200 + 10 * i + j for j in range(3 + i)] for i, p in prompts.items()}
     forced = ForcedPerPrompt(answers, eos_id=eos, pad_id=pad)
     scheduler = BatchScheduler(model)
-    release = _hold_worker(model)
+    release = hold_worker(model)
     out: dict[int, list[int]] = {}
     threads = [
         threading.Thread(target=_collect, args=(scheduler, _kwargs(p, logits_processor=[forced], do_sample=False, max_new_tokens=16), out, i))
@@ -90,7 +83,7 @@ def test_greedy_batched_equals_solo(model: Any) -> None:
     scheduler = BatchScheduler(model)
     prompts = [[7, 8, 9, 10, 11, 12], [300, 301], [42, 43, 44, 45]]
     solo = {i: list(scheduler.stream(_kwargs(p, do_sample=False, max_new_tokens=8), threading.Event())) for i, p in enumerate(prompts)}
-    release = _hold_worker(model)
+    release = hold_worker(model)
     out: dict[int, list[int]] = {}
     threads = [threading.Thread(target=_collect, args=(scheduler, _kwargs(p, do_sample=False, max_new_tokens=8), out, i)) for i, p in enumerate(prompts)]
     for t in threads:
@@ -110,7 +103,7 @@ def test_cancelled_row_stops_and_others_finish(model: Any) -> None:
     answers = {(1, 2, 3): long_answer, (4, 5, 6): long_answer}
     forced = ForcedPerPrompt(answers, eos_id=eos, pad_id=pad)
     scheduler = BatchScheduler(model)
-    release = _hold_worker(model)
+    release = hold_worker(model)
     first = scheduler.stream(_kwargs([1, 2, 3], logits_processor=[forced], do_sample=False, max_new_tokens=61), threading.Event())
     out: dict[int, list[int]] = {}
     other = threading.Thread(target=_collect, args=(scheduler, _kwargs([4, 5, 6], logits_processor=[forced], do_sample=False, max_new_tokens=61), out, 1))
@@ -137,7 +130,7 @@ def test_cancelled_row_stops_and_others_finish(model: Any) -> None:
 
 def test_full_queue_answers_busy_at_once(model: Any) -> None:
     scheduler = BatchScheduler(model, max_queue=1)
-    release = _hold_worker(model)
+    release = hold_worker(model)
     try:
         waiting = scheduler.stream(_kwargs([1, 2], do_sample=False, max_new_tokens=2), threading.Event())
         threading.Thread(target=lambda: list(waiting), daemon=True).start()
@@ -151,7 +144,7 @@ def test_full_queue_answers_busy_at_once(model: Any) -> None:
 
 def test_different_sampling_settings_run_in_separate_batches(model: Any) -> None:
     scheduler = BatchScheduler(model)
-    release = _hold_worker(model)
+    release = hold_worker(model)
     out: dict[int, list[int]] = {}
     threads = [
         threading.Thread(target=_collect, args=(scheduler, _kwargs([9, 9], do_sample=False, max_new_tokens=3), out, 0)),

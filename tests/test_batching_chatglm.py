@@ -19,8 +19,7 @@ from app.services import Services
 from configs import Settings
 from llm import ChatGLM
 from llm.batching import Busy, batch_scheduler
-from llm.streaming import model_worker
-from tests.helpers import api_server, wait_until
+from tests.helpers import api_server, hold_worker, stream_together, wait_pending, wait_until
 from tests.test_api import chat_text, collect_stream, make_settings, sse_events, user
 from tests.test_batching import ForcedPerPrompt
 
@@ -72,28 +71,9 @@ def script(llm: PerPromptChatGLM, answers: dict[str, str], cls: type = ForcedPer
     return forced
 
 
-def hold_worker(model: Any) -> threading.Event:
-    """Keep the model's worker busy until the returned event is set: requests pile up meanwhile."""
-    release = threading.Event()
-    model_worker(model).submit(lambda: release.wait(30))
-    return release
-
-
-def wait_pending(model: Any, n: int) -> None:
-    assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)
-
-
 def test_concurrent_streams_each_get_their_own_answer_in_one_batch(scripted_llm: PerPromptChatGLM) -> None:
     forced = script(scripted_llm, dict(zip(QUESTIONS, ANSWERS, strict=True)))
-    release = hold_worker(scripted_llm.model)
-    out: dict[str, str] = {}
-    threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, "".join(scripted_llm.stream(q)))) for q in QUESTIONS]
-    for t in threads:
-        t.start()
-    wait_pending(scripted_llm.model, len(QUESTIONS))
-    release.set()
-    for t in threads:
-        t.join(60)
+    out = stream_together(scripted_llm, QUESTIONS)
     assert out == dict(zip(QUESTIONS, ANSWERS, strict=True))
     assert forced.batch_sizes == [len(QUESTIONS)]
 

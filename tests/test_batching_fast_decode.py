@@ -4,30 +4,16 @@ No server imports here: the CUDA test runs in bench/run_all.sh's gputest section
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm import ChatGLM
-from llm.batching import batch_scheduler
 from llm.fast_decode import FastDecodeOptions, fast_decode_state
-from llm.streaming import model_worker
-from tests.helpers import wait_until
+from tests.helpers import stream_together
 
 QUESTIONS = ["刘备是谁？", "关羽是谁？", "张飞是谁？"]
-
-
-def hold_worker(model: Any) -> threading.Event:
-    """Keep the model's worker busy until the returned event is set: requests pile up meanwhile."""
-    release = threading.Event()
-    model_worker(model).submit(lambda: release.wait(30))
-    return release
-
-
-def wait_pending(model: Any, n: int) -> None:
-    assert wait_until(lambda: len(batch_scheduler(model)._pending) >= n, timeout=30)
 
 
 def test_greedy_batched_equals_solo_on_the_fast_path(tiny_glm_dir: Path) -> None:
@@ -53,16 +39,7 @@ def check_batched_equals_solo(llm: ChatGLM) -> None:
     assert llm.fast_decode_active
     questions = QUESTIONS
     solo = {q: "".join(llm.stream(q)) for q in questions}
-    release = hold_worker(llm.model)
-    out: dict[str, str] = {}
-    threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, "".join(llm.stream(q)))) for q in questions]
-    for t in threads:
-        t.start()
-    wait_pending(llm.model, len(questions))
-    release.set()
-    for t in threads:
-        t.join(60)
-    assert out == solo
+    assert stream_together(llm, questions) == solo
     assert any(key[0] == 4 for key in _graph_keys(llm.model))  # 3 rows + 1 filler
 
 

@@ -13,18 +13,10 @@ from langchain_core.language_models import FakeStreamingListLLM
 from chains.book_qa_chain import SELECT_STAGE, BookQAChain
 from chains.citations import CitationFilter, clean_citations, cited_numbers
 from chains.events import Answer, Progress, Sources, Token
+from tests.fixtures.corpus import mini_novel
+from tests.helpers import spy_batch
 
-NOVEL = (
-    "第一回 宴桃园豪杰三结义\n"
-    "那人姓刘名备，字玄德。玄德与关羽、张飞在桃园结为兄弟。\n" * 3
-    + "第二回 刘玄德三顾草庐\n"
-    "复姓诸葛，名亮，字孔明。刘备三顾茅庐，请诸葛亮出山。\n"
-    + "诸葛亮为刘备定下三分天下之计。\n" * 5
-    + "第三回 孔明借东风\n"
-    "孔明在南屏山借得东风，周瑜大惊。孔明乘船而去。\n" * 3
-    + "第四回 曹操大宴铜雀台\n"
-    "曹操在铜雀台大宴群臣，众将比试弓箭。\n" * 3
-)
+NOVEL = mini_novel()
 
 
 def char_tokens(text: str) -> list[int]:
@@ -51,18 +43,6 @@ def make_chain(kb: Any, graph: Any, responses: list[str], **fields: Any) -> Book
     llm = FakeStreamingListLLM(responses=responses, custom_get_token_ids=char_tokens)
     fields.setdefault("max_input_tokens", 2000)
     return BookQAChain(kb=kb, llm=llm, graph=graph, **fields)
-
-
-def spy_batch(monkeypatch: pytest.MonkeyPatch, llm: Any) -> list[int]:
-    sizes: list[int] = []
-    original = type(llm).batch
-
-    def spy(self: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(inputs))
-        return original(self, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(type(llm), "batch", spy)
-    return sizes
 
 
 def test_alias_in_the_question_selects_chapters_naming_the_person(kb: Any, graph: Any) -> None:

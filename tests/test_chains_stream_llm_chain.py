@@ -17,6 +17,7 @@ from langchain_core.prompts import PromptTemplate
 from chains import StreamLLMChain
 from chains.stream_llm_chain import reports_tokens
 from tests.fixtures.models import ForcedTokens
+from tests.helpers import spy_batch
 
 PROMPT = PromptTemplate.from_template("请介绍{name}。")
 ANSWER = "刘备字玄德，涿郡涿县人。"
@@ -151,14 +152,7 @@ def test_chain_tags_mark_the_llm_run() -> None:
 
 def test_apply_of_several_inputs_uses_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     llm = fake_llm("甲", "乙", "丙")
-    calls: list[int] = []
-    original = type(llm).batch
-
-    def spy(self: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        calls.append(len(inputs))
-        return original(self, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(type(llm), "batch", spy)
+    calls = spy_batch(monkeypatch, llm)
     chain = StreamLLMChain(llm=llm, prompt=PROMPT)
     out = chain.apply([{"name": n} for n in ("刘备", "关羽", "张飞")])
     assert [o["text"] for o in out] == ["甲", "乙", "丙"]

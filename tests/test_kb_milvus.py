@@ -30,6 +30,7 @@ from kb.milvus_store import (
     retired_ranges,
     stale_filter,
 )
+from tests.helpers import searches_during_builds
 
 pytest.importorskip("milvus_lite")
 
@@ -498,36 +499,15 @@ def test_dense_searches_keep_working_while_the_same_object_builds(
     """The web UI searches from worker threads while an upload is added: every search sees one
     complete version, never the new rows of a build in progress or the retired ones (either
     would push live chunks out of the top k and leave fewer than k hits)."""
-    import threading
-
     kb = make_kb(tmp_path / "root", "m", tiny_embedding_path, tiny_embeddings)
     kb.add_files([sanguo_excerpts["a"]])
     k = kb.manifest["counts"]["chunks"]  # every version below has at least these chunks
-    errors: list[BaseException] = []
-    searches = 0
-    stop = threading.Event()
 
-    def search_loop() -> None:
-        nonlocal searches
-        while not stop.is_set():
-            try:
-                hits = kb.search("玄德", mode="dense", k=k)
-                assert len({h.metadata["chunk_id"] for h in hits}) == len(hits) == k
-                searches += 1
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-                return
+    def search() -> None:
+        hits = kb.search("玄德", mode="dense", k=k)
+        assert len({h.metadata["chunk_id"] for h in hits}) == len(hits) == k
 
-    worker = threading.Thread(target=search_loop)
-    worker.start()
-    try:
-        kb.add_files([sanguo_excerpts["b"]])
-        kb.remove(["sanguo_b.txt"])
-        kb.add_files([sanguo_excerpts["c"]])
-    finally:
-        stop.set()
-        worker.join()
-    assert errors == [] and searches > 3
+    assert searches_during_builds(kb, search, sanguo_excerpts) > 3
     assert {Path(d.source).name for d in kb.list_documents()} == {"sanguo_a.txt", "sanguo_c.txt"}
     kb.close()
 

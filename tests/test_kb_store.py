@@ -21,6 +21,7 @@ from kb import (
     storage,
     validate_kb_name,
 )
+from tests.helpers import searches_during_builds
 
 
 def keyword_kb(root: Path, name: str = "t") -> KnowledgeBase:
@@ -245,31 +246,13 @@ def test_reciprocal_rank_fusion_order() -> None:
 
 def test_searches_keep_working_while_the_same_object_builds(tmp_path: Path, sanguo_excerpts: dict[str, Path]) -> None:
     """The web UI searches from worker threads while an upload is being added."""
-    import threading
-
     kb = keyword_kb(tmp_path)
     kb.add_files([sanguo_excerpts["a"]])
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def search_loop() -> None:
-        while not stop.is_set():
-            try:
-                assert kb.search("玄德", mode="bm25", k=3)
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-                return
+    def search() -> None:
+        assert kb.search("玄德", mode="bm25", k=3)
 
-    worker = threading.Thread(target=search_loop)
-    worker.start()
-    try:
-        kb.add_files([sanguo_excerpts["b"]])
-        kb.remove(["sanguo_b.txt"])
-        kb.add_files([sanguo_excerpts["c"]])
-    finally:
-        stop.set()
-        worker.join()
-    assert errors == []
+    searches_during_builds(kb, search, sanguo_excerpts)
     assert {Path(d.source).name for d in kb.list_documents()} == {"sanguo_a.txt", "sanguo_c.txt"}
 
 

@@ -14,18 +14,13 @@ from langchain_core.callbacks import BaseCallbackHandler
 from configs.settings import LLMSettings
 from llm import ChatGLM
 from llm.streaming import model_is_busy
-from tests.fixtures.models import ForcedTokens
+from tests.fixtures.models import ForcedTokens, cancelled_when_parked
+from tests.fixtures.models import forced_answer as forced
 from tests.helpers import wait_until
 
 QUESTION = "曹操是谁？"
 # Rare characters that the small trained vocabulary splits into single bytes.
 RARE_TEXT = "赤壁之战，鑫龘骉。曹操败走华容道"
-
-
-def forced(llm: ChatGLM, text: str, **options: Any) -> ForcedTokens:
-    """A processor making the model answer exactly ``text`` (then GLM's <|endoftext|>)."""
-    ids = llm.tokenizer.encode(text, add_special_tokens=False)
-    return ForcedTokens(ids, eos_id=llm.tokenizer.convert_tokens_to_ids("<|endoftext|>"), **options)
 
 
 class TokenRecorder(BaseCallbackHandler):
@@ -325,22 +320,10 @@ def test_cancelling_an_astream_task_stops_generation(tiny_chatglm: ChatGLM) -> N
 def test_a_cancel_scope_stops_a_batched_generate_within_a_token(tiny_chatglm: ChatGLM) -> None:
     """A batched generate (the summarizer's map step) has no stream a caller could close; the
     web UI's Stop reaches it through ``cancel_scope``. Outside the scope nothing changes."""
-    from llm import cancel_scope
-
     text = "话说天下大势，分久必合，合久必分。" * 20
     processor = forced(tiny_chatglm, text, pause_at=5)
-    event = threading.Event()
-
-    def stop_when_parked() -> None:
-        processor.parked.wait(30)
-        event.set()
-        processor.resume.set()
-
-    stopper = threading.Thread(target=stop_when_parked)
-    stopper.start()
-    with cancel_scope(event):
+    with cancelled_when_parked(processor):
         texts = tiny_chatglm.batch([QUESTION, "刘备是谁？"], max_new_tokens=400, logits_processor=[processor])
-    stopper.join(30)
     assert processor.steps <= 7, "generation ran on after the scope's event was set"
     assert len(texts) == 2 and all(text.startswith(t) and len(t) < 20 for t in texts)
     assert not model_is_busy(tiny_chatglm.model)

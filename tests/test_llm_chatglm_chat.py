@@ -13,16 +13,12 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 
 from llm import ChatGLM, ChatGLMChat, cancel_scope
 from llm.streaming import model_is_busy
-from tests.fixtures.models import ForcedTokens
+from tests.fixtures.models import cancelled_when_parked
+from tests.fixtures.models import forced_answer as forced
 from tests.helpers import wait_until
 
 QUESTION = "曹操是谁？"
 TEXT = "话说天下大势，分久必合，合久必分。"
-
-
-def forced(llm: ChatGLM, text: str, **options: Any) -> ForcedTokens:
-    ids = llm.tokenizer.encode(text, add_special_tokens=False)
-    return ForcedTokens(ids, eos_id=llm.tokenizer.convert_tokens_to_ids("<|endoftext|>"), **options)
 
 
 @pytest.fixture
@@ -159,18 +155,8 @@ def test_astream_does_not_block_the_event_loop(chat: ChatGLMChat) -> None:
 
 def test_cancel_scope_stops_invoke(chat: ChatGLMChat) -> None:
     processor = forced(chat.llm, TEXT * 20, pause_at=5)
-    event = threading.Event()
-
-    def stop_when_parked() -> None:
-        processor.parked.wait(30)
-        event.set()
-        processor.resume.set()
-
-    stopper = threading.Thread(target=stop_when_parked)
-    stopper.start()
-    with cancel_scope(event):
+    with cancelled_when_parked(processor):
         message = chat.invoke(QUESTION, max_tokens=400, logits_processor=[processor])
-    stopper.join(30)
     assert processor.steps <= 7 and len(message.content) < 20
 
 

@@ -30,6 +30,7 @@ from chains import (
     split_to_budget,
     stream_summary,
 )
+from tests.helpers import spy_batch
 
 
 def char_tokens(text: str) -> list[int]:
@@ -60,18 +61,6 @@ class Recorder(BaseCallbackHandler):
 
     def prompts_tagged(self, tag: str) -> list[str]:
         return [p for p, tags in self.prompts if tag in tags]
-
-
-def spy_batch(monkeypatch: pytest.MonkeyPatch, llm: Any) -> list[int]:
-    sizes: list[int] = []
-    original = type(llm).batch
-
-    def spy(self: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(inputs))
-        return original(self, inputs, *args, **kwargs)
-
-    monkeypatch.setattr(type(llm), "batch", spy)
-    return sizes
 
 
 # ----- the chain ---------------------------------------------------------------------------

@@ -8,8 +8,6 @@ for fp16/bf16 sources). Written to a hidden sibling folder first and renamed at 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from llm.adapters import adapter_kind
@@ -29,8 +27,8 @@ def source_dtype(folder: Path) -> str:
 
 def write_merged_checkpoint(src: str | Path, adapter: str | Path, dst: str | Path) -> Path:
     """Load ``src`` (original ChatGLM2/3 or native folder) with the LoRA ``adapter`` merged; write it to ``dst``."""
-    from llm.chatglm_legacy import check_destination
     from llm.loading import find_model_folder, load_model_and_tokenizer
+    from llm.output_folder import check_destination, staged_folder
 
     source = find_model_folder(src).resolve()
     target = Path(dst).expanduser().resolve()
@@ -43,17 +41,8 @@ def write_merged_checkpoint(src: str | Path, adapter: str | Path, dst: str | Pat
     model, tokenizer = load_model_and_tokenizer(
         source, device="cpu", dtype=source_dtype(source), adapter=adapter, merge_adapter=True
     )
-    work = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with staged_folder(target) as work:
         model.config.architectures = [type(model).__name__]
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
-        if target.exists():
-            target.rmdir()  # check_destination made sure it is empty
-        work.rename(target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return target

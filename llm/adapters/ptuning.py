@@ -134,15 +134,21 @@ def read_ptuning_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, tor
     return config, tensors
 
 
+def read_pre_seq_len(value: Any, config_file: Path) -> int:
+    """A config.json's ``pre_seq_len`` (the prefix length) as a positive integer."""
+    try:
+        pre_seq_len = int(value)
+    except (TypeError, ValueError) as e:
+        raise AdapterError(f"{config_file}: pre_seq_len must be an integer ({e})") from e
+    if pre_seq_len <= 0:
+        raise AdapterError(f"{config_file}: pre_seq_len must be positive (got {pre_seq_len})")
+    return pre_seq_len
+
+
 def prefix_shape_for(model: Any, config: dict[str, Any], folder: Path) -> PrefixShape:
     """The encoder shape this checkpoint must have on ``model`` (checked against the checkpoint's own config)."""
     mc = model.config
-    try:
-        pre_seq_len = int(config["pre_seq_len"])
-    except (TypeError, ValueError) as e:
-        raise AdapterError(f"{folder / 'config.json'}: pre_seq_len must be an integer ({e})") from e
-    if pre_seq_len <= 0:
-        raise AdapterError(f"{folder / 'config.json'}: pre_seq_len must be positive (got {pre_seq_len})")
+    pre_seq_len = read_pre_seq_len(config["pre_seq_len"], folder / "config.json")
     shape = PrefixShape(
         pre_seq_len=pre_seq_len,
         projection=bool(config.get("prefix_projection", False)),
