@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from configs.errors import BadInput
-from llm.kernels import KERNELS, gemv, gemv_applies
+from llm.kernels import KERNELS, gemv_applies, gemv_linear
 
 WEIGHT_ONLY = ("int8", "int4")
 DEFAULT_GROUP_SIZE = 128
@@ -53,7 +53,7 @@ class WeightOnlyInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "triton" and gemv_applies(x, self.weight):
-            return gemv(x, self.weight, scales=self.scales, bias=self.bias)
+            return gemv_linear(x, self.weight, scales=self.scales, bias=self.bias)
         # Scaling the output rather than the weight: one multiply per output, not per weight.
         y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)

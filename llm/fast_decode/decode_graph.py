@@ -7,7 +7,7 @@ processors, criteria) and waits for the GPU at every step, so the GPU idles in b
 each token back one step late, while the next step already runs.
 
 Each graph is built per shape key ``(batch, bucketed cache length)``, sampling kind and
-options (packed attention, fused q/k/v), kept in the model's ``FastDecodeState`` (least
+options (packed attention, fused q/k/v, GEMV kernel), kept in the model's ``FastDecodeState`` (least
 recently used beyond ``MAX_CACHES_PER_MODEL`` freed). On CPU the same step runs uncaptured.
 """
 
@@ -23,6 +23,7 @@ import torch
 
 from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
+from llm.fast_decode.gemv_route import GemvKernel, gemv_route
 from llm.fast_decode.prefill import prefill
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
@@ -65,6 +66,7 @@ class DecodeGraph:
     sampling: Sampling
     config: Any = None  # the model's config: decode_step switches its attention implementation
     packed: bool = True  # decode steps use packed GQA attention (where the model uses "sdpa")
+    gemv: Any = None  # gemv_route.GemvRoute: the GEMV kernel of the step's linear layers (None: as they are)
     fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
     graph: Any = None
@@ -128,7 +130,7 @@ def choose_tokens(logits: torch.Tensor, g: DecodeGraph) -> torch.Tensor:
 def decode_step(g: DecodeGraph) -> None:
     """Advance every buffer by one token (this is what the CUDA graph holds)."""
     g.mask.index_fill_(3, g.cur, True)
-    with decode_forward(g.config, g.fused, packed=g.packed):
+    with decode_forward(g.config, g.fused, packed=g.packed, gemv=g.gemv):
         logits = g.forward(g.token, g.cur - g.pads, g.mask)
     chosen = choose_tokens(logits, g)
     g.token.copy_(chosen.unsqueeze(1))
@@ -157,6 +159,7 @@ def build_decode_graph(
     capture: bool,
     fused: list[FusedQKV] | None = None,
     packed: bool = True,
+    gemv_kernel: GemvKernel = "auto",
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -183,6 +186,7 @@ def build_decode_graph(
         config=model.config,
         fused=list(fused or []),
         packed=packed,
+        gemv=gemv_route(model, list(fused or []), gemv_kernel),
     )
     if not capture:
         return g
@@ -255,11 +259,11 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused))
+    full_key = (*key, sampling, options.packed_attention, bool(fused), options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
-                               packed=options.packed_attention)
+                               packed=options.packed_attention, gemv_kernel=options.gemv_kernel)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

@@ -1,4 +1,4 @@
-"""``gemv``: the Triton GEMV (``llm.kernels.gemv``) as a torch custom op, with a PyTorch fallback.
+"""``gemv_linear``: the Triton GEMV (``llm.kernels.gemv``) as a torch custom op, with a PyTorch fallback.
 
 Why ``torch.library.custom_op`` and not ``triton_op`` / a bare user-defined Triton kernel under
 ``torch.compile`` (torch 2.11 on the lent H200, 2.13 here): the op is opaque to Dynamo and
@@ -37,7 +37,7 @@ _broken: list[str] = []  # why the kernel was given up, once it failed
 
 
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``gemv`` would run the Triton kernel for ``x`` (rows <= 16, CUDA 16-bit activations,
+    """Whether ``gemv_linear`` would run the Triton kernel for ``x`` (rows <= 16, CUDA 16-bit activations,
     or any float dtype on CPU under Triton's interpreter) and ``weight`` (int8 or ``x``'s dtype)."""
     rows = x.numel() // max(1, x.shape[-1])
     if not TRITON_AVAILABLE or _broken or not 0 < rows <= MAX_ROWS or weight.dim() != 2:
@@ -52,14 +52,14 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def reference_gemv(
     x: torch.Tensor, weight: torch.Tensor, *, scales: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """What ``gemv`` computes, in PyTorch (the int8 layer's former forward): the fallback and the tests' reference."""
+    """What ``gemv_linear`` computes, in PyTorch (the int8 layer's former forward): the fallback and the tests' reference."""
     y = F.linear(x, weight.to(x.dtype))
     if scales is not None:
         y = y * scales.to(x.dtype)
     return y if bias is None else y + bias.to(x.dtype)
 
 
-def gemv(
+def gemv_linear(
     x: torch.Tensor, weight: torch.Tensor, *, scales: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x @ weight.T`` (``* scales`` per output channel) (``+ bias``) over ``x``'s last axis, in
@@ -77,7 +77,7 @@ def gemv(
 def gemv_op(
     x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor], bias: Optional[torch.Tensor]  # noqa: UP045
 ) -> torch.Tensor:
-    """The op behind ``gemv``: ``x`` is ``(M, K)``, M <= 16."""
+    """The op behind ``gemv_linear``: ``x`` is ``(M, K)``, M <= 16."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     if not _broken:
