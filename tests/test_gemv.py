@@ -94,8 +94,8 @@ def interpreted_checks() -> None:
 @needs_triton
 def test_kernel_under_triton_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "-c", "from tests.test_gemv import interpreted_checks; interpreted_checks()"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    code = "from tests.test_gemv import interpreted_checks; interpreted_checks()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
 
 
@@ -155,12 +155,13 @@ def test_kernel_matches_f_linear_on_cuda(int8: bool) -> None:
     for n, k in SHAPES:
         for rows in (1, 3, 16):
             c = _case(rows, n, k, torch.bfloat16, int8=int8, device="cuda")
-            ref = _reference(c)
+            ref = _reference(c)  # the first call tunes: every candidate runs once
             assert _close(gemv_linear(c["x"], c["weight"], scales=c["scales"], bias=c["bias"]), ref, torch.bfloat16)
-            for config in candidates(rows, n, k, int8=int8):  # every candidate the tuner may pick
-                y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
-                assert _close(y, ref, torch.bfloat16), (n, k, rows, config)
             assert choose_config(c["x"], c["weight"], c["scales"], c["bias"]) is not None
+            if (n, k) == SHAPES[1]:  # tall K: split-K candidates too; each must be right, not just fast
+                for config in candidates(rows, n, k, int8=int8):
+                    y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
+                    assert _close(y, ref, torch.bfloat16), (n, k, rows, config)
 
 
 @pytest.mark.gpu

@@ -12,8 +12,9 @@ Each program owns ``BLOCK_N`` output channels and one K-slice (``split_k`` slice
 shapes such as down_proj, K=13696, where N/BLOCK_N programs alone would leave SMs idle); it
 loads each ``BLOCK_N x BLOCK_K`` weight tile once and all M rows of x against it:
 
-- M <= 4: broadcast multiply-add into a ``(BLOCK_M, BLOCK_N, BLOCK_K)`` float32 accumulator,
-  reduced over K once at the end (the classic GEMV: no per-iteration cross-thread reduction);
+- M <= 4: broadcast multiply-add into a float32 accumulator of the tile's shape (``(BLOCK_N,
+  BLOCK_K)`` for one row, ``(BLOCK_M, BLOCK_N, BLOCK_K)`` for 2-4), reduced over K once at the
+  end (the classic GEMV: no cross-thread reduction per step);
 - M 5..16 with 16-bit activations: ``tl.dot`` on a 16-row tile (rows past M masked), the tensor
   cores doing the multiply; compute is never the limit here, the layout conversion is cheaper
   than a 16-deep register accumulator.
@@ -61,6 +62,8 @@ def _gemv_kernel(
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + (k_start + rk)[None, :]
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    elif BLOCK_M == 1:  # one row: a 2-D accumulator, the plain GEMV layout
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     else:
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
@@ -76,11 +79,15 @@ def _gemv_kernel(
             w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0)
         if USE_DOT:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        elif BLOCK_M == 1:
+            acc2 += w.to(tl.float32) * x.to(tl.float32)  # (BLOCK_N, BLOCK_K) * (1, BLOCK_K)
         else:
             acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    if not USE_DOT:
+    if BLOCK_M == 1 and not USE_DOT:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    elif not USE_DOT:
         acc = tl.sum(acc3, axis=2)
     out_mask = m_ok[:, None] & n_ok[None, :]
     if PARTIAL:  # float32 partial sums of this K-slice; _split_reduce_kernel finishes

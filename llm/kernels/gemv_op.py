@@ -52,7 +52,7 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def reference_gemv(
     x: torch.Tensor, weight: torch.Tensor, *, scales: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """What ``gemv_linear`` computes, in PyTorch (the int8 layer's former forward): the fallback and the tests' reference."""
+    """What ``gemv_linear`` computes, in PyTorch (the int8 layer's former forward): the fallback."""
     y = F.linear(x, weight.to(x.dtype))
     if scales is not None:
         y = y * scales.to(x.dtype)
