@@ -55,8 +55,8 @@ for s in $sections; do
     decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
     gemv)     run ${T_GEMV:-600} gemv "$PY" -m bench.gemv ;;
-    quant6b_triton) run ${T_QUANT6B:-240} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
-    quant6b)  run ${T_QUANT6B:-240} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
+    quant6b_triton) run ${T_QUANT6B:-330} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
+    quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
     *) log "unknown section $s" ;;
   esac

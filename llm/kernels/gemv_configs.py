@@ -66,14 +66,13 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     adds split-K variants, which double the programs at the cost of a small float32 reduction.
     """
     if rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
-        base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4),
-                GemvConfig(64, 64, num_stages=4)]
+        base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4)]
     elif rows == 1 and int8:
         base = [GemvConfig(16, 512), GemvConfig(8, 512), GemvConfig(16, 256), GemvConfig(32, 256),
-                GemvConfig(32, 512, num_warps=8), GemvConfig(8, 1024, num_warps=8)]
+                GemvConfig(8, 1024, num_warps=8)]
     elif rows == 1:
         base = [GemvConfig(16, 256), GemvConfig(8, 256), GemvConfig(8, 512), GemvConfig(32, 128),
-                GemvConfig(16, 512, num_warps=8), GemvConfig(4, 512)]
+                GemvConfig(16, 512, num_warps=8)]
     else:
         base = [GemvConfig(8, 256), GemvConfig(16, 128), GemvConfig(4, 512), GemvConfig(16, 256, num_warps=8)]
     if k >= 2 * n:  # tall K: the same tiles with 2 and 4 K-slices
