@@ -11,8 +11,10 @@ points included) and the share of the device-to-device copy bandwidth (a 1 GiB `
 read + written bytes over time, as in ``bench.kernels`` and ``bench.decode``).
 
 Variants: bf16 ``F.linear`` (cuBLAS); bf16 ``torch.compile`` with coordinate-descent tuning;
-bf16 Triton (``llm.kernels``); INT8 as the layer's PyTorch forward under ``torch.compile``
-(the decode graph before the kernel); INT8 Triton; INT4 ``WeightOnlyInt4Linear`` compiled; and
+bf16 Triton (``llm.kernels``, the best swept config); bf16 ``gemv_linear`` as the decode step's
+``gemv_kernel="triton"`` runs it (tuned per shape, cuBLAS allowed to win); INT8 as the layer's
+PyTorch forward under ``torch.compile`` (the decode graph before the kernel); INT8 Triton (the
+layer as the decode step runs it, tuned); INT4 ``WeightOnlyInt4Linear`` compiled; and
 ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it. With
 ``--sweep`` (default) every Triton candidate config is timed too and the fastest printed as
 a ``TUNED`` line for ``llm/kernels/gemv_configs.py``. A failing variant is reported as its
@@ -155,9 +157,22 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=False, options={"coordinate_descent_tuning": True})
 
 
-def variants(w: Weights, x: torch.Tensor) -> dict[str, tuple[str, Callable[[], Callable[[int], Any]]]]:
-    """name -> (weight kind, builder of ``call(i)``); builders run inside the variant's try."""
+def variants(
+    w: Weights, x: torch.Tensor, best: dict[str, str]
+) -> dict[str, tuple[str, Callable[[], Callable[[int], Any]]]]:
+    """name -> (weight kind, builder of ``call(i)``); builders run inside the variant's try.
+    ``best``: the fastest swept Triton config per weight kind (else the heuristic)."""
     from llm.kernels import gemv_linear
+    from llm.kernels.gemv import launch_gemv
+    from llm.kernels.gemv_configs import GemvConfig, candidates
+
+    rows = x.numel() // x.shape[-1]
+    x2 = x.reshape(rows, -1)
+
+    def triton_config(kind: str) -> GemvConfig:
+        if kind in best:
+            return GemvConfig.parse(best[kind])
+        return candidates(rows, w.n, w.k, int8=kind == "int8")[0]
 
     def bf16_cublas() -> Callable[[int], Any]:
         ws = w.get("bf16")
@@ -168,6 +183,10 @@ def variants(w: Weights, x: torch.Tensor) -> dict[str, tuple[str, Callable[[], C
         return lambda i: fn(x, ws[i % len(ws)])
 
     def bf16_triton() -> Callable[[int], Any]:
+        ws, config = w.get("bf16"), triton_config("bf16")
+        return lambda i: launch_gemv(x2, ws[i % len(ws)], None, None, config)
+
+    def bf16_routed() -> Callable[[int], Any]:  # what gemv_kernel="triton" runs: tuned, cuBLAS allowed
         ws = w.get("bf16")
         return lambda i: gemv_linear(x, ws[i % len(ws)])
 
@@ -193,9 +212,10 @@ def variants(w: Weights, x: torch.Tensor) -> dict[str, tuple[str, Callable[[], C
     return {
         "bf16 F.linear (cuBLAS)": ("bf16", bf16_cublas),
         "bf16 compiled (coord. descent)": ("bf16", bf16_compiled),
-        "bf16 Triton": ("bf16", bf16_triton),
+        "bf16 Triton (best swept)": ("bf16", bf16_triton),
+        "bf16 gemv_linear (tuned, cuBLAS allowed)": ("bf16", bf16_routed),
         "int8 compiled (PyTorch forward)": ("int8", int8_layer("torch", compile_=True)),
-        "int8 Triton": ("int8", int8_layer("triton", compile_=False)),
+        "int8 Triton (layer, tuned)": ("int8", int8_layer("triton", compile_=False)),
         "int4 compiled (WeightOnlyInt4Linear)": ("int4", int4_compiled),
         "int4 tinygemm (_weight_int4pack_mm)": ("int4pack", int4_tinygemm),
     }
@@ -231,7 +251,14 @@ def bench_shape(name: str, n: int, k: int, rows: int, *, device: str, dtype: tor
     x = torch.randn(rows, 1, k, device=device, dtype=dtype)  # (batch, one token, hidden) as in the decode step
     result: dict[str, Any] = {"N": n, "K": k, "rows": rows, "variants": {}}
     with torch.inference_mode():
-        for label, (kind, build) in variants(w, x).items():
+        best: dict[str, str] = {}
+        if do_sweep:
+            result["sweep"] = {kind: sweep(w, x, kind, device=device) for kind in ("bf16", "int8")}
+            for kind, times in result["sweep"].items():
+                timed = {c: t for c, t in times.items() if isinstance(t, float)}
+                if timed:
+                    best[kind] = min(timed, key=timed.get)
+        for label, (kind, build) in variants(w, x, best).items():
             try:
                 seconds = time_calls(build(), device=device)
                 size = weight_size(w.get(kind)[0])
@@ -241,8 +268,6 @@ def bench_shape(name: str, n: int, k: int, rows: int, *, device: str, dtype: tor
             except Exception as e:  # report and go on with the next variant
                 result["variants"][label] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"  {name} M={rows} {label}: {result['variants'][label]}", flush=True)
-        if do_sweep:
-            result["sweep"] = {kind: sweep(w, x, kind, device=device) for kind in ("bf16", "int8")}
     del w
     if device == "cuda":
         torch.cuda.empty_cache()

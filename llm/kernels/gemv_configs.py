@@ -5,9 +5,10 @@ be registered (and its fallback tested) where Triton is missing.
 
 Picking, per ``(weight kind, row bucket, N, K)``, in ``llm.kernels.gemv_op.choose_config``:
 
-1. ``TUNED``: measured winners (``python -m bench.gemv`` prints them in its ``best`` column);
+1. ``TUNED``: measured winners (``python -m bench.gemv`` prints them as ``TUNED`` lines);
 2. otherwise, on CUDA outside graph capture: ``candidates`` timed once per shape and process
-   (a few ms each, plus Triton's compile, cached on disk) and the fastest kept;
+   (a few ms each, plus Triton's compile, cached on disk) and the fastest kept; for float weights
+   PyTorch's ``F.linear`` (cuBLAS) competes too, so a shape cuBLAS serves better stays on it;
 3. inside a CUDA graph capture, or where timing fails: the first candidate (the heuristic).
 """
 
@@ -42,8 +43,11 @@ class GemvConfig:
         return cls(*(int(g) for g in m.groups()))
 
 
-# Measured winners: (kind "int8" | "float", row bucket, N, K) -> config string. Empty until a
-# lent-GPU run of ``bench.gemv`` fills it; until then each process tunes on first use.
+TORCH = "torch"  # a choice meaning: PyTorch (cuBLAS) for this shape, it beat every Triton config
+Choice = GemvConfig | str  # a config, or TORCH
+
+# Measured winners: (kind "int8" | "float", row bucket, N, K) -> config string or "torch". Empty
+# until a lent-GPU run of ``bench.gemv`` fills it; until then each process tunes on first use.
 TUNED: dict[tuple[str, int, int, int], str] = {}
 
 
@@ -80,7 +84,7 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     return base
 
 
-def tuned(rows: int, n: int, k: int, *, int8: bool) -> GemvConfig | None:
+def tuned(rows: int, n: int, k: int, *, int8: bool) -> Choice | None:
     """The checked-in winner for this shape, if any."""
     text = TUNED.get((weight_kind(int8), row_bucket(rows), n, k))
-    return None if text is None else GemvConfig.parse(text)
+    return None if text is None else TORCH if text == TORCH else GemvConfig.parse(text)

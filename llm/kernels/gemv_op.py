@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from llm.kernels.gemv_configs import MAX_ROWS, GemvConfig, candidates, row_bucket, tuned, weight_kind
+from llm.kernels.gemv_configs import MAX_ROWS, TORCH, Choice, candidates, row_bucket, tuned, weight_kind
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ TRITON_AVAILABLE = find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
 KERNELS = ("triton", "torch")
 
-_chosen: dict[tuple[object, ...], GemvConfig] = {}  # per process: (kind, rows, N, K, dtype) -> config
+_chosen: dict[tuple[object, ...], Choice] = {}  # per process: (kind, rows, N, K, dtype) -> config
 _broken: list[str] = []  # why the kernel was given up, once it failed
 
 
@@ -52,7 +52,10 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def reference_gemv(
     x: torch.Tensor, weight: torch.Tensor, *, scales: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """What ``gemv_linear`` computes, in PyTorch (the int8 layer's former forward): the fallback."""
+    """What ``gemv_linear`` computes, in PyTorch: ``nn.Linear``'s forward for float weights (cuBLAS,
+    bias fused), the int8 layer's former forward for int8; the fallback and a tuning candidate."""
+    if scales is None:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
     y = F.linear(x, weight.to(x.dtype))
     if scales is not None:
         y = y * scales.to(x.dtype)
@@ -84,7 +87,9 @@ def gemv_op(
         try:
             from llm.kernels.gemv import launch_gemv
 
-            return launch_gemv(x, weight, scales, bias, choose_config(x, weight, scales, bias))
+            choice = choose_config(x, weight, scales, bias)
+            if choice != TORCH:
+                return launch_gemv(x, weight, scales, bias, choice)
         except Exception as e:  # Triton too old, a config the GPU cannot run: PyTorch from now on
             _broken.append(f"{type(e).__name__}: {e}")
             logger.warning("the Triton GEMV failed, using PyTorch for small-batch linear layers: %s", _broken[0])
@@ -100,9 +105,10 @@ def _gemv_fake(
 
 def choose_config(
     x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None
-) -> GemvConfig:
+) -> Choice:
     """The config for this shape (``llm.kernels.gemv_configs``: checked-in table, else the fastest
-    candidate timed once per process on CUDA, else the heuristic)."""
+    candidate timed once per process on CUDA, else the heuristic), or ``TORCH`` where PyTorch
+    (cuBLAS) beat every Triton config for a float weight: then "triton" means the faster of the two."""
     rows, k = x.shape
     n, int8 = weight.shape[0], weight.dtype == torch.int8
     key = (weight_kind(int8), row_bucket(rows), n, k, x.dtype)
@@ -111,23 +117,25 @@ def choose_config(
         return chosen
     chosen = tuned(rows, n, k, int8=int8)
     if chosen is None:
-        options = candidates(rows, n, k, int8=int8)
+        options: list[Choice] = list(candidates(rows, n, k, int8=int8))
         if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
             return options[0]  # not remembered: the next uncaptured CUDA call times them
+        if scales is None:
+            options.append(TORCH)
         chosen = fastest(options, x, weight, scales, bias)
     _chosen[key] = chosen
     return chosen
 
 
 def fastest(
-    options: list[GemvConfig],
+    options: list[Choice],
     x: torch.Tensor,
     weight: torch.Tensor,
     scales: torch.Tensor | None,
     bias: torch.Tensor | None,
     *,
     repeats: int = 8,
-) -> GemvConfig:
+) -> Choice:
     """The candidate with the least median time of one launch, each timed right after L2 is
     flushed (a 256 MiB write), since the decode step reads every weight from HBM: timed
     back to back, a 16 MiB INT8 o_proj would be served from the 50 MiB L2 and favour other tiles.
@@ -136,16 +144,21 @@ def fastest(
     from llm.kernels.gemv import launch_gemv
 
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device=x.device)
-    best: tuple[float, GemvConfig] | None = None
+    best: tuple[float, Choice] | None = None
     for config in options:
+        def run(c: Choice = config) -> torch.Tensor:
+            if c == TORCH:
+                return reference_gemv(x, weight, scales=scales, bias=bias)
+            return launch_gemv(x, weight, scales, bias, c)
+
         try:
-            launch_gemv(x, weight, scales, bias, config)  # compile and warm
+            run()  # compile and warm
             events = []
             for _ in range(repeats):
                 flush.zero_()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                launch_gemv(x, weight, scales, bias, config)
+                run()
                 end.record()
                 events.append((start, end))
             torch.cuda.current_stream().synchronize()
