@@ -275,14 +275,20 @@ def bench_shape(name: str, n: int, k: int, rows: int, *, device: str, dtype: tor
 
 
 def best_configs(results: list[dict[str, Any]]) -> dict[str, str]:
-    """``TUNED`` entries: (kind, rows, N, K) -> fastest swept config."""
+    """``TUNED`` entries: (kind, rows, N, K) -> fastest swept config, or "torch" for a bf16 shape
+    where cuBLAS beat every Triton config."""
     best = {}
     for r in results:
         for kind, times in r.get("sweep", {}).items():
             timed = {c: t for c, t in times.items() if isinstance(t, float)}
-            if timed:
-                key = ("int8" if kind == "int8" else "float", r["rows"], r["N"], r["K"])
-                best[repr(key)] = min(timed, key=timed.get)
+            if not timed:
+                continue
+            key = ("int8" if kind == "int8" else "float", r["rows"], r["N"], r["K"])
+            winner = min(timed, key=timed.get)
+            cublas = r["variants"].get("bf16 F.linear (cuBLAS)", {}).get("us")
+            if kind == "bf16" and cublas is not None and cublas < timed[winner]:
+                winner = "torch"
+            best[repr(key)] = winner
     return best
 
 
