@@ -109,6 +109,24 @@ def test_without_kernel_gemv_is_the_int8_layers_former_forward() -> None:
     assert torch.equal(layer(torch.ones(1, 16)), reference_gemv(torch.ones(1, 16), layer.weight, scales=layer.scales))
 
 
+def test_config_table_entries_parse_and_candidates_fit_the_kernel() -> None:
+    from llm.kernels.gemv_configs import TORCH, TUNED, GemvConfig, candidates, row_bucket, tuned
+
+    assert [row_bucket(r) for r in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert GemvConfig.parse(str(GemvConfig(16, 512, 2, 8, 4))) == GemvConfig(16, 512, 2, 8, 4)
+    for key, text in TUNED.items():  # checked-in winners must parse
+        assert text == TORCH or GemvConfig.parse(text), key
+    for rows in range(1, 17):
+        for n, k in ((4608, 4096), (4096, 13696), (65024, 4096)):
+            for int8 in (True, False):
+                options = candidates(rows, n, k, int8=int8)
+                assert len(options) <= 10 and len(set(options)) == len(options)
+                if rows >= 5:  # tl.dot tiles
+                    assert all(c.block_n >= 16 and c.block_k >= 16 for c in options)
+                choice = tuned(rows, n, k, int8=int8)
+                assert choice is None or choice == TORCH or isinstance(choice, GemvConfig)
+
+
 @pytest.mark.parametrize("kernel", ["triton", "torch"])
 @pytest.mark.parametrize("kind", ["none", "int8"])
 def test_decode_step_gemv_switch_keeps_tokens_and_restores_layers(kind: str, kernel: str, tiny_glm_dir: Path) -> None:
