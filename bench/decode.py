@@ -186,6 +186,22 @@ def build_model(shape: str, *, device: str, dtype: torch.dtype, tokenizer: Any, 
     return model
 
 
+def layer_kernels(model: Any) -> dict[str, int]:
+    """How many weight-only layers of each kind run on which kernel, e.g. ``{"int4:tinygemm": 196}``:
+    INT4 on a bf16 sm80+ GPU should be all tinygemm (``llm.int4_tinygemm``); {} for bf16."""
+    from collections import Counter
+
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    counts: Counter[str] = Counter()
+    for module in model.modules():
+        if isinstance(module, WeightOnlyInt4Linear):
+            counts[f"int4:{module.kernel}"] += 1
+        elif isinstance(module, WeightOnlyInt8Linear):
+            counts[f"int8:{getattr(module, 'kernel', 'dequant')}"] += 1
+    return dict(counts)
+
+
 def free_model() -> None:
     import gc
 
@@ -215,7 +231,8 @@ def bench_quantization(
         built, model = timed(lambda k=kind: build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=k,
                                                         group_size=group_size))
         free_model()
-        row: dict[str, Any] = {"build_s": built, "weight_gib": stored_bytes(model) / 2**30}
+        row: dict[str, Any] = {"build_s": built, "weight_gib": stored_bytes(model) / 2**30,
+                               "kernel": layer_kernels(model)}
         if torch.cuda.is_available():
             row["gpu_allocated_gib"] = torch.cuda.memory_allocated() / 2**30
         with torch.inference_mode():
@@ -258,11 +275,13 @@ def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, 
     write_result(args.out, f"quant_{shape}{suffix}", result)
     rows = [
         (kind, r["weight_gib"], r["stream_tok_s"], r["tok_s_over_bf16"], r["stream_ttft_s"] * 1e3,
-         r["logits_rel_error"], r["top1_agreement"], r["fast_decode_active"])
+         r["logits_rel_error"], r["top1_agreement"], r["fast_decode_active"],
+         " ".join(f"{k}x{n}" for k, n in r["kernel"].items()) or "F.linear")
         for kind, r in result["quantization"]["rows"].items()
     ]
     print_table(f"weight-only quantization, {shape} on {device} ({args.new_tokens} new tokens, ChatGLM.stream)", rows,
-                ("kind", "weight GiB", "tok/s", "x bf16", "TTFT ms", "logits rel err", "top-1 agree", "fast path"))
+                ("kind", "weight GiB", "tok/s", "x bf16", "TTFT ms", "logits rel err", "top-1 agree", "fast path",
+                 "kernel"))
 
 
 def map_prompts(tokenizer: Any, *, count: int, tokens: int) -> list[str]:

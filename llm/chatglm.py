@@ -111,9 +111,12 @@ class ChatGLM(LLM):
         quantization: str = "none",
         trust_remote_code: bool = False,
         quantization_group_size: int = 128,
+        adapter: str | Path | None = None,
+        merge_adapter: bool = False,
         **fields: Any,
     ) -> ChatGLM:
-        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``) and wrap it."""
+        """Load a local model folder or hub id (see ``llm.loading.load_model_and_tokenizer``, which
+        also applies ``adapter``: a P-tuning v2 or LoRA folder) and wrap it."""
         model, tokenizer = load_model_and_tokenizer(
             path,
             device=device,
@@ -121,6 +124,8 @@ class ChatGLM(LLM):
             quantization=quantization,
             trust_remote_code=trust_remote_code,
             quantization_group_size=quantization_group_size,
+            adapter=adapter,
+            merge_adapter=merge_adapter,
         )
         return cls(model=model, tokenizer=tokenizer, model_path=str(path), **fields)
 

@@ -8,8 +8,9 @@ vector product, so the full-precision weight is never written to memory there. E
 (CPU, ``fast_decode=False``) pay a dequantization per call and are correct but not faster.
 
 - INT8: symmetric, one scale per output channel (``w ≈ q * scale``, q in [-127, 127]).
-- INT4: asymmetric, one scale and zero point per group of ``group_size`` input columns
-  (``w ≈ (q - zero) * scale``, q in [0, 15]), two values packed per byte.
+- INT4: asymmetric, one scale and integer zero point per group of ``group_size`` input
+  columns (``w ≈ (q - zero) * scale``, q in [0, 15]), two values packed per byte. On a CUDA GPU
+  (sm80+, bf16) the layer runs torch's tinygemm INT4 kernel (``llm.int4_tinygemm``) instead.
 
 ``quantize_model_(model, "int8" | "int4")`` swaps every ``nn.Linear`` except the LM head (its
 error shows directly in the logits, and it is read once per token like any other layer) for
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from configs.errors import BadInput
+from llm import int4_tinygemm as tinygemm
 from llm.kernels import KERNELS, gemv_applies, gemv_linear
 
 WEIGHT_ONLY = ("int8", "int4")
@@ -63,7 +65,15 @@ class WeightOnlyInt8Linear(nn.Module):
 
 
 class WeightOnlyInt4Linear(nn.Module):
-    """``y = x @ ((q - zero) * scale).T + b`` with int4 ``q`` packed two per byte, grouped along inputs."""
+    """``y = x @ ((q - zero) * scale).T + b`` with int4 ``q`` packed two per byte, grouped along inputs.
+
+    Two forms of the same numbers (``kernel``): "dequant" (glmkb's buffers ``weight`` uint8
+    ``[N, K/2]``, ``scales``, ``zeros``; ``forward`` dequantizes, correct everywhere) and, once the
+    layer is on a CUDA GPU of sm80+ with bf16 scales and a shape the kernel takes, "tinygemm"
+    (``weight`` int32 in ``aten._weight_int4pack_mm``'s layout plus ``scales_and_zeros``;
+    ``llm.int4_tinygemm``). Only one form is held at a time; moving off the GPU or to another
+    dtype converts back exactly, and ``state_dict`` always has the "dequant" buffers.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = DEFAULT_GROUP_SIZE) -> None:
         super().__init__()
@@ -74,23 +84,113 @@ class WeightOnlyInt4Linear(nn.Module):
                 "choose llm.quantization_group_size among 32, 64, 128 dividing it"
             )
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.kernel = "dequant"
         q, scale, zero = quantize_int4(weight, group_size=group_size)
         self.register_buffer("weight", pack_int4(q))
         self.register_buffer("scales", scale.to(weight.dtype))
         self.register_buffer("zeros", zero.to(weight.dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("scales_and_zeros", None, persistent=False)
+        self._use_tinygemm_if_fits()
+
+    @property
+    def fuse_axes(self) -> dict[str, int]:
+        """Each tensor's output-feature axis (``llm.fast_decode.attention`` fuses q/k/v along it)."""
+        if self.kernel == "tinygemm":
+            return {"weight": 0, "bias": 0, "scales_and_zeros": 1}
+        return {"weight": 0, "bias": 0, "scales": 0, "zeros": 0}
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """The full-precision weight these buffers stand for (fused away under ``torch.compile``)."""
-        q = unpack_int4(self.weight).to(dtype).view(self.out_features, -1, self.group_size)
-        w = (q - self.zeros.to(dtype).unsqueeze(-1)) * self.scales.to(dtype).unsqueeze(-1)
-        return w.reshape(self.out_features, self.in_features)
+        if self.kernel == "tinygemm":
+            q, scales, zeros = self.canonical_buffers()
+            return _dequantize(unpack_int4(q), scales, zeros, group_size=self.group_size, dtype=dtype)
+        return _dequantize(unpack_int4(self.weight), self.scales, self.zeros, group_size=self.group_size, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kernel == "tinygemm":
+            y = self._tinygemm(x)
+            return y if bias is None else y + bias
+        return F.linear(x, self.dequantized(x.dtype), bias)
+
+    def _tinygemm(self, x: torch.Tensor) -> torch.Tensor:
+        """One ``_weight_int4pack_mm`` over all rows of ``x`` (the kernel takes 2-D bf16)."""
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        # contiguous(): q/k/v's parts of a fused scales_and_zeros are column slices (no-op otherwise)
+        y = tinygemm.int4pack_mm(rows, self.weight, self.group_size, self.scales_and_zeros.contiguous())
+        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+    def canonical_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(weight, scales, zeros)`` in the "dequant" form, whichever form the layer holds."""
+        if self.kernel != "tinygemm":
+            return self.weight, self.scales, self.zeros
+        scales, zeros = tinygemm.split_scales_and_zeros(self.scales_and_zeros)
+        q = tinygemm.unpack_weight(self.weight, out_features=scales.shape[0], in_features=self.in_features,
+                                   group_size=self.group_size)
+        dtype = self.scales_and_zeros.dtype
+        return pack_int4(q), scales.to(dtype), zeros.to(dtype)
+
+    def _use_tinygemm_if_fits(self) -> None:
+        """Switch to the "tinygemm" form when the device, dtype and shape allow it."""
+        if self.kernel == "tinygemm" or self.scales.dtype != torch.bfloat16:
+            return
+        if not tinygemm.tinygemm_available(self.weight.device) or not tinygemm.tinygemm_fits(
+            in_features=self.in_features, out_features=self.out_features, group_size=self.group_size
+        ):
+            return
+        tiles = tinygemm.inner_k_tiles(self.in_features)
+        packed = tinygemm.pack_weight(unpack_int4(self.weight), inner_tiles=tiles)
+        scales_zeros = tinygemm.scales_and_zeros(self.scales, self.zeros, dtype=torch.bfloat16)
+        self.weight, self.scales, self.zeros, self.scales_and_zeros = packed, None, None, scales_zeros
+        self.kernel = "tinygemm"
+
+    def _use_dequant(self) -> None:
+        """Back to the "dequant" form, exactly: q and scales are kept, integer zeros re-derived."""
+        if self.kernel != "tinygemm":
+            return
+        weight, scales, zeros = self.canonical_buffers()
+        self.weight, self.scales, self.zeros, self.scales_and_zeros = weight, scales, zeros, None
+        self.kernel = "dequant"
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """``.to()``, ``.cuda()``, ``.float()``...: leave tinygemm's form only when the move needs it."""
+        if self.kernel == "tinygemm":
+            probe = fn(torch.empty(0, dtype=torch.bfloat16, device=self.weight.device))
+            if probe.dtype != torch.bfloat16 or not tinygemm.tinygemm_available(probe.device):
+                self._use_dequant()
+        result = super()._apply(fn, recurse)
+        self._use_tinygemm_if_fits()
+        return result
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+        weight, scales, zeros = self.canonical_buffers()
+        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
+        destination[prefix + "scales"] = scales if keep_vars else scales.detach()
+        destination[prefix + "zeros"] = zeros if keep_vars else zeros.detach()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        tinygemm_form = self.kernel == "tinygemm"
+        self._use_dequant()
+        super()._load_from_state_dict(*args, **kwargs)
+        if tinygemm_form:
+            self._use_tinygemm_if_fits()
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}, "
+                f"kernel={self.kernel}")
+
+
+def _dequantize(
+    q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``(q - zero) * scale`` per group of unpacked ``q``, as an ``[N, K]`` tensor of ``dtype``."""
+    out_features = q.shape[0]
+    q = q.to(dtype).view(out_features, -1, group_size)
+    w = (q - zeros.to(dtype).unsqueeze(-1)) * scales.to(dtype).unsqueeze(-1)
+    return w.reshape(out_features, -1)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,12 +202,19 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_int4(weight: torch.Tensor, *, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Asymmetric group-wise INT4: ``(q, scale, zero)``, q in [0, 15] as uint8, one scale/zero per group."""
+    """Asymmetric group-wise INT4: ``(q, scale, zero)``, q in [0, 15] as uint8, one scale and one
+    integer zero point per group (``w ≈ (q - zero) * scale``).
+
+    The zero point is rounded but not clamped to [0, 15]: clamped, a group that does not straddle
+    0 (all positive or all negative, e.g. a shifted row) had every value clipped to one end of the
+    range. Unclamped, its 16 levels still span [min, max] (off by at most half a step), and an
+    integer zero stays exact in bf16 and through tinygemm's form and back (``|8 - zero| < 128``).
+    """
     out_features, in_features = weight.shape
     w = weight.detach().float().view(out_features, in_features // group_size, group_size)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
     scale = ((high - low) / 15.0).clamp(min=1e-8)
-    zero = torch.round(-low / scale).clamp(0, 15)
+    zero = torch.round(-low / scale)
     q = torch.round(w / scale.unsqueeze(-1) + zero.unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
     return q.view(out_features, in_features), scale, zero
 

@@ -133,10 +133,20 @@ def test_batched_generation_equals_one_by_one(ptuned: tuple[Any, Any, ReferenceC
     assert batched == [llm.invoke(p) for p in prompts]
 
 
-def test_fast_decode_refuses_with_a_reason(ptuned: tuple[Any, Any, ReferenceChatGLM, dict[str, Any]]) -> None:
+def test_fast_decode_takes_a_prefixed_model(ptuned: tuple[Any, Any, ReferenceChatGLM, dict[str, Any]]) -> None:
+    """The fast path holds the prefix in its static cache (tests/test_adapters_ptuning_fast_decode.py):
+    attaching one no longer refuses it, and the hook leaves a claimed cache alone."""
+    from transformers import DynamicCache
+
+    from llm.fast_decode import cache_kwarg
+
     model = ptuned[0]
-    assert "P-tuning" in model.fast_decode_unsupported
-    assert model._can_compile_fullgraph is False  # llm.fast_decode.unsupported_reason refuses such a model
+    assert getattr(model, "fast_decode_unsupported", None) is None
+    assert "_can_compile_fullgraph" not in model.__dict__
+    claimed = ptuning.claim_cache(DynamicCache(config=model.config))
+    with torch.inference_mode():
+        model(input_ids=random_ids(ptuned[3], 3, seed=2), **{cache_kwarg(model): claimed}, use_cache=True)
+    assert claimed.get_seq_length() == 3  # the prompt only: no prefix written by the hook
 
 
 def test_prefix_inside_full_checkpoint(chatglm2_mqa_legacy_path: Path, tmp_path: Path) -> None:

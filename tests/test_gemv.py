@@ -229,3 +229,22 @@ def test_bf16_int8_decode_graph_runs_the_kernel(kernel: str, tiny_glm_dir: Path)
     assert any(key.startswith("int8") for key in chosen_configs())
     if kernel == "triton":
         assert any(key.startswith("float") for key in chosen_configs())
+
+
+def test_decode_compile_tunes_int8_only_where_it_dequantizes_in_pytorch() -> None:
+    """INT8 layers on the Triton GEMV need no coordinate-descent tuning (it would only turn the bf16
+    LM head's cuBLAS GEMV into an Inductor reduction); on the PyTorch path they do."""
+    from types import SimpleNamespace
+
+    from llm.fast_decode.decode_graph import compile_options
+    from llm.kernels import TRITON_AVAILABLE
+
+    def model(dtype: torch.dtype) -> torch.nn.Module:
+        m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)).to(dtype)
+        m.config = SimpleNamespace()
+        return quantize_model_(m, "int8", skip=("1",))
+
+    tuned = {"coordinate_descent_tuning": True}
+    assert compile_options(model(torch.float32)) == tuned  # the kernel takes 16-bit activations only
+    assert compile_options(model(torch.bfloat16), "torch") == tuned
+    assert compile_options(model(torch.bfloat16)) == (None if TRITON_AVAILABLE else tuned)

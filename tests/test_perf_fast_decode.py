@@ -472,9 +472,10 @@ def test_prefill_buckets() -> None:
 
 
 def test_an_attached_adapter_is_the_reason_the_fast_path_is_off() -> None:
-    """Regression: a model carrying a P-tuning prefix was refused as "GlmForCausalLM does not
-    support a compiled static cache", which sent users looking at the wrong thing."""
-    from llm.adapters.ptuning import FAST_DECODE_REASON
+    """Regression: a model carrying an adapter the fast path cannot run (unmerged LoRA; P-tuning
+    once) was refused as "GlmForCausalLM does not support a compiled static cache", which sent
+    users looking at the wrong thing."""
+    from llm.adapters.lora import FAST_DECODE_REASON
     from llm.fast_decode.state import unsupported_reason
 
     model = types.SimpleNamespace(fast_decode_unsupported=FAST_DECODE_REASON, device=torch.device("cuda"))

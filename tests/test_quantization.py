@@ -84,8 +84,9 @@ def test_quantized_tiny_glm_agrees_with_full_precision(kind: str, tiny_glm_dir: 
         a, b = ref(ids).logits, model(ids).logits
     rel = ((a - b).norm() / a.norm()).item()
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-    assert rel < (0.02 if kind == "int8" else 0.25), rel
-    assert top1 > (0.9 if kind == "int8" else 0.5), top1
+    # measured (group 32): int8 0.006 / 1.0, int4 0.084 / 0.875 (per-weight error 8%, bench.quant_error)
+    assert rel < (0.012 if kind == "int8" else 0.12), rel
+    assert top1 > (0.95 if kind == "int8" else 0.75), top1
 
 
 def test_bad_kind_and_group_are_one_line() -> None:

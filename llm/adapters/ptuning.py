@@ -14,11 +14,10 @@ decoder, so ``generate``, streaming and batching run unchanged: on a fresh (empt
 writes the prefix into it, extends a 2-D attention mask by ``pre_seq_len`` ones, and supplies
 position ids that ignore the prefix when the caller gave none.
 
-The CUDA fast decode path keeps its own static cache and does not run this hook, so a model with
-a prefix says so: ``fast_decode_unsupported`` names the reason and ``_can_compile_fullgraph`` is
-off, which ``llm.fast_decode.unsupported_reason`` already checks (the model then runs eagerly).
-``prefix_cache_entries(model, batch)`` gives the per-layer (key, value) pairs a static cache would
-have to hold at positions ``[0, pre_seq_len)``.
+The fast decode path (``llm.fast_decode``) keeps its own static cache: it claims that cache
+(``claim_cache``), so the hook leaves it alone, and writes ``prefix_cache_entries(model, batch)``
+into its slots ``[0, pre_seq_len)`` itself (``llm.fast_decode.prefix``), with masks and positions
+built the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from torch import nn
 from llm.adapters.errors import AdapterError
 
 KEY_PREFIX = "transformer.prefix_encoder."
-FAST_DECODE_REASON = "a P-tuning v2 prefix is attached (the fast path's static cache does not hold it)"
+CLAIMED_CACHE = "glmkb_prefix_placed_by_caller"  # a cache attribute: its owner writes the prefix, not the hook
 PREFIX_DROPOUT = 0.1  # ChatGLM2's get_prompt applies Dropout(0.1) to the prefix while training
 
 
@@ -222,8 +221,6 @@ def attach_prefix(model: Any, encoder: PrefixEncoder) -> None:
     model.prefix_encoder = encoder  # a submodule: moves with .to(), trains, saves with the model
     handle = decoder.register_forward_pre_hook(_PrefixHook(model), with_kwargs=True)
     model._prefix_hook_handle = handle
-    model._can_compile_fullgraph = False
-    model.fast_decode_unsupported = FAST_DECODE_REASON
 
 
 def detach_prefix(model: Any) -> None:
@@ -231,7 +228,7 @@ def detach_prefix(model: Any) -> None:
     handle = getattr(model, "_prefix_hook_handle", None)
     if handle is not None:
         handle.remove()
-    for name in ("prefix_encoder", "_prefix_hook_handle", "_can_compile_fullgraph", "fast_decode_unsupported"):
+    for name in ("prefix_encoder", "_prefix_hook_handle"):
         if name in model.__dict__ or name in getattr(model, "_modules", {}):
             delattr(model, name)
 
@@ -246,6 +243,13 @@ def prefix_cache_entries(model: Any, batch_size: int) -> list[tuple[torch.Tensor
     """Per layer ``(key, value)`` ``[batch, kv_heads, pre_seq_len, head_dim]`` (for a static cache's first slots)."""
     encoder: PrefixEncoder = model.prefix_encoder
     return encoder(batch_size, model.dtype)
+
+
+def claim_cache(cache: Any) -> Any:
+    """Mark ``cache`` as one whose owner places the prefix and passes 4-D masks and positions itself
+    (the fast path's static cache): the hook leaves calls on it unchanged. Returns ``cache``."""
+    setattr(cache, CLAIMED_CACHE, True)
+    return cache
 
 
 def real_positions(seen: int, prefix: int, length: int, device: torch.device) -> torch.Tensor:
@@ -264,20 +268,22 @@ class _PrefixHook:
         self._model_ref = [model]  # a list, so nn.Module bookkeeping never sees a module cycle
 
     def __call__(self, decoder: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        from transformers import DynamicCache
-
-        model = self._model_ref[0]
-        encoder: PrefixEncoder = model.prefix_encoder
-        prefix = encoder.shape.pre_seq_len
         if args:  # called positionally: decoder(input_ids, attention_mask, ...)
             names = ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds")
             kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
             args = ()
+        if getattr(kwargs.get("cache", kwargs.get("past_key_values")), CLAIMED_CACHE, False):
+            return args, kwargs  # the fast path's own cache: the prefix is already in place
+        model = self._model_ref[0]
+        encoder: PrefixEncoder = model.prefix_encoder
+        prefix = encoder.shape.pre_seq_len
         tokens = kwargs.get("input_ids")
         reference = tokens if tokens is not None else kwargs["inputs_embeds"]
         batch, length = reference.shape[0], reference.shape[1]
         cache = kwargs.get("cache")
         if cache is None:
+            from transformers import DynamicCache
+
             cache = DynamicCache(config=decoder.config)
             kwargs["cache"] = cache
         if cache.get_seq_length() == 0:

@@ -83,6 +83,13 @@ def register_decode_attention() -> None:
 FUSED_TENSORS = ("weight", "bias", "scales", "zeros")  # row-major along the output features in every layer kind
 
 
+def fuse_axes(projection: torch.nn.Module) -> dict[str, int]:
+    """The tensors of ``projection`` that fused q/k/v concatenates, each with its output-feature
+    axis: axis 0 of ``FUSED_TENSORS`` unless the layer says otherwise (``fuse_axes``: INT4 on
+    tinygemm keeps its scales and zeros as ``[K/group, N, 2]``)."""
+    return dict(getattr(projection, "fuse_axes", None) or dict.fromkeys(FUSED_TENSORS, 0))
+
+
 class FusedQKV:
     """One attention module's q/k/v weights as row blocks of one tensor, and the three stand-in
     projections that compute them with one GEMV during the decode step.
@@ -96,16 +103,20 @@ class FusedQKV:
         self.module = module
         self.originals = (module.q_proj, module.k_proj, module.v_proj)
         self.sizes = [p.out_features for p in self.originals]
+        self.axes = fuse_axes(self.originals[0])
         self.tensors: dict[str, torch.Tensor] = {}
+        self.offsets: dict[str, list[int]] = {}
         with torch.inference_mode(False), torch.no_grad():
-            for name in FUSED_TENSORS:
+            for name, axis in self.axes.items():
                 parts = [getattr(p, name, None) for p in self.originals]
                 if parts[0] is None:
                     continue
-                fused = torch.cat(parts)
-                for p, part in zip(self.originals, fused.split(self.sizes), strict=True):
+                lengths = [t.shape[axis] for t in parts]
+                fused = torch.cat(parts, dim=axis)
+                for p, part in zip(self.originals, fused.split(lengths, dim=axis), strict=True):
                     _set_tensor(p, name, part)
                 self.tensors[name] = fused
+                self.offsets[name] = [sum(lengths[:i]) for i in range(3)]
         self.weight = self.tensors["weight"]
         self.bias = self.tensors.get("bias")
         self.projection = None if type(self.originals[0]) is torch.nn.Linear else self._quantized_projection()
@@ -139,11 +150,12 @@ class FusedQKV:
 
     def intact(self) -> bool:
         """Whether the projections still read the fused tensors (``model.to(...)`` replaces them)."""
-        offsets = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
         return all(
-            getattr(p, name).data_ptr() == fused.data_ptr() + offset * fused.stride(0) * fused.element_size()
+            getattr(p, name) is not None
+            and getattr(p, name).data_ptr()
+            == fused.data_ptr() + offset * fused.stride(self.axes[name]) * fused.element_size()
             for name, fused in self.tensors.items()
-            for p, offset in zip(self.originals, offsets, strict=True)
+            for p, offset in zip(self.originals, self.offsets[name], strict=True)
         )
 
 
@@ -188,20 +200,26 @@ def fusable_qkv(module: torch.nn.Module) -> bool:
     first = projections[0]
     if type(first) not in (torch.nn.Linear, WeightOnlyInt8Linear, WeightOnlyInt4Linear):
         return False
+    axes = fuse_axes(first)
     return all(
         type(p) is type(first)
         and p.in_features == first.in_features
         and getattr(p, "group_size", None) == getattr(first, "group_size", None)
-        and all(_same_kind(getattr(p, name, None), getattr(first, name, None)) for name in FUSED_TENSORS)
+        and fuse_axes(p) == axes
+        and all(_same_kind(getattr(p, name, None), getattr(first, name, None), axis=axis)
+                for name, axis in axes.items())
         and not torch.nn.utils.parametrize.is_parametrized(p)
         for p in projections
     )
 
 
-def _same_kind(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+def _same_kind(a: torch.Tensor | None, b: torch.Tensor | None, *, axis: int = 0) -> bool:
+    """Same dtype, device and shape but for the output-feature ``axis`` (what concatenates)."""
     if a is None or b is None:
         return a is None and b is None
-    return a.dtype == b.dtype and a.device == b.device and a.shape[1:] == b.shape[1:]
+    shape_a, shape_b = list(a.shape), list(b.shape)
+    del shape_a[axis], shape_b[axis]
+    return a.dtype == b.dtype and a.device == b.device and shape_a == shape_b
 
 
 def fuse_qkv_weights(model: torch.nn.Module) -> list[FusedQKV]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -34,3 +36,32 @@ def raise_recompile_limit(limit: int = 64) -> None:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), limit))
+
+
+def adopt_cudagraph_trees_on_this_thread() -> None:
+    """Give this thread the thread-local state ``torch.compile``'s CUDA graph trees look up.
+
+    transformers compiles the static-cache ``generate`` with ``mode="reduce-overhead"`` (CUDA
+    graph trees). In torch 2.11 (the lent H200's image) the trees' per-thread containers exist
+    only on the thread that first imported ``torch._inductor.cudagraph_trees`` (and on autograd's
+    threads); any other thread fails a bare ``assert torch._C._is_key_in_tls(...)`` inside
+    ``get_obj``. glmkb generates on one worker thread per model, so the second model of a process
+    (a test session, or a server that reloads) lost the static-cache path with "AssertionError: ".
+    Newer torch (2.13) initialises the state on first use itself; this does the same, only where
+    it is missing.
+    """
+    try:
+        from torch._inductor import cudagraph_trees as trees
+    except ImportError:  # no Inductor: nothing compiled with CUDA graph trees
+        return
+    local = getattr(trees, "local", None)
+    if local is None or hasattr(local, "tree_manager_containers"):
+        return
+    if torch._C._is_key_in_tls("tree_manager_containers"):  # an autograd thread: inherits the state
+        return
+    initialize = getattr(trees, "_initialize_tls", None)
+    if initialize is not None:
+        initialize(local)
+        return
+    local.tree_manager_containers = {}
+    local.tree_manager_locks = defaultdict(threading.Lock)

@@ -9,6 +9,8 @@ each token back one step late, while the next step already runs.
 Each graph is built per shape key ``(batch, bucketed cache length)``, sampling kind and
 options (packed attention, fused q/k/v, GEMV kernel), kept in the model's ``FastDecodeState`` (least
 recently used beyond ``MAX_CACHES_PER_MODEL`` freed). On CPU the same step runs uncaptured.
+A P-tuning prefix takes the cache's first slots (``llm.fast_decode.prefix``): ``cur`` counts
+them, ``pads`` too, so a token's rotary position ``cur - pads`` counts only the row's real tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
 from llm.fast_decode.gemv_route import GemvKernel, gemv_route
 from llm.fast_decode.prefill import prefill
+from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
 
@@ -53,9 +56,9 @@ class DecodeGraph:
 
     cache: Any
     token: torch.Tensor  # (B, 1) the last chosen token, input of the next step
-    cur: torch.Tensor  # (1,) cache position of the next token
-    pads: torch.Tensor  # (B, 1) left padding of each row
-    mask: torch.Tensor  # (B, 1, 1, L) positions each row may attend to
+    cur: torch.Tensor  # (1,) cache slot of the next token
+    pads: torch.Tensor  # (B, 1) slots before each row's first real token: the prefix, then its left padding
+    mask: torch.Tensor  # (B, 1, 1, L) slots each row may attend to
     eos: torch.Tensor  # (E,) eos ids
     allow_eos: torch.Tensor  # () False while min_new_tokens is not reached
     temperature: torch.Tensor
@@ -71,6 +74,7 @@ class DecodeGraph:
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
     graph: Any = None
     capture_s: float = 0.0
+    prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
 
 
 def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
@@ -167,7 +171,7 @@ def build_decode_graph(
 
     batch, length = key
     device = model.device
-    cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length)
+    cache = claim_cache(StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length))
     vocab = model.get_output_embeddings().weight.shape[0]
     g = DecodeGraph(
         cache=cache,
@@ -187,6 +191,7 @@ def build_decode_graph(
         fused=list(fused or []),
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
+        prefix=prefix_slots(model),
     )
     if not capture:
         return g
@@ -197,7 +202,7 @@ def build_decode_graph(
     g.cur.fill_(1)
     raise_recompile_limit()
     try:
-        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model))
+        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model, gemv_kernel))
         g.forward = compiled
         _warm_steps(g)
     except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
@@ -219,18 +224,38 @@ def build_decode_graph(
     return g
 
 
-def compile_options(model: Any) -> dict[str, Any] | None:
+def compile_options(model: Any, gemv_kernel: GemvKernel = "auto") -> dict[str, Any] | None:
     """Inductor options of the decode step's compile.
 
-    Weight-only INT8/INT4 models (``llm.quantization``): coordinate-descent tuning, with which
-    Inductor lowers a one-row matmul to a reduction and fuses the layer's dequantization into it
-    (``mm`` in torch/_inductor/decomposition.py; gpt-fast's setting). Without it the int weights
-    would be dequantized to a full bf16 tensor every step, more bytes than bf16 itself. bf16
-    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md).
+    Weight-only INT8/INT4 models (``llm.quantization``) whose layers dequantize in PyTorch:
+    coordinate-descent tuning, with which Inductor lowers a one-row matmul to a reduction and
+    fuses the layer's dequantization into it (``mm`` in torch/_inductor/decomposition.py;
+    gpt-fast's setting). Without it the int weights would be dequantized to a full bf16 tensor
+    every step, more bytes than bf16 itself. bf16 models keep the measured default (cuBLAS GEMV,
+    docs/PERFORMANCE.md), and so do models whose weight-only layers all run a kernel of their
+    own (INT4 on torch's tinygemm, ``llm.int4_tinygemm``; INT8 on the Triton GEMV,
+    ``llm.kernels``), where the only full-precision GEMV left is the bf16 LM head.
     """
-    if getattr(model.config, "glmkb_weight_only", None):
+    if getattr(model.config, "glmkb_weight_only", None) and _some_layer_dequantizes(model, gemv_kernel):
         return {"coordinate_descent_tuning": True}
     return None
+
+
+def _some_layer_dequantizes(model: Any, gemv_kernel: GemvKernel) -> bool:
+    """Whether a weight-only layer dequantizes in PyTorch during the decode step: INT4 off
+    tinygemm, or INT8 off the Triton GEMV (``gemv_kernel="torch"``, no Triton, or float32
+    activations, which the kernel does not take on CUDA)."""
+    from llm.kernels import TRITON_AVAILABLE
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    def own_kernel(m: Any) -> bool:
+        if isinstance(m, WeightOnlyInt4Linear):
+            return m.kernel == "tinygemm"
+        return (m.kernel == "triton" and gemv_kernel != "torch" and TRITON_AVAILABLE
+                and m.scales.dtype in (torch.float16, torch.bfloat16))
+
+    layers = [m for m in model.modules() if isinstance(m, (WeightOnlyInt4Linear, WeightOnlyInt8Linear))]
+    return not layers or not all(own_kernel(m) for m in layers)
 
 
 def _capture(g: DecodeGraph) -> Any:
@@ -259,7 +284,7 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused), options.gemv_kernel)
+    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
@@ -302,10 +327,12 @@ def graph_generate(
         streamer.put(input_ids.cpu())
     # The prompt pass, then every buffer the decode graph reads.
     logits = prefill(model, g, input_ids, attention_mask, options=options)
+    start = g.prefix  # the prompt follows the prefix's slots
     g.mask.zero_()
-    g.mask[:, 0, 0, :prompt] = attention_mask.bool()
-    g.pads.copy_((prompt - attention_mask.long().sum(-1, keepdim=True)))
-    g.cur.fill_(prompt)
+    g.mask[:, 0, 0, :start] = True
+    g.mask[:, 0, 0, start : start + prompt] = attention_mask.bool()
+    g.pads.copy_(start + prompt - attention_mask.long().sum(-1, keepdim=True))
+    g.cur.fill_(start + prompt)
     listed = (eos_ids or [pad]) * MAX_EOS_IDS
     g.eos.copy_(torch.tensor(listed[:MAX_EOS_IDS], dtype=torch.long))
     g.allow_eos.fill_(min_new <= 0 or not eos_ids)

@@ -7,7 +7,8 @@ run as a replay of the model's own (uncompiled) forward captured for a bucket of
 the prompt is padded on the right to the next power of two (at least ``MIN_PREFILL_BUCKET``),
 the padding rows only write cache positions that the first decode steps overwrite before any
 token attends to them, and the logits are taken at the last real position. Longer prompts
-are compute-bound, so they keep the eager pass.
+are compute-bound, so they keep the eager pass. With a P-tuning prefix the prompt starts at
+cache slot ``P``, after the prefix (``llm.fast_decode.prefix``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from llm.fast_decode.cuda_graphs import capture_graph, warm_up_on_side_stream
+from llm.fast_decode.prefix import prompt_mask, write_prefix
 from llm.fast_decode.state import PREFILL_GRAPH, FastDecodeOptions, FastDecodeState, cache_kwarg, fast_decode_state
 
 if TYPE_CHECKING:
@@ -36,11 +38,10 @@ class PrefillGraph:
 
     ids: torch.Tensor  # (B, T) the prompt, right-padded to the bucket
     positions: torch.Tensor  # (B, T)
-    mask: torch.Tensor  # (B, 1, T, L) which cache positions each prompt position attends to
-    causal: torch.Tensor  # (T, L) j <= i
-    diagonal: torch.Tensor  # (T, L) j == i: left padding attends to itself (no all-masked rows)
+    mask: torch.Tensor  # (B, 1, T, L) which cache slots each prompt position attends to (prefix.prompt_mask)
     keep: torch.Tensor  # (1,) index of the last real prompt position
-    length: torch.Tensor  # () real prompt length: where the cache continues writing
+    length: torch.Tensor  # () prefix + real prompt length: where the cache continues writing
+    prefix: int = 0  # slots [0, prefix) hold the P-tuning prefix; the prompt is written after them
     logits: torch.Tensor | None = None  # (B, V) float, output of the last replay
     graph: Any = None
 
@@ -61,7 +62,7 @@ def prefill_bucket(batch: int, prompt: int, cache_length: int) -> int | None:
 def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
     layers = g.cache.layers
     for layer in layers:
-        layer.cumulative_length.zero_()
+        layer.cumulative_length.fill_(p.prefix)
     out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask, **{cache_kwarg(model): g.cache},
                 use_cache=True, logits_to_keep=p.keep)
     p.logits = out.logits[:, -1, :].float()
@@ -71,16 +72,13 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
 
 def _build_prefill(model: Any, g: DecodeGraph, batch: int, bucket: int) -> PrefillGraph:
     device, length = g.mask.device, g.mask.shape[-1]
-    rows = torch.arange(bucket, device=device)[:, None]
-    cols = torch.arange(length, device=device)[None, :]
     return PrefillGraph(
         ids=torch.zeros((batch, bucket), dtype=torch.long, device=device),
         positions=torch.zeros((batch, bucket), dtype=torch.long, device=device),
         mask=torch.zeros((batch, 1, bucket, length), dtype=torch.bool, device=device),
-        causal=cols <= rows,
-        diagonal=cols == rows,
         keep=torch.zeros(1, dtype=torch.long, device=device),
         length=torch.zeros((), dtype=torch.long, device=device),
+        prefix=g.prefix,
     )
 
 
@@ -92,23 +90,24 @@ def _fill_prefill(p: PrefillGraph, input_ids: torch.Tensor, attention_mask: torc
     positions = prompt_positions(attention_mask)
     p.positions[:, :prompt] = positions
     p.positions[:, prompt:] = positions[:, -1:] + torch.arange(1, bucket - prompt + 1, device=p.ids.device)
-    visible = torch.ones((batch, p.mask.shape[-1]), dtype=torch.bool, device=p.ids.device)
-    visible[:, :prompt] = attention_mask.bool()
-    torch.logical_and(visible[:, None, None, :] | p.diagonal, p.causal, out=p.mask)
+    p.mask.copy_(prompt_mask(attention_mask, prefix=p.prefix, rows=bucket, length=p.mask.shape[-1]))
     p.keep.fill_(prompt - 1)
-    p.length.fill_(prompt)
+    p.length.fill_(p.prefix + prompt)
 
 
 def prefill(
     model: Any, g: DecodeGraph, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, options: FastDecodeOptions
 ) -> torch.Tensor:
-    """Run the prompt into ``g.cache`` (emptied first); returns the last position's float logits
-    ``(B, V)``. Captured per bucket on CUDA (``options.prefill_graphs``); a capture failure turns
-    captured prompt passes off for this model, with one warning, and the pass runs eagerly."""
+    """Run the prompt into ``g.cache`` (emptied first, then the prefix written into its first
+    ``g.prefix`` slots); returns the last position's float logits ``(B, V)``. Captured per bucket on
+    CUDA (``options.prefill_graphs``); a capture failure turns captured prompt passes off for this
+    model, with one warning, and the pass runs eagerly."""
     batch, prompt = input_ids.shape
     g.cache.reset()
+    if g.prefix:
+        write_prefix(model, g.cache, batch)
     states = fast_decode_state(model)
-    bucket = prefill_bucket(batch, prompt, g.mask.shape[-1])
+    bucket = prefill_bucket(batch, prompt, g.mask.shape[-1] - g.prefix)
     wanted = options.prefill_graphs if g.graph is not None else options.bucketed_prefill_on_cpu
     bucketed = bucket is not None and wanted and PREFILL_GRAPH not in states.off and all(
         hasattr(layer, "cumulative_length") for layer in g.cache.layers
@@ -135,7 +134,12 @@ def prefill(
                            type(model).__name__, states.off[PREFILL_GRAPH])
             g.prefills.clear()
             g.cache.reset()
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=prompt_positions(attention_mask),
+            if g.prefix:
+                write_prefix(model, g.cache, batch)
+    mask = attention_mask
+    if g.prefix:  # a 2-D mask cannot say that the prompt starts after the prefix
+        mask = prompt_mask(attention_mask, prefix=g.prefix, rows=prompt, length=g.mask.shape[-1])
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=prompt_positions(attention_mask),
                 **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :].float()
 

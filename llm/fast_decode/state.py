@@ -79,7 +79,7 @@ fast_decode_state: PerModel[FastDecodeState] = PerModel(FastDecodeState)
 
 def unsupported_reason(model: Any, options: FastDecodeOptions = DEFAULT_OPTIONS) -> str | None:
     """Why ``model`` cannot take the fast path (None = it can): device, quantization, class, offload."""
-    adapter_reason = getattr(model, "fast_decode_unsupported", None)  # set by llm.adapters (P-tuning, unmerged LoRA)
+    adapter_reason = getattr(model, "fast_decode_unsupported", None)  # set by llm.adapters (unmerged LoRA)
     if adapter_reason:
         return adapter_reason
     device = getattr(model, "device", None)
@@ -105,8 +105,12 @@ def fast_decode_report(model: Any, options: FastDecodeOptions = DEFAULT_OPTIONS)
     reason = unsupported_reason(model, options)
     if reason is not None:
         return dict.fromkeys(PATHS, reason)
+    from llm.fast_decode.prefix import STATIC_CACHE_REASON, prefix_slots
+
     state = fast_decode_state(model)
     report: dict[str, str | None] = {path: state.off.get(path) for path in PATHS}
+    if prefix_slots(model):
+        report[STATIC_CACHE] = report[STATIC_CACHE] or STATIC_CACHE_REASON
     cuda = torch.device(model.device).type == "cuda"
     if not options.prefill_graphs:
         report[PREFILL_GRAPH] = "off by option (prefill_graphs=False)"

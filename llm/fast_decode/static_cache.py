@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from llm.fast_decode.cuda_graphs import adopt_cudagraph_trees_on_this_thread
 from llm.fast_decode.state import STATIC_CACHE, FastDecodeState, cache_kwarg, fast_decode_state
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,14 @@ def compile_config() -> Any:
 
 
 def shape_key(model: Any, generate_kwargs: dict[str, Any]) -> tuple[int, int]:
-    """``(batch, bucketed cache length)`` of a call: prompt plus every token it may generate."""
+    """``(batch, bucketed cache length)`` of a call: P-tuning prefix, prompt and every token it may generate."""
+    from llm.fast_decode.prefix import prefix_slots  # here, not at the top: prefix imports llm.adapters
+
     input_ids = generate_kwargs["input_ids"]
     max_new = int(generate_kwargs.get("max_new_tokens") or getattr(model.generation_config, "max_new_tokens", None) or 20)
     limit = getattr(model.config, "max_position_embeddings", None)
-    return int(input_ids.shape[0]), cache_length_bucket(int(input_ids.shape[1]) + max_new, limit=limit)
+    needed = prefix_slots(model) + int(input_ids.shape[1]) + max_new
+    return int(input_ids.shape[0]), cache_length_bucket(needed, limit=limit)
 
 
 def static_cache(model: Any, state: FastDecodeState, key: tuple[int, int]) -> Any:
@@ -85,11 +89,20 @@ def with_fast_decode(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, A
     """``generate_kwargs`` for the fast path (warming the shape up first), or unchanged if it is off.
 
     Call on the model's worker thread, right before ``model.generate``. A failed warm-up turns
-    the fast path off for this model, with one warning, and the call runs eagerly.
+    the fast path off for this model, with one warning, and the call runs eagerly. A model with
+    a P-tuning prefix runs such calls eagerly too (``prefix.STATIC_CACHE_REASON``): tried on CPU,
+    ``generate`` on a static cache holding the prefix matched the eager logits for one prompt but
+    not for left-padded rows (relative error ~1), as its masks do not know the prefix slots.
     """
+    from llm.fast_decode.prefix import prefix_slots
+
+    if prefix_slots(model):
+        return generate_kwargs
     state = fast_decode_state(model)
     if STATIC_CACHE in state.off or not call_supports_fast_decode(generate_kwargs):
         return generate_kwargs
+    if torch.device(model.device).type == "cuda":
+        adopt_cudagraph_trees_on_this_thread()
     key = shape_key(model, generate_kwargs)
     if key not in state.warmups:
         try:
