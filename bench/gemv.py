@@ -14,7 +14,8 @@ Variants: bf16 ``F.linear`` (cuBLAS); bf16 ``torch.compile`` with coordinate-des
 bf16 Triton (``llm.kernels``, the best swept config); bf16 ``gemv_linear`` as the decode step's
 ``gemv_kernel="triton"`` runs it (tuned per shape, cuBLAS allowed to win); INT8 as the layer's
 PyTorch forward under ``torch.compile`` (the decode graph before the kernel); INT8 Triton (the
-layer as the decode step runs it, tuned); INT4 ``WeightOnlyInt4Linear`` compiled; and
+layer as the decode step runs it, tuned); INT4 ``WeightOnlyInt4Linear`` compiled as loaded
+(tinygemm's form on sm80+) and in its dequantizing form; and
 ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it. With
 ``--sweep`` (default) every Triton candidate config is timed too and the fastest printed as
 a ``TUNED`` line for ``llm/kernels/gemv_configs.py``. A failing variant is reported as its
@@ -124,8 +125,12 @@ class Weights:
             one = w
         elif kind == "int8":
             one = WeightOnlyInt8Linear(w, None)
-        elif kind == "int4":
+        elif kind == "int4":  # as glmkb loads it: tinygemm's form where the GPU runs it (sm80+, bf16)
             one = WeightOnlyInt4Linear(w, None, group_size=128)
+        elif kind == "int4dequant":  # the PyTorch form, dequantized inside the compiled forward
+            one = WeightOnlyInt4Linear(w, None, group_size=128)
+            if hasattr(one, "_use_dequant"):
+                one._use_dequant()
         else:  # tinygemm: uint8 [N, K/2] -> int4pack, scales and zeros [K/128, N, 2]
             q = torch.randint(0, 256, (self.n, self.k // 2), dtype=torch.uint8, device=self.device)
             packed = torch.ops.aten._convert_weight_to_int4pack(q, 8)
@@ -199,9 +204,11 @@ def variants(
             return lambda i: fn(layers[i % len(layers)], x)
         return build
 
-    def int4_compiled() -> Callable[[int], Any]:
-        layers, fn = w.get("int4"), compiled(lambda layer, a: layer(a))
-        return lambda i: fn(layers[i % len(layers)], x)
+    def int4_compiled(kind: str) -> Callable[[], Callable[[int], Any]]:
+        def build() -> Callable[[int], Any]:
+            layers, fn = w.get(kind), compiled(lambda layer, a: layer(a))
+            return lambda i: fn(layers[i % len(layers)], x)
+        return build
 
     def int4_tinygemm() -> Callable[[int], Any]:
         if not hasattr(torch.ops.aten, "_weight_int4pack_mm"):
@@ -216,7 +223,8 @@ def variants(
         "bf16 gemv_linear (tuned, cuBLAS allowed)": ("bf16", bf16_routed),
         "int8 compiled (PyTorch forward)": ("int8", int8_layer("torch", compile_=True)),
         "int8 Triton (layer, tuned)": ("int8", int8_layer("triton", compile_=False)),
-        "int4 compiled (WeightOnlyInt4Linear)": ("int4", int4_compiled),
+        "int4 layer compiled (as loaded)": ("int4", int4_compiled("int4")),
+        "int4 layer compiled (dequant form)": ("int4dequant", int4_compiled("int4dequant")),
         "int4 tinygemm (_weight_int4pack_mm)": ("int4pack", int4_tinygemm),
     }
 
