@@ -88,6 +88,11 @@ def interpreted_checks() -> None:
         compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=False)  # fake impl, no break
         count = len(launches)
         assert _close(compiled(x), expected, torch.float32) and len(launches) > count
+    # Training through an INT8 base (grad on, input needs grad) stays on PyTorch: the op has no backward.
+    from llm.kernels import gemv_applies
+
+    x_grad = torch.randn(1, 96, requires_grad=True)
+    assert gemv_applies(x_grad.detach(), layer.weight) and not gemv_applies(x_grad, layer.weight)
     print("OK")
 
 

@@ -44,6 +44,8 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if weight.dtype not in (torch.int8, x.dtype) or weight.stride(-1) != 1 or weight.device != x.device:
         return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the op has no backward: training (e.g. a LoRA over an INT8 base) stays on PyTorch
     if x.device.type == "cuda":
         return x.dtype in (torch.float16, torch.bfloat16)
     return INTERPRET and x.device.type == "cpu" and x.dtype.is_floating_point
