@@ -270,7 +270,9 @@ def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, 
         shape, args.quantization, device=device, dtype=dtype, tokenizer=tokenizer, new_tokens=args.new_tokens,
         repeat=args.repeat, options=options, group_size=args.group_size,
     )
-    write_result(args.out, f"quant_{shape}", result)
+    result["gemv_kernel"] = options.gemv_kernel
+    suffix = "" if options.gemv_kernel == "auto" else f"_gemv-{options.gemv_kernel}"
+    write_result(args.out, f"quant_{shape}{suffix}", result)
     rows = [
         (kind, r["weight_gib"], r["stream_tok_s"], r["tok_s_over_bf16"], r["stream_ttft_s"] * 1e3,
          r["logits_rel_error"], r["top1_agreement"], r["fast_decode_active"],
@@ -350,6 +352,8 @@ def main() -> None:
     p.add_argument("--quantization", nargs="+", choices=("none", "int8", "int4"),
                    help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
+    p.add_argument("--gemv-kernel", choices=("auto", "triton", "torch"), default="auto",
+                   help="FastDecodeOptions.gemv_kernel: the decode step's GEMVs (auto: Triton for INT8, cuBLAS for bf16)")
     args = p.parse_args()
 
     from bench.common import char_tokenizer, glm_model
@@ -358,7 +362,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     from llm.fast_decode import FastDecodeOptions
 
-    options = FastDecodeOptions(on_cpu=args.fast_on_cpu)
+    options = FastDecodeOptions(on_cpu=args.fast_on_cpu, gemv_kernel=args.gemv_kernel)
     torch.manual_seed(0)
     from bench.common import SHAPES
 
@@ -381,7 +385,7 @@ def main() -> None:
     result["decode"] = decode
     if torch.cuda.is_available():
         result["peak_gpu_gib_after_decode"] = torch.cuda.max_memory_allocated() / 2**30
-    name = f"decode_{shape}"
+    name = f"decode_{shape}" + ("" if options.gemv_kernel == "auto" else f"_gemv-{options.gemv_kernel}")
     write_result(args.out, name, result)
     rows = [
         ("plain generate (baseline)", decode["plain_generate_tok_s"], "", ""),

@@ -27,16 +27,26 @@ from torch import nn
 
 from configs.errors import BadInput
 from llm import int4_tinygemm as tinygemm
+from llm.kernels import KERNELS, gemv_applies, gemv_linear
 
 WEIGHT_ONLY = ("int8", "int4")
 DEFAULT_GROUP_SIZE = 128
 
 
 class WeightOnlyInt8Linear(nn.Module):
-    """``y = x @ (q * scale).T + b`` with int8 ``q`` and a per-output-channel ``scale``."""
+    """``y = x @ (q * scale).T + b`` with int8 ``q`` and a per-output-channel ``scale``.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    ``kernel``: "triton" (default) runs batches of <= 16 rows on CUDA through the Triton GEMV
+    (``llm.kernels.gemv``), which reads the int8 weight once; "torch" dequantizes in PyTorch and
+    leaves fusing to ``torch.compile``, which on an H200 decoded at 0.94x bf16, not faster
+    (docs/PERFORMANCE.md, run 13). The decode step sets it per ``FastDecodeOptions.gemv_kernel``.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, kernel: str = "triton") -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise BadInput(f"GEMV kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+        self.kernel = kernel
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         q, scale = quantize_int8(weight)
         self.register_buffer("weight", q)
@@ -44,6 +54,8 @@ class WeightOnlyInt8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "triton" and gemv_applies(x, self.weight):
+            return gemv_linear(x, self.weight, scales=self.scales, bias=self.bias)
         # Scaling the output rather than the weight: one multiply per output, not per weight.
         y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)

@@ -10,6 +10,7 @@ the fastest path a call allows; each path is a module:
   and every buffer update; the host reads tokens one step late while the next step runs;
 - ``prefill``: that path's prompt pass, captured per prompt-length bucket;
 - ``attention``: what makes the decode step's forward fast (packed GQA attention, fused q/k/v);
+- ``gemv_route``: which GEMV kernel the decode step's linear layers run (``gemv_kernel``);
 - ``prefix``: a P-tuning v2 prefix in the static cache's first slots, masks and positions around it;
 - ``static_cache`` (calls with their own logits processors or stopping criteria): ``generate``
   on a reused ``StaticCache``, which transformers compiles itself;

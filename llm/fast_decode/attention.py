@@ -120,6 +120,7 @@ class FusedQKV:
         self.weight = self.tensors["weight"]
         self.bias = self.tensors.get("bias")
         self.projection = None if type(self.originals[0]) is torch.nn.Linear else self._quantized_projection()
+        self.linear: torch.nn.Module | None = None  # set by gemv_route to run the plain-linear GEMV elsewhere
         self.pending: list[torch.Tensor] = []
         self.stand_ins = tuple(_ProjectionPart(self, i) for i in range(3))
 
@@ -135,7 +136,7 @@ class FusedQKV:
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """q, k and v of ``x`` concatenated along the last axis."""
         if self.projection is None:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, self.weight, self.bias) if self.linear is None else self.linear(x)
         return self.projection(x)
 
     def swap(self, *, fused: bool) -> None:
@@ -227,19 +228,24 @@ def fuse_qkv_weights(model: torch.nn.Module) -> list[FusedQKV]:
 
 
 @contextmanager
-def decode_forward(config: Any, fused: list[FusedQKV], *, packed: bool = True) -> Iterator[None]:
-    """Run the block with packed attention (``packed`` and the model uses "sdpa") and with the
-    fused q/k/v stand-ins in place; everything is put back after. Python-only: a CUDA graph
-    keeps the kernels it captured inside the block."""
+def decode_forward(config: Any, fused: list[FusedQKV], *, packed: bool = True, gemv: Any = None) -> Iterator[None]:
+    """Run the block with packed attention (``packed`` and the model uses "sdpa"), the fused q/k/v
+    stand-ins and the GEMV kernel choice (``gemv``: a ``gemv_route.GemvRoute`` or None) in place;
+    everything is put back after. Python-only: a CUDA graph keeps the kernels it captured inside
+    the block."""
     pack = packed and getattr(config, "_attn_implementation", None) == "sdpa"
     if pack:
         register_decode_attention()
         config._attn_implementation = DECODE_ATTENTION
     for f in fused:
         f.swap(fused=True)
+    if gemv is not None:
+        gemv.swap(on=True)
     try:
         yield
     finally:
+        if gemv is not None:
+            gemv.swap(on=False)
         for f in fused:
             f.swap(fused=False)
         if pack:

@@ -7,7 +7,7 @@ processors, criteria) and waits for the GPU at every step, so the GPU idles in b
 each token back one step late, while the next step already runs.
 
 Each graph is built per shape key ``(batch, bucketed cache length)``, sampling kind and
-options (packed attention, fused q/k/v), kept in the model's ``FastDecodeState`` (least
+options (packed attention, fused q/k/v, GEMV kernel), kept in the model's ``FastDecodeState`` (least
 recently used beyond ``MAX_CACHES_PER_MODEL`` freed). On CPU the same step runs uncaptured.
 A P-tuning prefix takes the cache's first slots (``llm.fast_decode.prefix``): ``cur`` counts
 them, ``pads`` too, so a token's rotary position ``cur - pads`` counts only the row's real tokens.
@@ -25,6 +25,7 @@ import torch
 
 from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
+from llm.fast_decode.gemv_route import GemvKernel, gemv_route
 from llm.fast_decode.prefill import prefill
 from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
@@ -68,6 +69,7 @@ class DecodeGraph:
     sampling: Sampling
     config: Any = None  # the model's config: decode_step switches its attention implementation
     packed: bool = True  # decode steps use packed GQA attention (where the model uses "sdpa")
+    gemv: Any = None  # gemv_route.GemvRoute: the GEMV kernel of the step's linear layers (None: as they are)
     fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
     graph: Any = None
@@ -132,7 +134,7 @@ def choose_tokens(logits: torch.Tensor, g: DecodeGraph) -> torch.Tensor:
 def decode_step(g: DecodeGraph) -> None:
     """Advance every buffer by one token (this is what the CUDA graph holds)."""
     g.mask.index_fill_(3, g.cur, True)
-    with decode_forward(g.config, g.fused, packed=g.packed):
+    with decode_forward(g.config, g.fused, packed=g.packed, gemv=g.gemv):
         logits = g.forward(g.token, g.cur - g.pads, g.mask)
     chosen = choose_tokens(logits, g)
     g.token.copy_(chosen.unsqueeze(1))
@@ -161,6 +163,7 @@ def build_decode_graph(
     capture: bool,
     fused: list[FusedQKV] | None = None,
     packed: bool = True,
+    gemv_kernel: GemvKernel = "auto",
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -187,6 +190,7 @@ def build_decode_graph(
         config=model.config,
         fused=list(fused or []),
         packed=packed,
+        gemv=gemv_route(model, list(fused or []), gemv_kernel),
         prefix=prefix_slots(model),
     )
     if not capture:
@@ -198,7 +202,7 @@ def build_decode_graph(
     g.cur.fill_(1)
     raise_recompile_limit()
     try:
-        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model))
+        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model, gemv_kernel))
         g.forward = compiled
         _warm_steps(g)
     except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
@@ -220,27 +224,38 @@ def build_decode_graph(
     return g
 
 
-def compile_options(model: Any) -> dict[str, Any] | None:
+def compile_options(model: Any, gemv_kernel: GemvKernel = "auto") -> dict[str, Any] | None:
     """Inductor options of the decode step's compile.
 
-    Weight-only INT8/INT4 models (``llm.quantization``): coordinate-descent tuning, with which
-    Inductor lowers a one-row matmul to a reduction and fuses the layer's dequantization into it
-    (``mm`` in torch/_inductor/decomposition.py; gpt-fast's setting). Without it the int weights
-    would be dequantized to a full bf16 tensor every step, more bytes than bf16 itself. bf16
-    models keep the measured default (cuBLAS GEMV, docs/PERFORMANCE.md), and so do INT4 models
-    whose layers all run torch's tinygemm kernel (``llm.int4_tinygemm``), where the only
-    full-precision GEMV left is the bf16 LM head.
+    Weight-only INT8/INT4 models (``llm.quantization``) whose layers dequantize in PyTorch:
+    coordinate-descent tuning, with which Inductor lowers a one-row matmul to a reduction and
+    fuses the layer's dequantization into it (``mm`` in torch/_inductor/decomposition.py;
+    gpt-fast's setting). Without it the int weights would be dequantized to a full bf16 tensor
+    every step, more bytes than bf16 itself. bf16 models keep the measured default (cuBLAS GEMV,
+    docs/PERFORMANCE.md), and so do models whose weight-only layers all run a kernel of their
+    own (INT4 on torch's tinygemm, ``llm.int4_tinygemm``; INT8 on the Triton GEMV,
+    ``llm.kernels``), where the only full-precision GEMV left is the bf16 LM head.
     """
-    if getattr(model.config, "glmkb_weight_only", None) and not _all_int4_on_tinygemm(model):
+    if getattr(model.config, "glmkb_weight_only", None) and _some_layer_dequantizes(model, gemv_kernel):
         return {"coordinate_descent_tuning": True}
     return None
 
 
-def _all_int4_on_tinygemm(model: Any) -> bool:
+def _some_layer_dequantizes(model: Any, gemv_kernel: GemvKernel) -> bool:
+    """Whether a weight-only layer dequantizes in PyTorch during the decode step: INT4 off
+    tinygemm, or INT8 off the Triton GEMV (``gemv_kernel="torch"``, no Triton, or float32
+    activations, which the kernel does not take on CUDA)."""
+    from llm.kernels import TRITON_AVAILABLE
     from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
+    def own_kernel(m: Any) -> bool:
+        if isinstance(m, WeightOnlyInt4Linear):
+            return m.kernel == "tinygemm"
+        return (m.kernel == "triton" and gemv_kernel != "torch" and TRITON_AVAILABLE
+                and m.scales.dtype in (torch.float16, torch.bfloat16))
+
     layers = [m for m in model.modules() if isinstance(m, (WeightOnlyInt4Linear, WeightOnlyInt8Linear))]
-    return bool(layers) and all(isinstance(m, WeightOnlyInt4Linear) and m.kernel == "tinygemm" for m in layers)
+    return not layers or not all(own_kernel(m) for m in layers)
 
 
 def _capture(g: DecodeGraph) -> Any:
@@ -269,11 +284,11 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model))
+    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
-                               packed=options.packed_attention)
+                               packed=options.packed_attention, gemv_kernel=options.gemv_kernel)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

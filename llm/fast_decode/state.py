@@ -13,7 +13,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +39,10 @@ class FastDecodeOptions(BaseModel):
     """Decode step: the q/k/v projections as one GEMV over weights fused in place."""
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
+    gemv_kernel: Literal["auto", "triton", "torch"] = "auto"
+    """Decode step's linear layers at <= 16 rows: "auto" = INT8 layers on the Triton GEMV
+    (``llm.kernels``), bf16 on cuBLAS; "triton" = both on the Triton GEMV; "torch" = both in
+    PyTorch (``gemv_route``). The bench flips it to compare kernels in the real decode graph."""
     on_cpu: bool = False
     """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
     bucketed_prefill_on_cpu: bool = False
@@ -60,7 +64,7 @@ class FastDecodeState:
     warmups: dict[tuple[int, int], float] = field(default_factory=dict)
     """Seconds each static-cache shape took to compile."""
     graphs: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
-    """Decode graphs by (batch, cache length, sampling, packed, fused), least recently used first."""
+    """Decode graphs by (batch, cache length, sampling, packed, fused, GEMV kernel), least recently used first."""
     capture_times: dict[str, float] = field(default_factory=dict)
     """Seconds each decode graph took to build and capture."""
     fused: list[Any] | None = None

@@ -1,0 +1,12 @@
+"""Hand-written GPU kernels of the decode path (Triton), each with a PyTorch fallback.
+
+- ``gemv_linear``: ``y = x @ W.T (* scale) (+ bias)`` for batch <= 16, bf16/fp16 or int8 weights read
+  once (``llm.kernels.gemv``: the Triton kernel; ``gemv_op``: the torch custom op, tuning and
+  fallback; ``gemv_configs``: tile sizes per shape).
+
+Importing this package never imports Triton; the kernel module does, on first use.
+"""
+
+from llm.kernels.gemv_op import KERNELS, TRITON_AVAILABLE, chosen_configs, gemv_applies, gemv_linear, reference_gemv
+
+__all__ = ["KERNELS", "TRITON_AVAILABLE", "chosen_configs", "gemv_applies", "gemv_linear", "reference_gemv"]

@@ -1,0 +1,160 @@
+"""A Triton GEMV for decode-sized batches: ``y = x @ W.T (* scale) (+ bias)`` reading W once.
+
+At batch 1..16 a linear layer reads its whole weight to do 2 FLOPs per weight per row, so its
+time is the weight's bytes over memory bandwidth. Measured on an H200 (docs/PERFORMANCE.md,
+"quant" and kernel-group tables): today's INT8 layer under ``torch.compile`` decodes at 0.94x
+bf16 although it reads half the bytes, and bf16's o_proj / q/k/v / down GEMVs run at 68-87 % of
+copy bandwidth. This kernel reads the int8 (or bf16/fp16) weight tile by tile, converts it in
+registers, accumulates in float32 and applies the per-output-channel scale and bias in the
+epilogue, so an INT8 layer reads 1 byte per weight and nothing else of its size.
+
+Each program owns ``BLOCK_N`` output channels and one K-slice (``split_k`` slices for tall-K
+shapes such as down_proj, K=13696, where N/BLOCK_N programs alone would leave SMs idle); it
+loads each ``BLOCK_N x BLOCK_K`` weight tile once and all M rows of x against it:
+
+- M <= 4: broadcast multiply-add into a float32 accumulator of the tile's shape (``(BLOCK_N,
+  BLOCK_K)`` for one row, ``(BLOCK_M, BLOCK_N, BLOCK_K)`` for 2-4), reduced over K once at the
+  end (the classic GEMV: no cross-thread reduction per step);
+- M 5..16 with 16-bit activations: ``tl.dot`` on a 16-row tile (rows past M masked), the tensor
+  cores doing the multiply; compute is never the limit here, the layout conversion is cheaper
+  than a 16-deep register accumulator.
+
+Split-K writes float32 partial sums ``(split, M, N)``; a second small kernel adds them and applies
+scale, bias and the output cast (deterministic, unlike atomics, and needs no zeroed buffer).
+
+This module imports Triton; ``llm.kernels.gemv_op`` wraps it as a torch custom op and falls back
+to PyTorch where Triton is missing.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from llm.kernels.gemv_configs import DOT_MIN_ROWS, GemvConfig
+
+
+def block_rows(rows: int, *, dot: bool) -> int:
+    """The ``BLOCK_M`` for ``rows`` rows: a power of two for the accumulator, 16 for ``tl.dot``."""
+    return 16 if dot else triton.next_power_of_2(rows)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
+    M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_om, stride_os,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
+    EVEN_N: tl.constexpr, USE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]
+    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + (k_start + rk)[None, :]
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    elif BLOCK_M == 1:  # one row: a 2-D accumulator, the plain GEMV layout
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    else:
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+            if EVEN_N:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=n_ok[:, None], other=0)
+        else:
+            k_ok = (k + rk) < K
+            x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0)
+        if USE_DOT:
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        elif BLOCK_M == 1:
+            acc2 += w.to(tl.float32) * x.to(tl.float32)  # (BLOCK_N, BLOCK_K) * (1, BLOCK_K)
+        else:
+            acc3 += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if BLOCK_M == 1 and not USE_DOT:
+        acc = tl.sum(acc2, axis=1)[None, :]
+    elif not USE_DOT:
+        acc = tl.sum(acc3, axis=2)
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    if PARTIAL:  # float32 partial sums of this K-slice; _split_reduce_kernel finishes
+        tl.store(out_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=out_mask)
+    else:
+        if HAS_SCALE:
+            acc = acc * tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _split_reduce_kernel(
+    part_ptr, scale_ptr, bias_ptr, out_ptr, N, stride_ps, stride_pm, stride_om,
+    SPLIT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(1)
+    rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rn < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        acc += tl.load(part_ptr + s * stride_ps + row * stride_pm + rn, mask=ok, other=0.0)
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + rn, mask=ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + rn, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_om + rn, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def launch_gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    config: GemvConfig,
+) -> torch.Tensor:
+    """``x (M, K) @ weight (N, K).T``, times ``scales`` (N,) and plus ``bias`` (N,), in ``x``'s dtype.
+
+    ``x`` and ``weight`` need unit stride along K; ``weight`` may be int8 or the dtype of ``x``.
+    """
+    rows, k = x.shape
+    n = weight.shape[0]
+    dot = rows >= DOT_MIN_ROWS and x.dtype in (torch.float16, torch.bfloat16)
+    block_m = block_rows(rows, dot=dot)
+    block_k = config.block_k
+    blocks_k = triton.cdiv(k, block_k)
+    per_split = triton.cdiv(blocks_k, max(1, config.split_k)) * block_k  # whole K-blocks per slice
+    split = triton.cdiv(k, per_split)
+    out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    target = out if split == 1 else torch.empty((split, rows, n), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, config.block_n), split)
+    dummy = out  # never read when the HAS_ flag is off
+    _gemv_kernel[grid](
+        x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, target,
+        rows, n, k, per_split,
+        x.stride(0), weight.stride(0), target.stride(-2), target.stride(0) if split > 1 else 0,
+        HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, PARTIAL=split > 1,
+        EVEN_K=k % block_k == 0, EVEN_N=n % config.block_n == 0, USE_DOT=dot,
+        BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=block_k,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if split > 1:
+        block = 1024
+        _split_reduce_kernel[(triton.cdiv(n, block), rows)](
+            target, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
+            n, target.stride(0), target.stride(1), out.stride(0),
+            SPLIT=split, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+        )
+    return out

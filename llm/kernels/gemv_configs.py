@@ -1,0 +1,90 @@
+"""Which tile sizes the Triton GEMV (``llm.kernels.gemv``) uses for a shape, and how to pick.
+
+No Triton import here: the table and the candidate lists are plain data, so the custom op can
+be registered (and its fallback tested) where Triton is missing.
+
+Picking, per ``(weight kind, row bucket, N, K)``, in ``llm.kernels.gemv_op.choose_config``:
+
+1. ``TUNED``: measured winners (``python -m bench.gemv`` prints them as ``TUNED`` lines);
+2. otherwise, on CUDA outside graph capture: ``candidates`` timed once per shape and process
+   (a few ms each, plus Triton's compile, cached on disk) and the fastest kept; for float weights
+   PyTorch's ``F.linear`` (cuBLAS) competes too, so a shape cuBLAS serves better stays on it;
+3. inside a CUDA graph capture, or where timing fails: the first candidate (the heuristic).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+MAX_ROWS = 16  # decode at batch <= 16; past that a GEMM (cuBLAS) is the right kernel
+DOT_MIN_ROWS = 5  # from here on tl.dot on 16-row tiles rather than the broadcast accumulator
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Tile sizes and launch options of one kernel launch."""
+
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __str__(self) -> str:  # compact, for bench tables and ``TUNED``
+        return f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
+
+    @classmethod
+    def parse(cls, text: str) -> GemvConfig:
+        """The inverse of ``str``: ``"n16k512s1w4p3"``."""
+        m = re.fullmatch(r"n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", text)
+        if m is None:
+            raise ValueError(f"not a GEMV config: {text!r} (expected like n16k512s1w4p3)")
+        return cls(*(int(g) for g in m.groups()))
+
+
+TORCH = "torch"  # a choice meaning: PyTorch (cuBLAS) for this shape, it beat every Triton config
+Choice = GemvConfig | str  # a config, or TORCH
+
+# Measured winners: (kind "int8" | "float", row bucket, N, K) -> config string or "torch". Empty
+# until a lent-GPU run of ``bench.gemv`` fills it; until then each process tunes on first use.
+TUNED: dict[tuple[str, int, int, int], str] = {}
+
+
+def row_bucket(rows: int) -> int:
+    """Rows rounded up to a power of two (1, 2, 4, 8, 16): the batch sizes the decode graph pads to."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def weight_kind(int8: bool) -> str:
+    return "int8" if int8 else "float"
+
+
+def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
+    """Configs worth timing for this shape, the heuristic first.
+
+    Why these: a decode GEMV is bound by the bytes in flight per SM, so tiles are wide along K
+    (16-byte vector loads, 4-16 KiB per program per step) and narrow along N (enough programs to
+    fill 132 SMs at N=4096: 4096/16 = 256). Float32 registers of the broadcast accumulator
+    (``rows x block_n x block_k / threads``) stay <= 64 per thread. Tall K (down_proj, 13696)
+    adds split-K variants, which double the programs at the cost of a small float32 reduction.
+    """
+    if rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
+        base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4)]
+    elif rows == 1 and int8:
+        base = [GemvConfig(16, 512), GemvConfig(8, 512), GemvConfig(16, 256), GemvConfig(32, 256),
+                GemvConfig(8, 1024, num_warps=8)]
+    elif rows == 1:
+        base = [GemvConfig(16, 256), GemvConfig(8, 256), GemvConfig(8, 512), GemvConfig(32, 128),
+                GemvConfig(16, 512, num_warps=8)]
+    else:
+        base = [GemvConfig(8, 256), GemvConfig(16, 128), GemvConfig(4, 512), GemvConfig(16, 256, num_warps=8)]
+    if k >= 2 * n:  # tall K: the same tiles with 2 and 4 K-slices
+        base += [replace(c, split_k=s) for c in base[:2] for s in (2, 4)]
+    return base
+
+
+def tuned(rows: int, n: int, k: int, *, int8: bool) -> Choice | None:
+    """The checked-in winner for this shape, if any."""
+    text = TUNED.get((weight_kind(int8), row_bucket(rows), n, k))
+    return None if text is None else TORCH if text == TORCH else GemvConfig.parse(text)

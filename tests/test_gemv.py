@@ -1,0 +1,255 @@
+"""The Triton GEMV (``llm.kernels``) against ``F.linear``, and the decode step's kernel switch.
+
+On CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, which Triton reads
+when it is imported, so those checks run in a subprocess): int8 and float weights, shapes that
+are not multiples of the tile, 1/3/16 rows, bias, split-K, the custom op under
+``torch.compile``. The interpreter computes bf16 ``tl.dot`` wrongly (fp16 is exact), so the
+16-row ``tl.dot`` path is checked in fp16 and fp32 here and in bf16 by the GPU tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm.fast_decode import FastDecodeOptions, fast_decode_state
+from llm.fast_decode.gemv_route import GemvLinear, gemv_route
+from llm.kernels import gemv_linear, reference_gemv
+from llm.quantization import WeightOnlyInt8Linear, quantize_model_
+from llm.streaming import run_generate
+
+REPO = Path(__file__).resolve().parent.parent
+needs_triton = pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    return bool(((y.float() - ref.float()).abs().max() <= tol * ref.float().abs().max().clamp(min=1)).item())
+
+
+def _case(rows: int, n: int, k: int, dtype: torch.dtype, *, int8: bool, device: str = "cpu") -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(rows * 1000 + n + k)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    if int8:
+        w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8).to(device)
+        scales = (torch.rand(n, generator=g) / 100).to(device, dtype)
+    else:
+        w, scales = (torch.randn(n, k, generator=g) / k**0.5).to(device, dtype), None
+    return {"x": x, "weight": w, "scales": scales, "bias": torch.randn(n, generator=g).to(device, dtype)}
+
+
+def _reference(c: dict[str, torch.Tensor], *, bias: bool = True) -> torch.Tensor:
+    """float32 F.linear (dequantized weight for int8) on the same inputs."""
+    w = c["weight"].float() if c["scales"] is None else c["weight"].float() * c["scales"].float()[:, None]
+    return torch.nn.functional.linear(c["x"].float(), w, c["bias"].float() if bias else None)
+
+
+def interpreted_checks() -> None:
+    """Run in a subprocess with TRITON_INTERPRET=1 (see ``test_kernel_under_triton_interpreter``)."""
+    import llm.kernels.gemv as gemv_module
+    from llm.kernels.gemv import launch_gemv
+    from llm.kernels.gemv_configs import GemvConfig
+
+    configs = [GemvConfig(16, 32), GemvConfig(16, 64, split_k=3), GemvConfig(32, 16)]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for int8 in (True, False):
+            for rows in (1, 3, 16):
+                if rows == 16 and dtype == torch.bfloat16:
+                    continue  # the interpreter's bf16 tl.dot is wrong (module docstring)
+                for n, k in ((37, 100), (48, 200)):
+                    c = _case(rows, n, k, dtype, int8=int8)
+                    ref = _reference(c)
+                    for config in configs:
+                        y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
+                        assert y.dtype == dtype and y.shape == (rows, n)
+                        assert _close(y, ref, dtype), (dtype, int8, rows, n, k, config)
+    # No bias, no scale; a 3-D input through the public function and the custom op.
+    c = _case(2, 33, 70, torch.float32, int8=False)
+    y = gemv_linear(c["x"].view(2, 1, 70), c["weight"])
+    assert y.shape == (2, 1, 33) and _close(y.view(2, 33), _reference(c, bias=False), torch.float32)
+    # The int8 layer takes the kernel (launches counted) and agrees with its PyTorch forward.
+    launches = []
+    original = gemv_module.launch_gemv
+    gemv_module.launch_gemv = lambda *a: launches.append(1) or original(*a)
+    layer = WeightOnlyInt8Linear(torch.randn(45, 96), torch.randn(45))
+    x = torch.randn(3, 1, 96)
+    with torch.inference_mode():
+        y = layer(x)
+        layer.kernel = "torch"
+        expected = layer(x)
+        layer.kernel = "triton"
+        assert launches and _close(y, expected, torch.float32)
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=False)  # fake impl, no break
+        count = len(launches)
+        assert _close(compiled(x), expected, torch.float32) and len(launches) > count
+    # Training through an INT8 base (grad on, input needs grad) stays on PyTorch: the op has no backward.
+    from llm.kernels import gemv_applies
+
+    x_grad = torch.randn(1, 96, requires_grad=True)
+    assert gemv_applies(x_grad.detach(), layer.weight) and not gemv_applies(x_grad, layer.weight)
+    print("OK")
+
+
+@needs_triton
+def test_kernel_under_triton_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code = "from tests.test_gemv import interpreted_checks; interpreted_checks()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_without_kernel_gemv_is_the_int8_layers_former_forward() -> None:
+    """CPU without the interpreter: ``gemv_linear`` and the int8 layer compute in PyTorch, as before."""
+    c = _case(3, 37, 100, torch.float32, int8=True)
+    y = gemv_linear(c["x"], c["weight"], scales=c["scales"], bias=c["bias"])
+    assert torch.equal(y, reference_gemv(c["x"], c["weight"], scales=c["scales"], bias=c["bias"]))
+    assert _close(y, _reference(c), torch.float32)
+    layer = WeightOnlyInt8Linear(torch.randn(8, 16), None)
+    assert torch.equal(layer(torch.ones(1, 16)), reference_gemv(torch.ones(1, 16), layer.weight, scales=layer.scales))
+
+
+def test_config_table_entries_parse_and_candidates_fit_the_kernel() -> None:
+    from llm.kernels.gemv_configs import TORCH, TUNED, GemvConfig, candidates, row_bucket, tuned
+
+    assert [row_bucket(r) for r in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert GemvConfig.parse(str(GemvConfig(16, 512, 2, 8, 4))) == GemvConfig(16, 512, 2, 8, 4)
+    for key, text in TUNED.items():  # checked-in winners must parse
+        assert text == TORCH or GemvConfig.parse(text), key
+    for rows in range(1, 17):
+        for n, k in ((4608, 4096), (4096, 13696), (65024, 4096)):
+            for int8 in (True, False):
+                options = candidates(rows, n, k, int8=int8)
+                assert len(options) <= 10 and len(set(options)) == len(options)
+                if rows >= 5:  # tl.dot tiles
+                    assert all(c.block_n >= 16 and c.block_k >= 16 for c in options)
+                choice = tuned(rows, n, k, int8=int8)
+                assert choice is None or choice == TORCH or isinstance(choice, GemvConfig)
+
+
+@pytest.mark.parametrize("kernel", ["triton", "torch"])
+@pytest.mark.parametrize("kind", ["none", "int8"])
+def test_decode_step_gemv_switch_keeps_tokens_and_restores_layers(kind: str, kernel: str, tiny_glm_dir: Path) -> None:
+    """``gemv_kernel`` swaps stand-ins in for the step only: greedy tokens as eager, layers put back."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_glm_dir, dtype=torch.float32).eval()
+    if kind == "int8":
+        quantize_model_(model, "int8")
+    options = FastDecodeOptions(on_cpu=True, gemv_kernel=kernel)
+    ids = torch.tensor([[5, 17, 42, 9, 3, 8]])
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 8, "do_sample": False}
+    with torch.inference_mode():
+        eager = run_generate(model, dict(kwargs))
+        fast = run_generate(model, dict(kwargs), fast_decode=options)
+    assert torch.equal(eager, fast)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert all(m.kernel == "triton" for m in model.modules() if isinstance(m, WeightOnlyInt8Linear))
+    graphs = fast_decode_state(model).graphs
+    assert any(key[-1] == kernel for key in graphs)  # the option is part of the graph's key
+    route = gemv_route(model, fast_decode_state(model).fused or [], kernel)
+    if kernel == "triton" and kind == "none":
+        assert route.linears and route.fused and all(isinstance(s, GemvLinear) for *_, s in route.linears)
+    route.swap(on=True)
+    assert (type(model.lm_head) is GemvLinear) == (kernel == "triton")
+    route.swap(on=False)
+    assert type(model.lm_head) is torch.nn.Linear
+
+
+# ----- CUDA --------------------------------------------------------------------------------
+
+SHAPES = [(4608, 4096), (4096, 13696), (1000, 1000)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("int8", [True, False])
+def test_kernel_matches_f_linear_on_cuda(int8: bool) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.kernels.gemv import launch_gemv
+    from llm.kernels.gemv_configs import candidates
+    from llm.kernels.gemv_op import choose_config
+
+    for n, k in SHAPES:
+        for rows in (1, 3, 16):
+            c = _case(rows, n, k, torch.bfloat16, int8=int8, device="cuda")
+            ref = _reference(c)  # the first call tunes: every candidate runs once
+            assert _close(gemv_linear(c["x"], c["weight"], scales=c["scales"], bias=c["bias"]), ref, torch.bfloat16)
+            assert choose_config(c["x"], c["weight"], c["scales"], c["bias"]) is not None
+            if (n, k) == SHAPES[1]:  # tall K: split-K candidates too; each must be right, not just fast
+                for config in candidates(rows, n, k, int8=int8):
+                    y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
+                    assert _close(y, ref, torch.bfloat16), (n, k, rows, config)
+
+
+@pytest.mark.gpu
+def test_kernel_runs_compiled_inside_a_cuda_graph() -> None:
+    """The decode step's setting: torch.compile'd, warmed on a side stream, captured, replayed."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.fast_decode import capture_graph, warm_up_on_side_stream
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(512, 384, device="cuda", dtype=torch.bfloat16)
+    int8 = WeightOnlyInt8Linear(torch.randn(256, 384, device="cuda", dtype=torch.bfloat16) * 0.05,
+                                torch.randn(256, device="cuda", dtype=torch.bfloat16))
+    stand_in = GemvLinear(dense.weight, dense.bias)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return int8(torch.nn.functional.silu(stand_in(x)))
+
+    compiled = torch.compile(step, dynamic=False, fullgraph=True, options={"coordinate_descent_tuning": True})
+    x = torch.randn(2, 1, 512, device="cuda", dtype=torch.bfloat16)
+    out: list[torch.Tensor] = []
+    with torch.inference_mode():
+        warm_up_on_side_stream(lambda: compiled(x), times=2)
+        graph = capture_graph(lambda: out.append(compiled(x)))
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        int8.kernel = "torch"
+        expected = torch.nn.functional.linear(x, dense.weight, dense.bias)
+        expected = int8(torch.nn.functional.silu(expected))
+    assert _close(out[-1], expected, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["auto", "triton"])
+def test_bf16_int8_decode_graph_runs_the_kernel(kernel: str, tiny_glm_dir: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm import ChatGLM
+    from llm.kernels import chosen_configs
+
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="bfloat16", quantization="int8",
+                                   temperature=0.0, max_new_tokens=12,
+                                   fast_decode_options=FastDecodeOptions(gemv_kernel=kernel))
+    assert llm_.invoke("曹操是谁？")
+    assert llm_.fast_decode_report["decode_graph"] is None, llm_.fast_decode_report
+    assert any(key.startswith("int8") for key in chosen_configs())
+    if kernel == "triton":
+        assert any(key.startswith("float") for key in chosen_configs())
+
+
+def test_decode_compile_tunes_int8_only_where_it_dequantizes_in_pytorch() -> None:
+    """INT8 layers on the Triton GEMV need no coordinate-descent tuning (it would only turn the bf16
+    LM head's cuBLAS GEMV into an Inductor reduction); on the PyTorch path they do."""
+    from types import SimpleNamespace
+
+    from llm.fast_decode.decode_graph import compile_options
+    from llm.kernels import TRITON_AVAILABLE
+
+    def model(dtype: torch.dtype) -> torch.nn.Module:
+        m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)).to(dtype)
+        m.config = SimpleNamespace()
+        return quantize_model_(m, "int8", skip=("1",))
+
+    tuned = {"coordinate_descent_tuning": True}
+    assert compile_options(model(torch.float32)) == tuned  # the kernel takes 16-bit activations only
+    assert compile_options(model(torch.bfloat16), "torch") == tuned
+    assert compile_options(model(torch.bfloat16)) == (None if TRITON_AVAILABLE else tuned)
