@@ -19,7 +19,8 @@ Endpoints (all under ``/v1``; with an API key configured they need ``Authorizati
 - ``GET /health``: liveness, never needs a key.
 
 Modules: ``app`` (``create_app``), ``routes`` (the endpoints), ``schemas`` (request bodies),
-``chat_jobs`` (one completion on a local or remote model), ``wire`` (OpenAI's response and
+``chat_jobs`` (one completion on a LangChain chat model, local or remote), ``kb_chat`` (KB chat's
+prompt budget and usage), ``wire`` (OpenAI's response and
 SSE format), ``streaming`` (blocking generators from async code), ``errors`` (the error
 edge), ``cli`` (``glmkb-api``).
 
