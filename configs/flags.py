@@ -102,6 +102,23 @@ FLAGS: dict[str, Flag] = {
         key="llm.quantization",
         type=click.Choice(["none", "int8", "int4", "8bit", "4bit"]),
     ),
+    # Servers (glmkb serve, glmkb web / glmkb-web, glmkb api / glmkb-api). ``--host``, ``--port``
+    # and ``--allow-no-auth`` are the bind address and auth policy of the command's own server:
+    # one row each for the page (ui.*) and the API (api.*), the same spelling and meaning.
+    "ui_host": Flag(("--host",), "bind address (default 127.0.0.1; others need a login)", key="ui.host", metavar="HOST"),
+    "ui_port": Flag(("--port",), "TCP port (default 7860)", key="ui.port", type=int, metavar="PORT"),
+    "ui_allow_no_auth": Flag(("--allow-no-auth",), "allow a non-loopback --host without a login",
+                             key="ui.allow_no_auth", is_flag=True),
+    "auth_user": Flag(("--auth-user",), "basic-auth user; the password comes from ui.auth_password in YAML or "
+                      "GLMKB_UI__AUTH_PASSWORD, never from a flag", key="ui.auth_user", metavar="USER"),
+    "concurrency": Flag(("--concurrency",), "requests served at once", key="ui.concurrency", type=int, metavar="N"),
+    "api_host": Flag(("--host",), "bind address (default 127.0.0.1; others need an API key)", key="api.host",
+                     metavar="HOST"),
+    "api_port": Flag(("--port",), "TCP port (default 8000)", key="api.port", type=int, metavar="PORT"),
+    "api_allow_no_auth": Flag(("--allow-no-auth",), "allow a non-loopback --host without an API key",
+                              key="api.allow_no_auth", is_flag=True),
+    "served_model_name": Flag(("--served-model-name",), "model id API clients use (default glmkb)",
+                              key="api.served_model_name", metavar="NAME"),
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -28,15 +27,14 @@ def test_factory_loads_the_configured_adapter(chatglm2_mqa_legacy_path: Path, tm
     assert llm.max_new_tokens == settings.llm.generation.max_new_tokens
 
 
-def test_server_flags_map_onto_settings() -> None:
-    from app.flags import add_model_flags, model_overrides
+def test_server_flags_map_onto_settings(tmp_path: Path) -> None:
+    from app.api.cli import command
 
-    parser = argparse.ArgumentParser()
-    add_model_flags(parser)
-    args = parser.parse_args(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
-    llm = model_overrides(args)["llm"]
-    assert llm["adapter"] == "./output/checkpoint-3000" and llm["merge_adapter"] is True
-    assert model_overrides(parser.parse_args([])).get("llm", {}).get("merge_adapter") is None  # unset: the YAML decides
+    settings = command.settings_from_argv(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
+    assert settings.llm.adapter == "./output/checkpoint-3000" and settings.llm.merge_adapter is True
+    yaml = tmp_path / "merge.yaml"
+    yaml.write_text("llm:\n  merge_adapter: true\n", encoding="utf-8")
+    assert command.settings_from_argv(["--config", str(yaml)]).llm.merge_adapter is True  # unset: the YAML decides
 
 
 def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path: Path, tmp_path: Path) -> None:

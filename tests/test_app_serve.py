@@ -99,6 +99,6 @@ def test_glmkb_lists_its_subcommands_and_passes_flags_through(capsys: pytest.Cap
     assert main(["--help"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("serve", "web", "api"))
-    assert main(["api", "--help"]) == 0  # argparse's own --help, through the group
+    assert main(["api", "--help"]) == 0  # the glmkb-api command itself, in the group
     assert "--served-model-name" in capsys.readouterr().out
     assert main(["no-such-command"]) == 2

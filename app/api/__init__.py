@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PROG", "build_parser", "create_app", "main", "serve", "settings_from_args"]
+__all__ = ["PROG", "command", "create_app", "main", "serve"]
 
 
 def __getattr__(name: str) -> Any:
@@ -42,7 +42,7 @@ def __getattr__(name: str) -> Any:
         from app.api.app import create_app
 
         return create_app
-    if name in ("PROG", "build_parser", "main", "serve", "settings_from_args"):
+    if name in ("PROG", "command", "main", "serve"):
         from app.api import cli
 
         return getattr(cli, name)
