@@ -37,6 +37,8 @@ class Flag:
     is_flag: bool = False
     metavar: str | None = None
     multiple: bool = False
+    default: Any = None
+    """A default shown in ``--help`` (only for flags that set no setting)."""
 
     def option(self, name: str) -> Callable[[F], F]:
         """The click option for this flag, with ``name`` as its parameter name."""
@@ -46,6 +48,8 @@ class Flag:
             extra.update(is_flag=True, default=None if self.key else False)
         else:
             extra.update(type=self.type, metavar=self.metavar, multiple=self.multiple)
+            if self.default is not None:
+                extra.update(default=self.default, show_default=True)
         return click.option(*self.decls, name, **extra)
 
 
@@ -89,6 +93,13 @@ FLAGS: dict[str, Flag] = {
     "threshold": Flag(("--threshold",), "drop hits scoring below SCORE", key="retrieval.score_threshold",
                       type=float, metavar="SCORE"),
     "reranker": Flag(("--reranker",), "cross-encoder that reorders hits", key="retrieval.reranker", metavar="MODEL"),
+    # Books: chapter ranges, documents, the character graph, map-step batches.
+    "chapters": Flag(("--chapters",), "only these chapters, e.g. 40-60 or 第40-60回", metavar="RANGE"),
+    "source": Flag(("--source",), "only this document (doc_id, path or file name)", metavar="FILE"),
+    "aliases": Flag(("--aliases",), "alias file of the character graph: 'canonical: [alias, ...]' per line",
+                    metavar="YAML"),
+    "batch_size": Flag(("--batch-size",), "prompts per model batch in the map step (chapters or their pieces)",
+                       type=int, metavar="N", default=4),
     # The chat model.
     "model_path": Flag(("--model-path",), "chat model folder or hub id", key="llm.model_path", metavar="PATH"),
     "device": Flag(("--device",), f"chat model device: {DEVICES}", key="llm.device", metavar="DEVICE"),

@@ -30,6 +30,7 @@ __all__ = [
     "check_prompt_chars",
     "context_length",
     "default_max_tokens",
+    "openai_usage",
 ]
 
 # No tokenizer glmkb serves packs more characters than this into one token (GLM-4's ~1 char
@@ -109,11 +110,16 @@ class ChatOutcome:
     completion_tokens: int = 0
 
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        return openai_usage(self.prompt_tokens, self.completion_tokens)
+
+
+def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 # --------------------------------------------------------------------------- the model's limits

@@ -19,7 +19,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.outputs import LLMResult
 
-from app.api.chat_jobs import RequestError, context_length, default_max_tokens
+from app.api.chat_jobs import RequestError, context_length, default_max_tokens, openai_usage
 
 __all__ = ["KBBudget", "UsageCounter", "prompt_budget"]
 
@@ -98,11 +98,7 @@ class UsageCounter(BaseCallbackHandler):
         self.finish_reason = reported[-1] if reported else ("length" if cut else "stop")
 
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        return openai_usage(self.prompt_tokens, self.completion_tokens)
 
 
 def finish_reason_of(generation: Any) -> str | None:
