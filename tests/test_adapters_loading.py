@@ -27,14 +27,15 @@ def test_factory_loads_the_configured_adapter(chatglm2_mqa_legacy_path: Path, tm
     assert llm.max_new_tokens == settings.llm.generation.max_new_tokens
 
 
-def test_server_flags_map_onto_settings(tmp_path: Path) -> None:
+def test_server_flags_map_onto_settings() -> None:
+    from unittest import mock
+
     from app.api.cli import command
 
     settings = command.settings_from_argv(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
     assert settings.llm.adapter == "./output/checkpoint-3000" and settings.llm.merge_adapter is True
-    yaml = tmp_path / "merge.yaml"
-    yaml.write_text("llm:\n  merge_adapter: true\n", encoding="utf-8")
-    assert command.settings_from_argv(["--config", str(yaml)]).llm.merge_adapter is True  # unset: the YAML decides
+    with mock.patch.dict("os.environ", {"GLMKB_LLM__MERGE_ADAPTER": "true"}):
+        assert command.settings_from_argv([]).llm.merge_adapter is True  # unset: the environment/YAML decides
 
 
 def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path: Path, tmp_path: Path) -> None:
