@@ -25,7 +25,9 @@ serve_command = server_command(
     "serve",
     help="Serve the web UI and the OpenAI-compatible API in one process, sharing one model "
     "(--host/--port: the one address; the API is under /v1).",
-    flags=("ui_host", "ui_port", "auth_user", "ui_allow_no_auth", "concurrency", "served_model_name", *MODEL_FLAGS, "kb"),
+    flags=(
+        "ui_host", "ui_port", "auth_user", "ui_allow_no_auth", "concurrency", "served_model_name", *MODEL_FLAGS, "kb",
+    ),
     serve=_serve,
     extra_overrides=_api_overrides,
 )

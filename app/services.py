@@ -159,9 +159,8 @@ class Services:
             from llm.chatglm_chat import ChatGLMChat
 
             if not isinstance(llm, ChatGLM):
-                name = type(llm).__name__
-                raise NotReady("大模型不支持对话", f"a {name} model has no chat face; configure a ChatGLM or a chat model",
-                               code="model_not_loaded")
+                en = f"a {type(llm).__name__} model has no chat face; configure a ChatGLM or a chat model"
+                raise NotReady("大模型不支持对话", en, code="model_not_loaded")
             chat = self._chat = ChatGLMChat(llm=llm)
         return chat
 

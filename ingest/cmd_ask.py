@@ -96,5 +96,8 @@ command = ingest_command(
         click.option("--max-chapters", type=int, default=12, show_default=True, metavar="N",
                      help="chapters read at most"),
     ],
-    flags=("chapters", "source", "aliases", "batch_size", "kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "quiet"),
+    flags=(
+        "chapters", "source", "aliases", "batch_size",
+        "kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "quiet",
+    ),
 )

@@ -101,5 +101,7 @@ command = ingest_command(
         click.option("--top", type=int, default=30, show_default=True, metavar="N", help="persons shown/drawn"),
         click.option("--llm", is_flag=True, help="label the strongest relations with the chat model"),
     ],
-    flags=("source", "chapters", "aliases", "kb", "kb_root", "json", "model_path", "device", "dtype", "quantization", "quiet"),
+    flags=(
+        "source", "chapters", "aliases", "kb", "kb_root", "json", "model_path", "device", "dtype", "quantization", "quiet",
+    ),
 )

@@ -41,8 +41,9 @@ _ALIASES = {"max_tokens": "max_new_tokens"}
 class ChatGLMChat(BaseChatModel):
     """A chat model over ``ChatGLM``'s loaded model: chat template, streaming, usage, cancellation.
 
-    Fields left ``None`` (``max_tokens``, ``temperature``, ``top_p``, ``repetition_penalty``) take ``llm``'s values; any
-    per-call keyword goes on to ``ChatGLM`` (``max_tokens`` becomes ``max_new_tokens``). Every
+    Fields left ``None`` (``max_tokens``, ``temperature``, ``top_p``, ``repetition_penalty``)
+    take ``llm``'s values; any per-call keyword goes on to ``ChatGLM`` (``max_tokens`` becomes
+    ``max_new_tokens``); ``check_capacity`` is ``llm``'s (the API's 503 before a stream). Every
     answer's ``usage_metadata`` counts prompt and generated tokens, and its
     ``response_metadata["finish_reason"]`` is ``"length"`` when ``max_tokens`` cut it, else
     ``"stop"`` (on the last chunk when streaming). Closing a stream, cancelling an ``astream``
