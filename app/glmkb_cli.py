@@ -2,8 +2,9 @@
 ``glmkb api``, ...).
 
 Adding a subcommand is one line in ``SUBCOMMANDS``: its name and ``"module:attribute"`` of a
-``click.Command`` (or of an argparse-style ``main(argv) -> int``, wrapped so its own flags
-and ``--help`` pass through). Subcommands are imported only when run, so ``glmkb api`` never
+``click.Command`` (the servers' are ``app.flags.server_command``s, so ``glmkb web`` and
+``glmkb-web`` are one command), or of an argparse-style ``main(argv) -> int`` (``finetune``),
+wrapped so its own flags and ``--help`` pass through. Subcommands are imported only when run, so ``glmkb api`` never
 imports gradio.
 """
 
@@ -20,8 +21,8 @@ __all__ = ["SUBCOMMANDS", "cli", "main"]
 
 SUBCOMMANDS: dict[str, str] = {
     "serve": "app.serve_command:serve_command",
-    "web": "app.web.cli:main",
-    "api": "app.api.cli:main",
+    "web": "app.web.cli:command",
+    "api": "app.api.cli:command",
     "finetune": "llm.finetune.cli:main",
     "bundle": "app.bundle.cli:bundle",
 }
@@ -74,7 +75,8 @@ def cli() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``glmkb``; returns the exit status."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="glmkb", standalone_mode=False)
+        # A subcommand's ``ctx.exit(code)`` comes back as the result (click's non-standalone mode).
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="glmkb", standalone_mode=False)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except click.exceptions.Exit as e:
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
         return 130
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
-from langchain_core.language_models import BaseLanguageModel
+from langchain_core.language_models import BaseChatModel, BaseLanguageModel
 
 from app.errors import EmbeddingUnavailable, Missing, NotReady, UserError, one_line
 from chains import KnowledgeBaseQAChain
@@ -98,6 +98,7 @@ class Services:
         self._llm_error: str | None = None
         self._llm_loading = False
         self._llm_lock = threading.Lock()
+        self._chat: BaseChatModel | None = None
         self._kbs: dict[str, KnowledgeBase] = {}
         self._pending: set[str] = set()
         self._pending_models: dict[str, str | None] = {}  # the embedding model chosen at creation
@@ -144,6 +145,24 @@ class Services:
             en = NO_LLM_HOWTO if error is None or error == NO_LLM_REASON else error
             raise NotReady("大模型不可用", en, code="model_not_loaded")
         return llm
+
+    def require_chat_model(self) -> BaseChatModel:
+        """The shared model's chat face, or ``NotReady`` like ``require_llm``: the model itself
+        when it is a chat model (``llm.backend: openai``), else one ``ChatGLMChat`` over the
+        loaded ``ChatGLM`` (same weights, worker and batching queue; made once)."""
+        llm = self.require_llm()
+        if isinstance(llm, BaseChatModel):
+            return llm
+        chat = self._chat
+        if chat is None or getattr(chat, "llm", None) is not llm:
+            from llm.chatglm import ChatGLM
+            from llm.chatglm_chat import ChatGLMChat
+
+            if not isinstance(llm, ChatGLM):
+                en = f"a {type(llm).__name__} model has no chat face; configure a ChatGLM or a chat model"
+                raise NotReady("大模型不支持对话", en, code="model_not_loaded")
+            chat = self._chat = ChatGLMChat(llm=llm)
+        return chat
 
     def _load_llm(self) -> None:
         if self._llm_factory is None:

@@ -37,6 +37,8 @@ class Flag:
     is_flag: bool = False
     metavar: str | None = None
     multiple: bool = False
+    default: Any = None
+    """A default shown in ``--help`` (only for flags that set no setting)."""
 
     def option(self, name: str) -> Callable[[F], F]:
         """The click option for this flag, with ``name`` as its parameter name."""
@@ -46,6 +48,8 @@ class Flag:
             extra.update(is_flag=True, default=None if self.key else False)
         else:
             extra.update(type=self.type, metavar=self.metavar, multiple=self.multiple)
+            if self.default is not None:
+                extra.update(default=self.default, show_default=True)
         return click.option(*self.decls, name, **extra)
 
 
@@ -89,6 +93,13 @@ FLAGS: dict[str, Flag] = {
     "threshold": Flag(("--threshold",), "drop hits scoring below SCORE", key="retrieval.score_threshold",
                       type=float, metavar="SCORE"),
     "reranker": Flag(("--reranker",), "cross-encoder that reorders hits", key="retrieval.reranker", metavar="MODEL"),
+    # Books: chapter ranges, documents, the character graph, map-step batches.
+    "chapters": Flag(("--chapters",), "only these chapters, e.g. 40-60 or 第40-60回", metavar="RANGE"),
+    "source": Flag(("--source",), "only this document (doc_id, path or file name)", metavar="FILE"),
+    "aliases": Flag(("--aliases",), "alias file of the character graph: 'canonical: [alias, ...]' per line",
+                    metavar="YAML"),
+    "batch_size": Flag(("--batch-size",), "prompts per model batch in the map step (chapters or their pieces)",
+                       type=int, metavar="N", default=4),
     # The chat model.
     "model_path": Flag(("--model-path",), "chat model folder or hub id", key="llm.model_path", metavar="PATH"),
     "device": Flag(("--device",), f"chat model device: {DEVICES}", key="llm.device", metavar="DEVICE"),
@@ -102,6 +113,23 @@ FLAGS: dict[str, Flag] = {
         key="llm.quantization",
         type=click.Choice(["none", "int8", "int4", "8bit", "4bit"]),
     ),
+    # Servers (glmkb serve, glmkb web / glmkb-web, glmkb api / glmkb-api). ``--host``, ``--port``
+    # and ``--allow-no-auth`` are the bind address and auth policy of the command's own server:
+    # one row each for the page (ui.*) and the API (api.*), the same spelling and meaning.
+    "ui_host": Flag(("--host",), "bind address (default 127.0.0.1; others need a login)", key="ui.host", metavar="HOST"),
+    "ui_port": Flag(("--port",), "TCP port (default 7860)", key="ui.port", type=int, metavar="PORT"),
+    "ui_allow_no_auth": Flag(("--allow-no-auth",), "allow a non-loopback --host without a login",
+                             key="ui.allow_no_auth", is_flag=True),
+    "auth_user": Flag(("--auth-user",), "basic-auth user; the password comes from ui.auth_password in YAML or "
+                      "GLMKB_UI__AUTH_PASSWORD, never from a flag", key="ui.auth_user", metavar="USER"),
+    "concurrency": Flag(("--concurrency",), "requests served at once", key="ui.concurrency", type=int, metavar="N"),
+    "api_host": Flag(("--host",), "bind address (default 127.0.0.1; others need an API key)", key="api.host",
+                     metavar="HOST"),
+    "api_port": Flag(("--port",), "TCP port (default 8000)", key="api.port", type=int, metavar="PORT"),
+    "api_allow_no_auth": Flag(("--allow-no-auth",), "allow a non-loopback --host without an API key",
+                              key="api.allow_no_auth", is_flag=True),
+    "served_model_name": Flag(("--served-model-name",), "model id API clients use (default glmkb)",
+                              key="api.served_model_name", metavar="NAME"),
 }
 
 

@@ -73,6 +73,12 @@ def ingest_command(
     return click.command(name, help=description or help, short_help=help, context_settings=CONTEXT)(fn)
 
 
+def doc_body(doc: str | None) -> str:
+    """A subcommand module's docstring past its first paragraph, as ``--help`` text (RST
+    double backquotes made single)."""
+    return (doc or "").split("\n\n", 1)[-1].replace("``", "`")
+
+
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Load settings with every flag in ``args`` applied (``--kb``, ``--kb-root``, ``--embedding``...)."""
     return settings_from_params(vars(args), **overrides)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import click
 
-from ingest.cli import ingest_command, settings_from_args
+from ingest.cli import doc_body, ingest_command, settings_from_args
 
 
 def book_chain(kb: Any, llm: Any, settings: Any, args: argparse.Namespace) -> Any:
@@ -88,18 +88,16 @@ command = ingest_command(
     "ask",
     run,
     help="answer a question from a knowledge base (passages, or the whole book)",
-    description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
+    description=doc_body(__doc__),
     arguments=[
         click.argument("question"),
         click.option("--scope", type=click.Choice(["chunk", "book"]), default="chunk", show_default=True,
                      help="chunk: best passages; book: whole book, chapter by chapter"),
-        click.option("--chapters", metavar="RANGE", help="book scope: only these chapters, e.g. 第40-60回"),
-        click.option("--source", metavar="FILE", help="book scope: only this document"),
-        click.option("--aliases", metavar="YAML", help="book scope: alias file for the character graph"),
-        click.option("--batch-size", type=int, default=4, show_default=True, metavar="N",
-                     help="chapters mapped per batch"),
         click.option("--max-chapters", type=int, default=12, show_default=True, metavar="N",
                      help="chapters read at most"),
     ],
-    flags=("kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "quiet"),
+    flags=(
+        "chapters", "source", "aliases", "batch_size",
+        "kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "quiet",
+    ),
 )

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ingest.cli import ingest_command, settings_from_args
+from ingest.cli import doc_body, ingest_command, settings_from_args
 
 
 def build(args: argparse.Namespace, kb: Any) -> Any:
@@ -94,15 +94,14 @@ command = ingest_command(
     "characters",
     run,
     help="persons and relations of the novels in a knowledge base",
-    description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
+    description=doc_body(__doc__),
     arguments=[
-        click.option("--source", metavar="FILE", help="only this document (doc_id, path or file name)"),
-        click.option("--chapters", metavar="RANGE", help="only these chapters, e.g. 40-60 or 第40-60回"),
-        click.option("--aliases", metavar="YAML", help="alias file: 'canonical: [alias, ...]' per line"),
         click.option("--png", metavar="FILE", help="also draw the top persons to this PNG file"),
         click.option("--font", metavar="FILE", help="CJK font file for --png (default: search the system)"),
         click.option("--top", type=int, default=30, show_default=True, metavar="N", help="persons shown/drawn"),
         click.option("--llm", is_flag=True, help="label the strongest relations with the chat model"),
     ],
-    flags=("kb", "kb_root", "json", "model_path", "device", "dtype", "quantization", "quiet"),
+    flags=(
+        "source", "chapters", "aliases", "kb", "kb_root", "json", "model_path", "device", "dtype", "quantization", "quiet",
+    ),
 )

@@ -127,11 +127,9 @@ command = ingest_command(
     ),
     arguments=[
         click.argument("target", metavar="FILE_OR_DOC"),
-        click.option("--chapters", metavar="RANGE", help="only these chapters, e.g. 1-10 or 第1-10回"),
-        click.option("--batch-size", type=int, default=4, show_default=True, metavar="N",
-                     help="chapter pieces summarized per batch"),
         click.option("--token-max", type=int, metavar="N",
                      help="collapse chapter summaries while the final prompt exceeds N tokens (default: llm.max_input_tokens)"),
     ],
-    flags=("kb", "kb_root", "model_path", "device", "dtype", "quantization", "adapter", "merge_adapter", "quiet"),
+    flags=("chapters", "batch_size", "kb", "kb_root", "model_path", "device", "dtype", "quantization", "adapter",
+           "merge_adapter", "quiet"),
 )

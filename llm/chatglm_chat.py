@@ -41,8 +41,9 @@ _ALIASES = {"max_tokens": "max_new_tokens"}
 class ChatGLMChat(BaseChatModel):
     """A chat model over ``ChatGLM``'s loaded model: chat template, streaming, usage, cancellation.
 
-    Fields left ``None`` (``max_tokens``, ``temperature``, ``top_p``) take ``llm``'s values; any
-    per-call keyword goes on to ``ChatGLM`` (``max_tokens`` becomes ``max_new_tokens``). Every
+    Fields left ``None`` (``max_tokens``, ``temperature``, ``top_p``, ``repetition_penalty``)
+    take ``llm``'s values; any per-call keyword goes on to ``ChatGLM`` (``max_tokens`` becomes
+    ``max_new_tokens``); ``check_capacity`` is ``llm``'s (the API's 503 before a stream). Every
     answer's ``usage_metadata`` counts prompt and generated tokens, and its
     ``response_metadata["finish_reason"]`` is ``"length"`` when ``max_tokens`` cut it, else
     ``"stop"`` (on the last chunk when streaming). Closing a stream, cancelling an ``astream``
@@ -67,6 +68,7 @@ class ChatGLMChat(BaseChatModel):
     )
     temperature: float | None = Field(None, ge=0.0, description="0 means greedy decoding.")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
     stop: list[str] | None = Field(None, description="Stop sequences of every call (added to per-call ones).")
     model_name: str | None = Field(None, description="Name for traces; defaults to the model folder's name.")
 
@@ -148,6 +150,10 @@ class ChatGLMChat(BaseChatModel):
         """The exact model input text for ``messages`` (the chat template, ending in the assistant turn)."""
         return self.llm.render_messages(self._template_messages(messages))
 
+    def check_capacity(self) -> None:
+        """``ChatGLM.check_capacity``: ``llm.batching.Busy`` (HTTP 503) now when the model's queue is full."""
+        self.llm.check_capacity()
+
     # ----- generation ---------------------------------------------------------------------
 
     def _template_messages(self, messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
@@ -160,7 +166,12 @@ class ChatGLMChat(BaseChatModel):
 
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Generation options of a call for ChatGLM: fields set here, then per-call overrides."""
-        fields = {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        fields = {
+            "max_new_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
         options = {name: value for name, value in fields.items() if value is not None}
         for name, value in kwargs.items():
             if name == "model":  # a trace-only override (there is one local model)

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import openai
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
@@ -138,51 +138,32 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     # ----- system prompt and errors around every request ---------------------------------------
 
-    def _with_system(self, messages: list[BaseMessage]) -> list[BaseMessage]:
-        if not self.system_prompt or any(isinstance(m, SystemMessage) for m in messages):
-            return messages
-        return [SystemMessage(self.system_prompt), *messages]
+    def _get_request_payload(self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+        """``ChatOpenAI``'s request body (every path builds it here), with ``system_prompt``
+        first when the messages bring no system message of their own."""
+        messages = self._convert_input(input_).to_messages()
+        if self.system_prompt and not any(isinstance(m, SystemMessage) for m in messages):
+            messages = [SystemMessage(self.system_prompt), *messages]
+        return super()._get_request_payload(messages, stop=stop, **kwargs)
 
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        with self._server_errors():
-            yield from super()._stream(self._with_system(messages), stop, run_manager, **kwargs)
+    # The four ways ``ChatOpenAI`` calls the server, each with its SDK errors made one line.
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         with self._server_errors():
-            return super()._generate(self._with_system(messages), stop, run_manager, **kwargs)
+            yield from super()._stream(*args, **kwargs)
 
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._server_errors():
-            async for chunk in super()._astream(self._with_system(messages), stop, run_manager, **kwargs):
+            return super()._generate(*args, **kwargs)
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        with self._server_errors():
+            async for chunk in super()._astream(*args, **kwargs):
                 yield chunk
 
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._server_errors():
-            return await super()._agenerate(self._with_system(messages), stop, run_manager, **kwargs)
+            return await super()._agenerate(*args, **kwargs)
 
     @contextlib.contextmanager
     def _server_errors(self) -> Iterator[None]:

@@ -183,8 +183,11 @@ class StopSequenceFilter:
 class GenerationStats:
     """Token counts and the finish reason of one streamed generation (usage reporting).
 
-    ``finish_reason`` is ``"length"`` when ``max_new_tokens`` tokens were generated without an
-    eos id or a stop sequence, else ``"stop"`` (OpenAI's vocabulary).
+    ``output_tokens`` counts every generated token, the eos that ends an answer included, as
+    OpenAI-compatible servers (vLLM) count ``completion_tokens``: the API reports the same usage
+    for the local model as for the model served by vLLM. ``finish_reason`` is ``"length"`` when
+    ``max_new_tokens`` tokens were generated without an eos id or a stop sequence, else
+    ``"stop"`` (OpenAI's vocabulary).
     """
 
     input_tokens: int = 0
@@ -202,10 +205,9 @@ class GenerationStats:
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
 
     def add(self, token_id: int) -> None:
-        """Count one generated token (an eos id ends the answer and is not counted)."""
+        """Count one generated token (an eos id, which ends the answer, too)."""
         self.last_token = token_id
-        if token_id not in self.eos_ids:
-            self.output_tokens += 1
+        self.output_tokens += 1
 
     def stop_sequence_seen(self) -> None:
         self.stopped_by_sequence = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -44,14 +43,14 @@ def test_every_chatglm_constructor_applies_the_adapter(chatglm2_mqa_legacy_path:
 
 
 def test_server_flags_map_onto_settings() -> None:
-    from app.flags import add_model_flags, model_overrides
+    from unittest import mock
 
-    parser = argparse.ArgumentParser()
-    add_model_flags(parser)
-    args = parser.parse_args(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
-    llm = model_overrides(args)["llm"]
-    assert llm["adapter"] == "./output/checkpoint-3000" and llm["merge_adapter"] is True
-    assert model_overrides(parser.parse_args([])).get("llm", {}).get("merge_adapter") is None  # unset: the YAML decides
+    from app.api.cli import command
+
+    settings = command.settings_from_argv(["--adapter", "./output/checkpoint-3000", "--merge-adapter"])
+    assert settings.llm.adapter == "./output/checkpoint-3000" and settings.llm.merge_adapter is True
+    with mock.patch.dict("os.environ", {"GLMKB_LLM__MERGE_ADAPTER": "true"}):
+        assert command.settings_from_argv([]).llm.merge_adapter is True  # unset: the environment/YAML decides
 
 
 def test_convert_with_adapter_writes_a_merged_native_folder(chatglm3_legacy_path: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from pydantic import Field
 
-from app.api import build_parser, settings_from_args
+from app.api import command as api_command
 from app.auth import AuthConfigError, resolve_api_key
 from app.services import Services
 from configs import Settings
@@ -510,14 +510,13 @@ def test_the_command_line_entry_point_serves_and_stops_cleanly(tiny_glm_dir: Pat
 
 
 def test_cli_flags_override_settings(tmp_path: Path) -> None:
-    args = build_parser().parse_args(
+    s = api_command.settings_from_argv(
         ["--host", "0.0.0.0", "--port", "9001", "--model-path", "/m", "--kb-root", str(tmp_path),
          "--device", "cpu", "--served-model-name", "glm-4", "--allow-no-auth", "--embedding", "none"]
     )
-    s = settings_from_args(args)
     assert (s.api.host, s.api.port, s.api.served_model_name, s.api.allow_no_auth) == ("0.0.0.0", 9001, "glm-4", True)
     assert (s.llm.model_path, s.llm.device, s.kb_root, s.embedding.model) == ("/m", "cpu", tmp_path, "none")
-    defaults = settings_from_args(build_parser().parse_args([]))
+    defaults = api_command.settings_from_argv([])
     assert (defaults.api.host, defaults.api.port, defaults.api.allow_no_auth) == ("127.0.0.1", 8000, False)
 
 

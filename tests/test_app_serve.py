@@ -99,6 +99,24 @@ def test_glmkb_lists_its_subcommands_and_passes_flags_through(capsys: pytest.Cap
     assert main(["--help"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("serve", "web", "api"))
-    assert main(["api", "--help"]) == 0  # argparse's own --help, through the group
+    assert main(["api", "--help"]) == 0  # the glmkb-api command itself, in the group
     assert "--served-model-name" in capsys.readouterr().out
     assert main(["no-such-command"]) == 2
+
+
+def test_glmkb_web_and_api_are_the_click_commands_of_glmkb_web_and_api(capsys: pytest.CaptureFixture[str]) -> None:
+    """D2 of issue 17: ``glmkb-web`` and ``glmkb-api`` were two argparse parsers of the same shape
+    beside the click ``glmkb``; now each is one click command, its flags from ``configs.flags``."""
+    from app.api.cli import command as api_command
+    from app.glmkb_cli import _load
+    from app.serve_command import serve_command
+    from app.web.cli import command as web_command
+
+    assert _load(SUBCOMMANDS["web"]) is web_command and _load(SUBCOMMANDS["api"]) is api_command
+    assert web_command.main_function()(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--auth-user", "--concurrency", "--kb", "--model-path"))
+    assert main(["web", "--no-such-flag"]) == 2 and api_command.main_function()(["--port", "x"]) == 2
+    both = serve_command.settings_from_argv(["--allow-no-auth", "--host", "0.0.0.0", "--served-model-name", "g"])
+    assert both.ui.allow_no_auth and both.api.allow_no_auth and both.api.served_model_name == "g"
+    assert not serve_command.settings_from_argv([]).api.allow_no_auth

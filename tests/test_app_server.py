@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
-from app.web.cli import build_parser, settings_from_args
+from app.web.cli import command as web_command
 from app.web.server import AuthConfigError, is_loopback, launch, resolve_auth
 from app.services import Services
 from app.web.ui import build_ui
@@ -141,23 +142,23 @@ def test_cli_flags_are_the_top_settings_layer(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("GLMKB_LLM__DEVICE", "cpu")
     config = tmp_path / "my.yaml"
     config.write_text("ui:\n  concurrency: 7\nllm:\n  model_path: /from/yaml\n", encoding="utf-8")
-    args = build_parser().parse_args(
+    s = web_command.settings_from_argv(
         ["--config", str(config), "--host", "0.0.0.0", "--model-path", "/models/glm", "--kb-root", str(tmp_path),
          "--kb", "三国", "--embedding", "none", "--auth-user", "reader", "--allow-no-auth"]
     )
-    s = settings_from_args(args)
     assert (s.ui.host, s.ui.port, s.ui.concurrency) == ("0.0.0.0", 9001, 7)  # flag, env, YAML
     assert (s.llm.model_path, s.llm.device) == ("/models/glm", "cpu")
     assert (s.kb_root, s.kb_name, s.embedding.model) == (tmp_path, "三国", "none")
     assert (s.ui.auth_user, s.ui.allow_no_auth) == ("reader", True)
-    unset = settings_from_args(build_parser().parse_args([]))
+    unset = web_command.settings_from_argv([])
     assert unset.ui.allow_no_auth is False and unset.ui.port == 9001
 
 
 def test_there_is_no_password_flag() -> None:
     """Passwords on a command line leak through ``ps``; only YAML or the environment set them."""
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--auth-password", "x"])
+    with pytest.raises(click.NoSuchOption):
+        web_command.settings_from_argv(["--auth-password", "x"])
+    assert web_command.main_function()(["--auth-password", "x"]) == 2  # a usage error
 
 
 # ------------------------------------------------------------------------------ shared model

@@ -63,7 +63,8 @@ def test_usage_and_finish_reason_stop(chat: ChatGLMChat) -> None:
     assert message.content == "曹操，字孟德。"
     usage = message.usage_metadata
     prompt_tokens = len(chat.llm.tokenizer.encode(chat.render([HumanMessage(QUESTION)]), add_special_tokens=False))
-    answer_tokens = len(chat.llm.tokenizer.encode("曹操，字孟德。", add_special_tokens=False))
+    # The answer's tokens and the eos that ended it (as vLLM counts completion_tokens).
+    answer_tokens = len(chat.llm.tokenizer.encode("曹操，字孟德。", add_special_tokens=False)) + 1
     assert usage == {"input_tokens": prompt_tokens, "output_tokens": answer_tokens,
                      "total_tokens": prompt_tokens + answer_tokens}
     assert message.response_metadata["finish_reason"] == "stop"

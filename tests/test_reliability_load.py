@@ -76,7 +76,8 @@ class PerQuestionChatGLM(ChatGLM):
 
     def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
         out = super()._generate_kwargs(prompts, kwargs)
-        found = MARKER.search(prompts[0])
+        # The rendered input: API chat completions reach the model as messages (ChatGLMChat), not a prompt.
+        found = MARKER.search(self.tokenizer.decode(out["input_ids"][0]))
         assert found, "every load-test prompt carries its question marker"
         i = int(found.group(1))
         text = self.long_answer if i in self.long_questions else answer(i)

@@ -19,7 +19,8 @@ Endpoints (all under ``/v1``; with an API key configured they need ``Authorizati
 - ``GET /health``: liveness, never needs a key.
 
 Modules: ``app`` (``create_app``), ``routes`` (the endpoints), ``schemas`` (request bodies),
-``chat_jobs`` (one completion on a local or remote model), ``wire`` (OpenAI's response and
+``chat_jobs`` (one completion on a LangChain chat model, local or remote), ``kb_chat`` (KB chat's
+prompt budget and usage), ``wire`` (OpenAI's response and
 SSE format), ``streaming`` (blocking generators from async code), ``errors`` (the error
 edge), ``cli`` (``glmkb-api``).
 
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PROG", "build_parser", "create_app", "main", "serve", "settings_from_args"]
+__all__ = ["PROG", "command", "create_app", "main", "serve"]
 
 
 def __getattr__(name: str) -> Any:
@@ -41,7 +42,7 @@ def __getattr__(name: str) -> Any:
         from app.api.app import create_app
 
         return create_app
-    if name in ("PROG", "build_parser", "main", "serve", "settings_from_args"):
+    if name in ("PROG", "command", "main", "serve"):
         from app.api import cli
 
         return getattr(cli, name)

@@ -1,35 +1,42 @@
 """Chat-completion jobs for the API: OpenAI messages in, text pieces and usage out.
 
-``LocalChat`` runs one completion on a ``ChatGLM`` (real token counts, ``finish_reason`` from
-what the model generated); ``RemoteChat`` runs it on any LangChain chat model (e.g. an
-``OpenAICompatibleChat`` when glmkb's API fronts a vLLM server). Both expose ``pieces()``, a
-generator of text whose closing stops generation, and ``outcome`` once it is exhausted.
-Everything here is synchronous; the API drives it from worker threads.
+``ChatJob`` runs one completion on any LangChain chat model: ``llm.ChatGLMChat`` over the
+local model (``Services.require_chat_model``) or ``OpenAICompatibleChat`` when glmkb's API
+fronts a vLLM server. The model reports ``usage_metadata`` and ``finish_reason`` on its last
+chunk (where a server sends no usage, the job counts with the model's tokenizer). Where the
+model's context is known (the local model), the job refuses prompts that cannot fit and bounds
+``max_tokens`` by the room the prompt leaves. ``pieces()`` is a generator of text whose closing
+stops generation; ``outcome`` is filled in once it is exhausted. Everything here is
+synchronous; the API drives it from worker threads.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk, HumanMessage, SystemMessage
 
 from app.api.schemas import ChatCompletionRequest, ChatMessage
-from llm import ChatGLM
-from llm.streaming import GenerationStats
 
 __all__ = [
+    "MAX_CHARS_PER_TOKEN",
+    "ChatJob",
     "ChatOutcome",
     "Conversation",
-    "GenerationCounter",
-    "LocalChat",
-    "RemoteChat",
+    "RequestError",
+    "check_prompt_chars",
+    "context_length",
+    "default_max_tokens",
+    "openai_usage",
 ]
 
-log = logging.getLogger(__name__)
+# No tokenizer glmkb serves packs more characters than this into one token (GLM-4's ~1 char
+# per CJK token, ~4 per English word piece); text longer than context × this cannot fit and is
+# refused before tokenizing (issue 20 #6: a 30 MB message took 54 s of CPU and +3.6 GiB).
+MAX_CHARS_PER_TOKEN = 8
 
 
 class RequestError(ValueError):
@@ -46,7 +53,7 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Conversation:
-    """OpenAI messages as ChatGLM takes them: system prompt, (user, assistant) pairs, question."""
+    """OpenAI messages as one system prompt, (user, assistant) pairs and the question."""
 
     system: str | None
     history: list[tuple[str, str]]
@@ -77,11 +84,10 @@ class Conversation:
         return cls("\n\n".join(system) if system else None, history, turns[-1][1])
 
     def langchain_messages(self) -> list[BaseMessage]:
-        """The same conversation as LangChain messages (for chat-model backends)."""
+        """The whole conversation as LangChain messages (no system message: the model's own
+        ``system_prompt`` applies)."""
         out: list[BaseMessage] = [SystemMessage(self.system)] if self.system else []
-        for user, assistant in self.history:
-            out += [HumanMessage(user), AIMessage(assistant)]
-        return [*out, HumanMessage(self.prompt)]
+        return [*out, *self.history_messages(), HumanMessage(self.prompt)]
 
     def chars(self) -> int:
         """Characters of every message (a bound checked before anything is tokenized)."""
@@ -104,134 +110,25 @@ class ChatOutcome:
     completion_tokens: int = 0
 
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        return openai_usage(self.prompt_tokens, self.completion_tokens)
 
 
-# --------------------------------------------------------------------------- local model
+def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-class GenerationCounter(GenerationStats):
-    """The ids a streamed generation produced (eos included), to count and inspect them.
-
-    A ``GenerationStats`` (``ChatGLM``'s ``stats``), not a stopping criterion: a call with its own
-    stopping criteria could take neither the decode graph nor a batch with other requests.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ids: list[int] = []
-
-    def add(self, token_id: int) -> None:
-        super().add(token_id)
-        self.ids.append(token_id)
-
-    def generated(self) -> list[int]:
-        return list(self.ids)
+# --------------------------------------------------------------------------- the model's limits
 
 
-@dataclass
-class LocalChat:
-    """One chat completion on a local ``ChatGLM`` (see the module docstring)."""
-
-    llm: ChatGLM
-    conversation: Conversation
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
-    stop: list[str] | None = None
-    outcome: ChatOutcome = field(default_factory=ChatOutcome)
-
-    def __post_init__(self) -> None:
-        from app.api.kb_chat import check_prompt_chars
-
-        check_prompt_chars(self.conversation.chars(), context_length(self.llm))
-        self.outcome.prompt_tokens = self.count_prompt_tokens()
-        self.max_new_tokens = self.fit_new_tokens()
-
-    @classmethod
-    def from_request(cls, llm: ChatGLM, request: ChatCompletionRequest) -> LocalChat:
-        return cls(
-            llm,
-            Conversation.from_messages(request.messages),
-            max_new_tokens=request.new_tokens(),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            repetition_penalty=request.repetition_penalty,
-            stop=request.stop_list(),
-        )
-
-    def count_prompt_tokens(self) -> int:
-        """Tokens of the prompt exactly as the model gets it (chat template applied)."""
-        text = self.llm.render_prompt(
-            self.conversation.prompt, history=self.conversation.history, system_prompt=self._system_prompt()
-        )
-        return len(self.llm.tokenizer.encode(text, add_special_tokens=False))
-
-    def fit_new_tokens(self) -> int:
-        """``max_tokens`` (default: the model's), refused when the prompt leaves no room for it."""
-        limit = context_length(self.llm)
-        asked = self.max_new_tokens
-        budget = asked or self.llm.max_new_tokens
-        if limit is None:
-            return budget
-        room = limit - self.outcome.prompt_tokens
-        if room <= 0 or (asked is not None and asked > room):
-            raise RequestError(
-                f"the prompt has {self.outcome.prompt_tokens} tokens and max_tokens is {budget}, but the "
-                f"model's context holds {limit} tokens; shorten the messages or lower max_tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        return min(budget, room)
-
-    def _system_prompt(self) -> str | None:
-        return self.conversation.system if self.conversation.system is not None else self.llm.system_prompt
-
-    def _kwargs(self, counter: GenerationCounter) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "history": self.conversation.history,
-            "system_prompt": self._system_prompt(),
-            "max_new_tokens": self.max_new_tokens,
-            "stats": counter,
-        }
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            if getattr(self, name) is not None:
-                kwargs[name] = getattr(self, name)
-        return kwargs
-
-    def pieces(self) -> Iterator[str]:
-        """Text as it is generated; closing this generator stops the model within a token."""
-        counter = GenerationCounter()
-        stream = self.llm.stream(self.conversation.prompt, stop=self.stop, **self._kwargs(counter))
-        try:
-            for text in stream:
-                if text:
-                    yield text
-        finally:
-            stream.close()
-        ids = counter.generated()
-        self.outcome.completion_tokens = len(ids)
-        self.outcome.finish_reason = self.finish_reason(ids)
-
-    def finish_reason(self, ids: list[int]) -> str:
-        """``length`` when ``max_tokens`` ran out (no eos, no stop sequence), else ``stop``."""
-        if len(ids) < (self.max_new_tokens or 0) or (ids and ids[-1] in eos_ids(self.llm)):
-            return "stop"
-        if self.stop:
-            text = self.llm.tokenizer.decode(ids, skip_special_tokens=True)
-            if any(s in text for s in self.stop):
-                return "stop"
-        return "length"
-
-
-def context_length(llm: ChatGLM) -> int | None:
-    """Positions the model can attend to (``max_position_embeddings``/``seq_length``), if known."""
-    config = getattr(llm.model, "config", None)
+def context_length(chat: Any) -> int | None:
+    """Positions the model can attend to (``max_position_embeddings``/``seq_length``), if known:
+    the local model's config (``ChatGLMChat.llm`` or a ``ChatGLM``); None for a remote server."""
+    config = getattr(getattr(getattr(chat, "llm", chat), "model", None), "config", None)
     for name in ("max_position_embeddings", "seq_length", "max_sequence_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -239,57 +136,107 @@ def context_length(llm: ChatGLM) -> int | None:
     return None
 
 
-def eos_ids(llm: ChatGLM) -> set[int]:
-    config = getattr(llm.model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = llm.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+def default_max_tokens(chat: Any) -> int | None:
+    """The answer length the model uses when a request names none (its ``max_tokens``, else
+    the local model's ``max_new_tokens``)."""
+    for model in (chat, getattr(chat, "llm", None)):
+        for name in ("max_tokens", "max_new_tokens"):
+            value = getattr(model, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
 
 
-# --------------------------------------------------------------------------- chat-model backends
+def check_prompt_chars(chars: int, context: int | None) -> None:
+    """Refuse text that cannot fit ``context`` tokens, by length alone (no tokenizing)."""
+    if context is not None and chars > context * MAX_CHARS_PER_TOKEN:
+        raise RequestError(
+            f"the messages have {chars} characters, more than a {context}-token context can hold; "
+            "shorten the messages",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+def sampling_params(chat: BaseChatModel, request: ChatCompletionRequest) -> dict[str, Any]:
+    """The request's generation options as per-call keywords of ``chat``. ``repetition_penalty``
+    (vLLM's extension) goes only to a model that has it (``ChatGLMChat``); the OpenAI client
+    would refuse it."""
+    params: dict[str, Any] = {}
+    if request.new_tokens() is not None:
+        params["max_tokens"] = request.new_tokens()
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        value = getattr(request, name)
+        if value is not None and (name != "repetition_penalty" or name in type(chat).model_fields):
+            params[name] = value
+    return params
+
+
+# --------------------------------------------------------------------------- the job
 
 
 @dataclass
-class RemoteChat:
-    """One chat completion on a LangChain chat model (e.g. ``OpenAICompatibleChat``)."""
+class ChatJob:
+    """One chat completion on a LangChain chat model (see the module docstring)."""
 
-    llm: BaseChatModel
-    conversation: Conversation
+    chat: BaseChatModel
+    messages: list[BaseMessage]
     params: dict[str, Any] = field(default_factory=dict)
     stop: list[str] | None = None
     outcome: ChatOutcome = field(default_factory=ChatOutcome)
 
     @classmethod
-    def from_request(cls, llm: BaseChatModel, request: ChatCompletionRequest) -> RemoteChat:
-        params: dict[str, Any] = {}
-        if request.new_tokens() is not None:
-            params["max_tokens"] = request.new_tokens()
-        for name in ("temperature", "top_p"):
-            if getattr(request, name) is not None:
-                params[name] = getattr(request, name)
-        return cls(llm, Conversation.from_messages(request.messages), params, request.stop_list())
+    def from_request(cls, chat: BaseChatModel, request: ChatCompletionRequest) -> ChatJob:
+        """The job for ``request``; ``RequestError`` (400) when it cannot fit the model's context."""
+        conversation = Conversation.from_messages(request.messages)
+        context = context_length(chat)
+        check_prompt_chars(conversation.chars(), context)
+        job = cls(chat, conversation.langchain_messages(), sampling_params(chat, request), request.stop_list())
+        if context is not None:
+            job.fit_max_tokens(context)
+        return job
+
+    def fit_max_tokens(self, context: int) -> None:
+        """``max_tokens`` (default: the model's) bounded by the room the prompt leaves in
+        ``context``; refused when an explicit one does not fit or no room is left."""
+        self.outcome.prompt_tokens = prompt = self.chat.get_num_tokens_from_messages(self.messages)
+        asked = self.params.get("max_tokens")
+        budget = asked or default_max_tokens(self.chat)
+        room = context - prompt
+        if room <= 0 or (asked is not None and asked > room):
+            raise RequestError(
+                f"the prompt has {prompt} tokens and max_tokens is {budget}, but the model's context "
+                f"holds {context} tokens; shorten the messages or lower max_tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        self.params["max_tokens"] = min(budget, room) if budget else room
 
     def pieces(self) -> Iterator[str]:
-        messages = self.conversation.langchain_messages()
-        stream = self.llm.stream(messages, stop=self.stop, **self.params)
+        """Text as it is generated; closing this generator stops the model within a token."""
+        stream = self.chat.stream(self.messages, stop=self.stop, **self.params)
         texts: list[str] = []
+        counted = False
         try:
             for chunk in stream:
-                usage = getattr(chunk, "usage_metadata", None)
-                if usage:
-                    self.outcome.prompt_tokens = usage.get("input_tokens", 0)
-                    self.outcome.completion_tokens = usage.get("output_tokens", 0)
-                reason = (getattr(chunk, "response_metadata", None) or {}).get("finish_reason")
-                if reason:
-                    self.outcome.finish_reason = reason
+                counted = self.read_metadata(chunk) or counted
                 if chunk.text:
                     texts.append(chunk.text)
                     yield chunk.text
         finally:
-            stream.close()
-        if not self.outcome.completion_tokens:  # the server sent no usage: count locally
-            self.outcome.prompt_tokens = self.llm.get_num_tokens_from_messages(messages)
-            self.outcome.completion_tokens = self.llm.get_num_tokens("".join(texts))
+            stream.close()  # type: ignore[attr-defined]
+        if not counted:  # a server that sends no usage: count with the model's tokenizer
+            self.outcome.prompt_tokens = self.chat.get_num_tokens_from_messages(self.messages)
+            self.outcome.completion_tokens = self.chat.get_num_tokens("".join(texts))
+
+    def read_metadata(self, chunk: BaseMessageChunk) -> bool:
+        """Take ``finish_reason`` and usage from a chunk; True when it carried usage."""
+        reason = (chunk.response_metadata or {}).get("finish_reason")
+        if reason:
+            self.outcome.finish_reason = reason
+        usage = getattr(chunk, "usage_metadata", None)
+        if not usage:
+            return False
+        self.outcome.prompt_tokens = usage.get("input_tokens", 0)
+        self.outcome.completion_tokens = usage.get("output_tokens", 0)
+        return True

@@ -17,17 +17,15 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
-from langchain_core.language_models import BaseChatModel
 
-from app.api.chat_jobs import Conversation, LocalChat, RemoteChat, RequestError, context_length
+from app.api.chat_jobs import ChatJob, Conversation, RequestError, check_prompt_chars, context_length
 from app.api.errors import APIError
-from app.api.kb_chat import UsageCounter, check_prompt_chars, prompt_budget
+from app.api.kb_chat import UsageCounter, prompt_budget
 from app.api.schemas import ChatCompletionRequest, EmbeddingRequest, KBChatRequest, KBQueryRequest
 from app.api.streaming import collect_unless_disconnected, event_stream
 from app.api.wire import chat_completion_body, chat_sse, kb_answer_sse, kb_completion_body, source_name
 from app.services import Services
 from app.web.book_scope import ask_book
-from llm import ChatGLM
 
 __all__ = ["Pools", "add_routes"]
 
@@ -84,9 +82,9 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
     @v1.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
-        llm = await pools.stream(services.require_llm)
-        check_capacity(llm)
-        job = await pools.stream(chat_job, llm, body)
+        chat = await pools.stream(services.require_chat_model)
+        check_capacity(chat)
+        job = await pools.stream(ChatJob.from_request, chat, body)
         if body.stream:
             return event_stream(chat_sse(job, model=services.model_id, include_usage=body.include_usage()), pools.streams)
         pieces = await until_disconnect(request, job.pieces())
@@ -137,13 +135,15 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
 
         def prepare() -> tuple[Iterator[Any], UsageCounter]:
             mode, _ = services.search_mode(services.kb(name), body.mode, fallback=False)
-            shared = services.require_llm()
-            check_capacity(shared)
+            # The chains run on the shared model's own face (the local ChatGLM for prompt-string
+            # chains and batched map steps); its chat face measures the budget and the usage.
+            chat = services.require_chat_model()
+            check_capacity(chat)
             conversation = Conversation.from_messages(body.messages)
-            check_prompt_chars(conversation.chars(), context_length(shared) if isinstance(shared, ChatGLM) else None)
-            budget = prompt_budget(shared, max_input_tokens=services.settings.llm.max_input_tokens, asked=body.new_tokens())
-            llm = with_generation(shared, body, max_tokens=budget.max_new_tokens)
-            usage = UsageCounter(llm, max_new_tokens=budget.max_new_tokens)
+            check_prompt_chars(conversation.chars(), context_length(chat))
+            budget = prompt_budget(chat, max_input_tokens=services.settings.llm.max_input_tokens, asked=body.new_tokens())
+            llm = with_generation(services.require_llm(), body, max_tokens=budget.max_new_tokens)
+            usage = UsageCounter(chat, max_new_tokens=budget.max_new_tokens)
             if body.scope == "book":
                 check_chapter_range(body.chapters)
                 events = ask_book(
@@ -189,26 +189,19 @@ def check_chapter_range(chapters: str | None) -> None:
         raise RequestError(str(e), param="chapters") from e
 
 
-def chat_job(llm: Any, body: ChatCompletionRequest) -> LocalChat | RemoteChat:
-    """The completion job for the configured model: local ChatGLM or a LangChain chat model."""
-    if isinstance(llm, ChatGLM):
-        return LocalChat.from_request(llm, body)
-    if isinstance(llm, BaseChatModel):
-        return RemoteChat.from_request(llm, body)
-    raise APIError(501, f"chat completions are not supported for a {type(llm).__name__} model")
-
-
 def with_generation(llm: Any, body: ChatCompletionRequest, *, max_tokens: int | None = None) -> Any:
-    """A shallow copy of ``llm`` with the request's sampling options (the weights are shared)."""
+    """A shallow copy of ``llm`` with the request's sampling options (the weights are shared);
+    the answer length goes to whichever of ``max_new_tokens``/``max_tokens`` the model has."""
+    fields = type(llm).model_fields
     names = {"temperature": "temperature", "top_p": "top_p", "repetition_penalty": "repetition_penalty"}
-    names["max_tokens"] = "max_new_tokens" if isinstance(llm, ChatGLM) else "max_tokens"
+    names["max_tokens"] = "max_new_tokens" if "max_new_tokens" in fields else "max_tokens"
     values = {
         "temperature": body.temperature,
         "top_p": body.top_p,
         "repetition_penalty": body.repetition_penalty,
         "max_tokens": max_tokens or body.new_tokens(),
     }
-    update = {names[k]: v for k, v in values.items() if v is not None and names[k] in type(llm).model_fields}
+    update = {names[k]: v for k, v in values.items() if v is not None and names[k] in fields}
     return llm.model_copy(update=update) if update else llm
 
 

@@ -16,7 +16,7 @@ from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
-from app.api.chat_jobs import LocalChat, RemoteChat
+from app.api.chat_jobs import ChatJob
 from app.api.errors import error_event as error_payload
 from chains.events import Answer, Progress, Sources, Token
 
@@ -84,7 +84,7 @@ def error_event(error: BaseException) -> str:
     return sse(error_payload(error))
 
 
-def chat_sse(job: LocalChat | RemoteChat, *, model: str, include_usage: bool) -> Iterator[str]:
+def chat_sse(job: ChatJob, *, model: str, include_usage: bool) -> Iterator[str]:
     """The ``chat.completion.chunk`` events of ``job``, ending in ``data: [DONE]``.
 
     Chunks: the assistant role, one per text piece, the ``finish_reason``, then (when
@@ -108,7 +108,7 @@ def chat_sse(job: LocalChat | RemoteChat, *, model: str, include_usage: bool) ->
     yield DONE_EVENT
 
 
-def chat_completion_body(job: LocalChat | RemoteChat, text: str, *, model: str) -> dict[str, Any]:
+def chat_completion_body(job: ChatJob, text: str, *, model: str) -> dict[str, Any]:
     """The whole ``chat.completion`` of ``job`` once its ``pieces`` (``text``) are exhausted."""
     return CompletionIds(model).completion(text, job.outcome.finish_reason, usage=job.outcome.usage())
 

@@ -1,63 +1,19 @@
-"""``glmkb-web`` / ``python -m app``: load settings from flags, check the bind policy, serve."""
+"""``glmkb-web`` / ``glmkb web`` / ``python -m app``: the web UI's click command (flags from the
+one table ``configs.flags``), the login policy checked before anything loads."""
 
 from __future__ import annotations
 
-import argparse
 import threading
-from collections.abc import Sequence
-from typing import Any
 
-from app.flags import add_model_flags, model_overrides
-from configs import Settings, load_settings
-from configs.cli import run_command
+from app.flags import MODEL_FLAGS, server_command
+from configs import Settings
+
+__all__ = ["PROG", "command", "main", "serve"]
 
 PROG = "glmkb-web"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Flags mirror the settings keys; anything not given falls back to YAML/env/defaults."""
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="glmkb web UI: knowledge-base chat with streamed answers and sources, "
-        "long-text summaries, knowledge-base management.",
-    )
-    p.add_argument("--config", help="YAML settings file (default: $GLMKB_CONFIG)")
-    p.add_argument("--host", help="bind address (ui.host, default 127.0.0.1; others need a login)")
-    p.add_argument("--port", type=int, help="TCP port (ui.port, default 7860)")
-    p.add_argument("--auth-user", help="basic-auth user (ui.auth_user); the password comes from "
-                   "ui.auth_password in YAML or GLMKB_UI__AUTH_PASSWORD, never from a flag")
-    p.add_argument("--allow-no-auth", action="store_true", default=None,
-                   help="allow a non-loopback --host without a login (ui.allow_no_auth)")
-    p.add_argument("--concurrency", type=int, help="requests served at once (ui.concurrency)")
-    add_model_flags(p)
-    p.add_argument("--kb", help="knowledge base selected on start (kb_name)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """``configs.load_settings`` with the flags as the top layer (unset flags are None)."""
-    overrides: dict[str, Any] = {
-        **model_overrides(args),
-        "kb_name": args.kb,
-        "ui": {
-            "host": args.host,
-            "port": args.port,
-            "auth_user": args.auth_user,
-            "allow_no_auth": args.allow_no_auth,
-            "concurrency": args.concurrency,
-        },
-    }
-    return load_settings(args.config, **overrides)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until interrupted; configuration errors are one line on stderr and exit 2."""
-    args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: serve(settings_from_args(args)), verbose=args.verbose)
-
-
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, verbose: bool = False, prog: str = PROG) -> int:
     """Check the auth policy before loading anything, then build, launch and block."""
     from app.auth import resolve_auth
     from app.services import Services
@@ -79,3 +35,13 @@ def serve(settings: Settings) -> int:
     finally:
         demo.close()
     return 0
+
+
+command = server_command(
+    PROG,
+    help="glmkb web UI: knowledge-base chat with streamed answers and sources, long-text summaries, "
+    "knowledge-base management.",
+    flags=("ui_host", "ui_port", "auth_user", "ui_allow_no_auth", "concurrency", *MODEL_FLAGS, "kb"),
+    serve=lambda: serve,
+)
+main = command.main_function()
