@@ -213,8 +213,8 @@ def variants(
     def int4_tinygemm() -> Callable[[int], Any]:
         if not hasattr(torch.ops.aten, "_weight_int4pack_mm"):
             raise RuntimeError("torch.ops.aten._weight_int4pack_mm is missing in this torch")
-        ws = w.get("int4pack")
-        return lambda i: torch.ops.aten._weight_int4pack_mm(x, ws[i % len(ws)][0], 128, ws[i % len(ws)][1])
+        ws, x2 = w.get("int4pack"), x.reshape(-1, x.shape[-1])  # the op takes a 2-D input only
+        return lambda i: torch.ops.aten._weight_int4pack_mm(x2, ws[i % len(ws)][0], 128, ws[i % len(ws)][1])
 
     return {
         "bf16 F.linear (cuBLAS)": ("bf16", bf16_cublas),
