@@ -51,6 +51,7 @@ class Sample:
     versions: int
     leftovers: list[str]
     live_versions: int
+    chunks: int
 
 
 @dataclass
@@ -131,7 +132,7 @@ def live_version_objects() -> int:
     return sum(1 for o in gc.get_objects() if type(o) is LoadedVersion and not o.closed)
 
 
-def sample(root: Path, build: int, started: float) -> Sample:
+def sample(root: Path, build: int, started: float, *, chunks: int) -> Sample:
     """One sample; open files are read before ``gc.collect()`` (a server never forces one: files
     "left to garbage collection" are what #20.10 found held), RSS and live objects after it."""
     targets = open_files()
@@ -141,7 +142,7 @@ def sample(root: Path, build: int, started: float) -> Sample:
         build=build, seconds=round(time.perf_counter() - started, 2), rss_mib=round(rss_mib(), 1),
         open_fds=len(targets), held_under_root=sum(t.startswith(f"{root}/") for t in targets),
         stale_held=stale_files(root, targets), disk_mib=round(disk_bytes(root) / 2**20, 2),
-        versions=versions, leftovers=leftovers, live_versions=live_version_objects(),
+        versions=versions, leftovers=leftovers, live_versions=live_version_objects(), chunks=chunks,
     )
 
 
@@ -164,10 +165,11 @@ def run(services: Any, plan: Plan, *, workdir: Path, on_sample: Callable[[Sample
     workdir.mkdir(parents=True, exist_ok=True)
     services.create_kb(plan.name)
     started = time.perf_counter()
-    plan.samples.append(sample(root, 0, started))
+    plan.samples.append(sample(root, 0, started, chunks=0))
     for i in range(1, plan.builds + 1):
         path = workdir / f"part{i % plan.files}.txt"
-        path.write_text(plan.texts[i % len(plan.texts)], encoding="utf-8")
+        # A marker line makes every build a real change, whatever the counts of texts and files.
+        path.write_text(f"{plan.texts[i % len(plan.texts)]}\n（第 {i} 次构建）\n", encoding="utf-8")
         services.add_files(plan.name, [path])
         query(services, plan.name, plan.queries[i % len(plan.queries)])
         if i % plan.remove_every == 0:
@@ -179,7 +181,8 @@ def run(services: Any, plan: Plan, *, workdir: Path, on_sample: Callable[[Sample
             services.create_kb(plan.name)
         query(services, plan.name, plan.queries[(i + 1) % len(plan.queries)])
         if i % plan.sample_every == 0:
-            plan.samples.append(sample(root, i, started))
+            chunks = int(services.kb_summary(plan.name).get("chunks") or 0)
+            plan.samples.append(sample(root, i, started, chunks=chunks))
             if on_sample:
                 on_sample(plan.samples[-1])
     return plan.samples
@@ -245,12 +248,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"builds); open fds max {s['open_fds_max']}; deleted or old-version files held max {s['stale_held_max']}; "
         f"disk max {s['disk_max_mib']:.1f} MiB, versions kept max {s['versions_max']}",
         "",
-        "| builds | s | RSS MiB | open fds | held under kb_root | stale held | disk MiB | versions | live LoadedVersion |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| builds | s | chunks | RSS MiB | open fds | held under kb_root | stale held | disk MiB | versions | live LoadedVersion |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["samples"]:
         lines.append(
-            f"| {row['build']} | {row['seconds']} | {row['rss_mib']} | {row['open_fds']} | {row['held_under_root']} "
+            f"| {row['build']} | {row['seconds']} | {row['chunks']} | {row['rss_mib']} | {row['open_fds']} | {row['held_under_root']} "
             f"| {len(row['stale_held'])} | {row['disk_mib']} | {row['versions']} | {row['live_versions']} |"
         )
     return "\n".join(lines) + "\n"
