@@ -192,6 +192,44 @@ def tiny_embeddings(tiny_embedding_path: Path) -> Any:
     return load_embeddings(str(tiny_embedding_path), device="cpu")
 
 
+RECALIBRATE_EVERY = 5  # trials between calibrations
+TOP_UP = 6  # aimed trials at most, when the planned ones all fell on one side of the swap
+
+
+def calibrate(zygote: Zygote, root: Path, scratch: Path, source: Path, source_text: str, rng: random.Random, *,
+              builds: int) -> tuple[float, float]:
+    """``(seconds a whole build takes now, seconds until it creates its staging folder)``: the
+    median of ``builds`` builds on a copy of ``root`` (the first build of a process can be slow)."""
+    ends, writes = [], []
+    for _ in range(builds):
+        source.write_text(variant(source_text, -1, rng), encoding="utf-8")
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(root, scratch)
+        with watch_staging(scratch / KB) as staged:
+            result = zygote.build(["build", str(source), "--kb", KB, "--kb-root", str(scratch), "-q"], None)
+        assert os.WIFEXITED(result["status"]) and os.WEXITSTATUS(result["status"]) == 0, result
+        ends.append(result["elapsed"])
+        writes.append(staged[0] if staged else result["elapsed"] / 2)
+    return sorted(ends)[len(ends) // 2], sorted(writes)[len(writes) // 2]
+
+
+def covered(log: list[dict[str, Any]]) -> bool:
+    """The kills landed all over the build: some before the swap (old), some after it (new)."""
+    return "old" in {e["outcome"] for e in log if e["killed"]} and "new" in {e["outcome"] for e in log}
+
+
+def kill_delay(phase: str, fraction: float, *, end: float, writing: float) -> float:
+    """Seconds after the fork to kill at ``fraction`` of ``phase``: the whole build and a little
+    past it, its writing phase (and a little past the end), or an aimed side of the swap."""
+    low, high = {
+        "whole": (0.0, 1.2 * end),
+        "writing": (max(0.0, writing - 0.005), end + 0.2 * (end - writing)),
+        "before-swap": (0.0, writing),
+        "after-swap": (writing + 0.8 * (end - writing), end),
+    }[phase]
+    return low + (high - low) * fraction
+
+
 def run_kill_trials(
     tmp_path: Path, source_text: str, *, kind: str, trials: int, embedding: str, embeddings: Any
 ) -> list[dict[str, Any]]:
@@ -206,54 +244,57 @@ def run_kill_trials(
     argv = ["build", str(source), "--kb", KB, "--kb-root", str(root), "-q"]
     zygote = Zygote(kind)
     log: list[dict[str, Any]] = []
+
+    def trial(number: int, delay: float) -> dict[str, Any]:
+        before = kb_state(root, embeddings=embeddings)
+        source.write_text(variant(source_text, number, rng), encoding="utf-8")
+        after = expected_after(root, source, scratch, embeddings=embeddings)
+        assert after != before
+        result = zygote.build(argv, delay)
+        stray = leftovers(root)
+        now = kb_state(root, embeddings=embeddings)
+        outcome = "old" if now == before else "new" if now == after else "MIXED"
+        if not result["killed"]:
+            assert os.WIFEXITED(result["status"]) and os.WEXITSTATUS(result["status"]) == 0, result
+        entry = {"trial": number, "delay": round(delay, 4), "killed": result["killed"],
+                 "elapsed": round(result["elapsed"], 4), "outcome": outcome, "leftovers": len(stray)}
+        print(f"[{kind}] {entry}")
+        log.append(entry)
+        assert outcome != "MIXED", f"trial {number} (seed {SEED}, delay {delay:.4f} s) left a mixed state"
+        if not result["killed"]:
+            assert outcome == "new", entry
+        return entry
+
     try:
-        # Calibrate (on a copy, not counted as a trial): how long a whole build takes here, and
-        # when it starts writing its staging folder.
-        # The median of three builds: the first one in a fresh process can be much slower.
-        ends, writes = [], []
-        for attempt in range(3):
-            source.write_text(variant(source_text, -attempt, rng), encoding="utf-8")
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.copytree(root, scratch)
-            with watch_staging(scratch / KB) as staged:
-                calibration = zygote.build(["build", str(source), "--kb", KB, "--kb-root", str(scratch), "-q"], None)
-            assert os.WIFEXITED(calibration["status"]) and os.WEXITSTATUS(calibration["status"]) == 0, calibration
-            ends.append(calibration["elapsed"])
-            writes.append(staged[0] if staged else calibration["elapsed"] / 2)
-        end, writing = sorted(ends)[1], sorted(writes)[1]
-        # Stratified: half the kills at random moments of the i-th slice of the whole build and a
-        # little past it (loading, splitting, embedding, writing, publishing), half in the i-th
-        # slice of the writing phase alone, where a kill could leave a half-written version.
+        # Kills are planned as fractions of the build, stratified: half at random moments of the
+        # i-th slice of the whole build and a little past it (loading, splitting, embedding,
+        # writing, publishing), half in the i-th slice of the writing phase alone, where a kill
+        # could leave a half-written version. They become seconds through a calibration (builds
+        # on a copy, not counted as trials) repeated every few trials: on a shared machine a
+        # build's time drifts with the load (one calibrated at 0.44 s ran 3x slower once other
+        # work started, every kill landed before the swap and the coverage check failed).
         half = trials // 2
-        delays = [1.2 * end * (i + rng.random()) / half for i in range(half)]
-        low, high = max(0.0, writing - 0.005), end + 0.2 * (end - writing)
-        delays += [low + (high - low) * (i + rng.random()) / (trials - half) for i in range(trials - half)]
-        rng.shuffle(delays)
+        plan = [("whole", (i + rng.random()) / half) for i in range(half)]
+        plan += [("writing", (i + rng.random()) / (trials - half)) for i in range(trials - half)]
+        rng.shuffle(plan)
+        end, writing = calibrate(zygote, root, scratch, source, source_text, rng, builds=3)
         print(f"\n[{kind}] seed {SEED}; calibrated build {end:.3f} s, writing from {writing:.3f} s; {trials} kills")
-        for trial, delay in enumerate(delays, start=1):
-            before = kb_state(root, embeddings=embeddings)
-            source.write_text(variant(source_text, trial, rng), encoding="utf-8")
-            after = expected_after(root, source, scratch, embeddings=embeddings)
-            assert after != before
-            result = zygote.build(argv, delay)
-            stray = leftovers(root)
-            now = kb_state(root, embeddings=embeddings)
-            outcome = "old" if now == before else "new" if now == after else "MIXED"
-            if not result["killed"]:
-                assert os.WIFEXITED(result["status"]) and os.WEXITSTATUS(result["status"]) == 0, result
-            entry = {"trial": trial, "delay": round(delay, 4), "killed": result["killed"],
-                     "elapsed": round(result["elapsed"], 4), "outcome": outcome, "leftovers": len(stray)}
-            print(f"[{kind}] {entry}")
-            log.append(entry)
-            assert outcome != "MIXED", f"trial {trial} (seed {SEED}, delay {delay:.4f} s) left a mixed state"
-            if not result["killed"]:
-                assert outcome == "new", entry
+        for number, (phase, fraction) in enumerate(plan, start=1):
+            if number > 1 and (number - 1) % RECALIBRATE_EVERY == 0:
+                end, writing = calibrate(zygote, root, scratch, source, source_text, rng, builds=1)
+            trial(number, kill_delay(phase, fraction, end=end, writing=writing))
+        # Coverage (the kills landed on both sides of the swap) is about the test's power, not
+        # the code's: if the load still shifted every kill to one side, aim a few more at the
+        # side that is missing, freshly calibrated.
+        for number in range(trials + 1, trials + 1 + TOP_UP):
+            if covered(log):
+                break
+            end, writing = calibrate(zygote, root, scratch, source, source_text, rng, builds=1)
+            phase = "before-swap" if "old" not in {e["outcome"] for e in log if e["killed"]} else "after-swap"
+            trial(number, kill_delay(phase, rng.random(), end=end, writing=writing))
     finally:
         zygote.close()
-    # The kills landed all over the build: some before the swap, some after it.
-    outcomes = [e["outcome"] for e in log if e["killed"]]
-    assert "old" in outcomes, log
-    assert "new" in [e["outcome"] for e in log], log
+    assert covered(log), log
     # The next build cleans up whatever the killed ones left behind.
     final = KnowledgeBase(root, KB)
     if embeddings is not None:
@@ -267,7 +308,7 @@ def run_kill_trials(
 
 def test_kill_9_at_random_moments_keyword_only(tmp_path: Path, source_text: str) -> None:
     log = run_kill_trials(tmp_path, source_text, kind="keyword", trials=40, embedding="none", embeddings=None)
-    assert len(log) == 40
+    assert 40 <= len(log) <= 40 + TOP_UP
 
 
 @pytest.mark.slow
@@ -275,7 +316,7 @@ def test_kill_9_at_random_moments_dense(tmp_path: Path, source_text: str, tiny_e
                                         tiny_embeddings: Any) -> None:
     log = run_kill_trials(tmp_path, source_text, kind="dense", trials=20, embedding=str(tiny_embedding_path),
                           embeddings=tiny_embeddings)
-    assert len(log) == 20
+    assert 20 <= len(log) <= 20 + TOP_UP
 
 
 # ------------------------------------------------------------------------------ full disks
