@@ -126,10 +126,13 @@ def kb_layout(root: Path) -> tuple[int, list[str]]:
     return most, leftovers
 
 
-def live_version_objects() -> int:
+def live_version_objects(root: Path) -> int:
+    """Open ``LoadedVersion`` objects of knowledge bases under ``root`` (others in the process,
+    such as other tests', are not counted)."""
     from kb.version import LoadedVersion
 
-    return sum(1 for o in gc.get_objects() if type(o) is LoadedVersion and not o.closed)
+    return sum(1 for o in gc.get_objects()
+               if type(o) is LoadedVersion and not o.closed and o.path.is_relative_to(root))
 
 
 def sample(root: Path, build: int, started: float, *, chunks: int) -> Sample:
@@ -142,7 +145,7 @@ def sample(root: Path, build: int, started: float, *, chunks: int) -> Sample:
         build=build, seconds=round(time.perf_counter() - started, 2), rss_mib=round(rss_mib(), 1),
         open_fds=len(targets), held_under_root=sum(t.startswith(f"{root}/") for t in targets),
         stale_held=stale_files(root, targets), disk_mib=round(disk_bytes(root) / 2**20, 2),
-        versions=versions, leftovers=leftovers, live_versions=live_version_objects(), chunks=chunks,
+        versions=versions, leftovers=leftovers, live_versions=live_version_objects(root), chunks=chunks,
     )
 
 
@@ -263,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--builds", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench_out")))
-    p.add_argument("--novel", default="sanguo.txt", help="a file in the corpus folder (GLMKB_TEST_CORPUS)")
+    p.add_argument("--novel", default="sanguo.txt",
+                   help="a text file, or a novel's name in ../shared/corpus (GLMKB_TEST_CORPUS: another folder)")
     p.add_argument("--chapters", type=int, default=4, help="chapters per built file")
     p.add_argument("--embedding", default="none", help="a local embedding model folder, or none")
     p.add_argument("--sample-every", type=int, default=10)
@@ -274,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.services import Services
     from configs import load_settings
 
-    source = corpus_file(args.novel)
+    os.environ.pop("GLMKB_TEST_CORPUS", None)  # read by tests.fixtures.corpus; not a glmkb setting
+    source = Path(args.novel) if Path(args.novel).is_file() else corpus_file(args.novel)
     work = args.out / "longrun-work"
     shutil.rmtree(work, ignore_errors=True)
     settings = load_settings(None, kb_root=str(work / "kb"), embedding={"model": args.embedding},
