@@ -30,6 +30,8 @@ from chains.summarize import documents_from_file, documents_from_kb, stream_summ
 from configs import Settings
 from kb import BuildReport, DocumentInfo, EmbeddingModelError, KnowledgeBase, KnowledgeBaseError, validate_kb_name
 from kb.embedding import is_keyword_only, load_embeddings, locate_model, model_identity
+from kb.lifecycle import confusable_message
+from kb.names import confusable_name
 
 __all__ = ["LLMStatus", "Services", "SharedEmbeddings", "doc_label"]
 
@@ -308,6 +310,10 @@ class Services:
         with self._kb_lock:
             if name in KnowledgeBase.list_names(self.settings.kb_root) or name in self._pending:
                 raise UserError(f"知识库 {name} 已存在", f"knowledge base {name!r} already exists")
+            other = confusable_name(name, self.list_kbs())
+            if other is not None:  # glmkb #20.16 (kb.lifecycle.check_new_name refuses it too)
+                raise UserError(f"知识库名称 {name} 与已有的 {other} 看起来相同，请直接使用 {other} 或换一个名称",
+                                confusable_message(name, other), param="name", code="kb_name_confusable")
             self._pending.add(name)  # reserved while it is written
             self._pending_models[name] = embedding_model
         try:

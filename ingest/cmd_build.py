@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Sequence
 
 import click
 
+from configs.errors import BadInput
 from ingest.cli import ingest_command, settings_from_args
 
 
@@ -14,8 +17,25 @@ from ingest.cli import ingest_command, settings_from_args
 
 
 
+def check_file_names(files: Sequence[str]) -> None:
+    """Refuse file names that are not UTF-8 before anything is read, naming the file and the
+    fix (glmkb #20.16: a GBK-named file failed with "'utf-8' codec can't encode characters in
+    position 16-17: surrogates not allowed", naming neither)."""
+    for name in files:
+        try:
+            str(name).encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(name)
+            raise BadInput(
+                f"the file name {raw.decode('utf-8', 'replace')!r} is not UTF-8 (bytes {raw!r}); rename it to "
+                "UTF-8 (e.g. `convmv -f gbk -t utf-8 --notest FILE`) and build again"
+            ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from kb import DamagedKnowledgeBaseError, KnowledgeBase
+
+    check_file_names(args.files)
 
     settings = settings_from_args(
         args,

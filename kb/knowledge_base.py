@@ -48,7 +48,7 @@ class KnowledgeBase:
         milvus_token_env: str = "MILVUS_TOKEN", new_defaults: NewKBDefaults | None = None,
     ) -> None:
         self.name, self.root = validate_kb_name(name), Path(root).expanduser()
-        self.path = self.root / name
+        self.path = self.root / self.name  # the NFC name every entry point uses
         self.device, self.batch_size, self.mode = device, batch_size, check_mode(mode)
         self.top_k, self.score_threshold, self.reranker = top_k, score_threshold, reranker
         self.milvus_uri, self.milvus_token_env = milvus_uri, milvus_token_env
@@ -201,6 +201,8 @@ class KnowledgeBase:
             base = self._reload_for_write()
             if create and base is not None:
                 raise KnowledgeBaseError(f"knowledge base {self.name!r} already exists")
+            if base is None:
+                lifecycle.check_new_name(self.root, self.name)
             if base is not None and self._add_vectors and base.manifest.keyword_only:
                 writer = self._writer(base, show_progress, model=self._add_vectors)
                 base = self._live.switch_to(writer.reindex(base.docstore.path, report))

@@ -20,6 +20,7 @@ from kb.dense_store import DenseStore
 from kb.errors import KnowledgeBaseError, KnowledgeBaseNotFound
 from kb.faiss_store import FaissStore
 from kb.manifest import Manifest
+from kb.names import confusable_name
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def drop(root: str | Path, name: str, *, milvus_uri: str | None = None, token_en
     reached, nothing is deleted. Any folder by that name goes, even one holding no version."""
     kb_dir = Path(root).expanduser() / name
     if not kb_dir.is_dir():
+        storage.read_pointer(kb_dir)  # a file by that name: says so
         raise KnowledgeBaseNotFound(no_such_kb(kb_dir.parent, name))
     with storage.write_lock(kb_dir):
         if not kb_dir.is_dir():  # dropped by the writer we waited for
@@ -141,10 +143,24 @@ def drop(root: str | Path, name: str, *, milvus_uri: str | None = None, token_en
     storage.clean_trash(kb_dir.parent)
 
 
+def check_new_name(root: str | Path, name: str) -> None:
+    """Refuse to create knowledge base ``name`` when it would look like an existing one: the same
+    NFKC-casefolded skeleton (``Ｓａｎｇｕｏ`` or ``SANGUO`` beside ``sanguo``; glmkb #20.16: two
+    names that displayed identically were two knowledge bases)."""
+    other = confusable_name(name, list_names(Path(root).expanduser()))
+    if other is not None:
+        raise KnowledgeBaseError(confusable_message(name, other))
+
+
+def confusable_message(name: str, other: str) -> str:
+    return (f"knowledge base name {name!r} looks the same as the existing knowledge base {other!r} "
+            f"(they differ only in letter case, full-width or compatibility forms); use {other!r} or another name")
+
+
 def no_such_kb(root: Path, name: str) -> str:
     names = list_names(root)
     have = f"existing: {', '.join(names)}" if names else "there are none yet"
     return f"no knowledge base named {name!r} in {root} ({have}); create it with `ingest build FILE... --kb {name}`"
 
 
-__all__ = ["KBSummary", "current_manifest", "drop", "list_names", "list_summaries", "make_store", "no_such_kb", "summarize"]
+__all__ = ["KBSummary", "check_new_name", "confusable_message", "current_manifest", "drop", "list_names", "list_summaries", "make_store", "no_such_kb", "summarize"]

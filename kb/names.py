@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 
 from kb.errors import KnowledgeBaseError
 
@@ -13,16 +14,24 @@ _FORBIDDEN = set('/\\:*?"<>|')
 _RESERVED = frozenset(
     {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
 )
+# Default-ignorable code points outside category C (Unicode's DerivedCoreProperties).
+_IGNORABLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
 
 
 def validate_kb_name(name: str) -> str:
-    """Return ``name`` if it can be a knowledge base folder, else raise KnowledgeBaseError.
+    """Return ``name`` in NFC if it can be a knowledge base folder, else raise KnowledgeBaseError.
 
     Allowed: 1-64 characters of letters (any script, e.g. 三国), digits, ``-``, ``_``, ``.``
     and spaces inside; no path separators, no ``..``, no leading dot or dash, no trailing dot,
-    no control chars, no Windows device names (``CON``, ``NUL.txt``, ``COM1``...), and no ``.db``
-    ending (``kb_root/milvus.db`` is the default Milvus Lite database).
+    no control or invisible characters, no Windows device names (``CON``, ``NUL.txt``,
+    ``COM1``...), and no ``.db`` ending (``kb_root/milvus.db`` is the default Milvus Lite database).
+
+    Every entry point (CLI, web UI, API) names knowledge bases through here, so "é" typed as one
+    code point or as e + U+0301 is one knowledge base (glmkb #20.16: two folders that displayed
+    identically).
     """
+    if isinstance(name, str):
+        name = unicodedata.normalize("NFC", name)
     problem = _name_problem(name)
     if problem:
         raise KnowledgeBaseError(
@@ -32,9 +41,29 @@ def validate_kb_name(name: str) -> str:
     return name
 
 
+def name_skeleton(name: str) -> str:
+    """How a name looks, for telling confusable names apart: NFKC and case-folded, so full-width
+    ``ｓａｎｇｕｏ１``, ``SANGUO1`` and ``sanguo1`` (and compatibility forms such as ``ﬁ``) are one."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def confusable_name(name: str, existing: Iterable[str]) -> str | None:
+    """An existing knowledge base whose name looks like ``name`` but is not it, if any."""
+    skeleton = name_skeleton(name)
+    return next((other for other in existing if other != name and name_skeleton(other) == skeleton), None)
+
+
 def is_valid_kb_name(name: str) -> bool:
     """Whether ``name`` could be a knowledge base (hidden ``.trash-*``/``.locks`` folders cannot)."""
     return _name_problem(name) is None
+
+
+def _invisible(c: str) -> bool:
+    """Control, format (zero-width joiners, bidi controls), private-use or unassigned characters,
+    and the default-ignorable letters and marks that render as nothing (Hangul fillers, variation
+    selectors): a name holding one looks like another name."""
+    return unicodedata.category(c).startswith("C") or c in _IGNORABLE or 0xFE00 <= ord(c) <= 0xFE0F \
+        or 0xE0100 <= ord(c) <= 0xE01EF
 
 
 def _name_problem(name: object) -> str | None:
@@ -42,8 +71,9 @@ def _name_problem(name: object) -> str | None:
         return "it is empty"
     if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8")) > 200:
         return "it is too long"
-    if "\x00" in name or any(unicodedata.category(c).startswith("C") for c in name):
-        return "it contains control characters"
+    invisible = next((c for c in name if _invisible(c)), None)
+    if invisible is not None:
+        return f"it contains an invisible or control character (U+{ord(invisible):04X})"
     if any(c in _FORBIDDEN for c in name):
         return "it contains a path separator or a character not allowed in file names"
     if ".." in name:

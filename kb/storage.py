@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kb.errors import KnowledgeBaseError
 from kb.manifest import FORMAT, MANIFEST, Manifest, damaged, write_manifest
 from kb.manifest import read_manifest as _read_manifest
 
@@ -55,6 +56,11 @@ def read_pointer(kb_dir: Path) -> str | None:
         name = (kb_dir / POINTER).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except NotADirectoryError:  # glmkb #20.16: it was reported as a damaged knowledge base
+        raise KnowledgeBaseError(
+            f"{kb_dir} is a file, not a knowledge base folder: choose another knowledge base name, "
+            f"or move the file out of {kb_dir.parent}"
+        ) from None
     except UnicodeDecodeError:
         name = "(not text)"
     except OSError as e:

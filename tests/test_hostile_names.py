@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.errors import UserError
 from app.services import Services
 from app.web.server import launch
 from app.web.summary import FROM_KB, FROM_UPLOAD
@@ -46,6 +48,8 @@ BAD_NAMES = [
     "../victim", "..", ".", "./x", "/abs", "/etc", "a/b", "a\\b", "..\\victim", "a\x00b", "\x00",
     "x" * 65, "名" * 65, "a\nb", "a\tb", "\u202eevil", "a:b", "a*b", "a?b", 'a"b', "a<b", "a|b",
     ".hidden", "-rf", "x.db", " x", "x ", "x.", "CON", "con", "NUL", "aux", "PRN", "COM1", "lpt9", "nul.txt", "CON.kb",
+    # invisible (glmkb #20.16): zero-width space/joiner, soft hyphen, bidi isolate, Hangul filler, variation selector
+    "\u200b", "a\u200db", "a\u00adb", "a\u2066b", "a\u3164b", "a\ufe0fb",
 ]
 GOOD_NAMES = ["sanguo", "三国演义", "kb-1_2", "v1.2", "a b", "nullable", "conan", "com10"]
 
@@ -270,3 +274,107 @@ def test_uploads_of_the_wrong_type_or_size_are_refused_on_both_tabs(kb_root: Pat
     # "mine" is written at creation (issue 18 #7) but nothing was built into it
     assert KnowledgeBase.list_names(kb_root) == ["mine"]
     assert KnowledgeBase(kb_root, "mine").list_documents() == []
+
+
+# ------------------------------------------------------------------------------ look-alike names (glmkb #20.16)
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"  # "café" typed two ways
+
+
+def test_a_name_typed_in_nfc_or_nfd_is_one_knowledge_base(
+    kb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (#20.16): "é" as one code point and as e + U+0301 were two knowledge bases
+    that displayed identically. Every entry point (kb API, CLI, Services, HTTP API) is one."""
+    KnowledgeBase(kb_root, NFD, create=True, embedding_model="none").add_texts({"a.txt": TEXT})
+    assert KnowledgeBase.list_names(kb_root) == [NFC] and KnowledgeBase(kb_root, NFC).list_documents()
+    source = tmp_path / "b.txt"
+    source.write_text("第二回 张翼德怒鞭督邮\n张飞鞭打督邮。\n", encoding="utf-8")
+    assert ingest_main(["build", str(source), "--kb", NFD, "--kb-root", str(kb_root), "--embedding", "none", "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"{NFC}: files: 1 (1 added")
+    assert ingest_main(["list", "--kb", NFC, "--kb-root", str(kb_root)]) == 0
+    assert capsys.readouterr().out.count("\n") == 2 and KnowledgeBase.list_names(kb_root) == [NFC]
+    settings = Settings(kb_root=kb_root, embedding={"model": "none"}, retrieval={"mode": "bm25"})
+    services = Services(settings)
+    assert services.kb(NFD).name == NFC and len(services.list_documents(NFD)) == 2
+    with pytest.raises(UserError, match="already exists") as exists:
+        services.create_kb(NFD)
+    assert exists.value.zh == f"知识库 {NFC} 已存在"
+    with running(services) as base:
+        status, text = raw_post(base, "/v1/kb/cafe%CC%81/query", {"query": "张飞"})
+    assert status == 200 and "督邮" in text
+
+
+@pytest.mark.parametrize("lookalike", ["SANGUO1", "Sanguo1", "ｓａｎｇｕｏ１", "ＳＡＮＧＵＯ1", "sanguo¹"])
+def test_a_new_name_that_looks_like_an_existing_one_is_refused(
+    kb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], lookalike: str
+) -> None:
+    """Regression (#20.16): full-width, case or compatibility variants of an existing name made
+    a second knowledge base that displayed (nearly) identically. Refused with one line naming
+    the existing one, from the kb API, the CLI and Services (web UI and API); nothing is written."""
+    KnowledgeBase(kb_root, "sanguo1", create=True, embedding_model="none").add_texts({"a.txt": TEXT})
+    expected = f"knowledge base name {lookalike!r} looks the same as the existing knowledge base 'sanguo1'"
+    with pytest.raises(KnowledgeBaseError, match=re.escape(expected)):
+        KnowledgeBase(kb_root, lookalike, create=True, embedding_model="none").add_texts({"b.txt": TEXT})
+    source = tmp_path / "b.txt"
+    source.write_text(TEXT, encoding="utf-8")
+    assert ingest_main(["build", str(source), "--kb", lookalike, "--kb-root", str(kb_root), "--embedding", "none", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ingest: error: {expected}") and err.count("\n") == 1, err
+    services = Services(Settings(kb_root=kb_root, embedding={"model": "none"}))
+    with pytest.raises(UserError, match=re.escape(expected)) as refused:
+        services.create_kb(lookalike)
+    assert refused.value.zh.startswith(f"知识库名称 {lookalike} 与已有的 sanguo1 看起来相同")
+    assert KnowledgeBase.list_names(kb_root) == ["sanguo1"] and sorted(p.name for p in kb_root.iterdir()) == [".locks", "sanguo1"]
+
+
+def test_invisible_characters_are_named_in_the_refusal() -> None:
+    with pytest.raises(KnowledgeBaseError, match=r"invisible or control character \(U\+200D\)"):
+        validate_kb_name("sanguo\u200d")
+    with pytest.raises(KnowledgeBaseError, match=r"invisible or control character \(U\+2067\)"):
+        validate_kb_name("\u2067sanguo")
+
+
+def test_a_knowledge_base_name_that_is_an_existing_file_says_so(
+    kb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (#20.16): a name equal to a file in kb_root was reported as a damaged
+    knowledge base ("CURRENT cannot be read (Not a directory)") and then as missing."""
+    (kb_root / "notes").write_text("mine", encoding="utf-8")
+    source = tmp_path / "a.txt"
+    source.write_text(TEXT, encoding="utf-8")
+    for argv in (["build", str(source), "--embedding", "none", "-q"], ["list"], ["query", "桃园"], ["drop"]):
+        assert ingest_main([*argv, "--kb", "notes", "--kb-root", str(kb_root)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"ingest: error: {kb_root / 'notes'} is a file, not a knowledge base folder: choose another "
+                       f"knowledge base name, or move the file out of {kb_root}\n"), (argv, err)
+    assert (kb_root / "notes").read_text(encoding="utf-8") == "mine"
+    with pytest.raises(KnowledgeBaseError, match="is a file, not a knowledge base folder"):
+        Services(Settings(kb_root=kb_root, embedding={"model": "none"})).create_kb("notes")
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(
+    kb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (#20.16): a GBK-named file failed with "'utf-8' codec can't encode characters
+    in position 16-17: surrogates not allowed", naming neither the file nor the fix."""
+    raw = "三国.txt".encode("gbk")
+    path = os.fsdecode(bytes(tmp_path) + b"/" + raw)
+    Path(path).write_text(TEXT, encoding="utf-8")
+    assert ingest_main(["build", path, "--kb", "k", "--kb-root", str(kb_root), "--embedding", "none", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not UTF-8" in err and repr(raw)[2:-1] in err and "convmv" in err, err
+    assert KnowledgeBase.list_names(kb_root) == []
+
+
+def test_tabs_and_newlines_in_names_never_break_ingest_list(
+    kb_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#20.16: ``ingest list`` is one line per row, tab-separated, whatever the file names hold."""
+    path = tmp_path / "a\tb\nc.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    assert ingest_main(["build", str(path), "--kb", "k", "--kb-root", str(kb_root), "--embedding", "none", "-q"]) == 0
+    capsys.readouterr()
+    assert ingest_main(["list", "--kb", "k", "--kb-root", str(kb_root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and len(lines[0].split("\t")) == 6 and lines[0].startswith(f"{tmp_path}/a b c.txt\t")

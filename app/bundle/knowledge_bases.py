@@ -27,7 +27,7 @@ ATTEMPTS = 5
 
 def copy_knowledge_base(root: Path, name: str, dest_root: Path) -> str:
     """Copy KB ``name`` from ``root`` into ``dest_root/name`` at its current version; returns it."""
-    validate_kb_name(name)
+    name = validate_kb_name(name)
     kb_dir = root / name
     if not storage.is_knowledge_base(kb_dir):
         raise BundleError(f"no knowledge base {name!r} under {root}; check --kb and kb_root")

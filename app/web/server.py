@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 # Gradio reads this when it is imported; a private knowledge base never phones home.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from app.auth import AuthConfigError, is_loopback, resolve_auth  # noqa: E402
+from app.web.upload_guard import UploadGuard  # noqa: E402
 from app.web.ui import CSS, THEME  # noqa: E402
 from configs import Settings, UISettings  # noqa: E402
 
@@ -30,9 +33,13 @@ def queue(demo: gr.Blocks, ui: UISettings) -> gr.Blocks:
     return demo.queue(default_concurrency_limit=ui.concurrency, max_size=ui.max_queue)
 
 
-def upload_limits(ui: UISettings) -> dict[str, str]:
-    """``max_file_size`` for ``launch``/``mount_gradio_app`` (Gradio refuses larger uploads)."""
-    return {"max_file_size": f"{ui.max_upload_mb}mb"}
+def upload_limits(ui: UISettings) -> dict[str, Any]:
+    """Upload bounds for ``launch``/``mount_gradio_app``: ``max_file_size`` (Gradio refuses
+    larger files) and ``UploadGuard`` on the Gradio app, which refuses a request carrying more
+    than ``ui.max_upload_files`` files, or more bytes than they may hold, before Gradio parses
+    them (issue 20 #11: its upload route took 1,000 files, 200 MB in ~1 s, per request)."""
+    guard = Middleware(UploadGuard, max_files=ui.max_upload_files, max_file_bytes=ui.max_upload_mb * 2**20)
+    return {"max_file_size": f"{ui.max_upload_mb}mb", "app_kwargs": {"middleware": [guard]}}
 
 
 def launch(
