@@ -10,8 +10,7 @@ Exports load lazily so that ``python -m app.api`` does not import gradio.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from configs.lazy import lazy_exports
 
 _EXPORTS = {
     "main": "app.web.cli",
@@ -25,8 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'app' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
