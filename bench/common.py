@@ -200,3 +200,17 @@ def sanguo_chunks() -> list[str]:
 
     text = load_text(CORPUS / "sanguo.txt")
     return [c.text for c in split_document(text, chunk_size=400, chunk_overlap=80)]
+
+
+def replay_seconds(graph: Any, *, replays: int, skip: int = 1) -> float:
+    """Median seconds of one replay of a captured CUDA ``graph`` (CUDA events), the first
+    ``skip`` replays left out (clock ramp-up, first-touch)."""
+    times = []
+    for _ in range(replays + skip):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times[skip:])

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import parser, print_table, write_result
+from bench.common import parser, print_table, replay_seconds, write_result
 
 SHAPES = {  # ChatGLM3-6B: (N, K) of each decode GEMV
     "qkv": (4608, 4096),
@@ -84,16 +84,9 @@ def time_calls(call: Callable[[int], Any], *, device: str, replays: int = 5) -> 
 
     warm_up_on_side_stream(hundred, times=2)  # compiles, tunes, allocates before capture
     graph = capture_graph(hundred)
-    times = []
-    for _ in range(replays + 1):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+    seconds = replay_seconds(graph, replays=replays, skip=1)
     del graph
-    return statistics.median(times[1:]) / CALLS
+    return seconds / CALLS
 
 
 def nbytes(*tensors: torch.Tensor | None) -> int:

@@ -15,7 +15,6 @@ were read at. Variants measured side by side in the same run:
 
 from __future__ import annotations
 
-import statistics
 import types
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.common import SHAPES, parser, print_table, write_result
+from bench.common import SHAPES, parser, print_table, replay_seconds, write_result
 from bench.decode import measured_bandwidth
 from llm.fast_decode import capture_graph, packed_gqa_attention, warm_up_on_side_stream
 
@@ -31,16 +30,7 @@ from llm.fast_decode import capture_graph, packed_gqa_attention, warm_up_on_side
 def graph_time(fn: Callable[[], Any], *, replays: int = 20) -> float:
     """Median seconds of one replay of a CUDA graph holding ``fn``."""
     warm_up_on_side_stream(fn)
-    graph = capture_graph(fn)
-    times = []
-    for _ in range(replays + 3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times[3:])
+    return replay_seconds(capture_graph(fn), replays=replays, skip=3)
 
 
 def main() -> None:
