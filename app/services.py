@@ -1,13 +1,7 @@
-"""``Services``: the one object every front end shares — settings, the chat model, knowledge
-bases and embedding models — so ``glmkb serve`` loads one model for the web UI and the API.
-
-Everything here is thread-safe and shared between users: the chat model is created once under
-a lock, knowledge bases are opened once per name, every embedding model is loaded once and
-handed to knowledge bases through one ``SharedEmbeddings`` wrapper. Nothing per user is kept
-(a chat's history lives in the browser session or the request). Failures are
-``app.errors`` kinds (``UserError`` 400, ``Missing`` 404, ``NotReady`` 503) that each front end
-translates at its edge. No gradio, no FastAPI. Tests pass a tiny model (``llm=`` or
-``llm_factory=``) instead of a checkpoint.
+"""``Services``: the one object every front end shares (settings, the chat model, knowledge bases,
+embedding models), so ``glmkb serve`` loads one model for the web UI and the API. Thread-safe and
+shared between users; nothing per user is kept. Failures are ``app.errors`` kinds (``UserError``
+400, ``Missing`` 404, ``NotReady`` 503) that each front end translates at its edge.
 """
 
 from __future__ import annotations
