@@ -7,7 +7,7 @@
 # Sections: gputest (tests/test_perf_fast_decode.py, CUDA test included), decode6b (ChatGLM3-6B shape: decode, streaming overhead, batched map stage), stream6b (the same
 # without the map stage),
 # ablate6b (stream6b plus each decode-step optimisation off vs on), kernels (per-layer kernel
-# groups of one decode step, variants side by side), decode9b (GLM-4-9B shape: decode), ingest (text2vec-large shape embedding of 三国演义),
+# groups of one decode step, variants side by side), stepprof (every kernel of a captured decode step, bf16/INT8/INT4, torch.profiler), decode9b (GLM-4-9B shape: decode), ingest (text2vec-large shape embedding of 三国演义),
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading),
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
@@ -52,6 +52,7 @@ for s in $sections; do
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
     ablate6b) run ${T_ABLATE6B:-420} ablate6b "$PY" -m bench.decode --shape chatglm3-6b --ablate --repeat ${REPEAT:-5} ;;
+    stepprof) run ${T_STEPPROF:-420} stepprof "$PY" -m bench.step_profile ;;
     kernels)  run ${T_KERNELS:-120} kernels "$PY" -m bench.kernels ;;
     decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
