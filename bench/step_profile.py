@@ -49,6 +49,25 @@ def kernel_table(prof: Any, *, steps: int) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
+def kernels_by_launch(prof: Any, *, steps: int, path: str) -> list[dict[str, Any]]:
+    """Kernels by (name, grid, block) from the profiler's trace: the same kernel at different
+    shapes (e.g. one GEMV kernel for q/k/v, o_proj, gate_up, down and the LM head) apart."""
+    import json
+
+    prof.export_chrome_trace(path)
+    with open(path, encoding="utf-8") as f:
+        events = json.load(f).get("traceEvents", [])
+    per: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") != "kernel":
+            continue
+        args = e.get("args", {})
+        per[(e.get("name", "?"), str(args.get("grid")), str(args.get("block")))].append(float(e.get("dur", 0.0)))
+    rows = [{"name": n, "grid": g, "block": b, "per_step": len(t) / steps, "us_each": sum(t) / len(t),
+             "us_per_step": sum(t) / steps} for (n, g, b), t in per.items()]
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
 def profile_graph(graph: Any, *, replays: int) -> Any:
     from torch.profiler import ProfilerActivity, profile
 
@@ -62,15 +81,18 @@ def profile_graph(graph: Any, *, replays: int) -> Any:
     return prof
 
 
-def profile_kind(kind: str, *, shape: str, tokenizer: Any, replays: int, group_size: int) -> dict[str, Any]:
+def profile_kind(
+    kind: str, *, shape: str, tokenizer: Any, replays: int, group_size: int, gemv_kernel: str = "auto"
+) -> dict[str, Any]:
     from bench.decode import build_model, free_model, layer_kernels
     from llm import ChatGLM
-    from llm.fast_decode import fast_decode_state
+    from llm.fast_decode import FastDecodeOptions, fast_decode_state
 
     free_model()
     model = build_model(shape, device="cuda", dtype=torch.bfloat16, tokenizer=tokenizer, kind=kind,
                         group_size=group_size)
-    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=32)
+    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=32,
+                  fast_decode_options=FastDecodeOptions(gemv_kernel=gemv_kernel))
     for _ in llm.stream(QUESTION, min_new_tokens=32):
         pass
     graphs = [g for g in fast_decode_state(model).graphs.values() if getattr(g, "graph", None) is not None]
@@ -80,14 +102,21 @@ def profile_kind(kind: str, *, shape: str, tokenizer: Any, replays: int, group_s
     step_s = replay_seconds(g.graph, replays=50, skip=3)
     prof = profile_graph(g.graph, replays=replays)
     rows = kernel_table(prof, steps=replays)
+    import os
+    import tempfile
+
+    from llm.kernels import chosen_configs
+
+    launches = kernels_by_launch(prof, steps=replays, path=os.path.join(tempfile.mkdtemp(), "trace.json"))
     by_category: dict[str, dict[str, float]] = defaultdict(lambda: {"us": 0.0, "kernels": 0.0})
     for r in rows:
         by_category[r["category"]]["us"] += r["us_per_step"]
         by_category[r["category"]]["kernels"] += r["per_step"]
     kernels_us = sum(r["us_per_step"] for r in rows)
-    result = {"kind": kind, "layer_kernels": layer_kernels(model), "step_us": step_s * 1e6,
+    result = {"kind": kind, "gemv_kernel": gemv_kernel, "layer_kernels": layer_kernels(model), "step_us": step_s * 1e6,
               "kernels_us": kernels_us, "gaps_us": step_s * 1e6 - kernels_us,
-              "kernels_per_step": sum(r["per_step"] for r in rows), "by_category": dict(by_category), "kernels": rows}
+              "kernels_per_step": sum(r["per_step"] for r in rows), "by_category": dict(by_category), "kernels": rows,
+              "launches": launches[:40], "gemv_configs": chosen_configs()}
     del llm, model, g, graphs
     return result
 
@@ -98,6 +127,8 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4"], choices=("none", "int8", "int4"))
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--gemv-kernel", nargs="+", default=["auto"], choices=("auto", "triton", "torch"),
+                   help="FastDecodeOptions.gemv_kernel: one profile per kind and value")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("step_profile: no CUDA device, nothing to profile (the decode graph is CUDA-only)")
@@ -106,8 +137,10 @@ def main() -> None:
 
     tokenizer = char_tokenizer(SHAPES[args.shape]["vocab_size"])
     result: dict[str, Any] = {"shape": args.shape, "replays": args.replays, "kinds": {}}
-    for kind in args.kinds:
-        r = profile_kind(kind, shape=args.shape, tokenizer=tokenizer, replays=args.replays, group_size=args.group_size)
+    for kind, gemv_kernel in [(k, g) for k in args.kinds for g in args.gemv_kernel]:
+        r = profile_kind(kind, shape=args.shape, tokenizer=tokenizer, replays=args.replays, group_size=args.group_size,
+                         gemv_kernel=gemv_kernel)
+        kind = kind if gemv_kernel == "auto" else f"{kind}/gemv-{gemv_kernel}"
         result["kinds"][kind] = r
         write_result(args.out, f"step_profile_{args.shape}", result)
         if "error" in r:
@@ -117,6 +150,10 @@ def main() -> None:
               f"in {r['kernels_per_step']:.0f} launches, gaps {r['gaps_us']:.0f} us; {r['layer_kernels']}", flush=True)
         print_table(f"{kind}: by category", [(c, v["kernels"], v["us"]) for c, v in r["by_category"].items()],
                     ("category", "kernels/step", "us/step"))
+        print(f"GEMV configs: {r['gemv_configs']}")
+        print_table(f"{kind}: top launches by grid", [(x["name"][:60], x["grid"], x["block"], x["per_step"], x["us_each"])
+                                                      for x in r["launches"][:16]],
+                    ("kernel", "grid", "block", "per step", "us each"))
         print_table(f"{kind}: top kernels", [(x["name"][:90], x["category"], x["per_step"], x["us_each"], x["us_per_step"])
                                              for x in r["kernels"][:45]],
                     ("kernel", "category", "per step", "us each", "us/step"))

@@ -1,10 +1,11 @@
 """Which GEMV kernel the decode step's linear layers run (``FastDecodeOptions.gemv_kernel``).
 
-- "auto" (default, the measured choice): INT8 layers on the Triton GEMV (their own default),
-  bf16/fp16 ``nn.Linear`` on cuBLAS;
-- "triton": both on the Triton GEMV: every ``nn.Linear`` (LM head and the fused q/k/v included)
-  is swapped for a ``GemvLinear`` stand-in sharing its tensors for the duration of the step, so
-  the bench can compare the kernel with cuBLAS inside the real decode graph;
+- "auto" (default, the measured choice) and "triton": every ``nn.Linear`` (LM head and the fused
+  q/k/v included) is swapped for a ``GemvLinear`` stand-in sharing its tensors for the duration of
+  the step, and INT8 layers run the Triton GEMV too. ``gemv_linear`` picks per shape between its
+  tiles and cuBLAS (checked-in winners on sm90, else timed on first use), so a shape cuBLAS serves
+  better stays there. Run 15 (H200, M = 1): the Triton tiles beat cuBLAS on every ChatGLM3-6B
+  GEMV, 100.9 against 121.1 us per layer (run 14's tiles had lost on every one);
 - "torch": both in PyTorch (INT8 dequantized under ``torch.compile``, as before the kernel).
 
 Like the fused q/k/v stand-ins (``attention.decode_forward``) this only moves Python objects
@@ -70,15 +71,13 @@ class GemvRoute:
 
 
 def gemv_route(model: nn.Module, fused: list[Any], kernel: GemvKernel) -> GemvRoute | None:
-    """The route for ``kernel`` over ``model`` and its fused q/k/v (None for "auto": nothing to swap)."""
+    """The route for ``kernel`` over ``model`` and its fused q/k/v."""
     from llm.quantization import WeightOnlyInt8Linear
 
-    if kernel == "auto":
-        return None
     route = GemvRoute(kernel)
     modules = [*model.modules(), *(f.projection for f in fused if f.projection is not None)]
     route.int8 = [m for m in modules if isinstance(m, WeightOnlyInt8Linear)]
-    if kernel == "triton":
+    if kernel in ("auto", "triton"):
         for parent in model.modules():
             for name, child in parent.named_children():
                 if type(child) is nn.Linear:

@@ -40,9 +40,9 @@ class FastDecodeOptions(BaseModel):
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
     gemv_kernel: Literal["auto", "triton", "torch"] = "auto"
-    """Decode step's linear layers at <= 16 rows: "auto" = INT8 layers on the Triton GEMV
-    (``llm.kernels``), bf16 on cuBLAS; "triton" = both on the Triton GEMV; "torch" = both in
-    PyTorch (``gemv_route``). The bench flips it to compare kernels in the real decode graph."""
+    """Decode step's linear layers at <= 16 rows: "auto" / "triton" = INT8 and bf16 layers on the
+    Triton GEMV (``llm.kernels``; per shape cuBLAS where it is faster); "torch" = both in PyTorch
+    (``gemv_route``). The bench flips it to compare kernels in the real decode graph."""
     on_cpu: bool = False
     """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
     bucketed_prefill_on_cpu: bool = False

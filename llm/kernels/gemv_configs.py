@@ -46,9 +46,22 @@ class GemvConfig:
 TORCH = "torch"  # a choice meaning: PyTorch (cuBLAS) for this shape, it beat every Triton config
 Choice = GemvConfig | str  # a config, or TORCH
 
-# Measured winners: (kind "int8" | "float", row bucket, N, K) -> config string or "torch". Empty
-# until a lent-GPU run of ``bench.gemv`` fills it; until then each process tunes on first use.
-TUNED: dict[tuple[str, int, int, int], str] = {}
+# Measured winners: (kind "int8" | "float", row bucket, N, K) -> config string or "torch", from a
+# sweep on one lent H200 (run 15, docs/bench-results/gemv_sweep_run15*.h200.json):
+# the ChatGLM3-6B decode GEMVs at M = 1 (q/k/v fused, o_proj, gate_up, down, LM head). Shapes not
+# listed are tuned on first use in each process.
+TUNED_CAPABILITY = (9, 0)  # the GPUs TUNED was measured on (H100/H200); others time candidates
+TUNED: dict[tuple[str, int, int, int], str] = {
+    ("float", 1, 4608, 4096): "n2k4096s1w4p1",  # 11.1 us (cuBLAS 13.8)
+    ("float", 1, 4096, 4096): "n4k2048s1w4p1",  # 10.0 us (cuBLAS 13.3)
+    ("float", 1, 27392, 4096): "n4k2048s1w4p1",  # 51.8 us (cuBLAS 62.3)
+    ("float", 1, 4096, 13696): "n4k2048s1w4p1",  # 28.0 us (cuBLAS 31.7)
+    ("float", 1, 65024, 4096): "n4k2048s1w4p1",  # 119.1 us (cuBLAS 131.5)
+    ("int8", 1, 4608, 4096): "n2k2048s1w4p1",  # 8.9 us
+    ("int8", 1, 4096, 4096): "n4k1024s1w4p1",  # 7.2 us
+    ("int8", 1, 27392, 4096): "n4k1024s1w4p1",  # 34.3 us
+    ("int8", 1, 4096, 13696): "n8k1024s1w4p1",  # 19.2 us
+}
 
 
 def row_bucket(rows: int) -> int:
@@ -71,15 +84,16 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     """
     if rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
         base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4)]
-    elif rows == 1 and int8:
-        base = [GemvConfig(16, 512), GemvConfig(8, 512), GemvConfig(16, 256), GemvConfig(32, 256),
-                GemvConfig(8, 1024, num_warps=8)]
-    elif rows == 1:
-        base = [GemvConfig(16, 256), GemvConfig(8, 256), GemvConfig(8, 512), GemvConfig(32, 128),
-                GemvConfig(16, 512, num_warps=8)]
+    elif rows == 1 and int8:  # run 15's sweep: 2-8 rows x 1-2 KiB per step, one stage, 4 warps
+        base = [GemvConfig(4, 1024, num_stages=1), GemvConfig(2, 2048, num_stages=1),
+                GemvConfig(8, 1024, num_stages=1), GemvConfig(4, 2048, num_warps=8, num_stages=1)]
+    elif rows == 1:  # run 15's sweep: 2-4 rows x 4-8 KiB per step beat cuBLAS on every 6B shape
+        base = [GemvConfig(4, 2048, num_stages=1), GemvConfig(2, 4096, num_stages=1),
+                GemvConfig(1, 512, num_stages=1), GemvConfig(8, 1024, num_stages=1)]
     else:
         base = [GemvConfig(8, 256), GemvConfig(16, 128), GemvConfig(4, 512), GemvConfig(16, 256, num_warps=8)]
-    if k >= 2 * n:  # tall K: the same tiles with 2 and 4 K-slices
+    if k >= 2 * n and rows > 1:  # tall K: the same tiles with 2 and 4 K-slices (at M = 1 the narrow
+        # tiles already give N / block_n >= 1024 programs; split-K lost there in run 14)
         base += [replace(c, split_k=s) for c in base[:2] for s in (2, 4)]
     return base
 

@@ -24,7 +24,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from llm.kernels.gemv_configs import MAX_ROWS, TORCH, Choice, candidates, row_bucket, tuned, weight_kind
+from llm.kernels.gemv_configs import (
+    MAX_ROWS, TORCH, TUNED_CAPABILITY, Choice, candidates, row_bucket, tuned, weight_kind,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def choose_config(
     chosen = _chosen.get(key)
     if chosen is not None:
         return chosen
-    chosen = tuned(rows, n, k, int8=int8)
+    chosen = tuned(rows, n, k, int8=int8) if _tuned_for(x.device) else None
     if chosen is None:
         options: list[Choice] = list(candidates(rows, n, k, int8=int8))
         if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
@@ -127,6 +129,11 @@ def choose_config(
         chosen = fastest(options, x, weight, scales, bias)
     _chosen[key] = chosen
     return chosen
+
+
+def _tuned_for(device: torch.device) -> bool:
+    """Whether ``gemv_configs.TUNED`` was measured on this kind of GPU (its winners differ by GPU)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == TUNED_CAPABILITY
 
 
 def fastest(
