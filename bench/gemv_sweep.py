@@ -7,9 +7,9 @@
     TRITON_INTERPRET=1 python -m bench.gemv_sweep --check   # CPU: the kernels agree with PyTorch
 
 ``gemv1`` is the one-row kernel that became ``llm.kernels.gemv._gemv_row_kernel``; ``gemv_int4`` /
-``gemv_int4b`` are Triton W4A16 kernels over glmkb's own INT4 layout that did NOT beat torch's
-tinygemm (0.2-0.35 of copy bandwidth: ALU-bound, ~10 integer/float ops per packed byte), kept to
-reproduce that result. Results: docs/bench-results/gemv_sweep_run15*.h200.json. Each variant is a
+``gemv_int4b`` / ``gemv_int4c`` are Triton W4A16 kernels over glmkb's own INT4 layout that did NOT
+beat torch's tinygemm (0.2-0.35 of copy bandwidth for the tile-per-step forms, 0.1 for one group
+per step with a reduction each step), kept to reproduce that result (``--int4c``: also M = 4). Results: docs/bench-results/gemv_sweep_run15*.h200.json. Each variant is a
 CUDA graph of 100 calls over weight copies L2 cannot hold (``bench.gemv.time_calls``).
 """
 import itertools
@@ -477,9 +477,117 @@ def main4(outdir):
         torch.cuda.empty_cache()
 
 
+@triton.jit
+def gemv_int4c(x_ptr, w_ptr, s_ptr, z_ptr, o_ptr, M, N, NG, stride_xm, stride_wn, stride_sn, stride_om,
+               GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One group per step: a [BLOCK_N, GROUP/2] byte tile; the zero point folded into the float-bits
+    offset, the per-group sum reduced in the step and scaled once per (row, group).
+    x_ptr: bf16 rows viewed as int32 pairs."""
+    HALF: tl.constexpr = GROUP // 2
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    rj = tl.arange(0, HALF)
+    rm = tl.arange(0, BLOCK_M)
+    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rj[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, NG):
+        b = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first").to(tl.int32)
+        s = tl.load(s_ptr + rn * stride_sn + g, mask=n_ok, other=0.0).to(tl.float32)
+        zz = tl.load(z_ptr + rn * stride_sn + g, mask=n_ok, other=0.0).to(tl.float32) + 8388608.0
+        lo = ((b & 15) | 0x4B000000).to(tl.float32, bitcast=True) - zz[:, None]
+        hi = ((b >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - zz[:, None]
+        for m in tl.static_range(BLOCK_M):
+            xp = tl.load(x_ptr + m * stride_xm + g * HALF + rj, mask=tl.full([HALF], m, tl.int32) < M, other=0,
+                         eviction_policy="evict_last")
+            xe = (xp << 16).to(tl.float32, bitcast=True)
+            xo = (xp & -65536).to(tl.float32, bitcast=True)
+            r = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1) * s
+            acc += tl.where(rm[:, None] == m, r[None, :], 0.0)
+        w_ptrs += HALF
+    tl.store(o_ptr + rm[:, None] * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & n_ok[None, :])
+
+
+def run4c(x, w, s, z, cfg, group=128, out=None):
+    m = x.shape[0]
+    n = w.shape[0]
+    k = w.shape[1] * 2
+    bn, nw = cfg[:2]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device) if out is None else out
+    xi = x.view(torch.int32)
+    gemv_int4c[(triton.cdiv(n, bn),)](xi, w, s, z, out, m, n, k // group, xi.stride(0), w.stride(0), s.stride(0),
+                                     out.stride(0), GROUP=group, BLOCK_M=triton.next_power_of_2(m), BLOCK_N=bn,
+                                     num_warps=nw, num_stages=cfg[2] if len(cfg) > 2 else 1)
+    return out
+
+
+def check4c():
+    sys.path.insert(0, os.getcwd())
+    from llm.quantization import _dequantize, pack_int4, quantize_int4
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    for rows, n, k in ((1, 48, 512), (3, 40, 640)):
+        x = torch.randn(rows, k).to(torch.bfloat16)
+        wf = torch.randn(n, k)
+        q, s, z = quantize_int4(wf, group_size=128)
+        deq = _dequantize(q, s, z, group_size=128, dtype=torch.float32)
+        ref = x.float() @ deq.T
+        for cfg in [(4, 4), (16, 4), (8, 2)]:
+            y = run4c(x.to(dev), pack_int4(q).to(dev), s.to(torch.bfloat16).to(dev), z.to(torch.bfloat16).to(dev), cfg)
+            print("int4c", rows, n, k, cfg, float((y.float().cpu() - ref).abs().max()), float(ref.abs().max()))
+
+
+def main5(outdir):
+    sys.path.insert(0, os.getcwd())
+    from bench.gemv import copies_for, copy_bandwidth, time_calls
+    from llm.quantization import pack_int4, quantize_int4
+    check4c()
+    bw = copy_bandwidth("cuda")
+    results = {"copy_bw": bw, "shapes": {}}
+    for name, (n, k) in SHAPES.items():
+        if name == "lm_head":
+            continue
+        res = results["shapes"].setdefault(name, {})
+        wf = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        q, s, z = quantize_int4(wf, group_size=128)
+        p = pack_int4(q)
+        s, z = s.to(torch.bfloat16).contiguous(), z.to(torch.bfloat16).contiguous()
+        del wf, q
+        one = n * k // 2 + 2 * s.numel() * 2
+        ws = [(p, s, z)] + [(p.clone(), s.clone(), z.clone()) for _ in range(copies_for(one) - 1)]
+        for rows in (1, 4):
+            xk = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            sw = {}
+            for bn, nw, ns in itertools.product((4, 8, 16, 32, 64), (2, 4, 8), (1,)):
+                if bn * 64 / (32 * nw) > 64 or bn * 64 / (32 * nw) < 2:
+                    continue
+                cfg = (bn, nw, ns)
+                try:
+                    sw[str(cfg)] = time_calls(lambda i, c=cfg: run4c(xk, *ws[i % len(ws)], c), device="cuda") * 1e6
+                except Exception as e:  # noqa
+                    sw[str(cfg)] = repr(e)[:120]
+            res[f"int4c_m{rows}_sweep"] = sw
+            ok = {c: t for c, t in sw.items() if isinstance(t, float)}
+            errs = [t for t in sw.values() if not isinstance(t, float)]
+            if errs:
+                print(name, "errors", len(errs), errs[0], flush=True)
+            best = sorted(ok.items(), key=lambda kv: kv[1])[:5]
+            print(f"{name} M={rows} int4c: " + "  ".join(f"{c} {t:.1f}us/{one / (t * 1e-6) / bw:.2f}" for c, t in best),
+                  flush=True)
+        del ws
+        torch.cuda.empty_cache()
+        with open(os.path.join(outdir, "gemv_exp5.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--check":
         check()
+    elif sys.argv[1] == "--check4c":
+        check4c()
+    elif sys.argv[1] == "--int4c":
+        main5(sys.argv[2])
     elif sys.argv[1] == "--prod":
         main4(sys.argv[2])
     elif sys.argv[1] == "--check4b":
