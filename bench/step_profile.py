@@ -21,12 +21,18 @@ from typing import Any
 
 import torch
 
-from bench.common import char_tokenizer, parser, print_table, replay_seconds, write_result
+from bench.common import (
+    char_tokenizer,
+    parser,
+    print_table,
+    replay_seconds,
+    write_result,
+)
 from bench.decode import QUESTION
 
 CATEGORIES = (  # first match wins; names as CUPTI reports them (Inductor's names mention the ops they
     # fuse, e.g. "..._gemv_mean_mul_pow_rsqrt..." is an RMSNorm next to a glmkb::gemv call)
-    ("GEMV / matmul", re.compile(r"^_gemv|tinygemm|^nvjet|gemm|cutlass|cublas|splitK|^sm\d\d_", re.I)),
+    ("GEMV / matmul", re.compile(r"^_gemv|tinygemm|^nvjet|gemm|cutlass|cublas|splitK|^sm\d\d_", re.IGNORECASE)),
     ("attention (Triton)", re.compile(r"^_flash_decode")),
     ("reduction (Inductor)", re.compile(r"^triton_(red|per)_")),
     ("pointwise (Inductor)", re.compile(r"^triton_poi_")),

@@ -37,27 +37,31 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def api_server(service: Any, *, port: int | None = None, **options: Any) -> Iterator[str]:
-    """glmkb's API for ``service`` served by uvicorn in a thread on 127.0.0.1 (``port``, else a
-    free one); yields the base URL. ``options`` go to ``uvicorn.Config`` (e.g. log_level)."""
+def served(app: Any, *, port: int | None = None, **options: Any) -> Iterator[str]:
+    """The ASGI ``app`` served by uvicorn in a thread on 127.0.0.1 (``port``, else a free one);
+    yields the base URL. ``options`` go to ``uvicorn.Config`` (e.g. log_level, lifespan)."""
     import uvicorn
 
-    from app.api import create_app
-
     port = port or free_port()
-    config = uvicorn.Config(
-        create_app(service), host="127.0.0.1", port=port, **{"log_level": "warning", "lifespan": "off", **options}
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **options}))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
-    if not wait_until(lambda: server.started or not thread.is_alive(), timeout=30) or not server.started:
+    if not wait_until(lambda: server.started or not thread.is_alive(), timeout=60) or not server.started:
         raise RuntimeError("uvicorn did not start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@contextlib.contextmanager
+def api_server(service: Any, *, port: int | None = None, **options: Any) -> Iterator[str]:
+    """glmkb's API for ``service`` (``served``, lifespan off unless ``options`` say otherwise)."""
+    from app.api import create_app
+
+    with served(create_app(service), port=port, **{"lifespan": "off", **options}) as url:
+        yield url
 
 
 def http_ok(url: str) -> bool:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from app.serve import create_server_app, served_settings
 from app.services import Services
 from configs import Settings
 from kb import KnowledgeBase
-from tests.helpers import clean_env, free_port, wait_until
+from tests.helpers import clean_env, free_port, served
 
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
@@ -28,20 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 TEXT = "第一回 宴桃园豪杰三结义\n刘备、关羽、张飞在桃园结为兄弟，誓同生死。\n" * 20
 
 
-@contextlib.contextmanager
-def running(app: Any, port: int) -> Iterator[str]:
+def running(app: Any, port: int) -> contextlib.AbstractContextManager[str]:
     """``app`` served by uvicorn in a thread on 127.0.0.1:``port``; yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started or not thread.is_alive(), timeout=30) and server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    return served(app, port=port)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 
 from app.services import Services
 from configs import Settings
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, served
 
 pytest.importorskip("gradio")
 from gradio.utils import get_upload_folder  # noqa: E402
@@ -53,21 +52,11 @@ def web(kb_root: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def serve(kb_root: Path) -> Iterator[str]:
     """``glmkb serve``: the page mounted on the API app (``app.serve.create_server_app``)."""
-    import uvicorn
-
     from app.serve import create_server_app, served_settings
 
     settings = served_settings(settings_for(kb_root))
-    server = uvicorn.Server(uvicorn.Config(create_server_app(Services(settings)), host="127.0.0.1",
-                                           port=settings.ui.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert wait_until(lambda: server.started or not thread.is_alive(), timeout=60) and server.started
-    try:
-        yield f"http://127.0.0.1:{settings.ui.port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with served(create_server_app(Services(settings)), port=settings.ui.port) as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["glmkb-web", "glmkb serve"])

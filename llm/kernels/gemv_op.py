@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from llm.kernels.gemv_configs import (
-    MAX_ROWS, TORCH, TUNED_CAPABILITY, Choice, candidates, row_bucket, tuned, weight_kind,
+    MAX_ROWS,
+    TORCH,
+    TUNED_CAPABILITY,
+    Choice,
+    candidates,
+    row_bucket,
+    tuned,
+    weight_kind,
 )
 
 logger = logging.getLogger(__name__)
