@@ -132,7 +132,7 @@ def test_interpreted_additive_mask_broadcast_batch_and_strided_cache(dtype: torc
         mask[1, ..., :50] = torch.finfo(mask_dtype).min  # row 1 masked the transformers way: finite
         additive.append(mask)
     for mask in (*additive, shared):
-        for config in (AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8)):
+        for config in (AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8, skip=False)):
             out = launch_decode_attention(q, k, v, mask, 0.3, config)
             assert close(out, exact_attention(q, k, v, mask, 0.3), dtype), (mask.dtype, str(config))
 
@@ -140,7 +140,8 @@ def test_interpreted_additive_mask_broadcast_batch_and_strided_cache(dtype: torc
 @interpreted
 def test_interpreted_masked_slots_are_never_read() -> None:
     """Masked K/V slots (NaN here, as garbage in an unwritten static cache could be) do not reach
-    the output: blocks with nothing to attend are skipped, masked keys in a block load as 0."""
+    the output: blocks with nothing to attend are skipped (or, ``skip=False``, their loads
+    predicated off), masked keys in a block load as 0."""
     from llm.kernels.decode_attention import AttentionConfig, launch_decode_attention
 
     q, k, v = inputs(2, 16, 128, 512, torch.float32, seed=3)
@@ -150,7 +151,8 @@ def test_interpreted_masked_slots_are_never_read() -> None:
     ref = exact_attention(q, k, v, mask, 0.1)
     k[~mask[:, :, 0, :].expand(-1, 2, -1)] = torch.nan
     v[~mask[:, :, 0, :].expand(-1, 2, -1)] = torch.nan
-    for config in (AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8)):
+    configs = [AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8), AttentionConfig(skip=False)]
+    for config in configs:
         out = launch_decode_attention(q, k, v, mask, 0.1, config)
         assert close(out, ref, torch.float32), str(config)
 

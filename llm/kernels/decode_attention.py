@@ -5,14 +5,14 @@ token (``llm.fast_decode.attention``) compiles to three kernels per layer, cuBLA
 Inductor's masked softmax 1.6 us + bmm 2.7 us = 8.2 us, x 28 layers = 230 us of a ~4 ms step.
 Here it is two kernels:
 
-1. ``_split_kernel``, one program per (row, K/V head, slice of the cache): loads the G query heads
+1. ``_flash_decode_split``, one program per (row, K/V head, slice of the cache): loads the G query heads
    of its K/V head once as a ``[BLOCK_G, D]`` tile, walks its slice of the static cache in
    ``BLOCK_L`` blocks (``tl.dot`` for the ``[G, D] x [D, BLOCK_L]`` scores and the ``[G, BLOCK_L]
    x [BLOCK_L, D]`` values, G padded to 16 rows: the padding costs registers, no memory traffic),
    float32 online softmax, and writes the slice's partial (max, sum, unnormalised
    output). A block whose boolean mask is all False is skipped before K/V are loaded: at short
    context most of the static cache is masked (valid ~200 of 4096 slots).
-2. ``_combine_kernel``, one program per (row, query head): rescales the slices' partials to a
+2. ``_flash_decode_combine``, one program per (row, query head): rescales the slices' partials to a
    common max, sums, divides and writes ``(B, 1, H, D)`` in the value dtype, the layout
    ``packed_gqa_attention`` returns. Slices that saw no key are not read.
 
@@ -42,15 +42,19 @@ MIN_DOT_ROWS = 16  # tl.dot's smallest M
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """Launch options: keys per block, target programs per SM (sets the number of slices), warps, stages."""
+    """Launch options: keys per block, target programs per SM (sets the number of slices), warps,
+    stages, and ``skip``: branch around the K/V loads of a block with nothing to attend (else the
+    loads are only predicated off, which keeps the loop free of branches for software pipelining;
+    ``bench.decode_attention`` times both)."""
 
     block_l: int = 64
     programs_per_sm: int = 2
     num_warps: int = 4
     num_stages: int = 2
+    skip: bool = True
 
     def __str__(self) -> str:  # compact, for bench tables
-        return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}"
+        return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}{'' if self.skip else 'n'}"
 
 
 DEFAULT_CONFIG = AttentionConfig()
@@ -74,14 +78,43 @@ def plan(batch: int, kv_heads: int, length: int, *, block_l: int, programs: int)
 
 
 @triton.jit
-def _split_kernel(
+def _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale, stride_kl, stride_vl, stride_ml,
+                  MASK: tl.constexpr, DOT_F32: tl.constexpr):
+    """One block of keys ``rl`` (``ok``: in the cache and attended) into the running max ``m_i``,
+    sum ``l_i`` and unnormalised output ``acc`` of the G query heads."""
+    k = tl.load(k_base + rl[:, None] * stride_kl + rd[None, :], mask=ok[:, None], other=0.0)
+    v = tl.load(v_base + rl[:, None] * stride_vl + rd[None, :], mask=ok[:, None], other=0.0)
+    if DOT_F32:
+        s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    # Natural-log domain, not exp2 with log2(e) folded into the scale: an additive mask's
+    # finfo.min times log2(e) would overflow to -inf where PyTorch's math keeps it finite.
+    s = s * scale
+    if MASK == 2:
+        s += tl.load(mask_base + rl * stride_ml, mask=ok, other=0.0).to(tl.float32)[None, :]
+    s = tl.where(ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while a head saw nothing
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if DOT_F32:
+        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)  # probabilities in the value dtype, as the PyTorch math
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
+def _flash_decode_split(
     q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
     KV, G, L, blocks_per_split, scale,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_mb, stride_ml,
-    MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
+    MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, SKIP: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, D: tl.constexpr,
 ):
     """MASK: 0 none, 1 boolean (as uint8, nonzero = attend), 2 additive float. DIRECT: one slice,
@@ -111,30 +144,13 @@ def _split_kernel(
         ok = rl < L
         if MASK == 1:
             ok = ok & (tl.load(mask_base + rl * stride_ml, mask=ok, other=0) != 0)
-        if tl.max(ok.to(tl.int32), axis=0) > 0:  # a block with nothing to attend loads no K/V
-            k = tl.load(k_base + rl[:, None] * stride_kl + rd[None, :], mask=ok[:, None], other=0.0)
-            v = tl.load(v_base + rl[:, None] * stride_vl + rd[None, :], mask=ok[:, None], other=0.0)
-            if DOT_F32:
-                s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            # Natural-log domain, not exp2 with log2(e) folded into the scale: an additive mask's
-            # finfo.min times log2(e) would overflow to -inf where PyTorch's math keeps it finite.
-            s = s * scale
-            if MASK == 2:
-                s += tl.load(mask_base + rl * stride_ml, mask=ok, other=0.0).to(tl.float32)[None, :]
-            s = tl.where(ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - -inf while a head saw nothing
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            if DOT_F32:
-                pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)  # probabilities in the value dtype, as the PyTorch math
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+        if SKIP:
+            if tl.max(ok.to(tl.int32), axis=0) > 0:  # a block with nothing to attend loads no K/V
+                m_i, l_i, acc = _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale,
+                                              stride_kl, stride_vl, stride_ml, MASK, DOT_F32)
+        else:  # masked keys' loads predicated off, no branch
+            m_i, l_i, acc = _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale,
+                                          stride_kl, stride_vl, stride_ml, MASK, DOT_F32)
     if DIRECT:
         h = kv * G + rg
         out = acc / l_i[:, None]
@@ -149,7 +165,7 @@ def _split_kernel(
 
 
 @triton.jit
-def _combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, G, SPLITS, BLOCK_S: tl.constexpr, D: tl.constexpr):
+def _flash_decode_combine(m_ptr, l_ptr, acc_ptr, out_ptr, G, SPLITS, BLOCK_S: tl.constexpr, D: tl.constexpr):
     pid = tl.program_id(0)  # (row * KV + K/V head) * G + group member == row * H + query head
     bh = pid // G
     g = pid % G
@@ -200,19 +216,19 @@ def launch_decode_attention(
         l_part = torch.empty_like(m_part)
         acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=query.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    _split_kernel[(batch * kv_heads, splits)](
+    _flash_decode_split[(batch * kv_heads, splits)](
         q, key, value, m2, m_part, l_part, acc_part, out,
         kv_heads, groups, length, per_split, scale,
         q.stride(0), q.stride(1),
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         m2.stride(0) if mask is not None and m2.shape[0] > 1 else 0, m2.stride(-1) if mask is not None else 0,
-        MASK=kind, DIRECT=direct, DOT_F32=interpret or query.dtype == torch.float32,
+        MASK=kind, DIRECT=direct, DOT_F32=interpret or query.dtype == torch.float32, SKIP=config.skip,
         BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l, D=dim,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if not direct:
-        _combine_kernel[(batch * heads,)](
+        _flash_decode_combine[(batch * heads,)](
             m_part, l_part, acc_part, out, groups, splits,
             BLOCK_S=triton.next_power_of_2(splits), D=dim, num_warps=4,
         )
