@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 MIN_DOT_ROWS = 16  # tl.dot's smallest M
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # as Triton read it when imported above
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,6 @@ def launch_decode_attention(
         m_part = torch.empty((batch * kv_heads, splits, groups), dtype=torch.float32, device=query.device)
         l_part = torch.empty_like(m_part)
         acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=query.device)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     _flash_decode_split[(batch * kv_heads, splits)](
         q, key, value, m2, m_part, l_part, acc_part, out,
         kv_heads, groups, length, per_split, scale,
@@ -223,7 +223,7 @@ def launch_decode_attention(
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         m2.stride(0) if mask is not None and m2.shape[0] > 1 else 0, m2.stride(-1) if mask is not None else 0,
-        MASK=kind, DIRECT=direct, DOT_F32=interpret or query.dtype == torch.float32, SKIP=config.skip,
+        MASK=kind, DIRECT=direct, DOT_F32=INTERPRET or query.dtype == torch.float32, SKIP=config.skip,
         BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l, D=dim,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

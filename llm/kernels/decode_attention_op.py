@@ -86,6 +86,7 @@ def decode_attention_op(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor], scale: float  # noqa: UP045
 ) -> torch.Tensor:
     """The op behind ``flash_decode``."""
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))  # compiled callers
     if not _broken:
         try:
             from llm.kernels.decode_attention import launch_decode_attention
