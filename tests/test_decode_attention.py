@@ -183,6 +183,29 @@ def test_interpreted_op_under_torch_compile_and_packed_attention(monkeypatch: py
         assert close(compiled(q, k, v, mask) / 2, ref, torch.float32) and len(launches) > count
 
 
+@interpreted
+def test_interpreted_decode_steps_run_the_kernel_and_keep_greedy_tokens(tiny_glm_dir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny GLM's decode steps (fast path on CPU: static cache, left-padded batch of two,
+    the mask transformers hands the attention) go through the kernel and choose the tokens
+    ``generate`` chooses."""
+    import llm.kernels.decode_attention as kernel_module
+    from llm import ChatGLM
+    from llm.fast_decode import FastDecodeOptions
+    from llm.streaming import run_generate
+
+    launches: list[int] = []
+    original = kernel_module.launch_decode_attention
+    monkeypatch.setattr(kernel_module, "launch_decode_attention", lambda *a: launches.append(1) or original(*a))
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=12)
+    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 12})
+    eager = run_generate(llm_.model, dict(kwargs))
+    assert not launches  # generate's own attention is transformers' SDPA
+    fast = run_generate(llm_.model, dict(kwargs), fast_decode=FastDecodeOptions(on_cpu=True))
+    assert torch.equal(eager, fast)
+    assert len(launches) == 11 * llm_.model.config.num_hidden_layers  # 12 tokens: 11 one-token steps
+
+
 # ----- without the kernel (this process) -----------------------------------------------------
 
 
