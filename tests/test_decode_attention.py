@@ -142,17 +142,19 @@ def test_interpreted_masked_slots_are_never_read() -> None:
     """Masked K/V slots (NaN here, as garbage in an unwritten static cache could be) do not reach
     the output: blocks with nothing to attend are skipped (or, ``skip=False``, their loads
     predicated off), masked keys in a block load as 0."""
-    from llm.kernels.decode_attention import AttentionConfig, launch_decode_attention
+    from llm.kernels.decode_attention import AttentionConfig, launch_decode_attention, plan
 
-    q, k, v = inputs(2, 16, 128, 512, torch.float32, seed=3)
-    mask = torch.zeros(2, 1, 1, 512, dtype=torch.bool)
+    q, k, v = inputs(2, 16, 128, 600, torch.float32, seed=3)
+    mask = torch.zeros(2, 1, 1, 600, dtype=torch.bool)
     mask[0, ..., 3:40] = True
     mask[1, ..., 100:101] = True
+    mask[1, ..., 500:590] = True  # in the third chunk of 16 slices
     ref = exact_attention(q, k, v, mask, 0.1)
     k[~mask[:, :, 0, :].expand(-1, 2, -1)] = torch.nan
     v[~mask[:, :, 0, :].expand(-1, 2, -1)] = torch.nan
-    configs = [AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8), AttentionConfig(skip=False)]
-    for config in configs:
+    many = AttentionConfig(block_l=16, programs_per_sm=40)  # 38 slices: the combine's 16-slice chunks, one partial
+    assert plan(2, 2, 600, block_l=16, programs=40 * 4) == (38, 1)
+    for config in (AttentionConfig(), many, AttentionConfig(skip=False)):
         out = launch_decode_attention(q, k, v, mask, 0.1, config)
         assert close(out, ref, torch.float32), str(config)
 

@@ -166,21 +166,30 @@ def _flash_decode_split(
 
 
 @triton.jit
-def _flash_decode_combine(m_ptr, l_ptr, acc_ptr, out_ptr, G, SPLITS, BLOCK_S: tl.constexpr, D: tl.constexpr):
+def _flash_decode_combine(m_ptr, l_ptr, acc_ptr, out_ptr, G, SPLITS, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+                          D: tl.constexpr):
     pid = tl.program_id(0)  # (row * KV + K/V head) * G + group member == row * H + query head
     bh = pid // G
     g = pid % G
     rs = tl.arange(0, BLOCK_S)
     rd = tl.arange(0, D)
-    s_ok = rs < SPLITS
-    row = (bh * SPLITS + rs).to(tl.int64) * G + g
-    m = tl.load(m_ptr + row, mask=s_ok, other=float("-inf"))
-    l = tl.load(l_ptr + row, mask=s_ok, other=0.0)
-    m_max = tl.max(m, axis=0)
-    w = tl.exp(m - tl.where(m_max == float("-inf"), 0.0, m_max))
-    seen = s_ok & (m > float("-inf"))
-    acc = tl.load(acc_ptr + row[:, None] * D + rd[None, :], mask=seen[:, None], other=0.0)
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    base = (bh * SPLITS).to(tl.int64)
+    m_all = tl.load(m_ptr + (base + rs) * G + g, mask=rs < SPLITS, other=float("-inf"))
+    m_max = tl.max(m_all, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    rc = tl.arange(0, CHUNK)
+    total = tl.zeros((D,), dtype=tl.float32)
+    norm = tl.zeros((CHUNK,), dtype=tl.float32)
+    for c in range(0, SPLITS, CHUNK):  # CHUNK slices' outputs at a time: registers stay bounded at 128 slices
+        row = (base + c + rc) * G + g
+        c_ok = c + rc < SPLITS
+        m = tl.load(m_ptr + row, mask=c_ok, other=float("-inf"))
+        w = tl.exp(m - m_max)
+        norm += tl.load(l_ptr + row, mask=c_ok, other=0.0) * w
+        seen = c_ok & (m > float("-inf"))
+        acc = tl.load(acc_ptr + row[:, None] * D + rd[None, :], mask=seen[:, None], other=0.0)
+        total += tl.sum(acc * w[:, None], axis=0)
+    out = total / tl.sum(norm, axis=0)
     tl.store(out_ptr + pid.to(tl.int64) * D + rd, out.to(out_ptr.dtype.element_ty))
 
 
@@ -230,6 +239,7 @@ def launch_decode_attention(
     if not direct:
         _flash_decode_combine[(batch * heads,)](
             m_part, l_part, acc_part, out, groups, splits,
-            BLOCK_S=triton.next_power_of_2(splits), D=dim, num_warps=4,
+            BLOCK_S=triton.next_power_of_2(splits), CHUNK=min(16, triton.next_power_of_2(splits)), D=dim,
+            num_warps=4,
         )
     return out
