@@ -289,3 +289,74 @@ def test_plan_fills_the_gpu_with_whole_blocks() -> None:
     assert plan(1, 2, 4096, block_l=64, programs=264) == (64, 1)
     assert plan(16, 2, 4096, block_l=64, programs=264) == (8, 8)
     assert plan(64, 2, 64, block_l=64, programs=8) == (1, 1)
+
+
+# ----- on a GPU (bench/run_all.sh gputest) ----------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compiled_kernel_matches_float64_on_cuda(dtype: torch.dtype) -> None:
+    """The ChatGLM3-6B shape (KV=2, G=16, D=128) and small G, every mask kind, several configs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.kernels.decode_attention import AttentionConfig, launch_decode_attention
+
+    configs = [AttentionConfig(), AttentionConfig(block_l=32, programs_per_sm=4, skip=False),
+               AttentionConfig(block_l=128, num_warps=8, num_stages=3)]
+    for batch, groups, length in ((1, 16, 4096), (5, 16, 1024), (3, 4, 2048), (2, 1, 512)):
+        q, k, v = (t.cuda() for t in inputs(batch, groups, 128, length, dtype, seed=batch))
+        cases = {"none": None, **{n: m.cuda() for n, m in masks(batch, length).items()}}
+        cases["additive"] = torch.where(cases["left_padded"], 0.0, torch.finfo(dtype).min).to(dtype)
+        for name, mask in cases.items():
+            ref = exact_attention(q, k, v, mask, 128**-0.5)
+            assert close(flash_decode(q, k, v, mask, scale=128**-0.5), ref, dtype), name
+            for config in configs:
+                out = launch_decode_attention(q, k, v, mask, 128**-0.5, config)
+                assert close(out, ref, dtype), (batch, groups, length, name, str(config))
+
+
+@pytest.mark.gpu
+def test_op_runs_compiled_inside_a_cuda_graph() -> None:
+    """The decode step's setting: torch.compile'd (the op an extern call), warmed on a side
+    stream, captured, replayed on new inputs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.fast_decode import capture_graph, warm_up_on_side_stream
+
+    q, k, v = (t.cuda() for t in inputs(2, 16, 128, 1024, torch.bfloat16))
+    mask = masks(2, 1024)["left_padded"].cuda()
+
+    def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return flash_decode(q * 1.0, k, v, mask, scale=128**-0.5).reshape(2, 1, -1) * 2
+
+    compiled = torch.compile(step, dynamic=False, fullgraph=True)
+    out: list[torch.Tensor] = []
+    with torch.inference_mode():
+        warm_up_on_side_stream(lambda: compiled(q, k, v, mask), times=2)
+        graph = capture_graph(lambda: out.append(compiled(q, k, v, mask)))
+        q.copy_(torch.randn_like(q))
+        mask[1, ..., 600:700] = True
+        graph.replay()
+        torch.cuda.synchronize()
+    assert close(out[-1].view(2, 1, 32, 128) / 2, exact_attention(q, k, v, mask, 128**-0.5), torch.bfloat16)
+    assert not op_module._broken
+
+
+@pytest.mark.gpu
+def test_tiny_glm_decode_graph_runs_the_kernel_on_cuda(tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 tiny GLM on CUDA: the captured decode graph takes the kernel (compiled in, launched
+    at warm-up) and the fast path stays on."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import llm.kernels.decode_attention as kernel_module
+    from llm import ChatGLM
+
+    launches: list[int] = []
+    original = kernel_module.launch_decode_attention
+    monkeypatch.setattr(kernel_module, "launch_decode_attention", lambda *a: launches.append(1) or original(*a))
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="bfloat16", temperature=0.0,
+                                   max_new_tokens=12)
+    assert llm_.invoke("曹操是谁？")
+    assert llm_.fast_decode_report["decode_graph"] is None, llm_.fast_decode_report
+    assert launches and not op_module._broken
