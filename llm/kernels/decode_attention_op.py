@@ -8,8 +8,6 @@ run as plain Python at call time. A kernel that fails to compile or launch falls
 PyTorch for good, with one warning, rather than take the decode step down.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 from importlib.util import find_spec
@@ -83,7 +81,11 @@ def flash_decode(
 # time, and torch 2.11's inference is documented for Optional.
 @torch.library.custom_op("glmkb::decode_attention", mutates_args=())
 def decode_attention_op(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor], scale: float  # noqa: UP045
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: Optional[torch.Tensor],  # noqa: UP045
+    scale: float,
 ) -> torch.Tensor:
     """The op behind ``flash_decode``."""
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))  # compiled callers
@@ -100,7 +102,11 @@ def decode_attention_op(
 
 @decode_attention_op.register_fake
 def _decode_attention_fake(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor], scale: float  # noqa: UP045
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: Optional[torch.Tensor],  # noqa: UP045
+    scale: float,
 ) -> torch.Tensor:
     batch, heads, _, dim = query.shape
     return value.new_empty((batch, 1, heads, dim))
