@@ -19,7 +19,9 @@ decode step, the cache comes from HBM and not from L2. Variants:
 - ``flash_decode``: the op as the decode step calls it (default config);
 - ``flash_decode compiled``: the same inside a ``torch.compile(fullgraph=True)`` function (the op
   as an extern call, as in the compiled decode step);
-- with ``--sweep`` (default) every ``AttentionConfig`` of ``SWEEP``; the fastest per case is printed.
+- ``flash_decode fused``: the default config with ``fused=True`` (one launch, the combine in
+  the split kernel's last slice);
+- unless ``--no-sweep``, every ``AttentionConfig`` of ``sweep_configs`` (64); the fastest per case is printed.
 
 Every variant's output is checked against float64 math (max abs error; a swept config over
 0.05 is not picked as the fastest). JSON through
@@ -32,6 +34,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -51,7 +54,10 @@ def sweep_configs() -> list[Any]:
             for block, p, w, skip in itertools.product((32, 64, 128), (1, 2, 4), (4, 8), (True, False))]
     deeper = [AttentionConfig(block_l=block, programs_per_sm=2, num_warps=w, num_stages=3, skip=False)
               for block, w in ((64, 4), (64, 8), (128, 4), (128, 8))]  # the branch-free loop can pipeline
-    return grid + deeper
+    fused = [AttentionConfig(block_l=block, programs_per_sm=p, num_warps=w, skip=skip, fused=True)
+             for block, p, w, skip in itertools.product((32, 64, 128), (1, 2, 4), (4, 8), (True, False))
+             if w == 4 or block == 64]  # one launch: the combine in the last slice
+    return grid + deeper + fused
 
 
 def make_inputs(batch: int, length: int, valid: int, *, device: str, dtype: torch.dtype,
@@ -77,7 +83,7 @@ def variants(q: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], mask:
              configs: list[Any]) -> dict[str, Callable[[], Callable[[int], Any]]]:
     """label -> builder of ``call(i)`` (builders run inside the variant's try)."""
     from llm.kernels import flash_decode, reference_decode_attention
-    from llm.kernels.decode_attention import launch_decode_attention
+    from llm.kernels.decode_attention import DEFAULT_CONFIG, launch_decode_attention
 
     def torch_compiled() -> Callable[[int], Any]:
         fn = torch.compile(reference_decode_attention, dynamic=False)
@@ -90,8 +96,13 @@ def variants(q: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], mask:
         fn = torch.compile(lambda q, k, v, m: flash_decode(q, k, v, m, scale=scale), dynamic=False, fullgraph=True)
         return lambda i: fn(q, *kv[i % len(kv)], mask)
 
+    def fused() -> Callable[[int], Any]:
+        config = replace(DEFAULT_CONFIG, fused=True)
+        return lambda i: launch_decode_attention(q, *kv[i % len(kv)], mask, scale, config)
+
     out: dict[str, Callable[[], Callable[[int], Any]]] = {
-        "torch compiled": torch_compiled, "flash_decode": op, "flash_decode compiled": op_compiled}
+        "torch compiled": torch_compiled, "flash_decode": op, "flash_decode compiled": op_compiled,
+        "flash_decode fused": fused}
     for config in configs:
         out[f"triton {config}"] = lambda c=config: (lambda i: launch_decode_attention(q, *kv[i % len(kv)], mask,
                                                                                       scale, c))
@@ -174,7 +185,7 @@ def main() -> None:
     for r in results:
         v = r["variants"]
         base = v["torch compiled"].get("us")
-        for label in ("torch compiled", "flash_decode", "flash_decode compiled"):
+        for label in ("torch compiled", "flash_decode", "flash_decode compiled", "flash_decode fused"):
             us = v[label].get("us")
             rows.append((f"B={r['B']} L={r['L']} valid={r['valid']}", label,
                          us if us is not None else v[label]["error"][:60],

@@ -105,6 +105,8 @@ def test_interpreted_kernel_matches_float64(batch: int, length: int, groups: int
     configs = [AttentionConfig()]  # L=1024: 4 slices of 4 blocks on the interpreter's 4 "SMs"
     if length <= 64:  # 16-key blocks in 4 slices; 1024 of them would only slow the interpreter
         configs.append(AttentionConfig(block_l=16, programs_per_sm=8))
+    else:  # the combine in the split kernel's last slice
+        configs.append(AttentionConfig(fused=True))
     for name, mask in cases.items():
         ref = exact_attention(q, k, v, mask, scale)
         for config in configs:
@@ -132,7 +134,8 @@ def test_interpreted_additive_mask_broadcast_batch_and_strided_cache(dtype: torc
         mask[1, ..., :50] = torch.finfo(mask_dtype).min  # row 1 masked the transformers way: finite
         additive.append(mask)
     for mask in (*additive, shared):
-        for config in (AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8, skip=False)):
+        for config in (AttentionConfig(), AttentionConfig(block_l=16, programs_per_sm=8, skip=False),
+                       AttentionConfig(block_l=16, programs_per_sm=8, fused=True)):
             out = launch_decode_attention(q, k, v, mask, 0.3, config)
             assert close(out, exact_attention(q, k, v, mask, 0.3), dtype), (mask.dtype, str(config))
 
@@ -154,7 +157,8 @@ def test_interpreted_masked_slots_are_never_read() -> None:
     v[~mask[:, :, 0, :].expand(-1, 2, -1)] = torch.nan
     many = AttentionConfig(block_l=16, programs_per_sm=40)  # 38 slices: the combine's 16-slice chunks, one partial
     assert plan(2, 2, 600, block_l=16, programs=40 * 4) == (38, 1)
-    for config in (AttentionConfig(), many, AttentionConfig(skip=False)):
+    fused = AttentionConfig(block_l=16, programs_per_sm=40, fused=True)
+    for config in (AttentionConfig(), many, AttentionConfig(skip=False), fused):
         out = launch_decode_attention(q, k, v, mask, 0.1, config)
         assert close(out, ref, torch.float32), str(config)
 
@@ -303,7 +307,8 @@ def test_compiled_kernel_matches_float64_on_cuda(dtype: torch.dtype) -> None:
     from llm.kernels.decode_attention import AttentionConfig, launch_decode_attention
 
     configs = [AttentionConfig(), AttentionConfig(block_l=32, programs_per_sm=4, skip=False),
-               AttentionConfig(block_l=128, num_warps=8, num_stages=3)]
+               AttentionConfig(block_l=128, num_warps=8, num_stages=3), AttentionConfig(fused=True),
+               AttentionConfig(block_l=32, programs_per_sm=4, fused=True)]
     for batch, groups, length in ((1, 16, 4096), (5, 16, 1024), (3, 4, 2048), (2, 1, 512)):
         q, k, v = (t.cuda() for t in inputs(batch, groups, 128, length, dtype, seed=batch))
         cases = {"none": None, **{n: m.cuda() for n, m in masks(batch, length).items()}}
@@ -341,6 +346,31 @@ def test_op_runs_compiled_inside_a_cuda_graph() -> None:
         torch.cuda.synchronize()
     assert close(out[-1].view(2, 1, 32, 128) / 2, exact_attention(q, k, v, mask, 128**-0.5), torch.bfloat16)
     assert not op_module._broken
+
+
+@pytest.mark.gpu
+def test_fused_combine_replays_in_a_cuda_graph() -> None:
+    """``fused=True``: the ticket counters allocated at warm-up, reset by each launch's last
+    slice, so replay after replay (with new inputs) stays right."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.fast_decode import capture_graph, warm_up_on_side_stream
+    from llm.kernels.decode_attention import AttentionConfig, launch_decode_attention, tickets
+
+    q, k, v = (t.cuda() for t in inputs(3, 16, 128, 4096, torch.bfloat16))
+    mask = masks(3, 4096)["left_padded"].cuda()
+    config = AttentionConfig(block_l=32, programs_per_sm=4, fused=True)
+    out: list[torch.Tensor] = []
+    with torch.inference_mode():
+        warm_up_on_side_stream(lambda: launch_decode_attention(q, k, v, mask, 0.1, config), times=2)
+        graph = capture_graph(lambda: out.append(launch_decode_attention(q, k, v, mask, 0.1, config)))
+        for step in range(3):
+            q.copy_(torch.randn_like(q))
+            mask[..., 2100 + step] = True
+            graph.replay()
+            torch.cuda.synchronize()
+            assert close(out[-1], exact_attention(q, k, v, mask, 0.1), torch.bfloat16), step
+    assert int(tickets(q.device, 6).abs().sum()) == 0
 
 
 @pytest.mark.gpu

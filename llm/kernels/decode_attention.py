@@ -14,7 +14,9 @@ Here it is two kernels:
    context most of the static cache is masked (valid ~200 of 4096 slots).
 2. ``_flash_decode_combine``, one program per (row, query head): rescales the slices' partials to a
    common max, sums, divides and writes ``(B, 1, H, D)`` in the value dtype, the layout
-   ``packed_gqa_attention`` returns. Slices that saw no key are not read.
+   ``packed_gqa_attention`` returns. Slices that saw no key are not read. With
+   ``AttentionConfig.fused`` the split kernel does this itself, in the slice that finishes last
+   (an atomic ticket per (row, K/V head)), and there is one launch.
 
 The number of slices is a pure function of the shapes and the GPU's SM count (``plan``), and
 every buffer is allocated per call at a size fixed by the shapes, so the launch is CUDA-graph
@@ -53,9 +55,15 @@ class AttentionConfig:
     num_warps: int = 4
     num_stages: int = 2
     skip: bool = True
+    fused: bool = False
+    """The slice that finishes last for its (row, K/V head) combines the partials (an atomic
+    ticket per (row, K/V head)) instead of a second kernel: one launch, for the ~2.5 us floor
+    a kernel of this size costs in a CUDA graph on the H200 (run 15: two kernels 5.7 us at B=1,
+    L=1024, 200 slots attended)."""
 
     def __str__(self) -> str:  # compact, for bench tables
-        return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}{'' if self.skip else 'n'}"
+        flags = ("" if self.skip else "n") + ("f" if self.fused else "")
+        return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}{flags}"
 
 
 DEFAULT_CONFIG = AttentionConfig()
@@ -67,6 +75,23 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+_tickets: dict[tuple[torch.device, int], torch.Tensor] = {}  # fused combine: zeroed int32 per (row, K/V head)
+
+
+def tickets(device: torch.device, count: int) -> torch.Tensor | None:
+    """The ticket counters of ``fused`` launches over ``count`` (row, K/V head) pairs, zero
+    between launches (the last slice resets its counter). Shared by every launch of that count
+    on the device: two such launches must not run at once on two streams (the decode graph
+    replays on one). None while a CUDA graph is captured and none exist yet (an allocation
+    there would belong to the graph's pool): that launch takes the combine kernel instead."""
+    key = (device, count)
+    if key not in _tickets:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        _tickets[key] = torch.zeros(count, dtype=torch.int32, device=device)
+    return _tickets[key]
 
 
 def plan(batch: int, kv_heads: int, length: int, *, block_l: int, programs: int) -> tuple[int, int]:
@@ -109,17 +134,18 @@ def _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale
 
 @triton.jit
 def _flash_decode_split(
-    q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, ticket_ptr,
     KV, G, L, blocks_per_split, scale,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_mb, stride_ml,
-    MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, SKIP: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, D: tl.constexpr,
+    MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, SKIP: tl.constexpr, FUSED: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """MASK: 0 none, 1 boolean (as uint8, nonzero = attend), 2 additive float. DIRECT: one slice,
-    write the normalised output to ``out_ptr`` instead of partials."""
+    write the normalised output to ``out_ptr`` instead of partials. FUSED: the last slice of a
+    (row, K/V head) to finish combines its partials (``ticket_ptr``: one zeroed int32 each)."""
     pid_bh = tl.program_id(0)  # row * KV + K/V head
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
@@ -163,6 +189,42 @@ def _flash_decode_split(
         tl.store(l_ptr + row, l_i, mask=g_ok)
         seen = g_ok & (m_i > float("-inf"))  # a slice that saw nothing writes no output and is not read
         tl.store(acc_ptr + row[:, None] * D + rd[None, :], acc, mask=seen[:, None])
+        if FUSED:
+            tl.debug_barrier()  # every thread's partials stored before the ticket releases them
+            ticket = tl.atomic_add(ticket_ptr + pid_bh, 1, sem="acq_rel", scope="gpu")
+            if ticket == splits - 1:
+                _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, splits, rg, rd, g_ok,
+                               BLOCK_S, CHUNK, BLOCK_G, D)
+                tl.store(ticket_ptr + pid_bh, 0)  # zero for the next launch
+
+
+@triton.jit
+def _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, SPLITS, rg, rd, g_ok,
+                   BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr):
+    """``_flash_decode_combine`` for the G query heads of one (row, K/V head), inside the split
+    kernel; loads bypass L1 (``.cg``): other SMs wrote the partials during this launch."""
+    base = (pid_bh * SPLITS).to(tl.int64)
+    rs = tl.arange(0, BLOCK_S)
+    m_all = tl.load(m_ptr + (base + rs)[:, None] * G + rg[None, :], mask=(rs < SPLITS)[:, None] & g_ok[None, :],
+                    other=float("-inf"), cache_modifier=".cg")
+    m_max = tl.max(m_all, axis=0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    rc = tl.arange(0, CHUNK)
+    total = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    norm = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    for c in range(0, SPLITS, CHUNK):
+        row = (base + c + rc)[:, None] * G + rg[None, :]  # [CHUNK, BLOCK_G]
+        ok = ((c + rc) < SPLITS)[:, None] & g_ok[None, :]
+        m = tl.load(m_ptr + row, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.exp(m - m_max[None, :])
+        norm += tl.sum(tl.load(l_ptr + row, mask=ok, other=0.0, cache_modifier=".cg") * w, axis=0)
+        seen = ok & (m > float("-inf"))
+        acc = tl.load(acc_ptr + row[:, :, None] * D + rd[None, None, :], mask=seen[:, :, None], other=0.0,
+                      cache_modifier=".cg")
+        total += tl.sum(acc * w[:, :, None], axis=0)
+    out = total / tl.where(g_ok, norm, 1.0)[:, None]  # padding rows past G: nothing, not 0/0
+    tl.store(out_ptr + (pid_bh * G + rg).to(tl.int64)[:, None] * D + rd[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=g_ok[:, None])
 
 
 @triton.jit
@@ -219,27 +281,29 @@ def launch_decode_attention(
         if kind == 1:
             m2 = m2.view(torch.uint8)
     direct = splits == 1
+    ticket = tickets(query.device, batch * kv_heads) if config.fused and not direct else None
     if direct:
         m_part = l_part = acc_part = out
     else:
         m_part = torch.empty((batch * kv_heads, splits, groups), dtype=torch.float32, device=query.device)
         l_part = torch.empty_like(m_part)
         acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=query.device)
+    block_s = triton.next_power_of_2(splits)
     _flash_decode_split[(batch * kv_heads, splits)](
-        q, key, value, m2, m_part, l_part, acc_part, out,
+        q, key, value, m2, m_part, l_part, acc_part, out, ticket if ticket is not None else out,
         kv_heads, groups, length, per_split, scale,
         q.stride(0), q.stride(1),
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         m2.stride(0) if mask is not None and m2.shape[0] > 1 else 0, m2.stride(-1) if mask is not None else 0,
         MASK=kind, DIRECT=direct, DOT_F32=INTERPRET or query.dtype == torch.float32, SKIP=config.skip,
-        BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l, D=dim,
+        FUSED=ticket is not None, BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l,
+        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    if not direct:
+    if not direct and ticket is None:
         _flash_decode_combine[(batch * heads,)](
             m_part, l_part, acc_part, out, groups, splits,
-            BLOCK_S=triton.next_power_of_2(splits), CHUNK=min(16, triton.next_power_of_2(splits)), D=dim,
-            num_warps=4,
+            BLOCK_S=block_s, CHUNK=min(16, block_s), D=dim, num_warps=4,
         )
     return out
