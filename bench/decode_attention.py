@@ -16,10 +16,10 @@ decode step, the cache comes from HBM and not from L2. Variants:
 
 - ``torch compiled``: the math ``packed_gqa_attention`` ran before (``reference_decode_attention``)
   under ``torch.compile`` (3 kernels);
-- ``flash_decode``: the op as the decode step calls it (default config);
+- ``flash_decode``: the op as the decode step calls it (``default_config`` of the shape);
 - ``flash_decode compiled``: the same inside a ``torch.compile(fullgraph=True)`` function (the op
   as an extern call, as in the compiled decode step);
-- ``flash_decode fused``: the default config with ``fused=True`` (one launch, the combine in
+- ``flash_decode fused``: that config with ``fused=True`` (one launch, the combine in
   the split kernel's last slice);
 - unless ``--no-sweep``, every ``AttentionConfig`` of ``sweep_configs`` (64); the fastest per case is printed.
 
@@ -83,7 +83,7 @@ def variants(q: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], mask:
              configs: list[Any]) -> dict[str, Callable[[], Callable[[int], Any]]]:
     """label -> builder of ``call(i)`` (builders run inside the variant's try)."""
     from llm.kernels import flash_decode, reference_decode_attention
-    from llm.kernels.decode_attention import DEFAULT_CONFIG, launch_decode_attention
+    from llm.kernels.decode_attention import default_config, launch_decode_attention
 
     def torch_compiled() -> Callable[[int], Any]:
         fn = torch.compile(reference_decode_attention, dynamic=False)
@@ -97,7 +97,7 @@ def variants(q: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], mask:
         return lambda i: fn(q, *kv[i % len(kv)], mask)
 
     def fused() -> Callable[[int], Any]:
-        config = replace(DEFAULT_CONFIG, fused=True)
+        config = replace(default_config(q.shape[0], kv[0][0].shape[1]), fused=True)
         return lambda i: launch_decode_attention(q, *kv[i % len(kv)], mask, scale, config)
 
     out: dict[str, Callable[[], Callable[[int], Any]]] = {
@@ -168,7 +168,7 @@ def main() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when Triton is first imported (below)
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    from llm.kernels.decode_attention import DEFAULT_CONFIG, AttentionConfig
+    from llm.kernels.decode_attention import AttentionConfig, default_config
 
     if args.tiny:
         configs = [AttentionConfig(block_l=16, programs_per_sm=8, skip=False)]
@@ -178,7 +178,9 @@ def main() -> None:
     results = [bench_case(b, length, valid, device=device, dtype=dtype, configs=configs)
                for b, length, valid in (TINY_CASES if args.tiny else CASES)]
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    write_result(args.out, "decode_attention", {"device": device_name, "default_config": str(DEFAULT_CONFIG),
+    write_result(args.out, "decode_attention", {"device": device_name,
+                                                "default_configs": {str(b): str(default_config(b, KV_HEADS))
+                                                                    for b in (1, 16)},
                                                 "shape": {"kv_heads": KV_HEADS, "groups": GROUPS, "dim": DIM},
                                                 "results": results})
     rows = []

@@ -295,6 +295,16 @@ def test_plan_fills_the_gpu_with_whole_blocks() -> None:
     assert plan(64, 2, 64, block_l=64, programs=8) == (1, 1)
 
 
+def test_default_config_follows_the_h200_sweep() -> None:
+    """Small blocks where one row leaves most SMs to the slices, large ones at batch 16 (run 15)."""
+    pytest.importorskip("triton")
+    from llm.kernels.decode_attention import default_config
+
+    assert default_config(1, 2).block_l == 32 and default_config(2, 2).block_l == 32
+    assert default_config(16, 2).block_l == 128 and default_config(4, 2).block_l == 128
+    assert not default_config(1, 2).fused and not default_config(16, 2).fused
+
+
 # ----- on a GPU (bench/run_all.sh gputest) ----------------------------------------------------
 
 

@@ -66,7 +66,18 @@ class AttentionConfig:
         return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}{flags}"
 
 
-DEFAULT_CONFIG = AttentionConfig()
+FEW_ROWS_CONFIG = AttentionConfig(block_l=32)
+MANY_ROWS_CONFIG = AttentionConfig(block_l=128)
+
+
+def default_config(batch: int, kv_heads: int) -> AttentionConfig:
+    """The config for a shape, from the run-15 sweep on the H200 (``bench.decode_attention``,
+    docs/bench-results/decode_attention.run15.h200.json; KV=2, G=16, D=128, L 1024/4096, 200
+    slots attended or all): 32-key blocks at batch 1 (5.5-8.2 us, within 3 % of each case's
+    best; 64-key blocks 6-10 % slower), 128-key blocks at batch 16 (8.6-28.6 us; 64-key blocks
+    were up to 1.3x slower, 32-key ones 1.5x). Batches between are unmeasured: split at 4
+    (row, K/V head) pairs."""
+    return FEW_ROWS_CONFIG if batch * kv_heads <= 4 else MANY_ROWS_CONFIG
 
 
 @functools.lru_cache(maxsize=8)
@@ -261,15 +272,17 @@ def launch_decode_attention(
     value: torch.Tensor,
     mask: torch.Tensor | None,
     scale: float,
-    config: AttentionConfig = DEFAULT_CONFIG,
+    config: AttentionConfig | None = None,
 ) -> torch.Tensor:
     """Softmax(q K^T * scale + mask) V for ``query`` ``(B, H, 1, D)`` against ``key``/``value``
     ``(B, KV, L, D)`` (H = KV * G), ``mask`` ``(B or 1, 1, 1, >= L)`` boolean (True = attend) or
-    additive float, or None; returns ``(B, 1, H, D)`` contiguous in ``value``'s dtype.
+    additive float, or None; returns ``(B, 1, H, D)`` contiguous in ``value``'s dtype. ``config``:
+    ``default_config`` of the shape unless given.
     Needs unit stride along D and D a power of two (``decode_attention_op.attention_applies``)."""
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
+    config = config or default_config(batch, kv_heads)
     q = query[:, :, 0, :]
     out = torch.empty((batch, 1, heads, dim), dtype=value.dtype, device=value.device)
     splits, per_split = plan(batch, kv_heads, length, block_l=config.block_l,
