@@ -25,7 +25,6 @@ from bench.common import char_tokenizer, parser, print_table, replay_seconds, wr
 from bench.decode import QUESTION
 
 CATEGORIES = (  # first match wins; names as CUPTI reports them
-    ("attention (flash_decode)", re.compile(r"flash_decode")),  # llm.kernels.decode_attention
     ("gemv", re.compile(r"gemv|gemm|cutlass|sm90_|sm80_|int4|tinygemm|Kernel2|splitK|cublas", re.I)),
     ("reduction (Inductor)", re.compile(r"^triton_(red|per)_")),
     ("pointwise (Inductor)", re.compile(r"^triton_poi_")),
