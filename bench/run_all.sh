@@ -15,7 +15,8 @@
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:
 # cuBLAS, compiled and Triton bf16, compiled and Triton INT8, INT4 compiled and tinygemm; us, GB/s,
 # share of copy bandwidth, every Triton config swept; gemv.json + gemv.md; ~5-8 min cold), quant6b_triton (quant6b's bf16
-# and INT8 rows with every decode GEMV on the Triton kernel, LM head included: quant_chatglm3-6b_gemv-triton.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
+# and INT8 rows with every decode GEMV on the Triton kernel, LM head included: quant_chatglm3-6b_gemv-triton.json), decattn (one decode
+# token's attention, B 1/16, L 1024/4096: compiled PyTorch math vs the Triton flash_decode, 40 configs swept, ~5 min cold by estimate, not yet run; decode_attention.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
 # bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
 # are missing, their wheels in .whl/ (see docs/PERFORMANCE.md). CPU-only benchmarks
@@ -47,7 +48,7 @@ log "sections: $sections"
 "$PY" -c "import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')" 2>&1 | tee -a "$OUT/log"
 for s in $sections; do
   case $s in
-    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_gemv.py -q -x -p no:cacheprovider ;;
+    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_gemv.py tests/test_decode_attention.py -q -x -p no:cacheprovider ;;
     ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
@@ -60,6 +61,7 @@ for s in $sections; do
     quant6b_triton) run ${T_QUANT6B:-330} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
     quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;
+    decattn)  run ${T_DECATTN:-600} decattn "$PY" -m bench.decode_attention ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
     adapters6b)  # the CUDA test of a P-tuning prefix on the decode graph, then ChatGLM3-6B shape: decode with a 128-token
       # prefix vs without on the fast path, LoRA merged vs base, LoRA training tok/s + peak memory at seq 1024 batch 4 (~3-4 min)

@@ -3,10 +3,24 @@
 - ``gemv_linear``: ``y = x @ W.T (* scale) (+ bias)`` for batch <= 16, bf16/fp16 or int8 weights read
   once (``llm.kernels.gemv``: the Triton kernel; ``gemv_op``: the torch custom op, tuning and
   fallback; ``gemv_configs``: tile sizes per shape).
+- ``flash_decode``: attention of one query token per row against the K/V cache, the grouped
+  query heads packed onto their K/V head, flash-decoding in two kernels (``llm.kernels.
+  decode_attention``: the Triton kernels; ``decode_attention_op``: the custom op and fallback).
 
 Importing this package never imports Triton; the kernel module does, on first use.
 """
 
+from llm.kernels.decode_attention_op import attention_applies, flash_decode, reference_decode_attention
 from llm.kernels.gemv_op import KERNELS, TRITON_AVAILABLE, chosen_configs, gemv_applies, gemv_linear, reference_gemv
 
-__all__ = ["KERNELS", "TRITON_AVAILABLE", "chosen_configs", "gemv_applies", "gemv_linear", "reference_gemv"]
+__all__ = [
+    "KERNELS",
+    "TRITON_AVAILABLE",
+    "attention_applies",
+    "chosen_configs",
+    "flash_decode",
+    "gemv_applies",
+    "gemv_linear",
+    "reference_decode_attention",
+    "reference_gemv",
+]
