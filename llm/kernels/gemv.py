@@ -43,6 +43,34 @@ def block_rows(rows: int, *, dot: bool) -> int:
 
 
 @triton.jit
+def _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr):
+    """A ``(BLOCK_N, BLOCK_K)`` weight tile, masked only where N or K do not fill it. The weight
+    streams through once (evict_first keeps it from pushing x out of L2; every program re-reads x,
+    evict_last). Measured on the H200 at M = 1 with the tiles of gemv_configs.TUNED: bf16 q/k/v
+    11.1 us vs cuBLAS 13.8, down 28.0 vs 31.7 (run 15)."""
+    if EVEN_K:
+        if EVEN_N:
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
+        else:
+            w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
+    else:
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
+    return w
+
+
+@triton.jit
+def _as_float32(w, INT8: tl.constexpr):
+    """The weight tile in float32. int8 goes through float bits, 2^23 + (v + 128), minus that
+    offset: an integer and a float add instead of an I2F conversion (16 per clock per SM on
+    sm80/sm90); run 15: INT8 gate_up 37.3 -> 34.3 us, down 22.0 -> 19.2 us."""
+    if INT8:
+        wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    else:
+        wf = w.to(tl.float32)
+    return wf
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
     M, N, K, k_per_split,
@@ -69,28 +97,16 @@ def _gemv_kernel(
     else:
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
-        # The weight streams through once (evict_first keeps it from pushing x out of L2); every
-        # program re-reads x (evict_last). Measured on the H200 at M = 1 with the tiles of
-        # gemv_configs.TUNED: bf16 q/k/v 11.1 us vs cuBLAS 13.8, down 28.0 vs 31.7 (run 15).
+        k_ok = (k + rk) < K
         if EVEN_K:
             x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0, eviction_policy="evict_last")
-            if EVEN_N:
-                w = tl.load(w_ptrs, eviction_policy="evict_first")
-            else:
-                w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
         else:
-            k_ok = (k + rk) < K
             x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_last")
-            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
+        w = _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K, EVEN_N)
         if USE_DOT:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
         else:
-            if INT8:  # int8 -> float32 as float bits 2^23 + (v + 128), minus that offset: integer and
-                # float adds instead of I2F conversions (16 per clock per SM on sm80/sm90); run 15:
-                # INT8 gate_up 37.3 -> 34.3 us, down 22.0 -> 19.2 us
-                wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-            else:
-                wf = w.to(tl.float32)
+            wf = _as_float32(w, INT8)
             if BLOCK_M == 1:
                 acc2 += wf * x.to(tl.float32)  # (BLOCK_N, BLOCK_K) * (1, BLOCK_K)
             else:
@@ -147,21 +163,13 @@ def _gemv_row_kernel(
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
+        k_ok = (k + rk) < K
         if EVEN_K:
             x = tl.load(x_ptr + k + rk, eviction_policy="evict_last")
-            if EVEN_N:
-                w = tl.load(w_ptrs, eviction_policy="evict_first")
-            else:
-                w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
         else:
-            k_ok = (k + rk) < K
             x = tl.load(x_ptr + k + rk, mask=k_ok, other=0.0, eviction_policy="evict_last")
-            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
-        if INT8:  # see _gemv_kernel
-            wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-        else:
-            wf = w.to(tl.float32)
-        acc += wf * x.to(tl.float32)[None, :]
+        w = _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K, EVEN_N)
+        acc += _as_float32(w, INT8) * x.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
     y = tl.sum(acc, axis=1)
     if HAS_SCALE:
