@@ -10,7 +10,6 @@ decode step) unless ``fast_decode=False``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -25,16 +24,10 @@ from pydantic import ConfigDict, Field
 from configs.settings import GenerationSettings, LLMSettings
 from llm.answer_text import answer_pieces, batch_answers
 from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
-from llm.batching import BatchScheduler, SoloStream, batch_scheduler
 from llm.chat_messages import prompt_messages
+from llm.chatglm_routing import GenerationRouting
 from llm.errors import ModelLoadError
-from llm.fast_decode import (
-    STATIC_CACHE,
-    FastDecodeOptions,
-    fast_decode_report,
-    fast_decode_state,
-    unsupported_reason,
-)
+from llm.fast_decode import FastDecodeOptions
 from llm.generate_kwargs import (
     GENERATION_FIELDS,
     build_generate_kwargs,
@@ -43,15 +36,13 @@ from llm.generate_kwargs import (
     with_stop_strings,
 )
 from llm.loading import load_model_and_tokenizer
-from llm.streaming import GenerationStats, run_generate, stream_token_ids
-
-logger = logging.getLogger(__name__)
+from llm.streaming import GenerationStats, run_generate
 
 History = Sequence[tuple[str, str] | BaseMessage]
 _DEFAULTS = GenerationSettings()
 
 
-class ChatGLM(LLM):
+class ChatGLM(GenerationRouting, LLM):
     """Local chat model with real token streaming, chat template, history and system prompt.
 
     Per-call keyword arguments (``llm.invoke(q, history=[...], temperature=0)``): ``history``
@@ -59,6 +50,7 @@ class ChatGLM(LLM):
     any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``). ``messages``
     (the whole chat as role/content dicts, already neutralised) replaces prompt, history and
     system prompt: that is how ``llm.chatglm_chat.ChatGLMChat`` shares this generation core.
+    Fast path or plain ``generate``, alone or batched: ``llm.chatglm_routing.GenerationRouting``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -230,32 +222,6 @@ class ChatGLM(LLM):
         """eos ids (GLM has several) and a pad id, from generation_config with tokenizer fallback."""
         return special_token_ids(self.model, self.tokenizer)
 
-    # ----- fast decode ----------------------------------------------------------------------
-
-    @property
-    def fast_decode_active(self) -> bool:
-        """Whether generations take the fast path (``fast_decode`` setting, model support, no failure)."""
-        if self.fast_decode is False:
-            return False
-        reason = unsupported_reason(self.model, self.fast_decode_options)
-        reason = reason or fast_decode_state(self.model).off.get(STATIC_CACHE)
-        if reason is not None:
-            if self.fast_decode:
-                _warn_once(self.model, f"fast_decode=True but it is off for this model: {reason}")
-            return False
-        return True
-
-    @property
-    def fast_decode_report(self) -> dict[str, str | None]:
-        """Each fast-path part (``llm.fast_decode.PATHS``) -> None where it runs, else why it is off."""
-        if self.fast_decode is False:
-            return {path: "fast_decode=False" for path in fast_decode_report(self.model, self.fast_decode_options)}
-        return fast_decode_report(self.model, self.fast_decode_options)
-
-    def _fast_decode(self) -> FastDecodeOptions | None:
-        """The options generations run the fast path with, None for plain ``generate``."""
-        return self.fast_decode_options if self.fast_decode_active else None
-
     # ----- streaming: the one code path ---------------------------------------------------
 
     def _iter_text(
@@ -285,38 +251,6 @@ class ChatGLM(LLM):
         stats.start(generate_kwargs)
         token_ids = self._token_ids(generate_kwargs, cancel, scheduler)
         yield from answer_pieces(token_ids, tokenizer=self.tokenizer, stop=stop, stats=stats)
-
-    def _token_ids(
-        self, generate_kwargs: dict[str, Any], cancel: threading.Event, scheduler: BatchScheduler | None
-    ) -> Iterator[int]:
-        """New token ids of one streamed generation: alone on the model's worker when the model is
-        free, else queued in the model's ``BatchScheduler`` (which the caller ``arrive``d at) to
-        start with the others waiting.
-
-        Why not every request through the scheduler: a lone request then pays a thread hand-off
-        and the per-row dispatcher for nothing; here it runs exactly the single-row fast path it
-        ran before batching existed (239 tok/s, TTFT 12.6 ms on the H200, docs/PERFORMANCE.md).
-        Requests with their own stopping criteria (the summary's cancel scope) never batch.
-        """
-        fast = self._fast_decode()
-        if scheduler is None or generate_kwargs.get("stopping_criteria"):
-            if scheduler is not None:
-                scheduler.leave()
-            return stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast)
-        if scheduler.admit_solo(arrived=True):
-            return SoloStream(stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast), scheduler)
-        return scheduler.stream(generate_kwargs, cancel, fast_decode=fast, arrived=True)
-
-    def _scheduler(self) -> BatchScheduler:
-        scheduler = batch_scheduler(self.model)
-        scheduler.max_batch, scheduler.max_queue = self.max_concurrent_batch, self.max_queue
-        return scheduler
-
-    def check_capacity(self) -> None:
-        """Raise ``llm.batching.Busy`` (HTTP 503, "retry") when the model's queue is full right now;
-        servers call it before they start a streamed response, which could not change its status."""
-        if self.batch_concurrent:
-            self._scheduler().check_capacity()
 
     def _stream(
         self,
@@ -407,16 +341,6 @@ class ChatGLM(LLM):
         with_stop_strings(generate_kwargs, tokenizer=self.tokenizer, stop=stop, prompt_length=prompt_length)
         output = run_generate(self.model, generate_kwargs, fast_decode=self._fast_decode())
         return batch_answers(output, prompt_length=prompt_length, tokenizer=self.tokenizer, stop=stop)
-
-
-_WARNED: set[tuple[int, str]] = set()
-
-
-def _warn_once(model: Any, message: str) -> None:
-    key = (id(model), message)
-    if key not in _WARNED:
-        _WARNED.add(key)
-        logger.warning(message)
 
 
 def _generation_chunks(pieces: Iterator[str]) -> Iterator[GenerationChunk]:
