@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,14 +260,7 @@ class ChatGLM(GenerationRouting, LLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         pieces = self._iter_text(prompt, stop, cancel=threading.Event(), **kwargs)
-        try:
-            for text in pieces:
-                chunk = GenerationChunk(text=text)
-                if run_manager:
-                    run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-        finally:
-            pieces.close()
+        yield from _generation_chunks(pieces, run_manager.on_llm_new_token if run_manager else None)
 
     def _call(
         self,
@@ -343,10 +336,16 @@ class ChatGLM(GenerationRouting, LLM):
         return batch_answers(output, prompt_length=prompt_length, tokenizer=self.tokenizer, stop=stop)
 
 
-def _generation_chunks(pieces: Iterator[str]) -> Iterator[GenerationChunk]:
-    """Text pieces as ``GenerationChunk``s; closing this closes ``pieces`` (stops generation)."""
+def _generation_chunks(
+    pieces: Iterator[str], on_token: Callable[..., Any] | None = None
+) -> Iterator[GenerationChunk]:
+    """Text pieces as ``GenerationChunk``s, each first reported to ``on_token`` (a callback manager's
+    ``on_llm_new_token``) if given; closing this closes ``pieces`` (stops generation)."""
     try:
         for text in pieces:
-            yield GenerationChunk(text=text)
+            chunk = GenerationChunk(text=text)
+            if on_token is not None:
+                on_token(text, chunk=chunk)
+            yield chunk
     finally:
         pieces.close()  # type: ignore[attr-defined]
