@@ -1,7 +1,7 @@
 """LangChain messages as the role/content dicts a chat template takes (the one converter).
 
 Both faces of the local model use it: ``ChatGLMChat`` for its input messages and ``ChatGLM``
-for a per-call ``history`` given as messages. Contents are plain text with special-token
+for its prompt with a per-call ``history`` (``prompt_messages``). Contents are plain text with special-token
 strings neutralised (a document saying ``<|system|>`` cannot forge a turn).
 """
 
@@ -14,7 +14,7 @@ from langchain_core.messages import BaseMessage, ChatMessage
 
 from llm.special_tokens import neutralize_special_tokens
 
-__all__ = ["TEMPLATE_ROLES", "chat_template_messages"]
+__all__ = ["TEMPLATE_ROLES", "chat_template_messages", "prompt_messages"]
 
 TEMPLATE_ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant"}
 """LangChain message type (or ``ChatMessage`` role) -> chat-template role."""
@@ -37,3 +37,26 @@ def chat_template_messages(messages: Sequence[BaseMessage], tokenizer: Any) -> l
             raise NotImplementedError("local chat models take text only (no image, audio or file content blocks)")
         out.append({"role": TEMPLATE_ROLES[role], "content": neutralize_special_tokens(message.text, tokenizer)})
     return out
+
+
+def prompt_messages(
+    prompt: str,
+    *,
+    history: Sequence[tuple[str, str] | BaseMessage] | None,
+    system_prompt: str | None,
+    tokenizer: Any,
+) -> list[dict[str, str]]:
+    """Optional system prompt, ``history`` (``(user, assistant)`` pairs or messages), then ``prompt``."""
+
+    def text(content: str) -> str:
+        return neutralize_special_tokens(content, tokenizer)
+
+    messages = [{"role": "system", "content": text(system_prompt)}] if system_prompt else []
+    for item in history or []:
+        if isinstance(item, BaseMessage):
+            messages += chat_template_messages([item], tokenizer)
+            continue
+        user, assistant = item
+        messages += [{"role": "user", "content": text(user)}, {"role": "assistant", "content": text(assistant)}]
+    messages.append({"role": "user", "content": text(prompt)})
+    return messages

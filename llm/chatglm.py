@@ -10,9 +10,8 @@ decode step) unless ``fast_decode=False``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +22,27 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
+from llm.answer_text import answer_pieces, batch_answers
 from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
-from llm.batching import BatchScheduler, SoloStream, batch_scheduler
-from llm.chat_messages import chat_template_messages
-from llm.cancellation import current_cancel_event
+from llm.chat_messages import prompt_messages
+from llm.chatglm_routing import GenerationRouting
 from llm.errors import ModelLoadError
-from llm.fast_decode import (
-    STATIC_CACHE,
-    FastDecodeOptions,
-    fast_decode_report,
-    fast_decode_state,
-    unsupported_reason,
+from llm.fast_decode import FastDecodeOptions
+from llm.generate_kwargs import (
+    GENERATION_FIELDS,
+    build_generate_kwargs,
+    generation_params,
+    special_token_ids,
+    with_stop_strings,
 )
 from llm.loading import load_model_and_tokenizer
-from llm.special_tokens import neutralize_special_tokens
-from llm.streaming import (
-    BatchStopStringCriteria,
-    CancelCriteria,
-    GenerationStats,
-    IncrementalDetokenizer,
-    StopSequenceFilter,
-    cut_at_stop,
-    run_generate,
-    stream_token_ids,
-)
-
-logger = logging.getLogger(__name__)
+from llm.streaming import GenerationStats, run_generate
 
 History = Sequence[tuple[str, str] | BaseMessage]
-GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
 _DEFAULTS = GenerationSettings()
 
 
-class ChatGLM(LLM):
+class ChatGLM(GenerationRouting, LLM):
     """Local chat model with real token streaming, chat template, history and system prompt.
 
     Per-call keyword arguments (``llm.invoke(q, history=[...], temperature=0)``): ``history``
@@ -63,6 +50,7 @@ class ChatGLM(LLM):
     any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``). ``messages``
     (the whole chat as role/content dicts, already neutralised) replaces prompt, history and
     system prompt: that is how ``llm.chatglm_chat.ChatGLMChat`` shares this generation core.
+    Fast path or plain ``generate``, alone or batched: ``llm.chatglm_routing.GenerationRouting``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -183,18 +171,7 @@ class ChatGLM(LLM):
         text: special-token strings in them (``<|system|>`` in a document, say) are neutralised
         so they cannot forge turns once the template is tokenized.
         """
-        def text(content: str) -> str:
-            return neutralize_special_tokens(content, self.tokenizer)
-
-        messages = [{"role": "system", "content": text(system_prompt)}] if system_prompt else []
-        for item in history or []:
-            if isinstance(item, BaseMessage):
-                messages += chat_template_messages([item], self.tokenizer)
-                continue
-            user, assistant = item
-            messages += [{"role": "user", "content": text(user)}, {"role": "assistant", "content": text(assistant)}]
-        messages.append({"role": "user", "content": text(prompt)})
-        return messages
+        return prompt_messages(prompt, history=history, system_prompt=system_prompt, tokenizer=self.tokenizer)
 
     def render_prompt(
         self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
@@ -220,9 +197,9 @@ class ChatGLM(LLM):
     def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Everything ``model.generate`` gets for ``prompts``; pops the kwargs it consumes.
 
-        Renders each prompt with ``history``/``system_prompt``, encodes (left-padded when
-        several), resolves sampling from fields and per-call overrides, and passes any other
-        per-call keyword straight to ``generate``.
+        Renders each prompt with ``history``/``system_prompt`` (or the whole chat, ``messages``);
+        ``llm.generate_kwargs`` encodes (left-padded when several), resolves sampling from fields
+        and per-call overrides, and passes any other per-call keyword straight to ``generate``.
         """
         history = kwargs.pop("history", None)
         system_prompt = kwargs.pop("system_prompt", self.system_prompt)
@@ -231,68 +208,19 @@ class ChatGLM(LLM):
             texts = [self.render_messages(messages)]
         else:
             texts = [self.render_prompt(p, history=history, system_prompt=system_prompt) for p in prompts]
-        params = {name: kwargs.pop(name, getattr(self, name)) for name in GENERATION_FIELDS}
-        if params["max_new_tokens"] is None:
-            params["max_new_tokens"] = self.max_new_tokens
-        encoded = self.tokenizer(
-            texts, add_special_tokens=False, padding=len(texts) > 1, padding_side="left", return_tensors="pt"
-        ).to(self.model.device)
-        out: dict[str, Any] = {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            "max_new_tokens": int(params["max_new_tokens"]),
-            "repetition_penalty": float(params["repetition_penalty"]),
-            **self._special_token_ids(),
-        }
-        if params["temperature"] and params["temperature"] > 0:
-            out.update(do_sample=True, temperature=float(params["temperature"]), top_p=float(params["top_p"]))
-        else:
-            # Greedy; clear the checkpoint's sampling defaults so generate does not warn.
-            out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out.update(kwargs)
-        scope = current_cancel_event()
-        if scope is not None:  # e.g. the UI's Stop during a summary's batched map step
-            out["stopping_criteria"] = [*(out.get("stopping_criteria") or []), CancelCriteria(scope)]
-        return out
+        params = generation_params(kwargs, defaults=self)
+        return build_generate_kwargs(
+            texts,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            params=params,
+            special_tokens=self._special_token_ids(),
+            extra=kwargs,
+        )
 
     def _special_token_ids(self) -> dict[str, Any]:
         """eos ids (GLM has several) and a pad id, from generation_config with tokenizer fallback."""
-        config = getattr(self.model, "generation_config", None)
-        eos = getattr(config, "eos_token_id", None)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        pad = getattr(config, "pad_token_id", None)
-        if pad is None:
-            pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = eos[0] if isinstance(eos, list) else eos
-        return {"eos_token_id": eos, "pad_token_id": pad}
-
-    # ----- fast decode ----------------------------------------------------------------------
-
-    @property
-    def fast_decode_active(self) -> bool:
-        """Whether generations take the fast path (``fast_decode`` setting, model support, no failure)."""
-        if self.fast_decode is False:
-            return False
-        reason = unsupported_reason(self.model, self.fast_decode_options)
-        reason = reason or fast_decode_state(self.model).off.get(STATIC_CACHE)
-        if reason is not None:
-            if self.fast_decode:
-                _warn_once(self.model, f"fast_decode=True but it is off for this model: {reason}")
-            return False
-        return True
-
-    @property
-    def fast_decode_report(self) -> dict[str, str | None]:
-        """Each fast-path part (``llm.fast_decode.PATHS``) -> None where it runs, else why it is off."""
-        if self.fast_decode is False:
-            return {path: "fast_decode=False" for path in fast_decode_report(self.model, self.fast_decode_options)}
-        return fast_decode_report(self.model, self.fast_decode_options)
-
-    def _fast_decode(self) -> FastDecodeOptions | None:
-        """The options generations run the fast path with, None for plain ``generate``."""
-        return self.fast_decode_options if self.fast_decode_active else None
+        return special_token_ids(self.model, self.tokenizer)
 
     # ----- streaming: the one code path ---------------------------------------------------
 
@@ -321,67 +249,8 @@ class ChatGLM(LLM):
             raise
         stats = stats if stats is not None else GenerationStats()
         stats.start(generate_kwargs)
-        detokenizer = IncrementalDetokenizer(self.tokenizer)
-        stops = StopSequenceFilter(stop)
-        answer_started = False
-        emitted = False
-
-        def clean(text: str) -> str:
-            nonlocal answer_started
-            if not answer_started:
-                # GLM-4 answers start with "\n", ChatGLM3 with " \n" after <|assistant|>; drop both (as the originals do).
-                text = text.lstrip()
-                answer_started = bool(text)
-            return stops.feed(text)
-
         token_ids = self._token_ids(generate_kwargs, cancel, scheduler)
-        try:
-            for token_id in token_ids:
-                stats.add(token_id)
-                piece = clean(detokenizer.add(token_id))
-                if piece:
-                    emitted = True
-                    yield piece
-                if stops.stopped:
-                    stats.stop_sequence_seen()
-                    return
-            tail = clean(detokenizer.flush()) + stops.flush()
-            if tail or not emitted:
-                yield tail  # an empty answer still yields one (empty) chunk
-        finally:
-            token_ids.close()
-
-    def _token_ids(
-        self, generate_kwargs: dict[str, Any], cancel: threading.Event, scheduler: BatchScheduler | None
-    ) -> Iterator[int]:
-        """New token ids of one streamed generation: alone on the model's worker when the model is
-        free, else queued in the model's ``BatchScheduler`` (which the caller ``arrive``d at) to
-        start with the others waiting.
-
-        Why not every request through the scheduler: a lone request then pays a thread hand-off
-        and the per-row dispatcher for nothing; here it runs exactly the single-row fast path it
-        ran before batching existed (239 tok/s, TTFT 12.6 ms on the H200, docs/PERFORMANCE.md).
-        Requests with their own stopping criteria (the summary's cancel scope) never batch.
-        """
-        fast = self._fast_decode()
-        if scheduler is None or generate_kwargs.get("stopping_criteria"):
-            if scheduler is not None:
-                scheduler.leave()
-            return stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast)
-        if scheduler.admit_solo(arrived=True):
-            return SoloStream(stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast), scheduler)
-        return scheduler.stream(generate_kwargs, cancel, fast_decode=fast, arrived=True)
-
-    def _scheduler(self) -> BatchScheduler:
-        scheduler = batch_scheduler(self.model)
-        scheduler.max_batch, scheduler.max_queue = self.max_concurrent_batch, self.max_queue
-        return scheduler
-
-    def check_capacity(self) -> None:
-        """Raise ``llm.batching.Busy`` (HTTP 503, "retry") when the model's queue is full right now;
-        servers call it before they start a streamed response, which could not change its status."""
-        if self.batch_concurrent:
-            self._scheduler().check_capacity()
+        yield from answer_pieces(token_ids, tokenizer=self.tokenizer, stop=stop, stats=stats)
 
     def _stream(
         self,
@@ -391,14 +260,7 @@ class ChatGLM(LLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         pieces = self._iter_text(prompt, stop, cancel=threading.Event(), **kwargs)
-        try:
-            for text in pieces:
-                chunk = GenerationChunk(text=text)
-                if run_manager:
-                    run_manager.on_llm_new_token(text, chunk=chunk)
-                yield chunk
-        finally:
-            pieces.close()
+        yield from _generation_chunks(pieces, run_manager.on_llm_new_token if run_manager else None)
 
     def _call(
         self,
@@ -469,30 +331,21 @@ class ChatGLM(LLM):
         """Answers to several prompts from one batched ``generate`` call (same cleaning as streams)."""
         generate_kwargs = self._generate_kwargs(prompts, kwargs)
         prompt_length = generate_kwargs["input_ids"].shape[1]
-        if stop:
-            criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
-            criteria.append(BatchStopStringCriteria(self.tokenizer, stop, prompt_length))
-            generate_kwargs["stopping_criteria"] = criteria
+        with_stop_strings(generate_kwargs, tokenizer=self.tokenizer, stop=stop, prompt_length=prompt_length)
         output = run_generate(self.model, generate_kwargs, fast_decode=self._fast_decode())
-        new_ids = output[:, prompt_length:].tolist()
-        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        return [cut_at_stop(text.lstrip(), stop) for text in texts]
+        return batch_answers(output, prompt_length=prompt_length, tokenizer=self.tokenizer, stop=stop)
 
 
-_WARNED: set[tuple[int, str]] = set()
-
-
-def _warn_once(model: Any, message: str) -> None:
-    key = (id(model), message)
-    if key not in _WARNED:
-        _WARNED.add(key)
-        logger.warning(message)
-
-
-def _generation_chunks(pieces: Iterator[str]) -> Iterator[GenerationChunk]:
-    """Text pieces as ``GenerationChunk``s; closing this closes ``pieces`` (stops generation)."""
+def _generation_chunks(
+    pieces: Iterator[str], on_token: Callable[..., Any] | None = None
+) -> Iterator[GenerationChunk]:
+    """Text pieces as ``GenerationChunk``s, each first reported to ``on_token`` (a callback manager's
+    ``on_llm_new_token``) if given; closing this closes ``pieces`` (stops generation)."""
     try:
         for text in pieces:
-            yield GenerationChunk(text=text)
+            chunk = GenerationChunk(text=text)
+            if on_token is not None:
+                on_token(text, chunk=chunk)
+            yield chunk
     finally:
         pieces.close()  # type: ignore[attr-defined]
