@@ -35,6 +35,7 @@ from chains.events import Answer, Event, Progress, Source, Sources, Token
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
 from chains.stream_llm_chain import StreamLLMChain, piece_text
 from chains.history import History, format_history, to_messages
+from chains.passages import format_passages
 from chains.token_budget import fit_documents, trim_history
 
 __all__ = ["CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
@@ -45,16 +46,6 @@ CONDENSE_STAGE = "condense"
 """Tag on the condense LLM run, so callback handlers can leave its tokens out of the chat."""
 
 _CONDENSE_PREFIX = re.compile(r"^\s*(独立问题|改写后的问题|问题)\s*[:：]\s*")
-
-
-def format_passages(docs: Sequence[Document]) -> str:
-    """Number the passages ``[1] ...`` (with chapter titles when known) for the prompt."""
-    blocks = []
-    for i, doc in enumerate(docs, 1):
-        title = doc.metadata.get("chapter_title")
-        head = f"[{i}]（{title}）" if title else f"[{i}]"
-        blocks.append(f"{head}{doc.page_content}")
-    return "\n\n".join(blocks)
 
 
 @dataclass
