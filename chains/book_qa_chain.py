@@ -275,8 +275,7 @@ class BookQAChain(Chain):
     def _outputs(self, answer: Answer | None) -> dict[str, Any]:
         if answer is None:
             return {self.output_key: "", "source_documents": [], "refused": False}
-        docs = [Document(page_content=s.text, metadata={k: v for k, v in s.to_dict().items() if k != "text"})
-                for s in answer.sources]
+        docs = [s.to_document() for s in answer.sources]
         return {self.output_key: answer.text, "source_documents": docs, "refused": answer.refused}
 
     def _call(self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None) -> dict[str, Any]:

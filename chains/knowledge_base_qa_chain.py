@@ -276,7 +276,7 @@ class KnowledgeBaseQAChain(Chain):
         answer = next(e for e in reversed(events) if isinstance(e, Answer))
         return {
             self.output_key: answer.text,
-            "source_documents": [_source_document(s) for s in answer.sources],
+            "source_documents": [s.to_document() for s in answer.sources],
             "standalone_question": answer.question,
             "refused": answer.refused,
         }
@@ -408,7 +408,3 @@ def _clean_condensed(text: str, fallback: str) -> str:
             return line
     return fallback
 
-
-def _source_document(source: Source) -> Document:
-    meta = {k: v for k, v in source.to_dict().items() if k != "text"}
-    return Document(page_content=source.text, metadata=meta)
