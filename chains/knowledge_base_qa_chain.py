@@ -9,7 +9,6 @@ calling the LLM. No LLM → the passages with a message saying why there is no a
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,21 +30,22 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field
 
-from chains.events import Answer, Event, Progress, Source, Sources, Token
-from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
-from chains.stream_llm_chain import StreamLLMChain, piece_text
+from chains.condense import (
+    CONDENSE_STAGE,
+    CONDENSE_TAG,
+    astream_condensed,
+    cap_new_tokens,
+    stream_condensed,
+)
+from chains.condense import clean_condensed as _clean_condensed  # noqa: F401  (tests import it from here)
+from chains.events import Answer, Event, Source, Sources, Token
 from chains.history import History, format_history, to_messages
 from chains.passages import format_passages
+from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
+from chains.stream_llm_chain import StreamLLMChain
 from chains.token_budget import fit_documents, trim_history
 
-__all__ = ["CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
-
-CONDENSE_TAG = "condense_question"
-CONDENSE_STAGE = "condense"
-"""``Progress.stage`` of the events yielded while the follow-up question is being condensed."""
-"""Tag on the condense LLM run, so callback handlers can leave its tokens out of the chat."""
-
-_CONDENSE_PREFIX = re.compile(r"^\s*(独立问题|改写后的问题|问题)\s*[:：]\s*")
+__all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
 
 
 @dataclass
@@ -211,36 +211,24 @@ class KnowledgeBaseQAChain(Chain):
     # ---------------------------------------------------------------- sync run
     def _condense_model(self) -> Runnable:
         """The model with its answer length capped at ``condense_max_tokens`` where it has such a knob."""
-        fields = getattr(type(self.llm), "model_fields", {})
-        for knob in ("max_new_tokens", "max_tokens"):
-            if knob in fields:
-                current = getattr(self.llm, knob, None)
-                limit = self.condense_max_tokens if current is None else min(current, self.condense_max_tokens)
-                return self.llm.bind(**{knob: limit})
-        return self.llm
+        return cap_new_tokens(self.llm, self.condense_max_tokens)
 
     def _condense(
         self, question: str, messages: Sequence[BaseMessage], run_manager: CallbackManagerForChainRun
     ) -> Generator[Event, None, str]:
-        """Stream the standalone question, yielding ``Progress("condense", ...)`` per piece.
-
-        Streaming (not one blocking call) lets a consumer that stops iterating, e.g. a UI
-        Stop button, end the model's generation within a token; returns the question.
-        """
+        """Stream the standalone question (``chains.condense.stream_condensed``); returns it."""
         inputs = self.condense_inputs(question, messages)
         if inputs is None:
             return question
-        prompt = self.condense_prompt.format(**inputs)
-        config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
-        pieces: list[str] = []
-        stream = self._condense_model().stream(prompt, config=config)
-        try:
-            for piece in stream:
-                pieces.append(piece_text(piece))
-                yield Progress(CONDENSE_STAGE, len(pieces), self.condense_max_tokens)
-        finally:
-            stream.close()
-        return _clean_condensed("".join(pieces), question)
+        return (
+            yield from stream_condensed(
+                self._condense_model(),
+                self.condense_prompt.format(**inputs),
+                fallback=question,
+                max_tokens=self.condense_max_tokens,
+                callbacks=run_manager.get_child(CONDENSE_TAG),
+            )
+        )
 
     def _events(
         self, question: str, history: History | None, run_manager: CallbackManagerForChainRun
@@ -321,13 +309,14 @@ class KnowledgeBaseQAChain(Chain):
         if inputs is None:
             yield question
             return
-        prompt = self.condense_prompt.format(**inputs)
-        config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
-        pieces: list[str] = []
-        async for piece in self._condense_model().astream(prompt, config=config):
-            pieces.append(piece_text(piece))
-            yield Progress(CONDENSE_STAGE, len(pieces), self.condense_max_tokens)
-        yield _clean_condensed("".join(pieces), question)
+        async for item in astream_condensed(
+            self._condense_model(),
+            self.condense_prompt.format(**inputs),
+            fallback=question,
+            max_tokens=self.condense_max_tokens,
+            callbacks=run_manager.get_child(CONDENSE_TAG),
+        ):
+            yield item
 
     async def _aevents(
         self,
@@ -398,13 +387,3 @@ def _check_question(question: object) -> str:
         msg = f"the question must be non-empty text, got {question!r}"
         raise ValueError(msg)
     return question.strip()
-
-
-def _clean_condensed(text: str, fallback: str) -> str:
-    """The first non-empty line of the model's reply, without a ``独立问题：`` prefix."""
-    for line in text.splitlines():
-        line = _CONDENSE_PREFIX.sub("", line).strip().strip("\"'“”「」")
-        if line:
-            return line
-    return fallback
-
