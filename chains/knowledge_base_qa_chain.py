@@ -24,12 +24,12 @@ from langchain_core.callbacks import (
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage
-from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field
 
+from chains.answer_context import drop_low_scores, fit_passages, render_answer_prompt
 from chains.condense import (
     CONDENSE_STAGE,
     CONDENSE_TAG,
@@ -43,7 +43,7 @@ from chains.history import History, format_history, to_messages
 from chains.passages import format_passages
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
 from chains.stream_llm_chain import StreamLLMChain
-from chains.token_budget import fit_documents, trim_history
+from chains.token_budget import trim_history
 
 __all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
 
@@ -157,38 +157,15 @@ class KnowledgeBaseQAChain(Chain):
 
     def filter_by_score(self, docs: Sequence[Document]) -> list[Document]:
         """Drop passages under ``score_threshold`` (passages without a score are kept)."""
-        if self.score_threshold is None:
-            return list(docs)
-        return [
-            d
-            for d in docs
-            if d.metadata.get("score") is None or float(d.metadata["score"]) >= self.score_threshold
-        ]
+        return drop_low_scores(docs, self.score_threshold)
 
     def render_prompt(self, docs: Sequence[Document], question: str) -> str:
-        """The answer prompt as the model will get it (what the token budget measures).
-
-        A chat prompt given to a model that renders chats itself (``ChatGLMChat.render``: the
-        chat template, system slot included) is measured as that exact text, not as LangChain's
-        ``System: ... Human: ...`` string.
-        """
-        value = self.prompt.format_prompt(context=format_passages(docs), question=question)
-        render = getattr(self.llm, "render", None)
-        if isinstance(value, ChatPromptValue) and callable(render):
-            return render(value.to_messages())
-        return value.to_string()
+        """The answer prompt as the model will get it (``answer_context.render_answer_prompt``)."""
+        return render_answer_prompt(self.prompt, self.llm, docs, question)
 
     def fit_passages(self, docs: Sequence[Document], question: str) -> list[Document]:
         """The best passages that fit the answer prompt into ``max_input_tokens``."""
-        empty = self.count_tokens(self.render_prompt([], question))
-        if empty > self.max_input_tokens:
-            msg = (
-                f"the question alone makes a {empty}-token prompt, over the budget of "
-                f"{self.max_input_tokens} tokens (llm.max_input_tokens); ask a shorter question "
-                "or raise llm.max_input_tokens"
-            )
-            raise ValueError(msg)
-        return fit_documents(
+        return fit_passages(
             docs,
             render=lambda kept: self.render_prompt(kept, question),
             max_tokens=self.max_input_tokens,
