@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_classic.chains.base import Chain
@@ -57,6 +57,20 @@ class _Plan:
     reply: str | None = None
     refused: bool = False
     llm_used: bool = True
+    sources: tuple[Source, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sources = tuple(Source.from_document(d) for d in self.docs)
+
+    def opening(self) -> Iterator[Event]:
+        """``Sources``; then, for a fixed reply (refusal, no LLM), its ``Token`` and the ``Answer``."""
+        yield Sources(self.sources, self.question)
+        if self.reply is not None:
+            yield Token(self.reply)
+            yield Answer(self.reply, self.sources, self.question, self.refused, self.llm_used)
+
+    def answer(self, text: str) -> Answer:
+        return Answer(text, self.sources, self.question)
 
 
 class KnowledgeBaseQAChain(Chain):
@@ -214,11 +228,8 @@ class KnowledgeBaseQAChain(Chain):
         standalone = yield from self._condense(question, to_messages(history), run_manager)
         docs = self.retriever.invoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = self.plan(standalone, docs)
-        sources = tuple(Source.from_document(d) for d in plan.docs)
-        yield Sources(sources, standalone)
+        yield from plan.opening()
         if plan.reply is not None:
-            yield Token(plan.reply)
-            yield Answer(plan.reply, sources, standalone, plan.refused, plan.llm_used)
             return
         pieces: list[str] = []
         for text in self._answer_chain().stream_predict(
@@ -228,7 +239,7 @@ class KnowledgeBaseQAChain(Chain):
         ):
             pieces.append(text)
             yield Token(text)
-        yield Answer("".join(pieces), sources, standalone)
+        yield plan.answer("".join(pieces))
 
     def _call(
         self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None
@@ -310,11 +321,9 @@ class KnowledgeBaseQAChain(Chain):
                 yield item
         docs = await self.retriever.ainvoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = await asyncio.to_thread(self.plan, standalone, docs)
-        sources = tuple(Source.from_document(d) for d in plan.docs)
-        yield Sources(sources, standalone)
+        for event in plan.opening():
+            yield event
         if plan.reply is not None:
-            yield Token(plan.reply)
-            yield Answer(plan.reply, sources, standalone, plan.refused, plan.llm_used)
             return
         pieces: list[str] = []
         async for text in self._answer_chain().astream_predict(
@@ -324,7 +333,7 @@ class KnowledgeBaseQAChain(Chain):
         ):
             pieces.append(text)
             yield Token(text)
-        yield Answer("".join(pieces), sources, standalone)
+        yield plan.answer("".join(pieces))
 
     async def _acall(
         self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None = None
