@@ -15,9 +15,7 @@ from typing import Any
 
 from langchain_classic.chains.base import Chain
 from langchain_core.callbacks import (
-    AsyncCallbackManager,
     AsyncCallbackManagerForChainRun,
-    CallbackManager,
     CallbackManagerForChainRun,
     Callbacks,
 )
@@ -30,6 +28,7 @@ from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field
 
 from chains.answer_context import drop_low_scores, fit_passages, render_answer_prompt
+from chains.chain_run import astream_chain_run, stream_chain_run
 from chains.condense import (
     CONDENSE_STAGE,
     CONDENSE_TAG,
@@ -273,20 +272,13 @@ class KnowledgeBaseQAChain(Chain):
         The refusal and the no-LLM message also arrive as one ``Token`` before the ``Answer``,
         so a UI that appends tokens shows them without special cases.
         """
-        manager = CallbackManager.configure(
-            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        yield from stream_chain_run(
+            self,
+            {self.input_key: question, self.history_key: history},
+            events=lambda run_manager: self._events(question, history, run_manager),
+            outputs=self._outputs,
+            callbacks=callbacks,
         )
-        inputs = {self.input_key: question, self.history_key: history}
-        run_manager = manager.on_chain_start(None, inputs, name=self.get_name())
-        events: list[Event] = []
-        try:
-            for event in self._events(question, history, run_manager):
-                events.append(event)
-                yield event
-        except BaseException as e:
-            run_manager.on_chain_error(e)
-            raise
-        run_manager.on_chain_end(self._outputs(events))
 
     # --------------------------------------------------------------- async run
     async def _acondense(
@@ -352,20 +344,18 @@ class KnowledgeBaseQAChain(Chain):
         callbacks: Callbacks = None,
     ) -> AsyncIterator[Event]:
         """Async twin of ``stream_answer``."""
-        manager = AsyncCallbackManager.configure(
-            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        events = astream_chain_run(
+            self,
+            {self.input_key: question, self.history_key: history},
+            events=lambda run_manager: self._aevents(question, history, run_manager),
+            outputs=self._outputs,
+            callbacks=callbacks,
         )
-        inputs = {self.input_key: question, self.history_key: history}
-        run_manager = await manager.on_chain_start(None, inputs, name=self.get_name())
-        events: list[Event] = []
         try:
-            async for event in self._aevents(question, history, run_manager):
-                events.append(event)
+            async for event in events:
                 yield event
-        except BaseException as e:
-            await run_manager.on_chain_error(e)
-            raise
-        await run_manager.on_chain_end(self._outputs(events))
+        finally:
+            await events.aclose()  # async for does not close its source: a Stop must still end the run
 
 
 def _check_question(question: object) -> str:
