@@ -7,17 +7,31 @@ after a turn about 张飞 searches for 张飞. The rewrite is streamed piece by 
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseLanguageModel
+from langchain_core.messages import BaseMessage
+from langchain_core.prompts import BasePromptTemplate
 from langchain_core.runnables import Runnable
 
 from chains.events import Event, Progress
+from chains.history import format_history
 from chains.stream_llm_chain import piece_text
+from chains.token_budget import TokenCounter, trim_history
 
-__all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "astream_condensed", "cap_new_tokens", "clean_condensed", "stream_condensed"]
+__all__ = [
+    "CONDENSE_STAGE",
+    "CONDENSE_TAG",
+    "QuestionCondenser",
+    "astream_condensed",
+    "cap_new_tokens",
+    "clean_condensed",
+    "stream_condensed",
+]
 
 CONDENSE_TAG = "condense_question"
 """Tag on the condense LLM run, so callback handlers can leave its tokens out of the chat."""
@@ -75,3 +89,67 @@ async def astream_condensed(
         pieces.append(piece_text(piece))
         yield Progress(CONDENSE_STAGE, len(pieces), max_tokens)
     yield clean_condensed("".join(pieces), fallback)
+
+
+@dataclass(frozen=True)
+class QuestionCondenser:
+    """The condense step of one chain: ``prompt`` (``chat_history`` and ``question`` variables) on
+    ``llm``, history trimmed to ``max_input_tokens``, the rewrite capped at ``max_tokens``."""
+
+    llm: BaseLanguageModel | None
+    prompt: BasePromptTemplate
+    max_input_tokens: int
+    max_tokens: int
+    count_tokens: TokenCounter
+
+    def trim_history(self, messages: Sequence[BaseMessage], question: str) -> list[BaseMessage]:
+        """The newest messages for which the condense prompt fits ``max_input_tokens``."""
+        return trim_history(
+            messages,
+            render=lambda kept: self.prompt.format(chat_history=format_history(kept), question=question),
+            max_tokens=self.max_input_tokens,
+            count_tokens=self.count_tokens,
+        )
+
+    def inputs(self, question: str, messages: Sequence[BaseMessage]) -> dict[str, str] | None:
+        """Inputs of the condense prompt, or None when there is nothing to condense."""
+        if self.llm is None or not any(m.type in ("human", "ai") for m in messages):
+            return None
+        kept = self.trim_history(messages, question)
+        if not kept:
+            return None
+        return {"chat_history": format_history(kept), "question": question}
+
+    def model(self) -> Runnable:
+        """The model with its answer length capped at ``max_tokens`` where it has such a knob."""
+        return cap_new_tokens(self.llm, self.max_tokens)
+
+    def stream(
+        self, question: str, messages: Sequence[BaseMessage], *, callbacks: Any
+    ) -> Generator[Event, None, str]:
+        """``Progress`` events while rewriting; returns the standalone question (``question``
+        itself when there is no history to condense)."""
+        inputs = self.inputs(question, messages)
+        if inputs is None:
+            return question
+        prompt = self.prompt.format(**inputs)
+        return (
+            yield from stream_condensed(
+                self.model(), prompt, fallback=question, max_tokens=self.max_tokens, callbacks=callbacks
+            )
+        )
+
+    async def astream(
+        self, question: str, messages: Sequence[BaseMessage], *, callbacks: Any
+    ) -> AsyncIterator[Event | str]:
+        """Async twin of ``stream``: ``Progress`` events, then the standalone question (a str)."""
+        # Counting tokens to trim the history runs the tokenizer: off the event loop.
+        inputs = await asyncio.to_thread(self.inputs, question, messages)
+        if inputs is None:
+            yield question
+            return
+        prompt = self.prompt.format(**inputs)
+        async for item in astream_condensed(
+            self.model(), prompt, fallback=question, max_tokens=self.max_tokens, callbacks=callbacks
+        ):
+            yield item

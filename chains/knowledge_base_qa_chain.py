@@ -29,20 +29,13 @@ from pydantic import ConfigDict, Field
 
 from chains.answer_context import drop_low_scores, fit_passages, render_answer_prompt
 from chains.chain_run import astream_chain_run, stream_chain_run
-from chains.condense import (
-    CONDENSE_STAGE,
-    CONDENSE_TAG,
-    astream_condensed,
-    cap_new_tokens,
-    stream_condensed,
-)
+from chains.condense import CONDENSE_STAGE, CONDENSE_TAG, QuestionCondenser
 from chains.condense import clean_condensed as _clean_condensed  # noqa: F401  (tests import it from here)
 from chains.events import Answer, Event, Source, Sources, Token
-from chains.history import History, format_history, to_messages
+from chains.history import History, to_messages
 from chains.passages import format_passages
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
 from chains.stream_llm_chain import StreamLLMChain
-from chains.token_budget import trim_history
 
 __all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
 
@@ -148,25 +141,22 @@ class KnowledgeBaseQAChain(Chain):
             return 0
         return self.llm.get_num_tokens(text)
 
-    def trim_history(self, messages: Sequence[BaseMessage], question: str) -> list[BaseMessage]:
-        """The newest messages for which the condense prompt fits ``max_input_tokens``."""
-        return trim_history(
-            messages,
-            render=lambda kept: self.condense_prompt.format(
-                chat_history=format_history(kept), question=question
-            ),
-            max_tokens=self.max_input_tokens,
+    def _condenser(self) -> QuestionCondenser:
+        return QuestionCondenser(
+            llm=self.llm,
+            prompt=self.condense_prompt,
+            max_input_tokens=self.max_input_tokens,
+            max_tokens=self.condense_max_tokens,
             count_tokens=self.count_tokens,
         )
 
+    def trim_history(self, messages: Sequence[BaseMessage], question: str) -> list[BaseMessage]:
+        """The newest messages for which the condense prompt fits ``max_input_tokens``."""
+        return self._condenser().trim_history(messages, question)
+
     def condense_inputs(self, question: str, messages: Sequence[BaseMessage]) -> dict[str, str] | None:
         """Inputs of the condense prompt, or None when there is nothing to condense."""
-        if self.llm is None or not any(m.type in ("human", "ai") for m in messages):
-            return None
-        kept = self.trim_history(messages, question)
-        if not kept:
-            return None
-        return {"chat_history": format_history(kept), "question": question}
+        return self._condenser().inputs(question, messages)
 
     def filter_by_score(self, docs: Sequence[Document]) -> list[Document]:
         """Drop passages under ``score_threshold`` (passages without a score are kept)."""
@@ -201,24 +191,13 @@ class KnowledgeBaseQAChain(Chain):
     # ---------------------------------------------------------------- sync run
     def _condense_model(self) -> Runnable:
         """The model with its answer length capped at ``condense_max_tokens`` where it has such a knob."""
-        return cap_new_tokens(self.llm, self.condense_max_tokens)
+        return self._condenser().model()
 
     def _condense(
         self, question: str, messages: Sequence[BaseMessage], run_manager: CallbackManagerForChainRun
     ) -> Generator[Event, None, str]:
-        """Stream the standalone question (``chains.condense.stream_condensed``); returns it."""
-        inputs = self.condense_inputs(question, messages)
-        if inputs is None:
-            return question
-        return (
-            yield from stream_condensed(
-                self._condense_model(),
-                self.condense_prompt.format(**inputs),
-                fallback=question,
-                max_tokens=self.condense_max_tokens,
-                callbacks=run_manager.get_child(CONDENSE_TAG),
-            )
-        )
+        """Stream the standalone question (``chains.condense``), yielding ``Progress`` per piece."""
+        return (yield from self._condenser().stream(question, messages, callbacks=run_manager.get_child(CONDENSE_TAG)))
 
     def _events(
         self, question: str, history: History | None, run_manager: CallbackManagerForChainRun
@@ -285,17 +264,7 @@ class KnowledgeBaseQAChain(Chain):
         self, question: str, messages: Sequence[BaseMessage], run_manager: AsyncCallbackManagerForChainRun
     ) -> AsyncIterator[Event | str]:
         """Async twin of ``_condense``: ``Progress`` events, then the standalone question (a str)."""
-        inputs = await asyncio.to_thread(self.condense_inputs, question, messages)
-        if inputs is None:
-            yield question
-            return
-        async for item in astream_condensed(
-            self._condense_model(),
-            self.condense_prompt.format(**inputs),
-            fallback=question,
-            max_tokens=self.condense_max_tokens,
-            callbacks=run_manager.get_child(CONDENSE_TAG),
-        ):
+        async for item in self._condenser().astream(question, messages, callbacks=run_manager.get_child(CONDENSE_TAG)):
             yield item
 
     async def _aevents(
