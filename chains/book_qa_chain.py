@@ -32,6 +32,7 @@ from chains.book_chapters import ChapterPick, pick_chapters
 from chains.book_prompts import BOOK_COLLAPSE_PROMPT, BOOK_MAP_PROMPT, BOOK_REDUCE_PROMPT, IRRELEVANT
 from chains.citations import CitationFilter, clean_citations
 from chains.events import Answer, Event, Progress, Source, Sources, Token
+from chains.passages import format_numbered
 from chains.prompts import REFUSAL
 from chains.stream_map_reduce_chain import (
     collapse_summaries,
@@ -46,15 +47,6 @@ __all__ = ["SELECT_STAGE", "BookQAChain", "format_numbered"]
 SELECT_STAGE = "select"
 """``Progress.stage`` once the chapters are chosen (``done == total`` == chapters picked)."""
 _JOINT_MARGIN = 8
-
-
-def format_numbered(docs: Sequence[Document], first: int) -> str:
-    """Passages as ``[n]（title）text`` blocks numbered from ``first``."""
-    blocks = []
-    for i, doc in enumerate(docs, first):
-        title = doc.metadata.get("chapter_title")
-        blocks.append(f"[{i}]（{title}）{doc.page_content}" if title else f"[{i}]{doc.page_content}")
-    return "\n\n".join(blocks)
 
 
 def _scoped(stage: Generator[Event, None, Any], cancel: threading.Event | None) -> Generator[Event, None, Any]:
@@ -283,8 +275,7 @@ class BookQAChain(Chain):
     def _outputs(self, answer: Answer | None) -> dict[str, Any]:
         if answer is None:
             return {self.output_key: "", "source_documents": [], "refused": False}
-        docs = [Document(page_content=s.text, metadata={k: v for k, v in s.to_dict().items() if k != "text"})
-                for s in answer.sources]
+        docs = [s.to_document() for s in answer.sources]
         return {self.output_key: answer.text, "source_documents": docs, "refused": answer.refused}
 
     def _call(self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None) -> dict[str, Any]:

@@ -63,6 +63,12 @@ class Source:
             truncated=bool(meta.get("truncated", False)),
         )
 
+    def to_document(self) -> Document:
+        """Back to a Document (``text`` as content, the other fields as metadata): the chains'
+        ``source_documents`` output."""
+        meta = {k: v for k, v in self.to_dict().items() if k != "text"}
+        return Document(page_content=self.text, metadata=meta)
+
     def label(self) -> str:
         """A short citation line, e.g. ``sanguo.txt · 第1回 宴桃园豪杰三结义 · 120–370`` or
         ``manual.pdf · p.12 · 3.2 安装 · 120–370`` (kb.citation.source_label, then the offsets)."""

@@ -9,52 +9,35 @@ calling the LLM. No LLM → the passages with a message saying why there is no a
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_classic.chains.base import Chain
 from langchain_core.callbacks import (
-    AsyncCallbackManager,
     AsyncCallbackManagerForChainRun,
-    CallbackManager,
     CallbackManagerForChainRun,
     Callbacks,
 )
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import BaseMessage
-from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field
 
-from chains.events import Answer, Event, Progress, Source, Sources, Token
+from chains.answer_context import drop_low_scores, fit_passages, render_answer_prompt
+from chains.chain_run import astream_chain_run, stream_chain_run
+from chains.condense import CONDENSE_STAGE, CONDENSE_TAG, QuestionCondenser
+from chains.condense import clean_condensed as _clean_condensed  # noqa: F401  (tests import it from here)
+from chains.events import Answer, Event, Source, Sources, Token
+from chains.history import History, to_messages
+from chains.passages import format_passages
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
-from chains.stream_llm_chain import StreamLLMChain, piece_text
-from chains.history import History, format_history, to_messages
-from chains.token_budget import fit_documents, trim_history
+from chains.stream_llm_chain import StreamLLMChain
 
-__all__ = ["CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
-
-CONDENSE_TAG = "condense_question"
-CONDENSE_STAGE = "condense"
-"""``Progress.stage`` of the events yielded while the follow-up question is being condensed."""
-"""Tag on the condense LLM run, so callback handlers can leave its tokens out of the chat."""
-
-_CONDENSE_PREFIX = re.compile(r"^\s*(独立问题|改写后的问题|问题)\s*[:：]\s*")
-
-
-def format_passages(docs: Sequence[Document]) -> str:
-    """Number the passages ``[1] ...`` (with chapter titles when known) for the prompt."""
-    blocks = []
-    for i, doc in enumerate(docs, 1):
-        title = doc.metadata.get("chapter_title")
-        head = f"[{i}]（{title}）" if title else f"[{i}]"
-        blocks.append(f"{head}{doc.page_content}")
-    return "\n\n".join(blocks)
+__all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
 
 
 @dataclass
@@ -66,6 +49,20 @@ class _Plan:
     reply: str | None = None
     refused: bool = False
     llm_used: bool = True
+    sources: tuple[Source, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sources = tuple(Source.from_document(d) for d in self.docs)
+
+    def opening(self) -> Iterator[Event]:
+        """``Sources``; then, for a fixed reply (refusal, no LLM), its ``Token`` and the ``Answer``."""
+        yield Sources(self.sources, self.question)
+        if self.reply is not None:
+            yield Token(self.reply)
+            yield Answer(self.reply, self.sources, self.question, self.refused, self.llm_used)
+
+    def answer(self, text: str) -> Answer:
+        return Answer(text, self.sources, self.question)
 
 
 class KnowledgeBaseQAChain(Chain):
@@ -144,60 +141,34 @@ class KnowledgeBaseQAChain(Chain):
             return 0
         return self.llm.get_num_tokens(text)
 
-    def trim_history(self, messages: Sequence[BaseMessage], question: str) -> list[BaseMessage]:
-        """The newest messages for which the condense prompt fits ``max_input_tokens``."""
-        return trim_history(
-            messages,
-            render=lambda kept: self.condense_prompt.format(
-                chat_history=format_history(kept), question=question
-            ),
-            max_tokens=self.max_input_tokens,
+    def _condenser(self) -> QuestionCondenser:
+        return QuestionCondenser(
+            llm=self.llm,
+            prompt=self.condense_prompt,
+            max_input_tokens=self.max_input_tokens,
+            max_tokens=self.condense_max_tokens,
             count_tokens=self.count_tokens,
         )
 
+    def trim_history(self, messages: Sequence[BaseMessage], question: str) -> list[BaseMessage]:
+        """The newest messages for which the condense prompt fits ``max_input_tokens``."""
+        return self._condenser().trim_history(messages, question)
+
     def condense_inputs(self, question: str, messages: Sequence[BaseMessage]) -> dict[str, str] | None:
         """Inputs of the condense prompt, or None when there is nothing to condense."""
-        if self.llm is None or not any(m.type in ("human", "ai") for m in messages):
-            return None
-        kept = self.trim_history(messages, question)
-        if not kept:
-            return None
-        return {"chat_history": format_history(kept), "question": question}
+        return self._condenser().inputs(question, messages)
 
     def filter_by_score(self, docs: Sequence[Document]) -> list[Document]:
         """Drop passages under ``score_threshold`` (passages without a score are kept)."""
-        if self.score_threshold is None:
-            return list(docs)
-        return [
-            d
-            for d in docs
-            if d.metadata.get("score") is None or float(d.metadata["score"]) >= self.score_threshold
-        ]
+        return drop_low_scores(docs, self.score_threshold)
 
     def render_prompt(self, docs: Sequence[Document], question: str) -> str:
-        """The answer prompt as the model will get it (what the token budget measures).
-
-        A chat prompt given to a model that renders chats itself (``ChatGLMChat.render``: the
-        chat template, system slot included) is measured as that exact text, not as LangChain's
-        ``System: ... Human: ...`` string.
-        """
-        value = self.prompt.format_prompt(context=format_passages(docs), question=question)
-        render = getattr(self.llm, "render", None)
-        if isinstance(value, ChatPromptValue) and callable(render):
-            return render(value.to_messages())
-        return value.to_string()
+        """The answer prompt as the model will get it (``answer_context.render_answer_prompt``)."""
+        return render_answer_prompt(self.prompt, self.llm, docs, question)
 
     def fit_passages(self, docs: Sequence[Document], question: str) -> list[Document]:
         """The best passages that fit the answer prompt into ``max_input_tokens``."""
-        empty = self.count_tokens(self.render_prompt([], question))
-        if empty > self.max_input_tokens:
-            msg = (
-                f"the question alone makes a {empty}-token prompt, over the budget of "
-                f"{self.max_input_tokens} tokens (llm.max_input_tokens); ask a shorter question "
-                "or raise llm.max_input_tokens"
-            )
-            raise ValueError(msg)
-        return fit_documents(
+        return fit_passages(
             docs,
             render=lambda kept: self.render_prompt(kept, question),
             max_tokens=self.max_input_tokens,
@@ -220,36 +191,13 @@ class KnowledgeBaseQAChain(Chain):
     # ---------------------------------------------------------------- sync run
     def _condense_model(self) -> Runnable:
         """The model with its answer length capped at ``condense_max_tokens`` where it has such a knob."""
-        fields = getattr(type(self.llm), "model_fields", {})
-        for knob in ("max_new_tokens", "max_tokens"):
-            if knob in fields:
-                current = getattr(self.llm, knob, None)
-                limit = self.condense_max_tokens if current is None else min(current, self.condense_max_tokens)
-                return self.llm.bind(**{knob: limit})
-        return self.llm
+        return self._condenser().model()
 
     def _condense(
         self, question: str, messages: Sequence[BaseMessage], run_manager: CallbackManagerForChainRun
     ) -> Generator[Event, None, str]:
-        """Stream the standalone question, yielding ``Progress("condense", ...)`` per piece.
-
-        Streaming (not one blocking call) lets a consumer that stops iterating, e.g. a UI
-        Stop button, end the model's generation within a token; returns the question.
-        """
-        inputs = self.condense_inputs(question, messages)
-        if inputs is None:
-            return question
-        prompt = self.condense_prompt.format(**inputs)
-        config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
-        pieces: list[str] = []
-        stream = self._condense_model().stream(prompt, config=config)
-        try:
-            for piece in stream:
-                pieces.append(piece_text(piece))
-                yield Progress(CONDENSE_STAGE, len(pieces), self.condense_max_tokens)
-        finally:
-            stream.close()
-        return _clean_condensed("".join(pieces), question)
+        """Stream the standalone question (``chains.condense``), yielding ``Progress`` per piece."""
+        return (yield from self._condenser().stream(question, messages, callbacks=run_manager.get_child(CONDENSE_TAG)))
 
     def _events(
         self, question: str, history: History | None, run_manager: CallbackManagerForChainRun
@@ -258,11 +206,8 @@ class KnowledgeBaseQAChain(Chain):
         standalone = yield from self._condense(question, to_messages(history), run_manager)
         docs = self.retriever.invoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = self.plan(standalone, docs)
-        sources = tuple(Source.from_document(d) for d in plan.docs)
-        yield Sources(sources, standalone)
+        yield from plan.opening()
         if plan.reply is not None:
-            yield Token(plan.reply)
-            yield Answer(plan.reply, sources, standalone, plan.refused, plan.llm_used)
             return
         pieces: list[str] = []
         for text in self._answer_chain().stream_predict(
@@ -272,7 +217,7 @@ class KnowledgeBaseQAChain(Chain):
         ):
             pieces.append(text)
             yield Token(text)
-        yield Answer("".join(pieces), sources, standalone)
+        yield plan.answer("".join(pieces))
 
     def _call(
         self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None
@@ -285,7 +230,7 @@ class KnowledgeBaseQAChain(Chain):
         answer = next(e for e in reversed(events) if isinstance(e, Answer))
         return {
             self.output_key: answer.text,
-            "source_documents": [_source_document(s) for s in answer.sources],
+            "source_documents": [s.to_document() for s in answer.sources],
             "standalone_question": answer.question,
             "refused": answer.refused,
         }
@@ -306,37 +251,21 @@ class KnowledgeBaseQAChain(Chain):
         The refusal and the no-LLM message also arrive as one ``Token`` before the ``Answer``,
         so a UI that appends tokens shows them without special cases.
         """
-        manager = CallbackManager.configure(
-            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        yield from stream_chain_run(
+            self,
+            {self.input_key: question, self.history_key: history},
+            events=lambda run_manager: self._events(question, history, run_manager),
+            outputs=self._outputs,
+            callbacks=callbacks,
         )
-        inputs = {self.input_key: question, self.history_key: history}
-        run_manager = manager.on_chain_start(None, inputs, name=self.get_name())
-        events: list[Event] = []
-        try:
-            for event in self._events(question, history, run_manager):
-                events.append(event)
-                yield event
-        except BaseException as e:
-            run_manager.on_chain_error(e)
-            raise
-        run_manager.on_chain_end(self._outputs(events))
 
     # --------------------------------------------------------------- async run
     async def _acondense(
         self, question: str, messages: Sequence[BaseMessage], run_manager: AsyncCallbackManagerForChainRun
     ) -> AsyncIterator[Event | str]:
         """Async twin of ``_condense``: ``Progress`` events, then the standalone question (a str)."""
-        inputs = await asyncio.to_thread(self.condense_inputs, question, messages)
-        if inputs is None:
-            yield question
-            return
-        prompt = self.condense_prompt.format(**inputs)
-        config = {"callbacks": run_manager.get_child(CONDENSE_TAG)}
-        pieces: list[str] = []
-        async for piece in self._condense_model().astream(prompt, config=config):
-            pieces.append(piece_text(piece))
-            yield Progress(CONDENSE_STAGE, len(pieces), self.condense_max_tokens)
-        yield _clean_condensed("".join(pieces), question)
+        async for item in self._condenser().astream(question, messages, callbacks=run_manager.get_child(CONDENSE_TAG)):
+            yield item
 
     async def _aevents(
         self,
@@ -353,11 +282,9 @@ class KnowledgeBaseQAChain(Chain):
                 yield item
         docs = await self.retriever.ainvoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = await asyncio.to_thread(self.plan, standalone, docs)
-        sources = tuple(Source.from_document(d) for d in plan.docs)
-        yield Sources(sources, standalone)
+        for event in plan.opening():
+            yield event
         if plan.reply is not None:
-            yield Token(plan.reply)
-            yield Answer(plan.reply, sources, standalone, plan.refused, plan.llm_used)
             return
         pieces: list[str] = []
         async for text in self._answer_chain().astream_predict(
@@ -367,7 +294,7 @@ class KnowledgeBaseQAChain(Chain):
         ):
             pieces.append(text)
             yield Token(text)
-        yield Answer("".join(pieces), sources, standalone)
+        yield plan.answer("".join(pieces))
 
     async def _acall(
         self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None = None
@@ -386,20 +313,18 @@ class KnowledgeBaseQAChain(Chain):
         callbacks: Callbacks = None,
     ) -> AsyncIterator[Event]:
         """Async twin of ``stream_answer``."""
-        manager = AsyncCallbackManager.configure(
-            callbacks, self.callbacks, self.verbose, None, self.tags, None, self.metadata
+        events = astream_chain_run(
+            self,
+            {self.input_key: question, self.history_key: history},
+            events=lambda run_manager: self._aevents(question, history, run_manager),
+            outputs=self._outputs,
+            callbacks=callbacks,
         )
-        inputs = {self.input_key: question, self.history_key: history}
-        run_manager = await manager.on_chain_start(None, inputs, name=self.get_name())
-        events: list[Event] = []
         try:
-            async for event in self._aevents(question, history, run_manager):
-                events.append(event)
+            async for event in events:
                 yield event
-        except BaseException as e:
-            await run_manager.on_chain_error(e)
-            raise
-        await run_manager.on_chain_end(self._outputs(events))
+        finally:
+            await events.aclose()  # async for does not close its source: a Stop must still end the run
 
 
 def _check_question(question: object) -> str:
@@ -407,17 +332,3 @@ def _check_question(question: object) -> str:
         msg = f"the question must be non-empty text, got {question!r}"
         raise ValueError(msg)
     return question.strip()
-
-
-def _clean_condensed(text: str, fallback: str) -> str:
-    """The first non-empty line of the model's reply, without a ``独立问题：`` prefix."""
-    for line in text.splitlines():
-        line = _CONDENSE_PREFIX.sub("", line).strip().strip("\"'“”「」")
-        if line:
-            return line
-    return fallback
-
-
-def _source_document(source: Source) -> Document:
-    meta = {k: v for k, v in source.to_dict().items() if k != "text"}
-    return Document(page_content=source.text, metadata=meta)
