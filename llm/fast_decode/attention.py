@@ -225,11 +225,14 @@ def fuse_qkv_weights(model: torch.nn.Module) -> list[FusedQKV]:
 
 
 @contextmanager
-def decode_forward(config: Any, fused: list[FusedQKV], *, packed: bool = True, gemv: Any = None) -> Iterator[None]:
+def decode_forward(
+    config: Any, fused: list[FusedQKV], *, packed: bool = True, gemv: Any = None, steps: list[Any] = ()
+) -> Iterator[None]:
     """Run the block with packed attention (``packed`` and the model uses "sdpa"), the fused q/k/v
-    stand-ins and the GEMV kernel choice (``gemv``: a ``gemv_route.GemvRoute`` or None) in place;
-    everything is put back after. Python-only: a CUDA graph keeps the kernels it captured inside
-    the block."""
+    stand-ins, the GEMV kernel choice (``gemv``: a ``gemv_route.GemvRoute`` or None) and, with
+    packed attention, the attention modules' decode-step forwards (``steps``:
+    ``attention_step.AttentionStep``) in place; everything is put back after. Python-only: a CUDA
+    graph keeps the kernels it captured inside the block."""
     pack = packed and getattr(config, "_attn_implementation", None) == "sdpa"
     if pack:
         register_decode_attention()
@@ -238,9 +241,14 @@ def decode_forward(config: Any, fused: list[FusedQKV], *, packed: bool = True, g
         f.swap(fused=True)
     if gemv is not None:
         gemv.swap(on=True)
+    steps = steps if pack else ()
+    for step in steps:
+        step.swap(on=True)
     try:
         yield
     finally:
+        for step in steps:
+            step.swap(on=False)
         if gemv is not None:
             gemv.swap(on=False)
         for f in fused:

@@ -24,10 +24,12 @@ from typing import Any
 import torch
 
 from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
+from llm.fast_decode.attention_step import attention_steps
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
 from llm.fast_decode.gemv_route import GemvKernel, gemv_route
 from llm.fast_decode.prefill import prefill
 from llm.fast_decode.prefix import claim_cache, prefix_slots
+from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
 
@@ -39,15 +41,6 @@ GRAPH_OPTIONS = frozenset(
      "top_k", "repetition_penalty", "eos_token_id", "pad_token_id", "streamer", "stopping_criteria",
      "logits_processor"}
 )
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is chosen: the part of a call that shapes the decode graph."""
-
-    do_sample: bool
-    top_k: int | None
-    penalty: bool
 
 
 @dataclass
@@ -70,6 +63,7 @@ class DecodeGraph:
     config: Any = None  # the model's config: decode_step switches its attention implementation
     packed: bool = True  # decode steps use packed GQA attention (where the model uses "sdpa")
     gemv: Any = None  # gemv_route.GemvRoute: the GEMV kernel of the step's linear layers (None: as they are)
+    steps: list[Any] = field(default_factory=list)  # attention_step.AttentionStep per fused attention module
     fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
     graph: Any = None
@@ -88,53 +82,10 @@ def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...
     return all(isinstance(c, stopping_types) for c in criteria)
 
 
-def resolve_sampling(model: Any, kwargs: dict[str, Any]) -> tuple[Sampling, dict[str, float]]:
-    """The sampling settings of a call, with ``generation_config`` filling what the call leaves out."""
-    config = model.generation_config
-
-    def value(name: str, default: Any) -> Any:
-        given = kwargs.get(name, None)
-        if given is None:
-            given = getattr(config, name, None)
-        return default if given is None else given
-
-    do_sample = bool(value("do_sample", False))
-    top_k = int(value("top_k", 0)) if do_sample else 0
-    penalty = float(value("repetition_penalty", 1.0))
-    scalars = {"temperature": float(value("temperature", 1.0)) or 1.0, "top_p": float(value("top_p", 1.0)),
-               "penalty": penalty}
-    return Sampling(do_sample, top_k or None, penalty != 1.0), scalars
-
-
-def choose_tokens(logits: torch.Tensor, g: DecodeGraph) -> torch.Tensor:
-    """Next token per row from ``(B, V)`` float logits: penalty, eos suppression, then argmax or
-    temperature / top-k / top-p sampling (the order of transformers' processors)."""
-    if g.seen is not None:
-        penalised = torch.where(logits > 0, logits / g.penalty, logits * g.penalty)
-        logits = torch.where(g.seen, penalised, logits)
-    eos_logits = logits.index_select(1, g.eos)
-    logits = logits.index_copy(1, g.eos, torch.where(g.allow_eos, eos_logits, torch.full_like(eos_logits, -torch.inf)))
-    if not g.sampling.do_sample:
-        return logits.argmax(dim=-1)
-    logits = logits / g.temperature
-    if g.sampling.top_k:
-        kth = torch.topk(logits, min(g.sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -torch.inf)
-    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - g.top_p)
-    remove[:, -1] = False  # keep at least the best token
-    logits = logits.masked_fill(remove.scatter(1, order, remove), -torch.inf)
-    probs = logits.softmax(dim=-1)
-    # Exponential-race sampling (argmax of p / E, E ~ Exp(1)) needs no host sync, unlike multinomial.
-    noise = torch.empty_like(probs).exponential_().clamp_(min=1e-10)
-    return (probs / noise).argmax(dim=-1)
-
-
 def decode_step(g: DecodeGraph) -> None:
     """Advance every buffer by one token (this is what the CUDA graph holds)."""
     g.mask.index_fill_(3, g.cur, True)
-    with decode_forward(g.config, g.fused, packed=g.packed, gemv=g.gemv):
+    with decode_forward(g.config, g.fused, packed=g.packed, gemv=g.gemv, steps=g.steps):
         logits = g.forward(g.token, g.cur - g.pads, g.mask)
     chosen = choose_tokens(logits, g)
     g.token.copy_(chosen.unsqueeze(1))
@@ -164,6 +115,7 @@ def build_decode_graph(
     fused: list[FusedQKV] | None = None,
     packed: bool = True,
     gemv_kernel: GemvKernel = "auto",
+    fused_rope: bool = True,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -191,6 +143,7 @@ def build_decode_graph(
         fused=list(fused or []),
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
+        steps=attention_steps(list(fused or [])) if fused_rope else [],
         prefix=prefix_slots(model),
     )
     if not capture:
@@ -284,11 +237,13 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.gemv_kernel)
+    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.gemv_kernel,
+                options.fused_rope)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
-                               packed=options.packed_attention, gemv_kernel=options.gemv_kernel)
+                               packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
+                               fused_rope=options.fused_rope)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

@@ -37,6 +37,9 @@ class FastDecodeOptions(BaseModel):
     """Decode step: attention with the query heads packed onto their K/V head (GQA)."""
     fused_qkv: bool = True
     """Decode step: the q/k/v projections as one GEMV over weights fused in place."""
+    fused_rope: bool = True
+    """Decode step: the rotary of q and k and the K/V cache writes as one kernel, inside the
+    attention modules' decode-step forward (``attention_step``; needs packed attention and fused q/k/v)."""
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
     gemv_kernel: Literal["auto", "triton", "torch"] = "auto"

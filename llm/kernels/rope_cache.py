@@ -1,0 +1,88 @@
+"""Triton: a decode token's rotary embedding and its K/V cache writes, in one launch.
+
+Measured on an H200 (``bench/step_profile.py``, ChatGLM3-6B shape, run 15): between the fused
+q/k/v GEMV and the attention of a layer, Inductor runs three small kernels: the rotary of q
+(~1.6 us), the rotary of k with its write into the K cache (~1.6 us) and the write of v into the
+V cache (~1 us), x 28 layers = ~120 us of a 3.5 ms step, nearly all of it launch and ramp (the
+data is 9 KB per layer). Here one program per (row, head) of the fused q/k/v output does its
+head: q heads are rotated into ``q_out``, k heads rotated and written at the cache slot, v heads
+copied to the V cache at the same slot.
+
+The rotary is GLM's (``transformers.models.glm.modeling_glm.apply_rotary_pos_emb``): the first
+``R`` of ``D`` dims (``R`` = ``cos.shape[-1]``, half the head for ChatGLM2/3 and GLM-4) rotate in
+interleaved pairs ``(2i, 2i+1)`` by the angle of ``cos[i]``/``sin[i]``, ``i < R/2``; the rest pass
+through. Computed in float32 and rounded once, as Inductor's fused kernel does.
+
+This module imports Triton; ``llm.kernels.rope_cache_op`` wraps it as a torch custom op and
+falls back to PyTorch where Triton is missing.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rope_cache_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, k_ptr, v_ptr,
+    stride_qkv, stride_cos, stride_sin,
+    stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
+    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, ROT_PAIRS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    head = tl.program_id(1)  # q heads, then k heads, then v heads, as the fused projection lays them out
+    i = tl.arange(0, BLOCK)  # pair index: dims 2i and 2i + 1
+    ok = i < HALF
+    src = qkv_ptr + row * stride_qkv + head * (2 * HALF)
+    even = tl.load(src + 2 * i, mask=ok, other=0.0).to(tl.float32)
+    odd = tl.load(src + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
+    if head < HEADS + KV_HEADS:  # q or k: rotate the first ROT_PAIRS pairs
+        rot = i < ROT_PAIRS
+        c = tl.load(cos_ptr + row * stride_cos + i, mask=rot, other=1.0).to(tl.float32)
+        s = tl.load(sin_ptr + row * stride_sin + i, mask=rot, other=0.0).to(tl.float32)
+        even, odd = even * c - odd * s, odd * c + even * s
+    if head < HEADS:
+        dst = q_ptr + (row * HEADS + head) * (2 * HALF)
+        tl.store(dst + 2 * i, even.to(q_ptr.dtype.element_ty), mask=ok)
+        tl.store(dst + 2 * i + 1, odd.to(q_ptr.dtype.element_ty), mask=ok)
+    elif head < HEADS + KV_HEADS:
+        slot = tl.load(slot_ptr)
+        dst = k_ptr + row * stride_kb + (head - HEADS) * stride_kh + slot * stride_kl
+        tl.store(dst + 2 * i, even.to(k_ptr.dtype.element_ty), mask=ok)
+        tl.store(dst + 2 * i + 1, odd.to(k_ptr.dtype.element_ty), mask=ok)
+    else:
+        slot = tl.load(slot_ptr)
+        dst = v_ptr + row * stride_vb + (head - HEADS - KV_HEADS) * stride_vh + slot * stride_vl
+        tl.store(dst + 2 * i, even.to(v_ptr.dtype.element_ty), mask=ok)
+        tl.store(dst + 2 * i + 1, odd.to(v_ptr.dtype.element_ty), mask=ok)
+
+
+def launch_rope_cache_write(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """Rotate q and k of ``qkv`` ``(B, (H + 2 KV) * D)`` by ``cos``/``sin`` ``(B, 1, R)``, write k
+    and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at cache slot ``slot`` (a one-element
+    long tensor, read on the GPU), and return q as ``(B, H, 1, D)`` contiguous.
+    Needs unit stride along the last axis of every tensor (``rope_cache_op.rope_applies``)."""
+    batch = qkv.shape[0]
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
+    q = torch.empty((batch, heads, 1, dim), dtype=qkv.dtype, device=qkv.device)
+    half = dim // 2
+    _rope_cache_kernel[(batch, heads + 2 * kv_heads)](
+        qkv, cos, sin, slot, q, k_cache, v_cache,
+        qkv.stride(0), cos.stride(0), sin.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        HEADS=heads, KV_HEADS=kv_heads, HALF=half, ROT_PAIRS=cos.shape[-1] // 2,
+        BLOCK=triton.next_power_of_2(half), num_warps=1,
+    )
+    return q

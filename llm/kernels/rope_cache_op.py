@@ -1,0 +1,90 @@
+"""``rope_cache_write``: the Triton rotary + K/V cache write (``llm.kernels.rope_cache``) as a
+torch custom op, with transformers' own math as the fallback.
+
+The op mutates the two cache tensors it is given (``mutates_args``), so under ``torch.compile``
+it is an in-place extern call on the graph's static cache buffers, as the ``index_copy_`` of
+transformers' ``StaticLayer.update`` it replaces. A kernel that fails to compile or launch falls
+back to PyTorch for good, with one warning (as ``gemv_op`` and ``decode_attention_op`` do).
+"""
+
+import logging
+import os
+from importlib.util import find_spec
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRITON_AVAILABLE = find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
+
+_broken: list[str] = []  # why the kernel was given up, once it failed
+
+
+def rope_applies(qkv: torch.Tensor, cos: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether ``rope_cache_write`` would run the Triton kernel: 16-bit tensors on CUDA (any float
+    dtype on CPU under Triton's interpreter), unit stride along every last axis, no gradient."""
+    if not TRITON_AVAILABLE or _broken:
+        return False
+    if any(t.stride(-1) != 1 for t in (qkv, cos, k_cache)) or (torch.is_grad_enabled() and qkv.requires_grad):
+        return False
+    if qkv.device.type == "cuda":
+        return qkv.dtype in (torch.float16, torch.bfloat16)
+    return INTERPRET and qkv.device.type == "cpu" and qkv.dtype.is_floating_point
+
+
+def reference_rope_cache_write(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, heads: int,
+) -> torch.Tensor:
+    """What the kernel does, as the model's own forward does it: GLM's ``apply_rotary_pos_emb``
+    on q and k, then k and v copied into the caches at ``slot`` (``StaticLayer.update``)."""
+    from transformers.models.glm.modeling_glm import apply_rotary_pos_emb
+
+    batch = qkv.shape[0]
+    kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
+    q, k, v = qkv.view(batch, 1, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], dim=1)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    index = slot.reshape(1)
+    k_cache.index_copy_(2, index, k.to(k_cache.dtype))
+    v_cache.index_copy_(2, index, v.to(v_cache.dtype))
+    return q.contiguous()
+
+
+def rope_cache_write(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, *, heads: int,
+) -> torch.Tensor:
+    """q of one decode token per row, rotated, as ``(B, H, 1, D)``; k (rotated) and v written
+    into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at ``slot`` (a one-element long tensor).
+    ``qkv`` is the fused projection ``(B, (H + 2 KV) * D)``, ``cos``/``sin`` ``(B, 1, R)`` as
+    the model's rotary embedding returns them. The Triton kernel where ``rope_applies``."""
+    if not rope_applies(qkv, cos, k_cache):
+        return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, heads)
+    return torch.ops.glmkb.rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, heads)
+
+
+@torch.library.custom_op("glmkb::rope_cache_write", mutates_args=("k_cache", "v_cache"))
+def rope_cache_write_op(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, heads: int,
+) -> torch.Tensor:
+    """The op behind ``rope_cache_write``."""
+    qkv, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (qkv, cos, sin))
+    if not _broken:
+        try:
+            from llm.kernels.rope_cache import launch_rope_cache_write
+
+            return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, heads)
+        except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
+            _broken.append(f"{type(e).__name__}: {e}")
+            logger.warning("the Triton rotary + cache write failed, using PyTorch: %s", _broken[0])
+    return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, heads)
+
+
+@rope_cache_write_op.register_fake
+def _rope_cache_write_fake(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, heads: int,
+) -> torch.Tensor:
+    return qkv.new_empty((qkv.shape[0], heads, 1, k_cache.shape[3]))

@@ -1,0 +1,244 @@
+"""The decode step's rotary + K/V cache write (``llm.kernels.rope_cache_write``) and the attention
+forward that uses it (``llm.fast_decode.attention_step``), against transformers' own math.
+
+The reference is the model's own code: ``modeling_glm.apply_rotary_pos_emb`` and the
+``index_copy_`` of ``StaticLayer.update``. Kernel checks (``test_interpreted_*``) run in a pytest
+subprocess with ``TRITON_INTERPRET=1`` (Triton reads it on import), as in test_decode_attention.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import llm.fast_decode.attention_step as step_module
+from llm import ChatGLM
+from llm.fast_decode import FastDecodeOptions
+from llm.kernels.rope_cache_op import reference_rope_cache_write, rope_applies, rope_cache_write
+from llm.streaming import run_generate
+
+REPO = Path(__file__).resolve().parent.parent
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(
+    not INTERPRETED or find_spec("triton") is None,
+    reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)",
+)
+ON_CPU = FastDecodeOptions(on_cpu=True)
+
+
+def rotary(batch: int, rotary_dim: int, dtype: torch.dtype, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``(B, 1, R)`` as ``GlmRotaryEmbedding`` makes them: the R/2 angles twice over."""
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.rand(batch, 1, rotary_dim // 2, generator=g) * 100
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def case(batch: int, heads: int, kv_heads: int, dim: int, rotary_dim: int, length: int, dtype: torch.dtype,
+         *, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    cos, sin = rotary(batch, rotary_dim, dtype, seed=seed)
+    return {
+        "qkv": torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=g).to(dtype),
+        "cos": cos,
+        "sin": sin,
+        "k_cache": torch.randn(batch, kv_heads, length, dim, generator=g).to(dtype),
+        "v_cache": torch.randn(batch, kv_heads, length, dim, generator=g).to(dtype),
+        "heads": heads,
+    }
+
+
+def run_both(c: dict[str, Any], slot: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """(q, K cache, V cache) from ``rope_cache_write`` and from the reference, each on its own caches."""
+    index = torch.tensor(slot)
+    k1, v1, k2, v2 = c["k_cache"].clone(), c["v_cache"].clone(), c["k_cache"].clone(), c["v_cache"].clone()
+    q1 = rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k1, v1, heads=c["heads"])
+    q2 = reference_rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k2, v2, c["heads"])
+    return (q1, k1, v1), (q2, k2, v2)
+
+
+def test_kernels_under_triton_interpreter() -> None:
+    """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
+    if find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
+        done.stdout[-4000:] + done.stderr[-2000:]
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "dim", "rotary_dim"),
+                         [(1, 32, 2, 128, 64), (3, 4, 2, 16, 8), (2, 4, 4, 32, 32), (1, 6, 2, 24, 12)])
+def test_interpreted_kernel_matches_the_models_rotary_and_cache_update(
+    batch: int, heads: int, kv_heads: int, dim: int, rotary_dim: int, dtype: torch.dtype
+) -> None:
+    """ChatGLM3-6B's layout (32 q heads, 2 K/V heads, half of 128 dims rotated), a full-width
+    rotary, a head size that is not a power of two; the slot first, inside and last in the cache.
+    float32 agrees to rounding; bf16 within one unit of the last place (the kernel rounds once,
+    the eager reference after each operation). Slots other than the written one are untouched."""
+    length = 16
+    for seed, slot in enumerate((0, 7, length - 1)):
+        c = case(batch, heads, kv_heads, dim, rotary_dim, length, dtype, seed=seed)
+        assert rope_applies(c["qkv"], c["cos"], c["k_cache"])
+        ours, theirs = run_both(c, slot)
+        assert ours[0].shape == (batch, heads, 1, dim) and ours[0].is_contiguous()
+        for a, b in zip(ours, theirs, strict=True):
+            tolerance = 1e-5 if dtype == torch.float32 else 2 ** -7 * b.abs().max().item()
+            assert (a.float() - b.float()).abs().max().item() <= tolerance
+        others = [s for s in range(length) if s != slot]
+        assert torch.equal(ours[1][:, :, others], c["k_cache"][:, :, others])
+        assert torch.equal(ours[2][:, :, others], c["v_cache"][:, :, others])
+        assert torch.equal(ours[2][:, :, slot], theirs[2][:, :, slot])  # v is copied, not rounded
+
+
+@interpreted
+def test_interpreted_decode_steps_run_the_kernel_and_choose_generates_tokens(
+    tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny GLM's decode steps (left-padded batch of two) launch the kernel once per layer
+    per step and choose the tokens ``generate`` chooses."""
+    import llm.kernels.rope_cache as kernel_module
+
+    launches: list[int] = []
+    original = kernel_module.launch_rope_cache_write
+    monkeypatch.setattr(kernel_module, "launch_rope_cache_write", lambda *a: launches.append(1) or original(*a))
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=12)
+    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 12})
+    eager = run_generate(llm_.model, dict(kwargs))
+    fast = run_generate(llm_.model, dict(kwargs), fast_decode=ON_CPU)
+    assert torch.equal(eager, fast)
+    assert len(launches) == 11 * llm_.model.config.num_hidden_layers  # 12 tokens: 11 one-token steps
+
+
+# ----- without the kernel (this process) -----------------------------------------------------
+
+
+def test_without_kernel_the_op_is_the_models_own_math() -> None:
+    """On CPU without the interpreter ``rope_cache_write`` is the reference, bit for bit."""
+    if INTERPRETED:
+        pytest.skip("the interpreter runs the kernel here")
+    c = case(2, 4, 2, 16, 8, 8, torch.float32)
+    assert not rope_applies(c["qkv"], c["cos"], c["k_cache"])
+    ours, theirs = run_both(c, 3)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.fixture
+def fresh_llm(tiny_glm_dir: Path) -> ChatGLM:
+    return ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=16)
+
+
+def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = step_module.rope_cache_write
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "rope_cache_write", spy)
+    return calls
+
+
+@pytest.mark.parametrize("fused_rope", [True, False])
+def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, fused_rope: bool
+) -> None:
+    """With ``fused_rope`` every one-token step of every layer goes through ``AttentionStep``
+    (the prompt pass does not), the tokens are ``generate``'s, and afterwards each attention
+    module has its class's forward again; without it the model's own forward runs."""
+    calls = count_steps(monkeypatch)
+    model = fresh_llm.model
+    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 16})
+    eager = run_generate(model, dict(kwargs))
+    fast = run_generate(model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"fused_rope": fused_rope}))
+    assert torch.equal(eager, fast)
+    assert len(calls) == (15 * model.config.num_hidden_layers if fused_rope else 0)
+    attentions = [m for m in model.modules() if type(m).__name__ == "GlmAttention"]
+    assert attentions and all("forward" not in m.__dict__ for m in attentions)
+
+
+def test_attention_step_falls_back_for_a_prompt_of_several_tokens(fresh_llm: ChatGLM) -> None:
+    """A call that is not one token per row on an initialised static cache runs the module's own
+    forward: same output as without the step."""
+    from transformers import DynamicCache
+
+    from llm.fast_decode.attention import fuse_qkv_weights
+    from llm.fast_decode.attention_step import attention_steps
+
+    model = fresh_llm.model
+    ids = fresh_llm._generate_kwargs(["曹操是谁？"], {})["input_ids"]
+    before = model(input_ids=ids, use_cache=True, cache=DynamicCache(config=model.config)).logits
+    fused = fuse_qkv_weights(model)
+    steps = attention_steps(fused)
+    assert len(steps) == model.config.num_hidden_layers
+    for f in fused:
+        f.swap(fused=True)
+    for s in steps:
+        s.swap(on=True)
+    try:
+        after = model(input_ids=ids, use_cache=True, cache=DynamicCache(config=model.config)).logits
+    finally:
+        for s in steps:
+            s.swap(on=False)
+        for f in fused:
+            f.swap(fused=False)
+    torch.testing.assert_close(after, before)
+
+
+def test_attention_steps_only_replace_glms_own_forward(fresh_llm: ChatGLM) -> None:
+    """A module whose forward is not ``GlmAttention.forward`` (a subclass overriding it, or one
+    patched on the instance) gets no step: its rotary may not be GLM's."""
+    from llm.fast_decode.attention import fuse_qkv_weights
+    from llm.fast_decode.attention_step import attention_steps
+
+    fused = fuse_qkv_weights(fresh_llm.model)
+    fused[0].module.forward = lambda *a, **k: None  # patched on the instance
+    try:
+        assert len(attention_steps(fused)) == len(fused) - 1
+    finally:
+        del fused[0].module.forward
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_matches_the_reference_and_replays_in_a_cuda_graph() -> None:
+    """bf16 on CUDA, ChatGLM3-6B's layout: within one unit of the last place of the eager
+    reference, and captured in a CUDA graph the slot is read on the GPU at each replay."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.fast_decode import capture_graph, warm_up_on_side_stream
+
+    c = {name: t.cuda() if isinstance(t, torch.Tensor) else t
+         for name, t in case(2, 32, 2, 128, 64, 64, torch.bfloat16).items()}
+    assert rope_applies(c["qkv"], c["cos"], c["k_cache"])
+    ours, theirs = run_both(c, 9)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.float() - b.float()).abs().max().item() <= 2 ** -7 * b.abs().max().item()
+    slot = torch.tensor(0, device="cuda")
+    k, v = c["k_cache"].clone(), c["v_cache"].clone()
+    out: list[torch.Tensor] = []
+
+    def step() -> None:
+        out.append(rope_cache_write(c["qkv"], c["cos"], c["sin"], slot, k, v, heads=32))
+        slot.add_(1)
+
+    with torch.inference_mode():
+        warm_up_on_side_stream(step, times=1)
+        slot.zero_()
+        graph = capture_graph(step)
+        slot.fill_(20)
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+    heads = c["qkv"].view(2, 36, 128)[:, 34:]  # v heads, copied as they are
+    assert int(slot) == 23 and all(torch.equal(v[:, :, s], heads) for s in (20, 21, 22))
