@@ -212,10 +212,12 @@ def free_model() -> None:
 
 def bench_quantization(
     shape: str, kinds: list[str], *, device: str, dtype: torch.dtype, tokenizer: Any, new_tokens: int, repeat: int,
-    options: Any, group_size: int, quality_tokens: int = 256,
+    options: Any, group_size: int, quality_tokens: int = 256, variants: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One row per kind: speed through ``ChatGLM.stream`` (fast path), weight memory, and quality
-    against the full-precision model on ``quality_tokens`` teacher-forced positions."""
+    against the full-precision model on ``quality_tokens`` teacher-forced positions. ``variants``
+    (label -> FastDecodeOptions): each also timed on the same model, same run
+    (``stream_tok_s_<label>``), its graphs built after the default's are freed."""
     from llm import ChatGLM
     from llm.fast_decode import fast_decode_state
     from llm.quantization import weight_bytes as stored_bytes
@@ -255,6 +257,14 @@ def bench_quantization(
         runs = [stream_once(llm, QUESTION, **force) for _ in range(repeat)]
         row["stream_tok_s"] = new_tokens / median_of(runs, "total_s")
         row["stream_ttft_s"] = median_of(runs, "ttft_s")
+        for label, variant in (variants or {}).items():
+            fast_decode_state(model).graphs.clear()
+            other = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens,
+                            fast_decode_options=variant)
+            stream_once(other, QUESTION, **force)  # build + warm
+            runs = [stream_once(other, QUESTION, **force) for _ in range(repeat)]
+            row[f"stream_tok_s_{label}"] = new_tokens / median_of(runs, "total_s")
+            del other
         rows[kind] = row
         del llm, model
     base = rows.get("none", {}).get("stream_tok_s")
@@ -269,6 +279,7 @@ def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, 
     result["quantization"] = bench_quantization(
         shape, args.quantization, device=device, dtype=dtype, tokenizer=tokenizer, new_tokens=args.new_tokens,
         repeat=args.repeat, options=options, group_size=args.group_size,
+        variants={"fused_rope_off": options.model_copy(update={"fused_rope": False})} if args.rope_ablation else None,
     )
     result["gemv_kernel"] = options.gemv_kernel
     suffix = "" if options.gemv_kernel == "auto" else f"_gemv-{options.gemv_kernel}"
@@ -282,6 +293,10 @@ def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, 
     print_table(f"weight-only quantization, {shape} on {device} ({args.new_tokens} new tokens, ChatGLM.stream)", rows,
                 ("kind", "weight GiB", "tok/s", "x bf16", "TTFT ms", "logits rel err", "top-1 agree", "fast path",
                  "kernel"))
+    for kind, r in result["quantization"]["rows"].items():
+        other = {k: round(v, 1) for k, v in r.items() if k.startswith("stream_tok_s_")}
+        if other:
+            print(f"{kind}: {r['stream_tok_s']:.1f} tok/s; variants {other}", flush=True)
 
 
 def map_prompts(tokenizer: Any, *, count: int, tokens: int) -> list[str]:
@@ -351,6 +366,8 @@ def main() -> None:
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the static-cache path on CPU, uncompiled")
     p.add_argument("--quantization", nargs="+", choices=("none", "int8", "int4"),
                    help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
+    p.add_argument("--rope-ablation", action="store_true",
+                   help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
     p.add_argument("--gemv-kernel", choices=("auto", "triton", "torch"), default="auto",
                    help="FastDecodeOptions.gemv_kernel: the decode step's GEMVs (auto: Triton for INT8, cuBLAS for bf16)")
