@@ -480,3 +480,20 @@ def test_an_attached_adapter_is_the_reason_the_fast_path_is_off() -> None:
 
     model = types.SimpleNamespace(fast_decode_unsupported=FAST_DECODE_REASON, device=torch.device("cuda"))
     assert unsupported_reason(model) == FAST_DECODE_REASON
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_prompt_passes_capture_again_after_every_graph_was_freed(tiny_glm_dir: Path) -> None:
+    """Regression (run 16, H200): once every decode graph holding captured prompt passes was
+    freed (evicted by newer shapes, or cleared), the next prompt-pass capture into the shared
+    pool failed an allocator assertion, turned captured prompts off for the model and left the
+    CUDA RNG unusable ("Offset increment outside graph capture")."""
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="float32", temperature=0.0, max_new_tokens=8)
+    first = llm_.invoke(QUESTION, min_new_tokens=8)
+    state = fd.fast_decode_state(llm_.model)
+    assert all(g.prefills for g in state.graphs.values())
+    state.graphs.clear()
+    assert llm_.invoke(QUESTION, min_new_tokens=8) == first
+    assert fd.PREFILL_GRAPH not in state.off and all(g.prefills for g in state.graphs.values())
+    torch.randn(4, device="cuda")  # the RNG still works

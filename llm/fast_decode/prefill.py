@@ -146,6 +146,18 @@ def prefill(
 
 def _capture_prefill(model: Any, g: DecodeGraph, p: PrefillGraph, states: FastDecodeState) -> Any:
     warm_up_on_side_stream(lambda: _prefill_body(model, g, p))
+    return capture_graph(lambda: _prefill_body(model, g, p), pool=prefill_pool(states, g.mask.device))
+
+
+def prefill_pool(states: FastDecodeState, device: torch.device) -> Any:
+    """The memory pool every captured prompt pass of the model shares (they never overlap).
+
+    A small graph of its own holds the pool: the allocator releases a pool once no graph uses it,
+    and a later capture into the released pool's handle fails an allocator assertion (seen on the
+    H200, run 16, after every decode graph that held prompt passes was freed: a fourth-plus shape
+    evicting the others, or a bench clearing them), which also left the CUDA RNG unusable."""
     if states.prefill_pool is None:
-        states.prefill_pool = torch.cuda.graph_pool_handle()  # one pool: prompt passes never overlap
-    return capture_graph(lambda: _prefill_body(model, g, p), pool=states.prefill_pool)
+        pool = torch.cuda.graph_pool_handle()
+        states.prefill_pool_holder = capture_graph(lambda: torch.zeros(1, device=device), pool=pool)
+        states.prefill_pool = pool
+    return states.prefill_pool

@@ -74,6 +74,8 @@ class FastDecodeState:
     """The fused q/k/v of the model's attention modules (set on the first fast call)."""
     prefill_pool: Any = None
     """The CUDA graph memory pool all captured prompt passes share (they never overlap)."""
+    prefill_pool_holder: Any = None
+    """A one-tensor CUDA graph in ``prefill_pool`` that keeps the pool alive (``prefill.prefill_pool``)."""
 
 
 fast_decode_state: PerModel[FastDecodeState] = PerModel(FastDecodeState)
