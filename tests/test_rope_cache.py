@@ -57,10 +57,12 @@ def case(batch: int, heads: int, kv_heads: int, dim: int, rotary_dim: int, lengt
 
 def run_both(c: dict[str, Any], slot: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """(q, K cache, V cache) from ``rope_cache_write`` and from the reference, each on its own caches."""
-    index = torch.tensor(slot)
+    index = torch.tensor([slot])
     k1, v1, k2, v2 = c["k_cache"].clone(), c["v_cache"].clone(), c["k_cache"].clone(), c["v_cache"].clone()
-    q1 = rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k1, v1, heads=c["heads"])
-    q2 = reference_rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k2, v2, c["heads"])
+    n1, n2 = torch.tensor(-1), torch.tensor(-1)
+    q1 = rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k1, v1, n1, heads=c["heads"])
+    q2 = reference_rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k2, v2, n2, c["heads"])
+    assert int(n1) == int(n2) == slot + 1  # the cache layer's count of written slots
     return (q1, k1, v1), (q2, k2, v2)
 
 
@@ -166,6 +168,10 @@ def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
     assert len(calls) == (15 * model.config.num_hidden_layers if fused_rope else 0)
     attentions = [m for m in model.modules() if type(m).__name__ == "GlmAttention"]
     assert attentions and all("forward" not in m.__dict__ for m in attentions)
+    from llm.fast_decode import fast_decode_state
+
+    for g in fast_decode_state(model).graphs.values():  # each layer counts the slots written, as update() does
+        assert all(int(layer.cumulative_length) == int(g.cur) for layer in g.cache.layers)
 
 
 def test_attention_step_falls_back_for_a_prompt_of_several_tokens(fresh_llm: ChatGLM) -> None:
@@ -180,7 +186,7 @@ def test_attention_step_falls_back_for_a_prompt_of_several_tokens(fresh_llm: Cha
     ids = fresh_llm._generate_kwargs(["曹操是谁？"], {})["input_ids"]
     before = model(input_ids=ids, use_cache=True, cache=DynamicCache(config=model.config)).logits
     fused = fuse_qkv_weights(model)
-    steps = attention_steps(fused)
+    steps = attention_steps(fused, slot=torch.zeros(1, dtype=torch.long))
     assert len(steps) == model.config.num_hidden_layers
     for f in fused:
         f.swap(fused=True)
@@ -205,7 +211,7 @@ def test_attention_steps_only_replace_glms_own_forward(fresh_llm: ChatGLM) -> No
     fused = fuse_qkv_weights(fresh_llm.model)
     fused[0].module.forward = lambda *a, **k: None  # patched on the instance
     try:
-        assert len(attention_steps(fused)) == len(fused) - 1
+        assert len(attention_steps(fused, slot=torch.zeros(1, dtype=torch.long))) == len(fused) - 1
     finally:
         del fused[0].module.forward
 
@@ -224,12 +230,13 @@ def test_cuda_kernel_matches_the_reference_and_replays_in_a_cuda_graph() -> None
     ours, theirs = run_both(c, 9)
     for a, b in zip(ours, theirs, strict=True):
         assert (a.float() - b.float()).abs().max().item() <= 2 ** -7 * b.abs().max().item()
-    slot = torch.tensor(0, device="cuda")
+    slot = torch.zeros(1, dtype=torch.long, device="cuda")
+    length = torch.zeros((), dtype=torch.long, device="cuda")
     k, v = c["k_cache"].clone(), c["v_cache"].clone()
     out: list[torch.Tensor] = []
 
     def step() -> None:
-        out.append(rope_cache_write(c["qkv"], c["cos"], c["sin"], slot, k, v, heads=32))
+        out.append(rope_cache_write(c["qkv"], c["cos"], c["sin"], slot, k, v, length, heads=32))
         slot.add_(1)
 
     with torch.inference_mode():
@@ -241,4 +248,4 @@ def test_cuda_kernel_matches_the_reference_and_replays_in_a_cuda_graph() -> None
             graph.replay()
         torch.cuda.synchronize()
     heads = c["qkv"].view(2, 36, 128)[:, 34:]  # v heads, copied as they are
-    assert int(slot) == 23 and all(torch.equal(v[:, :, s], heads) for s in (20, 21, 22))
+    assert int(slot) == 23 and int(length) == 23 and all(torch.equal(v[:, :, s], heads) for s in (20, 21, 22))

@@ -4,8 +4,9 @@ transformers' ``GlmAttention.forward`` for one token is, after the fused q/k/v G
 kernels for the rotary and the two cache writes (~4.2 us per layer on the H200, run 15), then
 the attention. During a decode step (``FastDecodeOptions.fused_rope``) the module's forward is
 this one instead, doing the same math in named steps: ``project`` (the fused q/k/v GEMV),
-``rope_cache_write`` (one kernel: rotary of q and k, k and v into the static cache at its
-``cumulative_length``, which then advances by one as ``StaticLayer.update`` advances it), then
+``rope_cache_write`` (one kernel: rotary of q and k, k and v into the static cache at the decode
+graph's slot ``cur``, which equals the layer's ``cumulative_length`` at every step, and that count
+set to ``cur + 1`` as ``StaticLayer.update`` advances it), then
 the attention the config names (``packed_gqa_attention``: ``flash_decode``) and o_proj. Any call that is not that case (more than one token, a cache that is
 not a static one, another attention module) runs the module's own forward.
 
@@ -35,8 +36,9 @@ def glm_attention_forward() -> Any:
 class AttentionStep:
     """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step."""
 
-    def __init__(self, fused: FusedQKV) -> None:
+    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor) -> None:
         self.fused = fused
+        self.slot = slot  # (1,) the decode graph's cache slot of this step's token
         self.module = fused.module
         self.heads = fused.sizes[0] // self.module.head_dim
 
@@ -50,8 +52,8 @@ class AttentionStep:
         batch = hidden_states.shape[0]
         qkv = self.fused.project(hidden_states).view(batch, -1)
         cos, sin = position_embeddings
-        query = rope_cache_write(qkv, cos, sin, layer.cumulative_length, layer.keys, layer.values, heads=self.heads)
-        layer.cumulative_length.add_(1)
+        query = rope_cache_write(qkv, cos, sin, self.slot, layer.keys, layer.values, layer.cumulative_length,
+                                 heads=self.heads)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
@@ -81,9 +83,10 @@ class AttentionStep:
             self.module.__dict__.pop("forward", None)
 
 
-def attention_steps(fused: list[FusedQKV]) -> list[AttentionStep]:
-    """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its own)."""
+def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor) -> list[AttentionStep]:
+    """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its
+    own), writing the cache at ``slot`` (the decode graph's ``cur``)."""
     plain = glm_attention_forward()
-    return [AttentionStep(f) for f in fused
+    return [AttentionStep(f, slot=slot) for f in fused
             if type(f.module).forward is plain and "forward" not in f.module.__dict__
             and f.sizes[1] == f.sizes[2] and f.sizes[0] % f.module.head_dim == 0]

@@ -125,10 +125,11 @@ def build_decode_graph(
     device = model.device
     cache = claim_cache(StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length))
     vocab = model.get_output_embeddings().weight.shape[0]
+    cur = torch.zeros(1, dtype=torch.long, device=device)
     g = DecodeGraph(
         cache=cache,
         token=torch.zeros((batch, 1), dtype=torch.long, device=device),
-        cur=torch.zeros(1, dtype=torch.long, device=device),
+        cur=cur,
         pads=torch.zeros((batch, 1), dtype=torch.long, device=device),
         mask=torch.zeros((batch, 1, 1, length), dtype=torch.bool, device=device),
         eos=torch.zeros(MAX_EOS_IDS, dtype=torch.long, device=device),
@@ -143,7 +144,7 @@ def build_decode_graph(
         fused=list(fused or []),
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
-        steps=attention_steps(list(fused or [])) if fused_rope else [],
+        steps=attention_steps(list(fused or []), slot=cur) if fused_rope else [],
         prefix=prefix_slots(model),
     )
     if not capture:

@@ -26,7 +26,7 @@ import triton.language as tl
 
 @triton.jit
 def _rope_cache_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, k_ptr, v_ptr,
+    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, length_ptr, q_ptr, k_ptr, v_ptr,
     stride_qkv, stride_cos, stride_sin,
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, ROT_PAIRS: tl.constexpr,
@@ -45,6 +45,8 @@ def _rope_cache_kernel(
         s = tl.load(sin_ptr + row * stride_sin + i, mask=rot, other=0.0).to(tl.float32)
         even, odd = even * c - odd * s, odd * c + even * s
     if head < HEADS:
+        if row == 0 and head == 0:  # the cache's length: the slot read here from another tensor, no race
+            tl.store(length_ptr, tl.load(slot_ptr) + 1)
         dst = q_ptr + (row * HEADS + head) * (2 * HALF)
         tl.store(dst + 2 * i, even.to(q_ptr.dtype.element_ty), mask=ok)
         tl.store(dst + 2 * i + 1, odd.to(q_ptr.dtype.element_ty), mask=ok)
@@ -67,18 +69,20 @@ def launch_rope_cache_write(
     slot: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    length: torch.Tensor,
     heads: int,
 ) -> torch.Tensor:
     """Rotate q and k of ``qkv`` ``(B, (H + 2 KV) * D)`` by ``cos``/``sin`` ``(B, 1, R)``, write k
     and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at cache slot ``slot`` (a one-element
-    long tensor, read on the GPU), and return q as ``(B, H, 1, D)`` contiguous.
+    long tensor, read on the GPU), set ``length`` (the cache layer's own count, a different
+    tensor) to ``slot + 1``, and return q as ``(B, H, 1, D)`` contiguous.
     Needs unit stride along the last axis of every tensor (``rope_cache_op.rope_applies``)."""
     batch = qkv.shape[0]
     kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
     q = torch.empty((batch, heads, 1, dim), dtype=qkv.dtype, device=qkv.device)
     half = dim // 2
     _rope_cache_kernel[(batch, heads + 2 * kv_heads)](
-        qkv, cos, sin, slot, q, k_cache, v_cache,
+        qkv, cos, sin, slot, length, q, k_cache, v_cache,
         qkv.stride(0), cos.stride(0), sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
