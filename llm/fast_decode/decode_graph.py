@@ -238,8 +238,8 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.gemv_kernel,
-                options.fused_rope)
+    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
+                options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
