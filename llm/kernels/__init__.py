@@ -6,6 +6,8 @@
 - ``flash_decode``: attention of one query token per row against the K/V cache, the grouped
   query heads packed onto their K/V head, flash-decoding in two kernels (``llm.kernels.
   decode_attention``: the Triton kernels; ``decode_attention_op``: the custom op and fallback).
+- ``rope_cache_write`` (``llm.kernels.rope_cache_op``): a decode token's rotary of q and k and its
+  K/V cache writes in one kernel (``rope_cache``), transformers' own math as the fallback.
 
 Importing this package never imports Triton; the kernel module does, on first use.
 """
