@@ -57,9 +57,10 @@ def case(batch: int, heads: int, kv_heads: int, dim: int, rotary_dim: int, lengt
 
 def run_both(c: dict[str, Any], slot: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """(q, K cache, V cache) from ``rope_cache_write`` and from the reference, each on its own caches."""
-    index = torch.tensor([slot])
+    device = c["qkv"].device
+    index = torch.tensor([slot], device=device)
     k1, v1, k2, v2 = c["k_cache"].clone(), c["v_cache"].clone(), c["k_cache"].clone(), c["v_cache"].clone()
-    n1, n2 = torch.tensor(-1), torch.tensor(-1)
+    n1, n2 = torch.tensor(-1, device=device), torch.tensor(-1, device=device)
     q1 = rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k1, v1, n1, heads=c["heads"])
     q2 = reference_rope_cache_write(c["qkv"], c["cos"], c["sin"], index, k2, v2, n2, c["heads"])
     assert int(n1) == int(n2) == slot + 1  # the cache layer's count of written slots
