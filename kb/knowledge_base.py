@@ -65,10 +65,9 @@ class KnowledgeBase:
         self._pending: Manifest | None = None  # settings of a knowledge base not written yet
         self._unchecked = False  # the request was not yet compared with a manifest (#14)
         self._add_vectors: str | None = None  # embedding model a keyword-only KB is to gain
-        current = storage.read_pointer(self.path)
-        if current is not None:
-            manifest = self._live.switch_to(current).manifest
-            self._add_vectors = check_requested(manifest, self._requested, kb_name=self.name)
+        loaded = self._live.open_newest(storage.read_pointer(self.path))
+        if loaded is not None:
+            self._add_vectors = check_requested(loaded.manifest, self._requested, kb_name=self.name)
         elif not create:
             raise self._not_found()
         else:

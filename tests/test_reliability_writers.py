@@ -49,6 +49,51 @@ def sources(root: Path, name: str = "t") -> set[str]:
         kb.close()
 
 
+def test_opening_follows_current_when_two_builds_collect_the_version_being_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (run 16, the random-schedule property test under load): a process opening the
+    knowledge base read ``CURRENT`` (version A) and, while it hashed A's files without the writer
+    lock, two other builds published B and C and collected A; the open failed with "knowledge base
+    't' is damaged: .../bm25/data.csc.index.npy is missing" (exit 3). It now opens C."""
+    import kb.version as version_module
+
+    first = keyword_kb(tmp_path)
+    first.add_files([write(tmp_path, "h.txt")])
+    first.close()
+    real = version_module.open_version
+    raced: list[str] = []
+
+    def open_while_two_builds_land(kb_dir: Path, name: str, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(name)
+            other = KnowledgeBase(tmp_path, "t")
+            other.add_files([write(tmp_path, "a.txt")])
+            other.add_files([write(tmp_path, "b.txt")])
+            other.close()
+        return real(kb_dir, name, **kwargs)
+
+    monkeypatch.setattr(version_module, "open_version", open_while_two_builds_land)
+    opened = KnowledgeBase(tmp_path, "t")
+    try:
+        assert raced and not (tmp_path / "t" / raced[0]).exists()  # the version read first is gone
+        assert {Path(d.source).name for d in opened.list_documents()} == {"h.txt", "a.txt", "b.txt"}
+    finally:
+        opened.close()
+
+
+def test_damage_under_current_is_still_reported(tmp_path: Path) -> None:
+    """Following ``CURRENT`` is only for versions collected meanwhile: a missing file in the
+    version ``CURRENT`` still names is damage, reported once, not retried away."""
+    kb = keyword_kb(tmp_path)
+    kb.add_files([write(tmp_path, "h.txt")])
+    kb.close()
+    version = tmp_path / "t" / str(storage.read_pointer(tmp_path / "t"))
+    next(p for p in (version / "bm25").iterdir() if p.is_file()).unlink()
+    with pytest.raises(DamagedKnowledgeBaseError, match="is missing"):
+        KnowledgeBase(tmp_path, "t")
+
+
 # --- #1, #12, #14: writers and drops -------------------------------------------------------------
 
 
