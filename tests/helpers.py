@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
@@ -148,3 +153,12 @@ def searches_during_builds(kb: Any, search: Callable[[], object], excerpts: dict
     if errors:
         raise errors[0]
     return searches
+
+
+def run_under_triton_interpreter(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` from the repository root with ``TRITON_INTERPRET=1``: Triton reads the switch
+    when it is imported, so kernel checks on CPU run in a process of their own."""
+    path = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)

@@ -11,8 +11,6 @@ output cast. Compiled GPU kernels run in ``bench/decode_attention.py``'s checks.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import types
 from importlib.util import find_spec
 from pathlib import Path
@@ -23,8 +21,8 @@ import torch
 
 import llm.kernels.decode_attention_op as op_module
 from llm.kernels import attention_applies, flash_decode, reference_decode_attention
+from tests.helpers import run_under_triton_interpreter
 
-REPO = Path(__file__).resolve().parent.parent
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_triton = pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
 interpreted = pytest.mark.skipif(
@@ -82,9 +80,7 @@ def close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines run the compiled kernel (bench.decode_attention)")
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = run_under_triton_interpreter("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
     assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
         done.stdout[-4000:] + done.stderr[-2000:]
 

@@ -9,9 +9,6 @@ are not multiples of the tile, 1/3/16 rows, bias, split-K, the custom op under
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -23,8 +20,8 @@ from llm.fast_decode.gemv_route import GemvLinear, gemv_route
 from llm.kernels import gemv_linear, reference_gemv
 from llm.quantization import WeightOnlyInt8Linear, quantize_model_
 from llm.streaming import run_generate
+from tests.helpers import run_under_triton_interpreter
 
-REPO = Path(__file__).resolve().parent.parent
 needs_triton = pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
 
 
@@ -101,9 +98,8 @@ def interpreted_checks() -> None:
 def test_kernel_under_triton_interpreter() -> None:
     """The kernel's arithmetic on a CPU-only machine. Skipped where CUDA is: the interpreter of the
     Triton that torch 2.11's CUDA build pins fails on a tensor loop bound the compiler accepts."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    code = "from tests.test_gemv import interpreted_checks; interpreted_checks()"
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_under_triton_interpreter("-c", "from tests.test_gemv import interpreted_checks; interpreted_checks()",
+                                        timeout=300)
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
 
 

@@ -9,8 +9,6 @@ subprocess with ``TRITON_INTERPRET=1`` (Triton reads it on import), as in test_d
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.kernels.rope_cache_op import reference_rope_cache_write, rope_applies, rope_cache_write
 from llm.streaming import run_generate
+from tests.helpers import run_under_triton_interpreter
 
-REPO = Path(__file__).resolve().parent.parent
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(
     not INTERPRETED or find_spec("triton") is None,
@@ -71,9 +69,7 @@ def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
     if find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = run_under_triton_interpreter("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
     assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
         done.stdout[-4000:] + done.stderr[-2000:]
 
