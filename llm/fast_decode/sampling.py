@@ -70,8 +70,9 @@ def choose_tokens(logits: torch.Tensor, g: Any) -> torch.Tensor:
 def first_argmax(scores: torch.Tensor, *, chunk: int = ARGMAX_CHUNK) -> torch.Tensor:
     """``scores.argmax(dim=-1)`` of ``(B, V)`` scores (the first index of the maximum, NaN counting
     as the maximum), as two reductions: the best of each ``chunk`` columns, then the best chunk.
-    Compiled, ``argmax`` over a 65,024-token vocabulary is one reduction kernel with one program
-    per row: 15.7 us of every decode step on an H200 (run 15, 16 us of 3,529), for 260 KB."""
+    The token choice runs eagerly inside the captured step, and ``argmax`` over a 65,024-token
+    vocabulary is one reduction kernel with one program per row: 15.7 us of every decode step on
+    an H200 (run 15), for 260 KB; these two reductions took 4.4 + 3.5 us (run 16)."""
     rows, vocab = scores.shape
     chunks = -(-vocab // chunk)
     padded = F.pad(scores, (0, chunks * chunk - vocab), value=-torch.inf)
