@@ -65,7 +65,7 @@ class KnowledgeBase:
         self._pending: Manifest | None = None  # settings of a knowledge base not written yet
         self._unchecked = False  # the request was not yet compared with a manifest (#14)
         self._add_vectors: str | None = None  # embedding model a keyword-only KB is to gain
-        loaded = self._live.open_newest(storage.read_pointer(self.path))
+        loaded = storage.open_current(self.path, self._live.switch_to)
         if loaded is not None:
             self._add_vectors = check_requested(loaded.manifest, self._requested, kb_name=self.name)
         elif not create:

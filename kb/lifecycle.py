@@ -73,12 +73,16 @@ def list_summaries(root: str | Path) -> list[KBSummary]:
 
 def current_manifest(kb_dir: Path) -> Manifest:
     """The live version's manifest, checked but without verifying the version's files."""
-    version = storage.read_pointer(kb_dir)
-    if version is None:
+
+    def read(version: str) -> Manifest:
+        if not (kb_dir / version).is_dir():
+            raise storage.damaged(kb_dir.name, f"{kb_dir / version} (named by {storage.POINTER}) is missing")
+        return storage.read_manifest(kb_dir / version, kb_name=kb_dir.name, verify=False)
+
+    manifest = storage.open_current(kb_dir, read)
+    if manifest is None:
         raise KnowledgeBaseNotFound(no_such_kb(kb_dir.parent, kb_dir.name))
-    if not (kb_dir / version).is_dir():
-        raise storage.damaged(kb_dir.name, f"{kb_dir / version} (named by {storage.POINTER}) is missing")
-    return storage.read_manifest(kb_dir / version, kb_name=kb_dir.name, verify=False)
+    return manifest
 
 
 def make_store(

@@ -21,11 +21,11 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kb.errors import KnowledgeBaseError
+from kb.errors import DamagedKnowledgeBaseError, KnowledgeBaseError
 from kb.manifest import FORMAT, MANIFEST, Manifest, damaged, write_manifest
 from kb.manifest import read_manifest as _read_manifest
 
@@ -35,6 +35,9 @@ LOCK_DIR = ".locks"
 VERSION_PREFIX = "v-"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+OPEN_ATTEMPTS = 5  # versions followed while newer builds collect the one being read
+
+T = TypeVar("T")
 
 try:  # POSIX
     import fcntl
@@ -68,6 +71,30 @@ def read_pointer(kb_dir: Path) -> str | None:
     if not name.startswith(VERSION_PREFIX) or "/" in name or "\\" in name or ".." in name or not name.isprintable():
         raise damaged(kb_dir.name, f"{kb_dir / POINTER} is corrupted ({name!r})")
     return name
+
+
+def open_current(kb_dir: Path, open_version: Callable[[str], T]) -> T | None:
+    """``open_version(name)`` of the version ``CURRENT`` names, or None when there is none.
+
+    Readers take no lock and garbage collection keeps only the live and the previous version, so
+    two builds can publish and collect a version while it is being read (opening one hashes all
+    its files): its files vanish and it reads as damaged. While ``CURRENT`` has moved on, the
+    version it names now is read instead; damage that stays under ``CURRENT`` is raised. Run 16:
+    a concurrent ``ingest build`` exited 3, "knowledge base 't' is damaged: .../bm25/
+    data.csc.index.npy is missing", under load.
+    """
+    name = read_pointer(kb_dir)
+    for attempt in range(OPEN_ATTEMPTS):
+        if name is None:
+            return None
+        try:
+            return open_version(name)
+        except DamagedKnowledgeBaseError:
+            newer = read_pointer(kb_dir)
+            if newer == name or attempt == OPEN_ATTEMPTS - 1:
+                raise
+            name = newer
+    return None  # not reached: the last attempt returns or raises
 
 
 def is_knowledge_base(kb_dir: Path) -> bool:

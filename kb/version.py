@@ -21,11 +21,10 @@ from kb import storage
 from kb.bm25_index import BM25Index
 from kb.dense_store import DenseIndex, DenseStore
 from kb.docstore import Docstore
-from kb.errors import DamagedKnowledgeBaseError, KnowledgeBaseError, StaleVersionError
+from kb.errors import KnowledgeBaseError, StaleVersionError
 from kb.manifest import Manifest
 
 DOCSTORE_FILE = "docstore.sqlite"
-OPEN_ATTEMPTS = 5  # versions followed while newer builds collect the one being opened
 BM25_DIR = "bm25"
 
 
@@ -155,29 +154,9 @@ class LiveVersion:
                 return True, dropped
             if self.version is not None and self.version.name == current:
                 return False, None
-            if self.open_newest(current) is None:  # dropped while it was being opened
+            if storage.open_current(self.kb_dir, self.switch_to) is None:  # dropped while it was being opened
                 return self.refresh()
             return True, None
-
-    def open_newest(self, current: str | None) -> LoadedVersion | None:
-        """Open ``current`` (what ``CURRENT`` named) and make it the loaded version; None when
-        there is none. Opening reads without the writer lock, and hashing a version's files takes
-        a while, so two builds may publish and collect ``current`` meanwhile: its files vanish and
-        it reads as damaged. While ``CURRENT`` has moved on, the version it now names is opened
-        instead (run 16: a property test's ``ingest build`` exited 3, "knowledge base 't' is
-        damaged: .../bm25/data.csc.index.npy is missing", under load); damage that stays under
-        ``CURRENT`` is reported."""
-        for attempt in range(OPEN_ATTEMPTS):
-            if current is None:
-                return None
-            try:
-                return self.switch_to(current)
-            except DamagedKnowledgeBaseError:
-                newer = storage.read_pointer(self.kb_dir)
-                if newer == current or attempt == OPEN_ATTEMPTS - 1:
-                    raise
-                current = newer
-        return None  # not reached
 
     def switch_to(self, name: str) -> LoadedVersion:
         """Open version ``name`` and make it the loaded one."""

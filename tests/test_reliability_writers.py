@@ -82,6 +82,35 @@ def test_opening_follows_current_when_two_builds_collect_the_version_being_opene
         opened.close()
 
 
+def test_listing_follows_current_when_two_builds_collect_the_version_being_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for ``ingest list`` / ``current_manifest`` (manifest only, no hashing): the
+    version whose manifest is about to be read is collected by two builds; the listing shows the
+    knowledge base as it is now, not as damaged."""
+    from kb.lifecycle import current_manifest
+
+    first = keyword_kb(tmp_path)
+    first.add_files([write(tmp_path, "h.txt")])
+    first.close()
+    real = storage.read_manifest
+    raced: list[Path] = []
+
+    def read_while_two_builds_land(version_dir: Path, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(version_dir)
+            other = KnowledgeBase(tmp_path, "t")
+            other.add_files([write(tmp_path, "a.txt")])
+            other.add_files([write(tmp_path, "b.txt")])
+            other.close()
+        return real(version_dir, **kwargs)
+
+    monkeypatch.setattr(storage, "read_manifest", read_while_two_builds_land)
+    manifest = current_manifest(tmp_path / "t")
+    assert raced and not raced[0].exists()
+    assert len(manifest.documents) == 3
+
+
 def test_damage_under_current_is_still_reported(tmp_path: Path) -> None:
     """Following ``CURRENT`` is only for versions collected meanwhile: a missing file in the
     version ``CURRENT`` still names is damage, reported once, not retried away."""
