@@ -49,6 +49,29 @@ def sources(root: Path, name: str = "t") -> set[str]:
         kb.close()
 
 
+def two_builds_land_on_first_call(root: Path, monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[tuple]:
+    """KB "t" built with h.txt; then the first call of ``module.name`` first lets another writer
+    publish two builds (a.txt, b.txt), which collects the version that call was about to read.
+    Returns the recorded arguments of that first call."""
+    first = keyword_kb(root)
+    first.add_files([write(root, "h.txt")])
+    first.close()
+    real = getattr(module, name)
+    raced: list[tuple] = []
+
+    def after_two_builds(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(args)
+            other = KnowledgeBase(root, "t")
+            other.add_files([write(root, "a.txt")])
+            other.add_files([write(root, "b.txt")])
+            other.close()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, after_two_builds)
+    return raced
+
+
 def test_opening_follows_current_when_two_builds_collect_the_version_being_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,25 +81,10 @@ def test_opening_follows_current_when_two_builds_collect_the_version_being_opene
     't' is damaged: .../bm25/data.csc.index.npy is missing" (exit 3). It now opens C."""
     import kb.version as version_module
 
-    first = keyword_kb(tmp_path)
-    first.add_files([write(tmp_path, "h.txt")])
-    first.close()
-    real = version_module.open_version
-    raced: list[str] = []
-
-    def open_while_two_builds_land(kb_dir: Path, name: str, **kwargs: Any) -> Any:
-        if not raced:
-            raced.append(name)
-            other = KnowledgeBase(tmp_path, "t")
-            other.add_files([write(tmp_path, "a.txt")])
-            other.add_files([write(tmp_path, "b.txt")])
-            other.close()
-        return real(kb_dir, name, **kwargs)
-
-    monkeypatch.setattr(version_module, "open_version", open_while_two_builds_land)
+    raced = two_builds_land_on_first_call(tmp_path, monkeypatch, version_module, "open_version")
     opened = KnowledgeBase(tmp_path, "t")
     try:
-        assert raced and not (tmp_path / "t" / raced[0]).exists()  # the version read first is gone
+        assert raced and not (tmp_path / "t" / raced[0][1]).exists()  # the version read first is gone
         assert {Path(d.source).name for d in opened.list_documents()} == {"h.txt", "a.txt", "b.txt"}
     finally:
         opened.close()
@@ -90,24 +98,9 @@ def test_listing_follows_current_when_two_builds_collect_the_version_being_read(
     knowledge base as it is now, not as damaged."""
     from kb.lifecycle import current_manifest
 
-    first = keyword_kb(tmp_path)
-    first.add_files([write(tmp_path, "h.txt")])
-    first.close()
-    real = storage.read_manifest
-    raced: list[Path] = []
-
-    def read_while_two_builds_land(version_dir: Path, **kwargs: Any) -> Any:
-        if not raced:
-            raced.append(version_dir)
-            other = KnowledgeBase(tmp_path, "t")
-            other.add_files([write(tmp_path, "a.txt")])
-            other.add_files([write(tmp_path, "b.txt")])
-            other.close()
-        return real(version_dir, **kwargs)
-
-    monkeypatch.setattr(storage, "read_manifest", read_while_two_builds_land)
+    raced = two_builds_land_on_first_call(tmp_path, monkeypatch, storage, "read_manifest")
     manifest = current_manifest(tmp_path / "t")
-    assert raced and not raced[0].exists()
+    assert raced and not raced[0][0].exists()
     assert len(manifest.documents) == 3
 
 
