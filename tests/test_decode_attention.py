@@ -21,7 +21,7 @@ import torch
 
 import llm.kernels.decode_attention_op as op_module
 from llm.kernels import attention_applies, flash_decode, reference_decode_attention
-from tests.helpers import run_under_triton_interpreter
+from tests.helpers import count_calls, run_under_triton_interpreter
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_triton = pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
@@ -166,9 +166,7 @@ def test_interpreted_op_under_torch_compile_and_packed_attention(monkeypatch: py
     import llm.kernels.decode_attention as kernel_module
     from llm.fast_decode.attention import packed_gqa_attention
 
-    launches: list[int] = []
-    original = kernel_module.launch_decode_attention
-    monkeypatch.setattr(kernel_module, "launch_decode_attention", lambda *a: launches.append(1) or original(*a))
+    launches = count_calls(monkeypatch, kernel_module, "launch_decode_attention")
     q, k, v = inputs(2, 16, 64, 128, torch.float32, seed=5)
     mask = masks(2, 128)["left_padded"]
     module = types.SimpleNamespace(num_key_value_groups=16, is_causal=True, training=False)
@@ -196,9 +194,7 @@ def test_interpreted_decode_steps_run_the_kernel_and_keep_greedy_tokens(tiny_glm
     from llm.fast_decode import FastDecodeOptions
     from llm.streaming import run_generate
 
-    launches: list[int] = []
-    original = kernel_module.launch_decode_attention
-    monkeypatch.setattr(kernel_module, "launch_decode_attention", lambda *a: launches.append(1) or original(*a))
+    launches = count_calls(monkeypatch, kernel_module, "launch_decode_attention")
     llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=12)
     kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 12})
     eager = run_generate(llm_.model, dict(kwargs))
@@ -388,9 +384,7 @@ def test_tiny_glm_decode_graph_runs_the_kernel_on_cuda(tiny_glm_dir: Path, monke
     import llm.kernels.decode_attention as kernel_module
     from llm import ChatGLM
 
-    launches: list[int] = []
-    original = kernel_module.launch_decode_attention
-    monkeypatch.setattr(kernel_module, "launch_decode_attention", lambda *a: launches.append(1) or original(*a))
+    launches = count_calls(monkeypatch, kernel_module, "launch_decode_attention")
     llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="bfloat16", temperature=0.0,
                                    max_new_tokens=12)
     assert llm_.invoke("曹操是谁？")

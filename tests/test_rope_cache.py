@@ -21,7 +21,7 @@ from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.kernels.rope_cache_op import reference_rope_cache_write, rope_applies, rope_cache_write
 from llm.streaming import run_generate
-from tests.helpers import run_under_triton_interpreter
+from tests.helpers import count_calls, run_under_triton_interpreter
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(
@@ -108,9 +108,7 @@ def test_interpreted_decode_steps_run_the_kernel_and_choose_generates_tokens(
     per step and choose the tokens ``generate`` chooses."""
     import llm.kernels.rope_cache as kernel_module
 
-    launches: list[int] = []
-    original = kernel_module.launch_rope_cache_write
-    monkeypatch.setattr(kernel_module, "launch_rope_cache_write", lambda *a: launches.append(1) or original(*a))
+    launches = count_calls(monkeypatch, kernel_module, "launch_rope_cache_write")
     llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=12)
     kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 12})
     eager = run_generate(llm_.model, dict(kwargs))
@@ -137,18 +135,6 @@ def fresh_llm(tiny_glm_dir: Path) -> ChatGLM:
     return ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=16)
 
 
-def count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = step_module.rope_cache_write
-
-    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(step_module, "rope_cache_write", spy)
-    return calls
-
-
 @pytest.mark.parametrize("fused_rope", [True, False])
 def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
     fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, fused_rope: bool
@@ -156,7 +142,7 @@ def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
     """With ``fused_rope`` every one-token step of every layer goes through ``AttentionStep``
     (the prompt pass does not), the tokens are ``generate``'s, and afterwards each attention
     module has its class's forward again; without it the model's own forward runs."""
-    calls = count_steps(monkeypatch)
+    calls = count_calls(monkeypatch, step_module, "rope_cache_write")
     model = fresh_llm.model
     kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 16})
     eager = run_generate(model, dict(kwargs))
