@@ -56,8 +56,8 @@ def interpreted_checks() -> None:
     configs = [GemvConfig(16, 32), GemvConfig(16, 64, split_k=3), GemvConfig(32, 16), GemvConfig(4, 64, num_stages=1)]
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for int8 in (True, False):
-            for rows in (1, 3, 16):
-                if rows == 16 and dtype == torch.bfloat16:
+            for rows in (1, 3, 16, 40) if int8 else (1, 3, 16):  # int8: prompts of up to 64 rows too
+                if rows >= 16 and dtype == torch.bfloat16:
                     continue  # the interpreter's bf16 tl.dot is wrong (module docstring)
                 for n, k in ((37, 100), (48, 200), (48, 256)):  # uneven and even N/K tiles
                     c = _case(rows, n, k, dtype, int8=int8)
@@ -90,6 +90,11 @@ def interpreted_checks() -> None:
 
     x_grad = torch.randn(1, 96, requires_grad=True)
     assert gemv_applies(x_grad.detach(), layer.weight) and not gemv_applies(x_grad, layer.weight)
+    # Rows: an int8 weight takes prompts of up to 64 rows (read once instead of dequantized per
+    # call: INT8 TTFT was 2.2x bf16's), a float weight stays at the decode batches (<= 16).
+    float_weight = torch.randn(45, 96)
+    assert gemv_applies(torch.randn(64, 96), layer.weight) and not gemv_applies(torch.randn(65, 96), layer.weight)
+    assert gemv_applies(torch.randn(16, 96), float_weight) and not gemv_applies(torch.randn(17, 96), float_weight)
     print("OK")
 
 
@@ -175,7 +180,7 @@ def test_kernel_matches_f_linear_on_cuda(int8: bool) -> None:
     from llm.kernels.gemv_op import choose_config
 
     for n, k in SHAPES:
-        for rows in (1, 3, 16):
+        for rows in (1, 3, 16, 45) if int8 else (1, 3, 16):
             c = _case(rows, n, k, torch.bfloat16, int8=int8, device="cuda")
             ref = _reference(c)  # the first call tunes: every candidate runs once
             assert _close(gemv_linear(c["x"], c["weight"], scales=c["scales"], bias=c["bias"]), ref, torch.bfloat16)
@@ -251,3 +256,4 @@ def test_decode_compile_tunes_int8_only_where_it_dequantizes_in_pytorch() -> Non
     assert compile_options(model(torch.float32)) == tuned  # the kernel takes 16-bit activations only
     assert compile_options(model(torch.bfloat16), "torch") == tuned
     assert compile_options(model(torch.bfloat16)) == (None if TRITON_AVAILABLE else tuned)
+

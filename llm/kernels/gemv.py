@@ -9,7 +9,8 @@ registers, accumulates in float32 and applies the per-output-channel scale and b
 epilogue, so an INT8 layer reads 1 byte per weight and nothing else of its size.
 
 One row (the single-user step) runs ``_gemv_row_kernel``: narrow tiles (2-8 outputs) over
-2-8 KiB of K per step, x as a 1-D vector. Otherwise each program owns ``BLOCK_N`` output
+2-8 KiB of K per step, x as a 1-D vector; with an int8 weight ``_int8_row_kernel`` (8-byte runs
+per thread, summed every step, bytes unpacked by ``prmt``). Otherwise each program owns ``BLOCK_N`` output
 channels and one K-slice (``split_k`` slices for tall-K
 shapes such as down_proj, K=13696, where N/BLOCK_N programs alone would leave SMs idle); it
 loads each ``BLOCK_N x BLOCK_K`` weight tile once and all M rows of x against it:
@@ -17,7 +18,8 @@ loads each ``BLOCK_N x BLOCK_K`` weight tile once and all M rows of x against it
 - M <= 4: broadcast multiply-add into a float32 accumulator of the tile's shape (``(BLOCK_N,
   BLOCK_K)`` for one row, ``(BLOCK_M, BLOCK_N, BLOCK_K)`` for 2-4), reduced over K once at the
   end (the classic GEMV: no cross-thread reduction per step);
-- M 5..16 with 16-bit activations: ``tl.dot`` on a 16-row tile (rows past M masked), the tensor
+- M 5..16 with 16-bit activations (5..64 for int8 weights, short prompts): ``tl.dot`` on a 16-64
+  row tile (rows past M masked), the tensor
   cores doing the multiply; compute is never the limit here, the layout conversion is cheaper
   than a 16-deep register accumulator.
 
@@ -30,16 +32,20 @@ to PyTorch where Triton is missing.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from llm.kernels.gemv_configs import DOT_MIN_ROWS, GemvConfig
 
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter runs no inline assembly
+
 
 def block_rows(rows: int, *, dot: bool) -> int:
-    """The ``BLOCK_M`` for ``rows`` rows: a power of two for the accumulator, 16 for ``tl.dot``."""
-    return 16 if dot else triton.next_power_of_2(rows)
+    """The ``BLOCK_M`` for ``rows`` rows: a power of two, at least 16 for ``tl.dot``."""
+    return max(16, triton.next_power_of_2(rows)) if dot else triton.next_power_of_2(rows)
 
 
 @triton.jit
@@ -150,9 +156,9 @@ def _split_reduce_kernel(
 def _gemv_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    INT8: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One row of x (M = 1, the single-user decode step): x is loaded as a 1-D vector and
+    """One row of x (M = 1, the single-user decode step) against a float weight: x is loaded as a 1-D vector and
     broadcast over the weight tile in the tile's own layout. Loaded as a ``(1, BLOCK_K)`` tile as
     in ``_gemv_kernel``, Triton converted its layout every step: the same tiles ran 25 % slower
     (run 15, H200, bf16: gate_up 64.0 against 51.4 us, LM head 144.9 against 117.5)."""
@@ -169,7 +175,87 @@ def _gemv_row_kernel(
         else:
             x = tl.load(x_ptr + k + rk, mask=k_ok, other=0.0, eviction_policy="evict_last")
         w = _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K, EVEN_N)
-        acc += _as_float32(w, INT8) * x.to(tl.float32)[None, :]
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        w_ptrs += BLOCK_K
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _int8_as_float32(w, ASM: tl.constexpr):
+    """An int8 tile in float32, through float bits as in ``_as_float32``. ``ASM``: four values per
+    32-bit register by one ``xor`` (q -> q + 128, unsigned) and a ``prmt`` each that places the
+    byte under the exponent of 2^23: 1.25 integer instructions per weight instead of 2 (a sign
+    extension and an add), which is what an H200 spends them on at batch 1 (run 17 lab,
+    ``docs/PERFORMANCE.md``)."""
+    if ASM:
+        wf = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t;
+            xor.b32 t, $4, 0x80808080;
+            prmt.b32 $0, t, 0x4B000000, 0x7440;
+            prmt.b32 $1, t, 0x4B000000, 0x7441;
+            prmt.b32 $2, t, 0x4B000000, 0x7442;
+            prmt.b32 $3, t, 0x4B000000, 0x7443;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[w], dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True)
+    return wf - 8388736.0  # 2^23 + 128: exact, leaves q
+
+
+@triton.jit
+def _int8_run_sums(w, x, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr):
+    """``(BLOCK_N, BLOCK_K // VEC)`` sums of weight times x over each thread's run of VEC columns."""
+    prod = _int8_as_float32(w, ASM) * x.to(tl.float32)[None, :]
+    return tl.sum(tl.reshape(prod, (BLOCK_N, BLOCK_K // VEC, VEC)), axis=2)
+
+
+@triton.jit
+def _int8_row_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One row of x against an int8 weight. Two differences from ``_gemv_row_kernel``, each
+    measured (run 17 lab, H200, M = 1; q/k/v, o_proj, gate_up: 9.05 / 7.10 / 34.1 us -> 7.07 /
+    6.48 / 29.9 us):
+
+    - the column offsets are written so Triton can prove only 8-byte runs contiguous: each thread
+      then holds 8 int8 weights (one 8-byte load) against x's 8 bf16 (one 16-byte load), the same
+      count, and x needs no per-step layout conversion through shared memory (with 16-byte weight
+      runs every step had 4 barriers);
+    - the products are summed over each run every step, so the accumulator is 1/8 of the tile
+      and 2 KiB of K per step fit in registers.
+
+    Where BLOCK_K does not divide K (down_proj, 13696) every step is masked, in 8-column runs so the
+    loads stay vectorised. A separate masked last step instead took the kernel from 53 to 168
+    registers under Triton 3.6 (the one torch 2.11 pins; 3.9 compiles it to 56) and slowed every
+    shape (run 17, gate_up 29.3 -> 44.7 us)."""
+    VEC: tl.constexpr = 8
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    r = tl.arange(0, BLOCK_K)
+    rk = (r // VEC) * VEC + r % VEC  # == r; contiguity provable over VEC only (see above)
+    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K // VEC), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptr + k + r, eviction_policy="evict_last")
+            if EVEN_N:
+                w = tl.load(w_ptrs, eviction_policy="evict_first")
+            else:
+                w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
+        else:
+            k_ok = (k + rk) < K
+            x = tl.load(x_ptr + k + rk, mask=k_ok, other=0.0, eviction_policy="evict_last")
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
+        acc += _int8_run_sums(w, x, ASM, BLOCK_N, BLOCK_K, VEC)
         w_ptrs += BLOCK_K
     y = tl.sum(acc, axis=1)
     if HAS_SCALE:
@@ -226,15 +312,27 @@ def launch_gemv(
 def _launch_row(
     x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, config: GemvConfig
 ) -> torch.Tensor:
-    """``launch_gemv`` for one row: ``_gemv_row_kernel``, one program per ``block_n`` outputs."""
+    """``launch_gemv`` for one row: ``_gemv_row_kernel`` (``_int8_row_kernel`` for int8), one
+    program per ``block_n`` outputs."""
     n, k = weight.shape
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     dummy = out  # never read when the HAS_ flag is off
+    if weight.dtype == torch.int8:
+        if config.block_k % 8:
+            raise ValueError(f"the int8 row kernel steps K by multiples of 8, not {config.block_k}")
+        _int8_row_kernel[(triton.cdiv(n, config.block_n),)](
+            x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
+            n, k, weight.stride(0),
+            HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
+            EVEN_N=n % config.block_n == 0, ASM=not INTERPRET and x.device.type == "cuda",
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+        return out
     _gemv_row_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
         n, k, weight.stride(0),
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
-        EVEN_N=n % config.block_n == 0, INT8=weight.dtype == torch.int8,
+        EVEN_N=n % config.block_n == 0,
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

@@ -18,6 +18,11 @@ import re
 from dataclasses import dataclass, replace
 
 MAX_ROWS = 16  # decode at batch <= 16; past that a GEMM (cuBLAS) is the right kernel
+# An int8 weight has no cuBLAS GEMM: past MAX_ROWS PyTorch dequantizes the whole weight per call
+# (reads 1 byte, writes and re-reads 2 per weight). Short prompts (<= 64 tokens) read it once
+# through the tl.dot tiles instead; run 17, H200, 45-token prompt: INT8 TTFT 28.2 ms against
+# bf16's 12.6 ms before.
+MAX_INT8_ROWS = 64
 DOT_MIN_ROWS = 5  # from here on tl.dot on 16-row tiles rather than the broadcast accumulator
 
 
@@ -57,15 +62,18 @@ TUNED: dict[tuple[str, int, int, int], str] = {
     ("float", 1, 27392, 4096): "n4k2048s1w4p1",  # 51.8 us (cuBLAS 62.3)
     ("float", 1, 4096, 13696): "n4k2048s1w4p1",  # 28.0 us (cuBLAS 31.7)
     ("float", 1, 65024, 4096): "n4k2048s1w4p1",  # 119.1 us (cuBLAS 131.5)
-    ("int8", 1, 4608, 4096): "n2k2048s1w4p1",  # 8.9 us
-    ("int8", 1, 4096, 4096): "n4k1024s1w4p1",  # 7.2 us
-    ("int8", 1, 27392, 4096): "n4k1024s1w4p1",  # 34.3 us
-    ("int8", 1, 4096, 13696): "n8k1024s1w4p1",  # 19.2 us
+    # int8 at M = 1: ``_int8_row_kernel`` (run 17, docs/bench-results/lab_int8.run17.h200.log; the
+    # run 15 kernel took 9.05 / 7.10 / 34.1 / 19.2 us)
+    ("int8", 1, 4608, 4096): "n4k2048s1w4p1",  # 7.01 us
+    ("int8", 1, 4096, 4096): "n4k2048s1w4p1",  # 6.53 us
+    ("int8", 1, 27392, 4096): "n8k1024s1w4p1",  # 29.5 us
+    ("int8", 1, 4096, 13696): "n8k2048s1w8p1",  # 16.3 us
 }
 
 
 def row_bucket(rows: int) -> int:
-    """Rows rounded up to a power of two (1, 2, 4, 8, 16): the batch sizes the decode graph pads to."""
+    """Rows rounded up to a power of two (1, 2, 4, 8, 16, and 32, 64 for int8 prompts): the batch
+    sizes the decode graph pads to."""
     return 1 << max(0, rows - 1).bit_length()
 
 
@@ -82,11 +90,13 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     (``rows x block_n x block_k / threads``) stay <= 64 per thread. Tall K (down_proj, 13696)
     adds split-K variants, which double the programs at the cost of a small float32 reduction.
     """
-    if rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
+    if rows > MAX_ROWS:  # int8 prompts: tl.dot on 32-64 row tiles, one read of the weight
+        base = [GemvConfig(32, 128), GemvConfig(64, 64), GemvConfig(16, 128), GemvConfig(32, 64, num_stages=4)]
+    elif rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
         base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4)]
-    elif rows == 1 and int8:  # run 15's sweep: 2-8 rows x 1-2 KiB per step, one stage, 4 warps
-        base = [GemvConfig(4, 1024, num_stages=1), GemvConfig(2, 2048, num_stages=1),
-                GemvConfig(8, 1024, num_stages=1), GemvConfig(4, 2048, num_warps=8, num_stages=1)]
+    elif rows == 1 and int8:  # run 17 lab (``_int8_row_kernel``): 4-8 rows x 1-2 KiB per step, one stage
+        base = [GemvConfig(4, 2048, num_stages=1), GemvConfig(8, 1024, num_stages=1),
+                GemvConfig(2, 2048, num_stages=1), GemvConfig(8, 2048, num_warps=8, num_stages=1)]
     elif rows == 1:  # run 15's sweep: 2-4 rows x 4-8 KiB per step beat cuBLAS on every 6B shape
         base = [GemvConfig(4, 2048, num_stages=1), GemvConfig(2, 4096, num_stages=1),
                 GemvConfig(1, 512, num_stages=1), GemvConfig(8, 1024, num_stages=1)]

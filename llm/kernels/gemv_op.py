@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.kernels.gemv_configs import (
+    MAX_INT8_ROWS,
     MAX_ROWS,
     TORCH,
     TUNED_CAPABILITY,
@@ -46,10 +47,12 @@ _broken: list[str] = []  # why the kernel was given up, once it failed
 
 
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``gemv_linear`` would run the Triton kernel for ``x`` (rows <= 16, CUDA 16-bit activations,
-    or any float dtype on CPU under Triton's interpreter) and ``weight`` (int8 or ``x``'s dtype)."""
+    """Whether ``gemv_linear`` would run the Triton kernel for ``x`` (rows <= 16, <= 64 with an int8
+    weight; CUDA 16-bit activations, or any float dtype on CPU under Triton's interpreter) and
+    ``weight`` (int8 or ``x``'s dtype)."""
     rows = x.numel() // max(1, x.shape[-1])
-    if not TRITON_AVAILABLE or _broken or not 0 < rows <= MAX_ROWS or weight.dim() != 2:
+    limit = MAX_INT8_ROWS if weight.dtype == torch.int8 else MAX_ROWS
+    if not TRITON_AVAILABLE or _broken or not 0 < rows <= limit or weight.dim() != 2:
         return False
     if weight.dtype not in (torch.int8, x.dtype) or weight.stride(-1) != 1 or weight.device != x.device:
         return False
@@ -91,7 +94,7 @@ def gemv_linear(
 def gemv_op(
     x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor], bias: Optional[torch.Tensor]  # noqa: UP045
 ) -> torch.Tensor:
-    """The op behind ``gemv_linear``: ``x`` is ``(M, K)``, M <= 16."""
+    """The op behind ``gemv_linear``: ``x`` is ``(M, K)``, M <= 16 (64 for an int8 weight)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     if not _broken:
