@@ -38,7 +38,7 @@ def test_native_folder_loads_quantized(kind: str, tiny_glm_dir: Path) -> None:
     llm_ = quantized_llm(tiny_glm_dir, kind)
     attn = llm_.model.model.layers[0].self_attn
     assert isinstance(attn.q_proj, LAYER[kind]) and isinstance(llm_.model.model.layers[1].mlp.down_proj, LAYER[kind])
-    assert type(llm_.model.lm_head) is torch.nn.Linear  # kept in full precision
+    assert type(llm_.model.lm_head) is WeightOnlyInt8Linear  # INT8 in both kinds, never INT4
     assert llm_.model.config.glmkb_weight_only["kind"] == kind
 
 

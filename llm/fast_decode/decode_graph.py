@@ -187,8 +187,8 @@ def compile_options(model: Any, gemv_kernel: GemvKernel = "auto") -> dict[str, A
     gpt-fast's setting). Without it the int weights would be dequantized to a full bf16 tensor
     every step, more bytes than bf16 itself. bf16 models keep the measured default (cuBLAS GEMV,
     docs/PERFORMANCE.md), and so do models whose weight-only layers all run a kernel of their
-    own (INT4 on torch's tinygemm, ``llm.int4_tinygemm``; INT8 on the Triton GEMV,
-    ``llm.kernels``), where the only full-precision GEMV left is the bf16 LM head.
+    own (INT4 on torch's tinygemm, ``llm.int4_tinygemm``; INT8, the LM head included, on the
+    Triton GEMV, ``llm.kernels``).
     """
     if getattr(model.config, "glmkb_weight_only", None) and _some_layer_dequantizes(model, gemv_kernel):
         return {"coordinate_descent_tuning": True}
