@@ -153,6 +153,16 @@ def _split_reduce_kernel(
 
 
 @triton.jit
+def _store_row(y, rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A one-row kernel's epilogue: ``y`` (float32 per output) times scale, plus bias, stored."""
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
 def _gemv_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
@@ -177,12 +187,7 @@ def _gemv_row_kernel(
         w = _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K, EVEN_N)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=1)
-    if HAS_SCALE:
-        y = y * tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    _store_row(tl.sum(acc, axis=1), rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE, HAS_BIAS)
 
 
 @triton.jit
@@ -257,12 +262,7 @@ def _int8_row_kernel(
             w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
         acc += _int8_run_sums(w, x, ASM, BLOCK_N, BLOCK_K, VEC)
         w_ptrs += BLOCK_K
-    y = tl.sum(acc, axis=1)
-    if HAS_SCALE:
-        y = y * tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    _store_row(tl.sum(acc, axis=1), rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE, HAS_BIAS)
 
 
 def launch_gemv(
