@@ -209,11 +209,13 @@ def sweep_int8(x: torch.Tensor, n: int, k: int, *, name: str, bandwidth: float) 
     return sweep(f"{name} int8", options, nbytes=n * k + n * 2, bandwidth=bandwidth)
 
 
-def quantized(n: int, k: int, *, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantized(n: int, k: int, *, device: str, packed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random ``(n, k)`` weight in glmkb's INT4: ``(q, scales, zeros)``, q packed two per byte
+    (``packed``) or one value per byte; bf16 scales and zeros."""
     from llm.quantization import pack_int4, quantize_int4
 
     q, s, z = quantize_int4(torch.randn(n, k, device=device) * 0.02, group_size=GROUP)
-    return pack_int4(q), s.to(torch.bfloat16).contiguous(), z.to(torch.bfloat16).contiguous()
+    return pack_int4(q) if packed else q, s.to(torch.bfloat16).contiguous(), z.to(torch.bfloat16).contiguous()
 
 
 def sweep_int4(*, form: str, n: int, k: int, name: str, bandwidth: float) -> dict[str, Any]:

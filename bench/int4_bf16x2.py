@@ -31,9 +31,9 @@ import triton
 import triton.language as tl
 
 from bench.common import parser, write_result
+from bench.gemv_sweep import GROUP, copies, quantized, sweep
 
 SHAPES = {"qkv": (4608, 4096), "o_proj": (4096, 4096), "gate_up": (27392, 4096)}
-GROUP = 128
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -137,13 +137,6 @@ def run(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, pairs: torch
     return out
 
 
-def quantized(n: int, k: int, *, device: str) -> tuple[torch.Tensor, ...]:
-    from llm.quantization import quantize_int4
-
-    q, s, z = quantize_int4(torch.randn(n, k, device=device) * 0.02, group_size=GROUP)
-    return q, s.to(torch.bfloat16).contiguous(), z.to(torch.bfloat16).contiguous()
-
-
 CONFIGS = list(itertools.product((4, 8, 16), (64, 128, 256), (4, 8)))  # rows, words per step, warps
 
 
@@ -153,7 +146,7 @@ def check() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for n, k in ((32, 512), (48, 1024)):
-        q, s, z = quantized(n, k, device="cpu")
+        q, s, z = quantized(n, k, device="cpu", packed=False)
         x = torch.randn(1, k).to(torch.bfloat16)
         ref = x.float() @ _dequantize(q, s, z, group_size=GROUP, dtype=torch.float32).T
         buffers = [t.to(device) for t in (pack_words(q), s, pack_zero_pairs(z))]
@@ -171,13 +164,12 @@ def main() -> None:
         check()
         return
     from bench.gemv import copy_bandwidth, nbytes
-    from bench.gemv_sweep import copies, sweep
     from llm import int4_tinygemm as tinygemm
 
     bandwidth = copy_bandwidth("cuda")
     result: dict[str, Any] = {"copy_bandwidth": bandwidth, "shapes": {}}
     for name, (n, k) in SHAPES.items():
-        q, s, z = quantized(n, k, device="cuda")
+        q, s, z = quantized(n, k, device="cuda", packed=False)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         ours = (pack_words(q), s, pack_zero_pairs(z))
         theirs = (tinygemm.pack_weight(q, inner_tiles=tinygemm.inner_k_tiles(k)),
