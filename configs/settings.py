@@ -88,7 +88,8 @@ class LLMSettings(_Section):
         "none",
         description=(
             "Weight quantization: int8 / int4 are glmkb's weight-only layers (any device, fast path on "
-            "CUDA, original ChatGLM folders too); 8bit / 4bit are bitsandbytes (CUDA only)."
+            "CUDA, original ChatGLM folders too; the LM head is INT8 in both); 8bit / 4bit are "
+            "bitsandbytes (CUDA only)."
         ),
     )
     quantization_group_size: Literal[32, 64, 128] = Field(
