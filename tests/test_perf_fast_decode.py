@@ -341,6 +341,37 @@ def test_fast_stream_is_the_same_text_and_batch_the_same_answers(fresh_llm: Chat
     assert fd.fast_decode_state(fresh_llm.model).graphs
 
 
+def test_streamed_decode_keeps_the_next_step_queued_while_a_token_is_handed_on(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: with a streamer the graph loop launched step k and then waited for step k, so
+    the GPU idled for the host's whole turn at every token (only the non-streamed path kept a
+    step queued). Every token after the first must be handed on with the next step launched."""
+    events: list[tuple[str, int]] = []
+    real_step = llm.fast_decode.decode_graph.decode_step
+
+    def recorded_step(g: Any) -> None:
+        real_step(g)
+        events.append(("launch", sum(1 for e in events if e[0] == "launch") + 1))
+
+    class Recorder:
+        def put(self, value: torch.Tensor) -> None:
+            events.append(("put", sum(1 for e in events if e[0] == "put")))
+
+        def end(self) -> None:
+            pass
+
+    monkeypatch.setattr(llm.fast_decode.decode_graph, "decode_step", recorded_step)
+    kwargs = fresh_llm._generate_kwargs([QUESTION], {"max_new_tokens": 8, "min_new_tokens": 8})
+    run_generate(fresh_llm.model, {**kwargs, "streamer": Recorder()}, fast_decode=ON_CPU)
+    puts = [i for i, e in enumerate(events) if e[0] == "put"][1:]  # the first put is the prompt
+    launches = {step: i for i, (kind, step) in enumerate(events) if kind == "launch"}
+    assert len(puts) == 8 and len(launches) == 7
+    for token, at in enumerate(puts):
+        if 0 < token < 7:  # token 0 comes from the prompt pass; token 7 has no step after it
+            assert launches[token + 1] < at, f"token {token} handed on before step {token + 1} was launched"
+
+
 def test_closing_a_fast_stream_stops_generation(fresh_llm: ChatGLM) -> None:
     kwargs = fresh_llm._generate_kwargs([QUESTION], {"max_new_tokens": 500, "min_new_tokens": 500})
     prompt = kwargs["input_ids"].shape[1]
