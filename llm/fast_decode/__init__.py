@@ -69,6 +69,7 @@ from llm.fast_decode.static_cache import (
     call_supports_fast_decode,
     with_fast_decode,
 )
+from llm.kernels.pdl import pdl_launches
 
 __all__ = [
     "DECODE_ATTENTION",
@@ -124,6 +125,12 @@ def fast_generate(
     greedy/sampled calls, else generate with the reused static cache and compiled step
     (``with_fast_decode``). A graph that cannot be built turns the graph loop off for this model,
     with one warning. Run on the model's worker thread, under ``torch.inference_mode``."""
+    with pdl_launches(options.pdl):
+        return _fast_generate(model, kwargs, cancel_types=cancel_types, options=options)
+
+
+def _fast_generate(model: Any, kwargs: dict[str, Any], *, cancel_types: tuple[type, ...],
+                   options: FastDecodeOptions) -> Any:
     state = fast_decode_state(model)
     if (
         DECODE_GRAPH not in state.off

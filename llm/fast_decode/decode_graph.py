@@ -32,6 +32,7 @@ from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
+from llm.kernels.pdl import launch_pdl
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def build_decode_graph(
     packed: bool = True,
     gemv_kernel: GemvKernel = "auto",
     fused_rope: bool = True,
+    pdl: bool = True,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -157,7 +159,7 @@ def build_decode_graph(
     g.cur.fill_(1)
     raise_recompile_limit()
     try:
-        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model, gemv_kernel))
+        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model, gemv_kernel, pdl=pdl))
         g.forward = compiled
         _warm_steps(g)
     except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
@@ -179,7 +181,7 @@ def build_decode_graph(
     return g
 
 
-def compile_options(model: Any, gemv_kernel: GemvKernel = "auto") -> dict[str, Any] | None:
+def compile_options(model: Any, gemv_kernel: GemvKernel = "auto", *, pdl: bool = False) -> dict[str, Any] | None:
     """Inductor options of the decode step's compile.
 
     Weight-only INT8/INT4 models (``llm.quantization``) whose layers dequantize in PyTorch:
@@ -190,10 +192,22 @@ def compile_options(model: Any, gemv_kernel: GemvKernel = "auto") -> dict[str, A
     docs/PERFORMANCE.md), and so do models whose weight-only layers all run a kernel of their
     own (INT4 on torch's tinygemm, ``llm.int4_tinygemm``; INT8, the LM head included, on the
     Triton GEMV, ``llm.kernels``).
+
+    ``pdl``: Inductor's kernels launched with programmatic dependent launch too, where this torch
+    has the option and the GPU is a Hopper or later (``llm.kernels.pdl``).
     """
+    options: dict[str, Any] = {}
     if getattr(model.config, "glmkb_weight_only", None) and _some_layer_dequantizes(model, gemv_kernel):
-        return {"coordinate_descent_tuning": True}
-    return None
+        options["coordinate_descent_tuning"] = True
+    if pdl and _inductor_has_pdl() and launch_pdl(model.device):
+        options["triton.enable_pdl"] = True
+    return options or None
+
+
+def _inductor_has_pdl() -> bool:
+    import torch._inductor.config as inductor
+
+    return hasattr(inductor.triton, "enable_pdl")
 
 
 def _some_layer_dequantizes(model: Any, gemv_kernel: GemvKernel) -> bool:
@@ -240,12 +254,12 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.gemv_kernel)
+                options.pdl, options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
                                packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
-                               fused_rope=options.fused_rope)
+                               fused_rope=options.fused_rope, pdl=options.pdl)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

@@ -46,6 +46,11 @@ class FastDecodeOptions(BaseModel):
     """Decode step's linear layers at <= 16 rows: "auto" / "triton" = INT8 and bf16 layers on the
     Triton GEMV (``llm.kernels``; per shape cuBLAS where it is faster); "torch" = both in PyTorch
     (``gemv_route``). The bench flips it to compare kernels in the real decode graph."""
+    pdl: bool = True
+    """CUDA graphs on Hopper and later: programmatic dependent launch, each kernel of a step
+    placed on the GPU while the one before it finishes (``llm.kernels.pdl``): glmkb's Triton
+    kernels and, where this torch's Inductor has ``triton.enable_pdl``, Inductor's. The bench
+    flips it to measure it."""
     on_cpu: bool = False
     """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
     bucketed_prefill_on_cpu: bool = False

@@ -39,6 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
+from llm.kernels.grid_dependency import wait_for_inputs
+from llm.kernels.pdl import launch_pdl
+
 MIN_DOT_ROWS = 16  # tl.dot's smallest M
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # as Triton read it when imported above
 
@@ -153,10 +156,12 @@ def _flash_decode_split(
     stride_mb, stride_ml,
     MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, SKIP: tl.constexpr, FUSED: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """MASK: 0 none, 1 boolean (as uint8, nonzero = attend), 2 additive float. DIRECT: one slice,
     write the normalised output to ``out_ptr`` instead of partials. FUSED: the last slice of a
     (row, K/V head) to finish combines its partials (``ticket_ptr``: one zeroed int32 each)."""
+    wait_for_inputs(PDL)
     pid_bh = tl.program_id(0)  # row * KV + K/V head
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
@@ -240,7 +245,8 @@ def _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, SPLITS, rg, rd, g_
 
 @triton.jit
 def _flash_decode_combine(m_ptr, l_ptr, acc_ptr, out_ptr, G, SPLITS, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
-                          D: tl.constexpr):
+                          D: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     pid = tl.program_id(0)  # (row * KV + K/V head) * G + group member == row * H + query head
     bh = pid // G
     g = pid % G
@@ -302,6 +308,7 @@ def launch_decode_attention(
         l_part = torch.empty_like(m_part)
         acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=query.device)
     block_s = triton.next_power_of_2(splits)
+    pdl = launch_pdl(query.device)
     _flash_decode_split[(batch * kv_heads, splits)](
         q, key, value, m2, m_part, l_part, acc_part, out, ticket if ticket is not None else out,
         kv_heads, groups, length, per_split, scale,
@@ -311,12 +318,12 @@ def launch_decode_attention(
         m2.stride(0) if mask is not None and m2.shape[0] > 1 else 0, m2.stride(-1) if mask is not None else 0,
         MASK=kind, DIRECT=direct, DOT_F32=INTERPRET or query.dtype == torch.float32, SKIP=config.skip,
         FUSED=ticket is not None, BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l,
-        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s), PDL=pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if not direct and ticket is None:
         _flash_decode_combine[(batch * heads,)](
             m_part, l_part, acc_part, out, groups, splits,
-            BLOCK_S=block_s, CHUNK=min(16, block_s), D=dim, num_warps=4,
+            BLOCK_S=block_s, CHUNK=min(16, block_s), D=dim, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
     return out

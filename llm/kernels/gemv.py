@@ -39,6 +39,8 @@ import triton
 import triton.language as tl
 
 from llm.kernels.gemv_configs import DOT_MIN_ROWS, GemvConfig
+from llm.kernels.grid_dependency import wait_for_inputs
+from llm.kernels.pdl import launch_pdl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter runs no inline assembly
 
@@ -83,8 +85,9 @@ def _gemv_kernel(
     stride_xm, stride_wn, stride_om, stride_os,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
     EVEN_N: tl.constexpr, USE_DOT: tl.constexpr, INT8: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_inputs(PDL)
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -137,8 +140,9 @@ def _gemv_kernel(
 @triton.jit
 def _split_reduce_kernel(
     part_ptr, scale_ptr, bias_ptr, out_ptr, N, stride_ps, stride_pm, stride_om,
-    SPLIT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_inputs(PDL)
     row = tl.program_id(1)
     rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = rn < N
@@ -166,7 +170,7 @@ def _store_row(y, rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE: tl.constexp
 def _gemv_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x (M = 1, the single-user decode step) against a float weight: x is loaded as a 1-D vector and
     broadcast over the weight tile in the tile's own layout. Loaded as a ``(1, BLOCK_K)`` tile as
@@ -177,6 +181,7 @@ def _gemv_row_kernel(
     n_ok = rn < N
     rk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
+    wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         k_ok = (k + rk) < K
@@ -224,7 +229,7 @@ def _int8_run_sums(w, x, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 def _int8_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x against an int8 weight. Two differences from ``_gemv_row_kernel``, each
     measured (run 17 lab, H200, M = 1; q/k/v, o_proj, gate_up: 9.05 / 7.10 / 34.1 us -> 7.07 /
@@ -248,6 +253,7 @@ def _int8_row_kernel(
     r = tl.arange(0, BLOCK_K)
     rk = (r // VEC) * VEC + r % VEC  # == r; contiguity provable over VEC only (see above)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
+    wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K // VEC), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         if EVEN_K:
@@ -290,21 +296,23 @@ def launch_gemv(
     target = out if split == 1 else torch.empty((split, rows, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, config.block_n), split)
     dummy = out  # never read when the HAS_ flag is off
+    pdl = launch_pdl(x.device)
     _gemv_kernel[grid](
         x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, target,
         rows, n, k, per_split,
         x.stride(0), weight.stride(0), target.stride(-2), target.stride(0) if split > 1 else 0,
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, PARTIAL=split > 1,
         EVEN_K=k % block_k == 0, EVEN_N=n % config.block_n == 0, USE_DOT=dot, INT8=weight.dtype == torch.int8,
-        BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=block_k,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, PDL=pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if split > 1:
         block = 1024
         _split_reduce_kernel[(triton.cdiv(n, block), rows)](
             target, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
             n, target.stride(0), target.stride(1), out.stride(0),
-            SPLIT=split, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+            SPLIT=split, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, BLOCK=block, PDL=pdl,
+            num_warps=4, launch_pdl=pdl,
         )
     return out
 
@@ -317,6 +325,7 @@ def _launch_row(
     n, k = weight.shape
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     dummy = out  # never read when the HAS_ flag is off
+    pdl = launch_pdl(x.device)
     if weight.dtype == torch.int8:
         if config.block_k % 8:
             raise ValueError(f"the int8 row kernel steps K by multiples of 8, not {config.block_k}")
@@ -325,14 +334,16 @@ def _launch_row(
             n, k, weight.stride(0),
             HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
             EVEN_N=n % config.block_n == 0, ASM=not INTERPRET and x.device.type == "cuda",
-            BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
+            num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
         )
         return out
     _gemv_row_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
         n, k, weight.stride(0),
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
-        EVEN_N=n % config.block_n == 0,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        PDL=pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     return out

@@ -23,6 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from llm.kernels.grid_dependency import wait_for_inputs
+from llm.kernels.pdl import launch_pdl
+
 
 @triton.jit
 def _rope_cache_kernel(
@@ -30,8 +33,9 @@ def _rope_cache_kernel(
     stride_qkv, stride_cos, stride_sin,
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, ROT_PAIRS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_for_inputs(PDL)
     row = tl.program_id(0)
     head = tl.program_id(1)  # q heads, then k heads, then v heads, as the fused projection lays them out
     i = tl.arange(0, BLOCK)  # pair index: dims 2i and 2i + 1
@@ -81,12 +85,13 @@ def launch_rope_cache_write(
     kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
     q = torch.empty((batch, heads, 1, dim), dtype=qkv.dtype, device=qkv.device)
     half = dim // 2
+    pdl = launch_pdl(qkv.device)
     _rope_cache_kernel[(batch, heads + 2 * kv_heads)](
         qkv, cos, sin, slot, length, q, k_cache, v_cache,
         qkv.stride(0), cos.stride(0), sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         HEADS=heads, KV_HEADS=kv_heads, HALF=half, ROT_PAIRS=cos.shape[-1] // 2,
-        BLOCK=triton.next_power_of_2(half), num_warps=1,
+        BLOCK=triton.next_power_of_2(half), PDL=pdl, num_warps=1, launch_pdl=pdl,
     )
     return q
