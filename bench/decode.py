@@ -273,13 +273,23 @@ def bench_quantization(
     return {"group_size": group_size, "quality_tokens": quality_tokens, "new_tokens": new_tokens, "rows": rows}
 
 
+def ablation_variants(args: Any, options: Any) -> dict[str, Any]:
+    """``--rope-ablation`` / ``--pdl-ablation``: the options each variant of a row is timed with."""
+    variants = {}
+    if args.rope_ablation:
+        variants["fused_rope_off"] = options.model_copy(update={"fused_rope": False})
+    if args.pdl_ablation:
+        variants["pdl_off"] = options.model_copy(update={"pdl": False})
+    return variants
+
+
 def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, tokenizer: Any, options: Any) -> None:
     """``--quantization``: the INT8/INT4/bf16 table (``quant_<shape>.json``)."""
     result = {"shape": shape, "device": device, "dtype": str(dtype)}
     result["quantization"] = bench_quantization(
         shape, args.quantization, device=device, dtype=dtype, tokenizer=tokenizer, new_tokens=args.new_tokens,
         repeat=args.repeat, options=options, group_size=args.group_size,
-        variants={"fused_rope_off": options.model_copy(update={"fused_rope": False})} if args.rope_ablation else None,
+        variants=ablation_variants(args, options) or None,
     )
     result["gemv_kernel"] = options.gemv_kernel
     suffix = "" if options.gemv_kernel == "auto" else f"_gemv-{options.gemv_kernel}"
@@ -368,6 +378,8 @@ def main() -> None:
                    help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
     p.add_argument("--rope-ablation", action="store_true",
                    help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")
+    p.add_argument("--pdl-ablation", action="store_true",
+                   help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
     p.add_argument("--gemv-kernel", choices=("auto", "triton", "torch"), default="auto",
                    help="FastDecodeOptions.gemv_kernel: the decode step's GEMVs (auto: Triton for INT8, cuBLAS for bf16)")

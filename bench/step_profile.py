@@ -89,7 +89,8 @@ def profile_graph(graph: Any, *, replays: int) -> Any:
 
 
 def profile_kind(
-    kind: str, *, shape: str, tokenizer: Any, replays: int, group_size: int, gemv_kernel: str = "auto"
+    kind: str, *, shape: str, tokenizer: Any, replays: int, group_size: int, gemv_kernel: str = "auto",
+    pdl: bool = True,
 ) -> dict[str, Any]:
     from bench.decode import build_model, free_model, layer_kernels
     from llm import ChatGLM
@@ -99,7 +100,7 @@ def profile_kind(
     model = build_model(shape, device="cuda", dtype=torch.bfloat16, tokenizer=tokenizer, kind=kind,
                         group_size=group_size)
     llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=32,
-                  fast_decode_options=FastDecodeOptions(gemv_kernel=gemv_kernel))
+                  fast_decode_options=FastDecodeOptions(gemv_kernel=gemv_kernel, pdl=pdl))
     for _ in llm.stream(QUESTION, min_new_tokens=32):
         pass
     graphs = [g for g in fast_decode_state(model).graphs.values() if getattr(g, "graph", None) is not None]
@@ -120,7 +121,7 @@ def profile_kind(
         by_category[r["category"]]["us"] += r["us_per_step"]
         by_category[r["category"]]["kernels"] += r["per_step"]
     kernels_us = sum(r["us_per_step"] for r in rows)
-    result = {"kind": kind, "gemv_kernel": gemv_kernel, "layer_kernels": layer_kernels(model), "step_us": step_s * 1e6,
+    result = {"kind": kind, "gemv_kernel": gemv_kernel, "pdl": pdl, "layer_kernels": layer_kernels(model), "step_us": step_s * 1e6,
               "kernels_us": kernels_us, "gaps_us": step_s * 1e6 - kernels_us,
               "kernels_per_step": sum(r["per_step"] for r in rows), "by_category": dict(by_category), "kernels": rows,
               "launches": launches[:40], "gemv_configs": chosen_configs()}
@@ -136,6 +137,8 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--gemv-kernel", nargs="+", default=["auto"], choices=("auto", "triton", "torch"),
                    help="FastDecodeOptions.gemv_kernel: one profile per kind and value")
+    p.add_argument("--pdl", nargs="+", default=["on"], choices=("on", "off"),
+                   help="FastDecodeOptions.pdl (programmatic dependent launch): one profile per kind and value")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("step_profile: no CUDA device, nothing to profile (the decode graph is CUDA-only)")
@@ -144,10 +147,11 @@ def main() -> None:
 
     tokenizer = char_tokenizer(SHAPES[args.shape]["vocab_size"])
     result: dict[str, Any] = {"shape": args.shape, "replays": args.replays, "kinds": {}}
-    for kind, gemv_kernel in [(k, g) for k in args.kinds for g in args.gemv_kernel]:
+    for kind, gemv_kernel, pdl in [(k, g, d) for k in args.kinds for g in args.gemv_kernel for d in args.pdl]:
         r = profile_kind(kind, shape=args.shape, tokenizer=tokenizer, replays=args.replays, group_size=args.group_size,
-                         gemv_kernel=gemv_kernel)
+                         gemv_kernel=gemv_kernel, pdl=pdl == "on")
         kind = kind if gemv_kernel == "auto" else f"{kind}/gemv-{gemv_kernel}"
+        kind = kind if pdl == "on" else f"{kind}/pdl-off"
         result["kinds"][kind] = r
         write_result(args.out, f"step_profile_{args.shape}", result)
         if "error" in r:
