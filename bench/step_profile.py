@@ -11,6 +11,11 @@ step and a duration, and the step's wall time minus the kernels' sum is the laun
 Per kind: ChatGLM3-6B shape, one warmed ``ChatGLM.stream`` (which captures the graph), then
 ``--replays`` replays of the step profiled; kernels grouped by name, sorted by time per step,
 and summed per category (GEMV, attention, Inductor reductions / pointwise, other).
+
+With programmatic dependent launch (``FastDecodeOptions.pdl``, the default on Hopper) a kernel's
+recorded duration includes the time its programs waited after an early start, so per-kernel
+times overlap and the gaps come out negative: read kernel times from ``--pdl off``; the step
+time is right either way.
 """
 
 from __future__ import annotations
