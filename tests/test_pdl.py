@@ -103,3 +103,25 @@ def test_every_pdl_kernel_waits_before_it_touches_memory_and_signals_after(index
             continue
         assert 0 <= wait < signal, f"{name}: launch_dependents must follow the wait"
         assert memory and min(memory) > wait, f"{name}: memory touched before griddepcontrol.wait"
+
+
+@pytest.mark.parametrize("pdl", [True, False])
+def test_fast_generate_launches_with_the_pdl_option_it_is_given(pdl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FastDecodeOptions.pdl`` reaches every launch of the call (graph build, capture, prompt
+    pass) on the worker thread, and is undone afterwards."""
+    import llm.fast_decode as fd
+    import llm.kernels.pdl as pdl_module
+
+    monkeypatch.setattr(pdl_module, "_pdl_supported", lambda index: True)
+    seen: list[bool] = []
+
+    def fake_graph_generate(model: Any, kwargs: dict[str, Any], **_: Any) -> str:
+        seen.append(launch_pdl(torch.device("cuda", 0)))
+        return "generated"
+
+    monkeypatch.setattr(fd, "graph_generate", fake_graph_generate)
+    monkeypatch.setattr(fd, "call_supports_fast_decode", lambda kwargs: True)
+    monkeypatch.setattr(fd, "graph_call_supported", lambda kwargs, types: True)
+    model = torch.nn.Linear(2, 2)
+    assert fd.fast_generate(model, {}, cancel_types=(), options=fd.FastDecodeOptions(pdl=pdl)) == "generated"
+    assert seen == [pdl] and launch_pdl(torch.device("cuda", 0))
