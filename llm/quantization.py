@@ -269,7 +269,12 @@ def quantize_model_(
 
 
 def _is_head(name: str) -> bool:
-    return name == HEAD_NAME or name.endswith("." + HEAD_NAME)
+    return _named(name, HEAD_NAME)
+
+
+def _named(name: str, short: str) -> bool:
+    """Whether module ``name`` is ``short`` or ends in ``.short`` (``lm_head``, ``model.lm_head``)."""
+    return name == short or name.endswith("." + short)
 
 
 def _linear_layers(model: nn.Module, *, skip: tuple[str, ...], head: str | None) -> list[tuple[str, nn.Linear]]:
@@ -279,7 +284,7 @@ def _linear_layers(model: nn.Module, *, skip: tuple[str, ...], head: str | None)
     tied = getattr(embeddings, "weight", None)
     layers = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or any(name == s or name.endswith("." + s) for s in skip):
+        if not isinstance(module, nn.Linear) or any(_named(name, s) for s in skip):
             continue
         if _is_head(name) and (head is None or (tied is not None and module.weight is tied)):
             continue

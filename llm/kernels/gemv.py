@@ -342,8 +342,7 @@ def _launch_row(
         x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
         n, k, weight.stride(0),
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
-        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        PDL=pdl,
+        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
         num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     return out
