@@ -264,6 +264,7 @@ def bench_quantization(
             stream_once(other, QUESTION, **force)  # build + warm
             runs = [stream_once(other, QUESTION, **force) for _ in range(repeat)]
             row[f"stream_tok_s_{label}"] = new_tokens / median_of(runs, "total_s")
+            row[f"stream_ttft_s_{label}"] = median_of(runs, "ttft_s")
             del other
         rows[kind] = row
         del llm, model
@@ -304,7 +305,8 @@ def run_quantization(args: Any, *, shape: str, device: str, dtype: torch.dtype, 
                 ("kind", "weight GiB", "tok/s", "x bf16", "TTFT ms", "logits rel err", "top-1 agree", "fast path",
                  "kernel"))
     for kind, r in result["quantization"]["rows"].items():
-        other = {k: round(v, 1) for k, v in r.items() if k.startswith("stream_tok_s_")}
+        other = {k: round(v * (1e3 if "ttft" in k else 1), 1) for k, v in r.items()
+                 if k.startswith(("stream_tok_s_", "stream_ttft_s_"))}
         if other:
             print(f"{kind}: {r['stream_tok_s']:.1f} tok/s; variants {other}", flush=True)
 

@@ -31,6 +31,7 @@ from torch import nn
 from configs.errors import BadInput
 from llm import int4_tinygemm as tinygemm
 from llm.kernels import KERNELS, gemv_applies, gemv_linear
+from llm.kernels.int8_cast_op import int8_weight_as
 
 WEIGHT_ONLY = ("int8", "int4")
 DEFAULT_GROUP_SIZE = 128
@@ -60,7 +61,8 @@ class WeightOnlyInt8Linear(nn.Module):
         if self.kernel == "triton" and gemv_applies(x, self.weight):
             return gemv_linear(x, self.weight, scales=self.scales, bias=self.bias)
         # Scaling the output rather than the weight: one multiply per output, not per weight.
-        y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        weight = int8_weight_as(self.weight, x.dtype) if self.kernel == "triton" else self.weight.to(x.dtype)
+        y = F.linear(x, weight) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -35,6 +35,7 @@ from llm.kernels.gemv_configs import (
     tuned,
     weight_kind,
 )
+from llm.kernels.int8_cast_op import int8_weight_as
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def reference_gemv(
     bias fused), the int8 layer's former forward for int8; the fallback and a tuning candidate."""
     if scales is None:
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    y = F.linear(x, weight.to(x.dtype))
+    y = F.linear(x, int8_weight_as(weight, x.dtype) if weight.dtype == torch.int8 else weight.to(x.dtype))
     if scales is not None:
         y = y * scales.to(x.dtype)
     return y if bias is None else y + bias.to(x.dtype)
