@@ -1,0 +1,41 @@
+"""``int4pack_dequantized``: a tinygemm-packed INT4 weight as bf16, by ``llm.kernels.int4_dequant``.
+
+For INT4 prompt passes (``llm.quantization``, more than ``MAX_TINYGEMM_ROWS`` rows). Where the
+kernel does not apply (no Triton, a kernel that failed once) the caller keeps tinygemm: that
+path is slow for long prompts but exact, and tinygemm itself only exists on CUDA.
+"""
+
+import logging
+from importlib.util import find_spec
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRITON_AVAILABLE = find_spec("triton") is not None
+MAX_TINYGEMM_ROWS = 16  # past this, dequantize + cuBLAS beats tinygemm (run 19, H200: 0.13 vs 0.50 ms at 64 rows)
+
+_broken: list[str] = []
+
+
+def int4pack_dequant_applies(packed: torch.Tensor, rows: int) -> bool:
+    """Whether a tinygemm layer's call of ``rows`` rows should dequantize instead (CUDA, Triton,
+    not under ``torch.compile``, past ``MAX_TINYGEMM_ROWS``)."""
+    return (TRITON_AVAILABLE and not _broken and rows > MAX_TINYGEMM_ROWS and packed.device.type == "cuda"
+            and packed.dtype == torch.int32 and packed.dim() == 4 and not torch.compiler.is_compiling())
+
+
+def int4pack_dequantized(
+    packed: torch.Tensor, scales_and_zeros: torch.Tensor, *, out_features: int, in_features: int, group_size: int,
+) -> torch.Tensor | None:
+    """The bf16 ``[out_features, in_features]`` weight, or None where the kernel failed (once, with a warning)."""
+    try:
+        from llm.kernels.int4_dequant import launch_int4pack_dequant
+
+        inner = packed.shape[-1] * 2
+        return launch_int4pack_dequant(packed.contiguous(), scales_and_zeros.contiguous(), out_features=out_features,
+                                       in_features=in_features, group_size=group_size, inner_k_tiles=inner)
+    except Exception as e:  # Triton too old, an odd GPU: tinygemm from now on
+        _broken.append(f"{type(e).__name__}: {e}")
+        logger.warning("the INT4 dequantization kernel failed, INT4 prompts stay on tinygemm: %s", _broken[0])
+        return None
