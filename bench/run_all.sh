@@ -11,7 +11,8 @@
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading),
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
-# 256 new tokens: aggregate tok/s, p50/p95 TTFT), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
+# 256 new tokens: aggregate tok/s, p50/p95 TTFT), prefill6b (captured prompt pass at 128/512/1024 tokens, bf16 / INT8 /
+# INT4, and its kernels; ~3 min cold), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:
 # cuBLAS, compiled and Triton bf16, compiled and Triton INT8, INT4 compiled and tinygemm; us, GB/s,
 # share of copy bandwidth, every Triton config swept; gemv.json + gemv.md; ~5-8 min cold), quant6b_triton (quant6b's bf16
@@ -48,7 +49,7 @@ log "sections: $sections"
 "$PY" -c "import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')" 2>&1 | tee -a "$OUT/log"
 for s in $sections; do
   case $s in
-    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_gemv.py tests/test_decode_attention.py tests/test_rope_cache.py tests/test_fast_decode_sampling.py -q -x -p no:cacheprovider ;;
+    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_gemv.py tests/test_decode_attention.py tests/test_rope_cache.py tests/test_fast_decode_sampling.py tests/test_int8_cast.py tests/test_int4_dequant.py -q -x -p no:cacheprovider ;;
     ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
@@ -61,6 +62,7 @@ for s in $sections; do
     quant6b_triton) run ${T_QUANT6B:-330} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
     quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;
+    prefill6b) run ${T_PREFILL6B:-300} prefill6b "$PY" -m bench.prefill --shape chatglm3-6b ;;
     decattn)  run ${T_DECATTN:-600} decattn "$PY" -m bench.decode_attention ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
     adapters6b)  # the CUDA test of a P-tuning prefix on the decode graph, then ChatGLM3-6B shape: decode with a 128-token
