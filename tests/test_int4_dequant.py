@@ -1,7 +1,7 @@
 """INT4 prompt passes: tinygemm's packed weight dequantized by one kernel (``llm.kernels.int4_dequant``).
 
 Regression: tinygemm's time grows linearly with the rows, so an INT4 prompt pass of 1024 tokens
-took 409 ms on the H200 against 27 ms in bf16 (run 19). Past 16 rows the layer now dequantizes
+took 409 ms on the H200 against 27 ms in bf16 (run 19). Past 48 rows the layer now dequantizes
 its packed weight and runs one GEMM. On CPU the kernel runs under Triton's interpreter against a
 packing written from torch's ``_convert_weight_to_int4pack`` source (the op itself is CUDA-only);
 the GPU tests check it against the op's own packing and against tinygemm's products.
