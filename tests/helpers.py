@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,30 @@ def searches_during_builds(kb: Any, search: Callable[[], object], excerpts: dict
     if errors:
         raise errors[0]
     return searches
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # this process is the interpreter's (see below)
+
+
+def interpreted_marker() -> Any:
+    """``@interpreted`` for a kernel file's ``test_interpreted_*``: they run only in the subprocess
+    ``assert_interpreted_tests_pass`` starts."""
+    import pytest
+
+    return pytest.mark.skipif(not INTERPRETED or find_spec("triton") is None,
+                              reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)")
+
+
+def assert_interpreted_tests_pass(test_file: str) -> None:
+    """Run ``test_file``'s ``test_interpreted_*`` under Triton's interpreter (``TRITON_INTERPRET=1``,
+    read when Triton is imported, hence a subprocess) and assert that they all ran and passed."""
+    import pytest
+
+    if find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    done = run_under_triton_interpreter("-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
+    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
+        done.stdout[-4000:] + done.stderr[-2000:]
 
 
 def run_under_triton_interpreter(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ output cast. Compiled GPU kernels run in ``bench/decode_attention.py``'s checks.
 
 from __future__ import annotations
 
-import os
 import types
 from importlib.util import find_spec
 from pathlib import Path
@@ -21,14 +20,10 @@ import torch
 
 import llm.kernels.decode_attention_op as op_module
 from llm.kernels import attention_applies, flash_decode, reference_decode_attention
-from tests.helpers import count_calls, run_under_triton_interpreter
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_triton = pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
-interpreted = pytest.mark.skipif(
-    not INTERPRETED or find_spec("triton") is None,
-    reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)",
-)
+interpreted = interpreted_marker()
 
 
 def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -80,9 +75,7 @@ def close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines run the compiled kernel (bench.decode_attention)")
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    done = run_under_triton_interpreter("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
-    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
-        done.stdout[-4000:] + done.stderr[-2000:]
+    assert_interpreted_tests_pass(__file__)
 
 
 @interpreted

@@ -9,19 +9,14 @@ the GPU tests check it against the op's own packing and against tinygemm's produ
 
 from __future__ import annotations
 
-import os
 from importlib.util import find_spec
 
 import pytest
 import torch
 
-from tests.helpers import count_calls, run_under_triton_interpreter
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(
-    not INTERPRETED or find_spec("triton") is None,
-    reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)",
-)
+interpreted = interpreted_marker()
 
 
 def pack_like_tinygemm(q: torch.Tensor, inner_k_tiles: int) -> torch.Tensor:
@@ -44,11 +39,7 @@ def pack_like_tinygemm(q: torch.Tensor, inner_k_tiles: int) -> torch.Tensor:
 
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    if find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    done = run_under_triton_interpreter("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
-    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
-        done.stdout[-4000:] + done.stderr[-2000:]
+    assert_interpreted_tests_pass(__file__)
 
 
 @interpreted

@@ -9,7 +9,6 @@ values (an int8 is exact in 16 bits), so the layer's output is unchanged bit for
 
 from __future__ import annotations
 
-import os
 from importlib.util import find_spec
 
 import pytest
@@ -18,22 +17,14 @@ import torch
 import llm.kernels.int8_cast_op as cast_op
 from llm.kernels.int8_cast_op import int8_cast_applies, int8_weight_as
 from llm.quantization import WeightOnlyInt8Linear
-from tests.helpers import count_calls, run_under_triton_interpreter
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(
-    not INTERPRETED or find_spec("triton") is None,
-    reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)",
-)
+interpreted = interpreted_marker()
 
 
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    if find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    done = run_under_triton_interpreter("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
-    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
-        done.stdout[-4000:] + done.stderr[-2000:]
+    assert_interpreted_tests_pass(__file__)
 
 
 def check_cast(device: str, dtype: torch.dtype) -> None:

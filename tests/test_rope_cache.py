@@ -8,8 +8,6 @@ subprocess with ``TRITON_INTERPRET=1`` (Triton reads it on import), as in test_d
 
 from __future__ import annotations
 
-import os
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +19,9 @@ from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.kernels.rope_cache_op import reference_rope_cache_write, rope_applies, rope_cache_write
 from llm.streaming import run_generate
-from tests.helpers import count_calls, run_under_triton_interpreter
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(
-    not INTERPRETED or find_spec("triton") is None,
-    reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)",
-)
+interpreted = interpreted_marker()
 ON_CPU = FastDecodeOptions(on_cpu=True)
 
 
@@ -67,11 +61,7 @@ def run_both(c: dict[str, Any], slot: int) -> tuple[tuple[torch.Tensor, ...], tu
 
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    if find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    done = run_under_triton_interpreter("-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
-    assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
-        done.stdout[-4000:] + done.stderr[-2000:]
+    assert_interpreted_tests_pass(__file__)
 
 
 @interpreted
