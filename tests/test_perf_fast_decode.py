@@ -372,6 +372,32 @@ def test_streamed_decode_keeps_the_next_step_queued_while_a_token_is_handed_on(
             assert launches[token + 1] < at, f"token {token} handed on before step {token + 1} was launched"
 
 
+def test_no_host_to_device_copy_follows_the_prompt_pass(fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the eos ids were copied from a host tensor to the graph's buffer after the
+    prompt pass was launched, and PyTorch synchronizes the stream after such a copy, so the host
+    queued the first token's work only once the whole pass had run (~9 of ~12 ms TTFT on the
+    H200). The host tensor must be made, and copied, before the prompt pass; after it the graph
+    loop builds only its result (``torch.tensor(new_ids)``, no streamer here)."""
+    events: list[str] = []
+    module = llm.fast_decode.decode_graph
+    real_prefill, real_tensor = module.prefill, torch.tensor
+
+    def recorded_prefill(*args: Any, **kwargs: Any) -> torch.Tensor:
+        events.append("prompt pass")
+        return real_prefill(*args, **kwargs)
+
+    def made_on_host(*args: Any, **kwargs: Any) -> torch.Tensor:
+        events.append("host tensor")
+        return real_tensor(*args, **kwargs)
+
+    monkeypatch.setattr(module, "prefill", recorded_prefill)
+    monkeypatch.setattr(module.torch, "tensor", made_on_host)
+    kwargs = fresh_llm._generate_kwargs([QUESTION], {"max_new_tokens": 4, "min_new_tokens": 4})
+    run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU)
+    at = events.index("prompt pass")
+    assert "host tensor" in events[:at] and events[at + 1:] == ["host tensor"], events
+
+
 def test_closing_a_fast_stream_stops_generation(fresh_llm: ChatGLM) -> None:
     kwargs = fresh_llm._generate_kwargs([QUESTION], {"max_new_tokens": 500, "min_new_tokens": 500})
     prompt = kwargs["input_ids"].shape[1]
