@@ -30,9 +30,8 @@ from torch import nn
 
 from configs.errors import BadInput
 from llm import int4_tinygemm as tinygemm
-from llm.kernels import KERNELS, gemv_applies, gemv_linear
+from llm.kernels import KERNELS, gemv_linear
 from llm.kernels.int4_dequant_op import int4pack_dequant_applies, int4pack_dequantized
-from llm.kernels.int8_cast_op import int8_weight_as
 
 WEIGHT_ONLY = ("int8", "int4")
 DEFAULT_GROUP_SIZE = 128
@@ -59,11 +58,10 @@ class WeightOnlyInt8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "triton" and gemv_applies(x, self.weight):
+        if self.kernel == "triton":  # the Triton GEMV, or past its rows reference_gemv's cast + cuBLAS
             return gemv_linear(x, self.weight, scales=self.scales, bias=self.bias)
         # Scaling the output rather than the weight: one multiply per output, not per weight.
-        weight = int8_weight_as(self.weight, x.dtype) if self.kernel == "triton" else self.weight.to(x.dtype)
-        y = F.linear(x, weight) * self.scales.to(x.dtype)
+        y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
