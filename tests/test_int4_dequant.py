@@ -43,10 +43,11 @@ def test_kernels_under_triton_interpreter() -> None:
 
 
 @interpreted
-@pytest.mark.parametrize(("n", "k", "group", "tiles"), [(16, 256, 32, 8), (24, 128, 64, 4), (8, 96, 32, 2)])
+@pytest.mark.parametrize(("n", "k", "group", "tiles"), [(16, 256, 32, 8), (24, 128, 64, 4), (8, 96, 32, 2), (8, 384, 128, 8), (16, 512, 256, 8)])
 def test_interpreted_dequantizes_the_packed_layout(n: int, k: int, group: int, tiles: int) -> None:
     """Every nibble lands at its (row, column) and becomes ``(q - 8) * scale + zero`` of its group,
-    for each inner k-tile count tinygemm uses (8, 4, 2) and a K that is not a multiple of the block."""
+    for each inner k-tile count tinygemm uses (8, 4, 2), groups of 32 to 256 columns (several per
+    k-tile, one, several k-tiles per group) and an odd count of k-tiles (down_proj's 107)."""
     from llm.kernels.int4_dequant import launch_int4pack_dequant
 
     g = torch.Generator().manual_seed(n + k)

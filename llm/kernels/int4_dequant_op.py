@@ -14,8 +14,9 @@ logger = logging.getLogger(__name__)
 
 TRITON_AVAILABLE = find_spec("triton") is not None
 # Past this many rows dequantizing + cuBLAS beats tinygemm. Run 19 (H200, 6B gate_up): tinygemm 0.50 ms
-# at 64 rows, ~0.25 at 32; this kernel ~0.3 ms for the weight (91 us per average layer call) + cuBLAS
-# 0.06: the break-even is ~48 rows by those numbers (measured: 64 rows gains). Decode batches
+# at 64 rows, ~0.25 at 32; run 19's gather kernel ~0.3 ms for the weight (91 us per average layer call)
+# + cuBLAS 0.06: the break-even is ~48 rows by those numbers (measured: 64 rows gains); the word-wise
+# kernel that replaced it should move it lower (not measured, so 48 stays). Decode batches
 # (<= 16) stay on tinygemm; captured prompt passes have >= 64 rows (``prefill.MIN_PREFILL_BUCKET``).
 MAX_TINYGEMM_ROWS = 48
 
