@@ -16,7 +16,11 @@ bf16 Triton (``llm.kernels``, the best swept config); bf16 ``gemv_linear`` as th
 PyTorch forward under ``torch.compile`` (the decode graph before the kernel); INT8 Triton (the
 layer as the decode step runs it, tuned); INT4 ``WeightOnlyInt4Linear`` compiled as loaded
 (tinygemm's form on sm80+) and in its dequantizing form; and
-``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it. With
+``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it; where the
+``gemlite`` package is installed (Apache-2.0, Triton kernels; a wheel in .whl/, see
+docs/PERFORMANCE.md), its A16W4 (group 128, asymmetric: glmkb's INT4 form) and A16W8 (per
+channel: glmkb's INT8 form) layers with their own default kernel choice (GEMV_REVSPLITK /
+GEMV_SPLITK at M = 1, autotuned on first use). With
 ``--sweep`` (default) every Triton candidate config is timed too and the fastest printed as
 a ``TUNED`` line for ``llm/kernels/gemv_configs.py``. A failing variant is reported as its
 error string; the others still run.
@@ -124,6 +128,8 @@ class Weights:
             one = WeightOnlyInt4Linear(w, None, group_size=128)
             if hasattr(one, "_use_dequant"):
                 one._use_dequant()
+        elif kind in ("gemlite4", "gemlite8"):
+            one = gemlite_layer(w, bits=4 if kind == "gemlite4" else 8)
         else:  # tinygemm: uint8 [N, K/2] -> int4pack, scales and zeros [K/128, N, 2]
             q = torch.randint(0, 256, (self.n, self.k // 2), dtype=torch.uint8, device=self.device)
             packed = torch.ops.aten._convert_weight_to_int4pack(q, 8)
@@ -133,11 +139,34 @@ class Weights:
         return [one] + [_clone(one) for _ in range(copies_for(size) - 1)]
 
 
+def gemlite_layer(w: torch.Tensor, *, bits: int) -> Any:
+    """``w`` as a gemlite layer: A16W4 from glmkb's own INT4 quantization (nibbles, scales and zero
+    points per group of 128), or A16W8 quantized per output channel by gemlite itself."""
+    from gemlite.helper import A16W8_INT8, A16Wn  # GPU-only at import (reads the device's properties)
+
+    if bits == 8:
+        return A16W8_INT8(device=str(w.device), dtype=w.dtype).from_weights(w.clone())
+    from llm.quantization import quantize_int4
+
+    q, scales, zeros = quantize_int4(w, group_size=128)
+    layer = A16Wn(device=str(w.device), dtype=w.dtype).from_weights(q, scales.to(w.dtype), zeros.to(w.dtype), 4, 128)
+    # a fast wrong answer must not pass for a kernel: check one product against the dequantized weight
+    s, z = (t.to(w.dtype).float().repeat_interleave(128, dim=1) for t in (scales, zeros))
+    x = torch.randn(1, w.shape[1], device=w.device, dtype=w.dtype)
+    want = x.float() @ ((q.float() - z) * s).t()
+    error = ((layer(x).float() - want).norm() / want.norm()).item()
+    if error > 1e-2:
+        raise RuntimeError(f"gemlite A16W4 disagrees with the dequantized weight: rel. error {error:.3g}")
+    return layer
+
+
 def weight_size(one: Any) -> int:
     if isinstance(one, torch.Tensor):
         return nbytes(one)
     if isinstance(one, tuple):
         return nbytes(*one)
+    if hasattr(one, "get_tensor_args"):  # a gemlite layer: packed weight, scales, zero points
+        return nbytes(*(t for t in one.get_tensor_args() if isinstance(t, torch.Tensor)))
     return nbytes(*one.buffers())
 
 
@@ -209,6 +238,12 @@ def variants(
         ws, x2 = w.get("int4pack"), x.reshape(-1, x.shape[-1])  # the op takes a 2-D input only
         return lambda i: torch.ops.aten._weight_int4pack_mm(x2, ws[i % len(ws)][0], 128, ws[i % len(ws)][1])
 
+    def gemlite(kind: str) -> Callable[[], Callable[[int], Any]]:
+        def build() -> Callable[[int], Any]:
+            layers = w.get(kind)
+            return lambda i: layers[i % len(layers)](x)
+        return build
+
     return {
         "bf16 F.linear (cuBLAS)": ("bf16", bf16_cublas),
         "bf16 compiled (coord. descent)": ("bf16", bf16_compiled),
@@ -219,6 +254,8 @@ def variants(
         "int4 layer compiled (as loaded)": ("int4", int4_compiled("int4")),
         "int4 layer compiled (dequant form)": ("int4dequant", int4_compiled("int4dequant")),
         "int4 tinygemm (_weight_int4pack_mm)": ("int4pack", int4_tinygemm),
+        "int4 gemlite A16W4 (g128)": ("gemlite4", gemlite("gemlite4")),
+        "int8 gemlite A16W8": ("gemlite8", gemlite("gemlite8")),
     }
 
 

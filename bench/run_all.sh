@@ -14,10 +14,12 @@
 # 256 new tokens: aggregate tok/s, p50/p95 TTFT), prefill6b (captured prompt pass at 128/512/1024 tokens, bf16 / INT8 /
 # INT4, and its kernels; ~3 min cold), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:
-# cuBLAS, compiled and Triton bf16, compiled and Triton INT8, INT4 compiled and tinygemm; us, GB/s,
+# cuBLAS, compiled and Triton bf16, compiled and Triton INT8, INT4 compiled and tinygemm, gemlite
+# A16W4 / A16W8 where its wheel is in .whl/; us, GB/s,
 # share of copy bandwidth, every Triton config swept; gemv.json + gemv.md; ~5-8 min cold), quant6b_triton (quant6b's bf16
 # and INT8 rows with every decode GEMV on the Triton kernel, LM head included: quant_chatglm3-6b_gemv-triton.json), decattn (one decode
-# token's attention, B 1/16, L 1024/4096: compiled PyTorch math vs the Triton flash_decode, 40 configs swept, ~5 min cold by estimate, not yet run; decode_attention.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
+# token's attention, B 1/16, L 1024/4096: compiled PyTorch math vs the Triton flash_decode, 40 configs swept, ~5 min cold by estimate, not yet run; decode_attention.json),
+# l2prefetch (an L2 prefetch of o_proj / gate_up before an idle window, INT8 and bf16: us saved per GEMV pair; l2_prefetch.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
 # bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
 # are missing, their wheels in .whl/ (see docs/PERFORMANCE.md). CPU-only benchmarks
@@ -63,6 +65,7 @@ for s in $sections; do
     quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;
     prefill6b) run ${T_PREFILL6B:-300} prefill6b "$PY" -m bench.prefill --shape chatglm3-6b ;;
+    l2prefetch) run ${T_L2PREFETCH:-240} l2prefetch "$PY" -m bench.l2_prefetch ;;
     decattn)  run ${T_DECATTN:-600} decattn "$PY" -m bench.decode_attention ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
     adapters6b)  # the CUDA test of a P-tuning prefix on the decode graph, then ChatGLM3-6B shape: decode with a 128-token
