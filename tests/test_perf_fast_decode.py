@@ -197,6 +197,24 @@ def test_packed_gqa_attention_leaves_prompts_to_sdpa() -> None:
     assert torch.equal(ours, theirs)
 
 
+def test_a_mask_narrower_than_the_cache_limits_the_prompts_keys_and_values() -> None:
+    """Regression: the captured prompt pass attended to the whole static cache (L >= 1024 slots,
+    4096-8192 in chats) through a (B, 1, T, L) mask, so SDPA and transformers' ``repeat_kv``
+    copies of K/V cost in proportion to L (29 us per layer at L = 1024 and a 64-token bucket on
+    the H200, run 19). A mask of the first ``span`` slots now limits K/V to them: same result as
+    the full cache with the rest masked off."""
+    torch.manual_seed(2)
+    module = types.SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    batch, heads, rows, span, length, dim = 2, 4, 6, 9, 32, 8
+    q, k, v = torch.randn(batch, heads, rows, dim), torch.randn(batch, 2, length, dim), torch.randn(batch, 2, length, dim)
+    mask = torch.rand(batch, 1, rows, span) < 0.6
+    mask[..., 0] = True  # no all-masked row
+    ours, _ = fd.packed_gqa_attention(module, q, k, v, mask, scaling=dim**-0.5)
+    full = torch.zeros(batch, 1, rows, length, dtype=torch.bool)
+    full[..., :span] = mask
+    torch.testing.assert_close(ours, _repeated_kv_attention(q, k, v, full, dim**-0.5), atol=1e-5, rtol=1e-5)
+
+
 def test_decode_steps_use_packed_attention_and_restore_the_config(
     fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -515,6 +533,8 @@ def test_bucketed_prompt_pass_matches_generate(fresh_llm: ChatGLM, prompts: list
     assert torch.equal(eager, fast)
     (g,) = fd.fast_decode_state(fresh_llm.model).graphs.values()
     assert list(g.prefills) == [fd.MIN_PREFILL_BUCKET]
+    span = g.prefills[fd.MIN_PREFILL_BUCKET].mask.shape[-1]
+    assert span == fd.MIN_PREFILL_BUCKET < g.mask.shape[-1]  # the prompt attends to its bucket, not the cache
     eager, fast = fast_and_eager(fresh_llm, [p * 30 for p in prompts], options=bucketed, **options)  # longer bucket
     assert torch.equal(eager, fast)
     assert len(g.prefills) == 2 and fd.PREFILL_GRAPH not in fd.fast_decode_state(fresh_llm.model).off

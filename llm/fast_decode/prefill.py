@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from llm.fast_decode.attention import packed_attention, packs
 from llm.fast_decode.cuda_graphs import capture_graph, warm_up_on_side_stream
 from llm.fast_decode.prefix import prompt_mask, write_prefix
 from llm.fast_decode.state import PREFILL_GRAPH, FastDecodeOptions, FastDecodeState, cache_kwarg, fast_decode_state
@@ -38,7 +39,7 @@ class PrefillGraph:
 
     ids: torch.Tensor  # (B, T) the prompt, right-padded to the bucket
     positions: torch.Tensor  # (B, T)
-    mask: torch.Tensor  # (B, 1, T, L) which cache slots each prompt position attends to (prefix.prompt_mask)
+    mask: torch.Tensor  # (B, 1, T, P + T) (packed attention, else L): which cache slots each prompt position sees
     keep: torch.Tensor  # (1,) index of the last real prompt position
     length: torch.Tensor  # () prefix + real prompt length: where the cache continues writing
     prefix: int = 0  # slots [0, prefix) hold the P-tuning prefix; the prompt is written after them
@@ -63,8 +64,9 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
     layers = g.cache.layers
     for layer in layers:
         layer.cumulative_length.fill_(p.prefix)
-    out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask, **{cache_kwarg(model): g.cache},
-                use_cache=True, logits_to_keep=p.keep)
+    with packed_attention(g.config, on=g.packed):  # attends to the mask's span of the cache only
+        out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask,
+                    **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=p.keep)
     p.logits = out.logits[:, -1, :].float()
     for layer in layers:
         layer.cumulative_length.copy_(p.length)
@@ -72,10 +74,12 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
 
 def _build_prefill(model: Any, g: DecodeGraph, batch: int, bucket: int) -> PrefillGraph:
     device, length = g.mask.device, g.mask.shape[-1]
+    # The slots a prompt position can see (never past its own): packed attention narrows K/V to them
+    span = g.prefix + bucket if packs(g.config, on=g.packed) else length
     return PrefillGraph(
         ids=torch.zeros((batch, bucket), dtype=torch.long, device=device),
         positions=torch.zeros((batch, bucket), dtype=torch.long, device=device),
-        mask=torch.zeros((batch, 1, bucket, length), dtype=torch.bool, device=device),
+        mask=torch.zeros((batch, 1, bucket, span), dtype=torch.bool, device=device),
         keep=torch.zeros(1, dtype=torch.long, device=device),
         length=torch.zeros((), dtype=torch.long, device=device),
         prefix=g.prefix,
