@@ -540,6 +540,33 @@ def test_bucketed_prompt_pass_matches_generate(fresh_llm: ChatGLM, prompts: list
     assert len(g.prefills) == 2 and fd.PREFILL_GRAPH not in fd.fast_decode_state(fresh_llm.model).off
 
 
+def test_bucketed_prompt_pass_takes_one_qkv_projection_per_layer(fresh_llm: ChatGLM) -> None:
+    """Regression: the captured prompt pass ran q, k and v as three GEMMs per layer (14.3 + 5.0
+    + 5.0 us at a 64-token bucket of the 6B shape on the H200, run 19) while the decode step
+    already ran one over the fused weight. It now runs the fused one too, with the same tokens."""
+    model = fresh_llm.model
+    bucketed = FastDecodeOptions(on_cpu=True, bucketed_prefill_on_cpu=True)
+    generate_kwargs = fresh_llm._generate_kwargs([QUESTION], {"max_new_tokens": 1})
+    eager = run_generate(model, dict(generate_kwargs))
+    attention = model.model.layers[0].self_attn
+    qkv_rows = sum(p.out_features for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+    calls = {"fused": 0, "rows": set()}
+    real_linear = torch.nn.functional.linear
+
+    def counting_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if weight.shape[0] == qkv_rows:
+            calls["fused"] += 1
+            calls["rows"].add(x.shape[-2])
+        return real_linear(x, weight, bias)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "linear", counting_linear)
+        fast = run_generate(model, dict(generate_kwargs), fast_decode=bucketed)
+    assert torch.equal(eager, fast)
+    layers = model.config.num_hidden_layers
+    assert calls["rows"] >= {fd.MIN_PREFILL_BUCKET} and calls["fused"] >= layers  # the prompt pass: fused
+
+
 def test_prefill_buckets() -> None:
     assert fd.prefill_bucket(1, 45, 1024) == fd.MIN_PREFILL_BUCKET
     assert fd.prefill_bucket(1, 65, 1024) == 128
