@@ -91,6 +91,59 @@ def test_interpreted_kernel_matches_the_models_rotary_and_cache_update(
 
 
 @interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("batch", "tokens", "heads", "kv_heads", "dim", "rotary_dim", "start"),
+                         [(1, 64, 32, 2, 128, 64, 0), (2, 5, 4, 2, 16, 8, 3), (3, 4, 6, 2, 24, 12, 12)])
+def test_interpreted_kernel_matches_the_models_rotary_and_cache_update_for_prompt_tokens(
+    batch: int, tokens: int, heads: int, kv_heads: int, dim: int, rotary_dim: int, start: int, dtype: torch.dtype
+) -> None:
+    """A prompt pass's T tokens per row (a 64-token bucket of ChatGLM3-6B's layout; after a
+    prefix; up to the cache's last slot) against GLM's ``apply_rotary_pos_emb`` and the
+    ``index_copy_`` of ``StaticLayer.update`` written out here: q as ``(B, H, T, D)``, k and v
+    at slots ``start .. start + T - 1``, the count set to ``start + T``, other slots untouched."""
+    from transformers.models.glm.modeling_glm import apply_rotary_pos_emb
+
+    length = start + tokens + 2 if start < 12 else start + tokens
+    g = torch.Generator().manual_seed(tokens)
+    angles = torch.rand(batch, tokens, rotary_dim // 2, generator=g) * 100
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    qkv = torch.randn(batch, tokens, (heads + 2 * kv_heads) * dim, generator=g).to(dtype)
+    k_cache = torch.randn(batch, kv_heads, length, dim, generator=g).to(dtype)
+    v_cache = torch.randn(batch, kv_heads, length, dim, generator=g).to(dtype)
+    k1, v1, count = k_cache.clone(), v_cache.clone(), torch.tensor(-1)
+    q1 = rope_cache_write(qkv, cos, sin, torch.tensor([start]), k1, v1, count, heads=heads)
+    q, k, v = qkv.view(batch, tokens, -1, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], dim=1)
+    q2, k2 = apply_rotary_pos_emb(q, k, cos, sin)
+    assert q1.shape == (batch, heads, tokens, dim) and q1.is_contiguous() and int(count) == start + tokens
+    written = slice(start, start + tokens)
+    tolerance = 1e-5 if dtype == torch.float32 else 2 ** -7 * 8
+    assert (q1.float() - q2.float()).abs().max().item() <= tolerance
+    assert (k1[:, :, written].float() - k2.float()).abs().max().item() <= tolerance
+    assert torch.equal(v1[:, :, written], v)  # v is copied, not rounded
+    others = [i for i in range(length) if not start <= i < start + tokens]
+    assert torch.equal(k1[:, :, others], k_cache[:, :, others]) and torch.equal(v1[:, :, others], v_cache[:, :, others])
+
+
+@interpreted
+def test_interpreted_prompt_pass_runs_the_kernel_once_per_layer(tiny_glm_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny GLM's bucketed prompt pass (CPU, as a captured one computes it) launches the kernel
+    once per layer for the whole bucket, and the answer is ``generate``'s."""
+    import llm.kernels.rope_cache as kernel_module
+
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=4)
+    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 4})
+    bucketed = ON_CPU.model_copy(update={"bucketed_prefill_on_cpu": True})
+    eager = run_generate(llm_.model, dict(kwargs))
+    assert torch.equal(eager, run_generate(llm_.model, dict(kwargs), fast_decode=bucketed))  # initialises the cache
+    launches = count_calls(monkeypatch, kernel_module, "launch_rope_cache_write")
+    assert torch.equal(eager, run_generate(llm_.model, dict(kwargs), fast_decode=bucketed))
+    layers = llm_.model.config.num_hidden_layers
+    assert len(launches) == layers + 3 * layers  # the prompt pass, then 3 one-token steps
+
+
+@interpreted
 def test_interpreted_decode_steps_run_the_kernel_and_choose_generates_tokens(
     tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,9 +200,37 @@ def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
         assert all(int(layer.cumulative_length) == int(g.cur) for layer in g.cache.layers)
 
 
+def test_the_bucketed_prompt_pass_takes_the_attention_step_for_its_tokens(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the captured prompt pass ran transformers' rotary and cache update (~20 eager
+    kernels per layer) while the decode step ran one. With the cache initialised, the bucketed
+    prompt pass now calls ``rope_cache_write`` once per layer for all of its tokens, from the
+    prompt's first slot, and answers as ``generate`` does."""
+    model = fresh_llm.model
+    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 8})
+    bucketed = ON_CPU.model_copy(update={"bucketed_prefill_on_cpu": True})
+    eager = run_generate(model, dict(kwargs))
+    assert torch.equal(eager, run_generate(model, dict(kwargs), fast_decode=bucketed))  # initialises the cache
+    prompts: list[tuple[int, int]] = []
+    real = step_module.rope_cache_write
+
+    def recording(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, *args: Any,
+                  **kw: Any) -> torch.Tensor:
+        if qkv.dim() == 3:
+            prompts.append((qkv.shape[1], int(slot)))
+        return real(qkv, cos, sin, slot, *args, **kw)
+
+    monkeypatch.setattr(step_module, "rope_cache_write", recording)
+    assert torch.equal(eager, run_generate(model, dict(kwargs), fast_decode=bucketed))
+    import llm.fast_decode as fd
+
+    assert prompts == [(fd.MIN_PREFILL_BUCKET, 0)] * model.config.num_hidden_layers
+
+
 def test_attention_step_falls_back_for_a_prompt_of_several_tokens(fresh_llm: ChatGLM) -> None:
-    """A call that is not one token per row on an initialised static cache runs the module's own
-    forward: same output as without the step."""
+    """A call of several tokens without a prompt start slot, or not on an initialised static cache,
+    runs the module's own forward: same output as without the step."""
     from transformers import DynamicCache
 
     from llm.fast_decode.attention import fuse_qkv_weights

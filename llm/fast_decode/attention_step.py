@@ -8,8 +8,11 @@ this one instead, doing the same math in named steps: ``project`` (the fused q/k
 graph's slot ``cur``, which equals the layer's ``cumulative_length`` at every step, and that count
 set to ``cur + 1`` as ``StaticLayer.update`` advances it), then the attention the config names
 (``packed_gqa_attention``: ``flash_decode``) and o_proj. Run 16 (H200, ChatGLM3-6B shape): the
-three kernels became one of 1.4 us per layer. Any call that is not that case (more than one
-token, a cache that is not a static one) runs the module's own forward.
+three kernels became one of 1.4 us per layer. The captured prompt pass takes it too (``start``:
+its first cache slot), for its T tokens: there the model's own forward ran ~20 kernels per layer
+for the rotary of q and k (clones, multiplies, negations, stacks, concatenations) and the cache
+writes (cache positions, ``index_copy_``). Any other call (more tokens without ``start``, a cache
+that is not a static one) runs the module's own forward.
 
 It replaces only ``transformers.models.glm.modeling_glm.GlmAttention.forward`` (checked by
 identity): the rotary form and the order of the fused heads are that module's.
@@ -31,9 +34,10 @@ from llm.kernels.rope_cache_op import rope_cache_write
 class AttentionStep:
     """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step."""
 
-    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor) -> None:
+    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None) -> None:
         self.fused = fused
         self.slot = slot  # (1,) the decode graph's cache slot of this step's token
+        self.start = start  # (1,) the cache slot of a captured prompt pass's first token (None: decode only)
         self.module = fused.module
         self.heads = fused.sizes[0] // self.module.head_dim
 
@@ -44,19 +48,21 @@ class AttentionStep:
         if layer is None or position_embeddings is None:
             return GlmAttention.forward(self.module, hidden_states, position_embeddings, attention_mask,
                                         cache=cache, **kwargs)
-        batch = hidden_states.shape[0]
-        qkv = self.fused.project(hidden_states).view(batch, -1)
+        batch, tokens = hidden_states.shape[:2]
+        qkv = self.fused.project(hidden_states)
+        qkv = qkv.view(batch, -1) if tokens == 1 else qkv
         cos, sin = position_embeddings
-        query = rope_cache_write(qkv, cos, sin, self.slot, layer.keys, layer.values, layer.cumulative_length,
-                                 heads=self.heads)
+        query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys, layer.values,
+                                 layer.cumulative_length, heads=self.heads)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
-        return self.module.o_proj(out.reshape(batch, 1, -1)), None
+        return self.module.o_proj(out.reshape(batch, tokens, -1)), None
 
     def _static_layer(self, cache: Any, hidden_states: torch.Tensor) -> Any:
-        """The module's initialised static cache layer for one token per row, else None."""
-        if hidden_states.dim() != 3 or hidden_states.shape[1] != 1 or cache is None:
+        """The module's initialised static cache layer for one token per row (or, with ``start``, a
+        captured prompt pass's tokens), else None."""
+        if hidden_states.dim() != 3 or cache is None or (hidden_states.shape[1] != 1 and self.start is None):
             return None
         layers = getattr(cache, "layers", None)
         index = self.module.layer_idx
@@ -78,9 +84,11 @@ class AttentionStep:
             self.module.__dict__.pop("forward", None)
 
 
-def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor) -> list[AttentionStep]:
+def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None
+                    ) -> list[AttentionStep]:
     """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its
-    own), writing the cache at ``slot`` (the decode graph's ``cur``)."""
-    return [AttentionStep(f, slot=slot) for f in fused
+    own), writing the cache at ``slot`` (the decode graph's ``cur``), and a prompt pass's tokens
+    from ``start`` on."""
+    return [AttentionStep(f, slot=slot, start=start) for f in fused
             if type(f.module).forward is GlmAttention.forward and "forward" not in f.module.__dict__
             and f.sizes[1] == f.sizes[2] and f.sizes[0] % f.module.head_dim == 0]

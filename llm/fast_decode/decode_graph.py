@@ -70,6 +70,7 @@ class DecodeGraph:
     norms: list[Any] = field(default_factory=list)  # norm_step.NormStep per RMSNorm module: the prompt pass's
     fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
+    start: torch.Tensor | None = None  # (1,) the cache slot where prompt passes start: the prefix's length
     graph: Any = None
     capture_s: float = 0.0
     prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
@@ -132,6 +133,7 @@ def build_decode_graph(
     cache = claim_cache(StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length))
     vocab = model.get_output_embeddings().weight.shape[0]
     cur = torch.zeros(1, dtype=torch.long, device=device)
+    start = torch.full((1,), prefix_slots(model), dtype=torch.long, device=device)
     g = DecodeGraph(
         cache=cache,
         token=torch.zeros((batch, 1), dtype=torch.long, device=device),
@@ -150,9 +152,10 @@ def build_decode_graph(
         fused=list(fused or []),
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
-        steps=attention_steps(list(fused or []), slot=cur) if fused_rope else [],
+        steps=attention_steps(list(fused or []), slot=cur, start=start) if fused_rope else [],
         norms=norm_steps(model) if fused_norm else [],
         prefix=prefix_slots(model),
+        start=start,
     )
     if not capture:
         return g

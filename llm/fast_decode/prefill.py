@@ -65,10 +65,11 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
     layers = g.cache.layers
     for layer in layers:
         layer.cumulative_length.fill_(p.prefix)
-    # Packed attention (K/V narrowed to the mask's span of the cache) and one q/k/v GEMM per layer,
-    # as in the decode step (run 19, 6B, bucket 64: q, k and v took 14.3 + 5.0 + 5.0 us, plus split-K sums)
-    # and each RMSNorm as one kernel (``norm_step``; run 19: 7 eager kernels, ~1.2 ms of the 9.1 ms pass)
-    with decode_forward(g.config, g.fused, packed=g.packed), fused_norms(g.norms):
+    # As in the decode step: packed attention (K/V narrowed to the mask's span of the cache), one q/k/v
+    # GEMM per layer (run 19, 6B, bucket 64: q, k and v took 14.3 + 5.0 + 5.0 us, plus split-K sums) and
+    # the rotary + cache writes as one kernel (``attention_step``, from slot ``g.start``); and each
+    # RMSNorm as one kernel (``norm_step``; run 19: 7 eager kernels, ~1.2 ms of the 9.1 ms pass)
+    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), fused_norms(g.norms):
         out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask,
                     **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=p.keep)
     p.logits = out.logits[:, -1, :].float()

@@ -1,4 +1,4 @@
-"""Triton: a decode token's rotary embedding and its K/V cache writes, in one launch.
+"""Triton: the rotary embedding of decode (or prompt) tokens and their K/V cache writes, in one launch.
 
 Measured on an H200 (``bench/step_profile.py``, ChatGLM3-6B shape, run 15): between the fused
 q/k/v GEMV and the attention of a layer, Inductor runs three small kernels: the rotary of q
@@ -29,15 +29,17 @@ from llm.kernels.pdl import launch_pdl
 
 @triton.jit
 def _rope_cache_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, length_ptr, q_ptr, k_ptr, v_ptr,
+    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, length_ptr, q_ptr, k_ptr, v_ptr, T,
     stride_qkv, stride_cos, stride_sin,
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, ROT_PAIRS: tl.constexpr,
     BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_inputs(PDL)
-    row = tl.program_id(0)
+    row = tl.program_id(0)  # token t of batch row b: b * T + t
     head = tl.program_id(1)  # q heads, then k heads, then v heads, as the fused projection lays them out
+    b = row // T
+    t = row % T
     i = tl.arange(0, BLOCK)  # pair index: dims 2i and 2i + 1
     ok = i < HALF
     src = qkv_ptr + row * stride_qkv + head * (2 * HALF)
@@ -50,18 +52,18 @@ def _rope_cache_kernel(
         even, odd = even * c - odd * s, odd * c + even * s
     if head < HEADS:
         if row == 0 and head == 0:  # the cache's length: the slot read here from another tensor, no race
-            tl.store(length_ptr, tl.load(slot_ptr) + 1)
-        dst = q_ptr + (row * HEADS + head) * (2 * HALF)
+            tl.store(length_ptr, tl.load(slot_ptr) + T)
+        dst = q_ptr + ((b * HEADS + head) * T + t) * (2 * HALF)  # q as (B, H, T, D)
         tl.store(dst + 2 * i, even.to(q_ptr.dtype.element_ty), mask=ok)
         tl.store(dst + 2 * i + 1, odd.to(q_ptr.dtype.element_ty), mask=ok)
     elif head < HEADS + KV_HEADS:
-        slot = tl.load(slot_ptr)
-        dst = k_ptr + row * stride_kb + (head - HEADS) * stride_kh + slot * stride_kl
+        slot = tl.load(slot_ptr) + t
+        dst = k_ptr + b * stride_kb + (head - HEADS) * stride_kh + slot * stride_kl
         tl.store(dst + 2 * i, even.to(k_ptr.dtype.element_ty), mask=ok)
         tl.store(dst + 2 * i + 1, odd.to(k_ptr.dtype.element_ty), mask=ok)
     else:
-        slot = tl.load(slot_ptr)
-        dst = v_ptr + row * stride_vb + (head - HEADS - KV_HEADS) * stride_vh + slot * stride_vl
+        slot = tl.load(slot_ptr) + t
+        dst = v_ptr + b * stride_vb + (head - HEADS - KV_HEADS) * stride_vh + slot * stride_vl
         tl.store(dst + 2 * i, even.to(v_ptr.dtype.element_ty), mask=ok)
         tl.store(dst + 2 * i + 1, odd.to(v_ptr.dtype.element_ty), mask=ok)
 
@@ -76,18 +78,21 @@ def launch_rope_cache_write(
     length: torch.Tensor,
     heads: int,
 ) -> torch.Tensor:
-    """Rotate q and k of ``qkv`` ``(B, (H + 2 KV) * D)`` by ``cos``/``sin`` ``(B, 1, R)``, write k
-    and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at cache slot ``slot`` (a one-element
-    long tensor, read on the GPU), set ``length`` (the cache layer's own count, a different
-    tensor) to ``slot + 1``, and return q as ``(B, H, 1, D)`` contiguous.
-    Needs unit stride along the last axis of every tensor (``rope_cache_op.rope_applies``)."""
+    """Rotate q and k of ``qkv`` ``(B, (H + 2 KV) * D)`` (one token per row) or ``(B, T, ...)``
+    by ``cos``/``sin`` ``(B, T, R)``, write k and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)``
+    at cache slots ``slot .. slot + T - 1`` (``slot``: a one-element long tensor, read on the GPU),
+    set ``length`` (the cache layer's own count, a different tensor) to ``slot + T``, and return q
+    as ``(B, H, T, D)`` contiguous. Needs contiguous ``qkv`` rows and unit stride along the last
+    axis of every tensor (``rope_cache_op.rope_applies``)."""
     batch = qkv.shape[0]
+    tokens = qkv.shape[1] if qkv.dim() == 3 else 1
     kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-    q = torch.empty((batch, heads, 1, dim), dtype=qkv.dtype, device=qkv.device)
+    qkv, cos, sin = qkv.reshape(batch * tokens, -1), cos.reshape(batch * tokens, -1), sin.reshape(batch * tokens, -1)
+    q = torch.empty((batch, heads, tokens, dim), dtype=qkv.dtype, device=qkv.device)
     half = dim // 2
     pdl = launch_pdl(qkv.device)
-    _rope_cache_kernel[(batch, heads + 2 * kv_heads)](
-        qkv, cos, sin, slot, length, q, k_cache, v_cache,
+    _rope_cache_kernel[(batch * tokens, heads + 2 * kv_heads)](
+        qkv, cos, sin, slot, length, q, k_cache, v_cache, tokens,
         qkv.stride(0), cos.stride(0), sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),

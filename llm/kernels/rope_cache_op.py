@@ -38,18 +38,20 @@ def reference_rope_cache_write(
     v_cache: torch.Tensor, length: torch.Tensor, heads: int,
 ) -> torch.Tensor:
     """What the kernel does, as the model's own forward does it: GLM's ``apply_rotary_pos_emb``
-    on q and k, then k and v copied into the caches at ``slot`` and the cache's ``length`` set
-    to ``slot + 1`` (``StaticLayer.update``)."""
+    on q and k, then k and v copied into the caches at ``slot .. slot + T - 1`` and the cache's
+    ``length`` set to ``slot + T`` (``StaticLayer.update``)."""
     from transformers.models.glm.modeling_glm import apply_rotary_pos_emb
 
     batch = qkv.shape[0]
+    tokens = qkv.shape[1] if qkv.dim() == 3 else 1
     kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-    q, k, v = qkv.view(batch, 1, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], dim=1)
+    q, k, v = (qkv.reshape(batch, tokens, heads + 2 * kv_heads, dim).transpose(1, 2)
+               .split([heads, kv_heads, kv_heads], dim=1))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    index = slot.reshape(1)
+    index = slot.reshape(1) + torch.arange(tokens, device=slot.device)
     k_cache.index_copy_(2, index, k.to(k_cache.dtype))
     v_cache.index_copy_(2, index, v.to(v_cache.dtype))
-    length.copy_(index.reshape(length.shape) + 1)
+    length.copy_((index[-1:] + 1).reshape(length.shape))
     return q.contiguous()
 
 
@@ -57,12 +59,13 @@ def rope_cache_write(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
     v_cache: torch.Tensor, length: torch.Tensor, *, heads: int,
 ) -> torch.Tensor:
-    """q of one decode token per row, rotated, as ``(B, H, 1, D)``; k (rotated) and v written
-    into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at ``slot`` (a one-element long tensor), and
-    ``length`` (the cache layer's count of written slots; not ``slot`` itself) set to ``slot + 1``:
-    one kernel, where a separate ``add_`` per layer cost 1 us each (run 16, H200).
-    ``qkv`` is the fused projection ``(B, (H + 2 KV) * D)``, ``cos``/``sin`` ``(B, 1, R)`` as
-    the model's rotary embedding returns them. The Triton kernel where ``rope_applies``."""
+    """q of one decode token per row (or of T prompt tokens), rotated, as ``(B, H, T, D)``; k
+    (rotated) and v written into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at ``slot .. slot + T - 1``
+    (``slot``: a one-element long tensor), and ``length`` (the cache layer's count of written slots;
+    not ``slot`` itself) set to ``slot + T``: one kernel, where a separate ``add_`` per layer cost
+    1 us each (run 16, H200). ``qkv`` is the fused projection ``(B, (H + 2 KV) * D)`` or
+    ``(B, T, (H + 2 KV) * D)``, ``cos``/``sin`` ``(B, T, R)`` as the model's rotary embedding
+    returns them. The Triton kernel where ``rope_applies``."""
     if not rope_applies(qkv, cos, k_cache):
         return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
     return torch.ops.glmkb.rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
@@ -91,4 +94,4 @@ def _rope_cache_write_fake(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
     v_cache: torch.Tensor, length: torch.Tensor, heads: int,
 ) -> torch.Tensor:
-    return qkv.new_empty((qkv.shape[0], heads, 1, k_cache.shape[3]))
+    return qkv.new_empty((qkv.shape[0], heads, qkv.shape[1] if qkv.dim() == 3 else 1, k_cache.shape[3]))
