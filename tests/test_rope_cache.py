@@ -183,7 +183,7 @@ def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
     fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, fused_rope: bool
 ) -> None:
     """With ``fused_rope`` every one-token step of every layer goes through ``AttentionStep``
-    (the prompt pass does not), the tokens are ``generate``'s, and afterwards each attention
+    (the eager prompt pass does not), the tokens are ``generate``'s, and afterwards each attention
     module has its class's forward again; without it the model's own forward runs."""
     calls = count_calls(monkeypatch, step_module, "rope_cache_write")
     model = fresh_llm.model

@@ -269,20 +269,27 @@ def packs(config: Any, *, on: bool = True) -> bool:
 
 
 @contextmanager
-def _decode_swaps(fused: list[FusedQKV], gemv: Any, steps: Any) -> Iterator[None]:
-    for f in fused:
-        f.swap(fused=True)
-    if gemv is not None:
-        gemv.swap(on=True)
-    for step in steps:
-        step.swap(on=True)
+def swapped(parts: Any) -> Iterator[None]:
+    """Run the block with each of ``parts`` (``swap(on=...)``: attention steps, norm steps, a GEMV
+    route) in place; put the originals back after."""
+    parts = list(parts)
+    for part in parts:
+        part.swap(on=True)
     try:
         yield
     finally:
-        for step in steps:
-            step.swap(on=False)
-        if gemv is not None:
-            gemv.swap(on=False)
+        for part in parts:
+            part.swap(on=False)
+
+
+@contextmanager
+def _decode_swaps(fused: list[FusedQKV], gemv: Any, steps: Any) -> Iterator[None]:
+    for f in fused:
+        f.swap(fused=True)
+    try:
+        with swapped([gemv] if gemv is not None else []), swapped(steps):
+            yield
+    finally:
         for f in fused:
             f.swap(fused=False)
 

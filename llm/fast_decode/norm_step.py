@@ -2,7 +2,8 @@
 
 Each RMSNorm module whose forward is transformers' own (``GlmRMSNorm``, ``Glm4RMSNorm`` and
 ``LlamaRMSNorm`` share it, checked by identity) gets ``llm.kernels.rms_norm`` in its place while
-the prompt pass is captured or run (``llm.fast_decode.prefill``), on CUDA tensors; any other call
+the prompt pass is captured or run (``llm.fast_decode.prefill``, through ``attention.swapped``), on
+CUDA tensors; any other call
 (CPU, no Triton, a kernel that failed once) runs the module's own forward. The decode step does
 not need it: ``torch.compile`` fuses its norms.
 """
@@ -10,8 +11,6 @@ not need it: ``torch.compile`` fuses its norms.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.util import find_spec
 from typing import Any
 
@@ -76,14 +75,3 @@ def norm_steps(model: torch.nn.Module) -> list[NormStep]:
     return [NormStep(m) for m in model.modules()
             if type(m).forward in forwards and "forward" not in m.__dict__ and hasattr(m, "variance_epsilon")]
 
-
-@contextmanager
-def fused_norms(steps: list[NormStep]) -> Iterator[None]:
-    """Run the block with ``steps`` swapped in; put the modules' own forwards back after."""
-    for step in steps:
-        step.swap(on=True)
-    try:
-        yield
-    finally:
-        for step in steps:
-            step.swap(on=False)

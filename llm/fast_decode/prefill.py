@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llm.fast_decode.attention import decode_forward, packs
+from llm.fast_decode.attention import decode_forward, packs, swapped
 from llm.fast_decode.cuda_graphs import capture_graph, warm_up_on_side_stream
-from llm.fast_decode.norm_step import fused_norms
 from llm.fast_decode.prefix import prompt_mask, write_prefix
 from llm.fast_decode.state import PREFILL_GRAPH, FastDecodeOptions, FastDecodeState, cache_kwarg, fast_decode_state
 
@@ -69,7 +68,7 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
     # GEMM per layer (run 19, 6B, bucket 64: q, k and v took 14.3 + 5.0 + 5.0 us, plus split-K sums) and
     # the rotary + cache writes as one kernel (``attention_step``, from slot ``g.start``); and each
     # RMSNorm as one kernel (``norm_step``; run 19: 7 eager kernels, ~1.2 ms of the 9.1 ms pass)
-    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), fused_norms(g.norms):
+    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.norms):
         out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask,
                     **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=p.keep)
     p.logits = out.logits[:, -1, :].float()
