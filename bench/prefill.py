@@ -2,6 +2,7 @@
 
     python -m bench.prefill --out DIR                 # GPU machine: none int8 int4, buckets 128/512/1024
     python -m bench.prefill --kinds int4 --out DIR
+    python -m bench.prefill --ablation --out DIR      # each bucket also with the prompt pass's swaps off
     python -m bench.prefill --tiny                    # check the script on CPU (nothing to time)
 
 Why: the decode bench's 45-token prompt hides how the prompt pass grows with the prompt, and a
@@ -39,7 +40,8 @@ def replay_ms(graph: Any, *, repeat: int) -> float:
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def bench_kind(kind: str, *, shape: str, tokenizer: Any, repeat: int, group_size: int) -> dict[str, Any]:
+def bench_kind(kind: str, *, shape: str, tokenizer: Any, repeat: int, group_size: int, ablation: bool
+               ) -> dict[str, Any]:
     from bench.step_profile import kernel_table, profile_graph
     from llm import ChatGLM
     from llm.fast_decode import fast_decode_state
@@ -49,23 +51,37 @@ def bench_kind(kind: str, *, shape: str, tokenizer: Any, repeat: int, group_size
                         group_size=group_size)
     llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=8)
     text = "".join(sanguo_chunks()).replace("\n", "")
-    for chars in PROMPT_CHARS:
-        for _ in range(2):  # the first call of a bucket captures it
-            for _chunk in llm.stream(text[:chars] + QUESTION, min_new_tokens=8):
-                pass
-    row: dict[str, Any] = {"bucket_ms": {}}
+    row: dict[str, Any] = {"bucket_ms": time_buckets(llm, text, repeat=repeat)}
     graphs = [g for g in fast_decode_state(model).graphs.values() if g.graph is not None]
     if not graphs:
         return {"error": "no captured decode graph", "report": llm.fast_decode_report}
-    for g in graphs:
-        for bucket, p in sorted(g.prefills.items()):
-            if p.graph is not None:
-                row["bucket_ms"][f"{g.mask.shape[-1]}/{bucket}"] = replay_ms(p.graph, repeat=repeat)
     first = graphs[0].prefills[min(graphs[0].prefills)]
     prof = profile_graph(first.graph, replays=repeat)
     row["kernels_smallest_bucket"] = kernel_table(prof, steps=repeat)[:40]
+    if ablation:  # the same decode graphs, their prompt passes captured again without session 11's swaps
+        for g in graphs:
+            g.prefills.clear()
+            g.norms, g.steps, g.fused, g.packed = [], [], [], False
+        row["bucket_ms_swaps_off"] = time_buckets(llm, text, repeat=repeat)
     del llm, model, graphs, first
     return row
+
+
+def time_buckets(llm: Any, text: str, *, repeat: int) -> dict[str, float]:
+    """Stream the three prompts (each twice: the first call of a bucket captures it), then replay
+    every captured prompt pass: ``"cache slots/bucket"`` -> ms."""
+    from llm.fast_decode import fast_decode_state
+
+    for chars in PROMPT_CHARS:
+        for _ in range(2):
+            for _chunk in llm.stream(text[:chars] + QUESTION, min_new_tokens=8):
+                pass
+    out = {}
+    for g in fast_decode_state(llm.model).graphs.values():
+        for bucket, p in sorted(g.prefills.items()):
+            if p.graph is not None:
+                out[f"{g.mask.shape[-1]}/{bucket}"] = replay_ms(p.graph, repeat=repeat)
+    return out
 
 
 def main() -> None:
@@ -73,6 +89,9 @@ def main() -> None:
     p.add_argument("--shape", default="chatglm3-6b")
     p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4"], choices=("none", "int8", "int4"))
     p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--ablation", action="store_true",
+                   help="also time each bucket with the prompt pass's swaps off (the model's own forward over the "
+                        "whole cache: no narrowed attention, fused q/k/v, rotary or RMSNorm kernels)")
     args = p.parse_args()
     if not torch.cuda.is_available() or args.tiny:
         print("prefill: no CUDA device (or --tiny), nothing to time (the captured prompt pass is CUDA-only)")
@@ -80,14 +99,16 @@ def main() -> None:
     tokenizer = char_tokenizer(SHAPES[args.shape]["vocab_size"])
     result: dict[str, Any] = {"shape": args.shape, "kinds": {}}
     for kind in args.kinds:
-        r = bench_kind(kind, shape=args.shape, tokenizer=tokenizer, repeat=args.repeat, group_size=args.group_size)
+        r = bench_kind(kind, shape=args.shape, tokenizer=tokenizer, repeat=args.repeat, group_size=args.group_size,
+                       ablation=args.ablation)
         result["kinds"][kind] = r
         write_result(args.out, f"prefill_{args.shape}", result)
         if "error" in r:
             print(f"{kind}: {r['error']}", flush=True)
             continue
-        print_table(f"{kind}: captured prompt pass (cache slots / bucket)", list(r["bucket_ms"].items()),
-                    ("cache/bucket", "ms"))
+        off = r.get("bucket_ms_swaps_off", {})
+        print_table(f"{kind}: captured prompt pass (cache slots / bucket)",
+                    [(b, ms, off.get(b, "")) for b, ms in r["bucket_ms"].items()], ("cache/bucket", "ms", "swaps off"))
         print_table(f"{kind}: kernels of the smallest bucket", [
             (x["name"][:90], x["per_step"], x["us_each"], x["us_per_step"]) for x in r["kernels_smallest_bucket"][:20]
         ], ("kernel", "per pass", "us each", "us/pass"))
