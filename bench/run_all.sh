@@ -11,7 +11,7 @@
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading),
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
-# 256 new tokens: aggregate tok/s, p50/p95 TTFT), prefill6b (captured prompt pass at 128/512/1024 tokens, bf16 / INT8 /
+# 256 new tokens: aggregate tok/s, p50/p95 TTFT), prefill6b (captured prompt pass at 128/512/1024 tokens, with and without its swaps, bf16 / INT8 /
 # INT4, and its kernels; ~3 min cold), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:
 # cuBLAS, compiled and Triton bf16, compiled and Triton INT8, INT4 compiled and tinygemm, gemlite
@@ -64,7 +64,7 @@ for s in $sections; do
     quant6b_triton) run ${T_QUANT6B:-330} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
     quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;
-    prefill6b) run ${T_PREFILL6B:-300} prefill6b "$PY" -m bench.prefill --shape chatglm3-6b ;;
+    prefill6b) run ${T_PREFILL6B:-360} prefill6b "$PY" -m bench.prefill --shape chatglm3-6b --ablation ;;
     l2prefetch) run ${T_L2PREFETCH:-240} l2prefetch "$PY" -m bench.l2_prefetch ;;
     decattn)  run ${T_DECATTN:-600} decattn "$PY" -m bench.decode_attention ;;
     concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
