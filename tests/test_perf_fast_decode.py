@@ -218,8 +218,8 @@ def test_a_mask_narrower_than_the_cache_limits_the_prompts_keys_and_values() -> 
 def test_decode_steps_use_packed_attention_and_restore_the_config(
     fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The graph loop's one-token steps run ``packed_gqa_attention``; the prompt and every call
-    after it see the model's own "sdpa" again."""
+    """The graph loop's one-token steps and the prompt pass run ``packed_gqa_attention`` (the
+    prompt's K/V narrowed to its own slots); every call after it sees the model's own "sdpa" again."""
     calls: list[tuple[int, ...]] = []
     real = fd.packed_gqa_attention
 
@@ -236,7 +236,9 @@ def test_decode_steps_use_packed_attention_and_restore_the_config(
     eager, fast = fast_and_eager(fresh_llm, [QUESTION, "刘备"], min_new_tokens=24)
     assert torch.equal(eager, fast)
     layers = config.num_hidden_layers
-    assert len(calls) == 23 * layers and {shape[2] for shape in calls} == {1}  # 24 tokens: 23 one-token steps
+    prompt = fresh_llm._generate_kwargs([QUESTION, "刘备"], {})["input_ids"].shape[1]
+    assert len(calls) == layers + 23 * layers  # the prompt pass, then 24 tokens: 23 one-token steps
+    assert [shape[2] for shape in calls[:layers]] == [prompt] * layers and {shape[2] for shape in calls[layers:]} == {1}
     assert config._attn_implementation == "sdpa"
 
 
@@ -244,7 +246,8 @@ def test_fused_qkv_weights_are_views_of_one_tensor_and_decode_takes_one_projecti
     fresh_llm: ChatGLM, tmp_path: Path
 ) -> None:
     """The q/k/v weights become row blocks of one tensor (same values, no copy kept), decode
-    steps compute them with one GEMV, and the model still saves and reloads unchanged."""
+    steps and the prompt pass compute them with one GEMV / GEMM, and the model still saves and
+    reloads unchanged."""
     model = fresh_llm.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     eager, fast = fast_and_eager(fresh_llm, [QUESTION, "刘备"], min_new_tokens=24)
@@ -266,7 +269,7 @@ def test_fused_qkv_weights_are_views_of_one_tensor_and_decode_takes_one_projecti
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.nn.functional, "linear", counting_linear)
         run_generate(model, fresh_llm._generate_kwargs([QUESTION], {"min_new_tokens": 24}), fast_decode=True)
-    assert calls["fused"] == 23 * model.config.num_hidden_layers  # one per layer per one-token step
+    assert calls["fused"] == 24 * model.config.num_hidden_layers  # one per layer: the prompt pass, 23 one-token steps
 
     model.save_pretrained(tmp_path / "saved")
     from transformers import AutoModelForCausalLM

@@ -144,11 +144,23 @@ def prefill(
             g.cache.reset()
             if g.prefix:
                 write_prefix(model, g.cache, batch)
+    return _eager_prefill(model, g, input_ids, attention_mask)
+
+
+def _eager_prefill(model: Any, g: DecodeGraph, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The prompt pass launched from Python (long prompts, the map stage's batches, a failed
+    capture), with the captured pass's swaps: its cost was the same ~20 eager kernels of rotary and
+    cache writes, 14 of two norms and attention over the whole cache per layer, on tensors of
+    batch x prompt rows (the map stage: 16 x 512)."""
+    batch, prompt = input_ids.shape
     mask = attention_mask
-    if g.prefix:  # a 2-D mask cannot say that the prompt starts after the prefix
+    if packs(g.config, on=g.packed):  # a 4-D mask of the slots the prompt can see: K/V narrowed to them
+        mask = prompt_mask(attention_mask, prefix=g.prefix, rows=prompt, length=g.prefix + prompt)
+    elif g.prefix:  # a 2-D mask cannot say that the prompt starts after the prefix
         mask = prompt_mask(attention_mask, prefix=g.prefix, rows=prompt, length=g.mask.shape[-1])
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=prompt_positions(attention_mask),
-                **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=1)
+    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.norms):
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=prompt_positions(attention_mask),
+                    **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :].float()
 
 
