@@ -61,7 +61,7 @@ def bench_kind(kind: str, *, shape: str, tokenizer: Any, repeat: int, group_size
     if ablation:  # the same decode graphs, their prompt passes captured again without session 11's swaps
         for g in graphs:
             g.prefills.clear()
-            g.norms, g.steps, g.fused, g.packed = [], [], [], False
+            g.prompt_steps, g.steps, g.fused, g.packed = [], [], [], False
         row["bucket_ms_swaps_off"] = time_buckets(llm, text, repeat=repeat)
     del llm, model, graphs, first
     return row
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--ablation", action="store_true",
                    help="also time each bucket with the prompt pass's swaps off (the model's own forward over the "
-                        "whole cache: no narrowed attention, fused q/k/v, rotary or RMSNorm kernels)")
+                        "whole cache: no narrowed attention, fused q/k/v, rotary, RMSNorm or SwiGLU kernels)")
     args = p.parse_args()
     if not torch.cuda.is_available() or args.tiny:
         print("prefill: no CUDA device (or --tiny), nothing to time (the captured prompt pass is CUDA-only)")

@@ -7,7 +7,7 @@ operation that computes (not a view or other metadata) is one kernel or more on 
 glmkb Triton launch one. This runs the bucketed prompt pass (what a captured one computes) of the
 tiny GLM shape (2 layers, ChatGLM's layout) under ``TRITON_INTERPRET=1`` and counts both, with
 ``FastDecodeOptions`` as they are by default (packed attention narrowed to the bucket, fused
-q/k/v, the attention step's rotary + cache kernel, the RMSNorm kernel) and with all four off (the
+q/k/v, the attention step's rotary + cache kernel, the RMSNorm and SwiGLU kernels) and with all off (the
 model's own forward over the whole static cache, as before session 11). Both runs choose the same
 token as ``generate``. The counts say which kernels go, not how long they took: that is
 ``bench.prefill`` on a GPU.
@@ -32,7 +32,8 @@ METADATA = {"view", "_unsafe_view", "t", "transpose", "unsqueeze", "expand", "sl
             "empty_strided", "lift_fresh", "chunk", "unflatten", "_reshape_alias", "new_empty", "empty_like",
             "result_type", "sym_size", "is_same_size", "_local_scalar_dense", "item", "resolve_conj", "resolve_neg",
             "contiguous", "set_"}
-TRITON_LAUNCHES = (("llm.kernels.rms_norm", "launch_rms_norm"), ("llm.kernels.rope_cache", "launch_rope_cache_write"))
+TRITON_LAUNCHES = (("llm.kernels.rms_norm", "launch_rms_norm"), ("llm.kernels.rope_cache", "launch_rope_cache_write"),
+                   ("llm.kernels.swiglu", "launch_swiglu"))
 
 
 class Counting(TorchDispatchMode):
@@ -103,7 +104,7 @@ def main() -> None:
     model = glm_model("tiny", device="cpu", dtype=torch.float32, tokenizer=tokenizer)
     on = FastDecodeOptions(on_cpu=True, bucketed_prefill_on_cpu=True)
     off = on.model_copy(update={"packed_attention": False, "fused_qkv": False, "fused_rope": False,
-                                "fused_norm": False})
+                                "prompt_kernels": False})
     result: dict[str, Any] = {"layers": model.config.num_hidden_layers}
     tokens = {}
     for label, options in (("swaps off (before session 11)", off), ("default", on)):

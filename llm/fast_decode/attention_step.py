@@ -28,17 +28,19 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_forward
 
 from llm.fast_decode.attention import FusedQKV
+from llm.fast_decode.stand_in import StandIn
 from llm.kernels.rope_cache_op import rope_cache_write
 
 
-class AttentionStep:
-    """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step."""
+class AttentionStep(StandIn):
+    """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step
+    or a prompt pass."""
 
     def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None) -> None:
+        super().__init__(fused.module)
         self.fused = fused
         self.slot = slot  # (1,) the decode graph's cache slot of this step's token
         self.start = start  # (1,) the cache slot of a captured prompt pass's first token (None: decode only)
-        self.module = fused.module
         self.heads = fused.sizes[0] // self.module.head_dim
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: Any = None,
@@ -75,14 +77,6 @@ class AttentionStep:
         if keys.dim() != 4 or keys.shape[0] != hidden_states.shape[0] or keys.shape[3] != self.module.head_dim:
             return None
         return layer
-
-    def swap(self, *, on: bool) -> None:
-        """Put this forward on the module (``on``) or take it off again."""
-        if on:
-            self.module.forward = self.forward
-        else:
-            self.module.__dict__.pop("forward", None)
-
 
 def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None
                     ) -> list[AttentionStep]:

@@ -27,7 +27,7 @@ from llm.fast_decode.attention import FusedQKV, decode_forward, fuse_once
 from llm.fast_decode.attention_step import attention_steps
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
 from llm.fast_decode.gemv_route import GemvKernel, gemv_route
-from llm.fast_decode.norm_step import norm_steps
+from llm.fast_decode.prompt_steps import prompt_steps
 from llm.fast_decode.prefill import prefill
 from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
@@ -67,7 +67,7 @@ class DecodeGraph:
     packed: bool = True  # decode steps use packed GQA attention (where the model uses "sdpa")
     gemv: Any = None  # gemv_route.GemvRoute: the GEMV kernel of the step's linear layers (None: as they are)
     steps: list[Any] = field(default_factory=list)  # attention_step.AttentionStep per fused attention module
-    norms: list[Any] = field(default_factory=list)  # norm_step.NormStep per RMSNorm module: the prompt pass's
+    prompt_steps: list[Any] = field(default_factory=list)  # prompt_steps' norm and SwiGLU stand-ins: prompt passes'
     fused: list[FusedQKV] = field(default_factory=list)  # fused q/k/v of the model's attention modules
     prefills: dict[int, Any] = field(default_factory=dict)  # PrefillGraph by prompt-length bucket
     start: torch.Tensor | None = None  # (1,) the cache slot where prompt passes start: the prefix's length
@@ -122,7 +122,7 @@ def build_decode_graph(
     gemv_kernel: GemvKernel = "auto",
     fused_rope: bool = True,
     pdl: bool = True,
-    fused_norm: bool = True,
+    prompt_kernels: bool = True,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -153,7 +153,7 @@ def build_decode_graph(
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
         steps=attention_steps(list(fused or []), slot=cur, start=start) if fused_rope else [],
-        norms=norm_steps(model) if fused_norm else [],
+        prompt_steps=prompt_steps(model) if prompt_kernels else [],
         prefix=prefix_slots(model),
         start=start,
     )
@@ -261,12 +261,13 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.pdl, options.fused_norm, options.gemv_kernel)
+                options.pdl, options.prompt_kernels, options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
                                packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
-                               fused_rope=options.fused_rope, pdl=options.pdl, fused_norm=options.fused_norm)
+                               fused_rope=options.fused_rope, pdl=options.pdl,
+                               prompt_kernels=options.prompt_kernels)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

@@ -67,8 +67,9 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
     # As in the decode step: packed attention (K/V narrowed to the mask's span of the cache), one q/k/v
     # GEMM per layer (run 19, 6B, bucket 64: q, k and v took 14.3 + 5.0 + 5.0 us, plus split-K sums) and
     # the rotary + cache writes as one kernel (``attention_step``, from slot ``g.start``); and each
-    # RMSNorm as one kernel (``norm_step``; run 19: 7 eager kernels, ~1.2 ms of the 9.1 ms pass)
-    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.norms):
+    # RMSNorm and SwiGLU as one kernel each (``prompt_steps``; run 19: the norm's 7 eager kernels took ~1.2 ms
+    # of the 9.1 ms pass)
+    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.prompt_steps):
         out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask,
                     **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=p.keep)
     p.logits = out.logits[:, -1, :].float()
@@ -158,7 +159,7 @@ def _eager_prefill(model: Any, g: DecodeGraph, input_ids: torch.Tensor, attentio
         mask = prompt_mask(attention_mask, prefix=g.prefix, rows=prompt, length=g.prefix + prompt)
     elif g.prefix:  # a 2-D mask cannot say that the prompt starts after the prefix
         mask = prompt_mask(attention_mask, prefix=g.prefix, rows=prompt, length=g.mask.shape[-1])
-    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.norms):
+    with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.prompt_steps):
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=prompt_positions(attention_mask),
                     **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :].float()

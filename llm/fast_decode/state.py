@@ -42,8 +42,9 @@ class FastDecodeOptions(BaseModel):
     attention modules' decode-step forward (``attention_step``; needs packed attention and fused q/k/v)."""
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
-    fused_norm: bool = True
-    """Prompt pass: each RMSNorm as one Triton kernel instead of seven eager ones (``norm_step``; CUDA)."""
+    prompt_kernels: bool = True
+    """Prompt passes: each RMSNorm and each SwiGLU as one Triton kernel instead of seven and two eager
+    ones (``prompt_steps``; CUDA)."""
     gemv_kernel: Literal["auto", "triton", "torch"] = "auto"
     """Decode step's linear layers at <= 16 rows: "auto" / "triton" = INT8 and bf16 layers on the
     Triton GEMV (``llm.kernels``; per shape cuBLAS where it is faster); "torch" = both in PyTorch

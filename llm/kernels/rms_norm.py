@@ -9,7 +9,7 @@ pass, for 57 calls. Here one program per row does the same arithmetic: float32 s
 PyTorch's bf16 x bf16 product). Only the summation order and the last bit of the approximate
 rsqrt can differ from PyTorch's.
 
-Eager launches only (the prompt pass is captured, not compiled): ``llm.fast_decode.norm_step``
+Eager launches only (the prompt pass is captured, not compiled): ``llm.fast_decode.prompt_steps``
 swaps it in; this module imports Triton.
 """
 
