@@ -303,3 +303,31 @@ def test_cuda_kernel_matches_the_reference_and_replays_in_a_cuda_graph() -> None
         torch.cuda.synchronize()
     heads = c["qkv"].view(2, 36, 128)[:, 34:]  # v heads, copied as they are
     assert int(slot) == 23 and int(length) == 23 and all(torch.equal(v[:, :, s], heads) for s in (20, 21, 22))
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_writes_a_prompts_tokens_as_the_reference_does() -> None:
+    """bf16 on CUDA, ChatGLM3-6B's layout, a 64-token bucket after a 3-slot prefix (the prompt
+    pass's call): q, and the K/V slots written, within one unit of the last place of the eager
+    reference; every other slot untouched; the count set to ``start + T``."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.kernels.rope_cache_op import reference_rope_cache_write
+
+    batch, tokens, length, start = 2, 64, 128, 3
+    g = torch.Generator().manual_seed(5)
+    angles = torch.rand(batch, tokens, 32, generator=g) * 100
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos().to(torch.bfloat16).cuda(), emb.sin().to(torch.bfloat16).cuda()
+    qkv = torch.randn(batch, tokens, 36 * 128, generator=g).to(torch.bfloat16).cuda()
+    k_cache = torch.randn(batch, 2, length, 128, generator=g).to(torch.bfloat16).cuda()
+    v_cache = torch.randn(batch, 2, length, 128, generator=g).to(torch.bfloat16).cuda()
+    slot = torch.tensor([start], device="cuda")
+    k1, v1, k2, v2 = k_cache.clone(), v_cache.clone(), k_cache.clone(), v_cache.clone()
+    n1, n2 = torch.tensor(-1, device="cuda"), torch.tensor(-1, device="cuda")
+    q1 = rope_cache_write(qkv, cos, sin, slot, k1, v1, n1, heads=32)
+    q2 = reference_rope_cache_write(qkv, cos, sin, slot, k2, v2, n2, 32)
+    assert int(n1) == int(n2) == start + tokens and q1.shape == (batch, 32, tokens, 128)
+    for a, b in ((q1, q2), (k1, k2), (v1, v2)):
+        assert (a.float() - b.float()).abs().max().item() <= 2 ** -7 * b.abs().max().item()
+    assert torch.equal(v1, v2)  # v is copied, not rounded; untouched slots are the clones'
