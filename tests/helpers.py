@@ -200,3 +200,14 @@ def count_calls(monkeypatch: Any, module: Any, name: str) -> list[int]:
 
     monkeypatch.setattr(module, name, counted)
     return calls
+
+
+def fast_and_eager(llm_: Any, prompts: list[str], *, options: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """The token ids ``generate`` chooses for ``prompts`` (``kwargs``: generate options), then those
+    the fast path with ``options`` (a ``FastDecodeOptions``) chooses, on the same model object."""
+    from llm.streaming import run_generate
+
+    generate_kwargs = llm_._generate_kwargs(prompts, dict(kwargs))
+    eager = run_generate(llm_.model, dict(generate_kwargs))
+    fast = run_generate(llm_.model, dict(generate_kwargs), fast_decode=options)
+    return eager, fast

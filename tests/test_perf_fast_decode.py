@@ -22,15 +22,10 @@ import llm.fast_decode.static_cache
 from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.streaming import model_is_busy, run_generate, stream_token_ids
+from tests import helpers
 from tests.fixtures.models import ForcedTokens
 
 QUESTION = "曹操是谁？"
-
-
-@pytest.fixture
-def fresh_llm(tiny_glm_dir: Path) -> ChatGLM:
-    """A ChatGLM over its own copy of the tiny GLM (fast-path state is per model object)."""
-    return ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=24)
 
 
 ON_CPU = FastDecodeOptions(on_cpu=True)
@@ -45,10 +40,7 @@ def fast_llm(fresh_llm: ChatGLM) -> ChatGLM:
 def fast_and_eager(
     llm_: ChatGLM, prompts: list[str], *, options: FastDecodeOptions = ON_CPU, **kwargs: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    generate_kwargs = llm_._generate_kwargs(prompts, dict(kwargs))
-    eager = run_generate(llm_.model, dict(generate_kwargs))
-    fast = run_generate(llm_.model, dict(generate_kwargs), fast_decode=options)
-    return eager, fast
+    return helpers.fast_and_eager(llm_, prompts, options=options, **kwargs)
 
 
 # ----- pure logic ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ run in a pytest subprocess with ``TRITON_INTERPRET=1``, as in test_rope_cache.py
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +16,11 @@ import torch
 import llm.fast_decode.prompt_steps as steps_module
 from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
-from llm.streaming import run_generate
-from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, fast_and_eager, interpreted_marker
 
 interpreted = interpreted_marker()
 BUCKETED = FastDecodeOptions(on_cpu=True, bucketed_prefill_on_cpu=True)
+PROMPTS = ["曹操是谁？", "刘备"]
 
 
 def glm_norm(hidden: int, dtype: torch.dtype, *, seed: int) -> torch.nn.Module:
@@ -87,7 +86,7 @@ def test_interpreted_swiglu_matches_transformers_mlp(rows: int, intermediate: in
 
 @interpreted
 def test_interpreted_prompt_pass_runs_the_kernel_and_chooses_generates_tokens(
-    tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tiny GLM's bucketed prompt pass launches the norm kernel for each of its 2 norms per layer
     and the final one, the SwiGLU kernel once per layer, and the answer is ``generate``'s."""
@@ -96,21 +95,12 @@ def test_interpreted_prompt_pass_runs_the_kernel_and_chooses_generates_tokens(
 
     launches = count_calls(monkeypatch, norm_kernel, "launch_rms_norm")
     swiglus = count_calls(monkeypatch, swiglu_kernel, "launch_swiglu")
-    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=8)
-    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 8})
-    eager = run_generate(llm_.model, dict(kwargs))
-    fast = run_generate(llm_.model, dict(kwargs), fast_decode=BUCKETED)
-    assert torch.equal(eager, fast)
-    layers = llm_.model.config.num_hidden_layers
+    assert torch.equal(*fast_and_eager(fresh_llm, PROMPTS, options=BUCKETED, min_new_tokens=8, max_new_tokens=8))
+    layers = fresh_llm.model.config.num_hidden_layers
     assert len(launches) == 2 * layers + 1 and len(swiglus) == layers  # one prompt pass
 
 
 # ----- without the kernel (this process) -----------------------------------------------------
-
-
-@pytest.fixture
-def fresh_llm(tiny_glm_dir: Path) -> ChatGLM:
-    return ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=8)
 
 
 @pytest.mark.parametrize("prompt_kernels", [True, False])
@@ -124,11 +114,8 @@ def test_the_prompt_pass_takes_the_norm_and_swiglu_steps_and_puts_the_forwards_b
         pytest.skip("the interpreter runs the kernels here")
     calls = count_calls(monkeypatch, steps_module, "kernel_applies")
     model = fresh_llm.model
-    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 8})
-    eager = run_generate(model, dict(kwargs))
     options = BUCKETED.model_copy(update={"prompt_kernels": prompt_kernels})
-    fast = run_generate(model, dict(kwargs), fast_decode=options)
-    assert torch.equal(eager, fast)
+    assert torch.equal(*fast_and_eager(fresh_llm, PROMPTS, options=options, min_new_tokens=8, max_new_tokens=8))
     layers = model.config.num_hidden_layers
     assert len(calls) == ((3 * layers + 1) if prompt_kernels else 0)  # 2 norms and an MLP per layer, the final norm
     assert all("forward" not in m.__dict__ for m in model.modules())

@@ -19,10 +19,12 @@ from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.kernels.rope_cache_op import reference_rope_cache_write, rope_applies, rope_cache_write
 from llm.streaming import run_generate
-from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, fast_and_eager, interpreted_marker
 
 interpreted = interpreted_marker()
 ON_CPU = FastDecodeOptions(on_cpu=True)
+BUCKETED = ON_CPU.model_copy(update={"bucketed_prefill_on_cpu": True})
+PROMPTS = ["曹操是谁？", "刘备"]
 
 
 def rotary(batch: int, rotary_dim: int, dtype: torch.dtype, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,20 +128,17 @@ def test_interpreted_kernel_matches_the_models_rotary_and_cache_update_for_promp
 
 
 @interpreted
-def test_interpreted_prompt_pass_runs_the_kernel_once_per_layer(tiny_glm_dir: Path,
+def test_interpreted_prompt_pass_runs_the_kernel_once_per_layer(fresh_llm: ChatGLM,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny GLM's bucketed prompt pass (CPU, as a captured one computes it) launches the kernel
     once per layer for the whole bucket, and the answer is ``generate``'s."""
     import llm.kernels.rope_cache as kernel_module
 
-    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=4)
-    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 4})
-    bucketed = ON_CPU.model_copy(update={"bucketed_prefill_on_cpu": True})
-    eager = run_generate(llm_.model, dict(kwargs))
-    assert torch.equal(eager, run_generate(llm_.model, dict(kwargs), fast_decode=bucketed))  # initialises the cache
+    options = {"min_new_tokens": 4, "max_new_tokens": 4}
+    assert torch.equal(*fast_and_eager(fresh_llm, PROMPTS, options=BUCKETED, **options))  # initialises the cache
     launches = count_calls(monkeypatch, kernel_module, "launch_rope_cache_write")
-    assert torch.equal(eager, run_generate(llm_.model, dict(kwargs), fast_decode=bucketed))
-    layers = llm_.model.config.num_hidden_layers
+    assert torch.equal(*fast_and_eager(fresh_llm, PROMPTS, options=BUCKETED, **options))
+    layers = fresh_llm.model.config.num_hidden_layers
     assert len(launches) == layers + 3 * layers  # the prompt pass, then 3 one-token steps
 
 
@@ -173,11 +172,6 @@ def test_without_kernel_the_op_is_the_models_own_math() -> None:
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
-@pytest.fixture
-def fresh_llm(tiny_glm_dir: Path) -> ChatGLM:
-    return ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=16)
-
-
 @pytest.mark.parametrize("fused_rope", [True, False])
 def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
     fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch, fused_rope: bool
@@ -187,7 +181,7 @@ def test_decode_steps_take_the_attention_step_and_put_the_forward_back(
     module has its class's forward again; without it the model's own forward runs."""
     calls = count_calls(monkeypatch, step_module, "rope_cache_write")
     model = fresh_llm.model
-    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 16})
+    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 16, "max_new_tokens": 16})
     eager = run_generate(model, dict(kwargs))
     fast = run_generate(model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"fused_rope": fused_rope}))
     assert torch.equal(eager, fast)
@@ -208,10 +202,8 @@ def test_the_bucketed_prompt_pass_takes_the_attention_step_for_its_tokens(
     prompt pass now calls ``rope_cache_write`` once per layer for all of its tokens, from the
     prompt's first slot, and answers as ``generate`` does."""
     model = fresh_llm.model
-    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 8})
-    bucketed = ON_CPU.model_copy(update={"bucketed_prefill_on_cpu": True})
-    eager = run_generate(model, dict(kwargs))
-    assert torch.equal(eager, run_generate(model, dict(kwargs), fast_decode=bucketed))  # initialises the cache
+    options = {"min_new_tokens": 8, "max_new_tokens": 16}
+    assert torch.equal(*fast_and_eager(fresh_llm, PROMPTS, options=BUCKETED, **options))  # initialises the cache
     prompts: list[tuple[int, int]] = []
     real = step_module.rope_cache_write
 
@@ -222,7 +214,7 @@ def test_the_bucketed_prompt_pass_takes_the_attention_step_for_its_tokens(
         return real(qkv, cos, sin, slot, *args, **kw)
 
     monkeypatch.setattr(step_module, "rope_cache_write", recording)
-    assert torch.equal(eager, run_generate(model, dict(kwargs), fast_decode=bucketed))
+    assert torch.equal(*fast_and_eager(fresh_llm, PROMPTS, options=BUCKETED, **options))
     import llm.fast_decode as fd
 
     assert prompts == [(fd.MIN_PREFILL_BUCKET, 0)] * model.config.num_hidden_layers
