@@ -29,11 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from configs.errors import BadInput
+from llm import int4_runs
 from llm import int4_tinygemm as tinygemm
 from llm.kernels import KERNELS, gemv_linear
 from llm.kernels.int4_dequant_op import int4pack_dequant_applies, int4pack_dequantized
+from llm.kernels.int4_gemv_op import int4_runs_linear
 
 WEIGHT_ONLY = ("int8", "int4")
+# INT4 GEMV on CUDA: torch's tinygemm (measured, the default) or glmkb's Triton kernel over the
+# "runs" layout (llm.kernels.int4_gemv; built without a GPU, not yet measured: docs/PERFORMANCE.md).
+INT4_KERNELS = ("tinygemm", "triton")
 DEFAULT_GROUP_SIZE = 128
 
 
@@ -71,15 +76,20 @@ class WeightOnlyInt8Linear(nn.Module):
 class WeightOnlyInt4Linear(nn.Module):
     """``y = x @ ((q - zero) * scale).T + b`` with int4 ``q`` packed two per byte, grouped along inputs.
 
-    Two forms of the same numbers (``kernel``): "dequant" (glmkb's buffers ``weight`` uint8
+    Three forms of the same numbers (``kernel``): "dequant" (glmkb's buffers ``weight`` uint8
     ``[N, K/2]``, ``scales``, ``zeros``; ``forward`` dequantizes, correct everywhere) and, once the
-    layer is on a CUDA GPU of sm80+ with bf16 scales and a shape the kernel takes, "tinygemm"
-    (``weight`` int32 in ``aten._weight_int4pack_mm``'s layout plus ``scales_and_zeros``;
-    ``llm.int4_tinygemm``). Only one form is held at a time; moving off the GPU or to another
-    dtype converts back exactly, and ``state_dict`` always has the "dequant" buffers.
+    layer is on a device that runs it with bf16 scales and a shape it takes, the form
+    ``int4_kernel`` names: "tinygemm" (CUDA sm80+: ``weight`` int32 in ``aten._weight_int4pack_mm``'s
+    layout plus ``scales_and_zeros``; ``llm.int4_tinygemm``) or "triton" (``weight`` uint8 in the
+    "runs" layout plus ``scales_zeros`` int32; ``llm.int4_runs``, read by ``llm.kernels.int4_gemv``).
+    Only one form is held at a time; moving off the device or to another dtype converts back
+    exactly, and ``state_dict`` always has the "dequant" buffers.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = DEFAULT_GROUP_SIZE) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = DEFAULT_GROUP_SIZE,
+        int4_kernel: str = "tinygemm",
+    ) -> None:
         super().__init__()
         out_features, in_features = weight.shape
         if in_features % group_size or group_size % 2:
@@ -87,7 +97,10 @@ class WeightOnlyInt4Linear(nn.Module):
                 f"INT4 needs in_features ({in_features}) to be a multiple of the group size ({group_size}); "
                 "choose llm.quantization_group_size among 32, 64, 128 dividing it"
             )
+        if int4_kernel not in INT4_KERNELS:
+            raise BadInput(f"the INT4 kernel must be one of {', '.join(INT4_KERNELS)}, not {int4_kernel!r}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.int4_kernel = int4_kernel
         self.kernel = "dequant"
         q, scale, zero = quantize_int4(weight, group_size=group_size)
         self.register_buffer("weight", pack_int4(q))
@@ -95,24 +108,27 @@ class WeightOnlyInt4Linear(nn.Module):
         self.register_buffer("zeros", zero.to(weight.dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("scales_and_zeros", None, persistent=False)
-        self._use_tinygemm_if_fits()
+        self.register_buffer("scales_zeros", None, persistent=False)
+        self._use_fast_form_if_fits()
 
     @property
     def fuse_axes(self) -> dict[str, int]:
         """Each tensor's output-feature axis (``llm.fast_decode.attention`` fuses q/k/v along it)."""
         if self.kernel == "tinygemm":
             return {"weight": 0, "bias": 0, "scales_and_zeros": 1}
+        if self.kernel == "triton":
+            return {"weight": 0, "bias": 0, "scales_zeros": 0}
         return {"weight": 0, "bias": 0, "scales": 0, "zeros": 0}
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """The full-precision weight these buffers stand for (fused away under ``torch.compile``)."""
-        if self.kernel == "tinygemm":
-            q, scales, zeros = self.canonical_buffers()
-            return _dequantize(unpack_int4(q), scales, zeros, group_size=self.group_size, dtype=dtype)
-        return _dequantize(unpack_int4(self.weight), self.scales, self.zeros, group_size=self.group_size, dtype=dtype)
+        q, scales, zeros = self.canonical_buffers()
+        return _dequantize(unpack_int4(q), scales, zeros, group_size=self.group_size, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kernel == "triton":
+            return int4_runs_linear(x, self.weight, self.scales_zeros, bias, group_size=self.group_size)
         if self.kernel == "tinygemm":
             weight = self._dequantized_for_rows(x.numel() // self.in_features)
             if weight is not None:  # a prompt: one GEMM at bf16 speed instead of tinygemm's row-linear time
@@ -138,6 +154,9 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def canonical_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(weight, scales, zeros)`` in the "dequant" form, whichever form the layer holds."""
+        if self.kernel == "triton":
+            scales, zeros = int4_runs.unpack_scales_zeros(self.scales_zeros)
+            return pack_int4(int4_runs.unpack_runs(self.weight)), scales, zeros
         if self.kernel != "tinygemm":
             return self.weight, self.scales, self.zeros
         scales, zeros = tinygemm.split_scales_and_zeros(self.scales_and_zeros)
@@ -146,36 +165,44 @@ class WeightOnlyInt4Linear(nn.Module):
         dtype = self.scales_and_zeros.dtype
         return pack_int4(q), scales.to(dtype), zeros.to(dtype)
 
-    def _use_tinygemm_if_fits(self) -> None:
-        """Switch to the "tinygemm" form when the device, dtype and shape allow it."""
-        if self.kernel == "tinygemm" or self.scales.dtype != torch.bfloat16:
+    def _form_runs_on(self, device: torch.device) -> bool:
+        """Whether ``int4_kernel``'s form runs on ``device`` for this layer's shape."""
+        if self.int4_kernel == "triton":
+            return int4_runs.runs_available(device) and int4_runs.runs_fit(in_features=self.in_features,
+                                                                           group_size=self.group_size)
+        return tinygemm.tinygemm_available(device) and tinygemm.tinygemm_fits(
+            in_features=self.in_features, out_features=self.out_features, group_size=self.group_size)
+
+    def _use_fast_form_if_fits(self) -> None:
+        """Switch to ``int4_kernel``'s form when the device, dtype and shape allow it."""
+        if self.kernel != "dequant" or self.scales.dtype != torch.bfloat16 or not self._form_runs_on(self.weight.device):
             return
-        if not tinygemm.tinygemm_available(self.weight.device) or not tinygemm.tinygemm_fits(
-            in_features=self.in_features, out_features=self.out_features, group_size=self.group_size
-        ):
-            return
-        tiles = tinygemm.inner_k_tiles(self.in_features)
-        packed = tinygemm.pack_weight(unpack_int4(self.weight), inner_tiles=tiles)
-        scales_zeros = tinygemm.scales_and_zeros(self.scales, self.zeros, dtype=torch.bfloat16)
-        self.weight, self.scales, self.zeros, self.scales_and_zeros = packed, None, None, scales_zeros
-        self.kernel = "tinygemm"
+        q = unpack_int4(self.weight)
+        if self.int4_kernel == "triton":
+            packed, self.scales_zeros = int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(self.scales, self.zeros)
+        else:
+            packed = tinygemm.pack_weight(q, inner_tiles=tinygemm.inner_k_tiles(self.in_features))
+            self.scales_and_zeros = tinygemm.scales_and_zeros(self.scales, self.zeros, dtype=torch.bfloat16)
+        self.weight, self.scales, self.zeros = packed, None, None
+        self.kernel = self.int4_kernel
 
     def _use_dequant(self) -> None:
         """Back to the "dequant" form, exactly: q and scales are kept, integer zeros re-derived."""
-        if self.kernel != "tinygemm":
+        if self.kernel == "dequant":
             return
         weight, scales, zeros = self.canonical_buffers()
-        self.weight, self.scales, self.zeros, self.scales_and_zeros = weight, scales, zeros, None
+        self.weight, self.scales, self.zeros = weight, scales, zeros
+        self.scales_and_zeros = self.scales_zeros = None
         self.kernel = "dequant"
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        """``.to()``, ``.cuda()``, ``.float()``...: leave tinygemm's form only when the move needs it."""
-        if self.kernel == "tinygemm":
+        """``.to()``, ``.cuda()``, ``.float()``...: leave the fast form only when the move needs it."""
+        if self.kernel != "dequant":
             probe = fn(torch.empty(0, dtype=torch.bfloat16, device=self.weight.device))
-            if probe.dtype != torch.bfloat16 or not tinygemm.tinygemm_available(probe.device):
+            if probe.dtype != torch.bfloat16 or not self._form_runs_on(probe.device):
                 self._use_dequant()
         result = super()._apply(fn, recurse)
-        self._use_tinygemm_if_fits()
+        self._use_fast_form_if_fits()
         return result
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
@@ -187,11 +214,11 @@ class WeightOnlyInt4Linear(nn.Module):
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
     def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        tinygemm_form = self.kernel == "tinygemm"
+        fast_form = self.kernel != "dequant"
         self._use_dequant()
         super()._load_from_state_dict(*args, **kwargs)
-        if tinygemm_form:
-            self._use_tinygemm_if_fits()
+        if fast_form:
+            self._use_fast_form_if_fits()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}, "
@@ -255,10 +282,11 @@ def quantize_model_(
     group_size: int = DEFAULT_GROUP_SIZE,
     skip: Iterable[str] = (),
     head: str | None = "int8",
+    int4_kernel: str = "tinygemm",
 ) -> nn.Module:
     """Replace ``model``'s linear layers by weight-only ``kind`` ("int8"/"int4") layers, in place;
     the LM head by ``head`` ("int8", or None: left as it is). ``skip``: names (or name suffixes)
-    of linear layers to leave."""
+    of linear layers to leave; ``int4_kernel``: ``INT4_KERNELS``, the INT4 layers' CUDA form."""
     if kind not in WEIGHT_ONLY:
         raise BadInput(f"weight-only quantization must be one of {', '.join(WEIGHT_ONLY)}, not {kind!r}")
     if head is not None and head not in HEAD_KINDS:
@@ -272,11 +300,11 @@ def quantize_model_(
         if kind == "int8" or _is_head(name):
             layer: nn.Module = WeightOnlyInt8Linear(linear.weight, linear.bias)
         else:
-            layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=group_size)
+            layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=group_size, int4_kernel=int4_kernel)
         setattr(parent, child, layer.to(linear.weight.device))
         del linear  # the full-precision weight goes as soon as its replacement exists
     model.config.glmkb_weight_only = {"kind": kind, "group_size": group_size if kind == "int4" else None,
-                                      "lm_head": head}
+                                      "int4_kernel": int4_kernel if kind == "int4" else None, "lm_head": head}
     return model
 
 
@@ -304,7 +332,9 @@ def _linear_layers(model: nn.Module, *, skip: tuple[str, ...], head: str | None)
     return layers
 
 
-def quantize_loaded_(model: nn.Module, kind: str, *, group_size: int = DEFAULT_GROUP_SIZE) -> nn.Module:
+def quantize_loaded_(
+    model: nn.Module, kind: str, *, group_size: int = DEFAULT_GROUP_SIZE, int4_kernel: str = "tinygemm"
+) -> nn.Module:
     """``quantize_model_`` on the linear layers whose weights are loaded (not on the meta device).
 
     Called after each shard of a streamed load, so a layer is quantized as soon as it is complete
@@ -316,7 +346,7 @@ def quantize_loaded_(model: nn.Module, kind: str, *, group_size: int = DEFAULT_G
         if isinstance(module, nn.Linear)
         and any(t is not None and t.device.type == "meta" for t in (module.weight, module.bias))
     ]
-    return quantize_model_(model, kind, group_size=group_size, skip=tuple(pending))
+    return quantize_model_(model, kind, group_size=group_size, skip=tuple(pending), int4_kernel=int4_kernel)
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -50,12 +50,15 @@ def _signature(fn: Any, pointers: dict[str, str]) -> dict[str, str]:
 
 
 def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
-    from llm.kernels import decode_attention, gemv, rope_cache
+    from llm.kernels import decode_attention, gemv, int4_gemv, rope_cache
 
     row = {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "BLOCK_N": 4, "BLOCK_K": 1024}
     return [
         ("int8 row GEMV", gemv._int8_row_kernel, {"w_ptr": "*i8"}, {**row, "ASM": True}),
         ("float row GEMV", gemv._gemv_row_kernel, {}, row),
+        ("INT4 runs row GEMV", int4_gemv._int4_runs_row_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
+         {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_N": 4,
+          "BLOCK_K": 2048}),
         ("GEMV tiles", gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
          {"HAS_SCALE": True, "HAS_BIAS": False, "PARTIAL": True, "EVEN_K": True, "EVEN_N": True, "USE_DOT": True,
           "INT8": True, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}),
@@ -74,7 +77,7 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     ]
 
 
-KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "gemv-tiles", "split-k-sum", "attention-split", "attention-combine",
+KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "gemv-tiles", "split-k-sum", "attention-split", "attention-combine",
               "rope-cache"]
 
 

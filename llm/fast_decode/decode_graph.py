@@ -219,14 +219,14 @@ def _inductor_has_pdl() -> bool:
 
 def _some_layer_dequantizes(model: Any, gemv_kernel: GemvKernel) -> bool:
     """Whether a weight-only layer dequantizes in PyTorch during the decode step: INT4 off
-    tinygemm, or INT8 off the Triton GEMV (``gemv_kernel="torch"``, no Triton, or float32
+    its own kernel (tinygemm or the "runs" Triton GEMV), or INT8 off the Triton GEMV (``gemv_kernel="torch"``, no Triton, or float32
     activations, which the kernel does not take on CUDA)."""
     from llm.kernels import TRITON_AVAILABLE
     from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
     def own_kernel(m: Any) -> bool:
         if isinstance(m, WeightOnlyInt4Linear):
-            return m.kernel == "tinygemm"
+            return m.kernel in ("tinygemm", "triton")
         return (m.kernel == "triton" and gemv_kernel != "torch" and TRITON_AVAILABLE
                 and m.scales.dtype in (torch.float16, torch.bfloat16))
 

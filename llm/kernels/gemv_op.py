@@ -19,7 +19,8 @@ import logging
 import os
 import statistics
 from importlib.util import find_spec
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -163,37 +164,46 @@ def fastest(
     fail to compile or run are skipped."""
     from llm.kernels.gemv import launch_gemv
 
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=x.device)
-    best: tuple[float, Choice] | None = None
-    for config in options:
-        def run(c: Choice = config) -> torch.Tensor:
-            if c == TORCH:
-                return reference_gemv(x, weight, scales=scales, bias=bias)
-            return launch_gemv(x, weight, scales, bias, c)
+    def run(c: Choice) -> torch.Tensor:
+        if c == TORCH:
+            return reference_gemv(x, weight, scales=scales, bias=bias)
+        return launch_gemv(x, weight, scales, bias, c)
 
-        try:
-            run()  # compile and warm
-            events = []
-            for _ in range(repeats):
-                flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run()
-                end.record()
-                events.append((start, end))
-            torch.cuda.current_stream().synchronize()
-            t = statistics.median(start.elapsed_time(end) for start, end in events)
-        except Exception as e:  # e.g. out of shared memory or registers for this tile
-            logger.debug("GEMV config %s skipped: %s", config, e)
-            continue
-        if best is None or t < best[0]:
-            best = (t, config)
-    del flush
+    best = fastest_launch(options, run, device=x.device, repeats=repeats)
     if best is None:
         raise RuntimeError(f"no GEMV config runs for x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)}")
     logger.info("GEMV %s x %s %s: %s (%.1f us)", tuple(x.shape), tuple(weight.shape), weight.dtype, best[1],
                 best[0] * 1e3)
     return best[1]
+
+
+def fastest_launch(
+    options: list[Any], run: Callable[[Any], object], *, device: torch.device, repeats: int = 8
+) -> tuple[float, Any] | None:
+    """``(ms, option)`` with the least median time of ``run(option)``, each launch timed right after
+    L2 is flushed (``fastest`` says why); None when no option runs."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+    best: tuple[float, Any] | None = None
+    for option in options:
+        try:
+            run(option)  # compile and warm
+            events = []
+            for _ in range(repeats):
+                flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run(option)
+                end.record()
+                events.append((start, end))
+            torch.cuda.current_stream().synchronize()
+            t = statistics.median(start.elapsed_time(end) for start, end in events)
+        except Exception as e:  # e.g. out of shared memory or registers for this tile
+            logger.debug("kernel config %s skipped: %s", option, e)
+            continue
+        if best is None or t < best[0]:
+            best = (t, option)
+    del flush
+    return best
 
 
 def chosen_configs() -> dict[str, str]:

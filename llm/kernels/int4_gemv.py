@@ -1,0 +1,270 @@
+"""A Triton W4A16 GEMV for one row of x, over glmkb's "runs" INT4 layout, and its dequantization.
+
+Why a layout of its own. The INT8 row kernel (``llm.kernels.gemv._int8_row_kernel``) reads 3.4-3.9
+TB/s on the H200 because each thread loads 8 weight bytes against x's 8 bf16 (one 16-byte load)
+in the same register layout, so x never goes through shared memory (run 17). tinygemm's INT4
+layout is built for tensor-core fragments, and the four Triton INT4 forms tried so far over
+glmkb's ``pack_int4`` (column 2j low, 2j+1 high) either read x at a stride or loaded 4 bytes of
+weight per thread per step: 0.1-0.35 of copy bandwidth in float32 (run 15), 0.85x tinygemm with
+bf16 pairs (run 17). Here each run of 16 columns is 8 bytes, byte ``i`` holding column ``i`` in
+its low nibble and column ``8 + i`` in its high nibble, so a thread's 8-byte weight load lines up
+with two 16-byte x loads (columns 0-7 and 8-15) in the INT8 kernel's own register layout.
+
+Unpacking: four bytes (one 32-bit register) give 8 floats with 3 shifts and 8 ``lop3``; each
+nibble lands at mantissa bits 16-19 under 128's exponent (low nibbles: 128 + n) or at bits 12-15
+under 2048's (high nibbles: 2048 + n). The products (128 + n) x and (2048 + n) x are exact in
+float32, and the offsets come off once per run through x's own sums:
+``sum((n - z) s x) = s (d - 128 sum x_lo - 2048 sum x_hi - z sum x)``, with ``d`` the run's sum
+of products. That is ~1.4 integer instructions and one FMA per weight, against the INT8 kernel's
+~1.25 + 2 per weight at half the bytes. Scales and integer zero points travel as one int32 per
+row and group (bf16 ``s`` in the low half, bf16 ``z`` in the high half).
+
+Not yet measured on a GPU (session 12 had none lent): ``bench.gemv --int4-runs`` times it against
+tinygemm, ``bench.decode --int4-kernel runs`` end to end.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from llm.int4_runs import RUN
+from llm.kernels.grid_dependency import wait_for_inputs
+from llm.kernels.pdl import launch_pdl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs no inline assembly
+
+
+@triton.jit
+def _nibbles_as_float32(w, ASM: tl.constexpr):
+    """An int8 tile of packed bytes as two float32 tiles: ``128 + low nibble``, ``2048 + high nibble``."""
+    if ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 l, r, t;
+            shl.b32 l, $8, 8;
+            shr.u32 r, $8, 8;
+            shf.l.wrap.b32 t, $8, $8, 16;
+            lop3.b32 $0, t, 0x000F0000, 0x43000000, 0xEA;
+            lop3.b32 $1, l, 0x000F0000, 0x43000000, 0xEA;
+            lop3.b32 $2, $8, 0x000F0000, 0x43000000, 0xEA;
+            lop3.b32 $3, r, 0x000F0000, 0x43000000, 0xEA;
+            lop3.b32 $4, l, 0x0000F000, 0x45000000, 0xEA;
+            lop3.b32 $5, $8, 0x0000F000, 0x45000000, 0xEA;
+            lop3.b32 $6, r, 0x0000F000, 0x45000000, 0xEA;
+            lop3.b32 $7, t, 0x0000F000, 0x45000000, 0xEA;
+            }""",
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r", args=[w], dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
+    else:
+        b = w.to(tl.int32) & 0xFF
+        lo = (((b & 15) << 16) | 0x43000000).to(tl.float32, bitcast=True)
+        hi = (((b >> 4) << 12) | 0x45000000).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _run_sums(w, x_lo, x_hi, ASM: tl.constexpr, BLOCK_N: tl.constexpr, RUNS: tl.constexpr):
+    """``(BLOCK_N, RUNS)``: each run's ``sum((128 + lo) x_lo + (2048 + hi) x_hi)``. On the GPU one
+    inline-assembly block per thread and run: 6 shifts, 16 ``lop3`` and a chain of 16 FMAs, the sum
+    left in the run's first element (the others 0, dropped by three ``tl.split``). Written as
+    Triton arithmetic, the same sums took a multiply, an FMA and a reduction add per pair of
+    weights (sm_90 SASS: 1.6 instructions per weight for the products instead of 1)."""
+    if ASM:
+        sums = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 l, r, t, v;
+            .reg .f32 a;
+            shl.b32 l, $8, 8;
+            shr.u32 r, $8, 8;
+            shf.l.wrap.b32 t, $8, $8, 16;
+            lop3.b32 v, t, 0x000F0000, 0x43000000, 0xEA;
+            mul.rn.f32 a, v, $10;
+            lop3.b32 v, l, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $11, a;
+            lop3.b32 v, $8, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $12, a;
+            lop3.b32 v, r, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $13, a;
+            lop3.b32 v, l, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $18, a;
+            lop3.b32 v, $8, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $19, a;
+            lop3.b32 v, r, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $20, a;
+            lop3.b32 v, t, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $21, a;
+            shl.b32 l, $9, 8;
+            shr.u32 r, $9, 8;
+            shf.l.wrap.b32 t, $9, $9, 16;
+            lop3.b32 v, t, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $14, a;
+            lop3.b32 v, l, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $15, a;
+            lop3.b32 v, $9, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $16, a;
+            lop3.b32 v, r, 0x000F0000, 0x43000000, 0xEA;
+            fma.rn.f32 a, v, $17, a;
+            lop3.b32 v, l, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $22, a;
+            lop3.b32 v, $9, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $23, a;
+            lop3.b32 v, r, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $24, a;
+            lop3.b32 v, t, 0x0000F000, 0x45000000, 0xEA;
+            fma.rn.f32 a, v, $25, a;
+            mov.b32 $0, a;
+            mov.b32 $1, 0;
+            mov.b32 $2, 0;
+            mov.b32 $3, 0;
+            mov.b32 $4, 0;
+            mov.b32 $5, 0;
+            mov.b32 $6, 0;
+            mov.b32 $7, 0;
+            }""",
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 16,
+            args=[w, x_lo[None, :], x_hi[None, :]], dtype=tl.float32, is_pure=True, pack=8)
+        first, _ = tl.split(tl.reshape(sums, (BLOCK_N, RUNS, 2, 2, 2)))
+        first, _ = tl.split(first)
+        first, _ = tl.split(first)
+        return first
+    lo, hi = _nibbles_as_float32(w, ASM)
+    return tl.sum(tl.reshape(lo * x_lo[None, :] + hi * x_hi[None, :], (BLOCK_N, RUNS, 8)), axis=2)
+
+
+@triton.jit
+def _load_scales_zeros(ptrs, mask, ASM: tl.constexpr):
+    """One int32 per row and run. On the GPU an ``ld.global`` in inline assembly: ``tl.load`` would
+    take the layout Triton's coalescing picks for loads, and each step would move the run sums
+    through shared memory to meet it (Triton 3.6, sm_90 SASS: 9 barriers per step); the assembly
+    keeps the run sums' own layout. Addresses repeat across the 8 runs of a group: L1 serves them."""
+    if ASM:
+        sz = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .pred p;
+            setp.ne.b32 p, $2, 0;
+            mov.b32 $0, 0;
+            @p ld.global.nc.L1::evict_last.b32 $0, [$1];
+            }""",
+            constraints="=r,l,r", args=[ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        sz = tl.load(ptrs, mask=mask, other=0)
+    return sz
+
+
+@triton.jit
+def _int4_runs_row_kernel(
+    x_ptr, w_ptr, sz_ptr, bias_ptr, out_ptr, N, K, stride_wn, stride_szn,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, GROUP: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+):
+    """One row of x against a "runs" INT4 weight: ``BLOCK_N`` outputs per program, ``BLOCK_K``
+    columns (``BLOCK_K / 2`` bytes per row) per step, one run of 8 bytes per thread and row."""
+    VEC: tl.constexpr = 8  # bytes per run
+    KB: tl.constexpr = BLOCK_K // 2
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    r = tl.arange(0, KB)
+    rb = (r // VEC) * VEC + r % VEC  # == r; contiguity provable over one run only (the INT8 kernel's reason)
+    col = (r // VEC) * (2 * VEC) + r % VEC  # the low nibble's column; the high nibble's is col + 8
+    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rb[None, :]
+    sz_rows = sz_ptr + rn[:, None].to(tl.int64) * stride_szn
+    runs = tl.arange(0, KB // VEC)
+    wait_for_inputs(PDL)
+    acc = tl.zeros((BLOCK_N, KB // VEC), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        # first: the scales' loads are the step's only dependent ones, issued late they stall it
+        run_col = k + runs * (2 * VEC)
+        if EVEN_K:
+            sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None], ASM)
+        else:
+            sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None] & (run_col < K)[None, :], ASM)
+        if EVEN_K:
+            x_lo = tl.load(x_ptr + k + col, eviction_policy="evict_last").to(tl.float32)
+            x_hi = tl.load(x_ptr + k + col + VEC, eviction_policy="evict_last").to(tl.float32)
+            if EVEN_N:
+                w = tl.load(w_ptrs, eviction_policy="evict_first")
+            else:
+                w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
+        else:
+            k_ok = (k + col) < K  # whole runs: K is a multiple of 16
+            x_lo = tl.load(x_ptr + k + col, mask=k_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            x_hi = tl.load(x_ptr + k + col + VEC, mask=k_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
+        d = _run_sums(w, x_lo, x_hi, ASM, BLOCK_N, KB // VEC)
+        sum_lo = tl.sum(tl.reshape(x_lo, (KB // VEC, VEC)), axis=1)
+        sum_hi = tl.sum(tl.reshape(x_hi, (KB // VEC, VEC)), axis=1)
+        offsets = 128.0 * sum_lo + 2048.0 * sum_hi
+        s = (sz << 16).to(tl.float32, bitcast=True)
+        z = (sz & -65536).to(tl.float32, bitcast=True)
+        acc += s * ((d - offsets[None, :]) - z * (sum_lo + sum_hi)[None, :])
+        w_ptrs += KB
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _int4_runs_dequant_kernel(
+    w_ptr, sz_ptr, out_ptr, N, K, stride_wn, stride_szn, stride_on,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """``(q - z) * s`` in the output's dtype for a ``BLOCK_N x BLOCK_K`` tile: the row kernel's
+    unpacking with stores (16-byte runs of 8 columns) instead of products."""
+    VEC: tl.constexpr = 8
+    KB: tl.constexpr = BLOCK_K // 2
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    r = tl.arange(0, KB)
+    rb = (r // VEC) * VEC + r % VEC
+    col = k0 + (r // VEC) * (2 * VEC) + r % VEC
+    ok = (rn < N)[:, None] & (col < K)[None, :]
+    w = tl.load(w_ptr + rn[:, None].to(tl.int64) * stride_wn + k0 // 2 + rb[None, :], mask=ok, other=0)
+    b = w.to(tl.int32) & 0xFF
+    sz = tl.load(sz_ptr + rn[:, None].to(tl.int64) * stride_szn + (col // GROUP)[None, :], mask=ok, other=0)
+    s = (sz << 16).to(tl.float32, bitcast=True)
+    z = (sz & -65536).to(tl.float32, bitcast=True)
+    lo = ((b & 15).to(tl.float32) - z) * s
+    hi = ((b >> 4).to(tl.float32) - z) * s
+    out = out_ptr + rn[:, None].to(tl.int64) * stride_on + col[None, :]
+    tl.store(out, lo.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out + VEC, hi.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def launch_int4_runs_row(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *,
+    group_size: int, block_n: int = 4, block_k: int = 2048, num_warps: int = 4,
+) -> torch.Tensor:
+    """``x (1, K) @ W.T (+ bias)`` for a "runs" weight ``packed`` ``[N, K/2]`` with ``scales_zeros``
+    ``[N, K/group]`` (``pack_scales_zeros``), in ``x``'s dtype."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    if x.shape != (1, k) or k % RUN or group_size % RUN or block_k % RUN:
+        raise ValueError(f"the INT4 row kernel takes one row of {k} columns in runs of {RUN}, not {tuple(x.shape)}")
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    pdl = launch_pdl(x.device)
+    _int4_runs_row_kernel[(triton.cdiv(n, block_n),)](
+        x, packed, scales_zeros, bias if bias is not None else out, out, n, k, packed.stride(0), scales_zeros.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0, GROUP=group_size,
+        ASM=not INTERPRET and x.device.type == "cuda", BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl,
+        num_warps=num_warps, num_stages=1, launch_pdl=pdl,
+    )
+    return out
+
+
+def launch_int4_runs_dequant(
+    packed: torch.Tensor, scales_zeros: torch.Tensor, *, group_size: int, dtype: torch.dtype = torch.bfloat16,
+    block_n: int = 8, block_k: int = 256,
+) -> torch.Tensor:
+    """The ``[N, K]`` weight in ``dtype`` from a "runs" weight (prompts and decode batches)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    out = torch.empty((n, k), dtype=dtype, device=packed.device)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
+    _int4_runs_dequant_kernel[grid](
+        packed, scales_zeros, out, n, k, packed.stride(0), scales_zeros.stride(0), out.stride(0),
+        GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+    )
+    return out

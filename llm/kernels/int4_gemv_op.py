@@ -1,0 +1,114 @@
+"""``int4_runs_linear``: the "runs" INT4 layer's product (``llm.kernels.int4_gemv``) as a torch custom op.
+
+One row (the single-user decode step) runs the Triton row kernel with the tile that was fastest
+for the shape (timed once per process on CUDA, L2 flushed before each launch as for the other
+GEMVs: ``gemv_op.fastest_launch``); more rows (decode batches, prompts) dequantize the weight
+with one kernel and run one cuBLAS GEMM. An opaque custom op for the reason ``gemv_op`` gives:
+the compiled decode step calls it as one extern kernel. A kernel that fails falls back to the
+same arithmetic in PyTorch for good, with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from llm.int4_runs import RUN, dequantize_runs
+
+logger = logging.getLogger(__name__)
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# (BLOCK_N, BLOCK_K, num_warps), first = the default without timing (under capture, on the CPU).
+# Compiled for sm_90 offline (Triton 3.6): 47-64 registers, weight loads LDG.E.64, x LDG.E.128,
+# no shared memory in the loop; which tile wins is for the GPU to say (not yet measured).
+ROW_CONFIGS = ((4, 2048, 4), (8, 2048, 4), (8, 1024, 4), (4, 4096, 4), (2, 4096, 4), (8, 2048, 8), (4, 1024, 4))
+
+_chosen: dict[tuple[int, int, int, torch.dtype], tuple[int, int, int]] = {}
+_broken: list[str] = []
+
+
+def int4_runs_linear(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
+) -> torch.Tensor:
+    """``x @ ((q - z) * s).T (+ bias)`` over ``x``'s last axis, in ``x``'s dtype."""
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1])
+    y = torch.ops.glmkb.int4_runs_linear(rows, packed, scales_zeros, bias, group_size)
+    return y.reshape(*lead, packed.shape[0])
+
+
+# typing.Optional: custom_op infers the schema from the annotations (see gemv_op).
+@torch.library.custom_op("glmkb::int4_runs_linear", mutates_args=())
+def int4_runs_linear_op(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: Optional[torch.Tensor],  # noqa: UP045
+    group_size: int,
+) -> torch.Tensor:
+    """The op behind ``int4_runs_linear``: ``x`` is ``(M, K)``."""
+    x = x.contiguous()
+    if not _broken:
+        try:
+            return _launch(x, packed, scales_zeros, bias, group_size=group_size)
+        except Exception as e:  # Triton too old, an odd GPU: PyTorch from now on
+            _broken.append(f"{type(e).__name__}: {e}")
+            logger.warning("the Triton INT4 kernels failed, INT4 layers dequantize in PyTorch: %s", _broken[0])
+    weight = dequantize_runs(packed, scales_zeros, group_size=group_size, dtype=x.dtype)
+    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+@int4_runs_linear_op.register_fake
+def _int4_runs_linear_fake(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: Optional[torch.Tensor],  # noqa: UP045
+    group_size: int,
+) -> torch.Tensor:
+    return x.new_empty((x.shape[0], packed.shape[0]))
+
+
+def _launch(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
+) -> torch.Tensor:
+    from llm.kernels.int4_gemv import launch_int4_runs_dequant, launch_int4_runs_row
+
+    if x.shape[0] == 1:
+        block_n, block_k, warps = choose_row_config(x, packed, scales_zeros, bias, group_size=group_size)
+        return launch_int4_runs_row(x, packed, scales_zeros, bias, group_size=group_size, block_n=block_n,
+                                    block_k=block_k, num_warps=warps)
+    weight = launch_int4_runs_dequant(packed, scales_zeros, group_size=group_size, dtype=x.dtype)
+    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+def choose_row_config(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
+) -> tuple[int, int, int]:
+    """The row kernel's tile for this shape: the fastest of ``ROW_CONFIGS`` on CUDA (timed once per
+    process, outside graph capture), else the first."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    key = (n, k, group_size, x.dtype)
+    if key in _chosen:
+        return _chosen[key]
+    if x.device.type != "cuda":  # Triton's interpreter (tests): few, wide programs; one per 16 outputs
+        return (16, min(ROW_CONFIGS[0][1], max(2 * RUN, 1 << (k - 1).bit_length())), 4)
+    if torch.cuda.is_current_stream_capturing():
+        return ROW_CONFIGS[0]
+    from llm.kernels.gemv_op import fastest_launch
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+
+    def run(config: tuple[int, int, int]) -> torch.Tensor:
+        block_n, block_k, warps = config
+        return launch_int4_runs_row(x, packed, scales_zeros, bias, group_size=group_size, block_n=block_n,
+                                    block_k=block_k, num_warps=warps)
+
+    best = fastest_launch(list(ROW_CONFIGS), run, device=x.device)
+    if best is None:
+        raise RuntimeError(f"no INT4 row-kernel config runs for a {n} x {k} weight")
+    logger.info("INT4 row kernel %d x %d: %s (%.1f us)", n, k, best[1], best[0] * 1e3)
+    _chosen[key] = best[1]
+    return best[1]
+
+
+def chosen_configs() -> dict[str, str]:
+    """What this process picked per shape (for bench reports)."""
+    return {f"int4-runs N={n} K={k} group={g} {dtype}": str(c) for (n, k, g, dtype), c in _chosen.items()}

@@ -1,0 +1,185 @@
+"""glmkb's "runs" INT4 layout (``llm.int4_runs``) and its Triton kernels (``llm.kernels.int4_gemv``):
+the layer's "triton" form (``llm.int4_kernel: triton``).
+
+On CPU the kernels run under Triton's interpreter (their float32 twins of the inline assembly),
+checked against float64 products of the dequantized weight; the layer's form against its
+"dequant" form, through ``state_dict``, moves and the fast decode path. The GPU tests (``gpu``)
+run the inline assembly itself against the same references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from llm import int4_runs
+from llm.quantization import WeightOnlyInt4Linear, quantize_int4, quantize_model_
+from tests.helpers import assert_interpreted_tests_pass, interpreted_marker
+
+interpreted = interpreted_marker()
+GROUP = 32
+
+
+def reference_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """``x @ ((q - zero) * scale).T`` in float64."""
+    n, k = q.shape
+    w = (q.double().view(n, -1, group) - zero.double()[..., None]) * scale.double()[..., None]
+    return x.double() @ w.view(n, k).T
+
+
+def quantized(n: int, k: int, group: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q, bf16 scale, bf16 zero) of a random weight, zeros outside [0, 15] included (shifted rows)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05 + torch.linspace(-0.2, 0.2, n)[:, None]
+    q, scale, zero = quantize_int4(w, group_size=group)
+    return q, scale.to(torch.bfloat16), zero.to(torch.bfloat16)
+
+
+def test_runs_layout_round_trips_and_puts_columns_in_their_nibbles() -> None:
+    """Byte ``8r + i``: column ``16r + i`` low, ``16r + 8 + i`` high; scales and zeros exactly back."""
+    q = torch.arange(32).remainder(16).view(1, 32)
+    packed = int4_runs.pack_runs(q)
+    assert packed.shape == (1, 16) and packed[0, 0].item() == (0 | (8 << 4)) and packed[0, 9].item() == (1 | (9 << 4))
+    q2 = torch.randint(0, 16, (24, 256), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert torch.equal(int4_runs.unpack_runs(int4_runs.pack_runs(q2)), q2)
+    scale = (torch.rand(24, 8) * 0.01 + 1e-4).to(torch.bfloat16)
+    zero = torch.randint(-119, 136, (24, 8)).to(torch.bfloat16)
+    back = int4_runs.unpack_scales_zeros(int4_runs.pack_scales_zeros(scale, zero))
+    assert torch.equal(back[0], scale) and torch.equal(back[1], zero)
+
+
+def test_kernels_under_triton_interpreter() -> None:
+    """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
+    assert_interpreted_tests_pass(__file__)
+
+
+@interpreted
+@pytest.mark.parametrize(("n", "k", "group", "block_n", "block_k"),
+                         [(16, 512, 128, 4, 256), (12, 1712, 16 * 107 // 107 * 16, 8, 512), (9, 256, 64, 4, 128),
+                          (8, 1024, 32, 2, 1024)])
+def test_interpreted_row_kernel_equals_the_dequantized_product(n: int, k: int, group: int, block_n: int, block_k: int) -> None:
+    """One row against the runs layout, float64 reference: whole and partial tiles along N, K that
+    the tile does not divide (down_proj's 13696 = 107 runs of 128), groups of 16 to 128 columns."""
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+
+    group = group if k % group == 0 else 16
+    q, scale, zero = quantized(n, k, group, seed=n + k)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(k))
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    y = launch_int4_runs_row(x, int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(scale, zero), bias,
+                             group_size=group, block_n=block_n, block_k=block_k)
+    ref = reference_linear(x, q, scale.float(), zero.float(), group) + bias.double()
+    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < 1e-4  # float32 sums of 2048 + n terms
+
+
+@interpreted
+@pytest.mark.parametrize(("n", "k", "group"), [(16, 512, 128), (10, 1712, 16), (8, 256, 256)])
+def test_interpreted_dequantization_is_exact(n: int, k: int, group: int) -> None:
+    """``(q - z) * s`` in float32 for every column, bit for bit, partial tiles included."""
+    from llm.kernels.int4_gemv import launch_int4_runs_dequant
+
+    q, scale, zero = quantized(n, k, group, seed=k)
+    ours = launch_int4_runs_dequant(int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(scale, zero),
+                                    group_size=group, dtype=torch.float32)
+    ref = (q.float().view(n, -1, group) - zero.float()[..., None]) * scale.float()[..., None]
+    assert torch.equal(ours, ref.view(n, k))
+
+
+@interpreted
+def test_interpreted_layer_triton_form_is_the_same_layer() -> None:
+    """bf16 layer in the "triton" form: outputs of the dequant form (one row and several), the
+    same ``state_dict``, and ``.float()`` back to the dequant form exactly."""
+    torch.manual_seed(3)
+    linear = nn.Linear(128, 64).to(torch.bfloat16)
+    reference = WeightOnlyInt4Linear(linear.weight.float(), linear.bias.float(), group_size=GROUP)
+    layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=GROUP, int4_kernel="triton")
+    assert layer.kernel == "triton" and reference.kernel == "dequant"
+    assert layer.scales is None and layer.scales_zeros.dtype == torch.int32 and layer.scales_zeros.shape == (64, 4)
+    for shape in ((1, 128), (2, 3, 128)):
+        x = torch.randn(shape)
+        y, ref = layer(x.to(torch.bfloat16)).float(), reference(x)
+        assert ((y - ref).norm() / ref.norm()).item() < 1e-2
+    state = layer.state_dict()
+    assert set(state) == {"weight", "scales", "zeros", "bias"}
+    assert torch.equal(state["weight"], reference.weight) and torch.equal(state["zeros"].float(), reference.zeros)
+    layer.float()
+    assert layer.kernel == "dequant" and layer.scales_zeros is None and torch.equal(layer.weight, reference.weight)
+
+
+@interpreted
+def test_interpreted_fast_path_with_triton_int4_layers_equals_generate(tiny_glm_dir: Path) -> None:
+    """bf16 tiny GLM with ``int4_kernel="triton"``: fused q/k/v concatenates ``scales_zeros`` by
+    rows, the decode step runs the row kernel and gives generate's tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from llm.fast_decode import FastDecodeOptions, fast_decode_state
+    from llm.streaming import run_generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_glm_dir, dtype=torch.bfloat16).eval()
+    quantize_model_(model, "int4", group_size=GROUP, int4_kernel="triton")
+    assert all(m.kernel == "triton" for m in model.modules() if isinstance(m, WeightOnlyInt4Linear))
+    assert model.config.glmkb_weight_only["int4_kernel"] == "triton"
+    ids = torch.tensor([[5, 17, 42, 9, 3, 11]])
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 4, "do_sample": False}
+    eager = run_generate(model, dict(kwargs))
+    fast = run_generate(model, dict(kwargs), fast_decode=FastDecodeOptions(on_cpu=True))
+    assert torch.equal(eager, fast)
+    fused = fast_decode_state(model).fused[0]
+    assert fused.projection.kernel == "triton" and fused.tensors["scales_zeros"].shape[0] == sum(fused.sizes)
+    assert fused.intact()
+
+
+def test_unknown_int4_kernel_is_a_bad_input() -> None:
+    from configs.errors import BadInput
+
+    with pytest.raises(BadInput, match="tinygemm, triton"):
+        WeightOnlyInt4Linear(torch.zeros(8, 32), None, group_size=GROUP, int4_kernel="marlin")
+
+
+def test_without_the_interpreter_the_cpu_layer_stays_in_the_dequant_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without Triton's interpreter nothing runs the runs layout: the layer keeps glmkb's own."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    layer = WeightOnlyInt4Linear(torch.randn(8, 32, dtype=torch.bfloat16), None, group_size=GROUP, int4_kernel="triton")
+    assert layer.kernel == "dequant"
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize(("n", "k"), [(4608, 4096), (4096, 13696), (27392, 4096), (200, 4096)])
+def test_cuda_row_kernel_every_tile_equals_the_dequantized_product(n: int, k: int) -> None:
+    """The inline assembly (nibbles under 128's and 2048's exponents, the scales' ``ld.global``)
+    against float64, for every tile the op may pick, on the 6B shapes and a partial last tile."""
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+    from llm.kernels.int4_gemv_op import ROW_CONFIGS
+
+    q, scale, zero = quantized(n, k, 128, seed=n)
+    packed, sz = int4_runs.pack_runs(q).cuda(), int4_runs.pack_scales_zeros(scale, zero).cuda()
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    ref = reference_linear(x.cpu().float(), q, scale.float(), zero.float(), 128)
+    for block_n, block_k, warps in ROW_CONFIGS:
+        y = launch_int4_runs_row(x, packed, sz, None, group_size=128, block_n=block_n, block_k=block_k, num_warps=warps)
+        err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
+        assert err < 4e-3, (block_n, block_k, warps, err)  # the bf16 output's rounding
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_int4_triton_model_on_the_fast_path_equals_generate(tiny_glm_dir: Path) -> None:
+    """The tiny GLM in bf16 with the "triton" INT4 form on CUDA: the captured decode graph decodes
+    generate's tokens (PDL on where the GPU has it)."""
+    from transformers import AutoModelForCausalLM
+
+    from llm.streaming import run_generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_glm_dir, dtype=torch.bfloat16).eval()
+    quantize_model_(model, "int4", group_size=GROUP, int4_kernel="triton")
+    model.cuda()
+    assert all(m.kernel == "triton" for m in model.modules() if isinstance(m, WeightOnlyInt4Linear))
+    ids = torch.tensor([[5, 17, 42, 9, 3, 11]], device="cuda")
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 16, "do_sample": False}
+    assert torch.equal(run_generate(model, dict(kwargs)), run_generate(model, dict(kwargs), fast_decode=True))
