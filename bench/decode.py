@@ -16,7 +16,7 @@ Measures, for one random-initialised model of the real shape (bf16 on CUDA):
 
 Every timed generation produces exactly ``--new-tokens`` tokens (``min_new_tokens``).
 
-``--quantization none int8 int4`` measures instead, per kind, the same random model (same seed)
+``--quantization none int8 int4 [int4-triton]`` measures instead, per kind, the same random model (same seed)
 with glmkb's weight-only layers (``llm.quantization``): ``ChatGLM.stream`` tokens/s and TTFT on the
 fast path, weight GiB on the GPU, and against the bf16 model the logits' relative error and
 greedy top-1 agreement over a teacher-forced sequence (``quant_<shape>.json``).
@@ -175,14 +175,16 @@ def bench_ablation(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, 
 
 
 def build_model(shape: str, *, device: str, dtype: torch.dtype, tokenizer: Any, kind: str, group_size: int) -> Any:
-    """The random model of ``shape`` (seed 0: the same weights for every kind), quantized when asked."""
+    """The random model of ``shape`` (seed 0: the same weights for every kind), quantized when asked;
+    ``int4-triton``: INT4 in the layout of glmkb's Triton GEMV (``llm.int4_kernel: triton``)."""
     from bench.common import glm_model
     from llm.quantization import quantize_model_
 
     torch.manual_seed(0)
     model = glm_model(shape, device=device, dtype=dtype, tokenizer=tokenizer)
-    if kind != "none":
-        quantize_model_(model, kind, group_size=group_size)
+    quantization, _, int4_kernel = kind.partition("-")
+    if quantization != "none":
+        quantize_model_(model, quantization, group_size=group_size, int4_kernel=int4_kernel or "tinygemm")
     return model
 
 
@@ -376,7 +378,7 @@ def main() -> None:
     p.add_argument("--map-prompt-tokens", type=int, default=512)
     p.add_argument("--ablate", action="store_true", help="also each decode-step optimisation off vs on")
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the static-cache path on CPU, uncompiled")
-    p.add_argument("--quantization", nargs="+", choices=("none", "int8", "int4"),
+    p.add_argument("--quantization", nargs="+", choices=("none", "int8", "int4", "int4-triton"),
                    help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
     p.add_argument("--rope-ablation", action="store_true",
                    help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")

@@ -16,7 +16,9 @@ bf16 Triton (``llm.kernels``, the best swept config); bf16 ``gemv_linear`` as th
 PyTorch forward under ``torch.compile`` (the decode graph before the kernel); INT8 Triton (the
 layer as the decode step runs it, tuned); INT4 ``WeightOnlyInt4Linear`` compiled as loaded
 (tinygemm's form on sm80+) and in its dequantizing form; and
-``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it; where the
+``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it; INT4 in glmkb's
+"runs" layout through its Triton row kernel (``llm.kernels.int4_gemv``, the layer's op: tile
+timed on first use; at M = 1 the sweep times every tile of ``int4_gemv_op.ROW_CONFIGS``); where the
 ``gemlite`` package is installed (Apache-2.0, Triton kernels; a wheel in .whl/, see
 docs/PERFORMANCE.md), its A16W4 (group 128, asymmetric: glmkb's INT4 form) and A16W8 (per
 channel: glmkb's INT8 form) layers with their own default kernel choice (GEMV_REVSPLITK /
@@ -124,6 +126,8 @@ class Weights:
             one = WeightOnlyInt8Linear(w, None)
         elif kind == "int4":  # as glmkb loads it: tinygemm's form where the GPU runs it (sm80+, bf16)
             one = WeightOnlyInt4Linear(w, None, group_size=128)
+        elif kind == "int4triton":  # glmkb's "runs" layout for its Triton GEMV (llm.int4_kernel: triton)
+            one = WeightOnlyInt4Linear(w, None, group_size=128, int4_kernel="triton")
         elif kind == "int4dequant":  # the PyTorch form, dequantized inside the compiled forward
             one = WeightOnlyInt4Linear(w, None, group_size=128)
             if hasattr(one, "_use_dequant"):
@@ -238,7 +242,7 @@ def variants(
         ws, x2 = w.get("int4pack"), x.reshape(-1, x.shape[-1])  # the op takes a 2-D input only
         return lambda i: torch.ops.aten._weight_int4pack_mm(x2, ws[i % len(ws)][0], 128, ws[i % len(ws)][1])
 
-    def gemlite(kind: str) -> Callable[[], Callable[[int], Any]]:
+    def layer_calls(kind: str) -> Callable[[], Callable[[int], Any]]:  # the layer as built, called as is
         def build() -> Callable[[int], Any]:
             layers = w.get(kind)
             return lambda i: layers[i % len(layers)](x)
@@ -254,8 +258,9 @@ def variants(
         "int4 layer compiled (as loaded)": ("int4", int4_compiled("int4")),
         "int4 layer compiled (dequant form)": ("int4dequant", int4_compiled("int4dequant")),
         "int4 tinygemm (_weight_int4pack_mm)": ("int4pack", int4_tinygemm),
-        "int4 gemlite A16W4 (g128)": ("gemlite4", gemlite("gemlite4")),
-        "int8 gemlite A16W8": ("gemlite8", gemlite("gemlite8")),
+        "int4 Triton runs layout (layer, tuned)": ("int4triton", layer_calls("int4triton")),
+        "int4 gemlite A16W4 (g128)": ("gemlite4", layer_calls("gemlite4")),
+        "int8 gemlite A16W8": ("gemlite8", layer_calls("gemlite8")),
     }
 
 
@@ -267,6 +272,8 @@ def sweep(w: Weights, x: torch.Tensor, kind: str, *, device: str) -> dict[str, A
     rows = x.numel() // x.shape[-1]
     x2 = x.reshape(rows, -1)
     out: dict[str, Any] = {}
+    if kind == "int4triton":
+        return sweep_int4_runs(w, x2, device=device) if rows == 1 else {}
     for config in candidates(rows, w.n, w.k, int8=kind == "int8"):
         try:
             if kind == "int8":
@@ -282,6 +289,24 @@ def sweep(w: Weights, x: torch.Tensor, kind: str, *, device: str) -> dict[str, A
     return out
 
 
+def sweep_int4_runs(w: Weights, x2: torch.Tensor, *, device: str) -> dict[str, Any]:
+    """Every tile of the INT4 row kernel (``int4_gemv_op.ROW_CONFIGS``): (block_n, block_k, warps) -> us."""
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+    from llm.kernels.int4_gemv_op import ROW_CONFIGS
+
+    layers, out = w.get("int4triton"), {}
+    for bn, bk, warps in ROW_CONFIGS:
+        def call(i: int, bn: int = bn, bk: int = bk, warps: int = warps) -> Any:
+            layer = layers[i % len(layers)]
+            return launch_int4_runs_row(x2, layer.weight, layer.scales_zeros, None, group_size=128, block_n=bn,
+                                        block_k=bk, num_warps=warps)
+        try:
+            out[f"n{bn} k{bk} w{warps}"] = time_calls(call, device=device) * 1e6
+        except Exception as e:  # one tile failing must not stop the sweep
+            out[f"n{bn} k{bk} w{warps}"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
 def bench_shape(name: str, n: int, k: int, rows: int, *, device: str, dtype: torch.dtype, bandwidth: float | None,
                 do_sweep: bool) -> dict[str, Any]:
     torch._dynamo.reset()  # each shape compiles afresh: no recompile limit reached across the 10 cases
@@ -291,8 +316,8 @@ def bench_shape(name: str, n: int, k: int, rows: int, *, device: str, dtype: tor
     with torch.inference_mode():
         best: dict[str, str] = {}
         if do_sweep:
-            result["sweep"] = {kind: sweep(w, x, kind, device=device) for kind in ("bf16", "int8")}
-            for kind, times in result["sweep"].items():
+            result["sweep"] = {kind: sweep(w, x, kind, device=device) for kind in ("bf16", "int8", "int4triton")}
+            for kind, times in list(result["sweep"].items())[:2]:  # bf16, int8: the configs variants() takes
                 timed = {c: t for c, t in times.items() if isinstance(t, float)}
                 if timed:
                     best[kind] = min(timed, key=timed.get)

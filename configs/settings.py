@@ -95,6 +95,11 @@ class LLMSettings(_Section):
     quantization_group_size: Literal[32, 64, 128] = Field(
         128, description="Input columns sharing one INT4 scale (int4 only); smaller is more accurate and larger."
     )
+    int4_kernel: Literal["tinygemm", "triton"] = Field(
+        "tinygemm",
+        description="INT4 GEMV on CUDA: torch's tinygemm (measured), or glmkb's Triton kernel over its own "
+        "layout (PDL on Hopper; not yet measured on a GPU, see docs/PERFORMANCE.md).",
+    )
     max_concurrent_batch: int = Field(
         16, ge=1, description="Local model: most concurrent streamed requests that start together as one batch."
     )

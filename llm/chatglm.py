@@ -99,6 +99,7 @@ class ChatGLM(GenerationRouting, LLM):
         quantization: str = "none",
         trust_remote_code: bool = False,
         quantization_group_size: int = 128,
+        int4_kernel: str = "tinygemm",
         adapter: str | Path | None = None,
         merge_adapter: bool = False,
         **fields: Any,
@@ -112,6 +113,7 @@ class ChatGLM(GenerationRouting, LLM):
             quantization=quantization,
             trust_remote_code=trust_remote_code,
             quantization_group_size=quantization_group_size,
+            int4_kernel=int4_kernel,
             adapter=adapter,
             merge_adapter=merge_adapter,
         )
@@ -137,6 +139,7 @@ class ChatGLM(GenerationRouting, LLM):
             dtype=settings.dtype,
             quantization=settings.quantization,
             quantization_group_size=settings.quantization_group_size,
+            int4_kernel=settings.int4_kernel,
             trust_remote_code=settings.trust_remote_code,
             adapter=settings.adapter,
             merge_adapter=settings.merge_adapter,

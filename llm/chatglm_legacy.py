@@ -83,6 +83,7 @@ def load_chatglm_legacy(
     quantization: str = "none",
     trust_remote_code: bool = False,
     quantization_group_size: int = DEFAULT_GROUP_SIZE,
+    int4_kernel: str = "tinygemm",
 ) -> tuple[GlmForCausalLM, PreTrainedTokenizerFast]:
     """Load an original ChatGLM2/3 folder as ``(GlmForCausalLM, PreTrainedTokenizerFast)`` on ``device``.
 
@@ -116,7 +117,7 @@ def load_chatglm_legacy(
             else:
                 set_parameter(model, name, tensor.to(device=load_on, dtype=torch_dtype))
         if weight_only:
-            quantize_loaded_(model, quantization, group_size=quantization_group_size)
+            quantize_loaded_(model, quantization, group_size=quantization_group_size, int4_kernel=int4_kernel)
     finish_model(model, checkpoint, tokenizer, device=load_on)
     attach_checkpoint_prefix(model, checkpoint, prefix, device=load_on)
     if weight_only:

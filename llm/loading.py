@@ -89,6 +89,7 @@ def load_model_and_tokenizer(
     adapter: str | Path | None = None,
     merge_adapter: bool = False,
     quantization_group_size: int = DEFAULT_GROUP_SIZE,
+    int4_kernel: str = "tinygemm",
 ) -> tuple[Any, Any]:
     """Load a local chat model folder and place it; returns ``(model, tokenizer)``.
 
@@ -97,7 +98,7 @@ def load_model_and_tokenizer(
     causal LM that transformers knows natively (or ``trust_remote_code`` was opted into).
     ``adapter`` (a P-tuning v2 or LoRA folder, ``llm.adapters``) is applied to the loaded model;
     ``merge_adapter`` folds a LoRA adapter into the weights. ``quantization`` int8/int4 are
-    glmkb's weight-only layers (``llm.quantization``, ``quantization_group_size`` for int4): the
+    glmkb's weight-only layers (``llm.quantization``, ``quantization_group_size`` and ``int4_kernel`` for int4): the
     model is quantized on the CPU and only then moved to ``device``.
     """
     model, tokenizer = _load_base(
@@ -107,6 +108,7 @@ def load_model_and_tokenizer(
         quantization=quantization,
         trust_remote_code=trust_remote_code,
         group_size=quantization_group_size,
+        int4_kernel=int4_kernel,
     )
     if adapter:
         from llm.adapters import apply_adapter
@@ -116,7 +118,8 @@ def load_model_and_tokenizer(
 
 
 def _load_base(
-    path: str | Path, *, device: str, dtype: str, quantization: str, trust_remote_code: bool, group_size: int
+    path: str | Path, *, device: str, dtype: str, quantization: str, trust_remote_code: bool, group_size: int,
+    int4_kernel: str = "tinygemm",
 ) -> tuple[Any, Any]:
     """The model folder without adapters (see ``load_model_and_tokenizer``)."""
     folder = find_model_folder(path)
@@ -131,7 +134,7 @@ def _load_base(
             f"could not be imported: {e}; reinstall glmkb (pip install -e .)"
         ) from e
     if loader is not None:
-        extra = {"quantization_group_size": group_size} if quantization in WEIGHT_ONLY else {}
+        extra = {"quantization_group_size": group_size, "int4_kernel": int4_kernel} if quantization in WEIGHT_ONLY else {}
         return loader(
             folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code, **extra
         )
@@ -139,7 +142,7 @@ def _load_base(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     if quantization in WEIGHT_ONLY:
-        return load_weight_only(folder, kind=quantization, group_size=group_size, device=target, dtype=torch_dtype,
+        return load_weight_only(folder, kind=quantization, group_size=group_size, int4_kernel=int4_kernel, device=target, dtype=torch_dtype,
                                 trust_remote_code=trust_remote_code)
     if quantization != "none":
         quantization_options(quantization, device=target, dtype=torch_dtype)  # fail before loading
@@ -151,7 +154,8 @@ def _load_base(
 
 
 def load_weight_only(
-    folder: Path, *, kind: str, group_size: int, device: torch.device, dtype: torch.dtype, trust_remote_code: bool
+    folder: Path, *, kind: str, group_size: int, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
+    int4_kernel: str = "tinygemm",
 ) -> tuple[Any, Any]:
     """A native folder with glmkb's INT8/INT4 weight-only layers (``llm.quantization``).
 
@@ -162,7 +166,7 @@ def load_weight_only(
     """
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     model = load_causal_lm(folder, device=torch.device("cpu"), dtype=dtype, trust_remote_code=trust_remote_code)
-    quantize_model_(model, kind, group_size=group_size)
+    quantize_model_(model, kind, group_size=group_size, int4_kernel=int4_kernel)
     return model.to(device).eval(), tokenizer
 
 
