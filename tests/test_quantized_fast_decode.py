@@ -105,3 +105,20 @@ def test_quantized_models_take_the_fast_path_on_cuda(kind: str, tiny_glm_dir: Pa
     assert fast_decode_state(llm_.model).graphs  # a decode graph was built and used
     plain = llm_.model_copy(update={"fast_decode": False})
     assert text == plain.invoke(QUESTION)
+
+
+@pytest.mark.parametrize("folder_kind", ["native", "original"])
+def test_int4_kernel_setting_reaches_every_int4_layer(
+    folder_kind: str, tiny_glm_dir: Path, make_chatglm_legacy: Callable[..., Path]
+) -> None:
+    """``llm.int4_kernel`` travels from the settings through both loaders to each INT4 layer
+    (which takes that form once it is on a device that runs it; on this CPU it stays "dequant")."""
+    from configs.settings import LLMSettings
+
+    folder = tiny_glm_dir if folder_kind == "native" else make_chatglm_legacy(variant="chatglm3", fmt="bin", shards=1)
+    settings = LLMSettings(model_path=str(folder), device="cpu", quantization="int4", quantization_group_size=32,
+                           int4_kernel="triton")
+    llm_ = ChatGLM.from_settings(settings, max_new_tokens=4)
+    layers = [m for m in llm_.model.modules() if isinstance(m, WeightOnlyInt4Linear)]
+    assert layers and {m.int4_kernel for m in layers} == {"triton"}
+    assert llm_.model.config.glmkb_weight_only["int4_kernel"] == "triton"
