@@ -89,15 +89,16 @@ def test_interpreted_dequantization_is_exact(n: int, k: int, group: int) -> None
 
 @interpreted
 def test_interpreted_layer_triton_form_is_the_same_layer() -> None:
-    """bf16 layer in the "triton" form: outputs of the dequant form (one row and several), the
-    same ``state_dict``, and ``.float()`` back to the dequant form exactly."""
+    """bf16 layer in the "triton" form: outputs of the dequant form for one row, a decode batch
+    (one row-kernel launch per row) and a prompt (dequantized once), the same ``state_dict``, and
+    ``.float()`` back to the dequant form exactly."""
     torch.manual_seed(3)
     linear = nn.Linear(128, 64).to(torch.bfloat16)
     reference = WeightOnlyInt4Linear(linear.weight.float(), linear.bias.float(), group_size=GROUP)
     layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=GROUP, int4_kernel="triton")
     assert layer.kernel == "triton" and reference.kernel == "dequant"
     assert layer.scales is None and layer.scales_zeros.dtype == torch.int32 and layer.scales_zeros.shape == (64, 4)
-    for shape in ((1, 128), (2, 3, 128)):
+    for shape in ((1, 128), (2, 3, 128), (3, 5, 128)):
         x = torch.randn(shape)
         y, ref = layer(x.to(torch.bfloat16)).float(), reference(x)
         assert ((y - ref).norm() / ref.norm()).item() < 1e-2
@@ -165,6 +166,27 @@ def test_cuda_row_kernel_every_tile_equals_the_dequantized_product(n: int, k: in
         y = launch_int4_runs_row(x, packed, sz, None, group_size=128, block_n=block_n, block_k=block_k, num_warps=warps)
         err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
         assert err < 4e-3, (block_n, block_k, warps, err)  # the bf16 output's rounding
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("rows", [1, 3, 8, 12, 64])
+def test_cuda_op_equals_the_dequantized_product_for_every_row_count(rows: int) -> None:
+    """The op's three paths on CUDA: the tuned row kernel (1 row), one launch per row (<= 8) and the
+    dequantization kernel + cuBLAS (more), the dequantization itself bit for bit."""
+    from llm.kernels.int4_gemv import launch_int4_runs_dequant
+    from llm.kernels.int4_gemv_op import int4_runs_linear
+
+    n, k = 4608, 4096
+    q, scale, zero = quantized(n, k, 128, seed=rows)
+    packed, sz = int4_runs.pack_runs(q).cuda(), int4_runs.pack_scales_zeros(scale, zero).cuda()
+    dq = launch_int4_runs_dequant(packed, sz, group_size=128, dtype=torch.float32).cpu()
+    assert torch.equal(dq, ((q.float().view(n, -1, 128) - zero.float()[..., None]) * scale.float()[..., None]).view(n, k))
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    y = int4_runs_linear(x, packed, sz, bias, group_size=128)
+    ref = reference_linear(x.cpu().float(), q, scale.float(), zero.float(), 128) + bias.cpu().double()
+    assert ((y.double().cpu() - ref).norm() / ref.norm()).item() < 4e-3
 
 
 @pytest.mark.gpu

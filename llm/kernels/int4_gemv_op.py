@@ -2,8 +2,9 @@
 
 One row (the single-user decode step) runs the Triton row kernel with the tile that was fastest
 for the shape (timed once per process on CUDA, L2 flushed before each launch as for the other
-GEMVs: ``gemv_op.fastest_launch``); more rows (decode batches, prompts) dequantize the weight
-with one kernel and run one cuBLAS GEMM. An opaque custom op for the reason ``gemv_op`` gives:
+GEMVs: ``gemv_op.fastest_launch``); up to ``MAX_ROW_LAUNCHES`` rows (small decode batches) run it
+once per row; more (large batches, prompts) dequantize the weight with one kernel and run one
+cuBLAS GEMM. An opaque custom op for the reason ``gemv_op`` gives:
 the compiled decode step calls it as one extern kernel. A kernel that fails falls back to the
 same arithmetic in PyTorch for good, with one warning.
 """
@@ -26,6 +27,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Compiled for sm_90 offline (Triton 3.6): 47-64 registers, weight loads LDG.E.64, x LDG.E.128,
 # no shared memory in the loop; which tile wins is for the GPU to say (not yet measured).
 ROW_CONFIGS = ((4, 2048, 4), (8, 2048, 4), (8, 1024, 4), (4, 4096, 4), (2, 4096, 4), (8, 2048, 8), (4, 1024, 4))
+
+# Rows run one launch of the row kernel each up to here, reading the INT4 weight once per row (0.5 byte
+# per weight each, from L2 where the weight fits); past it one dequantization (0.5 read + 2 written)
+# and cuBLAS (2 read): 4.5 bytes per weight whatever the rows. A 2-D row tile that unpacks once for
+# several rows put Triton's layouts through shared memory every step (sm_90 SASS: 22-77 barriers).
+MAX_ROW_LAUNCHES = 8
 
 _chosen: dict[tuple[int, int, int, torch.dtype], tuple[int, int, int]] = {}
 _broken: list[str] = []
@@ -72,10 +79,14 @@ def _launch(
 ) -> torch.Tensor:
     from llm.kernels.int4_gemv import launch_int4_runs_dequant, launch_int4_runs_row
 
-    if x.shape[0] == 1:
-        block_n, block_k, warps = choose_row_config(x, packed, scales_zeros, bias, group_size=group_size)
-        return launch_int4_runs_row(x, packed, scales_zeros, bias, group_size=group_size, block_n=block_n,
-                                    block_k=block_k, num_warps=warps)
+    rows = x.shape[0]
+    if rows <= MAX_ROW_LAUNCHES:
+        block_n, block_k, warps = choose_row_config(x[:1], packed, scales_zeros, bias, group_size=group_size)
+        out = torch.empty((rows, packed.shape[0]), dtype=x.dtype, device=x.device)
+        for i in range(rows):
+            launch_int4_runs_row(x[i:i + 1], packed, scales_zeros, bias, group_size=group_size, block_n=block_n,
+                                 block_k=block_k, num_warps=warps, out=out[i:i + 1])
+        return out
     weight = launch_int4_runs_dequant(packed, scales_zeros, group_size=group_size, dtype=x.dtype)
     return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
