@@ -247,6 +247,9 @@ def launch_int4_runs_row(
     n, k = packed.shape[0], packed.shape[1] * 2
     if x.shape != (1, k) or k % RUN or group_size % RUN or block_k % RUN:
         raise ValueError(f"the INT4 row kernel takes one row of {k} columns in runs of {RUN}, not {tuple(x.shape)}")
+    if block_k // 2 < num_warps * 32 * 8 and not INTERPRET:
+        raise ValueError(f"BLOCK_K {block_k} with {num_warps} warps: each step must give every thread a run of 8 "
+                         "bytes along K (narrower steps move x through shared memory every step)")
     out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
     pdl = launch_pdl(x.device)
     _int4_runs_row_kernel[(triton.cdiv(n, block_n),)](

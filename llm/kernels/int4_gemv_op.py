@@ -23,10 +23,13 @@ from llm.int4_runs import RUN, dequantize_runs
 logger = logging.getLogger(__name__)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# (BLOCK_N, BLOCK_K, num_warps), first = the default without timing (under capture, on the CPU).
-# Compiled for sm_90 offline (Triton 3.6): 47-64 registers, weight loads LDG.E.64, x LDG.E.128,
-# no shared memory in the loop; which tile wins is for the GPU to say (not yet measured).
-ROW_CONFIGS = ((4, 2048, 4), (8, 2048, 4), (8, 1024, 4), (4, 4096, 4), (2, 4096, 4), (8, 2048, 8), (4, 1024, 4))
+# (BLOCK_N, BLOCK_K, num_warps), first = the default without timing (under capture). Compiled for
+# sm_90 offline (Triton 3.6): 40-80 registers, weight loads LDG.E.64, x LDG.E.128, no shared memory
+# in the loop. Every tile keeps BLOCK_K / 2 >= num_warps * 256 bytes, one 8-byte run per thread
+# along K: narrower steps spread threads over rows and x went through shared memory every step
+# (8 barriers; launch_int4_runs_row refuses them). Which tile wins is for the GPU to say.
+ROW_CONFIGS = ((4, 2048, 4), (8, 2048, 4), (2, 2048, 4), (4, 4096, 4), (2, 4096, 4), (8, 4096, 8), (4, 1024, 2),
+               (8, 1024, 2))
 
 # Rows run one launch of the row kernel each up to here, reading the INT4 weight once per row (0.5 byte
 # per weight each, from L2 where the weight fits); past it one dequantization (0.5 read + 2 written)
@@ -100,8 +103,8 @@ def choose_row_config(
     key = (n, k, group_size, x.dtype)
     if key in _chosen:
         return _chosen[key]
-    if x.device.type != "cuda":  # Triton's interpreter (tests): few, wide programs; one per 16 outputs
-        return (16, min(ROW_CONFIGS[0][1], max(2 * RUN, 1 << (k - 1).bit_length())), 4)
+    if x.device.type != "cuda":  # Triton's interpreter (tests): few programs, one per 16 outputs
+        return (16, min(ROW_CONFIGS[0][1], max(2 * RUN, 1 << (k - 1).bit_length())), 1)
     if torch.cuda.is_current_stream_capturing():
         return ROW_CONFIGS[0]
     from llm.kernels.gemv_op import fastest_launch
