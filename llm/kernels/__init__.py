@@ -8,6 +8,8 @@
   decode_attention``: the Triton kernels; ``decode_attention_op``: the custom op and fallback).
 - ``rope_cache_write`` (``llm.kernels.rope_cache_op``): a decode token's rotary of q and k and its
   K/V cache writes in one kernel (``rope_cache``), transformers' own math as the fallback.
+- ``int4_gemv_op.int4_runs_linear``: INT4 layers in glmkb's "runs" layout (``llm.int4_runs``,
+  ``llm.int4_kernel: triton``): a W4A16 row kernel and a dequantization kernel (``int4_gemv``).
 
 Importing this package never imports Triton; the kernel module does, on first use.
 """
