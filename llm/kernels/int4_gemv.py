@@ -32,10 +32,52 @@ import triton
 import triton.language as tl
 
 from llm.int4_runs import RUN
+from llm.kernels.gemv import _store_row
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs no inline assembly
+
+
+# Where each nibble of a 32-bit word (4 packed bytes) lands: a shifted copy of the word and one
+# lop3. Low nibbles go to bits 16-19 under 128's exponent (the float 128 + n), high nibbles to bits
+# 12-15 under 2048's (2048 + n); l = word << 8, r = word >> 8, t = word rotated by 16.
+_SHIFTS = "shl.b32 l, {w}, 8; shr.u32 r, {w}, 8; shf.l.wrap.b32 t, {w}, {w}, 16;"
+_LOW_FROM, _HIGH_FROM = ("t", "l", "{w}", "r"), ("l", "{w}", "r", "t")  # bytes 0..3
+_LOW_BITS, _HIGH_BITS = "0x000F0000, 0x43000000", "0x0000F000, 0x45000000"
+
+
+def _nibble_float(dest: str, word: str, byte: int, *, high: bool) -> str:
+    """PTX: ``dest`` = the float 128 + (low nibble) or 2048 + (high nibble) of ``byte`` of ``word``."""
+    source = (_HIGH_FROM if high else _LOW_FROM)[byte].format(w=word)
+    return f"lop3.b32 {dest}, {source}, {_HIGH_BITS if high else _LOW_BITS}, 0xEA;"
+
+
+def _nibbles_asm() -> str:
+    """Four bytes in ``$8`` -> low-nibble floats in ``$0-$3``, high-nibble floats in ``$4-$7``."""
+    lines = [_SHIFTS.format(w="$8")]
+    lines += [_nibble_float(f"${4 * high + b}", "$8", b, high=bool(high)) for high in (0, 1) for b in range(4)]
+    return "{ .reg .b32 l, r, t; " + " ".join(lines) + " }"
+
+
+def _run_sum_asm() -> str:
+    """Eight bytes in ``$8, $9``, x's low columns in ``$10-$17``, high ones in ``$18-$25``: the
+    run's sum of products chained in ``$0``, ``$1-$7`` zero."""
+    lines, first = [], True
+    for word, x_lo, x_hi in (("$8", 10, 18), ("$9", 14, 22)):
+        lines.append(_SHIFTS.format(w=word))
+        for high in (False, True):
+            for b in range(4):
+                x = (x_hi if high else x_lo) + b
+                lines.append(_nibble_float("v", word, b, high=high))
+                lines.append(f"mul.rn.f32 a, v, ${x};" if first else f"fma.rn.f32 a, v, ${x}, a;")
+                first = False
+    lines += ["mov.b32 $0, a;"] + [f"mov.b32 ${i}, 0;" for i in range(1, 8)]
+    return "{ .reg .b32 l, r, t, v; .reg .f32 a; " + " ".join(lines) + " }"
+
+
+NIBBLES_ASM = tl.constexpr(_nibbles_asm())
+RUN_SUM_ASM = tl.constexpr(_run_sum_asm())
 
 
 @triton.jit
@@ -43,20 +85,7 @@ def _nibbles_as_float32(w, ASM: tl.constexpr):
     """An int8 tile of packed bytes as two float32 tiles: ``128 + low nibble``, ``2048 + high nibble``."""
     if ASM:
         lo, hi = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 l, r, t;
-            shl.b32 l, $8, 8;
-            shr.u32 r, $8, 8;
-            shf.l.wrap.b32 t, $8, $8, 16;
-            lop3.b32 $0, t, 0x000F0000, 0x43000000, 0xEA;
-            lop3.b32 $1, l, 0x000F0000, 0x43000000, 0xEA;
-            lop3.b32 $2, $8, 0x000F0000, 0x43000000, 0xEA;
-            lop3.b32 $3, r, 0x000F0000, 0x43000000, 0xEA;
-            lop3.b32 $4, l, 0x0000F000, 0x45000000, 0xEA;
-            lop3.b32 $5, $8, 0x0000F000, 0x45000000, 0xEA;
-            lop3.b32 $6, r, 0x0000F000, 0x45000000, 0xEA;
-            lop3.b32 $7, t, 0x0000F000, 0x45000000, 0xEA;
-            }""",
+            asm=NIBBLES_ASM,
             constraints="=r,=r,=r,=r,=r,=r,=r,=r,r", args=[w], dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
     else:
         b = w.to(tl.int32) & 0xFF
@@ -74,56 +103,7 @@ def _run_sums(w, x_lo, x_hi, ASM: tl.constexpr, BLOCK_N: tl.constexpr, RUNS: tl.
     weights (sm_90 SASS: 1.6 instructions per weight for the products instead of 1)."""
     if ASM:
         sums = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 l, r, t, v;
-            .reg .f32 a;
-            shl.b32 l, $8, 8;
-            shr.u32 r, $8, 8;
-            shf.l.wrap.b32 t, $8, $8, 16;
-            lop3.b32 v, t, 0x000F0000, 0x43000000, 0xEA;
-            mul.rn.f32 a, v, $10;
-            lop3.b32 v, l, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $11, a;
-            lop3.b32 v, $8, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $12, a;
-            lop3.b32 v, r, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $13, a;
-            lop3.b32 v, l, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $18, a;
-            lop3.b32 v, $8, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $19, a;
-            lop3.b32 v, r, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $20, a;
-            lop3.b32 v, t, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $21, a;
-            shl.b32 l, $9, 8;
-            shr.u32 r, $9, 8;
-            shf.l.wrap.b32 t, $9, $9, 16;
-            lop3.b32 v, t, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $14, a;
-            lop3.b32 v, l, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $15, a;
-            lop3.b32 v, $9, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $16, a;
-            lop3.b32 v, r, 0x000F0000, 0x43000000, 0xEA;
-            fma.rn.f32 a, v, $17, a;
-            lop3.b32 v, l, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $22, a;
-            lop3.b32 v, $9, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $23, a;
-            lop3.b32 v, r, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $24, a;
-            lop3.b32 v, t, 0x0000F000, 0x45000000, 0xEA;
-            fma.rn.f32 a, v, $25, a;
-            mov.b32 $0, a;
-            mov.b32 $1, 0;
-            mov.b32 $2, 0;
-            mov.b32 $3, 0;
-            mov.b32 $4, 0;
-            mov.b32 $5, 0;
-            mov.b32 $6, 0;
-            mov.b32 $7, 0;
-            }""",
+            asm=RUN_SUM_ASM,
             constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 16,
             args=[w, x_lo[None, :], x_hi[None, :]], dtype=tl.float32, is_pure=True, pack=8)
         first, _ = tl.split(tl.reshape(sums, (BLOCK_N, RUNS, 2, 2, 2)))
@@ -202,10 +182,7 @@ def _int4_runs_row_kernel(
         z = (sz & -65536).to(tl.float32, bitcast=True)
         acc += s * ((d - offsets[None, :]) - z * (sum_lo + sum_hi)[None, :])
         w_ptrs += KB
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    _store_row(tl.sum(acc, axis=1), rn, n_ok, bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
 
 
 @triton.jit
