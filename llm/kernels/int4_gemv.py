@@ -15,12 +15,15 @@ nibble lands at mantissa bits 16-19 under 128's exponent (low nibbles: 128 + n) 
 under 2048's (high nibbles: 2048 + n). The products (128 + n) x and (2048 + n) x are exact in
 float32, and the offsets come off once per run through x's own sums:
 ``sum((n - z) s x) = s (d - 128 sum x_lo - 2048 sum x_hi - z sum x)``, with ``d`` the run's sum
-of products. That is ~1.4 integer instructions and one FMA per weight, against the INT8 kernel's
-~1.25 + 2 per weight at half the bytes. Scales and integer zero points travel as one int32 per
-row and group (bf16 ``s`` in the low half, bf16 ``z`` in the high half).
+of products. That is ~1.4 integer instructions and one FMA per weight (~3.8-4.3 instructions
+per weight in the sm_90 loop, Triton 3.6, against the INT8 row kernel's 4.4 per weight: about
+twice per byte). Scales and integer zero points travel as one int32 per row and group (bf16
+``s`` in the low half, bf16 ``z`` in the high half), loaded by an inline ``ld.global`` so the run
+sums keep their layout (``_load_scales_zeros``).
 
-Not yet measured on a GPU (session 12 had none lent): ``bench.gemv --int4-runs`` times it against
-tinygemm, ``bench.decode --int4-kernel runs`` end to end.
+Not yet measured on a GPU (sessions 11 and 12 had none lent): ``bench.gemv`` times the layer
+against tinygemm and sweeps its tiles, ``bench.decode --quantization none int4 int4-triton``
+compares them end to end. docs/PERFORMANCE.md, "Session 12", has the SASS figures.
 """
 
 from __future__ import annotations
@@ -118,8 +121,9 @@ def _run_sums(w, x_lo, x_hi, ASM: tl.constexpr, BLOCK_N: tl.constexpr, RUNS: tl.
 def _load_scales_zeros(ptrs, mask, ASM: tl.constexpr):
     """One int32 per row and run. On the GPU an ``ld.global`` in inline assembly: ``tl.load`` would
     take the layout Triton's coalescing picks for loads, and each step would move the run sums
-    through shared memory to meet it (Triton 3.6, sm_90 SASS: 9 barriers per step); the assembly
-    keeps the run sums' own layout. Addresses repeat across the 8 runs of a group: L1 serves them."""
+    through shared memory to meet it (Triton 3.6, sm_90 SASS of the first version: 9 barriers in
+    the kernel, against the final reduction's 4 now); the assembly keeps the run sums' own layout.
+    Addresses repeat across the 8 runs of a group: L1 serves them."""
     if ASM:
         sz = tl.inline_asm_elementwise(
             asm="""{
@@ -156,7 +160,7 @@ def _int4_runs_row_kernel(
     wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, KB // VEC), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
-        # first: the scales' loads are the step's only dependent ones, issued late they stall it
+        # first: placed after the products (as ptxas did), each step would wait on these loads
         run_col = k + runs * (2 * VEC)
         if EVEN_K:
             sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None], ASM)
