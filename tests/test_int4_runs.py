@@ -74,6 +74,26 @@ def test_interpreted_row_kernel_equals_the_dequantized_product(n: int, k: int, g
 
 
 @interpreted
+@pytest.mark.parametrize(("rows", "n", "k", "group", "block_n", "block_k"),
+                         [(2, 16, 512, 128, 4, 256), (3, 12, 1712, 16, 8, 512), (4, 9, 256, 64, 2, 128)])
+def test_interpreted_rows_kernel_equals_the_dequantized_product(rows: int, n: int, k: int, group: int, block_n: int,
+                                                                block_k: int) -> None:
+    """2-4 rows (3 in a 4-row launch, the last masked) against float64, strided x, into a view
+    of a larger output, partial tiles along N and K."""
+    from llm.kernels.int4_gemv import launch_int4_runs_rows
+
+    q, scale, zero = quantized(n, k, group, seed=rows + n)
+    x = torch.randn(rows, 2 * k, generator=torch.Generator().manual_seed(k))[:, :k]  # a row stride of 2K
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    out = torch.full((rows + 1, n), 7.0)
+    launch_int4_runs_rows(x, int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(scale, zero), bias,
+                          group_size=group, block_n=block_n, block_k=block_k, out=out[:rows])
+    ref = reference_linear(x, q, scale.float(), zero.float(), group) + bias.double()
+    assert ((out[:rows].double() - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    assert (out[rows] == 7.0).all()  # nothing written past the rows
+
+
+@interpreted
 @pytest.mark.parametrize(("n", "k", "group"), [(16, 512, 128), (10, 1712, 16), (8, 256, 256)])
 def test_interpreted_dequantization_is_exact(n: int, k: int, group: int) -> None:
     """``(q - z) * s`` in float32 for every column, bit for bit, partial tiles included."""
@@ -88,16 +108,16 @@ def test_interpreted_dequantization_is_exact(n: int, k: int, group: int) -> None
 
 @interpreted
 def test_interpreted_layer_triton_form_is_the_same_layer() -> None:
-    """bf16 layer in the "triton" form: outputs of the dequant form for one row, a decode batch
-    (one row-kernel launch per row) and a prompt (dequantized once), the same ``state_dict``, and
-    ``.float()`` back to the dequant form exactly."""
+    """bf16 layer in the "triton" form: outputs of the dequant form for one row, decode batches
+    (3 rows: one masked 4-row launch; 6: launches of 4 and 2) and a prompt (dequantized once),
+    the same ``state_dict``, and ``.float()`` back to the dequant form exactly."""
     torch.manual_seed(3)
     linear = nn.Linear(128, 64).to(torch.bfloat16)
     reference = WeightOnlyInt4Linear(linear.weight.float(), linear.bias.float(), group_size=GROUP)
     layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=GROUP, int4_kernel="triton")
     assert layer.kernel == "triton" and reference.kernel == "dequant"
     assert layer.scales is None and layer.scales_zeros.dtype == torch.int32 and layer.scales_zeros.shape == (64, 4)
-    for shape in ((1, 128), (2, 3, 128), (3, 5, 128)):
+    for shape in ((1, 128), (1, 3, 128), (2, 3, 128), (3, 5, 128)):
         x = torch.randn(shape)
         y, ref = layer(x.to(torch.bfloat16)).float(), reference(x)
         assert ((y - ref).norm() / ref.norm()).item() < 1e-2
@@ -156,28 +176,32 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize(("n", "k"), [(4608, 4096), (4096, 13696), (27392, 4096), (200, 4096)])
-def test_cuda_row_kernel_every_tile_equals_the_dequantized_product(n: int, k: int) -> None:
-    """The inline assembly (nibbles under 128's and 2048's exponents, the scales' ``ld.global``)
-    against float64, for every tile the op may pick, on the 6B shapes and a partial last tile."""
-    from llm.kernels.int4_gemv import launch_int4_runs_row
-    from llm.kernels.int4_gemv_op import ROW_CONFIGS
+def test_cuda_row_kernels_every_tile_equals_the_dequantized_product(n: int, k: int) -> None:
+    """The inline assembly (nibbles under 128's and 2048's exponents, the scales' ``ld.global``,
+    the 2- and 4-row blocks) against float64, for every tile the op may pick and 1-4 rows, on the
+    6B shapes and a partial last tile."""
+    from llm.kernels.int4_gemv import launch_int4_runs_row, launch_int4_runs_rows
+    from llm.kernels.int4_gemv_op import ROW_CONFIGS, ROWS_CONFIGS
 
     q, scale, zero = quantized(n, k, 128, seed=n)
     packed, sz = int4_runs.pack_runs(q).cuda(), int4_runs.pack_scales_zeros(scale, zero).cuda()
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-    ref = reference_linear(x.cpu().float(), q, scale.float(), zero.float(), 128)
-    for block_n, block_k, warps in ROW_CONFIGS:
-        y = launch_int4_runs_row(x, packed, sz, None, group_size=128, block_n=block_n, block_k=block_k, num_warps=warps)
-        err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
-        assert err < 4e-3, (block_n, block_k, warps, err)  # the bf16 output's rounding
+    for rows, launch, configs in ((1, launch_int4_runs_row, ROW_CONFIGS), (2, launch_int4_runs_rows, ROWS_CONFIGS),
+                                  (3, launch_int4_runs_rows, ROWS_CONFIGS), (4, launch_int4_runs_rows, ROWS_CONFIGS)):
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        ref = reference_linear(x.cpu().float(), q, scale.float(), zero.float(), 128)
+        for block_n, block_k, warps in configs:
+            y = launch(x, packed, sz, None, group_size=128, block_n=block_n, block_k=block_k, num_warps=warps)
+            err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
+            assert err < 4e-3, (rows, block_n, block_k, warps, err)  # the bf16 output's rounding
 
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("rows", [1, 3, 8, 12, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 12, 64])
 def test_cuda_op_equals_the_dequantized_product_for_every_row_count(rows: int) -> None:
-    """The op's three paths on CUDA: the tuned row kernel (1 row), one launch per row (<= 8) and the
-    dequantization kernel + cuBLAS (more), the dequantization itself bit for bit."""
+    """The op's paths on CUDA: the tuned row kernel (1 row), the rows kernel (2-4 rows, launches
+    of 4 up to 8) and the dequantization kernel + cuBLAS (more), the dequantization itself bit
+    for bit."""
     from llm.kernels.int4_gemv import launch_int4_runs_dequant
     from llm.kernels.int4_gemv_op import int4_runs_linear
 

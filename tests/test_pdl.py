@@ -59,6 +59,9 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
         ("INT4 runs row GEMV", int4_gemv._int4_runs_row_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
          {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_N": 4,
           "BLOCK_K": 2048}),
+        ("INT4 runs 2-4 row GEMV", int4_gemv._int4_runs_rows_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
+         {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": 4, "BLOCK_N": 4,
+          "BLOCK_K": 2048}),
         ("GEMV tiles", gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
          {"HAS_SCALE": True, "HAS_BIAS": False, "PARTIAL": True, "EVEN_K": True, "EVEN_N": True, "USE_DOT": True,
           "INT8": True, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}),
@@ -77,8 +80,8 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     ]
 
 
-KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "gemv-tiles", "split-k-sum", "attention-split", "attention-combine",
-              "rope-cache"]
+KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "int4-runs-rows-gemv", "gemv-tiles",
+              "split-k-sum", "attention-split", "attention-combine", "rope-cache"]
 
 
 @pytest.mark.parametrize("index", range(len(KERNEL_IDS)), ids=KERNEL_IDS)

@@ -63,24 +63,30 @@ def _nibbles_asm() -> str:
     return "{ .reg .b32 l, r, t; " + " ".join(lines) + " }"
 
 
-def _run_sum_asm() -> str:
-    """Eight bytes in ``$8, $9``, x's low columns in ``$10-$17``, high ones in ``$18-$25``: the
-    run's sum of products chained in ``$0``, ``$1-$7`` zero."""
+def _run_sum_asm(rows: int = 1) -> str:
+    """Eight bytes in ``$8, $9``, then for each of ``rows`` rows of x its low columns (8 registers)
+    and its high ones (8): each row's sum of products over the run, chained in ``$0 .. $rows-1``
+    (the other outputs of the 8 zero). The nibbles are unpacked once for all rows."""
+    acc = [f"a{r}" for r in range(rows)]
     lines, first = [], True
-    for word, x_lo, x_hi in (("$8", 10, 18), ("$9", 14, 22)):
+    for half, word in enumerate(("$8", "$9")):
         lines.append(_SHIFTS.format(w=word))
         for high in (False, True):
             for b in range(4):
-                x = (x_hi if high else x_lo) + b
                 lines.append(_nibble_float("v", word, b, high=high))
-                lines.append(f"mul.rn.f32 a, v, ${x};" if first else f"fma.rn.f32 a, v, ${x}, a;")
+                for r in range(rows):
+                    x = 10 + 16 * r + (8 if high else 0) + 4 * half + b
+                    a = acc[r]
+                    lines.append(f"mul.rn.f32 {a}, v, ${x};" if first else f"fma.rn.f32 {a}, v, ${x}, {a};")
                 first = False
-    lines += ["mov.b32 $0, a;"] + [f"mov.b32 ${i}, 0;" for i in range(1, 8)]
-    return "{ .reg .b32 l, r, t, v; .reg .f32 a; " + " ".join(lines) + " }"
+    lines += [f"mov.b32 ${r}, {acc[r]};" for r in range(rows)] + [f"mov.b32 ${i}, 0;" for i in range(rows, 8)]
+    return "{ .reg .b32 l, r, t, v; .reg .f32 " + ", ".join(acc) + "; " + " ".join(lines) + " }"
 
 
 NIBBLES_ASM = tl.constexpr(_nibbles_asm())
 RUN_SUM_ASM = tl.constexpr(_run_sum_asm())
+RUN_SUMS_2_ASM = tl.constexpr(_run_sum_asm(2))
+RUN_SUMS_4_ASM = tl.constexpr(_run_sum_asm(4))
 
 
 @triton.jit
@@ -114,6 +120,12 @@ def _run_sums(w, x_lo, x_hi, ASM: tl.constexpr, BLOCK_N: tl.constexpr, RUNS: tl.
         first, _ = tl.split(first)
         return first
     lo, hi = _nibbles_as_float32(w, ASM)
+    return _plain_run_sums(lo, hi, x_lo, x_hi, BLOCK_N, RUNS)
+
+
+@triton.jit
+def _plain_run_sums(lo, hi, x_lo, x_hi, BLOCK_N: tl.constexpr, RUNS: tl.constexpr):
+    """``_run_sums`` in Triton arithmetic over unpacked nibbles (the interpreter's path)."""
     return tl.sum(tl.reshape(lo * x_lo[None, :] + hi * x_hi[None, :], (BLOCK_N, RUNS, 8)), axis=2)
 
 
@@ -190,6 +202,123 @@ def _int4_runs_row_kernel(
 
 
 @triton.jit
+def _first_of_runs(sums, BLOCK_N: tl.constexpr, RUNS: tl.constexpr):
+    """``(BLOCK_N, RUNS, 2, 2)`` groups of a ``(BLOCK_N, RUNS * 8)`` tile's run elements (c, b)
+    split off: ``(e0, e1, e2, e3)``, each run's elements 0-3 as ``(BLOCK_N, RUNS)`` tiles."""
+    c0, c1 = tl.split(tl.reshape(sums, (BLOCK_N, RUNS, 2, 2, 2)))  # element 4a + 2b + c
+    b00, b01 = tl.split(c0)
+    b10, b11 = tl.split(c1)
+    e0, _ = tl.split(b00)
+    e2, _ = tl.split(b01)
+    e1, _ = tl.split(b10)
+    e3, _ = tl.split(b11)
+    return e0, e1, e2, e3
+
+
+@triton.jit
+def _row_terms(x_rows, k, col, x_ok, m: tl.constexpr, M, stride_xm, VEC: tl.constexpr, RUNS: tl.constexpr):
+    """Row ``m`` of x for one step: its low and high columns in float32 and its per-run offsets
+    ``128 sum x_lo + 2048 sum x_hi`` and sums ``sum x``. A row past ``M`` reads row ``M - 1``
+    again (its sums are never stored): no row mask in the loop."""
+    ptrs = x_rows + tl.minimum(m, M - 1) * stride_xm + k + col
+    x_lo = tl.load(ptrs, mask=x_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    x_hi = tl.load(ptrs + VEC, mask=x_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    sum_lo = tl.sum(tl.reshape(x_lo, (RUNS, VEC)), axis=1)
+    sum_hi = tl.sum(tl.reshape(x_hi, (RUNS, VEC)), axis=1)
+    return x_lo, x_hi, 128.0 * sum_lo + 2048.0 * sum_hi, sum_lo + sum_hi
+
+
+@triton.jit
+def _row_ok(rn, M, m: tl.constexpr):
+    """``rn``'s shape of "row ``m`` exists". As a tensor: Triton 3.9's interpreter made
+    ``n_ok & (M > m)`` (a tensor and a scalar comparison) a mask of another dtype than bool."""
+    return (tl.zeros_like(rn) + M) > m
+
+
+@triton.jit
+def _int4_runs_rows_kernel(
+    x_ptr, w_ptr, sz_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_szn, stride_om,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, GROUP: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+):
+    """2-4 rows of x (``BLOCK_M`` 2 or 4; rows past ``M`` are computed, not stored) against a "runs"
+    INT4 weight: the row kernel's tiles and steps, with one assembly block per run unpacking the
+    nibbles once and chaining an FMA per row (``_run_sum_asm(rows)``), each row's sum in its own
+    element of the run. Each x row and accumulator is its own 1-D/2-D
+    tensor: a 3-D (rows, outputs, columns) tile put Triton's layouts through shared memory every
+    step (sm_90 SASS: 22-77 barriers)."""
+    VEC: tl.constexpr = 8
+    KB: tl.constexpr = BLOCK_K // 2
+    RUNS: tl.constexpr = KB // VEC
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    r = tl.arange(0, KB)
+    rb = (r // VEC) * VEC + r % VEC
+    col = (r // VEC) * (2 * VEC) + r % VEC
+    w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rb[None, :]
+    sz_rows = sz_ptr + rn[:, None].to(tl.int64) * stride_szn
+    runs = tl.arange(0, RUNS)
+    wait_for_inputs(PDL)
+    acc0 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        run_col = k + runs * (2 * VEC)
+        k_ok = (k + col) < K
+        if EVEN_K:
+            sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None], ASM)
+        else:
+            sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None] & (run_col < K)[None, :], ASM)
+        lo0, hi0, off0, sx0 = _row_terms(x_ptr, k, col, k_ok, 0, M, stride_xm, VEC, RUNS)
+        lo1, hi1, off1, sx1 = _row_terms(x_ptr, k, col, k_ok, 1, M, stride_xm, VEC, RUNS)
+        if EVEN_K and EVEN_N:
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
+        else:
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
+        s = (sz << 16).to(tl.float32, bitcast=True)
+        z = (sz & -65536).to(tl.float32, bitcast=True)
+        if BLOCK_M == 4:
+            lo2, hi2, off2, sx2 = _row_terms(x_ptr, k, col, k_ok, 2, M, stride_xm, VEC, RUNS)
+            lo3, hi3, off3, sx3 = _row_terms(x_ptr, k, col, k_ok, 3, M, stride_xm, VEC, RUNS)
+        if ASM and BLOCK_M == 2:
+            sums = tl.inline_asm_elementwise(
+                asm=RUN_SUMS_2_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 32,
+                args=[w, lo0[None, :], hi0[None, :], lo1[None, :], hi1[None, :]],
+                dtype=tl.float32, is_pure=True, pack=8)
+            d0, d1, _, _ = _first_of_runs(sums, BLOCK_N, RUNS)
+        elif ASM:
+            sums = tl.inline_asm_elementwise(
+                asm=RUN_SUMS_4_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 64,
+                args=[w, lo0[None, :], hi0[None, :], lo1[None, :], hi1[None, :], lo2[None, :], hi2[None, :],
+                      lo3[None, :], hi3[None, :]],
+                dtype=tl.float32, is_pure=True, pack=8)
+            d0, d1, d2, d3 = _first_of_runs(sums, BLOCK_N, RUNS)
+        else:
+            lo, hi = _nibbles_as_float32(w, False)
+            d0 = _plain_run_sums(lo, hi, lo0, hi0, BLOCK_N, RUNS)
+            d1 = _plain_run_sums(lo, hi, lo1, hi1, BLOCK_N, RUNS)
+            if BLOCK_M == 4:
+                d2 = _plain_run_sums(lo, hi, lo2, hi2, BLOCK_N, RUNS)
+                d3 = _plain_run_sums(lo, hi, lo3, hi3, BLOCK_N, RUNS)
+        if BLOCK_M == 4:
+            acc2 += s * ((d2 - off2[None, :]) - z * sx2[None, :])
+            acc3 += s * ((d3 - off3[None, :]) - z * sx3[None, :])
+        acc0 += s * ((d0 - off0[None, :]) - z * sx0[None, :])
+        acc1 += s * ((d1 - off1[None, :]) - z * sx1[None, :])
+        w_ptrs += KB
+    _store_row(tl.sum(acc0, axis=1), rn, n_ok, bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
+    out_ptr += stride_om
+    _store_row(tl.sum(acc1, axis=1), rn, n_ok & _row_ok(rn, M, 1), bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
+    if BLOCK_M == 4:
+        out_ptr += stride_om
+        _store_row(tl.sum(acc2, axis=1), rn, n_ok & _row_ok(rn, M, 2), bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
+        out_ptr += stride_om
+        _store_row(tl.sum(acc3, axis=1), rn, n_ok & _row_ok(rn, M, 3), bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
+
+
+@triton.jit
 def _int4_runs_dequant_kernel(
     w_ptr, sz_ptr, out_ptr, N, K, stride_wn, stride_szn, stride_on,
     GROUP: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -238,6 +367,30 @@ def launch_int4_runs_row(
         HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0, GROUP=group_size,
         ASM=not INTERPRET and x.device.type == "cuda", BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl,
         num_warps=num_warps, num_stages=1, launch_pdl=pdl,
+    )
+    return out
+
+
+def launch_int4_runs_rows(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *,
+    group_size: int, block_n: int = 4, block_k: int = 2048, num_warps: int = 4, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``launch_int4_runs_row`` for 2-4 rows of ``x`` (unit stride along K), unpacking each weight once."""
+    rows, k = x.shape
+    n = packed.shape[0]
+    if not 2 <= rows <= 4 or k != packed.shape[1] * 2 or k % RUN or group_size % RUN or block_k % RUN:
+        raise ValueError(f"the INT4 rows kernel takes 2-4 rows of {packed.shape[1] * 2} columns, not {tuple(x.shape)}")
+    if block_k // 2 < num_warps * 32 * 8 and not INTERPRET:
+        raise ValueError(f"BLOCK_K {block_k} with {num_warps} warps: each step must give every thread a run of 8 "
+                         "bytes along K (narrower steps move x through shared memory every step)")
+    out = torch.empty((rows, n), dtype=x.dtype, device=x.device) if out is None else out
+    pdl = launch_pdl(x.device)
+    _int4_runs_rows_kernel[(triton.cdiv(n, block_n),)](
+        x, packed, scales_zeros, bias if bias is not None else out, out, rows, n, k, x.stride(0), packed.stride(0),
+        scales_zeros.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0, GROUP=group_size,
+        ASM=not INTERPRET and x.device.type == "cuda", BLOCK_M=2 if rows == 2 else 4, BLOCK_N=block_n,
+        BLOCK_K=block_k, PDL=pdl, num_warps=num_warps, num_stages=1, launch_pdl=pdl,
     )
     return out
 
