@@ -170,6 +170,24 @@ def test_without_the_interpreter_the_cpu_layer_stays_in_the_dequant_form(monkeyp
     assert layer.kernel == "dequant"
 
 
+@pytest.mark.parametrize("case", ["int4 runs row 4x2048", "int4 runs 2 rows 4x2048", "int4 runs 4 rows 4x2048"])
+def test_row_kernels_compile_for_sm90_without_shared_memory_or_spills_in_the_loop(case: str) -> None:
+    """Guards against the layouts that sank the earlier INT4 forms (session 12's SASS): a Triton
+    layout change moving x or the run sums through shared memory every step (9 barriers in the
+    first row kernel, 22-77 in a 3-D rows tile), or the 4-row kernel spilling its accumulators."""
+    pytest.importorskip("triton")
+    from bench.sass import compile_for_sm90, figures, kernels
+
+    name, fn, pointers, constexprs, warps, weights = next(c for c in kernels() if c[0] == case)
+    try:
+        cubin = compile_for_sm90(fn, pointers, constexprs, warps=warps)
+        found = figures(cubin, weights=weights, threads=warps * 32)
+    except Exception as e:  # noqa: BLE001 - e.g. a Triton without its bundled ptxas or nvdisasm
+        pytest.skip(f"cannot compile for sm_90 here: {e}")
+    assert found["loop_instructions"] > 100, found  # the main loop was found
+    assert found["loop_shared_accesses"] == found["loop_barriers"] == found["stack"] == 0, found
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

@@ -1,0 +1,131 @@
+"""SASS figures of the GEMV kernels for sm_90, compiled offline (no GPU needed).
+
+    python -m bench.sass                             # the installed Triton
+    PYTHONPATH=/tmp/tr36 python -m bench.sass        # the GPU image's Triton (pip install --target)
+
+Each kernel is compiled by Triton with its bundled ptxas for an H100/H200 target, with the
+16-divisibility of pointers and strides a CUDA launch specialises on (without it Triton cannot
+vectorise the loads and every figure is another kernel's), then read back with its bundled
+``cuobjdump``/``nvdisasm``. Per kernel and tile: registers, stack, and for the main loop (the
+longest backward branch) its instructions, global loads, barriers and shared-memory accesses, and
+instructions per weight of one step. These are what docs/PERFORMANCE.md quotes when it says "read
+from the SASS": counts, not timings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from typing import Any
+
+from bench.common import parser, print_table, write_result
+
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/")
+
+
+def kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any], int, int]]:
+    """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile."""
+    from llm.kernels import gemv, int4_gemv
+
+    int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
+    cases: list[tuple[str, Any, dict[str, str], dict[str, Any], int, int]] = [
+        ("int8 row 4x2048", gemv._int8_row_kernel, {"w_ptr": "*i8"},
+         {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "ASM": True, "BLOCK_N": 4,
+          "BLOCK_K": 2048}, 4, 4 * 2048),
+    ]
+    for block_n, block_k, warps in ((4, 2048, 4), (8, 2048, 4), (2, 4096, 4)):
+        cases.append((f"int4 runs row {block_n}x{block_k}", int4_gemv._int4_runs_row_kernel, int4,
+                      {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True,
+                       "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, block_n * block_k))
+    for rows, block_n, block_k, warps in ((2, 2, 2048, 4), (2, 4, 2048, 4), (4, 2, 2048, 4), (4, 4, 2048, 4)):
+        cases.append((f"int4 runs {rows} rows {block_n}x{block_k}", int4_gemv._int4_runs_rows_kernel, int4,
+                      {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": rows,
+                       "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, block_n * block_k))
+    return cases
+
+
+def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], *, warps: int) -> bytes:
+    """The kernel's cubin for sm_90, specialised as a launch with aligned pointers and strides is."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {p.name: "constexpr" if p.is_constexpr else pointers.get(p.name, "*bf16" if p.name.endswith("_ptr")
+                                                                          else "i32") for p in fn.params}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
+               if kind != "constexpr" and name not in ("M", "N")}
+    source = ASTSource(fn=fn, signature=signature, constexprs={**constexprs, "PDL": True}, attrs=aligned)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 1})
+    return compiled.asm["cubin"]
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def disassemble(cubin: bytes) -> tuple[str, str]:
+    """(resource usage, SASS) of a cubin, by Triton's bundled tools."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+        sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    return usage, sass
+
+
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the longest loop: from a label to the last branch back to it."""
+    labels: dict[str, int] = {}
+    instructions: list[str] = []
+    for line in sass.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+        elif _INSTRUCTION.search(line):
+            instructions.append(line)
+    best: list[str] = []
+    for end, line in enumerate(instructions):
+        target = re.search(r"BRA[^;]*?(\.L_x_\d+)", line)
+        if target and labels.get(target.group(1), end + 1) <= end:
+            body = instructions[labels[target.group(1)]:end + 1]
+            best = body if len(body) > len(best) else best
+    return best
+
+
+def figures(cubin: bytes, *, weights: int, threads: int) -> dict[str, Any]:
+    """Registers, stack and the main loop's counts; instructions per weight of one step."""
+    usage, sass = disassemble(cubin)
+    loop = main_loop(sass)
+    return {
+        "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+        "stack": int(re.search(r"STACK:(\d+)", usage).group(1)),
+        "loop_instructions": len(loop),
+        "loop_global_loads": sum("LDG" in i for i in loop),
+        "loop_barriers": sum("BAR" in i for i in loop),
+        "loop_shared_accesses": sum(("LDS" in i or "STS" in i) for i in loop),
+        "instructions_per_weight": round(len(loop) / (weights / threads), 2),
+    }
+
+
+def main() -> None:
+    import triton
+
+    args = parser(__doc__).parse_args()
+    rows = []
+    for name, fn, pointers, constexprs, warps, weights in kernels():
+        cubin = compile_for_sm90(fn, pointers, constexprs, warps=warps)
+        rows.append({"kernel": name, "warps": warps, **figures(cubin, weights=weights, threads=warps * 32)})
+    header = tuple(rows[0])
+    print_table(f"sm_90 SASS, Triton {triton.__version__}", [tuple(r.values()) for r in rows], header)
+    path = write_result(args.out, f"sass_triton{triton.__version__}", {"target": "sm_90", "kernels": rows})
+    print(f"\n{path}")
+
+
+if __name__ == "__main__":
+    main()
