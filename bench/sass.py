@@ -26,12 +26,16 @@ _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/")
 
 
-def kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any], int, int]]:
-    """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile."""
-    from llm.kernels import gemv, int4_gemv
+Case = tuple[str, Any, dict[str, str], dict[str, Any], int, int]
+
+
+def kernels() -> list[Case]:
+    """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile
+    and the INT4 GEMM's (3 pipeline stages)."""
+    from llm.kernels import gemv, int4_gemm, int4_gemv
 
     int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
-    cases: list[tuple[str, Any, dict[str, str], dict[str, Any], int, int]] = [
+    cases: list[Case] = [
         ("int8 row 4x2048", gemv._int8_row_kernel, {"w_ptr": "*i8"},
          {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "ASM": True, "BLOCK_N": 4,
           "BLOCK_K": 2048}, 4, 4 * 2048),
@@ -43,6 +47,10 @@ def kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any], int, int]]
     for rows, block_n, block_k, warps in ((2, 2, 2048, 4), (2, 4, 2048, 4), (4, 2, 2048, 4), (4, 4, 2048, 4)):
         cases.append((f"int4 runs {rows} rows {block_n}x{block_k}", int4_gemv._int4_runs_rows_kernel, int4,
                       {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": rows,
+                       "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, block_n * block_k))
+    for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (64, 128, 128, 8)):
+        cases.append((f"int4 runs GEMM {block_m}x{block_n}x{block_k}", int4_gemm._int4_runs_gemm_kernel, int4,
+                      {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": block_m,
                        "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, block_n * block_k))
     return cases
 
@@ -58,7 +66,9 @@ def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, An
     aligned = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
                if kind != "constexpr" and name not in ("M", "N")}
     source = ASTSource(fn=fn, signature=signature, constexprs={**constexprs, "PDL": True}, attrs=aligned)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 1})
+    stages = 3 if "BLOCK_M" in constexprs and not constexprs.get("BLOCK_M", 1) <= 4 else 1  # the GEMM pipelines
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps,
+                                                                                 "num_stages": stages})
     return compiled.asm["cubin"]
 
 

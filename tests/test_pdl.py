@@ -50,7 +50,7 @@ def _signature(fn: Any, pointers: dict[str, str]) -> dict[str, str]:
 
 
 def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
-    from llm.kernels import decode_attention, gemv, int4_gemv, rope_cache
+    from llm.kernels import decode_attention, gemv, int4_gemm, int4_gemv, rope_cache
 
     row = {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "BLOCK_N": 4, "BLOCK_K": 1024}
     return [
@@ -62,6 +62,9 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
         ("INT4 runs 2-4 row GEMV", int4_gemv._int4_runs_rows_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
          {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": 4, "BLOCK_N": 4,
           "BLOCK_K": 2048}),
+        ("INT4 runs GEMM", int4_gemm._int4_runs_gemm_kernel, {"w_ptr": "*u8", "sz_ptr": "*i32"},
+         {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": 16, "BLOCK_N": 64,
+          "BLOCK_K": 128}),
         ("GEMV tiles", gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
          {"HAS_SCALE": True, "HAS_BIAS": False, "PARTIAL": True, "EVEN_K": True, "EVEN_N": True, "USE_DOT": True,
           "INT8": True, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}),
@@ -80,7 +83,8 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     ]
 
 
-KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "int4-runs-rows-gemv", "gemv-tiles",
+KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "int4-runs-rows-gemv", "int4-runs-gemm",
+              "gemv-tiles",
               "split-k-sum", "attention-split", "attention-combine", "rope-cache"]
 
 

@@ -9,7 +9,8 @@
 - ``rope_cache_write`` (``llm.kernels.rope_cache_op``): a decode token's rotary of q and k and its
   K/V cache writes in one kernel (``rope_cache``), transformers' own math as the fallback.
 - ``int4_gemv_op.int4_runs_linear``: INT4 layers in glmkb's "runs" layout (``llm.int4_runs``,
-  ``llm.int4_kernel: triton``): a W4A16 row kernel and a dequantization kernel (``int4_gemv``).
+  ``llm.int4_kernel: triton``): W4A16 kernels for 1 and 2-4 rows and a dequantization kernel
+  (``int4_gemv``), a W4A16 GEMM for 9-256 rows (``int4_gemm``).
 
 Importing this package never imports Triton; the kernel module does, on first use.
 """

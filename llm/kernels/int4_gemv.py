@@ -1,4 +1,4 @@
-"""A Triton W4A16 GEMV for one row of x, over glmkb's "runs" INT4 layout, and its dequantization.
+"""Triton W4A16 GEMVs for 1 and 2-4 rows of x, over glmkb's "runs" INT4 layout, and its dequantization.
 
 Why a layout of its own. The INT8 row kernel (``llm.kernels.gemv._int8_row_kernel``) reads 3.4-3.9
 TB/s on the H200 because each thread loads 8 weight bytes against x's 8 bf16 (one 16-byte load)

@@ -4,8 +4,10 @@ One row (the single-user decode step) runs the Triton row kernel, 2-4 rows the r
 unpacks each weight once for all of them, each with the tile that was fastest for the shape
 (timed once per process on CUDA, L2 flushed before each launch as for the other GEMVs:
 ``gemv_op.fastest_launch``); up to ``MAX_ROW_KERNEL_ROWS`` rows (decode batches) run in launches
-of 4; more (prompts) dequantize the weight with one kernel and run one cuBLAS GEMM. An opaque
-custom op for the reason ``gemv_op`` gives: the compiled decode step calls it as one extern kernel. A kernel that fails falls back to the
+of 4. Up to ``MAX_GEMM_ROWS`` (larger decode batches, short prompts) the INT4 GEMM
+(``int4_gemm``) or dequantizing the weight with one kernel and one cuBLAS GEMM, whichever was
+faster for the shape and row bucket; past it (prompts) always the latter. An opaque custom op
+for the reason ``gemv_op`` gives: the compiled decode step calls it as one extern kernel. A kernel that fails falls back to the
 same arithmetic in PyTorch for good, with one warning.
 """
 
@@ -38,8 +40,18 @@ ROWS_CONFIGS = ((2, 2048, 4), (4, 2048, 4), (2, 4096, 4), (4, 1024, 2))
 # reading it once (0.5 byte per weight per launch); past it one dequantization (0.5 read + 2
 # written) and cuBLAS (2 read): 4.5 bytes per weight whatever the rows.
 MAX_ROW_KERNEL_ROWS = 8
+# The INT4 GEMM's tiles, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), first = the default
+# without timing. BLOCK_K divides the group (one scale per step); compiled for sm_90 offline
+# (bench.sass): 95-132 registers, no spills. Past MAX_GEMM_ROWS a prompt's GEMM is compute-bound
+# and cuBLAS's, after one dequantization, is the one to run.
+GEMM_CONFIGS = ((16, 64, 128, 4, 3), (16, 32, 128, 4, 4), (16, 64, 64, 4, 4), (16, 64, 32, 4, 4),
+                (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 128, 8, 3),
+                (128, 128, 64, 8, 3))
+MAX_GEMM_ROWS = 256
+DEQUANTIZE = "dequantize + cuBLAS"
 
-_chosen: dict[tuple[int, int, int, int, torch.dtype], tuple[int, int, int]] = {}
+Config = tuple[int, ...] | str
+_chosen: dict[tuple[int, int, int, int, torch.dtype], Config] = {}
 _broken: list[str] = []
 
 
@@ -82,12 +94,11 @@ def _int4_runs_linear_fake(
 def _launch(
     x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
 ) -> torch.Tensor:
-    from llm.kernels.int4_gemv import launch_int4_runs_dequant
-
     rows = x.shape[0]
     if rows > MAX_ROW_KERNEL_ROWS:
-        weight = launch_int4_runs_dequant(packed, scales_zeros, group_size=group_size, dtype=x.dtype)
-        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+        if rows <= MAX_GEMM_ROWS:
+            return _launch_gemm(x, packed, scales_zeros, bias, group_size=group_size)
+        return _dequantize_and_multiply(x, packed, scales_zeros, bias, group_size=group_size)
     out = torch.empty((rows, packed.shape[0]), dtype=x.dtype, device=x.device)
     for start in range(0, rows, 4):
         part = slice(start, min(start + 4, rows))
@@ -95,21 +106,83 @@ def _launch(
     return out
 
 
+def _dequantize_and_multiply(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
+) -> torch.Tensor:
+    """The weight dequantized by one kernel, then cuBLAS: 4.5 bytes per weight whatever the rows."""
+    from llm.kernels.int4_gemv import launch_int4_runs_dequant
+
+    weight = launch_int4_runs_dequant(packed, scales_zeros, group_size=group_size, dtype=x.dtype)
+    return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+def _launch_gemm(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *,
+    group_size: int, config: Config | None = None,
+) -> torch.Tensor:
+    """9 to ``MAX_GEMM_ROWS`` rows: the INT4 GEMM with tile ``config`` or dequantize + cuBLAS
+    (``DEQUANTIZE``), else ``choose_gemm_config``'s choice."""
+    from llm.kernels.int4_gemm import launch_int4_runs_gemm
+
+    config = config or choose_gemm_config(x, packed, scales_zeros, bias, group_size=group_size)
+    if config == DEQUANTIZE:
+        return _dequantize_and_multiply(x, packed, scales_zeros, bias, group_size=group_size)
+    block_m, block_n, block_k, warps, stages = config
+    return launch_int4_runs_gemm(x, packed, scales_zeros, bias, group_size=group_size, block_m=block_m,
+                                 block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
+
+
+def row_bucket(rows: int) -> int:
+    """The GEMM's timing bucket for ``rows``: the next power of two, at least 16."""
+    return max(16, 1 << (rows - 1).bit_length())
+
+
+def gemm_options(rows: int, group_size: int) -> list[Config]:
+    """The tiles that fit ``rows``' bucket and the group (``BLOCK_M`` <= bucket, ``BLOCK_K`` divides
+    the group), then ``DEQUANTIZE``."""
+    bucket = row_bucket(rows)
+    tiles: list[Config] = [c for c in GEMM_CONFIGS if c[0] <= bucket and group_size % c[2] == 0]
+    return [*tiles, DEQUANTIZE]
+
+
+def choose_gemm_config(
+    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
+) -> Config:
+    """For 9 to ``MAX_GEMM_ROWS`` rows: the fastest of ``gemm_options`` on CUDA for this shape and
+    row bucket (timed once per process outside graph capture, on these rows), else the first."""
+    rows, (n, k) = x.shape[0], (packed.shape[0], packed.shape[1] * 2)
+    key = (row_bucket(rows), n, k, group_size, x.dtype)
+    if key in _chosen:
+        return _chosen[key]
+    options = gemm_options(rows, group_size)
+    if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return options[0]
+    from llm.kernels.gemv_op import fastest_launch
+
+    best = fastest_launch(options, lambda c: _launch_gemm(x, packed, scales_zeros, bias, group_size=group_size,
+                                                          config=c), device=x.device)
+    if best is None:
+        raise RuntimeError(f"no INT4 GEMM config runs for {rows} rows and a {n} x {k} weight")
+    logger.info("INT4 GEMM, %d rows, %d x %d: %s (%.1f us)", rows, n, k, best[1], best[0] * 1e3)
+    _chosen[key] = best[1]
+    return best[1]
+
+
 def _launch_rows(
     x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *,
     group_size: int, out: torch.Tensor, config: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """1-4 rows of ``x`` into ``out``: the one-row kernel or the 2-4 row kernel, tile ``config``
-    (else ``choose_config``'s)."""
+    (else ``choose_row_config``'s)."""
     from llm.kernels.int4_gemv import launch_int4_runs_row, launch_int4_runs_rows
 
-    block_n, block_k, warps = config or choose_config(x, packed, scales_zeros, bias, group_size=group_size)
+    block_n, block_k, warps = config or choose_row_config(x, packed, scales_zeros, bias, group_size=group_size)
     launch = launch_int4_runs_row if x.shape[0] == 1 else launch_int4_runs_rows
     return launch(x, packed, scales_zeros, bias, group_size=group_size, block_n=block_n, block_k=block_k,
                   num_warps=warps, out=out)
 
 
-def choose_config(
+def choose_row_config(
     x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, bias: torch.Tensor | None, *, group_size: int
 ) -> tuple[int, int, int]:
     """The tile for this shape and row count (1, 2 or 3-4): the fastest of ``ROW_CONFIGS`` (one row)
@@ -137,5 +210,12 @@ def choose_config(
 
 def chosen_configs() -> dict[str, str]:
     """What this process picked per shape (for bench reports)."""
-    return {f"int4-runs rows={'3-4' if r == 3 else r} N={n} K={k} group={g} {dtype}": str(c)
+    return {f"int4-runs rows={_rows_label(r)} N={n} K={k} group={g} {dtype}": str(c)
             for (r, n, k, g, dtype), c in _chosen.items()}
+
+
+def _rows_label(key_rows: int) -> str:
+    """``_chosen``'s row key as the rows it stands for: 1, 2, 3-4, or a GEMM bucket such as 9-16."""
+    if key_rows < 16:
+        return "3-4" if key_rows == 3 else str(key_rows)
+    return f"{MAX_ROW_KERNEL_ROWS + 1 if key_rows == 16 else key_rows // 2 + 1}-{key_rows}"
