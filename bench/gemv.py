@@ -18,7 +18,8 @@ layer as the decode step runs it, tuned); INT4 ``WeightOnlyInt4Linear`` compiled
 (tinygemm's form on sm80+) and in its dequantizing form; and
 ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, group 128) where torch has it; INT4 in glmkb's
 "runs" layout through its Triton row kernel (``llm.kernels.int4_gemv``, the layer's op: tile
-timed on first use; at M = 1 the sweep times every tile of ``int4_gemv_op.ROW_CONFIGS``); where the
+timed on first use; the sweep times every tile the op may pick for M: the row kernel's at 1, the
+GEMM's and dequantize + cuBLAS at 16); where the
 ``gemlite`` package is installed (Apache-2.0, Triton kernels; a wheel in .whl/, see
 docs/PERFORMANCE.md), its A16W4 (group 128, asymmetric: glmkb's INT4 form) and A16W8 (per
 channel: glmkb's INT8 form) layers with their own default kernel choice (GEMV_REVSPLITK /
@@ -273,7 +274,7 @@ def sweep(w: Weights, x: torch.Tensor, kind: str, *, device: str) -> dict[str, A
     x2 = x.reshape(rows, -1)
     out: dict[str, Any] = {}
     if kind == "int4triton":
-        return sweep_int4_runs(w, x2, device=device) if rows == 1 else {}
+        return sweep_int4_runs(w, x2, device=device)
     for config in candidates(rows, w.n, w.k, int8=kind == "int8"):
         try:
             if kind == "int8":
@@ -290,20 +291,32 @@ def sweep(w: Weights, x: torch.Tensor, kind: str, *, device: str) -> dict[str, A
 
 
 def sweep_int4_runs(w: Weights, x2: torch.Tensor, *, device: str) -> dict[str, Any]:
-    """Every tile of the INT4 row kernel (``int4_gemv_op.ROW_CONFIGS``): (block_n, block_k, warps) -> us."""
-    from llm.kernels.int4_gemv import launch_int4_runs_row
-    from llm.kernels.int4_gemv_op import ROW_CONFIGS
+    """Every tile the INT4 runs op may pick for these rows: the row kernel's (1 row,
+    ``ROW_CONFIGS``), the 2-4 row kernel's (``ROWS_CONFIGS``) or the GEMM's (9-256 rows,
+    ``gemm_options``, dequantize + cuBLAS among them) -> us per call."""
+    from llm.kernels import int4_gemv_op as op
 
-    layers, out = w.get("int4triton"), {}
-    for bn, bk, warps in ROW_CONFIGS:
-        def call(i: int, bn: int = bn, bk: int = bk, warps: int = warps) -> Any:
-            layer = layers[i % len(layers)]
-            return launch_int4_runs_row(x2, layer.weight, layer.scales_zeros, None, group_size=128, block_n=bn,
-                                        block_k=bk, num_warps=warps)
+    layers, rows, out = w.get("int4triton"), x2.shape[0], {}
+    if layers[0].kernel != "triton":  # e.g. float32 on CPU: the layer kept its "dequant" form
+        return {"skipped": f"the layer is in its {layers[0].kernel!r} form"}
+    if rows <= 4:
+        configs: list[Any] = list(op.ROW_CONFIGS if rows == 1 else op.ROWS_CONFIGS)
+        scratch = torch.empty((rows, w.n), dtype=x2.dtype, device=device)
+        launch = lambda layer, c: op._launch_rows(x2, layer.weight, layer.scales_zeros, None,  # noqa: E731
+                                                  group_size=128, out=scratch, config=c)
+    elif op.MAX_ROW_KERNEL_ROWS < rows <= op.MAX_GEMM_ROWS:
+        configs = op.gemm_options(rows, 128)
+        launch = lambda layer, c: op._launch_gemm(x2, layer.weight, layer.scales_zeros, None,  # noqa: E731
+                                                  group_size=128, config=c)
+    else:
+        return {}
+    for config in configs:
+        def call(i: int, config: Any = config) -> Any:
+            return launch(layers[i % len(layers)], config)
         try:
-            out[f"n{bn} k{bk} w{warps}"] = time_calls(call, device=device) * 1e6
+            out[str(config)] = time_calls(call, device=device) * 1e6
         except Exception as e:  # one tile failing must not stop the sweep
-            out[f"n{bn} k{bk} w{warps}"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+            out[str(config)] = f"error: {type(e).__name__}: {str(e)[:200]}"
     return out
 
 
