@@ -37,8 +37,8 @@ ROW_CONFIGS = ((4, 2048, 4), (8, 2048, 4), (2, 2048, 4), (4, 4096, 4), (2, 4096,
 # narrower tiles than the one-row kernel's.
 ROWS_CONFIGS = ((2, 2048, 4), (4, 2048, 4), (2, 4096, 4), (4, 1024, 2))
 # Up to here rows run in launches of 2-4 rows, each unpacking the weight once for its rows and
-# reading it once (0.5 byte per weight per launch); past it one dequantization (0.5 read + 2
-# written) and cuBLAS (2 read): 4.5 bytes per weight whatever the rows.
+# reading it once (0.5 byte per weight per launch); past it the GEMM (0.5 byte per weight) or one
+# dequantization (0.5 read + 2 written) and cuBLAS (2 read): 4.5 bytes per weight whatever the rows.
 MAX_ROW_KERNEL_ROWS = 8
 # The INT4 GEMM's tiles, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), first = the default
 # without timing. BLOCK_K divides the group (one scale per step); compiled for sm_90 offline
