@@ -178,9 +178,11 @@ def test_interpreted_layer_triton_form_is_the_same_layer() -> None:
 
 
 @interpreted
-def test_interpreted_fast_path_with_triton_int4_layers_equals_generate(tiny_glm_dir: Path) -> None:
+@pytest.mark.parametrize("batch", [1, 3, 9])
+def test_interpreted_fast_path_with_triton_int4_layers_equals_generate(tiny_glm_dir: Path, batch: int) -> None:
     """bf16 tiny GLM with ``int4_kernel="triton"``: fused q/k/v concatenates ``scales_zeros`` by
-    rows, the decode step runs the row kernel and gives generate's tokens."""
+    rows, the decode step runs the row kernel (1 row), the rows kernel (3) or the GEMM (9) and
+    gives generate's tokens."""
     from transformers import AutoModelForCausalLM
 
     from llm.fast_decode import FastDecodeOptions, fast_decode_state
@@ -190,7 +192,7 @@ def test_interpreted_fast_path_with_triton_int4_layers_equals_generate(tiny_glm_
     quantize_model_(model, "int4", group_size=GROUP, int4_kernel="triton")
     assert all(m.kernel == "triton" for m in model.modules() if isinstance(m, WeightOnlyInt4Linear))
     assert model.config.glmkb_weight_only["int4_kernel"] == "triton"
-    ids = torch.tensor([[5, 17, 42, 9, 3, 11]])
+    ids = (torch.tensor([[5, 17, 42, 9, 3, 11]]) + 7 * torch.arange(batch)[:, None]) % 120 + 1
     kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 4, "do_sample": False}
     eager = run_generate(model, dict(kwargs))
     fast = run_generate(model, dict(kwargs), fast_decode=FastDecodeOptions(on_cpu=True))
