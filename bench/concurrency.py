@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--streams", default="1,4,16,32", help="comma-separated concurrency levels")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--max-batch", type=int, default=16, help="llm.max_concurrent_batch")
-    p.add_argument("--quantization", choices=("none", "int8", "int4"), default="none")
+    p.add_argument("--quantization", choices=("none", "int8", "int4", "int4-triton"), default="none")
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the fast path on CPU, uncompiled")
     p.set_defaults(repeat=3)
     args = p.parse_args()
@@ -107,7 +107,9 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokenizer = char_tokenizer(SHAPES[shape]["vocab_size"])
     # bench.decode's model: same seed (and quantization) as the decode benchmark.
-    model = build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=args.quantization, group_size=128)
+    name = f"concurrency_{shape}" + ("" if args.quantization == "none" else f"_{args.quantization}")
+    model = build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=args.quantization,
+                        group_size=32 if args.tiny else 128)  # the tiny shape: in_features 64
     llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=args.new_tokens,
                   max_concurrent_batch=args.max_batch, max_queue=max(64, 2 * args.max_batch),
                   fast_decode_options=FastDecodeOptions(on_cpu=args.fast_on_cpu))
@@ -118,7 +120,7 @@ def main() -> None:
     for streams in levels:
         result["levels"][str(streams)] = bench_level(llm, streams, new_tokens=args.new_tokens, repeat=args.repeat)
         result["capture_times_s"] = dict(fast_decode_state(model).capture_times)
-        write_result(args.out, f"concurrency_{shape}", result)
+        write_result(args.out, name, result)
         level = result["levels"][str(streams)]
         print(f"{streams} streams: {level['aggregate_tok_s']:.1f} tok/s, TTFT p50 {level['ttft_p50_s'] * 1e3:.0f} ms "
               f"p95 {level['ttft_p95_s'] * 1e3:.0f} ms (warm wave {level['warm_wave_s']:.1f} s)", flush=True)
@@ -128,7 +130,7 @@ def main() -> None:
         level["aggregate_over_one_stream"] = level["aggregate_tok_s"] / solo if solo else None
         rows.append((streams, level["aggregate_tok_s"], level["aggregate_over_one_stream"], level["per_stream_tok_s"],
                      level["ttft_p50_s"] * 1e3, level["ttft_p95_s"] * 1e3))
-    write_result(args.out, f"concurrency_{shape}", result)
+    write_result(args.out, name, result)
     print_table(f"concurrent ChatGLM.stream, {shape} on {device} ({args.new_tokens} new tokens each, "
                 f"max batch {args.max_batch}, {args.quantization})", rows,
                 ("streams", "aggregate tok/s", "x one stream", "per-stream tok/s", "TTFT p50 ms", "TTFT p95 ms"))

@@ -11,7 +11,7 @@
 # memory (original-format 6B checkpoint, 7 shards: peak host RAM / GPU memory while loading),
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 (tinygemm, and glmkb's Triton form) weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
-# 256 new tokens: aggregate tok/s, p50/p95 TTFT), prefill6b (captured prompt pass at 128/512/1024 tokens, with and without its swaps, bf16 / INT8 /
+# 256 new tokens: aggregate tok/s, p50/p95 TTFT; CONC_QUANT=int4-triton etc. for a quantized model), prefill6b (captured prompt pass at 128/512/1024 tokens, with and without its swaps, bf16 / INT8 /
 # INT4, and its kernels; ~3 min cold), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:
 # cuBLAS, compiled and Triton bf16, compiled and Triton INT8, INT4 compiled and tinygemm, gemlite
@@ -67,7 +67,7 @@ for s in $sections; do
     prefill6b) run ${T_PREFILL6B:-360} prefill6b "$PY" -m bench.prefill --shape chatglm3-6b --ablation ;;
     l2prefetch) run ${T_L2PREFETCH:-240} l2prefetch "$PY" -m bench.l2_prefetch ;;
     decattn)  run ${T_DECATTN:-600} decattn "$PY" -m bench.decode_attention ;;
-    concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --repeat ${REPEAT:-3} ;;
+    concurrency6b) run ${T_CONC6B:-240} concurrency6b "$PY" -m bench.concurrency --shape chatglm3-6b --streams 1,4,16,32 --new-tokens 256 --quantization ${CONC_QUANT:-none} --repeat ${REPEAT:-3} ;;
     adapters6b)  # the CUDA test of a P-tuning prefix on the decode graph, then ChatGLM3-6B shape: decode with a 128-token
       # prefix vs without on the fast path, LoRA merged vs base, LoRA training tok/s + peak memory at seq 1024 batch 4 (~3-4 min)
       run ${T_ADAPTERSTEST:-120} adapterstest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_adapters_ptuning_fast_decode.py -q -x -p no:cacheprovider -k cuda
