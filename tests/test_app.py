@@ -125,10 +125,24 @@ def app_url(kb_root: Path, qa_llm: Any) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def slow_llm(tiny_chatglm: Any) -> Any:
-    """The tiny ChatGLM allowed 3000 new tokens: an answer that streams for many seconds."""
-    return tiny_chatglm.model_copy(update={"max_new_tokens": 3000})
+@contextlib.contextmanager
+def throttled(model: Any, *, seconds_per_step: float) -> Iterator[None]:
+    """Each forward pass of ``model`` (one generation step) takes at least ``seconds_per_step``,
+    so how long a stream lasts no longer depends on how busy the machine is."""
+    handle = model.register_forward_pre_hook(lambda module, args: time.sleep(seconds_per_step))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.fixture
+def slow_llm(tiny_chatglm: Any) -> Iterator[Any]:
+    """The tiny ChatGLM allowed 3000 new tokens at >= 10 ms each: an answer that streams for 25 s
+    or more. Bug: unthrottled, the tiny model reached its 4096-token length in ~10 s, and under
+    load the browser test's checks that it was still generating came after it had finished."""
+    with throttled(tiny_chatglm.model, seconds_per_step=0.01):
+        yield tiny_chatglm.model_copy(update={"max_new_tokens": 3000})
 
 
 # ------------------------------------------------------------------------------ QA

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from app.services import Services
-from tests.test_app import KB, generating, long_answers, make_settings, serve, wait_until
+from tests.test_app import KB, generating, long_answers, make_settings, serve, throttled, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parent.parent
@@ -285,8 +285,11 @@ def test_create_upload_refuse_build_ask_and_delete_from_the_browser(
 
 
 def test_summary_shows_map_progress_then_streams(browser: Any, kb_root: Path, tiny_chatglm: Any, tmp_path: Path) -> None:
+    """The summary grows piece by piece. Bug: under load the unthrottled reduce stage (200 tokens)
+    ended before the page was first polled, and no growth was seen: >= 20 ms a step now."""
     llm = tiny_chatglm.model_copy(update={"max_new_tokens": 200})
-    with serve(Services(make_settings(kb_root), llm=llm)) as url:
+    with throttled(tiny_chatglm.model, seconds_per_step=0.02), \
+            serve(Services(make_settings(kb_root), llm=llm)) as url:
         page = open_page(browser, url)
         page.get_by_role("tab", name="长文总结 / Summary").click()
         assert wait_until(lambda: page.input_value("#summary-kb input") == KB, timeout=20)
