@@ -211,3 +211,32 @@ def fast_and_eager(llm_: Any, prompts: list[str], *, options: Any, **kwargs: Any
     eager = run_generate(llm_.model, dict(generate_kwargs))
     fast = run_generate(llm_.model, dict(generate_kwargs), fast_decode=options)
     return eager, fast
+
+
+def assert_int4_model_on_the_fast_path_equals_generate(model_dir: Path, *, int4_kernel: str, group_size: int) -> None:
+    """A bf16 INT4 model on the GPU with ``int4_kernel``'s form: every INT4 layer in that form, the
+    captured decode step with fused q/k/v, and greedy tokens those of plain generate. bf16
+    rounding of packed attention may flip a near-tie late in a random model's output (as in
+    test_perf_fast_decode): the prompt and first two new tokens must match, half of the rest."""
+    import torch
+
+    from llm import ChatGLM
+    from llm.fast_decode import FUSED_QKV, FastDecodeOptions, fast_decode_state
+    from llm.quantization import WeightOnlyInt4Linear
+    from llm.streaming import run_generate
+
+    llm_ = ChatGLM.from_model_path(model_dir, device="cuda", dtype="bfloat16", quantization="int4",
+                                   quantization_group_size=group_size, int4_kernel=int4_kernel, temperature=0.0,
+                                   max_new_tokens=16)
+    assert {m.kernel for m in llm_.model.modules() if isinstance(m, WeightOnlyInt4Linear)} == {int4_kernel}
+    assert llm_.fast_decode_active and llm_.invoke("曹操是谁？")
+    report = llm_.fast_decode_report
+    assert report["decode_graph"] is None and report[FUSED_QKV] is None, report
+    state = fast_decode_state(llm_.model)
+    assert state.graphs and all(g.graph is not None for g in state.graphs.values())
+    assert state.fused and state.fused[0].projection.kernel == int4_kernel and state.fused[0].intact()
+    kwargs = llm_._generate_kwargs(["曹操是谁？"], {"max_new_tokens": 16, "min_new_tokens": 16})
+    eager = run_generate(llm_.model, dict(kwargs))
+    fast = run_generate(llm_.model, dict(kwargs), fast_decode=FastDecodeOptions())
+    assert torch.equal(eager[:, :-14], fast[:, :-14])  # the prompt and the first new tokens
+    assert (eager[:, -16:] == fast[:, -16:]).float().mean().item() > 0.5

@@ -16,7 +16,11 @@ from torch import nn
 
 from llm import int4_runs
 from llm.quantization import WeightOnlyInt4Linear, quantize_int4, quantize_model_
-from tests.helpers import assert_interpreted_tests_pass, interpreted_marker
+from tests.helpers import (
+    assert_int4_model_on_the_fast_path_equals_generate,
+    assert_interpreted_tests_pass,
+    interpreted_marker,
+)
 
 interpreted = interpreted_marker()
 GROUP = 32
@@ -309,25 +313,6 @@ def test_cuda_op_equals_the_dequantized_product_for_every_row_count(rows: int) -
 @pytest.mark.gpu
 @cuda
 def test_cuda_int4_triton_model_on_the_fast_path_equals_generate(tiny_glm_dir: Path) -> None:
-    """A bf16 INT4 model with ``int4_kernel="triton"`` on the GPU: every layer in the runs form,
-    the captured decode step with fused q/k/v, and greedy tokens those of plain generate (as in
-    test_quantization_int4's tinygemm test, a random model's late near-ties may flip)."""
-    from llm import ChatGLM
-    from llm.fast_decode import FUSED_QKV, FastDecodeOptions, fast_decode_state
-    from llm.streaming import run_generate
-
-    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="bfloat16", quantization="int4",
-                                   quantization_group_size=GROUP, int4_kernel="triton", temperature=0.0,
-                                   max_new_tokens=16)
-    assert {m.kernel for m in llm_.model.modules() if isinstance(m, WeightOnlyInt4Linear)} == {"triton"}
-    assert llm_.fast_decode_active and llm_.invoke("曹操是谁？")
-    report = llm_.fast_decode_report
-    assert report["decode_graph"] is None and report[FUSED_QKV] is None, report
-    state = fast_decode_state(llm_.model)
-    assert state.graphs and all(g.graph is not None for g in state.graphs.values())
-    assert state.fused and state.fused[0].projection.kernel == "triton" and state.fused[0].intact()
-    kwargs = llm_._generate_kwargs(["曹操是谁？"], {"max_new_tokens": 16, "min_new_tokens": 16})
-    eager = run_generate(llm_.model, dict(kwargs))
-    fast = run_generate(llm_.model, dict(kwargs), fast_decode=FastDecodeOptions())
-    assert torch.equal(eager[:, :-14], fast[:, :-14])  # the prompt and the first new tokens
-    assert (eager[:, -16:] == fast[:, -16:]).float().mean().item() > 0.5
+    """The "triton" form through ``ChatGLM`` on the GPU: its layers, the captured decode step with
+    fused q/k/v, generate's greedy tokens (as the tinygemm test in test_quantization_int4)."""
+    assert_int4_model_on_the_fast_path_equals_generate(tiny_glm_dir, int4_kernel="triton", group_size=GROUP)
