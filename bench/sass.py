@@ -27,11 +27,12 @@ _INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/")
 
 
 Case = tuple[str, Any, dict[str, str], dict[str, Any], int, int]
+GEMM_STAGES = 3  # the INT4 GEMM's software pipeline (int4_gemv_op.GEMM_CONFIGS' usual); the row kernels run 1
 
 
 def kernels() -> list[Case]:
     """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile
-    and the INT4 GEMM's (3 pipeline stages)."""
+    and the INT4 GEMM's."""
     from llm.kernels import gemv, int4_gemm, int4_gemv
 
     int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
@@ -56,7 +57,8 @@ def kernels() -> list[Case]:
 
 
 def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], *, warps: int) -> bytes:
-    """The kernel's cubin for sm_90, specialised as a launch with aligned pointers and strides is."""
+    """The kernel's cubin for sm_90, specialised as a launch with aligned pointers and strides is,
+    pipelined as its launcher does (``GEMM_STAGES`` for the GEMM)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -65,11 +67,18 @@ def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, An
                                                                           else "i32") for p in fn.params}
     aligned = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
                if kind != "constexpr" and name not in ("M", "N")}
-    source = ASTSource(fn=fn, signature=signature, constexprs={**constexprs, "PDL": True}, attrs=aligned)
-    stages = 3 if "BLOCK_M" in constexprs and not constexprs.get("BLOCK_M", 1) <= 4 else 1  # the GEMM pipelines
+    pdl = {"PDL": True} if "PDL" in fn.arg_names else {}
+    source = ASTSource(fn=fn, signature=signature, constexprs={**constexprs, **pdl}, attrs=aligned)
+    stages = GEMM_STAGES if fn is _gemm_kernel() else 1
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps,
                                                                                  "num_stages": stages})
     return compiled.asm["cubin"]
+
+
+def _gemm_kernel() -> Any:
+    from llm.kernels.int4_gemm import _int4_runs_gemm_kernel
+
+    return _int4_runs_gemm_kernel
 
 
 def _tool(name: str) -> str:

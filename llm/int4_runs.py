@@ -7,19 +7,18 @@ why that matters). Scales and integer zero points travel as one int32 per row an
 bf16 scale in the low 16 bits, the bf16 zero in the high 16 (both exact copies of glmkb's
 ``scales`` / ``zeros``, so the form converts back bit for bit).
 
-This module needs only PyTorch; the kernels import Triton.
+This module needs only PyTorch (``llm.kernels.gemv_op`` says whether Triton is there); the kernels import
+Triton.
 """
 
 from __future__ import annotations
 
-import os
-from importlib.util import find_spec
-
 import torch
+
+from llm.kernels.gemv_op import INTERPRET, TRITON_AVAILABLE
 
 RUN = 16  # columns per run
 GROUP_SIZES = (32, 64, 128, 256)
-TRITON_AVAILABLE = find_spec("triton") is not None
 
 
 def runs_available(device: torch.device) -> bool:
@@ -29,7 +28,7 @@ def runs_available(device: torch.device) -> bool:
         return False
     if device.type == "cuda":
         return torch.cuda.is_available()
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cpu" and INTERPRET
 
 
 def runs_fit(*, in_features: int, group_size: int) -> bool:
@@ -65,7 +64,9 @@ def unpack_scales_zeros(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return s.contiguous(), z.contiguous()
 
 
-def dequantize_runs(packed: torch.Tensor, scales_zeros: torch.Tensor, *, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_runs(
+    packed: torch.Tensor, scales_zeros: torch.Tensor, *, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
     """``(q - z) * s`` ``[N, K]`` in ``dtype``, computed in float32 as the kernels do (the fallback)."""
     q = unpack_runs(packed).float()
     scales, zeros = unpack_scales_zeros(scales_zeros)

@@ -26,7 +26,9 @@ interpreted = interpreted_marker()
 GROUP = 32
 
 
-def reference_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+def reference_linear(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int
+) -> torch.Tensor:
     """``x @ ((q - zero) * scale).T`` in float64."""
     n, k = q.shape
     w = (q.double().view(n, -1, group) - zero.double()[..., None]) * scale.double()[..., None]
@@ -63,7 +65,8 @@ def test_kernels_under_triton_interpreter() -> None:
 @pytest.mark.parametrize(("n", "k", "group", "block_n", "block_k"),
                          [(16, 512, 128, 4, 256), (12, 1712, 16, 8, 512), (9, 256, 64, 4, 128),
                           (8, 1024, 32, 2, 1024)])
-def test_interpreted_row_kernel_equals_the_dequantized_product(n: int, k: int, group: int, block_n: int, block_k: int) -> None:
+def test_interpreted_row_kernel_equals_the_dequantized_product(n: int, k: int, group: int, block_n: int,
+                                                               block_k: int) -> None:
     """One row against the runs layout, float64 reference: whole and partial tiles along N, K that
     the tile does not divide (down_proj's 13696 = 107 runs of 128), groups of 16 to 128 columns."""
     from llm.kernels.int4_gemv import launch_int4_runs_row
@@ -112,7 +115,8 @@ def test_interpreted_dequantization_is_exact(n: int, k: int, group: int) -> None
 
 @interpreted
 @pytest.mark.parametrize(("rows", "n", "k", "group", "tile"),
-                         [(9, 40, 256, 64, (16, 32, 64)), (20, 64, 288, 32, (16, 32, 32)), (33, 16, 512, 128, (32, 16, 128))])
+                         [(9, 40, 256, 64, (16, 32, 64)), (20, 64, 288, 32, (16, 32, 32)),
+                          (33, 16, 512, 128, (32, 16, 128))])
 def test_interpreted_gemm_equals_the_dequantized_product(rows: int, n: int, k: int, group: int,
                                                          tile: tuple[int, int, int]) -> None:
     """The INT4 GEMM (9-256 rows) against float64: partial tiles along M and N, a row stride of
@@ -215,7 +219,7 @@ def test_unknown_int4_kernel_is_a_bad_input() -> None:
 
 def test_without_the_interpreter_the_cpu_layer_stays_in_the_dequant_form(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a CPU without Triton's interpreter nothing runs the runs layout: the layer keeps glmkb's own."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(int4_runs, "INTERPRET", False)
     layer = WeightOnlyInt4Linear(torch.randn(8, 32, dtype=torch.bfloat16), None, group_size=GROUP, int4_kernel="triton")
     assert layer.kernel == "dequant"
 
@@ -302,7 +306,8 @@ def test_cuda_op_equals_the_dequantized_product_for_every_row_count(rows: int) -
     q, scale, zero = quantized(n, k, 128, seed=rows)
     packed, sz = int4_runs.pack_runs(q).cuda(), int4_runs.pack_scales_zeros(scale, zero).cuda()
     dq = launch_int4_runs_dequant(packed, sz, group_size=128, dtype=torch.float32).cpu()
-    assert torch.equal(dq, ((q.float().view(n, -1, 128) - zero.float()[..., None]) * scale.float()[..., None]).view(n, k))
+    expected = (q.float().view(n, -1, 128) - zero.float()[..., None]) * scale.float()[..., None]
+    assert torch.equal(dq, expected.view(n, k))
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     y = int4_runs_linear(x, packed, sz, bias, group_size=128)

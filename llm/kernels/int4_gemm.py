@@ -13,8 +13,8 @@ byte order and the high nibbles columns ``16 r + 8 + i``. The step is two dots o
 low nibbles against x's columns ``16 r + i``, high nibbles against ``16 r + 8 + i``, x loaded at
 those columns directly (the row kernel's ``col``).
 
-Dequantization as in ``_int4_runs_dequant_kernel``: ``(128 + n) s - (128 + z) s``, exact in
-float32 for a bf16 ``s``, then rounded to x's dtype: the same weight bits as dequantizing first,
+Dequantization as in ``_int4_runs_dequant_kernel`` (``int4_gemv._dequantized_nibbles``, exact in
+float32), then rounded to x's dtype: the same weight bits as dequantizing first,
 so the product differs from dequantize + cuBLAS only in the order of the float32 sums. A step
 stays inside one quantization group (``GROUP % BLOCK_K == 0``): one scale and zero per row of the
 tile and step.
@@ -31,18 +31,8 @@ import triton.language as tl
 
 from llm.int4_runs import RUN
 from llm.kernels.grid_dependency import wait_for_inputs
-from llm.kernels.int4_gemv import INTERPRET, _nibbles_as_float32
+from llm.kernels.int4_gemv import INTERPRET, _dequantized_nibbles
 from llm.kernels.pdl import launch_pdl
-
-
-@triton.jit
-def _dequantized_halves(w, sz, dtype: tl.constexpr, ASM: tl.constexpr):
-    """A ``(BLOCK_N, BLOCK_K / 2)`` byte tile and its rows' int32 scale/zero: the low and high
-    nibbles' weights in ``dtype``."""
-    s = (sz << 16).to(tl.float32, bitcast=True)[:, None]
-    z = (sz & -65536).to(tl.float32, bitcast=True)[:, None]
-    lo, hi = _nibbles_as_float32(w, ASM)  # 128 + n, 2048 + n
-    return (lo * s - (z + 128.0) * s).to(dtype), (hi * s - (z + 2048.0) * s).to(dtype)
 
 
 @triton.jit
@@ -53,7 +43,7 @@ def _int4_runs_gemm_kernel(
 ):
     """``out = x @ W.T (+ bias)`` for a ``BLOCK_M x BLOCK_N`` output tile, ``BLOCK_K`` columns per
     step. ``DOT_F32``: the dots in float32 (IEEE), the dequantized weight unrounded: float32 x, and
-    Triton's interpreter, whose bf16 ``tl.dot`` returned garbage (Triton 3.9)."""
+    Triton's interpreter, whose bf16 ``tl.dot`` is wrong (as ``decode_attention``'s ``DOT_F32`` says)."""
     VEC: tl.constexpr = 8  # bytes per run
     KB: tl.constexpr = BLOCK_K // 2
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -74,7 +64,10 @@ def _int4_runs_gemm_kernel(
         x_hi = tl.load(x_ptrs + k + VEC, mask=x_ok, other=0.0).to(dtype)
         w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
         sz = tl.load(sz_ptrs + k // GROUP, mask=n_ok, other=0)
-        w_lo, w_hi = _dequantized_halves(w, sz, dtype, ASM)
+        s = (sz << 16).to(tl.float32, bitcast=True)[:, None]
+        z = (sz & -65536).to(tl.float32, bitcast=True)[:, None]
+        w_lo, w_hi = _dequantized_nibbles(w, s, z, ASM)
+        w_lo, w_hi = w_lo.to(dtype), w_hi.to(dtype)
         if DOT_F32:
             acc = tl.dot(x_lo, tl.trans(w_lo), acc, input_precision="ieee")
             acc = tl.dot(x_hi, tl.trans(w_hi), acc, input_precision="ieee")

@@ -28,18 +28,16 @@ compares them end to end. docs/PERFORMANCE.md, "Session 12", has the SASS figure
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from llm.int4_runs import RUN
-from llm.kernels.gemv import _store_row
+from llm.kernels.gemv import INTERPRET, _store_row  # INTERPRET: the interpreter runs no inline assembly
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs no inline assembly
 
 
 # Where each nibble of a 32-bit word (4 packed bytes) lands: a shifted copy of the word and one
@@ -101,6 +99,15 @@ def _nibbles_as_float32(w, ASM: tl.constexpr):
         lo = (((b & 15) << 16) | 0x43000000).to(tl.float32, bitcast=True)
         hi = (((b >> 4) << 12) | 0x45000000).to(tl.float32, bitcast=True)
     return lo, hi
+
+
+@triton.jit
+def _dequantized_nibbles(w, s, z, ASM: tl.constexpr):
+    """A byte tile's low and high nibbles as ``(n - z) * s`` in float32, ``s`` and ``z`` broadcast
+    to the tile: ``(128 + n) s - (128 + z) s``, one FMA per value, and exact: ``s`` is a bf16 (8
+    significant bits), so both products and their difference fit float32's 24 bits."""
+    lo, hi = _nibbles_as_float32(w, ASM)  # 128 + n, 2048 + n
+    return lo * s - (z + 128.0) * s, hi * s - (z + 2048.0) * s
 
 
 @triton.jit
@@ -339,12 +346,10 @@ def _int4_runs_dequant_kernel(
                             sz_ok, ASM)
     s = (sz << 16).to(tl.float32, bitcast=True)
     z = (sz & -65536).to(tl.float32, bitcast=True)
-    lo, hi = _nibbles_as_float32(w, ASM)  # 128 + n, 2048 + n
-    # (128 + n) s - (128 + z) s: one FMA per value, and exact: s is a bf16 (8 significant bits), so
-    # both products and their difference (n - z) s fit float32's 24 bits
+    lo, hi = _dequantized_nibbles(w, s[:, :, None], z[:, :, None], ASM)
     out = out_ptr + n3 * stride_on + run[None, :, None] * (2 * VEC) + i[None, None, :]
-    tl.store(out, (lo * s[:, :, None] - ((z + 128.0) * s)[:, :, None]).to(out_ptr.dtype.element_ty), mask=ok)
-    tl.store(out + VEC, (hi * s[:, :, None] - ((z + 2048.0) * s)[:, :, None]).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out, lo.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out + VEC, hi.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def launch_int4_runs_row(

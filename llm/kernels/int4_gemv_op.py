@@ -7,14 +7,13 @@ unpacks each weight once for all of them, each with the tile that was fastest fo
 of 4. Up to ``MAX_GEMM_ROWS`` (larger decode batches, short prompts) the INT4 GEMM
 (``int4_gemm``) or dequantizing the weight with one kernel and one cuBLAS GEMM, whichever was
 faster for the shape and row bucket; past it (prompts) always the latter. An opaque custom op
-for the reason ``gemv_op`` gives: the compiled decode step calls it as one extern kernel. A kernel that fails falls back to the
-same arithmetic in PyTorch for good, with one warning.
+for the reason ``gemv_op`` gives: the compiled decode step calls it as one extern kernel. A
+kernel that fails falls back to the same arithmetic in PyTorch for good, with one warning.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 import torch
@@ -24,7 +23,6 @@ from llm.int4_runs import RUN, dequantize_runs
 
 logger = logging.getLogger(__name__)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # (BLOCK_N, BLOCK_K, num_warps), first = the default without timing (under capture). Compiled for
 # sm_90 offline (Triton 3.6): 40-80 registers, weight loads LDG.E.64, x LDG.E.128, no shared memory
 # in the loop. Every tile keeps BLOCK_K / 2 >= num_warps * 256 bytes, one 8-byte run per thread
