@@ -98,8 +98,8 @@ def load_model_and_tokenizer(
     causal LM that transformers knows natively (or ``trust_remote_code`` was opted into).
     ``adapter`` (a P-tuning v2 or LoRA folder, ``llm.adapters``) is applied to the loaded model;
     ``merge_adapter`` folds a LoRA adapter into the weights. ``quantization`` int8/int4 are
-    glmkb's weight-only layers (``llm.quantization``, ``quantization_group_size`` and ``int4_kernel`` for int4): the
-    model is quantized on the CPU and only then moved to ``device``.
+    glmkb's weight-only layers (``llm.quantization``; ``quantization_group_size`` and ``int4_kernel``
+    for int4): the model is quantized on the CPU and only then moved to ``device``.
     """
     model, tokenizer = _load_base(
         path,
@@ -134,7 +134,8 @@ def _load_base(
             f"could not be imported: {e}; reinstall glmkb (pip install -e .)"
         ) from e
     if loader is not None:
-        extra = {"quantization_group_size": group_size, "int4_kernel": int4_kernel} if quantization in WEIGHT_ONLY else {}
+        weight_only = quantization in WEIGHT_ONLY
+        extra = {"quantization_group_size": group_size, "int4_kernel": int4_kernel} if weight_only else {}
         return loader(
             folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code, **extra
         )
@@ -142,8 +143,8 @@ def _load_base(
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     if quantization in WEIGHT_ONLY:
-        return load_weight_only(folder, kind=quantization, group_size=group_size, int4_kernel=int4_kernel, device=target, dtype=torch_dtype,
-                                trust_remote_code=trust_remote_code)
+        return load_weight_only(folder, kind=quantization, group_size=group_size, int4_kernel=int4_kernel,
+                                device=target, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if quantization != "none":
         quantization_options(quantization, device=target, dtype=torch_dtype)  # fail before loading
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)

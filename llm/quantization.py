@@ -175,7 +175,9 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def _use_fast_form_if_fits(self) -> None:
         """Switch to ``int4_kernel``'s form when the device, dtype and shape allow it."""
-        if self.kernel != "dequant" or self.scales.dtype != torch.bfloat16 or not self._form_runs_on(self.weight.device):
+        if self.kernel != "dequant" or self.scales.dtype != torch.bfloat16:
+            return
+        if not self._form_runs_on(self.weight.device):
             return
         q = unpack_int4(self.weight)
         if self.int4_kernel == "triton":

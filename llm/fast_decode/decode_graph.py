@@ -218,9 +218,10 @@ def _inductor_has_pdl() -> bool:
 
 
 def _some_layer_dequantizes(model: Any, gemv_kernel: GemvKernel) -> bool:
-    """Whether a weight-only layer dequantizes in PyTorch during the decode step: INT4 off
-    its own kernel (tinygemm or the "runs" Triton GEMV), or INT8 off the Triton GEMV (``gemv_kernel="torch"``, no Triton, or float32
-    activations, which the kernel does not take on CUDA)."""
+    """Whether a weight-only layer dequantizes in PyTorch during the decode step: INT4 off its own
+    kernel (tinygemm or the "runs" Triton kernels), or INT8 off the Triton GEMV
+    (``gemv_kernel="torch"``, no Triton, or float32 activations, which the kernel does not take on
+    CUDA)."""
     from llm.kernels import TRITON_AVAILABLE
     from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 

@@ -18,8 +18,8 @@ good, with one warning, rather than take the decode step down.
 import logging
 import os
 import statistics
-from importlib.util import find_spec
 from collections.abc import Callable
+from importlib.util import find_spec
 from typing import Any, Optional
 
 import torch
