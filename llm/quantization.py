@@ -56,10 +56,28 @@ class WeightOnlyInt8Linear(nn.Module):
         if kernel not in KERNELS:
             raise BadInput(f"GEMV kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
         self.kernel = kernel
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         q, scale = quantize_int8(weight)
+        self._hold(q, scale.to(weight.dtype), bias)
+
+    @classmethod
+    def from_quantized(
+        cls, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, kernel: str = "triton"
+    ) -> WeightOnlyInt8Linear:
+        """The layer over already quantized ``q`` (int8 ``[N, K]``) and ``scales`` (``[N]``, the compute
+        dtype), e.g. a checkpoint's own (``llm.chatglm_legacy_quantized``)."""
+        if q.dtype != torch.int8 or q.dim() != 2 or scales.shape != (q.shape[0],):
+            raise BadInput(f"INT8 weights need int8 q [N, K] and scales [N], not {q.dtype} {tuple(q.shape)} "
+                           f"and {tuple(scales.shape)}")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.kernel = kernel
+        layer._hold(q, scales, bias)
+        return layer
+
+    def _hold(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.in_features, self.out_features = q.shape[1], q.shape[0]
         self.register_buffer("weight", q)
-        self.register_buffer("scales", scale.to(weight.dtype))
+        self.register_buffer("scales", scales)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,21 +109,41 @@ class WeightOnlyInt4Linear(nn.Module):
         int4_kernel: str = "tinygemm",
     ) -> None:
         super().__init__()
-        out_features, in_features = weight.shape
-        if in_features % group_size or group_size % 2:
-            raise BadInput(
-                f"INT4 needs in_features ({in_features}) to be a multiple of the group size ({group_size}); "
-                "choose llm.quantization_group_size among 32, 64, 128 dividing it"
-            )
-        if int4_kernel not in INT4_KERNELS:
-            raise BadInput(f"the INT4 kernel must be one of {', '.join(INT4_KERNELS)}, not {int4_kernel!r}")
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        _check_int4_options(in_features=weight.shape[1], group_size=group_size, int4_kernel=int4_kernel)
+        q, scale, zero = quantize_int4(weight, group_size=group_size)
+        self._hold(pack_int4(q), scale.to(weight.dtype), zero.to(weight.dtype), bias, group_size=group_size,
+                   int4_kernel=int4_kernel)
+
+    @classmethod
+    def from_quantized(
+        cls, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None, *,
+        group_size: int, int4_kernel: str = "tinygemm",
+    ) -> WeightOnlyInt4Linear:
+        """The layer over already quantized buffers in the "dequant" form (``pack_int4``'s uint8 ``[N, K/2]``,
+        ``scales``/``zeros`` ``[N, K/group]`` in the compute dtype), e.g. a checkpoint's own
+        (``llm.chatglm_legacy_quantized``)."""
+        out_features, in_features = packed.shape[0], packed.shape[1] * 2
+        _check_int4_options(in_features=in_features, group_size=group_size, int4_kernel=int4_kernel)
+        groups = (out_features, in_features // group_size)
+        if packed.dtype != torch.uint8 or scales.shape != groups or zeros.shape != groups:
+            raise BadInput(f"INT4 weights need uint8 packed [N, K/2] and scales/zeros {groups}, not {packed.dtype} "
+                           f"{tuple(packed.shape)}, {tuple(scales.shape)} and {tuple(zeros.shape)}")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._hold(packed, scales, zeros, bias, group_size=group_size, int4_kernel=int4_kernel)
+        return layer
+
+    def _hold(
+        self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None, *,
+        group_size: int, int4_kernel: str,
+    ) -> None:
+        """Register the "dequant" buffers, then take ``int4_kernel``'s form where it runs."""
+        self.in_features, self.out_features, self.group_size = packed.shape[1] * 2, packed.shape[0], group_size
         self.int4_kernel = int4_kernel
         self.kernel = "dequant"
-        q, scale, zero = quantize_int4(weight, group_size=group_size)
-        self.register_buffer("weight", pack_int4(q))
-        self.register_buffer("scales", scale.to(weight.dtype))
-        self.register_buffer("zeros", zero.to(weight.dtype))
+        self.register_buffer("weight", packed)
+        self.register_buffer("scales", scales)
+        self.register_buffer("zeros", zeros)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("scales_and_zeros", None, persistent=False)
         self.register_buffer("scales_zeros", None, persistent=False)
@@ -225,6 +263,17 @@ class WeightOnlyInt4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}, "
                 f"kernel={self.kernel}")
+
+
+def _check_int4_options(*, in_features: int, group_size: int, int4_kernel: str) -> None:
+    """One-line errors for a group size that does not divide the inputs and an unknown kernel."""
+    if in_features % group_size or group_size % 2:
+        raise BadInput(
+            f"INT4 needs in_features ({in_features}) to be a multiple of the group size ({group_size}); "
+            "choose llm.quantization_group_size among 32, 64, 128 dividing it"
+        )
+    if int4_kernel not in INT4_KERNELS:
+        raise BadInput(f"the INT4 kernel must be one of {', '.join(INT4_KERNELS)}, not {int4_kernel!r}")
 
 
 def _dequantize(
