@@ -89,7 +89,8 @@ class LLMSettings(_Section):
         description=(
             "Weight quantization: int8 / int4 are glmkb's weight-only layers (any device, fast path on "
             "CUDA, original ChatGLM folders too; the LM head is INT8 in both); 8bit / 4bit are "
-            "bitsandbytes (CUDA only)."
+            "bitsandbytes (CUDA only). A folder of ChatGLM's own INT4/INT8 weights (quantization_bit) "
+            "loads as such with none or its own kind."
         ),
     )
     quantization_group_size: Literal[32, 64, 128] = Field(

@@ -24,7 +24,10 @@ A P-tuning v2 prefix inside a full checkpoint (``pre_seq_len`` in config.json an
 native model: convert the base and pass the prefix with ``--adapter``).
 
 Config values the native model cannot express (LayerNorm instead of RMSNorm, post-layernorm
-residuals, biases on dense/MLP layers, pre-quantized int4/int8 weights...) are refused with an error instead of loading a model that would silently compute something else.
+residuals, biases on dense/MLP layers...) are refused with an error instead of loading a model
+that would silently compute something else. Folders holding ChatGLM's own INT4/INT8 weights
+(``quantization_bit``, e.g. THUDM/chatglm2-6b-int4) load onto glmkb's weight-only layers
+(``llm.chatglm_legacy_quantized``), exactly.
 
 Shards are streamed one tensor at a time (``torch.load(weights_only=True, mmap=True)`` for
 ``.bin``, ``safe_open`` for safetensors) into a model built on the meta device, so host memory
@@ -53,6 +56,7 @@ from llm.chatglm_legacy_config import (
     native_generation_config,
 )
 from llm.chatglm_legacy_convert import convert_checkpoint
+from llm.chatglm_legacy_quantized import QuantizedLinears, stored_kind
 from llm.chatglm_legacy_weights import PREFIX_NAME, find_weight_files, iter_converted_shards, iter_shard, split_qkv
 from llm.errors import ModelLoadError
 from llm.loading import resolve_device, resolve_dtype
@@ -89,7 +93,9 @@ def load_chatglm_legacy(
 
     ``quantization`` int8/int4 (``llm.quantization``): each shard is loaded on the CPU and every
     linear layer it completes is quantized before the next shard is read, so the host holds the
-    quantized model plus one shard, and only the quantized model is moved to ``device``.
+    quantized model plus one shard, and only the quantized model is moved to ``device``. A folder
+    of ChatGLM's own quantized weights (``quantization_bit`` 4/8) loads as int4/int8 that way
+    too, with its stored integers; ``quantization`` may then be "none" or that same kind.
     ``trust_remote_code`` is accepted for the shared loader signature but never used: the
     folder's own code is not run.
     """
@@ -104,20 +110,31 @@ def load_chatglm_legacy(
         logger.info("%s: loading natively; the folder's remote code is not used", folder)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    checkpoint = inspect_checkpoint(folder)
+    bits = checkpoint.layout.quantization_bit
+    if bits:
+        quantization = stored_kind(bits, quantization, folder=folder)
+        logger.info("%s: ChatGLM's own %s weights, loaded as glmkb's %s layers", folder, quantization.upper(),
+                    quantization)
     weight_only = quantization in WEIGHT_ONLY
     load_on = torch.device("cpu") if weight_only else target
-    checkpoint = inspect_checkpoint(folder)
     tokenizer = load_tokenizer(checkpoint)
     model = build_empty_model(checkpoint.config)
+    stored = QuantizedLinears(model, bits=bits, dtype=torch_dtype, group_size=quantization_group_size,
+                              int4_kernel=int4_kernel) if bits else None
     prefix: dict[str, torch.Tensor] = {}
     for _file, tensors in iter_converted_shards(checkpoint, progress=None, desc="loading ChatGLM weights"):
         for name, tensor in tensors:
             if name.startswith(PREFIX_NAME):
                 prefix[name.removeprefix(PREFIX_NAME)] = tensor
+            elif stored is not None and stored.takes(name):
+                stored.add(name, tensor)
             else:
                 set_parameter(model, name, tensor.to(device=load_on, dtype=torch_dtype))
-        if weight_only:
+        if weight_only:  # the layers this shard completed; with stored weights, only the output layer
             quantize_loaded_(model, quantization, group_size=quantization_group_size, int4_kernel=int4_kernel)
+    if stored is not None:
+        stored.check_done(folder)
     finish_model(model, checkpoint, tokenizer, device=load_on)
     attach_checkpoint_prefix(model, checkpoint, prefix, device=load_on)
     if weight_only:

@@ -1,8 +1,9 @@
 """An original ChatGLM2/3-6B folder in native terms, before any weight is read (``llm.chatglm_legacy``).
 
 ``inspect_checkpoint`` reads ``config.json`` and refuses what transformers' ``GlmForCausalLM``
-cannot compute exactly (LayerNorm, post-LN residuals, dense biases, pre-quantized weights,
-unknown fields, first-generation ChatGLM-6B); it derives the checked shapes (``Layout``), the
+cannot compute exactly (LayerNorm, post-LN residuals, dense biases, unknown fields,
+first-generation ChatGLM-6B); ChatGLM's own INT4/INT8 weights (``quantization_bit``) are
+described for ``llm.chatglm_legacy_quantized``. It derives the checked shapes (``Layout``), the
 equivalent ``GlmConfig`` (rotary on half of each head; what ``rope_ratio`` means is read from the
 folder's ``modeling_chatglm.py`` as text, never run), the P-tuning prefix a ``pre_seq_len`` asks
 for, and the weight files in load order. ``load_tokenizer`` and ``native_generation_config`` give
@@ -58,7 +59,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, str]] = {
     "post_layer_norm": (True, "there is no final layernorm"),
     "add_bias_linear": (False, "the dense and MLP layers have biases"),
     "fp32_residual_connection": (False, "the residual stream is kept in float32"),
-    "quantization_bit": (0, "its weights are pre-quantized by ChatGLM's own int4/int8 code; use the fp16 release"),
 }
 # Fields that only matter for training, bookkeeping or the remote code's own kernels.
 IGNORED_FIELDS = frozenset(
@@ -133,6 +133,7 @@ IGNORED_FIELDS = frozenset(
         "_attn_implementation_autoset",
     }
 )
+QUANTIZATION_BITS = (0, 4, 8)
 ARCHITECTURE_FIELDS = frozenset(REQUIRED_FIELDS) | frozenset(CONFIG_DEFAULTS) | {"num_hidden_layers"}
 FIRST_GENERATION_FIELDS = ("position_encoding_2d", "inner_hidden_size", "max_sequence_length")
 
@@ -150,6 +151,7 @@ class Layout:
     vocab_size: int
     multi_query: bool
     qkv_bias: bool
+    quantization_bit: int = 0  # ChatGLM's own INT4/INT8 weights (llm.chatglm_legacy_quantized); 0: none
 
     @property
     def qkv_rows(self) -> int:
@@ -241,6 +243,7 @@ def check_config_fields(raw: dict[str, Any], config_file: Path) -> None:
             "refusing to guess how the original code uses them (the result could be silently wrong). "
             "If they are harmless, remove them from config.json"
         )
+    check_quantization_bit(raw.get("quantization_bit", 0), config_file)
     for field, (allowed, meaning) in UNSUPPORTED_VALUES.items():
         value = raw.get(field, CONFIG_DEFAULTS[field])
         if value != allowed:
@@ -248,6 +251,15 @@ def check_config_fields(raw: dict[str, Any], config_file: Path) -> None:
                 f"{config_file}: {field} = {value!r} means {meaning}; transformers' native GLM model "
                 f"cannot compute that (it needs {field} = {allowed!r}), so this checkpoint is not supported"
             )
+
+
+def check_quantization_bit(value: Any, config_file: Path) -> None:
+    """ChatGLM's ``quantize()`` writes 4 or 8 (0: full-precision weights); anything else is not its code's."""
+    if value not in QUANTIZATION_BITS:  # False and 4.0 count as ChatGLM's code reads them
+        raise ModelLoadError(
+            f"{config_file}: quantization_bit {value!r} is not one ChatGLM's quantization code writes "
+            f"({', '.join(map(str, QUANTIZATION_BITS))}); copy config.json from the model's download again"
+        )
 
 
 def layout_from_config(values: dict[str, Any], config_file: Path) -> Layout:
@@ -285,6 +297,7 @@ def layout_from_config(values: dict[str, Any], config_file: Path) -> Layout:
         vocab_size=sizes["padded_vocab_size"],
         multi_query=multi_query,
         qkv_bias=bool(values["add_qkv_bias"]),
+        quantization_bit=int(values["quantization_bit"]),
     )
 
 

@@ -4,7 +4,8 @@ Safetensors shards (one per source shard, dtype kept, q/k/v split as ``llm.chatg
 describes), ``tokenizer.json`` with the chat template and ``generation_config.json``: plain
 ``AutoModelForCausalLM`` / ``AutoTokenizer`` load the result, e.g. to use bitsandbytes
 quantization. A P-tuning prefix inside the checkpoint is refused (convert the base and pass the
-prefix with ``--adapter``).
+prefix with ``--adapter``), and so is a folder of ChatGLM's own INT4/INT8 weights (glmkb loads
+those directly).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, progress: bool = Tru
     target = Path(dst).expanduser().resolve()
     check_destination(source, target)
     checkpoint = inspect_checkpoint(source)
+    if checkpoint.layout.quantization_bit:
+        raise ModelLoadError(
+            f"{source} holds ChatGLM's own INT{checkpoint.layout.quantization_bit} weights (quantization_bit in "
+            "config.json), which a native transformers folder cannot store; glmkb loads this folder directly "
+            "(point llm.model_path at it), or convert the full-precision release"
+        )
     tokenizer = load_tokenizer(checkpoint)
     with staged_folder(target) as work:
         source_dtype = write_shards(checkpoint, work, progress=progress)

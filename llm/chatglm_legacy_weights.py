@@ -116,8 +116,8 @@ _ORIGINAL_KEY = re.compile(
     r"(?P<embed>embedding\.word_embeddings\.weight)"
     r"|encoder\.layers\.(?P<layer>\d+)\.(?P<part>"
     r"input_layernorm\.weight|post_attention_layernorm\.weight"
-    r"|self_attention\.query_key_value\.weight|self_attention\.query_key_value\.bias"
-    r"|self_attention\.dense\.weight|mlp\.dense_h_to_4h\.weight|mlp\.dense_4h_to_h\.weight)"
+    r"|self_attention\.query_key_value\.(?:weight|weight_scale|bias)"
+    r"|(?:self_attention\.dense|mlp\.dense_h_to_4h|mlp\.dense_4h_to_h)\.(?:weight|weight_scale))"
     r"|(?P<final>encoder\.final_layernorm\.weight)"
     r"|(?P<head>output_layer\.weight)"
     r"|(?P<rotary>rotary_pos_emb\.inv_freq)"
@@ -130,7 +130,12 @@ _LAYER_PARTS = {
     "self_attention.dense.weight": "self_attn.o_proj.weight",
     "mlp.dense_h_to_4h.weight": "mlp.gate_up_proj.weight",
     "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+    "self_attention.dense.weight_scale": "self_attn.o_proj.weight_scale",
+    "mlp.dense_h_to_4h.weight_scale": "mlp.gate_up_proj.weight_scale",
+    "mlp.dense_4h_to_h.weight_scale": "mlp.down_proj.weight_scale",
 }
+# The linear weights ChatGLM's quantize() replaces by int8 ``weight`` + ``weight_scale`` (llm.chatglm_legacy_quantized).
+QUANTIZED_LINEARS = ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
 
 def expected_shapes(layout: Layout) -> dict[str, tuple[int, ...]]:
@@ -151,6 +156,11 @@ def expected_shapes(layout: Layout) -> dict[str, tuple[int, ...]]:
         shapes[prefix + "self_attention.dense.weight"] = (h, attn)
         shapes[prefix + "mlp.dense_h_to_4h.weight"] = (2 * layout.ffn_hidden_size, h)
         shapes[prefix + "mlp.dense_4h_to_h.weight"] = (h, layout.ffn_hidden_size)
+        if layout.quantization_bit:
+            for linear in QUANTIZED_LINEARS:
+                rows, columns = shapes[f"{prefix}{linear}.weight"]
+                shapes[f"{prefix}{linear}.weight"] = (rows, columns * layout.quantization_bit // 8)
+                shapes[f"{prefix}{linear}.weight_scale"] = (rows,)
     return shapes
 
 
@@ -182,6 +192,7 @@ def convert_tensor(
             f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
             f"{shapes[short]}; config and weights do not match (wrong or corrupt file?)"
         )
+    check_quantized_dtype(short, tensor, layout, file)
     if match["prefix"]:
         return [(short, tensor)]  # "prefix_encoder.…": kept apart by the loader
     if match["embed"]:
@@ -197,6 +208,23 @@ def convert_tensor(
         q, k, v = split_qkv(tensor, layout)
         return [(f"{prefix}self_attn.{proj}.{kind}", t) for proj, t in (("q_proj", q), ("k_proj", k), ("v_proj", v))]
     return [(prefix + _LAYER_PARTS[part], tensor)]
+
+
+def check_quantized_dtype(short: str, tensor: torch.Tensor, layout: Layout, file: Path) -> None:
+    """ChatGLM's quantized linear weights are int8 (two nibbles per byte at 4 bits); anything else is not."""
+    linear_weight = short.endswith(".weight") and short.removesuffix(".weight").endswith(QUANTIZED_LINEARS)
+    quantized = bool(layout.quantization_bit) and linear_weight
+    if quantized and tensor.dtype != torch.int8:
+        raise ModelLoadError(
+            f"{file}: tensor 'transformer.{short}' is {str(tensor.dtype).removeprefix('torch.')}, but config.json "
+            f"(quantization_bit {layout.quantization_bit}) says it holds ChatGLM's int8-stored quantized weights; "
+            "config and weights do not match"
+        )
+    if not quantized and tensor.dtype in (torch.int8, torch.uint8):
+        raise ModelLoadError(
+            f"{file}: tensor 'transformer.{short}' holds integers, but config.json has no quantization_bit for them "
+            "(a quantized checkpoint's config.json sets quantization_bit 4 or 8); config and weights do not match"
+        )
 
 
 def split_qkv(fused: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -133,11 +133,10 @@ def _load_base(
             f"{folder} is a {model_type!r} model, whose loader ({MODEL_TYPE_LOADERS[model_type]}) "
             f"could not be imported: {e}; reinstall glmkb (pip install -e .)"
         ) from e
-    if loader is not None:
-        weight_only = quantization in WEIGHT_ONLY
-        extra = {"quantization_group_size": group_size, "int4_kernel": int4_kernel} if weight_only else {}
+    if loader is not None:  # the INT4 options reach it whatever llm.quantization says: the folder may be pre-quantized
         return loader(
-            folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code, **extra
+            folder, device=device, dtype=dtype, quantization=quantization, trust_remote_code=trust_remote_code,
+            quantization_group_size=group_size, int4_kernel=int4_kernel,
         )
     check_causal_lm_type(folder, config, trust_remote_code=trust_remote_code)
     target = resolve_device(device)

@@ -125,7 +125,6 @@ def test_missing_required_config_field(broken: Path) -> None:
         ("add_bias_linear", True, "dense and MLP layers have biases"),
         ("post_layer_norm", False, "no final layernorm"),
         ("fp32_residual_connection", True, "float32"),
-        ("quantization_bit", 4, "pre-quantized"),
     ],
 )
 def test_config_values_the_native_model_cannot_express(broken: Path, field: str, value: Any, meaning: str) -> None:

@@ -44,7 +44,8 @@ def test_special_model_types_go_to_their_loader_with_the_same_arguments(
         folder, device="cpu", dtype="float32", quantization="none", trust_remote_code=False
     )
     assert SPECIAL_CALLS == [
-        {"path": folder, "device": "cpu", "dtype": "float32", "quantization": "none", "trust_remote_code": False}
+        {"path": folder, "device": "cpu", "dtype": "float32", "quantization": "none", "trust_remote_code": False,
+         "quantization_group_size": 128, "int4_kernel": "tinygemm"}
     ]
     assert type(model).__name__ == "GlmForCausalLM" and tokenizer.chat_template
 
