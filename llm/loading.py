@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import torch
 from llm.errors import ModelLoadError
 from llm.hub import is_hub_id, resolve_model
 from llm.quantization import DEFAULT_GROUP_SIZE, WEIGHT_ONLY, quantize_model_
+
+logger = logging.getLogger(__name__)
 
 # model_type -> "module:function" with the signature of load_model_and_tokenizer().
 MODEL_TYPE_LOADERS: dict[str, str] = {
@@ -99,8 +102,14 @@ def load_model_and_tokenizer(
     ``adapter`` (a P-tuning v2 or LoRA folder, ``llm.adapters``) is applied to the loaded model;
     ``merge_adapter`` folds a LoRA adapter into the weights. ``quantization`` int8/int4 are
     glmkb's weight-only layers (``llm.quantization``; ``quantization_group_size`` and ``int4_kernel``
-    for int4): the model is quantized on the CPU and only then moved to ``device``.
+    for int4): the model is quantized on the CPU and only then moved to ``device``. A LoRA adapter
+    with int8/int4 is merged into the full-precision weights first (``merge_lora_then_quantize``).
     """
+    if adapter and quantization in WEIGHT_ONLY and _is_lora(adapter):
+        return merge_lora_then_quantize(
+            path, adapter, device=device, dtype=dtype, kind=quantization, trust_remote_code=trust_remote_code,
+            group_size=quantization_group_size, int4_kernel=int4_kernel,
+        )
     model, tokenizer = _load_base(
         path,
         device=device,
@@ -115,6 +124,35 @@ def load_model_and_tokenizer(
 
         model = apply_adapter(model, adapter, merge=merge_adapter)
     return model, tokenizer
+
+
+def _is_lora(adapter: str | Path) -> bool:
+    from llm.adapters import adapter_kind
+
+    return adapter_kind(adapter) == "lora"
+
+
+def merge_lora_then_quantize(
+    path: str | Path, adapter: str | Path, *, device: str, dtype: str, kind: str, trust_remote_code: bool,
+    group_size: int, int4_kernel: str,
+) -> tuple[Any, Any]:
+    """LoRA with glmkb's INT8/INT4: the base in full precision on the CPU, the adapter merged into it,
+    then quantized and moved to ``device``.
+
+    peft cannot put LoRA on quantized layers, and an unmerged adapter would keep the model off the
+    fast path anyway; merged first, the quantized model carries the fine-tune at int8/int4 speed.
+    The host holds the full-precision model once (as for native folders, ``load_weight_only``).
+    """
+    from llm.adapters import apply_adapter
+
+    target = resolve_device(device)
+    compute = str(resolve_dtype(dtype, target)).removeprefix("torch.")
+    logger.info("%s: merging the LoRA adapter into the weights before quantizing them to %s", adapter, kind)
+    model, tokenizer = _load_base(path, device="cpu", dtype=compute, quantization="none",
+                                  trust_remote_code=trust_remote_code, group_size=group_size, int4_kernel=int4_kernel)
+    model = apply_adapter(model, adapter, merge=True)
+    quantize_model_(model, kind, group_size=group_size, int4_kernel=int4_kernel)
+    return model.to(target).eval(), tokenizer
 
 
 def _load_base(

@@ -132,3 +132,39 @@ def test_split_lora_equals_the_fused_weight_update(fixture: str, request: pytest
     ids = ids_for(config, 8, seed=4)
     with torch.inference_mode():
         assert rel_err(got(input_ids=ids).logits, expected(input_ids=ids).logits) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_lora_with_weight_only_quantization_is_merged_first(
+    chatglm3_legacy_path: Path, lora_pair: tuple[Any, Path, dict[str, Any]], kind: str
+) -> None:
+    """Regression: llm.quantization int8/int4 with a LoRA adapter failed with peft's "Target module
+    WeightOnlyInt8Linear is not supported". The adapter is now merged into the full-precision weights,
+    which are then quantized: the same model as merging by hand and quantizing, on the fast path's layers."""
+    from llm.quantization import quantize_model_
+
+    _peft, folder, config = lora_pair
+    got, _ = load_model_and_tokenizer(chatglm3_legacy_path, device="cpu", dtype="float32", adapter=folder,
+                                      quantization=kind, quantization_group_size=32)
+    want, _ = load_model_and_tokenizer(chatglm3_legacy_path, device="cpu", dtype="float32", adapter=folder,
+                                       merge_adapter=True)
+    quantize_model_(want, kind, group_size=32)
+    assert not any("lora" in name for name, _ in got.named_parameters())
+    assert getattr(got, "fast_decode_unsupported", None) is None
+    assert got.config.glmkb_weight_only["kind"] == kind
+    ids = ids_for(config, 9, seed=4)
+    with torch.inference_mode():
+        torch.testing.assert_close(got(input_ids=ids).logits, want(input_ids=ids).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_lora_on_a_prequantized_folder_is_one_line(
+    make_chatglm_legacy: Any, lora_pair: tuple[Any, Path, dict[str, Any]]
+) -> None:
+    """ChatGLM's own INT4 weights have no full-precision weight to adapt: a one-line AdapterError, not peft's."""
+    from llm.adapters import AdapterError
+
+    _peft, folder, _config = lora_pair
+    base = make_chatglm_legacy(quantization_bit=4, seed=3)
+    with pytest.raises(AdapterError, match=r"targets model\.layers\.0\..*holds quantized.*llm.quantization int8 or int4") as e:
+        load_model_and_tokenizer(base, device="cpu", dtype="float32", adapter=folder)
+    assert "\n" not in str(e.value)

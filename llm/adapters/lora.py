@@ -146,6 +146,7 @@ def load_lora(model: Any, folder: Path, *, merge: bool = False) -> Any:
     state, modules = native_lora_state(read_lora_weights(folder), model, folder)
     if not state:
         raise AdapterError(f"{folder}: the adapter weights hold no LoRA tensors")
+    refuse_quantized_targets(model, modules, folder)
     lora = LoraConfig(
         r=int(config.get("r", 8)),
         lora_alpha=config.get("lora_alpha", 8),
@@ -164,6 +165,19 @@ def load_lora(model: Any, folder: Path, *, merge: bool = False) -> Any:
     inner._can_compile_fullgraph = False
     inner.fast_decode_unsupported = FAST_DECODE_REASON
     return inner
+
+
+def refuse_quantized_targets(model: torch.nn.Module, modules: set[str], folder: Path) -> None:
+    """One line instead of peft's error for LoRA on INT8/INT4 layers that hold no full-precision weight."""
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in modules and isinstance(module, (WeightOnlyInt8Linear, WeightOnlyInt4Linear)):
+            raise AdapterError(
+                f"the LoRA adapter {folder} targets {name}, which this model holds quantized (INT8/INT4, e.g. "
+                "ChatGLM's own quantization_bit weights), with no full-precision weight to adapt; load the full-precision release with llm.quantization int8 or int4 instead: glmkb "
+                "merges the adapter into the weights before quantizing them"
+            )
 
 
 def load_native_state(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
