@@ -131,6 +131,7 @@ IGNORED_FIELDS = frozenset(
         "problem_type",
         "num_labels",
         "_attn_implementation_autoset",
+        "attn_implementation",
     }
 )
 QUANTIZATION_BITS = (0, 4, 8)
@@ -174,6 +175,11 @@ class LegacyCheckpoint:
 def load_tokenizer(checkpoint: LegacyCheckpoint) -> PreTrainedTokenizerFast:
     """The folder's tokenizer, knowing the model's context length."""
     tokenizer = load_chatglm_tokenizer(checkpoint.path, variant=checkpoint.variant)
+    if len(tokenizer) > checkpoint.layout.vocab_size:
+        raise ModelLoadError(
+            f"{checkpoint.path}: the tokenizer has {len(tokenizer)} tokens but config.json's padded_vocab_size is "
+            f"{checkpoint.layout.vocab_size}; tokenizer.model and the weights are from different models"
+        )
     tokenizer.model_max_length = checkpoint.config.max_position_embeddings
     return tokenizer
 
@@ -320,7 +326,7 @@ def rope_parameters(values: dict[str, Any], path: Path, variant: Variant) -> dic
 
 
 def rope_ratio_style(path: Path, variant: Variant) -> str:
-    """``base`` (ChatGLM3: base *= rope_ratio) or ``positions`` (ChatGLM2-32k: positions /= rope_ratio)."""
+    """``base`` (ChatGLM3, GLM-4: base *= rope_ratio) or ``positions`` (ChatGLM2-32k: positions /= rope_ratio)."""
     code = path / REMOTE_MODEL_CODE
     if code.is_file():
         text = code.read_text(encoding="utf-8", errors="replace")
@@ -328,7 +334,7 @@ def rope_ratio_style(path: Path, variant: Variant) -> str:
             return "base"
         if re.search(r"/\s*self\.rope_ratio", text):
             return "positions"
-    style = "base" if variant == "chatglm3" else "positions"
+    style = "positions" if variant == "chatglm2" else "base"
     logger.warning(
         "%s: cannot tell from %s how rope_ratio is applied; using the %s default (%s scaling)",
         path,

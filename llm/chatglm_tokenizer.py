@@ -17,6 +17,7 @@ extra space starts the content's own "▁" word). The chat templates below rende
 ChatGLM2 or ChatGLM3 is decided from the folder (``detect_variant``): the remote tokenizer code
 or tokenizer_config naming ``<|user|>`` means ChatGLM3, code without it ChatGLM2, else the
 config's ``_name_or_path``; a folder that says nothing is taken as ChatGLM3 (with a warning).
+A ``tokenizer.model`` in tiktoken's text format is an original GLM-4 folder (``llm.glm4_tokenizer``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from llm.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-Variant = Literal["chatglm2", "chatglm3"]
+Variant = Literal["chatglm2", "chatglm3", "glm4"]
 TOKENIZER_FILE = "tokenizer.model"
 REMOTE_TOKENIZER_CODE = "tokenization_chatglm.py"
 EOS_TOKEN = "</s>"
@@ -87,7 +88,12 @@ def special_tokens_for(variant: Variant) -> tuple[str, ...]:
 
 
 def detect_variant(path: Path, config: dict[str, Any]) -> Variant:
-    """ChatGLM3 or ChatGLM2, from the folder's tokenizer code/config, else its config name."""
+    """GLM-4 (a tiktoken tokenizer.model), else ChatGLM3 or ChatGLM2 from the folder's tokenizer
+    code/config, else its config name."""
+    from llm.glm4_tokenizer import is_tiktoken_file
+
+    if is_tiktoken_file(path / TOKENIZER_FILE):
+        return "glm4"
     code = path / REMOTE_TOKENIZER_CODE
     if code.is_file():
         text = code.read_text(encoding="utf-8", errors="replace")
@@ -114,13 +120,23 @@ def detect_variant(path: Path, config: dict[str, Any]) -> Variant:
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerFast, variant: Variant) -> list[int]:
-    """Ids that end an answer: ``</s>``, and for ChatGLM3 also ``<|user|>``/``<|observation|>`` (as its chat())."""
-    names = [EOS_TOKEN] + (["<|user|>", "<|observation|>"] if variant == "chatglm3" else [])
+    """Ids that end an answer: ``</s>``, and for ChatGLM3 also ``<|user|>``/``<|observation|>`` (as its
+    chat()); GLM-4's ``<|endoftext|>``, ``<|user|>``, ``<|observation|>``."""
+    if variant == "glm4":
+        from llm.glm4_tokenizer import STOP_TOKENS
+
+        names = list(STOP_TOKENS)
+    else:
+        names = [EOS_TOKEN] + (["<|user|>", "<|observation|>"] if variant == "chatglm3" else [])
     return [tokenizer.convert_tokens_to_ids(name) for name in names]
 
 
 def load_chatglm_tokenizer(path: Path, *, variant: Variant) -> PreTrainedTokenizerFast:
     """The folder's ChatGLM tokenizer as a ``PreTrainedTokenizerFast`` with its chat template."""
+    if variant == "glm4":
+        from llm.glm4_tokenizer import load_glm4_tokenizer
+
+        return load_glm4_tokenizer(path)
     proto = read_sentencepiece_model(path / TOKENIZER_FILE)
     backend = build_backend(proto, path / TOKENIZER_FILE, special_tokens=special_tokens_for(variant))
     return PreTrainedTokenizerFast(
@@ -156,9 +172,8 @@ def read_sentencepiece_model(file: Path) -> Any:
 
 def _not_sentencepiece(file: Path) -> str:
     return (
-        f"{file} is not a sentencepiece model. ChatGLM2/3-6B folders ship a sentencepiece "
-        "tokenizer.model; GLM-4 folders (tiktoken tokenizer) are not supported in their original "
-        "form: use the transformers-native release instead (e.g. THUDM/glm-4-9b-chat-hf)"
+        f"{file} is neither a sentencepiece model (ChatGLM2/3-6B) nor a tiktoken rank file (GLM-4); "
+        "copy tokenizer.model from the model's download into the folder again"
     )
 
 

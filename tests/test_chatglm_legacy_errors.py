@@ -98,10 +98,16 @@ def test_missing_tokenizer_model(broken: Path) -> None:
         load(broken)
 
 
-def test_tiktoken_tokenizer_file_is_not_sentencepiece(broken: Path) -> None:
-    """GLM-4's original folders also say model_type chatglm but ship a tiktoken tokenizer.model."""
+def test_incomplete_tiktoken_tokenizer_file(broken: Path) -> None:
+    """A tiktoken tokenizer.model (GLM-4's format) without the 256 single-byte tokens cannot encode text."""
     (broken / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n", encoding="utf-8")
-    with pytest.raises(ModelLoadError, match="tokenizer.model is not a sentencepiece model.*glm-4-9b-chat-hf"):
+    with pytest.raises(ModelLoadError, match=r"tokenizer.model lacks 253 of the 256 single-byte tokens.*byte 0x00"):
+        load(broken)
+
+
+def test_foreign_tokenizer_file(broken: Path) -> None:
+    (broken / "tokenizer.model").write_bytes(b"\x00\xffnot a tokenizer at all")
+    with pytest.raises(ModelLoadError, match="neither a sentencepiece model .* nor a tiktoken rank file"):
         load(broken)
 
 
