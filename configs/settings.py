@@ -79,10 +79,10 @@ class LLMSettings(_Section):
         ),
     )
     device: str = Field(
-        "auto", description="auto (CUDA if present), cpu, cuda, cuda:N or mps."
+        "auto", description="auto (a CUDA GPU, else Apple silicon's MPS, else the CPU), cpu, cuda, cuda:N or mps."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Weights dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
+        "auto", description="Weights dtype; auto = bf16 (fp16 where unsupported) on CUDA, fp16 on MPS, fp32 on CPU."
     )
     quantization: Literal["none", "int8", "int4", "8bit", "4bit"] = Field(
         "none",

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from configs.devices import auto_device, mps_available
 from kb.errors import EmbeddingModelError
 
 KEYWORD_ONLY = "none"
@@ -49,18 +50,14 @@ def same_model(recorded: str, requested: str) -> bool:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` if a GPU is visible, then ``mps``, else ``cpu``."""
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise EmbeddingModelError(
-                f"embedding.device is {device!r} but torch sees no CUDA GPU; set it to auto or cpu"
-            )
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """``auto`` -> ``cuda`` if a GPU is visible, then ``mps``, else ``cpu`` (``configs.devices``)."""
+    if device == "auto":
+        return auto_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EmbeddingModelError(f"embedding.device is {device!r} but torch sees no CUDA GPU; set it to auto or cpu")
+    if device == "mps" and not mps_available():
+        raise EmbeddingModelError("embedding.device is 'mps' but torch has no MPS backend here; set it to auto or cpu")
+    return device
 
 
 def resolve_embedding(model: str, *, fallback: bool = True) -> str:

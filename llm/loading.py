@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from configs.devices import auto_device, mps_available
 from llm.errors import ModelLoadError
 from llm.hub import is_hub_id, resolve_model
 from llm.quantization import DEFAULT_GROUP_SIZE, WEIGHT_ONLY, quantize_model_
@@ -29,10 +30,16 @@ MODEL_TYPE_LOADERS: dict[str, str] = {
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA GPU if present, else CPU; ``cuda:N`` is checked to exist."""
+    """``auto`` -> the first CUDA GPU, else Apple silicon's GPU (MPS), else the CPU (``configs.devices``);
+    ``cuda:N`` and ``mps`` are checked to exist."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(auto_device())
     dev = torch.device(device)
+    if dev.type == "mps" and not mps_available():
+        raise ModelLoadError(
+            f"device {device!r} was requested but torch has no MPS backend here (it needs a macOS build of "
+            "torch on an Apple silicon Mac); set llm.device to cpu or auto"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(
@@ -47,11 +54,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on GPUs that support it (else fp16), fp32 on CPU."""
+    """``auto`` -> bf16 on CUDA GPUs that support it (else fp16), fp16 on MPS (bf16 needs macOS 14+;
+    fp32 would need 25 GB for a 6B model), fp32 on CPU."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
     return torch.float32
 
 

@@ -210,3 +210,31 @@ def test_hub_id_downloads_on_first_use_when_the_hub_is_reachable(
     monkeypatch.chdir(tmp_path)
     model, _ = load_model_and_tokenizer("THUDM/tiny-glm", device="cpu")
     assert asked == ["THUDM/tiny-glm"] and type(model).__name__ == "GlmForCausalLM"
+
+
+def test_auto_device_takes_apple_silicon_after_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: llm.device auto ran a Mac's chat model on the CPU in float32 (25 GB for 6B) while
+    the embeddings already used MPS; both now follow configs.devices: CUDA, then MPS (fp16), then CPU."""
+    import configs.devices
+    from kb.embedding import resolve_device as embedding_device
+    from llm.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(configs.devices, "mps_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps") and embedding_device("auto") == "mps"
+    assert resolve_dtype("auto", torch.device("mps")) == torch.float16
+    monkeypatch.setattr(configs.devices, "mps_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and embedding_device("auto") == "cpu"
+
+
+def test_mps_where_there_is_none_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm.loading
+    from kb.embedding import resolve_device as embedding_device
+    from kb.errors import EmbeddingModelError
+
+    monkeypatch.setattr(llm.loading, "mps_available", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"device 'mps' was requested but torch has no MPS backend.*cpu or auto"):
+        llm.loading.resolve_device("mps")
+    monkeypatch.setattr("kb.embedding.mps_available", lambda: False)
+    with pytest.raises(EmbeddingModelError, match="embedding.device is 'mps' but torch has no MPS backend"):
+        embedding_device("mps")
