@@ -171,3 +171,11 @@ def test_tokenizer_larger_than_the_vocabulary(glm4_legacy_path: Path, tmp_path: 
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ModelLoadError, match=r"tokenizer has 1214 tokens but config.json's padded_vocab_size is 1024"):
         load_chatglm_legacy(folder, device="cpu")
+
+
+def test_special_token_text_in_content_stays_text(glm4: tuple) -> None:
+    """Prompt-injection guard (llm.special_tokens) knows GLM-4's specials: a user's "<|assistant|>" is not a turn."""
+    from llm.special_tokens import special_token_strings
+
+    _model, tokenizer = glm4
+    assert {"<|user|>", "<|assistant|>", "[gMASK]", "<sop>", "<|endoftext|>"} <= set(special_token_strings(tokenizer))
