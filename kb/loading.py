@@ -54,8 +54,8 @@ _BODY_CODECS: dict[bytes, str] = {
 }
 _BINARY_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "a PDF"),
-    (b"PK\x03\x04", "a ZIP archive (docx/epub/zip)"),
-    (b"\xd0\xcf\x11\xe0", "a legacy Office file (doc/xls)"),
+    (b"PK\x03\x04", "a ZIP archive (docx/pptx/xlsx/epub/zip)"),
+    (b"\xd0\xcf\x11\xe0", "a legacy Office file (doc/ppt/xls)"),
     (b"\x89PNG", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF8", "a GIF image"),

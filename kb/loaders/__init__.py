@@ -1,8 +1,10 @@
 """Every document a knowledge base reads, behind one call: :func:`open_document`.
 
-The format is chosen by the file's bytes (:func:`detect_format`), never by its name; each
-format has its own module (text/Markdown, PDF, images by OCR, DOCX, EPUB, HTML) and all of
-them return a :class:`LoadedDocument`: the text in blocks plus headings and pages.
+The format is chosen by the file's bytes (:func:`detect_format`), never by its name (one
+exception: text named ``.csv``/``.tsv`` is a table, as bytes cannot tell a table from prose);
+each format has its own module (text/Markdown, CSV/TSV, PDF, images by OCR, DOCX, PPTX, XLSX,
+EPUB, HTML) and all of them return a :class:`LoadedDocument`: the text in blocks plus
+headings and pages.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, Place
 from kb.loaders.ocr import OCR_MODES, check_ocr_mode
-from kb.loaders.sniff import FORMATS, SUFFIX_FORMATS, SUPPORTED_SUFFIXES, TEXT_SUFFIXES, detect_format
+from kb.loaders.sniff import (
+    DELIMITED_SUFFIXES,
+    FORMATS,
+    SUFFIX_FORMATS,
+    SUPPORTED_SUFFIXES,
+    TEXT_SUFFIXES,
+    detect_format,
+)
 
 __all__ = [
+    "DELIMITED_SUFFIXES",
     "FORMATS",
     "OCR_MODES",
     "SUFFIX_FORMATS",
@@ -55,6 +65,14 @@ def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedD
         from kb.loaders.docx import load_docx
 
         return load_docx(file)
+    if kind == "pptx":
+        from kb.loaders.pptx import load_pptx
+
+        return load_pptx(file)
+    if kind == "xlsx":
+        from kb.loaders.xlsx import load_xlsx
+
+        return load_xlsx(file)
     if kind == "epub":
         from kb.loaders.epub import load_epub
 
@@ -63,6 +81,10 @@ def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedD
         from kb.loaders.html import load_html
 
         return load_html(file)
+    if file.suffix.lower() in DELIMITED_SUFFIXES:
+        from kb.loaders.delimited import load_delimited
+
+        return load_delimited(file)
     from kb.loaders.text import load_text_document
 
     return load_text_document(file)

@@ -46,12 +46,13 @@ class LoadedDocument:
     """A document read by one of the loaders (see the module docstring)."""
 
     path: Path
-    format: str  # "text", "markdown", "pdf", "image", "docx", "epub", "html"
+    format: str  # one of kb.loaders.FORMATS: "text", "markdown", "csv", "pdf", "docx", "pptx", ...
     encoding: str  # text files: the codec; other formats: the format's name
     read_blocks: Callable[[], Iterable[str]] = field(repr=False)
     # Structural headings in order; empty: chapters come from 第N回/章/节/卷 lines in the text.
     headings: tuple[Heading, ...] = ()
-    # Offset where each page starts (page 1 at index 0); empty for formats without pages.
+    # Offset where each page (a PDF page, a PPTX slide) starts (page 1 at index 0); empty for
+    # formats without pages.
     page_starts: tuple[int, ...] = ()
     warnings: list[str] = field(default_factory=list)
 

@@ -1,5 +1,9 @@
 """Which loader reads a file, decided by its bytes, never by its name (a ``.pdf`` that is a ZIP
-is refused), and the limits that keep hostile archives from filling memory."""
+is refused), and the limits that keep hostile archives from filling memory.
+
+One exception: CSV/TSV are plain text, which bytes cannot tell from prose, so a file whose
+bytes are text is read as a table when its name ends in ``.csv``/``.tsv`` (DELIMITED_SUFFIXES).
+"""
 
 from __future__ import annotations
 
@@ -17,37 +21,44 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     **dict.fromkeys(TEXT_SUFFIXES, frozenset({"text", "html"})),
     ".pdf": frozenset({"pdf"}),
     ".docx": frozenset({"docx"}),
+    ".pptx": frozenset({"pptx"}),
+    ".xlsx": frozenset({"xlsx"}),
+    **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
     **dict.fromkeys((".html", ".htm", ".xhtml"), frozenset({"html", "text"})),
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"), frozenset({"image"})),
 }
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
-FORMATS: tuple[str, ...] = ("text", "markdown", "pdf", "image", "docx", "epub", "html")
+FORMATS: tuple[str, ...] = ("text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "epub", "html")
+# Text files with these names are tables (read by kb.loaders.delimited), not prose.
+DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
-# DOCX/EPUB: refuse archives that would unpack past these (zip bombs): total bytes, members,
+# DOCX/PPTX/XLSX/EPUB: refuse archives that would unpack past these (zip bombs): total bytes, members,
 # and the compression ratio of any member over 1 MiB (text compresses ~5-10x, not 100x).
 MAX_UNPACKED_BYTES = 512 << 20
 MAX_MEMBERS = 20_000
 MAX_RATIO = 100
 _RATIO_FLOOR = 1 << 20
+# XLSX: refuse workbooks past this many cells in all sheets (empty cells inside a row count).
+MAX_CELLS = 1_000_000
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 _HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xd0\xcf\x11\xe0", "a legacy Office file (.doc/.xls); save it as .docx"),
+    (b"\xd0\xcf\x11\xe0", "a legacy Office file (.doc/.ppt/.xls); save it as .docx/.pptx/.xlsx"),
     (b"\x1f\x8b", "a gzip archive; unpack it first"),
     (b"Rar!", "a RAR archive; unpack it first"),
     (b"7z\xbc\xaf", "a 7z archive; unpack it first"),
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = "supported: text (.txt/.md), PDF, DOCX, EPUB, HTML and images (.png/.jpg/.tif)"
+FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, EPUB, HTML and images (.png/.jpg/.tif)"
 
 
 def detect_format(path: Path) -> str:
-    """One of FORMATS for the file at ``path`` (``"text"`` covers Markdown: the text loader tells
-    them apart); DocumentLoadError for anything else."""
+    """One of FORMATS for the file at ``path`` (``"text"`` covers Markdown and CSV/TSV: the text
+    loader and the file's suffix tell them apart); DocumentLoadError for anything else."""
     with path.open("rb") as stream:
         head = stream.read(4096)
     if b"%PDF-" in head[:1024]:
@@ -65,18 +76,22 @@ def detect_format(path: Path) -> str:
 
 
 def _zip_format(path: Path) -> str:
-    """``docx`` or ``epub`` for a ZIP archive that is one (checked against zip bombs)."""
+    """``docx``, ``pptx``, ``xlsx`` or ``epub`` for a ZIP archive that is one (checked against zip bombs)."""
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
             names = set(archive.namelist())
             if "word/document.xml" in names:
                 return "docx"
+            if "ppt/presentation.xml" in names:
+                return "pptx"
+            if "xl/workbook.xml" in names:
+                return "xlsx"
             if "META-INF/container.xml" in names:
                 return "epub"
     except zipfile.BadZipFile as e:
         raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
-    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX or EPUB document; {FIX}")
+    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX, PPTX, XLSX or EPUB document; {FIX}")
 
 
 def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
