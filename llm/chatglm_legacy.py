@@ -109,7 +109,6 @@ def load_chatglm_legacy(
     if trust_remote_code:
         logger.info("%s: loading natively; the folder's remote code is not used", folder)
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
     checkpoint = inspect_checkpoint(folder)
     bits = checkpoint.layout.quantization_bit
     if bits:
@@ -117,6 +116,7 @@ def load_chatglm_legacy(
         logger.info("%s: ChatGLM's own %s weights, loaded as glmkb's %s layers", folder, quantization.upper(),
                     quantization)
     weight_only = quantization in WEIGHT_ONLY
+    torch_dtype = resolve_dtype(dtype, target, weight_only=weight_only)
     load_on = torch.device("cpu") if weight_only else target
     tokenizer = load_tokenizer(checkpoint)
     model = build_empty_model(checkpoint.config)

@@ -53,16 +53,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, *, weight_only: bool = False) -> torch.dtype:
     """``auto`` -> bf16 on CUDA GPUs that support it (else fp16), fp16 on MPS (bf16 needs macOS 14+;
-    fp32 would need 25 GB for a 6B model), fp32 on CPU."""
+    fp32 would need 25 GB for a 6B model), fp32 on CPU, or bf16 on CPU for glmkb's int8/int4
+    (``weight_only``): torch's CPU kernels for them are fast only with bf16 inputs (``llm.quantized_cpu``)."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.float32
+    return torch.bfloat16 if weight_only else torch.float32
 
 
 def read_model_config(path: Path) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def merge_lora_then_quantize(
     from llm.adapters import apply_adapter
 
     target = resolve_device(device)
-    compute = str(resolve_dtype(dtype, target)).removeprefix("torch.")
+    compute = str(resolve_dtype(dtype, target, weight_only=True)).removeprefix("torch.")
     logger.info("%s: merging the LoRA adapter into the weights before quantizing them to %s", adapter, kind)
     model, tokenizer = _load_base(path, device="cpu", dtype=compute, quantization="none",
                                   trust_remote_code=trust_remote_code, group_size=group_size, int4_kernel=int4_kernel)
@@ -188,7 +189,7 @@ def _load_base(
         )
     check_causal_lm_type(folder, config, trust_remote_code=trust_remote_code)
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    torch_dtype = resolve_dtype(dtype, target, weight_only=quantization in WEIGHT_ONLY)
     if quantization in WEIGHT_ONLY:
         return load_weight_only(folder, kind=quantization, group_size=group_size, int4_kernel=int4_kernel,
                                 device=target, dtype=torch_dtype, trust_remote_code=trust_remote_code)

@@ -31,6 +31,7 @@ from torch import nn
 from configs.errors import BadInput
 from llm import int4_runs
 from llm import int4_tinygemm as tinygemm
+from llm import quantized_cpu
 from llm.kernels import KERNELS, gemv_linear
 from llm.kernels.int4_dequant_op import int4pack_dequant_applies, int4pack_dequantized
 from llm.kernels.int4_gemv_op import int4_runs_linear
@@ -81,6 +82,8 @@ class WeightOnlyInt8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if quantized_cpu.cpu_kernels_run(x):  # bfloat16 on the CPU: torch's int8 kernel (llm.quantized_cpu)
+            return quantized_cpu.int8_linear(x, self.weight, self.scales, self.bias)
         if self.kernel == "triton":  # the Triton GEMV, or past its rows reference_gemv's cast + cuBLAS
             return gemv_linear(x, self.weight, scales=self.scales, bias=self.bias)
         # Scaling the output rather than the weight: one multiply per output, not per weight.
@@ -94,14 +97,16 @@ class WeightOnlyInt8Linear(nn.Module):
 class WeightOnlyInt4Linear(nn.Module):
     """``y = x @ ((q - zero) * scale).T + b`` with int4 ``q`` packed two per byte, grouped along inputs.
 
-    Three forms of the same numbers (``kernel``): "dequant" (glmkb's buffers ``weight`` uint8
+    Four forms of the same numbers (``kernel``): "dequant" (glmkb's buffers ``weight`` uint8
     ``[N, K/2]``, ``scales``, ``zeros``; ``forward`` dequantizes, correct everywhere) and, once the
     layer is on a device that runs it with bf16 scales and a shape it takes, the form
     ``int4_kernel`` names: "tinygemm" (CUDA sm80+: ``weight`` int32 in ``aten._weight_int4pack_mm``'s
     layout plus ``scales_and_zeros``; ``llm.int4_tinygemm``) or "triton" (``weight`` uint8 in the
-    "runs" layout plus ``scales_zeros`` int32; ``llm.int4_runs``, read by ``llm.kernels.int4_gemv``).
-    Only one form is held at a time; moving off the device or to another dtype converts back
-    exactly, and ``state_dict`` always has the "dequant" buffers.
+    "runs" layout plus ``scales_zeros`` int32; ``llm.int4_runs``, read by ``llm.kernels.int4_gemv``);
+    on the CPU, once placed there (``.to("cpu")``, as the loaders end), "cpu" (``weight`` in
+    ``_weight_int4pack_mm_for_cpu``'s layout, ``scales``/``zeros`` kept, bf16 ``scales_and_zeros``;
+    ``llm.quantized_cpu``). Only one weight form is held at a time; moving off the device or to
+    another dtype converts back exactly, and ``state_dict`` always has the "dequant" buffers.
     """
 
     def __init__(
@@ -154,9 +159,17 @@ class WeightOnlyInt4Linear(nn.Module):
         """Each tensor's output-feature axis (``llm.fast_decode.attention`` fuses q/k/v along it)."""
         if self.kernel == "tinygemm":
             return {"weight": 0, "bias": 0, "scales_and_zeros": 1}
+        if self.kernel == "cpu":
+            return {"weight": 0, "bias": 0, "scales": 0, "zeros": 0, "scales_and_zeros": 1}
         if self.kernel == "triton":
             return {"weight": 0, "bias": 0, "scales_zeros": 0}
         return {"weight": 0, "bias": 0, "scales": 0, "zeros": 0}
+
+    @property
+    def rows_concatenate(self) -> bool:
+        """Whether this layer's weight rows can be joined with another's (fused q/k/v): the CPU
+        form packs 64-row blocks; the other forms' rows are independent."""
+        return self.kernel != "cpu" or quantized_cpu.int4_rows_concatenate(self.out_features)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """The full-precision weight these buffers stand for (fused away under ``torch.compile``)."""
@@ -165,6 +178,8 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kernel == "cpu" and quantized_cpu.cpu_kernels_run(x):
+            return quantized_cpu.int4_linear(x, self.weight, self.scales_and_zeros, bias, group_size=self.group_size)
         if self.kernel == "triton":
             return int4_runs_linear(x, self.weight, self.scales_zeros, bias, group_size=self.group_size)
         if self.kernel == "tinygemm":
@@ -195,6 +210,10 @@ class WeightOnlyInt4Linear(nn.Module):
         if self.kernel == "triton":
             scales, zeros = int4_runs.unpack_scales_zeros(self.scales_zeros)
             return pack_int4(int4_runs.unpack_runs(self.weight)), scales, zeros
+        if self.kernel == "cpu":
+            q = quantized_cpu.unpack_int4(self.weight, out_features=self.out_features, in_features=self.in_features,
+                                          group_size=self.group_size)
+            return pack_int4(q), self.scales, self.zeros
         if self.kernel != "tinygemm":
             return self.weight, self.scales, self.zeros
         scales, zeros = tinygemm.split_scales_and_zeros(self.scales_and_zeros)
@@ -204,18 +223,29 @@ class WeightOnlyInt4Linear(nn.Module):
         return pack_int4(q), scales.to(dtype), zeros.to(dtype)
 
     def _form_runs_on(self, device: torch.device) -> bool:
-        """Whether ``int4_kernel``'s form runs on ``device`` for this layer's shape."""
+        """Whether the form held (or, from "dequant", ``int4_kernel``'s CUDA form) runs on ``device``
+        for this layer's shape."""
+        if self.kernel == "cpu":
+            return device.type == "cpu"
         if self.int4_kernel == "triton":
             return int4_runs.runs_available(device) and int4_runs.runs_fit(in_features=self.in_features,
                                                                            group_size=self.group_size)
         return tinygemm.tinygemm_available(device) and tinygemm.tinygemm_fits(
             in_features=self.in_features, out_features=self.out_features, group_size=self.group_size)
 
-    def _use_fast_form_if_fits(self) -> None:
-        """Switch to ``int4_kernel``'s form when the device, dtype and shape allow it."""
+    def _use_fast_form_if_fits(self, *, placed: bool = False) -> None:
+        """Switch to ``int4_kernel``'s form when the device, dtype and shape allow it; on the CPU to
+        the "cpu" form, but only once ``placed`` there (``.to()``): loaders quantize on the CPU
+        before moving to a GPU, and leaving the "cpu" form again costs an unpacking pass."""
         if self.kernel != "dequant" or self.scales.dtype != torch.bfloat16:
             return
         if not self._form_runs_on(self.weight.device):
+            if placed and self.weight.device.type == "cpu" and quantized_cpu.int4_fits(
+                out_features=self.out_features, in_features=self.in_features, group_size=self.group_size
+            ):
+                self.weight = quantized_cpu.pack_int4(unpack_int4(self.weight))
+                self.scales_and_zeros = quantized_cpu.scales_and_zeros(self.scales, self.zeros)
+                self.kernel = "cpu"
             return
         q = unpack_int4(self.weight)
         if self.int4_kernel == "triton":
@@ -242,7 +272,7 @@ class WeightOnlyInt4Linear(nn.Module):
             if probe.dtype != torch.bfloat16 or not self._form_runs_on(probe.device):
                 self._use_dequant()
         result = super()._apply(fn, recurse)
-        self._use_fast_form_if_fits()
+        self._use_fast_form_if_fits(placed=True)
         return result
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
@@ -258,7 +288,7 @@ class WeightOnlyInt4Linear(nn.Module):
         self._use_dequant()
         super()._load_from_state_dict(*args, **kwargs)
         if fast_form:
-            self._use_fast_form_if_fits()
+            self._use_fast_form_if_fits(placed=True)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}, "
@@ -352,7 +382,7 @@ def quantize_model_(
             layer: nn.Module = WeightOnlyInt8Linear(linear.weight, linear.bias)
         else:
             layer = WeightOnlyInt4Linear(linear.weight, linear.bias, group_size=group_size, int4_kernel=int4_kernel)
-        setattr(parent, child, layer.to(linear.weight.device))
+        setattr(parent, child, layer)  # built on the weight's device; no .to(): that would pack for the CPU now
         del linear  # the full-precision weight goes as soon as its replacement exists
     model.config.glmkb_weight_only = {"kind": kind, "group_size": group_size if kind == "int4" else None,
                                       "int4_kernel": int4_kernel if kind == "int4" else None, "lm_head": head}

@@ -129,7 +129,7 @@ def test_int4_on_an_original_glm4_folder(glm4_legacy_path: Path) -> None:
     quantizing the loaded full-precision one."""
     from llm.quantization import WeightOnlyInt4Linear, quantize_model_
 
-    quantized, _ = load_model_and_tokenizer(glm4_legacy_path, device="cpu", quantization="int4",
+    quantized, _ = load_model_and_tokenizer(glm4_legacy_path, device="cpu", dtype="float32", quantization="int4",
                                             quantization_group_size=32)
     assert isinstance(quantized.model.layers[1].mlp.down_proj, WeightOnlyInt4Linear)
     model, _ = load_chatglm_legacy(glm4_legacy_path, device="cpu", dtype="float32")

@@ -27,8 +27,10 @@ LAYER = {"int8": WeightOnlyInt8Linear, "int4": WeightOnlyInt4Linear}
 
 
 def quantized_llm(folder: Path, kind: str, **fields: object) -> ChatGLM:
+    """float32: the dequantizing forms, whose q/k/v fuse at any size (a CPU default of bfloat16
+    takes torch's CPU kernels instead: tests/test_quantized_cpu.py)."""
     return ChatGLM.from_model_path(
-        folder, device="cpu", quantization=kind, quantization_group_size=GROUP, temperature=0.0,
+        folder, device="cpu", dtype="float32", quantization=kind, quantization_group_size=GROUP, temperature=0.0,
         max_new_tokens=24, **fields,
     )
 

@@ -200,7 +200,8 @@ class _ProjectionPart(torch.nn.Module):
 
 def fusable_qkv(module: torch.nn.Module) -> bool:
     """Whether ``module`` has q/k/v projections of one kind (plain Linear, or one weight-only
-    quantized kind and group size) over one input, dtype and device."""
+    quantized kind and group size) over one input, dtype and device, whose rows concatenate
+    (INT4's CPU form packs 64-row blocks: ``rows_concatenate``)."""
     from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
     projections = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
@@ -213,6 +214,7 @@ def fusable_qkv(module: torch.nn.Module) -> bool:
         and p.in_features == first.in_features
         and getattr(p, "group_size", None) == getattr(first, "group_size", None)
         and fuse_axes(p) == axes
+        and getattr(p, "rows_concatenate", True)
         and all(_same_kind(getattr(p, name, None), getattr(first, name, None), axis=axis)
                 for name, axis in axes.items())
         and not torch.nn.utils.parametrize.is_parametrized(p)

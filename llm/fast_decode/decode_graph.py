@@ -227,7 +227,7 @@ def _some_layer_dequantizes(model: Any, gemv_kernel: GemvKernel) -> bool:
 
     def own_kernel(m: Any) -> bool:
         if isinstance(m, WeightOnlyInt4Linear):
-            return m.kernel in ("tinygemm", "triton")
+            return m.kernel in ("tinygemm", "triton", "cpu")
         return (m.kernel == "triton" and gemv_kernel != "torch" and TRITON_AVAILABLE
                 and m.scales.dtype in (torch.float16, torch.bfloat16))
 
