@@ -268,12 +268,17 @@ def add_chatglm_special_tokens(
         # "sop"/"eop" are also letters inside words ("Aesop", "people"): match them only standing alone.
         added = AddedToken(token, special=True, normalized=False, single_word=token.isalnum())
         backend.add_special_tokens([added])
-        got = backend.token_to_id(token)
-        if got != first_id + offset:
-            raise ModelLoadError(
-                f"{file}: special token {token!r} got id {got}, expected {first_id + offset} "
-                "(sentencepiece size + offset); the tokenizer.model does not match a ChatGLM vocabulary"
-            )
+        require_id(backend, token, first_id + offset, file=file, rule="sentencepiece size + offset", model="ChatGLM")
+
+
+def require_id(backend: Tokenizer, token: str, expected: int, *, file: Path, rule: str, model: str) -> None:
+    """Special ``token`` must sit at ``expected`` (a shifted id would shift every special after it)."""
+    got = backend.token_to_id(token)
+    if got != expected:
+        raise ModelLoadError(
+            f"{file}: special token {token!r} got id {got}, expected {expected} ({rule}); "
+            f"the tokenizer.model does not match a {model} vocabulary"
+        )
 
 
 def chatglm_post_processor(backend: Tokenizer) -> processors.PostProcessor:

@@ -125,13 +125,10 @@ def load_glm4_tokenizer(path: Path, *, file_name: str = "tokenizer.model") -> Pr
 
 def check_special_ids(backend: Tokenizer, *, first_id: int, file: Path) -> None:
     """Each special token at number of ranks + its offset, as ChatGLM4Tokenizer numbers them."""
+    from llm.chatglm_tokenizer import require_id
+
     for offset, token in enumerate(GLM4_SPECIAL_TOKENS):
-        got = backend.token_to_id(token)
-        if got != first_id + offset:
-            raise ModelLoadError(
-                f"{file}: special token {token!r} got id {got}, expected {first_id + offset} (ranks + offset); "
-                "the tokenizer.model does not match a GLM-4 vocabulary"
-            )
+        require_id(backend, token, first_id + offset, file=file, rule="ranks + offset", model="GLM-4")
 
 
 def glm4_post_processor(backend: Tokenizer) -> processors.PostProcessor:
