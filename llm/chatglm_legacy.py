@@ -61,7 +61,7 @@ from llm.chatglm_legacy_weights import PREFIX_NAME, find_weight_files, iter_conv
 from llm.errors import ModelLoadError
 from llm.loading import resolve_device, resolve_dtype
 from llm.output_folder import check_destination
-from llm.quantization import DEFAULT_GROUP_SIZE, WEIGHT_ONLY, quantize_loaded_
+from llm.quantization import DEFAULT_GROUP_SIZE, DEFAULT_INT4_KERNEL, WEIGHT_ONLY, quantize_loaded_
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def load_chatglm_legacy(
     quantization: str = "none",
     trust_remote_code: bool = False,
     quantization_group_size: int = DEFAULT_GROUP_SIZE,
-    int4_kernel: str = "tinygemm",
+    int4_kernel: str = DEFAULT_INT4_KERNEL,
 ) -> tuple[GlmForCausalLM, PreTrainedTokenizerFast]:
     """Load an original ChatGLM2/3 folder as ``(GlmForCausalLM, PreTrainedTokenizerFast)`` on ``device``.
 

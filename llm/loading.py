@@ -19,7 +19,7 @@ import torch
 from configs.devices import auto_device, mps_available
 from llm.errors import ModelLoadError
 from llm.hub import is_hub_id, resolve_model
-from llm.quantization import DEFAULT_GROUP_SIZE, WEIGHT_ONLY, quantize_model_
+from llm.quantization import DEFAULT_GROUP_SIZE, DEFAULT_INT4_KERNEL, WEIGHT_ONLY, quantize_model_
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def load_model_and_tokenizer(
     adapter: str | Path | None = None,
     merge_adapter: bool = False,
     quantization_group_size: int = DEFAULT_GROUP_SIZE,
-    int4_kernel: str = "tinygemm",
+    int4_kernel: str = DEFAULT_INT4_KERNEL,
 ) -> tuple[Any, Any]:
     """Load a local chat model folder and place it; returns ``(model, tokenizer)``.
 
@@ -168,7 +168,7 @@ def merge_lora_then_quantize(
 
 def _load_base(
     path: str | Path, *, device: str, dtype: str, quantization: str, trust_remote_code: bool, group_size: int,
-    int4_kernel: str = "tinygemm",
+    int4_kernel: str = DEFAULT_INT4_KERNEL,
 ) -> tuple[Any, Any]:
     """The model folder without adapters (see ``load_model_and_tokenizer``)."""
     folder = find_model_folder(path)
@@ -204,7 +204,7 @@ def _load_base(
 
 def load_weight_only(
     folder: Path, *, kind: str, group_size: int, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
-    int4_kernel: str = "tinygemm",
+    int4_kernel: str = DEFAULT_INT4_KERNEL,
 ) -> tuple[Any, Any]:
     """A native folder with glmkb's INT8/INT4 weight-only layers (``llm.quantization``).
 

@@ -37,9 +37,11 @@ from llm.kernels.int4_dequant_op import int4pack_dequant_applies, int4pack_dequa
 from llm.kernels.int4_gemv_op import int4_runs_linear
 
 WEIGHT_ONLY = ("int8", "int4")
-# INT4 GEMV on CUDA: torch's tinygemm (measured, the default) or glmkb's Triton kernel over the
-# "runs" layout (llm.kernels.int4_gemv; built without a GPU, not yet measured: docs/PERFORMANCE.md).
-INT4_KERNELS = ("tinygemm", "triton")
+# INT4 GEMV on CUDA: glmkb's Triton kernels over the "runs" layout (llm.kernels.int4_gemv; run 20
+# on an H200: 511 tok/s, 1.70x bf16, the default) or torch's tinygemm (397 tok/s, 1.32x), each
+# the other's fallback where it does not run (docs/PERFORMANCE.md).
+INT4_KERNELS = ("triton", "tinygemm")
+DEFAULT_INT4_KERNEL = "triton"
 DEFAULT_GROUP_SIZE = 128
 
 
@@ -111,7 +113,7 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None, *, group_size: int = DEFAULT_GROUP_SIZE,
-        int4_kernel: str = "tinygemm",
+        int4_kernel: str = DEFAULT_INT4_KERNEL,
     ) -> None:
         super().__init__()
         _check_int4_options(in_features=weight.shape[1], group_size=group_size, int4_kernel=int4_kernel)
@@ -122,7 +124,7 @@ class WeightOnlyInt4Linear(nn.Module):
     @classmethod
     def from_quantized(
         cls, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None, *,
-        group_size: int, int4_kernel: str = "tinygemm",
+        group_size: int, int4_kernel: str = DEFAULT_INT4_KERNEL,
     ) -> WeightOnlyInt4Linear:
         """The layer over already quantized buffers in the "dequant" form (``pack_int4``'s uint8 ``[N, K/2]``,
         ``scales``/``zeros`` ``[N, K/group]`` in the compute dtype), e.g. a checkpoint's own
@@ -223,15 +225,23 @@ class WeightOnlyInt4Linear(nn.Module):
         return pack_int4(q), scales.to(dtype), zeros.to(dtype)
 
     def _form_runs_on(self, device: torch.device) -> bool:
-        """Whether the form held (or, from "dequant", ``int4_kernel``'s CUDA form) runs on ``device``
-        for this layer's shape."""
+        """Whether the form held runs on ``device`` for this layer's shape."""
         if self.kernel == "cpu":
             return device.type == "cpu"
-        if self.int4_kernel == "triton":
+        return self._runs(self.kernel, device)
+
+    def _runs(self, kernel: str, device: torch.device) -> bool:
+        """Whether CUDA form ``kernel`` ("triton" or "tinygemm") runs on ``device`` for this shape."""
+        if kernel == "triton":
             return int4_runs.runs_available(device) and int4_runs.runs_fit(in_features=self.in_features,
                                                                            group_size=self.group_size)
         return tinygemm.tinygemm_available(device) and tinygemm.tinygemm_fits(
             in_features=self.in_features, out_features=self.out_features, group_size=self.group_size)
+
+    def _cuda_form(self, device: torch.device) -> str | None:
+        """``int4_kernel``'s form where it runs on ``device``, else the other INT4 kernel's, else None."""
+        order = (self.int4_kernel, *(k for k in INT4_KERNELS if k != self.int4_kernel))
+        return next((kernel for kernel in order if self._runs(kernel, device)), None)
 
     def _use_fast_form_if_fits(self, *, placed: bool = False) -> None:
         """Switch to ``int4_kernel``'s form when the device, dtype and shape allow it; on the CPU to
@@ -239,7 +249,8 @@ class WeightOnlyInt4Linear(nn.Module):
         before moving to a GPU, and leaving the "cpu" form again costs an unpacking pass."""
         if self.kernel != "dequant" or self.scales.dtype != torch.bfloat16:
             return
-        if not self._form_runs_on(self.weight.device):
+        form = self._cuda_form(self.weight.device)
+        if form is None:
             if placed and self.weight.device.type == "cpu" and quantized_cpu.int4_fits(
                 out_features=self.out_features, in_features=self.in_features, group_size=self.group_size
             ):
@@ -248,13 +259,13 @@ class WeightOnlyInt4Linear(nn.Module):
                 self.kernel = "cpu"
             return
         q = unpack_int4(self.weight)
-        if self.int4_kernel == "triton":
+        if form == "triton":
             packed, self.scales_zeros = int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(self.scales, self.zeros)
         else:
             packed = tinygemm.pack_weight(q, inner_tiles=tinygemm.inner_k_tiles(self.in_features))
             self.scales_and_zeros = tinygemm.scales_and_zeros(self.scales, self.zeros, dtype=torch.bfloat16)
         self.weight, self.scales, self.zeros = packed, None, None
-        self.kernel = self.int4_kernel
+        self.kernel = form
 
     def _use_dequant(self) -> None:
         """Back to the "dequant" form, exactly: q and scales are kept, integer zeros re-derived."""
@@ -363,7 +374,7 @@ def quantize_model_(
     group_size: int = DEFAULT_GROUP_SIZE,
     skip: Iterable[str] = (),
     head: str | None = "int8",
-    int4_kernel: str = "tinygemm",
+    int4_kernel: str = DEFAULT_INT4_KERNEL,
 ) -> nn.Module:
     """Replace ``model``'s linear layers by weight-only ``kind`` ("int8"/"int4") layers, in place;
     the LM head by ``head`` ("int8", or None: left as it is). ``skip``: names (or name suffixes)
@@ -414,7 +425,7 @@ def _linear_layers(model: nn.Module, *, skip: tuple[str, ...], head: str | None)
 
 
 def quantize_loaded_(
-    model: nn.Module, kind: str, *, group_size: int = DEFAULT_GROUP_SIZE, int4_kernel: str = "tinygemm"
+    model: nn.Module, kind: str, *, group_size: int = DEFAULT_GROUP_SIZE, int4_kernel: str = DEFAULT_INT4_KERNEL
 ) -> nn.Module:
     """``quantize_model_`` on the linear layers whose weights are loaded (not on the meta device).
 
