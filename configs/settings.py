@@ -96,10 +96,11 @@ class LLMSettings(_Section):
     quantization_group_size: Literal[32, 64, 128] = Field(
         128, description="Input columns sharing one INT4 scale (int4 only); smaller is more accurate and larger."
     )
-    int4_kernel: Literal["triton", "tinygemm"] = Field(
-        "triton",
+    int4_kernel: Literal["auto", "triton", "tinygemm"] = Field(
+        "auto",
         description="INT4 GEMV on CUDA: glmkb's Triton kernels over their own layout (PDL on Hopper; 1.70x bf16 "
-        "decode on an H200) or torch's tinygemm (1.32x); each falls back to the other where it does not run.",
+        "decode on an H200) or torch's tinygemm (1.32x); auto takes the Triton kernels on Hopper and newer "
+        "(where measured), tinygemm before; each falls back to the other where it does not run.",
     )
     max_concurrent_batch: int = Field(
         16, ge=1, description="Local model: most concurrent streamed requests that start together as one batch."

@@ -99,7 +99,7 @@ class ChatGLM(GenerationRouting, LLM):
         quantization: str = "none",
         trust_remote_code: bool = False,
         quantization_group_size: int = 128,
-        int4_kernel: str = "triton",  # llm.quantization.DEFAULT_INT4_KERNEL
+        int4_kernel: str = "auto",  # llm.quantization.DEFAULT_INT4_KERNEL
         adapter: str | Path | None = None,
         merge_adapter: bool = False,
         **fields: Any,

@@ -38,10 +38,14 @@ from llm.kernels.int4_gemv_op import int4_runs_linear
 
 WEIGHT_ONLY = ("int8", "int4")
 # INT4 GEMV on CUDA: glmkb's Triton kernels over the "runs" layout (llm.kernels.int4_gemv; run 20
-# on an H200: 511 tok/s, 1.70x bf16, the default) or torch's tinygemm (397 tok/s, 1.32x), each
-# the other's fallback where it does not run (docs/PERFORMANCE.md).
-INT4_KERNELS = ("triton", "tinygemm")
-DEFAULT_INT4_KERNEL = "triton"
+# on an H200: 511 tok/s, 1.70x bf16) or torch's tinygemm (397 tok/s, 1.32x), each the other's
+# fallback where it does not run. "auto" (the default) takes the Triton kernels on Hopper and
+# newer, where they were measured, and tinygemm on older GPUs (sm80-89: consumer cards), where
+# only tinygemm has been (docs/PERFORMANCE.md, run 20).
+INT4_KERNELS = ("auto", "triton", "tinygemm")
+CUDA_INT4_FORMS = ("triton", "tinygemm")
+DEFAULT_INT4_KERNEL = "auto"
+TRITON_INT4_FROM = (9, 0)  # compute capability where "auto" prefers the Triton kernels
 DEFAULT_GROUP_SIZE = 128
 
 
@@ -240,7 +244,8 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def _cuda_form(self, device: torch.device) -> str | None:
         """``int4_kernel``'s form where it runs on ``device``, else the other INT4 kernel's, else None."""
-        order = (self.int4_kernel, *(k for k in INT4_KERNELS if k != self.int4_kernel))
+        first = self.int4_kernel if self.int4_kernel != "auto" else _auto_int4_form(device)
+        order = (first, *(k for k in CUDA_INT4_FORMS if k != first))
         return next((kernel for kernel in order if self._runs(kernel, device)), None)
 
     def _use_fast_form_if_fits(self, *, placed: bool = False) -> None:
@@ -304,6 +309,13 @@ class WeightOnlyInt4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}, "
                 f"kernel={self.kernel}")
+
+
+def _auto_int4_form(device: torch.device) -> str:
+    """"triton" on a CUDA GPU of compute capability TRITON_INT4_FROM or newer, else "tinygemm"."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return "triton" if torch.cuda.get_device_capability(device) >= TRITON_INT4_FROM else "tinygemm"
+    return "triton"  # the CPU under Triton's interpreter (tests): tinygemm does not run there anyway
 
 
 def _check_int4_options(*, in_features: int, group_size: int, int4_kernel: str) -> None:

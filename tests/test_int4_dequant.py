@@ -67,7 +67,8 @@ def gpu_layer(rows_k: int = 4096, out_features: int = 512) -> tuple:
         pytest.skip("needs a CUDA GPU and Triton")
     g = torch.Generator().manual_seed(0)
     weight = (torch.randn(out_features, rows_k, generator=g) * 0.02).to(torch.bfloat16)
-    layer = WeightOnlyInt4Linear(weight, torch.randn(out_features, generator=g).to(torch.bfloat16), group_size=128)
+    layer = WeightOnlyInt4Linear(weight, torch.randn(out_features, generator=g).to(torch.bfloat16), group_size=128,
+                                 int4_kernel="tinygemm")
     layer = layer.cuda()
     if layer.kernel != "tinygemm":
         pytest.skip("tinygemm does not run here")

@@ -213,7 +213,7 @@ def test_interpreted_fast_path_with_triton_int4_layers_equals_generate(tiny_glm_
 def test_unknown_int4_kernel_is_a_bad_input() -> None:
     from configs.errors import BadInput
 
-    with pytest.raises(BadInput, match="triton, tinygemm"):
+    with pytest.raises(BadInput, match="auto, triton, tinygemm"):
         WeightOnlyInt4Linear(torch.zeros(8, 32), None, group_size=GROUP, int4_kernel="marlin")
 
 

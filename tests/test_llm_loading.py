@@ -45,7 +45,7 @@ def test_special_model_types_go_to_their_loader_with_the_same_arguments(
     )
     assert SPECIAL_CALLS == [
         {"path": folder, "device": "cpu", "dtype": "float32", "quantization": "none", "trust_remote_code": False,
-         "quantization_group_size": 128, "int4_kernel": "triton"}
+         "quantization_group_size": 128, "int4_kernel": "auto"}
     ]
     assert type(model).__name__ == "GlmForCausalLM" and tokenizer.chat_template
 

@@ -77,7 +77,7 @@ def test_quantized_tiny_glm_agrees_with_full_precision(kind: str, tiny_glm_dir: 
     quantize_model_(model, kind, group_size=32)
     assert isinstance(model.lm_head, WeightOnlyInt8Linear)
     assert model.config.glmkb_weight_only == {"kind": kind, "group_size": 32 if kind == "int4" else None,
-                                              "int4_kernel": "triton" if kind == "int4" else None,
+                                              "int4_kernel": "auto" if kind == "int4" else None,
                                               "lm_head": "int8"}
     linears = [m for m in model.model.modules() if isinstance(m, (WeightOnlyInt8Linear, WeightOnlyInt4Linear))]
     assert len(linears) == 2 * 6  # q, k, v, o, gate_up, down in each of the 2 layers
