@@ -18,6 +18,8 @@ glmkb's ``w = (q - z) * s`` converts exactly: ``(q - z) * s = (q - 8) * s + (8 -
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 GROUP_SIZES = (32, 64, 128, 256)
@@ -75,9 +77,14 @@ def pack_weight(q: torch.Tensor, *, inner_tiles: int) -> torch.Tensor:
     return torch.ops.aten._convert_weight_to_int4pack(high_nibble_first(q), inner_tiles)
 
 
-def unpack_weight(packed: torch.Tensor, *, out_features: int, in_features: int, group_size: int) -> torch.Tensor:
+def unpack_weight(
+    packed: torch.Tensor, *, out_features: int, in_features: int, group_size: int,
+    mm: Callable[..., torch.Tensor] | None = None,
+) -> torch.Tensor:
     """q ``[N, K]`` uint8 back from tinygemm's layout, exactly: the kernel itself applied to identity
-    rows with scale 1 and zero 8 computes ``(q - 8) * 1 + 8 = q``, all exact in bf16."""
+    rows with scale 1 and zero 8 computes ``(q - 8) * 1 + 8 = q``, all exact in bf16. ``mm``: another
+    kernel taking the same scales and zeros (the CPU twin, ``llm.quantized_cpu``); default tinygemm."""
+    mm = mm or int4pack_mm
     unit = torch.empty(in_features // group_size, out_features, 2, dtype=torch.bfloat16, device=packed.device)
     unit[..., 0], unit[..., 1] = 1.0, 8.0
     rows = []
@@ -85,7 +92,7 @@ def unpack_weight(packed: torch.Tensor, *, out_features: int, in_features: int, 
         stop = min(start + UNPACK_ROWS, in_features)
         eye = torch.zeros(stop - start, in_features, dtype=torch.bfloat16, device=packed.device)
         eye[:, start:stop] = torch.eye(stop - start, dtype=torch.bfloat16, device=packed.device)
-        rows.append(int4pack_mm(eye, packed, group_size, unit).to(torch.uint8))  # [rows of K, N]
+        rows.append(mm(eye, packed, group_size, unit).to(torch.uint8))  # [rows of K, N]
     return torch.cat(rows).transpose(0, 1).contiguous()
 
 

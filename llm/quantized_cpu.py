@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import torch
 
+from llm import int4_tinygemm as tinygemm
+
 # The CPU int4 packing works in blocks of 64 output rows; N must be a multiple of 16.
 INT4_BLOCK_ROWS = 64
 INT4_ROW_MULTIPLE = 16
-UNPACK_ROWS = 1024  # identity rows per unpacking call: bounds the transient to 1024 x N bf16
 
 
 def cpu_kernels_run(x: torch.Tensor) -> bool:
@@ -66,23 +67,15 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 
 def scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """tinygemm's ``[K/group, N, 2]`` bfloat16 (``w = (q - 8) * s + (8 - z) * s``) from ``[N, K/group]``."""
-    s, z = scales.float(), zeros.float()
-    return torch.stack((s, (8.0 - z) * s), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    """tinygemm's ``[K/group, N, 2]`` bfloat16 scales and zeros, which the CPU kernel takes too."""
+    return tinygemm.scales_and_zeros(scales, zeros, dtype=torch.bfloat16)
 
 
 def unpack_int4(packed: torch.Tensor, *, out_features: int, in_features: int, group_size: int) -> torch.Tensor:
-    """q ``[N, K]`` uint8 back from the CPU layout, exactly: the kernel applied to identity rows with
-    scale 1 and zero 8 computes ``(q - 8) * 1 + 8 = q``, all exact in bfloat16."""
-    unit = torch.empty(in_features // group_size, out_features, 2, dtype=torch.bfloat16)
-    unit[..., 0], unit[..., 1] = 1.0, 8.0
-    rows = []
-    for start in range(0, in_features, UNPACK_ROWS):
-        stop = min(start + UNPACK_ROWS, in_features)
-        eye = torch.zeros(stop - start, in_features, dtype=torch.bfloat16)
-        eye[:, start:stop] = torch.eye(stop - start, dtype=torch.bfloat16)
-        rows.append(torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, group_size, unit).to(torch.uint8))
-    return torch.cat(rows).transpose(0, 1).contiguous()
+    """q ``[N, K]`` uint8 back from the CPU layout, exactly (tinygemm's identity-rows unpacking, run
+    by the CPU kernel)."""
+    return tinygemm.unpack_weight(packed, out_features=out_features, in_features=in_features, group_size=group_size,
+                                  mm=torch.ops.aten._weight_int4pack_mm_for_cpu)
 
 
 def int4_linear(
