@@ -131,6 +131,39 @@ def test_fast_path_passes_the_kv_cache_by_the_keyword_this_transformers_takes(fr
     assert not fd.fast_decode_state(fresh_llm.model).off
 
 
+def test_attention_step_fallback_hands_the_cache_on_by_the_attention_modules_keyword(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards against the decode step's attention falling back to ``GlmAttention.forward`` with
+    ``cache=`` under transformers 5.17 (the pin's lower bound), whose forward names it
+    ``past_key_values``: the cache landed in ``**kwargs`` unused, the prompt pass never filled
+    the static cache, and the fast path's tokens left ``generate``'s at the second new token (seen
+    on the GPU machine's 5.17 as a "CUDA" failure of test_graph_loop_matches_generate)."""
+    from transformers.models.glm.modeling_glm import GlmAttention
+
+    from llm.cache_kwarg import cache_kwarg_of
+    from llm.fast_decode.attention_step import AttentionStep
+
+    seen: dict[str, Any] = {}
+
+    def forward_5_17(self: Any, hidden_states: torch.Tensor, position_embeddings: Any, attention_mask: Any,
+                     past_key_values: Any = None, **kwargs: Any) -> Any:
+        seen.update(past_key_values=past_key_values, kwargs=sorted(kwargs))
+        return hidden_states, None
+
+    monkeypatch.setattr(GlmAttention, "forward", forward_5_17)
+    cache_kwarg_of.cache_clear()
+    try:
+        module = fresh_llm.model.model.layers[0].self_attn
+        fused = types.SimpleNamespace(module=module, sizes=(module.head_dim * 2, module.head_dim, module.head_dim))
+        step = AttentionStep(fused, slot=torch.zeros(1, dtype=torch.long))
+        cache = object()  # not a static cache: the step falls back to the module's own forward
+        step.forward(torch.zeros(1, 1, 8), (None, None), None, past_key_values=cache, position_ids=None)
+    finally:
+        cache_kwarg_of.cache_clear()
+    assert seen == {"past_key_values": cache, "kwargs": ["position_ids"]}
+
+
 # ----- the decode-graph loop computes what generate computes ---------------------------------
 
 

@@ -28,6 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_forward
 
 from llm.fast_decode.attention import FusedQKV
+from llm.cache_kwarg import cache_kwarg_of
 from llm.fast_decode.stand_in import StandIn
 from llm.kernels.rope_cache_op import rope_cache_write
 
@@ -45,11 +46,12 @@ class AttentionStep(StandIn):
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: Any = None,
                 attention_mask: torch.Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        given = kwargs.pop("past_key_values", None)  # transformers 5.17's name for it
+        cache = cache if cache is not None else given
         layer = self._static_layer(cache, hidden_states)
         if layer is None or position_embeddings is None:
             return GlmAttention.forward(self.module, hidden_states, position_embeddings, attention_mask,
-                                        cache=cache, **kwargs)
+                                        **{attention_cache_kwarg(): cache}, **kwargs)
         batch, tokens = hidden_states.shape[:2]
         qkv = self.fused.project(hidden_states)
         qkv = qkv.view(batch, -1) if tokens == 1 else qkv
@@ -77,6 +79,13 @@ class AttentionStep(StandIn):
         if keys.dim() != 4 or keys.shape[0] != hidden_states.shape[0] or keys.shape[3] != self.module.head_dim:
             return None
         return layer
+
+def attention_cache_kwarg() -> str:
+    """The keyword ``GlmAttention.forward`` takes the cache by: ``cache`` (transformers 5.2x), else
+    ``past_key_values`` (5.17, the pin's lower bound). Passed by the wrong one, the cache lands in
+    ``**kwargs`` unused: a prompt pass through the fallback never fills the static cache."""
+    return cache_kwarg_of(GlmAttention)
+
 
 def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None
                     ) -> list[AttentionStep]:

@@ -9,8 +9,6 @@ for every path whether it runs and, if not, why.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,6 +16,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from llm.cache_kwarg import cache_kwarg_of
 from llm.per_model import PerModel
 
 STATIC_CACHE = "static_cache"  # generate on a reused StaticCache, compiled by transformers
@@ -149,10 +148,4 @@ def cache_kwarg(model: Any) -> str:
     ``cache`` where the forward has it (transformers 5.2x: ``past_key_values`` still works
     there but warns, and GLM's forward drops it in 5.40); ``past_key_values`` before (5.17).
     """
-    return _cache_kwarg_of(type(model))
-
-
-@functools.cache
-def _cache_kwarg_of(model_class: type) -> str:
-    parameters = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    return cache_kwarg_of(type(model))
