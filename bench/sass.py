@@ -37,18 +37,22 @@ def kernels() -> list[Case]:
 
     int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
     cases: list[Case] = [
-        ("int8 row 4x2048", gemv._int8_row_kernel, {"w_ptr": "*i8"},
-         {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "ASM": True, "BLOCK_N": 4,
-          "BLOCK_K": 2048}, 4, 4 * 2048),
+        (f"int8 row {block_n}x{block_k} K={k}", gemv._int8_row_kernel, {"w_ptr": "*i8"},
+         {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": k % block_k == 0, "EVEN_N": True, "ASM": True,
+          "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k}, warps, block_n * block_k)
+        for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 8, 13696))
     ]
-    for block_n, block_k, warps in ((4, 2048, 4), (8, 2048, 4), (2, 4096, 4)):
-        cases.append((f"int4 runs row {block_n}x{block_k}", int4_gemv._int4_runs_row_kernel, int4,
-                      {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True,
-                       "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, block_n * block_k))
+    for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 4, 4096), (2, 4096, 4, 4096),
+                                       (16, 2048, 4, 4096), (16, 4096, 8, 13696)):
+        cases.append((f"int4 runs row {block_n}x{block_k} K={k}", int4_gemv._int4_runs_row_kernel, int4,
+                      {"HAS_BIAS": False, "EVEN_K": k % block_k == 0, "EVEN_N": True, "GROUP": 128, "ASM": True,
+                       "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k // 2, "stride_szn": k // 128},
+                      warps, block_n * block_k))
     for rows, block_n, block_k, warps in ((2, 2, 2048, 4), (2, 4, 2048, 4), (4, 2, 2048, 4), (4, 4, 2048, 4)):
         cases.append((f"int4 runs {rows} rows {block_n}x{block_k}", int4_gemv._int4_runs_rows_kernel, int4,
                       {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": rows,
-                       "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, block_n * block_k))
+                       "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": 2048, "stride_szn": 32}, warps,
+                      block_n * block_k))
     for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (64, 128, 128, 8)):
         cases.append((f"int4 runs GEMM {block_m}x{block_n}x{block_k}", int4_gemm._int4_runs_gemm_kernel, int4,
                       {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": block_m,

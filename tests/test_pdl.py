@@ -54,14 +54,14 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
 
     row = {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "BLOCK_N": 4, "BLOCK_K": 1024}
     return [
-        ("int8 row GEMV", gemv._int8_row_kernel, {"w_ptr": "*i8"}, {**row, "ASM": True}),
+        ("int8 row GEMV", gemv._int8_row_kernel, {"w_ptr": "*i8"}, {**row, "ASM": True, "stride_wn": 4096}),
         ("float row GEMV", gemv._gemv_row_kernel, {}, row),
         ("INT4 runs row GEMV", int4_gemv._int4_runs_row_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
          {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_N": 4,
-          "BLOCK_K": 2048}),
+          "BLOCK_K": 2048, "stride_wn": 2048, "stride_szn": 32}),
         ("INT4 runs 2-4 row GEMV", int4_gemv._int4_runs_rows_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
          {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": 4, "BLOCK_N": 4,
-          "BLOCK_K": 2048}),
+          "BLOCK_K": 2048, "stride_wn": 2048, "stride_szn": 32}),
         ("INT4 runs GEMM", int4_gemm._int4_runs_gemm_kernel, {"w_ptr": "*u8", "sz_ptr": "*i32"},
          {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": 16, "BLOCK_N": 64,
           "BLOCK_K": 128}),
