@@ -9,6 +9,7 @@ are not multiples of the tile, 1/3/16 rows, bias, split-K, the custom op under
 
 from __future__ import annotations
 
+import json
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -258,3 +259,32 @@ def test_decode_compile_tunes_int8_only_where_it_dequantizes_in_pytorch() -> Non
     assert compile_options(model(torch.bfloat16), "torch") == tuned
     assert compile_options(model(torch.bfloat16)) == (None if TRITON_AVAILABLE else tuned)
 
+
+
+def test_measured_tiles_file_overrides_the_one_row_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GLMKB_GEMV_TILES`` names a ``bench.row_tiles`` result: its one-row winners are read per
+    shape (INT8 as ``GemvConfig`` text, INT4 as a tile tuple), others stay unset, and a file that
+    is not such a result is a one-line error rather than a silent fallback to timing."""
+    from llm.kernels import gemv_configs as g
+
+    result = {"results": {
+        "qkv": {"N": 4608, "K": 4096, "int8": {"best": {"tile": "n2k1024s1w4p1", "us": 6.5}},
+                "int4": {"best": {"tile": "(4, 1024, 2)", "us": 5.7}}},
+        "lm_head": {"N": 65024, "K": 4096, "int8": {"best": None}},
+    }}
+    path = tmp_path / "row_tiles.json"
+    path.write_text(json.dumps(result), encoding="utf-8")
+    monkeypatch.setenv(g.TILES_ENV, str(path))
+    g.measured_tiles.cache_clear()
+    try:
+        assert g.measured(1, 4608, 4096, int8=True) == g.GemvConfig(2, 1024, 1, 4, 1)
+        assert g.measured(2, 4608, 4096, int8=True) is None  # one row only
+        assert g.measured(1, 65024, 4096, int8=True) is None
+        assert g.measured_int4_tile(4608, 4096) == (4, 1024, 2)
+        assert g.measured_int4_tile(4096, 4096) is None
+        path.write_text("{}", encoding="utf-8")
+        g.measured_tiles.cache_clear()
+        with pytest.raises(ValueError, match="not a row_tiles.json"):
+            g.measured_tiles()
+    finally:
+        g.measured_tiles.cache_clear()

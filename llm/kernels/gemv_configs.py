@@ -5,6 +5,8 @@ be registered (and its fallback tested) where Triton is missing.
 
 Picking, per ``(weight kind, row bucket, N, K)``, in ``llm.kernels.gemv_op.choose_config``:
 
+0. ``GLMKB_GEMV_TILES``: a ``row_tiles.json`` written by ``python -m bench.row_tiles`` on this
+   GPU (its one-row winners per shape, INT8 and INT4; ``measured_tiles``), for any GPU;
 1. ``TUNED``: measured winners (``python -m bench.gemv`` prints them as ``TUNED`` lines);
 2. otherwise, on CUDA outside graph capture: ``candidates`` timed once per shape and process
    (a few ms each, plus Triton's compile, cached on disk) and the fastest kept; for float weights
@@ -14,6 +16,9 @@ Picking, per ``(weight kind, row bucket, N, K)``, in ``llm.kernels.gemv_op.choos
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import re
 from dataclasses import dataclass, replace
 
@@ -65,7 +70,7 @@ TUNED: dict[tuple[str, int, int, int], str] = {
     # int8 at M = 1: ``_int8_row_kernel`` (run 17, docs/bench-results/lab_int8.run17.h200.log; the
     # run 15 kernel took 9.05 / 7.10 / 34.1 / 19.2 us)
     ("int8", 1, 4608, 4096): "n4k2048s1w4p1",  # 7.01 us
-    ("int8", 1, 4096, 4096): "n4k2048s1w4p1",  # 6.53 us
+    ("int8", 1, 4096, 4096): "n2k1024s1w4p1",  # 6.49 us (run 21's bench.row_tiles; n4k2048 6.77 there)
     ("int8", 1, 27392, 4096): "n8k1024s1w4p1",  # 29.5 us
     ("int8", 1, 4096, 13696): "n8k2048s1w8p1",  # 16.3 us
 }
@@ -106,6 +111,40 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
         # tiles already give N / block_n >= 1024 programs; split-K lost there in run 14)
         base += [replace(c, split_k=s) for c in base[:2] for s in (2, 4)]
     return base
+
+
+TILES_ENV = "GLMKB_GEMV_TILES"
+
+
+@functools.cache
+def measured_tiles() -> dict[tuple[str, int, int], str]:
+    """One-row winners from the ``row_tiles.json`` that ``GLMKB_GEMV_TILES`` names:
+    ``("int8" | "int4", N, K)`` -> the tile as that file writes it (``GemvConfig`` text for INT8,
+    ``"(block_n, block_k, warps)"`` for INT4). Empty without the variable; a file that cannot be
+    read is a one-line error, not a silent fallback."""
+    path = os.environ.get(TILES_ENV)
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)["results"]
+        return {(kind, int(entry["N"]), int(entry["K"])): entry[kind]["best"]["tile"]
+                for entry in results.values() for kind in ("int8", "int4")
+                if isinstance(entry.get(kind), dict) and entry[kind].get("best")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{TILES_ENV}={path}: not a row_tiles.json of bench.row_tiles ({type(e).__name__}: {e})") from e
+
+
+def measured_int4_tile(n: int, k: int) -> tuple[int, int, int] | None:
+    """``measured_tiles``' INT4 one-row tile for an ``N x K`` weight, if the file has one."""
+    text = measured_tiles().get(("int4", n, k))
+    return None if text is None else tuple(int(v) for v in text.strip("()").split(","))  # type: ignore[return-value]
+
+
+def measured(rows: int, n: int, k: int, *, int8: bool) -> Choice | None:
+    """``measured_tiles``' winner for this shape (one row, INT8), if any."""
+    text = measured_tiles().get(("int8", n, k)) if rows == 1 and int8 else None
+    return None if text is None else GemvConfig.parse(text)
 
 
 def tuned(rows: int, n: int, k: int, *, int8: bool) -> Choice | None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.kernels.gemv_configs import (
+    measured,
     MAX_INT8_ROWS,
     MAX_ROWS,
     TORCH,
@@ -131,7 +132,9 @@ def choose_config(
     chosen = _chosen.get(key)
     if chosen is not None:
         return chosen
-    chosen = tuned(rows, n, k, int8=int8) if _tuned_for(x.device) else None
+    chosen = measured(rows, n, k, int8=int8) if x.device.type == "cuda" else None
+    if chosen is None and _tuned_for(x.device):
+        chosen = tuned(rows, n, k, int8=int8)
     if chosen is None:
         options: list[Choice] = list(candidates(rows, n, k, int8=int8))
         if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.int4_runs import RUN, dequantize_runs
+from llm.kernels.gemv_configs import TUNED_CAPABILITY, measured_int4_tile
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,19 @@ logger = logging.getLogger(__name__)
 # in the loop. Every tile keeps BLOCK_K / 2 >= num_warps * 256 bytes, one 8-byte run per thread
 # along K: narrower steps spread threads over rows and x went through shared memory every step
 # (8 barriers; launch_int4_runs_row refuses them). Which tile wins is for the GPU to say.
-ROW_CONFIGS = ((4, 2048, 4), (8, 2048, 4), (2, 2048, 4), (4, 4096, 4), (2, 4096, 4), (8, 4096, 8), (4, 1024, 2),
-               (8, 1024, 2))
+ROW_CONFIGS = ((16, 2048, 4), (8, 2048, 4), (4, 2048, 2), (4, 1024, 2), (4, 2048, 4), (16, 4096, 8), (8, 4096, 8),
+               (4, 4096, 4))
+# Measured winners at one row on the H200 (``python -m bench.row_tiles``, 32-tile grid, run 21b:
+# docs/bench-results/row_tiles.run21b.h200.json), the ChatGLM3-6B decode shapes (N, K, group) ->
+# tile; ``GLMKB_GEMV_TILES`` (``gemv_configs.measured_tiles``) overrides them, other shapes are
+# timed on first use. The op's own timing (one eager launch after an L2 flush, median of 8) had
+# picked a tile of 8.3 us for q/k/v where the best took 6.1 (run 21).
+ROW_TUNED = {
+    (4608, 4096, 128): (4, 1024, 2),  # q/k/v fused: 5.70 us
+    (4096, 4096, 128): (4, 2048, 2),  # o_proj: 4.90 us
+    (27392, 4096, 128): (16, 2048, 4),  # gate_up: 20.4 us
+    (4096, 13696, 128): (8, 2048, 4),  # down: 12.6 us
+}
 
 # The 2-4 row kernel: its registers grow with the rows (sm_90, bench.sass: 63-79 at 2 rows, 105-147 at 4), so
 # narrower tiles than the one-row kernel's.
@@ -192,6 +204,12 @@ def choose_row_config(
         return _chosen[key]
     if x.device.type != "cuda":  # Triton's interpreter (tests): few programs, one per 16 outputs
         return (16, min(options[0][1], max(2 * RUN, 1 << (k - 1).bit_length())), 1)
+    tuned = measured_int4_tile(n, k) if rows == 1 and group_size == 128 else None
+    if tuned is None and rows == 1 and torch.cuda.get_device_capability(x.device) == TUNED_CAPABILITY:
+        tuned = ROW_TUNED.get((n, k, group_size))
+    if tuned is not None:
+        _chosen[key] = tuned
+        return tuned
     if torch.cuda.is_current_stream_capturing():
         return options[0]
     from llm.kernels.gemv_op import fastest_launch

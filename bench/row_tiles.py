@@ -1,0 +1,144 @@
+"""One-row decode GEMVs of the ChatGLM3-6B shapes over a wide tile grid: INT8 and INT4 "runs".
+
+    python -m bench.row_tiles --out DIR       # GPU machine (bash bench/run_all.sh rowtiles)
+    python -m bench.row_tiles --tiny          # check the script on CPU (interpreter, untimed)
+
+Why: the ops time only a short candidate list on first use (``gemv_configs.candidates`` for
+INT8, ``int4_gemv_op.ROW_CONFIGS`` for INT4: 4-8 tiles, a few seconds of compiles per shape at
+model load), chosen from run 15-17 sweeps of older kernels. This sweep times every tile of a
+wider grid (1-16 outputs per program, 1-8 KiB of K per step, 1-8 warps, 16-128 weight bytes per
+thread per step) for the kernels the decode step runs now, as ``bench.gemv`` times calls: a CUDA
+graph of 100 calls over weight copies L2 cannot hold. Per shape it prints the best tile, its
+microseconds and TB/s, next to the op's own choice and bf16 cuBLAS, so the candidate lists can be
+cut to the tiles that win.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import parser, print_table, write_result
+from bench.gemv import SHAPES, TINY_SHAPES, Weights, copy_bandwidth, time_calls, weight_size
+
+KIB = 1024
+
+
+def grid(*, k: int, bytes_per_k: float, tiny: bool) -> list[tuple[int, int, int]]:
+    """``(block_n, block_k, num_warps)`` tiles: ``block_k`` <= K, each warp's step spans >= 256
+    weight bytes along K (one 8-byte run per thread; narrower steps put x through shared memory),
+    and each thread holds 16-128 weight bytes per step."""
+    if tiny:
+        return [(16, 256, 1)]
+    tiles = []
+    for warps in (2, 4, 8):
+        for block_k in (1024, 2048, 4096, 8192):
+            row_bytes = int(block_k * bytes_per_k)
+            if row_bytes < warps * 256 or block_k > k:
+                continue
+            for block_n in (1, 2, 4, 8, 16):
+                per_thread = block_n * row_bytes // (warps * 32)
+                if 16 <= per_thread <= 128:
+                    tiles.append((block_n, block_k, warps))
+    return tiles
+
+
+def sweep_int8(w: Weights, x: torch.Tensor, tiles: list[tuple[int, int, int]], *, device: str) -> dict[str, Any]:
+    from llm.kernels.gemv import launch_gemv
+    from llm.kernels.gemv_configs import GemvConfig
+
+    layers, out = w.get("int8"), {}
+    for block_n, block_k, warps in tiles:
+        config = GemvConfig(block_n, block_k, num_warps=warps, num_stages=1)
+
+        def call(i: int, c: GemvConfig = config) -> Any:
+            layer = layers[i % len(layers)]
+            return launch_gemv(x, layer.weight, layer.scales, None, c)
+
+        out[str(config)] = _timed(call, device=device)
+    return out
+
+
+def sweep_int4(w: Weights, x: torch.Tensor, tiles: list[tuple[int, int, int]], *, device: str) -> dict[str, Any]:
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+
+    layers = w.get("int4triton")
+    if layers[0].kernel != "triton":
+        return {"skipped": f"the layer is in its {layers[0].kernel!r} form"}
+    scratch, out = torch.empty((1, w.n), dtype=x.dtype, device=device), {}
+    for tile in tiles:
+        def call(i: int, t: tuple[int, int, int] = tile) -> Any:
+            layer = layers[i % len(layers)]
+            return launch_int4_runs_row(x, layer.weight, layer.scales_zeros, None, group_size=128, block_n=t[0],
+                                        block_k=t[1], num_warps=t[2], out=scratch)
+
+        out[str(tile)] = _timed(call, device=device)
+    return out
+
+
+def _timed(call: Any, *, device: str) -> float | str:
+    try:
+        return time_calls(call, device=device) * 1e6
+    except Exception as e:  # one tile failing must not stop the sweep
+        return f"error: {type(e).__name__}: {str(e)[:200]}"
+
+
+def op_choice(w: Weights, x: torch.Tensor, kind: str, *, device: str) -> float | str:
+    """The layer as the decode step calls it (its op picks among its own candidates)."""
+    layers = w.get(kind)
+    return _timed(lambda i: layers[i % len(layers)](x), device=device)
+
+
+def best(times: dict[str, Any]) -> tuple[str, float] | None:
+    timed = {c: t for c, t in times.items() if isinstance(t, float)}
+    return min(timed.items(), key=lambda kv: kv[1]) if timed else None
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated among {', '.join(SHAPES)}")
+    p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4"))
+    p.add_argument("--int8-shapes", default="qkv,o_proj", help="shapes to sweep INT8 on (its others read 3.4-3.9 TB/s)")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    shapes = TINY_SHAPES if args.tiny else {s: SHAPES[s] for s in args.shapes.split(",")}
+    bandwidth = copy_bandwidth(device)
+    torch.manual_seed(0)
+    results, rows = {}, []
+    with torch.inference_mode():
+        for name, (n, k) in shapes.items():
+            w = Weights(n, k, device=device, dtype=dtype)
+            x = torch.randn(1, k, device=device, dtype=dtype)
+            ws = w.get("bf16")
+            entry: dict[str, Any] = {"N": n, "K": k, "cublas_bf16_us": _timed(
+                lambda i, ws=ws, x=x: F.linear(x, ws[i % len(ws)]), device=device)}
+            for kind in args.kinds:
+                if kind == "int4" and name == "lm_head":
+                    continue  # the LM head is INT8 in both quantized kinds
+                if kind == "int8" and not args.tiny and name not in args.int8_shapes.split(","):
+                    continue
+                layer_kind = "int8" if kind == "int8" else "int4triton"
+                tiles = grid(k=k, bytes_per_k=1.0 if kind == "int8" else 0.5, tiny=args.tiny)
+                sweep = (sweep_int8 if kind == "int8" else sweep_int4)(w, x, tiles, device=device)
+                size = weight_size(w.get(layer_kind)[0])
+                op_us = op_choice(w, x, layer_kind, device=device)
+                top = best(sweep)
+                entry[kind] = {"bytes": size, "op_us": op_us, "sweep_us": sweep,
+                               "best": top and {"tile": top[0], "us": top[1], "tb_s": size / top[1] / 1e6}}
+                rows.append((name, kind, op_us, top[0] if top else "-", top[1] if top else "-",
+                             size / top[1] / 1e6 if top else "-", entry["cublas_bf16_us"]))
+                print(f"  {name} {kind}: op {op_us}, best {top}", flush=True)
+            results[name] = entry
+            del w
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    write_result(args.out, "row_tiles", {"bandwidth_copy": bandwidth, "results": results})
+    print_table("one-row GEMVs, wide tile grid", rows,
+                ("shape", "kind", "op us", "best tile", "best us", "TB/s", "bf16 cuBLAS us"))
+
+
+if __name__ == "__main__":
+    main()
