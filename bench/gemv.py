@@ -391,17 +391,23 @@ def markdown(results: list[dict[str, Any]], bandwidth: float | None, device_name
     return "\n".join(lines) + "\n"
 
 
+def shapes_setup(args: Any) -> tuple[str, torch.dtype, dict[str, tuple[int, int]], float | None]:
+    """``(device, dtype, shapes, copy bandwidth)`` for ``--tiny`` / ``--shapes``, seed set: the 6B
+    shapes in bf16 on CUDA, the tiny ones in float32 on CPU (to check a script)."""
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    shapes = TINY_SHAPES if args.tiny else {s: SHAPES[s] for s in args.shapes.split(",")}
+    torch.manual_seed(0)
+    return device, dtype, shapes, copy_bandwidth(device)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--rows", default="1,16", help="comma-separated batch rows M")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated among {', '.join(SHAPES)}")
     p.add_argument("--no-sweep", action="store_true", help="skip timing every Triton candidate config")
     args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    shapes = TINY_SHAPES if args.tiny else {s: SHAPES[s] for s in args.shapes.split(",")}
-    bandwidth = copy_bandwidth(device)
-    torch.manual_seed(0)
+    device, dtype, shapes, bandwidth = shapes_setup(args)
     results = []
     for name, (n, k) in shapes.items():
         for rows in (int(r) for r in args.rows.split(",")):

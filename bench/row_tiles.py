@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import parser, print_table, write_result
-from bench.gemv import SHAPES, TINY_SHAPES, Weights, copy_bandwidth, time_calls, weight_size
+from bench.gemv import SHAPES, Weights, shapes_setup, time_calls, weight_size
 
 KIB = 1024
 
@@ -102,11 +102,7 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4"))
     p.add_argument("--int8-shapes", default="qkv,o_proj", help="shapes to sweep INT8 on (its others read 3.4-3.9 TB/s)")
     args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    shapes = TINY_SHAPES if args.tiny else {s: SHAPES[s] for s in args.shapes.split(",")}
-    bandwidth = copy_bandwidth(device)
-    torch.manual_seed(0)
+    device, dtype, shapes, bandwidth = shapes_setup(args)
     results, rows = {}, []
     with torch.inference_mode():
         for name, (n, k) in shapes.items():

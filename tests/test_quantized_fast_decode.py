@@ -114,7 +114,8 @@ def test_int4_kernel_setting_reaches_every_int4_layer(
     folder_kind: str, tiny_glm_dir: Path, make_chatglm_legacy: Callable[..., Path]
 ) -> None:
     """``llm.int4_kernel`` travels from the settings through both loaders to each INT4 layer
-    (which takes that form once it is on a device that runs it; on this CPU it stays "dequant")."""
+    (which takes that form once it is on a device that runs it; on this CPU it never does: it
+    takes ``llm.quantized_cpu``'s form or stays "dequant", whatever the setting)."""
     from configs.settings import LLMSettings
 
     folder = tiny_glm_dir if folder_kind == "native" else make_chatglm_legacy(variant="chatglm3", fmt="bin", shards=1)
