@@ -233,8 +233,11 @@ def test_upload_check_accepts_office_files_and_csv_by_content(tmp_path: Path) ->
     from app.web.manage import check_content
 
     (tmp_path / "staff.csv").write_bytes(CSV_TEXT.encode("gbk"))
-    for path in (write_pptx(tmp_path / "deck.pptx"), write_xlsx(tmp_path / "book.xlsx"), tmp_path / "staff.csv"):
+    macro_book = write_xlsx(tmp_path / "macros.xlsm")  # a macro-enabled workbook's cells, read as .xlsx
+    for path in (write_pptx(tmp_path / "deck.pptx"), write_xlsx(tmp_path / "book.xlsx"), tmp_path / "staff.csv",
+                 macro_book):
         assert check_content(path) == path
+    assert list(open_document(macro_book).blocks()) == list(open_document(tmp_path / "book.xlsx").blocks())
     (tmp_path / "deck.xlsx").write_bytes((tmp_path / "deck.pptx").read_bytes())
     (tmp_path / "book.csv").write_bytes((tmp_path / "book.xlsx").read_bytes())
     for path in (tmp_path / "deck.xlsx", tmp_path / "book.csv"):

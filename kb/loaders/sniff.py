@@ -22,7 +22,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     ".pdf": frozenset({"pdf"}),
     ".docx": frozenset({"docx"}),
     ".pptx": frozenset({"pptx"}),
-    ".xlsx": frozenset({"xlsx"}),
+    **dict.fromkeys((".xlsx", ".xlsm"), frozenset({"xlsx"})),  # .xlsm: read like .xlsx, macros never run
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
     **dict.fromkeys((".html", ".htm", ".xhtml"), frozenset({"html", "text"})),
