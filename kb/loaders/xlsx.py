@@ -20,6 +20,11 @@ from kb.loaders import sniff
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
 from kb.loaders.rows import RowLines
 
+# openpyxl's "no default style" and "extension is not supported": noise for a reader. Set once for
+# the process: ``warnings.catch_warnings`` around each load would swap the global filter list
+# under other threads (two uploads read at once).
+warnings.filterwarnings("ignore", category=UserWarning, module="openpyxl")
+
 
 def load_xlsx(path: Path) -> LoadedDocument:
     """An .xlsx workbook's sheets as headings and their rows as lines."""
@@ -32,9 +37,7 @@ def load_xlsx(path: Path) -> LoadedDocument:
         with zipfile.ZipFile(path) as archive:
             sniff.check_archive(archive, name=str(path))
         # A file object, not a name: openpyxl refuses names without an Excel suffix.
-        with path.open("rb") as stream, warnings.catch_warnings():
-            # "no default style", "extension is not supported": noise for a reader
-            warnings.filterwarnings("ignore", category=UserWarning, module="openpyxl")
+        with path.open("rb") as stream:
             workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
             try:
                 for sheet in workbook.worksheets:
