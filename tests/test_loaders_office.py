@@ -205,6 +205,17 @@ def test_damaged_decks_and_workbooks_are_refused_in_one_line(tmp_path: Path) -> 
     refused(rewritten(book, tmp_path / "bad2.xlsx", "xl/workbook.xml", b"<workbook"), "damaged Excel workbook")
 
 
+def test_a_powerpoint_show_is_refused_as_a_show_not_as_damaged(tmp_path: Path) -> None:
+    """A .ppsx (a deck saved to open as a slide show) differs from a .pptx only in its main
+    part's content type, which python-pptx refuses: the message must not call the file damaged."""
+    deck = write_pptx(tmp_path / "deck.pptx")
+    with zipfile.ZipFile(deck) as archive:
+        types = archive.read("[Content_Types].xml")
+    show_types = types.replace(b"presentationml.presentation.main+xml", b"presentationml.slideshow.main+xml")
+    assert show_types != types
+    refused(rewritten(deck, tmp_path / "talk.ppsx", "[Content_Types].xml", show_types), r"PowerPoint show \(\.ppsx\)")
+
+
 def test_hostile_workbooks_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import kb.loaders.sniff as sniff
 

@@ -32,7 +32,11 @@ def load_pptx(path: Path) -> LoadedDocument:
         parts, headings, starts = _read_slides(pptx.Presentation(str(path)).slides)
     except DocumentLoadError:
         raise
-    except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError, OSError) as e:
+    except ValueError as e:
+        if "slideshow" in str(e):  # python-pptx opens decks, not shows: a .ppsx is whole, not damaged
+            raise DocumentLoadError(f"{path} is a PowerPoint show (.ppsx); open it and save it as .pptx") from e
+        raise DocumentLoadError(f"{path} is a damaged PowerPoint deck ({_reason(e)}); save it again as .pptx") from e
+    except (zipfile.BadZipFile, PackageNotFoundError, KeyError, OSError) as e:
         raise DocumentLoadError(f"{path} is a damaged PowerPoint deck ({_reason(e)}); save it again as .pptx") from e
     except Exception as e:  # lxml.etree.XMLSyntaxError and friends from a malformed part
         raise DocumentLoadError(
