@@ -67,12 +67,14 @@ TUNED: dict[tuple[str, int, int, int], str] = {
     ("float", 1, 27392, 4096): "n4k2048s1w4p1",  # 51.8 us (cuBLAS 62.3)
     ("float", 1, 4096, 13696): "n4k2048s1w4p1",  # 28.0 us (cuBLAS 31.7)
     ("float", 1, 65024, 4096): "n4k2048s1w4p1",  # 119.1 us (cuBLAS 131.5)
-    # int8 at M = 1: ``_int8_row_kernel`` (run 17, docs/bench-results/lab_int8.run17.h200.log; the
-    # run 15 kernel took 9.05 / 7.10 / 34.1 / 19.2 us)
-    ("int8", 1, 4608, 4096): "n4k2048s1w4p1",  # 7.01 us
-    ("int8", 1, 4096, 4096): "n2k1024s1w4p1",  # 6.49 us (run 21's bench.row_tiles; n4k2048 6.77 there)
-    ("int8", 1, 27392, 4096): "n8k1024s1w4p1",  # 29.5 us
-    ("int8", 1, 4096, 13696): "n8k2048s1w8p1",  # 16.3 us
+    # int8 at M = 1: ``_int8_row_kernel`` with compile-time row strides and a masked tail (run 21c,
+    # ``python -m bench.row_tiles``, docs/bench-results/row_tiles.run21c.h200.json; the tiles
+    # pinned before, and the LM head's timed pick, took 7.73 / 6.29 / 28.97 / 18.22 / 66.95 us there)
+    ("int8", 1, 4608, 4096): "n2k2048s1w2p1",  # 6.99 us
+    ("int8", 1, 4096, 4096): "n4k4096s1w4p1",  # 6.18 us
+    ("int8", 1, 27392, 4096): "n8k2048s1w4p1",  # 28.66 us
+    ("int8", 1, 4096, 13696): "n2k2048s1w2p1",  # 15.90 us
+    ("int8", 1, 65024, 4096): "n2k1024s1w2p1",  # 63.19 us (the INT8 LM head)
 }
 
 
@@ -99,9 +101,10 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
         base = [GemvConfig(32, 128), GemvConfig(64, 64), GemvConfig(16, 128), GemvConfig(32, 64, num_stages=4)]
     elif rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
         base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4)]
-    elif rows == 1 and int8:  # run 17 lab (``_int8_row_kernel``): 4-8 rows x 1-2 KiB per step, one stage
-        base = [GemvConfig(4, 2048, num_stages=1), GemvConfig(8, 1024, num_stages=1),
-                GemvConfig(2, 2048, num_stages=1), GemvConfig(8, 2048, num_warps=8, num_stages=1)]
+    elif rows == 1 and int8:  # run 21c's sweep (``_int8_row_kernel``): 2-8 rows x 1-4 KiB per step, one stage
+        base = [GemvConfig(2, 2048, num_warps=2, num_stages=1), GemvConfig(8, 2048, num_stages=1),
+                GemvConfig(4, 4096, num_stages=1), GemvConfig(2, 1024, num_warps=2, num_stages=1),
+                GemvConfig(4, 2048, num_stages=1)]
     elif rows == 1:  # run 15's sweep: 2-4 rows x 4-8 KiB per step beat cuBLAS on every 6B shape
         base = [GemvConfig(4, 2048, num_stages=1), GemvConfig(2, 4096, num_stages=1),
                 GemvConfig(1, 512, num_stages=1), GemvConfig(8, 1024, num_stages=1)]
