@@ -98,9 +98,14 @@ class LLMSettings(_Section):
     )
     int4_kernel: Literal["auto", "triton", "tinygemm"] = Field(
         "auto",
-        description="INT4 GEMV on CUDA: glmkb's Triton kernels over their own layout (PDL on Hopper; 1.70x bf16 "
-        "decode on an H200) or torch's tinygemm (1.32x); auto takes the Triton kernels on Hopper and newer "
+        description="INT4 GEMV on CUDA: glmkb's Triton kernels over their own layout (PDL on Hopper; 1.78x bf16 "
+        "decode on an H200) or torch's tinygemm (1.34x); auto takes the Triton kernels on Hopper and newer "
         "(where measured), tinygemm before; each falls back to the other where it does not run.",
+    )
+    gemv_tiles: Path | None = Field(
+        None,
+        description="A row_tiles.json from `python -m bench.row_tiles` on this GPU: its fastest one-row INT8/INT4 "
+        "GEMV tiles per layer shape replace the built-in table (measured on an H200) and first-use timing.",
     )
     max_concurrent_batch: int = Field(
         16, ge=1, description="Local model: most concurrent streamed requests that start together as one batch."

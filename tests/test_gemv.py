@@ -261,8 +261,8 @@ def test_decode_compile_tunes_int8_only_where_it_dequantizes_in_pytorch() -> Non
 
 
 
-def test_measured_tiles_file_overrides_the_one_row_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``GLMKB_GEMV_TILES`` names a ``bench.row_tiles`` result: its one-row winners are read per
+def test_measured_tiles_file_overrides_the_one_row_choice(tmp_path: Path) -> None:
+    """``llm.gemv_tiles`` names a ``bench.row_tiles`` result: its one-row winners are read per
     shape (INT8 as ``GemvConfig`` text, INT4 as a tile tuple), others stay unset, and a file that
     is not such a result is a one-line error rather than a silent fallback to timing."""
     from llm.kernels import gemv_configs as g
@@ -274,17 +274,37 @@ def test_measured_tiles_file_overrides_the_one_row_choice(tmp_path: Path, monkey
     }}
     path = tmp_path / "row_tiles.json"
     path.write_text(json.dumps(result), encoding="utf-8")
-    monkeypatch.setenv(g.TILES_ENV, str(path))
-    g.measured_tiles.cache_clear()
     try:
+        g.use_measured_tiles(path)
         assert g.measured(1, 4608, 4096, int8=True) == g.GemvConfig(2, 1024, 1, 4, 1)
         assert g.measured(2, 4608, 4096, int8=True) is None  # one row only
         assert g.measured(1, 65024, 4096, int8=True) is None
         assert g.measured_int4_tile(4608, 4096) == (4, 1024, 2)
         assert g.measured_int4_tile(4096, 4096) is None
         path.write_text("{}", encoding="utf-8")
-        g.measured_tiles.cache_clear()
-        with pytest.raises(ValueError, match="not a row_tiles.json"):
-            g.measured_tiles()
+        with pytest.raises(ValueError, match="not a row_tiles.json") as info:
+            g.use_measured_tiles(path)
+        assert "\n" not in str(info.value) and not g.measured_tiles()
     finally:
-        g.measured_tiles.cache_clear()
+        g.use_measured_tiles(None)
+
+
+def test_gemv_tiles_setting_reaches_the_kernel_table(tmp_path: Path, tiny_glm_dir: Path) -> None:
+    """``llm.gemv_tiles`` (GLMKB_LLM__GEMV_TILES) is read when the model loads; a bad file stops
+    the load with one line naming the setting."""
+    from configs.settings import LLMSettings
+    from llm import ChatGLM
+    from llm.errors import ModelLoadError
+    from llm.kernels import gemv_configs as g
+
+    path = tmp_path / "row_tiles.json"
+    path.write_text(json.dumps({"results": {"o": {"N": 4096, "K": 4096, "int4": {"best": {"tile": "(4, 2048, 2)"}}}}}),
+                    encoding="utf-8")
+    try:
+        ChatGLM.from_settings(LLMSettings(model_path=str(tiny_glm_dir), device="cpu", gemv_tiles=path))
+        assert g.measured_int4_tile(4096, 4096) == (4, 2048, 2)
+        path.write_text("[]", encoding="utf-8")
+        with pytest.raises(ModelLoadError, match="llm.gemv_tiles"):
+            ChatGLM.from_settings(LLMSettings(model_path=str(tiny_glm_dir), device="cpu", gemv_tiles=path))
+    finally:
+        g.use_measured_tiles(None)

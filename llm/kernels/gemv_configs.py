@@ -5,8 +5,8 @@ be registered (and its fallback tested) where Triton is missing.
 
 Picking, per ``(weight kind, row bucket, N, K)``, in ``llm.kernels.gemv_op.choose_config``:
 
-0. ``GLMKB_GEMV_TILES``: a ``row_tiles.json`` written by ``python -m bench.row_tiles`` on this
-   GPU (its one-row winners per shape, INT8 and INT4; ``measured_tiles``), for any GPU;
+0. ``llm.gemv_tiles``: a ``row_tiles.json`` written by ``python -m bench.row_tiles`` on this
+   GPU (its one-row winners per shape, INT8 and INT4; ``use_measured_tiles``), for any GPU;
 1. ``TUNED``: measured winners (``python -m bench.gemv`` prints them as ``TUNED`` lines);
 2. otherwise, on CUDA outside graph capture: ``candidates`` timed once per shape and process
    (a few ms each, plus Triton's compile, cached on disk) and the fastest kept; for float weights
@@ -16,7 +16,6 @@ Picking, per ``(weight kind, row bucket, N, K)``, in ``llm.kernels.gemv_op.choos
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -116,26 +115,31 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     return base
 
 
-TILES_ENV = "GLMKB_GEMV_TILES"
+_measured: dict[tuple[str, int, int], str] = {}  # set by use_measured_tiles for the process
 
 
-@functools.cache
-def measured_tiles() -> dict[tuple[str, int, int], str]:
-    """One-row winners from the ``row_tiles.json`` that ``GLMKB_GEMV_TILES`` names:
-    ``("int8" | "int4", N, K)`` -> the tile as that file writes it (``GemvConfig`` text for INT8,
-    ``"(block_n, block_k, warps)"`` for INT4). Empty without the variable; a file that cannot be
-    read is a one-line error, not a silent fallback."""
-    path = os.environ.get(TILES_ENV)
-    if not path:
-        return {}
+def use_measured_tiles(path: str | os.PathLike[str] | None) -> None:
+    """Take the one-row winners of a ``row_tiles.json`` written by ``python -m bench.row_tiles`` on
+    this GPU (``llm.gemv_tiles``) for the rest of the process, or none (None): ``("int8" | "int4",
+    N, K)`` -> the tile as that file writes it (``GemvConfig`` text for INT8, ``"(block_n, block_k,
+    warps)"`` for INT4). A file that cannot be read is a one-line ValueError, not a silent fallback."""
+    _measured.clear()
+    if path is None:
+        return
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)["results"]
-        return {(kind, int(entry["N"]), int(entry["K"])): entry[kind]["best"]["tile"]
-                for entry in results.values() for kind in ("int8", "int4")
-                if isinstance(entry.get(kind), dict) and entry[kind].get("best")}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{TILES_ENV}={path}: not a row_tiles.json of bench.row_tiles ({type(e).__name__}: {e})") from e
+        _measured.update({(kind, int(entry["N"]), int(entry["K"])): entry[kind]["best"]["tile"]
+                          for entry in results.values() for kind in ("int8", "int4")
+                          if isinstance(entry.get(kind), dict) and entry[kind].get("best")})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"llm.gemv_tiles={path}: not a row_tiles.json of bench.row_tiles "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def measured_tiles() -> dict[tuple[str, int, int], str]:
+    """The tiles ``use_measured_tiles`` took (empty unless ``llm.gemv_tiles`` is set)."""
+    return _measured
 
 
 def measured_int4_tile(n: int, k: int) -> tuple[int, int, int] | None:
