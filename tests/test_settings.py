@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 import yaml
 
 from configs import Settings, SettingsError, load_settings
@@ -17,6 +18,13 @@ def test_default_yaml_matches_model_defaults(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings() == Settings()
     keys = yaml.safe_load(DEFAULT_YAML.read_text(encoding="utf-8"))
     assert set(keys) == set(Settings.model_fields)
+    # Settings() reads default.yaml itself, so the line above cannot see a drift; each section's
+    # model, built from its field defaults alone, can (llm.int4_kernel stayed "tinygemm" in the
+    # YAML after the model's default became "auto", and every user got tinygemm).
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            assert section(**(keys[name] or {})) == section(), name
 
 
 def test_layer_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
