@@ -275,13 +275,13 @@ class _PrefixHook:
         self._model_ref = [model]  # a list, so nn.Module bookkeeping never sees a module cycle
 
     def __call__(self, decoder: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        key = cache_kwarg_of(type(decoder))  # "past_key_values" under transformers 5.17
+        cache_key = cache_kwarg_of(type(decoder))  # "past_key_values" under transformers 5.17
         if args:  # called positionally: decoder(input_ids, attention_mask, ...)
-            names = ("input_ids", "attention_mask", "position_ids", key, "inputs_embeds")
+            names = ("input_ids", "attention_mask", "position_ids", cache_key, "inputs_embeds")
             kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
             args = ()
-        key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), key)
-        if getattr(kwargs.get(key), CLAIMED_CACHE, False):
+        cache_key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), cache_key)
+        if getattr(kwargs.get(cache_key), CLAIMED_CACHE, False):
             return args, kwargs  # the fast path's own cache: the prefix is already in place
         model = self._model_ref[0]
         encoder: PrefixEncoder = model.prefix_encoder
@@ -289,12 +289,12 @@ class _PrefixHook:
         tokens = kwargs.get("input_ids")
         reference = tokens if tokens is not None else kwargs["inputs_embeds"]
         batch, length = reference.shape[0], reference.shape[1]
-        cache = kwargs.get(key)
+        cache = kwargs.get(cache_key)
         if cache is None:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=decoder.config)
-            kwargs[key] = cache
+            kwargs[cache_key] = cache
         if cache.get_seq_length() == 0:
             for layer, (key, value) in enumerate(encoder(batch, _compute_dtype(decoder))):
                 cache.update(key, value, layer)

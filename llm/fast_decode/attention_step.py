@@ -27,8 +27,8 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_forward
 
-from llm.fast_decode.attention import FusedQKV
 from llm.cache_kwarg import cache_kwarg_of
+from llm.fast_decode.attention import FusedQKV
 from llm.fast_decode.stand_in import StandIn
 from llm.kernels.rope_cache_op import rope_cache_write
 
@@ -79,6 +79,7 @@ class AttentionStep(StandIn):
         if keys.dim() != 4 or keys.shape[0] != hidden_states.shape[0] or keys.shape[3] != self.module.head_dim:
             return None
         return layer
+
 
 def attention_cache_kwarg() -> str:
     """The keyword ``GlmAttention.forward`` takes the cache by: ``cache`` (transformers 5.2x), else

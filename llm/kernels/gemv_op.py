@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from llm.kernels.gemv_configs import (
-    measured,
     MAX_INT8_ROWS,
     MAX_ROWS,
     TORCH,
     TUNED_CAPABILITY,
     Choice,
     candidates,
+    measured,
     row_bucket,
     tuned,
     weight_kind,

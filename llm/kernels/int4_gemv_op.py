@@ -34,8 +34,9 @@ ROW_CONFIGS = ((16, 2048, 4), (8, 2048, 4), (4, 2048, 2), (4, 1024, 2), (4, 2048
 # Measured winners at one row on the H200 (``python -m bench.row_tiles``, 32-tile grid; runs 21b
 # and 21c agree within 2 %: docs/bench-results/row_tiles.run21[bc].h200.json), the ChatGLM3-6B
 # decode shapes (N, K, group) -> tile; ``llm.gemv_tiles`` (``gemv_configs.use_measured_tiles``)
-# overrides them, other shapes are timed on first use. The op's own timing (one eager launch after an L2 flush, median of 8) had
-# picked a tile of 8.3 us for q/k/v where the best took 6.1 (run 21).
+# overrides them, other shapes are timed on first use. The op's own timing (one eager launch
+# after an L2 flush, median of 8) had picked a tile of 8.3 us for q/k/v where the best took 6.1
+# (run 21).
 ROW_TUNED = {
     (4608, 4096, 128): (4, 1024, 2),  # q/k/v fused: 5.70 us
     (4096, 4096, 128): (4, 2048, 2),  # o_proj: 4.90 us
