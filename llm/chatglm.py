@@ -133,13 +133,12 @@ class ChatGLM(GenerationRouting, LLM):
             "max_queue": settings.max_queue,
             **settings.generation.model_dump(),
         }
-        if settings.gemv_tiles is not None:
-            from llm.kernels.gemv_configs import use_measured_tiles
+        from llm.kernels.gemv_configs import use_measured_tiles
 
-            try:
-                use_measured_tiles(settings.gemv_tiles)
-            except ValueError as e:
-                raise ModelLoadError(str(e)) from e
+        try:
+            use_measured_tiles(settings.gemv_tiles)  # None: the built-in table again
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
         return cls.from_model_path(
             settings.model_path,
             device=settings.device,
