@@ -284,8 +284,35 @@ def test_measured_tiles_file_overrides_the_one_row_choice(tmp_path: Path) -> Non
         path.write_text("{}", encoding="utf-8")
         with pytest.raises(ValueError, match="not a row_tiles.json") as info:
             g.use_measured_tiles(path)
-        assert "\n" not in str(info.value) and not g.measured_tiles()
+        assert "\n" not in str(info.value)
+        assert g.measured_int4_tile(4608, 4096) == (4, 1024, 2)  # a file that failed changed nothing
     finally:
+        g.use_measured_tiles(None)
+
+
+def test_a_new_tiles_table_makes_the_ops_choose_again(tmp_path: Path) -> None:
+    """Regression: the INT8 and INT4 ops keep the tile they chose per shape for the process, so a
+    second model loaded with another ``llm.gemv_tiles`` kept the first one's tiles for every shape
+    already seen. A changed table clears those choices; the same table again keeps them."""
+    from llm.kernels import gemv_configs as g
+    from llm.kernels import gemv_op, int4_gemv_op
+
+    path = tmp_path / "row_tiles.json"
+    path.write_text(json.dumps({"results": {"o": {"N": 4096, "K": 4096, "int4": {"best": {"tile": "(4, 2048, 2)"}}}}}),
+                    encoding="utf-8")
+    int8_key, int4_key = ("int8", 1, 64, 64, torch.bfloat16), (1, 64, 64, 128, torch.bfloat16)
+    try:
+        gemv_op._chosen[int8_key], int4_gemv_op._chosen[int4_key] = "chosen", (16, 2048, 4)
+        g.use_measured_tiles(None)  # no table before, none now: nothing to forget
+        assert int8_key in gemv_op._chosen and int4_key in int4_gemv_op._chosen
+        g.use_measured_tiles(path)
+        assert int8_key not in gemv_op._chosen and int4_key not in int4_gemv_op._chosen
+        gemv_op._chosen[int8_key] = "chosen"
+        g.use_measured_tiles(path)  # the same table again (the next model of the same settings)
+        assert gemv_op._chosen[int8_key] == "chosen"
+    finally:
+        gemv_op._chosen.pop(int8_key, None)
+        int4_gemv_op._chosen.pop(int4_key, None)
         g.use_measured_tiles(None)
 
 

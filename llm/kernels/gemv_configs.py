@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 MAX_ROWS = 16  # decode at batch <= 16; past that a GEMM (cuBLAS) is the right kernel
@@ -116,22 +117,38 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
 
 
 _measured: dict[tuple[str, int, int], str] = {}  # set by use_measured_tiles for the process
+_forget: list[Callable[[], None]] = []  # the ops' caches of tiles already chosen (``on_tiles_changed``)
+
+
+def on_tiles_changed(forget: Callable[[], None]) -> None:
+    """Have ``use_measured_tiles`` call ``forget`` when the table changes: each GEMV op keeps the
+    tile it chose per shape for the process, and without this a second model loaded with another
+    ``llm.gemv_tiles`` would keep the first one's tiles for every shape already seen."""
+    _forget.append(forget)
 
 
 def use_measured_tiles(path: str | os.PathLike[str] | None) -> None:
     """Take the one-row winners of a ``row_tiles.json`` written by ``python -m bench.row_tiles`` on
     this GPU (``llm.gemv_tiles``) for the rest of the process, or none (None): ``("int8" | "int4",
     N, K)`` -> the tile as that file writes it (``GemvConfig`` text for INT8, ``"(block_n, block_k,
-    warps)"`` for INT4). A file that cannot be read is a one-line ValueError, not a silent fallback."""
-    _measured.clear()
-    if path is None:
-        return
+    warps)"`` for INT4). A file that cannot be read is a one-line ValueError, not a silent fallback.
+    A table unlike the one before makes the ops choose again (graphs already captured keep theirs)."""
+    tiles = _read_tiles(path) if path is not None else {}
+    if tiles != _measured:
+        _measured.clear()
+        _measured.update(tiles)
+        for forget in _forget:
+            forget()
+
+
+def _read_tiles(path: str | os.PathLike[str]) -> dict[tuple[str, int, int], str]:
+    """``use_measured_tiles``' table from the file at ``path``."""
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)["results"]
-        _measured.update({(kind, int(entry["N"]), int(entry["K"])): entry[kind]["best"]["tile"]
-                          for entry in results.values() for kind in ("int8", "int4")
-                          if isinstance(entry.get(kind), dict) and entry[kind].get("best")})
+        return {(kind, int(entry["N"]), int(entry["K"])): entry[kind]["best"]["tile"]
+                for entry in results.values() for kind in ("int8", "int4")
+                if isinstance(entry.get(kind), dict) and entry[kind].get("best")}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"llm.gemv_tiles={path}: not a row_tiles.json of bench.row_tiles "
                          f"({type(e).__name__}: {e})") from e

@@ -33,6 +33,7 @@ from llm.kernels.gemv_configs import (
     Choice,
     candidates,
     measured,
+    on_tiles_changed,
     row_bucket,
     tuned,
     weight_kind,
@@ -46,6 +47,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: ke
 KERNELS = ("triton", "torch")
 
 _chosen: dict[tuple[object, ...], Choice] = {}  # per process: (kind, rows, N, K, dtype) -> config
+on_tiles_changed(_chosen.clear)
 _broken: list[str] = []  # why the kernel was given up, once it failed
 
 

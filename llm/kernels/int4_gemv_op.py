@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.int4_runs import RUN, dequantize_runs
-from llm.kernels.gemv_configs import TUNED_CAPABILITY, measured_int4_tile
+from llm.kernels.gemv_configs import TUNED_CAPABILITY, measured_int4_tile, on_tiles_changed
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ DEQUANTIZE = "dequantize + cuBLAS"
 
 Config = tuple[int, ...] | str
 _chosen: dict[tuple[int, int, int, int, torch.dtype], Config] = {}
+on_tiles_changed(_chosen.clear)
 _broken: list[str] = []
 
 
