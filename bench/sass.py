@@ -48,11 +48,12 @@ def kernels() -> list[Case]:
                       {"HAS_BIAS": False, "EVEN_K": k % block_k == 0, "EVEN_N": True, "GROUP": 128, "ASM": True,
                        "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k // 2, "stride_szn": k // 128},
                       warps, block_n * block_k))
-    for rows, block_n, block_k, warps in ((2, 2, 2048, 4), (2, 4, 2048, 4), (4, 2, 2048, 4), (4, 4, 2048, 4)):
-        cases.append((f"int4 runs {rows} rows {block_n}x{block_k}", int4_gemv._int4_runs_rows_kernel, int4,
-                      {"HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_M": rows,
-                       "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": 2048, "stride_szn": 32}, warps,
-                      block_n * block_k))
+    for rows, block_n, block_k, warps, k in ((2, 2, 2048, 4, 4096), (2, 4, 2048, 4, 4096), (4, 2, 2048, 4, 4096),
+                                             (4, 4, 2048, 4, 4096), (4, 4, 2048, 4, 13696)):
+        cases.append((f"int4 runs {rows} rows {block_n}x{block_k} K={k}", int4_gemv._int4_runs_rows_kernel, int4,
+                      {"HAS_BIAS": True, "EVEN_K": k % block_k == 0, "EVEN_N": True, "GROUP": 128, "ASM": True,
+                       "BLOCK_M": rows, "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k // 2,
+                       "stride_szn": k // 128}, warps, block_n * block_k))
     for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (64, 128, 128, 8)):
         cases.append((f"int4 runs GEMM {block_m}x{block_n}x{block_k}", int4_gemm._int4_runs_gemm_kernel, int4,
                       {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": block_m,

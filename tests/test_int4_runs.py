@@ -82,11 +82,13 @@ def test_interpreted_row_kernel_equals_the_dequantized_product(n: int, k: int, g
 
 @interpreted
 @pytest.mark.parametrize(("rows", "n", "k", "group", "block_n", "block_k"),
-                         [(2, 16, 512, 128, 4, 256), (3, 12, 1712, 16, 8, 512), (4, 9, 256, 64, 2, 128)])
+                         [(2, 16, 512, 128, 4, 256), (3, 12, 1712, 16, 8, 512), (4, 9, 256, 64, 2, 128),
+                          (4, 16, 1712, 16, 4, 512)])
 def test_interpreted_rows_kernel_equals_the_dequantized_product(rows: int, n: int, k: int, group: int, block_n: int,
                                                                 block_k: int) -> None:
     """2-4 rows (3 in a 4-row launch, the last masked) against float64, strided x, into a view
-    of a larger output, partial tiles along N and K."""
+    of a larger output, partial tiles along N and K: K = 1712 runs three unmasked steps and a
+    masked last one, with whole tiles along N (the last case) and without."""
     from llm.kernels.int4_gemv import launch_int4_runs_rows
 
     q, scale, zero = quantized(n, k, group, seed=rows + n)
@@ -225,7 +227,8 @@ def test_without_the_interpreter_the_cpu_layer_stays_in_the_dequant_form(monkeyp
 
 
 @pytest.mark.parametrize("case", ["int8 row 8x2048 K=13696", "int4 runs row 4x2048 K=4096",
-                                  "int4 runs row 16x4096 K=13696", "int4 runs 2 rows 4x2048", "int4 runs 4 rows 4x2048",
+                                  "int4 runs row 16x4096 K=13696", "int4 runs 2 rows 4x2048 K=4096",
+                                  "int4 runs 4 rows 4x2048 K=4096", "int4 runs 4 rows 4x2048 K=13696",
                                   "int4 runs GEMM 16x64x128", "int4 runs GEMM 64x128x128"])
 def test_row_kernels_compile_for_sm90_without_shared_memory_or_spills_in_the_loop(case: str) -> None:
     """Guards against the layouts that sank the earlier INT4 forms (session 12's SASS): a Triton

@@ -254,13 +254,18 @@ def _first_of_runs(sums, BLOCK_N: tl.constexpr, RUNS: tl.constexpr):
 
 
 @triton.jit
-def _row_terms(x_rows, k, col, x_ok, m: tl.constexpr, M, stride_xm, VEC: tl.constexpr, RUNS: tl.constexpr):
+def _row_terms(x_rows, k, col, x_ok, m: tl.constexpr, M, stride_xm, VEC: tl.constexpr, RUNS: tl.constexpr,
+               MASK_K: tl.constexpr):
     """Row ``m`` of x for one step: its low and high columns in float32 and its per-run offsets
     ``128 sum x_lo + 2048 sum x_hi`` and sums ``sum x``. A row past ``M`` reads row ``M - 1``
-    again (its sums are never stored): no row mask in the loop."""
+    again (its sums are never stored): no row mask in the loop; ``x_ok`` applies where ``MASK_K``."""
     ptrs = x_rows + tl.minimum(m, M - 1) * stride_xm + k + col
-    x_lo = tl.load(ptrs, mask=x_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
-    x_hi = tl.load(ptrs + VEC, mask=x_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    if MASK_K:
+        x_lo = tl.load(ptrs, mask=x_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        x_hi = tl.load(ptrs + VEC, mask=x_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    else:
+        x_lo = tl.load(ptrs, eviction_policy="evict_last").to(tl.float32)
+        x_hi = tl.load(ptrs + VEC, eviction_policy="evict_last").to(tl.float32)
     sum_lo = tl.sum(tl.reshape(x_lo, (RUNS, VEC)), axis=1)
     sum_hi = tl.sum(tl.reshape(x_hi, (RUNS, VEC)), axis=1)
     return x_lo, x_hi, 128.0 * sum_lo + 2048.0 * sum_hi, sum_lo + sum_hi
@@ -274,6 +279,64 @@ def _row_ok(rn, M, m: tl.constexpr):
 
 
 @triton.jit
+def _rows_step(acc0, acc1, acc2, acc3, x_ptr, w_ptrs, sz_rows, k, K, M, stride_xm, col, runs, n_ok,
+               MASK_K: tl.constexpr, EVEN_N: tl.constexpr, GROUP: tl.constexpr, ASM: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
+    """One ``BLOCK_K`` step of ``_int4_runs_rows_kernel`` at column ``k``: each row's accumulator
+    plus its runs' ``s * (sum((n - z) x))``; ``MASK_K``: the step may pass the end of K (the tail)."""
+    VEC: tl.constexpr = 8
+    RUNS: tl.constexpr = KB // VEC
+    run_col = k + runs * (2 * VEC)
+    sz_ptrs = sz_rows + (run_col // GROUP)[None, :]
+    k_ok = (k + col) < K  # whole runs: K is a multiple of 16
+    if MASK_K:
+        sz = _load_scales_zeros(sz_ptrs, n_ok[:, None] & (run_col < K)[None, :], ASM)
+    elif EVEN_N:
+        sz = _load_scales_zeros(sz_ptrs, None, ASM)
+    else:
+        sz = _load_scales_zeros(sz_ptrs, n_ok[:, None], ASM)
+    lo0, hi0, off0, sx0 = _row_terms(x_ptr, k, col, k_ok, 0, M, stride_xm, VEC, RUNS, MASK_K)
+    lo1, hi1, off1, sx1 = _row_terms(x_ptr, k, col, k_ok, 1, M, stride_xm, VEC, RUNS, MASK_K)
+    if MASK_K:
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
+    elif EVEN_N:
+        w = tl.load(w_ptrs, eviction_policy="evict_first")
+    else:
+        w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
+    s = (sz << 16).to(tl.float32, bitcast=True)
+    z = (sz & -65536).to(tl.float32, bitcast=True)
+    if BLOCK_M == 4:
+        lo2, hi2, off2, sx2 = _row_terms(x_ptr, k, col, k_ok, 2, M, stride_xm, VEC, RUNS, MASK_K)
+        lo3, hi3, off3, sx3 = _row_terms(x_ptr, k, col, k_ok, 3, M, stride_xm, VEC, RUNS, MASK_K)
+    if ASM and BLOCK_M == 2:
+        sums = tl.inline_asm_elementwise(
+            asm=RUN_SUMS_2_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 32,
+            args=[w, lo0[None, :], hi0[None, :], lo1[None, :], hi1[None, :]],
+            dtype=tl.float32, is_pure=True, pack=8)
+        d0, d1, _, _ = _first_of_runs(sums, BLOCK_N, RUNS)
+    elif ASM:
+        sums = tl.inline_asm_elementwise(
+            asm=RUN_SUMS_4_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 64,
+            args=[w, lo0[None, :], hi0[None, :], lo1[None, :], hi1[None, :], lo2[None, :], hi2[None, :],
+                  lo3[None, :], hi3[None, :]],
+            dtype=tl.float32, is_pure=True, pack=8)
+        d0, d1, d2, d3 = _first_of_runs(sums, BLOCK_N, RUNS)
+    else:
+        lo, hi = _nibbles_as_float32(w, False)
+        d0 = _plain_run_sums(lo, hi, lo0, hi0, BLOCK_N, RUNS)
+        d1 = _plain_run_sums(lo, hi, lo1, hi1, BLOCK_N, RUNS)
+        if BLOCK_M == 4:
+            d2 = _plain_run_sums(lo, hi, lo2, hi2, BLOCK_N, RUNS)
+            d3 = _plain_run_sums(lo, hi, lo3, hi3, BLOCK_N, RUNS)
+    if BLOCK_M == 4:
+        acc2 += s * ((d2 - off2[None, :]) - z * sx2[None, :])
+        acc3 += s * ((d3 - off3[None, :]) - z * sx3[None, :])
+    acc0 += s * ((d0 - off0[None, :]) - z * sx0[None, :])
+    acc1 += s * ((d1 - off1[None, :]) - z * sx1[None, :])
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def _int4_runs_rows_kernel(
     x_ptr, w_ptr, sz_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn: tl.constexpr, stride_szn: tl.constexpr,
     stride_om, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, GROUP: tl.constexpr,
@@ -284,7 +347,9 @@ def _int4_runs_rows_kernel(
     nibbles once and chaining an FMA per row (``_run_sum_asm(rows)``), each row's sum in its own
     element of the run. Each x row and accumulator is its own 1-D/2-D
     tensor: a 3-D (rows, outputs, columns) tile put Triton's layouts through shared memory every
-    step (sm_90 SASS: 22-77 barriers). Row strides are compile-time constants, as in the one-row kernel."""
+    step (sm_90 SASS: 22-77 barriers). Row strides are compile-time constants, and where ``BLOCK_K``
+    does not divide K the whole steps run unmasked and one masked step finishes, as in the
+    one-row kernel (sm_90 SASS of 4 rows, 4 x 2048 at down_proj's K = 13696: ``bench.sass``)."""
     VEC: tl.constexpr = 8
     KB: tl.constexpr = BLOCK_K // 2
     RUNS: tl.constexpr = KB // VEC
@@ -302,50 +367,14 @@ def _int4_runs_rows_kernel(
     acc1 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_N, RUNS), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
-        run_col = k + runs * (2 * VEC)
-        k_ok = (k + col) < K
-        if EVEN_K:
-            sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None], ASM)
-        else:
-            sz = _load_scales_zeros(sz_rows + (run_col // GROUP)[None, :], n_ok[:, None] & (run_col < K)[None, :], ASM)
-        lo0, hi0, off0, sx0 = _row_terms(x_ptr, k, col, k_ok, 0, M, stride_xm, VEC, RUNS)
-        lo1, hi1, off1, sx1 = _row_terms(x_ptr, k, col, k_ok, 1, M, stride_xm, VEC, RUNS)
-        if EVEN_K and EVEN_N:
-            w = tl.load(w_ptrs, eviction_policy="evict_first")
-        else:
-            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
-        s = (sz << 16).to(tl.float32, bitcast=True)
-        z = (sz & -65536).to(tl.float32, bitcast=True)
-        if BLOCK_M == 4:
-            lo2, hi2, off2, sx2 = _row_terms(x_ptr, k, col, k_ok, 2, M, stride_xm, VEC, RUNS)
-            lo3, hi3, off3, sx3 = _row_terms(x_ptr, k, col, k_ok, 3, M, stride_xm, VEC, RUNS)
-        if ASM and BLOCK_M == 2:
-            sums = tl.inline_asm_elementwise(
-                asm=RUN_SUMS_2_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 32,
-                args=[w, lo0[None, :], hi0[None, :], lo1[None, :], hi1[None, :]],
-                dtype=tl.float32, is_pure=True, pack=8)
-            d0, d1, _, _ = _first_of_runs(sums, BLOCK_N, RUNS)
-        elif ASM:
-            sums = tl.inline_asm_elementwise(
-                asm=RUN_SUMS_4_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r" + ",r" * 64,
-                args=[w, lo0[None, :], hi0[None, :], lo1[None, :], hi1[None, :], lo2[None, :], hi2[None, :],
-                      lo3[None, :], hi3[None, :]],
-                dtype=tl.float32, is_pure=True, pack=8)
-            d0, d1, d2, d3 = _first_of_runs(sums, BLOCK_N, RUNS)
-        else:
-            lo, hi = _nibbles_as_float32(w, False)
-            d0 = _plain_run_sums(lo, hi, lo0, hi0, BLOCK_N, RUNS)
-            d1 = _plain_run_sums(lo, hi, lo1, hi1, BLOCK_N, RUNS)
-            if BLOCK_M == 4:
-                d2 = _plain_run_sums(lo, hi, lo2, hi2, BLOCK_N, RUNS)
-                d3 = _plain_run_sums(lo, hi, lo3, hi3, BLOCK_N, RUNS)
-        if BLOCK_M == 4:
-            acc2 += s * ((d2 - off2[None, :]) - z * sx2[None, :])
-            acc3 += s * ((d3 - off3[None, :]) - z * sx3[None, :])
-        acc0 += s * ((d0 - off0[None, :]) - z * sx0[None, :])
-        acc1 += s * ((d1 - off1[None, :]) - z * sx1[None, :])
+    whole = (K // BLOCK_K) * BLOCK_K
+    for k in range(0, whole, BLOCK_K):
+        acc0, acc1, acc2, acc3 = _rows_step(acc0, acc1, acc2, acc3, x_ptr, w_ptrs, sz_rows, k, K, M, stride_xm, col,
+                                            runs, n_ok, False, EVEN_N, GROUP, ASM, BLOCK_M, BLOCK_N, KB)
         w_ptrs += KB
+    if not EVEN_K:
+        acc0, acc1, acc2, acc3 = _rows_step(acc0, acc1, acc2, acc3, x_ptr, w_ptrs, sz_rows, whole, K, M, stride_xm,
+                                            col, runs, n_ok, True, EVEN_N, GROUP, ASM, BLOCK_M, BLOCK_N, KB)
     _store_row(tl.sum(acc0, axis=1), rn, n_ok, bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
     out_ptr += stride_om
     _store_row(tl.sum(acc1, axis=1), rn, n_ok & _row_ok(rn, M, 1), bias_ptr, bias_ptr, out_ptr, False, HAS_BIAS)
