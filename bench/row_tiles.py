@@ -78,6 +78,36 @@ def sweep_int4(w: Weights, x: torch.Tensor, tiles: list[tuple[int, int, int]], *
     return out
 
 
+def sweep_int4_dot(w: Weights, x: torch.Tensor, *, device: str) -> dict[str, Any]:
+    """The tensor-core probe (``bench.int4_dot_gemv``) over its tiles, each checked against the
+    row kernel's product first (``max_rel_err``)."""
+    from bench.int4_dot_gemv import TILES, launch_int4_dot_gemv
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+
+    layers = w.get("int4triton")
+    if layers[0].kernel != "triton":
+        return {"skipped": f"the layer is in its {layers[0].kernel!r} form"}
+    first = layers[0]
+    reference = launch_int4_runs_row(x, first.weight, first.scales_zeros, None, group_size=128).float()
+    scratch, out, errors = torch.empty((1, w.n), dtype=torch.float32, device=device), {}, {}
+    for block_n, block_k, warps, split in TILES if device == "cuda" else TILES[-1:]:
+        name = f"({block_n}, {block_k}, {warps}) split {split}"
+
+        def call(i: int, t: tuple[int, int, int, int] = (block_n, block_k, warps, split)) -> Any:
+            layer = layers[i % len(layers)]
+            return launch_int4_dot_gemv(x, layer.weight, layer.scales_zeros, group_size=128, block_n=t[0],
+                                        block_k=t[1], num_warps=t[2], split_k=t[3], out=scratch)
+
+        try:
+            err = ((call(0) - reference).abs().max() / reference.abs().max()).item()
+        except Exception as e:  # a tile that does not fit this shape
+            out[name] = f"error: {type(e).__name__}: {str(e)[:200]}"
+            continue
+        out[name] = _timed(call, device=device) if err < 2e-2 else f"error: max_rel_err {err:.3g}"
+        errors[name] = err
+    return {**out, "max_rel_err": errors}  # a dict: ``best`` looks at the float entries only
+
+
 def _timed(call: Any, *, device: str) -> float | str:
     try:
         return time_calls(call, device=device) * 1e6
@@ -99,7 +129,8 @@ def best(times: dict[str, Any]) -> tuple[str, float] | None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated among {', '.join(SHAPES)}")
-    p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4"))
+    p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4", "int4dot"),
+                   help="int4dot: the tensor-core probe (bench.int4_dot_gemv) on the INT4 weights")
     p.add_argument("--int8-shapes", default="qkv,o_proj", help="shapes to sweep INT8 on (its others read 3.4-3.9 TB/s)")
     args = p.parse_args()
     device, dtype, shapes, bandwidth = shapes_setup(args)
@@ -112,13 +143,16 @@ def main() -> None:
             entry: dict[str, Any] = {"N": n, "K": k, "cublas_bf16_us": _timed(
                 lambda i, ws=ws, x=x: F.linear(x, ws[i % len(ws)]), device=device)}
             for kind in args.kinds:
-                if kind == "int4" and name == "lm_head":
+                if kind.startswith("int4") and name == "lm_head":
                     continue  # the LM head is INT8 in both quantized kinds
                 if kind == "int8" and not args.tiny and name not in args.int8_shapes.split(","):
                     continue
                 layer_kind = "int8" if kind == "int8" else "int4triton"
                 tiles = grid(k=k, bytes_per_k=1.0 if kind == "int8" else 0.5, tiny=args.tiny)
-                sweep = (sweep_int8 if kind == "int8" else sweep_int4)(w, x, tiles, device=device)
+                if kind == "int4dot":
+                    sweep = sweep_int4_dot(w, x, device=device)
+                else:
+                    sweep = (sweep_int8 if kind == "int8" else sweep_int4)(w, x, tiles, device=device)
                 size = weight_size(w.get(layer_kind)[0])
                 op_us = op_choice(w, x, layer_kind, device=device)
                 top = best(sweep)

@@ -19,7 +19,7 @@
 # share of copy bandwidth, every Triton config swept; gemv.json + gemv.md; ~5-8 min cold), quant6b_triton (quant6b's bf16
 # and INT8 rows with every decode GEMV on the Triton kernel, LM head included: quant_chatglm3-6b_gemv-triton.json), decattn (one decode
 # token's attention, B 1/16, L 1024/4096: compiled PyTorch math vs the Triton flash_decode, 40 configs swept, ~5 min cold by estimate, not yet run; decode_attention.json),
-# rowtiles (one-row INT8 / INT4 "runs" GEMVs of the 6B shapes over a wide tile grid, against the ops' own choice; row_tiles.json),
+# rowtiles (one-row INT8 / INT4 "runs" GEMVs of the 6B shapes over a wide tile grid, against the ops' own choice; row_tiles.json; ROWTILES_ARGS="--kinds int4 int4dot" adds the tensor-core probe),
 # l2prefetch (an L2 prefetch of o_proj / gate_up before an idle window, INT8 and bf16: us saved per GEMV pair; l2_prefetch.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
 # bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
@@ -58,7 +58,7 @@ for s in $sections; do
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
     ablate6b) run ${T_ABLATE6B:-420} ablate6b "$PY" -m bench.decode --shape chatglm3-6b --ablate --repeat ${REPEAT:-5} ;;
     stepprof) run ${T_STEPPROF:-420} stepprof "$PY" -m bench.step_profile ${STEPPROF_ARGS:-} ;;
-    rowtiles) run ${T_ROWTILES:-300} rowtiles "$PY" -m bench.row_tiles ;;
+    rowtiles) run ${T_ROWTILES:-300} rowtiles "$PY" -m bench.row_tiles ${ROWTILES_ARGS:-} ;;
     kernels)  run ${T_KERNELS:-120} kernels "$PY" -m bench.kernels ;;
     decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;

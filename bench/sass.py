@@ -31,8 +31,8 @@ GEMM_STAGES = 3  # the INT4 GEMM's software pipeline (int4_gemv_op.GEMM_CONFIGS'
 
 
 def kernels() -> list[Case]:
-    """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile
-    and the INT4 GEMM's."""
+    """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile,
+    the tensor-core GEMV probe's (``bench.int4_dot_gemv``) and the INT4 GEMM's."""
     from llm.kernels import gemv, int4_gemm, int4_gemv
 
     int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
@@ -54,6 +54,12 @@ def kernels() -> list[Case]:
                       {"HAS_BIAS": True, "EVEN_K": k % block_k == 0, "EVEN_N": True, "GROUP": 128, "ASM": True,
                        "BLOCK_M": rows, "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k // 2,
                        "stride_szn": k // 128}, warps, block_n * block_k))
+    from bench.int4_dot_gemv import _int4_dot_gemv_kernel
+
+    for block_n, warps in ((256, 8), (128, 4), (64, 4)):  # the tensor-core probe; loop: one group of K
+        cases.append((f"int4 dot probe {block_n}x128", _int4_dot_gemv_kernel, {**int4, "out_ptr": "*fp32"},
+                      {"GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_N": block_n, "BLOCK_K": 128, "SPLIT_K": 1,
+                       "stride_wn": 2048, "stride_szn": 32}, warps, block_n * 128))
     for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (64, 128, 128, 8)):
         cases.append((f"int4 runs GEMM {block_m}x{block_n}x{block_k}", int4_gemm._int4_runs_gemm_kernel, int4,
                       {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": block_m,

@@ -103,6 +103,26 @@ def test_interpreted_rows_kernel_equals_the_dequantized_product(rows: int, n: in
 
 
 @interpreted
+@pytest.mark.parametrize(("split_k", "k", "group"), [(1, 160, 32), (2, 160, 32), (4, 192, 64)])
+def test_interpreted_tensor_core_probe_equals_the_dequantized_product(split_k: int, k: int, group: int) -> None:
+    """``bench.int4_dot_gemv`` (the tensor-core GEMV probe the GPU is to time against the row
+    kernel) against float64: its ``128 + n`` operands, per-step offsets and scales, and K's steps
+    shared between programs (5 over 2: 3 and 2; 6 over 4: 2, 2, 2 and none; float32 atomics)."""
+    from bench.int4_dot_gemv import launch_int4_dot_gemv
+
+    n, block_k = 32, 32
+    q, scale, zero = quantized(n, k, group, seed=split_k)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(split_k))
+    out = launch_int4_dot_gemv(x, int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(scale, zero), group_size=group,
+                               block_n=16, block_k=block_k, num_warps=1, split_k=split_k)
+    ref = reference_linear(x, q, scale.float(), zero.float(), group)
+    assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    with pytest.raises(ValueError, match="BLOCK_K dividing the group"):
+        launch_int4_dot_gemv(x, int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(scale, zero), group_size=group,
+                             block_n=16, block_k=2 * group)
+
+
+@interpreted
 @pytest.mark.parametrize(("n", "k", "group"), [(16, 512, 128), (10, 1712, 16), (8, 256, 256)])
 def test_interpreted_dequantization_is_exact(n: int, k: int, group: int) -> None:
     """``(q - z) * s`` in float32 for every column, bit for bit, partial tiles included."""
