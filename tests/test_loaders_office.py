@@ -165,6 +165,27 @@ def test_csv_without_header_and_one_column_csv(tmp_path: Path) -> None:
     refused(tmp_path / "commas.csv", "no values")
 
 
+def test_csv_cells_hold_whole_texts(tmp_path: Path) -> None:
+    """Regression: a CSV export with an article in one cell (200,000 characters) was refused as
+    "not valid CSV ... save it again as CSV", the csv module's default cell limit of 131,072; past
+    glmkb's own limit the message says which line and what to do."""
+    import csv
+
+    from kb.loaders import delimited
+
+    article = "滚滚长江东逝水，浪花淘尽英雄。" * 13_400  # 201,000 characters
+    (tmp_path / "articles.csv").write_text(f"标题,正文\n临江仙,\"{article}\"\n", encoding="utf-8")
+    text = "".join(open_document(tmp_path / "articles.csv").blocks())
+    assert text.count("滚滚长江") == 13_400 and "临江仙" in text
+    limit = csv.field_size_limit()
+    try:
+        csv.field_size_limit(100_000)
+        refused(tmp_path / "articles.csv", "a cell longer than 100,000 characters \\(line 2\\); save that text as its own")
+    finally:
+        csv.field_size_limit(limit)
+    assert delimited.MAX_CELL_CHARS <= limit
+
+
 def test_formats_are_told_by_bytes_and_csv_by_text_and_name(tmp_path: Path) -> None:
     deck, book = write_pptx(tmp_path / "deck.pptx"), write_xlsx(tmp_path / "book.xlsx")
     for source, kind in ((deck, "pptx"), (book, "xlsx")):

@@ -24,6 +24,11 @@ from kb.loading import open_text_file, replaced_warning
 # regular expressions take time quadratic in a line's length: the sample stays small).
 SNIFF_CHARS = 8 << 10
 _DELIMITERS = ",\t;|"
+# The csv module refuses cells past 131,072 characters by default, and a CSV export of articles or
+# contracts holds whole texts in one cell. Its limit is process-wide; it is raised once, here, to a
+# size no real cell reaches (the file is read whole into memory anyway, as every loader's text).
+MAX_CELL_CHARS = 1 << 26
+csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL_CHARS))
 
 
 def load_delimited(path: Path) -> LoadedDocument:
@@ -40,6 +45,9 @@ def load_delimited(path: Path) -> LoadedDocument:
             if line := rows.line(record):
                 parts.append(line + "\n")
     except csv.Error as e:
+        if "field limit" in str(e):
+            raise DocumentLoadError(f"{path} has a cell longer than {csv.field_size_limit():,} characters (line "
+                                    f"{reader.line_num}); save that text as its own .txt file") from e
         raise DocumentLoadError(f"{path} is not valid CSV (line {reader.line_num}: {e}); save it again as CSV") from e
     if not parts:
         raise DocumentLoadError(f"{path} has no values in any row; there is nothing to add")
