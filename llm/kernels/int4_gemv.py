@@ -213,9 +213,9 @@ def _int4_runs_row_kernel(
     The row strides are compile-time constants (one compile per layer width): each row's weight
     and scale loads then take an immediate offset from one pointer, where runtime strides cost
     a 64-bit address computation per row and step (sm_90 SASS, Triton 3.6, 16 x 2048 tile: 3.59
-    -> 3.09 instructions per weight, 95 -> 71 registers, with the unpredicated scale loads). Where ``BLOCK_K`` does not divide K
-    (down_proj's 13696) the steps run unmasked up to the last whole one and a masked step
-    finishes, instead of masking every step."""
+    -> 3.09 instructions per weight, 95 -> 71 registers, with the unpredicated scale loads).
+    Where ``BLOCK_K`` does not divide K (down_proj's 13696) the steps run unmasked up to the
+    last whole one and a masked step finishes, instead of masking every step."""
     VEC: tl.constexpr = 8  # bytes per run
     KB: tl.constexpr = BLOCK_K // 2
     pid = tl.program_id(0)
