@@ -25,12 +25,13 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     **dict.fromkeys((".xlsx", ".xlsm"), frozenset({"xlsx"})),  # .xlsm: read like .xlsx, macros never run
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
+    ".rtf": frozenset({"rtf"}),
     **dict.fromkeys((".html", ".htm", ".xhtml"), frozenset({"html", "text"})),
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"), frozenset({"image"})),
 }
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
-FORMATS: tuple[str, ...] = ("text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "epub", "html")
+FORMATS: tuple[str, ...] = ("text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "epub", "html", "rtf")
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
@@ -53,7 +54,7 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, EPUB, HTML and images (.png/.jpg/.tif)"
+FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, EPUB, HTML, RTF and images (.png/.jpg/.tif)"
 
 
 def detect_format(path: Path) -> str:
@@ -72,6 +73,8 @@ def detect_format(path: Path) -> str:
             raise DocumentLoadError(f"{path} is {kind}")
     if _HTML_START.match(head.removeprefix(b"\xef\xbb\xbf")):
         return "html"
+    if head.lstrip(b"\xef\xbb\xbf\r\n\t ").startswith(b"{\\rtf"):
+        return "rtf"
     return "text"
 
 
