@@ -1,24 +1,23 @@
-"""Excel workbooks (.xlsx) with openpyxl (MIT): every worksheet, hidden ones too, under a level-1
-heading with its name; each row one line (:mod:`kb.loaders.rows`: ``表头: 值；...`` under a
-header row).
+"""Excel workbooks (.xlsx) with openpyxl (MIT): every worksheet, hidden ones too, as
+:mod:`kb.loaders.sheets` makes them (a heading per sheet, a line per row, cells counted).
 
 The workbook is opened ``read_only`` (rows stream from the XML, memory stays bounded) and
 ``data_only`` (a formula gives the value Excel saved with it, none where it saved none, never
-``=SUM(...)``). The archive is checked against zip bombs first, and the rows are counted as
-they come: a workbook past ``MAX_CELLS`` cells (empty cells inside a row and empty rows
-count, so a hostile row number or column cannot stall the read) is refused.
+``=SUM(...)``). The archive is checked against zip bombs first.
 """
 
 from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kb.errors import DocumentLoadError
 from kb.loaders import sniff
-from kb.loaders.document import Heading, LoadedDocument, text_blocks
-from kb.loaders.rows import RowLines
+from kb.loaders.document import LoadedDocument
+from kb.loaders.sheets import sheets_document
 
 # openpyxl's "no default style" and "extension is not supported": noise for a reader. Set once for
 # the process: ``warnings.catch_warnings`` around each load would swap the global filter list
@@ -27,12 +26,9 @@ warnings.filterwarnings("ignore", category=UserWarning, module="openpyxl")
 
 
 def load_xlsx(path: Path) -> LoadedDocument:
-    """An .xlsx workbook's sheets as headings and their rows as lines."""
+    """An .xlsx workbook's sheets as headings and their rows as lines (``sheets_document``)."""
     import openpyxl
 
-    parts: list[str] = []
-    headings: list[Heading] = []
-    length = cells = 0
     try:
         with zipfile.ZipFile(path) as archive:
             sniff.check_archive(archive, name=str(path))
@@ -40,26 +36,8 @@ def load_xlsx(path: Path) -> LoadedDocument:
         with path.open("rb") as stream:
             workbook = openpyxl.load_workbook(stream, read_only=True, data_only=True)
             try:
-                for sheet in workbook.worksheets:
-                    sheet.reset_dimensions()  # never trust (nor pad rows to) the declared size
-                    rows = RowLines()
-                    title = " ".join(sheet.title.split())
-                    heading = Heading(length, 1, title)
-                    lines: list[str] = []
-                    for values in sheet.iter_rows(values_only=True):
-                        cells += max(1, len(values))
-                        if cells > sniff.MAX_CELLS:
-                            raise DocumentLoadError(
-                                f"{path} has more than {sniff.MAX_CELLS:,} cells (sheet {title!r}); "
-                                "refused as too large: split the workbook"
-                            )
-                        if line := rows.line(values):
-                            lines.append(line + "\n")
-                    if lines:
-                        headings.append(heading)
-                        parts.append(title + "\n")
-                        parts.extend(lines)
-                        length += len(title) + 1 + sum(map(len, lines))
+                return sheets_document(path, ((sheet.title, _rows(sheet)) for sheet in workbook.worksheets),
+                                       format="xlsx")
             finally:
                 workbook.close()
     except DocumentLoadError:
@@ -70,9 +48,12 @@ def load_xlsx(path: Path) -> LoadedDocument:
         raise DocumentLoadError(
             f"{path} is a damaged Excel workbook ({type(e).__name__}: {_reason(e)}); save it again as .xlsx"
         ) from e
-    if not length:
-        raise DocumentLoadError(f"{path} has no text in any sheet; there is nothing to add")
-    return LoadedDocument(path, "xlsx", "xlsx", text_blocks(parts), headings=tuple(headings))
+
+
+def _rows(sheet: Any) -> Iterator[tuple[object, ...]]:
+    """A read-only sheet's rows of values, its declared size ignored (never trusted, nor padded to)."""
+    sheet.reset_dimensions()
+    yield from sheet.iter_rows(values_only=True)
 
 
 def _reason(error: Exception) -> str:
