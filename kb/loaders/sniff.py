@@ -7,6 +7,7 @@ bytes are text is read as a table when its name ends in ``.csv``/``.tsv`` (DELIM
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
 from pathlib import Path
@@ -23,6 +24,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     ".docx": frozenset({"docx"}),
     ".pptx": frozenset({"pptx"}),
     **dict.fromkeys((".xlsx", ".xlsm"), frozenset({"xlsx"})),  # .xlsm: read like .xlsx, macros never run
+    ".xls": frozenset({"xls"}),
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
     ".rtf": frozenset({"rtf"}),
@@ -31,7 +33,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
 }
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
-FORMATS: tuple[str, ...] = ("text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "epub", "html", "rtf")
+FORMATS: tuple[str, ...] = ("text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "epub", "html", "rtf", "xls")
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
@@ -47,14 +49,14 @@ MAX_CELLS = 1_000_000
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 _HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xd0\xcf\x11\xe0", "a legacy Office file (.doc/.ppt/.xls); save it as .docx/.pptx/.xlsx"),
     (b"\x1f\x8b", "a gzip archive; unpack it first"),
     (b"Rar!", "a RAR archive; unpack it first"),
     (b"7z\xbc\xaf", "a 7z archive; unpack it first"),
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, EPUB, HTML, RTF and images (.png/.jpg/.tif)"
+FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, XLS, EPUB, HTML, RTF and images (.png/.jpg/.tif)"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE2 compound file: the Office 97-2003 formats, WPS
 
 
 def detect_format(path: Path) -> str:
@@ -66,6 +68,8 @@ def detect_format(path: Path) -> str:
         return "pdf"
     if head.startswith(b"PK\x03\x04"):
         return _zip_format(path)
+    if head.startswith(_OLE_MAGIC[:4]):
+        return _ole_format(path)
     if any(head.startswith(magic) for magic in _IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
     for magic, kind in _REFUSED_MAGIC:
@@ -95,6 +99,22 @@ def _zip_format(path: Path) -> str:
     except zipfile.BadZipFile as e:
         raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
     raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX, PPTX, XLSX or EPUB document; {FIX}")
+
+
+def _ole_format(path: Path) -> str:
+    """``xls`` for an Excel 97-2003 workbook (a "Workbook" or "Book" stream); any other OLE2 file
+    (.doc, .ppt, WPS documents, or no readable directory) is refused: no library glmkb may use
+    reads them."""
+    from xlrd.compdoc import CompDoc
+
+    legacy = f"{path} is a legacy Office file (.doc/.ppt or WPS); save it as .docx/.pptx/.xlsx"
+    try:
+        doc = CompDoc(path.read_bytes(), logfile=io.StringIO())
+        if any(doc.locate_named_stream(name)[0] is not None for name in ("Workbook", "Book")):
+            return "xls"
+    except Exception as e:  # xlrd's CompDocError, or a directory that points past the file
+        raise DocumentLoadError(legacy) from e
+    raise DocumentLoadError(legacy)
 
 
 def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
