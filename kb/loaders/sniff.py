@@ -33,7 +33,9 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
 }
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
-FORMATS: tuple[str, ...] = ("text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "epub", "html", "rtf", "xls")
+FORMATS: tuple[str, ...] = (
+    "text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "xls", "epub", "html", "rtf"
+)
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
@@ -56,7 +58,7 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
 FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, XLS, EPUB, HTML, RTF and images (.png/.jpg/.tif)"
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE2 compound file: the Office 97-2003 formats, WPS
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # an OLE2 compound file: the Office 97-2003 formats, WPS documents
 
 
 def detect_format(path: Path) -> str:
@@ -68,7 +70,7 @@ def detect_format(path: Path) -> str:
         return "pdf"
     if head.startswith(b"PK\x03\x04"):
         return _zip_format(path)
-    if head.startswith(_OLE_MAGIC[:4]):
+    if head.startswith(_OLE_MAGIC):
         return _ole_format(path)
     if any(head.startswith(magic) for magic in _IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
@@ -102,9 +104,10 @@ def _zip_format(path: Path) -> str:
 
 
 def _ole_format(path: Path) -> str:
-    """``xls`` for an Excel 97-2003 workbook (a "Workbook" or "Book" stream); any other OLE2 file
-    (.doc, .ppt, WPS documents, or no readable directory) is refused: no library glmkb may use
-    reads them."""
+    """``xls`` for an Excel 97-2003 workbook (a "Workbook" or "Book" stream in the file's
+    directory, read by xlrd's own OLE2 reader); any other OLE2 file (.doc, .ppt, WPS documents,
+    or one whose directory cannot be read) is refused: no permissively licensed library reads
+    Word or PowerPoint 97-2003."""
     from xlrd.compdoc import CompDoc
 
     legacy = f"{path} is a legacy Office file (.doc/.ppt or WPS); save it as .docx/.pptx/.xlsx"
