@@ -250,8 +250,8 @@ def test_upload_types_are_the_loaders_types_unless_restricted(tmp_path: Path) ->
     assert state.check_upload(tmp_path / "book.pdf")
     with pytest.raises(UserError, match="file type not allowed"):
         state.check_upload(tmp_path / "book.pdf", text_only=True)
-    restricted = Services(Settings(kb_root=tmp_path, ui={"allowed_types": ["PDF", ".txt", ".doc"]}))
-    assert restricted.upload_types() == [".txt", ".pdf"]  # a type no loader reads stays refused (.rtf now reads)
+    restricted = Services(Settings(kb_root=tmp_path, ui={"allowed_types": ["PDF", ".txt", ".wps"]}))
+    assert restricted.upload_types() == [".txt", ".pdf"]  # a type no loader reads stays refused
 
 
 def test_a_pdf_uploads_and_builds_and_content_that_contradicts_its_name_is_refused(

@@ -84,13 +84,13 @@ def test_xls_is_told_by_content_and_accepted_for_upload(tmp_path: Path) -> None:
 
 
 def test_other_ole2_files_are_refused_as_legacy_office(tmp_path: Path) -> None:
-    """A Word 97-2003 document is an OLE2 file too: one without a workbook stream is refused as
-    before, with what to do."""
+    """An OLE2 file that is neither a workbook nor a Word document (a PowerPoint 97-2003 deck, or
+    one whose streams are not those) is refused as before, with what to do."""
     data = write_xls(tmp_path / "staff.xls").read_bytes()
     name = "Workbook".encode("utf-16-le")
     assert name in data
-    (tmp_path / "letter.doc").write_bytes(data.replace(name, "Wordbook".encode("utf-16-le")))
-    message = refused(tmp_path / "letter.doc", "legacy Office file \\(.doc/.ppt or WPS\\)")
+    (tmp_path / "deck.ppt").write_bytes(data.replace(name, "Wordbook".encode("utf-16-le")))
+    message = refused(tmp_path / "deck.ppt", "legacy Office file \\(.ppt, or damaged\\)")
     assert ".docx" in message and "\n" not in message
 
 

@@ -3,7 +3,7 @@
 The format is chosen by the file's bytes (:func:`detect_format`), never by its name (one
 exception: text named ``.csv``/``.tsv`` is a table, as bytes cannot tell a table from prose);
 each format has its own module (text/Markdown, CSV/TSV, PDF, images by OCR, DOCX, PPTX, XLSX,
-EPUB, HTML, RTF, XLS) and all of them return a :class:`LoadedDocument`: the text in blocks plus
+EPUB, HTML, RTF, XLS, DOC) and all of them return a :class:`LoadedDocument`: the text in blocks plus
 headings and pages.
 """
 
@@ -81,6 +81,10 @@ def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedD
         from kb.loaders.html import load_html
 
         return load_html(file)
+    if kind == "doc":
+        from kb.loaders.doc import load_doc
+
+        return load_doc(file)
     if kind == "xls":
         from kb.loaders.xls import load_xls
 

@@ -7,7 +7,6 @@ bytes are text is read as a table when its name ends in ``.csv``/``.tsv`` (DELIM
 
 from __future__ import annotations
 
-import io
 import re
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     ".pptx": frozenset({"pptx"}),
     **dict.fromkeys((".xlsx", ".xlsm"), frozenset({"xlsx"})),  # .xlsm: read like .xlsx, macros never run
     ".xls": frozenset({"xls"}),
+    ".doc": frozenset({"doc"}),
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
     ".rtf": frozenset({"rtf"}),
@@ -34,7 +34,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
 FORMATS: tuple[str, ...] = (
-    "text", "markdown", "csv", "pdf", "image", "docx", "pptx", "xlsx", "xls", "epub", "html", "rtf"
+    "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "xlsx", "xls", "epub", "html", "rtf"
 )
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
@@ -57,7 +57,8 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = "supported: text (.txt/.md), CSV/TSV, PDF, DOCX, PPTX, XLSX, XLS, EPUB, HTML, RTF and images (.png/.jpg/.tif)"
+FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, XLSX, XLS, EPUB, HTML, RTF and images "
+       "(.png/.jpg/.tif)")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # an OLE2 compound file: the Office 97-2003 formats, WPS documents
 
 
@@ -104,18 +105,19 @@ def _zip_format(path: Path) -> str:
 
 
 def _ole_format(path: Path) -> str:
-    """``xls`` for an Excel 97-2003 workbook (a "Workbook" or "Book" stream in the file's
-    directory, read by xlrd's own OLE2 reader); any other OLE2 file (.doc, .ppt, WPS documents,
-    or one whose directory cannot be read) is refused: no permissively licensed library reads
-    Word or PowerPoint 97-2003."""
-    from xlrd.compdoc import CompDoc
+    """``xls`` for an Excel 97-2003 workbook (a "Workbook" or "Book" stream in the compound
+    file's directory, read by olefile), ``doc`` for a Word 97-2003 document ("WordDocument");
+    any other OLE2 file (.ppt, or one whose directory cannot be read) is refused."""
+    import olefile
 
-    legacy = f"{path} is a legacy Office file (.doc/.ppt or WPS); save it as .docx/.pptx/.xlsx"
+    legacy = f"{path} is a legacy Office file (.ppt, or damaged); save it as .docx/.pptx/.xlsx"
     try:
-        doc = CompDoc(path.read_bytes(), logfile=io.StringIO())
-        if any(doc.locate_named_stream(name)[0] is not None for name in ("Workbook", "Book")):
-            return "xls"
-    except Exception as e:  # xlrd's CompDocError, or a directory that points past the file
+        with olefile.OleFileIO(str(path)) as ole:
+            if ole.exists("Workbook") or ole.exists("Book"):
+                return "xls"
+            if ole.exists("WordDocument"):
+                return "doc"
+    except Exception as e:  # olefile's errors for a broken compound file
         raise DocumentLoadError(legacy) from e
     raise DocumentLoadError(legacy)
 

@@ -1,0 +1,146 @@
+"""Word 97-2003 (.doc): the main text of real .doc files against the DOCX they were made from, the
+piece table's two encodings, fields and marks, and refusals. The .doc files in tests/data/doc were
+written by LibreOffice 7.4 (``soffice --headless --convert-to doc``) from the DOCX that
+``write_manual`` / ``write_english`` make here; ``python -m tests.test_loaders_doc`` remakes them
+(needs LibreOffice, which CI does not install)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
+from kb.loaders.doc import main_text, readable
+from tests.test_loaders_hostile import refused
+
+FIXTURES = Path(__file__).parent / "data" / "doc"
+MANUAL = ["员工手册", "第一章 总则", "为规范公司管理，制定本手册。本手册适用于全体员工。", "第二章 休假制度",
+          "年假每年五天，病假需要医院证明。详见人事网站。", "姓名", "部门", "张三", "销售部",
+          "第三章 附则 Appendix: contact hr@example.com"]
+ENGLISH = ["Employee Handbook", "Chapter 1. Leave: five days a year; café rules apply."]
+
+
+def write_manual(path: Path) -> Path:
+    """A Chinese manual: a title, 第N章 lines, a hyperlink (a field in .doc), a table, a page break
+    and a header (not main text)."""
+    import docx
+    from docx.opc.constants import RELATIONSHIP_TYPE
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    document = docx.Document()
+    document.add_heading(MANUAL[0], 0)
+    for line in MANUAL[1:4]:
+        document.add_paragraph(line)
+    paragraph = document.add_paragraph("年假每年五天，病假需要医院证明。详见")
+    link = OxmlElement("w:hyperlink")
+    link.set(qn("r:id"), document.part.relate_to("http://hr.example.com/", RELATIONSHIP_TYPE.HYPERLINK,
+                                                  is_external=True))
+    run = OxmlElement("w:r")
+    text = OxmlElement("w:t")
+    text.text = "人事网站"
+    run.append(text)
+    link.append(run)
+    paragraph._p.append(link)
+    paragraph.add_run("。")
+    table = document.add_table(rows=2, cols=2)
+    for cell, value in zip((c for row in table.rows for c in row.cells), MANUAL[5:9], strict=True):
+        cell.text = value
+    document.add_page_break()
+    document.add_paragraph(MANUAL[9])
+    document.sections[0].header.paragraphs[0].text = "页眉：内部资料"
+    document.save(path)
+    return path
+
+
+def write_english(path: Path) -> Path:
+    import docx
+
+    document = docx.Document()
+    for line in ENGLISH:
+        document.add_paragraph(line)
+    document.save(path)
+    return path
+
+
+@pytest.mark.parametrize(("name", "lines"), [("manual.doc", MANUAL), ("english.doc", ENGLISH)])
+def test_doc_main_text_is_the_source_documents_text(name: str, lines: list[str]) -> None:
+    document = open_document(FIXTURES / name)
+    assert (document.format, detect_format(FIXTURES / name)) == ("doc", "doc")
+    text = "".join(document.blocks())
+    assert [line.strip() for line in text.splitlines() if line.strip()] == lines
+    assert "HYPERLINK" not in text and "页眉" not in text  # a field's code, a header: not main text
+
+
+def test_chapters_and_citations_of_a_doc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ingest.cli import main
+
+    root = str(tmp_path / "kbs")
+    assert main(["build", str(FIXTURES / "manual.doc"), "--kb", "doc", "--kb-root", root, "--embedding", "none",
+                 "-q"]) == 0
+    capsys.readouterr()
+    assert main(["query", "年假 病假", "--kb", "doc", "--kb-root", root, "--mode", "bm25", "--json"]) == 0
+    hit = next(h for h in json.loads(capsys.readouterr().out) if "年假" in h["text"])
+    assert hit["chapter"] == 2 and "休假制度" in (hit["chapter_title"] or "")
+
+
+def test_the_piece_table_in_both_encodings_and_words_marks() -> None:
+    """Two pieces as Word's fast save leaves them: one byte per character (Windows-1252, offset
+    fc / 2) and UTF-16; the main text stops at ccpText; fields keep their results."""
+    first = "Caf\xe9 \x13 PAGE \x142\x15\r"
+    second = "第一章\x07总则\x07\x07\x0c结束\r页眉"
+    fc_clx, clx_cps = 0, (0, len(first), len(first) + len(second))
+    word = bytearray(0x200)
+    compressed_at, unicode_at = len(word), len(word) + len(first)
+    word += first.encode("cp1252") + second.encode("utf-16-le")
+    struct.pack_into("<i", word, 0x4C, len(first) + len(second) - 2)  # ccpText: not the header's 页眉
+    pcds = struct.pack("<HIH", 0, (compressed_at * 2) | 0x40000000, 0) + struct.pack("<HIH", 0, unicode_at, 0)
+    plc = struct.pack("<3i", *clx_cps) + pcds
+    table = bytes([0x01]) + struct.pack("<H", 3) + b"\x00\x00\x00" + bytes([0x02]) + struct.pack("<I", len(plc)) + plc
+    struct.pack_into("<II", word, 0x1A2, fc_clx, len(table))
+    raw = main_text(bytes(word), table)
+    assert raw == (first + second)[:-2]
+    assert readable(raw) == "Café 2\n第一章\n总则\n\n\n结束\n"
+
+
+def test_doc_refusals(tmp_path: Path) -> None:
+    data = (FIXTURES / "english.doc").read_bytes()
+    assert ".doc" in SUPPORTED_SUFFIXES and SUFFIX_FORMATS[".doc"] == frozenset({"doc"})
+    (tmp_path / "cut.doc").write_bytes(data[: len(data) // 3])
+    refused(tmp_path / "cut.doc", "(damaged Word document|legacy Office file)")
+    name = "1Table".encode("utf-16-le")
+    assert name in data
+    (tmp_path / "tableless.doc").write_bytes(data.replace(name, "2Table".encode("utf-16-le")))
+    refused(tmp_path / "tableless.doc", "damaged Word document \\(no 1Table stream\\)")
+    (tmp_path / "locked.doc").write_bytes(_with_fib_flag(data, 0x0100))
+    refused(tmp_path / "locked.doc", "password-protected")
+
+
+def _with_fib_flag(data: bytes, flag: int) -> bytes:
+    """``data`` (a .doc) with ``flag`` set in the FIB's flags: the WordDocument stream starts at a
+    sector whose first bytes are the FIB's identifier 0xA5EC."""
+    at = data.find(b"\xec\xa5", 512)
+    flags = struct.unpack_from("<H", data, at + 0x0A)[0] | flag
+    return data[: at + 0x0A] + struct.pack("<H", flags) + data[at + 0x0C:]
+
+
+def make_fixtures() -> None:
+    """Write the DOCX sources and convert them with LibreOffice into tests/data/doc."""
+    soffice = shutil.which("soffice")
+    if soffice is None:
+        raise SystemExit("needs LibreOffice (soffice) on PATH")
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        sources = [write_manual(Path(folder) / "manual.docx"), write_english(Path(folder) / "english.docx")]
+        subprocess.run([soffice, "--headless", "--convert-to", "doc", "--outdir", str(FIXTURES),
+                        *map(str, sources)], check=True)
+
+
+if __name__ == "__main__":
+    make_fixtures()
