@@ -189,6 +189,20 @@ def run_under_triton_interpreter(*args: str, timeout: float = 600) -> subprocess
                           timeout=timeout, check=False)
 
 
+def ingest_hits(files: list[Path], question: str, *, root: Path, capsys: Any) -> list[dict[str, Any]]:
+    """``ingest build`` of ``files`` into a keyword-only knowledge base under ``root``, then the
+    passages ``ingest query --json`` returns for ``question`` (BM25)."""
+    import json
+
+    from ingest.cli import main
+
+    kb = ["--kb", "docs", "--kb-root", str(root)]
+    assert main(["build", *map(str, files), *kb, "--embedding", "none", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["query", question, *kb, "--mode", "bm25", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def count_calls(monkeypatch: Any, module: Any, name: str) -> list[int]:
     """A list that grows by one at each call of ``module.name`` (which still runs)."""
     calls: list[int] = []

@@ -6,7 +6,6 @@ written by LibreOffice 7.4 (``soffice --headless --convert-to doc``) from the DO
 
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
 from kb.loaders.doc import main_text, readable
+from tests.helpers import ingest_hits
 from tests.test_loaders_hostile import refused
 
 FIXTURES = Path(__file__).parent / "data" / "doc"
@@ -79,14 +79,8 @@ def test_doc_main_text_is_the_source_documents_text(name: str, lines: list[str])
 
 
 def test_chapters_and_citations_of_a_doc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ingest.cli import main
-
-    root = str(tmp_path / "kbs")
-    assert main(["build", str(FIXTURES / "manual.doc"), "--kb", "doc", "--kb-root", root, "--embedding", "none",
-                 "-q"]) == 0
-    capsys.readouterr()
-    assert main(["query", "年假 病假", "--kb", "doc", "--kb-root", root, "--mode", "bm25", "--json"]) == 0
-    hit = next(h for h in json.loads(capsys.readouterr().out) if "年假" in h["text"])
+    hits = ingest_hits([FIXTURES / "manual.doc"], "年假 病假", root=tmp_path / "kbs", capsys=capsys)
+    hit = next(h for h in hits if "年假" in h["text"])
     assert hit["chapter"] == 2 and "休假制度" in (hit["chapter_title"] or "")
 
 

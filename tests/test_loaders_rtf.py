@@ -4,13 +4,13 @@ The documents are written here as RTF source, with Chinese content."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
 from kb.loaders.rtf import rtf_codec
+from tests.helpers import ingest_hits
 from tests.test_loaders_hostile import refused
 
 CHAPTERS = "第一回　宴桃园豪杰三结义\n话说天下大势，分久必合，合久必分。\n第二回　张翼德怒鞭督邮\n且说董卓字仲颖。\n"
@@ -94,13 +94,7 @@ def test_empty_and_unencodable_rtf(tmp_path: Path) -> None:
 
 
 def test_ingest_build_of_an_rtf_novel_cites_its_chapters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ingest.cli import main
-
     (tmp_path / "novel.rtf").write_text(rtf(escaped(CHAPTERS, "gbk")), encoding="ascii")
-    root = str(tmp_path / "kbs")
-    assert main(["build", str(tmp_path / "novel.rtf"), "--kb", "rtf", "--kb-root", root, "--embedding", "none",
-                 "-q"]) == 0
-    capsys.readouterr()
-    assert main(["query", "董卓 仲颖", "--kb", "rtf", "--kb-root", root, "--mode", "bm25", "--json"]) == 0
-    hit = next(h for h in json.loads(capsys.readouterr().out) if "董卓" in h["text"])
+    hits = ingest_hits([tmp_path / "novel.rtf"], "董卓 仲颖", root=tmp_path / "kbs", capsys=capsys)
+    hit = next(h for h in hits if "董卓" in h["text"])
     assert hit["chapter"] == 2 and "{" not in hit["text"] and "\\" not in hit["text"]

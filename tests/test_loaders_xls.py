@@ -5,12 +5,12 @@ one line. The workbooks are written here with xlwt (and openpyxl for the .xlsx t
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 import pytest
 
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
+from tests.helpers import ingest_hits
 from tests.test_loaders_hostile import refused
 
 xlwt = pytest.importorskip("xlwt")
@@ -115,12 +115,6 @@ def test_xls_limits_and_damage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_ingest_build_cites_xls_sheet_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ingest.cli import main
-
-    book = write_xls(tmp_path / "staff.xls")
-    root = str(tmp_path / "kbs")
-    assert main(["build", str(book), "--kb", "xls", "--kb-root", root, "--embedding", "none", "-q"]) == 0
-    capsys.readouterr()
-    assert main(["query", "王五 工号", "--kb", "xls", "--kb-root", root, "--mode", "bm25", "--json"]) == 0
-    hit = next(h for h in json.loads(capsys.readouterr().out) if "王五" in h["text"])
+    hits = ingest_hits([write_xls(tmp_path / "staff.xls")], "王五 工号", root=tmp_path / "kbs", capsys=capsys)
+    hit = next(h for h in hits if "王五" in h["text"])
     assert hit["section"] == "员工名单" and "工号: 1003" in hit["text"]

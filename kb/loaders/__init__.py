@@ -9,6 +9,7 @@ headings and pages.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -39,6 +40,22 @@ __all__ = [
 ]
 
 
+# Each format's loader, imported on first use (each pulls in its own library); text and CSV/TSV below.
+_LOADERS = {
+    "pdf": ("kb.loaders.pdf", "load_pdf"),
+    "image": ("kb.loaders.ocr", "load_image"),
+    "docx": ("kb.loaders.docx", "load_docx"),
+    "doc": ("kb.loaders.doc", "load_doc"),
+    "pptx": ("kb.loaders.pptx", "load_pptx"),
+    "xlsx": ("kb.loaders.xlsx", "load_xlsx"),
+    "xls": ("kb.loaders.xls", "load_xls"),
+    "epub": ("kb.loaders.epub", "load_epub"),
+    "html": ("kb.loaders.html", "load_html"),
+    "rtf": ("kb.loaders.rtf", "load_rtf"),
+}
+_OCR_FORMATS = frozenset({"pdf", "image"})  # the loaders that take ``ocr``
+
+
 def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedDocument:
     """Read ``path`` in whatever supported format its bytes are; ``ocr`` (off/auto/force) says
     whether scanned pages and images are read by OCR. DocumentLoadError (one line) for files
@@ -53,46 +70,10 @@ def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedD
         kind = detect_format(file)
     except OSError as e:
         raise DocumentLoadError(f"cannot read {file}: {e.strerror or e}") from e
-    if kind == "pdf":
-        from kb.loaders.pdf import load_pdf
-
-        return load_pdf(file, ocr=ocr)
-    if kind == "image":
-        from kb.loaders.ocr import load_image
-
-        return load_image(file, ocr=ocr)
-    if kind == "docx":
-        from kb.loaders.docx import load_docx
-
-        return load_docx(file)
-    if kind == "pptx":
-        from kb.loaders.pptx import load_pptx
-
-        return load_pptx(file)
-    if kind == "xlsx":
-        from kb.loaders.xlsx import load_xlsx
-
-        return load_xlsx(file)
-    if kind == "epub":
-        from kb.loaders.epub import load_epub
-
-        return load_epub(file)
-    if kind == "html":
-        from kb.loaders.html import load_html
-
-        return load_html(file)
-    if kind == "doc":
-        from kb.loaders.doc import load_doc
-
-        return load_doc(file)
-    if kind == "xls":
-        from kb.loaders.xls import load_xls
-
-        return load_xls(file)
-    if kind == "rtf":
-        from kb.loaders.rtf import load_rtf
-
-        return load_rtf(file)
+    if kind in _LOADERS:
+        module, name = _LOADERS[kind]
+        load = getattr(importlib.import_module(module), name)
+        return load(file, ocr=ocr) if kind in _OCR_FORMATS else load(file)
     if file.suffix.lower() in DELIMITED_SUFFIXES:
         from kb.loaders.delimited import load_delimited
 
