@@ -107,7 +107,7 @@ def test_doc_refusals(tmp_path: Path) -> None:
     data = (FIXTURES / "english.doc").read_bytes()
     assert ".doc" in SUPPORTED_SUFFIXES and SUFFIX_FORMATS[".doc"] == frozenset({"doc"})
     (tmp_path / "cut.doc").write_bytes(data[: len(data) // 3])
-    refused(tmp_path / "cut.doc", "(damaged Word document|legacy Office file)")
+    refused(tmp_path / "cut.doc", "(damaged Word document|Office 97-2003 file)")
     name = "1Table".encode("utf-16-le")
     assert name in data
     (tmp_path / "tableless.doc").write_bytes(data.replace(name, "2Table".encode("utf-16-le")))

@@ -200,7 +200,7 @@ def test_formats_are_told_by_bytes_and_csv_by_text_and_name(tmp_path: Path) -> N
     assert SUFFIX_FORMATS[".csv"] == frozenset({"text"})  # what the upload check compares with detect_format
     legacy = tmp_path / "old.xls"
     legacy.write_bytes(b"\xd0\xcf\x11\xe0" + b"\x00" * 100)
-    message = refused(legacy, "legacy Office file")
+    message = refused(legacy, "an Office 97-2003 file that is not a Word, Excel or PowerPoint document")
     assert ".pptx" in message and ".xlsx" in message
 
 

@@ -84,13 +84,13 @@ def test_xls_is_told_by_content_and_accepted_for_upload(tmp_path: Path) -> None:
 
 
 def test_other_ole2_files_are_refused_as_legacy_office(tmp_path: Path) -> None:
-    """An OLE2 file that is neither a workbook nor a Word document (a PowerPoint 97-2003 deck, or
-    one whose streams are not those) is refused as before, with what to do."""
+    """An OLE2 file that is neither a workbook, a Word document nor a PowerPoint deck (Visio,
+    Outlook's .msg: other stream names) is refused as before, with what to do."""
     data = write_xls(tmp_path / "staff.xls").read_bytes()
     name = "Workbook".encode("utf-16-le")
     assert name in data
-    (tmp_path / "deck.ppt").write_bytes(data.replace(name, "Wordbook".encode("utf-16-le")))
-    message = refused(tmp_path / "deck.ppt", "legacy Office file \\(.ppt, or damaged\\)")
+    (tmp_path / "drawing.vsd").write_bytes(data.replace(name, "Wordbook".encode("utf-16-le")))
+    message = refused(tmp_path / "drawing.vsd", "an Office 97-2003 file that is not a Word, Excel or PowerPoint")
     assert ".docx" in message and "\n" not in message
 
 
@@ -105,7 +105,7 @@ def test_xls_limits_and_damage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.undo()
     data = book.read_bytes()
     (tmp_path / "cut.xls").write_bytes(data[: len(data) // 2])
-    refused(tmp_path / "cut.xls", "(damaged Excel 97-2003 workbook|legacy Office file)")
+    refused(tmp_path / "cut.xls", "(damaged Excel 97-2003 workbook|Office 97-2003 file)")
 
     def encrypted(*args: object, **kwargs: object) -> None:
         raise xlrd.XLRDError("Workbook is encrypted")

@@ -3,7 +3,7 @@
 The format is chosen by the file's bytes (:func:`detect_format`), never by its name (one
 exception: text named ``.csv``/``.tsv`` is a table, as bytes cannot tell a table from prose);
 each format has its own module (text/Markdown, CSV/TSV, PDF, images by OCR, DOCX, PPTX, XLSX,
-EPUB, HTML, RTF, XLS, DOC) and all of them return a :class:`LoadedDocument`: the text in blocks plus
+EPUB, HTML, RTF, XLS, DOC, PPT) and all of them return a :class:`LoadedDocument`: the text in blocks plus
 headings and pages.
 """
 
@@ -47,6 +47,7 @@ _LOADERS = {
     "docx": ("kb.loaders.docx", "load_docx"),
     "doc": ("kb.loaders.doc", "load_doc"),
     "pptx": ("kb.loaders.pptx", "load_pptx"),
+    "ppt": ("kb.loaders.ppt", "load_ppt"),
     "xlsx": ("kb.loaders.xlsx", "load_xlsx"),
     "xls": ("kb.loaders.xls", "load_xls"),
     "epub": ("kb.loaders.epub", "load_epub"),

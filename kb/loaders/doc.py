@@ -23,6 +23,7 @@ import struct
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
+from kb.loaders.compound_file import compound_file
 from kb.loaders.document import LoadedDocument, text_blocks
 
 _FIB_IDENT = 0xA5EC
@@ -41,24 +42,14 @@ _CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")
 
 def load_doc(path: Path) -> LoadedDocument:
     """A .doc file's main text."""
-    import olefile
-
-    try:
-        with olefile.OleFileIO(str(path)) as ole:
-            word = ole.openstream("WordDocument").read()
-            if len(word) < _FC_CLX + 8 or _u16(word, 0) != _FIB_IDENT:
-                raise DocumentLoadError(f"{path} is a damaged Word document (no FIB); save it again as .docx")
-            flags = _u16(word, _FLAGS)
-            if flags & 0x0100:
-                raise DocumentLoadError(f"{path} is password-protected; save it without a password")
-            table_name = "1Table" if flags & 0x0200 else "0Table"
-            if not ole.exists(table_name):
-                raise DocumentLoadError(f"{path} is a damaged Word document (no {table_name} stream); save it again")
-            table = ole.openstream(table_name).read()
-    except DocumentLoadError:
-        raise
-    except (OSError, ValueError, struct.error) as e:  # olefile's errors for a broken compound file
-        raise DocumentLoadError(f"{path} is a damaged Word document ({type(e).__name__}); save it again as .docx") from e
+    with compound_file(path, kind="Word document") as read:
+        word = read("WordDocument")
+        if len(word) < _FC_CLX + 8 or _u16(word, 0) != _FIB_IDENT:
+            raise DocumentLoadError(f"{path} is a damaged Word document (no FIB); save it again as .docx")
+        flags = _u16(word, _FLAGS)
+        if flags & 0x0100:
+            raise DocumentLoadError(f"{path} is password-protected; save it without a password")
+        table = read("1Table" if flags & 0x0200 else "0Table")
     try:
         raw = main_text(word, table)
     except (ValueError, IndexError, struct.error) as e:

@@ -25,6 +25,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     **dict.fromkeys((".xlsx", ".xlsm"), frozenset({"xlsx"})),  # .xlsm: read like .xlsx, macros never run
     ".xls": frozenset({"xls"}),
     ".doc": frozenset({"doc"}),
+    ".ppt": frozenset({"ppt"}),
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
     ".rtf": frozenset({"rtf"}),
@@ -34,7 +35,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
 FORMATS: tuple[str, ...] = (
-    "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "xlsx", "xls", "epub", "html", "rtf"
+    "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "ppt", "xlsx", "xls", "epub", "html", "rtf"
 )
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
@@ -57,7 +58,7 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, XLSX, XLS, EPUB, HTML, RTF and images "
+FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, PPT, XLSX, XLS, EPUB, HTML, RTF and images "
        "(.png/.jpg/.tif)")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # an OLE2 compound file: the Office 97-2003 formats, WPS documents
 
@@ -106,17 +107,21 @@ def _zip_format(path: Path) -> str:
 
 def _ole_format(path: Path) -> str:
     """``xls`` for an Excel 97-2003 workbook (a "Workbook" or "Book" stream in the compound
-    file's directory, read by olefile), ``doc`` for a Word 97-2003 document ("WordDocument");
-    any other OLE2 file (.ppt, or one whose directory cannot be read) is refused."""
+    file's directory, read by olefile), ``doc`` for a Word 97-2003 document ("WordDocument"),
+    ``ppt`` for a PowerPoint 97-2003 deck ("PowerPoint Document"); any other OLE2 file (Visio,
+    MSG, or one whose directory cannot be read) is refused."""
     import olefile
 
-    legacy = f"{path} is a legacy Office file (.ppt, or damaged); save it as .docx/.pptx/.xlsx"
+    legacy = (f"{path} is an Office 97-2003 file that is not a Word, Excel or PowerPoint document, or a "
+              "damaged one; save it as .docx/.pptx/.xlsx")
     try:
         with olefile.OleFileIO(str(path)) as ole:
             if ole.exists("Workbook") or ole.exists("Book"):
                 return "xls"
             if ole.exists("WordDocument"):
                 return "doc"
+            if ole.exists("PowerPoint Document"):
+                return "ppt"
     except Exception as e:  # olefile's errors for a broken compound file
         raise DocumentLoadError(legacy) from e
     raise DocumentLoadError(legacy)
