@@ -12,8 +12,7 @@ characters. Headers, footnotes and text boxes follow the main text and are not r
 Word's marks become plain text: paragraph and cell ends lines (``\\r``, ``\\x07``), line and page
 breaks newlines, a field keeps its shown result and drops its code (``HYPERLINK "..."``, ``PAGE``),
 and object anchors, footnote references and soft hyphens disappear. Styles are not read: chapters
-come from 第N章/回 lines as in plain text. Encrypted and fast-saved-with-damage files are refused
-in one line.
+come from 第N章/回 lines as in plain text. Encrypted and damaged files are refused in one line.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ _CCP_TEXT = 0x004C  # FibRgLw97.ccpText: characters in the main document
 _FC_CLX = 0x01A2  # FibRgFcLcb97.fcClx / lcbClx: the piece table's place in the table stream
 _MAX_PIECES = 1 << 20
 _FIELD_BEGIN, _FIELD_SEPARATOR, _FIELD_END = "\x13", "\x14", "\x15"
-# Marks that end a line, and those that stand for nothing readable (picture and object anchors,
-# footnote/annotation references, soft hyphens, zero-width non-joiners).
+# Marks that end a line (paragraph, cell, line, page, column), non-breaking space and hyphen, and
+# marks that stand for nothing readable (picture and object anchors, footnote and annotation
+# references, soft hyphens); other control characters are dropped after.
 _NEWLINES = str.maketrans({"\r": "\n", "\x07": "\n", "\x0b": "\n", "\x0c": "\n", "\x0e": "\n", "\xa0": " ",
                            "\x1e": "-", "\x01": None, "\x02": None, "\x03": None, "\x04": None, "\x05": None,
                            "\x08": None, "\x1f": None})

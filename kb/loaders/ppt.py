@@ -1,8 +1,9 @@
 """PowerPoint 97-2003 decks (.ppt): each slide's text as a page, in slide order ([MS-PPT]).
 
 Why by hand: as for .doc, no permissively licensed Python library reads .ppt (python-pptx reads
-only .pptx). olefile (BSD) opens the compound file (``kb.loaders.compound_file``); the ``PowerPoint Document`` stream is a tree
-of records (8-byte headers: version and instance, type, length; containers hold records).
+only .pptx). olefile (BSD) opens the compound file (``kb.loaders.compound_file``); the
+``PowerPoint Document`` stream is a tree of records (8-byte headers: version and instance, type,
+length; containers hold records).
 
 Which records are live: a deck saved more than once ("fast save") keeps old copies of slides in
 the stream. The ``Current User`` stream points to the last ``UserEditAtom``; each edit points to
@@ -85,15 +86,13 @@ def slide_texts(stream: bytes, user: bytes) -> list[list[str]]:
                     slides.append((struct.unpack_from("<I", stream, atom_start)[0], []))
                 elif atom in (_TEXT_CHARS, _TEXT_BYTES) and slides:
                     slides[-1][1].extend(_lines(_text(stream, atom, atom_start, atom_end)))
-    result = []
     for ref, lines in slides:
         offset = persist.get(ref)
-        if offset is not None and _record(stream, offset)[0] == _SLIDE:
-            _, slide_start, slide_end = _record(stream, offset)
+        kind, slide_start, slide_end = _record(stream, offset) if offset is not None else (None, 0, 0)
+        if kind == _SLIDE:
             for atom, atom_start, atom_end in _walk(stream, slide_start, slide_end, 0):
                 lines.extend(_lines(_text(stream, atom, atom_start, atom_end)))
-        result.append(lines)
-    return result
+    return [lines for _, lines in slides]
 
 
 def persist_directory(stream: bytes, offset: int) -> dict[int, int]:
@@ -168,5 +167,7 @@ def _text(stream: bytes, kind: int, start: int, end: int) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    """A text atom's paragraphs (``\\r``) and line breaks (vertical tab), blank ones dropped."""
-    return [line.strip() for line in text.replace("\x0b", "\r").split("\r") if line.strip()]
+    """A text atom's paragraphs (``\\r``) and line breaks (vertical tab), spaces collapsed as the
+    PPTX loader does, blank ones dropped."""
+    lines = (" ".join(line.split()) for line in text.replace("\x0b", "\r").split("\r"))
+    return [line for line in lines if line]
