@@ -1,5 +1,5 @@
-"""PowerPoint 97-2003 (.ppt): each slide's text as a page, against the PPTX it was made from (the
-PPTX loader's own reading, notes aside), the live records of a fast-saved deck, and refusals.
+"""PowerPoint 97-2003 (.ppt): each slide's text and notes as a page, against the PPTX it was made
+from (the PPTX loader's own reading), the live records of a fast-saved deck, and refusals.
 tests/data/ppt/office.ppt was written by LibreOffice 7.4 (``soffice --headless --convert-to ppt``)
 from the deck ``tests.test_loaders_office.write_pptx`` makes; ``python -m tests.test_loaders_ppt``
 remakes it (needs LibreOffice Impress, which CI does not install)."""
@@ -31,17 +31,17 @@ def pages(document: object) -> list[list[str]]:
 
 
 def test_each_slide_is_a_page_with_the_pptx_texts(tmp_path: Path) -> None:
-    """The same slides as the PPTX loader reads from the source deck: its notes (``备注：`` and
-    after) are not in a .ppt's slides, its tables' ``a | b`` rows are cells here, and shapes come
-    in drawing order rather than the PPTX loader's reading order."""
+    """The same slides as the PPTX loader reads from the source deck, notes last with the same
+    ``备注：`` label; its tables' ``a | b`` rows are cells here, and shapes come in drawing order
+    rather than the PPTX loader's reading order. The notes page's slide-number field (a ``*`` the
+    .ppt stores as text) is not read as text."""
     ppt = open_document(FIXTURE)
     pptx = open_document(write_pptx(tmp_path / "deck.pptx"))
     assert (ppt.format, detect_format(FIXTURE)) == ("ppt", "ppt")
-    expected = []
-    for lines in pages(pptx):
-        notes = next((i for i, line in enumerate(lines) if line.startswith("备注：")), len(lines))
-        expected.append(sorted(cell for line in lines[:notes] for cell in line.split(" | ")))
+    expected = [sorted(cell for line in lines for cell in line.split(" | ")) for lines in pages(pptx)]
     assert [sorted(lines) for lines in pages(ppt)] == expected
+    notes = pages(ppt)[1]
+    assert notes[-2:] == ["备注：年假可以累积到次年三月。", "讲到这里停一下。"]
     assert [h.title for h in ppt.headings] == ["员工手册", "第一章 休假制度", "部门一览", "谢谢"]
     assert ppt.page_at(ppt.headings[1].start) == 2
 

@@ -14,7 +14,10 @@ placeholders (``TextCharsAtom``: UTF-16; ``TextBytesAtom``: the low bytes of UTF
 Latin-1). Text boxes and table cells live in the slide's own drawing, as text atoms inside
 ``ClientTextbox`` records. Each slide's text is its placeholders' text, then its drawing's, one
 paragraph per line (``\\r`` and vertical tabs end lines); a slide's first line is its heading.
-Notes pages are not read.
+Then its speaker notes, as the PPTX loader puts them (``备注：`` before the first line): the
+``SlideAtom`` names its notes by id, the notes list (instance 2) maps that id to the notes page's
+persist id, and the page's text is read as a slide's. Fields (slide number, date, footer) are a
+``*`` in the text with a meta-character atom beside it giving its place; they are dropped.
 """
 
 from __future__ import annotations
@@ -26,14 +29,20 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.compound_file import compound_file
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
+from kb.loaders.pptx import NOTES_LABEL
 
 _DOCUMENT = 0x03E8
 _SLIDE = 0x03EE
+_SLIDE_ATOM = 0x03EF
+_NOTES = 0x03F0
 _SLIDE_PERSIST = 0x03F3
 _SLIDE_LIST = 0x0FF0
 _TEXT_CHARS = 0x0FA0
 _TEXT_BYTES = 0x0FA8
 _USER_EDIT = 0x0FF5
+_CLIENT_TEXTBOX = 0xF00D
+# Meta-character atoms: a field (slide number, date, header, footer) at a text position.
+_FIELDS = frozenset({0x0FD8, 0x0FF7, 0x0FF8, 0x0FF9, 0x0FFA, 0x1015})
 _CURRENT_USER = 0x0FF6
 _ENCRYPTED_TOKEN = 0xF3D1C4DF  # CurrentUserAtom.headerToken of an encrypted deck
 _PERSIST_DIRECTORY = 0x1772
@@ -68,7 +77,7 @@ def load_ppt(path: Path) -> LoadedDocument:
 
 
 def slide_texts(stream: bytes, user: bytes) -> list[list[str]]:
-    """Each live slide's lines, in slide order."""
+    """Each live slide's lines, then its notes' lines (the first prefixed ``备注：``), in slide order."""
     if len(user) < 20 or struct.unpack_from("<H", user, 2)[0] != _CURRENT_USER:
         raise ValueError("no CurrentUserAtom")
     if struct.unpack_from("<I", user, 12)[0] == _ENCRYPTED_TOKEN:
@@ -78,21 +87,51 @@ def slide_texts(stream: bytes, user: bytes) -> list[list[str]]:
     kind, start, end = _record(stream, persist[document_ref])
     if kind != _DOCUMENT:
         raise ValueError("the persist directory points to no document")
-    slides: list[tuple[int, list[str]]] = []  # (persist id, placeholder lines)
+    slides = slide_list(stream, start, end, instance=0)
+    notes = {entry[1]: entry for entry in slide_list(stream, start, end, instance=2)}
+    pages = []
+    for ref, _slide_id, lines in slides:
+        kind, slide_start, slide_end = _persisted(stream, persist, ref)
+        notes_lines: list[str] = []
+        if kind == _SLIDE:
+            lines = lines + _drawing_lines(stream, slide_start, slide_end)
+            note = notes.get(_notes_id(stream, slide_start, slide_end))
+            if note is not None:
+                note_kind, note_start, note_end = _persisted(stream, persist, note[0])
+                notes_lines = note[2] + (_drawing_lines(stream, note_start, note_end) if note_kind == _NOTES else [])
+        if notes_lines:
+            notes_lines[0] = NOTES_LABEL + notes_lines[0]
+        pages.append(lines + notes_lines)
+    return pages
+
+
+def slide_list(stream: bytes, start: int, end: int, *, instance: int) -> list[tuple[int, int, list[str]]]:
+    """``(persist id, slide or notes id, placeholder lines)`` of each entry in the document's list
+    of that instance (0 slides, 2 notes pages), in order."""
+    entries: list[tuple[int, int, list[str]]] = []
     for child, child_start, child_end in _children(stream, start, end):
-        if child == _SLIDE_LIST and _instance(stream, child_start - 8) == 0:
+        if child == _SLIDE_LIST and _instance(stream, child_start - 8) == instance:
             for atom, atom_start, atom_end in _children(stream, child_start, child_end):
                 if atom == _SLIDE_PERSIST:
-                    slides.append((struct.unpack_from("<I", stream, atom_start)[0], []))
-                elif atom in (_TEXT_CHARS, _TEXT_BYTES) and slides:
-                    slides[-1][1].extend(_lines(_text(stream, atom, atom_start, atom_end)))
-    for ref, lines in slides:
-        offset = persist.get(ref)
-        kind, slide_start, slide_end = _record(stream, offset) if offset is not None else (None, 0, 0)
-        if kind == _SLIDE:
-            for atom, atom_start, atom_end in _walk(stream, slide_start, slide_end, 0):
-                lines.extend(_lines(_text(stream, atom, atom_start, atom_end)))
-    return [lines for _, lines in slides]
+                    ref, _flags, _texts, slide_id = struct.unpack_from("<IIIi", stream, atom_start)
+                    entries.append((ref, slide_id, []))
+                elif atom in (_TEXT_CHARS, _TEXT_BYTES) and entries:
+                    entries[-1][2].extend(_lines(_text(stream, atom, atom_start, atom_end)))
+    return entries
+
+
+def _persisted(stream: bytes, persist: dict[int, int], ref: int) -> tuple[int | None, int, int]:
+    offset = persist.get(ref)
+    return _record(stream, offset) if offset is not None else (None, 0, 0)
+
+
+def _notes_id(stream: bytes, start: int, end: int) -> int | None:
+    """The notes id in a slide's ``SlideAtom`` (geometry, placeholders, master id, then notes id);
+    0 or none: no notes."""
+    for kind, atom_start, atom_end in _children(stream, start, end):
+        if kind == _SLIDE_ATOM and atom_end - atom_start >= 20:
+            return struct.unpack_from("<i", stream, atom_start + 16)[0] or None
+    return None
 
 
 def persist_directory(stream: bytes, offset: int) -> dict[int, int]:
@@ -150,15 +189,36 @@ def _children(stream: bytes, start: int, end: int) -> Iterator[tuple[int, int, i
         at = child_end
 
 
-def _walk(stream: bytes, start: int, end: int, depth: int) -> Iterator[tuple[int, int, int]]:
-    """Every text atom under the container content ``[start, end)``, in order."""
+def _drawing_lines(stream: bytes, start: int, end: int) -> list[str]:
+    """The lines of every text box under the container content ``[start, end)``, in drawing order."""
+    return [line for text in _walk(stream, start, end, 0) for line in _lines(text)]
+
+
+def _walk(stream: bytes, start: int, end: int, depth: int) -> Iterator[str]:
+    """The text of every text atom under ``[start, end)``, in order; in a ``ClientTextbox``, without
+    its fields' ``*`` placeholders."""
     if depth > _MAX_DEPTH:
         raise ValueError("containers nested too deep")
+    fields: list[int] = []
+    texts: list[str] = []
     for kind, child_start, child_end in _children(stream, start, end):
         if kind in (_TEXT_CHARS, _TEXT_BYTES):
-            yield kind, child_start, child_end
+            texts.append(_text(stream, kind, child_start, child_end))
+        elif kind in _FIELDS and child_end - child_start >= 4:
+            fields.append(struct.unpack_from("<i", stream, child_start)[0])
         elif stream[child_start - 8] & 0x0F == 0x0F:  # recVer 0xF: a container
+            yield from texts
+            texts = []
             yield from _walk(stream, child_start, child_end, depth + 1)
+    if fields and len(texts) == 1 and stream[start - 6: start - 4] == struct.pack("<H", _CLIENT_TEXTBOX):
+        texts = [_without_fields(texts[0], fields)]
+    yield from texts
+
+
+def _without_fields(text: str, positions: list[int]) -> str:
+    """``text`` without the ``*`` that stands at each field position."""
+    drop = {at for at in positions if 0 <= at < len(text) and text[at] == "*"}
+    return "".join(ch for i, ch in enumerate(text) if i not in drop)
 
 
 def _text(stream: bytes, kind: int, start: int, end: int) -> str:
