@@ -114,6 +114,9 @@ def test_doc_refusals(tmp_path: Path) -> None:
     refused(tmp_path / "tableless.doc", "damaged Word document \\(no 1Table stream\\)")
     (tmp_path / "locked.doc").write_bytes(_with_fib_flag(data, 0x0100))
     refused(tmp_path / "locked.doc", "password-protected")
+    at = data.find(b"\xec\xa5", 512)
+    (tmp_path / "word95.doc").write_bytes(data[: at + 2] + struct.pack("<H", 104) + data[at + 4:])
+    refused(tmp_path / "word95.doc", "Word 6.0/95 document; open it in Word or WPS and save it as .docx")
 
 
 def _with_fib_flag(data: bytes, flag: int) -> bytes:

@@ -26,6 +26,7 @@ from kb.loaders.compound_file import compound_file
 from kb.loaders.document import LoadedDocument, text_blocks
 
 _FIB_IDENT = 0xA5EC
+_NFIB_WORD97 = 0x00C0  # FibBase.nFib below this: Word 6.0/95 (101-105), whose FIB has another layout
 _FLAGS = 0x000A  # FibBase: fEncrypted 0x0100, fWhichTblStm 0x0200
 _CCP_TEXT = 0x004C  # FibRgLw97.ccpText: characters in the main document
 _FC_CLX = 0x01A2  # FibRgFcLcb97.fcClx / lcbClx: the piece table's place in the table stream
@@ -46,6 +47,8 @@ def load_doc(path: Path) -> LoadedDocument:
         word = read("WordDocument")
         if len(word) < _FC_CLX + 8 or _u16(word, 0) != _FIB_IDENT:
             raise DocumentLoadError(f"{path} is a damaged Word document (no FIB); save it again as .docx")
+        if _u16(word, 2) < _NFIB_WORD97:
+            raise DocumentLoadError(f"{path} is a Word 6.0/95 document; open it in Word or WPS and save it as .docx")
         flags = _u16(word, _FLAGS)
         if flags & 0x0100:
             raise DocumentLoadError(f"{path} is password-protected; save it without a password")
