@@ -10,7 +10,8 @@ wider grid (1-16 outputs per program, 1-8 KiB of K per step, 1-8 warps, 16-128 w
 thread per step) for the kernels the decode step runs now, as ``bench.gemv`` times calls: a CUDA
 graph of 100 calls over weight copies L2 cannot hold. Per shape it prints the best tile, its
 microseconds and TB/s, next to the op's own choice and bf16 cuBLAS, so the candidate lists can be
-cut to the tiles that win.
+cut to the tiles that win. ``--kinds gemlite4`` adds gemlite's A16W4 layer (Apache-2.0, its own
+autotuned GEMV; needs its wheel in .whl/) on the same quantized weights, as a library to beat.
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def best(times: dict[str, Any]) -> tuple[str, float] | None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated among {', '.join(SHAPES)}")
-    p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4", "int4dot"),
-                   help="int4dot: the tensor-core probe (bench.int4_dot_gemv) on the INT4 weights")
+    p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4", "int4dot", "gemlite4"),
+                   help="int4dot: the tensor-core probe (bench.int4_dot_gemv) on the INT4 weights; "
+                        "gemlite4: gemlite's A16W4 layer (g128), its own autotuned choice")
     p.add_argument("--int8-shapes", default="qkv,o_proj", help="shapes to sweep INT8 on (its others read 3.4-3.9 TB/s)")
     args = p.parse_args()
     device, dtype, shapes, bandwidth = shapes_setup(args)
@@ -147,14 +149,26 @@ def main() -> None:
                     continue  # the LM head is INT8 in both quantized kinds
                 if kind == "int8" and not args.tiny and name not in args.int8_shapes.split(","):
                     continue
-                layer_kind = "int8" if kind == "int8" else "int4triton"
+                layer_kind = {"int8": "int8", "gemlite4": "gemlite4"}.get(kind, "int4triton")
                 tiles = grid(k=k, bytes_per_k=1.0 if kind == "int8" else 0.5, tiny=args.tiny)
-                if kind == "int4dot":
+                if kind == "gemlite4":
+                    if device != "cuda":
+                        continue  # gemlite runs on CUDA only
+                    try:
+                        w.get(layer_kind)
+                    except Exception as e:  # no wheel, or its kernel failed its check
+                        entry[kind] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                        print(f"  {name} {kind}: {entry[kind]['error']}", flush=True)
+                        continue
+                    op_us = op_choice(w, x, layer_kind, device=device)
+                    sweep = {"own choice": op_us}
+                elif kind == "int4dot":
                     sweep = sweep_int4_dot(w, x, device=device)
                 else:
                     sweep = (sweep_int8 if kind == "int8" else sweep_int4)(w, x, tiles, device=device)
                 size = weight_size(w.get(layer_kind)[0])
-                op_us = op_choice(w, x, layer_kind, device=device)
+                if kind != "gemlite4":
+                    op_us = op_choice(w, x, layer_kind, device=device)
                 top = best(sweep)
                 entry[kind] = {"bytes": size, "op_us": op_us, "sweep_us": sweep,
                                "best": top and {"tile": top[0], "us": top[1], "tb_s": size / top[1] / 1e6}}
