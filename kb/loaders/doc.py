@@ -9,16 +9,22 @@ licensed Python library reads them (antiword and catdoc are GPL programs; python
 UTF-16LE, or one byte per character ("compressed", Windows-1252) for runs without other
 characters. Headers, footnotes and text boxes follow the main text and are not read.
 
-Word's marks become plain text: paragraph and cell ends lines (``\\r``, ``\\x07``), line and page
-breaks newlines, a field keeps its shown result and drops its code (``HYPERLINK "..."``, ``PAGE``),
-and object anchors, footnote references and soft hyphens disappear. Styles are not read: chapters
-come from 第N章/回 lines as in plain text. Encrypted and damaged files are refused in one line.
+Word's marks become plain text: paragraph ends lines (``\\r``), line and page breaks newlines, a
+field keeps its shown result and drops its code (``HYPERLINK "..."``, ``PAGE``), and object
+anchors, footnote references and soft hyphens disappear. Tables become one ``a | b`` line per row,
+as the DOCX loader writes them. In the text a cell end and a row end are the same mark (``\\x07``),
+and an empty cell looks like a row end; what tells them apart is each paragraph's properties
+(PAPX: ``sprmPFInTable``, ``sprmPFTtp``), kept in 512-byte pages (FKPs) that the table stream's
+``PlcBtePapx`` lists. Where those cannot be read, every cell is its own line. Styles are not
+read: chapters come from 第N章/回 lines as in plain text. Encrypted and damaged files are refused
+in one line.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from bisect import bisect_right
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
@@ -30,7 +36,15 @@ _NFIB_WORD97 = 0x00C0  # FibBase.nFib below this: Word 6.0/95 (101-105), whose F
 _FLAGS = 0x000A  # FibBase: fEncrypted 0x0100, fWhichTblStm 0x0200
 _CCP_TEXT = 0x004C  # FibRgLw97.ccpText: characters in the main document
 _FC_CLX = 0x01A2  # FibRgFcLcb97.fcClx / lcbClx: the piece table's place in the table stream
+_FC_PAPX = 0x0102  # FibRgFcLcb97.fcPlcfBteChpx... fcPlcfBtePapx / lcbPlcfBtePapx: the paragraph FKPs
 _MAX_PIECES = 1 << 20
+_PAGE = 512  # an FKP's size, at page number x 512 in the WordDocument stream
+_IN_TABLE, _ROW_END = 0x2416, 0x2417  # sprmPFInTable, sprmPFTtp (the mark that ends a table row)
+_OPERAND_SIZE = {0: 1, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2, 7: 3}  # by the sprm's spra bits; 6: sized in the operand
+_DEF_TABLE, _CHANGE_TABS = 0xD608, 0xC615  # spra 6 sprms whose size is not one leading byte
+# Stand-ins for a table's marks from main_text to readable: a paragraph end inside a cell, a cell
+# end, a row end (private-use characters: never in a .doc's text as such).
+_IN_CELL, _CELL_END, _ROW_MARK = "\ue000", "\ue001", "\ue002"
 _FIELD_BEGIN, _FIELD_SEPARATOR, _FIELD_END = "\x13", "\x14", "\x15"
 # Marks that end a line (paragraph, cell, line, page, column), non-breaking space and hyphen, and
 # marks that stand for nothing readable (picture and object anchors, footnote and annotation
@@ -70,6 +84,8 @@ def main_text(word: bytes, table: bytes) -> str:
     fc_clx, lcb_clx = struct.unpack_from("<II", word, _FC_CLX)
     if length < 0 or fc_clx + lcb_clx > len(table):
         raise ValueError("the FIB points outside the document")
+    runs = paragraph_runs(word, table)
+    starts = [run[0] for run in runs]
     out: list[str] = []
     taken = 0
     for start, end, offset, compressed in pieces(table[fc_clx: fc_clx + lcb_clx]):
@@ -82,9 +98,92 @@ def main_text(word: bytes, table: bytes) -> str:
             chunk = word[offset: offset + 2 * count].decode("utf-16-le", errors="replace")
         if len(chunk) != count:
             raise ValueError("a piece runs past the WordDocument stream")
-        out.append(chunk)
+        out.append(_mark_tables(chunk, offset, 1 if compressed else 2, runs, starts) if runs else chunk)
         taken += count
     return "".join(out)
+
+
+def paragraph_runs(word: bytes, table: bytes) -> list[tuple[int, int, bool, bool]]:
+    """``(first byte, end byte, in a table, ends a row)`` of each paragraph with properties, in
+    byte order, from the paragraph FKPs; empty where they cannot be read (tables then stay a
+    cell per line rather than the whole document being refused)."""
+    try:
+        fc, lcb = struct.unpack_from("<II", word, _FC_PAPX)
+        plc = table[fc: fc + lcb]
+        count = (len(plc) - 4) // 8
+        if count <= 0 or len(plc) != 4 + 8 * count:
+            return []
+        runs = []
+        for number in struct.unpack_from(f"<{count}I", plc, 4 * (count + 1)):
+            runs.extend(_fkp_runs(word, (number & 0x3FFFFF) * _PAGE))
+    except (ValueError, IndexError, struct.error):
+        return []
+    runs.sort()
+    return runs
+
+
+def _fkp_runs(word: bytes, at: int) -> list[tuple[int, int, bool, bool]]:
+    """One PapxFkp: ``crun`` in its last byte, ``crun + 1`` byte positions, then a 13-byte BxPap
+    per paragraph whose first byte (x 2) locates its PapxInFkp (0: default properties)."""
+    page = word[at: at + _PAGE]
+    if len(page) != _PAGE:
+        raise ValueError("an FKP past the stream")
+    crun = page[-1]
+    bounds = struct.unpack_from(f"<{crun + 1}I", page, 0)
+    runs = []
+    for i in range(crun):
+        where = 2 * page[4 * (crun + 1) + 13 * i]
+        flags = _table_flags(_papx_sprms(page, where)) if where else (False, False)
+        runs.append((bounds[i], bounds[i + 1], *flags))
+    return runs
+
+
+def _papx_sprms(page: bytes, at: int) -> bytes:
+    """A PapxInFkp's property modifiers (its style index dropped): ``cb`` counts words, 0 means
+    the next byte does."""
+    size = 2 * page[at] - 1 if page[at] else 2 * page[at + 1]
+    start = at + (1 if page[at] else 2)
+    return page[start + 2: start + size]
+
+
+def _table_flags(sprms: bytes) -> tuple[bool, bool]:
+    """(in a table, ends a row) from a run of Prl (sprm, operand); an operand this reader cannot
+    size ends the scan with what it found so far."""
+    in_table = row_end = False
+    at = 0
+    while at + 2 < len(sprms):
+        sprm = struct.unpack_from("<H", sprms, at)[0]
+        spra = sprm >> 13
+        if spra != 6:
+            size = _OPERAND_SIZE[spra]
+        elif sprm == _DEF_TABLE:
+            size = 1 + struct.unpack_from("<H", sprms, at + 2)[0]
+        elif sprm == _CHANGE_TABS and sprms[at + 2] == 255:
+            break
+        else:
+            size = 1 + sprms[at + 2]
+        if sprm == _IN_TABLE:
+            in_table = bool(sprms[at + 2])
+        elif sprm == _ROW_END:
+            row_end = bool(sprms[at + 2])
+        at += 2 + size
+    return in_table, row_end
+
+
+def _mark_tables(chunk: str, offset: int, width: int, runs: list[tuple[int, int, bool, bool]],
+                 starts: list[int]) -> str:
+    """``chunk`` (a piece's text from byte ``offset``, ``width`` bytes a character) with each table
+    paragraph's end mark replaced by its stand-in (``starts``: the runs' first bytes)."""
+    marked = list(chunk)
+    for i, char in enumerate(chunk):
+        if char not in "\r\x07":
+            continue
+        at = offset + width * i
+        run = runs[bisect_right(starts, at) - 1] if at >= starts[0] else None
+        if run is None or not run[0] <= at < run[1] or not run[2]:
+            continue
+        marked[i] = _ROW_MARK if run[3] else _CELL_END if char == "\x07" else _IN_CELL
+    return "".join(marked)
 
 
 def pieces(clx: bytes) -> list[tuple[int, int, int, bool]]:
@@ -127,8 +226,28 @@ def readable(raw: str) -> str:
                 skipping.pop()
         elif not any(skipping):
             kept.append(part)
-    text = "".join(kept).translate(_NEWLINES)
+    text = _table_rows("".join(kept)).translate(_NEWLINES)
     return _CONTROL.sub("", text)
+
+
+def _table_rows(text: str) -> str:
+    """The table stand-ins as the DOCX loader's rows: cells joined by `` | `` (each cell's own
+    paragraphs and spaces collapsed into one), a line per row."""
+    if _ROW_MARK not in text:
+        return text.replace(_IN_CELL, "\n").replace(_CELL_END, "\n")
+    rows = text.split(_ROW_MARK)
+    out = []
+    for i, part in enumerate(rows):
+        if i == len(rows) - 1:
+            out.append(part.replace(_IN_CELL, "\n").replace(_CELL_END, "\n"))
+            break
+        before, _, row = part.rpartition("\r")  # the row starts after the last paragraph outside it
+        cells = row.split(_CELL_END)
+        if cells and not cells[-1].strip():
+            cells.pop()  # the last cell's end mark comes right before the row's
+        line = " | ".join(" ".join(cell.replace(_IN_CELL, " ").split()) for cell in cells)
+        out.append(f"{before}\r{line}\n" if _ else f"{line}\n")
+    return "".join(out)
 
 
 def _u16(data: bytes, offset: int) -> int:
