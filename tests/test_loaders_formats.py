@@ -205,7 +205,7 @@ def test_unsupported_content_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "data.docx"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("hello.txt", "hi")
-    with pytest.raises(DocumentLoadError, match="not a DOCX, PPTX, XLSX or EPUB"):
+    with pytest.raises(DocumentLoadError, match="not a DOCX, PPTX, XLSX, OpenDocument or EPUB"):
         open_document(path)
     legacy = tmp_path / "old.doc"
     legacy.write_bytes(b"\xd0\xcf\x11\xe0" + b"\x00" * 100)

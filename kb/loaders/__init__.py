@@ -3,8 +3,8 @@
 The format is chosen by the file's bytes (:func:`detect_format`), never by its name (one
 exception: text named ``.csv``/``.tsv`` is a table, as bytes cannot tell a table from prose);
 each format has its own module (text/Markdown, CSV/TSV, PDF, images by OCR, DOCX, PPTX, XLSX,
-EPUB, HTML, RTF, XLS, DOC, PPT) and all of them return a :class:`LoadedDocument`: the text in blocks plus
-headings and pages.
+EPUB, HTML, RTF, XLS, DOC, PPT, ODT, ODS, ODP) and all of them return a :class:`LoadedDocument`:
+the text in blocks plus headings and pages.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ _LOADERS = {
     "epub": ("kb.loaders.epub", "load_epub"),
     "html": ("kb.loaders.html", "load_html"),
     "rtf": ("kb.loaders.rtf", "load_rtf"),
+    "odt": ("kb.loaders.odt", "load_odt"),
+    "ods": ("kb.loaders.ods", "load_ods"),
+    "odp": ("kb.loaders.odp", "load_odp"),
 }
 _OCR_FORMATS = frozenset({"pdf", "image"})  # the loaders that take ``ocr``
 

@@ -16,6 +16,7 @@ import lxml.etree
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
 from kb.loaders.html import _TextBuilder, extract_html, parse_html
+from kb.loaders.safe_xml import parse_part
 from kb.loaders.sniff import check_archive, read_member
 
 _NS = {
@@ -29,13 +30,7 @@ _HTML_TYPES = {"application/xhtml+xml", "text/html"}
 
 
 def _xml(data: bytes, *, name: str, part: str) -> lxml.etree._Element:
-    parser = lxml.etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
-    )
-    try:
-        return lxml.etree.fromstring(data, parser=parser)
-    except lxml.etree.XMLSyntaxError as e:
-        raise DocumentLoadError(f"{name} is a damaged EPUB ({part}: {e}); save the book again") from e
+    return parse_part(data, damaged=lambda reason: f"{name} is a damaged EPUB ({part}: {reason}); save the book again")
 
 
 def load_epub(path: Path) -> LoadedDocument:

@@ -28,6 +28,9 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     ".ppt": frozenset({"ppt"}),
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
+    **dict.fromkeys((".odt", ".ott"), frozenset({"odt"})),  # OpenDocument (LibreOffice), templates as documents
+    **dict.fromkeys((".ods", ".ots"), frozenset({"ods"})),
+    **dict.fromkeys((".odp", ".otp"), frozenset({"odp"})),
     ".rtf": frozenset({"rtf"}),
     **dict.fromkeys((".html", ".htm", ".xhtml"), frozenset({"html", "text"})),
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"), frozenset({"image"})),
@@ -35,7 +38,8 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
 # What every loader accepts, for upload pickers and CLI help (the content decides, not the suffix).
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
 FORMATS: tuple[str, ...] = (
-    "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "ppt", "xlsx", "xls", "epub", "html", "rtf"
+    "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "ppt", "xlsx", "xls", "epub", "html", "rtf",
+    "odt", "ods", "odp",
 )
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
@@ -58,7 +62,7 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, PPT, XLSX, XLS, EPUB, HTML, RTF and images "
+FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, PPT, XLSX, XLS, ODT, ODS, ODP, EPUB, HTML, RTF and images "
        "(.png/.jpg/.tif)")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # an OLE2 compound file: the Office 97-2003 formats, WPS documents
 
@@ -87,11 +91,18 @@ def detect_format(path: Path) -> str:
 
 
 def _zip_format(path: Path) -> str:
-    """``docx``, ``pptx``, ``xlsx`` or ``epub`` for a ZIP archive that is one (checked against zip bombs)."""
+    """``docx``, ``pptx``, ``xlsx``, ``epub`` or ``odt``/``ods``/``odp`` (an OpenDocument package's
+    ``mimetype`` member says which) for a ZIP archive that is one (checked against zip bombs)."""
+    from kb.loaders.opendocument import MIMETYPES
+
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
             names = set(archive.namelist())
+            if "mimetype" in names and "content.xml" in names:
+                mimetype = archive.read("mimetype")[:100].decode("ascii", errors="replace").strip()
+                if mimetype in MIMETYPES:
+                    return MIMETYPES[mimetype]
             if "word/document.xml" in names:
                 return "docx"
             if "ppt/presentation.xml" in names:
@@ -102,7 +113,7 @@ def _zip_format(path: Path) -> str:
                 return "epub"
     except zipfile.BadZipFile as e:
         raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
-    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX, PPTX, XLSX or EPUB document; {FIX}")
+    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX, PPTX, XLSX, OpenDocument or EPUB document; {FIX}")
 
 
 def _ole_format(path: Path) -> str:

@@ -1,0 +1,86 @@
+"""OpenDocument presentations (.odp, .otp): every slide one page, its title a level-1 heading,
+its shapes' text in reading order (top to bottom, then left to right; groups opened), tables as
+``a | b`` rows, then the speaker notes after ``备注：``: the document the PPTX loader makes of the
+same deck (a test converts one to the other). Slide-number, date, header and footer placeholders
+are not read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import lxml.etree
+
+from kb.errors import DocumentLoadError
+from kb.loaders.document import Heading, LoadedDocument, text_blocks
+from kb.loaders.opendocument import body, content_root, q, shape_lines
+from kb.loaders.pptx import NOTES_LABEL
+
+_SHAPES = {q("draw:frame"), q("draw:custom-shape"), q("draw:rect"), q("draw:ellipse"), q("draw:polygon"), q("draw:g")}
+_FIELD_CLASSES = {"page-number", "footer", "date-time", "header", "page"}
+_LENGTH = re.compile(r"^\s*(-?[\d.]+)\s*(cm|mm|in|pt|pc|px)?\s*$")
+_TO_CM = {"cm": 1.0, "mm": 0.1, "in": 2.54, "pt": 2.54 / 72, "pc": 2.54 / 6, "px": 2.54 / 96, None: 1.0}
+
+
+def load_odp(path: Path) -> LoadedDocument:
+    """An .odp deck's text, one page per slide, slide titles as headings."""
+    parts: list[str] = []
+    headings: list[Heading] = []
+    starts: list[int] = []
+    length = 0
+
+    def add_lines(lines: Iterator[str], *, prefix: str = "") -> None:
+        nonlocal length
+        for text in lines:
+            for line in text.replace("\v", "\n").splitlines():
+                line = " ".join(line.split())
+                if line:
+                    parts.append(f"{prefix}{line}\n")
+                    length += len(prefix) + len(line) + 1
+                    prefix = ""
+
+    for page in body(content_root(path, kind="odp"), "odp").iterchildren(q("draw:page")):
+        starts.append(length)
+        shapes = [shape for shape in page if shape.tag in _SHAPES and _class(shape) not in _FIELD_CLASSES]
+        title = next((shape for shape in shapes if _class(shape) == "title"), None)
+        if title is not None:
+            text = " ".join(" ".join(line for line, _ in shape_lines(title)).split())
+            if text:
+                headings.append(Heading(length, 1, text))
+                add_lines(iter([text]))
+        add_lines(_reading_order([shape for shape in shapes if shape is not title]))
+        notes = page.find(q("presentation:notes"))
+        if notes is not None:
+            add_lines((line for shape in notes if _class(shape) == "notes" for line, _ in shape_lines(shape)),
+                      prefix=NOTES_LABEL)
+    if not length:
+        raise DocumentLoadError(f"{path} has no text on any slide; there is nothing to add")
+    return LoadedDocument(path, "odp", "odp", text_blocks(parts), headings=tuple(headings), page_starts=tuple(starts))
+
+
+def _reading_order(shapes: list[lxml.etree._Element]) -> Iterator[str]:
+    """The lines of ``shapes`` top to bottom, then left to right; a group's members in their own
+    order at the group's place."""
+    for shape in sorted(shapes, key=_position):
+        if shape.tag == q("draw:g"):
+            yield from _reading_order([member for member in shape if member.tag in _SHAPES])
+        else:
+            yield from (line for line, _ in shape_lines(shape))
+
+
+def _position(shape: lxml.etree._Element) -> tuple[float, float]:
+    """(top, left) in cm; a group's is its members' smallest."""
+    if shape.tag == q("draw:g"):
+        members = [_position(member) for member in shape if member.tag in _SHAPES]
+        return min(members) if members else (0.0, 0.0)
+    return _length(shape.get(q("svg:y"))), _length(shape.get(q("svg:x")))
+
+
+def _length(value: str | None) -> float:
+    match = _LENGTH.match(value or "")
+    return float(match.group(1)) * _TO_CM[match.group(2)] if match else 0.0
+
+
+def _class(shape: lxml.etree._Element) -> str | None:
+    return shape.get(q("presentation:class"))
