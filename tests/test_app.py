@@ -351,9 +351,9 @@ def test_create_upload_build_list_delete_drop(app_url: str, kb_root: Path, sangu
 
 
 def test_upload_of_a_disallowed_type_is_refused(app_url: str, tmp_path: Path) -> None:
-    table = tmp_path / "novel.wps"  # a WPS Office document: no loader reads it
+    table = tmp_path / "novel.pages"  # an Apple Pages document: no loader reads it
     table.write_text("宴桃园豪杰三结义\n", encoding="utf-8")
-    with pytest.raises(AppError, match=r"不支持的文件类型.*file type not allowed: novel\.wps"):
+    with pytest.raises(AppError, match=r"不支持的文件类型.*file type not allowed: novel\.pages"):
         client(app_url).predict(KB, [handle_file(str(table))], api_name="/build")
 
 

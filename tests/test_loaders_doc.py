@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from app.errors import UserError
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
 from kb.loaders.doc import main_text, readable
 from tests.helpers import ingest_hits
@@ -178,6 +179,25 @@ def test_doc_refusals(tmp_path: Path) -> None:
     (tmp_path / "word95.doc").write_bytes(data[: at + 2] + struct.pack("<H", 104) + data[at + 4:])
     refused(tmp_path / "word95.doc", "Word 6.0/95 document; open it in Word or WPS and save it as .docx")
 
+
+
+def test_wps_office_names_are_read_by_their_content(tmp_path: Path) -> None:
+    """WPS Office, the office suite most Chinese users have, saves .wps/.et/.dps: Word, Excel and
+    PowerPoint files inside. They pass the upload check by name and read as what they hold; a
+    .wps that holds a spreadsheet is refused at upload as contradicting its name."""
+    from app.web.manage import check_content
+    from tests.test_loaders_ppt import FIXTURE as PPT
+    from tests.test_loaders_xls import write_xls
+
+    files = {"manual.wps": (FIXTURES / "manual.doc").read_bytes(), "deck.dps": PPT.read_bytes()}
+    files["book.et"] = write_xls(tmp_path / "book.xls").read_bytes()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert check_content(tmp_path / name) == tmp_path / name
+        assert open_document(tmp_path / name).format == {"wps": "doc", "dps": "ppt", "et": "xls"}[name.split(".")[1]]
+    (tmp_path / "sheet.wps").write_bytes(files["book.et"])
+    with pytest.raises(UserError, match=r"sheet.wps is xls, not what its name says \(.wps\)"):
+        check_content(tmp_path / "sheet.wps")
 
 def _with_fib_flag(data: bytes, flag: int) -> bytes:
     """``data`` (a .doc) with ``flag`` set in the FIB's flags: the WordDocument stream starts at a

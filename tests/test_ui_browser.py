@@ -232,7 +232,7 @@ def test_create_upload_refuse_build_ask_and_delete_from_the_browser(
     good.write_text("# 笔记\n\n## 第二章 休假\n\n" + sanguo_text[20_000:26_000], encoding="utf-8")
     fake = tmp_path / "fake.txt"
     fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
-    bad = tmp_path / "scan.wps"  # a WPS Office document: no loader reads it
+    bad = tmp_path / "scan.pages"  # an Apple Pages document: no loader reads it
     bad.write_text("回\n", encoding="utf-8")
     with serve(state) as url:
         page = open_page(browser, url)
@@ -242,7 +242,7 @@ def test_create_upload_refuse_build_ask_and_delete_from_the_browser(
         page.click("#create-btn")
         page.wait_for_selector("text=已创建知识库 浏览器库", timeout=20_000)
         page.set_input_files("#upload-files input[type=file]", [str(good), str(fake), str(bad)])
-        page.wait_for_selector("text=不支持的文件类型：scan.wps", timeout=20_000)
+        page.wait_for_selector("text=不支持的文件类型：scan.pages", timeout=20_000)
         page.wait_for_selector("text=不是可读的文本文件：fake.txt", timeout=20_000)
         page.wait_for_function(
             "() => !document.querySelector('#upload-files').innerText.includes('fake.txt')", timeout=10_000
@@ -251,7 +251,7 @@ def test_create_upload_refuse_build_ask_and_delete_from_the_browser(
         page.click("#build-btn")
         page.wait_for_selector("text=新增 1", timeout=60_000)
         table = page.inner_text("#docs-table")
-        assert "第二部分.md" in table and "fake.txt" not in table and "scan.wps" not in table
+        assert "第二部分.md" in table and "fake.txt" not in table and "scan.pages" not in table
         assert page.evaluate(OVERLAYS_JS) == 0
         capsys.readouterr()
         assert ingest(["list", "--kb-root", str(kb_root)]) == 0

@@ -26,6 +26,11 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     ".xls": frozenset({"xls"}),
     ".doc": frozenset({"doc"}),
     ".ppt": frozenset({"ppt"}),
+    # WPS Office's own names: its .wps/.et/.dps are Word/Excel/PowerPoint files inside (the binary
+    # 97-2003 formats, or the XML ones from newer versions); the content decides which.
+    ".wps": frozenset({"doc", "docx"}),
+    ".et": frozenset({"xls", "xlsx"}),
+    ".dps": frozenset({"ppt", "pptx"}),
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
     **dict.fromkeys((".odt", ".ott"), frozenset({"odt"})),  # OpenDocument (LibreOffice), templates as documents
