@@ -77,7 +77,8 @@ def test_xiyouji_main_characters_aliases_and_neighbours(xiyouji_part: Any) -> No
     assert "孙悟空" in [n for n, _ in graph.neighbours("唐僧", 3)]
     precision, recall = alias_scores(graph, GOLD["xiyouji"])
     print(f"xiyouji alias precision (text only) {precision:.2f} recall {recall:.2f}")
-    assert precision >= 0.9 and recall >= 0.3
+    assert precision >= 0.9 and recall >= 0.45  # 0.38 before 悟能叫做八戒 and 唐 + 三藏 were read
+    assert {"悟能", "猪悟能"} <= set(graph.person("猪八戒").aliases) and "唐三藏" in graph.person("唐僧").aliases
 
     merged = build_graph([xiyouji_part], aliases=load_aliases(XIYOUJI_ALIASES))
     assert [p.name for p in merged.persons[:4]] == ["孙悟空", "唐僧", "猪八戒", "沙僧"]
@@ -181,3 +182,31 @@ def test_self_naming_needs_the_speaker_to_name_himself() -> None:
     )
     selves = {(f.name, f.alias) for f in naming_facts(text) if f.kind == "self"}
     assert selves == {("悟空", "行者"), ("唐僧", "玄奘"), ("猴王", "孙悟空")}
+
+
+def test_a_name_called_by_another_and_a_surname_before_an_alias_join_their_person() -> None:
+    """西游记 listed 猪悟能 (70 mentions) and 唐三藏 (55) as persons apart from 猪八戒 and 唐僧:
+    ``……，悟能叫做八戒`` names 悟能 as 八戒 (but ``一个叫做清风`` names nobody: 一个 is no
+    person's name), and 唐三藏 is 唐 (as in 唐僧) + 三藏, another of his names."""
+    from kb.characters.graph import resolve_aliases
+    from kb.characters.names import naming_facts
+
+    text = "三藏道：“贫僧又将悟空叫做行者，悟能叫做八戒。”那里两个童子，一个叫做清风，一个叫做明月。"
+    called = {(f.name, f.alias) for f in naming_facts(text) if f.kind == "called"}
+    assert called == {("悟能", "八戒"), ("一个", "清风"), ("一个", "明月")}
+    book = text * 5 + "他道：“起了法名，叫做猪悟能。”他姓猪，名八戒。唐三藏。唐僧道：“贫僧法名三藏。”" * 5
+    part = extract_document(book, source="t.txt", min_count=3)
+    names = set(part.names)
+    assert {"悟能", "八戒", "清风", "明月"} <= names and "一个" not in names
+    resolved = resolve_aliases([part])
+    assert resolved["悟能"] == resolved["八戒"] and resolved["清风"] != resolved["明月"]
+    assert resolved["唐三藏"] == resolved["三藏"] == resolved["唐僧"]
+    from collections import Counter
+
+    from kb.characters.graph import _merge_surname_and_alias, _UnionFind
+
+    uf, alias_side = _UnionFind(), set()
+    uf.union("三藏", "唐僧")
+    uf.union("子建", "曹植")
+    _merge_surname_and_alias(uf, Counter({"唐三藏": 5, "三藏": 9, "唐僧": 20, "子建": 4, "曹植": 9, "刘子建": 3}), alias_side)
+    assert uf.find("唐三藏") == uf.find("唐僧") and uf.find("刘子建") != uf.find("曹植")  # no 刘 among 子建's names

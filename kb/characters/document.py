@@ -19,7 +19,7 @@ from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name,
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
-EXTRACTOR_VERSION = 5
+EXTRACTOR_VERSION = 6  # 6: names before 叫做 own the name after them; 了 never ends a name
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -179,7 +179,7 @@ def extract_document(
     """
     facts = list(naming_facts(text))
     candidates = jieba_person_candidates(text, min_count=min_count)
-    pattern_names = {f.name for f in facts if f.name} | {f.alias for f in facts if f.alias}
+    pattern_names = {f.name for f in facts if f.name and f.kind != "called"} | {f.alias for f in facts if f.alias}
     names = {n for n in set(candidates) | pattern_names if is_plausible_name(n)}
     surnames = book_surnames(text, candidates)
     names |= {s for s in short_forms(names, surnames) if text.count(s) >= min_count}

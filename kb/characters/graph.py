@@ -110,7 +110,7 @@ def resolve_aliases(
                 full_names.add(name)
             elif kind == "courtesy" and name in mentions and alias in mentions:
                 claims[alias].add(name)
-            elif kind == "self" and name in mentions and alias in mentions:
+            elif kind in ("self", "called") and name in mentions and alias in mentions:
                 uf.union(alias, name)  # 唐僧道：“贫僧……法名玄奘”: he says so himself
                 alias_side.add(alias)
     for alias, names in claims.items():
@@ -131,6 +131,7 @@ def resolve_aliases(
     surnames = {s for part in parts for s in part.surnames}
     tagged = {n for part in parts for n in part.tagged}
     _merge_honorifics(uf, mentions, surnames, alias_side)
+    _merge_surname_and_alias(uf, mentions, alias_side)
     clusters: dict[str, list[str]] = defaultdict(list)
     for name in set(mentions) | set(uf.parent):
         clusters[uf.find(name)].append(name)
@@ -171,6 +172,22 @@ def _merge_honorifics(uf: _UnionFind, mentions: Counter[str], surnames: set[str]
         best = rivals.most_common(2)
         if best and (len(best) == 1 or best[0][1] >= 3 * best[1][1]):
             uf.union(name, best[0][0])
+            alias_side.add(name)
+
+
+def _merge_surname_and_alias(uf: _UnionFind, mentions: Counter[str], alias_side: set[str]) -> None:
+    """``唐三藏`` joins the person of ``三藏`` when that person also has a name starting with 唐
+    (唐僧): the first character is that person's surname (or by-name) and the rest one of his
+    names, as 孙 + 行者 or 刘 + 玄德."""
+    members: dict[str, list[str]] = defaultdict(list)
+    for name in mentions:
+        members[uf.find(name)].append(name)
+    for name in list(mentions):
+        rest = name[1:]
+        if len(name) != 3 or rest not in mentions or uf.find(rest) == uf.find(name):
+            continue
+        if any(m[0] == name[0] and m != name for m in members[uf.find(rest)]):
+            uf.union(name, rest)
             alias_side.add(name)
 
 

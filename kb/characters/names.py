@@ -32,8 +32,8 @@ __all__ = [
 
 _HAN = "\u4e00-\u9fff"
 # A name never ends in these: speech verbs, troops, titles of groups, common verb tails.
-_BAD_LAST = set("曰道云笑问答言闻见听兵军将士卒等众们之乃亦也大怒喜自府州郡城国县门殿宫山河处时寺庙观洞阁关江")
-_BAD_FIRST = set("汝吾尔我你他她其此彼那这众被令使请与和及同向对")
+_BAD_LAST = set("曰道云笑问答言闻见听兵军将士卒等众们之乃亦也了大怒喜自府州郡城国县门殿宫山河处时寺庙观洞阁关江")
+_BAD_FIRST = set("汝吾尔我你他她其此彼那这众被令使请与和及同向对甚")
 _NOT_NAMES = {
     "文武", "伏兵", "大将军", "诸侯", "太后", "老夫", "闻言", "言语", "马匹", "钱粮", "士卒",
     "寻思", "印绶", "白旗", "红旗", "安民", "侍中", "都尉", "山后", "玉玺", "施礼", "车驾",
@@ -42,7 +42,7 @@ _NOT_NAMES = {
     "宝殿", "金光", "宝塔", "金丹", "荆棘", "元帅", "郎君", "小姐", "王子", "童儿", "高僧",
     "童男", "小可", "孤拐", "那壁厢", "那话儿", "古人云", "二人", "一声", "不好", "汉中", "夏侯",
     "金箍", "西天", "大惊", "诸公", "传旨", "真经", "洛阳", "长安", "许昌", "成都", "建业", "西川", "东吴",
-    "江东", "荆襄", "南阳", "襄阳", "汉朝", "天下", "自引", "爷爷", "奶奶", "老孙", "老猪", "灵霄", "南蛮", "西凉",
+    "江东", "荆襄", "南阳", "襄阳", "汉朝", "天下", "自引", "爷爷", "奶奶", "老孙", "老猪", "灵霄", "南蛮", "西凉", "小儿", "马来", "人参果",
 }
 # Common single-character surnames (百家姓, the ~200 most used): a 3-character name must start
 # with one of these or with a surname the book states (姓猪, 姓沙).
@@ -112,8 +112,9 @@ class NamingFact:
     """One naming pattern found in the text: ``alias`` names the same person as ``name``.
 
     ``kind``: ``"full"`` (姓X名Y -> name X+Y, no alias), ``"courtesy"`` (字), ``"self"``
-    (号/法名... said by ``name`` of himself), ``"title"`` (号/法名/混名...: a name whose owner
-    the sentence does not say; ``name`` is ``""``).
+    (号/法名... said by ``name`` of himself), ``"called"`` (``悟能叫做八戒``: ``name`` is a name
+    only if the text names a person so elsewhere), ``"title"`` (号/法名/混名...: a name whose
+    owner the sentence does not say; ``name`` is ``""``).
     """
 
     kind: str
@@ -136,6 +137,9 @@ _TITLE = re.compile(
 _SPEAKER = re.compile(rf"(?P<speaker>[{_HAN}]{{2,3}})(?:合掌|笑|欢喜|答|回)?(?:道|曰)：“(?P<said>[^”]*)$")
 _FIRST_PERSON = re.compile(r"(?:我|贫僧|老孙|俺|小僧|弟子|在下)(?P<span>[^你汝他尔]{0,12})$")
 _CALLED = re.compile(rf"[将把](?P<name>[{_HAN}]{{2,3}})$")
+# ``贫僧又将悟空叫做行者，悟能叫做八戒``: a name right before 叫做/唤做/唤为, at a clause's start.
+_NAMED = re.compile(rf"(?:^|[，。；：、！？“])(?P<name>[{_HAN}]{{2,3}})$")
+_NAMING_VERBS = ("叫做", "唤做", "唤为")
 _NOUN_VERBS = ("法名", "混名", "别名", "道号", "号")
 _SPEAKER_SPAN = 120
 
@@ -155,6 +159,17 @@ def speaker_of(text: str, start: int, verb: str) -> str | None:
     if me is None or (verb not in _NOUN_VERBS and not re.search("[名号]", me["span"])):
         return None  # 我还有个大师兄，叫做孙行者: someone else's name
     return m["speaker"]
+
+
+def named_before(text: str, start: int, verb: str) -> str | None:
+    """The name right before 叫做/唤做/唤为 at a clause's start (``……，悟能叫做八戒``), if
+    plausible; whether it is a person's name at all is for the graph to check (``一个叫做清风``)."""
+    if verb not in _NAMING_VERBS:
+        return None
+    named = _NAMED.search(text[max(0, start - 4) : start])
+    return named["name"] if named is not None and is_plausible_name(named["name"]) else None
+
+
 _COURTESY_BOUNDARY = re.compile(rf"[^{_HAN}]|[乃是曰即]")
 
 
@@ -175,8 +190,11 @@ def naming_facts(text: str) -> Iterator[NamingFact]:
     for m in _TITLE.finditer(text):
         if is_plausible_name(m["title"]):
             speaker = speaker_of(text, m.start(), m["verb"])
+            named = named_before(text, m.start(), m["verb"])
             if speaker and is_plausible_name(speaker) and speaker != m["title"]:
                 yield NamingFact("self", speaker, m["title"], m.start())
+            elif named and named != m["title"]:
+                yield NamingFact("called", named, m["title"], m.start())
             else:
                 yield NamingFact("title", "", m["title"], m.start())
 
