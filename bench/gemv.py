@@ -147,7 +147,12 @@ class Weights:
 def gemlite_layer(w: torch.Tensor, *, bits: int) -> Any:
     """``w`` as a gemlite layer: A16W4 from glmkb's own INT4 quantization (nibbles, scales and zero
     points per group of 128), or A16W8 quantized per output channel by gemlite itself."""
+    import gemlite
     from gemlite.helper import A16W8_INT8, A16Wn  # GPU-only at import (reads the device's properties)
+
+    # On sm90 gemlite sums its split-K partials with bf16 atomics: 1.1-2.5 % relative error on the
+    # 6B shapes (run 22), not a product glmkb could use. float32 partials, then one cast.
+    gemlite.set_native_atomic_bfp16(False)
 
     if bits == 8:
         return A16W8_INT8(device=str(w.device), dtype=w.dtype).from_weights(w.clone())
@@ -160,7 +165,7 @@ def gemlite_layer(w: torch.Tensor, *, bits: int) -> Any:
     x = torch.randn(1, w.shape[1], device=w.device, dtype=w.dtype)
     want = x.float() @ ((q.float() - z) * s).t()
     error = ((layer(x).float() - want).norm() / want.norm()).item()
-    if error > 1e-2:
+    if error > 5e-3:
         raise RuntimeError(f"gemlite A16W4 disagrees with the dequantized weight: rel. error {error:.3g}")
     return layer
 
