@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,13 @@ def assert_int4_model_on_the_fast_path_equals_generate(model_dir: Path, *, int4_
     fast = run_generate(llm_.model, dict(kwargs), fast_decode=FastDecodeOptions())
     assert torch.equal(eager[:, :-14], fast[:, :-14])  # the prompt and the first new tokens
     assert (eager[:, -16:] == fast[:, -16:]).float().mean().item() > 0.5
+
+
+def libreoffice_convert(sources: Iterable[Path], fmt: str, out: Path) -> None:
+    """Convert ``sources`` with LibreOffice (``soffice --headless --convert-to fmt``) into ``out``:
+    how the .doc, .ppt and OpenDocument fixtures are remade (CI does not install LibreOffice)."""
+    soffice = shutil.which("soffice")
+    if soffice is None:
+        raise SystemExit("needs LibreOffice (soffice, with Writer, Calc and Impress) on PATH")
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([soffice, "--headless", "--convert-to", fmt, "--outdir", str(out), *map(str, sources)], check=True)

@@ -6,9 +6,7 @@ written by LibreOffice 7.4 (``soffice --headless --convert-to doc``) from the DO
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from app.errors import UserError
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
 from kb.loaders.doc import main_text, readable
-from tests.helpers import ingest_hits
+from tests.helpers import ingest_hits, libreoffice_convert
 from tests.test_loaders_hostile import refused
 
 FIXTURES = Path(__file__).parent / "data" / "doc"
@@ -199,6 +197,7 @@ def test_wps_office_names_are_read_by_their_content(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"sheet.wps is xls, not what its name says \(.wps\)"):
         check_content(tmp_path / "sheet.wps")
 
+
 def _with_fib_flag(data: bytes, flag: int) -> bytes:
     """``data`` (a .doc) with ``flag`` set in the FIB's flags: the WordDocument stream starts at a
     sector whose first bytes are the FIB's identifier 0xA5EC."""
@@ -209,14 +208,9 @@ def _with_fib_flag(data: bytes, flag: int) -> bytes:
 
 def make_fixtures() -> None:
     """Write the DOCX sources and convert them with LibreOffice into tests/data/doc."""
-    soffice = shutil.which("soffice")
-    if soffice is None:
-        raise SystemExit("needs LibreOffice (soffice) on PATH")
-    FIXTURES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         sources = [write_manual(Path(folder) / "manual.docx"), write_english(Path(folder) / "english.docx")]
-        subprocess.run([soffice, "--headless", "--convert-to", "doc", "--outdir", str(FIXTURES),
-                        *map(str, sources)], check=True)
+        libreoffice_convert(sources, "doc", FIXTURES)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ not install)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
 from tests.fixtures.documents import SourceChapter, write_docx
-from tests.helpers import ingest_hits
+from tests.helpers import ingest_hits, libreoffice_convert
 from tests.test_loaders_doc import write_manual
 from tests.test_loaders_hostile import refused
 from tests.test_loaders_office import write_pptx, write_xlsx
@@ -145,16 +143,11 @@ def _package(path: Path, body: str, *, kind: str = "text", manifest: bytes | Non
 
 def make_fixtures() -> None:
     """Write the sources and convert them with LibreOffice into tests/data/odf."""
-    soffice = shutil.which("soffice")
-    if soffice is None:
-        raise SystemExit("needs LibreOffice (soffice) on PATH")
-    FIXTURES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         for name, write in SOURCES.items():
             stem, kind = name.rsplit(".", 1)
             source = write(Path(folder) / f"{stem}.{ {'odt': 'docx', 'odp': 'pptx', 'ods': 'xlsx'}[kind]}")
-            subprocess.run([soffice, "--headless", "--convert-to", kind, "--outdir", str(FIXTURES), str(source)],
-                           check=True)
+            libreoffice_convert([source], kind, FIXTURES)
 
 
 if __name__ == "__main__":

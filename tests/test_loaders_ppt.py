@@ -6,9 +6,7 @@ remakes it (needs LibreOffice Impress, which CI does not install)."""
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from kb.loaders import SUFFIX_FORMATS, SUPPORTED_SUFFIXES, detect_format, open_document
 from kb.loaders.ppt import persist_directory, slide_texts
-from tests.helpers import ingest_hits
+from tests.helpers import ingest_hits, libreoffice_convert
 from tests.test_loaders_hostile import refused
 from tests.test_loaders_office import write_pptx
 
@@ -94,14 +92,8 @@ def test_slides_are_cited_as_pages(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def make_fixture() -> None:
     """Write the PPTX source and convert it with LibreOffice into tests/data/ppt."""
-    soffice = shutil.which("soffice")
-    if soffice is None:
-        raise SystemExit("needs LibreOffice (soffice, with Impress) on PATH")
-    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
-        source = write_pptx(Path(folder) / "office.pptx")
-        subprocess.run([soffice, "--headless", "--convert-to", "ppt", "--outdir", str(FIXTURE.parent), str(source)],
-                       check=True)
+        libreoffice_convert([write_pptx(Path(folder) / "office.pptx")], "ppt", FIXTURE.parent)
 
 
 if __name__ == "__main__":

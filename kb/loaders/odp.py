@@ -12,10 +12,9 @@ from pathlib import Path
 
 import lxml.etree
 
-from kb.errors import DocumentLoadError
-from kb.loaders.document import Heading, LoadedDocument, text_blocks
+from kb.loaders.document import LoadedDocument
 from kb.loaders.opendocument import body, content_root, q, shape_lines
-from kb.loaders.pptx import NOTES_LABEL
+from kb.loaders.slides import NOTES_LABEL, SlidePages
 
 _SHAPES = {q("draw:frame"), q("draw:custom-shape"), q("draw:rect"), q("draw:ellipse"), q("draw:polygon"), q("draw:g")}
 _FIELD_CLASSES = {"page-number", "footer", "date-time", "header", "page"}
@@ -25,38 +24,20 @@ _TO_CM = {"cm": 1.0, "mm": 0.1, "in": 2.54, "pt": 2.54 / 72, "pc": 2.54 / 6, "px
 
 def load_odp(path: Path) -> LoadedDocument:
     """An .odp deck's text, one page per slide, slide titles as headings."""
-    parts: list[str] = []
-    headings: list[Heading] = []
-    starts: list[int] = []
-    length = 0
-
-    def add_lines(lines: Iterator[str], *, prefix: str = "") -> None:
-        nonlocal length
-        for text in lines:
-            for line in text.replace("\v", "\n").splitlines():
-                line = " ".join(line.split())
-                if line:
-                    parts.append(f"{prefix}{line}\n")
-                    length += len(prefix) + len(line) + 1
-                    prefix = ""
-
+    pages = SlidePages()
     for page in body(content_root(path, kind="odp"), "odp").iterchildren(q("draw:page")):
-        starts.append(length)
+        pages.new_slide()
         shapes = [shape for shape in page if shape.tag in _SHAPES and _class(shape) not in _FIELD_CLASSES]
         title = next((shape for shape in shapes if _class(shape) == "title"), None)
         if title is not None:
-            text = " ".join(" ".join(line for line, _ in shape_lines(title)).split())
-            if text:
-                headings.append(Heading(length, 1, text))
-                add_lines(iter([text]))
-        add_lines(_reading_order([shape for shape in shapes if shape is not title]))
+            pages.title(" ".join(line for line, _ in shape_lines(title)))
+        for line in _reading_order([shape for shape in shapes if shape is not title]):
+            pages.lines(line)
         notes = page.find(q("presentation:notes"))
         if notes is not None:
-            add_lines((line for shape in notes if _class(shape) == "notes" for line, _ in shape_lines(shape)),
-                      prefix=NOTES_LABEL)
-    if not length:
-        raise DocumentLoadError(f"{path} has no text on any slide; there is nothing to add")
-    return LoadedDocument(path, "odp", "odp", text_blocks(parts), headings=tuple(headings), page_starts=tuple(starts))
+            text = "\n".join(line for shape in notes if _class(shape) == "notes" for line, _ in shape_lines(shape))
+            pages.lines(text, prefix=NOTES_LABEL)
+    return pages.document(path, "odp")
 
 
 def _reading_order(shapes: list[lxml.etree._Element]) -> Iterator[str]:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from kb.errors import DocumentLoadError
 from kb.loaders.compound_file import compound_file
-from kb.loaders.document import Heading, LoadedDocument, text_blocks
-from kb.loaders.pptx import NOTES_LABEL
+from kb.loaders.document import LoadedDocument
+from kb.loaders.slides import NOTES_LABEL, SlidePages
 
 _DOCUMENT = 0x03E8
 _SLIDE = 0x03EE
@@ -60,20 +60,14 @@ def load_ppt(path: Path) -> LoadedDocument:
         raise DocumentLoadError(f"{path} is password-protected; save it without a password") from e
     except (ValueError, KeyError, IndexError, struct.error) as e:
         raise DocumentLoadError(f"{path} is a damaged PowerPoint deck ({e}); save it again as .pptx") from e
-    parts: list[str] = []
-    headings: list[Heading] = []
-    starts: list[int] = []
-    length = 0
+    pages = SlidePages()
     for lines in slides:
-        starts.append(length)
+        pages.new_slide()
         if lines:
-            headings.append(Heading(length, 1, lines[0]))
-        text = "".join(line + "\n" for line in lines)
-        parts.append(text)
-        length += len(text)
-    if not length:
-        raise DocumentLoadError(f"{path} has no text on any slide; there is nothing to add")
-    return LoadedDocument(path, "ppt", "ppt", text_blocks(parts), headings=tuple(headings), page_starts=tuple(starts))
+            pages.title(lines[0])
+        for line in lines[1:]:
+            pages.lines(line)
+    return pages.document(path, "ppt")
 
 
 def slide_texts(stream: bytes, user: bytes) -> list[list[str]]:

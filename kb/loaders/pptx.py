@@ -14,12 +14,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
-from kb.loaders.document import Heading, LoadedDocument, text_blocks
+from kb.loaders.document import LoadedDocument
+from kb.loaders.slides import NOTES_LABEL, SlidePages
 from kb.loaders.sniff import check_archive
-
-# Put before the first line of a slide's speaker notes.
-NOTES_LABEL = "备注："
-
 
 def load_pptx(path: Path) -> LoadedDocument:
     """A .pptx deck's text, one page per slide, slide titles as headings."""
@@ -29,7 +26,7 @@ def load_pptx(path: Path) -> LoadedDocument:
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
-        parts, headings, starts = _read_slides(pptx.Presentation(str(path)).slides)
+        pages = _read_slides(pptx.Presentation(str(path)).slides)
     except DocumentLoadError:
         raise
     except ValueError as e:
@@ -42,38 +39,22 @@ def load_pptx(path: Path) -> LoadedDocument:
         raise DocumentLoadError(
             f"{path} is a damaged PowerPoint deck ({type(e).__name__}: {_reason(e)}); save it again as .pptx"
         ) from e
-    if not parts:
-        raise DocumentLoadError(f"{path} has no text on any slide; there is nothing to add")
-    return LoadedDocument(path, "pptx", "pptx", text_blocks(parts), headings=headings, page_starts=starts)
+    return pages.document(path, "pptx")
 
 
-def _read_slides(slides: Iterable) -> tuple[list[str], tuple[Heading, ...], tuple[int, ...]]:  # type: ignore[type-arg]
+def _read_slides(slides: Iterable) -> SlidePages:  # type: ignore[type-arg]
     """The lines of every slide (title, body, notes), the titles as headings, where slides start."""
-    parts: list[str] = []
-    headings: list[Heading] = []
-    starts: list[int] = []
-    length = 0
-
-    def add_lines(text: str, *, prefix: str = "") -> None:
-        nonlocal length
-        for line in text.replace("\v", "\n").splitlines():
-            line = " ".join(line.split())
-            if line:
-                parts.append(f"{prefix}{line}\n")
-                length += len(prefix) + len(line) + 1
-                prefix = ""
-
+    pages = SlidePages()
     for slide in slides:
-        starts.append(length)
+        pages.new_slide()
         title = slide.shapes.title
-        if title is not None and title.has_text_frame and title.text_frame.text.strip():
-            headings.append(Heading(length, 1, " ".join(title.text_frame.text.split())))
-            add_lines(headings[-1].title)
+        if title is not None and title.has_text_frame:
+            pages.title(title.text_frame.text)
         for line in _shape_lines(slide.shapes, skip=title.shape_id if title is not None else None):
-            add_lines(line)
+            pages.lines(line)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
-            add_lines(slide.notes_slide.notes_text_frame.text, prefix=NOTES_LABEL)
-    return parts, tuple(headings), tuple(starts)
+            pages.lines(slide.notes_slide.notes_text_frame.text, prefix=NOTES_LABEL)
+    return pages
 
 
 def _shape_lines(shapes: Iterable, *, skip: int | None) -> Iterator[str]:  # type: ignore[type-arg]

@@ -1,0 +1,48 @@
+"""A deck's text as pages, one per slide: what the PPTX, PPT and ODP loaders share. A slide's
+title is its level-1 heading; its lines have their spaces collapsed, blank ones dropped; speaker
+notes come after the slide's own text, the first line after ``NOTES_LABEL``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kb.errors import DocumentLoadError
+from kb.loaders.document import Heading, LoadedDocument, text_blocks
+
+# Put before the first line of a slide's speaker notes.
+NOTES_LABEL = "备注："
+
+
+class SlidePages:
+    """Collects slides in order: ``new_slide``, then its ``title`` and ``lines``."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.headings: list[Heading] = []
+        self.starts: list[int] = []
+        self.length = 0
+
+    def new_slide(self) -> None:
+        self.starts.append(self.length)
+
+    def title(self, text: str) -> None:
+        """The slide's title: a heading and its first line (nothing when blank)."""
+        title = " ".join(text.split())
+        if title:
+            self.headings.append(Heading(self.length, 1, title))
+            self.lines(title)
+
+    def lines(self, text: str, *, prefix: str = "") -> None:
+        """``text``'s lines (newlines and vertical tabs end them), ``prefix`` before the first."""
+        for line in text.replace("\v", "\n").splitlines():
+            line = " ".join(line.split())
+            if line:
+                self.parts.append(f"{prefix}{line}\n")
+                self.length += len(prefix) + len(line) + 1
+                prefix = ""
+
+    def document(self, path: Path, format: str) -> LoadedDocument:
+        if not self.length:
+            raise DocumentLoadError(f"{path} has no text on any slide; there is nothing to add")
+        return LoadedDocument(path, format, format, text_blocks(self.parts), headings=tuple(self.headings),
+                              page_starts=tuple(self.starts))
