@@ -226,15 +226,37 @@ def test_damaged_decks_and_workbooks_are_refused_in_one_line(tmp_path: Path) -> 
     refused(rewritten(book, tmp_path / "bad2.xlsx", "xl/workbook.xml", b"<workbook"), "damaged Excel workbook")
 
 
-def test_a_powerpoint_show_is_refused_as_a_show_not_as_damaged(tmp_path: Path) -> None:
-    """A .ppsx (a deck saved to open as a slide show) differs from a .pptx only in its main
-    part's content type, which python-pptx refuses: the message must not call the file damaged."""
-    deck = write_pptx(tmp_path / "deck.pptx")
-    with zipfile.ZipFile(deck) as archive:
+@pytest.mark.parametrize(("suffix", "main_type"), [
+    (".ppsx", b"application/vnd.openxmlformats-officedocument.presentationml.slideshow.main+xml"),
+    (".potx", b"application/vnd.openxmlformats-officedocument.presentationml.template.main+xml"),
+    (".pptm", b"application/vnd.ms-powerpoint.presentation.macroEnabled.main+xml"),
+    (".docm", b"application/vnd.ms-word.document.macroEnabled.main+xml"),
+    (".dotx", b"application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml"),
+])
+def test_shows_templates_and_macro_enabled_files_read_as_their_documents(
+    suffix: str, main_type: bytes, tmp_path: Path
+) -> None:
+    """Regression: a .ppsx (a deck saved to open as a slide show) was refused ("save it as
+    .pptx") and a .docm (a Word document with macros, common in offices) was called damaged:
+    each differs from its .pptx/.docx only in its main part's content type, which
+    ``pptx.Presentation`` / ``docx.Document`` check. They read as the same document; nothing in
+    them runs."""
+    from app.web.manage import check_content
+    from tests.fixtures.documents import SourceChapter, write_docx
+
+    if suffix.startswith(".p"):
+        source = write_pptx(tmp_path / "source.pptx")
+        plain = b"application/vnd.openxmlformats-officedocument.presentationml.presentation.main+xml"
+    else:
+        source = write_docx(tmp_path / "source.docx", [SourceChapter("第一章 总则", ["宏文档的正文。"])])
+        plain = b"application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+    with zipfile.ZipFile(source) as archive:
         types = archive.read("[Content_Types].xml")
-    show_types = types.replace(b"presentationml.presentation.main+xml", b"presentationml.slideshow.main+xml")
-    assert show_types != types
-    refused(rewritten(deck, tmp_path / "talk.ppsx", "[Content_Types].xml", show_types), r"PowerPoint show \(\.ppsx\)")
+    assert plain in types
+    variant = rewritten(source, tmp_path / f"variant{suffix}", "[Content_Types].xml", types.replace(plain, main_type))
+    assert check_content(variant) == variant
+    read, expected = open_document(variant), open_document(source)
+    assert "".join(read.blocks()) == "".join(expected.blocks()) and read.headings == expected.headings
 
 
 def test_hostile_workbooks_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Word documents (.docx) with python-docx: paragraphs and tables in body order, "Heading 1-3"
+"""Word documents (.docx, and .docm/.dotx/.dotm, the same body) with python-docx: paragraphs and tables in body order, "Heading 1-3"
 styles as chapters and sections, each table row one ``|``-separated line.
 
 The archive is checked against zip bombs first; python-docx parses its XML with
@@ -15,6 +15,12 @@ from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
 from kb.loaders.sniff import check_archive
 
+# Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
+_WORD_VARIANTS = (
+    "application/vnd.ms-word.document.macroEnabled.main+xml",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml",
+    "application/vnd.ms-word.template.macroEnabledTemplate.main+xml",
+)
 # Built-in heading styles, by name in English and as Chinese Word names them.
 _HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-3])$", re.I)
 
@@ -30,7 +36,7 @@ def load_docx(path: Path) -> LoadedDocument:
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
-        document = docx.Document(str(path))
+        document = _open_document(path)
     except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as e:
         if isinstance(e, DocumentLoadError):
             raise
@@ -64,6 +70,23 @@ def load_docx(path: Path) -> LoadedDocument:
     if not length:
         raise DocumentLoadError(f"{path} has no text; there is nothing to add")
     return LoadedDocument(path, "docx", "docx", text_blocks(parts), headings=tuple(headings))
+
+
+def _open_document(path: Path):  # type: ignore[no-untyped-def]
+    """The python-docx document of a .docx, or of a macro-enabled document (.docm) or template
+    (.dotx, .dotm): the same body under another main-part content type, which ``docx.Document``
+    refuses. Opened through python-docx's package with those types mapped to its document part;
+    nothing in a .docm's macros is ever run (python-docx executes nothing)."""
+    from docx.opc.part import PartFactory
+    from docx.package import Package
+    from docx.parts.document import DocumentPart
+
+    for content_type in _WORD_VARIANTS:
+        PartFactory.part_type_for.setdefault(content_type, DocumentPart)
+    part = Package.open(str(path)).main_document_part
+    if not isinstance(part, DocumentPart):
+        raise ValueError(f"not a Word document: its main part is {part.content_type}")
+    return part.document
 
 
 def _heading_level(paragraph) -> int | None:  # type: ignore[no-untyped-def]

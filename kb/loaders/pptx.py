@@ -20,18 +20,15 @@ from kb.loaders.sniff import check_archive
 
 def load_pptx(path: Path) -> LoadedDocument:
     """A .pptx deck's text, one page per slide, slide titles as headings."""
-    import pptx
     from pptx.exc import PackageNotFoundError
 
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
-        pages = _read_slides(pptx.Presentation(str(path)).slides)
+        pages = _read_slides(_open_presentation(path).slides)
     except DocumentLoadError:
         raise
     except ValueError as e:
-        if "slideshow" in str(e):  # python-pptx opens decks, not shows: a .ppsx is whole, not damaged
-            raise DocumentLoadError(f"{path} is a PowerPoint show (.ppsx); open it and save it as .pptx") from e
         raise DocumentLoadError(f"{path} is a damaged PowerPoint deck ({_reason(e)}); save it again as .pptx") from e
     except (zipfile.BadZipFile, PackageNotFoundError, KeyError, OSError) as e:
         raise DocumentLoadError(f"{path} is a damaged PowerPoint deck ({_reason(e)}); save it again as .pptx") from e
@@ -40,6 +37,19 @@ def load_pptx(path: Path) -> LoadedDocument:
             f"{path} is a damaged PowerPoint deck ({type(e).__name__}: {_reason(e)}); save it again as .pptx"
         ) from e
     return pages.document(path, "pptx")
+
+
+def _open_presentation(path: Path):  # type: ignore[no-untyped-def]
+    """The python-pptx presentation of a deck, a show (.ppsx, .ppsm) or a template (.potx, .potm):
+    python-pptx's package maps all their main parts to its presentation part, but
+    ``pptx.Presentation`` refuses shows and templates by content type. Macros are never run."""
+    from pptx.package import Package
+    from pptx.parts.presentation import PresentationPart
+
+    part = Package.open(str(path)).main_document_part
+    if not isinstance(part, PresentationPart):
+        raise ValueError(f"not a PowerPoint deck: its main part is {part.content_type}")
+    return part.presentation
 
 
 def _read_slides(slides: Iterable) -> SlidePages:  # type: ignore[type-arg]

@@ -20,9 +20,11 @@ TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".markdown")
 SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     **dict.fromkeys(TEXT_SUFFIXES, frozenset({"text", "html"})),
     ".pdf": frozenset({"pdf"}),
-    ".docx": frozenset({"docx"}),
-    ".pptx": frozenset({"pptx"}),
-    **dict.fromkeys((".xlsx", ".xlsm"), frozenset({"xlsx"})),  # .xlsm: read like .xlsx, macros never run
+    # Macro-enabled files, templates and shows hold the same body as .docx/.pptx/.xlsx: read the
+    # same way, their macros never run.
+    **dict.fromkeys((".docx", ".docm", ".dotx", ".dotm"), frozenset({"docx"})),
+    **dict.fromkeys((".pptx", ".pptm", ".ppsx", ".ppsm", ".potx", ".potm"), frozenset({"pptx"})),
+    **dict.fromkeys((".xlsx", ".xlsm", ".xltx", ".xltm"), frozenset({"xlsx"})),
     ".xls": frozenset({"xls"}),
     ".doc": frozenset({"doc"}),
     ".ppt": frozenset({"ppt"}),
