@@ -96,7 +96,7 @@ command = ingest_command(
     description=(
         "Add documents to a knowledge base, creating it if needed: text (UTF-8, GBK/GB18030, Big5, "
         "UTF-16) and Markdown, PDF (scanned pages by OCR), DOCX, DOC, PPTX, PPT, XLSX, XLS (WPS Office's .wps, "
-        ".dps, .et too), ODT, ODS, ODP, EPUB, HTML, RTF and images, "
+        ".dps, .et too), ODT, ODS, ODP, EPUB, MOBI/AZW3, HTML, RTF and images, "
         "recognised by content, and .csv/.tsv tables. Unchanged files are skipped; changed files replace their old chunks."
     ),
     arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE...")],

@@ -25,7 +25,7 @@ KINDS = [("关键词（无需模型）/ keywords", KEYWORDS), ("向量 + 关键�
 def check_content(path: Path) -> Path:
     """Refuse an upload whose bytes contradict its name (a PNG renamed .txt) or, for a text
     name, are not decodable text, right at upload. PDF, DOCX/DOC, PPTX/PPT, XLSX/XLS, ODT/ODS/ODP,
-    EPUB, HTML, RTF and images are told by their bytes (``kb.loaders.detect_format``, which also
+    EPUB, MOBI/AZW3, HTML, RTF and images are told by their bytes (``kb.loaders.detect_format``, which also
     refuses zip bombs); the full read happens at build."""
     from kb.loaders import SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format
 

@@ -3,8 +3,8 @@
 The format is chosen by the file's bytes (:func:`detect_format`), never by its name (one
 exception: text named ``.csv``/``.tsv`` is a table, as bytes cannot tell a table from prose);
 each format has its own module (text/Markdown, CSV/TSV, PDF, images by OCR, DOCX, PPTX, XLSX,
-EPUB, HTML, RTF, XLS, DOC, PPT, ODT, ODS, ODP) and all of them return a :class:`LoadedDocument`:
-the text in blocks plus headings and pages.
+EPUB, MOBI/AZW3, HTML, RTF, XLS, DOC, PPT, ODT, ODS, ODP) and all of them return a
+:class:`LoadedDocument`: the text in blocks plus headings and pages.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ _LOADERS = {
     "odt": ("kb.loaders.odt", "load_odt"),
     "ods": ("kb.loaders.ods", "load_ods"),
     "odp": ("kb.loaders.odp", "load_odp"),
+    "mobi": ("kb.loaders.mobi", "load_mobi"),
 }
 _OCR_FORMATS = frozenset({"pdf", "image"})  # the loaders that take ``ocr``
 

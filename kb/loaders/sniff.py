@@ -35,6 +35,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
     ".dps": frozenset({"ppt", "pptx"}),
     **dict.fromkeys((".csv", ".tsv"), frozenset({"text"})),
     ".epub": frozenset({"epub"}),
+    **dict.fromkeys((".mobi", ".azw3", ".azw", ".prc", ".pdb"), frozenset({"mobi"})),  # Kindle, PalmDOC
     **dict.fromkeys((".odt", ".ott"), frozenset({"odt"})),  # OpenDocument (LibreOffice), templates as documents
     **dict.fromkeys((".ods", ".ots"), frozenset({"ods"})),
     **dict.fromkeys((".odp", ".otp"), frozenset({"odp"})),
@@ -46,7 +47,7 @@ SUFFIX_FORMATS: dict[str, frozenset[str]] = {
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(SUFFIX_FORMATS)
 FORMATS: tuple[str, ...] = (
     "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "ppt", "xlsx", "xls", "epub", "html", "rtf",
-    "odt", "ods", "odp",
+    "odt", "ods", "odp", "mobi",
 )
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
@@ -69,7 +70,8 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
-FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, PPT, XLSX, XLS, ODT, ODS, ODP, EPUB, HTML, RTF and images "
+FIX = ("supported: text (.txt/.md), CSV/TSV, PDF, DOCX, DOC, PPTX, PPT, XLSX, XLS, ODT, ODS, ODP, EPUB, MOBI/AZW3, HTML, RTF "
+       "and images "
        "(.png/.jpg/.tif)")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # an OLE2 compound file: the Office 97-2003 formats, WPS documents
 
@@ -85,6 +87,8 @@ def detect_format(path: Path) -> str:
         return _zip_format(path)
     if head.startswith(_OLE_MAGIC):
         return _ole_format(path)
+    if head[60:68] in (b"BOOKMOBI", b"TEXtREAd"):  # a Palm database: a Kindle or PalmDOC book
+        return "mobi"
     if any(head.startswith(magic) for magic in _IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
     for magic, kind in _REFUSED_MAGIC:
