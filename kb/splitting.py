@@ -103,6 +103,7 @@ class ChapterScanner:
         self._length = 0
         self._text_before_first = False  # non-space text before the first heading
         self._headings: list[tuple[int, Chapter]] = []  # (line start, chapter without its end)
+        self._bodies: list[bool] = []  # per heading: non-space text follows it before the next
 
     def feed(self, block: str) -> None:
         """Scan the next piece of the text."""
@@ -128,15 +129,33 @@ class ChapterScanner:
         if not self._skipping:
             self._scan(self._line, self._line_start)
         self._line = ""
-        if not self._headings:
+        headings = self._without_contents()
+        if not headings:
             return []
         sections: list[Chapter] = []
-        if self._text_before_first:
-            sections.append(Chapter(number=None, title=None, heading=None, start=0, end=self._headings[0][0]))
-        for i, (_, chapter) in enumerate(self._headings):
-            end = self._headings[i + 1][0] if i + 1 < len(self._headings) else self._length
+        if headings[0][0] > 0 and (self._text_before_first or len(headings) < len(self._headings)):
+            sections.append(Chapter(number=None, title=None, heading=None, start=0, end=headings[0][0]))
+        for i, (_, chapter) in enumerate(headings):
+            end = headings[i + 1][0] if i + 1 < len(headings) else self._length
             sections.append(Chapter(chapter.number, chapter.title, chapter.heading, chapter.start, end))
         return sections
+
+    def _without_contents(self) -> list[tuple[int, Chapter]]:
+        """The headings without those of a table of contents: a heading line with nothing under
+        it (or the contents' last line, with a preface under it) whose heading and title come
+        again later over a chapter's text (web novels in .txt start with a 目录 of every chapter
+        line). Its lines join the section before (the preamble, for a table at the top); kept,
+        each would be a chapter of one line, and every chapter number would be there twice."""
+        last_with_text: dict[tuple[str | None, str | None], int] = {}
+        for i, (_, chapter) in enumerate(self._headings):
+            if self._bodies[i]:
+                last_with_text[(chapter.heading, chapter.title)] = i
+        contents: set[int] = set()
+        for i, (_, chapter) in enumerate(self._headings):
+            again = last_with_text.get((chapter.heading, chapter.title), -1) > i
+            if again and (not self._bodies[i] or i - 1 in contents):
+                contents.add(i)
+        return [heading for i, heading in enumerate(self._headings) if i not in contents]
 
     def _extend_line(self, piece: str) -> None:
         if self._skipping:
@@ -148,7 +167,10 @@ class ChapterScanner:
             self._line, self._skipping = "", True
 
     def _note_text(self, text: str) -> None:
-        if not self._headings and not self._text_before_first and _NON_SPACE.search(text):
+        if self._headings:
+            if not self._bodies[-1] and _NON_SPACE.search(text):
+                self._bodies[-1] = True
+        elif not self._text_before_first and _NON_SPACE.search(text):
             self._text_before_first = True
 
     def _scan(self, lines: str, offset: int) -> None:
@@ -162,6 +184,7 @@ class ChapterScanner:
             title = " ".join((match.group("title") or "").split()) or heading
             chapter = Chapter(chinese_number(match.group("num")), title, heading, offset + match.start("heading"), -1)
             self._headings.append((offset + match.start(), chapter))
+            self._bodies.append(False)
         self._note_text(lines[pos:])
 
 

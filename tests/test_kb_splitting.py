@@ -81,6 +81,27 @@ def test_preamble_is_chapter_none(sanguo_path: Path) -> None:
     assert first.text.startswith("三国演义") and "临江仙" in first.text
 
 
+def test_a_table_of_contents_is_preamble_not_a_second_set_of_chapters(sanguo_path: Path) -> None:
+    """Regression: a .txt novel that opens with a 目录 of every chapter line (as web novels do)
+    split into 120 one-line chapters, then the 120 real ones: every chapter number twice. The
+    contents' heading lines (nothing under them, the same heading and title again later over
+    text) now belong to the preamble; streamed in blocks, the same."""
+    text = sanguo_path.read_text(encoding="utf-8")
+    plain = split_chapters(text)
+    lines = [" ".join(text[c.start: text.index("\n", c.start)].split()) for c in plain if c.number is not None]
+    contents = "目录\n\n" + "\n".join(lines) + "\n\n"
+    with_contents = split_chapters(contents + text)
+    shift = len(contents)
+    assert with_contents[0].number is None and with_contents[0].end == plain[1].start + shift
+    assert [(c.number, c.title, c.start - shift, c.end - shift) for c in with_contents[1:]] == [
+        (c.number, c.title, c.start, c.end) for c in plain[1:]]
+    cuts = list(range(0, len(contents) + 5000, 37))
+    assert streamed(in_blocks(contents + text[:20_000], cuts), chunk_size=400, chunk_overlap=80)[0] == split_chapters(
+        contents + text[:20_000])
+    bare = "第一回 甲\n第二回 乙\n"  # headings with nothing under them and no later copy stay chapters
+    assert [c.number for c in split_chapters(bare)] == [1, 2]
+
+
 def test_headings_of_other_shapes() -> None:
     text = (
         "序言在此。\n"
