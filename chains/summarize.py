@@ -23,6 +23,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from chains.events import Event
 from chains.stream_map_reduce_chain import load_stream_summarize_chain
+from kb.splitting import CHAPTER_UNITS
 
 __all__ = [
     "chapter_documents",
@@ -42,7 +43,7 @@ _NUM = r"[0-9０-９]+|[零〇一二两三四五六七八九十百千万]+"
 # the old pattern backtrack quadratically ("1" + 30k spaces + "-" took 28 s and froze the UI,
 # issue 20 #4); without whitespace every position has one way to match.
 _CHAPTER_RANGE = re.compile(
-    rf"第?(?P<first>{_NUM})[回章节]?(?:(?:-|~|～|—+|–|－|至|到)第?(?P<last>{_NUM})[回章节]?)?"
+    rf"第?(?P<first>{_NUM})[{CHAPTER_UNITS}]?(?:(?:-|~|～|—+|–|－|至|到)第?(?P<last>{_NUM})[{CHAPTER_UNITS}]?)?"
 )
 _MAX_SPEC_CHARS = 64
 # Map pieces leave this many tokens spare: tokens can merge differently where text meets template.

@@ -21,9 +21,12 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 _SPACE = "[ \\t\\u3000]"
 _CN_DIGITS = "零〇一二两三四五六七八九十百千万"
+# What 第N numbers in a heading: 回/章/节 (節 in traditional script), 话/話 (web and light novels'
+# episodes) and 卷 (volumes). The chapter-range parser (chains.summarize) reads the same units.
+CHAPTER_UNITS = "回章节節话話卷"
 CHAPTER_HEADING = re.compile(
     rf"^{_SPACE}*(?:#{{1,6}}{_SPACE}*)?"
-    rf"(?P<heading>第{_SPACE}*(?P<num>[0-9０-９]+|[{_CN_DIGITS}]+){_SPACE}*(?P<unit>[回章节卷]))"
+    rf"(?P<heading>第{_SPACE}*(?P<num>[0-9０-９]+|[{_CN_DIGITS}]+){_SPACE}*(?P<unit>[{CHAPTER_UNITS}]))"
     rf"(?:(?:{_SPACE}|[:：.．、])+(?P<title>[^\n]*?))?{_SPACE}*\r?$",
     re.MULTILINE,
 )

@@ -119,6 +119,18 @@ def test_headings_of_other_shapes() -> None:
         assert text[chunk.start : chunk.end] == chunk.text
 
 
+def test_traditional_and_episode_units_are_chapters_and_ranges() -> None:
+    """Regression: 第3節 (traditional script) and 第十二话 / 第12話 (web and light novels' episodes)
+    were not headings, and 第1-3话 was not a chapter range; the splitter and the range parser
+    read one unit list (CHAPTER_UNITS)."""
+    from chains.summarize import parse_chapter_range
+
+    text = "第3節 繁體\n正文一。\n第十二话 换话\n正文二。\n第13話 續話\n正文三。\n"
+    assert [(s.number, s.title, s.heading) for s in split_chapters(text)] == [
+        (3, "繁體", "第3節"), (12, "换话", "第十二话"), (13, "續話", "第13話")]
+    assert parse_chapter_range("第1-3话") == (1, 3) and parse_chapter_range("第五節") == (5, 5)
+
+
 def test_sentences_keep_their_closing_quotes() -> None:
     text = "第一回 测试\n" + "玄德曰：“此人何也？”云长曰：“吾弟也。”飞大笑曰：“好！好！”" * 4
     spans = pack_sentences(text, 0, len(text), chunk_size=40, chunk_overlap=0)
