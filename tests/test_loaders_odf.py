@@ -109,7 +109,11 @@ def test_opendocument_refusals(tmp_path: Path) -> None:
     cells = ('<table:table table:name="s"><table:table-row><table:table-cell office:value-type="string" '
              'table:number-columns-repeated="5000000"><text:p>x</text:p></table:table-cell></table:table-row>'
              '</table:table>')
-    refused(_package(tmp_path / "wide.ods", cells, kind="spreadsheet"), "past the limit")
+    refused(_package(tmp_path / "wide.ods", cells, kind="spreadsheet"),
+            r"wide.ods repeats a cell or row 5,000,000 times \(table:number-columns-repeated; limit 1,000,000\); "
+            "refused as too large")
+    refused(_package(tmp_path / "sheet.odt", "", tag="office:spreadsheet"),
+            r"sheet.odt is a damaged OpenDocument text \(its content has no office:text\)")
 
 
 def test_sheet_cells_repeat_only_where_they_hold_values(tmp_path: Path) -> None:
@@ -128,9 +132,10 @@ def test_sheet_cells_repeat_only_where_they_hold_values(tmp_path: Path) -> None:
     assert "".join(document.blocks()) == "表一\n1 | 1 | 1\nTRUE | 09:30:00 | 0.25\n"
 
 
-def _package(path: Path, body: str, *, kind: str = "text", manifest: bytes | None = None) -> Path:
-    """An OpenDocument package of ``kind`` (text, spreadsheet) whose body is ``body``."""
-    tag = {"text": "office:text", "spreadsheet": "office:spreadsheet"}[kind]
+def _package(path: Path, body: str, *, kind: str = "text", manifest: bytes | None = None, tag: str | None = None) -> Path:
+    """An OpenDocument package of ``kind`` (text, spreadsheet) whose body is ``body`` (in ``tag``,
+    by default the kind's own)."""
+    tag = tag or {"text": "office:text", "spreadsheet": "office:spreadsheet"}[kind]
     content = (f'<?xml version="1.0" encoding="UTF-8"?><office:document-content {_NAMESPACES}>'
                f"<office:body><{tag}>{body}</{tag}></office:body></office:document-content>")
     with zipfile.ZipFile(path, "w") as archive:

@@ -27,7 +27,6 @@ _HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-3])$", re.I)
 
 def load_docx(path: Path) -> LoadedDocument:
     """A .docx file's text with its headings."""
-    import docx
     from docx.opc.exceptions import PackageNotFoundError
     from docx.oxml.ns import qn
     from docx.table import Table

@@ -13,7 +13,7 @@ from pathlib import Path
 import lxml.etree
 
 from kb.loaders.document import LoadedDocument
-from kb.loaders.opendocument import body, content_root, q, shape_lines
+from kb.loaders.opendocument import body, named, q, shape_lines
 from kb.loaders.slides import NOTES_LABEL, SlidePages
 
 _SHAPES = {q("draw:frame"), q("draw:custom-shape"), q("draw:rect"), q("draw:ellipse"), q("draw:polygon"), q("draw:g")}
@@ -24,8 +24,13 @@ _TO_CM = {"cm": 1.0, "mm": 0.1, "in": 2.54, "pt": 2.54 / 72, "pc": 2.54 / 6, "px
 
 def load_odp(path: Path) -> LoadedDocument:
     """An .odp deck's text, one page per slide, slide titles as headings."""
+    with named(path):
+        return _deck(path)
+
+
+def _deck(path: Path) -> LoadedDocument:
     pages = SlidePages()
-    for page in body(content_root(path, kind="odp"), "odp").iterchildren(q("draw:page")):
+    for page in body(path, kind="odp").iterchildren(q("draw:page")):
         pages.new_slide()
         shapes = [shape for shape in page if shape.tag in _SHAPES and _class(shape) not in _FIELD_CLASSES]
         title = next((shape for shape in shapes if _class(shape) == "title"), None)

@@ -19,7 +19,7 @@ from pathlib import Path
 import lxml.etree
 
 from kb.loaders.document import LoadedDocument
-from kb.loaders.opendocument import block_lines, body, content_root, q, repeat, table_rows
+from kb.loaders.opendocument import block_lines, body, named, q, repeat, table_rows
 from kb.loaders.sheets import Sheet, sheets_document
 
 _DURATION = re.compile(r"^-?PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?$")
@@ -27,7 +27,8 @@ _DURATION = re.compile(r"^-?PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?$")
 
 def load_ods(path: Path) -> LoadedDocument:
     """An .ods workbook's sheets as headings and their rows as lines."""
-    return sheets_document(path, _sheets(body(content_root(path, kind="ods"), "ods")), format="ods")
+    with named(path):
+        return sheets_document(path, _sheets(body(path, kind="ods")), format="ods")
 
 
 def _sheets(spreadsheet: lxml.etree._Element) -> Iterator[Sheet]:

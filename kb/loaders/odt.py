@@ -8,16 +8,17 @@ from pathlib import Path
 
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
-from kb.loaders.opendocument import block_lines, body, content_root
+from kb.loaders.opendocument import block_lines, body, named
 
 
 def load_odt(path: Path) -> LoadedDocument:
     """An .odt document's text, its outline headings as headings."""
-    root = body(content_root(path, kind="odt"), "odt")
     parts: list[str] = []
     headings: list[Heading] = []
     length = 0
-    for line, level in block_lines(root):
+    with named(path):
+        lines = list(block_lines(body(path, kind="odt")))
+    for line, level in lines:
         if level is not None and 1 <= level <= 3 and line.strip():
             line = " ".join(line.split())
             headings.append(Heading(length, level, line))

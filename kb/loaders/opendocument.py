@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lxml.etree
@@ -82,13 +83,26 @@ def content_root(path: Path, *, kind: str) -> lxml.etree._Element:
                                                    f"save it again or as {_SAVE_AS[kind]}")
 
 
-def body(root: lxml.etree._Element, kind: str) -> lxml.etree._Element:
-    """``office:body``'s ``office:text`` / ``office:spreadsheet`` / ``office:presentation``."""
+def body(path: Path, *, kind: str) -> lxml.etree._Element:
+    """The package's ``office:text`` / ``office:spreadsheet`` / ``office:presentation``."""
     tag = {"odt": "office:text", "ods": "office:spreadsheet", "odp": "office:presentation"}[kind]
-    found = root.find(f"{q('office:body')}/{q(tag)}")
+    found = content_root(path, kind=kind).find(f"{q('office:body')}/{q(tag)}")
     if found is None:
-        raise DocumentLoadError(f"the content of this {_KIND_NAMES[kind]} has no {tag}")
+        raise DocumentLoadError(f"{path} is a damaged {_KIND_NAMES[kind]} (its content has no {tag}); save it again")
     return found
+
+
+@contextmanager
+def named(path: Path) -> Iterator[None]:
+    """Name ``path`` in a refusal raised while its content is read (``repeat``'s limit)."""
+    try:
+        yield
+    except TooLarge as e:
+        raise DocumentLoadError(f"{path} {e}; refused as too large") from e
+
+
+class TooLarge(Exception):
+    """A repeat count past MAX_REPEAT (the rest of a one-line message)."""
 
 
 def paragraph_text(element: lxml.etree._Element) -> str:
@@ -165,7 +179,7 @@ def repeat(element: lxml.etree._Element, attribute: str) -> int:
     except ValueError:
         return 1
     if number > MAX_REPEAT:
-        raise DocumentLoadError(f"{attribute}={number} is past the limit of {MAX_REPEAT:,}; refused as too large")
+        raise TooLarge(f"repeats a cell or row {number:,} times ({attribute}; limit {MAX_REPEAT:,})")
     return max(number, 1)
 
 
