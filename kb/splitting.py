@@ -136,7 +136,7 @@ class ChapterScanner:
         if not headings:
             return []
         sections: list[Chapter] = []
-        if headings[0][0] > 0 and (self._text_before_first or len(headings) < len(self._headings)):
+        if self._text_before_first or headings[0] is not self._headings[0]:  # text, or contents, first
             sections.append(Chapter(number=None, title=None, heading=None, start=0, end=headings[0][0]))
         for i, (_, chapter) in enumerate(headings):
             end = headings[i + 1][0] if i + 1 < len(headings) else self._length
