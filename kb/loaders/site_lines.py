@@ -1,0 +1,123 @@
+"""Download sites' lines in ``.txt`` novels: found in one pass, dropped as the text streams.
+
+Novels saved from web-novel sites carry the site's lines through the whole book ("笔趣阁
+www.biquge.com 最快更新", "本章未完，请点击下一页继续阅读", "手机阅读请访问 m.xxx.cc"). Indexed,
+they become chunks that match every question about "最新章节" and sources full of addresses.
+
+A *site line* is a short line that carries a web address or a phrase such sites stamp, and
+whose key (spaces removed, digits folded: page and chapter numbers differ) occurs at least
+``MIN_REPEATS`` times in the file. A book's own prose never repeats such a line; a preface
+that names its source once, or a manual's one support address, stays. Chapter heading lines
+are never dropped, whatever they carry. Offsets of everything downstream (headings, chunks)
+are into the text without these lines: the loader yields only that text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from kb.splitting import CHAPTER_HEADING
+
+# Longer lines are prose even when they name a site (a paragraph that quotes an address).
+MAX_SITE_LINE = 120
+# A marked line is the site's only when its key comes back this often.
+MIN_REPEATS = 3
+# Distinct marked keys counted at most (a hostile file full of distinct addresses).
+_MAX_KEYS = 20_000
+# Lines are held at most this long while the text streams (longer ones pass in pieces), and the
+# kept text is yielded in blocks of about _BLOCK_CHARS characters.
+_MAX_HELD = MAX_SITE_LINE * 8
+_BLOCK_CHARS = 1 << 18
+_SPACES = re.compile(r"[\s\u3000]+")
+_DIGITS = re.compile(r"\d+")
+# A web address (ASCII or full-width, "w w w . x x . c o m" once spaces are gone) or a phrase
+# the download sites stamp on every page.
+_MARKER = re.compile(
+    r"https?://|www\.|ｗｗｗ|[a-z0-9]\.(?:com|net|org|cc|cn|la|tw|info|me|co|xyz|top|vip|io|so|tv)\b"
+    r"|[．.](?:ｃｏｍ|ｎｅｔ|ｃｃ|ｏｒｇ)"
+    r"|本章未完|点击下一页|请记住本(?:书|站)|首发域名|最快更新|最新章节|手机(?:用户)?(?:阅读|请访问|请浏览)"
+    r"|无弹窗|天才一秒记住|本站地址|加入书签|笔趣阁|顶点小说",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class SiteLines:
+    """The keys of one file's site lines, with how many lines each dropped."""
+
+    counts: dict[str, int]
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def is_site_line(self, line: str) -> bool:
+        key = site_key(line)
+        return key is not None and key in self.counts and not CHAPTER_HEADING.match(line)
+
+    def warning(self, name: str) -> str:
+        """One line for the build's report: how many lines went, and the commonest."""
+        total = sum(self.counts.values())
+        example = max(self.counts, key=self.counts.__getitem__)
+        return f"{name}: dropped {total} repeated download-site lines (such as {example!r})"
+
+
+def site_key(line: str) -> str | None:
+    """The counting key of a short marked line (spaces out, digits folded to 0); None for
+    every other line."""
+    squeezed = _SPACES.sub("", line)
+    if not squeezed or len(squeezed) > MAX_SITE_LINE or not _MARKER.search(squeezed):
+        return None
+    return _DIGITS.sub("0", squeezed)
+
+
+def find_site_lines(blocks: Iterable[str]) -> SiteLines:
+    """Count the marked lines of a streamed text; keep the keys seen ``MIN_REPEATS`` times
+    (heading lines are not counted)."""
+    counts: Counter[str] = Counter()
+    for line, whole in _lines(blocks):
+        key = site_key(line) if whole else None
+        if key is not None and (key in counts or len(counts) < _MAX_KEYS) and not CHAPTER_HEADING.match(line):
+            counts[key] += 1
+    return SiteLines({key: n for key, n in counts.items() if n >= MIN_REPEATS})
+
+
+def without_site_lines(read_blocks: Callable[[], Iterable[str]], site_lines: SiteLines) -> Callable[[], Iterator[str]]:
+    """``read_blocks`` with the site lines (and their line breaks) left out."""
+
+    def blocks() -> Iterator[str]:
+        kept: list[str] = []
+        size = 0
+        for piece, whole in _lines(read_blocks(), keep_ends=True):
+            if whole and site_lines.is_site_line(piece):
+                continue
+            kept.append(piece)
+            size += len(piece)
+            if size >= _BLOCK_CHARS:
+                yield "".join(kept)
+                kept, size = [], 0
+        if kept:
+            yield "".join(kept)
+
+    return blocks
+
+
+def _lines(blocks: Iterable[str], *, keep_ends: bool = False) -> Iterator[tuple[str, bool]]:
+    """The lines of a streamed text (with or without their ``\n``), each with whether it is
+    whole. Only short lines are held: a line past ``_MAX_HELD`` characters (never a site line)
+    is passed on in pieces marked not whole, up to and including its end."""
+    carry = ""
+    long_line = False  # carry is the rest of a line whose head was already passed on
+    for block in blocks:
+        pieces = (carry + block).split("\n")
+        carry = pieces.pop()
+        for piece in pieces:
+            yield (piece + "\n" if keep_ends else piece), not long_line
+            long_line = False
+        if len(carry) > _MAX_HELD:
+            yield carry, False
+            carry, long_line = "", True
+    if carry:
+        yield carry, not long_line

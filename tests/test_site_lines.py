@@ -1,0 +1,94 @@
+"""Download sites' repeated lines in .txt novels (kb.loaders.site_lines): left out of the text,
+its headings and its chunks; a book's own lines, and a source named once, kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kb.loaders import open_document
+from kb.loaders.site_lines import find_site_lines, site_key, without_site_lines
+from tests.fixtures.corpus import corpus_file
+from tests.helpers import ingest_hits
+
+SITE_LINES = (
+    "天才一秒记住本站地址：www.biquge{n}.com 最快更新！",
+    "本章未完，请点击下一页继续阅读",
+    "手机用户请浏览 m . b i q u g e . c c 阅读，更优质的阅读体验。",
+    "https://www.xbiquge.la/{n}/{n}{n}.html",
+)
+
+
+def site_novel(chapters: int = 6) -> tuple[str, str]:
+    """A novel saved from a download site, and the same novel without the site's lines."""
+    clean, saved = [], ["本书来自 www.zxcs.me 整理\n"]
+    for n in range(1, chapters + 1):
+        body = f"第{n}章 风起\n　　张三在第{n}章里拔剑而起。\n　　李四说：“好剑！”\n"
+        clean.append(body)
+        heading, *lines = body.splitlines(keepends=True)
+        ads = [line.format(n=n) + "\n" for line in SITE_LINES]
+        saved.append(heading + ads[0] + "".join(lines) + "".join(ads[1:]))
+    return "本书来自 www.zxcs.me 整理\n" + "".join(clean), "".join(saved)
+
+
+def test_site_lines_are_left_out_and_everything_else_kept(tmp_path: Path) -> None:
+    clean, saved = site_novel()
+    path = tmp_path / "novel.txt"
+    path.write_text(saved, encoding="utf-8")
+    document = open_document(path)
+    assert "".join(document.blocks()) == clean  # the source named once stays
+    assert any("dropped 24 repeated download-site lines" in w for w in document.warnings)
+
+
+def test_a_book_without_site_lines_is_read_unchanged(tmp_path: Path) -> None:
+    """The real novels have no site lines: not one line of them is dropped."""
+    for name in ("sanguo.txt", "xiyouji.txt"):
+        source = corpus_file(name)
+        assert not find_site_lines([source.read_text(encoding="utf-8")])
+    path = tmp_path / "manual.txt"
+    text = "支持网站：www.example.com\n" * 2 + "第1章 安装\n请访问 https://example.com/help 获取帮助。" * 2
+    path.write_text(text, encoding="utf-8")
+    assert "".join(open_document(path).blocks()) == text
+
+
+def test_chapter_headings_that_carry_an_address_stay(tmp_path: Path) -> None:
+    text = "".join(f"第{n}章 风起 www.biquge.com\n正文{n}。\n" for n in range(1, 5))
+    assert not find_site_lines([text])
+
+
+@pytest.mark.parametrize("block", [1, 7, 50, 1 << 20])
+def test_blocks_of_any_size_give_the_same_text(block: int) -> None:
+    """Lines cut across block boundaries are still whole lines (and long lines pass in pieces)."""
+    clean, saved = site_novel(4)
+    saved += "长" * 5000 + "www.biquge.com\n" + "本章未完，请点击下一页继续阅读"
+    clean += "长" * 5000 + "www.biquge.com\n"
+    pieces = [saved[i : i + block] for i in range(0, len(saved), block)]
+    site_lines = find_site_lines(pieces)
+    assert "".join(without_site_lines(lambda: iter(pieces), site_lines)()) == clean
+
+
+def test_a_long_lines_tail_is_never_taken_for_a_site_line() -> None:
+    """The rest of an over-long line, after its held head was passed on, is not a line of its own."""
+    tail = "www.biquge.com\n"
+    text = ("长" * 2000 + tail) * 5
+    pieces = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+    assert not find_site_lines(pieces)
+
+
+def test_site_keys_fold_spaces_and_numbers() -> None:
+    assert site_key("https://www.x.la/12/345.html") == site_key("https://www.x.la/9/8.html")
+    assert site_key("　　本章未完，请点击下一页继续阅读  ") == "本章未完，请点击下一页继续阅读"
+    assert site_key("李四说：“好剑！”") is None
+    assert site_key("很长的一段话" * 30 + "www.x.com") is None
+
+
+def test_search_never_finds_the_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug: every chapter's chunks held the site's address, so asking for it matched them all."""
+    _, saved = site_novel()
+    path = tmp_path / "novel.txt"
+    path.write_text(saved, encoding="utf-8")
+    hits = ingest_hits([path], "最快更新 本站地址", root=tmp_path / "kbs", capsys=capsys)
+    assert all("本站地址" not in hit["text"] for hit in hits)
+    hits = ingest_hits([path], "拔剑", root=tmp_path / "kbs2", capsys=capsys)
+    assert hits and all(hit["chapter"] for hit in hits)
