@@ -235,7 +235,8 @@ class Services:
         return self._summary(docs)
 
     def summarize_file(self, path: Path, *, chapters: str | None) -> Iterator[Event]:
-        """Stream a summary of an uploaded text file (optionally a chapter range)."""
+        """Stream a summary of an uploaded file, any format a knowledge base reads (optionally a
+        chapter range)."""
         return self._summary(documents_from_file(path, chapters=chapters))
 
     def _summary(self, docs: list[Document]) -> Iterator[Event]:
@@ -252,10 +253,10 @@ class Services:
 
     check_kb_name = staticmethod(check_kb_name)
 
-    def upload_types(self, *, text_only: bool = False) -> list[str]:
+    def upload_types(self) -> list[str]:
         """The upload suffixes the page accepts (``app.uploads.upload_types``)."""
-        return uploads.upload_types(self.settings, text_only=text_only)
+        return uploads.upload_types(self.settings)
 
-    def check_upload(self, path: str | Path, *, text_only: bool = False) -> Path:
+    def check_upload(self, path: str | Path) -> Path:
         """An uploaded file of an allowed type and size, or a UserError naming the limit."""
-        return uploads.check_upload(self.settings, path, text_only=text_only)
+        return uploads.check_upload(self.settings, path)

@@ -11,12 +11,12 @@ from configs import Settings
 __all__ = ["check_upload", "upload_types"]
 
 
-def upload_types(settings: Settings, *, text_only: bool = False) -> list[str]:
-    """The upload suffixes the page accepts: every type ``kb.loaders`` reads, narrowed by
-    ``ui.allowed_types`` when set; ``text_only`` for the summary's upload (plain text)."""
-    from kb.loaders import SUPPORTED_SUFFIXES, TEXT_SUFFIXES
+def upload_types(settings: Settings) -> list[str]:
+    """The upload suffixes the page accepts (for a knowledge base and for a summary): every
+    type ``kb.loaders`` reads, narrowed by ``ui.allowed_types`` when set."""
+    from kb.loaders import SUPPORTED_SUFFIXES
 
-    supported = list(TEXT_SUFFIXES if text_only else SUPPORTED_SUFFIXES)
+    supported = list(SUPPORTED_SUFFIXES)
     wanted = settings.ui.allowed_types
     if wanted is None:
         return supported
@@ -24,11 +24,11 @@ def upload_types(settings: Settings, *, text_only: bool = False) -> list[str]:
     return [s for s in supported if s in chosen]
 
 
-def check_upload(settings: Settings, path: str | Path, *, text_only: bool = False) -> Path:
+def check_upload(settings: Settings, path: str | Path) -> Path:
     """An uploaded file of an allowed type and size, or a UserError naming the limit."""
     path = Path(path)
     ui = settings.ui
-    allowed = upload_types(settings, text_only=text_only)
+    allowed = upload_types(settings)
     if path.suffix.lower() not in allowed:
         raise UserError(
             f"不支持的文件类型：{path.name}（允许 {', '.join(allowed)}）",

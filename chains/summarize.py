@@ -127,10 +127,15 @@ def documents_from_text(
 
 
 def documents_from_file(path: str | Path, *, chapters: str | ChapterRange | None = None) -> list[Document]:
-    """Chapter documents of a text file (any Chinese encoding), narrowed to ``chapters``."""
-    from kb import load_text
+    """Chapter documents of a file in any format a knowledge base reads (a text file in any
+    Chinese encoding, PDF, DOCX, EPUB, ...), read as ``ingest build`` reads it (structural
+    headings, or 第N回 lines), narrowed to ``chapters``."""
+    from kb import open_document
 
-    return documents_from_text(load_text(path), source=str(path), chapters=chapters)
+    document = open_document(path)
+    text = "".join(document.blocks())
+    sections = document.chapters(length=len(text))
+    return documents_from_text(text, source=str(path), chapters=chapters, sections=sections)
 
 
 def documents_from_kb(kb: Any, ref: str, *, chapters: str | ChapterRange | None = None) -> list[Document]:

@@ -1,8 +1,8 @@
 """``ingest summarize FILE_OR_DOC [--kb NAME] [--chapters 1-10]``: stream a summary to stdout.
 
-Summarizes a text file, or a document of a knowledge base, chapter by chapter (map), then
-merges the chapter summaries (reduce), printing the final summary as it is generated. A
-progress bar goes to stderr, so ``ingest summarize novel.txt > summary.txt`` keeps the file clean.
+Summarizes a file (any format ``ingest build`` reads), or a document of a knowledge base,
+chapter by chapter (map), then merges the chapter summaries (reduce), printing the final
+summary as it is generated. A progress bar goes to stderr, so ``ingest summarize novel.txt > summary.txt`` keeps the file clean.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ command = ingest_command(
     run,
     help="summarize a file or knowledge-base document, streaming the result",
     description=(
-        "Summarize a text file or a knowledge-base document chapter by chapter, then merge the "
+        "Summarize a file (.txt, .pdf, .docx, .epub, ... as ingest build reads them) or a "
+        "knowledge-base document chapter by chapter, then merge the "
         "chapter summaries, printing the final summary as it is generated. Progress goes to "
         "stderr, so `ingest summarize novel.txt > summary.txt` keeps the file clean."
     ),

@@ -219,6 +219,21 @@ def test_chapter_documents_of_a_novel(sanguo_path: Path) -> None:
     assert [d.metadata["chapter"] for d in last] == [final]
 
 
+def test_documents_from_file_reads_every_format(sanguo_path: Path, tmp_path: Path) -> None:
+    """Bug: ``ingest summarize book.epub`` (or .pdf, .docx) was refused as "not a text file":
+    only text files were read. Now the file is read as ``ingest build`` reads it, chapters
+    from its structural headings."""
+    from kb.loading import load_text
+    from tests.fixtures.documents import novel_chapters, write_docx, write_epub
+
+    chapters = novel_chapters(load_text(sanguo_path), 1, 3)
+    for path in (write_epub(tmp_path / "book.epub", chapters), write_docx(tmp_path / "book.docx", chapters)):
+        docs = documents_from_file(path, chapters="2-3")
+        assert [d.metadata["chapter"] for d in docs] == [2, 3], path.name
+        assert docs[1].metadata["chapter_title"] == chapters[2].heading.split(" ", 1)[1]
+        assert chapters[2].paragraphs[-1] in docs[1].page_content
+
+
 def test_chapter_selection_errors_are_clear() -> None:
     docs = documents_from_text("第一回 甲\n内容。\n第二回 乙\n内容。\n", source="a.txt")
     assert [d.metadata["chapter"] for d in select_chapters(docs, "2")] == [2]

@@ -95,10 +95,8 @@ class SummaryHandlers:
         chapters = (chapters or "").strip() or None
         if origin == FROM_UPLOAD:
             if not upload:
-                raise UserError("请先上传一个文本文件", "upload a text file first")
-            stream = self.services.summarize_file(
-                self.services.check_upload(upload, text_only=True), chapters=chapters
-            )
+                raise UserError("请先上传一个文件", "upload a file first")
+            stream = self.services.summarize_file(self.services.check_upload(upload), chapters=chapters)
         else:
             kb_name = self.services.check_kb_name(kb_name)
             if not doc_id:
@@ -195,8 +193,8 @@ class SummaryTab:
                     label="文档 / document", choices=[], allow_custom_value=True, elem_id="summary-tab-doc"
                 )
                 self.file = gr.File(
-                    label="上传文本 / upload "
-                    + upload_label(self.services.upload_types(text_only=True), ui.max_upload_mb, each=False),
+                    label="上传文件 / upload "
+                    + upload_label(self.services.upload_types(), ui.max_upload_mb, each=False),
                     visible=False,
                 )
                 self.chapters = gr.Textbox(
