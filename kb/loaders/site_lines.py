@@ -46,9 +46,11 @@ _MARKER = re.compile(
 
 @dataclass(frozen=True)
 class SiteLines:
-    """The keys of one file's site lines, with how many lines each dropped."""
+    """The keys of one file's site lines, with how many lines each dropped and the first line
+    seen of each (for the report)."""
 
     counts: dict[str, int]
+    examples: dict[str, str]
 
     def __bool__(self) -> bool:
         return bool(self.counts)
@@ -60,8 +62,8 @@ class SiteLines:
     def warning(self, name: str) -> str:
         """One line for the build's report: how many lines went, and the commonest."""
         total = sum(self.counts.values())
-        example = max(self.counts, key=self.counts.__getitem__)
-        return f"{name}: dropped {total} repeated download-site lines (such as {example!r})"
+        commonest = max(self.counts, key=self.counts.__getitem__)
+        return f"{name}: dropped {total} repeated download-site lines (such as {self.examples[commonest]!r})"
 
 
 def site_key(line: str) -> str | None:
@@ -77,11 +79,14 @@ def find_site_lines(blocks: Iterable[str]) -> SiteLines:
     """Count the marked lines of a streamed text; keep the keys seen ``MIN_REPEATS`` times
     (heading lines are not counted)."""
     counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
     for line, whole in _lines(blocks):
         key = site_key(line) if whole else None
         if key is not None and (key in counts or len(counts) < _MAX_KEYS) and not CHAPTER_HEADING.match(line):
             counts[key] += 1
-    return SiteLines({key: n for key, n in counts.items() if n >= MIN_REPEATS})
+            examples.setdefault(key, line.strip())
+    kept = {key: n for key, n in counts.items() if n >= MIN_REPEATS}
+    return SiteLines(kept, {key: examples[key] for key in kept})
 
 
 def without_site_lines(read_blocks: Callable[[], Iterable[str]], site_lines: SiteLines) -> Callable[[], Iterator[str]]:
