@@ -1,4 +1,5 @@
-"""``ingest build FILE...``: add or update text files in a knowledge base."""
+"""``ingest build FILE_OR_FOLDER...``: add or update documents in a knowledge base (a folder:
+every document under it, ``kb.loaders.folders``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,7 @@ from configs.errors import BadInput
 from ingest.cli import ingest_command, settings_from_args
 
 
-
-
-
-
-def check_file_names(files: Sequence[str]) -> None:
+def check_file_names(files: Sequence[str | os.PathLike[str]]) -> None:
     """Refuse file names that are not UTF-8 before anything is read, naming the file and the
     fix (glmkb #20.16: a GBK-named file failed with "'utf-8' codec can't encode characters in
     position 16-17: surrogates not allowed", naming neither)."""
@@ -34,8 +31,11 @@ def check_file_names(files: Sequence[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kb import DamagedKnowledgeBaseError, KnowledgeBase
+    from kb.loaders.folders import expand_folders
 
     check_file_names(args.files)
+    found = expand_folders(args.files)
+    check_file_names(found.files)
 
     settings = settings_from_args(
         args,
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         kb = open_kb()
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
-    report = kb.add_files(args.files, show_progress=not args.quiet, ocr=settings.kb.ocr)
+    if note := found.skipped_note():
+        print(f"note: {note}", file=sys.stderr)
+    report = kb.add_files(found.files, show_progress=not args.quiet, ocr=settings.kb.ocr)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0
@@ -97,8 +99,9 @@ command = ingest_command(
         "Add documents to a knowledge base, creating it if needed: text (UTF-8, GBK/GB18030, Big5, "
         "UTF-16) and Markdown, PDF (scanned pages by OCR), DOCX, DOC, PPTX, PPT, XLSX, XLS (WPS Office's .wps, "
         ".dps, .et too), ODT, ODS, ODP, EPUB, MOBI/AZW3, HTML, RTF and images, "
-        "recognised by content, and .csv/.tsv tables. Unchanged files are skipped; changed files replace their old chunks."
+        "recognised by content, and .csv/.tsv tables. A folder adds every such document under it (hidden files "
+        "left out, other types skipped with a note). Unchanged files are skipped; changed files replace their old chunks."
     ),
-    arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE...")],
+    arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE_OR_FOLDER...")],
     flags=("kb", "kb_root", "embedding", "store", "embedding_device", "chunk_size", "chunk_overlap", "ocr", "quiet"),
 )

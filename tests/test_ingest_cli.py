@@ -183,3 +183,33 @@ def test_list_survives_a_damaged_kb(capsys: pytest.CaptureFixture[str], built: s
     (root / "broken" / "CURRENT").write_text("v-missing\n", encoding="utf-8")
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "broken\tdamaged:" in out and "cli\t2 documents" in out
+
+
+def test_build_a_folder_adds_every_document_under_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``ingest build docs/`` used to fail with "docs is a folder; give the documents inside it":
+    a folder is every document under it, hidden files and lock files left out, other types
+    skipped with a note."""
+    from tests.fixtures.documents import SourceChapter, write_docx
+
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / ".git").mkdir()
+    (docs / "a.txt").write_text("第一章 开始\n张三出发了。\n", encoding="utf-8")
+    write_docx(docs / "sub" / "b.docx", [SourceChapter("第一章 报销", ["差旅费凭发票报销。"])])
+    (docs / "sub" / "c.md").write_text("# 请假\n年假五天。\n", encoding="utf-8")
+    (docs / ".git" / "config.txt").write_text("不读", encoding="utf-8")
+    (docs / ".notes.txt").write_text("不读", encoding="utf-8")
+    (docs / "~$b.docx").write_bytes(b"lock")
+    (docs / "tool.exe").write_bytes(b"MZ")
+    root = ["--kb", "folder", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none"]
+    code, out, err = run_cli(capsys, "build", str(docs), *root, "-q")
+    assert code == 0, err
+    assert out.startswith("folder: files: 3 (3 added")
+    assert "note: skipped 1 file of other types in the folders given (tool.exe)" in err
+    code, out, _ = run_cli(capsys, "list", "--kb", "folder", "--kb-root", str(tmp_path / "kbs"), "--json")
+    assert code == 0
+    assert sorted(Path(d["source"]).name for d in json.loads(out)) == ["a.txt", "b.docx", "c.md"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.exe").write_bytes(b"MZ")
+    code, _, err = run_cli(capsys, "build", str(tmp_path / "empty"), *root)
+    assert_one_line_error(code, err, "no documents in the folder", "found 1 files of other types")
