@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
@@ -24,6 +24,9 @@ _CN_DIGITS = "零〇一二两三四五六七八九十百千万"
 # What 第N numbers in a heading: 回/章/节 (節 in traditional script), 话/話 (web and light novels'
 # episodes) and 卷 (volumes). The chapter-range parser (chains.summarize) reads the same units.
 CHAPTER_UNITS = "回章节節话話卷"
+# 卷 (a volume) is a chapter only where nothing finer numbers the text: a web novel's 第一卷 over
+# its 第一章..第十章 is a heading over chapters, not chapter 1 beside 第一章 (ChapterScanner).
+VOLUME_UNIT = "卷"
 CHAPTER_HEADING = re.compile(
     rf"^{_SPACE}*(?:#{{1,6}}{_SPACE}*)?"
     rf"(?P<heading>第{_SPACE}*(?P<num>[0-9０-９]+|[{_CN_DIGITS}]+){_SPACE}*(?P<unit>[{CHAPTER_UNITS}]))"
@@ -135,8 +138,10 @@ class ChapterScanner:
         headings = self._without_contents()
         if not headings:
             return []
+        contents_first = headings[0] is not self._headings[0]
+        headings = _volumes_folded(headings)
         sections: list[Chapter] = []
-        if self._text_before_first or headings[0] is not self._headings[0]:  # text, or contents, first
+        if self._text_before_first or contents_first:  # text, or contents, first
             sections.append(Chapter(number=None, title=None, heading=None, start=0, end=headings[0][0]))
         for i, (_, chapter) in enumerate(headings):
             end = headings[i + 1][0] if i + 1 < len(headings) else self._length
@@ -189,6 +194,27 @@ class ChapterScanner:
             self._headings.append((offset + match.start(), chapter))
             self._bodies.append(False)
         self._note_text(lines[pos:])
+
+
+def _volumes_folded(headings: list[tuple[int, Chapter]]) -> list[tuple[int, Chapter]]:
+    """Where 卷 headings stand over finer ones (第一卷 ... 第一章 ... 第二卷 ... 第十一章), each
+    volume's heading line (and any text of its own) starts the chapter after it instead of being
+    a chapter: its number would collide with the chapters' own (two "chapter 1"s), and ranges
+    and citations count chapters. A text numbered only in 卷 keeps them as its chapters."""
+    units = {chapter.heading[-1] for _, chapter in headings if chapter.heading}
+    if VOLUME_UNIT not in units or units == {VOLUME_UNIT}:
+        return headings
+    folded: list[tuple[int, Chapter]] = []
+    volume_start: int | None = None  # line start of the volume heading(s) waiting for a chapter
+    for line_start, chapter in headings:
+        if chapter.heading and chapter.heading[-1] == VOLUME_UNIT:
+            volume_start = line_start if volume_start is None else volume_start
+            continue
+        if volume_start is not None:
+            line_start, chapter = volume_start, replace(chapter, start=volume_start)
+            volume_start = None
+        folded.append((line_start, chapter))
+    return folded  # a volume heading after the last chapter stays in that chapter's text
 
 
 def split_chapters(text: str) -> list[Chapter]:

@@ -102,6 +102,30 @@ def test_a_table_of_contents_is_preamble_not_a_second_set_of_chapters(sanguo_pat
     assert [c.number for c in split_chapters(bare)] == [1, 2]
 
 
+def test_volumes_over_chapters_fold_into_the_chapter_after_them() -> None:
+    """Regression: a web novel's 第一卷 over 第一章..第二章 split into chapter 1 (the volume's one
+    line), chapter 1 (第一章), chapter 2, chapter 2 (第二卷)...: every volume number beside a chapter
+    number. A volume heading now starts the chapter after it; a text numbered only in 卷 keeps
+    its volumes as chapters; streamed in blocks, the same."""
+    text = (
+        "序言。\n"
+        "第一卷 风起\n本卷说明。\n"
+        "第一章 开始\n正文一。\n"
+        "第二章 继续\n正文二。\n"
+        "第二卷 云涌\n"
+        "第三章 再起\n正文三。\n"
+    )
+    chapters = split_chapters(text)
+    assert [(c.number, c.title) for c in chapters] == [(None, None), (1, "开始"), (2, "继续"), (3, "再起")]
+    assert [text[c.start : c.end] for c in chapters] == [
+        "序言。\n", "第一卷 风起\n本卷说明。\n第一章 开始\n正文一。\n", "第二章 继续\n正文二。\n",
+        "第二卷 云涌\n第三章 再起\n正文三。\n"]
+    assert streamed(in_blocks(text, list(range(0, len(text), 3))), chunk_size=400, chunk_overlap=80)[0] == chapters
+    assert split_chapters("第一卷 风起\n第一章 开始\n正文。\n")[0].start == 0  # no empty preamble
+    volumes_only = "第一卷 甲\n正文一。\n第二卷 乙\n正文二。\n"
+    assert [(c.number, c.title) for c in split_chapters(volumes_only)] == [(1, "甲"), (2, "乙")]
+
+
 def test_headings_of_other_shapes() -> None:
     text = (
         "序言在此。\n"
@@ -113,8 +137,10 @@ def test_headings_of_other_shapes() -> None:
     )
     sections = split_chapters(text)
     assert [(s.number, s.title) for s in sections] == [
-        (None, None), (12, "风起"), (13, "云涌"), (2, "第二卷"), (3, "尾声")
+        (None, None), (12, "风起"), (13, "云涌"), (3, "尾声")  # 第二卷 over 第三节 starts that chapter
     ]
+    assert text[sections[3].start :].startswith("　第二卷\n正文三。\n第三节")
+    assert [(s.number, s.title) for s in split_chapters("　第二卷\n正文三。\n")] == [(2, "第二卷")]
     for chunk in split_document(text, chunk_size=50, chunk_overlap=10):
         assert text[chunk.start : chunk.end] == chunk.text
 
