@@ -27,8 +27,10 @@ CHAPTER_UNITS = "回章节節话話卷"
 # 卷 (a volume) is a chapter only where nothing finer numbers the text: a web novel's 第一卷 over
 # its 第一章..第十章 is a heading over chapters, not chapter 1 beside 第一章 (ChapterScanner).
 VOLUME_UNIT = "卷"
+# Before 第N章 on its line: a Markdown marker, or 正文 / 正文卷 (the body's label in web novels
+# exported from their sites: "正文 第一章 少年"), kept out of the heading like the marker.
 CHAPTER_HEADING = re.compile(
-    rf"^{_SPACE}*(?:#{{1,6}}{_SPACE}*)?"
+    rf"^{_SPACE}*(?:#{{1,6}}{_SPACE}*|正文卷?{_SPACE}*)?"
     rf"(?P<heading>第{_SPACE}*(?P<num>[0-9０-９]+|[{_CN_DIGITS}]+){_SPACE}*(?P<unit>[{CHAPTER_UNITS}]))"
     rf"(?:(?:{_SPACE}|[:：.．、])+(?P<title>[^\n]*?))?{_SPACE}*\r?$",
     re.MULTILINE,

@@ -54,9 +54,9 @@ def check_chunks(text: str, *, chunk_size: int = 120, chunk_overlap: int = 24) -
         if chapters:
             (home,) = [c for c in chapters if c.start <= chunk.start < c.end]
             assert chunk.end <= home.end and chunk.chapter == home.number
-    for chapter in chapters:  # a Markdown heading's "#" marker is markup, not content
+    for chapter in chapters:  # a heading's "#" marker (or 正文 label) is markup, not content
         line_start = text.rfind("\n", 0, chapter.start) + 1
-        if chapter.heading and not text[line_start : chapter.start].strip("#" + " \t\u3000"):
+        if chapter.heading and text[line_start : chapter.start].strip(" \t\u3000").lstrip("#") in ("", "正文", "正文卷"):
             covered[line_start : chapter.start] = b"\x01" * (chapter.start - line_start)
     missed = [i for i, ch in enumerate(text) if not covered[i] and not ch.isspace()]
     assert not missed, f"characters left out of every chunk at {missed[:10]}"
@@ -200,6 +200,7 @@ def test_whitespace_pieces_are_not_chunks() -> None:
 def novel_like(draw: st.DrawFn) -> str:
     """Chapter headings (well-formed and almost), sentences, odd whitespace and quotes."""
     parts = st.sampled_from(["第一回 桃园结义\n", "第２章：标题\n", "# 第十二节\n", "第一百回\r\n", "第回\n", "　第三卷　\n",
+                             "正文 第四章 起\n",
                              "刘备曰：“吾乃汉室宗亲。”", "关羽！", "张飞？", "……", "\n\n", "\u3000", "\t", "”」』",
                              "abc def.", "，", "；", "第一回 " + "长" * 70 + "\n"])
     return "".join(draw(st.lists(parts, max_size=60)))

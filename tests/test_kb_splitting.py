@@ -134,10 +134,11 @@ def test_headings_of_other_shapes() -> None:
         "　第二卷\n正文三。\n"
         "第三节\t尾声\n正文四。\n"
         "第二回合，张飞又战。这一行不是标题。\n"
+        "正文 第十四章 归来\n正文五。\n"  # a web novel's 正文 label before the heading
     )
     sections = split_chapters(text)
     assert [(s.number, s.title) for s in sections] == [
-        (None, None), (12, "风起"), (13, "云涌"), (3, "尾声")  # 第二卷 over 第三节 starts that chapter
+        (None, None), (12, "风起"), (13, "云涌"), (3, "尾声"), (14, "归来")  # 第二卷 over 第三节 starts that chapter
     ]
     assert text[sections[3].start :].startswith("　第二卷\n正文三。\n第三节")
     assert [(s.number, s.title) for s in split_chapters("　第二卷\n正文三。\n")] == [(2, "第二卷")]

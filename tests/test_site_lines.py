@@ -82,6 +82,8 @@ def test_a_long_lines_tail_is_never_taken_for_a_site_line() -> None:
 def test_site_keys_fold_spaces_and_numbers() -> None:
     assert site_key("https://www.x.la/12/345.html") == site_key("https://www.x.la/9/8.html")
     assert site_key("　　本章未完，请点击下一页继续阅读  ") == "本章未完，请点击下一页继续阅读"
+    assert site_key("m.biquge.cc阅读") == "m.biquge.cc阅读"  # an address right before Chinese
+    assert site_key("Visit a.meeting room") is None
     assert site_key("李四说：“好剑！”") is None
     assert site_key("很长的一段话" * 30 + "www.x.com") is None
 

@@ -35,8 +35,11 @@ _SPACES = re.compile(r"[\s\u3000]+")
 _DIGITS = re.compile(r"\d+")
 # A web address (ASCII or full-width, "w w w . x x . c o m" once spaces are gone) or a phrase
 # the download sites stamp on every page.
+# (A domain's end is "not followed by a letter", not \b: in "biquge.cc阅读" Chinese is a word
+# character too.)
 _MARKER = re.compile(
-    r"https?://|www\.|ｗｗｗ|[a-z0-9]\.(?:com|net|org|cc|cn|la|tw|info|me|co|xyz|top|vip|io|so|tv)\b"
+    r"https?://|www\.|ｗｗｗ"
+    r"|[a-z0-9]\.(?:com|net|org|cc|cn|la|tw|info|me|co|xyz|top|vip|io|so|tv)(?![a-z])"
     r"|[．.](?:ｃｏｍ|ｎｅｔ|ｃｃ|ｏｒｇ)"
     r"|本章未完|点击下一页|请记住本(?:书|站)|首发域名|最快更新|最新章节|手机(?:用户)?(?:阅读|请访问|请浏览)"
     r"|无弹窗|天才一秒记住|本站地址|加入书签|笔趣阁|顶点小说",
