@@ -1,14 +1,17 @@
 """Which uploads the page accepts: the file types ``kb.loaders`` reads, narrowed by
-``ui.allowed_types``, up to ``ui.max_upload_mb``; anything else is a UserError naming the limit."""
+``ui.allowed_types``, up to ``ui.max_upload_mb``, whose bytes are what their names say; anything
+else is a UserError naming the limit or the problem. Both tabs that take files (a knowledge
+base's build, a summary) check them here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from app.errors import UserError
+from app.errors import UserError, one_line
 from configs import Settings
+from kb import DocumentLoadError, open_text_file
 
-__all__ = ["check_upload", "upload_types"]
+__all__ = ["check_content", "check_upload", "upload_types"]
 
 
 def upload_types(settings: Settings) -> list[str]:
@@ -43,4 +46,29 @@ def check_upload(settings: Settings, path: str | Path) -> Path:
             f"file too large: {path.name} is {size / 2**20:.1f} MB, the limit is "
             f"{ui.max_upload_mb} MB (ui.max_upload_mb)",
         )
+    return path
+
+
+def check_content(path: Path) -> Path:
+    """Refuse an upload whose bytes contradict its name (a PNG renamed .txt) or, for a text
+    name, are not decodable text, right at upload. PDF, DOCX/DOC, PPTX/PPT, XLSX/XLS, ODT/ODS/ODP,
+    EPUB, MOBI/AZW3, HTML, RTF and images are told by their bytes (``kb.loaders.detect_format``, which also
+    refuses zip bombs); the full read happens at build."""
+    from kb.loaders import SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format
+
+    text_name = path.suffix.lower() in TEXT_SUFFIXES
+    try:
+        kind = detect_format(path)
+        if kind not in SUFFIX_FORMATS.get(path.suffix.lower(), frozenset()):
+            raise DocumentLoadError(f"{path.name} is {kind}, not what its name says ({path.suffix})")
+        if kind == "text":
+            open_text_file(path)
+    except DocumentLoadError as e:
+        reason = one_line(e).replace(str(path), path.name)  # never the server's temp path
+        if text_name:
+            raise UserError(
+                f"不是可读的文本文件：{path.name}。请上传 UTF-8 或 GBK 编码的文本，或使用与内容相符的扩展名",
+                reason,
+            ) from e
+        raise UserError(f"文件内容与类型不符或已损坏：{path.name}", reason) from e
     return path

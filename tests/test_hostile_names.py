@@ -248,10 +248,13 @@ def test_the_http_api_refuses_bad_names(kb_root: Path) -> None:
 
 
 def test_uploads_of_the_wrong_type_or_size_are_refused_on_both_tabs(kb_root: Path, tmp_path: Path) -> None:
-    """tests/test_app.py checks the build button; the summary tab takes uploads too, and a file
-    whose name says .txt but whose bytes are a PDF or a ZIP is refused by its content."""
+    """tests/test_app.py checks the build button; the summary tab takes uploads too (any type a
+    knowledge base reads), and on both a file whose name says .txt but whose bytes are a PDF or a
+    ZIP is refused by its content."""
     pdf = tmp_path / "novel.pdf"
     pdf.write_bytes(b"%PDF-1.4 not really")
+    exe = tmp_path / "tool.exe"
+    exe.write_bytes(b"MZ")
     disguised = {name: tmp_path / name for name in ("novel_pdf.txt", "book_docx.md")}
     disguised["novel_pdf.txt"].write_bytes(b"%PDF-1.7\n" + b"\x00" * 100)
     disguised["book_docx.md"].write_bytes(b"PK\x03\x04" + b"\x00" * 100)
@@ -260,16 +263,18 @@ def test_uploads_of_the_wrong_type_or_size_are_refused_on_both_tabs(kb_root: Pat
     with ui(kb_root, max_upload_mb=1) as url:
         c = Client(url, verbose=False, download_files=False)
         c.predict("mine", api_name="/create_kb")
-        with pytest.raises(AppError, match=r"file type not allowed: novel\.pdf"):
+        with pytest.raises(AppError, match=r"file type not allowed: tool\.exe"):
+            c.predict(FROM_UPLOAD, None, None, handle_file(str(exe)), "", api_name="/summarize")
+        with pytest.raises(AppError, match=r"novel\.pdf.*damaged"):
             c.predict(FROM_UPLOAD, None, None, handle_file(str(pdf)), "", api_name="/summarize")
         with pytest.raises((AppError, ValueError), match="maximum file size|file too large"):
             c.predict(FROM_UPLOAD, None, None, handle_file(str(big)), "", api_name="/summarize")
-        # The build tab takes PDFs, DOCX, EPUB... by content, so there the name must match the bytes;
-        # the summary tab reads text only.
+        # Both tabs take PDFs, DOCX, EPUB... by content, so the name must match the bytes.
         for path, kind, short in ((disguised["novel_pdf.txt"], "a PDF", "pdf"), (disguised["book_docx.md"], "a ZIP archive", "zip")):
-            with pytest.raises(AppError, match=rf"({kind}.*not a text file|is {short}.*not what its name says|damaged ZIP)"):
+            refused = rf"({kind}.*not a text file|is {short}.*not what its name says|damaged ZIP)"
+            with pytest.raises(AppError, match=refused):
                 c.predict("mine", [handle_file(str(path))], api_name="/build")
-            with pytest.raises(AppError, match=f"{kind}.*not a text file"):
+            with pytest.raises(AppError, match=refused):
                 c.predict(FROM_UPLOAD, None, None, handle_file(str(path)), "", api_name="/summarize")
     # "mine" is written at creation (issue 18 #7) but nothing was built into it
     assert KnowledgeBase.list_names(kb_root) == ["mine"]

@@ -11,40 +11,15 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from app.errors import UserError, one_line
+from app.errors import UserError
 from app.services import Services, doc_label
+from app.uploads import check_content
 from app.web.errors import QUIET, user_errors, warn
 from app.web.widgets import kb_picker, upload_label
-from kb import DocumentLoadError, open_text_file
 
 DOC_COLUMNS = ["文档 / document", "块数 / chunks", "章节 / chapters", "doc_id"]
 KEYWORDS, VECTORS = "none", "vectors"
 KINDS = [("关键词（无需模型）/ keywords", KEYWORDS), ("向量 + 关键词 / vectors + keywords", VECTORS)]
-
-
-def check_content(path: Path) -> Path:
-    """Refuse an upload whose bytes contradict its name (a PNG renamed .txt) or, for a text
-    name, are not decodable text, right at upload. PDF, DOCX/DOC, PPTX/PPT, XLSX/XLS, ODT/ODS/ODP,
-    EPUB, MOBI/AZW3, HTML, RTF and images are told by their bytes (``kb.loaders.detect_format``, which also
-    refuses zip bombs); the full read happens at build."""
-    from kb.loaders import SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format
-
-    text_name = path.suffix.lower() in TEXT_SUFFIXES
-    try:
-        kind = detect_format(path)
-        if kind not in SUFFIX_FORMATS.get(path.suffix.lower(), frozenset()):
-            raise DocumentLoadError(f"{path.name} is {kind}, not what its name says ({path.suffix})")
-        if kind == "text":
-            open_text_file(path)
-    except DocumentLoadError as e:
-        reason = one_line(e).replace(str(path), path.name)  # never the server's temp path
-        if text_name:
-            raise UserError(
-                f"不是可读的文本文件：{path.name}。请上传 UTF-8 或 GBK 编码的文本，或使用与内容相符的扩展名",
-                reason,
-            ) from e
-        raise UserError(f"文件内容与类型不符或已损坏：{path.name}", reason) from e
-    return path
 
 
 def model_label(model: str) -> str:

@@ -16,6 +16,7 @@ from app.errors import UserError, one_line
 from app.services import Services, doc_label
 from app.web.errors import QUIET, user_errors, warn
 from app.web.session_stops import SessionStops
+from app.uploads import check_content
 from app.web.widgets import kb_picker, upload_label
 from chains.events import Progress, Summary, Token
 from llm.cancellation import cancel_scope
@@ -96,7 +97,7 @@ class SummaryHandlers:
         if origin == FROM_UPLOAD:
             if not upload:
                 raise UserError("请先上传一个文件", "upload a file first")
-            stream = self.services.summarize_file(self.services.check_upload(upload), chapters=chapters)
+            stream = self.services.summarize_file(check_content(self.services.check_upload(upload)), chapters=chapters)
         else:
             kb_name = self.services.check_kb_name(kb_name)
             if not doc_id:

@@ -63,10 +63,12 @@ MAX_CELLS = 1_000_000
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 _HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
+# What to do with an archive of documents: a folder builds every document in it (kb.loaders.folders).
+_UNPACK = "unpack it and give the folder (`ingest build FOLDER` adds every document in it)"
 _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x1f\x8b", "a gzip archive; unpack it first"),
-    (b"Rar!", "a RAR archive; unpack it first"),
-    (b"7z\xbc\xaf", "a 7z archive; unpack it first"),
+    (b"\x1f\x8b", f"a gzip archive: {_UNPACK}"),
+    (b"Rar!", f"a RAR archive: {_UNPACK}"),
+    (b"7z\xbc\xaf", f"a 7z archive: {_UNPACK}"),
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
@@ -124,7 +126,9 @@ def _zip_format(path: Path) -> str:
                 return "epub"
     except zipfile.BadZipFile as e:
         raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
-    raise DocumentLoadError(f"{path} is a ZIP archive but not a DOCX, PPTX, XLSX, OpenDocument or EPUB document; {FIX}")
+    raise DocumentLoadError(
+        f"{path} is a ZIP archive, not a DOCX, PPTX, XLSX, OpenDocument or EPUB document: {_UNPACK}"
+    )
 
 
 def _ole_format(path: Path) -> str:
