@@ -8,6 +8,7 @@ or rebuilt by another process is forgotten or reopened.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,13 +118,21 @@ class KnowledgeBases:
         }
 
     def add_files(self, name: str | None, paths: Sequence[Path]) -> BuildReport:
-        """Decode and add uploaded files, recorded under their file names (re-uploads replace).
+        """Decode and add uploaded files, recorded under their file names (re-uploads replace);
+        a ZIP archive of documents adds each one, as ``资料.zip/制度/请假.docx``
+        (``kb.loaders.folders``). Files of other types in an archive are logged, not read.
 
         Progress goes through tqdm (``show_progress``), which ``gr.Progress(track_tqdm=True)``
         turns into the page's progress bar.
         """
+        from kb.loaders.folders import expand_documents
+
         kb = self.kb(name)
-        report = kb.add_files(paths, sources=[path.name for path in paths], show_progress=True)
+        with tempfile.TemporaryDirectory(prefix="glmkb-unpacked-") as unpacked:
+            found = expand_documents(paths, source=lambda path: path.name, unpack_into=Path(unpacked))
+            if note := found.skipped_note():
+                log.info("%s: %s", kb.name, note)
+            report = kb.add_files(found.files, sources=found.sources, show_progress=True)
         with self._lock:
             self._pending.discard(kb.name)
         return report

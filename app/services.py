@@ -253,10 +253,11 @@ class Services:
 
     check_kb_name = staticmethod(check_kb_name)
 
-    def upload_types(self) -> list[str]:
-        """The upload suffixes the page accepts (``app.uploads.upload_types``)."""
-        return uploads.upload_types(self.settings)
+    def upload_types(self, *, archives: bool = False) -> list[str]:
+        """The upload suffixes the page accepts (``app.uploads.upload_types``; ``archives``: .zip
+        too, for a build)."""
+        return uploads.upload_types(self.settings, archives=archives)
 
-    def check_upload(self, path: str | Path) -> Path:
+    def check_upload(self, path: str | Path, *, archives: bool = False) -> Path:
         """An uploaded file of an allowed type and size, or a UserError naming the limit."""
-        return uploads.check_upload(self.settings, path)
+        return uploads.check_upload(self.settings, path, archives=archives)

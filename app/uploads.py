@@ -14,12 +14,13 @@ from kb import DocumentLoadError, open_text_file
 __all__ = ["check_content", "check_upload", "upload_types"]
 
 
-def upload_types(settings: Settings) -> list[str]:
+def upload_types(settings: Settings, *, archives: bool = False) -> list[str]:
     """The upload suffixes the page accepts (for a knowledge base and for a summary): every
-    type ``kb.loaders`` reads, narrowed by ``ui.allowed_types`` when set."""
-    from kb.loaders import SUPPORTED_SUFFIXES
+    type ``kb.loaders`` reads, plus ``.zip`` archives of them where ``archives`` (a build),
+    narrowed by ``ui.allowed_types`` when set."""
+    from kb.loaders import ARCHIVE_SUFFIXES, SUPPORTED_SUFFIXES
 
-    supported = list(SUPPORTED_SUFFIXES)
+    supported = list(SUPPORTED_SUFFIXES) + (list(ARCHIVE_SUFFIXES) if archives else [])
     wanted = settings.ui.allowed_types
     if wanted is None:
         return supported
@@ -27,11 +28,11 @@ def upload_types(settings: Settings) -> list[str]:
     return [s for s in supported if s in chosen]
 
 
-def check_upload(settings: Settings, path: str | Path) -> Path:
+def check_upload(settings: Settings, path: str | Path, *, archives: bool = False) -> Path:
     """An uploaded file of an allowed type and size, or a UserError naming the limit."""
     path = Path(path)
     ui = settings.ui
-    allowed = upload_types(settings)
+    allowed = upload_types(settings, archives=archives)
     if path.suffix.lower() not in allowed:
         raise UserError(
             f"不支持的文件类型：{path.name}（允许 {', '.join(allowed)}）",
@@ -53,10 +54,13 @@ def check_content(path: Path) -> Path:
     """Refuse an upload whose bytes contradict its name (a PNG renamed .txt) or, for a text
     name, are not decodable text, right at upload. PDF, DOCX/DOC, PPTX/PPT, XLSX/XLS, ODT/ODS/ODP,
     EPUB, MOBI/AZW3, HTML, RTF and images are told by their bytes (``kb.loaders.detect_format``, which also
-    refuses zip bombs); the full read happens at build."""
-    from kb.loaders import SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format
+    refuses zip bombs); a ``.zip`` that is an archive of files passes (its documents are read at
+    build); the full read happens at build."""
+    from kb.loaders import ARCHIVE_SUFFIXES, SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format, is_archive
 
     text_name = path.suffix.lower() in TEXT_SUFFIXES
+    if path.suffix.lower() in ARCHIVE_SUFFIXES and is_archive(path):
+        return path
     try:
         kind = detect_format(path)
         if kind not in SUFFIX_FORMATS.get(path.suffix.lower(), frozenset()):

@@ -1,12 +1,15 @@
-"""``ingest build FILE_OR_FOLDER...``: add or update documents in a knowledge base (a folder:
-every document under it, ``kb.loaders.folders``)."""
+"""``ingest build FILE_OR_FOLDER...``: add or update documents in a knowledge base (a folder or a
+ZIP archive: every document in it, ``kb.loaders.folders``)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,11 +34,8 @@ def check_file_names(files: Sequence[str | os.PathLike[str]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kb import DamagedKnowledgeBaseError, KnowledgeBase
-    from kb.loaders.folders import expand_folders
 
     check_file_names(args.files)
-    found = expand_folders(args.files)
-    check_file_names(found.files)
 
     settings = settings_from_args(
         args,
@@ -61,12 +61,24 @@ def run(args: argparse.Namespace) -> int:
         kb = open_kb()
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
-    if note := found.skipped_note():
-        print(f"note: {note}", file=sys.stderr)
-    report = kb.add_files(found.files, show_progress=not args.quiet, ocr=settings.kb.ocr)
+    with tempfile.TemporaryDirectory(prefix="glmkb-unpacked-") as unpacked:
+        report = add_documents(kb, args.files, unpack_into=Path(unpacked), quiet=args.quiet, ocr=settings.kb.ocr)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0
+
+
+def add_documents(kb: Any, paths: Sequence[str], *, unpack_into: Path, quiet: bool, ocr: str) -> Any:
+    """Add the files, folders and archives given (``kb.loaders.folders``); a note on stderr
+    names what they held that no loader reads."""
+    from kb.build import source_for_path
+    from kb.loaders.folders import expand_documents
+
+    found = expand_documents(paths, source=source_for_path, unpack_into=unpack_into)
+    check_file_names(found.sources)
+    if note := found.skipped_note():
+        print(f"note: {note}", file=sys.stderr)
+    return kb.add_files(found.files, sources=found.sources, show_progress=not quiet, ocr=ocr)
 
 
 def recover_damaged(settings: object, damage: str, *, quiet: bool) -> None:
@@ -99,8 +111,9 @@ command = ingest_command(
         "Add documents to a knowledge base, creating it if needed: text (UTF-8, GBK/GB18030, Big5, "
         "UTF-16) and Markdown, PDF (scanned pages by OCR), DOCX, DOC, PPTX, PPT, XLSX, XLS (WPS Office's .wps, "
         ".dps, .et too), ODT, ODS, ODP, EPUB, MOBI/AZW3, HTML, RTF and images, "
-        "recognised by content, and .csv/.tsv tables. A folder adds every such document under it (hidden files "
-        "left out, other types skipped with a note). Unchanged files are skipped; changed files replace their old chunks."
+        "recognised by content, and .csv/.tsv tables. A folder or a ZIP archive adds every such document in it "
+        "(hidden files left out, other types skipped with a note). Unchanged files are skipped; changed files "
+        "replace their old chunks."
     ),
     arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE_OR_FOLDER...")],
     flags=("kb", "kb_root", "embedding", "store", "embedding_device", "chunk_size", "chunk_overlap", "ocr", "quiet"),

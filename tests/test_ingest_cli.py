@@ -205,7 +205,7 @@ def test_build_a_folder_adds_every_document_under_it(capsys: pytest.CaptureFixtu
     code, out, err = run_cli(capsys, "build", str(docs), *root, "-q")
     assert code == 0, err
     assert out.startswith("folder: files: 3 (3 added")
-    assert "note: skipped 1 file of other types in the folders given (tool.exe)" in err
+    assert "note: skipped 1 file of other types in the folders and archives given (tool.exe)" in err
     code, out, _ = run_cli(capsys, "list", "--kb", "folder", "--kb-root", str(tmp_path / "kbs"), "--json")
     assert code == 0
     assert sorted(Path(d["source"]).name for d in json.loads(out)) == ["a.txt", "b.docx", "c.md"]

@@ -78,7 +78,7 @@ class ManageHandlers:
         kept = []
         for path in paths:
             try:
-                kept.append(str(check_content(self.services.check_upload(path))))
+                kept.append(str(check_content(self.services.check_upload(path, archives=True))))
             except UserError as e:
                 warn(e.zh, e.en)
                 discard_uploads([path])
@@ -105,7 +105,7 @@ class ManageHandlers:
         limit = self.services.settings.ui.max_upload_files
         if len(paths) > limit:
             raise UserError(f"一次最多上传 {limit} 个文件", f"at most {limit} files per upload (ui.max_upload_files)")
-        checked = [check_content(self.services.check_upload(p)) for p in paths]
+        checked = [check_content(self.services.check_upload(p, archives=True)) for p in paths]
         progress(0, desc="读取文件 / reading files")
         report = self.services.add_files(kb_name, checked)
         discard_uploads(checked)  # the KB keeps the text; Gradio's copies are not needed any more
@@ -198,7 +198,7 @@ class ManageTab:
             )
         self.kb = kb_picker(self.services, elem_id="manage-kb")
         self.files = gr.File(
-            label="上传文件 / upload files " + upload_label(self.services.upload_types(), ui.max_upload_mb, each=True),
+            label="上传文件 / upload files " + upload_label(self.services.upload_types(archives=True), ui.max_upload_mb, each=True),
             file_count="multiple",
             elem_id="upload-files",
         )

@@ -17,15 +17,18 @@ from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, Place
 from kb.loaders.ocr import OCR_MODES, check_ocr_mode
 from kb.loaders.sniff import (
+    ARCHIVE_SUFFIXES,
     DELIMITED_SUFFIXES,
     FORMATS,
     SUFFIX_FORMATS,
     SUPPORTED_SUFFIXES,
     TEXT_SUFFIXES,
     detect_format,
+    is_archive,
 )
 
 __all__ = [
+    "ARCHIVE_SUFFIXES",
     "DELIMITED_SUFFIXES",
     "FORMATS",
     "OCR_MODES",
@@ -36,6 +39,7 @@ __all__ = [
     "LoadedDocument",
     "Place",
     "detect_format",
+    "is_archive",
     "open_document",
 ]
 

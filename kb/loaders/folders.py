@@ -1,60 +1,77 @@
-"""A folder given where files are expected (``ingest build docs/``): the documents inside it.
+"""Folders and archives given where documents are expected (``ingest build docs/ 资料.zip``).
 
-Every file under the folder, recursively and in name order, whose suffix a loader reads
-(``SUPPORTED_SUFFIXES``); hidden files and folders (``.git``, ``.DS_Store``) and Office's
-``~$`` lock files are passed over, and files of other types are counted, not read, so a
-folder of mixed files builds what it can and says what it left.
+- A folder: every file under it, recursively and in name order, whose suffix a loader reads
+  (``SUPPORTED_SUFFIXES``); hidden files and folders (``.git``, ``.DS_Store``) and Office's
+  ``~$`` lock files are passed over.
+- A ZIP archive of files (not a DOCX/EPUB/... package): its documents, unpacked into a folder
+  the caller owns for the build (:mod:`kb.loaders.archives`), recorded as ``资料.zip/制度/请假.docx``.
+
+Files of other types are named, not read: a folder of mixed files builds what it can and says
+what it left. The CLI and the web upload both expand through :func:`expand_documents`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
-from kb.loaders.sniff import SUPPORTED_SUFFIXES
+from kb.loaders.archives import unpack_documents
+from kb.loaders.sniff import SUPPORTED_SUFFIXES, is_archive
 
 
 @dataclass
-class FolderFiles:
-    """The files to read, and the files of other types found in the folders given."""
+class DocumentFiles:
+    """The files to read with the source each is recorded under, and what was skipped."""
 
     files: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, file: Path, source: str) -> None:
+        self.files.append(file)
+        self.sources.append(source)
 
     def skipped_note(self) -> str | None:
-        """One line naming what the folders held that no loader reads (None: nothing)."""
+        """One line naming what the folders and archives held that no loader reads (None: nothing)."""
         if not self.skipped:
             return None
-        names = ", ".join(p.name for p in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
-        return (
-            f"skipped {len(self.skipped)} file{'s' if len(self.skipped) > 1 else ''} of other types in the "
-            f"folders given ({names})"
-        )
+        names = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        count = len(self.skipped)
+        return f"skipped {count} file{'s' if count > 1 else ''} of other types in the folders and archives given ({names})"
 
 
-def expand_folders(paths: list[str | os.PathLike[str]]) -> FolderFiles:
-    """``paths`` with each folder replaced by the documents inside it (files stay as given, in
-    order). DocumentLoadError for a folder holding no document."""
-    found = FolderFiles()
-    for path in map(Path, paths):
-        if not path.is_dir():
-            found.files.append(path)
-            continue
-        documents, others = documents_in_folder(path)
-        if not documents:
-            raise DocumentLoadError(
-                f"no documents in the folder {path} (looked for {', '.join(SUPPORTED_SUFFIXES)}"
-                f"{f'; found {len(others)} files of other types' if others else ''})"
-            )
-        found.files += documents
-        found.skipped += others
+def expand_documents(
+    paths: Sequence[str | os.PathLike[str]], *, source: Callable[[Path], str], unpack_into: Path
+) -> DocumentFiles:
+    """``paths`` with each folder replaced by the documents under it and each archive by its
+    documents (unpacked under ``unpack_into``); a file stays as given. ``source(path)`` is how a
+    file given or found in a folder is recorded; an archive's documents are recorded under its
+    source plus their path inside. DocumentLoadError for a folder or archive without a document."""
+    found = DocumentFiles()
+    for number, path in enumerate(map(Path, paths)):
+        if path.is_dir():
+            documents, others = documents_in_folder(path)
+            for document in documents:
+                found.add(document, source(document))
+            found.skipped += [str(other.relative_to(path)) for other in others]
+        elif is_archive(path):
+            folder = unpack_into / str(number)
+            folder.mkdir(parents=True)
+            unpacked = unpack_documents(path, folder)
+            for file, inside in unpacked.files:
+                found.add(file, f"{source(path)}/{inside}")
+            found.skipped += [f"{path.name}/{inside}" for inside in unpacked.skipped]
+        else:
+            found.add(path, source(path))
     return found
 
 
 def documents_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The readable files under ``folder`` (recursively, sorted) and the other visible files."""
+    """The readable files under ``folder`` (recursively, sorted) and the other visible files;
+    DocumentLoadError when there is no readable file."""
     documents: list[Path] = []
     others: list[Path] = []
     for root, dirs, names in os.walk(folder, onerror=_raise):
@@ -64,6 +81,11 @@ def documents_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
                 continue
             path = Path(root, name)
             (documents if path.suffix.lower() in SUPPORTED_SUFFIXES else others).append(path)
+    if not documents:
+        raise DocumentLoadError(
+            f"no documents in the folder {folder} (looked for {', '.join(SUPPORTED_SUFFIXES)}"
+            f"{f'; found {len(others)} files of other types' if others else ''})"
+        )
     return documents, others
 
 

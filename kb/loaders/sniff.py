@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
@@ -49,6 +50,8 @@ FORMATS: tuple[str, ...] = (
     "text", "markdown", "csv", "pdf", "image", "docx", "doc", "pptx", "ppt", "xlsx", "xls", "epub", "html", "rtf",
     "odt", "ods", "odp", "mobi",
 )
+# Archives of documents a build unpacks (kb.loaders.archives); not a format open_document reads.
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip",)
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
@@ -106,28 +109,17 @@ def detect_format(path: Path) -> str:
 def _zip_format(path: Path) -> str:
     """``docx``, ``pptx``, ``xlsx``, ``epub`` or ``odt``/``ods``/``odp`` (an OpenDocument package's
     ``mimetype`` member says which) for a ZIP archive that is one (checked against zip bombs)."""
-    from kb.loaders.opendocument import MIMETYPES
-
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
-            names = set(archive.namelist())
-            if "mimetype" in names and "content.xml" in names:
-                mimetype = archive.read("mimetype")[:100].decode("ascii", errors="replace").strip()
-                if mimetype in MIMETYPES:
-                    return MIMETYPES[mimetype]
-            if "word/document.xml" in names:
-                return "docx"
-            if "ppt/presentation.xml" in names:
-                return "pptx"
-            if "xl/workbook.xml" in names:
-                return "xlsx"
-            if "META-INF/container.xml" in names:
-                return "epub"
+            kind = _document_kind(archive)
     except zipfile.BadZipFile as e:
         raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
+    if kind is not None:
+        return kind
     raise DocumentLoadError(
-        f"{path} is a ZIP archive, not a DOCX, PPTX, XLSX, OpenDocument or EPUB document: {_UNPACK}"
+        f"{path} is a ZIP archive of files, not a DOCX, PPTX, XLSX, OpenDocument or EPUB document: build it "
+        "into a knowledge base (`ingest build` and the upload read every document in it), or unpack it"
     )
 
 
@@ -151,6 +143,36 @@ def _ole_format(path: Path) -> str:
     except Exception as e:  # olefile's errors for a broken compound file
         raise DocumentLoadError(legacy) from e
     raise DocumentLoadError(legacy)
+
+
+def _document_kind(archive: zipfile.ZipFile) -> str | None:
+    """The document format a ZIP package is (DOCX, PPTX, XLSX, EPUB, ODT/ODS/ODP), None for an
+    archive of other files."""
+    from kb.loaders.opendocument import MIMETYPES
+
+    names = set(archive.namelist())
+    if "mimetype" in names and "content.xml" in names:
+        mimetype = archive.read("mimetype")[:100].decode("ascii", errors="replace").strip()
+        if mimetype in MIMETYPES:
+            return MIMETYPES[mimetype]
+    for member, kind in (("word/document.xml", "docx"), ("ppt/presentation.xml", "pptx"),
+                         ("xl/workbook.xml", "xlsx"), ("META-INF/container.xml", "epub")):
+        if member in names:
+            return kind
+    return None
+
+
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a ZIP archive of files (资料.zip), not a document that is a ZIP
+    package; False for anything else, damaged ZIPs included (reading them says why)."""
+    try:
+        with path.open("rb") as stream:
+            if stream.read(4) != b"PK\x03\x04":
+                return False
+        with zipfile.ZipFile(path) as archive:
+            return _document_kind(archive) is None
+    except (OSError, zipfile.BadZipFile, KeyError, EOFError, NotImplementedError, zlib.error):
+        return False
 
 
 def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:

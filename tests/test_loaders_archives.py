@@ -1,0 +1,125 @@
+"""ZIP archives of documents (资料.zip) and folders given to a build (kb.loaders.folders,
+kb.loaders.archives): every document inside, recorded under its path inside; hostile archives
+refused in one line."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from app.errors import UserError
+from app.services import Services
+from configs import Settings
+from ingest.cli import main
+from kb.errors import DocumentLoadError
+from kb.loaders import is_archive, open_document
+from kb.loaders.archives import unpack_documents
+from tests.fixtures.documents import SourceChapter, write_docx
+
+LEAVE = "第一章 请假\n年假五天，病假须有医院证明。\n"
+TRAVEL = "第一章 出差\n差旅费凭发票报销。\n"
+
+
+def gbk_named_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A ZIP whose non-ASCII names are GBK bytes without the UTF-8 flag, as zip tools on Chinese
+    Windows write them (zipfile itself always writes UTF-8): written under ASCII stand-ins of the
+    same byte length, then the names patched in place."""
+    stand_ins = {}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for number, (name, data) in enumerate(members.items()):
+            raw = name.encode("gbk")
+            stand_in = chr(ord("A") + number).encode() * len(raw) if not name.isascii() else raw
+            stand_ins[stand_in] = raw
+            archive.writestr(stand_in.decode(), data)
+    content = path.read_bytes()
+    for stand_in, raw in stand_ins.items():
+        content = content.replace(stand_in, raw)
+    path.write_bytes(content)
+    return path
+
+
+@pytest.fixture()
+def archive(tmp_path: Path) -> Path:
+    docx = write_docx(tmp_path / "travel.docx", [SourceChapter("第一章 出差", ["差旅费凭发票报销。"])])
+    return gbk_named_zip(tmp_path / "资料.zip", {
+        "制度/请假.txt": LEAVE.encode("gbk"),
+        "制度/出差.docx": docx.read_bytes(),
+        "说明.md": "# 说明\n本资料供新员工阅读。\n".encode(),
+        "__MACOSX/制度/._请假.txt": b"\x00\x05\x16\x07",
+        ".DS_Store": b"\x00\x00\x00\x01Bud1",
+        "制度/~$出差.docx": b"lock",
+        "工具/setup.exe": b"MZ",
+    })
+
+
+def test_an_archives_documents_are_built_each_under_its_path_inside(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ingest build 资料.zip`` used to fail: "a ZIP archive but not a DOCX...". Each document in it
+    is read (GBK names from Chinese Windows decoded), recorded as 资料.zip/制度/请假.txt; Mac and
+    Office leftovers are passed over; a rebuild of the same archive skips every member."""
+    kb = ["--kb", "zip", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(archive), *kb]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("zip: files: 3 (3 added")
+    assert "note: skipped 1 file of other types in the folders and archives given (资料.zip/工具/setup.exe)" in err
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    assert sources == [f"{archive.resolve()}/{inside}" for inside in ("制度/出差.docx", "制度/请假.txt", "说明.md")]
+    assert main(["query", "病假 证明", *kb[:4], "--mode", "bm25", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)[0]
+    assert "病假须有医院证明" in hit["text"] and hit["source"].endswith("资料.zip/制度/请假.txt")
+    assert main(["build", str(archive), *kb]) == 0
+    assert "3 unchanged" in capsys.readouterr().out
+
+
+def test_a_member_cannot_write_outside_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("../../outside.txt", LEAVE)
+        archive.writestr("/abs/root.txt", TRAVEL)
+    into = tmp_path / "into"
+    into.mkdir()
+    found = unpack_documents(path, into)
+    assert sorted(inside for _, inside in found.files) == ["abs/root.txt", "outside.txt"]
+    assert all(file.parent == into for file, _ in found.files)
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_hostile_and_empty_archives_are_one_line(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.txt", b"a" * (20 << 20))
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match="possible zip bomb"):
+        unpack_documents(bomb, tmp_path / "into")
+    empty = tmp_path / "tools.zip"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("setup.exe", b"MZ")
+    with pytest.raises(DocumentLoadError, match=r"no documents in the archive tools.zip .*1 files of other types"):
+        unpack_documents(empty, tmp_path / "into")
+
+
+def test_document_packages_are_not_archives(archive: Path, tmp_path: Path) -> None:
+    """DOCX, EPUB... are ZIPs too and stay documents; a plain archive given where one document is
+    read (a summary) says how to use it."""
+    docx = write_docx(tmp_path / "a.docx", [SourceChapter("第一章 甲", ["乙。"])])
+    assert is_archive(archive) and not is_archive(docx) and not is_archive(tmp_path / "missing.zip")
+    with pytest.raises(DocumentLoadError, match="ZIP archive of files.*build it into a knowledge base"):
+        open_document(archive)
+
+
+def test_the_upload_takes_an_archive_for_a_build_only(archive: Path, tmp_path: Path) -> None:
+    from app.uploads import check_content
+
+    services = Services(Settings(kb_root=tmp_path / "kbs"))
+    assert ".zip" in services.upload_types(archives=True) and ".zip" not in services.upload_types()
+    assert check_content(services.check_upload(archive, archives=True)) == archive
+    with pytest.raises(UserError, match="file type not allowed"):
+        services.check_upload(archive)  # the summary tab
+    services.create_kb("up", embedding_model="none")
+    report = services.add_files("up", [archive])
+    assert sorted(report.added) == ["资料.zip/制度/出差.docx", "资料.zip/制度/请假.txt", "资料.zip/说明.md"]
