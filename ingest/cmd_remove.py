@@ -25,7 +25,10 @@ command = ingest_command(
     "remove",
     run,
     help="remove documents from a knowledge base",
-    description="Remove documents, named by path, file name (if unique) or doc id (see `ingest list --kb NAME`).",
+    description=(
+        "Remove documents, named by path, file name (if unique) or doc id (see `ingest list --kb NAME`); a "
+        "folder or ZIP archive that was built removes every document built from it."
+    ),
     arguments=[click.argument("files", nargs=-1, required=True, metavar="FILE...")],
     flags=("kb", "kb_root"),
 )

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from kb import storage
 from kb.bm25_index import BM25Index
 from kb.dense_store import DenseStore, VectorChange
-from kb.docstore import Docstore, DocumentInfo, find_document
+from kb.docstore import Docstore, DocumentInfo, find_documents_to_remove
 from kb.embedding import is_keyword_only
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.loaders import LoadedDocument, Place, open_document
@@ -156,7 +156,8 @@ def plan(
     changed) and the doc ids to delete (``refs`` removed, changed ones replaced). Unchanged
     files are skipped; a ref that names no document raises KnowledgeBaseNotFound."""
     by_id = {d.doc_id: d for d in known}
-    to_delete = [find_document(known, ref, kb_name=kb_name).doc_id for ref in refs]
+    to_delete = list(dict.fromkeys(
+        d.doc_id for ref in refs for d in find_documents_to_remove(known, ref, kb_name=kb_name)))
     report.removed = [by_id[d].source for d in to_delete]
     to_add: list[Incoming] = []
     for doc in incoming:

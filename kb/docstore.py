@@ -123,6 +123,26 @@ def find_document(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) 
     )
 
 
+def find_documents_to_remove(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) -> list[DocumentInfo]:
+    """What ``ingest remove REF`` removes: the document :func:`find_document` names, or, for a
+    folder or archive that was built (``~/manuals``, ``资料.zip``), every document recorded under it."""
+    from kb.build import source_for_path
+    from kb.errors import KnowledgeBaseNotFound
+
+    try:
+        return [find_document(documents, ref, kb_name=kb_name)]
+    except KnowledgeBaseNotFound:
+        try:
+            resolved = source_for_path(ref)
+        except (OSError, ValueError):
+            resolved = ref
+        for prefix in (ref, resolved):
+            inside = [d for d in documents if d.source.startswith(prefix.rstrip("/") + "/")]
+            if inside:
+                return inside
+        raise
+
+
 TOKEN_BATCH = 2000
 """Chunks whose BM25 tokens are read from SQLite at a time while an index is built."""
 

@@ -123,3 +123,20 @@ def test_the_upload_takes_an_archive_for_a_build_only(archive: Path, tmp_path: P
     services.create_kb("up", embedding_model="none")
     report = services.add_files("up", [archive])
     assert sorted(report.added) == ["资料.zip/制度/出差.docx", "资料.zip/制度/请假.txt", "资料.zip/说明.md"]
+
+
+def test_removing_an_archive_or_folder_removes_what_was_built_from_it(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb = ["--kb", "zip", "--kb-root", str(tmp_path / "kbs")]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text(LEAVE, encoding="utf-8")
+    (folder / "b.txt").write_text(TRAVEL, encoding="utf-8")
+    assert main(["build", str(archive), str(folder), *kb, "--embedding", "none", "-q"]) == 0
+    assert "files: 5 (5 added" in capsys.readouterr().out
+    assert main(["remove", str(archive), *kb]) == 0
+    assert "3 removed" in capsys.readouterr().out
+    assert main(["remove", str(folder), *kb]) == 0
+    assert "2 removed" in capsys.readouterr().out
+    assert main(["remove", str(folder), *kb]) != 0  # nothing left under it: one line, as for a file
