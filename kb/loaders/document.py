@@ -104,20 +104,21 @@ class LoadedDocument:
 
 def text_blocks(parts: list[str]) -> Callable[[], Iterator[str]]:
     """``read_blocks`` for text already extracted as ``parts``: blocks of about BLOCK_CHARS."""
+    return lambda: gathered(parts)
 
-    def read() -> Iterator[str]:
-        pending: list[str] = []
-        size = 0
-        for part in parts:
-            pending.append(part)
-            size += len(part)
-            if size >= BLOCK_CHARS:
-                yield "".join(pending)
-                pending, size = [], 0
-        if pending:
+
+def gathered(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` joined into blocks of about BLOCK_CHARS (lines, paragraphs: few, larger blocks)."""
+    pending: list[str] = []
+    size = 0
+    for piece in pieces:
+        pending.append(piece)
+        size += len(piece)
+        if size >= BLOCK_CHARS:
             yield "".join(pending)
-
-    return read
+            pending, size = [], 0
+    if pending:
+        yield "".join(pending)
 
 
 def chapter_level(headings: Iterable[Heading]) -> int | None:

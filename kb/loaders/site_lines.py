@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from kb.loaders.document import gathered
 from kb.splitting import CHAPTER_HEADING
 
 # Longer lines are prose even when they name a site (a paragraph that quotes an address).
@@ -27,10 +28,8 @@ MAX_SITE_LINE = 120
 MIN_REPEATS = 3
 # Distinct marked keys counted at most (a hostile file full of distinct addresses).
 _MAX_KEYS = 20_000
-# Lines are held at most this long while the text streams (longer ones pass in pieces), and the
-# kept text is yielded in blocks of about _BLOCK_CHARS characters.
+# Lines are held at most this long while the text streams (longer ones pass in pieces).
 _MAX_HELD = MAX_SITE_LINE * 8
-_BLOCK_CHARS = 1 << 18
 _SPACES = re.compile(r"[\s\u3000]+")
 _DIGITS = re.compile(r"\d+")
 # A web address (ASCII or full-width, "w w w . x x . c o m" once spaces are gone) or a phrase
@@ -96,18 +95,8 @@ def without_site_lines(read_blocks: Callable[[], Iterable[str]], site_lines: Sit
     """``read_blocks`` with the site lines (and their line breaks) left out."""
 
     def blocks() -> Iterator[str]:
-        kept: list[str] = []
-        size = 0
-        for piece, whole in _lines(read_blocks(), keep_ends=True):
-            if whole and site_lines.is_site_line(piece):
-                continue
-            kept.append(piece)
-            size += len(piece)
-            if size >= _BLOCK_CHARS:
-                yield "".join(kept)
-                kept, size = [], 0
-        if kept:
-            yield "".join(kept)
+        pieces = _lines(read_blocks(), keep_ends=True)
+        return gathered(piece for piece, whole in pieces if not (whole and site_lines.is_site_line(piece)))
 
     return blocks
 
