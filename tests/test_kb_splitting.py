@@ -318,3 +318,23 @@ def test_a_long_line_without_punctuation_is_split_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert end == total and count >= total // 400
     assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {total:,}-character line"
+
+
+def test_volume_headings_of_a_structured_document_fold_as_in_text() -> None:
+    """A DOCX/EPUB novel with 第N卷 as Heading 1 and 第N章 as Heading 2 took the volumes as its
+    chapters (the shallowest repeated level): chapter 2 was volume 2, and no chapter had the 章's
+    numbers. The 章 are its chapters now, each volume's heading starting the chapter after it, the
+    same chapters the text scanner finds in the same text."""
+    from kb.loaders.document import Heading, chapters_from_headings
+
+    text = "第一卷 风起\n第一章 开始\n正文一。\n第二章 继续\n正文二。\n第二卷 云涌\n第三章 再起\n正文三。\n"
+    headings = tuple(
+        Heading(text.index(title), 1 if "卷" in title else 2, title, text.index(title))
+        for title in ("第一卷 风起", "第一章 开始", "第二章 继续", "第二卷 云涌", "第三章 再起")
+    )
+    structured = chapters_from_headings(headings, length=len(text))
+    assert [(c.number, c.title, c.start, c.end) for c in structured] == [
+        (c.number, c.title, c.start, c.end) for c in split_chapters(text)]
+    assert [c.number for c in structured] == [1, 2, 3] and structured[0].start == 0
+    only_volumes = tuple(h for h in headings if h.level == 1)
+    assert [c.title for c in chapters_from_headings(only_volumes, length=len(text))] == ["风起", "云涌"]

@@ -329,3 +329,25 @@ def test_ingest_build_cites_slide_pages_and_sheet_names(tmp_path: Path, capsys: 
     kb = KnowledgeBase(Path(root), "office", embedding_model="none")
     assert squeeze(kb.get_document_text("deck.pptx")) == squeeze(DECK_TEXT)
     kb.close()
+
+
+def test_a_docx_novels_volumes_are_headings_over_its_chapters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """第N卷 as Heading 1 over 第N章 as Heading 2: the 章 are the chapters (not the volumes), cited
+    under their volume."""
+    import docx
+
+    from tests.helpers import ingest_hits
+
+    document = docx.Document()
+    for volume, chapters in (("第一卷 风起", ("第一章 开始", "第二章 继续")), ("第二卷 云涌", ("第三章 再起",))):
+        document.add_heading(volume, level=1)
+        for chapter in chapters:
+            document.add_heading(chapter, level=2)
+            document.add_paragraph(f"{chapter[-2:]}的故事：张三拔剑而起。")
+    path = tmp_path / "novel.docx"
+    document.save(str(path))
+    hits = ingest_hits([path], "再起的故事 继续的故事", root=tmp_path / "kbs", capsys=capsys)
+    hit = next(h for h in hits if "再起的故事" in h["text"])
+    assert (hit["chapter"], hit["chapter_title"]) == (3, "再起")  # its chunk opens with 第二卷's heading
+    hit = next(h for h in hits if "继续的故事" in h["text"])
+    assert (hit["chapter"], hit["chapter_title"], hit["section"]) == (2, "继续", "第一卷 风起 > 第二章 继续")

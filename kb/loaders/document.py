@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb.splitting import CHAPTER_HEADING, Chapter, chinese_number
+from kb.splitting import CHAPTER_HEADING, VOLUME_UNIT, Chapter, chinese_number
 
 # Text of binary formats is extracted at open and yielded in blocks of about this many characters.
 BLOCK_CHARS = 1 << 18
@@ -123,14 +123,26 @@ def gathered(pieces: Iterable[str]) -> Iterator[str]:
 
 def chapter_level(headings: Iterable[Heading]) -> int | None:
     """The level whose headings are the chapters: the shallowest one used more than once (a
-    book's single ``<h1>`` title is not a chapter), else the shallowest one."""
+    book's single ``<h1>`` title is not a chapter), else the shallowest one. A level of volumes
+    only (第N卷) gives way to a deeper repeated level: in 第一卷 > 第一章 the 章 are the chapters,
+    as in a text file (``kb.splitting.VOLUME_UNIT``)."""
+    headings = list(headings)
     counts: dict[int, int] = {}
     for heading in headings:
         counts[heading.level] = counts.get(heading.level, 0) + 1
     if not counts:
         return None
-    repeated = [level for level, count in counts.items() if count > 1]
-    return min(repeated) if repeated else min(counts)
+    repeated = sorted(level for level, count in counts.items() if count > 1)
+    for level in repeated[:-1]:
+        if not all(is_volume(h.title) for h in headings if h.level == level):
+            return level
+    return repeated[-1] if repeated else min(counts)
+
+
+def is_volume(title: str) -> bool:
+    """A heading that numbers a volume (``第二卷 云涌``)."""
+    match = CHAPTER_HEADING.match(" ".join(title.split()))
+    return match is not None and match.group("unit") == VOLUME_UNIT
 
 
 def chapter_for_heading(title: str, *, ordinal: int, start: int) -> Chapter:
@@ -150,13 +162,30 @@ def chapters_from_headings(headings: tuple[Heading, ...], *, length: int) -> lis
     after a preamble where text comes before the first chapter heading."""
     level = chapter_level(headings)
     tops = [h for h in headings if h.level == level]
+    lines = _chapter_lines(headings, level)
     chapters = [chapter_for_heading(h.title, ordinal=i + 1, start=h.start) for i, h in enumerate(tops)]
-    ends = [h.start if h.line_start is None else h.line_start for h in tops[1:]] + [length]
-    out = [Chapter(c.number, c.title, c.heading, c.start, end) for c, end in zip(chapters, ends)]
-    first = tops[0].start if tops[0].line_start is None else tops[0].line_start
+    starts = [min(c.start, line) for c, line in zip(chapters, lines)]  # a volume's heading starts its first chapter
+    out = [Chapter(c.number, c.title, c.heading, start, end)
+           for c, start, end in zip(chapters, starts, lines[1:] + [length])]
+    first = lines[0]
     if first > 0:
         out.insert(0, Chapter(None, None, None, 0, first))
     return out
+
+
+def _chapter_lines(headings: tuple[Heading, ...], level: int | None) -> list[int]:
+    """Where each chapter (heading of ``level``) begins: its heading's line, or the line of the
+    volume heading(s) right before it (volumes over chapters fold into the chapter after them)."""
+    lines: list[int] = []
+    volume_line: int | None = None
+    for heading in headings:
+        line = heading.start if heading.line_start is None else heading.line_start
+        if heading.level == level:
+            lines.append(line if volume_line is None else volume_line)
+            volume_line = None
+        elif level is not None and heading.level < level and is_volume(heading.title) and volume_line is None:
+            volume_line = line
+    return lines
 
 
 class SectionIndex:
