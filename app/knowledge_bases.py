@@ -120,7 +120,7 @@ class KnowledgeBases:
     def add_files(self, name: str | None, paths: Sequence[Path]) -> BuildReport:
         """Decode and add uploaded files, recorded under their file names (re-uploads replace);
         a ZIP archive of documents adds each one, as ``资料.zip/制度/请假.docx``
-        (``kb.loaders.folders``). Files of other types in an archive are logged, not read.
+        (``kb.loaders.folders``); files of other types in it are counted in the report, not read.
 
         Progress goes through tqdm (``show_progress``), which ``gr.Progress(track_tqdm=True)``
         turns into the page's progress bar.
@@ -130,9 +130,8 @@ class KnowledgeBases:
         kb = self.kb(name)
         with tempfile.TemporaryDirectory(prefix="glmkb-unpacked-") as unpacked:
             found = expand_documents(paths, source=lambda path: path.name, unpack_into=Path(unpacked))
-            if note := found.skipped_note():
-                log.info("%s: %s", kb.name, note)
             report = kb.add_files(found.files, sources=found.sources, show_progress=True)
+        report.skipped = found.skipped
         with self._lock:
             self._pending.discard(kb.name)
         return report

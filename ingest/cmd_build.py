@@ -78,7 +78,9 @@ def add_documents(kb: Any, paths: Sequence[str], *, unpack_into: Path, quiet: bo
     check_file_names(found.sources)
     if note := found.skipped_note():
         print(f"note: {note}", file=sys.stderr)
-    return kb.add_files(found.files, sources=found.sources, show_progress=not quiet, ocr=ocr)
+    report = kb.add_files(found.files, sources=found.sources, show_progress=not quiet, ocr=ocr)
+    report.skipped = found.skipped
+    return report
 
 
 def recover_damaged(settings: object, damage: str, *, quiet: bool) -> None:

@@ -59,6 +59,8 @@ class BuildReport:
     chunks_embedded: int = 0
     """Existing chunks given vectors (a keyword-only knowledge base gaining an embedding model)."""
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    """Files of other types in the folders and archives given, not read (``kb.loaders.folders``)."""
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -68,6 +70,8 @@ class BuildReport:
             f"chunks: {self.chunks_added} added, {self.chunks_skipped} skipped, "
             f"{self.chunks_removed} removed; {self.seconds:.1f} s"
         )
+        if self.skipped:
+            line += f"; {len(self.skipped)} file{'s' if len(self.skipped) > 1 else ''} of other types skipped"
         return f"{line}; vectors added to {self.chunks_embedded} existing chunks" if self.chunks_embedded else line
 
 

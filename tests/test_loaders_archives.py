@@ -64,7 +64,7 @@ def test_an_archives_documents_are_built_each_under_its_path_inside(
     kb = ["--kb", "zip", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
     assert main(["build", str(archive), *kb]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("zip: files: 3 (3 added")
+    assert out.startswith("zip: files: 3 (3 added") and "1 file of other types skipped" in out
     assert "note: skipped 1 file of other types in the folders and archives given (资料.zip/工具/setup.exe)" in err
     assert main(["list", *kb[:4], "--json"]) == 0
     sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
@@ -123,6 +123,7 @@ def test_the_upload_takes_an_archive_for_a_build_only(archive: Path, tmp_path: P
     services.create_kb("up", embedding_model="none")
     report = services.add_files("up", [archive])
     assert sorted(report.added) == ["资料.zip/制度/出差.docx", "资料.zip/制度/请假.txt", "资料.zip/说明.md"]
+    assert report.summary().endswith("; 1 file of other types skipped")  # the page's status line
 
 
 def test_removing_an_archive_or_folder_removes_what_was_built_from_it(
