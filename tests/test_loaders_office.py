@@ -348,6 +348,7 @@ def test_a_docx_novels_volumes_are_headings_over_its_chapters(tmp_path: Path, ca
     document.save(str(path))
     hits = ingest_hits([path], "再起的故事 继续的故事", root=tmp_path / "kbs", capsys=capsys)
     hit = next(h for h in hits if "再起的故事" in h["text"])
-    assert (hit["chapter"], hit["chapter_title"]) == (3, "再起")  # its chunk opens with 第二卷's heading
+    assert hit["text"].startswith("第二卷 云涌")  # the volume's heading opens its first chapter
+    assert (hit["chapter"], hit["chapter_title"], hit["section"]) == (3, "再起", "第二卷 云涌 > 第三章 再起")
     hit = next(h for h in hits if "继续的故事" in h["text"])
     assert (hit["chapter"], hit["chapter_title"], hit["section"]) == (2, "继续", "第一卷 风起 > 第二章 继续")

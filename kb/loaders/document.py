@@ -95,9 +95,13 @@ class LoadedDocument:
         sections = SectionIndex(self.headings, chapters)
 
         def place(start: int, end: int) -> Place:
+            last = max(start, end - 1)
             page = self.page_at(start)
-            page_end = self.page_at(max(start, end - 1))
-            return Place(page, page_end if page_end != page else None, sections.at(start))
+            page_end = self.page_at(last)
+            # The heading path in force at the chunk's end: the same as at its start, since chunks
+            # never cross a section heading, except for a chapter that opens with its volume's
+            # heading (第二卷 云涌 then 第三章 再起), which cites the chapter under the volume.
+            return Place(page, page_end if page_end != page else None, sections.at(last))
 
         return place
 
