@@ -186,3 +186,47 @@ def test_damaged_docx_and_epub_are_refused(tmp_path: Path) -> None:
         archive.writestr("META-INF/container.xml", '<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container">'
                          '<rootfiles><rootfile full-path="OEBPS/missing.opf"/></rootfiles></container>')
     refused(epub_path, "damaged: it names OEBPS/missing.opf")
+
+
+def _garbled_deflate(path: Path, member: str) -> Path:
+    """``member``'s compressed bytes overwritten (its headers kept): zipfile raises zlib.error."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start : start + info.compress_size] = b"\xff" * info.compress_size
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _bad_utf8_name(path: Path) -> Path:
+    """A member name flagged UTF-8 whose bytes are not (zipfile raises UnicodeDecodeError at open)."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("é.txt", "x")
+    path.write_bytes(path.read_bytes().replace("é.txt".encode(), b"\xff\xfe.txt"))
+    return path
+
+
+def test_zip_packages_with_corrupt_data_or_names_are_one_line(tmp_path: Path) -> None:
+    """Bug: corrupt deflate data (zlib.error, which zipfile does not wrap) and a name flagged
+    UTF-8 that is not (UnicodeDecodeError) escaped as tracebacks from the ODT/EPUB loaders and
+    format detection; random corruption of ODT/ODS/ODP/EPUB/archives found them."""
+    from kb.loaders.archives import unpack_documents
+
+    odt = tmp_path / "a.odt"
+    odt.write_bytes((Path(__file__).parent / "data" / "odf" / "chapters.odt").read_bytes())
+    refused(_garbled_deflate(odt, "content.xml"), "damaged")
+    odt.write_bytes((Path(__file__).parent / "data" / "odf" / "chapters.odt").read_bytes())
+    refused(_bad_utf8_name(odt), "damaged ZIP archive")
+    epub = write_epub(tmp_path / "b.epub", CHAPTERS)
+    refused(_garbled_deflate(epub, "OEBPS/text/chap1.xhtml"), "damaged")
+    archive = tmp_path / "c.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("a.txt", "第一章 甲\n" * 100)
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match="damaged"):
+        unpack_documents(_garbled_deflate(archive, "a.txt"), tmp_path / "into")
+    with pytest.raises(DocumentLoadError, match="damaged ZIP archive"):
+        unpack_documents(_bad_utf8_name(archive), tmp_path / "into")

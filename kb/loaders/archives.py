@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from kb.errors import DocumentLoadError
-from kb.loaders.sniff import SUPPORTED_SUFFIXES, check_archive, read_member
+from kb.loaders.sniff import DAMAGED_ZIP, SUPPORTED_SUFFIXES, check_archive, read_member
 
 UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
 
@@ -54,7 +54,7 @@ def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
                 target = into / f"{number:05d}{PurePosixPath(name).suffix.lower()}"
                 target.write_bytes(read_member(archive, info.filename, name=path.name))
                 found.files.append((target, name))
-    except zipfile.BadZipFile as e:
+    except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{path.name} is a damaged ZIP archive ({e})") from e
     if not found.files:
         others = f"; it holds {len(found.skipped)} files of other types" if found.skipped else ""

@@ -17,7 +17,7 @@ from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
 from kb.loaders.html import _TextBuilder, extract_html, parse_html
 from kb.loaders.safe_xml import parse_part
-from kb.loaders.sniff import check_archive, read_member
+from kb.loaders.sniff import DAMAGED_ZIP, check_archive, read_member
 
 _NS = {
     "c": "urn:oasis:names:tc:opendocument:xmlns:container",
@@ -63,7 +63,7 @@ def load_epub(path: Path) -> LoadedDocument:
                 before = len(builder.headings)
                 extract_html(parse_html(read_member(archive, href, name=name), name=f"{name}:{href}"), name=name, builder=builder)
                 del builder.headings[before:]  # the table of contents gives the headings
-    except zipfile.BadZipFile as e:
+    except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{name} is a damaged EPUB ({e}); save the book again") from e
     if not builder.length:
         raise DocumentLoadError(f"{name} has no text in its reading order; there is nothing to add")

@@ -26,7 +26,7 @@ import lxml.etree
 
 from kb.errors import DocumentLoadError
 from kb.loaders.safe_xml import parse_part
-from kb.loaders.sniff import check_archive, read_member
+from kb.loaders.sniff import DAMAGED_ZIP, check_archive, read_member
 
 _NS = {
     "office": "urn:oasis:names:tc:opendocument:xmlns:office:1.0",
@@ -73,11 +73,12 @@ def content_root(path: Path, *, kind: str) -> lxml.etree._Element:
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=name)
-            manifest = archive.read("META-INF/manifest.xml") if "META-INF/manifest.xml" in archive.namelist() else b""
+            has_manifest = "META-INF/manifest.xml" in archive.namelist()
+            manifest = read_member(archive, "META-INF/manifest.xml", name=name) if has_manifest else b""
             if b"encryption-data" in manifest:
                 raise DocumentLoadError(f"{path} is password-protected; save it without a password")
             data = read_member(archive, "content.xml", name=name)
-    except zipfile.BadZipFile as e:
+    except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{path} is a damaged {what} ({e}); save it again") from e
     return parse_part(data, damaged=lambda reason: f"{path} is a damaged {what} (content.xml: {reason}); "
                                                    f"save it again or as {_SAVE_AS[kind]}")

@@ -61,6 +61,10 @@ MAX_UNPACKED_BYTES = 512 << 20
 MAX_MEMBERS = 20_000
 MAX_RATIO = 100
 _RATIO_FLOOR = 1 << 20
+# What zipfile raises for a damaged archive besides BadZipFile: a cut member (EOFError), corrupt
+# deflate data (zlib.error: zipfile does not wrap it), a name flagged UTF-8 that is not
+# (UnicodeDecodeError, when the archive is opened), an unknown compression method.
+DAMAGED_ZIP = (zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError, NotImplementedError)
 # XLSX: refuse workbooks past this many cells in all sheets (empty cells inside a row count).
 MAX_CELLS = 1_000_000
 
@@ -113,7 +117,7 @@ def _zip_format(path: Path) -> str:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
             kind = _document_kind(archive)
-    except zipfile.BadZipFile as e:
+    except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{path} is a damaged ZIP archive ({e}); save the document again") from e
     if kind is not None:
         return kind
@@ -171,7 +175,7 @@ def is_archive(path: Path) -> bool:
                 return False
         with zipfile.ZipFile(path) as archive:
             return _document_kind(archive) is None
-    except (OSError, zipfile.BadZipFile, KeyError, EOFError, NotImplementedError, zlib.error):
+    except (OSError, KeyError, *DAMAGED_ZIP):
         return False
 
 
@@ -201,5 +205,5 @@ def read_member(archive: zipfile.ZipFile, member: str, *, name: str) -> bytes:
         return archive.read(member)
     except KeyError as e:
         raise DocumentLoadError(f"{name} is damaged: it names {member}, which is not in it") from e
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+    except (OSError, *DAMAGED_ZIP) as e:
         raise DocumentLoadError(f"{name} is damaged ({member}: {e}); save the document again") from e
