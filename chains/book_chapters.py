@@ -100,7 +100,9 @@ def pick_chapters(
     headings = _headings(kb, {key[0] for key in best})
     for key in sorted(best, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
         passages = _chapter_passages(hits.get(key, []), named.get(key, []), passages_per_chapter)
-        title = passages[0].metadata.get("chapter_title") if passages else None
+        meta = passages[0].metadata if passages else {}
+        # An unnumbered section (番外一 重逢, 后记) is labelled by its heading path, as it is cited.
+        title = meta.get("chapter_title") if key[1] is not None else meta.get("section") or meta.get("chapter_title")
         picks.append(ChapterPick(key[0], key[1], title, scores[key], passages, headings.get(key)))
     return picks
 

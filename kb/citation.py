@@ -16,9 +16,10 @@ SEPARATOR = " · "
 
 def chapter_label(number: int | None, title: str | None, heading: str | None) -> str:
     """``第2章 休假`` for a chapter headed ``第二章 休假`` (the unit is the heading's own);
-    a structural heading without a 第N unit is its title. Empty for the preamble."""
+    a structural heading without a 第N unit is its title; an unnumbered section is its heading
+    and title (``番外一 重逢``, ``后记``). Empty for the preamble."""
     if number is None:
-        return ""
+        return "" if not heading else heading if not title or title == heading else f"{heading} {title}"
     if heading and heading.startswith("第"):
         label = f"第{number}{heading[-1]}"
         return label if not title or title == heading else f"{label} {title}"

@@ -35,6 +35,16 @@ CHAPTER_HEADING = re.compile(
     rf"(?:(?:{_SPACE}|[:：.．、])+(?P<title>[^\n]*?))?{_SPACE}*\r?$",
     re.MULTILINE,
 )
+# Unnumbered sections of a numbered book (序章, 楔子, 番外三 重逢, 尾声, 后记, 完本感言), on a line of
+# their own: sections with no chapter number, so their text is not cited or summarized as the
+# numbered chapter before them. Only in a text that has 第N章 headings too.
+NAMED_SECTIONS = ("序章", "序言", "序幕", "楔子", "引子", "尾声", "终章", "后记", "完本感言", "上架感言")
+NAMED_HEADING = re.compile(
+    rf"^{_SPACE}*(?:#{{1,6}}{_SPACE}*|正文卷?{_SPACE}*)?"
+    rf"(?P<heading>{'|'.join(NAMED_SECTIONS)}|番外篇?(?:[0-9０-９]+|[{_CN_DIGITS}]+)?)"
+    rf"(?:(?:{_SPACE}|[:：.．、])+(?P<title>[^\n]*?))?{_SPACE}*\r?$",
+    re.MULTILINE,
+)
 # A heading line longer than this is prose that happens to start with 第N回.
 MAX_TITLE_CHARS = 60
 # A line longer than this is never a heading (however many spaces lead it): a streamed scan
@@ -138,8 +148,8 @@ class ChapterScanner:
             self._scan(self._line, self._line_start)
         self._line = ""
         headings = self._without_contents()
-        if not headings:
-            return []
+        if not any(chapter.number is not None for _, chapter in headings):
+            return []  # 后记 or 引子 alone does not make a book of chapters
         contents_first = headings[0] is not self._headings[0]
         headings = _volumes_folded(headings)
         sections: list[Chapter] = []
@@ -185,14 +195,16 @@ class ChapterScanner:
 
     def _scan(self, lines: str, offset: int) -> None:
         pos = 0
-        for match in CHAPTER_HEADING.finditer(lines):
+        matches = sorted([*CHAPTER_HEADING.finditer(lines), *NAMED_HEADING.finditer(lines)], key=lambda m: m.start())
+        for match in matches:
             if len(match.group("title") or "") > MAX_TITLE_CHARS or match.end() - match.start() > MAX_HEADING_LINE:
                 continue
             self._note_text(lines[pos : match.start()])
             pos = match.end()
             heading = re.sub(rf"{_SPACE}+", "", match.group("heading"))
             title = " ".join((match.group("title") or "").split()) or heading
-            chapter = Chapter(chinese_number(match.group("num")), title, heading, offset + match.start("heading"), -1)
+            number = chinese_number(match.group("num")) if match.re is CHAPTER_HEADING else None
+            chapter = Chapter(number, title, heading, offset + match.start("heading"), -1)
             self._headings.append((offset + match.start(), chapter))
             self._bodies.append(False)
         self._note_text(lines[pos:])
@@ -203,13 +215,13 @@ def _volumes_folded(headings: list[tuple[int, Chapter]]) -> list[tuple[int, Chap
     volume's heading line (and any text of its own) starts the chapter after it instead of being
     a chapter: its number would collide with the chapters' own (two "chapter 1"s), and ranges
     and citations count chapters. A text numbered only in 卷 keeps them as its chapters."""
-    units = {chapter.heading[-1] for _, chapter in headings if chapter.heading}
+    units = {chapter.heading[-1] for _, chapter in headings if chapter.number is not None and chapter.heading}
     if VOLUME_UNIT not in units or units == {VOLUME_UNIT}:
         return headings
     folded: list[tuple[int, Chapter]] = []
     volume_start: int | None = None  # line start of the volume heading(s) waiting for a chapter
     for line_start, chapter in headings:
-        if chapter.heading and chapter.heading[-1] == VOLUME_UNIT:
+        if chapter.number is not None and chapter.heading and chapter.heading[-1] == VOLUME_UNIT:
             volume_start = line_start if volume_start is None else volume_start
             continue
         if volume_start is not None:

@@ -200,7 +200,7 @@ def test_whitespace_pieces_are_not_chunks() -> None:
 def novel_like(draw: st.DrawFn) -> str:
     """Chapter headings (well-formed and almost), sentences, odd whitespace and quotes."""
     parts = st.sampled_from(["第一回 桃园结义\n", "第２章：标题\n", "# 第十二节\n", "第一百回\r\n", "第回\n", "　第三卷　\n",
-                             "正文 第四章 起\n",
+                             "正文 第四章 起\n", "番外一 重逢\n", "后记\n",
                              "刘备曰：“吾乃汉室宗亲。”", "关羽！", "张飞？", "……", "\n\n", "\u3000", "\t", "”」』",
                              "abc def.", "，", "；", "第一回 " + "长" * 70 + "\n"])
     return "".join(draw(st.lists(parts, max_size=60)))

@@ -338,3 +338,24 @@ def test_volume_headings_of_a_structured_document_fold_as_in_text() -> None:
     assert [c.number for c in structured] == [1, 2, 3] and structured[0].start == 0
     only_volumes = tuple(h for h in headings if h.level == 1)
     assert [c.title for c in chapters_from_headings(only_volumes, length=len(text))] == ["风起", "云涌"]
+
+
+def test_unnumbered_sections_of_a_numbered_book(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug: a web novel's 番外 after its last chapter was cited and summarized as that chapter (and
+    楔子 before 第一章 as the preamble). 序章/楔子/番外N/尾声/后记 lines are sections without a chapter
+    number, cited by their heading; chapter ranges skip them; a text with none of 第N章 gets no
+    chapters from them."""
+    from chains.summarize import documents_from_text
+    from tests.helpers import ingest_hits
+
+    text = "楔子 缘起\n很久以前。\n第一章 开始\n正文一。\n第二章 继续\n正文二。\n番外一 重逢\n番外的故事。\n后记\n感谢读者。\n"
+    chapters = split_chapters(text)
+    assert [(c.number, c.heading, c.title) for c in chapters] == [
+        (None, "楔子", "缘起"), (1, "第一章", "开始"), (2, "第二章", "继续"), (None, "番外一", "重逢"), (None, "后记", "后记")]
+    assert streamed(in_blocks(text, list(range(0, len(text), 5))), chunk_size=400, chunk_overlap=80)[0] == chapters
+    assert [d.metadata["chapter"] for d in documents_from_text(text, source="a.txt", chapters="1-2")] == [1, 2]
+    assert split_chapters("一些文字。\n后记\n感谢。\n") == []
+    path = tmp_path / "novel.txt"
+    path.write_text(text, encoding="utf-8")
+    hit = ingest_hits([path], "番外的故事", root=tmp_path / "kbs", capsys=capsys)[0]
+    assert (hit["chapter"], hit["section"]) == (None, "番外一 重逢")

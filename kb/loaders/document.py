@@ -212,7 +212,7 @@ class SectionIndex:
         else:
             for c in chapters:
                 self._starts.append(c.start)
-                self._paths.append(chapter_label(c.number, c.title, c.heading) or None if c.number is not None else None)
+                self._paths.append(chapter_label(c.number, c.title, c.heading) or None)
 
     def at(self, offset: int) -> str | None:
         index = bisect.bisect_right(self._starts, offset) - 1
