@@ -24,7 +24,7 @@ def site_novel(chapters: int = 6) -> tuple[str, str]:
     """A novel saved from a download site, and the same novel without the site's lines."""
     clean, saved = [], ["本书来自 www.zxcs.me 整理\n"]
     for n in range(1, chapters + 1):
-        body = f"第{n}章 风起\n　　张三在第{n}章里拔剑而起。\n　　李四说：“好剑！”\n"
+        body = f"第{n}章 风起\n　　张三在第{n}章里拔剑而起。\n" + "".join(f"　　李四说：“好剑{i}！”\n" for i in range(10))
         clean.append(body)
         heading, *lines = body.splitlines(keepends=True)
         ads = [line.format(n=n) + "\n" for line in SITE_LINES]
@@ -97,3 +97,13 @@ def test_search_never_finds_the_site(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all("本站地址" not in hit["text"] for hit in hits)
     hits = ingest_hits([path], "拔剑", root=tmp_path / "kbs2", capsys=capsys)
     assert hits and all(hit["chapter"] for hit in hits)
+
+
+def test_a_list_of_links_is_kept_whole(tmp_path: Path) -> None:
+    """A saved list of links (each line an address that differs only in its numbers) is its own
+    text, not a site's noise: nothing is dropped when marked lines would be a third of the file."""
+    text = "收藏夹\n" + "".join(f"https://www.zhihu.com/question/{n}\n" for n in range(1, 40)) + "完。\n"
+    path = tmp_path / "links.txt"
+    path.write_text(text, encoding="utf-8")
+    document = open_document(path)
+    assert "".join(document.blocks()) == text and not document.warnings

@@ -6,7 +6,7 @@ they become chunks that match every question about "最新章节" and sources fu
 
 A *site line* is a short line that carries a web address or a phrase such sites stamp, and
 whose key (spaces removed, digits folded: page and chapter numbers differ) occurs at least
-``MIN_REPEATS`` times in the file. A book's own prose never repeats such a line; a preface
+``MIN_REPEATS`` times in the file, unless such lines would be a third of it (a list of links). A book's own prose never repeats such a line; a preface
 that names its source once, or a manual's one support address, stays. Chapter heading lines
 are never dropped, whatever they carry. Offsets of everything downstream (headings, chunks)
 are into the text without these lines: the loader yields only that text.
@@ -26,6 +26,10 @@ from kb.splitting import CHAPTER_HEADING
 MAX_SITE_LINE = 120
 # A marked line is the site's only when its key comes back this often.
 MIN_REPEATS = 3
+# Site lines are a book's noise, never most of it: a file whose marked lines would be more than
+# this share of its lines (a saved list of links, https://www.zhihu.com/question/N per line) is
+# left as it is.
+MAX_SHARE = 1 / 3
 # Distinct marked keys counted at most (a hostile file full of distinct addresses).
 _MAX_KEYS = 20_000
 # Lines are held at most this long while the text streams (longer ones pass in pieces).
@@ -79,15 +83,19 @@ def site_key(line: str) -> str | None:
 
 def find_site_lines(blocks: Iterable[str]) -> SiteLines:
     """Count the marked lines of a streamed text; keep the keys seen ``MIN_REPEATS`` times
-    (heading lines are not counted)."""
+    (heading lines are not counted), unless they would be more than ``MAX_SHARE`` of its lines."""
     counts: Counter[str] = Counter()
     examples: dict[str, str] = {}
+    lines = 0
     for line, whole in _lines(blocks):
+        lines += bool(whole and line.strip())
         key = site_key(line) if whole else None
         if key is not None and (key in counts or len(counts) < _MAX_KEYS) and not CHAPTER_HEADING.match(line):
             counts[key] += 1
             examples.setdefault(key, line.strip())
     kept = {key: n for key, n in counts.items() if n >= MIN_REPEATS}
+    if sum(kept.values()) > MAX_SHARE * lines:  # a list of links, a site's own notes: the lines are the text
+        kept = {}
     return SiteLines(kept, {key: examples[key] for key in kept})
 
 
