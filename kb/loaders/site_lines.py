@@ -6,9 +6,10 @@ they become chunks that match every question about "最新章节" and sources fu
 
 A *site line* is a short line that carries a web address or a phrase such sites stamp, and
 whose key (spaces removed, digits folded: page and chapter numbers differ) occurs at least
-``MIN_REPEATS`` times in the file, unless such lines would be a third of it (a list of links). A book's own prose never repeats such a line; a preface
+``MIN_REPEATS`` times in the file. A book's own prose never repeats such a line; a preface
 that names its source once, or a manual's one support address, stays. Chapter heading lines
-are never dropped, whatever they carry. Offsets of everything downstream (headings, chunks)
+are never dropped, whatever they carry, and neither is anything in a file where such lines
+would be a third of it (a saved list of links). Offsets of everything downstream (headings, chunks)
 are into the text without these lines: the loader yields only that text.
 """
 
@@ -37,9 +38,8 @@ _MAX_HELD = MAX_SITE_LINE * 8
 _SPACES = re.compile(r"[\s\u3000]+")
 _DIGITS = re.compile(r"\d+")
 # A web address (ASCII or full-width, "w w w . x x . c o m" once spaces are gone) or a phrase
-# the download sites stamp on every page.
-# (A domain's end is "not followed by a letter", not \b: in "biquge.cc阅读" Chinese is a word
-# character too.)
+# the download sites stamp on every page. A domain ends where no letter follows, not at \b: in
+# "biquge.cc阅读" Chinese is a word character too.
 _MARKER = re.compile(
     r"https?://|www\.|ｗｗｗ"
     r"|[a-z0-9]\.(?:com|net|org|cc|cn|la|tw|info|me|co|xyz|top|vip|io|so|tv)(?![a-z])"
