@@ -107,3 +107,36 @@ def test_a_list_of_links_is_kept_whole(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     document = open_document(path)
     assert "".join(document.blocks()) == text and not document.warnings
+
+
+def test_an_epub_or_docx_made_from_a_site_novel_loses_the_same_lines(tmp_path: Path) -> None:
+    """Prose formats go through the same filter (``drop_site_lines``), with their headings moved
+    to the text that is left: the same text, headings and chapters as the book without the lines.
+    Tables are data and keep such rows."""
+    from tests.fixtures.documents import SourceChapter, write_docx, write_epub
+
+    def chapters(with_site: bool) -> list[SourceChapter]:
+        ads = [line.format(n=1) for line in SITE_LINES] if with_site else []
+        prose = [f"李四说：“好剑{i}！”" for i in range(10)]
+        return [SourceChapter(f"第{n}章 风起", [*ads[:2], f"张三在第{n}章里拔剑而起。", *ads[2:], *prose])
+                for n in range(1, 5)]
+
+    for write, suffix in ((write_epub, ".epub"), (write_docx, ".docx")):
+        plain = open_document(write(tmp_path / f"plain{suffix}", chapters(False)))
+        saved = open_document(write(tmp_path / f"saved{suffix}", chapters(True)))
+        text = "".join(saved.blocks())
+        assert text == "".join(plain.blocks()), suffix
+        assert saved.headings == plain.headings
+        assert [text[h.start : h.start + len(h.title)] for h in saved.headings] == [h.title for h in saved.headings]
+        assert any("dropped 16 repeated download-site lines" in w for w in saved.warnings)
+    table = tmp_path / "links.csv"
+    table.write_text("名称,地址\n" + "".join(f"书{n},本站地址 www.biquge.com\n" for n in range(5)) + "".join(
+        f"书{n},正常\n" for n in range(20)), encoding="utf-8")
+    assert "本站地址" in "".join(open_document(table).blocks())
+
+
+def test_offsets_move_with_the_dropped_lines() -> None:
+    from kb.loaders.site_lines import _Shift
+
+    shift = _Shift([(10, 5), (20, 3)])  # text 0-9 kept, 10-14 dropped, 15-19 kept, 20-22 dropped
+    assert [shift(o) for o in (0, 9, 10, 12, 15, 19, 20, 22, 23, 30)] == [0, 9, 10, 10, 10, 14, 15, 15, 15, 22]

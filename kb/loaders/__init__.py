@@ -67,8 +67,15 @@ _OCR_FORMATS = frozenset({"pdf", "image"})  # the loaders that take ``ocr``
 
 def open_document(path: str | os.PathLike[str], *, ocr: str = "auto") -> LoadedDocument:
     """Read ``path`` in whatever supported format its bytes are; ``ocr`` (off/auto/force) says
-    whether scanned pages and images are read by OCR. DocumentLoadError (one line) for files
-    that are missing, empty, damaged, encrypted, hostile or of no supported format."""
+    whether scanned pages and images are read by OCR. A download site's repeated lines are left
+    out of prose (:mod:`kb.loaders.site_lines`). DocumentLoadError (one line) for files that are
+    missing, empty, damaged, encrypted, hostile or of no supported format."""
+    from kb.loaders.site_lines import drop_site_lines
+
+    return drop_site_lines(_load(path, ocr=ocr))
+
+
+def _load(path: str | os.PathLike[str], *, ocr: str) -> LoadedDocument:
     check_ocr_mode(ocr)
     file = Path(path)
     if not file.exists():

@@ -1,6 +1,7 @@
-"""Download sites' lines in ``.txt`` novels: found in one pass, dropped as the text streams.
+"""Download sites' lines in novels: found in one pass, dropped as the text streams.
 
-Novels saved from web-novel sites carry the site's lines through the whole book ("笔趣阁
+Novels saved from web-novel sites (as .txt, or an EPUB/HTML/DOCX made from one) carry the
+site's lines through the whole book ("笔趣阁
 www.biquge.com 最快更新", "本章未完，请点击下一页继续阅读", "手机阅读请访问 m.xxx.cc"). Indexed,
 they become chunks that match every question about "最新章节" and sources full of addresses.
 
@@ -9,19 +10,30 @@ whose key (spaces removed, digits folded: page and chapter numbers differ) occur
 ``MIN_REPEATS`` times in the file. A book's own prose never repeats such a line; a preface
 that names its source once, or a manual's one support address, stays. Chapter heading lines
 are never dropped, whatever they carry, and neither is anything in a file where such lines
-would be a third of it (a saved list of links). Offsets of everything downstream (headings, chunks)
-are into the text without these lines: the loader yields only that text.
+would be a third of it (a saved list of links).
+
+:func:`drop_site_lines` applies this to a loaded document of a prose format (``PROSE_FORMATS``;
+tables and slides are data, PDFs lose their page headers and footers in ``kb.loaders.layout``):
+its text comes without those lines, and its headings and page starts move with the text, so
+every offset downstream (chunks, citations) is into the text without them.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from kb.loaders.document import gathered
+from kb.loaders.document import LoadedDocument, gathered
 from kb.splitting import CHAPTER_HEADING
+
+logger = logging.getLogger(__name__)
+
+# The formats whose text is prose a site could have stamped (not tables, slides or PDFs).
+PROSE_FORMATS = frozenset({"text", "markdown", "html", "epub", "mobi", "docx", "doc", "odt", "rtf"})
 
 # Longer lines are prose even when they name a site (a paragraph that quotes an address).
 MAX_SITE_LINE = 120
@@ -79,6 +91,61 @@ def site_key(line: str) -> str | None:
     if not squeezed or len(squeezed) > MAX_SITE_LINE or not _MARKER.search(squeezed):
         return None
     return _DIGITS.sub("0", squeezed)
+
+
+def drop_site_lines(document: LoadedDocument) -> LoadedDocument:
+    """``document`` without its site lines (itself where it has none or is not prose), with
+    its headings and page starts moved to the text that is left; the build's report says so."""
+    if document.format not in PROSE_FORMATS:
+        return document
+    site_lines = find_site_lines(document.blocks())
+    if not site_lines:
+        return document
+    moved = _Shift(_dropped_spans(document.blocks(), site_lines))
+    headings = tuple(
+        replace(h, start=moved(h.start), line_start=None if h.line_start is None else moved(h.line_start))
+        for h in document.headings
+    )
+    warning = site_lines.warning(document.path.name)
+    logger.warning(warning)
+    return replace(
+        document,
+        read_blocks=without_site_lines(document.read_blocks, site_lines),
+        headings=headings,
+        page_starts=tuple(moved(start) for start in document.page_starts),
+        warnings=[*document.warnings, warning],
+    )
+
+
+class _Shift:
+    """Where an offset of the whole text lands in the text without the dropped spans (an offset
+    inside a dropped span lands where the span was)."""
+
+    def __init__(self, spans: Iterable[tuple[int, int]]) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._removed: list[int] = [0]  # characters removed before span i
+        for start, length in spans:
+            self._starts.append(start)
+            self._ends.append(start + length)
+            self._removed.append(self._removed[-1] + length)
+
+    def __call__(self, offset: int) -> int:
+        i = bisect.bisect_right(self._starts, offset) - 1  # the last span starting at or before it
+        if i < 0:
+            return offset
+        if offset < self._ends[i]:
+            return self._starts[i] - self._removed[i]
+        return offset - self._removed[i + 1]
+
+
+def _dropped_spans(blocks: Iterable[str], site_lines: SiteLines) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each line :func:`without_site_lines` leaves out, line break included."""
+    offset = 0
+    for piece, whole in _lines(blocks, keep_ends=True):
+        if whole and site_lines.is_site_line(piece):
+            yield offset, len(piece)
+        offset += len(piece)
 
 
 def find_site_lines(blocks: Iterable[str]) -> SiteLines:

@@ -1,19 +1,14 @@
 """Text and Markdown files: streamed from disk in blocks (:mod:`kb.loading` detects the encoding);
-a download site's repeated lines left out (:mod:`kb.loaders.site_lines`); Markdown's
-``#``/``##``/``###`` headings (outside code fences) become chapters and sections."""
+Markdown's ``#``/``##``/``###`` headings (outside code fences) become chapters and sections."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from kb.loaders.document import Heading, LoadedDocument
-from kb.loaders.site_lines import find_site_lines, without_site_lines
 from kb.loading import open_text_file, replaced_warning
-
-logger = logging.getLogger(__name__)
 
 # An ATX heading of level 1-3 ("## 3.2 安装"); the title starts at group "title".
 _ATX = re.compile(r"^ {0,3}(#{1,3})[ \t]+(?P<title>[^\n]*?)[ \t#]*\r?$")
@@ -25,20 +20,14 @@ _MAX_LINE = 4096
 def load_text_document(path: Path) -> LoadedDocument:
     """A ``.txt``/``.md`` file; ATX headings make it Markdown with structural headings."""
     text_file = open_text_file(path)
-    warnings = [replaced_warning(path.name, text_file.replaced)] if text_file.replaced else []
-    read_blocks = text_file.blocks
-    if site_lines := find_site_lines(text_file.blocks()):
-        read_blocks = without_site_lines(text_file.blocks, site_lines)
-        warnings.append(site_lines.warning(path.name))
-        logger.warning(warnings[-1])
-    headings = scan_markdown_headings(read_blocks())
+    headings = scan_markdown_headings(text_file.blocks())
     return LoadedDocument(
         path=path,
         format="markdown" if headings else "text",
         encoding=text_file.encoding,
-        read_blocks=read_blocks,
+        read_blocks=text_file.blocks,
         headings=headings,
-        warnings=warnings,
+        warnings=[replaced_warning(path.name, text_file.replaced)] if text_file.replaced else [],
     )
 
 
