@@ -198,7 +198,8 @@ class ManageTab:
             )
         self.kb = kb_picker(self.services, elem_id="manage-kb")
         self.files = gr.File(
-            label="上传文件 / upload files " + upload_label(self.services.upload_types(archives=True), ui.max_upload_mb, each=True),
+            label="上传文件 / upload files "
+            + upload_label(self.services.upload_types(archives=True), ui.max_upload_mb, each=True),
             file_count="multiple",
             elem_id="upload-files",
         )

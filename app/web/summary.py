@@ -14,9 +14,9 @@ import gradio as gr
 
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
+from app.uploads import check_content
 from app.web.errors import QUIET, user_errors, warn
 from app.web.session_stops import SessionStops
-from app.uploads import check_content
 from app.web.widgets import kb_picker, upload_label
 from chains.events import Progress, Summary, Token
 from llm.cancellation import cancel_scope
