@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from kb.splitting import CHAPTER_HEADING
+from kb.splitting import CHAPTER_HEADING, NAMED_HEADING
 
 # A line that ends a sentence (the splitter's own sentence end): never joined to the next, so a
 # kept line break falls where the splitter cuts anyway and chunks match the source text's.
@@ -112,7 +112,7 @@ def _indent_marks(pages: list[list[str]], indented: bool) -> list[list[str]]:
 def _separator(previous: str, line: str, previous_full: bool, starts_paragraph: bool, indented: bool) -> str:
     """What goes between two lines: a line break, nothing (Chinese), a space, or "-" (drop
     the previous line's hyphen)."""
-    if not previous_full or CHAPTER_HEADING.match(line) or starts_paragraph:
+    if not previous_full or CHAPTER_HEADING.match(line) or NAMED_HEADING.match(line) or starts_paragraph:
         return "\n"
     if not indented and _SENTENCE_END.search(previous):
         return "\n"
