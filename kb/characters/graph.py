@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from kb.characters.document import DocumentCharacters
-from kb.characters.names import COMMON_SURNAMES
+from kb.characters.names import COMMON_SURNAMES, COMPOUND_SURNAMES
 
 __all__ = ["CharacterGraph", "Person", "Relation", "build_graph", "load_aliases", "resolve_aliases"]
 
 ChapterRange = tuple[int, int]
+# A name that is another's plus one character, mentioned at most 1/FUSION_RATIO as often, is that
+# name fused with the next word (张飞引 of 张飞引兵), not a person (_fusions).
+FUSION_RATIO = 5
 
 
 @dataclass
@@ -96,10 +99,7 @@ def resolve_aliases(
     parts: Sequence[DocumentCharacters], user_aliases: Mapping[str, Sequence[str]] | None = None
 ) -> dict[str, str]:
     """Map every known name to its person's canonical name."""
-    mentions: Counter[str] = Counter()
-    for part in parts:
-        for name, chs in part.names.items():
-            mentions[name] += sum(chs.values())
+    mentions = _name_mentions(parts)
     uf = _UnionFind()
     full_names: set[str] = set()
     alias_side: set[str] = set()
@@ -132,6 +132,9 @@ def resolve_aliases(
     tagged = {n for part in parts for n in part.tagged}
     _merge_honorifics(uf, mentions, surnames, alias_side)
     _merge_surname_and_alias(uf, mentions, alias_side)
+    for name, shorter in _fusions(mentions, user_aliases).items():  # 张飞引 is 张飞 (and so is what joined it)
+        uf.union(name, shorter)
+        alias_side.add(name)
     clusters: dict[str, list[str]] = defaultdict(list)
     for name in set(mentions) | set(uf.parent):
         clusters[uf.find(name)].append(name)
@@ -141,6 +144,29 @@ def resolve_aliases(
         for name in members:
             resolved[name] = canonical
     return resolved
+
+
+def _name_mentions(parts: Sequence[DocumentCharacters]) -> Counter[str]:
+    """How often each name is mentioned in all the parts."""
+    mentions: Counter[str] = Counter()
+    for part in parts:
+        for name, chs in part.names.items():
+            mentions[name] += sum(chs.values())
+    return mentions
+
+
+def _fusions(mentions: Counter[str], user_aliases: Mapping[str, Sequence[str]] | None) -> dict[str, str]:
+    """Names that are a known name with one more character fused on, mentioned at most a fifth
+    as often (张飞引 of 张飞引兵, 沙僧牵 of 沙僧牵马, 孔明教 of 孔明教人): mentions of the shorter
+    name's person, never persons or aliases of their own. A compound surname is not such a name
+    (司马炎, 诸葛瞻 are persons), nor is a name the user's alias file gives."""
+    given = {n for canonical, names in (user_aliases or {}).items() for n in (canonical, *names)}
+    return {
+        name: name[:-1]
+        for name in mentions
+        if len(name) >= 3 and name[:-1] in mentions and name[:-1] not in COMPOUND_SURNAMES and name not in given
+        and mentions[name[:-1]] >= FUSION_RATIO * mentions[name]
+    }
 
 
 def _canonical(
@@ -268,9 +294,10 @@ def build_graph(
                         {"source": part.source, "doc_id": part.doc_id, "chapter": chapter if chapter >= 0 else None,
                          "chunk_id": chunk_id, "start": start, "end": end}
                     )
+    fused = _fusions(_name_mentions(parts), aliases)
     members: dict[str, list[str]] = defaultdict(list)
     for name, person in canonical.items():
-        if name != person and name_mentions[name] > 0:
+        if name != person and name_mentions[name] > 0 and name not in fused:
             members[person].append(name)
     persons = [
         Person(name, sorted(members[name], key=lambda m: -name_mentions[m]), n, sorted(person_chapters[name]))
