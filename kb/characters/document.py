@@ -19,7 +19,7 @@ from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name,
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
-EXTRACTOR_VERSION = 6  # 6: names before 叫做 own the name after them; 了 never ends a name
+EXTRACTOR_VERSION = 7  # 7: surname + name forms pass the name checks (甚不通 was one); 里 never ends a name
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -183,7 +183,7 @@ def extract_document(
     names = {n for n in set(candidates) | pattern_names if is_plausible_name(n)}
     surnames = book_surnames(text, candidates)
     names |= {s for s in short_forms(names, surnames) if text.count(s) >= min_count}
-    extended = extended_names(text, names, surnames)
+    extended = [[short, long] for short, long in extended_names(text, names, surnames) if is_plausible_name(long)]
     names |= {long for _, long in extended}
     part = DocumentCharacters(doc_id=doc_id, source=source, sha256=sha256, surnames=sorted(surnames))
     part.facts = [[f.kind, f.name, f.alias] for f in facts]

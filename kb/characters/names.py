@@ -32,7 +32,7 @@ __all__ = [
 
 _HAN = "\u4e00-\u9fff"
 # A name never ends in these: speech verbs, troops, titles of groups, common verb tails.
-_BAD_LAST = set("曰道云笑问答言闻见听兵军将士卒等众们之乃亦也了大怒喜自府州郡城国县门殿宫山河处时寺庙观洞阁关江")
+_BAD_LAST = set("曰道云笑问答言闻见听兵军将士卒等众们之乃亦也了大怒喜自府州郡城国县门殿宫山河处时寺庙观洞阁关江里")
 _BAD_FIRST = set("汝吾尔我你他她其此彼那这众被令使请与和及同向对甚")
 _NOT_NAMES = {
     "文武", "伏兵", "大将军", "诸侯", "太后", "老夫", "闻言", "言语", "马匹", "钱粮", "士卒",
@@ -43,7 +43,7 @@ _NOT_NAMES = {
     "童男", "小可", "孤拐", "那壁厢", "那话儿", "古人云", "二人", "一声", "不好", "汉中", "夏侯",
     "金箍", "西天", "大惊", "诸公", "传旨", "真经", "洛阳", "长安", "许昌", "成都", "建业", "西川", "东吴",
     "江东", "荆襄", "南阳", "襄阳", "汉朝", "天下", "自引", "爷爷", "奶奶", "老孙", "老猪", "灵霄", "南蛮", "西凉",
-    "小儿", "马来", "人参果",
+    "小儿", "马来", "人参果", "英雄",
 }
 # Common single-character surnames (百家姓, the ~200 most used): a 3-character name must start
 # with one of these or with a surname the book states (姓猪, 姓沙).
