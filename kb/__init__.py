@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from configs.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
-    "BuildReport": "kb.build",
+    "BuildReport": "kb.build_report",
     "Chapter": "kb.splitting",
     "ChapterScanner": "kb.splitting",
     "ChunkMetadata": "kb.types",
@@ -61,7 +61,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from kb.build import BuildReport
+    from kb.build_report import BuildReport
     from kb.dense_store import DenseIndex, DenseStore
     from kb.docstore import DocumentInfo
     from kb.errors import (

@@ -18,7 +18,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from kb import storage
 from kb.bm25_index import BM25Index
+from kb.build_report import BuildReport
 from kb.dense_store import DenseStore, VectorChange
 from kb.docstore import Docstore, DocumentInfo, find_documents_to_remove
 from kb.embedding import is_keyword_only
@@ -42,37 +43,6 @@ CHUNK_BATCH = 1024
 """Chunks tokenized, embedded and written at a time while a document streams in."""
 BM25_SETTINGS = {"tokenizer": "jieba.cut_for_search", "k1": 1.5, "b": 0.75, "method": "lucene"}
 Embed = Callable[[Sequence[str]], np.ndarray]
-
-
-@dataclass
-class BuildReport:
-    """What an add or remove did to a knowledge base."""
-
-    files: int = 0
-    added: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    chunks_added: int = 0
-    chunks_skipped: int = 0
-    chunks_removed: int = 0
-    chunks_embedded: int = 0
-    """Existing chunks given vectors (a keyword-only knowledge base gaining an embedding model)."""
-    seconds: float = 0.0
-    skipped: list[str] = field(default_factory=list)
-    """Files of other types in the folders and archives given, not read (``kb.loaders.folders``)."""
-
-    def summary(self) -> str:
-        """One line for the CLI."""
-        line = (
-            f"files: {self.files} ({len(self.added)} added, {len(self.replaced)} replaced, "
-            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed); "
-            f"chunks: {self.chunks_added} added, {self.chunks_skipped} skipped, "
-            f"{self.chunks_removed} removed; {self.seconds:.1f} s"
-        )
-        if self.skipped:
-            line += f"; {len(self.skipped)} file{'s' if len(self.skipped) > 1 else ''} of other types skipped"
-        return f"{line}; vectors added to {self.chunks_embedded} existing chunks" if self.chunks_embedded else line
 
 
 @dataclass
