@@ -77,6 +77,10 @@ class SiteLines:
         key = site_key(line)
         return key is not None and key in self.counts and not CHAPTER_HEADING.match(line)
 
+    def drops(self, piece: str, whole: bool) -> bool:
+        """Whether a piece of the streamed text (``_lines``) is left out: a whole site line."""
+        return whole and self.is_site_line(piece)
+
     def warning(self, name: str) -> str:
         """One line for the build's report: how many lines went, and the commonest."""
         total = sum(self.counts.values())
@@ -143,7 +147,7 @@ def _dropped_spans(blocks: Iterable[str], site_lines: SiteLines) -> Iterator[tup
     """(offset, length) of each line :func:`without_site_lines` leaves out, line break included."""
     offset = 0
     for piece, whole in _lines(blocks, keep_ends=True):
-        if whole and site_lines.is_site_line(piece):
+        if site_lines.drops(piece, whole):
             yield offset, len(piece)
         offset += len(piece)
 
@@ -171,7 +175,7 @@ def without_site_lines(read_blocks: Callable[[], Iterable[str]], site_lines: Sit
 
     def blocks() -> Iterator[str]:
         pieces = _lines(read_blocks(), keep_ends=True)
-        return gathered(piece for piece, whole in pieces if not (whole and site_lines.is_site_line(piece)))
+        return gathered(piece for piece, whole in pieces if not site_lines.drops(piece, whole))
 
     return blocks
 
