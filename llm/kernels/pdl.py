@@ -35,6 +35,24 @@ import torch
 _WANTED: ContextVar[bool] = ContextVar("glmkb_pdl", default=True)
 
 
+EARLY_WEIGHTS = os.environ.get("GLMKB_EARLY_WEIGHTS", "1") != "0"  # a bench switch (A/B in separate processes)
+
+
+def early_weights() -> bool:
+    """Whether a one-row GEMV launched with PDL loads its first weight step before its wait.
+
+    The safety rule above has one exception, for memory no kernel of the step writes: a layer's
+    weight (and INT4 scales) are constants of the decode step, so loading them before
+    ``griddepcontrol.wait`` cannot read anything stale. The programs of the first wave, placed
+    while the kernel before runs (a norm, the attention: 2-3.5 us), then have their first weight
+    bytes in registers when the wait returns, instead of starting the load then: at batch 1 the
+    small GEMVs (q/k/v, o_proj) ran at 2.5-2.7 TB/s of the H200's 4.2 (run 21), mostly ramp-up.
+    Unlike run 18's L2 prefetch (dropped) it adds no request: it is the same load, issued
+    earlier; later waves, which find the wait already passed, issue it as before.
+    ``GLMKB_EARLY_WEIGHTS=0`` turns it off (read at import)."""
+    return EARLY_WEIGHTS
+
+
 @contextmanager
 def pdl_launches(enabled: bool) -> Iterator[None]:
     """Kernels launched inside this block use PDL where supported (``enabled``) or never."""
