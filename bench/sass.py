@@ -43,12 +43,12 @@ def kernels() -> list[Case]:
           "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k, "EARLY": bool(e)}, warps, block_n * block_k)
         for block_n, block_k, warps, k, e in ((4, 2048, 4, 4096, 0), (4, 2048, 4, 4096, 1), (8, 2048, 8, 13696, 0))
     ]
-    for block_n, block_k, warps, k, e in ((4, 2048, 4, 4096, 0), (8, 2048, 4, 4096, 0), (2, 4096, 4, 4096, 0),
-                                          (16, 2048, 4, 4096, 0), (16, 2048, 4, 4096, 1), (16, 4096, 8, 13696, 0)):
-        cases.append((f"int4 runs row {block_n}x{block_k} K={k}{early * e}", int4_gemv._int4_runs_row_kernel, int4,
+    for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 4, 4096), (2, 4096, 4, 4096),
+                                       (16, 2048, 4, 4096), (16, 4096, 8, 13696)):
+        cases.append((f"int4 runs row {block_n}x{block_k} K={k}", int4_gemv._int4_runs_row_kernel, int4,
                       {"HAS_BIAS": False, "EVEN_K": k % block_k == 0, "EVEN_N": True, "GROUP": 128, "ASM": True,
-                       "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k // 2, "stride_szn": k // 128,
-                       "EARLY": bool(e)}, warps, block_n * block_k))
+                       "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k // 2, "stride_szn": k // 128},
+                      warps, block_n * block_k))
     for rows, block_n, block_k, warps, k in ((2, 2, 2048, 4, 4096), (2, 4, 2048, 4, 4096), (4, 2, 2048, 4, 4096),
                                              (4, 4, 2048, 4, 4096), (4, 4, 2048, 4, 13696)):
         cases.append((f"int4 runs {rows} rows {block_n}x{block_k} K={k}", int4_gemv._int4_runs_rows_kernel, int4,

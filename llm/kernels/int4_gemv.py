@@ -36,7 +36,7 @@ import triton.language as tl
 from llm.int4_runs import RUN
 from llm.kernels.gemv import INTERPRET, _store_row  # INTERPRET: the interpreter runs no inline assembly
 from llm.kernels.grid_dependency import wait_for_inputs
-from llm.kernels.pdl import early_weights, launch_pdl
+from llm.kernels.pdl import launch_pdl
 
 
 
@@ -192,13 +192,6 @@ def _row_step(acc, x_ptr, w_ptrs, sz_rows, k, K, col, runs, n_ok, MASK_K: tl.con
             w = tl.load(w_ptrs, eviction_policy="evict_first")
         else:
             w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
-    return _row_product(acc, w, sz, x_lo, x_hi, ASM, BLOCK_N, KB)
-
-
-@triton.jit
-def _row_product(acc, w, sz, x_lo, x_hi, ASM: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
-    """``_row_step``'s arithmetic on its loaded weight, scales/zeros and x."""
-    VEC: tl.constexpr = 8
     d = _run_sums(w, x_lo, x_hi, ASM, BLOCK_N, KB // VEC)
     sum_lo = tl.sum(tl.reshape(x_lo, (KB // VEC, VEC)), axis=1)
     sum_hi = tl.sum(tl.reshape(x_hi, (KB // VEC, VEC)), axis=1)
@@ -212,7 +205,7 @@ def _row_product(acc, w, sz, x_lo, x_hi, ASM: tl.constexpr, BLOCK_N: tl.constexp
 def _int4_runs_row_kernel(
     x_ptr, w_ptr, sz_ptr, bias_ptr, out_ptr, N, K, stride_wn: tl.constexpr, stride_szn: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, GROUP: tl.constexpr,
-    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x against a "runs" INT4 weight: ``BLOCK_N`` outputs per program, ``BLOCK_K``
     columns (``BLOCK_K / 2`` bytes per row) per step, one run of 8 bytes per thread and row.
@@ -234,25 +227,10 @@ def _int4_runs_row_kernel(
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rb[None, :]
     sz_rows = sz_ptr + rn[:, None].to(tl.int64) * stride_szn
     runs = tl.arange(0, KB // VEC)
-    if EARLY:  # the first step's weight and scales before the wait (``early_weights``); K >= BLOCK_K
-        sz_ptrs = sz_rows + (runs * (2 * VEC) // GROUP)[None, :]
-        if EVEN_N:
-            sz = _load_scales_zeros(sz_ptrs, None, ASM)
-            w = tl.load(w_ptrs, eviction_policy="evict_first")
-        else:
-            sz = _load_scales_zeros(sz_ptrs, n_ok[:, None], ASM)
-            w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
     wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, KB // VEC), dtype=tl.float32)
     whole = (K // BLOCK_K) * BLOCK_K
-    start = 0
-    if EARLY:
-        x_lo = tl.load(x_ptr + col, eviction_policy="evict_last").to(tl.float32)
-        x_hi = tl.load(x_ptr + col + VEC, eviction_policy="evict_last").to(tl.float32)
-        acc = _row_product(acc, w, sz, x_lo, x_hi, ASM, BLOCK_N, KB)
-        w_ptrs += KB
-        start = BLOCK_K
-    for k in range(start, whole, BLOCK_K):
+    for k in range(0, whole, BLOCK_K):
         acc = _row_step(acc, x_ptr, w_ptrs, sz_rows, k, K, col, runs, n_ok, False, EVEN_N, GROUP, ASM, BLOCK_N, KB)
         w_ptrs += KB
     if not EVEN_K:
@@ -453,7 +431,7 @@ def launch_int4_runs_row(
         x, packed, scales_zeros, bias if bias is not None else out, out, n, k, packed.stride(0), scales_zeros.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, EVEN_N=n % block_n == 0, GROUP=group_size,
         ASM=not INTERPRET and x.device.type == "cuda", BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl,
-        EARLY=(pdl or INTERPRET) and early_weights() and k >= block_k, num_warps=num_warps, num_stages=1, launch_pdl=pdl,
+        num_warps=num_warps, num_stages=1, launch_pdl=pdl,
     )
     return out
 
