@@ -51,6 +51,14 @@ MIN_BYTES = 256 * 2**20
 LIVE_CUTS = [(4, 2), (8, 2), (32, 2), (16, 1), (16, 4)]  # (live_splits, live_min_blocks) beside the default
 
 
+def parse_cases(text: str) -> list[tuple[int, int, int]]:
+    """``"1:4096:330,16:4096:330"`` -> ``[(1, 4096, 330), (16, 4096, 330)]``."""
+    cases = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
+    if not cases or any(len(c) != 3 or not 0 < c[2] <= c[1] for c in cases):
+        raise SystemExit(f"--cases: B:L:valid with 0 < valid <= L, not {text!r}")
+    return cases  # type: ignore[return-value]
+
+
 def sweep_configs() -> list[Any]:
     from llm.kernels.decode_attention import AttentionConfig
 
@@ -174,6 +182,7 @@ def bench_case(batch: int, length: int, valid: int, *, device: str, dtype: torch
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--no-sweep", action="store_true", help="time only the default kernel config")
+    p.add_argument("--cases", help="B:L:valid,... instead of the 8 default cases (e.g. 1:4096:330,16:4096:330)")
     args = p.parse_args()
     if args.tiny:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when Triton is first imported (below)
@@ -187,7 +196,7 @@ def main() -> None:
         configs = [] if args.no_sweep else sweep_configs()
     torch.manual_seed(0)
     results = [bench_case(b, length, valid, device=device, dtype=dtype, configs=configs)
-               for b, length, valid in (TINY_CASES if args.tiny else CASES)]
+               for b, length, valid in (TINY_CASES if args.tiny else parse_cases(args.cases) if args.cases else CASES)]
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     write_result(args.out, "decode_attention", {"device": device_name,
                                                 "default_configs": {str(b): str(default_config(b, KV_HEADS))
