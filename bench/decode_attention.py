@@ -21,9 +21,6 @@ decode step, the cache comes from HBM and not from L2. Variants:
   as an extern call, as in the compiled decode step);
 - ``flash_decode fused``: that config with ``fused=True`` (one launch, the combine in
   the split kernel's last slice);
-- ``live fused`` / ``live split``: the decode step's call, told the newest key's slot
-  (``last_slot``): slices cut from the live keys, combined in the last slice or by the combine
-  kernel; ``live fused vNmM``: other caps on the slices (``live_splits`` N, ``live_min_blocks`` M);
 - unless ``--no-sweep``, every ``AttentionConfig`` of ``sweep_configs`` (64); the fastest per case is printed.
 
 Every variant's output is checked against float64 math (max abs error; a swept config over
@@ -48,7 +45,6 @@ KV_HEADS, GROUPS, DIM = 2, 16, 128
 CASES = [(b, length, valid) for b in (1, 16) for length in (1024, 4096) for valid in (200, length)]
 TINY_CASES = [(1, 128, 20), (3, 64, 64)]
 MIN_BYTES = 256 * 2**20
-LIVE_CUTS = [(4, 2), (8, 2), (32, 2), (16, 1), (16, 4)]  # (live_splits, live_min_blocks) beside the default
 
 
 def parse_cases(text: str) -> list[tuple[int, int, int]]:
@@ -112,16 +108,9 @@ def variants(q: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], mask:
         config = replace(default_config(q.shape[0], kv[0][0].shape[1]), fused=True)
         return lambda i: launch_decode_attention(q, *kv[i % len(kv)], mask, scale, config)
 
-    slot = torch.tensor([int(mask[0, 0, 0].nonzero().max())], device=q.device)  # the newest key's slot
-
-    def live(**changes: Any) -> Callable[[], Callable[[int], Any]]:
-        config = replace(default_config(q.shape[0], kv[0][0].shape[1], live=True), **changes)
-        return lambda: (lambda i: launch_decode_attention(q, *kv[i % len(kv)], mask, scale, config, last_slot=slot))
-
     out: dict[str, Callable[[], Callable[[int], Any]]] = {
         "torch compiled": torch_compiled, "flash_decode": op, "flash_decode compiled": op_compiled,
-        "flash_decode fused": fused, "live fused": live(), "live split": live(fused=False),
-        **{f"live fused v{n}m{m}": live(live_splits=n, live_min_blocks=m) for n, m in LIVE_CUTS}}
+        "flash_decode fused": fused}
     for config in configs:
         out[f"triton {config}"] = lambda c=config: (lambda i: launch_decode_attention(q, *kv[i % len(kv)], mask,
                                                                                       scale, c))
@@ -207,8 +196,7 @@ def main() -> None:
     for r in results:
         v = r["variants"]
         base = v["torch compiled"].get("us")
-        for label in ("torch compiled", "flash_decode", "flash_decode compiled", "flash_decode fused", "live fused",
-                      "live split", *(f"live fused v{n}m{m}" for n, m in LIVE_CUTS)):
+        for label in ("torch compiled", "flash_decode", "flash_decode compiled", "flash_decode fused"):
             us = v[label].get("us")
             rows.append((f"B={r['B']} L={r['L']} valid={r['valid']}", label,
                          us if us is not None else v[label]["error"][:60],

@@ -36,12 +36,11 @@ def kernels() -> list[Case]:
     from llm.kernels import gemv, int4_gemm, int4_gemv
 
     int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
-    early = " early"  # the first weight step loaded before the PDL wait (llm.kernels.pdl.early_weights)
     cases: list[Case] = [
-        (f"int8 row {block_n}x{block_k} K={k}{early * e}", gemv._int8_row_kernel, {"w_ptr": "*i8"},
+        (f"int8 row {block_n}x{block_k} K={k}", gemv._int8_row_kernel, {"w_ptr": "*i8"},
          {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": k % block_k == 0, "EVEN_N": True, "ASM": True,
-          "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k, "EARLY": bool(e)}, warps, block_n * block_k)
-        for block_n, block_k, warps, k, e in ((4, 2048, 4, 4096, 0), (4, 2048, 4, 4096, 1), (8, 2048, 8, 13696, 0))
+          "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k}, warps, block_n * block_k)
+        for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 8, 13696))
     ]
     for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 4, 4096), (2, 4096, 4, 4096),
                                        (16, 2048, 4, 4096), (16, 4096, 8, 13696)):

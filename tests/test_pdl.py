@@ -54,9 +54,8 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
 
     row = {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "BLOCK_N": 4, "BLOCK_K": 1024}
     return [
-        ("int8 row GEMV", gemv._int8_row_kernel, {"w_ptr": "*i8"},
-         {**row, "ASM": True, "stride_wn": 4096, "EARLY": False}),
-        ("float row GEMV", gemv._gemv_row_kernel, {}, {**row, "EARLY": False}),
+        ("int8 row GEMV", gemv._int8_row_kernel, {"w_ptr": "*i8"}, {**row, "ASM": True, "stride_wn": 4096}),
+        ("float row GEMV", gemv._gemv_row_kernel, {}, row),
         ("INT4 runs row GEMV", int4_gemv._int4_runs_row_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
          {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_N": 4,
           "BLOCK_K": 2048, "stride_wn": 2048, "stride_szn": 32}),
@@ -73,12 +72,11 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
          {"SPLIT": 2, "HAS_SCALE": True, "HAS_BIAS": False, "BLOCK": 1024}),
         ("attention split", decode_attention._flash_decode_split,
          {"mask_ptr": "*u8", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "ticket_ptr": "*i32",
-          "slot_ptr": "*i64", "scale": "fp32"},
+          "scale": "fp32"},
          {"MASK": 1, "DIRECT": False, "DOT_F32": False, "SKIP": False, "FUSED": True, "BLOCK_G": 16, "BLOCK_L": 64,
-          "D": 128, "BLOCK_S": 16, "CHUNK": 4, "LIVE": True}),
+          "D": 128, "BLOCK_S": 16, "CHUNK": 4}),
         ("attention combine", decode_attention._flash_decode_combine,
-         {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "slot_ptr": "*i64"},
-         {"BLOCK_S": 16, "CHUNK": 16, "D": 128, "BLOCK_L": 64, "LIVE": True}),
+         {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32"}, {"BLOCK_S": 16, "CHUNK": 16, "D": 128}),
         ("rotary + cache write", rope_cache._rope_cache_kernel,
          {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "slot_ptr": "*i64", "length_ptr": "*i64"},
          {"HEADS": 32, "KV_HEADS": 2, "HALF": 64, "ROT_PAIRS": 32, "BLOCK": 64}),
@@ -90,29 +88,23 @@ KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "int4-run
               "split-k-sum", "attention-split", "attention-combine", "rope-cache"]
 
 
-def _ptx_body(fn: Any, signature: dict[str, str], constexprs: dict[str, Any]) -> str:
-    """The PTX of ``fn``'s entry compiled for sm_90 here (skips where Triton cannot)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    try:
-        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-    except Exception as e:  # noqa: BLE001 - e.g. a Triton without its bundled ptxas
-        pytest.skip(f"cannot compile for sm_90 here: {e}")
-    return ptx[ptx.index(".entry"):]
-
-
 @pytest.mark.parametrize("index", range(len(KERNEL_IDS)), ids=KERNEL_IDS)
 def test_every_pdl_kernel_waits_before_it_touches_memory_and_signals_after(index: int) -> None:
     """Guards the ordering that makes PDL safe: no global load or store before
     ``griddepcontrol.wait``, ``launch_dependents`` after it; and none of either without PDL."""
-    pytest.importorskip("triton")
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     name, fn, pointers, constexprs = _kernels()[index]
     signature = _signature(fn, pointers)
     for pdl in (True, False):
-        body = _ptx_body(fn, signature, {**constexprs, "PDL": pdl})
+        source = ASTSource(fn=fn, signature=signature, constexprs={**constexprs, "PDL": pdl})
+        try:
+            ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+        except Exception as e:  # noqa: BLE001 - e.g. a Triton without its bundled ptxas
+            pytest.skip(f"cannot compile for sm_90 here: {e}")
+        body = ptx[ptx.index(".entry"):]
         wait = body.find("griddepcontrol.wait")
         signal = body.find("griddepcontrol.launch_dependents")
         memory = [m.start() for m in re.finditer(r"\b(ld|st|atom|red)\.global", body)]
@@ -143,23 +135,3 @@ def test_fast_generate_launches_with_the_pdl_option_it_is_given(pdl: bool, monke
     model = torch.nn.Linear(2, 2)
     assert fd.fast_generate(model, {}, cancel_types=(), options=fd.FastDecodeOptions(pdl=pdl)) == "generated"
     assert seen == [pdl] and launch_pdl(torch.device("cuda", 0))
-
-
-@pytest.mark.parametrize("index", range(2), ids=KERNEL_IDS[:2])
-def test_early_weight_loads_are_the_only_memory_touched_before_the_wait(index: int) -> None:
-    """``early_weights``: the int8 and float one-row GEMVs may load their first weight step
-    before ``griddepcontrol.wait``, memory no kernel of the step writes; the PTX shows exactly
-    that: before the wait only the weight's streamed loads (``evict_first``), never x
-    (``evict_last``), never a store; after it the same kernel as without ``EARLY``, one step
-    fewer in the loop."""
-    pytest.importorskip("triton")
-    name, fn, pointers, constexprs = _kernels()[index]
-    signature = _signature(fn, pointers)
-    body = _ptx_body(fn, signature, {**constexprs, "PDL": True, "EARLY": True})
-    wait = body.find("griddepcontrol.wait")
-    before = re.findall(r"\b(?:ld|st|atom|red)\.global[\w.:]*", body[:wait])
-    assert before, f"{name}: nothing loaded before the wait"
-    assert all(op.startswith("ld.global.L1::evict_first") for op in before), (name, sorted(set(before)))
-    assert 0 <= wait < body.find("griddepcontrol.launch_dependents"), name
-    plain = _ptx_body(fn, signature, {**constexprs, "PDL": True, "EARLY": False})
-    assert not re.search(r"\b(?:ld|st|atom|red)\.global", plain[:plain.find("griddepcontrol.wait")]), name

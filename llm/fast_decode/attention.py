@@ -54,13 +54,9 @@ def packed_gqa_attention(
     static cache of ``L``) limits K/V to the slots it covers: no query sees a slot past it, so the
     result is the same, while SDPA with a mask, and transformers' ``repeat_kv`` copies of K/V for
     it, cost in proportion to the K/V length. Run 19 (H200, 6B, bucket 64, L = 1024): SDPA took
-    29.4 us per layer; the copies ran in ``repeat_kv``'s 2 x (B, 32, L, 128) expansions.
-
-    ``last_slot`` (a keyword the decode step passes): the slot of the newest key, for
-    ``flash_decode``."""
+    29.4 us per layer; the copies ran in ``repeat_kv``'s 2 x (B, 32, L, 128) expansions."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    last_slot = kwargs.pop("last_slot", None)  # the decode step's slot of its token (AttentionStep)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-1] < key.shape[-2]:
         span = attention_mask.shape[-1]
         key, value = key[:, :, :span], value[:, :, :span]
@@ -78,7 +74,7 @@ def packed_gqa_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scale = dim**-0.5 if scaling is None else scaling
-    return flash_decode(query, key, value, attention_mask, scale=scale, last_slot=last_slot), None
+    return flash_decode(query, key, value, attention_mask, scale=scale), None
 
 
 def register_decode_attention() -> None:

@@ -7,7 +7,7 @@ this one instead, doing the same math in named steps: ``project`` (the fused q/k
 ``rope_cache_write`` (one kernel: rotary of q and k, k and v into the static cache at the decode
 graph's slot ``cur``, which equals the layer's ``cumulative_length`` at every step, and that count
 set to ``cur + 1`` as ``StaticLayer.update`` advances it), then the attention the config names
-(``packed_gqa_attention``: ``flash_decode``, told that no key lies past ``cur``) and o_proj. Run 16 (H200, ChatGLM3-6B shape): the
+(``packed_gqa_attention``: ``flash_decode``) and o_proj. Run 16 (H200, ChatGLM3-6B shape): the
 three kernels became one of 1.4 us per layer. The captured prompt pass takes it too (``start``:
 its first cache slot), for its T tokens: there the model's own forward ran ~20 kernels per layer
 for the rotary of q and k (clones, multiplies, negations, stacks, concatenations) and the cache
@@ -28,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_forward
 
 from llm.cache_kwarg import cache_kwarg_of
-from llm.fast_decode.attention import FusedQKV, packed_gqa_attention
+from llm.fast_decode.attention import FusedQKV
 from llm.fast_decode.stand_in import StandIn
 from llm.kernels.rope_cache_op import rope_cache_write
 
@@ -59,8 +59,6 @@ class AttentionStep(StandIn):
         query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys, layer.values,
                                  layer.cumulative_length, heads=self.heads)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
-        if tokens == 1 and attend is packed_gqa_attention:
-            kwargs["last_slot"] = self.slot  # no key lies past this step's: the kernel skips the empty cache
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
         return self.module.o_proj(out.reshape(batch, tokens, -1)), None

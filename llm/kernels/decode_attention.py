@@ -18,16 +18,6 @@ Here it is two kernels:
    ``AttentionConfig.fused`` the split kernel does this itself, in the slice that finishes last
    (an atomic ticket per (row, K/V head)), and there is one launch.
 
-The live length. The static cache has 4096 slots, and at the bench's ~200-330-token contexts only
-~7-11 of its 128 32-key blocks hold keys: the other slices found their blocks masked, wrote
-nothing to read, and the combine still went over all 128 (run 21's INT8 step profile: split 3.5 +
-combine 2.9 us per layer, 180 us per step). Where the caller passes ``last_slot`` (the decode
-graph's cache slot of this step's token, a device tensor: the graph is replayed at every
-position), the slices are cut from the keys that exist, ``last_slot + 1``, instead: at most
-``live_splits`` of them per (row, K/V head), at least ``live_min_blocks`` blocks each, programs
-past the last live slice return at once, and the combine reads only the live slices. Few slices
-make the combine small enough for the last slice to do it (``fused``) at short contexts.
-
 The number of slices is a pure function of the shapes and the GPU's SM count (``plan``), and
 every buffer is allocated per call at a size fixed by the shapes, so the launch is CUDA-graph
 capturable: no host sync, no data-dependent shape.
@@ -43,13 +33,12 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from llm.kernels.decode_attention_op import LIVE_ATTENTION
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
@@ -74,32 +63,24 @@ class AttentionConfig:
     ticket per (row, K/V head)) instead of a second kernel: one launch, for the ~2.5 us floor
     a kernel of this size costs in a CUDA graph on the H200 (run 15: two kernels 5.7 us at B=1,
     L=1024, 200 slots attended)."""
-    live_splits: int = 16
-    """With ``last_slot`` given: at most this many slices per (row, K/V head)."""
-    live_min_blocks: int = 2
-    """With ``last_slot`` given: at least this many blocks per slice."""
 
     def __str__(self) -> str:  # compact, for bench tables
         flags = ("" if self.skip else "n") + ("f" if self.fused else "")
-        defaults = (AttentionConfig.live_splits, AttentionConfig.live_min_blocks)
-        live = "" if (self.live_splits, self.live_min_blocks) == defaults else f"v{self.live_splits}m{self.live_min_blocks}"
-        return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}{flags}{live}"
+        return f"l{self.block_l}p{self.programs_per_sm}w{self.num_warps}s{self.num_stages}{flags}"
 
 
 FEW_ROWS_CONFIG = AttentionConfig(block_l=32)
 MANY_ROWS_CONFIG = AttentionConfig(block_l=128)
 
 
-def default_config(batch: int, kv_heads: int, *, live: bool = False) -> AttentionConfig:
+def default_config(batch: int, kv_heads: int) -> AttentionConfig:
     """The config for a shape, from the run-15 sweep on the H200 (``bench.decode_attention``,
     docs/bench-results/decode_attention.run15.h200.json; KV=2, G=16, D=128, L 1024/4096, 200
     slots attended or all): 32-key blocks at batch 1 (5.5-8.2 us, within 3 % of each case's
     best; 64-key blocks 6-10 % slower), 128-key blocks at batch 16 (8.6-28.6 us; 64-key blocks
     were up to 1.3x slower, 32-key ones 1.5x). Batches between are unmeasured: split at 4
-    (row, K/V head) pairs. With the live length known (``live``) the last slice combines
-    (``fused``) unless ``GLMKB_LIVE_ATTENTION=split`` (a bench switch, read at import)."""
-    config = FEW_ROWS_CONFIG if batch * kv_heads <= 4 else MANY_ROWS_CONFIG
-    return replace(config, fused=LIVE_ATTENTION == "fused") if live else config
+    (row, K/V head) pairs."""
+    return FEW_ROWS_CONFIG if batch * kv_heads <= 4 else MANY_ROWS_CONFIG
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,29 +148,23 @@ def _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale
 
 @triton.jit
 def _flash_decode_split(
-    q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, ticket_ptr, slot_ptr,
-    KV, G, L, blocks_per_split, min_blocks, scale,
+    q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, ticket_ptr,
+    KV, G, L, blocks_per_split, scale,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_mb, stride_ml,
     MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, SKIP: tl.constexpr, FUSED: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
-    LIVE: tl.constexpr, PDL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """MASK: 0 none, 1 boolean (as uint8, nonzero = attend), 2 additive float. DIRECT: one slice,
     write the normalised output to ``out_ptr`` instead of partials. FUSED: the last slice of a
-    (row, K/V head) to finish combines its partials (``ticket_ptr``: one zeroed int32 each).
-    LIVE: the slices are cut from ``slot_ptr``'s slot + 1 keys (``_live_slices``), not L."""
+    (row, K/V head) to finish combines its partials (``ticket_ptr``: one zeroed int32 each)."""
     wait_for_inputs(PDL)
     pid_bh = tl.program_id(0)  # row * KV + K/V head
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
-    used = splits
-    if LIVE:
-        L, blocks_per_split, used = _live_slices(slot_ptr, L, splits, min_blocks, BLOCK_L)
-    if pid_s >= used:  # past the live keys: nothing to write, nothing for the combine to read
-        return
     b = (pid_bh // KV).to(tl.int64)
     kv = pid_bh % KV
     rg = tl.arange(0, BLOCK_G)
@@ -233,30 +208,18 @@ def _flash_decode_split(
         if FUSED:
             tl.debug_barrier()  # every thread's partials stored before the ticket releases them
             ticket = tl.atomic_add(ticket_ptr + pid_bh, 1, sem="acq_rel", scope="gpu")
-            if ticket == used - 1:
-                _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, splits, used, rg, rd, g_ok,
+            if ticket == splits - 1:
+                _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, splits, rg, rd, g_ok,
                                BLOCK_S, CHUNK, BLOCK_G, D)
                 tl.store(ticket_ptr + pid_bh, 0)  # zero for the next launch
 
 
 @triton.jit
-def _live_slices(slot_ptr, L, splits, min_blocks, BLOCK_L: tl.constexpr):
-    """``(length, blocks_per_split, used)``: the keys that exist (the newest one's slot + 1, at
-    most L), cut into at most ``splits`` slices of at least ``min_blocks`` blocks; ``used`` slices
-    hold them. The same for every program of a launch and for the combine."""
-    length = tl.minimum(tl.load(slot_ptr).to(tl.int32) + 1, L)
-    blocks = tl.cdiv(length, BLOCK_L)
-    per_split = tl.maximum(tl.cdiv(blocks, splits), min_blocks)
-    return length, per_split, tl.cdiv(blocks, per_split)
-
-
-@triton.jit
-def _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, STRIDE, SPLITS, rg, rd, g_ok,
+def _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, SPLITS, rg, rd, g_ok,
                    BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr):
     """``_flash_decode_combine`` for the G query heads of one (row, K/V head), inside the split
-    kernel, over its first ``SPLITS`` of ``STRIDE`` slices; loads bypass L1 (``.cg``): other SMs
-    wrote the partials during this launch."""
-    base = (pid_bh * STRIDE).to(tl.int64)
+    kernel; loads bypass L1 (``.cg``): other SMs wrote the partials during this launch."""
+    base = (pid_bh * SPLITS).to(tl.int64)
     rs = tl.arange(0, BLOCK_S)
     m_all = tl.load(m_ptr + (base + rs)[:, None] * G + rg[None, :], mask=(rs < SPLITS)[:, None] & g_ok[None, :],
                     other=float("-inf"), cache_modifier=".cg")
@@ -281,20 +244,15 @@ def _combine_group(m_ptr, l_ptr, acc_ptr, out_ptr, pid_bh, G, STRIDE, SPLITS, rg
 
 
 @triton.jit
-def _flash_decode_combine(m_ptr, l_ptr, acc_ptr, out_ptr, slot_ptr, G, STRIDE, L, min_blocks,
-                          BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr,
-                          LIVE: tl.constexpr, PDL: tl.constexpr):
-    """The ``STRIDE`` slices' partials of one query head (LIVE: only the live ones) into its output."""
+def _flash_decode_combine(m_ptr, l_ptr, acc_ptr, out_ptr, G, SPLITS, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+                          D: tl.constexpr, PDL: tl.constexpr):
     wait_for_inputs(PDL)
     pid = tl.program_id(0)  # (row * KV + K/V head) * G + group member == row * H + query head
     bh = pid // G
     g = pid % G
-    SPLITS = STRIDE
-    if LIVE:
-        _, _, SPLITS = _live_slices(slot_ptr, L, STRIDE, min_blocks, BLOCK_L)
     rs = tl.arange(0, BLOCK_S)
     rd = tl.arange(0, D)
-    base = (bh * STRIDE).to(tl.int64)
+    base = (bh * SPLITS).to(tl.int64)
     m_all = tl.load(m_ptr + (base + rs) * G + g, mask=rs < SPLITS, other=float("-inf"))
     m_max = tl.max(m_all, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
@@ -321,27 +279,20 @@ def launch_decode_attention(
     mask: torch.Tensor | None,
     scale: float,
     config: AttentionConfig | None = None,
-    *,
-    last_slot: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax(q K^T * scale + mask) V for ``query`` ``(B, H, 1, D)`` against ``key``/``value``
     ``(B, KV, L, D)`` (H = KV * G), ``mask`` ``(B or 1, 1, 1, >= L)`` boolean (True = attend) or
     additive float, or None; returns ``(B, 1, H, D)`` contiguous in ``value``'s dtype. ``config``:
-    ``default_config`` of the shape unless given. ``last_slot``: a one-element integer tensor on
-    the device, the slot of the newest key of every row (slots past it hold no keys, whatever the
-    mask says): the slices are cut from the live keys (see the module docstring).
+    ``default_config`` of the shape unless given.
     Needs unit stride along D and D a power of two (``decode_attention_op.attention_applies``)."""
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
-    live = last_slot is not None
-    config = config or default_config(batch, kv_heads, live=live)
+    config = config or default_config(batch, kv_heads)
     q = query[:, :, 0, :]
     out = torch.empty((batch, 1, heads, dim), dtype=value.dtype, device=value.device)
     splits, per_split = plan(batch, kv_heads, length, block_l=config.block_l,
                              programs=config.programs_per_sm * sm_count(query.device))
-    if live:
-        splits = min(splits, config.live_splits)
     kind, m2 = 0, out  # out stands in for an absent mask; never read
     if mask is not None:
         m2 = mask[:, 0, 0, :length]
@@ -358,23 +309,21 @@ def launch_decode_attention(
         acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=query.device)
     block_s = triton.next_power_of_2(splits)
     pdl = launch_pdl(query.device)
-    slot = last_slot if live else out  # never read without LIVE
     _flash_decode_split[(batch * kv_heads, splits)](
-        q, key, value, m2, m_part, l_part, acc_part, out, ticket if ticket is not None else out, slot,
-        kv_heads, groups, length, per_split, config.live_min_blocks, scale,
+        q, key, value, m2, m_part, l_part, acc_part, out, ticket if ticket is not None else out,
+        kv_heads, groups, length, per_split, scale,
         q.stride(0), q.stride(1),
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         m2.stride(0) if mask is not None and m2.shape[0] > 1 else 0, m2.stride(-1) if mask is not None else 0,
         MASK=kind, DIRECT=direct, DOT_F32=INTERPRET or query.dtype == torch.float32, SKIP=config.skip,
         FUSED=ticket is not None, BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l,
-        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s), LIVE=live, PDL=pdl,
+        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s), PDL=pdl,
         num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if not direct and ticket is None:
         _flash_decode_combine[(batch * heads,)](
-            m_part, l_part, acc_part, out, slot, groups, splits, length, config.live_min_blocks,
-            BLOCK_S=block_s, CHUNK=min(16, block_s), D=dim, BLOCK_L=config.block_l, LIVE=live, PDL=pdl,
-            num_warps=4, launch_pdl=pdl,
+            m_part, l_part, acc_part, out, groups, splits,
+            BLOCK_S=block_s, CHUNK=min(16, block_s), D=dim, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
     return out

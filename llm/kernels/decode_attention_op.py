@@ -20,11 +20,6 @@ logger = logging.getLogger(__name__)
 TRITON_AVAILABLE = find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
 
-LIVE_ATTENTION = os.environ.get("GLMKB_LIVE_ATTENTION", "fused")
-"""A bench switch (A/B runs in separate processes): ``fused`` (default) cuts the slices from the
-live length where the caller gives it and combines in the last slice, ``split`` the same with the
-combine kernel, ``off`` ignores the live length."""
-
 _broken: list[str] = []  # why the kernel was given up, once it failed
 
 
@@ -72,20 +67,14 @@ def reference_decode_attention(
 
 
 def flash_decode(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, *, scale: float,
-    last_slot: torch.Tensor | None = None,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, *, scale: float
 ) -> torch.Tensor:
     """Attention of one query token per row, ``query`` ``(B, H, 1, D)`` against the K/V cache
     ``(B, KV, L, D)``: the Triton kernel where ``attention_applies``, else
-    ``reference_decode_attention``. Returns ``(B, 1, H, D)``. ``last_slot``: a one-element
-    integer tensor on the cache's device, the slot of every row's newest key (no key lies past
-    it): the kernel then works on the live keys only."""
+    ``reference_decode_attention``. Returns ``(B, 1, H, D)``."""
     if not attention_applies(query, key, value, mask):
         return reference_decode_attention(query, key, value, mask, scale)
-    if last_slot is not None and not (LIVE_ATTENTION != "off" and last_slot.numel() == 1
-                                      and last_slot.device == key.device and not last_slot.dtype.is_floating_point):
-        last_slot = None
-    return torch.ops.glmkb.decode_attention(query, key, value, mask, float(scale), last_slot)
+    return torch.ops.glmkb.decode_attention(query, key, value, mask, float(scale))
 
 
 # typing.Optional, not "X | None": custom_op infers the op schema from these annotations at run
@@ -97,7 +86,6 @@ def decode_attention_op(
     value: torch.Tensor,
     mask: Optional[torch.Tensor],  # noqa: UP045
     scale: float,
-    last_slot: Optional[torch.Tensor] = None,  # noqa: UP045
 ) -> torch.Tensor:
     """The op behind ``flash_decode``."""
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))  # compiled callers
@@ -105,7 +93,7 @@ def decode_attention_op(
         try:
             from llm.kernels.decode_attention import launch_decode_attention
 
-            return launch_decode_attention(query, key, value, mask, scale, last_slot=last_slot)
+            return launch_decode_attention(query, key, value, mask, scale)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
             _broken.append(f"{type(e).__name__}: {e}")
             logger.warning("the Triton decode attention failed, using PyTorch: %s", _broken[0])
@@ -119,7 +107,6 @@ def _decode_attention_fake(
     value: torch.Tensor,
     mask: Optional[torch.Tensor],  # noqa: UP045
     scale: float,
-    last_slot: Optional[torch.Tensor] = None,  # noqa: UP045
 ) -> torch.Tensor:
     batch, heads, _, dim = query.shape
     return value.new_empty((batch, 1, heads, dim))

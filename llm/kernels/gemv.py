@@ -40,7 +40,7 @@ import triton.language as tl
 
 from llm.kernels.gemv_configs import DOT_MIN_ROWS, GemvConfig
 from llm.kernels.grid_dependency import wait_for_inputs
-from llm.kernels.pdl import early_weights, launch_pdl
+from llm.kernels.pdl import launch_pdl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter runs no inline assembly
 
@@ -170,7 +170,7 @@ def _store_row(y, rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE: tl.constexp
 def _gemv_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x (M = 1, the single-user decode step) against a float weight: x is loaded as a 1-D vector and
     broadcast over the weight tile in the tile's own layout. Loaded as a ``(1, BLOCK_K)`` tile as
@@ -181,17 +181,9 @@ def _gemv_row_kernel(
     n_ok = rn < N
     rk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
-    if EARLY:  # the first weight tile before the wait (``early_weights``); K >= BLOCK_K: no K mask
-        w = _load_weight_tile(w_ptrs, n_ok, rk < K, True, EVEN_N)
     wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    start = 0
-    if EARLY:
-        x = tl.load(x_ptr + rk, eviction_policy="evict_last")
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        w_ptrs += BLOCK_K
-        start = BLOCK_K
-    for k in range(start, K, BLOCK_K):
+    for k in range(0, K, BLOCK_K):
         k_ok = (k + rk) < K
         if EVEN_K:
             x = tl.load(x_ptr + k + rk, eviction_policy="evict_last")
@@ -234,20 +226,10 @@ def _int8_run_sums(w, x, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 
 
 @triton.jit
-def _int8_row_weights(w_ptrs, n_ok, EVEN_N: tl.constexpr):
-    """One step of an int8 row kernel's weight, streamed once (evict_first)."""
-    if EVEN_N:
-        w = tl.load(w_ptrs, eviction_policy="evict_first")
-    else:
-        w = tl.load(w_ptrs, mask=n_ok[:, None], other=0, eviction_policy="evict_first")
-    return w
-
-
-@triton.jit
 def _int8_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x against an int8 weight. Two differences from ``_gemv_row_kernel``, each
     measured (run 17 lab, H200, M = 1; q/k/v, o_proj, gate_up: 9.05 / 7.10 / 34.1 us -> 7.07 /
@@ -274,18 +256,10 @@ def _int8_row_kernel(
     r = tl.arange(0, BLOCK_K)
     rk = (r // VEC) * VEC + r % VEC  # == r; contiguity provable over VEC only (see above)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
-    if EARLY:  # the first weight step before the wait (``early_weights``); K >= BLOCK_K
-        w = _int8_row_weights(w_ptrs, n_ok, EVEN_N)
     wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K // VEC), dtype=tl.float32)
     whole = (K // BLOCK_K) * BLOCK_K
-    start = 0
-    if EARLY:
-        x = tl.load(x_ptr + r, eviction_policy="evict_last")
-        acc += _int8_run_sums(w, x, ASM, BLOCK_N, BLOCK_K, VEC)
-        w_ptrs += BLOCK_K
-        start = BLOCK_K
-    for k in range(start, whole, BLOCK_K):
+    for k in range(0, whole, BLOCK_K):
         x = tl.load(x_ptr + k + r, eviction_policy="evict_last")
         if EVEN_N:
             w = tl.load(w_ptrs, eviction_policy="evict_first")
@@ -356,7 +330,6 @@ def _launch_row(
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     dummy = out  # never read when the HAS_ flag is off
     pdl = launch_pdl(x.device)
-    early = (pdl or INTERPRET) and early_weights() and k >= config.block_k  # interpreter: the tests' path
     if weight.dtype == torch.int8:
         if config.block_k % 8:
             raise ValueError(f"the int8 row kernel steps K by multiples of 8, not {config.block_k}")
@@ -365,7 +338,7 @@ def _launch_row(
             n, k, weight.stride(0),
             HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
             EVEN_N=n % config.block_n == 0, ASM=not INTERPRET and x.device.type == "cuda",
-            BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl, EARLY=early,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
             num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
         )
         return out
@@ -373,7 +346,7 @@ def _launch_row(
         x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
         n, k, weight.stride(0),
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
-        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl, EARLY=early,
+        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
         num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     return out

@@ -35,28 +35,6 @@ import torch
 _WANTED: ContextVar[bool] = ContextVar("glmkb_pdl", default=True)
 
 
-EARLY_WEIGHTS = os.environ.get("GLMKB_EARLY_WEIGHTS", "1") != "0"  # a bench switch (A/B in separate processes)
-
-
-def early_weights() -> bool:
-    """Whether an int8 or float one-row GEMV launched with PDL loads its first weight step
-    before its wait.
-
-    The safety rule above has one exception, for memory no kernel of the step writes: a layer's
-    weight is a constant of the decode step, so loading it before ``griddepcontrol.wait`` cannot
-    read anything stale. The programs of the first wave, placed while the kernel before runs (a
-    norm, the attention: 2-3.5 us), then have their first weight bytes in flight when the wait
-    returns, instead of starting the load then: at batch 1 the small INT8 GEMVs (q/k/v, o_proj)
-    ran at 2.5-2.7 TB/s of the H200's 4.2 (run 21), mostly ramp-up. Unlike run 18's L2 prefetch
-    (dropped) it adds no request: it is the same load, issued earlier; later waves, which find
-    the wait already passed, issue it as before. sm_90 SASS (Triton 3.6, ``bench.sass``): the
-    pinned int8 and bf16 tiles keep their registers and loop. Not the INT4 row kernel: there
-    ptxas kept the peeled step's weight live into the loop, 71 -> 93 registers at the pinned
-    16 x 2048 tile (7 -> 5 programs per SM). ``GLMKB_EARLY_WEIGHTS=0`` turns it off (read at
-    import)."""
-    return EARLY_WEIGHTS
-
-
 @contextmanager
 def pdl_launches(enabled: bool) -> Iterator[None]:
     """Kernels launched inside this block use PDL where supported (``enabled``) or never."""
