@@ -1,4 +1,4 @@
-"""ZIP archives of documents (资料.zip) and folders given to a build (kb.loaders.folders,
+"""ZIP and tar archives of documents (资料.zip, 资料.tar.gz) and folders given to a build (kb.loaders.folders,
 kb.loaders.archives): every document inside, recorded under its path inside; hostile archives
 refused in one line."""
 
@@ -141,3 +141,114 @@ def test_removing_an_archive_or_folder_removes_what_was_built_from_it(
     assert main(["remove", str(folder), *kb]) == 0
     assert "2 removed" in capsys.readouterr().out
     assert main(["remove", str(folder), *kb]) != 0  # nothing left under it: one line, as for a file
+
+
+def write_tar(path: Path, members: dict[str, bytes], *, mode: str = "w:gz") -> Path:
+    """A tar archive of ``members`` (name -> bytes); a name given as bytes-in-str via
+    surrogateescape keeps its raw (e.g. GBK) bytes, as tar on a Chinese Windows machine writes."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode, encoding="utf-8", errors="surrogateescape") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("suffix, mode", [(".tar.gz", "w:gz"), (".tgz", "w:gz"), (".tar", "w"),
+                                          (".tar.bz2", "w:bz2"), (".tar.xz", "w:xz")])
+def test_a_tar_archives_documents_are_built_each_under_its_path_inside(
+    suffix: str, mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ingest build 资料.tar.gz`` used to say "a gzip archive: unpack it and give the folder".
+    A tar archive, plain or compressed, is read as a ZIP is: each document under its path inside
+    (a GBK name decoded), links and leftovers passed over, other types named; a rebuild skips
+    every member and ``ingest remove`` of the archive removes them."""
+    import tarfile
+
+    path = write_tar(tmp_path / f"资料{suffix}", {
+        "制度/请假.txt": LEAVE.encode("gbk"),
+        "制度/出差.txt".encode("gbk").decode("utf-8", "surrogateescape"): TRAVEL.encode(),
+        "./说明.md": "# 说明\n本资料供新员工阅读。\n".encode(),
+        "制度/._请假.txt": b"\x00\x05\x16\x07",
+        "工具/setup.exe": b"MZ",
+    }, mode=mode)
+    assert is_archive(path) and tarfile.is_tarfile(path)
+    kb = ["--kb", "tar", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(path), *kb]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("tar: files: 3 (3 added") and f"(资料{suffix}/工具/setup.exe)" in err
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    assert sources == [f"{path.resolve()}/{inside}" for inside in ("制度/出差.txt", "制度/请假.txt", "说明.md")]
+    assert main(["build", str(path), *kb]) == 0
+    assert "3 unchanged" in capsys.readouterr().out
+    assert main(["remove", str(path), *kb[:4]]) == 0
+    assert "3 removed" in capsys.readouterr().out
+
+
+def test_hostile_tar_archives_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size or member limits (checked as the compressed stream reaches each member,
+    before it is unpacked), cut short, a link out of the folder, a gzipped file that is no tar:
+    each refused or passed over in one line, nothing written outside the folder."""
+    import io
+    import tarfile
+
+    import kb.loaders.archives as archives
+
+    into = tmp_path / "into"
+    into.mkdir()
+    big = write_tar(tmp_path / "big.tar.gz", {"a.txt": LEAVE.encode(), "b.txt": b"a" * 4096})
+    monkeypatch.setattr(archives, "MAX_UNPACKED_BYTES", 1024)
+    with pytest.raises(DocumentLoadError, match="big.tar.gz would unpack to over 0 MiB; refused as a possible zip bomb"):
+        unpack_documents(big, into)
+    monkeypatch.undo()
+    many = write_tar(tmp_path / "many.tar", {f"{n}.txt": LEAVE.encode() for n in range(5)}, mode="w")
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 3)
+    with pytest.raises(DocumentLoadError, match="many.tar holds over 3 files"):
+        unpack_documents(many, into)
+    monkeypatch.undo()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(big.read_bytes()[:60])
+    with pytest.raises(DocumentLoadError, match="cut.tar.gz is a damaged tar archive"):
+        unpack_documents(cut, into)
+    links = tmp_path / "links.tar"
+    with tarfile.open(links, "w") as archive:
+        archive.addfile(tarfile.TarInfo("../../escape.txt"), io.BytesIO(b""))
+        link = tarfile.TarInfo("passwd.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+        info = tarfile.TarInfo("ok.txt")
+        info.size = len(LEAVE.encode())
+        archive.addfile(info, io.BytesIO(LEAVE.encode()))
+    found = unpack_documents(links, into)
+    assert [inside for _, inside in found.files] == ["escape.txt", "ok.txt"]  # the link passed over
+    assert all(file.parent == into for file, _ in found.files) and not (tmp_path / "escape.txt").exists()
+    import gzip
+
+    single = tmp_path / "novel.txt.gz"
+    single.write_bytes(gzip.compress(LEAVE.encode()))
+    assert not is_archive(single)
+    with pytest.raises(DocumentLoadError, match="gzip"):
+        open_document(single)
+
+
+def test_the_upload_takes_a_tar_archive_for_a_build(tmp_path: Path) -> None:
+    """The build's upload accepts .tar/.tgz/.tar.gz/.tar.bz2/.tar.xz and adds each document; a
+    gzipped file that is no tar is refused at upload in one line."""
+    import gzip
+
+    from app.uploads import check_content
+
+    services = Services(Settings(kb_root=tmp_path / "kbs"))
+    assert {".tar", ".tgz", ".gz", ".bz2", ".xz"} <= set(services.upload_types(archives=True))
+    path = write_tar(tmp_path / "资料.tar.gz", {"制度/请假.txt": LEAVE.encode(), "说明.md": "# 说明\n".encode()})
+    assert check_content(services.check_upload(path, archives=True)) == path
+    services.create_kb("up", embedding_model="none")
+    assert sorted(services.add_files("up", [path]).added) == ["资料.tar.gz/制度/请假.txt", "资料.tar.gz/说明.md"]
+    single = tmp_path / "novel.txt.gz"
+    single.write_bytes(gzip.compress(LEAVE.encode()))
+    with pytest.raises(UserError, match="gzip"):
+        check_content(services.check_upload(single, archives=True))

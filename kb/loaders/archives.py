@@ -1,11 +1,16 @@
-"""A ZIP archive of documents (资料.zip) given to a build: its documents, unpacked for the build.
+"""An archive of documents (资料.zip, 资料.tar.gz) given to a build: its documents, unpacked for the build.
 
 - Only an archive of files: DOCX, PPTX, XLSX, EPUB and OpenDocument are ZIP packages too and
-  stay documents (:func:`kb.loaders.sniff.is_archive`).
+  stay documents (:func:`kb.loaders.sniff.is_archive`). Tar archives may be plain or compressed
+  with gzip, bzip2 or xz (Python's own ``tarfile``).
 - Checked against zip bombs (:func:`kb.loaders.sniff.check_archive`: members, total size,
-  compression ratio) before anything is unpacked.
+  compression ratio) before anything is unpacked. A compressed tar stream lists its members only
+  as it is read, so there the same limits on members and total size are checked member by member,
+  before each is unpacked.
 - Member names: UTF-8 where the archive says so, else GB18030 (zip tools on Chinese Windows
-  write names in the system code page, which Python would show as cp437 mojibake).
+  write names in the system code page, which Python would show as cp437 mojibake; tar names
+  that are not UTF-8 are read as GB18030 too).
+- Only regular files: links, devices and folders in a tar archive are passed over.
 - Each member is written under a generated name (its suffix kept) in a folder the caller owns,
   never under its own path: a member named ``../../etc/x`` cannot land outside it.
 - Hidden files, macOS's ``__MACOSX`` copies and Office's ``~$`` lock files are passed over;
@@ -17,12 +22,23 @@ skips the members that did not change, and each member is cited and removed on i
 
 from __future__ import annotations
 
+import shutil
+import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from kb.errors import DocumentLoadError
-from kb.loaders.sniff import DAMAGED_ZIP, SUPPORTED_SUFFIXES, check_archive, read_member
+from kb.loaders.sniff import (
+    DAMAGED_TAR,
+    DAMAGED_ZIP,
+    MAX_MEMBERS,
+    MAX_UNPACKED_BYTES,
+    SUPPORTED_SUFFIXES,
+    TAR_SUFFIXES,
+    check_archive,
+    read_member,
+)
 
 UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
 
@@ -39,6 +55,14 @@ def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
     """Unpack the documents of the archive at ``path`` into the folder ``into`` (which must
     exist); DocumentLoadError (one line) for a damaged or hostile archive or one without a
     document."""
+    found = _unpack_tar(path, into) if path.suffix.lower() in TAR_SUFFIXES else _unpack_zip(path, into)
+    if not found.files:
+        others = f"; it holds {len(found.skipped)} files of other types" if found.skipped else ""
+        raise DocumentLoadError(f"no documents in the archive {path.name} (looked for {', '.join(SUPPORTED_SUFFIXES)}{others})")
+    return found
+
+
+def _unpack_zip(path: Path, into: Path) -> ArchiveDocuments:
     found = ArchiveDocuments()
     try:
         with zipfile.ZipFile(path) as archive:
@@ -46,20 +70,70 @@ def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
             members = sorted(((member_name(info), info) for info in archive.infolist() if not info.is_dir()),
                              key=lambda pair: pair[0])
             for number, (name, info) in enumerate(members):
-                if _left_over(name):
-                    continue
-                if PurePosixPath(name).suffix.lower() not in SUPPORTED_SUFFIXES:
-                    found.skipped.append(name)
-                    continue
-                target = into / f"{number:05d}{PurePosixPath(name).suffix.lower()}"
-                target.write_bytes(read_member(archive, info.filename, name=path.name))
-                found.files.append((target, name))
+                target = _target(found, into, number, name)
+                if target is not None:
+                    target.write_bytes(read_member(archive, info.filename, name=path.name))
+                    found.files.append((target, name))
     except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{path.name} is a damaged ZIP archive ({e})") from e
-    if not found.files:
-        others = f"; it holds {len(found.skipped)} files of other types" if found.skipped else ""
-        raise DocumentLoadError(f"no documents in the archive {path.name} (looked for {', '.join(SUPPORTED_SUFFIXES)}{others})")
     return found
+
+
+def _unpack_tar(path: Path, into: Path) -> ArchiveDocuments:
+    """``unpack_documents`` of a tar archive: each regular file checked against the limits as the
+    stream reaches it, then copied out; the documents sorted by name at the end."""
+    found = ArchiveDocuments()
+    members = total = 0
+    try:
+        with tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape") as archive:
+            for info in archive:
+                members += 1
+                if members > MAX_MEMBERS:
+                    raise DocumentLoadError(f"{path.name} holds over {MAX_MEMBERS} files; refused as a possible zip bomb")
+                if not info.isfile():
+                    continue
+                total += info.size
+                if total > MAX_UNPACKED_BYTES:
+                    raise DocumentLoadError(f"{path.name} would unpack to over {MAX_UNPACKED_BYTES >> 20} MiB; "
+                                            "refused as a possible zip bomb")
+                name = tar_member_name(info)
+                target = _target(found, into, members, name)
+                if target is not None:
+                    with archive.extractfile(info) as member, target.open("wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(member, out)
+                    found.files.append((target, name))
+    except DAMAGED_TAR as e:
+        raise DocumentLoadError(f"{path.name} is a damaged tar archive ({one_line_reason(e)})") from e
+    found.files.sort(key=lambda pair: pair[1])
+    return found
+
+
+def _target(found: ArchiveDocuments, into: Path, number: int, name: str) -> Path | None:
+    """Where member ``name`` is unpacked (a generated name, its suffix kept), or None where it
+    is not read: left over (``_left_over``) or of a type no loader reads (then named in
+    ``found.skipped``)."""
+    if _left_over(name):
+        return None
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        found.skipped.append(name)
+        return None
+    return into / f"{number:05d}{suffix}"
+
+
+def tar_member_name(info: tarfile.TarInfo) -> str:
+    """A tar member's path: UTF-8, else GB18030 where its raw bytes are that; ``/``-separated,
+    without ``.``/``..`` (as ``member_name``)."""
+    name = info.name
+    raw = name.encode("utf-8", "surrogateescape")
+    if raw != name.encode("utf-8", "replace"):  # not UTF-8: surrogates stand for the raw bytes
+        name = raw.decode("gb18030", "replace")
+    return _clean_path(name)
+
+
+def one_line_reason(error: BaseException) -> str:
+    """``error``'s message on one line, or its type where it has none."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def member_name(info: zipfile.ZipInfo) -> str:
@@ -71,6 +145,10 @@ def member_name(info: zipfile.ZipInfo) -> str:
             name = name.encode("cp437").decode("gb18030")
         except (UnicodeEncodeError, UnicodeDecodeError):
             pass
+    return _clean_path(name)
+
+
+def _clean_path(name: str) -> str:
     return "/".join(part for part in name.replace("\\", "/").split("/") if part not in ("", ".", ".."))
 
 

@@ -7,7 +7,9 @@ bytes are text is read as a table when its name ends in ``.csv``/``.tsv`` (DELIM
 
 from __future__ import annotations
 
+import lzma
 import re
+import tarfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -51,7 +53,9 @@ FORMATS: tuple[str, ...] = (
     "odt", "ods", "odp", "mobi",
 )
 # Archives of documents a build unpacks (kb.loaders.archives); not a format open_document reads.
-ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip",)
+# Tar archives, plain or compressed: 资料.tar.gz and the like end in .gz/.bz2/.xz (their content decides).
+TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tgz", ".gz", ".tbz2", ".bz2", ".txz", ".xz")
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip", *TAR_SUFFIXES)
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
@@ -65,6 +69,9 @@ _RATIO_FLOOR = 1 << 20
 # deflate data (zlib.error: zipfile does not wrap it), a name flagged UTF-8 that is not
 # (UnicodeDecodeError, when the archive is opened), an unknown compression method.
 DAMAGED_ZIP = (zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError, NotImplementedError)
+# What tarfile raises for a damaged or cut archive: its own errors, and those of the decompressors
+# under it (a cut gzip stream: EOFError; bad data: zlib.error, lzma.LZMAError, OSError for bzip2/gzip).
+DAMAGED_TAR = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 # XLSX: refuse workbooks past this many cells in all sheets (empty cells inside a row count).
 MAX_CELLS = 1_000_000
 
@@ -167,8 +174,11 @@ def _document_kind(archive: zipfile.ZipFile) -> str | None:
 
 
 def is_archive(path: Path) -> bool:
-    """Whether ``path`` is a ZIP archive of files (资料.zip), not a document that is a ZIP
-    package; False for anything else, damaged ZIPs included (reading them says why)."""
+    """Whether ``path`` is an archive of files: a ZIP (资料.zip) that is not a document package
+    (DOCX, EPUB...), or a tar archive, plain or compressed, named as one (``is_tar``); False for
+    anything else, damaged ZIPs included (reading them says why)."""
+    if path.suffix.lower() in TAR_SUFFIXES:
+        return is_tar(path)
     try:
         with path.open("rb") as stream:
             if stream.read(4) != b"PK\x03\x04":
@@ -176,6 +186,15 @@ def is_archive(path: Path) -> bool:
         with zipfile.ZipFile(path) as archive:
             return _document_kind(archive) is None
     except (OSError, KeyError, *DAMAGED_ZIP):
+        return False
+
+
+def is_tar(path: Path) -> bool:
+    """Whether ``path`` is a tar archive (``.tar``, or compressed with gzip, bzip2 or xz); a
+    gzipped single file (novel.txt.gz) is not."""
+    try:
+        return tarfile.is_tarfile(path)
+    except DAMAGED_TAR:
         return False
 
 
