@@ -228,11 +228,19 @@ def test_hostile_tar_archives_are_one_line(tmp_path: Path, monkeypatch: pytest.M
     assert all(file.parent == into for file, _ in found.files) and not (tmp_path / "escape.txt").exists()
     import gzip
 
+    import lzma
+
     single = tmp_path / "novel.txt.gz"
     single.write_bytes(gzip.compress(LEAVE.encode()))
     assert not is_archive(single)
-    with pytest.raises(DocumentLoadError, match="gzip"):
+    with pytest.raises(DocumentLoadError, match="novel.txt.gz is a gzip-compressed file, not a document: unpack it"):
         open_document(single)
+    (tmp_path / "novel.txt.xz").write_bytes(lzma.compress(LEAVE.encode()))
+    with pytest.raises(DocumentLoadError, match="novel.txt.xz is an xz-compressed file, not a document"):
+        open_document(tmp_path / "novel.txt.xz")
+    for archive in (big, many):  # where one document is read (a summary): what to do with it
+        with pytest.raises(DocumentLoadError, match="is a tar archive of files, not a document: build it into a kno"):
+            open_document(archive)
 
 
 def test_the_upload_takes_a_tar_archive_for_a_build(tmp_path: Path) -> None:

@@ -79,8 +79,13 @@ _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b
 _HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
 # What to do with an archive of documents: a folder builds every document in it (kb.loaders.folders).
 _UNPACK = "unpack it and give the folder (`ingest build FOLDER` adds every document in it)"
+# What to do with a ZIP or tar archive of documents where one document is read (a summary).
+_BUILD_IT = "build it into a knowledge base (`ingest build` and the upload read every document in it), or unpack it"
+_TAR_COMPRESSION_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
 _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x1f\x8b", f"a gzip archive: {_UNPACK}"),
+    (b"\x1f\x8b", "a gzip-compressed file, not a document: unpack it (gunzip) and give what it holds"),
+    (b"BZh", "a bzip2-compressed file, not a document: unpack it and give what it holds"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file, not a document: unpack it and give what it holds"),
     (b"Rar!", f"a RAR archive: {_UNPACK}"),
     (b"7z\xbc\xaf", f"a 7z archive: {_UNPACK}"),
     (b"\x7fELF", "an executable, not a document"),
@@ -107,6 +112,8 @@ def detect_format(path: Path) -> str:
         return "mobi"
     if any(head.startswith(magic) for magic in _IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
+    if (head[257:262] == b"ustar" or head.startswith(_TAR_COMPRESSION_MAGIC)) and is_tar(path):
+        raise DocumentLoadError(f"{path} is a tar archive of files, not a document: {_BUILD_IT}")
     for magic, kind in _REFUSED_MAGIC:
         if head.startswith(magic):
             raise DocumentLoadError(f"{path} is {kind}")
@@ -129,8 +136,7 @@ def _zip_format(path: Path) -> str:
     if kind is not None:
         return kind
     raise DocumentLoadError(
-        f"{path} is a ZIP archive of files, not a DOCX, PPTX, XLSX, OpenDocument or EPUB document: build it "
-        "into a knowledge base (`ingest build` and the upload read every document in it), or unpack it"
+        f"{path} is a ZIP archive of files, not a DOCX, PPTX, XLSX, OpenDocument or EPUB document: {_BUILD_IT}"
     )
 
 
