@@ -28,15 +28,15 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from configs.errors import one_line
 from kb.errors import DocumentLoadError
 from kb.loaders.sniff import (
     DAMAGED_TAR,
     DAMAGED_ZIP,
-    MAX_MEMBERS,
-    MAX_UNPACKED_BYTES,
     SUPPORTED_SUFFIXES,
     TAR_SUFFIXES,
     check_archive,
+    check_unpack_limits,
     read_member,
 )
 
@@ -88,14 +88,10 @@ def _unpack_tar(path: Path, into: Path) -> ArchiveDocuments:
         with tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape") as archive:
             for info in archive:
                 members += 1
-                if members > MAX_MEMBERS:
-                    raise DocumentLoadError(f"{path.name} holds over {MAX_MEMBERS} files; refused as a possible zip bomb")
+                total += info.size if info.isfile() else 0
+                check_unpack_limits(path.name, members=members, total=total, so_far=True)
                 if not info.isfile():
                     continue
-                total += info.size
-                if total > MAX_UNPACKED_BYTES:
-                    raise DocumentLoadError(f"{path.name} would unpack to over {MAX_UNPACKED_BYTES >> 20} MiB; "
-                                            "refused as a possible zip bomb")
                 name = tar_member_name(info)
                 target = _target(found, into, members, name)
                 if target is not None:
@@ -103,7 +99,9 @@ def _unpack_tar(path: Path, into: Path) -> ArchiveDocuments:
                         shutil.copyfileobj(member, out)
                     found.files.append((target, name))
     except DAMAGED_TAR as e:
-        raise DocumentLoadError(f"{path.name} is a damaged tar archive ({one_line_reason(e)})") from e
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the disk (full, not writable), not the archive: decompressors' errors carry no errno
+        raise DocumentLoadError(f"{path.name} is a damaged tar archive ({one_line(e)})") from e
     found.files.sort(key=lambda pair: pair[1])
     return found
 
@@ -129,11 +127,6 @@ def tar_member_name(info: tarfile.TarInfo) -> str:
     if raw != name.encode("utf-8", "replace"):  # not UTF-8: surrogates stand for the raw bytes
         name = raw.decode("gb18030", "replace")
     return _clean_path(name)
-
-
-def one_line_reason(error: BaseException) -> str:
-    """``error``'s message on one line, or its type where it has none."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def member_name(info: zipfile.ZipInfo) -> str:

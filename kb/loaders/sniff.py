@@ -209,19 +209,27 @@ def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
     or a member compressed far better than text is. (zipfile never reads a member past its
     declared size, so declared sizes bound what is unpacked.)"""
     infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise DocumentLoadError(f"{name} holds {len(infos)} files (limit {MAX_MEMBERS}); refused as a possible zip bomb")
-    total = sum(info.file_size for info in infos)
-    if total > MAX_UNPACKED_BYTES:
-        raise DocumentLoadError(
-            f"{name} would unpack to {total >> 20} MiB (limit {MAX_UNPACKED_BYTES >> 20} MiB); refused as a possible zip bomb"
-        )
+    check_unpack_limits(name, members=len(infos), total=sum(info.file_size for info in infos))
     for info in infos:
         if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise DocumentLoadError(
                 f"{name}: {info.filename} is compressed {info.file_size // max(info.compress_size, 1)}:1 "
                 f"(limit {MAX_RATIO}:1); refused as a possible zip bomb"
             )
+
+
+def check_unpack_limits(name: str, *, members: int, total: int, so_far: bool = False) -> None:
+    """Refuse an archive of more than ``MAX_MEMBERS`` members or ``MAX_UNPACKED_BYTES`` in all.
+    ``so_far``: the counts of a stream read up to here (a compressed tar lists its members only
+    as it is read), checked before the next member is unpacked."""
+    over = "over " if so_far else ""
+    if members > MAX_MEMBERS:
+        count = MAX_MEMBERS if so_far else members
+        raise DocumentLoadError(f"{name} holds {over}{count} files (limit {MAX_MEMBERS}); refused as a possible zip bomb")
+    if total > MAX_UNPACKED_BYTES:
+        size = (MAX_UNPACKED_BYTES if so_far else total) >> 20
+        raise DocumentLoadError(f"{name} would unpack to {over}{size} MiB (limit {MAX_UNPACKED_BYTES >> 20} MiB); "
+                                "refused as a possible zip bomb")
 
 
 def read_member(archive: zipfile.ZipFile, member: str, *, name: str) -> bytes:
