@@ -20,14 +20,10 @@ Every timed generation produces exactly ``--new-tokens`` tokens (``min_new_token
 with glmkb's weight-only layers (``llm.quantization``): ``ChatGLM.stream`` tokens/s and TTFT on the
 fast path, weight GiB on the GPU, and against the bf16 model the logits' relative error and
 greedy top-1 agreement over a teacher-forced sequence (``quant_<shape>.json``).
-``GLMKB_ROPE_IN_GEMV=off`` runs the whole script with ``FastDecodeOptions.rope_in_gemv`` off (one
-process per switch, so neither side is timed second on a warm GPU), ``--rope-gemv-ablation``
-times it off after each kind in the same process.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
@@ -281,13 +277,10 @@ def bench_quantization(
 
 
 def ablation_variants(args: Any, options: Any) -> dict[str, Any]:
-    """``--rope-ablation`` / ``--rope-gemv-ablation`` / ``--pdl-ablation``: the options each variant
-    of a row is timed with."""
+    """``--rope-ablation`` / ``--pdl-ablation``: the options each variant of a row is timed with."""
     variants = {}
     if args.rope_ablation:
         variants["fused_rope_off"] = options.model_copy(update={"fused_rope": False})
-    if args.rope_gemv_ablation:
-        variants["rope_in_gemv_off"] = options.model_copy(update={"rope_in_gemv": False})
     if args.pdl_ablation:
         variants["pdl_off"] = options.model_copy(update={"pdl": False})
     return variants
@@ -389,8 +382,6 @@ def main() -> None:
                    help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
     p.add_argument("--rope-ablation", action="store_true",
                    help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")
-    p.add_argument("--rope-gemv-ablation", action="store_true",
-                   help="with --quantization: each kind also with FastDecodeOptions.rope_in_gemv off, same run")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
@@ -404,8 +395,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     from llm.fast_decode import FastDecodeOptions
 
-    options = FastDecodeOptions(on_cpu=args.fast_on_cpu, gemv_kernel=args.gemv_kernel,
-                                rope_in_gemv=os.environ.get("GLMKB_ROPE_IN_GEMV", "on") != "off")
+    options = FastDecodeOptions(on_cpu=args.fast_on_cpu, gemv_kernel=args.gemv_kernel)
     torch.manual_seed(0)
     from bench.common import SHAPES
 

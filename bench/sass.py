@@ -42,17 +42,6 @@ def kernels() -> list[Case]:
           "BLOCK_N": block_n, "BLOCK_K": block_k, "stride_wn": k}, warps, block_n * block_k)
         for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 8, 13696))
     ]
-    rope = {"ROPE": True, "HEADS": 32, "KV_HEADS": 2, "HEAD_DIM": 128, "ROT_PAIRS": 32}
-    for with_rope in (False, True):  # the pinned q/k/v tiles, plain and with the rotary epilogue (qkv_rope_op)
-        suffix = " + rotary" if with_rope else ""
-        cases.append((f"int8 row q/k/v 2x2048{suffix}", gemv._int8_row_kernel,
-                      {"w_ptr": "*i8", "slot_ptr": "*i64", "length_ptr": "*i64"},
-                      {"HAS_SCALE": True, "HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "ASM": True,
-                       "BLOCK_N": 2, "BLOCK_K": 2048, "stride_wn": 4096, **(rope if with_rope else {})}, 2, 2 * 2048))
-        cases.append((f"bf16 row q/k/v 2x4096{suffix}", gemv._gemv_row_kernel,
-                      {"slot_ptr": "*i64", "length_ptr": "*i64"},
-                      {"HAS_SCALE": False, "HAS_BIAS": True, "EVEN_K": True, "EVEN_N": True, "BLOCK_N": 2,
-                       "BLOCK_K": 4096, **(rope if with_rope else {})}, 4, 2 * 4096))
     for block_n, block_k, warps, k in ((4, 2048, 4, 4096), (8, 2048, 4, 4096), (2, 4096, 4, 4096),
                                        (16, 2048, 4, 4096), (16, 4096, 8, 13696)):
         cases.append((f"int4 runs row {block_n}x{block_k} K={k}", int4_gemv._int4_runs_row_kernel, int4,

@@ -53,14 +53,9 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     from llm.kernels import decode_attention, gemv, int4_gemm, int4_gemv, rope_cache
 
     row = {"HAS_SCALE": True, "HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "BLOCK_N": 4, "BLOCK_K": 1024}
-    rope = {"ROPE": True, "HEADS": 32, "KV_HEADS": 2, "HEAD_DIM": 128, "ROT_PAIRS": 32}
-    rope_pointers = {"slot_ptr": "*i64", "length_ptr": "*i64"}
     return [
         ("int8 row GEMV", gemv._int8_row_kernel, {"w_ptr": "*i8"}, {**row, "ASM": True, "stride_wn": 4096}),
         ("float row GEMV", gemv._gemv_row_kernel, {}, row),
-        ("int8 row GEMV + rotary", gemv._int8_row_kernel, {"w_ptr": "*i8", **rope_pointers},
-         {**row, **rope, "ASM": True, "stride_wn": 4096}),
-        ("float row GEMV + rotary", gemv._gemv_row_kernel, rope_pointers, {**row, **rope}),
         ("INT4 runs row GEMV", int4_gemv._int4_runs_row_kernel, {"w_ptr": "*i8", "sz_ptr": "*i32"},
          {"HAS_BIAS": False, "EVEN_K": True, "EVEN_N": True, "GROUP": 128, "ASM": True, "BLOCK_N": 4,
           "BLOCK_K": 2048, "stride_wn": 2048, "stride_szn": 32}),
@@ -88,7 +83,7 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
     ]
 
 
-KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int8-row-gemv-rope", "float-row-gemv-rope", "int4-runs-row-gemv", "int4-runs-rows-gemv", "int4-runs-gemm",
+KERNEL_IDS = ["int8-row-gemv", "float-row-gemv", "int4-runs-row-gemv", "int4-runs-rows-gemv", "int4-runs-gemm",
               "gemv-tiles",
               "split-k-sum", "attention-split", "attention-combine", "rope-cache"]
 

@@ -146,21 +146,6 @@ class FusedQKV:
             return F.linear(x, self.weight, self.bias) if self.linear is None else self.linear(x)
         return self.projection(x)
 
-    def gemv_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
-        """``(weight, scales, bias)`` where ``project(x)`` is one ``gemv_linear`` call over them (a
-        plain linear on the Triton GEMV route, or an INT8 layer on its "triton" kernel), else None
-        (cuBLAS or PyTorch, INT4, the CPU's int8 kernel): what ``qkv_rope_cache_write`` may take over."""
-        from llm import quantized_cpu
-        from llm.fast_decode.gemv_route import GemvLinear
-        from llm.quantization import WeightOnlyInt8Linear
-
-        proj = self.projection
-        if proj is None:
-            return (self.weight, None, self.bias) if isinstance(self.linear, GemvLinear) else None
-        if type(proj) is WeightOnlyInt8Linear and proj.kernel == "triton" and not quantized_cpu.cpu_kernels_run(x):
-            return proj.weight, proj.scales, proj.bias
-        return None
-
     def swap(self, *, fused: bool) -> None:
         """Put the stand-ins (``fused=True``) or the original projections on the module."""
         if fused and not self.intact():

@@ -8,9 +8,7 @@ this one instead, doing the same math in named steps: ``project`` (the fused q/k
 graph's slot ``cur``, which equals the layer's ``cumulative_length`` at every step, and that count
 set to ``cur + 1`` as ``StaticLayer.update`` advances it), then the attention the config names
 (``packed_gqa_attention``: ``flash_decode``) and o_proj. Run 16 (H200, ChatGLM3-6B shape): the
-three kernels became one of 1.4 us per layer. For one token of one row on the Triton GEMV
-(``FastDecodeOptions.rope_in_gemv``) that kernel's work moves into the q/k/v GEMV's epilogue
-(``qkv_rope_cache_write``): one launch per layer fewer, the same bits written. The captured prompt pass takes it too (``start``:
+three kernels became one of 1.4 us per layer. The captured prompt pass takes it too (``start``:
 its first cache slot), for its T tokens: there the model's own forward ran ~20 kernels per layer
 for the rotary of q and k (clones, multiplies, negations, stacks, concatenations) and the cache
 writes (cache positions, ``index_copy_``). Any other call (more tokens without ``start``, a cache
@@ -32,7 +30,6 @@ from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_f
 from llm.cache_kwarg import cache_kwarg_of
 from llm.fast_decode.attention import FusedQKV
 from llm.fast_decode.stand_in import StandIn
-from llm.kernels.qkv_rope_op import qkv_rope_applies, qkv_rope_cache_write
 from llm.kernels.rope_cache_op import rope_cache_write
 
 
@@ -40,10 +37,8 @@ class AttentionStep(StandIn):
     """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step
     or a prompt pass."""
 
-    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None,
-                 rope_in_gemv: bool = True) -> None:
+    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None) -> None:
         super().__init__(fused.module)
-        self.rope_in_gemv = rope_in_gemv  # FastDecodeOptions.rope_in_gemv
         self.fused = fused
         self.slot = slot  # (1,) the decode graph's cache slot of this step's token
         self.start = start  # (1,) the cache slot of a captured prompt pass's first token (None: decode only)
@@ -58,29 +53,15 @@ class AttentionStep(StandIn):
             return GlmAttention.forward(self.module, hidden_states, position_embeddings, attention_mask,
                                         **{attention_cache_kwarg(): cache}, **kwargs)
         batch, tokens = hidden_states.shape[:2]
+        qkv = self.fused.project(hidden_states)
+        qkv = qkv.view(batch, -1) if tokens == 1 else qkv
         cos, sin = position_embeddings
-        query = self._fused_query(hidden_states, cos, sin, layer) if tokens == 1 and self.rope_in_gemv else None
-        if query is None:
-            qkv = self.fused.project(hidden_states)
-            qkv = qkv.view(batch, -1) if tokens == 1 else qkv
-            query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys,
-                                     layer.values, layer.cumulative_length, heads=self.heads)
+        query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys, layer.values,
+                                 layer.cumulative_length, heads=self.heads)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
         return self.module.o_proj(out.reshape(batch, tokens, -1)), None
-
-    def _fused_query(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: Any
-                     ) -> torch.Tensor | None:
-        """q of one decode token from the q/k/v GEMV with the rotary and cache writes in its
-        epilogue (``qkv_rope_cache_write``), or None where that kernel does not apply."""
-        operands = self.fused.gemv_operands(hidden_states)
-        if operands is None or not qkv_rope_applies(hidden_states, operands[0], cos, layer.keys):
-            return None
-        weight, scales, bias = operands
-        return qkv_rope_cache_write(hidden_states, weight, scales=scales, bias=bias, cos=cos, sin=sin, slot=self.slot,
-                                    k_cache=layer.keys, v_cache=layer.values, length=layer.cumulative_length,
-                                    heads=self.heads)
 
     def _static_layer(self, cache: Any, hidden_states: torch.Tensor) -> Any:
         """The module's initialised static cache layer for one token per row (or, with ``start``, a
@@ -107,11 +88,11 @@ def attention_cache_kwarg() -> str:
     return cache_kwarg_of(GlmAttention)
 
 
-def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None,
-                    rope_in_gemv: bool = True) -> list[AttentionStep]:
+def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None
+                    ) -> list[AttentionStep]:
     """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its
     own), writing the cache at ``slot`` (the decode graph's ``cur``), and a prompt pass's tokens
     from ``start`` on."""
-    return [AttentionStep(f, slot=slot, start=start, rope_in_gemv=rope_in_gemv) for f in fused
+    return [AttentionStep(f, slot=slot, start=start) for f in fused
             if type(f.module).forward is GlmAttention.forward and "forward" not in f.module.__dict__
             and f.sizes[1] == f.sizes[2] and f.sizes[0] % f.module.head_dim == 0]

@@ -39,9 +39,6 @@ class FastDecodeOptions(BaseModel):
     fused_rope: bool = True
     """Decode step: the rotary of q and k and the K/V cache writes as one kernel, inside the
     attention modules' decode-step forward (``attention_step``; needs packed attention and fused q/k/v)."""
-    rope_in_gemv: bool = True
-    """Decode step of one row on the Triton GEMV: that rotary and the K/V cache writes in the q/k/v
-    GEMV's epilogue (``llm.kernels.qkv_rope_op``), one kernel fewer per layer (needs ``fused_rope``)."""
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
     prompt_kernels: bool = True

@@ -39,13 +39,10 @@ import triton
 import triton.language as tl
 
 from llm.kernels.gemv_configs import DOT_MIN_ROWS, GemvConfig
-from llm.kernels.grid_dependency import signal_dependents, wait_for_inputs, wait_only
+from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter runs no inline assembly
-# The bench's A/B switch for ``_epilogue_operands``: "1" loads the one-row kernels' scale, bias and
-# rotary operands after the K loop, as before run 24.
-LATE_EPILOGUE = os.environ.get("GLMKB_GEMV_LATE_EPILOGUE") == "1"
 
 
 def block_rows(rows: int, *, dot: bool) -> int:
@@ -170,100 +167,10 @@ def _store_row(y, rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE: tl.constexp
 
 
 @triton.jit
-def _epilogue_operands(
-    rn, n_ok, scale_ptr, bias_ptr, cos_ptr, sin_ptr, slot_ptr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ROPE: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    ROT_PAIRS: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """What a one-row kernel's epilogue reads besides its sums: per-output scale and bias and, with
-    ``ROPE``, the cos/sin of each pair and the cache slot. Called before the K loop, so that these
-    loads are in flight with the weights': called after it, sm_90 SASS (Triton 3.6) issues them
-    after the cross-thread reduction, a memory round trip at the end of every program. Without
-    ``HAS_SCALE``/``HAS_BIAS``/``ROPE`` the values are the identity (never read)."""
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    else:
-        scale = 1.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-    else:
-        bias = 0.0
-    if ROPE:
-        n = tl.split(tl.reshape(rn, (BLOCK_N // 2, 2)))[0]  # each pair's even output
-        ok = tl.split(tl.reshape(n_ok, (BLOCK_N // 2, 2)))[0]
-        d = n % HEAD_DIM
-        rot = ok & (n // HEAD_DIM < HEADS + KV_HEADS) & (d // 2 < ROT_PAIRS)
-        c = tl.load(cos_ptr + d // 2, mask=rot, other=1.0).to(tl.float32)
-        s = tl.load(sin_ptr + d // 2, mask=rot, other=0.0).to(tl.float32)
-        slot = tl.load(slot_ptr)
-    else:
-        c = 1.0
-        s = 0.0
-        slot = 0
-    return scale, bias, c, s, slot
-
-
-@triton.jit
-def _store_qkv_row(
-    y, rn, n_ok, c, s, slot, out_ptr, length_ptr, k_ptr, v_ptr, stride_kh, stride_kl, stride_vh, stride_vl,
-    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """A fused q/k/v GEMV's stores (``launch_qkv_rope``): what ``_store_row`` then
-    ``rope_cache._rope_cache_kernel`` would do for one decode token, without the second launch.
-    ``y``: the scaled, biased outputs; ``out_ptr`` is q ``(1, H, 1, D)``; ``c``/``s`` each pair's
-    cos/sin (``_epilogue_operands``); the K/V caches with their (head, slot) strides. Each output
-    is rounded to q's dtype before the rotary, as the GEMV's store and the rope kernel's load round
-    it, so both paths write the same bits. The tile holds whole pairs (2i, 2i + 1): ``BLOCK_N`` even."""
-    y = y.to(out_ptr.dtype.element_ty).to(tl.float32)
-    even, odd = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-    n = tl.split(tl.reshape(rn, (BLOCK_N // 2, 2)))[0]  # each pair's even output
-    ok = tl.split(tl.reshape(n_ok, (BLOCK_N // 2, 2)))[0]
-    head = n // HEAD_DIM
-    d = n % HEAD_DIM
-    even, odd = even * c - odd * s, odd * c + even * s  # c = 1, s = 0 where a pair is not rotated
-    is_q = ok & (head < HEADS)
-    tl.store(out_ptr + n, even.to(out_ptr.dtype.element_ty), mask=is_q)
-    tl.store(out_ptr + n + 1, odd.to(out_ptr.dtype.element_ty), mask=is_q)
-    is_k = ok & (head >= HEADS) & (head < HEADS + KV_HEADS)
-    k_dst = k_ptr + (head - HEADS) * stride_kh + slot * stride_kl + d
-    tl.store(k_dst, even.to(k_ptr.dtype.element_ty), mask=is_k)
-    tl.store(k_dst + 1, odd.to(k_ptr.dtype.element_ty), mask=is_k)
-    is_v = ok & (head >= HEADS + KV_HEADS)
-    v_dst = v_ptr + (head - HEADS - KV_HEADS) * stride_vh + slot * stride_vl + d
-    tl.store(v_dst, even.to(v_ptr.dtype.element_ty), mask=is_v)
-    tl.store(v_dst + 1, odd.to(v_ptr.dtype.element_ty), mask=is_v)
-    if tl.program_id(0) == 0:  # the cache layer's count of written slots, as the rope kernel sets it
-        tl.store(length_ptr, slot + 1)
-
-
-@triton.jit
-def _finish_row(
-    y, rn, n_ok, scale, bias, c, s, slot, out_ptr, length_ptr, k_ptr, v_ptr, stride_kh, stride_kl, stride_vh,
-    stride_vl, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROPE: tl.constexpr, HEADS: tl.constexpr,
-    KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """A one-row kernel's epilogue: ``y`` (float32 per output) times scale, plus bias, stored as
-    ``_store_row`` does, or with ``ROPE`` rotated and stored by ``_store_qkv_row``; the operands
-    are ``_epilogue_operands``'."""
-    if HAS_SCALE:
-        y = y * scale
-    if HAS_BIAS:
-        y = y + bias
-    if ROPE:
-        _store_qkv_row(y, rn, n_ok, c, s, slot, out_ptr, length_ptr, k_ptr, v_ptr, stride_kh, stride_kl, stride_vh,
-                       stride_vl, HEADS, KV_HEADS, HEAD_DIM, BLOCK_N)
-    else:
-        tl.store(out_ptr + rn, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
 def _gemv_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn,
-    cos_ptr, sin_ptr, slot_ptr, length_ptr, k_ptr, v_ptr, stride_kh, stride_kl, stride_vh, stride_vl,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, LATE: tl.constexpr = False,
-    ROPE: tl.constexpr = False, HEADS: tl.constexpr = 0, KV_HEADS: tl.constexpr = 0, HEAD_DIM: tl.constexpr = 1,
-    ROT_PAIRS: tl.constexpr = 0,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x (M = 1, the single-user decode step) against a float weight: x is loaded as a 1-D vector and
     broadcast over the weight tile in the tile's own layout. Loaded as a ``(1, BLOCK_K)`` tile as
@@ -274,14 +181,7 @@ def _gemv_row_kernel(
     n_ok = rn < N
     rk = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
-    if ROPE:  # the attention that follows waits on every q/k/v: placed beside the GEMV it only holds SMs
-        wait_only(PDL)
-    else:
-        wait_for_inputs(PDL)
-    if not LATE:
-        scale, bias, c, s, slot = _epilogue_operands(rn, n_ok, scale_ptr, bias_ptr, cos_ptr, sin_ptr, slot_ptr,
-                                                     HAS_SCALE, HAS_BIAS, ROPE, HEADS, KV_HEADS, HEAD_DIM, ROT_PAIRS,
-                                                     BLOCK_N)
+    wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         k_ok = (k + rk) < K
@@ -292,14 +192,7 @@ def _gemv_row_kernel(
         w = _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K, EVEN_N)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         w_ptrs += BLOCK_K
-    if LATE:  # the bench's A/B switch (GLMKB_GEMV_LATE_EPILOGUE): the loads where they were before
-        scale, bias, c, s, slot = _epilogue_operands(rn, n_ok, scale_ptr, bias_ptr, cos_ptr, sin_ptr, slot_ptr,
-                                                     HAS_SCALE, HAS_BIAS, ROPE, HEADS, KV_HEADS, HEAD_DIM, ROT_PAIRS,
-                                                     BLOCK_N)
-    _finish_row(tl.sum(acc, axis=1), rn, n_ok, scale, bias, c, s, slot, out_ptr, length_ptr, k_ptr, v_ptr, stride_kh,
-                stride_kl, stride_vh, stride_vl, HAS_SCALE, HAS_BIAS, ROPE, HEADS, KV_HEADS, HEAD_DIM, BLOCK_N)
-    if ROPE:
-        signal_dependents(PDL)
+    _store_row(tl.sum(acc, axis=1), rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE, HAS_BIAS)
 
 
 @triton.jit
@@ -335,11 +228,8 @@ def _int8_run_sums(w, x, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 @triton.jit
 def _int8_row_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, stride_wn: tl.constexpr,
-    cos_ptr, sin_ptr, slot_ptr, length_ptr, k_ptr, v_ptr, stride_kh, stride_kl, stride_vh, stride_vl,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, LATE: tl.constexpr = False,
-    ROPE: tl.constexpr = False, HEADS: tl.constexpr = 0, KV_HEADS: tl.constexpr = 0, HEAD_DIM: tl.constexpr = 1,
-    ROT_PAIRS: tl.constexpr = 0,
+    ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """One row of x against an int8 weight. Two differences from ``_gemv_row_kernel``, each
     measured (run 17 lab, H200, M = 1; q/k/v, o_proj, gate_up: 9.05 / 7.10 / 34.1 us -> 7.07 /
@@ -366,14 +256,7 @@ def _int8_row_kernel(
     r = tl.arange(0, BLOCK_K)
     rk = (r // VEC) * VEC + r % VEC  # == r; contiguity provable over VEC only (see above)
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :]
-    if ROPE:  # the attention that follows waits on every q/k/v: placed beside the GEMV it only holds SMs
-        wait_only(PDL)
-    else:
-        wait_for_inputs(PDL)
-    if not LATE:
-        scale, bias, c, s, slot = _epilogue_operands(rn, n_ok, scale_ptr, bias_ptr, cos_ptr, sin_ptr, slot_ptr,
-                                                     HAS_SCALE, HAS_BIAS, ROPE, HEADS, KV_HEADS, HEAD_DIM, ROT_PAIRS,
-                                                     BLOCK_N)
+    wait_for_inputs(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_K // VEC), dtype=tl.float32)
     whole = (K // BLOCK_K) * BLOCK_K
     for k in range(0, whole, BLOCK_K):
@@ -389,14 +272,7 @@ def _int8_row_kernel(
         x = tl.load(x_ptr + whole + rk, mask=k_ok, other=0.0, eviction_policy="evict_last")
         w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0, eviction_policy="evict_first")
         acc += _int8_run_sums(w, x, ASM, BLOCK_N, BLOCK_K, VEC)
-    if LATE:  # the bench's A/B switch (GLMKB_GEMV_LATE_EPILOGUE): the loads where they were before
-        scale, bias, c, s, slot = _epilogue_operands(rn, n_ok, scale_ptr, bias_ptr, cos_ptr, sin_ptr, slot_ptr,
-                                                     HAS_SCALE, HAS_BIAS, ROPE, HEADS, KV_HEADS, HEAD_DIM, ROT_PAIRS,
-                                                     BLOCK_N)
-    _finish_row(tl.sum(acc, axis=1), rn, n_ok, scale, bias, c, s, slot, out_ptr, length_ptr, k_ptr, v_ptr, stride_kh,
-                stride_kl, stride_vh, stride_vl, HAS_SCALE, HAS_BIAS, ROPE, HEADS, KV_HEADS, HEAD_DIM, BLOCK_N)
-    if ROPE:
-        signal_dependents(PDL)
+    _store_row(tl.sum(acc, axis=1), rn, n_ok, scale_ptr, bias_ptr, out_ptr, HAS_SCALE, HAS_BIAS)
 
 
 def launch_gemv(
@@ -446,71 +322,31 @@ def launch_gemv(
 
 
 def _launch_row(
-    x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, config: GemvConfig,
-    *, out: torch.Tensor | None = None, rope: dict | None = None,
+    x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None, config: GemvConfig
 ) -> torch.Tensor:
     """``launch_gemv`` for one row: ``_gemv_row_kernel`` (``_int8_row_kernel`` for int8), one
-    program per ``block_n`` outputs; with ``rope`` (``launch_qkv_rope``'s kernel arguments) the
-    epilogue is the rotary and K/V cache write, and ``out`` is q."""
+    program per ``block_n`` outputs."""
     n, k = weight.shape
-    if out is None:
-        out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     dummy = out  # never read when the HAS_ flag is off
-    if rope is None:
-        rope = dict(cos_ptr=dummy, sin_ptr=dummy, slot_ptr=dummy, length_ptr=dummy, k_ptr=dummy, v_ptr=dummy,
-                    stride_kh=0, stride_kl=0, stride_vh=0, stride_vl=0)
     pdl = launch_pdl(x.device)
-    common = dict(
-        HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
-        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
-        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl, LATE=LATE_EPILOGUE, **rope,
-    )
     if weight.dtype == torch.int8:
         if config.block_k % 8:
             raise ValueError(f"the int8 row kernel steps K by multiples of 8, not {config.block_k}")
         _int8_row_kernel[(triton.cdiv(n, config.block_n),)](
             x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
-            n, k, weight.stride(0), ASM=not INTERPRET and x.device.type == "cuda", **common,
+            n, k, weight.stride(0),
+            HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
+            EVEN_N=n % config.block_n == 0, ASM=not INTERPRET and x.device.type == "cuda",
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
+            num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
         )
         return out
     _gemv_row_kernel[(triton.cdiv(n, config.block_n),)](
         x, weight, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
-        n, k, weight.stride(0), **common,
+        n, k, weight.stride(0),
+        HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, EVEN_K=k % config.block_k == 0,
+        EVEN_N=n % config.block_n == 0, BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
+        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     return out
-
-
-def qkv_rope_fits(config: GemvConfig) -> bool:
-    """Whether ``launch_qkv_rope`` can run ``config``: one-row tiles of whole rotary pairs."""
-    return config.split_k <= 1 and config.block_n % 2 == 0
-
-
-def launch_qkv_rope(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    scales: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    config: GemvConfig,
-    *,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    slot: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    length: torch.Tensor,
-    heads: int,
-) -> torch.Tensor:
-    """One decode token's fused q/k/v GEMV (``x`` ``(1, K)``, ``weight`` ``((H + 2 KV) * D, K)``)
-    with the rotary and cache writes of ``rope_cache.launch_rope_cache_write`` in its epilogue:
-    q rotated and returned as ``(1, H, 1, D)``, k rotated and v written into ``k_cache``/``v_cache``
-    ``(1, KV, L, D)`` at ``slot``, ``length`` set to ``slot + 1``. One launch instead of two per
-    layer; ``config`` must pass ``qkv_rope_fits``."""
-    kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-    q = torch.empty((1, heads, 1, dim), dtype=x.dtype, device=x.device)
-    rope = dict(
-        cos_ptr=cos, sin_ptr=sin, slot_ptr=slot, length_ptr=length, k_ptr=k_cache, v_ptr=v_cache,
-        stride_kh=k_cache.stride(1), stride_kl=k_cache.stride(2), stride_vh=v_cache.stride(1),
-        stride_vl=v_cache.stride(2), ROPE=True, HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=dim,
-        ROT_PAIRS=cos.shape[-1] // 2,
-    )
-    return _launch_row(x, weight, scales, bias, config, out=q, rope=rope)

@@ -26,18 +26,3 @@ def wait_for_inputs(PDL: tl.constexpr):
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-
-
-@triton.jit
-def wait_only(PDL: tl.constexpr):
-    """``wait_for_inputs`` without the signal: a kernel whose next kernel should be placed only once
-    this one's programs end (``signal_dependents`` at its end), not while they run beside it."""
-    if PDL:
-        gdc_wait()
-
-
-@triton.jit
-def signal_dependents(PDL: tl.constexpr):
-    """Let the next kernel start its programs (after ``wait_only`` and this program's stores)."""
-    if PDL:
-        gdc_launch_dependents()
