@@ -260,3 +260,126 @@ def test_the_upload_takes_a_tar_archive_for_a_build(tmp_path: Path) -> None:
     single.write_bytes(gzip.compress(LEAVE.encode()))
     with pytest.raises(UserError, match="gzip"):
         check_content(services.check_upload(single, archives=True))
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_archives_inside_an_archive_are_built_each_document_under_its_inner_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ZIP holding 2023.zip and 2024.tar.gz (as a year's folders are often sent) used to build
+    only its loose files and skip the inner archives as "files of other types". Their documents
+    are built now, recorded under the inner archive's path, and removing the outer archive
+    removes them all."""
+    inner_zip = _zip(tmp_path / "2023.zip", {"制度/请假.txt": LEAVE.encode()})
+    inner_tar = _tar_gz(tmp_path / "2024.tar.gz", {"制度/出差.txt": TRAVEL.encode()})
+    outer = _zip(tmp_path / "资料.zip", {
+        "2023.zip": inner_zip.read_bytes(), "归档/2024.tar.gz": inner_tar.read_bytes(),
+        "说明.md": "# 说明\n新员工阅读。\n".encode(), "小说.txt.gz": b"\x1f\x8b\x08\x00",
+    })
+    kb = ["--kb", "nested", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(outer), *kb]) == 0
+    assert "资料.zip/小说.txt.gz" in capsys.readouterr().err  # a gzipped file is not an archive: named, skipped
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    assert sources == [f"{outer.resolve()}/{inside}" for inside in ("2023.zip/制度/请假.txt",
+                                                                   "归档/2024.tar.gz/制度/出差.txt", "说明.md")]
+    assert main(["query", "差旅费", *kb[:4], "--mode", "bm25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["source"].endswith("资料.zip/归档/2024.tar.gz/制度/出差.txt")
+    assert main(["remove", str(outer), *kb[:4]]) == 0
+    capsys.readouterr()
+    assert main(["list", *kb[:4], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_nesting_is_bounded_and_a_damaged_inner_archive_is_skipped_and_named(tmp_path: Path) -> None:
+    """Five archives each inside the next: the documents of the first three levels below the one
+    given are read, the deeper archive is named as nested too deep. A damaged inner archive is
+    named with why, and the other documents are still unpacked."""
+    from kb.loaders.archives import MAX_NESTING
+
+    assert MAX_NESTING == 3
+    data = _zip(tmp_path / "l4.zip", {"d4.txt": b"level 4"}).read_bytes()
+    for level in (3, 2, 1):
+        data = _zip(tmp_path / f"l{level}.zip", {f"d{level}.txt": f"level {level}".encode(),
+                                                 f"l{level + 1}.zip": data}).read_bytes()
+    from tests.test_loaders_hostile import _garbled_deflate
+
+    garbled = _garbled_deflate(_zip(tmp_path / "garbled.zip", {"a.txt": LEAVE.encode() * 50}), "a.txt").read_bytes()
+    outer = _zip(tmp_path / "outer.zip", {"d0.txt": b"level 0", "l1.zip": data, "broken.zip": b"PK\x03\x04 cut",
+                                          "garbled.zip": garbled})
+    into = tmp_path / "into"
+    into.mkdir()
+    found = unpack_documents(outer, into)
+    assert [inside for _, inside in found.files] == ["d0.txt", "l1.zip/d1.txt", "l1.zip/l2.zip/d2.txt",
+                                                     "l1.zip/l2.zip/l3.zip/d3.txt"]
+    assert [file.read_bytes() for file, _ in found.files] == [b"level 0", b"level 1", b"level 2", b"level 3"]
+    broken, garbled_note, deep = found.skipped
+    assert broken == "broken.zip (damaged, or a document package named .zip)"
+    assert garbled_note.startswith("garbled.zip is damaged (a.txt: ") and garbled_note.endswith("save the document again")
+    assert deep == "l1.zip/l2.zip/l3.zip/l4.zip (an archive nested more than 3 deep)"
+    assert not list(into.rglob("*.zip"))  # each inner archive's copy is deleted once read
+
+
+def test_the_zip_bomb_limits_count_every_nested_level_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression guard for nested bombs: each inner archive under the limit, together over it,
+    refuses the whole archive (not just the inner one) in one line."""
+    import kb.loaders.sniff as sniff
+
+    monkeypatch.setattr(sniff, "MAX_UNPACKED_BYTES", 3000)
+    inner = _zip(tmp_path / "part.zip", {"a.txt": b"x" * 1000}).read_bytes()
+    outer = _zip(tmp_path / "all.zip", {f"part{n}.zip": inner for n in range(4)})
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"all.zip would unpack to over 0 MiB .*possible zip bomb"):
+        unpack_documents(outer, tmp_path / "into")
+
+
+def test_a_password_protected_archive_is_one_line_and_skipped_inside_another(tmp_path: Path) -> None:
+    """Regression guard (found by fuzzing nested archives): a ZIP member flagged encrypted made
+    zipfile raise RuntimeError ("password required for extraction"), a traceback instead of one
+    line. The outer archive is refused in one line; inside another it is skipped and named. A
+    DOCX or EPUB with encrypted parts (read through the same check) is one line that says so too:
+    the DOCX was called "damaged", the EPUB raised the RuntimeError."""
+    locked = _zip(tmp_path / "locked.zip", {"a.txt": LEAVE.encode()})
+    data = bytearray(locked.read_bytes())
+    for offset in (6, data.rindex(b"PK\x01\x02") + 8):  # the local and the central header's flags
+        data[offset] |= 0x1
+    locked.write_bytes(bytes(data))
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"^locked.zip is password-protected \(a.txt\); save or unpack it"):
+        unpack_documents(locked, tmp_path / "into")
+    outer = _zip(tmp_path / "outer.zip", {"locked.zip": bytes(data), "b.txt": TRAVEL.encode()})
+    (tmp_path / "into2").mkdir()
+    found = unpack_documents(outer, tmp_path / "into2")
+    assert [inside for _, inside in found.files] == ["b.txt"]
+    assert found.skipped == ["locked.zip is password-protected (a.txt); save or unpack it without the password first"]
+    from tests.fixtures.documents import write_epub
+
+    chapters = [SourceChapter("第一章 甲", ["乙。"])]
+    for package in (write_docx(tmp_path / "locked.docx", chapters), write_epub(tmp_path / "locked.epub", chapters)):
+        data = bytearray(package.read_bytes())
+        for header, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            at = data.find(header)
+            while at >= 0:
+                data[at + flags] |= 0x1
+                at = data.find(header, at + 4)
+        package.write_bytes(bytes(data))
+        with pytest.raises(DocumentLoadError, match=rf"{package.name} is password-protected \("):
+            open_document(package)

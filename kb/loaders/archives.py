@@ -15,6 +15,10 @@
   never under its own path: a member named ``../../etc/x`` cannot land outside it.
 - Hidden files, macOS's ``__MACOSX`` copies and Office's ``~$`` lock files are passed over;
   members of types no loader reads are skipped and named.
+- ZIP and tar archives inside are read too (``MAX_NESTING`` levels deep), their documents
+  recorded under the inner archive's path (``资料.zip/2023.zip/制度/请假.txt``). The zip-bomb
+  limits count every level together; a damaged or empty archive inside is skipped and named,
+  and the rest still builds.
 
 Each document is recorded as ``<archive's source>/<path inside>``: a rebuild of the same archive
 skips the members that did not change, and each member is cited and removed on its own.
@@ -31,16 +35,20 @@ from pathlib import Path, PurePosixPath
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
 from kb.loaders.sniff import (
+    ARCHIVE_SUFFIXES,
     DAMAGED_TAR,
     DAMAGED_ZIP,
     SUPPORTED_SUFFIXES,
     TAR_SUFFIXES,
+    ArchiveRefused,
     check_archive,
     check_unpack_limits,
+    is_archive,
     read_member,
 )
 
 UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
+MAX_NESTING = 3  # archives inside archives, below the one given: deeper ones are skipped and named
 
 
 @dataclass
@@ -51,72 +59,144 @@ class ArchiveDocuments:
     skipped: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Unpacking:
+    """One ``unpack_documents`` call: what it found, the archives inside still to unpack, and the
+    members and bytes unpacked so far over every nested archive (the zip-bomb limits hold for the
+    whole tree, not per archive: ten nested archives of 500 MiB are 5 GiB)."""
+
+    outer: str
+    found: ArchiveDocuments = field(default_factory=ArchiveDocuments)
+    nested: list[tuple[Path, str]] = field(default_factory=list)
+    members: int = 0
+    total: int = 0
+
+    def count(self, *, members: int, total: int) -> None:
+        """Add to the counts and refuse the whole tree past the limits (``ArchiveRefused``)."""
+        self.members += members
+        self.total += total
+        check_unpack_limits(self.outer, members=self.members, total=self.total, so_far=True)
+
+
 def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
     """Unpack the documents of the archive at ``path`` into the folder ``into`` (which must
-    exist); DocumentLoadError (one line) for a damaged or hostile archive or one without a
-    document."""
-    found = _unpack_tar(path, into) if path.suffix.lower() in TAR_SUFFIXES else _unpack_zip(path, into)
+    exist), and those of the ZIP and tar archives inside it, ``MAX_NESTING`` deep (recorded as
+    ``2023.zip/制度/请假.txt``); DocumentLoadError (one line) for a damaged or hostile archive or
+    one without a document. A damaged or empty archive inside is skipped and named; a hostile
+    one (``ArchiveRefused``) refuses the whole archive."""
+    state = _Unpacking(outer=path.name)
+    _unpack_one(path, into, state, prefix="")
+    _unpack_nested(into, state, depth=1)
+    found = state.found
     if not found.files:
         others = f"; it holds {len(found.skipped)} files of other types" if found.skipped else ""
         raise DocumentLoadError(f"no documents in the archive {path.name} (looked for {', '.join(SUPPORTED_SUFFIXES)}{others})")
-    return found
-
-
-def _unpack_zip(path: Path, into: Path) -> ArchiveDocuments:
-    found = ArchiveDocuments()
-    try:
-        with zipfile.ZipFile(path) as archive:
-            check_archive(archive, name=path.name)
-            members = sorted(((member_name(info), info) for info in archive.infolist() if not info.is_dir()),
-                             key=lambda pair: pair[0])
-            for number, (name, info) in enumerate(members):
-                target = _target(found, into, number, name)
-                if target is not None:
-                    target.write_bytes(read_member(archive, info.filename, name=path.name))
-                    found.files.append((target, name))
-    except DAMAGED_ZIP as e:
-        raise DocumentLoadError(f"{path.name} is a damaged ZIP archive ({e})") from e
-    return found
-
-
-def _unpack_tar(path: Path, into: Path) -> ArchiveDocuments:
-    """``unpack_documents`` of a tar archive: each regular file checked against the limits as the
-    stream reaches it, then copied out; the documents sorted by name at the end."""
-    found = ArchiveDocuments()
-    members = total = 0
-    try:
-        with tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape") as archive:
-            for info in archive:
-                members += 1
-                total += info.size if info.isfile() else 0
-                check_unpack_limits(path.name, members=members, total=total, so_far=True)
-                if not info.isfile():
-                    continue
-                name = tar_member_name(info)
-                target = _target(found, into, members, name)
-                if target is not None:
-                    with archive.extractfile(info) as member, target.open("wb") as out:  # type: ignore[union-attr]
-                        shutil.copyfileobj(member, out)
-                    found.files.append((target, name))
-    except DAMAGED_TAR as e:
-        if isinstance(e, OSError) and e.errno is not None:
-            raise  # the disk (full, not writable), not the archive: decompressors' errors carry no errno
-        raise DocumentLoadError(f"{path.name} is a damaged tar archive ({one_line(e)})") from e
     found.files.sort(key=lambda pair: pair[1])
     return found
 
 
-def _target(found: ArchiveDocuments, into: Path, number: int, name: str) -> Path | None:
-    """Where member ``name`` is unpacked (a generated name, its suffix kept), or None where it
-    is not read: left over (``_left_over``) or of a type no loader reads (then named in
-    ``found.skipped``)."""
+def _unpack_one(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
+    """The documents of one archive into ``into``, its archives into ``state.nested``; each
+    recorded under ``prefix`` + its path inside."""
+    if path.suffix.lower() in TAR_SUFFIXES:
+        _unpack_tar(path, into, state, prefix=prefix)
+    else:
+        _unpack_zip(path, into, state, prefix=prefix)
+
+
+def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
+    """Unpack the archives found inside, level by level, each into its own folder; the copy of
+    each archive is deleted once it is read."""
+    level, state.nested = state.nested, []
+    for number, (file, name) in enumerate(level):
+        try:
+            if depth > MAX_NESTING:
+                state.found.skipped.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
+            elif not is_archive(file):
+                state.found.skipped.append(f"{name} ({_not_an_archive(file)})")
+            else:
+                folder = into / f"{depth}-{number:05d}"
+                folder.mkdir()
+                files, nested = len(state.found.files), len(state.nested)
+                try:
+                    _unpack_one(file, folder, state, prefix=f"{name}/")
+                except ArchiveRefused:
+                    raise
+                except DocumentLoadError as e:  # damaged: forget what it gave, the other documents still build
+                    del state.found.files[files:], state.nested[nested:]
+                    why = one_line(e)  # it names the archive by its path inside (``_shown``)
+                    state.found.skipped.append(why if why.startswith(name) else f"{name} ({why})")
+                else:
+                    if (len(state.found.files), len(state.nested)) == (files, nested):
+                        state.found.skipped.append(f"{name} (no documents)")
+        finally:
+            file.unlink(missing_ok=True)
+    if state.nested:
+        _unpack_nested(into, state, depth=depth + 1)
+
+
+def _not_an_archive(file: Path) -> str:
+    """Why an archive-named member was not unpacked."""
+    if file.suffix.lower() == ".zip":
+        return "damaged, or a document package named .zip"
+    return "one compressed file, not an archive: unpack it" if file.stat().st_size else "empty"
+
+
+def _unpack_zip(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            check_archive(archive, name=_shown(path, prefix))
+            infos = [info for info in archive.infolist() if not info.is_dir()]
+            state.count(members=len(infos), total=sum(info.file_size for info in infos))
+            members = sorted(((member_name(info), info) for info in infos), key=lambda pair: pair[0])
+            for number, (name, info) in enumerate(members):
+                target = _target(state, into, number, name, prefix=prefix)
+                if target is not None:
+                    target.write_bytes(read_member(archive, info.filename, name=_shown(path, prefix)))
+    except DAMAGED_ZIP as e:
+        raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged ZIP archive ({e})") from e
+
+
+def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
+    """``_unpack_one`` of a tar archive: each regular file checked against the limits as the
+    stream reaches it, then copied out."""
+    try:
+        with tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape") as archive:
+            for number, info in enumerate(archive):
+                state.count(members=1, total=info.size if info.isfile() else 0)
+                if not info.isfile():
+                    continue
+                target = _target(state, into, number, tar_member_name(info), prefix=prefix)
+                if target is not None:
+                    with archive.extractfile(info) as member, target.open("wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(member, out)
+    except DAMAGED_TAR as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the disk (full, not writable), not the archive: decompressors' errors carry no errno
+        raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged tar archive ({one_line(e)})") from e
+
+
+def _shown(path: Path, prefix: str) -> str:
+    """How an archive is named in a message: its file name, or its path inside the outer one."""
+    return prefix.rstrip("/") or path.name
+
+
+def _target(state: _Unpacking, into: Path, number: int, name: str, *, prefix: str) -> Path | None:
+    """Where member ``name`` is unpacked (a generated name, its suffix kept), recorded in
+    ``state`` as a document or an archive inside; None where it is not read: left over
+    (``_left_over``) or of a type no loader reads (then named in ``state.found.skipped``)."""
     if _left_over(name):
         return None
     suffix = PurePosixPath(name).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        found.skipped.append(name)
+    target = into / f"{number:05d}{suffix}"
+    if suffix in SUPPORTED_SUFFIXES:
+        state.found.files.append((target, prefix + name))
+    elif suffix in ARCHIVE_SUFFIXES:
+        state.nested.append((target, prefix + name))
+    else:
+        state.found.skipped.append(prefix + name)
         return None
-    return into / f"{number:05d}{suffix}"
+    return target
 
 
 def tar_member_name(info: tarfile.TarInfo) -> str:

@@ -68,6 +68,7 @@ _RATIO_FLOOR = 1 << 20
 # What zipfile raises for a damaged archive besides BadZipFile: a cut member (EOFError), corrupt
 # deflate data (zlib.error: zipfile does not wrap it), a name flagged UTF-8 that is not
 # (UnicodeDecodeError, when the archive is opened), an unknown compression method.
+ENCRYPTED_FLAG = 0x1  # a ZIP member's general purpose bit 0: encrypted (a password-protected archive)
 DAMAGED_ZIP = (zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError, NotImplementedError)
 # What tarfile raises for a damaged or cut archive: its own errors, and those of the decompressors
 # under it (a cut gzip stream: EOFError; bad data: zlib.error, lzma.LZMAError, OSError for bzip2/gzip).
@@ -204,15 +205,24 @@ def is_tar(path: Path) -> bool:
         return False
 
 
+class ArchiveRefused(DocumentLoadError):
+    """An archive refused as a possible zip bomb (too many members, bytes or too high a ratio):
+    refused whole, even where it is one archive inside another."""
+
+
 def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
     """Refuse a zip bomb before anything is unpacked: too many members, too many bytes in all,
-    or a member compressed far better than text is. (zipfile never reads a member past its
-    declared size, so declared sizes bound what is unpacked.)"""
+    or a member compressed far better than text is (zipfile never reads a member past its
+    declared size, so declared sizes bound what is unpacked); and a password-protected archive."""
     infos = archive.infolist()
     check_unpack_limits(name, members=len(infos), total=sum(info.file_size for info in infos))
+    locked = next((info.filename for info in infos if info.flag_bits & ENCRYPTED_FLAG), None)
+    if locked is not None:  # zipfile would raise RuntimeError at the member, after the others were unpacked
+        raise DocumentLoadError(f"{name} is password-protected ({locked}); save or unpack it without the "
+                                "password first")
     for info in infos:
         if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise DocumentLoadError(
+            raise ArchiveRefused(
                 f"{name}: {info.filename} is compressed {info.file_size // max(info.compress_size, 1)}:1 "
                 f"(limit {MAX_RATIO}:1); refused as a possible zip bomb"
             )
@@ -225,10 +235,10 @@ def check_unpack_limits(name: str, *, members: int, total: int, so_far: bool = F
     over = "over " if so_far else ""
     if members > MAX_MEMBERS:
         count = MAX_MEMBERS if so_far else members
-        raise DocumentLoadError(f"{name} holds {over}{count} files (limit {MAX_MEMBERS}); refused as a possible zip bomb")
+        raise ArchiveRefused(f"{name} holds {over}{count} files (limit {MAX_MEMBERS}); refused as a possible zip bomb")
     if total > MAX_UNPACKED_BYTES:
         size = (MAX_UNPACKED_BYTES if so_far else total) >> 20
-        raise DocumentLoadError(f"{name} would unpack to {over}{size} MiB (limit {MAX_UNPACKED_BYTES >> 20} MiB); "
+        raise ArchiveRefused(f"{name} would unpack to {over}{size} MiB (limit {MAX_UNPACKED_BYTES >> 20} MiB); "
                                 "refused as a possible zip bomb")
 
 
