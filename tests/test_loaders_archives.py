@@ -20,6 +20,16 @@ from kb.loaders.archives import unpack_documents
 from tests.fixtures.documents import SourceChapter, write_docx
 
 LEAVE = "第一章 请假\n年假五天，病假须有医院证明。\n"
+
+
+def _libarchive_loads() -> bool:
+    try:
+        import libarchive  # noqa: F401
+    except (ImportError, OSError, AttributeError):
+        return False
+    return True
+
+
 TRAVEL = "第一章 出差\n差旅费凭发票报销。\n"
 
 
@@ -383,3 +393,112 @@ def test_a_password_protected_archive_is_one_line_and_skipped_inside_another(tmp
         package.write_bytes(bytes(data))
         with pytest.raises(DocumentLoadError, match=rf"{package.name} is password-protected \("):
             open_document(package)
+
+
+# ----- 7z and RAR (libarchive) ---------------------------------------------------------------
+
+needs_libarchive = pytest.mark.skipif(not _libarchive_loads(), reason="libarchive (the system library) is missing")
+
+
+def _seven_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A 7z archive written by libarchive itself (LZMA, as 7-Zip writes them)."""
+    import libarchive
+
+    with libarchive.file_writer(str(path), "7zip") as archive:
+        for name, data in members.items():
+            archive.add_file_from_memory(name, len(data), data)
+    return path
+
+
+def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True) -> Path:
+    """A RAR 4 archive of stored (uncompressed) members, written here from the format's block
+    layout (no tool writes RAR but WinRAR): the marker, a main header, one file header per member
+    (flagged Unicode for UTF-8 names; without it, GBK bytes, as old WinRAR on Chinese Windows
+    wrote them) followed by its bytes, and the end block; header CRCs are CRC32's low 16 bits."""
+    import struct
+    import zlib
+
+    def block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
+        header = struct.pack("<BHH", kind, flags, 7 + len(body)) + body
+        return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
+
+    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, bytes(6))
+    for name, data in members.items():
+        raw = name.encode("utf-8" if utf8_names else "gbk")
+        flags = 0x8000 | (0x0200 if utf8_names and not name.isascii() else 0)  # long block; Unicode name
+        body = struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A210000, 29, 0x30, len(raw),
+                           0o100644) + raw  # sizes, Unix, CRC, DOS time, version 2.9, method "store", mode
+        out += block(0x74, flags, body, data)
+    path.write_bytes(out + block(0x7B, 0x4000, b""))
+    return path
+
+
+@needs_libarchive
+@pytest.mark.parametrize("kind", ["7z", "rar", "rar-gbk"])
+def test_7z_and_rar_archives_build_like_zips(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ingest build 资料.rar`` / ``资料.7z`` (the archives Chinese users send most) were refused with
+    "unpack it and give the folder". They build now, through libarchive: each document under its
+    path inside (GBK names of an old RAR read right), a rebuild skips them, ``remove`` removes them."""
+    members = {"制度/请假.txt": LEAVE.encode(), "制度/出差.md": TRAVEL.encode(), "工具/setup.exe": b"MZ"}
+    name = "资料.7z" if kind == "7z" else "资料.rar"
+    archive = (_seven_zip(tmp_path / name, members) if kind == "7z" else
+               _rar4(tmp_path / name, members, utf8_names=kind == "rar"))
+    assert is_archive(archive)
+    with pytest.raises(DocumentLoadError, match="archive of files, not a document: build it into a knowledge base"):
+        open_document(archive)
+    kb = ["--kb", "seven", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(archive), *kb]) == 0
+    assert f"{name}/工具/setup.exe" in capsys.readouterr().err
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    assert sources == [f"{archive.resolve()}/{inside}" for inside in ("制度/出差.md", "制度/请假.txt")]
+    assert main(["build", str(archive), *kb]) == 0
+    assert "2 unchanged" in capsys.readouterr().out
+    assert main(["remove", str(archive), *kb[:4]]) == 0
+
+
+@needs_libarchive
+def test_7z_inside_a_zip_damaged_7z_and_7z_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 7z inside a ZIP is read like any archive inside; a cut 7z is one line (skipped and named
+    inside another); the zip-bomb limits count the bytes a 7z actually unpacks, not what its headers say."""
+    import kb.loaders.sniff as sniff
+
+    seven = _seven_zip(tmp_path / "a.7z", {"制度/请假.txt": LEAVE.encode() * 40}).read_bytes()
+    outer = _zip(tmp_path / "outer.zip", {"a.7z": seven, "cut.7z": seven[: len(seven) // 2]})
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(outer, tmp_path / "into")
+    assert [inside for _, inside in found.files] == ["a.7z/制度/请假.txt"]
+    assert found.files[0][0].read_bytes() == LEAVE.encode() * 40
+    (skipped,) = found.skipped
+    assert skipped.startswith("cut.7z is a damaged 7Z archive (")
+    cut = tmp_path / "cut.7z"
+    cut.write_bytes(seven[: len(seven) // 2])
+    (tmp_path / "into2").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"^cut.7z is a damaged 7Z archive \("):
+        unpack_documents(cut, tmp_path / "into2")
+    monkeypatch.setattr(sniff, "MAX_UNPACKED_BYTES", 1000)
+    (tmp_path / "into3").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"a.7z would unpack to over 0 MiB .*possible zip bomb"):
+        unpack_documents(tmp_path / "a.7z", tmp_path / "into3")
+
+
+def test_without_libarchive_a_7z_is_one_line_that_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libarchive-c or the system library is missing, a 7z/RAR build is one line naming what
+    to install (or to unpack it), not an ImportError traceback."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_libarchive(name: str, *args: object, **kwargs: object) -> object:
+        if name == "libarchive":
+            raise OSError("libarchive.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    archive = _rar4(tmp_path / "资料.rar", {"a.txt": LEAVE.encode()})
+    monkeypatch.setattr(builtins, "__import__", no_libarchive)
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"^资料.rar is a RAR archive, and reading RAR needs the libarchive "
+                                                r"library \(Debian/Ubuntu: apt install libarchive13"):
+        unpack_documents(archive, tmp_path / "into")

@@ -1,8 +1,10 @@
-"""An archive of documents (资料.zip, 资料.tar.gz) given to a build: its documents, unpacked for the build.
+"""An archive of documents (资料.zip, 资料.tar.gz, 资料.rar) given to a build: its documents, unpacked.
 
 - Only an archive of files: DOCX, PPTX, XLSX, EPUB and OpenDocument are ZIP packages too and
   stay documents (:func:`kb.loaders.sniff.is_archive`). Tar archives may be plain or compressed
-  with gzip, bzip2 or xz (Python's own ``tarfile``).
+  with gzip, bzip2 or xz (Python's own ``tarfile``). 7z and RAR archives are read through
+  libarchive (libarchive-c over the system library), where it is installed; their limits are
+  counted on the bytes as they stream out.
 - Checked against zip bombs (:func:`kb.loaders.sniff.check_archive`: members, total size,
   compression ratio) before anything is unpacked. A compressed tar stream lists its members only
   as it is read, so there the same limits on members and total size are checked member by member,
@@ -38,6 +40,7 @@ from kb.loaders.sniff import (
     ARCHIVE_SUFFIXES,
     DAMAGED_TAR,
     DAMAGED_ZIP,
+    LIBARCHIVE_MAGIC,
     SUPPORTED_SUFFIXES,
     TAR_SUFFIXES,
     ArchiveRefused,
@@ -98,8 +101,11 @@ def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
 def _unpack_one(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
     """The documents of one archive into ``into``, its archives into ``state.nested``; each
     recorded under ``prefix`` + its path inside."""
-    if path.suffix.lower() in TAR_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix in TAR_SUFFIXES:
         _unpack_tar(path, into, state, prefix=prefix)
+    elif suffix in LIBARCHIVE_MAGIC:
+        _unpack_libarchive(path, into, state, prefix=prefix)
     else:
         _unpack_zip(path, into, state, prefix=prefix)
 
@@ -174,6 +180,56 @@ def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
         if isinstance(e, OSError) and e.errno is not None:
             raise  # the disk (full, not writable), not the archive: decompressors' errors carry no errno
         raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged tar archive ({one_line(e)})") from e
+
+
+def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
+    """``_unpack_one`` of a 7z or RAR archive, through libarchive: regular files only, the limits
+    checked on the bytes as they stream out (a header's declared size is not trusted)."""
+    kind = path.suffix.lower().lstrip(".").upper()
+    shown = _shown(path, prefix)
+    libarchive = _libarchive(shown, kind)
+    try:
+        with libarchive.file_reader(str(path)) as archive:
+            for number, entry in enumerate(archive):
+                state.count(members=1, total=0)
+                if not entry.isfile:
+                    continue
+                target = _target(state, into, number, _libarchive_name(entry.pathname), prefix=prefix)
+                if target is None:
+                    continue
+                with target.open("wb") as out:
+                    for block in entry.get_blocks():
+                        state.count(members=0, total=len(block))
+                        out.write(block)
+    except libarchive.ArchiveError as e:
+        why = one_line(e)
+        if "passphrase" in why.lower() or "encrypt" in why.lower():
+            raise DocumentLoadError(f"{shown} is password-protected; save or unpack it without the password "
+                                    "first") from e
+        raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({why})") from e
+
+
+def _libarchive(shown: str, kind: str):  # noqa: ANN202 - the libarchive module, imported only here
+    """libarchive-c, or a one-line DocumentLoadError where it or the system's libarchive is missing."""
+    try:
+        import libarchive
+    except (ImportError, OSError, AttributeError) as e:  # the binding, or libarchive.so it loads
+        raise DocumentLoadError(
+            f"{shown} is a {kind} archive, and reading {kind} needs the libarchive library (Debian/Ubuntu: "
+            "apt install libarchive13; macOS: brew install libarchive); or unpack it and give the folder"
+        ) from e
+    return libarchive
+
+
+def _libarchive_name(name: str | bytes) -> str:
+    """A 7z/RAR member's path: libarchive's, or where it could not convert the raw bytes
+    (an old RAR from Chinese Windows), those bytes read as UTF-8, else GB18030."""
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            name = name.decode("gb18030", "replace")
+    return _clean_path(name)
 
 
 def _shown(path: Path, prefix: str) -> str:

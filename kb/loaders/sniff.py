@@ -55,7 +55,9 @@ FORMATS: tuple[str, ...] = (
 # Archives of documents a build unpacks (kb.loaders.archives); not a format open_document reads.
 # Tar archives, plain or compressed: 资料.tar.gz and the like end in .gz/.bz2/.xz (their content decides).
 TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tgz", ".gz", ".tbz2", ".bz2", ".txz", ".xz")
-ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip", *TAR_SUFFIXES)
+# 7z and RAR (v4 and v5): read through libarchive (the system library, by libarchive-c) where it is installed.
+LIBARCHIVE_MAGIC: dict[str, tuple[bytes, ...]] = {".7z": (b"7z\xbc\xaf\x27\x1c",), ".rar": (b"Rar!\x1a\x07",)}
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip", *TAR_SUFFIXES, *LIBARCHIVE_MAGIC)
 # Text files with these names are tables (read by kb.loaders.delimited), not prose.
 DELIMITED_SUFFIXES: tuple[str, ...] = (".csv", ".tsv")
 
@@ -78,8 +80,6 @@ MAX_CELLS = 1_000_000
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 _HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
-# What to do with an archive of documents: a folder builds every document in it (kb.loaders.folders).
-_UNPACK = "unpack it and give the folder (`ingest build FOLDER` adds every document in it)"
 # What to do with a ZIP or tar archive of documents where one document is read (a summary).
 _BUILD_IT = "build it into a knowledge base (`ingest build` and the upload read every document in it), or unpack it"
 _TAR_COMPRESSION_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
@@ -87,8 +87,8 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "a gzip-compressed file, not a document: unpack it (gunzip) and give what it holds"),
     (b"BZh", "a bzip2-compressed file, not a document: unpack it and give what it holds"),
     (b"\xfd7zXZ\x00", "an xz-compressed file, not a document: unpack it and give what it holds"),
-    (b"Rar!", f"a RAR archive: {_UNPACK}"),
-    (b"7z\xbc\xaf", f"a 7z archive: {_UNPACK}"),
+    (b"Rar!", f"a RAR archive of files, not a document: {_BUILD_IT}"),
+    (b"7z\xbc\xaf", f"a 7z archive of files, not a document: {_BUILD_IT}"),
     (b"\x7fELF", "an executable, not a document"),
     (b"SQLite format 3", "an SQLite database, not a document"),
 )
@@ -182,10 +182,12 @@ def _document_kind(archive: zipfile.ZipFile) -> str | None:
 
 def is_archive(path: Path) -> bool:
     """Whether ``path`` is an archive of files: a ZIP (资料.zip) that is not a document package
-    (DOCX, EPUB...), or a tar archive, plain or compressed, named as one (``is_tar``); False for
-    anything else, damaged ZIPs included (reading them says why)."""
+    (DOCX, EPUB...), a tar archive, plain or compressed, named as one (``is_tar``), or a 7z or RAR
+    archive named as one; False for anything else, damaged ZIPs included (reading them says why)."""
     if path.suffix.lower() in TAR_SUFFIXES:
         return is_tar(path)
+    if path.suffix.lower() in LIBARCHIVE_MAGIC:
+        return _starts_with(path, LIBARCHIVE_MAGIC[path.suffix.lower()])
     try:
         with path.open("rb") as stream:
             if stream.read(4) != b"PK\x03\x04":
@@ -194,6 +196,15 @@ def is_archive(path: Path) -> bool:
             return _document_kind(archive) is None
     except (OSError, KeyError, *DAMAGED_ZIP):
         return False
+
+
+def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(16)
+    except OSError:
+        return False
+    return head.startswith(magics)
 
 
 def is_tar(path: Path) -> bool:
