@@ -85,6 +85,7 @@ def test_xiyouji_main_characters_aliases_and_neighbours(xiyouji_part: Any) -> No
     print(f"xiyouji alias precision (text only) {precision:.2f} recall {recall:.2f}")
     assert precision >= 0.9 and recall >= 0.45  # 0.38 before 悟能叫做八戒 and 唐 + 三藏 were read
     assert {"悟能", "猪悟能"} <= set(graph.person("猪八戒").aliases) and "唐三藏" in graph.person("唐僧").aliases
+    assert not {"不通", "施威", "白森森"} & {p.name for p in graph.persons}
 
     merged = build_graph([xiyouji_part], aliases=load_aliases(XIYOUJI_ALIASES))
     assert [p.name for p in merged.persons[:4]] == ["孙悟空", "唐僧", "猪八戒", "沙僧"]
@@ -173,6 +174,16 @@ def test_llm_labels_the_strongest_relations() -> None:
     n = label_relations(graph, llm, passage_text=lambda e: seen.append(e) or TEXT_A[e["start"] : e["end"]], top=3)
     assert [r.label for r in graph.relations[:3]] == ["结义兄弟", None, "君臣"] and n == 2
     assert seen and parse_label("敌对，也是同僚") == "敌对"
+
+
+def test_negations_and_reduplicated_adjectives_are_not_names() -> None:
+    """Bug guarded: 西游记's persons included 不通 (天色不通), 白森森 (a reduplicated adjective jieba's
+    dictionary tags as a person name) and 施威, and 三国演义's 不整 (衣冠不整). Surnames that head
+    ABB adjectives (白, 黄) still start real names."""
+    from kb.characters.names import is_plausible_name
+
+    assert not any(map(is_plausible_name, ["不通", "不整", "白森森", "黑漆漆", "静悄悄", "施威"]))
+    assert all(map(is_plausible_name, ["白起", "黄忠", "黄月英", "金蝉子", "孙悟空", "张飞"]))
 
 
 def test_self_naming_needs_the_speaker_to_name_himself() -> None:

@@ -19,7 +19,9 @@ from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name,
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
-EXTRACTOR_VERSION = 7  # 7: surname + name forms pass the name checks (甚不通 was one); 里 never ends a name
+# 7: surname + name forms pass the name checks (甚不通 was one); 里 never ends a name.
+# 8: 不 never starts a name (不通), reduplicated adjectives are not names (白森森), nor 施威.
+EXTRACTOR_VERSION = 8
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3

@@ -33,7 +33,10 @@ __all__ = [
 _HAN = "\u4e00-\u9fff"
 # A name never ends in these: speech verbs, troops, titles of groups, common verb tails.
 _BAD_LAST = set("曰道云笑问答言闻见听兵军将士卒等众们之乃亦也了大怒喜自府州郡城国县门殿宫山河处时寺庙观洞阁关江里")
-_BAD_FIRST = set("汝吾尔我你他她其此彼那这众被令使请与和及同向对甚")
+_BAD_FIRST = set("汝吾尔我你他她其此彼那这众被令使请与和及同向对甚不")
+# Heads of the reduplicated ABB adjectives (白森森, 黑漆漆, 红彤彤, 静悄悄), which jieba's dictionary
+# tags as person names; 白, 黄 and others are also surnames, so only ABB forms of them are refused.
+_ABB_HEADS = set("白黑红绿青蓝黄金紫灰冷热香亮明暗静乱血湿干光软硬胖瘦圆直活笑气喜恶凶慢急闹孤空")
 _NOT_NAMES = {
     "文武", "伏兵", "大将军", "诸侯", "太后", "老夫", "闻言", "言语", "马匹", "钱粮", "士卒",
     "寻思", "印绶", "白旗", "红旗", "安民", "侍中", "都尉", "山后", "玉玺", "施礼", "车驾",
@@ -43,7 +46,7 @@ _NOT_NAMES = {
     "童男", "小可", "孤拐", "那壁厢", "那话儿", "古人云", "二人", "一声", "不好", "汉中", "夏侯",
     "金箍", "西天", "大惊", "诸公", "传旨", "真经", "洛阳", "长安", "许昌", "成都", "建业", "西川", "东吴",
     "江东", "荆襄", "南阳", "襄阳", "汉朝", "天下", "自引", "爷爷", "奶奶", "老孙", "老猪", "灵霄", "南蛮", "西凉",
-    "小儿", "马来", "人参果", "英雄",
+    "小儿", "马来", "人参果", "英雄", "施威",
 }
 # Common single-character surnames (百家姓, the ~200 most used): a 3-character name must start
 # with one of these or with a surname the book states (姓猪, 姓沙).
@@ -68,10 +71,13 @@ _GENERIC_TITLES = {
 
 
 def is_plausible_name(word: str) -> bool:
-    """2-4 Han characters, not a known non-name, no pronoun/verb head or speech/army tail."""
+    """2-4 Han characters, not a known non-name, no pronoun/verb/negation head or speech/army
+    tail, not a reduplicated adjective (``白森森``)."""
     if not 2 <= len(word) <= 4 or not re.fullmatch(f"[{_HAN}]+", word):
         return False
     if word in _NOT_NAMES or word in _GENERIC_TITLES or word[0] in _BAD_FIRST or word[-1] in _BAD_LAST:
+        return False
+    if len(word) == 3 and word[1] == word[2] and word[0] in _ABB_HEADS:
         return False
     return not (len(word) == 3 and (word[1:] in _NOT_NAMES or word[1:] in _GENERIC_TITLES))
 
