@@ -58,10 +58,12 @@ class UpstreamError(GlmkbError, OSError):
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (file name added for OSErrors that lack it)."""
+    """An exception's message on one line (its file name added where it has one the message lacks:
+    OSErrors, and the errors of libraries that set ``filename`` on theirs)."""
     text = str(error) or type(error).__name__
-    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
-        text = f"{text}: {error.filename}"
+    filename = getattr(error, "filename", None)
+    if filename and str(filename) not in text:
+        text = f"{text}: {filename}"
     return " ".join(text.split())
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from configs.errors import one_line
 from kb import storage
 from kb.bm25_index import BM25Index
 from kb.build_report import BuildReport
@@ -437,10 +438,7 @@ class VersionWriter:
 
     def _failed(self, error: BaseException) -> KnowledgeBaseError:
         """One line for a build that could not write its new version (the old one is untouched)."""
-        cause = " ".join(str(error).split()) or type(error).__name__
-        filename = getattr(error, "filename", None)
-        if filename and str(filename) not in cause:
-            cause = f"{cause}: {filename}"
+        cause = one_line(error)
         with contextlib.suppress(OSError):  # short writes (numpy, faiss) do not always say why
             free = shutil.disk_usage(self.kb_dir.parent).free
             if free < 1 << 20:
