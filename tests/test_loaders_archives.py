@@ -410,11 +410,12 @@ def _seven_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True) -> Path:
+def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True, encrypted: bool = False) -> Path:
     """A RAR 4 archive of stored (uncompressed) members, written here from the format's block
     layout (no tool writes RAR but WinRAR): the marker, a main header, one file header per member
     (flagged Unicode for UTF-8 names; without it, GBK bytes, as old WinRAR on Chinese Windows
-    wrote them) followed by its bytes, and the end block; header CRCs are CRC32's low 16 bits."""
+    wrote them) followed by its bytes, and the end block; header CRCs are CRC32's low 16 bits.
+    ``encrypted`` sets each member's password flag (its bytes stay as given)."""
     import struct
     import zlib
 
@@ -425,7 +426,8 @@ def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True) -> 
     out = b"Rar!\x1a\x07\x00" + block(0x73, 0, bytes(6))
     for name, data in members.items():
         raw = name.encode("utf-8" if utf8_names else "gbk")
-        flags = 0x8000 | (0x0200 if utf8_names and not name.isascii() else 0)  # long block; Unicode name
+        flags = 0x8000 | (0x0200 if utf8_names and not name.isascii() else 0) | (0x0004 if encrypted else 0)
+        # (long block; Unicode name; encrypted)
         body = struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A210000, 29, 0x30, len(raw),
                            0o100644) + raw  # sizes, Unix, CRC, DOS time, version 2.9, method "store", mode
         out += block(0x74, flags, body, data)
@@ -502,3 +504,19 @@ def test_without_libarchive_a_7z_is_one_line_that_says_what_to_install(
     with pytest.raises(DocumentLoadError, match=r"^资料.rar is a RAR archive, and reading RAR needs the libarchive "
                                                 r"library \(Debian/Ubuntu: apt install libarchive13"):
         unpack_documents(archive, tmp_path / "into")
+
+
+@needs_libarchive
+def test_a_password_protected_rar_is_one_line_and_skipped_inside_another(tmp_path: Path) -> None:
+    """Regression guard: libarchive reads a RAR member flagged encrypted out as its ciphertext,
+    without an error, so a password-protected RAR would have built its members' ciphertext. It is
+    refused in one line now; inside a ZIP it is skipped and named."""
+    locked = _rar4(tmp_path / "locked.rar", {"a.txt": LEAVE.encode()}, encrypted=True)
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"^locked.rar is password-protected; save or unpack it"):
+        unpack_documents(locked, tmp_path / "into")
+    outer = _zip(tmp_path / "outer.zip", {"locked.rar": locked.read_bytes(), "b.txt": TRAVEL.encode()})
+    (tmp_path / "into2").mkdir()
+    found = unpack_documents(outer, tmp_path / "into2")
+    assert [inside for _, inside in found.files] == ["b.txt"]
+    assert found.skipped == ["locked.rar is password-protected; save or unpack it without the password first"]

@@ -28,11 +28,13 @@ skips the members that did not change, and each member is cited and removed on i
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
@@ -194,6 +196,8 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, prefix: str
                 state.count(members=1, total=0)
                 if not entry.isfile:
                     continue
+                if _encrypted(libarchive, entry):
+                    raise libarchive.ArchiveError("encrypted member")
                 target = _target(state, into, number, _libarchive_name(entry.pathname), prefix=prefix)
                 if target is None:
                     continue
@@ -209,7 +213,7 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, prefix: str
         raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({why})") from e
 
 
-def _libarchive(shown: str, kind: str):  # noqa: ANN202 - the libarchive module, imported only here
+def _libarchive(shown: str, kind: str) -> Any:
     """libarchive-c, or a one-line DocumentLoadError where it or the system's libarchive is missing."""
     try:
         import libarchive
@@ -219,6 +223,17 @@ def _libarchive(shown: str, kind: str):  # noqa: ANN202 - the libarchive module,
             "apt install libarchive13; macOS: brew install libarchive); or unpack it and give the folder"
         ) from e
     return libarchive
+
+
+def _encrypted(libarchive: Any, entry: Any) -> bool:
+    """Whether libarchive says ``entry`` is encrypted (``archive_entry_is_encrypted``, libarchive
+    3.2+; libarchive-c does not wrap it): a RAR 4 member flagged encrypted reads out as its
+    ciphertext with no error at all."""
+    is_encrypted = getattr(libarchive.ffi.libarchive, "archive_entry_is_encrypted", None)
+    if is_encrypted is None:
+        return False
+    is_encrypted.argtypes, is_encrypted.restype = [ctypes.c_void_p], ctypes.c_int
+    return bool(is_encrypted(entry._entry_p))  # the entry's archive_entry pointer (libarchive-c's own slot)
 
 
 def _libarchive_name(name: str | bytes) -> str:
