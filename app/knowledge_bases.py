@@ -119,7 +119,7 @@ class KnowledgeBases:
 
     def add_files(self, name: str | None, paths: Sequence[Path]) -> BuildReport:
         """Decode and add uploaded files, recorded under their file names (re-uploads replace);
-        a ZIP or tar archive of documents adds each one, as ``资料.zip/制度/请假.docx``
+        a ZIP, tar, 7z or RAR archive of documents adds each one, as ``资料.zip/制度/请假.docx``
         (``kb.loaders.folders``); files of other types in it are counted in the report, not read.
 
         Progress goes through tqdm (``show_progress``), which ``gr.Progress(track_tqdm=True)``

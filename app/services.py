@@ -254,8 +254,8 @@ class Services:
     check_kb_name = staticmethod(check_kb_name)
 
     def upload_types(self, *, archives: bool = False) -> list[str]:
-        """The upload suffixes the page accepts (``app.uploads.upload_types``; ``archives``: ZIP
-        and tar archives too, for a build)."""
+        """The upload suffixes the page accepts (``app.uploads.upload_types``; ``archives``: ZIP,
+        tar, 7z and RAR archives too, for a build)."""
         return uploads.upload_types(self.settings, archives=archives)
 
     def check_upload(self, path: str | Path, *, archives: bool = False) -> Path:

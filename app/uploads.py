@@ -16,7 +16,7 @@ __all__ = ["check_content", "check_upload", "upload_types"]
 
 def upload_types(settings: Settings, *, archives: bool = False) -> list[str]:
     """The upload suffixes the page accepts (for a knowledge base and for a summary): every
-    type ``kb.loaders`` reads, plus ZIP and tar archives of them where ``archives`` (a build),
+    type ``kb.loaders`` reads, plus ZIP, tar, 7z and RAR archives of them where ``archives`` (a build),
     narrowed by ``ui.allowed_types`` when set."""
     from kb.loaders import ARCHIVE_SUFFIXES, SUPPORTED_SUFFIXES
 

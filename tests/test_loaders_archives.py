@@ -457,6 +457,11 @@ def test_7z_and_rar_archives_build_like_zips(kind: str, tmp_path: Path, capsys: 
     assert main(["build", str(archive), *kb]) == 0
     assert "2 unchanged" in capsys.readouterr().out
     assert main(["remove", str(archive), *kb[:4]]) == 0
+    from app.uploads import check_content
+
+    services = Services(Settings(kb_root=tmp_path / "kbs"))
+    assert {".7z", ".rar"} <= set(services.upload_types(archives=True))  # the web upload takes them too
+    assert check_content(services.check_upload(archive, archives=True)) == archive
 
 
 @needs_libarchive
