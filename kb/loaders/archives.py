@@ -33,6 +33,7 @@ import shutil
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,6 +50,7 @@ from kb.loaders.sniff import (
     check_archive,
     check_unpack_limits,
     is_archive,
+    password_protected,
     read_member,
 )
 
@@ -85,9 +87,9 @@ class _Unpacking:
 
 def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
     """Unpack the documents of the archive at ``path`` into the folder ``into`` (which must
-    exist), and those of the ZIP and tar archives inside it, ``MAX_NESTING`` deep (recorded as
+    exist), and those of the archives inside it, ``MAX_NESTING`` deep (recorded as
     ``2023.zip/制度/请假.txt``); DocumentLoadError (one line) for a damaged or hostile archive or
-    one without a document. A damaged or empty archive inside is skipped and named; a hostile
+    one without a document. A damaged, locked or empty archive inside is skipped and named; a hostile
     one (``ArchiveRefused``) refuses the whole archive."""
     state = _Unpacking(outer=path.name)
     _unpack_one(path, into, state, prefix="")
@@ -145,24 +147,30 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
 
 def _not_an_archive(file: Path) -> str:
     """Why an archive-named member was not unpacked."""
-    if file.suffix.lower() == ".zip":
+    suffix = file.suffix.lower()
+    if not file.stat().st_size:
+        return "empty"
+    if suffix == ".zip":
         return "damaged, or a document package named .zip"
-    return "one compressed file, not an archive: unpack it" if file.stat().st_size else "empty"
+    if suffix in LIBARCHIVE_MAGIC:
+        return f"damaged, or not a {suffix.lstrip('.').upper()} archive"
+    return "one compressed file, not an archive: unpack it"
 
 
 def _unpack_zip(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
+    shown = _shown(path, prefix)
     try:
         with zipfile.ZipFile(path) as archive:
-            check_archive(archive, name=_shown(path, prefix))
+            check_archive(archive, name=shown)
             infos = [info for info in archive.infolist() if not info.is_dir()]
             state.count(members=len(infos), total=sum(info.file_size for info in infos))
             members = sorted(((member_name(info), info) for info in infos), key=lambda pair: pair[0])
             for number, (name, info) in enumerate(members):
                 target = _target(state, into, number, name, prefix=prefix)
                 if target is not None:
-                    target.write_bytes(read_member(archive, info.filename, name=_shown(path, prefix)))
+                    target.write_bytes(read_member(archive, info.filename, name=shown))
     except DAMAGED_ZIP as e:
-        raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged ZIP archive ({e})") from e
+        raise DocumentLoadError(f"{shown} is a damaged ZIP archive ({e})") from e
 
 
 def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
@@ -197,7 +205,7 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, prefix: str
                 if not entry.isfile:
                     continue
                 if _encrypted(libarchive, entry):
-                    raise libarchive.ArchiveError("encrypted member")
+                    raise DocumentLoadError(password_protected(f"{shown} is password-protected"))
                 target = _target(state, into, number, _libarchive_name(entry.pathname), prefix=prefix)
                 if target is None:
                     continue
@@ -207,9 +215,8 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, prefix: str
                         out.write(block)
     except libarchive.ArchiveError as e:
         why = one_line(e)
-        if "passphrase" in why.lower() or "encrypt" in why.lower():
-            raise DocumentLoadError(f"{shown} is password-protected; save or unpack it without the password "
-                                    "first") from e
+        if "passphrase" in why.lower() or "encrypt" in why.lower():  # 7z with encrypted headers, RAR 5
+            raise DocumentLoadError(password_protected(f"{shown} is password-protected")) from e
         raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({why})") from e
 
 
@@ -226,14 +233,20 @@ def _libarchive(shown: str, kind: str) -> Any:
 
 
 def _encrypted(libarchive: Any, entry: Any) -> bool:
-    """Whether libarchive says ``entry`` is encrypted (``archive_entry_is_encrypted``, libarchive
-    3.2+; libarchive-c does not wrap it): a RAR 4 member flagged encrypted reads out as its
-    ciphertext with no error at all."""
-    is_encrypted = getattr(libarchive.ffi.libarchive, "archive_entry_is_encrypted", None)
-    if is_encrypted is None:
-        return False
-    is_encrypted.argtypes, is_encrypted.restype = [ctypes.c_void_p], ctypes.c_int
-    return bool(is_encrypted(entry._entry_p))  # the entry's archive_entry pointer (libarchive-c's own slot)
+    """Whether libarchive says ``entry`` is encrypted: a RAR 4 member flagged encrypted reads out
+    as its ciphertext with no error at all."""
+    is_encrypted = _entry_is_encrypted(libarchive.ffi.libarchive)
+    return is_encrypted is not None and bool(is_encrypted(entry._entry_p))  # libarchive-c's entry pointer
+
+
+@cache
+def _entry_is_encrypted(library: Any) -> Any:
+    """libarchive's ``archive_entry_is_encrypted`` (3.2+; libarchive-c does not wrap it), typed
+    once, or None where the library lacks it."""
+    function = getattr(library, "archive_entry_is_encrypted", None)
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_void_p], ctypes.c_int
+    return function
 
 
 def _libarchive_name(name: str | bytes) -> str:

@@ -3,9 +3,9 @@
 - A folder: every file under it, recursively and in name order, whose suffix a loader reads
   (``SUPPORTED_SUFFIXES``); hidden files and folders (``.git``, ``.DS_Store``) and Office's
   ``~$`` lock files are passed over.
-- A ZIP archive of files (not a DOCX/EPUB/... package) or a tar archive (plain, .gz, .bz2, .xz):
-  its documents, unpacked into a folder the caller owns for the build (:mod:`kb.loaders.archives`),
-  recorded as ``资料.zip/制度/请假.docx``.
+- A ZIP archive of files (not a DOCX/EPUB/... package), a tar archive (plain, .gz, .bz2, .xz), a
+  7z or RAR archive: its documents and those of the archives inside it, unpacked into a folder the
+  caller owns for the build (:mod:`kb.loaders.archives`), recorded as ``资料.zip/制度/请假.docx``.
 
 Files of other types are named, not read: a folder of mixed files builds what it can and says
 what it left. The CLI and the web upload both expand through :func:`expand_documents`.

@@ -80,7 +80,7 @@ MAX_CELLS = 1_000_000
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
 _HTML_START = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.I | re.S)
-# What to do with a ZIP or tar archive of documents where one document is read (a summary).
+# What to do with an archive of documents (ZIP, tar, 7z, RAR) where one document is read (a summary).
 _BUILD_IT = "build it into a knowledge base (`ingest build` and the upload read every document in it), or unpack it"
 _TAR_COMPRESSION_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
 _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -188,10 +188,9 @@ def is_archive(path: Path) -> bool:
         return is_tar(path)
     if path.suffix.lower() in LIBARCHIVE_MAGIC:
         return _starts_with(path, LIBARCHIVE_MAGIC[path.suffix.lower()])
+    if not _starts_with(path, (b"PK\x03\x04",)):
+        return False
     try:
-        with path.open("rb") as stream:
-            if stream.read(4) != b"PK\x03\x04":
-                return False
         with zipfile.ZipFile(path) as archive:
             return _document_kind(archive) is None
     except (OSError, KeyError, *DAMAGED_ZIP):
@@ -199,6 +198,7 @@ def is_archive(path: Path) -> bool:
 
 
 def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
+    """Whether the file at ``path`` begins with one of ``magics`` (False where it cannot be read)."""
     try:
         with path.open("rb") as stream:
             head = stream.read(16)
@@ -229,14 +229,19 @@ def check_archive(archive: zipfile.ZipFile, *, name: str) -> None:
     check_unpack_limits(name, members=len(infos), total=sum(info.file_size for info in infos))
     locked = next((info.filename for info in infos if info.flag_bits & ENCRYPTED_FLAG), None)
     if locked is not None:  # zipfile would raise RuntimeError at the member, after the others were unpacked
-        raise DocumentLoadError(f"{name} is password-protected ({locked}); save or unpack it without the "
-                                "password first")
+        raise DocumentLoadError(password_protected(f"{name} is password-protected ({locked})"))
     for info in infos:
         if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise ArchiveRefused(
                 f"{name}: {info.filename} is compressed {info.file_size // max(info.compress_size, 1)}:1 "
                 f"(limit {MAX_RATIO}:1); refused as a possible zip bomb"
             )
+
+
+def password_protected(what: str) -> str:
+    """The one-line refusal of a password-protected archive or package (ZIP, DOCX, EPUB, 7z, RAR):
+    ``what`` says which, the advice is the same."""
+    return f"{what}; save or unpack it without the password first"
 
 
 def check_unpack_limits(name: str, *, members: int, total: int, so_far: bool = False) -> None:
@@ -250,7 +255,7 @@ def check_unpack_limits(name: str, *, members: int, total: int, so_far: bool = F
     if total > MAX_UNPACKED_BYTES:
         size = (MAX_UNPACKED_BYTES if so_far else total) >> 20
         raise ArchiveRefused(f"{name} would unpack to {over}{size} MiB (limit {MAX_UNPACKED_BYTES >> 20} MiB); "
-                                "refused as a possible zip bomb")
+                             "refused as a possible zip bomb")
 
 
 def read_member(archive: zipfile.ZipFile, member: str, *, name: str) -> bytes:
