@@ -323,3 +323,100 @@ def test_cuda_kernel_writes_a_prompts_tokens_as_the_reference_does() -> None:
     for a, b in ((q1, q2), (k1, k2), (v1, v2)):
         assert (a.float() - b.float()).abs().max().item() <= 2 ** -7 * b.abs().max().item()
     assert torch.equal(v1, v2)  # v is copied, not rounded; untouched slots are the clones'
+
+
+# ----- FastDecodeOptions.l2_prefetch (an experiment, off by default) ---------------------------
+
+
+def test_l2_prefetch_hands_each_attention_step_its_o_proj_weight_and_changes_no_token(
+    fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``l2_prefetch`` each one-token step passes its o_proj's weight to the rotary kernel
+    (which only asks L2 for it on sm_90; here the reference runs): the tokens stay ``generate``'s."""
+    seen: list[Any] = []
+    real = step_module.rope_cache_write
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(kwargs.get("prefetch"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "rope_cache_write", spy)
+    model = fresh_llm.model
+    kwargs = fresh_llm._generate_kwargs(["曹操是谁？"], {"min_new_tokens": 6, "max_new_tokens": 6})
+    eager = run_generate(model, dict(kwargs))
+    fast = run_generate(model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"l2_prefetch": True}))
+    assert torch.equal(eager, fast)
+    weights = [layer.self_attn.o_proj.weight for layer in model.model.layers]
+    assert len(seen) == 5 * len(weights)
+    assert all(p is weights[i % len(weights)] for i, p in enumerate(seen))
+
+
+def test_largest_tensor_is_the_weight_in_whatever_form_the_layer_keeps_it() -> None:
+    from llm.fast_decode.attention_step import largest_tensor
+    from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+
+    w = torch.randn(64, 128, dtype=torch.bfloat16)
+    linear = torch.nn.Linear(128, 64, bias=True)
+    assert largest_tensor(linear) is linear.weight
+    int8 = WeightOnlyInt8Linear(w, None)
+    assert largest_tensor(int8) is int8.weight and int8.weight.dtype == torch.int8
+    int4 = WeightOnlyInt4Linear(w, None, group_size=32)  # CPU: the "dequant" form, packed uint8
+    assert largest_tensor(int4).numel() * largest_tensor(int4).element_size() == 64 * 128 // 2  # two per byte
+    assert largest_tensor(torch.nn.ReLU()) is None
+
+
+def test_l2_prefetch_compiles_for_sm90_after_the_wait() -> None:
+    """The rotary kernel with ``PREFETCH`` issues ``cp.async.bulk.prefetch.L2`` (checked in the PTX
+    Triton emits for sm_90, its own ptxas: the instruction assembles) only after
+    ``griddepcontrol.wait``: the weight is a constant, but HBM is busy with q/k/v until then."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llm.kernels import rope_cache
+
+    fn = rope_cache._rope_cache_kernel
+    pointers = {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "slot_ptr": "*i64", "length_ptr": "*i64", "pf_ptr": "*u8",
+                "pf_bytes": "i64"}
+    signature = {p.name: "constexpr" if p.is_constexpr else pointers.get(p.name, "*bf16" if p.name.endswith("_ptr")
+                                                                         else "i32") for p in fn.params}
+    constexprs = {"HEADS": 32, "KV_HEADS": 2, "HALF": 64, "ROT_PAIRS": 32, "BLOCK": 64, "PDL": True,
+                  "PREFETCH": True, "PF_CHUNKS": 32}
+    try:
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    except Exception as e:  # noqa: BLE001 - e.g. a Triton without its bundled ptxas
+        pytest.skip(f"cannot compile for sm_90 here: {e}")
+    ptx = compiled.asm["ptx"]
+    assert compiled.asm["cubin"]
+    assert 0 <= ptx.index("griddepcontrol.wait") < ptx.index("cp.async.bulk.prefetch.L2.global")
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_with_an_l2_prefetch_writes_what_it_writes_without() -> None:
+    """On the GPU, asking L2 for a 16.8 MB weight (an INT8 o_proj of ChatGLM3-6B, not a multiple
+    of 16 KiB here) in the same launch changes no output bit, eager and replayed in a graph."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm.fast_decode import capture_graph, warm_up_on_side_stream
+
+    c = {name: t.cuda() if isinstance(t, torch.Tensor) else t
+         for name, t in case(1, 32, 2, 128, 64, 64, torch.bfloat16).items()}
+    weight = torch.ones(4096, 4096 + 16, dtype=torch.int8, device="cuda")
+    slot = torch.tensor([5], device="cuda")
+    outs = []
+    for prefetch in (None, weight):
+        k, v, n = c["k_cache"].clone(), c["v_cache"].clone(), torch.tensor(-1, device="cuda")
+        q = rope_cache_write(c["qkv"], c["cos"], c["sin"], slot, k, v, n, heads=32, prefetch=prefetch)
+        outs.append((q, k, v))
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+    k, v, n = c["k_cache"].clone(), c["v_cache"].clone(), torch.tensor(-1, device="cuda")
+    with torch.inference_mode():
+        def step() -> None:
+            outs.append((rope_cache_write(c["qkv"], c["cos"], c["sin"], slot, k, v, n, heads=32, prefetch=weight),))
+
+        warm_up_on_side_stream(step, times=1)
+        graph = capture_graph(step)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(outs[-1][0], outs[0][0]) and torch.equal(k, outs[0][1])
