@@ -20,13 +20,10 @@ Every timed generation produces exactly ``--new-tokens`` tokens (``min_new_token
 with glmkb's weight-only layers (``llm.quantization``): ``ChatGLM.stream`` tokens/s and TTFT on the
 fast path, weight GiB on the GPU, and against the bf16 model the logits' relative error and
 greedy top-1 agreement over a teacher-forced sequence (``quant_<shape>.json``).
-``GLMKB_L2_PREFETCH=on`` runs the whole script with ``FastDecodeOptions.l2_prefetch`` on (one
-process per switch, so neither side is timed second on a warm GPU).
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
@@ -398,8 +395,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     from llm.fast_decode import FastDecodeOptions
 
-    options = FastDecodeOptions(on_cpu=args.fast_on_cpu, gemv_kernel=args.gemv_kernel,
-                                l2_prefetch=os.environ.get("GLMKB_L2_PREFETCH", "off") == "on")
+    options = FastDecodeOptions(on_cpu=args.fast_on_cpu, gemv_kernel=args.gemv_kernel)
     torch.manual_seed(0)
     from bench.common import SHAPES
 

@@ -20,7 +20,6 @@ time is right either way.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import defaultdict
 from typing import Any
@@ -106,8 +105,7 @@ def profile_kind(
     model = build_model(shape, device="cuda", dtype=torch.bfloat16, tokenizer=tokenizer, kind=kind,
                         group_size=group_size)
     llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=32,
-                  fast_decode_options=FastDecodeOptions(gemv_kernel=gemv_kernel, pdl=pdl, l2_prefetch=os.environ.get(
-                      "GLMKB_L2_PREFETCH", "off") == "on"))
+                  fast_decode_options=FastDecodeOptions(gemv_kernel=gemv_kernel, pdl=pdl))
     for _ in llm.stream(QUESTION, min_new_tokens=32):
         pass
     graphs = [g for g in fast_decode_state(model).graphs.values() if getattr(g, "graph", None) is not None]
@@ -117,6 +115,7 @@ def profile_kind(
     step_s = replay_seconds(g.graph, replays=50, skip=3)
     prof = profile_graph(g.graph, replays=replays)
     rows = kernel_table(prof, steps=replays)
+    import os
     import tempfile
 
     from llm.kernels import chosen_configs

@@ -37,15 +37,12 @@ class AttentionStep(StandIn):
     """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step
     or a prompt pass."""
 
-    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None,
-                 l2_prefetch: bool = False) -> None:
+    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None) -> None:
         super().__init__(fused.module)
         self.fused = fused
         self.slot = slot  # (1,) the decode graph's cache slot of this step's token
         self.start = start  # (1,) the cache slot of a captured prompt pass's first token (None: decode only)
         self.heads = fused.sizes[0] // self.module.head_dim
-        # FastDecodeOptions.l2_prefetch: o_proj's weight asked into L2 by the rotary kernel of a decode step
-        self.prefetch = largest_tensor(self.module.o_proj) if l2_prefetch else None
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: Any = None,
                 attention_mask: torch.Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
@@ -60,8 +57,7 @@ class AttentionStep(StandIn):
         qkv = qkv.view(batch, -1) if tokens == 1 else qkv
         cos, sin = position_embeddings
         query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys, layer.values,
-                                 layer.cumulative_length, heads=self.heads,
-                                 prefetch=self.prefetch if tokens == 1 else None)
+                                 layer.cumulative_length, heads=self.heads)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
@@ -92,18 +88,11 @@ def attention_cache_kwarg() -> str:
     return cache_kwarg_of(GlmAttention)
 
 
-def largest_tensor(module: torch.nn.Module) -> torch.Tensor | None:
-    """The largest parameter or buffer of ``module``: its weight, whatever form a quantized layer
-    keeps it in (bf16 ``weight``, INT8 ``weight``, INT4 packed words)."""
-    tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-    return max(tensors, key=lambda t: t.numel() * t.element_size(), default=None)
-
-
-def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None,
-                    l2_prefetch: bool = False) -> list[AttentionStep]:
+def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None
+                    ) -> list[AttentionStep]:
     """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its
     own), writing the cache at ``slot`` (the decode graph's ``cur``), and a prompt pass's tokens
-    from ``start`` on; ``l2_prefetch``: see ``FastDecodeOptions``."""
-    return [AttentionStep(f, slot=slot, start=start, l2_prefetch=l2_prefetch) for f in fused
+    from ``start`` on."""
+    return [AttentionStep(f, slot=slot, start=start) for f in fused
             if type(f.module).forward is GlmAttention.forward and "forward" not in f.module.__dict__
             and f.sizes[1] == f.sizes[2] and f.sizes[0] % f.module.head_dim == 0]

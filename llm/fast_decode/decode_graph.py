@@ -121,7 +121,6 @@ def build_decode_graph(
     packed: bool = True,
     gemv_kernel: GemvKernel = "auto",
     fused_rope: bool = True,
-    l2_prefetch: bool = False,
     pdl: bool = True,
     prompt_kernels: bool = True,
 ) -> DecodeGraph:
@@ -153,8 +152,7 @@ def build_decode_graph(
         fused=list(fused or []),
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
-        steps=(attention_steps(list(fused or []), slot=cur, start=start, l2_prefetch=l2_prefetch)
-               if fused_rope else []),
+        steps=attention_steps(list(fused or []), slot=cur, start=start) if fused_rope else [],
         prompt_steps=prompt_steps(model) if prompt_kernels else [],
         prefix=prefix_slots(model),
         start=start,
@@ -264,12 +262,12 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.l2_prefetch, options.pdl, options.prompt_kernels, options.gemv_kernel)
+                options.pdl, options.prompt_kernels, options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
                                packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
-                               fused_rope=options.fused_rope, l2_prefetch=options.l2_prefetch, pdl=options.pdl,
+                               fused_rope=options.fused_rope, pdl=options.pdl,
                                prompt_kernels=options.prompt_kernels)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s

@@ -39,10 +39,6 @@ class FastDecodeOptions(BaseModel):
     fused_rope: bool = True
     """Decode step: the rotary of q and k and the K/V cache writes as one kernel, inside the
     attention modules' decode-step forward (``attention_step``; needs packed attention and fused q/k/v)."""
-    l2_prefetch: bool = False
-    """Decode step (experiment, off until measured): the rotary kernel of each layer also asks L2
-    for that layer's o_proj weight, which HBM then fetches while the attention runs
-    (``llm.kernels.rope_cache``; needs ``fused_rope``, sm_90)."""
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
     prompt_kernels: bool = True

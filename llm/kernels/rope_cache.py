@@ -13,11 +13,6 @@ The rotary is GLM's (``transformers.models.glm.modeling_glm.apply_rotary_pos_emb
 interleaved pairs ``(2i, 2i+1)`` by the angle of ``cos[i]``/``sin[i]``, ``i < R/2``; the rest pass
 through. Computed in float32 and rounded once, as Inductor's fused kernel does.
 
-``prefetch`` (``FastDecodeOptions.l2_prefetch``, an experiment): the programs of the first row
-also ask L2 for the bytes of a tensor the step reads next (the layer's o_proj weight), with
-``cp.async.bulk.prefetch.L2`` after their wait, so that HBM fetches it while the attention runs
-(HBM is otherwise idle then: ~8 us per layer). Not under Triton's interpreter (no inline assembly).
-
 This module imports Triton; ``llm.kernels.rope_cache_op`` wraps it as a torch custom op and
 falls back to PyTorch where Triton is missing.
 """
@@ -32,35 +27,17 @@ from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
 
-PREFETCH_CHUNK = 16384  # bytes per cp.async.bulk.prefetch.L2 (as bench.l2_prefetch's "bulk" form)
-
-
-@triton.jit
-def _prefetch_l2(base, nbytes, first, CHUNKS: tl.constexpr):
-    """Ask L2 for chunks ``first .. first + CHUNKS - 1`` of 16 KiB of ``base`` (cut at ``nbytes``):
-    one bulk prefetch per chunk, no registers, nothing waited for."""
-    offs = (first + tl.arange(0, CHUNKS)).to(tl.int64) * 16384
-    size = tl.minimum(nbytes - offs, 16384).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.gt.s32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $3; mov.u32 $0, 0; }",
-        "=r,l,r,r", [base + offs, size, size], dtype=tl.int32, is_pure=False, pack=1)
-
-
 @triton.jit
 def _rope_cache_kernel(
     qkv_ptr, cos_ptr, sin_ptr, slot_ptr, length_ptr, q_ptr, k_ptr, v_ptr, T,
     stride_qkv, stride_cos, stride_sin,
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
-    pf_ptr, pf_bytes,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, ROT_PAIRS: tl.constexpr,
-    BLOCK: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr = False, PF_CHUNKS: tl.constexpr = 1,
+    BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_inputs(PDL)
     row = tl.program_id(0)  # token t of batch row b: b * T + t
     head = tl.program_id(1)  # q heads, then k heads, then v heads, as the fused projection lays them out
-    if PREFETCH:
-        if row == 0:
-            _prefetch_l2(pf_ptr, pf_bytes, head * PF_CHUNKS, PF_CHUNKS)
     b = row // T
     t = row % T
     i = tl.arange(0, BLOCK)  # pair index: dims 2i and 2i + 1
@@ -100,15 +77,13 @@ def launch_rope_cache_write(
     v_cache: torch.Tensor,
     length: torch.Tensor,
     heads: int,
-    prefetch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate q and k of ``qkv`` ``(B, (H + 2 KV) * D)`` (one token per row) or ``(B, T, ...)``
     by ``cos``/``sin`` ``(B, T, R)``, write k and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)``
     at cache slots ``slot .. slot + T - 1`` (``slot``: a one-element long tensor, read on the GPU),
     set ``length`` (the cache layer's own count, a different tensor) to ``slot + T``, and return q
     as ``(B, H, T, D)`` contiguous. Needs contiguous ``qkv`` rows and unit stride along the last
-    axis of every tensor (``rope_cache_op.rope_applies``). ``prefetch``: a contiguous tensor whose
-    bytes are asked into L2 (see the module's docstring)."""
+    axis of every tensor (``rope_cache_op.rope_applies``)."""
     batch = qkv.shape[0]
     tokens = qkv.shape[1] if qkv.dim() == 3 else 1
     kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
@@ -116,26 +91,12 @@ def launch_rope_cache_write(
     q = torch.empty((batch, heads, tokens, dim), dtype=qkv.dtype, device=qkv.device)
     half = dim // 2
     pdl = launch_pdl(qkv.device)
-    programs = heads + 2 * kv_heads
-    pf = _prefetch_bytes(prefetch, qkv.device)
-    chunks = triton.cdiv(triton.cdiv(pf.numel(), PREFETCH_CHUNK), programs) if pf is not None else 1
-    _rope_cache_kernel[(batch * tokens, programs)](
+    _rope_cache_kernel[(batch * tokens, heads + 2 * kv_heads)](
         qkv, cos, sin, slot, length, q, k_cache, v_cache, tokens,
         qkv.stride(0), cos.stride(0), sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        pf if pf is not None else qkv, pf.numel() if pf is not None else 0,
         HEADS=heads, KV_HEADS=kv_heads, HALF=half, ROT_PAIRS=cos.shape[-1] // 2,
-        BLOCK=triton.next_power_of_2(half), PDL=pdl, PREFETCH=pf is not None,
-        PF_CHUNKS=triton.next_power_of_2(chunks), num_warps=1, launch_pdl=pdl,
+        BLOCK=triton.next_power_of_2(half), PDL=pdl, num_warps=1, launch_pdl=pdl,
     )
     return q
-
-
-def _prefetch_bytes(prefetch: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """``prefetch`` as flat bytes, where the GPU can be asked for them: on CUDA (the bulk prefetch
-    is sm_90's), contiguous, 16-byte aligned."""
-    if (prefetch is None or device.type != "cuda" or not prefetch.is_contiguous()
-            or prefetch.data_ptr() % 16 or torch.cuda.get_device_capability(device)[0] < 9):
-        return None
-    return prefetch.reshape(-1).view(torch.uint8)

@@ -57,7 +57,7 @@ def reference_rope_cache_write(
 
 def rope_cache_write(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, *, heads: int, prefetch: torch.Tensor | None = None,
+    v_cache: torch.Tensor, length: torch.Tensor, *, heads: int,
 ) -> torch.Tensor:
     """q of one decode token per row (or of T prompt tokens), rotated, as ``(B, H, T, D)``; k
     (rotated) and v written into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at ``slot .. slot + T - 1``
@@ -65,17 +65,16 @@ def rope_cache_write(
     not ``slot`` itself) set to ``slot + T``: one kernel, where a separate ``add_`` per layer cost
     1 us each (run 16, H200). ``qkv`` is the fused projection ``(B, (H + 2 KV) * D)`` or
     ``(B, T, (H + 2 KV) * D)``, ``cos``/``sin`` ``(B, T, R)`` as the model's rotary embedding
-    returns them. The Triton kernel where ``rope_applies``; it also asks L2 for ``prefetch``'s bytes
-    (a weight read soon after; on sm_90, see ``llm.kernels.rope_cache``)."""
+    returns them. The Triton kernel where ``rope_applies``."""
     if not rope_applies(qkv, cos, k_cache):
         return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
-    return torch.ops.glmkb.rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, prefetch)
+    return torch.ops.glmkb.rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
 
 
 @torch.library.custom_op("glmkb::rope_cache_write", mutates_args=("k_cache", "v_cache", "length"))
 def rope_cache_write_op(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, heads: int, prefetch: torch.Tensor | None = None,
+    v_cache: torch.Tensor, length: torch.Tensor, heads: int,
 ) -> torch.Tensor:
     """The op behind ``rope_cache_write``."""
     qkv, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (qkv, cos, sin))
@@ -83,7 +82,7 @@ def rope_cache_write_op(
         try:
             from llm.kernels.rope_cache import launch_rope_cache_write
 
-            return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, prefetch)
+            return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
             _broken.append(f"{type(e).__name__}: {e}")
             logger.warning("the Triton rotary + cache write failed, using PyTorch: %s", _broken[0])
@@ -93,6 +92,6 @@ def rope_cache_write_op(
 @rope_cache_write_op.register_fake
 def _rope_cache_write_fake(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, heads: int, prefetch: torch.Tensor | None = None,
+    v_cache: torch.Tensor, length: torch.Tensor, heads: int,
 ) -> torch.Tensor:
     return qkv.new_empty((qkv.shape[0], heads, qkv.shape[1] if qkv.dim() == 3 else 1, k_cache.shape[3]))
