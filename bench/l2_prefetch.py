@@ -120,6 +120,41 @@ def cases() -> list[tuple[str, tuple[int, int], tuple[int, int], float, int | No
     return out
 
 
+def residency() -> list[dict[str, Any]]:
+    """How fast each GEMV of the 6B shape is with its weight out of HBM (``copies`` cycled, more
+    than L2 holds), resident on the chip (one copy, called back to back), and resident after a
+    reduction over 25 MB of other data between calls (evicts the SMs' L1, ~130-250 KB each, but
+    leaves L2 the weight): what a perfect prefetch into L2 could give at most. The reduction is
+    timed alone and subtracted."""
+    from bench.gemv import time_calls
+
+    other = torch.randn(25 * 10**6 // 2, device="cuda", dtype=torch.bfloat16)
+    sink = torch.empty((), device="cuda", dtype=torch.bfloat16)
+    flush_us = time_calls(lambda i: torch.sum(other, dim=0, out=sink), device="cuda") * 1e6
+    out = []
+    for kind in ("int8", "none"):
+        for n, k in ((4096, 4096), (4608, 4096), (4096, 13696)):
+            many = (16 if kind == "int8" else 8) if n * k < 2**25 else 4
+            for copies, flush in ((many, False), (1, False), (1, True)):
+                gemvs = [Gemv(n, k, kind) for _ in range(copies)]
+                x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+
+                def call(i: int) -> None:
+                    if flush:
+                        torch.sum(other, dim=0, out=sink)
+                    gemvs[i % copies].call(x)
+
+                us = time_calls(call, device="cuda") * 1e6 - (flush_us if flush else 0.0)
+                mb = gemvs[0].weight.numel() * gemvs[0].weight.element_size() / 1e6
+                where = "HBM" if copies > 1 else ("L2 (L1 evicted)" if flush else "L1 + L2")
+                out.append({"kind": kind, "n": n, "k": k, "weight": where, "copies": copies, "mb": mb, "us": us,
+                            "tb_s": mb / us})
+                print(out[-1], flush=True)
+                del gemvs
+                torch.cuda.empty_cache()
+    return out
+
+
 def check() -> None:
     """Compile both prefetch kernels for sm_90 with this Triton (its own ptxas): the PTX is valid."""
     from triton.backends.compiler import GPUTarget
@@ -140,12 +175,19 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="compile the kernels for sm_90 on CPU, run nothing")
     p.add_argument("--kinds", nargs="+", default=["int8", "none"], choices=["int8", "none"])
+    p.add_argument("--residency", action="store_true", help="instead: each GEMV with its weight in HBM, L2, L1")
     args = p.parse_args()
     if args.check:
         check()
         return
     if not torch.cuda.is_available():
         raise SystemExit("bench.l2_prefetch needs a CUDA GPU of sm_90 (use --check on CPU)")
+    if args.residency:
+        with torch.inference_mode():
+            rows = residency()
+        print_table("GEMV time by where its weight is (us)", [tuple(r.values()) for r in rows], tuple(rows[0]))
+        write_result(args.out, "gemv_residency", {"rows": rows})
+        return
     cycles_per_us = spin_cycles_per_us()
     rows, result = [], {"cycles_per_us": cycles_per_us, "cases": []}
     with torch.inference_mode():
