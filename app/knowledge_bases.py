@@ -131,7 +131,7 @@ class KnowledgeBases:
         with tempfile.TemporaryDirectory(prefix="glmkb-unpacked-") as unpacked:
             found = expand_documents(paths, source=lambda path: path.name, unpack_into=Path(unpacked))
             report = kb.add_files(found.files, sources=found.sources, show_progress=True)
-        report.skipped = found.skipped
+        report.skipped, report.unread = found.skipped, found.unread
         with self._lock:
             self._pending.discard(kb.name)
         return report

@@ -79,7 +79,7 @@ def add_documents(kb: Any, paths: Sequence[str], *, unpack_into: Path, quiet: bo
     if note := found.skipped_note():
         print(f"note: {note}", file=sys.stderr)
     report = kb.add_files(found.files, sources=found.sources, show_progress=not quiet, ocr=ocr)
-    report.skipped = found.skipped
+    report.skipped, report.unread = found.skipped, found.unread
     return report
 
 

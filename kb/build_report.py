@@ -23,6 +23,8 @@ class BuildReport:
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
     """Files of other types in the folders and archives given, not read (``kb.loaders.folders``)."""
+    unread: list[str] = field(default_factory=list)
+    """Archives inside the archives given that were not read: damaged, locked, empty, too deep."""
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -34,4 +36,6 @@ class BuildReport:
         )
         if self.skipped:
             line += f"; {len(self.skipped)} file{'s' if len(self.skipped) > 1 else ''} of other types skipped"
+        if self.unread:
+            line += f"; {len(self.unread)} archive{'s' if len(self.unread) > 1 else ''} inside not read"
         return f"{line}; vectors added to {self.chunks_embedded} existing chunks" if self.chunks_embedded else line

@@ -341,11 +341,58 @@ def test_nesting_is_bounded_and_a_damaged_inner_archive_is_skipped_and_named(tmp
     assert [inside for _, inside in found.files] == ["d0.txt", "l1.zip/d1.txt", "l1.zip/l2.zip/d2.txt",
                                                      "l1.zip/l2.zip/l3.zip/d3.txt"]
     assert [file.read_bytes() for file, _ in found.files] == [b"level 0", b"level 1", b"level 2", b"level 3"]
-    broken, garbled_note, deep = found.skipped
+    broken, garbled_note, deep = found.unread
+    assert not found.skipped
     assert broken == "broken.zip (damaged, or a document package named .zip)"
     assert garbled_note.startswith("garbled.zip is damaged (a.txt: ") and garbled_note.endswith("save the document again")
     assert deep == "l1.zip/l2.zip/l3.zip/l4.zip (an archive nested more than 3 deep)"
     assert not list(into.rglob("*.zip"))  # each inner archive's copy is deleted once read
+
+
+def test_renamed_archives_are_read_as_what_they_are(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a ZIP saved as 资料.rar (or a tar.gz as .zip) made ``ingest build`` answer
+    "... is a ZIP archive of files, not a ... document: build it into a knowledge base", which is
+    what the user had just asked for. The reader is chosen by the bytes now, at the top and inside."""
+    zip_as_rar = tmp_path / "资料.rar"
+    zip_as_rar.write_bytes(_zip(tmp_path / "a.zip", {"制度/请假.txt": LEAVE.encode()}).read_bytes())
+    tar_as_zip = tmp_path / "归档.zip"
+    tar_as_zip.write_bytes(_tar_gz(tmp_path / "b.tar.gz", {"制度/出差.txt": TRAVEL.encode()}).read_bytes())
+    assert is_archive(zip_as_rar) and is_archive(tar_as_zip)
+    kb = ["--kb", "renamed", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(zip_as_rar), str(tar_as_zip), *kb]) == 0
+    assert "files: 2 (2 added" in capsys.readouterr().out
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    assert sources == sorted([f"{zip_as_rar.resolve()}/制度/请假.txt", f"{tar_as_zip.resolve()}/制度/出差.txt"])
+    outer = _zip(tmp_path / "outer.zip", {"x.7z": zip_as_rar.read_bytes(), "y.rar": tar_as_zip.read_bytes()})
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(outer, tmp_path / "into")
+    assert [inside for _, inside in found.files] == ["x.7z/制度/请假.txt", "y.rar/制度/出差.txt"]
+    assert not found.unread and not found.skipped
+
+
+def test_archives_inside_that_were_not_read_are_named_as_archives_not_as_other_types(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: a damaged or locked archive inside was counted among the "files of other types
+    skipped" in the build's last line and note. It is named as an archive not read, with why, in
+    the CLI's note, the summary line and the web page's status line."""
+    outer = _zip(tmp_path / "资料.zip", {"a.txt": LEAVE.encode(), "cut.zip": b"PK\x03\x04 cut", "x.exe": b"MZ"})
+    kb = ["--kb", "unread", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none"]
+    assert main(["build", str(outer), *kb]) == 0
+    out, err = capsys.readouterr()
+    assert "; 1 file of other types skipped; 1 archive inside not read" in out
+    assert ("note: skipped 1 file of other types in the folders and archives given (资料.zip/x.exe); did not read "
+            "1 archive inside (资料.zip/cut.zip (damaged, or a document package named .zip))") in err
+    services = Services(Settings(kb_root=tmp_path / "kbs"))
+    report = services.add_files("unread", [outer])
+    assert report.unread == ["资料.zip/cut.zip (damaged, or a document package named .zip)"]
+    assert report.summary().endswith("; 1 file of other types skipped; 1 archive inside not read")
+    from app.web.manage import ManageHandlers
+
+    services.create_kb("web")
+    status = list(ManageHandlers(services).build("web", [str(outer)]))[-1][0]
+    assert "新增 1" in status and "\n未读取 / note: " in status and "资料.zip/cut.zip (damaged" in status
 
 
 def test_the_zip_bomb_limits_count_every_nested_level_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,7 +426,7 @@ def test_a_password_protected_archive_is_one_line_and_skipped_inside_another(tmp
     (tmp_path / "into2").mkdir()
     found = unpack_documents(outer, tmp_path / "into2")
     assert [inside for _, inside in found.files] == ["b.txt"]
-    assert found.skipped == ["locked.zip is password-protected (a.txt); save or unpack it without the password first"]
+    assert found.unread == ["locked.zip is password-protected (a.txt); save or unpack it without the password first"]
     from tests.fixtures.documents import write_epub
 
     chapters = [SourceChapter("第一章 甲", ["乙。"])]
@@ -476,7 +523,7 @@ def test_7z_inside_a_zip_damaged_7z_and_7z_bombs(tmp_path: Path, monkeypatch: py
     found = unpack_documents(outer, tmp_path / "into")
     assert [inside for _, inside in found.files] == ["a.7z/制度/请假.txt"]
     assert found.files[0][0].read_bytes() == LEAVE.encode() * 40
-    (skipped,) = found.skipped
+    (skipped,) = found.unread
     assert skipped.startswith("cut.7z is a damaged 7Z archive (")
     cut = tmp_path / "cut.7z"
     cut.write_bytes(seven[: len(seven) // 2])
@@ -524,4 +571,4 @@ def test_a_password_protected_rar_is_one_line_and_skipped_inside_another(tmp_pat
     (tmp_path / "into2").mkdir()
     found = unpack_documents(outer, tmp_path / "into2")
     assert [inside for _, inside in found.files] == ["b.txt"]
-    assert found.skipped == ["locked.rar is password-protected; save or unpack it without the password first"]
+    assert found.unread == ["locked.rar is password-protected; save or unpack it without the password first"]

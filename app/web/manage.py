@@ -16,6 +16,7 @@ from app.services import Services, doc_label
 from app.uploads import check_content
 from app.web.errors import QUIET, user_errors, warn
 from app.web.widgets import kb_picker, upload_label
+from kb.loaders.folders import not_read_note
 
 DOC_COLUMNS = ["文档 / document", "块数 / chunks", "章节 / chapters", "doc_id"]
 KEYWORDS, VECTORS = "none", "vectors"
@@ -114,6 +115,8 @@ class ManageHandlers:
             f"未变 {len(report.unchanged)} 个文件，共 {report.chunks_added} 个新块 / "
             f"{kb_name}: {report.summary()}"
         )
+        if note := not_read_note(report.skipped, report.unread):
+            status += f"\n未读取 / note: {note}"
         return status, self.documents_table(kb_name), None
 
     def documents_table(self, kb_name: str | None) -> list[list[Any]]:

@@ -17,10 +17,12 @@
   never under its own path: a member named ``../../etc/x`` cannot land outside it.
 - Hidden files, macOS's ``__MACOSX`` copies and Office's ``~$`` lock files are passed over;
   members of types no loader reads are skipped and named.
-- ZIP and tar archives inside are read too (``MAX_NESTING`` levels deep), their documents
-  recorded under the inner archive's path (``资料.zip/2023.zip/制度/请假.txt``). The zip-bomb
-  limits count every level together; a damaged or empty archive inside is skipped and named,
-  and the rest still builds.
+- Archives inside are read too (``MAX_NESTING`` levels deep), their documents recorded under the
+  inner archive's path (``资料.zip/2023.zip/制度/请假.txt``). The zip-bomb limits count every level
+  together; a damaged, locked or empty archive inside is named with why (``unread``), and the rest
+  still builds.
+- Which reader an archive gets is decided by its bytes (:func:`kb.loaders.sniff.archive_kind`),
+  not its name: a ZIP renamed 资料.rar is read as a ZIP.
 
 Each document is recorded as ``<archive's source>/<path inside>``: a rebuild of the same archive
 skips the members that did not change, and each member is cited and removed on its own.
@@ -49,7 +51,7 @@ from kb.loaders.sniff import (
     ArchiveRefused,
     check_archive,
     check_unpack_limits,
-    is_archive,
+    archive_kind,
     password_protected,
     read_member,
 )
@@ -60,10 +62,13 @@ MAX_NESTING = 3  # archives inside archives, below the one given: deeper ones ar
 
 @dataclass
 class ArchiveDocuments:
-    """The documents of one archive, unpacked: ``(file, path inside)`` pairs in name order."""
+    """The documents of one archive, unpacked: ``(file, path inside)`` pairs in name order; the
+    members of types no loader reads (``skipped``: paths inside) and the archives inside that were
+    not read (``unread``: "path inside (why)")."""
 
     files: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,24 +97,26 @@ def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
     one without a document. A damaged, locked or empty archive inside is skipped and named; a hostile
     one (``ArchiveRefused``) refuses the whole archive."""
     state = _Unpacking(outer=path.name)
-    _unpack_one(path, into, state, prefix="")
+    _unpack_one(path, into, state, kind=archive_kind(path), prefix="")
     _unpack_nested(into, state, depth=1)
     found = state.found
     if not found.files:
         others = f"; it holds {len(found.skipped)} files of other types" if found.skipped else ""
-        raise DocumentLoadError(f"no documents in the archive {path.name} (looked for {', '.join(SUPPORTED_SUFFIXES)}{others})")
+        unread = f"; archives inside not read: {'; '.join(found.unread)}" if found.unread else ""
+        raise DocumentLoadError(
+            f"no documents in the archive {path.name} (looked for {', '.join(SUPPORTED_SUFFIXES)}{others}{unread})")
     found.files.sort(key=lambda pair: pair[1])
     return found
 
 
-def _unpack_one(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
-    """The documents of one archive into ``into``, its archives into ``state.nested``; each
-    recorded under ``prefix`` + its path inside."""
+def _unpack_one(path: Path, into: Path, state: _Unpacking, *, kind: str | None, prefix: str) -> None:
+    """The documents of one archive of ``kind`` (``archive_kind``; None: as its name says) into
+    ``into``, its archives into ``state.nested``; each recorded under ``prefix`` + its path inside."""
     suffix = path.suffix.lower()
-    if suffix in TAR_SUFFIXES:
+    if kind == "tar" or (kind is None and suffix in TAR_SUFFIXES):
         _unpack_tar(path, into, state, prefix=prefix)
-    elif suffix in LIBARCHIVE_MAGIC:
-        _unpack_libarchive(path, into, state, prefix=prefix)
+    elif kind in ("7z", "rar") or (kind is None and suffix in LIBARCHIVE_MAGIC):
+        _unpack_libarchive(path, into, state, kind=(kind or suffix.lstrip(".")).upper(), prefix=prefix)
     else:
         _unpack_zip(path, into, state, prefix=prefix)
 
@@ -118,27 +125,29 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
     """Unpack the archives found inside, level by level, each into its own folder; the copy of
     each archive is deleted once it is read."""
     level, state.nested = state.nested, []
+    unread = state.found.unread
     for number, (file, name) in enumerate(level):
         try:
+            kind = archive_kind(file) if depth <= MAX_NESTING else None
             if depth > MAX_NESTING:
-                state.found.skipped.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
-            elif not is_archive(file):
-                state.found.skipped.append(f"{name} ({_not_an_archive(file)})")
+                unread.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
+            elif kind is None:
+                unread.append(f"{name} ({_not_an_archive(file)})")
             else:
                 folder = into / f"{depth}-{number:05d}"
                 folder.mkdir()
                 files, nested = len(state.found.files), len(state.nested)
                 try:
-                    _unpack_one(file, folder, state, prefix=f"{name}/")
+                    _unpack_one(file, folder, state, kind=kind, prefix=f"{name}/")
                 except ArchiveRefused:
                     raise
                 except DocumentLoadError as e:  # damaged: forget what it gave, the other documents still build
                     del state.found.files[files:], state.nested[nested:]
                     why = one_line(e)  # it names the archive by its path inside (``_shown``)
-                    state.found.skipped.append(why if why.startswith(name) else f"{name} ({why})")
+                    unread.append(why if why.startswith(name) else f"{name} ({why})")
                 else:
                     if (len(state.found.files), len(state.nested)) == (files, nested):
-                        state.found.skipped.append(f"{name} (no documents)")
+                        unread.append(f"{name} (no documents)")
         finally:
             file.unlink(missing_ok=True)
     if state.nested:
@@ -192,10 +201,10 @@ def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
         raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged tar archive ({one_line(e)})") from e
 
 
-def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
-    """``_unpack_one`` of a 7z or RAR archive, through libarchive: regular files only, the limits
-    checked on the bytes as they stream out (a header's declared size is not trusted)."""
-    kind = path.suffix.lower().lstrip(".").upper()
+def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, prefix: str) -> None:
+    """``_unpack_one`` of a 7z or RAR archive (``kind``: "7Z", "RAR"), through libarchive: regular
+    files only, the limits checked on the bytes as they stream out (a header's declared size is
+    not trusted)."""
     shown = _shown(path, prefix)
     libarchive = _libarchive(shown, kind)
     try:

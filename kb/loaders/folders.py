@@ -25,23 +25,36 @@ from kb.loaders.sniff import SUPPORTED_SUFFIXES, is_archive
 
 @dataclass
 class DocumentFiles:
-    """The files to read with the source each is recorded under, and what was skipped."""
+    """The files to read with the source each is recorded under, the files of other types
+    skipped, and the archives inside archives that were not read ("path (why)")."""
 
     files: list[Path] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
 
     def add(self, file: Path, source: str) -> None:
         self.files.append(file)
         self.sources.append(source)
 
     def skipped_note(self) -> str | None:
-        """One line naming what the folders and archives held that no loader reads (None: nothing)."""
-        if not self.skipped:
-            return None
-        names = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
-        count = len(self.skipped)
-        return f"skipped {count} file{'s' if count > 1 else ''} of other types in the folders and archives given ({names})"
+        """``not_read_note`` of what was found."""
+        return not_read_note(self.skipped, self.unread)
+
+
+def not_read_note(skipped: list[str], unread: list[str]) -> str | None:
+    """One line naming what the folders and archives given held that was not read (None:
+    nothing): files of other types, then archives inside that were damaged, locked, empty or too
+    deep, each with why. The CLI prints it as a note, the web page under its status line."""
+    parts = []
+    if skipped:
+        count = len(skipped)
+        parts.append(f"skipped {count} file{'s' if count > 1 else ''} of other types in the folders and archives "
+                     f"given ({_first(skipped, 3, ', ')})")
+    if unread:
+        count = len(unread)
+        parts.append(f"did not read {count} archive{'s' if count > 1 else ''} inside ({_first(unread, 3, '; ')})")
+    return "; ".join(parts) or None
 
 
 def expand_documents(
@@ -65,6 +78,7 @@ def expand_documents(
             for file, inside in unpacked.files:
                 found.add(file, f"{source(path)}/{inside}")
             found.skipped += [f"{path.name}/{inside}" for inside in unpacked.skipped]
+            found.unread += [f"{path.name}/{why}" for why in unpacked.unread]
         else:
             found.add(path, source(path))
     return found
@@ -88,6 +102,10 @@ def documents_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
             f"{f'; found {len(others)} files of other types' if others else ''})"
         )
     return documents, others
+
+
+def _first(items: list[str], count: int, separator: str) -> str:
+    return separator.join(items[:count]) + (f"{separator}..." if len(items) > count else "")
 
 
 def _raise(error: OSError) -> None:

@@ -181,20 +181,25 @@ def _document_kind(archive: zipfile.ZipFile) -> str | None:
 
 
 def is_archive(path: Path) -> bool:
-    """Whether ``path`` is an archive of files: a ZIP (资料.zip) that is not a document package
-    (DOCX, EPUB...), a tar archive, plain or compressed, named as one (``is_tar``), or a 7z or RAR
-    archive named as one; False for anything else, damaged ZIPs included (reading them says why)."""
-    if path.suffix.lower() in TAR_SUFFIXES:
-        return is_tar(path)
-    if path.suffix.lower() in LIBARCHIVE_MAGIC:
-        return _starts_with(path, LIBARCHIVE_MAGIC[path.suffix.lower()])
-    if not _starts_with(path, (b"PK\x03\x04",)):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return _document_kind(archive) is None
-    except (OSError, KeyError, *DAMAGED_ZIP):
-        return False
+    """Whether ``path`` is an archive of files (``archive_kind``), whatever its name says."""
+    return archive_kind(path) is not None
+
+
+def archive_kind(path: Path) -> str | None:
+    """Which archive of files ``path`` is by its bytes: "zip" (a ZIP that is not a document package
+    such as DOCX or EPUB), "tar" (plain or compressed, ``is_tar``), "7z" or "rar"; None for anything
+    else, damaged ZIPs and one compressed file (novel.txt.gz) included. By content, not by name: a
+    ZIP saved as 资料.rar (common where archives are passed around renamed) is read as the ZIP it is."""
+    if _starts_with(path, (b"PK\x03\x04",)):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return "zip" if _document_kind(archive) is None else None
+        except (OSError, KeyError, *DAMAGED_ZIP):
+            return None
+    for suffix, magics in LIBARCHIVE_MAGIC.items():
+        if _starts_with(path, magics):
+            return suffix.lstrip(".")
+    return "tar" if is_tar(path) else None
 
 
 def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
