@@ -572,3 +572,18 @@ def test_a_password_protected_rar_is_one_line_and_skipped_inside_another(tmp_pat
     found = unpack_documents(outer, tmp_path / "into2")
     assert [inside for _, inside in found.files] == ["b.txt"]
     assert found.unread == ["locked.rar is password-protected; save or unpack it without the password first"]
+
+
+def test_a_pipe_given_to_a_build_is_one_line_not_a_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: ``ingest build`` or ``summarize`` of a named pipe (FIFO) blocked forever in the
+    first read of its bytes; a pipe, socket or device is refused in one line now."""
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    fifo = tmp_path / "novel.txt"
+    os.mkfifo(fifo)
+    assert main(["build", str(fifo), "--kb", "fifo", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none"]) == 2
+    assert "novel.txt is not a regular file (a pipe, socket or device): save it to a file first" in capsys.readouterr().err
+    with pytest.raises(DocumentLoadError, match="is not a regular file"):  # a summary reads through this
+        open_document(fifo)

@@ -23,6 +23,7 @@ from kb.loaders.sniff import (
     SUFFIX_FORMATS,
     SUPPORTED_SUFFIXES,
     TEXT_SUFFIXES,
+    check_regular_file,
     detect_format,
     is_archive,
 )
@@ -82,6 +83,7 @@ def _load(path: str | os.PathLike[str], *, ocr: str) -> LoadedDocument:
         raise DocumentLoadError(f"file not found: {file}")
     if file.is_dir():
         raise DocumentLoadError(f"{file} is a folder; give the documents inside it (e.g. {file}/*.pdf)")
+    check_regular_file(file)
     try:
         kind = detect_format(file)
     except OSError as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kb.errors import DocumentLoadError
 from kb.loaders.archives import unpack_documents
-from kb.loaders.sniff import SUPPORTED_SUFFIXES, is_archive
+from kb.loaders.sniff import SUPPORTED_SUFFIXES, check_regular_file, is_archive
 
 
 @dataclass
@@ -71,17 +71,24 @@ def expand_documents(
             for document in documents:
                 found.add(document, source(document))
             found.skipped += [str(other.relative_to(path)) for other in others]
-        elif is_archive(path):
-            folder = unpack_into / str(number)
-            folder.mkdir(parents=True)
-            unpacked = unpack_documents(path, folder)
-            for file, inside in unpacked.files:
-                found.add(file, f"{source(path)}/{inside}")
-            found.skipped += [f"{path.name}/{inside}" for inside in unpacked.skipped]
-            found.unread += [f"{path.name}/{why}" for why in unpacked.unread]
         else:
-            found.add(path, source(path))
+            check_regular_file(path)
+            if is_archive(path):
+                _add_archive(found, path, unpack_into / str(number), source=source)
+            else:
+                found.add(path, source(path))
     return found
+
+
+def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Callable[[Path], str]) -> None:
+    """The documents of the archive at ``path``, unpacked into ``folder`` (made here), each
+    recorded under the archive's source plus its path inside."""
+    folder.mkdir(parents=True)
+    unpacked = unpack_documents(path, folder)
+    for file, inside in unpacked.files:
+        found.add(file, f"{source(path)}/{inside}")
+    found.skipped += [f"{path.name}/{inside}" for inside in unpacked.skipped]
+    found.unread += [f"{path.name}/{why}" for why in unpacked.unread]
 
 
 def documents_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:

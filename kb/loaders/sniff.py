@@ -180,6 +180,13 @@ def _document_kind(archive: zipfile.ZipFile) -> str | None:
     return None
 
 
+def check_regular_file(path: Path) -> None:
+    """DocumentLoadError where ``path`` exists but is not a regular file: the first read of a
+    named pipe (FIFO) would block forever, a device may never end."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise DocumentLoadError(f"{path} is not a regular file (a pipe, socket or device): save it to a file first")
+
+
 def is_archive(path: Path) -> bool:
     """Whether ``path`` is an archive of files (``archive_kind``), whatever its name says."""
     return archive_kind(path) is not None
