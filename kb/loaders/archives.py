@@ -128,10 +128,9 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
     unread = state.found.unread
     for number, (file, name) in enumerate(level):
         try:
-            kind = archive_kind(file) if depth <= MAX_NESTING else None
             if depth > MAX_NESTING:
                 unread.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
-            elif kind is None:
+            elif (kind := archive_kind(file)) is None:
                 unread.append(f"{name} ({_not_an_archive(file)})")
             else:
                 folder = into / f"{depth}-{number:05d}"
