@@ -8,8 +8,9 @@
 Why: the decode bench's 45-token prompt hides how the prompt pass grows with the prompt, and a
 RAG prompt holds retrieved passages (hundreds to thousands of tokens). Run 19 found INT8 spending
 60 % of a 128-token pass in PyTorch's int8 -> bf16 copy and INT4 growing linearly with the rows
-on tinygemm (409 ms at 1024 tokens); docs/PERFORMANCE.md. Per kind, one model: three prompts of
-~65 / ~275 / ~945 tokens (buckets 128 / 512 / 1024 on one 1024-slot cache, one compile), each
+on tinygemm (409 ms at 1024 tokens); docs/PERFORMANCE.md. Per kind, one model: four prompts of
+~45 / ~65 / ~275 / ~945 tokens (buckets 64 / 128 / 512 / 1024 on one 1024-slot cache, one compile; the
+first is bench.decode's, whose time to first token it is), each
 bucket's captured graph replayed (median of ``--repeat``, CUDA events), and the kernels of the
 smallest bucket by the CUDA profiler.
 """
@@ -24,7 +25,7 @@ import torch
 from bench.common import SHAPES, char_tokenizer, parser, print_table, sanguo_chunks, write_result
 from bench.decode import QUESTION, build_model, free_model
 
-PROMPT_CHARS = (20, 230, 900)  # + QUESTION: prompt buckets 128, 512, 1024 on a 1024-slot cache
+PROMPT_CHARS = (0, 20, 230, 900)  # + QUESTION: buckets 64 (bench.decode's prompt), 128, 512, 1024, one 1024-slot cache
 
 
 def replay_ms(graph: Any, *, repeat: int) -> float:
@@ -68,7 +69,7 @@ def bench_kind(kind: str, *, shape: str, tokenizer: Any, repeat: int, group_size
 
 
 def time_buckets(llm: Any, text: str, *, repeat: int) -> dict[str, float]:
-    """Stream the three prompts (each twice: the first call of a bucket captures it), then replay
+    """Stream the four prompts (each twice: the first call of a bucket captures it), then replay
     every captured prompt pass: ``"cache slots/bucket"`` -> ms."""
     from llm.fast_decode import fast_decode_state
 

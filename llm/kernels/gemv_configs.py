@@ -75,6 +75,13 @@ TUNED: dict[tuple[str, int, int, int], str] = {
     ("int8", 1, 27392, 4096): "n8k2048s1w4p1",  # 28.66 us
     ("int8", 1, 4096, 13696): "n2k2048s1w2p1",  # 15.90 us
     ("int8", 1, 65024, 4096): "n2k1024s1w2p1",  # 63.19 us (the INT8 LM head)
+    # int8 prompts of <= 64 tokens (every captured prompt pass: bucket 64), ``tl.dot`` tiles: run 26,
+    # ``python -m bench.gemv --rows 64`` on an H200 over 40 candidates, us (the timed pick among the four
+    # one-slice tiles before: 23.6 / 18.8 / 70.6 / 59.1; bf16 cuBLAS 12.7 / 11.7 / 64.7 / 35.3)
+    ("int8", 64, 4608, 4096): "n64k64s4w4p4",  # 15.75
+    ("int8", 64, 4096, 4096): "n64k64s4w4p4",  # 19.43
+    ("int8", 64, 27392, 4096): "n64k64s1w4p4",  # 60.12
+    ("int8", 64, 4096, 13696): "n64k128s4w4p3",  # 31.16
 }
 
 
@@ -97,8 +104,13 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     (``rows x block_n x block_k / threads``) stay <= 64 per thread. Tall K (down_proj, 13696)
     adds split-K variants, which double the programs at the cost of a small float32 reduction.
     """
-    if rows > MAX_ROWS:  # int8 prompts: tl.dot on 32-64 row tiles, one read of the weight
-        base = [GemvConfig(32, 128), GemvConfig(64, 64), GemvConfig(16, 128), GemvConfig(32, 64, num_stages=4)]
+    if rows > MAX_ROWS:  # int8 prompts: tl.dot on 64-row tiles, one read of the weight; run 26 (H200, M = 64):
+        # 64 x 64 tiles in 4 K-slices won 3 of 4 shapes, one slice on wide gate_up (N / 64 = 428 programs
+        # already); the one-slice 32 x 128 heuristic before filled only N / 32 = 128-144 programs
+        first = GemvConfig(64, 64, split_k=4 if n <= 8192 else 1, num_stages=4)
+        others = [GemvConfig(64, 64, num_stages=4), GemvConfig(64, 128, split_k=4), GemvConfig(64, 128),
+                  GemvConfig(32, 128, split_k=4), GemvConfig(32, 128), GemvConfig(128, 64, split_k=2, num_warps=8)]
+        return [first, *(c for c in others if c != first)]
     elif rows >= DOT_MIN_ROWS:  # tl.dot needs block_n, block_k >= 16
         base = [GemvConfig(32, 128), GemvConfig(64, 128), GemvConfig(16, 256), GemvConfig(32, 256, num_stages=4)]
     elif rows == 1 and int8:  # run 21c's sweep (``_int8_row_kernel``): 2-8 rows x 1-4 KiB per step, one stage
