@@ -587,3 +587,98 @@ def test_a_pipe_given_to_a_build_is_one_line_not_a_hang(tmp_path: Path, capsys: 
     assert "novel.txt is not a regular file (a pipe, socket or device): save it to a file first" in capsys.readouterr().err
     with pytest.raises(DocumentLoadError, match="is not a regular file"):  # a summary reads through this
         open_document(fifo)
+
+
+# ----- multi-volume RAR sets (kb.loaders.volumes) ----------------------------------------------
+
+
+def _rar4_set(folder: Path, names: list[str], members: dict[str, bytes]) -> list[Path]:
+    """A RAR 4 set of stored members over ``len(names)`` volumes, written as ``_rar4`` writes one
+    archive: the first member's bytes split evenly across the volumes (flagged split before /
+    after), the others whole in the last; main headers flagged volume (and first volume), each
+    end block but the last flagged "continued in the next volume"."""
+    import struct
+    import zlib
+
+    def block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
+        header = struct.pack("<BHH", kind, flags, 7 + len(body)) + body
+        return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
+
+    def file_block(name: str, part: bytes, data: bytes, flags: int) -> bytes:
+        raw = name.encode()
+        body = struct.pack("<IIBIIBBHI", len(part), len(data), 3, zlib.crc32(part if flags & 0x02 else data),
+                           0x5A210000, 29, 0x30, len(raw), 0o100644) + raw
+        return block(0x74, 0x8000 | (0x0200 if not name.isascii() else 0) | flags, body, part)
+
+    (first_name, first), *rest = members.items()
+    step = -(-len(first) // len(names))
+    paths = []
+    for number, name in enumerate(names):
+        last = number == len(names) - 1
+        part = first[number * step:(number + 1) * step]
+        volume = b"Rar!\x1a\x07\x00" + block(0x73, 0x0011 | (0x0100 if number == 0 else 0), bytes(6))
+        volume += file_block(first_name, part, first, (0x01 if number else 0) | (0 if last else 0x02))
+        if last:
+            volume += b"".join(file_block(n, d, d, 0) for n, d in rest)
+        paths.append(folder / name)
+        paths[-1].write_bytes(volume + block(0x7B, 0x4000 | (0 if last else 0x0001), b""))
+    return paths
+
+
+@needs_libarchive
+def test_a_multi_volume_rar_builds_once_from_its_first_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: ``ingest build 资料.part1.rar`` (or ``*.rar`` over a set) read each volume as an
+    archive of its own: "资料.part1.rar is a damaged RAR archive (Truncated RAR file data)". The
+    volumes are read together now, as given or found beside the first, and recorded under it."""
+    members = {"制度/请假.txt": LEAVE.encode() * 30, "制度/出差.txt": TRAVEL.encode()}
+    parts = _rar4_set(tmp_path, ["资料.part1.rar", "资料.part2.rar", "资料.part3.rar"], members)
+    kb = ["--kb", "vol", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    for given in ([parts[0]], parts, [parts[2], parts[1], parts[0]]):
+        assert main(["build", *map(str, given), *kb]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+        assert main(["list", *kb[:4], "--json"]) == 0
+        sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+        assert sources == [f"{parts[0].resolve()}/{inside}" for inside in ("制度/出差.txt", "制度/请假.txt")]
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(parts[0], tmp_path / "into", volumes=parts[1:])
+    assert {inside: file.read_bytes() for file, inside in found.files} == members
+    old = _rar4_set(tmp_path, ["旧.rar", "旧.r00"], members)  # the older naming: .rar, .r00, .r01, ...
+    assert main(["build", str(old[0]), "--kb", "old", *kb[2:]]) == 0
+    services = Services(Settings(kb_root=tmp_path / "kbs"))  # the web upload: each copy in a folder of its own
+    copies = []
+    for number, part in enumerate(parts):
+        (tmp_path / f"upload{number}").mkdir()
+        copies.append(tmp_path / f"upload{number}" / part.name)
+        copies[-1].write_bytes(part.read_bytes())
+    services.create_kb("web", embedding_model="none")
+    assert sorted(services.add_files("web", copies).added) == ["资料.part1.rar/制度/出差.txt", "资料.part1.rar/制度/请假.txt"]
+
+
+@needs_libarchive
+def test_a_multi_volume_rar_with_a_volume_missing_is_one_line_naming_it(tmp_path: Path) -> None:
+    """The first volume not given, a gap in the middle, or the set cut after its last volume
+    present: one line each, naming the volume to add."""
+    from kb.loaders.folders import expand_documents
+
+    parts = _rar4_set(tmp_path, ["书.part01.rar", "书.part02.rar", "书.part03.rar"], {"a.txt": LEAVE.encode() * 30})
+
+    def expand(*given: Path) -> object:
+        into = tmp_path / f"into{len(list(tmp_path.glob('into*')))}"
+        return expand_documents(list(given), source=str, unpack_into=into)
+
+    with pytest.raises(DocumentLoadError, match=r"^书.part02.rar is volume 2 of a multi-volume RAR archive whose first "
+                                                r"volume \(书.part01.rar\) was not given: give all its volumes together$"):
+        expand(parts[1], parts[2])
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / parts[0].name
+    twin.write_bytes(parts[0].read_bytes())
+    with pytest.raises(DocumentLoadError, match=r"are both volume 1 of a multi-volume RAR archive: build one set at a"):
+        expand(parts[0], twin)
+    parts[1].unlink()
+    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive, and its volume 2 "
+                                                r"\(书.part02.rar\) is missing"):
+        expand(parts[0])
+    parts[2].unlink()
+    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive that ends after volume 1 "
+                                                r"\(书.part01.rar\): give all its volumes together"):
+        expand(parts[0])

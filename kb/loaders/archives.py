@@ -31,9 +31,12 @@ skips the members that did not change, and each member is cited and removed on i
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -90,14 +93,15 @@ class _Unpacking:
         check_unpack_limits(self.outer, members=self.members, total=self.total, so_far=True)
 
 
-def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
+def unpack_documents(path: Path, into: Path, *, volumes: Sequence[Path] | None = None) -> ArchiveDocuments:
     """Unpack the documents of the archive at ``path`` into the folder ``into`` (which must
     exist), and those of the archives inside it, ``MAX_NESTING`` deep (recorded as
     ``2023.zip/制度/请假.txt``); DocumentLoadError (one line) for a damaged or hostile archive or
     one without a document. A damaged, locked or empty archive inside is skipped and named; a hostile
-    one (``ArchiveRefused``) refuses the whole archive."""
+    one (``ArchiveRefused``) refuses the whole archive. ``volumes``: ``path`` is the first volume of a
+    multi-volume RAR archive, these the later ones in order (``kb.loaders.volumes``)."""
     state = _Unpacking(outer=path.name)
-    _unpack_one(path, into, state, kind=archive_kind(path), prefix="")
+    _unpack_one(path, into, state, kind=archive_kind(path), prefix="", volumes=volumes)
     _unpack_nested(into, state, depth=1)
     found = state.found
     if not found.files:
@@ -109,14 +113,16 @@ def unpack_documents(path: Path, into: Path) -> ArchiveDocuments:
     return found
 
 
-def _unpack_one(path: Path, into: Path, state: _Unpacking, *, kind: str | None, prefix: str) -> None:
+def _unpack_one(path: Path, into: Path, state: _Unpacking, *, kind: str | None, prefix: str,
+                volumes: Sequence[Path] | None = None) -> None:
     """The documents of one archive of ``kind`` (``archive_kind``; None: as its name says) into
     ``into``, its archives into ``state.nested``; each recorded under ``prefix`` + its path inside."""
     suffix = path.suffix.lower()
     if kind == "tar" or (kind is None and suffix in TAR_SUFFIXES):
         _unpack_tar(path, into, state, prefix=prefix)
     elif kind in ("7z", "rar") or (kind is None and suffix in LIBARCHIVE_MAGIC):
-        _unpack_libarchive(path, into, state, kind=(kind or suffix.lstrip(".")).upper(), prefix=prefix)
+        _unpack_libarchive(path, into, state, kind=(kind or suffix.lstrip(".")).upper(), prefix=prefix,
+                           volumes=volumes)
     else:
         _unpack_zip(path, into, state, prefix=prefix)
 
@@ -200,14 +206,15 @@ def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
         raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged tar archive ({one_line(e)})") from e
 
 
-def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, prefix: str) -> None:
-    """``_unpack_one`` of a 7z or RAR archive (``kind``: "7Z", "RAR"), through libarchive: regular
-    files only, the limits checked on the bytes as they stream out (a header's declared size is
-    not trusted)."""
+def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, prefix: str,
+                       volumes: Sequence[Path] | None = None) -> None:
+    """``_unpack_one`` of a 7z or RAR archive (``kind``: "7Z", "RAR"; with ``volumes``, a
+    multi-volume one), through libarchive: regular files only, the limits checked on the bytes as
+    they stream out (a header's declared size is not trusted)."""
     shown = _shown(path, prefix)
     libarchive = _libarchive(shown, kind)
     try:
-        with libarchive.file_reader(str(path)) as archive:
+        with _open_volumes(libarchive, [path, *(volumes or ())]) as archive:
             for number, entry in enumerate(archive):
                 state.count(members=1, total=0)
                 if not entry.isfile:
@@ -225,7 +232,38 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
         why = one_line(e)
         if "passphrase" in why.lower() or "encrypt" in why.lower():  # 7z with encrypted headers, RAR 5
             raise DocumentLoadError(password_protected(f"{shown} is password-protected")) from e
+        if volumes is not None and "truncated" in why.lower():  # the set ends before its last volume
+            raise DocumentLoadError(
+                f"{shown} is a multi-volume {kind} archive that ends after volume {len(volumes) + 1} "
+                f"({[path, *volumes][-1].name}): give all its volumes together, or one of them is damaged") from e
         raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({why})") from e
+
+
+@contextmanager
+def _open_volumes(libarchive: Any, files: list[Path]) -> Iterator[Any]:
+    """libarchive's reader over ``files``: one archive, or the volumes of one in order (through
+    ``archive_read_open_filenames``, which libarchive-c does not wrap; libarchive reads a RAR set's
+    volumes as one stream)."""
+    if len(files) == 1:
+        with libarchive.file_reader(str(files[0])) as archive:
+            yield archive
+        return
+    from libarchive.read import ArchiveRead, new_archive_read
+
+    names = (ctypes.c_char_p * (len(files) + 1))(*(os.fsencode(f) for f in files), None)
+    with new_archive_read("all", "all") as pointer:
+        if _open_filenames(libarchive.ffi.libarchive)(pointer, names, 10240) != 0:
+            raise libarchive.ArchiveError(f"cannot open the volumes from {files[0].name} on")
+        yield ArchiveRead(pointer, "utf-8")
+
+
+@cache
+def _open_filenames(library: Any) -> Any:
+    """libarchive's ``archive_read_open_filenames``, typed once."""
+    function = library.archive_read_open_filenames
+    function.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _libarchive(shown: str, kind: str) -> Any:

@@ -6,6 +6,8 @@
 - A ZIP archive of files (not a DOCX/EPUB/... package), a tar archive (plain, .gz, .bz2, .xz), a
   7z or RAR archive: its documents and those of the archives inside it, unpacked into a folder the
   caller owns for the build (:mod:`kb.loaders.archives`), recorded as ``资料.zip/制度/请假.docx``.
+  A multi-volume RAR set (``资料.part1.rar``, ``资料.part2.rar``, ...) is read once, as its first
+  volume (:mod:`kb.loaders.volumes`).
 
 Files of other types are named, not read: a folder of mixed files builds what it can and says
 what it left. The CLI and the web upload both expand through :func:`expand_documents`.
@@ -21,6 +23,7 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.archives import unpack_documents
 from kb.loaders.sniff import SUPPORTED_SUFFIXES, check_regular_file, is_archive
+from kb.loaders.volumes import gather_volumes
 
 
 @dataclass
@@ -65,7 +68,8 @@ def expand_documents(
     file given or found in a folder is recorded; an archive's documents are recorded under its
     source plus their path inside. DocumentLoadError for a folder or archive without a document."""
     found = DocumentFiles()
-    for number, path in enumerate(map(Path, paths)):
+    sets = gather_volumes([Path(p) for p in paths])  # a multi-volume RAR set stands as its first volume
+    for number, path in enumerate(sets.paths):
         if path.is_dir():
             documents, others = documents_in_folder(path)
             for document in documents:
@@ -74,17 +78,19 @@ def expand_documents(
         else:
             check_regular_file(path)
             if is_archive(path):
-                _add_archive(found, path, unpack_into / str(number), source=source)
+                _add_archive(found, path, unpack_into / str(number), source=source, volumes=sets.volumes.get(path))
             else:
                 found.add(path, source(path))
     return found
 
 
-def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Callable[[Path], str]) -> None:
-    """The documents of the archive at ``path``, unpacked into ``folder`` (made here), each
-    recorded under the archive's source plus its path inside."""
+def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Callable[[Path], str],
+                 volumes: list[Path] | None) -> None:
+    """The documents of the archive at ``path`` (with ``volumes``: the first of a multi-volume
+    set), unpacked into ``folder`` (made here), each recorded under the archive's source plus its
+    path inside."""
     folder.mkdir(parents=True)
-    unpacked = unpack_documents(path, folder)
+    unpacked = unpack_documents(path, folder, volumes=volumes)
     for file, inside in unpacked.files:
         found.add(file, f"{source(path)}/{inside}")
     found.skipped += [f"{path.name}/{inside}" for inside in unpacked.skipped]

@@ -1,0 +1,122 @@
+"""Multi-volume RAR sets given to a build: which files are one archive, and in what order.
+
+Big archives are often passed around split into volumes: ``资料.part1.rar``, ``资料.part2.rar``, ...
+(RAR 3+ naming; ``part01``/``part001`` too), or in the older style ``资料.rar``, ``资料.r00``,
+``资料.r01``, ... Each volume begins with RAR's marker, so read one by one every volume but the
+last says "Truncated RAR file data" and the later ones hold halves of files. Here the volumes of a
+set are gathered, from the paths given (a web upload's copies each sit in a folder of their own)
+and from the first volume's own folder, and handed to libarchive together
+(``kb.loaders.archives``); the set is read once, as its first volume, and recorded under it
+(``资料.part1.rar/制度/请假.txt``). A set without its first volume, or with a gap, is one line that
+names the missing volume.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kb.errors import DocumentLoadError
+
+_PART = re.compile(r"^(?P<stem>.+)\.part(?P<number>\d{1,3})\.rar$", re.IGNORECASE)
+_OLD = re.compile(r"^(?P<stem>.+)\.r(?P<number>\d{2})$", re.IGNORECASE)  # .r00 is volume 2, after .rar
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Where a file name puts it in a set: ``number`` 1 for the first volume."""
+
+    stem: str
+    number: int
+    style: str  # "part" (资料.part2.rar) or "old" (资料.rar, 资料.r00, ...)
+    width: int = 0  # digits of the part number as written (part1 / part01 / part001)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.stem.casefold(), self.style
+
+    def name(self, number: int) -> str:
+        """The file name of volume ``number`` of this set."""
+        if self.style == "part":
+            return f"{self.stem}.part{number:0{self.width}d}.rar"
+        return f"{self.stem}.rar" if number == 1 else f"{self.stem}.r{number - 2:02d}"
+
+
+def volume_of(path: Path) -> Volume | None:
+    """Where ``path``'s name puts it in a multi-volume RAR set, or None. An old-style ``资料.rar``
+    counts as a first volume only where ``资料.r00`` lies beside it."""
+    if m := _PART.match(path.name):
+        return Volume(m["stem"], int(m["number"]), "part", len(m["number"]))
+    if m := _OLD.match(path.name):
+        return Volume(m["stem"], int(m["number"]) + 2, "old")
+    if path.suffix.lower() == ".rar" and (path.with_suffix(".r00").exists() or path.with_suffix(".R00").exists()):
+        return Volume(path.stem, 1, "old")
+    return None
+
+
+@dataclass
+class VolumeSets:
+    """The paths given, each multi-volume set in it replaced by its first volume
+    (``volumes[first]``: the later ones, in order)."""
+
+    paths: list[Path] = field(default_factory=list)
+    volumes: dict[Path, list[Path]] = field(default_factory=dict)
+
+
+def gather_volumes(paths: Sequence[Path]) -> VolumeSets:
+    """``paths`` with each multi-volume RAR set among them gathered into its first volume (the
+    others found among ``paths`` or beside the first); DocumentLoadError (one line) for a set whose
+    first volume is missing or that has a gap. Other paths pass as they are, in their order."""
+    found: dict[tuple[str, str], dict[int, Path]] = {}
+    samples: dict[tuple[str, str], Volume] = {}
+    slots: dict[tuple[str, str], int] = {}
+    out = VolumeSets()
+    for path in paths:
+        volume = volume_of(path) if path.is_file() else None  # a missing path is reported where it is read
+        if volume is None:
+            out.paths.append(path)
+            continue
+        if volume.key not in found:  # the set takes the place of its first-named volume
+            found[volume.key], samples[volume.key], slots[volume.key] = {}, volume, len(out.paths)
+            out.paths.append(path)
+        other = found[volume.key].setdefault(volume.number, path)
+        if other.resolve() != path.resolve():
+            raise DocumentLoadError(f"{other} and {path} are both volume {volume.number} of a multi-volume RAR "
+                                    "archive: build one set at a time")
+    for key, given in found.items():
+        first, rest = _complete_set(samples[key], given)
+        out.paths[slots[key]] = first
+        out.volumes[first] = rest
+    return out
+
+
+def _beside(first: Path) -> list[Path]:
+    """The files in the first volume's folder (none where it cannot be listed)."""
+    try:
+        return sorted(p for p in first.parent.iterdir() if p.is_file())
+    except OSError:
+        return []
+
+
+def _complete_set(sample: Volume, given: dict[int, Path]) -> tuple[Path, list[Path]]:
+    """The first volume and the later ones, in order: those given, then those of the same set beside
+    the first; DocumentLoadError where volume 1 is missing or a volume before the last one is."""
+    if 1 not in given:
+        low = min(given)
+        raise DocumentLoadError(
+            f"{given[low].name} is volume {low} of a multi-volume RAR archive whose first volume "
+            f"({sample.name(1)}) was not given: give all its volumes together")
+    first = given[1]
+    volumes = dict(given)
+    for beside in _beside(first):
+        volume = volume_of(beside)
+        if volume is not None and volume.key == sample.key:
+            volumes.setdefault(volume.number, beside)
+    missing = [n for n in range(2, max(volumes) + 1) if n not in volumes]
+    if missing:
+        raise DocumentLoadError(
+            f"{first.name} is a multi-volume RAR archive, and its volume {missing[0]} "
+            f"({sample.name(missing[0])}) is missing: give all its volumes together")
+    return first, [volumes[n] for n in range(2, max(volumes) + 1)]
