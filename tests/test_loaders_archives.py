@@ -666,19 +666,49 @@ def test_a_multi_volume_rar_with_a_volume_missing_is_one_line_naming_it(tmp_path
         into = tmp_path / f"into{len(list(tmp_path.glob('into*')))}"
         return expand_documents(list(given), source=str, unpack_into=into)
 
-    with pytest.raises(DocumentLoadError, match=r"^书.part02.rar is volume 2 of a multi-volume RAR archive whose first "
+    with pytest.raises(DocumentLoadError, match=r"^书.part02.rar is volume 2 of a multi-volume archive whose first "
                                                 r"volume \(书.part01.rar\) was not given: give all its volumes together$"):
         expand(parts[1], parts[2])
     (tmp_path / "other").mkdir()
     twin = tmp_path / "other" / parts[0].name
     twin.write_bytes(parts[0].read_bytes())
-    with pytest.raises(DocumentLoadError, match=r"are both volume 1 of a multi-volume RAR archive: build one set at a"):
+    with pytest.raises(DocumentLoadError, match=r"are both volume 1 of a multi-volume archive: build one set at a"):
         expand(parts[0], twin)
     parts[1].unlink()
-    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive, and its volume 2 "
+    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume archive, and its volume 2 "
                                                 r"\(书.part02.rar\) is missing"):
         expand(parts[0])
     parts[2].unlink()
-    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive that ends after volume 1 "
-                                                r"\(书.part01.rar\): give all its volumes together"):
+    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive that cannot be read to its "
+                                                r"end \(.*\); the volumes found end at volume 1 \(书.part01.rar\): give "
+                                                r"all of them together$"):
         expand(parts[0])
+
+
+@needs_libarchive
+@pytest.mark.parametrize("kind", ["7z", "zip"])
+def test_7zip_split_volumes_build_as_one_archive(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """7-Zip's "split to volumes" (资料.7z.001, 资料.7z.002, ...: plain pieces of the archive's bytes)
+    were not read at all (".001" is no archive suffix), nor was a .zip split the same way. The pieces
+    are read as one archive now, recorded under the first; a missing piece is one line."""
+    members = {"制度/请假.txt": LEAVE.encode() * 20, "制度/出差.txt": TRAVEL.encode()}
+    whole = _seven_zip(tmp_path / "whole.7z", members) if kind == "7z" else _zip(tmp_path / "whole.zip", members)
+    data = whole.read_bytes()
+    step = -(-len(data) // 3)
+    pieces = [tmp_path / f"资料.{kind}.{n:03d}" for n in (1, 2, 3)]
+    for number, piece in enumerate(pieces):
+        piece.write_bytes(data[number * step:(number + 1) * step])
+    kb = ["--kb", "split", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", *map(str, pieces), *kb]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    assert sources == [f"{pieces[0].resolve()}/{inside}" for inside in ("制度/出差.txt", "制度/请假.txt")]
+    pieces[1].unlink()
+    assert main(["build", str(pieces[0]), *kb]) == 2
+    assert f"资料.{kind}.001 is a multi-volume archive, and its volume 2 (资料.{kind}.002) is missing" in capsys.readouterr().err
+    if kind == "7z":  # its headers are at the end (a ZIP's members can be read from their local headers)
+        pieces[1].write_bytes(data[step:2 * step])
+        pieces[2].unlink()
+        assert main(["build", str(pieces[0]), *kb]) == 2
+        assert "资料.7z.001 is a multi-volume 7Z archive that cannot be read to its end (" in capsys.readouterr().err

@@ -55,6 +55,7 @@ from kb.loaders.sniff import (
     check_archive,
     check_unpack_limits,
     archive_kind,
+    magic_archive_kind,
     password_protected,
     read_member,
 )
@@ -99,7 +100,7 @@ def unpack_documents(path: Path, into: Path, *, volumes: Sequence[Path] | None =
     ``2023.zip/制度/请假.txt``); DocumentLoadError (one line) for a damaged or hostile archive or
     one without a document. A damaged, locked or empty archive inside is skipped and named; a hostile
     one (``ArchiveRefused``) refuses the whole archive. ``volumes``: ``path`` is the first volume of a
-    multi-volume RAR archive, these the later ones in order (``kb.loaders.volumes``)."""
+    set (``资料.part1.rar``, ``资料.7z.001``), these the later ones in order (``kb.loaders.volumes``)."""
     state = _Unpacking(outer=path.name)
     _unpack_one(path, into, state, kind=archive_kind(path), prefix="", volumes=volumes)
     _unpack_nested(into, state, depth=1)
@@ -118,7 +119,10 @@ def _unpack_one(path: Path, into: Path, state: _Unpacking, *, kind: str | None, 
     """The documents of one archive of ``kind`` (``archive_kind``; None: as its name says) into
     ``into``, its archives into ``state.nested``; each recorded under ``prefix`` + its path inside."""
     suffix = path.suffix.lower()
-    if kind == "tar" or (kind is None and suffix in TAR_SUFFIXES):
+    if volumes is not None:  # a set of volumes: libarchive reads them as one stream, whatever the format
+        kind = kind or magic_archive_kind(path) or suffix.lstrip(".")
+        _unpack_libarchive(path, into, state, kind=kind.upper(), prefix=prefix, volumes=volumes)
+    elif kind == "tar" or (kind is None and suffix in TAR_SUFFIXES):
         _unpack_tar(path, into, state, prefix=prefix)
     elif kind in ("7z", "rar") or (kind is None and suffix in LIBARCHIVE_MAGIC):
         _unpack_libarchive(path, into, state, kind=(kind or suffix.lstrip(".")).upper(), prefix=prefix,
@@ -208,8 +212,8 @@ def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
 
 def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, prefix: str,
                        volumes: Sequence[Path] | None = None) -> None:
-    """``_unpack_one`` of a 7z or RAR archive (``kind``: "7Z", "RAR"; with ``volumes``, a
-    multi-volume one), through libarchive: regular files only, the limits checked on the bytes as
+    """``_unpack_one`` of a 7z or RAR archive (``kind``: "7Z", "RAR"; with ``volumes``, a set of
+    volumes of any of them or of a ZIP), through libarchive: regular files only, the limits checked on the bytes as
     they stream out (a header's declared size is not trusted)."""
     shown = _shown(path, prefix)
     libarchive = _libarchive(shown, kind)
@@ -232,10 +236,11 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
         why = one_line(e)
         if "passphrase" in why.lower() or "encrypt" in why.lower():  # 7z with encrypted headers, RAR 5
             raise DocumentLoadError(password_protected(f"{shown} is password-protected")) from e
-        if volumes is not None and "truncated" in why.lower():  # the set ends before its last volume
+        if volumes is not None:  # most often the set ends before its last volume
             raise DocumentLoadError(
-                f"{shown} is a multi-volume {kind} archive that ends after volume {len(volumes) + 1} "
-                f"({[path, *volumes][-1].name}): give all its volumes together, or one of them is damaged") from e
+                f"{shown} is a multi-volume {kind} archive that cannot be read to its end ({why}); the volumes "
+                f"found end at volume {len(volumes) + 1} ({[path, *volumes][-1].name}): give all of them together"
+            ) from e
         raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({why})") from e
 
 

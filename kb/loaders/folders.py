@@ -77,7 +77,7 @@ def expand_documents(
             found.skipped += [str(other.relative_to(path)) for other in others]
         else:
             check_regular_file(path)
-            if is_archive(path):
+            if path in sets.volumes or is_archive(path):
                 _add_archive(found, path, unpack_into / str(number), source=source, volumes=sets.volumes.get(path))
             else:
                 found.add(path, source(path))

@@ -197,16 +197,22 @@ def archive_kind(path: Path) -> str | None:
     such as DOCX or EPUB), "tar" (plain or compressed, ``is_tar``), "7z" or "rar"; None for anything
     else, damaged ZIPs and one compressed file (novel.txt.gz) included. By content, not by name: a
     ZIP saved as 资料.rar (common where archives are passed around renamed) is read as the ZIP it is."""
-    if _starts_with(path, (b"PK\x03\x04",)):
+    kind = magic_archive_kind(path)
+    if kind == "zip":
         try:
             with zipfile.ZipFile(path) as archive:
                 return "zip" if _document_kind(archive) is None else None
         except (OSError, KeyError, *DAMAGED_ZIP):
             return None
-    for suffix, magics in LIBARCHIVE_MAGIC.items():
-        if _starts_with(path, magics):
-            return suffix.lstrip(".")
-    return "tar" if is_tar(path) else None
+    return kind or ("tar" if is_tar(path) else None)
+
+
+def magic_archive_kind(path: Path) -> str | None:
+    """"zip", "7z" or "rar" by the first bytes alone (the first volume of a split archive is no
+    whole ZIP, and a ZIP here may still be a document package: ``archive_kind`` says)."""
+    if _starts_with(path, (b"PK\x03\x04",)):
+        return "zip"
+    return next((suffix.lstrip(".") for suffix, magics in LIBARCHIVE_MAGIC.items() if _starts_with(path, magics)), None)
 
 
 def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:

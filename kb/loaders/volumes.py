@@ -1,10 +1,11 @@
-"""Multi-volume RAR sets given to a build: which files are one archive, and in what order.
+"""Archives in volumes given to a build: which files are one archive, and in what order.
 
-Big archives are often passed around split into volumes: ``资料.part1.rar``, ``资料.part2.rar``, ...
-(RAR 3+ naming; ``part01``/``part001`` too), or in the older style ``资料.rar``, ``资料.r00``,
-``资料.r01``, ... Each volume begins with RAR's marker, so read one by one every volume but the
-last says "Truncated RAR file data" and the later ones hold halves of files. Here the volumes of a
-set are gathered, from the paths given (a web upload's copies each sit in a folder of their own)
+Big archives are often passed around split into volumes: RAR's ``资料.part1.rar``,
+``资料.part2.rar``, ... (RAR 3+ naming; ``part01``/``part001`` too) or its older ``资料.rar``,
+``资料.r00``, ``资料.r01``, ...; 7-Zip's "split to volumes" ``资料.7z.001``, ``资料.7z.002``, ... (also
+of a ``.zip`` or ``.rar``: plain pieces of the archive's bytes). Read one by one, every volume but
+the last is a cut archive and the later ones hold halves of files. Here the volumes of a set are
+gathered, from the paths given (a web upload's copies each sit in a folder of their own)
 and from the first volume's own folder, and handed to libarchive together
 (``kb.loaders.archives``); the set is read once, as its first volume, and recorded under it
 (``资料.part1.rar/制度/请假.txt``). A set without its first volume, or with a gap, is one line that
@@ -22,6 +23,7 @@ from kb.errors import DocumentLoadError
 
 _PART = re.compile(r"^(?P<stem>.+)\.part(?P<number>\d{1,3})\.rar$", re.IGNORECASE)
 _OLD = re.compile(r"^(?P<stem>.+)\.r(?P<number>\d{2})$", re.IGNORECASE)  # .r00 is volume 2, after .rar
+_SPLIT = re.compile(r"^(?P<stem>.+\.(?:7z|zip|rar))\.(?P<number>\d{3})$", re.IGNORECASE)  # 7-Zip: .001 is the first
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Volume:
 
     stem: str
     number: int
-    style: str  # "part" (资料.part2.rar) or "old" (资料.rar, 资料.r00, ...)
+    style: str  # "part" (资料.part2.rar), "old" (资料.rar, 资料.r00, ...) or "split" (资料.7z.001, ...)
     width: int = 0  # digits of the part number as written (part1 / part01 / part001)
 
     @property
@@ -41,14 +43,18 @@ class Volume:
         """The file name of volume ``number`` of this set."""
         if self.style == "part":
             return f"{self.stem}.part{number:0{self.width}d}.rar"
+        if self.style == "split":
+            return f"{self.stem}.{number:03d}"
         return f"{self.stem}.rar" if number == 1 else f"{self.stem}.r{number - 2:02d}"
 
 
 def volume_of(path: Path) -> Volume | None:
-    """Where ``path``'s name puts it in a multi-volume RAR set, or None. An old-style ``资料.rar``
-    counts as a first volume only where ``资料.r00`` lies beside it."""
+    """Where ``path``'s name puts it in a set of volumes, or None. An old-style ``资料.rar`` counts
+    as a first volume only where ``资料.r00`` lies beside it."""
     if m := _PART.match(path.name):
         return Volume(m["stem"], int(m["number"]), "part", len(m["number"]))
+    if (m := _SPLIT.match(path.name)) and int(m["number"]) > 0:
+        return Volume(m["stem"], int(m["number"]), "split", 3)
     if m := _OLD.match(path.name):
         return Volume(m["stem"], int(m["number"]) + 2, "old")
     if path.suffix.lower() == ".rar" and (path.with_suffix(".r00").exists() or path.with_suffix(".R00").exists()):
@@ -66,7 +72,7 @@ class VolumeSets:
 
 
 def gather_volumes(paths: Sequence[Path]) -> VolumeSets:
-    """``paths`` with each multi-volume RAR set among them gathered into its first volume (the
+    """``paths`` with each set of volumes among them gathered into its first volume (the
     others found among ``paths`` or beside the first); DocumentLoadError (one line) for a set whose
     first volume is missing or that has a gap. Other paths pass as they are, in their order."""
     found: dict[tuple[str, str], dict[int, Path]] = {}
@@ -83,7 +89,7 @@ def gather_volumes(paths: Sequence[Path]) -> VolumeSets:
             out.paths.append(path)
         other = found[volume.key].setdefault(volume.number, path)
         if other.resolve() != path.resolve():
-            raise DocumentLoadError(f"{other} and {path} are both volume {volume.number} of a multi-volume RAR "
+            raise DocumentLoadError(f"{other} and {path} are both volume {volume.number} of a multi-volume "
                                     "archive: build one set at a time")
     for key, given in found.items():
         first, rest = _complete_set(samples[key], given)
@@ -106,7 +112,7 @@ def _complete_set(sample: Volume, given: dict[int, Path]) -> tuple[Path, list[Pa
     if 1 not in given:
         low = min(given)
         raise DocumentLoadError(
-            f"{given[low].name} is volume {low} of a multi-volume RAR archive whose first volume "
+            f"{given[low].name} is volume {low} of a multi-volume archive whose first volume "
             f"({sample.name(1)}) was not given: give all its volumes together")
     first = given[1]
     volumes = dict(given)
@@ -117,6 +123,6 @@ def _complete_set(sample: Volume, given: dict[int, Path]) -> tuple[Path, list[Pa
     missing = [n for n in range(2, max(volumes) + 1) if n not in volumes]
     if missing:
         raise DocumentLoadError(
-            f"{first.name} is a multi-volume RAR archive, and its volume {missing[0]} "
+            f"{first.name} is a multi-volume archive, and its volume {missing[0]} "
             f"({sample.name(missing[0])}) is missing: give all its volumes together")
     return first, [volumes[n] for n in range(2, max(volumes) + 1)]
