@@ -712,3 +712,32 @@ def test_7zip_split_volumes_build_as_one_archive(kind: str, tmp_path: Path, caps
         pieces[2].unlink()
         assert main(["build", str(pieces[0]), *kb]) == 2
         assert "资料.7z.001 is a multi-volume 7Z archive that cannot be read to its end (" in capsys.readouterr().err
+
+
+@needs_libarchive
+def test_archives_in_a_folder_are_read_and_the_unreadable_ones_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: ``ingest build 资料/`` skipped every archive in the folder as a "file of other
+    types" (archives inside archives were read, archives inside folders were not). They are read
+    now, volumes included; a damaged one, or a set without its first volume, is named with why and
+    the rest of the folder builds."""
+    folder = tmp_path / "资料"
+    (folder / "2023").mkdir(parents=True)
+    (folder / "说明.txt").write_text(TRAVEL, encoding="utf-8")
+    _zip(folder / "2023" / "制度.zip", {"请假.txt": LEAVE.encode()})
+    _rar4_set(folder, ["汇编.part1.rar", "汇编.part2.rar"], {"章程.txt": LEAVE.encode() * 20})
+    _rar4_set(tmp_path, ["残.part1.rar", "残.part2.rar"], {"a.txt": LEAVE.encode() * 20})
+    (folder / "残.part2.rar").write_bytes((tmp_path / "残.part2.rar").read_bytes())  # its first volume is not there
+    (folder / "坏.zip").write_bytes(b"PK\x03\x04 cut")
+    (folder / "setup.exe").write_bytes(b"MZ")
+    kb = ["--kb", "folder", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none"]
+    assert main(["build", str(folder), *kb]) == 0
+    out, err = capsys.readouterr()
+    assert "; 1 file of other types skipped; 2 archives inside not read" in out
+    assert "残.part2.rar is volume 2 of a multi-volume archive whose first volume (残.part1.rar) was not given" in err
+    assert "坏.zip (damaged, or a document package named .zip)" in err and "(setup.exe)" in err
+    assert main(["list", *kb[:4], "--json"]) == 0
+    sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
+    root = folder.resolve()
+    assert sources == [f"{root}/2023/制度.zip/请假.txt", f"{root}/汇编.part1.rar/章程.txt", f"{root}/说明.txt"]

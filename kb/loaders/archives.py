@@ -141,7 +141,7 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
             if depth > MAX_NESTING:
                 unread.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
             elif (kind := archive_kind(file)) is None:
-                unread.append(f"{name} ({_not_an_archive(file)})")
+                unread.append(f"{name} ({why_not_an_archive(file)})")
             else:
                 folder = into / f"{depth}-{number:05d}"
                 folder.mkdir()
@@ -163,8 +163,8 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
         _unpack_nested(into, state, depth=depth + 1)
 
 
-def _not_an_archive(file: Path) -> str:
-    """Why an archive-named member was not unpacked."""
+def why_not_an_archive(file: Path) -> str:
+    """Why a file named as an archive (a member, or a file in a folder given) is not read as one."""
     suffix = file.suffix.lower()
     if not file.stat().st_size:
         return "empty"

@@ -9,8 +9,9 @@
   A multi-volume RAR set (``资料.part1.rar``, ``资料.part2.rar``, ...) is read once, as its first
   volume (:mod:`kb.loaders.volumes`).
 
-Files of other types are named, not read: a folder of mixed files builds what it can and says
-what it left. The CLI and the web upload both expand through :func:`expand_documents`.
+Archives in a folder are read as if given (one that cannot be read is named, and the rest
+builds). Files of other types are named, not read: a folder of mixed files builds what it can and
+says what it left. The CLI and the web upload both expand through :func:`expand_documents`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from configs.errors import one_line
 from kb.errors import DocumentLoadError
-from kb.loaders.archives import unpack_documents
-from kb.loaders.sniff import SUPPORTED_SUFFIXES, check_regular_file, is_archive
-from kb.loaders.volumes import gather_volumes
+from kb.loaders.archives import unpack_documents, why_not_an_archive
+from kb.loaders.sniff import ARCHIVE_SUFFIXES, SUPPORTED_SUFFIXES, check_regular_file, is_archive
+from kb.loaders.volumes import gather_volumes, volume_of
 
 
 @dataclass
@@ -66,29 +68,47 @@ def expand_documents(
     """``paths`` with each folder replaced by the documents under it and each archive by its
     documents (unpacked under ``unpack_into``); a file stays as given. ``source(path)`` is how a
     file given or found in a folder is recorded; an archive's documents are recorded under its
-    source plus their path inside. DocumentLoadError for a folder or archive without a document."""
+    source plus their path inside. Archives found in a folder are read too; one that cannot be
+    (damaged, locked, a volume missing) is named in ``unread`` and the rest builds, while one
+    given is a DocumentLoadError (one line), as is a folder or archive without a document."""
     found = DocumentFiles()
-    sets = gather_volumes([Path(p) for p in paths])  # a multi-volume RAR set stands as its first volume
-    for number, path in enumerate(sets.paths):
+    given: list[Path] = []
+    in_folders: list[Path] = []
+    for path in map(Path, paths):
         if path.is_dir():
-            documents, others = documents_in_folder(path)
+            documents, archives, others = folder_contents(path)
             for document in documents:
                 found.add(document, source(document))
+            in_folders += archives
             found.skipped += [str(other.relative_to(path)) for other in others]
         else:
-            check_regular_file(path)
-            if path in sets.volumes or is_archive(path):
-                _add_archive(found, path, unpack_into / str(number), source=source, volumes=sets.volumes.get(path))
-            else:
-                found.add(path, source(path))
+            given.append(path)
+    folders = iter(unpack_into / str(n) for n in range(len(given) + len(in_folders)))
+    sets = gather_volumes(given)  # a set of volumes stands as its first volume
+    for path in sets.paths:
+        check_regular_file(path)
+        if path in sets.volumes or is_archive(path):
+            _add_archive(found, path, next(folders), source=source, volumes=sets.volumes.get(path))
+        else:
+            found.add(path, source(path))
+    for parent in dict.fromkeys(p.parent for p in in_folders):  # a set's volumes lie in one folder
+        found_sets = gather_volumes([p for p in in_folders if p.parent == parent], unread=found.unread)
+        for path in found_sets.paths:
+            if path not in found_sets.volumes and not is_archive(path):
+                found.unread.append(f"{path.name} ({why_not_an_archive(path)})")
+                continue
+            try:
+                _add_archive(found, path, next(folders), source=source, volumes=found_sets.volumes.get(path))
+            except DocumentLoadError as e:  # a zip bomb or a damaged archive in a folder: named, the rest builds
+                found.unread.append(one_line(e))
     return found
 
 
 def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Callable[[Path], str],
                  volumes: list[Path] | None) -> None:
-    """The documents of the archive at ``path`` (with ``volumes``: the first of a multi-volume
-    set), unpacked into ``folder`` (made here), each recorded under the archive's source plus its
-    path inside."""
+    """The documents of the archive at ``path`` (with ``volumes``: the first of a set of
+    volumes), unpacked into ``folder`` (made here), each recorded under the archive's source plus
+    its path inside."""
     folder.mkdir(parents=True)
     unpacked = unpack_documents(path, folder, volumes=volumes)
     for file, inside in unpacked.files:
@@ -97,10 +117,12 @@ def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Call
     found.unread += [f"{path.name}/{why}" for why in unpacked.unread]
 
 
-def documents_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The readable files under ``folder`` (recursively, sorted) and the other visible files;
-    DocumentLoadError when there is no readable file."""
+def folder_contents(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """The readable files under ``folder`` (recursively, sorted), the archives among the others
+    (by content; volumes of a set by name), and the other visible files; DocumentLoadError when
+    there is neither a readable file nor an archive."""
     documents: list[Path] = []
+    archives: list[Path] = []
     others: list[Path] = []
     for root, dirs, names in os.walk(folder, onerror=_raise):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -108,13 +130,19 @@ def documents_in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
             if name.startswith((".", "~$")):
                 continue
             path = Path(root, name)
-            (documents if path.suffix.lower() in SUPPORTED_SUFFIXES else others).append(path)
-    if not documents:
+            if path.suffix.lower() in SUPPORTED_SUFFIXES:
+                documents.append(path)
+            elif path.is_file() and (volume_of(path) is not None or is_archive(path)
+                                     or path.suffix.lower() in ARCHIVE_SUFFIXES):
+                archives.append(path)  # one named as an archive that is none is named with why when read
+            else:
+                others.append(path)
+    if not documents and not archives:
         raise DocumentLoadError(
-            f"no documents in the folder {folder} (looked for {', '.join(SUPPORTED_SUFFIXES)}"
+            f"no documents in the folder {folder} (looked for {', '.join(SUPPORTED_SUFFIXES)} and archives"
             f"{f'; found {len(others)} files of other types' if others else ''})"
         )
-    return documents, others
+    return documents, archives, others
 
 
 def _first(items: list[str], count: int, separator: str) -> str:

@@ -71,10 +71,11 @@ class VolumeSets:
     volumes: dict[Path, list[Path]] = field(default_factory=dict)
 
 
-def gather_volumes(paths: Sequence[Path]) -> VolumeSets:
+def gather_volumes(paths: Sequence[Path], *, unread: list[str] | None = None) -> VolumeSets:
     """``paths`` with each set of volumes among them gathered into its first volume (the
     others found among ``paths`` or beside the first); DocumentLoadError (one line) for a set whose
-    first volume is missing or that has a gap. Other paths pass as they are, in their order."""
+    first volume is missing or that has a gap, or with ``unread`` given, that line appended to it
+    and the set left out. Other paths pass as they are, in their order."""
     found: dict[tuple[str, str], dict[int, Path]] = {}
     samples: dict[tuple[str, str], Volume] = {}
     slots: dict[tuple[str, str], int] = {}
@@ -91,10 +92,19 @@ def gather_volumes(paths: Sequence[Path]) -> VolumeSets:
         if other.resolve() != path.resolve():
             raise DocumentLoadError(f"{other} and {path} are both volume {volume.number} of a multi-volume "
                                     "archive: build one set at a time")
+    left_out = []
     for key, given in found.items():
-        first, rest = _complete_set(samples[key], given)
+        try:
+            first, rest = _complete_set(samples[key], given)
+        except DocumentLoadError as e:
+            if unread is None:
+                raise
+            unread.append(str(e))
+            left_out.append(slots[key])
+            continue
         out.paths[slots[key]] = first
         out.volumes[first] = rest
+    out.paths = [p for n, p in enumerate(out.paths) if n not in left_out]
     return out
 
 
