@@ -17,7 +17,7 @@ says what it left. The CLI and the web upload both expand through :func:`expand_
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,17 +91,25 @@ def expand_documents(
             _add_archive(found, path, next(folders), source=source, volumes=sets.volumes.get(path))
         else:
             found.add(path, source(path))
-    for parent in dict.fromkeys(p.parent for p in in_folders):  # a set's volumes lie in one folder
-        found_sets = gather_volumes([p for p in in_folders if p.parent == parent], unread=found.unread)
-        for path in found_sets.paths:
-            if path not in found_sets.volumes and not is_archive(path):
+    _add_folder_archives(found, in_folders, folders, source=source)
+    return found
+
+
+def _add_folder_archives(found: DocumentFiles, archives: list[Path], folders: Iterator[Path], *,
+                         source: Callable[[Path], str]) -> None:
+    """The documents of the archives found in folders, each unpacked into the next of ``folders``;
+    one that cannot be read (a zip bomb, damaged, a volume missing, named as an archive but none)
+    is named in ``found.unread`` and the rest builds."""
+    for parent in dict.fromkeys(p.parent for p in archives):  # a set's volumes lie in one folder
+        sets = gather_volumes([p for p in archives if p.parent == parent], unread=found.unread)
+        for path in sets.paths:
+            if path not in sets.volumes and not is_archive(path):
                 found.unread.append(f"{path.name} ({why_not_an_archive(path)})")
                 continue
             try:
-                _add_archive(found, path, next(folders), source=source, volumes=found_sets.volumes.get(path))
-            except DocumentLoadError as e:  # a zip bomb or a damaged archive in a folder: named, the rest builds
+                _add_archive(found, path, next(folders), source=source, volumes=sets.volumes.get(path))
+            except DocumentLoadError as e:
                 found.unread.append(one_line(e))
-    return found
 
 
 def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Callable[[Path], str],
