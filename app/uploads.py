@@ -33,7 +33,7 @@ def check_upload(settings: Settings, path: str | Path, *, archives: bool = False
     path = Path(path)
     ui = settings.ui
     allowed = upload_types(settings, archives=archives)
-    if path.suffix.lower() not in allowed:
+    if path.suffix.lower() not in allowed and not (archives and _volume_of_allowed_archive(path, allowed)):
         raise UserError(
             f"不支持的文件类型：{path.name}（允许 {', '.join(allowed)}）",
             f"file type not allowed: {path.name} (allowed: {', '.join(allowed)}; "
@@ -50,17 +50,30 @@ def check_upload(settings: Settings, path: str | Path, *, archives: bool = False
     return path
 
 
+def _volume_of_allowed_archive(path: Path, allowed: list[str]) -> bool:
+    """Whether ``path`` is named as a volume of an archive of an allowed type (资料.7z.002 of a .7z,
+    资料.r00 of a .rar; ``kb.loaders.volumes``): its bytes are read with the rest of its set."""
+    from kb.loaders.volumes import volume_of
+
+    volume = volume_of(path)
+    if volume is None:
+        return False
+    return (Path(volume.stem).suffix.lower() if volume.style == "split" else ".rar") in allowed
+
+
 def check_content(path: Path) -> Path:
     """Refuse an upload whose bytes contradict its name (a PNG renamed .txt) or, for a text
     name, are not decodable text, right at upload. PDF, DOCX/DOC, PPTX/PPT, XLSX/XLS, ODT/ODS/ODP,
     EPUB, MOBI/AZW3, HTML, RTF and images are told by their bytes (``kb.loaders.detect_format``, which also
     refuses zip bombs); a ``.zip`` that is an archive of files passes (its documents are read at
-    build); the full read happens at build."""
+    build, and so does a volume of a split archive, 资料.7z.002); the full read happens at build."""
     from kb.loaders import ARCHIVE_SUFFIXES, SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format, is_archive
 
+    from kb.loaders.volumes import volume_of
+
     text_name = path.suffix.lower() in TEXT_SUFFIXES
-    if path.suffix.lower() in ARCHIVE_SUFFIXES and is_archive(path):
-        return path
+    if (path.suffix.lower() in ARCHIVE_SUFFIXES and is_archive(path)) or volume_of(path) is not None:
+        return path  # a volume after the first is a piece of bytes: read with its set at build
     try:
         kind = detect_format(path)
         if kind not in SUFFIX_FORMATS.get(path.suffix.lower(), frozenset()):

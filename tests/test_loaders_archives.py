@@ -704,6 +704,20 @@ def test_7zip_split_volumes_build_as_one_archive(kind: str, tmp_path: Path, caps
     assert main(["list", *kb[:4], "--json"]) == 0
     sources = sorted(d["source"] for d in json.loads(capsys.readouterr().out))
     assert sources == [f"{pieces[0].resolve()}/{inside}" for inside in ("制度/出差.txt", "制度/请假.txt")]
+    from app.uploads import check_content
+
+    services = Services(Settings(kb_root=tmp_path / "kbs"))  # the web upload, each copy in a folder of its own
+    copies = []
+    for number, piece in enumerate(pieces):
+        (tmp_path / f"upload{number}").mkdir()
+        copies.append(tmp_path / f"upload{number}" / piece.name)
+        copies[-1].write_bytes(piece.read_bytes())
+    checked = [check_content(services.check_upload(copy, archives=True)) for copy in copies]
+    with pytest.raises(UserError, match="file type not allowed"):
+        services.check_upload(copies[1])  # the summary tab takes no archives
+    services.create_kb("web", embedding_model="none")
+    assert sorted(services.add_files("web", checked).added) == [f"资料.{kind}.001/制度/出差.txt",
+                                                                f"资料.{kind}.001/制度/请假.txt"]
     pieces[1].unlink()
     assert main(["build", str(pieces[0]), *kb]) == 2
     assert f"资料.{kind}.001 is a multi-volume archive, and its volume 2 (资料.{kind}.002) is missing" in capsys.readouterr().err
