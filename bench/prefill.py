@@ -3,6 +3,7 @@
     python -m bench.prefill --out DIR                 # GPU machine: none int8 int4, buckets 128/512/1024
     python -m bench.prefill --kinds int4 --out DIR
     python -m bench.prefill --ablation --out DIR      # each bucket also with the prompt pass's swaps off
+    python -m bench.prefill --kinds int8 --int8-rows 1024 --out DIR   # INT8 prompts on Triton GEMM tiles
     python -m bench.prefill --tiny                    # check the script on CPU (nothing to time)
 
 Why: the decode bench's 45-token prompt hides how the prompt pass grows with the prompt, and a
@@ -90,6 +91,9 @@ def main() -> None:
     p.add_argument("--shape", default="chatglm3-6b")
     p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4"], choices=("none", "int8", "int4"))
     p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--int8-rows", type=int, default=None,
+                   help="rows up to which INT8 layers take the Triton kernel (gemv_configs.INT8_GEMM_ROWS; "
+                        "default 64: past it, the cast for cuBLAS)")
     p.add_argument("--ablation", action="store_true",
                    help="also time each bucket with the prompt pass's swaps off (the model's own forward over the "
                         "whole cache: no narrowed attention, fused q/k/v, rotary, RMSNorm or SwiGLU kernels)")
@@ -98,7 +102,11 @@ def main() -> None:
         print("prefill: no CUDA device (or --tiny), nothing to time (the captured prompt pass is CUDA-only)")
         return
     tokenizer = char_tokenizer(SHAPES[args.shape]["vocab_size"])
-    result: dict[str, Any] = {"shape": args.shape, "kinds": {}}
+    result: dict[str, Any] = {"shape": args.shape, "kinds": {}, "int8_rows": args.int8_rows}
+    if args.int8_rows is not None:
+        import llm.kernels.gemv_configs as gemv_configs
+
+        gemv_configs.INT8_GEMM_ROWS = args.int8_rows
     for kind in args.kinds:
         r = bench_kind(kind, shape=args.shape, tokenizer=tokenizer, repeat=args.repeat, group_size=args.group_size,
                        ablation=args.ablation)

@@ -96,6 +96,22 @@ def interpreted_checks() -> None:
     float_weight = torch.randn(45, 96)
     assert gemv_applies(torch.randn(64, 96), layer.weight) and not gemv_applies(torch.randn(65, 96), layer.weight)
     assert gemv_applies(torch.randn(16, 96), float_weight) and not gemv_applies(torch.randn(17, 96), float_weight)
+    # Past 64 rows (gemv_configs.INT8_GEMM_ROWS raised, as bench.prefill --int8-rows does): tiles of
+    # block_m rows on the grid's first axis, each row tile against the same weight tile.
+    import llm.kernels.gemv_configs as gemv_configs
+
+    gemv_configs.INT8_GEMM_ROWS = 256
+    try:
+        assert gemv_applies(torch.randn(200, 96), layer.weight) and not gemv_applies(torch.randn(257, 96), layer.weight)
+        for rows in (65, 200):
+            c = _case(rows, 48, 200, torch.float16, int8=True)
+            ref = _reference(c)
+            for config in (GemvConfig(16, 32, block_m=32), GemvConfig(32, 64, split_k=2, block_m=64),
+                           *gemv_configs.candidates(rows, 48, 200, int8=True)[:2]):
+                y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
+                assert y.shape == (rows, 48) and _close(y, ref, torch.float16), (rows, config)
+    finally:
+        gemv_configs.INT8_GEMM_ROWS = 64
     print("OK")
 
 
@@ -124,6 +140,8 @@ def test_config_table_entries_parse_and_candidates_fit_the_kernel() -> None:
 
     assert [row_bucket(r) for r in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
     assert GemvConfig.parse(str(GemvConfig(16, 512, 2, 8, 4))) == GemvConfig(16, 512, 2, 8, 4)
+    assert GemvConfig.parse("m128n128k64s1w8p3") == GemvConfig(128, 64, 1, 8, 3, block_m=128)
+    assert str(GemvConfig(128, 64, num_warps=8, block_m=128)) == "m128n128k64s1w8p3"
     for key, text in TUNED.items():  # checked-in winners must parse
         assert text == TORCH or GemvConfig.parse(text), key
     for rows in range(1, 17):
@@ -335,3 +353,31 @@ def test_gemv_tiles_setting_reaches_the_kernel_table(tmp_path: Path, tiny_glm_di
             ChatGLM.from_settings(LLMSettings(model_path=str(tiny_glm_dir), device="cpu", gemv_tiles=path))
     finally:
         g.use_measured_tiles(None)
+
+
+def test_the_int8_gemm_tiles_compile_for_sm90() -> None:
+    """The tiles of INT8 prompts past 64 rows (``gemv_configs.INT8_GEMM_ROWS``; 64-128 rows, tl.dot
+    on int8 converted in the K loop) compile to sm_90 code with Triton's own ptxas: the tile
+    ``bench.prefill --int8-rows`` will time first is valid before a GPU is lent."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llm.kernels import gemv
+    from llm.kernels.gemv_configs import candidates
+
+    fn = gemv._gemv_kernel
+    pointers = {"w_ptr": "*i8", "scale_ptr": "*bf16", "out_ptr": "*bf16"}
+    signature = {p.name: "constexpr" if p.is_constexpr else pointers.get(p.name, "*bf16" if p.name.endswith("_ptr")
+                                                                         else "i32") for p in fn.params}
+    for config in candidates(1024, 27392, 4096, int8=True)[:2]:
+        constexprs = {"HAS_SCALE": True, "HAS_BIAS": False, "PARTIAL": False, "EVEN_K": True, "EVEN_N": True,
+                      "USE_DOT": True, "INT8": True, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+                      "BLOCK_K": config.block_k, "PDL": True}
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                      target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+        except Exception as e:  # noqa: BLE001 - e.g. a Triton without its bundled ptxas
+            pytest.skip(f"cannot compile for sm_90 here: {e}")
+        assert compiled.asm["cubin"] and "mma" in compiled.asm["ptx"], config

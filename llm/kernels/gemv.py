@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm.kernels.gemv_configs import DOT_MIN_ROWS, GemvConfig
+from llm.kernels.gemv_configs import DOT_MIN_ROWS, MAX_BLOCK_M, GemvConfig
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
@@ -88,9 +88,10 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_inputs(PDL)
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rm = tl.arange(0, BLOCK_M)
+    pid_m = tl.program_id(0)  # row tiles first: the programs of one weight tile run side by side, L2 serves the rest
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
@@ -291,14 +292,14 @@ def launch_gemv(
     if rows == 1 and config.split_k <= 1:
         return _launch_row(x, weight, scales, bias, config)
     dot = rows >= DOT_MIN_ROWS and x.dtype in (torch.float16, torch.bfloat16)
-    block_m = block_rows(rows, dot=dot)
+    block_m = min(block_rows(rows, dot=dot), config.block_m or MAX_BLOCK_M)
     block_k = config.block_k
     blocks_k = triton.cdiv(k, block_k)
     per_split = triton.cdiv(blocks_k, max(1, config.split_k)) * block_k  # whole K-blocks per slice
     split = triton.cdiv(k, per_split)
     out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     target = out if split == 1 else torch.empty((split, rows, n), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, config.block_n), split)
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(n, config.block_n), split)
     dummy = out  # never read when the HAS_ flag is off
     pdl = launch_pdl(x.device)
     _gemv_kernel[grid](

@@ -28,7 +28,13 @@ MAX_ROWS = 16  # decode at batch <= 16; past that a GEMM (cuBLAS) is the right k
 # through the tl.dot tiles instead; run 17, H200, 45-token prompt: INT8 TTFT 28.2 ms against
 # bf16's 12.6 ms before.
 MAX_INT8_ROWS = 64
+# Up to this many rows an int8 weight may take the Triton kernel instead (``int8_row_limit``; tiles of
+# ``block_m`` rows, GEMM-like): written for prompts past 64 tokens (RAG prompts), where the cast for
+# cuBLAS costs an INT8 model ~5 ms of its first token against bf16 (run 26). Not yet measured on a
+# GPU, so off (64) until it is: ``python -m bench.prefill --int8-rows 1024`` times it.
+INT8_GEMM_ROWS = 64
 DOT_MIN_ROWS = 5  # from here on tl.dot on 16-row tiles rather than the broadcast accumulator
+MAX_BLOCK_M = 64  # rows per program where a config does not say (``GemvConfig.block_m``)
 
 
 @dataclass(frozen=True)
@@ -40,17 +46,20 @@ class GemvConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    block_m: int = 0  # rows per program; 0: all of them up to MAX_BLOCK_M
 
     def __str__(self) -> str:  # compact, for bench tables and ``TUNED``
-        return f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
+        rows = f"m{self.block_m}" if self.block_m else ""
+        return f"{rows}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
 
     @classmethod
     def parse(cls, text: str) -> GemvConfig:
-        """The inverse of ``str``: ``"n16k512s1w4p3"``."""
-        m = re.fullmatch(r"n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", text)
+        """The inverse of ``str``: ``"n16k512s1w4p3"``, ``"m128n128k64s1w8p3"``."""
+        m = re.fullmatch(r"(?:m(\d+))?n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", text)
         if m is None:
             raise ValueError(f"not a GEMV config: {text!r} (expected like n16k512s1w4p3)")
-        return cls(*(int(g) for g in m.groups()))
+        block_m, *rest = (int(g) if g else 0 for g in m.groups())
+        return cls(*rest, block_m=block_m)
 
 
 TORCH = "torch"  # a choice meaning: PyTorch (cuBLAS) for this shape, it beat every Triton config
@@ -85,6 +94,12 @@ TUNED: dict[tuple[str, int, int, int], str] = {
 }
 
 
+def int8_row_limit() -> int:
+    """Rows up to which an int8 weight takes the Triton kernel (``INT8_GEMM_ROWS``, at least
+    ``MAX_INT8_ROWS``); read at each call, so a bench can raise it for a process."""
+    return max(MAX_INT8_ROWS, INT8_GEMM_ROWS)
+
+
 def row_bucket(rows: int) -> int:
     """Rows rounded up to a power of two (1, 2, 4, 8, 16, and 32, 64 for int8 prompts): the batch
     sizes the decode graph pads to."""
@@ -104,6 +119,10 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     (``rows x block_n x block_k / threads``) stay <= 64 per thread. Tall K (down_proj, 13696)
     adds split-K variants, which double the programs at the cost of a small float32 reduction.
     """
+    if rows > MAX_INT8_ROWS:  # int8 prompts past 64 tokens (``INT8_GEMM_ROWS``): GEMM tiles, 64-128 rows each
+        return [GemvConfig(128, 64, num_warps=8, block_m=128), GemvConfig(128, 64, num_stages=4, block_m=64),
+                GemvConfig(64, 64, num_stages=4, block_m=128), GemvConfig(128, 32, num_warps=8, num_stages=4, block_m=128),
+                GemvConfig(64, 64, num_stages=4, block_m=64)]
     if rows > MAX_ROWS:  # int8 prompts: tl.dot on 64-row tiles, one read of the weight; run 26 (H200, M = 64):
         # 64 x 64 tiles in 4 K-slices won 3 of 4 shapes, one slice on wide gate_up (N / 64 = 428 programs
         # already); the one-slice 32 x 128 heuristic before filled only N / 32 = 128-144 programs

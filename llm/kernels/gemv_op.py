@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from llm.kernels.gemv_configs import (
-    MAX_INT8_ROWS,
     MAX_ROWS,
     TORCH,
     TUNED_CAPABILITY,
     Choice,
     candidates,
+    int8_row_limit,
     measured,
     on_tiles_changed,
     row_bucket,
@@ -56,7 +56,7 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     weight; CUDA 16-bit activations, or any float dtype on CPU under Triton's interpreter) and
     ``weight`` (int8 or ``x``'s dtype)."""
     rows = x.numel() // max(1, x.shape[-1])
-    limit = MAX_INT8_ROWS if weight.dtype == torch.int8 else MAX_ROWS
+    limit = int8_row_limit() if weight.dtype == torch.int8 else MAX_ROWS
     if not TRITON_AVAILABLE or _broken or not 0 < rows <= limit or weight.dim() != 2:
         return False
     if weight.dtype not in (torch.int8, x.dtype) or weight.stride(-1) != 1 or weight.device != x.device:
