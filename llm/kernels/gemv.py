@@ -13,7 +13,10 @@ One row (the single-user step) runs ``_gemv_row_kernel``: narrow tiles (2-8 outp
 per thread, summed every step, bytes unpacked by ``prmt``). Otherwise each program owns ``BLOCK_N`` output
 channels and one K-slice (``split_k`` slices for tall-K
 shapes such as down_proj, K=13696, where N/BLOCK_N programs alone would leave SMs idle); it
-loads each ``BLOCK_N x BLOCK_K`` weight tile once and all M rows of x against it:
+loads each ``BLOCK_N x BLOCK_K`` weight tile once and all M rows of x against it (past 64 rows,
+an INT8 prompt where ``gemv_configs.INT8_GEMM_ROWS`` allows it, ``BLOCK_M`` rows per program: the
+row tiles are the grid's first axis, so the programs of one weight tile run side by side and L2
+serves all but the first):
 
 - M <= 4: broadcast multiply-add into a float32 accumulator of the tile's shape (``(BLOCK_N,
   BLOCK_K)`` for one row, ``(BLOCK_M, BLOCK_N, BLOCK_K)`` for 2-4), reduced over K once at the
