@@ -178,11 +178,12 @@ def test_llm_labels_the_strongest_relations() -> None:
 
 def test_negations_and_reduplicated_adjectives_are_not_names() -> None:
     """Bug guarded: 西游记's persons included 不通 (天色不通), 白森森 (a reduplicated adjective jieba's
-    dictionary tags as a person name) and 施威, and 三国演义's 不整 (衣冠不整). Surnames that head
-    ABB adjectives (白, 黄) still start real names."""
+    dictionary tags as a person name), 施威 and 东土唐 (东土唐朝, 东土唐僧), and 三国演义's 不整 (衣冠不整) and
+    扶汉室 (共扶汉室). Surnames that head ABB adjectives (白, 黄) still start real names."""
     from kb.characters.names import is_plausible_name
 
     assert not any(map(is_plausible_name, ["不通", "不整", "白森森", "黑漆漆", "静悄悄", "施威"]))
+    assert not any(map(is_plausible_name, ["东土唐", "扶汉室", "汉室"]))  # 东土 + 唐朝/唐僧; 扶 (support) + 汉室
     assert all(map(is_plausible_name, ["白起", "黄忠", "黄月英", "金蝉子", "孙悟空", "张飞"]))
 
 

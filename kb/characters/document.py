@@ -21,7 +21,7 @@ __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
 # 7: surname + name forms pass the name checks (甚不通 was one); 里 never ends a name.
 # 8: 不 never starts a name (不通), reduplicated adjectives are not names (白森森), nor 施威.
-EXTRACTOR_VERSION = 8
+EXTRACTOR_VERSION = 9
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
