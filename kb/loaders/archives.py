@@ -35,6 +35,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from typing import Any
 
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
+from kb.loaders.rar4_crc import Member, file_members
 from kb.loaders.sniff import (
     ARCHIVE_SUFFIXES,
     DAMAGED_TAR,
@@ -217,21 +219,22 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
     they stream out (a header's declared size is not trusted)."""
     shown = _shown(path, prefix)
     libarchive = _libarchive(shown, kind)
+    headers = file_members(path) if kind == "RAR" and volumes is None else None  # stored members' CRCs
     try:
         with _open_volumes(libarchive, [path, *(volumes or ())]) as archive:
+            files = -1  # the entry's place among the non-folder entries, as rar4_crc counts them
             for number, entry in enumerate(archive):
                 state.count(members=1, total=0)
+                files += not entry.isdir
                 if not entry.isfile:
                     continue
                 if _encrypted(libarchive, entry):
                     raise DocumentLoadError(password_protected(f"{shown} is password-protected"))
-                target = _target(state, into, number, _libarchive_name(entry.pathname), prefix=prefix)
-                if target is None:
-                    continue
-                with target.open("wb") as out:
-                    for block in entry.get_blocks():
-                        state.count(members=0, total=len(block))
-                        out.write(block)
+                name = _libarchive_name(entry.pathname)
+                target = _target(state, into, number, name, prefix=prefix)
+                if target is not None and _copy_member(entry, target, state, crc=_stored_crc(headers, files, entry)):
+                    raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({name}: its bytes do not match "
+                                            "the CRC the archive records)")
     except libarchive.ArchiveError as e:
         why = one_line(e)
         if "passphrase" in why.lower() or "encrypt" in why.lower():  # 7z with encrypted headers, RAR 5
@@ -242,6 +245,27 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
                 f"found end at volume {len(volumes) + 1} ({[path, *volumes][-1].name}): give all of them together"
             ) from e
         raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({why})") from e
+
+
+def _copy_member(entry: Any, target: Path, state: _Unpacking, *, crc: int | None) -> bool:
+    """Stream a libarchive entry into ``target``, its bytes counted against the limits; True where
+    ``crc`` is given and the bytes do not have it."""
+    got = 0
+    with target.open("wb") as out:
+        for block in entry.get_blocks():
+            state.count(members=0, total=len(block))
+            out.write(block)
+            if crc is not None:
+                got = zlib.crc32(block, got)
+    return crc is not None and got != crc
+
+
+def _stored_crc(headers: list[Member] | None, files: int, entry: Any) -> int | None:
+    """The CRC the archive records for a RAR 4 member stored without compression (which libarchive
+    does not check), where the entry matches its header by place and size; else None."""
+    if headers is None or not 0 <= files < len(headers) or headers[files].size != entry.size:
+        return None
+    return headers[files].stored_crc
 
 
 @contextmanager
