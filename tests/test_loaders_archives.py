@@ -584,7 +584,8 @@ def test_a_pipe_given_to_a_build_is_one_line_not_a_hang(tmp_path: Path, capsys: 
     fifo = tmp_path / "novel.txt"
     os.mkfifo(fifo)
     assert main(["build", str(fifo), "--kb", "fifo", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none"]) == 2
-    assert "novel.txt is not a regular file (a pipe, socket or device): save it to a file first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "novel.txt is not a regular file (a pipe, socket or device): save it to a file first" in err
     with pytest.raises(DocumentLoadError, match="is not a regular file"):  # a summary reads through this
         open_document(fifo)
 
@@ -626,7 +627,9 @@ def _rar4_set(folder: Path, names: list[str], members: dict[str, bytes]) -> list
 
 
 @needs_libarchive
-def test_a_multi_volume_rar_builds_once_from_its_first_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_multi_volume_rar_builds_once_from_its_first_volume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Regression: ``ingest build 资料.part1.rar`` (or ``*.rar`` over a set) read each volume as an
     archive of its own: "资料.part1.rar is a damaged RAR archive (Truncated RAR file data)". The
     volumes are read together now, as given or found beside the first, and recorded under it."""
@@ -666,8 +669,9 @@ def test_a_multi_volume_rar_with_a_volume_missing_is_one_line_naming_it(tmp_path
         into = tmp_path / f"into{len(list(tmp_path.glob('into*')))}"
         return expand_documents(list(given), source=str, unpack_into=into)
 
-    with pytest.raises(DocumentLoadError, match=r"^书.part02.rar is volume 2 of a multi-volume archive whose first "
-                                                r"volume \(书.part01.rar\) was not given: give all its volumes together$"):
+    with pytest.raises(DocumentLoadError, match=r"^书.part02.rar is volume 2 of a multi-volume archive whose "
+                                                r"first volume \(书.part01.rar\) was not given: give all its "
+                                                r"volumes together$"):
         expand(parts[1], parts[2])
     (tmp_path / "other").mkdir()
     twin = tmp_path / "other" / parts[0].name
@@ -679,8 +683,8 @@ def test_a_multi_volume_rar_with_a_volume_missing_is_one_line_naming_it(tmp_path
                                                 r"\(书.part02.rar\) is missing"):
         expand(parts[0])
     parts[2].unlink()
-    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive that cannot be read to its "
-                                                r"end \(.*\); the volumes found end at volume 1 \(书.part01.rar\): give "
+    with pytest.raises(DocumentLoadError, match=r"^书.part01.rar is a multi-volume RAR archive that cannot be "
+                                                r"read to its end \(.*\); the volumes found end at volume 1 \(书.part01.rar\): give "
                                                 r"all of them together$"):
         expand(parts[0])
 
@@ -720,7 +724,8 @@ def test_7zip_split_volumes_build_as_one_archive(kind: str, tmp_path: Path, caps
                                                                 f"资料.{kind}.001/制度/请假.txt"]
     pieces[1].unlink()
     assert main(["build", str(pieces[0]), *kb]) == 2
-    assert f"资料.{kind}.001 is a multi-volume archive, and its volume 2 (资料.{kind}.002) is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"资料.{kind}.001 is a multi-volume archive, and its volume 2 (资料.{kind}.002) is missing" in err
     if kind == "7z":  # its headers are at the end (a ZIP's members can be read from their local headers)
         pieces[1].write_bytes(data[step:2 * step])
         pieces[2].unlink()

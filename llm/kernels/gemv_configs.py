@@ -122,7 +122,8 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     if rows > MAX_INT8_ROWS:  # int8 prompts past 64 tokens (``INT8_GEMM_ROWS``): GEMM tiles, 64-128 rows each
         return [GemvConfig(128, 64, num_warps=8, block_m=128), GemvConfig(128, 64, num_stages=4, block_m=64),
                 GemvConfig(64, 64, num_stages=4, block_m=128),
-                GemvConfig(128, 32, num_warps=8, num_stages=4, block_m=128), GemvConfig(64, 64, num_stages=4, block_m=64)]
+                GemvConfig(128, 32, num_warps=8, num_stages=4, block_m=128),
+                GemvConfig(64, 64, num_stages=4, block_m=64)]
     if rows > MAX_ROWS:  # int8 prompts: tl.dot on 64-row tiles, one read of the weight; run 26 (H200, M = 64):
         # 64 x 64 tiles in 4 K-slices won 3 of 4 shapes, one slice on wide gate_up (N / 64 = 428 programs
         # already); the one-slice 32 x 128 heuristic before filled only N / 32 = 128-144 programs
