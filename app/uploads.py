@@ -68,7 +68,6 @@ def check_content(path: Path) -> Path:
     refuses zip bombs); a ``.zip`` that is an archive of files passes (its documents are read at
     build, and so does a volume of a split archive, 资料.7z.002); the full read happens at build."""
     from kb.loaders import ARCHIVE_SUFFIXES, SUFFIX_FORMATS, TEXT_SUFFIXES, detect_format, is_archive
-
     from kb.loaders.volumes import volume_of
 
     text_name = path.suffix.lower() in TEXT_SUFFIXES

@@ -457,6 +457,15 @@ def _seven_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _rar4_block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
+    """One RAR 4 block: its header (CRC32's low 16 bits, type, flags, size, ``body``), then ``data``."""
+    import struct
+    import zlib
+
+    header = struct.pack("<BHH", kind, flags, 7 + len(body)) + body
+    return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
+
+
 def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True, encrypted: bool = False) -> Path:
     """A RAR 4 archive of stored (uncompressed) members, written here from the format's block
     layout (no tool writes RAR but WinRAR): the marker, a main header, one file header per member
@@ -466,10 +475,7 @@ def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True, enc
     import struct
     import zlib
 
-    def block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
-        header = struct.pack("<BHH", kind, flags, 7 + len(body)) + body
-        return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
-
+    block = _rar4_block
     out = b"Rar!\x1a\x07\x00" + block(0x73, 0, bytes(6))
     for name, data in members.items():
         raw = name.encode("utf-8" if utf8_names else "gbk")
@@ -601,9 +607,7 @@ def _rar4_set(folder: Path, names: list[str], members: dict[str, bytes]) -> list
     import struct
     import zlib
 
-    def block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
-        header = struct.pack("<BHH", kind, flags, 7 + len(body)) + body
-        return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
+    block = _rar4_block
 
     def file_block(name: str, part: bytes, data: bytes, flags: int) -> bytes:
         raw = name.encode()

@@ -96,15 +96,17 @@ class _Unpacking:
         check_unpack_limits(self.outer, members=self.members, total=self.total, so_far=True)
 
 
-def unpack_documents(path: Path, into: Path, *, volumes: Sequence[Path] | None = None) -> ArchiveDocuments:
+def unpack_documents(path: Path, into: Path, *, kind: str | None = None,
+                     volumes: Sequence[Path] | None = None) -> ArchiveDocuments:
     """Unpack the documents of the archive at ``path`` into the folder ``into`` (which must
     exist), and those of the archives inside it, ``MAX_NESTING`` deep (recorded as
     ``2023.zip/制度/请假.txt``); DocumentLoadError (one line) for a damaged or hostile archive or
     one without a document. A damaged, locked or empty archive inside is skipped and named; a hostile
-    one (``ArchiveRefused``) refuses the whole archive. ``volumes``: ``path`` is the first volume of a
-    set (``资料.part1.rar``, ``资料.7z.001``), these the later ones in order (``kb.loaders.volumes``)."""
+    one (``ArchiveRefused``) refuses the whole archive. ``kind``: ``archive_kind(path)`` where the
+    caller has it already. ``volumes``: ``path`` is the first volume of a set (``资料.part1.rar``,
+    ``资料.7z.001``), these the later ones in order (``kb.loaders.volumes``)."""
     state = _Unpacking(outer=path.name)
-    _unpack_one(path, into, state, kind=archive_kind(path), prefix="", volumes=volumes)
+    _unpack_one(path, into, state, kind=kind or archive_kind(path), prefix="", volumes=volumes)
     _unpack_nested(into, state, depth=1)
     found = state.found
     if not found.files:
@@ -127,8 +129,7 @@ def _unpack_one(path: Path, into: Path, state: _Unpacking, *, kind: str | None, 
     elif kind == "tar" or (kind is None and suffix in TAR_SUFFIXES):
         _unpack_tar(path, into, state, prefix=prefix)
     elif kind in ("7z", "rar") or (kind is None and suffix in LIBARCHIVE_MAGIC):
-        _unpack_libarchive(path, into, state, kind=(kind or suffix.lstrip(".")).upper(), prefix=prefix,
-                           volumes=volumes)
+        _unpack_libarchive(path, into, state, kind=(kind or suffix.lstrip(".")).upper(), prefix=prefix)
     else:
         _unpack_zip(path, into, state, prefix=prefix)
 
@@ -215,8 +216,8 @@ def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
 def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, prefix: str,
                        volumes: Sequence[Path] | None = None) -> None:
     """``_unpack_one`` of a 7z or RAR archive (``kind``: "7Z", "RAR"; with ``volumes``, a set of
-    volumes of any of them or of a ZIP), through libarchive: regular files only, the limits checked on the bytes as
-    they stream out (a header's declared size is not trusted)."""
+    volumes of any of them or of a ZIP), through libarchive: regular files only, the limits checked
+    on the bytes as they stream out (a header's declared size is not trusted)."""
     shown = _shown(path, prefix)
     libarchive = _libarchive(shown, kind)
     headers = file_members(path) if kind == "RAR" and volumes is None else None  # stored members' CRCs

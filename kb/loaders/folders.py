@@ -24,7 +24,7 @@ from pathlib import Path
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
 from kb.loaders.archives import unpack_documents, why_not_an_archive
-from kb.loaders.sniff import ARCHIVE_SUFFIXES, SUPPORTED_SUFFIXES, check_regular_file, is_archive
+from kb.loaders.sniff import ARCHIVE_SUFFIXES, SUPPORTED_SUFFIXES, archive_kind, check_regular_file, is_archive
 from kb.loaders.volumes import gather_volumes, volume_of
 
 
@@ -87,8 +87,9 @@ def expand_documents(
     sets = gather_volumes(given)  # a set of volumes stands as its first volume
     for path in sets.paths:
         check_regular_file(path)
-        if path in sets.volumes or is_archive(path):
-            _add_archive(found, path, next(folders), source=source, volumes=sets.volumes.get(path))
+        kind = archive_kind(path)
+        if path in sets.volumes or kind is not None:
+            _add_archive(found, path, next(folders), source=source, kind=kind, volumes=sets.volumes.get(path))
         else:
             found.add(path, source(path))
     _add_folder_archives(found, in_folders, folders, source=source)
@@ -103,22 +104,23 @@ def _add_folder_archives(found: DocumentFiles, archives: list[Path], folders: It
     for parent in dict.fromkeys(p.parent for p in archives):  # a set's volumes lie in one folder
         sets = gather_volumes([p for p in archives if p.parent == parent], unread=found.unread)
         for path in sets.paths:
-            if path not in sets.volumes and not is_archive(path):
+            kind = archive_kind(path)
+            if path not in sets.volumes and kind is None:
                 found.unread.append(f"{path.name} ({why_not_an_archive(path)})")
                 continue
             try:
-                _add_archive(found, path, next(folders), source=source, volumes=sets.volumes.get(path))
+                _add_archive(found, path, next(folders), source=source, kind=kind, volumes=sets.volumes.get(path))
             except DocumentLoadError as e:
                 found.unread.append(one_line(e))
 
 
 def _add_archive(found: DocumentFiles, path: Path, folder: Path, *, source: Callable[[Path], str],
-                 volumes: list[Path] | None) -> None:
-    """The documents of the archive at ``path`` (with ``volumes``: the first of a set of
-    volumes), unpacked into ``folder`` (made here), each recorded under the archive's source plus
-    its path inside."""
+                 kind: str | None, volumes: list[Path] | None) -> None:
+    """The documents of the archive at ``path`` (of ``kind``, ``archive_kind``; with ``volumes``:
+    the first of a set of volumes), unpacked into ``folder`` (made here), each recorded under the
+    archive's source plus its path inside."""
     folder.mkdir(parents=True)
-    unpacked = unpack_documents(path, folder, volumes=volumes)
+    unpacked = unpack_documents(path, folder, kind=kind, volumes=volumes)
     for file, inside in unpacked.files:
         found.add(file, f"{source(path)}/{inside}")
     found.skipped += [f"{path.name}/{inside}" for inside in unpacked.skipped]
@@ -140,8 +142,8 @@ def folder_contents(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
             path = Path(root, name)
             if path.suffix.lower() in SUPPORTED_SUFFIXES:
                 documents.append(path)
-            elif path.is_file() and (volume_of(path) is not None or is_archive(path)
-                                     or path.suffix.lower() in ARCHIVE_SUFFIXES):
+            elif path.is_file() and (path.suffix.lower() in ARCHIVE_SUFFIXES or volume_of(path) is not None
+                                     or is_archive(path)):  # by name first; a renamed one by its bytes
                 archives.append(path)  # one named as an archive that is none is named with why when read
             else:
                 others.append(path)
