@@ -45,6 +45,7 @@ from typing import Any
 
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
+from kb.loaders.libarchive_warnings import ChecksumMismatch, watched
 from kb.loaders.rar4_crc import Member, file_members
 from kb.loaders.sniff import (
     ARCHIVE_SUFFIXES,
@@ -222,7 +223,7 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
     libarchive = _libarchive(shown, kind)
     headers = file_members(path) if kind == "RAR" and volumes is None else None  # stored members' CRCs
     try:
-        with _open_volumes(libarchive, [path, *(volumes or ())]) as archive:
+        with watched(shown) as watch, _open_volumes(libarchive, [path, *(volumes or ())]) as archive:
             files = -1  # the entry's place among the non-folder entries, as rar4_crc counts them
             for number, entry in enumerate(archive):
                 state.count(members=1, total=0)
@@ -236,6 +237,10 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
                 if target is not None and _copy_member(entry, target, state, crc=_stored_crc(headers, files, entry)):
                     raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({name}: its bytes do not match "
                                             "the CRC the archive records)")
+                watch.check()
+            watch.check()
+    except ChecksumMismatch as e:
+        raise DocumentLoadError(f"{shown} is a damaged {kind} archive ({one_line(e)})") from e
     except libarchive.ArchiveError as e:
         why = one_line(e)
         if "passphrase" in why.lower() or "encrypt" in why.lower():  # 7z with encrypted headers, RAR 5
