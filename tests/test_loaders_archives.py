@@ -713,6 +713,31 @@ def test_a_multi_volume_rar_builds_once_from_its_first_volume(
 
 
 @needs_libarchive
+def test_sets_of_volumes_inside_an_archive_are_read_once_as_their_first_volume(tmp_path: Path) -> None:
+    """Regression: the volumes of a set inside an archive (a ZIP of 资料.part1.rar, part2.rar ...,
+    or of 资料.7z.001, .002 ...) were read one by one: every one named as damaged and nothing built
+    ("资料.part1.rar is a damaged RAR archive (Truncated RAR file data)"; the 7z pieces were files
+    of other types). A set is read once now, recorded under its first volume; a set without its
+    first volume is named with the volume to add, and the rest builds."""
+    members = {"制度/请假.txt": LEAVE.encode() * 30, "制度/出差.txt": TRAVEL.encode()}
+    (tmp_path / "rar").mkdir()
+    rar = _rar4_set(tmp_path / "rar", ["资料.part1.rar", "资料.part2.rar", "资料.part3.rar"], members)
+    seven = _seven_zip(tmp_path / "b.7z", {"手册.txt": LEAVE.encode() * 50}).read_bytes()
+    third = -(-len(seven) // 3)
+    pieces = {f"备份/手册.7z.{n + 1:03d}": seven[n * third:(n + 1) * third] for n in range(3)}
+    outer = _zip(tmp_path / "outer.zip", {**{f"卷/{p.name}": p.read_bytes() for p in rar}, **pieces,
+                                           "孤/旧.part2.rar": rar[1].read_bytes(), "说明.txt": TRAVEL.encode()})
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(outer, tmp_path / "into")
+    got = {inside: file.read_bytes() for file, inside in found.files}
+    assert got == {**{f"卷/资料.part1.rar/{k}": v for k, v in members.items()},
+                   "备份/手册.7z.001/手册.txt": LEAVE.encode() * 50, "说明.txt": TRAVEL.encode()}
+    assert found.unread == ["旧.part2.rar is volume 2 of a multi-volume archive whose first volume "
+                            "(旧.part1.rar) was not given: give all its volumes together"]
+    assert found.skipped == []
+
+
+@needs_libarchive
 def test_a_multi_volume_rar_with_a_volume_missing_is_one_line_naming_it(tmp_path: Path) -> None:
     """The first volume not given, a gap in the middle, or the set cut after its last volume
     present: one line each, naming the volume to add."""

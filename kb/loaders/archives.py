@@ -47,6 +47,7 @@ from configs.errors import one_line
 from kb.errors import DocumentLoadError
 from kb.loaders.libarchive_warnings import ChecksumMismatch, watched
 from kb.loaders.rar4_crc import Member, file_members
+from kb.loaders.volumes import gather_volumes, may_be_a_volume
 from kb.loaders.sniff import (
     ARCHIVE_SUFFIXES,
     DAMAGED_TAR,
@@ -87,6 +88,7 @@ class _Unpacking:
     outer: str
     found: ArchiveDocuments = field(default_factory=ArchiveDocuments)
     nested: list[tuple[Path, str]] = field(default_factory=list)
+    set_folders: dict[tuple[Path, str], Path] = field(default_factory=dict)  # (folder, dir inside) -> volumes
     members: int = 0
     total: int = 0
 
@@ -136,12 +138,13 @@ def _unpack_one(path: Path, into: Path, state: _Unpacking, *, kind: str | None, 
 
 
 def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
-    """Unpack the archives found inside, level by level, each into its own folder; the copy of
-    each archive is deleted once it is read."""
+    """Unpack the archives found inside, level by level, each into its own folder (a set of
+    volumes inside, such as ``资料.part1.rar`` ... or ``资料.7z.001`` ..., read once as its first
+    volume); the copy of each archive is deleted once it is read."""
     level, state.nested = state.nested, []
     unread = state.found.unread
-    for number, (file, name) in enumerate(level):
-        try:
+    try:
+        for number, (file, name, volumes) in enumerate(_gather_nested_sets(level, unread)):
             if depth > MAX_NESTING:
                 unread.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
             elif (kind := archive_kind(file)) is None:
@@ -149,22 +152,40 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
             else:
                 folder = into / f"{depth}-{number:05d}"
                 folder.mkdir()
-                files, nested = len(state.found.files), len(state.nested)
-                try:
-                    _unpack_one(file, folder, state, kind=kind, prefix=f"{name}/")
-                except ArchiveRefused:
-                    raise
-                except DocumentLoadError as e:  # damaged: forget what it gave, the other documents still build
-                    del state.found.files[files:], state.nested[nested:]
-                    why = one_line(e)  # it names the archive by its path inside (``_shown``)
-                    unread.append(why if why.startswith(name) else f"{name} ({why})")
-                else:
-                    if (len(state.found.files), len(state.nested)) == (files, nested):
-                        unread.append(f"{name} (no documents)")
-        finally:
+                _unpack_inner(file, folder, state, kind=kind, name=name, volumes=volumes)
+    finally:
+        for file, _ in level:
             file.unlink(missing_ok=True)
     if state.nested:
         _unpack_nested(into, state, depth=depth + 1)
+
+
+def _gather_nested_sets(level: list[tuple[Path, str]], unread: list[str]
+                        ) -> list[tuple[Path, str, list[Path] | None]]:
+    """``(file, path inside, later volumes)`` for each archive of ``level``: the volumes of a set
+    (written under their own names, one folder per folder inside: ``_target``) gathered into its
+    first; a set without its first volume, or with a gap, named in ``unread``."""
+    names = {file: name for file, name in level}
+    sets = gather_volumes([file for file, _ in level], unread=unread)
+    return [(file, names[file], sets.volumes.get(file)) for file in sets.paths]
+
+
+def _unpack_inner(file: Path, folder: Path, state: _Unpacking, *, kind: str, name: str,
+                  volumes: list[Path] | None) -> None:
+    """``_unpack_one`` of an archive inside; where it is damaged or locked, what it gave is
+    forgotten and it is named in ``unread`` (the other documents still build)."""
+    files, nested = len(state.found.files), len(state.nested)
+    try:
+        _unpack_one(file, folder, state, kind=kind, prefix=f"{name}/", volumes=volumes)
+    except ArchiveRefused:
+        raise
+    except DocumentLoadError as e:
+        del state.found.files[files:], state.nested[nested:]
+        why = one_line(e)  # it names the archive by its path inside (``_shown``)
+        state.found.unread.append(why if why.startswith(name) else f"{name} ({why})")
+    else:
+        if (len(state.found.files), len(state.nested)) == (files, nested):
+            state.found.unread.append(f"{name} (no documents)")
 
 
 def why_not_an_archive(file: Path) -> str:
@@ -347,7 +368,8 @@ def _shown(path: Path, prefix: str) -> str:
 
 
 def _target(state: _Unpacking, into: Path, number: int, name: str, *, prefix: str) -> Path | None:
-    """Where member ``name`` is unpacked (a generated name, its suffix kept), recorded in
+    """Where member ``name`` is unpacked (a generated name, its suffix kept; one that may be a
+    volume of a set, under its own name in ``_set_folder``), recorded in
     ``state`` as a document or an archive inside; None where it is not read: left over
     (``_left_over``) or of a type no loader reads (then named in ``state.found.skipped``)."""
     if _left_over(name):
@@ -356,12 +378,26 @@ def _target(state: _Unpacking, into: Path, number: int, name: str, *, prefix: st
     target = into / f"{number:05d}{suffix}"
     if suffix in SUPPORTED_SUFFIXES:
         state.found.files.append((target, prefix + name))
+    elif may_be_a_volume(name) and len(os.fsencode(PurePosixPath(name).name)) <= 200:  # under its own
+        # name (not one too long for the disk), beside the other volumes of its set
+        target = _set_folder(state, into, name) / PurePosixPath(name).name
+        state.nested.append((target, prefix + name))
     elif suffix in ARCHIVE_SUFFIXES:
         state.nested.append((target, prefix + name))
     else:
         state.found.skipped.append(prefix + name)
         return None
     return target
+
+
+def _set_folder(state: _Unpacking, into: Path, name: str) -> Path:
+    """The folder where the members of one folder inside that may be volumes are written under
+    their own names (``kb.loaders.volumes`` finds a set's volumes by name, side by side)."""
+    key = (into, str(PurePosixPath(name).parent))
+    if key not in state.set_folders:
+        state.set_folders[key] = into / f"volumes-{len(state.set_folders):05d}"
+        state.set_folders[key].mkdir()
+    return state.set_folders[key]
 
 
 def tar_member_name(info: tarfile.TarInfo) -> str:

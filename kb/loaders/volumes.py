@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from kb.errors import DocumentLoadError
 
@@ -46,6 +46,13 @@ class Volume:
         if self.style == "split":
             return f"{self.stem}.{number:03d}"
         return f"{self.stem}.rar" if number == 1 else f"{self.stem}.r{number - 2:02d}"
+
+
+def may_be_a_volume(name: str) -> bool:
+    """Whether a file named ``name`` may be one volume of a set, by its name alone (an archive's
+    member: nothing lies beside it yet). Any ``.rar`` may be the first of the older naming."""
+    base = PurePosixPath(name).name
+    return bool(_PART.match(base) or _SPLIT.match(base) or _OLD.match(base)) or base.lower().endswith(".rar")
 
 
 def volume_of(path: Path) -> Volume | None:
