@@ -864,3 +864,26 @@ def test_a_damaged_stored_rar4_member_is_refused_not_built_garbled(tmp_path: Pat
     found = unpack_documents(outer, tmp_path / "into2")
     assert [inside for _, inside in found.files] == ["b.txt"] and found.unread[0].startswith("资料.rar is a damaged")
     assert file_members(tmp_path / "outer.zip") is None  # not RAR 4: nothing to check, libarchive decides
+
+
+@needs_libarchive
+def test_a_damaged_stored_member_of_a_rar4_set_is_refused_not_built_garbled(tmp_path: Path) -> None:
+    """Regression: the CRC check above covered single archives only, so a flipped byte in a stored
+    member of a set of volumes still built garbled text. A member split over volumes is checked whole
+    against the CRC its last part records; the parts' own CRCs do not stand for it."""
+    from kb.loaders.rar4_crc import set_members
+
+    members = {"制度/请假.txt": LEAVE.encode() * 30, "b.md": b"# x\n"}
+    parts = _rar4_set(tmp_path, ["资料.part1.rar", "资料.part2.rar", "资料.part3.rar"], members)
+    checked = set_members(parts)
+    assert checked is not None and [(m.size, m.stored_crc is not None) for m in checked] == [
+        (len(LEAVE.encode()) * 30, True), (4, True)]
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(parts[0], tmp_path / "into", volumes=parts[1:])  # intact: read, checked, equal
+    assert {inside: file.read_bytes() for file, inside in found.files} == members
+    data = bytearray(parts[1].read_bytes())
+    data[data.index("病假".encode())] ^= 0x20
+    parts[1].write_bytes(bytes(data))
+    (tmp_path / "into2").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"^资料.part1.rar is a damaged RAR archive \(制度/请假.txt: its bytes"):
+        unpack_documents(parts[0], tmp_path / "into2", volumes=parts[1:])

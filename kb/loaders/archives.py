@@ -46,7 +46,7 @@ from typing import Any
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
 from kb.loaders.libarchive_warnings import ChecksumMismatch, watched
-from kb.loaders.rar4_crc import Member, file_members
+from kb.loaders.rar4_crc import Member, file_members, set_members
 from kb.loaders.volumes import gather_volumes, may_be_a_volume
 from kb.loaders.sniff import (
     ARCHIVE_SUFFIXES,
@@ -242,7 +242,7 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
     on the bytes as they stream out (a header's declared size is not trusted)."""
     shown = _shown(path, prefix)
     libarchive = _libarchive(shown, kind)
-    headers = file_members(path) if kind == "RAR" and volumes is None else None  # stored members' CRCs
+    headers = None if kind != "RAR" else file_members(path) if volumes is None else set_members([path, *volumes])
     try:
         with watched(shown) as watch, _open_volumes(libarchive, [path, *(volumes or ())]) as archive:
             files = -1  # the entry's place among the non-folder entries, as rar4_crc counts them
