@@ -98,3 +98,18 @@ def test_ingest_build_of_an_rtf_novel_cites_its_chapters(tmp_path: Path, capsys:
     hits = ingest_hits([tmp_path / "novel.rtf"], "董卓 仲颖", root=tmp_path / "kbs", capsys=capsys)
     hit = next(h for h in hits if "董卓" in h["text"])
     assert hit["chapter"] == 2 and "{" not in hit["text"] and "\\" not in hit["text"]
+
+
+def test_rtf_table_rows_read_like_other_formats_tables(tmp_path: Path) -> None:
+    """A table in RTF (Word's and LibreOffice's "save as RTF") read as ``假别|天数|`` (striprtf's cell
+    marks) while DOCX, ODT and HTML rows read ``假别 | 天数``: one row form for every format now."""
+    def row(*cells: str) -> str:
+        return "\\trowd\\cellx2000\\cellx4000\\pard\\intbl " + "".join(f"{escaped(c, 'gbk')}\\cell " for c in cells) + \
+            "\\row\n"
+
+    body = escaped("请假制度", "gbk") + "\\par\n" + row("假别", "天数") + row("年 假", "五天") + "\\pard " + \
+        escaped("出差凭发票报销。", "gbk")
+    path = tmp_path / "manual.rtf"
+    path.write_text(rtf(body), encoding="ascii")
+    lines = [line for line in "".join(open_document(path).blocks()).splitlines() if line.strip()]
+    assert lines == ["请假制度", "假别 | 天数", "年 假 | 五天", "出差凭发票报销。"]

@@ -6,8 +6,9 @@ or ``\\u20320?`` for code points. Read as a text file, its control words became 
 destinations that are not text (font, colour and style tables, pictures) and decodes each
 ``\\'hh`` run in its font's charset (``\\fcharset134``: GB2312, ``136``: Big5), else in the
 document's ``\\ansicpg``: an English Word that declares 1252 still writes Chinese in a SimSun
-font as GBK bytes. Paragraphs (``\\par``) become lines; chapters come from 第N回 lines as in
-plain text.
+font as GBK bytes. Paragraphs (``\\par``) become lines; a table row (striprtf ends each
+``\\cell`` with ``|``) becomes its cells joined by `` | ``, as DOCX, ODT and HTML tables read;
+chapters come from 第N回 lines as in plain text.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _FCHARSET = re.compile(rb"\\fcharset(\d+)")
 _CHARSET_CODEPAGES = {128: 932, 129: 949, 134: 936, 136: 950}
 _DEFAULT_CODEPAGE = 1252
 _HEADER_BYTES = 64 << 10  # where the header and font table are
+_TABLE_ROW = re.compile(r"^[^\n]*\|[ \t]*$", re.MULTILINE)  # a line of cells, each ended by striprtf's "|"
 
 
 def load_rtf(path: Path) -> LoadedDocument:
@@ -39,11 +41,17 @@ def load_rtf(path: Path) -> LoadedDocument:
         raise DocumentLoadError(f"{path} is a damaged RTF document ({type(e).__name__}); save it again") from e
     if not text.strip():
         raise DocumentLoadError(f"{path} has no text; there is nothing to add")
+    text = _TABLE_ROW.sub(_row_line, text)
     warnings = []
     if replaced := text.count("\ufffd"):
         warnings.append(f"{path.name}: {replaced} character{'s' if replaced > 1 else ''} not in code page "
                         f"{codec} replaced with U+FFFD")
     return LoadedDocument(path, "rtf", codec, text_blocks([text]), warnings=warnings)
+
+
+def _row_line(row: re.Match[str]) -> str:
+    """A table row as the other formats write one: ``假别|天数|`` -> ``假别 | 天数``."""
+    return " | ".join(" ".join(cell.split()) for cell in row.group().rstrip()[:-1].split("|"))
 
 
 def rtf_codec(header: bytes) -> str:
