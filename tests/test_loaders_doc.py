@@ -24,6 +24,8 @@ MANUAL = ["员工手册", "第一章 总则", "为规范公司管理，制定本
           "年假每年五天，病假需要医院证明。详见人事网站。", "姓名", "部门", "张三", "销售部",
           "第三章 附则 Appendix: contact hr@example.com"]
 ENGLISH = ["Employee Handbook", "Chapter 1. Leave: five days a year; café rules apply."]
+RULES = [("总则", 1), ("本制度适用于全体员工。", 0), ("请假", 1), ("病假需医院证明。", 0), ("年假", 2),
+         ("满一年五天。", 0), ("Travel 出差", 1), ("凭发票报销。", 0)]
 
 
 def write_manual(path: Path) -> Path:
@@ -69,16 +71,33 @@ def write_english(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("write", [write_manual, write_english])
+def write_rules(path: Path) -> Path:
+    """Rules whose sections are Word's "Heading 1" / "Heading 2" paragraphs (no 第N章 lines)."""
+    import docx
+
+    document = docx.Document()
+    for line, level in RULES:
+        document.add_heading(line, level) if level else document.add_paragraph(line)
+    document.save(path)
+    return path
+
+
+@pytest.mark.parametrize("write", [write_manual, write_english, write_rules])
 def test_doc_main_text_is_the_docx_loaders_text(write: Any, tmp_path: Path) -> None:
     """Differential: the .doc LibreOffice made from a DOCX reads as the DOCX loader reads that DOCX,
-    the table as ``a | b`` rows included."""
+    the table as ``a | b`` rows and the headings ("Heading 1-3" styles; a .doc's were plain lines
+    before) included."""
     name = write.__name__.removeprefix("write_") + ".doc"
     document = open_document(FIXTURES / name)
     assert (document.format, detect_format(FIXTURES / name)) == ("doc", "doc")
     text = "".join(document.blocks())
-    source = "".join(open_document(write(tmp_path / "source.docx")).blocks())
+    source_document = open_document(write(tmp_path / "source.docx"))
+    source = "".join(source_document.blocks())
     assert _lines(text) == _lines(source)
+    assert [(h.level, h.title, text[h.start:h.start + len(h.title)]) for h in document.headings] == [
+        (h.level, h.title, source[h.start:h.start + len(h.title)]) for h in source_document.headings]
+    if name == "rules.doc":
+        assert [(h.title, h.level) for h in document.headings] == [(t, n) for t, n in RULES if n]
     assert "HYPERLINK" not in text and "页眉" not in text  # a field's code, a header: not main text
     if name == "manual.doc":
         assert "姓名 | 部门\n张三 | 销售部\n" in text
@@ -92,6 +111,9 @@ def test_chapters_and_citations_of_a_doc(tmp_path: Path, capsys: pytest.CaptureF
     hits = ingest_hits([FIXTURES / "manual.doc"], "年假 病假", root=tmp_path / "kbs", capsys=capsys)
     hit = next(h for h in hits if "年假" in h["text"])
     assert hit["chapter"] == 2 and "休假制度" in (hit["chapter_title"] or "")
+    hits = ingest_hits([FIXTURES / "rules.doc"], "病假 证明", root=tmp_path / "kbs2", capsys=capsys)
+    hit = next(h for h in hits if "病假" in h["text"])  # a section of a heading style, not a 第N章 line
+    assert hit["chapter"] == 2 and hit["chapter_title"] == "请假"
 
 
 def test_the_piece_table_in_both_encodings_and_words_marks() -> None:
@@ -209,7 +231,8 @@ def _with_fib_flag(data: bytes, flag: int) -> bytes:
 def make_fixtures() -> None:
     """Write the DOCX sources and convert them with LibreOffice into tests/data/doc."""
     with tempfile.TemporaryDirectory() as folder:
-        sources = [write_manual(Path(folder) / "manual.docx"), write_english(Path(folder) / "english.docx")]
+        sources = [write_manual(Path(folder) / "manual.docx"), write_english(Path(folder) / "english.docx"),
+                   write_rules(Path(folder) / "rules.docx")]
         libreoffice_convert(sources, "doc", FIXTURES)
 
 

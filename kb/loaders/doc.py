@@ -15,9 +15,10 @@ anchors, footnote references and soft hyphens disappear. Tables become one ``a |
 as the DOCX loader writes them. In the text a cell end and a row end are the same mark (``\\x07``),
 and an empty cell looks like a row end; what tells them apart is each paragraph's properties
 (PAPX: ``sprmPFInTable``, ``sprmPFTtp``), kept in 512-byte pages (FKPs) that the table stream's
-``PlcBtePapx`` lists. Where those cannot be read, every cell is its own line. Styles are not
-read: chapters come from 第N章/回 lines as in plain text. Encrypted and damaged files are refused
-in one line.
+``PlcBtePapx`` lists. Where those cannot be read, every cell is its own line. The same properties
+name each paragraph's style: one of the style sheet's heading styles (``kb.loaders.doc_styles``)
+makes the paragraph a heading, as "Heading 1-3" does in a DOCX; otherwise chapters come from
+第N章/回 lines as in plain text. Encrypted and damaged files are refused in one line.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import re
 import struct
 from bisect import bisect_right
 from pathlib import Path
+from typing import NamedTuple
 
 from kb.errors import DocumentLoadError
 from kb.loaders.compound_file import compound_file
-from kb.loaders.document import LoadedDocument, text_blocks
+from kb.loaders.doc_styles import heading_styles
+from kb.loaders.document import Heading, LoadedDocument, text_blocks
 
 _FIB_IDENT = 0xA5EC
 _NFIB_WORD97 = 0x00C0  # FibBase.nFib below this: Word 6.0/95 (101-105), whose FIB has another layout
@@ -45,6 +48,8 @@ _DEF_TABLE, _CHANGE_TABS = 0xD608, 0xC615  # spra 6 sprms whose size is not one 
 # Stand-ins for a table's marks from main_text to readable: a paragraph end inside a cell, a cell
 # end, a row end (private-use characters: never in a .doc's text as such).
 _IN_CELL, _CELL_END, _ROW_MARK = "\ue000", "\ue001", "\ue002"
+_HEADING_MARKS = "\ue011\ue012\ue013"  # before a heading paragraph's end: levels 1, 2, 3
+_HEADING_LINE = re.compile(f"^([^\n]*)([{_HEADING_MARKS}])[ \t]*$", re.MULTILINE)
 _FIELD_BEGIN, _FIELD_SEPARATOR, _FIELD_END = "\x13", "\x14", "\x15"
 # Marks that end a line (paragraph, cell, line, page, column), non-breaking space and hyphen, and
 # marks that stand for nothing readable (picture and object anchors, footnote and annotation
@@ -53,6 +58,7 @@ _NEWLINES = str.maketrans({"\r": "\n", "\x07": "\n", "\x0b": "\n", "\x0c": "\n",
                            "\x1e": "-", "\x01": None, "\x02": None, "\x03": None, "\x04": None, "\x05": None,
                            "\x08": None, "\x1f": None})
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")
+_UNMARK = str.maketrans(dict.fromkeys(_HEADING_MARKS))  # a stand-in left where no line ends after it
 
 
 def load_doc(path: Path) -> LoadedDocument:
@@ -71,10 +77,10 @@ def load_doc(path: Path) -> LoadedDocument:
         raw = main_text(word, table)
     except (ValueError, IndexError, struct.error) as e:
         raise DocumentLoadError(f"{path} is a damaged Word document ({e}); save it again as .docx") from e
-    text = readable(raw)
+    text, headings = take_headings(readable(raw))
     if not text.strip():
         raise DocumentLoadError(f"{path} has no text; there is nothing to add")
-    return LoadedDocument(path, "doc", "doc", text_blocks([text]))
+    return LoadedDocument(path, "doc", "doc", text_blocks([text]), headings=headings)
 
 
 def main_text(word: bytes, table: bytes) -> str:
@@ -85,7 +91,8 @@ def main_text(word: bytes, table: bytes) -> str:
     if length < 0 or fc_clx + lcb_clx > len(table):
         raise ValueError("the FIB points outside the document")
     runs = paragraph_runs(word, table)
-    starts = [run[0] for run in runs]
+    starts = [run.start for run in runs]
+    levels = heading_styles(word, table) if runs else {}
     out: list[str] = []
     taken = 0
     for start, end, offset, compressed in pieces(table[fc_clx: fc_clx + lcb_clx]):
@@ -98,15 +105,25 @@ def main_text(word: bytes, table: bytes) -> str:
             chunk = word[offset: offset + 2 * count].decode("utf-16-le", errors="replace")
         if len(chunk) != count:
             raise ValueError("a piece runs past the WordDocument stream")
-        out.append(_mark_tables(chunk, offset, 1 if compressed else 2, runs, starts) if runs else chunk)
+        out.append(_mark_paragraphs(chunk, offset, 1 if compressed else 2, runs, starts, levels) if runs else chunk)
         taken += count
     return "".join(out)
 
 
-def paragraph_runs(word: bytes, table: bytes) -> list[tuple[int, int, bool, bool]]:
-    """``(first byte, end byte, in a table, ends a row)`` of each paragraph with properties, in
-    byte order, from the paragraph FKPs; empty where they cannot be read (tables then stay a
-    cell per line rather than the whole document being refused)."""
+class Paragraph(NamedTuple):
+    """What the paragraph FKPs say of one paragraph."""
+
+    start: int  # its first byte in WordDocument
+    end: int
+    in_table: bool
+    row_end: bool  # its mark ends a table row
+    istd: int  # its style, by index in the style sheet
+
+
+def paragraph_runs(word: bytes, table: bytes) -> list[Paragraph]:
+    """Each paragraph with properties, in byte order, from the paragraph FKPs; empty where they
+    cannot be read (tables then stay a cell per line and headings plain lines, rather than the
+    whole document being refused)."""
     try:
         fc, lcb = struct.unpack_from("<II", word, _FC_PAPX)
         plc = table[fc: fc + lcb]
@@ -122,7 +139,7 @@ def paragraph_runs(word: bytes, table: bytes) -> list[tuple[int, int, bool, bool
     return runs
 
 
-def _fkp_runs(word: bytes, at: int) -> list[tuple[int, int, bool, bool]]:
+def _fkp_runs(word: bytes, at: int) -> list[Paragraph]:
     """One PapxFkp: ``crun`` in its last byte, ``crun + 1`` byte positions, then a 13-byte BxPap
     per paragraph whose first byte (x 2) locates its PapxInFkp (0: default properties)."""
     page = word[at: at + _PAGE]
@@ -133,17 +150,17 @@ def _fkp_runs(word: bytes, at: int) -> list[tuple[int, int, bool, bool]]:
     runs = []
     for i in range(crun):
         where = 2 * page[4 * (crun + 1) + 13 * i]
-        flags = _table_flags(_papx_sprms(page, where)) if where else (False, False)
-        runs.append((bounds[i], bounds[i + 1], *flags))
+        istd, sprms = _papx(page, where) if where else (0, b"")
+        runs.append(Paragraph(bounds[i], bounds[i + 1], *_table_flags(sprms), istd))
     return runs
 
 
-def _papx_sprms(page: bytes, at: int) -> bytes:
-    """A PapxInFkp's property modifiers (its style index dropped): ``cb`` counts words, 0 means
-    the next byte does."""
+def _papx(page: bytes, at: int) -> tuple[int, bytes]:
+    """A PapxInFkp's style index and property modifiers: ``cb`` counts words, 0 means the next
+    byte does."""
     size = 2 * page[at] - 1 if page[at] else 2 * page[at + 1]
     start = at + (1 if page[at] else 2)
-    return page[start + 2: start + size]
+    return struct.unpack_from("<H", page, start)[0], page[start + 2: start + size]
 
 
 def _table_flags(sprms: bytes) -> tuple[bool, bool]:
@@ -170,20 +187,44 @@ def _table_flags(sprms: bytes) -> tuple[bool, bool]:
     return in_table, row_end
 
 
-def _mark_tables(chunk: str, offset: int, width: int, runs: list[tuple[int, int, bool, bool]],
-                 starts: list[int]) -> str:
+def _mark_paragraphs(chunk: str, offset: int, width: int, runs: list[Paragraph], starts: list[int],
+                     levels: dict[int, int]) -> str:
     """``chunk`` (a piece's text from byte ``offset``, ``width`` bytes a character) with each table
-    paragraph's end mark replaced by its stand-in (``starts``: the runs' first bytes)."""
+    paragraph's end mark replaced by its stand-in and a heading paragraph's (``levels``: heading
+    styles by istd) preceded by its level's (``starts``: the runs' first bytes)."""
     marked = list(chunk)
     for i, char in enumerate(chunk):
         if char not in "\r\x07":
             continue
         at = offset + width * i
         run = runs[bisect_right(starts, at) - 1] if at >= starts[0] else None
-        if run is None or not run[0] <= at < run[1] or not run[2]:
+        if run is None or not run.start <= at < run.end:
             continue
-        marked[i] = _ROW_MARK if run[3] else _CELL_END if char == "\x07" else _IN_CELL
+        if run.in_table:
+            marked[i] = _ROW_MARK if run.row_end else _CELL_END if char == "\x07" else _IN_CELL
+        elif char == "\r" and run.istd in levels:
+            marked[i] = _HEADING_MARKS[levels[run.istd] - 1] + char
     return "".join(marked)
+
+
+def take_headings(text: str) -> tuple[str, tuple[Heading, ...]]:
+    """``readable``'s text without the heading stand-ins, and the headings they marked (a heading
+    paragraph with no text is none)."""
+    headings: list[Heading] = []
+    out: list[str] = []
+    length = 0
+    last = 0
+    for line in _HEADING_LINE.finditer(text):
+        out.append(text[last: line.start()])
+        length += line.start() - last
+        title = " ".join(line.group(1).split())
+        if title:
+            headings.append(Heading(length, _HEADING_MARKS.index(line.group(2)) + 1, title))
+        out.append(line.group(1))
+        length += len(line.group(1))
+        last = line.end()
+    out.append(text[last:])
+    return "".join(out).translate(_UNMARK), tuple(headings)
 
 
 def pieces(clx: bytes) -> list[tuple[int, int, int, bool]]:

@@ -10,6 +10,7 @@ joined, is what chunk ``start``/``end`` index into.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,17 @@ class LoadedDocument:
             return Place(page, page_end if page_end != page else None, sections.at(last))
 
         return place
+
+
+# Word's built-in heading styles (DOCX, DOC), by name in English and as Chinese Word names them.
+_HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-3])$", re.I)
+
+
+def heading_style_level(name: str) -> int | None:
+    """The heading level a Word paragraph style of this name stands for ("Heading 2", "标题 1"),
+    or None: the one rule of the DOCX and DOC loaders (levels 1-3; "Title" is not a chapter)."""
+    match = _HEADING_STYLE.match(name)
+    return int(match.group(1)) if match else None
 
 
 def text_blocks(parts: list[str]) -> Callable[[], Iterator[str]]:

@@ -7,12 +7,11 @@ The archive is checked against zip bombs first; python-docx parses its XML with
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
-from kb.loaders.document import Heading, LoadedDocument, text_blocks
+from kb.loaders.document import Heading, LoadedDocument, heading_style_level, text_blocks
 from kb.loaders.sniff import check_archive
 
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
@@ -21,8 +20,6 @@ _WORD_VARIANTS = (
     "application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml",
     "application/vnd.ms-word.template.macroEnabledTemplate.main+xml",
 )
-# Built-in heading styles, by name in English and as Chinese Word names them.
-_HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-3])$", re.I)
 
 
 def load_docx(path: Path) -> LoadedDocument:
@@ -93,8 +90,7 @@ def _heading_level(paragraph) -> int | None:  # type: ignore[no-untyped-def]
         name = paragraph.style.name if paragraph.style is not None else ""
     except (KeyError, ValueError):
         return None
-    match = _HEADING_STYLE.match(name or "")
-    return int(match.group(1)) if match else None
+    return heading_style_level(name or "")
 
 
 def _row_cells(row) -> list[str]:  # type: ignore[no-untyped-def]
