@@ -14,6 +14,9 @@ placeholders (``TextCharsAtom``: UTF-16; ``TextBytesAtom``: the low bytes of UTF
 Latin-1). Text boxes and table cells live in the slide's own drawing, as text atoms inside
 ``ClientTextbox`` records. Each slide's text is its placeholders' text, then its drawing's, one
 paragraph per line (``\\r`` and vertical tabs end lines); a slide's first line is its heading.
+A table is a group of shapes whose group shape carries the ``tableProperties`` property (in its
+tertiary property table): its cells are read by their places in the group (``ChildAnchor``), one
+``a | b`` line per row, as the PPTX and ODP loaders write rows.
 Then its speaker notes, as the PPTX loader puts them (``备注：`` before the first line): the
 ``SlideAtom`` names its notes by id, the notes list (instance 2) maps that id to the notes page's
 persist id, and the page's text is read as a slide's. Fields (slide number, date, footer) are a
@@ -41,6 +44,8 @@ _TEXT_CHARS = 0x0FA0
 _TEXT_BYTES = 0x0FA8
 _USER_EDIT = 0x0FF5
 _CLIENT_TEXTBOX = 0xF00D
+_GROUP, _SHAPE, _TERTIARY_OPT, _CHILD_ANCHOR = 0xF003, 0xF004, 0xF122, 0xF00F
+_TABLE_PROPERTIES = 0x039F  # a group shape's property: the group is a table
 # Meta-character atoms: a field (slide number, date, header, footer) at a text position.
 _FIELDS = frozenset({0x0FD8, 0x0FF7, 0x0FF8, 0x0FF9, 0x0FFA, 0x1015})
 _CURRENT_USER = 0x0FF6
@@ -203,10 +208,51 @@ def _walk(stream: bytes, start: int, end: int, depth: int) -> Iterator[str]:
         elif stream[child_start - 8] & 0x0F == 0x0F:  # recVer 0xF: a container
             yield from texts
             texts = []
-            yield from _walk(stream, child_start, child_end, depth + 1)
+            if kind == _GROUP and _is_table(stream, child_start, child_end):
+                yield from _table_rows(stream, child_start, child_end, depth + 1)
+            else:
+                yield from _walk(stream, child_start, child_end, depth + 1)
     if fields and len(texts) == 1 and stream[start - 6: start - 4] == struct.pack("<H", _CLIENT_TEXTBOX):
         texts = [_without_fields(texts[0], fields)]
     yield from texts
+
+
+def _is_table(stream: bytes, start: int, end: int) -> bool:
+    """Whether a group container's group shape (its first shape) says the group is a table."""
+    for kind, shape_start, shape_end in _children(stream, start, end):
+        if kind != _SHAPE:
+            return False
+        for prop, prop_start, prop_end in _children(stream, shape_start, shape_end):
+            if prop == _TERTIARY_OPT:
+                count = _instance(stream, prop_start - 8)
+                for i in range(min(count, (prop_end - prop_start) // 6)):
+                    opid, value = struct.unpack_from("<HI", stream, prop_start + 6 * i)
+                    if opid & 0x3FFF == _TABLE_PROPERTIES and value:
+                        return True
+        return False
+    return False
+
+
+def _table_rows(stream: bytes, start: int, end: int, depth: int) -> Iterator[str]:
+    """A table group's cells, one ``a | b`` line per row: cells ordered by their top, then left
+    edge (``ChildAnchor``: left, top, right, bottom); a cell's own lines joined by spaces. A cell is
+    a shape with a text box (an empty cell's has no text); the group shape and the border lines
+    are passed over."""
+    cells: list[tuple[int, int, str]] = []
+    for kind, shape_start, shape_end in _children(stream, start, end):
+        if kind != _SHAPE:
+            continue
+        children = list(_children(stream, shape_start, shape_end))
+        place = next(((top, left) for child, child_start, child_end in children
+                      if child == _CHILD_ANCHOR and child_end - child_start >= 16
+                      for left, top in [struct.unpack_from("<ii", stream, child_start)]), None)
+        if place is not None and any(child == _CLIENT_TEXTBOX for child, _, _ in children):  # not a border line
+            text = " ".join(line for text in _walk(stream, shape_start, shape_end, depth) for line in _lines(text))
+            cells.append((*place, text))
+    for top in sorted({top for top, _, _ in cells}):
+        row = [text for _, _, text in sorted(c for c in cells if c[0] == top)]
+        if any(row):  # an empty cell keeps its place, an empty row is left out (as in a PPTX)
+            yield " | ".join(row)
 
 
 def _without_fields(text: str, positions: list[int]) -> str:
