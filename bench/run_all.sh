@@ -20,7 +20,8 @@
 # and INT8 rows with every decode GEMV on the Triton kernel, LM head included: quant_chatglm3-6b_gemv-triton.json), decattn (one decode
 # token's attention, B 1/16, L 1024/4096: compiled PyTorch math vs the Triton flash_decode, 40 configs swept, ~5 min cold by estimate, not yet run; decode_attention.json),
 # rowtiles (one-row INT8 / INT4 "runs" GEMVs of the 6B shapes over a wide tile grid, against the ops' own choice; row_tiles.json; ROWTILES_ARGS="--kinds int4 int4dot" adds the tensor-core probe),
-# l2prefetch (an L2 prefetch of o_proj / gate_up before an idle window, INT8 and bf16: us saved per GEMV pair; l2_prefetch.json; run 25: none; --residency: GEMVs with the weight in HBM / L2 / L1, gemv_residency.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
+# int8tiles (INT8 prompt GEMMs at 64-1024 rows: a wide tile grid in both operand orders against bf16 cuBLAS and the
+# cast + cuBLAS path; int8_tiles.json, TUNED lines), l2prefetch (an L2 prefetch of o_proj / gate_up before an idle window, INT8 and bf16: us saved per GEMV pair; l2_prefetch.json; run 25: none; --residency: GEMVs with the weight in HBM / L2 / L1, gemv_residency.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
 # bench.prepare, run where ../shared/corpus exists) and, where glmkb's pure-Python dependencies
 # are missing, their wheels in .whl/ (see docs/PERFORMANCE.md). CPU-only benchmarks
@@ -63,6 +64,7 @@ for s in $sections; do
     decode9b) run ${T_DECODE9B:-300} decode9b "$PY" -m bench.decode --shape glm4-9b --repeat ${REPEAT:-3} ;;
     memory)   run ${T_MEMORY:-240} memory "$PY" -m bench.memory --shards 7 ;;
     gemv)     run ${T_GEMV:-600} gemv "$PY" -m bench.gemv ;;
+    int8tiles) run ${T_INT8TILES:-600} int8tiles "$PY" -m bench.int8_tiles ${INT8TILES_ARGS:-} ;;
     quant6b_triton) run ${T_QUANT6B:-330} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
     quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 int4-triton --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;

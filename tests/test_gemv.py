@@ -67,6 +67,13 @@ def interpreted_checks() -> None:
                         y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
                         assert y.dtype == dtype and y.shape == (rows, n)
                         assert _close(y, ref, dtype), (dtype, int8, rows, n, k, config)
+    # tl.dot tiles with the weight as the A operand (``weight_first``: W @ x.T, transposed back).
+    for dtype, rows, int8 in ((torch.float32, 40, True), (torch.float16, 16, True), (torch.float16, 9, False)):
+        for n, k in ((37, 100), (48, 256)):
+            c = _case(rows, n, k, dtype, int8=int8)
+            for config in (GemvConfig(16, 32, weight_first=True), GemvConfig(32, 64, split_k=3, weight_first=True)):
+                y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
+                assert y.shape == (rows, n) and _close(y, _reference(c), dtype), (dtype, rows, n, k, config)
     # No bias, no scale; a 3-D input through the public function and the custom op.
     c = _case(2, 33, 70, torch.float32, int8=False)
     y = gemv_linear(c["x"].view(2, 1, 70), c["weight"])
@@ -107,6 +114,7 @@ def interpreted_checks() -> None:
             c = _case(rows, 48, 200, torch.float16, int8=True)
             ref = _reference(c)
             for config in (GemvConfig(16, 32, block_m=32), GemvConfig(32, 64, split_k=2, block_m=64),
+                           GemvConfig(32, 32, block_m=64, weight_first=True),
                            *gemv_configs.candidates(rows, 48, 200, int8=True)[:2]):
                 y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
                 assert y.shape == (rows, 48) and _close(y, ref, torch.float16), (rows, config)
@@ -142,6 +150,8 @@ def test_config_table_entries_parse_and_candidates_fit_the_kernel() -> None:
     assert GemvConfig.parse(str(GemvConfig(16, 512, 2, 8, 4))) == GemvConfig(16, 512, 2, 8, 4)
     assert GemvConfig.parse("m128n128k64s1w8p3") == GemvConfig(128, 64, 1, 8, 3, block_m=128)
     assert str(GemvConfig(128, 64, num_warps=8, block_m=128)) == "m128n128k64s1w8p3"
+    assert GemvConfig.parse("n64k64s4w4p4t") == GemvConfig(64, 64, 4, 4, 4, weight_first=True)
+    assert str(GemvConfig(64, 64, 4, 4, 4, weight_first=True)) == "n64k64s4w4p4t"
     for key, text in TUNED.items():  # checked-in winners must parse
         assert text == TORCH or GemvConfig.parse(text), key
     for rows in range(1, 17):
@@ -364,15 +374,16 @@ def test_the_int8_gemm_tiles_compile_for_sm90() -> None:
     from triton.compiler import ASTSource
 
     from llm.kernels import gemv
-    from llm.kernels.gemv_configs import candidates
+    from llm.kernels.gemv_configs import GemvConfig, candidates
 
     fn = gemv._gemv_kernel
     pointers = {"w_ptr": "*i8", "scale_ptr": "*bf16", "out_ptr": "*bf16"}
     signature = {p.name: "constexpr" if p.is_constexpr else pointers.get(p.name, "*bf16" if p.name.endswith("_ptr")
                                                                          else "i32") for p in fn.params}
-    for config in candidates(1024, 27392, 4096, int8=True)[:2]:
+    for config in (*candidates(1024, 27392, 4096, int8=True)[:2], GemvConfig(64, 64, block_m=128, weight_first=True)):
         constexprs = {"HAS_SCALE": True, "HAS_BIAS": False, "PARTIAL": False, "EVEN_K": True, "EVEN_N": True,
-                      "USE_DOT": True, "INT8": True, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+                      "USE_DOT": True, "INT8": True, "WEIGHT_FIRST": config.weight_first, "BLOCK_M": config.block_m,
+                      "BLOCK_N": config.block_n,
                       "BLOCK_K": config.block_k, "PDL": True}
         try:
             compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),

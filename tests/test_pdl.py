@@ -67,7 +67,7 @@ def _kernels() -> list[tuple[str, Any, dict[str, str], dict[str, Any]]]:
           "BLOCK_K": 128}),
         ("GEMV tiles", gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
          {"HAS_SCALE": True, "HAS_BIAS": False, "PARTIAL": True, "EVEN_K": True, "EVEN_N": True, "USE_DOT": True,
-          "INT8": True, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}),
+          "INT8": True, "WEIGHT_FIRST": False, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128}),
         ("split-K sum", gemv._split_reduce_kernel, {"part_ptr": "*fp32"},
          {"SPLIT": 2, "HAS_SCALE": True, "HAS_BIAS": False, "BLOCK": 1024}),
         ("attention split", decode_attention._flash_decode_split,

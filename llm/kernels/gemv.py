@@ -87,7 +87,7 @@ def _gemv_kernel(
     M, N, K, k_per_split,
     stride_xm, stride_wn, stride_om, stride_os,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
-    EVEN_N: tl.constexpr, USE_DOT: tl.constexpr, INT8: tl.constexpr,
+    EVEN_N: tl.constexpr, USE_DOT: tl.constexpr, INT8: tl.constexpr, WEIGHT_FIRST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_inputs(PDL)
@@ -103,7 +103,9 @@ def _gemv_kernel(
     k_end = tl.minimum(k_start + k_per_split, K)
     x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]
     w_ptrs = w_ptr + rn[:, None].to(tl.int64) * stride_wn + (k_start + rk)[None, :]
-    if USE_DOT:
+    if USE_DOT and WEIGHT_FIRST:
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    elif USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     elif BLOCK_M == 1:  # one row: a 2-D accumulator, the plain GEMV layout
         acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -116,7 +118,9 @@ def _gemv_kernel(
         else:
             x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_last")
         w = _load_weight_tile(w_ptrs, n_ok, k_ok, EVEN_K, EVEN_N)
-        if USE_DOT:
+        if USE_DOT and WEIGHT_FIRST:  # the converted weight is the A operand, which Hopper's wgmma
+            acc_t += tl.dot(w.to(x.dtype), tl.trans(x))  # may take from registers (no shared-memory round trip)
+        elif USE_DOT:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
         else:
             wf = _as_float32(w, INT8)
@@ -126,7 +130,9 @@ def _gemv_kernel(
                 acc3 += x.to(tl.float32)[:, None, :] * wf[None, :, :]
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
-    if BLOCK_M == 1 and not USE_DOT:
+    if USE_DOT and WEIGHT_FIRST:
+        acc = tl.trans(acc_t)
+    elif BLOCK_M == 1 and not USE_DOT:
         acc = tl.sum(acc2, axis=1)[None, :]
     elif not USE_DOT:
         acc = tl.sum(acc3, axis=2)
@@ -311,7 +317,7 @@ def launch_gemv(
         x.stride(0), weight.stride(0), target.stride(-2), target.stride(0) if split > 1 else 0,
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, PARTIAL=split > 1,
         EVEN_K=k % block_k == 0, EVEN_N=n % config.block_n == 0, USE_DOT=dot, INT8=weight.dtype == torch.int8,
-        BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, PDL=pdl,
+        WEIGHT_FIRST=dot and config.weight_first, BLOCK_M=block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, PDL=pdl,
         num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if split > 1:

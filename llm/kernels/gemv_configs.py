@@ -47,19 +47,22 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 3
     block_m: int = 0  # rows per program; 0: all of them up to MAX_BLOCK_M
+    weight_first: bool = False  # tl.dot tiles: W @ x.T (the weight as the A operand) instead of x @ W.T
 
     def __str__(self) -> str:  # compact, for bench tables and ``TUNED``
         rows = f"m{self.block_m}" if self.block_m else ""
-        return f"{rows}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
+        order = "t" if self.weight_first else ""
+        return f"{rows}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}{order}"
 
     @classmethod
     def parse(cls, text: str) -> GemvConfig:
-        """The inverse of ``str``: ``"n16k512s1w4p3"``, ``"m128n128k64s1w8p3"``."""
-        m = re.fullmatch(r"(?:m(\d+))?n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)", text)
+        """The inverse of ``str``: ``"n16k512s1w4p3"``, ``"m128n128k64s1w8p3"``, ``"n64k64s4w4p4t"``."""
+        m = re.fullmatch(r"(?:m(\d+))?n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)", text)
         if m is None:
             raise ValueError(f"not a GEMV config: {text!r} (expected like n16k512s1w4p3)")
-        block_m, *rest = (int(g) if g else 0 for g in m.groups())
-        return cls(*rest, block_m=block_m)
+        *numbers, order = m.groups()
+        block_m, *rest = (int(g) if g else 0 for g in numbers)
+        return cls(*rest, block_m=block_m, weight_first=order == "t")
 
 
 TORCH = "torch"  # a choice meaning: PyTorch (cuBLAS) for this shape, it beat every Triton config
