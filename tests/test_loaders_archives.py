@@ -280,6 +280,20 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _refused_alone_and_named_inside(tmp_path: Path, archive: Path, match: str) -> str:
+    """Check ``archive`` is refused in one line (``match``) when given, and skipped inside a ZIP
+    beside a document that still builds; the line naming it there."""
+    (tmp_path / "alone").mkdir()
+    with pytest.raises(DocumentLoadError, match=match):
+        unpack_documents(archive, tmp_path / "alone")
+    outer = _zip(tmp_path / "outer.zip", {archive.name: archive.read_bytes(), "b.txt": TRAVEL.encode()})
+    (tmp_path / "inside").mkdir()
+    found = unpack_documents(outer, tmp_path / "inside")
+    assert [inside for _, inside in found.files] == ["b.txt"]
+    (unread,) = found.unread
+    return unread
+
+
 def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
     import io
     import tarfile
@@ -420,14 +434,8 @@ def test_a_password_protected_archive_is_one_line_and_skipped_inside_another(tmp
     for offset in (6, data.rindex(b"PK\x01\x02") + 8):  # the local and the central header's flags
         data[offset] |= 0x1
     locked.write_bytes(bytes(data))
-    (tmp_path / "into").mkdir()
-    with pytest.raises(DocumentLoadError, match=r"^locked.zip is password-protected \(a.txt\); save or unpack it"):
-        unpack_documents(locked, tmp_path / "into")
-    outer = _zip(tmp_path / "outer.zip", {"locked.zip": bytes(data), "b.txt": TRAVEL.encode()})
-    (tmp_path / "into2").mkdir()
-    found = unpack_documents(outer, tmp_path / "into2")
-    assert [inside for _, inside in found.files] == ["b.txt"]
-    assert found.unread == ["locked.zip is password-protected (a.txt); save or unpack it without the password first"]
+    unread = _refused_alone_and_named_inside(tmp_path, locked, r"^locked.zip is password-protected \(a.txt\); save or")
+    assert unread == "locked.zip is password-protected (a.txt); save or unpack it without the password first"
     from tests.fixtures.documents import write_epub
 
     chapters = [SourceChapter("第一章 甲", ["乙。"])]
@@ -558,15 +566,8 @@ def test_a_7z_member_whose_bytes_fail_its_crc_is_refused_not_built_garbled(
     data = bytearray(path.read_bytes())
     data[data.find(LEAVE.encode()[:12]) + 3] ^= 1
     path.write_bytes(bytes(data))
-    (tmp_path / "into").mkdir()
     with caplog.at_level(logging.ERROR):  # a quiet app must not hide the mismatch from the check
-        with pytest.raises(DocumentLoadError, match=r"^资料.7z is a damaged 7Z archive \(7-Zip bad CRC: "):
-            unpack_documents(path, tmp_path / "into")
-    inner = _zip(tmp_path / "outer.zip", {"资料.7z": bytes(data), "请假.txt": LEAVE.encode()})
-    (tmp_path / "into2").mkdir()
-    found = unpack_documents(inner, tmp_path / "into2")
-    assert [inside for _, inside in found.files] == ["请假.txt"]
-    (unread,) = found.unread
+        unread = _refused_alone_and_named_inside(tmp_path, path, r"^资料.7z is a damaged 7Z archive \(7-Zip bad CRC: ")
     assert unread.startswith("资料.7z is a damaged 7Z archive (7-Zip bad CRC: ")
 
 
@@ -621,14 +622,8 @@ def test_a_password_protected_rar_is_one_line_and_skipped_inside_another(tmp_pat
     without an error, so a password-protected RAR would have built its members' ciphertext. It is
     refused in one line now; inside a ZIP it is skipped and named."""
     locked = _rar4(tmp_path / "locked.rar", {"a.txt": LEAVE.encode()}, encrypted=True)
-    (tmp_path / "into").mkdir()
-    with pytest.raises(DocumentLoadError, match=r"^locked.rar is password-protected; save or unpack it"):
-        unpack_documents(locked, tmp_path / "into")
-    outer = _zip(tmp_path / "outer.zip", {"locked.rar": locked.read_bytes(), "b.txt": TRAVEL.encode()})
-    (tmp_path / "into2").mkdir()
-    found = unpack_documents(outer, tmp_path / "into2")
-    assert [inside for _, inside in found.files] == ["b.txt"]
-    assert found.unread == ["locked.rar is password-protected; save or unpack it without the password first"]
+    unread = _refused_alone_and_named_inside(tmp_path, locked, r"^locked.rar is password-protected; save or unpack it")
+    assert unread == "locked.rar is password-protected; save or unpack it without the password first"
 
 
 def test_a_pipe_given_to_a_build_is_one_line_not_a_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -855,14 +850,9 @@ def test_a_damaged_stored_rar4_member_is_refused_not_built_garbled(tmp_path: Pat
     data = bytearray(archive.read_bytes())
     data[data.index("病假".encode())] ^= 0x20
     archive.write_bytes(bytes(data))
-    (tmp_path / "into").mkdir()
-    with pytest.raises(DocumentLoadError, match=r"^资料.rar is a damaged RAR archive \(制度/请假.txt: its bytes do not "
-                                                r"match the CRC the archive records\)$"):
-        unpack_documents(archive, tmp_path / "into")
-    outer = _zip(tmp_path / "outer.zip", {"资料.rar": bytes(data), "b.txt": TRAVEL.encode()})
-    (tmp_path / "into2").mkdir()
-    found = unpack_documents(outer, tmp_path / "into2")
-    assert [inside for _, inside in found.files] == ["b.txt"] and found.unread[0].startswith("资料.rar is a damaged")
+    damaged = r"^资料.rar is a damaged RAR archive \(制度/请假.txt: its bytes do not match the CRC the archive records\)$"
+    unread = _refused_alone_and_named_inside(tmp_path, archive, damaged)
+    assert unread.startswith("资料.rar is a damaged")
     assert file_members(tmp_path / "outer.zip") is None  # not RAR 4: nothing to check, libarchive decides
 
 
