@@ -118,6 +118,20 @@ def test_slides_are_pages_with_title_headings_and_notes_after_the_body(tmp_path:
     assert document.page_at(text.index("谢谢")) == 5  # slide 4 has no text, and no offset of its own
 
 
+def test_notes_that_begin_with_their_own_label_are_not_labelled_twice(tmp_path: Path) -> None:
+    """Regression: notes written "备注：数据来自财务部。" read "备注：备注：数据来自财务部。"."""
+    from pptx import Presentation
+
+    deck = Presentation()
+    for notes in ("备注：数据来自财务部。\n第二行", "数据来自财务部。"):
+        slide = deck.slides.add_slide(deck.slide_layouts[5])
+        slide.shapes.title.text = "销售数据"
+        slide.notes_slide.notes_text_frame.text = notes
+    deck.save(tmp_path / "deck.pptx")
+    text = "".join(open_document(tmp_path / "deck.pptx").blocks())
+    assert text == "销售数据\n备注：数据来自财务部。\n第二行\n销售数据\n备注：数据来自财务部。\n"
+
+
 def test_a_deck_without_text_is_refused(tmp_path: Path) -> None:
     from pptx import Presentation
 

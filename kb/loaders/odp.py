@@ -14,7 +14,7 @@ import lxml.etree
 
 from kb.loaders.document import LoadedDocument
 from kb.loaders.opendocument import body, named, q, shape_lines
-from kb.loaders.slides import NOTES_LABEL, SlidePages
+from kb.loaders.slides import SlidePages
 
 _SHAPES = {q("draw:frame"), q("draw:custom-shape"), q("draw:rect"), q("draw:ellipse"), q("draw:polygon"), q("draw:g")}
 _FIELD_CLASSES = {"page-number", "footer", "date-time", "header", "page"}
@@ -41,7 +41,7 @@ def _deck(path: Path) -> LoadedDocument:
         notes = page.find(q("presentation:notes"))
         if notes is not None:
             text = "\n".join(line for shape in notes if _class(shape) == "notes" for line, _ in shape_lines(shape))
-            pages.lines(text, prefix=NOTES_LABEL)
+            pages.notes(text)
     return pages.document(path, "odp")
 
 

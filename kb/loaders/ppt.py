@@ -32,7 +32,7 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.compound_file import compound_file
 from kb.loaders.document import LoadedDocument
-from kb.loaders.slides import NOTES_LABEL, SlidePages
+from kb.loaders.slides import SlidePages, with_notes_label
 
 _DOCUMENT = 0x03E8
 _SLIDE = 0x03EE
@@ -99,7 +99,7 @@ def slide_texts(stream: bytes, user: bytes) -> list[list[str]]:
                 note_kind, note_start, note_end = _persisted(stream, persist, note[0])
                 notes_lines = note[2] + (_drawing_lines(stream, note_start, note_end) if note_kind == _NOTES else [])
         if notes_lines:
-            notes_lines[0] = NOTES_LABEL + notes_lines[0]
+            notes_lines[0] = with_notes_label(notes_lines[0])
         pages.append(lines + notes_lines)
     return pages
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kb.errors import DocumentLoadError
 from kb.loaders.document import LoadedDocument
-from kb.loaders.slides import NOTES_LABEL, SlidePages
+from kb.loaders.slides import SlidePages
 from kb.loaders.sniff import check_archive
 
 def load_pptx(path: Path) -> LoadedDocument:
@@ -63,7 +63,7 @@ def _read_slides(slides: Iterable) -> SlidePages:  # type: ignore[type-arg]
         for line in _shape_lines(slide.shapes, skip=title.shape_id if title is not None else None):
             pages.lines(line)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
-            pages.lines(slide.notes_slide.notes_text_frame.text, prefix=NOTES_LABEL)
+            pages.notes(slide.notes_slide.notes_text_frame.text)
     return pages
 
 

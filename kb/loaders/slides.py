@@ -9,8 +9,14 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
 
-# Put before the first line of a slide's speaker notes.
+# Put before the first line of a slide's speaker notes (unless the notes start with it already).
 NOTES_LABEL = "备注："
+
+
+def with_notes_label(line: str) -> str:
+    """The first line of a slide's notes with ``NOTES_LABEL`` before it; notes that begin "备注"
+    themselves keep theirs (a deck's "备注：数据来自财务部" read "备注：备注：数据来自财务部")."""
+    return line if line.startswith(NOTES_LABEL[:2]) else NOTES_LABEL + line
 
 
 class SlidePages:
@@ -31,6 +37,13 @@ class SlidePages:
         if title:
             self.headings.append(Heading(self.length, 1, title))
             self.lines(title)
+
+    def notes(self, text: str) -> None:
+        """The slide's speaker notes: ``lines``, the first labelled (``with_notes_label``)."""
+        lines = [" ".join(line.split()) for line in text.replace("\v", "\n").splitlines() if line.strip()]
+        if lines:
+            lines[0] = with_notes_label(lines[0])
+            self.lines("\n".join(lines))
 
     def lines(self, text: str, *, prefix: str = "") -> None:
         """``text``'s lines (newlines and vertical tabs end them), ``prefix`` before the first."""
