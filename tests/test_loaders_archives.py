@@ -721,11 +721,12 @@ def test_sets_of_volumes_inside_an_archive_are_read_once_as_their_first_volume(t
     third = -(-len(seven) // 3)
     pieces = {f"备份/手册.7z.{n + 1:03d}": seven[n * third:(n + 1) * third] for n in range(3)}
     outer = _zip(tmp_path / "outer.zip", {**{f"卷/{p.name}": p.read_bytes() for p in rar}, **pieces,
+                                           **{f"副本/{p.name}": p.read_bytes() for p in rar},  # the same names
                                            "孤/旧.part2.rar": rar[1].read_bytes(), "说明.txt": TRAVEL.encode()})
     (tmp_path / "into").mkdir()
     found = unpack_documents(outer, tmp_path / "into")
     got = {inside: file.read_bytes() for file, inside in found.files}
-    assert got == {**{f"卷/资料.part1.rar/{k}": v for k, v in members.items()},
+    assert got == {**{f"{folder}/资料.part1.rar/{k}": v for k, v in members.items() for folder in ("卷", "副本")},
                    "备份/手册.7z.001/手册.txt": LEAVE.encode() * 50, "说明.txt": TRAVEL.encode()}
     assert found.unread == ["旧.part2.rar is volume 2 of a multi-volume archive whose first volume "
                             "(旧.part1.rar) was not given: give all its volumes together"]

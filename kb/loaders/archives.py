@@ -166,8 +166,11 @@ def _gather_nested_sets(level: list[tuple[Path, str]], unread: list[str]
     (written under their own names, one folder per folder inside: ``_target``) gathered into its
     first; a set without its first volume, or with a gap, named in ``unread``."""
     names = {file: name for file, name in level}
-    sets = gather_volumes([file for file, _ in level], unread=unread)
-    return [(file, names[file], sets.volumes.get(file)) for file in sets.paths]
+    out: list[tuple[Path, str, list[Path] | None]] = []
+    for folder in dict.fromkeys(file.parent for file, _ in level):  # sets of the same name in two folders
+        sets = gather_volumes([file for file, _ in level if file.parent == folder], unread=unread)
+        out += [(file, names[file], sets.volumes.get(file)) for file in sets.paths]
+    return out
 
 
 def _unpack_inner(file: Path, folder: Path, state: _Unpacking, *, kind: str, name: str,
