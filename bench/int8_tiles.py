@@ -29,7 +29,7 @@ DEFAULT_ROWS = "64,128,512,1024"
 
 def grid(rows: int) -> list[Any]:
     """The tiles timed for ``rows`` rows: up to 64 rows one row tile (as the decode graph's prompt
-    bucket runs), 64-128 outputs x 64-128 of K in 1 or 4 K-slices; past 64, 64- or 128-row tiles of
+    bucket runs), 64-128 outputs x 64-128 of K in 1 or 4 K-slices; past 64, 64- to 256-row tiles of
     64-128 outputs over 64 of K, one slice (the weight is read once per row tile, from L2 after the
     first). Both operand orders each."""
     from llm.kernels.gemv_configs import GemvConfig
@@ -43,10 +43,11 @@ def grid(rows: int) -> list[Any]:
                         tiles.append(GemvConfig(block_n, block_k, split_k=split, num_warps=4 if block_n == 64 else 8,
                                                 num_stages=4 if block_k == 64 else 3, weight_first=weight_first))
         else:
-            for block_m in (64, 128):
+            for block_m in (64, 128, 256) if rows >= 256 else (64, 128):
                 for block_n in (64, 128):
                     tiles.append(GemvConfig(block_n, 64, num_warps=4 if block_m * block_n <= 8192 else 8,
-                                            num_stages=4, block_m=block_m, weight_first=weight_first))
+                                            num_stages=4 if block_m < 256 else 3, block_m=block_m,
+                                            weight_first=weight_first))
     return tiles
 
 

@@ -3,7 +3,7 @@
     python -m bench.prefill --out DIR                 # GPU machine: none int8 int4, buckets 128/512/1024
     python -m bench.prefill --kinds int4 --out DIR
     python -m bench.prefill --ablation --out DIR      # each bucket also with the prompt pass's swaps off
-    python -m bench.prefill --kinds int8 --int8-rows 1024 --out DIR   # INT8 prompts on Triton GEMM tiles
+    python -m bench.prefill --kinds int8 --int8-rows 64 --out DIR   # INT8 prompts past 64 tokens cast for cuBLAS
     python -m bench.prefill --tiny                    # check the script on CPU (nothing to time)
 
 Why: the decode bench's 45-token prompt hides how the prompt pass grows with the prompt, and a
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--int8-rows", type=int, default=None,
                    help="rows up to which INT8 layers take the Triton kernel (gemv_configs.INT8_GEMM_ROWS; "
-                        "default 64: past it, the cast for cuBLAS)")
+                        "default 1024 since session 22; 64: past it, the cast for cuBLAS as before)")
     p.add_argument("--ablation", action="store_true",
                    help="also time each bucket with the prompt pass's swaps off (the model's own forward over the "
                         "whole cache: no narrowed attention, fused q/k/v, rotary, RMSNorm or SwiGLU kernels)")

@@ -98,15 +98,16 @@ def interpreted_checks() -> None:
 
     x_grad = torch.randn(1, 96, requires_grad=True)
     assert gemv_applies(x_grad.detach(), layer.weight) and not gemv_applies(x_grad, layer.weight)
-    # Rows: an int8 weight takes prompts of up to 64 rows (read once instead of dequantized per
-    # call: INT8 TTFT was 2.2x bf16's), a float weight stays at the decode batches (<= 16).
-    float_weight = torch.randn(45, 96)
-    assert gemv_applies(torch.randn(64, 96), layer.weight) and not gemv_applies(torch.randn(65, 96), layer.weight)
-    assert gemv_applies(torch.randn(16, 96), float_weight) and not gemv_applies(torch.randn(17, 96), float_weight)
-    # Past 64 rows (gemv_configs.INT8_GEMM_ROWS raised, as bench.prefill --int8-rows does): tiles of
-    # block_m rows on the grid's first axis, each row tile against the same weight tile.
+    # Rows: an int8 weight takes prompts of up to 1024 rows (read once instead of dequantized per
+    # call: INT8 TTFT was 2.2x bf16's; past 64 rows on row tiles since session 22), a float weight
+    # stays at the decode batches (<= 16).
     import llm.kernels.gemv_configs as gemv_configs
 
+    float_weight = torch.randn(45, 96)
+    assert gemv_configs.int8_row_limit() == gemv_configs.INT8_GEMM_ROWS == 1024
+    assert gemv_applies(torch.randn(16, 96), float_weight) and not gemv_applies(torch.randn(17, 96), float_weight)
+    # Past 64 rows: tiles of block_m rows on the grid's first axis, each row tile against the same
+    # weight tile (the limit lowered here to check its edge cheaply, as bench.prefill --int8-rows does).
     gemv_configs.INT8_GEMM_ROWS = 256
     try:
         assert gemv_applies(torch.randn(200, 96), layer.weight) and not gemv_applies(torch.randn(257, 96), layer.weight)
@@ -118,8 +119,10 @@ def interpreted_checks() -> None:
                            *gemv_configs.candidates(rows, 48, 200, int8=True)[:2]):
                 y = launch_gemv(c["x"], c["weight"], c["scales"], c["bias"], config)
                 assert y.shape == (rows, 48) and _close(y, ref, torch.float16), (rows, config)
-    finally:
         gemv_configs.INT8_GEMM_ROWS = 64
+        assert gemv_applies(torch.randn(64, 96), layer.weight) and not gemv_applies(torch.randn(65, 96), layer.weight)
+    finally:
+        gemv_configs.INT8_GEMM_ROWS = 1024
     print("OK")
 
 

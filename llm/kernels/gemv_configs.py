@@ -29,10 +29,12 @@ MAX_ROWS = 16  # decode at batch <= 16; past that a GEMM (cuBLAS) is the right k
 # bf16's 12.6 ms before.
 MAX_INT8_ROWS = 64
 # Up to this many rows an int8 weight may take the Triton kernel instead (``int8_row_limit``; tiles of
-# ``block_m`` rows, GEMM-like): written for prompts past 64 tokens (RAG prompts), where the cast for
-# cuBLAS costs an INT8 model ~5 ms of its first token against bf16 (run 26). Not yet measured on a
-# GPU, so off (64) until it is: ``python -m bench.prefill --int8-rows 1024`` times it.
-INT8_GEMM_ROWS = 64
+# ``block_m`` rows, GEMM-like, a shape's ``TUNED`` entry "torch" keeping the cast): prompts past 64
+# tokens (RAG prompts), where the cast for cuBLAS cost an INT8 model ~5 ms of its first token
+# against bf16 (run 26). Session 22 (H100, ``python -m bench.int8_tiles``): the four 6B GEMMs of a
+# layer 401.7 -> 210.2 us at 128 rows, 433.0 -> 305.4 at 256, 558.8 -> 470.7 at 512, 881.4 -> 792.6
+# at 1024. Past 1024 rows the cast stays (not measured there).
+INT8_GEMM_ROWS = 1024
 DOT_MIN_ROWS = 5  # from here on tl.dot on 16-row tiles rather than the broadcast accumulator
 MAX_BLOCK_M = 64  # rows per program where a config does not say (``GemvConfig.block_m``)
 
@@ -94,6 +96,25 @@ TUNED: dict[tuple[str, int, int, int], str] = {
     ("int8", 64, 4096, 4096): "n64k64s4w4p4",  # 19.43
     ("int8", 64, 27392, 4096): "n64k64s1w4p4",  # 60.12
     ("int8", 64, 4096, 13696): "n64k128s4w4p3",  # 31.16
+    # int8 prompts of 65-1024 tokens, tiles of 64-256 rows (``t``: the weight as the A operand): session 22,
+    # ``python -m bench.int8_tiles`` on an H100 (no H200 was lent), us against the cast + cuBLAS path;
+    # "torch" keeps the cast where no tile beat it (q/k/v past 256 rows)
+    ("int8", 128, 4608, 4096): "m64n64k64s1w4p4",  # 31.8 (cast 36.1)
+    ("int8", 128, 4096, 4096): "m64n64k64s1w4p4",  # 24.2 (33.3)
+    ("int8", 128, 27392, 4096): "m128n128k64s1w8p4",  # 74.0 (218.1)
+    ("int8", 128, 4096, 13696): "m64n64k64s1w4p4",  # 80.2 (114.2)
+    ("int8", 256, 4608, 4096): "m128n128k64s1w8p4t",  # 41.3 (41.4)
+    ("int8", 256, 4096, 4096): "m64n64k64s1w4p4",  # 31.5 (37.3)
+    ("int8", 256, 27392, 4096): "m256n128k64s1w8p3t",  # 128.2 (232.3)
+    ("int8", 256, 4096, 13696): "m64n64k64s1w4p4",  # 104.4 (122.0)
+    ("int8", 512, 4608, 4096): "torch",  # cast 52.7 (best tile 53.7)
+    ("int8", 512, 4096, 4096): "m128n128k64s1w8p4t",  # 41.1 (47.3)
+    ("int8", 512, 27392, 4096): "m256n128k64s1w8p3t",  # 245.9 (306.5)
+    ("int8", 512, 4096, 13696): "m128n128k64s1w8p4t",  # 131.0 (152.3)
+    ("int8", 1024, 4608, 4096): "torch",  # cast 84.8 (best tile 109.5)
+    ("int8", 1024, 4096, 4096): "m256n128k64s1w8p3t",  # 60.3 (73.4)
+    ("int8", 1024, 27392, 4096): "m256n128k64s1w8p3t",  # 443.6 (501.9)
+    ("int8", 1024, 4096, 13696): "m256n128k64s1w8p3t",  # 203.9 (221.3)
 }
 
 
@@ -122,11 +143,12 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     (``rows x block_n x block_k / threads``) stay <= 64 per thread. Tall K (down_proj, 13696)
     adds split-K variants, which double the programs at the cost of a small float32 reduction.
     """
-    if rows > MAX_INT8_ROWS:  # int8 prompts past 64 tokens (``INT8_GEMM_ROWS``): GEMM tiles, 64-128 rows each
-        return [GemvConfig(128, 64, num_warps=8, block_m=128), GemvConfig(128, 64, num_stages=4, block_m=64),
-                GemvConfig(64, 64, num_stages=4, block_m=128),
-                GemvConfig(128, 32, num_warps=8, num_stages=4, block_m=128),
-                GemvConfig(64, 64, num_stages=4, block_m=64)]
+    if rows > MAX_INT8_ROWS:  # int8 prompts past 64 tokens (``INT8_GEMM_ROWS``): GEMM tiles, 64-256 rows each;
+        # session 22's winners (H100, the 6B shapes at 128-1024 rows), the most robust first
+        return [GemvConfig(128, 64, num_warps=8, num_stages=4, block_m=128),
+                GemvConfig(128, 64, num_warps=8, block_m=256, weight_first=True),
+                GemvConfig(64, 64, num_stages=4, block_m=64),
+                GemvConfig(128, 64, num_warps=8, num_stages=4, block_m=128, weight_first=True)]
     if rows > MAX_ROWS:  # int8 prompts: tl.dot on 64-row tiles, one read of the weight; run 26 (H200, M = 64):
         # 64 x 64 tiles in 4 K-slices won 3 of 4 shapes, one slice on wide gate_up (N / 64 = 428 programs
         # already); the one-slice 32 x 128 heuristic before filled only N / 32 = 128-144 programs

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from llm.kernels.gemv_configs import (
+    MAX_INT8_ROWS,
     MAX_ROWS,
     TORCH,
     TUNED_CAPABILITY,
@@ -141,7 +142,7 @@ def choose_config(
         options: list[Choice] = list(candidates(rows, n, k, int8=int8))
         if x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
             return options[0]  # not remembered: the next uncaptured CUDA call times them
-        if scales is None:
+        if scales is None or rows > MAX_INT8_ROWS:  # cuBLAS, or for int8 prompts the cast for it
             options.append(TORCH)
         chosen = fastest(options, x, weight, scales, bias)
     _chosen[key] = chosen
