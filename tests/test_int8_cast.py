@@ -56,14 +56,16 @@ def test_cast_on_the_gpu_is_tensor_to(dtype: torch.dtype) -> None:
 
 @interpreted
 def test_interpreted_a_long_prompt_through_an_int8_layer_takes_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """70 rows (past the 64-row GEMV kernel): the layer casts its weight with the kernel once and
-    returns what the ``Tensor.to`` path returns, bit for bit."""
+    """Past the rows the GEMV kernel takes (``int8_row_limit``: 1024 since session 22, 64 before):
+    the layer casts its weight with the kernel once and returns what the ``Tensor.to`` path
+    returns, bit for bit."""
     import llm.kernels.int8_cast as kernel_module
+    from llm.kernels.gemv_configs import int8_row_limit
 
     launches = count_calls(monkeypatch, kernel_module, "launch_int8_cast")
     g = torch.Generator().manual_seed(0)
     layer = WeightOnlyInt8Linear(torch.randn(24, 40, generator=g), torch.randn(24, generator=g))
-    x = torch.randn(70, 40, generator=g)
+    x = torch.randn(int8_row_limit() + 6, 40, generator=g)
     ours = layer(x)
     assert len(launches) == 1
     layer.kernel = "torch"
