@@ -277,12 +277,14 @@ def bench_quantization(
 
 
 def ablation_variants(args: Any, options: Any) -> dict[str, Any]:
-    """``--rope-ablation`` / ``--pdl-ablation``: the options each variant of a row is timed with."""
+    """``--rope-ablation`` / ``--pdl-ablation`` / ``--token-ablation``: the options each variant of a row is timed with."""
     variants = {}
     if args.rope_ablation:
         variants["fused_rope_off"] = options.model_copy(update={"fused_rope": False})
     if args.pdl_ablation:
         variants["pdl_off"] = options.model_copy(update={"pdl": False})
+    if args.token_ablation:
+        variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False})
     return variants
 
 
@@ -382,6 +384,8 @@ def main() -> None:
                    help="instead: one row per weight-only kind (speed, weight GiB, error vs bf16)")
     p.add_argument("--rope-ablation", action="store_true",
                    help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")
+    p.add_argument("--token-ablation", action="store_true",
+                   help="with --quantization: each kind also with FastDecodeOptions.token_kernel off, same run")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")

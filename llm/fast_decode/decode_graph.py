@@ -34,6 +34,7 @@ from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
 from llm.kernels.pdl import launch_pdl
+from llm.kernels.token_choice_op import greedy_applies, greedy_choice
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class DecodeGraph:
     graph: Any = None
     capture_s: float = 0.0
     prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
+    token_kernel: bool = True  # greedy steps choose their token by llm.kernels.token_choice where it applies
 
 
 def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
@@ -92,11 +94,23 @@ def decode_step(g: DecodeGraph) -> None:
     g.mask.index_fill_(3, g.cur, True)
     with decode_forward(g.config, g.fused, packed=g.packed, gemv=g.gemv, steps=g.steps):
         logits = g.forward(g.token, g.cur - g.pads, g.mask)
+    take_tokens(logits, g, advance=True)
+
+
+def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
+    """Each row's next token from ``logits`` into ``g.token`` (marked in ``g.seen``), and with
+    ``advance`` the cache slot ``g.cur`` moved on by one: greedy calls in two Triton kernels where
+    they apply (``llm.kernels.token_choice``), else ``choose_tokens`` and three PyTorch updates."""
+    if (g.token_kernel and not g.sampling.do_sample and greedy_applies(logits, g.eos)
+            and greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
+                              cur=g.cur if advance else None)):
+        return
     chosen = choose_tokens(logits, g)
     g.token.copy_(chosen.unsqueeze(1))
     if g.seen is not None:
         g.seen.scatter_(1, g.token, True)
-    g.cur.add_(1)
+    if advance:
+        g.cur.add_(1)
 
 
 def make_forward(model: Any, cache: Any) -> Any:
@@ -123,6 +137,7 @@ def build_decode_graph(
     fused_rope: bool = True,
     pdl: bool = True,
     prompt_kernels: bool = True,
+    token_kernel: bool = True,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -156,6 +171,7 @@ def build_decode_graph(
         prompt_steps=prompt_steps(model) if prompt_kernels else [],
         prefix=prefix_slots(model),
         start=start,
+        token_kernel=token_kernel,
     )
     if not capture:
         return g
@@ -262,13 +278,13 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.pdl, options.prompt_kernels, options.gemv_kernel)
+                options.pdl, options.prompt_kernels, options.gemv_kernel, options.token_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
                                packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
                                fused_rope=options.fused_rope, pdl=options.pdl,
-                               prompt_kernels=options.prompt_kernels)
+                               prompt_kernels=options.prompt_kernels, token_kernel=options.token_kernel)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)
@@ -325,10 +341,7 @@ def graph_generate(
     if g.seen is not None:
         g.seen.zero_()
         g.seen.scatter_(1, input_ids, True)
-    first = choose_tokens(logits, g)
-    g.token.copy_(first.unsqueeze(1))
-    if g.seen is not None:
-        g.seen.scatter_(1, g.token, True)
+    take_tokens(logits, g, advance=False)
     return _decode_loop(g, input_ids, batch=batch, max_new=max_new, min_new=min_new, eos_ids=set(eos_ids), pad=pad,
                         streamer=streamer, cancel_events=cancel_events)
 

@@ -53,6 +53,9 @@ class FastDecodeOptions(BaseModel):
     placed on the GPU while the one before it finishes (``llm.kernels.pdl``): glmkb's Triton
     kernels and, where this torch's Inductor has ``triton.enable_pdl``, Inductor's. The bench
     flips it to measure it."""
+    token_kernel: bool = True
+    """Greedy decode steps: the eos suppression, repetition penalty, argmax and the step's state
+    updates as two Triton kernels instead of ~15 PyTorch ones (``llm.kernels.token_choice``)."""
     on_cpu: bool = False
     """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
     bucketed_prefill_on_cpu: bool = False

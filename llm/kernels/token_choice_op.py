@@ -1,0 +1,47 @@
+"""``greedy_choice``: a decode step's greedy token choice through ``llm.kernels.token_choice``
+where it applies.
+
+Not a custom op: the choice runs eagerly after the compiled forward (captured into the decode
+graph with it), never under ``torch.compile``. A kernel that fails to compile or launch is given
+up for good with one warning; the caller then takes ``sampling.choose_tokens``, the reference.
+"""
+
+import logging
+import os
+from importlib.util import find_spec
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRITON_AVAILABLE = find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
+
+_broken: list[str] = []
+
+
+def greedy_applies(logits: torch.Tensor, eos: torch.Tensor) -> bool:
+    """Whether ``greedy_choice`` can run: float32 ``(B, V)`` logits with unit last stride on CUDA (on
+    CPU under Triton's interpreter), a power-of-two count of eos ids, and the kernel not given up."""
+    if not TRITON_AVAILABLE or _broken or logits.dim() != 2 or logits.dtype != torch.float32:
+        return False
+    if logits.stride(-1) != 1 or eos.numel() & (eos.numel() - 1):
+        return False
+    return logits.device.type == "cuda" or (INTERPRET and logits.device.type == "cpu")
+
+
+def greedy_choice(
+    logits: torch.Tensor, token: torch.Tensor, eos: torch.Tensor, allow_eos: torch.Tensor, *,
+    seen: torch.Tensor | None, penalty: torch.Tensor, cur: torch.Tensor | None,
+) -> bool:
+    """Each row's greedy token into ``token`` (``seen`` marked, ``cur`` moved on by one where given),
+    as ``launch_greedy_choice`` says; False (nothing written) where the kernel failed."""
+    try:
+        from llm.kernels.token_choice import launch_greedy_choice
+
+        launch_greedy_choice(logits, token, eos, allow_eos, seen=seen, penalty=penalty, cur=cur)
+        return True
+    except Exception as e:  # Triton too old, a GPU it cannot compile for: PyTorch from now on
+        _broken.append(f"{type(e).__name__}: {e}")
+        logger.warning("the Triton token choice failed, using PyTorch: %s", _broken[0])
+        return False
