@@ -285,6 +285,8 @@ def ablation_variants(args: Any, options: Any) -> dict[str, Any]:
         variants["pdl_off"] = options.model_copy(update={"pdl": False})
     if args.token_ablation:
         variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False})
+        variants["tables_off"] = options.model_copy(update={"rotary_tables": False})
+        variants["both_off"] = options.model_copy(update={"token_kernel": False, "rotary_tables": False})
     return variants
 
 
@@ -385,7 +387,7 @@ def main() -> None:
     p.add_argument("--rope-ablation", action="store_true",
                    help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")
     p.add_argument("--token-ablation", action="store_true",
-                   help="with --quantization: each kind also with FastDecodeOptions.token_kernel off, same run")
+                   help="with --quantization: each kind also with FastDecodeOptions.token_kernel / rotary_tables off")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")

@@ -128,6 +128,33 @@ def test_interpreted_kernel_matches_the_models_rotary_and_cache_update_for_promp
 
 
 @interpreted
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_interpreted_kernel_reads_the_rotary_tables_at_each_tokens_position(tokens: int) -> None:
+    """With ``positions``, cos/sin are tables over every position and each token takes its row
+    (out-of-range positions, as a padding token may have, clamped): the same q, K and V cache as
+    the reference given the gathered rows."""
+    batch, heads, kv_heads, dim, rotary_dim, length = 2, 4, 2, 16, 8, 12
+    g = torch.Generator().manual_seed(tokens)
+    angles = torch.rand(length, rotary_dim // 2, generator=g) * 100
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    qkv = torch.randn(batch, tokens, (heads + 2 * kv_heads) * dim, generator=g).squeeze(1)
+    positions = torch.tensor([[3, 4, 5, 6, 7][:tokens], [0, 1, 2, 11, 40][:tokens]])
+    if tokens == 1:
+        positions = torch.tensor([[9], [-3]])
+    k_cache, v_cache = torch.randn(batch, kv_heads, length, dim, generator=g), torch.zeros(batch, kv_heads, length, dim)
+    k1, v1, n1 = k_cache.clone(), v_cache.clone(), torch.tensor(-1)
+    k2, v2, n2 = k_cache.clone(), v_cache.clone(), torch.tensor(-1)
+    slot = torch.tensor([4])
+    q1 = rope_cache_write(qkv, cos, sin, slot, k1, v1, n1, heads=heads, positions=positions)
+    at = positions.clamp(0, length - 1)
+    q2 = reference_rope_cache_write(qkv, cos[at], sin[at], slot, k2, v2, n2, heads)
+    for a, b in ((q1, q2), (k1, k2), (v1, v2)):
+        assert (a - b).abs().max().item() <= 1e-5
+    assert int(n1) == int(n2) == 4 + tokens
+
+
+@interpreted
 def test_interpreted_prompt_pass_runs_the_kernel_once_per_layer(fresh_llm: ChatGLM,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny GLM's bucketed prompt pass (CPU, as a captured one computes it) launches the kernel
@@ -246,6 +273,37 @@ def test_attention_step_falls_back_for_a_prompt_of_several_tokens(fresh_llm: Cha
         for f in fused:
             f.swap(fused=False)
     torch.testing.assert_close(after, before)
+
+
+def test_rotary_tables_are_the_rotary_modules_own_rows(fresh_llm: ChatGLM) -> None:
+    """Row p of the tables is what the model's rotary module gives position p (so a step that
+    reads it computes what the module's per-call output would); none for a length-dependent type."""
+    from llm.fast_decode.rotary_table import rotary_table
+
+    model = fresh_llm.model
+    table = rotary_table(model, 40)
+    assert table is not None and table.cos.shape[0] == 40
+    rotary = model.get_decoder().rotary_emb
+    probe = torch.empty(0, dtype=model.dtype)
+    for batch_positions in ([[0]], [[39]], [[5, 6, 7], [17, 18, 19]]):
+        positions = torch.tensor(batch_positions)
+        cos, sin = rotary(probe, positions)
+        assert torch.equal(cos, table.cos[positions]) and torch.equal(sin, table.sin[positions])
+    kind = rotary.rope_type
+    try:
+        rotary.rope_type = "dynamic"
+        assert rotary_table(model, 40) is None
+    finally:
+        rotary.rope_type = kind
+
+
+@pytest.mark.parametrize("tables", [True, False])
+def test_decode_steps_with_and_without_rotary_tables_equal_generate(fresh_llm: ChatGLM, tables: bool) -> None:
+    """A left-padded batch (its rows' positions differ) decodes generate's tokens either way."""
+    kwargs = fresh_llm._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 8, "max_new_tokens": 8})
+    eager = run_generate(fresh_llm.model, dict(kwargs))
+    fast = run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"rotary_tables": tables}))
+    assert torch.equal(eager, fast)
 
 
 def test_attention_steps_only_replace_glms_own_forward(fresh_llm: ChatGLM) -> None:

@@ -11,7 +11,9 @@ set to ``cur + 1`` as ``StaticLayer.update`` advances it), then the attention th
 three kernels became one of 1.4 us per layer. The captured prompt pass takes it too (``start``:
 its first cache slot), for its T tokens: there the model's own forward ran ~20 kernels per layer
 for the rotary of q and k (clones, multiplies, negations, stacks, concatenations) and the cache
-writes (cache positions, ``index_copy_``). Any other call (more tokens without ``start``, a cache
+writes (cache positions, ``index_copy_``). With a ``RotaryTable`` the kernel reads the rotary at the
+tokens' positions (``position_ids``) from it rather than taking the model's per-call ``cos``/``sin``
+(``llm.fast_decode.rotary_table`` says why). Any other call (more tokens without ``start``, a cache
 that is not a static one) runs the module's own forward.
 
 It replaces only ``transformers.models.glm.modeling_glm.GlmAttention.forward`` (checked by
@@ -29,6 +31,7 @@ from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_f
 
 from llm.cache_kwarg import cache_kwarg_of
 from llm.fast_decode.attention import FusedQKV
+from llm.fast_decode.rotary_table import RotaryTable
 from llm.fast_decode.stand_in import StandIn
 from llm.kernels.rope_cache_op import rope_cache_write
 
@@ -37,11 +40,13 @@ class AttentionStep(StandIn):
     """Stands in for ``module.forward`` (an instance attribute set by ``swap``) during a decode step
     or a prompt pass."""
 
-    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None) -> None:
+    def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None,
+                 table: RotaryTable | None = None) -> None:
         super().__init__(fused.module)
         self.fused = fused
         self.slot = slot  # (1,) the decode graph's cache slot of this step's token
         self.start = start  # (1,) the cache slot of a captured prompt pass's first token (None: decode only)
+        self.table = table  # the rotary's cos/sin over every cache position (None: the model's own, per call)
         self.heads = fused.sizes[0] // self.module.head_dim
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: Any = None,
@@ -56,8 +61,13 @@ class AttentionStep(StandIn):
         qkv = self.fused.project(hidden_states)
         qkv = qkv.view(batch, -1) if tokens == 1 else qkv
         cos, sin = position_embeddings
+        positions = kwargs.get("position_ids")
+        if self.table is not None and positions is not None:
+            cos, sin = self.table.cos, self.table.sin  # rows read at ``positions`` by the kernel
+        else:
+            positions = None
         query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys, layer.values,
-                                 layer.cumulative_length, heads=self.heads)
+                                 layer.cumulative_length, heads=self.heads, positions=positions)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
@@ -88,11 +98,11 @@ def attention_cache_kwarg() -> str:
     return cache_kwarg_of(GlmAttention)
 
 
-def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None
-                    ) -> list[AttentionStep]:
+def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None,
+                    table: RotaryTable | None = None) -> list[AttentionStep]:
     """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its
     own), writing the cache at ``slot`` (the decode graph's ``cur``), and a prompt pass's tokens
-    from ``start`` on."""
-    return [AttentionStep(f, slot=slot, start=start) for f in fused
+    from ``start`` on; with ``table``, the rotary read from it at each token's position."""
+    return [AttentionStep(f, slot=slot, start=start, table=table) for f in fused
             if type(f.module).forward is GlmAttention.forward and "forward" not in f.module.__dict__
             and f.sizes[1] == f.sizes[2] and f.sizes[0] % f.module.head_dim == 0]

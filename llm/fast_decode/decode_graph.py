@@ -28,6 +28,7 @@ from llm.fast_decode.attention_step import attention_steps
 from llm.fast_decode.cuda_graphs import capture_graph, raise_recompile_limit, warm_up_on_side_stream
 from llm.fast_decode.gemv_route import GemvKernel, gemv_route
 from llm.fast_decode.prompt_steps import prompt_steps
+from llm.fast_decode.rotary_table import rotary_table
 from llm.fast_decode.prefill import prefill
 from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
@@ -138,6 +139,7 @@ def build_decode_graph(
     pdl: bool = True,
     prompt_kernels: bool = True,
     token_kernel: bool = True,
+    rotary_tables: bool = True,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
@@ -167,7 +169,8 @@ def build_decode_graph(
         fused=list(fused or []),
         packed=packed,
         gemv=gemv_route(model, list(fused or []), gemv_kernel),
-        steps=attention_steps(list(fused or []), slot=cur, start=start) if fused_rope else [],
+        steps=attention_steps(list(fused or []), slot=cur, start=start,
+                              table=rotary_table(model, length) if rotary_tables else None) if fused_rope else [],
         prompt_steps=prompt_steps(model) if prompt_kernels else [],
         prefix=prefix_slots(model),
         start=start,
@@ -278,13 +281,14 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.pdl, options.prompt_kernels, options.gemv_kernel, options.token_kernel)
+                options.pdl, options.prompt_kernels, options.gemv_kernel, options.token_kernel, options.rotary_tables)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
                                packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
                                fused_rope=options.fused_rope, pdl=options.pdl,
-                               prompt_kernels=options.prompt_kernels, token_kernel=options.token_kernel)
+                               prompt_kernels=options.prompt_kernels, token_kernel=options.token_kernel,
+                               rotary_tables=options.rotary_tables)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

@@ -53,6 +53,9 @@ class FastDecodeOptions(BaseModel):
     placed on the GPU while the one before it finishes (``llm.kernels.pdl``): glmkb's Triton
     kernels and, where this torch's Inductor has ``triton.enable_pdl``, Inductor's. The bench
     flips it to measure it."""
+    rotary_tables: bool = True
+    """With ``fused_rope``: the rotary's cos/sin made once per decode graph for every cache position
+    and read at each token's position, instead of computed in every step (``rotary_table``)."""
     token_kernel: bool = True
     """Greedy decode steps: the eos suppression, repetition penalty, argmax and the step's state
     updates as two Triton kernels instead of ~15 PyTorch ones (``llm.kernels.token_choice``)."""

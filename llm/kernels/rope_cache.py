@@ -13,6 +13,11 @@ The rotary is GLM's (``transformers.models.glm.modeling_glm.apply_rotary_pos_emb
 interleaved pairs ``(2i, 2i+1)`` by the angle of ``cos[i]``/``sin[i]``, ``i < R/2``; the rest pass
 through. Computed in float32 and rounded once, as Inductor's fused kernel does.
 
+With ``positions`` (``TABLE``), ``cos``/``sin`` are the rotary module's own tables over every
+position ``(P, R)`` (``llm.fast_decode.rotary_table``) and each token reads its row at its position:
+the step no longer computes the angles, their ``cos``/``sin`` and the casts (transformers 5.17-5.23:
+a float32 matmul and seven Inductor kernels, ~13.7 us of every 6B decode step, run 21 on the H200).
+
 This module imports Triton; ``llm.kernels.rope_cache_op`` wraps it as a torch custom op and
 falls back to PyTorch where Triton is missing.
 """
@@ -29,11 +34,11 @@ from llm.kernels.pdl import launch_pdl
 
 @triton.jit
 def _rope_cache_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, length_ptr, q_ptr, k_ptr, v_ptr, T,
-    stride_qkv, stride_cos, stride_sin,
+    qkv_ptr, cos_ptr, sin_ptr, slot_ptr, length_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, T, P,
+    stride_qkv, stride_cos, stride_sin, stride_pb, stride_pt,
     stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, ROT_PAIRS: tl.constexpr,
-    BLOCK: tl.constexpr, PDL: tl.constexpr,
+    TABLE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_for_inputs(PDL)
     row = tl.program_id(0)  # token t of batch row b: b * T + t
@@ -47,8 +52,11 @@ def _rope_cache_kernel(
     odd = tl.load(src + 2 * i + 1, mask=ok, other=0.0).to(tl.float32)
     if head < HEADS + KV_HEADS:  # q or k: rotate the first ROT_PAIRS pairs
         rot = i < ROT_PAIRS
-        c = tl.load(cos_ptr + row * stride_cos + i, mask=rot, other=1.0).to(tl.float32)
-        s = tl.load(sin_ptr + row * stride_sin + i, mask=rot, other=0.0).to(tl.float32)
+        at = row
+        if TABLE:  # the token's row of the tables (clamped: a padding token's position may be anything)
+            at = tl.minimum(tl.maximum(tl.load(pos_ptr + b * stride_pb + t * stride_pt), 0), P - 1)
+        c = tl.load(cos_ptr + at * stride_cos + i, mask=rot, other=1.0).to(tl.float32)
+        s = tl.load(sin_ptr + at * stride_sin + i, mask=rot, other=0.0).to(tl.float32)
         even, odd = even * c - odd * s, odd * c + even * s
     if head < HEADS:
         if row == 0 and head == 0:  # the cache's length: the slot read here from another tensor, no race
@@ -77,9 +85,11 @@ def launch_rope_cache_write(
     v_cache: torch.Tensor,
     length: torch.Tensor,
     heads: int,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate q and k of ``qkv`` ``(B, (H + 2 KV) * D)`` (one token per row) or ``(B, T, ...)``
-    by ``cos``/``sin`` ``(B, T, R)``, write k and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)``
+    by ``cos``/``sin`` ``(B, T, R)`` (with ``positions`` ``(B, T)``: tables ``(P, R)`` read at each
+    token's position), write k and v into ``k_cache``/``v_cache`` ``(B, KV, L, D)``
     at cache slots ``slot .. slot + T - 1`` (``slot``: a one-element long tensor, read on the GPU),
     set ``length`` (the cache layer's own count, a different tensor) to ``slot + T``, and return q
     as ``(B, H, T, D)`` contiguous. Needs contiguous ``qkv`` rows and unit stride along the last
@@ -87,16 +97,20 @@ def launch_rope_cache_write(
     batch = qkv.shape[0]
     tokens = qkv.shape[1] if qkv.dim() == 3 else 1
     kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
-    qkv, cos, sin = qkv.reshape(batch * tokens, -1), cos.reshape(batch * tokens, -1), sin.reshape(batch * tokens, -1)
+    qkv = qkv.reshape(batch * tokens, -1)
+    if positions is None:
+        cos, sin = cos.reshape(batch * tokens, -1), sin.reshape(batch * tokens, -1)
+    pos = positions.reshape(batch, tokens) if positions is not None else slot  # slot: any tensor where unused
     q = torch.empty((batch, heads, tokens, dim), dtype=qkv.dtype, device=qkv.device)
     half = dim // 2
     pdl = launch_pdl(qkv.device)
     _rope_cache_kernel[(batch * tokens, heads + 2 * kv_heads)](
-        qkv, cos, sin, slot, length, q, k_cache, v_cache, tokens,
+        qkv, cos, sin, slot, length, q, k_cache, v_cache, pos, tokens, cos.shape[0],
         qkv.stride(0), cos.stride(0), sin.stride(0),
+        pos.stride(0) if positions is not None else 0, pos.stride(1) if positions is not None else 0,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        HEADS=heads, KV_HEADS=kv_heads, HALF=half, ROT_PAIRS=cos.shape[-1] // 2,
+        HEADS=heads, KV_HEADS=kv_heads, HALF=half, ROT_PAIRS=cos.shape[-1] // 2, TABLE=positions is not None,
         BLOCK=triton.next_power_of_2(half), PDL=pdl, num_warps=1, launch_pdl=pdl,
     )
     return q

@@ -35,12 +35,16 @@ def rope_applies(qkv: torch.Tensor, cos: torch.Tensor, k_cache: torch.Tensor) ->
 
 def reference_rope_cache_write(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, heads: int,
+    v_cache: torch.Tensor, length: torch.Tensor, heads: int, positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What the kernel does, as the model's own forward does it: GLM's ``apply_rotary_pos_emb``
-    on q and k, then k and v copied into the caches at ``slot .. slot + T - 1`` and the cache's
-    ``length`` set to ``slot + T`` (``StaticLayer.update``)."""
+    on q and k (with ``positions``: by the tables' rows at them), then k and v copied into the
+    caches at ``slot .. slot + T - 1`` and the cache's ``length`` set to ``slot + T`` (``StaticLayer.update``)."""
     from transformers.models.glm.modeling_glm import apply_rotary_pos_emb
+
+    if positions is not None:
+        at = positions.clamp(0, cos.shape[0] - 1)
+        cos, sin = cos[at], sin[at]
 
     batch = qkv.shape[0]
     tokens = qkv.shape[1] if qkv.dim() == 3 else 1
@@ -57,7 +61,7 @@ def reference_rope_cache_write(
 
 def rope_cache_write(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, *, heads: int,
+    v_cache: torch.Tensor, length: torch.Tensor, *, heads: int, positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q of one decode token per row (or of T prompt tokens), rotated, as ``(B, H, T, D)``; k
     (rotated) and v written into ``k_cache``/``v_cache`` ``(B, KV, L, D)`` at ``slot .. slot + T - 1``
@@ -65,16 +69,17 @@ def rope_cache_write(
     not ``slot`` itself) set to ``slot + T``: one kernel, where a separate ``add_`` per layer cost
     1 us each (run 16, H200). ``qkv`` is the fused projection ``(B, (H + 2 KV) * D)`` or
     ``(B, T, (H + 2 KV) * D)``, ``cos``/``sin`` ``(B, T, R)`` as the model's rotary embedding
-    returns them. The Triton kernel where ``rope_applies``."""
+    returns them, or with ``positions`` ``(B, T)`` its tables ``(P, R)`` over positions
+    ``0 .. P - 1`` (``llm.fast_decode.rotary_table``). The Triton kernel where ``rope_applies``."""
     if not rope_applies(qkv, cos, k_cache):
-        return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
-    return torch.ops.glmkb.rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
+        return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
+    return torch.ops.glmkb.rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
 
 
 @torch.library.custom_op("glmkb::rope_cache_write", mutates_args=("k_cache", "v_cache", "length"))
 def rope_cache_write_op(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, heads: int,
+    v_cache: torch.Tensor, length: torch.Tensor, heads: int, positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op behind ``rope_cache_write``."""
     qkv, cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (qkv, cos, sin))
@@ -82,16 +87,16 @@ def rope_cache_write_op(
         try:
             from llm.kernels.rope_cache import launch_rope_cache_write
 
-            return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
+            return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
             _broken.append(f"{type(e).__name__}: {e}")
             logger.warning("the Triton rotary + cache write failed, using PyTorch: %s", _broken[0])
-    return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads)
+    return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
 
 
 @rope_cache_write_op.register_fake
 def _rope_cache_write_fake(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor, k_cache: torch.Tensor,
-    v_cache: torch.Tensor, length: torch.Tensor, heads: int,
+    v_cache: torch.Tensor, length: torch.Tensor, heads: int, positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return qkv.new_empty((qkv.shape[0], heads, qkv.shape[1] if qkv.dim() == 3 else 1, k_cache.shape[3]))
