@@ -4,6 +4,7 @@ the same document an .xlsx of the same cells gives.
 Cells come typed from their ``office:value-type``: numbers (also percentages and currency) from
 ``office:value``, dates and times from ``office:date-value`` / ``office:time-value``, booleans,
 and text from the cell's paragraphs. A formula cell has its last computed value, as saved.
+A cell merged across columns (``table:number-columns-spanned``) is a ``rows.Spanning`` value.
 Repeated cells and rows (``table:number-columns-repeated``: LibreOffice writes a sheet's empty
 tail as one cell repeated 1,000+ times) are expanded only where they hold a value, so a sheet's
 declared size is never padded out; values repeated past the cell limit are refused.
@@ -20,6 +21,7 @@ import lxml.etree
 
 from kb.loaders.document import LoadedDocument
 from kb.loaders.opendocument import block_lines, body, named, q, repeat, table_rows
+from kb.loaders.rows import Spanning
 from kb.loaders.sheets import Sheet, sheets_document
 
 _DURATION = re.compile(r"^-?PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?$")
@@ -51,6 +53,8 @@ def _values(row: lxml.etree._Element) -> list[object]:
     for cell in row.iterchildren(q("table:table-cell"), q("table:covered-table-cell")):
         count = repeat(cell, "table:number-columns-repeated")
         value = cell_value(cell)
+        if value is not None and repeat(cell, "table:number-columns-spanned") > 1:
+            value = Spanning(value)
         if value is None:
             empty += count
             continue

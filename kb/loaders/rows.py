@@ -5,6 +5,11 @@ from the middle of a long sheet still makes sense; without one the cells are joi
 `` | ``. The first row with two or more cells decides: it is a header when all its cells
 are labels (non-empty text, not numbers or dates); one-cell rows above it (a sheet's
 title) are kept as they are.
+
+A cell merged across columns (``Spanning``, where the format says so: XLSX, XLS, ODS) is a
+title, a section or a total line, not one column's value: a row whose only value spans is said as
+it is under a header too (``合计：两人``, not ``姓名: 合计：两人``), and a row of spanning cells
+only (a group header above the real one, ``基本信息 | 成绩``) does not decide the header.
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Text that is a value, not a label: numbers, dates, times, percentages, phone numbers.
 _VALUE_LIKE = re.compile(r"^[\d\s.,:/+\-%]*$")
 
 
+@dataclass(frozen=True)
+class Spanning:
+    """A cell's value where the cell is merged across two or more columns of its row."""
+
+    value: object
+
+
 def cell_text(value: object) -> str:
     """A cell's value on one line: integral floats without ``.0``, dates as ISO dates."""
+    if isinstance(value, Spanning):
+        value = value.value
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -47,6 +62,8 @@ class RowLines:
         filled = [cell for cell in cells if cell]
         if not filled:
             return ""
+        if all(isinstance(value, Spanning) for value, cell in zip(values, cells, strict=True) if cell):
+            return " | ".join(filled)  # a title, section, total or group-header row: no column's value
         if not self._decided and len(filled) > 1:
             self._decided = True
             if _is_header(values, cells):

@@ -12,7 +12,7 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders import sniff
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
-from kb.loaders.rows import RowLines
+from kb.loaders.rows import RowLines, Spanning
 
 Sheet = tuple[str, Iterable[Sequence[object]]]  # (name, rows of cell values)
 
@@ -44,3 +44,22 @@ def sheets_document(path: Path, sheets: Iterable[Sheet], *, format: str) -> Load
     if not length:
         raise DocumentLoadError(f"{path} has no text in any sheet; there is nothing to add")
     return LoadedDocument(path, format, format, text_blocks(parts), headings=tuple(headings))
+
+
+def across_columns(starts: Iterable[tuple[int, int]]) -> dict[int, set[int]]:
+    """Row -> the columns where a cell merged across columns starts (0-based), from (row, column)."""
+    spans: dict[int, set[int]] = {}
+    for row, column in starts:
+        spans.setdefault(row, set()).add(column)
+    return spans
+
+
+def spanned(values: Sequence[object], columns: Iterable[int]) -> Sequence[object]:
+    """``values`` with the cells that start a merge across ``columns`` as ``rows.Spanning``."""
+    columns = [c for c in columns if c < len(values) and values[c] is not None]
+    if not columns:
+        return values
+    marked = list(values)
+    for c in columns:
+        marked[c] = Spanning(marked[c])
+    return marked

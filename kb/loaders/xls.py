@@ -19,7 +19,7 @@ from typing import Any
 
 from kb.errors import DocumentLoadError
 from kb.loaders.document import LoadedDocument
-from kb.loaders.sheets import Sheet, sheets_document
+from kb.loaders.sheets import Sheet, across_columns, sheets_document, spanned
 
 
 def load_xls(path: Path) -> LoadedDocument:
@@ -28,7 +28,7 @@ def load_xls(path: Path) -> LoadedDocument:
 
     try:
         book = xlrd.open_workbook(file_contents=path.read_bytes(), on_demand=True, ragged_rows=True,
-                                  logfile=io.StringIO())
+                                  formatting_info=True, logfile=io.StringIO())
     except xlrd.XLRDError as e:
         if "encrypted" in str(e).lower():
             raise DocumentLoadError(f"{path} is password-protected; save it without a password") from e
@@ -53,7 +53,8 @@ def _sheets(book: Any) -> Iterator[Sheet]:
     """Each sheet's name and rows, loaded one at a time and unloaded after."""
     for index in range(book.nsheets):
         sheet = book.sheet_by_index(index)
-        yield sheet.name, (_values(sheet.row(r), book.datemode) for r in range(sheet.nrows))
+        spans = across_columns((r, c) for r, _, c, end in sheet.merged_cells if end - c > 1)
+        yield sheet.name, (spanned(_values(sheet.row(r), book.datemode), spans.get(r, ())) for r in range(sheet.nrows))
         book.unload_sheet(index)
 
 

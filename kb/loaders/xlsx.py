@@ -3,26 +3,31 @@
 
 The workbook is opened ``read_only`` (rows stream from the XML, memory stays bounded) and
 ``data_only`` (a formula gives the value Excel saved with it, none where it saved none, never
-``=SUM(...)``). The archive is checked against zip bombs first.
+``=SUM(...)``). The archive is checked against zip bombs first. Read-only sheets do not say
+which cells are merged, so each sheet's ``mergeCell`` ranges are read from its XML in a streaming
+pass (entities and the network off): a cell merged across columns is a ``rows.Spanning`` value.
 """
 
 from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import lxml.etree
 
 from kb.errors import DocumentLoadError
 from kb.loaders import sniff
 from kb.loaders.document import LoadedDocument
-from kb.loaders.sheets import sheets_document
+from kb.loaders.sheets import across_columns, sheets_document, spanned
 
 # openpyxl's "no default style" and "extension is not supported": noise for a reader. Set once for
 # the process: ``warnings.catch_warnings`` around each load would swap the global filter list
 # under other threads (two uploads read at once).
 warnings.filterwarnings("ignore", category=UserWarning, module="openpyxl")
+MERGE_CELL = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}mergeCell"
 
 
 def load_xlsx(path: Path) -> LoadedDocument:
@@ -50,10 +55,28 @@ def load_xlsx(path: Path) -> LoadedDocument:
         ) from e
 
 
-def _rows(sheet: Any) -> Iterator[tuple[object, ...]]:
+def _rows(sheet: Any) -> Iterator[Sequence[object]]:
     """A read-only sheet's rows of values, its declared size ignored (never trusted, nor padded to)."""
+    spans = across_columns(_merged_across(sheet))
     sheet.reset_dimensions()
-    yield from sheet.iter_rows(values_only=True)
+    for row, values in enumerate(sheet.iter_rows(values_only=True)):
+        yield spanned(values, spans.get(row, ()))
+
+
+def _merged_across(sheet: Any) -> Iterator[tuple[int, int]]:
+    """(row, column), 0-based, of the first cell of each range the sheet merges across columns."""
+    from openpyxl.utils.cell import range_boundaries
+
+    with sheet._get_source() as source:  # openpyxl's own handle on the sheet's XML part
+        for _, element in lxml.etree.iterparse(source, tag=MERGE_CELL, resolve_entities=False, no_network=True,
+                                               load_dtd=False, huge_tree=False):
+            try:
+                first_column, first_row, last_column, _ = range_boundaries(element.get("ref", ""))
+            except (ValueError, TypeError):
+                continue  # a malformed range merges nothing
+            if first_row and first_column and last_column and last_column > first_column:
+                yield first_row - 1, first_column - 1
+            element.clear()
 
 
 def _reason(error: Exception) -> str:
