@@ -366,3 +366,39 @@ def test_a_docx_novels_volumes_are_headings_over_its_chapters(tmp_path: Path, ca
     assert (hit["chapter"], hit["chapter_title"], hit["section"]) == (3, "再起", "第二卷 云涌 > 第三章 再起")
     hit = next(h for h in hits if "继续的故事" in h["text"])
     assert (hit["chapter"], hit["chapter_title"], hit["section"]) == (2, "继续", "第一卷 风起 > 第二章 继续")
+
+
+def test_docx_headings_by_outline_level_and_by_the_style_a_custom_style_is_based_on(tmp_path: Path) -> None:
+    """Regression: only paragraphs of styles named "Heading N"/"标题 N" were headings, so a
+    manual written with its own "一级标题" style (based on Heading 1), a style carrying an outline
+    level, or WPS's 大纲级别 set on body paragraphs had no chapters. Outline level 9 ("body
+    text") on a paragraph overrides its heading style; levels past 3 are not chapter headings."""
+    import docx
+    from docx.enum.style import WD_STYLE_TYPE
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    def outline(properties, value: int) -> None:  # noqa: ANN001
+        element = OxmlElement("w:outlineLvl")
+        element.set(qn("w:val"), str(value))
+        properties.append(element)
+
+    document = docx.Document()
+    based = document.styles.add_style("一级标题", WD_STYLE_TYPE.PARAGRAPH)
+    based.base_style = document.styles["Heading 1"]
+    own = document.styles.add_style("章节标题", WD_STYLE_TYPE.PARAGRAPH)
+    outline(own.element.get_or_add_pPr(), 1)
+    deeper = document.styles.add_style("小节", WD_STYLE_TYPE.PARAGRAPH)
+    deeper.base_style = own
+    document.add_paragraph("第一章 总则", style="一级标题")
+    document.add_paragraph("正文一。")
+    document.add_paragraph("第一节 适用范围", style="章节标题")
+    document.add_paragraph("一、细则", style="小节")  # inherits 章节标题's outline level: 2
+    outline(document.add_paragraph("第二章 假期").paragraph_format.element.get_or_add_pPr(), 0)
+    outline(document.add_heading("不是标题的一行", level=2)._p.get_or_add_pPr(), 9)
+    outline(document.add_paragraph("四级大纲").paragraph_format.element.get_or_add_pPr(), 3)
+    document.add_paragraph("正文二。")
+    path = tmp_path / "manual.docx"
+    document.save(str(path))
+    assert [(h.level, h.title) for h in open_document(path).headings] == [
+        (1, "第一章 总则"), (2, "第一节 适用范围"), (2, "一、细则"), (1, "第二章 假期")]

@@ -1,6 +1,11 @@
 """Word documents (.docx, and .docm/.dotx/.dotm, the same body) with python-docx: paragraphs and tables in body order, "Heading 1-3"
 styles as chapters and sections, each table row one ``|``-separated line.
 
+A paragraph is a heading of level 1-3 by Word's own outline level as much as by its style's name:
+its direct ``w:outlineLvl`` (WPS and Word's 大纲级别 on a body-styled paragraph), else its style's,
+else the style it is based on, and so on (a custom "一级标题" based on Heading 1, or with its own
+outline level). Outline level 9 ("body text") on the paragraph or a style stops the search.
+
 The archive is checked against zip bombs first; python-docx parses its XML with
 ``resolve_entities=False``, so entity expansion never happens.
 """
@@ -14,6 +19,7 @@ from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, heading_style_level, text_blocks
 from kb.loaders.sniff import check_archive
 
+_MAX_STYLE_DEPTH = 16
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
 _WORD_VARIANTS = (
     "application/vnd.ms-word.document.macroEnabled.main+xml",
@@ -54,7 +60,7 @@ def load_docx(path: Path) -> LoadedDocument:
         if child.tag == qn("w:p"):
             paragraph = Paragraph(child, document)
             level = _heading_level(paragraph)
-            if level is not None and paragraph.text.strip():
+            if level and paragraph.text.strip():
                 title = " ".join(paragraph.text.split())
                 headings.append(Heading(length, level, title))
                 add_line(title)
@@ -86,11 +92,40 @@ def _open_document(path: Path):  # type: ignore[no-untyped-def]
 
 
 def _heading_level(paragraph) -> int | None:  # type: ignore[no-untyped-def]
+    """Level 1-3 from the paragraph's outline level or its style chain (see the module docstring)."""
+    direct = _outline_level(paragraph._p.pPr)
+    if direct is not None:
+        return direct
     try:
-        name = paragraph.style.name if paragraph.style is not None else ""
+        style = paragraph.style
     except (KeyError, ValueError):
         return None
-    return heading_style_level(name or "")
+    for _ in range(_MAX_STYLE_DEPTH):  # basedOn chains may loop in a hostile file
+        if style is None:
+            return None
+        named = heading_style_level(style.name or "")
+        if named is not None:
+            return named
+        level = _outline_level(style.element.pPr)
+        if level is not None:
+            return level
+        style = style.base_style
+    return None
+
+
+def _outline_level(properties) -> int | None:  # type: ignore[no-untyped-def]
+    """A ``w:pPr``'s outline level as a heading level 1-3; 0 where it says body text or a deeper
+    level (no heading, and the search stops), None where it says nothing."""
+    from docx.oxml.ns import qn
+
+    element = properties.find(qn("w:outlineLvl")) if properties is not None else None
+    if element is None:
+        return None
+    try:
+        value = int(element.get(qn("w:val"), ""))
+    except ValueError:
+        return None
+    return value + 1 if 0 <= value <= 2 else 0
 
 
 def _row_cells(row) -> list[str]:  # type: ignore[no-untyped-def]
