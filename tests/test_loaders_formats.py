@@ -244,3 +244,24 @@ def test_qa_sources_and_ui_cards_cite_page_and_section() -> None:
     assert novel.label() == "novel.md · 第2章 休假" and card_label(novel) == "第2章 休假"
     old = Source(text="x", source="sanguo.txt", chapter=1, chapter_title="宴桃园豪杰三结义", start=5, end=6)
     assert old.label() == "sanguo.txt · 第1回 宴桃园豪杰三结义 · 5–6"
+
+
+def test_epub_sections_its_table_of_contents_leaves_out_are_headings(tmp_path: Path) -> None:
+    """Regression: only the table of contents gave an EPUB's headings, and LibreOffice's EPUB
+    export lists top-level headings only, so a manual's 第一节 sections (``<h3>`` in the book)
+    were no headings. The book's own headings that nest under an entry now are; its chapter
+    ``<h2>`` (the entry's own line) and a heading before the first entry are not added twice."""
+    from tests.fixtures.documents import SourceChapter, _xhtml
+    from tests.test_loaders_office import rewritten
+
+    chapters = [SourceChapter("第一章 总则", ["总则正文。"]), SourceChapter("第二章 假期", ["假期正文。"])]
+    book = write_epub(tmp_path / "plain.epub", chapters)
+    body = ('<h1>员工手册</h1><h2 id="c1">第一章 总则</h2><p>总则正文。</p><h3>第一节 适用范围</h3><p>全体员工。</p>'
+            "<h3>第二节 解释</h3><p>人事部解释。</p><h4>附注</h4><p>无。</p>")
+    nested = rewritten(book, tmp_path / "manual.epub", "OEBPS/text/chap1.xhtml", _xhtml("第一章", body).encode())
+    document = open_document(nested)
+    text = "".join(document.blocks())
+    assert [(h.level, h.title) for h in document.headings] == [
+        (1, "第一章 总则"), (3, "第一节 适用范围"), (3, "第二节 解释"), (1, "第二章 假期")]
+    assert all(text[h.start :].startswith(h.title) for h in document.headings)
+    assert [(h.level, h.title) for h in open_document(book).headings] == [(1, "第一章 总则"), (1, "第二章 假期")]

@@ -1,6 +1,6 @@
 """EPUB books with the standard library's zipfile and lxml (not ebooklib, whose AGPL does not
 fit): the OPF spine in reading order, the EPUB 3 nav or EPUB 2 NCX table of contents as
-chapters. Every XML part is parsed without DTDs, entities or network; the archive is checked
+chapters, and the book's own h1-h3 headings that nest under its entries as sections. Every XML part is parsed without DTDs, entities or network; the archive is checked
 against zip bombs before anything is unpacked.
 """
 
@@ -55,6 +55,7 @@ def load_epub(path: Path) -> LoadedDocument:
             toc = _table_of_contents(archive, opf, manifest, base, name=name)
             builder = _TextBuilder()
             starts: dict[str, int] = {}
+            content_headings: list[Heading] = []
             for item in spine:
                 if item.get("media-type") not in _HTML_TYPES:
                     continue
@@ -62,12 +63,13 @@ def load_epub(path: Path) -> LoadedDocument:
                 starts[href] = builder.length
                 before = len(builder.headings)
                 extract_html(parse_html(read_member(archive, href, name=name), name=f"{name}:{href}"), name=name, builder=builder)
-                del builder.headings[before:]  # the table of contents gives the headings
+                content_headings += builder.headings[before:]
+                del builder.headings[before:]
     except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{name} is a damaged EPUB ({e}); save the book again") from e
     if not builder.length:
         raise DocumentLoadError(f"{name} has no text in its reading order; there is nothing to add")
-    headings = _place_headings(toc, starts, builder)
+    headings = with_nested_sections(_place_headings(toc, starts, builder), content_headings)
     return LoadedDocument(path, "epub", "epub", text_blocks(builder.parts), headings=headings)
 
 
@@ -119,6 +121,24 @@ def _nav_entries(ol: lxml.etree._Element, level: int, folder: str, out: list[tup
             if title and href:
                 out.append((depth, title, _join(folder, urldefrag(href)[0])))
         stack.extend((child, depth + 1) for child in reversed(li.xpath("x:ol/x:li", namespaces=_NS)))
+
+
+def with_nested_sections(toc: tuple[Heading, ...], content: list[Heading]) -> tuple[Heading, ...]:
+    """The table of contents' headings, plus the books's own ``<h1>``-``<h3>`` headings that nest
+    under them (deeper than the entry before them, not on its line): sections a table of contents
+    leaves out (LibreOffice's EPUB export lists top-level headings only). Without a table of
+    contents, the content's headings."""
+    if not toc:
+        return tuple(content)
+    merged = list(toc)
+    at = 0
+    for heading in content:
+        while at + 1 < len(toc) and toc[at + 1].start <= heading.start:
+            at += 1
+        entry = toc[at]
+        if entry.start < heading.start and heading.level > entry.level and heading.level <= 3:
+            merged.append(heading)
+    return tuple(sorted(merged, key=lambda h: h.start))
 
 
 def _place_headings(
