@@ -6,6 +6,9 @@ its direct ``w:outlineLvl`` (WPS and Word's 大纲级别 on a body-styled paragr
 else the style it is based on, and so on (a custom "一级标题" based on Heading 1, or with its own
 outline level). Outline level 9 ("body text") on the paragraph or a style stops the search.
 
+Text is read from the XML (``kb.loaders.word_text``): tracked insertions, content controls, fields,
+smart tags and text boxes included, which python-docx's own ``.text`` leaves out.
+
 The archive is checked against zip bombs first; python-docx parses its XML with
 ``resolve_entities=False``, so entity expansion never happens.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, heading_style_level, text_blocks
 from kb.loaders.sniff import check_archive
+from kb.loaders.word_text import body_blocks, cell_text, paragraph_text, text_box_paragraphs
 
 _MAX_STYLE_DEPTH = 16
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
@@ -56,18 +60,20 @@ def load_docx(path: Path) -> LoadedDocument:
             parts.append(line + "\n")
             length += len(line) + 1
 
-    for child in document.element.body.iterchildren():
-        if child.tag == qn("w:p"):
-            paragraph = Paragraph(child, document)
-            level = _heading_level(paragraph)
-            if level and paragraph.text.strip():
-                title = " ".join(paragraph.text.split())
+    for block in body_blocks(document.element.body):
+        if block.tag == qn("w:p"):
+            text = paragraph_text(block)
+            level = _heading_level(Paragraph(block, document))
+            if level and text.strip():
+                title = " ".join(text.split())
                 headings.append(Heading(length, level, title))
                 add_line(title)
             else:
-                add_line(paragraph.text)
-        elif child.tag == qn("w:tbl"):
-            for row in Table(child, document).rows:
+                add_line(text)
+            for inner in text_box_paragraphs(block):
+                add_line(paragraph_text(inner))
+        else:
+            for row in Table(block, document).rows:
                 add_line(" | ".join(_row_cells(row)))
     if not length:
         raise DocumentLoadError(f"{path} has no text; there is nothing to add")
@@ -136,5 +142,5 @@ def _row_cells(row) -> list[str]:  # type: ignore[no-untyped-def]
         if previous is not None and cell._tc is previous:
             continue
         previous = cell._tc
-        cells.append(" ".join(cell.text.split()))
+        cells.append(cell_text(cell._tc))
     return cells
