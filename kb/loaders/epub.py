@@ -1,7 +1,8 @@
 """EPUB books with the standard library's zipfile and lxml (not ebooklib, whose AGPL does not
 fit): the OPF spine in reading order, the EPUB 3 nav or EPUB 2 NCX table of contents as
-chapters, and the book's own h1-h3 headings that nest under its entries as sections. Every XML part is parsed without DTDs, entities or network; the archive is checked
-against zip bombs before anything is unpacked.
+chapters, and the book's own h1-h3 headings that nest under its entries as sections. Every XML
+part is parsed without DTDs, entities or network; the archive is checked against zip bombs
+before anything is unpacked.
 """
 
 from __future__ import annotations
