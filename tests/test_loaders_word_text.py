@@ -79,3 +79,22 @@ def test_breaks_and_tabs_read_as_python_docx_reads_them(tmp_path: Path) -> None:
     document.save(str(path))
     expected = "".join(line.rstrip() + "\n" for line in [paragraph.text] if line.strip())
     assert "".join(open_document(path).blocks()) == expected
+
+
+def test_a_table_of_contents_written_as_a_field_is_left_out(tmp_path: Path) -> None:
+    """Word and WPS also write a table of contents as plain paragraphs of styles "TOC 1" / "目录 1"
+    (a field's result): left out as the one in a content control is (it repeats the headings)."""
+    import docx
+    from docx.enum.style import WD_STYLE_TYPE
+
+    document = docx.Document()
+    for name in ("TOC 1", "目录 2"):
+        document.styles.add_style(name, WD_STYLE_TYPE.PARAGRAPH)
+    document.add_paragraph("第一章 总则\t1", style="TOC 1")
+    document.add_paragraph("第一节 范围\t1", style="目录 2")
+    document.add_heading("第一章 总则", level=1)
+    document.add_paragraph("正文。")
+    path = tmp_path / "contents.docx"
+    document.save(str(path))
+    loaded = open_document(path)
+    assert "".join(loaded.blocks()) == "第一章 总则\n正文。\n" and [h.title for h in loaded.headings] == ["第一章 总则"]

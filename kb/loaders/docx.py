@@ -15,6 +15,7 @@ The archive is checked against zip bombs first; python-docx parses its XML with
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from kb.loaders.sniff import check_archive
 from kb.loaders.word_text import body_blocks, cell_text, paragraph_text, text_box_paragraphs
 
 _MAX_STYLE_DEPTH = 16
+_CONTENTS_STYLE = re.compile(r"^(?:toc|目录)\s*\d$", re.I)
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
 _WORD_VARIANTS = (
     "application/vnd.ms-word.document.macroEnabled.main+xml",
@@ -62,8 +64,11 @@ def load_docx(path: Path) -> LoadedDocument:
 
     for block in body_blocks(document.element.body):
         if block.tag == qn("w:p"):
+            paragraph = Paragraph(block, document)
+            if _is_contents_entry(paragraph):
+                continue
             text = paragraph_text(block)
-            level = _heading_level(Paragraph(block, document))
+            level = _heading_level(paragraph)
             if level and text.strip():
                 title = " ".join(text.split())
                 headings.append(Heading(length, level, title))
@@ -117,6 +122,16 @@ def _heading_level(paragraph) -> int | None:  # type: ignore[no-untyped-def]
             return level
         style = style.base_style
     return None
+
+
+def _is_contents_entry(paragraph) -> bool:  # type: ignore[no-untyped-def]
+    """A line of a table of contents that is a field (styles "TOC 1"..., "目录 1"...), not a
+    content control: it repeats the headings, as the one inside a content control would."""
+    try:
+        name = paragraph.style.name if paragraph.style is not None else ""
+    except (KeyError, ValueError):
+        return False
+    return bool(_CONTENTS_STYLE.match(name or ""))
 
 
 def _outline_level(properties) -> int | None:  # type: ignore[no-untyped-def]
