@@ -153,7 +153,7 @@ def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph() -> None:
     g = graph_state(logits, [5, 7], allow_eos=False, penalty=1.2)
     g = SimpleNamespace(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(g).items()})
     static = logits.clone()
-    greedy_choice(static, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=g.cur)  # compile
+    assert greedy_choice(static, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=g.cur)  # compiles
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         greedy_choice(static, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=g.cur)

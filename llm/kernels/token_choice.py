@@ -29,7 +29,7 @@ from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
 BLOCK = 2048  # columns per program: 32 chunks of a 65,024-token vocabulary
-NONE = 2**31 - 1  # an index past every vocabulary: "no column here"
+NONE = tl.constexpr(2**31 - 1)  # an index past every vocabulary: "no column here" (a jit global must be constexpr)
 
 
 @triton.jit
