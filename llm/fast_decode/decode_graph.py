@@ -281,7 +281,7 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.pdl, options.prompt_kernels, options.gemv_kernel, options.token_kernel, options.rotary_tables)
+                options.pdl, options.prompt_kernels, options.token_kernel, options.rotary_tables, options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
