@@ -1,7 +1,7 @@
 """int8 -> bf16/fp16 of a whole weight, vectorised: the dequantizing copy of INT8 prompts.
 
-Past ``gemv_configs.INT8_GEMM_ROWS`` rows (a prompt of more than 1024 tokens; before session 22,
-of more than 64), and for shapes whose ``TUNED`` entry says "torch", an INT8 layer has no kernel of
+Past ``gemv_configs.INT8_GEMM_ROWS`` rows (a prompt of more than 64 tokens; 1024 in session 22,
+until run 28 found the row tiles' error), and for shapes whose ``TUNED`` entry says "torch", an INT8 layer has no kernel of
 its own: its int8 weight becomes a bf16 tensor and cuBLAS multiplies (``reference_gemv``). PyTorch's
 ``weight.to(torch.bfloat16)`` runs that copy as an unvectorised elementwise kernel: on the H200,
 ChatGLM3-6B shape, 168 copies took 15.5 of the 25.6 ms of a captured 128-token INT8 prompt pass
