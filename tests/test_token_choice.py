@@ -21,25 +21,19 @@ from llm.fast_decode.sampling import Sampling, choose_tokens
 from llm.kernels.token_choice_op import greedy_applies, greedy_choice
 from llm.streaming import run_generate
 from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
+from tests.test_fast_decode_sampling import hard_rows as argmax_rows
 
 interpreted = interpreted_marker()
 ON_CPU = FastDecodeOptions(on_cpu=True)
 GREEDY = Sampling(do_sample=False, top_k=None, penalty=False)
 
 
-def hard_rows(vocab: int, *, seed: int) -> torch.Tensor:
-    """Random rows, ties across chunks, one finite value among -inf, all -inf, NaN, rounded values."""
-    g = torch.Generator().manual_seed(seed)
-    ties = torch.zeros(vocab)
-    ties[vocab // 2 :] = 1.0
-    lone = torch.full((vocab,), -torch.inf)
-    lone[vocab - 1] = 0.0
-    nan = torch.randn(vocab, generator=g)
-    nan[vocab // 3] = torch.nan
-    nan[vocab - 1] = torch.nan
-    rounded = (torch.randn(vocab, generator=g) * 2).round()
-    rows = [torch.randn(vocab, generator=g) * 4 for _ in range(2)]
-    return torch.stack([*rows, ties, lone, torch.full((vocab,), -torch.inf), nan, rounded])
+def hard_rows(vocab: int) -> torch.Tensor:
+    """test_fast_decode_sampling's rows for argmax (ties across chunks, NaN, all -inf, rounded
+    values), plus a row whose NaN is in the last column."""
+    late_nan = torch.randn(vocab, generator=torch.Generator().manual_seed(vocab)) * 4
+    late_nan[vocab - 1] = torch.nan
+    return torch.cat([argmax_rows(vocab), late_nan[None]])
 
 
 def graph_state(logits: torch.Tensor, eos: list[int], *, allow_eos: bool, penalty: float | None,
@@ -83,7 +77,7 @@ def test_interpreted_kernels_choose_what_choose_tokens_chooses(vocab: int, allow
     """Ties in different chunks, NaN (argmax's maximum), all -inf, eos ids at the best place and at
     the last column, the penalty on seen tokens: the kernels' token, seen mark and slot are the
     reference's, bit for bit."""
-    logits = hard_rows(vocab, seed=vocab)
+    logits = hard_rows(vocab)
     best = int(logits[0].argmax())
     eos = [best, vocab - 1]
     g = graph_state(logits, eos, allow_eos=allow_eos, penalty=penalty, seed=vocab)
@@ -149,7 +143,7 @@ def test_the_kernels_apply_only_where_they_can_run() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph() -> None:
     """On the GPU, captured in a CUDA graph and replayed on new logits: the reference's tokens."""
-    logits = hard_rows(65024, seed=3).cuda()
+    logits = hard_rows(65024).cuda()
     g = graph_state(logits, [5, 7], allow_eos=False, penalty=1.2)
     g = SimpleNamespace(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(g).items()})
     static = logits.clone()
