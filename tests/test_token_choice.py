@@ -158,3 +158,29 @@ def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph() -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(g.token.view(-1), want) and int(g.cur) == cur + 1
+
+
+def test_the_kernels_compile_for_sm90() -> None:
+    """Regression: a plain module-level constant in the kernels ran under the interpreter and
+    failed Triton's compiler on the GPU (run 28, H100: the op fell back to PyTorch). Compiled
+    here for sm_90 with Triton's own toolchain, no GPU needed."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llm.kernels import token_choice
+
+    types = {"logits_ptr": "*fp32", "seen_ptr": "*u8", "penalty_ptr": "*fp32", "eos_ptr": "*i64", "allow_ptr": "*u8",
+             "best_ptr": "*fp32", "where_ptr": "*i32", "token_ptr": "*i64", "cur_ptr": "*i64"}
+    cases = ((token_choice._chunk_best, {"PENALTY": True, "EOS": 8, "BLOCK": token_choice.BLOCK, "PDL": True}),
+             (token_choice._pick_token, {"PENALTY": True, "ADVANCE": True, "BLOCK_C": 32, "PDL": True}))
+    for fn, constexprs in cases:
+        signature = {p.name: "constexpr" if p.is_constexpr else types.get(p.name, "i32") for p in fn.params}
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        except Exception as e:  # noqa: BLE001 - Triton's compile errors, or a Triton without its ptxas
+            if "CompilationError" in type(e).__name__:
+                raise
+            pytest.skip(f"cannot compile for sm_90 here: {e}")
+        assert compiled.asm["cubin"], fn.__name__
