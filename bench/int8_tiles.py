@@ -23,15 +23,17 @@ import torch.nn.functional as F
 
 from bench.common import parser, print_table, write_result
 from bench.gemv import SHAPES, TINY_SHAPES, Weights, copy_bandwidth, time_calls
+from llm.kernels.gemv_op import WRONG_PRODUCT, reference_gemv
 
 DEFAULT_ROWS = "64,128,512,1024"
 
 
 def grid(rows: int) -> list[Any]:
     """The tiles timed for ``rows`` rows: up to 64 rows one row tile (as the decode graph's prompt
-    bucket runs), 64-128 outputs x 64-128 of K in 1 or 4 K-slices; past 64, 64- to 256-row tiles of
+    bucket runs), 64-128 outputs x 64-128 of K in 1 or 4 K-slices; past 64, 64- and 128-row tiles of
     64-128 outputs over 64 of K, one slice (the weight is read once per row tile, from L2 after the
-    first). Both operand orders each."""
+    first; 256-row tiles computed wrong products, ``gemv_configs.MAX_BLOCK_M_TILE``). Both operand
+    orders each."""
     from llm.kernels.gemv_configs import GemvConfig
 
     tiles = []
@@ -43,17 +45,17 @@ def grid(rows: int) -> list[Any]:
                         tiles.append(GemvConfig(block_n, block_k, split_k=split, num_warps=4 if block_n == 64 else 8,
                                                 num_stages=4 if block_k == 64 else 3, weight_first=weight_first))
         else:
-            for block_m in (64, 128, 256) if rows >= 256 else (64, 128):
+            for block_m in (64, 128):
                 for block_n in (64, 128):
                     tiles.append(GemvConfig(block_n, 64, num_warps=4 if block_m * block_n <= 8192 else 8,
-                                            num_stages=4 if block_m < 256 else 3, block_m=block_m,
-                                            weight_first=weight_first))
+                                            num_stages=4, block_m=block_m, weight_first=weight_first))
     return tiles
 
 
 def bench_rows(n: int, k: int, rows: int, *, device: str, dtype: torch.dtype) -> dict[str, Any]:
-    """us per call of bf16 cuBLAS, the INT8 layer as built (cast + cuBLAS past the row limit) and
-    every tile of ``grid(rows)`` (an error string where one fails)."""
+    """us per call of bf16 cuBLAS, the INT8 layer as built, the cast + cuBLAS path, and
+    every tile of ``grid(rows)`` (an error string where one fails or its product is wrong: run 27
+    pinned a fast tile whose products were off by 10 %, timed and never checked)."""
     from llm.kernels.gemv import launch_gemv
 
     w = Weights(n, k, device=device, dtype=dtype)
@@ -63,10 +65,18 @@ def bench_rows(n: int, k: int, rows: int, *, device: str, dtype: torch.dtype) ->
         ws, layers = w.get("bf16"), w.get("int8")
         out["bf16_cublas_us"] = time_calls(lambda i: F.linear(x, ws[i % len(ws)]), device=device) * 1e6
         out["int8_layer_us"] = time_calls(lambda i: layers[i % len(layers)](x), device=device) * 1e6
+        out["int8_cast_us"] = time_calls(lambda i: reference_gemv(x, layers[i % len(layers)].weight,
+                                                                  scales=layers[i % len(layers)].scales),
+                                         device=device) * 1e6
+        reference = reference_gemv(x, layers[0].weight, scales=layers[0].scales)
         for tile in grid(rows):
             try:
                 call = lambda i, c=tile: launch_gemv(x, layers[i % len(layers)].weight,  # noqa: E731
                                                      layers[i % len(layers)].scales, None, c)
+                error = relative_error(call(0), reference)
+                if error > WRONG_PRODUCT:
+                    out["tiles"][str(tile)] = f"wrong: relative error {error:.2e}"
+                    continue
                 out["tiles"][str(tile)] = time_calls(call, device=device) * 1e6
             except Exception as e:  # one tile failing must not stop the grid
                 out["tiles"][str(tile)] = f"error: {type(e).__name__}: {str(e)[:200]}"
@@ -76,6 +86,11 @@ def bench_rows(n: int, k: int, rows: int, *, device: str, dtype: torch.dtype) ->
     if device == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
+    """``|y - reference| / |reference|`` (Frobenius), in float32."""
+    return ((y.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-30)).item()
 
 
 def main() -> None:
@@ -96,14 +111,14 @@ def main() -> None:
             results.append({"name": name, **r})
             best = r["best"]
             best_us = r["tiles"][best] if best else None
-            table.append((name, rows, f"{r['bf16_cublas_us']:.1f}", f"{r['int8_layer_us']:.1f}", best,
-                          f"{best_us:.1f}" if best_us is not None else "-"))
+            table.append((name, rows, f"{r['bf16_cublas_us']:.1f}", f"{r['int8_layer_us']:.1f}",
+                          f"{r['int8_cast_us']:.1f}", best, f"{best_us:.1f}" if best_us is not None else "-"))
             if best:
                 tuned.append(f'    ("int8", {row_bucket(rows)}, {n}, {k}): "{best}",  # {best_us:.2f}')
             print(f"  {name} M={rows}: {table[-1]}", flush=True)
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     print_table(f"INT8 prompt GEMMs ({device_name}), us per call",
-                table, ("shape", "rows", "bf16 cuBLAS", "int8 as built", "best tile", "us"))
+                table, ("shape", "rows", "bf16 cuBLAS", "int8 as built", "int8 cast", "best tile", "us"))
     print("\n".join(tuned))
     path = write_result(args.out, "int8_tiles", {"device": device_name, "bandwidth_copy": copy_bandwidth(device),
                                                  "results": results})

@@ -10,8 +10,10 @@ are not multiples of the tile, 1/3/16 rows, bias, split-K, the custom op under
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -99,12 +101,12 @@ def interpreted_checks() -> None:
     x_grad = torch.randn(1, 96, requires_grad=True)
     assert gemv_applies(x_grad.detach(), layer.weight) and not gemv_applies(x_grad, layer.weight)
     # Rows: an int8 weight takes prompts of up to 64 rows (read once instead of dequantized per
-    # call: INT8 TTFT was 2.2x bf16's; past 64 rows on row tiles where INT8_GEMM_ROWS allows, off
-    # since session 23), a float weight stays at the decode batches (<= 16).
+    # call: INT8 TTFT was 2.2x bf16's; past 64 rows on row tiles up to INT8_GEMM_ROWS, 1024), a float
+    # weight stays at the decode batches (<= 16).
     import llm.kernels.gemv_configs as gemv_configs
 
     float_weight = torch.randn(45, 96)
-    assert gemv_configs.int8_row_limit() == gemv_configs.INT8_GEMM_ROWS == 64
+    assert gemv_configs.int8_row_limit() == gemv_configs.INT8_GEMM_ROWS == 1024
     assert gemv_applies(torch.randn(16, 96), float_weight) and not gemv_applies(torch.randn(17, 96), float_weight)
     # Past 64 rows: tiles of block_m rows on the grid's first axis, each row tile against the same
     # weight tile (the limit lowered here to check its edge cheaply, as bench.prefill --int8-rows does).
@@ -122,7 +124,7 @@ def interpreted_checks() -> None:
         gemv_configs.INT8_GEMM_ROWS = 64
         assert gemv_applies(torch.randn(64, 96), layer.weight) and not gemv_applies(torch.randn(65, 96), layer.weight)
     finally:
-        gemv_configs.INT8_GEMM_ROWS = 64
+        gemv_configs.INT8_GEMM_ROWS = 1024
     print("OK")
 
 
@@ -144,6 +146,45 @@ def test_without_kernel_gemv_is_the_int8_layers_former_forward() -> None:
     assert _close(y, _reference(c), torch.float32)
     layer = WeightOnlyInt8Linear(torch.randn(8, 16), None)
     assert torch.equal(layer(torch.ones(1, 16)), reference_gemv(torch.ones(1, 16), layer.weight, scales=layer.scales))
+
+
+def test_no_tile_has_more_than_128_rows() -> None:
+    """Regression: run 27 pinned a 256-row INT8 prompt tile (m256n128k64s1w8p3t) for five 6B shapes
+    on its timings alone; on an H100 (run 29) its products were 8-11 % off at 256 and 512 rows.
+    Such a tile cannot be made, and neither the table nor the candidates hold one."""
+    from llm.kernels.gemv_configs import MAX_BLOCK_M_TILE, TORCH, TUNED, GemvConfig, candidates
+
+    with pytest.raises(ValueError, match="wrong products"):
+        GemvConfig.parse("m256n128k64s1w8p3t")
+    assert all(GemvConfig.parse(t).block_m <= MAX_BLOCK_M_TILE for t in TUNED.values() if t != TORCH)
+    for rows in (65, 128, 256, 512, 1024):
+        assert all(c.block_m <= MAX_BLOCK_M_TILE for c in candidates(rows, 27392, 4096, int8=True))
+
+
+def test_timing_skips_a_candidate_whose_product_is_wrong() -> None:
+    """Regression (run 27): the fastest tile was kept without looking at its output, and a fast,
+    wrong one won. ``fastest_launch`` with a reference skips an option whose first output is off
+    (NaN included) however fast it is. The CUDA-event timing is a stand-in here."""
+    from llm.kernels import gemv_op
+
+    reference = torch.randn(8, 16)
+    outputs = {"right": reference + 1e-4, "wrong": reference * 1.1, "nan": reference * float("nan")}
+    speed = {"right": 2.0, "wrong": 1.0, "nan": 0.5}  # ms: the wrong ones look fastest
+    ran: list[str] = []
+
+    def run(option: str) -> torch.Tensor:
+        ran.append(option)
+        return outputs[option]
+
+    def median_launch_ms(launch: Callable[[], object], **_: object) -> float:
+        launch()
+        return speed[ran[-1]]
+
+    with mock.patch.object(gemv_op, "_median_launch_ms", median_launch_ms):
+        best = gemv_op.fastest_launch(["wrong", "nan", "right"], run, device=torch.device("cpu"), reference=reference)
+        unchecked = gemv_op.fastest_launch(["wrong", "right"], run, device=torch.device("cpu"))
+    assert best is not None and best[1] == "right"
+    assert unchecked is not None and unchecked[1] == "wrong"
 
 
 def test_config_table_entries_parse_and_candidates_fit_the_kernel() -> None:

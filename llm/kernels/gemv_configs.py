@@ -32,16 +32,21 @@ MAX_INT8_ROWS = 64
 # ``block_m`` rows, GEMM-like, a shape's ``TUNED`` entry "torch" keeping the cast): prompts past 64
 # tokens (RAG prompts), where the cast for cuBLAS cost an INT8 model ~5 ms of its first token
 # against bf16 (run 26). Session 22 (H100, ``python -m bench.int8_tiles``): the four 6B GEMMs of a
-# layer 401.7 -> 210.2 us at 128 rows, 433.0 -> 305.4 at 256, 558.8 -> 470.7 at 512, 881.4 -> 792.6
-# at 1024. Past 1024 rows the cast stays (not measured there).
-# Off again since session 23 (64: the cast past 64 rows, as before): on an H100 (run 28) the INT8
-# model's 256-token forward had logits error 0.583 against bf16 and top-1 agreement 0.125, where
-# runs 22-26 (the cast) had 0.178 and 0.63; these tiles had never been checked on a GPU past 45
-# rows. ``tests/test_gemv.py::test_int8_row_tiles_match_the_reference_on_cuda`` says whether they
-# are right; raise this (``bench.prefill --int8-rows``) to time them.
-INT8_GEMM_ROWS = 64
+# layer 401.7 -> 210.2 us at 128 rows, and, without the 256-row tiles found wrong since, by the same
+# sweep's figures 433 -> 324 at 256, 550 -> 503 at 512, and the cast at 1024 rows but for o_proj.
+# Past 1024 rows the cast stays (not measured there).
+# Off in session 23 (run 28 on an H100: the INT8 6B forward of 256 tokens had logits error 0.583
+# against bf16, 0.178 with the cast), on again since session 24: run 29 (H100) checked every
+# candidate and pinned tile of the 6B shapes at 64-512 rows against the exact product, and only the
+# 256-row tile was wrong (``MAX_BLOCK_M_TILE``); the others were all at 1.7e-3, the bf16 rounding.
+INT8_GEMM_ROWS = 1024
 DOT_MIN_ROWS = 5  # from here on tl.dot on 16-row tiles rather than the broadcast accumulator
 MAX_BLOCK_M = 64  # rows per program where a config does not say (``GemvConfig.block_m``)
+# The most rows a config may give one program. Run 29 (H100, ``.dev``'s per-tile check, x bf16
+# against the exact product): the 256-row tile m256n128k64s1w8p3t had relative error 0.08-0.11 at
+# 256 and 512 rows on all five 6B shapes (as a 128-row tile, at 128 rows, 1.7e-3 like the rest),
+# and run 27 had pinned it for five shapes on its timings alone.
+MAX_BLOCK_M_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,11 @@ class GemvConfig:
     num_stages: int = 3
     block_m: int = 0  # rows per program; 0: all of them up to MAX_BLOCK_M
     weight_first: bool = False  # tl.dot tiles: W @ x.T (the weight as the A operand) instead of x @ W.T
+
+    def __post_init__(self) -> None:
+        if self.block_m > MAX_BLOCK_M_TILE:
+            raise ValueError(f"GEMV tiles of {self.block_m} rows computed wrong products on Hopper; "
+                             f"at most {MAX_BLOCK_M_TILE} rows per tile")
 
     def __str__(self) -> str:  # compact, for bench tables and ``TUNED``
         rows = f"m{self.block_m}" if self.block_m else ""
@@ -101,25 +111,26 @@ TUNED: dict[tuple[str, int, int, int], str] = {
     ("int8", 64, 4096, 4096): "n64k64s4w4p4",  # 19.43
     ("int8", 64, 27392, 4096): "n64k64s1w4p4",  # 60.12
     ("int8", 64, 4096, 13696): "n64k128s4w4p3",  # 31.16
-    # int8 prompts of 65-1024 tokens, tiles of 64-256 rows (``t``: the weight as the A operand): session 22,
+    # int8 prompts of 65-1024 tokens, tiles of 64-128 rows (``t``: the weight as the A operand): session 22,
     # ``python -m bench.int8_tiles`` on an H100 (no H200 was lent), us against the cast + cuBLAS path;
-    # "torch" keeps the cast where no tile beat it (q/k/v past 256 rows)
+    # "torch" keeps the cast where no tile beat it. Run 27 had 256-row tiles in five of these; wrong
+    # (``MAX_BLOCK_M_TILE``), they gave way in session 24 to the best 64-128-row tile of the same sweep
     ("int8", 128, 4608, 4096): "m64n64k64s1w4p4",  # 31.8 (cast 36.1)
     ("int8", 128, 4096, 4096): "m64n64k64s1w4p4",  # 24.2 (33.3)
     ("int8", 128, 27392, 4096): "m128n128k64s1w8p4",  # 74.0 (218.1)
     ("int8", 128, 4096, 13696): "m64n64k64s1w4p4",  # 80.2 (114.2)
     ("int8", 256, 4608, 4096): "m128n128k64s1w8p4t",  # 41.3 (41.4)
     ("int8", 256, 4096, 4096): "m64n64k64s1w4p4",  # 31.5 (37.3)
-    ("int8", 256, 27392, 4096): "m256n128k64s1w8p3t",  # 128.2 (232.3)
+    ("int8", 256, 27392, 4096): "m128n128k64s1w8p4",  # 147.1 (232.3)
     ("int8", 256, 4096, 13696): "m64n64k64s1w4p4",  # 104.4 (122.0)
-    ("int8", 512, 4608, 4096): "torch",  # cast 52.7 (best tile 53.7)
+    ("int8", 512, 4608, 4096): "torch",  # cast 52.9 (best tile 65.7)
     ("int8", 512, 4096, 4096): "m128n128k64s1w8p4t",  # 41.1 (47.3)
-    ("int8", 512, 27392, 4096): "m256n128k64s1w8p3t",  # 245.9 (306.5)
+    ("int8", 512, 27392, 4096): "m128n128k64s1w8p4",  # 277.8 (305.5)
     ("int8", 512, 4096, 13696): "m128n128k64s1w8p4t",  # 131.0 (152.3)
-    ("int8", 1024, 4608, 4096): "torch",  # cast 84.8 (best tile 109.5)
-    ("int8", 1024, 4096, 4096): "m256n128k64s1w8p3t",  # 60.3 (73.4)
-    ("int8", 1024, 27392, 4096): "m256n128k64s1w8p3t",  # 443.6 (501.9)
-    ("int8", 1024, 4096, 13696): "m256n128k64s1w8p3t",  # 203.9 (221.3)
+    ("int8", 1024, 4608, 4096): "torch",  # cast 84.8 (best tile 111.5)
+    ("int8", 1024, 4096, 4096): "m128n128k64s1w8p4",  # 70.4 (73.4)
+    ("int8", 1024, 27392, 4096): "torch",  # cast 501.9 (best tile 527.2)
+    ("int8", 1024, 4096, 13696): "torch",  # cast 221.3 (best tile 253.6)
 }
 
 
@@ -148,10 +159,9 @@ def candidates(rows: int, n: int, k: int, *, int8: bool) -> list[GemvConfig]:
     (``rows x block_n x block_k / threads``) stay <= 64 per thread. Tall K (down_proj, 13696)
     adds split-K variants, which double the programs at the cost of a small float32 reduction.
     """
-    if rows > MAX_INT8_ROWS:  # int8 prompts past 64 tokens (``INT8_GEMM_ROWS``): GEMM tiles, 64-256 rows each;
+    if rows > MAX_INT8_ROWS:  # int8 prompts past 64 tokens (``INT8_GEMM_ROWS``): GEMM tiles, 64-128 rows each;
         # session 22's winners (H100, the 6B shapes at 128-1024 rows), the most robust first
         return [GemvConfig(128, 64, num_warps=8, num_stages=4, block_m=128),
-                GemvConfig(128, 64, num_warps=8, block_m=256, weight_first=True),
                 GemvConfig(64, 64, num_stages=4, block_m=64),
                 GemvConfig(128, 64, num_warps=8, num_stages=4, block_m=128, weight_first=True)]
     if rows > MAX_ROWS:  # int8 prompts: tl.dot on 64-row tiles, one read of the weight; run 26 (H200, M = 64):

@@ -175,7 +175,8 @@ def fastest(
             return reference_gemv(x, weight, scales=scales, bias=bias)
         return launch_gemv(x, weight, scales, bias, c)
 
-    best = fastest_launch(options, run, device=x.device, repeats=repeats)
+    reference = reference_gemv(x, weight, scales=scales, bias=bias)
+    best = fastest_launch(options, run, device=x.device, repeats=repeats, reference=reference)
     if best is None:
         raise RuntimeError(f"no GEMV config runs for x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)}")
     logger.info("GEMV %s x %s %s: %s (%.1f us)", tuple(x.shape), tuple(weight.shape), weight.dtype, best[1],
@@ -183,26 +184,29 @@ def fastest(
     return best[1]
 
 
+# A candidate's product this far from the reference (relative Frobenius error) is wrong, not
+# rounded: right tiles of the 6B shapes give 1.7e-3 in bf16 at 64-512 rows, run 29's wrong one
+# (256-row tiles, H100) 0.08-0.11.
+WRONG_PRODUCT = 2e-2
+
+
 def fastest_launch(
-    options: list[Any], run: Callable[[Any], object], *, device: torch.device, repeats: int = 8
+    options: list[Any], run: Callable[[Any], object], *, device: torch.device, repeats: int = 8,
+    reference: torch.Tensor | None = None,
 ) -> tuple[float, Any] | None:
     """``(ms, option)`` with the least median time of ``run(option)``, each launch timed right after
-    L2 is flushed (``fastest`` says why); None when no option runs."""
+    L2 is flushed (``fastest`` says why); None when no option runs. With ``reference``, an option
+    whose first output is ``WRONG_PRODUCT`` away from it is skipped with a warning: timing alone
+    once pinned a fast, wrong tile (run 27's 256-row INT8 tiles)."""
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
     best: tuple[float, Any] | None = None
     for option in options:
         try:
-            run(option)  # compile and warm
-            events = []
-            for _ in range(repeats):
-                flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run(option)
-                end.record()
-                events.append((start, end))
-            torch.cuda.current_stream().synchronize()
-            t = statistics.median(start.elapsed_time(end) for start, end in events)
+            first = run(option)  # compile and warm
+            if reference is not None and not _right_product(first, reference):
+                logger.warning("kernel config %s skipped: its product is wrong for this shape", option)
+                continue
+            t = _median_launch_ms(lambda: run(option), flush=flush, repeats=repeats)
         except Exception as e:  # e.g. out of shared memory or registers for this tile
             logger.debug("kernel config %s skipped: %s", option, e)
             continue
@@ -210,6 +214,29 @@ def fastest_launch(
             best = (t, option)
     del flush
     return best
+
+
+def _median_launch_ms(launch: Callable[[], object], *, flush: torch.Tensor, repeats: int) -> float:
+    """Median ms of ``launch`` over ``repeats`` CUDA-event timings, L2 flushed before each."""
+    events = []
+    for _ in range(repeats):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch()
+        end.record()
+        events.append((start, end))
+    torch.cuda.current_stream().synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def _right_product(y: object, reference: torch.Tensor) -> bool:
+    """Whether ``y`` is ``reference`` up to rounding (``WRONG_PRODUCT``), NaNs and shape included."""
+    if not isinstance(y, torch.Tensor) or y.shape != reference.shape:
+        return False
+    scale = reference.float().norm().clamp_min(1e-30)
+    error = ((y.float() - reference.float()).norm() / scale).item()
+    return error <= WRONG_PRODUCT  # NaN compares False
 
 
 def chosen_configs() -> dict[str, str]:

@@ -171,8 +171,9 @@ def choose_gemm_config(
         return options[0]
     from llm.kernels.gemv_op import fastest_launch
 
+    reference = _dequantize_and_multiply(x, packed, scales_zeros, bias, group_size=group_size)
     best = fastest_launch(options, lambda c: _launch_gemm(x, packed, scales_zeros, bias, group_size=group_size,
-                                                          config=c), device=x.device)
+                                                          config=c), device=x.device, reference=reference)
     if best is None:
         raise RuntimeError(f"no INT4 GEMM config runs for {rows} rows and a {n} x {k} weight")
     logger.info("INT4 GEMM, %d rows, %d x %d: %s (%.1f us)", rows, n, k, best[1], best[0] * 1e3)
@@ -217,8 +218,10 @@ def choose_row_config(
     from llm.kernels.gemv_op import fastest_launch
 
     scratch = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    reference = _dequantize_and_multiply(x, packed, scales_zeros, bias, group_size=group_size)
     best = fastest_launch(list(options), lambda c: _launch_rows(x, packed, scales_zeros, bias, group_size=group_size,
-                                                                out=scratch, config=c), device=x.device)
+                                                                out=scratch, config=c), device=x.device,
+                          reference=reference)
     if best is None:
         raise RuntimeError(f"no INT4 kernel config runs for {rows} rows and a {n} x {k} weight")
     logger.info("INT4 kernel, %d rows, %d x %d: %s (%.1f us)", rows, n, k, best[1], best[0] * 1e3)
