@@ -218,7 +218,7 @@ def bench_quantization(
 ) -> dict[str, Any]:
     """One row per kind: speed through ``ChatGLM.stream`` (fast path), weight memory, and quality
     against the full-precision model on ``quality_tokens`` teacher-forced positions. ``variants``
-    (label -> FastDecodeOptions): each also timed on the same model, same run
+    (label -> (FastDecodeOptions, sampling kwargs)): each also timed on the same model, same run
     (``stream_tok_s_<label>``), its graphs built after the default's are freed."""
     from llm import ChatGLM
     from llm.fast_decode import fast_decode_state
@@ -259,10 +259,10 @@ def bench_quantization(
         runs = [stream_once(llm, QUESTION, **force) for _ in range(repeat)]
         row["stream_tok_s"] = new_tokens / median_of(runs, "total_s")
         row["stream_ttft_s"] = median_of(runs, "ttft_s")
-        for label, variant in (variants or {}).items():
+        for label, (variant, sampling) in (variants or {}).items():
             fast_decode_state(model).graphs.clear()
-            other = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens,
-                            fast_decode_options=variant)
+            other = ChatGLM(model=model, tokenizer=tokenizer, max_new_tokens=new_tokens,
+                            fast_decode_options=variant, **{"temperature": 0.0, **sampling})
             stream_once(other, QUESTION, **force)  # build + warm
             runs = [stream_once(other, QUESTION, **force) for _ in range(repeat)]
             row[f"stream_tok_s_{label}"] = new_tokens / median_of(runs, "total_s")
@@ -276,17 +276,20 @@ def bench_quantization(
     return {"group_size": group_size, "quality_tokens": quality_tokens, "new_tokens": new_tokens, "rows": rows}
 
 
-def ablation_variants(args: Any, options: Any) -> dict[str, Any]:
-    """``--rope-ablation`` / ``--pdl-ablation`` / ``--token-ablation``: the options each variant of a row is timed with."""
-    variants = {}
+def ablation_variants(args: Any, options: Any) -> dict[str, tuple[Any, dict[str, float]]]:
+    """``--rope-ablation`` / ``--pdl-ablation`` / ``--token-ablation`` / ``--sampled``: the options and
+    sampling settings each variant of a row is timed with (greedy where they say nothing)."""
+    variants: dict[str, tuple[Any, dict[str, float]]] = {}
     if args.rope_ablation:
-        variants["fused_rope_off"] = options.model_copy(update={"fused_rope": False})
+        variants["fused_rope_off"] = options.model_copy(update={"fused_rope": False}), {}
     if args.pdl_ablation:
-        variants["pdl_off"] = options.model_copy(update={"pdl": False})
+        variants["pdl_off"] = options.model_copy(update={"pdl": False}), {}
     if args.token_ablation:
-        variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False})
-        variants["tables_off"] = options.model_copy(update={"rotary_tables": False})
-        variants["both_off"] = options.model_copy(update={"token_kernel": False, "rotary_tables": False})
+        variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False}), {}
+        variants["tables_off"] = options.model_copy(update={"rotary_tables": False}), {}
+        variants["both_off"] = options.model_copy(update={"token_kernel": False, "rotary_tables": False}), {}
+    if args.sampled:  # what a user gets by default (configs: temperature 0.8, top_p 0.8)
+        variants["sampled"] = options, {"temperature": 0.8, "top_p": 0.8}
     return variants
 
 
@@ -388,6 +391,8 @@ def main() -> None:
                    help="with --quantization: each kind also with FastDecodeOptions.fused_rope off, same run")
     p.add_argument("--token-ablation", action="store_true",
                    help="with --quantization: each kind also with FastDecodeOptions.token_kernel / rotary_tables off")
+    p.add_argument("--sampled", action="store_true",
+                   help="with --quantization: each kind also with the default sampling (temperature 0.8, top_p 0.8)")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
