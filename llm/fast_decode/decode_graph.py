@@ -35,7 +35,7 @@ from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
 from llm.kernels.pdl import launch_pdl
-from llm.kernels.token_choice_op import greedy_applies, greedy_choice
+from llm.kernels.token_choice_op import greedy_applies, greedy_choice, sampled_choice
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class DecodeGraph:
     graph: Any = None
     capture_s: float = 0.0
     prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
-    token_kernel: bool = True  # greedy steps choose their token by llm.kernels.token_choice where it applies
+    token_kernel: bool = True  # greedy / top-p steps choose their token by Triton kernels where they apply
 
 
 def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
@@ -100,13 +100,21 @@ def decode_step(g: DecodeGraph) -> None:
 
 def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
     """Each row's next token from ``logits`` into ``g.token`` (marked in ``g.seen``), and with
-    ``advance`` the cache slot ``g.cur`` moved on by one: greedy calls in two Triton kernels where
-    they apply (``llm.kernels.token_choice``), else ``choose_tokens`` and three PyTorch updates."""
-    if (g.token_kernel and not g.sampling.do_sample and greedy_applies(logits, g.eos)
-            and greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
-                              cur=g.cur if advance else None)):
-        return
-    chosen = choose_tokens(logits, g)
+    ``advance`` the cache slot ``g.cur`` moved on by one: greedy and top-p calls in Triton kernels
+    where they apply (``llm.kernels.token_choice``, ``token_sampling``; top-k stays on PyTorch), else
+    ``choose_tokens`` and three PyTorch updates."""
+    noise = None
+    if g.token_kernel and not g.sampling.top_k and greedy_applies(logits, g.eos):
+        cur = g.cur if advance else None
+        if not g.sampling.do_sample:
+            if greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=cur):
+                return
+        else:
+            noise = torch.empty_like(logits).exponential_()  # PyTorch's graph-safe RNG, seeded as before
+            if sampled_choice(logits, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
+                              temperature=g.temperature, top_p=g.top_p, cur=cur):
+                return
+    chosen = choose_tokens(logits, g, noise=noise)
     g.token.copy_(chosen.unsqueeze(1))
     if g.seen is not None:
         g.seen.scatter_(1, g.token, True)

@@ -42,9 +42,10 @@ def resolve_sampling(model: Any, kwargs: dict[str, Any]) -> tuple[Sampling, dict
     return Sampling(do_sample, top_k or None, penalty != 1.0), scalars
 
 
-def choose_tokens(logits: torch.Tensor, g: Any) -> torch.Tensor:
+def choose_tokens(logits: torch.Tensor, g: Any, *, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Next token per row from ``(B, V)`` float logits: penalty, eos suppression, then argmax or
-    temperature / top-k / top-p sampling (the order of transformers' processors)."""
+    temperature / top-k / top-p sampling (the order of transformers' processors), racing ``noise``
+    (``Exp(1)`` draws like ``logits``; drawn here when None)."""
     if g.seen is not None:
         penalised = torch.where(logits > 0, logits / g.penalty, logits * g.penalty)
         logits = torch.where(g.seen, penalised, logits)
@@ -63,8 +64,9 @@ def choose_tokens(logits: torch.Tensor, g: Any) -> torch.Tensor:
     logits = logits.masked_fill(remove.scatter(1, order, remove), -torch.inf)
     probs = logits.softmax(dim=-1)
     # Exponential-race sampling (argmax of p / E, E ~ Exp(1)) needs no host sync, unlike multinomial.
-    noise = torch.empty_like(probs).exponential_().clamp_(min=1e-10)
-    return first_argmax(probs / noise)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_()
+    return first_argmax(probs / noise.clamp(min=1e-10))
 
 
 def first_argmax(scores: torch.Tensor, *, chunk: int = ARGMAX_CHUNK) -> torch.Tensor:

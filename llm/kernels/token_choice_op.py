@@ -1,5 +1,5 @@
-"""``greedy_choice``: a decode step's greedy token choice through ``llm.kernels.token_choice``
-where it applies.
+"""``greedy_choice`` / ``sampled_choice``: a decode step's token choice through
+``llm.kernels.token_choice`` (greedy) and ``llm.kernels.token_sampling`` (top-p) where they apply.
 
 Not a custom op: the choice runs eagerly after the compiled forward (captured into the decode
 graph with it), never under ``torch.compile``. A kernel that fails to compile or launch is given
@@ -21,8 +21,9 @@ _broken: list[str] = []
 
 
 def greedy_applies(logits: torch.Tensor, eos: torch.Tensor) -> bool:
-    """Whether ``greedy_choice`` can run: float32 ``(B, V)`` logits with unit last stride on CUDA (on
-    CPU under Triton's interpreter), a power-of-two count of eos ids, and the kernel not given up."""
+    """Whether ``greedy_choice`` (and ``sampled_choice``) can run: float32 ``(B, V)`` logits with unit
+    last stride on CUDA (on CPU under Triton's interpreter), a power-of-two count of eos ids, and the
+    kernels not given up."""
     if not TRITON_AVAILABLE or _broken or logits.dim() != 2 or logits.dtype != torch.float32:
         return False
     if logits.stride(-1) != 1 or eos.numel() & (eos.numel() - 1):
@@ -40,6 +41,25 @@ def greedy_choice(
         from llm.kernels.token_choice import launch_greedy_choice
 
         launch_greedy_choice(logits, token, eos, allow_eos, seen=seen, penalty=penalty, cur=cur)
+        return True
+    except Exception as e:  # Triton too old, a GPU it cannot compile for: PyTorch from now on
+        _broken.append(f"{type(e).__name__}: {e}")
+        logger.warning("the Triton token choice failed, using PyTorch: %s", _broken[0])
+        return False
+
+
+def sampled_choice(
+    logits: torch.Tensor, noise: torch.Tensor, token: torch.Tensor, eos: torch.Tensor, allow_eos: torch.Tensor, *,
+    seen: torch.Tensor | None, penalty: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+    cur: torch.Tensor | None,
+) -> bool:
+    """Each row's top-p sampled token (no top-k) into ``token``, racing ``noise``, as
+    ``launch_sampled_choice`` says; False (nothing written) where the kernel failed."""
+    try:
+        from llm.kernels.token_sampling import launch_sampled_choice
+
+        launch_sampled_choice(logits, noise, token, eos, allow_eos, seen=seen, penalty=penalty,
+                              temperature=temperature, top_p=top_p, cur=cur)
         return True
     except Exception as e:  # Triton too old, a GPU it cannot compile for: PyTorch from now on
         _broken.append(f"{type(e).__name__}: {e}")

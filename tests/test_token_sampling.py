@@ -1,0 +1,182 @@
+"""The decode step's top-p sampled token choice in Triton (``llm.kernels.token_sampling``) against
+``sampling.choose_tokens`` racing the same ``Exp(1)`` noise, and inside the decode path.
+
+Kernel checks (``test_interpreted_*``) run in a pytest subprocess with ``TRITON_INTERPRET=1``, as in
+test_token_choice.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llm import ChatGLM
+from llm.fast_decode import FastDecodeOptions
+from llm.fast_decode.sampling import Sampling, choose_tokens
+from llm.kernels.token_choice_op import sampled_choice
+from llm.streaming import run_generate
+from tests.helpers import assert_interpreted_tests_pass, count_calls, interpreted_marker
+
+interpreted = interpreted_marker()
+ON_CPU = FastDecodeOptions(on_cpu=True)
+
+
+def sampled_state(logits: torch.Tensor, eos: list[int], *, allow_eos: bool, penalty: float | None,
+                  temperature: float, top_p: float, seed: int = 0) -> SimpleNamespace:
+    """The decode graph's buffers for a top-p call (no top-k), eos ids repeated to 8."""
+    rows, vocab = logits.shape
+    seen = None
+    if penalty is not None:
+        seen = torch.rand(rows, vocab, generator=torch.Generator().manual_seed(seed)) < 0.3
+    return SimpleNamespace(
+        token=torch.full((rows, 1), -1, dtype=torch.long), cur=torch.tensor([5]),
+        eos=torch.tensor((eos * 8)[:8], dtype=torch.long), allow_eos=torch.tensor(allow_eos),
+        seen=seen, penalty=torch.tensor(penalty or 1.0), temperature=torch.tensor(temperature),
+        top_p=torch.tensor(top_p), sampling=Sampling(True, None, penalty is not None),
+    )
+
+
+def noise_like(logits: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.empty_like(logits).exponential_(generator=torch.Generator().manual_seed(seed))
+
+
+def kernel_tokens(logits: torch.Tensor, noise: torch.Tensor, g: SimpleNamespace) -> torch.Tensor:
+    assert sampled_choice(logits, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
+                          temperature=g.temperature, top_p=g.top_p, cur=g.cur)
+    return g.token.view(-1).clone()
+
+
+def test_kernels_under_triton_interpreter() -> None:
+    """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
+    assert_interpreted_tests_pass(__file__)
+
+
+@interpreted
+@pytest.mark.parametrize(("vocab", "top_p", "seeds"), [
+    *((vocab, top_p, 3) for vocab in (7, 1025) for top_p in (0.05, 0.5, 0.8, 0.97, 1.0)),
+    (65024, 0.8, 1),  # the 6B vocabulary, 64 chunks: ~15 s a call under the interpreter
+])
+def test_interpreted_kernels_sample_what_choose_tokens_samples(vocab: int, top_p: float, seeds: int) -> None:
+    """Same logits, same noise: the kernels' token is the reference's, for nuclei of one token to the
+    whole row, with the penalty and eos suppression on, over rows whose spreads differ (a peaked
+    row, model-like logits, a flat one). Also the token marked seen and the slot moved on."""
+    gen = torch.Generator().manual_seed(vocab)
+    scales = (12.0, 3.0, 0.3, 1.0) if seeds > 1 else (3.0,)
+    logits = torch.stack([torch.randn(vocab, generator=gen) * s for s in scales])
+    for seed in range(seeds):
+        g = sampled_state(logits, [1, vocab - 1], allow_eos=seed != 1, penalty=1.3 if seed else None,
+                          temperature=(0.8, 1.0, 0.5)[seed], top_p=top_p, seed=seed)
+        noise = noise_like(logits, seed)
+        want = choose_tokens(logits, g, noise=noise)
+        seen_before = None if g.seen is None else g.seen.clone()
+        assert torch.equal(kernel_tokens(logits, noise, g), want), (seed, want)
+        assert int(g.cur) == 6
+        if seen_before is not None:
+            assert torch.equal(g.seen, seen_before.scatter(1, want[:, None], True))
+
+
+@interpreted
+def test_interpreted_nucleus_edges() -> None:
+    """A nucleus of exactly the best token (tiny top_p: the argmax whatever the noise); an all -inf
+    row (the first index, as the reference's NaN softmax gives); NaN logits count as -inf; equal
+    logits: all kept at any top_p (ties on the edge are kept whole, where a sort keeps a part)."""
+    vocab = 300
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0)) * 2
+    logits[1] = -torch.inf
+    logits[2, 10:] = torch.nan
+    g = sampled_state(logits, [0], allow_eos=True, penalty=None, temperature=1.0, top_p=1e-6)
+    tokens = kernel_tokens(logits, noise_like(logits, 1), g)
+    assert int(tokens[0]) == int(logits[0].argmax()) and int(tokens[1]) == 0
+    assert int(tokens[2]) == int(logits[2, :10].argmax())
+    flat = torch.zeros(2, vocab)
+    noise = noise_like(flat, 2)
+    g = sampled_state(flat, [0], allow_eos=True, penalty=None, temperature=1.0, top_p=0.3)
+    assert torch.equal(kernel_tokens(flat, noise, g), noise.argmin(dim=-1))
+
+
+@interpreted
+def test_interpreted_sampled_steps_take_the_kernels_and_equal_the_pytorch_choice(
+    tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny GLM's top-p steps (a batch of two, with a repetition penalty) launch the kernels once
+    per token and, seeded alike, sample the tokens of the PyTorch choice (``token_kernel`` off):
+    both race the same noise."""
+    import llm.kernels.token_sampling as kernel_module
+
+    launches = count_calls(monkeypatch, kernel_module, "launch_sampled_choice")
+    llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.9, top_p=0.7, max_new_tokens=6)
+    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 6, "repetition_penalty": 1.2})
+    outs = []
+    for options in (ON_CPU, ON_CPU.model_copy(update={"token_kernel": False})):
+        torch.manual_seed(7)
+        outs.append(run_generate(llm_.model, dict(kwargs), fast_decode=options))
+    assert torch.equal(outs[0], outs[1])
+    assert len(launches) == 6  # the first token after the prompt pass, then 5 one-token steps
+
+
+def test_top_k_and_no_kernel_stay_on_choose_tokens(fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A top-k call (which the kernels do not do), and any sampled call where they cannot run (CPU
+    without the interpreter), go through ``choose_tokens``."""
+    import llm.fast_decode.decode_graph as decode_graph
+
+    calls = count_calls(monkeypatch, decode_graph, "choose_tokens")
+    settings = {"min_new_tokens": 4, "max_new_tokens": 4, "do_sample": True, "top_k": 5}
+    kwargs = fresh_llm._generate_kwargs(["曹操是谁？"], settings)
+    run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU)
+    assert len(calls) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph() -> None:
+    """On the GPU, captured in a CUDA graph and replayed on new logits and noise: the reference's
+    tokens, at the 6B vocabulary."""
+    vocab = 65024
+    logits = (torch.randn(4, vocab) * torch.tensor([[12.0], [3.0], [1.0], [0.3]])).cuda()
+    g = sampled_state(logits.cpu(), [5, 7], allow_eos=False, penalty=1.2, temperature=0.8, top_p=0.8)
+    g = SimpleNamespace(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(g).items()})
+    static, noise = logits.clone(), torch.empty_like(logits).exponential_()
+    assert kernel_tokens(static, noise, g) is not None  # compiles
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sampled_choice(static, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
+                       temperature=g.temperature, top_p=g.top_p, cur=g.cur)
+    for seed in range(3):
+        static.copy_(logits[torch.randperm(4)] + torch.randn_like(logits))
+        noise.copy_(torch.empty_like(logits).exponential_(generator=torch.Generator("cuda").manual_seed(seed)))
+        want = choose_tokens(static, g, noise=noise)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(g.token.view(-1), want), seed
+
+
+def test_the_kernels_compile_for_sm90() -> None:
+    """Every kernel compiles for sm_90 with Triton's own toolchain, no GPU needed (run 28's greedy
+    kernel ran under the interpreter and failed Triton's compiler on the GPU)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llm.kernels import token_sampling as ts
+
+    types = {"logits_ptr": "*fp32", "seen_ptr": "*u8", "penalty_ptr": "*fp32", "eos_ptr": "*i64", "allow_ptr": "*u8",
+             "temperature_ptr": "*fp32", "top_p_ptr": "*fp32", "prefix_ptr": "*i32", "where_ptr": "*i32"}
+    common = {"BLOCK": ts.BLOCK, "PDL": True}
+    cases = [(ts._scaled_partials, {"PENALTY": True, "EOS": 8, **common}, 4),
+             (ts._race, {"LEVELS": len(ts.LEVEL_BITS), "PREV_BITS": 6, "BINS": ts.BINS, "BLOCK_C": 64, **common}, 4)]
+    for level, (shift, bits, prev) in enumerate(((24, 7, 0), (18, 6, 7))):
+        cases.append((ts._level_mass, {"LEVEL": level, "STATE": len(ts.LEVEL_BITS) + 1, "SHIFT": shift, "BITS": bits,
+                                       "PREV_BITS": prev, "BINS": ts.BINS, "SUB": ts.SUB, "BLOCK_C": 64, **common}, 8))
+    for fn, constexprs, warps in cases:
+        signature = {p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*fp32" if p.name.endswith("_ptr")
+                                                                           else "i32") for p in fn.params}
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        except Exception as e:  # noqa: BLE001 - Triton's compile errors, or a Triton without its ptxas
+            if "CompilationError" in type(e).__name__:
+                raise
+            pytest.skip(f"cannot compile for sm_90 here: {e}")
+        assert compiled.asm["cubin"], fn.__name__
