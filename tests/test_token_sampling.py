@@ -18,15 +18,15 @@ from llm.fast_decode import FastDecodeOptions
 from llm.fast_decode.sampling import Sampling, choose_tokens
 from llm.kernels.token_choice_op import sampled_choice
 from llm.streaming import run_generate
-from tests.helpers import assert_interpreted_tests_pass, count_calls, interpreted_marker
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 
 interpreted = interpreted_marker()
 ON_CPU = FastDecodeOptions(on_cpu=True)
 
 
 def sampled_state(logits: torch.Tensor, eos: list[int], *, allow_eos: bool, penalty: float | None,
-                  temperature: float, top_p: float, seed: int = 0) -> SimpleNamespace:
-    """The decode graph's buffers for a top-p call (no top-k), eos ids repeated to 8."""
+                  temperature: float, top_p: float, top_k: int | None = None, seed: int = 0) -> SimpleNamespace:
+    """The decode graph's buffers for a sampled call, eos ids repeated to 8."""
     rows, vocab = logits.shape
     seen = None
     if penalty is not None:
@@ -35,7 +35,7 @@ def sampled_state(logits: torch.Tensor, eos: list[int], *, allow_eos: bool, pena
         token=torch.full((rows, 1), -1, dtype=torch.long), cur=torch.tensor([5]),
         eos=torch.tensor((eos * 8)[:8], dtype=torch.long), allow_eos=torch.tensor(allow_eos),
         seen=seen, penalty=torch.tensor(penalty or 1.0), temperature=torch.tensor(temperature),
-        top_p=torch.tensor(top_p), sampling=Sampling(True, None, penalty is not None),
+        top_p=torch.tensor(top_p), sampling=Sampling(True, top_k, penalty is not None),
     )
 
 
@@ -45,7 +45,7 @@ def noise_like(logits: torch.Tensor, seed: int) -> torch.Tensor:
 
 def kernel_tokens(logits: torch.Tensor, noise: torch.Tensor, g: SimpleNamespace) -> torch.Tensor:
     assert sampled_choice(logits, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
-                          temperature=g.temperature, top_p=g.top_p, cur=g.cur)
+                          temperature=g.temperature, top_p=g.top_p, top_k=g.sampling.top_k, cur=g.cur)
     return g.token.view(-1).clone()
 
 
@@ -55,20 +55,26 @@ def test_kernels_under_triton_interpreter() -> None:
 
 
 @interpreted
-@pytest.mark.parametrize(("vocab", "top_p", "seeds"), [
-    *((vocab, top_p, 3) for vocab in (7, 1025) for top_p in (0.05, 0.5, 0.8, 0.97, 1.0)),
-    (65024, 0.8, 1),  # the 6B vocabulary, 64 chunks: ~15 s a call under the interpreter
+@pytest.mark.parametrize(("vocab", "top_p", "top_k", "seeds"), [
+    *((vocab, top_p, None, 3) for vocab in (7, 1025) for top_p in (0.05, 0.5, 0.8, 0.97, 1.0)),
+    *((1025, top_p, top_k, 3) for top_p in (0.8, 1.0) for top_k in (1, 5, 50, 2000)),
+    (65024, 0.8, 50, 1),  # the 6B vocabulary, 64 chunks, generate's default top-k: ~30 s under the interpreter
 ])
-def test_interpreted_kernels_sample_what_choose_tokens_samples(vocab: int, top_p: float, seeds: int) -> None:
+def test_interpreted_kernels_sample_what_choose_tokens_samples(vocab: int, top_p: float, top_k: int | None,
+                                                               seeds: int) -> None:
     """Same logits, same noise: the kernels' token is the reference's, for nuclei of one token to the
-    whole row, with the penalty and eos suppression on, over rows whose spreads differ (a peaked
-    row, model-like logits, a flat one). Also the token marked seen and the slot moved on."""
+    whole row, top-k of one token to more than the row, with the penalty and eos suppression on,
+    over rows whose spreads differ (a peaked row, model-like logits, a flat one, one rounded to
+    bf16 as an LM head's are, with ties at the k-th value). Also the token marked seen and the slot
+    moved on."""
     gen = torch.Generator().manual_seed(vocab)
     scales = (12.0, 3.0, 0.3, 1.0) if seeds > 1 else (3.0,)
     logits = torch.stack([torch.randn(vocab, generator=gen) * s for s in scales])
+    if seeds > 1:
+        logits[3] = (logits[3] * 4).bfloat16().float()  # bf16 steps of 1/32-1/64 here: many equal values
     for seed in range(seeds):
         g = sampled_state(logits, [1, vocab - 1], allow_eos=seed != 1, penalty=1.3 if seed else None,
-                          temperature=(0.8, 1.0, 0.5)[seed], top_p=top_p, seed=seed)
+                          temperature=(0.8, 1.0, 0.5)[seed], top_p=top_p, top_k=top_k, seed=seed)
         noise = noise_like(logits, seed)
         want = choose_tokens(logits, g, noise=noise)
         seen_before = None if g.seen is None else g.seen.clone()
@@ -101,27 +107,32 @@ def test_interpreted_nucleus_edges() -> None:
 def test_interpreted_sampled_steps_take_the_kernels_and_equal_the_pytorch_choice(
     tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tiny GLM's top-p steps (a batch of two, with a repetition penalty) launch the kernels once
-    per token and, seeded alike, sample the tokens of the PyTorch choice (``token_kernel`` off):
-    both race the same noise."""
+    """The tiny GLM's sampled steps (a batch of two, with a repetition penalty; generate's default
+    top-k 50, then top-p; and top-p alone) launch the kernels once per token and, seeded alike,
+    sample the tokens of the PyTorch choice (``token_kernel`` off): both race the same noise."""
     import llm.kernels.token_sampling as kernel_module
 
     launches = count_calls(monkeypatch, kernel_module, "launch_sampled_choice")
     llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.9, top_p=0.7, max_new_tokens=6)
-    kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 6, "repetition_penalty": 1.2})
-    outs = []
-    for options in (ON_CPU, ON_CPU.model_copy(update={"token_kernel": False})):
-        torch.manual_seed(7)
-        outs.append(run_generate(llm_.model, dict(kwargs), fast_decode=options))
-    assert torch.equal(outs[0], outs[1])
-    assert len(launches) == 6  # the first token after the prompt pass, then 5 one-token steps
+    for top_k in (None, 0):
+        kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 6, "repetition_penalty": 1.2,
+                                                          "top_k": top_k})
+        outs = []
+        for options in (ON_CPU, ON_CPU.model_copy(update={"token_kernel": False})):
+            torch.manual_seed(7)
+            outs.append(run_generate(llm_.model, dict(kwargs), fast_decode=options))
+        assert torch.equal(outs[0], outs[1]), top_k
+    assert len(launches) == 2 * 6  # the first token after the prompt pass, then 5 one-token steps
 
 
-def test_top_k_and_no_kernel_stay_on_choose_tokens(fresh_llm: ChatGLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A top-k call (which the kernels do not do), and any sampled call where they cannot run (CPU
-    without the interpreter), go through ``choose_tokens``."""
+def test_without_the_kernels_sampled_steps_take_choose_tokens(fresh_llm: ChatGLM,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sampled call where the kernels cannot run (CPU without the interpreter) goes through
+    ``choose_tokens``."""
     import llm.fast_decode.decode_graph as decode_graph
 
+    if INTERPRETED:
+        pytest.skip("the interpreter runs the kernels here")
     calls = count_calls(monkeypatch, decode_graph, "choose_tokens")
     settings = {"min_new_tokens": 4, "max_new_tokens": 4, "do_sample": True, "top_k": 5}
     kwargs = fresh_llm._generate_kwargs(["曹操是谁？"], settings)
@@ -135,14 +146,14 @@ def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph() -> None:
     tokens, at the 6B vocabulary."""
     vocab = 65024
     logits = (torch.randn(4, vocab) * torch.tensor([[12.0], [3.0], [1.0], [0.3]])).cuda()
-    g = sampled_state(logits.cpu(), [5, 7], allow_eos=False, penalty=1.2, temperature=0.8, top_p=0.8)
+    g = sampled_state(logits.cpu(), [5, 7], allow_eos=False, penalty=1.2, temperature=0.8, top_p=0.8, top_k=50)
     g = SimpleNamespace(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(g).items()})
     static, noise = logits.clone(), torch.empty_like(logits).exponential_()
     assert kernel_tokens(static, noise, g) is not None  # compiles
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         sampled_choice(static, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
-                       temperature=g.temperature, top_p=g.top_p, cur=g.cur)
+                       temperature=g.temperature, top_p=g.top_p, top_k=50, cur=g.cur)
     for seed in range(3):
         static.copy_(logits[torch.randperm(4)] + torch.randn_like(logits))
         noise.copy_(torch.empty_like(logits).exponential_(generator=torch.Generator("cuda").manual_seed(seed)))
@@ -162,13 +173,23 @@ def test_the_kernels_compile_for_sm90() -> None:
     from llm.kernels import token_sampling as ts
 
     types = {"logits_ptr": "*fp32", "seen_ptr": "*u8", "penalty_ptr": "*fp32", "eos_ptr": "*i64", "allow_ptr": "*u8",
-             "temperature_ptr": "*fp32", "top_p_ptr": "*fp32", "prefix_ptr": "*i32", "where_ptr": "*i32"}
+             "temperature_ptr": "*fp32", "top_p_ptr": "*fp32", "prefix_ptr": "*i32", "kth_ptr": "*i32",
+             "where_ptr": "*i32"}
     common = {"BLOCK": ts.BLOCK, "PDL": True}
-    cases = [(ts._scaled_partials, {"PENALTY": True, "EOS": 8, **common}, 4),
-             (ts._race, {"LEVELS": len(ts.LEVEL_BITS), "PREV_BITS": 6, "BINS": ts.BINS, "BLOCK_C": 64, **common}, 4)]
-    for level, (shift, bits, prev) in enumerate(((24, 7, 0), (18, 6, 7))):
-        cases.append((ts._level_mass, {"LEVEL": level, "STATE": len(ts.LEVEL_BITS) + 1, "SHIFT": shift, "BITS": bits,
-                                       "PREV_BITS": prev, "BINS": ts.BINS, "SUB": ts.SUB, "BLOCK_C": 64, **common}, 8))
+    levels = len(ts.LEVEL_BITS)
+    cases = [(ts._scaled_maxima, {"PENALTY": True, "EOS": 8, **common}, 4),
+             (ts._race, {"STAGE": 2 * levels, "LEVELS": levels, "STATE": 2 * levels + 1, "PREV_BITS": 6,
+                         "BINS": ts.BINS, "BLOCK_C": 64, **common}, 4)]
+    # top-k's first level, its second, top-p's first (after top-k), its second
+    for stage, level, counting, prev_counting, shift, bits, prev in ((0, 0, True, False, 24, 7, 0),
+                                                                      (1, 1, True, True, 18, 6, 7),
+                                                                      (levels, 0, False, True, 24, 7, 6),
+                                                                      (levels + 1, 1, False, False, 18, 6, 7)):
+        cases.append((ts._select_level, {
+            "STAGE": stage, "LEVEL": level, "PREV_LEVEL": levels - 1 if level == 0 else level - 1, "COUNTING": counting,
+            "PREV_COUNTING": prev_counting, "READ_KTH": not counting and level > 0, "STATE": 2 * levels + 1,
+            "SHIFT": shift, "BITS": bits, "PREV_BITS": prev, "BINS": ts.BINS, "SUB": ts.SUB, "BLOCK_C": 64, **common,
+        }, 8))
     for fn, constexprs, warps in cases:
         signature = {p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*fp32" if p.name.endswith("_ptr")
                                                                            else "i32") for p in fn.params}

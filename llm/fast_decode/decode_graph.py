@@ -100,11 +100,11 @@ def decode_step(g: DecodeGraph) -> None:
 
 def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
     """Each row's next token from ``logits`` into ``g.token`` (marked in ``g.seen``), and with
-    ``advance`` the cache slot ``g.cur`` moved on by one: greedy and top-p calls in Triton kernels
-    where they apply (``llm.kernels.token_choice``, ``token_sampling``; top-k stays on PyTorch), else
-    ``choose_tokens`` and three PyTorch updates."""
+    ``advance`` the cache slot ``g.cur`` moved on by one: in Triton kernels where they apply
+    (``llm.kernels.token_choice`` greedy, ``token_sampling`` sampled), else ``choose_tokens`` and
+    three PyTorch updates."""
     noise = None
-    if g.token_kernel and not g.sampling.top_k and greedy_applies(logits, g.eos):
+    if g.token_kernel and greedy_applies(logits, g.eos):
         cur = g.cur if advance else None
         if not g.sampling.do_sample:
             if greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=cur):
@@ -112,7 +112,7 @@ def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
         else:
             noise = torch.empty_like(logits).exponential_()  # PyTorch's graph-safe RNG, seeded as before
             if sampled_choice(logits, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
-                              temperature=g.temperature, top_p=g.top_p, cur=cur):
+                              temperature=g.temperature, top_p=g.top_p, top_k=g.sampling.top_k, cur=cur):
                 return
     chosen = choose_tokens(logits, g, noise=noise)
     g.token.copy_(chosen.unsqueeze(1))

@@ -24,14 +24,29 @@ class Sampling:
     penalty: bool
 
 
+def generate_defaults() -> dict[str, Any]:
+    """What ``generate`` uses where neither the call nor the model's ``generation_config`` sets a
+    value: transformers 5's ``GenerationConfig._get_default_generation_params`` (``top_k`` 50 among
+    them), or nothing on a transformers without it (its ``GenerationConfig`` then holds them)."""
+    from transformers import GenerationConfig
+
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    return dict(defaults()) if callable(defaults) else {}
+
+
 def resolve_sampling(model: Any, kwargs: dict[str, Any]) -> tuple[Sampling, dict[str, float]]:
-    """The sampling settings of a call, with ``generation_config`` filling what the call leaves out."""
+    """The sampling settings of a call: the call's, else ``generation_config``'s, else ``generate``'s
+    own defaults. Regression: without the last, a sampled call with no ``top_k`` sampled from the
+    whole top-p nucleus here while ``generate`` (transformers 5) cut it to the 50 most likely first."""
     config = model.generation_config
+    defaults = generate_defaults()
 
     def value(name: str, default: Any) -> Any:
         given = kwargs.get(name, None)
         if given is None:
             given = getattr(config, name, None)
+        if given is None:
+            given = defaults.get(name)
         return default if given is None else given
 
     do_sample = bool(value("do_sample", False))

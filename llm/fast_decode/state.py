@@ -58,8 +58,8 @@ class FastDecodeOptions(BaseModel):
     and read at each token's position, instead of computed in every step (``rotary_table``)."""
     token_kernel: bool = True
     """Greedy decode steps: the eos suppression, repetition penalty, argmax and the step's state
-    updates as two Triton kernels instead of ~15 PyTorch ones (``llm.kernels.token_choice``); top-p
-    sampled steps (no top-k): the nucleus found without a sort (``llm.kernels.token_sampling``)."""
+    updates as two Triton kernels instead of ~15 PyTorch ones (``llm.kernels.token_choice``); sampled
+    steps: top-k's and top-p's edges found without a sort (``llm.kernels.token_sampling``)."""
     on_cpu: bool = False
     """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
     bucketed_prefill_on_cpu: bool = False

@@ -51,15 +51,15 @@ def greedy_choice(
 def sampled_choice(
     logits: torch.Tensor, noise: torch.Tensor, token: torch.Tensor, eos: torch.Tensor, allow_eos: torch.Tensor, *,
     seen: torch.Tensor | None, penalty: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-    cur: torch.Tensor | None,
+    top_k: int | None, cur: torch.Tensor | None,
 ) -> bool:
-    """Each row's top-p sampled token (no top-k) into ``token``, racing ``noise``, as
+    """Each row's sampled token (temperature, top-k, top-p) into ``token``, racing ``noise``, as
     ``launch_sampled_choice`` says; False (nothing written) where the kernel failed."""
     try:
         from llm.kernels.token_sampling import launch_sampled_choice
 
         launch_sampled_choice(logits, noise, token, eos, allow_eos, seen=seen, penalty=penalty,
-                              temperature=temperature, top_p=top_p, cur=cur)
+                              temperature=temperature, top_p=top_p, top_k=top_k, cur=cur)
         return True
     except Exception as e:  # Triton too old, a GPU it cannot compile for: PyTorch from now on
         _broken.append(f"{type(e).__name__}: {e}")
