@@ -288,10 +288,10 @@ def ablation_variants(args: Any, options: Any) -> dict[str, tuple[Any, dict[str,
         variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False}), {}
         variants["tables_off"] = options.model_copy(update={"rotary_tables": False}), {}
         variants["both_off"] = options.model_copy(update={"token_kernel": False, "rotary_tables": False}), {}
-    if args.sampled:  # what a user gets by default (configs: temperature 0.8, top_p 0.8), and without the kernels
+    if args.sampled:  # what a user gets by default (configs: temperature 0.8, top_p 0.8), and with the kernels
         variants["sampled"] = options, {"temperature": 0.8, "top_p": 0.8}
-        variants["sampled_torch"] = options.model_copy(update={"token_kernel": False}), {"temperature": 0.8,
-                                                                                         "top_p": 0.8}
+        variants["sampled_kernels"] = options.model_copy(update={"sampling_kernel": True}), {"temperature": 0.8,
+                                                                                             "top_p": 0.8}
     return variants
 
 
@@ -395,7 +395,7 @@ def main() -> None:
                    help="with --quantization: each kind also with FastDecodeOptions.token_kernel / rotary_tables off")
     p.add_argument("--sampled", action="store_true",
                    help="with --quantization: each kind also with the default sampling (temperature 0.8, top_p 0.8), "
-                        "with the token kernels and without")
+                        "with FastDecodeOptions.sampling_kernel as set and on")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")

@@ -37,7 +37,7 @@ def graph_state(rows: int, vocab: int, *, sample: bool, top_k: int | None, top_p
         allow_eos=torch.tensor(True, device=device),
         seen=torch.zeros((rows, vocab), dtype=torch.bool, device=device), penalty=torch.tensor(1.1, device=device),
         temperature=torch.tensor(0.8, device=device), top_p=torch.tensor(top_p, device=device),
-        sampling=Sampling(sample, top_k, True), token_kernel=True,
+        sampling=Sampling(sample, top_k, True), token_kernel=True, sampling_kernel=True,
     )
 
 
@@ -45,7 +45,7 @@ def step(logits: torch.Tensor, g: Any, *, kernel: bool) -> None:
     """``decode_graph.take_tokens`` with the kernels on or off."""
     from llm.fast_decode import decode_graph
 
-    g.token_kernel = kernel
+    g.token_kernel = g.sampling_kernel = kernel
     decode_graph.take_tokens(logits, g, advance=True)
 
 

@@ -109,7 +109,8 @@ def test_interpreted_sampled_steps_take_the_kernels_and_equal_the_pytorch_choice
 ) -> None:
     """The tiny GLM's sampled steps (a batch of two, with a repetition penalty; generate's default
     top-k 50, then top-p; and top-p alone) launch the kernels once per token and, seeded alike,
-    sample the tokens of the PyTorch choice (``token_kernel`` off): both race the same noise."""
+    sample the tokens of the PyTorch choice (``sampling_kernel`` off, the default until timed on a
+    GPU): both race the same noise."""
     import llm.kernels.token_sampling as kernel_module
 
     launches = count_calls(monkeypatch, kernel_module, "launch_sampled_choice")
@@ -118,7 +119,7 @@ def test_interpreted_sampled_steps_take_the_kernels_and_equal_the_pytorch_choice
         kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 6, "repetition_penalty": 1.2,
                                                           "top_k": top_k})
         outs = []
-        for options in (ON_CPU, ON_CPU.model_copy(update={"token_kernel": False})):
+        for options in (ON_CPU.model_copy(update={"sampling_kernel": True}), ON_CPU):
             torch.manual_seed(7)
             outs.append(run_generate(llm_.model, dict(kwargs), fast_decode=options))
         assert torch.equal(outs[0], outs[1]), top_k
@@ -127,17 +128,19 @@ def test_interpreted_sampled_steps_take_the_kernels_and_equal_the_pytorch_choice
 
 def test_without_the_kernels_sampled_steps_take_choose_tokens(fresh_llm: ChatGLM,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sampled call where the kernels cannot run (CPU without the interpreter) goes through
-    ``choose_tokens``."""
+    """A sampled call goes through ``choose_tokens`` by default (``sampling_kernel`` off) and where
+    the kernels cannot run (CPU without the interpreter)."""
     import llm.fast_decode.decode_graph as decode_graph
 
     if INTERPRETED:
         pytest.skip("the interpreter runs the kernels here")
+    assert not FastDecodeOptions().sampling_kernel
     calls = count_calls(monkeypatch, decode_graph, "choose_tokens")
     settings = {"min_new_tokens": 4, "max_new_tokens": 4, "do_sample": True, "top_k": 5}
     kwargs = fresh_llm._generate_kwargs(["曹操是谁？"], settings)
     run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU)
-    assert len(calls) == 4
+    run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"sampling_kernel": True}))
+    assert len(calls) == 2 * 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

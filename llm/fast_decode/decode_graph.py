@@ -76,7 +76,8 @@ class DecodeGraph:
     graph: Any = None
     capture_s: float = 0.0
     prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
-    token_kernel: bool = True  # greedy / top-p steps choose their token by Triton kernels where they apply
+    token_kernel: bool = True  # greedy steps choose their token by Triton kernels where they apply
+    sampling_kernel: bool = False  # and sampled steps (``FastDecodeOptions.sampling_kernel``)
 
 
 def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
@@ -104,7 +105,7 @@ def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
     (``llm.kernels.token_choice`` greedy, ``token_sampling`` sampled), else ``choose_tokens`` and
     three PyTorch updates."""
     noise = None
-    if g.token_kernel and greedy_applies(logits, g.eos):
+    if (g.sampling_kernel if g.sampling.do_sample else g.token_kernel) and greedy_applies(logits, g.eos):
         cur = g.cur if advance else None
         if not g.sampling.do_sample:
             if greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=cur):
@@ -147,6 +148,7 @@ def build_decode_graph(
     pdl: bool = True,
     prompt_kernels: bool = True,
     token_kernel: bool = True,
+    sampling_kernel: bool = False,
     rotary_tables: bool = True,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
@@ -183,6 +185,7 @@ def build_decode_graph(
         prefix=prefix_slots(model),
         start=start,
         token_kernel=token_kernel,
+        sampling_kernel=sampling_kernel,
     )
     if not capture:
         return g
@@ -289,14 +292,15 @@ def cached_decode_graph(
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
     full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.pdl, options.prompt_kernels, options.token_kernel, options.rotary_tables, options.gemv_kernel)
+                options.pdl, options.prompt_kernels, options.token_kernel, options.sampling_kernel,
+                options.rotary_tables, options.gemv_kernel)
     g = state.graphs.pop(full_key, None)
     if g is None:
         g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
                                packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
                                fused_rope=options.fused_rope, pdl=options.pdl,
                                prompt_kernels=options.prompt_kernels, token_kernel=options.token_kernel,
-                               rotary_tables=options.rotary_tables)
+                               sampling_kernel=options.sampling_kernel, rotary_tables=options.rotary_tables)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)

@@ -58,8 +58,12 @@ class FastDecodeOptions(BaseModel):
     and read at each token's position, instead of computed in every step (``rotary_table``)."""
     token_kernel: bool = True
     """Greedy decode steps: the eos suppression, repetition penalty, argmax and the step's state
-    updates as two Triton kernels instead of ~15 PyTorch ones (``llm.kernels.token_choice``); sampled
-    steps: top-k's and top-p's edges found without a sort (``llm.kernels.token_sampling``)."""
+    updates as two Triton kernels instead of ~15 PyTorch ones (``llm.kernels.token_choice``)."""
+    sampling_kernel: bool = False
+    """Sampled decode steps: top-k's and top-p's edges found without a sort and the race in Triton
+    (``llm.kernels.token_sampling``). Off until timed on a GPU: its top-p-only first form saved 0.8-1.9 %
+    of a sampled step's tok/s (run 29, H100); this form, with top-k and the accumulator, has not run
+    on a GPU (``python -m bench.token_choice``)."""
     on_cpu: bool = False
     """Run the fast path on CPU too, uncompiled and uncaptured (tests, ``bench.decode --fast-on-cpu``)."""
     bucketed_prefill_on_cpu: bool = False

@@ -152,9 +152,9 @@ def _select_level(
     wait_for_inputs(PDL)
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    prefix, _above, kth = _enter_stage(hist_ptr, prefix_ptr, above_ptr, kth_ptr, total_ptr, top_p_ptr, top_k, row, chunk,
-                                  ROWS, CHUNKS, STAGE, LEVEL, PREV_LEVEL, PREV_COUNTING, READ_KTH, STATE, PREV_BITS,
-                                  BINS, BLOCK_C)
+    prefix, _above, kth = _enter_stage(hist_ptr, prefix_ptr, above_ptr, kth_ptr, total_ptr, top_p_ptr, top_k, row,
+                                       chunk, ROWS, CHUNKS, STAGE, LEVEL, PREV_LEVEL, PREV_COUNTING, READ_KTH, STATE,
+                                       PREV_BITS, BINS, BLOCK_C)
     top = _row_maximum(max_ptr, row, CHUNKS, BLOCK_C)
     b = tl.arange(0, 1 << BITS)
     acc = tl.zeros((SUB, 1 << BITS), dtype=tl.float32)
@@ -185,8 +185,9 @@ def _race(
     wait_for_inputs(PDL)
     row = tl.program_id(0)
     chunk = tl.program_id(1)
-    edge, _above, _kth = _enter_stage(hist_ptr, prefix_ptr, above_ptr, kth_ptr, total_ptr, top_p_ptr, 0, row, chunk, ROWS,
-                              CHUNKS, STAGE, LEVELS, LEVELS - 1, False, False, STATE, PREV_BITS, BINS, BLOCK_C)
+    edge, _above, _kth = _enter_stage(hist_ptr, prefix_ptr, above_ptr, kth_ptr, total_ptr, top_p_ptr, 0, row, chunk,
+                                      ROWS, CHUNKS, STAGE, LEVELS, LEVELS - 1, False, False, STATE, PREV_BITS, BINS,
+                                      BLOCK_C)
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     ok = cols < V
     key, weight, x = _key_and_weight(x_ptr, row, cols, ok, V, _row_maximum(max_ptr, row, CHUNKS, BLOCK_C))
