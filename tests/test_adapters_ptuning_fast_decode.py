@@ -64,9 +64,9 @@ def fast_with_logits(llm_: ChatGLM, kwargs: dict[str, Any], options: FastDecodeO
     seen: list[torch.Tensor] = []
     choose = decode_graph.choose_tokens
 
-    def recording(logits: torch.Tensor, g: Any) -> torch.Tensor:
+    def recording(logits: torch.Tensor, g: Any, **kwargs: Any) -> torch.Tensor:
         seen.append(logits.clone())
-        return choose(logits, g)
+        return choose(logits, g, **kwargs)
 
     monkeypatch.setattr(decode_graph, "choose_tokens", recording)
     fd.fast_decode_state(llm_.model).graphs.clear()
