@@ -142,19 +142,13 @@ def build_decode_graph(
     *,
     capture: bool,
     fused: list[FusedQKV] | None = None,
-    packed: bool = True,
-    gemv_kernel: GemvKernel = "auto",
-    fused_rope: bool = True,
-    pdl: bool = True,
-    prompt_kernels: bool = True,
-    token_kernel: bool = True,
-    sampling_kernel: bool = False,
-    rotary_tables: bool = True,
+    options: FastDecodeOptions | None = None,
 ) -> DecodeGraph:
     """Buffers for ``key`` = (batch, cache length); on CUDA also compile the forward and capture the
     step (compile errors fall back to the eager forward; capture errors propagate)."""
     from transformers import StaticCache
 
+    options = options or FastDecodeOptions()
     batch, length = key
     device = model.device
     cache = claim_cache(StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=length))
@@ -177,15 +171,16 @@ def build_decode_graph(
         sampling=sampling,
         config=model.config,
         fused=list(fused or []),
-        packed=packed,
-        gemv=gemv_route(model, list(fused or []), gemv_kernel),
+        packed=options.packed_attention,
+        gemv=gemv_route(model, list(fused or []), options.gemv_kernel),
         steps=attention_steps(list(fused or []), slot=cur, start=start,
-                              table=rotary_table(model, length) if rotary_tables else None) if fused_rope else [],
-        prompt_steps=prompt_steps(model) if prompt_kernels else [],
+                              table=rotary_table(model, length) if options.rotary_tables else None)
+        if options.fused_rope else [],
+        prompt_steps=prompt_steps(model) if options.prompt_kernels else [],
         prefix=prefix_slots(model),
         start=start,
-        token_kernel=token_kernel,
-        sampling_kernel=sampling_kernel,
+        token_kernel=options.token_kernel,
+        sampling_kernel=options.sampling_kernel,
     )
     if not capture:
         return g
@@ -196,7 +191,8 @@ def build_decode_graph(
     g.cur.fill_(1)
     raise_recompile_limit()
     try:
-        compiled = torch.compile(g.forward, dynamic=False, options=compile_options(model, gemv_kernel, pdl=pdl))
+        compiled = torch.compile(g.forward, dynamic=False,
+                                 options=compile_options(model, options.gemv_kernel, pdl=options.pdl))
         g.forward = compiled
         _warm_steps(g)
     except Exception as e:  # Inductor unavailable or failing: capture the eager forward instead
@@ -291,16 +287,10 @@ def cached_decode_graph(
     """The decode graph of a shape, sampling kind and options, built (and on CUDA captured) on first use."""
     state = fast_decode_state(model)
     fused = fuse_once(model, state) if options.fused_qkv else []
-    full_key = (*key, sampling, options.packed_attention, bool(fused), prefix_slots(model), options.fused_rope,
-                options.pdl, options.prompt_kernels, options.token_kernel, options.sampling_kernel,
-                options.rotary_tables, options.gemv_kernel)
+    full_key = (*key, sampling, bool(fused), prefix_slots(model), options)  # options: frozen, hashable
     g = state.graphs.pop(full_key, None)
     if g is None:
-        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused,
-                               packed=options.packed_attention, gemv_kernel=options.gemv_kernel,
-                               fused_rope=options.fused_rope, pdl=options.pdl,
-                               prompt_kernels=options.prompt_kernels, token_kernel=options.token_kernel,
-                               sampling_kernel=options.sampling_kernel, rotary_tables=options.rotary_tables)
+        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused, options=options)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)
