@@ -19,6 +19,7 @@ from llm.fast_decode.sampling import Sampling, choose_tokens
 from llm.kernels.token_choice_op import sampled_choice
 from llm.streaming import run_generate
 from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
+from tests.test_token_choice import graph_state
 
 interpreted = interpreted_marker()
 ON_CPU = FastDecodeOptions(on_cpu=True)
@@ -26,17 +27,11 @@ ON_CPU = FastDecodeOptions(on_cpu=True)
 
 def sampled_state(logits: torch.Tensor, eos: list[int], *, allow_eos: bool, penalty: float | None,
                   temperature: float, top_p: float, top_k: int | None = None, seed: int = 0) -> SimpleNamespace:
-    """The decode graph's buffers for a sampled call, eos ids repeated to 8."""
-    rows, vocab = logits.shape
-    seen = None
-    if penalty is not None:
-        seen = torch.rand(rows, vocab, generator=torch.Generator().manual_seed(seed)) < 0.3
-    return SimpleNamespace(
-        token=torch.full((rows, 1), -1, dtype=torch.long), cur=torch.tensor([5]),
-        eos=torch.tensor((eos * 8)[:8], dtype=torch.long), allow_eos=torch.tensor(allow_eos),
-        seen=seen, penalty=torch.tensor(penalty or 1.0), temperature=torch.tensor(temperature),
-        top_p=torch.tensor(top_p), sampling=Sampling(True, top_k, penalty is not None),
-    )
+    """test_token_choice's graph buffers for a sampled call."""
+    g = graph_state(logits, eos, allow_eos=allow_eos, penalty=penalty, seed=seed)
+    g.temperature, g.top_p = torch.tensor(temperature), torch.tensor(top_p)
+    g.sampling = Sampling(True, top_k, penalty is not None)
+    return g
 
 
 def noise_like(logits: torch.Tensor, seed: int) -> torch.Tensor:

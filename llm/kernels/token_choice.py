@@ -44,6 +44,21 @@ def _first_maximum(values, index, ok):
 
 
 @triton.jit
+def _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row, cols, ok, stride_l, stride_s,
+                      PENALTY: tl.constexpr, EOS: tl.constexpr):
+    """A chunk of a row's logits in float32 with ``choose_tokens``' first two steps: the repetition
+    penalty on seen tokens, and eos ids at ``-inf`` while ``allow_eos`` is false."""
+    v = tl.load(logits_ptr + row * stride_l + cols, mask=ok, other=-float("inf")).to(tl.float32)
+    if PENALTY:
+        seen = tl.load(seen_ptr + row * stride_s + cols, mask=ok, other=0) != 0
+        p = tl.load(penalty_ptr)
+        v = tl.where(seen, tl.where(v > 0, v / p, v * p), v)
+    eos = tl.load(eos_ptr + tl.arange(0, EOS))
+    is_eos = tl.max((cols[:, None] == eos[None, :]).to(tl.int32), axis=1) > 0
+    return tl.where(is_eos & (tl.load(allow_ptr) == 0), -float("inf"), v)
+
+
+@triton.jit
 def _chunk_best(
     logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, best_ptr, where_ptr, V, CHUNKS, stride_l, stride_s,
     PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
@@ -53,14 +68,8 @@ def _chunk_best(
     chunk = tl.program_id(1)
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     ok = cols < V
-    v = tl.load(logits_ptr + row * stride_l + cols, mask=ok, other=-float("inf")).to(tl.float32)
-    if PENALTY:
-        seen = tl.load(seen_ptr + row * stride_s + cols, mask=ok, other=0) != 0
-        p = tl.load(penalty_ptr)
-        v = tl.where(seen, tl.where(v > 0, v / p, v * p), v)
-    eos = tl.load(eos_ptr + tl.arange(0, EOS))
-    is_eos = tl.max((cols[:, None] == eos[None, :]).to(tl.int32), axis=1) > 0
-    v = tl.where(is_eos & (tl.load(allow_ptr) == 0), -float("inf"), v)
+    v = _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row, cols, ok, stride_l, stride_s,
+                          PENALTY, EOS)
     best, first = _first_maximum(v, cols, ok)
     tl.store(best_ptr + row * CHUNKS + chunk, best)
     tl.store(where_ptr + row * CHUNKS + chunk, first)

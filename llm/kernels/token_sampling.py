@@ -32,7 +32,7 @@ import triton.language as tl
 
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
-from llm.kernels.token_choice import _first_maximum, _pick_token
+from llm.kernels.token_choice import _first_maximum, _penalised_logits, _pick_token
 
 BLOCK = 1024  # columns per program: 64 chunks of a 65,024-token vocabulary
 LEVEL_BITS = (7, 6, 6, 6, 6)  # d's 31 value bits (sign excluded), from the top
@@ -55,14 +55,8 @@ def _scaled_maxima(
     chunk = tl.program_id(1)
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     ok = cols < V
-    v = tl.load(logits_ptr + row * stride_l + cols, mask=ok, other=-float("inf")).to(tl.float32)
-    if PENALTY:
-        seen = tl.load(seen_ptr + row * stride_s + cols, mask=ok, other=0) != 0
-        p = tl.load(penalty_ptr)
-        v = tl.where(seen, tl.where(v > 0, v / p, v * p), v)
-    eos = tl.load(eos_ptr + tl.arange(0, EOS))
-    is_eos = tl.max((cols[:, None] == eos[None, :]).to(tl.int32), axis=1) > 0
-    v = tl.where(is_eos & (tl.load(allow_ptr) == 0), -float("inf"), v)
+    v = _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row, cols, ok, stride_l, stride_s,
+                          PENALTY, EOS)
     v = v / tl.load(temperature_ptr)
     v = tl.where(v != v, -float("inf"), v)
     tl.store(x_ptr + row * V + cols, v, mask=ok)
