@@ -104,11 +104,6 @@ def choose_kb(page: Any, picker: str, name: str) -> None:
     raise AssertionError(f"the KB picker {picker} kept resetting: {page.input_value(f'{picker} input')!r}")
 
 
-def toasts(page: Any) -> str:
-    """The text of the toasts on screen (title and message)."""
-    return "\n".join(page.locator(".toast-body").all_inner_texts())
-
-
 def assert_chinese_page(page: Any) -> None:
     """No English-only toast titles, CLI flags or server paths anywhere in the page."""
     text = page.evaluate(PAGE_TEXT_JS)
