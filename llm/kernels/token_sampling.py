@@ -21,7 +21,9 @@ ties on the top-p edge, kept whole here, where a sort keeps an arbitrary part of
 
 Launches per step: the scaled logits and chunk maxima, five levels per edge, the race, and
 ``token_choice._pick_token``. The noise is drawn by PyTorch (``exponential_``: graph-safe, seeded
-as before). This module imports Triton; ``llm.kernels.token_choice_op`` says when it runs.
+as before). Off by default (``FastDecodeOptions.sampling_kernel``): this form has not run on a GPU
+yet (``python -m bench.token_choice`` times it). This module imports Triton;
+``llm.kernels.token_choice_op`` says when it can run.
 """
 
 from __future__ import annotations
