@@ -164,7 +164,8 @@ def test_no_tile_has_more_than_128_rows() -> None:
 def test_timing_skips_a_candidate_whose_product_is_wrong() -> None:
     """Regression (run 27): the fastest tile was kept without looking at its output, and a fast,
     wrong one won. ``fastest_launch`` with a reference skips an option whose first output is off
-    (NaN included) however fast it is. The CUDA-event timing is a stand-in here."""
+    (NaN included) however fast it is; a reference that overflowed judges nothing (none skipped, so
+    the kernel is not given up). The CUDA-event timing is a stand-in here."""
     from llm.kernels import gemv_op
 
     reference = torch.randn(8, 16)
@@ -183,8 +184,11 @@ def test_timing_skips_a_candidate_whose_product_is_wrong() -> None:
     with mock.patch.object(gemv_op, "_median_launch_ms", median_launch_ms):
         best = gemv_op.fastest_launch(["wrong", "nan", "right"], run, device=torch.device("cpu"), reference=reference)
         unchecked = gemv_op.fastest_launch(["wrong", "right"], run, device=torch.device("cpu"))
+        overflowed = gemv_op.fastest_launch(["wrong", "right"], run, device=torch.device("cpu"),
+                                            reference=reference * float("inf"))
     assert best is not None and best[1] == "right"
     assert unchecked is not None and unchecked[1] == "wrong"
+    assert overflowed is not None and overflowed[1] == "wrong"  # a non-finite reference judges nothing
 
 
 def test_config_table_entries_parse_and_candidates_fit_the_kernel() -> None:
