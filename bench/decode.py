@@ -212,6 +212,13 @@ def free_model() -> None:
         torch.cuda.empty_cache()
 
 
+def default_sampling() -> dict[str, float]:
+    """What a chat samples with unless told otherwise: the settings' own defaults."""
+    from configs.settings import GenerationSettings
+
+    defaults = GenerationSettings()
+    return {"temperature": defaults.temperature, "top_p": defaults.top_p}
+
 def bench_quantization(
     shape: str, kinds: list[str], *, device: str, dtype: torch.dtype, tokenizer: Any, new_tokens: int, repeat: int,
     options: Any, group_size: int, quality_tokens: int = 256, variants: dict[str, Any] | None = None,
@@ -288,10 +295,9 @@ def ablation_variants(args: Any, options: Any) -> dict[str, tuple[Any, dict[str,
         variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False}), {}
         variants["tables_off"] = options.model_copy(update={"rotary_tables": False}), {}
         variants["both_off"] = options.model_copy(update={"token_kernel": False, "rotary_tables": False}), {}
-    if args.sampled:  # what a user gets by default (configs: temperature 0.8, top_p 0.8), and with the kernels
-        variants["sampled"] = options, {"temperature": 0.8, "top_p": 0.8}
-        variants["sampled_kernels"] = options.model_copy(update={"sampling_kernel": True}), {"temperature": 0.8,
-                                                                                             "top_p": 0.8}
+    if args.sampled:  # what a user gets by default, and with the sampling kernels
+        variants["sampled"] = options, default_sampling()
+        variants["sampled_kernels"] = options.model_copy(update={"sampling_kernel": True}), default_sampling()
     return variants
 
 

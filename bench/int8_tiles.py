@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bench.common import parser, print_table, write_result
 from bench.gemv import SHAPES, TINY_SHAPES, Weights, copy_bandwidth, time_calls
-from llm.kernels.gemv_op import WRONG_PRODUCT, reference_gemv
+from llm.kernels.gemv_op import WRONG_PRODUCT, reference_gemv, relative_error
 
 DEFAULT_ROWS = "64,128,512,1024"
 
@@ -86,11 +86,6 @@ def bench_rows(n: int, k: int, rows: int, *, device: str, dtype: torch.dtype) ->
     if device == "cuda":
         torch.cuda.empty_cache()
     return out
-
-
-def relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
-    """``|y - reference| / |reference|`` (Frobenius), in float32."""
-    return ((y.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-30)).item()
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import llm.fast_decode.decode_graph as decode_graph
 from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.fast_decode.sampling import Sampling, choose_tokens
-from llm.kernels.token_choice_op import greedy_applies, greedy_choice
+from llm.kernels.token_choice_op import token_kernels_apply, greedy_choice
 from llm.streaming import run_generate
 from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 from tests.test_fast_decode_sampling import hard_rows as argmax_rows
@@ -57,7 +57,7 @@ def kernel_and_reference(logits: torch.Tensor, g: SimpleNamespace, *, advance: b
     if want_seen is not None:
         want_seen.scatter_(1, want, True)
     want_cur = g.cur + int(advance)
-    assert greedy_applies(logits, g.eos)
+    assert token_kernels_apply(logits, g.eos)
     assert greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
                          cur=g.cur if advance else None)
     return (g.token, g.seen, g.cur), (want, want_seen, want_cur)
@@ -134,10 +134,10 @@ def test_the_kernels_apply_only_where_they_can_run() -> None:
     """float32 2-D logits with unit stride and a power-of-two eos buffer, on CUDA (or interpreted)."""
     eos = torch.zeros(8, dtype=torch.long)
     logits = torch.randn(2, 10)
-    assert greedy_applies(logits, eos) == INTERPRETED
-    assert not greedy_applies(logits.half(), eos)
-    assert not greedy_applies(logits.t(), eos)
-    assert not greedy_applies(logits, torch.zeros(6, dtype=torch.long))
+    assert token_kernels_apply(logits, eos) == INTERPRETED
+    assert not token_kernels_apply(logits.half(), eos)
+    assert not token_kernels_apply(logits.t(), eos)
+    assert not token_kernels_apply(logits, torch.zeros(6, dtype=torch.long))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

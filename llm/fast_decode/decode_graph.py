@@ -35,7 +35,7 @@ from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
 from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
 from llm.kernels.pdl import launch_pdl
-from llm.kernels.token_choice_op import greedy_applies, greedy_choice, sampled_choice
+from llm.kernels.token_choice_op import token_kernels_apply, greedy_choice, sampled_choice
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
     (``llm.kernels.token_choice`` greedy, ``token_sampling`` sampled), else ``choose_tokens`` and
     three PyTorch updates."""
     noise = None
-    if (g.sampling_kernel if g.sampling.do_sample else g.token_kernel) and greedy_applies(logits, g.eos):
+    if (g.sampling_kernel if g.sampling.do_sample else g.token_kernel) and token_kernels_apply(logits, g.eos):
         cur = g.cur if advance else None
         if not g.sampling.do_sample:
             if greedy_choice(logits, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, cur=cur):

@@ -238,9 +238,12 @@ def _right_product(y: object, reference: torch.Tensor) -> bool:
         return False
     if not bool(torch.isfinite(reference).all()):
         return True
-    scale = reference.float().norm().clamp_min(1e-30)
-    error = ((y.float() - reference.float()).norm() / scale).item()
-    return error <= WRONG_PRODUCT  # NaN compares False
+    return relative_error(y, reference) <= WRONG_PRODUCT  # NaN compares False
+
+
+def relative_error(y: torch.Tensor, reference: torch.Tensor) -> float:
+    """``|y - reference| / |reference|`` (Frobenius), in float32."""
+    return ((y.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-30)).item()
 
 
 def chosen_configs() -> dict[str, str]:

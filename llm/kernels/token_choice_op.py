@@ -1,5 +1,5 @@
 """``greedy_choice`` / ``sampled_choice``: a decode step's token choice through
-``llm.kernels.token_choice`` (greedy) and ``llm.kernels.token_sampling`` (top-p) where they apply.
+``llm.kernels.token_choice`` (greedy) and ``llm.kernels.token_sampling`` (sampled) where they apply.
 
 Not a custom op: the choice runs eagerly after the compiled forward (captured into the decode
 graph with it), never under ``torch.compile``. A kernel that fails to compile or launch is given
@@ -8,7 +8,9 @@ up for good with one warning; the caller then takes ``sampling.choose_tokens``, 
 
 import logging
 import os
+from importlib import import_module
 from importlib.util import find_spec
+from typing import Any
 
 import torch
 
@@ -20,8 +22,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: ke
 _broken: list[str] = []
 
 
-def greedy_applies(logits: torch.Tensor, eos: torch.Tensor) -> bool:
-    """Whether ``greedy_choice`` (and ``sampled_choice``) can run: float32 ``(B, V)`` logits with unit
+def token_kernels_apply(logits: torch.Tensor, eos: torch.Tensor) -> bool:
+    """Whether ``greedy_choice`` and ``sampled_choice`` can run: float32 ``(B, V)`` logits with unit
     last stride on CUDA (on CPU under Triton's interpreter), a power-of-two count of eos ids, and the
     kernels not given up."""
     if not TRITON_AVAILABLE or _broken or logits.dim() != 2 or logits.dtype != torch.float32:
@@ -37,15 +39,8 @@ def greedy_choice(
 ) -> bool:
     """Each row's greedy token into ``token`` (``seen`` marked, ``cur`` moved on by one where given),
     as ``launch_greedy_choice`` says; False (nothing written) where the kernel failed."""
-    try:
-        from llm.kernels.token_choice import launch_greedy_choice
-
-        launch_greedy_choice(logits, token, eos, allow_eos, seen=seen, penalty=penalty, cur=cur)
-        return True
-    except Exception as e:  # Triton too old, a GPU it cannot compile for: PyTorch from now on
-        _broken.append(f"{type(e).__name__}: {e}")
-        logger.warning("the Triton token choice failed, using PyTorch: %s", _broken[0])
-        return False
+    return _launched("token_choice", "launch_greedy_choice", logits, token, eos, allow_eos, seen=seen, penalty=penalty,
+                     cur=cur)
 
 
 def sampled_choice(
@@ -55,13 +50,18 @@ def sampled_choice(
 ) -> bool:
     """Each row's sampled token (temperature, top-k, top-p) into ``token``, racing ``noise``, as
     ``launch_sampled_choice`` says; False (nothing written) where the kernel failed."""
-    try:
-        from llm.kernels.token_sampling import launch_sampled_choice
+    return _launched("token_sampling", "launch_sampled_choice", logits, noise, token, eos, allow_eos, seen=seen,
+                     penalty=penalty, temperature=temperature, top_p=top_p, top_k=top_k, cur=cur)
 
-        launch_sampled_choice(logits, noise, token, eos, allow_eos, seen=seen, penalty=penalty,
-                              temperature=temperature, top_p=top_p, top_k=top_k, cur=cur)
+
+def _launched(module: str, launch: str, *args: Any, **kwargs: Any) -> bool:
+    """``llm.kernels.<module>.<launch>(*args, **kwargs)`` (imported here: it imports Triton); False,
+    and the kernels given up for good with one warning, where that fails (a Triton too old, a GPU it
+    cannot compile for): PyTorch from then on."""
+    try:
+        getattr(import_module(f"llm.kernels.{module}"), launch)(*args, **kwargs)
         return True
-    except Exception as e:  # Triton too old, a GPU it cannot compile for: PyTorch from now on
+    except Exception as e:
         _broken.append(f"{type(e).__name__}: {e}")
         logger.warning("the Triton token choice failed, using PyTorch: %s", _broken[0])
         return False
