@@ -295,9 +295,9 @@ def ablation_variants(args: Any, options: Any) -> dict[str, tuple[Any, dict[str,
         variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False}), {}
         variants["tables_off"] = options.model_copy(update={"rotary_tables": False}), {}
         variants["both_off"] = options.model_copy(update={"token_kernel": False, "rotary_tables": False}), {}
-    if args.sampled:  # what a user gets by default, and with the sampling kernels
+    if args.sampled:  # what a user gets by default (the sampling kernels on), and with PyTorch's choice
         variants["sampled"] = options, default_sampling()
-        variants["sampled_kernels"] = options.model_copy(update={"sampling_kernel": True}), default_sampling()
+        variants["sampled_pytorch"] = options.model_copy(update={"sampling_kernel": False}), default_sampling()
     return variants
 
 
@@ -401,7 +401,7 @@ def main() -> None:
                    help="with --quantization: each kind also with FastDecodeOptions.token_kernel / rotary_tables off")
     p.add_argument("--sampled", action="store_true",
                    help="with --quantization: each kind also with the default sampling (temperature 0.8, top_p 0.8), "
-                        "with FastDecodeOptions.sampling_kernel as set and on")
+                        "with FastDecodeOptions.sampling_kernel as set (on by default) and off")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")

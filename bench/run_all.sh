@@ -12,7 +12,7 @@
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 (tinygemm, and glmkb's Triton form) weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), tokenchoice (one step's token choice in a CUDA graph: greedy, top-p,
 # top-k 50 + top-p, PyTorch vs the Triton kernels, batch 1 / 16), sampled6b (quant6b's table also at the default
-# sampling, with FastDecodeOptions.sampling_kernel as set and on), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
+# sampling, with FastDecodeOptions.sampling_kernel as set (on by default) and off), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
 # 256 new tokens: aggregate tok/s, p50/p95 TTFT; CONC_QUANT=int4-triton etc. for a quantized model), prefill6b (captured prompt pass at 128/512/1024 tokens, with and without its swaps, bf16 / INT8 /
 # INT4, and its kernels; ~3 min cold), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:

@@ -1,5 +1,6 @@
-"""The decode step's top-p sampled token choice in Triton (``llm.kernels.token_sampling``) against
-``sampling.choose_tokens`` racing the same ``Exp(1)`` noise, and inside the decode path.
+"""The decode step's sampled token choice in Triton (``llm.kernels.token_top_k`` for top-k up to
+``MAX_TOP_K``, ``llm.kernels.token_sampling`` otherwise) against ``sampling.choose_tokens`` racing
+the same ``Exp(1)`` noise, and inside the decode path.
 
 Kernel checks (``test_interpreted_*``) run in a pytest subprocess with ``TRITON_INTERPRET=1``, as in
 test_token_choice.py.
@@ -16,7 +17,7 @@ import torch
 from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.fast_decode.sampling import Sampling, choose_tokens
-from llm.kernels.token_choice_op import sampled_choice
+from llm.kernels.token_choice_op import MAX_TOP_K, sampled_choice
 from llm.streaming import run_generate
 from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
 from tests.test_token_choice import graph_state
@@ -38,9 +39,20 @@ def noise_like(logits: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.empty_like(logits).exponential_(generator=torch.Generator().manual_seed(seed))
 
 
+def launch_kernels(logits: torch.Tensor, noise: torch.Tensor, g: SimpleNamespace) -> None:
+    """The kernels ``sampled_choice`` takes for this top-k, at any batch (it declines the radix
+    selects past one row, which these tests check on several)."""
+    from llm.kernels import token_sampling, token_top_k
+
+    top_k = g.sampling.top_k
+    launch = (token_top_k.launch_top_k_choice if top_k and top_k <= MAX_TOP_K
+              else token_sampling.launch_sampled_choice)
+    launch(logits, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty, temperature=g.temperature,
+           top_p=g.top_p, top_k=top_k, cur=g.cur)
+
+
 def kernel_tokens(logits: torch.Tensor, noise: torch.Tensor, g: SimpleNamespace) -> torch.Tensor:
-    assert sampled_choice(logits, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
-                          temperature=g.temperature, top_p=g.top_p, top_k=g.sampling.top_k, cur=g.cur)
+    launch_kernels(logits, noise, g)
     return g.token.view(-1).clone()
 
 
@@ -52,8 +64,10 @@ def test_kernels_under_triton_interpreter() -> None:
 @interpreted
 @pytest.mark.parametrize(("vocab", "top_p", "top_k", "seeds"), [
     *((vocab, top_p, None, 3) for vocab in (7, 1025) for top_p in (0.05, 0.5, 0.8, 0.97, 1.0)),
-    *((1025, top_p, top_k, 3) for top_p in (0.8, 1.0) for top_k in (1, 5, 50, 2000)),
-    (65024, 0.8, 50, 1),  # the 6B vocabulary, 64 chunks, generate's default top-k: ~30 s under the interpreter
+    *((1025, top_p, top_k, 3) for top_p, top_k in ((0.8, 1), (1.0, 5), (0.8, 50), (1.0, 128), (0.8, 129),
+                                                   (1.0, 2000), (0.8, 2000))),
+    (65024, 0.8, 50, 1),  # the 6B vocabulary, generate's default top-k (token_top_k's 32 chunks)
+    (65024, 0.8, 200, 1),  # token_sampling's 64 chunks with top-k: ~30 s under the interpreter
 ])
 def test_interpreted_kernels_sample_what_choose_tokens_samples(vocab: int, top_p: float, top_k: int | None,
                                                                seeds: int) -> None:
@@ -99,59 +113,105 @@ def test_interpreted_nucleus_edges() -> None:
 
 
 @interpreted
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_interpreted_top_k_keeps_every_token_at_its_edge(top_p: float) -> None:
+    """Top-k keeps every token equal to its k-th value, as transformers does, however many there
+    are: a flat row (each chunk's kept keys end at the edge, so the kernel counts and races over the
+    whole row), one with three tokens above the flat rest, 80 ties split over two chunks below one
+    best token (two chunks of 1,024), and fewer finite tokens than k (ties at ``-inf`` weigh nothing). top_p 0.5 keeps
+    the ties whole in the reference too where they lie below its edge."""
+    gen = torch.Generator().manual_seed(5)
+    flat = torch.zeros(2, 4096)
+    flat[1, :3] = 1.0
+    spread = torch.randn(1, 8192, generator=gen)
+    spread[0, 100:140] = spread[0, 2000:2040] = 5.0
+    spread[0, 5000] = 9.0
+    few = torch.full((1, 300), -torch.inf)
+    few[0, 20:30] = torch.randn(10, generator=gen)
+    for logits in (flat, spread, few) if top_p == 1.0 else (spread, few):
+        for seed in range(3):
+            g = sampled_state(logits, [1], allow_eos=True, penalty=None, temperature=1.0, top_p=top_p, top_k=50,
+                              seed=seed)
+            noise = noise_like(logits, seed)
+            assert torch.equal(kernel_tokens(logits, noise, g), choose_tokens(logits, g, noise=noise)), seed
+
+
+@interpreted
 def test_interpreted_sampled_steps_take_the_kernels_and_equal_the_pytorch_choice(
     tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tiny GLM's sampled steps (a batch of two, with a repetition penalty; generate's default
-    top-k 50, then top-p; and top-p alone) launch the kernels once per token and, seeded alike,
-    sample the tokens of the PyTorch choice (``sampling_kernel`` off, the default until timed on a
-    GPU): both race the same noise."""
-    import llm.kernels.token_sampling as kernel_module
+    """The tiny GLM's sampled steps (with a repetition penalty; a batch of two with generate's
+    default top-k 50 through ``token_top_k``, one row of top-p alone through ``token_sampling``)
+    launch the kernels once per token and, seeded alike, sample the tokens of the PyTorch choice
+    (``sampling_kernel`` off): both race the same noise."""
+    import llm.kernels.token_sampling as radix_module
+    import llm.kernels.token_top_k as top_k_module
 
-    launches = count_calls(monkeypatch, kernel_module, "launch_sampled_choice")
+    launches = {None: count_calls(monkeypatch, top_k_module, "launch_top_k_choice"),
+                0: count_calls(monkeypatch, radix_module, "launch_sampled_choice")}
     llm_ = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.9, top_p=0.7, max_new_tokens=6)
-    for top_k in (None, 0):
-        kwargs = llm_._generate_kwargs(["曹操是谁？", "刘备"], {"min_new_tokens": 6, "repetition_penalty": 1.2,
-                                                          "top_k": top_k})
+    for top_k, prompts in ((None, ["曹操是谁？", "刘备"]), (0, ["曹操是谁？"])):  # top-p alone: one row
+        kwargs = llm_._generate_kwargs(prompts, {"min_new_tokens": 6, "repetition_penalty": 1.2, "top_k": top_k})
         outs = []
-        for options in (ON_CPU.model_copy(update={"sampling_kernel": True}), ON_CPU):
+        for options in (ON_CPU, ON_CPU.model_copy(update={"sampling_kernel": False})):
             torch.manual_seed(7)
             outs.append(run_generate(llm_.model, dict(kwargs), fast_decode=options))
         assert torch.equal(outs[0], outs[1]), top_k
-    assert len(launches) == 2 * 6  # the first token after the prompt pass, then 5 one-token steps
+        assert len(launches[top_k]) == 6  # the first token after the prompt pass, then 5 one-token steps
 
 
 def test_without_the_kernels_sampled_steps_take_choose_tokens(fresh_llm: ChatGLM,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sampled call goes through ``choose_tokens`` by default (``sampling_kernel`` off) and where
-    the kernels cannot run (CPU without the interpreter)."""
+    """A sampled call goes through ``choose_tokens`` with ``sampling_kernel`` off, and where the
+    kernels cannot run (CPU without the interpreter) with it on, the default."""
     import llm.fast_decode.decode_graph as decode_graph
 
     if INTERPRETED:
         pytest.skip("the interpreter runs the kernels here")
-    assert not FastDecodeOptions().sampling_kernel
+    assert FastDecodeOptions().sampling_kernel
     calls = count_calls(monkeypatch, decode_graph, "choose_tokens")
     settings = {"min_new_tokens": 4, "max_new_tokens": 4, "do_sample": True, "top_k": 5}
     kwargs = fresh_llm._generate_kwargs(["曹操是谁？"], settings)
     run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU)
-    run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"sampling_kernel": True}))
+    run_generate(fresh_llm.model, dict(kwargs), fast_decode=ON_CPU.model_copy(update={"sampling_kernel": False}))
     assert len(calls) == 2 * 4
 
 
+@pytest.mark.parametrize(("rows", "top_k", "module"), [
+    (1, 50, "token_top_k"), (16, 128, "token_top_k"), (1, None, "token_sampling"), (1, 129, "token_sampling"),
+    (2, None, None), (16, 129, None),
+])
+def test_sampled_choice_routes_by_top_k_and_rows(rows: int, top_k: int | None, module: str | None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top-k up to 128 takes ``token_top_k`` at any batch; top-p alone or a larger top-k takes the
+    radix selects on one row only and PyTorch past it (False, nothing launched), where run 30 timed
+    the radix selects slower than PyTorch's sort (16 rows: 448.5 against 373.2 us)."""
+    import llm.kernels.token_choice_op as op
+
+    launched: list[str] = []
+    monkeypatch.setattr(op, "_launched", lambda name, *args, **kwargs: launched.append(name) or True)
+    logits = torch.zeros(rows, 300)
+    g = sampled_state(logits, [1], allow_eos=True, penalty=None, temperature=1.0, top_p=0.8, top_k=top_k)
+    assert sampled_choice(logits, logits, g.token, g.eos, g.allow_eos, seen=None, penalty=g.penalty,
+                          temperature=g.temperature, top_p=g.top_p, top_k=top_k, cur=None) is (module is not None)
+    assert launched == ([module] if module else [])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph() -> None:
+@pytest.mark.parametrize("top_k", [50, None])
+def test_cuda_kernels_equal_the_reference_and_replay_in_a_cuda_graph(top_k: int | None) -> None:
     """On the GPU, captured in a CUDA graph and replayed on new logits and noise: the reference's
-    tokens, at the 6B vocabulary."""
+    tokens, at the 6B vocabulary, through ``token_top_k`` (generate's default top-k) and through
+    ``token_sampling`` (top-p alone)."""
     vocab = 65024
     logits = (torch.randn(4, vocab) * torch.tensor([[12.0], [3.0], [1.0], [0.3]])).cuda()
-    g = sampled_state(logits.cpu(), [5, 7], allow_eos=False, penalty=1.2, temperature=0.8, top_p=0.8, top_k=50)
+    g = sampled_state(logits.cpu(), [5, 7], allow_eos=False, penalty=1.2, temperature=0.8, top_p=0.8, top_k=top_k)
     g = SimpleNamespace(**{k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in vars(g).items()})
     static, noise = logits.clone(), torch.empty_like(logits).exponential_()
     assert kernel_tokens(static, noise, g) is not None  # compiles
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        sampled_choice(static, noise, g.token, g.eos, g.allow_eos, seen=g.seen, penalty=g.penalty,
-                       temperature=g.temperature, top_p=g.top_p, top_k=50, cur=g.cur)
+        launch_kernels(static, noise, g)
     for seed in range(3):
         static.copy_(logits[torch.randperm(4)] + torch.randn_like(logits))
         noise.copy_(torch.empty_like(logits).exponential_(generator=torch.Generator("cuda").manual_seed(seed)))
@@ -188,6 +248,13 @@ def test_the_kernels_compile_for_sm90() -> None:
             "PREV_COUNTING": prev_counting, "READ_KTH": not counting and level > 0, "STATE": 2 * levels + 1,
             "SHIFT": shift, "BITS": bits, "PREV_BITS": prev, "BINS": ts.BINS, "SUB": ts.SUB, "BLOCK_C": 64, **common,
         }, 8))
+    from llm.kernels import token_top_k as tk
+
+    for has_topk in {hasattr(triton.language, "topk"), False}:  # tl.topk where this Triton has it, and a sort
+        top = {"KEEP": 64, "HAS_TOPK": has_topk, "PDL": True}
+        cases.append((tk._chunk_candidates, {"PENALTY": True, "EOS": 8, "BLOCK": 2048, **top}, 4))
+        cases.append((tk._sample_candidates, {"CHUNKS_P2": 32, "PENALTY": True, "ADVANCE": True, **top}, 8))
+    types.update(cand_ptr="*i64", token_ptr="*i64", cur_ptr="*i64")
     for fn, constexprs, warps in cases:
         signature = {p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*fp32" if p.name.endswith("_ptr")
                                                                            else "i32") for p in fn.params}

@@ -102,8 +102,8 @@ def decode_step(g: DecodeGraph) -> None:
 def take_tokens(logits: torch.Tensor, g: DecodeGraph, *, advance: bool) -> None:
     """Each row's next token from ``logits`` into ``g.token`` (marked in ``g.seen``), and with
     ``advance`` the cache slot ``g.cur`` moved on by one: in Triton kernels where they apply
-    (``llm.kernels.token_choice`` greedy, ``token_sampling`` sampled), else ``choose_tokens`` and
-    three PyTorch updates."""
+    (``llm.kernels.token_choice`` greedy, ``token_choice_op.sampled_choice`` sampled), else
+    ``choose_tokens`` and three PyTorch updates."""
     noise = None
     if (g.sampling_kernel if g.sampling.do_sample else g.token_kernel) and token_kernels_apply(logits, g.eos):
         cur = g.cur if advance else None

@@ -21,9 +21,11 @@ ties on the top-p edge, kept whole here, where a sort keeps an arbitrary part of
 
 Launches per step: the scaled logits and chunk maxima, five levels per edge, the race, and
 ``token_choice._pick_token``. The noise is drawn by PyTorch (``exponential_``: graph-safe, seeded
-as before). Off by default (``FastDecodeOptions.sampling_kernel``): this form has not run on a GPU
-yet (``python -m bench.token_choice`` times it). This module imports Triton;
-``llm.kernels.token_choice_op`` says when it can run.
+as before). Each level walks the whole row again: on an H100 (run 30, 65,024 tokens, top_p 0.8)
+one row took 103.3 us against PyTorch's 151.1, but 16 rows 448.5 against 373.2, and top-k 50 +
+top-p 170.1 against 220.9. So ``token_choice_op.sampled_choice`` sends top-k up to 128 to
+``token_top_k`` (35.4 us) and uses this module only for top-p alone, or a larger top-k, on one
+row. This module imports Triton; ``llm.kernels.token_choice_op`` says when it can run.
 """
 
 from __future__ import annotations
