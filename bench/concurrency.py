@@ -95,10 +95,14 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=16, help="llm.max_concurrent_batch")
     p.add_argument("--quantization", choices=("none", "int8", "int4", "int4-triton"), default="none")
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the fast path on CPU, uncompiled")
+    p.add_argument("--sampled", action="store_true",
+                   help="the settings' default sampling (temperature 0.8, top_p 0.8; generate's top-k 50), not greedy")
+    p.add_argument("--pytorch-choice", action="store_true",
+                   help="with --sampled: FastDecodeOptions.sampling_kernel off (the token choice in PyTorch)")
     p.set_defaults(repeat=3)
     args = p.parse_args()
 
-    from bench.decode import build_model
+    from bench.decode import build_model, default_sampling
     from llm import ChatGLM
     from llm.fast_decode import FastDecodeOptions, fast_decode_state
 
@@ -108,13 +112,16 @@ def main() -> None:
     tokenizer = char_tokenizer(SHAPES[shape]["vocab_size"])
     # bench.decode's model: same seed (and quantization) as the decode benchmark.
     name = f"concurrency_{shape}" + ("" if args.quantization == "none" else f"_{args.quantization}")
+    name += ("_sampled" if args.sampled else "") + ("_pytorch" if args.pytorch_choice else "")
+    sampling = default_sampling() if args.sampled else {"temperature": 0.0}
     model = build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=args.quantization,
                         group_size=32 if args.tiny else 128)  # the tiny shape: in_features 64
-    llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=args.new_tokens,
-                  max_concurrent_batch=args.max_batch, max_queue=max(64, 2 * args.max_batch),
-                  fast_decode_options=FastDecodeOptions(on_cpu=args.fast_on_cpu))
+    options = FastDecodeOptions(on_cpu=args.fast_on_cpu, sampling_kernel=not args.pytorch_choice)
+    llm = ChatGLM(model=model, tokenizer=tokenizer, max_new_tokens=args.new_tokens, max_concurrent_batch=args.max_batch,
+                  max_queue=max(64, 2 * args.max_batch), fast_decode_options=options, **sampling)
     levels = [int(n) for n in args.streams.split(",")]
-    result: dict[str, Any] = {"shape": shape, "device": device, "quantization": args.quantization,
+    result: dict[str, Any] = {"shape": shape, "device": device, "quantization": args.quantization, **sampling,
+                              "sampling_kernel": options.sampling_kernel,
                               "new_tokens": args.new_tokens, "max_batch": args.max_batch,
                               "fast_decode_active": llm.fast_decode_active, "levels": {}}
     for streams in levels:
@@ -132,7 +139,7 @@ def main() -> None:
                      level["ttft_p50_s"] * 1e3, level["ttft_p95_s"] * 1e3))
     write_result(args.out, name, result)
     print_table(f"concurrent ChatGLM.stream, {shape} on {device} ({args.new_tokens} new tokens each, "
-                f"max batch {args.max_batch}, {args.quantization})", rows,
+                f"max batch {args.max_batch}, {args.quantization}, {sampling})", rows,
                 ("streams", "aggregate tok/s", "x one stream", "per-stream tok/s", "TTFT p50 ms", "TTFT p95 ms"))
 
 
