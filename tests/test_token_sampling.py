@@ -133,7 +133,21 @@ def test_interpreted_top_k_keeps_every_token_at_its_edge(top_p: float) -> None:
             g = sampled_state(logits, [1], allow_eos=True, penalty=None, temperature=1.0, top_p=top_p, top_k=50,
                               seed=seed)
             noise = noise_like(logits, seed)
-            assert torch.equal(kernel_tokens(logits, noise, g), choose_tokens(logits, g, noise=noise)), seed
+            want = choose_tokens(logits, g, noise=noise)
+            assert torch.equal(kernel_tokens(logits, noise, g), want), seed
+
+
+@interpreted
+def test_interpreted_top_k_without_tl_topk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Triton without ``tl.topk`` takes each chunk's largest keys from a full sort: same tokens."""
+    from llm.kernels import token_top_k
+
+    monkeypatch.setattr(token_top_k, "HAS_TOPK", False)
+    logits = torch.randn(2, 3000, generator=torch.Generator().manual_seed(9)) * 3
+    g = sampled_state(logits, [1], allow_eos=True, penalty=1.2, temperature=0.8, top_p=0.8, top_k=50)
+    noise = noise_like(logits, 0)
+    want = choose_tokens(logits, g, noise=noise)  # before the kernels mark their tokens seen
+    assert torch.equal(kernel_tokens(logits, noise, g), want)
 
 
 @interpreted

@@ -43,6 +43,7 @@ NO_KEY = tl.constexpr(-(2**63))  # below every token's key: padding
 LOW = tl.constexpr(2**31 - 1)  # a key's low half holds LOW - column: lower columns first among equal values
 NOISE_FLOOR = tl.constexpr(1e-10)  # choose_tokens clamps its exponential noise to this
 SCAN = tl.constexpr(1024)  # columns per step of the rare pass over the whole row
+HAS_TOPK = hasattr(tl, "topk")  # Triton 3.6 (the GPU image's) and later; else a full sort and a slice
 
 
 @triton.jit
@@ -205,17 +206,16 @@ def launch_top_k_choice(
     x = torch.empty((rows, vocab), dtype=torch.float32, device=device)
     cand = torch.empty((rows, chunks, keep), dtype=torch.int64, device=device)
     seen_bytes = seen.view(torch.uint8) if seen is not None else x  # any tensor where unused
-    has_topk = hasattr(tl, "topk")
     pdl = launch_pdl(device)
     _chunk_candidates[(rows, chunks)](
         logits, seen_bytes, penalty, eos, allow_eos.view(torch.uint8), temperature, x, cand, vocab, chunks,
         logits.stride(0), seen_bytes.stride(0),
-        PENALTY=seen is not None, EOS=eos.numel(), BLOCK=block, KEEP=keep, HAS_TOPK=has_topk, PDL=pdl,
+        PENALTY=seen is not None, EOS=eos.numel(), BLOCK=block, KEEP=keep, HAS_TOPK=HAS_TOPK, PDL=pdl,
         num_warps=4, launch_pdl=pdl,
     )
     _sample_candidates[(rows,)](
         x, cand, noise, top_p, token, seen_bytes, cur if cur is not None else token, k, vocab, chunks,
         noise.stride(0), token.stride(0), seen_bytes.stride(0),
-        KEEP=keep, CHUNKS_P2=triton.next_power_of_2(chunks), HAS_TOPK=has_topk, PENALTY=seen is not None,
+        KEEP=keep, CHUNKS_P2=triton.next_power_of_2(chunks), HAS_TOPK=HAS_TOPK, PENALTY=seen is not None,
         ADVANCE=cur is not None, PDL=pdl, num_warps=8, launch_pdl=pdl,
     )
