@@ -809,6 +809,86 @@ def test_7zip_split_volumes_build_as_one_archive(kind: str, tmp_path: Path, caps
         assert "资料.7z.001 is a multi-volume 7Z archive that cannot be read to its end (" in capsys.readouterr().err
 
 
+def _split_zip(folder: Path, cuts: list[int], *, comment: bytes = b"") -> list[Path]:
+    """A ZIP of three deflated members, with ``comment``, cut into 书.zip.001, 书.zip.002, ... in
+    ``folder`` at ``cuts``: offsets from the start of its central directory, or from its end where
+    negative."""
+    whole = _zip(folder / "whole.zip", {"制度/请假.txt": LEAVE.encode() * 20, "制度/出差.txt": TRAVEL.encode() * 20,
+                                        "制度/报销.txt": "第一章 报销\n报销凭发票。\n".encode() * 20})
+    with zipfile.ZipFile(whole, "a") as archive:
+        archive.comment = comment
+    with zipfile.ZipFile(whole) as archive:
+        directory = archive.start_dir
+    data = whole.read_bytes()
+    whole.unlink()
+    bounds = [0, *(len(data) + cut if cut < 0 else directory + cut for cut in cuts), len(data)]
+    pieces = [folder / f"书.zip.{n:03d}" for n in range(1, len(bounds))]
+    for piece, start, stop in zip(pieces, bounds, bounds[1:]):
+        piece.write_bytes(data[start:stop])
+    return pieces
+
+
+_COMMENT = "二〇二四年版".encode()  # the ZIP's comment: 18 bytes after its 22-byte end record
+
+
+@pytest.mark.parametrize("cut", [30, -len(_COMMENT) - 22 + 6, -5],
+                         ids=["in the central directory", "in the end record", "in the comment"])
+def test_a_split_zip_missing_its_last_piece_is_one_line_naming_it(
+        cut: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a split ZIP missing its last piece built a partial knowledge base. libarchive reads
+    a ZIP's members from their local headers, so pieces cut short anywhere after the last member's
+    data (in the central directory, the end record or its comment) built without a word. The pieces
+    must end with the ZIP's end of central directory record now; a set that does not is refused in
+    one line naming the piece to add (exit code 2, no traceback), as a missing first or middle piece is."""
+    from kb.loaders.volumes import gather_volumes
+
+    pieces = _split_zip(tmp_path, [-250, cut], comment=_COMMENT)  # the second piece starts in the last member
+    assert gather_volumes(pieces).volumes == {pieces[0]: pieces[1:]}  # whole: read as one archive
+    assert gather_volumes(pieces[:1]).volumes == {pieces[0]: pieces[1:]}  # the others found beside the first
+    pieces[2].unlink()
+    kb = ["--kb", "split", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", *map(str, pieces[:2]), *kb]) == 2
+    assert capsys.readouterr().err == ("ingest: error: 书.zip.001 is a multi-volume archive, and its volume 3 "
+                                       "(书.zip.003) is missing: give all its volumes together\n")
+    assert not (tmp_path / "kbs" / "split").exists()
+    pieces[1].unlink()  # the first piece alone
+    with pytest.raises(DocumentLoadError, match=r"^书.zip.001 is a multi-volume archive, and its volume 2 "
+                                                r"\(书.zip.002\) is missing: give all its volumes together$"):
+        gather_volumes(pieces[:1])
+
+
+def test_a_split_zip_missing_its_first_or_a_middle_piece_or_inside_an_archive_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A split ZIP without its first piece or one in the middle is refused in one line naming it; a
+    set inside an archive without its last piece is named and left out, the rest builds. A whole
+    set of one piece (7-Zip writes 书.zip.001 alone for a small archive) is read as it is."""
+    from kb.loaders.volumes import gather_volumes
+
+    pieces = _split_zip(tmp_path, [-250, 30])
+    kb = ["--kb", "split", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", *map(str, pieces[1:]), *kb]) == 2
+    assert capsys.readouterr().err == ("ingest: error: 书.zip.002 is volume 2 of a multi-volume archive whose first "
+                                       "volume (书.zip.001) was not given: give all its volumes together\n")
+    middle = pieces[1].read_bytes()
+    pieces[1].unlink()
+    assert main(["build", *map(str, [pieces[0], pieces[2]]), *kb]) == 2
+    assert capsys.readouterr().err == ("ingest: error: 书.zip.001 is a multi-volume archive, and its volume 2 "
+                                       "(书.zip.002) is missing: give all its volumes together\n")
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as archive:
+        archive.writestr("说明.txt", TRAVEL)
+        archive.writestr("备份/书.zip.001", pieces[0].read_bytes())
+        archive.writestr("备份/书.zip.002", middle)  # 书.zip.003 not there
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(outer, tmp_path / "into")
+    assert [name for _, name in found.files] == ["说明.txt"]
+    assert found.unread == ["书.zip.001 is a multi-volume archive, and its volume 3 (书.zip.003) is missing: give "
+                            "all its volumes together"]
+    (tmp_path / "one").mkdir()
+    alone = _zip(tmp_path / "one" / "书.zip.001", {"a.txt": LEAVE.encode()})
+    assert gather_volumes([alone]).volumes == {alone: []}
+
+
 @needs_libarchive
 def test_archives_in_a_folder_are_read_and_the_unreadable_ones_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
