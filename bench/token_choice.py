@@ -1,6 +1,7 @@
 """One decode step's token choice alone, captured in a CUDA graph: PyTorch against the Triton kernels.
 
     python -m bench.token_choice --out DIR        # GPU machine: ~30 s with the kernels' compile
+    python -m bench.token_choice --vocab 151552 --out DIR   # GLM-4's vocabulary
     python -m bench.token_choice --tiny           # check the script on CPU (nothing to time)
 
 Why: ``bench.decode --sampled`` times what a user's default sampling (temperature 0.8, top_p 0.8,
@@ -75,9 +76,10 @@ def time_case(rows: int, vocab: int, case: str, *, kernel: bool, repeat: int, de
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
+    p.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary size (GLM-4: 151552)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    vocab = 300 if args.tiny else VOCAB
+    vocab = 300 if args.tiny else args.vocab
     rows_list = (1, 2) if args.tiny else (1, 16)
     results: list[dict[str, Any]] = []
     for rows in rows_list:
@@ -96,7 +98,8 @@ def main() -> None:
                 ("rows", "case", "PyTorch", "Triton"))
     if broken:
         print(f"the kernels fell back to PyTorch: {broken[0]}")
-    path = write_result(args.out, "token_choice", {"vocab": vocab, "results": results, "kernels_fell_back": broken})
+    name = "token_choice" if vocab == VOCAB or args.tiny else f"token_choice_{vocab}"
+    path = write_result(args.out, name, {"vocab": vocab, "results": results, "kernels_fell_back": broken})
     print(f"\n{path}")
 
 

@@ -12,19 +12,15 @@ bucket): the norm's seven eager kernels took ~1.2 ms of a 9.1 ms prompt pass (it
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from importlib.util import find_spec
 from typing import Any
 
 import torch
 
 from llm.fast_decode.stand_in import StandIn
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
 
-logger = logging.getLogger(__name__)
-
-TRITON_AVAILABLE = find_spec("triton") is not None
-_broken: list[str] = []  # why the kernels were given up, once one failed
+_broken = GiveUp("prompt-pass kernels", instead="prompt passes keep PyTorch's norm and SwiGLU")
 
 
 def _forwards(*names: tuple[str, str]) -> tuple[Any, ...]:
@@ -42,8 +38,6 @@ def _forwards(*names: tuple[str, str]) -> tuple[Any, ...]:
 def kernel_applies(x: torch.Tensor) -> bool:
     """Whether the kernels run for ``x``: CUDA (or Triton's interpreter on CPU), floating point,
     unit stride along the last axis."""
-    from llm.kernels.gemv_op import INTERPRET
-
     return (TRITON_AVAILABLE and not _broken and (x.is_cuda or INTERPRET) and x.is_floating_point() and x.dim() >= 2
             and x.stride(-1) == 1)
 
@@ -52,8 +46,7 @@ def _with_kernel(launch: Callable[[], torch.Tensor], fallback: Callable[[], torc
     try:
         return launch()
     except Exception as e:  # an old Triton, an odd GPU: the modules' own forwards from now on
-        _broken.append(f"{type(e).__name__}: {e}")
-        logger.warning("a prompt-pass kernel failed, prompt passes keep PyTorch's norm and SwiGLU: %s", _broken[0])
+        _broken.record(e)
         return fallback()
 
 

@@ -8,19 +8,13 @@ run as plain Python at call time. A kernel that fails to compile or launch falls
 PyTorch for good, with one warning, rather than take the decode step down.
 """
 
-import logging
-import os
-from importlib.util import find_spec
 from typing import Optional
 
 import torch
 
-logger = logging.getLogger(__name__)
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
 
-TRITON_AVAILABLE = find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
-
-_broken: list[str] = []  # why the kernel was given up, once it failed
+_broken = GiveUp("decode attention", instead="using PyTorch")
 
 
 def attention_applies(
@@ -95,8 +89,7 @@ def decode_attention_op(
 
             return launch_decode_attention(query, key, value, mask, scale)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
-            _broken.append(f"{type(e).__name__}: {e}")
-            logger.warning("the Triton decode attention failed, using PyTorch: %s", _broken[0])
+            _broken.record(e)
     return reference_decode_attention(query, key, value, mask, scale)
 
 

@@ -16,10 +16,8 @@ good, with one warning, rather than take the decode step down.
 """
 
 import logging
-import os
 import statistics
 from collections.abc import Callable
-from importlib.util import find_spec
 from typing import Any, Optional
 
 import torch
@@ -39,17 +37,16 @@ from llm.kernels.gemv_configs import (
     tuned,
     weight_kind,
 )
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
 from llm.kernels.int8_cast_op import int8_weight_as
 
 logger = logging.getLogger(__name__)
 
-TRITON_AVAILABLE = find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
 KERNELS = ("triton", "torch")
 
 _chosen: dict[tuple[object, ...], Choice] = {}  # per process: (kind, rows, N, K, dtype) -> config
 on_tiles_changed(_chosen.clear)
-_broken: list[str] = []  # why the kernel was given up, once it failed
+_broken = GiveUp("GEMV", instead="using PyTorch for small-batch linear layers")
 
 
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -111,8 +108,7 @@ def gemv_op(
             if choice != TORCH:
                 return launch_gemv(x, weight, scales, bias, choice)
         except Exception as e:  # Triton too old, a config the GPU cannot run: PyTorch from now on
-            _broken.append(f"{type(e).__name__}: {e}")
-            logger.warning("the Triton GEMV failed, using PyTorch for small-batch linear layers: %s", _broken[0])
+            _broken.record(e)
     return reference_gemv(x, weight, scales=scales, bias=bias)
 
 

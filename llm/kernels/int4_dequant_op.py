@@ -5,14 +5,11 @@ kernel does not apply (no Triton, a kernel that failed once) the caller keeps ti
 path is slow for long prompts but exact, and tinygemm itself only exists on CUDA.
 """
 
-import logging
-from importlib.util import find_spec
 
 import torch
 
-logger = logging.getLogger(__name__)
+from llm.kernels.give_up import TRITON_AVAILABLE, GiveUp
 
-TRITON_AVAILABLE = find_spec("triton") is not None
 # Past this many rows dequantizing + cuBLAS beats tinygemm. Run 19 (H200, 6B gate_up): tinygemm 0.50 ms
 # at 64 rows, ~0.25 at 32; run 19's gather kernel ~0.3 ms for the weight (91 us per average layer call)
 # + cuBLAS 0.06: the break-even is ~48 rows by those numbers (measured: 64 rows gains); the word-wise
@@ -20,7 +17,7 @@ TRITON_AVAILABLE = find_spec("triton") is not None
 # (<= 16) stay on tinygemm; captured prompt passes have >= 64 rows (``prefill.MIN_PREFILL_BUCKET``).
 MAX_TINYGEMM_ROWS = 48
 
-_broken: list[str] = []
+_broken = GiveUp("INT4 dequantization kernel", instead="INT4 prompts stay on tinygemm")
 
 
 def int4pack_dequant_applies(packed: torch.Tensor, rows: int) -> bool:
@@ -41,6 +38,5 @@ def int4pack_dequantized(
         return launch_int4pack_dequant(packed.contiguous(), scales_and_zeros.contiguous(), out_features=out_features,
                                        in_features=in_features, group_size=group_size, inner_k_tiles=inner)
     except Exception as e:  # Triton too old, an odd GPU: tinygemm from now on
-        _broken.append(f"{type(e).__name__}: {e}")
-        logger.warning("the INT4 dequantization kernel failed, INT4 prompts stay on tinygemm: %s", _broken[0])
+        _broken.record(e)
         return None

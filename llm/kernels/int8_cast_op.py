@@ -6,18 +6,12 @@ kernel is for eager and captured calls (INT8 prompt passes of more than 64 token
 fails to compile or launch falls back to ``Tensor.to`` for good, with one warning.
 """
 
-import logging
-import os
-from importlib.util import find_spec
 
 import torch
 
-logger = logging.getLogger(__name__)
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
 
-TRITON_AVAILABLE = find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
-
-_broken: list[str] = []
+_broken = GiveUp("int8 cast kernel", instead="using Tensor.to")
 
 
 def int8_cast_applies(weight: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -40,6 +34,5 @@ def int8_weight_as(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
             return launch_int8_cast(weight, dtype)
         except Exception as e:  # Triton too old, an odd GPU: Tensor.to from now on
-            _broken.append(f"{type(e).__name__}: {e}")
-            logger.warning("the int8 cast kernel failed, using Tensor.to: %s", _broken[0])
+            _broken.record(e)
     return weight.to(dtype)

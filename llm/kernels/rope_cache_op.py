@@ -7,18 +7,12 @@ transformers' ``StaticLayer.update`` it replaces. A kernel that fails to compile
 back to PyTorch for good, with one warning (as ``gemv_op`` and ``decode_attention_op`` do).
 """
 
-import logging
-import os
-from importlib.util import find_spec
 
 import torch
 
-logger = logging.getLogger(__name__)
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
 
-TRITON_AVAILABLE = find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
-
-_broken: list[str] = []  # why the kernel was given up, once it failed
+_broken = GiveUp("rotary + cache write", instead="using PyTorch")
 
 
 def rope_applies(qkv: torch.Tensor, cos: torch.Tensor, k_cache: torch.Tensor) -> bool:
@@ -89,8 +83,7 @@ def rope_cache_write_op(
 
             return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
-            _broken.append(f"{type(e).__name__}: {e}")
-            logger.warning("the Triton rotary + cache write failed, using PyTorch: %s", _broken[0])
+            _broken.record(e)
     return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
 
 

@@ -7,22 +7,16 @@ graph with it), never under ``torch.compile``. A kernel that fails to compile or
 up for good with one warning; the caller then takes ``sampling.choose_tokens``, the reference.
 """
 
-import logging
-import os
 from importlib import import_module
-from importlib.util import find_spec
 from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
-
-TRITON_AVAILABLE = find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's own switch: kernels run on CPU tensors (tests)
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
 
 MAX_TOP_K = 128  # llm.kernels.token_top_k's limit (that module imports Triton: not imported here)
 
-_broken: list[str] = []
+_broken = GiveUp("token choice", instead="using PyTorch")
 
 
 def token_kernels_apply(logits: torch.Tensor, eos: torch.Tensor) -> bool:
@@ -74,6 +68,5 @@ def _launched(module: str, launch: str, *args: Any, **kwargs: Any) -> bool:
         getattr(import_module(f"llm.kernels.{module}"), launch)(*args, **kwargs)
         return True
     except Exception as e:
-        _broken.append(f"{type(e).__name__}: {e}")
-        logger.warning("the Triton token choice failed, using PyTorch: %s", _broken[0])
+        _broken.record(e)
         return False
