@@ -497,6 +497,37 @@ def _rar4(path: Path, members: dict[str, bytes], *, utf8_names: bool = True, enc
     return path
 
 
+def _rar5(path: Path, members: dict[str, bytes]) -> Path:
+    """A RAR 5 archive of stored members, written here from RARLAB's "RAR 5.0 archive format": the
+    signature, a main header, one file header per member (data size, file flags "CRC32 present", size,
+    Unix mode, CRC32, method "store", host Unix, UTF-8 name) followed by its bytes, and the end of
+    archive header. Each header: CRC32 of the rest, its size, type and flags, all vints (7 bits a byte,
+    low first, the high bit on all but the last)."""
+    import struct
+    import zlib
+
+    def vint(number: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append(number & 0x7F | (0x80 if number >> 7 else 0))
+            number >>= 7
+            if not number:
+                return bytes(out)
+
+    def header(kind: int, flags: int, fields: bytes, data: bytes = b"") -> bytes:
+        rest = vint(kind) + vint(flags) + fields
+        return struct.pack("<I", zlib.crc32(vint(len(rest)) + rest)) + vint(len(rest)) + rest + data
+
+    out = b"Rar!\x1a\x07\x01\x00" + header(1, 0, vint(0))  # main header: no archive flags
+    for name, data in members.items():
+        raw = name.encode()
+        fields = (vint(len(data)) + vint(0x0004) + vint(len(data)) + vint(0o100644)
+                  + struct.pack("<I", zlib.crc32(data)) + vint(0) + vint(1) + vint(len(raw)) + raw)
+        out += header(2, 0x0002, fields, data)  # header flag 0x0002: a data area (the member's bytes) follows
+    path.write_bytes(out + header(5, 0, vint(0)))  # end of archive: no flags (the last volume)
+    return path
+
+
 @needs_libarchive
 @pytest.mark.parametrize("kind", ["7z", "rar", "rar-gbk"])
 def test_7z_and_rar_archives_build_like_zips(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -887,6 +918,112 @@ def test_a_split_zip_missing_its_first_or_a_middle_piece_or_inside_an_archive_is
     (tmp_path / "one").mkdir()
     alone = _zip(tmp_path / "one" / "书.zip.001", {"a.txt": LEAVE.encode()})
     assert gather_volumes([alone]).volumes == {alone: []}
+
+
+@needs_libarchive
+@pytest.mark.parametrize("version", [4, 5])
+@pytest.mark.parametrize("cut", ["at a member's start", "inside the end block"])
+def test_a_split_rar_missing_its_last_piece_is_one_line_naming_it(
+        version: int, cut: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a byte-split RAR missing its last piece built a partial knowledge base, dropping members.
+    Cut where a member starts, libarchive took the early end for the archive's end: 书.rar.001 and .002 of
+    three built 请假.txt and dropped 出差.txt. The pieces must end with the RAR's end block (RAR 4) or end
+    of archive header (RAR 5) now; a set that does not is refused in one line naming the piece to add
+    (exit code 2), as a ZIP's is. A whole set is read as before."""
+    from kb.loaders.volumes import gather_volumes
+
+    write = _rar4 if version == 4 else _rar5
+    first = {"制度/请假.txt": LEAVE.encode() * 20}
+    members = {**first, "制度/出差.txt": TRAVEL.encode() * 20}
+    start = len(write(tmp_path / "whole.rar", first).read_bytes()) - (7 if version == 4 else 8)  # less its end
+    data = write(tmp_path / "whole.rar", members).read_bytes()
+    (tmp_path / "whole.rar").unlink()
+    bounds = [0, 100, start if cut == "at a member's start" else len(data) - 3, len(data)]
+    pieces = [tmp_path / f"书.rar.{n:03d}" for n in (1, 2, 3)]
+    for piece, low, high in zip(pieces, bounds, bounds[1:]):
+        piece.write_bytes(data[low:high])
+    assert gather_volumes(pieces[:1]).volumes == {pieces[0]: pieces[1:]}
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(pieces[0], tmp_path / "into", volumes=pieces[1:])
+    assert {inside: file.read_bytes() for file, inside in found.files} == members
+    pieces[2].unlink()
+    kb = ["--kb", "split", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", *map(str, pieces[:2]), *kb]) == 2
+    assert capsys.readouterr().err == ("ingest: error: 书.rar.001 is a multi-volume archive, and its volume 3 "
+                                       "(书.rar.003) is missing: give all its volumes together\n")
+    lone = tmp_path / "单.rar.001"  # one piece up to the same cut (libarchive reads it alone, not as a set)
+    lone.write_bytes(data[:bounds[2]])
+    assert main(["build", str(lone), *kb]) == 2
+    assert capsys.readouterr().err == ("ingest: error: 单.rar.001 is a multi-volume archive, and its volume 2 "
+                                       "(单.rar.002) is missing: give all its volumes together\n")
+    assert not (tmp_path / "kbs" / "split").exists()
+
+
+@needs_libarchive
+def test_a_split_rar_whose_headers_are_encrypted_is_refused_as_locked(tmp_path: Path) -> None:
+    """A RAR whose headers are encrypted (WinRAR -hp) has its end block encrypted too: its pieces are
+    not judged by it (not "a piece is missing"), and the set is refused as password-protected."""
+    import zlib
+
+    from kb.loaders.folders import expand_documents
+
+    data = bytearray(_rar4(tmp_path / "whole.rar", {"a.txt": LEAVE.encode() * 20}).read_bytes())
+    data[10:12] = (0x0080).to_bytes(2, "little")  # the main header's flags: block headers encrypted
+    data[7:9] = (zlib.crc32(bytes(data[9:20])) & 0xFFFF).to_bytes(2, "little")
+    data[-7:] = bytes(range(1, 8))  # the end block as encrypted bytes: no end block to be seen
+    pieces = [tmp_path / "锁.rar.001", tmp_path / "锁.rar.002"]
+    pieces[0].write_bytes(data[:100])
+    pieces[1].write_bytes(data[100:])
+    with pytest.raises(DocumentLoadError, match=r"^锁.rar.001 is password-protected; save or unpack it without"):
+        expand_documents([pieces[0]], source=str, unpack_into=tmp_path / "into")
+
+
+def _zip_s(folder: Path, members: dict[str, bytes]) -> list[Path]:
+    """A ZIP cut into three pieces as ``zip -s`` names them (书.z01, 书.z02, 书.zip), in ``folder``:
+    the first begins with the split marker, the last ends with the end record of disk 2 (numbered
+    from 0). (The directory's offsets are left as they are: only how a piece is told matters here.)"""
+    data = bytearray(_zip(folder / "whole.zip", members).read_bytes())
+    (folder / "whole.zip").unlink()
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 4:end + 8] = (2).to_bytes(2, "little") * 2  # the number of this disk, of the directory's first
+    third = len(data) // 3
+    pieces = [folder / name for name in ("书.z01", "书.z02", "书.zip")]
+    for piece, part in zip(pieces, (b"PK\x07\x08" + data[:third], data[third:2 * third], data[2 * third:])):
+        piece.write_bytes(part)
+    return pieces
+
+
+def test_a_piece_of_a_zip_split_by_zip_s_is_named_with_how_to_join_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: each piece of a ZIP split by ``zip -s`` (书.z01, 书.z02, ..., 书.zip) was refused as
+    text: "书.zip looks binary (it contains NUL bytes ...); save it as UTF-8 text". Each is one line now
+    (exit code 2) saying what it is, a piece of a split ZIP that glmkb does not read, and how to join it;
+    in a folder or inside an archive 书.zip is named with the same, and the rest builds. A ZIP that zip -s
+    wrote in one piece (the split marker first, disk 0) is whole, and builds."""
+    from app.uploads import check_content
+
+    (tmp_path / "split").mkdir()
+    pieces = _zip_s(tmp_path / "split", {"制度/请假.txt": LEAVE.encode() * 40, "制度/出差.txt": TRAVEL.encode() * 40})
+    join = ("one piece of a split ZIP (书.z01, 书.z02, ..., 书.zip), which glmkb does not read: join the pieces "
+            "into one ZIP first (zip -s 0 书.zip --out 书-whole.zip, or 7-Zip) and give that")
+    kb = ["--kb", "zs", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    for piece in pieces:
+        assert main(["build", str(piece), *kb]) == 2
+        assert capsys.readouterr().err == f"ingest: error: {piece} is {join}\n"
+    services = Services(Settings(kb_root=tmp_path / "kbs"))
+    with pytest.raises(UserError) as upload:
+        check_content(services.check_upload(pieces[2], archives=True))
+    assert join in str(upload.value)
+    (tmp_path / "split" / "说明.txt").write_text(TRAVEL, encoding="utf-8")
+    assert main(["build", str(tmp_path / "split"), *kb]) == 0
+    assert f"did not read 1 archive inside (书.zip ({join}))" in capsys.readouterr().err
+    outer = _zip(tmp_path / "outer.zip", {f"备份/{p.name}": p.read_bytes() for p in pieces} | {"说明.txt": b"x"})
+    (tmp_path / "into").mkdir()
+    found = unpack_documents(outer, tmp_path / "into")
+    assert ([inside for _, inside in found.files], found.unread) == (["说明.txt"], [f"备份/书.zip ({join})"])
+    whole = _zip(tmp_path / "one.zip", {"制度/请假.txt": LEAVE.encode()})
+    whole.write_bytes(b"PK\x07\x08" + whole.read_bytes())
+    assert main(["build", str(whole), "--kb", "one", *kb[2:]]) == 0
 
 
 @needs_libarchive

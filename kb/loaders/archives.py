@@ -45,6 +45,7 @@ from typing import Any
 
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
+from kb.loaders.archive_ends import split_zip_piece
 from kb.loaders.libarchive_warnings import ChecksumMismatch, watched
 from kb.loaders.rar4_crc import Member, file_members, set_members
 from kb.loaders.volumes import gather_volumes, may_be_a_volume
@@ -148,7 +149,7 @@ def _unpack_nested(into: Path, state: _Unpacking, *, depth: int) -> None:
             if depth > MAX_NESTING:
                 unread.append(f"{name} (an archive nested more than {MAX_NESTING} deep)")
             elif (kind := archive_kind(file)) is None:
-                unread.append(f"{name} ({why_not_an_archive(file)})")
+                unread.append(f"{name} ({why_not_an_archive(file, shown=name)})")
             else:
                 folder = into / f"{depth}-{number:05d}"
                 folder.mkdir()
@@ -191,11 +192,14 @@ def _unpack_inner(file: Path, folder: Path, state: _Unpacking, *, kind: str, nam
             state.found.unread.append(f"{name} (no documents)")
 
 
-def why_not_an_archive(file: Path) -> str:
-    """Why a file named as an archive (a member, or a file in a folder given) is not read as one."""
+def why_not_an_archive(file: Path, *, shown: str | None = None) -> str:
+    """Why a file named as an archive (a member, or a file in a folder given) is not read as one (``shown``: the
+    name it goes by, where ``file`` is a copy under a generated one)."""
     suffix = file.suffix.lower()
     if not file.stat().st_size:
         return "empty"
+    if (piece := split_zip_piece(file, shown=shown)) is not None:
+        return piece
     if suffix == ".zip":
         return "damaged, or a document package named .zip"
     if suffix in LIBARCHIVE_MAGIC:

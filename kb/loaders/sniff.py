@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
+from kb.loaders.archive_ends import ZIP_STARTS, split_zip_piece
 
 # Each supported suffix and the formats (``detect_format``) its bytes may be: uploads whose
 # content contradicts their name (a PNG renamed .txt) are refused by the web UI.
@@ -103,9 +104,11 @@ def detect_format(path: Path) -> str:
     loader and the file's suffix tell them apart); DocumentLoadError for anything else."""
     with path.open("rb") as stream:
         head = stream.read(4096)
+    if (piece := split_zip_piece(path)) is not None:  # its bytes would pass for text or a damaged ZIP
+        raise DocumentLoadError(f"{path} is {piece}")
     if b"%PDF-" in head[:1024]:
         return "pdf"
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith(ZIP_STARTS):
         return _zip_format(path)
     if head.startswith(_OLE_MAGIC):
         return _ole_format(path)
@@ -210,7 +213,7 @@ def archive_kind(path: Path) -> str | None:
 def magic_archive_kind(path: Path) -> str | None:
     """"zip", "7z" or "rar" by the first bytes alone (the first volume of a split archive is no
     whole ZIP, and a ZIP here may still be a document package: ``archive_kind`` says)."""
-    if _starts_with(path, (b"PK\x03\x04",)):
+    if _starts_with(path, ZIP_STARTS):
         return "zip"
     return next((suffix.lstrip(".") for suffix, magics in LIBARCHIVE_MAGIC.items() if _starts_with(path, magics)), None)
 

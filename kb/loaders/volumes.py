@@ -9,8 +9,8 @@ gathered, from the paths given (a web upload's copies each sit in a folder of th
 and from the first volume's own folder, and handed to libarchive together
 (``kb.loaders.archives``); the set is read once, as its first volume, and recorded under it
 (``资料.part1.rar/制度/请假.txt``). A set without its first volume, or with a gap, is one line that
-names the missing volume; so is a set of a ZIP without its last volume, told by the archive's own end
-record (a ZIP read from its local headers would otherwise build from the volumes there are).
+names the missing volume; so is a set of a ZIP or RAR without its last volume, told by the archive's own
+end record (``kb.loaders.archive_ends``: libarchive would otherwise build from the volumes there are).
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from kb.errors import DocumentLoadError
-from kb.loaders.sniff import magic_archive_kind
+from kb.loaders.archive_ends import cut_short
 
 _PART = re.compile(r"^(?P<stem>.+)\.part(?P<number>\d{1,3})\.rar$", re.IGNORECASE)
 _OLD = re.compile(r"^(?P<stem>.+)\.r(?P<number>\d{2})$", re.IGNORECASE)  # .r00 is volume 2, after .rar
 _SPLIT = re.compile(r"^(?P<stem>.+\.(?:7z|zip|rar))\.(?P<number>\d{3})$", re.IGNORECASE)  # 7-Zip: .001 is the first
-_ZIP_END = b"PK\x05\x06"  # a ZIP's end of central directory record: 22 bytes, then a comment of up to 65535
-_ZIP_END_SIZE = 22
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,7 @@ def _beside(first: Path) -> list[Path]:
 def _complete_set(sample: Volume, given: dict[int, Path]) -> tuple[Path, list[Path]]:
     """The first volume and the later ones, in order: those given, then those of the same set beside
     the first; DocumentLoadError where volume 1 is missing or a volume before the last one is, or
-    a ZIP's last one (its volumes do not end with the ZIP's end record)."""
+    a ZIP's or RAR's last one (its volumes do not end with the archive's end record: ``cut_short``)."""
     if 1 not in given:
         low = min(given)
         raise DocumentLoadError(
@@ -143,7 +141,7 @@ def _complete_set(sample: Volume, given: dict[int, Path]) -> tuple[Path, list[Pa
         if volume is not None and volume.key == sample.key:
             volumes.setdefault(volume.number, beside)
     missing = [n for n in range(2, max(volumes) + 1) if n not in volumes]
-    if not missing and _zip_cut_short([volumes[n] for n in sorted(volumes)]):
+    if not missing and cut_short([volumes[n] for n in sorted(volumes)]):
         missing = [max(volumes) + 1]
     if missing:
         raise DocumentLoadError(
@@ -151,34 +149,3 @@ def _complete_set(sample: Volume, given: dict[int, Path]) -> tuple[Path, list[Pa
             f"({sample.name(missing[0])}) is missing: give all its volumes together")
     return first, [volumes[n] for n in range(2, max(volumes) + 1)]
 
-
-def _zip_cut_short(pieces: list[Path]) -> bool:
-    """Whether ``pieces``, the volumes of a set there are, in order, are a ZIP (by its first bytes, as it is read)
-    that stops short of its end of central directory record: its last volume at least is missing, and libarchive,
-    reading the members from their local headers, would build from the ones it finds."""
-    return magic_archive_kind(pieces[0]) == "zip" and not _ends_a_zip(_tail(pieces))
-
-
-def _tail(pieces: Sequence[Path], *, size: int = _ZIP_END_SIZE + 0xFFFF) -> bytes:
-    """The last ``size`` bytes of ``pieces`` read one after another (all of them where they hold fewer):
-    the last piece may be shorter than a ZIP's end record and its comment."""
-    tail = b""
-    for piece in reversed(pieces):
-        with piece.open("rb") as file:
-            file.seek(max(0, piece.stat().st_size - (size - len(tail))))
-            tail = file.read() + tail
-        if len(tail) >= size:
-            break
-    return tail
-
-
-def _ends_a_zip(tail: bytes) -> bool:
-    """Whether ``tail``, the last bytes of an archive, ends with a ZIP's end of central directory record: its
-    signature, then exactly the comment the record's length field says, to the last byte (a ZIP cut short ends
-    in member data or its central directory)."""
-    start = tail.rfind(_ZIP_END)
-    while start >= 0:
-        if int.from_bytes(tail[start + 20:start + 22], "little") == len(tail) - start - _ZIP_END_SIZE:
-            return True
-        start = tail.rfind(_ZIP_END, 0, start)
-    return False
