@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import llm.kernels.int8_cast_op as cast_op
-from llm.kernels.give_up import GiveUp
 from llm.kernels.int8_cast_op import int8_cast_applies, int8_weight_as
 from llm.quantization import WeightOnlyInt8Linear
 from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
@@ -86,7 +85,7 @@ def test_without_the_kernel_it_is_tensor_to() -> None:
 
 def test_a_failing_kernel_falls_back_to_tensor_to_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that cannot launch (old Triton, odd GPU) is given up once, with the same values."""
-    monkeypatch.setattr(cast_op, "_broken", GiveUp("int8 cast kernel", instead="using Tensor.to"))
+    monkeypatch.setattr(cast_op, "_broken", [])
     monkeypatch.setattr(cast_op, "int8_cast_applies", lambda w, d: not cast_op._broken)
     import llm.kernels.int8_cast as kernel_module
 

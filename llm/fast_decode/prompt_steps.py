@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from llm.fast_decode.stand_in import StandIn
-from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, give_up
 
-_broken = GiveUp("prompt-pass kernels", instead="prompt passes keep PyTorch's norm and SwiGLU")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def _forwards(*names: tuple[str, str]) -> tuple[Any, ...]:
@@ -46,7 +46,7 @@ def _with_kernel(launch: Callable[[], torch.Tensor], fallback: Callable[[], torc
     try:
         return launch()
     except Exception as e:  # an old Triton, an odd GPU: the modules' own forwards from now on
-        _broken.record(e)
+        give_up(_broken, e, kernel="prompt-pass kernels", instead="prompt passes keep PyTorch's norm and SwiGLU")
         return fallback()
 
 

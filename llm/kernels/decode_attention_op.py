@@ -12,9 +12,9 @@ from typing import Optional
 
 import torch
 
-from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, give_up
 
-_broken = GiveUp("decode attention", instead="using PyTorch")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def attention_applies(
@@ -89,7 +89,7 @@ def decode_attention_op(
 
             return launch_decode_attention(query, key, value, mask, scale)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
-            _broken.record(e)
+            give_up(_broken, e, kernel="decode attention", instead="using PyTorch")
     return reference_decode_attention(query, key, value, mask, scale)
 
 

@@ -37,7 +37,7 @@ from llm.kernels.gemv_configs import (
     tuned,
     weight_kind,
 )
-from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, give_up
 from llm.kernels.int8_cast_op import int8_weight_as
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ KERNELS = ("triton", "torch")
 
 _chosen: dict[tuple[object, ...], Choice] = {}  # per process: (kind, rows, N, K, dtype) -> config
 on_tiles_changed(_chosen.clear)
-_broken = GiveUp("GEMV", instead="using PyTorch for small-batch linear layers")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -108,7 +108,7 @@ def gemv_op(
             if choice != TORCH:
                 return launch_gemv(x, weight, scales, bias, choice)
         except Exception as e:  # Triton too old, a config the GPU cannot run: PyTorch from now on
-            _broken.record(e)
+            give_up(_broken, e, kernel="GEMV", instead="using PyTorch for small-batch linear layers")
     return reference_gemv(x, weight, scales=scales, bias=bias)
 
 

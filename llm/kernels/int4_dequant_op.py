@@ -8,7 +8,7 @@ path is slow for long prompts but exact, and tinygemm itself only exists on CUDA
 
 import torch
 
-from llm.kernels.give_up import TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import TRITON_AVAILABLE, give_up
 
 # Past this many rows dequantizing + cuBLAS beats tinygemm. Run 19 (H200, 6B gate_up): tinygemm 0.50 ms
 # at 64 rows, ~0.25 at 32; run 19's gather kernel ~0.3 ms for the weight (91 us per average layer call)
@@ -17,7 +17,7 @@ from llm.kernels.give_up import TRITON_AVAILABLE, GiveUp
 # (<= 16) stay on tinygemm; captured prompt passes have >= 64 rows (``prefill.MIN_PREFILL_BUCKET``).
 MAX_TINYGEMM_ROWS = 48
 
-_broken = GiveUp("INT4 dequantization kernel", instead="INT4 prompts stay on tinygemm")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def int4pack_dequant_applies(packed: torch.Tensor, rows: int) -> bool:
@@ -38,5 +38,5 @@ def int4pack_dequantized(
         return launch_int4pack_dequant(packed.contiguous(), scales_and_zeros.contiguous(), out_features=out_features,
                                        in_features=in_features, group_size=group_size, inner_k_tiles=inner)
     except Exception as e:  # Triton too old, an odd GPU: tinygemm from now on
-        _broken.record(e)
+        give_up(_broken, e, kernel="INT4 dequantization kernel", instead="INT4 prompts stay on tinygemm")
         return None

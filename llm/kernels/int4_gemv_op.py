@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from llm.int4_runs import RUN, dequantize_runs
 from llm.kernels.gemv_configs import TUNED_CAPABILITY, measured_int4_tile, on_tiles_changed
-from llm.kernels.give_up import GiveUp
+from llm.kernels.give_up import give_up
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ DEQUANTIZE = "dequantize + cuBLAS"
 Config = tuple[int, ...] | str
 _chosen: dict[tuple[int, int, int, int, torch.dtype], Config] = {}
 on_tiles_changed(_chosen.clear)
-_broken = GiveUp("INT4 kernels", instead="INT4 layers dequantize in PyTorch")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def int4_runs_linear(
@@ -90,7 +90,7 @@ def int4_runs_linear_op(
         try:
             return _launch(x, packed, scales_zeros, bias, group_size=group_size)
         except Exception as e:  # Triton too old, an odd GPU: PyTorch from now on
-            _broken.record(e)
+            give_up(_broken, e, kernel="INT4 kernels", instead="INT4 layers dequantize in PyTorch")
     weight = dequantize_runs(packed, scales_zeros, group_size=group_size, dtype=x.dtype)
     return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 

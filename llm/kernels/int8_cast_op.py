@@ -9,9 +9,9 @@ fails to compile or launch falls back to ``Tensor.to`` for good, with one warnin
 
 import torch
 
-from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, give_up
 
-_broken = GiveUp("int8 cast kernel", instead="using Tensor.to")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def int8_cast_applies(weight: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -34,5 +34,5 @@ def int8_weight_as(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
             return launch_int8_cast(weight, dtype)
         except Exception as e:  # Triton too old, an odd GPU: Tensor.to from now on
-            _broken.record(e)
+            give_up(_broken, e, kernel="int8 cast kernel", instead="using Tensor.to")
     return weight.to(dtype)

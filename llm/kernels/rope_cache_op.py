@@ -10,9 +10,9 @@ back to PyTorch for good, with one warning (as ``gemv_op`` and ``decode_attentio
 
 import torch
 
-from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, give_up
 
-_broken = GiveUp("rotary + cache write", instead="using PyTorch")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def rope_applies(qkv: torch.Tensor, cos: torch.Tensor, k_cache: torch.Tensor) -> bool:
@@ -83,7 +83,7 @@ def rope_cache_write_op(
 
             return launch_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
         except Exception as e:  # Triton too old, a shape the GPU cannot run: PyTorch from now on
-            _broken.record(e)
+            give_up(_broken, e, kernel="rotary + cache write", instead="using PyTorch")
     return reference_rope_cache_write(qkv, cos, sin, slot, k_cache, v_cache, length, heads, positions)
 
 

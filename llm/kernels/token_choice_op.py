@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, GiveUp
+from llm.kernels.give_up import INTERPRET, TRITON_AVAILABLE, give_up
 
 MAX_TOP_K = 128  # llm.kernels.token_top_k's limit (that module imports Triton: not imported here)
 
-_broken = GiveUp("token choice", instead="using PyTorch")
+_broken: list[str] = []  # why the kernel was given up (llm.kernels.give_up)
 
 
 def token_kernels_apply(logits: torch.Tensor, eos: torch.Tensor) -> bool:
@@ -68,5 +68,5 @@ def _launched(module: str, launch: str, *args: Any, **kwargs: Any) -> bool:
         getattr(import_module(f"llm.kernels.{module}"), launch)(*args, **kwargs)
         return True
     except Exception as e:
-        _broken.record(e)
+        give_up(_broken, e, kernel="token choice", instead="using PyTorch")
         return False
