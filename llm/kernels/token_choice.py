@@ -88,6 +88,14 @@ def _pick_token(
     where = tl.load(where_ptr + row * CHUNKS + c, mask=ok, other=NONE)
     _, first_chunk = _first_maximum(best, c, ok)
     token = tl.sum(tl.where(c == first_chunk, where, 0), axis=0)
+    _write_token(token_ptr, seen_ptr, cur_ptr, row, token, stride_t, stride_s, PENALTY, ADVANCE)
+
+
+@triton.jit
+def _write_token(token_ptr, seen_ptr, cur_ptr, row, token, stride_t, stride_s, PENALTY: tl.constexpr,
+                 ADVANCE: tl.constexpr):
+    """A step's ending for one row: its token into the graph's ``(B, 1)`` buffer, marked seen for the
+    penalty, and (row 0 only) the cache slot ``cur`` moved on by one."""
     tl.store(token_ptr + row * stride_t, token.to(tl.int64))
     if PENALTY:
         tl.store(seen_ptr + row * stride_s + token, 1)

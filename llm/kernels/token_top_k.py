@@ -16,7 +16,7 @@ largest of each chunk of it, so:
   from the masses of those more probable, computed pairwise over the ``KEEP`` (ties kept whole,
   as ``token_sampling`` keeps them); then the exponential race (``x - log E`` over PyTorch's own
   ``Exp(1)`` noise, as ``choose_tokens`` races ``p / E``) over the candidates kept, and the token
-  written, marked seen and the slot moved on (``token_choice._pick_token``'s ending).
+  written, marked seen and the slot moved on (``token_choice._write_token``, as ``_pick_token`` ends).
 
 Every token above top-k's edge is a candidate (fewer than k of them exist, so fewer than ``KEEP``
 in any chunk); tokens equal to the edge may not be, where a chunk had more of them than it kept:
@@ -34,7 +34,7 @@ import triton.language as tl
 
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
-from llm.kernels.token_choice import _penalised_logits
+from llm.kernels.token_choice import _penalised_logits, _write_token
 from llm.kernels.token_choice_op import MAX_TOP_K
 
 MAX_CHUNKS = 32  # programs per row in the first launch: the second takes the top of MAX_CHUNKS * KEEP keys
@@ -173,12 +173,7 @@ def _sample_candidates(
     else:
         _, best, token = _scan_ties(x_ptr, noise_ptr, row, V, stride_n, edge, top, True, threshold)
     token = tl.where(token == LOW, 0, token)  # an all -inf row: the first index, as the reference's NaN softmax
-    tl.store(token_ptr + row * stride_t, token.to(tl.int64))
-    if PENALTY:
-        tl.store(seen_ptr + row * stride_s + token, 1)
-    if ADVANCE:
-        if row == 0:
-            tl.store(cur_ptr, tl.load(cur_ptr) + 1)
+    _write_token(token_ptr, seen_ptr, cur_ptr, row, token, stride_t, stride_s, PENALTY, ADVANCE)
 
 
 def launch_top_k_choice(
