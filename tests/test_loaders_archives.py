@@ -1095,3 +1095,21 @@ def test_a_damaged_stored_member_of_a_rar4_set_is_refused_not_built_garbled(tmp_
     (tmp_path / "into2").mkdir()
     with pytest.raises(DocumentLoadError, match=r"^资料.part1.rar is a damaged RAR archive \(制度/请假.txt: its bytes"):
         unpack_documents(parts[0], tmp_path / "into2", volumes=parts[1:])
+
+
+def test_a_zip64_end_record_with_its_disk_fields_at_0xffff_is_not_a_split_piece(tmp_path: Path) -> None:
+    """A ZIP64 writer may set the end record's disk numbers to 0xFFFF ("see the ZIP64 record"): read
+    as "a disk after the first", a whole archive would be refused as a piece of a split ZIP."""
+    from kb.loaders.archive_ends import split_zip_piece
+
+    path = tmp_path / "资料.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.txt", "曹操")
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 4:end + 8] = b"\xff\xff\xff\xff"  # this disk, the directory's disk
+    path.write_bytes(bytes(data))
+    assert split_zip_piece(path) is None
+    data[end + 4:end + 6] = b"\x02\x00"  # the third piece of a zip -s set
+    path.write_bytes(bytes(data))
+    assert split_zip_piece(path) is not None

@@ -69,12 +69,13 @@ def split_zip_piece(path: Path, *, shown: str | None = None) -> str | None:
 
 
 def _is_split_zip_piece(path: Path) -> bool:
-    """By its bytes, the last piece (``book.zip``): its end record names a disk after the first; the first
+    """By its bytes, the last piece (``book.zip``): its end record names a disk after the first (not 0xFFFF,
+    which a ZIP64 writer may put there for "in the ZIP64 record": a whole archive); the first
     (``book.z01``): the split marker, and no end record (a ZIP that zip -s wrote in one piece starts with the
     marker too, and is whole). By its name, a middle one (``book.z02``): beside its ``book.zip``."""
     tail = _tail([path])
     if (end := _zip_end(tail)) is not None:
-        return int.from_bytes(tail[end + 4:end + 6], "little") > 0  # the number of this disk, from 0
+        return 0 < _le(tail[end + 4:end + 6]) < 0xFFFF  # this disk's number, from 0; 0xFFFF: see ZIP64's record
     if _head(path).startswith(_SPLIT_MARKS):
         return True
     return bool(_ZIP_PIECE.match(path.name)) and any(path.with_suffix(s).is_file() for s in (".zip", ".ZIP"))
