@@ -1113,3 +1113,18 @@ def test_a_zip64_end_record_with_its_disk_fields_at_0xffff_is_not_a_split_piece(
     data[end + 4:end + 6] = b"\x02\x00"  # the third piece of a zip -s set
     path.write_bytes(bytes(data))
     assert split_zip_piece(path) is not None
+
+
+def test_only_a_zip_or_a_zip_s_piece_has_its_tail_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """5219435 read the last 64 KB of every document ``detect_format`` was given, to look for a split
+    ZIP's end record; a file neither named as a ZIP piece nor starting with the split marker is not
+    one, and is told so from its name and first bytes."""
+    import kb.loaders.archive_ends as archive_ends
+
+    def no_tail(pieces: object, **kwargs: object) -> bytes:
+        raise AssertionError("tail read")
+
+    text = tmp_path / "三国.txt"
+    text.write_text("曹操" * 50000, encoding="utf-8")
+    monkeypatch.setattr(archive_ends, "_tail", no_tail)
+    assert archive_ends.split_zip_piece(text) is None

@@ -60,25 +60,28 @@ def cut_short(pieces: Sequence[Path]) -> bool:
 def split_zip_piece(path: Path, *, shown: str | None = None) -> str | None:
     """What ``path`` is, where it is one piece of a ZIP that ``zip -s`` split, and how to join it: a phrase for a
     one-line refusal (``shown``: the name it goes by, else its file name); None for anything else."""
-    if not _is_split_zip_piece(path):
-        return None
     name = PurePosixPath(shown or path.name).name
+    if not _is_split_zip_piece(path, name=name):
+        return None
     stem = name.rsplit(".", 1)[0]
     return (f"one piece of a split ZIP ({stem}.z01, {stem}.z02, ..., {stem}.zip), which glmkb does not read: join "
             f"the pieces into one ZIP first (zip -s 0 {stem}.zip --out {stem}-whole.zip, or 7-Zip) and give that")
 
 
-def _is_split_zip_piece(path: Path) -> bool:
+def _is_split_zip_piece(path: Path, *, name: str) -> bool:
     """By its bytes, the last piece (``book.zip``): its end record names a disk after the first (not 0xFFFF,
     which a ZIP64 writer may put there for "in the ZIP64 record": a whole archive); the first
     (``book.z01``): the split marker, and no end record (a ZIP that zip -s wrote in one piece starts with the
-    marker too, and is whole). By its name, a middle one (``book.z02``): beside its ``book.zip``."""
+    marker too, and is whole). By its name, a middle one (``book.z02``): beside its ``book.zip``. Any other
+    file is none, by its name and first bytes alone: every document ``sniff.detect_format`` is given asks."""
+    split_mark = _head(path).startswith(_SPLIT_MARKS)
+    middle = bool(_ZIP_PIECE.match(name))
+    if not (split_mark or middle or name.lower().endswith(".zip")):
+        return False
     tail = _tail([path])
     if (end := _zip_end(tail)) is not None:
         return 0 < _le(tail[end + 4:end + 6]) < 0xFFFF  # this disk's number, from 0; 0xFFFF: see ZIP64's record
-    if _head(path).startswith(_SPLIT_MARKS):
-        return True
-    return bool(_ZIP_PIECE.match(path.name)) and any(path.with_suffix(s).is_file() for s in (".zip", ".ZIP"))
+    return split_mark or (middle and any(path.with_suffix(s).is_file() for s in (".zip", ".ZIP")))
 
 
 def _head(path: Path, *, size: int = 32) -> bytes:
