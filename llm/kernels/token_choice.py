@@ -59,17 +59,27 @@ def _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row
 
 
 @triton.jit
-def _chunk_best(
-    logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, best_ptr, where_ptr, V, CHUNKS, stride_l, stride_s,
-    PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
-):
-    wait_for_inputs(PDL)
+def _chunk_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, V, stride_l, stride_s,
+                  PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's chunk of its row (program ids: row, chunk of ``BLOCK`` columns): (row, chunk,
+    columns, in range, ``_penalised_logits``); every token-choice kernel's first step."""
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     ok = cols < V
     v = _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row, cols, ok, stride_l, stride_s,
                           PENALTY, EOS)
+    return row, chunk, cols, ok, v
+
+
+@triton.jit
+def _chunk_best(
+    logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, best_ptr, where_ptr, V, CHUNKS, stride_l, stride_s,
+    PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+):
+    wait_for_inputs(PDL)
+    row, chunk, cols, ok, v = _chunk_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, V, stride_l,
+                                            stride_s, PENALTY, EOS, BLOCK)
     best, first = _first_maximum(v, cols, ok)
     tl.store(best_ptr + row * CHUNKS + chunk, best)
     tl.store(where_ptr + row * CHUNKS + chunk, first)

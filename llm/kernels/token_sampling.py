@@ -36,7 +36,7 @@ import triton.language as tl
 
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
-from llm.kernels.token_choice import _first_maximum, _penalised_logits, _pick_token
+from llm.kernels.token_choice import _chunk_logits, _first_maximum, _pick_token
 
 BLOCK = 1024  # columns per program: 64 chunks of a 65,024-token vocabulary
 LEVEL_BITS = (7, 6, 6, 6, 6)  # d's 31 value bits (sign excluded), from the top
@@ -47,23 +47,29 @@ NOISE_FLOOR = tl.constexpr(1e-10)  # choose_tokens clamps its exponential noise 
 
 
 @triton.jit
+def _scaled_chunk(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, temperature_ptr, x_ptr, V, stride_l, stride_s,
+                  PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr):
+    """``_chunk_logits`` with the temperature after the penalty and eos suppression (``choose_tokens``'
+    order), NaN counted as ``-inf`` and ``-0.0`` as ``0.0`` (one value), stored into the sampled
+    kernels' scaled row ``x``: (row, chunk, columns, in range, values)."""
+    row, chunk, cols, ok, v = _chunk_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, V, stride_l,
+                                            stride_s, PENALTY, EOS, BLOCK)
+    v = v / tl.load(temperature_ptr)
+    v = tl.where(v != v, -float("inf"), tl.where(v == 0, 0.0, v))
+    tl.store(x_ptr + row * V + cols, v, mask=ok)
+    return row, chunk, cols, ok, v
+
+
+@triton.jit
 def _scaled_maxima(
     logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, temperature_ptr, x_ptr, max_ptr,
     V, CHUNKS, stride_l, stride_s,
     PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Penalty, eos suppression and temperature (``choose_tokens``' order) into ``x``, and each
-    chunk's maximum. NaN logits count as ``-inf``."""
+    """The scaled row into ``x`` (``_scaled_chunk``) and each chunk's maximum."""
     wait_for_inputs(PDL)
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
-    cols = chunk * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < V
-    v = _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row, cols, ok, stride_l, stride_s,
-                          PENALTY, EOS)
-    v = v / tl.load(temperature_ptr)
-    v = tl.where(v != v, -float("inf"), v)
-    tl.store(x_ptr + row * V + cols, v, mask=ok)
+    row, chunk, cols, ok, v = _scaled_chunk(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, temperature_ptr,
+                                            x_ptr, V, stride_l, stride_s, PENALTY, EOS, BLOCK)
     tl.store(max_ptr + row * CHUNKS + chunk, tl.max(v, axis=0))
 
 

@@ -4,8 +4,8 @@
 of one launch each; on an H100 (run 30, 65,024 tokens, ``bench.token_choice``) top-k 50 + top-p
 0.8 took 170.1 us a step against PyTorch's 220.9, and at 16 rows 860.4 against 424.5: each level
 walks the whole row again. A small top-k needs far less: this module's two launches took 35.4 us
-(16 rows: 51.6), and sampled decode gained 3.7 % (bf16) to 8.0 % (INT4) tok/s. The k largest values of a row are among the k
-largest of each chunk of it, so:
+(16 rows: 51.6), and sampled decode gained 3.7 % (bf16) to 8.0 % (INT4) tok/s. The k largest
+values of a row are among the k largest of each chunk of it, so:
 
 - ``_chunk_candidates`` (one program per row and ``BLOCK`` columns) applies penalty, eos
   suppression and temperature (``choose_tokens``' order), stores the scaled row, and keeps its
@@ -34,8 +34,9 @@ import triton.language as tl
 
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
-from llm.kernels.token_choice import _penalised_logits, _write_token
+from llm.kernels.token_choice import _write_token
 from llm.kernels.token_choice_op import MAX_TOP_K
+from llm.kernels.token_sampling import _scaled_chunk
 
 MAX_CHUNKS = 32  # programs per row in the first launch: the second takes the top of MAX_CHUNKS * KEEP keys
 MIN_BLOCK = 1024  # columns per program at least: a small vocabulary in a few programs
@@ -84,18 +85,11 @@ def _chunk_candidates(
     PENALTY: tl.constexpr, EOS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr, HAS_TOPK: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """The scaled row into ``x`` and this chunk's ``KEEP`` largest keys into ``cand``. NaN logits
-    count as ``-inf``, ``-0.0`` as ``0.0`` (equal values, one key)."""
+    """The scaled row into ``x`` (``token_sampling._scaled_chunk``) and this chunk's ``KEEP`` largest
+    keys into ``cand``."""
     wait_for_inputs(PDL)
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
-    cols = chunk * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < V
-    v = _penalised_logits(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, row, cols, ok, stride_l, stride_s,
-                          PENALTY, EOS)
-    v = v / tl.load(temperature_ptr)
-    v = tl.where(v != v, -float("inf"), tl.where(v == 0, 0.0, v))
-    tl.store(x_ptr + row * V + cols, v, mask=ok)
+    row, chunk, cols, ok, v = _scaled_chunk(logits_ptr, seen_ptr, penalty_ptr, eos_ptr, allow_ptr, temperature_ptr,
+                                            x_ptr, V, stride_l, stride_s, PENALTY, EOS, BLOCK)
     keys = tl.where(ok, _key(v, cols), NO_KEY)
     tl.store(cand_ptr + (row * CHUNKS + chunk) * KEEP + tl.arange(0, KEEP), _largest(keys, KEEP, BLOCK, HAS_TOPK))
 
