@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zipfile
 from pathlib import Path
 
@@ -959,23 +960,114 @@ def test_a_split_rar_missing_its_last_piece_is_one_line_naming_it(
     assert not (tmp_path / "kbs" / "split").exists()
 
 
+def _rar4_headers_locked(path: Path) -> bytes:
+    """The bytes of a RAR 4 archive whose block headers are encrypted (WinRAR -hp), as far as they matter here:
+    the main header flagged so, and the end block as encrypted bytes (no end block to be seen)."""
+    import zlib
+
+    data = bytearray(_rar4(path, {"a.txt": LEAVE.encode() * 20}).read_bytes())
+    data[10:12] = (0x0080).to_bytes(2, "little")  # the main header's flags: block headers encrypted
+    data[7:9] = (zlib.crc32(bytes(data[9:20])) & 0xFFFF).to_bytes(2, "little")
+    data[-7:] = bytes(range(1, 8))
+    return bytes(data)
+
+
 @needs_libarchive
 def test_a_split_rar_whose_headers_are_encrypted_is_refused_as_locked(tmp_path: Path) -> None:
     """A RAR whose headers are encrypted (WinRAR -hp) has its end block encrypted too: its pieces are
     not judged by it (not "a piece is missing"), and the set is refused as password-protected."""
-    import zlib
-
     from kb.loaders.folders import expand_documents
 
-    data = bytearray(_rar4(tmp_path / "whole.rar", {"a.txt": LEAVE.encode() * 20}).read_bytes())
-    data[10:12] = (0x0080).to_bytes(2, "little")  # the main header's flags: block headers encrypted
-    data[7:9] = (zlib.crc32(bytes(data[9:20])) & 0xFFFF).to_bytes(2, "little")
-    data[-7:] = bytes(range(1, 8))  # the end block as encrypted bytes: no end block to be seen
+    data = _rar4_headers_locked(tmp_path / "whole.rar")
     pieces = [tmp_path / "锁.rar.001", tmp_path / "锁.rar.002"]
     pieces[0].write_bytes(data[:100])
     pieces[1].write_bytes(data[100:])
     with pytest.raises(DocumentLoadError, match=r"^锁.rar.001 is password-protected; save or unpack it without"):
         expand_documents([pieces[0]], source=str, unpack_into=tmp_path / "into")
+
+
+@needs_libarchive
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_single_rar_cut_where_a_member_starts_is_refused_not_built_partially(
+        version: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a single RAR cut short exactly where a member starts (a partial download) built a knowledge
+    base from the members before the cut, without a word: libarchive reads a RAR's blocks one after another and
+    took the cut for the archive's end (资料.rar of 请假.txt and 出差.txt built 请假.txt alone). Only split sets
+    were checked for the RAR's end record (RAR 4's end block, RAR 5's end of archive header); a single RAR is
+    too now: one line, exit code 2, named and skipped inside another archive. The whole archive builds."""
+    write = _rar4 if version == 4 else _rar5
+    archive = tmp_path / "资料.rar"
+    first = {"制度/请假.txt": LEAVE.encode() * 20}
+    members = {**first, "制度/出差.txt": TRAVEL.encode() * 20}
+    start = len(write(archive, first).read_bytes()) - (7 if version == 4 else 8)  # where the next block starts
+    whole = write(archive, members).read_bytes()
+    (tmp_path / "whole").mkdir()
+    found = unpack_documents(archive, tmp_path / "whole")
+    assert {inside: file.read_bytes() for file, inside in found.files} == members
+    archive.write_bytes(whole[:start])
+    cut = "资料.rar is a damaged RAR archive (cut short: it does not end with the RAR end record"
+    unread = _refused_alone_and_named_inside(tmp_path, archive, "^" + re.escape(cut))
+    assert unread.startswith(cut)
+    kb = ["--kb", "cut", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(archive), *kb]) == 2
+    assert capsys.readouterr().err.startswith(f"ingest: error: {cut}")
+    assert not (tmp_path / "kbs" / "cut").exists()
+
+
+@needs_libarchive
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_single_rar_whose_headers_are_encrypted_is_refused_as_locked_not_as_cut(
+        version: int, tmp_path: Path) -> None:
+    """Guard for the check above: a RAR whose headers are encrypted (WinRAR -hp) hides its end record too; it is
+    left to the reader, which refuses it as password-protected, not as cut short."""
+    import struct
+    import zlib
+
+    archive = tmp_path / "锁.rar"
+    if version == 4:
+        archive.write_bytes(_rar4_headers_locked(archive))
+    else:  # the signature, then an archive encryption header (type 4: version 0, no flags, KDF count, salt)
+        rest = bytes([4, 0, 0, 0, 15]) + bytes(16)
+        header = struct.pack("<I", zlib.crc32(bytes([len(rest)]) + rest)) + bytes([len(rest)]) + rest
+        archive.write_bytes(b"Rar!\x1a\x07\x01\x00" + header + bytes(range(1, 60)))
+    (tmp_path / "into").mkdir()
+    with pytest.raises(DocumentLoadError, match=r"^锁.rar is password-protected; save or unpack it without"):
+        unpack_documents(archive, tmp_path / "into")
+
+
+@pytest.mark.parametrize("cut", ["where a member starts", "inside a member's header", "at a damaged header"])
+def test_a_plain_tar_cut_where_a_member_starts_is_refused_not_built_partially(
+        cut: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: Python's tarfile takes the end of the file where a member's header would start, a header cut
+    short, or one it cannot read, for the end of the archive, so a plain .tar cut there (a partial download)
+    built from the members before it, without a word. Tar writers end an archive with zero blocks (POSIX: two;
+    GNU tar, bsdtar, 7-Zip, busybox and tarfile write them, padded or not to a 10240-byte record): a plain tar
+    whose last member read is not followed by one is refused in one line now (exit code 2). A whole tar builds,
+    and so does one that ends after a single zero block (nothing is missing). A compressed tar cut short is
+    refused by its decompressor, as before."""
+    import tarfile
+
+    members = {"制度/请假.txt": LEAVE.encode() * 20, "制度/出差.txt": TRAVEL.encode() * 20, "说明.md": b"# x\n"}
+    archive = write_tar(tmp_path / "资料.tar", members, mode="w")
+    with tarfile.open(archive) as opened:
+        second, end = opened.getmembers()[1].offset, opened.offset  # opened.offset: where the zero blocks start
+    whole = archive.read_bytes()
+    (tmp_path / "whole").mkdir()
+    assert len(unpack_documents(archive, tmp_path / "whole").files) == 3
+    archive.write_bytes(whole[:end + 512])  # one zero block, then the end of the file
+    (tmp_path / "lone").mkdir()
+    assert len(unpack_documents(archive, tmp_path / "lone").files) == 3
+    data = {"where a member starts": whole[:second], "inside a member's header": whole[:second + 100],
+            "at a damaged header": whole[:second + 148] + b"x" + whole[second + 149:]}[cut]  # its checksum
+    archive.write_bytes(data)
+    refused = ("资料.tar is a damaged tar archive (cut short, or damaged, after 制度/请假.txt: no end-of-archive "
+               "block follows it")
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(DocumentLoadError, match="^" + re.escape(refused)):
+        unpack_documents(archive, tmp_path / "cut")
+    kb = ["--kb", "cut", "--kb-root", str(tmp_path / "kbs"), "--embedding", "none", "-q"]
+    assert main(["build", str(archive), *kb]) == 2
+    assert capsys.readouterr().err.startswith(f"ingest: error: {refused}")
 
 
 def _zip_s(folder: Path, members: dict[str, bytes]) -> list[Path]:

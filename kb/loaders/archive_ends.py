@@ -2,8 +2,9 @@
 
 libarchive reads a ZIP's members from their local headers and a RAR's blocks one after another, so an
 archive cut short where a member starts reads as a whole, smaller archive, without an error: a split ZIP or
-RAR (``资料.zip.001``, ``资料.rar.001``, ...) missing its last piece would build a partial knowledge base.
-Each ends with a record of its own, which tells (``cut_short``):
+RAR (``资料.zip.001``, ``资料.rar.001``, ...) missing its last piece, or a single RAR cut short (a partial
+download), would build a partial knowledge base. Each ends with a record of its own, which tells
+(``cut_short``):
 
 - ZIP: the end of central directory record, ``PK\\x05\\x06``, 22 bytes, then a comment of the length its
   last field says (up to 65535 bytes).
@@ -13,6 +14,10 @@ Each ends with a record of its own, which tells (``cut_short``):
 - RAR 5.0 (signature ``Rar!\\x1a\\x07\\x01\\x00``): the end of archive header, CRC32 (4) of the rest, the
   header size (a vint: 7 bits a byte, low first, the high bit set on all but the last), then the type (a
   vint) 5, header flags and end of archive flags (vints): 8 bytes as WinRAR writes it.
+
+Python's tarfile, likewise, takes the end of a plain tar's file where a member's header would start (or a
+header cut short, or one it cannot read) for the archive's end; a tar's members are followed by zero blocks,
+the end-of-archive marker (``tar_cut_short``).
 
 The same record tells a piece of a ZIP that ``zip -s`` split (``book.z01``, ``book.z02``, ..., ``book.zip``:
 pieces with disk numbers, which neither zipfile nor libarchive joins) from a whole ZIP (``split_zip_piece``).
@@ -38,15 +43,17 @@ _RAR4_HEADERS_LOCKED = 0x0080  # the main header's MHD_PASSWORD (WinRAR -hp): ev
 _RAR5_END = b"\x05"  # the type of the end of archive header
 _RAR5_LOCKED = 4  # an archive encryption header (-hp) right after the signature: every header after it encrypted
 _ZIP_PIECE = re.compile(r"^.+\.z\d{2,}$", re.IGNORECASE)  # zip -s: book.z01, book.z02, ..., and book.zip last
+_TAR_BLOCK = 512
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz (a compressed tar: its decompressor tells)
 
 
 def cut_short(pieces: Sequence[Path]) -> bool:
-    """Whether ``pieces``, an archive's bytes one after another, are a ZIP or a RAR (by its first bytes, as it is
-    read) that does not end with its own end record: cut short, a piece at least missing, and libarchive would build
-    from the members before the cut. A RAR with no end block at all is refused too: only very old WinRAR wrote
-    those, on request (``-en``). Other formats are left to the reader (a 7z's header is at its end, so a cut 7z
-    cannot be read), and so is a RAR with encrypted headers, whose end record cannot be read here (the reader
-    refuses it as password-protected)."""
+    """Whether ``pieces``, an archive's bytes one after another (a split set's pieces, or one archive), are a ZIP or
+    a RAR (by its first bytes, as it is read) that does not end with its own end record: cut short (a piece missing,
+    a partial download), and libarchive would build from the members before the cut. A RAR with no end block at all
+    is refused too: only very old WinRAR wrote those, on request (``-en``). Other formats are left to the reader (a
+    7z's header is at its end, so a cut 7z cannot be read), and so is a RAR with encrypted headers, whose end record
+    cannot be read here (the reader refuses it as password-protected)."""
     head = _head(pieces[0])
     if head.startswith(ZIP_STARTS):
         return _zip_end(_tail(pieces)) is None
@@ -55,6 +62,20 @@ def cut_short(pieces: Sequence[Path]) -> bool:
     if head.startswith(_RAR5_START) and not _rar5_headers_locked(head):
         return _end_record(_tail(pieces), _RAR5_END, _rar5_end_fits) is None
     return False
+
+
+def tar_cut_short(path: Path, *, members_end: int) -> bool:
+    """Whether the plain (uncompressed) tar at ``path``, whose members end at byte ``members_end`` (where tarfile
+    stopped reading headers: its ``offset``), is not followed there by a zero block, the end-of-archive marker
+    (POSIX asks for two; GNU tar, bsdtar, 7-Zip, busybox and tarfile write them, padded or not to a 10240-byte
+    record; one is enough to tell that nothing is missing): cut short where a member starts or inside its header,
+    or damaged there, and tarfile would build from the members before. A compressed tar is left to its
+    decompressor, which fails on a cut stream."""
+    if _head(path).startswith(_COMPRESSED):
+        return False
+    with path.open("rb") as file:
+        file.seek(members_end)
+        return file.read(_TAR_BLOCK) != bytes(_TAR_BLOCK)
 
 
 def split_zip_piece(path: Path, *, shown: str | None = None) -> str | None:

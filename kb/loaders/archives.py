@@ -21,6 +21,9 @@
   inner archive's path (``资料.zip/2023.zip/制度/请假.txt``). The zip-bomb limits count every level
   together; a damaged, locked or empty archive inside is named with why (``unread``), and the rest
   still builds.
+- An archive cut short where a member starts (a partial download), which its reader would take
+  for a whole, smaller one, is refused: a RAR or plain tar without its end record after the
+  members (:mod:`kb.loaders.archive_ends`; a set of volumes: :mod:`kb.loaders.volumes`).
 - Which reader an archive gets is decided by its bytes (:func:`kb.loaders.sniff.archive_kind`),
   not its name: a ZIP renamed 资料.rar is read as a ZIP.
 
@@ -45,7 +48,7 @@ from typing import Any
 
 from configs.errors import one_line
 from kb.errors import DocumentLoadError
-from kb.loaders.archive_ends import split_zip_piece
+from kb.loaders.archive_ends import cut_short, split_zip_piece, tar_cut_short
 from kb.loaders.libarchive_warnings import ChecksumMismatch, watched
 from kb.loaders.rar4_crc import Member, file_members, set_members
 from kb.loaders.volumes import gather_volumes, may_be_a_volume
@@ -66,6 +69,8 @@ from kb.loaders.sniff import (
 )
 
 UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
+# What to do with an archive cut short (``kb.loaders.archive_ends``: no end record after its members).
+_GET_IT_WHOLE = "a partial download? get the whole file again, or unpack it and give the folder"
 MAX_NESTING = 3  # archives inside archives, below the one given: deeper ones are skipped and named
 
 
@@ -226,9 +231,11 @@ def _unpack_zip(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
 def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> None:
     """``_unpack_one`` of a tar archive: each regular file checked against the limits as the
     stream reaches it, then copied out."""
+    last = None
     try:
         with tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape") as archive:
             for number, info in enumerate(archive):
+                last = info
                 state.count(members=1, total=info.size if info.isfile() else 0)
                 if not info.isfile():
                     continue
@@ -236,6 +243,11 @@ def _unpack_tar(path: Path, into: Path, state: _Unpacking, *, prefix: str) -> No
                 if target is not None:
                     with archive.extractfile(info) as member, target.open("wb") as out:  # type: ignore[union-attr]
                         shutil.copyfileobj(member, out)
+            members_end = archive.offset
+        if last is not None and tar_cut_short(path, members_end=members_end):
+            raise DocumentLoadError(f"{_shown(path, prefix)} is a damaged tar archive (cut short, or damaged, after "
+                                    f"{tar_member_name(last)}: no end-of-archive block follows it, so the members "
+                                    f"after it are missing; {_GET_IT_WHOLE})")
     except DAMAGED_TAR as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise  # the disk (full, not writable), not the archive: decompressors' errors carry no errno
@@ -248,6 +260,9 @@ def _unpack_libarchive(path: Path, into: Path, state: _Unpacking, *, kind: str, 
     volumes of any of them or of a ZIP), through libarchive: regular files only, the limits checked
     on the bytes as they stream out (a header's declared size is not trusted)."""
     shown = _shown(path, prefix)
+    if volumes is None and cut_short([path]):  # a set's pieces are checked as a whole (kb.loaders.volumes)
+        raise DocumentLoadError(f"{shown} is a damaged {kind} archive (cut short: it does not end with the {kind} "
+                                f"end record, so the members after the cut are missing; {_GET_IT_WHOLE})")
     libarchive = _libarchive(shown, kind)
     headers = None if kind != "RAR" else file_members(path) if volumes is None else set_members([path, *volumes])
     try:
