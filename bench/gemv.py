@@ -107,13 +107,16 @@ def copies_for(size: int) -> int:
 class Weights:
     """The copies of one shape's weight in each storage kind, built on first use."""
 
-    def __init__(self, n: int, k: int, *, device: str, dtype: torch.dtype) -> None:
-        self.n, self.k, self.device, self.dtype = n, k, device, dtype
+    def __init__(self, n: int, k: int, *, device: str, dtype: torch.dtype, resident: bool = False) -> None:
+        self.n, self.k, self.device, self.dtype, self.resident = n, k, device, dtype, resident
         self._made: dict[str, list[Any]] = {}
 
     def get(self, kind: str) -> list[Any]:
+        """The copies, cycled by the timed calls; one alone with ``resident`` (it stays in L2 if it fits:
+        what a kernel costs when bytes are not what bounds it)."""
         if kind not in self._made:
-            self._made[kind] = self._make(kind)
+            made = self._make(kind)
+            self._made[kind] = made[:1] if self.resident else made
         return self._made[kind]
 
     def _make(self, kind: str) -> list[Any]:

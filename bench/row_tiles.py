@@ -109,6 +109,39 @@ def sweep_int4_dot(w: Weights, x: torch.Tensor, *, device: str) -> dict[str, Any
     return {**out, "max_rel_err": errors}  # a dict: ``best`` looks at the float entries only
 
 
+def sweep_int4_mma(w: Weights, x: torch.Tensor, *, device: str) -> dict[str, Any]:
+    """The ``mma.sync`` probe (``bench.int4_mma_gemv``) over its tiles, each checked against the row
+    kernel's product first (``max_rel_err``; a layout Triton assigned otherwise shows here as garbage)."""
+    from bench.int4_mma_gemv import TILES, from_runs, launch_int4_mma_gemv
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+
+    layers = w.get("int4triton")
+    if layers[0].kernel != "triton":
+        return {"skipped": f"the layer is in its {layers[0].kernel!r} form"}
+    if device != "cuda":
+        return {"skipped": "mma.sync runs on CUDA only (no interpreter form)"}
+    first = layers[0]
+    reference = launch_int4_runs_row(x, first.weight, first.scales_zeros, None, group_size=128).float()
+    forms = [from_runs(layer.weight, layer.scales_zeros) for layer in layers]
+    scratch, out, errors = torch.empty((1, w.n), dtype=x.dtype, device=device), {}, {}
+    for chains, unroll, warps in TILES:
+        name = f"({chains} x 16 rows, {unroll} chunks, {warps} warps)"
+
+        def call(i: int, t: tuple[int, int, int] = (chains, unroll, warps)) -> Any:
+            packed, sz = forms[i % len(forms)]
+            return launch_int4_mma_gemv(x, packed, sz, n=w.n, k=w.k, group_size=128, chains=t[0], unroll=t[1],
+                                        num_warps=t[2], out=scratch)
+
+        try:
+            err = ((call(0).float() - reference).abs().max() / reference.abs().max()).item()
+        except Exception as e:  # a tile that does not fit this shape
+            out[name] = f"error: {type(e).__name__}: {str(e)[:200]}"
+            continue
+        out[name] = _timed(call, device=device) if err < 2e-2 else f"error: max_rel_err {err:.3g}"
+        errors[name] = err
+    return {**out, "max_rel_err": errors}
+
+
 def _timed(call: Any, *, device: str) -> float | str:
     try:
         return time_calls(call, device=device) * 1e6
@@ -130,16 +163,20 @@ def best(times: dict[str, Any]) -> tuple[str, float] | None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated among {', '.join(SHAPES)}")
-    p.add_argument("--kinds", nargs="+", default=["int8", "int4"], choices=("int8", "int4", "int4dot", "gemlite4"),
+    p.add_argument("--kinds", nargs="+", default=["int8", "int4"],
+                   choices=("int8", "int4", "int4dot", "int4mma", "gemlite4"),
                    help="int4dot: the tensor-core probe (bench.int4_dot_gemv) on the INT4 weights; "
+                        "int4mma: the mma.sync probe fed from registers (bench.int4_mma_gemv); "
                         "gemlite4: gemlite's A16W4 layer (g128), its own autotuned choice")
+    p.add_argument("--resident", action="store_true",
+                   help="one weight copy, no cycling: L2-resident where it fits (the kernels' own ceiling)")
     p.add_argument("--int8-shapes", default="qkv,o_proj", help="shapes to sweep INT8 on (its others read 3.4-3.9 TB/s)")
     args = p.parse_args()
     device, dtype, shapes, bandwidth = shapes_setup(args)
     results, rows = {}, []
     with torch.inference_mode():
         for name, (n, k) in shapes.items():
-            w = Weights(n, k, device=device, dtype=dtype)
+            w = Weights(n, k, device=device, dtype=dtype, resident=args.resident)
             x = torch.randn(1, k, device=device, dtype=dtype)
             ws = w.get("bf16")
             entry: dict[str, Any] = {"N": n, "K": k, "cublas_bf16_us": _timed(
@@ -164,6 +201,8 @@ def main() -> None:
                     sweep = {"own choice": op_us}
                 elif kind == "int4dot":
                     sweep = sweep_int4_dot(w, x, device=device)
+                elif kind == "int4mma":
+                    sweep = sweep_int4_mma(w, x, device=device)
                 else:
                     sweep = (sweep_int8 if kind == "int8" else sweep_int4)(w, x, tiles, device=device)
                 size = weight_size(w.get(layer_kind)[0])
@@ -179,7 +218,7 @@ def main() -> None:
             del w
             if device == "cuda":
                 torch.cuda.empty_cache()
-    write_result(args.out, "row_tiles", {"bandwidth_copy": bandwidth, "results": results})
+    write_result(args.out, "row_tiles", {"bandwidth_copy": bandwidth, "resident": args.resident, "results": results})
     print_table("one-row GEMVs, wide tile grid", rows,
                 ("shape", "kind", "op us", "best tile", "best us", "TB/s", "bf16 cuBLAS us"))
 

@@ -60,6 +60,14 @@ def kernels() -> list[Case]:
         cases.append((f"int4 dot probe {block_n}x128", _int4_dot_gemv_kernel, {**int4, "out_ptr": "*fp32"},
                       {"GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_N": block_n, "BLOCK_K": 128, "SPLIT_K": 1,
                        "stride_wn": 2048, "stride_szn": 32}, warps, block_n * 128))
+    from bench.int4_mma_gemv import _int4_mma_gemv_kernel
+
+    for chains, unroll, warps, k in ((1, 2, 4, 4096), (1, 4, 4, 4096), (1, 8, 4, 13696)):  # the mma.sync probe
+        cases.append((f"int4 mma probe {chains}x16 rows x{unroll} K={k}", _int4_mma_gemv_kernel,
+                      {"x_ptr": "*i32", "w_ptr": "*i64", "sz_ptr": "*i32"},
+                      {"KC": k // 64, "CHUNKS_PER_GROUP": 2, "CHAINS": chains, "UNROLL": unroll, "WARPS": warps,
+                       "MODE": 0},
+                      warps, 2 * chains * unroll * 16 * 64 * warps))  # two steps a loop (ping-pong)
     for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (64, 128, 128, 8)):
         cases.append((f"int4 runs GEMM {block_m}x{block_n}x{block_k}", int4_gemm._int4_runs_gemm_kernel, int4,
                       {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": block_m,

@@ -349,3 +349,72 @@ def test_cuda_int4_triton_model_on_the_fast_path_equals_generate(tiny_glm_dir: P
     """The "triton" form through ``ChatGLM`` on the GPU: its layers, the captured decode step with
     fused q/k/v, generate's greedy tokens (as the tinygemm test in test_quantization_int4)."""
     assert_int4_model_on_the_fast_path_equals_generate(tiny_glm_dir, int4_kernel="triton", group_size=GROUP)
+
+
+def _mma_probe_emulated(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, *, n: int, k: int,
+                        group: int) -> torch.Tensor:
+    """``bench.int4_mma_gemv``'s arithmetic in float64, each lane's registers read as the PTX ISA defines
+    ``mma.m16n8k16``'s bf16 fragments (A: reg 0 row g cols 2c, 2c+1; reg 1 row g+8; regs 2, 3 the same at
+    cols + 8. B: reg 0 k = 2c, 2c+1; reg 1 k + 8, column g. C: c0 row g, c2 row g+8)."""
+    b = packed.view(n // 16, k // 64, 32, 2, 2, 4).transpose(2, 3).long()  # block, chunk, half, lane, word, byte
+    s = (sz & 0xFFFF).to(torch.int16).view(torch.bfloat16).double()  # [groups, N]
+    nz = (sz >> 16).to(torch.int16).view(torch.bfloat16).double()  # -(128 + z)
+    out = torch.zeros(n, dtype=torch.float64)
+    for block in range(n // 16):
+        for chunk in range(k // 64):
+            d = torch.zeros(16, dtype=torch.float64)
+            grp = chunk * 64 // group
+            for half in range(2):
+                for word in range(2):
+                    a, bm = torch.zeros(16, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+                    for lane in range(32):
+                        g, c = lane >> 2, lane & 3
+                        w32 = sum(int(b[block, chunk, half, lane, word, i]) << (8 * i) for i in range(4))
+                        fragment = ((g, 2 * c), (g + 8, 2 * c), (g, 2 * c + 8), (g + 8, 2 * c + 8))
+                        for reg, (row, col) in enumerate(fragment):
+                            bits = w32 >> (4 * reg)
+                            for pair, shift in enumerate((0, 16)):
+                                a[row, col + pair] = 128 + ((bits >> shift) & 15) + nz[grp, 16 * block + row]
+                        cols = chunk * 64 + 32 * half + 8 * c + 4 * word + torch.arange(4)
+                        bm[[2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9]] = x[0, cols].double()
+                    d += a @ bm
+            out[16 * block:16 * block + 16] += s[grp, 16 * block:16 * block + 16] * d
+    return out[None]
+
+
+@pytest.mark.parametrize("group", [64, 128])
+def test_mma_probe_layout_puts_each_weight_in_its_fragment(group: int) -> None:
+    """``bench.int4_mma_gemv``'s layout against float64: packed and unpacked back bit for bit, and its
+    bytes read through ``mma.sync``'s fragment definitions (emulated) give the dequantized product: the
+    layout a GPU run then times is the one the assembly needs."""
+    from bench.int4_mma_gemv import pack, pack_scales_zeros, unpack
+
+    n, k = 32, 256
+    q, scale, zero = quantized(n, k, group, seed=group)
+    assert torch.equal(unpack(pack(q), n=n, k=k), q)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = _mma_probe_emulated(x, pack(q), pack_scales_zeros(scale, zero), n=n, k=k, group=group)
+    ref = reference_linear(x.float(), q, scale.float(), zero.float(), group)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-12
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize(("n", "k", "group"), [(4608, 4096, 128), (4096, 13696, 128), (256, 448, 64)])
+def test_cuda_mma_probe_every_tile_equals_the_dequantized_product(n: int, k: int, group: int) -> None:
+    """``bench.int4_mma_gemv`` on the GPU: Triton's register layout is the one the assembly assumes
+    (any other gives garbage, not a small error), for each of its tiles, K's chunks not a multiple of
+    the warps included (448 = 7 chunks)."""
+    from bench.int4_mma_gemv import TILES, launch_int4_mma_gemv, pack, pack_scales_zeros
+
+    q, scale, zero = quantized(n, k, group, seed=n)
+    packed, sz = pack(q).cuda(), pack_scales_zeros(scale, zero).cuda()
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    ref = reference_linear(x.cpu().float(), q, scale.float(), zero.float(), group)
+    for chains, unroll, warps in TILES:
+        if n % (16 * chains):
+            continue
+        y = launch_int4_mma_gemv(x, packed, sz, n=n, k=k, group_size=group, chains=chains, unroll=unroll,
+                                 num_warps=warps)
+        err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
+        assert err < 4e-3, (chains, unroll, warps, err)  # the bf16 output's rounding
