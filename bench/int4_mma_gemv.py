@@ -6,9 +6,9 @@
 
 Why. glmkb's INT4 row kernel (``llm.kernels.int4_gemv``) spends 3.09 sm_90 instructions per weight and
 is bound by them, not by bytes: on an H100 it is as fast with its weight resident in L2 as from memory
-(gate_up's first half 12.3-13.2 us either way, run 31), and the H200's 1.4x bandwidth gives it 5 %
-(INT4 508 -> 532 tok/s) where bf16 gains 30 %: INT4 makes 2.21x bf16 on an H100 and 1.79x on the H200
-(target 2.2x). The ``tl.dot`` probe (``bench.int4_dot_gemv``) cut the instructions but paid a
+(gate_up's first half 12.3-12.8 us either way, run 31), and the H200's 1.4x bandwidth gave it 9 %
+(486.7 -> 532.3 tok/s, run 22) where bf16 gained 32 %: INT4 makes 2.21x bf16 on an H100 and 1.79x on
+the H200 (target 2.2x). The ``tl.dot`` probe (``bench.int4_dot_gemv``) cut the instructions but paid a
 shared-memory round trip and barriers every step (1.5-2.6x slower, run 22). Here each thread's weight
 bytes *are* its A fragments of ``mma.sync.m16n8k16`` (16 rows x 16 columns of K, bf16, float32 sums):
 the layout is written so that the thread a plain blocked load hands a byte to is the thread whose

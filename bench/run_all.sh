@@ -21,7 +21,7 @@
 # share of copy bandwidth, every Triton config swept; gemv.json + gemv.md; ~5-8 min cold), quant6b_triton (quant6b's bf16
 # and INT8 rows with every decode GEMV on the Triton kernel, LM head included: quant_chatglm3-6b_gemv-triton.json), decattn (one decode
 # token's attention, B 1/16, L 1024/4096: compiled PyTorch math vs the Triton flash_decode, 40 configs swept, ~5 min cold by estimate, not yet run; decode_attention.json),
-# rowtiles (one-row INT8 / INT4 "runs" GEMVs of the 6B shapes over a wide tile grid, against the ops' own choice; row_tiles.json; ROWTILES_ARGS="--kinds int4 int4dot" adds the tensor-core probe),
+# rowtiles (one-row INT8 / INT4 "runs" GEMVs of the 6B shapes over a wide tile grid, against the ops' own choice; row_tiles.json; ROWTILES_ARGS="--kinds int4 int4dot" adds the tensor-core probe, "--kinds int4mma" the mma.sync one, "--resident" one weight copy),
 # int8tiles (INT8 prompt GEMMs at 64-1024 rows: a wide tile grid in both operand orders against bf16 cuBLAS and the
 # cast + cuBLAS path; int8_tiles.json, TUNED lines), l2prefetch (an L2 prefetch of o_proj / gate_up before an idle window, INT8 and bf16: us saved per GEMV pair; l2_prefetch.json; run 25: none; --residency: GEMVs with the weight in HBM / L2 / L1, gemv_residency.json). gputest + quant6b + concurrency6b: ~9-11 min cold (each new batch or quantization shape compiles, ~40 s).
 # JSON results and the log go to $OUT (default bench_out/). Needs .benchdata/ (python -m
