@@ -115,7 +115,7 @@ def _walk(stream) -> list[_Header] | None:  # type: ignore[no-untyped-def]
         start = stream.tell()
         head = stream.read(7)
         if len(head) < 7:
-            return headers  # no end block: a cut archive, which libarchive reports
+            return headers  # no end block: a cut archive (refused before this is read: archive_ends.cut_short)
         _crc, kind, flags, size = struct.unpack("<HBHH", head)
         if size < 7:
             return None
