@@ -85,7 +85,7 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, options: Any = None) -> dict[str, Any]:
     from llm import ChatGLM
     from llm.fast_decode import DECODE_GRAPH, STATIC_CACHE, FastDecodeOptions, fast_decode_state
-    from llm.streaming import run_generate
+    from llm.streaming import on_model_device, run_generate
 
     options = options or FastDecodeOptions()
     eager = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens, fast_decode=False,
@@ -104,7 +104,8 @@ def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, op
 
     # Baseline: what a user of plain transformers gets (DynamicCache, eager, this thread).
     with torch.inference_mode():
-        out["plain_generate_tok_s"], out["plain_generate_times"] = generate_tok_s(lambda: model.generate(**kwargs))
+        on_device = on_model_device(model, kwargs)
+        out["plain_generate_tok_s"], out["plain_generate_times"] = generate_tok_s(lambda: model.generate(**on_device))
 
     # Eager path (fast_decode=False): raw generate on the worker vs ChatGLM.stream.
     out["eager_raw_tok_s"], _ = generate_tok_s(lambda: run_generate(model, kwargs))

@@ -220,7 +220,6 @@ class ChatGLM(GenerationRouting, LLM):
         params = generation_params(kwargs, defaults=self)
         return build_generate_kwargs(
             texts,
-            model=self.model,
             tokenizer=self.tokenizer,
             params=params,
             special_tokens=self._special_token_ids(),

@@ -60,7 +60,6 @@ def sampling_kwargs(*, temperature: float | None, top_p: float) -> dict[str, Any
 def build_generate_kwargs(
     texts: Sequence[str],
     *,
-    model: Any,
     tokenizer: Any,
     params: dict[str, Any],
     special_tokens: dict[str, Any],
@@ -68,10 +67,13 @@ def build_generate_kwargs(
 ) -> dict[str, Any]:
     """``model.generate`` keywords for rendered ``texts``: encoded (left-padded when several),
     ``params`` (``generation_params``), ``special_tokens``, then ``extra`` (any other per-call
-    keyword) as is, and a ``CancelCriteria`` for the current ``llm.cancel_scope`` if any."""
+    keyword) as is, and a ``CancelCriteria`` for the current ``llm.cancel_scope`` if any.
+
+    The ids stay on the CPU: the model's worker moves them (``llm.streaming.generate_on_worker``), so
+    that a request thread never calls CUDA while the worker may be capturing a graph."""
     encoded = tokenizer(
         list(texts), add_special_tokens=False, padding=len(texts) > 1, padding_side="left", return_tensors="pt"
-    ).to(model.device)
+    )
     out: dict[str, Any] = {
         "input_ids": encoded["input_ids"],
         "attention_mask": encoded["attention_mask"],

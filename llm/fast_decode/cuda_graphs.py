@@ -22,9 +22,14 @@ def warm_up_on_side_stream(fn: Any, *, times: int = 1) -> None:
 
 
 def capture_graph(fn: Any, *, pool: Any = None) -> Any:
-    """A CUDA graph holding what ``fn`` launches (``pool``: a memory pool shared with other graphs)."""
+    """A CUDA graph holding what ``fn`` launches (``pool``: a memory pool shared with other graphs).
+
+    Captured in thread-local mode (as Inductor's CUDA graph trees capture): the model's worker
+    captures while request threads may still call CUDA (a query embedded on the GPU, a tensor read
+    back). In PyTorch's default global mode any such call from another thread invalidated the capture
+    (the shape then ran eagerly for good) and failed that thread."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         fn()
     torch.cuda.synchronize()
     return graph
