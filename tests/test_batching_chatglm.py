@@ -240,3 +240,83 @@ def test_api_full_queue_is_503_with_retry(settings: Settings, scripted_llm: PerP
         finally:
             release.set()
         waiting.join(30)
+
+
+def _stream_second_after(llm: PerPromptChatGLM, first: str, second: str, *, pieces: int, close_first_after: int = 0
+                         ) -> tuple[dict[str, str], list[str]]:
+    """Stream ``first``; after ``pieces`` of it, stream ``second``; optionally close ``first`` once it
+    has ``close_first_after`` pieces. The texts, and the order in which the two ended."""
+    out: dict[str, str] = {first: "", second: ""}
+    ended: list[str] = []
+    started = threading.Event()
+
+    def run_first() -> None:
+        stream = llm.stream(first)
+        for n, piece in enumerate(stream, 1):
+            out[first] += piece
+            if n == pieces:
+                started.set()
+            if close_first_after and n == close_first_after:
+                stream.close()
+                break
+        ended.append(first)
+
+    def run_second() -> None:
+        out[second] = "".join(llm.stream(second))
+        ended.append(second)
+
+    a = threading.Thread(target=run_first)
+    a.start()
+    assert started.wait(30)
+    b = threading.Thread(target=run_second)
+    b.start()
+    a.join(60)
+    b.join(60)
+    return out, ended
+
+
+def _after_prompt(llm: PerPromptChatGLM, answers: dict[str, str]) -> Any:
+    from tests.test_batching import ForcedAfterPrompt
+
+    forced = ForcedAfterPrompt(
+        {llm.prompt_ids(q): llm.tokenizer.encode(a, add_special_tokens=False) for q, a in answers.items()},
+        eos_id=llm.model.generation_config.eos_token_id[0], pad_id=llm.model.generation_config.pad_token_id,
+        delay_s=0.01,
+    )
+    llm.processor = forced
+    return forced
+
+
+def _scheduler_idle(llm: PerPromptChatGLM) -> bool:
+    scheduler = batch_scheduler(llm.model)
+    return not (scheduler._solo or scheduler._arriving or scheduler._pending or scheduler._scheduled)
+
+
+def test_a_request_arriving_during_a_lone_answer_starts_at_once(
+    scripted_llm: PerPromptChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a request that arrived while another ran alone waited for that whole answer. The
+    lone run now yields at a token, its answer goes on in the same stream, batched with the newcomer's,
+    and the short answer ends first."""
+    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    long_answer = "刘备关羽张飞" * 6
+    forced = _after_prompt(scripted_llm, {QUESTIONS[0]: long_answer, QUESTIONS[1]: ANSWERS[1]})
+    out, ended = _stream_second_after(scripted_llm, QUESTIONS[0], QUESTIONS[1], pieces=3)
+    assert out == {QUESTIONS[0]: long_answer, QUESTIONS[1]: ANSWERS[1]}
+    assert ended == [QUESTIONS[1], QUESTIONS[0]]
+    assert forced.batch_sizes == [1, 2]  # alone, then the rest of it together with the newcomer
+    assert wait_until(lambda: _scheduler_idle(scripted_llm))
+
+
+def test_a_lone_answer_that_yielded_still_stops_when_closed(
+    scripted_llm: PerPromptChatGLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a stream whose lone run yielded (its rest now a row of a batch) cancels that row within
+    a few tokens; the other request finishes and the scheduler ends idle."""
+    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    long_answer = "刘备关羽张飞" * 30
+    _after_prompt(scripted_llm, {QUESTIONS[0]: long_answer, QUESTIONS[1]: ANSWERS[1]})
+    out, ended = _stream_second_after(scripted_llm, QUESTIONS[0], QUESTIONS[1], pieces=3, close_first_after=12)
+    assert long_answer.startswith(out[QUESTIONS[0]]) and len(out[QUESTIONS[0]]) < len(long_answer)
+    assert out[QUESTIONS[1]] == ANSWERS[1]
+    assert wait_until(lambda: _scheduler_idle(scripted_llm))
