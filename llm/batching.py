@@ -3,19 +3,20 @@
 A model generates one batch at a time on its worker thread (``llm.streaming.model_worker``).
 Without this module every request waits for the whole answers of those before it. Here a
 request that arrives while the model is busy waits in a bounded queue; when the running batch
-ends, every waiting request with the same sampling settings starts together as one batch
-(left-padded prompts), each row streaming to its own consumer and ending on its own eos,
-``max_new_tokens`` or cancellation, without disturbing the others. On a GPU a decode step of
-16 rows costs about what one row costs (the batched map stage: 12x one-by-one, docs/
-PERFORMANCE.md), so 16 users are served in about the time of one.
+ends (or yields to it, below), every waiting request with the same sampling settings starts
+together as one batch (left-padded prompts), each row streaming to its own consumer and ending
+on its own eos, ``max_new_tokens`` or cancellation, without disturbing the others. On a GPU a
+decode step of 16 rows costs about what one row costs (the batched map stage: 12x one-by-one,
+docs/PERFORMANCE.md), so 16 users are served in about the time of one.
 
 Rows join at step boundaries: a generation (a batch, or a request running alone) that has run
-``YIELD_AFTER_S`` while a request that could share its batch waits, and has room for it, stops at
-the next token (``YieldRequest``, polled with the cancel events). Its unfinished rows go back to the
-front of the queue with the tokens they produced as part of their context, and start again at once
-with the waiting ones: one prompt pass over those contexts instead of per-row cache positions in
-the decode graph. A consumer sees one unbroken stream. Past ``max_queue`` waiting requests,
-``Busy`` (503, "retry") answers at once instead of an unbounded wait.
+``YIELD_AFTER_S`` and ``1 + PROMPT_PASS_SHARE`` times its own prompt pass while a request that
+could share its batch waits, and has room for it, stops at the next token (``YieldRequest``, polled
+with the cancel events). Its unfinished rows go back to the front of the queue with the tokens they
+produced as part of their context, and start again at once with the waiting ones: one prompt pass
+over those contexts instead of per-row cache positions in the decode graph. A consumer sees one
+unbroken stream. Past ``max_queue`` waiting requests, ``Busy`` (503, "retry") answers at once
+instead of an unbounded wait.
 
 A request that finds the model free runs alone, exactly as without this module
 (``admit_solo``; ``llm.ChatGLM`` streams it through ``stream_token_ids``). Batches take the fast
