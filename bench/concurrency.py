@@ -13,7 +13,7 @@ its batch shapes are compiled and captured before the timed waves (``--repeat``)
 
 ``--stagger-ms`` spreads the arrivals (stream ``i`` starts ``i`` times that after the first; TTFT
 from each stream's own start): a running generation then yields to the newcomers at a token
-(``llm.batching.YIELD_AFTER_S``), or with ``--no-yield`` they wait for it to end, as before session 26.
+(``llm.batch_yield.YIELD_AFTER_S``), or with ``--no-yield`` they wait for it to end, as before session 26.
 """
 
 from __future__ import annotations
@@ -122,11 +122,11 @@ def main() -> None:
     args = p.parse_args()
 
     from bench.decode import build_model, default_sampling
-    from llm import ChatGLM, batching
+    from llm import ChatGLM, batch_yield
     from llm.fast_decode import FastDecodeOptions, fast_decode_state
 
     if args.no_yield:
-        batching.YIELD_AFTER_S = float("inf")
+        batch_yield.YIELD_AFTER_S = float("inf")
     shape = "tiny" if args.tiny else args.shape
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -146,7 +146,7 @@ def main() -> None:
                               "sampling_kernel": options.sampling_kernel,
                               "new_tokens": args.new_tokens, "max_batch": args.max_batch,
                               "stagger_ms": args.stagger_ms,
-                              "yield_after_s": None if args.no_yield else batching.YIELD_AFTER_S,
+                              "yield_after_s": None if args.no_yield else batch_yield.YIELD_AFTER_S,
                               "fast_decode_active": llm.fast_decode_active, "levels": {}}
     for streams in levels:
         result["levels"][str(streams)] = bench_level(llm, streams, new_tokens=args.new_tokens, repeat=args.repeat,

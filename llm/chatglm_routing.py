@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from llm.batching import BatchScheduler, SoloRest, SoloStream, batch_scheduler, eos_ids, shared_arguments
+from llm.batching import BatchScheduler, batch_scheduler
 from llm.fast_decode import (
     STATIC_CACHE,
     FastDecodeOptions,
@@ -21,7 +21,8 @@ from llm.fast_decode import (
     fast_decode_state,
     unsupported_reason,
 )
-from llm.streaming import CancelCriteria, stream_token_ids
+from llm.solo_stream import run_alone
+from llm.streaming import stream_token_ids
 
 __all__ = ["GenerationRouting"]
 
@@ -86,26 +87,8 @@ class GenerationRouting:
                 scheduler.leave()
             return stream_token_ids(self.model, generate_kwargs, cancel, fast_decode=fast)
         if scheduler.admit_solo(arrived=True):
-            return self._solo_token_ids(generate_kwargs, cancel, scheduler, fast)
+            return run_alone(scheduler, generate_kwargs, cancel, fast_decode=fast)
         return scheduler.stream(generate_kwargs, cancel, fast_decode=fast, arrived=True)
-
-    def _solo_token_ids(
-        self, generate_kwargs: dict[str, Any], cancel: threading.Event, scheduler: BatchScheduler,
-        fast: FastDecodeOptions | None,
-    ) -> SoloStream:
-        """A request running alone that yields to waiting requests (``llm.batching.YieldRequest``): it
-        stops at a token, and ``SoloStream`` queues the rest of its answer to start with them. Its run
-        watches ``cancel`` through a criterion and gets a cancel event of its own, which ending the
-        solo run sets, so that ``cancel`` still stops the rest."""
-        yielding = scheduler.solo_yield(generate_kwargs, fast_decode=fast)
-        solo_kwargs = {**generate_kwargs, "stopping_criteria": [CancelCriteria(cancel), CancelCriteria(yielding)]}
-        token_ids = stream_token_ids(self.model, solo_kwargs, threading.Event(), fast_decode=fast)
-        rest = SoloRest(
-            generate_kwargs, cancel, fast, yielding,
-            eos=eos_ids(self.model, shared_arguments(generate_kwargs)),
-            budget=int(generate_kwargs.get("max_new_tokens") or 256),
-        )
-        return SoloStream(token_ids, scheduler, rest)
 
     def _scheduler(self) -> BatchScheduler:
         scheduler = batch_scheduler(self.model)

@@ -235,7 +235,7 @@ def test_a_request_joins_a_running_batch_at_a_step(model: Any, monkeypatch: pyte
     """Regression: a request arriving during a long answer waited for that whole answer (rows joined
     only at batch boundaries). Now the running batch yields at the next token: its row starts again
     with its answer so far, together with the newcomer, and the short answer ends long before."""
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     eos = model.generation_config.eos_token_id[0]
     pad = model.generation_config.pad_token_id
     long_answer, short_answer = list(range(500, 540)), [700, 701, 702]
@@ -252,7 +252,7 @@ def test_a_request_joins_a_running_batch_at_a_step(model: Any, monkeypatch: pyte
 def test_greedy_row_that_yielded_equals_it_run_alone(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A row started again from its prompt and answer so far (one prompt pass over both) continues
     with the tokens it would have produced alone, and so does the request that joined it."""
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     slow = SlowNoEos(list(model.generation_config.eos_token_id), delay_s=0.005)
     scheduler = BatchScheduler(model)
     first = _kwargs([7, 8, 9, 10, 11, 12], logits_processor=[slow], do_sample=False, max_new_tokens=30)
@@ -266,7 +266,7 @@ def test_greedy_row_that_yielded_equals_it_run_alone(model: Any, monkeypatch: py
 def test_no_yield_to_a_request_that_cannot_share_the_batch(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A waiting request with other sampling settings cannot join: the running answer is not cut
     (one generate call for it) and the newcomer starts when it ends."""
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     eos = model.generation_config.eos_token_id[0]
     pad = model.generation_config.pad_token_id
     forced = ForcedAfterPrompt({(1, 2, 3): list(range(500, 520))}, eos_id=eos, pad_id=pad, delay_s=0.01)
@@ -285,15 +285,15 @@ def test_a_generation_yields_only_after_several_times_its_prompt_pass(
     prompts on the 6B model): yielding every ``YIELD_AFTER_S`` under steady arrivals would leave no
     time to decode. A generation yields after ``YIELD_AFTER_S`` or ``1 + PROMPT_PASS_SHARE`` times its
     own prompt pass (its first poll), whichever is later; only to a request that can join it."""
-    from llm import batching
+    from llm import batch_rows, batch_yield
 
     clock = [100.0]
-    monkeypatch.setattr(batching.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(batch_yield.time, "monotonic", lambda: clock[0])
     scheduler = BatchScheduler(model, max_batch=2)
-    waiting = batching.Row([1, 2], 4, threading.Event(), {"do_sample": False})
+    waiting = batch_rows.Row([1, 2], 4, threading.Event(), {"do_sample": False})
     scheduler._pending.append(waiting)
 
-    slow = batching.YieldRequest(scheduler, waiting.key(), lambda: 1, solo=False)
+    slow = batch_yield.YieldRequest(scheduler, waiting.key(), lambda: 1, solo=False)
     clock[0] = 100.4  # its prompt pass took 0.4 s: not before 100 + 5 x 0.4
     assert not slow.is_set()
     clock[0] = 101.9
@@ -302,13 +302,13 @@ def test_a_generation_yields_only_after_several_times_its_prompt_pass(
     assert slow.is_set() and slow.is_set()  # and stays set
 
     clock[0] = 200.0
-    quick = batching.YieldRequest(scheduler, waiting.key(), lambda: 1, solo=False)
+    quick = batch_yield.YieldRequest(scheduler, waiting.key(), lambda: 1, solo=False)
     clock[0] = 200.01  # a short prompt pass: YIELD_AFTER_S decides
     assert not quick.is_set()
-    clock[0] = 200.0 + batching.YIELD_AFTER_S + 0.01
+    clock[0] = 200.0 + batch_yield.YIELD_AFTER_S + 0.01
     assert quick.is_set()
 
-    full = batching.YieldRequest(scheduler, waiting.key(), lambda: 2, solo=False)  # no room at max_batch 2
-    other = batching.YieldRequest(scheduler, ("another key",), lambda: 1, solo=False)
+    full = batch_yield.YieldRequest(scheduler, waiting.key(), lambda: 2, solo=False)  # no room at max_batch 2
+    other = batch_yield.YieldRequest(scheduler, ("another key",), lambda: 1, solo=False)
     clock[0] = 300.0
     assert not full.is_set() and not other.is_set()

@@ -298,7 +298,7 @@ def test_a_request_arriving_during_a_lone_answer_starts_at_once(
     """Regression: a request that arrived while another ran alone waited for that whole answer. The
     lone run now yields at a token, its answer goes on in the same stream, batched with the newcomer's,
     and the short answer ends first."""
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     long_answer = "刘备关羽张飞" * 6
     forced = _after_prompt(scripted_llm, {QUESTIONS[0]: long_answer, QUESTIONS[1]: ANSWERS[1]})
     out, ended = _stream_second_after(scripted_llm, QUESTIONS[0], QUESTIONS[1], pieces=3)
@@ -313,7 +313,7 @@ def test_a_lone_answer_that_yielded_still_stops_when_closed(
 ) -> None:
     """Closing a stream whose lone run yielded (its rest now a row of a batch) cancels that row within
     a few tokens; the other request finishes and the scheduler ends idle."""
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     long_answer = "刘备关羽张飞" * 30
     _after_prompt(scripted_llm, {QUESTIONS[0]: long_answer, QUESTIONS[1]: ANSWERS[1]})
     out, ended = _stream_second_after(scripted_llm, QUESTIONS[0], QUESTIONS[1], pieces=3, close_first_after=12)

@@ -54,7 +54,7 @@ def test_greedy_answer_that_yielded_equals_it_alone_on_the_fast_path(
     """A lone answer on the decode graph (on CPU) yields to a request arriving mid-answer: it goes on,
     batched with the newcomer (a graph of two rows), with exactly the tokens it gives alone, and so
     does the newcomer."""
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     llm = ChatGLM.from_model_path(tiny_glm_dir, device="cpu", temperature=0.0, max_new_tokens=160,
                                   fast_decode_options=FastDecodeOptions(on_cpu=True))
     check_yielded_equals_solo(llm)
@@ -69,7 +69,7 @@ def test_greedy_answer_that_yielded_equals_it_alone_on_cuda_decode_graphs(
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    monkeypatch.setattr("llm.batching.YIELD_AFTER_S", 0.0)
+    monkeypatch.setattr("llm.batch_yield.YIELD_AFTER_S", 0.0)
     llm = ChatGLM.from_model_path(tiny_glm_dir, device="cuda", dtype="float32", temperature=0.0, max_new_tokens=400)
     check_yielded_equals_solo(llm)
     assert llm.fast_decode_report["decode_graph"] is None
