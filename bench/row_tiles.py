@@ -83,55 +83,58 @@ def sweep_int4_dot(w: Weights, x: torch.Tensor, *, device: str) -> dict[str, Any
     """The tensor-core probe (``bench.int4_dot_gemv``) over its tiles, each checked against the
     row kernel's product first (``max_rel_err``)."""
     from bench.int4_dot_gemv import TILES, launch_int4_dot_gemv
-    from llm.kernels.int4_gemv import launch_int4_runs_row
 
     layers = w.get("int4triton")
     if layers[0].kernel != "triton":
         return {"skipped": f"the layer is in its {layers[0].kernel!r} form"}
-    first = layers[0]
-    reference = launch_int4_runs_row(x, first.weight, first.scales_zeros, None, group_size=128).float()
-    scratch, out, errors = torch.empty((1, w.n), dtype=torch.float32, device=device), {}, {}
+    scratch = torch.empty((1, w.n), dtype=torch.float32, device=device)
+    calls = {}
     for block_n, block_k, warps, split in TILES if device == "cuda" else TILES[-1:]:
-        name = f"({block_n}, {block_k}, {warps}) split {split}"
-
         def call(i: int, t: tuple[int, int, int, int] = (block_n, block_k, warps, split)) -> Any:
             layer = layers[i % len(layers)]
             return launch_int4_dot_gemv(x, layer.weight, layer.scales_zeros, group_size=128, block_n=t[0],
                                         block_k=t[1], num_warps=t[2], split_k=t[3], out=scratch)
 
-        try:
-            err = ((call(0) - reference).abs().max() / reference.abs().max()).item()
-        except Exception as e:  # a tile that does not fit this shape
-            out[name] = f"error: {type(e).__name__}: {str(e)[:200]}"
-            continue
-        out[name] = _timed(call, device=device) if err < 2e-2 else f"error: max_rel_err {err:.3g}"
-        errors[name] = err
-    return {**out, "max_rel_err": errors}  # a dict: ``best`` looks at the float entries only
+        calls[f"({block_n}, {block_k}, {warps}) split {split}"] = call
+    return _checked_sweep(calls, _runs_reference(layers[0], x), device=device)
 
 
 def sweep_int4_mma(w: Weights, x: torch.Tensor, *, device: str) -> dict[str, Any]:
     """The ``mma.sync`` probe (``bench.int4_mma_gemv``) over its tiles, each checked against the row
     kernel's product first (``max_rel_err``; a layout Triton assigned otherwise shows here as garbage)."""
     from bench.int4_mma_gemv import TILES, from_runs, launch_int4_mma_gemv
-    from llm.kernels.int4_gemv import launch_int4_runs_row
 
     layers = w.get("int4triton")
     if layers[0].kernel != "triton":
         return {"skipped": f"the layer is in its {layers[0].kernel!r} form"}
     if device != "cuda":
         return {"skipped": "mma.sync runs on CUDA only (no interpreter form)"}
-    first = layers[0]
-    reference = launch_int4_runs_row(x, first.weight, first.scales_zeros, None, group_size=128).float()
     forms = [from_runs(layer.weight, layer.scales_zeros) for layer in layers]
-    scratch, out, errors = torch.empty((1, w.n), dtype=x.dtype, device=device), {}, {}
+    scratch = torch.empty((1, w.n), dtype=x.dtype, device=device)
+    calls = {}
     for chains, unroll, warps in TILES:
-        name = f"({chains} x 16 rows, {unroll} chunks, {warps} warps)"
-
         def call(i: int, t: tuple[int, int, int] = (chains, unroll, warps)) -> Any:
             packed, sz = forms[i % len(forms)]
             return launch_int4_mma_gemv(x, packed, sz, n=w.n, k=w.k, group_size=128, chains=t[0], unroll=t[1],
                                         num_warps=t[2], out=scratch)
 
+        calls[f"({chains} x 16 rows, {unroll} chunks, {warps} warps)"] = call
+    return _checked_sweep(calls, _runs_reference(layers[0], x), device=device)
+
+
+def _runs_reference(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """The INT4 row kernel's product for ``layer`` (what the probes are checked against), float32."""
+    from llm.kernels.int4_gemv import launch_int4_runs_row
+
+    return launch_int4_runs_row(x, layer.weight, layer.scales_zeros, None, group_size=128).float()
+
+
+def _checked_sweep(calls: dict[str, Any], reference: torch.Tensor, *, device: str) -> dict[str, Any]:
+    """Each named ``call(i)`` checked once against ``reference`` (max error relative to its largest
+    value, under 2e-2), then timed; a tile that fails or is wrong is named with why, not timed."""
+    out: dict[str, Any] = {}
+    errors: dict[str, float] = {}
+    for name, call in calls.items():
         try:
             err = ((call(0).float() - reference).abs().max() / reference.abs().max()).item()
         except Exception as e:  # a tile that does not fit this shape
@@ -139,7 +142,7 @@ def sweep_int4_mma(w: Weights, x: torch.Tensor, *, device: str) -> dict[str, Any
             continue
         out[name] = _timed(call, device=device) if err < 2e-2 else f"error: max_rel_err {err:.3g}"
         errors[name] = err
-    return {**out, "max_rel_err": errors}
+    return {**out, "max_rel_err": errors}  # a dict: ``best`` looks at the float entries only
 
 
 def _timed(call: Any, *, device: str) -> float | str:
