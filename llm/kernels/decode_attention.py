@@ -32,18 +32,17 @@ and falls back to PyTorch where Triton is missing.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from llm.kernels.give_up import INTERPRET
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
 MIN_DOT_ROWS = 16  # tl.dot's smallest M
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # as Triton read it when imported above
 
 
 @dataclass(frozen=True)

@@ -35,17 +35,16 @@ to PyTorch where Triton is missing.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from llm.kernels.gemv_configs import DOT_MIN_ROWS, MAX_BLOCK_M, GemvConfig
+from llm.kernels.give_up import INTERPRET
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter runs no inline assembly
 
 
 def block_rows(rows: int, *, dot: bool) -> int:
