@@ -5,7 +5,9 @@ Issue 17 (API conformance): ``invoke(q, k=1)`` silently ignored a per-call ``k``
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ TEXT = "".join(f"第{i}回 刘备第{i}次访贤\n刘备与关羽、张飞议事
 def knowledge_base() -> KnowledgeBase:
     """A small keyword-only KB (built once per test run) where every chapter mentions 刘备."""
     root = Path(tempfile.mkdtemp(prefix="glmkb-retriever-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # each run left one in /tmp
     settings = Settings(kb_root=root, embedding={"model": "none"}, retrieval={"mode": "bm25", "top_k": 4})
     kb = KnowledgeBase.from_settings(settings, name="std", create=True, chunk_size=120, chunk_overlap=0)
     kb.add_texts({"std.txt": TEXT})
