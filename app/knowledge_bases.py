@@ -8,7 +8,6 @@ or rebuilt by another process is forgotten or reopened.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from configs import Settings
 from kb import BuildReport, DocumentInfo, KnowledgeBase, KnowledgeBaseError, validate_kb_name
 from kb.lifecycle import confusable_message
 from kb.names import confusable_name
+from kb.unpacking import unpacking_folder
 
 __all__ = ["KnowledgeBases", "check_kb_name", "doc_label"]
 
@@ -128,8 +128,8 @@ class KnowledgeBases:
         from kb.loaders.folders import expand_documents
 
         kb = self.kb(name)
-        with tempfile.TemporaryDirectory(prefix="glmkb-unpacked-") as unpacked:
-            found = expand_documents(paths, source=lambda path: path.name, unpack_into=Path(unpacked))
+        with unpacking_folder(kb.root) as unpacked:
+            found = expand_documents(paths, source=lambda path: path.name, unpack_into=unpacked)
             report = kb.add_files(found.files, sources=found.sources, show_progress=True)
         report.skipped, report.unread = found.skipped, found.unread
         with self._lock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ def check_file_names(files: Sequence[str | os.PathLike[str]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kb import DamagedKnowledgeBaseError, KnowledgeBase
+    from kb.unpacking import unpacking_folder
 
     check_file_names(args.files)
 
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         kb = open_kb()
     if args.quiet and not kb.keyword_only:
         quiet_model_loading()  # imports transformers: only when an embedding model will load
-    with tempfile.TemporaryDirectory(prefix="glmkb-unpacked-") as unpacked:
-        report = add_documents(kb, args.files, unpack_into=Path(unpacked), quiet=args.quiet, ocr=settings.kb.ocr)
+    with unpacking_folder(kb.root) as unpacked:
+        report = add_documents(kb, args.files, unpack_into=unpacked, quiet=args.quiet, ocr=settings.kb.ocr)
     print(f"{kb.name}: {report.summary()}")
     sys.stdout.flush()
     return 0

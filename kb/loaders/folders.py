@@ -5,7 +5,8 @@
   ``~$`` lock files are passed over.
 - A ZIP archive of files (not a DOCX/EPUB/... package), a tar archive (plain, .gz, .bz2, .xz), a
   7z or RAR archive: its documents and those of the archives inside it, unpacked into a folder the
-  caller owns for the build (:mod:`kb.loaders.archives`), recorded as ``资料.zip/制度/请假.docx``.
+  caller owns for the build (:mod:`kb.loaders.archives`; the CLI and the upload unpack beside the
+  knowledge bases, :mod:`kb.unpacking`), recorded as ``资料.zip/制度/请假.docx``.
   A multi-volume RAR set (``资料.part1.rar``, ``资料.part2.rar``, ...) is read once, as its first
   volume (:mod:`kb.loaders.volumes`).
 
