@@ -8,23 +8,31 @@ Not the system's temporary folder, for two reasons:
 - a build killed with SIGKILL (or a server killed mid-upload) cannot remove its folder: every
   killed build left one in ``/tmp`` for good (about 500 empty ones a CI run, from the kill tests).
 
-So each folder is ``kb_root/.unpacked-<pid>@<host>.<random>``, removed when the work ends, and
-whoever unpacks next removes those of processes on this host that are gone. Folders of other
-hosts (a ``kb_root`` on a network share) are left to their own host. Listings never show them:
-a knowledge base's name cannot start with a dot.
+So each folder is ``kb_root/.unpacked-<random>``, removed when the work ends, and its owner holds an
+exclusive lock on the ``.owner`` file inside it while it lives. The kernel drops the lock when the
+process dies, however it dies, so whoever unpacks next removes every folder whose lock it can take:
+no process ids (reused, or another container's), no host names (a ``kb_root`` on a network share).
+A folder still without its ``.owner`` is being made, unless it is older than ``MAKING_S``. Listings
+never show these folders: a knowledge base's name cannot start with a dot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: leftovers stay (as they did in the temp folder)
+    fcntl = None  # type: ignore[assignment]
+
 PREFIX = ".unpacked-"
+OWNER = ".owner"
+MAKING_S = 60.0  # a folder without its lock file this long is a leftover (killed between mkdir and lock)
 
 
 @contextlib.contextmanager
@@ -32,38 +40,44 @@ def unpacking_folder(root: Path) -> Iterator[Path]:
     """A fresh folder under ``root`` for one call's unpacked archives, deleted when it ends."""
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root)
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}@{socket.gethostname()}.", dir=root))
+    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
     try:
-        yield path
+        with _owned(path):
+            yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_stale(root: Path) -> list[str]:
-    """Delete the unpacking folders under ``root`` whose process, on this host, is gone; their names."""
+    """Delete the unpacking folders under ``root`` whose owner is gone; returns their names."""
     removed = []
     for path in root.glob(f"{PREFIX}*"):
-        owner = _owner(path.name)
-        if owner is not None and owner[1] == socket.gethostname() and not _alive(owner[0]):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
+        with contextlib.suppress(OSError):  # removed meanwhile by another process's sweep
+            if path.is_dir() and _is_stale(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
     return removed
 
 
-def _owner(name: str) -> tuple[int, str] | None:
-    """(pid, host) from ``.unpacked-<pid>@<host>.<random>``; None for a name not of that form."""
-    pid, at, rest = name[len(PREFIX) :].partition("@")
-    host, dot, _ = rest.rpartition(".")
-    if not (at and dot and pid.isdigit()):
-        return None
-    return int(pid), host
+@contextlib.contextmanager
+def _owned(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock on ``path``'s ``.owner`` file."""
+    with open(path / OWNER, "w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _is_stale(path: Path) -> bool:
+    if fcntl is None:
         return False
-    except PermissionError:  # another user's process
+    try:
+        handle = open(path / OWNER)
+    except FileNotFoundError:
+        return time.time() - path.stat().st_mtime > MAKING_S
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its owner is at work
         return True
-    return True

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -21,9 +21,27 @@ import pytest
 from app.services import Services
 from configs import Settings
 from ingest.cli import main
-from kb.unpacking import PREFIX, remove_stale, unpacking_folder
+from kb.unpacking import MAKING_S, PREFIX, remove_stale, unpacking_folder
 
 REPO = Path(__file__).resolve().parents[1]
+# Child processes that unpack into a folder under argv[1]: one SIGKILLs itself there, one prints the
+# folder's name and waits.
+DIE_HOLDING_A_FOLDER = """
+import os, signal, sys
+from pathlib import Path
+from kb.unpacking import unpacking_folder
+with unpacking_folder(Path(sys.argv[1])) as folder:
+    (folder / "member.txt").write_text("half an archive")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+HOLD_A_FOLDER = """
+import sys, time
+from pathlib import Path
+from kb.unpacking import unpacking_folder
+with unpacking_folder(Path(sys.argv[1])) as folder:
+    print(folder.name, flush=True)
+    time.sleep(600)
+"""
 
 
 @pytest.fixture()
@@ -71,7 +89,7 @@ def unpacking_folders(root: Path) -> list[str]:
 def test_the_folder_is_under_the_root_and_gone_after_success_or_failure(tmp_path: Path) -> None:
     root = tmp_path / "kbs"
     with unpacking_folder(root) as folder:
-        assert folder.parent == root and folder.name.startswith(f"{PREFIX}{os.getpid()}@")
+        assert folder.parent == root and folder.name.startswith(PREFIX)
         (folder / "a.txt").write_text("x")
     with pytest.raises(RuntimeError), unpacking_folder(root) as folder:
         (folder / "b.txt").write_text("y")
@@ -79,20 +97,31 @@ def test_the_folder_is_under_the_root_and_gone_after_success_or_failure(tmp_path
     assert unpacking_folders(root) == []
 
 
-def test_only_folders_of_gone_processes_on_this_host_are_removed(tmp_path: Path) -> None:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
-    names = {
-        "gone": f"{PREFIX}{int(gone.stdout)}@{host}.abc123",
-        "alive": f"{PREFIX}{os.getpid()}@{host}.def456",
-        "other host": f"{PREFIX}{int(gone.stdout)}@another-{host}.example.ghi789",
-        "not ours": f"{PREFIX}notes",
-    }
-    for name in names.values():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "member.txt").write_text("x")
-    assert remove_stale(tmp_path) == [names["gone"]]
-    assert unpacking_folders(tmp_path) == sorted(n for k, n in names.items() if k != "gone")
+def test_only_folders_whose_owner_is_gone_are_removed(tmp_path: Path) -> None:
+    """Ownership is the ``.owner`` file's lock, which the kernel drops when its process dies however
+    it dies; a folder without one yet is being made, unless it is older than ``MAKING_S``."""
+    root = tmp_path / "kbs"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_FOLDER, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        busy = owner.stdout.readline().strip()  # type: ignore[union-attr]
+        killed = subprocess.run([sys.executable, "-c", DIE_HOLDING_A_FOLDER, str(root)], cwd=REPO, timeout=60)
+        assert killed.returncode == -signal.SIGKILL
+        (dead,) = (name for name in unpacking_folders(root) if name != busy)
+        making, abandoned = root / f"{PREFIX}making", root / f"{PREFIX}abandoned"
+        making.mkdir()
+        abandoned.mkdir()
+        old = time.time() - MAKING_S - 5
+        os.utime(abandoned, (old, old))
+        with unpacking_folder(root) as mine:  # its own sweep runs first, then the nested one
+            assert sorted(remove_stale(root)) == [] and mine.name in unpacking_folders(root)
+        assert unpacking_folders(root) == sorted([busy, making.name])
+        assert dead not in unpacking_folders(root)
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    assert remove_stale(root) == [busy]
 
 
 def test_ingest_build_unpacks_beside_the_knowledge_bases(
@@ -117,15 +146,8 @@ def test_the_web_upload_unpacks_beside_the_knowledge_bases(
 
 def test_a_build_killed_while_unpacking_leaves_a_folder_the_next_build_removes(archive: Path, tmp_path: Path) -> None:
     root = tmp_path / "kbs"
-    killed = subprocess.run(
-        [sys.executable, "-c",
-         "import os, signal, sys\nfrom pathlib import Path\nfrom kb.unpacking import unpacking_folder\n"
-         "with unpacking_folder(Path(sys.argv[1])) as folder:\n"
-         "    (folder / 'member.txt').write_text('half an archive')\n"
-         "    os.kill(os.getpid(), signal.SIGKILL)\n",
-         str(root)],
-        cwd=REPO, capture_output=True, timeout=60,
-    )
+    killed = subprocess.run([sys.executable, "-c", DIE_HOLDING_A_FOLDER, str(root)], cwd=REPO, capture_output=True,
+                            timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
     assert len(unpacking_folders(root)) == 1
     assert main(["build", str(archive), "--kb", "zip", "--kb-root", str(root), "--embedding", "none", "-q"]) == 0
