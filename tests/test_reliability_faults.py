@@ -28,7 +28,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -95,12 +94,10 @@ class Zygote:
     """The forking build server (see ``ZYGOTE``)."""
 
     def __init__(self, kind: str) -> None:
-        # Each killed build leaves its (empty) unpacking folder in TMPDIR: hundreds a run in /tmp.
-        self.tmp = tempfile.mkdtemp(prefix="glmkb-zygote-")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", ZYGOTE, kind],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "TMPDIR": self.tmp},
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
         )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
 
@@ -119,7 +116,6 @@ class Zygote:
         if self.proc.stdin:
             self.proc.stdin.close()
         self.proc.wait(timeout=30)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def kb_state(root: Path, *, embeddings: Any = None) -> tuple:
