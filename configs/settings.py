@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +31,16 @@ from kb.types import RetrievalMode
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "GLMKB_CONFIG"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE_RE.match(value):
+        raise ValueError("allowed values are auto, cpu, mps, cuda or cuda:N (e.g. cuda:1)")
+    return value
+
+
+DeviceName = Annotated[str, AfterValidator(_check_device)]  # the chat model's and the embedding model's
+
 # Settings whose values never appear in messages (validation errors echo bad inputs otherwise).
 SECRET_KEYS = frozenset({"auth_password"})
 
@@ -78,7 +88,7 @@ class LLMSettings(_Section):
             "with a chat template). Empty means no LLM: the UI still serves retrieval."
         ),
     )
-    device: str = Field(
+    device: DeviceName = Field(
         "auto", description="auto (a CUDA GPU, else Apple silicon's MPS, else the CPU), cpu, cuda, cuda:N or mps."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -127,13 +137,6 @@ class LLMSettings(_Section):
     )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE_RE.match(value):
-            raise ValueError("allowed values are auto, cpu, mps, cuda or cuda:N (e.g. cuda:1)")
-        return value
-
 
 class EmbeddingSettings(_Section):
     """The sentence embedding model used to build and query knowledge bases."""
@@ -142,20 +145,13 @@ class EmbeddingSettings(_Section):
         "GanymedeNil/text2vec-large-chinese",
         description="Hugging Face name or local folder of a sentence-transformers model; 'none' builds keyword-only (BM25) knowledge bases.",
     )
-    device: str = Field("auto", description="auto, cpu, mps, cuda or cuda:N; GPUs use fp16.")
+    device: DeviceName = Field("auto", description="auto, cpu, mps, cuda or cuda:N; GPUs use fp16.")
     batch_size: int = Field(64, ge=1, description="Chunks embedded per forward pass.")
     if_unavailable: Literal["keyword_only", "error"] = Field(
         "keyword_only",
         description="A NEW knowledge base whose default model is neither a local folder, cached nor downloadable: "
         "keyword_only builds BM25 only with one warning (add vectors later with ingest build --embedding), error refuses.",
     )
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE_RE.match(value):
-            raise ValueError("allowed values are auto, cpu, mps, cuda or cuda:N (e.g. cuda:1)")
-        return value
 
 
 class ChunkingSettings(_Section):
