@@ -308,10 +308,11 @@ def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_deco
 
 def on_model_device(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``generate_kwargs`` with its tensors (the prompt ids and mask) on the model's device, moved here on
-    the model's worker. Request threads build them on the CPU (``llm.generate_kwargs``): PyTorch captures
-    CUDA graphs in global mode, so a copy to the GPU (or a read back) from a request thread while the
+    the model's worker. Request threads build them on the CPU (``llm.generate_kwargs``): in PyTorch's
+    default (global) capture mode a copy to the GPU (or a read back) from a request thread while the
     worker captured a new shape invalidated the capture and failed that request ("operation not
-    permitted when stream is capturing", run 31h, a request arriving during a yield's new batch)."""
+    permitted when stream is capturing", run 31h, a request arriving during a yield's new batch).
+    ``capture_graph`` now captures thread-locally as well; the prompt's copy still belongs here."""
     device = getattr(model, "device", None)
     if device is None:
         return generate_kwargs
