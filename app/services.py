@@ -24,6 +24,7 @@ from app.errors import EmbeddingUnavailable, NotReady, UserError
 from app.knowledge_bases import KnowledgeBases, check_kb_name, doc_label
 from app.llm_loader import LLMFactory, LLMLoader, LLMStatus
 from app.shared_embeddings import SharedEmbeddings
+from app.warm_up import warm_up_llm
 from chains import KnowledgeBaseQAChain
 from chains.events import Event
 from chains.summarize import documents_from_file, documents_from_kb, stream_summary
@@ -95,8 +96,11 @@ class Services:
         return self.llm_loader.require_chat_model()
 
     def warm_up(self) -> None:
-        """Load the chat model now (a background thread at server start); errors are kept."""
-        self.get_llm()
+        """Load the chat model now (a background thread at server start), then compile its fast path for
+        first questions (``app.warm_up``, ``llm.warm_up``); errors are kept (loading) or logged (warming)."""
+        llm = self.get_llm()
+        if llm is not None:
+            warm_up_llm(llm, self.settings)
 
     def llm_status(self) -> LLMStatus:
         """Where the chat model stands, for the web UI's banner."""

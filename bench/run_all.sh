@@ -55,7 +55,7 @@ log "sections: $sections"
 "$PY" -c "import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')" 2>&1 | tee -a "$OUT/log"
 for s in $sections; do
   case $s in
-    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_gemv.py tests/test_decode_attention.py tests/test_rope_cache.py tests/test_fast_decode_sampling.py tests/test_token_choice.py tests/test_token_sampling.py tests/test_int8_cast.py tests/test_int4_dequant.py tests/test_prompt_kernels.py tests/test_int4_runs.py tests/test_chatglm_legacy_quantized.py -q -x -p no:cacheprovider ;;
+    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_warm_up.py tests/test_gemv.py tests/test_decode_attention.py tests/test_rope_cache.py tests/test_fast_decode_sampling.py tests/test_token_choice.py tests/test_token_sampling.py tests/test_int8_cast.py tests/test_int4_dequant.py tests/test_prompt_kernels.py tests/test_int4_runs.py tests/test_chatglm_legacy_quantized.py -q -x -p no:cacheprovider ;;
     ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;

@@ -8,10 +8,14 @@ alone on the model's worker or batched with concurrent streamed requests in its
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from llm.batching import BatchScheduler, batch_scheduler
 from llm.fast_decode import (
@@ -29,6 +33,9 @@ __all__ = ["GenerationRouting"]
 # ChatGLM's logger: its warnings kept their logger name when this mixin moved out of llm/chatglm.py.
 logger = logging.getLogger("llm.chatglm")
 
+WARM_UP_TEXT = "你好"
+WARM_UP_NEW_TOKENS = 4  # the prompt pass, the decode graph's capture and a few replays
+
 
 class GenerationRouting:
     """Fast path or plain ``generate``, alone or batched: the routing half of ``ChatGLM``."""
@@ -40,6 +47,8 @@ class GenerationRouting:
         batch_concurrent: bool
         max_concurrent_batch: int
         max_queue: int
+
+        def _generate_kwargs(self, prompts: list[str], kwargs: dict[str, Any]) -> dict[str, Any]: ...
 
     # ----- fast decode ----------------------------------------------------------------------
 
@@ -66,6 +75,34 @@ class GenerationRouting:
     def _fast_decode(self) -> FastDecodeOptions | None:
         """The options generations run the fast path with, None for plain ``generate``."""
         return self.fast_decode_options if self.fast_decode_active else None
+
+    def warm_up(self, *, prompt_tokens: Sequence[int] = (16,), new_tokens: int = WARM_UP_NEW_TOKENS) -> float | None:
+        """Compile and capture the fast path for a first question of each prompt length; the seconds it
+        took, or None where generations do not take the fast path (nothing to compile).
+
+        Otherwise the first question of each shape waits for it: 35-42 s for the ChatGLM3-6B shape
+        (the decode step's compile, the GEMV tiles' timing, the capture), 11-14 s with a warm Inductor
+        cache (docs/PERFORMANCE.md). Each length streams a prompt of that many tokens with the default
+        generation options, so the shape key (batch 1, the cache-length bucket of prompt +
+        ``max_new_tokens``) and the sampling kind are a default question's, and stops after
+        ``new_tokens``. It runs on the model's worker outside the batch queue: a question arriving
+        meanwhile waits for it, as it would have waited for its own compile.
+        """
+        fast = self._fast_decode()
+        if fast is None:
+            return None
+        started = time.perf_counter()
+        for length in prompt_tokens:
+            kwargs = self._generate_kwargs([WARM_UP_TEXT], {"min_new_tokens": new_tokens})
+            tokens = stream_token_ids(self.model, _padded_prompt(kwargs, length), threading.Event(), fast_decode=fast)
+            try:
+                for _ in itertools.islice(tokens, new_tokens):
+                    pass
+            finally:
+                tokens.close()  # type: ignore[attr-defined]
+        seconds = time.perf_counter() - started
+        logger.info("fast decode warmed up for prompts of %s tokens (%.1f s)", list(prompt_tokens), seconds)
+        return seconds
 
     # ----- alone or batched ------------------------------------------------------------------
 
@@ -100,6 +137,17 @@ class GenerationRouting:
         servers call it before they start a streamed response, which could not change its status."""
         if self.batch_concurrent:
             self._scheduler().check_capacity()
+
+
+def _padded_prompt(generate_kwargs: dict[str, Any], length: int) -> dict[str, Any]:
+    """``generate_kwargs`` with its one prompt grown to ``length`` tokens (copies of its first token in front):
+    a warm-up needs a prompt's shape, not its words."""
+    ids = generate_kwargs["input_ids"]
+    missing = length - ids.shape[1]
+    if missing <= 0:
+        return generate_kwargs
+    ids = torch.cat([ids[:, :1].expand(ids.shape[0], missing), ids], dim=1)
+    return {**generate_kwargs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 _WARNED: set[tuple[int, str]] = set()
