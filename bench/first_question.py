@@ -46,7 +46,9 @@ def question_of(llm: Any, tokens: int) -> str:
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--shape", default="chatglm3-6b")
-    p.add_argument("--mode", choices=("cold", "warm"), default="warm")
+    p.add_argument("--mode", choices=("cold", "warm", "evict"), default="warm",
+                   help="evict: as cold, but with one decode graph kept per model, then both questions again: "
+                        "what a graph dropped by the least-recently-used limit costs to build again")
     p.add_argument("--fast-on-cpu", action="store_true", help="(tiny) run the fast path on CPU, uncompiled")
     args = p.parse_args()
 
@@ -81,8 +83,22 @@ def main() -> None:
         else:
             llm.warm_up(prompt_tokens=lengths)
         result["warm_up_s"] = time.perf_counter() - started
+    if args.mode == "evict":
+        import llm.fast_decode.decode_graph as decode_graph
+
+        decode_graph.MAX_GRAPHS_PER_MODEL = 1
     result["first_token_s"] = {str(n): first_token_seconds(llm, question_of(llm, n)) for n in lengths}
     result["second_first_token_s"] = {str(n): first_token_seconds(llm, question_of(llm, n)) for n in lengths}
+    if args.mode == "evict" and device == "cuda":  # the memory make_room counts on: a dropped graph's comes back
+        from llm.fast_decode import fast_decode_state, graph_memory
+
+        graphs = fast_decode_state(model).graphs
+        held = sum(graph_memory.graph_bytes(model, key[:2]) for key in graphs)
+        kept = graph_memory.free_bytes(torch.device(device))
+        graphs.clear()
+        result["dropped_graph_bytes"] = held
+        result["freed_bytes"] = graph_memory.free_bytes(torch.device(device)) - kept
+        print(f"dropping {held / 2**20:.0f} MiB of graphs freed {result['freed_bytes'] / 2**20:.0f} MiB")
     name = f"first_question_{shape}_{args.mode}"
     write_result(args.out, name, result)
     print(f"{args.mode}: warm-up {result.get('warm_up_s', 0.0):.1f} s; first TTFT "

@@ -26,7 +26,8 @@ def test_first_question_lengths_bound_a_full_answer_prompt(tiny_chatglm: ChatGLM
     assert chat == CHAT_PROMPT_TOKENS
     text = sanguo_path.read_text(encoding="utf-8")[5000:6200]
     passages = [Document(page_content=text[i * 300:(i + 1) * 300]) for i in range(4)]
-    rendered = tiny_chatglm.render_prompt(render_answer_prompt(QA_PROMPT, tiny_chatglm, passages, "曹操是什么人？"))
+    answer_prompt = render_answer_prompt(QA_PROMPT, tiny_chatglm, passages, "曹操是什么人？")
+    rendered = tiny_chatglm.render_prompt(answer_prompt)
     tokens = len(tiny_chatglm.tokenizer(rendered, add_special_tokens=False)["input_ids"])
     assert tokens <= answer <= len(rendered) + 2 * CHAT_PROMPT_TOKENS
     capped = Settings(llm={"max_input_tokens": 200})
@@ -53,7 +54,8 @@ def test_server_warm_up_asks_for_a_first_chat_and_answer(tmp_path: Path) -> None
     Services(settings, llm=model).warm_up()  # type: ignore[arg-type]
     assert model.asked == [first_question_lengths(settings, model)]
     off = _Recorder()
-    Services(Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"warm_up": False}), llm=off).warm_up()  # type: ignore[arg-type]
+    settings_off = Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"warm_up": False})
+    Services(settings_off, llm=off).warm_up()  # type: ignore[arg-type]
     assert off.asked == []
 
 

@@ -7,8 +7,8 @@ processors, criteria) and waits for the GPU at every step, so the GPU idles in b
 each token back one step late, while the next step already runs.
 
 Each graph is built per shape key ``(batch, bucketed cache length)``, sampling kind and
-options (packed attention, fused q/k/v, GEMV kernel), kept in the model's ``FastDecodeState`` (least
-recently used beyond ``MAX_CACHES_PER_MODEL`` freed). On CPU the same step runs uncaptured.
+options (packed attention, fused q/k/v, GEMV kernel), kept in the model's ``FastDecodeState`` while the
+GPU has room (``graph_memory``: least recently used dropped first). On CPU the same step runs uncaptured.
 A P-tuning prefix takes the cache's first slots (``llm.fast_decode.prefix``): ``cur`` counts
 them, ``pads`` too, so a token's rotary position ``cur - pads`` counts only the row's real tokens.
 """
@@ -33,7 +33,8 @@ from llm.fast_decode.prefill import prefill
 from llm.fast_decode.prefix import claim_cache, prefix_slots
 from llm.fast_decode.sampling import Sampling, choose_tokens, resolve_sampling
 from llm.fast_decode.state import FastDecodeOptions, cache_kwarg, fast_decode_state
-from llm.fast_decode.static_cache import MAX_CACHES_PER_MODEL, shape_key
+from llm.fast_decode.graph_memory import MAX_GRAPHS_PER_MODEL, build_with_room, graph_bytes
+from llm.fast_decode.static_cache import shape_key
 from llm.kernels.pdl import launch_pdl
 from llm.kernels.token_choice_op import token_kernels_apply, greedy_choice, sampled_choice
 
@@ -290,13 +291,15 @@ def cached_decode_graph(
     full_key = (*key, sampling, bool(fused), prefix_slots(model), options)  # options: frozen, hashable
     g = state.graphs.pop(full_key, None)
     if g is None:
-        g = build_decode_graph(model, key, sampling, capture=model.device.type == "cuda", fused=fused, options=options)
+        device = torch.device(model.device)
+        capture = device.type == "cuda"
+        g = build_with_room(
+            lambda: build_decode_graph(model, key, sampling, capture=capture, fused=fused, options=options),
+            state.graphs, graph_bytes(model, key), device, limit=MAX_GRAPHS_PER_MODEL)
         if g.graph is not None:
             state.capture_times[f"{key[0]}x{key[1]}"] = g.capture_s
             logger.info("decode graph ready for batch %d, cache length %d (%.1f s)", key[0], key[1], g.capture_s)
     state.graphs[full_key] = g
-    while len(state.graphs) > MAX_CACHES_PER_MODEL:
-        state.graphs.popitem(last=False)
     return g
 
 
