@@ -1,5 +1,6 @@
 """What a server warms at start, once its chat model is loaded: the fast path's shapes for a first chat and
-a first knowledge-base answer (``ChatGLM.warm_up``), so that neither first question waits for a compile.
+a first knowledge-base answer (``ChatGLM.warm_up``), so that neither first question waits for a compile;
+on a shared server (``llm.warm_up_batch``) also those of batches of concurrent requests.
 
 The decode step is compiled per shape key (batch, cache length: the next power of two of prompt +
 ``max_new_tokens``), 35-42 s for the ChatGLM3-6B shape (docs/PERFORMANCE.md). With the default settings a
@@ -20,7 +21,7 @@ from chains.answer_context import render_answer_prompt
 from chains.prompts import QA_PROMPT
 from configs import Settings
 
-__all__ = ["CHAT_PROMPT_TOKENS", "first_question_lengths", "warm_up_llm"]
+__all__ = ["CHAT_PROMPT_TOKENS", "first_question_lengths", "warm_up_batch_sizes", "warm_up_llm"]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,24 @@ def first_question_lengths(settings: Settings, llm: Any) -> tuple[int, ...]:
     return CHAT_PROMPT_TOKENS, min(len(rendered), settings.llm.max_input_tokens)
 
 
+def warm_up_batch_sizes(settings: Settings) -> list[int]:
+    """The batch sizes to warm: 1, then the sizes batches of concurrent requests run at (powers of two,
+    ``llm.batch_rows.batch_bucket``) up to ``llm.warm_up_batch`` requests (at most ``max_concurrent_batch``)."""
+    from llm.batch_rows import batch_bucket
+
+    largest = batch_bucket(min(settings.llm.warm_up_batch, settings.llm.max_concurrent_batch))
+    return [1 << i for i in range(largest.bit_length())]
+
+
 def warm_up_llm(llm: Any, settings: Settings) -> float | None:
-    """Warm ``llm``'s fast path for ``first_question_lengths`` (``llm.warm_up`` setting); the seconds it took,
-    or None when off or there is nothing to warm. A failure is logged in one line, never raised: the
-    first questions then compile as they did before."""
+    """Warm ``llm``'s fast path for ``first_question_lengths`` at ``warm_up_batch_sizes`` (``llm.warm_up``);
+    the seconds it took, or None when off or there is nothing to warm. A failure is logged in one line,
+    never raised: the first questions then compile as they did before."""
     warm_up = getattr(llm, "warm_up", None)
     if not settings.llm.warm_up or not callable(warm_up):
         return None
     try:
-        return warm_up(prompt_tokens=first_question_lengths(settings, llm))
+        return warm_up(prompt_tokens=first_question_lengths(settings, llm), batch_sizes=warm_up_batch_sizes(settings))
     except Exception as e:  # a server keeps serving; its first questions compile instead
         log.warning("warming up the chat model failed (first questions compile instead): %s", one_line(e))
         return None

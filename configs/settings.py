@@ -138,7 +138,13 @@ class LLMSettings(_Section):
     warm_up: bool = Field(
         True,
         description="Servers: once the local model is loaded, compile the CUDA fast path for a first chat and a first "
-        "knowledge-base answer in the background (35-42 s for a 6B model), so no first question waits for it.",
+        "knowledge-base answer in the background (~40 s for a 6B model), so no first question waits for it.",
+    )
+    warm_up_batch: int = Field(
+        1,
+        ge=1,
+        description="With warm_up: also warm batches of concurrent requests (2, 4, 8, ... rows) up to this many; a "
+        "shared server: max_concurrent_batch. Each size adds ~12 s of background compile and its KV caches.",
     )
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 

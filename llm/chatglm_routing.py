@@ -4,11 +4,11 @@ Two choices per generation, both from ``ChatGLM`` fields and the model's state: 
 path of ``llm.fast_decode`` or plain ``generate`` (``fast_decode``, ``fast_decode_options``), and
 alone on the model's worker or batched with concurrent streamed requests in its
 ``llm.batching.BatchScheduler`` (``batch_concurrent``, ``max_concurrent_batch``, ``max_queue``).
+``warm_up`` builds the fast path's shapes ahead of the first generations that would need them.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -26,7 +26,7 @@ from llm.fast_decode import (
     unsupported_reason,
 )
 from llm.solo_stream import run_alone
-from llm.streaming import stream_token_ids
+from llm.streaming import CancelCriteria, run_generate, stream_token_ids
 
 __all__ = ["GenerationRouting"]
 
@@ -34,7 +34,6 @@ __all__ = ["GenerationRouting"]
 logger = logging.getLogger("llm.chatglm")
 
 WARM_UP_TEXT = "你好"
-WARM_UP_NEW_TOKENS = 4  # the prompt pass, the decode graph's capture and a few replays
 
 
 class GenerationRouting:
@@ -76,32 +75,31 @@ class GenerationRouting:
         """The options generations run the fast path with, None for plain ``generate``."""
         return self.fast_decode_options if self.fast_decode_active else None
 
-    def warm_up(self, *, prompt_tokens: Sequence[int] = (16,), new_tokens: int = WARM_UP_NEW_TOKENS) -> float | None:
-        """Compile and capture the fast path for a first question of each prompt length; the seconds it
-        took, or None where generations do not take the fast path (nothing to compile).
+    def warm_up(self, *, prompt_tokens: Sequence[int] = (16,), batch_sizes: Sequence[int] = (1,)) -> float | None:
+        """Compile and capture the fast path for each prompt length at each batch size; the seconds it took,
+        or None where generations do not take the fast path (nothing to compile).
 
-        Otherwise the first question of each shape waits for it: 35-42 s for the ChatGLM3-6B shape
-        (the decode step's compile, the GEMV tiles' timing, the capture), 11-14 s with a warm Inductor
-        cache (docs/PERFORMANCE.md). Each length streams a prompt of that many tokens with the default
-        generation options, so the shape key (batch 1, the cache-length bucket of prompt +
-        ``max_new_tokens``) and the sampling kind are a default question's, and stops after
-        ``new_tokens``. It runs on the model's worker outside the batch queue: a question arriving
-        meanwhile waits for it, as it would have waited for its own compile.
+        Otherwise the first generation of each shape waits for it: 26-42 s for the ChatGLM3-6B shape
+        (the decode step's compile, the GEMV tiles' timing, the capture), 11-13 s for another cache
+        bucket or batch size once the kernels are compiled (docs/PERFORMANCE.md, run 32). Each call runs
+        a prompt of that many tokens (rows of it, for a batch) with the default generation options, so
+        the shape key (rows, the cache-length bucket of prompt + ``max_new_tokens``) and the sampling
+        kind are a default question's; its cancel event is set from the start, so the graph is built and
+        the prompt pass captured and no token is decoded. Batches of concurrent requests run at powers
+        of two (``llm.batch_rows``): warm those. It runs on the model's worker outside the batch queue: a
+        question arriving meanwhile waits for it, as it would have waited for its own compile.
         """
         fast = self._fast_decode()
         if fast is None:
             return None
         started = time.perf_counter()
         for length in prompt_tokens:
-            kwargs = self._generate_kwargs([WARM_UP_TEXT], {"min_new_tokens": new_tokens})
-            tokens = stream_token_ids(self.model, _padded_prompt(kwargs, length), threading.Event(), fast_decode=fast)
-            try:
-                for _ in itertools.islice(tokens, new_tokens):
-                    pass
-            finally:
-                tokens.close()  # type: ignore[attr-defined]
+            kwargs = _padded_prompt(self._generate_kwargs([WARM_UP_TEXT], {}), length)
+            for rows in batch_sizes:
+                run_generate(self.model, _cancelled_rows(kwargs, rows), fast_decode=fast)
         seconds = time.perf_counter() - started
-        logger.info("fast decode warmed up for prompts of %s tokens (%.1f s)", list(prompt_tokens), seconds)
+        logger.info("fast decode warmed up for prompts of %s tokens at batch sizes %s (%.1f s)", list(prompt_tokens),
+                    list(batch_sizes), seconds)
         return seconds
 
     # ----- alone or batched ------------------------------------------------------------------
@@ -137,6 +135,15 @@ class GenerationRouting:
         servers call it before they start a streamed response, which could not change its status."""
         if self.batch_concurrent:
             self._scheduler().check_capacity()
+
+
+def _cancelled_rows(generate_kwargs: dict[str, Any], rows: int) -> dict[str, Any]:
+    """``generate_kwargs`` of one prompt as ``rows`` copies of it, cancelled before the first decode step."""
+    stop = threading.Event()
+    stop.set()
+    criteria = [*(generate_kwargs.get("stopping_criteria") or []), CancelCriteria(stop)]
+    tensors = {name: generate_kwargs[name].repeat(rows, 1) for name in ("input_ids", "attention_mask")}
+    return {**generate_kwargs, **tensors, "stopping_criteria": criteria}
 
 
 def _padded_prompt(generate_kwargs: dict[str, Any], length: int) -> dict[str, Any]:

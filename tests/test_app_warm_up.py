@@ -10,7 +10,7 @@ import pytest
 from langchain_core.documents import Document
 
 from app.services import Services
-from app.warm_up import CHAT_PROMPT_TOKENS, first_question_lengths
+from app.warm_up import CHAT_PROMPT_TOKENS, first_question_lengths, warm_up_batch_sizes
 from chains.answer_context import render_answer_prompt
 from chains.prompts import QA_PROMPT
 from configs import Settings
@@ -38,11 +38,11 @@ class _Recorder:
     """A model whose ``warm_up`` records what it was asked (or fails)."""
 
     def __init__(self, error: Exception | None = None) -> None:
-        self.asked: list[tuple[int, ...]] = []
+        self.asked: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         self.error = error
 
-    def warm_up(self, *, prompt_tokens: tuple[int, ...]) -> float:
-        self.asked.append(tuple(prompt_tokens))
+    def warm_up(self, *, prompt_tokens: tuple[int, ...], batch_sizes: list[int]) -> float:
+        self.asked.append((tuple(prompt_tokens), tuple(batch_sizes)))
         if self.error is not None:
             raise self.error
         return 0.0
@@ -52,7 +52,11 @@ def test_server_warm_up_asks_for_a_first_chat_and_answer(tmp_path: Path) -> None
     settings = Settings(kb_root=tmp_path, embedding={"model": "none"})
     model = _Recorder()
     Services(settings, llm=model).warm_up()  # type: ignore[arg-type]
-    assert model.asked == [first_question_lengths(settings, model)]
+    assert model.asked == [(first_question_lengths(settings, model), (1,))]
+    shared = Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"warm_up_batch": 12})
+    Services(shared, llm=model).warm_up()  # type: ignore[arg-type]
+    assert model.asked[-1][1] == (1, 2, 4, 8, 16)  # 9-12 concurrent requests run as a batch of 16
+    assert warm_up_batch_sizes(Settings(llm={"warm_up_batch": 64, "max_concurrent_batch": 4})) == [1, 2, 4]
     off = _Recorder()
     settings_off = Settings(kb_root=tmp_path, embedding={"model": "none"}, llm={"warm_up": False})
     Services(settings_off, llm=off).warm_up()  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import pytest
 import llm.fast_decode.decode_graph as decode_graph
 from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions, fast_decode_state
-from tests.helpers import count_calls
+from tests.helpers import count_calls, stream_together
 
 
 def fast_llm(tiny_glm_dir: Path, **fields: Any) -> ChatGLM:
@@ -29,7 +29,7 @@ def test_a_first_question_of_a_warmed_length_builds_no_decode_graph(
     two cache buckets (1,024 and 2,048 slots with 600 new tokens), questions of those lengths, sampled with
     the default options, build no graph; a third bucket still builds its own."""
     llm = fast_llm(tiny_glm_dir, max_new_tokens=600)
-    assert llm.warm_up(prompt_tokens=(16, 700), new_tokens=3) is not None
+    assert llm.warm_up(prompt_tokens=(16, 700)) is not None
     warmed = {key[:2] for key in fast_decode_state(llm.model).graphs}
     assert warmed == {(1, 1024), (1, 2048)}
 
@@ -56,6 +56,21 @@ def test_a_warmed_first_question_captures_nothing_on_cuda(tiny_glm_dir: Path, mo
     builds = count_calls(monkeypatch, decode_graph, "build_decode_graph")
     assert "".join(llm.stream("刘备是谁？", min_new_tokens=2))
     assert builds == [] and llm.fast_decode_report["decode_graph"] is None
+
+
+def test_warmed_batch_sizes_serve_concurrent_requests_without_a_build(
+    tiny_glm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of concurrent requests run at powers of two (three requests: four rows); warmed at those
+    sizes, the first burst of three builds no decode graph, and each request gets its own answer."""
+    llm = fast_llm(tiny_glm_dir, temperature=0.0, max_new_tokens=12)
+    llm.warm_up(prompt_tokens=(16,), batch_sizes=(1, 2, 4))
+    assert {key[:2] for key in fast_decode_state(llm.model).graphs} == {(1, 1024), (2, 1024), (4, 1024)}
+    questions = ["刘备是谁？", "关羽是谁？", "张飞是谁？"]
+    builds = count_calls(monkeypatch, decode_graph, "build_decode_graph")
+    together = stream_together(llm, questions)
+    assert builds == []
+    assert together == {q: "".join(llm.stream(q)) for q in questions}
 
 
 def test_warm_up_changes_no_answer(tiny_glm_dir: Path) -> None:
