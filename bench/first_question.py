@@ -24,7 +24,7 @@ import torch
 
 from bench.common import SHAPES, char_tokenizer, parser, write_result
 
-FALLBACK_LENGTHS = (32, 2183)  # first_question_lengths of the default settings on the tests' tokenizer
+FALLBACK_LENGTHS = (32, 2183)  # first_question_lengths of the default settings (a count of characters)
 
 
 def first_token_seconds(llm: Any, prompt: str) -> float:

@@ -6,7 +6,7 @@ is 1.9 GB). A server that batches concurrent requests meets up to five batch siz
 three cache buckets; with at most four graphs kept by count, the least recently used one was dropped
 and captured again whenever the mix came round (0.15-0.22 s of a first token on the 6B shape, run 32c:
 the compiled code is reused), and a build that ran out of memory turned the decode graph off for the
-model for good (plain ``generate`` from then on). Graphs are now kept up to ``MAX_GRAPHS_PER_MODEL``
+model for good (``generate`` on a compiled static cache from then on, about half the speed). Graphs are now kept up to ``MAX_GRAPHS_PER_MODEL``
 while the GPU has room: before a new graph is built, ``make_room`` drops the least recently used ones
 only while free device memory is short of the new graph's size plus ``headroom`` (a tenth of the card,
 at least ``MIN_HEADROOM``: what the embedding model and a long prompt pass need beside the graphs). A
@@ -42,7 +42,7 @@ def graph_bytes(model: Any, key: tuple[int, int]) -> int:
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     layers = int(config.num_hidden_layers)
-    element = torch.empty((), dtype=model.dtype).element_size()
+    element = model.dtype.itemsize
     vocab = int(config.vocab_size)
     return 2 * layers * batch * kv_heads * length * head_dim * element + batch * vocab * 5
 
