@@ -82,7 +82,67 @@ def write_rules(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("write", [write_manual, write_english, write_rules])
+OUTLINE = [("差旅制度", 0), ("总则", 1), ("本制度适用于全体员工。", 0), ("交通", 2),
+           ("火车二等座，飞机经济舱。", 0), ("报销", 1), ("凭发票报销。", 0), ("不是标题", 0), ("附言。", 0)]
+
+
+def write_outline(path: Path) -> Path:
+    """Headings as Word and WPS also make them: a custom style based on Heading 1 ("总则"), a style with
+    its own outline level 2 ("交通"), a body paragraph given outline level 1 ("报销"), and a paragraph of
+    the custom heading style set back to body text ("不是标题"); before them a table of contents (a TOC
+    field whose entries are in the "toc 1" style), which repeats the headings and is left out."""
+    import docx
+    from docx.enum.style import WD_STYLE_TYPE
+
+    document = docx.Document()
+    styles = document.styles
+    styles.add_style("公司一级标题", WD_STYLE_TYPE.PARAGRAPH).base_style = styles["Heading 1"]
+    point = styles.add_style("要点标题", WD_STYLE_TYPE.PARAGRAPH)
+    point.base_style = styles["Normal"]
+    _set_outline(point.element, 1)
+    styles.add_style("toc 1", WD_STYLE_TYPE.PARAGRAPH)
+    document.add_paragraph(OUTLINE[0][0])
+    first = document.add_paragraph(style="toc 1")
+    _add_field_marks(first, "begin", ' TOC \\o "1-3" \\h \\z \\u ', "separate")
+    first.add_run("总则\t1")
+    _add_field_marks(document.add_paragraph("报销\t2", style="toc 1"), "end")
+    style_of = {"总则": "公司一级标题", "交通": "要点标题", "不是标题": "公司一级标题"}
+    for line, _ in OUTLINE[1:]:
+        paragraph = document.add_paragraph(line, style=style_of.get(line))
+        if line in ("报销", "不是标题"):
+            _set_outline(paragraph._p, 0 if line == "报销" else 9)
+    document.save(path)
+    return path
+
+
+def _set_outline(element: Any, level: int) -> None:
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    outline = OxmlElement("w:outlineLvl")
+    outline.set(qn("w:val"), str(level))
+    element.get_or_add_pPr().append(outline)
+
+
+def _add_field_marks(paragraph: Any, *parts: str) -> None:
+    """Runs of a complex field: "begin", "separate", "end" marks, anything else its code."""
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    for part in parts:
+        run = OxmlElement("w:r")
+        if part in ("begin", "separate", "end"):
+            mark = OxmlElement("w:fldChar")
+            mark.set(qn("w:fldCharType"), part)
+        else:
+            mark = OxmlElement("w:instrText")
+            mark.set(qn("xml:space"), "preserve")
+            mark.text = part
+        run.append(mark)
+        paragraph._p.append(run)
+
+
+@pytest.mark.parametrize("write", [write_manual, write_english, write_rules, write_outline])
 def test_doc_main_text_is_the_docx_loaders_text(write: Any, tmp_path: Path) -> None:
     """Differential: the .doc LibreOffice made from a DOCX reads as the DOCX loader reads that DOCX,
     the table as ``a | b`` rows and the headings ("Heading 1-3" styles; a .doc's were plain lines
@@ -96,8 +156,10 @@ def test_doc_main_text_is_the_docx_loaders_text(write: Any, tmp_path: Path) -> N
     assert _lines(text) == _lines(source)
     assert [(h.level, h.title, text[h.start:h.start + len(h.title)]) for h in document.headings] == [
         (h.level, h.title, source[h.start:h.start + len(h.title)]) for h in source_document.headings]
-    if name == "rules.doc":
-        assert [(h.title, h.level) for h in document.headings] == [(t, n) for t, n in RULES if n]
+    if name in ("rules.doc", "outline.doc"):
+        lines = RULES if name == "rules.doc" else OUTLINE
+        assert [(h.title, h.level) for h in document.headings] == [(t, n) for t, n in lines if n]
+        assert "\t" not in text  # no table of contents entry ("总则\t1")
     assert "HYPERLINK" not in text and "页眉" not in text  # a field's code, a header: not main text
     if name == "manual.doc":
         assert "姓名 | 部门\n张三 | 销售部\n" in text
@@ -184,6 +246,18 @@ def _papx_fkp(bounds: list[int], papx: list[bytes | None]) -> bytes:
     return bytes(page)
 
 
+def test_based_on_chains_that_loop_end() -> None:
+    """A hostile style sheet whose styles are based on each other in a ring gives no heading (and does
+    not hang); a chain reaching a heading style or an outline level gives its level."""
+    from kb.loaders.doc_styles import Style, _resolved_level
+
+    ring = {1: Style(None, None, 2, False), 2: Style(None, None, 1, False)}
+    assert _resolved_level(ring, 1) == 0
+    chain = {0: Style(None, None, 0x0FFF, False), 5: Style(2, 0, 0, False), 6: Style(None, None, 5, False),
+             7: Style(None, 9, 5, False), 8: Style(None, 2, 0, False)}
+    assert [_resolved_level(chain, i) for i in (0, 5, 6, 7, 8, 9)] == [0, 2, 2, 0, 3, 0]
+
+
 def test_doc_refusals(tmp_path: Path) -> None:
     data = (FIXTURES / "english.doc").read_bytes()
     assert ".doc" in SUPPORTED_SUFFIXES and SUFFIX_FORMATS[".doc"] == frozenset({"doc"})
@@ -231,8 +305,8 @@ def _with_fib_flag(data: bytes, flag: int) -> bytes:
 def make_fixtures() -> None:
     """Write the DOCX sources and convert them with LibreOffice into tests/data/doc."""
     with tempfile.TemporaryDirectory() as folder:
-        sources = [write_manual(Path(folder) / "manual.docx"), write_english(Path(folder) / "english.docx"),
-                   write_rules(Path(folder) / "rules.docx")]
+        sources = [write(Path(folder) / f"{write.__name__.removeprefix('write_')}.docx")
+                   for write in (write_manual, write_english, write_rules, write_outline)]
         libreoffice_convert(sources, "doc", FIXTURES)
 
 

@@ -16,9 +16,11 @@ as the DOCX loader writes them. In the text a cell end and a row end are the sam
 and an empty cell looks like a row end; what tells them apart is each paragraph's properties
 (PAPX: ``sprmPFInTable``, ``sprmPFTtp``), kept in 512-byte pages (FKPs) that the table stream's
 ``PlcBtePapx`` lists. Where those cannot be read, every cell is its own line. The same properties
-name each paragraph's style: one of the style sheet's heading styles (``kb.loaders.doc_styles``)
-makes the paragraph a heading, as "Heading 1-3" does in a DOCX; otherwise chapters come from
-第N章/回 lines as in plain text. Encrypted and damaged files are refused in one line.
+give each paragraph's style and its own outline level (``kb.loaders.doc_sprms``): the outline level,
+else a heading style of the style sheet (``kb.loaders.doc_styles``: built-in, named so, by its own
+outline level or the style it is based on) makes the paragraph a heading, as in a DOCX, and a
+paragraph of a "toc N" style is a table of contents' entry, left out as the DOCX loader leaves it
+out; otherwise chapters come from 第N章/回 lines as in plain text. Encrypted and damaged files are refused in one line.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import NamedTuple
 
 from kb.errors import DocumentLoadError
 from kb.loaders.compound_file import compound_file
-from kb.loaders.doc_styles import heading_styles
+from kb.loaders.doc_sprms import IN_TABLE, ROW_END, heading_level, outline_level, prls
+from kb.loaders.doc_styles import StyleSheet, style_sheet
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
 
 _FIB_IDENT = 0xA5EC
@@ -42,14 +45,13 @@ _FC_CLX = 0x01A2  # FibRgFcLcb97.fcClx / lcbClx: the piece table's place in the 
 _FC_PAPX = 0x0102  # FibRgFcLcb97.fcPlcfBtePapx / lcbPlcfBtePapx: where the table stream lists the paragraph FKPs
 _MAX_PIECES = 1 << 20
 _PAGE = 512  # an FKP's size, at page number x 512 in the WordDocument stream
-_IN_TABLE, _ROW_END = 0x2416, 0x2417  # sprmPFInTable, sprmPFTtp (the mark that ends a table row)
-_OPERAND_SIZE = {0: 1, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2, 7: 3}  # by the sprm's spra bits; 6: sized in the operand
-_DEF_TABLE, _CHANGE_TABS = 0xD608, 0xC615  # spra 6 sprms whose size is not one leading byte
 # Stand-ins for a table's marks from main_text to readable: a paragraph end inside a cell, a cell
 # end, a row end (private-use characters: never in a .doc's text as such).
 _IN_CELL, _CELL_END, _ROW_MARK = "\ue000", "\ue001", "\ue002"
 _HEADING_MARKS = "\ue011\ue012\ue013"  # before a heading paragraph's end: levels 1, 2, 3
 _HEADING_LINE = re.compile(f"^([^\n]*)([{_HEADING_MARKS}])[ \t]*$", re.MULTILINE)
+_CONTENTS_MARK = "\ue010"  # before the end of a table of contents' entry: the line is left out
+_CONTENTS_LINE = re.compile(f"^[^\n]*{_CONTENTS_MARK}[^\n]*(?:\n|$)", re.MULTILINE)
 _FIELD_BEGIN, _FIELD_SEPARATOR, _FIELD_END = "\x13", "\x14", "\x15"
 # Marks that end a line (paragraph, cell, line, page, column), non-breaking space and hyphen, and
 # marks that stand for nothing readable (picture and object anchors, footnote and annotation
@@ -58,7 +60,7 @@ _NEWLINES = str.maketrans({"\r": "\n", "\x07": "\n", "\x0b": "\n", "\x0c": "\n",
                            "\x1e": "-", "\x01": None, "\x02": None, "\x03": None, "\x04": None, "\x05": None,
                            "\x08": None, "\x1f": None})
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")
-_UNMARK = str.maketrans(dict.fromkeys(_HEADING_MARKS))  # a stand-in left where no line ends after it
+_UNMARK = str.maketrans(dict.fromkeys(_HEADING_MARKS + _CONTENTS_MARK))  # a stand-in left where no line ends after it
 
 
 def load_doc(path: Path) -> LoadedDocument:
@@ -92,7 +94,7 @@ def main_text(word: bytes, table: bytes) -> str:
         raise ValueError("the FIB points outside the document")
     runs = paragraph_runs(word, table)
     starts = [run.start for run in runs]
-    levels = heading_styles(word, table) if runs else {}
+    styles = style_sheet(word, table) if runs else StyleSheet({}, frozenset())
     out: list[str] = []
     taken = 0
     for start, end, offset, compressed in pieces(table[fc_clx: fc_clx + lcb_clx]):
@@ -105,7 +107,7 @@ def main_text(word: bytes, table: bytes) -> str:
             chunk = word[offset: offset + 2 * count].decode("utf-16-le", errors="replace")
         if len(chunk) != count:
             raise ValueError("a piece runs past the WordDocument stream")
-        out.append(_mark_paragraphs(chunk, offset, 1 if compressed else 2, runs, starts, levels) if runs else chunk)
+        out.append(_mark_paragraphs(chunk, offset, 1 if compressed else 2, runs, starts, styles) if runs else chunk)
         taken += count
     return "".join(out)
 
@@ -118,6 +120,7 @@ class Paragraph(NamedTuple):
     in_table: bool
     row_end: bool  # its mark ends a table row
     istd: int  # its style, by index in the style sheet
+    outline: int | None  # its own outline level (sprmPOutLvl), before its style's
 
 
 def paragraph_runs(word: bytes, table: bytes) -> list[Paragraph]:
@@ -151,7 +154,7 @@ def _fkp_runs(word: bytes, at: int) -> list[Paragraph]:
     for i in range(crun):
         where = 2 * page[4 * (crun + 1) + 13 * i]
         istd, sprms = _papx(page, where) if where else (0, b"")
-        runs.append(Paragraph(bounds[i], bounds[i + 1], *_table_flags(sprms), istd))
+        runs.append(Paragraph(bounds[i], bounds[i + 1], *_table_flags(sprms), istd, outline_level(sprms)))
     return runs
 
 
@@ -164,34 +167,16 @@ def _papx(page: bytes, at: int) -> tuple[int, bytes]:
 
 
 def _table_flags(sprms: bytes) -> tuple[bool, bool]:
-    """(in a table, ends a row) from a run of Prl (sprm, operand); an operand this reader cannot
-    size ends the scan with what it found so far."""
-    in_table = row_end = False
-    at = 0
-    while at + 2 < len(sprms):
-        sprm = struct.unpack_from("<H", sprms, at)[0]
-        spra = sprm >> 13
-        if spra != 6:
-            size = _OPERAND_SIZE[spra]
-        elif sprm == _DEF_TABLE:
-            size = 1 + struct.unpack_from("<H", sprms, at + 2)[0]
-        elif sprm == _CHANGE_TABS and sprms[at + 2] == 255:
-            break
-        else:
-            size = 1 + sprms[at + 2]
-        if sprm == _IN_TABLE:
-            in_table = bool(sprms[at + 2])
-        elif sprm == _ROW_END:
-            row_end = bool(sprms[at + 2])
-        at += 2 + size
-    return in_table, row_end
+    """(in a table, ends a row) from a paragraph's property modifiers."""
+    flags = {sprm: bool(operand[0]) for sprm, operand in prls(sprms) if sprm in (IN_TABLE, ROW_END) and operand}
+    return flags.get(IN_TABLE, False), flags.get(ROW_END, False)
 
 
 def _mark_paragraphs(chunk: str, offset: int, width: int, runs: list[Paragraph], starts: list[int],
-                     levels: dict[int, int]) -> str:
+                     styles: StyleSheet) -> str:
     """``chunk`` (a piece's text from byte ``offset``, ``width`` bytes a character) with each table
-    paragraph's end mark replaced by its stand-in and a heading paragraph's (``levels``: heading
-    styles by istd) preceded by its level's (``starts``: the runs' first bytes)."""
+    paragraph's end mark replaced by its stand-in, and a heading paragraph's or a contents entry's
+    preceded by its own (``starts``: the runs' first bytes)."""
     marked = list(chunk)
     for i, char in enumerate(chunk):
         if char not in "\r\x07":
@@ -202,14 +187,22 @@ def _mark_paragraphs(chunk: str, offset: int, width: int, runs: list[Paragraph],
             continue
         if run.in_table:
             marked[i] = _ROW_MARK if run.row_end else _CELL_END if char == "\x07" else _IN_CELL
-        elif char == "\r" and run.istd in levels:
-            marked[i] = _HEADING_MARKS[levels[run.istd] - 1] + char
+        elif char == "\r" and run.istd in styles.contents:
+            marked[i] = _CONTENTS_MARK + char
+        elif char == "\r" and (level := _paragraph_level(run, styles)):
+            marked[i] = _HEADING_MARKS[level - 1] + char
     return "".join(marked)
 
 
+def _paragraph_level(run: Paragraph, styles: StyleSheet) -> int:
+    """A paragraph's heading level 1-3 (0: none): its own outline level, else its style's."""
+    return heading_level(run.outline) if run.outline is not None else styles.levels.get(run.istd, 0)
+
+
 def take_headings(text: str) -> tuple[str, tuple[Heading, ...]]:
-    """``readable``'s text without the heading stand-ins, and the headings they marked (a heading
-    paragraph with no text is none)."""
+    """``readable``'s text without the contents entries and the heading stand-ins, and the headings
+    they marked (a heading paragraph with no text is none)."""
+    text = _CONTENTS_LINE.sub("", text)
     headings: list[Heading] = []
     out: list[str] = []
     length = 0

@@ -118,6 +118,15 @@ def heading_style_level(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_CONTENTS_STYLE = re.compile(r"^(?:toc|目录)\s*\d$", re.I)
+
+
+def is_contents_style(name: str) -> bool:
+    """Whether a Word paragraph style of this name holds a table of contents' entries ("TOC 1", "目录 2"):
+    they repeat the headings, and the DOCX and DOC loaders leave them out."""
+    return bool(_CONTENTS_STYLE.match(name))
+
+
 def text_blocks(parts: list[str]) -> Callable[[], Iterator[str]]:
     """``read_blocks`` for text already extracted as ``parts``: blocks of about BLOCK_CHARS."""
     return lambda: gathered(parts)

@@ -15,17 +15,15 @@ The archive is checked against zip bombs first; python-docx parses its XML with
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
 
 from kb.errors import DocumentLoadError
-from kb.loaders.document import Heading, LoadedDocument, heading_style_level, text_blocks
+from kb.loaders.document import Heading, LoadedDocument, heading_style_level, is_contents_style, text_blocks
 from kb.loaders.sniff import check_archive
 from kb.loaders.word_text import body_blocks, cell_text, paragraph_text, text_box_paragraphs
 
 _MAX_STYLE_DEPTH = 16
-_CONTENTS_STYLE = re.compile(r"^(?:toc|目录)\s*\d$", re.I)
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
 _WORD_VARIANTS = (
     "application/vnd.ms-word.document.macroEnabled.main+xml",
@@ -131,7 +129,7 @@ def _is_contents_entry(paragraph) -> bool:  # type: ignore[no-untyped-def]
         name = paragraph.style.name if paragraph.style is not None else ""
     except (KeyError, ValueError):
         return False
-    return bool(_CONTENTS_STYLE.match(name or ""))
+    return is_contents_style(name or "")
 
 
 def _outline_level(properties) -> int | None:  # type: ignore[no-untyped-def]
