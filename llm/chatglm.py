@@ -36,6 +36,7 @@ from llm.generate_kwargs import (
     with_stop_strings,
 )
 from llm.loading import load_model_and_tokenizer
+from llm.reasoning import Split, prompt_opens_reasoning
 from llm.streaming import GenerationStats, run_generate
 
 History = Sequence[tuple[str, str] | BaseMessage]
@@ -240,8 +241,9 @@ class ChatGLM(GenerationRouting, LLM):
         cancel: threading.Event,
         stats: GenerationStats | None = None,
         **kwargs: Any,
-    ) -> Iterator[str]:
-        """Text pieces as tokens are generated; closing this generator stops generation.
+    ) -> Iterator[Split]:
+        """Thinking and answer pieces as tokens are generated (``llm.reasoning``); closing this generator
+        stops generation.
 
         ``stats`` (if given) is filled in as generation runs: prompt and generated token
         counts, and once the generator ends, why it stopped.
@@ -257,8 +259,9 @@ class ChatGLM(GenerationRouting, LLM):
             raise
         stats = stats if stats is not None else GenerationStats()
         stats.start(generate_kwargs)
+        thinking = prompt_opens_reasoning(generate_kwargs["input_ids"][0], tokenizer=self.tokenizer)
         token_ids = self._token_ids(generate_kwargs, cancel, scheduler)
-        yield from answer_pieces(token_ids, tokenizer=self.tokenizer, stop=stop, stats=stats)
+        yield from answer_pieces(token_ids, tokenizer=self.tokenizer, stop=stop, stats=stats, thinking=thinking)
 
     def _stream(
         self,
@@ -319,8 +322,7 @@ class ChatGLM(GenerationRouting, LLM):
         """One prompt streams; several run as one left-padded ``generate`` batch."""
         if len(prompts) == 1:
             return super()._generate(prompts, stop, run_manager, **kwargs)
-        texts = self._generate_batch(prompts, stop, **kwargs)
-        return LLMResult(generations=[[Generation(text=text)] for text in texts])
+        return _batch_result(self._generate_batch(prompts, stop, **kwargs))
 
     async def _agenerate(
         self,
@@ -332,11 +334,12 @@ class ChatGLM(GenerationRouting, LLM):
         if len(prompts) == 1:
             return await super()._agenerate(prompts, stop, run_manager, **kwargs)
         loop = asyncio.get_running_loop()
-        texts = await loop.run_in_executor(ASYNC_EXECUTOR, lambda: self._generate_batch(prompts, stop, **kwargs))
-        return LLMResult(generations=[[Generation(text=text)] for text in texts])
+        return _batch_result(
+            await loop.run_in_executor(ASYNC_EXECUTOR, lambda: self._generate_batch(prompts, stop, **kwargs))
+        )
 
-    def _generate_batch(self, prompts: list[str], stop: list[str] | None, **kwargs: Any) -> list[str]:
-        """Answers to several prompts from one batched ``generate`` call (same cleaning as streams)."""
+    def _generate_batch(self, prompts: list[str], stop: list[str] | None, **kwargs: Any) -> list[Split]:
+        """Thinking and answer of several prompts from one batched ``generate`` call (cleaned as streams are)."""
         generate_kwargs = self._generate_kwargs(prompts, kwargs)
         prompt_length = generate_kwargs["input_ids"].shape[1]
         with_stop_strings(generate_kwargs, tokenizer=self.tokenizer, stop=stop, prompt_length=prompt_length)
@@ -345,15 +348,25 @@ class ChatGLM(GenerationRouting, LLM):
 
 
 def _generation_chunks(
-    pieces: Iterator[str], on_token: Callable[..., Any] | None = None
+    pieces: Iterator[Split], on_token: Callable[..., Any] | None = None
 ) -> Iterator[GenerationChunk]:
-    """Text pieces as ``GenerationChunk``s, each first reported to ``on_token`` (a callback manager's
-    ``on_llm_new_token``) if given; closing this closes ``pieces`` (stops generation)."""
+    """Pieces as ``GenerationChunk``s, each first reported to ``on_token`` (a callback manager's
+    ``on_llm_new_token``) if given; closing this closes ``pieces`` (stops generation). A reasoning model's
+    thinking comes as chunks of no text with ``generation_info["reasoning_content"]``."""
     try:
-        for text in pieces:
-            chunk = GenerationChunk(text=text)
+        for piece in pieces:
+            chunk = GenerationChunk(text=piece.answer, generation_info=_reasoning_info(piece))
             if on_token is not None:
-                on_token(text, chunk=chunk)
+                on_token(piece.answer, chunk=chunk)
             yield chunk
     finally:
         pieces.close()  # type: ignore[attr-defined]
+
+
+def _reasoning_info(piece: Split) -> dict[str, str] | None:
+    return {"reasoning_content": piece.reasoning} if piece.reasoning else None
+
+
+def _batch_result(splits: list[Split]) -> LLMResult:
+    """The answers of a batch, each with its thinking (if any) in ``generation_info``."""
+    return LLMResult(generations=[[Generation(text=s.answer, generation_info=_reasoning_info(s))] for s in splits])

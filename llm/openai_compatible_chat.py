@@ -15,6 +15,10 @@ differ from plain ``ChatOpenAI``:
   to fix (connection refused, 401, 404, timeouts), instead of the SDK's bare "Connection error.".
 - ``system_prompt`` (``llm.system_prompt``) is sent as a system message when a call has none,
   like the local backend does.
+- A reasoning model's thinking, which servers send beside the answer (vLLM with a reasoning parser,
+  DeepSeek's API: ``reasoning_content``; newer vLLM: ``reasoning``), is kept as
+  ``additional_kwargs["reasoning_content"]``, where the local backend puts it (``llm.reasoning``);
+  ``ChatOpenAI`` drops it.
 """
 
 from __future__ import annotations
@@ -115,6 +119,26 @@ class OpenAICompatibleChat(ChatOpenAI):
             defaults["extra_body"] = {"repetition_penalty": generation.repetition_penalty}
         return cls(**{**defaults, **fields})
 
+    # ----- a reasoning model's thinking ------------------------------------------------------
+
+    def _convert_chunk_to_generation_chunk(
+        self, chunk: dict, default_chunk_class: type, base_generation_info: dict | None
+    ) -> ChatGenerationChunk | None:
+        generation = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
+        choices = chunk.get("choices") or [{}]
+        reasoning = server_reasoning(choices[0].get("delta"))
+        if generation is not None and reasoning:
+            generation.message.additional_kwargs["reasoning_content"] = reasoning
+        return generation
+
+    def _create_chat_result(self, response: dict | openai.BaseModel, generation_info: dict | None = None) -> ChatResult:
+        result = super()._create_chat_result(response, generation_info)
+        data = response if isinstance(response, dict) else response.model_dump()
+        for generation, choice in zip(result.generations, data.get("choices") or [], strict=False):
+            if reasoning := server_reasoning(choice.get("message")):
+                generation.message.additional_kwargs["reasoning_content"] = reasoning
+        return result
+
     # ----- token counting (offline) ---------------------------------------------------------
 
     def get_token_ids(self, text: str) -> list[int]:
@@ -212,6 +236,14 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     def _url(self) -> str:
         return (self.openai_api_base or "https://api.openai.com/v1").rstrip("/")
+
+
+def server_reasoning(message: dict | None) -> str:
+    """The thinking a server sent in a message or delta: ``reasoning_content`` (DeepSeek, vLLM before
+    0.10, glmkb) or ``reasoning`` (vLLM since)."""
+    message = message or {}
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
 
 
 def _server_message(error: openai.APIStatusError) -> str:

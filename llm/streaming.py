@@ -23,6 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from llm.fast_decode import FastDecodeOptions, fast_generate
 from llm.per_model import PerModel
+from llm.reasoning import prompt_opens_reasoning, split_reasoning
 
 WORKER_THREAD_NAME = "glmkb-generate"
 END = object()  # the last item a producer puts on a consumer's queue
@@ -81,17 +82,23 @@ class CancelCriteria(StoppingCriteria):
 
 
 class BatchStopStringCriteria(StoppingCriteria):
-    """Per-row stop for batched generation: a row is done once its new text holds a stop string."""
+    """Per-row stop for batched generation: a row is done once its new text's answer (past a reasoning
+    model's thinking, ``llm.reasoning``) holds a stop string."""
 
     def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_length: int) -> None:
         self.tokenizer = tokenizer
         self.stop = list(stop)
         self.prompt_length = prompt_length
+        self.thinking: list[bool] | None = None  # per row: the prompt opened a <think> block
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        if self.thinking is None:
+            prompts = input_ids[:, : self.prompt_length]
+            self.thinking = [prompt_opens_reasoning(row, tokenizer=self.tokenizer) for row in prompts]
         new_ids = input_ids[:, self.prompt_length :].tolist()
         texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        done = [any(s in text.lstrip() for s in self.stop) for text in texts]
+        answers = [split_reasoning(text, thinking=t).answer for text, t in zip(texts, self.thinking, strict=True)]
+        done = [any(s in text.lstrip() for s in self.stop) for text in answers]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

@@ -47,7 +47,7 @@ def chat(tiny_chatglm: ChatGLM) -> RecordingChat:
 def test_the_local_job_reports_the_models_own_usage_and_fits_max_tokens(chat: RecordingChat) -> None:
     job = ChatJob.from_request(chat, request(repetition_penalty=1.1, temperature=0))
     assert job.params["max_tokens"] == chat.llm.max_new_tokens  # the model's default, room permitting
-    assert "".join(job.pieces()) == ANSWER
+    assert "".join(p.answer for p in job.pieces()) == ANSWER
     (call,) = chat.calls
     assert call["repetition_penalty"] == 1.1 and call["temperature"] == 0
     prompt = chat.get_num_tokens_from_messages([HumanMessage("刘备字什么？")])
@@ -64,7 +64,7 @@ def test_a_remote_model_without_usage_is_counted_and_gets_no_repetition_penalty(
     remote = GenericFakeChatModel(messages=iter([AIMessage("玄德")]), custom_get_token_ids=lambda text: list(map(ord, text)))
     job = ChatJob.from_request(remote, request(repetition_penalty=1.1, max_tokens=5))
     assert job.params == {"max_tokens": 5}  # no context known: passed as asked, no vLLM extension
-    assert "".join(job.pieces()) == "玄德"
+    assert "".join(p.answer for p in job.pieces()) == "玄德"
     assert job.outcome.completion_tokens == 2 and job.outcome.prompt_tokens > len("刘备字什么？")  # one per character
 
 

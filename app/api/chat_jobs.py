@@ -5,7 +5,8 @@ local model (``Services.require_chat_model``) or ``OpenAICompatibleChat`` when g
 fronts a vLLM server. The model reports ``usage_metadata`` and ``finish_reason`` on its last
 chunk (where a server sends no usage, the job counts with the model's tokenizer). Where the
 model's context is known (the local model), the job refuses prompts that cannot fit and bounds
-``max_tokens`` by the room the prompt leaves. ``pieces()`` is a generator of text whose closing
+``max_tokens`` by the room the prompt leaves. ``pieces()`` is a generator of (thinking, answer) text
+pieces (``llm.reasoning``: a reasoning model's thinking is a chunk's ``reasoning_content``) whose closing
 stops generation; ``outcome`` is filled in once it is exhausted. Everything here is
 synchronous; the API drives it from worker threads.
 """
@@ -20,6 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, BaseMessageChunk, HumanMessage, SystemMessage
 
 from app.api.schemas import ChatCompletionRequest, ChatMessage
+from llm.reasoning import Split
 
 __all__ = [
     "MAX_CHARS_PER_TOKEN",
@@ -212,17 +214,18 @@ class ChatJob:
             )
         self.params["max_tokens"] = min(budget, room) if budget else room
 
-    def pieces(self) -> Iterator[str]:
-        """Text as it is generated; closing this generator stops the model within a token."""
+    def pieces(self) -> Iterator[Split]:
+        """Thinking and answer text as it is generated; closing this generator stops the model within a token."""
         stream = self.chat.stream(self.messages, stop=self.stop, **self.params)
         texts: list[str] = []
         counted = False
         try:
             for chunk in stream:
                 counted = self.read_metadata(chunk) or counted
-                if chunk.text:
-                    texts.append(chunk.text)
-                    yield chunk.text
+                piece = Split(str(chunk.additional_kwargs.get("reasoning_content") or ""), chunk.text)
+                if piece.reasoning or piece.answer:
+                    texts.append(piece.reasoning + piece.answer)
+                    yield piece
         finally:
             stream.close()  # type: ignore[attr-defined]
         if not counted:  # a server that sends no usage: count with the model's tokenizer

@@ -90,7 +90,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         pieces = await until_disconnect(request, job.pieces())
         if pieces is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
-        return chat_completion_body(job, "".join(pieces), model=services.model_id)
+        return chat_completion_body(job, pieces, model=services.model_id)
 
     @v1.post("/embeddings")
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from app.api.chat_jobs import ChatJob
 from app.api.errors import error_event as error_payload
 from chains.events import Answer, Progress, Sources, Token
+from llm.reasoning import Split
 
 __all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "kb_answer_sse", "kb_completion_body"]
 
@@ -48,8 +49,10 @@ class CompletionIds:
         )
         return _dump(chunk)
 
-    def completion(self, text: str, finish_reason: str, **extra: Any) -> dict[str, Any]:
-        """A ``chat.completion``, validated as the ``openai`` package's ``ChatCompletion``."""
+    def completion(self, text: str, finish_reason: str, *, reasoning: str = "", **extra: Any) -> dict[str, Any]:
+        """A ``chat.completion``, validated as the ``openai`` package's ``ChatCompletion``; a reasoning
+        model's thinking as the message's ``reasoning_content`` (DeepSeek's and vLLM's field)."""
+        thinking = {"reasoning_content": reasoning} if reasoning else {}
         completion = ChatCompletion(
             id=self.id,
             object="chat.completion",
@@ -58,7 +61,7 @@ class CompletionIds:
             choices=[
                 Choice(
                     index=0,
-                    message=ChatCompletionMessage(role="assistant", content=text),
+                    message=ChatCompletionMessage(role="assistant", content=text, **thinking),
                     finish_reason=finish_reason,  # type: ignore[arg-type]
                     logprobs=None,
                 )
@@ -87,16 +90,18 @@ def error_event(error: BaseException) -> str:
 def chat_sse(job: ChatJob, *, model: str, include_usage: bool) -> Iterator[str]:
     """The ``chat.completion.chunk`` events of ``job``, ending in ``data: [DONE]``.
 
-    Chunks: the assistant role, one per text piece, the ``finish_reason``, then (when
-    ``stream_options.include_usage``) one with empty ``choices`` and the ``usage``.
+    Chunks: the assistant role, one per piece (a reasoning model's thinking as ``delta.reasoning_content``,
+    the answer as ``delta.content``), the ``finish_reason``, then (when ``stream_options.include_usage``)
+    one with empty ``choices`` and the ``usage``.
     """
     ids = CompletionIds(model)
     extra = {"usage": None} if include_usage else {}
     pieces = job.pieces()
     try:
         yield sse(ids.chunk({"role": "assistant", "content": ""}, **extra))
-        for text in pieces:
-            yield sse(ids.chunk({"content": text}, **extra))
+        for piece in pieces:
+            delta = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
+            yield sse(ids.chunk({**delta, "content": piece.answer} if piece.answer else delta, **extra))
         yield sse(ids.chunk({}, job.outcome.finish_reason, **extra))
         if include_usage:
             yield sse({**ids.chunk({}), "choices": [], "usage": job.outcome.usage()})
@@ -108,9 +113,11 @@ def chat_sse(job: ChatJob, *, model: str, include_usage: bool) -> Iterator[str]:
     yield DONE_EVENT
 
 
-def chat_completion_body(job: ChatJob, text: str, *, model: str) -> dict[str, Any]:
-    """The whole ``chat.completion`` of ``job`` once its ``pieces`` (``text``) are exhausted."""
-    return CompletionIds(model).completion(text, job.outcome.finish_reason, usage=job.outcome.usage())
+def chat_completion_body(job: ChatJob, pieces: list[Split], *, model: str) -> dict[str, Any]:
+    """The whole ``chat.completion`` of ``job`` once its ``pieces`` are exhausted."""
+    text, reasoning = "".join(p.answer for p in pieces), "".join(p.reasoning for p in pieces)
+    return CompletionIds(model).completion(text, job.outcome.finish_reason, reasoning=reasoning,
+                                           usage=job.outcome.usage())
 
 
 def kb_answer_sse(events: Iterator[Any], *, model: str, usage: Any = None, include_usage: bool = False) -> Iterator[str]:

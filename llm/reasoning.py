@@ -1,0 +1,105 @@
+"""A reasoning model's thinking, kept apart from its answer (``<think>...</think>``).
+
+GLM-Z1 and the other reasoning models of the GLM family (and DeepSeek-R1's distillations, Qwen3) write
+their thinking before the answer, between ``<think>`` and ``</think>``; their chat templates often open
+the block in the generation prompt already (``<|assistant|>\\n<think>``), so the output then starts inside
+it and only the closing tag appears. The thinking is no part of the answer: a knowledge-base answer's
+citations, a summary's map outputs, the chat history (GLM-Z1's own template drops it from earlier turns)
+and an API client's ``content`` must not carry it. ``llm.answer_text`` splits every generated text here,
+streamed or batched; the thinking goes out beside the answer (``reasoning_content``, the name DeepSeek's
+API, vLLM and LangChain's chat models use).
+
+Only a block at the start of the output counts (after whitespace): that is where these models think, and
+a model that writes ``<think>`` later in an answer is quoting it. A tag split across streamed pieces is
+held back until it is whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "opens_reasoning", "prompt_opens_reasoning", "split_reasoning",
+]
+
+OPEN, CLOSE = "<think>", "</think>"
+_PROMPT_TAIL_TOKENS = 16  # enough to read "<think>" and what follows it at a prompt's end
+
+
+class Split(NamedTuple):
+    """What one piece of generated text held: thinking, then answer (either may be empty)."""
+
+    reasoning: str
+    answer: str
+
+
+def opens_reasoning(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside an open ``<think>`` block: its output starts as thinking."""
+    end = prompt.rstrip()
+    return end.endswith(OPEN)
+
+
+def prompt_opens_reasoning(input_ids: Any, *, tokenizer: Any) -> bool:
+    """Whether a prompt's last tokens (a row of ``input_ids``) open a ``<think>`` block."""
+    tail = [int(i) for i in input_ids[-_PROMPT_TAIL_TOKENS:]]
+    return opens_reasoning(tokenizer.decode(tail, skip_special_tokens=False))
+
+
+class ReasoningSplitter:
+    """Splits streamed text into thinking and answer (``feed`` each piece, then ``finish``)."""
+
+    def __init__(self, *, thinking: bool = False) -> None:
+        self._state = "thinking" if thinking else "start"
+        self._held = ""  # text that may still be the start of a tag
+
+    def feed(self, text: str) -> Split:
+        """The thinking and the answer text this piece completes."""
+        held = self._held + text
+        self._held = ""
+        if self._state == "start":
+            return self._at_start(held)
+        if self._state == "thinking":
+            return self._in_thinking(held)
+        return Split("", held)
+
+    def finish(self) -> Split:
+        """What is still held at the end of the output (a tag that never completed is text)."""
+        held, self._held = self._held, ""
+        if self._state == "thinking":
+            return Split(held, "")
+        return Split("", held)
+
+    def _at_start(self, text: str) -> Split:
+        body = text.lstrip()
+        if body.startswith(OPEN):
+            self._state = "thinking"
+            return self._in_thinking(body[len(OPEN):])
+        if OPEN.startswith(body):  # empty, or a tag still arriving
+            self._held = text
+            return Split("", "")
+        self._state = "answer"
+        return Split("", text)
+
+    def _in_thinking(self, text: str) -> Split:
+        reasoning, tag, answer = text.partition(CLOSE)
+        if tag:
+            self._state = "answer"
+            return Split(reasoning, answer)
+        keep = _partial_tag_length(reasoning, CLOSE)
+        self._held = reasoning[len(reasoning) - keep:] if keep else ""
+        return Split(reasoning[: len(reasoning) - keep], "")
+
+
+def _partial_tag_length(text: str, tag: str) -> int:
+    """How many of ``text``'s last characters are the beginning of ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+def split_reasoning(text: str, *, thinking: bool = False) -> Split:
+    """A whole generated text split (``thinking``: the prompt opened the block)."""
+    splitter = ReasoningSplitter(thinking=thinking)
+    first, last = splitter.feed(text), splitter.finish()
+    return Split(first.reasoning + last.reasoning, first.answer + last.answer)

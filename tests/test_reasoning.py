@@ -1,0 +1,163 @@
+"""A reasoning model's thinking (``<think>...</think>``) kept out of the answer and handed out beside it.
+
+Regression: a GLM-Z1-style model (its chat template opens ``<think>`` in the generation prompt) answered
+with its whole thinking and a ``</think>`` in front of the answer, in ``invoke``, streams, batches, the
+chat face and the API's ``content``, so knowledge-base citations, summaries and the chat history carried it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+import pytest
+from langchain_core.messages import HumanMessage
+
+from llm.reasoning import ReasoningSplitter, Split, opens_reasoning, split_reasoning
+from tests.fixtures.models import GLM_CHAT_TEMPLATE, forced_answer, forced_chatglm
+
+# GLM_CHAT_TEMPLATE with the generation prompt opening the thinking block, as GLM-Z1's template does.
+THINKING_TEMPLATE = GLM_CHAT_TEMPLATE.replace("<|assistant|>{% endif %}", "<|assistant|>\n<think>{% endif %}")
+assert THINKING_TEMPLATE != GLM_CHAT_TEMPLATE
+
+CASES = [  # (output, the prompt opened <think>, thinking, answer)
+    ("<think>曹操在想。</think>\n\n曹操是魏王。", False, "曹操在想。", "\n\n曹操是魏王。"),
+    ("\n <think>想</think>答", False, "想", "答"),
+    ("曹操在想。</think>曹操是魏王。", True, "曹操在想。", "曹操是魏王。"),
+    ("曹操是魏王。<think>引用</think>", False, "", "曹操是魏王。<think>引用</think>"),
+    ("<think>想到一半", False, "想到一半", ""),
+    ("想到一半</thi", True, "想到一半</thi", ""),
+    ("<thin", False, "", "<thin"),
+    ("", True, "", ""),
+    ("答案</think>", False, "", "答案</think>"),
+]
+
+
+@pytest.mark.parametrize(("text", "thinking", "reasoning", "answer"), CASES)
+def test_every_way_of_streaming_a_text_splits_it_as_the_whole_text(text: str, thinking: bool, reasoning: str,
+                                                                   answer: str) -> None:
+    """Differential: pieces cut at every one or two places (tags split across pieces included) give what
+    the whole text gives."""
+    assert split_reasoning(text, thinking=thinking) == Split(reasoning, answer)
+    cuts = [c for n in (1, 2) for c in itertools.combinations(range(1, len(text)), n)]
+    for cut in [*cuts, tuple(range(1, len(text)))]:
+        bounds = [0, *cut, len(text)]
+        splitter = ReasoningSplitter(thinking=thinking)
+        pieces = [splitter.feed(text[a:b]) for a, b in itertools.pairwise(bounds)] + [splitter.finish()]
+        assert Split("".join(p.reasoning for p in pieces), "".join(p.answer for p in pieces)) == (reasoning, answer)
+
+
+def test_a_prompt_opens_the_thinking_only_at_its_end() -> None:
+    assert opens_reasoning("<|user|>\n问<|assistant|>\n<think>\n")
+    assert not opens_reasoning("<|user|>\n问<|assistant|>\n<think></think>\n")
+    assert not opens_reasoning("<|user|>\n<think>问<|assistant|>")
+
+
+@pytest.fixture
+def thinking_llm(tiny_chatglm: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(tiny_chatglm.tokenizer, "chat_template", THINKING_TEMPLATE)
+    return tiny_chatglm
+
+
+def test_a_thinking_template_answers_without_its_thinking(thinking_llm: Any) -> None:
+    """invoke, stream, astream-free batch and the chat face: the answer alone; the thinking beside it."""
+    from llm.chatglm_chat import ChatGLMChat
+
+    forced = forced_answer(thinking_llm, "曹操在想。</think>\n\n曹操是魏王。")
+    llm = forced_chatglm(thinking_llm, forced)
+    assert llm.render_prompt("曹操是谁？").endswith("<think>")
+    assert llm.invoke("曹操是谁？") == "曹操是魏王。"
+    assert "".join(llm.stream("曹操是谁？")) == "曹操是魏王。"
+    result = llm.generate(["曹操是谁？", "刘备是谁？"])
+    assert [g[0].text for g in result.generations] == ["曹操是魏王。"] * 2
+    assert [g[0].generation_info for g in result.generations] == [{"reasoning_content": "曹操在想。"}] * 2
+    chat = ChatGLMChat(llm=llm)
+    message = chat.invoke([HumanMessage("曹操是谁？")])
+    assert message.content == "曹操是魏王。"
+    assert message.additional_kwargs["reasoning_content"] == "曹操在想。"
+    chunks = list(chat.stream([HumanMessage("曹操是谁？")]))
+    assert "".join(c.content for c in chunks) == "曹操是魏王。"
+    assert "".join(c.additional_kwargs.get("reasoning_content", "") for c in chunks) == "曹操在想。"
+    first_answer = next(i for i, c in enumerate(chunks) if c.content)
+    assert all(not c.additional_kwargs for c in chunks[first_answer:])  # thinking first, then the answer
+
+
+THINKING_ANSWER = "<think>刘备曰：想。</think>刘备曰：好。"
+
+
+def test_a_model_that_opens_its_own_thinking_and_stop_sequences_on_the_answer(tiny_chatglm: Any) -> None:
+    """A model that writes ``<think>`` itself (Qwen3, R1 distillations); a stop sequence that also occurs in
+    the thinking cuts the answer, not the thinking."""
+    def llm() -> Any:  # a processor of its own per call: it counts steps from the first prompt it sees
+        return forced_chatglm(tiny_chatglm, forced_answer(tiny_chatglm, THINKING_ANSWER))
+
+    assert llm().invoke("问") == "刘备曰：好。"
+    assert llm().invoke("问", stop=["曰："]) == "刘备"
+    assert [g[0].text for g in llm().generate(["问", "再问"], stop=["曰："]).generations] == ["刘备"] * 2
+    plain = forced_chatglm(tiny_chatglm, forced_answer(tiny_chatglm, "答：<think>不是思考</think>"))
+    assert plain.invoke("问") == "答：<think>不是思考</think>"  # not at the start: the answer's own text
+
+
+def test_think_tags_that_the_tokenizer_skips_as_special_tokens(sanguo_path: Any) -> None:
+    """Where ``<think>``/``</think>`` are special tokens, decoding skips them; their text is put back, so the
+    thinking is still told apart, streamed and batched."""
+    from llm import ChatGLM
+    from tests.fixtures.models import GLM_SPECIAL_TOKENS, build_glm_tokenizer, build_tiny_causal_lm
+
+    tokenizer = build_glm_tokenizer(sanguo_path, special_tokens=[*GLM_SPECIAL_TOKENS, "<think>", "</think>"],
+                                    chat_template=THINKING_TEMPLATE, train_chars=20_000)
+    assert tokenizer.convert_tokens_to_ids("</think>") in tokenizer.all_special_ids
+    model = build_tiny_causal_lm("glm", tokenizer, eos_tokens=["<|endoftext|>"])
+    base = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=24)
+    forced = forced_answer(base, "曹操在想。</think>曹操是魏王。")
+    assert tokenizer.convert_tokens_to_ids("</think>") in forced.token_ids
+    llm = forced_chatglm(base, forced)
+    assert llm.invoke("曹操是谁？") == "曹操是魏王。"
+    chunks = list(llm._stream("曹操是谁？"))
+    assert "".join((c.generation_info or {}).get("reasoning_content", "") for c in chunks) == "曹操在想。"
+    assert [g[0].text for g in llm.generate(["问", "再问"]).generations] == ["曹操是魏王。"] * 2
+
+
+def test_the_api_and_the_openai_backend_carry_the_thinking_as_reasoning_content(
+    thinking_llm: Any, tmp_path: Any, sanguo_path: Any
+) -> None:
+    """``/v1/chat/completions`` through the ``openai`` client: ``content`` is the answer alone, the thinking
+    is ``reasoning_content`` (DeepSeek's and vLLM's field), streamed first as ``delta.reasoning_content``; a
+    knowledge-base answer (the chain on the LLM face) is the answer alone too, with its sources; and
+    ``llm.backend: openai`` pointed at that API keeps the thinking where the local backend puts it."""
+    import openai
+
+    from app.services import Services
+    from kb import KnowledgeBase
+    from tests.test_api import KB, make_settings, running, scripted
+
+    settings = make_settings(tmp_path)
+    text = sanguo_path.read_text(encoding="utf-8")[:8000]
+    KnowledgeBase.from_settings(settings, name=KB, create=True).add_texts({"sanguo.txt": text})
+    llm = scripted(thinking_llm, answer="曹操在想。</think>\n\n曹操是魏王。")
+    with running(Services(settings, llm=llm)) as base:
+        kb_answer = httpx.post(f"{base}/v1/kb/{KB}/chat/completions", timeout=60,
+                               json={"messages": [{"role": "user", "content": "刘备是谁？"}]}).json()
+        assert kb_answer["choices"][0]["message"]["content"] == "曹操是魏王。" and kb_answer["sources"]
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "曹操是谁？"}]
+        message = client.chat.completions.create(model="glmkb-test", messages=messages).choices[0].message
+        assert (message.content, message.model_extra["reasoning_content"]) == ("曹操是魏王。", "曹操在想。")
+        deltas = [c.choices[0].delta for c in client.chat.completions.create(
+            model="glmkb-test", messages=messages, stream=True) if c.choices]
+        assert "".join(d.content or "" for d in deltas) == "曹操是魏王。"
+        thinking = [(d.model_extra or {}).get("reasoning_content") or "" for d in deltas]
+        assert "".join(thinking) == "曹操在想。"
+        assert max(i for i, t in enumerate(thinking) if t) < min(i for i, d in enumerate(deltas) if d.content)
+        from llm import OpenAICompatibleChat, load_llm
+        from tests.test_openai_backend import client_settings
+
+        remote = load_llm(client_settings(f"{base}/v1"))  # llm.backend: openai, streaming as users get it
+        assert isinstance(remote, OpenAICompatibleChat)
+        chunks = list(remote.stream("曹操是谁？"))
+        assert "".join(c.content for c in chunks) == "曹操是魏王。"
+        assert "".join(c.additional_kwargs.get("reasoning_content", "") for c in chunks) == "曹操在想。"
+        whole = remote.model_copy(update={"streaming": False}).invoke("曹操是谁？")  # one chat.completion body
+        assert whole.content == "曹操是魏王。"
+        assert whole.additional_kwargs.get("reasoning_content") == "曹操在想。"
