@@ -137,7 +137,9 @@ def profile_kind(
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shape", default="chatglm3-6b")
-    p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4"], choices=("none", "int8", "int4"))
+    p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4-triton"],
+                   choices=("none", "int8", "int4", "int4-triton"),
+                   help="int4: tinygemm's layout; int4-triton: glmkb's Triton kernels (the default on Hopper)")
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--gemv-kernel", nargs="+", default=["auto"], choices=("auto", "triton", "torch"),
