@@ -37,12 +37,13 @@ from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.loaders import LoadedDocument, Place, open_document
 from kb.loaders.document import SectionIndex
 from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks
-from kb.tokenizing import tokenize
+from kb.tokenizing import SCRIPT, tokenize, tokens_folded
 from kb.version import BM25_DIR, DOCSTORE_FILE, LoadedVersion
 
 CHUNK_BATCH = 1024
 """Chunks tokenized, embedded and written at a time while a document streams in."""
-BM25_SETTINGS = {"tokenizer": "jieba.cut_for_search", "k1": 1.5, "b": 0.75, "method": "lucene"}
+# "script": tokens cut from text folded to simplified characters (kb.tokenizing); absent before.
+BM25_SETTINGS = {"tokenizer": "jieba.cut_for_search", "script": SCRIPT, "k1": 1.5, "b": 0.75, "method": "lucene"}
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -279,10 +280,15 @@ class VersionWriter:
             raise
 
     def _copy_docstore(self, staging: Path, source: Path | None) -> Docstore:
+        """The staging docstore: ``source``'s copy (its chunks' BM25 tokens cut again where they date from before
+        script folding, ``kb.tokenizing``), or a new one."""
         path = staging / DOCSTORE_FILE
         if source is not None:
             shutil.copyfile(source, path)
-        return Docstore.open_writable(path)
+        docstore = Docstore.open_writable(path)
+        if source is not None and not tokens_folded(self.manifest.get("bm25")):
+            docstore.retokenize(tokenize)
+        return docstore
 
     def _delete(self, docstore: Docstore, doc_ids: Sequence[str]) -> list[int]:
         removed: list[int] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,6 +328,13 @@ class Docstore:
             if len(rows) < batch:
                 return
             last = rows[-1][0]
+
+    def retokenize(self, tokenize: Callable[[str], list[str]]) -> None:
+        """Store ``tokenize(text)`` as every chunk's BM25 tokens (a knowledge base whose tokenization changed)."""
+        for batch in self.chunk_texts():
+            rows = [(_joined(tokenize(text)), chunk_id) for chunk_id, text in batch]
+            with self._lock:
+                self._conn.executemany("UPDATE chunks SET tokens = ? WHERE id = ?", rows)
 
     def max_chunk_id(self) -> int:
         rows = self._query("SELECT max(id) FROM chunks")

@@ -16,7 +16,7 @@ from langchain_core.documents import Document
 from kb.docstore import StoredChunk
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.fusion import reciprocal_rank_fusion
-from kb.tokenizing import tokenize
+from kb.tokenizing import tokenize, tokens_folded
 from kb.types import RetrievalMode, chunk_metadata
 from kb.version import LoadedVersion
 
@@ -102,7 +102,7 @@ def dense_hits(
 
 def bm25_hits(version: LoadedVersion, text: str, depth: int) -> Hits:
     """Best chunks by BM25 over jieba tokens."""
-    return version.bm25.search(tokenize(text), depth)
+    return version.bm25.search(tokenize(text, fold=tokens_folded(version.manifest.bm25)), depth)
 
 
 def fuse(dense: Hits, sparse: Hits) -> tuple[Hits, dict[int, dict[str, float]]]:
