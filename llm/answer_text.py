@@ -17,6 +17,7 @@ from llm.streaming import GenerationStats, IncrementalDetokenizer, StopSequenceF
 
 __all__ = ["answer_pieces", "batch_answers"]
 
+
 def answer_pieces(
     token_ids: Iterator[int], *, tokenizer: Any, stop: Sequence[str] | None, stats: GenerationStats,
     thinking: bool = False,
@@ -43,7 +44,7 @@ def answer_pieces(
     try:
         for token_id in token_ids:
             stats.add(token_id)
-            text = detokenizer.flush() + tags[token_id] if token_id in tags else detokenizer.add(token_id)
+            text = (detokenizer.flush() + tags[token_id]) if token_id in tags else detokenizer.add(token_id)
             piece = clean(reasoning.feed(text))
             if piece.reasoning or piece.answer:
                 emitted = emitted or bool(piece.answer)

@@ -260,7 +260,7 @@ class ChatGLMChat(BaseChatModel):
 
 def _message_chunk(piece: Split) -> AIMessageChunk:
     """A piece as a message chunk: the answer as content, a reasoning model's thinking as
-    ``additional_kwargs["reasoning_content"]`` (as LangChain's DeepSeek and OpenAI-compatible models carry it)."""
+    ``additional_kwargs["reasoning_content"]`` (where LangChain's ChatDeepSeek puts it)."""
     extra = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
     return AIMessageChunk(content=piece.answer, additional_kwargs=extra)
 

@@ -15,8 +15,8 @@ differ from plain ``ChatOpenAI``:
   to fix (connection refused, 401, 404, timeouts), instead of the SDK's bare "Connection error.".
 - ``system_prompt`` (``llm.system_prompt``) is sent as a system message when a call has none,
   like the local backend does.
-- A reasoning model's thinking, which servers send beside the answer (vLLM with a reasoning parser,
-  DeepSeek's API: ``reasoning_content``; newer vLLM: ``reasoning``), is kept as
+- A reasoning model's thinking, which servers send beside the answer (DeepSeek's API and vLLM before
+  its rename: ``reasoning_content``; vLLM since late 2025, OpenRouter: ``reasoning``), is kept as
   ``additional_kwargs["reasoning_content"]``, where the local backend puts it (``llm.reasoning``);
   ``ChatOpenAI`` drops it.
 """
@@ -239,8 +239,8 @@ class OpenAICompatibleChat(ChatOpenAI):
 
 
 def server_reasoning(message: dict | None) -> str:
-    """The thinking a server sent in a message or delta: ``reasoning_content`` (DeepSeek, vLLM before
-    0.10, glmkb) or ``reasoning`` (vLLM since)."""
+    """The thinking a server sent in a message or delta, under either name (``reasoning_content`` or
+    ``reasoning``: ``app.api.wire.thinking_fields``)."""
     message = message or {}
     value = message.get("reasoning_content") or message.get("reasoning")
     return value if isinstance(value, str) else ""

@@ -7,7 +7,7 @@ it and only the closing tag appears. The thinking is no part of the answer: a kn
 citations, a summary's map outputs, the chat history (GLM-Z1's own template drops it from earlier turns)
 and an API client's ``content`` must not carry it. ``llm.answer_text`` splits every generated text here,
 streamed or batched; the thinking goes out beside the answer (``reasoning_content``, the name DeepSeek's
-API, vLLM and LangChain's chat models use).
+API and LangChain's chat models use; glmkb's API also sends it as ``reasoning``, vLLM's name).
 
 Only a block at the start of the output counts (after whitespace): that is where these models think, and
 a model that writes ``<think>`` later in an answer is quoting it. A tag split across streamed pieces is

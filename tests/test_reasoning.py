@@ -123,7 +123,7 @@ def test_the_api_and_the_openai_backend_carry_the_thinking_as_reasoning_content(
     thinking_llm: Any, tmp_path: Any, sanguo_path: Any
 ) -> None:
     """``/v1/chat/completions`` through the ``openai`` client: ``content`` is the answer alone, the thinking
-    is ``reasoning_content`` (DeepSeek's and vLLM's field), streamed first as ``delta.reasoning_content``; a
+    is ``reasoning_content`` and ``reasoning`` (the two names clients read), streamed first in the deltas; a
     knowledge-base answer (the chain on the LLM face) is the answer alone too, with its sources; and
     ``llm.backend: openai`` pointed at that API keeps the thinking where the local backend puts it."""
     import openai
@@ -143,12 +143,14 @@ def test_the_api_and_the_openai_backend_carry_the_thinking_as_reasoning_content(
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
         messages = [{"role": "user", "content": "曹操是谁？"}]
         message = client.chat.completions.create(model="glmkb-test", messages=messages).choices[0].message
-        assert (message.content, message.model_extra["reasoning_content"]) == ("曹操是魏王。", "曹操在想。")
+        assert message.content == "曹操是魏王。"
+        assert message.model_extra == {"reasoning_content": "曹操在想。", "reasoning": "曹操在想。"}
         deltas = [c.choices[0].delta for c in client.chat.completions.create(
             model="glmkb-test", messages=messages, stream=True) if c.choices]
         assert "".join(d.content or "" for d in deltas) == "曹操是魏王。"
         thinking = [(d.model_extra or {}).get("reasoning_content") or "" for d in deltas]
         assert "".join(thinking) == "曹操在想。"
+        assert thinking == [(d.model_extra or {}).get("reasoning") or "" for d in deltas]
         assert max(i for i, t in enumerate(thinking) if t) < min(i for i, d in enumerate(deltas) if d.content)
         from llm import OpenAICompatibleChat, load_llm
         from tests.test_openai_backend import client_settings

@@ -51,8 +51,8 @@ class CompletionIds:
 
     def completion(self, text: str, finish_reason: str, *, reasoning: str = "", **extra: Any) -> dict[str, Any]:
         """A ``chat.completion``, validated as the ``openai`` package's ``ChatCompletion``; a reasoning
-        model's thinking as the message's ``reasoning_content`` (DeepSeek's and vLLM's field)."""
-        thinking = {"reasoning_content": reasoning} if reasoning else {}
+        model's thinking in the message (``thinking_fields``)."""
+        thinking = thinking_fields(reasoning)
         completion = ChatCompletion(
             id=self.id,
             object="chat.completion",
@@ -69,6 +69,12 @@ class CompletionIds:
             **extra,
         )
         return _dump(completion)
+
+
+def thinking_fields(reasoning: str) -> dict[str, str]:
+    """A reasoning model's thinking under both names clients read: ``reasoning_content`` (DeepSeek's API,
+    the Vercel AI SDK, vLLM before its rename) and ``reasoning`` (vLLM since late 2025, OpenRouter)."""
+    return {"reasoning_content": reasoning, "reasoning": reasoning} if reasoning else {}
 
 
 def _dump(response: Any) -> dict[str, Any]:
@@ -90,9 +96,9 @@ def error_event(error: BaseException) -> str:
 def chat_sse(job: ChatJob, *, model: str, include_usage: bool) -> Iterator[str]:
     """The ``chat.completion.chunk`` events of ``job``, ending in ``data: [DONE]``.
 
-    Chunks: the assistant role, one per piece (a reasoning model's thinking as ``delta.reasoning_content``,
-    the answer as ``delta.content``), the ``finish_reason``, then (when ``stream_options.include_usage``)
-    one with empty ``choices`` and the ``usage``.
+    Chunks: the assistant role, one per piece (a reasoning model's thinking in the delta's
+    ``thinking_fields``, the answer as ``delta.content``), the ``finish_reason``, then (when
+    ``stream_options.include_usage``) one with empty ``choices`` and the ``usage``.
     """
     ids = CompletionIds(model)
     extra = {"usage": None} if include_usage else {}
@@ -100,7 +106,7 @@ def chat_sse(job: ChatJob, *, model: str, include_usage: bool) -> Iterator[str]:
     try:
         yield sse(ids.chunk({"role": "assistant", "content": ""}, **extra))
         for piece in pieces:
-            delta = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
+            delta = thinking_fields(piece.reasoning)
             yield sse(ids.chunk({**delta, "content": piece.answer} if piece.answer else delta, **extra))
         yield sse(ids.chunk({}, job.outcome.finish_reason, **extra))
         if include_usage:
