@@ -287,8 +287,16 @@ class VersionWriter:
             shutil.copyfile(source, path)
         docstore = Docstore.open_writable(path)
         if source is not None and not tokens_folded(self.manifest.get("bm25")):
-            docstore.retokenize(tokenize)
+            self._retokenize(docstore)
         return docstore
+
+    def _retokenize(self, docstore: Docstore) -> None:
+        """Cut every stored chunk's BM25 tokens again (once, for a version from before script folding)."""
+        quiet = not self.show_progress
+        with tqdm(total=docstore.chunk_count(), desc="re-tokenizing", unit="chunk", disable=quiet, leave=False) as bar:
+            for batch in docstore.chunk_texts(CHUNK_BATCH):
+                docstore.set_chunk_tokens({chunk_id: tokenize(text) for chunk_id, text in batch})
+                bar.update(len(batch))
 
     def _delete(self, docstore: Docstore, doc_ids: Sequence[str]) -> list[int]:
         removed: list[int] = []

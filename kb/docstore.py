@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,12 +329,11 @@ class Docstore:
                 return
             last = rows[-1][0]
 
-    def retokenize(self, tokenize: Callable[[str], list[str]]) -> None:
-        """Store ``tokenize(text)`` as every chunk's BM25 tokens (a knowledge base whose tokenization changed)."""
-        for batch in self.chunk_texts():
-            rows = [(_joined(tokenize(text)), chunk_id) for chunk_id, text in batch]
-            with self._lock:
-                self._conn.executemany("UPDATE chunks SET tokens = ? WHERE id = ?", rows)
+    def set_chunk_tokens(self, tokens: Mapping[int, str | list[str]]) -> None:
+        """Replace stored chunks' BM25 tokens, by chunk id (a knowledge base whose tokenization changed)."""
+        with self._lock:
+            self._conn.executemany("UPDATE chunks SET tokens = ? WHERE id = ?",
+                                   [(_joined(t), chunk_id) for chunk_id, t in tokens.items()])
 
     def max_chunk_id(self) -> int:
         rows = self._query("SELECT max(id) FROM chunks")
