@@ -37,12 +37,13 @@ from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.loaders import LoadedDocument, Place, open_document
 from kb.loaders.document import SectionIndex
 from kb.splitting import Chapter, ChapterScanner, Chunk, iter_chunks
-from kb.tokenizing import SCRIPT, tokenize, tokens_folded
+from kb.script import SCRIPT
+from kb.tokenizing import tokenize, tokens_folded
 from kb.version import BM25_DIR, DOCSTORE_FILE, LoadedVersion
 
 CHUNK_BATCH = 1024
 """Chunks tokenized, embedded and written at a time while a document streams in."""
-# "script": tokens cut from text folded to simplified characters (kb.tokenizing); absent before.
+# "script": tokens cut from text folded to simplified characters (kb.script); absent before.
 BM25_SETTINGS = {"tokenizer": "jieba.cut_for_search", "script": SCRIPT, "k1": 1.5, "b": 0.75, "method": "lucene"}
 Embed = Callable[[Sequence[str]], np.ndarray]
 

@@ -1,6 +1,6 @@
 """Chinese word tokenization for BM25 (jieba), shared by indexing and querying.
 
-Text is folded to simplified characters first (OpenCC's ``t2s``; the stored text stays as it is), so that
+Text is folded to simplified characters first (``kb.script``; the stored text stays as it is), so that
 keyword search does not depend on the script: a question in simplified finds a traditional-script
 novel (a Big5 天龍八部) and the reverse, and traditional text gets jieba's (simplified) dictionary and
 stopwords. Measured on the sanguo QA set (docs/KB.md, "Retrieval across scripts"): recall@5 of
@@ -18,10 +18,10 @@ from typing import Any
 
 import jieba
 
+from kb.script import SCRIPT, fold_script
+
 jieba.setLogLevel(logging.WARNING)
 _INIT_LOCK = threading.Lock()
-SCRIPT = "t2s"  # what BM25 tokens are folded with (OpenCC's configuration), recorded in the manifest
-_converter: Any = None
 _WORDLIKE = re.compile(r"\w", re.UNICODE)
 # Question words and particles: frequent in questions, useless for matching narrative text.
 STOPWORDS: frozenset[str] = frozenset(
@@ -34,7 +34,7 @@ CHAR_STOPWORDS: frozenset[str] = frozenset("的了是在和与及也都而之于
 
 
 def tokenize(text: str, *, fold: bool = True) -> list[str]:
-    """BM25 tokens of ``text`` (``fold``: in simplified characters, ``fold_script``): jieba search-mode
+    """BM25 tokens of ``text`` (``fold``: in simplified characters, ``kb.script.fold_script``): jieba search-mode
     words (words plus their sub-words), then every single character, lowercased, without punctuation,
     whitespace or stopwords.
 
@@ -51,19 +51,6 @@ def tokenize(text: str, *, fold: bool = True) -> list[str]:
     ]
     chars = [c for c in lowered if c not in CHAR_STOPWORDS and _WORDLIKE.match(c) and not c.isascii()]
     return words + chars
-
-
-def fold_script(text: str) -> str:
-    """``text`` in simplified characters (OpenCC ``t2s``, phrases included): what BM25 tokens are cut from;
-    the stored text and its offsets stay as they are."""
-    global _converter
-    if _converter is None:
-        with _INIT_LOCK:
-            if _converter is None:
-                import opencc
-
-                _converter = opencc.OpenCC(SCRIPT)
-    return _converter.convert(text)
 
 
 def tokens_folded(bm25_settings: dict[str, Any] | None) -> bool:

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name, jieba_person_candidates, naming_facts
+from kb.script import fold_keeping_offsets
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 
 # 7: surname + name forms pass the name checks (甚不通 was one); 里 never ends a name.
 # 8: 不 never starts a name (不通), reduplicated adjectives are not names (白森森), nor 施威.
-EXTRACTOR_VERSION = 9
+# 10: names found in the text folded to simplified characters (kb.script): a traditional-script book.
+EXTRACTOR_VERSION = 10
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -177,8 +179,12 @@ def extract_document(
     """Names, naming facts and name co-occurrences of one document's text.
 
     ``chapters``: ``kb.Chapter``s (``number``, ``start``); ``chunks``: the KB's chunk
-    Documents (metadata ``chunk_id``, ``start``) to cite evidence by chunk id.
+    Documents (metadata ``chunk_id``, ``start``) to cite evidence by chunk id. A traditional-script
+    text is read folded to simplified characters (``kb.script.fold_keeping_offsets``: the offsets
+    cited stay the text's own), so names, surnames and patterns are those of the simplified lists here
+    and of jieba's dictionary, and the names are in simplified characters whatever the script.
     """
+    text = fold_keeping_offsets(text)
     facts = list(naming_facts(text))
     candidates = jieba_person_candidates(text, min_count=min_count)
     pattern_names = {f.name for f in facts if f.name and f.kind != "called"} | {f.alias for f in facts if f.alias}

@@ -18,6 +18,7 @@ from typing import Any
 
 from kb.characters.document import DocumentCharacters
 from kb.characters.names import COMMON_SURNAMES, COMPOUND_SURNAMES
+from kb.script import fold_script
 
 __all__ = ["CharacterGraph", "Person", "Relation", "build_graph", "load_aliases", "resolve_aliases"]
 
@@ -235,18 +236,21 @@ class CharacterGraph:
         return {"persons": [p.to_dict() for p in self.persons], "relations": [r.to_dict() for r in self.relations]}
 
     def person(self, name: str) -> Person | None:
-        """The person called ``name`` (canonical name or any alias)."""
+        """The person called ``name`` (canonical name or any alias, in either script)."""
+        name = fold_script(name)
         canonical = self.canonical.get(name, name)
         return next((p for p in self.persons if p.name == canonical), None)
 
     def neighbours(self, name: str, k: int = 10) -> list[tuple[str, int]]:
         """The ``k`` persons most often seen with ``name``, with the weights."""
+        name = fold_script(name)
         canonical = self.canonical.get(name, name)
         found = [(r.b if r.a == canonical else r.a, r.weight) for r in self.relations if canonical in (r.a, r.b)]
         return sorted(found, key=lambda x: -x[1])[:k]
 
     def names_in(self, text: str) -> list[Person]:
-        """Persons whose canonical name or an alias occurs in ``text`` (longest names first)."""
+        """Persons whose canonical name or an alias occurs in ``text``, in either script (longest names first)."""
+        text = fold_script(text)
         hits: dict[str, Person] = {}
         for name in sorted(self.canonical, key=len, reverse=True):
             if name in text:
@@ -271,7 +275,9 @@ def build_graph(
     min_mentions: int = 5,
     min_weight: int = 1,
 ) -> CharacterGraph:
-    """Merge document parts into one graph (see the module docstring)."""
+    """Merge document parts into one graph (see the module docstring); ``aliases`` in either script."""
+    if aliases:
+        aliases = {fold_script(name): [fold_script(a) for a in names] for name, names in aliases.items()}
     canonical = resolve_aliases(parts, aliases)
     mentions: Counter[str] = Counter()
     name_mentions: Counter[str] = Counter()
