@@ -3,7 +3,7 @@
 Many Chinese texts circulate in traditional characters (Hong Kong and Taiwan editions, Big5 files of
 金庸's novels) and readers ask in either script. Where glmkb matches words (BM25 tokens,
 ``kb.tokenizing``; person names, ``kb.characters``) it matches them folded to simplified characters;
-what it stores, cites and shows stays as written.
+what it stores and cites stays as written (person names, found folded, show in simplified characters).
 """
 
 from __future__ import annotations
