@@ -18,7 +18,9 @@ differ from plain ``ChatOpenAI``:
 - A reasoning model's thinking, which servers send beside the answer (DeepSeek's API and vLLM before
   its rename: ``reasoning_content``; vLLM since late 2025, OpenRouter: ``reasoning``), is kept as
   ``additional_kwargs["reasoning_content"]``, where the local backend puts it (``llm.reasoning``);
-  ``ChatOpenAI`` drops it.
+  ``ChatOpenAI`` drops it. A server without a reasoning parser leaves ``<think>...</think>`` in the
+  content: a block the model opened itself is moved there too (one the server's chat template opened
+  in the prompt cannot be told from the answer here: give such a server its reasoning parser).
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from typing import Any
 
 import openai
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import BaseMessage, SystemMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from configs.settings import LLMSettings
 from llm.errors import ModelLoadError
+from llm.reasoning import ReasoningSplitter, Split, split_reasoning
 
 __all__ = ["NO_KEY_PLACEHOLDER", "LLMServerError", "OpenAICompatibleChat", "estimate_tokens"]
 
@@ -135,8 +138,13 @@ class OpenAICompatibleChat(ChatOpenAI):
         result = super()._create_chat_result(response, generation_info)
         data = response if isinstance(response, dict) else response.model_dump()
         for generation, choice in zip(result.generations, data.get("choices") or [], strict=False):
+            message = generation.message
             if reasoning := server_reasoning(choice.get("message")):
-                generation.message.additional_kwargs["reasoning_content"] = reasoning
+                message.additional_kwargs["reasoning_content"] = reasoning
+            if isinstance(message.content, str) and (split := split_reasoning(message.content)).reasoning:
+                message.content = split.answer
+                message.additional_kwargs["reasoning_content"] = (
+                    message.additional_kwargs.get("reasoning_content", "") + split.reasoning)
         return result
 
     # ----- token counting (offline) ---------------------------------------------------------
@@ -174,7 +182,11 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         with self._server_errors():
-            yield from super()._stream(*args, **kwargs)
+            splitter = ReasoningSplitter()
+            for chunk in super()._stream(*args, **kwargs):
+                yield _thinking_apart(chunk, splitter.feed(_content(chunk)))
+            if tail := _tail_chunk(splitter.finish()):
+                yield tail
 
     def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._server_errors():
@@ -182,8 +194,11 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         with self._server_errors():
+            splitter = ReasoningSplitter()
             async for chunk in super()._astream(*args, **kwargs):
-                yield chunk
+                yield _thinking_apart(chunk, splitter.feed(_content(chunk)))
+            if tail := _tail_chunk(splitter.finish()):
+                yield tail
 
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._server_errors():
@@ -236,6 +251,30 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     def _url(self) -> str:
         return (self.openai_api_base or "https://api.openai.com/v1").rstrip("/")
+
+
+def _content(chunk: ChatGenerationChunk) -> str:
+    return chunk.message.content if isinstance(chunk.message.content, str) else ""
+
+
+def _thinking_apart(chunk: ChatGenerationChunk, piece: Split) -> ChatGenerationChunk:
+    """``chunk`` with the thinking its content held (``piece``) moved to ``reasoning_content``."""
+    if piece == Split("", _content(chunk)):
+        return chunk
+    message = chunk.message
+    extra = dict(message.additional_kwargs)
+    if piece.reasoning:
+        extra["reasoning_content"] = extra.get("reasoning_content", "") + piece.reasoning
+    update = {"content": piece.answer, "additional_kwargs": extra}
+    return ChatGenerationChunk(message=message.model_copy(update=update), generation_info=chunk.generation_info)
+
+
+def _tail_chunk(piece: Split) -> ChatGenerationChunk | None:
+    """What the splitter still held at the end of a stream, as one more chunk."""
+    if not (piece.reasoning or piece.answer):
+        return None
+    extra = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
+    return ChatGenerationChunk(message=AIMessageChunk(content=piece.answer, additional_kwargs=extra))
 
 
 def server_reasoning(message: dict | None) -> str:

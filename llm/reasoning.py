@@ -11,7 +11,7 @@ API and LangChain's chat models use; glmkb's API also sends it as ``reasoning``,
 
 Only a block at the start of the output counts (after whitespace): that is where these models think, and
 a model that writes ``<think>`` later in an answer is quoting it. A tag split across streamed pieces is
-held back until it is whole.
+held back until it is whole; the answer after the block starts at its first non-space character.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class ReasoningSplitter:
             return self._at_start(held)
         if self._state == "thinking":
             return self._in_thinking(held)
+        if self._state == "closed":
+            return self._after_thinking(held)
         return Split("", held)
 
     def finish(self) -> Split:
@@ -83,11 +85,19 @@ class ReasoningSplitter:
     def _in_thinking(self, text: str) -> Split:
         reasoning, tag, answer = text.partition(CLOSE)
         if tag:
-            self._state = "answer"
-            return Split(reasoning, answer)
+            self._state = "closed"
+            return Split(reasoning, self._after_thinking(answer).answer)
         keep = _partial_tag_length(reasoning, CLOSE)
         self._held = reasoning[len(reasoning) - keep:] if keep else ""
         return Split(reasoning[: len(reasoning) - keep], "")
+
+
+    def _after_thinking(self, text: str) -> Split:
+        """The answer after ``</think>`` starts at its first non-space character ("</think>\n\n答案")."""
+        text = text.lstrip()
+        if text:
+            self._state = "answer"
+        return Split("", text)
 
 
 def _partial_tag_length(text: str, tag: str) -> int:

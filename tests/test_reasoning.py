@@ -22,7 +22,8 @@ THINKING_TEMPLATE = GLM_CHAT_TEMPLATE.replace("<|assistant|>{% endif %}", "<|ass
 assert THINKING_TEMPLATE != GLM_CHAT_TEMPLATE
 
 CASES = [  # (output, the prompt opened <think>, thinking, answer)
-    ("<think>曹操在想。</think>\n\n曹操是魏王。", False, "曹操在想。", "\n\n曹操是魏王。"),
+    ("<think>曹操在想。</think>\n\n曹操是魏王。", False, "曹操在想。", "曹操是魏王。"),
+    ("想</think> \n", True, "想", ""),
     ("\n <think>想</think>答", False, "想", "答"),
     ("曹操在想。</think>曹操是魏王。", True, "曹操在想。", "曹操是魏王。"),
     ("曹操是魏王。<think>引用</think>", False, "", "曹操是魏王。<think>引用</think>"),
@@ -163,3 +164,34 @@ def test_the_api_and_the_openai_backend_carry_the_thinking_as_reasoning_content(
         whole = remote.model_copy(update={"streaming": False}).invoke("曹操是谁？")  # one chat.completion body
         assert whole.content == "曹操是魏王。"
         assert whole.additional_kwargs.get("reasoning_content") == "曹操在想。"
+
+
+def test_the_openai_backend_moves_a_think_block_left_in_the_content() -> None:
+    """A server without a reasoning parser (vLLM without ``--reasoning-parser``) leaves the block a model
+    opened itself in ``content``: streamed (tags cut across chunks) or whole, it ends up beside the answer."""
+    import json
+
+    from llm import OpenAICompatibleChat
+
+    pieces = ["<thi", "nk>想一", "想</thi", "nk>\n\n答", "案。"]
+
+    def chunk(delta: dict[str, str], reason: str | None = None) -> str:
+        event = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+        return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            body = "".join(chunk({"content": p}) for p in pieces) + chunk({}, "stop") + "data: [DONE]\n\n"
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        message = {"role": "assistant", "content": "".join(pieces)}
+        return httpx.Response(200, json={"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+                                         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+    chat = OpenAICompatibleChat(base_url="http://server/v1", model="m", api_key="k", max_retries=0,
+                                http_client=httpx.Client(transport=httpx.MockTransport(server)))
+    whole = chat.invoke("问")
+    assert (whole.content, whole.additional_kwargs["reasoning_content"]) == ("答案。", "想一想")
+    chunks = list(chat.stream("问"))
+    assert "".join(c.content for c in chunks) == "答案。"
+    assert "".join(c.additional_kwargs.get("reasoning_content", "") for c in chunks) == "想一想"
