@@ -91,9 +91,9 @@ class ReasoningSplitter:
         self._held = reasoning[len(reasoning) - keep:] if keep else ""
         return Split(reasoning[: len(reasoning) - keep], "")
 
-
     def _after_thinking(self, text: str) -> Split:
-        """The answer after ``</think>`` starts at its first non-space character ("</think>\n\n答案")."""
+        """The answer after ``</think>`` starts at its first non-space character (the blank lines between
+        the two are dropped)."""
         text = text.lstrip()
         if text:
             self._state = "answer"
