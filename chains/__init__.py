@@ -4,7 +4,7 @@ Every chain streams: callback handlers get ``on_llm_new_token`` live from ``invo
 ``predict``, and UIs get generators of small event objects (``chains.events``).
 """
 
-from chains.events import Answer, Event, Progress, Source, Sources, Summary, Token
+from chains.events import Answer, Event, Progress, Reasoning, Source, Sources, Summary, Token
 from chains.history import History, format_history, normalize_history, to_messages
 from chains.knowledge_base_qa_chain import CONDENSE_STAGE, CONDENSE_TAG, KnowledgeBaseQAChain, format_passages
 from chains.progress_callback_handler import ProgressCallbackHandler
@@ -59,6 +59,7 @@ __all__ = [
     "History",
     "KnowledgeBaseQAChain",
     "Progress",
+    "Reasoning",
     "ProgressCallbackHandler",
     "Source",
     "Sources",

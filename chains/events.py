@@ -1,7 +1,8 @@
 """Events yielded by the chains' generator APIs, for UIs and command lines.
 
 Knowledge-base QA (``KnowledgeBaseQAChain.stream_answer``) yields
-``Sources`` once, then ``Token`` pieces, then one ``Answer``. The summarizer
+``Sources`` once, then (a reasoning model's thinking) ``Reasoning`` pieces, then ``Token`` pieces,
+then one ``Answer``. The summarizer
 (``StreamMapReduceChain.stream_summary``) yields ``Progress`` while it maps and
 collapses, then ``Token`` pieces of the final summary, then one ``Summary``.
 Each event class has a ``kind`` string ("sources", "token", ...) for code that
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 
 from langchain_core.documents import Document
 
-__all__ = ["Answer", "Event", "Progress", "Source", "Sources", "Summary", "Token"]
+__all__ = ["Answer", "Event", "Progress", "Reasoning", "Source", "Sources", "Summary", "Token"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,18 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """A piece of a reasoning model's thinking before its answer (``llm.reasoning``): never part of the
+    answer's text; a UI may show it apart (collapsed), or leave it out."""
+
+    kind: ClassVar[str] = "reasoning"
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
 class Sources:
     """The passages the answer will be based on (first QA event), and the question searched."""
 
@@ -153,4 +166,4 @@ class Summary:
         return {"kind": self.kind, **asdict(self)}
 
 
-Event = Sources | Token | Answer | Progress | Summary
+Event = Sources | Reasoning | Token | Answer | Progress | Summary

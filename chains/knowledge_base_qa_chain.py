@@ -31,7 +31,7 @@ from chains.answer_context import drop_low_scores, fit_passages, render_answer_p
 from chains.chain_run import astream_chain_run, stream_chain_run
 from chains.condense import CONDENSE_STAGE, CONDENSE_TAG, QuestionCondenser
 from chains.condense import clean_condensed as _clean_condensed  # noqa: F401  (tests import it from here)
-from chains.events import Answer, Event, Source, Sources, Token
+from chains.events import Answer, Event, Reasoning, Source, Sources, Token
 from chains.history import History, to_messages
 from chains.passages import format_passages
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
@@ -75,7 +75,7 @@ class KnowledgeBaseQAChain(Chain):
     has its ``end`` moved in and ``truncated=True``), ``standalone_question``, ``refused``.
 
     For UIs use ``stream_answer`` (or ``astream_answer``), which yields ``Sources`` first,
-    then ``Token`` pieces, then one ``Answer``::
+    then ``Token`` pieces (after a reasoning model's ``Reasoning`` pieces), then one ``Answer``::
 
         chain = KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings)
         for event in chain.stream_answer("刘备的两个结义兄弟是谁？", history=chat):
@@ -210,13 +210,12 @@ class KnowledgeBaseQAChain(Chain):
         if plan.reply is not None:
             return
         pieces: list[str] = []
-        for text in self._answer_chain().stream_predict(
+        for piece in self._answer_chain().stream_predict_split(
             callbacks=run_manager.get_child(),
             context=format_passages(plan.docs),
             question=standalone,
         ):
-            pieces.append(text)
-            yield Token(text)
+            yield from _piece_events(piece, pieces)
         yield plan.answer("".join(pieces))
 
     def _call(
@@ -287,13 +286,13 @@ class KnowledgeBaseQAChain(Chain):
         if plan.reply is not None:
             return
         pieces: list[str] = []
-        async for text in self._answer_chain().astream_predict(
+        async for piece in self._answer_chain().astream_predict_split(
             callbacks=run_manager.get_child(),
             context=format_passages(plan.docs),
             question=standalone,
         ):
-            pieces.append(text)
-            yield Token(text)
+            for event in _piece_events(piece, pieces):
+                yield event
         yield plan.answer("".join(pieces))
 
     async def _acall(
@@ -325,6 +324,15 @@ class KnowledgeBaseQAChain(Chain):
                 yield event
         finally:
             await events.aclose()  # async for does not close its source: a Stop must still end the run
+
+
+def _piece_events(piece: Any, answer: list[str]) -> Iterator[Event]:
+    """A streamed (thinking, answer) piece as events; its answer text is added to ``answer``."""
+    if piece.reasoning:
+        yield Reasoning(piece.reasoning)
+    if piece.answer:
+        answer.append(piece.answer)
+        yield Token(piece.answer)
 
 
 def _check_question(question: object) -> str:

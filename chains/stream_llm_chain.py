@@ -15,6 +15,7 @@ from typing import Any
 from langchain_classic.chains.llm import LLMChain, _get_language_model
 from langchain_core.callbacks import (
     AsyncCallbackManager,
+    BaseCallbackHandler,
     AsyncCallbackManagerForChainRun,
     CallbackManager,
     CallbackManagerForChainRun,
@@ -36,7 +37,9 @@ from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.utils import AddableDict
 from typing_extensions import override
 
-__all__ = ["StreamLLMChain", "piece_text", "reports_tokens", "result_from_batch"]
+from llm.reasoning import Split
+
+__all__ = ["StreamLLMChain", "piece_reasoning", "piece_text", "reports_tokens", "result_from_batch"]
 
 
 def piece_text(piece: Any) -> str:
@@ -46,6 +49,41 @@ def piece_text(piece: Any) -> str:
     if isinstance(piece, BaseMessage):
         return piece.text
     return str(piece)
+
+
+def piece_reasoning(chunk: Any) -> str:
+    """A reasoning model's thinking in a streamed chunk (``reasoning_content``, ``llm.reasoning``): in a
+    ``GenerationChunk``'s ``generation_info`` (LLMs) or a message chunk's ``additional_kwargs``."""
+    message = getattr(chunk, "message", chunk)
+    if isinstance(message, BaseMessage):
+        return str(message.additional_kwargs.get("reasoning_content") or "")
+    return str((getattr(chunk, "generation_info", None) or {}).get("reasoning_content") or "")
+
+
+class _ReasoningTap(BaseCallbackHandler):
+    """Collects the thinking of the chunks a model reports as it streams: an LLM's ``stream`` yields
+    only text, so the thinking is read from the chunk its ``on_llm_new_token`` carries."""
+
+    run_inline = True  # in async runs too, before the piece is yielded
+
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+
+    def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
+        if text := piece_reasoning(chunk):
+            self.pending.append(text)
+
+    def take(self) -> str:
+        text, self.pending = "".join(self.pending), []
+        return text
+
+
+def _tapped(callbacks: Any, tap: _ReasoningTap, *, manager: type) -> Any:
+    """``callbacks`` (a child manager or None) with ``tap`` added."""
+    if callbacks is None:
+        return manager(handlers=[tap])
+    callbacks.add_handler(tap, inherit=False)
+    return callbacks
 
 
 def reports_tokens(llm: Any) -> bool:
@@ -161,9 +199,13 @@ class StreamLLMChain(LLMChain):
         prompt: PromptValue,
         stop: list[str] | None,
         run_manager: CallbackManagerForChainRun | None,
+        tap: _ReasoningTap | None = None,
     ) -> Iterator[Any]:
-        """The model's raw pieces for one prompt, with ``on_llm_new_token`` fired for each."""
+        """The model's raw pieces for one prompt, with ``on_llm_new_token`` fired for each (``tap``
+        included)."""
         callbacks = _llm_callbacks(run_manager, self.tags)
+        if tap is not None:
+            callbacks = _tapped(callbacks, tap, manager=CallbackManager)
         stream = self._model(stop).stream(prompt, config={"callbacks": callbacks})
         if reports_tokens(self.llm) or callbacks is None or not callbacks.handlers:
             yield from stream
@@ -185,10 +227,10 @@ class StreamLLMChain(LLMChain):
         llm_run.on_llm_end(_result_from_pieces(pieces))
 
     def _stream_inputs(
-        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None
+        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None, tap: _ReasoningTap | None = None
     ) -> Iterator[Any]:
         prompts, stop = self.prep_prompts([inputs], run_manager=run_manager)
-        yield from self._stream_pieces(prompts[0], stop, run_manager)
+        yield from self._stream_pieces(prompts[0], stop, run_manager, tap)
 
     @override
     def generate(
@@ -208,15 +250,16 @@ class StreamLLMChain(LLMChain):
 
     def _run_pieces(
         self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun
-    ) -> Generator[str, None, dict[str, Any]]:
-        """The answer's non-empty text pieces for prepared ``inputs``; returns the chain's outputs."""
+    ) -> Generator[Split, None, dict[str, Any]]:
+        """The non-empty (thinking, answer) pieces for prepared ``inputs``; returns the chain's outputs."""
         self._validate_inputs(inputs)
         pieces: list[Any] = []
-        for piece in self._stream_inputs(inputs, run_manager):
+        tap = _ReasoningTap()
+        for piece in self._stream_inputs(inputs, run_manager, tap):
             pieces.append(piece)
-            text = piece_text(piece)
-            if text:
-                yield text
+            split = Split(tap.take(), piece_text(piece))
+            if split.reasoning or split.answer:
+                yield split
         return self.create_outputs(_result_from_pieces(pieces))[0]
 
     def stream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> Iterator[str]:
@@ -225,6 +268,15 @@ class StreamLLMChain(LLMChain):
         Runs as one chain run, like ``predict``: callbacks get the chain start/end and every
         token; memory (if any) is updated once the generator is exhausted.
         """
+        pieces = self.stream_predict_split(callbacks, **kwargs)
+        try:
+            yield from (piece.answer for piece in pieces if piece.answer)
+        finally:
+            pieces.close()
+
+    def stream_predict_split(self, callbacks: Callbacks = None, **kwargs: Any) -> Iterator[Split]:
+        """``stream_predict`` with a reasoning model's thinking beside the answer (``llm.reasoning``): each
+        piece a ``Split(reasoning, answer)``, the thinking first, as it streams."""
         inputs = self.prep_inputs(kwargs)
         run_manager = self._sync_manager(callbacks).on_chain_start(None, inputs, name=self.get_name())
         try:
@@ -277,8 +329,11 @@ class StreamLLMChain(LLMChain):
         prompt: PromptValue,
         stop: list[str] | None,
         run_manager: AsyncCallbackManagerForChainRun | None,
+        tap: _ReasoningTap | None = None,
     ) -> AsyncIterator[Any]:
         callbacks = _llm_callbacks(run_manager, self.tags)
+        if tap is not None:
+            callbacks = _tapped(callbacks, tap, manager=AsyncCallbackManager)
         stream = self._model(stop).astream(prompt, config={"callbacks": callbacks})
         if reports_tokens(self.llm) or callbacks is None or not callbacks.handlers:
             async for piece in stream:
@@ -299,10 +354,11 @@ class StreamLLMChain(LLMChain):
         await llm_run.on_llm_end(_result_from_pieces(pieces))
 
     async def _astream_inputs(
-        self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None
+        self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None,
+        tap: _ReasoningTap | None = None,
     ) -> AsyncIterator[Any]:
         prompts, stop = await self.aprep_prompts([inputs], run_manager=run_manager)
-        async for piece in self._astream_pieces(prompts[0], stop, run_manager):
+        async for piece in self._astream_pieces(prompts[0], stop, run_manager, tap):
             yield piece
 
     @override
@@ -324,15 +380,16 @@ class StreamLLMChain(LLMChain):
 
     async def _arun_pieces(
         self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun
-    ) -> AsyncIterator[str | dict[str, Any]]:
-        """Async twin of ``_run_pieces``: the non-empty text pieces, then the outputs (a dict)."""
+    ) -> AsyncIterator[Split | dict[str, Any]]:
+        """Async twin of ``_run_pieces``: the non-empty (thinking, answer) pieces, then the outputs (a dict)."""
         self._validate_inputs(inputs)
         pieces: list[Any] = []
-        async for piece in self._astream_inputs(inputs, run_manager):
+        tap = _ReasoningTap()
+        async for piece in self._astream_inputs(inputs, run_manager, tap):
             pieces.append(piece)
-            text = piece_text(piece)
-            if text:
-                yield text
+            split = Split(tap.take(), piece_text(piece))
+            if split.reasoning or split.answer:
+                yield split
         yield self.create_outputs(_result_from_pieces(pieces))[0]
 
     async def _astart(
@@ -348,12 +405,22 @@ class StreamLLMChain(LLMChain):
 
     async def astream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> AsyncIterator[str]:
         """Async twin of ``stream_predict``."""
+        pieces = self.astream_predict_split(callbacks, **kwargs)
+        try:
+            async for piece in pieces:
+                if piece.answer:
+                    yield piece.answer
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
+
+    async def astream_predict_split(self, callbacks: Callbacks = None, **kwargs: Any) -> AsyncIterator[Split]:
+        """Async twin of ``stream_predict_split``."""
         inputs = await self.aprep_inputs(kwargs)
         run_manager = await self._astart(inputs, {"callbacks": callbacks})
         outputs: dict[str, Any] = {}
         try:
             async for item in self._arun_pieces(inputs, run_manager):
-                if isinstance(item, str):
+                if isinstance(item, Split):
                     yield item
                 else:
                     outputs = item
@@ -378,10 +445,10 @@ class StreamLLMChain(LLMChain):
             if not return_only_outputs:
                 yield AddableDict(inputs)
             async for item in self._arun_pieces(inputs, run_manager):
-                if not isinstance(item, str):
+                if not isinstance(item, Split):
                     outputs = item
-                elif streamed:
-                    yield AddableDict({self.output_key: item})
+                elif streamed and item.answer:
+                    yield AddableDict({self.output_key: item.answer})
             await self.aprep_outputs(inputs, outputs)
         except BaseException as e:
             await run_manager.on_chain_error(e)
@@ -401,21 +468,22 @@ class StreamLLMChain(LLMChain):
 
 
 def _text_chunks(
-    run: Generator[str, None, dict[str, Any]], key: str
+    run: Generator[Split, None, dict[str, Any]], key: str
 ) -> Generator[AddableDict, None, dict[str, Any]]:
-    """``{key: piece}`` for each text piece of ``run``; returns ``run``'s outputs."""
+    """``{key: text}`` for each answer piece of ``run``; returns ``run``'s outputs."""
     try:
         while True:
             try:
-                text = next(run)
+                piece = next(run)
             except StopIteration as stop:
                 return stop.value
-            yield AddableDict({key: text})
+            if piece.answer:
+                yield AddableDict({key: piece.answer})
     finally:
         run.close()
 
 
-def _drain(run: Generator[str, None, dict[str, Any]]) -> dict[str, Any]:
+def _drain(run: Generator[Split, None, dict[str, Any]]) -> dict[str, Any]:
     """Run ``run`` to its end (its pieces unused); returns its outputs."""
     while True:
         try:

@@ -137,12 +137,18 @@ def test_the_api_and_the_openai_backend_carry_the_thinking_as_reasoning_content(
     text = sanguo_path.read_text(encoding="utf-8")[:8000]
     KnowledgeBase.from_settings(settings, name=KB, create=True).add_texts({"sanguo.txt": text})
     llm = scripted(thinking_llm, answer="曹操在想。</think>\n\n曹操是魏王。")
+    messages = [{"role": "user", "content": "曹操是谁？"}]
     with running(Services(settings, llm=llm)) as base:
-        kb_answer = httpx.post(f"{base}/v1/kb/{KB}/chat/completions", timeout=60,
-                               json={"messages": [{"role": "user", "content": "刘备是谁？"}]}).json()
-        assert kb_answer["choices"][0]["message"]["content"] == "曹操是魏王。" and kb_answer["sources"]
+        kb_answer = httpx.post(f"{base}/v1/kb/{KB}/chat/completions", timeout=60, json={"messages": messages}).json()
+        kb_message = kb_answer["choices"][0]["message"]
+        assert kb_message["content"] == "曹操是魏王。" and kb_answer["sources"]
+        assert kb_message["reasoning_content"] == kb_message["reasoning"] == "曹操在想。"
+        kb_client = openai.OpenAI(base_url=f"{base}/v1/kb/{KB}", api_key="none", max_retries=0)
+        kb_stream = kb_client.chat.completions.create(model="glmkb-test", messages=messages, stream=True)
+        kb_deltas = [c.choices[0].delta for c in kb_stream if c.choices]
+        assert "".join(d.content or "" for d in kb_deltas) == "曹操是魏王。"
+        assert "".join((d.model_extra or {}).get("reasoning") or "" for d in kb_deltas) == "曹操在想。"
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
-        messages = [{"role": "user", "content": "曹操是谁？"}]
         message = client.chat.completions.create(model="glmkb-test", messages=messages).choices[0].message
         assert message.content == "曹操是魏王。"
         assert message.model_extra == {"reasoning_content": "曹操在想。", "reasoning": "曹操在想。"}
@@ -195,3 +201,38 @@ def test_the_openai_backend_moves_a_think_block_left_in_the_content() -> None:
     chunks = list(chat.stream("问"))
     assert "".join(c.content for c in chunks) == "答案。"
     assert "".join(c.additional_kwargs.get("reasoning_content", "") for c in chunks) == "想一想"
+
+
+def test_a_knowledge_base_answer_streams_the_thinking_as_its_own_events(thinking_llm: Any, tmp_path: Any,
+                                                                        sanguo_path: Any) -> None:
+    """``stream_answer`` (and its async twin): ``Reasoning`` pieces before the answer's ``Token``s, none of
+    them in the ``Answer``; the web UI shows them in a collapsible box above the answer."""
+    import asyncio
+
+    from app.web.chat import REASONING_TITLE, render_chat
+    from chains import Answer, KnowledgeBaseQAChain, Reasoning, Token
+    from configs import Settings
+    from kb import KnowledgeBase
+
+    settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, retrieval={"mode": "bm25", "top_k": 2})
+    kb = KnowledgeBase.from_settings(settings, name="k", create=True)
+    kb.add_texts({"sanguo.txt": sanguo_path.read_text(encoding="utf-8")[:8000]})
+
+    def chain() -> Any:  # a processor of its own per answer
+        llm = forced_chatglm(thinking_llm, forced_answer(thinking_llm, "曹操在想。</think>\n\n曹操是魏王。"))
+        return KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings)
+
+    async def collect() -> list[Any]:
+        return [e async for e in chain().astream_answer("刘备是谁？")]
+
+    for events in (list(chain().stream_answer("刘备是谁？")), asyncio.run(collect())):
+        kinds = [type(e) for e in events if isinstance(e, (Reasoning, Token))]
+        assert Reasoning in kinds and kinds.index(Token) > max(i for i, k in enumerate(kinds) if k is Reasoning)
+        assert "".join(e.text for e in events if isinstance(e, Reasoning)) == "曹操在想。"
+        assert next(e for e in events if isinstance(e, Answer)).text == "曹操是魏王。"
+    turn = {"question": "刘备是谁？", "answer": "", "reasoning": "曹操在想。", "status": "streaming"}
+    box = render_chat([turn])[1]
+    assert box["content"] == "曹操在想。" and box["metadata"] == {"title": REASONING_TITLE, "status": "pending"}
+    turn.update(answer="曹操是魏王。", status="done")
+    assert [m["content"] for m in render_chat([turn])] == ["刘备是谁？", "曹操在想。", "曹操是魏王。"]
+    assert render_chat([turn])[1]["metadata"]["status"] == "done"

@@ -18,7 +18,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
 from app.api.chat_jobs import ChatJob
 from app.api.errors import error_event as error_payload
-from chains.events import Answer, Progress, Sources, Token
+from chains.events import Answer, Progress, Reasoning, Sources, Token
 from llm.reasoning import Split
 
 __all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "kb_answer_sse", "kb_completion_body"]
@@ -129,7 +129,8 @@ def chat_completion_body(job: ChatJob, pieces: list[Split], *, model: str) -> di
 def kb_answer_sse(events: Iterator[Any], *, model: str, usage: Any = None, include_usage: bool = False) -> Iterator[str]:
     """A knowledge-base answer as ``chat.completion.chunk`` events.
 
-    Text pieces arrive as ``delta.content``; the final chunk (the one with ``finish_reason``)
+    Text pieces arrive as ``delta.content`` (a reasoning model's thinking first, in the delta's
+    ``thinking_fields``); the final chunk (the one with ``finish_reason``)
     carries ``sources`` (the passages the answer is based on), ``refused`` and
     ``standalone_question`` at its top level; with ``include_usage`` one more chunk carries
     ``usage`` (``usage``: an ``app.api.kb_chat.UsageCounter``); then ``data: [DONE]``.
@@ -144,6 +145,8 @@ def kb_answer_sse(events: Iterator[Any], *, model: str, usage: Any = None, inclu
         for event in events:
             if isinstance(event, Token) and event.text:
                 yield sse(ids.chunk({"content": event.text}, **extra))
+            elif isinstance(event, Reasoning):
+                yield sse(ids.chunk(thinking_fields(event.text), **extra))
             elif isinstance(event, Answer):
                 reason = usage.finish_reason if usage is not None else "stop"
                 yield sse(ids.chunk({}, reason, **extra, **answer_fields(event)))
@@ -170,7 +173,8 @@ def kb_completion_body(events: list[Any], *, model: str, usage: Any = None) -> d
     answer = next(e for e in events if isinstance(e, Answer))
     reason = usage.finish_reason if usage is not None else "stop"
     extra = {"usage": usage.usage()} if usage is not None else {}
-    return CompletionIds(model).completion(answer.text, reason, **extra, **answer_fields(answer))
+    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
+    return CompletionIds(model).completion(answer.text, reason, reasoning=reasoning, **extra, **answer_fields(answer))
 
 
 def source_name(source: str | None) -> str | None:

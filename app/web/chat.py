@@ -26,7 +26,7 @@ from app.web.session_stops import SessionStops
 from app.web.widgets import banner_markdown, kb_picker
 from app.web.summary import CHAPTERS_MAX_CHARS, progress_line
 from chains.book_qa_chain import SELECT_STAGE
-from chains.events import Answer, Progress, Source, Sources, Token
+from chains.events import Answer, Progress, Reasoning, Source, Sources, Token
 
 Turn = dict[str, Any]
 STOPPED_MARK = "（已停止 / stopped）"
@@ -38,15 +38,21 @@ BUSY_HINT = "正在回答。可以先输入下一个问题，回答结束后按�
 ASK_OUTPUTS = 7  # question, chat, turns, banner, clear, send, status
 FAILED_MARK = "（出错 / failed）"
 THINKING = "…"
+REASONING_TITLE = "思考过程 / thinking"
 BOOK = "全书问答 / whole book"
 BOOK_INFO = "按章节通读后回答（较慢），例如：诸葛亮一生做了哪些事？"
 
 
 def render_chat(turns: list[Turn]) -> list[dict[str, Any]]:
-    """Chatbot messages for ``turns``: question, answer, then a collapsible sources box."""
+    """Chatbot messages for ``turns``: question, a reasoning model's thinking (a collapsible box), answer,
+    then a collapsible sources box."""
     messages: list[dict[str, Any]] = []
     for turn in turns:
         messages.append({"role": "user", "content": turn["question"]})
+        if turn.get("reasoning"):
+            thinking = turn["status"] == "streaming" and not turn["answer"]
+            metadata = {"title": REASONING_TITLE, "status": "pending" if thinking else "done"}
+            messages.append({"role": "assistant", "content": turn["reasoning"], "metadata": metadata})
         answer = turn["answer"] or (THINKING if turn["status"] == "streaming" else "")
         if turn["status"] == "stopped":
             answer = f"{answer} {STOPPED_MARK}".strip()
@@ -140,6 +146,8 @@ class ChatHandlers:
                 if isinstance(event, Token):
                     turn["answer"] += event.text
                     turn["answered"] = True
+                elif isinstance(event, Reasoning):
+                    turn["reasoning"] = turn.get("reasoning", "") + event.text
                 elif isinstance(event, Sources):
                     headings = self.headings(kb_name, event.sources)
                     show_sources(turn, event.sources, headings)
