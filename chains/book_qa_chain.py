@@ -31,7 +31,7 @@ from pydantic import ConfigDict, Field
 from chains.book_chapters import ChapterPick, pick_chapters
 from chains.book_prompts import BOOK_COLLAPSE_PROMPT, BOOK_MAP_PROMPT, BOOK_REDUCE_PROMPT, IRRELEVANT
 from chains.citations import CitationFilter, clean_citations
-from chains.events import Answer, Event, Progress, Source, Sources, Token
+from chains.events import Answer, Event, Progress, Reasoning, Source, Sources, Token
 from chains.passages import format_numbered
 from chains.prompts import REFUSAL
 from chains.stream_map_reduce_chain import (
@@ -235,7 +235,9 @@ class BookQAChain(Chain):
         pieces: list[str] = []
         stage = reduce_summaries(combine_chain, docs, callbacks=callbacks, question=question)
         for event in _scoped(stage, cancel):
-            if isinstance(event, Token) and (text := keep.feed(event.text)):
+            if isinstance(event, Reasoning):
+                yield event
+            elif isinstance(event, Token) and (text := keep.feed(event.text)):
                 pieces.append(text)
                 yield Token(text)
         if tail := keep.flush():

@@ -200,3 +200,24 @@ def test_stop_ends_a_batched_chatglm_map_within_a_token(kb: Any, graph: Any, tin
     assert not worker.is_alive()
     assert forced.steps <= 6  # stopped within a few tokens, far below 120
     assert not any(isinstance(e, (Token, Answer)) for e in events)
+
+
+def test_a_reasoning_models_thinking_streams_apart_from_the_whole_book_answer(
+    kb: Any, graph: Any, tiny_chatglm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GLM-Z1-style template (``<think>`` opened in the prompt): the map notes and the answer carry no
+    thinking; the reduce's thinking streams as ``Reasoning`` events before the answer's tokens."""
+    from chains.events import Reasoning
+    from tests.fixtures.models import ForcedTokens, forced_chatglm
+    from tests.test_reasoning import THINKING_TEMPLATE
+
+    monkeypatch.setattr(tiny_chatglm.tokenizer, "chat_template", THINKING_TEMPLATE)
+    tok = tiny_chatglm.tokenizer
+    ids = tok.encode("孔明在想。</think>孔明出山[1]。", add_special_tokens=False)
+    llm = forced_chatglm(tiny_chatglm, ForcedPerCall(ForcedTokens(ids, eos_id=tok.eos_token_id)), max_new_tokens=40)
+    chain = BookQAChain(kb=kb, llm=llm, graph=graph, max_input_tokens=1500, batch_size=2, max_chapters=3)
+    events = list(chain.stream_answer("孔明做了哪些事？"))
+    kinds = [type(e) for e in events if isinstance(e, (Reasoning, Token))]
+    assert "".join(e.text for e in events if isinstance(e, Reasoning)) == "孔明在想。"
+    assert kinds.index(Token) > kinds.index(Reasoning)
+    assert events[-1].text == "孔明出山[1]。"

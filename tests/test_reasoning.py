@@ -15,7 +15,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from llm.reasoning import ReasoningSplitter, Split, opens_reasoning, split_reasoning
-from tests.fixtures.models import GLM_CHAT_TEMPLATE, forced_answer, forced_chatglm
+from tests.fixtures.models import GLM_CHAT_TEMPLATE, ForcedTokens, forced_answer, forced_chatglm
 
 # GLM_CHAT_TEMPLATE with the generation prompt opening the thinking block, as GLM-Z1's template does.
 THINKING_TEMPLATE = GLM_CHAT_TEMPLATE.replace("<|assistant|>{% endif %}", "<|assistant|>\n<think>{% endif %}")
@@ -236,3 +236,22 @@ def test_a_knowledge_base_answer_streams_the_thinking_as_its_own_events(thinking
     turn.update(answer="曹操是魏王。", status="done")
     assert [m["content"] for m in render_chat([turn])] == ["刘备是谁？", "曹操在想。", "曹操是魏王。"]
     assert render_chat([turn])[1]["metadata"]["status"] == "done"
+
+
+def test_a_summary_streams_the_thinking_apart(thinking_llm: Any, sanguo_path: Any) -> None:
+    """The map notes (batched) and the summary carry no thinking; the final reduce's streams as
+    ``Reasoning`` before the summary's tokens."""
+    from chains import Reasoning, Summary, Token
+    from chains.summarize import documents_from_text, stream_summary
+    from tests.test_book_qa_chain import ForcedPerCall
+
+    tokenizer = thinking_llm.tokenizer
+    ids = tokenizer.encode("想一想。</think>桃园结义。", add_special_tokens=False)
+    forced = ForcedPerCall(ForcedTokens(ids, eos_id=tokenizer.eos_token_id))
+    llm = forced_chatglm(thinking_llm, forced, max_new_tokens=24)
+    docs = documents_from_text(sanguo_path.read_text(encoding="utf-8")[:6000], source="sanguo.txt")
+    events = list(stream_summary(docs, llm=llm, max_input_tokens=1024))
+    assert forced.generations >= 2  # map, then the streamed reduce
+    assert "".join(e.text for e in events if isinstance(e, Reasoning)) == "想一想。"
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "桃园结义。"
+    assert isinstance(events[-1], Summary) and events[-1].text == "桃园结义。"

@@ -178,6 +178,8 @@ class ChatHandlers:
                 if isinstance(event, Token):
                     turn["answer"] += event.text
                     turn["answered"] = True
+                elif isinstance(event, Reasoning):
+                    turn["reasoning"] = turn.get("reasoning", "") + event.text
                 elif isinstance(event, Sources):
                     show_sources(turn, event.sources, self.headings(kb_name, event.sources))
                 elif isinstance(event, Answer):

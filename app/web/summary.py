@@ -18,7 +18,7 @@ from app.uploads import check_content
 from app.web.errors import QUIET, user_errors, warn
 from app.web.session_stops import SessionStops
 from app.web.widgets import kb_picker, upload_label
-from chains.events import Progress, Summary, Token
+from chains.events import Progress, Reasoning, Summary, Token
 from llm.cancellation import cancel_scope
 
 FROM_KB = "知识库中的文档 / document in a knowledge base"
@@ -134,6 +134,8 @@ class SummaryHandlers:
                 if isinstance(event, Progress):
                     last = event
                     yield progress_line(event, seconds=time.monotonic() - started), gr.skip()
+                elif isinstance(event, Reasoning):
+                    yield "思考中 / thinking…", summary
                 elif isinstance(event, Token):
                     summary += event.text
                     yield "生成总结 / writing the summary…", summary
