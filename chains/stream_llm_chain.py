@@ -15,152 +15,37 @@ from typing import Any
 from langchain_classic.chains.llm import LLMChain, _get_language_model
 from langchain_core.callbacks import (
     AsyncCallbackManager,
-    BaseCallbackHandler,
     AsyncCallbackManagerForChainRun,
     CallbackManager,
     CallbackManagerForChainRun,
     Callbacks,
 )
-from langchain_core.language_models import BaseChatModel, BaseLanguageModel, BaseLLM
-from langchain_core.load import dumpd
-from langchain_core.messages import BaseMessage, BaseMessageChunk
-from langchain_core.outputs import (
-    ChatGeneration,
-    ChatGenerationChunk,
-    Generation,
-    GenerationChunk,
-    LLMResult,
-)
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.outputs import LLMResult
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.utils import AddableDict
 from typing_extensions import override
 
+from chains.stream_pieces import (
+    ReasoningTap,
+    as_chunk,
+    drain,
+    llm_callbacks,
+    piece_reasoning,
+    piece_text,
+    reports_tokens,
+    rest_of_outputs,
+    result_from_batch,
+    result_from_pieces,
+    serialized,
+    tapped,
+    text_chunks,
+)
 from llm.reasoning import Split
 
 __all__ = ["StreamLLMChain", "piece_reasoning", "piece_text", "reports_tokens", "result_from_batch"]
-
-
-def piece_text(piece: Any) -> str:
-    """The text of one streamed piece: a ``str`` (LLMs) or a message chunk (chat models)."""
-    if isinstance(piece, str):
-        return piece
-    if isinstance(piece, BaseMessage):
-        return piece.text
-    return str(piece)
-
-
-def piece_reasoning(chunk: Any) -> str:
-    """A reasoning model's thinking in a streamed chunk (``reasoning_content``, ``llm.reasoning``): in a
-    ``GenerationChunk``'s ``generation_info`` (LLMs) or a message chunk's ``additional_kwargs``."""
-    message = getattr(chunk, "message", chunk)
-    if isinstance(message, BaseMessage):
-        return str(message.additional_kwargs.get("reasoning_content") or "")
-    return str((getattr(chunk, "generation_info", None) or {}).get("reasoning_content") or "")
-
-
-class _ReasoningTap(BaseCallbackHandler):
-    """Collects the thinking of the chunks a model reports as it streams: an LLM's ``stream`` yields
-    only text, so the thinking is read from the chunk its ``on_llm_new_token`` carries."""
-
-    run_inline = True  # in async runs too, before the piece is yielded
-
-    def __init__(self) -> None:
-        self.pending: list[str] = []
-
-    def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
-        if text := piece_reasoning(chunk):
-            self.pending.append(text)
-
-    def take(self) -> str:
-        text, self.pending = "".join(self.pending), []
-        return text
-
-
-def _tapped(callbacks: Any, tap: _ReasoningTap, *, manager: type) -> Any:
-    """``callbacks`` (a child manager or None) with ``tap`` added."""
-    if callbacks is None:
-        return manager(handlers=[tap])
-    callbacks.add_handler(tap, inherit=False)
-    return callbacks
-
-
-def reports_tokens(llm: Any) -> bool:
-    """Whether ``llm.stream`` itself fires ``on_llm_new_token`` for each chunk.
-
-    Chat models do so in ``BaseChatModel.stream`` when they implement ``_stream``; LLMs do so
-    from their ``_stream`` (the LangChain convention). Models that override ``stream`` (e.g.
-    ``FakeStreamingListLLM``) or cannot stream do not, and the chain reports for them.
-    """
-    try:
-        model = _get_language_model(llm)
-    except ValueError:
-        return True  # an arbitrary Runnable: its inner models report their own tokens
-    kind = type(model)
-    if isinstance(model, BaseChatModel):
-        return (
-            kind.stream is BaseChatModel.stream
-            and kind._stream is not BaseChatModel._stream
-            and getattr(model, "disable_streaming", False) is not True
-        )
-    if isinstance(model, BaseLLM):
-        return kind.stream is BaseLLM.stream and kind._stream is not BaseLLM._stream
-    return True
-
-
-def _serialized(llm: Any) -> dict[str, Any]:
-    try:
-        return dumpd(llm)
-    except Exception:  # noqa: BLE001 - a name is enough for handlers that look at it
-        return {"name": type(llm).__name__}
-
-
-def _as_chunk(piece: Any) -> GenerationChunk | ChatGenerationChunk:
-    if isinstance(piece, BaseMessageChunk):
-        return ChatGenerationChunk(message=piece)
-    return GenerationChunk(text=piece_text(piece))
-
-
-def _result_from_pieces(pieces: list[Any]) -> LLMResult:
-    """One ``LLMResult`` from the streamed pieces, as ``generate`` would have returned it."""
-    if pieces and all(isinstance(p, BaseMessageChunk) for p in pieces):
-        message = pieces[0]
-        for p in pieces[1:]:
-            message = message + p
-        return LLMResult(generations=[[ChatGeneration(message=message)]])
-    return LLMResult(generations=[[Generation(text="".join(piece_text(p) for p in pieces))]])
-
-
-def result_from_batch(results: list[Any]) -> LLMResult:
-    generations: list[list[Generation]] = []
-    for res in results:
-        if isinstance(res, BaseMessage):
-            generations.append([ChatGeneration(message=res)])
-        else:
-            generations.append([Generation(text=piece_text(res))])
-    return LLMResult(generations=generations)
-
-
-def _llm_callbacks(
-    run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun | None,
-    tags: list[str] | None,
-) -> Any:
-    """Callbacks for the model run: the run's children plus the chain's own handlers and tags.
-
-    LangChain passes a chain's constructor callbacks and tags to the chain's run only, not to
-    its children; they are added here so the chain's handlers see the tokens, and handlers
-    can tell streams apart by the chain's tags (e.g. the final reduce of a summary).
-    """
-    if run_manager is None:
-        return None
-    child = run_manager.get_child()
-    for handler in run_manager.handlers:
-        if handler not in child.handlers:
-            child.add_handler(handler, inherit=False)
-    if tags:
-        child.add_tags(tags, inherit=False)
-    return child
 
 
 class StreamLLMChain(LLMChain):
@@ -199,13 +84,13 @@ class StreamLLMChain(LLMChain):
         prompt: PromptValue,
         stop: list[str] | None,
         run_manager: CallbackManagerForChainRun | None,
-        tap: _ReasoningTap | None = None,
+        tap: ReasoningTap | None = None,
     ) -> Iterator[Any]:
         """The model's raw pieces for one prompt, with ``on_llm_new_token`` fired for each (``tap``
         included)."""
-        callbacks = _llm_callbacks(run_manager, self.tags)
+        callbacks = llm_callbacks(run_manager, self.tags)
         if tap is not None:
-            callbacks = _tapped(callbacks, tap, manager=CallbackManager)
+            callbacks = tapped(callbacks, tap, manager=CallbackManager)
         stream = self._model(stop).stream(prompt, config={"callbacks": callbacks})
         if reports_tokens(self.llm) or callbacks is None or not callbacks.handlers:
             yield from stream
@@ -213,21 +98,21 @@ class StreamLLMChain(LLMChain):
         # The model will not report its chunks: report them in an LLM run of our own so
         # handlers that track runs (start/new_token/end) see a well-formed sequence.
         (llm_run,) = callbacks.on_llm_start(
-            _serialized(self.llm), [prompt.to_string()], name=type(self.llm).__name__
+            serialized(self.llm), [prompt.to_string()], name=type(self.llm).__name__
         )
         pieces: list[Any] = []
         try:
             for piece in stream:
-                llm_run.on_llm_new_token(piece_text(piece), chunk=_as_chunk(piece))
+                llm_run.on_llm_new_token(piece_text(piece), chunk=as_chunk(piece))
                 pieces.append(piece)
                 yield piece
         except BaseException as e:
             llm_run.on_llm_error(e)
             raise
-        llm_run.on_llm_end(_result_from_pieces(pieces))
+        llm_run.on_llm_end(result_from_pieces(pieces))
 
     def _stream_inputs(
-        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None, tap: _ReasoningTap | None = None
+        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None, tap: ReasoningTap | None = None
     ) -> Iterator[Any]:
         prompts, stop = self.prep_prompts([inputs], run_manager=run_manager)
         yield from self._stream_pieces(prompts[0], stop, run_manager, tap)
@@ -240,7 +125,7 @@ class StreamLLMChain(LLMChain):
     ) -> LLMResult:
         """Stream a single prompt; run several as one ``llm.batch``."""
         if len(input_list) == 1:
-            return _result_from_pieces(list(self._stream_inputs(input_list[0], run_manager)))
+            return result_from_pieces(list(self._stream_inputs(input_list[0], run_manager)))
         prompts, stop = self.prep_prompts(input_list, run_manager=run_manager)
         if not prompts:
             return LLMResult(generations=[])
@@ -254,13 +139,13 @@ class StreamLLMChain(LLMChain):
         """The non-empty (thinking, answer) pieces for prepared ``inputs``; returns the chain's outputs."""
         self._validate_inputs(inputs)
         pieces: list[Any] = []
-        tap = _ReasoningTap()
+        tap = ReasoningTap()
         for piece in self._stream_inputs(inputs, run_manager, tap):
             pieces.append(piece)
             split = Split(tap.take(), piece_text(piece))
             if split.reasoning or split.answer:
                 yield split
-        return self.create_outputs(_result_from_pieces(pieces))[0]
+        return self.create_outputs(result_from_pieces(pieces))[0]
 
     def stream_predict(self, callbacks: Callbacks = None, **kwargs: Any) -> Iterator[str]:
         """Yield the answer's text pieces as the model produces them (empty pieces skipped).
@@ -308,13 +193,13 @@ class StreamLLMChain(LLMChain):
             if not return_only_outputs:
                 yield AddableDict(inputs)
             run = self._run_pieces(inputs, run_manager)
-            outputs = (yield from _text_chunks(run, self.output_key)) if streamed else _drain(run)
+            outputs = (yield from text_chunks(run, self.output_key)) if streamed else drain(run)
             self.prep_outputs(inputs, outputs)
         except BaseException as e:
             run_manager.on_chain_error(e)
             raise
         run_manager.on_chain_end(outputs)
-        yield from _rest_of_outputs(outputs, self.output_key, streamed=streamed)
+        yield from rest_of_outputs(outputs, self.output_key, streamed=streamed)
 
     def _sync_manager(
         self, callbacks: Callbacks, *, tags: list[str] | None = None, metadata: dict[str, Any] | None = None
@@ -329,33 +214,33 @@ class StreamLLMChain(LLMChain):
         prompt: PromptValue,
         stop: list[str] | None,
         run_manager: AsyncCallbackManagerForChainRun | None,
-        tap: _ReasoningTap | None = None,
+        tap: ReasoningTap | None = None,
     ) -> AsyncIterator[Any]:
-        callbacks = _llm_callbacks(run_manager, self.tags)
+        callbacks = llm_callbacks(run_manager, self.tags)
         if tap is not None:
-            callbacks = _tapped(callbacks, tap, manager=AsyncCallbackManager)
+            callbacks = tapped(callbacks, tap, manager=AsyncCallbackManager)
         stream = self._model(stop).astream(prompt, config={"callbacks": callbacks})
         if reports_tokens(self.llm) or callbacks is None or not callbacks.handlers:
             async for piece in stream:
                 yield piece
             return
         (llm_run,) = await callbacks.on_llm_start(
-            _serialized(self.llm), [prompt.to_string()], name=type(self.llm).__name__
+            serialized(self.llm), [prompt.to_string()], name=type(self.llm).__name__
         )
         pieces: list[Any] = []
         try:
             async for piece in stream:
-                await llm_run.on_llm_new_token(piece_text(piece), chunk=_as_chunk(piece))
+                await llm_run.on_llm_new_token(piece_text(piece), chunk=as_chunk(piece))
                 pieces.append(piece)
                 yield piece
         except BaseException as e:
             await llm_run.on_llm_error(e)
             raise
-        await llm_run.on_llm_end(_result_from_pieces(pieces))
+        await llm_run.on_llm_end(result_from_pieces(pieces))
 
     async def _astream_inputs(
         self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None,
-        tap: _ReasoningTap | None = None,
+        tap: ReasoningTap | None = None,
     ) -> AsyncIterator[Any]:
         prompts, stop = await self.aprep_prompts([inputs], run_manager=run_manager)
         async for piece in self._astream_pieces(prompts[0], stop, run_manager, tap):
@@ -370,7 +255,7 @@ class StreamLLMChain(LLMChain):
         """Async twin of ``generate``: stream one prompt, ``abatch`` several."""
         if len(input_list) == 1:
             pieces = [p async for p in self._astream_inputs(input_list[0], run_manager)]
-            return _result_from_pieces(pieces)
+            return result_from_pieces(pieces)
         prompts, stop = await self.aprep_prompts(input_list, run_manager=run_manager)
         if not prompts:
             return LLMResult(generations=[])
@@ -384,13 +269,13 @@ class StreamLLMChain(LLMChain):
         """Async twin of ``_run_pieces``: the non-empty (thinking, answer) pieces, then the outputs (a dict)."""
         self._validate_inputs(inputs)
         pieces: list[Any] = []
-        tap = _ReasoningTap()
+        tap = ReasoningTap()
         async for piece in self._astream_inputs(inputs, run_manager, tap):
             pieces.append(piece)
             split = Split(tap.take(), piece_text(piece))
             if split.reasoning or split.answer:
                 yield split
-        yield self.create_outputs(_result_from_pieces(pieces))[0]
+        yield self.create_outputs(result_from_pieces(pieces))[0]
 
     async def _astart(
         self, inputs: dict[str, Any], config: RunnableConfig
@@ -454,7 +339,7 @@ class StreamLLMChain(LLMChain):
             await run_manager.on_chain_error(e)
             raise
         await run_manager.on_chain_end(outputs)
-        for chunk in _rest_of_outputs(outputs, self.output_key, streamed=streamed):
+        for chunk in rest_of_outputs(outputs, self.output_key, streamed=streamed):
             yield chunk
 
     # ``predict``/``apredict`` are inherited: they call ``__call__``/``acall`` -> ``_call`` ->
@@ -464,39 +349,3 @@ class StreamLLMChain(LLMChain):
     def language_model(self) -> BaseLanguageModel:
         """The underlying language model (unwrapping bindings and fallbacks)."""
         return _get_language_model(self.llm)
-
-
-
-def _text_chunks(
-    run: Generator[Split, None, dict[str, Any]], key: str
-) -> Generator[AddableDict, None, dict[str, Any]]:
-    """``{key: text}`` for each answer piece of ``run``; returns ``run``'s outputs."""
-    try:
-        while True:
-            try:
-                piece = next(run)
-            except StopIteration as stop:
-                return stop.value
-            if piece.answer:
-                yield AddableDict({key: piece.answer})
-    finally:
-        run.close()
-
-
-def _drain(run: Generator[Split, None, dict[str, Any]]) -> dict[str, Any]:
-    """Run ``run`` to its end (its pieces unused); returns its outputs."""
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value
-
-
-def _rest_of_outputs(outputs: dict[str, Any], output_key: str, *, streamed: bool) -> Iterator[AddableDict]:
-    """The output chunk that follows the streamed text: every other key (all of them when the
-    text was not streamed); an empty streamed answer still yields its (empty) text key."""
-    rest = {k: v for k, v in outputs.items() if k != output_key or not streamed}
-    if streamed and not outputs.get(output_key):
-        rest[output_key] = outputs.get(output_key, "")
-    if rest:
-        yield AddableDict(rest)
