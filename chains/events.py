@@ -11,12 +11,13 @@ prefers to dispatch on strings, and ``to_dict()`` for JSON.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from langchain_core.documents import Document
 
-__all__ = ["Answer", "Event", "Progress", "Reasoning", "Source", "Sources", "Summary", "Token"]
+__all__ = ["Answer", "Event", "Progress", "Reasoning", "Source", "Sources", "Summary", "Token", "piece_events"]
 
 
 @dataclass(frozen=True)
@@ -167,3 +168,13 @@ class Summary:
 
 
 Event = Sources | Reasoning | Token | Answer | Progress | Summary
+
+
+def piece_events(piece: Any, answer: list[str]) -> Iterator[Reasoning | Token]:
+    """A streamed (thinking, answer) piece (``llm.reasoning.Split``) as events; its answer text is added to
+    ``answer``."""
+    if piece.reasoning:
+        yield Reasoning(piece.reasoning)
+    if piece.answer:
+        answer.append(piece.answer)
+        yield Token(piece.answer)

@@ -31,7 +31,7 @@ from chains.answer_context import drop_low_scores, fit_passages, render_answer_p
 from chains.chain_run import astream_chain_run, stream_chain_run
 from chains.condense import CONDENSE_STAGE, CONDENSE_TAG, QuestionCondenser
 from chains.condense import clean_condensed as _clean_condensed  # noqa: F401  (tests import it from here)
-from chains.events import Answer, Event, Reasoning, Source, Sources, Token
+from chains.events import Answer, Event, Source, Sources, Token, piece_events
 from chains.history import History, to_messages
 from chains.passages import format_passages
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
@@ -215,7 +215,7 @@ class KnowledgeBaseQAChain(Chain):
             context=format_passages(plan.docs),
             question=standalone,
         ):
-            yield from _piece_events(piece, pieces)
+            yield from piece_events(piece, pieces)
         yield plan.answer("".join(pieces))
 
     def _call(
@@ -291,7 +291,7 @@ class KnowledgeBaseQAChain(Chain):
             context=format_passages(plan.docs),
             question=standalone,
         ):
-            for event in _piece_events(piece, pieces):
+            for event in piece_events(piece, pieces):
                 yield event
         yield plan.answer("".join(pieces))
 
@@ -324,15 +324,6 @@ class KnowledgeBaseQAChain(Chain):
                 yield event
         finally:
             await events.aclose()  # async for does not close its source: a Stop must still end the run
-
-
-def _piece_events(piece: Any, answer: list[str]) -> Iterator[Event]:
-    """A streamed (thinking, answer) piece as events; its answer text is added to ``answer``."""
-    if piece.reasoning:
-        yield Reasoning(piece.reasoning)
-    if piece.answer:
-        answer.append(piece.answer)
-        yield Token(piece.answer)
 
 
 def _check_question(question: object) -> str:

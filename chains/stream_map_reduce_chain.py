@@ -41,7 +41,7 @@ from langchain_core.prompts import BasePromptTemplate, format_document
 from pydantic import Field
 from typing_extensions import override
 
-from chains.events import Event, Progress, Reasoning, Summary, Token
+from chains.events import Event, Progress, Summary, Token, piece_events
 from chains.prompts import COLLAPSE_PROMPT, COMBINE_PROMPT, MAP_PROMPT
 from chains.stream_llm_chain import StreamLLMChain, result_from_batch
 
@@ -201,11 +201,7 @@ def reduce_summaries(
         pieces: list[str] = []
         inputs = combine_inputs(combine_chain, docs, **kwargs)
         for piece in combine_chain.llm_chain.stream_predict_split(callbacks=callbacks, **inputs):
-            if piece.reasoning:
-                yield Reasoning(piece.reasoning)
-            if piece.answer:
-                pieces.append(piece.answer)
-                yield Token(piece.answer)
+            yield from piece_events(piece, pieces)
         return "".join(pieces)
     # Any other combine chain: no token stream, one piece.
     text, _ = combine_chain.combine_docs(list(docs), callbacks=callbacks, **kwargs)

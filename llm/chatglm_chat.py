@@ -29,7 +29,7 @@ from configs.settings import LLMSettings
 from llm.async_stream import AsyncChunkStream
 from llm.chat_messages import chat_template_messages
 from llm.chatglm import ChatGLM
-from llm.reasoning import Split
+from llm.reasoning import message_chunk
 from llm.special_tokens import neutralize_special_tokens
 from llm.streaming import GenerationStats
 
@@ -197,7 +197,7 @@ class ChatGLMChat(BaseChatModel):
         try:
             for piece in pieces:
                 if piece.answer or piece.reasoning:
-                    yield ChatGenerationChunk(message=_message_chunk(piece))
+                    yield ChatGenerationChunk(message=message_chunk(piece))
         finally:
             pieces.close()
         yield self._last_chunk(stats)
@@ -256,13 +256,6 @@ class ChatGLMChat(BaseChatModel):
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             chunks.append(chunk)
         return generate_from_stream(iter(chunks))
-
-
-def _message_chunk(piece: Split) -> AIMessageChunk:
-    """A piece as a message chunk: the answer as content, a reasoning model's thinking as
-    ``additional_kwargs["reasoning_content"]`` (where LangChain's ChatDeepSeek puts it)."""
-    extra = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
-    return AIMessageChunk(content=piece.answer, additional_kwargs=extra)
 
 
 def _reported(chunks: Iterator[ChatGenerationChunk], on_token: Callable[..., Any]) -> Iterator[ChatGenerationChunk]:

@@ -35,14 +35,14 @@ from typing import Any
 
 import openai
 from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.messages import BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from pydantic import Field
 
 from configs.settings import LLMSettings
 from llm.errors import ModelLoadError
-from llm.reasoning import ReasoningSplitter, Split, split_reasoning
+from llm.reasoning import ReasoningSplitter, Split, message_chunk, split_reasoning
 
 __all__ = ["NO_KEY_PLACEHOLDER", "LLMServerError", "OpenAICompatibleChat", "estimate_tokens"]
 
@@ -271,10 +271,7 @@ def _thinking_apart(chunk: ChatGenerationChunk, piece: Split) -> ChatGenerationC
 
 def _tail_chunk(piece: Split) -> ChatGenerationChunk | None:
     """What the splitter still held at the end of a stream, as one more chunk."""
-    if not (piece.reasoning or piece.answer):
-        return None
-    extra = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
-    return ChatGenerationChunk(message=AIMessageChunk(content=piece.answer, additional_kwargs=extra))
+    return ChatGenerationChunk(message=message_chunk(piece)) if piece.reasoning or piece.answer else None
 
 
 def server_reasoning(message: dict | None) -> str:

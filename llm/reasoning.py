@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
-    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "opens_reasoning", "prompt_opens_reasoning", "split_reasoning",
+    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "message_chunk", "opens_reasoning", "prompt_opens_reasoning",
+    "split_reasoning",
 ]
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -113,3 +114,12 @@ def split_reasoning(text: str, *, thinking: bool = False) -> Split:
     splitter = ReasoningSplitter(thinking=thinking)
     first, last = splitter.feed(text), splitter.finish()
     return Split(first.reasoning + last.reasoning, first.answer + last.answer)
+
+
+def message_chunk(piece: Split) -> Any:
+    """A piece as a LangChain ``AIMessageChunk``: the answer as content, the thinking as
+    ``additional_kwargs["reasoning_content"]`` (where LangChain's ChatDeepSeek puts it)."""
+    from langchain_core.messages import AIMessageChunk
+
+    extra = {"reasoning_content": piece.reasoning} if piece.reasoning else {}
+    return AIMessageChunk(content=piece.answer, additional_kwargs=extra)
