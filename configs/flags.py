@@ -113,6 +113,8 @@ FLAGS: dict[str, Flag] = {
         key="llm.quantization",
         type=click.Choice(["none", "int8", "int4", "8bit", "4bit"]),
     ),
+    "hide_thinking": Flag(("--hide-thinking",), "leave out a reasoning model's thinking (printed to stderr)",
+                          is_flag=True),
     # Servers (glmkb serve, glmkb web / glmkb-web, glmkb api / glmkb-api). ``--host``, ``--port``
     # and ``--allow-no-auth`` are the bind address and auth policy of the command's own server:
     # one row each for the page (ui.*) and the API (api.*), the same spelling and meaning.

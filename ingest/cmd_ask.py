@@ -4,7 +4,8 @@
 ``--scope book`` answers whole-book questions ("诸葛亮一生做了哪些事？", optionally within
 ``--chapters 第40-60回`` of ``--source sanguo.txt``): chapters are picked with the character
 graph's aliases, mapped in batches, and reduced into one cited answer (BookQAChain). The
-answer streams to stdout, then the cited sources; progress goes to stderr.
+answer streams to stdout, then the cited sources; progress goes to stderr, and so does a reasoning
+model's thinking (``--hide-thinking`` leaves it out).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 import click
 
 from ingest.cli import doc_body, ingest_command, settings_from_args
+from ingest.thinking import ThinkingEcho
 
 
 def book_chain(kb: Any, llm: Any, settings: Any, args: argparse.Namespace) -> Any:
@@ -35,21 +37,27 @@ def book_chain(kb: Any, llm: Any, settings: Any, args: argparse.Namespace) -> An
     )
 
 
-def print_answer(events: Any, *, out: TextIO, err: TextIO, quiet: bool) -> Any:
-    """Tokens to ``out`` as they come, progress lines to ``err``, cited sources at the end."""
+def print_answer(events: Any, *, out: TextIO, err: TextIO, quiet: bool, hide_thinking: bool = False) -> Any:
+    """Tokens to ``out`` as they come, progress lines and a reasoning model's thinking to ``err``, cited
+    sources at the end."""
     from chains.citations import cited_numbers
-    from chains.events import Answer, Progress, Token
+    from chains.events import Answer, Progress, Reasoning, Token
 
     answer = None
+    thinking = ThinkingEcho(err, hide=hide_thinking)
     for event in events:
         if isinstance(event, Progress) and not quiet:
             label = {"select": "chapters selected", "map": "chapters read", "collapse": "findings merged"}
             print(f"{label.get(event.stage, event.stage)}: {event.done}/{event.total}", file=err, flush=True)
+        elif isinstance(event, Reasoning):
+            thinking.write(event.text)
         elif isinstance(event, Token):
+            thinking.close()
             out.write(event.text)
             out.flush()
         elif isinstance(event, Answer):
             answer = event
+    thinking.close()
     out.write("\n")
     if answer is not None and not answer.refused:
         numbers = cited_numbers(answer.text) or list(range(1, len(answer.sources) + 1))
@@ -80,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         events = KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings).stream_answer(args.question)
-    print_answer(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet)
+    print_answer(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet, hide_thinking=args.hide_thinking)
     return 0
 
 
@@ -98,6 +106,6 @@ command = ingest_command(
     ],
     flags=(
         "chapters", "source", "aliases", "batch_size",
-        "kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "quiet",
+        "kb", "kb_root", "mode", "k", "model_path", "device", "dtype", "quantization", "hide_thinking", "quiet",
     ),
 )

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import click
 
 from ingest.cli import ingest_command, settings_from_args
+from ingest.thinking import ThinkingEcho
 
 
 def load_documents(args: argparse.Namespace, settings: Any) -> list[Any]:
@@ -60,12 +61,14 @@ def describe(docs: list[Any]) -> str:
     return f"{source}, chapters {min(numbers)}-{max(numbers)} ({len(numbers)})"
 
 
-def print_events(events: Any, *, out: TextIO, err: TextIO, quiet: bool) -> str:
-    """Tokens to ``out`` as they come; progress as a tqdm bar on ``err``. Returns the summary."""
+def print_events(events: Any, *, out: TextIO, err: TextIO, quiet: bool, hide_thinking: bool = False) -> str:
+    """Tokens to ``out`` as they come; progress as a tqdm bar and the final merge's thinking (a reasoning
+    model) on ``err``. Returns the summary."""
     from tqdm import tqdm
 
-    from chains import Progress, Summary, Token
+    from chains import Progress, Reasoning, Summary, Token
 
+    thinking = ThinkingEcho(err, hide=hide_thinking)
     bar: tqdm | None = None
     stage: str | None = None
     text = ""
@@ -79,10 +82,14 @@ def print_events(events: Any, *, out: TextIO, err: TextIO, quiet: bool) -> str:
                     bar = tqdm(total=event.total, desc=label, unit="part", file=err, disable=quiet, leave=False)
                     stage = event.stage
                 bar.update(event.done - bar.n)
-            elif isinstance(event, Token):
+            elif isinstance(event, (Reasoning, Token)):
                 if bar is not None:
                     bar.close()
                     bar = None
+                if isinstance(event, Reasoning):
+                    thinking.write(event.text)
+                    continue
+                thinking.close()
                 out.write(event.text)
                 out.flush()
             elif isinstance(event, Summary):
@@ -90,6 +97,7 @@ def print_events(events: Any, *, out: TextIO, err: TextIO, quiet: bool) -> str:
     finally:
         if bar is not None:
             bar.close()
+        thinking.close()
     out.write("\n")
     out.flush()
     return text
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         token_max=args.token_max,
     )
-    print_events(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet)
+    print_events(events, out=sys.stdout, err=sys.stderr, quiet=args.quiet, hide_thinking=args.hide_thinking)
     return 0
 
 
@@ -124,7 +132,8 @@ command = ingest_command(
         "Summarize a file (.txt, .pdf, .docx, .epub, ... as ingest build reads them) or a "
         "knowledge-base document chapter by chapter, then merge the "
         "chapter summaries, printing the final summary as it is generated. Progress goes to "
-        "stderr, so `ingest summarize novel.txt > summary.txt` keeps the file clean."
+        "stderr, so `ingest summarize novel.txt > summary.txt` keeps the file clean; so does a reasoning "
+        "model's thinking before the final summary (--hide-thinking leaves it out)."
     ),
     arguments=[
         click.argument("target", metavar="FILE_OR_DOC"),
@@ -132,5 +141,5 @@ command = ingest_command(
                      help="collapse chapter summaries while the final prompt exceeds N tokens (default: llm.max_input_tokens)"),
     ],
     flags=("chapters", "batch_size", "kb", "kb_root", "model_path", "device", "dtype", "quantization", "adapter",
-           "merge_adapter", "quiet"),
+           "merge_adapter", "hide_thinking", "quiet"),
 )
