@@ -51,13 +51,16 @@ def clean_condensed(text: str, fallback: str) -> str:
 
 
 def cap_new_tokens(llm: BaseLanguageModel, limit: int) -> Runnable:
-    """``llm`` with its answer length capped at ``limit`` where it has such a knob."""
+    """``llm`` with its answer length capped at ``limit`` where it has such a knob, and a local reasoning
+    model's thinking off (``enable_thinking``): a GLM-Z1 spent the whole cap thinking and the rewrite came
+    back empty, so retrieval searched the bare follow-up question."""
     fields = getattr(type(llm), "model_fields", {})
+    extra = {"enable_thinking": False} if "enable_thinking" in fields else {}
     for knob in ("max_new_tokens", "max_tokens"):
         if knob in fields:
             current = getattr(llm, knob, None)
-            return llm.bind(**{knob: limit if current is None else min(current, limit)})
-    return llm
+            return llm.bind(**{knob: limit if current is None else min(current, limit)}, **extra)
+    return llm.bind(**extra) if extra else llm
 
 
 def stream_condensed(

@@ -132,6 +132,12 @@ class LLMSettings(_Section):
     )
     merge_adapter: bool = Field(False, description="Fold a LoRA adapter into the weights (the CUDA fast path needs it).")
     system_prompt: str | None = Field(None, description="Optional system prompt for every chat.")
+    enable_thinking: bool | None = Field(
+        None,
+        description="A reasoning model's thinking (GLM-Z1, Qwen3): null = as its chat template does; false = off (the "
+        "template's enable_thinking=False, and a <think> block it still opens closed empty); true = asked for. "
+        "Rewriting a follow-up question never thinks.",
+    )
     max_input_tokens: int = Field(
         6144, ge=64, description="Prompt budget in model tokens; retrieved passages and history are cut to fit."
     )

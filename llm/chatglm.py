@@ -36,7 +36,7 @@ from llm.generate_kwargs import (
     with_stop_strings,
 )
 from llm.loading import load_model_and_tokenizer
-from llm.reasoning import Split, prompt_opens_reasoning
+from llm.reasoning import Split, close_reasoning, prompt_opens_reasoning
 from llm.streaming import GenerationStats, run_generate
 
 History = Sequence[tuple[str, str] | BaseMessage]
@@ -47,7 +47,7 @@ class ChatGLM(GenerationRouting, LLM):
     """Local chat model with real token streaming, chat template, history and system prompt.
 
     Per-call keyword arguments (``llm.invoke(q, history=[...], temperature=0)``): ``history``
-    (list of ``(user, assistant)`` pairs), ``system_prompt``, the generation fields below, and
+    (list of ``(user, assistant)`` pairs), ``system_prompt``, ``enable_thinking``, the generation fields below, and
     any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``). ``messages``
     (the whole chat as role/content dicts, already neutralised) replaces prompt, history and
     system prompt: that is how ``llm.chatglm_chat.ChatGLMChat`` shares this generation core.
@@ -81,6 +81,14 @@ class ChatGLM(GenerationRouting, LLM):
         description=(
             "Streamed requests that arrive while the model is busy wait and start together as one batch "
             "(llm.batching); False = strictly one generation at a time."
+        ),
+    )
+    enable_thinking: bool | None = Field(
+        None,
+        description=(
+            "A reasoning model's thinking (llm.enable_thinking): None = as its chat template renders it; False = "
+            "off (the template's enable_thinking=False, and a <think> block it still opens closed empty); True = "
+            "the template's enable_thinking=True. Per call: invoke(..., enable_thinking=False)."
         ),
     )
     max_concurrent_batch: int = Field(16, ge=1, description="Most requests in one batch (llm.max_concurrent_batch).")
@@ -131,6 +139,7 @@ class ChatGLM(GenerationRouting, LLM):
         defaults = {
             "system_prompt": settings.system_prompt,
             "max_concurrent_batch": settings.max_concurrent_batch,
+            "enable_thinking": settings.enable_thinking,
             "max_queue": settings.max_queue,
             **settings.generation.model_dump(),
         }
@@ -184,16 +193,29 @@ class ChatGLM(GenerationRouting, LLM):
         return prompt_messages(prompt, history=history, system_prompt=system_prompt, tokenizer=self.tokenizer)
 
     def render_prompt(
-        self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
+        self,
+        prompt: str,
+        *,
+        history: History | None = None,
+        system_prompt: str | None = None,
+        enable_thinking: bool | None = None,
     ) -> str:
         """The exact model input text: the chat rendered through the tokenizer's chat template."""
-        return self.render_messages(self.chat_messages(prompt, history=history, system_prompt=system_prompt))
+        messages = self.chat_messages(prompt, history=history, system_prompt=system_prompt)
+        return self.render_messages(messages, enable_thinking=enable_thinking)
 
-    def render_messages(self, messages: list[dict[str, str]]) -> str:
-        """Role/content messages through the chat template, ending in the assistant's turn."""
+    def render_messages(self, messages: list[dict[str, str]], *, enable_thinking: bool | None = None) -> str:
+        """Role/content messages through the chat template, ending in the assistant's turn.
+
+        ``enable_thinking`` (default: the ``enable_thinking`` field) goes to the template, as Qwen3's and
+        GLM-4.5's read it; False also closes a ``<think>`` block the template opens regardless (GLM-Z1),
+        so a rewrite or a short answer is not spent on thinking."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; ChatGLM needs a chat model")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        thinking = self.enable_thinking if enable_thinking is None else enable_thinking
+        extra = {} if thinking is None else {"enable_thinking": thinking}
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+        return close_reasoning(text) if thinking is False else text
 
     def get_num_tokens(self, text: str) -> int:
         """Number of model tokens in ``text`` (the real tokenizer, no special tokens)."""
@@ -214,10 +236,12 @@ class ChatGLM(GenerationRouting, LLM):
         history = kwargs.pop("history", None)
         system_prompt = kwargs.pop("system_prompt", self.system_prompt)
         messages = kwargs.pop("messages", None)
+        thinking = kwargs.pop("enable_thinking", None)
         if messages is not None:
-            texts = [self.render_messages(messages)]
+            texts = [self.render_messages(messages, enable_thinking=thinking)]
         else:
-            texts = [self.render_prompt(p, history=history, system_prompt=system_prompt) for p in prompts]
+            texts = [self.render_prompt(p, history=history, system_prompt=system_prompt, enable_thinking=thinking)
+                     for p in prompts]
         params = generation_params(kwargs, defaults=self)
         return build_generate_kwargs(
             texts,

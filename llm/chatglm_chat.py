@@ -70,6 +70,9 @@ class ChatGLMChat(BaseChatModel):
     temperature: float | None = Field(None, ge=0.0, description="0 means greedy decoding.")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0)
+    enable_thinking: bool | None = Field(
+        None, description="A reasoning model's thinking: None = the model's own setting, False = off, True = on."
+    )
     stop: list[str] | None = Field(None, description="Stop sequences of every call (added to per-call ones).")
     model_name: str | None = Field(None, description="Name for traces; defaults to the model folder's name.")
 
@@ -149,7 +152,7 @@ class ChatGLMChat(BaseChatModel):
 
     def render(self, messages: Sequence[BaseMessage]) -> str:
         """The exact model input text for ``messages`` (the chat template, ending in the assistant turn)."""
-        return self.llm.render_messages(self._template_messages(messages))
+        return self.llm.render_messages(self._template_messages(messages), enable_thinking=self.enable_thinking)
 
     def check_capacity(self) -> None:
         """``ChatGLM.check_capacity``: ``llm.batching.Busy`` (HTTP 503) now when the model's queue is full."""
@@ -172,6 +175,7 @@ class ChatGLMChat(BaseChatModel):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
+            "enable_thinking": self.enable_thinking,
         }
         options = {name: value for name, value in fields.items() if value is not None}
         for name, value in kwargs.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
-    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "message_chunk", "opens_reasoning", "prompt_opens_reasoning",
+    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "close_reasoning", "message_chunk", "opens_reasoning", "prompt_opens_reasoning",
     "split_reasoning",
 ]
 
@@ -38,6 +38,12 @@ def opens_reasoning(prompt: str) -> bool:
     """Whether a rendered prompt ends inside an open ``<think>`` block: its output starts as thinking."""
     end = prompt.rstrip()
     return end.endswith(OPEN)
+
+
+def close_reasoning(prompt: str) -> str:
+    """``prompt`` with an open ``<think>`` block at its end closed empty (the model answers at once), as a
+    template's own no-thinking form renders it; any other prompt as it is."""
+    return prompt + CLOSE + "\n" if opens_reasoning(prompt) else prompt
 
 
 def prompt_opens_reasoning(input_ids: Any, *, tokenizer: Any) -> bool:

@@ -222,7 +222,7 @@ def test_condense_is_capped_and_stops_when_the_stream_is_closed(tiny_chatglm: An
     forced = ForcedTokens(cao, eos_id=tok.eos_token_id, pause_at=3)
     llm = forced_chatglm(tiny_chatglm, forced, max_new_tokens=40)
     chain = make_chain(llm, condense_max_tokens=16)
-    assert chain._condense_model().kwargs == {"max_new_tokens": 16}
+    assert chain._condense_model().kwargs == {"max_new_tokens": 16, "enable_thinking": False}
 
     stream = chain.stream_answer("他为什么打人？", history=[("张飞是谁？", "刘备的结义兄弟。")])
     first = next(stream)

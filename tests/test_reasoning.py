@@ -255,3 +255,92 @@ def test_a_summary_streams_the_thinking_apart(thinking_llm: Any, sanguo_path: An
     assert "".join(e.text for e in events if isinstance(e, Reasoning)) == "想一想。"
     assert "".join(e.text for e in events if isinstance(e, Token)) == "桃园结义。"
     assert isinstance(events[-1], Summary) and events[-1].text == "桃园结义。"
+
+
+# A template that reads enable_thinking as Qwen3's and GLM-4.5's do: False renders an empty block.
+SWITCH_TEMPLATE = GLM_CHAT_TEMPLATE.replace(
+    "<|assistant|>{% endif %}",
+    "<|assistant|>{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}"
+    "{% endif %}",
+)
+assert SWITCH_TEMPLATE != GLM_CHAT_TEMPLATE
+
+
+def test_thinking_turned_off_per_call_by_field_and_by_settings(thinking_llm: Any) -> None:
+    """``enable_thinking=False``: a template that always opens ``<think>`` (GLM-Z1) gets it closed empty, so the
+    whole output is the answer; a template that reads the variable renders its own no-thinking form; None
+    (the default) leaves every template as it was."""
+    from configs import Settings
+    from llm import ChatGLM
+    from llm.chatglm_chat import ChatGLMChat
+    from llm.reasoning import close_reasoning
+
+    assert close_reasoning("<|assistant|>\n<think>") == "<|assistant|>\n<think></think>\n"
+    assert close_reasoning("<|assistant|>") == "<|assistant|>"
+    from tests.test_book_qa_chain import ForcedPerCall
+
+    forced = ForcedPerCall(forced_answer(thinking_llm, "曹操是魏王。"))
+    llm = forced_chatglm(thinking_llm, forced)
+    assert llm.render_prompt("问").endswith("<think>")
+    assert not opens_reasoning(llm.render_prompt("问", enable_thinking=False))
+    assert llm.invoke("曹操是谁？") == ""  # thinking all the way: no answer
+    assert llm.invoke("曹操是谁？", enable_thinking=False) == "曹操是魏王。"
+    off = forced_chatglm(thinking_llm, forced, enable_thinking=False)
+    assert "".join(off.stream("曹操是谁？")) == "曹操是魏王。"
+    assert [g[0].text for g in off.generate(["甲", "乙"]).generations] == ["曹操是魏王。"] * 2
+    assert ChatGLMChat(llm=llm, enable_thinking=False).invoke([HumanMessage("问")]).content == "曹操是魏王。"
+    assert ChatGLMChat(llm=llm).invoke([HumanMessage("问")], enable_thinking=False).content == "曹操是魏王。"
+    assert Settings(llm={"enable_thinking": False}).llm.enable_thinking is False
+    assert "enable_thinking" in ChatGLM.model_fields
+
+    thinking_llm.tokenizer.chat_template = SWITCH_TEMPLATE
+    assert llm.render_prompt("问").endswith("<|assistant|>")
+    assert llm.render_prompt("问", enable_thinking=False).endswith("<|assistant|><think></think>")
+    assert llm.render_prompt("问", enable_thinking=True).endswith("<|assistant|>")
+
+
+def test_the_follow_up_rewrite_never_thinks(thinking_llm: Any, tmp_path: Any, sanguo_path: Any) -> None:
+    """Regression: the condense step of a reasoning model spent its 128-token cap thinking, came back empty and
+    retrieval searched the bare follow-up ("他为什么…") instead of the standalone question."""
+    from langchain_core.messages import AIMessage
+
+    from chains import KnowledgeBaseQAChain, Sources
+    from chains.condense import cap_new_tokens
+    from configs import Settings
+    from kb import KnowledgeBase
+
+    bound = cap_new_tokens(forced_chatglm(thinking_llm, forced_answer(thinking_llm, "x")), 64)
+    assert bound.kwargs == {"max_new_tokens": 64, "enable_thinking": False}
+    settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, retrieval={"mode": "bm25", "top_k": 2})
+    kb = KnowledgeBase.from_settings(settings, name="k", create=True)
+    kb.add_texts({"sanguo.txt": sanguo_path.read_text(encoding="utf-8")[:8000]})
+    llm = forced_chatglm(thinking_llm, forced_answer(thinking_llm, "张飞为什么鞭打督邮？"))
+    chain = KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings)
+    history = [HumanMessage("张飞是谁？"), AIMessage("张飞是刘备的兄弟。")]
+    events = chain.stream_answer("他为什么鞭打督邮？", history=history)
+    sources = next(e for e in events if isinstance(e, Sources))
+    assert sources.question == "张飞为什么鞭打督邮？"
+
+
+def test_the_api_turns_thinking_off_with_chat_template_kwargs(thinking_llm: Any, tmp_path: Any, sanguo_path: Any) -> None:
+    """vLLM's ``chat_template_kwargs: {"enable_thinking": false}``, on the chat and the knowledge-base routes:
+    the prompt's ``<think>`` block is closed, so what the model writes is all answer (here the scripted text
+    with its ``</think>``, which a thinking prompt would have split off); a non-boolean switch is a 400."""
+    from app.services import Services
+    from kb import KnowledgeBase
+    from tests.test_api import KB, make_settings, running, scripted
+
+    settings = make_settings(tmp_path)
+    KnowledgeBase.from_settings(settings, name=KB, create=True).add_texts(
+        {"sanguo.txt": sanguo_path.read_text(encoding="utf-8")[:8000]})
+    llm = scripted(thinking_llm, answer="曹操在想。</think>曹操是魏王。")
+    body = {"messages": [{"role": "user", "content": "曹操是谁？"}], "chat_template_kwargs": {"enable_thinking": False}}
+    with running(Services(settings, llm=llm)) as base:
+        for route in ("/v1/chat/completions", f"/v1/kb/{KB}/chat/completions"):
+            message = httpx.post(base + route, timeout=60, json=body).json()["choices"][0]["message"]
+            assert message["content"] == "曹操在想。</think>曹操是魏王。" and not message.get("reasoning_content")
+            on = {**body, "chat_template_kwargs": {"enable_thinking": None}}
+            assert httpx.post(base + route, timeout=60, json=on).json()["choices"][0]["message"]["content"] == "曹操是魏王。"
+        bad = httpx.post(f"{base}/v1/chat/completions", timeout=60,
+                         json={**body, "chat_template_kwargs": {"enable_thinking": "no"}})
+        assert bad.status_code == 400 and "enable_thinking" in bad.json()["error"]["message"]

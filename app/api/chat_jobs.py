@@ -161,15 +161,16 @@ def check_prompt_chars(chars: int, context: int | None) -> None:
 
 
 def sampling_params(chat: BaseChatModel, request: ChatCompletionRequest) -> dict[str, Any]:
-    """The request's generation options as per-call keywords of ``chat``. ``repetition_penalty``
-    (vLLM's extension) goes only to a model that has it (``ChatGLMChat``); the OpenAI client
-    would refuse it."""
+    """The request's generation options as per-call keywords of ``chat``. ``repetition_penalty`` and
+    ``enable_thinking`` (vLLM's extensions) go only to a model that has them (``ChatGLMChat``); the OpenAI
+    client would refuse them."""
     params: dict[str, Any] = {}
     if request.new_tokens() is not None:
         params["max_tokens"] = request.new_tokens()
-    for name in ("temperature", "top_p", "repetition_penalty"):
-        value = getattr(request, name)
-        if value is not None and (name != "repetition_penalty" or name in type(chat).model_fields):
+    values = {name: getattr(request, name) for name in ("temperature", "top_p", "repetition_penalty")}
+    values["enable_thinking"] = request.enable_thinking()
+    for name, value in values.items():
+        if value is not None and (name in ("temperature", "top_p") or name in type(chat).model_fields):
             params[name] = value
     return params
 

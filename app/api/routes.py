@@ -193,12 +193,13 @@ def with_generation(llm: Any, body: ChatCompletionRequest, *, max_tokens: int | 
     """A shallow copy of ``llm`` with the request's sampling options (the weights are shared);
     the answer length goes to whichever of ``max_new_tokens``/``max_tokens`` the model has."""
     fields = type(llm).model_fields
-    names = {"temperature": "temperature", "top_p": "top_p", "repetition_penalty": "repetition_penalty"}
+    names = {name: name for name in ("temperature", "top_p", "repetition_penalty", "enable_thinking")}
     names["max_tokens"] = "max_new_tokens" if "max_new_tokens" in fields else "max_tokens"
     values = {
         "temperature": body.temperature,
         "top_p": body.top_p,
         "repetition_penalty": body.repetition_penalty,
+        "enable_thinking": body.enable_thinking(),
         "max_tokens": max_tokens or body.new_tokens(),
     }
     update = {names[k]: v for k, v in values.items() if v is not None and names[k] in fields}

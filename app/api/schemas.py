@@ -88,6 +88,11 @@ class ChatCompletionRequest(_Body):
     n: int | None = Field(None, ge=1)
     # 1e-300 divided logits into inf/nan and crashed sampling (issue 20 #16: a 500).
     repetition_penalty: float | None = Field(None, ge=0.05, le=20.0, description="vLLM-style extension.")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="vLLM-style extension: {\"enable_thinking\": false} turns a reasoning model's thinking off "
+        "(true: on); other keys are ignored.",
+    )
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[Any] | None = None
@@ -149,6 +154,17 @@ class ChatCompletionRequest(_Body):
         if self.stop is None:
             return None
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _thinking_switch(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and "enable_thinking" in value and not isinstance(value["enable_thinking"], (bool, type(None))):
+            raise ValueError("chat_template_kwargs.enable_thinking must be true, false or null")
+        return value
+
+    def enable_thinking(self) -> bool | None:
+        """``chat_template_kwargs.enable_thinking``: None when the request does not say."""
+        return (self.chat_template_kwargs or {}).get("enable_thinking")
 
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
