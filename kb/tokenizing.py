@@ -12,8 +12,10 @@ simplified. Knowledge bases built before record no ``script`` in their manifest'
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import jieba
@@ -42,7 +44,7 @@ def tokenize(text: str, *, fold: bool = True) -> list[str]:
     dictionary often segments differently in the question and in the text (measured in
     docs/KB.md: recall@5 0.50 -> 0.73 on the sanguo QA set).
     """
-    _ensure_initialized()
+    initialize_jieba()
     lowered = (fold_script(text) if fold else text).lower()
     words = [
         token
@@ -58,8 +60,30 @@ def tokens_folded(bm25_settings: dict[str, Any] | None) -> bool:
     return (bm25_settings or {}).get("script") == SCRIPT
 
 
-def _ensure_initialized() -> None:
+def cache_dir() -> Path:
+    """glmkb's own cache folder: ``$XDG_CACHE_HOME/glmkb``, else ``~/.cache/glmkb``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "glmkb"
+
+
+def use_private_cache(tokenizer: Any) -> None:
+    """Keep ``tokenizer``'s dictionary cache in the user's own cache folder. jieba's default is one
+    ``jieba.cache`` in the system temp folder for every user of a machine: on a shared server the first
+    user's file could not be replaced by the others (a logged traceback at each start), and whoever wrote
+    it decided everyone's dictionary. Where that folder cannot be made, jieba's default stays."""
+    try:
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    tokenizer.tmp_dir = str(folder)
+
+
+def initialize_jieba() -> None:
+    """jieba's dictionary loaded once, its cache in the user's own folder (every glmkb use of jieba calls this)."""
     # jieba's lazy initialisation is not thread-safe; the web UI queries from several threads.
     if not jieba.dt.initialized:
         with _INIT_LOCK:
-            jieba.initialize()
+            if not jieba.dt.initialized:
+                use_private_cache(jieba.dt)
+                jieba.initialize()

@@ -197,3 +197,25 @@ class _Lists(Sequence[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return (a.tolist() for a in self.arrays)
+
+
+def test_jiebas_dictionary_cache_lives_in_the_users_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: jieba kept one ``jieba.cache`` in the system temp folder for every user of a machine and
+    loads it unchecked for its default dictionary, so on a shared server the first user's file decided
+    everyone's segmentation and the others' writes failed with a logged traceback."""
+    import jieba
+
+    from kb.tokenizing import cache_dir, use_private_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache" / "glmkb"
+    tokenizer = jieba.Tokenizer()
+    use_private_cache(tokenizer)
+    tokenizer.initialize()
+    assert (cache_dir() / "jieba.cache").is_file()
+    assert tokenizer.lcut("刘备三顾茅庐") == jieba.lcut("刘备三顾茅庐")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("not a folder")
+    other = jieba.Tokenizer()
+    use_private_cache(other)  # cannot be made: jieba's default stays
+    assert other.tmp_dir is None

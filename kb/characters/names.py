@@ -91,6 +91,9 @@ def tail_is_name_like(word: str) -> bool:
     """jieba reads the part after the surname as a noun (孟获), not a verb/adverb (操大惊, 操自引)."""
     import jieba.posseg as pseg
 
+    from kb.tokenizing import initialize_jieba
+
+    initialize_jieba()
     first = next(iter(pseg.cut(word[1:], HMM=False)), None)
     return first is not None and first.flag.startswith(("n", "z")) or word[:2] in COMPOUND_SURNAMES
 
@@ -100,7 +103,10 @@ def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
     import jieba
     import jieba.posseg as pseg
 
+    from kb.tokenizing import initialize_jieba
+
     jieba.setLogLevel(60)
+    initialize_jieba()
     counts: Counter[str] = Counter()
     for word, flag in pseg.cut(text, HMM=False):
         if flag == "nr" and is_plausible_name(word):
