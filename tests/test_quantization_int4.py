@@ -149,7 +149,7 @@ def test_per_layer_error_is_a_rounding_error_not_a_bug() -> None:
 
 @pytest.mark.gpu
 def test_tinygemm_on_cuda_under_compile_and_cuda_graph() -> None:
-    """The real kernel: the layer switches to tinygemm on a bf16 GPU, matches the dequant form,
+    """The real kernel: the layer asked for tinygemm switches to it on a bf16 GPU, matches the dequant form,
     runs compiled (dynamic=False) inside a captured CUDA graph, and moves back to CPU exactly."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("needs a CUDA GPU of sm80+")
@@ -159,7 +159,8 @@ def test_tinygemm_on_cuda_under_compile_and_cuda_graph() -> None:
     assert torch.equal(torch.cat(parts), tinygemm.pack_weight(q, inner_tiles=8))  # rows concatenate: fused q/k/v
     assert torch.equal(tinygemm.unpack_weight(torch.cat(parts), out_features=96, in_features=256, group_size=128), q)
     w, b = torch.randn(4096 + 512, 4096) * 0.02, torch.randn(4096 + 512) * 0.01
-    cpu_layer = WeightOnlyInt4Linear(w.to(torch.bfloat16), b.to(torch.bfloat16), group_size=128)
+    cpu_layer = WeightOnlyInt4Linear(w.to(torch.bfloat16), b.to(torch.bfloat16), group_size=128,
+                                     int4_kernel="tinygemm")  # "auto" takes the Triton kernels on sm90+
     canonical = {k: v.clone() for k, v in cpu_layer.state_dict().items()}
     layer = cpu_layer.to("cuda")
     assert layer.kernel == "tinygemm" and layer.weight.dtype == torch.int32
