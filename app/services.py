@@ -28,6 +28,7 @@ from app.warm_up import warm_up_llm
 from chains import KnowledgeBaseQAChain
 from chains.events import Event
 from chains.summarize import documents_from_file, documents_from_kb, stream_summary
+from llm.reasoning import with_thinking
 from configs import Settings
 from kb import BuildReport, DocumentInfo, KnowledgeBase
 
@@ -219,18 +220,19 @@ class Services:
         top_k: int | None,
         llm: BaseLanguageModel | None = None,
         callbacks: Any = None,
+        enable_thinking: bool | None = None,
         **chain_fields: Any,
     ) -> Iterator[Event]:
         """Stream one answer: ``Sources``, ``Token`` pieces, ``Answer`` (passages if no LLM).
 
         ``llm`` replaces the shared model for this answer (the API passes a copy carrying the
-        request's sampling options); ``chain_fields`` go to ``KnowledgeBaseQAChain``.
+        request's sampling options); ``enable_thinking`` (None: the model's own setting) switches a
+        reasoning model's thinking for this answer; ``chain_fields`` go to ``KnowledgeBaseQAChain``.
         """
         kb = self.kb(kb_name)
         retriever = kb.as_retriever(mode=mode, k=top_k)  # type: ignore[arg-type]
-        chain = KnowledgeBaseQAChain.from_settings(
-            retriever, llm if llm is not None else self.get_llm(), self.settings, **chain_fields
-        )
+        model = with_thinking(llm if llm is not None else self.get_llm(), enable_thinking)
+        chain = KnowledgeBaseQAChain.from_settings(retriever, model, self.settings, **chain_fields)
         return chain.stream_answer(question, history=list(history), callbacks=callbacks)
 
     def summarize_document(self, kb_name: str, doc_id: str, *, chapters: str | None) -> Iterator[Event]:

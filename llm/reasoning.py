@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
-    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "close_reasoning", "message_chunk", "opens_reasoning", "prompt_opens_reasoning",
-    "split_reasoning",
+    "CLOSE", "OPEN", "ReasoningSplitter", "Split", "close_reasoning", "message_chunk", "opens_reasoning",
+    "prompt_opens_reasoning", "split_reasoning", "with_thinking",
 ]
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -44,6 +44,14 @@ def close_reasoning(prompt: str) -> str:
     """``prompt`` with an open ``<think>`` block at its end closed empty (the model answers at once), as a
     template's own no-thinking form renders it; any other prompt as it is."""
     return prompt + CLOSE + "\n" if opens_reasoning(prompt) else prompt
+
+
+def with_thinking(llm: Any, enable_thinking: bool | None) -> Any:
+    """A shallow copy of ``llm`` (weights shared) with its ``enable_thinking`` set, where it has that field
+    (``ChatGLM``, ``ChatGLMChat``); ``llm`` itself where it has none or ``enable_thinking`` is None."""
+    if enable_thinking is None or llm is None or "enable_thinking" not in getattr(type(llm), "model_fields", {}):
+        return llm
+    return llm.model_copy(update={"enable_thinking": enable_thinking})
 
 
 def prompt_opens_reasoning(input_ids: Any, *, tokenizer: Any) -> bool:

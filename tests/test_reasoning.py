@@ -344,3 +344,37 @@ def test_the_api_turns_thinking_off_with_chat_template_kwargs(thinking_llm: Any,
         bad = httpx.post(f"{base}/v1/chat/completions", timeout=60,
                          json={**body, "chat_template_kwargs": {"enable_thinking": "no"}})
         assert bad.status_code == 400 and "enable_thinking" in bad.json()["error"]["message"]
+
+
+def test_the_web_uis_thinking_switch(thinking_llm: Any, tmp_path: Any, sanguo_path: Any) -> None:
+    """The chat tab's 深度思考 box: on, a GLM-Z1-style model's thinking goes to the collapsible box; off, the
+    prompt closes the block and the model answers at once (its whole output is the answer), in both scopes'
+    paths; the box starts as ``llm.enable_thinking`` says."""
+    from app.services import Services
+    from app.web.chat import ChatHandlers, ChatTab
+    from configs import Settings
+    from kb import KnowledgeBase
+    from tests.test_book_qa_chain import ForcedPerCall
+
+    settings = Settings(kb_root=tmp_path, embedding={"model": "none"}, retrieval={"mode": "bm25", "top_k": 2})
+    KnowledgeBase.from_settings(settings, name="k", create=True).add_texts(
+        {"sanguo.txt": sanguo_path.read_text(encoding="utf-8")[:8000]})
+    llm = forced_chatglm(thinking_llm, ForcedPerCall(forced_answer(thinking_llm, "想。</think>曹操是魏王。")))
+    handlers = ChatHandlers(Services(settings, llm=llm))
+    on = list(handlers.ask("曹操是谁？", [], "k", "bm25", 2, think=True))[-1][2][-1]
+    assert (on["reasoning"], on["answer"]) == ("想。", "曹操是魏王。")
+    off = list(handlers.ask("曹操是谁？", [], "k", "bm25", 2, think=False))[-1][2][-1]
+    assert "reasoning" not in off and off["answer"] == "想。</think>曹操是魏王。"
+    book_on = list(handlers.ask("曹操做了哪些事？", [], "k", "bm25", 2, book=True, think=True))[-1][2][-1]
+    book_off = list(handlers.ask("曹操做了哪些事？", [], "k", "bm25", 2, book=True, think=False))[-1][2][-1]
+    assert book_on["reasoning"] == "想。" and "reasoning" not in book_off, (book_on, book_off)
+    assert llm.enable_thinking is None  # the shared model is untouched: each answer had its own copy
+
+    import gradio as gr
+
+    for enable, value in ((None, True), (False, False)):
+        tab = ChatTab(Services(Settings(kb_root=tmp_path, embedding={"model": "none"},
+                                        llm={"enable_thinking": enable})))
+        with gr.Blocks():
+            tab.layout()
+        assert tab.think.value is value

@@ -27,6 +27,7 @@ from app.web.widgets import banner_markdown, kb_picker
 from app.web.summary import CHAPTERS_MAX_CHARS, progress_line
 from chains.book_qa_chain import SELECT_STAGE
 from chains.events import Answer, Progress, Reasoning, Source, Sources, Token
+from llm.reasoning import with_thinking
 
 Turn = dict[str, Any]
 STOPPED_MARK = "（已停止 / stopped）"
@@ -41,6 +42,8 @@ THINKING = "…"
 REASONING_TITLE = "思考过程 / thinking"
 BOOK = "全书问答 / whole book"
 BOOK_INFO = "按章节通读后回答（较慢），例如：诸葛亮一生做了哪些事？"
+THINK = "深度思考 / thinking"
+THINK_INFO = "推理模型（GLM-Z1 等）先思考再回答；关掉更快。其他模型不受影响。"
 
 
 def render_chat(turns: list[Turn]) -> list[dict[str, Any]]:
@@ -96,10 +99,12 @@ class ChatHandlers:
         top_k: float,
         book: bool = False,
         chapters: str | None = None,
+        think: bool = True,
         request: gr.Request = None,  # type: ignore[assignment] - injected by Gradio
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream one answer (whole-book when ``book``, optionally within ``chapters``). Yields
-        (question box, chat, turns, banner, clear button, send button, status line) per piece.
+        """Stream one answer (whole-book when ``book``, optionally within ``chapters``; a reasoning model
+        thinks first unless ``think`` is off). Yields (question box, chat, turns, banner, clear button,
+        send button, status line) per piece.
 
         Clear and send are disabled while the answer streams (``settle`` enables them again): a
         conversation cleared mid-stream would be brought back by the stream's next update, and
@@ -118,10 +123,11 @@ class ChatHandlers:
         busy = gr.Button(value=BUSY, interactive=False)
         yield "", render_chat(turns), turns, gr.skip(), gr.Button(interactive=False), busy, BUSY_HINT
         try:
+            thinking = None if think else False  # on: the model's own setting (llm.enable_thinking)
             if book:
-                yield from self._stream_book(turn, turns, kb_name, chapters, request)
+                yield from self._stream_book(turn, turns, kb_name, chapters, request, thinking)
             else:
-                yield from self._stream_answer(turn, turns, kb_name, mode, int(top_k))
+                yield from self._stream_answer(turn, turns, kb_name, mode, int(top_k), thinking)
         except Exception:
             turn["status"] = "failed"  # the same dict the session state holds
             raise
@@ -132,14 +138,15 @@ class ChatHandlers:
         yield gr.skip(), render_chat(turns), turns, gr.Markdown(value=banner, visible=bool(banner)), *skips(2), status
 
     def _stream_answer(
-        self, turn: Turn, turns: list[Turn], kb_name: str, mode: str, top_k: int
+        self, turn: Turn, turns: list[Turn], kb_name: str, mode: str, top_k: int, thinking: bool | None = None
     ) -> Iterator[tuple[Any, ...]]:
         mode, note = self.services.usable_mode(kb_name, mode)
         if note:
             warn(note.zh, note.en)
             yield (*skips(ASK_OUTPUTS - 1), f"{note.zh} / {note.en}")
         stream = self.services.ask(
-            kb_name, turn["question"], history=history_pairs(turns[:-1]), mode=mode, top_k=top_k
+            kb_name, turn["question"], history=history_pairs(turns[:-1]), mode=mode, top_k=top_k,
+            enable_thinking=thinking,
         )
         try:
             for event in stream:
@@ -161,7 +168,8 @@ class ChatHandlers:
             stream.close()  # Stop pressed (generator closed): this ends the model's generation
 
     def _stream_book(
-        self, turn: Turn, turns: list[Turn], kb_name: str, chapters: str | None, request: gr.Request | None
+        self, turn: Turn, turns: list[Turn], kb_name: str, chapters: str | None, request: gr.Request | None,
+        thinking: bool | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         """The whole-book answer: progress in the status line, then tokens, sources, answer.
 
@@ -169,7 +177,8 @@ class ChatHandlers:
         the chain then returns without an ``Answer`` and the turn is marked stopped.
         """
         stop = self._stops.new(request)
-        stream = ask_book(self.services, kb_name, turn["question"], chapters=chapters, cancel=stop)
+        llm = with_thinking(self.services.require_llm(), thinking) if thinking is not None else None
+        stream = ask_book(self.services, kb_name, turn["question"], chapters=chapters, cancel=stop, llm=llm)
         try:
             for event in stream:
                 if isinstance(event, Progress):
@@ -284,6 +293,8 @@ class ChatTab:
                 self.mode = gr.Radio(MODES, value=settings.retrieval.mode, label="检索方式 / retrieval")
                 self.top_k = gr.Slider(1, 20, value=settings.retrieval.top_k, step=1, label="段落数 / top_k")
                 self.book = gr.Checkbox(value=False, label=BOOK, info=BOOK_INFO, elem_id="chat-book")
+                self.think = gr.Checkbox(value=settings.llm.enable_thinking is not False, label=THINK, info=THINK_INFO,
+                                         elem_id="chat-think")
                 self.chapters = gr.Textbox(
                     label="章节范围（可选）/ chapters (optional)",
                     placeholder="例如 第40-60回 / e.g. 40-60",
@@ -321,7 +332,7 @@ class ChatTab:
         ask = gr.on(
             [self.question.submit, self.send_btn.click],
             handlers.ask,
-            inputs=[self.question, self.turns, self.kb, self.mode, self.top_k, self.book, self.chapters],
+            inputs=[self.question, self.turns, self.kb, self.mode, self.top_k, self.book, self.chapters, self.think],
             outputs=[self.question, self.chatbot, self.turns, banner, self.clear_btn, self.send_btn, self.status],
             api_name="ask",
             **QUIET,
