@@ -117,9 +117,15 @@ class OpenAICompatibleChat(ChatOpenAI):
             "system_prompt": settings.system_prompt,
             "tokenizer": tokenizer,
         }
+        extra: dict[str, Any] = {}
+        # Neither is an OpenAI parameter; vLLM, SGLang and glmkb's server accept both. Each is sent only
+        # where the settings ask for it, so a server that refuses unknown parameters is never sent one.
         if generation.repetition_penalty != 1.0:
-            # Not an OpenAI parameter; vLLM, SGLang and glmkb's server accept it.
-            defaults["extra_body"] = {"repetition_penalty": generation.repetition_penalty}
+            extra["repetition_penalty"] = generation.repetition_penalty
+        if settings.enable_thinking is not None:
+            extra["chat_template_kwargs"] = {"enable_thinking": settings.enable_thinking}
+        if extra:
+            defaults["extra_body"] = extra
         return cls(**{**defaults, **fields})
 
     # ----- a reasoning model's thinking ------------------------------------------------------

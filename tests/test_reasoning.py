@@ -325,7 +325,8 @@ def test_the_follow_up_rewrite_never_thinks(thinking_llm: Any, tmp_path: Any, sa
 def test_the_api_turns_thinking_off_with_chat_template_kwargs(thinking_llm: Any, tmp_path: Any, sanguo_path: Any) -> None:
     """vLLM's ``chat_template_kwargs: {"enable_thinking": false}``, on the chat and the knowledge-base routes:
     the prompt's ``<think>`` block is closed, so what the model writes is all answer (here the scripted text
-    with its ``</think>``, which a thinking prompt would have split off); a non-boolean switch is a 400."""
+    with its ``</think>``, which a thinking prompt would have split off); a non-boolean switch is a 400; the
+    openai backend sends the switch where ``llm.enable_thinking`` is set, and only then."""
     from app.services import Services
     from kb import KnowledgeBase
     from tests.test_api import KB, make_settings, running, scripted
@@ -344,6 +345,13 @@ def test_the_api_turns_thinking_off_with_chat_template_kwargs(thinking_llm: Any,
         bad = httpx.post(f"{base}/v1/chat/completions", timeout=60,
                          json={**body, "chat_template_kwargs": {"enable_thinking": "no"}})
         assert bad.status_code == 400 and "enable_thinking" in bad.json()["error"]["message"]
+        from llm import load_llm
+        from tests.test_openai_backend import client_settings
+
+        remote = load_llm(client_settings(f"{base}/v1", enable_thinking=False))  # llm.backend: openai
+        assert remote.extra_body == {"chat_template_kwargs": {"enable_thinking": False}}
+        assert remote.invoke("曹操是谁？").content == "曹操在想。</think>曹操是魏王。"
+        assert load_llm(client_settings(f"{base}/v1")).extra_body is None  # unset: never sent
 
 
 def test_the_web_uis_thinking_switch(thinking_llm: Any, tmp_path: Any, sanguo_path: Any) -> None:
