@@ -169,14 +169,15 @@ def interpreted_marker() -> Any:
                               reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)")
 
 
-def assert_interpreted_tests_pass(test_file: str) -> None:
-    """Run ``test_file``'s ``test_interpreted_*`` under Triton's interpreter (``TRITON_INTERPRET=1``,
-    read when Triton is imported, hence a subprocess) and assert that they all ran and passed."""
+def assert_interpreted_tests_pass(test_file: str, keyword: str = "interpreted") -> None:
+    """Run ``test_file``'s ``test_interpreted_*`` (those ``keyword``, a ``-k`` expression, selects) under
+    Triton's interpreter (``TRITON_INTERPRET=1``, read when Triton is imported, hence a subprocess) and
+    assert that they all ran and passed."""
     import pytest
 
     if find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    done = run_under_triton_interpreter("-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", "interpreted")
+    done = run_under_triton_interpreter("-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", keyword)
     assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
         done.stdout[-4000:] + done.stderr[-2000:]
 
