@@ -177,7 +177,7 @@ class ChatHandlers:
         the chain then returns without an ``Answer`` and the turn is marked stopped.
         """
         stop = self._stops.new(request)
-        llm = with_thinking(self.services.require_llm(), thinking) if thinking is not None else None
+        llm = with_thinking(self.services.require_llm(), thinking)
         stream = ask_book(self.services, kb_name, turn["question"], chapters=chapters, cancel=stop, llm=llm)
         try:
             for event in stream:
