@@ -169,17 +169,30 @@ def interpreted_marker() -> Any:
                               reason="runs in test_kernels_under_triton_interpreter's subprocess (TRITON_INTERPRET=1)")
 
 
-def assert_interpreted_tests_pass(test_file: str, keyword: str = "interpreted") -> None:
+def assert_interpreted_tests_pass(test_file: str, keyword: str = "interpreted", *, workers: int = 1) -> None:
     """Run ``test_file``'s ``test_interpreted_*`` (those ``keyword``, a ``-k`` expression, selects) under
     Triton's interpreter (``TRITON_INTERPRET=1``, read when Triton is imported, hence a subprocess) and
-    assert that they all ran and passed."""
+    assert that they all ran and passed, on ``workers`` pytest-xdist workers where it is installed."""
     import pytest
 
     if find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    done = run_under_triton_interpreter("-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", keyword)
+    done = run_under_triton_interpreter("-m", "pytest", test_file, "-q", "-p", "no:cacheprovider", "-k", keyword,
+                                        *interpreter_workers(workers))
     assert done.returncode == 0 and " passed" in done.stdout and "skipped" not in done.stdout, \
         done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def interpreter_workers(workers: int) -> list[str]:
+    """pytest-xdist options for an interpreted run: the interpreter is single-threaded Python and the
+    main pytest process only waits on it, so a second worker uses a 2-core machine's idle core (the
+    kernel checks were 25 of a 55-minute CI run, one process each; on two workers the long files
+    took 12-30 % less, while files under ~70 s took longer: each worker imports torch). Work
+    stealing, as the cases' lengths differ by 100x (a 7-token vocabulary to the 6B's 65,024)."""
+    workers = min(workers, os.cpu_count() or 1)
+    if workers < 2 or find_spec("xdist") is None:
+        return []
+    return ["-n", str(workers), "--dist", "worksteal"]
 
 
 def run_under_triton_interpreter(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

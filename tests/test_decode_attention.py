@@ -75,7 +75,7 @@ def close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines run the compiled kernel (bench.decode_attention)")
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    assert_interpreted_tests_pass(__file__)
+    assert_interpreted_tests_pass(__file__, workers=2)
 
 
 @interpreted

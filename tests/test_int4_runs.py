@@ -58,7 +58,7 @@ def test_runs_layout_round_trips_and_puts_columns_in_their_nibbles() -> None:
 
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    assert_interpreted_tests_pass(__file__)
+    assert_interpreted_tests_pass(__file__, workers=2)
 
 
 @interpreted

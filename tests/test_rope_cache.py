@@ -63,7 +63,7 @@ def run_both(c: dict[str, Any], slot: int) -> tuple[tuple[torch.Tensor, ...], tu
 
 def test_kernels_under_triton_interpreter() -> None:
     """Runs this file's ``test_interpreted_*`` with ``TRITON_INTERPRET=1`` (set before Triton loads)."""
-    assert_interpreted_tests_pass(__file__)
+    assert_interpreted_tests_pass(__file__, workers=2)
 
 
 @interpreted
