@@ -26,15 +26,8 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, parser, print_table, write_result
+from bench.rss import peak_rss_mib
 from tests.fixtures.corpus import CORPUS_DIR as CORPUS  # GLMKB_TEST_CORPUS, else ../shared/corpus
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_text_pdf(path: Path, pages: int) -> int:

@@ -2,7 +2,7 @@
 
     python -m bench.ingest_memory --sizes 25 50 100 --out DIR     # 三国演义 repeated to N MB
 
-For each size, 三国演义 (``../shared/corpus``, chapter headings included) is written out again
+For each size, 三国演义 (``../shared/corpus`` or ``GLMKB_TEST_CORPUS``, chapter headings included) is written out again
 and again to about N MB of UTF-8, and ``ingest build --embedding none`` runs on it in a child
 process whose own peak RSS (``VmHWM``) is the result, with its wall time. A build that keeps a
 file's chunks or BM25 tokens whole grows by tens of MiB per MB of text (docs/RELIABILITY.md,
@@ -25,19 +25,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tests.fixtures.corpus import CORPUS_DIR  # GLMKB_TEST_CORPUS, else ../shared/corpus
+
 REPO = Path(__file__).resolve().parents[1]
 
-# ``ingest build`` in the child, then its own peak RSS on the last line. VmHWM, not ru_maxrss:
-# Linux carries the parent's high-water mark into ru_maxrss across fork and exec, so under a big
-# pytest process ru_maxrss reported 1.3 GiB for a build that peaked at 0.6 GiB.
+# ``ingest build`` in the child, then its own peak RSS (bench.rss) on the last line.
 CHILD = textwrap.dedent(
     """
     import sys
-    from pathlib import Path
+    from bench.rss import peak_rss_mib
     from ingest.cli import main
     code = main(sys.argv[1:])
-    hwm = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")]
-    print("peak_kib", hwm[0].split()[1], flush=True)
+    print("peak_mib", peak_rss_mib(), flush=True)
     sys.exit(code)
     """
 )
@@ -70,15 +69,15 @@ def measure_build(text_file: Path, *, kb_root: Path, env: dict[str, str] | None 
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     seconds = time.monotonic() - started
-    peak = done.stdout.split("peak_kib")[-1].split() if "peak_kib" in done.stdout else ["0"]
-    return BuildMemory(megabytes=text_file.stat().st_size / 2**20, peak_mib=int(peak[0]) / 1024,
+    peak = done.stdout.split("peak_mib")[-1].split()[0] if "peak_mib" in done.stdout else "nan"
+    return BuildMemory(megabytes=text_file.stat().st_size / 2**20, peak_mib=float(peak),
                        seconds=seconds, returncode=done.returncode, stderr_tail=done.stderr[-2000:])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[25, 50, 100], help="file sizes in MB")
-    p.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus" / "sanguo.txt")
+    p.add_argument("--corpus", type=Path, default=CORPUS_DIR / "sanguo.txt")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench_out")))
     args = p.parse_args(argv)
     unit = args.corpus.read_bytes()

@@ -187,8 +187,8 @@ def interpreter_workers(workers: int) -> list[str]:
     """pytest-xdist options for an interpreted run: the interpreter is single-threaded Python and the
     main pytest process only waits on it, so a second worker uses a 2-core machine's idle core (the
     kernel checks were 25 of a 55-minute CI run, one process each; on two workers the long files
-    took 12-30 % less, while files under ~70 s took longer: each worker imports torch). Work
-    stealing, as the cases' lengths differ by 100x (a 7-token vocabulary to the 6B's 65,024)."""
+    took 13-37 % less, while files of a few seconds took twice as long: each worker imports torch).
+    Work stealing, as the cases' lengths differ by 100x (a 7-token vocabulary to the 6B's 65,024)."""
     workers = min(workers, os.cpu_count() or 1)
     if workers < 2 or find_spec("xdist") is None:
         return []
