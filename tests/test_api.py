@@ -338,7 +338,10 @@ def test_concurrent_streams_do_not_block_the_server_and_each_get_their_answer(
     settings: Settings, tiny_chatglm: ChatGLM
 ) -> None:
     """While one generation is paused (holding the model) and a second stream waits for the
-    model, the event loop still answers other requests at once; then both streams finish."""
+    model, the event loop still answers other requests at once; then both streams finish. The
+    second gets a processor of its own: sharing the first's (one step count for both) let it join
+    the first's batch when that ran long enough to yield (a loaded machine) and say the end of the
+    answer only."""
     paused = scripted(tiny_chatglm)
     processor = ForcedTokens(paused.answer_ids(), eos_id=paused.tokenizer.eos_token_id, pause_at=2, pause_timeout=30)
     paused.processor = processor
@@ -356,6 +359,7 @@ def test_concurrent_streams_do_not_block_the_server_and_each_get_their_answer(
         # earlier: clearing pause_at then let the first generation run through, a flaky race).
         assert processor.parked.wait(30)
         processor.pause_at = None  # only the first generation pauses
+        paused.processor = None  # the second's own ForcedTokens
         second = threading.Thread(target=ask, args=("第二",))
         second.start()
         with httpx.Client(base_url=base, timeout=5) as c:
