@@ -30,7 +30,7 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     """Bug: .ci/run pinned a different torch than the README told users to install."""
     first, tests = readme_commands()
     assert first.startswith("python ingest/install.py && ")
-    assert tests == "python ingest/install.py dev && python -m pytest"
+    assert tests == "python ingest/install.py dev && python -m pytest -n auto"
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert tests in ci.splitlines()
     assert "torch" not in "".join(line for line in ci.splitlines() if not line.lstrip().startswith("#"))
@@ -74,3 +74,16 @@ def test_an_unreachable_cpu_index_falls_back_to_what_pip_is_configured_with(
     output["stdout"] = "Available versions: 2.14.1, 2.13.0\n"
     assert install.pip_command([], cpu=True)[-2:] == ["-e", str(REPO)]
     assert "no CPU-only torch build found" in capsys.readouterr().err
+
+
+def test_auto_workers_follow_the_cores_and_stay_off_beside_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's ``-n auto``: one worker per core up to four; none where nvidia-smi is found,
+    since the GPU tests measure the GPU's memory and time alone."""
+    from tests import conftest
+
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
+    for cores, workers in ((1, 1), (2, 2), (16, conftest.MAX_WORKERS)):
+        monkeypatch.setattr(conftest.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert conftest.pytest_xdist_auto_num_workers(None) == workers  # type: ignore[arg-type]
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    assert conftest.pytest_xdist_auto_num_workers(None) == 0  # type: ignore[arg-type]
