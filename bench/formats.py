@@ -70,8 +70,8 @@ def child(step: str, pdf: Path, workdir: Path) -> dict:
         chars = sum(len(block) for block in document.blocks())
         result = {"pages": len(document.page_starts), "chars": chars, "headings": len(document.headings)}
     elif step == "ingest":
-        kb = KnowledgeBase(workdir, "bench", create=True, embedding_model="none")
-        report = kb.add_files([pdf], ocr="off")
+        base = KnowledgeBase(workdir, "bench", create=True, embedding_model="none")
+        report = base.add_files([pdf], ocr="off")
         result = {"chunks": report.chunks_added}
     elif step == "ocr":
         document = open_document(pdf, ocr="auto")
