@@ -22,6 +22,7 @@ from chains.events import Event, Progress
 from chains.history import format_history
 from chains.stream_llm_chain import piece_text
 from chains.token_budget import TokenCounter, trim_history
+from llm.reasoning import thinking_off
 
 __all__ = [
     "CONDENSE_STAGE",
@@ -51,11 +52,11 @@ def clean_condensed(text: str, fallback: str) -> str:
 
 
 def cap_new_tokens(llm: BaseLanguageModel, limit: int) -> Runnable:
-    """``llm`` with its answer length capped at ``limit`` where it has such a knob, and a local reasoning
-    model's thinking off (``enable_thinking``): a GLM-Z1 spent the whole cap thinking and the rewrite came
+    """``llm`` with its answer length capped at ``limit`` where it has such a knob, and a reasoning model's
+    thinking off (``llm.reasoning.thinking_off``): a GLM-Z1 spent the whole cap thinking and the rewrite came
     back empty, so retrieval searched the bare follow-up question."""
     fields = getattr(type(llm), "model_fields", {})
-    extra = {"enable_thinking": False} if "enable_thinking" in fields else {}
+    extra = thinking_off(llm)
     for knob in ("max_new_tokens", "max_tokens"):
         if knob in fields:
             current = getattr(llm, knob, None)

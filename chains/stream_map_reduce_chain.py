@@ -44,6 +44,7 @@ from typing_extensions import override
 from chains.events import Event, Progress, Summary, Token, piece_events
 from chains.prompts import COLLAPSE_PROMPT, COMBINE_PROMPT, MAP_PROMPT
 from chains.stream_llm_chain import StreamLLMChain, result_from_batch
+from llm.reasoning import thinking_off
 
 __all__ = [
     "COLLAPSE_TAG",
@@ -90,7 +91,8 @@ def map_summaries(
     callbacks: Callbacks = None,
     **kwargs: Any,
 ) -> Stage[list[Document]]:
-    """Summarize each document with ``llm_chain``'s prompt, ``batch_size`` prompts per ``llm.batch``.
+    """Summarize each document with ``llm_chain``'s prompt, ``batch_size`` prompts per ``llm.batch``, a
+    reasoning model's thinking off (``llm.reasoning.thinking_off``: it counted against each note's cap).
 
     Yields ``Progress("map", done, total)`` (also sent to ``callbacks``) before the first and
     after every batch; returns one summary Document per input, metadata kept.
@@ -101,11 +103,12 @@ def map_summaries(
     total = len(docs)
     yield report_progress(callbacks, Progress("map", 0, total))
     model = llm_chain.llm
+    call_kwargs = {**thinking_off(model), **llm_chain.llm_kwargs}  # notes: the thinking would be dropped anyway
     summaries: list[Document] = []
     for batch in _batched(docs, batch_size):
         inputs = [{document_variable_name: d.page_content, **kwargs} for d in batch]
         prompts, stop = llm_chain.prep_prompts(inputs)
-        bound = model.bind(stop=stop, **llm_chain.llm_kwargs) if stop or llm_chain.llm_kwargs else model
+        bound = model.bind(stop=stop, **call_kwargs) if stop or call_kwargs else model
         config: dict[str, Any] = {"callbacks": callbacks, "tags": [MAP_TAG]}
         results = bound.batch(prompts, config)
         outputs = llm_chain.create_outputs(result_from_batch(results))

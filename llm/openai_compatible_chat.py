@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 from langchain_core.language_models import LanguageModelInput
@@ -84,6 +84,13 @@ class OpenAICompatibleChat(ChatOpenAI):
     """Sent as the first message when a call brings no system message of its own."""
     api_key_env: str | None = None
     """Name of the environment variable the key came from (for error messages only)."""
+    enable_thinking: bool | None = None
+    """A reasoning model's thinking (``llm.enable_thinking``), sent as ``chat_template_kwargs.enable_thinking``
+    (vLLM's, SGLang's and glmkb's extension) when not None, never otherwise; per call:
+    ``invoke(..., enable_thinking=False)``, as ``ChatGLM`` takes it (the web UI's 深度思考 box)."""
+    switch_thinking_unasked: ClassVar[bool] = False
+    """The steps that turn thinking off on their own (``llm.reasoning.thinking_off``: a rewrite, map notes)
+    send the switch only where ``enable_thinking`` is set: the server may refuse ``chat_template_kwargs``."""
 
     @classmethod
     def from_settings(
@@ -116,16 +123,12 @@ class OpenAICompatibleChat(ChatOpenAI):
             "max_tokens": generation.max_new_tokens,
             "system_prompt": settings.system_prompt,
             "tokenizer": tokenizer,
+            "enable_thinking": settings.enable_thinking,
         }
-        extra: dict[str, Any] = {}
-        # Neither is an OpenAI parameter; vLLM, SGLang and glmkb's server accept both. Each is sent only
-        # where the settings ask for it, so a server that refuses unknown parameters is never sent one.
+        # Not an OpenAI parameter; vLLM, SGLang and glmkb's server accept it. Sent only where the
+        # settings ask for it, so a server that refuses unknown parameters is never sent one.
         if generation.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = generation.repetition_penalty
-        if settings.enable_thinking is not None:
-            extra["chat_template_kwargs"] = {"enable_thinking": settings.enable_thinking}
-        if extra:
-            defaults["extra_body"] = extra
+            defaults["extra_body"] = {"repetition_penalty": generation.repetition_penalty}
         return cls(**{**defaults, **fields})
 
     # ----- a reasoning model's thinking ------------------------------------------------------
@@ -178,10 +181,15 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     def _get_request_payload(self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         """``ChatOpenAI``'s request body (every path builds it here), with ``system_prompt``
-        first when the messages bring no system message of their own."""
+        first when the messages bring no system message of their own, and the thinking switch
+        (``enable_thinking``, the call's or the field's) in ``extra_body``."""
         messages = self._convert_input(input_).to_messages()
         if self.system_prompt and not any(isinstance(m, SystemMessage) for m in messages):
             messages = [SystemMessage(self.system_prompt), *messages]
+        thinking = kwargs.pop("enable_thinking", None)
+        thinking = self.enable_thinking if thinking is None else thinking
+        if thinking is not None:
+            kwargs["extra_body"] = with_thinking_switch(kwargs.get("extra_body", self.extra_body), thinking)
         return super()._get_request_payload(messages, stop=stop, **kwargs)
 
     # The four ways ``ChatOpenAI`` calls the server, each with its SDK errors made one line.
@@ -278,6 +286,13 @@ def _thinking_apart(chunk: ChatGenerationChunk, piece: Split) -> ChatGenerationC
 def _tail_chunk(piece: Split) -> ChatGenerationChunk | None:
     """What the splitter still held at the end of a stream, as one more chunk."""
     return ChatGenerationChunk(message=message_chunk(piece)) if piece.reasoning or piece.answer else None
+
+
+def with_thinking_switch(extra_body: Any, thinking: bool) -> dict[str, Any]:
+    """``extra_body`` with ``chat_template_kwargs.enable_thinking`` set to ``thinking``, the rest kept."""
+    extra = dict(extra_body or {})
+    extra["chat_template_kwargs"] = {**(extra.get("chat_template_kwargs") or {}), "enable_thinking": thinking}
+    return extra
 
 
 def server_reasoning(message: dict | None) -> str:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "CLOSE", "OPEN", "ReasoningSplitter", "Split", "close_reasoning", "message_chunk", "opens_reasoning",
-    "prompt_opens_reasoning", "split_reasoning", "with_thinking",
+    "prompt_opens_reasoning", "split_reasoning", "thinking_off", "with_thinking",
 ]
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -52,6 +52,20 @@ def with_thinking(llm: Any, enable_thinking: bool | None) -> Any:
     if enable_thinking is None or llm is None or "enable_thinking" not in getattr(type(llm), "model_fields", {}):
         return llm
     return llm.model_copy(update={"enable_thinking": enable_thinking})
+
+
+def thinking_off(llm: Any) -> dict[str, Any]:
+    """The per-call keywords that turn ``llm``'s thinking off for a step whose thinking nobody reads (a
+    follow-up's rewrite, a summary's or a whole-book answer's map notes): ``enable_thinking=False`` where
+    ``llm`` has that field. Thinking counts against the step's token cap, and a GLM-Z1 spent a rewrite's
+    whole cap thinking and wrote nothing. Not for a model whose switch goes to a server only when the
+    settings set it (``switch_thinking_unasked`` False, ``enable_thinking`` None): a server that refuses
+    unknown parameters is never sent one nobody asked for."""
+    if "enable_thinking" not in getattr(type(llm), "model_fields", {}):
+        return {}
+    if not getattr(llm, "switch_thinking_unasked", True) and getattr(llm, "enable_thinking", None) is None:
+        return {}
+    return {"enable_thinking": False}
 
 
 def prompt_opens_reasoning(input_ids: Any, *, tokenizer: Any) -> bool:

@@ -257,6 +257,48 @@ def test_a_summary_streams_the_thinking_apart(thinking_llm: Any, sanguo_path: An
     assert isinstance(events[-1], Summary) and events[-1].text == "桃园结义。"
 
 
+def test_map_notes_are_written_without_thinking(thinking_llm: Any, sanguo_path: Any) -> None:
+    """Bug: a summary's and a whole-book answer's map notes ran with a reasoning model's thinking on, which
+    counted against each note's cap (a GLM-Z1 can spend all of it thinking and leave the note empty) and was
+    thrown away. The map prompts now close the ``<think>`` block: the model's whole output is the note."""
+    from chains import StreamLLMChain
+    from chains.prompts import MAP_PROMPT
+    from chains.stream_map_reduce_chain import map_summaries
+    from chains.summarize import documents_from_text
+    from tests.test_book_qa_chain import ForcedPerCall
+
+    ids = thinking_llm.tokenizer.encode("想一想。</think>桃园结义。", add_special_tokens=False)
+    llm = forced_chatglm(thinking_llm, ForcedPerCall(ForcedTokens(ids, eos_id=thinking_llm.tokenizer.eos_token_id)),
+                         max_new_tokens=24)
+    docs = documents_from_text(sanguo_path.read_text(encoding="utf-8")[:3000], source="sanguo.txt")[:3]
+    stage = map_summaries(StreamLLMChain(llm=llm, prompt=MAP_PROMPT), docs, document_variable_name="text", batch_size=2)
+    try:
+        while True:
+            next(stage)
+    except StopIteration as done:
+        notes = done.value
+    assert [note.page_content for note in notes] == ["想一想。</think>桃园结义。"] * len(docs)
+
+
+def test_steps_turn_thinking_off_only_where_the_switch_is_safe() -> None:
+    """``thinking_off``: a local model's switch always (its template reads it); an OpenAI-compatible
+    server's only where ``llm.enable_thinking`` is set (a server may refuse ``chat_template_kwargs``, and
+    steps that turn thinking off on their own must not break one that does); a model without the field
+    is left alone."""
+    from langchain_core.language_models import FakeListLLM
+
+    from llm.openai_compatible_chat import OpenAICompatibleChat
+    from llm.reasoning import thinking_off
+
+    def remote(**fields: Any) -> OpenAICompatibleChat:
+        return OpenAICompatibleChat(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", **fields)
+
+    assert thinking_off(remote()) == {}
+    assert thinking_off(remote(enable_thinking=True)) == thinking_off(remote(enable_thinking=False))
+    assert thinking_off(remote(enable_thinking=True)) == {"enable_thinking": False}
+    assert thinking_off(FakeListLLM(responses=["x"])) == {}
+
+
 # A template that reads enable_thinking as Qwen3's and GLM-4.5's do: False renders an empty block.
 SWITCH_TEMPLATE = GLM_CHAT_TEMPLATE.replace(
     "<|assistant|>{% endif %}",
@@ -349,9 +391,39 @@ def test_the_api_turns_thinking_off_with_chat_template_kwargs(thinking_llm: Any,
         from tests.test_openai_backend import client_settings
 
         remote = load_llm(client_settings(f"{base}/v1", enable_thinking=False))  # llm.backend: openai
-        assert remote.extra_body == {"chat_template_kwargs": {"enable_thinking": False}}
+        switch_off = {"chat_template_kwargs": {"enable_thinking": False}}
+        assert remote._get_request_payload("曹操是谁？")["extra_body"] == switch_off
         assert remote.invoke("曹操是谁？").content == "曹操在想。</think>曹操是魏王。"
-        assert load_llm(client_settings(f"{base}/v1")).extra_body is None  # unset: never sent
+        unset = load_llm(client_settings(f"{base}/v1", generation={"repetition_penalty": 1.1}))
+        assert unset._get_request_payload("曹操是谁？")["extra_body"] == {"repetition_penalty": 1.1}  # unset: never sent
+        off = unset._get_request_payload("曹操是谁？", enable_thinking=False)["extra_body"]
+        assert off == {"repetition_penalty": 1.1, "chat_template_kwargs": {"enable_thinking": False}}
+        assert unset.invoke("曹操是谁？", enable_thinking=False).content == "曹操在想。</think>曹操是魏王。"
+        assert unset.invoke("曹操是谁？").content == "曹操是魏王。"
+
+
+def test_the_web_uis_thinking_switch_reaches_an_openai_compatible_server(
+    thinking_llm: Any, tmp_path: Any, sanguo_path: Any
+) -> None:
+    """Bug: with ``llm.backend: openai`` the web UI's 深度思考 box did nothing (the client had no
+    ``enable_thinking`` to set, the switch lived in ``extra_body`` from the settings alone): unticked, the
+    server still thought. Now the box's copy sends ``chat_template_kwargs.enable_thinking: false``."""
+    from app.services import Services
+    from app.web.chat import ChatHandlers
+    from kb import KnowledgeBase
+    from llm import load_llm
+    from tests.test_api import KB, make_settings, running, scripted
+    from tests.test_openai_backend import client_settings
+
+    settings = make_settings(tmp_path)
+    KnowledgeBase.from_settings(settings, name=KB, create=True).add_texts(
+        {"sanguo.txt": sanguo_path.read_text(encoding="utf-8")[:8000]})
+    with running(Services(settings, llm=scripted(thinking_llm, answer="曹操在想。</think>曹操是魏王。"))) as base:
+        handlers = ChatHandlers(Services(settings, llm=load_llm(client_settings(f"{base}/v1"))))
+        on = list(handlers.ask("曹操是谁？", [], KB, "bm25", 2, think=True))[-1][2][-1]
+        off = list(handlers.ask("曹操是谁？", [], KB, "bm25", 2, think=False))[-1][2][-1]
+    assert (on["reasoning"], on["answer"]) == ("曹操在想。", "曹操是魏王。")
+    assert "reasoning" not in off and off["answer"] == "曹操在想。</think>曹操是魏王。"
 
 
 def test_the_web_uis_thinking_switch(thinking_llm: Any, tmp_path: Any, sanguo_path: Any) -> None:
