@@ -358,8 +358,9 @@ def load_stream_summarize_chain(
     """Like ``load_summarize_chain(llm, chain_type="map_reduce")``, with Chinese prompts and streaming.
 
     The map, combine and collapse ``llm_chain``s are ``StreamLLMChain``s (the final reduce
-    streams its tokens); collapse runs when the combine prompt would exceed ``token_max``
-    tokens of the model's tokenizer. ``collapse_prompt=None`` collapses with the combine
+    streams its tokens, a reasoning model's thinking before them; map and collapse run without
+    thinking); collapse runs when the combine prompt would exceed ``token_max`` tokens of the
+    model's tokenizer. ``collapse_prompt=None`` collapses with the combine
     prompt. ``batch_size`` prompts go to each ``llm.batch`` call of the map stage.
     """
     common: dict[str, Any] = {"verbose": verbose, "callbacks": callbacks}
@@ -375,9 +376,11 @@ def load_stream_summarize_chain(
         )
         collapse_chain = None
         if collapse_prompt is not None:
+            collapse_model = collapse_llm or llm
             collapse_chain = StuffDocumentsChain(
-                llm_chain=StreamLLMChain(
-                    llm=collapse_llm or llm, prompt=collapse_prompt, tags=[COLLAPSE_TAG], **common
+                llm_chain=StreamLLMChain(  # merged notes are notes: the thinking off, as in map_summaries
+                    llm=collapse_model, prompt=collapse_prompt, tags=[COLLAPSE_TAG],
+                    llm_kwargs=thinking_off(collapse_model), **common,
                 ),
                 document_variable_name=combine_document_variable_name,
                 **common,

@@ -258,19 +258,20 @@ def test_a_summary_streams_the_thinking_apart(thinking_llm: Any, sanguo_path: An
 
 
 def test_map_notes_are_written_without_thinking(thinking_llm: Any, sanguo_path: Any) -> None:
-    """Bug: a summary's and a whole-book answer's map notes ran with a reasoning model's thinking on, which
-    counted against each note's cap (a GLM-Z1 can spend all of it thinking and leave the note empty) and was
-    thrown away. The map prompts now close the ``<think>`` block: the model's whole output is the note."""
+    """Bug: a summary's and a whole-book answer's map notes (and the collapse rounds that merge them) ran
+    with a reasoning model's thinking on, which counted against each note's cap (a GLM-Z1 can spend all of
+    it thinking and leave the note empty) and was thrown away. Their prompts now close the ``<think>`` block:
+    the model's whole output is the note."""
     from chains import StreamLLMChain
     from chains.prompts import MAP_PROMPT
-    from chains.stream_map_reduce_chain import map_summaries
+    from chains.stream_map_reduce_chain import collapse_summaries, load_stream_summarize_chain, map_summaries
     from chains.summarize import documents_from_text
     from tests.test_book_qa_chain import ForcedPerCall
 
     ids = thinking_llm.tokenizer.encode("想一想。</think>桃园结义。", add_special_tokens=False)
     llm = forced_chatglm(thinking_llm, ForcedPerCall(ForcedTokens(ids, eos_id=thinking_llm.tokenizer.eos_token_id)),
                          max_new_tokens=24)
-    docs = documents_from_text(sanguo_path.read_text(encoding="utf-8")[:3000], source="sanguo.txt")[:3]
+    docs = documents_from_text(sanguo_path.read_text(encoding="utf-8")[:6000], source="sanguo.txt")[:4]
     stage = map_summaries(StreamLLMChain(llm=llm, prompt=MAP_PROMPT), docs, document_variable_name="text", batch_size=2)
     try:
         while True:
@@ -278,6 +279,17 @@ def test_map_notes_are_written_without_thinking(thinking_llm: Any, sanguo_path: 
     except StopIteration as done:
         notes = done.value
     assert [note.page_content for note in notes] == ["想一想。</think>桃园结义。"] * len(docs)
+
+    reduce_chain = load_stream_summarize_chain(llm).reduce_documents_chain  # merged notes are notes too
+    two_notes = reduce_chain.combine_documents_chain.prompt_length(notes[:2])
+    assert len(notes) >= 3 and two_notes is not None
+    stage = collapse_summaries(reduce_chain, notes, token_max=two_notes + 1)  # two notes fit, all do not
+    try:
+        while True:
+            next(stage)
+    except StopIteration as done:
+        merged = done.value
+    assert {note.page_content for note in merged} == {"想一想。</think>桃园结义。"}
 
 
 def test_steps_turn_thinking_off_only_where_the_switch_is_safe() -> None:
