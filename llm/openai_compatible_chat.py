@@ -84,9 +84,12 @@ class OpenAICompatibleChat(ChatOpenAI):
     """Sent as the first message when a call brings no system message of its own."""
     api_key_env: str | None = None
     """Name of the environment variable the key came from (for error messages only)."""
+    repetition_penalty: float | None = None
+    """``llm.generation.repetition_penalty`` where not 1.0, sent in ``extra_body`` (vLLM's, SGLang's and
+    glmkb's extension) when not None, never otherwise; per call: ``invoke(..., repetition_penalty=1.1)``."""
     enable_thinking: bool | None = None
     """A reasoning model's thinking (``llm.enable_thinking``), sent as ``chat_template_kwargs.enable_thinking``
-    (vLLM's, SGLang's and glmkb's extension) when not None, never otherwise; per call:
+    (the same servers' extension) when not None, never otherwise; per call:
     ``invoke(..., enable_thinking=False)``, as ``ChatGLM`` takes it (the web UI's 深度思考 box)."""
     switch_thinking_unasked: ClassVar[bool] = False
     """The steps that turn thinking off on their own (``llm.reasoning.thinking_off``: a rewrite, map notes)
@@ -123,12 +126,9 @@ class OpenAICompatibleChat(ChatOpenAI):
             "max_tokens": generation.max_new_tokens,
             "system_prompt": settings.system_prompt,
             "tokenizer": tokenizer,
+            "repetition_penalty": generation.repetition_penalty if generation.repetition_penalty != 1.0 else None,
             "enable_thinking": settings.enable_thinking,
         }
-        # Not an OpenAI parameter; vLLM, SGLang and glmkb's server accept it. Sent only where the
-        # settings ask for it, so a server that refuses unknown parameters is never sent one.
-        if generation.repetition_penalty != 1.0:
-            defaults["extra_body"] = {"repetition_penalty": generation.repetition_penalty}
         return cls(**{**defaults, **fields})
 
     # ----- a reasoning model's thinking ------------------------------------------------------
@@ -181,15 +181,17 @@ class OpenAICompatibleChat(ChatOpenAI):
 
     def _get_request_payload(self, input_: LanguageModelInput, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         """``ChatOpenAI``'s request body (every path builds it here), with ``system_prompt``
-        first when the messages bring no system message of their own, and the thinking switch
-        (``enable_thinking``, the call's or the field's) in ``extra_body``."""
+        first when the messages bring no system message of their own, and the servers' extensions
+        (``repetition_penalty``, ``enable_thinking``: the call's, else the field's) in ``extra_body``.
+        Neither is an OpenAI parameter: each is sent only where asked for, so a server that refuses
+        unknown parameters is never sent one."""
         messages = self._convert_input(input_).to_messages()
         if self.system_prompt and not any(isinstance(m, SystemMessage) for m in messages):
             messages = [SystemMessage(self.system_prompt), *messages]
-        thinking = kwargs.pop("enable_thinking", None)
-        thinking = self.enable_thinking if thinking is None else thinking
-        if thinking is not None:
-            kwargs["extra_body"] = with_thinking_switch(kwargs.get("extra_body", self.extra_body), thinking)
+        extensions = {name: kwargs.pop(name, None) for name in ("repetition_penalty", "enable_thinking")}
+        extensions = {name: getattr(self, name) if value is None else value for name, value in extensions.items()}
+        if any(value is not None for value in extensions.values()):
+            kwargs["extra_body"] = with_extensions(kwargs.get("extra_body", self.extra_body), **extensions)
         return super()._get_request_payload(messages, stop=stop, **kwargs)
 
     # The four ways ``ChatOpenAI`` calls the server, each with its SDK errors made one line.
@@ -288,10 +290,17 @@ def _tail_chunk(piece: Split) -> ChatGenerationChunk | None:
     return ChatGenerationChunk(message=message_chunk(piece)) if piece.reasoning or piece.answer else None
 
 
-def with_thinking_switch(extra_body: Any, thinking: bool) -> dict[str, Any]:
-    """``extra_body`` with ``chat_template_kwargs.enable_thinking`` set to ``thinking``, the rest kept."""
+def with_extensions(
+    extra_body: Any, *, repetition_penalty: float | None, enable_thinking: bool | None
+) -> dict[str, Any]:
+    """``extra_body`` with vLLM's ``repetition_penalty`` and ``chat_template_kwargs.enable_thinking`` set
+    where not None, the rest kept."""
     extra = dict(extra_body or {})
-    extra["chat_template_kwargs"] = {**(extra.get("chat_template_kwargs") or {}), "enable_thinking": thinking}
+    if repetition_penalty is not None:
+        extra["repetition_penalty"] = repetition_penalty
+    if enable_thinking is not None:
+        template = extra.get("chat_template_kwargs") or {}
+        extra["chat_template_kwargs"] = {**template, "enable_thinking": enable_thinking}
     return extra
 
 

@@ -68,6 +68,24 @@ def test_a_remote_model_without_usage_is_counted_and_gets_no_repetition_penalty(
     assert job.outcome.completion_tokens == 2 and job.outcome.prompt_tokens > len("刘备字什么？")  # one per character
 
 
+def test_a_glmkb_in_front_of_another_server_forwards_its_extensions() -> None:
+    """Bug: with ``llm.backend: openai`` the API dropped a request's ``repetition_penalty`` and
+    ``chat_template_kwargs.enable_thinking`` (the client had neither): the server behind it never saw
+    them. They now reach its request body, beside the settings' own, and only where asked for."""
+    from llm.openai_compatible_chat import OpenAICompatibleChat
+
+    remote = OpenAICompatibleChat(model="m", base_url="http://127.0.0.1:9/v1", api_key="k", max_tokens=None,
+                                  extra_body={"top_k": 5}, custom_get_token_ids=lambda text: list(map(ord, text)))
+    asked = request(repetition_penalty=1.1, chat_template_kwargs={"enable_thinking": False}, max_tokens=5)
+    job = ChatJob.from_request(remote, asked)
+    assert job.params == {"max_tokens": 5, "repetition_penalty": 1.1, "enable_thinking": False}
+    body = remote._get_request_payload([HumanMessage("刘备字什么？")], **job.params)
+    switch = {"chat_template_kwargs": {"enable_thinking": False}}
+    assert body["extra_body"] == {"top_k": 5, "repetition_penalty": 1.1, **switch}
+    plain = remote._get_request_payload([HumanMessage("刘备字什么？")], **ChatJob.from_request(remote, request()).params)
+    assert plain["extra_body"] == {"top_k": 5}
+
+
 def test_services_hand_out_one_chat_face_over_the_shared_model(tiny_chatglm: ChatGLM, tmp_path: Any) -> None:
     services = Services(Settings(kb_root=tmp_path), llm=tiny_chatglm)
     chat = services.require_chat_model()

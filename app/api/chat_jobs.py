@@ -162,9 +162,9 @@ def check_prompt_chars(chars: int, context: int | None) -> None:
 
 def sampling_params(chat: BaseChatModel, request: ChatCompletionRequest) -> dict[str, Any]:
     """The request's generation options as per-call keywords of ``chat``. ``repetition_penalty`` and
-    ``enable_thinking`` (vLLM's extensions) go only to a model that has them (``ChatGLMChat``; the
-    ``OpenAICompatibleChat`` of a glmkb in front of another server forwards ``enable_thinking``); the OpenAI
-    client would refuse them."""
+    ``enable_thinking`` (vLLM's extensions) go only to a model that has them (``ChatGLMChat``, and the
+    ``OpenAICompatibleChat`` of a glmkb in front of another server, which forwards them); plain ``ChatOpenAI``
+    would refuse them."""
     params: dict[str, Any] = {}
     if request.new_tokens() is not None:
         params["max_tokens"] = request.new_tokens()
