@@ -35,6 +35,7 @@ def _isolated_glmkb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 MAX_WORKERS = 4  # measured at 2 (the CI machine's cores); more only share the same few long tests
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: a pytest without xdist skips it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the README's test command): one pytest-xdist worker per core, at most
     ``MAX_WORKERS``, and none beside an NVIDIA GPU, whose tests measure GPU memory and time one at
@@ -45,3 +46,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cores))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Work stealing on several workers unless ``--dist``/``-d`` says otherwise: the long tests (kernel
+    checks under the Triton interpreter, 1-5 minutes each) then do not queue behind one worker. Set here,
+    not in addopts, so that a pytest without xdist still reads the configuration."""
+    given = any(arg in ("-d", "--dist") or arg.startswith("--dist=") for arg in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "worksteal"
