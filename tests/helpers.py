@@ -188,11 +188,12 @@ def interpreter_workers(workers: int) -> list[str]:
     main pytest process only waits on it, so a second worker uses a 2-core machine's idle core (the
     kernel checks were 25 of a 55-minute CI run, one process each; on two workers the long files
     took 13-37 % less, while files of a few seconds took twice as long: each worker imports torch).
-    Work stealing, as the cases' lengths differ by 100x (a 7-token vocabulary to the 6B's 65,024)."""
+    Work stealing (conftest's default for several workers) matters here: the cases' lengths differ by
+    100x (a 7-token vocabulary to the 6B's 65,024)."""
     workers = min(workers, os.cpu_count() or 1)
     if workers < 2 or find_spec("xdist") is None:
         return []
-    return ["-n", str(workers), "--dist", "worksteal"]
+    return ["-n", str(workers)]
 
 
 def run_under_triton_interpreter(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

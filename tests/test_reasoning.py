@@ -264,7 +264,7 @@ def test_map_notes_are_written_without_thinking(thinking_llm: Any, sanguo_path: 
     the model's whole output is the note."""
     from chains import StreamLLMChain
     from chains.prompts import MAP_PROMPT
-    from chains.stream_map_reduce_chain import collapse_summaries, load_stream_summarize_chain, map_summaries
+    from chains.stream_map_reduce_chain import collapse_summaries, drain, load_stream_summarize_chain, map_summaries
     from chains.summarize import documents_from_text
     from tests.test_book_qa_chain import ForcedPerCall
 
@@ -272,23 +272,14 @@ def test_map_notes_are_written_without_thinking(thinking_llm: Any, sanguo_path: 
     llm = forced_chatglm(thinking_llm, ForcedPerCall(ForcedTokens(ids, eos_id=thinking_llm.tokenizer.eos_token_id)),
                          max_new_tokens=24)
     docs = documents_from_text(sanguo_path.read_text(encoding="utf-8")[:6000], source="sanguo.txt")[:4]
-    stage = map_summaries(StreamLLMChain(llm=llm, prompt=MAP_PROMPT), docs, document_variable_name="text", batch_size=2)
-    try:
-        while True:
-            next(stage)
-    except StopIteration as done:
-        notes = done.value
+    notes = drain(map_summaries(StreamLLMChain(llm=llm, prompt=MAP_PROMPT), docs, document_variable_name="text",
+                                batch_size=2))
     assert [note.page_content for note in notes] == ["想一想。</think>桃园结义。"] * len(docs)
 
     reduce_chain = load_stream_summarize_chain(llm).reduce_documents_chain  # merged notes are notes too
     two_notes = reduce_chain.combine_documents_chain.prompt_length(notes[:2])
     assert len(notes) >= 3 and two_notes is not None
-    stage = collapse_summaries(reduce_chain, notes, token_max=two_notes + 1)  # two notes fit, all do not
-    try:
-        while True:
-            next(stage)
-    except StopIteration as done:
-        merged = done.value
+    merged = drain(collapse_summaries(reduce_chain, notes, token_max=two_notes + 1))  # two notes fit, all do not
     assert {note.page_content for note in merged} == {"想一想。</think>桃园结义。"}
 
 
