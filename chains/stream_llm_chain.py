@@ -29,6 +29,7 @@ from langchain_core.runnables.utils import AddableDict
 from typing_extensions import override
 
 from chains.stream_pieces import (
+    AsyncReasoningTap,
     ReasoningTap,
     as_chunk,
     drain,
@@ -269,7 +270,7 @@ class StreamLLMChain(LLMChain):
         """Async twin of ``_run_pieces``: the non-empty (thinking, answer) pieces, then the outputs (a dict)."""
         self._validate_inputs(inputs)
         pieces: list[Any] = []
-        tap = ReasoningTap()
+        tap = AsyncReasoningTap()
         async for piece in self._astream_inputs(inputs, run_manager, tap):
             pieces.append(piece)
             split = Split(tap.take(), piece_text(piece))

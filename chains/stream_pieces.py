@@ -17,7 +17,8 @@ from langchain_core.runnables.utils import AddableDict
 from llm.reasoning import Split
 
 __all__ = [
-    "ReasoningTap", "as_chunk", "drain", "llm_callbacks", "piece_reasoning", "piece_text", "reports_tokens",
+    "AsyncReasoningTap", "ReasoningTap", "as_chunk", "drain", "llm_callbacks", "piece_reasoning", "piece_text",
+    "reports_tokens",
     "rest_of_outputs", "result_from_batch", "result_from_pieces", "serialized", "tapped", "text_chunks",
 ]
 
@@ -44,7 +45,7 @@ class ReasoningTap(BaseCallbackHandler):
     """Collects the thinking of the chunks a model reports as it streams: an LLM's ``stream`` yields
     only text, so the thinking is read from the chunk its ``on_llm_new_token`` carries."""
 
-    run_inline = True  # in async runs too, before the piece is yielded
+    run_inline = True  # sync runs; async runs take AsyncReasoningTap
 
     def __init__(self) -> None:
         self.pending: list[str] = []
@@ -56,6 +57,17 @@ class ReasoningTap(BaseCallbackHandler):
     def take(self) -> str:
         text, self.pending = "".join(self.pending), []
         return text
+
+
+class AsyncReasoningTap(ReasoningTap):
+    """``ReasoningTap`` for async runs. Not ``run_inline``: LangChain's ``AsyncCallbackManager.on_llm_start``
+    skips every non-inline handler once one inline handler is present, so an inline tap hid the LLM run from
+    ``astream_events`` and async handlers. Its coroutine is still awaited before the piece is yielded."""
+
+    run_inline = False
+
+    async def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:  # type: ignore[override]
+        super().on_llm_new_token(token, chunk=chunk, **kwargs)
 
 
 def tapped(callbacks: Any, tap: ReasoningTap, *, manager: type) -> Any:
