@@ -32,7 +32,7 @@ class KnowledgeBaseRetriever(BaseRetriever):
         *,
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
-        mode: Mode | None = None,
+        mode: RetrievalMode | None = None,
     ) -> list[Document]:
         return self.knowledge_base.search(
             query,
