@@ -729,6 +729,75 @@ def test_the_openai_sdk_works_against_the_server(auth_url: str, tiny_embedding_p
         openai.OpenAI(base_url=f"{auth_url}/v1", api_key="nope", max_retries=0).models.list()
 
 
+def test_the_sdk_retrieves_each_listed_model_and_404s_others(url: str, tiny_embedding_path: Path) -> None:
+    """``client.models.retrieve(id)`` (GET /v1/models/{id}) was a bare "Not Found" 404 even for the
+    served model; an embedding model's id is a path, which the SDK sends percent-encoded."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    for listed in client.models.list():
+        assert client.models.retrieve(listed.id).model_dump() == listed.model_dump()
+    assert client.models.retrieve(str(tiny_embedding_path)).object == "model"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("gpt-4o")
+    assert caught.value.body == {"message": "model 'gpt-4o' does not exist here (GET /v1/models)",
+                                 "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+
+
+def test_stream_null_means_false(client: httpx.Client) -> None:
+    """OpenAI's ``stream`` is "boolean or null" (the SDK sends ``stream=None`` as null): it was a 400
+    "stream: Input should be a valid boolean"; now null answers as a plain completion."""
+    for path in ("/v1/chat/completions", f"/v1/kb/{KB}/chat/completions"):
+        response = client.post(path, json={"messages": user("刘备字什么？"), "max_tokens": 3, "stream": None})
+        assert response.status_code == 200, response.text
+        assert response.json()["object"] == "chat.completion"
+
+
+def test_legacy_functions_are_refused_like_tools(url: str) -> None:
+    """``functions`` (the SDK's deprecated tool calling) was silently dropped, so the client got plain
+    text where it waited for a ``function_call``; it is refused with a 400 as ``tools`` is."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    functions = [{"name": "f", "parameters": {}}]
+    with pytest.raises(openai.BadRequestError, match="tool calling is not supported") as caught:
+        client.chat.completions.create(model=MODEL, messages=user("你好"), functions=functions)
+    assert caught.value.body["param"] == "functions"
+    assert client.chat.completions.create(model=MODEL, messages=user("你好"), max_tokens=2, functions=[]).choices
+
+
+def test_embedding_input_with_a_lone_surrogate_is_a_400(client: httpx.Client) -> None:
+    """``{"input": "a\\ud800"}`` reached the embedding tokenizer, whose TypeError was a 500 (and the
+    server dropped the keep-alive connection); like chat messages it is now refused up front."""
+    for text in ("刘备\ud800", ["关羽", "\udc00"]):
+        content = json.dumps({"input": text}).encode()  # json.dumps escapes the surrogate as \ud800
+        response = client.post("/v1/embeddings", content=content, headers={"content-type": "application/json"})
+        assert assert_openai_error(response, 400, "surrogate")["param"] == "input"
+    assert client.post("/v1/embeddings", json={"input": "刘备"}).status_code == 200
+
+
+class CrashingProcessor:
+    """A logits processor that fails like a bug inside generation (an unexpected exception)."""
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        raise RuntimeError("a bug inside generation")
+
+
+def test_an_unexpected_500_closes_its_connection_cleanly(settings: Settings, tiny_chatglm: ChatGLM) -> None:
+    """Starlette re-raises an unexpected error after our 500 and uvicorn then drops the connection, which
+    the 500 kept alive: the client's next request on it failed with "connection reset by peer". The 500
+    now says ``Connection: close``, so clients open a new connection."""
+    broken = scripted(tiny_chatglm)
+    broken.processor = CrashingProcessor()
+    with running(Services(settings, llm=broken)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        for _ in range(2):
+            response = c.post("/v1/chat/completions", json={"messages": user("你好")})
+            assert assert_openai_error(response, 500, "internal server error")["type"] == "server_error"
+            assert response.headers["connection"] == "close"
+        assert c.get("/v1/models").status_code == 200
+        assert "connection" not in c.post("/v1/chat/completions", json={"messages": user("你好"), "n": 2}).headers
+
+
 def test_knowledge_bases_built_or_dropped_while_serving(tmp_path: Path, sanguo_text: str) -> None:
     settings = make_settings(tmp_path / "kb_root")
     with running(Services(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:

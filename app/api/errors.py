@@ -113,6 +113,17 @@ def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", first_param
 
 
+# Kinds answered by Starlette's ``ExceptionMiddleware``; any other reaches its outermost middleware.
+ANSWERED_KINDS: tuple[type[Exception], ...] = (APIError, GlmkbError, ValueError, OSError)
+
+
+def closing_headers(error: Exception) -> dict[str, str] | None:
+    """``Connection: close`` for an unexpected error: Starlette's outermost middleware re-raises it after
+    our 500 and uvicorn then drops the connection, so a client that kept it alive got "connection reset"
+    on its next request. Told to close, the client opens a new connection."""
+    return None if isinstance(error, ANSWERED_KINDS) else {"Connection": "close"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error answers in OpenAI's JSON shape; unexpected ones say only 'internal error'."""
 
@@ -138,11 +149,11 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         else:
             log.info("%s %s: %s", request.method, request.url.path, body["error"]["message"])
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=closing_headers(exc))
 
     # Starlette hands ``Exception`` to its outermost middleware (which re-raises after
     # answering), so the kinds that are answers, not crashes, are registered one by one.
-    for kind in (APIError, GlmkbError, ValueError, OSError, Exception):
+    for kind in (*ANSWERED_KINDS, Exception):
         app.add_exception_handler(kind, _any)
 
 

@@ -67,12 +67,19 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
 
     @v1.get("/models")
     async def models() -> dict[str, Any]:
-        data = []
-        if services.has_llm:
-            data.append({"id": services.model_id, "object": "model", "created": 0, "owned_by": "glmkb"})
-        for name in services.embedding_model_names()[:1]:
-            data.append({"id": name, "object": "model", "created": 0, "owned_by": "glmkb"})
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": model_cards(services)}
+
+    @v1.get("/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        """One served model (the SDK's ``models.retrieve``; it was a 404). ``:path``: embedding ids hold
+        slashes; the embedding model's other names (``/v1/embeddings`` takes them) find it too."""
+        names = services.embedding_model_names()
+        wanted = names[0] if model_id in names else model_id
+        card = next((card for card in model_cards(services) if card["id"] == wanted), None)
+        if card is None:
+            raise APIError(404, f"model {model_id!r} does not exist here (GET /v1/models)", param="model",
+                           code="model_not_found")
+        return card
 
     async def until_disconnect(
         request: Request, items: Iterator[Any], on_gone: Callable[[], None] | None = None
@@ -167,6 +174,12 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
         return kb_completion_body(collected, model=services.model_id, usage=usage)
 
     app.include_router(v1)
+
+
+def model_cards(services: Services) -> list[dict[str, Any]]:
+    """OpenAI model objects: the chat model (when configured), then the embedding model that loads."""
+    ids = ([services.model_id] if services.has_llm else []) + services.embedding_model_names()[:1]
+    return [{"id": model_id, "object": "model", "created": 0, "owned_by": "glmkb"} for model_id in ids]
 
 
 def check_capacity(llm: Any) -> None:

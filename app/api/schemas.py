@@ -1,7 +1,7 @@
 """Request bodies of glmkb's OpenAI-compatible API, validated by pydantic.
 
 Unknown fields are ignored (OpenAI clients send many optional ones, e.g. ``presence_penalty``
-or ``user``); fields whose meaning we cannot honour (``n`` > 1, ``tools``, image content,
+or ``user``); fields whose meaning we cannot honour (``n`` > 1, ``tools`` or ``functions``, image content,
 JSON response formats) are refused with a 400 that says so rather than silently dropped.
 """
 
@@ -78,7 +78,7 @@ class ChatCompletionRequest(_Body):
 
     model: str | None = Field(None, description="Served model id (GET /v1/models); empty = the served model.")
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: bool | None = Field(False, description="null means false, as in OpenAI's API.")
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
@@ -96,6 +96,7 @@ class ChatCompletionRequest(_Body):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[Any] | None = None
+    functions: list[Any] | None = Field(None, description="OpenAI's deprecated tools; refused like tools.")
     response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
@@ -115,10 +116,10 @@ class ChatCompletionRequest(_Body):
             raise ValueError(f"only n=1 is supported (got {value}); send several requests instead")
         return value
 
-    @field_validator("tools")
+    @field_validator("tools", "functions")
     @classmethod
     def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
+        if value:  # ``functions`` was silently dropped: the client waited for a function_call in vain
             raise ValueError("tool calling is not supported by this server")
         return value
 
@@ -233,6 +234,8 @@ class EmbeddingRequest(_Body):
                 raise ValueError("input must be a string or a list of strings (token arrays are not supported)")
         elif not isinstance(value, str):
             raise ValueError("input must be a string or a list of strings (token arrays are not supported)")
+        for text in [value] if isinstance(value, str) else value:
+            no_lone_surrogates(text)  # the embedding tokenizer raised TypeError on one: a 500
         return value
 
     def texts(self) -> list[str]:
