@@ -8,8 +8,8 @@ from uuid import uuid4
 
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, LLMResult
 
 from app.api.chat_jobs import ChatJob, RequestError
 from app.api.kb_chat import UsageCounter
@@ -66,6 +66,30 @@ def test_a_remote_model_without_usage_is_counted_and_gets_no_repetition_penalty(
     assert job.params == {"max_tokens": 5}  # no context known: passed as asked, no vLLM extension
     assert "".join(p.answer for p in job.pieces()) == "玄德"
     assert job.outcome.completion_tokens == 2 and job.outcome.prompt_tokens > len("刘备字什么？")  # one per character
+
+
+def test_a_remote_servers_own_finish_reason_reaches_the_client_as_stop() -> None:
+    """Bug: a server behind ``llm.backend: openai`` that ends with a finish_reason outside OpenAI's set
+    (vLLM's "abort") failed the openai types glmkb answers in: a 400 for the whole answer, an error event
+    at the end of a stream whose text had arrived. It reaches the client as "stop"."""
+    import json
+
+    from app.api.wire import chat_completion_body, chat_sse
+
+    class AbortingServer(GenericFakeChatModel):
+        def _stream(self, *args: Any, **kwargs: Any) -> Any:
+            yield ChatGenerationChunk(message=AIMessageChunk("玄德"))
+            yield ChatGenerationChunk(message=AIMessageChunk("", response_metadata={"finish_reason": "abort"}))
+
+    def job() -> ChatJob:
+        remote = AbortingServer(messages=iter([]), custom_get_token_ids=lambda text: list(map(ord, text)))
+        return ChatJob.from_request(remote, request(max_tokens=5))
+
+    whole = job()
+    body = chat_completion_body(whole, list(whole.pieces()), model="m")
+    assert body["choices"][0]["finish_reason"] == "stop" and body["choices"][0]["message"]["content"] == "玄德"
+    events = [json.loads(e) for e in chat_sse(job(), model="m", include_usage=False) if e != "[DONE]"]
+    assert "error" not in events[-1] and events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_a_glmkb_in_front_of_another_server_forwards_its_extensions() -> None:

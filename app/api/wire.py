@@ -26,6 +26,14 @@ __all__ = ["CompletionIds", "source_name", "chat_completion_body", "chat_sse", "
 log = logging.getLogger(__name__)
 
 DONE_EVENT = "[DONE]"
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+def openai_finish_reason(reason: str | None) -> str | None:
+    """``reason`` as one of OpenAI's ``finish_reason`` values: a remote server's own (vLLM's "abort",
+    "error") became "stop" (the openai types refuse others: a 400 for a whole answer, an error event
+    mid-stream, for an answer that had arrived)."""
+    return reason if reason is None or reason in FINISH_REASONS else "stop"
 
 
 @dataclass
@@ -44,7 +52,8 @@ class CompletionIds:
             object="chat.completion.chunk",
             created=self.created,
             model=self.model,
-            choices=[ChunkChoice(index=0, delta=ChoiceDelta(**delta), finish_reason=finish_reason, logprobs=None)],
+            choices=[ChunkChoice(index=0, delta=ChoiceDelta(**delta),
+                                  finish_reason=openai_finish_reason(finish_reason), logprobs=None)],
             **extra,
         )
         return _dump(chunk)
@@ -62,7 +71,7 @@ class CompletionIds:
                 Choice(
                     index=0,
                     message=ChatCompletionMessage(role="assistant", content=text, **thinking),
-                    finish_reason=finish_reason,  # type: ignore[arg-type]
+                    finish_reason=openai_finish_reason(finish_reason),  # type: ignore[arg-type]
                     logprobs=None,
                 )
             ],
