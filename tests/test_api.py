@@ -295,6 +295,7 @@ def test_system_prompt_and_history_reach_the_model_in_order(client: httpx.Client
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "must have role 'user'"),
         ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "must have role 'user'"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "only text"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "needs a string 'text'"),
         ({"messages": "hello"}, "messages"),
     ],
 )

@@ -51,10 +51,12 @@ class ChatMessage(_Body):
     def _text_parts_only(cls, value: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
         if isinstance(value, list):
             for part in value:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if part.get("type") != "text":
                     raise ValueError(
                         f"only text content parts are supported (got a part of type {part.get('type')!r})"
                     )
+                if not isinstance(part.get("text"), str):
+                    raise ValueError("a text content part needs a string 'text' field")
                 no_lone_surrogates(part["text"])
         elif isinstance(value, str):
             no_lone_surrogates(value)
