@@ -12,7 +12,8 @@ The stages are the summarizer's (``map_summaries``, ``collapse_summaries``,
 ``stream_answer`` yields ``Progress("select"|"map"|"collapse", done, total)``, one ``Sources``
 (passage ``n`` is ``sources[n-1]``), ``Token`` pieces, then one ``Answer``; nothing relevant
 → the refusal sentence. Stop: close the generator, or pass ``cancel=event`` and set it —
-every generation (also the batched map) then ends within a token (``llm.cancel_scope``).
+every generation (also the batched map) then ends within a token (``llm.cancel_scope``); cancelling
+the task awaiting ``ainvoke`` does the same (``llm.cancellation.run_cancellable``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from langchain_classic.chains.base import Chain
-from langchain_core.callbacks import CallbackManager, CallbackManagerForChainRun, Callbacks
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForChainRun,
+    CallbackManager,
+    CallbackManagerForChainRun,
+    Callbacks,
+)
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
 from pydantic import ConfigDict, Field
@@ -35,41 +41,21 @@ from chains.events import Answer, Event, Progress, Reasoning, Source, Sources, T
 from chains.passages import format_numbered
 from chains.prompts import REFUSAL
 from chains.stream_map_reduce_chain import (
+    StageCancelled,
     collapse_summaries,
     load_stream_summarize_chain,
     map_summaries,
     reduce_summaries,
+    scoped_stage,
 )
 from chains.token_budget import fit_documents
+from llm.cancellation import run_cancellable
 
 __all__ = ["SELECT_STAGE", "BookQAChain", "format_numbered"]
 
 SELECT_STAGE = "select"
 """``Progress.stage`` once the chapters are chosen (``done == total`` == chapters picked)."""
 _JOINT_MARGIN = 8
-
-
-def _scoped(stage: Generator[Event, None, Any], cancel: threading.Event | None) -> Generator[Event, None, Any]:
-    """Run ``stage`` with every step inside ``llm.cancel_scope(cancel)``; stop once it is set."""
-    from llm.cancellation import cancel_scope
-
-    while True:
-        if cancel is not None and cancel.is_set():
-            stage.close()
-            raise _Cancelled
-        try:
-            if cancel is None:
-                event = next(stage)
-            else:
-                with cancel_scope(cancel):
-                    event = next(stage)
-        except StopIteration as stop:
-            return stop.value
-        yield event
-
-
-class _Cancelled(Exception):
-    """The Stop event was set: end the stream quietly."""
 
 
 class BookQAChain(Chain):
@@ -199,7 +185,7 @@ class BookQAChain(Chain):
             batch_size=self.batch_size,
         )
         try:
-            mapped = yield from _scoped(
+            mapped = yield from scoped_stage(
                 map_summaries(
                     pipeline.llm_chain, mapped_in, document_variable_name="context",
                     batch_size=self.batch_size, callbacks=callbacks, question=question,
@@ -211,13 +197,13 @@ class BookQAChain(Chain):
                 yield from self._refuse(question, sources)
                 return
             reduce_chain = pipeline.reduce_documents_chain
-            collapsed = yield from _scoped(
+            collapsed = yield from scoped_stage(
                 collapse_summaries(reduce_chain, found, callbacks=callbacks, question=question), cancel
             )
             answer = yield from self._stream_reduce(
                 reduce_chain.combine_documents_chain, collapsed, question, len(numbered), cancel, callbacks
             )
-        except _Cancelled:
+        except StageCancelled:
             return
         yield Answer(answer.strip(), sources, question)
 
@@ -234,7 +220,7 @@ class BookQAChain(Chain):
         keep = CitationFilter(range(1, total + 1))
         pieces: list[str] = []
         stage = reduce_summaries(combine_chain, docs, callbacks=callbacks, question=question)
-        for event in _scoped(stage, cancel):
+        for event in scoped_stage(stage, cancel):
             if isinstance(event, Reasoning):
                 yield event
             elif isinstance(event, Token) and (text := keep.feed(event.text)):
@@ -281,11 +267,25 @@ class BookQAChain(Chain):
         return {self.output_key: answer.text, "source_documents": docs, "refused": answer.refused}
 
     def _call(self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None = None) -> dict[str, Any]:
+        return self._answer(inputs, run_manager, cancel=None)
+
+    async def _acall(
+        self, inputs: dict[str, Any], run_manager: AsyncCallbackManagerForChainRun | None = None
+    ) -> dict[str, Any]:
+        """``_call`` on a worker thread; cancelling the awaiting task (``ainvoke`` under a timeout, a gone client)
+        stops the model within a token, also in a batched map step, and waits until it is free."""
+        sync_manager = run_manager.get_sync() if run_manager else None
+        return await run_cancellable(lambda cancel: self._answer(inputs, sync_manager, cancel=cancel))
+
+    def _answer(
+        self, inputs: dict[str, Any], run_manager: CallbackManagerForChainRun | None, *, cancel: threading.Event | None
+    ) -> dict[str, Any]:
+        """Drain the run to its ``Answer`` (none once ``cancel`` is set)."""
         run_manager = run_manager or CallbackManagerForChainRun.get_noop_manager()
         answer = None
         for event in self._events(
             inputs[self.input_key], chapters=inputs.get("chapters"), source=inputs.get("source"),
-            cancel=None, callbacks=run_manager.get_child(),
+            cancel=cancel, callbacks=run_manager.get_child(),
         ):
             if isinstance(event, Answer):
                 answer = event

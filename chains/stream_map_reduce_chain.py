@@ -13,12 +13,15 @@ Stages, each a small generator function that yields events and returns its resul
 ``StreamMapReduceChain.stream_summary`` chains them for UIs; ``invoke``/``run`` and
 ``combine_docs`` drain the same generator, so callbacks get the same progress (custom event
 ``PROGRESS_EVENT``, see ``chains.ProgressCallbackHandler``) and the reduce tokens
-(``on_llm_new_token`` with tag ``REDUCE_TAG``).
+(``on_llm_new_token`` with tag ``REDUCE_TAG``). The async twins (``ainvoke``, ``astream_summary``) run
+it on a worker thread with ``llm.cancellation.run_cancellable``: cancelling the awaiting task stops the
+model within a token, also in a batched map step, and ``scoped_stage`` ends the pipeline there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -44,6 +47,7 @@ from typing_extensions import override
 from chains.events import Event, Progress, Summary, Token, piece_events
 from chains.prompts import COLLAPSE_PROMPT, COMBINE_PROMPT, MAP_PROMPT
 from chains.stream_llm_chain import StreamLLMChain, result_from_batch
+from llm.cancellation import cancel_scope, run_cancellable
 from llm.reasoning import thinking_off
 
 __all__ = [
@@ -51,11 +55,13 @@ __all__ = [
     "MAP_TAG",
     "PROGRESS_EVENT",
     "REDUCE_TAG",
+    "StageCancelled",
     "StreamMapReduceChain",
     "collapse_summaries",
     "load_stream_summarize_chain",
     "map_summaries",
     "reduce_summaries",
+    "scoped_stage",
 ]
 
 PROGRESS_EVENT = "glmkb_summary_progress"
@@ -212,6 +218,28 @@ def reduce_summaries(
     return text
 
 
+class StageCancelled(Exception):
+    """A stage's cancel event was set (``scoped_stage``): the run ends without a result."""
+
+
+def scoped_stage(stage: Stage[T], cancel: threading.Event | None) -> Stage[T]:
+    """Run ``stage`` with every step inside ``llm.cancel_scope(cancel)`` (a generation ends within a token
+    once it is set); between steps, close it and raise ``StageCancelled`` once ``cancel`` is set."""
+    while True:
+        if cancel is not None and cancel.is_set():
+            stage.close()
+            raise StageCancelled
+        try:
+            if cancel is None:
+                event = next(stage)
+            else:
+                with cancel_scope(cancel):
+                    event = next(stage)
+        except StopIteration as stop:
+            return stop.value
+        yield event
+
+
 def drain(stage: Generator[Any, None, T]) -> T:
     """Run a stage generator to its end and return its result."""
     while True:
@@ -243,11 +271,7 @@ class StreamMapReduceChain(MapReduceDocumentsChain):
         **kwargs: Any,
     ) -> tuple[str, dict]:
         """Map, collapse and reduce ``docs`` (the path of ``invoke``/``run``)."""
-        summary = drain(self.summary_events(docs, token_max=token_max, callbacks=callbacks, **kwargs))
-        extra: dict[str, Any] = {}
-        if self.return_intermediate_steps:
-            extra["intermediate_steps"] = list(summary.intermediate)
-        return summary.text, extra
+        return self._combine(docs, token_max, callbacks, None, **kwargs)
 
     @override
     async def acombine_docs(
@@ -257,8 +281,25 @@ class StreamMapReduceChain(MapReduceDocumentsChain):
         callbacks: Callbacks = None,
         **kwargs: Any,
     ) -> tuple[str, dict]:
-        """The same pipeline on a worker thread (local models generate in threads anyway)."""
-        return await asyncio.to_thread(self.combine_docs, docs, token_max, callbacks, **kwargs)
+        """The same pipeline on a worker thread (local models generate in threads anyway); cancelling the
+        awaiting task stops it within a token and waits until the model is free (``run_cancellable``)."""
+        return await run_cancellable(lambda cancel: self._combine(docs, token_max, callbacks, cancel, **kwargs))
+
+    def _combine(
+        self,
+        docs: list[Document],
+        token_max: int | None,
+        callbacks: Callbacks,
+        cancel: threading.Event | None,
+        **kwargs: Any,
+    ) -> tuple[str, dict]:
+        """``combine_docs``, ended (``StageCancelled``) between steps once ``cancel`` is set."""
+        events = self.summary_events(docs, token_max=token_max, callbacks=callbacks, **kwargs)
+        summary = drain(scoped_stage(events, cancel))
+        extra: dict[str, Any] = {}
+        if self.return_intermediate_steps:
+            extra["intermediate_steps"] = list(summary.intermediate)
+        return summary.text, extra
 
     def summary_events(
         self,
@@ -324,11 +365,14 @@ class StreamMapReduceChain(MapReduceDocumentsChain):
         token_max: int | None = None,
         callbacks: Callbacks = None,
     ) -> AsyncIterator[Event]:
-        """Async twin of ``stream_summary`` (the pipeline runs on a worker thread)."""
+        """Async twin of ``stream_summary`` (the pipeline runs on a worker thread). Cancelling the consuming
+        task stops the model within a token (each step runs with ``run_cancellable`` under one cancel event)
+        and closes the pipeline once its step has ended."""
         events = self.stream_summary(docs, token_max=token_max, callbacks=callbacks)
         done = object()
+        cancel = threading.Event()
         try:
-            while (event := await asyncio.to_thread(next, events, done)) is not done:
+            while (event := await run_cancellable(lambda _: next(events, done), cancel=cancel)) is not done:
                 yield event
         finally:
             await asyncio.to_thread(events.close)

@@ -9,9 +9,6 @@ decode step) unless ``fast_decode=False``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,7 +22,8 @@ from pydantic import ConfigDict, Field
 
 from configs.settings import GenerationSettings, LLMSettings
 from llm.answer_text import answer_pieces, batch_answers
-from llm.async_stream import ASYNC_EXECUTOR, AsyncChunkStream
+from llm.async_stream import AsyncChunkStream
+from llm.cancellation import run_cancellable
 from llm.chat_messages import prompt_messages
 from llm.chatglm_routing import GenerationRouting
 from llm.errors import ModelLoadError
@@ -39,7 +37,7 @@ from llm.generate_kwargs import (
 )
 from llm.loading import load_model_and_tokenizer
 from llm.reasoning import Split, close_reasoning, prompt_opens_reasoning
-from llm.streaming import CancelCriteria, GenerationStats, run_generate
+from llm.streaming import GenerationStats, run_generate
 
 History = Sequence[tuple[str, str] | BaseMessage]
 _DEFAULTS = GenerationSettings()
@@ -361,10 +359,9 @@ class ChatGLM(GenerationRouting, LLM):
             return await super()._agenerate(prompts, stop, run_manager, **kwargs)
 
         def work(cancel: threading.Event) -> list[Split]:
-            criteria = [*(kwargs.pop("stopping_criteria", None) or []), CancelCriteria(cancel)]
-            return self._generate_batch(prompts, stop, stopping_criteria=criteria, **kwargs)
+            return self._generate_batch(prompts, stop, **kwargs)  # in cancel's scope (llm.cancellation)
 
-        return _batch_result(await _cancellable(work))
+        return _batch_result(await run_cancellable(work))
 
     def _generate_batch(self, prompts: list[str], stop: list[str] | None, **kwargs: Any) -> list[Split]:
         """Thinking and answer of several prompts from one batched ``generate`` call (cleaned as streams are)."""
@@ -373,20 +370,6 @@ class ChatGLM(GenerationRouting, LLM):
         with_stop_strings(generate_kwargs, tokenizer=self.tokenizer, stop=stop, prompt_length=prompt_length)
         output = run_generate(self.model, generate_kwargs, fast_decode=self._fast_decode())
         return batch_answers(output, prompt_length=prompt_length, tokenizer=self.tokenizer, stop=stop)
-
-
-async def _cancellable(work: Callable[[threading.Event], list[Split]]) -> list[Split]:
-    """``work(cancel)`` on a worker thread, in this context (an ``llm.cancel_scope`` reaches it). Cancelling
-    the awaiting task sets ``cancel`` (generation stops within a token) and waits until the model is free."""
-    cancel = threading.Event()
-    future = asyncio.wrap_future(ASYNC_EXECUTOR.submit(contextvars.copy_context().run, work, cancel))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        cancel.set()
-        with contextlib.suppress(BaseException):  # its own error, or cancelled again while it ends
-            await asyncio.shield(future)
-        raise
 
 
 def _generation_chunks(

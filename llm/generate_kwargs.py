@@ -2,7 +2,7 @@
 
 ``ChatGLM._generate_kwargs`` renders the prompts and hands them here: generation fields with
 per-call overrides, left-padded encoding, sampling or greedy, the model's eos/pad ids, any other
-per-call keyword as is, and the current ``llm.cancel_scope``. ``with_stop_strings`` adds the
+per-call keyword as is, and the enclosing ``llm.cancel_scope``s. ``with_stop_strings`` adds the
 per-row stop of a batched call.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llm.cancellation import current_cancel_event
+from llm.cancellation import current_cancel_events
 from llm.streaming import BatchStopStringCriteria, CancelCriteria
 
 __all__ = [
@@ -67,7 +67,7 @@ def build_generate_kwargs(
 ) -> dict[str, Any]:
     """``model.generate`` keywords for rendered ``texts``: encoded (left-padded when several),
     ``params`` (``generation_params``), ``special_tokens``, then ``extra`` (any other per-call
-    keyword) as is, and a ``CancelCriteria`` for the current ``llm.cancel_scope`` if any.
+    keyword) as is, and a ``CancelCriteria`` for each enclosing ``llm.cancel_scope``.
 
     The ids stay on the CPU: the model's worker moves them (``llm.streaming.generate_on_worker``), so
     that a request thread never calls CUDA while the worker may be capturing a graph."""
@@ -83,9 +83,9 @@ def build_generate_kwargs(
     }
     out.update(sampling_kwargs(temperature=params["temperature"], top_p=params["top_p"]))
     out.update(extra)
-    scope = current_cancel_event()
-    if scope is not None:  # e.g. the UI's Stop during a summary's batched map step
-        out["stopping_criteria"] = [*(out.get("stopping_criteria") or []), CancelCriteria(scope)]
+    scopes = current_cancel_events()
+    if scopes:  # e.g. the UI's Stop during a summary's batched map step
+        out["stopping_criteria"] = [*(out.get("stopping_criteria") or []), *map(CancelCriteria, scopes)]
     return out
 
 
