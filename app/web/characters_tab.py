@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.web.errors import user_errors
+from app.web.errors import error_line, user_errors
 from kb.citation import chapter_label, chapter_span_label, chapter_unit
 
 __all__ = ["build_characters_tab", "graph_svg", "load_graph", "person_markdown"]
@@ -124,6 +124,15 @@ def chapter_headings(kb: Any, doc_ids: Any = None) -> dict[str, dict[int, str]]:
     return found
 
 
+def _opened(state: Any, selected: str | None) -> tuple[gr.Dropdown, gr.Dropdown, gr.Slider, gr.Slider]:
+    """On opening the tab: the knowledge bases there are now (keeping ``selected`` while it
+    exists), then that KB's documents and chapter sliders (``_documents``)."""
+    names = state.list_kbs()
+    if selected not in names:
+        selected = names[0] if names else None
+    return (gr.Dropdown(choices=names, value=selected), *_documents(state, selected))
+
+
 def _documents(state: Any, kb_name: str | None) -> tuple[gr.Dropdown, gr.Slider, gr.Slider]:
     """The KB's documents, and chapter sliders that end at its longest document's last chapter."""
     try:
@@ -167,10 +176,8 @@ def build_characters_tab(state: Any) -> gr.Tab:
             try:
                 graph = load_graph(state, kb, doc, int(a), int(b)).top(persons=int(n))
             except Exception as e:  # noqa: BLE001 - shown to the user in one line, Chinese first
-                from app.errors import bilingual_text
-
-                zh, en = bilingual_text(e)
-                return None, "", f"⚠️ {zh} / {en}" if zh else f"⚠️ {en}"
+                # error_line, as every tab: no server path, command or endpoint ("GET /v1/kb") on the page
+                return None, "", f"⚠️ {html.escape(error_line(e))}"
             unit = chapter_unit(h for doc in chapter_headings(state.kb(kb)).values() for h in doc.values())
             span = chapter_span_label(int(min(a, b)), int(max(a, b)), unit)
             shown = f"{len(graph.persons)} 人，{len(graph.relations)} 条关系（{span}）"
@@ -183,7 +190,9 @@ def build_characters_tab(state: Any) -> gr.Tab:
         inputs = [kb_name, source, first, last, top]
         outputs = [graph_state, picture, status]
         kb_name.change(lambda kb: _documents(state, kb), inputs=kb_name, outputs=[source, first, last])
-        tab.select(lambda kb: _documents(state, kb), inputs=kb_name, outputs=[source, first, last])
+        # The KB list is read again each time the tab is opened: it was fixed when the server
+        # started, so a KB made in the manage tab never showed here and a deleted one stayed.
+        tab.select(lambda kb: _opened(state, kb), inputs=kb_name, outputs=[kb_name, source, first, last])
         draw.click(redraw, inputs=inputs, outputs=outputs)
         first.release(redraw, inputs=inputs, outputs=outputs)
         last.release(redraw, inputs=inputs, outputs=outputs)

@@ -21,10 +21,10 @@ import gradio as gr
 from app.services import Services
 from app.web import render
 from app.web.book_scope import ask_book
-from app.web.errors import QUIET, UserError, user_errors, warn
+from app.web.errors import QUIET, user_errors, warn
 from app.web.session_stops import SessionStops
 from app.web.widgets import banner_markdown, kb_picker
-from app.web.summary import CHAPTERS_MAX_CHARS, progress_line
+from app.web.summary import CHAPTERS_MAX_CHARS, check_chapter_range, progress_line
 from chains.book_qa_chain import SELECT_STAGE
 from chains.events import Answer, Progress, Reasoning, Source, Sources, Token
 from llm.reasoning import with_thinking
@@ -240,13 +240,9 @@ def skips(n: int) -> tuple[Any, ...]:
 
 
 def check_chapters(chapters: str | None) -> str | None:
-    """The optional chapter range of a whole-book question; a long one is refused before parsing."""
-    if chapters and len(chapters) > CHAPTERS_MAX_CHARS:
-        raise UserError(
-            f"章节范围太长（最多 {CHAPTERS_MAX_CHARS} 个字符），例如 第40-60回",
-            f"the chapter range is too long (at most {CHAPTERS_MAX_CHARS} characters), e.g. 40-60",
-        )
-    return (chapters or "").strip() or None
+    """The optional chapter range of a whole-book question, refused in Chinese when too long,
+    unreadable or empty (see ``app.web.summary.check_chapter_range``)."""
+    return check_chapter_range(chapters)
 
 
 def book_progress_line(event: Progress) -> str:

@@ -13,12 +13,14 @@ went wrong while every output keeps its last good value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import inspect
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -26,13 +28,17 @@ import gradio as gr
 from app.errors import Bilingual, UserError, bilingual_text, one_line
 from app.web.render import hide_paths, user_message
 from configs.errors import BadInput, GlmkbError, NotFound, Unavailable
+from kb.errors import DocumentLoadError
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-__all__ = ["ERROR_TITLE", "QUIET", "WARNING_TITLE", "UserError", "error_line", "to_gr_error", "user_errors", "warn"]
+__all__ = [
+    "ERROR_TITLE", "QUIET", "WARNING_TITLE", "UserError", "error_line", "named_load_errors", "to_gr_error",
+    "user_errors", "warn",
+]
 
 ERROR_TITLE = "错误"
 WARNING_TITLE = "注意"
@@ -85,6 +91,23 @@ def page_message(zh: str, en: str) -> str:
 def warn(zh: str, en: str) -> None:
     """Show a one-line Chinese + English warning toast (the handler carries on)."""
     gr.Warning(html.escape(page_message(zh, en)), title=WARNING_TITLE)
+
+
+@contextlib.contextmanager
+def named_load_errors(paths: Sequence[str | Path]) -> Iterator[None]:
+    """Turn a file that passed the upload check but fails to read (a damaged PDF) into a Chinese
+    message naming it; the loader's reason had only "输入有误" and Gradio's hashed upload folder."""
+    try:
+        yield
+    except DocumentLoadError as e:
+        reason = one_line(e)
+        names = []
+        for path in paths:
+            if str(path) in reason:
+                reason = reason.replace(str(path), Path(path).name)
+                names.append(Path(path).name)
+        what = "、".join(names) or "上传的文件"
+        raise UserError(f"无法读取 {what}：文件可能已损坏，请重新保存或导出后再上传", reason) from e
 
 
 def _toast(message: str) -> gr.Error:

@@ -14,7 +14,7 @@ from gradio.utils import get_upload_folder
 from app.errors import UserError
 from app.services import Services, doc_label
 from app.uploads import check_content
-from app.web.errors import QUIET, user_errors, warn
+from app.web.errors import QUIET, named_load_errors, user_errors, warn
 from app.web.widgets import kb_picker, upload_label
 from kb.loaders.folders import not_read_note
 
@@ -108,7 +108,8 @@ class ManageHandlers:
             raise UserError(f"一次最多上传 {limit} 个文件", f"at most {limit} files per upload (ui.max_upload_files)")
         checked = [check_content(self.services.check_upload(p, archives=True)) for p in paths]
         progress(0, desc="读取文件 / reading files")
-        report = self.services.add_files(kb_name, checked)
+        with named_load_errors(checked):
+            report = self.services.add_files(kb_name, checked)
         discard_uploads(checked)  # the KB keeps the text; Gradio's copies are not needed any more
         status = (
             f"知识库 {kb_name}：新增 {len(report.added)}，更新 {len(report.replaced)}，"
@@ -224,7 +225,8 @@ class ManageTab:
 
     def wire(self, *, pickers: list[gr.Dropdown], summary_file: gr.File, after_build: Any) -> None:
         """Events of this tab; ``pickers`` are the three KB pickers (chat, summary, manage),
-        ``after_build`` the summary tab's document refresh (a callable and its in/outputs)."""
+        ``after_build`` the summary tab's document refresh (a callable and its in/outputs), run after
+        a build and after a document is deleted."""
         handlers = self.handlers
         self.kind.change(
             lambda k: gr.Dropdown(visible=k == VECTORS), inputs=[self.kind], outputs=[self.model], api_name=False, **QUIET
@@ -254,13 +256,14 @@ class ManageTab:
         ).then(
             handlers.show, inputs=[self.kb], outputs=[self.docs_table, self.doc_pick], api_name=False, **QUIET
         ).then(fn, inputs=inputs, outputs=outputs, api_name=False, **QUIET)
+        # The summary tab's document list too: it kept offering a deleted document ("⚠️ 未找到").
         self.del_doc_btn.click(
             handlers.delete_document,
             inputs=[self.kb, self.doc_pick],
             outputs=[self.status, self.docs_table, self.doc_pick],
             api_name="delete_document",
             **QUIET,
-        )
+        ).then(fn, inputs=inputs, outputs=outputs, api_name=False, **QUIET)
         self.drop_btn.click(
             handlers.drop, inputs=[self.kb, self.confirm], outputs=[*pickers, self.confirm, self.status],
             api_name="drop_kb",

@@ -3,6 +3,7 @@ with the map stage's progress."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ import gradio as gr
 from app.errors import UserError, one_line
 from app.services import Services, doc_label
 from app.uploads import check_content
-from app.web.errors import QUIET, user_errors, warn
+from app.web.errors import QUIET, named_load_errors, user_errors, warn
 from app.web.session_stops import SessionStops
 from app.web.widgets import kb_picker, upload_label
 from chains.events import Progress, Reasoning, Summary, Token
+from chains.summarize import parse_chapter_range
+from configs.errors import GlmkbError
 from llm.cancellation import cancel_scope
 
 FROM_KB = "知识库中的文档 / document in a knowledge base"
@@ -88,21 +91,19 @@ class SummaryHandlers:
         """Yield (status line, summary so far): progress while mapping (redrawn every second
         with the tokens generated so far), then streamed text. The status line is the only
         progress display; it is reset at the start of every run."""
-        if chapters and len(chapters) > CHAPTERS_MAX_CHARS:  # refused before any parsing
-            raise UserError(
-                f"章节范围太长（最多 {CHAPTERS_MAX_CHARS} 个字符），例如 第1-10回",
-                f"the chapter range is too long (at most {CHAPTERS_MAX_CHARS} characters), e.g. 1-10",
-            )
-        chapters = (chapters or "").strip() or None
+        chapters = check_chapter_range(chapters)
         if origin == FROM_UPLOAD:
             if not upload:
                 raise UserError("请先上传一个文件", "upload a file first")
-            stream = self.services.summarize_file(check_content(self.services.check_upload(upload)), chapters=chapters)
+            path = check_content(self.services.check_upload(upload))
+            with named_load_errors([path]), missing_chapters(chapters):
+                stream = self.services.summarize_file(path, chapters=chapters)
         else:
             kb_name = self.services.check_kb_name(kb_name)
             if not doc_id:
                 raise UserError("请先选择一个文档", "choose a document first")
-            stream = self.services.summarize_document(kb_name, doc_id, chapters=chapters)
+            with missing_chapters(chapters):
+                stream = self.services.summarize_document(kb_name, doc_id, chapters=chapters)
         yield "准备中 / preparing…", ""
         stop = self._stops.new(request, StepCountingStop)
         summary = ""
@@ -157,6 +158,39 @@ class SummaryHandlers:
     def documents(self, kb_name: str | None) -> Any:
         """The document picker's choices for ``kb_name`` (empty when none is chosen)."""
         return document_dropdown(self.services, kb_name)
+
+
+def check_chapter_range(chapters: str | None) -> str | None:
+    """The chapter range typed in a box (None when empty), refused in Chinese when it is too long,
+    unreadable or empty (第50-10回, 第0回): the chain's own reasons are English only."""
+    if chapters and len(chapters) > CHAPTERS_MAX_CHARS:  # refused before any parsing
+        raise UserError(
+            f"章节范围太长（最多 {CHAPTERS_MAX_CHARS} 个字符），例如 第1-10回",
+            f"the chapter range is too long (at most {CHAPTERS_MAX_CHARS} characters), e.g. 1-10",
+        )
+    chapters = (chapters or "").strip() or None
+    if chapters is None:
+        return None
+    try:
+        parse_chapter_range(chapters)
+    except ValueError as e:
+        zh = f"章节范围无效：{chapters}。请写成 第1-10回、1-10 或 第五回（从 1 起，结束不小于开始）"
+        raise UserError(zh, one_line(e)) from e
+    return chapters
+
+
+@contextlib.contextmanager
+def missing_chapters(chapters: str | None) -> Iterator[None]:
+    """A readable range that meets no chapter of the document (第999回 of 9, or a text without
+    chapter headings) said "操作失败 / no chapters 999-999 ...": say it in Chinese."""
+    try:
+        yield
+    except ValueError as e:
+        if chapters is None or isinstance(e, GlmkbError):  # GlmkbError: a reason of its own
+            raise
+        raise UserError(
+            f"本文档中找不到 {chapters}：超出了文档的章节，或文档没有“第N回/第N章”这样的章节标题", one_line(e)
+        ) from e
 
 
 def _next_in_scope(stream: Iterator[Any], stop: threading.Event) -> Any:
