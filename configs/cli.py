@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 import click
@@ -27,7 +28,8 @@ def wants_verbose(argv: Sequence[str]) -> bool:
 
 def run_command(prog: str, work: Callable[[], int | None], *, verbose: bool) -> int:
     """Set up logging and run ``work``: its exit code, 130 on Ctrl-C, one line on stderr and
-    the error's exit code for a user error."""
+    the error's exit code for a user error (``verbose``: after its traceback; the same exit code,
+    so adding ``-v`` to a script never changes what it sees)."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -39,7 +41,7 @@ def run_command(prog: str, work: Callable[[], int | None], *, verbose: bool) -> 
         return 130
     except USER_ERRORS as e:
         if verbose:
-            raise
+            traceback.print_exc()
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return exit_code_for(e)
 

@@ -344,6 +344,10 @@ def _checked_yaml_file(path: Path) -> Path:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise SettingsError(f"config file not found: {path} (check --config / {CONFIG_ENV})") from e
+    except UnicodeDecodeError as e:  # e.g. saved as GBK: the codec's message named no file
+        raise SettingsError(f"config file {path} is not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    except OSError as e:  # a folder, no permission: name the setting the path came from
+        raise SettingsError(f"cannot read config file {path}: {e.strerror} (check --config / {CONFIG_ENV})") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

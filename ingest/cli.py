@@ -70,7 +70,8 @@ def ingest_command(
     fn: Any = flag_options(*flags, "config", "verbose")(callback)
     for argument in reversed(arguments):
         fn = argument(fn)
-    return click.command(name, help=description or help, short_help=help, context_settings=CONTEXT)(fn)
+    text = (description or help).replace("``", "`")  # module docstrings are RST; --help shows `code`
+    return click.command(name, help=text, short_help=help, context_settings=CONTEXT)(fn)
 
 
 def doc_body(doc: str | None) -> str:

@@ -20,12 +20,21 @@ from ingest.cli import doc_body, ingest_command, settings_from_args
 from ingest.thinking import ThinkingEcho
 
 
-def book_chain(kb: Any, llm: Any, settings: Any, args: argparse.Namespace) -> Any:
+def book_inputs(args: argparse.Namespace) -> tuple[tuple[int, int] | None, dict[str, list[str]] | None]:
+    """``--chapters`` parsed and the ``--aliases`` file read, so a typo in either fails before the
+    (slow) model load rather than after it."""
+    from chains.summarize import parse_chapter_range
+    from kb.characters import load_aliases
+
+    chapters = parse_chapter_range(args.chapters) if args.chapters else None
+    return chapters, (load_aliases(args.aliases) if args.aliases else None)
+
+
+def book_chain(kb: Any, llm: Any, settings: Any, args: argparse.Namespace, *, aliases: Any = None) -> Any:
     """A ``BookQAChain`` over ``kb`` with its character graph (cached per document)."""
     from chains.book_qa_chain import BookQAChain
-    from kb.characters import character_graph, load_aliases
+    from kb.characters import character_graph
 
-    aliases = load_aliases(args.aliases) if args.aliases else None
     graph = character_graph(kb, source=args.source, aliases=aliases)
     return BookQAChain(
         kb=kb,
@@ -81,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
     kb = KnowledgeBase.from_settings(settings)
     if args.source:
         kb.get_document(args.source)  # a wrong name fails before the model loads
+    chapters, aliases = book_inputs(args)  # so do a bad --chapters and --aliases
     llm = load_llm(settings, quiet=args.quiet)
     if args.scope == "book":
-        events = book_chain(kb, llm, settings, args).stream_answer(
-            args.question, chapters=args.chapters, source=args.source
+        events = book_chain(kb, llm, settings, args, aliases=aliases).stream_answer(
+            args.question, chapters=chapters, source=args.source
         )
     else:
         events = KnowledgeBaseQAChain.from_settings(kb.as_retriever(), llm, settings).stream_answer(args.question)

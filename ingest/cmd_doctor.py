@@ -11,10 +11,12 @@ from ingest.cli import ingest_command, settings_from_args
 
 
 def run(args: argparse.Namespace) -> int:
-    from kb import doctor
+    from kb import doctor, validate_kb_name
 
     settings = settings_from_args(args)
-    found = doctor.diagnose(settings.kb_root, settings.kb_name)
+    # diagnose/repair join the name to kb_root themselves: `--kb ..` or `--kb /abs/path` must not
+    # check (and repair, i.e. rewrite) a folder outside kb_root.
+    found = doctor.diagnose(settings.kb_root, validate_kb_name(settings.kb_name))
     print("\n".join(found.lines()))
     if found.healthy:
         return 0

@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.token_max is not None and args.token_max < 1:  # else it fails after the whole map stage
+        raise ValueError(f"--token-max must be at least 1 (got {args.token_max})")
     settings = settings_from_args(args, llm={"model_path": args.model_path, "device": args.device, "adapter": args.adapter})
     docs = load_documents(args, settings)  # before the (slow) model load: bad input fails fast
     llm = load_llm(settings, quiet=args.quiet)

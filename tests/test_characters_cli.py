@@ -78,3 +78,21 @@ def test_ask_book_scope_with_the_tiny_model(
     assert code == 0 and err == "" and "[1] sanguo.txt · 第" in out
     assert main(["ask", "问题", "--kb", "novels", "--kb-root", str(novels_root), "--chapters", "1-2"]) == 2
     assert "need --scope book" in capsys.readouterr().err
+
+
+def test_ask_bad_chapters_or_aliases_fail_before_the_model_loads(
+    novels_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ``ingest ask --scope book`` parsed ``--chapters 第50-10回`` and read ``--aliases``
+    only after loading the chat model (minutes for a 6B model) before saying they were wrong."""
+    import ingest.cmd_summarize
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(ingest.cmd_summarize, "load_llm", no_model)
+    book = ["ask", "问题", "--kb", "novels", "--kb-root", str(novels_root), "--scope", "book"]
+    assert main([*book, "--chapters", "第50-10回"]) == 2
+    assert "chapter range '第50-10回' is empty" in capsys.readouterr().err
+    assert main([*book, "--aliases", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read alias file" in capsys.readouterr().err

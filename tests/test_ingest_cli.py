@@ -213,3 +213,32 @@ def test_build_a_folder_adds_every_document_under_it(capsys: pytest.CaptureFixtu
     (tmp_path / "empty" / "x.exe").write_bytes(b"MZ")
     code, _, err = run_cli(capsys, "build", str(tmp_path / "empty"), *root)
     assert_one_line_error(code, err, "no documents in the folder", "found 1 files of other types")
+
+
+def test_doctor_refuses_a_kb_name_outside_kb_root(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Regression: ``ingest doctor --kb /other/kb --repair`` (or ``--kb ..``, ``GLMKB_KB_NAME=..``)
+    diagnosed and repaired, i.e. rewrote, a folder outside kb_root: doctor joined the name to
+    kb_root without the name check every other command makes."""
+    outside = tmp_path / "outside"
+    (outside / "v-1").mkdir(parents=True)
+    for name in (str(outside), "..", "../outside"):
+        code, out, err = run_cli(capsys, "doctor", "--kb", name, "--repair", "-q")
+        assert_one_line_error(code, err, "invalid knowledge base name")
+        assert code == 2 and out == ""
+    assert [p.name for p in outside.iterdir()] == ["v-1"], "nothing outside kb_root was touched"
+
+
+def test_verbose_keeps_the_exit_code_of_the_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: ``-v`` re-raised user errors, so the traceback came with exit 1 instead of the
+    error's own code (2 for a missing knowledge base): adding -v changed what a script saw."""
+    code, _, err = run_cli(capsys, "query", "x", "--kb", "nope", "-v")
+    assert code == 2 and "Traceback" in err and "KnowledgeBaseNotFound" in err
+    assert err.rstrip().splitlines()[-1].startswith("ingest: error: no knowledge base named 'nope'")
+
+
+def test_help_shows_no_rst_double_backquotes(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: ``ingest query/eval/convert --help`` printed the module docstrings' RST
+    ````code```` markup verbatim."""
+    for command in ("query", "eval", "convert"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0 and "``" not in out, out

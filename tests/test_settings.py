@@ -87,3 +87,15 @@ def test_misspelt_environment_variable_is_reported(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("GLMKB_RETRIEVEL__TOP_K", "3")
     with pytest.raises(SettingsError, match="retrievel: unknown setting"):
         load_settings()
+
+
+def test_unreadable_yaml_file_is_named(tmp_path: Path) -> None:
+    """Regression: a config file saved as GBK (Windows editors) failed with only "'utf-8' codec
+    can't decode byte ...", and ``--config FOLDER`` with "[Errno 21] Is a directory": neither
+    said it was the config file."""
+    gbk = tmp_path / "gbk.yaml"
+    gbk.write_bytes("llm:\n  system_prompt: 你是三国专家\n".encode("gbk"))
+    with pytest.raises(SettingsError, match="gbk.yaml is not UTF-8.*save it as UTF-8"):
+        load_settings(gbk)
+    with pytest.raises(SettingsError, match="cannot read config file .*GLMKB_CONFIG"):
+        load_settings(tmp_path)

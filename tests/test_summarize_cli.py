@@ -64,3 +64,14 @@ def test_summarizes_a_knowledge_base_document(
     assert out.strip() and err == ""
     assert main(["summarize", "other.txt", "--kb", "novels", "--kb-root", str(tmp_path / "kbs")]) == 2
     assert "no document 'other.txt'" in capsys.readouterr().err
+
+
+def test_token_max_below_one_fails_before_loading_a_model(
+    sanguo_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: ``--token-max -5`` was accepted and failed only after the whole map stage (hours
+    on a novel), and ``--token-max 0`` silently meant the default."""
+    for bad in ("0", "-5"):
+        assert main(["summarize", str(sanguo_path), "--token-max", bad, "--model-path", "/nonexistent"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"ingest: error: --token-max must be at least 1 (got {bad})"
