@@ -40,6 +40,7 @@ def create_server_app(services: Services) -> FastAPI:
     ui = services.settings.ui
     app = create_app(services)
     demo = queue(build_ui(services), ui)
+    demo.state_session_capacity = ui.max_sessions  # what launch's state_session_capacity sets
     auth = resolve_auth(ui)
     return gr.mount_gradio_app(
         app,
@@ -56,7 +57,7 @@ def create_server_app(services: Services) -> FastAPI:
         mcp_server=False,
         theme=THEME,
         css=CSS,
-        **upload_limits(ui),
+        **upload_limits(ui, max_body_bytes=services.settings.api.max_body_bytes),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,40 @@ def test_glmkb_web_and_api_are_the_click_commands_of_glmkb_web_and_api(capsys: p
     both = serve_command.settings_from_argv(["--allow-no-auth", "--host", "0.0.0.0", "--served-model-name", "g"])
     assert both.ui.allow_no_auth and both.api.allow_no_auth and both.api.served_model_name == "g"
     assert not serve_command.settings_from_argv([]).api.allow_no_auth
+
+
+def test_serve_bounds_web_ui_bodies_before_its_login(tmp_path: Path) -> None:
+    """Bug guarded: in ``glmkb serve`` the size limit held only on ``/v1``; Gradio's routes read and
+    parse a whole JSON body before their login check, so a 100 MB POST to ``/gradio_api/queue/join``
+    without a login took ~370 MiB of memory before its 401. Now such a body gets 413 as it passes
+    ``api.max_body_bytes`` (declared or chunked), and uploads still reach the UI's own guard."""
+    settings = served_settings(Settings(
+        kb_root=tmp_path, embedding={"model": "none"}, api={"max_body_bytes": 64 * 1024},
+        ui={"port": free_port(), "auth_user": "u", "auth_password": "pw"},
+    ))
+    join = "/gradio_api/queue/join"
+
+    def chunked() -> Iterator[bytes]:
+        yield b'{"data": ["'
+        for _ in range(64):
+            yield b"x" * 16 * 1024
+        yield b'"]}'
+
+    app = create_server_app(Services(settings, api_key="k"))
+    with running(app, settings.ui.port) as base, httpx.Client(base_url=base, timeout=60) as c:
+        assert c.post(join, json={"data": [], "fn_index": 0}).status_code == 401  # small: the login answers
+        big = c.post(join, content=b"x" * 128 * 1024, headers={"content-type": "application/json"})
+        streamed = c.post(join, content=chunked(), headers={"content-type": "application/json"})
+        assert (big.status_code, streamed.status_code) == (413, 413), (big.text, streamed.text)
+        upload = c.post("/gradio_api/upload", files={"files": ("a.txt", b"x" * 100 * 1024)})
+        assert upload.status_code == 401, upload.text  # multipart: the UI's UploadGuard and login decide
+        assert c.get("/health").status_code == 200
+
+
+def test_serve_keeps_at_most_ui_max_sessions_page_sessions(tmp_path: Path) -> None:
+    """Bug guarded: ``glmkb-web`` passed ``ui.max_sessions`` to Gradio (``state_session_capacity``) but
+    ``glmkb serve`` did not, so its page kept Gradio's default 10,000 sessions' state in memory."""
+    settings = served_settings(Settings(kb_root=tmp_path, embedding={"model": "none"}, ui={"max_sessions": 7}))
+    app = create_server_app(Services(settings))
+    (page,) = [route.app for route in app.routes if hasattr(getattr(route, "app", None), "state_holder")]
+    assert page.state_holder.capacity == 7

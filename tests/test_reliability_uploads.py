@@ -132,6 +132,17 @@ def test_a_declared_size_over_the_limit_is_refused_on_the_headers(base: str) -> 
     assert answer.startswith("HTTP/1.1 413") and "upload too large" in answer, answer[:300]
 
 
+def test_a_large_json_body_is_refused_before_the_login(base: str) -> None:
+    """Bug guarded: Gradio's routes read and parse a whole JSON body before their login check, and only
+    ``/v1`` had a body limit: an unauthenticated 100 MB POST to ``/gradio_api/queue/join`` took ~550 MiB
+    (``glmkb-web``) or ~370 MiB (``glmkb serve``) before its 401. Past ``api.max_body_bytes`` it is a 413
+    on the headers alone."""
+    head = ("POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {100 * 2**20}\r\nConnection: close\r\n\r\n")
+    answer = raw_request(base, head)
+    assert answer.startswith("HTTP/1.1 413") and "api.max_body_bytes" in answer, answer[:300]
+
+
 def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(base: str) -> None:
     """No ``Content-Length``: the guard counts the bytes (a huge form field, which
     ``max_file_size`` does not bound)."""

@@ -5,6 +5,11 @@ limit (8 unauthenticated 100 MB POSTs took RSS from 767 to 1,874 MiB before each
 Here a ``/v1`` request without the right ``Authorization: Bearer KEY`` gets its 401 from the
 headers alone, a declared ``Content-Length`` over ``api.max_body_bytes`` gets 413 at once, and
 a body that streams past the limit (chunked) is cut off with 413 as soon as it does.
+
+The size limit holds outside ``/v1`` too (no key needed there): in ``glmkb serve`` the web UI's
+Gradio routes read and parse a whole JSON body before their login check, so a 100 MB POST to
+``/gradio_api/queue/join`` without a login cost ~370 MiB before its 401. Multipart uploads there
+pass on to the UI's own ``UploadGuard`` (``ui.max_upload_files`` files of ``ui.max_upload_mb``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestGuard:
-    """Key check and body-size limit on ``/v1``, both before the app sees the request."""
+    """Key check on ``/v1`` and the body-size limit, both before the app sees the request."""
 
     def __init__(self, app: ASGIApp, *, api_key: Callable[[], str | None], key_env: str, max_body_bytes: int) -> None:
         self.app = app
@@ -40,11 +45,12 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not scope["path"].startswith("/v1"):  # /health, /docs, a mounted web UI (own limits)
+        headers = dict(scope.get("headers") or [])
+        on_api = scope["path"].startswith("/v1")  # else /health, /docs or a mounted web UI (its own login)
+        if not on_api and _is_multipart(headers):  # the mounted web UI's uploads: its UploadGuard bounds them
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        if not self._key_ok(headers.get(b"authorization", b"")):
+        if on_api and not self._key_ok(headers.get(b"authorization", b"")):
             await _answer(send, 401, "missing or invalid API key: send 'Authorization: Bearer KEY' with the key "
                           f"the server reads from ${self.key_env}", code="invalid_api_key")
             return
@@ -89,6 +95,11 @@ class RequestGuard:
         except BodyTooLarge:  # raised outside FastAPI's body parsing (a streaming endpoint)
             if not started:
                 await _answer(send, 413, self._too_large(), code="request_too_large")
+
+
+def _is_multipart(headers: dict[bytes, bytes]) -> bool:
+    """Whether a request's body is a multipart form (an upload)."""
+    return headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
 
 
 async def _answer(send: Send, status: int, message: str, *, code: str) -> None:

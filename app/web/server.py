@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from app.api.guard import RequestGuard  # noqa: E402
 from app.auth import AuthConfigError, is_loopback, resolve_auth  # noqa: E402
 from app.web.upload_guard import UploadGuard  # noqa: E402
 from app.web.ui import CSS, THEME  # noqa: E402
@@ -33,13 +34,17 @@ def queue(demo: gr.Blocks, ui: UISettings) -> gr.Blocks:
     return demo.queue(default_concurrency_limit=ui.concurrency, max_size=ui.max_queue)
 
 
-def upload_limits(ui: UISettings) -> dict[str, Any]:
-    """Upload bounds for ``launch``/``mount_gradio_app``: ``max_file_size`` (Gradio refuses
-    larger files) and ``UploadGuard`` on the Gradio app, which refuses a request carrying more
+def upload_limits(ui: UISettings, *, max_body_bytes: int) -> dict[str, Any]:
+    """Body bounds for ``launch``/``mount_gradio_app``: ``max_file_size`` (Gradio refuses
+    larger files), ``UploadGuard`` on the Gradio app, which refuses a request carrying more
     than ``ui.max_upload_files`` files, or more bytes than they may hold, before Gradio parses
-    them (issue 20 #11: its upload route took 1,000 files, 200 MB in ~1 s, per request)."""
-    guard = Middleware(UploadGuard, max_files=ui.max_upload_files, max_file_bytes=ui.max_upload_mb * 2**20)
-    return {"max_file_size": f"{ui.max_upload_mb}mb", "app_kwargs": {"middleware": [guard]}}
+    them (issue 20 #11: its upload route took 1,000 files, 200 MB in ~1 s, per request), and
+    ``RequestGuard``'s ``max_body_bytes`` (``api.max_body_bytes``) on every other body: Gradio's
+    routes parse a whole JSON body before their login check (an unauthenticated 100 MB POST to
+    ``/gradio_api/queue/join`` took ~550 MiB before its 401)."""
+    bodies = Middleware(RequestGuard, api_key=lambda: None, key_env="", max_body_bytes=max_body_bytes)
+    uploads = Middleware(UploadGuard, max_files=ui.max_upload_files, max_file_bytes=ui.max_upload_mb * 2**20)
+    return {"max_file_size": f"{ui.max_upload_mb}mb", "app_kwargs": {"middleware": [bodies, uploads]}}
 
 
 def launch(
@@ -68,7 +73,7 @@ def launch(
         share=False,
         inbrowser=False,
         show_error=False,
-        **upload_limits(ui),
+        **upload_limits(ui, max_body_bytes=settings.api.max_body_bytes),
         state_session_capacity=ui.max_sessions,
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
