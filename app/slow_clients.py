@@ -3,7 +3,9 @@
 uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but waits forever for a
 new connection's first request or for headers that trickle in a byte at a time (issue 20
 #16: 300 trickling connections were held for 60 s, each a socket and a task). Here a
-connection whose request headers are not complete within ``HEADER_TIMEOUT_S`` is closed.
+connection whose request headers are not complete within ``HEADER_TIMEOUT_S`` is closed, and so
+is a kept-alive one whose next request's headers are not complete within ``HEADER_TIMEOUT_S`` of
+the last response (uvicorn cancels its keep-alive timer at the first byte of that request).
 """
 
 from __future__ import annotations
@@ -19,17 +21,31 @@ HEADER_TIMEOUT_S = 10.0
 
 
 class HeaderTimeoutH11Protocol(H11Protocol):
-    """``H11Protocol`` that closes a connection whose first request's headers take too long."""
+    """``H11Protocol`` that closes a connection whose next request's headers take too long."""
 
     header_timeout_s: float = HEADER_TIMEOUT_S
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._header_deadline: Any = self.loop.call_later(self.header_timeout_s, self._headers_overdue)
+        self._header_deadline: Any = None
+        self._arm_header_deadline()
 
-    def _headers_overdue(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():  # no complete request yet
+    def _arm_header_deadline(self) -> None:
+        """Close the connection unless a request newer than the current one arrives in time."""
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_overdue, self.cycle)
+
+    def _headers_overdue(self, last_cycle: Any) -> None:
+        if self.cycle is last_cycle and not self.transport.is_closing():  # no complete new request yet
             self.transport.close()
+
+    def on_response_complete(self) -> None:
+        """Re-arm the deadline for a kept-alive connection's next request (before the parent
+        starts any pipelined one, which then counts as arrived)."""
+        if not self.transport.is_closing():
+            self._arm_header_deadline()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._header_deadline.cancel()

@@ -990,6 +990,44 @@ def test_slow_clients_are_disconnected_when_their_headers_do_not_arrive(settings
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
 
 
+def test_a_kept_alive_connection_trickling_its_next_request_is_closed(settings: Settings, llm: ScriptedChatGLM) -> None:
+    """Bug guarded: the header deadline held only for a connection's first request; after one
+    answered request, a client trickling the next one's headers (a byte a second: uvicorn cancels
+    its keep-alive timer at the first byte) kept the connection forever."""
+    import socket
+
+    from app.slow_clients import protocol_with_timeout
+
+    with running(Services(settings, llm=llm), http=protocol_with_timeout(1.0), timeout_keep_alive=30) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.settimeout(10)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_health(conn).startswith(b"HTTP/1.1 200")
+            conn.sendall(b"GET /health HTTP/1.1\r\n")  # the next request's headers, never finished
+            started = time.monotonic()
+            assert conn.recv(100) == b""  # closed by the server
+            assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", port)) as conn:  # a prompt second request is served
+            conn.settimeout(10)
+            request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            for _ in range(2):
+                conn.sendall(request)
+                assert read_health(conn).startswith(b"HTTP/1.1 200")
+                time.sleep(0.6)
+
+
+def read_health(conn: Any) -> bytes:
+    """One whole ``GET /health`` response read from the socket ``conn`` (b"" once it closes)."""
+    got = b""
+    while not got.endswith(b'{"status":"ok"}'):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 def test_models_lists_only_an_embedding_model_that_loads(tmp_path: Path, llm: ScriptedChatGLM) -> None:
     """Issue 18 #12: ``/v1/models`` listed an embedding model that could not load."""
     settings = make_settings(tmp_path, embedding={"model": str(tmp_path / "no-such-embedder")})
