@@ -48,7 +48,11 @@ def fit_passages(
     count_tokens: TokenCounter,
     min_tokens: int,
 ) -> list[Document]:
-    """The best passages whose ``render`` fits ``max_tokens``; ValueError when even none do."""
+    """The best passages whose ``render`` fits ``max_tokens``; ValueError when even none do.
+
+    Passages were found but none fit (not even cut): also a ValueError, since prompting with an
+    empty context would have the model answer from nothing, uncited and not refused.
+    """
     empty = count_tokens(render([]))
     if empty > max_tokens:
         msg = (
@@ -57,4 +61,11 @@ def fit_passages(
             "or raise llm.max_input_tokens"
         )
         raise ValueError(msg)
-    return fit_documents(docs, render=render, max_tokens=max_tokens, count_tokens=count_tokens, min_tokens=min_tokens)
+    kept = fit_documents(docs, render=render, max_tokens=max_tokens, count_tokens=count_tokens, min_tokens=min_tokens)
+    if docs and not kept:
+        msg = (
+            f"the question makes a {empty}-token prompt, which leaves no room for any passage in the budget of "
+            f"{max_tokens} tokens (llm.max_input_tokens); ask a shorter question or raise llm.max_input_tokens"
+        )
+        raise ValueError(msg)
+    return kept

@@ -347,6 +347,18 @@ def test_question_over_budget_is_a_clear_error() -> None:
         list(make_chain(llm, max_input_tokens=100).stream_answer("桃园" * 80))
 
 
+def test_question_leaving_no_room_for_a_passage_is_an_error_not_an_uncited_answer() -> None:
+    """Bug: a question that fit the budget but left under ``min_passage_tokens`` of room had every
+    retrieved passage dropped, and the model was still prompted with an empty context: an answer
+    from nothing, with no sources and ``refused`` False. It must be the same clear budget error."""
+    chain = make_chain(exploding_llm(), min_passage_tokens=16)
+    question = "刘备关羽张飞" * 3
+    empty = len(chain.render_prompt([], question))  # one token per character
+    chain = chain.model_copy(update={"max_input_tokens": empty + 5})
+    with pytest.raises(ValueError, match="no room for any passage"):
+        list(chain.stream_answer(question))
+
+
 def test_empty_question_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         list(make_chain(None).stream_answer("  "))
