@@ -252,3 +252,14 @@ def test_a_traditional_script_book_has_the_simplified_books_persons(sanguo_path:
     # an alias file in traditional characters (joining two persons the book keeps apart)
     aliased = build_graph([extract_document(traditional, source="sanguo.txt")], aliases={"孫堅": ["孫策"]})
     assert "孙策" in aliased.person("孫堅").aliases
+
+
+def test_surname_led_nrt_names_are_persons_and_nrt_words_are_not() -> None:
+    """Bug guarded: only jieba's ``nr`` tag made a candidate, so 马岱 (127 mentions in 三国演义, tagged
+    ``nrt``) and 孙皓 were missing from the graph; ``nrt``/``nrfg`` words count when surname + name, so
+    the words jieba also tags so (胡说, 陈家, 勒马) stay out."""
+    from kb.characters.names import jieba_person_candidates
+
+    text = "马岱引兵来迎。孙皓大怒。胡说！陈家庄上勒马而立。" * 5
+    assert {"马岱", "孙皓"} <= set(jieba_person_candidates(text))
+    assert not {"胡说", "陈家", "勒马"} & set(jieba_person_candidates(text))

@@ -2,8 +2,8 @@
 
 Candidates come from two places:
 
-- jieba's part-of-speech tags: words tagged ``nr`` (person name), 2-4 characters, seen at least
-  ``min_count`` times and not ending in a speech/army/verb suffix (``孔明曰``, ``魏兵``).
+- jieba's part-of-speech tags: words tagged ``nr`` (person name; ``nrt``/``nrfg`` when surname-led),
+  2-4 characters, seen at least ``min_count`` times and not ending in a speech/army/verb suffix (``孔明曰``, ``魏兵``).
   ``HMM=False``: with the HMM jieba needs 35 s for 三国演义 on this CPU and invents fused words
   (``孔明曰``); without it 1.8 s, and unknown names are caught by the patterns below instead.
 - the books' own naming patterns: ``姓刘名备，字玄德`` / ``复姓诸葛，名亮，字孔明``,
@@ -98,6 +98,15 @@ def tail_is_name_like(word: str) -> bool:
     return first is not None and first.flag.startswith(("n", "z")) or word[:2] in COMPOUND_SURNAMES
 
 
+# jieba's person tags: ``nr``, and ``nrt``/``nrfg`` (马岱, 孙皓, 鲁智深), which also tag words (勒马, 胡说, 拜佛).
+_PERSON_FLAGS = ("nr", "nrt", "nrfg")
+
+
+def _surname_and_name(word: str) -> bool:
+    """An ``nrt``/``nrfg`` word that reads as surname + name (马岱, not 胡说 or 陈家)."""
+    return is_surname_led(word) and tail_is_name_like(word)
+
+
 def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
     """Words jieba tags ``nr`` (HMM off), plausible as names, with their token counts."""
     import jieba
@@ -109,7 +118,7 @@ def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
     initialize_jieba()
     counts: Counter[str] = Counter()
     for word, flag in pseg.cut(text, HMM=False):
-        if flag == "nr" and is_plausible_name(word):
+        if flag in _PERSON_FLAGS and is_plausible_name(word) and (flag == "nr" or _surname_and_name(word)):
             counts[word] += 1
     return Counter(
         {
