@@ -25,12 +25,27 @@ def build(args: argparse.Namespace, kb: Any) -> Any:
 
     aliases = load_aliases(args.aliases) if args.aliases else None
     chapters = parse_chapter_range(args.chapters) if args.chapters else None
+    if chapters is not None:
+        check_chapters(kb, args.source, chapters)
 
     def computing(info: Any) -> None:
         if not args.quiet:
             print(f"reading persons of {info.source} ...", file=sys.stderr)
 
     return character_graph(kb, source=args.source, aliases=aliases, chapters=chapters, on_compute=computing)
+
+
+def check_chapters(kb: Any, source: str | None, chapters: tuple[int, int]) -> None:
+    """Refuse a range with none of the documents' chapters (as ``ingest summarize`` does), rather
+    than print an empty graph that reads as "no persons"."""
+    infos = [kb.get_document(source)] if source else kb.list_documents()
+    where = "this document" if len(infos) == 1 else "this knowledge base"
+    numbers = sorted({c.number for i in infos for c in kb.get_chapters(i.doc_id) if c.number is not None})
+    first, last = chapters
+    if not numbers:
+        raise ValueError(f"{where} has no chapter headings (第N回/章), so a chapter range cannot be used")
+    if not any(first <= n <= last for n in numbers):
+        raise ValueError(f"no chapters {first}-{last} in {where}; it has chapters {numbers[0]}-{numbers[-1]}")
 
 
 def evidence_text(kb: Any) -> Any:
@@ -71,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
         from kb.characters.labelling import label_relations
 
         label_relations(graph, load_llm(settings, quiet=args.quiet), passage_text=evidence_text(kb))
-    if args.png:
+    if not graph.persons:
+        print("no persons found: the documents name nobody often enough (5 mentions) to be a person", file=sys.stderr)
+    if args.png and not graph.persons:
+        print(f"{args.png} not written: there is nothing to draw", file=sys.stderr)
+    elif args.png:
         from kb.characters.render import render_png
 
         result = render_png(graph.top(persons=args.top), args.png, font=args.font)

@@ -96,3 +96,39 @@ def test_ask_bad_chapters_or_aliases_fail_before_the_model_loads(
     assert "chapter range '第50-10回' is empty" in capsys.readouterr().err
     assert main([*book, "--aliases", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read alias file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def manual_root(tmp_path: Path) -> Path:
+    """A keyword-only KB ``manual``: a company manual in chapters that names no person."""
+    from kb import KnowledgeBase
+
+    body = "员工应当遵守公司的考勤制度，每天上午九点前到岗。请假需提前在系统中提交申请，由部门经理审批。\n" * 8
+    kb = KnowledgeBase(tmp_path / "kbs", "manual", create=True, embedding_model="none")
+    kb.add_texts({"manual.txt": "".join(f"第{n}章 考勤\n{body}" for n in range(1, 4))})
+    kb.close()
+    return tmp_path / "kbs"
+
+
+def test_chapters_outside_the_book_are_one_line(
+    novels_root: Path, manual_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bug guarded: ``--chapters 第200-210回`` on a 6-chapter book printed an empty table with exit 0,
+    read as "no persons"; now one line as ``ingest summarize`` says it."""
+    assert main(["characters", "--kb", "novels", "--kb-root", str(novels_root), "--chapters", "第200-210回"]) == 2
+    assert "no chapters 200-210 in this document; it has chapters 1-6" in capsys.readouterr().err
+    assert main(["characters", "--kb", "manual", "--kb-root", str(manual_root), "--chapters", "2-3", "-q"]) == 0
+
+
+def test_no_persons_says_so_and_draws_no_blank_png(
+    manual_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bug guarded: a KB naming nobody (a company manual) printed nothing at all, and ``--png`` wrote a
+    blank white image with "wrote graph.png"; now a clear line, no file, and ``--json`` stays valid."""
+    root = ["--kb", "manual", "--kb-root", str(manual_root)]
+    png = tmp_path / "graph.png"
+    assert main(["characters", *root, "--png", str(png)]) == 0
+    err = capsys.readouterr().err
+    assert "no persons found" in err and "not written" in err and not png.exists()
+    assert main(["characters", *root, "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"persons": [], "relations": []}
