@@ -37,7 +37,7 @@ from chains.passages import format_passages
 from chains.prompts import CONDENSE_QUESTION_PROMPT, NO_LLM_MESSAGE, QA_PROMPT, REFUSAL
 from chains.stream_llm_chain import StreamLLMChain
 
-__all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "KnowledgeBaseQAChain", "format_passages"]
+__all__ = ["CONDENSE_STAGE", "CONDENSE_TAG", "KnowledgeBaseQAChain", "check_question", "format_passages"]
 
 
 @dataclass
@@ -202,7 +202,7 @@ class KnowledgeBaseQAChain(Chain):
     def _events(
         self, question: str, history: History | None, run_manager: CallbackManagerForChainRun
     ) -> Iterator[Event]:
-        question = _check_question(question)
+        question = check_question(question)
         standalone = yield from self._condense(question, to_messages(history), run_manager)
         docs = self.retriever.invoke(standalone, config={"callbacks": run_manager.get_child()})
         plan = self.plan(standalone, docs)
@@ -272,7 +272,7 @@ class KnowledgeBaseQAChain(Chain):
         history: History | None,
         run_manager: AsyncCallbackManagerForChainRun,
     ) -> AsyncIterator[Event]:
-        question = _check_question(question)
+        question = check_question(question)
         standalone = question
         async for item in self._acondense(question, to_messages(history), run_manager):
             if isinstance(item, str):
@@ -326,7 +326,9 @@ class KnowledgeBaseQAChain(Chain):
             await events.aclose()  # async for does not close its source: a Stop must still end the run
 
 
-def _check_question(question: object) -> str:
+def check_question(question: object) -> str:
+    """The question, stripped; ValueError (bad input) when it is not non-empty text. Servers call it
+    before a streamed answer starts, while the status can still be a 400."""
     if not isinstance(question, str) or not question.strip():
         msg = f"the question must be non-empty text, got {question!r}"
         raise ValueError(msg)

@@ -689,6 +689,14 @@ def test_kb_chat_without_streaming_has_top_level_sources_and_uses_history(
     assert body["standalone_question"] == ANSWER  # what the (scripted) condense call answered
 
 
+def test_kb_chat_with_an_empty_question_is_a_400_streamed_too(client: httpx.Client) -> None:
+    """Bug: with ``stream: true`` a whitespace question got HTTP 200 and then an in-stream error event
+    (the question was checked only once the answer's stream ran); without streaming it was a 400."""
+    for stream in (False, True):
+        body = {"messages": user("  "), "stream": stream}
+        assert_openai_error(client.post(f"/v1/kb/{KB}/chat/completions", json=body), 400, "non-empty")
+
+
 def test_kb_chat_errors(client: httpx.Client) -> None:
     assert_openai_error(client.post("/v1/kb/none_here/chat/completions", json={"messages": user("x")}), 404, "does not exist")
     assert_openai_error(

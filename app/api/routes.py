@@ -26,6 +26,7 @@ from app.api.streaming import collect_unless_disconnected, event_stream
 from app.api.wire import chat_completion_body, chat_sse, kb_answer_sse, kb_completion_body, source_name
 from app.services import Services
 from app.web.book_scope import ask_book
+from chains.knowledge_base_qa_chain import check_question
 
 __all__ = ["Pools", "add_routes"]
 
@@ -147,6 +148,7 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
             chat = services.require_chat_model()
             check_capacity(chat)
             conversation = Conversation.from_messages(body.messages)
+            check_question(conversation.prompt)  # streamed, it was a 200 and then an error event
             check_prompt_chars(conversation.chars(), context_length(chat))
             budget = prompt_budget(chat, max_input_tokens=services.settings.llm.max_input_tokens, asked=body.new_tokens())
             llm = with_generation(services.require_llm(), body, max_tokens=budget.max_new_tokens)
