@@ -23,10 +23,13 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from chains.events import Event
 from chains.stream_map_reduce_chain import load_stream_summarize_chain
+from configs.errors import BadInput
 from kb.splitting import CHAPTER_UNITS
 
 __all__ = [
+    "ChapterRangeError",
     "chapter_documents",
+    "check_chapters_present",
     "documents_from_file",
     "documents_from_kb",
     "documents_from_text",
@@ -38,6 +41,11 @@ __all__ = [
 ]
 
 ChapterRange = tuple[int, int]
+
+
+class ChapterRangeError(BadInput):
+    """A chapter range that cannot be read, or that meets none of the text's chapters."""
+
 _NUM = r"[0-9０-９]+|[零〇一二两三四五六七八九十百千万]+"
 # Matched against the spec with all whitespace removed: adjacent optional ``\s*`` runs made
 # the old pattern backtrack quadratically ("1" + 30k spaces + "-" took 28 s and froze the UI,
@@ -59,12 +67,12 @@ def parse_chapter_range(spec: str) -> ChapterRange:
     match = _CHAPTER_RANGE.fullmatch(compact) if len(compact) <= _MAX_SPEC_CHARS else None
     if not match:
         msg = f"chapter range {spec!r} not understood; write it like 1-10, 第1-10回 or 第五回"
-        raise ValueError(msg)
+        raise ChapterRangeError(msg)
     first = chinese_number(match.group("first"))
     last = chinese_number(match.group("last") or match.group("first"))
     if first < 1 or last < first:
         msg = f"chapter range {spec!r} is empty: give the first chapter (from 1), then a later or equal last one"
-        raise ValueError(msg)
+        raise ChapterRangeError(msg)
     return first, last
 
 
@@ -99,15 +107,21 @@ def select_chapters(docs: Sequence[Document], chapters: str | ChapterRange | Non
     if chapters is None:
         return list(docs)
     first, last = parse_chapter_range(chapters) if isinstance(chapters, str) else chapters
-    numbers = sorted({d.metadata["chapter"] for d in docs if d.metadata.get("chapter") is not None})
-    if not numbers:
-        msg = "this document has no chapter headings (第N回/章), so a chapter range cannot be used"
-        raise ValueError(msg)
-    picked = [d for d in docs if d.metadata.get("chapter") is not None and first <= d.metadata["chapter"] <= last]
-    if not picked:
-        msg = f"no chapters {first}-{last} in this document; it has chapters {numbers[0]}-{numbers[-1]}"
-        raise ValueError(msg)
-    return picked
+    check_chapters_present([d.metadata.get("chapter") for d in docs], (first, last))
+    return [d for d in docs if d.metadata.get("chapter") is not None and first <= d.metadata["chapter"] <= last]
+
+
+def check_chapters_present(
+    numbers: Sequence[int | None], chapters: ChapterRange, *, where: str = "this document"
+) -> None:
+    """``ChapterRangeError`` when none of the chapter ``numbers`` (None: text outside chapters) lies in
+    ``chapters``: a summary, or a character graph, of nothing would read as an empty result."""
+    found = sorted({n for n in numbers if n is not None})
+    first, last = chapters
+    if not found:
+        raise ChapterRangeError(f"{where} has no chapter headings (第N回/章), so a chapter range cannot be used")
+    if not any(first <= n <= last for n in found):
+        raise ChapterRangeError(f"no chapters {first}-{last} in {where}; it has chapters {found[0]}-{found[-1]}")
 
 
 def documents_from_text(

@@ -38,14 +38,11 @@ def build(args: argparse.Namespace, kb: Any) -> Any:
 def check_chapters(kb: Any, source: str | None, chapters: tuple[int, int]) -> None:
     """Refuse a range with none of the documents' chapters (as ``ingest summarize`` does), rather
     than print an empty graph that reads as "no persons"."""
+    from chains.summarize import check_chapters_present
+
     infos = [kb.get_document(source)] if source else kb.list_documents()
-    where = "this document" if len(infos) == 1 else "this knowledge base"
-    numbers = sorted({c.number for i in infos for c in kb.get_chapters(i.doc_id) if c.number is not None})
-    first, last = chapters
-    if not numbers:
-        raise ValueError(f"{where} has no chapter headings (第N回/章), so a chapter range cannot be used")
-    if not any(first <= n <= last for n in numbers):
-        raise ValueError(f"no chapters {first}-{last} in {where}; it has chapters {numbers[0]}-{numbers[-1]}")
+    numbers = [c.number for i in infos for c in kb.get_chapters(i.doc_id)]
+    check_chapters_present(numbers, chapters, where="this document" if len(infos) == 1 else "this knowledge base")
 
 
 def evidence_text(kb: Any) -> Any:

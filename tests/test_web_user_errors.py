@@ -16,9 +16,8 @@ from gradio.utils import get_upload_folder
 
 from app.errors import UserError
 from app.services import Services
-from app.web.chat import check_chapters
 from app.web.manage import ManageHandlers
-from app.web.summary import FROM_KB, FROM_UPLOAD, SummaryHandlers
+from app.web.summary import FROM_KB, FROM_UPLOAD, SummaryHandlers, check_chapter_range
 from configs import Settings
 
 NOVEL = "".join(f"第{n}回 第{n}回的回目\n\n" + f"第{n}回里刘备与关羽、张飞议事。" * 20 + "\n\n" for n in "一二三")
@@ -61,9 +60,9 @@ def test_a_bad_chapter_range_is_refused_in_chinese(tmp_path: Path, spec: str) ->
     status, toast = summary_error(SummaryHandlers(services(tmp_path)), FROM_KB, "sanguo", "d1", None, spec)
     assert status.startswith(f"⚠️ 章节范围无效：{spec}") and toast.startswith(f"章节范围无效：{spec}")
     with pytest.raises(UserError) as caught:
-        check_chapters(spec)
+        check_chapter_range(spec)
     assert caught.value.zh.startswith(f"章节范围无效：{spec}")
-    assert check_chapters(" 第1-10回 ") == "第1-10回" and check_chapters("") is None
+    assert check_chapter_range(" 第1-10回 ") == "第1-10回" and check_chapter_range("") is None
 
 
 def test_a_chapter_range_past_the_document_is_refused_in_chinese(tmp_path: Path, upload_folder: Path) -> None:

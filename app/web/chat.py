@@ -117,7 +117,7 @@ class ChatHandlers:
             yield (*skips(ASK_OUTPUTS - 1), "请先输入问题 / type a question first")
             return
         kb_name = self.services.check_kb_name(kb_name)
-        chapters = check_chapters(chapters) if book else None
+        chapters = check_chapter_range(chapters) if book else None
         turn: Turn = {"question": question, "answer": "", "status": "streaming", "answered": False}
         turns.append(turn)
         busy = gr.Button(value=BUSY, interactive=False)
@@ -237,12 +237,6 @@ class ChatHandlers:
 def skips(n: int) -> tuple[Any, ...]:
     """``n`` "leave this output as it is" updates."""
     return tuple(gr.skip() for _ in range(n))
-
-
-def check_chapters(chapters: str | None) -> str | None:
-    """The optional chapter range of a whole-book question, refused in Chinese when too long,
-    unreadable or empty (see ``app.web.summary.check_chapter_range``)."""
-    return check_chapter_range(chapters)
 
 
 def book_progress_line(event: Progress) -> str:

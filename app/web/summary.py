@@ -20,8 +20,7 @@ from app.web.errors import QUIET, named_load_errors, user_errors, warn
 from app.web.session_stops import SessionStops
 from app.web.widgets import kb_picker, upload_label
 from chains.events import Progress, Reasoning, Summary, Token
-from chains.summarize import parse_chapter_range
-from configs.errors import GlmkbError
+from chains.summarize import ChapterRangeError, parse_chapter_range
 from llm.cancellation import cancel_scope
 
 FROM_KB = "知识库中的文档 / document in a knowledge base"
@@ -173,7 +172,7 @@ def check_chapter_range(chapters: str | None) -> str | None:
         return None
     try:
         parse_chapter_range(chapters)
-    except ValueError as e:
+    except ChapterRangeError as e:
         zh = f"章节范围无效：{chapters}。请写成 第1-10回、1-10 或 第五回（从 1 起，结束不小于开始）"
         raise UserError(zh, one_line(e)) from e
     return chapters
@@ -185,9 +184,7 @@ def missing_chapters(chapters: str | None) -> Iterator[None]:
     chapter headings) said "操作失败 / no chapters 999-999 ...": say it in Chinese."""
     try:
         yield
-    except ValueError as e:
-        if chapters is None or isinstance(e, GlmkbError):  # GlmkbError: a reason of its own
-            raise
+    except ChapterRangeError as e:
         raise UserError(
             f"本文档中找不到 {chapters}：超出了文档的章节，或文档没有“第N回/第N章”这样的章节标题", one_line(e)
         ) from e
