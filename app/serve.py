@@ -57,7 +57,7 @@ def create_server_app(services: Services) -> FastAPI:
         mcp_server=False,
         theme=THEME,
         css=CSS,
-        **upload_limits(ui, max_body_bytes=services.settings.api.max_body_bytes),
+        **upload_limits(ui, max_body_bytes=None),  # create_app's RequestGuard bounds the UI's bodies too
     )
 
 

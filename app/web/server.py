@@ -34,17 +34,20 @@ def queue(demo: gr.Blocks, ui: UISettings) -> gr.Blocks:
     return demo.queue(default_concurrency_limit=ui.concurrency, max_size=ui.max_queue)
 
 
-def upload_limits(ui: UISettings, *, max_body_bytes: int) -> dict[str, Any]:
+def upload_limits(ui: UISettings, *, max_body_bytes: int | None) -> dict[str, Any]:
     """Body bounds for ``launch``/``mount_gradio_app``: ``max_file_size`` (Gradio refuses
     larger files), ``UploadGuard`` on the Gradio app, which refuses a request carrying more
     than ``ui.max_upload_files`` files, or more bytes than they may hold, before Gradio parses
     them (issue 20 #11: its upload route took 1,000 files, 200 MB in ~1 s, per request), and
     ``RequestGuard``'s ``max_body_bytes`` (``api.max_body_bytes``) on every other body: Gradio's
     routes parse a whole JSON body before their login check (an unauthenticated 100 MB POST to
-    ``/gradio_api/queue/join`` took ~550 MiB before its 401)."""
-    bodies = Middleware(RequestGuard, api_key=lambda: None, key_env="", max_body_bytes=max_body_bytes)
+    ``/gradio_api/queue/join`` took ~550 MiB before its 401). ``max_body_bytes`` None: the app the UI is
+    mounted on has that guard already (``glmkb serve``'s API app)."""
     uploads = Middleware(UploadGuard, max_files=ui.max_upload_files, max_file_bytes=ui.max_upload_mb * 2**20)
-    return {"max_file_size": f"{ui.max_upload_mb}mb", "app_kwargs": {"middleware": [bodies, uploads]}}
+    bodies = [] if max_body_bytes is None else [
+        Middleware(RequestGuard, api_key=lambda: None, key_env="", max_body_bytes=max_body_bytes)
+    ]
+    return {"max_file_size": f"{ui.max_upload_mb}mb", "app_kwargs": {"middleware": [*bodies, uploads]}}
 
 
 def launch(
