@@ -117,14 +117,19 @@ def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
     jieba.setLogLevel(60)
     initialize_jieba()
     counts: Counter[str] = Counter()
+    other_tags: set[str] = set()  # words tagged nrt/nrfg: kept only as surname + name, checked once each
     for word, flag in pseg.cut(text, HMM=False):
-        if flag in _PERSON_FLAGS and is_plausible_name(word) and (flag == "nr" or _surname_and_name(word)):
+        if flag in _PERSON_FLAGS and is_plausible_name(word):
             counts[word] += 1
+            if flag != "nr":
+                other_tags.add(word)
     return Counter(
         {
             w: c
             for w, c in counts.items()
-            if c >= min_count and (len(w) == 2 or (is_surname_led(w) and tail_is_name_like(w)))
+            if c >= min_count
+            and (w not in other_tags or _surname_and_name(w))
+            and (len(w) == 2 or (is_surname_led(w) and tail_is_name_like(w)))
         }
     )
 
