@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kb.characters.names import COMMON_SURNAMES, NameMatcher, is_plausible_name, jieba_person_candidates, naming_facts
+from kb.characters.names import (
+    COMMON_SURNAMES,
+    NameMatcher,
+    is_plausible_name,
+    jieba_person_candidates,
+    naming_facts,
+    speaker_candidates,
+)
 from kb.script import fold_keeping_offsets
 
 __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
@@ -24,7 +31,8 @@ __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 # 8: 不 never starts a name (不通), reduplicated adjectives are not names (白森森), nor 施威.
 # 10: names found in the text folded to simplified characters (kb.script): a traditional-script book.
 # 11: jieba's nrt/nrfg person tags count when the word is surname + name (马岱 of 三国演义 was missing).
-EXTRACTOR_VERSION = 11
+# 12: speakers the dictionary lacks are names too (段誉道, 马谡曰: kb.characters.names.speaker_candidates).
+EXTRACTOR_VERSION = 12
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 MAX_EVIDENCE = 3
@@ -188,9 +196,10 @@ def extract_document(
     text = fold_keeping_offsets(text)
     facts = list(naming_facts(text))
     candidates = jieba_person_candidates(text, min_count=min_count)
+    speakers = speaker_candidates(text)
     pattern_names = {f.name for f in facts if f.name and f.kind != "called"} | {f.alias for f in facts if f.alias}
-    names = {n for n in set(candidates) | pattern_names if is_plausible_name(n)}
-    surnames = book_surnames(text, candidates)
+    names = {n for n in set(candidates) | set(speakers) | pattern_names if is_plausible_name(n)}
+    surnames = book_surnames(text, candidates + speakers)
     names |= {s for s in short_forms(names, surnames) if text.count(s) >= min_count}
     extended = [[short, long] for short, long in extended_names(text, names, surnames) if is_plausible_name(long)]
     names |= {long for _, long in extended}

@@ -1,13 +1,19 @@
 """Person names in a Chinese novel, without an LLM: candidates, naming patterns, mention scans.
 
-Candidates come from two places:
+Candidates come from three places:
 
 - jieba's part-of-speech tags: words tagged ``nr`` (person name; ``nrt``/``nrfg`` when surname-led),
   2-4 characters, seen at least ``min_count`` times and not ending in a speech/army/verb suffix (``孔明曰``, ``魏兵``).
   ``HMM=False``: with the HMM jieba needs 35 s for 三国演义 on this CPU and invents fused words
-  (``孔明曰``); without it 1.8 s, and unknown names are caught by the patterns below instead.
+  (``孔明曰``); without it 1.8 s, and unknown names are caught by the patterns and speakers below instead.
+  A word without a surname must also be written as a name is (``_reads_as_name``): the dictionary
+  tags plain words ``nr`` too (英勇, 子孙, 招安).
 - the books' own naming patterns: ``姓刘名备，字玄德`` / ``复姓诸葛，名亮，字孔明``,
   ``诸葛亮字孔明``, ``号三藏`` / ``法名悟空`` / ``唤为八戒`` (``naming_patterns``).
+- speakers: the word right before ``道：“`` / ``说：“`` / ``曰：“`` (``段誉笑道：“``), cut with jieba's HMM,
+  which names words its dictionary lacks (段誉, 萧峰, 马谡, 陆逊: the dictionary alone cuts them
+  ``段/誉``). Only these few-character snippets take the HMM (+1.8 s for 三国演义), and a speaker
+  must also read as a word in the whole text (``speaker_candidates``).
 
 Mentions are counted by a leftmost-longest dictionary scan (``NameMatcher``), not by jieba's
 segmentation, which splits the same name differently by context (``玄德曰`` vs ``玄德``).
@@ -15,6 +21,7 @@ segmentation, which splits the same name differently by context (``玄德曰`` v
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,6 +32,7 @@ __all__ = [
     "COMMON_SURNAMES",
     "NamingFact",
     "is_surname_led",
+    "speaker_candidates",
     "is_plausible_name",
     "jieba_person_candidates",
     "naming_facts",
@@ -46,7 +54,7 @@ _NOT_NAMES = {
     "童男", "小可", "孤拐", "那壁厢", "那话儿", "古人云", "二人", "一声", "不好", "汉中", "夏侯",
     "金箍", "西天", "大惊", "诸公", "传旨", "真经", "洛阳", "长安", "许昌", "成都", "建业", "西川", "东吴",
     "江东", "荆襄", "南阳", "襄阳", "汉朝", "天下", "自引", "爷爷", "奶奶", "老孙", "老猪", "灵霄", "南蛮", "西凉",
-    "小儿", "马来", "人参果", "英雄", "施威", "东土唐", "汉室",
+    "小儿", "马来", "人参果", "英雄", "施威", "东土唐", "汉室", "齐声", "仰天",
 }
 # Common single-character surnames (百家姓, the ~200 most used): a 3-character name must start
 # with one of these or with a surname the book states (姓猪, 姓沙).
@@ -108,7 +116,12 @@ def _surname_and_name(word: str) -> bool:
 
 
 def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
-    """Words jieba tags ``nr`` (HMM off), plausible as names, with their token counts."""
+    """Words jieba tags ``nr`` (HMM off), plausible as names, with their token counts.
+
+    A word without a surname must also read as a name in the text (``_reads_as_name``): jieba's
+    dictionary tags many plain words ``nr`` (英勇, 子孙, 招安, 小舟, 盘桓), which a book never
+    writes as an object (与/向/把 X) and often after a demonstrative (那老僧).
+    """
     import jieba
     import jieba.posseg as pseg
 
@@ -130,8 +143,110 @@ def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
             if c >= min_count
             and (w not in other_tags or _surname_and_name(w))
             and (len(w) == 2 or (is_surname_led(w) and tail_is_name_like(w)))
+            and (is_surname_led(w) or _reads_as_name(text, w, role=True))
         }
     )
+
+
+# ``段誉笑道：“`` / ``萧峰说：“`` / ``孔明曰：“``: the speaker is the last word before the manner words.
+_MANNER = "(?:冷笑|大笑|微笑|大怒|大喜|大叫|高叫|沉吟|低声|大声|连忙|接口|笑|怒|喜|急|忙|叹|问|答|喝|叫|说|又|也|便|却|只|才|就|心|暗|哭|骂|应|奏|告)"
+_SPEECH = re.compile(rf"(?P<before>[{_HAN}]{{2,8}}?){_MANNER}{{0,2}}(?:道|曰|说)[：:，,]?[“「\"]")
+# Not in a name: speech and report verbs that an HMM cut fuses onto one (张昭谏, 玄德惊, 探马报).
+_NOT_IN_SPEAKER = set("问谏惊叱劝曰道说报奏")
+# Role words, not names, said before 道 (老魔道, 小妖道, 驿丞道, 樵子道): heads and tails.
+_ROLE_FIRST = set("老小大众群诸二三四五六七八九十")
+_ROLE_LAST = set("妖魔怪王主者官丞童汉婆妪叟翁僧兵将卒吏子")
+_RARE_WORD = 50
+"""A dictionary word seen fewer times than this in jieba's corpus may still be a name (虚竹: 3)."""
+SPEAKER_MIN_EDGE_ENTROPY = (1.0, 1.5)
+"""Bits of the characters seen left and right of a speaker in the whole text: a name is written in
+many places; a fixed phrase (``书略曰``, ``以手加额``) always beside the same characters."""
+
+
+def _speaker_word(snippet: str) -> str | None:
+    """The last word of ``snippet`` if jieba (HMM on) reads it as a name; ``None`` otherwise."""
+    import jieba
+    import jieba.posseg as pseg
+
+    words = list(pseg.cut(snippet, HMM=False))
+    if words and len(words[-1].word) == 1:  # the HMM only joins runs of single characters: 段/誉
+        words = list(pseg.cut(snippet, HMM=True))
+    if not words:
+        return None
+    word, flag = words[-1].word, words[-1].flag
+    if not is_plausible_name(word) or _NOT_IN_SPEAKER & set(word):
+        return None
+    if flag == "nr" or (flag in ("nrt", "nrfg") and _surname_and_name(word)):
+        return word
+    rare = jieba.dt.FREQ.get(word, 0) < _RARE_WORD
+    return word if rare and flag in ("n", "nz", "i") and len(word) <= 3 else None
+
+
+def _neighbours(text: str, word: str) -> tuple[Counter[str], Counter[str]]:
+    """The characters just left and right of ``word``'s occurrences (``^``/``$`` at the text's ends)."""
+    left: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    start = text.find(word)
+    while start >= 0:
+        end = start + len(word)
+        left[text[start - 1] if start else "^"] += 1
+        right[text[end] if end < len(text) else "$"] += 1
+        start = text.find(word, end)
+    return left, right
+
+
+def _entropy(counts: Counter[str]) -> float:
+    total = sum(counts.values())
+    return -sum(n / total * math.log2(n / total) for n in counts.values()) if total else 0.0
+
+
+# Where a name is also an object: 与虚竹, 向虚竹, 把虚竹 (滴泪, 作礼 never are).
+_OBJECT_BEFORE = set("与和对向把将同请见问叫随跟给被让教拜")
+# Before a common noun, not a name: 那妖邪, 这国丈, 个小妖.
+_DEMONSTRATIVE_BEFORE = set("那这此个一")
+
+
+def _reads_as_name(text: str, word: str, *, role: bool) -> bool:
+    """``word`` is written in many places (``SPEAKER_MIN_EDGE_ENTROPY``); a ``role`` speaker (no
+    surname) must also be an object twice and seldom follow a demonstrative."""
+    left, right = _neighbours(text, word)
+    if _entropy(left) < SPEAKER_MIN_EDGE_ENTROPY[0] or _entropy(right) < SPEAKER_MIN_EDGE_ENTROPY[1]:
+        return False
+    if not role:
+        return True
+    demonstrative = sum(left[c] for c in _DEMONSTRATIVE_BEFORE)
+    return sum(left[c] for c in _OBJECT_BEFORE) >= 2 and demonstrative < 0.1 * sum(left.values())
+
+
+def speaker_candidates(text: str, *, min_count: int = 3, role_min_count: int = 10) -> Counter[str]:
+    """Names seen as speakers (see the module docstring), with how often each speaks.
+
+    A surname-led speaker (张昭, 段誉) counts from ``min_count`` turns; any other (虚竹, 国太) from
+    ``role_min_count`` and only if it does not read as a role (老魔, 小妖, 驿丞) or a common noun
+    (``_reads_as_name``: 那妖邪; 滴泪 and 作礼 are never objects). A 3-character
+    speaker whose 2-character head or tail is itself a speaker is a fusion (史张昭, 张昭谏).
+    """
+    from kb.tokenizing import initialize_jieba
+
+    initialize_jieba()
+    snippets = Counter(m["before"] for m in _SPEECH.finditer(text))  # 孔明曰 is one cut, however often
+    turns: Counter[str] = Counter()
+    for snippet, n in snippets.items():
+        word = _speaker_word(snippet)
+        if word is not None:
+            turns[word] += n
+
+    def kept(word: str, n: int) -> bool:
+        if len(word) == 3 and (word[1:] in turns or word[:2] in turns):
+            return False
+        role = not is_surname_led(word)
+        if role:
+            enough = n >= role_min_count and word[0] not in _ROLE_FIRST and word[-1] not in _ROLE_LAST
+        else:
+            enough = n >= min_count
+        return enough and _reads_as_name(text, word, role=role)
+
+    return Counter({w: n for w, n in turns.items() if kept(w, n)})
 
 
 @dataclass(frozen=True)
