@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.language_models.chat_models import generate_from_stream
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
 from pydantic import AliasChoices, ConfigDict, Field
 
 from configs.settings import LLMSettings
@@ -131,11 +130,9 @@ class ChatGLMChat(BaseChatModel):
             params["ls_stop"] = self._stops(stop)
         return params
 
-    # ----- unsupported features -------------------------------------------------------------
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
-        """Tool calling is not supported by the local ChatGLM chat model."""
-        raise NotImplementedError("ChatGLMChat does not support tool calling")
+    # Tool calling: not supported, so ``bind_tools`` is BaseChatModel's own (it raises
+    # NotImplementedError). An override, even one that raises, reads as support to LangChain's
+    # standard suites (``has_tool_calling`` compares the method with the base class's).
 
     # ----- tokens -----------------------------------------------------------------------------
 

@@ -104,3 +104,16 @@ class TestChatGLMChatUnit(_Params, ChatModelUnitTests):
 
 class TestChatGLMChatIntegration(_Params, ChatModelIntegrationTests):
     pass
+
+
+def test_the_suites_own_defaults_see_no_tools_and_no_structured_output() -> None:
+    """Bug guarded: ChatGLMChat overrode ``bind_tools`` only to raise NotImplementedError, and the
+    standard suites read any override as support (``has_tool_calling``, and from it
+    ``has_structured_output``), so a suite configured with its defaults ran the tool and structured-
+    output tests against a model that has neither. Checked through the suites' own properties."""
+
+    class Defaults(ChatModelUnitTests):
+        chat_model_class = ChatGLMChat  # type: ignore[assignment]
+
+    suite = Defaults()
+    assert suite.has_tool_calling is False and suite.has_structured_output is False
