@@ -24,7 +24,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from chains.events import Event
 from chains.stream_map_reduce_chain import load_stream_summarize_chain
 from configs.errors import BadInput
-from kb.splitting import CHAPTER_UNITS
+from kb.splitting import CHAPTER_UNITS, CN_NUMERAL_CHARS
 
 __all__ = [
     "ChapterRangeError",
@@ -46,7 +46,7 @@ ChapterRange = tuple[int, int]
 class ChapterRangeError(BadInput):
     """A chapter range that cannot be read, or that meets none of the text's chapters."""
 
-_NUM = r"[0-9０-９]+|[零〇一二两三四五六七八九十百千万]+"
+_NUM = rf"[0-9０-９]+|[{CN_NUMERAL_CHARS}]+"
 # Matched against the spec with all whitespace removed: adjacent optional ``\s*`` runs made
 # the old pattern backtrack quadratically ("1" + 30k spaces + "-" took 28 s and froze the UI,
 # issue 20 #4); without whitespace every position has one way to match.

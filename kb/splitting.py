@@ -20,7 +20,11 @@ from dataclasses import dataclass, replace
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 _SPACE = "[ \\t\\u3000]"
-_CN_DIGITS = "零〇一二两三四五六七八九十百千万"
+# Chinese numerals of chapter headings: the common ones, the financial (大写) forms some books print
+# (第壹章, 第拾贰回) and 廿/卅/卌 (20/30/40) of older books (第廿一回). kb.chinese_number reads them all,
+# and the chapter-range parser (chains.summarize) takes the same characters.
+CN_NUMERAL_CHARS = "零〇一二两三四五六七八九十百千万壹贰貳叁參肆伍陆陸柒捌玖拾佰仟萬廿卅卌"
+_CN_DIGITS = CN_NUMERAL_CHARS
 # What 第N numbers in a heading: 回/章/节 (節 in traditional script), 话/話 (web and light novels'
 # episodes) and 卷 (volumes). The chapter-range parser (chains.summarize) reads the same units.
 CHAPTER_UNITS = "回章节節话話卷"
@@ -60,8 +64,13 @@ _NON_SPACE = re.compile(r"\S")
 _SOFT_BREAKS = re.compile(r"[，、：,:]+[”’」』\"'）)]*")
 CHINESE_SEPARATORS: list[str] = ["\n\n", "\n", "。", "！", "？", "；", "…", "，", "、", " ", ""]
 
-_CN_VALUES = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
-_CN_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10000}
+_CN_VALUES = {
+    "零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9,
+    "壹": 1, "贰": 2, "貳": 2, "叁": 3, "參": 3, "肆": 4, "伍": 5, "陆": 6, "陸": 6, "柒": 7, "捌": 8, "玖": 9,
+}
+_CN_UNITS = {"十": 10, "百": 100, "千": 1000, "拾": 10, "佰": 100, "仟": 1000}
+_CN_TENS = {"廿": 20, "卅": 30, "卌": 40}  # one character for 二十/三十/四十
+_CN_MYRIADS = "万萬"
 
 
 @dataclass(frozen=True)
@@ -91,14 +100,18 @@ class Chunk:
 
 
 def chinese_number(numeral: str) -> int:
-    """``一百三`` -> 103, ``一百十八`` -> 118, ``十二`` -> 12, ``１２`` -> 12 (as novels number chapters)."""
+    """``一百三`` -> 103, ``一百十八`` -> 118, ``十二`` -> 12, ``１２`` -> 12 (as novels number chapters);
+    ``壹佰零叁`` -> 103 and ``廿一`` -> 21 too."""
     if numeral.isdigit():
         return int(numeral)
     total = section = digit = 0
     for char in numeral:
         if char in _CN_VALUES:
             digit = _CN_VALUES[char]
-        elif char == "万":
+        elif char in _CN_TENS:
+            section += _CN_TENS[char]
+            digit = 0
+        elif char in _CN_MYRIADS:
             total = (total + section + digit) * 10000
             section = digit = 0
         else:

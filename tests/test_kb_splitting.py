@@ -24,10 +24,24 @@ from kb.splitting import (
 @pytest.mark.parametrize(
     ("numeral", "value"),
     [("一", 1), ("十", 10), ("十二", 12), ("二十", 20), ("九十九", 99), ("一百", 100), ("一百三", 103),
-     ("一百零三", 103), ("一百十八", 118), ("一百二十", 120), ("两百", 200), ("一千零一", 1001), ("12", 12), ("１２", 12)],
+     ("一百零三", 103), ("一百十八", 118), ("一百二十", 120), ("两百", 200), ("一千零一", 1001), ("12", 12), ("１２", 12),
+     ("壹", 1), ("拾贰", 12), ("贰拾", 20), ("壹佰零叁", 103), ("廿", 20), ("廿一", 21), ("卅五", 35), ("一百廿三", 123),
+     ("一萬", 10000)],
 )
 def test_chinese_numerals(numeral: str, value: int) -> None:
     assert chinese_number(numeral) == value
+
+
+def test_financial_numerals_and_nian_number_chapters() -> None:
+    """Bug guarded: 第壹章 (the financial numerals some books print) and 第廿一回 (廿 = 20, older books) were
+    no headings, so such a book had no chapters at all; chapter ranges read the same numerals."""
+    from chains.summarize import parse_chapter_range
+
+    text = "第壹章 开端\n内容一。\n第贰章 发展\n内容二。\n第拾贰章 终\n内容三。\n"
+    assert [(c.number, c.title) for c in split_chapters(text)] == [(1, "开端"), (2, "发展"), (12, "终")]
+    old = "第十九回 甲\n一。\n第廿回 乙\n二。\n第廿一回 丙\n三。\n"
+    assert [c.number for c in split_chapters(old)] == [19, 20, 21]
+    assert parse_chapter_range("第壹至拾贰章") == (1, 12) and parse_chapter_range("廿-廿一") == (20, 21)
 
 
 @pytest.mark.parametrize(("fixture", "count"), [("sanguo_novel_path", 120), ("xiyouji_novel_path", 100)])
