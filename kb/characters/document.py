@@ -32,9 +32,14 @@ __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 # 10: names found in the text folded to simplified characters (kb.script): a traditional-script book.
 # 11: jieba's nrt/nrfg person tags count when the word is surname + name (马岱 of 三国演义 was missing).
 # 12: speakers the dictionary lacks are names too (段誉道, 马谡曰: kb.characters.names.speaker_candidates).
-EXTRACTOR_VERSION = 12
+# 13: a simplified-script book's own spellings of its names (孙乾, not the folded 孙干): ``spellings``.
+EXTRACTOR_VERSION = 13
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
+TRADITIONAL_SHARE = 0.05
+"""A text whose folding to simplified characters changes at least this share of its characters is in
+traditional script (三國演義: ~20 %); below it (三国演义: 0.06 %, 孙乾's 乾 and 朱儁's 儁) the names keep
+the text's spellings."""
 MAX_EVIDENCE = 3
 """Evidence windows kept per name pair and document."""
 WINDOW_CHARS = 300
@@ -66,6 +71,8 @@ class DocumentCharacters:
     surnames: list[str] = field(default_factory=list)
     tagged: list[str] = field(default_factory=list)
     """Names jieba tags as person names (``nr``): preferred as a person's canonical name."""
+    spellings: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Folded name -> {spelling in a simplified-script text: mentions}, where the two differ (孙干: 孙乾)."""
     version: int = EXTRACTOR_VERSION
 
     def mentions(self, name: str) -> int:
@@ -87,6 +94,7 @@ class DocumentCharacters:
             "extended": self.extended,
             "surnames": self.surnames,
             "tagged": self.tagged,
+            "spellings": self.spellings,
         }
 
     @classmethod
@@ -105,6 +113,7 @@ class DocumentCharacters:
             extended=[list(e) for e in data["extended"]],
             surnames=list(data["surnames"]),
             tagged=list(data.get("tagged", [])),
+            spellings={n: dict(s) for n, s in data.get("spellings", {}).items()},
             version=int(data.get("version", 0)),
         )
 
@@ -191,14 +200,15 @@ def extract_document(
     Documents (metadata ``chunk_id``, ``start``) to cite evidence by chunk id. A traditional-script
     text is read folded to simplified characters (``kb.script.fold_keeping_offsets``: the offsets
     cited stay the text's own), so names, surnames and patterns are those of the simplified lists here
-    and of jieba's dictionary, and the names are in simplified characters whatever the script.
+    and of jieba's dictionary, and the names are in simplified characters whatever the script; a
+    simplified-script text's own spellings are kept beside them (``spellings``: OpenCC folds 孙乾 to 孙干).
     """
-    text = fold_keeping_offsets(text)
+    original, text = text, fold_keeping_offsets(text)
     facts = list(naming_facts(text))
     candidates = jieba_person_candidates(text, min_count=min_count)
     speakers = speaker_candidates(text)
     pattern_names = {f.name for f in facts if f.name and f.kind != "called"} | {f.alias for f in facts if f.alias}
-    names = {n for n in set(candidates) | set(speakers) | pattern_names if is_plausible_name(n)}
+    names = {n for n in set(candidates) | pattern_names if is_plausible_name(n)} | set(speakers)
     surnames = book_surnames(text, candidates + speakers)
     names |= {s for s in short_forms(names, surnames) if text.count(s) >= min_count}
     extended = [[short, long] for short, long in extended_names(text, names, surnames) if is_plausible_name(long)]
@@ -208,8 +218,16 @@ def extract_document(
     part.extended = extended
     part.tagged = sorted(candidates)
     stated = {f.name for f in facts if f.kind == "full"}  # 姓刘名备: kept even if rarely written
-    count_windows(part, text, names, chapters=chapters, chunks=chunks, min_count=min_count, stated=stated)
+    spelled = original if text != original and not is_traditional(original, text) else None
+    count_windows(part, text, names, chapters=chapters, chunks=chunks, min_count=min_count, stated=stated,
+                  original=spelled)
     return part
+
+
+def is_traditional(original: str, folded: str) -> bool:
+    """Whether folding changed at least ``TRADITIONAL_SHARE`` of ``original``'s characters."""
+    changed = sum(a != b for a, b in zip(original, folded))
+    return changed >= TRADITIONAL_SHARE * max(len(original), 1)
 
 
 def count_windows(
@@ -221,8 +239,10 @@ def count_windows(
     chunks: Sequence[Any],
     min_count: int,
     stated: set[str] = frozenset(),
+    original: str | None = None,
 ) -> None:
-    """Fill ``part.names``/``first``/``pairs`` by scanning each window for names."""
+    """Fill ``part.names``/``first``/``pairs`` by scanning each window for names; ``part.spellings``
+    from ``original`` (the unfolded text, same offsets) where it writes a name otherwise."""
     chapter_starts = [c.start for c in chapters]
     chapter_numbers = [c.number if c.number is not None else -1 for c in chapters]
     located = sorted(
@@ -242,8 +262,14 @@ def count_windows(
     mentions: dict[str, Counter[int]] = defaultdict(Counter)
     first: dict[str, dict[int, list[Any]]] = defaultdict(dict)
     pairs: dict[str, dict[str, Any]] = {}
+    spellings: dict[str, Counter[str]] = defaultdict(Counter)
     for start, end in windows(text):
-        hits = [name for name, _ in matcher.finditer(text[start:end], start)]
+        found_at = list(matcher.finditer(text[start:end], start))
+        hits = [name for name, _ in found_at]
+        if original is not None:
+            for name, at in found_at:
+                if original[at : at + len(name)] != name:
+                    spellings[name][original[at : at + len(name)]] += 1
         if not hits:
             continue
         found = set(hits)
@@ -260,6 +286,7 @@ def count_windows(
     keep = {n for n, chs in mentions.items() if sum(chs.values()) >= min_count or n in stated}
     part.names = {n: dict(mentions[n]) for n in sorted(keep)}
     part.first = {n: first[n] for n in sorted(keep)}
+    part.spellings = {n: dict(spellings[n]) for n in sorted(keep) if spellings.get(n)}
     part.pairs = {
         key: {"chapters": dict(p["chapters"]), "evidence": p["evidence"]}
         for key, p in pairs.items()

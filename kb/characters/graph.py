@@ -235,25 +235,28 @@ class CharacterGraph:
         """The fixed JSON shape: ``{"persons": [...], "relations": [...]}``."""
         return {"persons": [p.to_dict() for p in self.persons], "relations": [r.to_dict() for r in self.relations]}
 
+    def canonical_name(self, name: str) -> str:
+        """The canonical name of the person called ``name`` (as written, else folded); else ``name`` folded."""
+        folded = fold_script(name)
+        return self.canonical.get(name) or self.canonical.get(folded, folded)
+
     def person(self, name: str) -> Person | None:
         """The person called ``name`` (canonical name or any alias, in either script)."""
-        name = fold_script(name)
-        canonical = self.canonical.get(name, name)
+        canonical = self.canonical_name(name)
         return next((p for p in self.persons if p.name == canonical), None)
 
     def neighbours(self, name: str, k: int = 10) -> list[tuple[str, int]]:
         """The ``k`` persons most often seen with ``name``, with the weights."""
-        name = fold_script(name)
-        canonical = self.canonical.get(name, name)
+        canonical = self.canonical_name(name)
         found = [(r.b if r.a == canonical else r.a, r.weight) for r in self.relations if canonical in (r.a, r.b)]
         return sorted(found, key=lambda x: -x[1])[:k]
 
     def names_in(self, text: str) -> list[Person]:
         """Persons whose canonical name or an alias occurs in ``text``, in either script (longest names first)."""
-        text = fold_script(text)
+        folded = fold_script(text)
         hits: dict[str, Person] = {}
         for name in sorted(self.canonical, key=len, reverse=True):
-            if name in text:
+            if name in folded or name in text:
                 person = self.person(name)
                 if person is not None:
                     hits.setdefault(person.name, person)
@@ -316,7 +319,40 @@ def build_graph(
         person_passages.sort(key=lambda p: (p["source"], p["chapter"] or 0, p["start"]))
         seen: set[tuple[Any, Any]] = set()  # one passage per chapter (玄德's and 刘备's first windows)
         passages[name] = [p for p in person_passages if not ((p["doc_id"], p["chapter"]) in seen or seen.add((p["doc_id"], p["chapter"])))]
-    return CharacterGraph(persons, relations, canonical, {n: passages[n] for n in kept})
+    graph = CharacterGraph(persons, relations, canonical, {n: passages[n] for n in kept})
+    return respelled(graph, book_spellings(parts))
+
+
+def book_spellings(parts: Sequence[DocumentCharacters]) -> dict[str, str]:
+    """Folded name -> the spelling simplified-script texts use for most of its mentions (孙干 -> 孙乾)."""
+    spelled: dict[str, Counter[str]] = defaultdict(Counter)
+    for part in parts:
+        for name, spellings in part.spellings.items():
+            spelled[name].update(spellings)
+    mentions = _name_mentions(parts)
+    return {
+        name: counts.most_common(1)[0][0]
+        for name, counts in spelled.items()
+        if counts.most_common(1)[0][1] * 2 > mentions[name]
+    }
+
+
+def respelled(graph: CharacterGraph, spellings: Mapping[str, str]) -> CharacterGraph:
+    """``graph`` with its names in the books' own spellings; ``canonical`` takes both forms."""
+    if not spellings:
+        return graph
+
+    def spell(name: str) -> str:
+        return spellings.get(name, name)
+
+    persons = [Person(spell(p.name), [spell(a) for a in p.aliases], p.mentions, p.chapters) for p in graph.persons]
+    relations = [
+        Relation(spell(r.a), spell(r.b), r.weight, r.chapters, r.label, r.evidence) for r in graph.relations
+    ]
+    canonical = {name: spell(person) for name, person in graph.canonical.items()}
+    canonical.update({spell(name): spell(person) for name, person in graph.canonical.items()})
+    passages = {spell(name): found for name, found in graph.passages.items()}
+    return CharacterGraph(persons, relations, canonical, passages)
 
 
 def _relations(

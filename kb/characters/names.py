@@ -78,12 +78,14 @@ _GENERIC_TITLES = {
 }
 
 
-def is_plausible_name(word: str) -> bool:
+def is_plausible_name(word: str, *, speaker: bool = False) -> bool:
     """2-4 Han characters, not a known non-name, no pronoun/verb/negation head or speech/army
-    tail, not a reduplicated adjective (``白森森``)."""
+    tail, not a reduplicated adjective (``白森森``). A ``speaker`` (the word before 道/曰) may be a
+    surname + 云 (``赵云曰``): 云 ends no other name (``孔明云``: 孔明 says), and 白云 is seldom a speaker."""
     if not 2 <= len(word) <= 4 or not re.fullmatch(f"[{_HAN}]+", word):
         return False
-    if word in _NOT_NAMES or word in _GENERIC_TITLES or word[0] in _BAD_FIRST or word[-1] in _BAD_LAST:
+    said = word[-1] in _BAD_LAST and not (speaker and len(word) == 2 and word[-1] == "云" and is_surname_led(word))
+    if word in _NOT_NAMES or word in _GENERIC_TITLES or word[0] in _BAD_FIRST or said:
         return False
     if len(word) == 3 and word[1] == word[2] and word[0] in _ABB_HEADS:
         return False
@@ -174,9 +176,9 @@ def _speaker_word(snippet: str) -> str | None:
     if not words:
         return None
     word, flag = words[-1].word, words[-1].flag
-    if not is_plausible_name(word) or _NOT_IN_SPEAKER & set(word):
+    if not is_plausible_name(word, speaker=True) or _NOT_IN_SPEAKER & set(word):
         return None
-    if flag == "nr" or (flag in ("nrt", "nrfg") and _surname_and_name(word)):
+    if flag in _PERSON_FLAGS:  # 刘备 (nrfg, 备 a verb) too: the turns and spread decide
         return word
     rare = jieba.dt.FREQ.get(word, 0) < _RARE_WORD
     return word if rare and flag in ("n", "nz", "i") and len(word) <= 3 else None
