@@ -20,16 +20,27 @@ def adapter_kind(folder: str | Path) -> str:
     from llm.adapters import lora, ptuning
 
     path = Path(folder).expanduser()
+    if path.is_file():
+        raise AdapterError(f"adapter {path} is a file; point --adapter (llm.adapter) at the folder holding it")
     if not path.is_dir():
         raise AdapterError(f"adapter folder {path} does not exist; point --adapter (llm.adapter) at a training output folder")
     if lora.is_lora_folder(path):
         return "lora"
     if ptuning.is_ptuning_folder(path):
         return "ptuning"
+    named = named_adapters(path)
+    hint = f"; it holds named peft adapters in {', '.join(named)}: point --adapter at one of them" if named else ""
     raise AdapterError(
         f"{path} is not an adapter glmkb knows: no adapter_config.json (LoRA, peft) and no config.json with "
-        "pre_seq_len / transformer.prefix_encoder weights (P-tuning v2)"
+        f"pre_seq_len / transformer.prefix_encoder weights (P-tuning v2){hint}"
     )
+
+
+def named_adapters(folder: Path) -> list[str]:
+    """Sub-folders holding an ``adapter_config.json``: peft saves a model's non-default adapters there."""
+    from llm.adapters import lora
+
+    return sorted(child.name for child in folder.iterdir() if child.is_dir() and lora.is_lora_folder(child))
 
 
 def apply_adapter(model: Any, folder: str | Path, *, merge: bool = False) -> Any:

@@ -32,6 +32,7 @@ ORIGINAL_TO_NATIVE = {
     "dense_h_to_4h": ("gate_up_proj",),
     "dense_4h_to_h": ("down_proj",),
 }
+BASE_CHANGING_INITS = frozenset({"olora", "corda", "loftq", "lora_ga"})  # and "pissa", "pissa_niter_N"
 NATIVE_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"})
 _ORIGINAL_KEY = re.compile(
     r"^(?:base_model\.model\.)?(?:transformer\.)?encoder\.layers\.(?P<layer>\d+)\."
@@ -57,6 +58,8 @@ def read_lora_config(folder: Path) -> dict[str, Any]:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"{file} is not a readable adapter config: {e}") from e
+    if not isinstance(config, dict):
+        raise AdapterError(f"{file} is not an adapter config: it holds a JSON {type(config).__name__}, not an object")
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise AdapterError(f"{file}: peft_type {config.get('peft_type')!r} is not supported; glmkb loads LoRA and P-tuning v2")
     refused = {
@@ -64,7 +67,6 @@ def read_lora_config(folder: Path) -> dict[str, Any]:
         "modules_to_save": "fully trained extra modules",
         "rank_pattern": "per-module ranks",
         "alpha_pattern": "per-module alphas",
-        "layers_to_transform": "a layer subset",
         "lora_bias": "LoRA biases",
     }
     for field, meaning in refused.items():
@@ -72,7 +74,30 @@ def read_lora_config(folder: Path) -> dict[str, Any]:
             raise AdapterError(f"{file}: {field} ({meaning}) is not supported by glmkb's adapter loader; merge it with peft first")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{file}: bias {config['bias']!r} is not supported (only 'none'); merge it with peft first")
+    refuse_changed_base(config.get("init_lora_weights"), file)
+    check_numbers(config, file)
     return config
+
+
+def refuse_changed_base(init: Any, file: Path) -> None:
+    """PiSSA/OLoRA/CorDA/LoftQ/LoRA-GA adapters saved as trained hold ``B @ A`` relative to base weights
+    that peft changed at initialisation; on the unchanged base they give wrong outputs, silently."""
+    name = str(init).lower()
+    if isinstance(init, str) and (name.startswith("pissa") or name in BASE_CHANGING_INITS):
+        raise AdapterError(
+            f"{file}: init_lora_weights {init!r} changed the base weights during training, so this adapter is "
+            "not a plain LoRA; convert it with peft (save_pretrained(..., path_initial_model_for_weight_conversion="
+            "...)) and load the converted adapter"
+        )
+
+
+def check_numbers(config: dict[str, Any], file: Path) -> None:
+    """``r`` a positive integer and ``lora_alpha`` a number: one line instead of a ValueError from deep inside."""
+    r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise AdapterError(f"{file}: r must be a positive integer (got {r!r})")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise AdapterError(f"{file}: lora_alpha must be a number (got {alpha!r})")
 
 
 def read_lora_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -88,7 +113,8 @@ def read_lora_weights(folder: Path) -> dict[str, torch.Tensor]:
 def native_lora_state(
     tensors: dict[str, torch.Tensor], model: Any, folder: Path
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Adapter tensors under native module names (``model.layers.N.self_attn.q_proj.lora_A.weight``) and the module names."""
+    """Adapter tensors under native names (``model.layers.N.self_attn.q_proj.lora_A.weight``) and the full names
+    of the modules they adapt (an adapter may cover only some layers: a regex target, ``layers_to_transform``)."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if (m := _NATIVE_KEY.match(name)) is not None:
@@ -100,7 +126,7 @@ def native_lora_state(
                 f"{folder}: adapter tensor {name!r} is on a module glmkb cannot map onto the native GLM model "
                 "(supported: query_key_value, dense, dense_h_to_4h, dense_4h_to_h, or their native names)"
             )
-    modules = {key.split(".")[-3] for key in out}
+    modules = {key.rsplit(".", 2)[0] for key in out}
     return out, modules
 
 
@@ -172,7 +198,7 @@ def refuse_quantized_targets(model: torch.nn.Module, modules: set[str], folder: 
     from llm.quantization import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 
     for name, module in model.named_modules():
-        if name.rpartition(".")[2] in modules and isinstance(module, (WeightOnlyInt8Linear, WeightOnlyInt4Linear)):
+        if name in modules and isinstance(module, (WeightOnlyInt8Linear, WeightOnlyInt4Linear)):
             raise AdapterError(
                 f"the LoRA adapter {folder} targets {name}, which this model holds quantized (INT8/INT4, e.g. "
                 "ChatGLM's own quantization_bit weights), with no full-precision weight to adapt; load the full-precision release with llm.quantization int8 or int4 instead: glmkb "
