@@ -56,6 +56,7 @@ def load_epub(path: Path) -> LoadedDocument:
             toc = _table_of_contents(archive, opf, manifest, base, name=name)
             builder = _TextBuilder()
             starts: dict[str, int] = {}
+            anchors: dict[tuple[str, str], int] = {}
             content_headings: list[Heading] = []
             for item in spine:
                 if item.get("media-type") not in _HTML_TYPES:
@@ -66,11 +67,13 @@ def load_epub(path: Path) -> LoadedDocument:
                 extract_html(parse_html(read_member(archive, href, name=name), name=f"{name}:{href}"), name=name, builder=builder)
                 content_headings += builder.headings[before:]
                 del builder.headings[before:]
+                anchors.update(((href, anchor), offset) for anchor, offset in builder.anchors.items())
+                builder.anchors.clear()
     except DAMAGED_ZIP as e:
         raise DocumentLoadError(f"{name} is a damaged EPUB ({e}); save the book again") from e
     if not builder.length:
         raise DocumentLoadError(f"{name} has no text in its reading order; there is nothing to add")
-    headings = with_nested_sections(_place_headings(toc, starts, builder), content_headings)
+    headings = with_nested_sections(_place_headings(toc, starts, anchors, builder), content_headings)
     return LoadedDocument(path, "epub", "epub", text_blocks(builder.parts), headings=headings)
 
 
@@ -80,15 +83,15 @@ def _join(base: str, href: str) -> str:
 
 def _table_of_contents(
     archive: zipfile.ZipFile, opf: lxml.etree._Element, manifest: dict, base: str, *, name: str
-) -> list[tuple[int, str, str]]:
-    """``(level, title, target file)`` of each entry, from the EPUB 3 nav, else the NCX."""
+) -> list[tuple[int, str, str, str]]:
+    """``(level, title, target file, fragment)`` of each entry, from the EPUB 3 nav, else the NCX."""
     nav = next((i for i in manifest.values() if "nav" in (i.get("properties") or "").split()), None)
     if nav is not None:
         href = _join(base, nav.get("href", ""))
         root = _xml(read_member(archive, href, name=name), name=name, part=href)
         lists = root.xpath("//x:nav[@epub:type='toc']/x:ol", namespaces=_NS) or root.xpath("//x:nav/x:ol", namespaces=_NS)
         if lists:
-            entries: list[tuple[int, str, str]] = []
+            entries: list[tuple[int, str, str, str]] = []
             _nav_entries(lists[0], 1, posixpath.dirname(href), entries)
             return entries
     toc_id = next(iter(opf.xpath("//opf:spine/@toc", namespaces=_NS)), None)
@@ -106,12 +109,18 @@ def _table_of_contents(
         label = " ".join(" ".join(point.xpath("ncx:navLabel/ncx:text//text()", namespaces=_NS)).split())
         src = next(iter(point.xpath("ncx:content/@src", namespaces=_NS)), "")
         if label and src:
-            entries.append((level, label, _join(posixpath.dirname(href), urldefrag(src)[0])))
+            entries.append((level, label, *_target(posixpath.dirname(href), src)))
         stack.extend((child, level + 1) for child in reversed(point.xpath("ncx:navPoint", namespaces=_NS)))
     return entries
 
 
-def _nav_entries(ol: lxml.etree._Element, level: int, folder: str, out: list[tuple[int, str, str]]) -> None:
+def _target(folder: str, href: str) -> tuple[str, str]:
+    """The file an entry's link points to, and the element ``id`` in it (``""`` for none)."""
+    path, fragment = urldefrag(href)
+    return _join(folder, path), unquote(fragment)
+
+
+def _nav_entries(ol: lxml.etree._Element, level: int, folder: str, out: list[tuple[int, str, str, str]]) -> None:
     stack = [(li, level) for li in reversed(ol.xpath("x:li", namespaces=_NS))]
     while stack:
         li, depth = stack.pop()
@@ -120,7 +129,7 @@ def _nav_entries(ol: lxml.etree._Element, level: int, folder: str, out: list[tup
             title = " ".join(" ".join(links[0].itertext()).split())
             href = links[0].get("href", "")
             if title and href:
-                out.append((depth, title, _join(folder, urldefrag(href)[0])))
+                out.append((depth, title, *_target(folder, href)))
         stack.extend((child, depth + 1) for child in reversed(li.xpath("x:ol/x:li", namespaces=_NS)))
 
 
@@ -143,15 +152,20 @@ def with_nested_sections(toc: tuple[Heading, ...], content: list[Heading]) -> tu
 
 
 def _place_headings(
-    toc: list[tuple[int, str, str]], starts: dict[str, int], builder: _TextBuilder
+    toc: list[tuple[int, str, str, str]],
+    starts: dict[str, int],
+    anchors: dict[tuple[str, str], int],
+    builder: _TextBuilder,
 ) -> tuple[Heading, ...]:
-    """Each entry at the line of its target file that holds its title (else the file's start)."""
+    """Each entry at the line holding its title, looked for from where the entry links to: the
+    element it names (one file may hold several chapters), else its file's start (that place
+    itself where the title is not found near it)."""
     text = "".join(builder.parts)
     headings: list[Heading] = []
-    for level, title, target in toc:
+    for level, title, target, fragment in toc:
         if target not in starts:
             continue
-        start = starts[target]
+        start = anchors.get((target, fragment), starts[target])
         found = text.find(title, start, start + 4096)
         if found < 0:
             first = title.split()[0] if title.split() else title

@@ -3,7 +3,9 @@
 Parsed with lxml's HTML parser (no network, no DTD: an internal entity subset is never
 expanded), walked without recursion so deep nesting cannot overflow the stack; a document
 nested deeper than MAX_DEPTH is refused. Scripts, styles, navigation and forms are dropped;
-where the page has a ``<main>`` (or one ``<article>``) only that is read.
+where the page has a ``<main>`` (or one ``<article>``) only that is read. Ruby annotations
+(``<rt>``, and ``<rp>``'s parentheses) are dropped too, as the DOCX loader drops Word's: the
+text is the base text a reader reads, not 涿(zhuō)县.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from kb.loading import decode_bytes
 MAX_DEPTH = 256  # libxml2's own default nesting limit for XML
 MAX_HTML_BYTES = 64 << 20
 _DROPPED = frozenset(
-    "script style noscript template nav form button select textarea svg math iframe object embed head aside".split()
+    "script style noscript template nav form button select textarea svg math iframe object embed head aside "
+    "rt rp".split()
 )
 _OUTSIDE_MAIN = frozenset({"header", "footer"})  # page chrome, unless inside <main>/<article>
 _BLOCKS = frozenset(
@@ -36,12 +39,14 @@ _CHARSET = re.compile(rb"<meta[^>]+charset|<\?xml[^>]+encoding", re.I)
 
 @dataclass
 class _TextBuilder:
-    """Text assembled line by line, with the offset and level of every heading."""
+    """Text assembled line by line, with the offset and level of every heading, and the offset of
+    the line where each element ``id`` starts (an EPUB's table of contents links to them)."""
 
     parts: list[str] = field(default_factory=list)
     length: int = 0
     line: list[str] = field(default_factory=list)
     headings: list[Heading] = field(default_factory=list)
+    anchors: dict[str, int] = field(default_factory=dict)
 
     def add(self, text: str | None, *, keep_lines: bool = False) -> None:
         if not text:
@@ -64,6 +69,12 @@ class _TextBuilder:
         if line:
             self.parts.append(line + "\n")
             self.length += len(line) + 1
+
+    def anchor(self, name: str, *, block: bool) -> None:
+        """Where the element ``name`` starts: its line's offset (a block element starts a line)."""
+        if block:
+            self.end_line()
+        self.anchors.setdefault(name, self.length)
 
     def heading(self, level: int, title: str) -> None:
         self.end_line()
@@ -110,6 +121,8 @@ def extract_html(root: lxml.html.HtmlElement, *, name: str, builder: _TextBuilde
         if tag in _DROPPED or (tag in _OUTSIDE_MAIN and body.tag not in {"main", "article"}) or not tag:
             builder.add(element.tail)
             continue
+        if anchor := element.get("id") or (element.get("name") if tag == "a" else None):
+            builder.anchor(anchor, block=tag in _BLOCKS or tag in _HEADINGS or tag == "tr")
         if tag in _HEADINGS:
             builder.heading(_HEADINGS[tag], " ".join(element.itertext()))
             builder.add(element.tail)

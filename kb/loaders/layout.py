@@ -6,9 +6,8 @@ every page's text starts kept."""
 from __future__ import annotations
 
 import re
-from collections import Counter
 
-from kb.splitting import CHAPTER_HEADING, NAMED_HEADING
+from kb.splitting import CHAPTER_HEADING, MAX_TITLE_CHARS, NAMED_HEADING
 
 # A line that ends a sentence (the splitter's own sentence end): never joined to the next, so a
 # kept line break falls where the splitter cuts anyway and chunks match the source text's.
@@ -22,35 +21,105 @@ FULL_LINE = 0.85
 # line must recur there to be one.
 _EDGE_LINES = 2
 _REPEATED = 0.5
+# Or the pages of a run on which it must recur, each at most this many after the one before.
+_RUN = 3
+_NEARBY = 2
+_HEADING_KEY = "\u0002"  # marks the key of a chapter heading line
 
 
 def remove_headers_and_footers(pages: list[list[str]]) -> list[list[str]]:
-    """``pages`` (lines each) without bare page numbers and without lines that recur (digits
-    aside) at the top or bottom of at least half the pages (when there are 3 or more)."""
-    keys: Counter[str] = Counter()
-    for lines in pages:
-        keys.update({_edge_key(line) for line in _edges(lines)})
-    threshold = max(3, _REPEATED * len(pages))
-    repeated = {key for key, count in keys.items() if count >= threshold and key}
+    """``pages`` (lines each) without bare page numbers and without running headers and footers:
+    lines that recur (digits aside) at the top or bottom of at least half the pages (when there
+    are 3 or more), or of 3 or more pages each at most 2 after the last (a book's left and right
+    pages carry different headers: its title, the chapter's title). A line of digits and marks
+    only (a table's row) is no header. A chapter heading at an edge goes where it repeats one
+    just before it (the header of a chapter's pages names the chapter), and stays where it
+    heads its text: the splitter must see each heading once."""
+    keys = [[_edge_key(line) for line in lines] for lines in pages]
+    repeated = _repeated_keys(keys)
+    running = _running_headings(keys, repeated)
     out = []
-    for lines in pages:
-        edge = set(range(min(_EDGE_LINES, len(lines)))) | set(range(max(0, len(lines) - _EDGE_LINES), len(lines)))
-        out.append(
-            [
-                line
-                for i, line in enumerate(lines)
-                if not (i in edge and (_edge_key(line) in repeated or (len(pages) > 1 and _PAGE_NUMBER.match(line))))
-            ]
-        )
+    for page, lines in enumerate(pages):
+        edge = _edge_indices(len(lines))
+        furniture = {
+            i for i in edge if (page, i) in running or _is_furniture(keys[page][i], lines[i], repeated, len(pages))
+        }
+        out.append([line for i, line in enumerate(lines) if i not in furniture])
     return out
 
 
-def _edges(lines: list[str]) -> list[str]:
-    return lines[:_EDGE_LINES] + lines[max(_EDGE_LINES, len(lines) - _EDGE_LINES) :]
+def _edge_indices(count: int) -> set[int]:
+    return set(range(min(_EDGE_LINES, count))) | set(range(max(0, count - _EDGE_LINES), count))
 
 
 def _edge_key(line: str) -> str:
-    return _DIGITS.sub("#", " ".join(line.split()))
+    """The line with digits folded (a header's page number); a chapter heading keeps its own
+    number (第1章 and 第2章 heading their pages are no header) and is marked as one."""
+    line = " ".join(line.split())
+    match = CHAPTER_HEADING.match(line) or NAMED_HEADING.match(line)
+    if match and len(match.group("title") or "") <= MAX_TITLE_CHARS:
+        return _HEADING_KEY + match.group("heading") + _DIGITS.sub("#", line[match.end("heading") :])
+    return _DIGITS.sub("#", line)
+
+
+def _repeated_keys(keys: list[list[str]]) -> set[str]:
+    """The keys (not headings') of the lines recurring at page edges as headers and footers do."""
+    pages_of: dict[str, list[int]] = {}
+    for page, page_keys in enumerate(keys):
+        for key in {page_keys[i] for i in _edge_indices(len(page_keys))}:
+            if not key.startswith(_HEADING_KEY) and any(char.isalpha() for char in key):
+                pages_of.setdefault(key, []).append(page)
+    threshold = max(_RUN, _REPEATED * len(keys))
+    return {key for key, found in pages_of.items() if len(found) >= threshold or _runs_as_header(key, found)}
+
+
+def _runs_as_header(key: str, pages: list[int]) -> bool:
+    """A run of nearby pages carries the line, and it ends no sentence: a header names something
+    (a chapter's title); a line of dialogue (“好。”) may well recur at the edges of a few pages."""
+    return _longest_run(pages) >= _RUN and not _SENTENCE_END.search(key)
+
+
+def _longest_run(pages: list[int]) -> int:
+    """The most of ``pages`` (ascending) in a row, each at most _NEARBY after the one before."""
+    best = run = 0
+    for i, page in enumerate(pages):
+        run = run + 1 if i and page - pages[i - 1] <= _NEARBY else 1
+        best = max(best, run)
+    return best
+
+
+def _is_furniture(key: str, line: str, repeated: set[str], pages: int) -> bool:
+    """Whether an edge line (not a heading) is a header, a footer or a page number."""
+    return not key.startswith(_HEADING_KEY) and (key in repeated or bool(pages > 1 and _PAGE_NUMBER.match(line)))
+
+
+def _running_headings(keys: list[list[str]], repeated: set[str]) -> set[tuple[int, int]]:
+    """``(page, line)`` of the chapter headings at page edges that are running headers: the same
+    heading heads text (so it is no table of contents' entry) elsewhere on the page, or heads
+    text or runs as a header on one of the 2 pages before."""
+    last_seen: dict[str, int] = {}
+    running: set[tuple[int, int]] = set()
+    for page, lines in enumerate(keys):
+        heads = [i for i, key in enumerate(lines) if key.startswith(_HEADING_KEY) and _heads_text(lines, i, repeated)]
+        found = [
+            i
+            for i in _edge_indices(len(lines))
+            if lines[i].startswith(_HEADING_KEY)
+            and (page - last_seen.get(lines[i], -_NEARBY - 1) <= _NEARBY
+                 or any(lines[j] == lines[i] for j in heads if j != i))
+        ]
+        running.update((page, i) for i in found)
+        last_seen.update((lines[i], page) for i in heads + found)
+    return running
+
+
+def _heads_text(keys: list[str], index: int, repeated: set[str]) -> bool:
+    """Whether line ``index`` of a page is followed by text: a line that is no heading, no
+    header or footer and no page number."""
+    following = keys[index + 1] if index + 1 < len(keys) else ""
+    return bool(following) and not following.startswith(_HEADING_KEY) and following not in repeated and not (
+        _PAGE_NUMBER.match(following.replace("#", "0"))
+    )
 
 
 def join_pages(pages: list[list[str]]) -> tuple[list[str], list[int]]:

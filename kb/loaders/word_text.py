@@ -5,7 +5,8 @@ the body's paragraphs and tables only: a document lost, silently, the text of tr
 (``w:ins``: every unaccepted edit of a shared manual), smart tags, simple fields, content controls
 (``w:sdt``: forms and templates, inline and around whole blocks) and text boxes (flyers, 公文
 templates). Here a paragraph's text is every ``w:t`` under it in document order, leaving out what
-Word does not show as the paragraph's own text: deleted text (``w:del``), the fallback copy of a
+Word does not show as the paragraph's own text: deleted text (``w:del``), the source of a tracked
+move (``w:moveFrom``, whose text Word shows again at its ``w:moveTo``), the fallback copy of a
 drawing (``mc:Fallback``), ruby annotations (``w:rt``) and text boxes, whose paragraphs are read as
 lines of their own after it. A block-level content control is read as the blocks inside it, except
 Word's own table of contents (its headings are in the body already).
@@ -23,9 +24,9 @@ _T, _TAB, _BR, _CR, _HYPHEN = (f"{{{W}}}{t}" for t in ("t", "tab", "br", "cr", "
 _P, _TBL, _SDT, _SDT_CONTENT, _CUSTOM_XML = (f"{{{W}}}{t}" for t in ("p", "tbl", "sdt", "sdtContent", "customXml"))
 _TEXT_BOX = f"{{{W}}}txbxContent"
 _FALLBACK = f"{{{MC}}}Fallback"
-# Subtrees that are not the paragraph's own text: deleted runs, a drawing's fallback copy, ruby
-# annotations above the base text, a text box's paragraphs (read after the paragraph).
-_NOT_OWN = {f"{{{W}}}del", _FALLBACK, f"{{{W}}}rt", _TEXT_BOX, f"{{{W}}}pPr", f"{{{W}}}rPr"}
+# Subtrees that are not the paragraph's own text: deleted runs, a tracked move's old place, a
+# drawing's fallback copy, ruby annotations above the base text, a text box's paragraphs (read after).
+_NOT_OWN = {f"{{{W}}}del", f"{{{W}}}moveFrom", _FALLBACK, f"{{{W}}}rt", _TEXT_BOX, f"{{{W}}}pPr", f"{{{W}}}rPr"}
 _MAX_DEPTH = 64  # nesting in a hostile file
 
 
