@@ -9,8 +9,6 @@ import click
 from ingest.cli import ingest_command, settings_from_args
 
 
-
-
 def run(args: argparse.Namespace) -> int:
     from kb import KnowledgeBase
 

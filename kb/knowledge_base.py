@@ -167,8 +167,9 @@ class KnowledgeBase:
         return self._write([read_text(source, text) for source, text in texts.items()], [], show_progress, started)
 
     def remove(self, refs: Iterable[str]) -> BuildReport:
-        """Remove documents (by doc_id, source, path or unique file name), resolved under the writer lock."""
-        return self._write([], list(refs), False, time.perf_counter())
+        """Remove documents (by doc_id, source, path or unique file name), resolved under the writer lock;
+        a reference given twice is one file of the report."""
+        return self._write([], list(dict.fromkeys(refs)), False, time.perf_counter())
 
     def create(self) -> None:
         """Write this new knowledge base now, empty, so every listing shows it (the web UI's create)."""
