@@ -29,8 +29,9 @@ def served_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"api": api})
 
 
-def create_server_app(services: Services) -> FastAPI:
-    """The API app with the web UI mounted at ``/`` (both over ``services``)."""
+def create_server_app(services: Services, *, served_on: str | None = None) -> FastAPI:
+    """The API app with the web UI mounted at ``/`` (both over ``services``); ``served_on`` as for
+    ``create_app``."""
     import gradio as gr
 
     from app.api.app import create_app
@@ -38,7 +39,7 @@ def create_server_app(services: Services) -> FastAPI:
     from app.web.ui import CSS, THEME, build_ui
 
     ui = services.settings.ui
-    app = create_app(services)
+    app = create_app(services, served_on=served_on)
     demo = queue(build_ui(services), ui)
     demo.state_session_capacity = ui.max_sessions  # what launch's state_session_capacity sets
     auth = resolve_auth(ui)
@@ -71,7 +72,7 @@ def serve(settings: Settings, *, verbose: bool = False, prog: str = "glmkb serve
     resolve_auth(settings.ui)
     api_key = resolve_api_key(settings.api)
     services = Services.from_settings(settings, api_key=api_key)
-    app = create_server_app(services)
+    app = create_server_app(services, served_on=settings.ui.host)
     # Load the model in the background so the first question does not wait for it.
     threading.Thread(target=services.warm_up, name="glmkb-warm-up", daemon=True).start()
     base = f"http://{settings.ui.host}:{settings.ui.port}"

@@ -246,6 +246,11 @@ class APISettings(_Section):
     timeout_keep_alive: int = Field(
         5, ge=1, description="Seconds an idle or slow client connection is kept open (uvicorn timeout_keep_alive)."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names a server on a loopback address answers besides localhost/127.0.0.1/::1 (API and "
+        "web UI): a reverse proxy on this machine that passes its own Host. Others get 403 (DNS rebinding).",
+    )
 
 
 class UISettings(_Section):

@@ -126,7 +126,8 @@ def raw_request(base: str, head: str, body: bytes = b"") -> str:
 def test_a_declared_size_over_the_limit_is_refused_on_the_headers(base: str) -> None:
     """Regression (#20.11: 200 MB stored in ~1 s): a declared 200 MB is a 413 before any of
     the body is sent (the server answers on the headers alone)."""
-    head = ("POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /gradio_api/upload HTTP/1.1\r\nHost: localhost\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
             f"Content-Length: {200 * 2**20}\r\nConnection: close\r\n\r\n")
     answer = raw_request(base, head)
     assert answer.startswith("HTTP/1.1 413") and "upload too large" in answer, answer[:300]
@@ -137,7 +138,7 @@ def test_a_large_json_body_is_refused_before_the_login(base: str) -> None:
     ``/v1`` had a body limit: an unauthenticated 100 MB POST to ``/gradio_api/queue/join`` took ~550 MiB
     (``glmkb-web``) or ~370 MiB (``glmkb serve``) before its 401. Past ``api.max_body_bytes`` it is a 413
     on the headers alone."""
-    head = ("POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = ("POST /gradio_api/queue/join HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {100 * 2**20}\r\nConnection: close\r\n\r\n")
     answer = raw_request(base, head)
     assert answer.startswith("HTTP/1.1 413") and "api.max_body_bytes" in answer, answer[:300]

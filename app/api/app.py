@@ -17,8 +17,9 @@ __all__ = ["STREAM_THREADS", "create_app"]
 STREAM_THREADS = 64
 
 
-def create_app(services: Services) -> FastAPI:
-    """The FastAPI application serving ``services`` (see ``app.api``)."""
+def create_app(services: Services, *, served_on: str | None = None) -> FastAPI:
+    """The FastAPI application serving ``services`` (see ``app.api``); ``served_on``: the address the
+    server listens on (a loopback one turns the guard's Host check on)."""
     app = FastAPI(title="glmkb API", version="1", docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
@@ -34,6 +35,8 @@ def create_app(services: Services) -> FastAPI:
         api_key=lambda: services.api_key,
         key_env=services.settings.api.api_key_env,
         max_body_bytes=services.settings.api.max_body_bytes,
+        served_on=served_on,
+        allowed_hosts=services.settings.api.allowed_hosts,
     )
     add_routes(app, services, pools)
     return app

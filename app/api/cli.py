@@ -41,7 +41,7 @@ def serve(settings: Settings, *, verbose: bool = False, prog: str = PROG) -> int
 
     api_key = resolve_api_key(settings.api)
     services = Services.from_settings(settings, api_key=api_key)
-    app = create_app(services)
+    app = create_app(services, served_on=settings.api.host)
     threading.Thread(target=services.warm_up, name="glmkb-warm-up", daemon=True).start()
     print(
         f"{prog}: serving http://{settings.api.host}:{settings.api.port}/v1 (model "

@@ -10,18 +10,26 @@ The size limit holds outside ``/v1`` too (no key needed there): in ``glmkb serve
 Gradio routes read and parse a whole JSON body before their login check, so a 100 MB POST to
 ``/gradio_api/queue/join`` without a login cost ~370 MiB before its 401. Multipart uploads there
 pass on to the UI's own ``UploadGuard`` (``ui.max_upload_files`` files of ``ui.max_upload_mb``).
+
+A server listening on a loopback address (the default, 127.0.0.1) answers only requests whose
+``Host`` names a loopback host (``localhost``, ``127.0.0.1:8000``, ``[::1]``): DNS rebinding lets a
+web page the user opens point its own name at 127.0.0.1 and read a keyless local server's answers
+and documents from the browser (Ollama's CVE-2024-28224); such a request names the page's host.
+``api.allowed_hosts`` names more hosts to answer (a reverse proxy on this machine passing its own).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestGuard"]
+from app.auth import is_loopback
+
+__all__ = ["RequestGuard", "is_loopback_host"]
 
 
 class BodyTooLarge(HTTPException):
@@ -33,19 +41,28 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestGuard:
-    """Key check on ``/v1`` and the body-size limit, both before the app sees the request."""
+    """Key check on ``/v1`` and the body-size limit, both before the app sees the request; on a
+    server ``served_on`` a loopback address, the ``Host`` check too (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, api_key: Callable[[], str | None], key_env: str, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, api_key: Callable[[], str | None], key_env: str, max_body_bytes: int,
+                 served_on: str | None = None, allowed_hosts: Sequence[str] = ()) -> None:
         self.app = app
         self.api_key = api_key
         self.key_env = key_env
         self.max_body_bytes = max_body_bytes
+        self.loopback_only = served_on is not None and is_loopback_host(served_on)
+        self.allowed_hosts = frozenset(host_name(h) for h in allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        if self.loopback_only and not self._host_ok(headers.get(b"host", b"").decode("latin-1")):
+            await _answer(send, 403, "this server listens on a loopback address and answers requests to localhost or "
+                          "127.0.0.1 only (the Host header named another host); name a local reverse proxy's host "
+                          "in api.allowed_hosts, or listen on the network's address", code="host_not_allowed")
+            return
         on_api = scope["path"].startswith("/v1")  # else /health, /docs or a mounted web UI (its own login)
         if not on_api and _is_multipart(headers):  # the mounted web UI's uploads: its UploadGuard bounds them
             await self.app(scope, receive, send)
@@ -59,6 +76,9 @@ class RequestGuard:
             await _answer(send, 413, self._too_large(), code="request_too_large")
             return
         await self._call_counting(scope, receive, send)
+
+    def _host_ok(self, host: str) -> bool:
+        return is_loopback_host(host) or host_name(host) in self.allowed_hosts
 
     def _key_ok(self, header: bytes) -> bool:
         expected = self.api_key()
@@ -95,6 +115,20 @@ class RequestGuard:
         except BodyTooLarge:  # raised outside FastAPI's body parsing (a streaming endpoint)
             if not started:
                 await _answer(send, 413, self._too_large(), code="request_too_large")
+
+
+def host_name(host: str) -> str:
+    """``host`` (a ``Host`` header or a bind address) without its port or IPv6 brackets, lower case."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        return name[1:].partition("]")[0]
+    return name.partition(":")[0] if name.count(":") == 1 else name
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a bind address, or a ``Host`` header with its port) names this machine's
+    loopback (``app.auth.is_loopback``: localhost, 127.0.0.0/8, ::1)."""
+    return is_loopback(host_name(host))
 
 
 def _is_multipart(headers: dict[bytes, bytes]) -> bool:

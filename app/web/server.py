@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 # Gradio reads this when it is imported; a private knowledge base never phones home.
@@ -34,7 +35,9 @@ def queue(demo: gr.Blocks, ui: UISettings) -> gr.Blocks:
     return demo.queue(default_concurrency_limit=ui.concurrency, max_size=ui.max_queue)
 
 
-def upload_limits(ui: UISettings, *, max_body_bytes: int | None) -> dict[str, Any]:
+def upload_limits(
+    ui: UISettings, *, max_body_bytes: int | None, served_on: str | None = None, allowed_hosts: Sequence[str] = ()
+) -> dict[str, Any]:
     """Body bounds for ``launch``/``mount_gradio_app``: ``max_file_size`` (Gradio refuses
     larger files), ``UploadGuard`` on the Gradio app, which refuses a request carrying more
     than ``ui.max_upload_files`` files, or more bytes than they may hold, before Gradio parses
@@ -42,10 +45,12 @@ def upload_limits(ui: UISettings, *, max_body_bytes: int | None) -> dict[str, An
     ``RequestGuard``'s ``max_body_bytes`` (``api.max_body_bytes``) on every other body: Gradio's
     routes parse a whole JSON body before their login check (an unauthenticated 100 MB POST to
     ``/gradio_api/queue/join`` took ~550 MiB before its 401). ``max_body_bytes`` None: the app the UI is
-    mounted on has that guard already (``glmkb serve``'s API app)."""
+    mounted on has that guard already (``glmkb serve``'s API app). ``served_on``: the address the UI
+    listens on (a loopback one: the guard's Host check, ``app.api.guard``)."""
     uploads = Middleware(UploadGuard, max_files=ui.max_upload_files, max_file_bytes=ui.max_upload_mb * 2**20)
     bodies = [] if max_body_bytes is None else [
-        Middleware(RequestGuard, api_key=lambda: None, key_env="", max_body_bytes=max_body_bytes)
+        Middleware(RequestGuard, api_key=lambda: None, key_env="", max_body_bytes=max_body_bytes,
+                   served_on=served_on, allowed_hosts=allowed_hosts)
     ]
     return {"max_file_size": f"{ui.max_upload_mb}mb", "app_kwargs": {"middleware": [*bodies, uploads]}}
 
@@ -76,7 +81,8 @@ def launch(
         share=False,
         inbrowser=False,
         show_error=False,
-        **upload_limits(ui, max_body_bytes=settings.api.max_body_bytes),
+        **upload_limits(ui, max_body_bytes=settings.api.max_body_bytes, served_on=ui.host,
+                        allowed_hosts=settings.api.allowed_hosts),
         state_session_capacity=ui.max_sessions,
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
