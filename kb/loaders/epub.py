@@ -16,7 +16,7 @@ import lxml.etree
 
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, text_blocks
-from kb.loaders.html import _TextBuilder, extract_html, parse_html
+from kb.loaders.html import _TextBuilder, extract_html, inline_text, parse_html
 from kb.loaders.safe_xml import parse_part
 from kb.loaders.sniff import DAMAGED_ZIP, check_archive, read_member
 
@@ -106,7 +106,8 @@ def _table_of_contents(
     stack = [(point, 1) for point in reversed(root.xpath("/ncx:ncx/ncx:navMap/ncx:navPoint", namespaces=_NS))]
     while stack:
         point, level = stack.pop()
-        label = " ".join(" ".join(point.xpath("ncx:navLabel/ncx:text//text()", namespaces=_NS)).split())
+        texts = point.xpath("ncx:navLabel/ncx:text", namespaces=_NS)
+        label = " ".join(filter(None, (inline_text(text, heading=True) for text in texts)))
         src = next(iter(point.xpath("ncx:content/@src", namespaces=_NS)), "")
         if label and src:
             entries.append((level, label, *_target(posixpath.dirname(href), src)))
@@ -126,7 +127,7 @@ def _nav_entries(ol: lxml.etree._Element, level: int, folder: str, out: list[tup
         li, depth = stack.pop()
         links = li.xpath("x:a", namespaces=_NS)
         if links:
-            title = " ".join(" ".join(links[0].itertext()).split())
+            title = inline_text(links[0], heading=True)
             href = links[0].get("href", "")
             if title and href:
                 out.append((depth, title, *_target(folder, href)))

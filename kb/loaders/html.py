@@ -10,7 +10,9 @@ text is the base text a reader reads, not 涿(zhuō)县.
 
 from __future__ import annotations
 
+import copy
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,9 @@ _BLOCKS = frozenset(
 )
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3}
 _SPACES = re.compile(r"\s+")
+_SEGMENT_BREAK = "\n"  # where the source's white space held a line break (CSS Text 3's segment break)
+_BROKEN_SPACE = re.compile(r"[ \n]*\n[ \n]*")
+_WIDE = frozenset("FWH")  # East Asian Width: fullwidth, wide, halfwidth (not ambiguous)
 _CHARSET = re.compile(rb"<meta[^>]+charset|<\?xml[^>]+encoding", re.I)
 
 
@@ -57,14 +62,14 @@ class _TextBuilder:
                     self.end_line()
                 self.add(piece)
             return
-        text = _SPACES.sub(" ", text)
+        text = collapse_white_space(text)
         if not self.line:
             text = text.lstrip()
         if text:
             self.line.append(text)
 
     def end_line(self) -> None:
-        line = "".join(self.line).rstrip()
+        line = transform_segment_breaks("".join(self.line).rstrip())
         self.line = []
         if line:
             self.parts.append(line + "\n")
@@ -83,6 +88,48 @@ class _TextBuilder:
             self.headings.append(Heading(self.length, level, title))
             self.add(title)
             self.end_line()
+
+
+def collapse_white_space(text: str) -> str:
+    """Each run of white space as one space, or as one segment break where it holds a line break,
+    so that :func:`transform_segment_breaks` can tell a wrapped source line from a space."""
+    return _SPACES.sub(lambda m: _SEGMENT_BREAK if "\n" in m[0] or "\r" in m[0] else " ", text)
+
+
+def transform_segment_breaks(line: str) -> str:
+    r"""CSS Text 3's segment break transformation, as browsers do it: a line break in the source
+    between two East Asian wide characters (``分争，\n并入``) is dropped, elsewhere it is a space,
+    so a wrapped Chinese sentence is not cut by a space that splits its words for search."""
+    return _BROKEN_SPACE.sub(lambda m: _segment_break(line[m.start() - 1 : m.start()], line[m.end() : m.end() + 1]),
+                             line)
+
+
+def _segment_break(before: str, after: str) -> str:
+    """What a segment break between ``before`` and ``after`` becomes: nothing between wide
+    characters (not Hangul, which spaces its words) or next to a zero-width space, else a space."""
+    if "\u200b" in (before, after):
+        return ""
+    if before and after and all(_wide(char) for char in (before, after)):
+        return ""
+    return " "
+
+
+def _wide(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in _WIDE and not unicodedata.name(char, "").startswith("HANGUL")
+
+
+def inline_text(element: lxml.etree._Element, *, heading: bool = False) -> str:
+    """An element's text as one line (a heading, a table cell, a table-of-contents entry): its
+    pieces joined as they stand (``三国<b>演义</b>`` is 三国演义, not 三国 演义), a ``<br>`` as a
+    space, ruby readings, scripts and the like left out, as in the running text. In a ``heading``
+    a source line break stays a space: ``第一回\n宴桃园`` must still read as chapter 1's heading."""
+    element = copy.deepcopy(element)
+    element.tail = None
+    for br in element.iter("br", "{*}br"):
+        br.tail = " " + (br.tail or "")
+    lxml.etree.strip_elements(element, *_DROPPED, *(f"{{*}}{tag}" for tag in _DROPPED), with_tail=False)
+    text = collapse_white_space("".join(element.itertext()))
+    return " ".join(text.split()) if heading else transform_segment_breaks(text).strip()
 
 
 def parse_html(data: bytes, *, name: str) -> lxml.html.HtmlElement:
@@ -124,7 +171,7 @@ def extract_html(root: lxml.html.HtmlElement, *, name: str, builder: _TextBuilde
         if anchor := element.get("id") or (element.get("name") if tag == "a" else None):
             builder.anchor(anchor, block=tag in _BLOCKS or tag in _HEADINGS or tag == "tr")
         if tag in _HEADINGS:
-            builder.heading(_HEADINGS[tag], " ".join(element.itertext()))
+            builder.heading(_HEADINGS[tag], inline_text(element, heading=True))
             builder.add(element.tail)
             continue
         if tag == "tr":
@@ -158,7 +205,7 @@ def _close(element: object, builder: _TextBuilder) -> None:
 
 def _table_row(row: lxml.etree._Element, builder: _TextBuilder) -> None:
     """A table row as one line of ``|``-separated cells."""
-    cells = [" ".join(" ".join(cell.itertext()).split()) for cell in row if isinstance(cell.tag, str)]
+    cells = [inline_text(cell) for cell in row if isinstance(cell.tag, str)]
     builder.end_line()
     builder.add(" | ".join(cells))
     builder.end_line()
