@@ -1,8 +1,8 @@
 """OCR of scanned pages (rapidocr-onnxruntime, models in its wheel): character error rate <= 5 %
 against the source text, only pages without a text layer are OCRed, pages are cited.
 
-Not marked slow: both tests take ~9 s together on the shared 2-core machine (one rendered page
-of 6 lines, one small image; the engine loads once per process).
+Not marked slow: the three tests take ~9 s together on the shared 2-core machine (rendered pages of
+a few lines, one small image; the engine loads once per process).
 """
 
 from __future__ import annotations
@@ -68,3 +68,33 @@ def test_image_file_is_read_by_ocr(tmp_path: Path) -> None:
     document = open_document(tmp_path / "photo.png")
     assert document.format == "image"
     assert character_error_rate("".join(document.blocks()), "滚滚长江东逝水浪花淘尽英雄") <= 0.1
+
+
+FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+
+
+@pytest.mark.skipif(not FONT.exists(), reason="needs fonts-wqy-zenhei (installed by .ci/run)")
+def test_a_text_layer_without_a_unicode_map_is_read_by_ocr(tmp_path: Path) -> None:
+    """Bug guarded: a PDF whose font has no ToUnicode map has a text layer of glyph numbers
+    (``\\x04\\x05ÄÅÇ``); it was stored as the document's text, silently. Such a page is read as a
+    scanned one: refused with OCR off, read by OCR (the page itself renders fine) with OCR on."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+    from reportlab.pdfgen import canvas
+
+    from kb.errors import DocumentLoadError
+
+    pdfmetrics.registerFont(TTFont("wqy", str(FONT), subfontIndex=0))
+    mapped = tmp_path / "mapped.pdf"
+    page = canvas.Canvas(str(mapped), pageCompression=0)
+    page.setFont("wqy", 14)
+    for row, line in enumerate(wrap(TEXT_PAGE.paragraphs[0], lambda s: 14 * len(s), 420)):
+        page.drawString(60, 780 - 24 * row, line)
+    page.save()
+    unmapped = tmp_path / "unmapped.pdf"
+    unmapped.write_bytes(mapped.read_bytes().replace(b"/ToUnicode", b"/ToUnicodX"))  # same length: offsets hold
+    assert "周末七国分争" in "".join(open_document(mapped, ocr="off").blocks())
+    with pytest.raises(DocumentLoadError, match="without a Unicode map.*--ocr auto"):
+        open_document(unmapped, ocr="off")
+    text = "".join(open_document(unmapped, ocr="auto").blocks())
+    assert character_error_rate(text, TEXT_PAGE.paragraphs[0]) <= 0.05, text

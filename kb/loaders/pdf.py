@@ -3,7 +3,9 @@ by page, the page of every character kept, the outline (bookmarks) as chapters a
 
 Pages without a text layer are scanned pages: with ``ocr="auto"`` they are rendered and read
 by OCR (:mod:`kb.loaders.ocr`), ``"force"`` reads every page that way, ``"off"`` refuses a PDF
-that has no text at all and warns about the pages it skips.
+that has no text at all and warns about the pages it skips. So are pages whose text layer cannot
+be read: fonts without a Unicode map (no ToUnicode, a subset with private codes), whose "text" is
+glyph numbers (``\x04\x05ÄÅÇ``), while the page renders, and reads, fine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 # A page with fewer non-space characters in its text layer than this is a scanned page.
 MIN_TEXT_CHARS = 8
+# A page whose text-layer characters pdfium cannot map to Unicode are at least this share of its
+# non-space characters has no usable text layer (a font without a ToUnicode map: 84 of 202).
+UNMAPPED_SHARE = 0.2
 # Scanned pages are rendered at this many dots per inch for OCR.
 OCR_DPI = 150
 MAX_PAGES = 20_000
@@ -47,7 +52,8 @@ def load_pdf(path: Path, *, ocr: str) -> LoadedDocument:
         pdf.close()
     if scanned and ocr == "off":
         if len(scanned) == count:
-            raise DocumentLoadError(f"{path} has only scanned pages (no text layer); run with --ocr auto to read them")
+            raise DocumentLoadError(f"{path} has only scanned pages (no text layer, or one without a Unicode map); "
+                                    "run with --ocr auto to read them")
         logger.warning("%s: %d scanned page(s) skipped because OCR is off (first: p.%d)", path.name, len(scanned), scanned[0])
     pieces, starts = join_pages(remove_headers_and_footers(pages))
     if not any(piece.strip() for piece in pieces):
@@ -69,7 +75,7 @@ def _read_pages(pdf, *, path: Path, ocr: str) -> tuple[list[list[str]], list[int
     for index in range(len(pdf)):
         page = pdf[index]
         try:
-            text = "" if ocr == "force" else _text_layer(page)
+            text = "" if ocr == "force" else _text_layer(page, path=path, number=index + 1)
             if ocr == "force" or len("".join(text.split())) < MIN_TEXT_CHARS:
                 scanned.append(index + 1)
                 if ocr != "off":
@@ -86,12 +92,28 @@ def _read_pages(pdf, *, path: Path, ocr: str) -> tuple[list[list[str]], list[int
     return pages, scanned
 
 
-def _text_layer(page) -> str:  # type: ignore[no-untyped-def]
+def _text_layer(page, *, path: Path, number: int) -> str:  # type: ignore[no-untyped-def]
+    """The page's text layer; ``""`` where too much of it has no Unicode map (then OCR reads the page)."""
     textpage = page.get_textpage()
     try:
-        return textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n").replace("\ufffe", "")
+        text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n").replace("\ufffe", "")
+        unmapped = _unmapped_chars(textpage)
+        if unmapped and unmapped >= UNMAPPED_SHARE * len("".join(text.split())):
+            logger.info("%s p.%d: %d characters of its text layer have no Unicode map; read as a scanned page",
+                        path.name, number, unmapped)
+            return ""
+        return text
     finally:
         textpage.close()
+
+
+def _unmapped_chars(textpage) -> int:  # type: ignore[no-untyped-def]
+    """How many of the page's characters pdfium finds no Unicode value for (FPDFText_HasUnicodeMapError)."""
+    import pypdfium2.raw as pdfium_c
+
+    handle = textpage.raw
+    count = pdfium_c.FPDFText_CountChars(handle)
+    return sum(pdfium_c.FPDFText_HasUnicodeMapError(handle, i) == 1 for i in range(count))
 
 
 def _outline(pdf) -> list[tuple[int, str, int]]:  # type: ignore[no-untyped-def]
