@@ -11,7 +11,8 @@ The stages are the summarizer's (``map_summaries``, ``collapse_summaries``,
 ``reduce_summaries`` of ``chains.stream_map_reduce_chain``) with the book prompts.
 ``stream_answer`` yields ``Progress("select"|"map"|"collapse", done, total)``, one ``Sources``
 (passage ``n`` is ``sources[n-1]``), ``Token`` pieces, then one ``Answer``; nothing relevant
-→ the refusal sentence. Stop: close the generator, or pass ``cancel=event`` and set it —
+→ the refusal sentence; a chapter range with none of the book's chapters → ``ChapterRangeError``.
+Stop: close the generator, or pass ``cancel=event`` and set it —
 every generation (also the batched map) then ends within a token (``llm.cancel_scope``); cancelling
 the task awaiting ``ainvoke`` does the same (``llm.cancellation.run_cancellable``).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from langchain_classic.chains.base import Chain
@@ -51,11 +53,26 @@ from chains.stream_map_reduce_chain import (
 from chains.token_budget import fit_documents
 from llm.cancellation import run_cancellable
 
-__all__ = ["SELECT_STAGE", "BookQAChain", "format_numbered"]
+__all__ = ["SELECT_STAGE", "BookQAChain", "check_book_chapters", "format_numbered"]
 
 SELECT_STAGE = "select"
 """``Progress.stage`` once the chapters are chosen (``done == total`` == chapters picked)."""
 _JOINT_MARGIN = 8
+
+
+def check_book_chapters(kb: Any, chapters: tuple[int, int] | None, source: str | None) -> None:
+    """``ChapterRangeError`` when no chapter of the book (``source``, else every document) lies in
+    ``chapters`` (第200回 of a 120-回 book, a range over a text without headings): an answer from
+    nothing would read as "the book does not say", as the summaries already refuse it. Needs no model
+    (``ingest ask`` checks before loading one)."""
+    from chains.summarize import check_chapters_present
+
+    if chapters is None:
+        return
+    infos = [kb.get_document(source)] if source else kb.list_documents()
+    numbers = [c.number for info in infos for c in kb.get_chapters(info.doc_id)]
+    where = Path(infos[0].source).name if source else f"knowledge base {getattr(kb, 'name', '')!r}"
+    check_chapters_present(numbers, chapters, where=where)
 
 
 class BookQAChain(Chain):
@@ -109,6 +126,10 @@ class BookQAChain(Chain):
             search_k=self.search_k,
         )
         return [p for p in picks if p.passages]
+
+    def check_chapters(self, chapters: tuple[int, int] | None, source: str | None) -> None:
+        """``check_book_chapters`` for this chain's knowledge base."""
+        check_book_chapters(self.kb, chapters, source)
 
     def map_documents(self, picks: Sequence[ChapterPick], question: str) -> tuple[list[Document], list[Document]]:
         """One map Document per chapter (its passages numbered and fitted to the prompt budget),
@@ -166,6 +187,7 @@ class BookQAChain(Chain):
             msg = "the question is empty; ask something about the book, e.g. 诸葛亮一生做了哪些事？"
             raise ValueError(msg)
         span = parse_chapter_range(chapters) if isinstance(chapters, str) else chapters
+        self.check_chapters(span, source)
         picks = self.select(question, chapters=span, source=source)
         yield Progress(SELECT_STAGE, len(picks), len(picks))
         mapped_in, numbered = self.map_documents(picks, question)

@@ -79,6 +79,7 @@ def print_answer(events: Any, *, out: TextIO, err: TextIO, quiet: bool, hide_thi
 
 def run(args: argparse.Namespace) -> int:
     from chains import KnowledgeBaseQAChain
+    from chains.book_qa_chain import check_book_chapters
     from ingest.cmd_summarize import load_llm
     from kb import KnowledgeBase
 
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source:
         kb.get_document(args.source)  # a wrong name fails before the model loads
     chapters, aliases = book_inputs(args)  # so do a bad --chapters and --aliases
+    check_book_chapters(kb, chapters, args.source)  # and a range the book does not have
     llm = load_llm(settings, quiet=args.quiet)
     if args.scope == "book":
         events = book_chain(kb, llm, settings, args, aliases=aliases).stream_answer(

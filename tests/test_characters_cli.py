@@ -96,6 +96,9 @@ def test_ask_bad_chapters_or_aliases_fail_before_the_model_loads(
     assert "chapter range '第50-10回' is empty" in capsys.readouterr().err
     assert main([*book, "--aliases", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read alias file" in capsys.readouterr().err
+    # a range the book does not have (第200回 of a 120-回 book) too, not after the load (sweep 34)
+    assert main([*book, "--chapters", "第200回"]) == 2
+    assert "no chapters 200-200" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 from langchain_core.callbacks import Callbacks
 from langchain_core.language_models import BaseLanguageModel
 
+from app.errors import UserError, one_line
 from chains.book_qa_chain import BookQAChain
 from chains.events import Event
 
@@ -60,8 +61,24 @@ def ask_book(
 ) -> Iterator[Event]:
     """Stream a whole-book answer (``chapters`` like "第40-60回", ``source`` a file name).
 
-    The chain is built before the first event, so a missing KB or model is raised here."""
+    The chain is built before the first event, so a missing KB or model is raised here, and so
+    is a range that meets none of the book's chapters (``UserError``, in Chinese too)."""
     chain = book_chain(services, kb_name, source=source, llm=llm, max_input_tokens=max_input_tokens)
+    check_chapters(chain, chapters or None, source or None)
     return chain.stream_answer(
         question, chapters=chapters or None, source=source or None, cancel=cancel, callbacks=callbacks
     )
+
+
+def check_chapters(chain: BookQAChain, chapters: str | None, source: str | None) -> None:
+    """A readable range with none of the book's chapters (第200回 of 120, a book without 第N回
+    headings) answered "根据已知信息无法回答该问题", as if the book said nothing: say why, in Chinese too."""
+    from chains.summarize import ChapterRangeError, parse_chapter_range
+
+    if not chapters:
+        return
+    try:
+        chain.check_chapters(parse_chapter_range(chapters), source)
+    except ChapterRangeError as e:
+        zh = f"书中找不到 {chapters}：超出了书的章节，或书中没有“第N回/第N章”这样的章节标题"
+        raise UserError(zh, one_line(e), param="chapters") from e
