@@ -342,3 +342,13 @@ def test_speakers_named_with_a_verb_or_yun_are_persons() -> None:
 
     assert not is_plausible_name("赵云") and is_plausible_name("赵云", speaker=True)
     assert not is_plausible_name("孔明云", speaker=True) and not is_plausible_name("白云道", speaker=True)
+
+
+def test_hao_names_only_where_it_is_the_naming_verb() -> None:
+    """Bug guarded: 号 matched inside nouns and as wailing (旗号在前, 僭号于寿春, 号泣而行), so 在前,
+    于寿春 and 之主 were names of 三国演义. 号 names at a clause's start or after 自/又/者/个..."""
+    from kb.characters.names import naming_facts
+
+    text = ("孔明，号卧龙。自号燕王。霜姿者号孤直公；第二个号劲节。"
+            "旗号在前。僭号于寿春。号泣而行，哭不已。号炮又响，号令严明。")
+    assert {f.alias for f in naming_facts(text) if f.kind == "title"} == {"卧龙", "燕王", "孤直公", "劲节"}

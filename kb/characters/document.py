@@ -33,7 +33,8 @@ __all__ = ["EXTRACTOR_VERSION", "DocumentCharacters", "extract_document"]
 # 11: jieba's nrt/nrfg person tags count when the word is surname + name (马岱 of 三国演义 was missing).
 # 12: speakers the dictionary lacks are names too (段誉道, 马谡曰: kb.characters.names.speaker_candidates).
 # 13: a simplified-script book's own spellings of its names (孙乾, not the folded 孙干): ``spellings``.
-EXTRACTOR_VERSION = 13
+# 14: 号 names only where it is the naming verb (帝号, 旗号在前 and 号泣 named 在前 and 于寿春).
+EXTRACTOR_VERSION = 14
 """Bump when extraction changes: cached parts of another version are recomputed."""
 
 TRADITIONAL_SHARE = 0.05

@@ -273,8 +273,12 @@ _FULL = re.compile(
     rf"(?=[，,。；！？”])"
 )
 _COURTESY = re.compile(rf"(?<![{_HAN}])(?P<name>[{_HAN}]{{1,3}})[，,]?字(?P<courtesy>[{_HAN}]{{2}})(?=[，,。；！？”])")
+# 号 names only at a clause's start or after 自/又/时/者/个/帅... (``，号卧龙``, ``自号``,
+# ``第二个号孤直公``): after other characters it ends a noun (帝号, 国号, 旗号, 谥号, 佛号: 旗号在前
+# made 在前 a name) or wails (哀号, 号泣, 号啕); 号炮, 号令 and 号角 are things.
+_NAMING_HAO = rf"(?:(?<![{_HAN}])|(?<=[自又时人别雅外绰诨名故称者个帅假此]))号(?![泣哭啕咷炮令角])"
 _TITLE = re.compile(
-    rf"(?P<verb>又称为|又称|又名|法名|混名|别名|道号|号|唤为|唤做|叫做)[，,：:]?(?:个|做|叫做|唤做|称为)?"
+    rf"(?P<verb>又称为|又称|又名|法名|混名|别名|道号|{_NAMING_HAO}|唤为|唤做|叫做)[，,：:]?(?:个|做|叫做|唤做|称为)?"
     rf"(?P<title>[{_HAN}]{{2,3}})(?=[。，！？”；])"
 )
 # ``唐僧合掌道：“贫僧俗家姓陈，法名玄奘……贱号三藏。”``: the speaker names himself.
