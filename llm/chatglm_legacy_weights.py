@@ -70,6 +70,13 @@ def files_from_index(index: Path) -> list[Path]:
 
 def iter_shard(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` pairs of one shard, read lazily (mmap / safe_open) and never unpickled."""
+    from llm.loading import is_lfs_pointer
+
+    if is_lfs_pointer(file):  # else a .bin pointer read as "more than plain tensors ... could run code"
+        raise ModelLoadError(
+            f"{file} is a git-lfs pointer, not the weights; run `git lfs pull` in {file.parent}, "
+            "or download the model again"
+        )
     if file.suffix == ".safetensors":
         yield from _iter_safetensors(file)
     else:

@@ -155,10 +155,10 @@ def read_sentencepiece_model(file: Path) -> Any:
     """Parse ``tokenizer.model``; a clear error when it is missing or not sentencepiece."""
     from sentencepiece import sentencepiece_model_pb2
 
-    if not file.is_file():
+    if not file.is_file():  # GLM-4's tiktoken file is looked for here too (detect_variant needs it present)
         raise ModelLoadError(
-            f"missing {file}: original ChatGLM2/3 folders keep their sentencepiece tokenizer there; "
-            "copy tokenizer.model from the model's download into the folder"
+            f"missing {file}: original ChatGLM2/3 and GLM-4 folders keep their tokenizer there (sentencepiece, "
+            "or tiktoken ranks for GLM-4); copy tokenizer.model from the model's download into the folder"
         )
     proto = sentencepiece_model_pb2.ModelProto()
     try:

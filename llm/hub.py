@@ -57,8 +57,18 @@ def download_snapshot(repo_id: str, *, revision: str | None = None) -> Path:
         files = HfApi().list_repo_files(repo_id, revision=revision)
         log.warning("downloading %s from the Hugging Face hub (resumable; set llm.model_path to a folder to skip)", repo_id)
         return Path(snapshot_download(repo_id, revision=revision, ignore_patterns=ignore_patterns(files)))
-    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError, *transport_errors()) as e:
         raise HubModelUnavailable(offline_message(repo_id, reason=e)) from e
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection errors: huggingface_hub 1.x talks through httpx, whose
+    ``ConnectError`` (no network, DNS failure) is no ``OSError``, so it went up as a traceback."""
+    try:
+        import httpx
+    except ImportError:  # huggingface_hub 0.x: requests, whose errors are OSErrors
+        return ()
+    return (httpx.HTTPError,)
 
 
 def resolve_model(repo_id: str, *, revision: str | None = None, download: bool = True) -> Path:
@@ -66,8 +76,10 @@ def resolve_model(repo_id: str, *, revision: str | None = None, download: bool =
     cached = cached_snapshot(repo_id, revision=revision)
     if cached is not None:
         return cached
-    if not download or hub_offline():
+    if hub_offline():
         raise HubModelUnavailable(offline_message(repo_id, reason=None))
+    if not download:
+        raise HubModelUnavailable(offline_message(repo_id, reason=None, why="this use reads only the cache"))
     return download_snapshot(repo_id, revision=revision)
 
 
@@ -78,11 +90,15 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def offline_message(repo_id: str, *, reason: BaseException | None) -> str:
-    """One line: what was looked for, where, and how to pass a local folder."""
+def offline_message(repo_id: str, *, reason: BaseException | None, why: str | None = None) -> str:
+    """One line: what was looked for, where, why it was not fetched, and how to pass a local folder.
+    ``why`` overrides the cause (else: the hub unreachable when ``reason``, else offline mode)."""
     from huggingface_hub import constants
 
-    why = "offline mode is on (HF_HUB_OFFLINE)" if reason is None else f"the hub cannot be reached ({type(reason).__name__})"
+    if why is None and reason is None:
+        why = "offline mode is on (HF_HUB_OFFLINE)"
+    elif why is None:
+        why = f"the hub cannot be reached ({type(reason).__name__})"
     return (
         f"model {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; "
         f"download it where the hub is reachable (`hf download {repo_id} --local-dir DIR`), copy DIR here "

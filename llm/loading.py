@@ -75,9 +75,15 @@ def read_model_config(path: Path) -> dict[str, Any]:
             "holds config.json, the weights and the tokenizer files"
         )
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{config_file} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):  # a list or a string: every reader below calls config.get
+        raise ModelLoadError(
+            f"{config_file} holds a JSON {type(config).__name__}, not an object of model settings; "
+            "copy config.json from the model's download again"
+        )
+    return config
 
 
 def special_loader(model_type: str) -> Callable[..., Any] | None:
@@ -236,13 +242,37 @@ def find_model_folder(path: str | Path, *, download: bool = True) -> Path:
 
 
 def check_weights_present(folder: Path) -> None:
-    """Fail early and clearly when a folder has a config but no weight files."""
-    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+    """Fail early and clearly when a folder has a config but no weight files, or only git-lfs pointers
+    in their place (a ``git clone`` without git-lfs: each weight file is a 130-byte text file)."""
+    files = [file for pattern in WEIGHT_PATTERNS for file in sorted(folder.glob(pattern))]
+    if not files:
         raise ModelLoadError(
             f"no model weights in {folder}: looked for *.safetensors and *.bin files. The download "
             "is probably incomplete (weights are large files, e.g. git-lfs pointers not pulled); "
             "download the whole model again, e.g. `hf download ORG/NAME --local-dir DIR`"
         )
+    pointers = [file for file in files if is_lfs_pointer(file)]
+    if pointers:
+        raise ModelLoadError(
+            f"{pointers[0]} is a git-lfs pointer, not the weights"
+            + (f" (and {len(pointers) - 1} more file(s))" if len(pointers) > 1 else "")
+            + f"; run `git lfs pull` in {folder}, or download the model again, e.g. "
+            "`hf download ORG/NAME --local-dir DIR`"
+        )
+
+
+LFS_POINTER_START = b"version https://git-lfs.github.com/spec/"
+
+
+def is_lfs_pointer(file: Path) -> bool:
+    """Whether ``file`` is a git-lfs pointer (the small text file git leaves where a large file was)."""
+    try:
+        if file.stat().st_size > 1024:
+            return False
+        with file.open("rb") as handle:
+            return handle.read(len(LFS_POINTER_START)) == LFS_POINTER_START
+    except OSError:
+        return False
 
 
 def check_causal_lm_type(folder: Path, config: dict[str, Any], *, trust_remote_code: bool) -> None:
@@ -302,6 +332,7 @@ def load_causal_lm(
     trust_remote_code: bool = False,
 ) -> Any:
     """Load weights and place them: one device, several GPUs (accelerate), or bitsandbytes on CUDA."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     options: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
@@ -314,6 +345,11 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(folder, **options)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"could not load the model weights from {folder}: {e}") from e
+    except SafetensorError as e:  # a plain Exception: it went up as a traceback
+        raise ModelLoadError(
+            f"a weight file in {folder} is not a readable safetensors file ({e}): truncated or damaged by an "
+            "interrupted download; download the model's weight files again"
+        ) from e
     if "device_map" not in options:
         # Loaded on the CPU first, then moved: one copy of the weights on the GPU, no more.
         model = model.to(device)
