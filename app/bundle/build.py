@@ -139,8 +139,18 @@ def bundle_wheels(
         project_wheel = build_project_wheel(dest, source_root=root)
     elif project_wheel.parent.resolve() != dest.resolve():
         project_wheel = Path(shutil.copy2(project_wheel, dest / project_wheel.name))
+    remove_other_project_wheels(dest, keep=project_wheel)
     files = download_wheels(dest, [str(project_wheel)], target, find_links=find_links, no_index=no_index)
     return [wheel_info(path) for path in files]
+
+
+def remove_other_project_wheels(dest: Path, *, keep: Path) -> None:
+    """Drop an earlier build's glmkb wheels from a reused wheels/ folder: the bundle pins
+    glmkb's version from the one glmkb wheel there, so an older one would be installed."""
+    for wheel in dest.glob("glmkb-*.whl"):
+        if wheel.resolve() != keep.resolve():
+            log.info("removing %s, an earlier build's glmkb wheel", wheel.name)
+            wheel.unlink()
 
 
 def bundle_models(out: Path, *, model_path: str | None, embedding: str | None, adapters: Sequence[str]) -> list[BundledModel]:

@@ -16,6 +16,8 @@ from app.bundle.errors import BundleError
 
 TORCH_INDEX = "https://download.pytorch.org/whl/{flavour}"
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
+# Tags whose arch follows two version numbers: musllinux_1_2_x86_64, macosx_11_0_arm64.
+_VERSIONED = re.compile(r"^(?:manylinux|musllinux|macosx)_\d+_\d+_(\w+)$")
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 
 
@@ -36,9 +38,9 @@ class Target:
         """CPU architecture the wheels are for (``x86_64``, ``aarch64``)."""
         if self.platform is None:
             return _platform.machine()
-        match = _MANYLINUX.match(self.platform)
+        match = _VERSIONED.match(self.platform)
         if match:
-            return match.group(3)
+            return match.group(1)
         return self.platform.split("_", 1)[1] if "_" in self.platform else self.platform
 
     def pip_args(self) -> list[str]:

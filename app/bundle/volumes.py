@@ -72,14 +72,32 @@ class VolumeWriter(io.RawIOBase):
 def split_bundle(bundle: Path, dest: Path, *, size: int) -> list[Path]:
     """Write ``bundle`` as volumes ``dest/<name>.tar.NNN`` + VOLUMES.sha256 + join.sh."""
     dest.mkdir(parents=True, exist_ok=True)
+    remove_old_volumes(dest, bundle.name)
     writer = VolumeWriter(dest / f"{bundle.name}.tar", size)
     with writer, tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(bundle, arcname=bundle.name)
+        tar.add(bundle, arcname=bundle.name, filter=no_owner)
     join = dest / JOIN
     join.write_text(install_template("join.sh", BUNDLE_NAME=bundle.name), encoding="utf-8")
     join.chmod(0o755)
     write_sums(dest, [p.relative_to(dest) for p in writer.paths], name=VOLUME_SUMS)
     return writer.paths
+
+
+def remove_old_volumes(dest: Path, name: str) -> None:
+    """Delete an earlier split's ``name.tar.NNN``: a smaller bundle would leave its extra
+    volumes beside the new ones, unlisted, yet copied to the server with them."""
+    for old in dest.glob(f"{name}.tar.*"):
+        if old.suffix[1:].isdigit() and old.is_file():
+            old.unlink()
+
+
+def no_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """No builder's uid/user name in the volumes: tar run as root on the server would give the
+    files to whichever server account has that uid (able to rewrite install.sh); this way
+    they belong to whoever runs join.sh."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 def check_volumes(folder: Path) -> list[str]:

@@ -42,8 +42,17 @@ need_kb=$(( NEED_MB * 1024 - used_kb ))
 [ "$free_kb" -ge "$need_kb" ] \
   || fail "not enough disk space here: the venv needs about $(( need_kb / 1024 )) MiB, $(( free_kb / 1024 )) MiB free; free some space or copy the bundle to a larger disk"
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv || fail "could not create .venv; install the venv module (e.g. apt install python$NEED_PYTHON-venv)"
+# A .venv without pip (venv interrupted or out of disk during ensurepip) or of another Python
+# is made again; a failed attempt leaves no half-made .venv behind.
+venv_python=$(.venv/bin/python -c 'import sys, pip; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+if [ "$venv_python" != "$NEED_PYTHON" ]; then
+  [ ! -e .venv ] \
+    || echo "install.sh: .venv is incomplete or for another Python (an interrupted install?); making it again" >&2
+  if ! "$PYTHON" -m venv --clear .venv; then
+    rm -rf .venv
+    fail "could not create .venv (see the error above): a full disk, a folder you cannot write to," \
+      "or no venv module (e.g. apt install python$NEED_PYTHON-venv)"
+  fi
 fi
 # Only the bundle's wheels: no index, no pip.conf or PIP_* variable that could name one.
 for var in $(env | grep -o '^PIP_[A-Z_]*' || true); do unset "$var"; done

@@ -20,8 +20,9 @@ MODE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --check) CHECK=1 ;;
-    --host) HOST="$2"; shift ;;
-    --port) PORT="$2"; shift ;;
+    --host|--port)
+      [ $# -ge 2 ] || { echo "run.sh: $1 needs a value (e.g. --host 0.0.0.0, --port 7860)" >&2; exit 2; }
+      if [ "$1" = --host ]; then HOST="$2"; else PORT="$2"; fi; shift ;;
     serve|web|api) MODE="$1" ;;
     -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
