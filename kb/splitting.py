@@ -39,10 +39,14 @@ CHAPTER_HEADING = re.compile(
     rf"(?:(?:{_SPACE}|[:：.．、])+(?P<title>[^\n]*?))?{_SPACE}*\r?$",
     re.MULTILINE,
 )
-# Unnumbered sections of a numbered book (序章, 楔子, 番外三 重逢, 尾声, 后记, 完本感言), on a line of
-# their own: sections with no chapter number, so their text is not cited or summarized as the
-# numbered chapter before them. Only in a text that has 第N章 headings too.
-NAMED_SECTIONS = ("序章", "序言", "序幕", "楔子", "引子", "尾声", "终章", "后记", "完本感言", "上架感言")
+# Unnumbered sections of a numbered book (序章, 楔子, 番外三 重逢, 尾声, 后记, 完本感言; a part's 上卷,
+# 下册), on a line of their own: sections with no chapter number, so their text is not cited or
+# summarized as the numbered chapter before them. Only in a text that has 第N章 headings too.
+NAMED_SECTIONS = (
+    "序章", "序言", "序幕", "楔子", "引子", "尾声", "终章", "后记", "完本感言", "上架感言",
+    # parts of a book whose chapters restart their numbers in each (上卷 第一章..., 下卷 第一章...)
+    "上卷", "中卷", "下卷", "上册", "中册", "下册", "上部", "中部", "下部", "上篇", "中篇", "下篇",
+)
 NAMED_HEADING = re.compile(
     rf"^{_SPACE}*(?:#{{1,6}}{_SPACE}*|正文卷?{_SPACE}*)?"
     rf"(?P<heading>{'|'.join(NAMED_SECTIONS)}|番外篇?(?:[0-9０-９]+|[{_CN_DIGITS}]+)?)"

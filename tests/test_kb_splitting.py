@@ -373,3 +373,12 @@ def test_unnumbered_sections_of_a_numbered_book(tmp_path: Path, capsys: pytest.C
     path.write_text(text, encoding="utf-8")
     hit = ingest_hits([path], "番外的故事", root=tmp_path / "kbs", capsys=capsys)[0]
     assert (hit["chapter"], hit["section"]) == (None, "番外一 重逢")
+
+
+def test_a_parts_heading_is_no_text_of_the_chapter_before() -> None:
+    """Bug guarded: 上卷/下卷 lines were no headings, so 下卷 (and any words under it) were read as the
+    end of 上卷's last chapter; they are unnumbered sections, as 楔子 and 后记 are."""
+    text = "上卷 少年\n第一章 出山\n一。\n第二章 学艺\n二。\n下卷 归来\n第一章 重返\n三。\n"
+    sections = [(c.number, c.title) for c in split_chapters(text)]
+    assert sections == [(None, "少年"), (1, "出山"), (2, "学艺"), (None, "归来"), (1, "重返")]
+    assert "下卷" not in text[split_chapters(text)[2].start:split_chapters(text)[2].end]
