@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 import pytest
 
-from app.web.characters_tab import build_characters_tab, graph_svg, load_graph, person_markdown
+from app.web.characters_tab import MAX_CHAPTER, build_characters_tab, graph_svg, load_graph, person_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -98,6 +98,11 @@ def test_click_a_person_in_the_browser(state: Any, tmp_path: Path) -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{state.settings.ui.port}/")
+            # The tab's load sets the chapter sliders to the KB's chapters; a draw sent before that update
+            # lands carries the old value past the new maximum, which Gradio refuses (seen on a loaded CI).
+            updated = f"i => i.max && i.max !== '{MAX_CHAPTER}'"
+            page.wait_for_function(f"() => [...document.querySelectorAll('#characters-to input')].some({updated})",
+                                   timeout=30_000)
             page.click("#characters-draw")
             page.wait_for_selector('#characters-graph [data-person="刘备"]', timeout=60_000)
             page.click('#characters-graph [data-person="刘备"] circle')
