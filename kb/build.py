@@ -199,6 +199,7 @@ class VersionWriter:
         self.show_progress = show_progress
         self.now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._documents: list[DocumentInfo] = []  # the new version's, read before its docstore closes
+        self._pointer_before: str | None = None  # what CURRENT named when the staging folder was made
 
     @classmethod
     def prepare(
@@ -265,6 +266,7 @@ class VersionWriter:
     def _staging(self) -> Iterator[Path]:
         """A fresh staging folder, removed (with a one-line error) if the build fails."""
         first = not storage.is_knowledge_base(self.kb_dir)
+        self._pointer_before = self._pointer()
         self.kb_dir.mkdir(parents=True, exist_ok=True)
         staging = storage.new_staging_dir(self.kb_dir)
         try:
@@ -458,10 +460,28 @@ class VersionWriter:
             free = shutil.disk_usage(self.kb_dir.parent).free
             if free < 1 << 20:
                 cause = f"{cause}; only {free // 1024} KiB free on that disk"
+        if self._published():
+            return KnowledgeBaseError(
+                f"knowledge base {self.kb_name!r} in {self.kb_dir} now holds this build, but finishing it failed "
+                f"({cause}); check that disk, then `ingest doctor --kb {self.kb_name}`"
+            )
         return KnowledgeBaseError(
             f"could not write a new version of knowledge base {self.kb_name!r} in {self.kb_dir} ({cause}); "
             "the knowledge base is unchanged: free disk space there (or fix the folder's permissions) and build again"
         )
+
+    def _published(self) -> bool:
+        """Whether ``CURRENT`` names a version other than the base: the failure came after the swap
+        (sweep 34: a failed fsync of the folder after it was reported "the knowledge base is unchanged")."""
+        current = self._pointer()
+        return current is not None and current != self._pointer_before
+
+    def _pointer(self) -> str | None:
+        """The version ``CURRENT`` names, or None (none, or unreadable)."""
+        try:
+            return storage.read_pointer(self.kb_dir)
+        except (OSError, KnowledgeBaseError):
+            return None
 
 
 def _batches(items: Iterable[Chunk], size: int) -> Iterator[list[Chunk]]:

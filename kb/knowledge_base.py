@@ -65,7 +65,7 @@ class KnowledgeBase:
         self._pending: Manifest | None = None  # settings of a knowledge base not written yet
         self._unchecked = False  # the request was not yet compared with a manifest (#14)
         self._add_vectors: str | None = None  # embedding model a keyword-only KB is to gain
-        loaded = storage.open_current(self.path, self._live.switch_to)
+        loaded = storage.open_current(self.path, self._live.switch_to) or self._open_without_pointer()
         if loaded is not None:
             self._add_vectors = check_requested(loaded.manifest, self._requested, kb_name=self.name)
         elif not create:
@@ -214,10 +214,28 @@ class KnowledgeBase:
         report.seconds = time.perf_counter() - started
         return report
 
+    def _open_without_pointer(self) -> LoadedVersion | None:
+        """None for a knowledge base not written yet; raises for versions left without ``CURRENT``
+        (``storage.pointer_lost``), checked again under the writer lock, which a first build holds
+        from renaming its version until ``CURRENT`` names it."""
+        if storage.pointer_lost(self.path) is None:
+            return None
+        with contextlib.ExitStack() as stack:
+            with contextlib.suppress(OSError):  # no lock can be made in a read-only kb_root: nor can a build run
+                stack.enter_context(storage.write_lock(self.path))
+            loaded = storage.open_current(self.path, self._live.switch_to)
+            damage = None if loaded is not None else storage.pointer_lost(self.path)
+        if damage is not None:
+            raise damage
+        return loaded
+
     def _reload_for_write(self) -> LoadedVersion | None:
-        """Re-read the knowledge base under the writer lock: another writer may have created, changed or dropped it."""
+        """Re-read the knowledge base under the writer lock: another writer may have created, changed or dropped it
+        (versions without ``CURRENT`` are damage, never a new knowledge base whose build would delete them)."""
         self.refresh()
         version = self._live.version
+        if version is None and (damage := storage.pointer_lost(self.path)) is not None:
+            raise damage
         if version is not None and self._unchecked:
             self._add_vectors = check_requested(version.manifest, self._requested, kb_name=self.name)
             self._unchecked = False

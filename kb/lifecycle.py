@@ -81,7 +81,7 @@ def current_manifest(kb_dir: Path) -> Manifest:
 
     manifest = storage.open_current(kb_dir, read)
     if manifest is None:
-        raise KnowledgeBaseNotFound(no_such_kb(kb_dir.parent, kb_dir.name))
+        raise storage.pointer_lost(kb_dir) or KnowledgeBaseNotFound(no_such_kb(kb_dir.parent, kb_dir.name))
     return manifest
 
 

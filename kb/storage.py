@@ -101,6 +101,21 @@ def is_knowledge_base(kb_dir: Path) -> bool:
     return (kb_dir / POINTER).is_file()
 
 
+def pointer_lost(kb_dir: Path) -> DamagedKnowledgeBaseError | None:
+    """The damage of a folder that holds versions but no ``CURRENT`` (deleted by hand, or a first
+    build killed between renaming its version and writing ``CURRENT``), else None.
+
+    Sweep 34: such a folder was taken for a new knowledge base, so the next ``ingest build`` wrote a
+    version of the new files alone and its garbage collection deleted every older version.
+    """
+    try:
+        if (kb_dir / POINTER).exists() or not versions(kb_dir):
+            return None
+    except (FileNotFoundError, NotADirectoryError):  # no folder, or a file by that name
+        return None
+    return damaged(kb_dir.name, f"{kb_dir / POINTER} is missing but {kb_dir} holds versions")
+
+
 def lock_path(kb_dir: Path) -> Path:
     """The writer lock of the knowledge base in ``kb_dir``: ``kb_root/.locks/<name>.lock``."""
     return kb_dir.parent / LOCK_DIR / f"{kb_dir.name}.lock"
@@ -215,12 +230,17 @@ def versions(kb_dir: Path) -> list[str]:
 
 def kb_folders(root: Path) -> list[Path]:
     """Folders under ``root`` that are knowledge bases: a valid name (never ``.trash-*``,
-    ``.locks`` or another hidden folder) holding a ``CURRENT`` file (possibly damaged)."""
+    ``.locks`` or another hidden folder) holding a ``CURRENT`` file or versions (possibly damaged)."""
     from kb.names import is_valid_kb_name
 
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if is_valid_kb_name(p.name) and p.is_dir() and is_knowledge_base(p))
+    return sorted(p for p in root.iterdir() if is_valid_kb_name(p.name) and p.is_dir() and _holds_kb(p))
+
+
+def _holds_kb(kb_dir: Path) -> bool:
+    """A ``CURRENT`` file, or versions without one (listed as damaged, never hidden: sweep 34)."""
+    return is_knowledge_base(kb_dir) or pointer_lost(kb_dir) is not None
 
 
 def move_to_trash(kb_dir: Path) -> Path:
