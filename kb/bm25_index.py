@@ -93,10 +93,22 @@ class BM25Index:
         if not token_ids:
             return []
         scores = self.model.get_scores(token_ids)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]
-        return [(int(self.ids[i]), float(scores[i])) for i in top if scores[i] > 0]
+        top = _best_rows(scores, k)
+        return [(int(self.ids[i]), float(scores[i])) for i in top]
+
+
+def _best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` best positive scores, best first, ties to the earlier row.
+
+    Every row tied with the k-th score is a candidate before the cut: ``argpartition`` alone keeps
+    an arbitrary subset of a tie at the boundary, so ``k=1`` could return a chunk that ``k=5`` ranks
+    second (two copies of a text tie exactly), and bm25 and hybrid modes disagreed on the top hit.
+    """
+    rows = np.flatnonzero(scores > 0)
+    if len(rows) > k:
+        kth = np.partition(scores[rows], len(rows) - k)[len(rows) - k]
+        rows = rows[scores[rows] >= kth]
+    return rows[np.lexsort((rows, -scores[rows]))][:k]
 
 
 def _rereadable(token_lists: TokenSource) -> Callable[[], Iterable[Sequence[str]]]:

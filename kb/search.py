@@ -6,6 +6,7 @@ query embedder and the cross-encoder (both loaded lazily, shared across versions
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +17,15 @@ from langchain_core.documents import Document
 from kb.docstore import StoredChunk
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.fusion import reciprocal_rank_fusion
-from kb.tokenizing import tokenize, tokens_folded
+from kb.tokenizing import tokenize, tokens_folded, well_formed
 from kb.types import RetrievalMode, chunk_metadata
 from kb.version import LoadedVersion
 
 CANDIDATE_DEPTH = 50
 """How many candidates each retriever contributes to fusion / reranking."""
+
+TIE_FETCH_LIMIT = 4096
+"""At most this many nearest vectors are fetched to settle a tie at the cut (Milvus allows 16384)."""
 
 Hits = list[tuple[int, float]]
 
@@ -35,6 +39,18 @@ class Query:
     k: int
     threshold: float | None
     rerank: bool
+
+    def __post_init__(self) -> None:
+        """One-line errors for a query that is not text and a ``k`` that is not a whole number (they
+        reached numpy or jieba as tracebacks: "Partition index must be integer"); lone surrogates
+        (undecodable bytes of a command-line argument) become U+FFFD for every retriever."""
+        if not isinstance(self.text, str):
+            raise KnowledgeBaseError(f"the query must be text (got {type(self.text).__name__})")
+        object.__setattr__(self, "text", well_formed(self.text))
+        try:
+            object.__setattr__(self, "k", operator.index(self.k))
+        except TypeError:
+            raise KnowledgeBaseError(f"k must be a whole number (got {self.k!r})") from None
 
     @property
     def depth(self) -> int:
@@ -97,7 +113,25 @@ def dense_hits(
             f"the embedding model gives {vector.shape[0]}-dimensional vectors but knowledge base "
             f"{kb_name!r} holds {index.dimension}-dimensional ones; use the model it was built with"
         )
-    return index.search(vector, min(depth, len(index)))
+    return nearest_settled(lambda n: index.search(vector, n), min(depth, len(index)), len(index))
+
+
+def nearest_settled(search: Callable[[int], Hits], depth: int, total: int) -> Hits:
+    """The ``depth`` best of ``search(n)`` (best first, of ``total``), ties in chunk-id order.
+
+    A vector index keeps an arbitrary member of a tie at its cut and orders ties as it likes, so
+    two copies of a text came back as k=1 -> the second copy, k=3 -> second copy third. Fetching
+    on while the last hit ties the depth-th (up to ``TIE_FETCH_LIMIT``) makes the cut stable.
+    """
+    if depth <= 0:
+        return []
+    n = min(depth + 1, total)  # one more than needed tells whether the cut falls inside a tie
+    while True:
+        hits = search(n)
+        if len(hits) < n or n >= min(total, TIE_FETCH_LIMIT) or hits[-1][1] != hits[depth - 1][1]:
+            break
+        n = min(2 * n, total, TIE_FETCH_LIMIT)
+    return sorted(hits, key=lambda hit: (-hit[1], hit[0]))[:depth]
 
 
 def bm25_hits(version: LoadedVersion, text: str, depth: int) -> Hits:
@@ -149,4 +183,7 @@ def to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
     )
 
 
-__all__ = ["CANDIDATE_DEPTH", "Query", "bm25_hits", "dense_hits", "fuse", "rerank", "search_version", "to_document"]
+__all__ = [
+    "CANDIDATE_DEPTH", "Query", "bm25_hits", "dense_hits", "fuse", "nearest_settled", "rerank", "search_version",
+    "to_document",
+]

@@ -25,6 +25,7 @@ from kb.script import SCRIPT, fold_script
 jieba.setLogLevel(logging.WARNING)
 _INIT_LOCK = threading.Lock()
 _WORDLIKE = re.compile(r"\w", re.UNICODE)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Question words and particles: frequent in questions, useless for matching narrative text.
 STOPWORDS: frozenset[str] = frozenset(
     "的 了 是 在 和 与 及 也 都 而 之 于 把 被 让 给 对 向 从 为 就 又 还 吗 呢 吧 啊 呀 么 "
@@ -45,6 +46,7 @@ def tokenize(text: str, *, fold: bool = True) -> list[str]:
     docs/KB.md: recall@5 0.50 -> 0.73 on the sanguo QA set).
     """
     initialize_jieba()
+    text = well_formed(text)
     lowered = (fold_script(text) if fold else text).lower()
     words = [
         token
@@ -53,6 +55,15 @@ def tokenize(text: str, *, fold: bool = True) -> list[str]:
     ]
     chars = [c for c in lowered if c not in CHAR_STOPWORDS and _WORDLIKE.match(c) and not c.isascii()]
     return words + chars
+
+
+def well_formed(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes of a command-line argument, ``"\\ud800"`` in
+    JSON) as U+FFFD: OpenCC and jieba encode to UTF-8 and raised UnicodeEncodeError on them.
+    Valid text comes back unchanged (the same object)."""
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def tokens_folded(bm25_settings: dict[str, Any] | None) -> bool:
