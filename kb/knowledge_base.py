@@ -309,11 +309,33 @@ class KnowledgeBase:
         return self._models.embeddings(self.embedding_model).embed_query(text)
 
     def as_retriever(self, *, mode: RetrievalMode | None = None, k: int | None = None,
-                     score_threshold: float | None = None, rerank: bool | None = None) -> KnowledgeBaseRetriever:
-        """A LangChain retriever over this knowledge base (None = the knowledge base's defaults)."""
+                     score_threshold: float | None = None, rerank: bool | None = None,
+                     search_type: str = "similarity", search_kwargs: dict[str, Any] | None = None,
+                     ) -> KnowledgeBaseRetriever:
+        """A LangChain retriever over this knowledge base (None = the knowledge base's defaults).
+
+        ``search_type``/``search_kwargs`` as LangChain's ``VectorStore.as_retriever`` takes them (code
+        written for a vector store passes ``search_kwargs={"k": 4}``): ``k``, ``mode``,
+        ``score_threshold`` and ``rerank`` are read from it; a key glmkb cannot honour is refused."""
         from kb.knowledge_base_retriever import KnowledgeBaseRetriever
 
-        return KnowledgeBaseRetriever(knowledge_base=self, mode=mode, k=k, score_threshold=score_threshold, rerank=rerank)
+        options = {"mode": mode, "k": k, "score_threshold": score_threshold, "rerank": rerank}
+        options.update(retriever_options(search_type, search_kwargs or {}))
+        return KnowledgeBaseRetriever(knowledge_base=self, **options)
+
+
+def retriever_options(search_type: str, search_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The retriever fields LangChain's ``search_type``/``search_kwargs`` name."""
+    if search_type not in ("similarity", "similarity_score_threshold"):
+        raise KnowledgeBaseError(f"search_type {search_type!r} is not supported; use 'similarity' (or set mode: "
+                                 "dense, bm25 or hybrid)")
+    unknown = sorted(set(search_kwargs) - {"k", "mode", "score_threshold", "rerank"})
+    if unknown:
+        raise KnowledgeBaseError(f"search_kwargs {', '.join(unknown)} not supported; glmkb's retriever takes k, mode, "
+                                 "score_threshold and rerank")
+    if search_type == "similarity_score_threshold" and search_kwargs.get("score_threshold") is None:
+        raise KnowledgeBaseError("search_type 'similarity_score_threshold' needs search_kwargs['score_threshold']")
+    return dict(search_kwargs)
 
 
 __all__ = ["KEYWORD_ONLY", "BuildReport", "KnowledgeBase", "doc_id_for", "source_for_path"]

@@ -113,3 +113,16 @@ def test_valid_text_tokenizes_as_before() -> None:
     assert tokenize("諸葛亮借東風") == tokenize("诸葛亮借东风")
     assert "ｉ" in tokenize("ｉＰｈｏｎｅ") and "iphone" in tokenize("iPhone")
 
+
+
+def test_as_retriever_takes_langchains_search_kwargs(twin_kb: KnowledgeBase) -> None:
+    """Bug guarded: code written for a LangChain vector store calls ``as_retriever(search_kwargs={"k": 2})``
+    (and ``search_type=...``); glmkb's ``as_retriever`` raised TypeError on both."""
+    retriever = twin_kb.as_retriever(search_kwargs={"k": 2, "mode": "bm25"})
+    assert (retriever.k, retriever.mode) == (2, "bm25") and len(retriever.invoke("刘备")) == 2
+    threshold = twin_kb.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.1})
+    assert threshold.score_threshold == 0.1
+    for bad in ({"search_type": "mmr"}, {"search_kwargs": {"filter": {"source": "a"}}},
+                {"search_type": "similarity_score_threshold"}):
+        with pytest.raises(KnowledgeBaseError):
+            twin_kb.as_retriever(**bad)
