@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def add_documents(kb: Any, paths: Sequence[str], *, unpack_into: Path, quiet: bool, ocr: str) -> Any:
     """Add the files, folders and archives given (``kb.loaders.folders``); a note on stderr
     names what they held that no loader reads."""
-    from kb.build import source_for_path
+    from kb.incoming import source_for_path
     from kb.loaders.folders import expand_documents
 
     found = expand_documents(paths, source=source_for_path, unpack_into=unpack_into)

@@ -103,7 +103,7 @@ def _kb_name(path: Path) -> str:
 
 def find_document(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) -> DocumentInfo:
     """A document by doc_id, source, file path or (unique) file name; KnowledgeBaseNotFound otherwise."""
-    from kb.build import source_for_path
+    from kb.incoming import source_for_path
     from kb.errors import KnowledgeBaseNotFound
 
     try:
@@ -126,7 +126,7 @@ def find_document(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) 
 def find_documents_to_remove(documents: Sequence[DocumentInfo], ref: str, *, kb_name: str) -> list[DocumentInfo]:
     """What ``ingest remove REF`` removes: the document :func:`find_document` names, or, for a
     folder or archive that was built (``~/manuals``, ``资料.zip``), every document recorded under it."""
-    from kb.build import source_for_path
+    from kb.incoming import source_for_path
     from kb.errors import KnowledgeBaseNotFound
 
     try:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from kb import storage
-from kb.build import BuildReport, VersionWriter
+from kb.build import VersionWriter
+from kb.build_report import BuildReport
 from kb.dense_store import DenseStore
 from kb.docstore import Docstore
 from kb.errors import DamagedKnowledgeBaseError, EmbeddingModelError, KnowledgeBaseError, KnowledgeBaseNotFound

@@ -15,8 +15,9 @@ from langchain_core.documents import Document
 from tqdm.auto import tqdm
 
 from kb import lifecycle, storage
-from kb.build import BuildReport, Incoming, VersionWriter, check_unique_sources, doc_id_for, plan, read_file, read_text
-from kb.build import source_for_path
+from kb.build import VersionWriter
+from kb.build_report import BuildReport
+from kb.incoming import Incoming, check_unique_sources, doc_id_for, plan, read_file, read_text, source_for_path
 from kb.dense_store import STORES
 from kb.docstore import Docstore, DocumentInfo, find_document
 from kb.embedding import KEYWORD_ONLY, LazyModels
