@@ -19,17 +19,9 @@ from app.bundle.checksums import bundle_files, write_sums
 from app.bundle.target import Target
 from app.bundle.templates import install_template
 from app.bundle.volumes import VOLUME_SUMS, split_bundle
-from tests.test_bundle import fake_wheel
+from tests.test_bundle import _own_pip_config, fake_wheel  # noqa: F401 - the autouse fixture applies here too
 
 NAME = "glmkb-bundle"
-
-
-@pytest.fixture(autouse=True)
-def _own_pip_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pip sees only the test's wheelhouse: no machine pip.conf, no PIP_FIND_LINKS."""
-    for name in [n for n in os.environ if n.startswith("PIP_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
 
 
 @pytest.fixture
