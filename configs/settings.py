@@ -60,7 +60,7 @@ class GenerationSettings(_Section):
     temperature: float = Field(
         0.8, ge=0.0, description="Sampling temperature; 0 means greedy decoding."
     )
-    top_p: float = Field(0.8, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_p: float = Field(0.8, ge=0.0, le=1.0, description="Nucleus sampling mass; 0 keeps only the likeliest token.")
     repetition_penalty: float = Field(
         1.0, gt=0.0, description="Penalty >1 discourages repeating tokens; 1 disables it."
     )

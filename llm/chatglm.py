@@ -62,7 +62,7 @@ class ChatGLM(GenerationRouting, LLM):
     system_prompt: str | None = Field(None, description="System prompt of every chat unless given per call.")
     max_new_tokens: int = Field(_DEFAULTS.max_new_tokens, ge=1)
     temperature: float = Field(_DEFAULTS.temperature, ge=0.0, description="0 means greedy decoding.")
-    top_p: float = Field(_DEFAULTS.top_p, gt=0.0, le=1.0)
+    top_p: float = Field(_DEFAULTS.top_p, ge=0.0, le=1.0)  # 0: greedy (only the likeliest token)
     repetition_penalty: float = Field(_DEFAULTS.repetition_penalty, gt=0.0)
     fast_decode: bool | None = Field(
         None,

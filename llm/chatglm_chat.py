@@ -67,7 +67,7 @@ class ChatGLMChat(BaseChatModel):
         None, ge=1, validation_alias=AliasChoices("max_tokens", "max_new_tokens"), description="Most new tokens."
     )
     temperature: float | None = Field(None, ge=0.0, description="0 means greedy decoding.")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)  # 0: greedy, as OpenAI's API takes it
     repetition_penalty: float | None = Field(None, gt=0.0)
     enable_thinking: bool | None = Field(
         None, description="A reasoning model's thinking: None = the model's own setting, False = off, True = on."

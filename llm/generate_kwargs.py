@@ -50,8 +50,9 @@ def special_token_ids(model: Any, tokenizer: Any) -> dict[str, Any]:
 
 
 def sampling_kwargs(*, temperature: float | None, top_p: float) -> dict[str, Any]:
-    """Sampling with ``temperature``/``top_p`` when the temperature is above 0, else greedy."""
-    if temperature and temperature > 0:
+    """Sampling with ``temperature``/``top_p`` when both are above 0, else greedy: a nucleus of mass 0
+    holds only the likeliest token (OpenAI's API takes ``top_p`` 0; generate refuses it)."""
+    if temperature and temperature > 0 and top_p > 0:
         return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)}
     # Greedy; clear the checkpoint's sampling defaults so generate does not warn.
     return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}

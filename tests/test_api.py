@@ -284,7 +284,8 @@ def test_system_prompt_and_history_reach_the_model_in_order(client: httpx.Client
         ({"messages": []}, "messages"),
         ({"messages": user("hi"), "temperature": 3}, "temperature"),
         ({"messages": user("hi"), "temperature": "hot"}, "temperature"),
-        ({"messages": user("hi"), "top_p": 0}, "top_p"),
+        ({"messages": user("hi"), "top_p": -0.1}, "top_p"),
+        ({"messages": user("hi"), "top_p": 1.5}, "top_p"),
         ({"messages": user("hi"), "max_tokens": 0}, "max_tokens"),
         ({"messages": user("hi"), "n": 2}, "only n=1"),
         ({"messages": user("hi"), "stop": [""]}, "stop"),
@@ -1102,3 +1103,9 @@ def test_book_scope_stops_inside_its_map_batch_when_the_client_hangs_up(settings
         steps = processor.steps
         time.sleep(0.3)
         assert processor.steps == steps < 500
+
+
+def test_top_p_zero_is_accepted_as_greedy(client: httpx.Client) -> None:
+    """Regression: ``top_p: 0`` got a 400 although OpenAI's API takes 0..1; it means greedy."""
+    response = client.post("/v1/chat/completions", json={"messages": user("hi"), "top_p": 0, "temperature": 1})
+    assert response.status_code == 200, response.text

@@ -330,3 +330,13 @@ def test_a_cancel_scope_stops_a_batched_generate_within_a_token(tiny_chatglm: Ch
     # The scope is over: the same call runs to the end.
     full = tiny_chatglm.batch([QUESTION, "刘备是谁？"], max_new_tokens=400, logits_processor=[forced(tiny_chatglm, text)])
     assert full == [text, text]
+
+
+def test_top_p_zero_is_greedy_not_refused(tiny_chatglm: ChatGLM) -> None:
+    """Regression: ``top_p`` 0 (which OpenAI's API takes) was refused with a 400 / ValidationError;
+    a nucleus of mass 0 holds only the likeliest token, so it decodes greedily whatever the temperature."""
+    sampled = tiny_chatglm.model_copy(update={"temperature": 0.9, "top_p": 0.0})
+    kwargs = sampled._generate_kwargs([QUESTION], {})
+    assert kwargs["do_sample"] is False and kwargs["top_p"] is None
+    greedy = tiny_chatglm.model_copy(update={"temperature": 0.0})
+    assert sampled.invoke(QUESTION) == greedy.invoke(QUESTION)

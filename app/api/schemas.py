@@ -85,7 +85,7 @@ class ChatCompletionRequest(_Body):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="0 keeps only the likeliest token: greedy.")
     stop: str | list[str] | None = None
     n: int | None = Field(None, ge=1)
     # 1e-300 divided logits into inf/nan and crashed sampling (issue 20 #16: a 500).
