@@ -17,7 +17,7 @@ from langchain_core.documents import Document
 from kb.docstore import StoredChunk
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.fusion import reciprocal_rank_fusion
-from kb.tokenizing import tokenize, tokens_folded, well_formed
+from kb.tokenizing import folding, tokenize, well_formed
 from kb.types import RetrievalMode, chunk_metadata
 from kb.version import LoadedVersion
 
@@ -136,7 +136,7 @@ def nearest_settled(search: Callable[[int], Hits], depth: int, total: int) -> Hi
 
 def bm25_hits(version: LoadedVersion, text: str, depth: int) -> Hits:
     """Best chunks by BM25 over jieba tokens."""
-    return version.bm25.search(tokenize(text, fold=tokens_folded(version.manifest.bm25)), depth)
+    return version.bm25.search(tokenize(text, **folding(version.manifest.bm25)), depth)
 
 
 def fuse(dense: Hits, sparse: Hits) -> tuple[Hits, dict[int, dict[str, float]]]:

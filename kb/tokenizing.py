@@ -5,8 +5,10 @@ keyword search does not depend on the script: a question in simplified finds a t
 novel (a Big5 天龍八部) and the reverse, and traditional text gets jieba's (simplified) dictionary and
 stopwords. Measured on the sanguo QA set (docs/KB.md, "Retrieval across scripts"): recall@5 of
 simplified questions against the traditional text 0.500 -> 0.729, the same as simplified against
-simplified. Knowledge bases built before record no ``script`` in their manifest's ``bm25`` section
-(``kb.build.BM25_SETTINGS``); their queries stay unfolded until a build re-tokenizes them.
+simplified. Full-width letters and digits (ＧＤＰ, 第１回, common in Chinese documents typed with a
+full-width IME) are folded to their plain forms too (Unicode NFKC), so ``GDP`` finds ＧＤＰ and the reverse.
+Knowledge bases built before record no ``script`` (or no ``width``) in their manifest's ``bm25`` section
+(``kb.build.BM25_SETTINGS``); their queries stay unfolded that way until a build re-tokenizes them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import re
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import jieba
 
 from kb.script import SCRIPT, fold_script
 
+WIDTH = "nfkc"  # the width folding a knowledge base's manifest records (kb.build.BM25_SETTINGS)
 jieba.setLogLevel(logging.WARNING)
 _INIT_LOCK = threading.Lock()
 _WORDLIKE = re.compile(r"\w", re.UNICODE)
@@ -36,10 +40,10 @@ STOPWORDS: frozenset[str] = frozenset(
 CHAR_STOPWORDS: frozenset[str] = frozenset("的了是在和与及也都而之于把被让给对向从为就又还吗呢吧啊呀么谁什哪怎几其他她它我你这那个些样时")
 
 
-def tokenize(text: str, *, fold: bool = True) -> list[str]:
-    """BM25 tokens of ``text`` (``fold``: in simplified characters, ``kb.script.fold_script``): jieba search-mode
-    words (words plus their sub-words), then every single character, lowercased, without punctuation,
-    whitespace or stopwords.
+def tokenize(text: str, *, fold: bool = True, width: bool = True) -> list[str]:
+    """BM25 tokens of ``text`` (``fold``: in simplified characters, ``kb.script.fold_script``; ``width``:
+    full-width forms as plain ones, NFKC): jieba search-mode words (words plus their sub-words), then every
+    single character, lowercased, without punctuation, whitespace or stopwords.
 
     The character layer matters for classical and literary Chinese, where jieba's modern
     dictionary often segments differently in the question and in the text (measured in
@@ -47,6 +51,8 @@ def tokenize(text: str, *, fold: bool = True) -> list[str]:
     """
     initialize_jieba()
     text = well_formed(text)
+    if width:
+        text = unicodedata.normalize("NFKC", text)
     lowered = (fold_script(text) if fold else text).lower()
     words = [
         token
@@ -66,9 +72,16 @@ def well_formed(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+def folding(bm25_settings: dict[str, Any] | None) -> dict[str, bool]:
+    """``tokenize``'s folds that a knowledge base's BM25 tokens were cut with (its manifest's ``bm25``
+    section): a query must be cut the same way to match them."""
+    settings = bm25_settings or {}
+    return {"fold": settings.get("script") == SCRIPT, "width": settings.get("width") == WIDTH}
+
+
 def tokens_folded(bm25_settings: dict[str, Any] | None) -> bool:
-    """Whether a knowledge base's BM25 tokens (its manifest's ``bm25`` section) are script-folded."""
-    return (bm25_settings or {}).get("script") == SCRIPT
+    """Whether a knowledge base's BM25 tokens are cut with every fold of today's ``tokenize``."""
+    return all(folding(bm25_settings).values())
 
 
 def cache_dir() -> Path:
