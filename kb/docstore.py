@@ -354,6 +354,11 @@ class Docstore:
                 out[row[0]] = StoredChunk(*row)
         return out
 
+    def chunk_ids_in_chapters(self, first: int, last: int) -> list[int]:
+        """Ids of the chunks in chapters ``first..last`` (numbers, inclusive) of every document, in reading order."""
+        rows = self._query("SELECT id FROM chunks WHERE chapter BETWEEN ? AND ? ORDER BY doc_id, ordinal", (first, last))
+        return [row[0] for row in rows]
+
     def chunks_of(self, doc_id: str) -> list[StoredChunk]:
         """A document's chunks in reading order."""
         rows = self._query(

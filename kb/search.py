@@ -1,7 +1,9 @@
 """Searching one loaded version: dense, BM25, their reciprocal-rank fusion, and reranking.
 
 Stateless functions over a :class:`kb.version.LoadedVersion`; the knowledge base supplies the
-query embedder and the cross-encoder (both loaded lazily, shared across versions).
+query embedder and the cross-encoder (both loaded lazily, shared across versions). A question that
+names chapters ("第三回讲了什么？", "第3至5回里曹操做了什么") is answered from those chapters' chunks only,
+where the knowledge base has them (``chapter_chunk_ids``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from langchain_core.documents import Document
 from kb.docstore import StoredChunk
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.fusion import reciprocal_rank_fusion
+from kb.splitting import chapters_named
 from kb.tokenizing import folding, tokenize, well_formed
 from kb.types import RetrievalMode, chunk_metadata
 from kb.version import LoadedVersion
 
 CANDIDATE_DEPTH = 50
 """How many candidates each retriever contributes to fusion / reranking."""
+
+CHAPTER_DEPTH = 4096
+"""Candidates each retriever fetches when a question names chapters, of which those chapters' are kept."""
 
 TIE_FETCH_LIMIT = 4096
 """At most this many nearest vectors are fetched to settle a tie at the cut (Milvus allows 16384)."""
@@ -68,15 +74,20 @@ def search_version(
 ) -> list[Document]:
     """The ``query.k`` best chunks of ``version`` as Documents (metadata per ``kb.types.ChunkMetadata``)."""
     mode = effective_mode(query.mode, keyword_only=version.manifest.keyword_only, kb_name=kb_name)
+    narrow = chapter_chunk_ids(version, query.text)
+    depth = query.depth if narrow is None else max(query.depth, CHAPTER_DEPTH)
+    keep = (lambda hits: hits) if narrow is None else (lambda hits: [h for h in hits if h[0] in narrow])
     extra: dict[int, dict[str, float]] = {}
     if mode == "dense":
-        hits = dense_hits(version, query.text, query.depth, embed_query=embed_query, kb_name=kb_name)
+        hits = keep(dense_hits(version, query.text, depth, embed_query=embed_query, kb_name=kb_name))
     elif mode == "bm25":
-        hits = bm25_hits(version, query.text, query.depth)
+        hits = keep(bm25_hits(version, query.text, depth))
     else:
-        dense = dense_hits(version, query.text, query.depth, embed_query=embed_query, kb_name=kb_name)
-        sparse = bm25_hits(version, query.text, query.depth)
+        dense = keep(dense_hits(version, query.text, depth, embed_query=embed_query, kb_name=kb_name))
+        sparse = keep(bm25_hits(version, query.text, depth))
         hits, extra = fuse(dense, sparse)
+    if narrow is not None:
+        hits = filled_from_chapters(hits, narrow, want=max(query.depth, query.k))
     if query.threshold is not None:
         hits = [(i, s) for i, s in hits if s >= query.threshold]
     hits = hits[: max(query.depth, query.k)] if query.rerank else hits[: query.k]
@@ -85,6 +96,27 @@ def search_version(
     if query.rerank:
         docs = rerank(query.text, docs, cross_encoder())[: query.k]
     return docs
+
+
+def chapter_chunk_ids(version: LoadedVersion, text: str) -> dict[int, None] | None:
+    """The chunks of the chapters ``text`` names (``kb.splitting.chapters_named``: "第三回讲了什么？"), in
+    reading order, or None: it names none, or none of the knowledge base's chapters (then it is searched
+    whole: "第200回" of a 120-回 book may be about something else)."""
+    named = chapters_named(text)
+    if named is None:
+        return None
+    ids = version.docstore.chunk_ids_in_chapters(*named)
+    return dict.fromkeys(ids) if ids else None
+
+
+def filled_from_chapters(hits: Hits, chapter_ids: dict[int, None], *, want: int) -> Hits:
+    """``hits`` (all inside the named chapters), then the chapters' other chunks in reading order with
+    score 0 up to ``want``: "第三回讲了什么" shares few words with the chapter, whose text is the answer."""
+    if len(hits) >= want:
+        return hits
+    seen = {i for i, _ in hits}
+    rest = [(i, 0.0) for i in chapter_ids if i not in seen]
+    return hits + rest[: want - len(hits)]
 
 
 def effective_mode(mode: RetrievalMode, *, keyword_only: bool, kb_name: str) -> RetrievalMode:
@@ -184,6 +216,6 @@ def to_document(chunk: StoredChunk, score: float, **extra: Any) -> Document:
 
 
 __all__ = [
-    "CANDIDATE_DEPTH", "Query", "bm25_hits", "dense_hits", "fuse", "nearest_settled", "rerank", "search_version",
+    "CANDIDATE_DEPTH", "CHAPTER_DEPTH", "Query", "chapter_chunk_ids", "filled_from_chapters", "bm25_hits", "dense_hits", "fuse", "nearest_settled", "rerank", "search_version",
     "to_document",
 ]
