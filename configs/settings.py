@@ -195,7 +195,8 @@ class RetrievalSettings(_Section):
     top_k: int = Field(5, ge=1, le=100, description="Passages returned per question.")
     score_threshold: float | None = Field(
         None,
-        description="Drop passages scoring below this (dense: cosine similarity; bm25: raw score). Empty keeps all.",
+        description="Drop passages scoring below this (dense: cosine similarity, -1..1; bm25: raw score, 0 up; "
+        "hybrid: reciprocal-rank sum, at most 2/61 = 0.0328 for a chunk first in both rankings). Empty keeps all.",
     )
     reranker: str | None = Field(
         None, description="Optional cross-encoder model (name or local folder) that reorders hits."

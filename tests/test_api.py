@@ -1109,3 +1109,12 @@ def test_top_p_zero_is_accepted_as_greedy(client: httpx.Client) -> None:
     """Regression: ``top_p: 0`` got a 400 although OpenAI's API takes 0..1; it means greedy."""
     response = client.post("/v1/chat/completions", json={"messages": user("hi"), "top_p": 0, "temperature": 1})
     assert response.status_code == 200, response.text
+
+
+def test_head_requests_on_read_only_routes(client: httpx.Client) -> None:
+    """Regression: ``HEAD /health`` and ``HEAD /v1/models`` were a 405 (FastAPI's GET routes take no
+    HEAD), so load balancers and uptime checks that probe with HEAD marked the server down."""
+    for path in ("/health", "/v1/models"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b"", path
+    assert client.head("/v1/models/no-such-model").status_code == 404

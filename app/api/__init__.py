@@ -16,7 +16,7 @@ Endpoints (all under ``/v1``; with an API key configured they need ``Authorizati
   ``mode``); streamed like chat completions, the final chunk (the one with ``finish_reason``)
   carries ``sources``, ``refused`` and ``standalone_question``; non-streaming answers have
   them at the top level of the ``chat.completion``.
-- ``GET /health``: liveness, never needs a key.
+- ``GET /health`` (and ``HEAD``): liveness, never needs a key.
 
 Modules: ``app`` (``create_app``), ``routes`` (the endpoints), ``schemas`` (request bodies),
 ``chat_jobs`` (one completion on a LangChain chat model, local or remote), ``kb_chat`` (KB chat's

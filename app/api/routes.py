@@ -62,15 +62,15 @@ def add_routes(app: FastAPI, services: Services, pools: Pools, *, dependencies: 
                 code="model_not_found",
             )
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers' and uptime checks
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @v1.get("/models")
+    @v1.api_route("/models", methods=["GET", "HEAD"])
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": model_cards(services)}
 
-    @v1.get("/models/{model_id:path}")
+    @v1.api_route("/models/{model_id:path}", methods=["GET", "HEAD"])
     async def model(model_id: str) -> dict[str, Any]:
         """One served model (the SDK's ``models.retrieve``; it was a 404). ``:path``: embedding ids hold
         slashes; the embedding model's other names (``/v1/embeddings`` takes them) find it too."""
