@@ -7,7 +7,9 @@ else the style it is based on, and so on (a custom "一级标题" based on Headi
 outline level). Outline level 9 ("body text") on the paragraph or a style stops the search.
 
 Text is read from the XML (``kb.loaders.word_text``): tracked insertions, content controls, fields,
-smart tags and text boxes included, which python-docx's own ``.text`` leaves out.
+smart tags and text boxes included, which python-docx's own ``.text`` leaves out. Word's automatic
+numbering ("第一章", "1.2", "（一）"), which is not in the text, goes before its paragraph as Word shows
+it (``kb.loaders.docx_numbering``); a numbering part that is not well-formed is read as none.
 
 The archive is checked against zip bombs first; python-docx parses its XML with
 ``resolve_entities=False``, so entity expansion never happens.
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import IO
 
 from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, heading_style_level, is_contents_style, text_blocks
+from kb.loaders.docx_numbering import Numbering, without_broken_numbering
 from kb.loaders.sniff import check_archive
-from kb.loaders.word_text import body_blocks, cell_text, paragraph_text, text_box_paragraphs
+from kb.loaders.word_text import MC, W, body_blocks, paragraph_text, text_box_paragraphs
 
 _MAX_STYLE_DEPTH = 16
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
@@ -42,13 +46,15 @@ def load_docx(path: Path) -> LoadedDocument:
     try:
         with zipfile.ZipFile(path) as archive:
             check_archive(archive, name=str(path))
-        document = _open_document(path)
+            repaired = without_broken_numbering(archive)
+        document = _open_document(repaired or path)
     except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as e:
         if isinstance(e, DocumentLoadError):
             raise
         raise DocumentLoadError(f"{path} is a damaged Word document ({e}); save it again as .docx") from e
     except Exception as e:  # lxml.etree.XMLSyntaxError and friends from a malformed part
         raise DocumentLoadError(f"{path} is a damaged Word document ({type(e).__name__}: {e}); save it again") from e
+    numbering = Numbering.of_document(document)
     parts: list[str] = []
     headings: list[Heading] = []
     length = 0
@@ -65,7 +71,7 @@ def load_docx(path: Path) -> LoadedDocument:
             paragraph = Paragraph(block, document)
             if _is_contents_entry(paragraph):
                 continue
-            text = paragraph_text(block)
+            text = _numbered_text(block, numbering)
             level = _heading_level(paragraph)
             if level and text.strip():
                 title = " ".join(text.split())
@@ -74,16 +80,16 @@ def load_docx(path: Path) -> LoadedDocument:
             else:
                 add_line(text)
             for inner in text_box_paragraphs(block):
-                add_line(paragraph_text(inner))
+                add_line(_numbered_text(inner, numbering))
         else:
             for row in Table(block, document).rows:
-                add_line(" | ".join(_row_cells(row)))
+                add_line(" | ".join(_row_cells(row, numbering)))
     if not length:
         raise DocumentLoadError(f"{path} has no text; there is nothing to add")
     return LoadedDocument(path, "docx", "docx", text_blocks(parts), headings=tuple(headings))
 
 
-def _open_document(path: Path):  # type: ignore[no-untyped-def]
+def _open_document(path: Path | IO[bytes]):  # type: ignore[no-untyped-def]
     """The python-docx document of a .docx, or of a macro-enabled document (.docm) or template
     (.dotx, .dotm): the same body under another main-part content type, which ``docx.Document``
     refuses. Opened through python-docx's package with those types mapped to its document part;
@@ -94,7 +100,7 @@ def _open_document(path: Path):  # type: ignore[no-untyped-def]
 
     for content_type in _WORD_VARIANTS:
         PartFactory.part_type_for.setdefault(content_type, DocumentPart)
-    part = Package.open(str(path)).main_document_part
+    part = Package.open(path if not isinstance(path, Path) else str(path)).main_document_part
     if not isinstance(part, DocumentPart):
         raise ValueError(f"not a Word document: its main part is {part.content_type}")
     return part.document
@@ -147,7 +153,15 @@ def _outline_level(properties) -> int | None:  # type: ignore[no-untyped-def]
     return value + 1 if 0 <= value <= 2 else 0
 
 
-def _row_cells(row) -> list[str]:  # type: ignore[no-untyped-def]
+def _numbered_text(p, numbering: Numbering) -> str:  # type: ignore[no-untyped-def]
+    """A ``w:p``'s text with its automatic number's label before it (none on an empty paragraph,
+    which still counts, as in Word)."""
+    label = numbering.label(p)
+    text = paragraph_text(p)
+    return label + text if text.strip() else text
+
+
+def _row_cells(row, numbering: Numbering) -> list[str]:  # type: ignore[no-untyped-def]
     """A row's cell texts, a merged cell once (python-docx repeats it for each grid column)."""
     cells: list[str] = []
     previous = None
@@ -155,5 +169,14 @@ def _row_cells(row) -> list[str]:  # type: ignore[no-untyped-def]
         if previous is not None and cell._tc is previous:
             continue
         previous = cell._tc
-        cells.append(cell_text(cell._tc))
+        cells.append(_cell_text(cell._tc, numbering))
     return cells
+
+
+def _cell_text(tc, numbering: Numbering) -> str:  # type: ignore[no-untyped-def]
+    """A table cell's text on one line, as ``word_text.cell_text`` reads it, numbered paragraphs
+    with their labels (lists in tables count along with the body's)."""
+    fallback = f"{{{MC}}}Fallback"
+    texts = [_numbered_text(p, numbering) for p in tc.iter(f"{{{W}}}p")
+             if not any(a.tag == fallback for a in p.iterancestors())]
+    return " ".join(" ".join(texts).split())
