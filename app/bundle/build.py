@@ -141,6 +141,7 @@ def bundle_wheels(
         project_wheel = Path(shutil.copy2(project_wheel, dest / project_wheel.name))
     remove_other_project_wheels(dest, keep=project_wheel)
     files = download_wheels(dest, [str(project_wheel)], target, find_links=find_links, no_index=no_index)
+    remove_unused_wheels(dest, keep=[project_wheel, *files])
     return [wheel_info(path) for path in files]
 
 
@@ -150,6 +151,17 @@ def remove_other_project_wheels(dest: Path, *, keep: Path) -> None:
     for wheel in dest.glob("glmkb-*.whl"):
         if wheel.resolve() != keep.resolve():
             log.info("removing %s, an earlier build's glmkb wheel", wheel.name)
+            wheel.unlink()
+
+
+def remove_unused_wheels(dest: Path, *, keep: Sequence[Path]) -> None:
+    """Drop the wheels this build did not resolve from a reused wheels/ folder (an older
+    version of a dependency, a dropped one): else the README, the size estimate and the
+    volumes would carry them, and ``pip install --find-links`` could still pick one."""
+    kept = {path.resolve() for path in keep}
+    for wheel in sorted(dest.glob("*.whl")):
+        if wheel.resolve() not in kept:
+            log.info("removing %s, an earlier build's wheel this build does not use", wheel.name)
             wheel.unlink()
 
 

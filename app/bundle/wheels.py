@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 PROJECT = "glmkb"
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+# What ``pip download`` prints per file it resolved, and its last line (checked against pip 26.3).
+_REPORTED = re.compile(r"^\s*(?:Saved|File was already downloaded) (.+\.whl)\s*$", re.M)
+_RESOLVED = re.compile(r"^Successfully downloaded (.+)$", re.M)
 # Rounds of "build the sdist-only dependency pip reported, then resolve again"; glmkb's tree
 # has one such package (jieba), so more than a handful means something else is wrong.
 MAX_SDIST_ROUNDS = 10
@@ -122,12 +125,16 @@ def download_wheels(
     find_links: Sequence[Path] = (),
     no_index: bool = False,
 ) -> list[Path]:
-    """Every wheel ``requirements`` need on ``target`` in ``dest``; returns the wheel files."""
+    """Every wheel ``requirements`` need on ``target`` in ``dest``; returns the wheel files this
+    download resolved (every wheel in ``dest`` when pip's output does not say which)."""
     dest.mkdir(parents=True, exist_ok=True)
     links = [dest, *find_links]
     constraints: list[str] = []
+    also: set[Path] = set()  # torch is kept even where the requirements do not name it
     if target.torch is not None:
-        constraints.append(f"torch=={download_torch(dest, target, find_links=links, no_index=no_index)}")
+        torch = download_torch(dest, target, find_links=links, no_index=no_index)
+        also.add(torch)
+        constraints.append(f"torch=={wheel_version(torch)}")
     with tempfile.TemporaryDirectory(prefix="glmkb-pip-") as tmp:
         constraint_file = Path(tmp) / "constraints.txt"
         constraint_file.write_text("\n".join(constraints) + "\n", encoding="utf-8")
@@ -140,7 +147,7 @@ def download_wheels(
                 what="wheels",
             )
             if proc.returncode == 0:
-                return sorted(dest.glob("*.whl"))
+                return used_or_all_wheels(dest, proc.stdout, also=also)
             missing = _NO_MATCH.search(proc.stderr)
             if not missing:
                 raise DownloadError(f"pip could not download the wheels: {_last_error(proc)}")
@@ -148,8 +155,48 @@ def download_wheels(
     raise DownloadError(f"pip kept asking for source-only packages after {MAX_SDIST_ROUNDS} builds; see --verbose")
 
 
-def download_torch(dest: Path, target: Target, *, find_links: Sequence[Path], no_index: bool) -> str:
-    """torch of the target's build (``+cpu``, ``+cu124``) from PyTorch's index; its version."""
+def used_or_all_wheels(dest: Path, pip_output: str, *, also: set[Path]) -> list[Path]:
+    """The wheels pip resolved (and ``also``), or every wheel in ``dest`` when its output does
+    not account for them: a reused wheels/ may hold an earlier build's, but keeping one too many
+    beats deleting one this build needs."""
+    used = reported_wheels(pip_output, dest)
+    if used is None:
+        log.warning("pip's output does not say which wheels it used; keeping every wheel in %s", dest)
+        return sorted(dest.glob("*.whl"))
+    return sorted(used | also)
+
+
+def reported_wheels(pip_output: str, dest: Path) -> set[Path] | None:
+    """The wheels in ``dest`` one ``pip download`` resolved, from its "Saved"/"File was already
+    downloaded" lines; None unless each project of its "Successfully downloaded" line has one
+    (``--quiet`` in a pip.conf, another pip's wording). A file of a project pip then dropped
+    (tried while backtracking) is left out."""
+    resolved = _RESOLVED.search(pip_output)
+    if resolved is None:
+        return None
+    names = {canonical_name(name) for name in resolved.group(1).split()}
+    files = {dest / Path(line).name for line in _REPORTED.findall(pip_output)}
+    used = {f for f in files if f.is_file() and wheel_project(f) in names}
+    return used if {wheel_project(f) for f in used} == names else None
+
+
+def wheel_project(path: Path) -> str:
+    """The normalized project name a wheel file is of (``Zope_Interface-5.0-...`` -> ``zope-interface``)."""
+    return canonical_name(path.name.split("-")[0])
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503's normalized project name, so pip's names match wheel file names."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_version(path: Path) -> str:
+    """A wheel's version from its file name (``torch-2.5.1%2Bcpu-...`` -> ``2.5.1+cpu``)."""
+    return path.name.split("-")[1].replace("%2B", "+")
+
+
+def download_torch(dest: Path, target: Target, *, find_links: Sequence[Path], no_index: bool) -> Path:
+    """torch of the target's build (``+cpu``, ``+cu124``) from PyTorch's index; its wheel file."""
     proc = run_pip(
         pip_command(
             "download", "--no-deps", "--dest", str(dest), *target.pip_args(),
@@ -160,10 +207,12 @@ def download_torch(dest: Path, target: Target, *, find_links: Sequence[Path], no
     if proc.returncode != 0:
         raise DownloadError(f"pip could not download torch ({target.torch}): {_last_error(proc)}")
     wanted = f"+{target.torch}"
-    found = [w for w in dest.glob("torch-*.whl") if wanted in w.name and _tags_fit(w, target)]
+    reported = reported_wheels(proc.stdout, dest)  # the file pip chose, not an earlier build's
+    candidates = dest.glob("torch-*.whl") if reported is None else reported
+    found = [w for w in candidates if w.name.startswith("torch-") and wanted in w.name and _tags_fit(w, target)]
     if not found:
         raise DownloadError(f"no torch wheel of the {target.torch} build for Python {target.python_version} came down")
-    return max(found, key=lambda p: p.stat().st_mtime).name.split("-")[1].replace("%2B", "+")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def build_pure_wheel(dest: Path, requirement: str, *, find_links: Sequence[Path], no_index: bool) -> Path:
