@@ -313,7 +313,7 @@ def sweep_int4_runs(w: Weights, x2: torch.Tensor, *, device: str) -> dict[str, A
         launch = lambda layer, c: op._launch_rows(x2, layer.weight, layer.scales_zeros, None,  # noqa: E731
                                                   group_size=128, out=scratch, config=c)
     elif op.MAX_ROW_KERNEL_ROWS < rows <= op.MAX_GEMM_ROWS:
-        configs = op.gemm_options(rows, 128)
+        configs = op.gemm_options(rows, 128, op.GEMM_CONFIGS + op.SPLIT_GEMM_CONFIGS)
         launch = lambda layer, c: op._launch_gemm(x2, layer.weight, layer.scales_zeros, None,  # noqa: E731
                                                   group_size=128, config=c)
     else:

@@ -157,6 +157,37 @@ def test_interpreted_gemm_equals_the_dequantized_product(rows: int, n: int, k: i
     assert (out[rows] == 7.0).all()
 
 
+@interpreted
+@pytest.mark.parametrize(("split", "weight_first"), [(3, False), (2, True), (1, True)])
+def test_interpreted_gemm_k_slices_and_weight_first_equal_the_dequantized_product(split: int,
+                                                                                  weight_first: bool) -> None:
+    """The K-sliced form (float32 partial sums added by ``gemv.reduce_split``, bias there) and the
+    weight-as-A-operand form (session 35's tiles for 16-64 rows) against float64, with a slice
+    count that does not divide the steps and partial tiles along M and N."""
+    from llm.kernels.int4_gemm import launch_int4_runs_gemm
+
+    rows, n, k, group = 20, 40, 320, 32
+    q, scale, zero = quantized(n, k, group, seed=split)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(5))
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(6))
+    out = torch.full((rows + 1, n), 7.0)
+    launch_int4_runs_gemm(x, int4_runs.pack_runs(q), int4_runs.pack_scales_zeros(scale, zero), bias,
+                          group_size=group, block_m=16, block_n=32, block_k=32, split_k=split,
+                          weight_first=weight_first, out=out[:rows])
+    ref = reference_linear(x, q, scale.float(), zero.float(), group) + bias.double()
+    assert ((out[:rows].double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    assert (out[rows] == 7.0).all()
+
+
+def test_gemm_tile_fills_the_defaults() -> None:
+    from llm.kernels.int4_gemv_op import GEMM_CONFIGS, SPLIT_GEMM_CONFIGS, gemm_tile
+
+    assert gemm_tile((16, 64, 128, 4, 3)) == (16, 64, 128, 4, 3, 1, 0)
+    assert gemm_tile((16, 64, 128, 4, 3, 4)) == (16, 64, 128, 4, 3, 4, 0)
+    assert gemm_tile((64, 128, 64, 8, 3, 4, 1)) == (64, 128, 64, 8, 3, 4, 1)
+    assert all(len(gemm_tile(c)) == 7 for c in GEMM_CONFIGS + SPLIT_GEMM_CONFIGS)
+
+
 def test_gemm_refuses_steps_that_cross_a_group() -> None:
     from llm.kernels.int4_gemm import launch_int4_runs_gemm
 
@@ -306,18 +337,20 @@ def test_cuda_gemm_every_tile_equals_the_dequantized_product(rows: int) -> None:
     """Every GEMM tile the op may pick (the inline-assembly unpacking feeding the tensor cores)
     against float64, on the 6B's gate_up and down shapes, partial row tiles included."""
     from llm.kernels.int4_gemm import launch_int4_runs_gemm
-    from llm.kernels.int4_gemv_op import gemm_options
+    from llm.kernels.int4_gemv_op import GEMM_CONFIGS, SPLIT_GEMM_CONFIGS, gemm_options, gemm_tile
 
     for n, k in ((27392, 4096), (4096, 13696)):
         q, scale, zero = quantized(n, k, 128, seed=n + rows)
         packed, sz = int4_runs.pack_runs(q).cuda(), int4_runs.pack_scales_zeros(scale, zero).cuda()
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         ref = reference_linear(x.cpu().float(), q, scale.float(), zero.float(), 128)
-        for block_m, block_n, block_k, warps, stages in gemm_options(rows, 128)[:-1]:
+        for config in gemm_options(rows, 128, GEMM_CONFIGS + SPLIT_GEMM_CONFIGS)[:-1]:
+            block_m, block_n, block_k, warps, stages, split, weight_first = gemm_tile(config)
             y = launch_int4_runs_gemm(x, packed, sz, None, group_size=128, block_m=block_m, block_n=block_n,
-                                      block_k=block_k, num_warps=warps, num_stages=stages)
+                                      block_k=block_k, num_warps=warps, num_stages=stages, split_k=split,
+                                      weight_first=bool(weight_first))
             err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
-            assert err < 4e-3, (n, k, block_m, block_n, block_k, err)  # bf16 weights and output
+            assert err < 4e-3, (n, k, config, err)  # bf16 weights and output
 
 
 @pytest.mark.gpu

@@ -320,14 +320,23 @@ def launch_gemv(
         num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if split > 1:
-        block = 1024
-        _split_reduce_kernel[(triton.cdiv(n, block), rows)](
-            target, scales if scales is not None else dummy, bias if bias is not None else dummy, out,
-            n, target.stride(0), target.stride(1), out.stride(0),
-            SPLIT=split, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, BLOCK=block, PDL=pdl,
-            num_warps=4, launch_pdl=pdl,
-        )
+        reduce_split(target, bias, out, scales=scales)
     return out
+
+
+def reduce_split(partial: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, *,
+                 scales: torch.Tensor | None = None) -> None:
+    """``out = sum(partial) (* scales) (+ bias)``: the float32 K-slice sums ``(split, M, N)`` of a
+    split-K launch, added in slice order (deterministic, unlike atomics), into ``out`` ``(M, N)``."""
+    split, rows, n = partial.shape
+    block = 1024
+    pdl = launch_pdl(out.device)
+    _split_reduce_kernel[(triton.cdiv(n, block), rows)](
+        partial, scales if scales is not None else out, bias if bias is not None else out, out,
+        n, partial.stride(0), partial.stride(1), out.stride(0),
+        SPLIT=split, HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, BLOCK=block, PDL=pdl,
+        num_warps=4, launch_pdl=pdl,
+    )
 
 
 def _launch_row(

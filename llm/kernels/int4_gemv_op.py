@@ -52,13 +52,24 @@ ROWS_CONFIGS = ((2, 2048, 4), (4, 2048, 4), (2, 4096, 4), (4, 1024, 2))
 # reading it once (0.5 byte per weight per launch); past it the GEMM (0.5 byte per weight) or one
 # dequantization (0.5 read + 2 written) and cuBLAS (2 read): 4.5 bytes per weight whatever the rows.
 MAX_ROW_KERNEL_ROWS = 8
-# The INT4 GEMM's tiles, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), first = the default
-# without timing. BLOCK_K divides the group (one scale per step); compiled for sm_90 offline
-# (bench.sass): 95-132 registers, no spills. Past MAX_GEMM_ROWS a prompt's GEMM is compute-bound
-# and cuBLAS's, after one dequantization, is the one to run.
-GEMM_CONFIGS = ((16, 64, 128, 4, 3), (16, 32, 128, 4, 4), (16, 64, 64, 4, 4), (16, 64, 32, 4, 4),
-                (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 128, 8, 3),
-                (128, 128, 64, 8, 3))
+# The INT4 GEMM's tiles, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, split_k[, weight_first]]),
+# first = the default without timing. BLOCK_K divides the group (one scale per step); compiled for
+# sm_90 offline (bench.sass): 95-132 registers, no spills. Past MAX_GEMM_ROWS a prompt's GEMM is
+# compute-bound and cuBLAS's, after one dequantization, is the one to run.
+GEMM_CONFIGS: tuple[tuple[int, ...], ...] = (
+    (16, 64, 128, 4, 3), (16, 32, 128, 4, 4), (16, 64, 64, 4, 4), (16, 64, 32, 4, 4),
+    (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 128, 8, 3),
+    (128, 128, 64, 8, 3),
+)
+# K-sliced and weight-first tiles (session 35) for 4096-wide outputs at 16-64 rows (16 streams'
+# decode steps, every short prompt), where one slice fills only 64-72 of 132 SMs and an INT4 prompt
+# of 64 tokens took 9.1 ms against bf16's 4.9 (run 26: it dequantized). Not yet measured on a GPU,
+# so not among the op's timed options (each adds a compile to the first use): ``python -m bench.gemv``
+# sweeps them.
+SPLIT_GEMM_CONFIGS: tuple[tuple[int, ...], ...] = (
+    (16, 64, 128, 4, 3, 4), (16, 64, 128, 4, 3, 4, 1), (16, 128, 128, 4, 3, 4, 1),
+    (64, 64, 128, 4, 3, 4), (64, 64, 128, 4, 3, 4, 1), (64, 128, 64, 8, 3, 4, 1), (64, 128, 128, 8, 3, 2, 1),
+)
 MAX_GEMM_ROWS = 256
 DEQUANTIZE = "dequantize + cuBLAS"
 
@@ -139,9 +150,18 @@ def _launch_gemm(
     config = config or choose_gemm_config(x, packed, scales_zeros, bias, group_size=group_size)
     if config == DEQUANTIZE:
         return _dequantize_and_multiply(x, packed, scales_zeros, bias, group_size=group_size)
-    block_m, block_n, block_k, warps, stages = config
+    block_m, block_n, block_k, warps, stages, split, weight_first = gemm_tile(config)
     return launch_int4_runs_gemm(x, packed, scales_zeros, bias, group_size=group_size, block_m=block_m,
-                                 block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages)
+                                 block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+                                 split_k=split, weight_first=bool(weight_first))
+
+
+def gemm_tile(config: tuple[int, ...]) -> tuple[int, int, int, int, int, int, int]:
+    """A ``GEMM_CONFIGS`` entry with its defaults filled: one K-slice, x as the A operand."""
+    block_m, block_n, block_k, warps, stages, *rest = config
+    split = rest[0] if rest else 1
+    weight_first = rest[1] if len(rest) > 1 else 0
+    return block_m, block_n, block_k, warps, stages, split, weight_first
 
 
 def row_bucket(rows: int) -> int:
@@ -149,11 +169,12 @@ def row_bucket(rows: int) -> int:
     return max(16, 1 << (rows - 1).bit_length())
 
 
-def gemm_options(rows: int, group_size: int) -> list[Config]:
-    """The tiles that fit ``rows``' bucket and the group (``BLOCK_M`` <= bucket, ``BLOCK_K`` divides
-    the group), then ``DEQUANTIZE``."""
+def gemm_options(rows: int, group_size: int, configs: tuple[tuple[int, ...], ...] | None = None) -> list[Config]:
+    """The tiles of ``configs`` (``GEMM_CONFIGS``) that fit ``rows``' bucket and the group
+    (``BLOCK_M`` <= bucket, ``BLOCK_K`` divides the group), then ``DEQUANTIZE``."""
     bucket = row_bucket(rows)
-    tiles: list[Config] = [c for c in GEMM_CONFIGS if c[0] <= bucket and group_size % c[2] == 0]
+    configs = GEMM_CONFIGS if configs is None else configs
+    tiles: list[Config] = [c for c in configs if c[0] <= bucket and group_size % c[2] == 0]
     return [*tiles, DEQUANTIZE]
 
 
