@@ -111,7 +111,8 @@ def test_lone_surrogates_in_a_query_are_searched_around(twin_kb: KnowledgeBase) 
 def test_valid_text_tokenizes_as_before() -> None:
     """Guard for the surrogate fix: it must not change the tokens of valid text (stored KBs keep their index)."""
     assert tokenize("諸葛亮借東風") == tokenize("诸葛亮借东风")
-    assert "ｉ" in tokenize("ｉＰｈｏｎｅ") and "iphone" in tokenize("iPhone")
+    assert "iphone" in tokenize("iPhone") and "iphone" in tokenize("ｉＰｈｏｎｅ")  # full width folded (session 35)
+    assert "ｉ" in tokenize("ｉＰｈｏｎｅ", width=False)
 
 
 
