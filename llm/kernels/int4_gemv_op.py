@@ -55,20 +55,23 @@ MAX_ROW_KERNEL_ROWS = 8
 # The INT4 GEMM's tiles, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages[, split_k[, weight_first]]),
 # first = the default without timing. BLOCK_K divides the group (one scale per step); compiled for
 # sm_90 offline (bench.sass): 95-132 registers, no spills. Past MAX_GEMM_ROWS a prompt's GEMM is
-# compute-bound and cuBLAS's, after one dequantization, is the one to run.
+# compute-bound and cuBLAS's, after one dequantization, is the one to run. The first three (session 35)
+# take 4 K-slices (and the last two the weight as wgmma's A operand): at 16-64 rows one slice fills
+# only 64-72 of 132 SMs for the 4096-wide outputs. Run 36 (H100, ``bench.gemv``'s INT4 sweep over
+# the 6B shapes, docs/bench-results/int4_gemm_tiles.run36.h100.json), us, best tile before -> after:
+# 16 rows (16 streams' decode steps) q/k/v 20.4 -> 15.2, o_proj 15.9 -> 13.1, gate_up 52.9 -> 50.7,
+# down 59.6 -> 40.1; 64 rows (every short prompt) q/k/v 39.1 -> 26.8, o_proj 28.1 -> 19.0, gate_up
+# 156.9 -> 108.7, down 82.2 -> 62.0 (dequantize + cuBLAS: 42-352).
 GEMM_CONFIGS: tuple[tuple[int, ...], ...] = (
+    (16, 64, 128, 4, 3, 4), (16, 128, 128, 4, 3, 4, 1), (64, 128, 64, 8, 3, 4, 1),
     (16, 64, 128, 4, 3), (16, 32, 128, 4, 4), (16, 64, 64, 4, 4), (16, 64, 32, 4, 4),
     (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 128, 8, 3),
     (128, 128, 64, 8, 3),
 )
-# K-sliced and weight-first tiles (session 35) for 4096-wide outputs at 16-64 rows (16 streams'
-# decode steps, every short prompt), where one slice fills only 64-72 of 132 SMs and an INT4 prompt
-# of 64 tokens took 9.1 ms against bf16's 4.9 (run 26: it dequantized). Not yet measured on a GPU,
-# so not among the op's timed options (each adds a compile to the first use): ``python -m bench.gemv``
-# sweeps them.
+# More K-sliced / weight-first tiles that lost every 6B shape in run 36: swept by ``python -m bench.gemv``
+# only (each option the op times adds a compile to its first use).
 SPLIT_GEMM_CONFIGS: tuple[tuple[int, ...], ...] = (
-    (16, 64, 128, 4, 3, 4), (16, 64, 128, 4, 3, 4, 1), (16, 128, 128, 4, 3, 4, 1),
-    (64, 64, 128, 4, 3, 4), (64, 64, 128, 4, 3, 4, 1), (64, 128, 64, 8, 3, 4, 1), (64, 128, 128, 8, 3, 2, 1),
+    (16, 64, 128, 4, 3, 4, 1), (64, 64, 128, 4, 3, 4), (64, 64, 128, 4, 3, 4, 1), (64, 128, 128, 8, 3, 2, 1),
 )
 MAX_GEMM_ROWS = 256
 DEQUANTIZE = "dequantize + cuBLAS"
