@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kb.loaders import open_document
-from kb.loaders.docx_numbering import format_number
+from kb.loaders.number_formats import format_number
 from kb.splitting import chinese_number, split_chapters
 
 W_NS = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'

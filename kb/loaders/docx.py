@@ -25,7 +25,7 @@ from kb.errors import DocumentLoadError
 from kb.loaders.document import Heading, LoadedDocument, heading_style_level, is_contents_style, text_blocks
 from kb.loaders.docx_numbering import Numbering, without_broken_numbering
 from kb.loaders.sniff import check_archive
-from kb.loaders.word_text import MC, W, body_blocks, paragraph_text, text_box_paragraphs
+from kb.loaders.word_text import body_blocks, cell_text, paragraph_text, text_box_paragraphs
 
 _MAX_STYLE_DEPTH = 16
 # Main-part content types of Word's macro-enabled documents and its templates (.docm, .dotx, .dotm).
@@ -169,14 +169,6 @@ def _row_cells(row, numbering: Numbering) -> list[str]:  # type: ignore[no-untyp
         if previous is not None and cell._tc is previous:
             continue
         previous = cell._tc
-        cells.append(_cell_text(cell._tc, numbering))
+        cells.append(cell_text(cell._tc, lambda p: _numbered_text(p, numbering)))
     return cells
 
-
-def _cell_text(tc, numbering: Numbering) -> str:  # type: ignore[no-untyped-def]
-    """A table cell's text on one line, as ``word_text.cell_text`` reads it, numbered paragraphs
-    with their labels (lists in tables count along with the body's)."""
-    fallback = f"{{{MC}}}Fallback"
-    texts = [_numbered_text(p, numbering) for p in tc.iter(f"{{{W}}}p")
-             if not any(a.tag == fallback for a in p.iterancestors())]
-    return " ".join(" ".join(texts).split())

@@ -14,7 +14,7 @@ Word's own table of contents (its headings are in the body already).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lxml.etree
 
@@ -88,7 +88,9 @@ def _is_table_of_contents(sdt: lxml.etree._Element) -> bool:
     return gallery is not None and (gallery.get(f"{{{W}}}val") or "").lower() == "table of contents"
 
 
-def cell_text(tc: lxml.etree._Element) -> str:
-    """A table cell's text on one line: every paragraph in it (nested tables' and text boxes' too)."""
-    texts = [paragraph_text(p) for p in tc.iter(_P) if not _in_fallback(p)]
+def cell_text(tc: lxml.etree._Element, read: Callable[[lxml.etree._Element], str] | None = None) -> str:
+    """A table cell's text on one line: every paragraph in it (nested tables' and text boxes' too),
+    each read by ``read`` (``paragraph_text``; the .docx loader's adds list numbers)."""
+    read = read or paragraph_text
+    texts = [read(p) for p in tc.iter(_P) if not _in_fallback(p)]
     return " ".join(" ".join(texts).split())
