@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from langchain_core.documents import Document
 
+from kb.chapter_references import chapters_named
 from kb.docstore import StoredChunk
 from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.fusion import reciprocal_rank_fusion
-from kb.splitting import chapters_named
 from kb.tokenizing import folding, tokenize, well_formed
 from kb.types import RetrievalMode, chunk_metadata
 from kb.version import LoadedVersion
@@ -99,7 +99,7 @@ def search_version(
 
 
 def chapter_chunk_ids(version: LoadedVersion, text: str) -> dict[int, None] | None:
-    """The chunks of the chapters ``text`` names (``kb.splitting.chapters_named``: "第三回讲了什么？"), in
+    """The chunks of the chapters ``text`` names (``kb.chapter_references.chapters_named``: "第三回讲了什么？"), in
     reading order, or None: it names none, or none of the knowledge base's chapters (then it is searched
     whole: "第200回" of a 120-回 book may be about something else)."""
     named = chapters_named(text)

@@ -39,14 +39,6 @@ CHAPTER_HEADING = re.compile(
     rf"(?:(?:{_SPACE}|[:：.．、])+(?P<title>[^\n]*?))?{_SPACE}*\r?$",
     re.MULTILINE,
 )
-# A chapter (or a range) named inside a question: "第三回讲了什么", "第3到5回里曹操做了什么", "第十二章".
-# What search narrows to (``kb.search``); 卷 is left out: volumes restart their chapters' numbers.
-_NUMERAL = rf"[0-9０-９]+|[{_CN_DIGITS}]+"
-CHAPTER_REFERENCE = re.compile(
-    rf"第{_SPACE}*(?P<first>{_NUMERAL}){_SPACE}*"
-    rf"(?:(?:[回章节節话話]{_SPACE}*)?[-~～—–－至到]{_SPACE}*第?{_SPACE}*(?P<last>{_NUMERAL}){_SPACE}*)?"
-    rf"(?P<unit>[回章节節话話])"
-)
 # Unnumbered sections of a numbered book (序章, 楔子, 番外三 重逢, 尾声, 后记, 完本感言; a part's 上卷,
 # 下册), on a line of their own: sections with no chapter number, so their text is not cited or
 # summarized as the numbered chapter before them. Only in a text that has 第N章 headings too.
@@ -109,17 +101,6 @@ class Chunk:
     page: int | None = None
     page_end: int | None = None  # the last page where the chunk spans pages, else None
     section: str | None = None  # e.g. "第三章 > 3.2 安装", or the chapter's label "第2章 休假"
-
-
-def chapters_named(text: str) -> tuple[int, int] | None:
-    """The chapters a question names, ``(first, last)`` inclusive: ``第三回`` -> (3, 3), ``第3至5回`` ->
-    (3, 5); None where it names none, or several apart ("第三回和第五回": no one range to narrow to)."""
-    ranges = set()
-    for match in CHAPTER_REFERENCE.finditer(text):
-        first = chinese_number(match.group("first"))
-        last = chinese_number(match.group("last") or match.group("first"))
-        ranges.add((first, last) if first <= last else (last, first))
-    return ranges.pop() if len(ranges) == 1 else None
 
 
 def chinese_number(numeral: str) -> int:

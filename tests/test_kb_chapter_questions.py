@@ -14,7 +14,7 @@ import pytest
 from configs import Settings
 from kb import KnowledgeBase
 from kb.search import filled_from_chapters
-from kb.splitting import chapters_named
+from kb.chapter_references import chapters_named
 from tests.fixtures.kb import chapter_excerpt
 
 
