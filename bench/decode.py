@@ -85,7 +85,8 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 def bench_decode(model: Any, tokenizer: Any, *, new_tokens: int, repeat: int, options: Any = None) -> dict[str, Any]:
     from llm import ChatGLM
     from llm.fast_decode import DECODE_GRAPH, STATIC_CACHE, FastDecodeOptions, fast_decode_state
-    from llm.streaming import on_model_device, run_generate
+    from llm.model_device import on_model_device
+    from llm.streaming import run_generate
 
     options = options or FastDecodeOptions()
     eager = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=new_tokens, fast_decode=False,

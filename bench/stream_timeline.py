@@ -7,8 +7,8 @@ Why: ``bench.decode``'s tok/s counts 128 tokens over the whole stream, time to f
 and on the H200 INT8's first token (8.5 ms) came only 0.5 ms before bf16's (9.0 ms) although its
 captured prompt pass read half the bytes (4.62 against 4.86 ms, run 26): ~4 ms of every stream is
 neither prompt pass nor decode step. Per kind this streams ``--repeat`` answers of 128 tokens and
-records, without adding a sync, when the worker entered ``graph_generate``, launched and left the
-prompt pass, and handed each token to the stream (``QueueStreamer.put``), and when the consumer got
+records, without adding a sync, when the prompt was tokenized, the worker started and entered
+``graph_generate``, emptied the cache, staged the prompt pass's inputs, launched and left the pass, and handed each token to the stream (``QueueStreamer.put``), and when the consumer got
 its first and last piece; then it replays the captured prompt pass and decode step alone (CUDA
 events). So: host work before the prompt pass, the pass itself, the first token's wait, the gap per
 token against the replayed step, and the tail after the last token.
@@ -53,14 +53,33 @@ class Timeline:
 
 
 def instrument(timeline: Timeline) -> None:
-    """Mark the fast path's steps and every token handed to a stream."""
+    """Mark the fast path's steps (those this checkout has), the worker's start, and every token
+    handed to a stream."""
+    import llm.chatglm as chatglm
     import llm.fast_decode as fast_decode
     import llm.fast_decode.decode_graph as decode_graph
+    import llm.fast_decode.prefill as prefill
     import llm.streaming as streaming
 
     timeline.wrap(fast_decode, "graph_generate")
+    timeline.wrap(chatglm.ChatGLM, "_generate_kwargs")
     for name in ("prefill", "take_tokens", "_decode_loop"):
         timeline.wrap(decode_graph, name)
+    for name in ("empty_cache", "_fill_prefill"):
+        if hasattr(prefill, name):
+            timeline.wrap(prefill, name)
+    submit = streaming.ModelWorker.submit
+
+    def marked_submit(worker: Any, fn: Callable[[], None]) -> Any:
+        timeline.mark("submit")
+
+        def task() -> None:
+            timeline.mark("worker starts")
+            fn()
+
+        return submit(worker, task)
+
+    streaming.ModelWorker.submit = marked_submit  # type: ignore[method-assign]
     put = streaming.QueueStreamer.put
 
     def marked_put(streamer: Any, value: torch.Tensor) -> None:

@@ -70,7 +70,9 @@ def thinking_off(llm: Any) -> dict[str, Any]:
 
 def prompt_opens_reasoning(input_ids: Any, *, tokenizer: Any) -> bool:
     """Whether a prompt's last tokens (a row of ``input_ids``) open a ``<think>`` block."""
-    tail = [int(i) for i in input_ids[-_PROMPT_TAIL_TOKENS:]]
+    tail = input_ids[-_PROMPT_TAIL_TOKENS:]
+    # One ``tolist`` for a tensor row: ``int()`` of each element was 16 tensor operators per request
+    tail = tail.tolist() if hasattr(tail, "tolist") else [int(i) for i in tail]
     return opens_reasoning(tokenizer.decode(tail, skip_special_tokens=False))
 
 

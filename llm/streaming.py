@@ -22,6 +22,7 @@ from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from llm.fast_decode import FastDecodeOptions, fast_generate
+from llm.model_device import on_model_device
 from llm.per_model import PerModel
 from llm.reasoning import prompt_opens_reasoning, split_reasoning
 
@@ -304,27 +305,13 @@ def fast_options(fast_decode: FastDecode) -> FastDecodeOptions | None:
 
 
 def generate_on_worker(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: FastDecode) -> Any:
-    """``model.generate(**generate_kwargs)``, or its fast equivalent (``llm.fast_decode.fast_generate``),
-    its tensors first moved to the model's device (``on_model_device``)."""
-    generate_kwargs = on_model_device(model, generate_kwargs)
+    """``model.generate(**generate_kwargs)`` with its tensors moved to the model's device
+    (``on_model_device``), or its fast equivalent (``llm.fast_decode.fast_generate``, which moves them
+    itself)."""
     options = fast_options(fast_decode)
     if options is not None:
         return fast_generate(model, generate_kwargs, cancel_types=(CancelCriteria,), options=options)
-    return model.generate(**generate_kwargs)
-
-
-def on_model_device(model: Any, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``generate_kwargs`` with its tensors (the prompt ids and mask) on the model's device, moved here on
-    the model's worker. Request threads build them on the CPU (``llm.generate_kwargs``): in PyTorch's
-    default (global) capture mode a copy to the GPU (or a read back) from a request thread while the
-    worker captured a new shape invalidated the capture and failed that request ("operation not
-    permitted when stream is capturing", run 31h, a request arriving during a yield's new batch).
-    ``capture_graph`` now captures thread-locally as well; the prompt's copy still belongs here."""
-    device = getattr(model, "device", None)
-    if device is None:
-        return generate_kwargs
-    moved = {k: v.to(device) for k, v in generate_kwargs.items() if isinstance(v, torch.Tensor) and v.device != device}
-    return {**generate_kwargs, **moved} if moved else generate_kwargs
+    return model.generate(**on_model_device(model, generate_kwargs))
 
 
 def run_generate(model: Any, generate_kwargs: dict[str, Any], *, fast_decode: FastDecode = None) -> Any:

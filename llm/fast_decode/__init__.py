@@ -70,6 +70,7 @@ from llm.fast_decode.static_cache import (
     with_fast_decode,
 )
 from llm.kernels.pdl import pdl_launches
+from llm.model_device import on_model_device
 
 __all__ = [
     "DECODE_ATTENTION",
@@ -124,7 +125,9 @@ def fast_generate(
     """``model.generate(**kwargs)`` on the fastest path the call allows: the decode graph for plain
     greedy/sampled calls, else generate with the reused static cache and compiled step
     (``with_fast_decode``). A graph that cannot be built turns the graph loop off for this model,
-    with one warning. Run on the model's worker thread, under ``torch.inference_mode``."""
+    with one warning. The prompt's tensors may be on the host: each path moves them to the model's
+    device (the decode graph with its prompt pass's inputs, ``prefill``). Run on the model's worker
+    thread, under ``torch.inference_mode``."""
     with pdl_launches(options.pdl):
         return _fast_generate(model, kwargs, cancel_types=cancel_types, options=options)
 
@@ -145,4 +148,4 @@ def _fast_generate(model: Any, kwargs: dict[str, Any], *, cancel_types: tuple[ty
             state.graphs.clear()
             logger.warning("decode graph unavailable for %s, using generate with a static cache: %s",
                            type(model).__name__, e)
-    return model.generate(**with_fast_decode(model, kwargs))
+    return model.generate(**with_fast_decode(model, on_model_device(model, kwargs)))

@@ -79,6 +79,7 @@ class DecodeGraph:
     prefix: int = 0  # slots [0, prefix) hold the model's P-tuning prefix
     token_kernel: bool = True  # greedy steps choose their token by Triton kernels where they apply
     sampling_kernel: bool = False  # and sampled steps (``FastDecodeOptions.sampling_kernel``)
+    eos_ids: tuple[int, ...] = ()  # what ``eos`` holds (``graph_generate`` copies them when they change)
 
 
 def graph_call_supported(kwargs: dict[str, Any], stopping_types: tuple[type, ...]) -> bool:
@@ -330,13 +331,17 @@ def graph_generate(
 
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    # A copy from host memory waits for the GPU (PyTorch synchronizes the stream after it): made
-    # after the prompt pass's launch, it kept the host from queueing the first token's work until
-    # the whole pass (~9 ms of a ~12 ms TTFT, run 19) had run. Before it, the GPU is idle.
-    listed = (eos_ids or [pad]) * MAX_EOS_IDS
-    g.eos.copy_(torch.tensor(listed[:MAX_EOS_IDS], dtype=torch.long))
+    # A copy from pageable host memory waits for the GPU (PyTorch synchronizes the stream after it):
+    # made after the prompt pass's launch, it kept the host from queueing the first token's work
+    # until the whole pass (~9 ms of a ~12 ms TTFT, run 19) had run. Before it, the GPU is idle; it is
+    # made only when the eos ids change. The prompt itself (ids and mask, here on the host as the
+    # request built them) goes to the GPU in the prompt pass's one asynchronous copy from pinned memory.
+    listed = tuple(((eos_ids or [pad]) * MAX_EOS_IDS)[:MAX_EOS_IDS])
+    if g.eos_ids != listed:
+        g.eos.copy_(torch.tensor(listed, dtype=torch.long))
+        g.eos_ids = listed
     # The prompt pass, then every buffer the decode graph reads (all queued behind it, no sync).
-    logits = prefill(model, g, input_ids, attention_mask, options=options)
+    logits, input_ids, attention_mask = prefill(model, g, input_ids, attention_mask, options=options)
     start = g.prefix  # the prompt follows the prefix's slots
     g.mask.zero_()
     g.mask[:, 0, 0, :start] = True

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 
 from llm.fast_decode.attention import decode_forward, packs, swapped
@@ -33,18 +34,72 @@ MIN_PREFILL_BUCKET = 64
 PREFILL_GRAPH_MAX_TOKENS = 4096
 
 
-@dataclass
-class PrefillGraph:
-    """Static inputs of one prompt-length bucket and the graph of the prompt pass over them."""
+class PromptInputs(NamedTuple):
+    """A prompt pass's inputs as views of one int64 buffer, so that one copy moves them all to the GPU."""
 
+    buffer: torch.Tensor  # (n,) int64
     ids: torch.Tensor  # (B, T) the prompt, right-padded to the bucket
     positions: torch.Tensor  # (B, T)
-    mask: torch.Tensor  # (B, 1, T, P + T) (packed attention, else L): which cache slots each prompt position sees
+    attention: torch.Tensor  # (B, T) the prompt's attention mask, right-padded with 0
     keep: torch.Tensor  # (1,) index of the last real prompt position
     length: torch.Tensor  # () prefix + real prompt length: where the cache continues writing
+    mask: torch.Tensor  # (B, 1, T, S) bool: which cache slots each prompt position sees
+
+    @classmethod
+    def allocate(cls, *, batch: int, bucket: int, span: int, device: torch.device, pin: bool = False) -> PromptInputs:
+        """Zeroed inputs of one bucket in one buffer (in pinned host memory with ``pin``)."""
+        rows = batch * bucket
+        mask_words = rows * span // 8  # 8 bools a word: the bucket (>= 64 rows) keeps it whole
+        buffer = torch.zeros(3 * rows + 2 + mask_words, dtype=torch.long, device=device, pin_memory=pin)
+        ids, positions, attention = (buffer[i * rows : (i + 1) * rows].view(batch, bucket) for i in range(3))
+        keep, length = buffer[3 * rows : 3 * rows + 1], buffer[3 * rows + 1]
+        mask = buffer[3 * rows + 2 :].view(torch.bool).view(batch, 1, bucket, span)
+        return cls(buffer, ids, positions, attention, keep, length, mask)
+
+
+@dataclass
+class PrefillGraph:
+    """Static inputs of one prompt-length bucket and the graph of the prompt pass over them.
+
+    The inputs are written on the host (``staged``, pinned) and copied to ``inputs`` in one
+    asynchronous copy: built on the GPU they took ~25 small kernels and a synchronizing copy of the
+    prompt, host work the GPU idled through before every prompt pass (run 36: 1.5 ms of the 3.6 ms
+    before an H100's prompt pass, the cache's reset included). On the CPU ``staged`` is ``inputs``."""
+
+    inputs: PromptInputs  # on the model's device: what the pass reads
+    staged: PromptInputs  # their host twin, written per call
     prefix: int = 0  # slots [0, prefix) hold the P-tuning prefix; the prompt is written after them
+    uploaded: Any = None  # CUDA event after the last copy out of ``staged``: it may be rewritten once done
     logits: torch.Tensor | None = None  # (B, V) float, output of the last replay
     graph: Any = None
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self.inputs.ids
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.inputs.positions
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.inputs.mask
+
+    @property
+    def keep(self) -> torch.Tensor:
+        return self.inputs.keep
+
+    @property
+    def length(self) -> torch.Tensor:
+        return self.inputs.length
+
+
+class PromptPass(NamedTuple):
+    """What ``prefill`` gives the decode loop: the last position's logits and the prompt on the model's device."""
+
+    logits: torch.Tensor  # (B, V) float
+    input_ids: torch.Tensor  # (B, prompt)
+    attention_mask: torch.Tensor  # (B, prompt)
 
 
 def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -81,38 +136,84 @@ def _build_prefill(model: Any, g: DecodeGraph, batch: int, bucket: int) -> Prefi
     device, length = g.mask.device, g.mask.shape[-1]
     # The slots a prompt position can see (never past its own): packed attention narrows K/V to them
     span = g.prefix + bucket if packs(g.config, on=g.packed) else length
-    return PrefillGraph(
-        ids=torch.zeros((batch, bucket), dtype=torch.long, device=device),
-        positions=torch.zeros((batch, bucket), dtype=torch.long, device=device),
-        mask=torch.zeros((batch, 1, bucket, span), dtype=torch.bool, device=device),
-        keep=torch.zeros(1, dtype=torch.long, device=device),
-        length=torch.zeros((), dtype=torch.long, device=device),
-        prefix=g.prefix,
-    )
+    inputs = PromptInputs.allocate(batch=batch, bucket=bucket, span=span, device=device)
+    if device.type == "cpu":
+        return PrefillGraph(inputs=inputs, staged=inputs, prefix=g.prefix)
+    staged = PromptInputs.allocate(batch=batch, bucket=bucket, span=span, device=torch.device("cpu"), pin=True)
+    return PrefillGraph(inputs=inputs, staged=staged, prefix=g.prefix, uploaded=torch.cuda.Event())
 
 
 def _fill_prefill(p: PrefillGraph, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    batch, prompt = input_ids.shape
-    bucket = p.ids.shape[1]
-    p.ids.zero_()
-    p.ids[:, :prompt] = input_ids
-    positions = prompt_positions(attention_mask)
-    p.positions[:, :prompt] = positions
-    p.positions[:, prompt:] = positions[:, -1:] + torch.arange(1, bucket - prompt + 1, device=p.ids.device)
-    p.mask.copy_(prompt_mask(attention_mask, prefix=p.prefix, rows=bucket, length=p.mask.shape[-1]))
-    p.keep.fill_(prompt - 1)
-    p.length.fill_(p.prefix + prompt)
+    """Write the prompt's inputs on the host, then copy them to the pass's buffer in one asynchronous copy."""
+    if p.uploaded is not None:
+        p.uploaded.synchronize()  # the last call's copy out of ``staged`` (long done: its tokens were read)
+    _stage_prompt(p.staged, input_ids.cpu(), attention_mask.cpu(), prefix=p.prefix)
+    if p.staged is not p.inputs:
+        p.inputs.buffer.copy_(p.staged.buffer, non_blocking=True)
+        p.uploaded.record()
+
+
+def _stage_prompt(s: PromptInputs, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prefix: int) -> None:
+    """The pass's inputs for a prompt, written on the host in NumPy: ids and mask padded to the bucket,
+    ``prompt_positions`` and ``prefix.prompt_mask`` (``tests/test_prompt_upload.py`` compares them).
+    Why NumPy: a PyTorch operator cost ~20 us of host time on the H100 machine (run 37: ~20 of them
+    took 0.45 ms), a NumPy one ~1 us."""
+    ids, attention = input_ids.numpy(), attention_mask.numpy().astype(bool)
+    prompt = ids.shape[1]
+    bucket, span = s.ids.shape[1], s.mask.shape[-1]
+    staged_ids, staged_attention, positions = s.ids.numpy(), s.attention.numpy(), s.positions.numpy()
+    staged_ids[:, prompt:] = 0
+    staged_ids[:, :prompt] = ids
+    staged_attention[:, prompt:] = 0
+    staged_attention[:, :prompt] = attention
+    real = np.maximum(attention.cumsum(-1) - 1, 0)
+    positions[:, :prompt] = real
+    positions[:, prompt:] = real[:, -1:] + np.arange(1, bucket - prompt + 1)
+    visible = np.ones((ids.shape[0], span), dtype=bool)
+    visible[:, prefix : prefix + prompt] = attention
+    row = np.arange(bucket)[:, None] + prefix
+    col = np.arange(span)[None, :]
+    s.mask.numpy()[:] = (visible[:, None, None, :] | (col == row)) & (col <= row)
+    s.keep.numpy()[0] = prompt - 1
+    s.length.numpy()[()] = prefix + prompt
+
+
+def empty_cache(cache: Any) -> None:
+    """``cache.reset()`` in a few launches: transformers zeroes each layer's keys, values and length
+    one kernel at a time (84 launches for a 28-layer model, ~0.8 ms of host time on the H100 machine
+    before every prompt pass while the GPU idles, run 37); plain static layers are zeroed here by one
+    multi-tensor zero per dtype (one list of mixed dtypes took PyTorch's per-tensor route, as slow).
+    Other layer kinds keep their own reset."""
+    from transformers.cache_utils import StaticLayer
+
+    layers = cache.layers
+    if not all(type(layer) is StaticLayer and isinstance(layer.cumulative_length, torch.Tensor) for layer in layers):
+        cache.reset()
+        return
+    tensors = [t for layer in layers if layer.is_initialized for t in (layer.keys, layer.values)]
+    tensors += [layer.cumulative_length for layer in layers]
+    for group in _by_kind(tensors):
+        torch._foreach_zero_(group)
+
+
+def _by_kind(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``tensors`` grouped by device and dtype: the groups ``_foreach`` ops run as one multi-tensor launch."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
 
 
 def prefill(
     model: Any, g: DecodeGraph, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, options: FastDecodeOptions
-) -> torch.Tensor:
+) -> PromptPass:
     """Run the prompt into ``g.cache`` (emptied first, then the prefix written into its first
-    ``g.prefix`` slots); returns the last position's float logits ``(B, V)``. Captured per bucket on
+    ``g.prefix`` slots); returns the last position's float logits ``(B, V)`` and the prompt on the
+    model's device (``input_ids`` and ``attention_mask`` may be on the host). Captured per bucket on
     CUDA (``options.prefill_graphs``); a capture failure turns captured prompt passes off for this
     model, with one warning, and the pass runs eagerly."""
     batch, prompt = input_ids.shape
-    g.cache.reset()
+    empty_cache(g.cache)
     if g.prefix:
         write_prefix(model, g.cache, batch)
     states = fast_decode_state(model)
@@ -136,16 +237,19 @@ def prefill(
                 p.graph.replay()
             else:
                 _prefill_body(model, g, p)
-            return p.logits
+            # The prompt on the device: views of the pass's inputs, which only the next call rewrites
+            return PromptPass(p.logits, p.inputs.ids[:, :prompt], p.inputs.attention[:, :prompt])
         except Exception as e:  # capture failed (e.g. a host sync in the model's forward): eager from now on
             states.off[PREFILL_GRAPH] = f"{type(e).__name__}: {e}"
             logger.warning("capturing the prompt pass failed for %s, running prompts eagerly: %s",
                            type(model).__name__, states.off[PREFILL_GRAPH])
             g.prefills.clear()
-            g.cache.reset()
+            empty_cache(g.cache)
             if g.prefix:
                 write_prefix(model, g.cache, batch)
-    return _eager_prefill(model, g, input_ids, attention_mask)
+    device = g.mask.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    return PromptPass(_eager_prefill(model, g, input_ids, attention_mask), input_ids, attention_mask)
 
 
 def _eager_prefill(model: Any, g: DecodeGraph, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
