@@ -419,5 +419,10 @@ def _decode_loop(
         taken += 1
     if streamer is not None:
         streamer.end()
-    new = torch.tensor(new_ids, dtype=torch.long, device=input_ids.device).T.reshape(batch, -1)
-    return torch.cat([input_ids, new], dim=1)
+    # generate's result, without waiting for the GPU: a copy from pageable memory would wait for the step
+    # still queued after an eos (a whole step, 2.5-4.3 ms, before the stream's consumer, who waits for
+    # this call to end, could finish); from pinned memory the copy queues behind it
+    new = torch.tensor(new_ids, dtype=torch.long)
+    if input_ids.device.type == "cuda":
+        new = new.pin_memory().to(input_ids.device, non_blocking=True)
+    return torch.cat([input_ids, new.T.reshape(batch, -1)], dim=1)
