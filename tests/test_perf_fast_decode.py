@@ -561,7 +561,7 @@ def test_bucketed_prompt_pass_matches_generate(fresh_llm: ChatGLM, prompts: list
     assert torch.equal(eager, fast)
     (g,) = fd.fast_decode_state(fresh_llm.model).graphs.values()
     assert list(g.prefills) == [fd.MIN_PREFILL_BUCKET]
-    span = g.prefills[fd.MIN_PREFILL_BUCKET].mask.shape[-1]
+    span = g.prefills[fd.MIN_PREFILL_BUCKET].inputs.mask.shape[-1]
     assert span == fd.MIN_PREFILL_BUCKET < g.mask.shape[-1]  # the prompt attends to its bucket, not the cache
     eager, fast = fast_and_eager(fresh_llm, [p * 30 for p in prompts], options=bucketed, **options)  # longer bucket
     assert torch.equal(eager, fast)

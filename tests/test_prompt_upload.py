@@ -37,7 +37,7 @@ def test_one_copy_of_the_buffer_moves_every_input() -> None:
         assert torch.equal(view, getattr(staged, name)), name
     assert torch.equal(copy.ids[:, :5], ids) and not copy.ids[:, 5:].any()
     assert torch.equal(copy.attention[:, :5], attention) and not copy.attention[:, 5:].any()
-    positions = prompt_positions(attention)  # the eager pass's own functions, against the NumPy staging
+    positions = prompt_positions(attention)
     assert torch.equal(copy.positions[:, :5], positions) and copy.positions[0].tolist()[:7] == [0, 0, 0, 1, 2, 3, 4]
     assert torch.equal(copy.positions[:, 5:], positions[:, -1:] + torch.arange(1, 60))
     assert torch.equal(copy.mask, prompt_mask(attention, prefix=3, rows=64, length=67))

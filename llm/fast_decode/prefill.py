@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 import torch
 
 from llm.fast_decode.attention import decode_forward, packs, swapped
@@ -73,26 +72,6 @@ class PrefillGraph:
     logits: torch.Tensor | None = None  # (B, V) float, output of the last replay
     graph: Any = None
 
-    @property
-    def ids(self) -> torch.Tensor:
-        return self.inputs.ids
-
-    @property
-    def positions(self) -> torch.Tensor:
-        return self.inputs.positions
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.inputs.mask
-
-    @property
-    def keep(self) -> torch.Tensor:
-        return self.inputs.keep
-
-    @property
-    def length(self) -> torch.Tensor:
-        return self.inputs.length
-
 
 class PromptPass(NamedTuple):
     """What ``prefill`` gives the decode loop: the last position's logits and the prompt on the model's device."""
@@ -124,12 +103,13 @@ def _prefill_body(model: Any, g: DecodeGraph, p: PrefillGraph) -> None:
     # the rotary + cache writes as one kernel (``attention_step``, from slot ``g.start``); and each
     # RMSNorm and SwiGLU as one kernel each (``prompt_steps``; run 19: the norm's 7 eager kernels took ~1.2 ms
     # of the 9.1 ms pass)
+    inputs = p.inputs
     with decode_forward(g.config, g.fused, packed=g.packed, steps=g.steps), swapped(g.prompt_steps):
-        out = model(input_ids=p.ids, position_ids=p.positions, attention_mask=p.mask,
-                    **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=p.keep)
+        out = model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=inputs.mask,
+                    **{cache_kwarg(model): g.cache}, use_cache=True, logits_to_keep=inputs.keep)
     p.logits = out.logits[:, -1, :].float()
     for layer in layers:
-        layer.cumulative_length.copy_(p.length)
+        layer.cumulative_length.copy_(inputs.length)
 
 
 def _build_prefill(model: Any, g: DecodeGraph, batch: int, bucket: int) -> PrefillGraph:
@@ -154,28 +134,20 @@ def _fill_prefill(p: PrefillGraph, input_ids: torch.Tensor, attention_mask: torc
 
 
 def _stage_prompt(s: PromptInputs, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, prefix: int) -> None:
-    """The pass's inputs for a prompt, written on the host in NumPy: ids and mask padded to the bucket,
-    ``prompt_positions`` and ``prefix.prompt_mask`` (``tests/test_prompt_upload.py`` compares them).
-    Why NumPy: a PyTorch operator cost ~20 us of host time on the H100 machine; staging and copy took
-    0.50-0.55 ms written with PyTorch on the host, 0.43-0.44 ms in NumPy (run 37)."""
-    ids, attention = input_ids.numpy(), attention_mask.numpy().astype(bool)
-    prompt = ids.shape[1]
-    bucket, span = s.ids.shape[1], s.mask.shape[-1]
-    staged_ids, staged_attention, positions = s.ids.numpy(), s.attention.numpy(), s.positions.numpy()
-    staged_ids[:, prompt:] = 0
-    staged_ids[:, :prompt] = ids
-    staged_attention[:, prompt:] = 0
-    staged_attention[:, :prompt] = attention
-    real = np.maximum(attention.cumsum(-1) - 1, 0)
-    positions[:, :prompt] = real
-    positions[:, prompt:] = real[:, -1:] + np.arange(1, bucket - prompt + 1)
-    visible = np.ones((ids.shape[0], span), dtype=bool)
-    visible[:, prefix : prefix + prompt] = attention
-    row = np.arange(bucket)[:, None] + prefix
-    col = np.arange(span)[None, :]
-    s.mask.numpy()[:] = (visible[:, None, None, :] | (col == row)) & (col <= row)
-    s.keep.numpy()[0] = prompt - 1
-    s.length.numpy()[()] = prefix + prompt
+    """The pass's inputs for a prompt, written on the host by the eager pass's own ``prompt_positions``
+    and ``prefix.prompt_mask``: ids and mask padded to the bucket, positions, the cache's mask."""
+    prompt = input_ids.shape[1]
+    bucket = s.ids.shape[1]
+    s.ids.zero_()
+    s.ids[:, :prompt] = input_ids
+    s.attention.zero_()
+    s.attention[:, :prompt] = attention_mask
+    positions = prompt_positions(attention_mask)
+    s.positions[:, :prompt] = positions
+    s.positions[:, prompt:] = positions[:, -1:] + torch.arange(1, bucket - prompt + 1)
+    s.mask.copy_(prompt_mask(attention_mask, prefix=prefix, rows=bucket, length=s.mask.shape[-1]))
+    s.keep.fill_(prompt - 1)
+    s.length.fill_(prefix + prompt)
 
 
 def empty_cache(cache: Any) -> None:
