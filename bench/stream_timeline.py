@@ -8,7 +8,8 @@ and on the H200 INT8's first token (8.5 ms) came only 0.5 ms before bf16's (9.0 
 captured prompt pass read half the bytes (4.62 against 4.86 ms, run 26): ~4 ms of every stream is
 neither prompt pass nor decode step. Per kind this streams ``--repeat`` answers of 128 tokens and
 records, without adding a sync, when the prompt was tokenized, the worker started and entered
-``graph_generate``, emptied the cache, staged the prompt pass's inputs, launched and left the pass, and handed each token to the stream (``QueueStreamer.put``), and when the consumer got
+``graph_generate``, emptied the cache, staged the prompt pass's inputs, launched and left the pass,
+and handed each token to the stream (``QueueStreamer.put``), and when the consumer got
 its first and last piece; then it replays the captured prompt pass and decode step alone (CUDA
 events). So: host work before the prompt pass, the pass itself, the first token's wait, the gap per
 token against the replayed step, and the tail after the last token.

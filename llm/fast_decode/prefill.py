@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+from transformers.cache_utils import StaticLayer
 
 from llm.fast_decode.attention import decode_forward, packs, swapped
 from llm.fast_decode.cuda_graphs import capture_graph, warm_up_on_side_stream
@@ -156,8 +157,6 @@ def empty_cache(cache: Any) -> None:
     machine before every prompt pass while the GPU idles, run 37); plain static layers are zeroed here
     by one multi-tensor zero per dtype, 0.22-0.24 ms (one list of mixed dtypes took PyTorch's
     per-tensor route: 0.77 ms). Other layer kinds keep their own reset."""
-    from transformers.cache_utils import StaticLayer
-
     layers = cache.layers
     if not all(type(layer) is StaticLayer and isinstance(layer.cumulative_length, torch.Tensor) for layer in layers):
         cache.reset()
