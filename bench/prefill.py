@@ -90,6 +90,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shape", default="chatglm3-6b")
     p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4"], choices=("none", "int8", "int4"))
+    p.add_argument("--int8-tiles", default=None,
+                   help="an int8_tiles.json (bench.int8_tiles) whose winners replace gemv_configs.TUNED's INT8 tiles")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--int8-rows", type=int, default=None,
                    help="rows up to which INT8 layers take the Triton kernel (gemv_configs.INT8_GEMM_ROWS; "
@@ -98,6 +100,10 @@ def main() -> None:
                    help="also time each bucket with the prompt pass's swaps off (the model's own forward over the "
                         "whole cache: no narrowed attention, fused q/k/v, rotary, RMSNorm or SwiGLU kernels)")
     args = p.parse_args()
+    if args.int8_tiles:
+        from bench.int8_tiles import use_sweep
+
+        use_sweep(args.int8_tiles)
     if not torch.cuda.is_available() or args.tiny:
         print("prefill: no CUDA device (or --tiny), nothing to time (the captured prompt pass is CUDA-only)")
         return
