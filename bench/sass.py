@@ -28,12 +28,18 @@ _INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/")
 
 Case = tuple[str, Any, dict[str, str], dict[str, Any], int, int]
 GEMM_STAGES = 3  # the INT4 GEMM's software pipeline (int4_gemv_op.GEMM_CONFIGS' usual); the row kernels run 1
+STAGES: dict[str, int] = {}  # a case's own pipeline depth where its tile names one (the INT8 prompt tiles)
+# INT8 prompt tiles (64 rows, ``tl.dot``): the pinned x-first ones of run 26 and, with ``t``, the weight as
+# wgmma's register A operand; session 37 read both orders here (docs/PERFORMANCE.md, "Session 37").
+INT8_PROMPT_TILES = ("n64k64s4w4p4", "n64k128s4w4p3", "n64k128s4w4p3t", "n128k128s1w8p3", "n128k128s1w8p5t",
+                     "n256k64s1w8p5", "n256k64s1w8p5t", "n256k128s1w8p4")
 
 
 def kernels() -> list[Case]:
     """(name, kernel, pointer types, constexprs, warps, weights per step) for each row kernel tile,
     the tensor-core GEMV probe's (``bench.int4_dot_gemv``) and the INT4 GEMM's."""
     from llm.kernels import gemv, int4_gemm, int4_gemv
+    from llm.kernels.gemv_configs import GemvConfig
 
     int4 = {"w_ptr": "*u8", "sz_ptr": "*i32"}
     cases: list[Case] = [
@@ -68,6 +74,13 @@ def kernels() -> list[Case]:
                       {"KC": k // 64, "CHUNKS_PER_GROUP": 2, "CHAINS": chains, "UNROLL": unroll, "WARPS": warps,
                        "MODE": 0},
                       warps, 2 * chains * unroll * 16 * 64 * warps))  # two steps a loop (ping-pong)
+    for tile in INT8_PROMPT_TILES:  # INT8 prompts of <= 64 tokens: the pinned tiles and session 37's wide ones
+        c = GemvConfig.parse(tile)
+        STAGES[f"int8 prompt {tile}"] = c.num_stages
+        cases.append((f"int8 prompt {tile}", gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
+                      {"HAS_SCALE": False, "HAS_BIAS": False, "PARTIAL": True, "EVEN_K": True, "EVEN_N": True,
+                       "USE_DOT": True, "INT8": True, "WEIGHT_FIRST": c.weight_first, "BLOCK_M": 64,
+                       "BLOCK_N": c.block_n, "BLOCK_K": c.block_k}, c.num_warps, c.block_n * c.block_k))
     for block_m, block_n, block_k, warps in ((16, 64, 128, 4), (64, 128, 128, 8)):
         cases.append((f"int4 runs GEMM {block_m}x{block_n}x{block_k}", int4_gemm._int4_runs_gemm_kernel, int4,
                       {"HAS_BIAS": True, "GROUP": 128, "ASM": True, "DOT_F32": False, "BLOCK_M": block_m,
@@ -75,9 +88,10 @@ def kernels() -> list[Case]:
     return cases
 
 
-def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], *, warps: int) -> bytes:
+def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], *, warps: int,
+                     stages: int | None = None) -> bytes:
     """The kernel's cubin for sm_90, specialised as a launch with aligned pointers and strides is,
-    pipelined as its launcher does (``GEMM_STAGES`` for the GEMM)."""
+    pipelined as its launcher does (``GEMM_STAGES`` for the GEMM, ``stages`` where given)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -88,7 +102,7 @@ def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, An
                if kind != "constexpr" and name not in ("M", "N")}
     pdl = {"PDL": True} if "PDL" in fn.arg_names else {}
     source = ASTSource(fn=fn, signature=signature, constexprs={**constexprs, **pdl}, attrs=aligned)
-    stages = GEMM_STAGES if fn is _gemm_kernel() else 1
+    stages = stages or (GEMM_STAGES if fn is _gemm_kernel() else 1)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps,
                                                                                  "num_stages": stages})
     return compiled.asm["cubin"]
@@ -147,6 +161,9 @@ def figures(cubin: bytes, *, weights: int, threads: int) -> dict[str, Any]:
         "loop_global_loads": sum("LDG" in i for i in loop),
         "loop_barriers": sum("BAR" in i for i in loop),
         "loop_shared_accesses": sum(("LDS" in i or "STS" in i) for i in loop),
+        "loop_shared_stores": sum("STS" in i for i in loop),
+        "loop_byte_permutes": sum("PRMT" in i for i in loop),
+        "loop_wgmma": sum("HGMMA" in i for i in loop),
         "instructions_per_weight": round(len(loop) / (weights / threads), 2),
     }
 
@@ -157,7 +174,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     rows = []
     for name, fn, pointers, constexprs, warps, weights in kernels():
-        cubin = compile_for_sm90(fn, pointers, constexprs, warps=warps)
+        cubin = compile_for_sm90(fn, pointers, constexprs, warps=warps, stages=STAGES.get(name))
         rows.append({"kernel": name, "warps": warps, **figures(cubin, weights=weights, threads=warps * 32)})
     header = tuple(rows[0])
     print_table(f"sm_90 SASS, Triton {triton.__version__}", [tuple(r.values()) for r in rows], header)
