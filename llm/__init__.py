@@ -13,6 +13,7 @@ _EXPORTS = {
     "ChatGLM": "llm.chatglm",
     "ChatGLMChat": "llm.chatglm_chat",
     "cancel_scope": "llm.cancellation",
+    "cancellable_stream": "llm.cancellation",
     "ModelLoadError": "llm.errors",
     "llm_configured": "llm.factory",
     "load_llm": "llm.factory",

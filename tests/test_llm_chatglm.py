@@ -208,6 +208,31 @@ def test_closing_the_stream_stops_generation_and_frees_the_model(tiny_chatglm: C
     assert processor.steps == steps_at_close
 
 
+def test_an_lcel_stream_closed_early_stops_generation_through_cancellable_stream(tiny_chatglm: ChatGLM) -> None:
+    """Regression: closing ``prompt | llm | StrOutputParser()``'s stream after a few pieces left the
+    model generating to ``max_new_tokens`` (LangChain's parser reads the rest of its input for
+    tracing after a close). ``llm.cancellable_stream`` ends it within a token, and streams the same text."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import PromptTemplate
+
+    from llm import cancellable_stream
+
+    text = "话说天下大势，分久必合，合久必分。" * 20
+    processor = forced(tiny_chatglm, text)
+    chain = PromptTemplate.from_template("{q}") | tiny_chatglm.bind(max_new_tokens=400,
+                                                                    logits_processor=[processor]) | StrOutputParser()
+    stream = cancellable_stream(chain, {"q": QUESTION})
+    for _, _piece in zip(range(3), stream):
+        pass
+    stream.close()
+    assert processor.steps < 10, "generation ran on after the stream was closed"
+    assert not model_is_busy(tiny_chatglm.model)
+    whole = forced(tiny_chatglm, text)
+    chain = PromptTemplate.from_template("{q}") | tiny_chatglm.bind(max_new_tokens=400,
+                                                                    logits_processor=[whole]) | StrOutputParser()
+    assert "".join(cancellable_stream(chain, {"q": QUESTION})) == text
+
+
 def test_two_threads_sharing_a_model_never_generate_at_once(tiny_chatglm: ChatGLM) -> None:
     other = ChatGLM(model=tiny_chatglm.model, tokenizer=tiny_chatglm.tokenizer, temperature=0.0)
     text = "话说天下大势，分久必合，合久必分。" * 3
