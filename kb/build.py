@@ -34,14 +34,15 @@ from kb.errors import EmbeddingModelError, KnowledgeBaseError
 from kb.incoming import Incoming
 from kb.splitting import Chunk, iter_chunks
 from kb.script import SCRIPT
-from kb.tokenizing import WIDTH, tokenize, tokens_folded
+from kb.tokenizing import WIDTH, WORDS, tokenize, tokens_folded
 from kb.version import BM25_DIR, DOCSTORE_FILE, LoadedVersion
 
 CHUNK_BATCH = 1024
 """Chunks tokenized, embedded and written at a time while a document streams in."""
 # "script": tokens cut from text folded to simplified characters (kb.script); absent before. "width":
-# full-width forms folded (NFKC, kb.tokenizing); absent before session 35.
-BM25_SETTINGS = {"tokenizer": "jieba.cut_for_search", "script": SCRIPT, "width": WIDTH, "k1": 1.5, "b": 0.75,
+# full-width forms folded (NFKC, kb.tokenizing); absent before session 35. "tokenizer": jieba's words cut
+# by rjieba since session 37 (kb.tokenizing.WORDS), "jieba.cut_for_search" before.
+BM25_SETTINGS = {"tokenizer": WORDS, "script": SCRIPT, "width": WIDTH, "k1": 1.5, "b": 0.75,
                  "method": "lucene"}
 Embed = Callable[[Sequence[str]], np.ndarray]
 
@@ -180,7 +181,7 @@ class VersionWriter:
 
     def _copy_docstore(self, staging: Path, source: Path | None) -> Docstore:
         """The staging docstore: ``source``'s copy (its chunks' BM25 tokens cut again where they date from before
-        script or width folding, ``kb.tokenizing``), or a new one."""
+        script or width folding or rjieba, ``kb.tokenizing``), or a new one."""
         path = staging / DOCSTORE_FILE
         if source is not None:
             shutil.copyfile(source, path)
@@ -190,7 +191,8 @@ class VersionWriter:
         return docstore
 
     def _retokenize(self, docstore: Docstore) -> None:
-        """Cut every stored chunk's BM25 tokens again (once, for a version from before script or width folding)."""
+        """Cut every stored chunk's BM25 tokens again (once, for a version from before script or width folding
+        or rjieba)."""
         quiet = not self.show_progress
         with tqdm(total=docstore.chunk_count(), desc="re-tokenizing", unit="chunk", disable=quiet, leave=False) as bar:
             for batch in docstore.chunk_texts(CHUNK_BATCH):

@@ -1,4 +1,10 @@
-"""Chinese word tokenization for BM25 (jieba), shared by indexing and querying.
+"""Chinese word tokenization for BM25 (jieba's dictionary and algorithm), shared by indexing and querying.
+
+Words are cut by ``rjieba`` (jieba-rs, jieba's algorithm and dictionary in Rust): 3.3 s -> 0.15 s for
+the 1,326 chunks of 三国演义 here, the same words in 1,326 of 1,326 chunks (西游记: 1,596 of 1,598; the
+rest differ by one word, e.g. 常在 against 常 / 在). jieba was half of a whole-novel ``ingest build``
+on a GPU machine (docs/PERFORMANCE.md). Knowledge bases built before record ``jieba.cut_for_search``
+as their ``tokenizer``: their queries are cut by jieba until a build re-tokenizes them.
 
 Text is folded to simplified characters first (``kb.script``; the stored text stays as it is), so that
 keyword search does not depend on the script: a question in simplified finds a traditional-script
@@ -26,6 +32,8 @@ import jieba
 from kb.script import SCRIPT, fold_script
 
 WIDTH = "nfkc"  # the width folding a knowledge base's manifest records (kb.build.BM25_SETTINGS)
+WORDS = "rjieba.cut_for_search"  # the word cutter a knowledge base's manifest records as its "tokenizer"
+JIEBA_WORDS = "jieba.cut_for_search"  # the one of knowledge bases built before session 37
 jieba.setLogLevel(logging.WARNING)
 _INIT_LOCK = threading.Lock()
 _WORDLIKE = re.compile(r"\w", re.UNICODE)
@@ -40,27 +48,37 @@ STOPWORDS: frozenset[str] = frozenset(
 CHAR_STOPWORDS: frozenset[str] = frozenset("的了是在和与及也都而之于把被让给对向从为就又还吗呢吧啊呀么谁什哪怎几其他她它我你这那个些样时")
 
 
-def tokenize(text: str, *, fold: bool = True, width: bool = True) -> list[str]:
+def tokenize(text: str, *, fold: bool = True, width: bool = True, words: str = WORDS) -> list[str]:
     """BM25 tokens of ``text`` (``fold``: in simplified characters, ``kb.script.fold_script``; ``width``:
-    full-width forms as plain ones, NFKC): jieba search-mode words (words plus their sub-words), then every
-    single character, lowercased, without punctuation, whitespace or stopwords.
+    full-width forms as plain ones, NFKC; ``words``: the cutter, ``WORDS`` or ``JIEBA_WORDS``): jieba
+    search-mode words (words plus their sub-words), then every single character, lowercased, without
+    punctuation, whitespace or stopwords.
 
     The character layer matters for classical and literary Chinese, where jieba's modern
     dictionary often segments differently in the question and in the text (measured in
     docs/KB.md: recall@5 0.50 -> 0.73 on the sanguo QA set).
     """
-    initialize_jieba()
     text = well_formed(text)
     if width:
         text = unicodedata.normalize("NFKC", text)
     lowered = (fold_script(text) if fold else text).lower()
-    words = [
+    kept = [
         token
-        for token in (t.strip() for t in jieba.cut_for_search(lowered))
+        for token in (t.strip() for t in cut_for_search(lowered, words=words))
         if token and token not in STOPWORDS and _WORDLIKE.search(token)
     ]
     chars = [c for c in lowered if c not in CHAR_STOPWORDS and _WORDLIKE.match(c) and not c.isascii()]
-    return words + chars
+    return kept + chars
+
+
+def cut_for_search(text: str, *, words: str = WORDS) -> list[str]:
+    """jieba's search-mode words of ``text`` (words, then their dictionary sub-words), by the cutter named."""
+    if words == WORDS:
+        import rjieba
+
+        return rjieba.cut_for_search(text)
+    initialize_jieba()
+    return list(jieba.cut_for_search(text))
 
 
 def well_formed(text: str) -> str:
@@ -72,16 +90,18 @@ def well_formed(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
-def folding(bm25_settings: dict[str, Any] | None) -> dict[str, bool]:
-    """``tokenize``'s folds that a knowledge base's BM25 tokens were cut with (its manifest's ``bm25``
+def folding(bm25_settings: dict[str, Any] | None) -> dict[str, Any]:
+    """``tokenize``'s options that a knowledge base's BM25 tokens were cut with (its manifest's ``bm25``
     section): a query must be cut the same way to match them."""
     settings = bm25_settings or {}
-    return {"fold": settings.get("script") == SCRIPT, "width": settings.get("width") == WIDTH}
+    return {"fold": settings.get("script") == SCRIPT, "width": settings.get("width") == WIDTH,
+            "words": WORDS if settings.get("tokenizer") == WORDS else JIEBA_WORDS}
 
 
 def tokens_folded(bm25_settings: dict[str, Any] | None) -> bool:
-    """Whether a knowledge base's BM25 tokens are cut with every fold of today's ``tokenize``."""
-    return all(folding(bm25_settings).values())
+    """Whether a knowledge base's BM25 tokens are cut as today's ``tokenize`` cuts them (every fold, ``WORDS``)."""
+    options = folding(bm25_settings)
+    return options["fold"] and options["width"] and options["words"] == WORDS
 
 
 def cache_dir() -> Path:
