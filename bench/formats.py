@@ -113,23 +113,25 @@ def main() -> None:
         pages = make_text_pdf(text_pdf, args.pages)
         extract = run_child("extract", text_pdf, folder)
         ingest = run_child("ingest", text_pdf, folder)
-        scanned = folder / "scanned.pdf"
-        source = make_scanned_pdf(scanned, args.ocr_pages)
-        ocr = run_child("ocr", scanned, folder)
-    from tests.test_loaders_ocr import character_error_rate
+        ocr = None
+        if args.ocr_pages > 0:  # --ocr-pages 0: the text PDF steps alone
+            scanned = folder / "scanned.pdf"
+            source = make_scanned_pdf(scanned, args.ocr_pages)
+            ocr = run_child("ocr", scanned, folder)
+    steps = [("text PDF extract", pages, extract), ("text PDF ingest (keyword-only)", pages, ingest)]
+    if ocr is not None:
+        from tests.test_loaders_ocr import character_error_rate
 
-    ocr["cer"] = character_error_rate(ocr.pop("text"), source)
+        ocr["cer"] = character_error_rate(ocr.pop("text"), source)
+        steps.append(("OCR (scanned pages)", ocr["pages"], ocr))
     rows = [
         (name, n, f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.2f}", f"{n / r['seconds']:.3g}", f"{n / r['cpu_seconds']:.3g}",
          f"{r['peak_rss_mib']:.0f}")
-        for name, n, r in (
-            ("text PDF extract", pages, extract),
-            ("text PDF ingest (keyword-only)", pages, ingest),
-            ("OCR (scanned pages)", ocr["pages"], ocr),
-        )
+        for name, n, r in steps
     ]
     print_table("formats", rows, ("step", "pages", "wall s", "CPU s", "pages/s", "pages/CPU-s", "peak RSS MiB"))
-    print(f"text PDF: {extract['chars']} characters, {extract['headings']} outline headings; OCR CER {ocr['cer']:.2%}; "
+    cer = f"; OCR CER {ocr['cer']:.2%}" if ocr is not None else ""
+    print(f"text PDF: {extract['chars']} characters, {extract['headings']} outline headings{cer}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     write_result(args.out, "formats", {"pages": pages, "extract": extract, "ingest": ingest, "ocr": ocr,
                                        "loadavg": os.getloadavg()})
