@@ -124,16 +124,13 @@ def jieba_person_candidates(text: str, *, min_count: int = 5) -> Counter[str]:
     dictionary tags many plain words ``nr`` (英勇, 子孙, 招安, 小舟, 盘桓), which a book never
     writes as an object (与/向/把 X) and often after a demonstrative (那老僧).
     """
-    import jieba
-    import jieba.posseg as pseg
+    import rjieba
 
-    from kb.tokenizing import initialize_jieba
-
-    jieba.setLogLevel(60)
-    initialize_jieba()
     counts: Counter[str] = Counter()
     other_tags: set[str] = set()  # words tagged nrt/nrfg: kept only as surname + name, checked once each
-    for word, flag in pseg.cut(text, HMM=False):
+    # rjieba (jieba's dictionary and tags in Rust): the words and tags of jieba.posseg with the HMM off but
+    # for single characters jieba.posseg tags "x" (郗: 7 of 三国演义's 470,765 words), 2.4 s -> 0.24 s
+    for word, flag in rjieba.tag(text, hmm=False):
         if flag in _PERSON_FLAGS and is_plausible_name(word):
             counts[word] += 1
             if flag != "nr":
