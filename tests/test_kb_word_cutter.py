@@ -65,3 +65,20 @@ def test_a_knowledge_base_cut_by_jieba_is_queried_with_jieba_until_a_build_recut
     assert reopened.manifest["bm25"]["tokenizer"] == WORDS
     assert reopened.search("大闹天宫", k=1)[0].metadata["source"] == "story.txt"
     assert cutters[-1] == WORDS
+
+
+def test_rjieba_tags_words_as_jieba_posseg_does(sanguo_path: Path) -> None:
+    """Differential for ``kb.characters``' whole-text part-of-speech pass (rjieba, HMM off) against
+    ``jieba.posseg``: the same words, and the same tags but for single characters (no name is one;
+    posseg tags some ``x``: 郗, 7 of 三国演义's 470,765 words)."""
+    import jieba.posseg as pseg
+    import rjieba
+
+    from kb.tokenizing import initialize_jieba
+
+    initialize_jieba()
+    text = sanguo_path.read_text(encoding="utf-8")[:150_000]
+    reference = [(w.word, w.flag) for w in pseg.cut(text, HMM=False)]
+    tagged = [tuple(pair) for pair in rjieba.tag(text, hmm=False)]
+    assert [w for w, _ in tagged] == [w for w, _ in reference]
+    assert all(len(a[0]) == 1 for a, b in zip(reference, tagged) if a != b)
