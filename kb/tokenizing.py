@@ -27,14 +27,11 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-import jieba
-
 from kb.script import SCRIPT, fold_script
 
 WIDTH = "nfkc"  # the width folding a knowledge base's manifest records (kb.build.BM25_SETTINGS)
 WORDS = "rjieba.cut_for_search"  # the word cutter a knowledge base's manifest records as its "tokenizer"
 JIEBA_WORDS = "jieba.cut_for_search"  # the one of knowledge bases built before session 37
-jieba.setLogLevel(logging.WARNING)
 _INIT_LOCK = threading.Lock()
 _WORDLIKE = re.compile(r"\w", re.UNICODE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -77,6 +74,8 @@ def cut_for_search(text: str, *, words: str = WORDS) -> list[str]:
         import rjieba
 
         return rjieba.cut_for_search(text)
+    import jieba
+
     initialize_jieba()
     return list(jieba.cut_for_search(text))
 
@@ -124,10 +123,15 @@ def use_private_cache(tokenizer: Any) -> None:
 
 
 def initialize_jieba() -> None:
-    """jieba's dictionary loaded once, its cache in the user's own folder (every glmkb use of jieba calls this)."""
+    """jieba's dictionary loaded once, its cache in the user's own folder (every glmkb use of jieba calls this).
+    jieba is imported here, not with this module: BM25 words are rjieba's, jieba only cuts the questions
+    of knowledge bases built before and tags the speakers of ``kb.characters``."""
+    import jieba
+
     # jieba's lazy initialisation is not thread-safe; the web UI queries from several threads.
     if not jieba.dt.initialized:
         with _INIT_LOCK:
             if not jieba.dt.initialized:
+                jieba.setLogLevel(logging.WARNING)
                 use_private_cache(jieba.dt)
                 jieba.initialize()
