@@ -138,3 +138,30 @@ def test_tall_boxes_that_read_well_as_they_are_are_kept(monkeypatch: pytest.Monk
     monkeypatch.setattr(ocr, "ocr_engine", lambda: fake_engine)
     assert ocr.ocr_lines(Image.new("RGB", (100, 300), "white")) == ["竖排文字一二三四"]
     assert [shape[:2] for shape in shapes] == [(300, 100), (100, 300)]
+
+
+def noisy(image: Any) -> Any:
+    """``image`` as a poor scan: blurred and grainy (fixed seed), read with mean confidence ~0.67."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    pixels = np.asarray(image.convert("RGB").filter(ImageFilter.GaussianBlur(1))).astype(np.float32)
+    pixels += np.random.default_rng(0).normal(0, 70, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("angle", "passes"), [(0, 1), (180, 2)], ids=["upright", "upside-down"])
+def test_a_poor_scan_is_turned_only_when_the_direction_classifier_says_so(
+    page: Any, monkeypatch: pytest.MonkeyPatch, angle: int, passes: int
+) -> None:
+    """Regression: an upright page scanned poorly reads with low confidence, which alone took it for
+    upside down and read it a second time (1.5 s a page, the first reading kept). rapidocr's line
+    direction classifier (~10 ms) now decides: upright, one pass; upside down, turned and read again."""
+    image = noisy(page.rotate(angle, expand=True))
+    assert ocr._confidence(ocr._read(image)) < ocr._UPRIGHT_CONFIDENCE  # the case the classifier decides
+    reads: list[int] = []
+    read_once = ocr._read
+    monkeypatch.setattr(ocr, "_read", lambda image: reads.append(1) or read_once(image))
+    text = "".join(ocr.ocr_lines(image))
+    assert len(reads) == passes
+    assert text.index("方升座") < text.index("只见一条"), text
