@@ -406,8 +406,8 @@ def main() -> None:
                         "with FastDecodeOptions.sampling_kernel as set (on by default) and off")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
-    p.add_argument("--int8-tiles", default=None,
-                   help="an int8_tiles.json (bench.int8_tiles) whose winners replace gemv_configs.TUNED's INT8 tiles")
+    p.add_argument("--int8-tiles", nargs="+", default=None,
+                   help="int8_tiles.json files (bench.int8_tiles) whose winners replace gemv_configs.TUNED's INT8 tiles")
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (llm.quantization_group_size)")
     p.add_argument("--gemv-kernel", choices=("auto", "triton", "torch"), default="auto",
                    help="FastDecodeOptions.gemv_kernel: the decode step's GEMVs (auto: Triton for INT8, cuBLAS for bf16)")

@@ -83,7 +83,7 @@ def grid(rows: int, *, wide: bool = False) -> list[Any]:
     return tiles
 
 
-def use_sweep(path: str) -> None:
+def use_sweep(paths: list[str]) -> None:
     """Take an ``int8_tiles.json``'s winners as ``gemv_configs.TUNED``'s INT8 entries for the rest of the
     process (``--int8-tiles`` of ``bench.prefill`` / ``bench.decode``): a sweep's tiles timed inside the
     prompt pass before they are pinned (run 26: a 100-call pick is not always the best in the pass)."""
@@ -91,8 +91,10 @@ def use_sweep(path: str) -> None:
 
     from llm.kernels import gemv_configs
 
-    with open(path, encoding="utf-8") as f:
-        results = json.load(f)["results"]
+    results = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            results += json.load(f)["results"]
     for r in results:
         if r.get("best"):
             gemv_configs.TUNED[("int8", gemv_configs.row_bucket(r["rows"]), r["N"], r["K"])] = r["best"]

@@ -90,8 +90,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--shape", default="chatglm3-6b")
     p.add_argument("--kinds", nargs="+", default=["none", "int8", "int4"], choices=("none", "int8", "int4"))
-    p.add_argument("--int8-tiles", default=None,
-                   help="an int8_tiles.json (bench.int8_tiles) whose winners replace gemv_configs.TUNED's INT8 tiles")
+    p.add_argument("--int8-tiles", nargs="+", default=None,
+                   help="int8_tiles.json files (bench.int8_tiles) whose winners replace gemv_configs.TUNED's INT8 tiles")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--int8-rows", type=int, default=None,
                    help="rows up to which INT8 layers take the Triton kernel (gemv_configs.INT8_GEMM_ROWS; "
