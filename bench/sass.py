@@ -28,7 +28,7 @@ _INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/")
 
 Case = tuple[str, Any, dict[str, str], dict[str, Any], int, int]
 GEMM_STAGES = 3  # the INT4 GEMM's software pipeline (int4_gemv_op.GEMM_CONFIGS' usual); the row kernels run 1
-STAGES: dict[str, int] = {}  # a case's own pipeline depth where its tile names one (the INT8 prompt tiles)
+INT8_PROMPT = "int8 prompt "  # a case name's prefix before its tile, which names its own pipeline depth
 # INT8 prompt tiles (64 rows, ``tl.dot``): the pinned x-first ones of run 26 and, with ``t``, the weight as
 # wgmma's register A operand; session 37 read both orders here (docs/PERFORMANCE.md, "Session 37").
 INT8_PROMPT_TILES = ("n64k64s4w4p4", "n64k128s4w4p3", "n64k128s4w4p3t", "n128k128s1w8p3", "n128k128s1w8p5t",
@@ -76,8 +76,7 @@ def kernels() -> list[Case]:
                       warps, 2 * chains * unroll * 16 * 64 * warps))  # two steps a loop (ping-pong)
     for tile in INT8_PROMPT_TILES:  # INT8 prompts of <= 64 tokens: the pinned tiles and session 37's wide ones
         c = GemvConfig.parse(tile)
-        STAGES[f"int8 prompt {tile}"] = c.num_stages
-        cases.append((f"int8 prompt {tile}", gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
+        cases.append((INT8_PROMPT + tile, gemv._gemv_kernel, {"w_ptr": "*i8", "out_ptr": "*fp32"},
                       {"HAS_SCALE": False, "HAS_BIAS": False, "PARTIAL": True, "EVEN_K": True, "EVEN_N": True,
                        "USE_DOT": True, "INT8": True, "WEIGHT_FIRST": c.weight_first, "BLOCK_M": 64,
                        "BLOCK_N": c.block_n, "BLOCK_K": c.block_k}, c.num_warps, c.block_n * c.block_k))
@@ -106,6 +105,13 @@ def compile_for_sm90(fn: Any, pointers: dict[str, str], constexprs: dict[str, An
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps,
                                                                                  "num_stages": stages})
     return compiled.asm["cubin"]
+
+
+def case_stages(name: str) -> int | None:
+    """The pipeline depth a case's name gives (an INT8 prompt tile's ``p``), else None (the launcher's)."""
+    from llm.kernels.gemv_configs import GemvConfig
+
+    return GemvConfig.parse(name.removeprefix(INT8_PROMPT)).num_stages if name.startswith(INT8_PROMPT) else None
 
 
 def _gemm_kernel() -> Any:
@@ -174,7 +180,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     rows = []
     for name, fn, pointers, constexprs, warps, weights in kernels():
-        cubin = compile_for_sm90(fn, pointers, constexprs, warps=warps, stages=STAGES.get(name))
+        cubin = compile_for_sm90(fn, pointers, constexprs, warps=warps, stages=case_stages(name))
         rows.append({"kernel": name, "warps": warps, **figures(cubin, weights=weights, threads=warps * 32)})
     header = tuple(rows[0])
     print_table(f"sm_90 SASS, Triton {triton.__version__}", [tuple(r.values()) for r in rows], header)
