@@ -1,0 +1,79 @@
+"""Keyword retrieval with the character graph's aliases added to the question, against the question alone.
+
+    python -m bench.query_aliases           # 三国演义 from ../shared/corpus, tests/data/sanguo_qa.jsonl
+    python -m bench.query_aliases --tiny    # the first 8 questions only, to check the script
+
+Why: most of BM25's misses on the sanguo questions are names the question and the text spell apart
+(诸葛亮 / 孔明, docs/KB.md). Whole-book questions already search each named person's names
+(``chains.book_chapters``); this measures whether plain KB search should too. Two forms per question
+naming a person of the graph (``graph.names_in``): ``concat``, the question followed by the persons'
+other names as one query; ``fused``, the question's hits and that query's hits fused by reciprocal rank
+(k = 60, as hybrid retrieval fuses). Questions naming nobody keep their own hits in both.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import CORPUS, REPO, parser, print_table, write_result
+
+_RRF_K = 60
+DEPTH = 10
+
+
+def fused(hit_lists: Sequence[Sequence[Any]], depth: int = DEPTH) -> list[Any]:
+    """Reciprocal-rank fusion of hit lists (a chunk is its document and start offset)."""
+    scores: dict[tuple[str, int], float] = {}
+    docs: dict[tuple[str, int], Any] = {}
+    for hits in hit_lists:
+        for rank, doc in enumerate(hits, start=1):
+            key = (doc.metadata["doc_id"], doc.metadata["start"])
+            scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank)
+            docs[key] = doc
+    return [docs[key] for key in sorted(scores, key=lambda key: -scores[key])][:depth]
+
+
+def scores(ranks: Sequence[int | None]) -> dict[str, float]:
+    """recall@1/3/5/10 and MRR@10 of first-hit ranks."""
+    n = len(ranks)
+    recall = {f"r@{c}": sum(r is not None and r <= c for r in ranks) / n for c in (1, 3, 5, 10)}
+    return {**recall, "mrr": sum(1.0 / r for r in ranks if r is not None and r <= DEPTH) / n}
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    from kb import KnowledgeBase, load_qa
+    from kb.characters import character_graph
+    from kb.evaluation import first_hit_rank, locate_evidence
+
+    items = load_qa(REPO / "tests" / "data" / "sanguo_qa.jsonl")[: 8 if args.tiny else None]
+    ranks: dict[str, list[int | None]] = {"question": [], "concat": [], "fused": []}
+    expanded = []
+    with tempfile.TemporaryDirectory() as tmp:
+        kb = KnowledgeBase(Path(tmp), "sanguo", create=True, embedding_model="none")
+        kb.add_files([Path(os.environ.get("GLMKB_TEST_CORPUS", CORPUS)) / "sanguo.txt"])
+        graph = character_graph(kb)
+        for item in items:
+            places = locate_evidence(kb, item)
+            hits = kb.search(item.q, mode="bm25", k=DEPTH, score_threshold=None)
+            others = [name for p in graph.names_in(item.q) for name in (p.name, *p.aliases) if name not in item.q]
+            with_names = kb.search(f"{item.q} {' '.join(others)}", mode="bm25", k=DEPTH,
+                                   score_threshold=None) if others else hits
+            for form, found in (("question", hits), ("concat", with_names), ("fused", fused([hits, with_names]))):
+                ranks[form].append(first_hit_rank(found, places))
+            if others:
+                expanded.append({"q": item.q, "names": others, **{f: r[-1] for f, r in ranks.items()}})
+        kb.close()
+    table = {form: scores(r) for form, r in ranks.items()}
+    print_table(f"sanguo, {len(items)} questions ({len(expanded)} name a person of the graph), BM25",
+                [(form, *(f"{v:.3f}" for v in s.values())) for form, s in table.items()],
+                ("query", "r@1", "r@3", "r@5", "r@10", "MRR"))
+    print(write_result(args.out, "query_aliases", {"scores": table, "expanded": expanded}))
+
+
+if __name__ == "__main__":
+    main()
