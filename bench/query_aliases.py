@@ -21,20 +21,16 @@ from typing import Any
 
 from bench.common import CORPUS, REPO, parser, print_table, write_result
 
-_RRF_K = 60
 DEPTH = 10
 
 
 def fused(hit_lists: Sequence[Sequence[Any]], depth: int = DEPTH) -> list[Any]:
-    """Reciprocal-rank fusion of hit lists (a chunk is its document and start offset)."""
-    scores: dict[tuple[str, int], float] = {}
-    docs: dict[tuple[str, int], Any] = {}
-    for hits in hit_lists:
-        for rank, doc in enumerate(hits, start=1):
-            key = (doc.metadata["doc_id"], doc.metadata["start"])
-            scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank)
-            docs[key] = doc
-    return [docs[key] for key in sorted(scores, key=lambda key: -scores[key])][:depth]
+    """``kb.fusion.reciprocal_rank_fusion`` of hit lists, a chunk keyed by its document and start offset."""
+    from kb.fusion import reciprocal_rank_fusion
+
+    docs = {(d.metadata["doc_id"], d.metadata["start"]): d for hits in hit_lists for d in hits}
+    keys = [[(d.metadata["doc_id"], d.metadata["start"]) for d in hits] for hits in hit_lists]
+    return [docs[key] for key, _ in reciprocal_rank_fusion(keys)][:depth]
 
 
 def scores(ranks: Sequence[int | None]) -> dict[str, float]:
