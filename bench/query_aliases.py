@@ -24,27 +24,23 @@ from bench.common import CORPUS, REPO, parser, print_table, write_result
 DEPTH = 10
 
 
+def _key(doc: Any) -> tuple[str, int]:
+    return doc.metadata["doc_id"], doc.metadata["start"]
+
+
 def fused(hit_lists: Sequence[Sequence[Any]], depth: int = DEPTH) -> list[Any]:
     """``kb.fusion.reciprocal_rank_fusion`` of hit lists, a chunk keyed by its document and start offset."""
     from kb.fusion import reciprocal_rank_fusion
 
-    docs = {(d.metadata["doc_id"], d.metadata["start"]): d for hits in hit_lists for d in hits}
-    keys = [[(d.metadata["doc_id"], d.metadata["start"]) for d in hits] for hits in hit_lists]
-    return [docs[key] for key, _ in reciprocal_rank_fusion(keys)][:depth]
-
-
-def scores(ranks: Sequence[int | None]) -> dict[str, float]:
-    """recall@1/3/5/10 and MRR@10 of first-hit ranks."""
-    n = len(ranks)
-    recall = {f"r@{c}": sum(r is not None and r <= c for r in ranks) / n for c in (1, 3, 5, 10)}
-    return {**recall, "mrr": sum(1.0 / r for r in ranks if r is not None and r <= DEPTH) / n}
+    docs = {_key(d): d for hits in hit_lists for d in hits}
+    return [docs[key] for key, _ in reciprocal_rank_fusion([[_key(d) for d in hits] for hits in hit_lists])][:depth]
 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     from kb import KnowledgeBase, load_qa
     from kb.characters import character_graph
-    from kb.evaluation import first_hit_rank, locate_evidence
+    from kb.evaluation import EvalResult, first_hit_rank, locate_evidence
 
     items = load_qa(REPO / "tests" / "data" / "sanguo_qa.jsonl")[: 8 if args.tiny else None]
     ranks: dict[str, list[int | None]] = {"question": [], "concat": [], "fused": []}
@@ -64,11 +60,12 @@ def main() -> None:
             if others:
                 expanded.append({"q": item.q, "names": others, **{f: r[-1] for f, r in ranks.items()}})
         kb.close()
-    table = {form: scores(r) for form, r in ranks.items()}
+    results = {form: EvalResult.of_ranks(r, mode="bm25", k=DEPTH) for form, r in ranks.items()}
     print_table(f"sanguo, {len(items)} questions ({len(expanded)} name a person of the graph), BM25",
-                [(form, *(f"{v:.3f}" for v in s.values())) for form, s in table.items()],
+                [(form, *(f"{v:.3f}" for v in e.recall.values()), f"{e.mrr:.3f}") for form, e in results.items()],
                 ("query", "r@1", "r@3", "r@5", "r@10", "MRR"))
-    print(write_result(args.out, "query_aliases", {"scores": table, "expanded": expanded}))
+    scores = {form: e.as_dict() for form, e in results.items()}
+    print(write_result(args.out, "query_aliases", {"scores": scores, "expanded": expanded}))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,16 @@ class EvalResult:
     mrr: float
     ranks: list[int | None] = field(default_factory=list)
 
+    @classmethod
+    def of_ranks(
+        cls, ranks: list[int | None], *, mode: str, k: int = 10, cutoffs: Sequence[int] = CUTOFFS
+    ) -> EvalResult:
+        """Recall and MRR@``k`` from each question's first-hit rank (None: not retrieved)."""
+        n = len(ranks)
+        recall = {c: sum(r is not None and r <= c for r in ranks) / n for c in sorted({*cutoffs, k})}
+        mrr = sum(1.0 / r for r in ranks if r is not None and r <= k) / n
+        return cls(mode=mode, k=k, recall=recall, mrr=mrr, ranks=ranks)
+
     @property
     def questions(self) -> int:
         return len(self.ranks)
@@ -135,10 +145,7 @@ def evaluate(
             )
         hits = kb.search(item.q, mode=mode, k=depth, score_threshold=None)
         ranks.append(first_hit_rank(hits, places))
-    n = len(ranks)
-    recall = {c: sum(r is not None and r <= c for r in ranks) / n for c in sorted({*cutoffs, k})}
-    mrr = sum(1.0 / r for r in ranks if r is not None and r <= k) / n
-    return EvalResult(mode=mode or kb.mode, k=k, recall=recall, mrr=mrr, ranks=ranks)
+    return EvalResult.of_ranks(ranks, mode=mode or kb.mode, k=k, cutoffs=cutoffs)
 
 
 def first_hit_rank(hits: Sequence[object], places: Sequence[tuple[str, int, int]]) -> int | None:
