@@ -61,20 +61,26 @@ def packed_gqa_attention(
         span = attention_mask.shape[-1]
         key, value = key[:, :, :span], value[:, :, :span]
 
+    if not packs_heads(module, query.shape, key.shape[1], attention_mask, dropout, kwargs):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return flash_decode(query, key, value, attention_mask, scale=scale), None
+
+
+def packs_heads(module: Any, query_shape: torch.Size | tuple[int, ...], kv_heads: int,
+                attention_mask: torch.Tensor | None, dropout: float, kwargs: dict[str, Any]) -> bool:
+    """Whether ``packed_gqa_attention`` attends with the query heads packed (else SDPA): one query
+    token per row, the module's K/V groups as the heads say, no dropout, a ``(B, 1, ., .)`` mask
+    or none, and none of the attention options SDPA alone takes."""
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
-    batch, heads, q_length, dim = query.shape
-    packable = (
-        q_length == 1
-        and key.shape[1] * groups == heads
+    return (
+        query_shape[2] == 1
+        and kv_heads * groups == query_shape[1]
         and dropout == 0.0
         and (attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1))
         and all(kwargs.get(name) is None for name in ("position_bias", "softcap", "sliding_window", "s_aux"))
     )
-    if not packable:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    scale = dim**-0.5 if scaling is None else scaling
-    return flash_decode(query, key, value, attention_mask, scale=scale), None
 
 
 def register_decode_attention() -> None:

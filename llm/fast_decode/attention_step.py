@@ -30,9 +30,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.glm.modeling_glm import GlmAttention, eager_attention_forward
 
 from llm.cache_kwarg import cache_kwarg_of
-from llm.fast_decode.attention import FusedQKV
+from llm.fast_decode.attention import DECODE_ATTENTION, FusedQKV, packs_heads
 from llm.fast_decode.rotary_table import RotaryTable
 from llm.fast_decode.stand_in import StandIn
+from llm.kernels.rope_attention_op import rope_decode_attention
 from llm.kernels.rope_cache_op import rope_cache_write
 
 
@@ -41,13 +42,14 @@ class AttentionStep(StandIn):
     or a prompt pass."""
 
     def __init__(self, fused: FusedQKV, *, slot: torch.Tensor, start: torch.Tensor | None = None,
-                 table: RotaryTable | None = None) -> None:
+                 table: RotaryTable | None = None, rope_in_attention: bool = False) -> None:
         super().__init__(fused.module)
         self.fused = fused
         self.slot = slot  # (1,) the decode graph's cache slot of this step's token
         self.start = start  # (1,) the cache slot of a captured prompt pass's first token (None: decode only)
         self.table = table  # the rotary's cos/sin over every cache position (None: the model's own, per call)
         self.heads = fused.sizes[0] // self.module.head_dim
+        self.rope_in_attention = rope_in_attention  # decode tokens: rotary, cache write and attention in one kernel
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: Any = None,
                 attention_mask: torch.Tensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
@@ -66,12 +68,30 @@ class AttentionStep(StandIn):
             cos, sin = self.table.cos, self.table.sin  # rows read at ``positions`` by the kernel
         else:
             positions = None
+        if tokens == 1 and self._attends_in_one_kernel(batch, layer, attention_mask, kwargs):
+            out = rope_decode_attention(qkv, cos, sin, self.slot, layer.keys, layer.values, layer.cumulative_length,
+                                        attention_mask, scale=self._scale(), heads=self.heads, positions=positions)
+            return self.module.o_proj(out.reshape(batch, tokens, -1)), None
         query = rope_cache_write(qkv, cos, sin, self.slot if tokens == 1 else self.start, layer.keys, layer.values,
                                  layer.cumulative_length, heads=self.heads, positions=positions)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.module.config._attn_implementation, eager_attention_forward)
         out, _ = attend(self.module, query, layer.keys, layer.values, attention_mask, dropout=0.0,
                         scaling=self.module.scaling, **kwargs)
         return self.module.o_proj(out.reshape(batch, tokens, -1)), None
+
+    def _attends_in_one_kernel(self, batch: int, layer: Any, mask: torch.Tensor | None, kwargs: dict[str, Any]) -> bool:
+        """``rope_in_attention`` and the attention the decode step would run is ``packed_gqa_attention``'s
+        packed path over the whole cache: then ``rope_decode_attention`` does the same in one launch."""
+        if not self.rope_in_attention or self.module.config._attn_implementation != DECODE_ATTENTION:
+            return False
+        if mask is not None and (mask.dim() != 4 or mask.shape[-1] < layer.keys.shape[2]):
+            return False  # a narrower mask: packed_gqa_attention narrows K/V to it
+        query_shape = (batch, self.heads, 1, self.module.head_dim)
+        return packs_heads(self.module, query_shape, layer.keys.shape[1], mask, 0.0, kwargs)
+
+    def _scale(self) -> float:
+        scaling = getattr(self.module, "scaling", None)
+        return self.module.head_dim**-0.5 if scaling is None else scaling
 
     def _static_layer(self, cache: Any, hidden_states: torch.Tensor) -> Any:
         """The module's initialised static cache layer for one token per row (or, with ``start``, a
@@ -99,10 +119,11 @@ def attention_cache_kwarg() -> str:
 
 
 def attention_steps(fused: list[FusedQKV], *, slot: torch.Tensor, start: torch.Tensor | None = None,
-                    table: RotaryTable | None = None) -> list[AttentionStep]:
+                    table: RotaryTable | None = None, rope_in_attention: bool = False) -> list[AttentionStep]:
     """A step for each fused q/k/v whose module is a plain ``GlmAttention`` (no forward of its
     own), writing the cache at ``slot`` (the decode graph's ``cur``), and a prompt pass's tokens
-    from ``start`` on; with ``table``, the rotary read from it at each token's position."""
-    return [AttentionStep(f, slot=slot, start=start, table=table) for f in fused
+    from ``start`` on; with ``table``, the rotary read from it at each token's position; with
+    ``rope_in_attention``, a decode token's rotary and cache write inside its attention kernel."""
+    return [AttentionStep(f, slot=slot, start=start, table=table, rope_in_attention=rope_in_attention) for f in fused
             if type(f.module).forward is GlmAttention.forward and "forward" not in f.module.__dict__
             and f.sizes[1] == f.sizes[2] and f.sizes[0] % f.module.head_dim == 0]

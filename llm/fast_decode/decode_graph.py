@@ -176,7 +176,8 @@ def build_decode_graph(
         packed=options.packed_attention,
         gemv=gemv_route(model, list(fused or []), options.gemv_kernel),
         steps=attention_steps(list(fused or []), slot=cur, start=start,
-                              table=rotary_table(model, length) if options.rotary_tables else None)
+                              table=rotary_table(model, length) if options.rotary_tables else None,
+                              rope_in_attention=options.rope_in_attention)
         if options.fused_rope else [],
         prompt_steps=prompt_steps(model) if options.prompt_kernels else [],
         prefix=prefix_slots(model),

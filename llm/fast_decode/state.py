@@ -39,6 +39,10 @@ class FastDecodeOptions(BaseModel):
     fused_rope: bool = True
     """Decode step: the rotary of q and k and the K/V cache writes as one kernel, inside the
     attention modules' decode-step forward (``attention_step``; needs packed attention and fused q/k/v)."""
+    rope_in_attention: bool = False
+    """With ``fused_rope`` and packed attention: a decode token's rotary and K/V cache write inside the
+    flash-decoding split kernel, one launch a layer fewer (``llm.kernels.rope_attention``). Off until
+    timed on a GPU (``bench.decode --quantization ... --rope-attention-ablation``)."""
     prefill_graphs: bool = True
     """Capture the prompt pass per prompt-length bucket (CUDA)."""
     prompt_kernels: bool = True

@@ -8,6 +8,9 @@
   decode_attention``: the Triton kernels; ``decode_attention_op``: the custom op and fallback).
 - ``rope_cache_write`` (``llm.kernels.rope_cache_op``): a decode token's rotary of q and k and its
   K/V cache writes in one kernel (``rope_cache``), transformers' own math as the fallback.
+- ``rope_decode_attention`` (``llm.kernels.rope_attention_op``): both of the above for one decode token
+  per row in one launch (the split kernel rotates q and writes the new token itself:
+  ``rope_attention``), those two ops as the fallback; ``FastDecodeOptions.rope_in_attention``.
 - ``int4_gemv_op.int4_runs_linear``: INT4 layers in glmkb's "runs" layout (``llm.int4_runs``,
   ``llm.int4_kernel: triton``): W4A16 kernels for 1 and 2-4 rows and a dequantization kernel
   (``int4_gemv``), a W4A16 GEMM for 9-256 rows (``int4_gemm``).

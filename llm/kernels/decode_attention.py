@@ -18,6 +18,9 @@ Here it is two kernels:
    ``AttentionConfig.fused`` the split kernel does this itself, in the slice that finishes last
    (an atomic ticket per (row, K/V head)), and there is one launch.
 
+With ``ROPE`` the split kernel also does ``llm.kernels.rope_cache``'s work for one decode token
+(``llm.kernels.rope_attention`` says how and why).
+
 The number of slices is a pure function of the shapes and the GPU's SM count (``plan``), and
 every buffer is allocated per call at a size fixed by the shapes, so the launch is CUDA-graph
 capturable: no host sync, no data-dependent shape.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import triton
@@ -41,6 +45,10 @@ import triton.language as tl
 from llm.kernels.give_up import INTERPRET
 from llm.kernels.grid_dependency import wait_for_inputs
 from llm.kernels.pdl import launch_pdl
+from llm.kernels.rope_cache import rotate_pairs, row_rotary
+
+if TYPE_CHECKING:
+    from llm.kernels.rope_attention import NewToken
 
 MIN_DOT_ROWS = 16  # tl.dot's smallest M
 
@@ -117,6 +125,16 @@ def plan(batch: int, kv_heads: int, length: int, *, block_l: int, programs: int)
 
 
 @triton.jit
+def _write_new_token(qkv_row, k_dst, v_dst, k_head, v_head, stride_qh, rd, c, s):
+    """The new token's k (rotated by ``c``/``s``, rounded once) and v from its fused q/k/v row into
+    their cache slot."""
+    k_src = qkv_row + k_head * stride_qh
+    k = rotate_pairs(tl.load(k_src + rd).to(tl.float32), tl.load(k_src + (rd ^ 1)).to(tl.float32), c, s)
+    tl.store(k_dst + rd, k.to(k_dst.dtype.element_ty))
+    tl.store(v_dst + rd, tl.load(qkv_row + v_head * stride_qh + rd).to(v_dst.dtype.element_ty))
+
+
+@triton.jit
 def _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale, stride_kl, stride_vl, stride_ml,
                   MASK: tl.constexpr, DOT_F32: tl.constexpr):
     """One block of keys ``rl`` (``ok``: in the cache and attended) into the running max ``m_i``,
@@ -148,18 +166,24 @@ def _attend_block(q, k_base, v_base, mask_base, rl, ok, rd, m_i, l_i, acc, scale
 @triton.jit
 def _flash_decode_split(
     q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, out_ptr, ticket_ptr,
-    KV, G, L, blocks_per_split, scale,
+    cos_ptr, sin_ptr, pos_ptr, slot_ptr, length_ptr,
+    KV, G, L, blocks_per_split, scale, P,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_mb, stride_ml,
+    stride_cos, stride_sin, stride_pb,
     MASK: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, SKIP: tl.constexpr, FUSED: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
-    PDL: tl.constexpr,
+    ROPE: tl.constexpr, ROT_PAIRS: tl.constexpr, TABLE: tl.constexpr, PDL: tl.constexpr,
 ):
     """MASK: 0 none, 1 boolean (as uint8, nonzero = attend), 2 additive float. DIRECT: one slice,
     write the normalised output to ``out_ptr`` instead of partials. FUSED: the last slice of a
-    (row, K/V head) to finish combines its partials (``ticket_ptr``: one zeroed int32 each)."""
+    (row, K/V head) to finish combines its partials (``ticket_ptr``: one zeroed int32 each).
+    ROPE: ``q_ptr`` is the fused q/k/v row of each batch row, unrotated; every program rotates its
+    query heads, and the slice holding the cache slot ``slot_ptr`` first writes the new token's
+    rotated k and its v there (and the cache's length), as ``_rope_cache_kernel`` would
+    (``launch_rope_decode_attention``)."""
     wait_for_inputs(PDL)
     pid_bh = tl.program_id(0)  # row * KV + K/V head
     pid_s = tl.program_id(1)
@@ -170,12 +194,23 @@ def _flash_decode_split(
     rd = tl.arange(0, D)
     rl0 = tl.arange(0, BLOCK_L)
     g_ok = rg < G
-    q = tl.load(q_ptr + b * stride_qb + (kv * G + rg)[:, None] * stride_qh + rd[None, :], mask=g_ok[:, None],
-                other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
     k_base = k_ptr + b * stride_kb + kv * stride_kh
     v_base = v_ptr + b * stride_vb + kv * stride_vh
+    q_heads = q_ptr + b * stride_qb + (kv * G + rg)[:, None] * stride_qh
+    q = tl.load(q_heads + rd[None, :], mask=g_ok[:, None], other=0.0)
+    if ROPE:
+        c, s = row_rotary(cos_ptr, sin_ptr, pos_ptr, b, P, stride_cos, stride_sin, stride_pb, rd, ROT_PAIRS, TABLE)
+        partner = tl.load(q_heads + (rd ^ 1)[None, :], mask=g_ok[:, None], other=0.0)
+        q = rotate_pairs(q.to(tl.float32), partner.to(tl.float32), c[None, :], s[None, :]).to(q.dtype)
+        slot = tl.load(slot_ptr)
+        if (slot < L) & (slot // (blocks_per_split * BLOCK_L) == pid_s):  # this slice attends the new token
+            _write_new_token(q_ptr + b * stride_qb, k_base + slot * stride_kl, v_base + slot * stride_vl,
+                             KV * G + kv, KV * G + KV + kv, stride_qh, rd, c, s)
+            if (b == 0) & (kv == 0):
+                tl.store(length_ptr, slot + 1)
+            tl.debug_barrier()  # the slot's k and v stored before any thread of this program reads them
+    if DOT_F32:
+        q = q.to(tl.float32)
     mask_base = mask_ptr + b * stride_mb
     m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
@@ -284,14 +319,24 @@ def launch_decode_attention(
     additive float, or None; returns ``(B, 1, H, D)`` contiguous in ``value``'s dtype. ``config``:
     ``default_config`` of the shape unless given.
     Needs unit stride along D and D a power of two (``decode_attention_op.attention_applies``)."""
-    batch, heads, _, dim = query.shape
+    q = query[:, :, 0, :]
+    return launch_attention_kernels(q, q.stride(1), query.shape[1], key, value, mask, scale, config, rope=None)
+
+
+def launch_attention_kernels(
+    q: torch.Tensor, stride_qh: int, heads: int, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+    scale: float, config: AttentionConfig | None, *, rope: NewToken | None,
+) -> torch.Tensor:
+    """The split kernel (and the combine kernel unless one slice or ``fused``) over query heads
+    ``q[b, h * stride_qh + d]`` (B rows, H heads); with ``rope``, unrotated heads of the fused q/k/v
+    rows, rotated and the new token written by the split kernel (``llm.kernels.rope_attention``)."""
+    batch, dim = q.shape[0], key.shape[3]
     kv_heads, length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     config = config or default_config(batch, kv_heads)
-    q = query[:, :, 0, :]
     out = torch.empty((batch, 1, heads, dim), dtype=value.dtype, device=value.device)
     splits, per_split = plan(batch, kv_heads, length, block_l=config.block_l,
-                             programs=config.programs_per_sm * sm_count(query.device))
+                             programs=config.programs_per_sm * sm_count(q.device))
     kind, m2 = 0, out  # out stands in for an absent mask; never read
     if mask is not None:
         m2 = mask[:, 0, 0, :length]
@@ -299,26 +344,33 @@ def launch_decode_attention(
         if kind == 1:
             m2 = m2.view(torch.uint8)
     direct = splits == 1
-    ticket = tickets(query.device, batch * kv_heads) if config.fused and not direct else None
+    ticket = tickets(q.device, batch * kv_heads) if config.fused and not direct else None
     if direct:
         m_part = l_part = acc_part = out
     else:
-        m_part = torch.empty((batch * kv_heads, splits, groups), dtype=torch.float32, device=query.device)
+        m_part = torch.empty((batch * kv_heads, splits, groups), dtype=torch.float32, device=q.device)
         l_part = torch.empty_like(m_part)
-        acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=query.device)
+        acc_part = torch.empty((batch * kv_heads, splits, groups, dim), dtype=torch.float32, device=q.device)
     block_s = triton.next_power_of_2(splits)
-    pdl = launch_pdl(query.device)
+    pdl = launch_pdl(q.device)
+    cos = sin = slot = count = pos = out  # stand-ins without ROPE; never read
+    if rope is not None:
+        cos, sin, slot, count = rope.cos, rope.sin, rope.slot, rope.length
+        pos = rope.positions if rope.positions is not None else slot
     _flash_decode_split[(batch * kv_heads, splits)](
         q, key, value, m2, m_part, l_part, acc_part, out, ticket if ticket is not None else out,
-        kv_heads, groups, length, per_split, scale,
-        q.stride(0), q.stride(1),
+        cos, sin, pos, slot, count,
+        kv_heads, groups, length, per_split, scale, cos.shape[0],
+        q.stride(0), stride_qh,
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         m2.stride(0) if mask is not None and m2.shape[0] > 1 else 0, m2.stride(-1) if mask is not None else 0,
-        MASK=kind, DIRECT=direct, DOT_F32=INTERPRET or query.dtype == torch.float32, SKIP=config.skip,
+        cos.stride(0), sin.stride(0), pos.stride(0) if rope is not None and rope.positions is not None else 0,
+        MASK=kind, DIRECT=direct, DOT_F32=INTERPRET or q.dtype == torch.float32, SKIP=config.skip,
         FUSED=ticket is not None, BLOCK_G=max(MIN_DOT_ROWS, triton.next_power_of_2(groups)), BLOCK_L=config.block_l,
-        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s), PDL=pdl,
-        num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
+        D=dim, BLOCK_S=block_s, CHUNK=min(4, block_s), ROPE=rope is not None,
+        ROT_PAIRS=cos.shape[-1] // 2 if rope is not None else 0, TABLE=rope is not None and rope.positions is not None,
+        PDL=pdl, num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl,
     )
     if not direct and ticket is None:
         _flash_decode_combine[(batch * heads,)](

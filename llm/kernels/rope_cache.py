@@ -76,6 +76,30 @@ def _rope_cache_kernel(
         tl.store(dst + 2 * i + 1, odd.to(v_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def row_rotary(cos_ptr, sin_ptr, pos_ptr, b, P, stride_cos, stride_sin, stride_pb, rd,
+               ROT_PAIRS: tl.constexpr, TABLE: tl.constexpr):
+    """``(cos, signed sin)`` over a head's dims ``rd`` for the one token of batch row ``b``: dim ``d``
+    rotates with its pair partner ``d ^ 1`` by the angle of pair ``d // 2`` (``cos`` 1 and ``sin`` 0
+    past the ``ROT_PAIRS`` rotated pairs), ``sin`` negated on even dims, so that
+    ``rotate_pairs(x, x[d ^ 1], ...)`` is ``_rope_cache_kernel``'s ``even * c - odd * s``, ``odd * c +
+    even * s``. ``cos_ptr`` rows: the batch rows', or with ``TABLE`` the tables' at the row's position."""
+    at = b
+    if TABLE:
+        at = tl.minimum(tl.maximum(tl.load(pos_ptr + b * stride_pb), 0), P - 1)
+    pair = rd // 2
+    rot = pair < ROT_PAIRS
+    c = tl.load(cos_ptr + at * stride_cos + pair, mask=rot, other=1.0).to(tl.float32)
+    s = tl.load(sin_ptr + at * stride_sin + pair, mask=rot, other=0.0).to(tl.float32)
+    return c, tl.where(rd % 2 == 0, -s, s)
+
+
+@triton.jit
+def rotate_pairs(x, partner, c, signed_s):
+    """GLM's rotary of ``x`` (float32) given each dim's pair partner and ``row_rotary``'s factors."""
+    return x * c + partner * signed_s
+
+
 def launch_rope_cache_write(
     qkv: torch.Tensor,
     cos: torch.Tensor,
