@@ -286,13 +286,16 @@ def bench_quantization(
 
 
 def ablation_variants(args: Any, options: Any) -> dict[str, tuple[Any, dict[str, float]]]:
-    """``--rope-ablation`` / ``--pdl-ablation`` / ``--token-ablation`` / ``--sampled``: the options and
-    sampling settings each variant of a row is timed with (greedy where they say nothing)."""
+    """``--rope-ablation`` / ``--rope-attention-ablation`` / ``--pdl-ablation`` / ``--token-ablation`` /
+    ``--sampled``: the options and sampling settings each variant of a row is timed with (greedy where
+    they say nothing)."""
     variants: dict[str, tuple[Any, dict[str, float]]] = {}
     if args.rope_ablation:
         variants["fused_rope_off"] = options.model_copy(update={"fused_rope": False}), {}
     if args.pdl_ablation:
         variants["pdl_off"] = options.model_copy(update={"pdl": False}), {}
+    if args.rope_attention_ablation:
+        variants["rope_in_attention"] = options.model_copy(update={"rope_in_attention": True}), {}
     if args.token_ablation:
         variants["token_kernel_off"] = options.model_copy(update={"token_kernel": False}), {}
         variants["tables_off"] = options.model_copy(update={"rotary_tables": False}), {}
@@ -404,6 +407,8 @@ def main() -> None:
     p.add_argument("--sampled", action="store_true",
                    help="with --quantization: each kind also with the default sampling (temperature 0.8, top_p 0.8), "
                         "with FastDecodeOptions.sampling_kernel as set (on by default) and off")
+    p.add_argument("--rope-attention-ablation", action="store_true",
+                   help="with --quantization: each kind also with FastDecodeOptions.rope_in_attention on, same run")
     p.add_argument("--pdl-ablation", action="store_true",
                    help="with --quantization: each kind also timed without programmatic dependent launch")
     p.add_argument("--int8-tiles", nargs="+", default=None,

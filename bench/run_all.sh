@@ -12,7 +12,8 @@
 # quant6b (ChatGLM3-6B shape: bf16 / INT8 / INT4 (tinygemm, and glmkb's Triton form) weight-only through ChatGLM.stream: tok/s, weight GiB,
 # logits error and top-1 agreement vs bf16), tokenchoice (one step's token choice in a CUDA graph: greedy, top-p,
 # top-k 50 + top-p, PyTorch vs the Triton kernels, batch 1 / 16), sampled6b (quant6b's table also at the default
-# sampling, with FastDecodeOptions.sampling_kernel as set (on by default) and off), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
+# sampling, with FastDecodeOptions.sampling_kernel as set (on by default) and off), ropeattn6b (quant6b's table
+# also with FastDecodeOptions.rope_in_attention on: the rotary and cache write inside the attention kernel), concurrency6b (1/4/16/32 concurrent ChatGLM.stream of
 # 256 new tokens: aggregate tok/s, p50/p95 TTFT; CONC_QUANT=int4-triton etc. for a quantized model), prefill6b (captured prompt pass at 128/512/1024 tokens, with and without its swaps, bf16 / INT8 /
 # INT4, and its kernels; ~3 min cold), int4gemv (6B layer GEMVs: bf16 cuBLAS vs INT4 tinygemm per
 # group size and inner k-tiles), gemv (ChatGLM3-6B decode GEMVs at batch 1 and 16:
@@ -55,7 +56,7 @@ log "sections: $sections"
 "$PY" -c "import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')" 2>&1 | tee -a "$OUT/log"
 for s in $sections; do
   case $s in
-    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_warm_up.py tests/test_graph_memory.py tests/test_gemv.py tests/test_decode_attention.py tests/test_rope_cache.py tests/test_fast_decode_sampling.py tests/test_token_choice.py tests/test_token_sampling.py tests/test_int8_cast.py tests/test_int4_dequant.py tests/test_prompt_kernels.py tests/test_int4_runs.py tests/test_chatglm_legacy_quantized.py -q -x -p no:cacheprovider ;;
+    gputest)  run ${T_GPUTEST:-300} gputest env GLMKB_TEST_CORPUS=.benchdata/corpus "$PY" -m pytest tests/test_perf_fast_decode.py tests/test_quantized_fast_decode.py tests/test_quantization_int4.py tests/test_batching_fast_decode.py tests/test_warm_up.py tests/test_graph_memory.py tests/test_gemv.py tests/test_decode_attention.py tests/test_rope_cache.py tests/test_rope_attention.py tests/test_fast_decode_sampling.py tests/test_token_choice.py tests/test_token_sampling.py tests/test_int8_cast.py tests/test_int4_dequant.py tests/test_prompt_kernels.py tests/test_int4_runs.py tests/test_chatglm_legacy_quantized.py -q -x -p no:cacheprovider ;;
     ingest)   run ${T_INGEST:-120} ingest "$PY" -m bench.ingest --gpu --repeat 3 ;;
     decode6b) run ${T_DECODE6B:-420} decode6b "$PY" -m bench.decode --shape chatglm3-6b --map --repeat ${REPEAT:-3} ;;
     stream6b) run ${T_STREAM6B:-300} stream6b "$PY" -m bench.decode --shape chatglm3-6b --repeat ${REPEAT:-5} ;;
@@ -70,6 +71,7 @@ for s in $sections; do
     quant6b_triton) run ${T_QUANT6B:-330} quant6b_triton "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 --gemv-kernel triton --repeat ${REPEAT:-3} ;;
     quant6b)  run ${T_QUANT6B:-330} quant6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4 int4-triton --repeat ${REPEAT:-3} ;;
     tokenchoice) run ${T_TOKENCHOICE:-120} tokenchoice "$PY" -m bench.token_choice ;;
+    ropeattn6b) run ${T_ROPEATTN6B:-420} ropeattn6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4-triton --rope-attention-ablation --repeat ${REPEAT:-3} ;;
     sampled6b) run ${T_SAMPLED6B:-330} sampled6b "$PY" -m bench.decode --shape chatglm3-6b --quantization none int8 int4-triton --sampled --repeat ${REPEAT:-3} ;;
     int4gemv) run ${T_INT4GEMV:-180} int4gemv "$PY" -m bench.int4_gemv ;;
     prefill6b) run ${T_PREFILL6B:-360} prefill6b "$PY" -m bench.prefill --shape chatglm3-6b --ablation ;;
