@@ -124,7 +124,10 @@ def bench_kind(kind: str, *, shape: str, device: str, dtype: torch.dtype, tokeni
     from llm import ChatGLM
 
     free_model()
-    model = build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=kind, group_size=128)
+    from bench.common import SHAPES
+
+    group = min(128, SHAPES[shape]["hidden_size"])  # --tiny: hidden 64, and INT4 groups must divide it
+    model = build_model(shape, device=device, dtype=dtype, tokenizer=tokenizer, kind=kind, group_size=group)
     llm = ChatGLM(model=model, tokenizer=tokenizer, temperature=0.0, max_new_tokens=NEW_TOKENS)
     for _ in range(3):  # compile, capture, warm
         one_stream(llm, timeline)
