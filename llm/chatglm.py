@@ -10,13 +10,12 @@ decode step) unless ``fast_decode=False``.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
-from langchain_core.messages import BaseMessage
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field
 
@@ -24,7 +23,7 @@ from configs.settings import GenerationSettings, LLMSettings
 from llm.answer_text import answer_pieces, batch_answers
 from llm.async_stream import AsyncChunkStream
 from llm.cancellation import run_cancellable
-from llm.chat_messages import prompt_messages
+from llm.chatglm_prompts import PromptRendering
 from llm.chatglm_routing import GenerationRouting
 from llm.errors import ModelLoadError
 from llm.fast_decode import FastDecodeOptions
@@ -36,14 +35,13 @@ from llm.generate_kwargs import (
     with_stop_strings,
 )
 from llm.loading import load_model_and_tokenizer
-from llm.reasoning import Split, close_reasoning, prompt_opens_reasoning
+from llm.reasoning import Split, prompt_opens_reasoning
 from llm.streaming import GenerationStats, run_generate
 
-History = Sequence[tuple[str, str] | BaseMessage]
 _DEFAULTS = GenerationSettings()
 
 
-class ChatGLM(GenerationRouting, LLM):
+class ChatGLM(PromptRendering, GenerationRouting, LLM):
     """Local chat model with real token streaming, chat template, history and system prompt.
 
     Per-call keyword arguments (``llm.invoke(q, history=[...], temperature=0)``): ``history``
@@ -51,7 +49,8 @@ class ChatGLM(GenerationRouting, LLM):
     any other ``model.generate`` keyword (e.g. ``top_k``, ``logits_processor``). ``messages``
     (the whole chat as role/content dicts, already neutralised) replaces prompt, history and
     system prompt: that is how ``llm.chatglm_chat.ChatGLMChat`` shares this generation core.
-    Fast path or plain ``generate``, alone or batched: ``llm.chatglm_routing.GenerationRouting``.
+    Fast path or plain ``generate``, alone or batched: ``llm.chatglm_routing.GenerationRouting``; the
+    chat template and tokens: ``llm.chatglm_prompts.PromptRendering``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -178,51 +177,6 @@ class ChatGLM(GenerationRouting, LLM):
             "system_prompt": self.system_prompt,
             **{name: getattr(self, name) for name in GENERATION_FIELDS},
         }
-
-    # ----- prompts and tokens -------------------------------------------------------------
-
-    def chat_messages(
-        self, prompt: str, *, history: History | None = None, system_prompt: str | None = None
-    ) -> list[dict[str, str]]:
-        """The chat as role/content messages: optional system prompt, history, the prompt.
-
-        ``history`` holds ``(user, assistant)`` pairs or LangChain messages. Contents are plain
-        text: special-token strings in them (``<|system|>`` in a document, say) are neutralised
-        so they cannot forge turns once the template is tokenized.
-        """
-        return prompt_messages(prompt, history=history, system_prompt=system_prompt, tokenizer=self.tokenizer)
-
-    def render_prompt(
-        self,
-        prompt: str,
-        *,
-        history: History | None = None,
-        system_prompt: str | None = None,
-        enable_thinking: bool | None = None,
-    ) -> str:
-        """The exact model input text: the chat rendered through the tokenizer's chat template."""
-        messages = self.chat_messages(prompt, history=history, system_prompt=system_prompt)
-        return self.render_messages(messages, enable_thinking=enable_thinking)
-
-    def render_messages(self, messages: list[dict[str, str]], *, enable_thinking: bool | None = None) -> str:
-        """Role/content messages through the chat template, ending in the assistant's turn.
-
-        ``enable_thinking`` (default: the ``enable_thinking`` field) goes to the template, as Qwen3's and
-        GLM-4.5's read it; False also closes a ``<think>`` block the template opens regardless (GLM-Z1),
-        so a rewrite or a short answer is not spent on thinking."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; ChatGLM needs a chat model")
-        thinking = self.enable_thinking if enable_thinking is None else enable_thinking
-        extra = {} if thinking is None else {"enable_thinking": thinking}
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
-        return close_reasoning(text) if thinking is False else text
-
-    def get_num_tokens(self, text: str) -> int:
-        """Number of model tokens in ``text`` (the real tokenizer, no special tokens)."""
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def get_token_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     # ----- generation keyword arguments (the one place) -----------------------------------
 
