@@ -13,8 +13,10 @@ its first cache slot), for its T tokens: there the model's own forward ran ~20 k
 for the rotary of q and k (clones, multiplies, negations, stacks, concatenations) and the cache
 writes (cache positions, ``index_copy_``). With a ``RotaryTable`` the kernel reads the rotary at the
 tokens' positions (``position_ids``) from it rather than taking the model's per-call ``cos``/``sin``
-(``llm.fast_decode.rotary_table`` says why). Any other call (more tokens without ``start``, a cache
-that is not a static one) runs the module's own forward.
+(``llm.fast_decode.rotary_table`` says why). With ``rope_in_attention`` (``FastDecodeOptions``, off until
+timed on a GPU) a decode token's rotary and cache write run inside the attention kernel instead
+(``llm.kernels.rope_attention``): one launch a layer fewer. Any other call (more tokens without
+``start``, a cache that is not a static one) runs the module's own forward.
 
 It replaces only ``transformers.models.glm.modeling_glm.GlmAttention.forward`` (checked by
 identity): the rotary form and the order of the fused heads are that module's.
