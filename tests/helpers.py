@@ -293,6 +293,31 @@ def assert_int4_model_on_the_fast_path_equals_generate(model_dir: Path, *, int4_
     assert (eager[:, -16:] == fast[:, -16:]).float().mean().item() > 0.5
 
 
+def replay_slot_steps(write: Callable[[Any], object], *, start: int, times: int = 3) -> int:
+    """Capture ``write(slot)`` (a kernel that writes the decode token at the one-element CUDA tensor
+    ``slot``) followed by ``slot += 1`` in a CUDA graph, replay it ``times`` from ``start``; the final
+    slot. Shows the slot is read on the GPU at each replay, not baked into the graph."""
+    import torch
+
+    from llm.fast_decode import capture_graph, warm_up_on_side_stream
+
+    slot = torch.zeros(1, dtype=torch.long, device="cuda")
+
+    def step() -> None:
+        write(slot)
+        slot.add_(1)
+
+    with torch.inference_mode():
+        warm_up_on_side_stream(step, times=1)
+        slot.zero_()
+        graph = capture_graph(step)
+        slot.fill_(start)
+        for _ in range(times):
+            graph.replay()
+        torch.cuda.synchronize()
+    return int(slot)
+
+
 def libreoffice_convert(sources: Iterable[Path], fmt: str, out: Path) -> None:
     """Convert ``sources`` with LibreOffice (``soffice --headless --convert-to fmt``) into ``out``:
     how the .doc, .ppt and OpenDocument fixtures are remade (CI does not install LibreOffice)."""

@@ -21,7 +21,7 @@ from llm.kernels.decode_attention_op import reference_decode_attention
 from llm.kernels.rope_attention_op import rope_attention_applies, rope_decode_attention, two_ops
 from llm.kernels.rope_cache_op import reference_rope_cache_write
 from llm.streaming import run_generate
-from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker
+from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, interpreted_marker, replay_slot_steps
 
 interpreted = interpreted_marker()
 ONE_KERNEL = FastDecodeOptions(on_cpu=True, rope_in_attention=True)
@@ -162,8 +162,6 @@ def test_cuda_kernel_equals_the_two_kernels_and_replays_in_a_cuda_graph() -> Non
     may differ), and captured in a CUDA graph the slot is read on the GPU at each replay."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from llm.fast_decode import capture_graph, warm_up_on_side_stream
-
     for table in (False, True):
         c = {name: t.cuda() if isinstance(t, torch.Tensor) else t
              for name, t in case(2, 32, 2, 128, 64, 1024, 700, torch.bfloat16, table=table).items()}
@@ -172,21 +170,9 @@ def test_cuda_kernel_equals_the_two_kernels_and_replays_in_a_cuda_graph() -> Non
         for a, b in zip(ours[:3], kernels[:3], strict=True):
             assert (a.float() - b.float()).abs().max().item() <= 2 ** -6 * b.abs().max().item()
     key, value, length = c["key"].clone(), c["value"].clone(), torch.zeros((), dtype=torch.long, device="cuda")
-    slot = torch.zeros(1, dtype=torch.long, device="cuda")
     positions = torch.zeros(2, 1, dtype=torch.long, device="cuda")
-
-    def step() -> None:
-        rope_decode_attention(c["qkv"], c["cos"], c["sin"], slot, key, value, length, c["mask"], scale=c["scale"],
-                              heads=32, positions=positions)
-        slot.add_(1)
-
-    with torch.inference_mode():
-        warm_up_on_side_stream(step, times=1)
-        slot.zero_()
-        graph = capture_graph(step)
-        slot.fill_(900)
-        for _ in range(3):
-            graph.replay()
-        torch.cuda.synchronize()
+    slot = replay_slot_steps(lambda at: rope_decode_attention(c["qkv"], c["cos"], c["sin"], at, key, value, length,
+                                                              c["mask"], scale=c["scale"], heads=32,
+                                                              positions=positions), start=900)
     heads = c["qkv"].view(2, 36, 128)[:, 34:]  # v heads, copied as they are
-    assert int(slot) == 903 and int(length) == 903 and all(torch.equal(value[:, :, s], heads) for s in (900, 901, 902))
+    assert slot == 903 and int(length) == 903 and all(torch.equal(value[:, :, s], heads) for s in (900, 901, 902))

@@ -19,7 +19,14 @@ from llm import ChatGLM
 from llm.fast_decode import FastDecodeOptions
 from llm.kernels.rope_cache_op import reference_rope_cache_write, rope_applies, rope_cache_write
 from llm.streaming import run_generate
-from tests.helpers import INTERPRETED, assert_interpreted_tests_pass, count_calls, fast_and_eager, interpreted_marker
+from tests.helpers import (
+    INTERPRETED,
+    assert_interpreted_tests_pass,
+    count_calls,
+    fast_and_eager,
+    interpreted_marker,
+    replay_slot_steps,
+)
 
 interpreted = interpreted_marker()
 ON_CPU = FastDecodeOptions(on_cpu=True)
@@ -326,7 +333,6 @@ def test_cuda_kernel_matches_the_reference_and_replays_in_a_cuda_graph() -> None
     reference, and captured in a CUDA graph the slot is read on the GPU at each replay."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from llm.fast_decode import capture_graph, warm_up_on_side_stream
 
     c = {name: t.cuda() if isinstance(t, torch.Tensor) else t
          for name, t in case(2, 32, 2, 128, 64, 64, torch.bfloat16).items()}
@@ -334,25 +340,12 @@ def test_cuda_kernel_matches_the_reference_and_replays_in_a_cuda_graph() -> None
     ours, theirs = run_both(c, 9)
     for a, b in zip(ours, theirs, strict=True):
         assert (a.float() - b.float()).abs().max().item() <= 2 ** -7 * b.abs().max().item()
-    slot = torch.zeros(1, dtype=torch.long, device="cuda")
     length = torch.zeros((), dtype=torch.long, device="cuda")
     k, v = c["k_cache"].clone(), c["v_cache"].clone()
-    out: list[torch.Tensor] = []
-
-    def step() -> None:
-        out.append(rope_cache_write(c["qkv"], c["cos"], c["sin"], slot, k, v, length, heads=32))
-        slot.add_(1)
-
-    with torch.inference_mode():
-        warm_up_on_side_stream(step, times=1)
-        slot.zero_()
-        graph = capture_graph(step)
-        slot.fill_(20)
-        for _ in range(3):
-            graph.replay()
-        torch.cuda.synchronize()
+    slot = replay_slot_steps(lambda at: rope_cache_write(c["qkv"], c["cos"], c["sin"], at, k, v, length, heads=32),
+                             start=20)
     heads = c["qkv"].view(2, 36, 128)[:, 34:]  # v heads, copied as they are
-    assert int(slot) == 23 and int(length) == 23 and all(torch.equal(v[:, :, s], heads) for s in (20, 21, 22))
+    assert slot == 23 and int(length) == 23 and all(torch.equal(v[:, :, s], heads) for s in (20, 21, 22))
 
 
 @pytest.mark.gpu
